@@ -1,0 +1,132 @@
+/*
+ * config.c — the one table of configuration knobs.
+ *
+ * Each row names a struct ferry_config field, its FERRY_* environment
+ * variable, its default and a one-line doc.  ferry_config_init() applies the
+ * defaults then the environment; ferry_config_describe() hands the same table
+ * to `ferry-bench --help-env` and the README, so docs cannot drift from code.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT };
+
+struct knob {
+    struct ferry_config_knob pub;
+    enum knob_type type;
+    size_t offset;
+};
+
+#define KNOB(field, type, env, def, doc)                                                       \
+    {{env, def, doc}, type, offsetof(struct ferry_config, field)}
+
+static const struct knob knobs[] = {
+    KNOB(local_server_name, KNOB_STR, "FERRY_LOCAL_SERVER_NAME", "127.0.0.1",
+         "host[:port] of this engine's handshake listener; a taken or 0 port picks a free one"),
+    KNOB(metadata_server, KNOB_STR, "FERRY_METADATA_SERVER", "P2PHANDSHAKE",
+         "where descriptors are found: P2PHANDSHAKE (peer to peer)"),
+    KNOB(protocols, KNOB_STR, "FERRY_PROTOCOLS", "tcp", "transports this engine offers, comma-separated"),
+    KNOB(device_name, KNOB_STR, "FERRY_DEVICE_NAME", "auto", "RDMA NICs to use (mlx5_0,mlx5_1 or auto)"),
+    KNOB(tcp_connections, KNOB_UINT, "FERRY_TCP_CONNECTIONS", "4", "TCP data connections per peer (1-64)"),
+    KNOB(slice_size, KNOB_SIZE, "FERRY_SLICE_SIZE", "1048576",
+         "requests are cut into slices of at most this many bytes, spread over connections"),
+    KNOB(coalesce_max, KNOB_UINT, "FERRY_COALESCE_MAX", "64",
+         "small requests packed into one frame, at most (1-64)"),
+    KNOB(request_timeout_ms, KNOB_UINT, "FERRY_REQUEST_TIMEOUT_MS", "30000",
+         "a request still unfinished after this ends TIMEOUT"),
+    KNOB(connect_timeout_ms, KNOB_UINT, "FERRY_CONNECT_TIMEOUT_MS", "5000",
+         "connect + handshake with a peer must finish within this"),
+    KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
+         "received notifications kept before the oldest is dropped"),
+    KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+};
+
+#define NKNOBS (sizeof knobs / sizeof knobs[0])
+
+static int parse_number(const char *text, enum knob_type type, void *field)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 0);
+    if (errno || end == text)
+        return -1;
+    unsigned long long mult = 1;
+    if (*end == 'K' || *end == 'k')
+        mult = 1ull << 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        mult = 1ull << 20, end++;
+    else if (*end == 'G' || *end == 'g')
+        mult = 1ull << 30, end++;
+    if (*end != '\0')
+        return -1;
+    v *= mult;
+    switch (type) {
+    case KNOB_UINT:
+        if (v > 0xffffffffull)
+            return -1;
+        *(unsigned *)field = (unsigned)v;
+        return 0;
+    case KNOB_INT:
+        if (v > 0x7fffffffull)
+            return -1;
+        *(int *)field = (int)v;
+        return 0;
+    case KNOB_SIZE:
+        *(size_t *)field = (size_t)v;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+static int apply(const struct knob *k, const char *text, struct ferry_config *cfg)
+{
+    void *field = (char *)cfg + k->offset;
+    if (k->type == KNOB_STR) {
+        *(const char **)field = text; /* defaults are static, env strings live as long as environ */
+        return 0;
+    }
+    if (parse_number(text, k->type, field) != 0)
+        return ferry_fail(FERRY_EINVAL, "%s=\"%s\" is not a valid number", k->pub.env, text);
+    return 0;
+}
+
+int ferry_config_init(struct ferry_config *cfg)
+{
+    if (!cfg)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NKNOBS; i++) {
+        int rc = apply(&knobs[i], knobs[i].pub.default_text, cfg);
+        if (rc)
+            return rc;
+    }
+    for (size_t i = 0; i < NKNOBS; i++) {
+        const char *env = getenv(knobs[i].pub.env);
+        if (env) {
+            int rc = apply(&knobs[i], env, cfg);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+const struct ferry_config_knob *ferry_config_describe(size_t *count)
+{
+    /* the public half of each row, copied once */
+    static struct ferry_config_knob rows[NKNOBS];
+    static int filled;
+    if (!__atomic_load_n(&filled, __ATOMIC_ACQUIRE)) {
+        for (size_t i = 0; i < NKNOBS; i++)
+            rows[i] = knobs[i].pub;
+        __atomic_store_n(&filled, 1, __ATOMIC_RELEASE);
+    }
+    if (count)
+        *count = NKNOBS;
+    return rows;
+}

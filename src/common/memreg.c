@@ -1,0 +1,131 @@
+/*
+ * memreg.c — sorted, lock-protected registry of memory regions (see memreg.h).
+ * Any thread may call; writers (add/remove) are rare, readers are hot.
+ */
+#include "memreg.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+void memreg_init(struct memreg *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_rwlock_init(&r->lock, NULL);
+}
+
+void memreg_destroy(struct memreg *r)
+{
+    free(r->regions);
+    pthread_rwlock_destroy(&r->lock);
+    memset(r, 0, sizeof *r);
+}
+
+/* index of the first region with addr > key (upper bound) */
+static size_t upper_bound(const struct memreg_region *regions, size_t count, uint64_t key)
+{
+    size_t lo = 0, hi = count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (regions[mid].addr <= key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+long memreg_search(const struct memreg_region *regions, size_t count, uint64_t addr, uint64_t len)
+{
+    if (len == 0 || addr + len < addr)
+        return -1;
+    size_t i = upper_bound(regions, count, addr);
+    if (i == 0)
+        return -1;
+    const struct memreg_region *c = &regions[i - 1];
+    if (addr >= c->addr && addr + len <= c->addr + c->len)
+        return (long)(i - 1);
+    return -1;
+}
+
+int memreg_add(struct memreg *r, const struct memreg_region *region)
+{
+    if (region->len == 0 || region->addr + region->len < region->addr)
+        return ferry_fail(FERRY_EINVAL, "region 0x%llx+%llu is empty or wraps",
+                          (unsigned long long)region->addr, (unsigned long long)region->len);
+    pthread_rwlock_wrlock(&r->lock);
+    size_t i = upper_bound(r->regions, r->count, region->addr);
+    const struct memreg_region *prev = i > 0 ? &r->regions[i - 1] : NULL;
+    const struct memreg_region *next = i < r->count ? &r->regions[i] : NULL;
+    if ((prev && prev->addr + prev->len > region->addr) ||
+        (next && region->addr + region->len > next->addr)) {
+        const struct memreg_region *o = (prev && prev->addr + prev->len > region->addr) ? prev : next;
+        int rc = ferry_fail(FERRY_EEXIST, "0x%llx+%llu overlaps registration 0x%llx+%llu",
+                            (unsigned long long)region->addr, (unsigned long long)region->len,
+                            (unsigned long long)o->addr, (unsigned long long)o->len);
+        pthread_rwlock_unlock(&r->lock);
+        return rc;
+    }
+    if (r->count == r->capacity) {
+        size_t cap = r->capacity ? r->capacity * 2 : 16;
+        struct memreg_region *n = realloc(r->regions, cap * sizeof *n);
+        if (!n) {
+            pthread_rwlock_unlock(&r->lock);
+            return ferry_fail(FERRY_ENOMEM, "registry grow to %zu regions", cap);
+        }
+        r->regions = n;
+        r->capacity = cap;
+    }
+    memmove(&r->regions[i + 1], &r->regions[i], (r->count - i) * sizeof *r->regions);
+    r->regions[i] = *region;
+    r->count++;
+    r->generation++;
+    pthread_rwlock_unlock(&r->lock);
+    return 0;
+}
+
+int memreg_remove(struct memreg *r, uint64_t addr, struct memreg_region *out)
+{
+    pthread_rwlock_wrlock(&r->lock);
+    size_t i = upper_bound(r->regions, r->count, addr);
+    if (i == 0 || r->regions[i - 1].addr != addr) {
+        pthread_rwlock_unlock(&r->lock);
+        return ferry_fail(FERRY_ENOTREG, "no registration starts at 0x%llx", (unsigned long long)addr);
+    }
+    i--;
+    if (out)
+        *out = r->regions[i];
+    memmove(&r->regions[i], &r->regions[i + 1], (r->count - i - 1) * sizeof *r->regions);
+    r->count--;
+    r->generation++;
+    pthread_rwlock_unlock(&r->lock);
+    return 0;
+}
+
+int memreg_find(struct memreg *r, uint64_t addr, uint64_t len, int remote_only,
+                struct memreg_region *out)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    long i = memreg_search(r->regions, r->count, addr, len);
+    int ok = i >= 0 && (!remote_only || r->regions[i].remote_accessible);
+    if (ok && out)
+        *out = r->regions[i];
+    pthread_rwlock_unlock(&r->lock);
+    return ok ? 0 : FERRY_ENOTREG;
+}
+
+size_t memreg_list_remote(struct memreg *r, struct memreg_region *out, size_t max)
+{
+    size_t n = 0;
+    pthread_rwlock_rdlock(&r->lock);
+    for (size_t i = 0; i < r->count; i++) {
+        if (!r->regions[i].remote_accessible)
+            continue;
+        if (n < max)
+            out[n] = r->regions[i];
+        n++;
+    }
+    pthread_rwlock_unlock(&r->lock);
+    return n;
+}

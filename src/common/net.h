@@ -1,0 +1,42 @@
+/*
+ * net.h — small socket helpers shared by the handshake and the tcp transport:
+ * host:port parsing, listening with automatic port choice, connecting with a
+ * deadline, and full reads/writes that survive EINTR and short transfers.
+ */
+#ifndef FERRY_NET_H
+#define FERRY_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* Monotonic clock in nanoseconds / milliseconds. */
+uint64_t now_ns(void);
+static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
+
+/* Splits "host:port" or "host" into host (NUL-terminated, at most hostlen-1
+ * chars) and *port (0 if absent).  Returns 0 or FERRY_EINVAL. */
+int net_split_hostport(const char *name, char *host, size_t hostlen, int *port);
+
+/* Listens on host:port (TCP, SO_REUSEADDR).  If port is 0 or already taken, a
+ * free port is chosen.  Stores the bound port in *bound.  Returns the fd or a
+ * negative FERRY_E* code. */
+int net_listen(const char *host, int port, int *bound);
+
+/* Connects to host:port within timeout_ms.  Returns the fd (blocking mode,
+ * TCP_NODELAY set) or FERRY_ECONN / FERRY_ETIMEDOUT with a detail message. */
+int net_connect(const char *host, int port, unsigned timeout_ms);
+
+/* Sets SO_RCVTIMEO and SO_SNDTIMEO (0 = none). */
+void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
+
+/* Reads exactly len bytes.  Returns 0, or FERRY_ECONN (peer closed / reset),
+ * FERRY_ETIMEDOUT (SO_RCVTIMEO expired). */
+int net_read_full(int fd, void *buf, size_t len);
+/* Reads and throws away len bytes (payload of a refused frame). */
+int net_discard(int fd, uint64_t len);
+/* Writes the whole iovec array (modified in place). Returns 0 or as above. */
+int net_writev_full(int fd, struct iovec *iov, int iovcnt);
+int net_write_full(int fd, const void *buf, size_t len);
+
+#endif

@@ -1,0 +1,202 @@
+/*
+ * device.c — the registry of device backends and what they share.
+ *
+ * Holds the static table {cuda, npu, sim}, finds a backend by kind, asks the
+ * initialised ones who owns a pointer, and parses location strings.  It also
+ * implements backend.h: the load-once latch and the dlopen symbol resolver
+ * that every backend uses.  No threads of its own; every function is
+ * thread-safe.  Owns nothing but the read-only table.
+ */
+#include "device/device.h"
+#include "device/backend.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+
+static const struct ferry_device_ops *const backends[] = {
+    &ferry_device_cuda,
+    &ferry_device_npu,
+    &ferry_device_sim,
+};
+
+#define BACKEND_COUNT (sizeof backends / sizeof backends[0])
+
+const struct ferry_device_ops *ferry_device_find(const char *kind)
+{
+    if (kind == NULL)
+        return NULL;
+    for (size_t i = 0; i < BACKEND_COUNT; i++)
+        if (strcmp(backends[i]->kind, kind) == 0)
+            return backends[i];
+    return NULL;
+}
+
+const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, int *dev)
+{
+    int found_dev = -1;
+    if (ptr == NULL)
+        return NULL;
+    /* Each backend's locate() answers 0 until its init() has succeeded, so
+     * this never loads a driver. */
+    for (size_t i = 0; i < BACKEND_COUNT; i++) {
+        if (backends[i]->locate(ptr, len, &found_dev)) {
+            if (dev != NULL)
+                *dev = found_dev;
+            return backends[i];
+        }
+    }
+    return NULL;
+}
+
+/* Parses a decimal index 0..65535 that makes up the whole of s. */
+static int parse_index(const char *s, int *out)
+{
+    long v = 0;
+    if (*s == '\0')
+        return -1;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        v = v * 10 + (*s - '0');
+        if (v > 65535)
+            return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int ferry_location_parse(const char *loc, char kind[16], int *index)
+{
+    static const struct {
+        const char *kind;
+        int index_required;   /* 1: "kind" alone is rejected */
+        int bare_index;       /* index of the bare kind when allowed */
+    } kinds[] = {
+        {"cpu", 0, -1},
+        {"cuda", 0, 0},
+        {"npu", 1, 0},
+        {"sim", 1, 0},
+    };
+
+    if (loc == NULL)
+        return ferry_fail(FERRY_EINVAL, "location is NULL");
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        size_t klen = strlen(kinds[i].kind);
+        int idx;
+        if (strncmp(loc, kinds[i].kind, klen) != 0)
+            continue;
+        if (loc[klen] == '\0') {
+            if (kinds[i].index_required)
+                return ferry_fail(FERRY_EINVAL,
+                                  "location \"%s\": needs a device index (\"%s:0\")", loc,
+                                  kinds[i].kind);
+            idx = kinds[i].bare_index;
+        } else if (loc[klen] == ':') {
+            if (parse_index(loc + klen + 1, &idx) < 0)
+                return ferry_fail(FERRY_EINVAL,
+                                  "location \"%.64s\": index after ':' must be a decimal "
+                                  "number 0..65535",
+                                  loc);
+        } else {
+            continue;
+        }
+        if (kind != NULL)
+            snprintf(kind, 16, "%s", kinds[i].kind);
+        if (index != NULL)
+            *index = idx;
+        return 0;
+    }
+    return ferry_fail(FERRY_EINVAL,
+                      "location \"%.64s\" is not one of cpu, cpu:N, cuda, cuda:N, npu:N, sim:N",
+                      loc);
+}
+
+/* ---------------------------------------------------------------- backend.h */
+
+int ferry_device_load_once(struct ferry_device_loader *loader, int (*load)(void))
+{
+    int state = atomic_load_explicit(&loader->state, memory_order_acquire);
+    if (state == 0) {
+        pthread_mutex_lock(&loader->lock);
+        state = atomic_load_explicit(&loader->state, memory_order_relaxed);
+        if (state == 0) {
+            int rc = load();
+            if (rc < 0)
+                snprintf(loader->message, sizeof loader->message, "%s", ferry_last_error());
+            state = rc < 0 ? rc : 1;
+            atomic_store_explicit(&loader->state, state, memory_order_release);
+        }
+        pthread_mutex_unlock(&loader->lock);
+    }
+    if (state == 1)
+        return 0;
+    /* message is written once, before state is published, and never again. */
+    return ferry_fail(state, "%s", loader->message);
+}
+
+int ferry_device_loaded(struct ferry_device_loader *loader)
+{
+    return atomic_load_explicit(&loader->state, memory_order_acquire) == 1;
+}
+
+int ferry_device_dlopen(const char *libname, const struct ferry_device_sym *syms, size_t n,
+                        void **handle)
+{
+    void *lib = dlopen(libname, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        const char *why = dlerror();
+        return ferry_fail(FERRY_ENODEV, "cannot load %s: %s", libname, why ? why : "unknown");
+    }
+    for (size_t i = 0; i < n; i++) {
+        void *fn = dlsym(lib, syms[i].name);
+        if (fn == NULL && syms[i].required) {
+            dlclose(lib);
+            return ferry_fail(FERRY_ENODEV, "%s lacks %s (driver too old?)", libname,
+                              syms[i].name);
+        }
+        /* slot is a function-pointer variable; POSIX guarantees dlsym's
+         * object pointer converts to it, memcpy avoids the cast's warning. */
+        memcpy(syms[i].slot, &fn, sizeof fn);
+    }
+    *handle = lib;
+    return 0;
+}
+
+static int enqueue_each(const struct ferry_copy_engine *e, void *arg,
+                        const struct ferry_copy *copies, size_t first, size_t n)
+{
+    for (size_t i = first; i < first + n; i++) {
+        if (copies[i].len == 0)
+            continue;
+        int rc = e->single(arg, &copies[i], i);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int ferry_device_enqueue_copies(const struct ferry_copy_engine *e, void *arg,
+                                const struct ferry_copy *copies, size_t n)
+{
+    size_t chunk = e->batch_max > 1 ? e->batch_max : 1;
+    int rc = 0;
+    for (size_t done = 0; done < n && rc == 0; ) {
+        size_t k = n - done < chunk ? n - done : chunk;
+        int batch = k > 1 && e->batch_enabled != NULL &&
+                    atomic_load_explicit(e->batch_enabled, memory_order_relaxed);
+        int r = batch ? e->batch(arg, copies + done, k) : -1;
+        if (r != 0) {
+            rc = enqueue_each(e, arg, copies, done, k);
+            if (batch && rc == 0 && atomic_exchange(e->batch_enabled, 0))
+                LOG_WARN("%s: batched copy failed (%s, error %d) where single copies work; "
+                         "using single copies from now on",
+                         e->name, e->error_text(r), r);
+        }
+        done += k;
+    }
+    return rc;
+}

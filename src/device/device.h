@@ -1,0 +1,102 @@
+/*
+ * device.h — the device layer: one ops table per kind of accelerator memory.
+ *
+ * The engine and staging never name a concrete device; they look one up by
+ * kind ("cuda", "npu", "sim") and call through struct ferry_device_ops.  Each
+ * backend lives in one file (cuda.c, ascend.c, sim.c) and loads its driver
+ * library with dlopen at first use, so one build serves every host: a missing
+ * library means the kind is absent (FERRY_ENODEV), not a build error.
+ *
+ * Host memory ("cpu") has no ops table: transports touch it directly.
+ *
+ * Threads: every op may be called from any thread.  Every op except locate()
+ * loads the driver on demand (as init() does); locate() never loads one, it
+ * answers 0 until init() has succeeded.  A stream may be used from several
+ * threads, but the order of copies enqueued concurrently is unspecified.
+ */
+#ifndef FERRY_DEVICE_H
+#define FERRY_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One device<->host or device<->device copy. */
+struct ferry_copy {
+    void *dst;
+    const void *src;
+    size_t len;
+};
+
+enum ferry_copy_dir {
+    FERRY_COPY_D2H = 0,   /* src device memory, dst host memory */
+    FERRY_COPY_H2D = 1,   /* src host memory, dst device memory */
+    FERRY_COPY_D2D = 2,
+};
+
+/* An ordered queue of asynchronous copies on one device (a CUDA stream, an ACL
+ * stream, a sim worker queue).  Opaque to callers. */
+typedef struct ferry_stream ferry_stream;
+
+struct ferry_device_ops {
+    const char *kind;                 /* "cuda", "npu", "sim" */
+
+    /* Loads the driver (once; thread-safe).  Returns 0 or FERRY_ENODEV with a
+     * detail message saying what is missing (FERRY_EINVAL if a FERRY_* setting
+     * of the backend does not parse).  A failure is remembered: later calls
+     * return the same code and message without retrying. */
+    int (*init)(void);
+    /* Number of devices of this kind (0 if absent). */
+    int (*device_count)(void);
+
+    /* Device memory, for tests and the bench. */
+    int (*mem_alloc)(int dev, size_t len, void **out);
+    void (*mem_free)(int dev, void *ptr);
+
+    /* Page-locked host memory usable by this kind's async copies. */
+    int (*host_alloc)(size_t len, void **out);
+    void (*host_free)(void *ptr);
+
+    /* If ptr lies in memory of this kind, stores its device index in *dev and
+     * returns 1; returns 0 otherwise (also before init() succeeded: it never
+     * loads the driver).  Used to detect and to check locations. */
+    int (*locate)(const void *ptr, size_t len, int *dev);
+
+    int (*stream_create)(int dev, ferry_stream **out);
+    void (*stream_destroy)(ferry_stream *stream);
+
+    /* Enqueues n copies in direction dir on the stream; returns without
+     * waiting.  Batched where the driver allows (cuMemcpyBatchAsync). */
+    int (*copy_async)(ferry_stream *stream, enum ferry_copy_dir dir,
+                      const struct ferry_copy *copies, size_t n);
+    /* 0 when everything enqueued so far has finished, FERRY_EBUSY if not yet,
+     * a negative error if a copy failed.  A failed copy (bad address, device
+     * fault) puts the stream in a sticky error state: query, sync and later
+     * copy_async calls all return FERRY_EIO with the detail message; destroy
+     * the stream and create a new one. */
+    int (*stream_query)(ferry_stream *stream);
+    /* Waits for everything enqueued so far. 0 or a negative error. */
+    int (*stream_sync)(ferry_stream *stream);
+};
+
+/* Returns the ops table for a kind ("cuda", "npu", "sim"), or NULL if ferry has
+ * no backend of that name.  Does not load the driver: call ops->init(). */
+const struct ferry_device_ops *ferry_device_find(const char *kind);
+
+/* Tries every backend's locate(); returns the ops owning ptr (and *dev) or NULL
+ * for host memory.  Only backends already initialised are asked. */
+const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, int *dev);
+
+/* Parses a location string: "cpu", "cpu:N" (N a NUMA node), "cuda" (= cuda:0),
+ * "cuda:N", "npu:N", "sim:N"; N is decimal, 0..65535.  Stores the kind ("cpu",
+ * "cuda", "npu", "sim") in kind and N in *index (-1 for a bare "cpu": any
+ * node).  kind and index may be NULL to only validate.  Returns 0, or
+ * FERRY_EINVAL with a detail message quoting the string.  Does not check that
+ * the device exists. */
+int ferry_location_parse(const char *loc, char kind[16], int *index);
+
+/* The backends' tables, for device.c's registry; use ferry_device_find(). */
+extern const struct ferry_device_ops ferry_device_cuda;
+extern const struct ferry_device_ops ferry_device_npu;
+extern const struct ferry_device_ops ferry_device_sim;
+
+#endif /* FERRY_DEVICE_H */

@@ -1,0 +1,501 @@
+/*
+ * batch.c — batches of requests: validation, slicing into frames, dispatch to
+ * transports, completion tracking, notifications, waiting.
+ *
+ * A request ends when the last of its pieces comes back; its state is then
+ * COMPLETED, FAILED (first error wins, with its message) or TIMEOUT.  A batch
+ * with a notification sends it once every request has COMPLETED, and counts
+ * as finished only when the notification has been acknowledged.
+ *
+ * Threads: submit/status/wait may be called from any thread; frame
+ * completions arrive on transport threads.  Everything mutable in a batch is
+ * under batch->lock.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "engine/slice.h"
+#include "err.h"
+#include "log.h"
+#include "net.h"
+
+#define MAX_NOTIFY_TARGETS 16
+
+struct req_slot {
+    int state;
+    int error;
+    uint32_t remaining;      /* pieces not yet back */
+    int route;
+    uint64_t transferred;
+    uint64_t segment;
+    char msg[160];
+};
+
+struct plan_node {
+    struct plan_node *next;
+    struct slice_plan plan;
+};
+
+enum { NOTE_NONE, NOTE_WAITING, NOTE_SENDING, NOTE_DONE };
+
+struct ferry_batch {
+    ferry_engine *e;
+    size_t capacity, count;
+    struct req_slot *reqs;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t ended;            /* requests that reached a final state */
+    size_t frames_out;       /* frames handed to transports, not yet back */
+    struct plan_node *plans;
+
+    int note_state;
+    uint8_t *note;
+    size_t note_len;
+    size_t note_ntargets;
+    struct xfer_frame note_frames[MAX_NOTIFY_TARGETS];
+    int note_error;
+    char note_msg[160];
+};
+
+/* ------------------------------------------------------------ completion */
+
+static void end_request(struct ferry_batch *b, struct req_slot *r)
+{
+    ferry_engine *e = b->e;
+    if (r->error == 0) {
+        r->state = FERRY_COMPLETED;
+        atomic_fetch_add(&e->req_completed[r->route], 1);
+    } else {
+        r->state = r->error == FERRY_ETIMEDOUT ? FERRY_TIMEOUT : FERRY_FAILED;
+        atomic_fetch_add(&e->req_failed[r->route], 1);
+    }
+    b->ended++;
+}
+
+static bool finished(const struct ferry_batch *b)
+{
+    return b->ended == b->count && b->frames_out == 0 && b->note_state != NOTE_SENDING;
+}
+
+static void notify_frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg);
+
+/* Decides what to do with the notification once every request has ended.
+ * Called with b->lock held; returns the number of frames to send (the caller
+ * submits them after unlocking). */
+static size_t notification_due(struct ferry_batch *b)
+{
+    if (b->note_state != NOTE_WAITING || b->ended != b->count || b->frames_out != 0)
+        return 0;
+    for (size_t i = 0; i < b->count; i++) {
+        if (b->reqs[i].state != FERRY_COMPLETED) {
+            b->note_state = NOTE_DONE;
+            b->note_error = b->reqs[i].error;
+            snprintf(b->note_msg, sizeof b->note_msg, "notification not sent: request %zu did not complete", i);
+            return 0;
+        }
+    }
+    b->note_state = NOTE_SENDING;
+    uint64_t deadline = now_ns() + (uint64_t)b->e->cfg.request_timeout_ms * 1000000u;
+    for (size_t i = 0; i < b->note_ntargets; i++) {
+        struct xfer_frame *f = &b->note_frames[i];
+        f->opcode = XFER_NOTIFY;
+        f->notify_msg = b->note;
+        f->notify_len = b->note_len;
+        f->deadline_ns = deadline;
+        f->complete = notify_frame_done;
+        f->owner = b;
+        b->frames_out++;
+    }
+    return b->note_ntargets;
+}
+
+/* Hands notification frames to the transports (seg_lock read). */
+static void send_notifications(struct ferry_batch *b, size_t n)
+{
+    ferry_engine *e = b->e;
+    for (size_t i = 0; i < n; i++) {
+        struct xfer_frame *f = &b->note_frames[i];
+        pthread_rwlock_rdlock(&e->seg_lock);
+        struct segment *s = engine_segment(e, f->segment);
+        void *peer = s ? s->peer[f->route] : NULL;
+        if (peer)
+            e->tops[f->route]->submit(e->tstate[f->route], peer, f);
+        pthread_rwlock_unlock(&e->seg_lock);
+        if (!peer)
+            f->complete(f, FERRY_ENOSEG, 0, "notification target segment was closed");
+    }
+}
+
+static void notify_frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    (void)refused;
+    struct ferry_batch *b = f->owner;
+    pthread_mutex_lock(&b->lock);
+    if (err && !b->note_error) {
+        b->note_error = err;
+        snprintf(b->note_msg, sizeof b->note_msg, "notification: %s", msg);
+    }
+    if (--b->frames_out == 0)
+        b->note_state = NOTE_DONE;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    struct ferry_batch *b = f->owner;
+    ferry_engine *e = b->e;
+    if (err == FERRY_ECONN || err == FERRY_ESTALE)
+        engine_mark_stale(e, f->segment);
+    pthread_mutex_lock(&b->lock);
+    for (uint32_t i = 0; i < f->npieces; i++) {
+        const struct xfer_piece *p = &f->pieces[i];
+        struct req_slot *r = &b->reqs[p->request];
+        int perr = err ? err : (refused >> i & 1) ? FERRY_ERANGE : 0;
+        if (perr && !r->error) {
+            r->error = perr;
+            snprintf(r->msg, sizeof r->msg, "%s", msg && *msg ? msg : ferry_strerror(perr));
+        } else if (!perr) {
+            r->transferred += p->len;
+        }
+        if (--r->remaining == 0)
+            end_request(b, r);
+    }
+    b->frames_out--;
+    size_t notes = notification_due(b);
+    if (finished(b))
+        pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    if (notes)
+        send_notifications(b, notes);
+}
+
+/* ------------------------------------------------------------ batch lifecycle */
+
+int ferry_batch_alloc(ferry_engine *e, size_t capacity, ferry_batch **out)
+{
+    if (!e || !out || capacity == 0 || capacity > (1u << 24))
+        return ferry_fail(FERRY_EINVAL, "batch_alloc: capacity %zu (1 - 16M allowed)", capacity);
+    struct ferry_batch *b = calloc(1, sizeof *b);
+    if (b)
+        b->reqs = calloc(capacity, sizeof *b->reqs);
+    if (!b || !b->reqs) {
+        free(b);
+        return ferry_fail(FERRY_ENOMEM, "batch of %zu requests", capacity);
+    }
+    b->e = e;
+    b->capacity = capacity;
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->cond, NULL);
+    *out = b;
+    return 0;
+}
+
+int ferry_batch_set_notify(ferry_batch *b, const void *msg, size_t len)
+{
+    if (!b || (!msg && len) || len > 4096)
+        return ferry_fail(FERRY_EINVAL, "batch_set_notify: message of %zu bytes (0-4096 allowed)", len);
+    pthread_mutex_lock(&b->lock);
+    int rc = 0;
+    if (b->count) {
+        rc = ferry_fail(FERRY_EBUSY, "batch_set_notify: the batch was already submitted");
+    } else {
+        uint8_t *copy = malloc(len + 1);
+        if (!copy) {
+            rc = ferry_fail(FERRY_ENOMEM, "notification copy");
+        } else {
+            if (len)
+                memcpy(copy, msg, len);
+            free(b->note);
+            b->note = copy;
+            b->note_len = len;
+            b->note_state = NOTE_WAITING;
+        }
+    }
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}
+
+size_t ferry_batch_size(const ferry_batch *b)
+{
+    return b ? b->count : 0;
+}
+
+void ferry_batch_free(ferry_batch *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->lock);
+    while (!finished(b))
+        pthread_cond_wait(&b->cond, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+    for (struct plan_node *p = b->plans, *next; p; p = next) {
+        next = p->next;
+        slice_plan_free(&p->plan);
+        free(p);
+    }
+    pthread_mutex_destroy(&b->lock);
+    pthread_cond_destroy(&b->cond);
+    free(b->note);
+    free(b->reqs);
+    free(b);
+}
+
+/* ------------------------------------------------------------ submit */
+
+/* Checks one request against local registrations; picks its route later. */
+static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q, struct memreg_region *local)
+{
+    if (q->opcode != FERRY_READ && q->opcode != FERRY_WRITE)
+        return ferry_fail(FERRY_EINVAL, "request %zu: opcode %d is neither READ nor WRITE", i, q->opcode);
+    if (q->length == 0)
+        return ferry_fail(FERRY_EINVAL, "request %zu: length is 0", i);
+    if (!q->source)
+        return ferry_fail(FERRY_EINVAL, "request %zu: source is NULL", i);
+    if (memreg_find(&e->registry, (uint64_t)(uintptr_t)q->source, q->length, 0, local) != 0)
+        return ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", i,
+                          q->source, q->length);
+    return 0;
+}
+
+/* Refreshes every stale segment the requests name (before taking seg_lock). */
+static void refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n)
+{
+    uint64_t last = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (reqs[i].target == last)
+            continue;
+        last = reqs[i].target;
+        if (engine_take_stale(e, last) && engine_refresh_segment(e, last) != 0)
+            LOG_INFO("refresh of segment %llu failed: %s", (unsigned long long)last, ferry_last_error());
+    }
+}
+
+/* Validates the remote side of every request and picks each one's transport.
+ * Caller holds seg_lock for reading.  On a range miss it reports which
+ * segment so the caller can refresh its descriptor once and retry. */
+static int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n,
+                          const struct memreg_region *locals, struct slice_req *out, uint64_t *miss)
+{
+    struct segment *s = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct ferry_request *q = &reqs[i];
+        if (!s || s->handle != q->target)
+            s = engine_segment(e, q->target);
+        if (!s)
+            return ferry_fail(FERRY_ENOSEG, "request %zu: segment handle %llu is not open", i,
+                              (unsigned long long)q->target);
+        if (descriptor_find_buffer(&s->desc, q->target_offset, q->length) < 0) {
+            *miss = s->handle;
+            return ferry_fail(FERRY_ERANGE, "request %zu: remote range 0x%llx+%zu is outside every buffer of %s", i,
+                              (unsigned long long)q->target_offset, q->length, s->name);
+        }
+        int route = -1;
+        for (size_t t = 0; t < e->ntransports && route < 0; t++)
+            if (s->peer[t] && e->tops[t]->can_access(e->tstate[t], &locals[i]))
+                route = (int)t;
+        if (route < 0)
+            return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
+                              "(device staging is not available yet)", i, s->name, locals[i].location);
+        out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0};
+    }
+    return 0;
+}
+
+/* Builds the plan and initialises the request slots. Batch lock held. */
+static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, struct plan_node **out)
+{
+    ferry_engine *e = b->e;
+    for (size_t i = 0; i < n; i++)
+        sreqs[i].index = (uint32_t)(b->count + i);
+    struct plan_node *node = calloc(1, sizeof *node);
+    if (!node)
+        return ferry_fail(FERRY_ENOMEM, "plan");
+    int rc = slice_plan_make(sreqs, n, e->cfg.slice_size, e->cfg.coalesce_max, &node->plan);
+    if (rc) {
+        free(node);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct req_slot *r = &b->reqs[b->count + i];
+        memset(r, 0, sizeof *r);
+        r->state = FERRY_PENDING;
+        r->segment = sreqs[i].segment;
+        r->route = sreqs[i].route;
+    }
+    for (size_t i = 0; i < node->plan.npieces; i++)
+        b->reqs[node->plan.pieces[i].request].remaining++;
+    uint64_t deadline = now_ns() + (uint64_t)e->cfg.request_timeout_ms * 1000000u;
+    for (size_t i = 0; i < node->plan.nframes; i++) {
+        struct xfer_frame *f = &node->plan.frames[i];
+        f->deadline_ns = deadline;
+        f->complete = data_frame_done;
+        f->owner = b;
+    }
+    *out = node;
+    return 0;
+}
+
+/* Records the distinct target segments for the notification. */
+static int collect_note_targets(struct ferry_batch *b, const struct slice_req *sreqs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 0;
+        while (k < b->note_ntargets && b->note_frames[k].segment != sreqs[i].segment)
+            k++;
+        if (k < b->note_ntargets)
+            continue;
+        if (k == MAX_NOTIFY_TARGETS)
+            return ferry_fail(FERRY_EINVAL, "a batch with a notification may name at most %d segments",
+                              MAX_NOTIFY_TARGETS);
+        b->note_frames[k].segment = sreqs[i].segment;
+        b->note_frames[k].route = sreqs[i].route;
+        b->note_ntargets++;
+    }
+    return 0;
+}
+
+static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs, size_t n,
+                         struct memreg_region *locals, struct slice_req *sreqs)
+{
+    ferry_engine *e = b->e;
+    for (int attempt = 0;; attempt++) {
+        uint64_t miss = 0;
+        pthread_rwlock_rdlock(&e->seg_lock);
+        int rc = route_requests(e, reqs, n, locals, sreqs, &miss);
+        if (rc == FERRY_ERANGE && attempt == 0) {
+            /* the target may have registered more memory since we fetched its
+             * descriptor: refresh once, then judge */
+            pthread_rwlock_unlock(&e->seg_lock);
+            char why[256];
+            snprintf(why, sizeof why, "%s", ferry_last_error());
+            if (engine_refresh_segment(e, miss) != 0)
+                return ferry_fail(FERRY_ERANGE, "%s", why);
+            continue;
+        }
+        if (rc) {
+            pthread_rwlock_unlock(&e->seg_lock);
+            return rc;
+        }
+        pthread_mutex_lock(&b->lock);
+        struct plan_node *node = NULL;
+        if (b->note_state == NOTE_WAITING)
+            rc = collect_note_targets(b, sreqs, n);
+        if (!rc)
+            rc = plan_batch(b, sreqs, n, &node);
+        if (rc) {
+            b->note_ntargets = 0;
+            pthread_mutex_unlock(&b->lock);
+            pthread_rwlock_unlock(&e->seg_lock);
+            return rc;
+        }
+        node->next = b->plans;
+        b->plans = node;
+        b->count += n;
+        b->frames_out += node->plan.nframes;
+        pthread_mutex_unlock(&b->lock);
+        /* Completions may run before this loop ends, even inline; the slots
+         * and frame count are already set up for them. */
+        struct xfer_frame *frames = node->plan.frames;
+        size_t nframes = node->plan.nframes; /* node may be freed once the last frame ends */
+        for (size_t i = 0; i < nframes; i++) {
+            struct xfer_frame *f = &frames[i];
+            struct segment *s = engine_segment(e, f->segment);
+            e->tops[f->route]->submit(e->tstate[f->route], s->peer[f->route], f);
+        }
+        pthread_rwlock_unlock(&e->seg_lock);
+        return 0;
+    }
+}
+
+int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t n)
+{
+    if (!b || (!reqs && n))
+        return ferry_fail(FERRY_EINVAL, "batch_submit: NULL argument");
+    if (n == 0)
+        return 0;
+    pthread_mutex_lock(&b->lock);
+    size_t count = b->count;
+    bool noted = b->note_state != NOTE_NONE;
+    pthread_mutex_unlock(&b->lock);
+    if (n > b->capacity - count)
+        return ferry_fail(FERRY_EFULL, "batch holds %zu of %zu requests; %zu more do not fit", count, b->capacity, n);
+    if (noted && count)
+        return ferry_fail(FERRY_EBUSY, "a batch with a notification takes exactly one submit");
+    ferry_engine *e = b->e;
+    struct memreg_region *locals = malloc(n * sizeof *locals);
+    struct slice_req *sreqs = malloc(n * sizeof *sreqs);
+    int rc = locals && sreqs ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = check_local(e, i, &reqs[i], &locals[i]);
+    if (!rc) {
+        refresh_stale(e, reqs, n);
+        rc = submit_locked(b, reqs, n, locals, sreqs);
+    }
+    free(locals);
+    free(sreqs);
+    return rc;
+}
+
+/* ------------------------------------------------------------ status and wait */
+
+int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
+{
+    if (!b || !st)
+        return ferry_fail(FERRY_EINVAL, "batch_status: NULL argument");
+    pthread_mutex_lock(&b->lock);
+    int rc = 0;
+    if (index >= b->count) {
+        rc = ferry_fail(FERRY_EINVAL, "batch_status: index %zu, %zu submitted", index, b->count);
+    } else {
+        const struct req_slot *r = &b->reqs[index];
+        st->state = r->state;
+        st->error = r->error;
+        st->transferred = r->transferred;
+        snprintf(st->message, sizeof st->message, "%s", r->msg);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}
+
+int ferry_batch_wait(ferry_batch *b, int timeout_ms)
+{
+    if (!b)
+        return ferry_fail(FERRY_EINVAL, "batch_wait: batch is NULL");
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    if (timeout_ms >= 0) {
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&b->lock);
+    while (!finished(b)) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&b->cond, &b->lock);
+        } else if (pthread_cond_timedwait(&b->cond, &b->lock, &until) == ETIMEDOUT && !finished(b)) {
+            size_t left = b->count - b->ended;
+            pthread_mutex_unlock(&b->lock);
+            return ferry_fail(FERRY_ETIMEDOUT, "batch_wait: %zu of %zu requests still running after %d ms", left,
+                              b->count, timeout_ms);
+        }
+    }
+    int rc = 0;
+    for (size_t i = 0; i < b->count && !rc; i++) {
+        if (b->reqs[i].state != FERRY_COMPLETED)
+            rc = ferry_fail(b->reqs[i].error, "request %zu %s: %s", i,
+                            b->reqs[i].state == FERRY_TIMEOUT ? "timed out" : "failed", b->reqs[i].msg);
+    }
+    if (!rc && b->note_error)
+        rc = ferry_fail(b->note_error, "%s", b->note_msg);
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}

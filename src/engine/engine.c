@@ -1,0 +1,679 @@
+/*
+ * engine.c — the engine's lifecycle, memory registration, segments,
+ * notifications and stats.  Requests and their completion live in batch.c.
+ *
+ * Threads: every public function may be called from any thread.  The
+ * registry has its own lock; segments are guarded by seg_lock (submits read,
+ * open/close/refresh write); transports call back into deliver_notify and the
+ * device copy hooks from their own threads.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+
+#include "device/device.h"
+#include "engine/engine.h"
+#include "err.h"
+#include "log.h"
+#include "net.h"
+
+static const struct transport_ops *const known_transports[] = {&ferry_tcp_transport};
+
+/* ------------------------------------------------------------ device copies */
+
+/* A synchronous copy through a device's own stream: the slow, simple path used
+ * by ferry_mem_copy and by a target's bounce buffer.  The staging layer
+ * (src/staging) is the fast path. */
+static int device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir, void *dst,
+                            const void *src, size_t len)
+{
+    ferry_stream *s;
+    int rc = ops->stream_create(dev, &s);
+    if (rc)
+        return rc;
+    struct ferry_copy c = {dst, src, len};
+    rc = ops->copy_async(s, dir, &c, 1);
+    if (!rc)
+        rc = ops->stream_sync(s);
+    ops->stream_destroy(s);
+    return rc;
+}
+
+static const struct ferry_device_ops *region_device(const struct memreg_region *r)
+{
+    char kind[16];
+    int index;
+    if (ferry_location_parse(r->location, kind, &index) != 0)
+        return NULL;
+    return ferry_device_find(kind);
+}
+
+static int hook_device_write(void *engine, const struct memreg_region *r, uint64_t addr, const void *src,
+                             size_t len)
+{
+    (void)engine;
+    const struct ferry_device_ops *ops = region_device(r);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+    return device_copy_sync(ops, r->device_index, FERRY_COPY_H2D, (void *)(uintptr_t)addr, src, len);
+}
+
+static int hook_device_read(void *engine, const struct memreg_region *r, void *dst, uint64_t addr, size_t len)
+{
+    (void)engine;
+    const struct ferry_device_ops *ops = region_device(r);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+    return device_copy_sync(ops, r->device_index, FERRY_COPY_D2H, dst, (const void *)(uintptr_t)addr, len);
+}
+
+/* ------------------------------------------------------------ notifications */
+
+struct note_node {
+    struct note_node *next;
+    struct ferry_notification n;
+};
+
+static void hook_deliver_notify(void *engine, const char *from, const void *msg, size_t len)
+{
+    ferry_engine *e = engine;
+    struct note_node *node = calloc(1, sizeof *node);
+    if (!node) {
+        LOG_ERROR("notification from %s dropped: out of memory", from);
+        return;
+    }
+    snprintf(node->n.from, sizeof node->n.from, "%s", from);
+    node->n.len = len < sizeof node->n.msg ? len : sizeof node->n.msg;
+    memcpy(node->n.msg, msg, node->n.len);
+    struct notify_queue *q = &e->notes;
+    pthread_mutex_lock(&q->lock);
+    if (q->tail)
+        q->tail->next = node;
+    else
+        q->head = node;
+    q->tail = node;
+    q->count++;
+    if (q->count > e->cfg.notify_queue_max) {
+        struct note_node *old = q->head;
+        q->head = old->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->count--;
+        q->dropped++;
+        LOG_WARN("notification queue full (%u): dropped the oldest, from %s", e->cfg.notify_queue_max,
+                 old->n.from);
+        free(old);
+    }
+    pthread_mutex_unlock(&q->lock);
+}
+
+int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, size_t max, size_t *count)
+{
+    if (!e || (!out && max) || !count)
+        return ferry_fail(FERRY_EINVAL, "ferry_get_notifications: NULL argument");
+    struct notify_queue *q = &e->notes;
+    size_t n = 0;
+    pthread_mutex_lock(&q->lock);
+    while (n < max && q->head) {
+        struct note_node *node = q->head;
+        q->head = node->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->count--;
+        out[n++] = node->n;
+        free(node);
+    }
+    pthread_mutex_unlock(&q->lock);
+    *count = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ descriptor */
+
+static int describe_self(void *ctx, char **json)
+{
+    ferry_engine *e = ctx;
+    struct ferry_descriptor d = {.format = DESC_FORMAT, .engine_id = e->engine_id};
+    snprintf(d.name, sizeof d.name, "%s", e->segment_name);
+    int rc = 0;
+    for (size_t i = 0; !rc && i < e->ntransports; i++) {
+        snprintf(d.transports[i].name, sizeof d.transports[i].name, "%s", e->tops[i]->name);
+        rc = e->tops[i]->describe(e->tstate[i], &d.transports[i].json);
+        d.ntransports = i + 1;
+    }
+    size_t n = memreg_list_remote(&e->registry, NULL, 0);
+    struct memreg_region *regions = calloc(n + 1, sizeof *regions);
+    d.buffers = calloc(n + 1, sizeof *d.buffers);
+    if (!rc && (!regions || !d.buffers))
+        rc = ferry_fail(FERRY_ENOMEM, "descriptor buffers");
+    if (!rc) {
+        n = memreg_list_remote(&e->registry, regions, n); /* may have shrunk meanwhile */
+        for (size_t i = 0; i < n; i++) {
+            d.buffers[i].addr = regions[i].addr;
+            d.buffers[i].len = regions[i].len;
+            snprintf(d.buffers[i].location, sizeof d.buffers[i].location, "%s", regions[i].location);
+        }
+        d.nbuffers = n;
+        rc = descriptor_encode(&d, json);
+    }
+    free(regions);
+    for (size_t i = 0; i < d.ntransports; i++)
+        free(d.transports[i].json);
+    free(d.buffers);
+    return rc;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
+{
+    e->cfg = *cfg;
+    struct {
+        const char **field;
+        char *buf;
+        size_t cap;
+        const char *what;
+    } strs[] = {
+        {&e->cfg.local_server_name, e->str_local, sizeof e->str_local, "local_server_name"},
+        {&e->cfg.metadata_server, e->str_meta, sizeof e->str_meta, "metadata_server"},
+        {&e->cfg.protocols, e->str_protocols, sizeof e->str_protocols, "protocols"},
+        {&e->cfg.device_name, e->str_device, sizeof e->str_device, "device_name"},
+    };
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        const char *v = *strs[i].field ? *strs[i].field : "";
+        if (strlen(v) >= strs[i].cap)
+            return ferry_fail(FERRY_EINVAL, "%s is longer than %zu characters", strs[i].what, strs[i].cap - 1);
+        strcpy(strs[i].buf, v);
+        *strs[i].field = strs[i].buf;
+    }
+    if (e->cfg.tcp_connections < 1 || e->cfg.tcp_connections > 64)
+        return ferry_fail(FERRY_EINVAL, "tcp_connections=%u (1-64 allowed)", e->cfg.tcp_connections);
+    if (e->cfg.slice_size < 4096 || e->cfg.slice_size > (64u << 20))
+        return ferry_fail(FERRY_EINVAL, "slice_size=%zu (4 KiB - 64 MiB allowed)", e->cfg.slice_size);
+    if (e->cfg.coalesce_max < 1 || e->cfg.coalesce_max > 64)
+        return ferry_fail(FERRY_EINVAL, "coalesce_max=%u (1-64 allowed)", e->cfg.coalesce_max);
+    if (e->cfg.request_timeout_ms < 1 || e->cfg.connect_timeout_ms < 1)
+        return ferry_fail(FERRY_EINVAL, "timeouts must be at least 1 ms");
+    if (strcmp(e->cfg.metadata_server, "P2PHANDSHAKE") != 0)
+        return ferry_fail(FERRY_ENOTSUP, "metadata_server \"%s\" is not supported by this build (use P2PHANDSHAKE)",
+                          e->cfg.metadata_server);
+    return 0;
+}
+
+static int start_transports(ferry_engine *e, const struct transport_host *host)
+{
+    char list[sizeof e->str_protocols], *save = NULL;
+    strcpy(list, e->cfg.protocols);
+    for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+        const struct transport_ops *ops = NULL;
+        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+            if (strcmp(known_transports[i]->name, name) == 0)
+                ops = known_transports[i];
+        if (!ops)
+            return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
+                              "protocol \"%s\" is not available in this build (available: tcp)", name);
+        if (e->ntransports == MAX_TRANSPORTS)
+            return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
+        int rc = ops->create(host, &e->tstate[e->ntransports]);
+        if (rc)
+            return rc;
+        e->tops[e->ntransports++] = ops;
+    }
+    if (e->ntransports == 0)
+        return ferry_fail(FERRY_EINVAL, "no protocol given");
+    return 0;
+}
+
+int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
+{
+    struct ferry_config defaults;
+    if (!out)
+        return ferry_fail(FERRY_EINVAL, "ferry_engine_create: out is NULL");
+    if (!cfg) {
+        int rc = ferry_config_init(&defaults);
+        if (rc)
+            return rc;
+        cfg = &defaults;
+    }
+    ferry_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return ferry_fail(FERRY_ENOMEM, "engine");
+    int rc = copy_config(e, cfg);
+    if (rc) {
+        free(e);
+        return rc;
+    }
+    ferry_log_level = e->cfg.log_level;
+    memreg_init(&e->registry);
+    pthread_rwlock_init(&e->seg_lock, NULL);
+    pthread_mutex_init(&e->notes.lock, NULL);
+    pthread_mutex_init(&e->stale_lock, NULL);
+    if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
+        e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
+    int port = 0;
+    rc = net_split_hostport(e->cfg.local_server_name, e->listen_host, sizeof e->listen_host, &port);
+    if (rc) {
+        ferry_engine_destroy(e);
+        return rc;
+    }
+    rc = p2p_server_start(e->listen_host, port, e->cfg.connect_timeout_ms, describe_self, e, &e->handshake,
+                          &e->handshake_port);
+    if (rc) {
+        ferry_engine_destroy(e);
+        return rc;
+    }
+    snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
+    if (port && port != e->handshake_port)
+        LOG_WARN("handshake port %d is taken; listening on %d instead", port, e->handshake_port);
+    struct transport_host host = {
+        .engine = e,
+        .registry = &e->registry,
+        .cfg = &e->cfg,
+        .segment_name = e->segment_name,
+        .engine_id = e->engine_id,
+        .listen_host = e->listen_host,
+        .deliver_notify = hook_deliver_notify,
+        .device_write = hook_device_write,
+        .device_read = hook_device_read,
+    };
+    if ((rc = start_transports(e, &host))) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        ferry_engine_destroy(e);
+        return ferry_fail(rc, "%s", why);
+    }
+    LOG_INFO("engine %s ready (engine id %016llx)", e->segment_name, (unsigned long long)e->engine_id);
+    *out = e;
+    return 0;
+}
+
+static void segment_free(ferry_engine *e, struct segment *s)
+{
+    for (size_t i = 0; i < e->ntransports; i++)
+        if (s->peer[i])
+            e->tops[i]->peer_close(e->tstate[i], s->peer[i]);
+    descriptor_free(&s->desc);
+    free(s);
+}
+
+void ferry_engine_destroy(ferry_engine *e)
+{
+    if (!e)
+        return;
+    p2p_server_stop(e->handshake);
+    pthread_rwlock_wrlock(&e->seg_lock);
+    struct segment **segs = e->segs;
+    size_t n = e->nsegs;
+    e->segs = NULL;
+    e->nsegs = e->segcap = 0;
+    pthread_rwlock_unlock(&e->seg_lock);
+    for (size_t i = 0; i < n; i++)
+        segment_free(e, segs[i]);
+    free(segs);
+    for (size_t i = 0; i < e->ntransports; i++)
+        e->tops[i]->destroy(e->tstate[i]);
+    struct ferry_notification drop[16];
+    size_t got;
+    do
+        ferry_get_notifications(e, drop, 16, &got);
+    while (got);
+    pthread_mutex_destroy(&e->notes.lock);
+    pthread_mutex_destroy(&e->stale_lock);
+    pthread_rwlock_destroy(&e->seg_lock);
+    memreg_destroy(&e->registry);
+    free(e);
+}
+
+const char *ferry_engine_segment_name(const ferry_engine *e)
+{
+    return e ? e->segment_name : "";
+}
+
+int ferry_engine_handshake_port(const ferry_engine *e)
+{
+    return e ? e->handshake_port : FERRY_EINVAL;
+}
+
+/* ------------------------------------------------------------ memory */
+
+/* Resolves a location string against the pointer: the kind must exist and the
+ * device layer must agree that the memory is of that kind. */
+static int resolve_location(void *addr, size_t len, const char *location, struct memreg_region *r)
+{
+    int dev = -1;
+    const struct ferry_device_ops *owner = ferry_device_locate(addr, len, &dev);
+    if (!location) {
+        if (owner)
+            snprintf(r->location, sizeof r->location, "%s:%d", owner->kind, dev);
+        else
+            strcpy(r->location, "cpu");
+        r->device_index = owner ? dev : -1;
+        return 0;
+    }
+    char kind[16];
+    int index;
+    int rc = ferry_location_parse(location, kind, &index);
+    if (rc)
+        return rc;
+    if (strcmp(kind, "cpu") == 0) {
+        if (owner)
+            return ferry_fail(FERRY_EINVAL, "0x%llx is %s:%d device memory, registered as \"%s\"",
+                              (unsigned long long)(uintptr_t)addr, owner->kind, dev, location);
+        snprintf(r->location, sizeof r->location, "%s", location);
+        r->device_index = -1;
+        return 0;
+    }
+    const struct ferry_device_ops *ops = ferry_device_find(kind);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": no device backend \"%s\"", location, kind);
+    if ((rc = ops->init()) != 0)
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": %s", location, ferry_last_error());
+    if (index >= ops->device_count())
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
+                          ops->device_count(), kind);
+    if (!ops->locate(addr, len, &dev) || dev != index)
+        return ferry_fail(FERRY_EINVAL, "0x%llx+%zu is not %s memory%s", (unsigned long long)(uintptr_t)addr, len,
+                          location, owner ? " (it belongs to another device)" : " (it is host memory)");
+    snprintf(r->location, sizeof r->location, "%s:%d", kind, index);
+    r->device_index = index;
+    return 0;
+}
+
+int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *location, int remote_accessible)
+{
+    if (!e || !addr || len == 0)
+        return ferry_fail(FERRY_EINVAL, "register: engine, address and length must be non-zero (addr %p len %zu)",
+                          addr, len);
+    struct memreg_region r = {.addr = (uint64_t)(uintptr_t)addr, .len = len, .remote_accessible = !!remote_accessible};
+    int rc = resolve_location(addr, len, location, &r);
+    if (rc)
+        return rc;
+    rc = memreg_add(&e->registry, &r);
+    if (!rc)
+        LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
+    return rc;
+}
+
+int ferry_unregister_memory(ferry_engine *e, void *addr)
+{
+    if (!e)
+        return ferry_fail(FERRY_EINVAL, "unregister: engine is NULL");
+    return memreg_remove(&e->registry, (uint64_t)(uintptr_t)addr, NULL);
+}
+
+int ferry_mem_alloc(ferry_engine *e, const char *location, size_t len, void **out)
+{
+    char kind[16];
+    int index;
+    if (!e || !location || !out || len == 0)
+        return ferry_fail(FERRY_EINVAL, "mem_alloc: NULL argument or zero length");
+    int rc = ferry_location_parse(location, kind, &index);
+    if (rc)
+        return rc;
+    if (strcmp(kind, "cpu") == 0) {
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory", len);
+        *out = p;
+        return 0;
+    }
+    const struct ferry_device_ops *ops = ferry_device_find(kind);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": no device backend \"%s\"", location, kind);
+    if ((rc = ops->init()) != 0)
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": %s", location, ferry_last_error());
+    if (index >= ops->device_count())
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
+                          ops->device_count(), kind);
+    return ops->mem_alloc(index, len, out);
+}
+
+void ferry_mem_free(ferry_engine *e, const char *location, void *ptr, size_t len)
+{
+    char kind[16];
+    int index;
+    (void)e;
+    if (!ptr || !location || ferry_location_parse(location, kind, &index) != 0)
+        return;
+    if (strcmp(kind, "cpu") == 0) {
+        munmap(ptr, len);
+        return;
+    }
+    const struct ferry_device_ops *ops = ferry_device_find(kind);
+    if (ops)
+        ops->mem_free(index, ptr);
+}
+
+int ferry_mem_copy(ferry_engine *e, void *dst, const void *src, size_t len)
+{
+    if (!e || !dst || !src)
+        return ferry_fail(FERRY_EINVAL, "mem_copy: NULL argument");
+    if (len == 0)
+        return 0;
+    int ddev = -1, sdev = -1;
+    const struct ferry_device_ops *d = ferry_device_locate(dst, len, &ddev);
+    const struct ferry_device_ops *s = ferry_device_locate(src, len, &sdev);
+    if (!d && !s) {
+        memcpy(dst, src, len);
+        return 0;
+    }
+    if (d && s && d != s)
+        return ferry_fail(FERRY_ENOTSUP, "mem_copy between %s and %s memory", s->kind, d->kind);
+    if (d && s)
+        return device_copy_sync(d, sdev, FERRY_COPY_D2D, dst, src, len);
+    if (d)
+        return device_copy_sync(d, ddev, FERRY_COPY_H2D, dst, src, len);
+    return device_copy_sync(s, sdev, FERRY_COPY_D2H, dst, src, len);
+}
+
+/* ------------------------------------------------------------ segments */
+
+struct segment *engine_segment(ferry_engine *e, uint64_t handle)
+{
+    for (size_t i = 0; i < e->nsegs; i++)
+        if (e->segs[i]->handle == handle)
+            return e->segs[i];
+    return NULL;
+}
+
+/* Fetches and decodes a descriptor, and opens a transport peer for each
+ * transport both sides speak. */
+static int fetch_segment(ferry_engine *e, const char *name, struct segment **out)
+{
+    char *json = NULL;
+    size_t len = 0;
+    int rc = p2p_fetch(name, e->cfg.connect_timeout_ms, &json, &len);
+    if (rc)
+        return rc;
+    struct segment *s = calloc(1, sizeof *s);
+    if (!s) {
+        free(json);
+        return ferry_fail(FERRY_ENOMEM, "segment");
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    rc = descriptor_decode(json, len, &s->desc);
+    free(json);
+    if (rc) {
+        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+        segment_free(e, s);
+        return rc;
+    }
+    size_t usable = 0;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        if (!descriptor_transport(&s->desc, e->tops[i]->name))
+            continue;
+        rc = e->tops[i]->peer_open(e->tstate[i], &s->desc, &s->peer[i]);
+        if (rc) {
+            segment_free(e, s);
+            return rc;
+        }
+        usable++;
+    }
+    if (!usable) {
+        segment_free(e, s);
+        return ferry_fail(FERRY_ENOTSUP, "segment %s shares no protocol with this engine (%s)", name,
+                          e->cfg.protocols);
+    }
+    *out = s;
+    return 0;
+}
+
+int ferry_open_segment(ferry_engine *e, const char *name, ferry_segment_t *out)
+{
+    if (!e || !name || !out)
+        return ferry_fail(FERRY_EINVAL, "open_segment: NULL argument");
+    if (strlen(name) >= sizeof ((struct segment *)0)->name)
+        return ferry_fail(FERRY_EINVAL, "segment name is too long");
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) {
+        if (strcmp(e->segs[i]->name, name) == 0) {
+            *out = e->segs[i]->handle;
+            pthread_rwlock_unlock(&e->seg_lock);
+            return 0;
+        }
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    struct segment *s;
+    int rc = fetch_segment(e, name, &s);
+    if (rc)
+        return rc;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) { /* another thread opened it meanwhile */
+        if (strcmp(e->segs[i]->name, name) == 0) {
+            *out = e->segs[i]->handle;
+            pthread_rwlock_unlock(&e->seg_lock);
+            segment_free(e, s);
+            return 0;
+        }
+    }
+    if (e->nsegs == e->segcap) {
+        size_t cap = e->segcap ? e->segcap * 2 : 8;
+        struct segment **n = realloc(e->segs, cap * sizeof *n);
+        if (!n) {
+            pthread_rwlock_unlock(&e->seg_lock);
+            segment_free(e, s);
+            return ferry_fail(FERRY_ENOMEM, "segment table");
+        }
+        e->segs = n;
+        e->segcap = cap;
+    }
+    s->handle = ++e->next_handle;
+    e->segs[e->nsegs++] = s;
+    *out = s->handle;
+    pthread_rwlock_unlock(&e->seg_lock);
+    LOG_INFO("opened segment %s (engine id %016llx, %zu buffers)", name, (unsigned long long)s->desc.engine_id,
+             s->desc.nbuffers);
+    return 0;
+}
+
+int ferry_close_segment(ferry_engine *e, ferry_segment_t handle)
+{
+    if (!e)
+        return ferry_fail(FERRY_EINVAL, "close_segment: engine is NULL");
+    struct segment *s = NULL;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) {
+        if (e->segs[i]->handle == handle) {
+            s = e->segs[i];
+            e->segs[i] = e->segs[--e->nsegs];
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!s)
+        return ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+    segment_free(e, s);
+    return 0;
+}
+
+void engine_mark_stale(ferry_engine *e, uint64_t handle)
+{
+    pthread_mutex_lock(&e->stale_lock);
+    size_t i = 0;
+    while (i < e->nstale && e->stale[i] != handle)
+        i++;
+    if (i == e->nstale && e->nstale < sizeof e->stale / sizeof e->stale[0])
+        e->stale[e->nstale++] = handle;
+    pthread_mutex_unlock(&e->stale_lock);
+}
+
+int engine_take_stale(ferry_engine *e, uint64_t handle)
+{
+    int found = 0;
+    pthread_mutex_lock(&e->stale_lock);
+    for (size_t i = 0; i < e->nstale; i++) {
+        if (e->stale[i] == handle) {
+            e->stale[i] = e->stale[--e->nstale];
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->stale_lock);
+    return found;
+}
+
+int engine_refresh_segment(ferry_engine *e, uint64_t handle)
+{
+    char name[128];
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *old = engine_segment(e, handle);
+    if (old)
+        snprintf(name, sizeof name, "%s", old->name);
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!old)
+        return ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+    struct segment *fresh;
+    int rc = fetch_segment(e, name, &fresh);
+    if (rc)
+        return rc;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    old = engine_segment(e, handle);
+    if (old) { /* swap contents so the handle stays valid */
+        struct segment tmp = *old;
+        *old = *fresh;
+        old->handle = handle;
+        *fresh = tmp;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (old)
+        LOG_INFO("segment %s refreshed (engine id %016llx)", name, (unsigned long long)old->desc.engine_id);
+    segment_free(e, fresh);
+    return old ? 0 : ferry_fail(FERRY_ENOSEG, "segment %s was closed during refresh", name);
+}
+
+int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_buffer_info *out, size_t max,
+                          size_t *count)
+{
+    if (!e || !count || (!out && max))
+        return ferry_fail(FERRY_EINVAL, "segment_buffers: NULL argument");
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *s = engine_segment(e, handle);
+    if (s) {
+        for (size_t i = 0; i < s->desc.nbuffers && i < max; i++) {
+            out[i].addr = s->desc.buffers[i].addr;
+            out[i].len = s->desc.buffers[i].len;
+            snprintf(out[i].location, sizeof out[i].location, "%s", s->desc.buffers[i].location);
+        }
+        *count = s->desc.nbuffers;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    return s ? 0 : ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+}
+
+/* ------------------------------------------------------------ stats */
+
+int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
+{
+    if (!e || !out)
+        return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < e->ntransports && i < 4; i++) {
+        e->tops[i]->stats(e->tstate[i], &out->transports[i]);
+        out->transports[i].requests_completed = atomic_load(&e->req_completed[i]);
+        out->transports[i].requests_failed = atomic_load(&e->req_failed[i]);
+    }
+    out->transport_count = e->ntransports;
+    return 0;
+}

@@ -1,0 +1,77 @@
+/*
+ * engine.h — the engine's internal state, shared by engine.c (lifecycle,
+ * memory, segments, notifications) and batch.c (requests and completion).
+ */
+#ifndef FERRY_ENGINE_H
+#define FERRY_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "ferry.h"
+#include "memreg.h"
+#include "meta/descriptor.h"
+#include "meta/p2p.h"
+#include "transport/transport.h"
+
+#define MAX_TRANSPORTS 4
+
+struct segment {
+    uint64_t handle;
+    char name[128];
+    struct ferry_descriptor desc;
+    void *peer[MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
+};
+
+struct note_node;
+struct notify_queue {
+    pthread_mutex_t lock;
+    struct note_node *head, *tail;  /* FIFO, oldest at head */
+    size_t count;
+    uint64_t dropped;
+};
+
+struct ferry_engine {
+    struct ferry_config cfg;
+    char str_local[128], str_meta[256], str_protocols[64], str_device[128]; /* cfg strings */
+    char listen_host[64];
+    char segment_name[128];
+    int handshake_port;
+    uint64_t engine_id;
+
+    struct memreg registry;
+    size_t ntransports;
+    const struct transport_ops *tops[MAX_TRANSPORTS];
+    void *tstate[MAX_TRANSPORTS];
+    atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
+
+    struct p2p_server *handshake;
+
+    pthread_rwlock_t seg_lock;      /* submit: read; open/close/refresh: write */
+    struct segment **segs;
+    size_t nsegs, segcap;
+    uint64_t next_handle;
+
+    /* segments whose transfers failed as if the peer restarted; refreshed on
+     * the next submit to them.  Own lock, so transport threads can add to it
+     * without touching seg_lock. */
+    pthread_mutex_t stale_lock;
+    uint64_t stale[32];
+    size_t nstale;
+
+    struct notify_queue notes;
+};
+
+/* Finds a segment by handle; caller holds seg_lock (read or write). */
+struct segment *engine_segment(ferry_engine *e, uint64_t handle);
+
+/* Marks a segment for refresh before its next use. Any thread. */
+void engine_mark_stale(ferry_engine *e, uint64_t handle);
+/* Removes handle from the stale set; returns whether it was there. */
+int engine_take_stale(ferry_engine *e, uint64_t handle);
+
+/* Re-fetches the descriptor of a segment marked stale (a transfer to it failed
+ * as if it restarted).  Takes seg_lock for writing; call without it. */
+int engine_refresh_segment(ferry_engine *e, uint64_t handle);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * p2p.h — the built-in peer-to-peer handshake (metadata_server=P2PHANDSHAKE).
+ *
+ * Each engine runs a small server on its handshake port that answers
+ * "give me your descriptor" with its current descriptor JSON; an initiator
+ * fetches a peer's descriptor by connecting to the segment name (host:port).
+ * Message: 8-byte magic "FERRYHS1", 4-byte little-endian length, JSON body.
+ * The request body is {"op":"descriptor"}; further ops can be added by
+ * transports (RDMA QP exchange) without changing the framing.
+ */
+#ifndef FERRY_P2P_H
+#define FERRY_P2P_H
+
+#include <stddef.h>
+
+#define P2P_MAGIC "FERRYHS"
+#define P2P_VERSION '1'
+#define P2P_MAX_BODY (16u << 20)
+
+struct p2p_server;
+
+/* Produces the current descriptor JSON (malloc'd) for a request. */
+typedef int (*p2p_describe_fn)(void *ctx, char **json);
+
+/* Listens on host:port (port 0 or taken: a free one) and serves from a thread.
+ * *bound receives the port.  Returns 0 or a FERRY_E* code. */
+int p2p_server_start(const char *host, int port, unsigned io_timeout_ms, p2p_describe_fn fn, void *ctx,
+                     struct p2p_server **out, int *bound);
+void p2p_server_stop(struct p2p_server *s);
+
+/* Fetches the descriptor of segment `name` ("host:port").  *json is malloc'd
+ * (NUL-terminated, caller frees), *len its length.  FERRY_ENOSEG when the name
+ * does not resolve or nobody answers, FERRY_EVERSION for another handshake
+ * version, FERRY_EPROTO for a malformed answer. */
+int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len);
+
+#endif

@@ -1,0 +1,809 @@
+/*
+ * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
+ *
+ * Initiator side: a peer holds `tcp_connections` connections; a frame goes to
+ * the connection with the fewest bytes in flight.  Each connection has a
+ * sender thread (connects, says HELLO, then writes frames straight from the
+ * caller's memory with sendmsg) and a receiver thread (reads acks and READ
+ * payload straight into the caller's memory, enforces deadlines).  Responses
+ * come back in order per connection, so in-flight frames are a FIFO.  Only
+ * the receiver ends in-flight frames; that keeps "ended" and "memory no
+ * longer touched" the same moment.
+ *
+ * Target side: an acceptor thread and one thread per incoming connection; the
+ * latter validates every frame (wire.c), checks every entry against the
+ * registry, and reads payload straight into the registered memory.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+#include "transport/transport.h"
+#include "transport/wire.h"
+
+#define POLL_TICK_MS 100
+#define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
+
+struct tcp_transport;
+
+struct tcp_conn {
+    struct tcp_peer *peer;
+    int fd;
+    pthread_t sender, receiver;
+    bool receiver_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct xfer_frame *sendq_head, *sendq_tail; /* waiting to be written */
+    struct xfer_frame *pend_head, *pend_tail;   /* written, awaiting response */
+    int broken;                                  /* 0 or the error that broke it */
+    char broken_msg[160];
+    atomic_int threads_done;
+    atomic_uint_fast64_t inflight_bytes;
+    uint64_t next_id;
+    struct tcp_conn *next_dead;
+};
+
+struct tcp_peer {
+    struct tcp_transport *t;
+    char host[64];
+    int port;
+    uint64_t epoch;
+    pthread_mutex_t lock;
+    unsigned nconns;
+    struct tcp_conn **conns;
+    struct tcp_conn *dead;  /* broken connections whose threads may still run */
+};
+
+struct server_conn {
+    struct tcp_transport *t;
+    int fd;
+    pthread_t thread;
+    atomic_int done;
+    char from[WIRE_MAX_NAME + 1];
+    uint8_t *bounce;
+    struct server_conn *next;
+};
+
+struct tcp_transport {
+    struct transport_host host;
+    int listen_fd;
+    int port;
+    pthread_t acceptor;
+    atomic_bool stopping;
+    pthread_mutex_t lock;
+    struct server_conn *servers;
+    atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
+    atomic_uint_fast64_t completed, failed;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static void frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    struct tcp_transport *t = c->peer->t;
+    atomic_fetch_sub(&c->inflight_bytes, f->bytes);
+    if (err == 0 && refused == 0) {
+        atomic_fetch_add(&t->completed, 1);
+        if (f->opcode == XFER_WRITE)
+            atomic_fetch_add(&t->bytes_written, f->bytes);
+        else if (f->opcode == XFER_READ)
+            atomic_fetch_add(&t->bytes_read, f->bytes);
+    } else {
+        atomic_fetch_add(&t->failed, 1);
+    }
+    f->complete(f, err, refused, msg);
+}
+
+static void queue_push(struct xfer_frame **head, struct xfer_frame **tail, struct xfer_frame *f)
+{
+    f->next = NULL;
+    if (*tail)
+        (*tail)->next = f;
+    else
+        *head = f;
+    *tail = f;
+}
+
+/* Marks a connection broken and wakes both threads.  Does not end frames:
+ * the receiver (or the sender, if no receiver was started) does. */
+static void conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!c->broken) {
+        c->broken = err;
+        snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s:%d: %s", c->peer->host,
+                 c->peer->port, msg);
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+    }
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Ends every frame still held by a broken connection. Frames past their
+ * deadline end TIMEOUT, the rest with the breaking error. */
+static void conn_fail_all(struct tcp_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *lists[2] = {c->pend_head, c->sendq_head};
+    c->pend_head = c->pend_tail = c->sendq_head = c->sendq_tail = NULL;
+    int err = c->broken ? c->broken : FERRY_ECONN;
+    char msg[sizeof c->broken_msg];
+    strcpy(msg, c->broken_msg);
+    pthread_mutex_unlock(&c->lock);
+    uint64_t now = now_ns();
+    for (int l = 0; l < 2; l++) {
+        for (struct xfer_frame *f = lists[l], *next; f; f = next) {
+            next = f->next;
+            if (now >= f->deadline_ns)
+                frame_end(c, f, FERRY_ETIMEDOUT, 0, "request timed out");
+            else
+                frame_end(c, f, err, 0, msg);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ initiator: receiver */
+
+static int receive_response(struct tcp_conn *c)
+{
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h;
+    int rc = net_read_full(c->fd, raw, sizeof raw);
+    if (rc)
+        return rc;
+    if ((rc = wire_decode_header(raw, &h)))
+        return rc;
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *f = c->pend_head;
+    pthread_mutex_unlock(&c->lock);
+    if (!f || f->wire_id != h.id)
+        return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
+                          (unsigned long long)h.id);
+    int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
+    if (h.type != want)
+        return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
+    if (f->opcode == XFER_READ) {
+        uint64_t expect = 0;
+        for (uint32_t i = 0; i < f->npieces; i++)
+            if (!(h.refused >> i & 1))
+                expect += f->pieces[i].len;
+        if (h.status == 0 && h.payload_len != expect)
+            return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
+                              (unsigned long long)h.payload_len, (unsigned long long)expect);
+        for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
+            if (!(h.refused >> i & 1) && (rc = net_read_full(c->fd, f->pieces[i].local, f->pieces[i].len)))
+                return rc;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->pend_head = f->next;
+    if (!c->pend_head)
+        c->pend_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    char msg[160] = "";
+    if (h.status)
+        snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
+                 ferry_strerror(h.status));
+    else if (h.refused)
+        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers",
+                 c->peer->host, c->peer->port);
+    frame_end(c, f, h.status, h.refused, msg);
+    return 0;
+}
+
+static bool deadline_passed(struct tcp_conn *c)
+{
+    uint64_t now = now_ns();
+    bool late = false;
+    pthread_mutex_lock(&c->lock);
+    for (int l = 0; l < 2 && !late; l++)
+        for (struct xfer_frame *f = l ? c->sendq_head : c->pend_head; f && !late; f = f->next)
+            late = now >= f->deadline_ns;
+    pthread_mutex_unlock(&c->lock);
+    return late;
+}
+
+static void *receiver_main(void *arg)
+{
+    struct tcp_conn *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        int broken = c->broken;
+        pthread_mutex_unlock(&c->lock);
+        if (broken)
+            break;
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int n = poll(&p, 1, POLL_TICK_MS);
+        if (n == 0 || (n < 0 && errno == EINTR)) {
+            if (deadline_passed(c))
+                conn_mark_broken(c, FERRY_ETIMEDOUT, "request deadline passed; connection reset");
+            continue;
+        }
+        int rc = receive_response(c);
+        if (rc)
+            conn_mark_broken(c, rc, ferry_last_error());
+    }
+    conn_fail_all(c);
+    atomic_fetch_add(&c->threads_done, 1);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ initiator: sender */
+
+static int say_hello(struct tcp_conn *c)
+{
+    struct tcp_transport *t = c->peer->t;
+    const char *name = t->host.segment_name;
+    size_t nl = strlen(name);
+    if (nl > WIRE_MAX_NAME)
+        nl = WIRE_MAX_NAME;
+    struct wire_header h = {.type = WIRE_HELLO, .payload_len = nl, .epoch = c->peer->epoch};
+    uint8_t raw[WIRE_HEADER_SIZE];
+    wire_encode_header(&h, raw);
+    struct iovec iov[2] = {{raw, sizeof raw}, {(void *)name, nl}};
+    int rc = net_writev_full(c->fd, iov, 2);
+    if (!rc)
+        rc = net_read_full(c->fd, raw, sizeof raw);
+    if (!rc)
+        rc = wire_decode_header(raw, &h);
+    if (!rc && h.type != WIRE_HELLO_ACK)
+        rc = ferry_fail(FERRY_EPROTO, "expected HELLO_ACK, got type %u", h.type);
+    if (!rc && h.status == FERRY_ESTALE)
+        rc = ferry_fail(FERRY_ESTALE, "the target restarted (engine id changed); reopen the segment");
+    else if (!rc && h.status)
+        rc = ferry_fail(h.status, "target refused the connection: %s", ferry_strerror(h.status));
+    return rc;
+}
+
+static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
+{
+    uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+    struct iovec iov[1 + WIRE_MAX_ENTRIES];
+    struct wire_entry entries[WIRE_MAX_ENTRIES];
+    struct wire_header h = {.id = f->wire_id};
+    int iovcnt = 1;
+    if (f->opcode == XFER_NOTIFY) {
+        h.type = WIRE_NOTIFY;
+        h.payload_len = f->notify_len;
+        iov[iovcnt++] = (struct iovec){(void *)f->notify_msg, f->notify_len};
+    } else {
+        h.type = f->opcode == XFER_WRITE ? WIRE_WRITE : WIRE_READ;
+        h.nentries = (uint8_t)f->npieces;
+        for (uint32_t i = 0; i < f->npieces; i++) {
+            entries[i] = (struct wire_entry){f->pieces[i].remote, f->pieces[i].len};
+            if (f->opcode == XFER_WRITE)
+                iov[iovcnt++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
+        }
+        if (f->opcode == XFER_WRITE)
+            h.payload_len = f->bytes;
+        wire_encode_entries(entries, f->npieces, head + WIRE_HEADER_SIZE);
+    }
+    wire_encode_header(&h, head);
+    iov[0] = (struct iovec){head, WIRE_HEADER_SIZE + (size_t)WIRE_ENTRY_SIZE * h.nentries};
+    atomic_fetch_add(&c->peer->t->frames_sent, 1);
+    return net_writev_full(c->fd, iov, iovcnt);
+}
+
+static void *sender_main(void *arg)
+{
+    struct tcp_conn *c = arg;
+    struct tcp_transport *t = c->peer->t;
+    int fd = net_connect(c->peer->host, c->peer->port, t->host.cfg->connect_timeout_ms);
+    int rc = fd < 0 ? fd : 0;
+    if (fd >= 0) {
+        pthread_mutex_lock(&c->lock);
+        c->fd = fd;
+        pthread_mutex_unlock(&c->lock);
+        net_set_timeouts(fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
+        rc = say_hello(c);
+    }
+    if (!rc) {
+        /* frames in flight are bounded by their deadlines, enforced by the receiver */
+        net_set_timeouts(fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
+        rc = pthread_create(&c->receiver, NULL, receiver_main, c) ? ferry_fail(FERRY_EIO, "thread") : 0;
+        c->receiver_started = rc == 0;
+    }
+    if (rc) {
+        conn_mark_broken(c, rc, ferry_last_error());
+        conn_fail_all(c);
+        atomic_fetch_add(&c->threads_done, 2);
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        while (!c->sendq_head && !c->broken)
+            pthread_cond_wait(&c->cond, &c->lock);
+        if (c->broken) {
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        struct xfer_frame *f = c->sendq_head;
+        c->sendq_head = f->next;
+        if (!c->sendq_head)
+            c->sendq_tail = NULL;
+        f->wire_id = c->next_id++;
+        queue_push(&c->pend_head, &c->pend_tail, f);
+        pthread_mutex_unlock(&c->lock);
+        if ((rc = send_frame(c, f))) {
+            conn_mark_broken(c, rc, ferry_last_error());
+            break;
+        }
+    }
+    atomic_fetch_add(&c->threads_done, 1);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ initiator: peers */
+
+static struct tcp_conn *conn_create(struct tcp_peer *p)
+{
+    struct tcp_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->peer = p;
+    c->fd = -1;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    if (pthread_create(&c->sender, NULL, sender_main, c)) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void conn_join_free(struct tcp_conn *c)
+{
+    pthread_join(c->sender, NULL);
+    if (c->receiver_started)
+        pthread_join(c->receiver, NULL);
+    if (c->fd >= 0)
+        close(c->fd);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->cond);
+    free(c);
+}
+
+/* Joins dead connections whose threads have both finished. Peer lock held. */
+static void reap_dead(struct tcp_peer *p)
+{
+    for (struct tcp_conn **pp = &p->dead; *pp;) {
+        struct tcp_conn *c = *pp;
+        if (atomic_load(&c->threads_done) >= 2) {
+            *pp = c->next_dead;
+            conn_join_free(c);
+        } else {
+            pp = &c->next_dead;
+        }
+    }
+}
+
+static int tcp_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
+{
+    struct tcp_transport *t = tp;
+    const char *ep = descriptor_transport(d, "tcp");
+    if (!ep)
+        return ferry_fail(FERRY_ENOTSUP, "segment %s offers no tcp endpoint", d->name);
+    cJSON *j = cJSON_Parse(ep);
+    const cJSON *host = cJSON_GetObjectItemCaseSensitive(j, "host");
+    const cJSON *port = cJSON_GetObjectItemCaseSensitive(j, "port");
+    int rc = 0;
+    if (!cJSON_IsString(host) || !cJSON_IsNumber(port) || port->valuedouble < 1 ||
+        port->valuedouble > 65535 || strlen(host->valuestring) >= 64)
+        rc = ferry_fail(FERRY_EPROTO, "segment %s: bad tcp endpoint %.80s", d->name, ep);
+    struct tcp_peer *p = rc ? NULL : calloc(1, sizeof *p);
+    if (!rc && p) {
+        p->t = t;
+        strcpy(p->host, host->valuestring);
+        p->port = (int)port->valuedouble;
+        p->epoch = d->engine_id;
+        p->nconns = t->host.cfg->tcp_connections;
+        p->conns = calloc(p->nconns, sizeof *p->conns);
+        pthread_mutex_init(&p->lock, NULL);
+        if (!p->conns) {
+            free(p);
+            p = NULL;
+        }
+    }
+    cJSON_Delete(j);
+    if (rc)
+        return rc;
+    if (!p)
+        return ferry_fail(FERRY_ENOMEM, "tcp peer");
+    *out = p;
+    return 0;
+}
+
+static void tcp_peer_close(void *tp, void *pp)
+{
+    (void)tp;
+    struct tcp_peer *p = pp;
+    pthread_mutex_lock(&p->lock);
+    for (unsigned i = 0; i < p->nconns; i++) {
+        if (p->conns[i]) {
+            conn_mark_broken(p->conns[i], FERRY_ECANCELED, "segment closed");
+            p->conns[i]->next_dead = p->dead;
+            p->dead = p->conns[i];
+            p->conns[i] = NULL;
+        }
+    }
+    struct tcp_conn *dead = p->dead;
+    p->dead = NULL;
+    pthread_mutex_unlock(&p->lock);
+    while (dead) {
+        struct tcp_conn *next = dead->next_dead;
+        conn_join_free(dead);
+        dead = next;
+    }
+    pthread_mutex_destroy(&p->lock);
+    free(p->conns);
+    free(p);
+}
+
+/* Picks the live connection with the fewest bytes in flight, replacing
+ * broken ones (lazily: connecting happens on the new sender thread). */
+static struct tcp_conn *pick_conn(struct tcp_peer *p)
+{
+    struct tcp_conn *best = NULL;
+    uint64_t best_bytes = UINT64_MAX;
+    pthread_mutex_lock(&p->lock);
+    reap_dead(p);
+    for (unsigned i = 0; i < p->nconns; i++) {
+        struct tcp_conn *c = p->conns[i];
+        if (c) {
+            pthread_mutex_lock(&c->lock);
+            int broken = c->broken;
+            pthread_mutex_unlock(&c->lock);
+            if (broken) {
+                c->next_dead = p->dead;
+                p->dead = c;
+                c = p->conns[i] = NULL;
+            }
+        }
+        if (!c)
+            c = p->conns[i] = conn_create(p);
+        if (!c)
+            continue;
+        uint64_t b = atomic_load(&c->inflight_bytes);
+        if (b < best_bytes) {
+            best = c;
+            best_bytes = b;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return best;
+}
+
+static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
+{
+    (void)tp;
+    struct tcp_peer *p = pp;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        struct tcp_conn *c = pick_conn(p);
+        if (!c)
+            break;
+        pthread_mutex_lock(&c->lock);
+        if (!c->broken) {
+            atomic_fetch_add(&c->inflight_bytes, f->bytes);
+            queue_push(&c->sendq_head, &c->sendq_tail, f);
+            pthread_cond_signal(&c->cond);
+            pthread_mutex_unlock(&c->lock);
+            return;
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    atomic_fetch_add(&p->t->failed, 1);
+    f->complete(f, FERRY_ECONN, 0, "tcp: no usable connection to the peer");
+}
+
+/* ------------------------------------------------------------ target side */
+
+/* Reads one entry's payload into memory the peer may write, or discards it. */
+static int serve_write_entry(struct server_conn *s, const struct wire_entry *e, bool *refused)
+{
+    struct tcp_transport *t = s->t;
+    struct memreg_region r;
+    *refused = memreg_find(t->host.registry, e->addr, e->len, 1, &r) != 0;
+    if (*refused)
+        return net_discard(s->fd, e->len);
+    if (r.device_index < 0)
+        return net_read_full(s->fd, (void *)(uintptr_t)e->addr, e->len);
+    /* device memory: through the bounce buffer, one device copy per piece */
+    for (uint64_t done = 0; done < e->len;) {
+        size_t n = e->len - done < BOUNCE_SIZE ? (size_t)(e->len - done) : BOUNCE_SIZE;
+        int rc = net_read_full(s->fd, s->bounce, n);
+        if (!rc)
+            rc = t->host.device_write(t->host.engine, &r, e->addr + done, s->bounce, n);
+        if (rc)
+            return rc;
+        done += n;
+    }
+    return 0;
+}
+
+static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
+                         uint64_t payload)
+{
+    struct wire_header h = {.type = type, .id = id, .status = status, .refused = refused, .payload_len = payload};
+    uint8_t raw[WIRE_HEADER_SIZE];
+    wire_encode_header(&h, raw);
+    return net_write_full(s->fd, raw, sizeof raw);
+}
+
+static int serve_write(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
+{
+    uint64_t refused = 0;
+    for (unsigned i = 0; i < h->nentries; i++) {
+        bool r;
+        int rc = serve_write_entry(s, &e[i], &r);
+        if (rc)
+            return rc;
+        if (r) {
+            refused |= 1ull << i;
+            atomic_fetch_add(&s->t->refused, 1);
+            LOG_WARN("tcp: refused WRITE from %s to 0x%llx+%llu: outside remote-accessible buffers", s->from,
+                     (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
+        } else {
+            atomic_fetch_add(&s->t->bytes_served, e[i].len);
+        }
+    }
+    return send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+}
+
+static int serve_read(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
+{
+    struct tcp_transport *t = s->t;
+    struct memreg_region r[WIRE_MAX_ENTRIES];
+    uint64_t refused = 0, payload = 0;
+    for (unsigned i = 0; i < h->nentries; i++) {
+        if (memreg_find(t->host.registry, e[i].addr, e[i].len, 1, &r[i]) != 0) {
+            refused |= 1ull << i;
+            atomic_fetch_add(&t->refused, 1);
+            LOG_WARN("tcp: refused READ from %s of 0x%llx+%llu: outside remote-accessible buffers", s->from,
+                     (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
+        } else {
+            payload += e[i].len;
+        }
+    }
+    int rc = send_response(s, WIRE_READ_RESP, h->id, 0, refused, payload);
+    for (unsigned i = 0; !rc && i < h->nentries; i++) {
+        if (refused >> i & 1)
+            continue;
+        if (r[i].device_index < 0) {
+            rc = net_write_full(s->fd, (const void *)(uintptr_t)e[i].addr, e[i].len);
+        } else {
+            for (uint64_t done = 0; !rc && done < e[i].len;) {
+                size_t n = e[i].len - done < BOUNCE_SIZE ? (size_t)(e[i].len - done) : BOUNCE_SIZE;
+                rc = t->host.device_read(t->host.engine, &r[i], s->bounce, e[i].addr + done, n);
+                if (!rc)
+                    rc = net_write_full(s->fd, s->bounce, n);
+                done += n;
+            }
+        }
+        if (!rc)
+            atomic_fetch_add(&t->bytes_served, e[i].len);
+    }
+    return rc;
+}
+
+static int serve_notify(struct server_conn *s, const struct wire_header *h)
+{
+    uint8_t msg[WIRE_MAX_NOTIFY];
+    int rc = net_read_full(s->fd, msg, (size_t)h->payload_len);
+    if (rc)
+        return rc;
+    s->t->host.deliver_notify(s->t->host.engine, s->from, msg, (size_t)h->payload_len);
+    return send_response(s, WIRE_NOTIFY_ACK, h->id, 0, 0, 0);
+}
+
+/* HELLO: the initiator names itself and the engine id it expects. */
+static int serve_hello(struct server_conn *s)
+{
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h;
+    int rc = net_read_full(s->fd, raw, sizeof raw);
+    if (!rc)
+        rc = wire_decode_header(raw, &h);
+    if (!rc && h.type != WIRE_HELLO)
+        rc = ferry_fail(FERRY_EPROTO, "first frame is type %u, not HELLO", h.type);
+    if (!rc)
+        rc = net_read_full(s->fd, s->from, (size_t)h.payload_len);
+    if (rc)
+        return rc;
+    s->from[h.payload_len] = '\0';
+    int status = h.epoch == s->t->host.engine_id ? 0 : FERRY_ESTALE;
+    rc = send_response(s, WIRE_HELLO_ACK, h.id, status, 0, 0);
+    return rc ? rc : status;
+}
+
+static int serve_frame(struct server_conn *s)
+{
+    uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+    struct wire_header h;
+    struct wire_entry e[WIRE_MAX_ENTRIES];
+    int rc = net_read_full(s->fd, raw, WIRE_HEADER_SIZE);
+    if (!rc)
+        rc = wire_decode_header(raw, &h);
+    if (!rc && h.nentries)
+        rc = net_read_full(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE);
+    if (!rc && h.nentries)
+        rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
+    if (rc)
+        return rc;
+    switch (h.type) {
+    case WIRE_WRITE:
+        return serve_write(s, &h, e);
+    case WIRE_READ:
+        return serve_read(s, &h, e);
+    case WIRE_NOTIFY:
+        return serve_notify(s, &h);
+    default:
+        return ferry_fail(FERRY_EPROTO, "unexpected frame type %u from an initiator", h.type);
+    }
+}
+
+static void *server_main(void *arg)
+{
+    struct server_conn *s = arg;
+    struct tcp_transport *t = s->t;
+    strcpy(s->from, "?");
+    net_set_timeouts(s->fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
+    int rc = serve_hello(s);
+    if (!rc)
+        net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
+    while (!rc && !atomic_load(&t->stopping)) {
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        int n = poll(&p, 1, POLL_TICK_MS);
+        if (n == 0 || (n < 0 && errno == EINTR))
+            continue;
+        rc = serve_frame(s);
+    }
+    if (rc && rc != FERRY_ECONN && !atomic_load(&t->stopping)) {
+        atomic_fetch_add(&t->refused, 1);
+        LOG_WARN("tcp: dropping connection from %s: %s: %s", s->from, ferry_err_name(rc), ferry_last_error());
+    }
+    shutdown(s->fd, SHUT_RDWR);
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+static void server_reap(struct tcp_transport *t, bool all)
+{
+    pthread_mutex_lock(&t->lock);
+    for (struct server_conn **pp = &t->servers; *pp;) {
+        struct server_conn *s = *pp;
+        if (all)
+            shutdown(s->fd, SHUT_RDWR);
+        if (all || atomic_load(&s->done)) {
+            *pp = s->next;
+            pthread_join(s->thread, NULL);
+            close(s->fd);
+            free(s->bounce);
+            free(s);
+        } else {
+            pp = &s->next;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void *acceptor_main(void *arg)
+{
+    struct tcp_transport *t = arg;
+    while (!atomic_load(&t->stopping)) {
+        struct pollfd p = {.fd = t->listen_fd, .events = POLLIN};
+        if (poll(&p, 1, POLL_TICK_MS) <= 0)
+            continue;
+        int fd = accept4(t->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        server_reap(t, false);
+        struct server_conn *s = calloc(1, sizeof *s);
+        if (s)
+            s->bounce = malloc(BOUNCE_SIZE);
+        if (!s || !s->bounce) {
+            free(s);
+            close(fd);
+            continue;
+        }
+        s->t = t;
+        s->fd = fd;
+        if (pthread_create(&s->thread, NULL, server_main, s)) {
+            free(s->bounce);
+            free(s);
+            close(fd);
+            continue;
+        }
+        pthread_mutex_lock(&t->lock);
+        s->next = t->servers;
+        t->servers = s;
+        pthread_mutex_unlock(&t->lock);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ ops table */
+
+static int tcp_create(const struct transport_host *host, void **out)
+{
+    struct tcp_transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return ferry_fail(FERRY_ENOMEM, "tcp transport");
+    t->host = *host;
+    pthread_mutex_init(&t->lock, NULL);
+    t->listen_fd = net_listen(host->listen_host, 0, &t->port);
+    if (t->listen_fd < 0) {
+        int rc = t->listen_fd;
+        free(t);
+        return rc;
+    }
+    if (pthread_create(&t->acceptor, NULL, acceptor_main, t)) {
+        close(t->listen_fd);
+        free(t);
+        return ferry_fail(FERRY_EIO, "tcp: cannot start acceptor thread");
+    }
+    *out = t;
+    return 0;
+}
+
+static void tcp_destroy(void *tp)
+{
+    struct tcp_transport *t = tp;
+    atomic_store(&t->stopping, true);
+    pthread_join(t->acceptor, NULL);
+    close(t->listen_fd);
+    server_reap(t, true);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
+
+static int tcp_describe(void *tp, char **json)
+{
+    struct tcp_transport *t = tp;
+    char buf[128];
+    snprintf(buf, sizeof buf, "{\"host\":\"%s\",\"port\":%d}", t->host.listen_host, t->port);
+    *json = strdup(buf);
+    return *json ? 0 : ferry_fail(FERRY_ENOMEM, "tcp describe");
+}
+
+static int tcp_can_access(void *tp, const struct memreg_region *r)
+{
+    (void)tp;
+    return r->device_index < 0;
+}
+
+static void tcp_stats(void *tp, struct ferry_transport_stats *out)
+{
+    struct tcp_transport *t = tp;
+    memset(out, 0, sizeof *out);
+    strcpy(out->name, "tcp");
+    out->bytes_written = atomic_load(&t->bytes_written);
+    out->bytes_read = atomic_load(&t->bytes_read);
+    out->bytes_served = atomic_load(&t->bytes_served);
+    out->frames_sent = atomic_load(&t->frames_sent);
+    out->refused = atomic_load(&t->refused);
+    out->requests_completed = atomic_load(&t->completed);
+    out->requests_failed = atomic_load(&t->failed);
+}
+
+const struct transport_ops ferry_tcp_transport = {
+    .name = "tcp",
+    .create = tcp_create,
+    .destroy = tcp_destroy,
+    .describe = tcp_describe,
+    .peer_open = tcp_peer_open,
+    .peer_close = tcp_peer_close,
+    .submit = tcp_submit,
+    .can_access = tcp_can_access,
+    .stats = tcp_stats,
+};

@@ -1,0 +1,91 @@
+/*
+ * transport.h — the contract between the engine and a transport (tcp, rdma,
+ * shm).  Each transport fills one struct transport_ops in its own file; the
+ * engine only calls through the table and never names a concrete transport.
+ *
+ * Work reaches a transport as frames: one or more pieces (local pointer,
+ * remote address, length) of the same opcode to one peer.  submit() never
+ * blocks on the network and never fails synchronously: every frame handed
+ * over ends exactly once through frame->complete, from a transport thread.
+ */
+#ifndef FERRY_TRANSPORT_H
+#define FERRY_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry.h"
+#include "memreg.h"
+#include "meta/descriptor.h"
+
+enum xfer_op { XFER_READ = FERRY_READ, XFER_WRITE = FERRY_WRITE, XFER_NOTIFY = 2 };
+
+struct xfer_piece {
+    void *local;
+    uint64_t remote;
+    uint64_t len;
+    uint32_t request;          /* index of the owning request in its batch */
+};
+
+struct xfer_frame {
+    int opcode;                /* enum xfer_op */
+    uint32_t npieces;
+    struct xfer_piece *pieces;
+    uint64_t bytes;            /* sum of piece lengths */
+    const void *notify_msg;    /* XFER_NOTIFY only */
+    size_t notify_len;
+    uint64_t deadline_ns;      /* monotonic; the frame ends TIMEOUT after it */
+    /* Called once when the frame ends. err 0: every piece not set in `refused`
+     * arrived; refused bit i: the target refused piece i (out of its buffers).
+     * msg explains a non-zero err or refusal. */
+    void (*complete)(struct xfer_frame *f, int err, uint64_t refused, const char *msg);
+    void *owner;               /* the engine's (its batch) */
+    uint64_t segment;          /* the engine's: target segment handle */
+    int route;                 /* the engine's: transport index */
+    /* transport-private from here */
+    struct xfer_frame *next;
+    uint64_t wire_id;
+};
+
+/* What the engine lends a transport: its registry (to check incoming
+ * accesses), config, identity, and callbacks upward. */
+struct transport_host {
+    void *engine;
+    struct memreg *registry;
+    const struct ferry_config *cfg;
+    const char *segment_name;
+    uint64_t engine_id;
+    const char *listen_host;
+    /* a NOTIFY arrived: queue it for ferry_get_notifications */
+    void (*deliver_notify)(void *engine, const char *from, const void *msg, size_t len);
+    /* incoming access to memory the transport cannot touch directly (device
+     * memory): copy through the device layer and wait. 0 or FERRY_E*. */
+    int (*device_write)(void *engine, const struct memreg_region *r, uint64_t addr,
+                        const void *src, size_t len);
+    int (*device_read)(void *engine, const struct memreg_region *r, void *dst, uint64_t addr,
+                       size_t len);
+};
+
+struct transport_ops {
+    const char *name;
+    /* Starts listening.  *out receives the transport's state. */
+    int (*create)(const struct transport_host *host, void **out);
+    /* Stops, fails every unfinished frame with FERRY_ECANCELED, frees. */
+    void (*destroy)(void *t);
+    /* This engine's endpoint as a JSON object text (malloc'd, caller frees). */
+    int (*describe)(void *t, char **json);
+    /* Prepares to talk to a peer described by d (connections open lazily).
+     * FERRY_ENOTSUP if the peer does not offer this transport. */
+    int (*peer_open)(void *t, const struct ferry_descriptor *d, void **peer);
+    /* Closes a peer; its unfinished frames end FERRY_ECANCELED. */
+    void (*peer_close)(void *t, void *peer);
+    /* Hands a frame over (asynchronous; see above). */
+    void (*submit)(void *t, void *peer, struct xfer_frame *f);
+    /* Can this transport touch memory at this location directly? */
+    int (*can_access)(void *t, const struct memreg_region *r);
+    void (*stats)(void *t, struct ferry_transport_stats *out);
+};
+
+extern const struct transport_ops ferry_tcp_transport;
+
+#endif

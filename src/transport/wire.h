@@ -1,0 +1,77 @@
+/*
+ * wire.h — the tcp transport's frame format, encoded and decoded in one place.
+ *
+ * Every message on a data connection is a 48-byte header, then `nentries`
+ * scatter entries {addr, len} (16 bytes each), then `payload_len` bytes.
+ * All integers are little-endian.  The decoder is the first thing that sees
+ * bytes from a peer: it rejects anything malformed before any memory is
+ * touched (fuzzed by tests/fuzz/fuzz_wire.c).
+ *
+ *   HELLO       initiator -> target, payload = initiator's segment name,
+ *               `epoch` = the target engine id the initiator expects
+ *   HELLO_ACK   status 0, or FERRY_ESTALE / FERRY_EVERSION
+ *   WRITE       entries + payload (the bytes of each entry, in order)
+ *   WRITE_ACK   status; `refused` has bit i set for each entry i not written
+ *   READ        entries, no payload
+ *   READ_RESP   status; refused bitmap; payload = bytes of every entry not refused
+ *   NOTIFY      payload = message; NOTIFY_ACK status
+ */
+#ifndef FERRY_WIRE_H
+#define FERRY_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_MAGIC 0x59525246u /* "FRRY" */
+#define WIRE_VERSION 1
+#define WIRE_HEADER_SIZE 48
+#define WIRE_ENTRY_SIZE 16
+#define WIRE_MAX_ENTRIES 64
+#define WIRE_MAX_PAYLOAD (256ull << 20)   /* one frame carries at most 256 MiB */
+#define WIRE_MAX_NOTIFY 4096
+#define WIRE_MAX_NAME 127
+
+enum wire_type {
+    WIRE_HELLO = 1,
+    WIRE_HELLO_ACK = 2,
+    WIRE_WRITE = 3,
+    WIRE_WRITE_ACK = 4,
+    WIRE_READ = 5,
+    WIRE_READ_RESP = 6,
+    WIRE_NOTIFY = 7,
+    WIRE_NOTIFY_ACK = 8,
+};
+
+struct wire_header {
+    uint32_t magic;
+    uint16_t version;
+    uint8_t type;
+    uint8_t nentries;
+    int32_t status;       /* 0 or a FERRY_E* code (responses) */
+    uint32_t reserved;
+    uint64_t id;          /* initiator's frame id, echoed in the response */
+    uint64_t refused;     /* responses: bitmap of refused entries */
+    uint64_t payload_len;
+    uint64_t epoch;       /* HELLO: the target engine id expected */
+};
+
+struct wire_entry {
+    uint64_t addr;
+    uint64_t len;
+};
+
+void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZE]);
+
+/* Decodes and validates a header: magic, version, known type, entry count
+ * allowed for the type, payload length within limits for the type.  Returns 0,
+ * FERRY_EPROTO or FERRY_EVERSION (with a detail message). */
+int wire_decode_header(const uint8_t in[WIRE_HEADER_SIZE], struct wire_header *h);
+
+void wire_encode_entries(const struct wire_entry *e, unsigned n, uint8_t *out);
+
+/* Decodes n entries; checks every length is non-zero, no range wraps, and (for
+ * WRITE) that the lengths add up to payload_len exactly.  Returns 0 or
+ * FERRY_EPROTO. */
+int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct wire_entry *e);
+
+#endif

@@ -1,0 +1,189 @@
+/*
+ * testutil.c — helpers shared by ferry's tests (see testutil.h).
+ *
+ * The child target speaks a line protocol on a socketpair: the parent sends
+ * "check OFF LEN SEED" or "note", the child answers one line.  This lets
+ * multi-process tests verify data on the target side and kill the target at
+ * will, with real sockets between two real engines.
+ */
+#include "testutil.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+void test_skip(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("SKIPPED: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    exit(77);
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+static uint64_t word_at(uint64_t seed, uint64_t pos)
+{
+    return mix64(seed * 0x9E3779B97F4A7C15ull ^ pos);
+}
+
+void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t base_pos)
+{
+    uint64_t *w = buf;
+    for (size_t i = 0; i < len / 8; i++)
+        w[i] = word_at(seed, base_pos + 8 * i);
+}
+
+long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos)
+{
+    const uint64_t *w = buf;
+    for (size_t i = 0; i < len / 8; i++)
+        if (w[i] != word_at(seed, base_pos + 8 * i))
+            return (long)(8 * i);
+    return -1;
+}
+
+static int read_line(int fd, char *buf, size_t max)
+{
+    size_t n = 0;
+    while (n + 1 < max) {
+        ssize_t r = read(fd, buf + n, 1);
+        if (r <= 0)
+            return -1;
+        if (buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
+static void child_serve(int fd, size_t len, const char *location, uint64_t seed)
+{
+    ferry_engine *e;
+    struct ferry_config cfg;
+    ferry_config_init(&cfg);
+    if (ferry_engine_create(&cfg, &e) != 0) {
+        dprintf(fd, "error %s\n", ferry_last_error());
+        _exit(1);
+    }
+    void *buf, *host = malloc(len);
+    if (ferry_mem_alloc(e, location, len, &buf) != 0 || !host) {
+        dprintf(fd, "error %s\n", ferry_last_error());
+        _exit(1);
+    }
+    pattern_fill(host, len, seed, 0);
+    if (ferry_mem_copy(e, buf, host, len) != 0 || ferry_register_memory(e, buf, len, location, 1) != 0) {
+        dprintf(fd, "error %s\n", ferry_last_error());
+        _exit(1);
+    }
+    dprintf(fd, "%s %llx\n", ferry_engine_segment_name(e), (unsigned long long)(uintptr_t)buf);
+    char line[256];
+    while (read_line(fd, line, sizeof line) == 0) {
+        unsigned long long off, n, s;
+        if (sscanf(line, "check %llx %llx %llu", &off, &n, &s) == 3) {
+            long bad = -2;
+            if (off + n <= len && ferry_mem_copy(e, host, (char *)buf + off, n) == 0)
+                bad = pattern_check(host, n, s, off);
+            dprintf(fd, "%ld\n", bad < 0 ? bad : bad + (long)off);
+        } else if (strcmp(line, "note") == 0) {
+            static struct ferry_notification note;
+            size_t got = 0;
+            ferry_get_notifications(e, &note, 1, &got);
+            if (got)
+                dprintf(fd, "%zu %.*s\n", note.len, (int)note.len, (const char *)note.msg);
+            else
+                dprintf(fd, "-1\n");
+        } else if (strcmp(line, "quit") == 0) {
+            break;
+        }
+    }
+    ferry_engine_destroy(e);
+    _exit(0);
+}
+
+int child_target_start(struct child_target *t, size_t len, const char *location, uint64_t seed)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        close(sv[0]);
+        child_serve(sv[1], len, location, seed);
+    }
+    close(sv[1]);
+    memset(t, 0, sizeof *t);
+    t->pid = pid;
+    t->ctl_fd = sv[0];
+    t->len = len;
+    char line[256];
+    unsigned long long addr;
+    if (read_line(t->ctl_fd, line, sizeof line) != 0 || sscanf(line, "%127s %llx", t->name, &addr) != 2 ||
+        strcmp(t->name, "error") == 0) {
+        fprintf(stderr, "child target failed: %s\n", line);
+        child_target_kill(t);
+        return -1;
+    }
+    t->addr = addr;
+    return 0;
+}
+
+long child_target_check(struct child_target *t, uint64_t off, uint64_t len, uint64_t seed)
+{
+    char line[64];
+    dprintf(t->ctl_fd, "check %llx %llx %llu\n", (unsigned long long)off, (unsigned long long)len,
+            (unsigned long long)seed);
+    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+        return -2;
+    return strtol(line, NULL, 10);
+}
+
+long child_target_notification(struct child_target *t, char *buf, size_t max)
+{
+    char line[4200];
+    dprintf(t->ctl_fd, "note\n");
+    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+        return -1;
+    long n = strtol(line, NULL, 10);
+    if (n < 0)
+        return -1;
+    const char *sp = strchr(line, ' ');
+    size_t copy = (size_t)n < max ? (size_t)n : max;
+    if (sp)
+        memcpy(buf, sp + 1, copy);
+    return n;
+}
+
+void child_target_kill(struct child_target *t)
+{
+    if (t->pid > 0) {
+        kill(t->pid, SIGKILL);
+        waitpid(t->pid, NULL, 0);
+        t->pid = 0;
+    }
+    if (t->ctl_fd > 0) {
+        close(t->ctl_fd);
+        t->ctl_fd = -1;
+    }
+}

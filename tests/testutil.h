@@ -1,0 +1,42 @@
+/*
+ * testutil.h — helpers shared by ferry's tests: skip with a reason, patterns,
+ * and a target engine running in a forked child process.
+ */
+#ifndef FERRY_TESTUTIL_H
+#define FERRY_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ferry.h"
+
+/* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
+void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+/* Fills / checks a position-dependent pattern: word i of the range holds a hash
+ * of (seed, base_pos + 8*i).  check returns the byte offset of the first
+ * mismatch, or -1. */
+void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t base_pos);
+long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos);
+
+/* A target engine in a child process: it registers `len` bytes of `location`
+ * memory ("cpu" or "sim:0" ...), filled with pattern(seed, 0), remote accessible,
+ * and writes "name addr" to the parent.  It then serves until killed. */
+struct child_target {
+    pid_t pid;
+    char name[128];
+    uint64_t addr;
+    uint64_t len;
+    int ctl_fd;              /* parent end of the control pipe */
+};
+int child_target_start(struct child_target *t, size_t len, const char *location, uint64_t seed);
+/* Asks the child to check that [off, off+len) holds pattern(seed, off);
+ * returns the child's answer (-1 ok, else first bad offset) or -2 on error. */
+long child_target_check(struct child_target *t, uint64_t off, uint64_t len, uint64_t seed);
+/* Asks the child for received notifications; copies the first into buf. Returns
+ * its length, or -1 when none. */
+long child_target_notification(struct child_target *t, char *buf, size_t max);
+void child_target_kill(struct child_target *t);
+
+#endif

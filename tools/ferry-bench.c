@@ -1,0 +1,869 @@
+/*
+ * ferry-bench.c — target/initiator throughput and verification tool.
+ *
+ * Accepts the flags of Mooncake's transfer_engine_bench so the two run side by
+ * side.  A target allocates one buffer, fills it with a known pattern (seed 1),
+ * publishes it and serves until SIGINT/SIGTERM.  An initiator opens the target's
+ * segment and moves batches of blocks (WRITE or READ) from N threads sharing one
+ * engine, prints a progress line each second and the total, then checks the
+ * bytes (untimed).  Each worker thread owns a disjoint region of both buffers;
+ * the main thread parses flags, reports progress and verifies.  Uses only the
+ * public API in ferry.h.  Exit codes: 0 ok, 1 runtime error, 2 usage, 3 bad data.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <ferry.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define EXIT_VERIFY 3
+
+#define SEED_ZERO 0          /* "pattern" of all-zero bytes */
+#define SEED_TARGET 1        /* what a target puts in its buffer */
+#define SEED_WRITE 2         /* what an initiator writes */
+#define COPY_CHUNK (4u << 20) /* host bounce size for device memory */
+#define MAX_THREADS 1024
+#define MAX_BATCH (1u << 20)
+
+/* ---------------------------------------------------------------- options */
+
+struct options {
+    const char *mode, *local_server_name, *metadata_server, *operation;
+    const char *protocol, *segment_id, *device_name, *location;
+    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations;
+    int64_t gpu_id, npu_id;
+    bool use_vram, json, verify, help, help_env;
+};
+
+enum opt_kind { OPT_STR, OPT_SIZE, OPT_UINT, OPT_INT, OPT_BOOL };
+
+struct opt_def {
+    const char *name;
+    enum opt_kind kind;
+    size_t offset;
+    const char *doc;
+};
+
+#define OPT(n, k, d) { #n, k, offsetof(struct options, n), d }
+static const struct opt_def opt_defs[] = {
+    OPT(mode, OPT_STR, "target | initiator"),
+    OPT(local_server_name, OPT_STR, "HOST[:PORT] of this engine's handshake listener"),
+    OPT(metadata_server, OPT_STR, "P2PHANDSHAKE (default)"),
+    OPT(operation, OPT_STR, "write (default) | read"),
+    OPT(protocol, OPT_STR, "tcp (default) | rdma | ..."),
+    OPT(segment_id, OPT_STR, "initiator: the target's segment, HOST:PORT"),
+    OPT(device_name, OPT_STR, "NIC list for rdma"),
+    OPT(location, OPT_STR, "cpu (default) | cpu:NUMA | cuda:N | npu:N | sim:N"),
+    OPT(block_size, OPT_SIZE, "bytes per request, multiple of 8 (default 64K)"),
+    OPT(batch_size, OPT_UINT, "requests per batch (default 128)"),
+    OPT(buffer_size, OPT_SIZE, "bytes of the registered buffer (default 1G)"),
+    OPT(duration, OPT_UINT, "initiator: seconds to run (default 10)"),
+    OPT(threads, OPT_UINT, "initiator threads sharing one engine (default 1)"),
+    OPT(iterations, OPT_UINT, "initiator: stop after N batches per thread"),
+    OPT(gpu_id, OPT_INT, "with --use_vram: cuda:N"),
+    OPT(npu_id, OPT_INT, "npu:N"),
+    OPT(use_vram, OPT_BOOL, "use GPU memory (cuda:gpu_id)"),
+    OPT(json, OPT_BOOL, "initiator: print one JSON object instead of text"),
+    OPT(verify, OPT_BOOL, "check the transferred bytes (default true)"),
+    OPT(help, OPT_BOOL, "this text"),
+    OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
+};
+#define OPT_COUNT (sizeof opt_defs / sizeof opt_defs[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ferry-bench --mode=target|initiator [--flag=value | --flag value]...\n\n");
+    for (size_t i = 0; i < OPT_COUNT; i++)
+        fprintf(f, "  --%-18s %s\n", opt_defs[i].name, opt_defs[i].doc);
+    fprintf(f, "\nSizes take K/M/G suffixes (powers of 2).  Booleans: --x, --x=true|false|1|0, --nox.\n"
+               "target:    prints 'ferry-bench target ready: segment HOST:PORT buffer 0x.. size N'\n"
+               "           and serves until SIGINT/SIGTERM.\n"
+               "initiator: --segment_id=HOST:PORT; exit 0 ok, 1 runtime error, 2 usage, 3 bad data.\n");
+}
+
+/* Prints "ferry-bench: <message>", then for a ferry error rc != 0
+ * ": <strerror>: <detail>", and exits with `code`. */
+static void fail(int code, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    const char *detail = rc ? ferry_last_error() : "";
+    fputs("ferry-bench: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (rc)
+        fprintf(stderr, ": %s", ferry_strerror(rc));
+    if (detail && *detail)
+        fprintf(stderr, ": %s", detail);
+    fputs(code == EXIT_USAGE ? " (see --help)\n" : "\n", stderr);
+    exit(code);
+}
+#define usage_error(...) fail(EXIT_USAGE, 0, __VA_ARGS__)
+#define die(...) fail(EXIT_RUNTIME, 0, __VA_ARGS__)
+#define die_ferry(rc, ...) fail(EXIT_RUNTIME, rc, __VA_ARGS__)
+
+/* Flag names compare with '-' and '_' as the same character. */
+static bool name_equal(const char *a, size_t alen, const char *b)
+{
+    if (strlen(b) != alen)
+        return false;
+    for (size_t i = 0; i < alen; i++) {
+        char x = a[i] == '-' ? '_' : a[i], y = b[i] == '-' ? '_' : b[i];
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+static const struct opt_def *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < OPT_COUNT; i++)
+        if (name_equal(name, len, opt_defs[i].name))
+            return &opt_defs[i];
+    return NULL;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0)
+            return *out = true, 0;
+        if (strcasecmp(s, no[i]) == 0)
+            return *out = false, 0;
+    }
+    return -1;
+}
+
+/* Decimal, optionally with a K/M/G/T suffix (powers of 2), optionally + "B"/"iB". */
+static int parse_size(const char *s, bool suffixes, uint64_t *out)
+{
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    unsigned shift = 0;
+    if (suffixes && *end) {
+        const char *units = "KMGT", *u = strchr(units, *end & ~0x20);
+        if (!u)
+            return -1;
+        shift = 10u * (unsigned)(u - units + 1);
+        end++;
+        if (strcmp(end, "B") == 0 || strcmp(end, "iB") == 0)
+            end += strlen(end);
+    }
+    if (*end || (shift && v > (UINT64_MAX >> shift)))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static int apply_opt(struct options *o, const struct opt_def *d, const char *value)
+{
+    void *field = (char *)o + d->offset;
+    uint64_t u;
+    switch (d->kind) {
+    case OPT_STR:
+        *(const char **)field = value;
+        return 0;
+    case OPT_BOOL:
+        return parse_bool(value, (bool *)field);
+    case OPT_INT:
+        if (parse_size(value, false, &u) || u > INT32_MAX)
+            return -1;
+        *(int64_t *)field = (int64_t)u;
+        return 0;
+    case OPT_SIZE:
+    case OPT_UINT:
+        if (parse_size(value, d->kind == OPT_SIZE, &u))
+            return -1;
+        *(uint64_t *)field = u;
+        return 0;
+    }
+    return -1;
+}
+
+/* Takes the value of the flag at argv[*i]: after '=', or the next argument.
+ * A bare boolean only takes the next argument if it reads as a boolean. */
+static const char *opt_value(const struct opt_def *d, const char *eq, int argc,
+                             char **argv, int *i)
+{
+    bool ignored;
+    if (eq)
+        return eq + 1;
+    if (d->kind == OPT_BOOL) {
+        if (*i + 1 < argc && parse_bool(argv[*i + 1], &ignored) == 0)
+            return argv[++*i];
+        return "true";
+    }
+    if (*i + 1 >= argc)
+        usage_error("flag --%s needs a value", d->name);
+    return argv[++*i];
+}
+
+static void parse_args(int argc, char **argv, struct options *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (arg[0] != '-' || arg[1] == '\0')
+            usage_error("unexpected argument '%s'", arg);
+        const char *name = arg + (arg[1] == '-' ? 2 : 1);
+        const char *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt_def *d = find_opt(name, len);
+        if (!d && !eq && len > 2 && strncmp(name, "no", 2) == 0) {
+            d = find_opt(name + 2, len - 2);        /* gflags' --noflag */
+            if (d && d->kind == OPT_BOOL) {
+                *(bool *)((char *)o + d->offset) = false;
+                continue;
+            }
+            d = NULL;
+        }
+        if (!d)
+            usage_error("unknown flag '%s'", arg);
+        const char *value = opt_value(d, eq, argc, argv, &i);
+        if (apply_opt(o, d, value) != 0)
+            usage_error("invalid value '%s' for --%s", value, d->name);
+    }
+}
+
+static void options_defaults(struct options *o)
+{
+    *o = (struct options){
+        .metadata_server = "P2PHANDSHAKE", .operation = "write", .protocol = "tcp",
+        .block_size = 65536, .batch_size = 128, .buffer_size = 1ull << 30,
+        .duration = 10, .threads = 1, .npu_id = -1, .verify = true,
+    };
+}
+
+/* Location precedence: --location, then --use_vram (cuda:gpu_id), then
+ * --npu_id (npu:N), else cpu.  The result lives in static storage. */
+static void resolve_location(struct options *o)
+{
+    static char buf[32];
+    if (o->location)
+        return;
+    if (o->use_vram)
+        snprintf(buf, sizeof buf, "cuda:%" PRId64, o->gpu_id);
+    else if (o->npu_id >= 0)
+        snprintf(buf, sizeof buf, "npu:%" PRId64, o->npu_id);
+    else
+        snprintf(buf, sizeof buf, "cpu");
+    o->location = buf;
+}
+
+static void check_options(struct options *o)
+{
+    if (!o->mode || (strcmp(o->mode, "target") && strcmp(o->mode, "initiator")))
+        usage_error("--mode must be target or initiator");
+    if (strcmp(o->operation, "write") && strcmp(o->operation, "read"))
+        usage_error("--operation must be write or read, not '%s'", o->operation);
+    if (o->block_size == 0 || o->block_size % 8)
+        usage_error("--block_size must be a positive multiple of 8");
+    if (o->batch_size == 0 || o->batch_size > MAX_BATCH)
+        usage_error("--batch_size must be 1..%u", MAX_BATCH);
+    if (o->threads == 0 || o->threads > MAX_THREADS)
+        usage_error("--threads must be 1..%u", MAX_THREADS);
+    if (o->buffer_size == 0 || o->buffer_size > SIZE_MAX)
+        usage_error("--buffer_size must be positive");
+    if (strcmp(o->mode, "initiator") == 0 && !o->segment_id)
+        usage_error("initiator needs --segment_id=HOST:PORT");
+    resolve_location(o);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static volatile sig_atomic_t g_signalled;
+
+static void on_signal(int sig)
+{
+    g_signalled = sig;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);   /* a dropped peer must be an error, not a death */
+}
+
+static bool location_is_host(const char *loc)
+{
+    return strcmp(loc, "cpu") == 0 || strncmp(loc, "cpu:", 4) == 0;
+}
+
+/* ---------------------------------------------------------------- pattern */
+
+/* splitmix64's finalizer. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The word at byte position pos (relative to the remote buffer) for a seed. */
+static uint64_t pattern_word(uint64_t seed, uint64_t pos)
+{
+    return seed == SEED_ZERO ? 0 : mix64(seed * 0x9E3779B97F4A7C15ull ^ pos);
+}
+
+static void pattern_fill_host(uint8_t *dst, size_t len, uint64_t seed, uint64_t pos)
+{
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = pattern_word(seed, pos + i);
+        memcpy(dst + i, &w, 8);
+    }
+    memset(dst + i, 0, len - i);
+}
+
+struct mismatch {
+    uint64_t pos, expected, got;
+};
+
+/* Finds the first word that matches neither seed (alt_seed 0: only seed).
+ * Returns true and fills *mm on a mismatch. */
+static bool pattern_check_host(const uint8_t *buf, size_t len, uint64_t seed,
+                               uint64_t alt_seed, uint64_t pos, struct mismatch *mm)
+{
+    for (size_t i = 0; i + 8 <= len; i += 8) {
+        uint64_t w, want = pattern_word(seed, pos + i);
+        memcpy(&w, buf + i, 8);
+        if (w == want || (alt_seed && w == pattern_word(alt_seed, pos + i)))
+            continue;
+        mm->pos = pos + i, mm->expected = want, mm->got = w;
+        return true;
+    }
+    return false;
+}
+
+/* Fills [dst, dst+len) at `loc` with the pattern; device memory goes through a
+ * host bounce buffer and ferry_mem_copy.  Exits on a copy failure. */
+static void fill_memory(ferry_engine *e, const char *loc, uint8_t *dst, size_t len,
+                        uint64_t seed, uint64_t pos)
+{
+    if (location_is_host(loc)) {
+        pattern_fill_host(dst, len, seed, pos);
+        return;
+    }
+    uint8_t *chunk = malloc(COPY_CHUNK);
+    if (!chunk)
+        die("out of memory");
+    for (size_t off = 0; off < len; off += COPY_CHUNK) {
+        size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+        pattern_fill_host(chunk, n, seed, pos + off);
+        int rc = ferry_mem_copy(e, dst + off, chunk, n);
+        if (rc)
+            die_ferry(rc, "copy host -> %s at %p", loc, (void *)(dst + off));
+    }
+    free(chunk);
+}
+
+/* Compares [src, src+len) at `loc` with the pattern.  Returns true on a mismatch. */
+static bool check_memory(ferry_engine *e, const char *loc, const uint8_t *src, size_t len,
+                         uint64_t seed, uint64_t alt_seed, uint64_t pos, struct mismatch *mm)
+{
+    if (location_is_host(loc))
+        return pattern_check_host(src, len, seed, alt_seed, pos, mm);
+    uint8_t *chunk = malloc(COPY_CHUNK);
+    bool bad = false;
+    if (!chunk)
+        die("out of memory");
+    for (size_t off = 0; off < len && !bad; off += COPY_CHUNK) {
+        size_t n = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+        int rc = ferry_mem_copy(e, chunk, src + off, n);
+        if (rc)
+            die_ferry(rc, "copy %s -> host at %p", loc, (const void *)(src + off));
+        bad = pattern_check_host(chunk, n, seed, alt_seed, pos + off, mm);
+    }
+    free(chunk);
+    return bad;
+}
+
+/* ---------------------------------------------------------------- engine and buffers */
+
+static ferry_engine *engine_open(const struct options *o)
+{
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    int rc = ferry_config_init(&cfg);
+    if (rc)
+        die_ferry(rc, "configuration");
+    if (o->local_server_name)
+        cfg.local_server_name = o->local_server_name;
+    cfg.metadata_server = o->metadata_server;
+    cfg.protocols = o->protocol;
+    if (o->device_name)
+        cfg.device_name = o->device_name;
+    rc = ferry_engine_create(&cfg, &e);
+    if (rc)
+        die_ferry(rc, "create engine (protocol %s)", o->protocol);
+    return e;
+}
+
+struct buffer {
+    uint8_t *ptr;
+    size_t len;
+    const char *loc;
+};
+
+/* Allocates and registers len bytes at loc; exits with a clear message on failure. */
+static void buffer_open(ferry_engine *e, const char *loc, size_t len, int remote,
+                        struct buffer *b)
+{
+    void *p = NULL;
+    int rc = ferry_mem_alloc(e, loc, len, &p);
+    if (rc)
+        die_ferry(rc, "allocate %zu bytes at %s", len, loc);
+    rc = ferry_register_memory(e, p, len, loc, remote);
+    if (rc)
+        die_ferry(rc, "register %zu bytes at %s (%p)", len, loc, p);
+    b->ptr = p, b->len = len, b->loc = loc;
+}
+
+static void buffer_close(ferry_engine *e, struct buffer *b)
+{
+    ferry_unregister_memory(e, b->ptr);
+    ferry_mem_free(e, b->loc, b->ptr, b->len);
+}
+
+/* ---------------------------------------------------------------- target */
+
+static void print_notifications(ferry_engine *e, struct ferry_notification *buf, size_t max)
+{
+    size_t count = 0;
+    ferry_get_notifications(e, buf, max, &count);
+    for (size_t i = 0; i < count; i++) {
+        const struct ferry_notification *n = &buf[i];
+        size_t show = n->len < 64 ? n->len : 64;
+        printf("ferry-bench: notification from %.*s (%zu bytes): \"", (int)sizeof n->from,
+               n->from, n->len);
+        for (size_t j = 0; j < show; j++) {
+            uint8_t c = n->msg[j];
+            if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+                putchar(c);
+            else
+                printf("\\x%02x", c);
+        }
+        printf("%s\"\n", n->len > show ? "..." : "");
+    }
+    if (count)
+        fflush(stdout);
+}
+
+static void print_stats(ferry_engine *e, const char *who)
+{
+    struct ferry_stats st;
+    memset(&st, 0, sizeof st);
+    ferry_get_stats(e, &st);
+    size_t n = st.transport_count < 4 ? st.transport_count : 4;
+    for (size_t i = 0; i < n; i++) {
+        const struct ferry_transport_stats *t = &st.transports[i];
+        printf("ferry-bench: %s stats %.*s: written %" PRIu64 " read %" PRIu64
+               " served %" PRIu64 " completed %" PRIu64 " failed %" PRIu64
+               " frames %" PRIu64 " refused %" PRIu64 "\n",
+               who, (int)sizeof t->name, t->name, t->bytes_written, t->bytes_read,
+               t->bytes_served, t->requests_completed, t->requests_failed,
+               t->frames_sent, t->refused);
+    }
+}
+
+static int run_target(const struct options *o)
+{
+    enum { NOTIFY_MAX = 16 };
+    ferry_engine *e = engine_open(o);
+    struct buffer b;
+    buffer_open(e, o->location, (size_t)o->buffer_size, 1, &b);
+    fill_memory(e, b.loc, b.ptr, b.len, SEED_TARGET, 0);
+    printf("ferry-bench target ready: segment %s buffer 0x%" PRIxPTR " size %zu\n",
+           ferry_engine_segment_name(e), (uintptr_t)b.ptr, b.len);
+    fflush(stdout);
+
+    struct ferry_notification *notes = calloc(NOTIFY_MAX, sizeof *notes);
+    if (!notes)
+        die("out of memory");
+    while (!g_signalled) {
+        print_notifications(e, notes, NOTIFY_MAX);
+        sleep_ms(100);
+    }
+    print_notifications(e, notes, NOTIFY_MAX);
+    print_stats(e, "target");
+    fflush(stdout);
+    free(notes);
+    buffer_close(e, &b);
+    ferry_engine_destroy(e);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+static const char *state_name(int state)
+{
+    static const char *const names[] = {"PENDING", "COMPLETED", "FAILED", "TIMEOUT", "UNUSED"};
+    return state >= 0 && state <= FERRY_UNUSED ? names[state] : "?";
+}
+
+/* Request i moves block i: local + i*block <-> remote + i*block. */
+static void build_requests(struct ferry_request *reqs, size_t n, int opcode,
+                           ferry_segment_t seg, uint8_t *local, uint64_t remote,
+                           size_t block)
+{
+    for (size_t i = 0; i < n; i++) {
+        reqs[i].opcode = opcode;
+        reqs[i].source = local + i * block;
+        reqs[i].target = seg;
+        reqs[i].target_offset = remote + i * block;
+        reqs[i].length = block;
+    }
+}
+
+/* Writes the first request that did not complete into err. */
+static void describe_failure(ferry_batch *b, const struct ferry_request *reqs, size_t n,
+                             int rc, char *err, size_t errlen)
+{
+    struct ferry_status st;
+    for (size_t i = 0; i < n; i++) {
+        if (ferry_batch_status(b, i, &st) != 0 || st.state == FERRY_COMPLETED)
+            continue;
+        snprintf(err, errlen, "request %zu (%s %zu bytes, remote 0x%" PRIx64 ") %s: %s: %s",
+                 i, reqs[i].opcode == FERRY_WRITE ? "write" : "read", reqs[i].length,
+                 reqs[i].target_offset, state_name(st.state), ferry_strerror(st.error),
+                 st.message);
+        return;
+    }
+    snprintf(err, errlen, "batch wait: %s: %s", ferry_strerror(rc), ferry_last_error());
+}
+
+/* Allocates a batch, submits n requests, waits, frees.  Returns 0 or the
+ * error; on an error writes a one-line explanation into err. */
+static int run_batch(ferry_engine *e, const struct ferry_request *reqs, size_t n,
+                     char *err, size_t errlen)
+{
+    ferry_batch *b = NULL;
+    int rc = ferry_batch_alloc(e, n, &b);
+    if (rc) {
+        snprintf(err, errlen, "batch alloc: %s: %s", ferry_strerror(rc), ferry_last_error());
+        return rc;
+    }
+    rc = ferry_batch_submit(b, reqs, n);
+    if (rc)
+        snprintf(err, errlen, "batch submit: %s: %s", ferry_strerror(rc), ferry_last_error());
+    else if ((rc = ferry_batch_wait(b, -1)) != 0)
+        describe_failure(b, reqs, n, rc, err, errlen);
+    ferry_batch_free(b);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- initiator */
+
+struct run {
+    const struct options *opts;
+    ferry_engine *engine;
+    ferry_segment_t segment;
+    struct buffer local;
+    uint64_t remote_addr;
+    size_t region;              /* batch_size * block_size: one thread's share */
+    int opcode;
+    atomic_bool stop;
+    atomic_uint running;        /* workers not yet finished */
+    atomic_uint_fast64_t bytes; /* bytes of completed batches, all threads */
+};
+
+struct worker {
+    pthread_t tid;
+    struct run *run;
+    struct ferry_request *reqs;
+    uint64_t batches;
+    double end;
+    int rc;
+    char err[512];
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct run *r = w->run;
+    size_t n = (size_t)r->opts->batch_size;
+    do {
+        w->rc = run_batch(r->engine, w->reqs, n, w->err, sizeof w->err);
+        if (w->rc) {
+            atomic_store(&r->stop, true);
+            break;
+        }
+        w->batches++;
+        atomic_fetch_add(&r->bytes, r->region);
+        if (r->opts->iterations && w->batches >= r->opts->iterations)
+            break;
+    } while (!atomic_load(&r->stop));
+    w->end = now_seconds();
+    atomic_fetch_sub(&r->running, 1);
+    return NULL;
+}
+
+static void start_workers(struct run *r, struct worker *w, size_t count)
+{
+    for (size_t t = 0; t < count; t++) {
+        w[t].run = r;
+        w[t].reqs = calloc((size_t)r->opts->batch_size, sizeof *w[t].reqs);
+        if (!w[t].reqs)
+            die("out of memory");
+        build_requests(w[t].reqs, (size_t)r->opts->batch_size, r->opcode, r->segment,
+                       r->local.ptr + t * r->region, r->remote_addr + t * r->region,
+                       (size_t)r->opts->block_size);
+        int err = pthread_create(&w[t].tid, NULL, worker_main, &w[t]);
+        if (err)
+            die("pthread_create: %s", strerror(err));
+    }
+}
+
+/* Main thread while workers run: stops them after --duration (or on a
+ * signal) and prints the interval rate once a second to stderr. */
+static void watch_progress(struct run *r, double start)
+{
+    uint64_t last_bytes = 0;
+    double last_t = 0;
+    unsigned next_report = 1;
+    while (atomic_load(&r->running) > 0) {
+        sleep_ms(20);
+        double t = now_seconds() - start;
+        if (g_signalled || (!r->opts->iterations && t >= (double)r->opts->duration))
+            atomic_store(&r->stop, true);
+        if (t < next_report)
+            continue;
+        uint64_t b = atomic_load(&r->bytes);
+        double rate = (double)(b - last_bytes) / (t - last_t);
+        fprintf(stderr, "[%3us] %.2f GB/s  %.1f Gbit/s\n", next_report, rate / 1e9,
+                rate * 8 / 1e9);
+        last_bytes = b, last_t = t;
+        next_report = (unsigned)t + 1;
+    }
+}
+
+/* Reads every thread's region back (WRITE: into a scratch buffer) and compares
+ * it with the expected pattern.  Returns true if everything matched. */
+static bool verify(struct run *r)
+{
+    const struct options *o = r->opts;
+    size_t n = (size_t)o->batch_size, block = (size_t)o->block_size;
+    bool writing = r->opcode == FERRY_WRITE, ok = true;
+    struct buffer scratch = {0};
+    struct ferry_request *reqs = calloc(n, sizeof *reqs);
+    char err[512];
+    if (!reqs)
+        die("out of memory");
+    if (writing)
+        buffer_open(r->engine, o->location, r->region, 0, &scratch);
+    for (size_t t = 0; t < o->threads && ok; t++) {
+        uint64_t pos = t * r->region;
+        uint8_t *dst = writing ? scratch.ptr : r->local.ptr + pos;
+        struct mismatch mm;
+        fill_memory(r->engine, o->location, dst, r->region, SEED_ZERO, 0);
+        build_requests(reqs, n, FERRY_READ, r->segment, dst, r->remote_addr + pos, block);
+        if (run_batch(r->engine, reqs, n, err, sizeof err) != 0)
+            die("verification read-back failed: %s", err);
+        /* READ accepts seed-2 words too: an earlier WRITE run may have
+         * replaced the target's pattern at exactly those positions. */
+        if (check_memory(r->engine, o->location, dst, r->region,
+                         writing ? SEED_WRITE : SEED_TARGET, writing ? 0 : SEED_WRITE,
+                         pos, &mm)) {
+            fprintf(stderr, "ferry-bench: verification FAILED at remote offset 0x%" PRIx64
+                    ": expected 0x%016" PRIx64 " got 0x%016" PRIx64 "\n",
+                    mm.pos, mm.expected, mm.got);
+            ok = false;
+        }
+    }
+    if (writing)
+        buffer_close(r->engine, &scratch);
+    free(reqs);
+    return ok;
+}
+
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void report(const struct run *r, uint64_t batches, double secs, bool verified)
+{
+    const struct options *o = r->opts;
+    uint64_t bytes = atomic_load(&r->bytes);
+    double gbs = secs > 0 ? (double)bytes / secs / 1e9 : 0;
+    if (o->json) {
+        printf("{\"operation\":");
+        print_json_string(o->operation);
+        printf(",\"protocol\":");
+        print_json_string(o->protocol);
+        printf(",\"location\":");
+        print_json_string(o->location);
+        printf(",\"block_size\":%" PRIu64 ",\"batch_size\":%" PRIu64 ",\"threads\":%" PRIu64
+               ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
+               ",\"batches\":%" PRIu64 ",\"verified\":%s}\n",
+               o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
+               batches, verified ? "true" : "false");
+    } else {
+        bool cpu = strcmp(o->location, "cpu") == 0;
+        printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
+               ": %" PRIu64 " bytes in %.2f s = %.2f GB/s (%.2f Gbit/s), %s\n",
+               o->operation, o->protocol, cpu ? "" : " ", cpu ? "" : o->location,
+               o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
+               !o->verify ? "not verified" : verified ? "verified ok" : "verification FAILED");
+    }
+    fflush(stdout);
+}
+
+/* Opens the target and checks that every thread's region fits both buffers. */
+static void connect_target(struct run *r)
+{
+    const struct options *o = r->opts;
+    struct ferry_buffer_info info;
+    size_t count = 0;
+    int rc = ferry_open_segment(r->engine, o->segment_id, &r->segment);
+    if (rc)
+        die_ferry(rc, "open segment %s", o->segment_id);
+    rc = ferry_segment_buffers(r->engine, r->segment, &info, 1, &count);
+    if (rc)
+        die_ferry(rc, "list buffers of segment %s", o->segment_id);
+    if (count == 0)
+        die("segment %s publishes no buffers", o->segment_id);
+    r->remote_addr = info.addr;
+
+    uint64_t need;
+    if (__builtin_mul_overflow(o->batch_size, o->block_size, &need) ||
+        __builtin_mul_overflow(need, o->threads, &need) || need > o->buffer_size ||
+        need > info.len)
+        die("threads %" PRIu64 " x batch %" PRIu64 " x block %" PRIu64
+            " does not fit: local buffer %" PRIu64 " bytes, remote buffer %" PRIu64
+            " bytes (%.*s)", o->threads, o->batch_size, o->block_size, o->buffer_size,
+            info.len, (int)sizeof info.location, info.location);
+    r->region = (size_t)(o->batch_size * o->block_size);
+}
+
+static int run_initiator(const struct options *o)
+{
+    struct run r;
+    memset(&r, 0, sizeof r);
+    r.opts = o;
+    r.opcode = strcmp(o->operation, "write") == 0 ? FERRY_WRITE : FERRY_READ;
+    atomic_init(&r.stop, false);
+    atomic_init(&r.bytes, 0);
+    atomic_init(&r.running, (unsigned)o->threads);
+    r.engine = engine_open(o);
+    connect_target(&r);
+    buffer_open(r.engine, o->location, (size_t)o->buffer_size, 1, &r.local);
+    if (r.opcode == FERRY_WRITE)
+        fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads, SEED_WRITE, 0);
+
+    size_t count = (size_t)o->threads;
+    struct worker *w = calloc(count, sizeof *w);
+    if (!w)
+        die("out of memory");
+    double start = now_seconds(), end = start;
+    start_workers(&r, w, count);
+    watch_progress(&r, start);
+    uint64_t batches = 0;
+    int failed = -1;
+    for (size_t t = 0; t < count; t++) {
+        pthread_join(w[t].tid, NULL);
+        batches += w[t].batches;
+        end = w[t].end > end ? w[t].end : end;
+        if (w[t].rc && failed < 0)
+            failed = (int)t;
+    }
+    if (failed >= 0)
+        die("thread %d: %s", failed, w[failed].err);
+
+    bool verified = o->verify && verify(&r);
+    report(&r, batches, end - start, verified);
+    for (size_t t = 0; t < count; t++)
+        free(w[t].reqs);
+    free(w);
+    buffer_close(r.engine, &r.local);
+    ferry_close_segment(r.engine, r.segment);
+    ferry_engine_destroy(r.engine);
+    return o->verify && !verified ? EXIT_VERIFY : 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void print_env_help(void)
+{
+    size_t n = 0, wenv = 8, wdef = 7;
+    const struct ferry_config_knob *k = ferry_config_describe(&n);
+    for (size_t i = 0; i < n; i++) {
+        size_t a = strlen(k[i].env), b = strlen(k[i].default_text);
+        wenv = a > wenv ? a : wenv;
+        wdef = b > wdef ? b : wdef;
+    }
+    printf("%-*s  %-*s  %s\n", (int)wenv, "VARIABLE", (int)wdef, "DEFAULT", "MEANING");
+    for (size_t i = 0; i < n; i++)
+        printf("%-*s  %-*s  %s\n", (int)wenv, k[i].env, (int)wdef, k[i].default_text,
+               k[i].doc);
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    options_defaults(&o);
+    parse_args(argc, argv, &o);
+    if (o.help) {
+        usage(stdout);
+        return 0;
+    }
+    if (o.help_env) {
+        print_env_help();
+        return 0;
+    }
+    check_options(&o);
+    install_signals();
+    if (strcmp(o.mode, "target") == 0)
+        return run_target(&o);
+    return run_initiator(&o);
+}
