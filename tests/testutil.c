@@ -111,6 +111,8 @@ static void child_serve(int fd, size_t len, const char *location, uint64_t seed)
                 dprintf(fd, "%zu %.*s\n", note.len, (int)note.len, (const char *)note.msg);
             else
                 dprintf(fd, "-1\n");
+        } else if (strcmp(line, "unreg") == 0) {
+            dprintf(fd, "%d\n", ferry_unregister_memory(e, buf));
         } else if (strcmp(line, "quit") == 0) {
             break;
         }
@@ -157,6 +159,15 @@ long child_target_check(struct child_target *t, uint64_t off, uint64_t len, uint
     if (read_line(t->ctl_fd, line, sizeof line) != 0)
         return -2;
     return strtol(line, NULL, 10);
+}
+
+int child_target_unregister(struct child_target *t)
+{
+    char line[64];
+    dprintf(t->ctl_fd, "unreg\n");
+    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+        return -1;
+    return (int)strtol(line, NULL, 10);
 }
 
 long child_target_notification(struct child_target *t, char *buf, size_t max)

@@ -20,7 +20,8 @@ void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 
 void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 
-/* A target engine in a child process: it registers `len` bytes of `location`
+/* A target engine in a child process (its config comes from FERRY_* env
+ * variables at fork time, e.g. FERRY_LOCAL_SERVER_NAME): it registers `len` bytes of `location`
  * memory ("cpu" or "sim:0" ...), filled with pattern(seed, 0), remote accessible,
  * and writes "name addr" to the parent.  It then serves until killed. */
 struct child_target {
@@ -37,6 +38,9 @@ long child_target_check(struct child_target *t, uint64_t off, uint64_t len, uint
 /* Asks the child for received notifications; copies the first into buf. Returns
  * its length, or -1 when none. */
 long child_target_notification(struct child_target *t, char *buf, size_t max);
+/* Asks the child to unregister its buffer (the memory stays mapped).
+ * Returns the child's ferry_unregister_memory result. */
+int child_target_unregister(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
 #endif

@@ -166,10 +166,15 @@ static int cuda_load(void)
         LOG_WARN("cuda: %d devices; ferry uses the first %d", device_count, CUDA_MAX_DEVICES);
         device_count = CUDA_MAX_DEVICES;
     }
-    atomic_store(&batch_enabled, cu.batch_v2 != NULL || cu.batch_v1 != NULL);
-    LOG_INFO("cuda: %d devices, batched copies %s", device_count,
-             cu.batch_v2 ? "cuMemcpyBatchAsync_v2"
-                         : cu.batch_v1 ? "cuMemcpyBatchAsync" : "unavailable (per-copy)");
+    /* FERRY_CUDA_BATCH_COPY=0 forces one driver call per copy (to compare,
+     * or to step around a driver whose batch call misbehaves). */
+    const char *want = getenv("FERRY_CUDA_BATCH_COPY");
+    int have = cu.batch_v2 != NULL || cu.batch_v1 != NULL;
+    atomic_store(&batch_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
+    LOG_INFO("cuda: %d devices, copies through %s", device_count,
+             !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
+             : cu.batch_v2               ? "cuMemcpyBatchAsync_v2"
+                                         : "cuMemcpyBatchAsync (12.8 ABI)");
     return 0;
 }
 

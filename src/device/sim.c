@@ -150,8 +150,8 @@ static void *map_anonymous(size_t len, int prot)
  * overcommit, address-space limits). */
 static int sim_load(void)
 {
-    int ndev, size_given;
-    size_t dev_size;
+    int ndev = 0, size_given = 0;
+    size_t dev_size = 0;
     int rc = read_config(&ndev, &dev_size, &size_given);
     if (rc < 0)
         return rc;
@@ -491,7 +491,7 @@ static void *stream_worker(void *arg)
         if (rc < 0 && s->error == 0) {
             s->error = rc;
             snprintf(s->message, sizeof s->message, "%s", msg);
-            LOG_WARN("%s", msg);
+            LOG_INFO("%s", msg);
         }
         s->finished++;
         pthread_cond_broadcast(&s->idle);

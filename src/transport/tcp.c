@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -575,24 +577,35 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
             payload += e[i].len;
         }
     }
-    int rc = send_response(s, WIRE_READ_RESP, h->id, 0, refused, payload);
+    struct wire_header rh = {.type = WIRE_READ_RESP, .id = h->id, .refused = refused, .payload_len = payload};
+    uint8_t raw[WIRE_HEADER_SIZE];
+    wire_encode_header(&rh, raw);
+    struct iovec iov[1 + WIRE_MAX_ENTRIES];
+    int iovcnt = 0, rc = 0;
+    iov[iovcnt++] = (struct iovec){raw, sizeof raw};
+    /* host memory goes out in one sendmsg with the header; device memory
+     * through the bounce buffer, flushing what is gathered first */
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
         if (refused >> i & 1)
             continue;
         if (r[i].device_index < 0) {
-            rc = net_write_full(s->fd, (const void *)(uintptr_t)e[i].addr, e[i].len);
-        } else {
-            for (uint64_t done = 0; !rc && done < e[i].len;) {
-                size_t n = e[i].len - done < BOUNCE_SIZE ? (size_t)(e[i].len - done) : BOUNCE_SIZE;
-                rc = t->host.device_read(t->host.engine, &r[i], s->bounce, e[i].addr + done, n);
-                if (!rc)
-                    rc = net_write_full(s->fd, s->bounce, n);
-                done += n;
-            }
+            iov[iovcnt++] = (struct iovec){(void *)(uintptr_t)e[i].addr, e[i].len};
+            continue;
         }
-        if (!rc)
-            atomic_fetch_add(&t->bytes_served, e[i].len);
+        rc = net_writev_full(s->fd, iov, iovcnt);
+        iovcnt = 0;
+        for (uint64_t done = 0; !rc && done < e[i].len;) {
+            size_t n = e[i].len - done < BOUNCE_SIZE ? (size_t)(e[i].len - done) : BOUNCE_SIZE;
+            rc = t->host.device_read(t->host.engine, &r[i], s->bounce, e[i].addr + done, n);
+            if (!rc)
+                rc = net_write_full(s->fd, s->bounce, n);
+            done += n;
+        }
     }
+    if (!rc && iovcnt)
+        rc = net_writev_full(s->fd, iov, iovcnt);
+    if (!rc)
+        atomic_fetch_add(&t->bytes_served, payload);
     return rc;
 }
 
@@ -623,7 +636,10 @@ static int serve_hello(struct server_conn *s)
     s->from[h.payload_len] = '\0';
     int status = h.epoch == s->t->host.engine_id ? 0 : FERRY_ESTALE;
     rc = send_response(s, WIRE_HELLO_ACK, h.id, status, 0, 0);
-    return rc ? rc : status;
+    if (!rc && status)
+        rc = ferry_fail(status, "HELLO expects engine %016llx, this is engine %016llx (restarted?)",
+                        (unsigned long long)h.epoch, (unsigned long long)s->t->host.engine_id);
+    return rc;
 }
 
 static int serve_frame(struct server_conn *s)
@@ -718,6 +734,8 @@ static void *acceptor_main(void *arg)
         }
         s->t = t;
         s->fd = fd;
+        int one = 1; /* acks are small: never let Nagle hold them back */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (pthread_create(&s->thread, NULL, server_main, s)) {
             free(s->bounce);
             free(s);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds ferry and passes every test: the normal build's suite, the same suite
+# under ASan+UBSan, and each libFuzzer target for FUZZ_SECONDS (default 30).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+jobs=$(nproc)
+fuzz_seconds=${FUZZ_SECONDS:-30}
+
+echo "== build (RelWithDebInfo) and test"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j2 --timeout 600)
+
+echo "== build with ASan+UBSan and test"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+   ctest --output-on-failure -j2 --timeout 900)
+
+echo "== fuzzers (${fuzz_seconds}s each)"
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON >/dev/null
+cmake --build build-fuzz -j"$jobs" --target fuzz_wire fuzz_descriptor
+for f in fuzz_wire fuzz_descriptor; do
+  corpus=$(mktemp -d)
+  [ -d "tests/fuzz/corpus/$f" ] && cp -r "tests/fuzz/corpus/$f/." "$corpus/"
+  ./build-fuzz/tests/$f -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" 2>&1 | tail -3
+  rm -rf "$corpus"
+done
+echo "== all tests passed"
