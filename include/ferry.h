@@ -73,8 +73,14 @@ struct ferry_config {
     /* "host" or "host:port".  The handshake listener binds that port; if it is
      * taken or 0/absent, a free port is chosen.  Default "127.0.0.1". */
     const char *local_server_name;
-    /* "P2PHANDSHAKE" (default): descriptors fetched from the peer directly. */
+    /* "P2PHANDSHAKE" (default): descriptors fetched from the peer directly;
+     * "etcd://host:port[,host:port]" or "redis://host:port": a shared store. */
     const char *metadata_server;
+    /* Key prefix in etcd/Redis (default "ferry/segments/"). */
+    const char *metadata_prefix;
+    /* Lease / TTL of a published descriptor in seconds (default 10); kept
+     * alive while the engine lives. */
+    unsigned metadata_ttl_s;
     /* Comma-separated transports this engine offers: "tcp" (default). */
     const char *protocols;
     /* NIC list for rdma ("mlx5_0,mlx5_1" or "auto"); ignored by tcp. */

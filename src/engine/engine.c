@@ -165,6 +165,20 @@ static int describe_self(void *ctx, char **json)
     return rc;
 }
 
+int engine_publish(ferry_engine *e)
+{
+    if (!e->meta_state)
+        return 0;
+    pthread_mutex_lock(&e->publish_lock);
+    char *json = NULL;
+    int rc = describe_self(e, &json);
+    if (!rc)
+        rc = e->meta->publish(e->meta_state, e->segment_name, json);
+    pthread_mutex_unlock(&e->publish_lock);
+    free(json);
+    return rc;
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
@@ -180,6 +194,7 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         {&e->cfg.metadata_server, e->str_meta, sizeof e->str_meta, "metadata_server"},
         {&e->cfg.protocols, e->str_protocols, sizeof e->str_protocols, "protocols"},
         {&e->cfg.device_name, e->str_device, sizeof e->str_device, "device_name"},
+        {&e->cfg.metadata_prefix, e->str_prefix, sizeof e->str_prefix, "metadata_prefix"},
     };
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         const char *v = *strs[i].field ? *strs[i].field : "";
@@ -196,8 +211,11 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         return ferry_fail(FERRY_EINVAL, "coalesce_max=%u (1-64 allowed)", e->cfg.coalesce_max);
     if (e->cfg.request_timeout_ms < 1 || e->cfg.connect_timeout_ms < 1)
         return ferry_fail(FERRY_EINVAL, "timeouts must be at least 1 ms");
-    if (strcmp(e->cfg.metadata_server, "P2PHANDSHAKE") != 0)
-        return ferry_fail(FERRY_ENOTSUP, "metadata_server \"%s\" is not supported by this build (use P2PHANDSHAKE)",
+    e->meta = meta_find(e->cfg.metadata_server);
+    if (!e->meta)
+        return ferry_fail(strstr(e->cfg.metadata_server, "://") ? FERRY_ENOTSUP : FERRY_EINVAL,
+                          "metadata_server \"%s\" is not supported by this build "
+                          "(P2PHANDSHAKE, etcd://host:port[,host:port], redis://host:port)",
                           e->cfg.metadata_server);
     return 0;
 }
@@ -250,6 +268,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     pthread_rwlock_init(&e->seg_lock, NULL);
     pthread_mutex_init(&e->notes.lock, NULL);
     pthread_mutex_init(&e->stale_lock, NULL);
+    pthread_mutex_init(&e->publish_lock, NULL);
     if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
         e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
     int port = 0;
@@ -284,6 +303,16 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return ferry_fail(rc, "%s", why);
     }
+    rc = e->meta->create(e->cfg.metadata_server, e->cfg.metadata_prefix, e->cfg.metadata_ttl_s,
+                         e->cfg.connect_timeout_ms, &e->meta_state);
+    if (!rc)
+        rc = engine_publish(e);
+    if (rc) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        ferry_engine_destroy(e);
+        return ferry_fail(rc, "%s", why);
+    }
     LOG_INFO("engine %s ready (engine id %016llx)", e->segment_name, (unsigned long long)e->engine_id);
     *out = e;
     return 0;
@@ -302,6 +331,10 @@ void ferry_engine_destroy(ferry_engine *e)
 {
     if (!e)
         return;
+    if (e->meta_state) {
+        e->meta->unpublish(e->meta_state, e->segment_name);
+        e->meta->destroy(e->meta_state);
+    }
     p2p_server_stop(e->handshake);
     pthread_rwlock_wrlock(&e->seg_lock);
     struct segment **segs = e->segs;
@@ -321,6 +354,7 @@ void ferry_engine_destroy(ferry_engine *e)
     while (got);
     pthread_mutex_destroy(&e->notes.lock);
     pthread_mutex_destroy(&e->stale_lock);
+    pthread_mutex_destroy(&e->publish_lock);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
     free(e);
@@ -391,16 +425,23 @@ int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *l
     if (rc)
         return rc;
     rc = memreg_add(&e->registry, &r);
-    if (!rc)
-        LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
-    return rc;
+    if (rc)
+        return rc;
+    LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
+    if (remote_accessible && (rc = engine_publish(e)) != 0)
+        LOG_WARN("registered %p+%zu but could not publish the new descriptor: %s", addr, len, ferry_last_error());
+    return 0;
 }
 
 int ferry_unregister_memory(ferry_engine *e, void *addr)
 {
     if (!e)
         return ferry_fail(FERRY_EINVAL, "unregister: engine is NULL");
-    return memreg_remove(&e->registry, (uint64_t)(uintptr_t)addr, NULL);
+    struct memreg_region r;
+    int rc = memreg_remove(&e->registry, (uint64_t)(uintptr_t)addr, &r);
+    if (!rc && r.remote_accessible && engine_publish(e) != 0)
+        LOG_WARN("unregistered %p but could not publish the new descriptor: %s", addr, ferry_last_error());
+    return rc;
 }
 
 int ferry_mem_alloc(ferry_engine *e, const char *location, size_t len, void **out)
@@ -484,7 +525,7 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
 {
     char *json = NULL;
     size_t len = 0;
-    int rc = p2p_fetch(name, e->cfg.connect_timeout_ms, &json, &len);
+    int rc = e->meta->lookup(e->meta_state, name, &json, &len);
     if (rc)
         return rc;
     struct segment *s = calloc(1, sizeof *s);

@@ -11,6 +11,7 @@
 #include "ferry.h"
 #include "memreg.h"
 #include "meta/descriptor.h"
+#include "meta/meta.h"
 #include "meta/p2p.h"
 #include "transport/transport.h"
 
@@ -33,7 +34,7 @@ struct notify_queue {
 
 struct ferry_engine {
     struct ferry_config cfg;
-    char str_local[128], str_meta[256], str_protocols[64], str_device[128]; /* cfg strings */
+    char str_local[128], str_meta[256], str_protocols[64], str_device[128], str_prefix[128]; /* cfg strings */
     char listen_host[64];
     char segment_name[128];
     int handshake_port;
@@ -46,6 +47,9 @@ struct ferry_engine {
     atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
 
     struct p2p_server *handshake;
+    const struct meta_ops *meta;
+    void *meta_state;
+    pthread_mutex_t publish_lock;   /* orders publishes of the descriptor */
 
     pthread_rwlock_t seg_lock;      /* submit: read; open/close/refresh: write */
     struct segment **segs;
@@ -61,6 +65,10 @@ struct ferry_engine {
 
     struct notify_queue notes;
 };
+
+/* Publishes the current descriptor through the metadata backend (a no-op
+ * for P2PHANDSHAKE).  Called at start and after registration changes. */
+int engine_publish(ferry_engine *e);
 
 /* Finds a segment by handle; caller holds seg_lock (read or write). */
 struct segment *engine_segment(ferry_engine *e, uint64_t handle);

@@ -1,0 +1,81 @@
+/*
+ * meta.c — picks a metadata backend by URL scheme, and the P2P backend
+ * (which publishes nothing: descriptors are served by each engine's own
+ * handshake listener, see p2p.c).
+ */
+#include "meta/meta.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "meta/p2p.h"
+
+struct p2p_meta {
+    unsigned timeout_ms;
+};
+
+static int p2p_create(const char *url, const char *prefix, unsigned ttl_s, unsigned timeout_ms, void **out)
+{
+    (void)url;
+    (void)prefix;
+    (void)ttl_s;
+    struct p2p_meta *m = calloc(1, sizeof *m);
+    if (!m)
+        return ferry_fail(FERRY_ENOMEM, "p2p metadata");
+    m->timeout_ms = timeout_ms;
+    *out = m;
+    return 0;
+}
+
+static void p2p_destroy(void *m)
+{
+    free(m);
+}
+
+static int p2p_publish(void *m, const char *name, const char *json)
+{
+    (void)m;
+    (void)name;
+    (void)json;
+    return 0; /* the handshake listener serves the live descriptor */
+}
+
+static int p2p_unpublish(void *m, const char *name)
+{
+    (void)m;
+    (void)name;
+    return 0;
+}
+
+static int p2p_lookup(void *mp, const char *name, char **json, size_t *len)
+{
+    struct p2p_meta *m = mp;
+    return p2p_fetch(name, m->timeout_ms, json, len);
+}
+
+const struct meta_ops ferry_meta_p2p = {
+    .scheme = "P2PHANDSHAKE",
+    .create = p2p_create,
+    .destroy = p2p_destroy,
+    .publish = p2p_publish,
+    .unpublish = p2p_unpublish,
+    .lookup = p2p_lookup,
+};
+
+const struct meta_ops *meta_find(const char *url)
+{
+    const struct meta_ops *all[] = {
+        &ferry_meta_p2p,
+#ifdef FERRY_HAVE_ETCD
+        &ferry_meta_etcd,
+#endif
+#ifdef FERRY_HAVE_REDIS
+        &ferry_meta_redis,
+#endif
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i] && strncmp(url, all[i]->scheme, strlen(all[i]->scheme)) == 0)
+            return all[i];
+    return NULL;
+}

@@ -1,0 +1,43 @@
+/*
+ * meta.h — where segment descriptors are published and found.
+ *
+ * One ops table per backend, chosen by the metadata_server string:
+ *   "P2PHANDSHAKE"            p2p.c: nothing is published; a lookup asks the
+ *                             peer's handshake listener (the name is host:port)
+ *   "etcd://h:p[,h:p...]"     etcd.c: keys under a prefix, with a lease
+ *   "redis://h:p"             redis.c: keys under a prefix, with a TTL
+ * The engine publishes its descriptor at start and whenever its remote-
+ * accessible registrations change, unpublishes at destroy, and looks peers
+ * up in open_segment and when a peer's descriptor turns stale.  Connection
+ * data of transports (RDMA QP numbers ...) never goes through here.
+ */
+#ifndef FERRY_META_H
+#define FERRY_META_H
+
+#include <stddef.h>
+
+struct meta_ops {
+    const char *scheme;   /* "P2PHANDSHAKE", "etcd://", "redis://": prefix of metadata_server */
+    /* Connects (or prepares to).  url is the whole metadata_server string;
+     * prefix is the key prefix (FERRY_METADATA_PREFIX); ttl_s the lease.
+     * Returns 0, FERRY_EINVAL (malformed url), FERRY_ECONN (unreachable). */
+    int (*create)(const char *url, const char *prefix, unsigned ttl_s, unsigned timeout_ms, void **out);
+    /* Stops keepalives and frees; does not unpublish. NULL accepted. */
+    void (*destroy)(void *m);
+    /* Publishes (or replaces) name -> descriptor JSON; keeps it alive until
+     * unpublish or destroy. */
+    int (*publish)(void *m, const char *name, const char *json);
+    int (*unpublish)(void *m, const char *name);
+    /* Looks name up.  *json malloc'd, NUL-terminated.  FERRY_ENOSEG if absent
+     * or unreachable (detail says which). */
+    int (*lookup)(void *m, const char *name, char **json, size_t *len);
+};
+
+/* The backend whose scheme prefixes url, or NULL. */
+const struct meta_ops *meta_find(const char *url);
+
+extern const struct meta_ops ferry_meta_p2p;
+extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
+extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */
+
+#endif
