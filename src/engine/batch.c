@@ -423,10 +423,10 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     size_t count = b->count;
     bool noted = b->note_state != NOTE_NONE;
     pthread_mutex_unlock(&b->lock);
-    if (n > b->capacity - count)
-        return ferry_fail(FERRY_EFULL, "batch holds %zu of %zu requests; %zu more do not fit", count, b->capacity, n);
     if (noted && count)
         return ferry_fail(FERRY_EBUSY, "a batch with a notification takes exactly one submit");
+    if (n > b->capacity - count)
+        return ferry_fail(FERRY_EFULL, "batch holds %zu of %zu requests; %zu more do not fit", count, b->capacity, n);
     ferry_engine *e = b->e;
     struct memreg_region *locals = malloc(n * sizeof *locals);
     struct slice_req *sreqs = malloc(n * sizeof *sreqs);
