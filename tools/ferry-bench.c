@@ -798,8 +798,10 @@ static int run_initiator(const struct options *o)
     r.engine = engine_open(o);
     connect_target(&r);
     buffer_open(r.engine, o->location, (size_t)o->buffer_size, 1, &r.local);
-    if (r.opcode == FERRY_WRITE)
-        fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads, SEED_WRITE, 0);
+    /* WRITE sends seed 2; READ's destination is zeroed so that first-touch
+     * page faults stay out of the timed loop. */
+    fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads,
+                r.opcode == FERRY_WRITE ? SEED_WRITE : SEED_ZERO, 0);
 
     size_t count = (size_t)o->threads;
     struct worker *w = calloc(count, sizeof *w);

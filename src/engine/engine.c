@@ -345,6 +345,11 @@ void ferry_engine_destroy(ferry_engine *e)
     for (size_t i = 0; i < n; i++)
         segment_free(e, segs[i]);
     free(segs);
+    /* registrations still standing give their transport handles back first */
+    for (size_t k = 0; k < e->registry.count; k++)
+        for (size_t i = 0; i < e->ntransports; i++)
+            if (e->tops[i]->unregister_memory && e->registry.regions[k].transport_handle[i])
+                e->tops[i]->unregister_memory(e->tstate[i], e->registry.regions[k].transport_handle[i]);
     for (size_t i = 0; i < e->ntransports; i++)
         e->tops[i]->destroy(e->tstate[i]);
     struct ferry_notification drop[16];
@@ -424,9 +429,18 @@ int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *l
     int rc = resolve_location(addr, len, location, &r);
     if (rc)
         return rc;
-    rc = memreg_add(&e->registry, &r);
-    if (rc)
+    size_t done = 0;
+    for (; !rc && done < e->ntransports; done++)
+        if (e->tops[done]->register_memory)
+            rc = e->tops[done]->register_memory(e->tstate[done], &r, &r.transport_handle[done]);
+    if (!rc)
+        rc = memreg_add(&e->registry, &r);
+    if (rc) {
+        for (size_t i = 0; i < done; i++)
+            if (e->tops[i]->unregister_memory && r.transport_handle[i])
+                e->tops[i]->unregister_memory(e->tstate[i], r.transport_handle[i]);
         return rc;
+    }
     LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
     if (remote_accessible && (rc = engine_publish(e)) != 0)
         LOG_WARN("registered %p+%zu but could not publish the new descriptor: %s", addr, len, ferry_last_error());
@@ -439,6 +453,9 @@ int ferry_unregister_memory(ferry_engine *e, void *addr)
         return ferry_fail(FERRY_EINVAL, "unregister: engine is NULL");
     struct memreg_region r;
     int rc = memreg_remove(&e->registry, (uint64_t)(uintptr_t)addr, &r);
+    for (size_t i = 0; !rc && i < e->ntransports; i++)
+        if (e->tops[i]->unregister_memory && r.transport_handle[i])
+            e->tops[i]->unregister_memory(e->tstate[i], r.transport_handle[i]);
     if (!rc && r.remote_accessible && engine_publish(e) != 0)
         LOG_WARN("unregistered %p but could not publish the new descriptor: %s", addr, ferry_last_error());
     return rc;

@@ -81,6 +81,12 @@ struct transport_ops {
     void (*peer_close)(void *t, void *peer);
     /* Hands a frame over (asynchronous; see above). */
     void (*submit)(void *t, void *peer, struct xfer_frame *f);
+    /* Optional (NULL: nothing to do).  Called for every registration, at
+     * registration time, never on the hot path: an RDMA transport makes its
+     * MRs here.  *handle is stored in the region's transport_handle[] slot
+     * and handed back to unregister_memory. */
+    int (*register_memory)(void *t, const struct memreg_region *r, void **handle);
+    void (*unregister_memory)(void *t, void *handle);
     /* Can this transport touch memory at this location directly? */
     int (*can_access)(void *t, const struct memreg_region *r);
     void (*stats)(void *t, struct ferry_transport_stats *out);
