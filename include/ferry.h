@@ -90,6 +90,8 @@ struct ferry_config {
     unsigned coalesce_max;      /* small requests coalesced into one frame, at most (default 64) */
     unsigned request_timeout_ms;/* a request not finished by then ends TIMEOUT (default 30000) */
     unsigned connect_timeout_ms;/* connecting / handshaking with a peer (default 5000) */
+    size_t staging_chunk_size;  /* pinned chunk size for device staging (default 2 MiB) */
+    unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
 };
@@ -281,6 +283,8 @@ struct ferry_transport_stats {
     uint64_t requests_failed;
     uint64_t frames_sent;
     uint64_t refused;           /* incoming accesses refused (out of range, bad frame) */
+    uint64_t bytes_staged;      /* of bytes_written/read: moved through a device staging pool */
+    uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
 struct ferry_stats {

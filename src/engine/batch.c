@@ -69,10 +69,10 @@ static void end_request(struct ferry_batch *b, struct req_slot *r)
     ferry_engine *e = b->e;
     if (r->error == 0) {
         r->state = FERRY_COMPLETED;
-        atomic_fetch_add(&e->req_completed[r->route], 1);
+        atomic_fetch_add(&e->req_completed[ROUTE_TRANSPORT(r->route)], 1);
     } else {
         r->state = r->error == FERRY_ETIMEDOUT ? FERRY_TIMEOUT : FERRY_FAILED;
-        atomic_fetch_add(&e->req_failed[r->route], 1);
+        atomic_fetch_add(&e->req_failed[ROUTE_TRANSPORT(r->route)], 1);
     }
     b->ended++;
 }
@@ -121,10 +121,11 @@ static void send_notifications(struct ferry_batch *b, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct xfer_frame *f = &b->note_frames[i];
         pthread_rwlock_rdlock(&e->seg_lock);
+        int t = ROUTE_TRANSPORT(f->route);
         struct segment *s = engine_segment(e, f->segment);
-        void *peer = s ? s->peer[f->route] : NULL;
+        void *peer = s ? s->peer[t] : NULL;
         if (peer)
-            e->tops[f->route]->submit(e->tstate[f->route], peer, f);
+            e->tops[t]->submit(e->tstate[t], peer, f);
         pthread_rwlock_unlock(&e->seg_lock);
         if (!peer)
             f->complete(f, FERRY_ENOSEG, 0, "notification target segment was closed");
@@ -152,6 +153,8 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
     ferry_engine *e = b->e;
     if (err == FERRY_ECONN || err == FERRY_ESTALE)
         engine_mark_stale(e, f->segment);
+    if (!err && f->route != ROUTE_TRANSPORT(f->route))
+        atomic_fetch_add(&e->bytes_staged[ROUTE_TRANSPORT(f->route)], f->bytes);
     pthread_mutex_lock(&b->lock);
     for (uint32_t i = 0; i < f->npieces; i++) {
         const struct xfer_piece *p = &f->pieces[i];
@@ -299,9 +302,13 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         for (size_t t = 0; t < e->ntransports && route < 0; t++)
             if (s->peer[t] && e->tops[t]->can_access(e->tstate[t], &locals[i]))
                 route = (int)t;
+        int pool = route < 0 ? engine_pool_index(e, locals[i].location) : -1;
+        for (size_t t = 0; t < e->ntransports && route < 0 && pool >= 0; t++)
+            if (s->peer[t]) /* staged: the transport sees only the pool's host chunks */
+                route = ROUTE_STAGED((int)t, pool);
         if (route < 0)
             return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
-                              "(device staging is not available yet)", i, s->name, locals[i].location);
+                              "and it has no staging pool", i, s->name, locals[i].location);
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0};
     }
     return 0;
@@ -354,7 +361,7 @@ static int collect_note_targets(struct ferry_batch *b, const struct slice_req *s
             return ferry_fail(FERRY_EINVAL, "a batch with a notification may name at most %d segments",
                               MAX_NOTIFY_TARGETS);
         b->note_frames[k].segment = sreqs[i].segment;
-        b->note_frames[k].route = sreqs[i].route;
+        b->note_frames[k].route = ROUTE_TRANSPORT(sreqs[i].route);
         b->note_ntargets++;
     }
     return 0;
@@ -405,8 +412,13 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
         size_t nframes = node->plan.nframes; /* node may be freed once the last frame ends */
         for (size_t i = 0; i < nframes; i++) {
             struct xfer_frame *f = &frames[i];
+            int t = ROUTE_TRANSPORT(f->route);
+            if (f->route != t) {
+                staging_submit(e->pools[ROUTE_POOL(f->route)].pool, f);
+                continue;
+            }
             struct segment *s = engine_segment(e, f->segment);
-            e->tops[f->route]->submit(e->tstate[f->route], s->peer[f->route], f);
+            e->tops[t]->submit(e->tstate[t], s->peer[t], f);
         }
         pthread_rwlock_unlock(&e->seg_lock);
         return 0;

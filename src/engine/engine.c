@@ -50,23 +50,80 @@ static const struct ferry_device_ops *region_device(const struct memreg_region *
     return ferry_device_find(kind);
 }
 
+/* Transport threads that serve device memory keep one stream per thread
+ * (for the last device they touched), so a bounce copy costs one batched
+ * copy and one wait, not a stream creation. */
+struct thread_stream {
+    const struct ferry_device_ops *ops;
+    int dev;
+    ferry_stream *stream;
+};
+static pthread_key_t thread_stream_key;
+static pthread_once_t thread_stream_once = PTHREAD_ONCE_INIT;
+
+static void thread_stream_free(void *p)
+{
+    struct thread_stream *ts = p;
+    if (ts->stream)
+        ts->ops->stream_destroy(ts->stream);
+    free(ts);
+}
+
+static void thread_stream_init(void)
+{
+    pthread_key_create(&thread_stream_key, thread_stream_free);
+}
+
+static int thread_copy(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir, void *dst,
+                       const void *src, size_t len)
+{
+    pthread_once(&thread_stream_once, thread_stream_init);
+    struct thread_stream *ts = pthread_getspecific(thread_stream_key);
+    if (!ts) {
+        ts = calloc(1, sizeof *ts);
+        if (!ts)
+            return ferry_fail(FERRY_ENOMEM, "thread stream");
+        pthread_setspecific(thread_stream_key, ts);
+    }
+    if (ts->stream && (ts->ops != ops || ts->dev != dev)) {
+        ts->ops->stream_destroy(ts->stream);
+        ts->stream = NULL;
+    }
+    if (!ts->stream) {
+        int rc = ops->stream_create(dev, &ts->stream);
+        if (rc)
+            return rc;
+        ts->ops = ops;
+        ts->dev = dev;
+    }
+    struct ferry_copy c = {dst, src, len};
+    int rc = ops->copy_async(ts->stream, dir, &c, 1);
+    if (!rc)
+        rc = ops->stream_sync(ts->stream);
+    if (rc) { /* errors are sticky on a stream: start over next time */
+        ops->stream_destroy(ts->stream);
+        ts->stream = NULL;
+    }
+    return rc;
+}
+
 static int hook_device_write(void *engine, const struct memreg_region *r, uint64_t addr, const void *src,
                              size_t len)
 {
-    (void)engine;
+    atomic_fetch_add(&((ferry_engine *)engine)->bytes_bounced, len);
     const struct ferry_device_ops *ops = region_device(r);
     if (!ops)
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
-    return device_copy_sync(ops, r->device_index, FERRY_COPY_H2D, (void *)(uintptr_t)addr, src, len);
+    return thread_copy(ops, r->device_index, FERRY_COPY_H2D, (void *)(uintptr_t)addr, src, len);
 }
 
 static int hook_device_read(void *engine, const struct memreg_region *r, void *dst, uint64_t addr, size_t len)
 {
-    (void)engine;
+    atomic_fetch_add(&((ferry_engine *)engine)->bytes_bounced, len);
     const struct ferry_device_ops *ops = region_device(r);
     if (!ops)
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
-    return device_copy_sync(ops, r->device_index, FERRY_COPY_D2H, dst, (const void *)(uintptr_t)addr, len);
+    return thread_copy(ops, r->device_index, FERRY_COPY_D2H, dst, (const void *)(uintptr_t)addr, len);
 }
 
 /* ------------------------------------------------------------ notifications */
@@ -209,6 +266,9 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         return ferry_fail(FERRY_EINVAL, "slice_size=%zu (4 KiB - 64 MiB allowed)", e->cfg.slice_size);
     if (e->cfg.coalesce_max < 1 || e->cfg.coalesce_max > 64)
         return ferry_fail(FERRY_EINVAL, "coalesce_max=%u (1-64 allowed)", e->cfg.coalesce_max);
+    if (e->cfg.staging_chunks < 1 || e->cfg.staging_chunk_size < e->cfg.slice_size)
+        return ferry_fail(FERRY_EINVAL, "staging: %u chunks of %zu bytes (at least 1 chunk, each >= slice_size %zu)",
+                          e->cfg.staging_chunks, e->cfg.staging_chunk_size, e->cfg.slice_size);
     if (e->cfg.request_timeout_ms < 1 || e->cfg.connect_timeout_ms < 1)
         return ferry_fail(FERRY_EINVAL, "timeouts must be at least 1 ms");
     e->meta = meta_find(e->cfg.metadata_server);
@@ -269,6 +329,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     pthread_mutex_init(&e->notes.lock, NULL);
     pthread_mutex_init(&e->stale_lock, NULL);
     pthread_mutex_init(&e->publish_lock, NULL);
+    pthread_mutex_init(&e->pool_lock, NULL);
     if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
         e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
     int port = 0;
@@ -350,6 +411,9 @@ void ferry_engine_destroy(ferry_engine *e)
         for (size_t i = 0; i < e->ntransports; i++)
             if (e->tops[i]->unregister_memory && e->registry.regions[k].transport_handle[i])
                 e->tops[i]->unregister_memory(e->tstate[i], e->registry.regions[k].transport_handle[i]);
+    /* segments are closed and handles returned: no staged frame is on a wire */
+    for (size_t i = 0; i < atomic_load(&e->npools); i++)
+        staging_pool_destroy(e->pools[i].pool);
     for (size_t i = 0; i < e->ntransports; i++)
         e->tops[i]->destroy(e->tstate[i]);
     struct ferry_notification drop[16];
@@ -360,6 +424,7 @@ void ferry_engine_destroy(ferry_engine *e)
     pthread_mutex_destroy(&e->notes.lock);
     pthread_mutex_destroy(&e->stale_lock);
     pthread_mutex_destroy(&e->publish_lock);
+    pthread_mutex_destroy(&e->pool_lock);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
     free(e);
@@ -420,6 +485,81 @@ static int resolve_location(void *addr, size_t len, const char *location, struct
     return 0;
 }
 
+/* Registers a region with every transport, then the registry. */
+static int register_region(ferry_engine *e, struct memreg_region *r)
+{
+    int rc = 0;
+    size_t done = 0;
+    for (; !rc && done < e->ntransports; done++)
+        if (e->tops[done]->register_memory)
+            rc = e->tops[done]->register_memory(e->tstate[done], r, &r->transport_handle[done]);
+    if (!rc)
+        rc = memreg_add(&e->registry, r);
+    if (rc) {
+        for (size_t i = 0; i < done; i++)
+            if (e->tops[i]->unregister_memory && r->transport_handle[i])
+                e->tops[i]->unregister_memory(e->tstate[i], r->transport_handle[i]);
+    }
+    return rc;
+}
+
+int engine_pool_index(ferry_engine *e, const char *location)
+{
+    size_t n = atomic_load(&e->npools);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e->pools[i].location, location) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Hands a staged frame, rewritten to host memory, to its transport. */
+static void staging_send(void *ctx, struct xfer_frame *f)
+{
+    ferry_engine *e = ctx;
+    int t = ROUTE_TRANSPORT(f->route);
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *s = engine_segment(e, f->segment);
+    void *peer = s ? s->peer[t] : NULL;
+    if (peer)
+        e->tops[t]->submit(e->tstate[t], peer, f);
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!peer)
+        f->complete(f, FERRY_ENOSEG, 0, "target segment was closed while the frame was staged");
+}
+
+/* Creates the staging pool of a device the first time memory of that device
+ * is registered: registration time, never the hot path.  Its chunks are
+ * registered as host memory, so every transport (RDMA MRs too) can use them. */
+static int ensure_pool(ferry_engine *e, const struct memreg_region *dev_region)
+{
+    pthread_mutex_lock(&e->pool_lock);
+    int rc = 0;
+    if (engine_pool_index(e, dev_region->location) >= 0)
+        goto out;
+    if (atomic_load(&e->npools) == MAX_POOLS) {
+        rc = ferry_fail(FERRY_ENOMEM, "more than %d devices need staging pools", MAX_POOLS);
+        goto out;
+    }
+    const struct ferry_device_ops *ops = region_device(dev_region);
+    struct pool_entry *pe = &e->pools[atomic_load(&e->npools)];
+    size_t len;
+    rc = staging_pool_create(ops, dev_region->device_index, e->cfg.staging_chunk_size, e->cfg.staging_chunks,
+                             staging_send, e, &pe->pool, &pe->base, &len);
+    if (rc)
+        goto out;
+    struct memreg_region r = {.addr = (uint64_t)(uintptr_t)pe->base, .len = len, .device_index = -1};
+    snprintf(r.location, sizeof r.location, "cpu");
+    if ((rc = register_region(e, &r)) != 0) {
+        staging_pool_destroy(pe->pool);
+        goto out;
+    }
+    snprintf(pe->location, sizeof pe->location, "%s", dev_region->location);
+    atomic_fetch_add(&e->npools, 1);
+out:
+    pthread_mutex_unlock(&e->pool_lock);
+    return rc;
+}
+
 int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *location, int remote_accessible)
 {
     if (!e || !addr || len == 0)
@@ -427,20 +567,12 @@ int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *l
                           addr, len);
     struct memreg_region r = {.addr = (uint64_t)(uintptr_t)addr, .len = len, .remote_accessible = !!remote_accessible};
     int rc = resolve_location(addr, len, location, &r);
+    if (!rc && r.device_index >= 0)
+        rc = ensure_pool(e, &r);
+    if (!rc)
+        rc = register_region(e, &r);
     if (rc)
         return rc;
-    size_t done = 0;
-    for (; !rc && done < e->ntransports; done++)
-        if (e->tops[done]->register_memory)
-            rc = e->tops[done]->register_memory(e->tstate[done], &r, &r.transport_handle[done]);
-    if (!rc)
-        rc = memreg_add(&e->registry, &r);
-    if (rc) {
-        for (size_t i = 0; i < done; i++)
-            if (e->tops[i]->unregister_memory && r.transport_handle[i])
-                e->tops[i]->unregister_memory(e->tstate[i], r.transport_handle[i]);
-        return rc;
-    }
     LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
     if (remote_accessible && (rc = engine_publish(e)) != 0)
         LOG_WARN("registered %p+%zu but could not publish the new descriptor: %s", addr, len, ferry_last_error());
@@ -731,6 +863,9 @@ int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
         out->transports[i].requests_completed = atomic_load(&e->req_completed[i]);
         out->transports[i].requests_failed = atomic_load(&e->req_failed[i]);
+        out->transports[i].bytes_staged = atomic_load(&e->bytes_staged[i]);
+        /* the bounce hooks are shared by all transports; report them once */
+        out->transports[i].bytes_bounced = i == 0 ? atomic_load(&e->bytes_bounced) : 0;
     }
     out->transport_count = e->ntransports;
     return 0;

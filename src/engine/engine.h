@@ -13,9 +13,23 @@
 #include "meta/descriptor.h"
 #include "meta/meta.h"
 #include "meta/p2p.h"
+#include "staging/staging.h"
 #include "transport/transport.h"
 
 #define MAX_TRANSPORTS 4
+#define MAX_POOLS 15
+
+/* A frame's route: the transport index in the low 4 bits; staged frames add
+ * (pool index + 1) << 4, so frames of different pools never share a frame. */
+#define ROUTE_TRANSPORT(route) ((route) & 15)
+#define ROUTE_POOL(route) (((route) >> 4) - 1)
+#define ROUTE_STAGED(transport, pool) ((transport) | ((pool) + 1) << 4)
+
+struct pool_entry {
+    char location[32];                  /* "sim:0", "cuda:1" */
+    struct staging_pool *pool;
+    void *base;                         /* its chunks, registered as host memory */
+};
 
 struct segment {
     uint64_t handle;
@@ -45,6 +59,12 @@ struct ferry_engine {
     const struct transport_ops *tops[MAX_TRANSPORTS];
     void *tstate[MAX_TRANSPORTS];
     atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
+    atomic_uint_fast64_t bytes_staged[MAX_TRANSPORTS];
+    atomic_uint_fast64_t bytes_bounced;
+
+    pthread_mutex_t pool_lock;          /* creation only; entries are never removed */
+    struct pool_entry pools[MAX_POOLS];
+    atomic_size_t npools;
 
     struct p2p_server *handshake;
     const struct meta_ops *meta;
@@ -69,6 +89,9 @@ struct ferry_engine {
 /* Publishes the current descriptor through the metadata backend (a no-op
  * for P2PHANDSHAKE).  Called at start and after registration changes. */
 int engine_publish(ferry_engine *e);
+
+/* The staging pool index for a device location, or -1. Lock-free. */
+int engine_pool_index(ferry_engine *e, const char *location);
 
 /* Finds a segment by handle; caller holds seg_lock (read or write). */
 struct segment *engine_segment(ferry_engine *e, uint64_t handle);

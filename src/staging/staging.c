@@ -1,0 +1,368 @@
+/*
+ * staging.c — pinned chunk pools and the device<->host pipeline (see
+ * staging.h for the idea).
+ *
+ * Threads: one worker per pool issues copies and waits for them; transport
+ * threads end wire frames and return chunks; any thread may submit.  All
+ * lists are under pool->lock.  A chunk carries everything a frame in flight
+ * needs (its rewritten wire frame and pieces), so the hot path allocates
+ * nothing.
+ */
+#include "staging/staging.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+#include "transport/wire.h"
+
+enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
+
+struct chunk {
+    struct staging_pool *pool;
+    char *host;
+    ferry_stream *stream;
+    enum chunk_state state;
+    struct xfer_frame *orig;              /* the engine's frame (device pointers) */
+    struct xfer_frame wire;               /* what the transport sees (host pointers) */
+    struct xfer_piece pieces[WIRE_MAX_ENTRIES];
+    int wire_err;
+    uint64_t wire_refused;
+    char wire_msg[160];
+    struct chunk *next;                   /* in free / arrived lists */
+};
+
+struct staging_pool {
+    const struct ferry_device_ops *ops;
+    int dev;
+    size_t chunk_size;
+    unsigned nchunks;
+    char *base;
+    struct chunk *chunks;
+    staging_send_fn send;
+    void *send_ctx;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct chunk *free_list;
+    struct xfer_frame *waiting_head, *waiting_tail;  /* frames waiting for a chunk */
+    struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
+    bool stopping;
+    pthread_t worker;
+};
+
+static void end_frame(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    f->complete(f, err, refused, msg);
+}
+
+static void release_chunk(struct staging_pool *p, struct chunk *c)
+{
+    pthread_mutex_lock(&p->lock);
+    c->state = CHUNK_FREE;
+    c->orig = NULL;
+    c->next = p->free_list;
+    p->free_list = c;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Transport thread: a staged frame came back from the wire. */
+static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const char *msg)
+{
+    struct chunk *c = w->owner;
+    struct staging_pool *p = c->pool;
+    if (c->orig->opcode == XFER_WRITE || err) {
+        struct xfer_frame *orig = c->orig;
+        release_chunk(p, c);
+        end_frame(orig, err, refused, msg);
+        return;
+    }
+    /* READ payload is in the chunk: the worker scatters it to the device */
+    c->wire_err = err;
+    c->wire_refused = refused;
+    snprintf(c->wire_msg, sizeof c->wire_msg, "%s", msg ? msg : "");
+    pthread_mutex_lock(&p->lock);
+    c->state = CHUNK_SCATTER;
+    c->next = NULL;
+    if (p->arrived_tail)
+        p->arrived_tail->next = c;
+    else
+        p->arrived_head = c;
+    p->arrived_tail = c;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Binds a frame to a chunk: the wire frame's pieces point into the chunk. */
+static void bind_chunk(struct chunk *c, struct xfer_frame *f)
+{
+    c->orig = f;
+    c->wire = *f;
+    c->wire.pieces = c->pieces;
+    c->wire.complete = wire_done;
+    c->wire.owner = c;
+    c->wire.next = NULL;
+    size_t off = 0;
+    for (uint32_t i = 0; i < f->npieces; i++) {
+        c->pieces[i] = f->pieces[i];
+        c->pieces[i].local = c->host + off;
+        off += f->pieces[i].len;
+    }
+}
+
+/* Enqueues the batched copies between a frame's device pieces and its chunk. */
+static int enqueue_copies(struct staging_pool *p, struct chunk *c, enum ferry_copy_dir dir, uint64_t skip)
+{
+    struct ferry_copy copies[WIRE_MAX_ENTRIES];
+    size_t n = 0;
+    for (uint32_t i = 0; i < c->orig->npieces; i++) {
+        if (skip >> i & 1)
+            continue;
+        void *dev = c->orig->pieces[i].local, *host = c->pieces[i].local;
+        copies[n++] = dir == FERRY_COPY_D2H ? (struct ferry_copy){host, dev, c->pieces[i].len}
+                                            : (struct ferry_copy){dev, host, c->pieces[i].len};
+    }
+    return n ? p->ops->copy_async(c->stream, dir, copies, n) : 0;
+}
+
+/* A copy failed: the stream is now unusable (sticky error); make a new one. */
+static void renew_stream(struct staging_pool *p, struct chunk *c)
+{
+    p->ops->stream_destroy(c->stream);
+    c->stream = NULL;
+    if (p->ops->stream_create(p->dev, &c->stream) != 0)
+        LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
+}
+
+static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc, const char *what)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "staging %s on %s:%d failed: %s", what, p->ops->kind, p->dev, ferry_last_error());
+    struct xfer_frame *orig = c->orig;
+    renew_stream(p, c);
+    release_chunk(p, c);
+    end_frame(orig, rc, 0, msg);
+}
+
+/* Takes as many waiting frames as there are free chunks; expired ones end
+ * TIMEOUT.  Lock held. */
+static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t max, struct xfer_frame **expired)
+{
+    size_t n = 0;
+    uint64_t now = now_ns();
+    while (p->waiting_head && (n < max)) {
+        struct xfer_frame *f = p->waiting_head;
+        if (now >= f->deadline_ns) {
+            p->waiting_head = f->next;
+            f->next = *expired;
+            *expired = f;
+            continue;
+        }
+        if (!p->free_list)
+            break;
+        p->waiting_head = f->next;
+        struct chunk *c = p->free_list;
+        p->free_list = c->next;
+        bind_chunk(c, f);
+        c->state = f->opcode == XFER_WRITE ? CHUNK_GATHER : CHUNK_WIRE;
+        out[n++] = c;
+    }
+    if (!p->waiting_head)
+        p->waiting_tail = NULL;
+    return n;
+}
+
+static void worker_round(struct staging_pool *p, struct chunk **taken, size_t ntaken, struct chunk *arrived)
+{
+    /* issue every gather first, so copies queue back to back on the link */
+    for (size_t i = 0; i < ntaken; i++) {
+        struct chunk *c = taken[i];
+        if (c->state == CHUNK_GATHER) {
+            int rc = enqueue_copies(p, c, FERRY_COPY_D2H, 0);
+            if (rc) {
+                taken[i] = NULL;
+                fail_chunk(p, c, rc, "device-to-host copy");
+            }
+        } else {
+            p->send(p->send_ctx, &c->wire); /* READ: straight to the wire */
+            taken[i] = NULL;
+        }
+    }
+    for (struct chunk *c = arrived; c; c = c->next)
+        if (enqueue_copies(p, c, FERRY_COPY_H2D, c->wire_refused) != 0)
+            c->state = CHUNK_FREE; /* marks the failure for the loop below */
+    /* then wait for them in order and move each chunk on */
+    for (size_t i = 0; i < ntaken; i++) {
+        struct chunk *c = taken[i];
+        if (!c)
+            continue;
+        int rc = p->ops->stream_sync(c->stream);
+        if (rc)
+            fail_chunk(p, c, rc, "device-to-host copy");
+        else {
+            c->state = CHUNK_WIRE;
+            p->send(p->send_ctx, &c->wire);
+        }
+    }
+    for (struct chunk *c = arrived, *next; c; c = next) {
+        next = c->next;
+        int rc = c->state == CHUNK_FREE ? FERRY_EIO : p->ops->stream_sync(c->stream);
+        if (rc) {
+            fail_chunk(p, c, rc, "host-to-device copy");
+            continue;
+        }
+        struct xfer_frame *orig = c->orig;
+        uint64_t refused = c->wire_refused;
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s", c->wire_msg);
+        release_chunk(p, c);
+        end_frame(orig, 0, refused, msg);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct staging_pool *p = arg;
+    struct chunk **taken = calloc(p->nchunks, sizeof *taken);
+    pthread_mutex_lock(&p->lock);
+    while (!p->stopping || p->waiting_head) {
+        struct xfer_frame *expired = NULL;
+        size_t n = taken ? take_waiting(p, taken, p->nchunks, &expired) : 0;
+        struct chunk *arrived = p->arrived_head;
+        p->arrived_head = p->arrived_tail = NULL;
+        if (!n && !arrived && !expired) {
+            if (p->stopping)
+                break;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 50 * 1000000L; /* re-check deadlines of waiting frames */
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&p->cond, &p->lock, &until);
+            continue;
+        }
+        pthread_mutex_unlock(&p->lock);
+        for (struct xfer_frame *f = expired, *next; f; f = next) {
+            next = f->next;
+            end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
+        }
+        worker_round(p, taken, n, arrived);
+        pthread_mutex_lock(&p->lock);
+    }
+    pthread_mutex_unlock(&p->lock);
+    free(taken);
+    return NULL;
+}
+
+void staging_submit(struct staging_pool *p, struct xfer_frame *f)
+{
+    if (f->npieces > WIRE_MAX_ENTRIES || f->bytes > p->chunk_size) {
+        end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    if (p->stopping) {
+        pthread_mutex_unlock(&p->lock);
+        end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+        return;
+    }
+    f->next = NULL;
+    if (p->waiting_tail)
+        p->waiting_tail->next = f;
+    else
+        p->waiting_head = f;
+    p->waiting_tail = f;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+size_t staging_pool_chunk_size(const struct staging_pool *p)
+{
+    return p->chunk_size;
+}
+
+static void pool_free(struct staging_pool *p)
+{
+    for (unsigned i = 0; p->chunks && i < p->nchunks; i++)
+        if (p->chunks[i].stream)
+            p->ops->stream_destroy(p->chunks[i].stream);
+    if (p->base)
+        p->ops->host_free(p->base);
+    free(p->chunks);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+    free(p);
+}
+
+int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chunk_size, unsigned nchunks,
+                        staging_send_fn send, void *send_ctx, struct staging_pool **out, void **base,
+                        size_t *len)
+{
+    if (chunk_size == 0 || nchunks == 0)
+        return ferry_fail(FERRY_EINVAL, "staging pool: %u chunks of %zu bytes", nchunks, chunk_size);
+    struct staging_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return ferry_fail(FERRY_ENOMEM, "staging pool");
+    p->ops = ops;
+    p->dev = dev;
+    p->chunk_size = chunk_size;
+    p->nchunks = nchunks;
+    p->send = send;
+    p->send_ctx = send_ctx;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->chunks = calloc(nchunks, sizeof *p->chunks);
+    int rc = p->chunks ? ops->host_alloc(chunk_size * nchunks, (void **)&p->base) : FERRY_ENOMEM;
+    for (unsigned i = 0; !rc && i < nchunks; i++) {
+        struct chunk *c = &p->chunks[i];
+        c->pool = p;
+        c->host = p->base + (size_t)i * chunk_size;
+        rc = ops->stream_create(dev, &c->stream);
+        c->next = p->free_list;
+        p->free_list = c;
+    }
+    if (!rc && pthread_create(&p->worker, NULL, worker_main, p))
+        rc = ferry_fail(FERRY_EIO, "staging: cannot start worker");
+    if (rc) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        pool_free(p);
+        return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
+                          why);
+    }
+    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes", ops->kind, dev, nchunks, chunk_size);
+    *base = p->base;
+    *len = chunk_size * nchunks;
+    *out = p;
+    return 0;
+}
+
+void staging_pool_destroy(struct staging_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    struct xfer_frame *waiting = p->waiting_head;
+    p->waiting_head = p->waiting_tail = NULL;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    for (struct xfer_frame *f = waiting, *next; f; f = next) {
+        next = f->next;
+        end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+    }
+    pthread_join(p->worker, NULL);
+    /* chunks still on the wire were ended by their transports, which the
+     * engine destroys before its pools */
+    pool_free(p);
+}

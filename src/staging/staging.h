@@ -1,0 +1,52 @@
+/*
+ * staging.h — moving device memory through pinned host chunks, pipelined.
+ *
+ * When no transport can touch a request's local memory (NPU memory, a GPU
+ * without GPUDirect, the sim device), its frames go through a staging pool
+ * of the memory's device: a fixed set of pinned host chunks, allocated and
+ * registered once (when the first memory of that device is registered), each
+ * with its own device stream.
+ *
+ *   WRITE: gather the frame's device pieces into a chunk with one batched
+ *          D2H copy, then hand a rewritten frame (pieces point into the
+ *          chunk) to the transport.  The copy of chunk i+1 runs while chunk i
+ *          is on the wire.
+ *   READ:  hand a frame pointing into a chunk to the transport; when it
+ *          arrives, scatter it to the device with one batched H2D copy, and
+ *          only then end the original frame.
+ *
+ * A pool has one worker thread that issues and waits for copies; transport
+ * threads only hand chunks back.  When every chunk is busy, frames wait
+ * their turn in FIFO order (bounded by their deadlines), never fail.
+ */
+#ifndef FERRY_STAGING_H
+#define FERRY_STAGING_H
+
+#include <stddef.h>
+
+#include "device/device.h"
+#include "transport/transport.h"
+
+struct staging_pool;
+
+/* Hands a frame (already rewritten to host memory) to its transport. */
+typedef void (*staging_send_fn)(void *ctx, struct xfer_frame *f);
+
+/* Creates a pool of nchunks pinned chunks of chunk_size bytes for device dev
+ * of kind ops, and starts its worker.  base and len receive the host range the
+ * chunks occupy, for registration with the transports.  0 or FERRY_E*. */
+int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chunk_size, unsigned nchunks,
+                        staging_send_fn send, void *send_ctx, struct staging_pool **out, void **base,
+                        size_t *len);
+
+/* Stops the worker (frames still waiting end FERRY_ECANCELED) and frees. */
+void staging_pool_destroy(struct staging_pool *p);
+
+/* Largest frame (bytes) a chunk holds; slicing must not exceed it. */
+size_t staging_pool_chunk_size(const struct staging_pool *p);
+
+/* Queues a frame whose pieces' local pointers are device memory of this
+ * pool's device.  Asynchronous; f->complete is called exactly once. */
+void staging_submit(struct staging_pool *p, struct xfer_frame *f);
+
+#endif

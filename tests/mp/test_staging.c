@@ -1,0 +1,185 @@
+/*
+ * test_staging.c — transfers whose memory no transport can touch directly,
+ * on the strict sim device: cpu->sim, sim->cpu, sim->sim, WRITE and READ,
+ * several block sizes and batches, data verified; a pool of one chunk (frames
+ * wait their turn); wrong-kind and absent-device registrations.  Any code
+ * path that touched sim memory without the device's copies would crash here.
+ *
+ * When the environment names FERRY_TEST_DEVICE (e.g. "cuda:0"), the same
+ * matrix runs with that device instead of sim (the GPU machine does this).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#define TSIZE (32u << 20)
+#define TSEED 21
+
+static const char *device_location(void)
+{
+    const char *d = getenv("FERRY_TEST_DEVICE");
+    return d && *d ? d : "sim:0";
+}
+
+struct fixture {
+    struct child_target target;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    const char *loc;     /* local memory location */
+    char *local;         /* local buffer (device or host) */
+    char *host;          /* host scratch for filling/checking */
+};
+
+static int start(void **state, const char *local_loc, const char *target_loc, unsigned chunks)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_int_equal(child_target_start(&f->target, TSIZE, target_loc, TSEED), 0);
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    if (chunks) {
+        cfg.staging_chunks = chunks;
+        cfg.staging_chunk_size = cfg.slice_size;
+    }
+    assert_int_equal(ferry_engine_create(&cfg, &f->e), 0);
+    f->loc = local_loc;
+    f->host = malloc(TSIZE);
+    assert_int_equal(ferry_mem_alloc(f->e, local_loc, TSIZE, (void **)&f->local), 0);
+    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, local_loc, 0), 0);
+    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    *state = f;
+    return 0;
+}
+
+static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", 0); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", device_location(), 0); }
+static int setup_dev_to_dev(void **s) { return start(s, device_location(), device_location(), 0); }
+static int setup_one_chunk(void **s) { return start(s, device_location(), device_location(), 1); }
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
+    ferry_engine_destroy(f->e);
+    child_target_kill(&f->target);
+    free(f->host);
+    free(f);
+    return 0;
+}
+
+/* n blocks of bs bytes, block i at offset base + i*stride on both sides. */
+static void run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+{
+    struct ferry_request *r = calloc(n, sizeof *r);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = base + i * stride;
+        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, bs};
+        if (op == FERRY_WRITE)
+            pattern_fill(f->host + off, bs, seed, off);
+        else
+            memset(f->host + off, 0, bs);
+        assert_int_equal(ferry_mem_copy(f->e, f->local + off, f->host + off, bs), 0);
+    }
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, r, n), 0);
+    int rc = ferry_batch_wait(b, 120000);
+    if (rc)
+        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", n, bs, ferry_err_name(rc),
+                 ferry_last_error());
+    ferry_batch_free(b);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t off = base + i * stride;
+        if (op == FERRY_WRITE) {
+            assert_int_equal(child_target_check(&f->target, off, bs, seed), -1);
+        } else {
+            assert_int_equal(ferry_mem_copy(f->e, f->host + off, f->local + off, bs), 0);
+            assert_int_equal(pattern_check(f->host + off, bs, TSEED, off), -1);
+        }
+    }
+    free(r);
+}
+
+static void matrix(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_stats before, after;
+    assert_int_equal(ferry_get_stats(f->e, &before), 0);
+    static const size_t sizes[] = {4096, 65536, 1u << 20, (3u << 20) + 8};
+    static const size_t batches[] = {1, 64, 128};
+    for (size_t s = 0; s < 4; s++) {
+        for (size_t k = 0; k < 3; k++) {
+            size_t bs = sizes[s], n = batches[k];
+            uint64_t stride = bs + 8192;
+            while (n > 1 && stride * n > TSIZE / 2)
+                n /= 2;
+            run(f, FERRY_WRITE, bs, n, 0, stride, 100 + s);
+            run(f, FERRY_READ, bs, n, TSIZE / 2, stride, 0);
+        }
+    }
+    /* the path is visible: device memory on this side went through staging */
+    assert_int_equal(ferry_get_stats(f->e, &after), 0);
+    uint64_t staged = after.transports[0].bytes_staged - before.transports[0].bytes_staged;
+    if (strcmp(f->loc, "cpu") == 0)
+        assert_int_equal(staged, 0);
+    else
+        assert_true(staged > 0);
+}
+
+static void one_chunk_waits_its_turn(void **state)
+{
+    struct fixture *f = *state;
+    /* 128 frames through a single chunk: they queue, none fails */
+    run(f, FERRY_WRITE, 1u << 20, 8, 0, 1u << 20, 7);
+    run(f, FERRY_WRITE, 65536, 128, 0, 65536 + 4096, 8);
+    run(f, FERRY_READ, 65536, 128, TSIZE / 2, 65536, 0);
+}
+
+static void wrong_kind_rejected(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    char *host = malloc(1 << 20);
+    void *dev;
+    assert_int_equal(ferry_mem_alloc(e, "sim:0", 1 << 20, &dev), 0);
+    /* host memory claimed to be device memory, and the other way round */
+    assert_int_equal(ferry_register_memory(e, host, 1 << 20, "sim:0", 1), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "host memory"));
+    assert_int_equal(ferry_register_memory(e, dev, 1 << 20, "cpu", 1), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "device memory"));
+    assert_int_equal(ferry_register_memory(e, dev, 1 << 20, "sim:1", 1), FERRY_EINVAL);
+    assert_int_equal(ferry_register_memory(e, dev, 1 << 20, "sim:9", 1), FERRY_ENODEV);
+    /* detection: NULL location finds the device */
+    assert_int_equal(ferry_register_memory(e, dev, 1 << 20, NULL, 1), 0);
+    assert_int_equal(ferry_unregister_memory(e, dev), 0);
+    void *p;
+    if (!getenv("FERRY_TEST_DEVICE")) { /* on a GPU host cuda:0 exists */
+        assert_int_equal(ferry_mem_alloc(e, "cuda:0", 4096, &p), FERRY_ENODEV);
+        assert_int_equal(ferry_register_memory(e, host, 4096, "cuda:0", 1), FERRY_ENODEV);
+    }
+    assert_int_equal(ferry_mem_alloc(e, "npu:7", 4096, &p), FERRY_ENODEV);
+    assert_int_equal(ferry_mem_alloc(e, "tpu:0", 4096, &p), FERRY_EINVAL);
+    ferry_mem_free(e, "sim:0", dev, 1 << 20);
+    ferry_engine_destroy(e);
+    free(host);
+}
+
+int main(void)
+{
+    printf("staging tests on %s\n", device_location());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, teardown),
+        cmocka_unit_test(wrong_kind_rejected),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
