@@ -75,7 +75,7 @@ static int read_line(int fd, char *buf, size_t max)
     return 0;
 }
 
-static void child_serve(int fd, size_t len, const char *location, uint64_t seed)
+void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
 {
     ferry_engine *e;
     struct ferry_config cfg;
@@ -131,8 +131,20 @@ int child_target_start(struct child_target *t, size_t len, const char *location,
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* exec a fresh process: device drivers (CUDA) do not survive fork */
         close(sv[0]);
-        child_serve(sv[1], len, location, seed);
+        char exe[4096], fd[16], lens[32], seeds[32];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
+        if (n < 0)
+            _exit(127);
+        exe[n] = '\0';
+        strcpy(strrchr(exe, '/') + 1, "ferry_test_target");
+        snprintf(fd, sizeof fd, "%d", sv[1]);
+        snprintf(lens, sizeof lens, "%zu", len);
+        snprintf(seeds, sizeof seeds, "%llu", (unsigned long long)seed);
+        execl(exe, exe, fd, lens, location, seeds, (char *)NULL);
+        dprintf(sv[1], "error cannot exec %s\n", exe);
+        _exit(127);
     }
     close(sv[1]);
     memset(t, 0, sizeof *t);

@@ -43,4 +43,9 @@ long child_target_notification(struct child_target *t, char *buf, size_t max);
 int child_target_unregister(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
+/* The body of the ferry_test_target program that child_target_start execs
+ * (a fresh process, since device drivers do not survive fork): serves the
+ * control protocol on fd.  Never returns. */
+void child_target_serve(int fd, size_t len, const char *location, uint64_t seed) __attribute__((noreturn));
+
 #endif

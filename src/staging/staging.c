@@ -180,65 +180,69 @@ static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t ma
     return n;
 }
 
-static void worker_round(struct staging_pool *p, struct chunk **taken, size_t ntaken, struct chunk *arrived)
+/* Issues the copy a chunk needs next (gather for a WRITE, scatter for an
+ * arrived READ) and appends it to the in-flight FIFO; a READ that still has
+ * to cross the wire goes straight to its transport instead. */
+static void issue(struct staging_pool *p, struct chunk *c, struct chunk **head, struct chunk **tail)
 {
-    /* issue every gather first, so copies queue back to back on the link */
-    for (size_t i = 0; i < ntaken; i++) {
-        struct chunk *c = taken[i];
-        if (c->state == CHUNK_GATHER) {
-            int rc = enqueue_copies(p, c, FERRY_COPY_D2H, 0);
-            if (rc) {
-                taken[i] = NULL;
-                fail_chunk(p, c, rc, "device-to-host copy");
-            }
-        } else {
-            p->send(p->send_ctx, &c->wire); /* READ: straight to the wire */
-            taken[i] = NULL;
-        }
+    int rc;
+    if (c->state == CHUNK_WIRE) {
+        p->send(p->send_ctx, &c->wire);
+        return;
     }
-    for (struct chunk *c = arrived; c; c = c->next)
-        if (enqueue_copies(p, c, FERRY_COPY_H2D, c->wire_refused) != 0)
-            c->state = CHUNK_FREE; /* marks the failure for the loop below */
-    /* then wait for them in order and move each chunk on */
-    for (size_t i = 0; i < ntaken; i++) {
-        struct chunk *c = taken[i];
-        if (!c)
-            continue;
-        int rc = p->ops->stream_sync(c->stream);
-        if (rc)
-            fail_chunk(p, c, rc, "device-to-host copy");
-        else {
-            c->state = CHUNK_WIRE;
-            p->send(p->send_ctx, &c->wire);
-        }
+    if (c->state == CHUNK_GATHER)
+        rc = enqueue_copies(p, c, FERRY_COPY_D2H, 0);
+    else
+        rc = enqueue_copies(p, c, FERRY_COPY_H2D, c->wire_refused);
+    if (rc) {
+        fail_chunk(p, c, rc, c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy");
+        return;
     }
-    for (struct chunk *c = arrived, *next; c; c = next) {
-        next = c->next;
-        int rc = c->state == CHUNK_FREE ? FERRY_EIO : p->ops->stream_sync(c->stream);
-        if (rc) {
-            fail_chunk(p, c, rc, "host-to-device copy");
-            continue;
-        }
-        struct xfer_frame *orig = c->orig;
-        uint64_t refused = c->wire_refused;
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s", c->wire_msg);
-        release_chunk(p, c);
-        end_frame(orig, 0, refused, msg);
-    }
+    c->next = NULL;
+    if (*tail)
+        (*tail)->next = c;
+    else
+        *head = c;
+    *tail = c;
 }
 
+/* Waits for the oldest copy in flight and moves its chunk on. */
+static void retire(struct staging_pool *p, struct chunk *c)
+{
+    int rc = p->ops->stream_sync(c->stream);
+    if (rc) {
+        fail_chunk(p, c, rc, c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy");
+        return;
+    }
+    if (c->state == CHUNK_GATHER) {
+        c->state = CHUNK_WIRE;
+        p->send(p->send_ctx, &c->wire);
+        return;
+    }
+    struct xfer_frame *orig = c->orig;
+    uint64_t refused = c->wire_refused;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s", c->wire_msg);
+    release_chunk(p, c);
+    end_frame(orig, 0, refused, msg);
+}
+
+/* The worker keeps the copy engine fed: every time the oldest copy retires
+ * it first queues whatever became ready (new frames for free chunks, READ
+ * payload that arrived), so copies stay back to back on the link while the
+ * transports move other chunks over the wire. */
 static void *worker_main(void *arg)
 {
     struct staging_pool *p = arg;
     struct chunk **taken = calloc(p->nchunks, sizeof *taken);
+    struct chunk *head = NULL, *tail = NULL; /* copies in flight, oldest first */
     pthread_mutex_lock(&p->lock);
-    while (!p->stopping || p->waiting_head) {
+    while (!p->stopping || p->waiting_head || head) {
         struct xfer_frame *expired = NULL;
         size_t n = taken ? take_waiting(p, taken, p->nchunks, &expired) : 0;
         struct chunk *arrived = p->arrived_head;
         p->arrived_head = p->arrived_tail = NULL;
-        if (!n && !arrived && !expired) {
+        if (!n && !arrived && !expired && !head) {
             if (p->stopping)
                 break;
             struct timespec until;
@@ -256,7 +260,19 @@ static void *worker_main(void *arg)
             next = f->next;
             end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
         }
-        worker_round(p, taken, n, arrived);
+        for (size_t i = 0; i < n; i++)
+            issue(p, taken[i], &head, &tail);
+        for (struct chunk *c = arrived, *next; c; c = next) {
+            next = c->next;
+            issue(p, c, &head, &tail);
+        }
+        if (head) {
+            struct chunk *c = head;
+            head = c->next;
+            if (!head)
+                tail = NULL;
+            retire(p, c);
+        }
         pthread_mutex_lock(&p->lock);
     }
     pthread_mutex_unlock(&p->lock);
