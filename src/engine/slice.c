@@ -3,6 +3,7 @@
  */
 #include "engine/slice.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,8 +50,10 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
     if (coalesce_max == 0)
         coalesce_max = 1;
     size_t npieces = 0;
-    for (size_t i = 0; i < n; i++)
-        npieces += (reqs[i].len + slice_size - 1) / slice_size;
+    for (size_t i = 0; i < n; i++) /* written so that no length can wrap it */
+        npieces += reqs[i].len / slice_size + (reqs[i].len % slice_size != 0);
+    if (npieces > SIZE_MAX / (sizeof(struct xfer_frame) + sizeof(struct xfer_piece)))
+        return ferry_fail(FERRY_ENOMEM, "slice plan: %zu pieces", npieces);
     const struct slice_req **order = malloc(n * sizeof *order + 1);
     char *block = calloc(1, npieces * (sizeof(struct xfer_frame) + sizeof(struct xfer_piece)) + 1);
     if (!order || !block) {

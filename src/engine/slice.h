@@ -3,7 +3,7 @@
  *
  * A request larger than slice_size becomes several frames of at most
  * slice_size bytes (spread over connections / NICs by the transport); small
- * requests to the same segment with the same opcode are coalesced into one
+ * requests to the same segment, route and opcode are coalesced into one
  * frame of up to coalesce_max pieces and about slice_size bytes.  Pure
  * function: no locks, no I/O (unit-tested in tests/unit/test_slice.c).
  */
@@ -30,7 +30,7 @@ struct slice_plan {
 };
 
 /* Plans frames for n requests (lengths > 0).  Frames are grouped by
- * (segment, opcode); each frame's pieces are contiguous in plan->pieces and in
+ * (segment, route, opcode); each frame's pieces are contiguous in plan->pieces and in
  * request order.  One allocation; free with slice_plan_free.  0 or FERRY_ENOMEM. */
 int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size, unsigned coalesce_max,
                     struct slice_plan *plan);

@@ -44,7 +44,8 @@ int descriptor_encode(const struct ferry_descriptor *d, char **out)
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     if (!text)
-        return ferry_fail(FERRY_ENOMEM, "descriptor encode failed");
+        return ferry_fail(ok ? FERRY_ENOMEM : FERRY_EINVAL, "descriptor encode failed (a transport endpoint that "
+                          "is not a JSON object, or out of memory)");
     *out = text;
     return 0;
 }
@@ -57,7 +58,9 @@ static int get_hex(const cJSON *obj, const char *key, uint64_t *v)
     const char *t = s->valuestring;
     char *end;
     errno = 0;
-    if (strncmp(t, "0x", 2) != 0)
+    /* strtoull alone would also take spaces, signs and a second 0x */
+    size_t ndigits = strncmp(t, "0x", 2) == 0 ? strspn(t + 2, "0123456789abcdefABCDEF") : 0;
+    if (ndigits == 0 || t[2 + ndigits] != '\0')
         return ferry_fail(FERRY_EPROTO, "descriptor: \"%s\" is not 0x-hex", key);
     unsigned long long x = strtoull(t + 2, &end, 16);
     if (errno || end == t + 2 || *end)
@@ -140,9 +143,16 @@ int descriptor_decode(const char *json, size_t len, struct ferry_descriptor *d)
     memset(d, 0, sizeof *d);
     if (len > DESC_MAX_BYTES)
         return ferry_fail(FERRY_EPROTO, "descriptor of %zu bytes is over the %u limit", len, DESC_MAX_BYTES);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root)
         return ferry_fail(FERRY_EPROTO, "descriptor is not valid JSON");
+    while (end < json + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+        end++;
+    if (end < json + len && *end != '\0') {
+        cJSON_Delete(root);
+        return ferry_fail(FERRY_EPROTO, "descriptor has bytes after its JSON object");
+    }
     int rc = 0;
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "fingerprint");
