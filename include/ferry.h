@@ -29,6 +29,13 @@ extern "C" {
 #define FERRY_VERSION_MINOR 1
 #define FERRY_VERSION_PATCH 0
 
+/* Marks the library's exported functions (everything else is hidden). */
+#if defined(__GNUC__)
+#define FERRY_API __attribute__((visibility("default")))
+#else
+#define FERRY_API
+#endif
+
 /* ---------------------------------------------------------------- errors */
 
 /* Error codes. 0 is success; every failure is one of these negative values. */
@@ -55,15 +62,15 @@ enum ferry_error {
 
 /* Returns a static, human-readable name for an error code ("remote range outside
  * registered buffers").  Never NULL, also for unknown codes. */
-const char *ferry_strerror(int err);
+FERRY_API const char *ferry_strerror(int err);
 
 /* Returns the symbolic name of a code ("FERRY_ERANGE"). Never NULL. */
-const char *ferry_err_name(int err);
+FERRY_API const char *ferry_err_name(int err);
 
 /* Returns the calling thread's detail message for its most recent failed call
  * into ferry ("" if none).  The string belongs to the thread and is valid until
  * its next ferry call. */
-const char *ferry_last_error(void);
+FERRY_API const char *ferry_last_error(void);
 
 /* ---------------------------------------------------------------- config */
 
@@ -99,7 +106,7 @@ struct ferry_config {
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
  * ferry_config_describe).  Returns 0, or FERRY_EINVAL if an environment value
  * does not parse (the detail message names the variable). */
-int ferry_config_init(struct ferry_config *cfg);
+FERRY_API int ferry_config_init(struct ferry_config *cfg);
 
 /* One row of the configuration table: every knob, its environment variable,
  * default and meaning.  Used by `ferry-bench --help-env` and the README. */
@@ -110,7 +117,7 @@ struct ferry_config_knob {
 };
 
 /* Returns the table of knobs and stores its length in *count.  Static storage. */
-const struct ferry_config_knob *ferry_config_describe(size_t *count);
+FERRY_API const struct ferry_config_knob *ferry_config_describe(size_t *count);
 
 /* ---------------------------------------------------------------- engine */
 
@@ -119,20 +126,20 @@ typedef struct ferry_engine ferry_engine;
 /* Creates an engine: starts the handshake listener and every transport named in
  * cfg->protocols.  cfg may be NULL (defaults plus environment).  On success
  * stores the engine in *out and returns 0. */
-int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out);
+FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out);
 
 /* Stops listeners and transports, fails every unfinished request with
  * FERRY_ECANCELED, and frees the engine.  Batches must not be used afterwards,
  * except ferry_batch_free.  Must not be called while another thread is inside a
  * call on the same engine. NULL is accepted. */
-void ferry_engine_destroy(ferry_engine *engine);
+FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
 /* Returns this engine's segment name, "host:port" of its handshake listener
  * (the port actually bound).  Valid for the engine's lifetime. */
-const char *ferry_engine_segment_name(const ferry_engine *engine);
+FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */
-int ferry_engine_handshake_port(const ferry_engine *engine);
+FERRY_API int ferry_engine_handshake_port(const ferry_engine *engine);
 
 /* ---------------------------------------------------------------- memory */
 
@@ -143,27 +150,27 @@ int ferry_engine_handshake_port(const ferry_engine *engine);
  * Returns 0; FERRY_EINVAL (NULL / zero length / bad location string);
  * FERRY_ENODEV (location names an absent device); FERRY_EEXIST (overlaps an
  * existing registration). */
-int ferry_register_memory(ferry_engine *engine, void *addr, size_t len,
+FERRY_API int ferry_register_memory(ferry_engine *engine, void *addr, size_t len,
                           const char *location, int remote_accessible);
 
 /* Allocates len bytes of memory at `location` ("cpu" gives page-aligned host
  * memory; "cuda:N", "npu:N", "sim:N" device memory through the device layer).
  * The memory is not registered.  Returns 0, FERRY_ENODEV, FERRY_ENOMEM. */
-int ferry_mem_alloc(ferry_engine *engine, const char *location, size_t len, void **out);
+FERRY_API int ferry_mem_alloc(ferry_engine *engine, const char *location, size_t len, void **out);
 
 /* Frees memory from ferry_mem_alloc (same location string). */
-void ferry_mem_free(ferry_engine *engine, const char *location, void *ptr, size_t len);
+FERRY_API void ferry_mem_free(ferry_engine *engine, const char *location, void *ptr, size_t len);
 
 /* Copies len bytes between any two memories this engine knows (host or device,
  * located by registration or by the device layer) and waits for the copy.
  * For tests and tools that must fill or check device memory; not a fast path.
  * Returns 0, FERRY_EINVAL, FERRY_EIO. */
-int ferry_mem_copy(ferry_engine *engine, void *dst, const void *src, size_t len);
+FERRY_API int ferry_mem_copy(ferry_engine *engine, void *dst, const void *src, size_t len);
 
 /* Unregisters the registration that starts at addr.  Returns 0 or
  * FERRY_ENOTREG.  The caller must ensure no request of its own still uses it;
  * peers that access it afterwards get FERRY_ERANGE. */
-int ferry_unregister_memory(ferry_engine *engine, void *addr);
+FERRY_API int ferry_unregister_memory(ferry_engine *engine, void *addr);
 
 /* ---------------------------------------------------------------- segments */
 
@@ -173,11 +180,11 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
  * its descriptor, and stores a handle in *out.  Opening the same name twice
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
  * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
-int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
+FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
  * it fail with FERRY_ECANCELED. Returns 0 or FERRY_ENOSEG. */
-int ferry_close_segment(ferry_engine *engine, ferry_segment_t segment);
+FERRY_API int ferry_close_segment(ferry_engine *engine, ferry_segment_t segment);
 
 /* One remote-accessible buffer of a segment, as its descriptor publishes it. */
 struct ferry_buffer_info {
@@ -188,7 +195,7 @@ struct ferry_buffer_info {
 
 /* Copies up to max entries of the segment's published buffers into out and
  * stores the total number in *count.  Returns 0 or FERRY_ENOSEG. */
-int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
+FERRY_API int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
                           struct ferry_buffer_info *out, size_t max, size_t *count);
 
 /* ---------------------------------------------------------------- transfers */
@@ -226,38 +233,38 @@ typedef struct ferry_batch ferry_batch;
 
 /* Allocates a batch able to hold `capacity` requests (over one or more
  * submits).  The caller owns it and frees it with ferry_batch_free. */
-int ferry_batch_alloc(ferry_engine *engine, size_t capacity, ferry_batch **out);
+FERRY_API int ferry_batch_alloc(ferry_engine *engine, size_t capacity, ferry_batch **out);
 
 /* Attaches a notification (at most 4096 bytes, copied) to the batch.  Once every
  * request of the batch has COMPLETED, it is delivered to each target segment the
  * batch wrote to or read from; the target sees it only after the batch's data is in
  * its memory.  Must be called before the first submit.  Returns 0, FERRY_EINVAL,
  * FERRY_EBUSY (already submitted). */
-int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t len);
+FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t len);
 
 /* Validates and submits n requests; they start at once and complete
  * asynchronously.  All-or-nothing: if any request is invalid (unregistered
  * local memory, unknown segment, remote range outside the target's buffers,
  * zero length) nothing is submitted and the error is returned, naming the
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
-int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
+FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 
 /* Number of requests submitted to the batch so far. */
-size_t ferry_batch_size(const ferry_batch *batch);
+FERRY_API size_t ferry_batch_size(const ferry_batch *batch);
 
 /* Stores the status of request `index` (in submit order) in *st.  Returns 0 or
  * FERRY_EINVAL for an index never submitted. */
-int ferry_batch_status(ferry_batch *batch, size_t index, struct ferry_status *st);
+FERRY_API int ferry_batch_status(ferry_batch *batch, size_t index, struct ferry_status *st);
 
 /* Waits until every submitted request (and the notification, if any) has ended,
  * or timeout_ms passes (-1: no limit; the engine's request timeout still bounds
  * it).  Returns 0 when all COMPLETED; the error of the first request that did
  * not complete; FERRY_ETIMEDOUT if timeout_ms ran out first (requests go on). */
-int ferry_batch_wait(ferry_batch *batch, int timeout_ms);
+FERRY_API int ferry_batch_wait(ferry_batch *batch, int timeout_ms);
 
 /* Frees a batch.  If requests are still running it waits for them to end.
  * NULL is accepted. */
-void ferry_batch_free(ferry_batch *batch);
+FERRY_API void ferry_batch_free(ferry_batch *batch);
 
 /* ---------------------------------------------------------------- notifications */
 
@@ -269,7 +276,7 @@ struct ferry_notification {
 
 /* Moves up to max received notifications into out (oldest first) and stores how
  * many in *count.  Non-blocking; returns 0. */
-int ferry_get_notifications(ferry_engine *engine, struct ferry_notification *out,
+FERRY_API int ferry_get_notifications(ferry_engine *engine, struct ferry_notification *out,
                             size_t max, size_t *count);
 
 /* ---------------------------------------------------------------- stats */
@@ -293,7 +300,7 @@ struct ferry_stats {
 };
 
 /* Fills *out with this engine's counters. Returns 0. */
-int ferry_get_stats(ferry_engine *engine, struct ferry_stats *out);
+FERRY_API int ferry_get_stats(ferry_engine *engine, struct ferry_stats *out);
 
 #ifdef __cplusplus
 }

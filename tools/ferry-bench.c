@@ -48,7 +48,7 @@ struct options {
     const char *protocol, *segment_id, *device_name, *location;
     uint64_t block_size, batch_size, buffer_size, duration, threads, iterations;
     int64_t gpu_id, npu_id;
-    bool use_vram, json, verify, help, help_env;
+    bool use_vram, json, verify, help, help_env, help_env_markdown;
 };
 
 enum opt_kind { OPT_STR, OPT_SIZE, OPT_UINT, OPT_INT, OPT_BOOL };
@@ -83,6 +83,7 @@ static const struct opt_def opt_defs[] = {
     OPT(verify, OPT_BOOL, "check the transferred bytes (default true)"),
     OPT(help, OPT_BOOL, "this text"),
     OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
+    OPT(help_env_markdown, OPT_BOOL, "the same as a markdown table (the README's)"),
 };
 #define OPT_COUNT (sizeof opt_defs / sizeof opt_defs[0])
 
@@ -857,6 +858,14 @@ int main(int argc, char **argv)
     parse_args(argc, argv, &o);
     if (o.help) {
         usage(stdout);
+        return 0;
+    }
+    if (o.help_env_markdown) {
+        size_t n;
+        const struct ferry_config_knob *k = ferry_config_describe(&n);
+        printf("| variable | default | meaning |\n|---|---|---|\n");
+        for (size_t i = 0; i < n; i++)
+            printf("| %s | %s | %s |\n", k[i].env, k[i].default_text, k[i].doc);
         return 0;
     }
     if (o.help_env) {

@@ -13,7 +13,10 @@
 
 #include "err.h"
 
-enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT };
+/* KNOB_DOC rows are read by a lower layer itself (the device backends read
+ * theirs with getenv at load time); they are listed here so the one table
+ * still names every knob. */
+enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC };
 
 struct knob {
     struct ferry_config_knob pub;
@@ -51,6 +54,12 @@ static const struct knob knobs[] = {
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
          "received notifications kept before the oldest is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+    {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
+     KNOB_DOC, 0},
+    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0},
+    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0},
+    {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
+     KNOB_DOC, 0},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])
@@ -93,6 +102,8 @@ static int parse_number(const char *text, enum knob_type type, void *field)
 
 static int apply(const struct knob *k, const char *text, struct ferry_config *cfg)
 {
+    if (k->type == KNOB_DOC)
+        return 0;
     void *field = (char *)cfg + k->offset;
     if (k->type == KNOB_STR) {
         *(const char **)field = text; /* defaults are static, env strings live as long as environ */
