@@ -94,6 +94,18 @@ const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, 
  * the device exists. */
 int ferry_location_parse(const char *loc, char kind[16], int *index);
 
+/* The backend of a location string ("cuda:1" -> cuda ops, *index 1), or NULL
+ * for host locations and unknown kinds. */
+const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *index);
+
+/* Copies n blocks between host memory and device dev and waits.  Runs on a
+ * stream kept per calling thread (created on first use, destroyed when the
+ * thread exits), so a transport thread serving device memory pays one
+ * batched copy and one wait per call, not a stream creation.  Not the
+ * staging fast path (src/staging).  0 or FERRY_E*. */
+int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                           const struct ferry_copy *copies, size_t n);
+
 /* The backends' tables, for device.c's registry; use ferry_device_find(). */
 extern const struct ferry_device_ops ferry_device_cuda;
 extern const struct ferry_device_ops ferry_device_npu;

@@ -23,107 +23,9 @@ static const struct transport_ops *const known_transports[] = {&ferry_tcp_transp
 
 /* ------------------------------------------------------------ device copies */
 
-/* A synchronous copy through a device's own stream: the slow, simple path used
- * by ferry_mem_copy and by a target's bounce buffer.  The staging layer
- * (src/staging) is the fast path. */
-static int device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir, void *dst,
-                            const void *src, size_t len)
-{
-    ferry_stream *s;
-    int rc = ops->stream_create(dev, &s);
-    if (rc)
-        return rc;
-    struct ferry_copy c = {dst, src, len};
-    rc = ops->copy_async(s, dir, &c, 1);
-    if (!rc)
-        rc = ops->stream_sync(s);
-    ops->stream_destroy(s);
-    return rc;
-}
-
 static const struct ferry_device_ops *region_device(const struct memreg_region *r)
 {
-    char kind[16];
-    int index;
-    if (ferry_location_parse(r->location, kind, &index) != 0)
-        return NULL;
-    return ferry_device_find(kind);
-}
-
-/* Transport threads that serve device memory keep one stream per thread
- * (for the last device they touched), so a bounce copy costs one batched
- * copy and one wait, not a stream creation. */
-struct thread_stream {
-    const struct ferry_device_ops *ops;
-    int dev;
-    ferry_stream *stream;
-};
-static pthread_key_t thread_stream_key;
-static pthread_once_t thread_stream_once = PTHREAD_ONCE_INIT;
-
-static void thread_stream_free(void *p)
-{
-    struct thread_stream *ts = p;
-    if (ts->stream)
-        ts->ops->stream_destroy(ts->stream);
-    free(ts);
-}
-
-static void thread_stream_init(void)
-{
-    pthread_key_create(&thread_stream_key, thread_stream_free);
-}
-
-static int thread_copy(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir, void *dst,
-                       const void *src, size_t len)
-{
-    pthread_once(&thread_stream_once, thread_stream_init);
-    struct thread_stream *ts = pthread_getspecific(thread_stream_key);
-    if (!ts) {
-        ts = calloc(1, sizeof *ts);
-        if (!ts)
-            return ferry_fail(FERRY_ENOMEM, "thread stream");
-        pthread_setspecific(thread_stream_key, ts);
-    }
-    if (ts->stream && (ts->ops != ops || ts->dev != dev)) {
-        ts->ops->stream_destroy(ts->stream);
-        ts->stream = NULL;
-    }
-    if (!ts->stream) {
-        int rc = ops->stream_create(dev, &ts->stream);
-        if (rc)
-            return rc;
-        ts->ops = ops;
-        ts->dev = dev;
-    }
-    struct ferry_copy c = {dst, src, len};
-    int rc = ops->copy_async(ts->stream, dir, &c, 1);
-    if (!rc)
-        rc = ops->stream_sync(ts->stream);
-    if (rc) { /* errors are sticky on a stream: start over next time */
-        ops->stream_destroy(ts->stream);
-        ts->stream = NULL;
-    }
-    return rc;
-}
-
-static int hook_device_write(void *engine, const struct memreg_region *r, uint64_t addr, const void *src,
-                             size_t len)
-{
-    atomic_fetch_add(&((ferry_engine *)engine)->bytes_bounced, len);
-    const struct ferry_device_ops *ops = region_device(r);
-    if (!ops)
-        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
-    return thread_copy(ops, r->device_index, FERRY_COPY_H2D, (void *)(uintptr_t)addr, src, len);
-}
-
-static int hook_device_read(void *engine, const struct memreg_region *r, void *dst, uint64_t addr, size_t len)
-{
-    atomic_fetch_add(&((ferry_engine *)engine)->bytes_bounced, len);
-    const struct ferry_device_ops *ops = region_device(r);
-    if (!ops)
-        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
-    return thread_copy(ops, r->device_index, FERRY_COPY_D2H, dst, (const void *)(uintptr_t)addr, len);
+    return ferry_device_of_location(r->location, NULL);
 }
 
 /* ------------------------------------------------------------ notifications */
@@ -355,8 +257,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         .engine_id = e->engine_id,
         .listen_host = e->listen_host,
         .deliver_notify = hook_deliver_notify,
-        .device_write = hook_device_write,
-        .device_read = hook_device_read,
+        .bytes_bounced = &e->bytes_bounced,
     };
     if ((rc = start_transports(e, &host))) {
         char why[512];
@@ -651,11 +552,12 @@ int ferry_mem_copy(ferry_engine *e, void *dst, const void *src, size_t len)
     }
     if (d && s && d != s)
         return ferry_fail(FERRY_ENOTSUP, "mem_copy between %s and %s memory", s->kind, d->kind);
+    struct ferry_copy c = {dst, src, len};
     if (d && s)
-        return device_copy_sync(d, sdev, FERRY_COPY_D2D, dst, src, len);
+        return ferry_device_copy_sync(d, sdev, FERRY_COPY_D2D, &c, 1);
     if (d)
-        return device_copy_sync(d, ddev, FERRY_COPY_H2D, dst, src, len);
-    return device_copy_sync(s, sdev, FERRY_COPY_D2H, dst, src, len);
+        return ferry_device_copy_sync(d, ddev, FERRY_COPY_H2D, &c, 1);
+    return ferry_device_copy_sync(s, sdev, FERRY_COPY_D2H, &c, 1);
 }
 
 /* ------------------------------------------------------------ segments */

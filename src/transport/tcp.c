@@ -31,6 +31,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "device/device.h"
 #include "transport/transport.h"
 #include "transport/wire.h"
 
@@ -67,13 +68,28 @@ struct tcp_peer {
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
 
+#define BOUNCE_COPIES 64
+#define READ_IOVS 256
+
+struct bounce {
+    const struct ferry_device_ops *owner;   /* whose pinned memory buf is */
+    char *buf;
+    size_t used;
+    const struct ferry_device_ops *dev_ops; /* device of the pending copies */
+    int dev;
+    size_t n;
+    struct ferry_copy copies[BOUNCE_COPIES];
+};
+
 struct server_conn {
     struct tcp_transport *t;
     int fd;
     pthread_t thread;
     atomic_int done;
     char from[WIRE_MAX_NAME + 1];
-    uint8_t *bounce;
+    struct bounce b;                  /* allocated on the first device access */
+    int iovcnt;                       /* READ response being gathered */
+    struct iovec iov[READ_IOVS];
     struct server_conn *next;
 };
 
@@ -510,26 +526,74 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ target side */
 
-/* Reads one entry's payload into memory the peer may write, or discards it. */
-static int serve_write_entry(struct server_conn *s, const struct wire_entry *e, bool *refused)
+/* ---- device memory on the target side: a pinned bounce per connection.
+ * Payload for device memory is received into it (or sent from it), and
+ * each run of device pieces moves with one batched copy and one wait, on a
+ * stream the device layer keeps for this thread.  A WRITE is acknowledged
+ * only after its copies have completed. */
+
+static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
 {
-    struct tcp_transport *t = s->t;
-    struct memreg_region r;
-    *refused = memreg_find(t->host.registry, e->addr, e->len, 1, &r) != 0;
-    if (*refused)
-        return net_discard(s->fd, e->len);
-    if (r.device_index < 0)
-        return net_read_full(s->fd, (void *)(uintptr_t)e->addr, e->len);
-    /* device memory: through the bounce buffer, one device copy per piece */
-    for (uint64_t done = 0; done < e->len;) {
-        size_t n = e->len - done < BOUNCE_SIZE ? (size_t)(e->len - done) : BOUNCE_SIZE;
-        int rc = net_read_full(s->fd, s->bounce, n);
-        if (!rc)
-            rc = t->host.device_write(t->host.engine, &r, e->addr + done, s->bounce, n);
+    struct bounce *b = &s->b;
+    if (b->buf && b->owner == ops)
+        return 0;
+    if (b->buf)
+        b->owner->host_free(b->buf);
+    b->buf = NULL;
+    int rc = ops->host_alloc(BOUNCE_SIZE, (void **)&b->buf);
+    if (rc)
+        return rc;
+    b->owner = ops;
+    return 0;
+}
+
+/* Room for `want` bytes of device dev, after flushing what cannot share a
+ * batch with them; stores how many bytes fit in *room. */
+static int bounce_room(struct server_conn *s, const struct ferry_device_ops *ops, int dev, uint64_t want,
+                       size_t *room, int (*flush)(struct server_conn *))
+{
+    struct bounce *b = &s->b;
+    if (b->n && (b->dev_ops != ops || b->dev != dev || b->used == BOUNCE_SIZE || b->n == BOUNCE_COPIES)) {
+        int rc = flush(s);
         if (rc)
             return rc;
+    }
+    int rc = bounce_ensure(s, ops);
+    if (rc)
+        return rc;
+    b->dev_ops = ops;
+    b->dev = dev;
+    *room = BOUNCE_SIZE - b->used < want ? BOUNCE_SIZE - b->used : (size_t)want;
+    return 0;
+}
+
+static int flush_writes(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    int rc = ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_H2D, b->copies, b->n);
+    b->n = b->used = 0;
+    return rc;
+}
+
+static int serve_write_device(struct server_conn *s, const struct memreg_region *r, const struct wire_entry *e)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(r->location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+    for (uint64_t done = 0; done < e->len;) {
+        size_t n;
+        int rc = bounce_room(s, ops, dev, e->len - done, &n, flush_writes);
+        if (!rc)
+            rc = net_read_full(s->fd, b->buf + b->used, n);
+        if (rc)
+            return rc;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)(e->addr + done), b->buf + b->used, n};
+        b->used += n;
         done += n;
     }
+    atomic_fetch_add(s->t->host.bytes_bounced, e->len);
     return 0;
 }
 
@@ -544,22 +608,74 @@ static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int s
 
 static int serve_write(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
 {
+    struct tcp_transport *t = s->t;
     uint64_t refused = 0;
-    for (unsigned i = 0; i < h->nentries; i++) {
-        bool r;
-        int rc = serve_write_entry(s, &e[i], &r);
-        if (rc)
-            return rc;
-        if (r) {
+    int rc = 0;
+    for (unsigned i = 0; !rc && i < h->nentries; i++) {
+        struct memreg_region r;
+        if (memreg_find(t->host.registry, e[i].addr, e[i].len, 1, &r) != 0) {
             refused |= 1ull << i;
-            atomic_fetch_add(&s->t->refused, 1);
+            atomic_fetch_add(&t->refused, 1);
             LOG_WARN("tcp: refused WRITE from %s to 0x%llx+%llu: outside remote-accessible buffers", s->from,
                      (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
+            rc = net_discard(s->fd, e[i].len);
+        } else if (r.device_index < 0) {
+            rc = net_read_full(s->fd, (void *)(uintptr_t)e[i].addr, e[i].len);
         } else {
-            atomic_fetch_add(&s->t->bytes_served, e[i].len);
+            rc = serve_write_device(s, &r, &e[i]);
         }
+        if (!rc && !(refused >> i & 1))
+            atomic_fetch_add(&t->bytes_served, e[i].len);
     }
-    return send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+    if (!rc && s->b.n)
+        rc = flush_writes(s); /* the bytes are in device memory before the ack */
+    return rc ? rc : send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+}
+
+/* READ: sends the gathered iovecs, after the device copies they point into. */
+static int flush_reads(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    int rc = b->n ? ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_D2H, b->copies, b->n) : 0;
+    if (!rc && s->iovcnt)
+        rc = net_writev_full(s->fd, s->iov, s->iovcnt);
+    b->n = b->used = 0;
+    s->iovcnt = 0;
+    return rc;
+}
+
+static int add_read_iov(struct server_conn *s, void *base, size_t len)
+{
+    if (s->iovcnt == READ_IOVS) {
+        int rc = flush_reads(s);
+        if (rc)
+            return rc;
+    }
+    s->iov[s->iovcnt++] = (struct iovec){base, len};
+    return 0;
+}
+
+static int serve_read_device(struct server_conn *s, const struct memreg_region *r, const struct wire_entry *e)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(r->location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+    for (uint64_t done = 0; done < e->len;) {
+        size_t n;
+        int rc = bounce_room(s, ops, dev, e->len - done, &n, flush_reads);
+        if (rc)
+            return rc;
+        char *dst = b->buf + b->used;
+        b->copies[b->n++] = (struct ferry_copy){dst, (const void *)(uintptr_t)(e->addr + done), n};
+        b->used += n;
+        done += n;
+        if ((rc = add_read_iov(s, dst, n)))
+            return rc;
+    }
+    atomic_fetch_add(s->t->host.bytes_bounced, e->len);
+    return 0;
 }
 
 static int serve_read(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
@@ -580,30 +696,20 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     struct wire_header rh = {.type = WIRE_READ_RESP, .id = h->id, .refused = refused, .payload_len = payload};
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&rh, raw);
-    struct iovec iov[1 + WIRE_MAX_ENTRIES];
-    int iovcnt = 0, rc = 0;
-    iov[iovcnt++] = (struct iovec){raw, sizeof raw};
-    /* host memory goes out in one sendmsg with the header; device memory
-     * through the bounce buffer, flushing what is gathered first */
+    s->iovcnt = 0;
+    int rc = add_read_iov(s, raw, sizeof raw);
+    /* host memory goes out straight from where it lies, device memory
+     * through the bounce; one sendmsg for as much as possible */
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
         if (refused >> i & 1)
             continue;
-        if (r[i].device_index < 0) {
-            iov[iovcnt++] = (struct iovec){(void *)(uintptr_t)e[i].addr, e[i].len};
-            continue;
-        }
-        rc = net_writev_full(s->fd, iov, iovcnt);
-        iovcnt = 0;
-        for (uint64_t done = 0; !rc && done < e[i].len;) {
-            size_t n = e[i].len - done < BOUNCE_SIZE ? (size_t)(e[i].len - done) : BOUNCE_SIZE;
-            rc = t->host.device_read(t->host.engine, &r[i], s->bounce, e[i].addr + done, n);
-            if (!rc)
-                rc = net_write_full(s->fd, s->bounce, n);
-            done += n;
-        }
+        if (r[i].device_index < 0)
+            rc = add_read_iov(s, (void *)(uintptr_t)e[i].addr, e[i].len);
+        else
+            rc = serve_read_device(s, &r[i], &e[i]);
     }
-    if (!rc && iovcnt)
-        rc = net_writev_full(s->fd, iov, iovcnt);
+    if (!rc)
+        rc = flush_reads(s);
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
     return rc;
@@ -704,7 +810,8 @@ static void server_reap(struct tcp_transport *t, bool all)
             *pp = s->next;
             pthread_join(s->thread, NULL);
             close(s->fd);
-            free(s->bounce);
+            if (s->b.buf)
+                s->b.owner->host_free(s->b.buf);
             free(s);
         } else {
             pp = &s->next;
@@ -725,10 +832,7 @@ static void *acceptor_main(void *arg)
             continue;
         server_reap(t, false);
         struct server_conn *s = calloc(1, sizeof *s);
-        if (s)
-            s->bounce = malloc(BOUNCE_SIZE);
-        if (!s || !s->bounce) {
-            free(s);
+        if (!s) {
             close(fd);
             continue;
         }
@@ -737,7 +841,6 @@ static void *acceptor_main(void *arg)
         int one = 1; /* acks are small: never let Nagle hold them back */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (pthread_create(&s->thread, NULL, server_main, s)) {
-            free(s->bounce);
             free(s);
             close(fd);
             continue;

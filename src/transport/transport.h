@@ -12,6 +12,7 @@
 #define FERRY_TRANSPORT_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "ferry.h"
@@ -58,12 +59,8 @@ struct transport_host {
     const char *listen_host;
     /* a NOTIFY arrived: queue it for ferry_get_notifications */
     void (*deliver_notify)(void *engine, const char *from, const void *msg, size_t len);
-    /* incoming access to memory the transport cannot touch directly (device
-     * memory): copy through the device layer and wait. 0 or FERRY_E*. */
-    int (*device_write)(void *engine, const struct memreg_region *r, uint64_t addr,
-                        const void *src, size_t len);
-    int (*device_read)(void *engine, const struct memreg_region *r, void *dst, uint64_t addr,
-                       size_t len);
+    /* counts payload bytes that went through a bounce copy to device memory */
+    atomic_uint_fast64_t *bytes_bounced;
 };
 
 struct transport_ops {

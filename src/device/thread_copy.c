@@ -1,0 +1,80 @@
+/*
+ * thread_copy.c — synchronous device copies on a per-thread stream, for
+ * callers off the staging fast path: a transport thread bouncing a peer's
+ * access to device memory, ferry_mem_copy.  Each thread keeps one stream
+ * (for the last device it used) in thread-specific storage; it is destroyed
+ * when the thread exits.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "device/device.h"
+#include "err.h"
+
+struct thread_stream {
+    const struct ferry_device_ops *ops;
+    int dev;
+    ferry_stream *stream;
+};
+
+static pthread_key_t key;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void thread_stream_free(void *p)
+{
+    struct thread_stream *ts = p;
+    if (ts->stream)
+        ts->ops->stream_destroy(ts->stream);
+    free(ts);
+}
+
+static void key_init(void)
+{
+    pthread_key_create(&key, thread_stream_free);
+}
+
+const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *index)
+{
+    char kind[16];
+    int i;
+    if (!loc || ferry_location_parse(loc, kind, &i) != 0 || strcmp(kind, "cpu") == 0)
+        return NULL;
+    if (index)
+        *index = i;
+    return ferry_device_find(kind);
+}
+
+int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                           const struct ferry_copy *copies, size_t n)
+{
+    if (n == 0)
+        return 0;
+    pthread_once(&once, key_init);
+    struct thread_stream *ts = pthread_getspecific(key);
+    if (!ts) {
+        ts = calloc(1, sizeof *ts);
+        if (!ts)
+            return ferry_fail(FERRY_ENOMEM, "thread stream");
+        pthread_setspecific(key, ts);
+    }
+    if (ts->stream && (ts->ops != ops || ts->dev != dev)) {
+        ts->ops->stream_destroy(ts->stream);
+        ts->stream = NULL;
+    }
+    if (!ts->stream) {
+        int rc = ops->stream_create(dev, &ts->stream);
+        if (rc)
+            return rc;
+        ts->ops = ops;
+        ts->dev = dev;
+    }
+    int rc = ops->copy_async(ts->stream, dir, copies, n);
+    if (!rc)
+        rc = ops->stream_sync(ts->stream);
+    if (rc) { /* a failed copy leaves the stream in a sticky error: start over */
+        ops->stream_destroy(ts->stream);
+        ts->stream = NULL;
+    }
+    return rc;
+}
