@@ -2,7 +2,9 @@
 # Installs the Debian 12 packages ferry needs to build, test and benchmark.
 # Idempotent: runs apt only when something is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev libcjson-dev libcmocka-dev iperf3 python3)
+# libcurl/hiredis: the etcd and Redis metadata backends; the servers: their tests
+pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev libcjson-dev libcmocka-dev iperf3 python3
+      libcurl4-openssl-dev libhiredis-dev etcd-server etcd-client redis-server redis-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
