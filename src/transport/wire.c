@@ -6,39 +6,21 @@
 
 #include <string.h>
 
+#include "bytes.h"
 #include "err.h"
-
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
 
 void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZE])
 {
-    put32(out + 0, WIRE_MAGIC);
-    put16(out + 4, WIRE_VERSION);
+    put_le32(out + 0, WIRE_MAGIC);
+    put_le16(out + 4, WIRE_VERSION);
     out[6] = h->type;
     out[7] = h->nentries;
-    put32(out + 8, (uint32_t)h->status);
-    put32(out + 12, h->reserved);
-    put64(out + 16, h->id);
-    put64(out + 24, h->refused);
-    put64(out + 32, h->payload_len);
-    put64(out + 40, h->epoch);
+    put_le32(out + 8, (uint32_t)h->status);
+    put_le32(out + 12, h->reserved);
+    put_le64(out + 16, h->id);
+    put_le64(out + 24, h->refused);
+    put_le64(out + 32, h->payload_len);
+    put_le64(out + 40, h->epoch);
 }
 
 /* what each type may carry */
@@ -83,16 +65,16 @@ static int check_shape(const struct wire_header *h)
 
 int wire_decode_header(const uint8_t in[WIRE_HEADER_SIZE], struct wire_header *h)
 {
-    h->magic = get32(in);
-    h->version = get16(in + 4);
+    h->magic = get_le32(in);
+    h->version = get_le16(in + 4);
     h->type = in[6];
     h->nentries = in[7];
-    h->status = (int32_t)get32(in + 8);
-    h->reserved = get32(in + 12);
-    h->id = get64(in + 16);
-    h->refused = get64(in + 24);
-    h->payload_len = get64(in + 32);
-    h->epoch = get64(in + 40);
+    h->status = (int32_t)get_le32(in + 8);
+    h->reserved = get_le32(in + 12);
+    h->id = get_le64(in + 16);
+    h->refused = get_le64(in + 24);
+    h->payload_len = get_le64(in + 32);
+    h->epoch = get_le64(in + 40);
     if (h->magic != WIRE_MAGIC)
         return ferry_fail(FERRY_EPROTO, "bad frame magic 0x%08x", h->magic);
     if (h->version != WIRE_VERSION)
@@ -104,8 +86,8 @@ int wire_decode_header(const uint8_t in[WIRE_HEADER_SIZE], struct wire_header *h
 void wire_encode_entries(const struct wire_entry *e, unsigned n, uint8_t *out)
 {
     for (unsigned i = 0; i < n; i++) {
-        put64(out + 16 * i, e[i].addr);
-        put64(out + 16 * i + 8, e[i].len);
+        put_le64(out + 16 * i, e[i].addr);
+        put_le64(out + 16 * i + 8, e[i].len);
     }
 }
 
@@ -113,8 +95,8 @@ int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct w
 {
     uint64_t total = 0;
     for (unsigned i = 0; i < h->nentries; i++) {
-        e[i].addr = get64(in + 16 * i);
-        e[i].len = get64(in + 16 * i + 8);
+        e[i].addr = get_le64(in + 16 * i);
+        e[i].len = get_le64(in + 16 * i + 8);
         if (e[i].len == 0 || e[i].addr + e[i].len < e[i].addr)
             return ferry_fail(FERRY_EPROTO, "entry %u (0x%llx+%llu) is empty or wraps", i,
                               (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
