@@ -2,9 +2,11 @@
 # Installs the Debian 12 packages ferry needs to build, test and benchmark.
 # Idempotent: runs apt only when something is missing.
 set -euo pipefail
-# libcurl/hiredis: the etcd and Redis metadata backends; the servers: their tests
+# libcurl/hiredis: the etcd and Redis metadata backends; the servers: their tests;
+# iproute2/nftables: tests/net (namespaces, link cuts, loss, tbf)
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev libcjson-dev libcmocka-dev iperf3 python3
-      libcurl4-openssl-dev libhiredis-dev etcd-server etcd-client redis-server redis-tools)
+      libcurl4-openssl-dev libhiredis-dev etcd-server etcd-client redis-server redis-tools
+      iproute2 nftables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -4,20 +4,29 @@
  * libcuda.so.1 is loaded with dlopen at first use; nothing links against it
  * and cuda.h is not included: the few types and prototypes used are declared
  * below from the public driver API (ABI stable since CUDA 3.2 / 12.8).
- * Batches of copies go through cuMemcpyBatchAsync where the driver has it
- * (CUDA 12.8+), else one cuMemcpy*Async per copy.  Every op makes the
- * device's primary context current on the calling thread for the call and
- * restores the caller's own context afterwards.  No threads of its own; owns
- * the library handle and one retained primary context per device used.
+ * Batches of D2H / H2D copies whose host side is pinned memory from
+ * host_alloc and whose device side is memory of the stream's device go
+ * through one launch of a gather/scatter kernel (cuda_kernels.cu, loaded
+ * from the PTX in cuda_kernels_ptx.h): the SMs read and write the mapped
+ * host memory directly, with no per-copy cost.  Everything else goes
+ * through cuMemcpyBatchAsync where the driver has it (CUDA 12.8+), else one
+ * cuMemcpy*Async per copy.  Every op makes the device's primary context
+ * current on the calling thread for the call and restores the caller's own
+ * context afterwards.  No threads of its own; owns the library handle, one
+ * retained primary context per device used, the kernel module of each, and
+ * two small address registries (pinned host ranges handed out by
+ * host_alloc; device allocations checked for the kernel).
  */
 #include "device/backend.h"
 #include "device/device.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "device/cuda_kernels_ptx.h"
 #include "err.h"
 #include "log.h"
 
@@ -28,6 +37,8 @@ typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
 
 enum {
     CUDA_SUCCESS = 0,
@@ -36,10 +47,16 @@ enum {
     CUDA_ERROR_NOT_READY = 600,
     CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
+    CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
+    CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
     CU_MEMORYTYPE_DEVICE = 2,
     CU_STREAM_NON_BLOCKING = 1,
     CU_MEMHOSTALLOC_PORTABLE = 1,
+    CU_MEMHOSTALLOC_DEVICEMAP = 2,
     CU_MEMCPY_SRC_ACCESS_ORDER_STREAM = 1,
+    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
+    CU_JIT_ERROR_LOG_BUFFER = 5,
+    CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
 };
 
 /* CUmemLocation and CUmemcpyAttributes (cuda.h, CUDA 12.8+). */
@@ -89,6 +106,19 @@ static struct {
     CUresult (*cuGetErrorString)(CUresult error, const char **str);
     batch_v2_fn batch_v2;
     batch_v1_fn batch_v1;
+    /* the gather kernel's (optional: missing ones switch the kernel off) */
+    CUresult (*cuDeviceGetAttribute)(int *value, int attribute, CUdevice dev);
+    CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr *dptr, void *p, unsigned int flags);
+    CUresult (*cuPointerGetAttributes)(unsigned int count, int *attributes, void **data,
+                                       CUdeviceptr ptr);
+    CUresult (*cuModuleLoadDataEx)(CUmodule *module, const void *image, unsigned int count,
+                                   int *options, void **values);
+    CUresult (*cuModuleGetFunction)(CUfunction *fn, CUmodule module, const char *name);
+    CUresult (*cuModuleUnload)(CUmodule module);
+    CUresult (*cuLaunchKernel)(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
+                               unsigned int bx, unsigned int by, unsigned int bz,
+                               unsigned int shared_bytes, CUstream stream, void **params,
+                               void **extra);
 } cu;
 
 #define CUDA_MAX_DEVICES 64
@@ -102,6 +132,7 @@ static int device_count;
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(CUcontext) primary_ctx[CUDA_MAX_DEVICES];
 static atomic_int batch_enabled;   /* 1 while cuMemcpyBatchAsync is trusted */
+static atomic_int gather_enabled;  /* FERRY_CUDA_GATHER_KERNEL and the symbols allow the kernel */
 
 struct cuda_stream {
     uint32_t magic;
@@ -151,6 +182,13 @@ static int cuda_load(void)
         {"cuGetErrorString", &cu.cuGetErrorString, 1},
         {"cuMemcpyBatchAsync_v2", &cu.batch_v2, 0},
         {"cuMemcpyBatchAsync", &cu.batch_v1, 0},
+        {"cuDeviceGetAttribute", &cu.cuDeviceGetAttribute, 0},
+        {"cuMemHostGetDevicePointer_v2", &cu.cuMemHostGetDevicePointer, 0},
+        {"cuPointerGetAttributes", &cu.cuPointerGetAttributes, 0},
+        {"cuModuleLoadDataEx", &cu.cuModuleLoadDataEx, 0},
+        {"cuModuleGetFunction", &cu.cuModuleGetFunction, 0},
+        {"cuModuleUnload", &cu.cuModuleUnload, 0},
+        {"cuLaunchKernel", &cu.cuLaunchKernel, 0},
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &libcuda);
     if (rc < 0)
@@ -171,10 +209,20 @@ static int cuda_load(void)
     const char *want = getenv("FERRY_CUDA_BATCH_COPY");
     int have = cu.batch_v2 != NULL || cu.batch_v1 != NULL;
     atomic_store(&batch_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
-    LOG_INFO("cuda: %d devices, copies through %s", device_count,
+    /* FERRY_CUDA_GATHER_KERNEL=0 keeps D2H / H2D batches on the copy engine
+     * instead of the gather/scatter kernel. */
+    want = getenv("FERRY_CUDA_GATHER_KERNEL");
+    have = cu.cuDeviceGetAttribute != NULL && cu.cuMemHostGetDevicePointer != NULL &&
+           cu.cuPointerGetAttributes != NULL && cu.cuModuleLoadDataEx != NULL &&
+           cu.cuModuleGetFunction != NULL && cu.cuModuleUnload != NULL &&
+           cu.cuLaunchKernel != NULL;
+    atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
+    LOG_INFO("cuda: %d devices, copies through %s%s", device_count,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
              : cu.batch_v2               ? "cuMemcpyBatchAsync_v2"
-                                         : "cuMemcpyBatchAsync (12.8 ABI)");
+                                         : "cuMemcpyBatchAsync (12.8 ABI)",
+             atomic_load(&gather_enabled) ? ", pinned D2H / H2D batches through the gather kernel"
+                                          : "");
     return 0;
 }
 
@@ -265,6 +313,121 @@ static int any_ctx_enter(struct ctx_guard *g)
     return ctx_enter(0, g);
 }
 
+/* ---------------------------------------------------------------- address registries */
+
+/* The gather kernel dereferences raw addresses: a bad one faults and takes
+ * the whole (shared) primary context down, where the copy engine only fails
+ * the call.  So it is given only copies that lie inside known ranges: pinned
+ * host memory from host_alloc that devices reach at the same address
+ * (checked with cuMemHostGetDevicePointer), and device allocations of the
+ * stream's device, checked with cuPointerGetAttributes on first sight and
+ * remembered (forgotten again by mem_free).  Other batches take the copy
+ * engine, which reports a bad address precisely. */
+#define HOST_RANGES_MAX 256
+#define DEV_RANGES_MAX 64
+
+struct addr_range {
+    uintptr_t start, end;        /* [start, end) */
+    int dev;                     /* owning device; -1 for host ranges */
+};
+
+static pthread_rwlock_t ranges_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct addr_range host_ranges[HOST_RANGES_MAX];
+static size_t host_nranges;
+static struct addr_range dev_ranges[DEV_RANGES_MAX];
+static size_t dev_nranges;
+static size_t dev_victim;        /* next slot to reuse once dev_ranges is full */
+
+static int range_holds(const struct addr_range *r, uintptr_t p, size_t len, int dev)
+{
+    return r->dev == dev && p >= r->start && p < r->end && len <= r->end - p;
+}
+
+/* 1 if one of r[0..n) holds [p, p + len) on dev; *hint: where to look first
+ * (the last hit), updated. */
+static int range_find(const struct addr_range *r, size_t n, uintptr_t p, size_t len, int dev,
+                      size_t *hint)
+{
+    if (*hint < n && range_holds(&r[*hint], p, len, dev))
+        return 1;
+    for (size_t i = 0; i < n; i++)
+        if (range_holds(&r[i], p, len, dev)) {
+            *hint = i;
+            return 1;
+        }
+    return 0;
+}
+
+static void host_range_add(void *p, size_t len)
+{
+    static atomic_int warned;
+    pthread_rwlock_wrlock(&ranges_lock);
+    if (host_nranges < HOST_RANGES_MAX)
+        host_ranges[host_nranges++] = (struct addr_range){(uintptr_t)p, (uintptr_t)p + len, -1};
+    else if (!atomic_exchange(&warned, 1))
+        LOG_WARN("cuda: more than %d pinned buffers; copies to newer ones use the copy engine",
+                 HOST_RANGES_MAX);
+    pthread_rwlock_unlock(&ranges_lock);
+}
+
+static void host_range_remove(void *p)
+{
+    pthread_rwlock_wrlock(&ranges_lock);
+    for (size_t i = 0; i < host_nranges; i++)
+        if (host_ranges[i].start == (uintptr_t)p) {
+            host_ranges[i] = host_ranges[--host_nranges];
+            break;
+        }
+    pthread_rwlock_unlock(&ranges_lock);
+}
+
+/* Forgets the device ranges holding p (about to be freed). */
+static void dev_range_forget(void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    pthread_rwlock_wrlock(&ranges_lock);
+    for (size_t i = 0; i < dev_nranges;) {
+        if (a >= dev_ranges[i].start && a < dev_ranges[i].end)
+            dev_ranges[i] = dev_ranges[--dev_nranges];
+        else
+            i++;
+    }
+    pthread_rwlock_unlock(&ranges_lock);
+}
+
+/* Asks the driver whether [p, p + len) lies in one allocation of device dev
+ * (a context current); remembers the allocation if so.  1 or 0. */
+static int dev_range_learn(uintptr_t p, size_t len, int dev)
+{
+    unsigned int type = 0;
+    int ordinal = -1;
+    CUdeviceptr start = 0;
+    size_t size = 0;
+    int attrs[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                   CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    void *data[] = {&type, &ordinal, &start, &size};
+    /* not a CUDA pointer: succeeds with the values left at zero */
+    if (cu.cuPointerGetAttributes(4, attrs, data, (CUdeviceptr)p) != CUDA_SUCCESS ||
+        type != CU_MEMORYTYPE_DEVICE || ordinal != dev || size == 0)
+        return 0;
+    struct addr_range r = {(uintptr_t)start, (uintptr_t)start + size, dev};
+    if (!range_holds(&r, p, len, dev))
+        return 0;
+    pthread_rwlock_wrlock(&ranges_lock);
+    size_t i;
+    for (i = 0; i < dev_nranges; i++)
+        if (dev_ranges[i].start == r.start && dev_ranges[i].dev == dev)
+            break;
+    if (i < dev_nranges)
+        dev_ranges[i] = r;
+    else if (dev_nranges < DEV_RANGES_MAX)
+        dev_ranges[dev_nranges++] = r;
+    else
+        dev_ranges[dev_victim++ % DEV_RANGES_MAX] = r;
+    pthread_rwlock_unlock(&ranges_lock);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- memory */
 
 static int cuda_mem_alloc(int dev, size_t len, void **out)
@@ -291,6 +454,7 @@ static void cuda_mem_free(int dev, void *ptr)
     struct ctx_guard g;
     if (ptr == NULL || !ferry_device_loaded(&loader) || ctx_enter(dev, &g) < 0)
         return;
+    dev_range_forget(ptr);
     CUresult r = cu.cuMemFree((CUdeviceptr)(uintptr_t)ptr);
     ctx_leave(&g);
     if (r != CUDA_SUCCESS)
@@ -307,8 +471,21 @@ static int cuda_host_alloc(size_t len, void **out)
         return ferry_fail(FERRY_EINVAL, "cuda: host_alloc needs len > 0 and out");
     if ((rc = any_ctx_enter(&g)) < 0)
         return rc;
-    /* PORTABLE: pinned for every context, not only the current one. */
-    CUresult r = cu.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE);
+    /* PORTABLE: pinned for every context, not only the current one.
+     * DEVICEMAP: mapped into the devices' address space, for the gather
+     * kernel (implied under unified addressing; asked for to be plain). */
+    int mapped = 1;
+    CUresult r = cu.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+    if (r == CUDA_ERROR_INVALID_VALUE) {
+        mapped = 0;
+        r = cu.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE);
+    }
+    /* The kernel may use it where devices see it at the host address. */
+    CUdeviceptr dp = 0;
+    if (r == CUDA_SUCCESS && mapped && cu.cuMemHostGetDevicePointer != NULL &&
+        cu.cuMemHostGetDevicePointer(&dp, *out, 0) == CUDA_SUCCESS &&
+        dp == (CUdeviceptr)(uintptr_t)*out)
+        host_range_add(*out, len);
     ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuMemHostAlloc", -1);
@@ -318,7 +495,10 @@ static int cuda_host_alloc(size_t len, void **out)
 static void cuda_host_free(void *ptr)
 {
     struct ctx_guard g;
-    if (ptr == NULL || !ferry_device_loaded(&loader) || any_ctx_enter(&g) < 0)
+    if (ptr == NULL || !ferry_device_loaded(&loader))
+        return;
+    host_range_remove(ptr);
+    if (any_ctx_enter(&g) < 0)
         return;
     CUresult r = cu.cuMemFreeHost(ptr);
     ctx_leave(&g);
@@ -350,6 +530,8 @@ static int cuda_locate(const void *ptr, size_t len, int *dev)
 
 /* ---------------------------------------------------------------- streams */
 
+static CUfunction gather_function(int dev, unsigned int *max_ctas);
+
 static struct cuda_stream *as_cuda(ferry_stream *stream)
 {
     struct cuda_stream *s = (struct cuda_stream *)stream;
@@ -370,6 +552,11 @@ static int cuda_stream_create(int dev, ferry_stream **out)
     /* Non-blocking: never serialised against the legacy NULL stream, which
      * the batch API also refuses. */
     CUresult r = cu.cuStreamCreate(&cs, CU_STREAM_NON_BLOCKING);
+    /* Loads (JIT-compiles) the gather kernel now rather than in the first
+     * copy; a failure only leaves copies to the copy engine. */
+    unsigned int max_ctas;
+    if (r == CUDA_SUCCESS && atomic_load_explicit(&gather_enabled, memory_order_relaxed))
+        (void)gather_function(dev, &max_ctas);
     ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuStreamCreate", dev);
@@ -412,10 +599,12 @@ static void cuda_stream_destroy(ferry_stream *stream)
 static const char *const copy_fn_names[] = {"cuMemcpyDtoHAsync", "cuMemcpyHtoDAsync",
                                             "cuMemcpyDtoDAsync"};
 
-/* What the copy engine's callbacks need: the stream and the direction. */
+/* What the copy engine's callbacks need: the stream and the direction, and
+ * where the array they are given starts in the caller's (for messages). */
 struct copy_call {
     const struct cuda_stream *s;
     enum ferry_copy_dir dir;
+    size_t base;
 };
 
 static int copy_single(void *arg, const struct ferry_copy *c, size_t index)
@@ -439,8 +628,8 @@ static int copy_single(void *arg, const struct ferry_copy *c, size_t index)
         return 0;
     return ferry_fail(r == CUDA_ERROR_OUT_OF_MEMORY ? FERRY_ENOMEM : FERRY_EIO,
                       "cuda:%d: %s(dst %p, src %p, %zu bytes) of copy %zu: %s (CUDA error %d)",
-                      call->s->dev, copy_fn_names[call->dir], c->dst, c->src, c->len, index,
-                      cu_error_text(r), r);
+                      call->s->dev, copy_fn_names[call->dir], c->dst, c->src, c->len,
+                      call->base + index, cu_error_text(r), r);
 }
 
 /* Enqueues up to CUDA_BATCH_CHUNK copies in one cuMemcpyBatchAsync; the
@@ -488,6 +677,215 @@ static const struct ferry_copy_engine copy_engine = {
     .error_text = copy_error_text,
 };
 
+/* ---------------------------------------------------------------- gather kernel */
+
+/* One launch of ferry_copy_gather (cuda_kernels.cu) takes up to GATHER_MAX
+ * copies inline in its parameter (mirrored there: keep both in step).  Each
+ * CTA of GATHER_THREADS threads copies tiles of 2^tile_shift bytes; a grid of
+ * at most GATHER_CTAS_PER_SM CTAs per SM strides over the tiles. */
+#define GATHER_MAX 64
+#define GATHER_THREADS 256
+#define GATHER_TILE_SHIFT 14             /* 16 KiB tiles */
+#define GATHER_CTAS_PER_SM 4
+/* Copies averaging more than 1 MiB stay on the copy engine: its per-copy
+ * cost no longer shows there, it is as fast or faster (D2H), and it leaves
+ * the SMs to the application. */
+#define GATHER_MEAN_MAX ((size_t)1 << 20)
+
+struct gather_copy {
+    uint64_t dst, src, len;
+};
+
+struct gather_args {
+    uint32_t n;                          /* copies, 1..GATHER_MAX, each len > 0 */
+    uint32_t tile_shift;
+    uint32_t ntiles;                     /* tile_start[n] */
+    uint32_t pad;
+    uint32_t tile_start[GATHER_MAX + 1]; /* copy i owns tiles [tile_start[i], tile_start[i+1]) */
+    struct gather_copy copies[GATHER_MAX];
+};
+_Static_assert(sizeof(struct gather_args) == 1816, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args, tile_start) == 16, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args, copies) == 280, "mirrors cuda_kernels.cu");
+
+struct gather_dev {
+    atomic_int state;                    /* 0 not loaded yet, 1 ready, -1 failed or switched off */
+    CUfunction fn;
+    unsigned int max_ctas;
+};
+
+static struct gather_dev gather_devs[CUDA_MAX_DEVICES];
+static pthread_mutex_t gather_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Loads the module into dev's primary context (current).  1, or -1 after one
+ * warning. */
+static int gather_load(int dev, struct gather_dev *g)
+{
+    char log[1024] = "";
+    int opts[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+    void *vals[] = {log, (void *)(uintptr_t)sizeof log};
+    CUmodule mod = NULL;
+    const char *what = "cuModuleLoadDataEx";
+    CUresult r = cu.cuModuleLoadDataEx(&mod, ferry_cuda_kernels_ptx, 2, opts, vals);
+    if (r == CUDA_SUCCESS) {
+        what = "cuModuleGetFunction";
+        r = cu.cuModuleGetFunction(&g->fn, mod, "ferry_copy_gather");
+        if (r != CUDA_SUCCESS)
+            (void)cu.cuModuleUnload(mod);
+    }
+    if (r != CUDA_SUCCESS) {
+        log[sizeof log - 1] = '\0';
+        LOG_WARN("cuda:%d: gather kernel unavailable, D2H / H2D batches use the copy engine: "
+                 "%s: %s (CUDA error %d)%s%.400s",
+                 dev, what, cu_error_text(r), r, log[0] ? ": " : "", log);
+        return -1;
+    }
+    CUdevice d;
+    int sms = 0;
+    if (cu.cuDeviceGet(&d, dev) != CUDA_SUCCESS ||
+        cu.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
+        sms <= 0)
+        sms = 16;
+    g->max_ctas = (unsigned int)sms * GATHER_CTAS_PER_SM;
+    LOG_DEBUG("cuda:%d: gather kernel loaded (%d SMs)", dev, sms);
+    return 1;
+}
+
+/* dev's kernel, loaded on first use (dev's primary context current); NULL
+ * when it is off or could not be loaded. */
+static CUfunction gather_function(int dev, unsigned int *max_ctas)
+{
+    struct gather_dev *g = &gather_devs[dev];
+    int state = atomic_load_explicit(&g->state, memory_order_acquire);
+    if (state == 0) {
+        pthread_mutex_lock(&gather_lock);
+        state = atomic_load_explicit(&g->state, memory_order_relaxed);
+        if (state == 0) {
+            state = gather_load(dev, g);
+            atomic_store_explicit(&g->state, state, memory_order_release);
+        }
+        pthread_mutex_unlock(&gather_lock);
+    }
+    if (state != 1)
+        return NULL;
+    *max_ctas = g->max_ctas;
+    return g->fn;
+}
+
+/* Puts the copies with len > 0 from the front of copies[0..n) into a, at
+ * most GATHER_MAX; returns how many entries of copies it went through. */
+static size_t gather_take(const struct ferry_copy *copies, size_t n, struct gather_args *a,
+                          size_t *bytes)
+{
+    size_t i;
+    a->n = 0;
+    *bytes = 0;
+    for (i = 0; i < n; i++) {
+        if (copies[i].len == 0)
+            continue;
+        if (a->n == GATHER_MAX)
+            break;
+        a->copies[a->n++] = (struct gather_copy){(uint64_t)(uintptr_t)copies[i].dst,
+                                                 (uint64_t)(uintptr_t)copies[i].src,
+                                                 (uint64_t)copies[i].len};
+        *bytes += copies[i].len;
+    }
+    return i;
+}
+
+/* 1 if every copy of a has its host side in a host_alloc range and its
+ * device side in an allocation of dev (context current). */
+static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gather_args *a)
+{
+    size_t host_hint = 0, dev_hint = 0;
+    unsigned int i = 0, learned = 0;
+    while (i < a->n) {
+        int known = 1;
+        uintptr_t dp = 0;
+        size_t len = 0;
+        pthread_rwlock_rdlock(&ranges_lock);
+        for (; i < a->n; i++) {
+            const struct gather_copy *c = &a->copies[i];
+            uintptr_t hp = (uintptr_t)(dir == FERRY_COPY_D2H ? c->dst : c->src);
+            dp = (uintptr_t)(dir == FERRY_COPY_D2H ? c->src : c->dst);
+            len = (size_t)c->len;
+            if (!range_find(host_ranges, host_nranges, hp, len, -1, &host_hint)) {
+                pthread_rwlock_unlock(&ranges_lock);
+                return 0;
+            }
+            if (!range_find(dev_ranges, dev_nranges, dp, len, dev, &dev_hint)) {
+                known = 0;
+                break;
+            }
+        }
+        pthread_rwlock_unlock(&ranges_lock);
+        if (!known && (learned++ > 2 * GATHER_MAX || !dev_range_learn(dp, len, dev)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Enqueues a's copies (entries copies[0..k) of the caller) with one kernel
+ * launch.  If the launch fails, the copy engine does them; if that works,
+ * the kernel is what failed, and dev stops using it with one warning. */
+static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max_ctas,
+                         struct gather_args *a, const struct ferry_copy *copies, size_t k)
+{
+    unsigned int shift = GATHER_TILE_SHIFT;
+    uint64_t tiles;
+    for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
+        tiles = 0;
+        for (uint32_t i = 0; i < a->n; i++) {
+            a->tile_start[i] = (uint32_t)tiles;
+            uint64_t len = a->copies[i].len;
+            tiles += (len >> shift) + ((len & (((uint64_t)1 << shift) - 1)) != 0);
+        }
+        if (tiles <= UINT32_MAX / 2)
+            break;
+    }
+    a->tile_start[a->n] = (uint32_t)tiles;
+    a->ntiles = (uint32_t)tiles;
+    a->tile_shift = shift;
+    a->pad = 0;
+    unsigned int grid = tiles < max_ctas ? (unsigned int)tiles : max_ctas;
+    void *params[] = {a};
+    CUresult r = cu.cuLaunchKernel(fn, grid, 1, 1, GATHER_THREADS, 1, 1, 0, call->s->stream,
+                                   params, NULL);
+    if (r == CUDA_SUCCESS)
+        return 0;
+    int rc = ferry_device_enqueue_copies(&copy_engine, call, copies, k);
+    if (rc == 0 && atomic_exchange(&gather_devs[call->s->dev].state, -1) == 1)
+        LOG_WARN("cuda:%d: gather kernel launch failed (%s, CUDA error %d) where copies work; "
+                 "using the copy engine from now on",
+                 call->s->dev, cu_error_text(r), r);
+    return rc;
+}
+
+/* D2H / H2D: each run of up to GATHER_MAX copies goes through the kernel
+ * when it suits and can reach every address, else through the copy engine;
+ * both on the same stream, so stream order holds. */
+static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies, size_t n)
+{
+    unsigned int max_ctas = 0;
+    CUfunction fn = gather_function(call->s->dev, &max_ctas);
+    if (fn == NULL)
+        return ferry_device_enqueue_copies(&copy_engine, call, copies, n);
+    struct gather_args a;
+    int rc = 0;
+    for (size_t done = 0; done < n && rc == 0;) {
+        size_t bytes;
+        size_t k = gather_take(copies + done, n - done, &a, &bytes);
+        call->base = done;
+        if (a.n > 0 && bytes / a.n <= GATHER_MEAN_MAX &&
+            gather_reachable(call->s->dev, call->dir, &a))
+            rc = gather_launch(call, fn, max_ctas, &a, copies + done, k);
+        else if (a.n > 0)
+            rc = ferry_device_enqueue_copies(&copy_engine, call, copies + done, k);
+        done += k;
+    }
+    return rc;
+}
+
 static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
                            const struct ferry_copy *copies, size_t n)
 {
@@ -505,8 +903,11 @@ static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
     int rc = ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
-    struct copy_call call = {s, dir};
-    rc = ferry_device_enqueue_copies(&copy_engine, &call, copies, n);
+    struct copy_call call = {s, dir, 0};
+    if (dir != FERRY_COPY_D2D && atomic_load_explicit(&gather_enabled, memory_order_relaxed))
+        rc = copy_gathered(&call, copies, n);
+    else
+        rc = ferry_device_enqueue_copies(&copy_engine, &call, copies, n);
     ctx_leave(&g);
     return rc;
 }

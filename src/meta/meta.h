@@ -29,7 +29,8 @@ struct meta_ops {
     int (*publish)(void *m, const char *name, const char *json);
     int (*unpublish)(void *m, const char *name);
     /* Looks name up.  *json malloc'd, NUL-terminated.  FERRY_ENOSEG if absent
-     * or unreachable (detail says which). */
+     * or unreachable (detail says which); FERRY_EPROTO if the stored entry is
+     * not a descriptor string (a Redis key of another type, bad base64). */
     int (*lookup)(void *m, const char *name, char **json, size_t *len);
 };
 

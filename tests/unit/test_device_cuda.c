@@ -1,7 +1,10 @@
 /*
  * test_device_cuda.c — a real accelerator through its ops table: device and
  * pinned allocation, 128 blocks of 64 KiB batched H2D / D2D / D2H with the
- * data checked, a stream driven from another thread, and locate().
+ * data checked, scattered batches of awkward shapes (1 byte, misaligned
+ * offsets and lengths, 16 KiB, 1 MiB, 64 and more copies) checked byte for
+ * byte on both sides including the bytes around them, a stream driven from
+ * another thread, and locate().
  * Skips (exit 77) where the driver or a device is missing.
  *
  * test_device_ascend.c runs this same file against "npu" by defining
@@ -119,6 +122,127 @@ static void test_pageable_host(void **state)
     free(dst);
 }
 
+/* ---- scattered batches of awkward shapes ---------------------------------
+ * Pinned src S scatters (H2D) to device D, D gathers (D2H) back to pinned T;
+ * then D and T are read back whole and compared with models of what they
+ * must hold, so a byte written outside a copy shows as well as a wrong one.
+ * On CUDA these batches take the gather kernel (its vector, narrower and
+ * funnel-shift paths); copies averaging over 1 MiB take the copy engine. */
+
+enum { SHAPE_SPAN = 16 << 20, SHAPE_MAX = 200 };
+
+struct shape {
+    const char *name;
+    size_t n;          /* copies */
+    size_t len;        /* each, or 0: varied 0..len_max */
+    size_t len_max;
+    unsigned mis;      /* 1: offsets misaligned at random, 0: 4 KiB aligned */
+};
+
+static unsigned long long rng_state;
+
+static unsigned rnd(unsigned bound)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return bound ? (unsigned)((rng_state >> 33) % bound) : 0;
+}
+
+/* Next offset for a copy of len at *pos of a region of span bytes. */
+static size_t place(size_t *pos, size_t len, unsigned mis)
+{
+    size_t off = mis ? *pos + rnd(16) : (*pos + 4095) & ~(size_t)4095;
+    *pos = off + len + (mis ? rnd(300) : 0);
+    assert_true(*pos <= SHAPE_SPAN);
+    return off;
+}
+
+static void shape_round(int dev, ferry_stream *s, const struct shape *sh, unsigned seed,
+                        unsigned char *S, unsigned char *T, unsigned char *U, void *D,
+                        unsigned char *dev_model, unsigned char *host_model)
+{
+    static struct ferry_copy up[SHAPE_MAX], down[SHAPE_MAX];
+    static size_t so[SHAPE_MAX], dof[SHAPE_MAX], to[SHAPE_MAX], len[SHAPE_MAX];
+    size_t sp = 0, dp = 0, tp = 0;
+    rng_state = seed;
+    for (size_t i = 0; i < sh->n; i++) {
+        len[i] = sh->len ? sh->len : rnd((unsigned)sh->len_max + 1);
+        if (i % 17 == 5 && !sh->len)
+            len[i] = 0;   /* zero-length copies are skipped */
+        so[i] = place(&sp, len[i], sh->mis);
+        dof[i] = place(&dp, len[i], sh->mis);
+        to[i] = place(&tp, len[i], sh->mis);
+    }
+    /* device: a known background, written by one large copy */
+    fill(dev_model, SHAPE_SPAN, seed + 1);
+    memcpy(T, dev_model, SHAPE_SPAN);
+    struct ferry_copy whole_up = {D, T, SHAPE_SPAN};
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, &whole_up, 1), 0);
+    assert_int_equal(ops->stream_sync(s), 0);
+    fill(S, SHAPE_SPAN, seed + 2);
+    memset(T, 0x5a, SHAPE_SPAN);
+    memset(host_model, 0x5a, SHAPE_SPAN);
+    for (size_t i = 0; i < sh->n; i++) {
+        up[i] = (struct ferry_copy){(char *)D + dof[i], S + so[i], len[i]};
+        down[i] = (struct ferry_copy){T + to[i], (char *)D + dof[i], len[i]};
+        memcpy(dev_model + dof[i], S + so[i], len[i]);
+        memcpy(host_model + to[i], S + so[i], len[i]);
+    }
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, up, sh->n), 0);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, down, sh->n), 0);
+    struct ferry_copy whole_down = {U, D, SHAPE_SPAN};
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, &whole_down, 1), 0);
+    if (ops->stream_sync(s) != 0)
+        fail_msg("%s: stream_sync: %s", sh->name, ferry_last_error());
+    for (size_t i = 0; i < SHAPE_SPAN; i++) {
+        if (U[i] != dev_model[i])
+            fail_msg("%s (cuda:%d): device byte %zu is %#x, expected %#x", sh->name, dev, i, U[i],
+                     dev_model[i]);
+        if (T[i] != host_model[i])
+            fail_msg("%s (cuda:%d): host byte %zu is %#x, expected %#x", sh->name, dev, i, T[i],
+                     host_model[i]);
+    }
+}
+
+static void test_scattered_shapes(void **state)
+{
+    (void)state;
+    static const struct shape shapes[] = {
+        {"64 x 16 KiB", 64, 16 << 10, 0, 0},
+        {"64 x 1 byte, misaligned", 64, 1, 0, 1},
+        {"2 x 1 MiB", 2, 1 << 20, 0, 0},
+        {"1 x 16 KiB", 1, 16 << 10, 0, 0},
+        {"1 x 1 MiB + 3, misaligned", 1, (1 << 20) + 3, 0, 1},
+        {"64 x 64 KiB - 1, misaligned", 64, (64 << 10) - 1, 0, 1},
+        {"64 x 0..70000, misaligned", 64, 0, 70000, 1},
+        {"200 x 0..40000, misaligned", 200, 0, 40000, 1},
+        {"3 x 0..20, misaligned", 3, 0, 20, 1},
+        {"100 x 4 KiB", 100, 4 << 10, 0, 0},
+    };
+    unsigned char *S, *T, *U;
+    void *D;
+    unsigned char *dev_model = malloc(SHAPE_SPAN), *host_model = malloc(SHAPE_SPAN);
+    assert_non_null(dev_model);
+    assert_non_null(host_model);
+    assert_int_equal(ops->host_alloc(SHAPE_SPAN, (void **)&S), 0);
+    assert_int_equal(ops->host_alloc(SHAPE_SPAN, (void **)&T), 0);
+    assert_int_equal(ops->host_alloc(SHAPE_SPAN, (void **)&U), 0);
+    for (int dev = 0; dev < ops->device_count() && dev < 2; dev++) {
+        ferry_stream *s = NULL;
+        assert_int_equal(ops->stream_create(dev, &s), 0);
+        assert_int_equal(ops->mem_alloc(dev, SHAPE_SPAN, &D), 0);
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            shape_round(dev, s, &shapes[k], 1000u + (unsigned)k, S, T, U, D, dev_model,
+                        host_model);
+        ops->mem_free(dev, D);
+        ops->stream_destroy(s);
+    }
+    ops->host_free(S);
+    ops->host_free(T);
+    ops->host_free(U);
+    free(dev_model);
+    free(host_model);
+}
+
 struct thread_arg {
     ferry_stream *s;
     int done;
@@ -209,6 +333,7 @@ int main(void)
         test_skip("no " DEVICE_WHAT ": the driver sees none");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_copies),
+        cmocka_unit_test(test_scattered_shapes),
         cmocka_unit_test(test_pageable_host),
         cmocka_unit_test(test_other_thread),
         cmocka_unit_test(test_locate),

@@ -1,0 +1,167 @@
+/*
+ * cuda_kernels.cu — the gather/scatter copy kernel of the CUDA backend.
+ *
+ * One launch moves a batch of up to 64 copies {dst, src, len} between device
+ * memory and mapped pinned host memory (or device and device): the staging
+ * gather (scattered device blocks -> one pinned chunk, D2H) and scatter (a
+ * chunk -> device blocks, H2D).  The copy engine pays a fixed cost per copy
+ * (cuMemcpyBatchAsync or one cuMemcpy*Async each); SMs writing straight into
+ * host memory over PCIe / C2C pay it once per batch.
+ *
+ * Work is cut into tiles of 2^tile_shift bytes; copy i owns tiles
+ * [tile_start[i], tile_start[i+1]).  Each CTA takes tiles in a grid-stride
+ * loop, finds its copy by binary search over tile_start (kernel parameter
+ * space, uniform across the CTA) and copies the tile with its threads:
+ * 16-byte vectors when dst and src agree modulo 16 (8 / 4 bytes when they
+ * agree modulo 8 / 4), with the unaligned head and tail done one byte per
+ * thread; when they disagree modulo 4, each warp reads aligned words and
+ * funnel-shifts neighbours (from the next lane) into aligned 4-byte stores.
+ *
+ * Not compiled by the build: scripts/gen-cuda-ptx.sh turns it into PTX in
+ * cuda_kernels_ptx.h, which cuda.c loads with cuModuleLoadDataEx.  The
+ * argument struct is mirrored in cuda.c (struct gather_args); both sides
+ * assert its size and offsets.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#define FERRY_GATHER_MAX 64
+#define FERRY_GATHER_THREADS 256
+
+struct ferry_gather_copy {
+    unsigned long long dst;
+    unsigned long long src;
+    unsigned long long len;
+};
+
+struct ferry_gather_args {
+    unsigned int n;                               /* copies, 1..64, all len > 0 */
+    unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 4 KiB */
+    unsigned int ntiles;                          /* tile_start[n] */
+    unsigned int pad;
+    unsigned int tile_start[FERRY_GATHER_MAX + 1];
+    struct ferry_gather_copy copies[FERRY_GATHER_MAX];
+};
+
+static_assert(sizeof(struct ferry_gather_args) == 1816, "mirrored in cuda.c");
+static_assert(offsetof(struct ferry_gather_args, tile_start) == 16, "mirrored in cuda.c");
+static_assert(offsetof(struct ferry_gather_args, copies) == 280, "mirrored in cuda.c");
+
+/* Streaming loads and stores: every byte is touched once. */
+__device__ __forceinline__ uint4 ld(const uint4 *p) { return __ldcs(p); }
+__device__ __forceinline__ uint2 ld(const uint2 *p) { return __ldcs(p); }
+__device__ __forceinline__ unsigned int ld(const unsigned int *p) { return __ldcs(p); }
+__device__ __forceinline__ void st(uint4 *p, uint4 v) { __stcs(p, v); }
+__device__ __forceinline__ void st(uint2 *p, uint2 v) { __stcs(p, v); }
+__device__ __forceinline__ void st(unsigned int *p, unsigned int v) { __stcs(p, v); }
+
+/* Up to 15 bytes, one per thread (a warp's byte stores to one sector
+ * coalesce into one transaction). */
+__device__ __forceinline__ void copy_bytes(char *d, const char *s, size_t len)
+{
+    if (threadIdx.x < len)
+        d[threadIdx.x] = s[threadIdx.x];
+}
+
+/* d and s agree modulo sizeof(V). */
+template <typename V>
+__device__ __forceinline__ void copy_vec(char *d, const char *s, size_t len)
+{
+    const size_t a = sizeof(V);
+    size_t head = (a - ((uintptr_t)d & (a - 1))) & (a - 1);
+    if (head > len)
+        head = len;
+    copy_bytes(d, s, head);
+    d += head;
+    s += head;
+    len -= head;
+    const size_t nv = len / a;
+    V *dv = reinterpret_cast<V *>(d);
+    const V *sv = reinterpret_cast<const V *>(s);
+    const size_t nt = blockDim.x;
+    size_t i = threadIdx.x;
+    /* four loads in flight per thread before their stores */
+    for (; i + 3 * nt < nv; i += 4 * nt) {
+        V v0 = ld(sv + i);
+        V v1 = ld(sv + i + nt);
+        V v2 = ld(sv + i + 2 * nt);
+        V v3 = ld(sv + i + 3 * nt);
+        st(dv + i, v0);
+        st(dv + i + nt, v1);
+        st(dv + i + 2 * nt, v2);
+        st(dv + i + 3 * nt, v3);
+    }
+    for (; i < nv; i += nt)
+        st(dv + i, ld(sv + i));
+    copy_bytes(d + nv * a, s + nv * a, len - nv * a);
+}
+
+/* d and s disagree modulo 4.  After a byte head d is 4-aligned; s sits
+ * off = 1..3 bytes past an aligned word.  Output word k is the funnel shift
+ * of aligned source words k and k+1; word k+1 comes from the next lane.
+ * Source word nw holds at least one byte of the copy, so reading it stays
+ * inside the source's page and allocation. */
+__device__ __forceinline__ void copy_shifted(char *d, const char *s, size_t len)
+{
+    size_t head = (4 - ((uintptr_t)d & 3)) & 3;
+    if (head > len)
+        head = len;
+    copy_bytes(d, s, head);
+    d += head;
+    s += head;
+    len -= head;
+    const size_t nw = len / 4;
+    const unsigned int shift = (unsigned int)((uintptr_t)s & 3) * 8;
+    const unsigned int *sw = reinterpret_cast<const unsigned int *>((uintptr_t)s & ~(uintptr_t)3);
+    unsigned int *dw = reinterpret_cast<unsigned int *>(d);
+    const unsigned int lane = threadIdx.x & 31;
+    /* k0 is uniform across the warp: every lane takes part in the shuffle */
+    for (size_t k0 = threadIdx.x & ~31u; k0 < nw; k0 += blockDim.x) {
+        size_t k = k0 + lane;
+        unsigned int w = k <= nw ? ld(sw + k) : 0u;
+        unsigned int next = __shfl_down_sync(0xffffffffu, w, 1);
+        if (lane == 31)
+            next = k + 1 <= nw ? ld(sw + k + 1) : 0u;
+        if (k < nw)
+            st(dw + k, __funnelshift_r(w, next, shift));
+    }
+    copy_bytes(d + nw * 4, s + nw * 4, len - nw * 4);
+}
+
+__device__ __forceinline__ void copy_range(char *d, const char *s, size_t len)
+{
+    const uintptr_t x = (uintptr_t)d ^ (uintptr_t)s;
+    if ((x & 15) == 0)
+        copy_vec<uint4>(d, s, len);
+    else if ((x & 7) == 0)
+        copy_vec<uint2>(d, s, len);
+    else if ((x & 3) == 0)
+        copy_vec<unsigned int>(d, s, len);
+    else
+        copy_shifted(d, s, len);
+}
+
+/* Gather (D2H) and scatter (H2D) are the same loop; the host side must be
+ * mapped pinned memory and the device side memory of this device.  Block of
+ * FERRY_GATHER_THREADS threads (a multiple of 32: copy_shifted needs whole
+ * warps). */
+extern "C" __global__ void __launch_bounds__(FERRY_GATHER_THREADS)
+ferry_copy_gather(const __grid_constant__ struct ferry_gather_args a)
+{
+    const size_t tile = (size_t)1 << a.tile_shift;
+    for (unsigned int t = blockIdx.x; t < a.ntiles; t += gridDim.x) {
+        /* largest i with tile_start[i] <= t; tile_start[0] = 0 */
+        unsigned int lo = 0, hi = a.n;
+        while (hi - lo > 1) {
+            unsigned int mid = (lo + hi) >> 1;
+            if (a.tile_start[mid] <= t)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        const size_t off = (size_t)(t - a.tile_start[lo]) << a.tile_shift;
+        const size_t len = a.copies[lo].len - off;
+        copy_range(reinterpret_cast<char *>(a.copies[lo].dst) + off,
+                   reinterpret_cast<const char *>(a.copies[lo].src) + off, len < tile ? len : tile);
+    }
+}

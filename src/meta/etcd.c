@@ -1,0 +1,666 @@
+/*
+ * etcd.c — segment descriptors in etcd (metadata_server "etcd://h:p[,h:p...]").
+ *
+ * Speaks etcd's v3 API through its JSON gateway (HTTP POST with libcurl; keys
+ * and values travel base64-encoded).  Each backend instance owns one lease;
+ * a descriptor is put under prefix+name with that lease, and a keepalive
+ * thread renews the lease every ttl/3 s.  When the lease is lost (etcd was
+ * down longer than the TTL, or came back empty), the thread grants a new one
+ * and puts every descriptor again, so a restarted store is re-populated.
+ * Endpoints are tried in order, starting from the last one that answered.
+ *
+ * Threads: lookups run on the caller's thread with a pooled curl handle and
+ * take no lock but the pool's.  publish, unpublish and the keepalive thread
+ * are serialized by `lock`, so a renewal never resurrects a key that
+ * unpublish is deleting.
+ */
+#ifdef FERRY_HAVE_ETCD
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "meta/descriptor.h"
+#include "meta/meta.h"
+#include "net.h"
+
+#define ETCD_SCHEME "etcd://"
+#define ETCD_DEFAULT_PORT 2379
+#define ETCD_MAX_ENDPOINTS 16
+#define ETCD_POOL_MAX 8
+/* a base64 descriptor of DESC_MAX_BYTES plus JSON around it */
+#define ETCD_RESPONSE_MAX ((size_t)DESC_MAX_BYTES / 3 * 4 + 65536)
+
+struct endpoint {
+    char host[128];
+    int port;
+};
+
+struct published {
+    char *name;
+    char *json;
+};
+
+struct etcd_meta {
+    char url[256];
+    char prefix[256];
+    unsigned ttl_s;
+    long timeout_ms;            /* one HTTP call, all included */
+    long connect_ms;            /* one endpoint's connect: short, so dead ones are skipped fast */
+    size_t nendpoints;
+    struct endpoint endpoints[ETCD_MAX_ENDPOINTS];
+    atomic_size_t current;      /* the endpoint that answered last */
+    struct curl_slist *headers;
+
+    pthread_mutex_t pool_lock;  /* idle curl handles */
+    CURL *pool[ETCD_POOL_MAX];
+    size_t npool;
+
+    pthread_mutex_t lock;       /* everything below; held across write calls */
+    pthread_cond_t wake;
+    atomic_bool stopping;
+    bool thread_started;
+    pthread_t thread;
+    char lease[24];             /* decimal lease ID, "" when none */
+    bool dirty;                 /* some descriptor may be missing from etcd */
+    bool unreachable;           /* the last renewal found no endpoint (logged once) */
+    struct published *pubs;
+    size_t npubs;
+};
+
+/* ------------------------------------------------------------ base64 */
+
+static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Encodes len bytes into a malloc'd NUL-terminated string, or NULL. */
+static char *base64_encode(const void *data, size_t len)
+{
+    const uint8_t *in = data;
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    if (!out)
+        return NULL;
+    size_t i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        *o++ = b64_alphabet[v >> 18];
+        *o++ = b64_alphabet[(v >> 12) & 63];
+        *o++ = b64_alphabet[(v >> 6) & 63];
+        *o++ = b64_alphabet[v & 63];
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
+        *o++ = b64_alphabet[v >> 18];
+        *o++ = b64_alphabet[(v >> 12) & 63];
+        *o++ = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int base64_value(char c)
+{
+    const char *p = c ? strchr(b64_alphabet, c) : NULL;
+    return p ? (int)(p - b64_alphabet) : -1;
+}
+
+/* Decodes NUL-terminated base64 text into a malloc'd, NUL-terminated buffer.
+ * Returns 0, FERRY_EPROTO (not base64) or FERRY_ENOMEM. */
+static int base64_decode(const char *text, char **out, size_t *out_len)
+{
+    size_t n = strlen(text);
+    if (n % 4)
+        return ferry_fail(FERRY_EPROTO, "value is not base64 (length %zu)", n);
+    char *buf = malloc(n / 4 * 3 + 1);
+    if (!buf)
+        return ferry_fail(FERRY_ENOMEM, "base64 decode of %zu bytes", n);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        int pad = (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=');
+        if (pad && i + 4 != n)
+            goto bad;
+        int v[4];
+        for (int k = 0; k < 4 - pad; k++)
+            if ((v[k] = base64_value(text[i + k])) < 0)
+                goto bad;
+        for (int k = 4 - pad; k < 4; k++)
+            v[k] = 0;
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        buf[len++] = (char)(w >> 16);
+        if (pad < 2)
+            buf[len++] = (char)(w >> 8);
+        if (pad < 1)
+            buf[len++] = (char)w;
+    }
+    buf[len] = '\0';
+    *out = buf;
+    *out_len = len;
+    return 0;
+bad:
+    free(buf);
+    return ferry_fail(FERRY_EPROTO, "value is not base64");
+}
+
+/* ------------------------------------------------------------ URL */
+
+/* Parses "etcd://h:p[,h:p...]" into m->endpoints.  Returns 0 or FERRY_EINVAL
+ * with a message naming the URL. */
+static int parse_url(struct etcd_meta *m, const char *url)
+{
+    if (strncmp(url, ETCD_SCHEME, strlen(ETCD_SCHEME)) != 0 || strlen(url) >= sizeof m->url)
+        return ferry_fail(FERRY_EINVAL, "metadata_server \"%.200s\": not etcd://host:port[,host:port...]", url);
+    snprintf(m->url, sizeof m->url, "%s", url);
+    char list[sizeof m->url];
+    snprintf(list, sizeof list, "%s", url + strlen(ETCD_SCHEME));
+    const char *why = NULL;
+    char *item = list;
+    while (!why) {
+        char *comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        struct endpoint *ep = &m->endpoints[m->nendpoints];
+        int port = 0;
+        if (m->nendpoints == ETCD_MAX_ENDPOINTS)
+            why = "too many endpoints";
+        else if (!*item)
+            why = "an endpoint is empty";
+        else if (strspn(item, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:") != strlen(item))
+            why = "an endpoint has a character that is not allowed in host:port";
+        else if (net_split_hostport(item, ep->host, sizeof ep->host, &port) != 0)
+            why = "an endpoint is not host:port";
+        else if (strchr(item, ':') && port == 0)
+            why = "port 0";
+        else {
+            ep->port = port ? port : ETCD_DEFAULT_PORT;
+            m->nendpoints++;
+        }
+        if (!comma)
+            break;
+        item = comma + 1;
+    }
+    if (why)
+        return ferry_fail(FERRY_EINVAL, "metadata_server \"%s\": %s (expected etcd://host:port[,host:port...])",
+                          m->url, why);
+    return 0;
+}
+
+/* ------------------------------------------------------------ HTTP */
+
+struct response {
+    char *data;
+    size_t len, cap;
+};
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
+{
+    struct response *r = ud;
+    size_t add = size * n;
+    if (r->len + add + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + add + 1)
+            cap *= 2;
+        char *d = r->len + add > ETCD_RESPONSE_MAX ? NULL : realloc(r->data, cap);
+        if (!d)
+            return 0; /* curl fails with CURLE_WRITE_ERROR */
+        r->data = d;
+        r->cap = cap;
+    }
+    memcpy(r->data + r->len, ptr, add);
+    r->len += add;
+    r->data[r->len] = '\0';
+    return add;
+}
+
+/* Lets destroy interrupt a call in flight on the keepalive thread. */
+static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+    (void)a, (void)b, (void)c, (void)d;
+    struct etcd_meta *m = ud;
+    return atomic_load(&m->stopping);
+}
+
+static CURL *handle_get(struct etcd_meta *m)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&m->pool_lock);
+    if (m->npool)
+        h = m->pool[--m->npool];
+    pthread_mutex_unlock(&m->pool_lock);
+    return h ? h : curl_easy_init();
+}
+
+static void handle_put(struct etcd_meta *m, CURL *h)
+{
+    pthread_mutex_lock(&m->pool_lock);
+    if (m->npool < ETCD_POOL_MAX) {
+        m->pool[m->npool++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&m->pool_lock);
+    if (h)
+        curl_easy_cleanup(h);
+}
+
+/* One attempt against one endpoint.  Returns the curl result; on CURLE_OK
+ * *status holds the HTTP status and *r the body. */
+static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *ep, const char *path,
+                          const char *body, struct response *r, long *status)
+{
+    char url[200];
+    snprintf(url, sizeof url, "http://%s:%d%s", ep->host, ep->port, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PROXY, "");           /* never through an http_proxy of the environment */
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, m->headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, m->connect_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, m->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, m);
+    CURLcode rc = curl_easy_perform(h);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    return rc;
+}
+
+/* POSTs body to path on the first endpoint that answers, starting with the
+ * one that answered last; an endpoint answering 5xx (no leader, shutting
+ * down) counts as dead.  On an answer stores etcd's JSON reply in *out (the
+ * caller deletes it) and returns 0; on an error reply returns FERRY_EIO, or
+ * FERRY_ENOSEG for gRPC NOT_FOUND (an unknown lease), with etcd's message;
+ * FERRY_ECONN when no endpoint answers; FERRY_EPROTO for a reply that is not
+ * JSON. */
+static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJSON **out)
+{
+    CURL *h = handle_get(m);
+    if (!h)
+        return ferry_fail(FERRY_ENOMEM, "%s: curl handle", m->url);
+    char why[400] = "";
+    size_t whylen = 0;
+    size_t start = atomic_load(&m->current);
+    for (size_t k = 0; k < m->nendpoints; k++) {
+        size_t i = (start + k) % m->nendpoints;
+        const struct endpoint *ep = &m->endpoints[i];
+        struct response r = {0};
+        long status = 0;
+        CURLcode cc = post_once(m, h, ep, path, body, &r, &status);
+        if (cc == CURLE_OK && status < 500) {
+            atomic_store(&m->current, i);
+            handle_put(m, h);
+            cJSON *j = cJSON_ParseWithLength(r.data ? r.data : "", r.len);
+            free(r.data);
+            if (!cJSON_IsObject(j)) {
+                cJSON_Delete(j);
+                return ferry_fail(FERRY_EPROTO, "%s%s: HTTP %ld with a reply that is not JSON", ep->host, path,
+                                  status);
+            }
+            const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
+            if (status == 200 && !err) {
+                *out = j;
+                return 0;
+            }
+            const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
+            int rc = cJSON_IsNumber(code) && code->valueint == 5 ? FERRY_ENOSEG : FERRY_EIO;
+            rc = ferry_fail(rc, "%s: etcd answered HTTP %ld: %.200s", path, status,
+                            cJSON_IsString(err) ? err->valuestring : "(no message)");
+            cJSON_Delete(j);
+            return rc;
+        }
+        free(r.data);
+        if (whylen < sizeof why)
+            whylen += (size_t)snprintf(why + whylen, sizeof why - whylen, "%s%s:%d: %s", whylen ? "; " : "",
+                                       ep->host, ep->port,
+                                       cc == CURLE_OK ? "answered 5xx" : curl_easy_strerror(cc));
+    }
+    handle_put(m, h);
+    return ferry_fail(FERRY_ECONN, "%s: no endpoint answers (%s)", m->url, why);
+}
+
+/* Encodes prefix+name as the base64 etcd key; NULL when out of memory. */
+static char *key_of(const struct etcd_meta *m, const char *name)
+{
+    size_t pl = strlen(m->prefix), nl = strlen(name);
+    char *raw = malloc(pl + nl + 1);
+    if (!raw)
+        return NULL;
+    memcpy(raw, m->prefix, pl);
+    memcpy(raw + pl, name, nl + 1);
+    char *key = base64_encode(raw, pl + nl);
+    free(raw);
+    return key;
+}
+
+/* Like etcd_call, with a body built from a format; the reply is discarded
+ * unless out is given. */
+static int etcd_callf(struct etcd_meta *m, const char *path, cJSON **out, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int etcd_callf(struct etcd_meta *m, const char *path, cJSON **out, const char *fmt, ...)
+{
+    va_list ap;
+    char *body = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&body, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return ferry_fail(FERRY_ENOMEM, "%s: request body", m->url);
+    cJSON *j = NULL;
+    int rc = etcd_call(m, path, body, &j);
+    free(body);
+    if (out)
+        *out = j;
+    else
+        cJSON_Delete(j);
+    return rc;
+}
+
+/* ------------------------------------------------------------ lease and keys (lock held) */
+
+static int lease_grant(struct etcd_meta *m)
+{
+    cJSON *j;
+    int rc = etcd_callf(m, "/v3/lease/grant", &j, "{\"TTL\":%u}", m->ttl_s);
+    if (rc)
+        return rc;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "ID");
+    if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof m->lease && id->valuestring[0])
+        snprintf(m->lease, sizeof m->lease, "%s", id->valuestring);
+    else
+        rc = ferry_fail(FERRY_EPROTO, "%s: lease grant answer has no ID", m->url);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* Returns 0 (renewed), FERRY_ENOSEG (the lease is gone) or a call error. */
+static int lease_keepalive(struct etcd_meta *m)
+{
+    cJSON *j;
+    int rc = etcd_callf(m, "/v3/lease/keepalive", &j, "{\"ID\":\"%s\"}", m->lease);
+    if (rc)
+        return rc;
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(j, "result");
+    const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(result, "TTL");
+    /* an expired lease is answered with no TTL (zero is omitted) */
+    if (!cJSON_IsString(ttl) || strtol(ttl->valuestring, NULL, 10) <= 0)
+        rc = ferry_fail(FERRY_ENOSEG, "%s: lease %s has expired", m->url, m->lease);
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int key_put(struct etcd_meta *m, const char *name, const char *json)
+{
+    char *key = key_of(m, name), *value = base64_encode(json, strlen(json));
+    int rc = key && value ? etcd_callf(m, "/v3/kv/put", NULL, "{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%s\"}",
+                                       key, value, m->lease)
+                          : ferry_fail(FERRY_ENOMEM, "%s: put %s", m->url, name);
+    free(key);
+    free(value);
+    return rc;
+}
+
+/* Puts name under the current lease, granting one first if there is none or
+ * the current one turns out to be gone. */
+static int put_with_lease(struct etcd_meta *m, const char *name, const char *json)
+{
+    int rc = m->lease[0] ? 0 : lease_grant(m);
+    if (!rc && (rc = key_put(m, name, json)) == FERRY_ENOSEG) {
+        m->lease[0] = '\0';
+        if (!(rc = lease_grant(m)))
+            rc = key_put(m, name, json);
+    }
+    return rc;
+}
+
+static int put_all(struct etcd_meta *m)
+{
+    for (size_t i = 0; i < m->npubs; i++) {
+        int rc = put_with_lease(m, m->pubs[i].name, m->pubs[i].json);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* One keepalive round: renew the lease (also while nothing is published, so
+ * the first publish finds it alive); when it is gone, grant a new one and put
+ * every descriptor again. */
+static void renew(struct etcd_meta *m)
+{
+    if (!m->npubs && !m->lease[0])
+        return;
+    int rc = m->lease[0] ? lease_keepalive(m) : FERRY_ENOSEG;
+    if (rc == FERRY_ENOSEG) {
+        if (m->lease[0] && m->npubs)
+            LOG_WARN("%s: lease %s was lost; publishing again", m->url, m->lease);
+        m->lease[0] = '\0';
+        m->dirty = m->npubs > 0;
+        rc = 0;
+    }
+    if (!rc && m->dirty && !(rc = put_all(m)))
+        m->dirty = false;
+    if (rc && !m->unreachable)
+        LOG_WARN("%s: keepalive failed, will retry every %u ms: %s", m->url, m->ttl_s * 1000 / 3,
+                 ferry_last_error());
+    else if (!rc && m->unreachable)
+        LOG_INFO("%s: reachable again; descriptors are published", m->url);
+    m->unreachable = rc != 0;
+}
+
+static void *keepalive_main(void *arg)
+{
+    struct etcd_meta *m = arg;
+    unsigned interval_ms = m->ttl_s * 1000 / 3;
+    pthread_mutex_lock(&m->lock);
+    while (!atomic_load(&m->stopping)) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        t.tv_sec += interval_ms / 1000;
+        t.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        int waited = 0;
+        while (!atomic_load(&m->stopping) && waited == 0)
+            waited = pthread_cond_timedwait(&m->wake, &m->lock, &t);
+        if (!atomic_load(&m->stopping))
+            renew(m);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ ops */
+
+static void etcd_destroy(void *mp)
+{
+    struct etcd_meta *m = mp;
+    if (!m)
+        return;
+    atomic_store(&m->stopping, true); /* also aborts a call in flight (on_progress) */
+    if (m->thread_started) {
+        pthread_mutex_lock(&m->lock);
+        pthread_cond_signal(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(m->thread, NULL);
+    }
+    for (size_t i = 0; i < m->npool; i++)
+        curl_easy_cleanup(m->pool[i]);
+    for (size_t i = 0; i < m->npubs; i++) {
+        free(m->pubs[i].name);
+        free(m->pubs[i].json);
+    }
+    free(m->pubs);
+    curl_slist_free_all(m->headers);
+    pthread_cond_destroy(&m->wake);
+    pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->pool_lock);
+    free(m);
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static int etcd_create(const char *url, const char *prefix, unsigned ttl_s, unsigned timeout_ms, void **out)
+{
+    pthread_once(&curl_once, curl_init_once);
+    struct etcd_meta *m = calloc(1, sizeof *m);
+    if (!m)
+        return ferry_fail(FERRY_ENOMEM, "etcd metadata");
+    pthread_mutex_init(&m->pool_lock, NULL);
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = parse_url(m, url);
+    if (!rc && (!prefix || strlen(prefix) >= sizeof m->prefix))
+        rc = ferry_fail(FERRY_EINVAL, "metadata_prefix is missing or longer than %zu", sizeof m->prefix - 1);
+    if (!rc && ttl_s == 0)
+        rc = ferry_fail(FERRY_EINVAL, "%s: metadata_ttl_s must be at least 1", m->url);
+    if (rc) {
+        etcd_destroy(m);
+        return rc;
+    }
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
+    m->ttl_s = ttl_s;
+    m->timeout_ms = timeout_ms ? (long)timeout_ms : 5000;
+    m->connect_ms = m->timeout_ms < 1000 ? m->timeout_ms : 1000;
+    m->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *more = m->headers ? curl_slist_append(m->headers, "Expect:") : NULL; /* no 100-continue wait */
+    if (!more)
+        rc = ferry_fail(FERRY_ENOMEM, "etcd metadata");
+    /* the lease is granted now: it proves the store is reachable */
+    if (!rc && (rc = lease_grant(m)) != 0)
+        rc = ferry_fail(rc, "cannot use the metadata server: %s", ferry_last_error());
+    if (!rc && pthread_create(&m->thread, NULL, keepalive_main, m) != 0)
+        rc = ferry_fail(FERRY_EIO, "%s: cannot start the keepalive thread", m->url);
+    if (rc) {
+        etcd_destroy(m);
+        return rc;
+    }
+    m->thread_started = true;
+    *out = m;
+    return 0;
+}
+
+static struct published *find_pub(struct etcd_meta *m, const char *name)
+{
+    for (size_t i = 0; i < m->npubs; i++)
+        if (strcmp(m->pubs[i].name, name) == 0)
+            return &m->pubs[i];
+    return NULL;
+}
+
+static int etcd_publish(void *mp, const char *name, const char *json)
+{
+    struct etcd_meta *m = mp;
+    char *copy = strdup(json);
+    if (!copy)
+        return ferry_fail(FERRY_ENOMEM, "publish %s", name);
+    pthread_mutex_lock(&m->lock);
+    struct published *p = find_pub(m, name);
+    if (!p) {
+        struct published *n = realloc(m->pubs, (m->npubs + 1) * sizeof *n);
+        char *nm = strdup(name);
+        if (!n || !nm) {
+            if (n)
+                m->pubs = n;
+            free(nm);
+            free(copy);
+            pthread_mutex_unlock(&m->lock);
+            return ferry_fail(FERRY_ENOMEM, "publish %s", name);
+        }
+        m->pubs = n;
+        p = &m->pubs[m->npubs++];
+        p->name = nm;
+        p->json = NULL;
+    }
+    free(p->json);
+    p->json = copy;
+    int rc = put_with_lease(m, name, json);
+    if (rc) {
+        m->dirty = true; /* the keepalive thread puts it once etcd answers */
+        rc = ferry_fail(rc, "publish %s: %s (will retry)", name, ferry_last_error());
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+static int etcd_unpublish(void *mp, const char *name)
+{
+    struct etcd_meta *m = mp;
+    pthread_mutex_lock(&m->lock);
+    struct published *p = find_pub(m, name);
+    if (p) {
+        free(p->name);
+        free(p->json);
+        *p = m->pubs[--m->npubs];
+    }
+    char *key = key_of(m, name);
+    int rc = key ? etcd_callf(m, "/v3/kv/deleterange", NULL, "{\"key\":\"%s\"}", key)
+                 : ferry_fail(FERRY_ENOMEM, "unpublish %s", name);
+    free(key);
+    if (!m->npubs && m->lease[0] && rc != FERRY_ECONN) { /* unreachable: the lease expires by itself */
+        int rrc = etcd_callf(m, "/v3/lease/revoke", NULL, "{\"ID\":\"%s\"}", m->lease);
+        if (rrc && rrc != FERRY_ENOSEG && !rc)
+            rc = rrc;
+        m->lease[0] = '\0';
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+static int etcd_lookup(void *mp, const char *name, char **json, size_t *len)
+{
+    struct etcd_meta *m = mp;
+    char *key = key_of(m, name);
+    if (!key)
+        return ferry_fail(FERRY_ENOMEM, "lookup %s", name);
+    cJSON *j = NULL;
+    int rc = etcd_callf(m, "/v3/kv/range", &j, "{\"key\":\"%s\"}", key);
+    free(key);
+    if (rc)
+        return ferry_fail(FERRY_ENOSEG, "segment %s: lookup failed: %s", name, ferry_last_error());
+    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(j, "kvs");
+    const cJSON *value = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(kvs, 0), "value");
+    if (!cJSON_GetArraySize(kvs))
+        rc = ferry_fail(FERRY_ENOSEG, "segment %s is not published in %s (key \"%s%s\")", name, m->url, m->prefix,
+                        name);
+    else if (!cJSON_IsString(value))
+        rc = ferry_fail(FERRY_EPROTO, "segment %s: etcd entry has no value", name);
+    else if ((rc = base64_decode(value->valuestring, json, len)) != 0)
+        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+    cJSON_Delete(j);
+    return rc;
+}
+
+const struct meta_ops ferry_meta_etcd = {
+    .scheme = ETCD_SCHEME,
+    .create = etcd_create,
+    .destroy = etcd_destroy,
+    .publish = etcd_publish,
+    .unpublish = etcd_unpublish,
+    .lookup = etcd_lookup,
+};
+
+#else
+typedef int ferry_etcd_not_built; /* ISO C wants a declaration in every file */
+#endif /* FERRY_HAVE_ETCD */
