@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 
 #include "err.h"
@@ -227,6 +228,40 @@ static void retire(struct staging_pool *p, struct chunk *c)
     end_frame(orig, 0, refused, msg);
 }
 
+/* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
+ * on the next frame, and blocking on the oldest copy leaves new work queued;
+ * so the worker polls briefly before it sleeps or blocks. */
+#define IDLE_SPIN_NS 50000u
+#define COPY_POLL_NS 200000u
+
+static bool work_ready(struct staging_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool more = (p->waiting_head && p->free_list) || p->arrived_head || p->stopping;
+    pthread_mutex_unlock(&p->lock);
+    return more;
+}
+
+/* Retires the oldest copy if it is done, or once nothing else is ready to be
+ * issued; returns whether it did. */
+static bool retire_oldest(struct staging_pool *p, struct chunk **head, struct chunk **tail)
+{
+    uint64_t start = now_ns();
+    while (p->ops->stream_query((*head)->stream) == FERRY_EBUSY) {
+        if (work_ready(p))
+            return false;               /* issue new work first, come back */
+        if (now_ns() - start > COPY_POLL_NS)
+            break;                      /* long copy: block in retire() */
+        sched_yield();
+    }
+    struct chunk *c = *head;
+    *head = c->next;
+    if (!*head)
+        *tail = NULL;
+    retire(p, c);
+    return true;
+}
+
 /* The worker keeps the copy engine fed: every time the oldest copy retires
  * it first queues whatever became ready (new frames for free chunks, READ
  * payload that arrived), so copies stay back to back on the link while the
@@ -236,6 +271,7 @@ static void *worker_main(void *arg)
     struct staging_pool *p = arg;
     struct chunk **taken = calloc(p->nchunks, sizeof *taken);
     struct chunk *head = NULL, *tail = NULL; /* copies in flight, oldest first */
+    uint64_t idle_since = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->stopping || p->waiting_head || head) {
         struct xfer_frame *expired = NULL;
@@ -245,6 +281,15 @@ static void *worker_main(void *arg)
         if (!n && !arrived && !expired && !head) {
             if (p->stopping)
                 break;
+            uint64_t t = now_ns();
+            if (!idle_since)
+                idle_since = t;
+            if (t - idle_since < IDLE_SPIN_NS) {
+                pthread_mutex_unlock(&p->lock);
+                sched_yield();
+                pthread_mutex_lock(&p->lock);
+                continue;
+            }
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_nsec += 50 * 1000000L; /* re-check deadlines of waiting frames */
@@ -253,8 +298,10 @@ static void *worker_main(void *arg)
                 until.tv_nsec -= 1000000000L;
             }
             pthread_cond_timedwait(&p->cond, &p->lock, &until);
+            idle_since = 0;
             continue;
         }
+        idle_since = 0;
         pthread_mutex_unlock(&p->lock);
         for (struct xfer_frame *f = expired, *next; f; f = next) {
             next = f->next;
@@ -266,13 +313,8 @@ static void *worker_main(void *arg)
             next = c->next;
             issue(p, c, &head, &tail);
         }
-        if (head) {
-            struct chunk *c = head;
-            head = c->next;
-            if (!head)
-                tail = NULL;
-            retire(p, c);
-        }
+        if (head)
+            retire_oldest(p, &head, &tail);
         pthread_mutex_lock(&p->lock);
     }
     pthread_mutex_unlock(&p->lock);
