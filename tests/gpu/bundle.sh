@@ -9,8 +9,12 @@ bash scripts/deps.sh
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-gpu -j"$(nproc)" >/dev/null
 mkdir -p build-gpu/lib build-gpu/bin
-for lib in libcjson.so.1 libcmocka.so.0 libiperf.so.0 libsctp.so.1; do
-  cp -L "/lib/x86_64-linux-gnu/$lib" build-gpu/lib/
+# every shared library the binaries need beyond glibc (the GPU image has
+# none of Debian's -dev packages' runtime libraries)
+for bin in build-gpu/ferry-bench build-gpu/tests/test_staging build-gpu/staging_bench "$(command -v iperf3)"; do
+  ldd "$bin" | awk '/=> \//{print $3}'
+done | sort -u | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' | while read -r lib; do
+  cp -L "$lib" build-gpu/lib/
 done
 cp "$(command -v iperf3)" build-gpu/bin/
 echo "build-gpu ready"
