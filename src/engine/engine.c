@@ -19,7 +19,12 @@
 #include "log.h"
 #include "net.h"
 
-static const struct transport_ops *const known_transports[] = {&ferry_tcp_transport};
+static const struct transport_ops *const known_transports[] = {
+    &ferry_tcp_transport,
+#ifdef FERRY_HAVE_RDMA
+    &ferry_rdma_transport,
+#endif
+};
 
 /* ------------------------------------------------------------ device copies */
 
@@ -589,6 +594,12 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
     free(json);
     if (rc) {
         rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+        segment_free(e, s);
+        return rc;
+    }
+    if (e->meta != &ferry_meta_p2p && strcmp(s->desc.name, name) != 0) {
+        /* a store entry under one name that describes another engine */
+        rc = ferry_fail(FERRY_EPROTO, "segment %s: the stored descriptor names segment %s", name, s->desc.name);
         segment_free(e, s);
         return rc;
     }
