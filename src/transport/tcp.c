@@ -49,6 +49,7 @@ struct tcp_conn {
     pthread_cond_t cond;
     struct xfer_frame *sendq_head, *sendq_tail; /* waiting to be written */
     struct xfer_frame *pend_head, *pend_tail;   /* written, awaiting response */
+    struct xfer_frame *sending;                  /* frame the sender is writing now */
     int broken;                                  /* 0 or the error that broke it */
     char broken_msg[160];
     atomic_int threads_done;
@@ -110,6 +111,13 @@ struct tcp_transport {
 static void frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
     struct tcp_transport *t = c->peer->t;
+    /* A response can arrive before sendmsg has returned on the sender; the
+     * frame's memory must outlive the send, so wait for it (briefly: the
+     * peer has read the bytes already, or the socket is shut down). */
+    pthread_mutex_lock(&c->lock);
+    while (c->sending == f)
+        pthread_cond_wait(&c->cond, &c->lock);
+    pthread_mutex_unlock(&c->lock);
     atomic_fetch_sub(&c->inflight_bytes, f->bytes);
     if (err == 0 && refused == 0) {
         atomic_fetch_add(&t->completed, 1);
@@ -352,8 +360,14 @@ static void *sender_main(void *arg)
             c->sendq_tail = NULL;
         f->wire_id = c->next_id++;
         queue_push(&c->pend_head, &c->pend_tail, f);
+        c->sending = f;
         pthread_mutex_unlock(&c->lock);
-        if ((rc = send_frame(c, f))) {
+        rc = send_frame(c, f);
+        pthread_mutex_lock(&c->lock);
+        c->sending = NULL;
+        pthread_cond_broadcast(&c->cond);
+        pthread_mutex_unlock(&c->lock);
+        if (rc) {
             conn_mark_broken(c, rc, ferry_last_error());
             break;
         }
@@ -514,7 +528,7 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             queue_push(&c->sendq_head, &c->sendq_tail, f);
-            pthread_cond_signal(&c->cond);
+            pthread_cond_broadcast(&c->cond); /* the cond also wakes frame_end */
             pthread_mutex_unlock(&c->lock);
             return;
         }
