@@ -6,7 +6,7 @@ set -euo pipefail
 # iproute2/nftables: tests/net (namespaces, link cuts, loss, tbf)
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev libcjson-dev libcmocka-dev iperf3 python3
       libcurl4-openssl-dev libhiredis-dev etcd-server etcd-client redis-server redis-tools
-      iproute2 nftables)
+      iproute2 nftables python3-dev python3-pytest python3-numpy python3-setuptools python3-wheel)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -12,6 +12,10 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure -j2 --timeout 600)
 
+echo "== python package and pytest"
+FERRY_BUILD_DIR=build python/build.sh
+/usr/bin/python3 -m pytest -q -rs -p no:cacheprovider tests/python
+
 echo "== build with ASan+UBSan and test"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"

@@ -1,0 +1,182 @@
+/*
+ * pyferry.h — what the C files of the `ferry._ferry` extension share: the
+ * engine object, error helpers, argument conversion and the managed-buffer
+ * slab.  The extension uses only the public API in ferry.h.
+ *
+ * Files: _ferry.c (module, errors, constants, argument parsing), engine.c
+ * (TransferEngine type: lifecycle, segments, stats), memory.c (registration,
+ * managed buffers), transfer.c
+ * (sync and batch transfers, batch table), convert.c (Python objects to
+ * addresses and request arrays), slab.c (managed buffers).
+ */
+#ifndef PYFERRY_H
+#define PYFERRY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <ferry.h>
+
+/* ---------------------------------------------------------------- engine object */
+
+struct slab;
+
+typedef struct {
+    PyObject_HEAD
+    ferry_engine *engine;       /* NULL before initialize() and after close() */
+    int closed;
+    /* Readers: every call that uses `engine`; writer: close()/dealloc.  Taken
+     * with the GIL released when it may block. */
+    pthread_rwlock_t life;
+    PyObject *segments;         /* dict: segment name (str) -> handle (int) */
+    PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
+    PyObject *regs;             /* dict: address (int) -> capsule(struct local_ref), objects kept alive */
+    uint64_t next_batch_id;
+    pthread_mutex_t slab_lock;  /* guards creating `slab` */
+    struct slab *slab;          /* managed buffers; created on first allocate */
+    size_t managed_pool_size;
+} EngineObject;
+
+extern PyTypeObject Engine_Type;
+/* Fills the method table (engine.c + transfer.c) and readies the type. */
+int engine_type_ready(void);
+
+/* Module-level objects created in _ferry.c. */
+extern PyObject *FerryError;
+extern PyTypeObject *RequestStatus_Type;
+extern PyTypeObject *Notification_Type;
+
+/* ---------------------------------------------------------------- errors */
+
+/* Raises FerryError(code) whose message is `detail` (or ferry's thread-local
+ * detail message when detail is NULL) plus the code's name and text.  The
+ * exception carries .code, .name, .detail.  Returns NULL. */
+PyObject *raise_ferry(int code, const char *detail);
+/* Same, formatted. */
+PyObject *raise_ferry_fmt(int code, const char *fmt, ...);
+/* Remembers a failure reported through a negative return value, so that
+ * ferry.last_error() can explain it.  detail NULL: ferry_last_error(). */
+void note_failure(int code, const char *detail);
+/* Is `code`, returned by a call that validates its arguments before doing
+ * anything (open, register, submit), an error in the call itself (raise)
+ * rather than a failure of the transfer (negative return)? */
+int is_call_error(int code);
+
+/* Raises unless the engine is usable; takes the read side of `life` on success
+ * (release with engine_leave). */
+int engine_enter(EngineObject *self);
+void engine_leave(EngineObject *self);
+
+/* ---------------------------------------------------------------- arguments */
+
+/* Parses vectorcall arguments by position or keyword into out[0..n) (NULL for
+ * absent optional ones).  names is a NULL-terminated list; the first `required`
+ * are required.  Returns 0, or -1 with TypeError set. */
+int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               const char *const *names, int required, PyObject **out);
+
+/* ---------------------------------------------------------------- conversion */
+
+#define LOCATION_MAX 32
+
+/* One local buffer argument resolved to an address: an int, an object with the
+ * buffer protocol (the view is held), or a torch-like tensor (a reference is
+ * held).  len is 0 when unknown (an int address). */
+struct local_ref {
+    uintptr_t addr;
+    size_t len;
+    char location[LOCATION_MAX];  /* "" when not known from the object */
+    int has_view;
+    Py_buffer view;
+    PyObject *keep;               /* tensor kept alive, or NULL */
+};
+
+/* Largest length accepted anywhere: above any user-space address range. */
+#define MAX_LENGTH (1ull << 47)
+
+/* Resolves obj; writable asks for a writable buffer (READ destinations,
+ * registrations).  Returns 0, or -1 with TypeError/ValueError/BufferError set. */
+int local_ref_get(PyObject *obj, int writable, struct local_ref *out);
+void local_ref_release(struct local_ref *r);
+
+/* Converts an int-like to a non-negative address / length; `what` names the
+ * argument in the error message.  Return 0 or -1 with an exception set. */
+int to_u64(PyObject *obj, const char *what, uint64_t *out);
+/* Length rules: None takes the buffer's size (if known); else 1..MAX_LENGTH and
+ * at most the buffer's size. */
+int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, size_t *out);
+
+/* A batch's requests built from three Python sequences in one pass. */
+struct req_array {
+    struct ferry_request *reqs;
+    size_t n;
+    struct local_ref *refs;       /* per request, allocated only if some buffer is an object */
+};
+/* buffers: sequence of ints / buffer objects / tensors; peers: sequence of ints;
+ * lengths: sequence of ints, one int for all, or None (each buffer object's size). */
+int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObject *buffers,
+                    PyObject *peers, PyObject *lengths);
+void req_array_release(struct req_array *a);
+
+/* Notification argument: None, bytes-like or str (UTF-8), at most 4096 bytes.
+ * On success *buf is set (release with PyBuffer_Release if *has). */
+int notify_get(PyObject *obj, Py_buffer *buf, int *has);
+
+/* ---------------------------------------------------------------- segments */
+
+/* Looks name up in the engine's cache, opening it (GIL released) on a miss.
+ * Returns 0 or -1 with FerryError/TypeError set. */
+int segment_lookup(EngineObject *self, PyObject *name, ferry_segment_t *out);
+
+/* ---------------------------------------------------------------- transfers (transfer.c) */
+
+/* Frees every batch of the engine: caller holds the write side of `life`,
+ * without the GIL; ids/records are detached by batches_detach first. */
+struct pybatch;
+struct pybatch **batches_detach(EngineObject *self, size_t *count);
+void pybatch_free_nogil(struct pybatch *b);
+void pybatch_release_refs(struct pybatch *b);
+
+extern PyMethodDef transfer_methods[];
+extern PyMethodDef memory_methods[];     /* memory.c */
+
+/* A str argument or NULL (None, absent, ""); sets *err and raises TypeError
+ * for anything else.  (engine.c) */
+const char *opt_str(PyObject *o, const char *what, int *err);
+
+/* ---------------------------------------------------------------- slab (slab.c) */
+
+/* Managed buffers: one host region of `size` bytes (rounded up to the largest
+ * class), registered with the engine on creation, cut by a buddy allocator
+ * into power-of-two blocks from SLAB_MIN to SLAB_MAX; larger requests get a
+ * region of their own.  Thread-safe.  Metadata lives outside the region. */
+#define SLAB_MIN_SHIFT 12   /* 4 KiB */
+#define SLAB_MAX_SHIFT 24   /* 16 MiB */
+
+/* Creates the slab and registers its region.  Returns 0 or a FERRY_E* code
+ * (detail message set).  Call without the GIL. */
+int slab_create(ferry_engine *engine, size_t size, struct slab **out);
+/* Unregisters nothing (the engine is gone or going) and unmaps everything. */
+void slab_destroy(struct slab *s);
+/* Returns the address of a block of at least len bytes, or 0 (slab_last_error
+ * says why: pool exhausted, or registering a large block failed). */
+uintptr_t slab_alloc(struct slab *s, ferry_engine *engine, size_t len);
+/* Frees a block; len must be the length it was allocated with.  Returns 0,
+ * FERRY_EINVAL (not a live block / length mismatch). */
+int slab_free(struct slab *s, ferry_engine *engine, uintptr_t addr, size_t len);
+/* Is [addr, addr+len) inside one live managed block?  Returns 0 when the
+ * range is not in the slab region at all or lies inside a live block;
+ * FERRY_ENOTREG when it touches a freed block or runs past its block. */
+int slab_check(struct slab *s, uintptr_t addr, size_t len);
+/* Checks every request of an array under one lock; returns 0 or the index+1
+ * of the first bad one (detail message set). */
+size_t slab_check_requests(struct slab *s, const struct ferry_request *reqs, size_t n);
+/* The calling thread's message for the last slab failure. */
+const char *slab_last_error(void);
+/* Region statistics for managed_buffer_info(). */
+void slab_info(struct slab *s, uintptr_t *base, size_t *size, size_t *used, size_t *large_count);
+
+#endif

@@ -1,0 +1,673 @@
+/*
+ * transfer.c — the transfer methods of TransferEngine: sync and batch WRITE /
+ * READ, async batches with ids, statuses.
+ *
+ * Every transfer is one ferry batch: the requests are converted in one pass
+ * (convert.c), checked against the managed-buffer slab, then allocated,
+ * submitted and (for the sync calls) waited on in one stretch with the GIL
+ * released.  Async batches live in self->batches (id -> capsule) together with
+ * the buffer views and tensors they use, until get_batch_transfer_status,
+ * transfer_check_status or free_batch collects them.
+ *
+ * Return convention: errors in the call (types, values, unknown segment,
+ * unregistered or freed local memory, remote range outside the peer's
+ * buffers) raise before anything is sent; a transfer that fails after it was
+ * accepted returns its negative FERRY_E* code.
+ */
+#include "pyferry.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+struct pybatch {
+    ferry_batch *batch;
+    size_t n;
+    struct local_ref *refs;     /* n entries or NULL: views and tensors in use */
+};
+
+enum stage { STAGE_OK, STAGE_SUBMIT, STAGE_WAIT };
+
+/* The outcome of running a batch, and the message of its first failure. */
+struct outcome {
+    int rc;
+    enum stage stage;
+    char why[512];
+};
+
+static void outcome_fail(struct outcome *o, int rc, enum stage stage)
+{
+    o->rc = rc;
+    o->stage = stage;
+    snprintf(o->why, sizeof o->why, "%s", ferry_last_error());
+}
+
+/* Converts an outcome to the Python result: 0, a negative code, or raises. */
+static PyObject *outcome_result(const struct outcome *o)
+{
+    if (!o->rc)
+        return PyLong_FromLong(0);
+    if (o->stage == STAGE_SUBMIT && is_call_error(o->rc))
+        return raise_ferry(o->rc, o->why);
+    note_failure(o->rc, o->why);
+    return PyLong_FromLong(o->rc);
+}
+
+/* Allocates and submits a batch.  No GIL needed.  On failure nothing is left. */
+static ferry_batch *submit_nogil(ferry_engine *e, const struct ferry_request *reqs, size_t n, const Py_buffer *note,
+                                 struct outcome *o)
+{
+    ferry_batch *b = NULL;
+    int rc = ferry_batch_alloc(e, n, &b);
+    if (!rc && note)
+        rc = ferry_batch_set_notify(b, note->buf, (size_t)note->len);
+    if (!rc)
+        rc = ferry_batch_submit(b, reqs, n);
+    if (rc) {
+        outcome_fail(o, rc, STAGE_SUBMIT);
+        ferry_batch_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Raises if a request touches a freed managed buffer. */
+static int check_managed(EngineObject *self, const struct ferry_request *reqs, size_t n)
+{
+    struct slab *s = __atomic_load_n(&self->slab, __ATOMIC_ACQUIRE);
+    if (!s)
+        return 0;
+    size_t bad = slab_check_requests(s, reqs, n);
+    if (!bad)
+        return 0;
+    raise_ferry_fmt(FERRY_ENOTREG, "request %zu: %s", bad - 1, slab_last_error());
+    return -1;
+}
+
+static int opcode_arg(PyObject *obj, int *out)
+{
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v != FERRY_READ && v != FERRY_WRITE) {
+        PyErr_Format(PyExc_ValueError, "opcode must be READ (0) or WRITE (1), got %ld", v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- batch table */
+
+/* Stores b under a new id and returns the id (or NULL, b untouched). */
+static PyObject *batch_store(EngineObject *self, struct pybatch *b)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(self->next_batch_id++);
+    PyObject *cap = key ? PyCapsule_New(b, "ferry.batch", NULL) : NULL;
+    if (!cap || PyDict_SetItem(self->batches, key, cap)) {
+        Py_XDECREF(key), Py_XDECREF(cap);
+        return NULL;
+    }
+    Py_DECREF(cap);
+    return key;
+}
+
+static struct pybatch *batch_find(EngineObject *self, PyObject *id, int pop)
+{
+    if (!PyLong_Check(id)) {
+        PyErr_Format(PyExc_TypeError, "batch id must be an int, not %.80s", Py_TYPE(id)->tp_name);
+        return NULL;
+    }
+    PyObject *cap = PyDict_GetItemWithError(self->batches, id);
+    if (!cap) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "unknown batch id %R (never returned, or already collected)", id);
+        return NULL;
+    }
+    struct pybatch *b = PyCapsule_GetPointer(cap, "ferry.batch");
+    if (b && pop && PyDict_DelItem(self->batches, id))
+        return NULL;
+    return b;
+}
+
+struct pybatch **batches_detach(EngineObject *self, size_t *count)
+{
+    *count = 0;
+    if (!self->batches)
+        return NULL;
+    Py_ssize_t n = PyDict_Size(self->batches), pos = 0;
+    struct pybatch **out = PyMem_Malloc(((size_t)n + 1) * sizeof *out);
+    if (!out)
+        return NULL; /* leaks the batches rather than freeing them under a running request */
+    PyObject *key, *cap;
+    while (PyDict_Next(self->batches, &pos, &key, &cap))
+        out[(*count)++] = PyCapsule_GetPointer(cap, "ferry.batch");
+    PyDict_Clear(self->batches);
+    return out;
+}
+
+void pybatch_free_nogil(struct pybatch *b)
+{
+    ferry_batch_free(b->batch);
+    b->batch = NULL;
+}
+
+void pybatch_release_refs(struct pybatch *b)
+{
+    struct req_array a = {NULL, b->n, b->refs};
+    req_array_release(&a);
+    PyMem_Free(b);
+}
+
+/* ---------------------------------------------------------------- sync */
+
+/* One transfer of one buffer: args (target, buffer, peer, length, notify). */
+static PyObject *sync_one(EngineObject *self, int opcode, PyObject *target, PyObject *buffer, PyObject *peer,
+                          PyObject *length, PyObject *notify)
+{
+    struct ferry_request q = {.opcode = opcode};
+    struct local_ref r;
+    uint64_t peer_addr;
+    Py_buffer note;
+    int has_note = 0;
+    if (to_u64(peer, "peer_buffer_address", &peer_addr) || local_ref_get(buffer, opcode == FERRY_READ, &r))
+        return NULL;
+    if (resolve_length(length, &r, "length", &q.length) || notify_get(notify, &note, &has_note)) {
+        local_ref_release(&r);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (engine_enter(self))
+        goto out;
+    q.source = (void *)r.addr;
+    q.target_offset = peer_addr;
+    if (segment_lookup(self, target, &q.target) || check_managed(self, &q, 1)) {
+        engine_leave(self);
+        goto out;
+    }
+    struct outcome o = {0};
+    ferry_engine *e = self->engine;
+    Py_BEGIN_ALLOW_THREADS
+    ferry_batch *b = submit_nogil(e, &q, 1, has_note ? &note : NULL, &o);
+    if (b) {
+        int rc = ferry_batch_wait(b, -1);
+        if (rc)
+            outcome_fail(&o, rc, STAGE_WAIT);
+        ferry_batch_free(b);
+    }
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    result = outcome_result(&o);
+out:
+    if (has_note)
+        PyBuffer_Release(&note);
+    local_ref_release(&r);
+    return result;
+}
+
+static const char *const sync_names[] = {"target_hostname", "buffer", "peer_buffer_address", "length",
+                                         "notify", "transport_hint", NULL};
+
+static PyObject *T_transfer_sync_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[6];
+    if (parse_args("transfer_sync_write", args, nargs, kw, sync_names, 3, a))
+        return NULL;
+    return sync_one(self, FERRY_WRITE, a[0], a[1], a[2], a[3], a[4]);
+}
+
+static PyObject *T_transfer_sync_read(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[6];
+    if (parse_args("transfer_sync_read", args, nargs, kw, sync_names, 3, a))
+        return NULL;
+    return sync_one(self, FERRY_READ, a[0], a[1], a[2], a[3], a[4]);
+}
+
+static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"target_hostname", "buffer", "peer_buffer_address", "length",
+                                        "opcode", "notify", "transport_hint", NULL};
+    PyObject *a[7];
+    int op;
+    if (parse_args("transfer_sync", args, nargs, kw, names, 5, a) || opcode_arg(a[4], &op))
+        return NULL;
+    return sync_one(self, op, a[0], a[1], a[2], a[3], a[5]);
+}
+
+/* ---------------------------------------------------------------- batches */
+
+/* Builds and submits a batch; sync waits and frees it, async stores it.
+ * Returns 0 / negative code (sync), a batch id or 0 (async), or raises. */
+static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *target, PyObject *buffers,
+                           PyObject *peers, PyObject *lengths, PyObject *notify)
+{
+    struct req_array a;
+    Py_buffer note;
+    int has_note = 0;
+    ferry_segment_t seg;
+    PyObject *result = NULL;
+    if (!lengths)
+        lengths = Py_None;
+    if (notify_get(notify, &note, &has_note))
+        return NULL;
+    if (engine_enter(self))
+        goto out_note;
+    if (segment_lookup(self, target, &seg) || req_array_build(&a, opcode, seg, buffers, peers, lengths)) {
+        engine_leave(self);
+        goto out_note;
+    }
+    if (check_managed(self, a.reqs, a.n)) {
+        engine_leave(self);
+        req_array_release(&a);
+        goto out_note;
+    }
+    struct outcome o = {0};
+    ferry_engine *e = self->engine;
+    ferry_batch *b;
+    Py_BEGIN_ALLOW_THREADS
+    b = submit_nogil(e, a.reqs, a.n, has_note ? &note : NULL, &o);
+    if (b && sync) {
+        int rc = ferry_batch_wait(b, -1);
+        if (rc)
+            outcome_fail(&o, rc, STAGE_WAIT);
+        ferry_batch_free(b);
+    }
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    if (sync || !b) {
+        req_array_release(&a);
+        if (!sync && !(o.stage == STAGE_SUBMIT && is_call_error(o.rc))) { /* async: 0 on failure */
+            note_failure(o.rc, o.why);
+            result = PyLong_FromLong(0);
+        } else {
+            result = outcome_result(&o);
+        }
+        goto out_note;
+    }
+    /* async: the record keeps the views alive until the batch is collected */
+    struct pybatch *pb = PyMem_Malloc(sizeof *pb);
+    if (pb) {
+        *pb = (struct pybatch){b, a.n, a.refs};
+        PyMem_Free(a.reqs); /* ferry copied the requests at submit */
+        if (!(result = batch_store(self, pb))) {
+            Py_BEGIN_ALLOW_THREADS
+            ferry_batch_free(b);
+            Py_END_ALLOW_THREADS
+            pybatch_release_refs(pb);
+        }
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        ferry_batch_free(b);
+        Py_END_ALLOW_THREADS
+        req_array_release(&a);
+        PyErr_NoMemory();
+    }
+out_note:
+    if (has_note)
+        PyBuffer_Release(&note);
+    return result;
+}
+
+static const char *const batch_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
+                                          "notify", "transport_hint", NULL};
+static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
+                                             "opcode", "notify", "transport_hint", NULL};
+
+#define BATCH_METHOD(fn, pyname, op, sync)                                                                  \
+    static PyObject *fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)          \
+    {                                                                                                       \
+        PyObject *a[6];                                                                                     \
+        if (parse_args(pyname, args, nargs, kw, batch_names, 3, a))                                         \
+            return NULL;                                                                                    \
+        return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[4]);                                    \
+    }
+BATCH_METHOD(T_batch_transfer_sync_write, "batch_transfer_sync_write", FERRY_WRITE, 1)
+BATCH_METHOD(T_batch_transfer_sync_read, "batch_transfer_sync_read", FERRY_READ, 1)
+BATCH_METHOD(T_batch_transfer_async_write, "batch_transfer_async_write", FERRY_WRITE, 0)
+BATCH_METHOD(T_batch_transfer_async_read, "batch_transfer_async_read", FERRY_READ, 0)
+
+static PyObject *batch_with_opcode(EngineObject *self, const char *name, int sync, PyObject *const *args,
+                                   Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[7];
+    int op;
+    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op))
+        return NULL;
+    return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);
+}
+
+static PyObject *T_batch_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return batch_with_opcode(self, "batch_transfer_sync", 1, args, nargs, kw);
+}
+
+static PyObject *T_batch_transfer_async(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return batch_with_opcode(self, "batch_transfer_async", 0, args, nargs, kw);
+}
+
+static PyObject *T_transfer_submit_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[6];
+    if (parse_args("transfer_submit_write", args, nargs, kw, sync_names, 4, a))
+        return NULL;
+    PyObject *bufs = PyTuple_Pack(1, a[1]), *peers = PyTuple_Pack(1, a[2]), *lens = PyTuple_Pack(1, a[3]);
+    PyObject *r = bufs && peers && lens ? run_batch(self, FERRY_WRITE, 0, a[0], bufs, peers, lens, a[4]) : NULL;
+    Py_XDECREF(bufs), Py_XDECREF(peers), Py_XDECREF(lens);
+    return r;
+}
+
+/* ---------------------------------------------------------------- collecting */
+
+/* Waits for a list of batches and frees them.  Returns 0 if every request
+ * completed, else the first failure's negative code. */
+static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
+{
+    PyObject *seq = PyLong_Check(ids) ? PyTuple_Pack(1, ids) : PySequence_Fast(ids, "batch_ids must be a list of ints");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct pybatch **bs = PyMem_Calloc((size_t)n + 1, sizeof *bs);
+    PyObject *result = NULL;
+    if (!bs) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    if (engine_enter(self))
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) /* validate every id before collecting any */
+        if (!batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 0)) {
+            engine_leave(self);
+            goto out;
+        }
+    Py_ssize_t got = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct pybatch *b = batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 1);
+        if (b)
+            bs[got++] = b;
+        else
+            PyErr_Clear(); /* the same id twice */
+    }
+    struct outcome o = {0};
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < got; i++) {
+        int rc = ferry_batch_wait(bs[i]->batch, -1);
+        if (rc && !o.rc)
+            outcome_fail(&o, rc, STAGE_WAIT);
+    }
+    for (Py_ssize_t i = 0; i < got; i++)
+        pybatch_free_nogil(bs[i]);
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    for (Py_ssize_t i = 0; i < got; i++)
+        pybatch_release_refs(bs[i]);
+    result = outcome_result(&o);
+out:
+    PyMem_Free(bs);
+    Py_DECREF(seq);
+    return result;
+}
+
+static const char *state_name(int state)
+{
+    switch (state) {
+    case FERRY_PENDING: return "PENDING";
+    case FERRY_COMPLETED: return "COMPLETED";
+    case FERRY_FAILED: return "FAILED";
+    case FERRY_TIMEOUT: return "TIMEOUT";
+    default: return "UNUSED";
+    }
+}
+
+static PyObject *status_tuple(const struct ferry_status *st)
+{
+    PyObject *t = PyStructSequence_New(RequestStatus_Type);
+    if (!t)
+        return NULL;
+    PyObject *v[5] = {PyUnicode_FromString(state_name(st->state)), PyLong_FromLong(st->error),
+                      PyUnicode_FromString(ferry_err_name(st->error)),
+                      PyUnicode_DecodeUTF8(st->message, (Py_ssize_t)strnlen(st->message, sizeof st->message),
+                                           "replace"),
+                      PyLong_FromUnsignedLongLong(st->transferred)};
+    for (int i = 0; i < 5; i++) {
+        if (!v[i]) {
+            for (int j = i; j < 5; j++)
+                Py_XDECREF(v[j]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyStructSequence_SetItem(t, i, v[i]);
+    }
+    return t;
+}
+
+static PyObject *T_batch_status(EngineObject *self, PyObject *id)
+{
+    if (engine_enter(self))
+        return NULL;
+    struct pybatch *b = batch_find(self, id, 0);
+    PyObject *list = b ? PyList_New((Py_ssize_t)b->n) : NULL;
+    for (size_t i = 0; list && i < b->n; i++) {
+        struct ferry_status st;
+        memset(&st, 0, sizeof st);
+        ferry_batch_status(b->batch, i, &st);
+        PyObject *t = status_tuple(&st);
+        if (!t)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    engine_leave(self);
+    return list;
+}
+
+/* The reference's poll: 1 completed, 0 running, -1 failed, -2 timed out; a
+ * batch that ended (1, -1, -2) is collected. */
+static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
+{
+    if (engine_enter(self))
+        return NULL;
+    struct pybatch *b = batch_find(self, id, 0);
+    if (!b) {
+        engine_leave(self);
+        return NULL;
+    }
+    int pending = 0, failed = 0, timeout = 0;
+    struct ferry_status st;
+    for (size_t i = 0; i < b->n; i++) {
+        ferry_batch_status(b->batch, i, &st);
+        pending |= st.state == FERRY_PENDING;
+        failed |= st.state == FERRY_FAILED;
+        timeout |= st.state == FERRY_TIMEOUT;
+    }
+    int result = 0;
+    if (!pending) { /* every request ended; a notification may still be on its way */
+        int rc = ferry_batch_wait(b->batch, 0);
+        if (failed || timeout)
+            result = failed ? -1 : -2;
+        else if (rc == 0)
+            result = 1;
+        else if (rc != FERRY_ETIMEDOUT)
+            result = -1;
+        if (result && rc)
+            note_failure(rc, NULL);
+    }
+    if (result) {
+        b = batch_find(self, id, 1);
+        Py_BEGIN_ALLOW_THREADS
+        pybatch_free_nogil(b);
+        Py_END_ALLOW_THREADS
+        pybatch_release_refs(b);
+    }
+    engine_leave(self);
+    return PyLong_FromLong(result);
+}
+
+static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"batch_id", "timeout_ms", NULL};
+    PyObject *a[2];
+    long timeout = -1;
+    if (parse_args("wait_batch", args, nargs, kw, names, 1, a))
+        return NULL;
+    if (a[1] && a[1] != Py_None) {
+        timeout = PyLong_AsLong(a[1]);
+        if (timeout == -1 && PyErr_Occurred())
+            return NULL;
+        if (timeout < -1 || timeout > 0x7fffffff) {
+            PyErr_Format(PyExc_ValueError, "timeout_ms must be -1 (no limit) or 0 .. 2**31-1, got %ld", timeout);
+            return NULL;
+        }
+    }
+    if (engine_enter(self))
+        return NULL;
+    struct pybatch *b = batch_find(self, a[0], 0);
+    if (!b) {
+        engine_leave(self);
+        return NULL;
+    }
+    struct outcome o = {0};
+    Py_BEGIN_ALLOW_THREADS
+    int rc = ferry_batch_wait(b->batch, (int)timeout);
+    if (rc)
+        outcome_fail(&o, rc, STAGE_WAIT);
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    return outcome_result(&o);
+}
+
+static PyObject *T_free_batch(EngineObject *self, PyObject *id)
+{
+    if (engine_enter(self))
+        return NULL;
+    struct pybatch *b = batch_find(self, id, 1);
+    if (b) {
+        Py_BEGIN_ALLOW_THREADS
+        pybatch_free_nogil(b);
+        Py_END_ALLOW_THREADS
+        pybatch_release_refs(b);
+    }
+    engine_leave(self);
+    if (!b)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *T_pending_batches(EngineObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyDict_Keys(self->batches);
+}
+
+/* ---------------------------------------------------------------- benchmark hook */
+
+static double clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* _bench_sync_loop(target, addr, peer, length, iterations) -> (wall_ns, cpu_ns):
+ * what `iterations` transfer_sync_write calls do in C, without Python around
+ * them, on this engine and its connections (bench/python_overhead.py). */
+static PyObject *T_bench_sync_loop(EngineObject *self, PyObject *args)
+{
+    PyObject *target;
+    unsigned long long addr, peer, len;
+    Py_ssize_t iterations;
+    if (!PyArg_ParseTuple(args, "OKKKn:_bench_sync_loop", &target, &addr, &peer, &len, &iterations))
+        return NULL;
+    struct ferry_request q = {.opcode = FERRY_WRITE, .source = (void *)(uintptr_t)addr, .target_offset = peer,
+                              .length = (size_t)len};
+    if (engine_enter(self))
+        return NULL;
+    if (segment_lookup(self, target, &q.target)) {
+        engine_leave(self);
+        return NULL;
+    }
+    struct outcome o = {0};
+    ferry_engine *e = self->engine;
+    double wall, cpu;
+    Py_BEGIN_ALLOW_THREADS
+    double t0 = clock_ns(CLOCK_MONOTONIC), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    for (Py_ssize_t i = 0; i < iterations && !o.rc; i++) {
+        ferry_batch *b = submit_nogil(e, &q, 1, NULL, &o);
+        if (b) {
+            int rc = ferry_batch_wait(b, -1);
+            if (rc)
+                outcome_fail(&o, rc, STAGE_WAIT);
+            ferry_batch_free(b);
+        }
+    }
+    wall = clock_ns(CLOCK_MONOTONIC) - t0;
+    cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    if (o.rc)
+        return raise_ferry(o.rc, o.why);
+    return Py_BuildValue("(dd)", wall, cpu);
+}
+
+/* ---------------------------------------------------------------- table */
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+#define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
+PyMethodDef transfer_methods[] = {
+    M("transfer_sync_write", T_transfer_sync_write, FASTKW,
+      "transfer_sync_write(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
+      "WRITEs length bytes from buffer (int address, buffer object or tensor; length defaults to\n"
+      "its size) to peer_buffer_address in segment target_hostname and waits.  Returns 0, or a\n"
+      "negative FERRY_E* code if the transfer failed (ferry.last_error() says why).  Raises\n"
+      "TypeError/ValueError for bad arguments, FerryError for an unknown segment (FERRY_ENOSEG),\n"
+      "unregistered or freed local memory (FERRY_ENOTREG), a remote range outside the peer's\n"
+      "buffers (FERRY_ERANGE).  The GIL is released while waiting."),
+    M("transfer_sync_read", T_transfer_sync_read, FASTKW,
+      "transfer_sync_read(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
+      "READs into buffer; otherwise as transfer_sync_write."),
+    M("transfer_sync", T_transfer_sync, FASTKW,
+      "transfer_sync(target_hostname, buffer, peer_buffer_address, length, opcode, notify=None) -> int"),
+    M("batch_transfer_sync_write", T_batch_transfer_sync_write, FASTKW,
+      "batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int\n\n"
+      "One batch (one C call, GIL released) of WRITEs; lengths may be a list, one int for all, or\n"
+      "None (each buffer object's size).  notify: bytes/str (<= 4096) delivered to the target after\n"
+      "all data is there.  Returns 0 or the first failure's negative code; raises as\n"
+      "transfer_sync_write for bad arguments."),
+    M("batch_transfer_sync_read", T_batch_transfer_sync_read, FASTKW,
+      "batch_transfer_sync_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int"),
+    M("batch_transfer_sync", T_batch_transfer_sync, FASTKW,
+      "batch_transfer_sync(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> int"),
+    M("batch_transfer_async_write", T_batch_transfer_async_write, FASTKW,
+      "batch_transfer_async_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None)\n"
+      "-> batch id (> 0), or 0 if submitting failed at run time.  Collect it with\n"
+      "get_batch_transfer_status([id]), transfer_check_status(id) or free_batch(id); buffer\n"
+      "objects stay referenced until then."),
+    M("batch_transfer_async_read", T_batch_transfer_async_read, FASTKW,
+      "batch_transfer_async_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> id"),
+    M("batch_transfer_async", T_batch_transfer_async, FASTKW,
+      "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> id"),
+    M("transfer_submit_write", T_transfer_submit_write, FASTKW,
+      "transfer_submit_write(target_hostname, buffer, peer_buffer_address, length) -> batch id"),
+    M("get_batch_transfer_status", T_get_batch_transfer_status, METH_O,
+      "get_batch_transfer_status(batch_ids) -> int\n\n"
+      "Waits (GIL released) for every batch in the list, frees them, and returns 0 if all\n"
+      "requests completed, else the first failure's negative FERRY_E* code.  Raises ValueError\n"
+      "for an unknown id (nothing is collected then)."),
+    M("transfer_check_status", T_transfer_check_status, METH_O,
+      "transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out.\n"
+      "Non-blocking; a batch that ended is collected."),
+    M("batch_status", T_batch_status, METH_O,
+      "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
+      "per request, in submit order; non-blocking; the batch stays."),
+    M("wait_batch", T_wait_batch, FASTKW,
+      "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
+      "ran out; the batch goes on).  The batch stays; free it with free_batch."),
+    M("free_batch", T_free_batch, METH_O,
+      "free_batch(batch_id) -> None: waits for its requests to end and releases its buffers."),
+    M("pending_batches", T_pending_batches, METH_NOARGS, "pending_batches() -> [batch ids not yet collected]"),
+    M("_bench_sync_loop", T_bench_sync_loop, METH_VARARGS,
+      "_bench_sync_loop(target, addr, peer, length, n) -> (wall_ns, cpu_ns) of n sync WRITEs done in C\n"
+      "(for bench/python_overhead.py: the same work as transfer_sync_write, minus Python)."),
+    {NULL, NULL, 0, NULL},
+};
