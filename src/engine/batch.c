@@ -298,14 +298,18 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
             return ferry_fail(FERRY_ERANGE, "request %zu: remote range 0x%llx+%zu is outside every buffer of %s", i,
                               (unsigned long long)q->target_offset, q->length, s->name);
         }
-        int route = -1;
-        for (size_t t = 0; t < e->ntransports && route < 0; t++)
-            if (s->peer[t] && e->tops[t]->can_access(e->tstate[t], &locals[i]))
+        int route = -1; /* the best-ranked transport that reaches both sides */
+        for (size_t t = 0; t < e->ntransports; t++)
+            if (s->peer[t] && e->tops[t]->can_access(e->tstate[t], &locals[i]) &&
+                (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
                 route = (int)t;
         int pool = route < 0 ? engine_pool_index(e, locals[i].location) : -1;
+        int staged = -1; /* staged: the transport sees only the pool's host chunks */
         for (size_t t = 0; t < e->ntransports && route < 0 && pool >= 0; t++)
-            if (s->peer[t]) /* staged: the transport sees only the pool's host chunks */
-                route = ROUTE_STAGED((int)t, pool);
+            if (s->peer[t] && (staged < 0 || e->tops[t]->rank < e->tops[staged]->rank))
+                staged = (int)t;
+        if (staged >= 0)
+            route = ROUTE_STAGED(staged, pool);
         if (route < 0)
             return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
                               "and it has no staging pool", i, s->name, locals[i].location);

@@ -933,6 +933,7 @@ static void tcp_stats(void *tp, struct ferry_transport_stats *out)
 
 const struct transport_ops ferry_tcp_transport = {
     .name = "tcp",
+    .rank = 100,
     .create = tcp_create,
     .destroy = tcp_destroy,
     .describe = tcp_describe,

@@ -65,6 +65,9 @@ struct transport_host {
 
 struct transport_ops {
     const char *name;
+    /* Preference when several transports reach a peer: lower wins (rdma 0,
+     * shm 10, tcp 100), whatever order the protocols were listed in. */
+    int rank;
     /* Starts listening.  *out receives the transport's state. */
     int (*create)(const struct transport_host *host, void **out);
     /* Stops, fails every unfinished frame with FERRY_ECANCELED, frees. */
@@ -90,5 +93,8 @@ struct transport_ops {
 };
 
 extern const struct transport_ops ferry_tcp_transport;
+#ifdef FERRY_HAVE_RDMA
+extern const struct transport_ops ferry_rdma_transport; /* rdma.c: libibverbs */
+#endif
 
 #endif
