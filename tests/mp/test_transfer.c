@@ -138,6 +138,47 @@ static void test_notification_after_data(void **state)
     assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), -1);
 }
 
+static void notify_once(struct fixture *f, const char *msg)
+{
+    ferry_batch *b;
+    struct ferry_request r = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    assert_int_equal(ferry_batch_set_notify(b, msg, strlen(msg)), 0);
+    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    assert_int_equal(ferry_batch_wait(b, 60000), 0);
+    ferry_batch_free(b);
+}
+
+static int setup_small_queue(void **state)
+{
+    setenv("FERRY_NOTIFY_QUEUE_MAX", "2", 1); /* read by the target process */
+    int rc = setup(state);
+    unsetenv("FERRY_NOTIFY_QUEUE_MAX");
+    return rc;
+}
+
+static void test_notification_queue_drops_oldest(void **state)
+{
+    struct fixture *f = *state;
+    notify_once(f, "one");
+    notify_once(f, "two");
+    notify_once(f, "three");
+    char msg[16] = {0};
+    assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), 3);
+    assert_string_equal(msg, "two");
+    memset(msg, 0, sizeof msg);
+    assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), 5);
+    assert_string_equal(msg, "three");
+    assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), -1);
+    /* bad notification arguments */
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    static char big[4097];
+    assert_int_equal(ferry_batch_set_notify(b, big, sizeof big), FERRY_EINVAL);
+    assert_int_equal(ferry_batch_set_notify(b, NULL, 3), FERRY_EINVAL);
+    ferry_batch_free(b);
+}
+
 static void test_stats_count(void **state)
 {
     struct fixture *f = *state;
@@ -172,6 +213,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unaligned_and_odd_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_after_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
         cmocka_unit_test_setup_teardown(test_stats_count, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
     };
