@@ -88,7 +88,10 @@ struct ferry_config {
     /* Lease / TTL of a published descriptor in seconds (default 10); kept
      * alive while the engine lives. */
     unsigned metadata_ttl_s;
-    /* Comma-separated transports this engine offers: "tcp" (default). */
+    /* Comma-separated transports this engine offers: "tcp" (default), "shm"
+     * (peers on the same host: cross-memory attach, and CUDA IPC for GPU
+     * memory), "rdma".  Per request the best one both sides speak is used
+     * (rdma > shm > tcp), whatever the order here. */
     const char *protocols;
     /* NIC list for rdma ("mlx5_0,mlx5_1" or "auto"); ignored by tcp. */
     const char *device_name;

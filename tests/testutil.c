@@ -113,6 +113,8 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
                 dprintf(fd, "-1\n");
         } else if (strcmp(line, "unreg") == 0) {
             dprintf(fd, "%d\n", ferry_unregister_memory(e, buf));
+        } else if (strcmp(line, "reg") == 0) {
+            dprintf(fd, "%d\n", ferry_register_memory(e, buf, len, location, 1));
         } else if (strcmp(line, "quit") == 0) {
             break;
         }
@@ -177,6 +179,15 @@ int child_target_unregister(struct child_target *t)
 {
     char line[64];
     dprintf(t->ctl_fd, "unreg\n");
+    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+        return -1;
+    return (int)strtol(line, NULL, 10);
+}
+
+int child_target_register(struct child_target *t)
+{
+    char line[64];
+    dprintf(t->ctl_fd, "reg\n");
     if (read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     return (int)strtol(line, NULL, 10);

@@ -41,6 +41,9 @@ long child_target_notification(struct child_target *t, char *buf, size_t max);
 /* Asks the child to unregister its buffer (the memory stays mapped).
  * Returns the child's ferry_unregister_memory result. */
 int child_target_unregister(struct child_target *t);
+/* Asks the child to register its buffer again (after child_target_unregister).
+ * Returns the child's ferry_register_memory result. */
+int child_target_register(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
 /* The body of the ferry_test_target program that child_target_start execs

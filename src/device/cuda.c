@@ -13,7 +13,8 @@
  * cuMemcpy*Async per copy.  Every op makes the device's primary context
  * current on the calling thread for the call and restores the caller's own
  * context afterwards.  No threads of its own; owns the library handle, one
- * retained primary context per device used, the kernel module of each, and
+ * retained primary context per device used, the kernel module of each, the
+ * allocations of other processes opened through cuIpc* (counted), and
  * two small address registries (pinned host ranges handed out by
  * host_alloc; device allocations checked for the kernel).
  */
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "device/cuda_kernels_ptx.h"
 #include "err.h"
@@ -39,6 +41,9 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
+typedef struct {
+    char reserved[64];
+} CUipcMemHandle;
 
 enum {
     CUDA_SUCCESS = 0,
@@ -57,6 +62,7 @@ enum {
     CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
     CU_JIT_ERROR_LOG_BUFFER = 5,
     CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
+    CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1,
 };
 
 /* CUmemLocation and CUmemcpyAttributes (cuda.h, CUDA 12.8+). */
@@ -119,6 +125,12 @@ static struct {
                                unsigned int bx, unsigned int by, unsigned int bz,
                                unsigned int shared_bytes, CUstream stream, void **params,
                                void **extra);
+    /* IPC (optional: missing ones leave ipc_export / ipc_open failing) */
+    CUresult (*cuMemGetAddressRange)(CUdeviceptr *base, size_t *size, CUdeviceptr dptr);
+    CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *handle, CUdeviceptr dptr);
+    CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
+    CUresult (*cuIpcOpenMemHandle_v1)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
+    CUresult (*cuIpcCloseMemHandle)(CUdeviceptr dptr);
 } cu;
 
 #define CUDA_MAX_DEVICES 64
@@ -189,6 +201,11 @@ static int cuda_load(void)
         {"cuModuleGetFunction", &cu.cuModuleGetFunction, 0},
         {"cuModuleUnload", &cu.cuModuleUnload, 0},
         {"cuLaunchKernel", &cu.cuLaunchKernel, 0},
+        {"cuMemGetAddressRange_v2", &cu.cuMemGetAddressRange, 0},
+        {"cuIpcGetMemHandle", &cu.cuIpcGetMemHandle, 0},
+        {"cuIpcOpenMemHandle_v2", &cu.cuIpcOpenMemHandle, 0},
+        {"cuIpcOpenMemHandle", &cu.cuIpcOpenMemHandle_v1, 0},
+        {"cuIpcCloseMemHandle", &cu.cuIpcCloseMemHandle, 0},
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &libcuda);
     if (rc < 0)
@@ -200,6 +217,8 @@ static int cuda_load(void)
         return ferry_fail(FERRY_ENODEV, "cuInit: %s (CUDA error %d)", cu_error_text(r), r);
     if (device_count <= 0)
         return ferry_fail(FERRY_ENODEV, "libcuda.so.1 loaded but it sees no CUDA device");
+    if (cu.cuIpcOpenMemHandle == NULL) /* drivers before CUDA 11 */
+        cu.cuIpcOpenMemHandle = cu.cuIpcOpenMemHandle_v1;
     if (device_count > CUDA_MAX_DEVICES) {
         LOG_WARN("cuda: %d devices; ferry uses the first %d", device_count, CUDA_MAX_DEVICES);
         device_count = CUDA_MAX_DEVICES;
@@ -950,6 +969,165 @@ static int cuda_stream_sync(ferry_stream *stream)
     return 0;
 }
 
+/* ---------------------------------------------------------------- IPC */
+
+/* What travels in an IPC handle: cuIpcGetMemHandle of the allocation's base
+ * (the driver exports whole allocations) and where ptr lies in it. */
+#define CUDA_IPC_MAGIC 0x43495046u /* "FPIC" */
+struct cuda_ipc_handle {
+    uint32_t magic;
+    int32_t pid;                 /* the exporter: a process cannot open its own */
+    uint64_t offset;             /* ptr - allocation base */
+    CUipcMemHandle handle;
+};
+_Static_assert(sizeof(struct cuda_ipc_handle) <= FERRY_IPC_HANDLE_MAX, "fits FERRY_IPC_HANDLE_MAX");
+
+static int ipc_loaded(const char *what)
+{
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (cu.cuMemGetAddressRange == NULL || cu.cuIpcGetMemHandle == NULL || cu.cuIpcOpenMemHandle == NULL ||
+        cu.cuIpcCloseMemHandle == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda: %s: this driver lacks the cuIpc* calls", what);
+    return 0;
+}
+
+static int cuda_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len)
+{
+    struct ctx_guard g;
+    int dev = -1;
+    int rc = ipc_loaded("ipc_export");
+    if (rc < 0)
+        return rc;
+    if (*handle_len < sizeof(struct cuda_ipc_handle))
+        return ferry_fail(FERRY_EINVAL, "cuda: ipc_export: %zu bytes of room, %zu needed", *handle_len,
+                          sizeof(struct cuda_ipc_handle));
+    if (!cuda_locate(ptr, len, &dev))
+        return ferry_fail(FERRY_EINVAL, "cuda: ipc_export(%p): not CUDA device memory", ptr);
+    if ((rc = ctx_enter(dev, &g)) < 0)
+        return rc;
+    struct cuda_ipc_handle h = {.magic = CUDA_IPC_MAGIC, .pid = (int32_t)getpid()};
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    CUresult r = cu.cuMemGetAddressRange(&base, &size, (CUdeviceptr)(uintptr_t)ptr);
+    const char *what = "cuMemGetAddressRange";
+    if (r == CUDA_SUCCESS) {
+        what = "cuIpcGetMemHandle";
+        r = cu.cuIpcGetMemHandle(&h.handle, base);
+    }
+    ctx_leave(&g);
+    if (r != CUDA_SUCCESS)  /* memory from cuMemCreate (VMM) or cuMemHostRegister, for one */
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: %s(%p): %s (CUDA error %d)", dev, what, ptr,
+                          cu_error_text(r), r);
+    if ((uintptr_t)ptr + len > (uintptr_t)(base + size))
+        return ferry_fail(FERRY_EINVAL, "cuda:%d: ipc_export: %p+%zu runs past its allocation", dev, ptr, len);
+    h.offset = (uint64_t)((uintptr_t)ptr - (uintptr_t)base);
+    memcpy(handle, &h, sizeof h);
+    *handle_len = sizeof h;
+    return 0;
+}
+
+/* Allocations opened here, counted: whether the driver lets one context open
+ * a handle twice has varied, and several registrations (or a descriptor
+ * refresh) may name the same allocation. */
+struct ipc_open_entry {
+    CUipcMemHandle handle;
+    int dev;
+    CUdeviceptr base;
+    size_t size;
+    unsigned refs;
+};
+
+static pthread_mutex_t ipc_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ipc_open_entry *ipc_opened;
+static size_t ipc_nopened, ipc_cap;
+
+/* Opens (or counts one more use of) h on dev; ipc_lock held, dev's context current. */
+static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *base)
+{
+    for (size_t i = 0; i < ipc_nopened; i++) {
+        struct ipc_open_entry *e = &ipc_opened[i];
+        if (e->dev == dev && memcmp(&e->handle, h, sizeof *h) == 0) {
+            e->refs++;
+            *base = e->base;
+            return CUDA_SUCCESS;
+        }
+    }
+    if (ipc_nopened == ipc_cap) {
+        size_t cap = ipc_cap ? 2 * ipc_cap : 16;
+        struct ipc_open_entry *n = realloc(ipc_opened, cap * sizeof *n);
+        if (n == NULL)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        ipc_opened = n;
+        ipc_cap = cap;
+    }
+    size_t size = 0;
+    CUresult r = cu.cuIpcOpenMemHandle(base, *h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    if (r == CUDA_SUCCESS && cu.cuMemGetAddressRange(NULL, &size, *base) != CUDA_SUCCESS)
+        size = 1;
+    if (r == CUDA_SUCCESS)
+        ipc_opened[ipc_nopened++] = (struct ipc_open_entry){*h, dev, *base, size, 1};
+    return r;
+}
+
+static int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
+{
+    struct ctx_guard g;
+    struct cuda_ipc_handle h;
+    int rc = ipc_loaded("ipc_open");
+    if (rc < 0)
+        return rc;
+    if (handle_len != sizeof h)
+        return ferry_fail(FERRY_EINVAL, "cuda: ipc_open: a handle of %zu bytes, expected %zu", handle_len,
+                          sizeof h);
+    memcpy(&h, handle, sizeof h);
+    if (h.magic != CUDA_IPC_MAGIC)
+        return ferry_fail(FERRY_EINVAL, "cuda: ipc_open: not a CUDA IPC handle");
+    if (h.pid == (int32_t)getpid())
+        return ferry_fail(FERRY_ENOTSUP, "cuda: ipc_open: the handle was exported by this process");
+    if ((rc = ctx_enter(dev, &g)) < 0)
+        return rc;
+    CUdeviceptr base = 0;
+    pthread_mutex_lock(&ipc_lock);
+    CUresult r = ipc_open_counted(dev, &h.handle, &base);
+    pthread_mutex_unlock(&ipc_lock);
+    ctx_leave(&g);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(r, "cuIpcOpenMemHandle", dev);
+    *ptr = (void *)(uintptr_t)(base + h.offset);
+    return 0;
+}
+
+static void cuda_ipc_close(int dev, void *ptr)
+{
+    struct ctx_guard g;
+    if (ptr == NULL || !ferry_device_loaded(&loader) || cu.cuIpcCloseMemHandle == NULL ||
+        ctx_enter(dev, &g) < 0)
+        return;
+    CUdeviceptr p = (CUdeviceptr)(uintptr_t)ptr;
+    CUresult r = CUDA_SUCCESS;
+    int found = 0;
+    pthread_mutex_lock(&ipc_lock);
+    for (size_t i = 0; i < ipc_nopened && !found; i++) {
+        struct ipc_open_entry *e = &ipc_opened[i];
+        if (e->dev != dev || p < e->base || p - e->base >= e->size)
+            continue;
+        found = 1;
+        if (--e->refs == 0) {
+            dev_range_forget((void *)(uintptr_t)e->base); /* the gather kernel may have learned it */
+            r = cu.cuIpcCloseMemHandle(e->base);
+            *e = ipc_opened[--ipc_nopened];
+        }
+    }
+    pthread_mutex_unlock(&ipc_lock);
+    ctx_leave(&g);
+    if (!found)
+        LOG_ERROR("cuda:%d: ipc_close(%p): not memory ipc_open returned", dev, ptr);
+    else if (r != CUDA_SUCCESS)
+        LOG_ERROR("cuda:%d: cuIpcCloseMemHandle(%p): %s", dev, ptr, cu_error_text(r));
+}
+
 const struct ferry_device_ops ferry_device_cuda = {
     .kind = "cuda",
     .init = cuda_init,
@@ -964,4 +1142,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .copy_async = cuda_copy_async,
     .stream_query = cuda_stream_query,
     .stream_sync = cuda_stream_sync,
+    .ipc_export = cuda_ipc_export,
+    .ipc_open = cuda_ipc_open,
+    .ipc_close = cuda_ipc_close,
 };

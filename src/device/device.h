@@ -76,7 +76,36 @@ struct ferry_device_ops {
     int (*stream_query)(ferry_stream *stream);
     /* Waits for everything enqueued so far. 0 or a negative error. */
     int (*stream_sync)(ferry_stream *stream);
+
+    /* Optional (NULL: this kind's memory cannot be shared between processes;
+     * peers then reach it only through its owner, staged over tcp/rdma).
+     * Sharing device memory with another process of this host (CUDA IPC),
+     * for the shm transport's direct path.
+     *
+     * ipc_export: writes a handle for [ptr, ptr+len) into handle; on entry
+     * *handle_len is the room (FERRY_IPC_HANDLE_MAX is always enough), on
+     * return the bytes written.  The handle names the whole allocation that
+     * holds the range plus ptr's offset in it, and stays valid while the
+     * allocation lives.  Registration time, never the hot path.  0,
+     * FERRY_EINVAL (not memory of this kind, or too little room),
+     * FERRY_ENOTSUP (this allocation cannot be shared), FERRY_EIO.
+     *
+     * ipc_open: maps a handle exported by another process of this host for
+     * device dev of this process.  *ptr then stands for the exporter's ptr
+     * and is device memory of dev for copy_async (D2D with dev's memory,
+     * H2D / D2H with host memory).  Opening one handle twice may give the
+     * same pointer; close every open once.  0, FERRY_EINVAL (malformed or
+     * stale handle), FERRY_ENOTSUP (exported by this very process: use the
+     * pointer itself), FERRY_EIO, FERRY_ENOMEM.
+     *
+     * ipc_close: unmaps a pointer ipc_open returned for dev. */
+    int (*ipc_export)(const void *ptr, size_t len, void *handle, size_t *handle_len);
+    int (*ipc_open)(int dev, const void *handle, size_t handle_len, void **ptr);
+    void (*ipc_close)(int dev, void *ptr);
 };
+
+/* Room for any backend's IPC handle. */
+#define FERRY_IPC_HANDLE_MAX 128
 
 /* Returns the ops table for a kind ("cuda", "npu", "sim"), or NULL if ferry has
  * no backend of that name.  Does not load the driver: call ops->init(). */

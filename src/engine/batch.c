@@ -279,6 +279,13 @@ static void refresh_stale(ferry_engine *e, const struct ferry_request *reqs, siz
     }
 }
 
+/* Does transport t reach this request's remote range on segment s? */
+static bool reaches(ferry_engine *e, struct segment *s, size_t t, const struct ferry_request *q)
+{
+    return s->peer[t] && (!e->tops[t]->can_reach ||
+                          e->tops[t]->can_reach(e->tstate[t], s->peer[t], q->target_offset, q->length));
+}
+
 /* Validates the remote side of every request and picks each one's transport.
  * Caller holds seg_lock for reading.  On a range miss it reports which
  * segment so the caller can refresh its descriptor once and retry. */
@@ -300,13 +307,13 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         }
         int route = -1; /* the best-ranked transport that reaches both sides */
         for (size_t t = 0; t < e->ntransports; t++)
-            if (s->peer[t] && e->tops[t]->can_access(e->tstate[t], &locals[i]) &&
+            if (reaches(e, s, t, q) && e->tops[t]->can_access(e->tstate[t], &locals[i]) &&
                 (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
                 route = (int)t;
         int pool = route < 0 ? engine_pool_index(e, locals[i].location) : -1;
         int staged = -1; /* staged: the transport sees only the pool's host chunks */
         for (size_t t = 0; t < e->ntransports && route < 0 && pool >= 0; t++)
-            if (s->peer[t] && (staged < 0 || e->tops[t]->rank < e->tops[staged]->rank))
+            if (reaches(e, s, t, q) && (staged < 0 || e->tops[t]->rank < e->tops[staged]->rank))
                 staged = (int)t;
         if (staged >= 0)
             route = ROUTE_STAGED(staged, pool);

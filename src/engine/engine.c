@@ -21,6 +21,7 @@
 
 static const struct transport_ops *const known_transports[] = {
     &ferry_tcp_transport,
+    &ferry_shm_transport,
 #ifdef FERRY_HAVE_RDMA
     &ferry_rdma_transport,
 #endif
@@ -99,6 +100,8 @@ int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, siz
 static int describe_self(void *ctx, char **json)
 {
     ferry_engine *e = ctx;
+    if (!atomic_load(&e->ready)) /* the listener runs before the transports exist */
+        return ferry_fail(FERRY_EBUSY, "engine %s is still starting", e->segment_name);
     struct ferry_descriptor d = {.format = DESC_FORMAT, .engine_id = e->engine_id};
     snprintf(d.name, sizeof d.name, "%s", e->segment_name);
     int rc = 0;
@@ -196,9 +199,14 @@ static int start_transports(ferry_engine *e, const struct transport_host *host)
         for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
             if (strcmp(known_transports[i]->name, name) == 0)
                 ops = known_transports[i];
-        if (!ops)
+        if (!ops) {
+            char avail[64] = "";
+            for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+                snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
+                         known_transports[i]->name);
             return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
-                              "protocol \"%s\" is not available in this build (available: tcp)", name);
+                              "protocol \"%s\" is not available in this build (available: %s)", name, avail);
+        }
         if (e->ntransports == MAX_TRANSPORTS)
             return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
         int rc = ops->create(host, &e->tstate[e->ntransports]);
@@ -270,6 +278,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return ferry_fail(rc, "%s", why);
     }
+    atomic_store(&e->ready, 1);
     rc = e->meta->create(e->cfg.metadata_server, e->cfg.metadata_prefix, e->cfg.metadata_ttl_s,
                          e->cfg.connect_timeout_ms, &e->meta_state);
     if (!rc)
@@ -608,6 +617,11 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
         if (!descriptor_transport(&s->desc, e->tops[i]->name))
             continue;
         rc = e->tops[i]->peer_open(e->tstate[i], &s->desc, &s->peer[i]);
+        if (rc == FERRY_ENOTSUP) { /* e.g. shm to another host: the other transports serve it */
+            LOG_INFO("segment %s: %s not used: %s", name, e->tops[i]->name, ferry_last_error());
+            s->peer[i] = NULL;
+            continue;
+        }
         if (rc) {
             segment_free(e, s);
             return rc;

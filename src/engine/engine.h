@@ -53,6 +53,7 @@ struct ferry_engine {
     char segment_name[128];
     int handshake_port;
     uint64_t engine_id;
+    atomic_int ready;               /* transports started: the descriptor may be served */
 
     struct memreg registry;
     size_t ntransports;

@@ -89,10 +89,16 @@ struct transport_ops {
     void (*unregister_memory)(void *t, void *handle);
     /* Can this transport touch memory at this location directly? */
     int (*can_access)(void *t, const struct memreg_region *r);
+    /* Optional (NULL: every buffer the peer publishes).  Can this transport
+     * reach [remote, remote+len) of the peer?  shm cannot reach a peer's
+     * device memory that has no IPC handle; the engine should then route
+     * the request through another transport. */
+    int (*can_reach)(void *t, void *peer, uint64_t remote, uint64_t len);
     void (*stats)(void *t, struct ferry_transport_stats *out);
 };
 
 extern const struct transport_ops ferry_tcp_transport;
+extern const struct transport_ops ferry_shm_transport; /* shm.c: same host */
 #ifdef FERRY_HAVE_RDMA
 extern const struct transport_ops ferry_rdma_transport; /* rdma.c: libibverbs */
 #endif

@@ -1,0 +1,89 @@
+#!/bin/sh
+# rdma_vm.sh — ferry's rdma transport next to perftest, in one Soft-RoCE VM boot.
+#
+# Boots the VM of tests/rdma/run-in-rxe-vm.sh and, inside it, for each
+# operation (WRITE, READ) and block size: ib_write_bw / ib_read_bw on rxe0
+# (one QP, --report_gbits, about DURATION seconds), then a ferry-bench
+# initiator over rdma against one ferry-bench target for the same duration
+# (--json, data verified), ROUNDS times interleaved, and prints one markdown
+# row with the medians and their ratio.  Soft-RoCE is a functional stack, not a
+# fast one (tens of MB/s under TCG, with retransmissions that make single runs
+# vary by +-30%); the ratio of medians is the number to read.
+#
+# usage: bench/rdma_vm.sh [BUILD_DIR]        (default build/, no -march=native)
+# env:   DURATION (5)  ROUNDS (3: medians are reported)  OPS ("write read")
+#        BLOCKS ("64K 1M")  BATCH ("64K:64 1M:16": batch per block)
+#        THREADS (1)  FERRY_RDMA_* knobs are passed through to ferry-bench.
+# Exit status: 0 if every run succeeded and ferry's data verified.
+set -eu
+cd "$(dirname "$0")/.."
+BUILD=$(realpath "${1:-build}")
+[ -x "$BUILD/ferry-bench" ] || { echo "no $BUILD/ferry-bench" >&2; exit 2; }
+SHARE=$(mktemp -d /tmp/ferry-rdma-bench.XXXXXX)
+trap 'rm -rf "$SHARE"' EXIT
+{
+  echo "BUILD=$BUILD"
+  echo "DURATION=${DURATION:-5}"
+  echo "ROUNDS=${ROUNDS:-3}"
+  echo "OPS='${OPS:-write read}'"
+  echo "BLOCKS='${BLOCKS:-64K 1M}'"
+  echo "BATCH='${BATCH:-64K:64 1M:16}'"
+  echo "THREADS=${THREADS:-1}"
+  env | grep '^FERRY_RDMA_' | sed 's/^/export /' || true
+} > "$SHARE/env"
+cat > "$SHARE/rxe-guest.sh" <<'GUEST'
+. ./env
+B=$BUILD; DEV=rxe0; IP=10.0.0.1; GIDX=1
+bytes() { case $1 in *K) echo $((${1%K} * 1024));; *M) echo $((${1%M} * 1048576));; *) echo "$1";; esac; }
+batch_of() { for x in $BATCH; do [ "${x%%:*}" = "$1" ] && { echo "${x#*:}"; return; }; done; echo 64; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END{ if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) }'; }
+perf() { # perf ib_write_bw|ib_read_bw SIZE -> Gbit/s; about DURATION s (iterations sized for ~40 MB/s)
+  n=$((DURATION * 40000000 / $2)); [ $n -lt 20 ] && n=20
+  timeout $((DURATION * 4 + 60)) $1 -d $DEV -x $GIDX -F -n $n -s "$2" --report_gbits > perf_srv.log 2>&1 &
+  sp=$!
+  for _ in $(seq 20); do  # the client retries until the server listens
+    sleep 1
+    timeout $((DURATION * 4 + 60)) $1 -d $DEV -x $GIDX -F -n $n -s "$2" --report_gbits 127.0.0.1 \
+      > perf_cli.log 2>&1 && break
+    grep -q "Couldn't connect" perf_cli.log || break
+  done
+  wait $sp
+  awk '/BW average/{getline; print $4; exit}' perf_cli.log
+}
+ferry() { # ferry write|read SIZE BATCH -> Gbit/s (empty on failure or bad data)
+  "$B/ferry-bench" --mode=initiator --local_server_name=$IP --protocol=rdma --device_name=$DEV \
+    --segment_id="$SEG" --buffer_size=64M --operation="$1" --block_size="$2" --batch_size="$3" \
+    --threads="$THREADS" --duration="$DURATION" --json 2> ferry_err.log > ferry.json
+  grep -q '"verified":true' ferry.json && sed 's/.*"gbit_per_s":\([0-9.]*\).*/\1/' ferry.json
+}
+"$B/ferry-bench" --mode=target --local_server_name=$IP --protocol=rdma --device_name=$DEV \
+  --buffer_size=64M > target.log 2>&1 &
+TP=$!
+for _ in $(seq 300); do grep -q "target ready" target.log && break; sleep 0.1; done
+SEG=$(sed -n 's/.*segment \([^ ]*\) .*/\1/p' target.log)
+echo "Soft-RoCE (rdma_rxe) in a qemu TCG guest, $(nproc) vCPUs, kernel $(uname -r);"
+echo "median of $ROUNDS runs of ~$DURATION s each, perftest and ferry interleaved, 1 QP, MTU 1024"
+echo
+echo "| op | block | batch | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
+echo "|---|---|---|---|---|---|"
+rc=0
+for op in $OPS; do
+  for blk in $BLOCKS; do
+    n=$(bytes "$blk"); batch=$(batch_of "$blk"); refs=""; gots=""
+    for _ in $(seq "$ROUNDS"); do
+      refs="$refs $(perf ib_${op}_bw "$n")"
+      g=$(ferry $op "$n" "$batch") || { g=""; rc=1; cat ferry_err.log; }
+      gots="$gots $g"
+    done
+    ref=$(echo "$refs" | median); got=$(echo "$gots" | median)
+    ratio=$(awk -v a="$got" -v b="$ref" 'BEGIN{ if (a != "" && b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
+    echo "| $op | $blk | $batch | ${ref:--} (${refs# }) | ${got:-FAILED} (${gots# }) | $ratio |"
+  done
+done
+kill $TP; wait $TP 2>/dev/null
+exit $rc
+GUEST
+QEMU_TIMEOUT=${QEMU_TIMEOUT:-900} sh tests/rdma/run-in-rxe-vm.sh "$SHARE" 2>&1 |
+  grep --line-buffered -v -e 'SeaBIOS' -e 'Booting from ROM' -e 'reboot: Power down' -e '^rxe-vm:' | tr -d '\033' |
+  sed 's/^c\[?7l\[2J\(\[0m\)\?//'
+exit "$(cat "$SHARE/rxe-guest.rc" 2>/dev/null || echo 1)"

@@ -1,0 +1,119 @@
+/*
+ * rdma_wire.h — what the rdma transport sends to peers, encoded and decoded
+ * in one place: the endpoint object it publishes in the segment descriptor,
+ * and the messages of its small TCP side channel.  Pure code (no ibverbs),
+ * so the decoders can be fuzzed on any build.
+ *
+ * Endpoint (JSON, inside the descriptor's "transports" object):
+ *   {"host":"10.0.0.1","port":41234,
+ *    "nics":[{"name":"mlx5_0","gid":"<32 hex>","lid":0,"mtu":5,"link":"eth","numa":0}],
+ *    "mrs":[{"addr":"0x7f..","len":"0x..","rkey":[1234,5678],"pref":1}]}
+ * `mrs` lists the remote-accessible registrations with one rkey per NIC (in
+ * `nics` order) and a bitmask of the NICs nearest to the memory.
+ *
+ * Side channel (one TCP connection per queue pair, opened by the initiator):
+ * a 24-byte header {magic, version, type, status, len, id} then `len` bytes.
+ *   HELLO      initiator -> target: qp info + the initiator's segment name
+ *   HELLO_ACK  status; qp info of the target's new queue pair (status 0) or
+ *              a message saying why not
+ *   NOTIFY     a notification (<= 4096 bytes); NOTIFY_ACK status
+ * The connection lives as long as the queue pair: its end tells the other
+ * side that the peer is gone.  All integers are little-endian.
+ */
+#ifndef FERRY_RDMA_WIRE_H
+#define FERRY_RDMA_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RDMA_MAX_NICS 16
+#define RDMA_MAX_MRS 65536
+
+#define RDMA_MSG_MAGIC 0x4d445246u /* "FRDM" */
+#define RDMA_MSG_VERSION 1
+#define RDMA_MSG_HEADER_SIZE 24
+#define RDMA_QP_INFO_SIZE 40
+#define RDMA_MAX_NAME 127
+#define RDMA_MAX_TEXT 159
+#define RDMA_MAX_NOTIFY 4096
+
+enum rdma_msg_type {
+    RDMA_MSG_HELLO = 1,
+    RDMA_MSG_HELLO_ACK = 2,
+    RDMA_MSG_NOTIFY = 3,
+    RDMA_MSG_NOTIFY_ACK = 4,
+};
+
+struct rdma_msg_header {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t type;
+    int32_t status;           /* 0 or a FERRY_E* code (acks) */
+    uint32_t len;             /* bytes that follow */
+    uint64_t id;              /* NOTIFY id, echoed by its ack */
+};
+
+/* What one side tells the other about its queue pair. */
+struct rdma_qp_info {
+    uint32_t qpn;             /* 24 bits */
+    uint32_t psn;             /* 24 bits */
+    uint16_t lid;             /* 0 on RoCE */
+    uint8_t mtu;              /* enum ibv_mtu, 1..5 */
+    uint8_t rd_atomic;        /* RDMA READs it accepts / issues in flight, 1..255 */
+    uint32_t nic;             /* HELLO: index of the target NIC wanted */
+    uint64_t engine_id;       /* HELLO: the target engine expected; ACK: the target's */
+    uint8_t gid[16];
+};
+
+void rdma_msg_encode_header(const struct rdma_msg_header *h, uint8_t out[RDMA_MSG_HEADER_SIZE]);
+/* Validates magic, version, type and the length allowed for the type.
+ * Returns 0, FERRY_EPROTO or FERRY_EVERSION with a detail message. */
+int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_msg_header *h);
+
+void rdma_qp_info_encode(const struct rdma_qp_info *q, uint8_t out[RDMA_QP_INFO_SIZE]);
+/* Validates the ranges of qpn, psn, mtu and rd_atomic. 0 or FERRY_EPROTO. */
+int rdma_qp_info_decode(const uint8_t in[RDMA_QP_INFO_SIZE], struct rdma_qp_info *q);
+
+/* Sends a header (magic/version filled in, len = alen + blen) and up to two
+ * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
+int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen);
+/* Receives and validates one message; its payload (h->len bytes) goes into
+ * buf, which must hold cap bytes (FERRY_EPROTO if it would not fit). */
+int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap);
+
+/* ------------------------------------------------------------ endpoint */
+
+struct rdma_remote_nic {
+    char name[64];
+    uint8_t gid[16];
+    uint16_t lid;
+    uint8_t mtu;              /* enum ibv_mtu */
+    uint8_t link_ib;          /* 1: InfiniBand (LID addressing), 0: Ethernet (RoCE) */
+    int numa;                 /* -1 unknown */
+};
+
+struct rdma_remote_mr {
+    uint64_t addr, len;
+    uint32_t pref;            /* bit i: NIC i is nearest to this memory */
+    uint32_t rkey[RDMA_MAX_NICS];
+};
+
+struct rdma_endpoint {
+    char host[64];
+    int port;
+    size_t nnics;
+    struct rdma_remote_nic nics[RDMA_MAX_NICS];
+    size_t nmrs;
+    struct rdma_remote_mr *mrs;   /* sorted by addr, non-overlapping */
+};
+
+/* Encodes ep as a JSON object (malloc'd text in *out).  0 or FERRY_ENOMEM. */
+int rdma_endpoint_encode(const struct rdma_endpoint *ep, char **out);
+/* Parses and validates an endpoint object (zeroes *ep first; free with
+ * rdma_endpoint_free even on failure).  0 or FERRY_EPROTO. */
+int rdma_endpoint_decode(const char *json, struct rdma_endpoint *ep);
+void rdma_endpoint_free(struct rdma_endpoint *ep);
+/* The registration wholly containing [addr, addr+len), or NULL. */
+const struct rdma_remote_mr *rdma_endpoint_find_mr(const struct rdma_endpoint *ep, uint64_t addr, uint64_t len);
+
+#endif

@@ -1,0 +1,616 @@
+/*
+ * shm_copy.c — the shm transport's work: a FIFO of frames, SHM_WORKERS copy
+ * threads and a timer thread.
+ *
+ * submit() only queues.  A worker takes the oldest frames (up to GROUP_MAX
+ * data frames of one peer in a row), checks each against its peer (still
+ * alive, same registry generation, every piece inside a published buffer),
+ * moves the pieces and ends the frames.  Host <-> host pieces go in one
+ * process_vm_writev/readv per frame.  Pieces that touch device memory use
+ * the device layer's copies on the worker's own stream, batched across the
+ * frames taken together and waited for once (a device copy takes a few
+ * microseconds; waiting for one takes longer): with the peer's allocation
+ * opened here through its IPC handle (cached per peer, buffer and local
+ * device), or, between local device memory and a peer's host memory,
+ * through the worker's pinned bounce.  The timer ends
+ * frames that waited in the queue past their deadline.  Frames end on the
+ * workers and the timer, each exactly once.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+#include "transport/shm.h"
+
+#define MAX_PIECES 64            /* the refused bitmap's width */
+#define GROUP_MAX 16             /* data frames of one peer taken together */
+#define GROUP_COPIES 256         /* device copies enqueued before one wait */
+#define TICK_MS 20
+
+/* Device copies of the frames taken together, enqueued and waited for once
+ * per (device, direction). */
+struct copy_batch {
+    const struct ferry_device_ops *ops;
+    int dev;
+    enum ferry_copy_dir dir;
+    size_t n;
+    struct ferry_copy copies[GROUP_COPIES];
+    int err;                     /* the first failure, for every frame with copies */
+    char msg[160];
+};
+
+struct frame_run;
+
+struct worker {
+    struct shm_transport *t;
+    const struct ferry_device_ops *bounce_ops;
+    char *bounce;
+    struct copy_batch cb;
+    struct frame_run *runs;      /* GROUP_MAX */
+};
+
+struct bounced {                 /* local device memory <-> peer host memory */
+    char *local;
+    uint64_t remote, len;
+    const struct ferry_device_ops *ops;
+    int dev;
+};
+
+/* One frame being moved. */
+struct frame_run {
+    struct worker *w;
+    struct shm_peer *p;
+    struct xfer_frame *f;
+    bool write;
+    uint64_t refused, moved;
+    int nvm;                     /* host <-> host: one system call */
+    uint64_t vm_bytes;
+    struct iovec lvm[MAX_PIECES], rvm[MAX_PIECES];
+    bool has_copies;             /* some pieces wait in the worker's copy batch */
+    size_t nbounced;
+    struct bounced bounced[MAX_PIECES];
+    char msg[160];
+};
+
+static int fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct frame_run *fr, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fr->msg, sizeof fr->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static struct shm_peer *peer_of(const struct xfer_frame *f)
+{
+    return (struct shm_peer *)(uintptr_t)f->wire_id;
+}
+
+/* ------------------------------------------------------------ ending frames */
+
+/* Ends a frame that was queued for p, then lets p's close go on. */
+static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, uint64_t refused, uint64_t moved,
+                      const char *msg)
+{
+    struct shm_peer *p = peer_of(f);
+    if (err == 0) {
+        if (!refused)
+            atomic_fetch_add(&t->completed, 1);
+        if (f->opcode == XFER_WRITE)
+            atomic_fetch_add(&t->bytes_written, moved);
+        else if (f->opcode == XFER_READ)
+            atomic_fetch_add(&t->bytes_read, moved);
+    }
+    if (err || refused)
+        atomic_fetch_add(&t->failed, 1);
+    f->complete(f, err, refused, msg);
+    pthread_mutex_lock(&t->lock);
+    if (--p->queued == 0)
+        pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void shm_submit(void *tp, void *pp, struct xfer_frame *f)
+{
+    struct shm_transport *t = tp;
+    struct shm_peer *p = pp;
+    pthread_mutex_lock(&t->lock);
+    if (t->stopping || p->closing) {
+        pthread_mutex_unlock(&t->lock);
+        atomic_fetch_add(&t->failed, 1);
+        f->complete(f, FERRY_ECANCELED, 0, "shm: the segment is being closed");
+        return;
+    }
+    f->wire_id = (uint64_t)(uintptr_t)p; /* transport-private: the frame's peer */
+    f->next = NULL;
+    if (t->tail)
+        t->tail->next = f;
+    else
+        t->head = f;
+    t->tail = f;
+    t->nqueued++;
+    p->queued++;
+    pthread_cond_signal(&t->work);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Unlinks the queued frames that match (peer p, or past deadline `now`).
+ * t->lock held. */
+static struct xfer_frame *unqueue(struct shm_transport *t, const struct shm_peer *p, uint64_t now)
+{
+    struct xfer_frame *out = NULL, **tail = &out, *prev = NULL;
+    for (struct xfer_frame *f = t->head, *next; f; f = next) {
+        next = f->next;
+        if (p ? peer_of(f) == p : now >= f->deadline_ns) {
+            if (prev)
+                prev->next = next;
+            else
+                t->head = next;
+            if (t->tail == f)
+                t->tail = prev;
+            t->nqueued--;
+            f->next = NULL;
+            *tail = f;
+            tail = &f->next;
+        } else {
+            prev = f;
+        }
+    }
+    return out;
+}
+
+void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
+{
+    pthread_mutex_lock(&t->lock);
+    p->closing = true;
+    struct xfer_frame *gone = unqueue(t, p, 0);
+    pthread_mutex_unlock(&t->lock);
+    for (struct xfer_frame *f = gone, *next; f; f = next) {
+        next = f->next;
+        frame_end(t, f, FERRY_ECANCELED, 0, 0, "shm: segment closed");
+    }
+    pthread_mutex_lock(&t->lock);
+    while (p->queued)
+        pthread_cond_wait(&t->idle, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void *timer_main(void *arg)
+{
+    struct shm_transport *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += TICK_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&t->tick, &t->lock, &until);
+        struct xfer_frame *late = t->head ? unqueue(t, NULL, now_ns()) : NULL;
+        if (!late)
+            continue;
+        pthread_mutex_unlock(&t->lock);
+        for (struct xfer_frame *f = late, *next; f; f = next) {
+            next = f->next;
+            frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+        }
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ checks */
+
+long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len)
+{
+    if (len == 0 || addr + len < addr)
+        return -1;
+    size_t lo = 0, hi = p->nbufs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->bufs[mid].addr <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    const struct shm_rbuf *b = &p->bufs[lo - 1];
+    return addr + len <= b->addr + b->len ? (long)(lo - 1) : -1;
+}
+
+static bool peer_gone(const struct shm_peer *p)
+{
+    struct pollfd x = {.fd = p->pidfd, .events = POLLIN};
+    return p->pidfd >= 0 && poll(&x, 1, 0) > 0;
+}
+
+static bool peer_stale(const struct shm_peer *p)
+{
+    return atomic_load(&p->page->generation) != p->gen;
+}
+
+/* ------------------------------------------------------------ host memory */
+
+static void iov_skip(struct iovec **v, int *n, size_t bytes)
+{
+    while (bytes && *n) {
+        if (bytes >= (*v)->iov_len) {
+            bytes -= (*v)->iov_len;
+            (*v)++;
+            (*n)--;
+        } else {
+            (*v)->iov_base = (char *)(*v)->iov_base + bytes;
+            (*v)->iov_len -= bytes;
+            bytes = 0;
+        }
+    }
+}
+
+static int vm_error(struct frame_run *fr, int err)
+{
+    const struct shm_peer *p = fr->p;
+    const char *call = fr->write ? "process_vm_writev" : "process_vm_readv";
+    if (err == ESRCH || peer_gone(p))
+        return fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
+    if (err == EPERM)
+        return fail(fr, FERRY_ECONN, "shm: segment %.64s: %s: no permission to access process %d", p->name, call,
+                    (int)p->pid);
+    if (peer_stale(p))
+        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory during the copy", p->name);
+    return fail(fr, FERRY_EIO, "shm: segment %.64s: %s: %s%s", p->name, call, strerror(err),
+                err == EFAULT ? " (a peer's or a local buffer is no longer mapped)" : "");
+}
+
+/* Moves every byte of the iovecs (modified in place), across partial
+ * transfers. */
+static int vm_move(struct frame_run *fr, struct iovec *l, int nl, struct iovec *r, int nr, uint64_t total)
+{
+    for (uint64_t done = 0; done < total;) {
+        ssize_t n = fr->write ? process_vm_writev(fr->p->pid, l, (unsigned long)nl, r, (unsigned long)nr, 0)
+                              : process_vm_readv(fr->p->pid, l, (unsigned long)nl, r, (unsigned long)nr, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return vm_error(fr, n < 0 ? errno : EFAULT);
+        done += (uint64_t)n;
+        iov_skip(&l, &nl, (size_t)n);
+        iov_skip(&r, &nr, (size_t)n);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ device memory */
+
+static void flush_copies(struct copy_batch *cb, const char *peer)
+{
+    if (!cb->n)
+        return;
+    int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
+    cb->n = 0;
+    if (rc && !cb->err) {
+        cb->err = rc;
+        snprintf(cb->msg, sizeof cb->msg, "shm: segment %.64s: %.80s", peer, ferry_last_error());
+    }
+}
+
+/* Queues a copy in the worker's batch; a failure shows when the frame ends. */
+static int add_copy(struct frame_run *fr, const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                    void *dst, const void *src, uint64_t len)
+{
+    struct copy_batch *cb = &fr->w->cb;
+    if (cb->n && (cb->ops != ops || cb->dev != dev || cb->dir != dir || cb->n == GROUP_COPIES))
+        flush_copies(cb, fr->p->name);
+    cb->ops = ops;
+    cb->dev = dev;
+    cb->dir = dir;
+    cb->copies[cb->n++] = (struct ferry_copy){dst, src, (size_t)len};
+    fr->has_copies = true;
+    return 0;
+}
+
+/* Where the peer's device buffer b appears here for device dev: its
+ * allocation opened through the IPC handle, once per (peer, buffer, dev). */
+static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, uint64_t remote, char **out)
+{
+    struct shm_peer *p = fr->p;
+    if (p->self) { /* two engines of one process: the address is ours too */
+        *out = (char *)(uintptr_t)remote;
+        return 0;
+    }
+    if (!b->handle_len || !b->ops)
+        return fail(fr, FERRY_ENOTSUP, "shm: segment %.64s: device buffer 0x%llx has no IPC handle; route it "
+                    "through another transport", p->name, (unsigned long long)b->addr);
+    pthread_mutex_lock(&p->lock);
+    struct shm_mapping *m = b->maps;
+    while (m && m->dev != dev)
+        m = m->next;
+    if (!m && (m = calloc(1, sizeof *m)) != NULL) {
+        m->dev = dev;
+        m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr);
+        if (m->err) {
+            m->ptr = NULL;
+            snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: opening buffer 0x%llx: %.60s", p->name,
+                     (unsigned long long)b->addr, ferry_last_error());
+        }
+        m->next = b->maps;
+        b->maps = m;
+    }
+    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping") : !m->ptr ? fail(fr, m->err, "%s", m->msg) : 0;
+    if (!rc)
+        *out = (char *)m->ptr + (remote - b->addr);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+/* A piece whose remote side is device memory. */
+static int device_piece(struct frame_run *fr, const struct xfer_piece *x, struct shm_rbuf *b,
+                        const struct ferry_device_ops *lops, int ldev)
+{
+    if (!b->ops || (lops && lops != b->ops))
+        return fail(fr, FERRY_ENOTSUP, "shm: segment %.64s: no copy between local %s memory and its %s memory",
+                    fr->p->name, lops ? lops->kind : "host", b->ops ? b->ops->kind : "device");
+    /* the copy runs on the local device, or on the peer's device index
+     * when that exists here (else device 0) for local host memory */
+    int dev = lops ? ldev : b->dev < b->ops->device_count() ? b->dev : 0;
+    char *r = NULL;
+    int rc = remote_device_ptr(fr, b, dev, x->remote, &r);
+    if (rc)
+        return rc;
+    enum ferry_copy_dir dir = lops ? FERRY_COPY_D2D : fr->write ? FERRY_COPY_H2D : FERRY_COPY_D2H;
+    return fr->write ? add_copy(fr, b->ops, dev, dir, r, x->local, x->len)
+                     : add_copy(fr, b->ops, dev, dir, x->local, r, x->len);
+}
+
+static int bounce_ensure(struct worker *w, const struct ferry_device_ops *ops)
+{
+    if (w->bounce && w->bounce_ops == ops)
+        return 0;
+    if (w->bounce)
+        w->bounce_ops->host_free(w->bounce);
+    w->bounce = NULL;
+    int rc = ops->host_alloc(SHM_BOUNCE_SIZE, (void **)&w->bounce);
+    w->bounce_ops = rc ? NULL : ops;
+    return rc;
+}
+
+/* Local device memory <-> peer host memory: in bounce-sized rounds, a
+ * batched device copy and one system call each. */
+static int run_bounced(struct frame_run *fr)
+{
+    struct iovec lv[MAX_PIECES], rv[MAX_PIECES];
+    struct ferry_copy c[MAX_PIECES];
+    size_t k = 0;
+    uint64_t at = 0; /* bytes of bounced[k] already moved */
+    while (k < fr->nbounced) {
+        const struct bounced *first = &fr->bounced[k];
+        int rc = bounce_ensure(fr->w, first->ops);
+        if (rc)
+            return fail(fr, rc, "shm: bounce buffer: %s", ferry_last_error());
+        size_t used = 0;
+        int n = 0;
+        while (k < fr->nbounced && used < SHM_BOUNCE_SIZE && n < MAX_PIECES &&
+               fr->bounced[k].ops == first->ops && fr->bounced[k].dev == first->dev) {
+            const struct bounced *b = &fr->bounced[k];
+            size_t take = b->len - at < SHM_BOUNCE_SIZE - used ? (size_t)(b->len - at) : SHM_BOUNCE_SIZE - used;
+            char *buf = fr->w->bounce + used;
+            c[n] = fr->write ? (struct ferry_copy){buf, b->local + at, take}
+                             : (struct ferry_copy){b->local + at, buf, take};
+            lv[n] = (struct iovec){buf, take};
+            rv[n] = (struct iovec){(void *)(uintptr_t)(b->remote + at), take};
+            n++;
+            used += take;
+            at += take;
+            if (at == b->len) {
+                k++;
+                at = 0;
+            }
+        }
+        enum ferry_copy_dir dir = fr->write ? FERRY_COPY_D2H : FERRY_COPY_H2D;
+        if (fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
+            return fail(fr, rc, "shm: %s", ferry_last_error());
+        if ((rc = vm_move(fr, lv, n, rv, n, used)) != 0)
+            return rc;
+        if (!fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
+            return fail(fr, rc, "shm: %s", ferry_last_error());
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ frames */
+
+static int sort_piece(struct frame_run *fr, uint32_t i)
+{
+    const struct xfer_piece *x = &fr->f->pieces[i];
+    struct shm_transport *t = fr->w->t;
+    long bi = shm_find_rbuf(fr->p, x->remote, x->len);
+    if (bi < 0) {
+        fr->refused |= 1ull << i;
+        atomic_fetch_add(&t->refused, 1);
+        snprintf(fr->msg, sizeof fr->msg, "shm: 0x%llx+%llu is outside the buffers segment %.64s published",
+                 (unsigned long long)x->remote, (unsigned long long)x->len, fr->p->name);
+        return 0;
+    }
+    struct shm_rbuf *b = &fr->p->bufs[bi];
+    struct memreg_region lr;
+    if (memreg_find(t->host.registry, (uint64_t)(uintptr_t)x->local, x->len, 0, &lr) != 0)
+        return fail(fr, FERRY_ENOTREG, "shm: local %p+%llu is no longer registered", x->local,
+                    (unsigned long long)x->len);
+    int ldev = -1;
+    const struct ferry_device_ops *lops = lr.device_index >= 0 ? ferry_device_of_location(lr.location, &ldev) : NULL;
+    if (lr.device_index >= 0 && !lops)
+        return fail(fr, FERRY_ENODEV, "shm: local %s memory has no device backend", lr.location);
+    fr->moved += x->len;
+    if (b->device)
+        return device_piece(fr, x, b, lops, ldev);
+    if (lops) {
+        fr->bounced[fr->nbounced++] = (struct bounced){x->local, x->remote, x->len, lops, ldev};
+        return 0;
+    }
+    fr->lvm[fr->nvm] = (struct iovec){x->local, (size_t)x->len};
+    fr->rvm[fr->nvm++] = (struct iovec){(void *)(uintptr_t)x->remote, (size_t)x->len};
+    fr->vm_bytes += x->len;
+    return 0;
+}
+
+/* Checks the frame and moves its pieces, but for the device copies, which
+ * wait in the worker's batch. */
+static int run_data(struct frame_run *fr)
+{
+    struct shm_peer *p = fr->p;
+    if (fr->f->npieces > MAX_PIECES)
+        return fail(fr, FERRY_EINVAL, "shm: a frame of %u pieces (at most %d)", fr->f->npieces, MAX_PIECES);
+    if (peer_gone(p))
+        return fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
+    if (peer_stale(p))
+        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory since its descriptor was fetched",
+                    p->name);
+    atomic_fetch_add(&fr->w->t->frames_sent, 1);
+    int rc = 0;
+    for (uint32_t i = 0; !rc && i < fr->f->npieces; i++)
+        rc = sort_piece(fr, i);
+    if (!rc && fr->nvm)
+        rc = vm_move(fr, fr->lvm, fr->nvm, fr->rvm, fr->nvm, fr->vm_bytes);
+    if (!rc && fr->nbounced)
+        rc = run_bounced(fr);
+    return rc;
+}
+
+/* After the batched copies: the generation again, then the counters. */
+static int finish_data(struct frame_run *fr)
+{
+    struct shm_peer *p = fr->p;
+    int rc = 0;
+    if (fr->has_copies && fr->w->cb.err)
+        rc = fail(fr, fr->w->cb.err, "%s", fr->w->cb.msg);
+    if (!rc && peer_stale(p))
+        rc = fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory during the copy", p->name);
+    if (!rc && fr->moved) {
+        atomic_fetch_add(&p->served->bytes, fr->moved);
+        atomic_fetch_add(&p->served->frames, 1);
+    }
+    return rc;
+}
+
+/* Runs frames taken together (all data frames of one peer, or one
+ * notification) and ends each. */
+static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
+{
+    int rc[GROUP_MAX];
+    w->cb.n = 0;
+    w->cb.err = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct frame_run *fr = &w->runs[i];
+        memset(fr, 0, sizeof *fr);
+        fr->w = w;
+        fr->f = fs[i];
+        fr->p = peer_of(fs[i]);
+        fr->write = fs[i]->opcode == XFER_WRITE;
+        if (now_ns() >= fs[i]->deadline_ns)
+            rc[i] = fail(fr, FERRY_ETIMEDOUT, "request timed out waiting for a shm worker");
+        else if (fs[i]->opcode == XFER_NOTIFY)
+            rc[i] = shm_notify_send(fr->p, fs[i], fr->msg, sizeof fr->msg);
+        else
+            rc[i] = run_data(fr);
+    }
+    flush_copies(&w->cb, w->runs[0].p->name);
+    for (size_t i = 0; i < n; i++) {
+        struct frame_run *fr = &w->runs[i];
+        if (!rc[i] && fs[i]->opcode != XFER_NOTIFY)
+            rc[i] = finish_data(fr);
+        frame_end(w->t, fs[i], rc[i], rc[i] ? 0 : fr->refused, rc[i] ? 0 : fr->moved, fr->msg);
+    }
+}
+
+/* Unlinks the oldest frame and the data frames of the same peer right
+ * behind it: the worker's fair share of the queue, at most GROUP_MAX (a
+ * few frames are better run side by side on several workers).  t->lock
+ * held, queue not empty. */
+static size_t take_group(struct shm_transport *t, struct xfer_frame **fs)
+{
+    size_t share = (t->nqueued + SHM_WORKERS - 1) / SHM_WORKERS, n = 0;
+    size_t max = share < GROUP_MAX ? share : GROUP_MAX;
+    do {
+        struct xfer_frame *f = t->head;
+        fs[n++] = f;
+        t->head = f->next;
+        if (!t->head)
+            t->tail = NULL;
+        t->nqueued--;
+    } while (n < max && t->head && fs[0]->opcode != XFER_NOTIFY && t->head->opcode != XFER_NOTIFY &&
+             t->head->wire_id == fs[0]->wire_id);
+    return n;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    struct frame_run *runs = calloc(GROUP_MAX, sizeof *runs);
+    struct shm_transport *t = arg;
+    if (!w || !runs) { /* the other workers carry on */
+        LOG_ERROR("shm: a worker thread is out of memory");
+        free(w);
+        free(runs);
+        return NULL;
+    }
+    w->t = t;
+    w->runs = runs;
+    struct xfer_frame *fs[GROUP_MAX];
+    for (;;) {
+        pthread_mutex_lock(&t->lock);
+        while (!t->head && !t->stopping)
+            pthread_cond_wait(&t->work, &t->lock);
+        size_t n = t->head ? take_group(t, fs) : 0;
+        pthread_mutex_unlock(&t->lock);
+        if (!n)
+            break;
+        run_group(w, fs, n);
+    }
+    if (w->bounce)
+        w->bounce_ops->host_free(w->bounce);
+    free(runs);
+    free(w);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ start / stop */
+
+int shm_workers_start(struct shm_transport *t)
+{
+    for (unsigned i = 0; i < SHM_WORKERS; i++) {
+        if (pthread_create(&t->workers[i], NULL, worker_main, t) != 0)
+            return ferry_fail(FERRY_EIO, "shm: cannot start worker thread %u", i);
+        t->nworkers++;
+    }
+    if (pthread_create(&t->timer, NULL, timer_main, t) != 0)
+        return ferry_fail(FERRY_EIO, "shm: cannot start the timer thread");
+    t->timer_started = true;
+    return 0;
+}
+
+void shm_workers_stop(struct shm_transport *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->stopping = true;
+    pthread_cond_broadcast(&t->work);
+    pthread_cond_broadcast(&t->tick);
+    pthread_mutex_unlock(&t->lock);
+    for (unsigned i = 0; i < t->nworkers; i++) /* they run what is still queued */
+        pthread_join(t->workers[i], NULL);
+    if (t->timer_started)
+        pthread_join(t->timer, NULL);
+    t->nworkers = 0;
+    t->timer_started = false;
+}

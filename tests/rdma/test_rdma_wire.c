@@ -1,0 +1,260 @@
+/*
+ * test_rdma_wire.c — the rdma transport's codecs, on any host (no RDMA device
+ * needed): side-channel headers and queue-pair info (layout, round trips,
+ * every rejection), messages over a socket pair, and the endpoint JSON a
+ * target publishes (round trip, sorting, MR lookup at the edges, and each
+ * malformed field refused with FERRY_EPROTO and a message naming it).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "transport/rdma_wire.h"
+
+static int decode_header(uint16_t type, int32_t status, uint32_t len, struct rdma_msg_header *out)
+{
+    struct rdma_msg_header h = {.type = type, .status = status, .len = len, .id = 0x1122334455667788ull};
+    uint8_t raw[RDMA_MSG_HEADER_SIZE];
+    rdma_msg_encode_header(&h, raw);
+    ferry_clear_error();
+    return rdma_msg_decode_header(raw, out);
+}
+
+static void test_header_layout_and_round_trip(void **state)
+{
+    (void)state;
+    struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .status = 0, .len = 3, .id = 0x0102030405060708ull}, out;
+    uint8_t raw[RDMA_MSG_HEADER_SIZE];
+    rdma_msg_encode_header(&h, raw);
+    static const uint8_t want[RDMA_MSG_HEADER_SIZE] = {'F', 'R', 'D', 'M', 1, 0, 3, 0, 0, 0, 0, 0,
+                                                       3,   0,   0,   0,   8, 7, 6, 5, 4, 3, 2, 1};
+    assert_memory_equal(raw, want, sizeof want);
+    assert_int_equal(rdma_msg_decode_header(raw, &out), 0);
+    assert_int_equal(out.type, RDMA_MSG_NOTIFY);
+    assert_int_equal(out.len, 3);
+    assert_true(out.id == h.id);
+    assert_int_equal(decode_header(RDMA_MSG_HELLO, 0, RDMA_QP_INFO_SIZE + 5, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_HELLO_ACK, 0, RDMA_QP_INFO_SIZE, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_HELLO_ACK, FERRY_ESTALE, 20, &out), 0);
+    assert_int_equal(out.status, FERRY_ESTALE);
+    assert_int_equal(decode_header(RDMA_MSG_NOTIFY, 0, RDMA_MAX_NOTIFY, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_NOTIFY_ACK, FERRY_EINVAL, 0, &out), 0);
+}
+
+static void expect_header_fails(uint16_t type, int32_t status, uint32_t len, int code, const char *needle)
+{
+    struct rdma_msg_header out;
+    int rc = decode_header(type, status, len, &out);
+    if (rc != code || !strstr(ferry_last_error(), needle))
+        fail_msg("type %u status %d len %u: %s \"%s\", expected %s \"%s\"", type, status, len, ferry_err_name(rc),
+                 ferry_last_error(), ferry_err_name(code), needle);
+}
+
+static void test_header_rejections(void **state)
+{
+    (void)state;
+    struct rdma_msg_header out;
+    uint8_t raw[RDMA_MSG_HEADER_SIZE];
+    struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY_ACK};
+    rdma_msg_encode_header(&h, raw);
+    raw[0] ^= 1;
+    assert_int_equal(rdma_msg_decode_header(raw, &out), FERRY_EPROTO);
+    assert_non_null(strstr(ferry_last_error(), "magic"));
+    raw[0] ^= 1;
+    raw[4] = 2;
+    assert_int_equal(rdma_msg_decode_header(raw, &out), FERRY_EVERSION);
+    expect_header_fails(0, 0, 0, FERRY_EPROTO, "unknown message type");
+    expect_header_fails(9, 0, 0, FERRY_EPROTO, "unknown message type");
+    expect_header_fails(RDMA_MSG_HELLO, 0, RDMA_QP_INFO_SIZE - 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_HELLO, 0, RDMA_QP_INFO_SIZE + RDMA_MAX_NAME + 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_HELLO_ACK, 0, 0, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_HELLO_ACK, FERRY_EIO, RDMA_MAX_TEXT + 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_NOTIFY, 0, RDMA_MAX_NOTIFY + 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_NOTIFY_ACK, 0, 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_NOTIFY_ACK, 5, 0, FERRY_EPROTO, "not an error code");
+    expect_header_fails(RDMA_MSG_NOTIFY_ACK, -1000, 0, FERRY_EPROTO, "not an error code");
+}
+
+static struct rdma_qp_info good_info(void)
+{
+    struct rdma_qp_info q = {.qpn = 0x123456, .psn = 0xabcdef, .lid = 7, .mtu = 3, .rd_atomic = 16, .nic = 2,
+                             .engine_id = 0xfeedfacecafebeefull};
+    for (int i = 0; i < 16; i++)
+        q.gid[i] = (uint8_t)(i * 17);
+    return q;
+}
+
+static void expect_info(struct rdma_qp_info q, int code)
+{
+    uint8_t raw[RDMA_QP_INFO_SIZE];
+    struct rdma_qp_info out;
+    rdma_qp_info_encode(&q, raw);
+    assert_int_equal(rdma_qp_info_decode(raw, &out), code);
+    if (code == 0)
+        assert_memory_equal(&out, &q, sizeof q);
+}
+
+static void test_qp_info(void **state)
+{
+    (void)state;
+    struct rdma_qp_info q = good_info();
+    expect_info(q, 0);
+    q.qpn = 0;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.qpn = 1u << 24;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.psn = 1u << 24;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.mtu = 0;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.mtu = 6;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.rd_atomic = 0;
+    expect_info(q, FERRY_EPROTO);
+    q = good_info(), q.nic = RDMA_MAX_NICS;
+    expect_info(q, FERRY_EPROTO);
+    assert_non_null(strstr(ferry_last_error(), "nic index"));
+}
+
+static void test_messages_over_a_socket(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .id = 9}, in;
+    char buf[RDMA_MAX_NOTIFY];
+    assert_int_equal(rdma_msg_send(sv[0], &h, "kv-", 3, "ready", 5), 0);
+    assert_int_equal(rdma_msg_recv(sv[1], &in, buf, sizeof buf), 0);
+    assert_int_equal(in.len, 8);
+    assert_memory_equal(buf, "kv-ready", 8);
+    /* a payload larger than the caller expects here */
+    assert_int_equal(rdma_msg_send(sv[0], &h, "x", 1, NULL, 0), 0);
+    assert_int_equal(rdma_msg_recv(sv[1], &in, NULL, 0), FERRY_EPROTO);
+    close(sv[0]);
+    assert_int_equal(rdma_msg_recv(sv[1], &in, buf, sizeof buf), FERRY_ECONN);
+    close(sv[1]);
+}
+
+/* ------------------------------------------------------------ endpoint */
+
+static struct rdma_endpoint sample(struct rdma_remote_mr *mrs)
+{
+    struct rdma_endpoint ep = {.port = 4242, .nnics = 2, .nmrs = 3, .mrs = mrs};
+    strcpy(ep.host, "10.0.0.1");
+    strcpy(ep.nics[0].name, "mlx5_0");
+    strcpy(ep.nics[1].name, "mlx5_1");
+    ep.nics[0].mtu = 5, ep.nics[1].mtu = 3;
+    ep.nics[1].link_ib = 1, ep.nics[1].lid = 12;
+    ep.nics[0].numa = 0, ep.nics[1].numa = -1;
+    for (int i = 0; i < 16; i++)
+        ep.nics[0].gid[i] = (uint8_t)(0xf0 + i), ep.nics[1].gid[i] = (uint8_t)i;
+    mrs[0] = (struct rdma_remote_mr){.addr = 0x7f0000300000ull, .len = 0x1000, .pref = 2, .rkey = {5, 6}};
+    mrs[1] = (struct rdma_remote_mr){.addr = 0x7f0000100000ull, .len = 0x100000, .pref = 1, .rkey = {1, 0xffffffffu}};
+    mrs[2] = (struct rdma_remote_mr){.addr = 0xffff800000000000ull, .len = 0x10, .pref = 3, .rkey = {3, 4}};
+    return ep;
+}
+
+static void test_endpoint_round_trip(void **state)
+{
+    (void)state;
+    struct rdma_remote_mr mrs[3];
+    struct rdma_endpoint ep = sample(mrs), back;
+    char *json = NULL;
+    assert_int_equal(rdma_endpoint_encode(&ep, &json), 0);
+    assert_int_equal(rdma_endpoint_decode(json, &back), 0);
+    free(json);
+    assert_string_equal(back.host, "10.0.0.1");
+    assert_int_equal(back.port, 4242);
+    assert_int_equal(back.nnics, 2);
+    assert_memory_equal(&back.nics, &ep.nics, 2 * sizeof ep.nics[0]);
+    assert_int_equal(back.nmrs, 3);
+    /* sorted by address */
+    assert_true(back.mrs[0].addr == mrs[1].addr && back.mrs[0].rkey[1] == 0xffffffffu);
+    assert_true(back.mrs[1].addr == mrs[0].addr && back.mrs[1].pref == 2);
+    assert_true(back.mrs[2].addr == mrs[2].addr);
+    /* lookups at the edges */
+    assert_ptr_equal(rdma_endpoint_find_mr(&back, 0x7f0000100000ull, 0x100000), &back.mrs[0]);
+    assert_null(rdma_endpoint_find_mr(&back, 0x7f0000100000ull, 0x100001));
+    assert_null(rdma_endpoint_find_mr(&back, 0x7f00000fffffull, 2));
+    assert_ptr_equal(rdma_endpoint_find_mr(&back, 0x7f0000300fffull, 1), &back.mrs[1]);
+    assert_null(rdma_endpoint_find_mr(&back, 0x7f0000300fffull, 0));
+    assert_null(rdma_endpoint_find_mr(&back, 0xfffffffffffffff0ull, 0x20)); /* wraps */
+    assert_ptr_equal(rdma_endpoint_find_mr(&back, 0xffff80000000000full, 1), &back.mrs[2]);
+    rdma_endpoint_free(&back);
+}
+
+static void expect_endpoint_fails(const char *json, const char *needle)
+{
+    struct rdma_endpoint ep;
+    ferry_clear_error();
+    int rc = rdma_endpoint_decode(json, &ep);
+    rdma_endpoint_free(&ep);
+    if (rc != FERRY_EPROTO || !strstr(ferry_last_error(), needle))
+        fail_msg("%s: %s \"%s\", expected FERRY_EPROTO \"%s\"", json, ferry_err_name(rc), ferry_last_error(), needle);
+}
+
+#define NIC "{\"name\":\"rxe0\",\"gid\":\"00000000000000000000ffff0a000001\",\"lid\":0,\"mtu\":3,\"link\":\"eth\"}"
+#define MR "{\"addr\":\"0x1000\",\"len\":\"0x1000\",\"rkey\":[7],\"pref\":1}"
+
+static void test_endpoint_rejections(void **state)
+{
+    (void)state;
+    struct rdma_endpoint ep;
+    assert_int_equal(rdma_endpoint_decode("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[" MR "]}", &ep), 0);
+    assert_int_equal(ep.nics[0].numa, -1); /* absent: unknown */
+    rdma_endpoint_free(&ep);
+    expect_endpoint_fails("not json", "not valid JSON");
+    expect_endpoint_fails("[1]", "not a JSON object");
+    expect_endpoint_fails("{\"port\":1,\"nics\":[" NIC "],\"mrs\":[]}", "\"host\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":0,\"nics\":[" NIC "],\"mrs\":[]}", "port 0");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":70000,\"nics\":[" NIC "],\"mrs\":[]}", "\"port\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1.5,\"nics\":[" NIC "],\"mrs\":[]}", "\"port\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[],\"mrs\":[]}", "0 nics");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"mrs\":[]}", "\"nics\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC
+                          "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC "," NIC "],\"mrs\":[]}",
+                          "17 nics");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[{\"name\":\"x\",\"gid\":\"00\",\"lid\":0,\"mtu\":3,"
+                          "\"link\":\"eth\"}],\"mrs\":[]}", "32 hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[{\"name\":\"x\",\"gid\":\"0000000000000000000000000000"
+                          "00zz\",\"lid\":0,\"mtu\":3,\"link\":\"eth\"}],\"mrs\":[]}", "not hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[{\"name\":\"x\",\"gid\":\"0000000000000000000000000000"
+                          "0000\",\"lid\":0,\"mtu\":3,\"link\":\"roce\"}],\"mrs\":[]}", "neither ib nor eth");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[{\"name\":\"x\",\"gid\":\"0000000000000000000000000000"
+                          "0000\",\"lid\":0,\"mtu\":6,\"link\":\"eth\"}],\"mrs\":[]}", "\"mtu\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x0\","
+                          "\"rkey\":[7],\"pref\":1}]}", "empty or wraps");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0xfffffffffffff000\","
+                          "\"len\":\"0x2000\",\"rkey\":[7],\"pref\":1}]}", "empty or wraps");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"4096\",\"len\":\"0x10\","
+                          "\"rkey\":[7],\"pref\":1}]}", "0x-hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x10\","
+                          "\"rkey\":[7,8],\"pref\":1}]}", "one rkey per nic");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x10\","
+                          "\"rkey\":[-1],\"pref\":1}]}", "bad rkey");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[" MR ",{\"addr\":\"0x1800\","
+                          "\"len\":\"0x10\",\"rkey\":[7],\"pref\":1}]}", "overlap");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[3]}", "not an object");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_header_layout_and_round_trip),
+        cmocka_unit_test(test_header_rejections),
+        cmocka_unit_test(test_qp_info),
+        cmocka_unit_test(test_messages_over_a_socket),
+        cmocka_unit_test(test_endpoint_round_trip),
+        cmocka_unit_test(test_endpoint_rejections),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
