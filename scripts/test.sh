@@ -31,4 +31,12 @@ for f in fuzz_wire fuzz_descriptor; do
   ./build-fuzz/tests/$f -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" 2>&1 | tail -3
   rm -rf "$corpus"
 done
+echo "== rdma transport on Soft-RoCE in a qemu VM (tests/rdma/vm-test.sh)"
+rdma_rc=0
+sh tests/rdma/vm-test.sh build || rdma_rc=$?
+if [ "$rdma_rc" = 77 ]; then
+  echo "rdma VM tests SKIPPED (reason above)"
+elif [ "$rdma_rc" != 0 ]; then
+  echo "rdma VM tests FAILED"; exit 1
+fi
 echo "== all tests passed"
