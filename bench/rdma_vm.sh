@@ -11,7 +11,7 @@
 # vary by +-30%); the ratio of medians is the number to read.
 #
 # usage: bench/rdma_vm.sh [BUILD_DIR]        (default build/, no -march=native)
-# env:   DURATION (5)  ROUNDS (3: medians are reported)  OPS ("write read")
+# env:   DURATION (5)  ROUNDS (3: medians of the valid runs are reported)  OPS ("write read")
 #        BLOCKS ("64K 1M")  BATCH ("64K:64 1M:16": batch per block)
 #        THREADS (1)  FERRY_RDMA_* knobs are passed through to ferry-bench.
 # Exit status: 0 if every run succeeded and ferry's data verified.
@@ -36,7 +36,7 @@ cat > "$SHARE/rxe-guest.sh" <<'GUEST'
 B=$BUILD; DEV=rxe0; IP=10.0.0.1; GIDX=1
 bytes() { case $1 in *K) echo $((${1%K} * 1024));; *M) echo $((${1%M} * 1048576));; *) echo "$1";; esac; }
 batch_of() { for x in $BATCH; do [ "${x%%:*}" = "$1" ] && { echo "${x#*:}"; return; }; done; echo 64; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END{ if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) }'; }
+median() { tr ' ' '\n' | awk '$1 > 0' | sort -g | awk '{v[NR]=$1} END{ if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) }'; }
 perf() { # perf ib_write_bw|ib_read_bw SIZE -> Gbit/s; about DURATION s (iterations sized for ~40 MB/s)
   n=$((DURATION * 40000000 / $2)); [ $n -lt 20 ] && n=20
   timeout $((DURATION * 4 + 60)) $1 -d $DEV -x $GIDX -F -n $n -s "$2" --report_gbits > perf_srv.log 2>&1 &

@@ -451,6 +451,16 @@ static int rdma_can_access(void *tp, const struct memreg_region *r)
     return ok;
 }
 
+/* Only ranges inside the peer's published MRs: its buffers that no NIC of
+ * its can reach (NPU or sim memory) go through a transport that stages them
+ * on the target (tcp). */
+static int rdma_can_reach(void *tp, void *pp, uint64_t remote, uint64_t len)
+{
+    (void)tp;
+    struct rdma_peer *p = pp;
+    return rdma_endpoint_find_mr(&p->ep, remote, len) != NULL;
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static int rdma_describe(void *tp, char **json)
@@ -559,6 +569,7 @@ static void rdma_stats(void *tp, struct ferry_transport_stats *out)
 
 const struct transport_ops ferry_rdma_transport = {
     .name = "rdma",
+    .rank = 0,
     .create = rdma_create,
     .destroy = rdma_destroy,
     .describe = rdma_describe,
@@ -568,6 +579,7 @@ const struct transport_ops ferry_rdma_transport = {
     .register_memory = rdma_register,
     .unregister_memory = rdma_unregister,
     .can_access = rdma_can_access,
+    .can_reach = rdma_can_reach,
     .stats = rdma_stats,
 };
 
