@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base64.h"
 #include "err.h"
 #include "log.h"
 #include "meta/descriptor.h"
@@ -77,79 +78,6 @@ struct etcd_meta {
     struct published *pubs;
     size_t npubs;
 };
-
-/* ------------------------------------------------------------ base64 */
-
-static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Encodes len bytes into a malloc'd NUL-terminated string, or NULL. */
-static char *base64_encode(const void *data, size_t len)
-{
-    const uint8_t *in = data;
-    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    size_t i = 0;
-    for (; i + 2 < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *o++ = b64_alphabet[v >> 18];
-        *o++ = b64_alphabet[(v >> 12) & 63];
-        *o++ = b64_alphabet[(v >> 6) & 63];
-        *o++ = b64_alphabet[v & 63];
-    }
-    if (i < len) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
-        *o++ = b64_alphabet[v >> 18];
-        *o++ = b64_alphabet[(v >> 12) & 63];
-        *o++ = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
-
-static int base64_value(char c)
-{
-    const char *p = c ? strchr(b64_alphabet, c) : NULL;
-    return p ? (int)(p - b64_alphabet) : -1;
-}
-
-/* Decodes NUL-terminated base64 text into a malloc'd, NUL-terminated buffer.
- * Returns 0, FERRY_EPROTO (not base64) or FERRY_ENOMEM. */
-static int base64_decode(const char *text, char **out, size_t *out_len)
-{
-    size_t n = strlen(text);
-    if (n % 4)
-        return ferry_fail(FERRY_EPROTO, "value is not base64 (length %zu)", n);
-    char *buf = malloc(n / 4 * 3 + 1);
-    if (!buf)
-        return ferry_fail(FERRY_ENOMEM, "base64 decode of %zu bytes", n);
-    size_t len = 0;
-    for (size_t i = 0; i < n; i += 4) {
-        int pad = (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=');
-        if (pad && i + 4 != n)
-            goto bad;
-        int v[4];
-        for (int k = 0; k < 4 - pad; k++)
-            if ((v[k] = base64_value(text[i + k])) < 0)
-                goto bad;
-        for (int k = 4 - pad; k < 4; k++)
-            v[k] = 0;
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        buf[len++] = (char)(w >> 16);
-        if (pad < 2)
-            buf[len++] = (char)(w >> 8);
-        if (pad < 1)
-            buf[len++] = (char)w;
-    }
-    buf[len] = '\0';
-    *out = buf;
-    *out_len = len;
-    return 0;
-bad:
-    free(buf);
-    return ferry_fail(FERRY_EPROTO, "value is not base64");
-}
 
 /* ------------------------------------------------------------ URL */
 
