@@ -304,9 +304,12 @@ struct ferry_transport_stats {
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
+/* The most transports one engine runs at once (the protocols it offers). */
+#define FERRY_MAX_TRANSPORTS 4
+
 struct ferry_stats {
     size_t transport_count;
-    struct ferry_transport_stats transports[4];
+    struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
 };
 
 /* Fills *out with this engine's counters. Returns 0. */
