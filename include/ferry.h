@@ -104,6 +104,14 @@ struct ferry_config {
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* With a metadata store: the address the handshake listener and transports
+     * bind (NULL/"": the host of local_server_name).  The segment name stays
+     * local_server_name as given.  Ignored with P2PHANDSHAKE. */
+    const char *bind_address;
+    /* 1 (default): a listed transport that finds no usable device (rdma with
+     * no NIC, or not built) is skipped with one warning; if none is left, tcp
+     * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
+    unsigned transport_fallback;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
@@ -137,8 +145,11 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
-/* Returns this engine's segment name, "host:port" of its handshake listener
- * (the port actually bound).  Valid for the engine's lifetime. */
+/* Returns this engine's segment name, as the reference engine forms it: with
+ * P2PHANDSHAKE "host:port" of its handshake listener (the port actually
+ * bound); with a metadata store, local_server_name as given.  An Ascend-style
+ * ":npu_N" suffix of local_server_name is not part of it.  Valid for the
+ * engine's lifetime. */
 FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */
@@ -184,6 +195,12 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
  * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
+
+/* Asks now whether the segment `name` can be resolved: fetches its descriptor
+ * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
+ * without touching the cached handle or its connections.  Returns 0,
+ * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
  * it fail with FERRY_ECANCELED. Returns 0 or FERRY_ENOSEG. */
@@ -297,6 +314,8 @@ struct ferry_transport_stats {
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
+/* One row per transport this engine runs: after a fallback (see
+ * transport_fallback) the names say which ones are live. */
 struct ferry_stats {
     size_t transport_count;
     struct ferry_transport_stats transports[4];

@@ -49,6 +49,7 @@ struct notify_queue {
 struct ferry_engine {
     struct ferry_config cfg;
     char str_local[128], str_meta[256], str_protocols[64], str_device[128], str_prefix[128]; /* cfg strings */
+    char str_bind[64];              /* cfg.bind_address */
     char listen_host[64];
     char segment_name[128];
     int handshake_port;
