@@ -205,23 +205,35 @@ out:
     return result;
 }
 
+/* The reference's order: the 5th positional argument is transport_hint;
+ * notify (ferry's) only by keyword. */
 static const char *const sync_names[] = {"target_hostname", "buffer", "peer_buffer_address", "length",
-                                         "notify", "transport_hint", NULL};
+                                         "transport_hint", "notify", NULL};
+
+/* transport_hint: a str (or None).  Ignored, as the reference's classic
+ * engine ignores it: ferry picks the best transport per request itself. */
+static int hint_check(PyObject *hint)
+{
+    if (!hint || hint == Py_None || PyUnicode_Check(hint))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "transport_hint must be a str, not %.80s", Py_TYPE(hint)->tp_name);
+    return -1;
+}
 
 static PyObject *T_transfer_sync_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_sync_write", args, nargs, kw, sync_names, 3, a))
+    if (parse_args("transfer_sync_write", args, nargs, kw, sync_names, 3, a) || hint_check(a[4]))
         return NULL;
-    return sync_one(self, FERRY_WRITE, a[0], a[1], a[2], a[3], a[4]);
+    return sync_one(self, FERRY_WRITE, a[0], a[1], a[2], a[3], a[5]);
 }
 
 static PyObject *T_transfer_sync_read(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_sync_read", args, nargs, kw, sync_names, 3, a))
+    if (parse_args("transfer_sync_read", args, nargs, kw, sync_names, 3, a) || hint_check(a[4]))
         return NULL;
-    return sync_one(self, FERRY_READ, a[0], a[1], a[2], a[3], a[4]);
+    return sync_one(self, FERRY_READ, a[0], a[1], a[2], a[3], a[5]);
 }
 
 static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -230,7 +242,7 @@ static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_s
                                         "opcode", "notify", "transport_hint", NULL};
     PyObject *a[7];
     int op;
-    if (parse_args("transfer_sync", args, nargs, kw, names, 5, a) || opcode_arg(a[4], &op))
+    if (parse_args("transfer_sync", args, nargs, kw, names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
         return NULL;
     return sync_one(self, op, a[0], a[1], a[2], a[3], a[5]);
 }
@@ -310,7 +322,7 @@ out_note:
 }
 
 static const char *const batch_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
-                                          "notify", "transport_hint", NULL};
+                                          "transport_hint", "notify", NULL};
 static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
                                              "opcode", "notify", "transport_hint", NULL};
 
@@ -318,9 +330,9 @@ static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer
     static PyObject *fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)          \
     {                                                                                                       \
         PyObject *a[6];                                                                                     \
-        if (parse_args(pyname, args, nargs, kw, batch_names, 3, a))                                         \
+        if (parse_args(pyname, args, nargs, kw, batch_names, 3, a) || hint_check(a[4]))                     \
             return NULL;                                                                                    \
-        return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[4]);                                    \
+        return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);                                    \
     }
 BATCH_METHOD(T_batch_transfer_sync_write, "batch_transfer_sync_write", FERRY_WRITE, 1)
 BATCH_METHOD(T_batch_transfer_sync_read, "batch_transfer_sync_read", FERRY_READ, 1)
@@ -332,7 +344,7 @@ static PyObject *batch_with_opcode(EngineObject *self, const char *name, int syn
 {
     PyObject *a[7];
     int op;
-    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op))
+    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
         return NULL;
     return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);
 }
@@ -350,10 +362,10 @@ static PyObject *T_batch_transfer_async(EngineObject *self, PyObject *const *arg
 static PyObject *T_transfer_submit_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_submit_write", args, nargs, kw, sync_names, 4, a))
+    if (parse_args("transfer_submit_write", args, nargs, kw, sync_names, 4, a) || hint_check(a[4]))
         return NULL;
     PyObject *bufs = PyTuple_Pack(1, a[1]), *peers = PyTuple_Pack(1, a[2]), *lens = PyTuple_Pack(1, a[3]);
-    PyObject *r = bufs && peers && lens ? run_batch(self, FERRY_WRITE, 0, a[0], bufs, peers, lens, a[4]) : NULL;
+    PyObject *r = bufs && peers && lens ? run_batch(self, FERRY_WRITE, 0, a[0], bufs, peers, lens, a[5]) : NULL;
     Py_XDECREF(bufs), Py_XDECREF(peers), Py_XDECREF(lens);
     return r;
 }
@@ -612,10 +624,24 @@ static PyObject *T_bench_sync_loop(EngineObject *self, PyObject *args)
 
 /* ---------------------------------------------------------------- table */
 
+COMPAT_FASTKW(T_transfer_sync_write, 0)
+COMPAT_FASTKW(T_transfer_sync_read, 0)
+COMPAT_FASTKW(T_transfer_sync, 0)
+COMPAT_FASTKW(T_batch_transfer_sync_write, 0)
+COMPAT_FASTKW(T_batch_transfer_sync_read, 0)
+COMPAT_FASTKW(T_batch_transfer_sync, 0)
+COMPAT_FASTKW(T_batch_transfer_async_write, 1)
+COMPAT_FASTKW(T_batch_transfer_async_read, 1)
+COMPAT_FASTKW(T_batch_transfer_async, 1)
+COMPAT_FASTKW(T_transfer_submit_write, 1)
+COMPAT_O(T_get_batch_transfer_status, 0)
+COMPAT_O(T_transfer_check_status, 0)
+COMPAT_FASTKW(T_wait_batch, 0)
+
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 #define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
 PyMethodDef transfer_methods[] = {
-    M("transfer_sync_write", T_transfer_sync_write, FASTKW,
+    M("transfer_sync_write", compat_T_transfer_sync_write, FASTKW,
       "transfer_sync_write(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
       "WRITEs length bytes from buffer (int address, buffer object or tensor; length defaults to\n"
       "its size) to peer_buffer_address in segment target_hostname and waits.  Returns 0, or a\n"
@@ -623,44 +649,44 @@ PyMethodDef transfer_methods[] = {
       "TypeError/ValueError for bad arguments, FerryError for an unknown segment (FERRY_ENOSEG),\n"
       "unregistered or freed local memory (FERRY_ENOTREG), a remote range outside the peer's\n"
       "buffers (FERRY_ERANGE).  The GIL is released while waiting."),
-    M("transfer_sync_read", T_transfer_sync_read, FASTKW,
+    M("transfer_sync_read", compat_T_transfer_sync_read, FASTKW,
       "transfer_sync_read(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
       "READs into buffer; otherwise as transfer_sync_write."),
-    M("transfer_sync", T_transfer_sync, FASTKW,
+    M("transfer_sync", compat_T_transfer_sync, FASTKW,
       "transfer_sync(target_hostname, buffer, peer_buffer_address, length, opcode, notify=None) -> int"),
-    M("batch_transfer_sync_write", T_batch_transfer_sync_write, FASTKW,
+    M("batch_transfer_sync_write", compat_T_batch_transfer_sync_write, FASTKW,
       "batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int\n\n"
       "One batch (one C call, GIL released) of WRITEs; lengths may be a list, one int for all, or\n"
       "None (each buffer object's size).  notify: bytes/str (<= 4096) delivered to the target after\n"
       "all data is there.  Returns 0 or the first failure's negative code; raises as\n"
       "transfer_sync_write for bad arguments."),
-    M("batch_transfer_sync_read", T_batch_transfer_sync_read, FASTKW,
+    M("batch_transfer_sync_read", compat_T_batch_transfer_sync_read, FASTKW,
       "batch_transfer_sync_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int"),
-    M("batch_transfer_sync", T_batch_transfer_sync, FASTKW,
+    M("batch_transfer_sync", compat_T_batch_transfer_sync, FASTKW,
       "batch_transfer_sync(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> int"),
-    M("batch_transfer_async_write", T_batch_transfer_async_write, FASTKW,
+    M("batch_transfer_async_write", compat_T_batch_transfer_async_write, FASTKW,
       "batch_transfer_async_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None)\n"
       "-> batch id (> 0), or 0 if submitting failed at run time.  Collect it with\n"
       "get_batch_transfer_status([id]), transfer_check_status(id) or free_batch(id); buffer\n"
       "objects stay referenced until then."),
-    M("batch_transfer_async_read", T_batch_transfer_async_read, FASTKW,
+    M("batch_transfer_async_read", compat_T_batch_transfer_async_read, FASTKW,
       "batch_transfer_async_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> id"),
-    M("batch_transfer_async", T_batch_transfer_async, FASTKW,
+    M("batch_transfer_async", compat_T_batch_transfer_async, FASTKW,
       "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> id"),
-    M("transfer_submit_write", T_transfer_submit_write, FASTKW,
+    M("transfer_submit_write", compat_T_transfer_submit_write, FASTKW,
       "transfer_submit_write(target_hostname, buffer, peer_buffer_address, length) -> batch id"),
-    M("get_batch_transfer_status", T_get_batch_transfer_status, METH_O,
+    M("get_batch_transfer_status", compat_T_get_batch_transfer_status, METH_O,
       "get_batch_transfer_status(batch_ids) -> int\n\n"
       "Waits (GIL released) for every batch in the list, frees them, and returns 0 if all\n"
       "requests completed, else the first failure's negative FERRY_E* code.  Raises ValueError\n"
       "for an unknown id (nothing is collected then)."),
-    M("transfer_check_status", T_transfer_check_status, METH_O,
+    M("transfer_check_status", compat_T_transfer_check_status, METH_O,
       "transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out.\n"
       "Non-blocking; a batch that ended is collected."),
     M("batch_status", T_batch_status, METH_O,
       "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
       "per request, in submit order; non-blocking; the batch stays."),
-    M("wait_batch", T_wait_batch, FASTKW,
+    M("wait_batch", compat_T_wait_batch, FASTKW,
       "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
       "ran out; the batch goes on).  The batch stays; free it with free_batch."),
     M("free_batch", T_free_batch, METH_O,

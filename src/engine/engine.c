@@ -192,10 +192,13 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
 }
 
 /* A transport that needs hardware: with transport_fallback, not finding a
- * usable device (or not being built) skips it instead of failing. */
+ * usable device (or not being built) skips it instead of failing.  "ascend"
+ * is the reference's name for its NPU transport; ferry reaches NPU memory by
+ * staging over the others, so it is never started and always skipped. */
 static int may_skip(const ferry_engine *e, const char *name, int rc)
 {
-    return e->cfg.transport_fallback && strcmp(name, "rdma") == 0 && (rc == FERRY_ENODEV || rc == FERRY_ENOTSUP);
+    return e->cfg.transport_fallback && (strcmp(name, "rdma") == 0 || strcmp(name, "ascend") == 0) &&
+           (rc == FERRY_ENODEV || rc == FERRY_ENOTSUP);
 }
 
 static int start_one(ferry_engine *e, const struct transport_host *host, const char *name)
@@ -209,7 +212,8 @@ static int start_one(ferry_engine *e, const struct transport_host *host, const c
         for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
             snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
                      known_transports[i]->name);
-        return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
+        int known = strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 || strcmp(name, "ascend") == 0;
+        return ferry_fail(known ? FERRY_ENOTSUP : FERRY_EINVAL,
                           "protocol \"%s\" is not available in this build (available: %s)", name, avail);
     }
     for (size_t i = 0; i < e->ntransports; i++)

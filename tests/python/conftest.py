@@ -107,7 +107,7 @@ def fresh_target():
 
 @pytest.fixture
 def engine():
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
     yield e
     e.close()
