@@ -11,6 +11,7 @@
 #include "pyferry.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DEFAULT_MANAGED_POOL (256u << 20)
@@ -246,7 +247,7 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         cfg.local_server_name = h;
     if (m)
         cfg.metadata_server = m;
-    if (p)
+    if (p && !getenv("MC_FORCE_TCP")) /* the reference's MC_FORCE_TCP overrides the protocol argument */
         cfg.protocols = p;
     if (d)
         cfg.device_name = d;

@@ -27,8 +27,9 @@ TARGET_SEED = 7
 class Target:
     """A target.py process: .segment, .addr, .size, .pid; .cmd(line) -> reply."""
 
-    def __init__(self, size=TARGET_SIZE, seed=TARGET_SEED, **config):
+    def __init__(self, size=TARGET_SIZE, seed=TARGET_SEED, env_extra=None, **config):
         env = dict(os.environ)
+        env.update(env_extra or {})
         env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(ferry.__path__[0]), HERE, env.get("PYTHONPATH", "")])
         args = [sys.executable, os.path.join(HERE, "target.py"), str(size), str(seed)]
         args += ["%s=%s" % kv for kv in config.items()]
