@@ -792,6 +792,25 @@ int engine_take_stale(ferry_engine *e, uint64_t handle)
     return found;
 }
 
+/* A refresh of a peer that did not restart (it registered more memory) must
+ * not cancel requests in flight on its connections: a transport whose
+ * endpoint is unchanged and whose reach does not depend on the buffer list
+ * (no can_reach) keeps its old peer.  Caller holds seg_lock for writing. */
+static void keep_live_peers(ferry_engine *e, struct segment *old, struct segment *fresh)
+{
+    if (old->desc.engine_id != fresh->desc.engine_id)
+        return;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        const char *a = descriptor_transport(&old->desc, e->tops[i]->name);
+        const char *b = descriptor_transport(&fresh->desc, e->tops[i]->name);
+        if (e->tops[i]->can_reach || !old->peer[i] || !fresh->peer[i] || !a || !b || strcmp(a, b) != 0)
+            continue;
+        void *keep = old->peer[i];
+        old->peer[i] = fresh->peer[i]; /* freed with the old contents below */
+        fresh->peer[i] = keep;
+    }
+}
+
 int engine_refresh_segment(ferry_engine *e, uint64_t handle)
 {
     char name[128];
@@ -808,6 +827,8 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle)
         return rc;
     pthread_rwlock_wrlock(&e->seg_lock);
     old = engine_segment(e, handle);
+    if (old)
+        keep_live_peers(e, old, fresh);
     if (old) { /* swap contents so the handle stays valid */
         struct segment tmp = *old;
         *old = *fresh;
