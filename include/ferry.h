@@ -104,9 +104,12 @@ struct ferry_config {
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* With a metadata store: the name this engine publishes itself under
+     * (the reference engine uses its local_hostname as given); NULL/"": the
+     * host:port of the handshake listener.  Ignored with P2PHANDSHAKE. */
+    const char *segment_name;
     /* With a metadata store: the address the handshake listener and transports
-     * bind (NULL/"": the host of local_server_name).  The segment name stays
-     * local_server_name as given.  Ignored with P2PHANDSHAKE. */
+     * bind (NULL/"": the host of local_server_name).  Ignored with P2PHANDSHAKE. */
     const char *bind_address;
     /* 1 (default): a listed transport that finds no usable device (rdma with
      * no NIC, or not built) is skipped with one warning; if none is left, tcp
@@ -145,11 +148,10 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
-/* Returns this engine's segment name, as the reference engine forms it: with
- * P2PHANDSHAKE "host:port" of its handshake listener (the port actually
- * bound); with a metadata store, local_server_name as given.  An Ascend-style
- * ":npu_N" suffix of local_server_name is not part of it.  Valid for the
- * engine's lifetime. */
+/* Returns this engine's segment name: "host:port" of its handshake listener
+ * (the port actually bound), or cfg->segment_name with a metadata store.  An
+ * Ascend-style ":npu_N" suffix of local_server_name is not part of it.  Valid
+ * for the engine's lifetime. */
 FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */

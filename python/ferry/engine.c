@@ -238,13 +238,20 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         return PyLong_FromLong(rc);
     }
     /* the reference reads "host:port" without a scheme as an etcd address */
-    char meta_url[512];
+    char meta_url[512], seg_name[256];
     if (m && strcmp(m, "P2PHANDSHAKE") != 0 && !strstr(m, "://")) {
         snprintf(meta_url, sizeof meta_url, "etcd://%s", m);
         m = meta_url;
     }
     if (h)
         cfg.local_server_name = h;
+    if (h && !self->strict) { /* with a metadata store the reference publishes local_hostname as given */
+        snprintf(seg_name, sizeof seg_name, "%s", h);
+        char *npu = strstr(seg_name, ":npu_");
+        if (npu)
+            *npu = '\0';
+        cfg.segment_name = seg_name;
+    }
     if (m)
         cfg.metadata_server = m;
     if (p && !getenv("MC_FORCE_TCP")) /* the reference's MC_FORCE_TCP overrides the protocol argument */

@@ -65,6 +65,8 @@ static const struct knob knobs[] = {
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
          "received notifications kept before the oldest is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+    KNOB(segment_name, KNOB_STR, "FERRY_SEGMENT_NAME", "",
+         "with a metadata store: the name to publish under (empty: host:port of the listener)"),
     KNOB(bind_address, KNOB_STR, "FERRY_BIND_ADDRESS", "",
          "with a metadata store: address the listeners bind (empty: local_server_name's host)"),
     KNOB(transport_fallback, KNOB_UINT, "FERRY_TRANSPORT_FALLBACK", "1",

@@ -258,13 +258,15 @@ static int start_transports(ferry_engine *e, const struct transport_host *host)
     return 0;
 }
 
-/* Splits local_server_name into the listener's host and port, and forms the
- * segment name as the reference does: an Ascend ":npu_N" suffix is dropped;
- * with a metadata store the name is the rest as given and the listener binds
- * bind_address if set; with P2PHANDSHAKE the name is set once the port is
- * bound (ferry_engine_create). */
+/* Splits local_server_name into the listener's host and port (an Ascend
+ * ":npu_N" suffix is dropped).  With a metadata store the listener binds
+ * bind_address if set, and the engine is named segment_name if set (the
+ * reference names it by its local_hostname); otherwise the name is set once
+ * the port is bound (ferry_engine_create). */
 static int local_name(ferry_engine *e, int *port)
 {
+    const char *want = e->cfg.segment_name;
+    e->cfg.segment_name = e->segment_name; /* the caller's string is not kept */
     char name[sizeof e->str_local];
     snprintf(name, sizeof name, "%s", e->cfg.local_server_name);
     char *npu = strstr(name, ":npu_");
@@ -273,7 +275,11 @@ static int local_name(ferry_engine *e, int *port)
     int rc = net_split_hostport(name, e->listen_host, sizeof e->listen_host, port);
     if (rc || e->meta == &ferry_meta_p2p)
         return rc;
-    snprintf(e->segment_name, sizeof e->segment_name, "%s", name);
+    if (want && *want) {
+        if (strlen(want) >= sizeof e->segment_name)
+            return ferry_fail(FERRY_EINVAL, "segment_name is longer than %zu characters", sizeof e->segment_name - 1);
+        snprintf(e->segment_name, sizeof e->segment_name, "%s", want);
+    }
     if (*e->cfg.bind_address)
         snprintf(e->listen_host, sizeof e->listen_host, "%s", e->cfg.bind_address);
     return 0;
