@@ -271,6 +271,26 @@ FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
 FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 
+/* Submits n requests in the order of a device stream: the transfer starts
+ * when `stream` — the caller's native stream of device `location` ("cuda:N":
+ * a CUstream / cudaStream_t, NULL for the legacy default stream; "sim:N": a
+ * sim stream) — reaches this point, and work enqueued on the stream
+ * afterwards waits until every request has ended (completed or failed), with
+ * no host synchronization in the caller (cuLaunchHostFunc plus
+ * cuStreamWaitValue32 on CUDA).  The requests are validated now, as by
+ * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
+ * must be empty and takes no other submit; ferry_batch_wait / _status report
+ * the outcome (a wait also waits for the stream to reach the transfer).
+ * Streams must have passed every such transfer before the engine is
+ * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
+ * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * FERRY_ENOTSUP (the location's device has no streams); another code if the
+ * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
+ * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
+ * the batch reports it as usual. */
+FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
+                                           const char *location, void *stream);
+
 /* Number of requests submitted to the batch so far. */
 FERRY_API size_t ferry_batch_size(const ferry_batch *batch);
 

@@ -374,6 +374,7 @@ void ferry_engine_destroy(ferry_engine *e)
 {
     if (!e)
         return;
+    stream_runner_destroy(atomic_load(&e->streams)); /* before anything its workers use */
     if (e->meta_state) {
         e->meta->unpublish(e->meta_state, e->segment_name);
         e->meta->destroy(e->meta_state);
