@@ -44,9 +44,10 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->segments = PyDict_New();
     self->batches = PyDict_New();
     self->regs = PyDict_New();
+    self->stream_batches = PyList_New(0);
     self->next_batch_id = 1;
     self->managed_pool_size = DEFAULT_MANAGED_POOL;
-    if (!self->segments || !self->batches || !self->regs) {
+    if (!self->segments || !self->batches || !self->regs || !self->stream_batches) {
         Py_DECREF(self);
         return NULL;
     }
@@ -102,6 +103,8 @@ static void engine_shutdown(EngineObject *self)
         PyDict_Clear(self->regs);
     if (self->segments)
         PyDict_Clear(self->segments);
+    if (self->stream_batches)
+        PyList_SetSlice(self->stream_batches, 0, PY_SSIZE_T_MAX, NULL);
 }
 
 static void Engine_dealloc(EngineObject *self)
@@ -115,6 +118,7 @@ static void Engine_dealloc(EngineObject *self)
     Py_CLEAR(self->segments);
     Py_CLEAR(self->batches);
     Py_CLEAR(self->regs);
+    Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);
     pthread_mutex_destroy(&self->slab_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -35,6 +35,7 @@ typedef struct {
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *regs;             /* dict: address (int) -> capsule(struct local_ref), objects kept alive */
+    PyObject *stream_batches;   /* list: ids (in batches) of stream-ordered batches, freed once ended */
     uint64_t next_batch_id;
     pthread_mutex_t slab_lock;  /* guards creating `slab` */
     struct slab *slab;          /* managed buffers; created on first allocate */

@@ -274,7 +274,11 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
         return ferry_fail(rc, "submit_on_stream: %s (the transfer was started at once)", why);
     }
     int wrc = ops->stream_wait_flag ? ops->stream_wait_flag(dev, stream, flag, value) : FERRY_ENOTSUP;
-    if (wrc == FERRY_ENOTSUP) {
+    if (wrc) { /* no stream memory ops (or the driver refused them here): block a host function */
+        static atomic_int said;
+        if (!atomic_exchange(&said, 1)) /* a slower path: say so, once */
+            LOG_WARN("stream ordering: %s; later work waits in a blocking host function instead",
+                     ferry_last_error());
         struct blocking_wait *w = malloc(sizeof *w);
         wrc = w ? 0 : FERRY_ENOMEM;
         if (w) {

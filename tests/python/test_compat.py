@@ -276,3 +276,32 @@ def test_segment_name_p2p_and_ascend_form():
     assert e.initialize("127.0.0.1:0:npu_2", "P2PHANDSHAKE", "tcp", "") == 0
     assert e.segment_name == "127.0.0.1:%d" % e.get_rpc_port()
     e.close()
+
+
+# ---------------------------------------------------------------- stream-ordered (*_on_cuda)
+
+
+def test_on_cuda_argument_errors(compat, target):
+    """The GPU run (bench/stream_overlap.py) checks the ordering itself; here the
+    refusals, which come back as codes with nothing enqueued and nothing leaked."""
+    src = registered(compat, 64 * KIB, seed=3)
+    a = src.ctypes.data
+    assert compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cpu") == ferry.FERRY_ENOTSUP
+    assert "streams" in ferry.last_error()[2]
+    assert compat.batch_transfer_write_on_cuda("127.0.0.1:1", [a], [target.addr], [4096]) == ferry.FERRY_ENOSEG
+    assert compat.batch_transfer_read_on_cuda(target.segment, [a], [target.addr + target.size], [4096],
+                                              location="sim:0") == ferry.FERRY_ERANGE
+    unreg = np.zeros(4096, np.uint8)
+    assert compat.transfer_read_on_cuda(target.segment, unreg.ctypes.data, target.addr, 4096,
+                                        location="sim:0") == ferry.FERRY_ENOTREG
+    rc = compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cuda:7")
+    assert rc in (ferry.FERRY_ENODEV, 0)   # 0 only where a GPU 7 exists
+    with pytest.raises(TypeError):
+        compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, "stream")
+    assert compat.pending_batches() == []
+    strict = ferry.NativeTransferEngine()
+    assert strict.initialize("127.0.0.1") == 0
+    with pytest.raises(ferry.FerryError) as ei:
+        strict.transfer_write_on_cuda(target.segment, 0x1000, target.addr, 4096, 0, "", "cpu")
+    assert ei.value.code == ferry.FERRY_ENOTSUP
+    strict.close()
