@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=128)
     ap.add_argument("--block-kib", type=int, default=64)
-    ap.add_argument("--matmuls", type=int, default=4, help="bf16 products per layer (size --n)")
+    ap.add_argument("--matmuls", type=int, default=16, help="bf16 products per layer (size --n)")
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
