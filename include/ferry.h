@@ -111,6 +111,17 @@ struct ferry_config {
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* With a metadata store: the name this engine publishes itself under
+     * (the reference engine uses its local_hostname as given); NULL/"": the
+     * host:port of the handshake listener.  Ignored with P2PHANDSHAKE. */
+    const char *segment_name;
+    /* With a metadata store: the address the handshake listener and transports
+     * bind (NULL/"": the host of local_server_name).  Ignored with P2PHANDSHAKE. */
+    const char *bind_address;
+    /* 1 (default): a listed transport that finds no usable device (rdma with
+     * no NIC, or not built) is skipped with one warning; if none is left, tcp
+     * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
+    unsigned transport_fallback;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
@@ -144,8 +155,10 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
-/* Returns this engine's segment name, "host:port" of its handshake listener
- * (the port actually bound).  Valid for the engine's lifetime. */
+/* Returns this engine's segment name: "host:port" of its handshake listener
+ * (the port actually bound), or cfg->segment_name with a metadata store.  An
+ * Ascend-style ":npu_N" suffix of local_server_name is not part of it.  Valid
+ * for the engine's lifetime. */
 FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */
@@ -191,6 +204,12 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
  * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
+
+/* Asks now whether the segment `name` can be resolved: fetches its descriptor
+ * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
+ * without touching the cached handle or its connections.  Returns 0,
+ * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
  * it fail with FERRY_ECANCELED. Returns 0 or FERRY_ENOSEG. */
@@ -259,6 +278,26 @@ FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
 FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 
+/* Submits n requests in the order of a device stream: the transfer starts
+ * when `stream` — the caller's native stream of device `location` ("cuda:N":
+ * a CUstream / cudaStream_t, NULL for the legacy default stream; "sim:N": a
+ * sim stream) — reaches this point, and work enqueued on the stream
+ * afterwards waits until every request has ended (completed or failed), with
+ * no host synchronization in the caller (cuLaunchHostFunc plus
+ * cuStreamWaitValue32 on CUDA).  The requests are validated now, as by
+ * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
+ * must be empty and takes no other submit; ferry_batch_wait / _status report
+ * the outcome (a wait also waits for the stream to reach the transfer).
+ * Streams must have passed every such transfer before the engine is
+ * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
+ * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * FERRY_ENOTSUP (the location's device has no streams); another code if the
+ * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
+ * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
+ * the batch reports it as usual. */
+FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
+                                           const char *location, void *stream);
+
 /* Number of requests submitted to the batch so far. */
 FERRY_API size_t ferry_batch_size(const ferry_batch *batch);
 
@@ -307,6 +346,8 @@ struct ferry_transport_stats {
 /* The most transports one engine runs at once (the protocols it offers). */
 #define FERRY_MAX_TRANSPORTS 4
 
+/* One row per transport this engine runs: after a fallback (see
+ * transport_fallback) the names say which ones are live. */
 struct ferry_stats {
     size_t transport_count;
     struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
