@@ -23,7 +23,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
 REL = os.path.relpath(HERE)   # "." from python/, "python" from the root
 SOURCES = ["_ferry.c", "engine.c", "memory.c", "transfer.c", "convert.c", "slab.c"]
@@ -59,12 +59,25 @@ def cmake_library(build_temp):
         sys.exit("setup.py: building libferry needs cmake and ferry's source tree at %s "
                  "(apt-get install cmake pkg-config libcjson-dev; or set FERRY_BUILD_DIR)" % ROOT)
     bdir = os.path.join(os.path.abspath(build_temp), "libferry")
-    if not os.path.isfile(os.path.join(bdir, "CMakeCache.txt")):
+    if source_of(bdir) not in (None, ROOT):
+        shutil.rmtree(bdir)   # configured from another checkout (moved or copied): start over
+    if source_of(bdir) is None:
         subprocess.check_call([cmake, "-S", ROOT, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release",
                                "-DFERRY_BUILD_TESTS=OFF", "-DFERRY_WERROR=OFF"])
     subprocess.check_call([cmake, "--build", bdir, "--target", "ferry_static",
                            "-j%d" % int(os.environ.get("JOBS", os.cpu_count() or 2))])
     return os.path.join(bdir, "libferry.a")
+
+
+def source_of(build_dir):
+    """The source directory a CMake build directory was configured from, or None."""
+    cache = os.path.join(build_dir, "CMakeCache.txt")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                    return os.path.realpath(line.split("=", 1)[1].strip())
+    return None
 
 
 def pkg_config(flag, pkg):
@@ -97,14 +110,9 @@ def link_dependencies(lib):
 def include_dir(lib):
     """ferry.h of the source tree the library was built from (CMakeCache.txt),
     so that the extension and libferry.a agree on struct layouts."""
-    cache = os.path.join(os.path.dirname(lib), "CMakeCache.txt")
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            for line in f:
-                if line.startswith("CMAKE_HOME_DIRECTORY:"):
-                    d = os.path.join(line.split("=", 1)[1].strip(), "include")
-                    if os.path.isfile(os.path.join(d, "ferry.h")):
-                        return d
+    src = source_of(os.path.dirname(lib))
+    if src and os.path.isfile(os.path.join(src, "include", "ferry.h")):
+        return os.path.join(src, "include")
     return os.path.join(ROOT, "include")
 
 
