@@ -25,7 +25,8 @@
  *    macros that pass sizeof, and ferry_config records it in struct_size.  The
  *    library then reads and writes only the caller's bytes; knobs the caller
  *    does not know keep their defaults (and FERRY_* environment values).
- *    Adding a knob or a counter is one line at the end of its struct.
+ *    Adding a knob or a counter is one line at the end of its struct
+ *    (tests/unit/test_abi.c fails when an existing field moves).
  *  - Every other struct (ferry_request, ferry_status, ferry_buffer_info,
  *    ferry_notification, ferry_config_knob) is frozen for a given N; changing
  *    one bumps FERRY_ABI_VERSION and with it the SONAME.

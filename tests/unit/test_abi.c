@@ -167,6 +167,49 @@ static void impossible_stats_sizes_are_rejected(void **state)
     ferry_engine_destroy(e);
 }
 
+#if FERRY_ABI_VERSION == 1
+/* The layout programs built for libferry.so.1 were compiled with (x86-64).
+ * Growable structs may gain fields at their end only; these offsets must never
+ * move.  Frozen structs keep their size.  A change here means: bump
+ * FERRY_ABI_VERSION (and with it the SONAME), then write the new table. */
+static const struct {
+    const char *field;
+    size_t offset, abi1;
+} layout[] = {
+#define AT(s, f, off) {#s "." #f, offsetof(struct s, f), off}
+    AT(ferry_config, struct_size, 0), AT(ferry_config, local_server_name, 8), AT(ferry_config, metadata_server, 16),
+    AT(ferry_config, metadata_prefix, 24), AT(ferry_config, metadata_ttl_s, 32), AT(ferry_config, protocols, 40),
+    AT(ferry_config, device_name, 48), AT(ferry_config, tcp_connections, 56), AT(ferry_config, slice_size, 64),
+    AT(ferry_config, coalesce_max, 72), AT(ferry_config, request_timeout_ms, 76),
+    AT(ferry_config, connect_timeout_ms, 80), AT(ferry_config, staging_chunk_size, 88),
+    AT(ferry_config, staging_chunks, 96), AT(ferry_config, notify_queue_max, 100), AT(ferry_config, log_level, 104),
+    AT(ferry_transport_stats, name, 0), AT(ferry_transport_stats, bytes_written, 16),
+    AT(ferry_transport_stats, bytes_read, 24), AT(ferry_transport_stats, bytes_served, 32),
+    AT(ferry_transport_stats, requests_completed, 40), AT(ferry_transport_stats, requests_failed, 48),
+    AT(ferry_transport_stats, frames_sent, 56), AT(ferry_transport_stats, refused, 64),
+    AT(ferry_transport_stats, bytes_staged, 72), AT(ferry_transport_stats, bytes_bounced, 80),
+    AT(ferry_stats, transport_count, 0), AT(ferry_stats, transports, 8),
+#undef AT
+};
+
+static void abi1_layout_only_grows_at_the_end(void **state)
+{
+    (void)state;
+    if (sizeof(void *) != 8)
+        skip();
+    for (size_t i = 0; i < sizeof layout / sizeof layout[0]; i++)
+        if (layout[i].offset != layout[i].abi1)
+            fail_msg("%s moved from offset %zu to %zu: an ABI break (add fields at the end, or bump "
+                     "FERRY_ABI_VERSION)", layout[i].field, layout[i].abi1, layout[i].offset);
+    assert_int_equal(FERRY_STATS_TRANSPORTS, 4);
+    assert_int_equal(sizeof(struct ferry_request), 40);
+    assert_int_equal(sizeof(struct ferry_status), 176);
+    assert_int_equal(sizeof(struct ferry_buffer_info), 48);
+    assert_int_equal(sizeof(struct ferry_notification), 4232);
+    assert_int_equal(sizeof(struct ferry_config_knob), 24);
+}
+#endif
+
 static void version_matches_header(void **state)
 {
     (void)state;
@@ -186,6 +229,9 @@ int main(void)
         cmocka_unit_test(newer_stats_get_zeros_for_unknown_fields),
         cmocka_unit_test(impossible_stats_sizes_are_rejected),
         cmocka_unit_test(version_matches_header),
+#if FERRY_ABI_VERSION == 1
+        cmocka_unit_test(abi1_layout_only_grows_at_the_end),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
