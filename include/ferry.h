@@ -49,7 +49,6 @@ extern "C" {
 /* The SONAME's number: libferry.so.FERRY_ABI_VERSION (see the promise above). */
 #define FERRY_ABI_VERSION 1
 
-
 /* Marks the library's exported functions (everything else is hidden). */
 #if defined(__GNUC__)
 #define FERRY_API __attribute__((visibility("default")))
