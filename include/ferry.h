@@ -62,27 +62,34 @@ FERRY_API const char *ferry_version(void);
 
 /* ---------------------------------------------------------------- errors */
 
-/* Error codes. 0 is success; every failure is one of these negative values. */
-enum ferry_error {
-    FERRY_OK = 0,
-    FERRY_EINVAL = -1,      /* an argument is invalid (NULL, zero length, bad flag) */
-    FERRY_ENOMEM = -2,      /* out of memory */
-    FERRY_ENOTREG = -3,     /* local address range is not inside a registration */
-    FERRY_ERANGE = -4,      /* remote range is outside the target's registered buffers */
-    FERRY_ENOSEG = -5,      /* unknown segment (name cannot be resolved or handle is stale) */
-    FERRY_ECONN = -6,       /* the peer cannot be reached or the connection broke */
-    FERRY_ETIMEDOUT = -7,   /* a deadline passed */
-    FERRY_EPROTO = -8,      /* malformed bytes from a peer (bad frame, bad descriptor) */
-    FERRY_EVERSION = -9,    /* peer speaks an incompatible format or wire version */
-    FERRY_EFULL = -10,      /* a batch has no room for more requests */
-    FERRY_ENODEV = -11,     /* the location names a device this host does not have */
-    FERRY_ENOTSUP = -12,    /* the operation is not supported (yet) on this path */
-    FERRY_EEXIST = -13,     /* the range overlaps an existing registration */
-    FERRY_EBUSY = -14,      /* the object is in use (batch still running, port taken) */
-    FERRY_ESTALE = -15,     /* the peer restarted; its old descriptor is no longer valid */
-    FERRY_EIO = -16,        /* a system call or device call failed */
-    FERRY_ECANCELED = -17,  /* the engine was shut down before the request finished */
-};
+/* Error codes. 0 is success; every failure is one of these negative values.
+ * FERRY_ERRNO_MAP(X) lists each as X(NAME, value, text); the enum below,
+ * ferry_strerror and ferry_err_name are all generated from it (as libuv's
+ * UV_ERRNO_MAP), so a new code is one line here.  Values never change. */
+#define FERRY_ERRNO_MAP(X)                                                                  \
+    X(OK, 0, "success")                                                                       \
+    X(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad flag */          \
+    X(ENOMEM, -2, "out of memory")                                                            \
+    X(ENOTREG, -3, "local memory is not registered") /* local range not in a registration */ \
+    X(ERANGE, -4, "remote range outside the target's registered buffers")                    \
+    X(ENOSEG, -5, "unknown segment")               /* name unresolvable or handle stale */    \
+    X(ECONN, -6, "peer unreachable or connection broken")                                     \
+    X(ETIMEDOUT, -7, "timed out")                  /* a deadline passed */                    \
+    X(EPROTO, -8, "malformed data from peer")      /* bad frame, bad descriptor */            \
+    X(EVERSION, -9, "incompatible peer version")   /* format or wire version */               \
+    X(EFULL, -10, "batch is full")                                                            \
+    X(ENODEV, -11, "no such device")               /* location names an absent device */      \
+    X(ENOTSUP, -12, "not supported")               /* not (yet) on this path */               \
+    X(EEXIST, -13, "overlaps an existing registration")                                       \
+    X(EBUSY, -14, "busy")                          /* batch still running, port taken */      \
+    X(ESTALE, -15, "peer restarted; descriptor is stale")                                     \
+    X(EIO, -16, "I/O or device error")             /* a system or device call failed */       \
+    X(ECANCELED, -17, "canceled")                  /* shutdown, close or unregister */        \
+    X(EPERM, -18, "permission denied")             /* peer failed authentication */
+
+#define FERRY_ERRNO_ENUM_(name, value, text) FERRY_##name = (value),
+enum ferry_error { FERRY_ERRNO_MAP(FERRY_ERRNO_ENUM_) };
+#undef FERRY_ERRNO_ENUM_
 
 /* Returns a static, human-readable name for an error code ("remote range outside
  * registered buffers").  Never NULL, also for unknown codes. */
@@ -333,13 +340,16 @@ struct ferry_transport_stats {
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
-#define FERRY_STATS_TRANSPORTS 4   /* fixed for a given FERRY_ABI_VERSION */
+/* The most transports one engine runs at once (the protocols it offers).
+ * Part of the ABI: it sizes struct ferry_stats, so it is fixed for a given
+ * FERRY_ABI_VERSION. */
+#define FERRY_MAX_TRANSPORTS 4
 
 /* An engine's counters.  New fields are added at the end only (after the
  * array), never inside it. */
 struct ferry_stats {
     size_t transport_count;
-    struct ferry_transport_stats transports[FERRY_STATS_TRANSPORTS];
+    struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
 };
 
 /* Fills *out with this engine's counters; fields the library does not know

@@ -45,7 +45,7 @@ int config_import(struct ferry_config *full, const struct ferry_config *given)
 
 int stats_export(const struct ferry_stats *full, struct ferry_stats *out, size_t size, size_t transport_size)
 {
-    const size_t head = offsetof(struct ferry_stats, transports), nt = FERRY_STATS_TRANSPORTS;
+    const size_t head = offsetof(struct ferry_stats, transports), nt = FERRY_MAX_TRANSPORTS;
     if (transport_size < sizeof full->transports[0].name || transport_size > ABI_MAX_STRUCT ||
         size < head + nt * transport_size || size > head + nt * transport_size + ABI_MAX_STRUCT)
         return ferry_fail(FERRY_EINVAL, "ferry_get_stats: sizes %zu / %zu fit no ferry.h", size, transport_size);

@@ -208,7 +208,7 @@ static int start_transports(ferry_engine *e, const struct transport_host *host)
             return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
                               "protocol \"%s\" is not available in this build (available: %s)", name, avail);
         }
-        if (e->ntransports == MAX_TRANSPORTS)
+        if (e->ntransports == FERRY_MAX_TRANSPORTS)
             return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
         int rc = ops->create(host, &e->tstate[e->ntransports]);
         if (rc)
@@ -785,7 +785,7 @@ int ferry_get_stats_sized(ferry_engine *e, struct ferry_stats *caller, size_t si
         return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
     struct ferry_stats full, *out = &full; /* this library's layout; the caller's may differ */
     memset(out, 0, sizeof *out);
-    for (size_t i = 0; i < e->ntransports && i < 4; i++) {
+    for (size_t i = 0; i < e->ntransports; i++) {
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
         out->transports[i].requests_completed = atomic_load(&e->req_completed[i]);
         out->transports[i].requests_failed = atomic_load(&e->req_failed[i]);

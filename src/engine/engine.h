@@ -16,7 +16,6 @@
 #include "staging/staging.h"
 #include "transport/transport.h"
 
-#define MAX_TRANSPORTS 4
 #define MAX_POOLS 15
 
 /* A frame's route: the transport index in the low 4 bits; staged frames add
@@ -35,7 +34,7 @@ struct segment {
     uint64_t handle;
     char name[128];
     struct ferry_descriptor desc;
-    void *peer[MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
+    void *peer[FERRY_MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
 };
 
 struct note_node;
@@ -57,10 +56,10 @@ struct ferry_engine {
 
     struct memreg registry;
     size_t ntransports;
-    const struct transport_ops *tops[MAX_TRANSPORTS];
-    void *tstate[MAX_TRANSPORTS];
-    atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
-    atomic_uint_fast64_t bytes_staged[MAX_TRANSPORTS];
+    const struct transport_ops *tops[FERRY_MAX_TRANSPORTS];
+    void *tstate[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t req_completed[FERRY_MAX_TRANSPORTS], req_failed[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t bytes_staged[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_bounced;
 
     pthread_mutex_t pool_lock;          /* creation only; entries are never removed */

@@ -124,7 +124,7 @@ static void older_stats_are_written_in_the_older_layout(void **state)
     ferry_engine *e = two_transport_engine();
     /* an older ferry_transport_stats ended before bytes_staged */
     size_t tsize = offsetof(struct ferry_transport_stats, bytes_staged);
-    size_t size = head + FERRY_STATS_TRANSPORTS * tsize;
+    size_t size = head + FERRY_MAX_TRANSPORTS * tsize;
     fill_guard();
     assert_int_equal(ferry_get_stats_sized(e, (struct ferry_stats *)buf.bytes, size, tsize), 0);
     assert_guard_from(size);
@@ -139,15 +139,15 @@ static void newer_stats_get_zeros_for_unknown_fields(void **state)
     (void)state;
     ferry_engine *e = two_transport_engine();
     size_t t = sizeof(struct ferry_transport_stats), tsize = t + 16;
-    size_t size = head + FERRY_STATS_TRANSPORTS * tsize + 32;
+    size_t size = head + FERRY_MAX_TRANSPORTS * tsize + 32;
     fill_guard();
     assert_int_equal(ferry_get_stats_sized(e, (struct ferry_stats *)buf.bytes, size, tsize), 0);
     assert_guard_from(size);
     assert_string_equal((char *)buf.bytes + head + tsize, "shm");
-    for (size_t i = 0; i < FERRY_STATS_TRANSPORTS; i++)
+    for (size_t i = 0; i < FERRY_MAX_TRANSPORTS; i++)
         for (size_t j = t; j < tsize; j++)
             assert_int_equal(buf.bytes[head + i * tsize + j], 0);
-    for (size_t j = head + FERRY_STATS_TRANSPORTS * tsize; j < size; j++)
+    for (size_t j = head + FERRY_MAX_TRANSPORTS * tsize; j < size; j++)
         assert_int_equal(buf.bytes[j], 0);
     struct ferry_stats st;   /* and the plain call, through the macro */
     assert_int_equal(ferry_get_stats(e, &st), 0);
@@ -201,7 +201,7 @@ static void abi1_layout_only_grows_at_the_end(void **state)
         if (layout[i].offset != layout[i].abi1)
             fail_msg("%s moved from offset %zu to %zu: an ABI break (add fields at the end, or bump "
                      "FERRY_ABI_VERSION)", layout[i].field, layout[i].abi1, layout[i].offset);
-    assert_int_equal(FERRY_STATS_TRANSPORTS, 4);
+    assert_int_equal(FERRY_MAX_TRANSPORTS, 4);
     assert_int_equal(sizeof(struct ferry_request), 40);
     assert_int_equal(sizeof(struct ferry_status), 176);
     assert_int_equal(sizeof(struct ferry_buffer_info), 48);
