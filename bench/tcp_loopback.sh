@@ -10,6 +10,7 @@
 # env:   DURATION (5)  OPS ("write read")  BLOCKS ("4K 64K 1M 4M")  BATCH (128)
 #        THREADS (1)  FERRY_BENCH (build/ferry-bench)  IPERF_STREAMS (1)
 #        IPERF_PORT (first free port from 5201)
+#        JSON (a file: one JSON object per row appended to it, for bench/plot.py)
 # Exit status: 0 if every ferry run succeeded and verified, else 1.
 set -u
 
@@ -20,7 +21,7 @@ py=/usr/bin/python3
 case "${1:-}" in
   --quick) DURATION=1 ;;
   "") ;;
-  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "tcp_loopback.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 DURATION=${DURATION:-5}
@@ -185,6 +186,8 @@ for op in $OPS; do
     run_ferry "$op" "$bytes" "$buffer" || status=1
     ferry=$result
     echo "| $op | $block | $BATCH | $ferry | $iperf | $(ratio "$ferry" "$iperf") |"
+    [ -n "${JSON:-}" ] && printf '{"op": "%s", "block": "%s", "batch": %s, "ferry_gb_s": "%s", "iperf3_gb_s": "%s"}\n' \
+      "$op" "$block" "$BATCH" "$ferry" "$iperf" >> "$JSON"
   done
 done
 exit "$status"

@@ -174,10 +174,9 @@ static int apply(const struct knob *k, const char *text, struct ferry_config *cf
     return 0;
 }
 
-int ferry_config_init(struct ferry_config *cfg)
+/* Defaults and environment into a whole struct of this library's size. */
+static int fill(struct ferry_config *cfg)
 {
-    if (!cfg)
-        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NKNOBS; i++) {
         int rc = knobs[i].type == KNOB_MC ? 0 : apply(&knobs[i], knobs[i].pub.default_text, cfg);
@@ -194,6 +193,24 @@ int ferry_config_init(struct ferry_config *cfg)
             }
         }
     }
+    return 0;
+}
+
+int ferry_config_init_sized(struct ferry_config *cfg, size_t size)
+{
+    if (!cfg)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
+    if (size < sizeof cfg->struct_size)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: size %zu cannot hold struct_size", size);
+    /* the caller's struct may be smaller (older ferry.h) or larger (newer)
+     * than ours: write exactly its bytes, zero where we know no knob */
+    struct ferry_config full;
+    int rc = fill(&full);
+    if (rc)
+        return rc;
+    memset(cfg, 0, size);
+    memcpy(cfg, &full, size < sizeof full ? size : sizeof full);
+    cfg->struct_size = size;
     return 0;
 }
 

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 
+#include "abi.h"
 #include "device/device.h"
 #include "engine/engine.h"
 #include "err.h"
@@ -287,19 +288,16 @@ static int local_name(ferry_engine *e, int *port)
 
 int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
 {
-    struct ferry_config defaults;
+    struct ferry_config full; /* the caller's config in this library's layout */
     if (!out)
         return ferry_fail(FERRY_EINVAL, "ferry_engine_create: out is NULL");
-    if (!cfg) {
-        int rc = ferry_config_init(&defaults);
-        if (rc)
-            return rc;
-        cfg = &defaults;
-    }
+    int rc = cfg ? config_import(&full, cfg) : ferry_config_init(&full);
+    if (rc)
+        return rc;
     ferry_engine *e = calloc(1, sizeof *e);
     if (!e)
         return ferry_fail(FERRY_ENOMEM, "engine");
-    int rc = copy_config(e, cfg);
+    rc = copy_config(e, &full);
     if (rc) {
         free(e);
         return rc;
@@ -870,10 +868,11 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
 
 /* ------------------------------------------------------------ stats */
 
-int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
+int ferry_get_stats_sized(ferry_engine *e, struct ferry_stats *caller, size_t size, size_t transport_size)
 {
-    if (!e || !out)
+    if (!e || !caller)
         return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
+    struct ferry_stats full, *out = &full; /* this library's layout; the caller's may differ */
     memset(out, 0, sizeof *out);
     for (size_t i = 0; i < e->ntransports; i++) {
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
@@ -884,5 +883,5 @@ int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
         out->transports[i].bytes_bounced = i == 0 ? atomic_load(&e->bytes_bounced) : 0;
     }
     out->transport_count = e->ntransports;
-    return 0;
+    return stats_export(out, caller, size, transport_size);
 }
