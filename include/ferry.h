@@ -58,6 +58,7 @@ enum ferry_error {
     FERRY_ESTALE = -15,     /* the peer restarted; its old descriptor is no longer valid */
     FERRY_EIO = -16,        /* a system call or device call failed */
     FERRY_ECANCELED = -17,  /* the engine was shut down before the request finished */
+    FERRY_EPERM = -18,      /* a peer failed authentication (no key, wrong key) or is not allowed */
 };
 
 /* Returns a static, human-readable name for an error code ("remote range outside
@@ -104,6 +105,23 @@ struct ferry_config {
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* Limits on each listening port (handshake, tcp data, rdma side channel):
+     * connections at once in total (0, the default: a quarter of the process's
+     * RLIMIT_NOFILE, at most 4096) and from one IPv4 address (default 64). */
+    unsigned max_connections;
+    unsigned max_connections_per_peer;
+    /* A data connection on which nothing arrives for this long is closed by the
+     * target (default 120000); initiators retire theirs after half of it. */
+    unsigned idle_timeout_ms;
+    /* Shared-secret mutual authentication (off when both are NULL or "").
+     * With a key, every handshake and every data or side-channel connection
+     * starts with an HMAC-SHA256 challenge-response in both directions; a peer
+     * without the same key gets no descriptor and no connection (FERRY_EPERM
+     * naming the peer).  auth_key is the secret itself (at least 16 bytes);
+     * auth_key_file a file holding it (read at engine creation; trailing
+     * newlines are not part of the key).  Both sides need the same key. */
+    const char *auth_key;
+    const char *auth_key_file;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see

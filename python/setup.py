@@ -55,7 +55,7 @@ def link_dependencies(lib):
                         (tok.startswith("/") and (".so" in os.path.basename(tok) or tok.endswith(".a"))):
                     deps.append(tok)
     else:
-        for pkg in ("libcjson", "libcurl", "hiredis"):
+        for pkg in ("libcjson", "libcrypto", "libcurl", "hiredis"):
             deps += pkg_config("--libs", pkg)
         deps = deps or ["-lcjson"]
     deps += ["-lpthread", "-ldl", "-lm"]

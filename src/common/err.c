@@ -34,6 +34,7 @@ static const struct code_text codes[] = {
     {FERRY_ESTALE, "FERRY_ESTALE", "peer restarted; descriptor is stale"},
     {FERRY_EIO, "FERRY_EIO", "I/O or device error"},
     {FERRY_ECANCELED, "FERRY_ECANCELED", "canceled by shutdown"},
+    {FERRY_EPERM, "FERRY_EPERM", "peer failed authentication or is not allowed"},
 };
 
 static const struct code_text *lookup(int err)

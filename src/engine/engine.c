@@ -253,8 +253,16 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    rc = p2p_server_start(e->listen_host, port, e->cfg.connect_timeout_ms, describe_self, e, &e->handshake,
-                          &e->handshake_port);
+    rc = auth_key_load(&e->auth, e->cfg.auth_key, e->cfg.auth_key_file, e->engine_id);
+    /* the struct keeps no pointer to the secret: it lives in e->auth only */
+    e->cfg.auth_key = e->cfg.auth_key_file = NULL;
+    if (rc) {
+        ferry_engine_destroy(e);
+        return rc;
+    }
+    struct acceptor_limits limits = {e->cfg.max_connections, e->cfg.max_connections_per_peer};
+    struct p2p_server_opts hs = {e->cfg.connect_timeout_ms, limits, &e->auth};
+    rc = p2p_server_start(e->listen_host, port, &hs, describe_self, e, &e->handshake, &e->handshake_port);
     if (rc) {
         ferry_engine_destroy(e);
         return rc;
@@ -271,6 +279,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         .listen_host = e->listen_host,
         .deliver_notify = hook_deliver_notify,
         .bytes_bounced = &e->bytes_bounced,
+        .auth = &e->auth,
+        .limits = limits,
     };
     if ((rc = start_transports(e, &host))) {
         char why[512];
@@ -281,6 +291,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     atomic_store(&e->ready, 1);
     rc = e->meta->create(e->cfg.metadata_server, e->cfg.metadata_prefix, e->cfg.metadata_ttl_s,
                          e->cfg.connect_timeout_ms, &e->meta_state);
+    if (!rc && e->meta->set_auth)
+        e->meta->set_auth(e->meta_state, &e->auth);
     if (!rc)
         rc = engine_publish(e);
     if (rc) {
@@ -342,6 +354,7 @@ void ferry_engine_destroy(ferry_engine *e)
     pthread_mutex_destroy(&e->pool_lock);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
+    auth_key_wipe(&e->auth);
     free(e);
 }
 

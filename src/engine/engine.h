@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "auth.h"
 #include "ferry.h"
 #include "memreg.h"
 #include "meta/descriptor.h"
@@ -85,6 +86,7 @@ struct ferry_engine {
     size_t nstale;
 
     struct notify_queue notes;
+    struct auth_key auth;           /* the shared secret (len 0: authentication off) */
 };
 
 /* Publishes the current descriptor through the metadata backend (a no-op
