@@ -103,7 +103,8 @@ struct ferry_config {
     unsigned connect_timeout_ms;/* connecting / handshaking with a peer (default 5000) */
     size_t staging_chunk_size;  /* pinned chunk size for device staging (default 2 MiB) */
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
-    unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
+    unsigned notify_queue_max;  /* notifications kept (default 4096); a full queue drops the
+                                 * oldest of the peer holding the most */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
     /* Limits on each listening port (handshake, tcp data, rdma side channel):
      * connections at once in total (0, the default: a quarter of the process's

@@ -52,7 +52,7 @@ static const struct knob knobs[] = {
     KNOB(staging_chunks, KNOB_UINT, "FERRY_STAGING_CHUNKS", "16",
          "chunks per device staging pool: how many staged frames are in flight at once"),
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
-         "received notifications kept before the oldest is dropped"),
+         "received notifications kept; when full, the oldest of the peer holding the most is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
     KNOB(max_connections, KNOB_UINT, "FERRY_MAX_CONNECTIONS", "0",
          "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096)"),

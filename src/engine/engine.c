@@ -36,63 +36,17 @@ static const struct ferry_device_ops *region_device(const struct memreg_region *
 
 /* ------------------------------------------------------------ notifications */
 
-struct note_node {
-    struct note_node *next;
-    struct ferry_notification n;
-};
-
 static void hook_deliver_notify(void *engine, const char *from, const void *msg, size_t len)
 {
     ferry_engine *e = engine;
-    struct note_node *node = calloc(1, sizeof *node);
-    if (!node) {
-        LOG_ERROR("notification from %s dropped: out of memory", from);
-        return;
-    }
-    snprintf(node->n.from, sizeof node->n.from, "%s", from);
-    node->n.len = len < sizeof node->n.msg ? len : sizeof node->n.msg;
-    memcpy(node->n.msg, msg, node->n.len);
-    struct notify_queue *q = &e->notes;
-    pthread_mutex_lock(&q->lock);
-    if (q->tail)
-        q->tail->next = node;
-    else
-        q->head = node;
-    q->tail = node;
-    q->count++;
-    if (q->count > e->cfg.notify_queue_max) {
-        struct note_node *old = q->head;
-        q->head = old->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        q->dropped++;
-        LOG_WARN("notification queue full (%u): dropped the oldest, from %s", e->cfg.notify_queue_max,
-                 old->n.from);
-        free(old);
-    }
-    pthread_mutex_unlock(&q->lock);
+    notify_deliver(&e->notes, from, msg, len);
 }
 
 int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, size_t max, size_t *count)
 {
     if (!e || (!out && max) || !count)
         return ferry_fail(FERRY_EINVAL, "ferry_get_notifications: NULL argument");
-    struct notify_queue *q = &e->notes;
-    size_t n = 0;
-    pthread_mutex_lock(&q->lock);
-    while (n < max && q->head) {
-        struct note_node *node = q->head;
-        q->head = node->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        out[n++] = node->n;
-        free(node);
-    }
-    pthread_mutex_unlock(&q->lock);
-    *count = n;
-    return 0;
+    return notify_take(&e->notes, out, max, count);
 }
 
 /* ------------------------------------------------------------ descriptor */
@@ -241,7 +195,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     ferry_log_level = e->cfg.log_level;
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
-    pthread_mutex_init(&e->notes.lock, NULL);
+    notify_queue_init(&e->notes, e->cfg.notify_queue_max);
     pthread_mutex_init(&e->stale_lock, NULL);
     pthread_mutex_init(&e->publish_lock, NULL);
     pthread_mutex_init(&e->pool_lock, NULL);
@@ -343,12 +297,7 @@ void ferry_engine_destroy(ferry_engine *e)
         staging_pool_destroy(e->pools[i].pool);
     for (size_t i = 0; i < e->ntransports; i++)
         e->tops[i]->destroy(e->tstate[i]);
-    struct ferry_notification drop[16];
-    size_t got;
-    do
-        ferry_get_notifications(e, drop, 16, &got);
-    while (got);
-    pthread_mutex_destroy(&e->notes.lock);
+    notify_queue_destroy(&e->notes);
     pthread_mutex_destroy(&e->stale_lock);
     pthread_mutex_destroy(&e->publish_lock);
     pthread_mutex_destroy(&e->pool_lock);
