@@ -174,7 +174,7 @@ int auth_server(int fd, const struct auth_key *k, enum auth_channel ch, const ui
     snprintf(why, sizeof why, "%s", ferry_last_error());
     rc = net_write_full_deadline(fd, challenge, sizeof challenge, deadline_ns);
     if (verdict)
-        return ferry_fail(verdict, "%s %s: %s", channel_name(ch), peer, why);
+        return ferry_fail(verdict, "%s %s refused: %s", channel_name(ch), peer, why);
     if (rc)
         return ferry_fail(rc, "auth: %s: %s", peer, ferry_last_error());
     rc = net_read_full_deadline(fd, proof, sizeof proof, deadline_ns);

@@ -99,7 +99,7 @@ static void serve(void *arg, struct acceptor_conn *c)
     int rc = net_read_full_deadline(c->fd, head, AUTH_PREFIX, deadline);
     if (!rc && auth_is_hello(head)) {
         if ((rc = auth_server(c->fd, s->auth, AUTH_HANDSHAKE, head, c->peer, deadline, NULL))) {
-            LOG_WARN("handshake: %s", ferry_last_error());
+            LOG_WARN("%s", ferry_last_error());
             return;
         }
         authenticated = true;
