@@ -201,8 +201,8 @@ static int receive_response(struct tcp_conn *c)
         return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
                           (unsigned long long)h.id);
     if (!wire_status_allowed(h.type, h.status))
-        return ferry_fail(FERRY_EPROTO, "target %s:%d answered with status %d, which no ferry target sends",
-                          c->peer->host, c->peer->port, h.status);
+        return ferry_fail(FERRY_EPROTO, "the target answered with status %d, which no ferry target sends",
+                          h.status);
     int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
     if (h.type != want)
         return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
@@ -304,7 +304,7 @@ static int say_hello(struct tcp_conn *c)
     if (rc || h.status == 0)
         return rc;
     if (!wire_status_allowed(h.type, h.status))
-        return ferry_fail(FERRY_EPROTO, "target %s answered HELLO with status %d, which no ferry target sends", peer,
+        return ferry_fail(FERRY_EPROTO, "the target answered HELLO with status %d, which no ferry target sends",
                           h.status);
     if (h.status == FERRY_ESTALE)
         return ferry_fail(FERRY_ESTALE, "the target restarted (engine id changed); reopen the segment");
