@@ -15,8 +15,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <sys/un.h>
+
 #include "auth.h"
+#include "bytes.h"
 #include "rawpeer.h"
+#include "transport/shm.h"
 #include "testutil.h"
 
 #define TSIZE (8u << 20)
@@ -177,6 +181,89 @@ static void test_raw_attacker_gets_nothing(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ shm */
+
+/* A raw connection to a target's shm notification socket. */
+static int shm_notify_connect(pid_t pid, uint64_t engine_id)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    char name[64];
+    shm_notify_name(pid, engine_id, name, sizeof name);
+    memcpy(a.sun_path + 1, name, strlen(name));
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+                                                                     strlen(name))), 0);
+    return fd;
+}
+
+static void test_shm_with_key(void **state)
+{
+    (void)state;
+    struct child_target t;
+    setenv("FERRY_PROTOCOLS", "shm,tcp", 1);
+    start_target(&t, KEY);
+    unsetenv("FERRY_PROTOCOLS");
+
+    /* an engine with the key: data over shm, and the notification */
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.protocols = "shm";
+    cfg.auth_key = KEY;
+    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
+    ferry_segment_t seg;
+    char *buf;
+    assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+    assert_int_equal(ferry_mem_alloc(e, "cpu", XFER, (void **)&buf), 0);
+    assert_int_equal(ferry_register_memory(e, buf, XFER, "cpu", 0), 0);
+    pattern_fill(buf, XFER, 3, 0);
+    ferry_batch *b;
+    struct ferry_request r = {FERRY_WRITE, buf, seg, t.addr, XFER};
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    assert_int_equal(ferry_batch_set_notify(b, "done", 4), 0);
+    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    assert_int_equal(ferry_batch_wait(b, 60000), 0);
+    ferry_batch_free(b);
+    struct ferry_stats stats;
+    assert_int_equal(ferry_get_stats(e, &stats), 0);
+    assert_string_equal(stats.transports[0].name, "shm");
+    assert_int_equal(stats.transports[0].bytes_written, XFER);
+    assert_int_equal(child_target_check(&t, 0, XFER, 3), -1);
+    char note[16];
+    assert_int_equal(child_target_notification(&t, note, sizeof note), 4);
+    assert_memory_equal(note, "done", 4);
+    ferry_engine_destroy(e);
+
+    /* a raw peer without the key: its notification is refused, not delivered */
+    struct auth_key k;
+    uint64_t engine_id = 0;
+    assert_int_equal(auth_key_load(&k, KEY, NULL, 5), 0);
+    assert_true(raw_data_port(t.name, &k, &engine_id) > 0);
+    int fd = shm_notify_connect(t.pid, engine_id);
+    uint8_t msg[2 + 8 + 5];
+    put_le16(msg, 8);
+    memcpy(msg + 2, "attacker", 8);
+    memcpy(msg + 10, "hello", 5);
+    assert_int_equal(send(fd, msg, sizeof msg, 0), (ssize_t)sizeof msg);
+    uint8_t ack = 0;
+    assert_int_equal(recv(fd, &ack, 1, 0), 1);
+    assert_int_equal(ack, 1);
+    close(fd);
+    assert_int_equal(child_target_notification(&t, note, sizeof note), -1);
+
+    /* with the key, the same socket takes it */
+    fd = shm_notify_connect(t.pid, engine_id);
+    assert_int_equal(auth_client(fd, &k, AUTH_SHM, t.name, net_deadline(10000), NULL), 0);
+    assert_int_equal(send(fd, msg, sizeof msg, 0), (ssize_t)sizeof msg);
+    assert_int_equal(recv(fd, &ack, 1, 0), 1);
+    assert_int_equal(ack, 0);
+    close(fd);
+    assert_int_equal(child_target_notification(&t, note, sizeof note), 5);
+    auth_key_wipe(&k);
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ replay */
 
 struct client_run {
@@ -322,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_missing_or_wrong_key_refused),
         cmocka_unit_test(test_raw_attacker_gets_nothing),
         cmocka_unit_test(test_replayed_answer_refused),
+        cmocka_unit_test(test_shm_with_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
