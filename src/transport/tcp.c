@@ -87,14 +87,15 @@ struct bounce {
     struct ferry_copy copies[BOUNCE_COPIES];
 };
 
-/* One incoming connection; lives on its acceptor thread's stack of calls
- * (serve_connection), which owns it. */
+/* One incoming connection: allocated and freed by serve_connection, on the
+ * connection's own thread.  frame_deadline_ns is the deadline of the whole
+ * frame being served (payload included), for the payload reads. */
 struct server_conn {
     struct tcp_transport *t;
     int fd;
     const char *peer;                 /* "a.b.c.d:port", for messages */
     char from[WIRE_MAX_NAME + 1];     /* the initiator's segment name, sanitized for logs */
-    uint64_t frame_deadline_ns;       /* the frame being served must have arrived by then */
+    uint64_t frame_deadline_ns;       /* now + request_timeout_ms when the frame began */
     struct bounce b;                  /* allocated on the first device access */
     int iovcnt;                       /* READ response being gathered */
     struct iovec iov[READ_IOVS];
@@ -309,9 +310,9 @@ static int say_hello(struct tcp_conn *c)
     if (h.status == FERRY_ESTALE)
         return ferry_fail(FERRY_ESTALE, "the target restarted (engine id changed); reopen the segment");
     if (h.status == FERRY_EPERM)
-        return ferry_fail(FERRY_EPERM, "tcp %s refused the connection: it requires authentication "
-                                       "(set the same FERRY_AUTH_KEY on both)", peer);
-    return ferry_fail(h.status, "target %s refused the connection: %s", peer, ferry_strerror(h.status));
+        return ferry_fail(FERRY_EPERM, "the target refused the connection: it requires authentication "
+                                       "(set the same FERRY_AUTH_KEY on both)");
+    return ferry_fail(h.status, "the target refused the connection: %s", ferry_strerror(h.status));
 }
 
 static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
