@@ -201,7 +201,9 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
 /* Resolves a peer by name ("host:port" with P2PHANDSHAKE), fetches and caches
  * its descriptor, and stores a handle in *out.  Opening the same name twice
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
- * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
+ * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor),
+ * FERRY_EPERM (authentication failed: one side has no key, or the keys differ;
+ * the detail message names the peer). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
