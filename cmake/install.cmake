@@ -13,7 +13,7 @@ install(TARGETS ferry-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(FILES include/ferry.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 
 # The pkg-config modules libferry.a needs (found when this build was configured)
-set(FERRY_PC_MODULES libcjson)
+set(FERRY_PC_MODULES libcjson libcrypto)
 foreach(m CURL:libcurl HIREDIS:hiredis IBVERBS:libibverbs)
   string(REPLACE ":" ";" m "${m}")
   list(GET m 0 prefix)

@@ -137,7 +137,8 @@ struct ferry_config {
     unsigned connect_timeout_ms;/* connecting / handshaking with a peer (default 5000) */
     size_t staging_chunk_size;  /* pinned chunk size for device staging (default 2 MiB) */
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
-    unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
+    unsigned notify_queue_max;  /* notifications kept (default 4096); a full queue drops the
+                                 * oldest of the peer holding the most */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
     /* With a metadata store: the name this engine publishes itself under
      * (the reference engine uses its local_hostname as given); NULL/"": the
@@ -150,6 +151,23 @@ struct ferry_config {
      * no NIC, or not built) is skipped with one warning; if none is left, tcp
      * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
     unsigned transport_fallback;
+    /* Limits on each listening port (handshake, tcp data, rdma side channel):
+     * connections at once in total (0, the default: a quarter of the process's
+     * RLIMIT_NOFILE, at most 4096) and from one IPv4 address (default 64). */
+    unsigned max_connections;
+    unsigned max_connections_per_peer;
+    /* A data connection on which nothing arrives for this long is closed by the
+     * target (default 120000); initiators retire theirs after half of it. */
+    unsigned idle_timeout_ms;
+    /* Shared-secret mutual authentication (off when both are NULL or "").
+     * With a key, every handshake and every data or side-channel connection
+     * starts with an HMAC-SHA256 challenge-response in both directions; a peer
+     * without the same key gets no descriptor and no connection (FERRY_EPERM
+     * naming the peer).  auth_key is the secret itself (at least 16 bytes);
+     * auth_key_file a file holding it (read at engine creation; trailing
+     * newlines are not part of the key).  Both sides need the same key. */
+    const char *auth_key;
+    const char *auth_key_file;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
@@ -237,7 +255,9 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
 /* Resolves a peer by name ("host:port" with P2PHANDSHAKE), fetches and caches
  * its descriptor, and stores a handle in *out.  Opening the same name twice
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
- * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
+ * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor),
+ * FERRY_EPERM (authentication failed: one side has no key, or the keys differ;
+ * the detail message names the peer). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
 
 /* Asks now whether the segment `name` can be resolved: fetches its descriptor
