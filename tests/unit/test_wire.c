@@ -62,7 +62,7 @@ static void test_layout(void **state)
     (void)state;
     struct wire_header h = header(WIRE_WRITE, 2, 0x0102030405060708ull);
     h.status = FERRY_ESTALE;
-    h.reserved = 0xa1a2a3a4;
+    h.flags = 0xa1a2a3a4;
     h.id = 0x1112131415161718ull;
     h.refused = 0x2122232425262728ull;
     h.epoch = 0x3132333435363738ull;
@@ -103,7 +103,7 @@ static void test_round_trip_every_type(void **state)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         struct wire_header h = header(shapes[i].type, shapes[i].nentries, shapes[i].payload);
         h.status = i % 2 ? FERRY_EVERSION : 0;
-        h.reserved = (uint32_t)i;
+        h.flags = (uint32_t)i;
         h.id = 0xfedcba9876543210ull ^ i;
         h.refused = i == 3 ? 0x8000000000000001ull : 0;
         h.epoch = UINT64_MAX - i;
@@ -116,7 +116,7 @@ static void test_round_trip_every_type(void **state)
         assert_int_equal(out.type, h.type);
         assert_int_equal(out.nentries, h.nentries);
         assert_int_equal(out.status, h.status); /* negative codes keep their sign */
-        assert_true(out.reserved == h.reserved);
+        assert_true(out.flags == h.flags);
         assert_true(out.id == h.id && out.refused == h.refused);
         assert_true(out.payload_len == h.payload_len && out.epoch == h.epoch);
     }
