@@ -103,6 +103,7 @@ struct server_conn {
     struct iovec iov[READ_IOVS];
     int iov_entry[READ_IOVS];         /* entry whose registered memory iov[k] points into, or -1 */
     bool trailer;                     /* the READ being served wants a trailer */
+    bool revoked_any;                 /* an access of this frame was revoked mid-way */
     unsigned nent;                    /* entries of the frame being served */
     struct served_entry ent[WIRE_MAX_ENTRIES];
     uint64_t deadline_ns;             /* the frame's payload must have moved by then */
@@ -191,7 +192,7 @@ static void conn_fail_all(struct tcp_conn *c)
         for (struct xfer_frame *f = lists[l], *next; f; f = next) {
             next = f->next;
             if (now >= f->deadline_ns)
-                frame_end(c, f, FERRY_ETIMEDOUT, 0, "request timed out");
+                frame_end(c, f, FERRY_ETIMEDOUT, 0, err == FERRY_ETIMEDOUT ? msg : "request timed out");
             else
                 frame_end(c, f, err, 0, msg);
         }
@@ -212,6 +213,8 @@ static int receive_response(struct tcp_conn *c)
     pthread_mutex_unlock(&c->lock);
     uint64_t deadline = f ? f->deadline_ns : now_ns() + (uint64_t)c->peer->t->host.cfg->request_timeout_ms * 1000000u;
     int rc = sockio_recv(c->fd, raw, sizeof raw, deadline, NULL, NULL, NULL);
+    if (rc == FERRY_ETIMEDOUT)
+        return ferry_fail(rc, "request timed out: no complete response by its deadline");
     if (rc)
         return rc;
     if ((rc = wire_decode_header(raw, &h)))
@@ -234,7 +237,8 @@ static int receive_response(struct tcp_conn *c)
         for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
             if (!(h.refused >> i & 1) &&
                 (rc = sockio_recv(c->fd, f->pieces[i].local, f->pieces[i].len, f->deadline_ns, NULL, NULL, NULL)))
-                return rc;
+                return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
+                                                          "its deadline") : rc;
         if (h.flags & WIRE_FLAG_TRAILER) {
             uint8_t tr[WIRE_TRAILER_SIZE];
             struct wire_trailer trailer;
@@ -257,7 +261,8 @@ static int receive_response(struct tcp_conn *c)
         snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
                  c->peer->host, c->peer->port);
     else if (h.refused)
-        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers",
+        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
+                 "(or unregistered while it was served)",
                  c->peer->host, c->peer->port);
     frame_end(c, f, h.status, h.refused | revoked, msg);
     return 0;
@@ -595,6 +600,7 @@ static void serve_cancel(void *arg)
 static void frame_begin(struct server_conn *s, unsigned nentries)
 {
     s->nent = nentries;
+    s->revoked_any = false;
     s->deadline_ns = now_ns() + (uint64_t)s->t->host.cfg->request_timeout_ms * 1000000u;
     atomic_store(&s->revoking, 0);
 }
@@ -631,6 +637,7 @@ static void stop_revoked(struct server_conn *s)
         if (se->held && memreg_access_revoked(&se->acc)) {
             entry_end(s, i);
             se->refused = true;
+            s->revoked_any = true;
             atomic_fetch_add(&s->t->refused, 1);
             LOG_WARN("tcp: 0x%llx+%llu was unregistered while %s accessed it; stopped", (unsigned long long)se->acc.addr,
                      (unsigned long long)se->acc.len, s->from);
@@ -816,14 +823,17 @@ static int flush_reads(struct server_conn *s)
 {
     struct bounce *b = &s->b;
     bounce_drop_revoked(s);
+    if (s->revoked_any && !s->trailer)
+        return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
+                          "no trailer: closing the connection", s->from);
     int rc = b->n ? ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_D2H, b->copies, b->n) : 0;
     b->n = b->used = 0;
     for (int k = 0; !rc && k < s->iovcnt;) {
         int own = s->iov_entry[k];
         if (own >= 0 && !s->ent[own].held) {
             if (!s->trailer)
-                return ferry_fail(FERRY_ERANGE, "READ of unregistered memory by %s, which reads no trailer: "
-                                  "closing the connection", s->from);
+                return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it "
+                                  "reads no trailer: closing the connection", s->from);
             rc = sockio_send_zeros(s->fd, s->iov[k++].iov_len, s->deadline_ns, &s->wake);
             continue;
         }
