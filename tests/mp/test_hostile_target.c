@@ -8,7 +8,8 @@
  *   DRIP  sends the READ response header, then its payload one byte per
  *         0.5 s; or drips a WRITE ack one byte per 0.5 s;
  *   GATE  holds each response until the test releases it, then answers
- *         correctly (payload from its buffer, trailer when asked).
+ *         correctly (payload from its buffer, trailer when asked), or with
+ *         a trailer that says an entry was revoked, or a broken trailer.
  * A dripping target must not hold a request past its deadline, nor
  * ferry_batch_wait / ferry_batch_free past it; and an unregister of local
  * memory that a request in flight reads from or writes into returns only
@@ -57,6 +58,8 @@ struct hostile {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int frames_seen, released;
+    uint64_t trailer_revoked;  /* what READ trailers claim */
+    int trailer_bad;           /* sends trailers with a broken magic */
 };
 
 static int describe(void *ctx, char **json)
@@ -137,7 +140,9 @@ static int serve_frame(struct hostile *k, int fd)
         off += e[i].len;
     }
     if (rh.flags & WIRE_FLAG_TRAILER) {
-        wire_encode_trailer(&(struct wire_trailer){0}, resp + off);
+        wire_encode_trailer(&(struct wire_trailer){k->trailer_revoked}, resp + off);
+        if (k->trailer_bad)
+            resp[off] ^= 0xff;
         off += WIRE_TRAILER_SIZE;
     }
     int rc = respond(k, fd, resp, off, WIRE_HEADER_SIZE);
@@ -385,6 +390,39 @@ static void test_unregister_waits_for_staged_write(void **state)
     unregister_in_flight(FERRY_WRITE, "sim:0");
 }
 
+/* The trailer of a READ response: an entry the target revoked mid-response
+ * ends FAILED FERRY_ERANGE (its bytes were zeros); a malformed trailer
+ * breaks the connection with FERRY_EPROTO. */
+static void test_read_trailer_from_target(void **state)
+{
+    (void)state;
+    for (int bad = 0; bad < 2; bad++) {
+        struct hostile k;
+        hostile_start(&k, GATE);
+        hostile_release(&k);
+        k.trailer_revoked = 1;
+        k.trailer_bad = bad;
+        ferry_engine *e = initiator();
+        ferry_segment_t seg = open_hostile(e, &k);
+        char *local = malloc(BUF_LEN);
+        assert_int_equal(ferry_register_memory(e, local, BUF_LEN, "cpu", 0), 0);
+        struct ferry_request q = {FERRY_READ, local, seg, (uint64_t)(uintptr_t)k.mem, 64 * KIB};
+        ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+        assert_int_equal(ferry_batch_submit(b, &q, 1), 0);
+        assert_int_equal(ferry_batch_wait(b, GUARD_MS), bad ? FERRY_EPROTO : FERRY_ERANGE);
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+        assert_int_equal(st.state, FERRY_FAILED);
+        assert_non_null(strstr(st.message, bad ? "trailer" : "unregistered"));
+        print_message("trailer %s: %s\n", bad ? "broken" : "revokes entry 0", st.message);
+        ferry_batch_free(b);
+        ferry_engine_destroy(e);
+        hostile_stop(&k);
+        free(local);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_unregister_waits_for_write),
         cmocka_unit_test(test_unregister_waits_for_staged_read),
         cmocka_unit_test(test_unregister_waits_for_staged_write),
+        cmocka_unit_test(test_read_trailer_from_target),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
