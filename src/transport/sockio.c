@@ -2,15 +2,17 @@
  * sockio.c — interruptible, deadline-bounded payload I/O (see sockio.h).
  *
  * Every call tries the socket first with MSG_DONTWAIT and only waits in
- * poll() when the kernel has nothing (receive) or no room (send), so a
- * steady stream costs one syscall per piece; the deadline and the wake-up
- * are looked at whenever the call would block.  Stateless apart from the
+ * poll() when the kernel has nothing (receive) or no room (send): after a
+ * short transfer it waits at once rather than trying again for an EAGAIN,
+ * so a stream costs one recv/send per piece plus one poll per wait; the
+ * deadline and the wake-up are looked at whenever the call would block.  Stateless apart from the
  * caller's eventfd.
  */
 #include "transport/sockio.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -88,15 +90,22 @@ int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sock
     char *p = buf;
     size_t done = 0;
     int rc = 0;
+    bool drained = false; /* the last recv emptied the socket: wait before the next */
     while (done < len && !stopped(stop)) {
+        if (drained) {
+            if ((rc = sockio_wait(fd, POLLIN, w, deadline_ns)) < 0)
+                break;
+            rc = 0;
+            drained = false;
+            continue; /* look at the stop flag first */
+        }
         size_t want = len - done < PIECE_MAX ? len - done : PIECE_MAX;
         ssize_t n = recv(fd, p + done, want, MSG_DONTWAIT);
         if (n > 0) {
             done += (size_t)n;
+            drained = (size_t)n < want;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            if ((rc = sockio_wait(fd, POLLIN, w, deadline_ns)) < 0)
-                break;
-            rc = 0;
+            drained = errno != EINTR;
         } else {
             rc = io_error(n, "recv");
             break;
@@ -125,20 +134,29 @@ int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
 {
     size_t done = 0;
     int rc = 0;
+    bool full = false;
     while (iovcnt > 0 && !stopped(stop)) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
-        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        if (full) { /* the last send filled the socket buffer: wait for room */
             if ((rc = sockio_wait(fd, POLLOUT, w, deadline_ns)) < 0)
                 break;
             rc = 0;
+            full = false;
+            continue;
+        }
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            full = errno != EINTR;
             continue;
         }
         if (n <= 0) {
             rc = io_error(n < 0 ? -1 : 0, "send");
             break;
         }
-        size_t left = (size_t)n;
+        size_t left = (size_t)n, offered = 0;
+        for (size_t i = 0; i < msg.msg_iovlen; i++)
+            offered += iov[i].iov_len;
+        full = left < offered;
         done += left;
         while (iovcnt > 0 && left >= iov->iov_len) {
             left -= iov->iov_len;
