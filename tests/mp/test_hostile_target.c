@@ -423,6 +423,38 @@ static void test_read_trailer_from_target(void **state)
     }
 }
 
+/* A submit that fails (any request invalid: nothing is submitted) gives
+ * back the accesses it began; a request that ended gives back its own. */
+static void test_failed_submit_leaves_no_access(void **state)
+{
+    (void)state;
+    struct hostile k;
+    hostile_start(&k, GATE);
+    hostile_release(&k);
+    ferry_engine *e = initiator();
+    ferry_segment_t seg = open_hostile(e, &k);
+    char *local = malloc(BUF_LEN);
+    assert_int_equal(ferry_register_memory(e, local, BUF_LEN, "cpu", 0), 0);
+    uint64_t remote = (uint64_t)(uintptr_t)k.mem;
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(e, 4, &b), 0);
+    struct ferry_request q[2] = {{FERRY_WRITE, local, seg, remote, 4096}, {FERRY_WRITE, local, seg, remote, 0}};
+    assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_EINVAL);           /* second: length 0 */
+    q[1] = (struct ferry_request){FERRY_WRITE, local, seg + 99, remote, 4096};
+    assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_ENOSEG);           /* routing fails */
+    q[1] = (struct ferry_request){FERRY_WRITE, local, seg, remote + BUF_LEN, 4096};
+    assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_ERANGE);           /* outside the target */
+    assert_int_equal(memreg_access_count(&e->registry), 0);
+    assert_int_equal(ferry_batch_submit(b, q, 1), 0);
+    assert_int_equal(ferry_batch_wait(b, GUARD_MS), 0);
+    assert_int_equal(memreg_access_count(&e->registry), 0);
+    assert_int_equal(ferry_unregister_memory(e, local), 0); /* nothing left to wait for */
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+    hostile_stop(&k);
+    free(local);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_unregister_waits_for_staged_read),
         cmocka_unit_test(test_unregister_waits_for_staged_write),
         cmocka_unit_test(test_read_trailer_from_target),
+        cmocka_unit_test(test_failed_submit_leaves_no_access),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
