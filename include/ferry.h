@@ -244,8 +244,22 @@ FERRY_API void ferry_mem_free(ferry_engine *engine, const char *location, void *
 FERRY_API int ferry_mem_copy(ferry_engine *engine, void *dst, const void *src, size_t len);
 
 /* Unregisters the registration that starts at addr.  Returns 0 or
- * FERRY_ENOTREG.  The caller must ensure no request of its own still uses it;
- * peers that access it afterwards get FERRY_ERANGE. */
+ * FERRY_ENOTREG.
+ *
+ * When it returns, ferry neither reads nor writes the range any more, on any
+ * transport, and the caller may free or reuse the memory at once:
+ * - requests of this engine that read from the range (WRITE) or write into it
+ *   (READ) are waited for: it returns after each has ended (COMPLETED, FAILED
+ *   or TIMEOUT; every request ends by its deadline, request_timeout_ms after
+ *   submit).  Call it from a thread that is not itself needed to end them;
+ * - peers' accesses in flight to the range (their WRITE being received into
+ *   it, their READ being sent from it, a bounce copy to or from device
+ *   memory) are revoked and stopped: the rest of a WRITE's payload is
+ *   discarded and a READ's is sent as zeros; the peer's request ends FAILED
+ *   FERRY_ERANGE.  Bytes already moved before the call stay moved;
+ * - later accesses by peers are refused with FERRY_ERANGE, and submits that
+ *   name the range fail with FERRY_ENOTREG.
+ * Any thread may call. */
 FERRY_API int ferry_unregister_memory(ferry_engine *engine, void *addr);
 
 /* ---------------------------------------------------------------- segments */

@@ -3,7 +3,9 @@
  * callers off the staging fast path: a transport thread bouncing a peer's
  * access to device memory, ferry_mem_copy.  Each thread keeps one stream
  * (for the last device it used) in thread-specific storage; it is destroyed
- * when the thread exits.
+ * when the thread exits.  A copy is complete (or failed, with nothing of it
+ * still queued) when ferry_device_copy_sync returns, so a caller may end its
+ * access to the memory (memreg.h) right after.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,7 +72,10 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
         ts->dev = dev;
     }
     int rc = ops->copy_async(ts->stream, dir, copies, n);
-    if (!rc)
+    if (rc) /* copies queued before the one that failed must be done when we return:
+             * the caller's access to that memory ends then (ferry_unregister_memory) */
+        (void)ops->stream_sync(ts->stream);
+    else
         rc = ops->stream_sync(ts->stream);
     if (rc) { /* a failed copy leaves the stream in a sticky error: start over */
         ops->stream_destroy(ts->stream);

@@ -33,12 +33,17 @@ struct req_slot {
     int route;
     uint64_t transferred;
     uint64_t segment;
+    struct memreg_access *acc; /* on the local range, from submit until the request ends */
     char msg[160];
 };
 
+/* One submit: its frames, and one access per request to the local memory
+ * it reads (WRITE) or writes (READ), so that ferry_unregister_memory of that
+ * memory waits until the request has ended. */
 struct plan_node {
     struct plan_node *next;
     struct slice_plan plan;
+    struct memreg_access accs[];     /* one per request of the submit */
 };
 
 enum { NOTE_NONE, NOTE_WAITING, NOTE_SENDING, NOTE_DONE };
@@ -71,6 +76,10 @@ struct ferry_batch {
 static void end_request(struct ferry_batch *b, struct req_slot *r)
 {
     ferry_engine *e = b->e;
+    /* the transports no longer touch the request's memory: let an
+     * unregister waiting for it go on */
+    memreg_access_end(&e->registry, r->acc);
+    r->acc = NULL;
     if (r->error == 0) {
         r->state = FERRY_COMPLETED;
         atomic_fetch_add(&e->req_completed[ROUTE_TRANSPORT(r->route)], 1);
@@ -262,8 +271,10 @@ void ferry_batch_free(ferry_batch *b)
 
 /* ------------------------------------------------------------ submit */
 
-/* Checks one request against local registrations; picks its route later. */
-static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q, struct memreg_region *local)
+/* Checks one request against local registrations and starts its access
+ * there (atomically with the lookup); picks its route later. */
+static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q, struct memreg_region *local,
+                       struct memreg_access *acc)
 {
     if (q->opcode != FERRY_READ && q->opcode != FERRY_WRITE)
         return ferry_fail(FERRY_EINVAL, "request %zu: opcode %d is neither READ nor WRITE", i, q->opcode);
@@ -271,7 +282,7 @@ static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q,
         return ferry_fail(FERRY_EINVAL, "request %zu: length is 0", i);
     if (!q->source)
         return ferry_fail(FERRY_EINVAL, "request %zu: source is NULL", i);
-    if (memreg_find(&e->registry, (uint64_t)(uintptr_t)q->source, q->length, 0, local) != 0)
+    if (memreg_access_begin(&e->registry, acc, (uint64_t)(uintptr_t)q->source, q->length, 0, local, NULL, NULL) != 0)
         return ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", i,
                           q->source, q->length);
     return 0;
@@ -336,26 +347,22 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
     return 0;
 }
 
-/* Builds the plan and initialises the request slots. Batch lock held. */
-static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, struct plan_node **out)
+/* Builds the plan into node and initialises the request slots. Batch lock held. */
+static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, struct plan_node *node)
 {
     ferry_engine *e = b->e;
     for (size_t i = 0; i < n; i++)
         sreqs[i].index = (uint32_t)(b->count + i);
-    struct plan_node *node = calloc(1, sizeof *node);
-    if (!node)
-        return ferry_fail(FERRY_ENOMEM, "plan");
     int rc = slice_plan_make(sreqs, n, e->cfg.slice_size, e->cfg.coalesce_max, &node->plan);
-    if (rc) {
-        free(node);
+    if (rc)
         return rc;
-    }
     for (size_t i = 0; i < n; i++) {
         struct req_slot *r = &b->reqs[b->count + i];
         memset(r, 0, sizeof *r);
         r->state = FERRY_PENDING;
         r->segment = sreqs[i].segment;
         r->route = sreqs[i].route;
+        r->acc = &node->accs[i];
     }
     for (size_t i = 0; i < node->plan.npieces; i++)
         b->reqs[node->plan.pieces[i].request].remaining++;
@@ -366,7 +373,6 @@ static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, 
         f->complete = data_frame_done;
         f->owner = b;
     }
-    *out = node;
     return 0;
 }
 
@@ -390,7 +396,7 @@ static int collect_note_targets(struct ferry_batch *b, const struct slice_req *s
 }
 
 static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs, size_t n,
-                         struct memreg_region *locals, struct slice_req *sreqs)
+                         struct memreg_region *locals, struct slice_req *sreqs, struct plan_node *node)
 {
     ferry_engine *e = b->e;
     for (int attempt = 0;; attempt++) {
@@ -412,11 +418,10 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
             return rc;
         }
         pthread_mutex_lock(&b->lock);
-        struct plan_node *node = NULL;
         if (b->note_state == NOTE_WAITING)
             rc = collect_note_targets(b, sreqs, n);
         if (!rc)
-            rc = plan_batch(b, sreqs, n, &node);
+            rc = plan_batch(b, sreqs, n, node);
         if (rc) {
             b->note_ntargets = 0;
             pthread_mutex_unlock(&b->lock);
@@ -464,12 +469,20 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     ferry_engine *e = b->e;
     struct memreg_region *locals = malloc(n * sizeof *locals);
     struct slice_req *sreqs = malloc(n * sizeof *sreqs);
-    int rc = locals && sreqs ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = check_local(e, i, &reqs[i], &locals[i]);
+    struct plan_node *node = calloc(1, sizeof *node + n * sizeof node->accs[0]);
+    int rc = locals && sreqs && node ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
+    size_t begun = 0;
+    while (!rc && begun < n)
+        if ((rc = check_local(e, begun, &reqs[begun], &locals[begun], &node->accs[begun])) == 0)
+            begun++;
     if (!rc) {
         refresh_stale(e, reqs, n);
-        rc = submit_locked(b, reqs, n, locals, sreqs);
+        rc = submit_locked(b, reqs, n, locals, sreqs, node);
+    }
+    if (rc && node) { /* nothing was submitted: give the accesses back */
+        for (size_t i = 0; i < begun; i++)
+            memreg_access_end(&e->registry, &node->accs[i]);
+        free(node);
     }
     free(locals);
     free(sreqs);
@@ -492,8 +505,11 @@ int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     struct slice_req *sreqs = rc ? NULL : malloc(n * sizeof *sreqs);
     if (!rc && (!locals || !sreqs))
         rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
-    for (size_t i = 0; !rc && i < n; i++)
-        rc = check_local(e, i, &reqs[i], &locals[i]);
+    for (size_t i = 0; !rc && i < n; i++) { /* validation only: the run submits (and accesses) later */
+        struct memreg_access acc;
+        if ((rc = check_local(e, i, &reqs[i], &locals[i], &acc)) == 0)
+            memreg_access_end(&e->registry, &acc);
+    }
     for (int attempt = 0; !rc; attempt++) { /* the remote side, as submit_locked judges it */
         uint64_t miss = 0;
         pthread_rwlock_rdlock(&e->seg_lock);

@@ -137,6 +137,9 @@ static int enqueue_copies(struct staging_pool *p, struct chunk *c, enum ferry_co
 /* A copy failed: the stream is now unusable (sticky error); make a new one. */
 static void renew_stream(struct staging_pool *p, struct chunk *c)
 {
+    /* copies queued before the failure must be done before the frame ends:
+     * its request's memory may be unregistered and freed right after */
+    (void)p->ops->stream_sync(c->stream);
     p->ops->stream_destroy(c->stream);
     c->stream = NULL;
     if (p->ops->stream_create(p->dev, &c->stream) != 0)

@@ -18,6 +18,12 @@
  * A pool has one worker thread that issues and waits for copies; transport
  * threads only hand chunks back.  When every chunk is busy, frames wait
  * their turn in FIFO order (bounded by their deadlines), never fail.
+ *
+ * An original frame ends only after every copy to or from its device
+ * memory has completed (a failed copy's stream is drained before the frame
+ * fails): the engine holds each request's access to its memory until then,
+ * and ferry_unregister_memory waits for that, so no copy touches device
+ * memory after unregister returned.
  */
 #ifndef FERRY_STAGING_H
 #define FERRY_STAGING_H

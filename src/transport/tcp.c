@@ -36,6 +36,7 @@
 #include "log.h"
 #include "net.h"
 #include "device/device.h"
+#include "transport/sockio.h"
 #include "transport/transport.h"
 #include "transport/wire.h"
 
@@ -85,20 +86,37 @@ struct bounce {
     int dev;
     size_t n;
     struct ferry_copy copies[BOUNCE_COPIES];
+    uint8_t copy_entry[BOUNCE_COPIES];      /* the frame entry each copy serves */
+};
+
+/* An entry of the frame being served and its access to the registration. */
+struct served_entry {
+    struct memreg_access acc;
+    struct memreg_region region;
+    bool held;                        /* access begun and not yet ended */
+    bool refused;                     /* outside the registrations, or revoked while served */
 };
 
 /* One incoming connection: allocated and freed by serve_connection, on the
- * connection's own thread.  frame_deadline_ns is the deadline of the whole
- * frame being served (payload included), for the payload reads. */
+ * connection's own thread.  deadline_ns is the deadline of the whole frame
+ * being served (payload included), set when its header arrives. */
 struct server_conn {
     struct tcp_transport *t;
     int fd;
     const char *peer;                 /* "a.b.c.d:port", for messages */
     char from[WIRE_MAX_NAME + 1];     /* the initiator's segment name, sanitized for logs */
-    uint64_t frame_deadline_ns;       /* now + request_timeout_ms when the frame began */
     struct bounce b;                  /* allocated on the first device access */
     int iovcnt;                       /* READ response being gathered */
     struct iovec iov[READ_IOVS];
+    int iov_entry[READ_IOVS];         /* entry whose registered memory iov[k] points into, or -1 */
+    bool trailer;                     /* the READ being served wants a trailer */
+    bool revoked_any;                 /* an access of this frame was revoked mid-way */
+    unsigned nent;                    /* entries of the frame being served */
+    struct served_entry ent[WIRE_MAX_ENTRIES];
+    uint64_t deadline_ns;             /* the frame's payload must have moved by then */
+    struct sockio_wake wake;          /* signalled when one of its accesses is revoked */
+    bool wake_ready;
+    atomic_int revoking;
 };
 
 struct tcp_transport {
@@ -177,7 +195,7 @@ static void conn_fail_all(struct tcp_conn *c)
         for (struct xfer_frame *f = lists[l], *next; f; f = next) {
             next = f->next;
             if (now >= f->deadline_ns)
-                frame_end(c, f, FERRY_ETIMEDOUT, 0, "request timed out");
+                frame_end(c, f, FERRY_ETIMEDOUT, 0, err == FERRY_ETIMEDOUT ? msg : "request timed out");
             else
                 frame_end(c, f, err, 0, msg);
         }
@@ -186,18 +204,24 @@ static void conn_fail_all(struct tcp_conn *c)
 
 /* ------------------------------------------------------------ initiator: receiver */
 
+/* Reads one response and ends the oldest frame in flight.  The whole
+ * response, READ payload included, must arrive by that frame's deadline: a
+ * target that drips bytes cannot hold a request past it. */
 static int receive_response(struct tcp_conn *c)
 {
     uint8_t raw[WIRE_HEADER_SIZE];
     struct wire_header h;
-    int rc = net_read_full(c->fd, raw, sizeof raw);
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *f = c->pend_head;
+    pthread_mutex_unlock(&c->lock);
+    uint64_t deadline = f ? f->deadline_ns : now_ns() + (uint64_t)c->peer->t->host.cfg->request_timeout_ms * 1000000u;
+    int rc = sockio_recv(c->fd, raw, sizeof raw, deadline, NULL, NULL, NULL);
+    if (rc == FERRY_ETIMEDOUT)
+        return ferry_fail(rc, "request timed out: no complete response by its deadline");
     if (rc)
         return rc;
     if ((rc = wire_decode_header(raw, &h)))
         return rc;
-    pthread_mutex_lock(&c->lock);
-    struct xfer_frame *f = c->pend_head;
-    pthread_mutex_unlock(&c->lock);
     if (!f || f->wire_id != h.id)
         return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
                           (unsigned long long)h.id);
@@ -207,6 +231,7 @@ static int receive_response(struct tcp_conn *c)
     int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
     if (h.type != want)
         return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
+    uint64_t revoked = 0;
     if (f->opcode == XFER_READ) {
         uint64_t expect = 0;
         for (uint32_t i = 0; i < f->npieces; i++)
@@ -216,8 +241,18 @@ static int receive_response(struct tcp_conn *c)
             return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
                               (unsigned long long)h.payload_len, (unsigned long long)expect);
         for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
-            if (!(h.refused >> i & 1) && (rc = net_read_full(c->fd, f->pieces[i].local, f->pieces[i].len)))
+            if (!(h.refused >> i & 1) &&
+                (rc = sockio_recv(c->fd, f->pieces[i].local, f->pieces[i].len, f->deadline_ns, NULL, NULL, NULL)))
+                return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
+                                                          "its deadline") : rc;
+        if (h.flags & WIRE_FLAG_TRAILER) {
+            uint8_t tr[WIRE_TRAILER_SIZE];
+            struct wire_trailer trailer;
+            if ((rc = sockio_recv(c->fd, tr, sizeof tr, f->deadline_ns, NULL, NULL, NULL)) ||
+                (rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
                 return rc;
+            revoked = trailer.revoked;
+        }
     }
     pthread_mutex_lock(&c->lock);
     c->pend_head = f->next;
@@ -229,10 +264,14 @@ static int receive_response(struct tcp_conn *c)
     if (h.status)
         snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
                  ferry_strerror(h.status));
-    else if (h.refused)
-        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers",
+    else if (revoked)
+        snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
                  c->peer->host, c->peer->port);
-    frame_end(c, f, h.status, h.refused, msg);
+    else if (h.refused)
+        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
+                 "(or unregistered while it was served)",
+                 c->peer->host, c->peer->port);
+    frame_end(c, f, h.status, h.refused | revoked, msg);
     return 0;
 }
 
@@ -328,6 +367,7 @@ static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
         iov[iovcnt++] = (struct iovec){(void *)f->notify_msg, f->notify_len};
     } else {
         h.type = f->opcode == XFER_WRITE ? WIRE_WRITE : WIRE_READ;
+        h.flags = f->opcode == XFER_READ ? WIRE_FLAG_TRAILER : 0;
         h.nentries = (uint8_t)f->npieces;
         for (uint32_t i = 0; i < f->npieces; i++) {
             entries[i] = (struct wire_entry){f->pieces[i].remote, f->pieces[i].len};
@@ -572,11 +612,88 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ target side */
 
+/* ---- accesses: every entry of the frame being served holds an access to
+ * its registration (memreg.h) while this thread may touch that memory.  An
+ * unregister revokes it and calls serve_cancel, which wakes this thread out
+ * of any wait; the thread then stops touching the range (a WRITE discards
+ * the rest of the entry's payload, a READ sends zeros in its place and says
+ * so in the trailer), ends the access, and the entry counts as refused
+ * (FERRY_ERANGE at the initiator).  The connection survives. */
+
+static void serve_cancel(void *arg)
+{
+    struct server_conn *s = arg;
+    atomic_store_explicit(&s->revoking, 1, memory_order_release);
+    sockio_wake_signal(&s->wake);
+}
+
+/* Starts serving a frame (its deadline_ns was set when the header arrived). */
+static void frame_begin(struct server_conn *s, unsigned nentries)
+{
+    s->nent = nentries;
+    s->revoked_any = false;
+    atomic_store(&s->revoking, 0);
+}
+
+/* Looks entry i up and starts its access; refuses it if it is outside the
+ * remote-accessible registrations. */
+static void entry_begin(struct server_conn *s, unsigned i, const struct wire_entry *e, const char *op)
+{
+    struct served_entry *se = &s->ent[i];
+    se->held = memreg_access_begin(s->t->host.registry, &se->acc, e->addr, e->len, 1, &se->region,
+                                   serve_cancel, s) == 0;
+    se->refused = !se->held;
+    if (se->refused) {
+        atomic_fetch_add(&s->t->refused, 1);
+        LOG_WARN("tcp: refused %s from %s of 0x%llx+%llu: outside remote-accessible buffers", op, s->from,
+                 (unsigned long long)e->addr, (unsigned long long)e->len);
+    }
+}
+
+static void entry_end(struct server_conn *s, unsigned i)
+{
+    if (s->ent[i].held)
+        memreg_access_end(s->t->host.registry, &s->ent[i].acc);
+    s->ent[i].held = false;
+}
+
+/* Ends the access of every entry whose registration was revoked: from now
+ * on this thread does not touch their memory. */
+static void stop_revoked(struct server_conn *s)
+{
+    atomic_store(&s->revoking, 0);
+    for (unsigned i = 0; i < s->nent; i++) {
+        struct served_entry *se = &s->ent[i];
+        if (se->held && memreg_access_revoked(&se->acc)) {
+            entry_end(s, i);
+            se->refused = true;
+            s->revoked_any = true;
+            atomic_fetch_add(&s->t->refused, 1);
+            LOG_WARN("tcp: 0x%llx+%llu was unregistered while %s accessed it; stopped", (unsigned long long)se->acc.addr,
+                     (unsigned long long)se->acc.len, s->from);
+        }
+    }
+}
+
+static uint64_t frame_end_accesses(struct server_conn *s)
+{
+    uint64_t refused = 0;
+    for (unsigned i = 0; i < s->nent; i++) {
+        entry_end(s, i);
+        if (s->ent[i].refused)
+            refused |= 1ull << i;
+    }
+    s->nent = 0;
+    return refused;
+}
+
 /* ---- device memory on the target side: a pinned bounce per connection.
  * Payload for device memory is received into it (or sent from it), and
  * each run of device pieces moves with one batched copy and one wait, on a
  * stream the device layer keeps for this thread.  A WRITE is acknowledged
- * only after its copies have completed. */
+ * only after its copies have completed.  The entry's access is held until
+ * its last copy has completed; a copy of an entry that was revoked is
+ * skipped. */
 
 static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
 {
@@ -613,31 +730,81 @@ static int bounce_room(struct server_conn *s, const struct ferry_device_ops *ops
     return 0;
 }
 
+/* Drops the pending copies of entries whose access has ended or was
+ * revoked (their bounce bytes are zeroed: a READ sends them as zeros). */
+static void bounce_drop_revoked(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    if (atomic_load_explicit(&s->revoking, memory_order_acquire))
+        stop_revoked(s);
+    size_t k = 0;
+    for (size_t j = 0; j < b->n; j++) {
+        if (s->ent[b->copy_entry[j]].held) {
+            b->copy_entry[k] = b->copy_entry[j];
+            b->copies[k++] = b->copies[j];
+        } else if (b->copies[j].dst >= (void *)b->buf && b->copies[j].dst < (void *)(b->buf + BOUNCE_SIZE)) {
+            memset(b->copies[j].dst, 0, b->copies[j].len);
+        }
+    }
+    b->n = k;
+}
+
 static int flush_writes(struct server_conn *s)
 {
     struct bounce *b = &s->b;
+    bounce_drop_revoked(s);
     int rc = ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_H2D, b->copies, b->n);
     b->n = b->used = 0;
     return rc;
 }
 
-static int serve_write_device(struct server_conn *s, const struct memreg_region *r, const struct wire_entry *e)
+/* WRITE payload of entry i into host memory, straight from the socket. */
+static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_entry *e)
+{
+    char *dst = (char *)(uintptr_t)e->addr;
+    for (uint64_t done = 0; done < e->len;) {
+        if (!s->ent[i].held) /* revoked: the rest goes nowhere */
+            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+        size_t got;
+        int rc = sockio_recv(s->fd, dst + done, e->len - done, s->deadline_ns, &s->wake, &s->revoking, &got);
+        done += got;
+        if (rc)
+            return rc;
+        if (done < e->len)
+            stop_revoked(s);
+    }
+    entry_end(s, i); /* all of it landed: no need to hold the range any longer */
+    return 0;
+}
+
+/* WRITE payload of entry i into device memory, through the bounce. */
+static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e)
 {
     struct bounce *b = &s->b;
     int dev;
-    const struct ferry_device_ops *ops = ferry_device_of_location(r->location, &dev);
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
     if (!ops)
-        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
     for (uint64_t done = 0; done < e->len;) {
-        size_t n;
+        if (!s->ent[i].held)
+            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+        size_t n, got;
         int rc = bounce_room(s, ops, dev, e->len - done, &n, flush_writes);
-        if (!rc)
-            rc = net_read_full(s->fd, b->buf + b->used, n);
         if (rc)
             return rc;
-        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)(e->addr + done), b->buf + b->used, n};
-        b->used += n;
-        done += n;
+        if (!s->ent[i].held)
+            continue;
+        rc = sockio_recv(s->fd, b->buf + b->used, n, s->deadline_ns, &s->wake, &s->revoking, &got);
+        if (got) {
+            b->copy_entry[b->n] = (uint8_t)i;
+            b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)(e->addr + done), b->buf + b->used, got};
+            b->used += got;
+            done += got;
+        }
+        if (rc)
+            return rc;
+        if (got < n)
+            stop_revoked(s);
     }
     atomic_fetch_add(s->t->host.bytes_bounced, e->len);
     return 0;
@@ -655,69 +822,94 @@ static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int s
 static int serve_write(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
 {
     struct tcp_transport *t = s->t;
-    uint64_t refused = 0;
     int rc = 0;
+    frame_begin(s, h->nentries);
+    for (unsigned i = 0; i < h->nentries; i++)
+        s->ent[i].held = s->ent[i].refused = false;
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
-        struct memreg_region r;
-        if (memreg_find(t->host.registry, e[i].addr, e[i].len, 1, &r) != 0) {
-            refused |= 1ull << i;
-            atomic_fetch_add(&t->refused, 1);
-            LOG_WARN("tcp: refused WRITE from %s to 0x%llx+%llu: outside remote-accessible buffers", s->from,
-                     (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
-            rc = net_discard(s->fd, e[i].len);
-        } else if (r.device_index < 0) {
-            rc = net_read_full(s->fd, (void *)(uintptr_t)e[i].addr, e[i].len);
-        } else {
-            rc = serve_write_device(s, &r, &e[i]);
-        }
-        if (!rc && !(refused >> i & 1))
-            atomic_fetch_add(&t->bytes_served, e[i].len);
+        entry_begin(s, i, &e[i], "WRITE");
+        if (!s->ent[i].held)
+            rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
+        else if (s->ent[i].region.device_index < 0)
+            rc = recv_entry_host(s, i, &e[i]);
+        else
+            rc = recv_entry_device(s, i, &e[i]);
     }
     if (!rc && s->b.n)
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
+    s->b.n = s->b.used = 0;
+    uint64_t refused = frame_end_accesses(s);
+    for (unsigned i = 0; !rc && i < h->nentries; i++)
+        if (!(refused >> i & 1))
+            atomic_fetch_add(&t->bytes_served, e[i].len);
     return rc ? rc : send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
 }
 
-/* READ: sends the gathered iovecs, after the device copies they point into. */
+/* READ: the gathered iovecs go out after the device copies they point into.
+ * iov_entry[k] names the entry whose registered memory iov[k] points into
+ * (-1: the header or the bounce, already copied); once an entry's access
+ * has ended, what is left of its iovecs goes out as zeros. */
 static int flush_reads(struct server_conn *s)
 {
     struct bounce *b = &s->b;
+    bounce_drop_revoked(s);
+    if (s->revoked_any && !s->trailer)
+        return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
+                          "no trailer: closing the connection", s->from);
     int rc = b->n ? ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_D2H, b->copies, b->n) : 0;
-    if (!rc && s->iovcnt)
-        rc = net_writev_full(s->fd, s->iov, s->iovcnt);
     b->n = b->used = 0;
+    for (int k = 0; !rc && k < s->iovcnt;) {
+        int own = s->iov_entry[k];
+        if (own >= 0 && !s->ent[own].held) {
+            if (!s->trailer)
+                return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it "
+                                  "reads no trailer: closing the connection", s->from);
+            rc = sockio_send_zeros(s->fd, s->iov[k++].iov_len, s->deadline_ns, &s->wake);
+            continue;
+        }
+        int end = k + 1;
+        while (end < s->iovcnt && !(s->iov_entry[end] >= 0 && !s->ent[s->iov_entry[end]].held))
+            end++;
+        rc = sockio_sendv(s->fd, &s->iov[k], end - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
+        while (k < end && s->iov[k].iov_len == 0)
+            k++;
+        if (!rc && k < end)
+            stop_revoked(s);
+    }
     s->iovcnt = 0;
     return rc;
 }
 
-static int add_read_iov(struct server_conn *s, void *base, size_t len)
+static int add_read_iov(struct server_conn *s, void *base, size_t len, int entry)
 {
     if (s->iovcnt == READ_IOVS) {
         int rc = flush_reads(s);
         if (rc)
             return rc;
     }
+    s->iov_entry[s->iovcnt] = entry;
     s->iov[s->iovcnt++] = (struct iovec){base, len};
     return 0;
 }
 
-static int serve_read_device(struct server_conn *s, const struct memreg_region *r, const struct wire_entry *e)
+static int send_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e)
 {
     struct bounce *b = &s->b;
     int dev;
-    const struct ferry_device_ops *ops = ferry_device_of_location(r->location, &dev);
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
     if (!ops)
-        return ferry_fail(FERRY_ENODEV, "no device backend for %s", r->location);
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
     for (uint64_t done = 0; done < e->len;) {
         size_t n;
         int rc = bounce_room(s, ops, dev, e->len - done, &n, flush_reads);
         if (rc)
             return rc;
         char *dst = b->buf + b->used;
+        b->copy_entry[b->n] = (uint8_t)i;
         b->copies[b->n++] = (struct ferry_copy){dst, (const void *)(uintptr_t)(e->addr + done), n};
         b->used += n;
         done += n;
-        if ((rc = add_read_iov(s, dst, n)))
+        if ((rc = add_read_iov(s, dst, n, -1)))
             return rc;
     }
     atomic_fetch_add(s->t->host.bytes_bounced, e->len);
@@ -727,35 +919,42 @@ static int serve_read_device(struct server_conn *s, const struct memreg_region *
 static int serve_read(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
 {
     struct tcp_transport *t = s->t;
-    struct memreg_region r[WIRE_MAX_ENTRIES];
     uint64_t refused = 0, payload = 0;
+    frame_begin(s, h->nentries);
+    s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
     for (unsigned i = 0; i < h->nentries; i++) {
-        if (memreg_find(t->host.registry, e[i].addr, e[i].len, 1, &r[i]) != 0) {
+        entry_begin(s, i, &e[i], "READ");
+        if (s->ent[i].refused)
             refused |= 1ull << i;
-            atomic_fetch_add(&t->refused, 1);
-            LOG_WARN("tcp: refused READ from %s of 0x%llx+%llu: outside remote-accessible buffers", s->from,
-                     (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
-        } else {
+        else
             payload += e[i].len;
-        }
     }
-    struct wire_header rh = {.type = WIRE_READ_RESP, .id = h->id, .refused = refused, .payload_len = payload};
+    struct wire_header rh = {.type = WIRE_READ_RESP, .id = h->id, .refused = refused, .payload_len = payload,
+                             .flags = s->trailer ? WIRE_FLAG_TRAILER : 0};
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&rh, raw);
     s->iovcnt = 0;
-    int rc = add_read_iov(s, raw, sizeof raw);
+    int rc = add_read_iov(s, raw, sizeof raw, -1);
     /* host memory goes out straight from where it lies, device memory
      * through the bounce; one sendmsg for as much as possible */
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
         if (refused >> i & 1)
             continue;
-        if (r[i].device_index < 0)
-            rc = add_read_iov(s, (void *)(uintptr_t)e[i].addr, e[i].len);
+        if (s->ent[i].region.device_index < 0)
+            rc = add_read_iov(s, (void *)(uintptr_t)e[i].addr, e[i].len, (int)i);
         else
-            rc = serve_read_device(s, &r[i], &e[i]);
+            rc = send_entry_device(s, i, &e[i]);
     }
     if (!rc)
         rc = flush_reads(s);
+    s->b.n = s->b.used = 0;
+    s->iovcnt = 0;
+    uint64_t revoked = frame_end_accesses(s) & ~refused;
+    if (!rc && s->trailer) {
+        uint8_t tr[WIRE_TRAILER_SIZE];
+        wire_encode_trailer(&(struct wire_trailer){.revoked = revoked}, tr);
+        rc = net_write_full(s->fd, tr, sizeof tr);
+    }
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
     return rc;
@@ -820,7 +1019,7 @@ static int serve_frame(struct server_conn *s)
     struct wire_entry e[WIRE_MAX_ENTRIES];
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
-    s->frame_deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
+    s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
     int rc = net_read_full_deadline(s->fd, raw, WIRE_HEADER_SIZE, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
@@ -858,6 +1057,8 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
     /* payload moves with blocking calls; these bound each of them */
     net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
     int rc = serve_hello(s);
+    if (!rc && (rc = sockio_wake_init(&s->wake)) == 0) /* revocations wake this thread: serve_cancel */
+        s->wake_ready = true;
     uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
@@ -879,6 +1080,8 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
                  ferry_last_error());
     }
     shutdown(s->fd, SHUT_RDWR);
+    if (s->wake_ready) /* no access of this thread is left to be cancelled */
+        sockio_wake_destroy(&s->wake);
     if (s->b.buf)
         s->b.owner->host_free(s->b.buf);
     free(s);

@@ -38,9 +38,13 @@ struct xfer_frame {
     const void *notify_msg;    /* XFER_NOTIFY only */
     size_t notify_len;
     uint64_t deadline_ns;      /* monotonic; the frame ends TIMEOUT after it */
-    /* Called once when the frame ends. err 0: every piece not set in `refused`
-     * arrived; refused bit i: the target refused piece i (out of its buffers).
-     * msg explains a non-zero err or refusal. */
+    /* Called once when the frame ends, and only once the transport (and any
+     * device copy it started) no longer touches the pieces' local memory:
+     * ferry_unregister_memory waits for the requests on a range to end and
+     * then lets the application free it.  err 0: every piece not set in
+     * `refused` arrived; refused bit i: the target refused piece i (out of
+     * its buffers, or unregistered while it was served).  msg explains a
+     * non-zero err or refusal. */
     void (*complete)(struct xfer_frame *f, int err, uint64_t refused, const char *msg);
     void *owner;               /* the engine's (its batch) */
     uint64_t segment;          /* the engine's: target segment handle */

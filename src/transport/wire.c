@@ -16,7 +16,7 @@ void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZ
     out[6] = h->type;
     out[7] = h->nentries;
     put_le32(out + 8, (uint32_t)h->status);
-    put_le32(out + 12, h->reserved);
+    put_le32(out + 12, h->flags);
     put_le64(out + 16, h->id);
     put_le64(out + 24, h->refused);
     put_le64(out + 32, h->payload_len);
@@ -70,7 +70,7 @@ int wire_decode_header(const uint8_t in[WIRE_HEADER_SIZE], struct wire_header *h
     h->type = in[6];
     h->nentries = in[7];
     h->status = (int32_t)get_le32(in + 8);
-    h->reserved = get_le32(in + 12);
+    h->flags = get_le32(in + 12);
     h->id = get_le64(in + 16);
     h->refused = get_le64(in + 24);
     h->payload_len = get_le64(in + 32);
@@ -129,4 +129,25 @@ int wire_status_allowed(uint8_t type, int32_t status)
     default:
         return 0;
     }
+}
+
+void wire_encode_trailer(const struct wire_trailer *t, uint8_t out[WIRE_TRAILER_SIZE])
+{
+    put_le32(out, WIRE_TRAILER_MAGIC);
+    put_le32(out + 4, 0);
+    put_le64(out + 8, t->revoked);
+}
+
+int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, uint64_t refused,
+                        struct wire_trailer *t)
+{
+    uint32_t magic = get_le32(in);
+    t->revoked = get_le64(in + 8);
+    if (magic != WIRE_TRAILER_MAGIC)
+        return ferry_fail(FERRY_EPROTO, "bad READ trailer magic 0x%08x", magic);
+    uint64_t sent = (nentries >= 64 ? ~0ull : (1ull << nentries) - 1) & ~refused;
+    if (t->revoked & ~sent)
+        return ferry_fail(FERRY_EPROTO, "READ trailer revokes entries 0x%llx that were not sent (sent 0x%llx)",
+                          (unsigned long long)t->revoked, (unsigned long long)sent);
+    return 0;
 }

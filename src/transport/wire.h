@@ -12,8 +12,12 @@
  *   HELLO_ACK   status 0, or FERRY_ESTALE / FERRY_EVERSION
  *   WRITE       entries + payload (the bytes of each entry, in order)
  *   WRITE_ACK   status; `refused` has bit i set for each entry i not written
- *   READ        entries, no payload
- *   READ_RESP   status; refused bitmap; payload = bytes of every entry not refused
+ *   READ        entries, no payload; flags may hold WIRE_FLAG_TRAILER
+ *   READ_RESP   status; refused bitmap; payload = bytes of every entry not
+ *               refused; with WIRE_FLAG_TRAILER (echoed from the READ) a
+ *               trailer follows the payload: the entries whose memory the
+ *               target had to stop reading mid-response (unregistered while
+ *               the response was being sent); their bytes went out as zeros
  *   NOTIFY      payload = message; NOTIFY_ACK status
  */
 #ifndef FERRY_WIRE_H
@@ -48,11 +52,22 @@ struct wire_header {
     uint8_t type;
     uint8_t nentries;
     int32_t status;       /* 0 or a FERRY_E* code (responses) */
-    uint32_t reserved;
+    uint32_t flags;       /* WIRE_FLAG_*; unknown bits are ignored */
     uint64_t id;          /* initiator's frame id, echoed in the response */
     uint64_t refused;     /* responses: bitmap of refused entries */
     uint64_t payload_len;
     uint64_t epoch;       /* HELLO: the target engine id expected */
+};
+
+/* READ asks for, READ_RESP announces, a trailer after the payload.  A target
+ * that does not know the flag sends none (and cannot revoke mid-response
+ * other than by closing the connection). */
+#define WIRE_FLAG_TRAILER 1u
+#define WIRE_TRAILER_SIZE 16
+#define WIRE_TRAILER_MAGIC 0x444e4546u /* "FEND" */
+
+struct wire_trailer {
+    uint64_t revoked;     /* bit i: entry i's bytes were replaced by zeros */
 };
 
 struct wire_entry {
@@ -78,5 +93,13 @@ void wire_encode_entries(const struct wire_entry *e, unsigned n, uint8_t *out);
  * WRITE) that the lengths add up to payload_len exactly.  Returns 0 or
  * FERRY_EPROTO. */
 int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct wire_entry *e);
+
+void wire_encode_trailer(const struct wire_trailer *t, uint8_t out[WIRE_TRAILER_SIZE]);
+
+/* Decodes the trailer of a READ response to a READ of nentries entries whose
+ * header refused `refused`: checks the magic and that only entries which
+ * were sent are marked revoked.  Returns 0 or FERRY_EPROTO. */
+int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, uint64_t refused,
+                        struct wire_trailer *t);
 
 #endif

@@ -3,7 +3,9 @@
  * bytes are a header; if it decodes and carries entries, the entries are
  * decoded from the bytes that follow (only as many as the input holds).
  * Whatever decodes must satisfy the decoder's promises and re-encode to the
- * very same bytes; a broken promise aborts.
+ * very same bytes; a broken promise aborts.  The last 16 bytes are also
+ * decoded as a READ trailer (entry count and refused bitmap taken from the
+ * first bytes): a trailer that decodes revokes only entries that were sent.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,8 +54,30 @@ static void check_entries(const uint8_t *in, const struct wire_header *h, const 
         abort();
 }
 
+static void check_trailer(const uint8_t *data, size_t size)
+{
+    if (size < WIRE_TRAILER_SIZE + 9)
+        return;
+    unsigned nentries = data[0] % (WIRE_MAX_ENTRIES + 1);
+    uint64_t refused = 0;
+    for (int i = 0; i < 8; i++)
+        refused |= (uint64_t)data[1 + i] << (8 * i);
+    const uint8_t *in = data + size - WIRE_TRAILER_SIZE;
+    struct wire_trailer t;
+    if (wire_decode_trailer(in, nentries, refused, &t) != 0)
+        return;
+    uint64_t all = nentries >= 64 ? ~0ull : (1ull << nentries) - 1;
+    if ((t.revoked & ~all) || (t.revoked & refused))
+        abort();
+    uint8_t again[WIRE_TRAILER_SIZE];
+    wire_encode_trailer(&t, again);
+    if (memcmp(again, in, 4) != 0 || memcmp(again + 8, in + 8, 8) != 0)
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_trailer(data, size);
     if (size < WIRE_HEADER_SIZE)
         return 0;
     struct wire_header h;

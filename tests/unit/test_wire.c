@@ -4,7 +4,9 @@
  * -> FERRY_EPROTO, other version -> FERRY_EVERSION, unknown type, entries
  * where none are allowed, too few/many entries, payloads over the per-type
  * limits, entries that are empty, wrap, exceed the frame or don't add up to
- * the payload) with a detail message that names the problem.
+ * the payload) with a detail message that names the problem; the READ
+ * trailer's layout, round trip, and rejections (bad magic, an entry marked
+ * revoked that was refused or does not exist -> FERRY_EPROTO).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -62,7 +64,7 @@ static void test_layout(void **state)
     (void)state;
     struct wire_header h = header(WIRE_WRITE, 2, 0x0102030405060708ull);
     h.status = FERRY_ESTALE;
-    h.reserved = 0xa1a2a3a4;
+    h.flags = 0xa1a2a3a4;
     h.id = 0x1112131415161718ull;
     h.refused = 0x2122232425262728ull;
     h.epoch = 0x3132333435363738ull;
@@ -103,7 +105,7 @@ static void test_round_trip_every_type(void **state)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         struct wire_header h = header(shapes[i].type, shapes[i].nentries, shapes[i].payload);
         h.status = i % 2 ? FERRY_EVERSION : 0;
-        h.reserved = (uint32_t)i;
+        h.flags = (uint32_t)i;
         h.id = 0xfedcba9876543210ull ^ i;
         h.refused = i == 3 ? 0x8000000000000001ull : 0;
         h.epoch = UINT64_MAX - i;
@@ -116,7 +118,7 @@ static void test_round_trip_every_type(void **state)
         assert_int_equal(out.type, h.type);
         assert_int_equal(out.nentries, h.nentries);
         assert_int_equal(out.status, h.status); /* negative codes keep their sign */
-        assert_true(out.reserved == h.reserved);
+        assert_true(out.flags == h.flags);
         assert_true(out.id == h.id && out.refused == h.refused);
         assert_true(out.payload_len == h.payload_len && out.epoch == h.epoch);
     }
@@ -329,6 +331,33 @@ static void test_entries_validation(void **state)
     expect_entries(WIRE_WRITE, WIRE_MAX_ENTRIES - 1, many, WIRE_MAX_ENTRIES, FERRY_EPROTO, "entry 63");
 }
 
+static void test_trailer(void **state)
+{
+    (void)state;
+    uint8_t raw[WIRE_TRAILER_SIZE];
+    struct wire_trailer t = {.revoked = 0x5};
+    wire_encode_trailer(&t, raw);
+    static const uint8_t expect[WIRE_TRAILER_SIZE] = {'F', 'E', 'N', 'D', 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0};
+    assert_memory_equal(raw, expect, sizeof expect);
+    struct wire_trailer out;
+    assert_int_equal(wire_decode_trailer(raw, 3, 0x2, &out), 0);
+    assert_true(out.revoked == 0x5);
+    t.revoked = ~0ull; /* 64 entries, none refused: every one may be revoked */
+    wire_encode_trailer(&t, raw);
+    assert_int_equal(wire_decode_trailer(raw, 64, 0, &out), 0);
+    assert_true(out.revoked == ~0ull);
+
+    /* revoked entries must have been sent */
+    t.revoked = 0x4;
+    wire_encode_trailer(&t, raw);
+    assert_int_equal(wire_decode_trailer(raw, 3, 0x4, &out), FERRY_EPROTO); /* refused in the header */
+    assert_non_null(strstr(ferry_last_error(), "not sent"));
+    assert_int_equal(wire_decode_trailer(raw, 2, 0, &out), FERRY_EPROTO); /* no entry 2 */
+    raw[0] ^= 0xff;
+    assert_int_equal(wire_decode_trailer(raw, 3, 0, &out), FERRY_EPROTO);
+    assert_non_null(strstr(ferry_last_error(), "magic"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_entries_count),
         cmocka_unit_test(test_payload_limits),
         cmocka_unit_test(test_entries_validation),
+        cmocka_unit_test(test_trailer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,195 @@
+/*
+ * sockio.c — interruptible, deadline-bounded payload I/O (see sockio.h).
+ *
+ * Every call tries the socket first with MSG_DONTWAIT and only waits in
+ * poll() when the kernel has nothing (receive) or no room (send): after a
+ * short transfer it waits at once rather than trying again for an EAGAIN,
+ * so a stream costs one recv/send per piece plus one poll per wait; the
+ * deadline and the wake-up are looked at whenever the call would block.  Stateless apart from the
+ * caller's eventfd.
+ */
+#include "transport/sockio.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "net.h"
+
+/* Most bytes moved by one call between two looks at the stop flag. */
+#define PIECE_MAX (8u << 20)
+
+int sockio_wake_init(struct sockio_wake *w)
+{
+    w->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return w->fd >= 0 ? 0 : ferry_fail(FERRY_EIO, "eventfd: %s", strerror(errno));
+}
+
+void sockio_wake_destroy(struct sockio_wake *w)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+}
+
+void sockio_wake_signal(struct sockio_wake *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->fd, &one, sizeof one); /* EAGAIN: already signalled */
+    (void)n;
+}
+
+int sockio_wait(int fd, short events, struct sockio_wake *w, uint64_t deadline_ns)
+{
+    for (;;) {
+        int timeout = -1;
+        if (deadline_ns) {
+            uint64_t now = now_ns();
+            if (now >= deadline_ns)
+                return ferry_fail(FERRY_ETIMEDOUT, "deadline passed with the transfer unfinished");
+            uint64_t left_ms = (deadline_ns - now + 999999u) / 1000000u;
+            timeout = left_ms > 60000 ? 60000 : (int)left_ms;
+        }
+        struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = w ? w->fd : -1, .events = POLLIN}};
+        int n = poll(p, w ? 2 : 1, timeout);
+        if (n < 0 && errno != EINTR)
+            return ferry_fail(FERRY_EIO, "poll: %s", strerror(errno));
+        if (n <= 0)
+            continue;
+        if (w && (p[1].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t r = read(w->fd, &v, sizeof v);
+            (void)r;
+            return 1;
+        }
+        if (p[0].revents)
+            return 0;
+    }
+}
+
+static int io_error(ssize_t n, const char *what)
+{
+    if (n == 0)
+        return ferry_fail(FERRY_ECONN, "%s: peer closed the connection", what);
+    return ferry_fail(FERRY_ECONN, "%s: %s", what, strerror(errno));
+}
+
+static int stopped(const atomic_int *stop)
+{
+    return stop && atomic_load_explicit(stop, memory_order_acquire);
+}
+
+int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sockio_wake *w,
+                const atomic_int *stop, size_t *got)
+{
+    char *p = buf;
+    size_t done = 0;
+    int rc = 0;
+    bool drained = false; /* the last recv emptied the socket: wait before the next */
+    while (done < len && !stopped(stop)) {
+        if (drained) {
+            if ((rc = sockio_wait(fd, POLLIN, w, deadline_ns)) < 0)
+                break;
+            rc = 0;
+            drained = false;
+            continue; /* look at the stop flag first */
+        }
+        size_t want = len - done < PIECE_MAX ? len - done : PIECE_MAX;
+        ssize_t n = recv(fd, p + done, want, MSG_DONTWAIT);
+        if (n > 0) {
+            done += (size_t)n;
+            drained = (size_t)n < want;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            drained = errno != EINTR;
+        } else {
+            rc = io_error(n, "recv");
+            break;
+        }
+    }
+    if (got)
+        *got = done;
+    return rc;
+}
+
+int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
+{
+    char sink[65536];
+    while (len > 0) {
+        size_t n = len < sizeof sink ? (size_t)len : sizeof sink;
+        int rc = sockio_recv(fd, sink, n, deadline_ns, w, NULL, NULL);
+        if (rc)
+            return rc;
+        len -= n;
+    }
+    return 0;
+}
+
+int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                 const atomic_int *stop, size_t *sent)
+{
+    size_t done = 0;
+    int rc = 0;
+    bool full = false;
+    while (iovcnt > 0 && !stopped(stop)) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
+        if (full) { /* the last send filled the socket buffer: wait for room */
+            if ((rc = sockio_wait(fd, POLLOUT, w, deadline_ns)) < 0)
+                break;
+            rc = 0;
+            full = false;
+            continue;
+        }
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            full = errno != EINTR;
+            continue;
+        }
+        if (n <= 0) {
+            rc = io_error(n < 0 ? -1 : 0, "send");
+            break;
+        }
+        size_t left = (size_t)n, offered = 0;
+        for (size_t i = 0; i < msg.msg_iovlen; i++)
+            offered += iov[i].iov_len;
+        full = left < offered;
+        done += left;
+        while (iovcnt > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov->iov_len = 0;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    if (sent)
+        *sent = done;
+    return rc;
+}
+
+int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
+{
+    static const char zeros[65536];
+    while (len > 0) {
+        struct iovec iov[16];
+        int n = 0;
+        uint64_t batch = 0;
+        for (; n < 16 && batch < len; n++) {
+            size_t piece = len - batch < sizeof zeros ? (size_t)(len - batch) : sizeof zeros;
+            iov[n] = (struct iovec){(void *)zeros, piece};
+            batch += piece;
+        }
+        int rc = sockio_sendv(fd, iov, n, deadline_ns, w, NULL, NULL);
+        if (rc)
+            return rc;
+        len -= batch;
+    }
+    return 0;
+}

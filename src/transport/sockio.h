@@ -1,0 +1,62 @@
+/*
+ * sockio.h — payload I/O on a stream socket that a deadline bounds and
+ * another thread can interrupt.
+ *
+ * net.h's full reads block in the kernel until the last byte: nothing but
+ * shutting the socket down stops them, and SO_RCVTIMEO restarts with every
+ * byte a slow peer drips.  These helpers move bytes in pieces, as the kernel
+ * has them, and between pieces wait with poll() for the socket, an absolute
+ * deadline and a wake-up (an eventfd another thread signals).  A caller that
+ * must stop touching memory soon (its registration is being revoked) passes
+ * a stop flag and a wake-up; one that must end by a request's deadline
+ * passes that deadline.  Any thread may call; one thread per socket at a time.
+ */
+#ifndef FERRY_SOCKIO_H
+#define FERRY_SOCKIO_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* An eventfd: signalled from any thread (never blocks), consumed by the
+ * thread waiting in sockio_wait. */
+struct sockio_wake {
+    int fd;
+};
+
+/* Creates the eventfd.  0 or FERRY_EIO. */
+int sockio_wake_init(struct sockio_wake *w);
+void sockio_wake_destroy(struct sockio_wake *w);
+/* Wakes the thread waiting on w (or makes its next wait return at once).
+ * Async-safe enough to call under any lock. */
+void sockio_wake_signal(struct sockio_wake *w);
+
+/* Waits until fd has `events` (POLLIN / POLLOUT), w was signalled (w may be
+ * NULL) or deadline_ns (monotonic, absolute; 0 = none) passed.  Returns 0
+ * (fd ready, or in error: the next I/O call reports it), 1 (woken; the
+ * signal is consumed) or FERRY_ETIMEDOUT. */
+int sockio_wait(int fd, short events, struct sockio_wake *w, uint64_t deadline_ns);
+
+/* Receives len bytes into buf.  Before every piece it checks *stop (may be
+ * NULL): once set, it returns 0 with *got < len and touches buf no more.
+ * Otherwise returns 0 with *got == len, FERRY_ECONN (peer closed or reset)
+ * or FERRY_ETIMEDOUT (deadline).  got may be NULL when stop is. */
+int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sockio_wake *w,
+                const atomic_int *stop, size_t *got);
+
+/* Receives and throws away len bytes; 0 or as sockio_recv. */
+int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
+
+/* Sends the iovec array as sockio_recv receives (in place: an iovec sent
+ * whole is left with iov_len 0, a partly sent one points at its rest): stops
+ * early, returning 0 with *sent short of the total, once *stop is set.  The
+ * kernel copies what it takes, so bytes sent before the stop are no longer
+ * read from the caller's memory. */
+int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                 const atomic_int *stop, size_t *sent);
+
+/* Sends len zero bytes (the stand-in for bytes a sender may no longer read). */
+int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
+
+#endif

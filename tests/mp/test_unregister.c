@@ -1,0 +1,556 @@
+/*
+ * test_unregister.c — a target unregisters memory while a peer is in the
+ * middle of a transfer into or out of it (issue 10, item 1, tcp target side).
+ *
+ * The target is a real engine in this process; the peer is a raw tcp client
+ * speaking ferry's wire format (so the test decides exactly when each byte
+ * moves), or a real initiator engine.  After ferry_unregister_memory
+ * returns, the test reuses the memory (writes a sentinel) and then unmaps or
+ * frees it: a WRITE must not land another byte there, a READ must not send
+ * another byte from it (the rest arrives as zeros, and the trailer marks the
+ * entry revoked), the peer's entry ends refused (FERRY_ERANGE), later
+ * accesses are refused, and the same connection keeps serving other memory.
+ * Host memory (received straight into the region) and sim device memory
+ * (through the target's bounce and H2D/D2H copies) both.
+ */
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "meta/descriptor.h"
+#include "meta/p2p.h"
+#include "net.h"
+#include "testutil.h"
+#include "transport/wire.h"
+
+#define MIB (1u << 20)
+#define GUARD_MS 120000 /* a hang guard only: everything here ends in well under a second */
+
+struct target {
+    ferry_engine *e;
+    int tcp_port;
+    uint64_t engine_id;
+};
+
+static void target_start(struct target *t)
+{
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.request_timeout_ms = 60000;
+    assert_int_equal(ferry_engine_create(&cfg, &t->e), 0);
+    char *json;
+    size_t len;
+    assert_int_equal(p2p_fetch(ferry_engine_segment_name(t->e), 5000, &json, &len), 0);
+    struct ferry_descriptor d;
+    assert_int_equal(descriptor_decode(json, len, &d), 0);
+    cJSON *ep = cJSON_Parse(descriptor_transport(&d, "tcp"));
+    t->tcp_port = (int)cJSON_GetObjectItemCaseSensitive(ep, "port")->valuedouble;
+    t->engine_id = d.engine_id;
+    cJSON_Delete(ep);
+    descriptor_free(&d);
+    free(json);
+}
+
+/* ------------------------------------------------------------ raw peer */
+
+/* A tcp data connection that has said HELLO.  Its receive buffer is small
+ * and fixed, so a large READ response cannot hide in socket buffers. */
+static int peer_connect(const struct target *t)
+{
+    int fd = net_connect("127.0.0.1", t->tcp_port, 5000);
+    assert_true(fd >= 0);
+    int rcvbuf = 256 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    const char *name = "test-peer";
+    struct wire_header h = {.type = WIRE_HELLO, .payload_len = strlen(name), .epoch = t->engine_id};
+    uint8_t raw[WIRE_HEADER_SIZE];
+    wire_encode_header(&h, raw);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(net_write_full(fd, name, strlen(name)), 0);
+    assert_int_equal(net_read_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(wire_decode_header(raw, &h), 0);
+    assert_int_equal(h.type, WIRE_HELLO_ACK);
+    assert_int_equal(h.status, 0);
+    return fd;
+}
+
+/* Sends a WRITE or READ header with one entry (a READ asks for the trailer). */
+static void peer_frame(int fd, uint8_t type, uint64_t id, uint64_t addr, uint64_t len)
+{
+    uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE];
+    struct wire_header h = {.type = type, .id = id, .nentries = 1, .payload_len = type == WIRE_WRITE ? len : 0,
+                            .flags = type == WIRE_READ ? WIRE_FLAG_TRAILER : 0};
+    struct wire_entry e = {addr, len};
+    wire_encode_header(&h, raw);
+    wire_encode_entries(&e, 1, raw + WIRE_HEADER_SIZE);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+}
+
+static struct wire_header peer_response(int fd, uint8_t type, uint64_t id)
+{
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h;
+    assert_int_equal(net_read_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(wire_decode_header(raw, &h), 0);
+    assert_int_equal(h.type, type);
+    assert_true(h.id == id);
+    assert_int_equal(h.status, 0);
+    return h;
+}
+
+static uint64_t peer_trailer(int fd, uint64_t refused)
+{
+    uint8_t raw[WIRE_TRAILER_SIZE];
+    struct wire_trailer t;
+    assert_int_equal(net_read_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(wire_decode_trailer(raw, 1, refused, &t), 0);
+    return t.revoked;
+}
+
+/* A WRITE of len bytes of `fill`; returns the ack's refused bitmap. */
+static uint64_t peer_write(int fd, uint64_t id, uint64_t addr, size_t len, int fill)
+{
+    char *buf = malloc(len);
+    memset(buf, fill, len);
+    peer_frame(fd, WIRE_WRITE, id, addr, len);
+    assert_int_equal(net_write_full(fd, buf, len), 0);
+    free(buf);
+    return peer_response(fd, WIRE_WRITE_ACK, id).refused;
+}
+
+/* A READ of len bytes into out (NULL: the entry must be refused). */
+static void peer_read(int fd, uint64_t id, uint64_t addr, size_t len, void *out)
+{
+    peer_frame(fd, WIRE_READ, id, addr, len);
+    struct wire_header h = peer_response(fd, WIRE_READ_RESP, id);
+    assert_true(h.flags & WIRE_FLAG_TRAILER);
+    if (!out) {
+        assert_true(h.refused == 1);
+        assert_true(h.payload_len == 0);
+    } else {
+        assert_true(h.refused == 0);
+        assert_true(h.payload_len == len);
+        assert_int_equal(net_read_full(fd, out, len), 0);
+    }
+    assert_true(peer_trailer(fd, h.refused) == 0);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+struct unreg_call {
+    ferry_engine *e;
+    void *addr;
+    int rc;
+};
+
+static void *unreg_main(void *arg)
+{
+    struct unreg_call *u = arg;
+    u->rc = ferry_unregister_memory(u->e, u->addr);
+    return NULL;
+}
+
+/* Unregisters addr; fails the test if that hangs (it must not wait for the
+ * peer, who sends nothing until it has returned). */
+static void unregister_now(ferry_engine *e, void *addr)
+{
+    struct unreg_call u = {e, addr, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, unreg_main, &u), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += GUARD_MS / 1000;
+    if (pthread_timedjoin_np(th, NULL, &until) != 0)
+        fail_msg("ferry_unregister_memory(%p) still waits for a peer that is stalled mid-transfer", addr);
+    assert_int_equal(u.rc, 0);
+}
+
+static void wait_until(int (*cond)(void *), void *arg)
+{
+    uint64_t end = now_ms() + GUARD_MS;
+    while (!cond(arg)) {
+        assert_true(now_ms() < end);
+        sched_yield();
+    }
+}
+
+struct filled {
+    ferry_engine *e;
+    const char *p;   /* host, or device memory when e is set */
+    size_t len;
+    int value;
+};
+
+static int is_filled(void *arg)
+{
+    struct filled *f = arg;
+    char *copy = NULL;
+    const volatile char *p = (const volatile char *)f->p;
+    if (f->e) {
+        copy = malloc(f->len);
+        assert_int_equal(ferry_mem_copy(f->e, copy, f->p, f->len), 0);
+        p = copy;
+    }
+    int ok = 1;
+    for (size_t i = 0; ok && i < f->len; i += 4096)
+        ok = p[i] == (char)f->value && p[f->len - 1] == (char)f->value;
+    free(copy);
+    return ok;
+}
+
+static void *map(size_t len, int fill)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    memset(p, fill, len);
+    return p;
+}
+
+static size_t count_not(const char *p, size_t len, int value)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += p[i] != (char)value;
+    return n;
+}
+
+/* Bytes of a READ response: each is the pattern's or zero (the cut may fall
+ * anywhere), never anything written after unregister; returns how many
+ * were zeros in place of non-zero pattern bytes. */
+static size_t check_pattern_or_zero(const char *buf, size_t len, uint64_t seed)
+{
+    size_t zeros = 0;
+    char expect[4096];
+    for (size_t off = 0; off < len; off += sizeof expect) {
+        if (pattern_check(buf + off, sizeof expect, seed, off) < 0)
+            continue;
+        pattern_fill(expect, sizeof expect, seed, off);
+        for (size_t i = 0; i < sizeof expect; i++) {
+            if (buf[off + i] != expect[i]) {
+                assert_int_equal(buf[off + i], 0);
+                zeros++;
+            }
+        }
+    }
+    return zeros;
+}
+
+/* The same connection still serves other memory after a revocation. */
+static void check_other_region(ferry_engine *e, int fd, uint64_t id)
+{
+    char *other = map(MIB, 0x11);
+    assert_int_equal(ferry_register_memory(e, other, MIB, "cpu", 1), 0);
+    assert_true(peer_write(fd, id, (uint64_t)(uintptr_t)other, MIB, 0x44) == 0);
+    assert_int_equal(count_not(other, MIB, 0x44), 0);
+    char *back = malloc(MIB);
+    peer_read(fd, id + 1, (uint64_t)(uintptr_t)other, MIB, back);
+    assert_int_equal(count_not(back, MIB, 0x44), 0);
+    free(back);
+    assert_int_equal(ferry_unregister_memory(e, other), 0);
+    munmap(other, MIB);
+}
+
+/* ------------------------------------------------------------ host memory */
+
+static void test_write_host_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 32 * MIB;
+    char *r = map(len, 0x11);
+    uint64_t addr = (uint64_t)(uintptr_t)r;
+    assert_int_equal(ferry_register_memory(t.e, r, len, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    char *payload = map(len, 0x22);
+
+    peer_frame(fd, WIRE_WRITE, 1, addr, len);
+    assert_int_equal(net_write_full(fd, payload, MIB), 0);
+    wait_until(is_filled, &(struct filled){NULL, r, MIB, 0x22}); /* the target is mid-payload */
+    unregister_now(t.e, r);
+    memset(r, 0x33, len); /* the application reuses its memory */
+    assert_int_equal(net_write_full(fd, payload + MIB, len - MIB), 0);
+    struct wire_header ack = peer_response(fd, WIRE_WRITE_ACK, 1);
+    assert_true(ack.refused == 1);                 /* FERRY_ERANGE at an initiator */
+    assert_int_equal(count_not(r, len, 0x33), 0);  /* not one byte landed after unregister */
+    munmap(r, len);
+
+    /* later accesses are refused; the connection serves other memory */
+    assert_true(peer_write(fd, 2, addr, 4096, 0x66) == 1);
+    peer_read(fd, 3, addr, 4096, NULL);
+    check_other_region(t.e, fd, 4);
+    close(fd);
+    munmap(payload, len);
+    ferry_engine_destroy(t.e);
+}
+
+static void test_read_host_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 32 * MIB;
+    char *r = map(len, 0);
+    pattern_fill(r, len, 7, 0);
+    uint64_t addr = (uint64_t)(uintptr_t)r;
+    assert_int_equal(ferry_register_memory(t.e, r, len, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    char *got = map(len, 0);
+
+    peer_frame(fd, WIRE_READ, 1, addr, len);
+    struct wire_header h = peer_response(fd, WIRE_READ_RESP, 1);
+    assert_true(h.flags & WIRE_FLAG_TRAILER);
+    assert_true(h.refused == 0 && h.payload_len == len);
+    assert_int_equal(net_read_full(fd, got, MIB), 0); /* the target is mid-response, blocked on us */
+    assert_int_equal(pattern_check(got, MIB, 7, 0), -1);
+    unregister_now(t.e, r);
+    memset(r, 0x55, len); /* rewritten, then gone: nothing of it may reach the peer */
+    munmap(r, len);
+    assert_int_equal(net_read_full(fd, got + MIB, len - MIB), 0);
+    assert_true(check_pattern_or_zero(got, len, 7) > 0);
+    assert_true(peer_trailer(fd, 0) == 1); /* the entry is marked revoked */
+
+    peer_read(fd, 2, addr, 4096, NULL);
+    assert_true(peer_write(fd, 3, addr, 4096, 0x66) == 1);
+    check_other_region(t.e, fd, 4);
+    close(fd);
+    munmap(got, len);
+    ferry_engine_destroy(t.e);
+}
+
+/* ------------------------------------------------------------ device memory (sim) */
+
+static void *dev_alloc(ferry_engine *e, size_t len, uint64_t seed)
+{
+    void *d, *host = map(len, 0);
+    assert_int_equal(ferry_mem_alloc(e, "sim:0", len, &d), 0);
+    pattern_fill(host, len, seed, 0);
+    assert_int_equal(ferry_mem_copy(e, d, host, len), 0);
+    munmap(host, len);
+    return d;
+}
+
+static void dev_fill(ferry_engine *e, void *d, size_t len, int value)
+{
+    char *host = map(len, value);
+    assert_int_equal(ferry_mem_copy(e, d, host, len), 0);
+    munmap(host, len);
+}
+
+static void test_write_device_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 16 * MIB;
+    char *d = dev_alloc(t.e, len, 1);
+    dev_fill(t.e, d, len, 0x11);
+    uint64_t addr = (uint64_t)(uintptr_t)d;
+    assert_int_equal(ferry_register_memory(t.e, d, len, "sim:0", 1), 0);
+    int fd = peer_connect(&t);
+    char *payload = map(len, 0x22);
+
+    /* 6 MiB: the bounce (4 MiB) was copied to the device once; 2 MiB wait in it */
+    peer_frame(fd, WIRE_WRITE, 1, addr, len);
+    assert_int_equal(net_write_full(fd, payload, 6 * MIB), 0);
+    wait_until(is_filled, &(struct filled){t.e, d, 4 * MIB, 0x22});
+    unregister_now(t.e, d);
+    dev_fill(t.e, d, len, 0x33);
+    assert_int_equal(net_write_full(fd, payload + 6 * MIB, len - 6 * MIB), 0);
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 1).refused == 1);
+    char *host = map(len, 0);
+    assert_int_equal(ferry_mem_copy(t.e, host, d, len), 0);
+    assert_int_equal(count_not(host, len, 0x33), 0); /* no bounce copy after unregister */
+    munmap(host, len);
+    ferry_mem_free(t.e, "sim:0", d, len);
+
+    assert_true(peer_write(fd, 2, addr, 4096, 0x66) == 1);
+    check_other_region(t.e, fd, 3);
+    close(fd);
+    munmap(payload, len);
+    ferry_engine_destroy(t.e);
+}
+
+static void test_read_device_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 32 * MIB;
+    char *d = dev_alloc(t.e, len, 9);
+    uint64_t addr = (uint64_t)(uintptr_t)d;
+    assert_int_equal(ferry_register_memory(t.e, d, len, "sim:0", 1), 0);
+    int fd = peer_connect(&t);
+    char *got = map(len, 0);
+
+    peer_frame(fd, WIRE_READ, 1, addr, len);
+    struct wire_header h = peer_response(fd, WIRE_READ_RESP, 1);
+    assert_true(h.refused == 0 && h.payload_len == len);
+    assert_int_equal(net_read_full(fd, got, MIB), 0);
+    unregister_now(t.e, d);
+    dev_fill(t.e, d, len, 0x55);
+    ferry_mem_free(t.e, "sim:0", d, len);
+    assert_int_equal(net_read_full(fd, got + MIB, len - MIB), 0);
+    assert_true(check_pattern_or_zero(got, len, 9) > 0);
+    assert_true(peer_trailer(fd, 0) == 1);
+
+    peer_read(fd, 2, addr, 4096, NULL);
+    check_other_region(t.e, fd, 3);
+    close(fd);
+    munmap(got, len);
+    ferry_engine_destroy(t.e);
+}
+
+/* An initiator that does not ask for the trailer cannot be told that a READ
+ * was cut short: the target closes the connection instead of sending zeros
+ * as if they were data. */
+static void test_read_without_trailer_closes(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 32 * MIB;
+    char *r = map(len, 0);
+    pattern_fill(r, len, 3, 0);
+    assert_int_equal(ferry_register_memory(t.e, r, len, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    char *got = map(len, 0);
+    uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE];
+    struct wire_header h = {.type = WIRE_READ, .id = 1, .nentries = 1};
+    wire_encode_header(&h, raw);
+    wire_encode_entries(&(struct wire_entry){(uint64_t)(uintptr_t)r, len}, 1, raw + WIRE_HEADER_SIZE);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    h = peer_response(fd, WIRE_READ_RESP, 1);
+    assert_false(h.flags & WIRE_FLAG_TRAILER);
+    assert_int_equal(net_read_full(fd, got, MIB), 0);
+    unregister_now(t.e, r);
+    memset(r, 0x55, len);
+    size_t n = 0;
+    ssize_t k = -1;
+    while (n < len - MIB && (k = recv(fd, got + MIB + n, len - MIB - n, 0)) > 0)
+        n += (size_t)k;
+    assert_true(n < len - MIB); /* cut short: the peer sees a closed connection */
+    assert_int_equal(k, 0);
+    check_pattern_or_zero(got, MIB + n, 3);
+    close(fd);
+    munmap(r, len);
+    munmap(got, len);
+    ferry_engine_destroy(t.e);
+}
+
+/* ------------------------------------------------------------ real initiator */
+
+/* A real initiator WRITEs and READs 64 MiB while the target unregisters and
+ * at once unmaps / frees the memory: each request ends COMPLETED or FAILED
+ * FERRY_ERANGE (a touch after unregister would have broken the connection:
+ * FERRY_ECONN). */
+static void transfer_during_unregister(int opcode, const char *location)
+{
+    struct target t;
+    target_start(&t);
+    const size_t len = 64 * MIB;
+    int dev = strcmp(location, "cpu") != 0;
+    char *r = dev ? dev_alloc(t.e, len, 4) : map(len, 0);
+    if (!dev)
+        pattern_fill(r, len, 4, 0);
+    assert_int_equal(ferry_register_memory(t.e, r, len, location, 1), 0);
+
+    ferry_engine *ini;
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.slice_size = cfg.staging_chunk_size = len; /* one frame, on the wire when the target unregisters */
+    assert_int_equal(ferry_engine_create(&cfg, &ini), 0);
+    char *local = map(len, 0x77);
+    assert_int_equal(ferry_register_memory(ini, local, len, "cpu", 0), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(ini, ferry_engine_segment_name(t.e), &seg), 0);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(ini, 1, &b), 0);
+    struct ferry_request q = {opcode, local, seg, (uint64_t)(uintptr_t)r, len};
+    assert_int_equal(ferry_batch_submit(b, &q, 1), 0);
+    /* as soon as the first slice has moved (or everything has) */
+    struct filled first = {dev && opcode == FERRY_WRITE ? t.e : NULL, opcode == FERRY_WRITE ? r : local, 4096,
+                           0x77};
+    uint64_t end = now_ms() + GUARD_MS;
+    struct ferry_status st;
+    for (;;) {
+        assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+        if (st.state != FERRY_PENDING)
+            break;
+        if (opcode == FERRY_WRITE ? is_filled(&first) : !is_filled(&first))
+            break;
+        assert_true(now_ms() < end);
+        sched_yield();
+    }
+    unregister_now(t.e, r);
+    /* gone at once: a later touch by the target fails its copy or its
+     * recv/send (EFAULT), which would end the request FERRY_ECONN */
+    if (dev)
+        ferry_mem_free(t.e, location, r, len);
+    else
+        munmap(r, len);
+    ferry_batch_wait(b, GUARD_MS);
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    print_message("%s %s: %s %s\n", opcode == FERRY_WRITE ? "WRITE" : "READ", location,
+                  st.state == FERRY_COMPLETED ? "COMPLETED" : "FAILED", st.message);
+    if (st.state != FERRY_COMPLETED) {
+        assert_int_equal(st.state, FERRY_FAILED);
+        assert_int_equal(st.error, FERRY_ERANGE);
+    }
+    ferry_batch_free(b);
+    ferry_engine_destroy(ini);
+    munmap(local, len);
+    ferry_engine_destroy(t.e);
+}
+
+static void test_engine_write_host(void **state)
+{
+    (void)state;
+    transfer_during_unregister(FERRY_WRITE, "cpu");
+}
+
+static void test_engine_read_host(void **state)
+{
+    (void)state;
+    transfer_during_unregister(FERRY_READ, "cpu");
+}
+
+static void test_engine_write_device(void **state)
+{
+    (void)state;
+    transfer_during_unregister(FERRY_WRITE, "sim:0");
+}
+
+static void test_engine_read_device(void **state)
+{
+    (void)state;
+    transfer_during_unregister(FERRY_READ, "sim:0");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_host_unregistered_midway),
+        cmocka_unit_test(test_read_host_unregistered_midway),
+        cmocka_unit_test(test_write_device_unregistered_midway),
+        cmocka_unit_test(test_read_device_unregistered_midway),
+        cmocka_unit_test(test_read_without_trailer_closes),
+        cmocka_unit_test(test_engine_write_host),
+        cmocka_unit_test(test_engine_read_host),
+        cmocka_unit_test(test_engine_write_device),
+        cmocka_unit_test(test_engine_read_device),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
