@@ -140,7 +140,10 @@ struct shm_peer {
     bool closing;                     /* (t->lock) */
 };
 
+#define SHM_NOTIFY_MAX_ALLOW 16
 struct shm_notify_service {
+    uid_t allow[SHM_NOTIFY_MAX_ALLOW]; /* FERRY_SHM_ALLOW_UIDS */
+    size_t nallow;
     int listen_fd;
     pthread_t thread;
     bool started;
