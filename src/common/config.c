@@ -54,6 +54,8 @@ static const struct knob knobs[] = {
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
          "received notifications kept before the oldest is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+    {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
+     KNOB_DOC, 0},
     {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
      KNOB_DOC, 0},
     {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0},
