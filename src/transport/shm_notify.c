@@ -219,7 +219,7 @@ static int read_allow_list(struct shm_transport *t)
         char *end;
         errno = 0;
         unsigned long uid = strtoul(p, &end, 10);
-        if (end == p || errno || uid > 0xfffffffeul || (*end && *end != ',') ||
+        if (end == p || errno || uid > 0xfffffffeul || (*end && (*end != ',' || !end[1])) ||
             t->notify.nallow == SHM_NOTIFY_MAX_ALLOW)
             return ferry_fail(FERRY_EINVAL, "FERRY_SHM_ALLOW_UIDS=\"%.64s\": expected up to %d uids separated by "
                               "commas, bad at \"%.16s\"", v, SHM_NOTIFY_MAX_ALLOW, p);

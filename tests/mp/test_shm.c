@@ -22,12 +22,14 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/wait.h>
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
 #include "memreg.h"
 #include "net.h"
 #include "testutil.h"
+#include "transport/shm.h"
 #include "transport/transport.h"
 
 #define TSIZE (32u << 20)
@@ -507,6 +509,111 @@ static void transport_contract(void **state)
     memreg_destroy(&reg_t);
 }
 
+/* The announcements initiators leave in a target's shared memfd: all taken
+ * (FERRY_EBUSY); one left by a dead process (unregister reclaims it and
+ * returns); one of a live process that never ends (unregister stops
+ * waiting after SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS, and says so). */
+static void announcements(void **state)
+{
+    (void)state;
+    const struct transport_ops *ops = &ferry_shm_transport;
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    struct memreg reg_i, reg_t;
+    memreg_init(&reg_i);
+    memreg_init(&reg_t);
+    atomic_uint_fast64_t bounced = 0;
+    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced};
+    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced};
+    void *ti, *tt, *peer, *handle;
+    assert_int_equal(ops->create(&hi, &ti), 0);
+    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_transport *target = tt;
+    enum { LEN = 1u << 20 };
+    char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
+    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
+    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
+    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    char *json;
+    assert_int_equal(ops->describe(tt, &json), 0);
+    struct desc_buffer db = {rt.addr, LEN, "cpu"};
+    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
+                                 .nbuffers = 1, .buffers = &db};
+    strcpy(d.transports[0].name, "shm");
+    d.transports[0].json = json;
+    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    uint64_t later = now_ns() + 10000000000ull;
+    struct xfer_piece p = {lbuf, rt.addr, 4096, 0};
+
+    /* every announcement taken by a live process (this one, range not set) */
+    const uint64_t mine = (7ull << SHM_ANN_TICKET_SHIFT) | (uint64_t)getpid();
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
+        atomic_store(&target->ann[i].word, mine);
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), FERRY_EBUSY);
+    assert_non_null(strstr(end_msg, "announcements are taken"));
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
+        atomic_store(&target->ann[i].word, 0);
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), 0);
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++) /* the frame cleared its own */
+        assert_true(atomic_load(&target->ann[i].word) == 0);
+
+    /* a process that died mid-copy: its announcement does not hold unregister */
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    assert_true(waitpid(dead, NULL, 0) == dead);
+    atomic_store(&target->ann[5].lo, rt.addr);
+    atomic_store(&target->ann[5].hi, rt.addr + 4096);
+    atomic_store(&target->ann[5].word, (9ull << SHM_ANN_TICKET_SHIFT) | SHM_ANN_ACTIVE | (uint64_t)dead);
+    ops->unregister_memory(tt, handle);
+    assert_true(atomic_load(&target->ann[5].word) == 0); /* reclaimed */
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), FERRY_ESTALE);
+    assert_non_null(strstr(end_msg, "unregistered"));
+
+    /* a live process whose access never ends: unregister stops waiting, bounded */
+    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    atomic_store(&target->ann[9].lo, rt.addr + LEN - 1);
+    atomic_store(&target->ann[9].hi, rt.addr + LEN + 4096);
+    atomic_store(&target->ann[9].word, mine | SHM_ANN_ACTIVE);
+    uint64_t t0 = now_ms();
+    ops->unregister_memory(tt, handle);
+    printf("unregister gave up on a live, stuck announcement after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    assert_true(atomic_load(&target->ann[9].word) == (mine | SHM_ANN_ACTIVE)); /* not reclaimed: alive */
+    atomic_store(&target->ann[9].word, 0);
+
+    ops->peer_close(ti, peer);
+    ops->destroy(ti);
+    ops->destroy(tt);
+    free(json);
+    free(tbuf);
+    free(lbuf);
+    memreg_destroy(&reg_i);
+    memreg_destroy(&reg_t);
+}
+
+/* A malformed FERRY_SHM_ALLOW_UIDS stops an engine offering shm, naming the
+ * variable. */
+static void allow_uids_malformed(void **state)
+{
+    (void)state;
+    static const char *bad[] = {"abc", "12,", "1,,2", "-1", "4294967295", "1 2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("FERRY_SHM_ALLOW_UIDS", bad[i], 1);
+        struct ferry_config cfg;
+        ferry_engine *e = NULL;
+        assert_int_equal(ferry_config_init(&cfg), 0);
+        cfg.protocols = "shm";
+        int rc = ferry_engine_create(&cfg, &e);
+        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_ALLOW_UIDS"))
+            fail_msg("FERRY_SHM_ALLOW_UIDS=%s: %s: %s", bad[i], ferry_err_name(rc), ferry_last_error());
+    }
+    setenv("FERRY_SHM_ALLOW_UIDS", "1000, 1001", 1); /* a space after the comma is fine */
+    ferry_engine *e = make_engine("shm");
+    ferry_engine_destroy(e);
+    unsetenv("FERRY_SHM_ALLOW_UIDS");
+}
+
 /* ------------------------------------------------------------ main */
 
 /* Why device memory cannot be tested here, or NULL. */
@@ -531,6 +638,8 @@ int main(void)
     dev = device_location();
     const struct CMUnitTest host[] = {
         cmocka_unit_test(transport_contract),
+        cmocka_unit_test(announcements),
+        cmocka_unit_test(allow_uids_malformed),
         cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
         cmocka_unit_test_setup_teardown(bad_ranges_refused, setup_host, teardown),
         cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
