@@ -246,10 +246,15 @@ long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len)
     return addr + len <= b->addr + b->len ? (long)(lo - 1) : -1;
 }
 
-static bool peer_gone(const struct shm_peer *p)
+static bool peer_gone_within(const struct shm_peer *p, int ms)
 {
     struct pollfd x = {.fd = p->pidfd, .events = POLLIN};
-    return p->pidfd >= 0 && poll(&x, 1, 0) > 0;
+    return p->pidfd >= 0 && poll(&x, 1, ms) > 0;
+}
+
+static bool peer_gone(const struct shm_peer *p)
+{
+    return peer_gone_within(p, 0);
 }
 
 /* ------------------------------------------------------------ accesses */
@@ -494,7 +499,12 @@ static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, 
         m->next = b->maps;
         b->maps = m;
     }
-    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping") : !m->ptr ? fail(fr, m->err, "%s", m->msg) : 0;
+    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping")
+             : m->ptr ? 0
+             /* an exiting process closes its fds before its pidfd says so */
+             : peer_gone_within(p, 200) ? fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name,
+                                               (int)p->pid)
+                            : fail(fr, m->err, "%s", m->msg);
     if (!rc)
         *out = (char *)m->ptr + (remote - b->addr);
     pthread_mutex_unlock(&p->lock);

@@ -597,7 +597,10 @@ static int intruder(struct victim *v)
     }
     int status;
     assert_true(waitpid(pid, &status, 0) == pid);
-    return WIFEXITED(status) && WEXITSTATUS(status) <= 1 ? WEXITSTATUS(status) : -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) > 1)
+        fail_msg("the intruder process could not try: %s %d (3: setuid, 4: connect/send)",
+                 WIFEXITED(status) ? "exit" : "signal", WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    return WEXITSTATUS(status);
 }
 
 static void notify_peer_uid(void **state)
