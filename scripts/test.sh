@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds ferry and passes every test: the normal build's suite, the same suite
-# under ASan+UBSan, and each libFuzzer target for FUZZ_SECONDS (default 30).
+# under ASan+UBSan, the multi-process and transport tests under ThreadSanitizer,
+# and each libFuzzer target for FUZZ_SECONDS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -21,6 +22,14 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j2 --timeout 900)
+
+echo "== ThreadSanitizer: multi-process and transport tests (docs/SECURITY.md)"
+tsan_tests='^test_(memreg|shm|shm_safety|transfer|faults)$'
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$jobs" --target ferry_test_target test_memreg test_shm test_shm_safety test_transfer \
+  test_faults
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 FERRY_REQUEST_TIMEOUT_MS=120000 \
+   ctest --output-on-failure -j2 -R "$tsan_tests")
 
 echo "== fuzzers (${fuzz_seconds}s each)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON >/dev/null
