@@ -23,7 +23,8 @@
 #define SHM_PAGE_MAGIC 0x326d737972726566ull /* "ferrysm2" */
 #define SHM_PAGE_SIZE 4096u
 #define SHM_SLOTS 65536u              /* remote-accessible registrations (DESC_MAX_BUFFERS) */
-#define SHM_ANNOUNCE_SLOTS 1024u      /* accesses in flight into one engine, all peers together */
+#define SHM_ANNOUNCE_SLOTS 4096u      /* frames in flight into one engine, all peers together (64 per
+                                         * busy initiator engine: SHM_WORKERS x GROUP_MAX) */
 #define SHM_CHUNK (4u << 20)          /* host bytes copied between two checks for revocation */
 #define SHM_ACCESS_MAX_NS 2000000000ull   /* an announced access copies nothing after this */
 #define SHM_ACCESS_GRACE_NS 2000000000ull /* unregister's allowance for a copy started just before */

@@ -127,12 +127,14 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
     return send_acks(s);
 }
 
-static void accept_senders(struct shm_transport *t, struct sender **ss, size_t *n, size_t *cap)
+/* Accepts what is pending.  Returns false when out of file descriptors: the
+ * caller then leaves the listening socket alone for a tick (no busy loop). */
+static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *n, size_t *cap)
 {
     for (;;) {
         int fd = accept4(t->notify.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0)
-            return; /* EAGAIN, or EMFILE: the next round tries again */
+            return !(errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM);
         pid_t pid = 0;
         if (!sender_allowed(t, fd, &pid)) {
             close(fd);
@@ -159,6 +161,7 @@ static void *service_main(void *arg)
     struct pollfd *fds = NULL;
     size_t n = 0, cap = 0, fcap = 0;
     uint8_t *buf = malloc(MSG_MAX);
+    bool accepting = true;
     if (!buf) {
         LOG_ERROR("shm: notification service: out of memory");
         return NULL;
@@ -173,7 +176,8 @@ static void *service_main(void *arg)
             fds = more;
             fcap = n + 1;
         }
-        fds[0] = (struct pollfd){.fd = t->notify.listen_fd, .events = POLLIN};
+        fds[0] = (struct pollfd){.fd = accepting ? t->notify.listen_fd : -1, .events = POLLIN};
+        accepting = true;
         for (size_t i = 0; i < n; i++)
             fds[i + 1] = (struct pollfd){.fd = ss[i].fd, .events = ss[i].acks_owed ? POLLOUT : POLLIN};
         if (poll(fds, n + 1, SERVICE_TICK_MS) < 0)
@@ -200,7 +204,7 @@ static void *service_main(void *arg)
             }
         }
         if (fds[0].revents & POLLIN)
-            accept_senders(t, &ss, &n, &cap);
+            accepting = accept_senders(t, &ss, &n, &cap);
     }
     for (size_t i = 0; i < n; i++)
         close(ss[i].fd);
