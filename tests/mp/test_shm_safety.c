@@ -317,6 +317,8 @@ static void forged_descriptor_refused(void **state)
     assert_int_equal(victim_ask(&v, "check 0 %x %d", GUARD + (1u << 20), SEED), -1); /* nothing was written */
     ferry_engine_destroy(e);
     p2p_server_stop(srv);
+    free(forged_json);
+    forged_json = NULL;
     victim_stop(&v);
 }
 
@@ -329,7 +331,6 @@ static void forged_endpoint_refused(void **state)
     victim_start(&v, 1u << 20);
     struct p2p_server *srv;
     int port;
-    forged_json = NULL;
     forge(&v, v.engine_id, v.reg, 65536, NULL, 0);
     assert_int_equal(p2p_server_start("127.0.0.1", 0, 5000, serve_forged, NULL, &srv, &port), 0);
     ferry_engine *e = make_engine(20000);
@@ -376,6 +377,8 @@ static void forged_endpoint_refused(void **state)
     victim_alive(&v);
     ferry_engine_destroy(e);
     p2p_server_stop(srv);
+    free(forged_json);
+    forged_json = NULL;
     victim_stop(&v);
 }
 
