@@ -4,10 +4,12 @@
  * engine's pid and id (so it needs no file and no cleanup).
  *
  * Target side: one service thread accepts senders of our uid (SO_PEERCRED;
- * FERRY_SHM_ALLOW_UIDS adds others) and, for every message {u16 name length,
- * sender's segment name, payload}, hands it to the engine (deliver_notify)
- * and answers one byte.  It never blocks on a sender (non-blocking sockets,
- * per-sender acknowledgements owed, a deadline for taking them).  Initiator side: one connection
+ * FERRY_SHM_ALLOW_UIDS adds others); with a key, a sender must authenticate
+ * first (common/auth.c, one message at a time); then, for every message
+ * {u16 name length, sender's segment name, payload}, hands it to the engine
+ * (deliver_notify) and answers one byte.  It never blocks on a sender
+ * (non-blocking sockets, acknowledgements owed per sender, a deadline for
+ * taking them).  Initiator side: one connection
  * per peer, opened on the first notification, used by one worker at a time;
  * a notification frame ends when the target's answer arrives, i.e. after the
  * target queued it (its data frames had ended before: they are copies that
@@ -23,6 +25,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "bytes.h"
 #include "err.h"
 #include "log.h"
@@ -51,6 +54,10 @@ static socklen_t abstract_addr(struct sockaddr_un *a, pid_t pid, uint64_t token)
 
 /* ------------------------------------------------------------ target side */
 
+/* Where a sender's connection stands: authentication runs as messages
+ * arrive, so the one service thread never waits on a single sender. */
+enum peer_stage { PEER_NEW, PEER_PROOF, PEER_READY };
+
 /* One connected sender.  The service never blocks on it: its socket is
  * non-blocking, and while an acknowledgement cannot be sent the service
  * stops reading from it; one that stays so past ACK_DEADLINE_MS is dropped. */
@@ -59,7 +66,43 @@ struct sender {
     unsigned acks_owed;
     uint64_t stalled_since;       /* now_ns() when acks_owed became nonzero */
     pid_t pid;
+    enum peer_stage stage;
+    struct auth_state auth;
 };
+
+/* Sends a small answer without ever blocking the service thread. */
+static int answer(int fd, const void *msg, size_t len)
+{
+    return send(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len ? 0 : -1;
+}
+
+/* One authentication step (HELLO or PROOF).  0 to go on, -1 to drop. */
+static int auth_step(struct shm_transport *t, struct sender *s, const uint8_t *buf, size_t n)
+{
+    if (s->stage == PEER_NEW) {
+        uint8_t challenge[AUTH_CHALLENGE_SIZE];
+        int rc = auth_make_challenge(t->host.auth, AUTH_SHM, buf, n, &s->auth, challenge);
+        char why[256];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        if ((rc == 0 || rc == FERRY_EPERM) && answer(s->fd, challenge, sizeof challenge) != 0)
+            return -1;
+        if (rc) {
+            LOG_WARN("shm: refused a notification peer: %s", why);
+            return -1;
+        }
+        s->stage = PEER_PROOF;
+        return 0;
+    }
+    uint8_t result[AUTH_RESULT_SIZE];
+    int rc = auth_check_proof(t->host.auth, &s->auth, buf, n, result);
+    answer(s->fd, result, sizeof result);
+    if (rc) {
+        LOG_WARN("shm: a notification peer failed authentication: %s", ferry_last_error());
+        return -1;
+    }
+    s->stage = PEER_READY;
+    return 0;
+}
 
 /* Is the process at the other end of fd of our uid, or one the allow-list
  * names?  SO_PEERCRED: the kernel's record of who connected. */
@@ -114,6 +157,16 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
         return 0;
     if (n <= 0)
         return -1;
+    bool hello = n == AUTH_HELLO_SIZE && auth_is_hello(buf);
+    if ((hello && s->stage == PEER_NEW) || s->stage == PEER_PROOF)
+        return auth_step(t, s, buf, (size_t)n);
+    if (s->stage == PEER_NEW && auth_enabled(t->host.auth)) {
+        uint8_t refused = 1; /* the initiator reports FERRY_EPERM */
+        answer(s->fd, &refused, 1);
+        LOG_WARN("shm: refused a notification from a peer that did not authenticate (FERRY_AUTH_KEY is set)");
+        return -1;
+    }
+    s->stage = PEER_READY;
     size_t name_len = n >= 2 ? get_le16(buf) : 0;
     if (n > MSG_MAX || n < 2 || name_len > SHM_NOTIFY_MAX_NAME || 2 + name_len > (size_t)n) {
         LOG_WARN("shm: dropping notification sender pid %d: malformed message of %zd bytes", (int)s->pid, n);
@@ -150,7 +203,7 @@ static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *
             *ss = more;
             *cap = c;
         }
-        (*ss)[(*n)++] = (struct sender){fd, 0, 0, pid};
+        (*ss)[(*n)++] = (struct sender){.fd = fd, .pid = pid, .stage = PEER_NEW};
     }
 }
 
@@ -280,6 +333,13 @@ static int send_locked(struct shm_peer *p, const struct xfer_frame *f, char *msg
             snprintf(msg, cap, "shm: segment %.64s: notification socket: %s", p->name, strerror(errno));
             return FERRY_ECONN;
         }
+        if (auth_enabled(p->t->host.auth)) {
+            int rc = auth_client(p->notify_fd, p->t->host.auth, AUTH_SHM, p->name, f->deadline_ns, NULL);
+            if (rc) {
+                snprintf(msg, cap, "shm: %s", ferry_last_error());
+                return rc;
+            }
+        }
     }
     uint8_t buf[MSG_MAX];
     const char *from = p->t->host.segment_name;
@@ -303,8 +363,14 @@ static int send_locked(struct shm_peer *p, const struct xfer_frame *f, char *msg
         int n = poll(&x, 1, (int)((f->deadline_ns - now) / 1000000u) + 1);
         if (n < 0 && errno == EINTR)
             continue;
-        uint8_t ack;
-        if (n > 0 && recv(p->notify_fd, &ack, 1, 0) == 1)
+        uint8_t ack = 0;
+        ssize_t got = n > 0 ? recv(p->notify_fd, &ack, 1, 0) : 0;
+        if (got == 1 && ack != 0) {
+            snprintf(msg, cap, "shm: segment %.64s refused the notification: it requires authentication "
+                     "(set the same FERRY_AUTH_KEY on both)", p->name);
+            return FERRY_EPERM;
+        }
+        if (got == 1)
             return 0;
         if (n != 0) {
             snprintf(msg, cap, "shm: segment %.64s closed its notification socket", p->name);

@@ -222,6 +222,7 @@ static ferry_engine *make_engine(unsigned timeout_ms)
 /* ------------------------------------------------------------ the forger */
 
 static char *forged_json;
+static const struct p2p_server_opts forger_opts = {.io_timeout_ms = 5000};
 
 static int serve_forged(void *ctx, char **json)
 {
@@ -297,7 +298,7 @@ static void forged_descriptor_refused(void **state)
     forge(&v, v.engine_id, v.reg - 65536, 65536, NULL, 0);
     struct p2p_server *srv;
     int port;
-    assert_int_equal(p2p_server_start("127.0.0.1", 0, 5000, serve_forged, NULL, &srv, &port), 0);
+    assert_int_equal(p2p_server_start("127.0.0.1", 0, &forger_opts, serve_forged, NULL, &srv, &port), 0);
     ferry_engine *e = make_engine(20000);
     char *local;
     assert_int_equal(ferry_mem_alloc(e, "cpu", 65536, (void **)&local), 0);
@@ -332,7 +333,7 @@ static void forged_endpoint_refused(void **state)
     struct p2p_server *srv;
     int port;
     forge(&v, v.engine_id, v.reg, 65536, NULL, 0);
-    assert_int_equal(p2p_server_start("127.0.0.1", 0, 5000, serve_forged, NULL, &srv, &port), 0);
+    assert_int_equal(p2p_server_start("127.0.0.1", 0, &forger_opts, serve_forged, NULL, &srv, &port), 0);
     ferry_engine *e = make_engine(20000);
     char name[64];
     snprintf(name, sizeof name, "127.0.0.1:%d", port);
