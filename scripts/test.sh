@@ -2,7 +2,8 @@
 # Builds ferry and passes every test: the normal build's suite (warnings are
 # errors here, not in users' builds), the Python package installed with pip
 # and its tests, Release builds with GCC and Clang, the same suite under
-# ASan+UBSan, each libFuzzer target for FUZZ_SECONDS (default 30), and the
+# ASan+UBSan, the multi-process and transport tests under ThreadSanitizer,
+# each libFuzzer target for FUZZ_SECONDS (default 30), and the
 # rdma transport in a Soft-RoCE VM.  Works from any checkout path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,14 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_WE
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j2 --timeout 900)
+
+echo "== ThreadSanitizer: multi-process and transport tests (docs/SECURITY.md)"
+tsan_tests='^test_(memreg|shm|shm_safety|transfer|faults)$'
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_WERROR=ON >/dev/null
+cmake --build build-tsan -j"$jobs" --target ferry_test_target test_memreg test_shm test_shm_safety test_transfer \
+  test_faults
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 FERRY_REQUEST_TIMEOUT_MS=120000 \
+   ctest --output-on-failure -j2 -R "$tsan_tests")
 
 echo "== fuzzers (${fuzz_seconds}s each)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON -DFERRY_WERROR=ON >/dev/null

@@ -92,6 +92,8 @@ static const struct knob knobs[] = {
          "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
     KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
          "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
+    {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},

@@ -11,7 +11,7 @@
 
 #include "net.h"
 
-int ferry_log_level = FERRY_LOG_WARN;
+atomic_int ferry_log_level = FERRY_LOG_WARN;
 
 void ferry_log_write(int level, const char *fmt, ...)
 {

@@ -13,19 +13,20 @@
 #define FERRY_LOG_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN = 1, FERRY_LOG_INFO = 2, FERRY_LOG_DEBUG = 3 };
 
-extern int ferry_log_level;
+extern atomic_int ferry_log_level; /* read by every thread: atomic, relaxed */
 
 void ferry_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define FERRY_LOG(level, ...)                                                                  \
     do {                                                                                       \
-        if ((level) <= ferry_log_level)                                                        \
+        if ((level) <= atomic_load_explicit(&ferry_log_level, memory_order_relaxed))           \
             ferry_log_write((level), __VA_ARGS__);                                             \
     } while (0)
 #define LOG_ERROR(...) FERRY_LOG(FERRY_LOG_ERROR, __VA_ARGS__)

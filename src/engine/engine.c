@@ -256,7 +256,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         free(e);
         return rc;
     }
-    ferry_log_level = e->cfg.log_level;
+    atomic_store_explicit(&ferry_log_level, e->cfg.log_level, memory_order_relaxed);
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
     notify_queue_init(&e->notes, e->cfg.notify_queue_max);

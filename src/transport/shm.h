@@ -20,31 +20,79 @@
 
 #define SHM_WORKERS 4                 /* copy threads per transport */
 #define SHM_BOUNCE_SIZE (4u << 20)    /* per worker: local device <-> peer host memory */
-#define SHM_PAGE_MAGIC 0x316d737972726566ull /* "ferrysm1" */
+#define SHM_PAGE_MAGIC 0x326d737972726566ull /* "ferrysm2" */
 #define SHM_PAGE_SIZE 4096u
+#define SHM_SLOTS 65536u              /* remote-accessible registrations (DESC_MAX_BUFFERS) */
+#define SHM_ANNOUNCE_SLOTS 4096u      /* frames in flight into one engine, all peers together (64 per
+                                         * busy initiator engine: SHM_WORKERS x GROUP_MAX) */
+#define SHM_CHUNK (4u << 20)          /* host bytes copied between two checks for revocation */
+#define SHM_ACCESS_MAX_NS 2000000000ull   /* an announced access copies nothing after this */
+#define SHM_ACCESS_GRACE_NS 2000000000ull /* unregister's allowance for a copy started just before */
 #define SHM_NOTIFY_MAX_NAME 127
 #define SHM_NOTIFY_MAX 4096          /* a notification's bytes (ferry_batch_set_notify) */
 
-/* Page 0 of an engine's shared memfd: peers map it read-only. */
+/*
+ * The registry: a memfd the engine alone writes (sealed against any new
+ * writable mapping and against resizing once made), which peers map
+ * read-only.  It says which process and engine it belongs to and lists every
+ * remote-accessible registration, so that an initiator checks each piece
+ * against the process it copies into, never against a descriptor's author.
+ */
 struct shm_page {
     uint64_t magic;
-    uint64_t token;                   /* the engine id: who this page belongs to */
-    _Atomic uint64_t generation;      /* bumped when a remote-accessible buffer is unregistered */
+    uint64_t token;                   /* the engine id */
+    uint64_t pid;                     /* the owning process (a fork inherits the fd, not the role) */
+    uint64_t addr;                    /* where the owner maps this page (the probe reads it there) */
+    uint64_t shared_ino;              /* the owner's shared memfd */
+    _Atomic uint64_t slots_used;      /* slots [0, slots_used) may be live */
 };
 
-/* Page 1: peers map it read-write and count what they moved here. */
+/* One registration in the registry (after the first page).  seq is odd while
+ * the registration is live; the owner makes it even (revoked) first thing in
+ * unregister, and changes the other fields only while it is even. */
+struct shm_slot {
+    _Atomic uint64_t seq;
+    _Atomic uint64_t addr, len;
+    _Atomic uint32_t handle_len;      /* 0: host memory, or device memory that cannot be shared */
+    uint32_t device;                  /* not host memory */
+    char location[32];
+    uint8_t handle[FERRY_IPC_HANDLE_MAX];
+};
+#define SHM_REGISTRY_SIZE ((size_t)SHM_PAGE_SIZE + (size_t)SHM_SLOTS * sizeof(struct shm_slot))
+
+/*
+ * The shared memfd peers map read-write: counters of what they moved here,
+ * and the announcements of their accesses in flight.  An initiator claims a
+ * free announcement (word: its pid, a ticket, ACTIVE once the range is
+ * set), then checks the registrations it will touch, copies, and clears the
+ * word.  The owner's unregister revokes the slot, then waits for every
+ * announcement whose range overlaps (or is not set yet) to clear, its owner
+ * to die, or SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS.  Both sides' first
+ * step is a sequentially consistent store and their second a load of the
+ * other's word: one of them sees the other (see shm_copy.c).
+ */
+#define SHM_ANN_PID_MASK 0x7fffffull  /* pid_max is at most 2^22 */
+#define SHM_ANN_ACTIVE (1ull << 23)
+#define SHM_ANN_TICKET_SHIFT 24
+struct shm_announce {
+    _Atomic uint64_t word;            /* 0: free */
+    _Atomic uint64_t lo, hi;          /* remote range [lo, hi) the access may touch */
+    _Atomic uint64_t expiry_ns;       /* CLOCK_MONOTONIC: no copy starts at or after it */
+};
 struct shm_served {
     _Atomic uint64_t bytes;
     _Atomic uint64_t frames;
+    _Atomic uint32_t released;        /* futex: bumped whenever an announcement clears */
+    _Atomic uint32_t waiters;         /* unregisters waiting on `released` */
 };
+#define SHM_ANNOUNCE_OFFSET 64u
+#define SHM_SHARED_SIZE (SHM_ANNOUNCE_OFFSET + (size_t)SHM_ANNOUNCE_SLOTS * sizeof(struct shm_announce))
 
 /* A remote-accessible registration of this engine (the register_memory
- * handle); device regions carry the IPC handle made at registration. */
+ * handle): its slot in the registry. */
 struct shm_reg {
     struct shm_reg *next;
-    uint64_t addr, len;
-    size_t handle_len;                /* 0: host memory, or device memory that cannot be shared */
-    uint8_t handle[FERRY_IPC_HANDLE_MAX];
+    uint32_t slot;
 };
 
 /* A peer's device buffer opened here for one local device. */
@@ -56,9 +104,11 @@ struct shm_mapping {
     char msg[160];
 };
 
-/* One buffer a peer publishes. */
+/* One registration of a peer, as its registry listed it when we opened it. */
 struct shm_rbuf {
     uint64_t addr, len;
+    uint32_t slot;
+    uint64_t seq;                     /* the slot's seq then: any change means unregistered */
     bool device;                      /* not host memory */
     const struct ferry_device_ops *ops; /* NULL for host memory or a kind this build lacks */
     int dev;                          /* the peer's device index */
@@ -76,12 +126,14 @@ struct shm_peer {
     bool self;                        /* the peer engine lives in this process */
     int pidfd;                        /* readable once the peer exits; -1 without pidfd_open */
     uint64_t token;                   /* its engine id */
-    uint64_t gen;                     /* its generation when the descriptor was made */
-    void *map;                        /* its shared memfd, 2 pages */
-    struct shm_page *page;            /* mapped read-only */
+    void *registry;                   /* its registry, mapped read-only */
+    struct shm_page *page;
+    struct shm_slot *slots;
+    void *shared;                     /* its shared memfd, mapped read-write */
     struct shm_served *served;
+    struct shm_announce *ann;
     size_t nbufs;
-    struct shm_rbuf *bufs;            /* sorted by addr, as in the descriptor */
+    struct shm_rbuf *bufs;            /* its registry's live slots when opened, sorted by addr */
     pthread_mutex_t lock;             /* bufs[].maps */
     pthread_mutex_t notify_lock;      /* notify_fd and one notification at a time */
     int notify_fd;
@@ -89,7 +141,10 @@ struct shm_peer {
     bool closing;                     /* (t->lock) */
 };
 
+#define SHM_NOTIFY_MAX_ALLOW 16
 struct shm_notify_service {
+    uid_t allow[SHM_NOTIFY_MAX_ALLOW]; /* FERRY_SHM_ALLOW_UIDS */
+    size_t nallow;
     int listen_fd;
     pthread_t thread;
     bool started;
@@ -100,13 +155,17 @@ struct shm_transport {
     struct transport_host host;
     char boot_id[40];
     uint64_t pidns, netns;
-    int page_fd;
-    void *map;                        /* our memfd, 2 pages, read-write */
+    int page_fd, shared_fd;
+    void *registry;                   /* our registry, read-write (mapped before sealing) */
     struct shm_page *page;
+    struct shm_slot *slots;
+    void *shared;                     /* our shared memfd */
     struct shm_served *served;
+    struct shm_announce *ann;
 
-    pthread_mutex_t reg_lock;
+    pthread_mutex_t reg_lock;         /* regs, slot_busy */
     struct shm_reg *regs;
+    uint8_t *slot_busy;               /* SHM_SLOTS: slot taken (live, or revoked and draining) */
 
     pthread_mutex_t lock;             /* the queue and peers' queued/closing */
     pthread_cond_t work, idle, tick;
@@ -132,6 +191,9 @@ void shm_submit(void *t, void *peer, struct xfer_frame *f);
 void shm_peer_drain(struct shm_transport *t, struct shm_peer *p);
 /* Index of the peer buffer wholly holding [addr, addr+len), or -1. */
 long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len);
+/* Target side of unregister: waits until no announced access may touch
+ * [addr, addr+len) (the slot is already revoked).  Bounded (see above). */
+void shm_wait_accesses(struct shm_transport *t, uint64_t addr, uint64_t len);
 
 /* shm_notify.c */
 /* The abstract unix socket name of engine `token` in process pid. */

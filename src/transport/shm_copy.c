@@ -3,9 +3,14 @@
  * threads and a timer thread.
  *
  * submit() only queues.  A worker takes the oldest frames (up to GROUP_MAX
- * data frames of one peer in a row), checks each against its peer (still
- * alive, same registry generation, every piece inside a published buffer),
- * moves the pieces and ends the frames.  Host <-> host pieces go in one
+ * data frames of one peer in a row); for each it announces the access in the
+ * peer's shared memfd, then checks it against the peer (still alive, every
+ * piece inside a registration its registry lists as live, local pieces
+ * inside local registrations, held as memreg accesses), moves the pieces in
+ * SHM_CHUNK steps with the same check before each step, and ends the frame
+ * after clearing its announcement.  The target's unregister revokes the
+ * slot, then waits for the announcements that overlap (shm_wait_accesses):
+ * a copy either saw the revocation or ended before unregister returned.  Host <-> host pieces go in one
  * process_vm_writev/readv per frame.  Pieces that touch device memory use
  * the device layer's copies on the worker's own stream, batched across the
  * frames taken together and waited for once (a device copy takes a few
@@ -17,13 +22,18 @@
  * workers and the timer, each exactly once.
  */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "log.h"
@@ -75,6 +85,11 @@ struct frame_run {
     uint64_t vm_bytes;
     struct iovec lvm[MAX_PIECES], rvm[MAX_PIECES];
     bool has_copies;             /* some pieces wait in the worker's copy batch */
+    struct shm_announce *ann;    /* this access, announced in the peer's shared memfd */
+    uint64_t expiry;             /* no copy step starts at or after it */
+    uint32_t ntouched, nlocal;
+    uint32_t touched[MAX_PIECES];            /* the peer buffers the pieces lie in */
+    struct memreg_access local[MAX_PIECES];  /* the local registrations they lie in */
     size_t nbounced;
     struct bounced bounced[MAX_PIECES];
     char msg[160];
@@ -231,15 +246,131 @@ long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len)
     return addr + len <= b->addr + b->len ? (long)(lo - 1) : -1;
 }
 
-static bool peer_gone(const struct shm_peer *p)
+static bool peer_gone_within(const struct shm_peer *p, int ms)
 {
     struct pollfd x = {.fd = p->pidfd, .events = POLLIN};
-    return p->pidfd >= 0 && poll(&x, 1, 0) > 0;
+    return p->pidfd >= 0 && poll(&x, 1, ms) > 0;
 }
 
-static bool peer_stale(const struct shm_peer *p)
+static bool peer_gone(const struct shm_peer *p)
 {
-    return atomic_load(&p->page->generation) != p->gen;
+    return peer_gone_within(p, 0);
+}
+
+/* ------------------------------------------------------------ accesses */
+
+static _Atomic uint64_t next_ticket;
+
+static bool owner_dead(uint64_t word)
+{
+    pid_t pid = (pid_t)(word & SHM_ANN_PID_MASK);
+    return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Claims a free announcement in the peer's shared memfd (or one a dead
+ * process left) and sets its range.  The claim is the Dekker store that the
+ * slot checks after it pair with (see shm.h). */
+static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
+{
+    struct shm_peer *p = fr->p;
+    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
+                 ((uint64_t)getpid() & SHM_ANN_PID_MASK);
+    uint32_t start = (uint32_t)(((uintptr_t)fr->w >> 6) % SHM_ANNOUNCE_SLOTS);
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {
+            struct shm_announce *a = &p->ann[(start + k) % SHM_ANNOUNCE_SLOTS];
+            uint64_t cur = atomic_load_explicit(&a->word, memory_order_relaxed);
+            if ((cur == 0 || (pass == 1 && owner_dead(cur))) && atomic_compare_exchange_strong(&a->word, &cur, w)) {
+                fr->expiry = now_ns() + SHM_ACCESS_MAX_NS;
+                atomic_store_explicit(&a->lo, lo, memory_order_relaxed);
+                atomic_store_explicit(&a->hi, hi, memory_order_relaxed);
+                atomic_store_explicit(&a->expiry_ns, fr->expiry, memory_order_relaxed);
+                atomic_store(&a->word, w | SHM_ANN_ACTIVE);
+                fr->ann = a;
+                return 0;
+            }
+        }
+    }
+    return fail(fr, FERRY_EBUSY, "shm: segment %.64s: all %u access announcements are taken", p->name,
+                SHM_ANNOUNCE_SLOTS);
+}
+
+/* Ends the frame's accesses: its announcement, its local registrations. */
+static void release(struct frame_run *fr)
+{
+    struct memreg *reg = fr->w->t->host.registry;
+    for (uint32_t i = 0; i < fr->nlocal; i++)
+        memreg_access_end(reg, &fr->local[i]);
+    fr->nlocal = 0;
+    if (!fr->ann)
+        return;
+    struct shm_served *sv = fr->p->served;
+    atomic_store(&fr->ann->word, 0);
+    fr->ann = NULL;
+    atomic_fetch_add(&sv->released, 1);
+    if (atomic_load(&sv->waiters))
+        syscall(SYS_futex, &sv->released, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Before every copy step: may the frame still touch what it checked? */
+static int access_check(struct frame_run *fr)
+{
+    const struct shm_peer *p = fr->p;
+    if (now_ns() >= fr->expiry)
+        return fail(fr, FERRY_ETIMEDOUT, "shm: segment %.64s: a copy ran past its announcement's %llu ms", p->name,
+                    (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
+    for (uint32_t i = 0; i < fr->ntouched; i++) {
+        const struct shm_rbuf *b = &p->bufs[fr->touched[i]];
+        if (atomic_load(&p->slots[b->slot].seq) != b->seq)
+            return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu", p->name,
+                        (unsigned long long)b->addr, (unsigned long long)b->len);
+    }
+    for (uint32_t i = 0; i < fr->nlocal; i++)
+        if (memreg_access_revoked(&fr->local[i]))
+            return fail(fr, FERRY_ERANGE, "shm: local 0x%llx+%llu was unregistered during the copy",
+                        (unsigned long long)fr->local[i].addr, (unsigned long long)fr->local[i].len);
+    return 0;
+}
+
+void shm_wait_accesses(struct shm_transport *t, uint64_t addr, uint64_t len)
+{
+    uint64_t give_up = now_ns() + SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS;
+    atomic_fetch_add(&t->served->waiters, 1);
+    for (;;) {
+        uint32_t released = atomic_load(&t->served->released);
+        unsigned busy = 0;
+        pid_t who = 0;
+        for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++) {
+            struct shm_announce *a = &t->ann[i];
+            uint64_t w = atomic_load(&a->word);
+            if (!w)
+                continue;
+            if (w & SHM_ANN_ACTIVE) {
+                uint64_t lo = atomic_load(&a->lo), hi = atomic_load(&a->hi);
+                if (atomic_load(&a->word) == w && (hi <= addr || lo >= addr + len))
+                    continue; /* elsewhere */
+            }
+            if (owner_dead(w)) {
+                atomic_compare_exchange_strong(&a->word, &w, 0);
+                continue;
+            }
+            busy++;
+            who = (pid_t)(w & SHM_ANN_PID_MASK);
+        }
+        if (!busy)
+            break;
+        if (now_ns() >= give_up) {
+            LOG_WARN("shm: unregister of 0x%llx+%llu stopped waiting for %u access(es) (process %d): announced "
+                     "more than %llu ms ago, they may no longer copy", (unsigned long long)addr,
+                     (unsigned long long)len, busy, (int)who,
+                     (unsigned long long)((SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS) / 1000000u));
+            break;
+        }
+        /* woken by every release; the period re-checks the owners' liveness */
+        struct timespec period = {0, 50 * 1000000L};
+        syscall(SYS_futex, &t->served->released, FUTEX_WAIT, released, &period, NULL, 0);
+    }
+    atomic_fetch_sub(&t->served->waiters, 1);
 }
 
 /* ------------------------------------------------------------ host memory */
@@ -268,19 +399,39 @@ static int vm_error(struct frame_run *fr, int err)
     if (err == EPERM)
         return fail(fr, FERRY_ECONN, "shm: segment %.64s: %s: no permission to access process %d", p->name, call,
                     (int)p->pid);
-    if (peer_stale(p))
-        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory during the copy", p->name);
+    int rc = access_check(fr);
+    if (rc)
+        return rc;
     return fail(fr, FERRY_EIO, "shm: segment %.64s: %s: %s%s", p->name, call, strerror(err),
                 err == EFAULT ? " (a peer's or a local buffer is no longer mapped)" : "");
 }
 
-/* Moves every byte of the iovecs (modified in place), across partial
- * transfers. */
+/* The first `max` bytes of v[0..n) into out; returns how many iovecs. */
+static int iov_prefix(const struct iovec *v, int n, size_t max, struct iovec *out)
+{
+    int k = 0;
+    for (; k < n && max; k++) {
+        out[k] = v[k];
+        if (out[k].iov_len > max)
+            out[k].iov_len = max;
+        max -= out[k].iov_len;
+    }
+    return k;
+}
+
+/* Moves every byte of the iovecs (modified in place), in SHM_CHUNK steps,
+ * each after access_check. */
 static int vm_move(struct frame_run *fr, struct iovec *l, int nl, struct iovec *r, int nr, uint64_t total)
 {
+    struct iovec ls[MAX_PIECES], rs[MAX_PIECES];
     for (uint64_t done = 0; done < total;) {
-        ssize_t n = fr->write ? process_vm_writev(fr->p->pid, l, (unsigned long)nl, r, (unsigned long)nr, 0)
-                              : process_vm_readv(fr->p->pid, l, (unsigned long)nl, r, (unsigned long)nr, 0);
+        int rc = access_check(fr);
+        if (rc)
+            return rc;
+        size_t step = total - done < SHM_CHUNK ? (size_t)(total - done) : SHM_CHUNK;
+        int lk = iov_prefix(l, nl, step, ls), rk = iov_prefix(r, nr, step, rs);
+        ssize_t n = fr->write ? process_vm_writev(fr->p->pid, ls, (unsigned long)lk, rs, (unsigned long)rk, 0)
+                              : process_vm_readv(fr->p->pid, ls, (unsigned long)lk, rs, (unsigned long)rk, 0);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -348,7 +499,12 @@ static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, 
         m->next = b->maps;
         b->maps = m;
     }
-    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping") : !m->ptr ? fail(fr, m->err, "%s", m->msg) : 0;
+    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping")
+             : m->ptr ? 0
+             /* an exiting process closes its fds before its pidfd says so */
+             : peer_gone_within(p, 200) ? fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name,
+                                               (int)p->pid)
+                            : fail(fr, m->err, "%s", m->msg);
     if (!rc)
         *out = (char *)m->ptr + (remote - b->addr);
     pthread_mutex_unlock(&p->lock);
@@ -435,19 +591,31 @@ static int sort_piece(struct frame_run *fr, uint32_t i)
 {
     const struct xfer_piece *x = &fr->f->pieces[i];
     struct shm_transport *t = fr->w->t;
-    long bi = shm_find_rbuf(fr->p, x->remote, x->len);
+    struct shm_peer *p = fr->p;
+    long bi = shm_find_rbuf(p, x->remote, x->len);
     if (bi < 0) {
         fr->refused |= 1ull << i;
         atomic_fetch_add(&t->refused, 1);
-        snprintf(fr->msg, sizeof fr->msg, "shm: 0x%llx+%llu is outside the buffers segment %.64s published",
-                 (unsigned long long)x->remote, (unsigned long long)x->len, fr->p->name);
+        snprintf(fr->msg, sizeof fr->msg, "shm: 0x%llx+%llu is not registered by process %d (engine %016llx) "
+                 "that segment %.64s names", (unsigned long long)x->remote, (unsigned long long)x->len,
+                 (int)p->pid, (unsigned long long)p->token, p->name);
         return 0;
     }
-    struct shm_rbuf *b = &fr->p->bufs[bi];
+    struct shm_rbuf *b = &p->bufs[bi];
+    if (atomic_load(&p->slots[b->slot].seq) != b->seq) /* after announce(): the Dekker load */
+        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu since it was opened", p->name,
+                    (unsigned long long)b->addr, (unsigned long long)b->len);
+    uint32_t k = 0;
+    while (k < fr->ntouched && fr->touched[k] != (uint32_t)bi)
+        k++;
+    if (k == fr->ntouched)
+        fr->touched[fr->ntouched++] = (uint32_t)bi;
     struct memreg_region lr;
-    if (memreg_find(t->host.registry, (uint64_t)(uintptr_t)x->local, x->len, 0, &lr) != 0)
+    if (memreg_access_begin(t->host.registry, &fr->local[fr->nlocal], (uint64_t)(uintptr_t)x->local, x->len, 0,
+                            &lr, NULL, NULL) != 0)
         return fail(fr, FERRY_ENOTREG, "shm: local %p+%llu is no longer registered", x->local,
                     (unsigned long long)x->len);
+    fr->nlocal++;
     int ldev = -1;
     const struct ferry_device_ops *lops = lr.device_index >= 0 ? ferry_device_of_location(lr.location, &ldev) : NULL;
     if (lr.device_index >= 0 && !lops)
@@ -474,11 +642,16 @@ static int run_data(struct frame_run *fr)
         return fail(fr, FERRY_EINVAL, "shm: a frame of %u pieces (at most %d)", fr->f->npieces, MAX_PIECES);
     if (peer_gone(p))
         return fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
-    if (peer_stale(p))
-        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory since its descriptor was fetched",
-                    p->name);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (uint32_t i = 0; i < fr->f->npieces; i++) {
+        const struct xfer_piece *x = &fr->f->pieces[i];
+        lo = x->remote < lo ? x->remote : lo;
+        hi = x->remote + x->len > hi ? x->remote + x->len : hi;
+    }
+    int rc = fr->f->npieces ? announce(fr, lo, hi) : 0;
+    if (rc)
+        return rc;
     atomic_fetch_add(&fr->w->t->frames_sent, 1);
-    int rc = 0;
     for (uint32_t i = 0; !rc && i < fr->f->npieces; i++)
         rc = sort_piece(fr, i);
     if (!rc && fr->nvm)
@@ -488,15 +661,13 @@ static int run_data(struct frame_run *fr)
     return rc;
 }
 
-/* After the batched copies: the generation again, then the counters. */
+/* After the batched copies: their result, then the counters. */
 static int finish_data(struct frame_run *fr)
 {
     struct shm_peer *p = fr->p;
     int rc = 0;
     if (fr->has_copies && fr->w->cb.err)
         rc = fail(fr, fr->w->cb.err, "%s", fr->w->cb.msg);
-    if (!rc && peer_stale(p))
-        rc = fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered memory during the copy", p->name);
     if (!rc && fr->moved) {
         atomic_fetch_add(&p->served->bytes, fr->moved);
         atomic_fetch_add(&p->served->frames, 1);
@@ -530,6 +701,7 @@ static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
         struct frame_run *fr = &w->runs[i];
         if (!rc[i] && fs[i]->opcode != XFER_NOTIFY)
             rc[i] = finish_data(fr);
+        release(fr);
         frame_end(w->t, fs[i], rc[i], rc[i] ? 0 : fr->refused, rc[i] ? 0 : fr->moved, fr->msg);
     }
 }

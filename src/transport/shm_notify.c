@@ -3,17 +3,20 @@
  * socket per engine, in the abstract namespace under a name made of the
  * engine's pid and id (so it needs no file and no cleanup).
  *
- * Target side: one service thread accepts peers; with a key, a peer must
- * authenticate first (common/auth.c, one message at a time so no peer can
- * hold the thread); then, for every message
+ * Target side: one service thread accepts senders of our uid (SO_PEERCRED;
+ * FERRY_SHM_ALLOW_UIDS adds others); with a key, a sender must authenticate
+ * first (common/auth.c, one message at a time); then, for every message
  * {u16 name length, sender's segment name, payload}, hands it to the engine
- * (deliver_notify) and answers one byte.  Initiator side: one connection
+ * (deliver_notify) and answers one byte.  It never blocks on a sender
+ * (non-blocking sockets, acknowledgements owed per sender, a deadline for
+ * taking them).  Initiator side: one connection
  * per peer, opened on the first notification, used by one worker at a time;
  * a notification frame ends when the target's answer arrives, i.e. after the
  * target queued it (its data frames had ended before: they are copies that
  * finished in its memory).
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +33,7 @@
 #include "transport/shm.h"
 
 #define SERVICE_TICK_MS 100
+#define ACK_DEADLINE_MS 2000
 #define MSG_MAX (2 + SHM_NOTIFY_MAX_NAME + SHM_NOTIFY_MAX)
 
 void shm_notify_name(pid_t pid, uint64_t token, char *out, size_t cap)
@@ -50,11 +54,18 @@ static socklen_t abstract_addr(struct sockaddr_un *a, pid_t pid, uint64_t token)
 
 /* ------------------------------------------------------------ target side */
 
-/* Where a peer's connection stands: authentication runs as messages
- * arrive, so the one service thread never waits on a single peer. */
+/* Where a sender's connection stands: authentication runs as messages
+ * arrive, so the one service thread never waits on a single sender. */
 enum peer_stage { PEER_NEW, PEER_PROOF, PEER_READY };
 
-struct peer_state {
+/* One connected sender.  The service never blocks on it: its socket is
+ * non-blocking, and while an acknowledgement cannot be sent the service
+ * stops reading from it; one that stays so past ACK_DEADLINE_MS is dropped. */
+struct sender {
+    int fd;
+    unsigned acks_owed;
+    uint64_t stalled_since;       /* now_ns() when acks_owed became nonzero */
+    pid_t pid;
     enum peer_stage stage;
     struct auth_state auth;
 };
@@ -66,115 +77,223 @@ static int answer(int fd, const void *msg, size_t len)
 }
 
 /* One authentication step (HELLO or PROOF).  0 to go on, -1 to drop. */
-static int auth_step(struct shm_transport *t, int fd, struct peer_state *ps, const uint8_t *buf, size_t n)
+static int auth_step(struct shm_transport *t, struct sender *s, const uint8_t *buf, size_t n)
 {
-    if (ps->stage == PEER_NEW) {
+    if (s->stage == PEER_NEW) {
         uint8_t challenge[AUTH_CHALLENGE_SIZE];
-        int rc = auth_make_challenge(t->host.auth, AUTH_SHM, buf, n, &ps->auth, challenge);
+        int rc = auth_make_challenge(t->host.auth, AUTH_SHM, buf, n, &s->auth, challenge);
         char why[256];
         snprintf(why, sizeof why, "%s", ferry_last_error());
-        if ((rc == 0 || rc == FERRY_EPERM) && answer(fd, challenge, sizeof challenge) != 0)
+        if ((rc == 0 || rc == FERRY_EPERM) && answer(s->fd, challenge, sizeof challenge) != 0)
             return -1;
         if (rc) {
             LOG_WARN("shm: refused a notification peer: %s", why);
             return -1;
         }
-        ps->stage = PEER_PROOF;
+        s->stage = PEER_PROOF;
         return 0;
     }
     uint8_t result[AUTH_RESULT_SIZE];
-    int rc = auth_check_proof(t->host.auth, &ps->auth, buf, n, result);
-    answer(fd, result, sizeof result);
+    int rc = auth_check_proof(t->host.auth, &s->auth, buf, n, result);
+    answer(s->fd, result, sizeof result);
     if (rc) {
         LOG_WARN("shm: a notification peer failed authentication: %s", ferry_last_error());
         return -1;
     }
-    ps->stage = PEER_READY;
+    s->stage = PEER_READY;
     return 0;
 }
 
-/* Reads one message from a peer and delivers it.  0, or -1 to drop the peer. */
-static int serve_one(struct shm_transport *t, int fd, uint8_t *buf, struct peer_state *ps)
+/* Is the process at the other end of fd of our uid, or one the allow-list
+ * names?  SO_PEERCRED: the kernel's record of who connected. */
+static bool sender_allowed(struct shm_transport *t, int fd, pid_t *pid)
 {
-    ssize_t n = recv(fd, buf, MSG_MAX, MSG_TRUNC);
+    struct ucred c;
+    socklen_t n = sizeof c;
+    static atomic_uint refused;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &n) != 0)
+        return false;
+    *pid = c.pid;
+    if (c.uid == geteuid())
+        return true;
+    for (size_t i = 0; i < t->notify.nallow; i++)
+        if (c.uid == t->notify.allow[i])
+            return true;
+    unsigned k = atomic_fetch_add(&refused, 1) + 1;
+    if ((k & (k - 1)) == 0) /* 1, 2, 4, 8 ...: a flood of attempts is no flood of lines */
+        LOG_WARN("shm: refused notification sender pid %d uid %u: not uid %u nor in FERRY_SHM_ALLOW_UIDS (%u "
+                 "refused so far)", (int)c.pid, (unsigned)c.uid, (unsigned)geteuid(), k);
+    return false;
+}
+
+/* Sends what acknowledgements it can.  0, or -1 to drop the sender. */
+static int send_acks(struct sender *s)
+{
+    uint8_t ack = 0;
+    while (s->acks_owed) {
+        ssize_t n = send(s->fd, &ack, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n == 1) {
+            s->acks_owed--;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!s->stalled_since)
+                s->stalled_since = now_ns();
+            return 0;
+        }
+        return -1;
+    }
+    s->stalled_since = 0;
+    return 0;
+}
+
+/* Reads one message from a sender and delivers it.  0, or -1 to drop it. */
+static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
+{
+    ssize_t n = recv(s->fd, buf, MSG_MAX, MSG_TRUNC | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
     if (n <= 0)
         return -1;
     bool hello = n == AUTH_HELLO_SIZE && auth_is_hello(buf);
-    if ((hello && ps->stage == PEER_NEW) || ps->stage == PEER_PROOF)
-        return auth_step(t, fd, ps, buf, (size_t)n);
-    if (ps->stage == PEER_NEW && auth_enabled(t->host.auth)) {
+    if ((hello && s->stage == PEER_NEW) || s->stage == PEER_PROOF)
+        return auth_step(t, s, buf, (size_t)n);
+    if (s->stage == PEER_NEW && auth_enabled(t->host.auth)) {
         uint8_t refused = 1; /* the initiator reports FERRY_EPERM */
-        answer(fd, &refused, 1);
+        answer(s->fd, &refused, 1);
         LOG_WARN("shm: refused a notification from a peer that did not authenticate (FERRY_AUTH_KEY is set)");
         return -1;
     }
-    ps->stage = PEER_READY;
+    s->stage = PEER_READY;
     size_t name_len = n >= 2 ? get_le16(buf) : 0;
     if (n > MSG_MAX || n < 2 || name_len > SHM_NOTIFY_MAX_NAME || 2 + name_len > (size_t)n) {
-        LOG_WARN("shm: dropping a notification peer: malformed message of %zd bytes", n);
+        LOG_WARN("shm: dropping notification sender pid %d: malformed message of %zd bytes", (int)s->pid, n);
         return -1;
     }
     char from[SHM_NOTIFY_MAX_NAME + 1];
     memcpy(from, buf + 2, name_len);
     from[name_len] = '\0';
     t->host.deliver_notify(t->host.engine, from, buf + 2 + name_len, (size_t)n - 2 - name_len);
-    uint8_t ack = 0;
-    return send(fd, &ack, 1, MSG_NOSIGNAL) == 1 ? 0 : -1;
+    s->acks_owed++;
+    return send_acks(s);
+}
+
+/* Accepts what is pending.  Returns false when out of file descriptors: the
+ * caller then leaves the listening socket alone for a tick (no busy loop). */
+static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *n, size_t *cap)
+{
+    for (;;) {
+        int fd = accept4(t->notify.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+            return !(errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM);
+        pid_t pid = 0;
+        if (!sender_allowed(t, fd, &pid)) {
+            close(fd);
+            continue;
+        }
+        if (*n == *cap) {
+            size_t c = *cap ? 2 * *cap : 8;
+            struct sender *more = realloc(*ss, c * sizeof *more);
+            if (!more) {
+                close(fd);
+                continue;
+            }
+            *ss = more;
+            *cap = c;
+        }
+        (*ss)[(*n)++] = (struct sender){.fd = fd, .pid = pid, .stage = PEER_NEW};
+    }
 }
 
 static void *service_main(void *arg)
 {
     struct shm_transport *t = arg;
-    struct pollfd *fds = calloc(1, sizeof *fds);
-    struct peer_state *ps = calloc(1, sizeof *ps);   /* ps[i] goes with fds[i] */
+    struct sender *ss = NULL;
+    struct pollfd *fds = NULL;
+    size_t n = 0, cap = 0, fcap = 0;
     uint8_t *buf = malloc(MSG_MAX);
-    size_t n = 1;
-    if (!fds || !ps || !buf) {
+    bool accepting = true;
+    if (!buf) {
         LOG_ERROR("shm: notification service: out of memory");
-        free(fds);
-        free(ps);
-        free(buf);
         return NULL;
     }
-    fds[0] = (struct pollfd){.fd = t->notify.listen_fd, .events = POLLIN};
     while (!atomic_load(&t->notify.stop)) {
-        if (poll(fds, n, SERVICE_TICK_MS) <= 0)
-            continue;
-        for (size_t i = n; i-- > 1;) {
-            if (!fds[i].revents || serve_one(t, fds[i].fd, buf, &ps[i]) == 0)
-                continue;
-            close(fds[i].fd);
-            fds[i] = fds[--n];
-            ps[i] = ps[n];
+        if (fcap < n + 1) {
+            struct pollfd *more = realloc(fds, (n + 1) * sizeof *fds);
+            if (!more) {
+                LOG_ERROR("shm: notification service: out of memory");
+                break;
+            }
+            fds = more;
+            fcap = n + 1;
         }
-        if (fds[0].revents & POLLIN) {
-            int fd = accept4(t->notify.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-            struct pollfd *more = fd >= 0 ? realloc(fds, (n + 1) * sizeof *fds) : NULL;
-            if (more)
-                fds = more;
-            struct peer_state *more_ps = more ? realloc(ps, (n + 1) * sizeof *ps) : NULL;
-            if (more_ps) {
-                ps = more_ps;
-                ps[n] = (struct peer_state){.stage = PEER_NEW};
-                fds[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
-            } else if (fd >= 0) {
-                close(fd);
+        fds[0] = (struct pollfd){.fd = accepting ? t->notify.listen_fd : -1, .events = POLLIN};
+        accepting = true;
+        for (size_t i = 0; i < n; i++)
+            fds[i + 1] = (struct pollfd){.fd = ss[i].fd, .events = ss[i].acks_owed ? POLLOUT : POLLIN};
+        if (poll(fds, n + 1, SERVICE_TICK_MS) < 0)
+            continue;
+        uint64_t now = now_ns();
+        for (size_t i = n; i-- > 0;) {
+            struct sender *s = &ss[i];
+            short ev = fds[i + 1].revents;
+            int rc = 0;
+            if (s->acks_owed && ev)
+                rc = send_acks(s);
+            else if (ev & POLLIN)
+                rc = serve_one(t, s, buf);
+            else if (ev & (POLLERR | POLLHUP | POLLNVAL))
+                rc = -1;
+            if (!rc && s->acks_owed && now - s->stalled_since > ACK_DEADLINE_MS * 1000000ull) {
+                LOG_WARN("shm: dropping notification sender pid %d: it has not taken %u acknowledgement(s) in %d "
+                         "ms", (int)s->pid, s->acks_owed, ACK_DEADLINE_MS);
+                rc = -1;
+            }
+            if (rc) {
+                close(s->fd);
+                *s = ss[--n];
             }
         }
+        if (fds[0].revents & POLLIN)
+            accepting = accept_senders(t, &ss, &n, &cap);
     }
-    for (size_t i = 1; i < n; i++)
-        close(fds[i].fd);
+    for (size_t i = 0; i < n; i++)
+        close(ss[i].fd);
+    free(ss);
     free(fds);
-    free(ps);
     free(buf);
     return NULL;
 }
 
+/* FERRY_SHM_ALLOW_UIDS: uids besides our own that may send notifications. */
+static int read_allow_list(struct shm_transport *t)
+{
+    const char *v = getenv("FERRY_SHM_ALLOW_UIDS");
+    t->notify.nallow = 0;
+    for (const char *p = v; p && *p;) {
+        char *end;
+        errno = 0;
+        unsigned long uid = strtoul(p, &end, 10);
+        if (end == p || errno || uid > 0xfffffffeul || (*end && (*end != ',' || !end[1])) ||
+            t->notify.nallow == SHM_NOTIFY_MAX_ALLOW)
+            return ferry_fail(FERRY_EINVAL, "FERRY_SHM_ALLOW_UIDS=\"%.64s\": expected up to %d uids separated by "
+                              "commas, bad at \"%.16s\"", v, SHM_NOTIFY_MAX_ALLOW, p);
+        t->notify.allow[t->notify.nallow++] = (uid_t)uid;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
 int shm_notify_start(struct shm_transport *t)
 {
+    int rc = read_allow_list(t);
+    if (rc)
+        return rc;
     struct sockaddr_un a;
     socklen_t len = abstract_addr(&a, getpid(), t->host.engine_id);
-    t->notify.listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    t->notify.listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (t->notify.listen_fd < 0 || bind(t->notify.listen_fd, (struct sockaddr *)&a, len) != 0 ||
         listen(t->notify.listen_fd, 64) != 0)
         return ferry_fail(FERRY_EIO, "shm: notification socket @%s: %s", a.sun_path + 1, strerror(errno));

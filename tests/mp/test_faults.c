@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -281,7 +282,7 @@ struct fake {
     char descriptor[1024];
     char magic_version;
     pthread_t thread;
-    volatile int stop;
+    atomic_int stop;
     int data_conns[8];
     int ndata;
 };

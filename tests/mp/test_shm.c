@@ -22,12 +22,15 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <sys/wait.h>
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
 #include "memreg.h"
 #include "net.h"
 #include "testutil.h"
+#include "transport/shm.h"
 #include "transport/transport.h"
 
 #define TSIZE (32u << 20)
@@ -289,7 +292,8 @@ static void peer_killed_mid_transfer(void **state)
     uint64_t t0 = now_ms();
     int rc = ferry_batch_wait(b, 30000);
     assert_true(now_ms() - t0 < 25000);
-    assert_true(rc == 0 || rc == FERRY_ECONN);
+    if (rc != 0 && rc != FERRY_ECONN)
+        fail_msg("wait: %s: %s", ferry_err_name(rc), ferry_last_error());
     size_t failed = 0;
     for (size_t i = 0; i < N; i++) {
         struct ferry_status st;
@@ -382,11 +386,12 @@ static void same_process(void **state)
 static atomic_int ended;
 static int end_err;
 static uint64_t end_refused;
+static char end_msg[256];
 
 static void frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
     (void)f;
-    (void)msg;
+    snprintf(end_msg, sizeof end_msg, "%s", msg ? msg : "");
     end_err = err;
     end_refused = refused;
     atomic_fetch_add(&ended, 1);
@@ -458,7 +463,9 @@ static void transport_contract(void **state)
 
     assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
     assert_true(ops->can_reach(ti, peer, rt.addr, LEN));
-    assert_false(ops->can_reach(ti, peer, rt.addr + 1, LEN));
+    /* a range the target does not register is taken, and refused at copy
+     * time naming the target's process (below) */
+    assert_true(ops->can_reach(ti, peer, rt.addr + 1, LEN));
     uint64_t later = now_ns() + 10000000000ull;
 
     /* piece 1 runs past the buffer: refused, piece 0 arrives */
@@ -466,6 +473,7 @@ static void transport_contract(void **state)
     struct xfer_piece p[2] = {{lbuf, rt.addr, 65536, 0}, {lbuf + 65536, rt.addr + LEN - 100, 4096, 1}};
     assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, p, 2, later), 0);
     assert_int_equal(end_refused, 2);
+    assert_non_null(strstr(end_msg, "is not registered by process"));
     assert_int_equal(pattern_check(tbuf, 65536, 9, 0), -1);
     assert_int_equal(tbuf[65536], 0);
 
@@ -511,6 +519,191 @@ static void transport_contract(void **state)
     memreg_destroy(&reg_t);
 }
 
+/* The announcements initiators leave in a target's shared memfd: all taken
+ * (FERRY_EBUSY); one left by a dead process (unregister reclaims it and
+ * returns); one of a live process that never ends (unregister stops
+ * waiting after SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS, and says so). */
+static void announcements(void **state)
+{
+    (void)state;
+    const struct transport_ops *ops = &ferry_shm_transport;
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    struct memreg reg_i, reg_t;
+    memreg_init(&reg_i);
+    memreg_init(&reg_t);
+    atomic_uint_fast64_t bounced = 0;
+    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    void *ti, *tt, *peer, *handle;
+    assert_int_equal(ops->create(&hi, &ti), 0);
+    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_transport *target = tt;
+    enum { LEN = 1u << 20 };
+    char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
+    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
+    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
+    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    char *json;
+    assert_int_equal(ops->describe(tt, &json), 0);
+    struct desc_buffer db = {rt.addr, LEN, "cpu"};
+    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
+                                 .nbuffers = 1, .buffers = &db};
+    strcpy(d.transports[0].name, "shm");
+    d.transports[0].json = json;
+    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    uint64_t later = now_ns() + 10000000000ull;
+    struct xfer_piece p = {lbuf, rt.addr, 4096, 0};
+
+    /* every announcement taken by a live process (this one, range not set) */
+    const uint64_t mine = (7ull << SHM_ANN_TICKET_SHIFT) | (uint64_t)getpid();
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
+        atomic_store(&target->ann[i].word, mine);
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), FERRY_EBUSY);
+    assert_non_null(strstr(end_msg, "announcements are taken"));
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
+        atomic_store(&target->ann[i].word, 0);
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), 0);
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++) /* the frame cleared its own */
+        assert_true(atomic_load(&target->ann[i].word) == 0);
+
+    /* a process that died mid-copy: its announcement does not hold unregister */
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    assert_true(waitpid(dead, NULL, 0) == dead);
+    atomic_store(&target->ann[5].lo, rt.addr);
+    atomic_store(&target->ann[5].hi, rt.addr + 4096);
+    atomic_store(&target->ann[5].word, (9ull << SHM_ANN_TICKET_SHIFT) | SHM_ANN_ACTIVE | (uint64_t)dead);
+    ops->unregister_memory(tt, handle);
+    assert_true(atomic_load(&target->ann[5].word) == 0); /* reclaimed */
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), FERRY_ESTALE);
+    assert_non_null(strstr(end_msg, "unregistered"));
+
+    /* a live process whose access never ends: unregister stops waiting, bounded */
+    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    atomic_store(&target->ann[9].lo, rt.addr + LEN - 1);
+    atomic_store(&target->ann[9].hi, rt.addr + LEN + 4096);
+    atomic_store(&target->ann[9].word, mine | SHM_ANN_ACTIVE);
+    uint64_t t0 = now_ms();
+    ops->unregister_memory(tt, handle);
+    printf("unregister gave up on a live, stuck announcement after %llu ms\n", (unsigned long long)(now_ms() - t0));
+    assert_true(atomic_load(&target->ann[9].word) == (mine | SHM_ANN_ACTIVE)); /* not reclaimed: alive */
+    atomic_store(&target->ann[9].word, 0);
+
+    ops->peer_close(ti, peer);
+    ops->destroy(ti);
+    ops->destroy(tt);
+    free(json);
+    free(tbuf);
+    free(lbuf);
+    memreg_destroy(&reg_i);
+    memreg_destroy(&reg_t);
+}
+
+struct local_remove {
+    struct memreg *reg;
+    uint64_t addr;
+};
+
+static void *remove_local(void *arg)
+{
+    struct local_remove *lr = arg;
+    assert_int_equal(memreg_remove(lr->reg, lr->addr, NULL), 0);
+    return NULL;
+}
+
+/* The initiator unregisters its own source while a large WRITE copies from
+ * it: nothing the application writes there after the removal returned
+ * reaches the target, and a frame that saw the revocation ends FERRY_ERANGE
+ * naming the local range. */
+static void local_unregister_mid_copy(void **state)
+{
+    (void)state;
+    const struct transport_ops *ops = &ferry_shm_transport;
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    struct memreg reg_i, reg_t;
+    memreg_init(&reg_i);
+    memreg_init(&reg_t);
+    atomic_uint_fast64_t bounced = 0;
+    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    void *ti, *tt, *peer, *handle;
+    assert_int_equal(ops->create(&hi, &ti), 0);
+    assert_int_equal(ops->create(&ht, &tt), 0);
+    enum { LEN = 128u << 20 };
+    char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
+    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
+    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
+    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    char *json;
+    assert_int_equal(ops->describe(tt, &json), 0);
+    struct desc_buffer db = {rt.addr, LEN, "cpu"};
+    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
+                                 .nbuffers = 1, .buffers = &db};
+    strcpy(d.transports[0].name, "shm");
+    d.transports[0].json = json;
+    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+
+    struct xfer_piece p = {lbuf, rt.addr, LEN, 0};
+    struct xfer_frame f = {.opcode = XFER_WRITE, .npieces = 1, .pieces = &p, .bytes = LEN,
+                           .deadline_ns = now_ns() + 60000000000ull, .complete = frame_done};
+    memset(lbuf, 0xab, LEN);
+    atomic_store(&ended, 0);
+    ops->submit(ti, peer, &f);
+    for (int i = 0; i < 1000000 && !atomic_load(&ended) && ((volatile char *)tbuf)[0] != (char)0xab; i++)
+        usleep(10); /* the copy has begun */
+    struct local_remove lr = {&reg_i, rl.addr};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, remove_local, &lr), 0);
+    pthread_join(th, NULL);
+    memset(lbuf, 0xcd, LEN); /* the application reuses its memory: none of it may travel */
+    for (int i = 0; i < 1000000 && !atomic_load(&ended); i++)
+        usleep(10);
+    assert_int_equal(atomic_load(&ended), 1);
+    for (size_t i = 0; i < LEN; i += 4096)
+        assert_int_not_equal((unsigned char)tbuf[i], 0xcd);
+    printf("local unregister mid-copy: the frame ended %s%s%s\n", ferry_err_name(end_err), end_err ? ": " : "",
+           end_err ? end_msg : "");
+    assert_true(end_err == 0 || end_err == FERRY_ERANGE);
+    if (end_err)
+        assert_non_null(strstr(end_msg, "was unregistered during the copy"));
+
+    ops->peer_close(ti, peer);
+    ops->destroy(ti);
+    ops->destroy(tt);
+    free(json);
+    free(tbuf);
+    free(lbuf);
+    memreg_destroy(&reg_i);
+    memreg_destroy(&reg_t);
+}
+
+/* A malformed FERRY_SHM_ALLOW_UIDS stops an engine offering shm, naming the
+ * variable. */
+static void allow_uids_malformed(void **state)
+{
+    (void)state;
+    static const char *bad[] = {"abc", "12,", "1,,2", "-1", "4294967295", "1 2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("FERRY_SHM_ALLOW_UIDS", bad[i], 1);
+        struct ferry_config cfg;
+        ferry_engine *e = NULL;
+        assert_int_equal(ferry_config_init(&cfg), 0);
+        cfg.protocols = "shm";
+        int rc = ferry_engine_create(&cfg, &e);
+        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_ALLOW_UIDS"))
+            fail_msg("FERRY_SHM_ALLOW_UIDS=%s: %s: %s", bad[i], ferry_err_name(rc), ferry_last_error());
+    }
+    setenv("FERRY_SHM_ALLOW_UIDS", "1000, 1001", 1); /* a space after the comma is fine */
+    ferry_engine *e = make_engine("shm");
+    ferry_engine_destroy(e);
+    unsetenv("FERRY_SHM_ALLOW_UIDS");
+}
+
 /* ------------------------------------------------------------ main */
 
 /* Why device memory cannot be tested here, or NULL. */
@@ -535,6 +728,9 @@ int main(void)
     dev = device_location();
     const struct CMUnitTest host[] = {
         cmocka_unit_test(transport_contract),
+        cmocka_unit_test(announcements),
+        cmocka_unit_test(allow_uids_malformed),
+        cmocka_unit_test(local_unregister_mid_copy),
         cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
         cmocka_unit_test_setup_teardown(bad_ranges_refused, setup_host, teardown),
         cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
