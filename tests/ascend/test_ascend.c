@@ -1,0 +1,294 @@
+/*
+ * test_ascend.c — the Ascend backend's own rules, on the fake ACL runtime
+ * (FERRY_ASCEND_LIBRARY): no context opened on a device nobody named (B3);
+ * explicit npu:N registration of memory ACL cannot classify (B4) and the
+ * copies to it; a copy failure reported once by ACL still fails its request
+ * and the next transfer works (continue-on-failure); a stream of one device
+ * refuses memory of another; engines torn down at exit after aclFinalize
+ * make no ACL call (B2).  The test plays torch_npu: it calls ACL itself
+ * through the same library.  Skips where FERRY_ASCEND_LIBRARY is unset.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "device/device.h"
+#include "err.h"
+#include "testutil.h"
+
+static void *lib;
+static int (*acl_init)(const char *);
+static int (*acl_finalize)(void);
+static int (*acl_set_device)(int32_t);
+static int (*acl_malloc)(void **, size_t, int);
+static unsigned long long (*fake_stat)(const char *);
+static void (*fake_inject)(unsigned long long);
+static int has_attributes;
+
+static void *sym(const char *name)
+{
+    void *p = dlsym(lib, name);
+    if (!p)
+        fail_msg("fake runtime lacks %s", name);
+    return p;
+}
+
+/* torch_npu's part: ACL initialised, memory allocated on a device. */
+static void *torch_alloc(int dev, size_t len)
+{
+    void *p = NULL;
+    int r = acl_init(NULL);
+    assert_true(r == 0 || r == 100002);
+    assert_int_equal(acl_set_device(dev), 0);
+    assert_int_equal(acl_malloc(&p, len, 0), 0);
+    return p;
+}
+
+struct reg_arg {
+    void *p;
+    size_t len;
+    const char *loc;
+    int rc;
+    char msg[256];
+    ferry_engine *e;
+};
+
+static void *register_from_fresh_thread(void *arg)
+{
+    struct reg_arg *a = arg;
+    a->rc = ferry_register_memory(a->e, a->p, a->len, a->loc, 0);
+    snprintf(a->msg, sizeof a->msg, "%s", ferry_last_error());
+    return NULL;
+}
+
+static int register_in_thread(struct reg_arg *a)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, register_from_fresh_thread, a), 0);
+    pthread_join(t, NULL);
+    return a->rc;
+}
+
+/* B3: registering npu:3 memory from a thread without a context must not
+ * open a context on npu:0 (nor on any device but 3). */
+static void no_context_on_unnamed_device(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    void *p = torch_alloc(3, 1 << 20);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    unsigned long long before0 = fake_stat("set_device:0"), before1 = fake_stat("set_device:1");
+    struct reg_arg a = {p, 1 << 20, "npu:3", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:3: %s", a.msg);
+    assert_int_equal(fake_stat("set_device:0"), before0);
+    assert_int_equal(fake_stat("set_device:1"), before1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+    ferry_engine_destroy(e);
+}
+
+/* B4: an explicit npu:N is accepted when ACL cannot classify the pointer;
+ * a pointer known to be elsewhere is refused with a message that says where;
+ * copies to and from the registered memory work either way. */
+static void explicit_location_without_classification(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    size_t len = 1 << 20;
+    void *p = torch_alloc(1, len);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    struct reg_arg a = {p, len, "npu:1", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:1: %s", a.msg);
+
+    /* ferry_mem_copy finds the registration even where ACL cannot tell */
+    uint64_t *host = malloc(len), *back = calloc(1, len);
+    pattern_fill(host, len, 77, 0);
+    assert_int_equal(ferry_mem_copy(e, p, host, len), 0);
+    assert_int_equal(ferry_mem_copy(e, back, p, len), 0);
+    assert_int_equal(pattern_check(back, len, 77, 0), -1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+
+    const char *attrs = getenv("FAKEACL_ATTRS");
+    if (has_attributes && !(attrs && strcmp(attrs, "unknown") == 0)) {
+        struct reg_arg wrong = {p, len, "npu:0", 0, "", e};
+        assert_int_equal(register_in_thread(&wrong), FERRY_EINVAL);
+        assert_non_null(strstr(wrong.msg, "npu:1"));
+        struct reg_arg hostmem = {host, len, "npu:0", 0, "", e};
+        assert_int_equal(register_in_thread(&hostmem), FERRY_EINVAL);
+        assert_non_null(strstr(hostmem.msg, "host memory"));
+    } else {
+        print_message("ACL cannot classify pointers in this mode: npu:N taken on trust\n");
+    }
+    free(host);
+    free(back);
+    ferry_engine_destroy(e);
+}
+
+/* A stream of npu:0 refuses memory of npu:1; the error names the copy. */
+static void stream_refuses_other_device(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d1, *h;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(1, 4096, &d1), 0);
+    assert_int_equal(ops->host_alloc(4096, &h), 0);
+    struct ferry_copy c = {h, d1, 4096};
+    int rc = ops->copy_async(s, FERRY_COPY_D2H, &c, 1);
+    if (rc == 0)
+        rc = ops->stream_sync(s);
+    assert_int_equal(rc, FERRY_EIO);
+    assert_non_null(strstr(ferry_last_error(), "npu:0"));
+    ops->stream_destroy(s);
+    ops->mem_free(1, d1);
+    ops->host_free(h);
+}
+
+/* ACL reports a failed copy once (continue-on-failure); ferry's stream keeps
+ * reporting it, as device.h promises: a caller that saw the error from
+ * query must not get 0 from the sync after it. */
+static void failure_stays_on_its_stream(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d, *h;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(0, 1 << 16, &d), 0);
+    assert_int_equal(ops->host_alloc(1 << 16, &h), 0);
+    struct ferry_copy c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = (struct ferry_copy){(char *)h + i * 4096, (char *)d + i * 4096, 4096};
+    fake_inject(2);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 4), 0);
+    int rc;
+    while ((rc = ops->stream_query(s)) == FERRY_EBUSY)
+        ;
+    assert_int_equal(rc, FERRY_EIO);
+    assert_int_equal(ops->stream_sync(s), FERRY_EIO);
+    assert_int_equal(ops->stream_query(s), FERRY_EIO);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 1), FERRY_EIO);
+    assert_non_null(strstr(ferry_last_error(), "507000"));
+    ops->stream_destroy(s);
+    /* a new stream works */
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 4), 0);
+    assert_int_equal(ops->stream_sync(s), 0);
+    ops->stream_destroy(s);
+    ops->mem_free(0, d);
+    ops->host_free(h);
+}
+
+/* ACL reports a failed copy once and runs the next ones: the request that
+ * held it must still fail, and the following transfer must work. */
+static void copy_failure_fails_its_request(void **state)
+{
+    (void)state;
+    struct child_target t;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    size_t bs = 65536, n = 32, len = bs * n;
+    char *local;
+    assert_int_equal(child_target_start(&t, len, "cpu", 3), 0);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_mem_alloc(e, "npu:0", len, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, len, "npu:0", 0), 0);
+    assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+    uint64_t *host = malloc(len);
+    struct ferry_request r[32];
+    for (int round = 0; round < 2; round++) {
+        pattern_fill(host, len, 40 + round, 0);
+        assert_int_equal(ferry_mem_copy(e, local, host, len), 0);
+        for (size_t i = 0; i < n; i++)
+            r[i] = (struct ferry_request){FERRY_WRITE, local + i * bs, seg, t.addr + i * bs, bs};
+        unsigned long long failed = fake_stat("failed");
+        if (round == 0)
+            fake_inject(5); /* the fifth copy executed from now on fails */
+        ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(e, n, &b), 0);
+        assert_int_equal(ferry_batch_submit(b, r, n), 0);
+        int rc = ferry_batch_wait(b, 60000);
+        ferry_batch_free(b);
+        if (round == 0) {
+            assert_int_equal(fake_stat("failed"), failed + 1);
+            if (rc == 0)
+                fail_msg("a batch with a failed device copy completed");
+        } else {
+            if (rc != 0)
+                fail_msg("the transfer after a failed copy: %s", ferry_last_error());
+            assert_int_equal(child_target_check(&t, 0, len, 41), -1);
+        }
+    }
+    free(host);
+    ferry_unregister_memory(e, local);
+    ferry_mem_free(e, "npu:0", local, len);
+    ferry_engine_destroy(e);
+    child_target_kill(&t);
+}
+
+/* B2, in a child: torch_npu ends ACL in an exit handler (aclFinalize is not
+ * reference-counted), then an engine is destroyed by a later one.  The fake
+ * aborts on any ACL call after aclFinalize. */
+static ferry_engine *exit_engine;
+static void destroy_engine_at_exit(void) { ferry_engine_destroy(exit_engine); }
+static void torch_finalize_at_exit(void) { (void)acl_finalize(); }
+
+static void teardown_after_finalize(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        atexit(destroy_engine_at_exit);
+        void *p = torch_alloc(0, 1 << 20);
+        if (ferry_engine_create(NULL, &exit_engine) != 0 ||
+            ferry_register_memory(exit_engine, p, 1 << 20, "npu:0", 0) != 0)
+            _exit(3);
+        atexit(torch_finalize_at_exit);
+        exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
+}
+
+int main(void)
+{
+    const char *path = getenv("FERRY_ASCEND_LIBRARY");
+    if (!path || !*path)
+        test_skip("FERRY_ASCEND_LIBRARY names no fake ACL runtime");
+    lib = dlopen(path, RTLD_NOW);
+    if (!lib)
+        test_skip("cannot load %s: %s", path, dlerror());
+    acl_init = sym("aclInit");
+    acl_finalize = sym("aclFinalize");
+    acl_set_device = sym("aclrtSetDevice");
+    acl_malloc = sym("aclrtMalloc");
+    fake_stat = sym("fakeacl_stat");
+    fake_inject = sym("fakeacl_inject_failure");
+    has_attributes = dlsym(lib, "aclrtPointerGetAttributes") != NULL;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(teardown_after_finalize), /* first: forks before threads exist */
+        cmocka_unit_test(no_context_on_unnamed_device),
+        cmocka_unit_test(explicit_location_without_classification),
+        cmocka_unit_test(stream_refuses_other_device),
+        cmocka_unit_test(failure_stays_on_its_stream),
+        cmocka_unit_test(copy_failure_fails_its_request),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
