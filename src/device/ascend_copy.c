@@ -37,6 +37,7 @@ struct npu_stream {
     aclrtStream stream;
     int failed;                  /* a copy failed: reported from now on */
     char failure[200];
+    void *bounce;                /* pinned, NPU_BOUNCE_MAX bytes, made on first need */
 };
 
 static const int memcpy_kinds[] = {ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE,
@@ -102,6 +103,8 @@ void npu_stream_destroy(ferry_stream *stream)
     }
     if (npu_may_release() && npu_ctx_enter(s->dev, &g) == 0) {
         (void)acl.aclrtSynchronizeStream(s->stream);
+        if (s->bounce)
+            (void)acl.aclrtFreeHost(s->bounce);
         aclError r = acl.aclrtDestroyStream(s->stream);
         npu_ctx_leave(&g);
         if (r != ACL_SUCCESS)
@@ -201,15 +204,19 @@ static int wait_stream(struct npu_stream *s)
  * the copy keeps its place in the stream's order. */
 static int copy_bounced(struct npu_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *c, size_t index)
 {
-    size_t room = c->len < NPU_BOUNCE_MAX ? c->len : NPU_BOUNCE_MAX;
-    void *bounce = NULL;
+    size_t room = NPU_BOUNCE_MAX;
     int rc = wait_stream(s);
     if (rc < 0)
         return rc;
-    aclError r = acl.aclrtMallocHost(&bounce, room);
-    if (r != ACL_SUCCESS)
-        return ferry_fail(FERRY_ENOMEM, "npu:%d: bounce buffer for copy %zu (%zu bytes): ACL error %d: %s", s->dev,
-                          index, room, r, npu_error_text(r));
+    if (!s->bounce) {
+        aclError r = acl.aclrtMallocHost(&s->bounce, room);
+        if (r != ACL_SUCCESS) {
+            s->bounce = NULL;
+            return ferry_fail(FERRY_ENOMEM, "npu:%d: bounce buffer for copy %zu (%zu bytes): ACL error %d: %s",
+                              s->dev, index, room, r, npu_error_text(r));
+        }
+    }
+    char *bounce = s->bounce;
     struct copy_call call = {s, dir};
     for (size_t off = 0; off < c->len && rc == 0; off += room) {
         size_t k = c->len - off < room ? c->len - off : room;
@@ -226,7 +233,6 @@ static int copy_bounced(struct npu_stream *s, enum ferry_copy_dir dir, const str
         if (rc == 0 && dir == FERRY_COPY_D2H)
             memcpy((char *)c->dst + off, bounce, k);
     }
-    (void)acl.aclrtFreeHost(bounce);
     return rc;
 }
 
