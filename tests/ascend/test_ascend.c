@@ -5,7 +5,8 @@
  * copies to it; a copy failure reported once by ACL still fails its request
  * and the next transfer works (continue-on-failure); a stream of one device
  * refuses memory of another; engines torn down at exit after aclFinalize
- * make no ACL call (B2).  The test plays torch_npu: it calls ACL itself
+ * make no ACL call (B2); the fake's own strictness (nothing before aclInit,
+ * copies that run late).  The test plays torch_npu: it calls ACL itself
  * through the same library.  Skips where FERRY_ASCEND_LIBRARY is unset.
  */
 #include <dlfcn.h>
@@ -239,6 +240,47 @@ static void copy_failure_fails_its_request(void **state)
     child_target_kill(&t);
 }
 
+/* The fake is as strict as ACL about its lifetime: nothing before aclInit
+ * (this process has not called it yet: first test). */
+static void calls_before_init_fail(void **state)
+{
+    (void)state;
+    int (*device_count)(uint32_t *) = sym("aclrtGetDeviceCount");
+    uint32_t n = 0;
+    assert_int_equal(device_count(&n), 100001); /* ACL_ERROR_UNINITIALIZE */
+}
+
+/* FAKEACL_EXEC=lazy: a copy runs when its stream is synchronized, so a host
+ * buffer reused before the sync shows in the data, as it may on hardware. */
+static void copies_run_later(void **state)
+{
+    (void)state;
+    const char *exec = getenv("FAKEACL_EXEC");
+    if (!exec || strcmp(exec, "lazy") != 0)
+        skip();
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d;
+    unsigned char *h, *back;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(0, 4096, &d), 0);
+    assert_int_equal(ops->host_alloc(4096, (void **)&h), 0);
+    assert_int_equal(ops->host_alloc(4096, (void **)&back), 0);
+    memset(h, 1, 4096);
+    struct ferry_copy up = {d, h, 4096}, down = {back, d, 4096};
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, &up, 1), 0);
+    memset(h, 2, 4096); /* reused before the sync */
+    assert_int_equal(ops->stream_sync(s), 0);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, &down, 1), 0);
+    assert_int_equal(ops->stream_sync(s), 0);
+    assert_int_equal(back[0], 2);
+    ops->stream_destroy(s);
+    ops->mem_free(0, d);
+    ops->host_free(h);
+    ops->host_free(back);
+}
+
 /* B2, in a child: torch_npu ends ACL in an exit handler (aclFinalize is not
  * reference-counted), then an engine is destroyed by a later one.  The fake
  * aborts on any ACL call after aclFinalize. */
@@ -283,7 +325,9 @@ int main(void)
     fake_inject = sym("fakeacl_inject_failure");
     has_attributes = dlsym(lib, "aclrtPointerGetAttributes") != NULL;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(teardown_after_finalize), /* first: forks before threads exist */
+        cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
+        cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(copies_run_later),
         cmocka_unit_test(no_context_on_unnamed_device),
         cmocka_unit_test(explicit_location_without_classification),
         cmocka_unit_test(stream_refuses_other_device),
