@@ -37,6 +37,7 @@ enum { ACL_MEM_LOCATION_TYPE_HOST = 0, ACL_MEM_LOCATION_TYPE_DEVICE = 1 };
 enum { ACL_STREAM_STATUS_COMPLETE = 0, ACL_STREAM_STATUS_NOT_READY = 1 };
 
 struct fake_config fake;
+static atomic_ullong kind_count[4]; /* copies enqueued per aclrtMemcpyKind */
 atomic_ullong fake_copies, fake_pageable, fake_batch_calls, fake_failed, fake_set_device[16];
 
 struct fake_ctx {
@@ -471,6 +472,7 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
         return r;
     if (count == 0)
         return ACL_SUCCESS;
+    atomic_fetch_add(&kind_count[kind], 1);
     struct task *t = calloc(1, sizeof *t);
     t->dst = kind == ACL_MEMCPY_DEVICE_TO_HOST ? dst : fake_shadow(dst);
     t->src = kind == ACL_MEMCPY_HOST_TO_DEVICE ? src : fake_shadow(src);
@@ -544,7 +546,8 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
 
 /* ---------------------------------------------------------------- for tests */
 
-/* What the tests ask: "copies", "pageable", "batch_calls", "failed",
+/* What the tests ask: "copies", "pageable", "batch_calls", "failed", "h2d",
+ * "d2h", "d2d" (copies enqueued of that kind),
  * "set_device:N" (aclrtSetDevice calls for device N). */
 EXPORT unsigned long long fakeacl_stat(const char *what)
 {
@@ -556,6 +559,12 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
         return atomic_load(&fake_batch_calls);
     if (!strcmp(what, "failed"))
         return atomic_load(&fake_failed);
+    if (!strcmp(what, "h2d"))
+        return atomic_load(&kind_count[ACL_MEMCPY_HOST_TO_DEVICE]);
+    if (!strcmp(what, "d2h"))
+        return atomic_load(&kind_count[ACL_MEMCPY_DEVICE_TO_HOST]);
+    if (!strcmp(what, "d2d"))
+        return atomic_load(&kind_count[ACL_MEMCPY_DEVICE_TO_DEVICE]);
     if (!strncmp(what, "set_device:", 11)) {
         int d = atoi(what + 11);
         return d >= 0 && d < 16 ? atomic_load(&fake_set_device[d]) : 0;

@@ -281,6 +281,63 @@ static void copies_run_later(void **state)
     ops->host_free(back);
 }
 
+/* Staging on NPU gathers small blocks in HBM: 64 blocks of 16 KiB leave
+ * as D2D copies into the chunk's device buffer plus one D2H per frame, and
+ * come back as one H2D per frame plus a D2D scatter; with
+ * FERRY_STAGING_AGGREGATE=0 each block is its own D2H / H2D.  Data checked. */
+static void small_blocks_gathered_in_hbm(void **state)
+{
+    (void)state;
+    struct child_target t;
+    size_t bs = 16384, n = 64, len = bs * n;
+    assert_int_equal(child_target_start(&t, len, "cpu", 9), 0);
+    for (int aggregate = 1; aggregate >= 0; aggregate--) {
+        ferry_engine *e;
+        ferry_segment_t seg;
+        char *local;
+        setenv("FERRY_STAGING_AGGREGATE", aggregate ? "auto" : "0", 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), 0);
+        assert_int_equal(ferry_mem_alloc(e, "npu:0", len, (void **)&local), 0);
+        assert_int_equal(ferry_register_memory(e, local, len, "npu:0", 0), 0);
+        assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+        uint64_t *host = malloc(len);
+        pattern_fill(host, len, 60 + aggregate, 0);
+        assert_int_equal(ferry_mem_copy(e, local, host, len), 0);
+        struct ferry_request r[64];
+        for (int op = 0; op < 2; op++) {
+            for (size_t i = 0; i < n; i++)
+                r[i] = (struct ferry_request){op ? FERRY_READ : FERRY_WRITE, local + i * bs, seg, t.addr + i * bs, bs};
+            unsigned long long d2d = fake_stat("d2d"), d2h = fake_stat("d2h"), h2d = fake_stat("h2d");
+            ferry_batch *b;
+            assert_int_equal(ferry_batch_alloc(e, n, &b), 0);
+            assert_int_equal(ferry_batch_submit(b, r, n), 0);
+            if (ferry_batch_wait(b, 60000) != 0)
+                fail_msg("%s with aggregation %d: %s", op ? "READ" : "WRITE", aggregate, ferry_last_error());
+            ferry_batch_free(b);
+            unsigned long long dd = fake_stat("d2d") - d2d, dh = fake_stat("d2h") - d2h, hd = fake_stat("h2d") - h2d;
+            print_message("%s, aggregation %s: %llu D2D, %llu D2H, %llu H2D copies\n", op ? "READ" : "WRITE",
+                          aggregate ? "on" : "off", dd, dh, hd);
+            if (aggregate) {
+                assert_int_equal(dd, n);
+                assert_true((op ? hd : dh) >= 1 && (op ? hd : dh) <= 4);
+            } else {
+                assert_int_equal(dd, 0);
+                assert_int_equal(op ? hd : dh, n);
+            }
+        }
+        assert_int_equal(child_target_check(&t, 0, len, 60 + aggregate), -1);
+        memset(host, 0, len);
+        assert_int_equal(ferry_mem_copy(e, host, local, len), 0);
+        assert_int_equal(pattern_check(host, len, 60 + aggregate, 0), -1);
+        free(host);
+        ferry_unregister_memory(e, local);
+        ferry_mem_free(e, "npu:0", local, len);
+        ferry_engine_destroy(e);
+    }
+    unsetenv("FERRY_STAGING_AGGREGATE");
+    child_target_kill(&t);
+}
+
 /* B2, in a child: torch_npu ends ACL in an exit handler (aclFinalize is not
  * reference-counted), then an engine is destroyed by a later one.  The fake
  * aborts on any ACL call after aclFinalize. */
@@ -333,6 +390,7 @@ int main(void)
         cmocka_unit_test(stream_refuses_other_device),
         cmocka_unit_test(failure_stays_on_its_stream),
         cmocka_unit_test(copy_failure_fails_its_request),
+        cmocka_unit_test(small_blocks_gathered_in_hbm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
