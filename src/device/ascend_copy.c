@@ -19,6 +19,7 @@
 #include "device/ascend.h"
 #include "device/backend.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ struct npu_stream {
     int failed;                  /* a copy failed: reported from now on */
     char failure[200];
     void *bounce;                /* pinned, NPU_BOUNCE_MAX bytes, made on first need */
+    pthread_mutex_t bounce_lock; /* one bounced copy at a time (streams may be shared) */
 };
 
 static const int memcpy_kinds[] = {ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE,
@@ -86,6 +88,7 @@ int npu_stream_create(int dev, ferry_stream **out)
     s->magic = NPU_STREAM_MAGIC;
     s->dev = dev;
     s->stream = as;
+    pthread_mutex_init(&s->bounce_lock, NULL);
     *out = (ferry_stream *)s;
     return 0;
 }
@@ -111,6 +114,7 @@ void npu_stream_destroy(ferry_stream *stream)
             LOG_ERROR("npu:%d: aclrtDestroyStream: ACL error %d: %s", s->dev, r, npu_error_text(r));
     }
     s->magic = 0;
+    pthread_mutex_destroy(&s->bounce_lock);
     free(s);
 }
 
@@ -263,7 +267,9 @@ int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct f
             rc = enqueue_direct(&call, copies + i, j - i);
             i = j;
         } else {
+            pthread_mutex_lock(&s->bounce_lock);
             rc = copy_bounced(s, dir, &copies[i], i);
+            pthread_mutex_unlock(&s->bounce_lock);
             i++;
         }
     }

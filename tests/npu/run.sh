@@ -68,19 +68,21 @@ FERRY_STAGING_CHUNK_SIZE=8388608 "$B/staging_bench" "npu:$N" 2 65536 || true
 bench_pair() { # protocol
   local proto=$1 log; log=$(mktemp)
   "$B/ferry-bench" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-      --operation=write --protocol="$proto" --location=cpu --buffer_size=1G >"$log" 2>&1 &
+      --operation=write --protocol="$proto" --location=cpu --buffer_size=256M >"$log" 2>&1 &
   local tpid=$!
-  for _ in $(seq 100); do grep -q ready "$log" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q ready "$log" && break; sleep 0.1; done
   local seg; seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$log")
   local rc=0
   for op in write read; do
     for bs in 65536 1048576; do
       "$B/ferry-bench" --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-          --operation=$op --protocol="$proto" --location="npu:$N" --segment_id="$seg" \
-          --block_size=$bs --batch_size=128 --duration=4 --json 2>&1 | tail -1 || rc=1
+          --operation=$op --protocol="$proto" --location="npu:$N" --segment_id="$seg" --buffer_size=128M \
+          --block_size=$bs --batch_size=128 --duration=4 --json >"$log.out" 2>&1 || rc=1
+      grep '^{' "$log.out" || tail -3 "$log.out"
     done
   done
   kill $tpid; wait $tpid 2>/dev/null
+  rm -f "$log" "$log.out"
   return $rc
 }
 check "ferry-bench npu:$N -> tcp -> cpu (data verified)" bench_pair tcp
