@@ -250,6 +250,21 @@ static void calls_before_init_fail(void **state)
     assert_int_equal(device_count(&n), 100001); /* ACL_ERROR_UNINITIALIZE */
 }
 
+/* B3's other half: with no context on the thread and none made by ferry,
+ * a device-neutral call (pinned host memory) opens none on npu:0 but says
+ * what to do.  Runs before any test in this process named a device. */
+static void no_device_named_yet(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    void *h = NULL;
+    assert_int_equal(ops->init(), 0);
+    unsigned long long before = fake_stat("set_device:0");
+    assert_int_equal(ops->host_alloc(4096, &h), FERRY_ENODEV);
+    assert_non_null(strstr(ferry_last_error(), "named npu:N"));
+    assert_int_equal(fake_stat("set_device:0"), before);
+}
+
 /* FAKEACL_EXEC=lazy: a copy runs when its stream is synchronized, so a host
  * buffer reused before the sync shows in the data, as it may on hardware. */
 static void copies_run_later(void **state)
@@ -384,6 +399,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
         cmocka_unit_test(copies_run_later),
         cmocka_unit_test(no_context_on_unnamed_device),
         cmocka_unit_test(explicit_location_without_classification),
