@@ -38,27 +38,34 @@ extern "C" {
 
 /* ---------------------------------------------------------------- errors */
 
-/* Error codes. 0 is success; every failure is one of these negative values. */
-enum ferry_error {
-    FERRY_OK = 0,
-    FERRY_EINVAL = -1,      /* an argument is invalid (NULL, zero length, bad flag) */
-    FERRY_ENOMEM = -2,      /* out of memory */
-    FERRY_ENOTREG = -3,     /* local address range is not inside a registration */
-    FERRY_ERANGE = -4,      /* remote range is outside the target's registered buffers */
-    FERRY_ENOSEG = -5,      /* unknown segment (name cannot be resolved or handle is stale) */
-    FERRY_ECONN = -6,       /* the peer cannot be reached or the connection broke */
-    FERRY_ETIMEDOUT = -7,   /* a deadline passed */
-    FERRY_EPROTO = -8,      /* malformed bytes from a peer (bad frame, bad descriptor) */
-    FERRY_EVERSION = -9,    /* peer speaks an incompatible format or wire version */
-    FERRY_EFULL = -10,      /* a batch has no room for more requests */
-    FERRY_ENODEV = -11,     /* the location names a device this host does not have */
-    FERRY_ENOTSUP = -12,    /* the operation is not supported (yet) on this path */
-    FERRY_EEXIST = -13,     /* the range overlaps an existing registration */
-    FERRY_EBUSY = -14,      /* the object is in use (batch still running, port taken) */
-    FERRY_ESTALE = -15,     /* the peer restarted; its old descriptor is no longer valid */
-    FERRY_EIO = -16,        /* a system call or device call failed */
-    FERRY_ECANCELED = -17,  /* the engine was shut down before the request finished */
-};
+/* Error codes. 0 is success; every failure is one of these negative values.
+ * FERRY_ERRNO_MAP(X) lists each as X(NAME, value, text); the enum below,
+ * ferry_strerror and ferry_err_name are all generated from it (as libuv's
+ * UV_ERRNO_MAP), so a new code is one line here.  Values never change. */
+#define FERRY_ERRNO_MAP(X)                                                                  \
+    X(OK, 0, "success")                                                                       \
+    X(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad flag */          \
+    X(ENOMEM, -2, "out of memory")                                                            \
+    X(ENOTREG, -3, "local memory is not registered") /* local range not in a registration */ \
+    X(ERANGE, -4, "remote range outside the target's registered buffers")                    \
+    X(ENOSEG, -5, "unknown segment")               /* name unresolvable or handle stale */    \
+    X(ECONN, -6, "peer unreachable or connection broken")                                     \
+    X(ETIMEDOUT, -7, "timed out")                  /* a deadline passed */                    \
+    X(EPROTO, -8, "malformed data from peer")      /* bad frame, bad descriptor */            \
+    X(EVERSION, -9, "incompatible peer version")   /* format or wire version */               \
+    X(EFULL, -10, "batch is full")                                                            \
+    X(ENODEV, -11, "no such device")               /* location names an absent device */      \
+    X(ENOTSUP, -12, "not supported")               /* not (yet) on this path */               \
+    X(EEXIST, -13, "overlaps an existing registration")                                       \
+    X(EBUSY, -14, "busy")                          /* batch still running, port taken */      \
+    X(ESTALE, -15, "peer restarted; descriptor is stale")                                     \
+    X(EIO, -16, "I/O or device error")             /* a system or device call failed */       \
+    X(ECANCELED, -17, "canceled")                  /* shutdown, close or unregister */        \
+    X(EPERM, -18, "permission denied")             /* peer failed authentication */
+
+#define FERRY_ERRNO_ENUM_(name, value, text) FERRY_##name = (value),
+enum ferry_error { FERRY_ERRNO_MAP(FERRY_ERRNO_ENUM_) };
+#undef FERRY_ERRNO_ENUM_
 
 /* Returns a static, human-readable name for an error code ("remote range outside
  * registered buffers").  Never NULL, also for unknown codes. */
@@ -104,6 +111,17 @@ struct ferry_config {
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
     unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* With a metadata store: the name this engine publishes itself under
+     * (the reference engine uses its local_hostname as given); NULL/"": the
+     * host:port of the handshake listener.  Ignored with P2PHANDSHAKE. */
+    const char *segment_name;
+    /* With a metadata store: the address the handshake listener and transports
+     * bind (NULL/"": the host of local_server_name).  Ignored with P2PHANDSHAKE. */
+    const char *bind_address;
+    /* 1 (default): a listed transport that finds no usable device (rdma with
+     * no NIC, or not built) is skipped with one warning; if none is left, tcp
+     * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
+    unsigned transport_fallback;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
@@ -137,8 +155,10 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
-/* Returns this engine's segment name, "host:port" of its handshake listener
- * (the port actually bound).  Valid for the engine's lifetime. */
+/* Returns this engine's segment name: "host:port" of its handshake listener
+ * (the port actually bound), or cfg->segment_name with a metadata store.  An
+ * Ascend-style ":npu_N" suffix of local_server_name is not part of it.  Valid
+ * for the engine's lifetime. */
 FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */
@@ -184,6 +204,12 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
  * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
+
+/* Asks now whether the segment `name` can be resolved: fetches its descriptor
+ * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
+ * without touching the cached handle or its connections.  Returns 0,
+ * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
  * it fail with FERRY_ECANCELED. Returns 0 or FERRY_ENOSEG. */
@@ -252,6 +278,26 @@ FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
 FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 
+/* Submits n requests in the order of a device stream: the transfer starts
+ * when `stream` — the caller's native stream of device `location` ("cuda:N":
+ * a CUstream / cudaStream_t, NULL for the legacy default stream; "sim:N": a
+ * sim stream) — reaches this point, and work enqueued on the stream
+ * afterwards waits until every request has ended (completed or failed), with
+ * no host synchronization in the caller (cuLaunchHostFunc plus
+ * cuStreamWaitValue32 on CUDA).  The requests are validated now, as by
+ * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
+ * must be empty and takes no other submit; ferry_batch_wait / _status report
+ * the outcome (a wait also waits for the stream to reach the transfer).
+ * Streams must have passed every such transfer before the engine is
+ * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
+ * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * FERRY_ENOTSUP (the location's device has no streams); another code if the
+ * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
+ * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
+ * the batch reports it as usual. */
+FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
+                                           const char *location, void *stream);
+
 /* Number of requests submitted to the batch so far. */
 FERRY_API size_t ferry_batch_size(const ferry_batch *batch);
 
@@ -297,9 +343,14 @@ struct ferry_transport_stats {
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
+/* The most transports one engine runs at once (the protocols it offers). */
+#define FERRY_MAX_TRANSPORTS 4
+
+/* One row per transport this engine runs: after a fallback (see
+ * transport_fallback) the names say which ones are live. */
 struct ferry_stats {
     size_t transport_count;
-    struct ferry_transport_stats transports[4];
+    struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
 };
 
 /* Fills *out with this engine's counters. Returns 0. */

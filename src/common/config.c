@@ -5,6 +5,10 @@
  * variable, its default and a one-line doc.  ferry_config_init() applies the
  * defaults then the environment; ferry_config_describe() hands the same table
  * to `ferry-bench --help-env` and the README, so docs cannot drift from code.
+ *
+ * MC_* rows are the reference engine's variables that callers (SGLang, vLLM,
+ * LMCache) set: each is converted onto a ferry field first, then the FERRY_*
+ * variables are applied, so FERRY_* wins when both are set.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -16,22 +20,29 @@
 /* KNOB_DOC rows are read by a lower layer itself (the device backends read
  * theirs with getenv at load time); they are listed here so the one table
  * still names every knob. */
-enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC };
+enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC, KNOB_MC };
 
 struct knob {
     struct ferry_config_knob pub;
     enum knob_type type;
     size_t offset;
+    int (*convert)(const char *text, struct ferry_config *cfg); /* KNOB_MC */
 };
 
+static int mc_force_tcp(const char *text, struct ferry_config *cfg);
+static int mc_transfer_timeout(const char *text, struct ferry_config *cfg);
+static int mc_bind_address(const char *text, struct ferry_config *cfg);
+static int mc_slice_size(const char *text, struct ferry_config *cfg);
+#define MC(env, fn, doc) {{env, "unset", doc}, KNOB_MC, 0, fn}
+
 #define KNOB(field, type, env, def, doc)                                                       \
-    {{env, def, doc}, type, offsetof(struct ferry_config, field)}
+    {{env, def, doc}, type, offsetof(struct ferry_config, field), NULL}
 
 static const struct knob knobs[] = {
     KNOB(local_server_name, KNOB_STR, "FERRY_LOCAL_SERVER_NAME", "127.0.0.1",
          "host[:port] of this engine's handshake listener; a taken or 0 port picks a free one"),
     KNOB(metadata_server, KNOB_STR, "FERRY_METADATA_SERVER", "P2PHANDSHAKE",
-         "where descriptors are found: P2PHANDSHAKE, etcd://h:p[,h:p], redis://h:p"),
+         "where descriptors are found: P2PHANDSHAKE, etcd://h:p[,h:p], redis://h:p, http://h:p/path"),
     KNOB(metadata_prefix, KNOB_STR, "FERRY_METADATA_PREFIX", "ferry/segments/",
          "key prefix of published descriptors in etcd / Redis"),
     KNOB(metadata_ttl_s, KNOB_UINT, "FERRY_METADATA_TTL_S", "10",
@@ -54,22 +65,39 @@ static const struct knob knobs[] = {
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
          "received notifications kept before the oldest is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+    KNOB(segment_name, KNOB_STR, "FERRY_SEGMENT_NAME", "",
+         "with a metadata store: the name to publish under (empty: host:port of the listener)"),
+    KNOB(bind_address, KNOB_STR, "FERRY_BIND_ADDRESS", "",
+         "with a metadata store: address the listeners bind (empty: local_server_name's host)"),
+    KNOB(transport_fallback, KNOB_UINT, "FERRY_TRANSPORT_FALLBACK", "1",
+         "1: a listed transport with no usable device (rdma, no NIC) is skipped with a warning, tcp if none is left;"
+         " 0: all are required"),
+    MC("MC_FORCE_TCP", mc_force_tcp, "reference variable: set (any value) = FERRY_PROTOCOLS=tcp"),
+    MC("MC_TRANSFER_TIMEOUT", mc_transfer_timeout,
+       "reference variable: seconds (at least 5) = FERRY_REQUEST_TIMEOUT_MS x 1000"),
+    MC("MC_TCP_BIND_ADDRESS", mc_bind_address,
+       "reference variable: = FERRY_BIND_ADDRESS (ignored when MC_LEGACY_RPC_PORT_BINDING is set)"),
+    {{"MC_LEGACY_RPC_PORT_BINDING", "unset",
+      "reference variable: set = listeners bind local_server_name's host:port (ferry's default without"
+      " FERRY_BIND_ADDRESS)"},
+     KNOB_DOC, 0, NULL},
+    MC("MC_SLICE_SIZE", mc_slice_size, "reference variable: bytes = FERRY_SLICE_SIZE"),
     {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
-     KNOB_DOC, 0},
-    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0},
-    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0, NULL},
     {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
-     KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
-      "off), 0, or a size"}, KNOB_DOC, 0},
+      "off), 0, or a size"}, KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
       "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
-     KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_NPU_COPY_ALIGN", "64",
-      "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"}, KNOB_DOC, 0},
+      "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"}, KNOB_DOC, 0, NULL},
     {{"FERRY_ASCEND_LIBRARY", "libascendcl.so",
-      "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"}, KNOB_DOC, 0},
+      "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])
@@ -110,10 +138,42 @@ static int parse_number(const char *text, enum knob_type type, void *field)
     }
 }
 
+static int mc_force_tcp(const char *text, struct ferry_config *cfg)
+{
+    (void)text;
+    cfg->protocols = "tcp";
+    return 0;
+}
+
+static int mc_transfer_timeout(const char *text, struct ferry_config *cfg)
+{
+    unsigned s;
+    if (parse_number(text, KNOB_UINT, &s) != 0 || s > 0xffffffffu / 1000)
+        return ferry_fail(FERRY_EINVAL, "MC_TRANSFER_TIMEOUT=\"%s\" is not a number of seconds", text);
+    cfg->request_timeout_ms = (s < 5 ? 5 : s) * 1000; /* the reference's floor */
+    return 0;
+}
+
+static int mc_bind_address(const char *text, struct ferry_config *cfg)
+{
+    if (!getenv("MC_LEGACY_RPC_PORT_BINDING"))
+        cfg->bind_address = text;
+    return 0;
+}
+
+static int mc_slice_size(const char *text, struct ferry_config *cfg)
+{
+    if (parse_number(text, KNOB_SIZE, &cfg->slice_size) != 0)
+        return ferry_fail(FERRY_EINVAL, "MC_SLICE_SIZE=\"%s\" is not a valid number", text);
+    return 0;
+}
+
 static int apply(const struct knob *k, const char *text, struct ferry_config *cfg)
 {
     if (k->type == KNOB_DOC)
         return 0;
+    if (k->type == KNOB_MC)
+        return k->convert(text, cfg);
     void *field = (char *)cfg + k->offset;
     if (k->type == KNOB_STR) {
         *(const char **)field = text; /* defaults are static, env strings live as long as environ */
@@ -130,16 +190,18 @@ int ferry_config_init(struct ferry_config *cfg)
         return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NKNOBS; i++) {
-        int rc = apply(&knobs[i], knobs[i].pub.default_text, cfg);
+        int rc = knobs[i].type == KNOB_MC ? 0 : apply(&knobs[i], knobs[i].pub.default_text, cfg);
         if (rc)
             return rc;
     }
-    for (size_t i = 0; i < NKNOBS; i++) {
-        const char *env = getenv(knobs[i].pub.env);
-        if (env) {
-            int rc = apply(&knobs[i], env, cfg);
-            if (rc)
-                return rc;
+    for (int pass = 0; pass < 2; pass++) { /* MC_* first, so that FERRY_* wins */
+        for (size_t i = 0; i < NKNOBS; i++) {
+            const char *env = getenv(knobs[i].pub.env);
+            if (env && (knobs[i].type == KNOB_MC) == (pass == 0)) {
+                int rc = apply(&knobs[i], env, cfg);
+                if (rc)
+                    return rc;
+            }
         }
     }
     return 0;

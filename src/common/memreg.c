@@ -6,19 +6,29 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "err.h"
+#include "log.h"
 
 void memreg_init(struct memreg *r)
 {
     memset(r, 0, sizeof *r);
     pthread_rwlock_init(&r->lock, NULL);
+    pthread_mutex_init(&r->access_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->access_ended, &ca);
+    pthread_condattr_destroy(&ca);
 }
 
 void memreg_destroy(struct memreg *r)
 {
     free(r->regions);
     pthread_rwlock_destroy(&r->lock);
+    pthread_mutex_destroy(&r->access_lock);
+    pthread_cond_destroy(&r->access_ended);
     memset(r, 0, sizeof *r);
 }
 
@@ -85,6 +95,43 @@ int memreg_add(struct memreg *r, const struct memreg_region *region)
     return 0;
 }
 
+static int overlaps(const struct memreg_access *a, uint64_t addr, uint64_t len)
+{
+    return a->addr < addr + len && addr < a->addr + a->len;
+}
+
+/* Revokes the accesses overlapping [addr, addr+len) and waits until none is
+ * left.  No new one can start: the region is already out of the array, and
+ * memreg_access_begin links its access under the read lock it found it with. */
+static void drain_accesses(struct memreg *r, uint64_t addr, uint64_t len)
+{
+    pthread_mutex_lock(&r->access_lock);
+    for (unsigned waited = 0;; waited++) {
+        size_t left = 0;
+        for (struct memreg_access *a = r->accesses; a; a = a->next) {
+            if (!overlaps(a, addr, len))
+                continue;
+            left++;
+            atomic_store_explicit(&a->revoked, 1, memory_order_release);
+            if (a->cancel && !a->cancelled) {
+                a->cancelled = 1;
+                a->cancel(a->cancel_arg);
+            }
+        }
+        if (left == 0)
+            break;
+        if (waited > 0 && waited % 5 == 0)
+            LOG_WARN("unregister of 0x%llx+%llu still waits for %zu access(es) in flight",
+                     (unsigned long long)addr, (unsigned long long)len, left);
+        /* woken by every memreg_access_end; the timed wait only paces the warning */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&r->access_ended, &r->access_lock, &ts);
+    }
+    pthread_mutex_unlock(&r->access_lock);
+}
+
 int memreg_remove(struct memreg *r, uint64_t addr, struct memreg_region *out)
 {
     pthread_rwlock_wrlock(&r->lock);
@@ -94,13 +141,68 @@ int memreg_remove(struct memreg *r, uint64_t addr, struct memreg_region *out)
         return ferry_fail(FERRY_ENOTREG, "no registration starts at 0x%llx", (unsigned long long)addr);
     }
     i--;
-    if (out)
-        *out = r->regions[i];
+    struct memreg_region gone = r->regions[i];
     memmove(&r->regions[i], &r->regions[i + 1], (r->count - i - 1) * sizeof *r->regions);
     r->count--;
     r->generation++;
     pthread_rwlock_unlock(&r->lock);
+    drain_accesses(r, gone.addr, gone.len);
+    if (out)
+        *out = gone;
     return 0;
+}
+
+int memreg_access_begin(struct memreg *r, struct memreg_access *a, uint64_t addr, uint64_t len,
+                        int remote_only, struct memreg_region *out, void (*cancel)(void *), void *cancel_arg)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    long i = memreg_search(r->regions, r->count, addr, len);
+    int ok = i >= 0 && (!remote_only || r->regions[i].remote_accessible);
+    if (ok) {
+        if (out)
+            *out = r->regions[i];
+        a->addr = addr;
+        a->len = len;
+        a->cancel = cancel;
+        a->cancel_arg = cancel_arg;
+        atomic_init(&a->revoked, 0);
+        a->cancelled = 0;
+        pthread_mutex_lock(&r->access_lock);
+        a->prev = NULL;
+        a->next = r->accesses;
+        if (a->next)
+            a->next->prev = a;
+        r->accesses = a;
+        pthread_mutex_unlock(&r->access_lock);
+    }
+    pthread_rwlock_unlock(&r->lock);
+    return ok ? 0 : FERRY_ENOTREG;
+}
+
+void memreg_access_end(struct memreg *r, struct memreg_access *a)
+{
+    pthread_mutex_lock(&r->access_lock);
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        r->accesses = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    a->prev = a->next = NULL;
+    int wake = atomic_load_explicit(&a->revoked, memory_order_relaxed);
+    pthread_mutex_unlock(&r->access_lock);
+    if (wake)
+        pthread_cond_broadcast(&r->access_ended);
+}
+
+size_t memreg_access_count(struct memreg *r)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&r->access_lock);
+    for (struct memreg_access *a = r->accesses; a; a = a->next)
+        n++;
+    pthread_mutex_unlock(&r->access_lock);
+    return n;
 }
 
 int memreg_find(struct memreg *r, uint64_t addr, uint64_t len, int remote_only,

@@ -162,6 +162,7 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         {&e->cfg.protocols, e->str_protocols, sizeof e->str_protocols, "protocols"},
         {&e->cfg.device_name, e->str_device, sizeof e->str_device, "device_name"},
         {&e->cfg.metadata_prefix, e->str_prefix, sizeof e->str_prefix, "metadata_prefix"},
+        {&e->cfg.bind_address, e->str_bind, sizeof e->str_bind, "bind_address"},
     };
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         const char *v = *strs[i].field ? *strs[i].field : "";
@@ -185,37 +186,102 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
     if (!e->meta)
         return ferry_fail(strstr(e->cfg.metadata_server, "://") ? FERRY_ENOTSUP : FERRY_EINVAL,
                           "metadata_server \"%s\" is not supported by this build "
-                          "(P2PHANDSHAKE, etcd://host:port[,host:port], redis://host:port)",
+                          "(P2PHANDSHAKE, etcd://host:port[,host:port], redis://host:port, http://host:port/path)",
                           e->cfg.metadata_server);
     return 0;
 }
 
+/* A transport that needs hardware: with transport_fallback, not finding a
+ * usable device (or not being built) skips it instead of failing.  "ascend"
+ * is the reference's name for its NPU transport; ferry reaches NPU memory by
+ * staging over the others, so it is never started and always skipped. */
+static int may_skip(const ferry_engine *e, const char *name, int rc)
+{
+    return e->cfg.transport_fallback && (strcmp(name, "rdma") == 0 || strcmp(name, "ascend") == 0) &&
+           (rc == FERRY_ENODEV || rc == FERRY_ENOTSUP);
+}
+
+static int start_one(ferry_engine *e, const struct transport_host *host, const char *name)
+{
+    const struct transport_ops *ops = NULL;
+    for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+        if (strcmp(known_transports[i]->name, name) == 0)
+            ops = known_transports[i];
+    if (!ops) {
+        char avail[64] = "";
+        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+            snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
+                     known_transports[i]->name);
+        int known = strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 || strcmp(name, "ascend") == 0;
+        return ferry_fail(known ? FERRY_ENOTSUP : FERRY_EINVAL,
+                          "protocol \"%s\" is not available in this build (available: %s)", name, avail);
+    }
+    for (size_t i = 0; i < e->ntransports; i++)
+        if (e->tops[i] == ops)
+            return 0;
+    if (e->ntransports == FERRY_MAX_TRANSPORTS)
+        return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
+    int rc = ops->create(host, &e->tstate[e->ntransports]);
+    if (rc)
+        return rc;
+    e->tops[e->ntransports++] = ops;
+    return 0;
+}
+
+/* Starts the listed transports.  As the reference engine discovers its NICs
+ * and falls back to TCP, a hardware transport that cannot start is skipped
+ * (may_skip) and, if nothing is left, tcp runs; either way one warning says
+ * so, so an engine is never on a slower path than asked without a word. */
 static int start_transports(ferry_engine *e, const struct transport_host *host)
 {
-    char list[sizeof e->str_protocols], *save = NULL;
+    char list[sizeof e->str_protocols], *save = NULL, skipped[320] = "";
     strcpy(list, e->cfg.protocols);
     for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
-        const struct transport_ops *ops = NULL;
-        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-            if (strcmp(known_transports[i]->name, name) == 0)
-                ops = known_transports[i];
-        if (!ops) {
-            char avail[64] = "";
-            for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-                snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
-                         known_transports[i]->name);
-            return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
-                              "protocol \"%s\" is not available in this build (available: %s)", name, avail);
-        }
-        if (e->ntransports == MAX_TRANSPORTS)
-            return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
-        int rc = ops->create(host, &e->tstate[e->ntransports]);
+        int rc = start_one(e, host, name);
+        if (rc && !may_skip(e, name, rc))
+            return rc;
+        if (rc)
+            snprintf(skipped + strlen(skipped), sizeof skipped - strlen(skipped), "%s%s (%s)", *skipped ? "; " : "",
+                     name, ferry_last_error());
+    }
+    if (e->ntransports == 0 && *skipped) {
+        int rc = start_one(e, host, "tcp");
         if (rc)
             return rc;
-        e->tops[e->ntransports++] = ops;
+        LOG_WARN("transport %s not started; falling back to tcp (FERRY_TRANSPORT_FALLBACK=0 makes this an error)",
+                 skipped);
+    } else if (*skipped) {
+        LOG_WARN("transport %s not started; running on the others of \"%s\"", skipped, e->cfg.protocols);
     }
     if (e->ntransports == 0)
         return ferry_fail(FERRY_EINVAL, "no protocol given");
+    return 0;
+}
+
+/* Splits local_server_name into the listener's host and port (an Ascend
+ * ":npu_N" suffix is dropped).  With a metadata store the listener binds
+ * bind_address if set, and the engine is named segment_name if set (the
+ * reference names it by its local_hostname); otherwise the name is set once
+ * the port is bound (ferry_engine_create). */
+static int local_name(ferry_engine *e, int *port)
+{
+    const char *want = e->cfg.segment_name;
+    e->cfg.segment_name = e->segment_name; /* the caller's string is not kept */
+    char name[sizeof e->str_local];
+    snprintf(name, sizeof name, "%s", e->cfg.local_server_name);
+    char *npu = strstr(name, ":npu_");
+    if (npu && npu[5] && strspn(npu + 5, "0123456789") == strlen(npu + 5))
+        *npu = '\0';
+    int rc = net_split_hostport(name, e->listen_host, sizeof e->listen_host, port);
+    if (rc || e->meta == &ferry_meta_p2p)
+        return rc;
+    if (want && *want) {
+        if (strlen(want) >= sizeof e->segment_name)
+            return ferry_fail(FERRY_EINVAL, "segment_name is longer than %zu characters", sizeof e->segment_name - 1);
+        snprintf(e->segment_name, sizeof e->segment_name, "%s", want);
+    }
+    if (*e->cfg.bind_address)
+        snprintf(e->listen_host, sizeof e->listen_host, "%s", e->cfg.bind_address);
     return 0;
 }
 
@@ -248,7 +314,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
         e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
     int port = 0;
-    rc = net_split_hostport(e->cfg.local_server_name, e->listen_host, sizeof e->listen_host, &port);
+    rc = local_name(e, &port);
     if (rc) {
         ferry_engine_destroy(e);
         return rc;
@@ -259,7 +325,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
+    if (!*e->segment_name)
+        snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
     if (port && port != e->handshake_port)
         LOG_WARN("handshake port %d is taken; listening on %d instead", port, e->handshake_port);
     struct transport_host host = {
@@ -307,6 +374,7 @@ void ferry_engine_destroy(ferry_engine *e)
 {
     if (!e)
         return;
+    stream_runner_destroy(atomic_load(&e->streams)); /* before anything its workers use */
     if (e->meta_state) {
         e->meta->unpublish(e->meta_state, e->segment_name);
         e->meta->destroy(e->meta_state);
@@ -744,6 +812,25 @@ int engine_take_stale(ferry_engine *e, uint64_t handle)
     return found;
 }
 
+/* A refresh of a peer that did not restart (it registered more memory) must
+ * not cancel requests in flight on its connections: a transport whose
+ * endpoint is unchanged and whose reach does not depend on the buffer list
+ * (no can_reach) keeps its old peer.  Caller holds seg_lock for writing. */
+static void keep_live_peers(ferry_engine *e, struct segment *old, struct segment *fresh)
+{
+    if (old->desc.engine_id != fresh->desc.engine_id)
+        return;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        const char *a = descriptor_transport(&old->desc, e->tops[i]->name);
+        const char *b = descriptor_transport(&fresh->desc, e->tops[i]->name);
+        if (e->tops[i]->can_reach || !old->peer[i] || !fresh->peer[i] || !a || !b || strcmp(a, b) != 0)
+            continue;
+        void *keep = old->peer[i];
+        old->peer[i] = fresh->peer[i]; /* freed with the old contents below */
+        fresh->peer[i] = keep;
+    }
+}
+
 int engine_refresh_segment(ferry_engine *e, uint64_t handle)
 {
     char name[128];
@@ -760,6 +847,8 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle)
         return rc;
     pthread_rwlock_wrlock(&e->seg_lock);
     old = engine_segment(e, handle);
+    if (old)
+        keep_live_peers(e, old, fresh);
     if (old) { /* swap contents so the handle stays valid */
         struct segment tmp = *old;
         *old = *fresh;
@@ -799,7 +888,7 @@ int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
     if (!e || !out)
         return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
     memset(out, 0, sizeof *out);
-    for (size_t i = 0; i < e->ntransports && i < 4; i++) {
+    for (size_t i = 0; i < e->ntransports; i++) {
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
         out->transports[i].requests_completed = atomic_load(&e->req_completed[i]);
         out->transports[i].requests_failed = atomic_load(&e->req_failed[i]);

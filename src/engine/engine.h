@@ -16,7 +16,6 @@
 #include "staging/staging.h"
 #include "transport/transport.h"
 
-#define MAX_TRANSPORTS 4
 #define MAX_POOLS 15
 
 /* A frame's route: the transport index in the low 4 bits; staged frames add
@@ -35,7 +34,7 @@ struct segment {
     uint64_t handle;
     char name[128];
     struct ferry_descriptor desc;
-    void *peer[MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
+    void *peer[FERRY_MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
 };
 
 struct note_node;
@@ -49,6 +48,7 @@ struct notify_queue {
 struct ferry_engine {
     struct ferry_config cfg;
     char str_local[128], str_meta[256], str_protocols[64], str_device[128], str_prefix[128]; /* cfg strings */
+    char str_bind[64];              /* cfg.bind_address */
     char listen_host[64];
     char segment_name[128];
     int handshake_port;
@@ -57,10 +57,10 @@ struct ferry_engine {
 
     struct memreg registry;
     size_t ntransports;
-    const struct transport_ops *tops[MAX_TRANSPORTS];
-    void *tstate[MAX_TRANSPORTS];
-    atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
-    atomic_uint_fast64_t bytes_staged[MAX_TRANSPORTS];
+    const struct transport_ops *tops[FERRY_MAX_TRANSPORTS];
+    void *tstate[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t req_completed[FERRY_MAX_TRANSPORTS], req_failed[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t bytes_staged[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_bounced;
 
     pthread_mutex_t pool_lock;          /* creation only; entries are never removed */
@@ -85,6 +85,8 @@ struct ferry_engine {
     size_t nstale;
 
     struct notify_queue notes;
+
+    _Atomic(struct stream_runner *) streams; /* stream-ordered submits (stream.c); created on first use */
 };
 
 /* Publishes the current descriptor through the metadata backend (a no-op
@@ -105,5 +107,19 @@ int engine_take_stale(ferry_engine *e, uint64_t handle);
 /* Re-fetches the descriptor of a segment marked stale (a transfer to it failed
  * as if it restarted).  Takes seg_lock for writing; call without it. */
 int engine_refresh_segment(ferry_engine *e, uint64_t handle);
+
+/* Stream-ordered submits (batch.c), one per batch, on an empty batch.
+ * batch_defer validates requests as ferry_batch_submit would and holds the
+ * batch unfinished; batch_defer_run (later, on a ferry thread) submits them,
+ * waits until they ended, lets the batch finish and returns 0 or the first
+ * error.  A submit that fails then ends the batch with its error.  After
+ * batch_defer_run returns the batch is not touched again (it may be freed). */
+int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+ferry_engine *batch_engine(const ferry_batch *b);
+int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+
+/* Stops the stream-ordered submit workers (stream.c).  NULL accepted. */
+struct stream_runner;
+void stream_runner_destroy(struct stream_runner *r);
 
 #endif

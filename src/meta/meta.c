@@ -69,6 +69,7 @@ const struct meta_ops *meta_find(const char *url)
         &ferry_meta_p2p,
 #ifdef FERRY_HAVE_ETCD
         &ferry_meta_etcd,
+        &ferry_meta_http,
 #endif
 #ifdef FERRY_HAVE_REDIS
         &ferry_meta_redis,

@@ -31,6 +31,14 @@ static const char *device_location(void)
     return d && *d ? d : "sim:0";
 }
 
+/* The target's device: FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with
+ * two GPUs), else the same as the initiator's. */
+static const char *target_location(void)
+{
+    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
+    return d && *d ? d : device_location();
+}
+
 struct fixture {
     struct child_target target;
     ferry_engine *e;
@@ -69,9 +77,9 @@ static const char *other_location(void)
 static int setup_dev_to_other(void **s) { return start(s, device_location(), other_location(), 0); }
 static int setup_other_to_dev(void **s) { return start(s, other_location(), device_location(), 0); }
 static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", 0); }
-static int setup_cpu_to_dev(void **s) { return start(s, "cpu", device_location(), 0); }
-static int setup_dev_to_dev(void **s) { return start(s, device_location(), device_location(), 0); }
-static int setup_one_chunk(void **s) { return start(s, device_location(), device_location(), 1); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", target_location(), 0); }
+static int setup_dev_to_dev(void **s) { return start(s, device_location(), target_location(), 0); }
+static int setup_one_chunk(void **s) { return start(s, device_location(), target_location(), 1); }
 
 static int teardown(void **state)
 {
@@ -192,8 +200,8 @@ static void wrong_kind_rejected(void **state)
 
 int main(void)
 {
-    printf("staging tests on %s%s%s\n", device_location(), other_location() ? " and " : "",
-           other_location() ? other_location() : "");
+    printf("staging tests on %s (target %s)%s%s\n", device_location(), target_location(),
+           other_location() ? ", other device " : "", other_location() ? other_location() : "");
     const struct CMUnitTest other[] = {
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, teardown),
         cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, teardown),

@@ -3,7 +3,10 @@
  * on every side (FERRY_EEXIST, detail names both ranges), empty and wrapping
  * regions (FERRY_EINVAL), lookups at every edge, remote_only, listing,
  * removal (FERRY_ENOTREG), many regions in random order checked against a
- * model, and lookups racing with writers.
+ * model, lookups racing with writers, and accesses in flight: removal revokes
+ * and waits for every overlapping access (never returns while one lasts),
+ * calls each cancel hook once, leaves other accesses alone, and no access
+ * starts after removal.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -356,6 +359,113 @@ static void test_concurrent_lookups(void **state)
     memreg_destroy(&reg);
 }
 
+/* An accessor thread holds an access until removal has cancelled it; the
+ * remover must not return before the accessor ended it. */
+struct holder {
+    struct memreg *reg;
+    struct memreg_access acc;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, cancels;
+    atomic_int ended, removed;
+};
+
+static void holder_cancel(void *arg)
+{
+    struct holder *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->cancels++;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void *holder_main(void *arg)
+{
+    struct holder *h = arg;
+    assert_int_equal(memreg_access_begin(h->reg, &h->acc, 0x10100, 0x100, 1, NULL, holder_cancel, h), 0);
+    pthread_mutex_lock(&h->mu);
+    h->started = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (h->cancels == 0)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    assert_true(memreg_access_revoked(&h->acc));
+    assert_int_equal(atomic_load(&h->removed), 0); /* remove still waits for us */
+    atomic_store(&h->ended, 1);
+    memreg_access_end(h->reg, &h->acc);
+    return NULL;
+}
+
+static void *remover_main(void *arg)
+{
+    struct holder *h = arg;
+    assert_int_equal(memreg_remove(h->reg, 0x10000, NULL), 0);
+    assert_int_equal(atomic_load(&h->ended), 1); /* returned only after the access ended */
+    atomic_store(&h->removed, 1);
+    return NULL;
+}
+
+static void test_remove_waits_for_access(void **state)
+{
+    (void)state;
+    struct memreg reg;
+    memreg_init(&reg);
+    add_ok(&reg, 0x10000, 0x1000, 1);
+    add_ok(&reg, 0x20000, 0x1000, 1);
+    struct holder h = {.reg = &reg};
+    pthread_mutex_init(&h.mu, NULL);
+    pthread_cond_init(&h.cv, NULL);
+
+    /* an access elsewhere is neither revoked nor waited for */
+    struct memreg_access other;
+    struct memreg_region got;
+    assert_int_equal(memreg_access_begin(&reg, &other, 0x20010, 0x10, 1, &got, NULL, NULL), 0);
+    assert_true(got.addr == 0x20000);
+
+    pthread_t th[2];
+    pthread_create(&th[0], NULL, holder_main, &h);
+    pthread_mutex_lock(&h.mu);
+    while (!h.started)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    assert_int_equal(memreg_access_count(&reg), 2);
+    pthread_create(&th[1], NULL, remover_main, &h);
+    pthread_join(th[0], NULL);
+    pthread_join(th[1], NULL);
+    assert_int_equal(h.cancels, 1);
+    assert_int_equal(atomic_load(&h.removed), 1);
+
+    /* nothing starts on the removed range; the other access was untouched */
+    struct memreg_access late;
+    assert_int_equal(memreg_access_begin(&reg, &late, 0x10100, 0x10, 1, NULL, NULL, NULL), FERRY_ENOTREG);
+    assert_false(memreg_access_revoked(&other));
+    assert_int_equal(memreg_access_count(&reg), 1);
+    memreg_access_end(&reg, &other);
+    assert_int_equal(memreg_access_count(&reg), 0);
+    assert_int_equal(memreg_remove(&reg, 0x20000, NULL), 0); /* nothing to wait for */
+    pthread_mutex_destroy(&h.mu);
+    pthread_cond_destroy(&h.cv);
+    memreg_destroy(&reg);
+}
+
+/* begin honours remote_only and the bounds exactly as memreg_find does */
+static void test_access_begin_bounds(void **state)
+{
+    (void)state;
+    struct memreg reg;
+    memreg_init(&reg);
+    add_ok(&reg, 0x1000, 0x1000, 0);
+    add_ok(&reg, 0x4000, 0x1000, 1);
+    struct memreg_access a;
+    assert_int_equal(memreg_access_begin(&reg, &a, 0x1000, 0x10, 1, NULL, NULL, NULL), FERRY_ENOTREG);
+    assert_int_equal(memreg_access_begin(&reg, &a, 0x4ff0, 0x11, 1, NULL, NULL, NULL), FERRY_ENOTREG);
+    assert_int_equal(memreg_access_begin(&reg, &a, 0x4000, 0, 1, NULL, NULL, NULL), FERRY_ENOTREG);
+    assert_int_equal(memreg_access_count(&reg), 0);
+    assert_int_equal(memreg_access_begin(&reg, &a, 0x1000, 0x1000, 0, NULL, NULL, NULL), 0);
+    memreg_access_end(&reg, &a);
+    memreg_destroy(&reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -367,6 +477,8 @@ int main(void)
         cmocka_unit_test(test_remove),
         cmocka_unit_test(test_many_random),
         cmocka_unit_test(test_concurrent_lookups),
+        cmocka_unit_test(test_remove_waits_for_access),
+        cmocka_unit_test(test_access_begin_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
