@@ -275,16 +275,24 @@ void npu_ctx_leave(const struct ctx_guard *g)
         (void)acl.aclrtSetCurrentContext(g->prev);
 }
 
-int npu_any_ctx_enter(struct ctx_guard *g)
+/* The caller's context or one ferry made; 1 if there is one (entered). */
+static int existing_ctx_enter(struct ctx_guard *g)
 {
     aclrtContext cur = NULL;
     if (acl.aclrtGetCurrentContext(&cur) == ACL_SUCCESS && cur != NULL) {
         g->prev = g->ours = cur;
-        return 0;
+        return 1;
     }
     for (int i = 0; i < device_count; i++)
         if (atomic_load(&device_ctx[i]) != NULL)
-            return npu_ctx_enter(i, g);
+            return npu_ctx_enter(i, g) == 0;
+    return 0;
+}
+
+int npu_any_ctx_enter(struct ctx_guard *g)
+{
+    if (existing_ctx_enter(g))
+        return 0;
     return ferry_fail(FERRY_ENODEV, "npu: no ACL context on this thread and none made yet: "
                                     "allocate or register memory of a named npu:N first");
 }
@@ -383,8 +391,8 @@ static enum where classify(const void *ptr, size_t len, int *dev)
     struct ctx_guard g;
     if (ranges_find(ptr, len, dev))
         return *dev >= 0 ? WHERE_DEVICE : WHERE_HOST;
-    if (acl.aclrtPointerGetAttributes == NULL || npu_any_ctx_enter(&g) < 0)
-        return WHERE_UNKNOWN;
+    if (acl.aclrtPointerGetAttributes == NULL || !existing_ctx_enter(&g))
+        return WHERE_UNKNOWN; /* quietly: locate() is asked about every pointer */
     enum where w = ask_acl(ptr, dev);
     npu_ctx_leave(&g);
     return w;
