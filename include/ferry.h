@@ -14,6 +14,24 @@
  *  - All functions are thread-safe unless their comment says otherwise.
  *  - Addresses of remote memory are the peer's own virtual addresses, as
  *    published in its segment descriptor.
+ *
+ * Stability promise (ABI)
+ *  - libferry.so.N: N is FERRY_ABI_VERSION.  Within one N, a program built
+ *    against an older ferry.h runs unchanged with a newer library: functions,
+ *    error codes and enum values are only added, never removed or renumbered.
+ *  - struct ferry_config and struct ferry_stats (with struct
+ *    ferry_transport_stats) grow only at their end.  The caller's compiled
+ *    size travels with them: ferry_config_init() and ferry_get_stats() are
+ *    macros that pass sizeof, and ferry_config records it in struct_size.  The
+ *    library then reads and writes only the caller's bytes; knobs the caller
+ *    does not know keep their defaults (and FERRY_* environment values).
+ *    Adding a knob or a counter is one line at the end of its struct
+ *    (tests/unit/test_abi.c fails when an existing field moves).
+ *  - Every other struct (ferry_request, ferry_status, ferry_buffer_info,
+ *    ferry_notification, ferry_config_knob) is frozen for a given N; changing
+ *    one bumps FERRY_ABI_VERSION and with it the SONAME.
+ *  - Before 1.0 the API may change between minor versions; the SONAME says
+ *    whether a rebuild is needed.
  */
 #ifndef FERRY_H
 #define FERRY_H
@@ -28,6 +46,8 @@ extern "C" {
 #define FERRY_VERSION_MAJOR 0
 #define FERRY_VERSION_MINOR 1
 #define FERRY_VERSION_PATCH 0
+/* The SONAME's number: libferry.so.FERRY_ABI_VERSION (see the promise above). */
+#define FERRY_ABI_VERSION 1
 
 /* Marks the library's exported functions (everything else is hidden). */
 #if defined(__GNUC__)
@@ -35,6 +55,10 @@ extern "C" {
 #else
 #define FERRY_API
 #endif
+
+/* The library's version as "MAJOR.MINOR.PATCH" (of the .so actually loaded,
+ * which may be newer than the header a program was built with). */
+FERRY_API const char *ferry_version(void);
 
 /* ---------------------------------------------------------------- errors */
 
@@ -82,8 +106,12 @@ FERRY_API const char *ferry_last_error(void);
 /* ---------------------------------------------------------------- config */
 
 /* Engine configuration.  Fill it with ferry_config_init(), then change fields.
- * String fields are copied by ferry_engine_create(); the caller keeps ownership. */
+ * String fields are copied by ferry_engine_create(); the caller keeps ownership.
+ * New knobs are added at the end only (see the stability promise above). */
 struct ferry_config {
+    /* sizeof(struct ferry_config) as the caller compiled it; set by
+     * ferry_config_init(), never by hand. */
+    size_t struct_size;
     /* "host" or "host:port".  The handshake listener binds that port; if it is
      * taken or 0/absent, a free port is chosen.  Default "127.0.0.1". */
     const char *local_server_name;
@@ -109,7 +137,8 @@ struct ferry_config {
     unsigned connect_timeout_ms;/* connecting / handshaking with a peer (default 5000) */
     size_t staging_chunk_size;  /* pinned chunk size for device staging (default 2 MiB) */
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
-    unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
+    unsigned notify_queue_max;  /* notifications kept (default 4096); a full queue drops the
+                                 * oldest of the peer holding the most */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
     /* With a metadata store: the name this engine publishes itself under
      * (the reference engine uses its local_hostname as given); NULL/"": the
@@ -122,12 +151,33 @@ struct ferry_config {
      * no NIC, or not built) is skipped with one warning; if none is left, tcp
      * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
     unsigned transport_fallback;
+    /* Limits on each listening port (handshake, tcp data, rdma side channel):
+     * connections at once in total (0, the default: a quarter of the process's
+     * RLIMIT_NOFILE, at most 4096) and from one IPv4 address (default 64). */
+    unsigned max_connections;
+    unsigned max_connections_per_peer;
+    /* A data connection on which nothing arrives for this long is closed by the
+     * target (default 120000); initiators retire theirs after half of it. */
+    unsigned idle_timeout_ms;
+    /* Shared-secret mutual authentication (off when both are NULL or "").
+     * With a key, every handshake and every data or side-channel connection
+     * starts with an HMAC-SHA256 challenge-response in both directions; a peer
+     * without the same key gets no descriptor and no connection (FERRY_EPERM
+     * naming the peer).  auth_key is the secret itself (at least 16 bytes);
+     * auth_key_file a file holding it (read at engine creation; trailing
+     * newlines are not part of the key).  Both sides need the same key. */
+    const char *auth_key;
+    const char *auth_key_file;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
- * ferry_config_describe).  Returns 0, or FERRY_EINVAL if an environment value
- * does not parse (the detail message names the variable). */
-FERRY_API int ferry_config_init(struct ferry_config *cfg);
+ * ferry_config_describe), and sets cfg->struct_size.  Returns 0, or
+ * FERRY_EINVAL if an environment value does not parse (the detail message
+ * names the variable) or size is too small to hold struct_size.
+ * ferry_config_init(cfg) is the way to call it: the macro passes the caller's
+ * sizeof, so a program built against an older, smaller struct stays safe. */
+FERRY_API int ferry_config_init_sized(struct ferry_config *cfg, size_t size);
+#define ferry_config_init(cfg) ferry_config_init_sized((cfg), sizeof *(cfg))
 
 /* One row of the configuration table: every knob, its environment variable,
  * default and meaning.  Used by `ferry-bench --help-env` and the README. */
@@ -145,8 +195,11 @@ FERRY_API const struct ferry_config_knob *ferry_config_describe(size_t *count);
 typedef struct ferry_engine ferry_engine;
 
 /* Creates an engine: starts the handshake listener and every transport named in
- * cfg->protocols.  cfg may be NULL (defaults plus environment).  On success
- * stores the engine in *out and returns 0. */
+ * cfg->protocols.  cfg may be NULL (defaults plus environment); otherwise it
+ * must have been filled by ferry_config_init (FERRY_EINVAL if struct_size is
+ * not a size it could have set; FERRY_ENOTSUP if a caller built against a
+ * newer ferry.h set knobs this library does not know).  On success stores the
+ * engine in *out and returns 0. */
 FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out);
 
 /* Stops listeners and transports, fails every unfinished request with
@@ -202,7 +255,9 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
 /* Resolves a peer by name ("host:port" with P2PHANDSHAKE), fetches and caches
  * its descriptor, and stores a handle in *out.  Opening the same name twice
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
- * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
+ * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor),
+ * FERRY_EPERM (authentication failed: one side has no key, or the keys differ;
+ * the detail message names the peer). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
 
 /* Asks now whether the segment `name` can be resolved: fetches its descriptor
@@ -330,6 +385,7 @@ FERRY_API int ferry_get_notifications(ferry_engine *engine, struct ferry_notific
 
 /* ---------------------------------------------------------------- stats */
 
+/* Counters of one transport.  New counters are added at the end only. */
 struct ferry_transport_stats {
     char name[16];              /* "tcp" */
     uint64_t bytes_written;     /* payload bytes of WRITE sent by this engine */
@@ -343,18 +399,28 @@ struct ferry_transport_stats {
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
 };
 
-/* The most transports one engine runs at once (the protocols it offers). */
+/* The most transports one engine runs at once (the protocols it offers).
+ * Part of the ABI: it sizes struct ferry_stats, so it is fixed for a given
+ * FERRY_ABI_VERSION. */
 #define FERRY_MAX_TRANSPORTS 4
 
-/* One row per transport this engine runs: after a fallback (see
- * transport_fallback) the names say which ones are live. */
+/* An engine's counters: one row per transport this engine runs (after a
+ * fallback, see transport_fallback, the names say which ones are live).  New
+ * fields are added at the end only (after the array), never inside it. */
 struct ferry_stats {
     size_t transport_count;
     struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
 };
 
-/* Fills *out with this engine's counters. Returns 0. */
-FERRY_API int ferry_get_stats(ferry_engine *engine, struct ferry_stats *out);
+/* Fills *out with this engine's counters; fields the library does not know
+ * (a caller built against a newer ferry.h) are zero.  Returns 0, or
+ * FERRY_EINVAL for a NULL argument or sizes no ferry.h could give.
+ * ferry_get_stats(engine, out) is the way to call it: the macro passes the
+ * caller's sizes of both structs. */
+FERRY_API int ferry_get_stats_sized(ferry_engine *engine, struct ferry_stats *out, size_t size,
+                                    size_t transport_size);
+#define ferry_get_stats(engine, out) \
+    ferry_get_stats_sized((engine), (out), sizeof *(out), sizeof (out)->transports[0])
 
 #ifdef __cplusplus
 }

@@ -39,6 +39,7 @@ int is_call_error(int code)
     case FERRY_ESTALE:
     case FERRY_EIO:
     case FERRY_ECANCELED:
+    case FERRY_EPERM:
         return 0;
     default:
         return 1;
@@ -230,7 +231,7 @@ static int add_constants(PyObject *m)
     static const int codes[] = {FERRY_OK,     FERRY_EINVAL,  FERRY_ENOMEM,   FERRY_ENOTREG,   FERRY_ERANGE,
                                 FERRY_ENOSEG, FERRY_ECONN,   FERRY_ETIMEDOUT, FERRY_EPROTO,   FERRY_EVERSION,
                                 FERRY_EFULL,  FERRY_ENODEV,  FERRY_ENOTSUP,  FERRY_EEXIST,    FERRY_EBUSY,
-                                FERRY_ESTALE, FERRY_EIO,     FERRY_ECANCELED};
+                                FERRY_ESTALE, FERRY_EIO,     FERRY_ECANCELED, FERRY_EPERM};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (PyModule_AddIntConstant(m, ferry_err_name(codes[i]), codes[i]))
             return -1;

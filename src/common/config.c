@@ -63,7 +63,7 @@ static const struct knob knobs[] = {
     KNOB(staging_chunks, KNOB_UINT, "FERRY_STAGING_CHUNKS", "16",
          "chunks per device staging pool: how many staged frames are in flight at once"),
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
-         "received notifications kept before the oldest is dropped"),
+         "received notifications kept; when full, the oldest of the peer holding the most is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
     KNOB(segment_name, KNOB_STR, "FERRY_SEGMENT_NAME", "",
          "with a metadata store: the name to publish under (empty: host:port of the listener)"),
@@ -82,6 +82,16 @@ static const struct knob knobs[] = {
       " FERRY_BIND_ADDRESS)"},
      KNOB_DOC, 0, NULL},
     MC("MC_SLICE_SIZE", mc_slice_size, "reference variable: bytes = FERRY_SLICE_SIZE"),
+    KNOB(max_connections, KNOB_UINT, "FERRY_MAX_CONNECTIONS", "0",
+         "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096)"),
+    KNOB(max_connections_per_peer, KNOB_UINT, "FERRY_MAX_CONNECTIONS_PER_PEER", "64",
+         "connections at once per listening port from one IP address (0: no per-address cap)"),
+    KNOB(idle_timeout_ms, KNOB_UINT, "FERRY_IDLE_TIMEOUT_MS", "120000",
+         "a data connection silent this long is closed (0: never); initiators retire theirs after half"),
+    KNOB(auth_key, KNOB_STR, "FERRY_AUTH_KEY", "",
+         "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
+    KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
+         "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
     {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},
@@ -184,10 +194,9 @@ static int apply(const struct knob *k, const char *text, struct ferry_config *cf
     return 0;
 }
 
-int ferry_config_init(struct ferry_config *cfg)
+/* Defaults and environment into a whole struct of this library's size. */
+static int fill(struct ferry_config *cfg)
 {
-    if (!cfg)
-        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NKNOBS; i++) {
         int rc = knobs[i].type == KNOB_MC ? 0 : apply(&knobs[i], knobs[i].pub.default_text, cfg);
@@ -204,6 +213,24 @@ int ferry_config_init(struct ferry_config *cfg)
             }
         }
     }
+    return 0;
+}
+
+int ferry_config_init_sized(struct ferry_config *cfg, size_t size)
+{
+    if (!cfg)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
+    if (size < sizeof cfg->struct_size)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: size %zu cannot hold struct_size", size);
+    /* the caller's struct may be smaller (older ferry.h) or larger (newer)
+     * than ours: write exactly its bytes, zero where we know no knob */
+    struct ferry_config full;
+    int rc = fill(&full);
+    if (rc)
+        return rc;
+    memset(cfg, 0, size);
+    memcpy(cfg, &full, size < sizeof full ? size : sizeof full);
+    cfg->struct_size = size;
     return 0;
 }
 

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 
+#include "abi.h"
 #include "device/device.h"
 #include "engine/engine.h"
 #include "err.h"
@@ -36,63 +37,17 @@ static const struct ferry_device_ops *region_device(const struct memreg_region *
 
 /* ------------------------------------------------------------ notifications */
 
-struct note_node {
-    struct note_node *next;
-    struct ferry_notification n;
-};
-
 static void hook_deliver_notify(void *engine, const char *from, const void *msg, size_t len)
 {
     ferry_engine *e = engine;
-    struct note_node *node = calloc(1, sizeof *node);
-    if (!node) {
-        LOG_ERROR("notification from %s dropped: out of memory", from);
-        return;
-    }
-    snprintf(node->n.from, sizeof node->n.from, "%s", from);
-    node->n.len = len < sizeof node->n.msg ? len : sizeof node->n.msg;
-    memcpy(node->n.msg, msg, node->n.len);
-    struct notify_queue *q = &e->notes;
-    pthread_mutex_lock(&q->lock);
-    if (q->tail)
-        q->tail->next = node;
-    else
-        q->head = node;
-    q->tail = node;
-    q->count++;
-    if (q->count > e->cfg.notify_queue_max) {
-        struct note_node *old = q->head;
-        q->head = old->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        q->dropped++;
-        LOG_WARN("notification queue full (%u): dropped the oldest, from %s", e->cfg.notify_queue_max,
-                 old->n.from);
-        free(old);
-    }
-    pthread_mutex_unlock(&q->lock);
+    notify_deliver(&e->notes, from, msg, len);
 }
 
 int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, size_t max, size_t *count)
 {
     if (!e || (!out && max) || !count)
         return ferry_fail(FERRY_EINVAL, "ferry_get_notifications: NULL argument");
-    struct notify_queue *q = &e->notes;
-    size_t n = 0;
-    pthread_mutex_lock(&q->lock);
-    while (n < max && q->head) {
-        struct note_node *node = q->head;
-        q->head = node->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        out[n++] = node->n;
-        free(node);
-    }
-    pthread_mutex_unlock(&q->lock);
-    *count = n;
-    return 0;
+    return notify_take(&e->notes, out, max, count);
 }
 
 /* ------------------------------------------------------------ descriptor */
@@ -287,19 +242,16 @@ static int local_name(ferry_engine *e, int *port)
 
 int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
 {
-    struct ferry_config defaults;
+    struct ferry_config full; /* the caller's config in this library's layout */
     if (!out)
         return ferry_fail(FERRY_EINVAL, "ferry_engine_create: out is NULL");
-    if (!cfg) {
-        int rc = ferry_config_init(&defaults);
-        if (rc)
-            return rc;
-        cfg = &defaults;
-    }
+    int rc = cfg ? config_import(&full, cfg) : ferry_config_init(&full);
+    if (rc)
+        return rc;
     ferry_engine *e = calloc(1, sizeof *e);
     if (!e)
         return ferry_fail(FERRY_ENOMEM, "engine");
-    int rc = copy_config(e, cfg);
+    rc = copy_config(e, &full);
     if (rc) {
         free(e);
         return rc;
@@ -307,7 +259,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     ferry_log_level = e->cfg.log_level;
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
-    pthread_mutex_init(&e->notes.lock, NULL);
+    notify_queue_init(&e->notes, e->cfg.notify_queue_max);
     pthread_mutex_init(&e->stale_lock, NULL);
     pthread_mutex_init(&e->publish_lock, NULL);
     pthread_mutex_init(&e->pool_lock, NULL);
@@ -319,8 +271,16 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    rc = p2p_server_start(e->listen_host, port, e->cfg.connect_timeout_ms, describe_self, e, &e->handshake,
-                          &e->handshake_port);
+    rc = auth_key_load(&e->auth, e->cfg.auth_key, e->cfg.auth_key_file, e->engine_id);
+    /* the struct keeps no pointer to the secret: it lives in e->auth only */
+    e->cfg.auth_key = e->cfg.auth_key_file = NULL;
+    if (rc) {
+        ferry_engine_destroy(e);
+        return rc;
+    }
+    struct acceptor_limits limits = {e->cfg.max_connections, e->cfg.max_connections_per_peer};
+    struct p2p_server_opts hs = {e->cfg.connect_timeout_ms, limits, &e->auth};
+    rc = p2p_server_start(e->listen_host, port, &hs, describe_self, e, &e->handshake, &e->handshake_port);
     if (rc) {
         ferry_engine_destroy(e);
         return rc;
@@ -338,6 +298,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         .listen_host = e->listen_host,
         .deliver_notify = hook_deliver_notify,
         .bytes_bounced = &e->bytes_bounced,
+        .auth = &e->auth,
+        .limits = limits,
     };
     if ((rc = start_transports(e, &host))) {
         char why[512];
@@ -348,6 +310,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     atomic_store(&e->ready, 1);
     rc = e->meta->create(e->cfg.metadata_server, e->cfg.metadata_prefix, e->cfg.metadata_ttl_s,
                          e->cfg.connect_timeout_ms, &e->meta_state);
+    if (!rc && e->meta->set_auth)
+        e->meta->set_auth(e->meta_state, &e->auth);
     if (!rc)
         rc = engine_publish(e);
     if (rc) {
@@ -399,17 +363,13 @@ void ferry_engine_destroy(ferry_engine *e)
         staging_pool_destroy(e->pools[i].pool);
     for (size_t i = 0; i < e->ntransports; i++)
         e->tops[i]->destroy(e->tstate[i]);
-    struct ferry_notification drop[16];
-    size_t got;
-    do
-        ferry_get_notifications(e, drop, 16, &got);
-    while (got);
-    pthread_mutex_destroy(&e->notes.lock);
+    notify_queue_destroy(&e->notes);
     pthread_mutex_destroy(&e->stale_lock);
     pthread_mutex_destroy(&e->publish_lock);
     pthread_mutex_destroy(&e->pool_lock);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
+    auth_key_wipe(&e->auth);
     free(e);
 }
 
@@ -883,10 +843,11 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
 
 /* ------------------------------------------------------------ stats */
 
-int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
+int ferry_get_stats_sized(ferry_engine *e, struct ferry_stats *caller, size_t size, size_t transport_size)
 {
-    if (!e || !out)
+    if (!e || !caller)
         return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
+    struct ferry_stats full, *out = &full; /* this library's layout; the caller's may differ */
     memset(out, 0, sizeof *out);
     for (size_t i = 0; i < e->ntransports; i++) {
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
@@ -897,5 +858,5 @@ int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
         out->transports[i].bytes_bounced = i == 0 ? atomic_load(&e->bytes_bounced) : 0;
     }
     out->transport_count = e->ntransports;
-    return 0;
+    return stats_export(out, caller, size, transport_size);
 }

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "auth.h"
 #include "ferry.h"
+#include "log.h"
 #include "memreg.h"
 #include "meta/descriptor.h"
 #include "meta/meta.h"
@@ -37,13 +39,26 @@ struct segment {
     void *peer[FERRY_MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
 };
 
+/* Received notifications (notify.c): one FIFO, and one per sending peer so
+ * that a full queue drops from the peer holding the most. */
 struct note_node;
+struct note_peer;
 struct notify_queue {
     pthread_mutex_t lock;
     struct note_node *head, *tail;  /* FIFO, oldest at head */
-    size_t count;
+    struct note_peer *peers;        /* peers with notes queued */
+    size_t count, max;
     uint64_t dropped;
+    struct log_ratelimit warn;
 };
+
+void notify_queue_init(struct notify_queue *q, unsigned max);
+void notify_queue_destroy(struct notify_queue *q);
+/* Queues a notification (any thread); a full queue drops the oldest note of
+ * the peer holding the most notes. */
+void notify_deliver(struct notify_queue *q, const char *from, const void *msg, size_t len);
+/* Moves up to max notes, oldest first, into out. */
+int notify_take(struct notify_queue *q, struct ferry_notification *out, size_t max, size_t *count);
 
 struct ferry_engine {
     struct ferry_config cfg;
@@ -87,6 +102,7 @@ struct ferry_engine {
     struct notify_queue notes;
 
     _Atomic(struct stream_runner *) streams; /* stream-ordered submits (stream.c); created on first use */
+    struct auth_key auth;           /* the shared secret (len 0: authentication off) */
 };
 
 /* Publishes the current descriptor through the metadata backend (a no-op

@@ -33,6 +33,9 @@ struct meta_ops {
      * or unreachable (detail says which); FERRY_EPROTO if the stored entry is
      * not a descriptor string (a Redis key of another type, bad base64). */
     int (*lookup)(void *m, const char *name, char **json, size_t *len);
+    /* Optional (NULL: the backend does not talk to peers itself).  Lends the
+     * engine's authentication key (struct auth_key, outlives m) for lookups. */
+    void (*set_auth)(void *m, const void *auth);
 };
 
 /* The backend whose scheme prefixes url, or NULL. */

@@ -424,8 +424,8 @@ static void transport_contract(void **state)
     memreg_init(&reg_i);
     memreg_init(&reg_t);
     atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced};
+    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
     void *ti, *tt, *peer, *handle;
     assert_int_equal(ops->create(&hi, &ti), 0);
     assert_int_equal(ops->create(&ht, &tt), 0);
