@@ -100,6 +100,16 @@ static const struct knob knobs[] = {
     {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0, NULL},
     {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_AGGREGATE", "auto",
+      "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
+      "off), 0, or a size"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
+      "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_NPU_COPY_ALIGN", "64",
+      "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_ASCEND_LIBRARY", "libascendcl.so",
+      "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -56,6 +56,21 @@ const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, 
     return NULL;
 }
 
+int ferry_device_check_location(const struct ferry_device_ops *ops, const void *ptr, size_t len, int dev)
+{
+    int found = -1;
+    if (ops->check_location)
+        return ops->check_location(ptr, len, dev);
+    if (ops->locate(ptr, len, &found) && found == dev)
+        return 0;
+    const struct ferry_device_ops *owner = ferry_device_locate(ptr, len, &found);
+    if (owner)
+        return ferry_fail(FERRY_EINVAL, "0x%llx+%zu is not %s:%d memory (it belongs to %s:%d)",
+                          (unsigned long long)(uintptr_t)ptr, len, ops->kind, dev, owner->kind, found);
+    return ferry_fail(FERRY_EINVAL, "0x%llx+%zu is not %s:%d memory (it is host memory)",
+                      (unsigned long long)(uintptr_t)ptr, len, ops->kind, dev);
+}
+
 /* Parses a decimal index 0..65535 that makes up the whole of s. */
 static int parse_index(const char *s, int *out)
 {

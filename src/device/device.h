@@ -72,7 +72,9 @@ struct ferry_device_ops {
      * a negative error if a copy failed.  A failed copy (bad address, device
      * fault) puts the stream in a sticky error state: query, sync and later
      * copy_async calls all return FERRY_EIO with the detail message; destroy
-     * the stream and create a new one. */
+     * the stream and create a new one.  (CUDA's own errors are sticky; ACL
+     * reports a failed copy once and runs the next ones, continue-on-failure:
+     * the npu backend keeps the failure itself so callers see one model.) */
     int (*stream_query)(ferry_stream *stream);
     /* Waits for everything enqueued so far. 0 or a negative error. */
     int (*stream_sync)(ferry_stream *stream);
@@ -120,6 +122,24 @@ struct ferry_device_ops {
     int (*ipc_export)(const void *ptr, size_t len, void *handle, size_t *handle_len);
     int (*ipc_open)(int dev, const void *handle, size_t handle_len, void **ptr);
     void (*ipc_close)(int dev, void *ptr);
+
+    /* Optional (NULL: locate() decides).  Whether [ptr, ptr+len) may be
+     * registered as memory of device dev, a location the caller named: 0 if
+     * it is, or if the driver cannot tell (ACL without
+     * aclrtPointerGetAttributes, torch_npu's VMM allocations: the name is
+     * trusted); FERRY_EINVAL saying where it is when it is known to be host
+     * memory or another device's.  May open dev's context, no other.  Use
+     * ferry_device_check_location(). */
+    int (*check_location)(const void *ptr, size_t len, int dev);
+    /* Optional (NULL: 1).  The alignment this kind's async copies want for
+     * host and device addresses (64 on NPUs, as CANN documents); staging
+     * places pieces in its chunks at multiples of it. */
+    size_t (*copy_alignment)(void);
+    /* Optional (NULL: 0, never).  Staging gathers blocks smaller than this
+     * on the device (D2D into a device buffer, one D2H per chunk) by default:
+     * for kinds with no gather kernel and a high per-copy cost (NPU).
+     * FERRY_STAGING_AGGREGATE overrides it per process. */
+    size_t (*aggregate_below)(void);
 };
 
 /* Room for any backend's IPC handle. */
@@ -132,6 +152,11 @@ const struct ferry_device_ops *ferry_device_find(const char *kind);
 /* Tries every backend's locate(); returns the ops owning ptr (and *dev) or NULL
  * for host memory.  Only backends already initialised are asked. */
 const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, int *dev);
+
+/* Checks a location the caller named for [ptr, ptr+len) with ops'
+ * check_location, or, without one, with locate() (the memory must be dev's).
+ * 0, or FERRY_EINVAL with a message saying where the memory is. */
+int ferry_device_check_location(const struct ferry_device_ops *ops, const void *ptr, size_t len, int dev);
 
 /* Parses a location string: "cpu", "cpu:N" (N a NUMA node), "cuda" (= cuda:0),
  * "cuda:N", "npu:N", "sim:N"; N is decimal, 0..65535.  Stores the kind ("cpu",
@@ -161,7 +186,7 @@ void ferry_flag_wait(volatile uint32_t *flag, uint32_t value);
 
 /* The backends' tables, for device.c's registry; use ferry_device_find(). */
 extern const struct ferry_device_ops ferry_device_cuda;
-extern const struct ferry_device_ops ferry_device_npu;
+extern const struct ferry_device_ops ferry_device_npu;   /* ascend.c, ascend_copy.c */
 extern const struct ferry_device_ops ferry_device_sim;
 
 #endif /* FERRY_DEVICE_H */

@@ -420,9 +420,8 @@ static int resolve_location(void *addr, size_t len, const char *location, struct
     if (index >= ops->device_count())
         return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
                           ops->device_count(), kind);
-    if (!ops->locate(addr, len, &dev) || dev != index)
-        return ferry_fail(FERRY_EINVAL, "0x%llx+%zu is not %s memory%s", (unsigned long long)(uintptr_t)addr, len,
-                          location, owner ? " (it belongs to another device)" : " (it is host memory)");
+    if ((rc = ferry_device_check_location(ops, addr, len, index)) != 0)
+        return rc;
     snprintf(r->location, sizeof r->location, "%s:%d", kind, index);
     r->device_index = index;
     return 0;
@@ -579,6 +578,20 @@ void ferry_mem_free(ferry_engine *e, const char *location, void *ptr, size_t len
         ops->mem_free(index, ptr);
 }
 
+/* The device of one side of ferry_mem_copy: a registration says it first
+ * (memory registered as npu:N that ACL cannot classify), else the device
+ * layer.  Host memory of any kind is fine: the device copies bounce what
+ * their driver cannot use directly (pageable memory on NPUs). */
+static const struct ferry_device_ops *mem_copy_side(ferry_engine *e, const void *p, size_t len, int *dev)
+{
+    struct memreg_region r;
+    if (memreg_find(&e->registry, (uint64_t)(uintptr_t)p, len, 0, &r) == 0 && r.device_index >= 0) {
+        *dev = r.device_index;
+        return ferry_device_of_location(r.location, NULL);
+    }
+    return ferry_device_locate(p, len, dev);
+}
+
 int ferry_mem_copy(ferry_engine *e, void *dst, const void *src, size_t len)
 {
     if (!e || !dst || !src)
@@ -586,8 +599,8 @@ int ferry_mem_copy(ferry_engine *e, void *dst, const void *src, size_t len)
     if (len == 0)
         return 0;
     int ddev = -1, sdev = -1;
-    const struct ferry_device_ops *d = ferry_device_locate(dst, len, &ddev);
-    const struct ferry_device_ops *s = ferry_device_locate(src, len, &sdev);
+    const struct ferry_device_ops *d = mem_copy_side(e, dst, len, &ddev);
+    const struct ferry_device_ops *s = mem_copy_side(e, src, len, &sdev);
     if (!d && !s) {
         memcpy(dst, src, len);
         return 0;

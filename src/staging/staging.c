@@ -22,6 +22,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "staging/aggregate.h"
 #include "transport/wire.h"
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
@@ -29,6 +30,7 @@ enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 struct chunk {
     struct staging_pool *pool;
     char *host;
+    char *devbuf;                         /* device buffer for aggregation, or NULL */
     ferry_stream *stream;
     enum chunk_state state;
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
@@ -44,7 +46,10 @@ struct staging_pool {
     const struct ferry_device_ops *ops;
     int dev;
     size_t chunk_size;
+    size_t align;                         /* pieces start at multiples of this in a chunk */
+    size_t stride;                        /* bytes between chunks: chunk_size + alignment slack */
     unsigned nchunks;
+    struct aggregate_policy agg;
     char *base;
     struct chunk *chunks;
     staging_send_fn send;
@@ -111,12 +116,26 @@ static void bind_chunk(struct chunk *c, struct xfer_frame *f)
     c->wire.complete = wire_done;
     c->wire.owner = c;
     c->wire.next = NULL;
-    size_t off = 0;
+    size_t off = 0, align = c->pool->align;
     for (uint32_t i = 0; i < f->npieces; i++) {
+        off = (off + align - 1) / align * align;
         c->pieces[i] = f->pieces[i];
         c->pieces[i].local = c->host + off;
         off += f->pieces[i].len;
     }
+}
+
+/* Small blocks through the chunk's device buffer (aggregate.h). */
+static int enqueue_aggregated(struct staging_pool *p, struct chunk *c, enum ferry_copy_dir dir, uint64_t skip)
+{
+    void *dev[WIRE_MAX_ENTRIES];
+    size_t off[WIRE_MAX_ENTRIES], len[WIRE_MAX_ENTRIES];
+    for (uint32_t i = 0; i < c->orig->npieces; i++) {
+        dev[i] = c->orig->pieces[i].local;
+        off[i] = (size_t)((char *)c->pieces[i].local - c->host);
+        len[i] = c->pieces[i].len;
+    }
+    return aggregate_enqueue(p->ops, c->stream, dir, c->host, c->devbuf, dev, off, len, c->orig->npieces, skip);
 }
 
 /* Enqueues the batched copies between a frame's device pieces and its chunk. */
@@ -124,6 +143,8 @@ static int enqueue_copies(struct staging_pool *p, struct chunk *c, enum ferry_co
 {
     struct ferry_copy copies[WIRE_MAX_ENTRIES];
     size_t n = 0;
+    if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes))
+        return enqueue_aggregated(p, c, dir, skip);
     for (uint32_t i = 0; i < c->orig->npieces; i++) {
         if (skip >> i & 1)
             continue;
@@ -354,9 +375,12 @@ size_t staging_pool_chunk_size(const struct staging_pool *p)
 
 static void pool_free(struct staging_pool *p)
 {
-    for (unsigned i = 0; p->chunks && i < p->nchunks; i++)
+    for (unsigned i = 0; p->chunks && i < p->nchunks; i++) {
         if (p->chunks[i].stream)
             p->ops->stream_destroy(p->chunks[i].stream);
+        if (p->chunks[i].devbuf)
+            p->ops->mem_free(p->dev, p->chunks[i].devbuf);
+    }
     if (p->base)
         p->ops->host_free(p->base);
     free(p->chunks);
@@ -382,13 +406,25 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->send_ctx = send_ctx;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
+    p->align = ops->copy_alignment ? ops->copy_alignment() : 1;
+    if (p->align == 0)
+        p->align = 1;
+    p->stride = chunk_size + (p->align > 1 ? WIRE_MAX_ENTRIES * p->align : 0);
     p->chunks = calloc(nchunks, sizeof *p->chunks);
-    int rc = p->chunks ? ops->host_alloc(chunk_size * nchunks, (void **)&p->base) : FERRY_ENOMEM;
+    int rc = p->chunks ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    if (!rc)
+        rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
         struct chunk *c = &p->chunks[i];
         c->pool = p;
-        c->host = p->base + (size_t)i * chunk_size;
+        c->host = p->base + (size_t)i * p->stride;
         rc = ops->stream_create(dev, &c->stream);
+        if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
+            LOG_WARN("staging: %s:%d: device buffer %u for aggregation: %s; %u chunks aggregate", ops->kind, dev, i,
+                     ferry_last_error(), i);
+            p->agg.buffers = i;
+            c->devbuf = NULL;
+        }
         c->next = p->free_list;
         p->free_list = c;
     }
@@ -401,9 +437,10 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
                           why);
     }
-    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes", ops->kind, dev, nchunks, chunk_size);
+    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered on the device "
+             "(%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below, p->agg.buffers);
     *base = p->base;
-    *len = chunk_size * nchunks;
+    *len = p->stride * nchunks;
     *out = p;
     return 0;
 }

@@ -15,6 +15,12 @@
  *          arrives, scatter it to the device with one batched H2D copy, and
  *          only then end the original frame.
  *
+ * Devices without a gather kernel gather small blocks on the device instead
+ * (aggregate.h): D2D into a device buffer, one D2H per chunk; READ the
+ * mirror.  On by default where the device says so (NPU, blocks < 2 MiB);
+ * FERRY_STAGING_AGGREGATE selects it anywhere.  Pieces start at multiples
+ * of the device's copy alignment in a chunk (64 bytes on NPU).
+ *
  * A pool has one worker thread that issues and waits for copies; transport
  * threads only hand chunks back.  When every chunk is busy, frames wait
  * their turn in FIFO order (bounded by their deadlines), never fail.

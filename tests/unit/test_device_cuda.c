@@ -98,7 +98,8 @@ static void test_batched_copies(void **state)
     }
 }
 
-/* Pageable (malloc) host memory is accepted too. */
+/* Pageable (malloc) host memory is accepted too (on NPUs the backend must
+ * bounce it: old CANN corrupts such copies without an error). */
 static void test_pageable_host(void **state)
 {
     (void)state;
@@ -147,10 +148,14 @@ static unsigned rnd(unsigned bound)
     return bound ? (unsigned)((rng_state >> 33) % bound) : 0;
 }
 
-/* Next offset for a copy of len at *pos of a region of span bytes. */
-static size_t place(size_t *pos, size_t len, unsigned mis)
+/* Next offset for a copy of len at *pos of a region of span bytes; a
+ * multiple of align (misaligned shapes too: devices that want aligned
+ * addresses, NPUs, get aligned device offsets and misaligned host ones,
+ * which the backend must bounce). */
+static size_t place(size_t *pos, size_t len, unsigned mis, size_t align)
 {
     size_t off = mis ? *pos + rnd(16) : (*pos + 4095) & ~(size_t)4095;
+    off = (off + align - 1) / align * align;
     *pos = off + len + (mis ? rnd(300) : 0);
     assert_true(*pos <= SHAPE_SPAN);
     return off;
@@ -163,14 +168,15 @@ static void shape_round(int dev, ferry_stream *s, const struct shape *sh, unsign
     static struct ferry_copy up[SHAPE_MAX], down[SHAPE_MAX];
     static size_t so[SHAPE_MAX], dof[SHAPE_MAX], to[SHAPE_MAX], len[SHAPE_MAX];
     size_t sp = 0, dp = 0, tp = 0;
+    size_t align = ops->copy_alignment ? ops->copy_alignment() : 1;
     rng_state = seed;
     for (size_t i = 0; i < sh->n; i++) {
         len[i] = sh->len ? sh->len : rnd((unsigned)sh->len_max + 1);
         if (i % 17 == 5 && !sh->len)
             len[i] = 0;   /* zero-length copies are skipped */
-        so[i] = place(&sp, len[i], sh->mis);
-        dof[i] = place(&dp, len[i], sh->mis);
-        to[i] = place(&tp, len[i], sh->mis);
+        so[i] = place(&sp, len[i], sh->mis, 1);
+        dof[i] = place(&dp, len[i], sh->mis, align);
+        to[i] = place(&tp, len[i], sh->mis, 1);
     }
     /* device: a known background, written by one large copy */
     fill(dev_model, SHAPE_SPAN, seed + 1);

@@ -1,0 +1,315 @@
+/*
+ * ascend_copy.c — the Ascend backend's streams and copies.
+ *
+ * A ferry stream is one ACL stream of one device.  Copies go through
+ * aclrtMemcpyAsync (or aclrtMemcpyBatchAsync with FERRY_NPU_BATCH_COPY=1),
+ * but only when their host side is pinned memory from host_alloc and, with
+ * FERRY_NPU_COPY_ALIGN=64, 64-byte aligned: CANN 8.0/8.1 document that a
+ * copy from pageable memory "reports no error, but an unpredictable error
+ * may occur when the task executes", and that async copies want 64-byte
+ * aligned addresses.  Any other host side is bounced through a pinned
+ * buffer synchronously: the stream is drained, the bytes are copied, and
+ * copy_async returns when they are in place (slow, correct; the staging
+ * path never needs it).
+ *
+ * Errors: ACL reports a failed copy once (continue-on-failure) and runs the
+ * next ones; ferry keeps the first failure of a stream and reports it from
+ * every later call, as device.h promises.  No threads of its own.
+ */
+#include "device/ascend.h"
+#include "device/backend.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+
+#define NPU_BATCH_CHUNK 256
+#define NPU_STREAM_MAGIC 0x6e707573u /* "npus" */
+#define NPU_BOUNCE_MAX ((size_t)4 << 20)
+
+struct npu_stream {
+    uint32_t magic;
+    int dev;
+    aclrtStream stream;
+    int failed;                  /* a copy failed: reported from now on */
+    char failure[200];
+    void *bounce;                /* pinned, NPU_BOUNCE_MAX bytes, made on first need */
+    pthread_mutex_t bounce_lock; /* one bounced copy at a time (streams may be shared) */
+};
+
+static const int memcpy_kinds[] = {ACL_MEMCPY_DEVICE_TO_HOST, ACL_MEMCPY_HOST_TO_DEVICE,
+                                   ACL_MEMCPY_DEVICE_TO_DEVICE};
+static const char *const dir_names[] = {"D2H", "H2D", "D2D"};
+
+static struct npu_stream *as_npu(ferry_stream *stream)
+{
+    struct npu_stream *s = (struct npu_stream *)stream;
+    return s != NULL && s->magic == NPU_STREAM_MAGIC ? s : NULL;
+}
+
+/* Records a stream's first failure; every later call reports it. */
+static int stream_failed(struct npu_stream *s, aclError r, const char *what)
+{
+    if (!s->failed) {
+        s->failed = 1;
+        snprintf(s->failure, sizeof s->failure, "npu:%d: %s: ACL error %d: %s", s->dev, what, r,
+                 npu_error_text(r));
+    }
+    return ferry_fail(FERRY_EIO, "%s", s->failure);
+}
+
+int npu_stream_create(int dev, ferry_stream **out)
+{
+    struct ctx_guard g;
+    aclrtStream as = NULL;
+    int rc = npu_ready();
+    if (rc < 0)
+        return rc;
+    if (out == NULL)
+        return ferry_fail(FERRY_EINVAL, "npu:%d: stream_create needs out", dev);
+    struct npu_stream *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return ferry_fail(FERRY_ENOMEM, "npu:%d: stream", dev);
+    if ((rc = npu_ctx_enter(dev, &g)) < 0) {
+        free(s);
+        return rc;
+    }
+    aclError r = acl.aclrtCreateStream(&as);
+    npu_ctx_leave(&g);
+    if (r != ACL_SUCCESS) {
+        free(s);
+        return npu_acl_fail(r, "aclrtCreateStream", dev);
+    }
+    s->magic = NPU_STREAM_MAGIC;
+    s->dev = dev;
+    s->stream = as;
+    pthread_mutex_init(&s->bounce_lock, NULL);
+    *out = (ferry_stream *)s;
+    return 0;
+}
+
+/* aclrtDestroyStream wants the stream idle: wait for queued copies first, as
+ * the other backends let them finish.  Once the process exits, no ACL call. */
+void npu_stream_destroy(ferry_stream *stream)
+{
+    struct ctx_guard g;
+    struct npu_stream *s = as_npu(stream);
+    if (s == NULL) {
+        if (stream != NULL)
+            LOG_ERROR("npu: stream_destroy(%p): not an npu stream", (void *)stream);
+        return;
+    }
+    if (npu_may_release() && npu_ctx_enter(s->dev, &g) == 0) {
+        (void)acl.aclrtSynchronizeStream(s->stream);
+        if (s->bounce)
+            (void)acl.aclrtFreeHost(s->bounce);
+        aclError r = acl.aclrtDestroyStream(s->stream);
+        npu_ctx_leave(&g);
+        if (r != ACL_SUCCESS)
+            LOG_ERROR("npu:%d: aclrtDestroyStream: ACL error %d: %s", s->dev, r, npu_error_text(r));
+    }
+    s->magic = 0;
+    pthread_mutex_destroy(&s->bounce_lock);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- direct copies */
+
+struct copy_call {
+    struct npu_stream *s;
+    enum ferry_copy_dir dir;
+};
+
+static int copy_single(void *arg, const struct ferry_copy *c, size_t index)
+{
+    const struct copy_call *call = arg;
+    aclError r = acl.aclrtMemcpyAsync(c->dst, c->len, c->src, c->len, memcpy_kinds[call->dir],
+                                      call->s->stream);
+    if (r == ACL_SUCCESS)
+        return 0;
+    return ferry_fail(FERRY_EIO,
+                      "npu:%d: aclrtMemcpyAsync %s (dst %p, src %p, %zu bytes) of copy %zu: ACL error %d: %s",
+                      call->s->dev, dir_names[call->dir], c->dst, c->src, c->len, index, r, npu_error_text(r));
+}
+
+/* aclrtMemcpyBatchAsync: host<->device, one direction per call. */
+static int copy_batch(void *arg, const struct ferry_copy *copies, size_t n)
+{
+    const struct copy_call *call = arg;
+    void *dsts[NPU_BATCH_CHUNK], *srcs[NPU_BATCH_CHUNK];
+    size_t sizes[NPU_BATCH_CHUNK];
+    size_t count = 0;
+    if (call->dir == FERRY_COPY_D2D)
+        return -1;   /* done one by one */
+    for (size_t i = 0; i < n && i < NPU_BATCH_CHUNK; i++) {
+        if (copies[i].len == 0)
+            continue;
+        dsts[count] = copies[i].dst;
+        srcs[count] = (void *)copies[i].src;
+        sizes[count] = copies[i].len;
+        count++;
+    }
+    if (count == 0)
+        return 0;
+    struct acl_memcpy_batch_attr attr;
+    memset(&attr, 0, sizeof attr);
+    struct acl_mem_location host = {0, ACL_MEM_LOCATION_TYPE_HOST};
+    struct acl_mem_location device = {(uint32_t)call->s->dev, ACL_MEM_LOCATION_TYPE_DEVICE};
+    attr.src_loc = call->dir == FERRY_COPY_H2D ? host : device;
+    attr.dst_loc = call->dir == FERRY_COPY_H2D ? device : host;
+    size_t attr_index = 0, fail_index = SIZE_MAX;
+    /* destMax = size: ferry's copies never write beyond their length. */
+    return acl.aclrtMemcpyBatchAsync(dsts, sizes, srcs, sizes, count, &attr, &attr_index, 1, &fail_index,
+                                     call->s->stream);
+}
+
+static const struct ferry_copy_engine copy_engine = {
+    .name = "npu",
+    .batch_enabled = &npu_batch_enabled,
+    .batch_max = NPU_BATCH_CHUNK,
+    .batch = copy_batch,
+    .single = copy_single,
+    .error_text = npu_error_text,
+};
+
+static int enqueue_direct(struct copy_call *call, const struct ferry_copy *copies, size_t n)
+{
+    struct ferry_copy_engine e = copy_engine;
+    if (call->dir == FERRY_COPY_D2D)
+        e.batch_enabled = NULL;   /* no batch call for D2D: keep it from disabling batching */
+    return ferry_device_enqueue_copies(&e, call, copies, n);
+}
+
+/* ---------------------------------------------------------------- bounced copies */
+
+/* The host side of a copy ACL may use asynchronously: pinned by host_alloc
+ * and aligned as FERRY_NPU_COPY_ALIGN asks. */
+static int host_side_ok(enum ferry_copy_dir dir, const struct ferry_copy *c)
+{
+    if (dir == FERRY_COPY_D2D)
+        return 1;
+    const void *host = dir == FERRY_COPY_D2H ? c->dst : c->src;
+    return (uintptr_t)host % npu_copy_align == 0 && npu_host_pinned(host, c->len);
+}
+
+static int wait_stream(struct npu_stream *s)
+{
+    aclError r = acl.aclrtSynchronizeStream(s->stream);
+    return r == ACL_SUCCESS ? 0 : stream_failed(s, r, "aclrtSynchronizeStream");
+}
+
+/* One copy whose host side ACL must not see: through a pinned bounce,
+ * piece by piece, each piece waited for.  The stream is drained first so
+ * the copy keeps its place in the stream's order. */
+static int copy_bounced(struct npu_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *c, size_t index)
+{
+    size_t room = NPU_BOUNCE_MAX;
+    int rc = wait_stream(s);
+    if (rc < 0)
+        return rc;
+    if (!s->bounce) {
+        aclError r = acl.aclrtMallocHost(&s->bounce, room);
+        if (r != ACL_SUCCESS) {
+            s->bounce = NULL;
+            return ferry_fail(FERRY_ENOMEM, "npu:%d: bounce buffer for copy %zu (%zu bytes): ACL error %d: %s",
+                              s->dev, index, room, r, npu_error_text(r));
+        }
+    }
+    char *bounce = s->bounce;
+    struct copy_call call = {s, dir};
+    for (size_t off = 0; off < c->len && rc == 0; off += room) {
+        size_t k = c->len - off < room ? c->len - off : room;
+        struct ferry_copy piece;
+        if (dir == FERRY_COPY_H2D) {
+            memcpy(bounce, (const char *)c->src + off, k);
+            piece = (struct ferry_copy){(char *)c->dst + off, bounce, k};
+        } else {
+            piece = (struct ferry_copy){bounce, (const char *)c->src + off, k};
+        }
+        rc = copy_single(&call, &piece, index);
+        if (rc == 0)
+            rc = wait_stream(s);
+        if (rc == 0 && dir == FERRY_COPY_D2H)
+            memcpy((char *)c->dst + off, bounce, k);
+    }
+    return rc;
+}
+
+int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n)
+{
+    struct ctx_guard g;
+    struct npu_stream *s = as_npu(stream);
+    if (s == NULL)
+        return ferry_fail(FERRY_EINVAL, "npu: copy_async on %p: not an npu stream", (void *)stream);
+    if (dir != FERRY_COPY_D2H && dir != FERRY_COPY_H2D && dir != FERRY_COPY_D2D)
+        return ferry_fail(FERRY_EINVAL, "npu: copy_async: bad direction %d", (int)dir);
+    if (n == 0)
+        return 0;
+    if (copies == NULL)
+        return ferry_fail(FERRY_EINVAL, "npu: copy_async: %zu copies but no array", n);
+    if (s->failed)
+        return ferry_fail(FERRY_EIO, "%s", s->failure);
+    int rc = npu_ready();
+    if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
+        return rc;
+    struct copy_call call = {s, dir};
+    /* runs of direct copies in one go; the others bounced in between */
+    for (size_t i = 0; i < n && rc == 0;) {
+        size_t j = i;
+        while (j < n && (copies[j].len == 0 || host_side_ok(dir, &copies[j])))
+            j++;
+        if (j > i) {
+            rc = enqueue_direct(&call, copies + i, j - i);
+            i = j;
+        } else {
+            pthread_mutex_lock(&s->bounce_lock);
+            rc = copy_bounced(s, dir, &copies[i], i);
+            pthread_mutex_unlock(&s->bounce_lock);
+            i++;
+        }
+    }
+    npu_ctx_leave(&g);
+    return rc;
+}
+
+int npu_stream_sync(ferry_stream *stream)
+{
+    struct ctx_guard g;
+    struct npu_stream *s = as_npu(stream);
+    if (s == NULL)
+        return ferry_fail(FERRY_EINVAL, "npu: stream_sync on %p: not an npu stream", (void *)stream);
+    if (s->failed)
+        return ferry_fail(FERRY_EIO, "%s", s->failure);
+    int rc = npu_ready();
+    if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
+        return rc;
+    rc = wait_stream(s);
+    npu_ctx_leave(&g);
+    return rc;
+}
+
+int npu_stream_query(ferry_stream *stream)
+{
+    struct ctx_guard g;
+    struct npu_stream *s = as_npu(stream);
+    if (s == NULL)
+        return ferry_fail(FERRY_EINVAL, "npu: stream_query on %p: not an npu stream", (void *)stream);
+    if (acl.aclrtStreamQuery == NULL)
+        return npu_stream_sync(stream);
+    if (s->failed)
+        return ferry_fail(FERRY_EIO, "%s", s->failure);
+    int rc = npu_ready();
+    if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
+        return rc;
+    int status = ACL_STREAM_STATUS_NOT_READY;
+    aclError r = acl.aclrtStreamQuery(s->stream, &status);
+    npu_ctx_leave(&g);
+    if (r != ACL_SUCCESS)
+        return stream_failed(s, r, "aclrtStreamQuery");
+    return status == ACL_STREAM_STATUS_COMPLETE ? 0 : FERRY_EBUSY;
+}

@@ -1,0 +1,597 @@
+/*
+ * fake_acl.c — a strict fake of CANN's libascendcl.so, so ferry's Ascend
+ * backend runs in CI.  Built by the tests as libascendcl.so (twice: "full",
+ * and "old" without aclrtMemcpyBatchAsync / aclrtPointerGetAttributes, as
+ * before CANN 8.1) and loaded by ferry's own dlopen through
+ * FERRY_ASCEND_LIBRARY.  It exports the prototypes of acl/acl_rt.h.
+ *
+ * As strict as a 910B and stricter where the documents allow: aclInit before
+ * anything, nothing after aclFinalize (abort: undefined on hardware); a
+ * current context per thread (aclrtSetDevice / aclrtSetCurrentContext), none
+ * inherited by new threads; streams bound to the context they were made in;
+ * device memory the host cannot dereference (fake_acl_mem.c) with exact
+ * bounds; host memory of H2D / D2H checked against aclrtMallocHost; source
+ * and destination 64-byte aligned; copies run later, in order, on the
+ * stream's worker thread; a failed copy is reported once by the next
+ * query / sync and the stream goes on (continue-on-failure).  Modes:
+ * see struct fake_config.  Threads: one worker per stream; everything else
+ * runs on the caller's thread.  At exit it prints what it executed.
+ */
+#include "fake_acl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define CTX_MAGIC 0x63747866u
+#define STREAM_MAGIC 0x73747266u
+
+typedef void *aclrtContext;
+typedef void *aclrtStream;
+typedef struct { uint32_t id; int type; } aclrtMemLocation;
+typedef struct { aclrtMemLocation location; uint32_t pageSize; uint32_t rsv[4]; } aclrtPtrAttributes;
+typedef struct { aclrtMemLocation dstLoc; aclrtMemLocation srcLoc; uint8_t rsv[16]; } aclrtMemcpyBatchAttr;
+enum { ACL_MEM_LOCATION_TYPE_HOST = 0, ACL_MEM_LOCATION_TYPE_DEVICE = 1 };
+enum { ACL_STREAM_STATUS_COMPLETE = 0, ACL_STREAM_STATUS_NOT_READY = 1 };
+
+struct fake_config fake;
+static atomic_ullong kind_count[4]; /* copies enqueued per aclrtMemcpyKind */
+atomic_ullong fake_copies, fake_pageable, fake_batch_calls, fake_failed, fake_set_device[16];
+
+struct fake_ctx {
+    uint32_t magic;
+    int dev;
+};
+
+struct task {
+    char *dst;
+    const char *src;
+    size_t len;
+    int corrupt;                 /* pageable host memory on an old CANN */
+    struct task *next;
+};
+
+struct fake_stream {
+    uint32_t magic;
+    struct fake_ctx *ctx;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct task *head, *tail;    /* queued, oldest first */
+    uint64_t queued, done, released;
+    aclError error;              /* first failure not yet reported */
+    int stopping;
+    pthread_t worker;
+};
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int setup_failed;
+static atomic_int initialized, finalized;
+static struct fake_ctx *default_ctx[16];
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread struct fake_ctx *current;
+static __thread char last_msg[256];
+
+aclError fake_fail(aclError code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+static void setup(void)
+{
+    fake.devices = atoi(env_or("FAKEACL_DEVICES", "2"));
+    if (fake.devices < 1 || fake.devices > 16)
+        fake.devices = 2;
+    fake.device_mem = (size_t)strtoull(env_or("FAKEACL_DEVICE_MEM_MB", "1024"), NULL, 10) << 20;
+    const char *pg = env_or("FAKEACL_PAGEABLE", "corrupt");
+    fake.pageable = !strcmp(pg, "ok") ? PAGEABLE_OK : !strcmp(pg, "reject") ? PAGEABLE_REJECT : PAGEABLE_CORRUPT;
+    fake.align = strcmp(env_or("FAKEACL_ALIGN", "64"), "1") == 0 ? 1 : 64;
+    fake.batch = strcmp(env_or("FAKEACL_BATCH", "loop"), "unsupported") == 0 ? BATCH_UNSUPPORTED : BATCH_LOOP;
+    fake.attrs_unknown = strcmp(env_or("FAKEACL_ATTRS", "known"), "unknown") == 0;
+    fake.lazy = strcmp(env_or("FAKEACL_EXEC", "eager"), "lazy") == 0;
+    for (const char *s = getenv("FAKEACL_FAIL_COPIES"); s && *s && fake.nfail < 8;) {
+        char *end;
+        fake.fail_at[fake.nfail++] = strtoull(s, &end, 10);
+        s = *end == ',' ? end + 1 : "";
+    }
+    setup_failed = fake_mem_init() != 0;
+}
+
+/* Every entry point starts here: the lifetime rules of aclInit / aclFinalize. */
+static aclError enter(const char *fn, int needs_init)
+{
+    pthread_once(&once, setup);
+    if (atomic_load(&finalized)) {
+        fprintf(stderr, "fakeacl: %s called after aclFinalize (undefined behaviour on hardware)\n", fn);
+        abort();
+    }
+    if (setup_failed)
+        return fake_fail(ACL_ERROR_RT_INTERNAL_ERROR, "%s: fake runtime could not reserve its memory", fn);
+    if (needs_init && !atomic_load(&initialized))
+        return fake_fail(ACL_ERROR_UNINITIALIZE, "%s before aclInit", fn);
+    return ACL_SUCCESS;
+}
+
+#define ENTER(needs_init)                                                                          \
+    do {                                                                                           \
+        aclError e_ = enter(__func__, needs_init);                                                 \
+        if (e_)                                                                                    \
+            return e_;                                                                             \
+    } while (0)
+
+static aclError need_context(const char *fn)
+{
+    if (!current)
+        return fake_fail(ACL_ERROR_RT_CONTEXT_NULL, "%s: no current context on this thread", fn);
+    return ACL_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- lifetime, devices, contexts */
+
+EXPORT aclError aclInit(const char *config_path)
+{
+    (void)config_path;
+    ENTER(0);
+    if (atomic_exchange(&initialized, 1))
+        return fake_fail(ACL_ERROR_REPEAT_INITIALIZE, "aclInit: already initialized");
+    return ACL_SUCCESS;
+}
+
+/* Not reference-counted: whoever calls it ends ACL for the whole process. */
+EXPORT aclError aclFinalize(void)
+{
+    ENTER(1);
+    atomic_store(&finalized, 1);
+    return ACL_SUCCESS;
+}
+
+EXPORT const char *aclGetRecentErrMsg(void)
+{
+    return last_msg;
+}
+
+EXPORT aclError aclrtGetDeviceCount(uint32_t *count)
+{
+    ENTER(1);
+    if (!count)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtGetDeviceCount: count is NULL");
+    *count = (uint32_t)fake.devices;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtSetDevice(int32_t dev)
+{
+    ENTER(1);
+    if (dev < 0 || dev >= fake.devices)
+        return fake_fail(ACL_ERROR_RT_INVALID_DEVICEID, "aclrtSetDevice(%d): %d devices", dev, fake.devices);
+    pthread_mutex_lock(&ctx_lock);
+    if (!default_ctx[dev]) {
+        default_ctx[dev] = calloc(1, sizeof *default_ctx[dev]);
+        default_ctx[dev]->magic = CTX_MAGIC;
+        default_ctx[dev]->dev = dev;
+    }
+    current = default_ctx[dev];
+    pthread_mutex_unlock(&ctx_lock);
+    atomic_fetch_add(&fake_set_device[dev], 1);
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtGetCurrentContext(aclrtContext *ctx)
+{
+    ENTER(1);
+    if (!ctx)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtGetCurrentContext: ctx is NULL");
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    *ctx = current;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtSetCurrentContext(aclrtContext ctx)
+{
+    ENTER(1);
+    struct fake_ctx *c = ctx;
+    if (!c || c->magic != CTX_MAGIC)
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtSetCurrentContext(%p): not a context", ctx);
+    current = c;
+    return ACL_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+EXPORT aclError aclrtMalloc(void **ptr, size_t size, int policy)
+{
+    (void)policy;
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    if (!ptr || size == 0)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMalloc: ptr NULL or size 0");
+    return fake_dev_malloc(current->dev, ptr, size);
+}
+
+EXPORT aclError aclrtFree(void *ptr)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    return r ? r : fake_dev_free(ptr);
+}
+
+EXPORT aclError aclrtMallocHost(void **ptr, size_t size)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    if (!ptr || size == 0)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMallocHost: ptr NULL or size 0");
+    return fake_host_malloc(ptr, size);
+}
+
+EXPORT aclError aclrtFreeHost(void *ptr)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    return r ? r : fake_host_free(ptr);
+}
+
+#ifndef FAKEACL_OLD
+/* CANN 8.1+.  "unknown" mode: nothing can be classified (torch_npu's VMM). */
+EXPORT aclError aclrtPointerGetAttributes(const void *ptr, aclrtPtrAttributes *attrs)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    if (!ptr || !attrs)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtPointerGetAttributes: NULL argument");
+    int dev = fake_device_of(ptr);
+    if (fake.attrs_unknown || (dev >= 0 && !fake_device_range_ok(dev, ptr, 1)))
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtPointerGetAttributes(%p): unknown pointer", ptr);
+    memset(attrs, 0, sizeof *attrs);
+    attrs->location.type = dev >= 0 ? ACL_MEM_LOCATION_TYPE_DEVICE : ACL_MEM_LOCATION_TYPE_HOST;
+    attrs->location.id = dev >= 0 ? (uint32_t)dev : 0;
+    attrs->pageSize = 4096;
+    return ACL_SUCCESS;
+}
+#endif
+
+/* ---------------------------------------------------------------- streams */
+
+static atomic_ullong fail_injected; /* fakeacl_inject_failure's copy number, 0: none */
+
+static int fail_now(void)
+{
+    uint64_t n = atomic_fetch_add(&fake_copies, 1) + 1;
+    unsigned long long want = n;
+    if (atomic_compare_exchange_strong(&fail_injected, &want, 0))
+        return 1;
+    for (int i = 0; i < fake.nfail; i++)
+        if (fake.fail_at[i] == n)
+            return 1;
+    return 0;
+}
+
+/* The stream's copy engine: runs released copies in order. */
+static void *worker_main(void *arg)
+{
+    struct fake_stream *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->stopping && (!s->head || s->done >= s->released))
+            pthread_cond_wait(&s->cond, &s->lock);
+        if (!s->head)
+            break;
+        struct task *t = s->head;
+        pthread_mutex_unlock(&s->lock);
+        aclError err = ACL_SUCCESS;
+        if (fail_now()) {
+            atomic_fetch_add(&fake_failed, 1);
+            err = ACL_ERROR_RT_INTERNAL_ERROR;
+        } else if (t->corrupt) {
+            memset(t->dst, 0xdb, t->len); /* "an unpredictable error may occur" */
+        } else {
+            memcpy(t->dst, t->src, t->len);
+        }
+        pthread_mutex_lock(&s->lock);
+        if (err && !s->error)
+            s->error = err;
+        s->head = t->next;
+        if (!s->head)
+            s->tail = NULL;
+        s->done++;
+        free(t);
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+static aclError check_stream(const char *fn, aclrtStream stream, struct fake_stream **out)
+{
+    struct fake_stream *s = stream;
+    aclError r = need_context(fn);
+    if (r)
+        return r;
+    if (!s || s->magic != STREAM_MAGIC)
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %p is not a stream (the default stream is not faked)",
+                         fn, stream);
+    if (s->ctx != current)
+        return fake_fail(ACL_ERROR_RT_STREAM_CONTEXT, "%s: stream of npu:%d used in a context of npu:%d", fn,
+                         s->ctx->dev, current->dev);
+    *out = s;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtCreateStream(aclrtStream *stream)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    struct fake_stream *s = calloc(1, sizeof *s);
+    s->magic = STREAM_MAGIC;
+    s->ctx = current;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    if (pthread_create(&s->worker, NULL, worker_main, s)) {
+        free(s);
+        return fake_fail(ACL_ERROR_RT_INTERNAL_ERROR, "aclrtCreateStream: no thread");
+    }
+    *stream = s;
+    return ACL_SUCCESS;
+}
+
+/* Releases everything queued to the worker and waits for it when wait. */
+static aclError drain(struct fake_stream *s, int wait, int *busy)
+{
+    pthread_mutex_lock(&s->lock);
+    s->released = s->queued;
+    pthread_cond_broadcast(&s->cond);
+    while (wait && s->done < s->queued)
+        pthread_cond_wait(&s->cond, &s->lock);
+    *busy = s->done < s->queued;
+    aclError err = *busy ? ACL_SUCCESS : s->error;
+    if (err) {
+        s->error = ACL_SUCCESS; /* reported once; the stream goes on */
+        fake_fail(err, "a copy task on this stream failed (injected)");
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+EXPORT aclError aclrtSynchronizeStream(aclrtStream stream)
+{
+    ENTER(1);
+    struct fake_stream *s;
+    int busy;
+    aclError r = check_stream(__func__, stream, &s);
+    return r ? r : drain(s, 1, &busy);
+}
+
+EXPORT aclError aclrtStreamQuery(aclrtStream stream, int *status)
+{
+    ENTER(1);
+    struct fake_stream *s;
+    int busy;
+    aclError r = check_stream(__func__, stream, &s);
+    if (r)
+        return r;
+    if (!status)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtStreamQuery: status is NULL");
+    if (fake.lazy) { /* run one copy per query at most: completion stays late */
+        pthread_mutex_lock(&s->lock);
+        if (s->released < s->queued)
+            s->released++;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_lock(&s->lock);
+    busy = s->done < s->queued;
+    aclError err = busy ? ACL_SUCCESS : s->error;
+    s->error = busy ? s->error : ACL_SUCCESS;
+    pthread_mutex_unlock(&s->lock);
+    *status = busy ? ACL_STREAM_STATUS_NOT_READY : ACL_STREAM_STATUS_COMPLETE;
+    return err ? fake_fail(err, "a copy task on this stream failed (injected)") : ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtDestroyStream(aclrtStream stream)
+{
+    ENTER(1);
+    struct fake_stream *s;
+    aclError r = check_stream(__func__, stream, &s);
+    if (r)
+        return r;
+    pthread_mutex_lock(&s->lock);
+    int busy = s->done < s->queued;
+    pthread_mutex_unlock(&s->lock);
+    if (busy)
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtDestroyStream: tasks still queued");
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    s->magic = 0;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->worker, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+    return ACL_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- copies */
+
+/* Checks one side of a copy; device memory must be the stream's device's. */
+static aclError check_side(const char *fn, const char *what, const void *p, size_t len, int device,
+                           const struct fake_stream *s, int *pageable)
+{
+    if ((uintptr_t)p % fake.align)
+        return fake_fail(ACL_ERROR_RT_ADDR_UNALIGNED, "%s: %s %p is not %zu-byte aligned", fn, what, p, fake.align);
+    int dev = fake_device_of(p);
+    if (device) {
+        if (dev != s->ctx->dev || !fake_device_range_ok(dev, p, len))
+            return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p+%zu is not inside an allocation of npu:%d", fn,
+                             what, p, len, s->ctx->dev);
+        return ACL_SUCCESS;
+    }
+    if (dev >= 0)
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p is device memory, expected host", fn, what, p);
+    *pageable = !fake_host_pinned(p, len);
+    if (*pageable && fake.pageable == PAGEABLE_REJECT)
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p+%zu is not from aclrtMallocHost", fn, what, p, len);
+    return ACL_SUCCESS;
+}
+
+static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *src, size_t count, int kind,
+                        struct fake_stream *s)
+{
+    int pageable = 0;
+    aclError r;
+    if (!dst || !src || count > dest_max)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "%s: dst %p src %p count %zu destMax %zu", fn, dst, src, count,
+                         dest_max);
+    if (kind == ACL_MEMCPY_HOST_TO_HOST)
+        return fake_fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "%s: HOST_TO_HOST is not supported", fn);
+    if (kind < ACL_MEMCPY_HOST_TO_DEVICE || kind > ACL_MEMCPY_DEVICE_TO_DEVICE)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "%s: kind %d", fn, kind);
+    if ((r = check_side(fn, "dst", dst, count, kind != ACL_MEMCPY_DEVICE_TO_HOST, s, &pageable)) ||
+        (r = check_side(fn, "src", src, count, kind != ACL_MEMCPY_HOST_TO_DEVICE, s, &pageable)))
+        return r;
+    if (count == 0)
+        return ACL_SUCCESS;
+    atomic_fetch_add(&kind_count[kind], 1);
+    struct task *t = calloc(1, sizeof *t);
+    t->dst = kind == ACL_MEMCPY_DEVICE_TO_HOST ? dst : fake_shadow(dst);
+    t->src = kind == ACL_MEMCPY_HOST_TO_DEVICE ? src : fake_shadow(src);
+    t->len = count;
+    if (pageable) {
+        atomic_fetch_add(&fake_pageable, 1);
+        t->corrupt = fake.pageable == PAGEABLE_CORRUPT;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->tail)
+        s->tail->next = t;
+    else
+        s->head = t;
+    s->tail = t;
+    s->queued++;
+    if (!fake.lazy)
+        s->released = s->queued;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtMemcpyAsync(void *dst, size_t dest_max, const void *src, size_t count, int kind,
+                                 aclrtStream stream)
+{
+    ENTER(1);
+    struct fake_stream *s;
+    aclError r = check_stream(__func__, stream, &s);
+    return r ? r : enqueue(__func__, dst, dest_max, src, count, kind, s);
+}
+
+#ifndef FAKEACL_OLD
+EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs, size_t *sizes, size_t n,
+                                      aclrtMemcpyBatchAttr *attrs, size_t *attr_index, size_t nattrs,
+                                      size_t *fail_index, aclrtStream stream)
+{
+    ENTER(1);
+    struct fake_stream *s;
+    aclError r = check_stream(__func__, stream, &s);
+    if (r)
+        return r;
+    if (fake.batch == BATCH_UNSUPPORTED)
+        return fake_fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "aclrtMemcpyBatchAsync: not supported on this device");
+    if (!dsts || !dest_max || !srcs || !sizes || !attrs || !attr_index || !fail_index || n == 0 || nattrs == 0 ||
+        attr_index[0] != 0)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: bad arguments");
+    atomic_fetch_add(&fake_batch_calls, 1);
+    size_t a = 0;
+    for (size_t i = 0; i < n; i++) {
+        while (a + 1 < nattrs && attr_index[a + 1] <= i)
+            a++;
+        int src_dev = attrs[a].srcLoc.type == ACL_MEM_LOCATION_TYPE_DEVICE;
+        int dst_dev = attrs[a].dstLoc.type == ACL_MEM_LOCATION_TYPE_DEVICE;
+        int kind = src_dev && dst_dev ? ACL_MEMCPY_DEVICE_TO_DEVICE
+                   : src_dev          ? ACL_MEMCPY_DEVICE_TO_HOST
+                   : dst_dev          ? ACL_MEMCPY_HOST_TO_DEVICE
+                                      : ACL_MEMCPY_HOST_TO_HOST;
+        if ((src_dev && attrs[a].srcLoc.id != (uint32_t)s->ctx->dev) ||
+            (dst_dev && attrs[a].dstLoc.id != (uint32_t)s->ctx->dev))
+            r = fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: attribute names another device");
+        else
+            r = enqueue(__func__, dsts[i], dest_max[i], srcs[i], sizes[i], kind, s);
+        if (r) {
+            *fail_index = i;
+            return r;
+        }
+    }
+    return ACL_SUCCESS;
+}
+#endif
+
+/* ---------------------------------------------------------------- for tests */
+
+/* What the tests ask: "copies", "pageable", "batch_calls", "failed", "h2d",
+ * "d2h", "d2d" (copies enqueued of that kind),
+ * "set_device:N" (aclrtSetDevice calls for device N). */
+EXPORT unsigned long long fakeacl_stat(const char *what)
+{
+    if (!strcmp(what, "copies"))
+        return atomic_load(&fake_copies);
+    if (!strcmp(what, "pageable"))
+        return atomic_load(&fake_pageable);
+    if (!strcmp(what, "batch_calls"))
+        return atomic_load(&fake_batch_calls);
+    if (!strcmp(what, "failed"))
+        return atomic_load(&fake_failed);
+    if (!strcmp(what, "h2d"))
+        return atomic_load(&kind_count[ACL_MEMCPY_HOST_TO_DEVICE]);
+    if (!strcmp(what, "d2h"))
+        return atomic_load(&kind_count[ACL_MEMCPY_DEVICE_TO_HOST]);
+    if (!strcmp(what, "d2d"))
+        return atomic_load(&kind_count[ACL_MEMCPY_DEVICE_TO_DEVICE]);
+    if (!strncmp(what, "set_device:", 11)) {
+        int d = atoi(what + 11);
+        return d >= 0 && d < 16 ? atomic_load(&fake_set_device[d]) : 0;
+    }
+    return 0;
+}
+
+/* The after-th copy executed from now on fails (reported once, like any). */
+EXPORT void fakeacl_inject_failure(unsigned long long after)
+{
+    atomic_store(&fail_injected, atomic_load(&fake_copies) + after);
+}
+
+__attribute__((destructor)) static void report(void)
+{
+    if (!atomic_load(&fake_copies) && !atomic_load(&initialized))
+        return;
+#ifdef FAKEACL_OLD
+    const char *build = "old (no batch call, no pointer attributes)";
+#else
+    const char *build = fake.batch == BATCH_UNSUPPORTED ? "full, batch call unsupported" : "full, batch call loops";
+#endif
+    fprintf(stderr,
+            "fakeacl[%s; pageable=%s align=%zu attrs=%s exec=%s]: %llu copies executed (%llu with pageable host "
+            "memory, %llu batch calls, %llu failed by injection)\n",
+            build, fake.pageable == PAGEABLE_OK ? "ok" : fake.pageable == PAGEABLE_REJECT ? "reject" : "corrupt",
+            fake.align, fake.attrs_unknown ? "unknown" : "known", fake.lazy ? "lazy" : "eager",
+            (unsigned long long)atomic_load(&fake_copies), (unsigned long long)atomic_load(&fake_pageable),
+            (unsigned long long)atomic_load(&fake_batch_calls), (unsigned long long)atomic_load(&fake_failed));
+}

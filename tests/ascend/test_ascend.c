@@ -1,0 +1,412 @@
+/*
+ * test_ascend.c — the Ascend backend's own rules, on the fake ACL runtime
+ * (FERRY_ASCEND_LIBRARY): no context opened on a device nobody named (B3);
+ * explicit npu:N registration of memory ACL cannot classify (B4) and the
+ * copies to it; a copy failure reported once by ACL still fails its request
+ * and the next transfer works (continue-on-failure); a stream of one device
+ * refuses memory of another; engines torn down at exit after aclFinalize
+ * make no ACL call (B2); the fake's own strictness (nothing before aclInit,
+ * copies that run late).  The test plays torch_npu: it calls ACL itself
+ * through the same library.  Skips where FERRY_ASCEND_LIBRARY is unset.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "device/device.h"
+#include "err.h"
+#include "testutil.h"
+
+static void *lib;
+static int (*acl_init)(const char *);
+static int (*acl_finalize)(void);
+static int (*acl_set_device)(int32_t);
+static int (*acl_malloc)(void **, size_t, int);
+static unsigned long long (*fake_stat)(const char *);
+static void (*fake_inject)(unsigned long long);
+static int has_attributes;
+
+static void *sym(const char *name)
+{
+    void *p = dlsym(lib, name);
+    if (!p)
+        fail_msg("fake runtime lacks %s", name);
+    return p;
+}
+
+/* torch_npu's part: ACL initialised, memory allocated on a device. */
+static void *torch_alloc(int dev, size_t len)
+{
+    void *p = NULL;
+    int r = acl_init(NULL);
+    assert_true(r == 0 || r == 100002);
+    assert_int_equal(acl_set_device(dev), 0);
+    assert_int_equal(acl_malloc(&p, len, 0), 0);
+    return p;
+}
+
+struct reg_arg {
+    void *p;
+    size_t len;
+    const char *loc;
+    int rc;
+    char msg[256];
+    ferry_engine *e;
+};
+
+static void *register_from_fresh_thread(void *arg)
+{
+    struct reg_arg *a = arg;
+    a->rc = ferry_register_memory(a->e, a->p, a->len, a->loc, 0);
+    snprintf(a->msg, sizeof a->msg, "%s", ferry_last_error());
+    return NULL;
+}
+
+static int register_in_thread(struct reg_arg *a)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, register_from_fresh_thread, a), 0);
+    pthread_join(t, NULL);
+    return a->rc;
+}
+
+/* B3: registering npu:3 memory from a thread without a context must not
+ * open a context on npu:0 (nor on any device but 3). */
+static void no_context_on_unnamed_device(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    void *p = torch_alloc(3, 1 << 20);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    unsigned long long before0 = fake_stat("set_device:0"), before1 = fake_stat("set_device:1");
+    struct reg_arg a = {p, 1 << 20, "npu:3", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:3: %s", a.msg);
+    assert_int_equal(fake_stat("set_device:0"), before0);
+    assert_int_equal(fake_stat("set_device:1"), before1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+    ferry_engine_destroy(e);
+}
+
+/* B4: an explicit npu:N is accepted when ACL cannot classify the pointer;
+ * a pointer known to be elsewhere is refused with a message that says where;
+ * copies to and from the registered memory work either way. */
+static void explicit_location_without_classification(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    size_t len = 1 << 20;
+    void *p = torch_alloc(1, len);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    struct reg_arg a = {p, len, "npu:1", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:1: %s", a.msg);
+
+    /* ferry_mem_copy finds the registration even where ACL cannot tell */
+    uint64_t *host = malloc(len), *back = calloc(1, len);
+    pattern_fill(host, len, 77, 0);
+    assert_int_equal(ferry_mem_copy(e, p, host, len), 0);
+    assert_int_equal(ferry_mem_copy(e, back, p, len), 0);
+    assert_int_equal(pattern_check(back, len, 77, 0), -1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+
+    const char *attrs = getenv("FAKEACL_ATTRS");
+    if (has_attributes && !(attrs && strcmp(attrs, "unknown") == 0)) {
+        struct reg_arg wrong = {p, len, "npu:0", 0, "", e};
+        assert_int_equal(register_in_thread(&wrong), FERRY_EINVAL);
+        assert_non_null(strstr(wrong.msg, "npu:1"));
+        struct reg_arg hostmem = {host, len, "npu:0", 0, "", e};
+        assert_int_equal(register_in_thread(&hostmem), FERRY_EINVAL);
+        assert_non_null(strstr(hostmem.msg, "host memory"));
+    } else {
+        print_message("ACL cannot classify pointers in this mode: npu:N taken on trust\n");
+    }
+    free(host);
+    free(back);
+    ferry_engine_destroy(e);
+}
+
+/* A stream of npu:0 refuses memory of npu:1; the error names the copy. */
+static void stream_refuses_other_device(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d1, *h;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(1, 4096, &d1), 0);
+    assert_int_equal(ops->host_alloc(4096, &h), 0);
+    struct ferry_copy c = {h, d1, 4096};
+    int rc = ops->copy_async(s, FERRY_COPY_D2H, &c, 1);
+    if (rc == 0)
+        rc = ops->stream_sync(s);
+    assert_int_equal(rc, FERRY_EIO);
+    assert_non_null(strstr(ferry_last_error(), "npu:0"));
+    ops->stream_destroy(s);
+    ops->mem_free(1, d1);
+    ops->host_free(h);
+}
+
+/* ACL reports a failed copy once (continue-on-failure); ferry's stream keeps
+ * reporting it, as device.h promises: a caller that saw the error from
+ * query must not get 0 from the sync after it. */
+static void failure_stays_on_its_stream(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d, *h;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(0, 1 << 16, &d), 0);
+    assert_int_equal(ops->host_alloc(1 << 16, &h), 0);
+    struct ferry_copy c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = (struct ferry_copy){(char *)h + i * 4096, (char *)d + i * 4096, 4096};
+    fake_inject(2);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 4), 0);
+    int rc;
+    while ((rc = ops->stream_query(s)) == FERRY_EBUSY)
+        ;
+    assert_int_equal(rc, FERRY_EIO);
+    assert_int_equal(ops->stream_sync(s), FERRY_EIO);
+    assert_int_equal(ops->stream_query(s), FERRY_EIO);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 1), FERRY_EIO);
+    assert_non_null(strstr(ferry_last_error(), "507000"));
+    ops->stream_destroy(s);
+    /* a new stream works */
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 4), 0);
+    assert_int_equal(ops->stream_sync(s), 0);
+    ops->stream_destroy(s);
+    ops->mem_free(0, d);
+    ops->host_free(h);
+}
+
+/* ACL reports a failed copy once and runs the next ones: the request that
+ * held it must still fail, and the following transfer must work. */
+static void copy_failure_fails_its_request(void **state)
+{
+    (void)state;
+    struct child_target t;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    size_t bs = 65536, n = 32, len = bs * n;
+    char *local;
+    assert_int_equal(child_target_start(&t, len, "cpu", 3), 0);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_mem_alloc(e, "npu:0", len, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, len, "npu:0", 0), 0);
+    assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+    uint64_t *host = malloc(len);
+    struct ferry_request r[32];
+    for (int round = 0; round < 2; round++) {
+        pattern_fill(host, len, 40 + round, 0);
+        assert_int_equal(ferry_mem_copy(e, local, host, len), 0);
+        for (size_t i = 0; i < n; i++)
+            r[i] = (struct ferry_request){FERRY_WRITE, local + i * bs, seg, t.addr + i * bs, bs};
+        unsigned long long failed = fake_stat("failed");
+        if (round == 0)
+            fake_inject(5); /* the fifth copy executed from now on fails */
+        ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(e, n, &b), 0);
+        assert_int_equal(ferry_batch_submit(b, r, n), 0);
+        int rc = ferry_batch_wait(b, 60000);
+        ferry_batch_free(b);
+        if (round == 0) {
+            assert_int_equal(fake_stat("failed"), failed + 1);
+            if (rc == 0)
+                fail_msg("a batch with a failed device copy completed");
+        } else {
+            if (rc != 0)
+                fail_msg("the transfer after a failed copy: %s", ferry_last_error());
+            assert_int_equal(child_target_check(&t, 0, len, 41), -1);
+        }
+    }
+    free(host);
+    ferry_unregister_memory(e, local);
+    ferry_mem_free(e, "npu:0", local, len);
+    ferry_engine_destroy(e);
+    child_target_kill(&t);
+}
+
+/* The fake is as strict as ACL about its lifetime: nothing before aclInit
+ * (this process has not called it yet: first test). */
+static void calls_before_init_fail(void **state)
+{
+    (void)state;
+    int (*device_count)(uint32_t *) = sym("aclrtGetDeviceCount");
+    uint32_t n = 0;
+    assert_int_equal(device_count(&n), 100001); /* ACL_ERROR_UNINITIALIZE */
+}
+
+/* B3's other half: with no context on the thread and none made by ferry,
+ * a device-neutral call (pinned host memory) opens none on npu:0 but says
+ * what to do.  Runs before any test in this process named a device. */
+static void no_device_named_yet(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    void *h = NULL;
+    assert_int_equal(ops->init(), 0);
+    unsigned long long before = fake_stat("set_device:0");
+    assert_int_equal(ops->host_alloc(4096, &h), FERRY_ENODEV);
+    assert_non_null(strstr(ferry_last_error(), "named npu:N"));
+    assert_int_equal(fake_stat("set_device:0"), before);
+}
+
+/* FAKEACL_EXEC=lazy: a copy runs when its stream is synchronized, so a host
+ * buffer reused before the sync shows in the data, as it may on hardware. */
+static void copies_run_later(void **state)
+{
+    (void)state;
+    const char *exec = getenv("FAKEACL_EXEC");
+    if (!exec || strcmp(exec, "lazy") != 0)
+        skip();
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d;
+    unsigned char *h, *back;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(0, 4096, &d), 0);
+    assert_int_equal(ops->host_alloc(4096, (void **)&h), 0);
+    assert_int_equal(ops->host_alloc(4096, (void **)&back), 0);
+    memset(h, 1, 4096);
+    struct ferry_copy up = {d, h, 4096}, down = {back, d, 4096};
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, &up, 1), 0);
+    memset(h, 2, 4096); /* reused before the sync */
+    assert_int_equal(ops->stream_sync(s), 0);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, &down, 1), 0);
+    assert_int_equal(ops->stream_sync(s), 0);
+    assert_int_equal(back[0], 2);
+    ops->stream_destroy(s);
+    ops->mem_free(0, d);
+    ops->host_free(h);
+    ops->host_free(back);
+}
+
+/* Staging on NPU gathers small blocks in HBM: 64 blocks of 16 KiB leave
+ * as D2D copies into the chunk's device buffer plus one D2H per frame, and
+ * come back as one H2D per frame plus a D2D scatter; with
+ * FERRY_STAGING_AGGREGATE=0 each block is its own D2H / H2D.  Data checked. */
+static void small_blocks_gathered_in_hbm(void **state)
+{
+    (void)state;
+    struct child_target t;
+    size_t bs = 16384, n = 64, len = bs * n;
+    assert_int_equal(child_target_start(&t, len, "cpu", 9), 0);
+    for (int aggregate = 1; aggregate >= 0; aggregate--) {
+        ferry_engine *e;
+        ferry_segment_t seg;
+        char *local;
+        setenv("FERRY_STAGING_AGGREGATE", aggregate ? "auto" : "0", 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), 0);
+        assert_int_equal(ferry_mem_alloc(e, "npu:0", len, (void **)&local), 0);
+        assert_int_equal(ferry_register_memory(e, local, len, "npu:0", 0), 0);
+        assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+        uint64_t *host = malloc(len);
+        pattern_fill(host, len, 60 + aggregate, 0);
+        assert_int_equal(ferry_mem_copy(e, local, host, len), 0);
+        struct ferry_request r[64];
+        for (int op = 0; op < 2; op++) {
+            for (size_t i = 0; i < n; i++)
+                r[i] = (struct ferry_request){op ? FERRY_READ : FERRY_WRITE, local + i * bs, seg, t.addr + i * bs, bs};
+            unsigned long long d2d = fake_stat("d2d"), d2h = fake_stat("d2h"), h2d = fake_stat("h2d");
+            ferry_batch *b;
+            assert_int_equal(ferry_batch_alloc(e, n, &b), 0);
+            assert_int_equal(ferry_batch_submit(b, r, n), 0);
+            if (ferry_batch_wait(b, 60000) != 0)
+                fail_msg("%s with aggregation %d: %s", op ? "READ" : "WRITE", aggregate, ferry_last_error());
+            ferry_batch_free(b);
+            unsigned long long dd = fake_stat("d2d") - d2d, dh = fake_stat("d2h") - d2h, hd = fake_stat("h2d") - h2d;
+            print_message("%s, aggregation %s: %llu D2D, %llu D2H, %llu H2D copies\n", op ? "READ" : "WRITE",
+                          aggregate ? "on" : "off", dd, dh, hd);
+            if (aggregate) {
+                assert_int_equal(dd, n);
+                assert_true((op ? hd : dh) >= 1 && (op ? hd : dh) <= 4);
+            } else {
+                assert_int_equal(dd, 0);
+                assert_int_equal(op ? hd : dh, n);
+            }
+        }
+        assert_int_equal(child_target_check(&t, 0, len, 60 + aggregate), -1);
+        memset(host, 0, len);
+        assert_int_equal(ferry_mem_copy(e, host, local, len), 0);
+        assert_int_equal(pattern_check(host, len, 60 + aggregate, 0), -1);
+        free(host);
+        ferry_unregister_memory(e, local);
+        ferry_mem_free(e, "npu:0", local, len);
+        ferry_engine_destroy(e);
+    }
+    unsetenv("FERRY_STAGING_AGGREGATE");
+    child_target_kill(&t);
+}
+
+/* B2, in a child: torch_npu ends ACL in an exit handler (aclFinalize is not
+ * reference-counted), then an engine is destroyed by a later one.  The fake
+ * aborts on any ACL call after aclFinalize. */
+static ferry_engine *exit_engine;
+static void destroy_engine_at_exit(void) { ferry_engine_destroy(exit_engine); }
+static void torch_finalize_at_exit(void) { (void)acl_finalize(); }
+
+static void teardown_after_finalize(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        atexit(destroy_engine_at_exit);
+        void *p = torch_alloc(0, 1 << 20);
+        if (ferry_engine_create(NULL, &exit_engine) != 0 ||
+            ferry_register_memory(exit_engine, p, 1 << 20, "npu:0", 0) != 0)
+            _exit(3);
+        atexit(torch_finalize_at_exit);
+        exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
+}
+
+int main(void)
+{
+    const char *path = getenv("FERRY_ASCEND_LIBRARY");
+    if (!path || !*path)
+        test_skip("FERRY_ASCEND_LIBRARY names no fake ACL runtime");
+    lib = dlopen(path, RTLD_NOW);
+    if (!lib)
+        test_skip("cannot load %s: %s", path, dlerror());
+    acl_init = sym("aclInit");
+    acl_finalize = sym("aclFinalize");
+    acl_set_device = sym("aclrtSetDevice");
+    acl_malloc = sym("aclrtMalloc");
+    fake_stat = sym("fakeacl_stat");
+    fake_inject = sym("fakeacl_inject_failure");
+    has_attributes = dlsym(lib, "aclrtPointerGetAttributes") != NULL;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
+        cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
+        cmocka_unit_test(copies_run_later),
+        cmocka_unit_test(no_context_on_unnamed_device),
+        cmocka_unit_test(explicit_location_without_classification),
+        cmocka_unit_test(stream_refuses_other_device),
+        cmocka_unit_test(failure_stays_on_its_stream),
+        cmocka_unit_test(copy_failure_fails_its_request),
+        cmocka_unit_test(small_blocks_gathered_in_hbm),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
