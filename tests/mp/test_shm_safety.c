@@ -607,7 +607,9 @@ static void notify_out_of_fds(void **state)
     assert_true(fd >= 0);
     assert_true(notify_send(fd, "after-emfile", 0) > 0);
     struct pollfd x = {.fd = fd, .events = POLLIN};
-    assert_int_equal(poll(&x, 1, 300), 0); /* not served while out of fds (no ack can come) */
+    /* (no assertion that nothing comes meanwhile: another of the victim's
+     * threads may close an fd, e.g. the handshake connection we fetched its
+     * descriptor over, and then the accept succeeds early) */
     assert_int_equal(victim_ask(&v, "restore"), 0);
     assert_int_equal(poll(&x, 1, 60000), 1);
     uint8_t ack = 1;
