@@ -150,6 +150,10 @@ isnum() { case "$1" in ''|*[!0-9.]*) return 1 ;; *) return 0 ;; esac; }
 capped() {   # capped N: threads a busy-polling peer gets
   if [ "$POLL_CAP" -gt 0 ] && [ "$1" -gt "$POLL_CAP" ]; then echo "$POLL_CAP"; else echo "$1"; fi
 }
+buffer_for() {   # buffer_for BYTES THREADS: what one batch per thread needs, >= 64 MiB
+  local need=$(($2 * BATCH * $1))
+  echo $((need > (64 << 20) ? need : (64 << 20)))
+}
 result=""   # each run_* leaves its GB/s (or n/a, FAIL(...)) here
 
 # --- the reference -------------------------------------------------------------
@@ -171,12 +175,11 @@ run_iperf() {
 
 # --- ferry --------------------------------------------------------------------
 json_num() {   # json_num FILE KEY: a top-level number or bool from ferry-bench --json
-  sed -n "s/.*\"$2\"[[:space:]]*:[[:space:]]*\([0-9.eE+-]*\|true\|false\).*/\1/p" "$1" | head -n 1
+  sed -n "s/.*\"$2\"[[:space:]]*:[[:space:]]*\([0-9.eE+-][0-9.eE+-]*\|true\|false\).*/\1/p" "$1" | head -n 1
 }
 run_ferry() {   # run_ferry OP BYTES THREADS
   local op=$1 bytes=$2 threads=$3 buffer seg=""
-  local need=$((threads * BATCH * bytes))
-  buffer=$((need > (1 << 30) ? need : (1 << 30)))
+  buffer=$(buffer_for "$bytes" "$threads")
   result="FAIL(target)"
   start_bg "$work/ferry-t.log" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
       --buffer_size="$buffer"
@@ -205,22 +208,27 @@ run_ferry() {   # run_ferry OP BYTES THREADS
 
 # --- Mooncake transfer_engine_bench ------------------------------------------
 run_mooncake() {   # run_mooncake OP BYTES THREADS POOL(1|0)
-  local op=$1 bytes=$2 threads=$3 pool=$4 tport iport buffer
-  local need=$((threads * BATCH * bytes))
-  buffer=$((need > (1 << 30) ? need : (1 << 30)))
-  result="n/a"
-  next_port tport; next_port iport
+  local op=$1 bytes=$2 threads=$3 pool=$4 seg="" buffer
+  buffer=$(buffer_for "$bytes" "$threads")
+  result="FAIL(target)"
   export MC_TCP_ENABLE_CONNECTION_POOL=$pool GLOG_logtostderr=1
+  # with P2PHANDSHAKE the target picks its port and logs "... P2P handshake,
+  # listening on 127.0.0.1:PORT"; it is ready once its buffer is registered
   start_bg "$work/mc-t.log" "$TEBENCH" --mode=target --metadata_server=P2PHANDSHAKE \
-      --local_server_name="127.0.0.1:$tport" --protocol=tcp --buffer_size="$buffer" \
-      --use_vram=false
-  if ! wait_listen "$tport" "${bg_pids[-1]}"; then
+      --local_server_name=127.0.0.1 --protocol=tcp --buffer_size="$buffer" --use_vram=false
+  for _ in $(seq 600); do
+    kill -0 "${bg_pids[-1]}" 2>/dev/null || break
+    [ -n "$seg" ] || seg=$(sed -n 's/.*P2P handshake, listening on \([^ ,]*\).*/\1/p' "$work/mc-t.log")
+    [ -n "$seg" ] && grep -q "$MC_READY" "$work/mc-t.log" && break
+    sleep 0.1
+  done
+  if [ -z "$seg" ] || ! grep -q "$MC_READY" "$work/mc-t.log"; then
     echo "Mooncake target did not start:" >&2; tail -n 3 "$work/mc-t.log" >&2
-    result="FAIL(target)"; stop_all; unset MC_TCP_ENABLE_CONNECTION_POOL GLOG_logtostderr; return
+    stop_all; unset MC_TCP_ENABLE_CONNECTION_POOL GLOG_logtostderr; return
   fi
   if run_limited $((DURATION * 3 + 60)) "$work/mc-i.log" "$TEBENCH" --mode=initiator \
-       --metadata_server=P2PHANDSHAKE --local_server_name="127.0.0.1:$iport" \
-       --segment_id="127.0.0.1:$tport" --protocol=tcp --operation="$op" \
+       --metadata_server=P2PHANDSHAKE --local_server_name=127.0.0.1 \
+       --segment_id="$seg" --protocol=tcp --operation="$op" \
        --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
        --buffer_size="$buffer" --duration="$DURATION" --use_vram=false --report_unit=GB; then
     # "Test completed: duration 3.00, batch count 1234, throughput 1.23 GB/s"
@@ -236,11 +244,11 @@ run_mooncake() {   # run_mooncake OP BYTES THREADS POOL(1|0)
 
 # --- iteration-counted tools: calibrate, then run for about DURATION ---------
 # calibrated RUNNER OP BYTES THREADS: RUNNER OP BYTES THREADS ITERS leaves GB/s
-# in result; first with 64 MiB a thread (at least 4 windows), then with the
+# in result; first with 16 MiB a thread (at least 2 windows), then with the
 # iterations that the rate measured gives for DURATION seconds.
 calibrated() {
   local runner=$1 op=$2 bytes=$3 threads=$4 iters
-  iters=$(( (64 << 20) / bytes )); [ "$iters" -ge $((4 * BATCH)) ] || iters=$((4 * BATCH))
+  iters=$(( (16 << 20) / bytes )); [ "$iters" -ge $((2 * BATCH)) ] || iters=$((2 * BATCH))
   "$runner" "$op" "$bytes" "$threads" "$iters"
   isnum "$result" || return 0
   iters=$(awk -v r="$result" -v d="$DURATION" -v b="$bytes" -v t="$threads" -v w="$BATCH" \
@@ -387,7 +395,7 @@ for op in $OPS; do
         run_peer "$p" "$op" "$bytes" "$threads"
         cell=$result
         if isnum "$result" && isnum "$iperf"; then
-          cell="$result ($(awk -v a="$result" -v b="$iperf" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')×)"
+          cell="$result ($(awk -v a="$result" -v b="$iperf" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')×)"
         fi
         [ "$used" = "$threads" ] || cell="$cell ${used}t"
         row+=" $cell |"
