@@ -37,10 +37,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-mode=run
 case "${1:-}" in
   bundle) shift; exec bash "$here/peers/bundle.sh" "$@" ;;
-  run) shift; mode=run ;;
+  run) shift ;;
   --quick) shift; DURATION=${DURATION:-1}; BLOCKS=${BLOCKS:-64K 1M}; THREADS=${THREADS:-1 4} ;;
   -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
@@ -85,8 +84,9 @@ IPERF3=${IPERF3:-$(find_tool iperf3)}
 
 die() { echo "peers.sh: $*" >&2; exit 1; }
 [ -n "$IPERF3" ] || die "iperf3 not found (apt-get install iperf3, or use a bundle)"
-[ -n "$FERRY_BENCH" ] && [ -x "$FERRY_BENCH" ] ||
+if [ -z "$FERRY_BENCH" ] || ! [ -x "$FERRY_BENCH" ]; then
   die "no ferry-bench (cmake --build build --target ferry-bench, or set FERRY_BENCH)"
+fi
 
 # --- processes: everything started here is stopped on exit --------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-peers.XXXXXX")
@@ -185,7 +185,8 @@ run_ferry() {   # run_ferry OP BYTES THREADS
   result="FAIL(target)"
   start_bg "$work/ferry-t.log" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
       --buffer_size="$buffer"
-  for _ in $(seq 300); do
+  # the target fills its buffer first: 30 s, plus 1 s a 32 MiB (slow, loaded machines)
+  for _ in $(seq $((300 + (buffer >> 25) * 10))); do
     seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/ferry-t.log")
     [ -n "$seg" ] && break
     kill -0 "${bg_pids[-1]}" 2>/dev/null || break
@@ -194,7 +195,7 @@ run_ferry() {   # run_ferry OP BYTES THREADS
   if [ -z "$seg" ]; then
     tail -n 3 "$work/ferry-t.log" >&2; stop_all; return 1
   fi
-  if ! timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
+  if ! timeout -k 5 $((DURATION * 3 + 60 + (buffer >> 25))) "$FERRY_BENCH" --mode=initiator \
        --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" \
        --threads="$threads" --buffer_size="$buffer" --duration="$DURATION" --json \
        >"$work/ferry.json" 2>"$work/ferry.err"; then
@@ -265,6 +266,7 @@ calibrated() {
   "$runner" "$op" "$bytes" "$threads" "$iters"
 }
 
+# shellcheck disable=SC2317  # called through calibrated
 # UCX ucx_perftest: put = ucp_put_bw, get = ucp_get, over tcp on lo, BATCH
 # outstanding; -T threads (one worker each, UCP multi-thread mode).
 ucx_once() {
@@ -293,13 +295,14 @@ ucx_once() {
   stop_all
 }
 
+# shellcheck disable=SC2317  # called through calibrated
 # libfabric fi_rma_bw, provider tcp: WRITE = writedata (one way, client to
 # server); READ = read, which fi_rma_bw runs both ways at once, so its figure
 # is the two sides' sum.  THREADS = that many server/client pairs at once,
 # figures summed.  MB/sec there is 1e6 B/s.
 fi_once() {
   local op=$1 bytes=$2 threads=$3 iters=$4 fop i port pids=() logs=() sum
-  if [ "$op" = write ]; then fop=writedata; else fop=read; fi
+  if [ "$op" = write ]; then fop="writedata"; else fop="read"; fi
   result="n/a"
   local common=(-p tcp -e "$FI_EP_TYPE" -s 127.0.0.1 -o "$fop" -S "$bytes" -I "$iters" -W "$BATCH" -w 16)
   for i in $(seq "$threads"); do
@@ -329,7 +332,7 @@ fi_once() {
   sum=$(awk 'NF == 7 && $4 ~ /s$/ && $5 ~ /^[0-9.]+$/ { s += $5; n++ }
              END { if (n) printf "%.3f", s * 1e6 / 1e9 }' "${files[@]}")
   rm -f "$work"/fi-[cs]*.log
-  [ -n "$sum" ] && result=$sum || result="FAIL(output)"
+  if [ -n "$sum" ]; then result=$sum; else result="FAIL(output)"; fi
 }
 
 # --- which peers run ----------------------------------------------------------

@@ -61,7 +61,8 @@ build_mooncake() {
   # extern/pybind11 (a submodule) and its rpc_communicator compiles against
   # pybind11's headers: point that at Debian's pybind11-dev instead.
   mkdir -p "$src/extern/pybind11"
-  cat >"$src/extern/pybind11/CMakeLists.txt" <<'CMAKE'
+  [ -f "$src/extern/pybind11/CMakeLists.txt" ] ||
+    cat >"$src/extern/pybind11/CMakeLists.txt" <<'CMAKE'
 # stub written by ferry's bench/peers/build.sh: Debian's pybind11-dev headers
 add_library(pybind11_headers_debian INTERFACE)
 add_library(pybind11::headers ALIAS pybind11_headers_debian)

@@ -76,7 +76,7 @@ for b in "${bins[@]}"; do
   fi
 done
 size=$(du -sm "$dir" | cut -f1)
-echo "bundle: $dir (${size} MiB): bin/ $(ls "$dir/bin" | tr '\n' ' ')"
+echo "bundle: $dir (${size} MiB): bin/ $(find "$dir/bin" -type f -printf '%f ')"
 echo "        lib/ $(find "$dir/lib" -maxdepth 1 -name '*.so*' | wc -l) libraries"
 echo "run there: bench/peers.sh run $dir"
 exit "$bad"
