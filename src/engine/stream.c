@@ -236,6 +236,9 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     int rc = ops->init();
     if (rc)
         return rc;
+    if (dev < 0 || dev >= ops->device_count()) /* refused before anything is enqueued */
+        return ferry_fail(FERRY_ENODEV, "submit_on_stream: location \"%s\": this host has %d %s device(s)", location,
+                          ops->device_count(), ops->kind);
     struct stream_runner *r = NULL;
     if ((rc = runner_get(batch_engine(batch), &r)) != 0)
         return rc;

@@ -167,6 +167,10 @@ static void bad_arguments_enqueue_nothing(void **state)
     assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "cpu", f->stream), FERRY_ENOTSUP);
     assert_non_null(strstr(ferry_last_error(), "cpu"));
     assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "warp:0", f->stream), FERRY_EINVAL);
+    /* a device this host lacks: refused with nothing started (the batch stays empty) */
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:63", f->stream), FERRY_ENODEV);
+    assert_non_null(strstr(ferry_last_error(), "sim:63"));
+    assert_int_equal(ferry_batch_size(b), 0);
     assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:1", (void *)f), FERRY_EINVAL); /* not a stream */
     assert_int_equal(f->sim->stream_query(f->stream), 0);      /* nothing was left on the stream */
     /* the last call fell back to an immediate transfer: the batch is not empty any more */
