@@ -90,6 +90,8 @@ echo "guest: $(uname -r), $(nproc) cpus; devices: $(ibv_devices | awk 'NR>2{prin
 step devices sh -c "ibv_devinfo -d $DEV | grep -q PORT_ACTIVE"
 step cmocka "$B/tests/test_rdma"
 grep -E "^\[  (PASSED|FAILED)|^  " log.cmocka | head -20
+step cmocka_stage "$B/tests/test_rdma_stage"
+grep -E "^\[  (PASSED|FAILED)|^  (batch|target|unregister|rdma|first|READ|WRITE|wait)" log.cmocka_stage | head -30
 step bench_matrix bench_matrix
 grep -h "^ferry-bench: \(write\|read\)" log.bench_matrix
 step staged_sim staged_sim
