@@ -13,7 +13,8 @@
 # usage: bench/rdma_vm.sh [BUILD_DIR]        (default build/, no -march=native)
 # env:   DURATION (5)  ROUNDS (3: medians of the valid runs are reported)  OPS ("write read")
 #        BLOCKS ("64K 1M")  BATCH ("64K:64 1M:16": batch per block)
-#        THREADS (1)  FERRY_RDMA_* knobs are passed through to ferry-bench.
+#        THREADS (1)  TARGET_LOCATION (cpu; sim:0: the target stages its memory)
+#        FERRY_RDMA_* knobs are passed through to ferry-bench.
 # Exit status: 0 if every run succeeded and ferry's data verified.
 set -eu
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ trap 'rm -rf "$SHARE"' EXIT
   echo "BLOCKS='${BLOCKS:-64K 1M}'"
   echo "BATCH='${BATCH:-64K:64 1M:16}'"
   echo "THREADS=${THREADS:-1}"
+  echo "TARGET_LOCATION=${TARGET_LOCATION:-cpu}"
   env | grep '^FERRY_RDMA_' | sed 's/^/export /' || true
 } > "$SHARE/env"
 cat > "$SHARE/rxe-guest.sh" <<'GUEST'
@@ -57,12 +59,13 @@ ferry() { # ferry write|read SIZE BATCH -> Gbit/s (empty on failure or bad data)
   grep -q '"verified":true' ferry.json && sed 's/.*"gbit_per_s":\([0-9.]*\).*/\1/' ferry.json
 }
 "$B/ferry-bench" --mode=target --local_server_name=$IP --protocol=rdma --device_name=$DEV \
-  --buffer_size=64M > target.log 2>&1 &
+  --buffer_size=64M --location="$TARGET_LOCATION" > target.log 2>&1 &
 TP=$!
 for _ in $(seq 300); do grep -q "target ready" target.log && break; sleep 0.1; done
 SEG=$(sed -n 's/.*segment \([^ ]*\) .*/\1/p' target.log)
 echo "Soft-RoCE (rdma_rxe) in a qemu TCG guest, $(nproc) vCPUs, kernel $(uname -r);"
-echo "median of $ROUNDS runs of ~$DURATION s each, perftest and ferry interleaved, 1 QP, MTU 1024"
+echo "median of $ROUNDS runs of ~$DURATION s each, perftest and ferry interleaved, 1 QP, MTU 1024;"
+echo "ferry's target memory: $TARGET_LOCATION"
 echo
 echo "| op | block | batch | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
 echo "|---|---|---|---|---|---|"

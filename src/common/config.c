@@ -60,6 +60,10 @@ static const struct knob knobs[] = {
     {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0},
     {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
      KNOB_DOC, 0},
+    {{"FERRY_RDMA_STAGE_SLOTS", "4",
+      "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
+     KNOB_DOC, 0},
+    {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"}, KNOB_DOC, 0},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -196,7 +196,9 @@ void rdma_op_finish(struct rdma_op *op)
     }
     /* after retries, the first failure says best what happened */
     const char *why = op->retries && !op->no_retry && op->first_msg[0] ? op->first_msg : op->msg;
-    if (err && revoked) {
+    if (err == FERRY_ERANGE && revoked && op->no_retry) {
+        snprintf(msg, sizeof msg, "%.159s", op->msg);
+    } else if (err && revoked) {
         err = FERRY_ERANGE;
         snprintf(msg, sizeof msg, "rdma: local memory was unregistered during the transfer (%.100s)", why);
     } else if (err && now_ns() >= f->deadline_ns && err != FERRY_ERANGE) {
