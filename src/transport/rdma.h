@@ -214,6 +214,7 @@ struct rdma_path {
     struct rdma_stage *stage_acks, *stage_acks_tail; /* announced, awaiting STAGE_ACK */
     struct rdma_op *cancelled;    /* never posted, memory unregistered: the control thread ends them */
     uint64_t stage_id;
+    atomic_uint stages_alive;     /* carved, not yet freed: teardown waits for 0 */
     bool polled;              /* on nic->paths */
     struct rdma_path *poll_next, *next_dead;
 };

@@ -696,6 +696,8 @@ static void path_teardown(struct rdma_path *path)
         next = st->next;
         rdma_stage_end(st, err, false, msg);
     }
+    while (atomic_load(&path->stages_alive) > 0) /* a poller ending a leg (moments) */
+        usleep(1000);
     for (int l = 0; l < 2; l++) {
         for (struct xfer_frame *f = notes[l], *next; f; f = next) {
             next = f->next;

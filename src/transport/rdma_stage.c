@@ -16,8 +16,10 @@
  * wire.  Threads: carving happens under the path lock wherever credits
  * appear (enqueue, connect, a stage's end); the path's control thread sends
  * the STAGE messages and reads the acks; legs complete on the NIC's poller.
- * A stage belongs to its path until rdma_stage_end frees it; an op ends when
- * it is wholly carved and its last stage ended.
+ * A stage belongs to its path until rdma_stage_end frees it (the path is not
+ * freed before: its teardown waits for stages_alive to drop to 0, as a
+ * poller may still be ending a leg); an op ends when it is wholly carved and
+ * its last stage ended.
  */
 #ifdef FERRY_HAVE_RDMA
 #include <stdio.h>
@@ -163,6 +165,7 @@ void rdma_stage_carve(struct rdma_path *path)
             rdma_path_break_locked(path, FERRY_ENOMEM, "rdma: out of memory for a staged piece");
             return;
         }
+        atomic_fetch_add(&path->stages_alive, 1);
         st->slot = (uint32_t)__builtin_ctzll(path->free_slots);
         path->free_slots &= ~(1ull << st->slot);
         st->path = path;
@@ -207,6 +210,7 @@ void rdma_stage_end(struct rdma_stage *st, int err, bool fatal, const char *msg)
     rdma_stage_carve(path);
     pthread_mutex_unlock(&path->lock);
     free(st);
+    atomic_fetch_sub(&path->stages_alive, 1); /* the last touch of the path */
     if (finish)
         rdma_op_finish(op);
 }

@@ -194,8 +194,8 @@ static void test_four_combinations(void **state)
     struct fixture *f = *state;
     if (!f->dev)
         printf("  no sim device here: the initiator-staged half is skipped\n");
-    static const size_t sizes[] = {8, 4096, 65536, (1 << 20) + 4096, 3 << 20};
-    static const size_t batches[] = {1, 16, 64};
+    static const size_t sizes[] = {8, 65536, (1 << 20) + 4096, 3 << 20};
+    static const size_t batches[] = {1, 64};
     uint64_t seed = 100;
     for (int lsim = 0; lsim < 2; lsim++) {
         uint8_t *local = lsim ? f->dev : f->host;
@@ -205,7 +205,7 @@ static void test_four_combinations(void **state)
             struct child_target *t = tsim ? &f->sim : &f->cpu;
             ferry_segment_t seg = tsim ? f->sim_seg : f->cpu_seg;
             for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-                for (size_t k = 0; k < 3; k++) {
+                for (size_t k = 0; k < 2; k++) {
                     size_t n = batches[k];
                     while (n > 1 && n * sizes[s] > TSIZE / 2)
                         n /= 2;
@@ -303,7 +303,7 @@ static void test_target_killed_mid_copy(void **state)
  * after unregister returned.  Direct (host target) and staged (sim target). */
 static void unregister_target_mid_transfer(struct fixture *f, struct child_target *t, ferry_segment_t seg)
 {
-    enum { N = 64, BS = 65536, PASSES = 24 };
+    enum { N = 64, BS = 65536, PASSES = 8 };
     static struct ferry_request r[N * PASSES];
     local_fill(f, f->host, N * BS, 501, 0);
     for (size_t i = 0; i < N * PASSES; i++)
@@ -355,11 +355,12 @@ static void test_unregister_target_staged(void **state)
 static void test_unregister_initiator_mid_read(void **state)
 {
     struct fixture *f = *state;
-    enum { N = 64, BS = 65536, PASSES = 24 };
+    enum { N = 64, BS = 65536, PASSES = 8 };
     static struct ferry_request r[N * PASSES];
     for (int tsim = 0; tsim < 2; tsim++) {
         struct child_target *t = tsim ? &f->sim : &f->cpu;
         ferry_segment_t seg = tsim ? f->sim_seg : f->cpu_seg;
+        write_then_read(f, f->host, t, seg, 4096, 4, 600); /* queue pairs up: the batch reaches the wire at once */
         for (size_t i = 0; i < N * PASSES; i++)
             r[i] = (struct ferry_request){FERRY_READ, f->host + (i % N) * BS, seg, t->addr + (i % N) * BS, BS};
         ferry_batch *b;
