@@ -81,10 +81,10 @@ void rdma_note_end(struct rdma_peer *p, struct xfer_frame *f, int err, const cha
     frame_end(p, f, err, 0, false, msg);
 }
 
-static void refused_msg(struct rdma_peer *p, char *msg, size_t cap)
+static void refused_msg(struct rdma_peer *p, bool by_target, char *msg, size_t cap)
 {
-    snprintf(msg, cap, "rdma: %.64s refused an access outside its registered buffers (checked before posting)",
-             p->name);
+    snprintf(msg, cap, "rdma: %.64s refused an access outside its registered buffers (%s)", p->name,
+             by_target ? "refused by the target when it staged it" : "checked before posting");
 }
 
 static void dispatch(struct rdma_peer *p, struct rdma_op *op);
@@ -209,7 +209,7 @@ void rdma_op_finish(struct rdma_op *op)
     } else if (err) {
         snprintf(msg, sizeof msg, "%.159s", op->msg);
     } else if (op->refused) {
-        refused_msg(p, msg, sizeof msg);
+        refused_msg(p, op->staged, msg, sizeof msg);
     }
     uint64_t refused = op->refused;
     bool staged = op->staged;
@@ -402,7 +402,7 @@ static void rdma_submit(void *tp, void *pp, struct xfer_frame *f)
     uint64_t all = f->npieces >= 64 ? ~0ull : (1ull << f->npieces) - 1;
     if (!rc && refused == all) {
         atomic_fetch_add(&t->refused, 1);
-        refused_msg(p, msg, sizeof msg);
+        refused_msg(p, false, msg, sizeof msg);
         frame_end(p, f, 0, refused, false, msg);
         return;
     }

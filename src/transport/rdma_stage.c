@@ -286,7 +286,7 @@ int rdma_stage_ack(struct rdma_path *path, const struct rdma_msg_header *h, cons
     }
     st->refused = get_le64(payload) & (st->n >= 64 ? ~0ull : (1ull << st->n) - 1);
     if (st->refused)
-        LOG_WARN("rdma: %s refused %d staged run(s) outside its registered buffers", p->name,
+        LOG_INFO("rdma: %s refused %d staged run(s) outside its registered buffers", p->name,
                  __builtin_popcountll(st->refused));
     if (st->parent->f->opcode == XFER_WRITE || leg_setup(path, st) == 0) {
         rdma_stage_end(st, 0, false, NULL);
