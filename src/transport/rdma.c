@@ -83,7 +83,7 @@ void rdma_note_end(struct rdma_peer *p, struct xfer_frame *f, int err, const cha
 
 static void refused_msg(struct rdma_peer *p, bool by_target, char *msg, size_t cap)
 {
-    snprintf(msg, cap, "rdma: %.64s refused an access outside its registered buffers (%s)", p->name,
+    snprintf(msg, cap, "rdma: %.48s refused an access outside its registered buffers (%s)", p->name,
              by_target ? "refused by the target when it staged it" : "checked before posting");
 }
 
