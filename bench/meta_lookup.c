@@ -165,7 +165,7 @@ static void bench_lookups(const struct options *o)
         rc = ferry_register_memory(src, mem + i * blen, blen, "cpu", 1);
     if (rc)
         die("register", rc);
-    void *pub, *cli;
+    void *pub = NULL, *cli = NULL;
     if ((rc = ops->create(o->url, PREFIX, 60, 5000, &pub)) || (rc = ops->create(o->url, PREFIX, 60, 5000, &cli)))
         die("backend", rc);
     char *json;

@@ -24,7 +24,7 @@ BUILD=$(realpath "${1:-build}")
 SHARE=$(mktemp -d /tmp/ferry-rdma-bench.XXXXXX)
 trap 'rm -rf "$SHARE"' EXIT
 {
-  echo "BUILD=$BUILD"
+  echo "BUILD=/run/ferry-build"   # where the guest sees $BUILD
   echo "DURATION=${DURATION:-5}"
   echo "ROUNDS=${ROUNDS:-3}"
   echo "OPS='${OPS:-write read}'"
@@ -91,7 +91,7 @@ kill $TP; wait $TP 2>/dev/null
 done
 exit $rc
 GUEST
-QEMU_TIMEOUT=${QEMU_TIMEOUT:-900} sh tests/rdma/run-in-rxe-vm.sh "$SHARE" 2>&1 |
+FERRY_VM_BUILD=$BUILD QEMU_TIMEOUT=${QEMU_TIMEOUT:-900} sh tests/rdma/run-in-rxe-vm.sh "$SHARE" 2>&1 |
   grep --line-buffered -v -e 'SeaBIOS' -e 'Booting from ROM' -e 'reboot: Power down' -e '^rxe-vm:' | tr -d '\033' |
   sed 's/^c\[?7l\[2J\(\[0m\)\?//'
 exit "$(cat "$SHARE/rxe-guest.rc" 2>/dev/null || echo 1)"

@@ -10,6 +10,9 @@
 # env:   DURATION (5)  OPS ("write read")  BLOCKS ("4K 64K 1M 4M")  BATCH (128)
 #        THREADS (1)  FERRY_BENCH (build/ferry-bench)  IPERF_STREAMS (1)
 #        IPERF_PORT (first free port from 5201)
+#        JSON (a file: one JSON object per row appended to it, for bench/plot.py)
+#        AUTH_COMPARE (0; 1: each row also runs ferry with FERRY_AUTH_KEY set on
+#        both sides, in an extra column, so the cost of authentication shows)
 # Exit status: 0 if every ferry run succeeded and verified, else 1.
 set -u
 
@@ -20,7 +23,7 @@ py=/usr/bin/python3
 case "${1:-}" in
   --quick) DURATION=1 ;;
   "") ;;
-  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "tcp_loopback.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 DURATION=${DURATION:-5}
@@ -171,8 +174,14 @@ echo "- $(iperf3 --version 2>/dev/null | head -n 1)"
 echo "- ferry-bench: $FERRY_BENCH; duration ${DURATION}s; batch $BATCH; threads $THREADS;" \
      "iperf3 streams $IPERF_STREAMS"
 echo
-echo "| op | block | batch | ferry GB/s | iperf3 GB/s (same run) | ratio |"
-echo "|---|---|---|---|---|---|"
+AUTH_COMPARE=${AUTH_COMPARE:-0}
+if [ "$AUTH_COMPARE" = 1 ]; then
+  echo "| op | block | batch | ferry GB/s | ferry + auth GB/s | iperf3 GB/s (same run) | ratio | ratio with auth |"
+  echo "|---|---|---|---|---|---|---|---|"
+else
+  echo "| op | block | batch | ferry GB/s | iperf3 GB/s (same run) | ratio |"
+  echo "|---|---|---|---|---|---|"
+fi
 
 status=0
 for op in $OPS; do
@@ -184,7 +193,17 @@ for op in $OPS; do
     iperf=$result
     run_ferry "$op" "$bytes" "$buffer" || status=1
     ferry=$result
-    echo "| $op | $block | $BATCH | $ferry | $iperf | $(ratio "$ferry" "$iperf") |"
+    if [ "$AUTH_COMPARE" = 1 ]; then
+      # a fresh 32-byte key for this row, in the environment of both processes
+      FERRY_AUTH_KEY=$(head -c 24 /dev/urandom | base64) run_ferry "$op" "$bytes" "$buffer" || status=1
+      authed=$result
+      echo "| $op | $block | $BATCH | $ferry | $authed | $iperf | $(ratio "$ferry" "$iperf") |" \
+           "$(ratio "$authed" "$iperf") |"
+    else
+      echo "| $op | $block | $BATCH | $ferry | $iperf | $(ratio "$ferry" "$iperf") |"
+    fi
+    [ -n "${JSON:-}" ] && printf '{"op": "%s", "block": "%s", "batch": %s, "ferry_gb_s": "%s", "iperf3_gb_s": "%s"}\n' \
+      "$op" "$block" "$BATCH" "$ferry" "$iperf" >> "$JSON"
   done
 done
 exit "$status"

@@ -14,6 +14,24 @@
  *  - All functions are thread-safe unless their comment says otherwise.
  *  - Addresses of remote memory are the peer's own virtual addresses, as
  *    published in its segment descriptor.
+ *
+ * Stability promise (ABI)
+ *  - libferry.so.N: N is FERRY_ABI_VERSION.  Within one N, a program built
+ *    against an older ferry.h runs unchanged with a newer library: functions,
+ *    error codes and enum values are only added, never removed or renumbered.
+ *  - struct ferry_config and struct ferry_stats (with struct
+ *    ferry_transport_stats) grow only at their end.  The caller's compiled
+ *    size travels with them: ferry_config_init() and ferry_get_stats() are
+ *    macros that pass sizeof, and ferry_config records it in struct_size.  The
+ *    library then reads and writes only the caller's bytes; knobs the caller
+ *    does not know keep their defaults (and FERRY_* environment values).
+ *    Adding a knob or a counter is one line at the end of its struct
+ *    (tests/unit/test_abi.c fails when an existing field moves).
+ *  - Every other struct (ferry_request, ferry_status, ferry_buffer_info,
+ *    ferry_notification, ferry_config_knob) is frozen for a given N; changing
+ *    one bumps FERRY_ABI_VERSION and with it the SONAME.
+ *  - Before 1.0 the API may change between minor versions; the SONAME says
+ *    whether a rebuild is needed.
  */
 #ifndef FERRY_H
 #define FERRY_H
@@ -28,6 +46,8 @@ extern "C" {
 #define FERRY_VERSION_MAJOR 0
 #define FERRY_VERSION_MINOR 1
 #define FERRY_VERSION_PATCH 0
+/* The SONAME's number: libferry.so.FERRY_ABI_VERSION (see the promise above). */
+#define FERRY_ABI_VERSION 1
 
 /* Marks the library's exported functions (everything else is hidden). */
 #if defined(__GNUC__)
@@ -36,29 +56,40 @@ extern "C" {
 #define FERRY_API
 #endif
 
+/* The library's version as "MAJOR.MINOR.PATCH" (of the .so actually loaded,
+ * which may be newer than the header a program was built with). */
+FERRY_API const char *ferry_version(void);
+
 /* ---------------------------------------------------------------- errors */
 
-/* Error codes. 0 is success; every failure is one of these negative values. */
-enum ferry_error {
-    FERRY_OK = 0,
-    FERRY_EINVAL = -1,      /* an argument is invalid (NULL, zero length, bad flag) */
-    FERRY_ENOMEM = -2,      /* out of memory */
-    FERRY_ENOTREG = -3,     /* local address range is not inside a registration */
-    FERRY_ERANGE = -4,      /* remote range is outside the target's registered buffers */
-    FERRY_ENOSEG = -5,      /* unknown segment (name cannot be resolved or handle is stale) */
-    FERRY_ECONN = -6,       /* the peer cannot be reached or the connection broke */
-    FERRY_ETIMEDOUT = -7,   /* a deadline passed */
-    FERRY_EPROTO = -8,      /* malformed bytes from a peer (bad frame, bad descriptor) */
-    FERRY_EVERSION = -9,    /* peer speaks an incompatible format or wire version */
-    FERRY_EFULL = -10,      /* a batch has no room for more requests */
-    FERRY_ENODEV = -11,     /* the location names a device this host does not have */
-    FERRY_ENOTSUP = -12,    /* the operation is not supported (yet) on this path */
-    FERRY_EEXIST = -13,     /* the range overlaps an existing registration */
-    FERRY_EBUSY = -14,      /* the object is in use (batch still running, port taken) */
-    FERRY_ESTALE = -15,     /* the peer restarted; its old descriptor is no longer valid */
-    FERRY_EIO = -16,        /* a system call or device call failed */
-    FERRY_ECANCELED = -17,  /* the engine was shut down before the request finished */
-};
+/* Error codes. 0 is success; every failure is one of these negative values.
+ * FERRY_ERRNO_MAP(X) lists each as X(NAME, value, text); the enum below,
+ * ferry_strerror and ferry_err_name are all generated from it (as libuv's
+ * UV_ERRNO_MAP), so a new code is one line here.  Values never change. */
+#define FERRY_ERRNO_MAP(X)                                                                  \
+    X(OK, 0, "success")                                                                       \
+    X(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad flag */          \
+    X(ENOMEM, -2, "out of memory")                                                            \
+    X(ENOTREG, -3, "local memory is not registered") /* local range not in a registration */ \
+    X(ERANGE, -4, "remote range outside the target's registered buffers")                    \
+    X(ENOSEG, -5, "unknown segment")               /* name unresolvable or handle stale */    \
+    X(ECONN, -6, "peer unreachable or connection broken")                                     \
+    X(ETIMEDOUT, -7, "timed out")                  /* a deadline passed */                    \
+    X(EPROTO, -8, "malformed data from peer")      /* bad frame, bad descriptor */            \
+    X(EVERSION, -9, "incompatible peer version")   /* format or wire version */               \
+    X(EFULL, -10, "batch is full")                                                            \
+    X(ENODEV, -11, "no such device")               /* location names an absent device */      \
+    X(ENOTSUP, -12, "not supported")               /* not (yet) on this path */               \
+    X(EEXIST, -13, "overlaps an existing registration")                                       \
+    X(EBUSY, -14, "busy")                          /* batch still running, port taken */      \
+    X(ESTALE, -15, "peer restarted; descriptor is stale")                                     \
+    X(EIO, -16, "I/O or device error")             /* a system or device call failed */       \
+    X(ECANCELED, -17, "canceled")                  /* shutdown, close or unregister */        \
+    X(EPERM, -18, "permission denied")             /* peer failed authentication */
+
+#define FERRY_ERRNO_ENUM_(name, value, text) FERRY_##name = (value),
+enum ferry_error { FERRY_ERRNO_MAP(FERRY_ERRNO_ENUM_) };
+#undef FERRY_ERRNO_ENUM_
 
 /* Returns a static, human-readable name for an error code ("remote range outside
  * registered buffers").  Never NULL, also for unknown codes. */
@@ -75,8 +106,12 @@ FERRY_API const char *ferry_last_error(void);
 /* ---------------------------------------------------------------- config */
 
 /* Engine configuration.  Fill it with ferry_config_init(), then change fields.
- * String fields are copied by ferry_engine_create(); the caller keeps ownership. */
+ * String fields are copied by ferry_engine_create(); the caller keeps ownership.
+ * New knobs are added at the end only (see the stability promise above). */
 struct ferry_config {
+    /* sizeof(struct ferry_config) as the caller compiled it; set by
+     * ferry_config_init(), never by hand. */
+    size_t struct_size;
     /* "host" or "host:port".  The handshake listener binds that port; if it is
      * taken or 0/absent, a free port is chosen.  Default "127.0.0.1". */
     const char *local_server_name;
@@ -102,14 +137,47 @@ struct ferry_config {
     unsigned connect_timeout_ms;/* connecting / handshaking with a peer (default 5000) */
     size_t staging_chunk_size;  /* pinned chunk size for device staging (default 2 MiB) */
     unsigned staging_chunks;    /* chunks per device pool = pipeline depth (default 16) */
-    unsigned notify_queue_max;  /* received notifications kept before the oldest is dropped (default 4096) */
+    unsigned notify_queue_max;  /* notifications kept (default 4096); a full queue drops the
+                                 * oldest of the peer holding the most */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug (default 1) */
+    /* With a metadata store: the name this engine publishes itself under
+     * (the reference engine uses its local_hostname as given); NULL/"": the
+     * host:port of the handshake listener.  Ignored with P2PHANDSHAKE. */
+    const char *segment_name;
+    /* With a metadata store: the address the handshake listener and transports
+     * bind (NULL/"": the host of local_server_name).  Ignored with P2PHANDSHAKE. */
+    const char *bind_address;
+    /* 1 (default): a listed transport that finds no usable device (rdma with
+     * no NIC, or not built) is skipped with one warning; if none is left, tcp
+     * runs.  0: every listed transport is required (FERRY_ENODEV otherwise). */
+    unsigned transport_fallback;
+    /* Limits on each listening port (handshake, tcp data, rdma side channel):
+     * connections at once in total (0, the default: a quarter of the process's
+     * RLIMIT_NOFILE, at most 4096) and from one IPv4 address (default 64). */
+    unsigned max_connections;
+    unsigned max_connections_per_peer;
+    /* A data connection on which nothing arrives for this long is closed by the
+     * target (default 120000); initiators retire theirs after half of it. */
+    unsigned idle_timeout_ms;
+    /* Shared-secret mutual authentication (off when both are NULL or "").
+     * With a key, every handshake and every data or side-channel connection
+     * starts with an HMAC-SHA256 challenge-response in both directions; a peer
+     * without the same key gets no descriptor and no connection (FERRY_EPERM
+     * naming the peer).  auth_key is the secret itself (at least 16 bytes);
+     * auth_key_file a file holding it (read at engine creation; trailing
+     * newlines are not part of the key).  Both sides need the same key. */
+    const char *auth_key;
+    const char *auth_key_file;
 };
 
 /* Fills *cfg with defaults, then applies FERRY_* environment variables (see
- * ferry_config_describe).  Returns 0, or FERRY_EINVAL if an environment value
- * does not parse (the detail message names the variable). */
-FERRY_API int ferry_config_init(struct ferry_config *cfg);
+ * ferry_config_describe), and sets cfg->struct_size.  Returns 0, or
+ * FERRY_EINVAL if an environment value does not parse (the detail message
+ * names the variable) or size is too small to hold struct_size.
+ * ferry_config_init(cfg) is the way to call it: the macro passes the caller's
+ * sizeof, so a program built against an older, smaller struct stays safe. */
+FERRY_API int ferry_config_init_sized(struct ferry_config *cfg, size_t size);
+#define ferry_config_init(cfg) ferry_config_init_sized((cfg), sizeof *(cfg))
 
 /* One row of the configuration table: every knob, its environment variable,
  * default and meaning.  Used by `ferry-bench --help-env` and the README. */
@@ -127,8 +195,11 @@ FERRY_API const struct ferry_config_knob *ferry_config_describe(size_t *count);
 typedef struct ferry_engine ferry_engine;
 
 /* Creates an engine: starts the handshake listener and every transport named in
- * cfg->protocols.  cfg may be NULL (defaults plus environment).  On success
- * stores the engine in *out and returns 0. */
+ * cfg->protocols.  cfg may be NULL (defaults plus environment); otherwise it
+ * must have been filled by ferry_config_init (FERRY_EINVAL if struct_size is
+ * not a size it could have set; FERRY_ENOTSUP if a caller built against a
+ * newer ferry.h set knobs this library does not know).  On success stores the
+ * engine in *out and returns 0. */
 FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out);
 
 /* Stops listeners and transports, fails every unfinished request with
@@ -137,8 +208,10 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
-/* Returns this engine's segment name, "host:port" of its handshake listener
- * (the port actually bound).  Valid for the engine's lifetime. */
+/* Returns this engine's segment name: "host:port" of its handshake listener
+ * (the port actually bound), or cfg->segment_name with a metadata store.  An
+ * Ascend-style ":npu_N" suffix of local_server_name is not part of it.  Valid
+ * for the engine's lifetime. */
 FERRY_API const char *ferry_engine_segment_name(const ferry_engine *engine);
 
 /* Returns the TCP port of the handshake listener (what get_rpc_port reports). */
@@ -182,8 +255,16 @@ typedef uint64_t ferry_segment_t;   /* 0 is never a valid handle */
 /* Resolves a peer by name ("host:port" with P2PHANDSHAKE), fetches and caches
  * its descriptor, and stores a handle in *out.  Opening the same name twice
  * returns the same handle.  Returns 0, FERRY_ENOSEG (cannot resolve / connect),
- * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor). */
+ * FERRY_EVERSION (incompatible peer), FERRY_EPROTO (malformed descriptor),
+ * FERRY_EPERM (authentication failed: one side has no key, or the keys differ;
+ * the detail message names the peer). */
 FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_segment_t *out);
+
+/* Asks now whether the segment `name` can be resolved: fetches its descriptor
+ * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
+ * without touching the cached handle or its connections.  Returns 0,
+ * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
  * it fail with FERRY_ECANCELED. Returns 0 or FERRY_ENOSEG. */
@@ -252,6 +333,26 @@ FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
 FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 
+/* Submits n requests in the order of a device stream: the transfer starts
+ * when `stream` — the caller's native stream of device `location` ("cuda:N":
+ * a CUstream / cudaStream_t, NULL for the legacy default stream; "sim:N": a
+ * sim stream) — reaches this point, and work enqueued on the stream
+ * afterwards waits until every request has ended (completed or failed), with
+ * no host synchronization in the caller (cuLaunchHostFunc plus
+ * cuStreamWaitValue32 on CUDA).  The requests are validated now, as by
+ * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
+ * must be empty and takes no other submit; ferry_batch_wait / _status report
+ * the outcome (a wait also waits for the stream to reach the transfer).
+ * Streams must have passed every such transfer before the engine is
+ * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
+ * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * FERRY_ENOTSUP (the location's device has no streams); another code if the
+ * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
+ * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
+ * the batch reports it as usual. */
+FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
+                                           const char *location, void *stream);
+
 /* Number of requests submitted to the batch so far. */
 FERRY_API size_t ferry_batch_size(const ferry_batch *batch);
 
@@ -284,6 +385,7 @@ FERRY_API int ferry_get_notifications(ferry_engine *engine, struct ferry_notific
 
 /* ---------------------------------------------------------------- stats */
 
+/* Counters of one transport.  New counters are added at the end only. */
 struct ferry_transport_stats {
     char name[16];              /* "tcp" */
     uint64_t bytes_written;     /* payload bytes of WRITE sent by this engine */
@@ -306,13 +408,28 @@ struct ferry_transport_stats {
 };
 #define FERRY_STATS_MAX_NICS 8
 
+/* The most transports one engine runs at once (the protocols it offers).
+ * Part of the ABI: it sizes struct ferry_stats, so it is fixed for a given
+ * FERRY_ABI_VERSION. */
+#define FERRY_MAX_TRANSPORTS 4
+
+/* An engine's counters: one row per transport this engine runs (after a
+ * fallback, see transport_fallback, the names say which ones are live).  New
+ * fields are added at the end only (after the array), never inside it. */
 struct ferry_stats {
     size_t transport_count;
-    struct ferry_transport_stats transports[4];
+    struct ferry_transport_stats transports[FERRY_MAX_TRANSPORTS];
 };
 
-/* Fills *out with this engine's counters. Returns 0. */
-FERRY_API int ferry_get_stats(ferry_engine *engine, struct ferry_stats *out);
+/* Fills *out with this engine's counters; fields the library does not know
+ * (a caller built against a newer ferry.h) are zero.  Returns 0, or
+ * FERRY_EINVAL for a NULL argument or sizes no ferry.h could give.
+ * ferry_get_stats(engine, out) is the way to call it: the macro passes the
+ * caller's sizes of both structs. */
+FERRY_API int ferry_get_stats_sized(ferry_engine *engine, struct ferry_stats *out, size_t size,
+                                    size_t transport_size);
+#define ferry_get_stats(engine, out) \
+    ferry_get_stats_sized((engine), (out), sizeof *(out), sizeof (out)->transports[0])
 
 #ifdef __cplusplus
 }

@@ -1,37 +1,83 @@
 """Builds the `ferry` package: the C extension ferry._ferry on top of libferry.a.
 
-The static library comes from the CMake build: $FERRY_BUILD_DIR/libferry.a
-(relative paths are tried against the current directory, then the repository
-root), else ../build/libferry.a.  python/build.sh builds it when missing.
+    /usr/bin/python3 -m pip install --no-build-isolation ./python   # from a checkout, offline
+    /usr/bin/python3 -m pip install --no-build-isolation .          # the same, from the root
 
-    cd python && /usr/bin/python3 setup.py build_ext --inplace    # in place
-    /usr/bin/python3 -m pip install --no-build-isolation ./python # offline install
+libferry.a is built here with CMake (target ferry_static, Release, no tests)
+under the build directory of setuptools, so a clean checkout needs nothing but
+cmake, a C compiler and libcjson-dev (scripts/deps.sh installs them).  With
+FERRY_BUILD_DIR set to an existing CMake build (relative paths are tried
+against the current directory, then the repository root) its libferry.a is
+used instead; python/build.sh does that for in-place development builds.
+
+The setup.py at the repository root runs this file; paths are therefore
+relative to the directory setuptools runs in.
 """
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
+REL = os.path.relpath(HERE)   # "." from python/, "python" from the root
+SOURCES = ["_ferry.c", "engine.c", "memory.c", "transfer.c", "convert.c", "slab.c"]
 
 
-def find_library():
+def header_version():
+    """MAJOR.MINOR.PATCH from include/ferry.h, the one place it is written."""
+    with open(os.path.join(ROOT, "include", "ferry.h")) as f:
+        text = f.read()
+    parts = [re.search(r"#define FERRY_VERSION_%s (\d+)" % p, text) for p in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        sys.exit("setup.py: no FERRY_VERSION_* in %s/include/ferry.h" % ROOT)
+    return ".".join(m.group(1) for m in parts)
+
+
+def given_library():
+    """libferry.a of the CMake build FERRY_BUILD_DIR names, or None."""
     env = os.environ.get("FERRY_BUILD_DIR")
-    candidates = []
-    if env:
-        candidates += [os.path.abspath(env), os.path.join(ROOT, env)]
-    candidates.append(os.path.join(ROOT, "build"))
-    for d in candidates:
+    if not env:
+        return None
+    for d in (os.path.abspath(env), os.path.join(ROOT, env)):
         lib = os.path.join(d, "libferry.a")
         if os.path.isfile(lib):
             return lib
-    sys.exit("setup.py: libferry.a not found in %s\n"
-             "build it first:  cmake -S %s -B build-py && cmake --build build-py --target ferry_static\n"
-             "then set FERRY_BUILD_DIR=build-py  (or run python/build.sh)"
-             % (", ".join(candidates), ROOT))
+    sys.exit("setup.py: FERRY_BUILD_DIR=%s has no libferry.a (build it: cmake --build %s --target ferry_static)"
+             % (env, env))
+
+
+def cmake_library(build_temp):
+    """Configures and builds libferry.a with CMake under build_temp."""
+    cmake = shutil.which("cmake")
+    if not cmake or not os.path.isfile(os.path.join(ROOT, "CMakeLists.txt")):
+        sys.exit("setup.py: building libferry needs cmake and ferry's source tree at %s "
+                 "(apt-get install cmake pkg-config libcjson-dev; or set FERRY_BUILD_DIR)" % ROOT)
+    bdir = os.path.join(os.path.abspath(build_temp), "libferry")
+    if source_of(bdir) not in (None, ROOT):
+        shutil.rmtree(bdir)   # configured from another checkout (moved or copied): start over
+    if source_of(bdir) is None:
+        subprocess.check_call([cmake, "-S", ROOT, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release",
+                               "-DFERRY_BUILD_TESTS=OFF", "-DFERRY_WERROR=OFF"])
+    subprocess.check_call([cmake, "--build", bdir, "--target", "ferry_static",
+                           "-j%d" % int(os.environ.get("JOBS", os.cpu_count() or 2))])
+    return os.path.join(bdir, "libferry.a")
+
+
+def source_of(build_dir):
+    """The source directory a CMake build directory was configured from, or None."""
+    cache = os.path.join(build_dir, "CMakeCache.txt")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                    return os.path.realpath(line.split("=", 1)[1].strip())
+    return None
 
 
 def pkg_config(flag, pkg):
@@ -43,21 +89,19 @@ def pkg_config(flag, pkg):
 
 
 def link_dependencies(lib):
-    """What libferry.a needs at link time, as CMake linked the shared library
-    next to it (CMakeFiles/ferry.dir/link.txt): cJSON, and libcurl / hiredis
-    when that build found them.  Falls back to pkg-config."""
-    link_txt = os.path.join(os.path.dirname(lib), "CMakeFiles", "ferry.dir", "link.txt")
+    """What libferry.a needs at link time: the Requires.private of the ferry.pc
+    its build wrote (cJSON, and libcurl / hiredis / libibverbs where that build
+    found them), through pkg-config."""
     deps = []
-    if os.path.isfile(link_txt):
-        with open(link_txt) as f:
-            for tok in shlex.split(f.read()):
-                if tok.startswith("-l") or tok == "-pthread" or \
-                        (tok.startswith("/") and (".so" in os.path.basename(tok) or tok.endswith(".a"))):
-                    deps.append(tok)
-    else:
-        for pkg in ("libcjson", "libcurl", "hiredis"):
-            deps += pkg_config("--libs", pkg)
-        deps = deps or ["-lcjson"]
+    pc = os.path.join(os.path.dirname(lib), "ferry.pc")
+    modules = ["libcjson"]
+    if os.path.isfile(pc):
+        with open(pc) as f:
+            for line in f:
+                if line.startswith("Requires.private:"):
+                    modules = line.split(":", 1)[1].split()
+    for m in modules:
+        deps += pkg_config("--libs", m) or ["-l" + m[3:] if m.startswith("lib") else "-l" + m]
     deps += ["-lpthread", "-ldl", "-lm"]
     seen = set()
     return [d for d in deps if not (d in seen or seen.add(d))]
@@ -66,42 +110,48 @@ def link_dependencies(lib):
 def include_dir(lib):
     """ferry.h of the source tree the library was built from (CMakeCache.txt),
     so that the extension and libferry.a agree on struct layouts."""
-    cache = os.path.join(os.path.dirname(lib), "CMakeCache.txt")
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            for line in f:
-                if line.startswith("CMAKE_HOME_DIRECTORY:"):
-                    d = os.path.join(line.split("=", 1)[1].strip(), "include")
-                    if os.path.isfile(os.path.join(d, "ferry.h")):
-                        return d
+    src = source_of(os.path.dirname(lib))
+    if src and os.path.isfile(os.path.join(src, "include", "ferry.h")):
+        return os.path.join(src, "include")
     return os.path.join(ROOT, "include")
 
 
-LIBFERRY = find_library()
-INCLUDE = include_dir(LIBFERRY)
-SOURCES = ["_ferry.c", "engine.c", "memory.c", "transfer.c", "convert.c", "slab.c"]
+class build_ext_with_libferry(build_ext):
+    """build_ext that first finds or builds libferry.a and links it in."""
+
+    def run(self):
+        lib = given_library() or cmake_library(self.build_temp)
+        inc = include_dir(lib)
+        for ext in self.extensions:
+            ext.include_dirs.append(inc)
+            ext.extra_objects.append(lib)
+            ext.depends += [os.path.join(inc, "ferry.h"), lib]
+            # ferry's own symbols stay inside the extension: two extensions
+            # that each link libferry.a cannot clash.
+            ext.extra_link_args += ["-Wl,--exclude-libs,ALL"] + link_dependencies(lib)
+        super().run()
+
 
 extension = Extension(
     "ferry._ferry",
-    sources=[os.path.join("ferry", s) for s in SOURCES],
-    depends=[os.path.join("ferry", "pyferry.h"), os.path.join(INCLUDE, "ferry.h"), LIBFERRY],
-    include_dirs=[INCLUDE],
-    extra_objects=[LIBFERRY],
+    sources=[os.path.join(REL, "ferry", s) for s in SOURCES],
+    depends=[os.path.join(REL, "ferry", "pyferry.h")],
     extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-fvisibility=hidden", "-O2"],
-    # ferry's own symbols stay inside the extension: two extensions that each
-    # link libferry.a cannot clash.
-    extra_link_args=["-Wl,--exclude-libs,ALL"] + link_dependencies(LIBFERRY),
 )
 
-os.chdir(HERE)  # sources are relative to python/, wherever pip or setup.py runs from
 setup(
     name="ferry",
-    version="0.1.0",
+    version=header_version(),
     description="Move KV-cache blocks between processes with one-sided WRITE/READ "
                 "(drop-in for mooncake.engine.TransferEngine)",
+    license="Apache-2.0",
     packages=["ferry"],
+    package_dir={"ferry": os.path.join(REL, "ferry")},
     ext_modules=[extension],
+    cmdclass={"build_ext": build_ext_with_libferry},
     python_requires=">=3.8",
     zip_safe=False,
+    # from the root, keep setuptools' files out of CMake's build/
+    options={"build": {"build_base": os.path.join(REL, "build")}},
 )

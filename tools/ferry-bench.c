@@ -495,7 +495,7 @@ static void print_stats(ferry_engine *e, const char *who)
     struct ferry_stats st;
     memset(&st, 0, sizeof st);
     ferry_get_stats(e, &st);
-    size_t n = st.transport_count < 4 ? st.transport_count : 4;
+    size_t n = st.transport_count < FERRY_MAX_TRANSPORTS ? st.transport_count : FERRY_MAX_TRANSPORTS;
     for (size_t i = 0; i < n; i++) {
         const struct ferry_transport_stats *t = &st.transports[i];
         printf("ferry-bench: %s stats %.*s: written %" PRIu64 " read %" PRIu64

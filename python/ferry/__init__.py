@@ -1,14 +1,15 @@
 """ferry: move KV-cache blocks between processes with one-sided WRITE/READ.
 
-``ferry.TransferEngine`` has the method names, argument order and return values of
-the reference engine's Python binding (``mooncake.engine.TransferEngine``), so
-integration code switches by changing its import::
+``ferry.TransferEngine`` behaves as the reference engine's Python binding
+(``mooncake.engine.TransferEngine``): method names, argument order, return
+values, transport fallback, segment names.  Integration code (SGLang, vLLM,
+LMCache) switches by changing its import::
 
-    from ferry import TransferEngine
+    from ferry.engine import TransferEngine      # was: from mooncake.engine import TransferEngine
     engine = TransferEngine()
-    engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
-    engine.register_memory(buf.ctypes.data, buf.nbytes)      # or register_memory(buf)
-    engine.transfer_sync_write(peer, buf, peer_addr, 4096)
+    engine.initialize("127.0.0.1", "P2PHANDSHAKE", "rdma", "")   # tcp if no NIC (one warning)
+    engine.register_memory(buf.ctypes.data, buf.nbytes)
+    engine.transfer_sync_write(peer, buf.ctypes.data, peer_addr, 4096)   # 0 or negative
 
 Buffers may be int addresses, objects with the buffer protocol (bytearray,
 memoryview, numpy arrays) or tensors (``data_ptr()``, ``numel()*element_size()``,
@@ -16,20 +17,21 @@ memoryview, numpy arrays) or tensors (``data_ptr()``, ``numel()*element_size()``
 
 Errors
 ------
-* Methods that return an int in the reference return one here: 0 (or a batch
-  id, an address) on success and a **negative FERRY_E* code when a transfer
-  that was accepted failed** (peer gone, connection broke, timeout, I/O error,
-  engine shut down).  ``ferry.last_error()`` gives ``(code, name, detail)`` for
-  the calling thread's most recent failure.  ``initialize`` returns a negative
-  code for every failure; ``allocate_managed_buffer`` returns 0 when the pool is
-  exhausted; ``batch_transfer_async_*`` return 0 if submitting failed at run time.
-* **Errors in the call itself raise**, before anything is sent: ``TypeError``
-  (wrong types), ``ValueError`` (negative, zero or huge lengths, mismatched
-  lists, unknown batch id), ``FerryError`` (unknown or unreachable segment:
-  FERRY_ENOSEG; unregistered local memory or a freed managed buffer:
-  FERRY_ENOTREG; remote range outside the peer's buffers: FERRY_ERANGE;
-  overlapping registration: FERRY_EEXIST; double free: FERRY_EINVAL; ...).
-  ``FerryError`` is a ``RuntimeError`` with ``.code``, ``.name`` and ``.detail``.
+``TransferEngine`` (the compatibility class) returns what the reference
+returns: 0 on success; a **negative FERRY_E* code** for every failure after
+its arguments were parsed (unknown segment, remote range outside the peer's
+buffers, unregistered memory, zero length, mismatched lists, peer gone,
+timeout); **0 from calls that return a batch id or an address**
+(``batch_transfer_async_*``, ``transfer_submit_write``,
+``allocate_managed_buffer``, ``get_first_buffer_address``).  Only Python type
+errors (``TypeError``, ``BufferError``) raise.  ``ferry.last_error()`` gives
+``(code, name, detail)`` of the calling thread's most recent failure.
+
+``NativeTransferEngine`` (= ``TransferEngine(strict=True)``) keeps ferry's
+native convention: errors in the call raise (``ValueError``; ``FerryError``, a
+``RuntimeError`` with ``.code``, ``.name``, ``.detail``) before anything is
+sent, and only a transfer that failed after it was accepted returns its
+negative code.
 
 Threads: every method may be called from any thread; blocking calls release the
 GIL.  A batch (1,000 requests or more) is converted in one pass and handed to C
@@ -56,7 +58,7 @@ from ._ferry import (  # noqa: F401  (re-exported)
 # FERRY_OK, FERRY_EINVAL, ... FERRY_ECANCELED
 globals().update({k: v for k, v in vars(_ferry).items() if k.startswith("FERRY_")})
 
-__all__ = ["TransferEngine", "FerryError", "TransferOpcode", "TransferNotify", "Notification",
+__all__ = ["TransferEngine", "NativeTransferEngine", "FerryError", "TransferOpcode", "TransferNotify", "Notification",
            "RequestStatus", "strerror", "err_name", "last_error", "config_knobs", "READ", "WRITE"] + \
           sorted(k for k in vars(_ferry) if k.startswith("FERRY_"))
 
@@ -71,6 +73,17 @@ class TransferOpcode(enum.IntEnum):
 
 Read = TransferOpcode.Read     # the reference exports the values at module level
 Write = TransferOpcode.Write
+
+# The reference's build flags.  ferry loads device libraries at run time, so
+# these say which of the reference's optional transports ferry has: none of
+# EFA, HIP, MNNVL, MUSA, intra-node NVLink; CUDA memory (staging, shm IPC,
+# GPUDirect) and the *_on_cuda methods, yes.
+SUPPORT_CUDA = True
+SUPPORT_EFA = False
+SUPPORT_HIP = False
+SUPPORT_MNNVL = False
+SUPPORT_MUSA = False
+SUPPORT_INTRA_NVLINK = False
 
 _NOTIFY_TAG = b"TN\x00"
 
@@ -111,25 +124,31 @@ def _notify_arg(notify):
 
 
 class TransferEngine(_ferry.Engine):
-    """One ferry engine.  ``TransferEngine(managed_pool_size=256 MiB)``.
+    """One ferry engine with the reference's conventions.
+
+    ``TransferEngine(managed_pool_size=256 MiB, strict=False)``; ``strict=True``
+    (or ``NativeTransferEngine``) raises for errors in the call instead.
 
     Reference methods: initialize, initialize_ext, get_rpc_port, register_memory,
     unregister_memory, batch_register_memory, batch_unregister_memory,
     transfer_sync_write, transfer_sync_read, transfer_sync, batch_transfer_sync_write,
     batch_transfer_sync_read, batch_transfer_sync, batch_transfer_async_write,
     batch_transfer_async_read, batch_transfer_async, get_batch_transfer_status,
-    transfer_submit_write, transfer_check_status, allocate_managed_buffer,
-    free_managed_buffer, get_first_buffer_address, write_bytes_to_buffer,
-    read_bytes_from_buffer, get_notifies.
-    ferry's own: segment_name, close (and ``with``), notify= on transfers,
-    get_notifications, get_stats, batch_status, wait_batch, free_batch,
+    transfer_submit_write, transfer_check_status, transfer_write_on_cuda,
+    transfer_read_on_cuda, batch_transfer_write_on_cuda, batch_transfer_read_on_cuda,
+    allocate_managed_buffer, free_managed_buffer, get_first_buffer_address,
+    write_bytes_to_buffer, read_bytes_from_buffer, get_notifies, send_probe,
+    get_local_topology, warmup_efa_segment, get_engine, get_engine_ptr.
+    ferry's own: segment_name, transports, close (and ``with``), notify= on
+    transfers, get_notifications, get_stats, batch_status, wait_batch, free_batch,
     get_segment_buffers, managed_buffer_info, location= on register_memory.
     See the module docstring for the error convention.
     """
     __slots__ = ()
+    TransferOpcode = TransferOpcode
 
     def initialize_ext(self, local_hostname, metadata_server, protocol, device_name, metadata_type):
-        """The reference's initialize_ext: metadata_type ('etcd', 'redis', 'p2p') prefixes a bare server."""
+        """The reference's initialize_ext: metadata_type ('etcd', 'redis', 'http', 'p2p') prefixes a bare server."""
         if metadata_server != "P2PHANDSHAKE" and "://" not in metadata_server and \
                 metadata_type not in ("", "p2p", "P2PHANDSHAKE"):
             metadata_server = "%s://%s" % (metadata_type, metadata_server)
@@ -139,15 +158,16 @@ class TransferEngine(_ferry.Engine):
 
     def transfer_sync(self, target_hostname, buffer, peer_buffer_address, length, opcode,
                       notify=None, transport_hint=""):
-        """transfer_sync(..., opcode, notify=None) -> int; notify: TransferNotify, bytes or str."""
+        """transfer_sync(..., opcode, notify=None, transport_hint='') -> int; notify: TransferNotify, bytes or str."""
         return _ferry.Engine.transfer_sync(self, target_hostname, buffer, peer_buffer_address, length,
-                                           opcode, _notify_arg(notify))
+                                           opcode, notify=_notify_arg(notify), transport_hint=transport_hint)
 
     def batch_transfer_sync(self, target_hostname, buffers, peer_buffer_addresses, lengths, opcode,
                             notify=None, transport_hint=""):
-        """batch_transfer_sync(..., opcode, notify=None) -> int; notify: TransferNotify, bytes or str."""
+        """batch_transfer_sync(..., opcode, notify=None, transport_hint='') -> int."""
         return _ferry.Engine.batch_transfer_sync(self, target_hostname, buffers, peer_buffer_addresses,
-                                                 lengths, opcode, _notify_arg(notify))
+                                                 lengths, opcode, notify=_notify_arg(notify),
+                                                 transport_hint=transport_hint)
 
     def get_notifies(self):
         """The reference's get_notifies() -> [TransferNotify(name, msg)].
@@ -157,9 +177,14 @@ class TransferEngine(_ferry.Engine):
         """
         return [TransferNotify.decode(n.sender, n.message) for n in self.get_notifications()]
 
+    def get_local_topology(self, device_name=None):
+        """JSON of the NICs and devices ferry sees, with their PCIe/NUMA placement (ferry.topology)."""
+        from .topology import local_topology_json
+        return local_topology_json(device_name)
+
     def write_bytes_to_buffer(self, dest_address, src, length=None):
-        """Copies bytes into local memory at dest_address (host memory).  Returns 0."""
-        data = memoryview(src).cast("B")
+        """Copies bytes (or a str, as UTF-8) into local host memory at dest_address.  Returns 0."""
+        data = memoryview(src.encode() if isinstance(src, str) else src).cast("B")
         n = len(data) if length is None else length
         if n < 0 or n > len(data):
             raise ValueError("length %d is outside 0 .. %d" % (n, len(data)))
@@ -173,3 +198,13 @@ class TransferEngine(_ferry.Engine):
             raise ValueError("length must not be negative")
         import ctypes
         return ctypes.string_at(source_address, length)
+
+
+class NativeTransferEngine(TransferEngine):
+    """TransferEngine with ferry's native convention: errors in the call raise
+    (ValueError, FerryError with .code/.name/.detail) before anything is sent; a
+    transfer that fails after it was accepted returns its negative code."""
+    __slots__ = ()
+
+    def __init__(self, managed_pool_size=None):
+        super().__init__(managed_pool_size, strict=True)

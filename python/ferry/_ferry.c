@@ -3,12 +3,14 @@
  * module functions, the struct-sequence types, and the small argument parser
  * the hot methods use (vectorcall, no format strings).
  *
- * Error policy (the package docstring repeats it for users): a call whose
- * arguments are wrong raises (TypeError, ValueError, FerryError with ferry's
- * code and detail message); a transfer that was accepted and then failed
- * returns a negative FERRY_E* code, as the reference engine returns negative
- * integers, and ferry.last_error() explains the most recent one of the
- * calling thread.
+ * Error policy (the package docstring repeats it for users): in the native
+ * (strict) class a call whose arguments are wrong raises (TypeError,
+ * ValueError, FerryError with ferry's code and detail message) and a transfer
+ * that was accepted and then failed returns a negative FERRY_E* code.  The
+ * compatibility class returns what the reference returns for both (a negative
+ * code, or 0 for calls that return an id; compat_result); only Python type
+ * errors raise.  ferry.last_error() explains the most recent failure of the
+ * calling thread either way.
  */
 #include "pyferry.h"
 
@@ -37,6 +39,7 @@ int is_call_error(int code)
     case FERRY_ESTALE:
     case FERRY_EIO:
     case FERRY_ECANCELED:
+    case FERRY_EPERM:
         return 0;
     default:
         return 1;
@@ -80,6 +83,32 @@ PyObject *raise_ferry_fmt(int code, const char *fmt, ...)
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     return raise_ferry(code, text);
+}
+
+PyObject *compat_result(EngineObject *self, PyObject *r, int returns_id)
+{
+    if (r || self->strict)
+        return r;
+    int ferry = PyErr_ExceptionMatches(FerryError);
+    if (!ferry && !PyErr_ExceptionMatches(PyExc_ValueError))
+        return NULL;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    long code = FERRY_EINVAL;
+    if (ferry) { /* raise_ferry already noted code and detail */
+        PyObject *c = v ? PyObject_GetAttrString(v, "code") : NULL;
+        code = c ? PyLong_AsLong(c) : FERRY_EINVAL;
+        Py_XDECREF(c);
+    } else {
+        PyObject *text = v ? PyObject_Str(v) : NULL;
+        const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+        note_failure(FERRY_EINVAL, msg ? msg : "invalid argument");
+        Py_XDECREF(text);
+    }
+    PyErr_Clear();
+    Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
+    return PyLong_FromLong(returns_id ? 0 : code);
 }
 
 /* ---------------------------------------------------------------- arguments */
@@ -202,7 +231,7 @@ static int add_constants(PyObject *m)
     static const int codes[] = {FERRY_OK,     FERRY_EINVAL,  FERRY_ENOMEM,   FERRY_ENOTREG,   FERRY_ERANGE,
                                 FERRY_ENOSEG, FERRY_ECONN,   FERRY_ETIMEDOUT, FERRY_EPROTO,   FERRY_EVERSION,
                                 FERRY_EFULL,  FERRY_ENODEV,  FERRY_ENOTSUP,  FERRY_EEXIST,    FERRY_EBUSY,
-                                FERRY_ESTALE, FERRY_EIO,     FERRY_ECANCELED};
+                                FERRY_ESTALE, FERRY_EIO,     FERRY_ECANCELED, FERRY_EPERM};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (PyModule_AddIntConstant(m, ferry_err_name(codes[i]), codes[i]))
             return -1;

@@ -11,6 +11,7 @@
 #include "pyferry.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DEFAULT_MANAGED_POOL (256u << 20)
@@ -43,9 +44,10 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->segments = PyDict_New();
     self->batches = PyDict_New();
     self->regs = PyDict_New();
+    self->stream_batches = PyList_New(0);
     self->next_batch_id = 1;
     self->managed_pool_size = DEFAULT_MANAGED_POOL;
-    if (!self->segments || !self->batches || !self->regs) {
+    if (!self->segments || !self->batches || !self->regs || !self->stream_batches) {
         Py_DECREF(self);
         return NULL;
     }
@@ -54,10 +56,12 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"managed_pool_size", NULL};
+    static char *kwlist[] = {"managed_pool_size", "strict", NULL};
     PyObject *pool = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:TransferEngine", kwlist, &pool))
+    int strict = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op:TransferEngine", kwlist, &pool, &strict))
         return -1;
+    self->strict = strict;
     if (pool && pool != Py_None) {
         uint64_t v;
         if (to_u64(pool, "managed_pool_size", &v))
@@ -99,6 +103,8 @@ static void engine_shutdown(EngineObject *self)
         PyDict_Clear(self->regs);
     if (self->segments)
         PyDict_Clear(self->segments);
+    if (self->stream_batches)
+        PyList_SetSlice(self->stream_batches, 0, PY_SSIZE_T_MAX, NULL);
 }
 
 static void Engine_dealloc(EngineObject *self)
@@ -112,6 +118,7 @@ static void Engine_dealloc(EngineObject *self)
     Py_CLEAR(self->segments);
     Py_CLEAR(self->batches);
     Py_CLEAR(self->regs);
+    Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);
     pthread_mutex_destroy(&self->slab_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -235,23 +242,34 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         return PyLong_FromLong(rc);
     }
     /* the reference reads "host:port" without a scheme as an etcd address */
-    char meta_url[512];
+    char meta_url[512], seg_name[256];
     if (m && strcmp(m, "P2PHANDSHAKE") != 0 && !strstr(m, "://")) {
         snprintf(meta_url, sizeof meta_url, "etcd://%s", m);
         m = meta_url;
     }
     if (h)
         cfg.local_server_name = h;
+    if (h && !self->strict) { /* with a metadata store the reference publishes local_hostname as given */
+        snprintf(seg_name, sizeof seg_name, "%s", h);
+        char *npu = strstr(seg_name, ":npu_");
+        if (npu)
+            *npu = '\0';
+        cfg.segment_name = seg_name;
+    }
     if (m)
         cfg.metadata_server = m;
-    if (p)
+    if (p && !getenv("MC_FORCE_TCP")) /* the reference's MC_FORCE_TCP overrides the protocol argument */
         cfg.protocols = p;
     if (d)
         cfg.device_name = d;
-    if (self->engine || self->closed) {
+    if ((self->engine || self->closed) && self->strict) {
         note_failure(FERRY_EBUSY, self->closed ? "initialize: the engine was closed; create a new one"
                                                : "initialize: the engine is already initialized");
         return PyLong_FromLong(FERRY_EBUSY);
+    }
+    if (self->engine || self->closed) { /* the reference replaces its engine with a new one */
+        engine_shutdown(self);
+        self->closed = 0;
     }
     ferry_engine *e = NULL;
     char why[512] = "";
@@ -461,6 +479,85 @@ static PyObject *Engine_get_stats(EngineObject *self, PyObject *noargs)
     return d;
 }
 
+/* ---------------------------------------------------------------- reference extras */
+
+static PyObject *Engine_send_probe(EngineObject *self, PyObject *name)
+{
+    if (!PyUnicode_Check(name))
+        return PyErr_Format(PyExc_TypeError, "peer_server_name must be a str, not %.80s", Py_TYPE(name)->tp_name);
+    const char *s = PyUnicode_AsUTF8(name);
+    if (!s || engine_enter(self))
+        return NULL;
+    int rc;
+    char why[512] = "";
+    Py_BEGIN_ALLOW_THREADS
+    rc = ferry_probe_segment(self->engine, s);
+    if (rc)
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+    Py_END_ALLOW_THREADS
+    engine_leave(self);
+    if (rc)
+        note_failure(rc, why);
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *Engine_warmup_efa_segment(EngineObject *self, PyObject *name)
+{
+    ferry_segment_t seg;
+    if (engine_enter(self))
+        return NULL;
+    int rc = segment_lookup(self, name, &seg);
+    engine_leave(self);
+    return rc ? NULL : PyLong_FromLong(0);
+}
+
+static PyObject *Engine_get_engine(EngineObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (engine_enter(self))
+        return NULL;
+    PyObject *cap = PyCapsule_New(self->engine, "ferry_engine", NULL);
+    engine_leave(self);
+    return cap;
+}
+
+static PyObject *Engine_get_engine_ptr(EngineObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (engine_enter(self))
+        return NULL;
+    PyObject *r = PyLong_FromVoidPtr(self->engine);
+    engine_leave(self);
+    return r;
+}
+
+static PyObject *Engine_transports(EngineObject *self, void *closure)
+{
+    (void)closure;
+    struct ferry_stats st;
+    if (engine_enter(self))
+        return NULL;
+    ferry_get_stats(self->engine, &st);
+    engine_leave(self);
+    PyObject *list = PyList_New(0);
+    for (size_t i = 0; list && i < st.transport_count; i++) {
+        PyObject *n = PyUnicode_FromString(st.transports[i].name);
+        if (!n || PyList_Append(list, n))
+            Py_CLEAR(list);
+        Py_XDECREF(n);
+    }
+    return list;
+}
+
+COMPAT_O(Engine_get_first_buffer_address, 1)
+COMPAT_O(Engine_send_probe, 0)
+COMPAT_O(Engine_warmup_efa_segment, 0)
+
+static PyObject *compat_Engine_get_rpc_port(EngineObject *self, PyObject *noargs)
+{
+    return compat_result(self, Engine_get_rpc_port(self, noargs), 0);
+}
+
 /* ---------------------------------------------------------------- type */
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
@@ -476,11 +573,24 @@ static PyMethodDef engine_methods[] = {
      "close() -> None: destroys the engine; unfinished requests end ECANCELED.  Idempotent."},
     {"__enter__", (PyCFunction)Engine_enter_ctx, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)Engine_exit_ctx, METH_VARARGS, NULL},
-    {"get_rpc_port", (PyCFunction)Engine_get_rpc_port, METH_NOARGS,
+    {"get_rpc_port", (PyCFunction)compat_Engine_get_rpc_port, METH_NOARGS,
      "get_rpc_port() -> int: the port of this engine's handshake listener."},
-    {"get_first_buffer_address", (PyCFunction)Engine_get_first_buffer_address, METH_O,
+    {"get_first_buffer_address", (PyCFunction)compat_Engine_get_first_buffer_address, METH_O,
      "get_first_buffer_address(segment_name) -> int: the segment's first published buffer, 0 if\n"
-     "it has none.  Raises FerryError(FERRY_ENOSEG) for an unknown or unreachable segment."},
+     "it has none or cannot be opened (strict: raises FerryError(FERRY_ENOSEG) then)."},
+    {"send_probe", (PyCFunction)compat_Engine_send_probe, METH_O,
+     "send_probe(peer_server_name) -> 0 if the peer's descriptor can be fetched now (with\n"
+     "P2PHANDSHAKE: its listener answers), else a negative FERRY_E* code.  Cached connections\n"
+     "and transfers in flight are not touched."},
+    {"warmup_efa_segment", (PyCFunction)compat_Engine_warmup_efa_segment, METH_O,
+     "warmup_efa_segment(segment_name) -> 0: opens (resolves and connects) the segment ahead of\n"
+     "the first transfer; a negative code if it cannot be opened."},
+    {"get_engine", (PyCFunction)Engine_get_engine, METH_NOARGS,
+     "get_engine() -> PyCapsule named 'ferry_engine' holding this engine's ferry_engine *.\n"
+     "C/C++ code may pass it to any function of ferry.h (it must not destroy it); it is valid\n"
+     "until close() or the next initialize()."},
+    {"get_engine_ptr", (PyCFunction)Engine_get_engine_ptr, METH_NOARGS,
+     "get_engine_ptr() -> int: the same ferry_engine * as an address."},
     {"get_segment_buffers", (PyCFunction)Engine_get_segment_buffers, METH_O,
      "get_segment_buffers(segment_name) -> [(addr, length, location)] the segment publishes."},
     {"get_notifications", (PyCFunction)Engine_get_notifications, METH_NOARGS,
@@ -493,6 +603,8 @@ static PyMethodDef engine_methods[] = {
 static PyGetSetDef engine_getset[] = {
     {"segment_name", (getter)Engine_segment_name, NULL, "this engine's segment name, 'host:port'", NULL},
     {"initialized", (getter)Engine_initialized, NULL, "True between initialize() and close()", NULL},
+    {"transports", (getter)Engine_transports, NULL,
+     "the transports this engine runs, e.g. ['tcp'] after 'rdma' fell back for want of a NIC", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

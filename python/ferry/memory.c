@@ -302,25 +302,32 @@ static PyObject *Engine_managed_buffer_info(EngineObject *self, PyObject *noargs
                          (Py_ssize_t)1 << SLAB_MIN_SHIFT, "max_block", (Py_ssize_t)1 << SLAB_MAX_SHIFT);
 }
 
+COMPAT_FASTKW(Engine_register_memory, 0)
+COMPAT_O(Engine_unregister_memory, 0)
+COMPAT_FASTKW(Engine_batch_register_memory, 0)
+COMPAT_O(Engine_batch_unregister_memory, 0)
+COMPAT_O(Engine_allocate_managed_buffer, 1)
+COMPAT_FASTKW(Engine_free_managed_buffer, 0)
+
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 PyMethodDef memory_methods[] = {
-    {"register_memory", (PyCFunction)(void (*)(void))Engine_register_memory, FASTKW,
+    {"register_memory", (PyCFunction)(void (*)(void))compat_Engine_register_memory, FASTKW,
      "register_memory(buffer_addr, capacity=None, location=None, remote_accessible=True) -> 0\n\n"
      "buffer_addr: int address, buffer object (kept alive until unregistered) or tensor.\n"
      "capacity: bytes (default: the object's size).  location: 'cpu', 'cuda:N', 'npu:N', ... or\n"
      "None/'*' to detect (a tensor gives its own).  Raises FerryError (EEXIST overlap, ENODEV, EINVAL)."},
-    {"unregister_memory", (PyCFunction)Engine_unregister_memory, METH_O,
+    {"unregister_memory", (PyCFunction)compat_Engine_unregister_memory, METH_O,
      "unregister_memory(buffer_addr) -> 0.  Raises FerryError(FERRY_ENOTREG) if not registered."},
-    {"batch_register_memory", (PyCFunction)(void (*)(void))Engine_batch_register_memory, FASTKW,
+    {"batch_register_memory", (PyCFunction)(void (*)(void))compat_Engine_batch_register_memory, FASTKW,
      "batch_register_memory(buffer_addresses, capacities, location=None) -> 0.  All or nothing."},
-    {"batch_unregister_memory", (PyCFunction)Engine_batch_unregister_memory, METH_O,
+    {"batch_unregister_memory", (PyCFunction)compat_Engine_batch_unregister_memory, METH_O,
      "batch_unregister_memory(buffer_addresses) -> 0.  Raises the first error after trying all."},
-    {"allocate_managed_buffer", (PyCFunction)Engine_allocate_managed_buffer, METH_O,
+    {"allocate_managed_buffer", (PyCFunction)compat_Engine_allocate_managed_buffer, METH_O,
      "allocate_managed_buffer(length) -> int address, or 0 when the pool is exhausted.\n\n"
      "Blocks of 4 KiB .. 16 MiB (power-of-two classes) come from one registered host region\n"
      "(TransferEngine(managed_pool_size=...), default 256 MiB) mapped on first use; larger\n"
      "lengths get a registered region of their own.  Thread-safe."},
-    {"free_managed_buffer", (PyCFunction)(void (*)(void))Engine_free_managed_buffer, FASTKW,
+    {"free_managed_buffer", (PyCFunction)(void (*)(void))compat_Engine_free_managed_buffer, FASTKW,
      "free_managed_buffer(buffer_addr, length) -> 0.  length as allocated.  Raises FerryError\n"
      "(FERRY_EINVAL) for a buffer that is not live (double free).  Transfers that touch a freed\n"
      "managed buffer raise FerryError(FERRY_ENOTREG)."},

@@ -28,12 +28,14 @@ typedef struct {
     PyObject_HEAD
     ferry_engine *engine;       /* NULL before initialize() and after close() */
     int closed;
+    int strict;                 /* 1: errors in the call raise (NativeTransferEngine); 0: the reference's returns */
     /* Readers: every call that uses `engine`; writer: close()/dealloc.  Taken
      * with the GIL released when it may block. */
     pthread_rwlock_t life;
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *regs;             /* dict: address (int) -> capsule(struct local_ref), objects kept alive */
+    PyObject *stream_batches;   /* list: ids (in batches) of stream-ordered batches, freed once ended */
     uint64_t next_batch_id;
     pthread_mutex_t slab_lock;  /* guards creating `slab` */
     struct slab *slab;          /* managed buffers; created on first allocate */
@@ -64,6 +66,26 @@ void note_failure(int code, const char *detail);
  * anything (open, register, submit), an error in the call itself (raise)
  * rather than a failure of the transfer (negative return)? */
 int is_call_error(int code);
+
+/* The compatibility convention (self->strict == 0): a method that raised
+ * FerryError or ValueError — an error found after its arguments were parsed —
+ * returns what the reference returns instead: 0 for calls that return an id
+ * or address (returns_id), else the error's negative FERRY_E* code.  Code and
+ * message stay in ferry.last_error().  TypeError and the rest still raise.
+ * r: the method's result (NULL when it raised); strict engines get r back. */
+PyObject *compat_result(EngineObject *self, PyObject *r, int returns_id);
+
+/* Method wrappers applying compat_result, for the method tables. */
+#define COMPAT_FASTKW(fn, returns_id)                                                                       \
+    static PyObject *compat_##fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) \
+    {                                                                                                       \
+        return compat_result(self, fn(self, args, nargs, kw), returns_id);                                  \
+    }
+#define COMPAT_O(fn, returns_id)                                                                            \
+    static PyObject *compat_##fn(EngineObject *self, PyObject *arg)                                        \
+    {                                                                                                       \
+        return compat_result(self, fn(self, arg), returns_id);                                              \
+    }
 
 /* Raises unless the engine is usable; takes the read side of `life` on success
  * (release with engine_leave). */

@@ -205,23 +205,35 @@ out:
     return result;
 }
 
+/* The reference's order: the 5th positional argument is transport_hint;
+ * notify (ferry's) only by keyword. */
 static const char *const sync_names[] = {"target_hostname", "buffer", "peer_buffer_address", "length",
-                                         "notify", "transport_hint", NULL};
+                                         "transport_hint", "notify", NULL};
+
+/* transport_hint: a str (or None).  Ignored, as the reference's classic
+ * engine ignores it: ferry picks the best transport per request itself. */
+static int hint_check(PyObject *hint)
+{
+    if (!hint || hint == Py_None || PyUnicode_Check(hint))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "transport_hint must be a str, not %.80s", Py_TYPE(hint)->tp_name);
+    return -1;
+}
 
 static PyObject *T_transfer_sync_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_sync_write", args, nargs, kw, sync_names, 3, a))
+    if (parse_args("transfer_sync_write", args, nargs, kw, sync_names, 3, a) || hint_check(a[4]))
         return NULL;
-    return sync_one(self, FERRY_WRITE, a[0], a[1], a[2], a[3], a[4]);
+    return sync_one(self, FERRY_WRITE, a[0], a[1], a[2], a[3], a[5]);
 }
 
 static PyObject *T_transfer_sync_read(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_sync_read", args, nargs, kw, sync_names, 3, a))
+    if (parse_args("transfer_sync_read", args, nargs, kw, sync_names, 3, a) || hint_check(a[4]))
         return NULL;
-    return sync_one(self, FERRY_READ, a[0], a[1], a[2], a[3], a[4]);
+    return sync_one(self, FERRY_READ, a[0], a[1], a[2], a[3], a[5]);
 }
 
 static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -230,7 +242,7 @@ static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_s
                                         "opcode", "notify", "transport_hint", NULL};
     PyObject *a[7];
     int op;
-    if (parse_args("transfer_sync", args, nargs, kw, names, 5, a) || opcode_arg(a[4], &op))
+    if (parse_args("transfer_sync", args, nargs, kw, names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
         return NULL;
     return sync_one(self, op, a[0], a[1], a[2], a[3], a[5]);
 }
@@ -310,7 +322,7 @@ out_note:
 }
 
 static const char *const batch_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
-                                          "notify", "transport_hint", NULL};
+                                          "transport_hint", "notify", NULL};
 static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
                                              "opcode", "notify", "transport_hint", NULL};
 
@@ -318,9 +330,9 @@ static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer
     static PyObject *fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)          \
     {                                                                                                       \
         PyObject *a[6];                                                                                     \
-        if (parse_args(pyname, args, nargs, kw, batch_names, 3, a))                                         \
+        if (parse_args(pyname, args, nargs, kw, batch_names, 3, a) || hint_check(a[4]))                     \
             return NULL;                                                                                    \
-        return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[4]);                                    \
+        return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);                                    \
     }
 BATCH_METHOD(T_batch_transfer_sync_write, "batch_transfer_sync_write", FERRY_WRITE, 1)
 BATCH_METHOD(T_batch_transfer_sync_read, "batch_transfer_sync_read", FERRY_READ, 1)
@@ -332,7 +344,7 @@ static PyObject *batch_with_opcode(EngineObject *self, const char *name, int syn
 {
     PyObject *a[7];
     int op;
-    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op))
+    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
         return NULL;
     return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);
 }
@@ -350,12 +362,154 @@ static PyObject *T_batch_transfer_async(EngineObject *self, PyObject *const *arg
 static PyObject *T_transfer_submit_write(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     PyObject *a[6];
-    if (parse_args("transfer_submit_write", args, nargs, kw, sync_names, 4, a))
+    if (parse_args("transfer_submit_write", args, nargs, kw, sync_names, 4, a) || hint_check(a[4]))
         return NULL;
     PyObject *bufs = PyTuple_Pack(1, a[1]), *peers = PyTuple_Pack(1, a[2]), *lens = PyTuple_Pack(1, a[3]);
-    PyObject *r = bufs && peers && lens ? run_batch(self, FERRY_WRITE, 0, a[0], bufs, peers, lens, a[4]) : NULL;
+    PyObject *r = bufs && peers && lens ? run_batch(self, FERRY_WRITE, 0, a[0], bufs, peers, lens, a[5]) : NULL;
     Py_XDECREF(bufs), Py_XDECREF(peers), Py_XDECREF(lens);
     return r;
+}
+
+/* ---------------------------------------------------------------- stream-ordered */
+
+/* Frees the stream-ordered batches that have ended (they have no id the
+ * caller collects: the reference's *_on_cuda return nothing). */
+static void stream_batches_reap(EngineObject *self)
+{
+    Py_ssize_t n = PyList_GET_SIZE(self->stream_batches);
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        PyObject *id = PyList_GET_ITEM(self->stream_batches, i);
+        struct pybatch *b = batch_find(self, id, 0);
+        if (b && ferry_batch_wait(b->batch, 0) == FERRY_ETIMEDOUT)
+            continue;
+        if (b) {
+            b = batch_find(self, id, 1);
+            Py_BEGIN_ALLOW_THREADS
+            pybatch_free_nogil(b);
+            Py_END_ALLOW_THREADS
+            pybatch_release_refs(b);
+        }
+        PyErr_Clear(); /* an id close() already collected */
+        PySequence_DelItem(self->stream_batches, i);
+    }
+}
+
+/* The reference's *_on_cuda: the transfer starts when the stream reaches it
+ * and later work on the stream waits for it (ferry_batch_submit_on_stream).
+ * Returns 0, or fails as the other transfers do. */
+static PyObject *run_on_stream(EngineObject *self, int opcode, PyObject *target, PyObject *buffers, PyObject *peers,
+                               PyObject *lengths, PyObject *stream, PyObject *location)
+{
+    uint64_t stream_ptr = 0;
+    int err = 0;
+    const char *loc = opt_str(location, "location", &err);
+    if (err || (stream && stream != Py_None && to_u64(stream, "stream_ptr", &stream_ptr)))
+        return NULL;
+    struct req_array a;
+    ferry_segment_t seg;
+    if (engine_enter(self))
+        return NULL;
+    stream_batches_reap(self);
+    if (segment_lookup(self, target, &seg) || req_array_build(&a, opcode, seg, buffers, peers, lengths)) {
+        engine_leave(self);
+        return NULL;
+    }
+    if (!loc) /* a tensor says where it lives; else the first GPU */
+        loc = a.refs && a.refs[0].location[0] ? a.refs[0].location : "cuda:0";
+    char where[LOCATION_MAX];
+    snprintf(where, sizeof where, "%s", loc);
+    if (check_managed(self, a.reqs, a.n)) {
+        engine_leave(self);
+        req_array_release(&a);
+        return NULL;
+    }
+    ferry_engine *e = self->engine;
+    ferry_batch *b = NULL;
+    struct outcome o = {0};
+    Py_BEGIN_ALLOW_THREADS
+    int rc = ferry_batch_alloc(e, a.n, &b);
+    if (!rc)
+        rc = ferry_batch_submit_on_stream(b, a.reqs, a.n, where, (void *)(uintptr_t)stream_ptr);
+    if (rc)
+        outcome_fail(&o, rc, STAGE_SUBMIT);
+    if (rc && b && ferry_batch_size(b) == 0 && ferry_batch_wait(b, 0) != FERRY_ETIMEDOUT) {
+        ferry_batch_free(b); /* nothing was enqueued */
+        b = NULL;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    struct pybatch *pb = b ? PyMem_Malloc(sizeof *pb) : NULL;
+    if (pb) { /* kept, with the views it uses, until it ended */
+        *pb = (struct pybatch){b, a.n, a.refs};
+        PyMem_Free(a.reqs);
+        PyObject *id = batch_store(self, pb);
+        if (!id || PyList_Append(self->stream_batches, id)) {
+            Py_XDECREF(id);
+            engine_leave(self);
+            return NULL; /* the batch stays in self->batches for close() */
+        }
+        Py_DECREF(id);
+    } else {
+        if (b) { /* out of memory: wait here rather than free a running batch */
+            Py_BEGIN_ALLOW_THREADS
+            ferry_batch_free(b);
+            Py_END_ALLOW_THREADS
+        }
+        req_array_release(&a);
+    }
+    engine_leave(self);
+    if (b && !pb)
+        return PyErr_NoMemory();
+    result = outcome_result(&o);
+    return result;
+}
+
+static const char *const on_cuda_names[] = {"target_hostname", "buffer", "peer_buffer_address", "length",
+                                            "stream_ptr", "transport_hint", "location", NULL};
+static const char *const batch_on_cuda_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
+                                                  "stream_ptr", "transport_hint", "location", NULL};
+
+static PyObject *one_on_stream(EngineObject *self, const char *name, int opcode, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[7];
+    if (parse_args(name, args, nargs, kw, on_cuda_names, 4, a) || hint_check(a[5]))
+        return NULL;
+    PyObject *bufs = PyTuple_Pack(1, a[1]), *peers = PyTuple_Pack(1, a[2]), *lens = PyTuple_Pack(1, a[3]);
+    PyObject *r = bufs && peers && lens ? run_on_stream(self, opcode, a[0], bufs, peers, lens, a[4], a[6]) : NULL;
+    Py_XDECREF(bufs), Py_XDECREF(peers), Py_XDECREF(lens);
+    return r;
+}
+
+static PyObject *T_transfer_write_on_cuda(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return one_on_stream(self, "transfer_write_on_cuda", FERRY_WRITE, args, nargs, kw);
+}
+
+static PyObject *T_transfer_read_on_cuda(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return one_on_stream(self, "transfer_read_on_cuda", FERRY_READ, args, nargs, kw);
+}
+
+static PyObject *batch_on_stream(EngineObject *self, const char *name, int opcode, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kw)
+{
+    PyObject *a[7];
+    if (parse_args(name, args, nargs, kw, batch_on_cuda_names, 4, a) || hint_check(a[5]))
+        return NULL;
+    return run_on_stream(self, opcode, a[0], a[1], a[2], a[3], a[4], a[6]);
+}
+
+static PyObject *T_batch_transfer_write_on_cuda(EngineObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                                PyObject *kw)
+{
+    return batch_on_stream(self, "batch_transfer_write_on_cuda", FERRY_WRITE, args, nargs, kw);
+}
+
+static PyObject *T_batch_transfer_read_on_cuda(EngineObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                               PyObject *kw)
+{
+    return batch_on_stream(self, "batch_transfer_read_on_cuda", FERRY_READ, args, nargs, kw);
 }
 
 /* ---------------------------------------------------------------- collecting */
@@ -612,10 +766,28 @@ static PyObject *T_bench_sync_loop(EngineObject *self, PyObject *args)
 
 /* ---------------------------------------------------------------- table */
 
+COMPAT_FASTKW(T_transfer_sync_write, 0)
+COMPAT_FASTKW(T_transfer_sync_read, 0)
+COMPAT_FASTKW(T_transfer_sync, 0)
+COMPAT_FASTKW(T_batch_transfer_sync_write, 0)
+COMPAT_FASTKW(T_batch_transfer_sync_read, 0)
+COMPAT_FASTKW(T_batch_transfer_sync, 0)
+COMPAT_FASTKW(T_batch_transfer_async_write, 1)
+COMPAT_FASTKW(T_batch_transfer_async_read, 1)
+COMPAT_FASTKW(T_batch_transfer_async, 1)
+COMPAT_FASTKW(T_transfer_submit_write, 1)
+COMPAT_O(T_get_batch_transfer_status, 0)
+COMPAT_O(T_transfer_check_status, 0)
+COMPAT_FASTKW(T_wait_batch, 0)
+COMPAT_FASTKW(T_transfer_write_on_cuda, 0)
+COMPAT_FASTKW(T_transfer_read_on_cuda, 0)
+COMPAT_FASTKW(T_batch_transfer_write_on_cuda, 0)
+COMPAT_FASTKW(T_batch_transfer_read_on_cuda, 0)
+
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 #define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
 PyMethodDef transfer_methods[] = {
-    M("transfer_sync_write", T_transfer_sync_write, FASTKW,
+    M("transfer_sync_write", compat_T_transfer_sync_write, FASTKW,
       "transfer_sync_write(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
       "WRITEs length bytes from buffer (int address, buffer object or tensor; length defaults to\n"
       "its size) to peer_buffer_address in segment target_hostname and waits.  Returns 0, or a\n"
@@ -623,44 +795,58 @@ PyMethodDef transfer_methods[] = {
       "TypeError/ValueError for bad arguments, FerryError for an unknown segment (FERRY_ENOSEG),\n"
       "unregistered or freed local memory (FERRY_ENOTREG), a remote range outside the peer's\n"
       "buffers (FERRY_ERANGE).  The GIL is released while waiting."),
-    M("transfer_sync_read", T_transfer_sync_read, FASTKW,
+    M("transfer_sync_read", compat_T_transfer_sync_read, FASTKW,
       "transfer_sync_read(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
       "READs into buffer; otherwise as transfer_sync_write."),
-    M("transfer_sync", T_transfer_sync, FASTKW,
+    M("transfer_sync", compat_T_transfer_sync, FASTKW,
       "transfer_sync(target_hostname, buffer, peer_buffer_address, length, opcode, notify=None) -> int"),
-    M("batch_transfer_sync_write", T_batch_transfer_sync_write, FASTKW,
+    M("batch_transfer_sync_write", compat_T_batch_transfer_sync_write, FASTKW,
       "batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int\n\n"
       "One batch (one C call, GIL released) of WRITEs; lengths may be a list, one int for all, or\n"
       "None (each buffer object's size).  notify: bytes/str (<= 4096) delivered to the target after\n"
       "all data is there.  Returns 0 or the first failure's negative code; raises as\n"
       "transfer_sync_write for bad arguments."),
-    M("batch_transfer_sync_read", T_batch_transfer_sync_read, FASTKW,
+    M("batch_transfer_sync_read", compat_T_batch_transfer_sync_read, FASTKW,
       "batch_transfer_sync_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> int"),
-    M("batch_transfer_sync", T_batch_transfer_sync, FASTKW,
+    M("batch_transfer_sync", compat_T_batch_transfer_sync, FASTKW,
       "batch_transfer_sync(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> int"),
-    M("batch_transfer_async_write", T_batch_transfer_async_write, FASTKW,
+    M("batch_transfer_async_write", compat_T_batch_transfer_async_write, FASTKW,
       "batch_transfer_async_write(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None)\n"
       "-> batch id (> 0), or 0 if submitting failed at run time.  Collect it with\n"
       "get_batch_transfer_status([id]), transfer_check_status(id) or free_batch(id); buffer\n"
       "objects stay referenced until then."),
-    M("batch_transfer_async_read", T_batch_transfer_async_read, FASTKW,
+    M("batch_transfer_async_read", compat_T_batch_transfer_async_read, FASTKW,
       "batch_transfer_async_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> id"),
-    M("batch_transfer_async", T_batch_transfer_async, FASTKW,
+    M("batch_transfer_async", compat_T_batch_transfer_async, FASTKW,
       "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> id"),
-    M("transfer_submit_write", T_transfer_submit_write, FASTKW,
+    M("transfer_submit_write", compat_T_transfer_submit_write, FASTKW,
       "transfer_submit_write(target_hostname, buffer, peer_buffer_address, length) -> batch id"),
-    M("get_batch_transfer_status", T_get_batch_transfer_status, METH_O,
+    M("transfer_write_on_cuda", compat_T_transfer_write_on_cuda, FASTKW,
+      "transfer_write_on_cuda(target_hostname, buffer, peer_buffer_address, length, stream_ptr=0,\n"
+      "transport_hint='', location=None) -> 0\n\n"
+      "WRITE ordered with a CUDA stream (cudaStream_t as an int; 0 the legacy default stream): it\n"
+      "starts when the stream reaches it, and later work on the stream waits until it ended; the\n"
+      "caller's thread does not wait.  location: the stream's device ('cuda:N'; default the tensor's\n"
+      "device, else cuda:0).  A transfer that fails later is logged and releases the stream (the\n"
+      "reference exits the process).  Returns 0, or a negative code if it was refused."),
+    M("transfer_read_on_cuda", compat_T_transfer_read_on_cuda, FASTKW,
+      "transfer_read_on_cuda(target_hostname, buffer, peer_buffer_address, length, stream_ptr=0, ...) -> 0"),
+    M("batch_transfer_write_on_cuda", compat_T_batch_transfer_write_on_cuda, FASTKW,
+      "batch_transfer_write_on_cuda(target_hostname, buffers, peer_buffer_addresses, lengths, stream_ptr=0, ...)"),
+    M("batch_transfer_read_on_cuda", compat_T_batch_transfer_read_on_cuda, FASTKW,
+      "batch_transfer_read_on_cuda(target_hostname, buffers, peer_buffer_addresses, lengths, stream_ptr=0, ...)"),
+    M("get_batch_transfer_status", compat_T_get_batch_transfer_status, METH_O,
       "get_batch_transfer_status(batch_ids) -> int\n\n"
       "Waits (GIL released) for every batch in the list, frees them, and returns 0 if all\n"
       "requests completed, else the first failure's negative FERRY_E* code.  Raises ValueError\n"
       "for an unknown id (nothing is collected then)."),
-    M("transfer_check_status", T_transfer_check_status, METH_O,
+    M("transfer_check_status", compat_T_transfer_check_status, METH_O,
       "transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out.\n"
       "Non-blocking; a batch that ended is collected."),
     M("batch_status", T_batch_status, METH_O,
       "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
       "per request, in submit order; non-blocking; the batch stays."),
-    M("wait_batch", T_wait_batch, FASTKW,
+    M("wait_batch", compat_T_wait_batch, FASTKW,
       "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
       "ran out; the batch goes on).  The batch stays; free it with free_batch."),
     M("free_batch", T_free_batch, METH_O,

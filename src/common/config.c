@@ -5,6 +5,10 @@
  * variable, its default and a one-line doc.  ferry_config_init() applies the
  * defaults then the environment; ferry_config_describe() hands the same table
  * to `ferry-bench --help-env` and the README, so docs cannot drift from code.
+ *
+ * MC_* rows are the reference engine's variables that callers (SGLang, vLLM,
+ * LMCache) set: each is converted onto a ferry field first, then the FERRY_*
+ * variables are applied, so FERRY_* wins when both are set.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -16,22 +20,29 @@
 /* KNOB_DOC rows are read by a lower layer itself (the device backends read
  * theirs with getenv at load time); they are listed here so the one table
  * still names every knob. */
-enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC };
+enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC, KNOB_MC };
 
 struct knob {
     struct ferry_config_knob pub;
     enum knob_type type;
     size_t offset;
+    int (*convert)(const char *text, struct ferry_config *cfg); /* KNOB_MC */
 };
 
+static int mc_force_tcp(const char *text, struct ferry_config *cfg);
+static int mc_transfer_timeout(const char *text, struct ferry_config *cfg);
+static int mc_bind_address(const char *text, struct ferry_config *cfg);
+static int mc_slice_size(const char *text, struct ferry_config *cfg);
+#define MC(env, fn, doc) {{env, "unset", doc}, KNOB_MC, 0, fn}
+
 #define KNOB(field, type, env, def, doc)                                                       \
-    {{env, def, doc}, type, offsetof(struct ferry_config, field)}
+    {{env, def, doc}, type, offsetof(struct ferry_config, field), NULL}
 
 static const struct knob knobs[] = {
     KNOB(local_server_name, KNOB_STR, "FERRY_LOCAL_SERVER_NAME", "127.0.0.1",
          "host[:port] of this engine's handshake listener; a taken or 0 port picks a free one"),
     KNOB(metadata_server, KNOB_STR, "FERRY_METADATA_SERVER", "P2PHANDSHAKE",
-         "where descriptors are found: P2PHANDSHAKE, etcd://h:p[,h:p], redis://h:p"),
+         "where descriptors are found: P2PHANDSHAKE, etcd://h:p[,h:p], redis://h:p, http://h:p/path"),
     KNOB(metadata_prefix, KNOB_STR, "FERRY_METADATA_PREFIX", "ferry/segments/",
          "key prefix of published descriptors in etcd / Redis"),
     KNOB(metadata_ttl_s, KNOB_UINT, "FERRY_METADATA_TTL_S", "10",
@@ -52,18 +63,46 @@ static const struct knob knobs[] = {
     KNOB(staging_chunks, KNOB_UINT, "FERRY_STAGING_CHUNKS", "16",
          "chunks per device staging pool: how many staged frames are in flight at once"),
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
-         "received notifications kept before the oldest is dropped"),
+         "received notifications kept; when full, the oldest of the peer holding the most is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
+    KNOB(segment_name, KNOB_STR, "FERRY_SEGMENT_NAME", "",
+         "with a metadata store: the name to publish under (empty: host:port of the listener)"),
+    KNOB(bind_address, KNOB_STR, "FERRY_BIND_ADDRESS", "",
+         "with a metadata store: address the listeners bind (empty: local_server_name's host)"),
+    KNOB(transport_fallback, KNOB_UINT, "FERRY_TRANSPORT_FALLBACK", "1",
+         "1: a listed transport with no usable device (rdma, no NIC) is skipped with a warning, tcp if none is left;"
+         " 0: all are required"),
+    MC("MC_FORCE_TCP", mc_force_tcp, "reference variable: set (any value) = FERRY_PROTOCOLS=tcp"),
+    MC("MC_TRANSFER_TIMEOUT", mc_transfer_timeout,
+       "reference variable: seconds (at least 5) = FERRY_REQUEST_TIMEOUT_MS x 1000"),
+    MC("MC_TCP_BIND_ADDRESS", mc_bind_address,
+       "reference variable: = FERRY_BIND_ADDRESS (ignored when MC_LEGACY_RPC_PORT_BINDING is set)"),
+    {{"MC_LEGACY_RPC_PORT_BINDING", "unset",
+      "reference variable: set = listeners bind local_server_name's host:port (ferry's default without"
+      " FERRY_BIND_ADDRESS)"},
+     KNOB_DOC, 0, NULL},
+    MC("MC_SLICE_SIZE", mc_slice_size, "reference variable: bytes = FERRY_SLICE_SIZE"),
+    KNOB(max_connections, KNOB_UINT, "FERRY_MAX_CONNECTIONS", "0",
+         "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096)"),
+    KNOB(max_connections_per_peer, KNOB_UINT, "FERRY_MAX_CONNECTIONS_PER_PEER", "64",
+         "connections at once per listening port from one IP address (0: no per-address cap)"),
+    KNOB(idle_timeout_ms, KNOB_UINT, "FERRY_IDLE_TIMEOUT_MS", "120000",
+         "a data connection silent this long is closed (0: never); initiators retire theirs after half"),
+    KNOB(auth_key, KNOB_STR, "FERRY_AUTH_KEY", "",
+         "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
+    KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
+         "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
     {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
-     KNOB_DOC, 0},
-    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0},
-    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0, NULL},
     {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
-     KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
-     KNOB_DOC, 0},
-    {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"}, KNOB_DOC, 0},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"},
+     KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])
@@ -104,10 +143,42 @@ static int parse_number(const char *text, enum knob_type type, void *field)
     }
 }
 
+static int mc_force_tcp(const char *text, struct ferry_config *cfg)
+{
+    (void)text;
+    cfg->protocols = "tcp";
+    return 0;
+}
+
+static int mc_transfer_timeout(const char *text, struct ferry_config *cfg)
+{
+    unsigned s;
+    if (parse_number(text, KNOB_UINT, &s) != 0 || s > 0xffffffffu / 1000)
+        return ferry_fail(FERRY_EINVAL, "MC_TRANSFER_TIMEOUT=\"%s\" is not a number of seconds", text);
+    cfg->request_timeout_ms = (s < 5 ? 5 : s) * 1000; /* the reference's floor */
+    return 0;
+}
+
+static int mc_bind_address(const char *text, struct ferry_config *cfg)
+{
+    if (!getenv("MC_LEGACY_RPC_PORT_BINDING"))
+        cfg->bind_address = text;
+    return 0;
+}
+
+static int mc_slice_size(const char *text, struct ferry_config *cfg)
+{
+    if (parse_number(text, KNOB_SIZE, &cfg->slice_size) != 0)
+        return ferry_fail(FERRY_EINVAL, "MC_SLICE_SIZE=\"%s\" is not a valid number", text);
+    return 0;
+}
+
 static int apply(const struct knob *k, const char *text, struct ferry_config *cfg)
 {
     if (k->type == KNOB_DOC)
         return 0;
+    if (k->type == KNOB_MC)
+        return k->convert(text, cfg);
     void *field = (char *)cfg + k->offset;
     if (k->type == KNOB_STR) {
         *(const char **)field = text; /* defaults are static, env strings live as long as environ */
@@ -118,24 +189,43 @@ static int apply(const struct knob *k, const char *text, struct ferry_config *cf
     return 0;
 }
 
-int ferry_config_init(struct ferry_config *cfg)
+/* Defaults and environment into a whole struct of this library's size. */
+static int fill(struct ferry_config *cfg)
 {
-    if (!cfg)
-        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NKNOBS; i++) {
-        int rc = apply(&knobs[i], knobs[i].pub.default_text, cfg);
+        int rc = knobs[i].type == KNOB_MC ? 0 : apply(&knobs[i], knobs[i].pub.default_text, cfg);
         if (rc)
             return rc;
     }
-    for (size_t i = 0; i < NKNOBS; i++) {
-        const char *env = getenv(knobs[i].pub.env);
-        if (env) {
-            int rc = apply(&knobs[i], env, cfg);
-            if (rc)
-                return rc;
+    for (int pass = 0; pass < 2; pass++) { /* MC_* first, so that FERRY_* wins */
+        for (size_t i = 0; i < NKNOBS; i++) {
+            const char *env = getenv(knobs[i].pub.env);
+            if (env && (knobs[i].type == KNOB_MC) == (pass == 0)) {
+                int rc = apply(&knobs[i], env, cfg);
+                if (rc)
+                    return rc;
+            }
         }
     }
+    return 0;
+}
+
+int ferry_config_init_sized(struct ferry_config *cfg, size_t size)
+{
+    if (!cfg)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: cfg is NULL");
+    if (size < sizeof cfg->struct_size)
+        return ferry_fail(FERRY_EINVAL, "ferry_config_init: size %zu cannot hold struct_size", size);
+    /* the caller's struct may be smaller (older ferry.h) or larger (newer)
+     * than ours: write exactly its bytes, zero where we know no knob */
+    struct ferry_config full;
+    int rc = fill(&full);
+    if (rc)
+        return rc;
+    memset(cfg, 0, size);
+    memcpy(cfg, &full, size < sizeof full ? size : sizeof full);
+    cfg->struct_size = size;
     return 0;
 }
 

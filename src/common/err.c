@@ -15,26 +15,9 @@ struct code_text {
     const char *text;
 };
 
-static const struct code_text codes[] = {
-    {FERRY_OK, "FERRY_OK", "success"},
-    {FERRY_EINVAL, "FERRY_EINVAL", "invalid argument"},
-    {FERRY_ENOMEM, "FERRY_ENOMEM", "out of memory"},
-    {FERRY_ENOTREG, "FERRY_ENOTREG", "local memory is not registered"},
-    {FERRY_ERANGE, "FERRY_ERANGE", "remote range outside the target's registered buffers"},
-    {FERRY_ENOSEG, "FERRY_ENOSEG", "unknown segment"},
-    {FERRY_ECONN, "FERRY_ECONN", "peer unreachable or connection broken"},
-    {FERRY_ETIMEDOUT, "FERRY_ETIMEDOUT", "timed out"},
-    {FERRY_EPROTO, "FERRY_EPROTO", "malformed data from peer"},
-    {FERRY_EVERSION, "FERRY_EVERSION", "incompatible peer version"},
-    {FERRY_EFULL, "FERRY_EFULL", "batch is full"},
-    {FERRY_ENODEV, "FERRY_ENODEV", "no such device"},
-    {FERRY_ENOTSUP, "FERRY_ENOTSUP", "not supported"},
-    {FERRY_EEXIST, "FERRY_EEXIST", "overlaps an existing registration"},
-    {FERRY_EBUSY, "FERRY_EBUSY", "busy"},
-    {FERRY_ESTALE, "FERRY_ESTALE", "peer restarted; descriptor is stale"},
-    {FERRY_EIO, "FERRY_EIO", "I/O or device error"},
-    {FERRY_ECANCELED, "FERRY_ECANCELED", "canceled by shutdown"},
-};
+#define CODE_TEXT(name, value, text) {FERRY_##name, "FERRY_" #name, text},
+static const struct code_text codes[] = {FERRY_ERRNO_MAP(CODE_TEXT)};
+#undef CODE_TEXT
 
 static const struct code_text *lookup(int err)
 {

@@ -15,13 +15,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ferry.h"
+
 struct memreg_region {
     uint64_t addr;
     uint64_t len;
     char location[32];       /* normalised: "cpu", "cuda:0", "sim:1" ... */
     int device_index;        /* -1 for host memory */
     int remote_accessible;
-    void *transport_handle[4]; /* per-transport registration (an RDMA MR ...) */
+    void *transport_handle[FERRY_MAX_TRANSPORTS]; /* per-transport registration (an RDMA MR ...) */
 };
 
 /* One access in flight to a registered range; lives in the accessor's memory

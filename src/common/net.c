@@ -172,6 +172,80 @@ int net_read_full(int fd, void *buf, size_t len)
     return 0;
 }
 
+/* Waits until fd is ready for `events` or the deadline passes. */
+static int wait_ready(int fd, short events, uint64_t deadline_ns, const char *what)
+{
+    for (;;) {
+        uint64_t now = now_ns();
+        if (now >= deadline_ns)
+            return ferry_fail(FERRY_ETIMEDOUT, "%s: deadline passed", what);
+        uint64_t left_ms = (deadline_ns - now + 999999u) / 1000000u;
+        struct pollfd p = {.fd = fd, .events = events};
+        int n = poll(&p, 1, left_ms > 60000 ? 60000 : (int)left_ms);
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return ferry_fail(FERRY_ECONN, "%s: poll: %s", what, strerror(errno));
+    }
+}
+
+int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns)
+{
+    char *p = buf;
+    while (len > 0) {
+        int rc = wait_ready(fd, POLLIN, deadline_ns, "recv");
+        if (rc)
+            return rc;
+        ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+            continue;
+        } else {
+            return io_error(n, "recv");
+        }
+    }
+    return 0;
+}
+
+int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns)
+{
+    while (iovcnt > 0) {
+        int rc = wait_ready(fd, POLLOUT, deadline_ns, "send");
+        if (rc)
+            return rc;
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
+        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        if (n <= 0)
+            return io_error(n < 0 ? -1 : 0, "send");
+        size_t left = (size_t)n;
+        while (iovcnt > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+int net_write_full_deadline(int fd, const void *buf, size_t len, uint64_t deadline_ns)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    return net_writev_full_deadline(fd, &iov, 1, deadline_ns);
+}
+
+uint64_t net_deadline(unsigned ms)
+{
+    return now_ns() + (uint64_t)ms * 1000000u;
+}
+
 int net_discard(int fd, uint64_t len)
 {
     char sink[65536];

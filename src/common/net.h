@@ -33,6 +33,16 @@ void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
 /* Reads exactly len bytes.  Returns 0, or FERRY_ECONN (peer closed / reset),
  * FERRY_ETIMEDOUT (SO_RCVTIMEO expired). */
 int net_read_full(int fd, void *buf, size_t len);
+/* The same with one absolute deadline (monotonic ns, see now_ns) for the
+ * whole transfer, however the peer slices it: a peer that sends one byte at
+ * a time cannot stretch it.  FERRY_ETIMEDOUT once the deadline passes.
+ * Independent of SO_RCVTIMEO / SO_SNDTIMEO. */
+int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns);
+int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns);
+int net_write_full_deadline(int fd, const void *buf, size_t len, uint64_t deadline_ns);
+/* now_ns() + ms milliseconds. */
+uint64_t net_deadline(unsigned ms);
+
 /* Reads and throws away len bytes (payload of a refused frame). */
 int net_discard(int fd, uint64_t len);
 /* Writes the whole iovec array (modified in place). Returns 0 or as above. */

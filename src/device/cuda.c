@@ -49,7 +49,9 @@ enum {
     CUDA_SUCCESS = 0,
     CUDA_ERROR_INVALID_VALUE = 1,
     CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_NOT_READY = 600,
+    CU_STREAM_WAIT_VALUE_GEQ = 0,
     CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
     CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
@@ -131,6 +133,10 @@ static struct {
     CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
     CUresult (*cuIpcOpenMemHandle_v1)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
     CUresult (*cuIpcCloseMemHandle)(CUdeviceptr dptr);
+    /* stream ordering (optional: missing ones leave stream_host_func /
+     * stream_wait_flag failing with FERRY_ENOTSUP) */
+    CUresult (*cuLaunchHostFunc)(CUstream stream, void (*fn)(void *), void *arg);
+    CUresult (*cuStreamWaitValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
 } cu;
 
 #define CUDA_MAX_DEVICES 64
@@ -206,6 +212,8 @@ static int cuda_load(void)
         {"cuIpcOpenMemHandle_v2", &cu.cuIpcOpenMemHandle, 0},
         {"cuIpcOpenMemHandle", &cu.cuIpcOpenMemHandle_v1, 0},
         {"cuIpcCloseMemHandle", &cu.cuIpcCloseMemHandle, 0},
+        {"cuLaunchHostFunc", &cu.cuLaunchHostFunc, 0},
+        {"cuStreamWaitValue32_v2", &cu.cuStreamWaitValue32, 0},
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &libcuda);
     if (rc < 0)
@@ -1128,6 +1136,55 @@ static void cuda_ipc_close(int dev, void *ptr)
         LOG_ERROR("cuda:%d: cuIpcCloseMemHandle(%p): %s", dev, ptr, cu_error_text(r));
 }
 
+/* ---------------------------------------------------------------- stream ordering */
+
+/* The caller's stream belongs to the caller's context: use the current one
+ * if the thread has one (a framework made it current), else dev's primary. */
+static int stream_ctx_enter(int dev, struct ctx_guard *g)
+{
+    CUcontext cur = NULL;
+    if (cu.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur != NULL) {
+        g->prev = g->ours = cur;
+        return 0;
+    }
+    return ctx_enter(dev, g);
+}
+
+static int cuda_stream_host_func(int dev, void *stream, void (*fn)(void *), void *arg)
+{
+    struct ctx_guard g;
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (cu.cuLaunchHostFunc == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuLaunchHostFunc", dev);
+    if ((rc = stream_ctx_enter(dev, &g)) < 0)
+        return rc;
+    CUresult r = cu.cuLaunchHostFunc((CUstream)stream, fn, arg);
+    ctx_leave(&g);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuLaunchHostFunc", dev);
+}
+
+static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
+{
+    struct ctx_guard g;
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (cu.cuStreamWaitValue32 == NULL || cu.cuMemHostGetDevicePointer == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuStreamWaitValue32", dev);
+    if ((rc = stream_ctx_enter(dev, &g)) < 0)
+        return rc;
+    CUdeviceptr addr = 0;
+    CUresult r = cu.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    if (r == CUDA_SUCCESS)
+        r = cu.cuStreamWaitValue32((CUstream)stream, addr, value, CU_STREAM_WAIT_VALUE_GEQ);
+    ctx_leave(&g);
+    if (r == CUDA_ERROR_NOT_SUPPORTED)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: stream memory operations are not supported", dev);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
+}
+
 const struct ferry_device_ops ferry_device_cuda = {
     .kind = "cuda",
     .init = cuda_init,
@@ -1142,6 +1199,8 @@ const struct ferry_device_ops ferry_device_cuda = {
     .copy_async = cuda_copy_async,
     .stream_query = cuda_stream_query,
     .stream_sync = cuda_stream_sync,
+    .stream_host_func = cuda_stream_host_func,
+    .stream_wait_flag = cuda_stream_wait_flag,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,

@@ -11,6 +11,10 @@
 #include "device/backend.h"
 
 #include <dlfcn.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -199,4 +203,22 @@ int ferry_device_enqueue_copies(const struct ferry_copy_engine *e, void *arg,
         done += k;
     }
     return rc;
+}
+
+/* ---------------------------------------------------------------- completion flags */
+
+void ferry_flag_set(volatile uint32_t *flag, uint32_t value)
+{
+    __atomic_store_n(flag, value, __ATOMIC_RELEASE);
+    syscall(SYS_futex, flag, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0); /* shared: the page may be mapped twice */
+}
+
+void ferry_flag_wait(volatile uint32_t *flag, uint32_t value)
+{
+    for (;;) {
+        uint32_t now = __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+        if ((int32_t)(now - value) >= 0)
+            return;
+        syscall(SYS_futex, flag, FUTEX_WAIT, now, NULL, NULL, 0); /* returns at once if *flag != now */
+    }
 }

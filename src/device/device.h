@@ -77,6 +77,24 @@ struct ferry_device_ops {
     /* Waits for everything enqueued so far. 0 or a negative error. */
     int (*stream_sync)(ferry_stream *stream);
 
+    /* Optional (NULL: this kind cannot order ferry's work with a caller's
+     * stream).  `stream` is the caller's own native stream of device dev (a
+     * CUstream / cudaStream_t, 0 for the legacy default stream; for sim a
+     * ferry_stream of sim).  Used by ferry_batch_submit_on_stream.
+     *
+     * stream_host_func: enqueues fn(arg), to run on a driver thread once
+     * everything enqueued before it on the stream has finished.  fn must not
+     * call the device API (it only hands work to a ferry thread).
+     *
+     * stream_wait_flag: enqueues a wait: work enqueued after it on the stream
+     * starts only once the 32-bit word *flag is >= value.  flag lies in
+     * memory from this kind's host_alloc; ferry's threads write it (then wake
+     * futex waiters on it).  FERRY_ENOTSUP where the device cannot (CUDA
+     * without stream memory operations): the caller then blocks a host
+     * function on the flag instead.  0 or FERRY_E*. */
+    int (*stream_host_func)(int dev, void *stream, void (*fn)(void *), void *arg);
+    int (*stream_wait_flag)(int dev, void *stream, volatile uint32_t *flag, uint32_t value);
+
     /* Optional (NULL: this kind's memory cannot be shared between processes;
      * peers then reach it only through its owner, staged over tcp/rdma).
      * Sharing device memory with another process of this host (CUDA IPC),
@@ -134,6 +152,12 @@ const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *in
  * staging fast path (src/staging).  0 or FERRY_E*. */
 int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                            const struct ferry_copy *copies, size_t n);
+
+/* A 32-bit completion flag in host memory (stream_wait_flag): set stores
+ * value and wakes every thread blocked in wait; wait returns once *flag >=
+ * value.  Futex-based, no polling. */
+void ferry_flag_set(volatile uint32_t *flag, uint32_t value);
+void ferry_flag_wait(volatile uint32_t *flag, uint32_t value);
 
 /* The backends' tables, for device.c's registry; use ferry_device_find(). */
 extern const struct ferry_device_ops ferry_device_cuda;

@@ -70,9 +70,14 @@ static struct {
     struct sim_device devs[SIM_MAX_DEVICES];
 } sim = {.loader = FERRY_DEVICE_LOADER_INIT};
 
-/* A queued copy_async call: its copies are performed in order. */
+/* A queued copy_async call (its copies are performed in order), or a host
+ * function (fn) or a wait on a completion flag (flag) of stream ordering. */
 struct sim_job {
     struct sim_job *next;
+    void (*fn)(void *);
+    void *arg;
+    volatile uint32_t *flag;
+    uint32_t value;
     enum ferry_copy_dir dir;
     size_t n;
     struct ferry_copy copies[];
@@ -510,7 +515,13 @@ static void *stream_worker(void *arg)
         int failed = s->error;
         pthread_mutex_unlock(&s->lock);
 
-        int rc = failed ? 0 : run_job(s->dev, job, msg, sizeof msg);
+        int rc = 0;
+        if (job->fn) /* host functions and waits run even on a failed stream: */
+            job->fn(job->arg); /* ferry's side of stream ordering must not hang */
+        else if (job->flag)
+            ferry_flag_wait(job->flag, job->value);
+        else if (!failed)
+            rc = run_job(s->dev, job, msg, sizeof msg);
         free(job);
 
         pthread_mutex_lock(&s->lock);
@@ -606,7 +617,7 @@ static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
         job = malloc(sizeof *job + n * sizeof copies[0]);
         if (job == NULL)
             return ferry_fail(FERRY_ENOMEM, "sim: copy_async of %zu copies", n);
-        job->next = NULL;
+        memset(job, 0, sizeof *job);
         job->dir = dir;
         job->n = n;
         memcpy(job->copies, copies, n * sizeof copies[0]);
@@ -632,6 +643,43 @@ static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
     }
     pthread_mutex_unlock(&s->lock);
     return 0;
+}
+
+/* Queues a host function or a flag wait (stream ordering). */
+static int sim_enqueue_sync_job(int dev, void *stream, const struct sim_job *proto)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL || s->dev != dev)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: %p is not a stream of that device", dev, stream);
+    struct sim_job *job = malloc(sizeof *job);
+    if (job == NULL)
+        return ferry_fail(FERRY_ENOMEM, "sim:%d: stream job", dev);
+    *job = *proto;
+    job->next = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->tail != NULL)
+        s->tail->next = job;
+    else
+        s->head = job;
+    s->tail = job;
+    s->enqueued++;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int sim_stream_host_func(int dev, void *stream, void (*fn)(void *), void *arg)
+{
+    if (fn == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: stream_host_func without a function", dev);
+    return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.fn = fn, .arg = arg});
+}
+
+static int sim_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
+{
+    if (flag == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: stream_wait_flag without a flag", dev);
+    return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.flag = flag, .value = value});
 }
 
 /* Called with s->lock held; records the stream's error for the caller. */
@@ -829,6 +877,8 @@ const struct ferry_device_ops ferry_device_sim = {
     .copy_async = sim_copy_async,
     .stream_query = sim_stream_query,
     .stream_sync = sim_stream_sync,
+    .stream_host_func = sim_stream_host_func,
+    .stream_wait_flag = sim_stream_wait_flag,
     .ipc_export = sim_ipc_export,
     .ipc_open = sim_ipc_open,
     .ipc_close = sim_ipc_close,

@@ -60,6 +60,10 @@ struct ferry_batch {
     struct xfer_frame note_frames[MAX_NOTIFY_TARGETS];
     int note_error;
     char note_msg[160];
+
+    size_t deferred;         /* stream-ordered submits not yet made (batch_defer) */
+    int deferred_error;      /* the first one that failed when it was made */
+    char deferred_msg[160];
 };
 
 /* ------------------------------------------------------------ completion */
@@ -77,9 +81,16 @@ static void end_request(struct ferry_batch *b, struct req_slot *r)
     b->ended++;
 }
 
-static bool finished(const struct ferry_batch *b)
+/* Every submitted request and the notification have ended. */
+static bool all_ended(const struct ferry_batch *b)
 {
     return b->ended == b->count && b->frames_out == 0 && b->note_state != NOTE_SENDING;
+}
+
+/* ... and no stream-ordered submit is still to come (batch_defer). */
+static bool finished(const struct ferry_batch *b)
+{
+    return all_ended(b) && b->deferred == 0;
 }
 
 static void notify_frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg);
@@ -171,7 +182,7 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
     }
     b->frames_out--;
     size_t notes = notification_due(b);
-    if (finished(b))
+    if (all_ended(b)) /* finished, or a stream-ordered submit waits for this */
         pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->lock);
     if (notes)
@@ -465,6 +476,74 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     return rc;
 }
 
+/* ------------------------------------------------------------ deferred submits */
+
+int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
+{
+    if (!b || !reqs || n == 0)
+        return ferry_fail(FERRY_EINVAL, "submit_on_stream: NULL argument or no request");
+    pthread_mutex_lock(&b->lock);
+    int rc = b->count || b->deferred ? ferry_fail(FERRY_EBUSY, "a stream-ordered submit needs a batch of its own")
+             : n > b->capacity     ? ferry_fail(FERRY_EFULL, "batch holds %zu requests; %zu do not fit", b->capacity, n)
+                                   : 0;
+    pthread_mutex_unlock(&b->lock);
+    ferry_engine *e = b->e;
+    struct memreg_region *locals = rc ? NULL : malloc(n * sizeof *locals);
+    struct slice_req *sreqs = rc ? NULL : malloc(n * sizeof *sreqs);
+    if (!rc && (!locals || !sreqs))
+        rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = check_local(e, i, &reqs[i], &locals[i]);
+    for (int attempt = 0; !rc; attempt++) { /* the remote side, as submit_locked judges it */
+        uint64_t miss = 0;
+        pthread_rwlock_rdlock(&e->seg_lock);
+        rc = route_requests(e, reqs, n, locals, sreqs, &miss);
+        pthread_rwlock_unlock(&e->seg_lock);
+        if (rc != FERRY_ERANGE || attempt > 0)
+            break;
+        char why[256];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        rc = engine_refresh_segment(e, miss) ? ferry_fail(FERRY_ERANGE, "%s", why) : 0;
+        if (rc)
+            break;
+    }
+    free(locals);
+    free(sreqs);
+    if (!rc) {
+        pthread_mutex_lock(&b->lock);
+        b->deferred++;
+        pthread_mutex_unlock(&b->lock);
+    }
+    return rc;
+}
+
+ferry_engine *batch_engine(const ferry_batch *b)
+{
+    return b->e;
+}
+
+int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
+{
+    int rc = ferry_batch_submit(b, reqs, n);
+    pthread_mutex_lock(&b->lock);
+    if (rc) {
+        b->deferred_error = rc;
+        snprintf(b->deferred_msg, sizeof b->deferred_msg, "stream-ordered submit: %s", ferry_last_error());
+    }
+    while (!all_ended(b))
+        pthread_cond_wait(&b->cond, &b->lock);
+    for (size_t i = 0; i < b->count && !rc; i++)
+        if (b->reqs[i].state != FERRY_COMPLETED)
+            rc = ferry_fail(b->reqs[i].error, "request %zu: %s", i, b->reqs[i].msg);
+    if (!rc && b->note_error)
+        rc = ferry_fail(b->note_error, "%s", b->note_msg);
+    /* the batch is finished (and may be freed) once this lock is let go */
+    b->deferred--;
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}
+
 /* ------------------------------------------------------------ status and wait */
 
 int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
@@ -517,6 +596,8 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
             rc = ferry_fail(b->reqs[i].error, "request %zu %s: %s", i,
                             b->reqs[i].state == FERRY_TIMEOUT ? "timed out" : "failed", b->reqs[i].msg);
     }
+    if (!rc && b->deferred_error)
+        rc = ferry_fail(b->deferred_error, "%s", b->deferred_msg);
     if (!rc && b->note_error)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
     pthread_mutex_unlock(&b->lock);

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 
+#include "abi.h"
 #include "device/device.h"
 #include "engine/engine.h"
 #include "err.h"
@@ -36,63 +37,17 @@ static const struct ferry_device_ops *region_device(const struct memreg_region *
 
 /* ------------------------------------------------------------ notifications */
 
-struct note_node {
-    struct note_node *next;
-    struct ferry_notification n;
-};
-
 static void hook_deliver_notify(void *engine, const char *from, const void *msg, size_t len)
 {
     ferry_engine *e = engine;
-    struct note_node *node = calloc(1, sizeof *node);
-    if (!node) {
-        LOG_ERROR("notification from %s dropped: out of memory", from);
-        return;
-    }
-    snprintf(node->n.from, sizeof node->n.from, "%s", from);
-    node->n.len = len < sizeof node->n.msg ? len : sizeof node->n.msg;
-    memcpy(node->n.msg, msg, node->n.len);
-    struct notify_queue *q = &e->notes;
-    pthread_mutex_lock(&q->lock);
-    if (q->tail)
-        q->tail->next = node;
-    else
-        q->head = node;
-    q->tail = node;
-    q->count++;
-    if (q->count > e->cfg.notify_queue_max) {
-        struct note_node *old = q->head;
-        q->head = old->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        q->dropped++;
-        LOG_WARN("notification queue full (%u): dropped the oldest, from %s", e->cfg.notify_queue_max,
-                 old->n.from);
-        free(old);
-    }
-    pthread_mutex_unlock(&q->lock);
+    notify_deliver(&e->notes, from, msg, len);
 }
 
 int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, size_t max, size_t *count)
 {
     if (!e || (!out && max) || !count)
         return ferry_fail(FERRY_EINVAL, "ferry_get_notifications: NULL argument");
-    struct notify_queue *q = &e->notes;
-    size_t n = 0;
-    pthread_mutex_lock(&q->lock);
-    while (n < max && q->head) {
-        struct note_node *node = q->head;
-        q->head = node->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->count--;
-        out[n++] = node->n;
-        free(node);
-    }
-    pthread_mutex_unlock(&q->lock);
-    *count = n;
-    return 0;
+    return notify_take(&e->notes, out, max, count);
 }
 
 /* ------------------------------------------------------------ descriptor */
@@ -162,6 +117,7 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         {&e->cfg.protocols, e->str_protocols, sizeof e->str_protocols, "protocols"},
         {&e->cfg.device_name, e->str_device, sizeof e->str_device, "device_name"},
         {&e->cfg.metadata_prefix, e->str_prefix, sizeof e->str_prefix, "metadata_prefix"},
+        {&e->cfg.bind_address, e->str_bind, sizeof e->str_bind, "bind_address"},
     };
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         const char *v = *strs[i].field ? *strs[i].field : "";
@@ -185,55 +141,117 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
     if (!e->meta)
         return ferry_fail(strstr(e->cfg.metadata_server, "://") ? FERRY_ENOTSUP : FERRY_EINVAL,
                           "metadata_server \"%s\" is not supported by this build "
-                          "(P2PHANDSHAKE, etcd://host:port[,host:port], redis://host:port)",
+                          "(P2PHANDSHAKE, etcd://host:port[,host:port], redis://host:port, http://host:port/path)",
                           e->cfg.metadata_server);
     return 0;
 }
 
+/* A transport that needs hardware: with transport_fallback, not finding a
+ * usable device (or not being built) skips it instead of failing.  "ascend"
+ * is the reference's name for its NPU transport; ferry reaches NPU memory by
+ * staging over the others, so it is never started and always skipped. */
+static int may_skip(const ferry_engine *e, const char *name, int rc)
+{
+    return e->cfg.transport_fallback && (strcmp(name, "rdma") == 0 || strcmp(name, "ascend") == 0) &&
+           (rc == FERRY_ENODEV || rc == FERRY_ENOTSUP);
+}
+
+static int start_one(ferry_engine *e, const struct transport_host *host, const char *name)
+{
+    const struct transport_ops *ops = NULL;
+    for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+        if (strcmp(known_transports[i]->name, name) == 0)
+            ops = known_transports[i];
+    if (!ops) {
+        char avail[64] = "";
+        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
+            snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
+                     known_transports[i]->name);
+        int known = strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 || strcmp(name, "ascend") == 0;
+        return ferry_fail(known ? FERRY_ENOTSUP : FERRY_EINVAL,
+                          "protocol \"%s\" is not available in this build (available: %s)", name, avail);
+    }
+    for (size_t i = 0; i < e->ntransports; i++)
+        if (e->tops[i] == ops)
+            return 0;
+    if (e->ntransports == FERRY_MAX_TRANSPORTS)
+        return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
+    int rc = ops->create(host, &e->tstate[e->ntransports]);
+    if (rc)
+        return rc;
+    e->tops[e->ntransports++] = ops;
+    return 0;
+}
+
+/* Starts the listed transports.  As the reference engine discovers its NICs
+ * and falls back to TCP, a hardware transport that cannot start is skipped
+ * (may_skip) and, if nothing is left, tcp runs; either way one warning says
+ * so, so an engine is never on a slower path than asked without a word. */
 static int start_transports(ferry_engine *e, const struct transport_host *host)
 {
-    char list[sizeof e->str_protocols], *save = NULL;
+    char list[sizeof e->str_protocols], *save = NULL, skipped[320] = "";
     strcpy(list, e->cfg.protocols);
     for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
-        const struct transport_ops *ops = NULL;
-        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-            if (strcmp(known_transports[i]->name, name) == 0)
-                ops = known_transports[i];
-        if (!ops) {
-            char avail[64] = "";
-            for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-                snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
-                         known_transports[i]->name);
-            return ferry_fail(strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
-                              "protocol \"%s\" is not available in this build (available: %s)", name, avail);
-        }
-        if (e->ntransports == MAX_TRANSPORTS)
-            return ferry_fail(FERRY_EINVAL, "too many protocols in \"%s\"", e->cfg.protocols);
-        int rc = ops->create(host, &e->tstate[e->ntransports]);
+        int rc = start_one(e, host, name);
+        if (rc && !may_skip(e, name, rc))
+            return rc;
+        if (rc)
+            snprintf(skipped + strlen(skipped), sizeof skipped - strlen(skipped), "%s%s (%s)", *skipped ? "; " : "",
+                     name, ferry_last_error());
+    }
+    if (e->ntransports == 0 && *skipped) {
+        int rc = start_one(e, host, "tcp");
         if (rc)
             return rc;
-        e->tops[e->ntransports++] = ops;
+        LOG_WARN("transport %s not started; falling back to tcp (FERRY_TRANSPORT_FALLBACK=0 makes this an error)",
+                 skipped);
+    } else if (*skipped) {
+        LOG_WARN("transport %s not started; running on the others of \"%s\"", skipped, e->cfg.protocols);
     }
     if (e->ntransports == 0)
         return ferry_fail(FERRY_EINVAL, "no protocol given");
     return 0;
 }
 
+/* Splits local_server_name into the listener's host and port (an Ascend
+ * ":npu_N" suffix is dropped).  With a metadata store the listener binds
+ * bind_address if set, and the engine is named segment_name if set (the
+ * reference names it by its local_hostname); otherwise the name is set once
+ * the port is bound (ferry_engine_create). */
+static int local_name(ferry_engine *e, int *port)
+{
+    const char *want = e->cfg.segment_name;
+    e->cfg.segment_name = e->segment_name; /* the caller's string is not kept */
+    char name[sizeof e->str_local];
+    snprintf(name, sizeof name, "%s", e->cfg.local_server_name);
+    char *npu = strstr(name, ":npu_");
+    if (npu && npu[5] && strspn(npu + 5, "0123456789") == strlen(npu + 5))
+        *npu = '\0';
+    int rc = net_split_hostport(name, e->listen_host, sizeof e->listen_host, port);
+    if (rc || e->meta == &ferry_meta_p2p)
+        return rc;
+    if (want && *want) {
+        if (strlen(want) >= sizeof e->segment_name)
+            return ferry_fail(FERRY_EINVAL, "segment_name is longer than %zu characters", sizeof e->segment_name - 1);
+        snprintf(e->segment_name, sizeof e->segment_name, "%s", want);
+    }
+    if (*e->cfg.bind_address)
+        snprintf(e->listen_host, sizeof e->listen_host, "%s", e->cfg.bind_address);
+    return 0;
+}
+
 int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
 {
-    struct ferry_config defaults;
+    struct ferry_config full; /* the caller's config in this library's layout */
     if (!out)
         return ferry_fail(FERRY_EINVAL, "ferry_engine_create: out is NULL");
-    if (!cfg) {
-        int rc = ferry_config_init(&defaults);
-        if (rc)
-            return rc;
-        cfg = &defaults;
-    }
+    int rc = cfg ? config_import(&full, cfg) : ferry_config_init(&full);
+    if (rc)
+        return rc;
     ferry_engine *e = calloc(1, sizeof *e);
     if (!e)
         return ferry_fail(FERRY_ENOMEM, "engine");
-    int rc = copy_config(e, cfg);
+    rc = copy_config(e, &full);
     if (rc) {
         free(e);
         return rc;
@@ -241,25 +259,34 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     ferry_log_level = e->cfg.log_level;
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
-    pthread_mutex_init(&e->notes.lock, NULL);
+    notify_queue_init(&e->notes, e->cfg.notify_queue_max);
     pthread_mutex_init(&e->stale_lock, NULL);
     pthread_mutex_init(&e->publish_lock, NULL);
     pthread_mutex_init(&e->pool_lock, NULL);
     if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
         e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
     int port = 0;
-    rc = net_split_hostport(e->cfg.local_server_name, e->listen_host, sizeof e->listen_host, &port);
+    rc = local_name(e, &port);
     if (rc) {
         ferry_engine_destroy(e);
         return rc;
     }
-    rc = p2p_server_start(e->listen_host, port, e->cfg.connect_timeout_ms, describe_self, e, &e->handshake,
-                          &e->handshake_port);
+    rc = auth_key_load(&e->auth, e->cfg.auth_key, e->cfg.auth_key_file, e->engine_id);
+    /* the struct keeps no pointer to the secret: it lives in e->auth only */
+    e->cfg.auth_key = e->cfg.auth_key_file = NULL;
     if (rc) {
         ferry_engine_destroy(e);
         return rc;
     }
-    snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
+    struct acceptor_limits limits = {e->cfg.max_connections, e->cfg.max_connections_per_peer};
+    struct p2p_server_opts hs = {e->cfg.connect_timeout_ms, limits, &e->auth};
+    rc = p2p_server_start(e->listen_host, port, &hs, describe_self, e, &e->handshake, &e->handshake_port);
+    if (rc) {
+        ferry_engine_destroy(e);
+        return rc;
+    }
+    if (!*e->segment_name)
+        snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
     if (port && port != e->handshake_port)
         LOG_WARN("handshake port %d is taken; listening on %d instead", port, e->handshake_port);
     struct transport_host host = {
@@ -271,6 +298,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         .listen_host = e->listen_host,
         .deliver_notify = hook_deliver_notify,
         .bytes_bounced = &e->bytes_bounced,
+        .auth = &e->auth,
+        .limits = limits,
     };
     if ((rc = start_transports(e, &host))) {
         char why[512];
@@ -281,6 +310,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     atomic_store(&e->ready, 1);
     rc = e->meta->create(e->cfg.metadata_server, e->cfg.metadata_prefix, e->cfg.metadata_ttl_s,
                          e->cfg.connect_timeout_ms, &e->meta_state);
+    if (!rc && e->meta->set_auth)
+        e->meta->set_auth(e->meta_state, &e->auth);
     if (!rc)
         rc = engine_publish(e);
     if (rc) {
@@ -307,6 +338,7 @@ void ferry_engine_destroy(ferry_engine *e)
 {
     if (!e)
         return;
+    stream_runner_destroy(atomic_load(&e->streams)); /* before anything its workers use */
     if (e->meta_state) {
         e->meta->unpublish(e->meta_state, e->segment_name);
         e->meta->destroy(e->meta_state);
@@ -331,17 +363,13 @@ void ferry_engine_destroy(ferry_engine *e)
         staging_pool_destroy(e->pools[i].pool);
     for (size_t i = 0; i < e->ntransports; i++)
         e->tops[i]->destroy(e->tstate[i]);
-    struct ferry_notification drop[16];
-    size_t got;
-    do
-        ferry_get_notifications(e, drop, 16, &got);
-    while (got);
-    pthread_mutex_destroy(&e->notes.lock);
+    notify_queue_destroy(&e->notes);
     pthread_mutex_destroy(&e->stale_lock);
     pthread_mutex_destroy(&e->publish_lock);
     pthread_mutex_destroy(&e->pool_lock);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
+    auth_key_wipe(&e->auth);
     free(e);
 }
 
@@ -731,6 +759,25 @@ int engine_take_stale(ferry_engine *e, uint64_t handle)
     return found;
 }
 
+/* A refresh of a peer that did not restart (it registered more memory) must
+ * not cancel requests in flight on its connections: a transport whose
+ * endpoint is unchanged and whose reach does not depend on the buffer list
+ * (no can_reach) keeps its old peer.  Caller holds seg_lock for writing. */
+static void keep_live_peers(ferry_engine *e, struct segment *old, struct segment *fresh)
+{
+    if (old->desc.engine_id != fresh->desc.engine_id)
+        return;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        const char *a = descriptor_transport(&old->desc, e->tops[i]->name);
+        const char *b = descriptor_transport(&fresh->desc, e->tops[i]->name);
+        if (e->tops[i]->can_reach || !old->peer[i] || !fresh->peer[i] || !a || !b || strcmp(a, b) != 0)
+            continue;
+        void *keep = old->peer[i];
+        old->peer[i] = fresh->peer[i]; /* freed with the old contents below */
+        fresh->peer[i] = keep;
+    }
+}
+
 int engine_refresh_segment(ferry_engine *e, uint64_t handle)
 {
     char name[128];
@@ -747,6 +794,8 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle)
         return rc;
     pthread_rwlock_wrlock(&e->seg_lock);
     old = engine_segment(e, handle);
+    if (old)
+        keep_live_peers(e, old, fresh);
     if (old) { /* swap contents so the handle stays valid */
         struct segment tmp = *old;
         *old = *fresh;
@@ -781,12 +830,13 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
 
 /* ------------------------------------------------------------ stats */
 
-int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
+int ferry_get_stats_sized(ferry_engine *e, struct ferry_stats *caller, size_t size, size_t transport_size)
 {
-    if (!e || !out)
+    if (!e || !caller)
         return ferry_fail(FERRY_EINVAL, "get_stats: NULL argument");
+    struct ferry_stats full, *out = &full; /* this library's layout; the caller's may differ */
     memset(out, 0, sizeof *out);
-    for (size_t i = 0; i < e->ntransports && i < 4; i++) {
+    for (size_t i = 0; i < e->ntransports; i++) {
         e->tops[i]->stats(e->tstate[i], &out->transports[i]);
         out->transports[i].requests_completed = atomic_load(&e->req_completed[i]);
         out->transports[i].requests_failed = atomic_load(&e->req_failed[i]);
@@ -795,5 +845,5 @@ int ferry_get_stats(ferry_engine *e, struct ferry_stats *out)
         out->transports[i].bytes_bounced = i == 0 ? atomic_load(&e->bytes_bounced) : 0;
     }
     out->transport_count = e->ntransports;
-    return 0;
+    return stats_export(out, caller, size, transport_size);
 }

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "auth.h"
 #include "ferry.h"
+#include "log.h"
 #include "memreg.h"
 #include "meta/descriptor.h"
 #include "meta/meta.h"
@@ -16,7 +18,6 @@
 #include "staging/staging.h"
 #include "transport/transport.h"
 
-#define MAX_TRANSPORTS 4
 #define MAX_POOLS 15
 
 /* A frame's route: the transport index in the low 4 bits; staged frames add
@@ -35,20 +36,34 @@ struct segment {
     uint64_t handle;
     char name[128];
     struct ferry_descriptor desc;
-    void *peer[MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
+    void *peer[FERRY_MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
 };
 
+/* Received notifications (notify.c): one FIFO, and one per sending peer so
+ * that a full queue drops from the peer holding the most. */
 struct note_node;
+struct note_peer;
 struct notify_queue {
     pthread_mutex_t lock;
     struct note_node *head, *tail;  /* FIFO, oldest at head */
-    size_t count;
+    struct note_peer *peers;        /* peers with notes queued */
+    size_t count, max;
     uint64_t dropped;
+    struct log_ratelimit warn;
 };
+
+void notify_queue_init(struct notify_queue *q, unsigned max);
+void notify_queue_destroy(struct notify_queue *q);
+/* Queues a notification (any thread); a full queue drops the oldest note of
+ * the peer holding the most notes. */
+void notify_deliver(struct notify_queue *q, const char *from, const void *msg, size_t len);
+/* Moves up to max notes, oldest first, into out. */
+int notify_take(struct notify_queue *q, struct ferry_notification *out, size_t max, size_t *count);
 
 struct ferry_engine {
     struct ferry_config cfg;
     char str_local[128], str_meta[256], str_protocols[64], str_device[128], str_prefix[128]; /* cfg strings */
+    char str_bind[64];              /* cfg.bind_address */
     char listen_host[64];
     char segment_name[128];
     int handshake_port;
@@ -57,10 +72,10 @@ struct ferry_engine {
 
     struct memreg registry;
     size_t ntransports;
-    const struct transport_ops *tops[MAX_TRANSPORTS];
-    void *tstate[MAX_TRANSPORTS];
-    atomic_uint_fast64_t req_completed[MAX_TRANSPORTS], req_failed[MAX_TRANSPORTS];
-    atomic_uint_fast64_t bytes_staged[MAX_TRANSPORTS];
+    const struct transport_ops *tops[FERRY_MAX_TRANSPORTS];
+    void *tstate[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t req_completed[FERRY_MAX_TRANSPORTS], req_failed[FERRY_MAX_TRANSPORTS];
+    atomic_uint_fast64_t bytes_staged[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_bounced;
 
     pthread_mutex_t pool_lock;          /* creation only; entries are never removed */
@@ -85,6 +100,9 @@ struct ferry_engine {
     size_t nstale;
 
     struct notify_queue notes;
+
+    _Atomic(struct stream_runner *) streams; /* stream-ordered submits (stream.c); created on first use */
+    struct auth_key auth;           /* the shared secret (len 0: authentication off) */
 };
 
 /* Publishes the current descriptor through the metadata backend (a no-op
@@ -105,5 +123,19 @@ int engine_take_stale(ferry_engine *e, uint64_t handle);
 /* Re-fetches the descriptor of a segment marked stale (a transfer to it failed
  * as if it restarted).  Takes seg_lock for writing; call without it. */
 int engine_refresh_segment(ferry_engine *e, uint64_t handle);
+
+/* Stream-ordered submits (batch.c), one per batch, on an empty batch.
+ * batch_defer validates requests as ferry_batch_submit would and holds the
+ * batch unfinished; batch_defer_run (later, on a ferry thread) submits them,
+ * waits until they ended, lets the batch finish and returns 0 or the first
+ * error.  A submit that fails then ends the batch with its error.  After
+ * batch_defer_run returns the batch is not touched again (it may be freed). */
+int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+ferry_engine *batch_engine(const ferry_batch *b);
+int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+
+/* Stops the stream-ordered submit workers (stream.c).  NULL accepted. */
+struct stream_runner;
+void stream_runner_destroy(struct stream_runner *r);
 
 #endif

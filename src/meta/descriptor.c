@@ -124,10 +124,10 @@ static int decode_transports(const cJSON *obj, struct ferry_descriptor *d)
     const cJSON *t;
     cJSON_ArrayForEach(t, obj)
     {
-        if (d->ntransports == DESC_MAX_TRANSPORTS)
-            return ferry_fail(FERRY_EPROTO, "descriptor: more than %d transports", DESC_MAX_TRANSPORTS);
-        if (!cJSON_IsObject(t) || !t->string || strlen(t->string) >= sizeof d->transports[0].name)
+        if (!cJSON_IsObject(t) || !t->string)
             return ferry_fail(FERRY_EPROTO, "descriptor: bad transport entry");
+        if (d->ntransports == DESC_MAX_TRANSPORTS || strlen(t->string) >= sizeof d->transports[0].name)
+            continue; /* a transport no build of ours names: skip it */
         struct desc_transport *x = &d->transports[d->ntransports];
         strcpy(x->name, t->string);
         x->json = cJSON_PrintUnformatted(t);

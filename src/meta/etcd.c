@@ -11,8 +11,8 @@
  *
  * Threads: lookups run on the caller's thread with a pooled curl handle and
  * take no lock but the pool's.  publish, unpublish and the keepalive thread
- * are serialized by `lock`, so a renewal never resurrects a key that
- * unpublish is deleting.
+ * (keepalive.c) are serialized by the keepalive's lock, which also guards the
+ * lease.
  */
 #ifdef FERRY_HAVE_ETCD
 
@@ -32,6 +32,7 @@
 #include "err.h"
 #include "log.h"
 #include "meta/descriptor.h"
+#include "meta/keepalive.h"
 #include "meta/meta.h"
 #include "net.h"
 
@@ -45,11 +46,6 @@
 struct endpoint {
     char host[128];
     int port;
-};
-
-struct published {
-    char *name;
-    char *json;
 };
 
 struct etcd_meta {
@@ -67,16 +63,9 @@ struct etcd_meta {
     CURL *pool[ETCD_POOL_MAX];
     size_t npool;
 
-    pthread_mutex_t lock;       /* everything below; held across write calls */
-    pthread_cond_t wake;
-    atomic_bool stopping;
-    bool thread_started;
-    pthread_t thread;
+    atomic_bool stopping;       /* destroy aborts a call in flight */
+    struct keepalive ka;        /* published descriptors; its lock guards `lease` */
     char lease[24];             /* decimal lease ID, "" when none */
-    bool dirty;                 /* some descriptor may be missing from etcd */
-    bool unreachable;           /* the last renewal found no endpoint (logged once) */
-    struct published *pubs;
-    size_t npubs;
 };
 
 /* ------------------------------------------------------------ URL */
@@ -339,10 +328,11 @@ static int key_put(struct etcd_meta *m, const char *name, const char *json)
     return rc;
 }
 
-/* Puts name under the current lease, granting one first if there is none or
- * the current one turns out to be gone. */
-static int put_with_lease(struct etcd_meta *m, const char *name, const char *json)
+/* keepalive put: name under the current lease, granting one first if there
+ * is none or the current one turns out to be gone. */
+static int put_with_lease(void *store, const char *name, const char *json)
 {
+    struct etcd_meta *m = store;
     int rc = m->lease[0] ? 0 : lease_grant(m);
     if (!rc && (rc = key_put(m, name, json)) == FERRY_ENOSEG) {
         m->lease[0] = '\0';
@@ -352,64 +342,47 @@ static int put_with_lease(struct etcd_meta *m, const char *name, const char *jso
     return rc;
 }
 
-static int put_all(struct etcd_meta *m)
+/* keepalive renew: renews the lease (also while nothing is published, so the
+ * first publish finds it alive); when it is gone, forgets it so the next put
+ * grants a new one, and reports the descriptors lost. */
+static int renew_lease(void *store, size_t published, bool *lost)
 {
-    for (size_t i = 0; i < m->npubs; i++) {
-        int rc = put_with_lease(m, m->pubs[i].name, m->pubs[i].json);
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
-
-/* One keepalive round: renew the lease (also while nothing is published, so
- * the first publish finds it alive); when it is gone, grant a new one and put
- * every descriptor again. */
-static void renew(struct etcd_meta *m)
-{
-    if (!m->npubs && !m->lease[0])
-        return;
+    struct etcd_meta *m = store;
+    if (!published && !m->lease[0])
+        return 0;
     int rc = m->lease[0] ? lease_keepalive(m) : FERRY_ENOSEG;
     if (rc == FERRY_ENOSEG) {
-        if (m->lease[0] && m->npubs)
+        if (m->lease[0] && published)
             LOG_WARN("%s: lease %s was lost; publishing again", m->url, m->lease);
         m->lease[0] = '\0';
-        m->dirty = m->npubs > 0;
+        *lost = true;
         rc = 0;
     }
-    if (!rc && m->dirty && !(rc = put_all(m)))
-        m->dirty = false;
-    if (rc && !m->unreachable)
-        LOG_WARN("%s: keepalive failed, will retry every %u ms: %s", m->url, m->ttl_s * 1000 / 3,
-                 ferry_last_error());
-    else if (!rc && m->unreachable)
-        LOG_INFO("%s: reachable again; descriptors are published", m->url);
-    m->unreachable = rc != 0;
+    return rc;
 }
 
-static void *keepalive_main(void *arg)
+/* keepalive del: deletes the key; with nothing left, revokes the lease. */
+static int key_delete(void *store, const char *name, size_t remaining)
 {
-    struct etcd_meta *m = arg;
-    unsigned interval_ms = m->ttl_s * 1000 / 3;
-    pthread_mutex_lock(&m->lock);
-    while (!atomic_load(&m->stopping)) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        t.tv_sec += interval_ms / 1000;
-        t.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
-        if (t.tv_nsec >= 1000000000L) {
-            t.tv_sec++;
-            t.tv_nsec -= 1000000000L;
-        }
-        int waited = 0;
-        while (!atomic_load(&m->stopping) && waited == 0)
-            waited = pthread_cond_timedwait(&m->wake, &m->lock, &t);
-        if (!atomic_load(&m->stopping))
-            renew(m);
+    struct etcd_meta *m = store;
+    char *key = key_of(m, name);
+    int rc = key ? etcd_callf(m, "/v3/kv/deleterange", NULL, "{\"key\":\"%s\"}", key)
+                 : ferry_fail(FERRY_ENOMEM, "unpublish %s", name);
+    free(key);
+    if (!remaining && m->lease[0] && rc != FERRY_ECONN) { /* unreachable: the lease expires by itself */
+        int rrc = etcd_callf(m, "/v3/lease/revoke", NULL, "{\"ID\":\"%s\"}", m->lease);
+        if (rrc && rrc != FERRY_ENOSEG && !rc)
+            rc = rrc;
+        m->lease[0] = '\0';
     }
-    pthread_mutex_unlock(&m->lock);
-    return NULL;
+    return rc;
 }
+
+static const struct keepalive_ops etcd_keepalive = {
+    .put = put_with_lease,
+    .del = key_delete,
+    .renew = renew_lease,
+};
 
 /* ------------------------------------------------------------ ops */
 
@@ -419,22 +392,10 @@ static void etcd_destroy(void *mp)
     if (!m)
         return;
     atomic_store(&m->stopping, true); /* also aborts a call in flight (on_progress) */
-    if (m->thread_started) {
-        pthread_mutex_lock(&m->lock);
-        pthread_cond_signal(&m->wake);
-        pthread_mutex_unlock(&m->lock);
-        pthread_join(m->thread, NULL);
-    }
+    keepalive_stop(&m->ka);
     for (size_t i = 0; i < m->npool; i++)
         curl_easy_cleanup(m->pool[i]);
-    for (size_t i = 0; i < m->npubs; i++) {
-        free(m->pubs[i].name);
-        free(m->pubs[i].json);
-    }
-    free(m->pubs);
     curl_slist_free_all(m->headers);
-    pthread_cond_destroy(&m->wake);
-    pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->pool_lock);
     free(m);
 }
@@ -452,12 +413,6 @@ static int etcd_create(const char *url, const char *prefix, unsigned ttl_s, unsi
     if (!m)
         return ferry_fail(FERRY_ENOMEM, "etcd metadata");
     pthread_mutex_init(&m->pool_lock, NULL);
-    pthread_mutex_init(&m->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->wake, &ca);
-    pthread_condattr_destroy(&ca);
     int rc = parse_url(m, url);
     if (!rc && (!prefix || strlen(prefix) >= sizeof m->prefix))
         rc = ferry_fail(FERRY_EINVAL, "metadata_prefix is missing or longer than %zu", sizeof m->prefix - 1);
@@ -478,82 +433,24 @@ static int etcd_create(const char *url, const char *prefix, unsigned ttl_s, unsi
     /* the lease is granted now: it proves the store is reachable */
     if (!rc && (rc = lease_grant(m)) != 0)
         rc = ferry_fail(rc, "cannot use the metadata server: %s", ferry_last_error());
-    if (!rc && pthread_create(&m->thread, NULL, keepalive_main, m) != 0)
-        rc = ferry_fail(FERRY_EIO, "%s: cannot start the keepalive thread", m->url);
+    if (!rc)
+        rc = keepalive_start(&m->ka, m->url, m->ttl_s * 1000 / 3, &etcd_keepalive, m);
     if (rc) {
         etcd_destroy(m);
         return rc;
     }
-    m->thread_started = true;
     *out = m;
     return 0;
 }
 
-static struct published *find_pub(struct etcd_meta *m, const char *name)
-{
-    for (size_t i = 0; i < m->npubs; i++)
-        if (strcmp(m->pubs[i].name, name) == 0)
-            return &m->pubs[i];
-    return NULL;
-}
-
 static int etcd_publish(void *mp, const char *name, const char *json)
 {
-    struct etcd_meta *m = mp;
-    char *copy = strdup(json);
-    if (!copy)
-        return ferry_fail(FERRY_ENOMEM, "publish %s", name);
-    pthread_mutex_lock(&m->lock);
-    struct published *p = find_pub(m, name);
-    if (!p) {
-        struct published *n = realloc(m->pubs, (m->npubs + 1) * sizeof *n);
-        char *nm = strdup(name);
-        if (!n || !nm) {
-            if (n)
-                m->pubs = n;
-            free(nm);
-            free(copy);
-            pthread_mutex_unlock(&m->lock);
-            return ferry_fail(FERRY_ENOMEM, "publish %s", name);
-        }
-        m->pubs = n;
-        p = &m->pubs[m->npubs++];
-        p->name = nm;
-        p->json = NULL;
-    }
-    free(p->json);
-    p->json = copy;
-    int rc = put_with_lease(m, name, json);
-    if (rc) {
-        m->dirty = true; /* the keepalive thread puts it once etcd answers */
-        rc = ferry_fail(rc, "publish %s: %s (will retry)", name, ferry_last_error());
-    }
-    pthread_mutex_unlock(&m->lock);
-    return rc;
+    return keepalive_publish(&((struct etcd_meta *)mp)->ka, name, json);
 }
 
 static int etcd_unpublish(void *mp, const char *name)
 {
-    struct etcd_meta *m = mp;
-    pthread_mutex_lock(&m->lock);
-    struct published *p = find_pub(m, name);
-    if (p) {
-        free(p->name);
-        free(p->json);
-        *p = m->pubs[--m->npubs];
-    }
-    char *key = key_of(m, name);
-    int rc = key ? etcd_callf(m, "/v3/kv/deleterange", NULL, "{\"key\":\"%s\"}", key)
-                 : ferry_fail(FERRY_ENOMEM, "unpublish %s", name);
-    free(key);
-    if (!m->npubs && m->lease[0] && rc != FERRY_ECONN) { /* unreachable: the lease expires by itself */
-        int rrc = etcd_callf(m, "/v3/lease/revoke", NULL, "{\"ID\":\"%s\"}", m->lease);
-        if (rrc && rrc != FERRY_ENOSEG && !rc)
-            rc = rrc;
-        m->lease[0] = '\0';
-    }
-    pthread_mutex_unlock(&m->lock);
-    return rc;
+    return keepalive_unpublish(&((struct etcd_meta *)mp)->ka, name);
 }
 
 static int etcd_lookup(void *mp, const char *name, char **json, size_t *len)

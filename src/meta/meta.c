@@ -13,6 +13,7 @@
 
 struct p2p_meta {
     unsigned timeout_ms;
+    const struct auth_key *auth;
 };
 
 static int p2p_create(const char *url, const char *prefix, unsigned ttl_s, unsigned timeout_ms, void **out)
@@ -51,7 +52,13 @@ static int p2p_unpublish(void *m, const char *name)
 static int p2p_lookup(void *mp, const char *name, char **json, size_t *len)
 {
     struct p2p_meta *m = mp;
-    return p2p_fetch(name, m->timeout_ms, json, len);
+    return p2p_fetch_auth(name, m->timeout_ms, m->auth, json, len);
+}
+
+static void p2p_set_auth(void *mp, const void *auth)
+{
+    struct p2p_meta *m = mp;
+    m->auth = auth;
 }
 
 const struct meta_ops ferry_meta_p2p = {
@@ -61,6 +68,7 @@ const struct meta_ops ferry_meta_p2p = {
     .publish = p2p_publish,
     .unpublish = p2p_unpublish,
     .lookup = p2p_lookup,
+    .set_auth = p2p_set_auth,
 };
 
 const struct meta_ops *meta_find(const char *url)
@@ -69,6 +77,7 @@ const struct meta_ops *meta_find(const char *url)
         &ferry_meta_p2p,
 #ifdef FERRY_HAVE_ETCD
         &ferry_meta_etcd,
+        &ferry_meta_http,
 #endif
 #ifdef FERRY_HAVE_REDIS
         &ferry_meta_redis,

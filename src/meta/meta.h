@@ -6,6 +6,7 @@
  *                             peer's handshake listener (the name is host:port)
  *   "etcd://h:p[,h:p...]"     etcd.c: keys under a prefix, with a lease
  *   "redis://h:p"             redis.c: keys under a prefix, with a TTL
+ *   "http://h:p/path"         http.c: GET/PUT/DELETE path?key=, renewed expiry
  * The engine publishes its descriptor at start and whenever its remote-
  * accessible registrations change, unpublishes at destroy, and looks peers
  * up in open_segment and when a peer's descriptor turns stale.  Connection
@@ -32,6 +33,9 @@ struct meta_ops {
      * or unreachable (detail says which); FERRY_EPROTO if the stored entry is
      * not a descriptor string (a Redis key of another type, bad base64). */
     int (*lookup)(void *m, const char *name, char **json, size_t *len);
+    /* Optional (NULL: the backend does not talk to peers itself).  Lends the
+     * engine's authentication key (struct auth_key, outlives m) for lookups. */
+    void (*set_auth)(void *m, const void *auth);
 };
 
 /* The backend whose scheme prefixes url, or NULL. */
@@ -39,6 +43,7 @@ const struct meta_ops *meta_find(const char *url);
 
 extern const struct meta_ops ferry_meta_p2p;
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
+extern const struct meta_ops ferry_meta_http;   /* http://h:p/path; built with libcurl (FERRY_HAVE_ETCD) */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */
 
 #endif

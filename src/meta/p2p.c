@@ -1,24 +1,28 @@
 /*
  * p2p.c — handshake server and client (see p2p.h).
  *
- * The server is one thread: it accepts, answers one request per connection
- * with a read deadline, and closes.  Garbage, wrong magic or an oversized body
- * only cost that one connection.
+ * The server serves each connection on its own thread (common/acceptor.c:
+ * caps per peer and in total), answers one request per connection under one
+ * deadline for the whole request, and closes: a client that drips its
+ * request slowly holds only its own connection, never other fetches.
+ * Garbage, wrong magic or an oversized body only cost that one connection.
+ * With a key, a client must authenticate (common/auth.c) before it asks.
  */
 #include "p2p.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acceptor.h"
+#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -26,13 +30,13 @@
 struct p2p_server {
     int fd;
     unsigned timeout_ms;
+    const struct auth_key *auth;
     p2p_describe_fn describe;
     void *ctx;
-    pthread_t thread;
-    atomic_bool stopping;
+    struct acceptor *acceptor;
 };
 
-static int send_message(int fd, const char *body, size_t len)
+static int send_message(int fd, const char *body, size_t len, uint64_t deadline_ns)
 {
     uint8_t head[12];
     memcpy(head, P2P_MAGIC, 7);
@@ -40,14 +44,16 @@ static int send_message(int fd, const char *body, size_t len)
     for (int i = 0; i < 4; i++)
         head[8 + i] = (uint8_t)(len >> (8 * i));
     struct iovec iov[2] = {{head, sizeof head}, {(void *)body, len}};
-    return net_writev_full(fd, iov, 2);
+    return net_writev_full_deadline(fd, iov, 2, deadline_ns);
 }
 
-/* Reads one message; *body is malloc'd and NUL-terminated. */
-static int recv_message(int fd, char **body, size_t *len)
+/* Reads the rest of one message whose first `have` header bytes are in head;
+ * *body is malloc'd and NUL-terminated.  The whole message must arrive
+ * before the deadline. */
+static int recv_message_rest(int fd, uint8_t head[12], size_t have, uint32_t max, uint64_t deadline_ns, char **body,
+                             size_t *len)
 {
-    uint8_t head[12];
-    int rc = net_read_full(fd, head, sizeof head);
+    int rc = net_read_full_deadline(fd, head + have, 12 - have, deadline_ns);
     if (rc)
         return rc;
     if (memcmp(head, P2P_MAGIC, 7) != 0)
@@ -57,12 +63,12 @@ static int recv_message(int fd, char **body, size_t *len)
                           P2P_VERSION);
     uint32_t n = (uint32_t)head[8] | (uint32_t)head[9] << 8 | (uint32_t)head[10] << 16 |
                  (uint32_t)head[11] << 24;
-    if (n > P2P_MAX_BODY)
-        return ferry_fail(FERRY_EPROTO, "handshake: body of %u bytes is over the limit", n);
+    if (n > max)
+        return ferry_fail(FERRY_EPROTO, "handshake: body of %u bytes is over the limit of %u", n, max);
     char *b = malloc((size_t)n + 1);
     if (!b)
         return ferry_fail(FERRY_ENOMEM, "handshake body");
-    if ((rc = net_read_full(fd, b, n))) {
+    if ((rc = net_read_full_deadline(fd, b, n, deadline_ns))) {
         free(b);
         return rc;
     }
@@ -72,52 +78,67 @@ static int recv_message(int fd, char **body, size_t *len)
     return 0;
 }
 
-static void answer(struct p2p_server *s, int fd)
+static void send_error(int fd, int code, const char *text, uint64_t deadline_ns)
 {
+    char msg[256];
+    snprintf(msg, sizeof msg, "{\"error\":\"%s\",\"code\":%d}", text, code);
+    send_message(fd, msg, strlen(msg), deadline_ns);
+}
+
+/* One connection, on its own thread: [authentication,] one request, one
+ * answer.  The request (and the authentication) must arrive whole within
+ * the timeout, however the peer slices it. */
+static void serve(void *arg, struct acceptor_conn *c)
+{
+    struct p2p_server *s = arg;
+    uint64_t deadline = net_deadline(s->timeout_ms);
+    uint8_t head[12];
     char *req = NULL, *reply = NULL;
     size_t len;
-    net_set_timeouts(fd, s->timeout_ms, s->timeout_ms);
-    int rc = recv_message(fd, &req, &len);
+    bool authenticated = false;
+    int rc = net_read_full_deadline(c->fd, head, AUTH_PREFIX, deadline);
+    if (!rc && auth_is_hello(head)) {
+        if ((rc = auth_server(c->fd, s->auth, AUTH_HANDSHAKE, head, c->peer, deadline, NULL))) {
+            LOG_WARN("%s", ferry_last_error());
+            return;
+        }
+        authenticated = true;
+        deadline = net_deadline(s->timeout_ms);
+        rc = net_read_full_deadline(c->fd, head, AUTH_PREFIX, deadline);
+    }
+    if (!rc)
+        rc = recv_message_rest(c->fd, head, AUTH_PREFIX, P2P_MAX_REQUEST, deadline, &req, &len);
     if (rc) {
-        LOG_INFO("handshake: dropped a connection: %s", ferry_last_error());
+        LOG_INFO("handshake: dropped a connection from %s: %s", c->peer, ferry_last_error());
+        return;
+    }
+    if (auth_enabled(s->auth) && !authenticated) {
+        LOG_WARN("handshake: refused a descriptor request from %s: it did not authenticate", c->peer);
+        send_error(c->fd, FERRY_EPERM, "authentication required: this engine has FERRY_AUTH_KEY set", deadline);
+        free(req);
         return;
     }
     cJSON *j = cJSON_ParseWithLength(req, len);
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "op");
-    if (cJSON_IsString(op) && strcmp(op->valuestring, "descriptor") == 0 && s->describe(s->ctx, &reply) == 0) {
-        send_message(fd, reply, strlen(reply));
-    } else {
-        const char *err = "{\"error\":\"unknown or malformed request\"}";
-        send_message(fd, err, strlen(err));
-    }
+    if (!cJSON_IsString(op) || strcmp(op->valuestring, "descriptor") != 0)
+        send_error(c->fd, FERRY_EPROTO, "unknown or malformed request", deadline);
+    else if ((rc = s->describe(s->ctx, &reply)) != 0)
+        send_error(c->fd, rc == FERRY_EBUSY ? FERRY_EBUSY : FERRY_EIO, "cannot describe this engine now", deadline);
+    else
+        send_message(c->fd, reply, strlen(reply), deadline);
     cJSON_Delete(j);
     free(req);
     free(reply);
 }
 
-static void *server_main(void *arg)
-{
-    struct p2p_server *s = arg;
-    while (!atomic_load(&s->stopping)) {
-        struct pollfd p = {.fd = s->fd, .events = POLLIN};
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        int fd = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        answer(s, fd);
-        close(fd);
-    }
-    return NULL;
-}
-
-int p2p_server_start(const char *host, int port, unsigned io_timeout_ms, p2p_describe_fn fn, void *ctx,
+int p2p_server_start(const char *host, int port, const struct p2p_server_opts *o, p2p_describe_fn fn, void *ctx,
                      struct p2p_server **out, int *bound)
 {
     struct p2p_server *s = calloc(1, sizeof *s);
     if (!s)
         return ferry_fail(FERRY_ENOMEM, "handshake server");
-    s->timeout_ms = io_timeout_ms;
+    s->timeout_ms = o->io_timeout_ms;
+    s->auth = o->auth;
     s->describe = fn;
     s->ctx = ctx;
     s->fd = net_listen(host, port, bound);
@@ -126,10 +147,11 @@ int p2p_server_start(const char *host, int port, unsigned io_timeout_ms, p2p_des
         free(s);
         return rc;
     }
-    if (pthread_create(&s->thread, NULL, server_main, s)) {
+    int rc = acceptor_start(s->fd, "handshake", &o->limits, serve, s, &s->acceptor);
+    if (rc) {
         close(s->fd);
         free(s);
-        return ferry_fail(FERRY_EIO, "handshake: cannot start thread");
+        return rc;
     }
     *out = s;
     return 0;
@@ -139,13 +161,40 @@ void p2p_server_stop(struct p2p_server *s)
 {
     if (!s)
         return;
-    atomic_store(&s->stopping, true);
-    pthread_join(s->thread, NULL);
+    acceptor_stop(s->acceptor);
     close(s->fd);
     free(s);
 }
 
+/* An {"error":..., "code":...} answer instead of a descriptor: only codes a
+ * server sends are believed; anything else is the peer's malformed answer. */
+static int answered_error(const char *name, const char *json, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(json, len);
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
+    if (!cJSON_IsString(err)) {
+        cJSON_Delete(j);
+        return 0;
+    }
+    char text[160];
+    log_sanitize(err->valuestring, strlen(err->valuestring), text, sizeof text);
+    int c = cJSON_IsNumber(code) ? (int)code->valuedouble : FERRY_EPROTO;
+    if (c != FERRY_EPERM && c != FERRY_EBUSY)
+        c = FERRY_EPROTO;
+    cJSON_Delete(j);
+    if (c == FERRY_EPERM)
+        return ferry_fail(c, "segment %s refused the descriptor: %s (set the same FERRY_AUTH_KEY on both)", name,
+                          text);
+    return ferry_fail(c, "segment %s answered: %s", name, text);
+}
+
 int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len)
+{
+    return p2p_fetch_auth(name, timeout_ms, NULL, json, len);
+}
+
+int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key *auth, char **json, size_t *len)
 {
     char host[128];
     int port;
@@ -155,15 +204,25 @@ int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len)
     int fd = net_connect(host, port, timeout_ms);
     if (fd < 0)
         return ferry_fail(FERRY_ENOSEG, "segment %s: %s", name, ferry_last_error());
-    net_set_timeouts(fd, timeout_ms, timeout_ms);
+    uint64_t deadline = net_deadline(timeout_ms);
+    if (auth_enabled(auth) && (rc = auth_client(fd, auth, AUTH_HANDSHAKE, name, deadline, NULL))) {
+        close(fd);
+        return rc;
+    }
     const char *req = "{\"op\":\"descriptor\"}";
-    rc = send_message(fd, req, strlen(req));
+    uint8_t head[12];
+    rc = send_message(fd, req, strlen(req), deadline);
     if (!rc)
-        rc = recv_message(fd, json, len);
+        rc = recv_message_rest(fd, head, 0, P2P_MAX_BODY, deadline, json, len);
     close(fd);
     if (rc == FERRY_ECONN || rc == FERRY_ETIMEDOUT)
         return ferry_fail(FERRY_ENOSEG, "segment %s: handshake failed: %s", name, ferry_last_error());
     if (rc)
         return ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+    if ((rc = answered_error(name, *json, *len))) {
+        free(*json);
+        *json = NULL;
+        return rc;
+    }
     return 0;
 }

@@ -16,15 +16,25 @@
 #define P2P_MAGIC "FERRYHS"
 #define P2P_VERSION '1'
 #define P2P_MAX_BODY (16u << 20)
+#define P2P_MAX_REQUEST (64u << 10)   /* what a server reads from a client, at most */
+
+#include "acceptor.h"
+#include "auth.h"
 
 struct p2p_server;
 
 /* Produces the current descriptor JSON (malloc'd) for a request. */
 typedef int (*p2p_describe_fn)(void *ctx, char **json);
 
-/* Listens on host:port (port 0 or taken: a free one) and serves from a thread.
- * *bound receives the port.  Returns 0 or a FERRY_E* code. */
-int p2p_server_start(const char *host, int port, unsigned io_timeout_ms, p2p_describe_fn fn, void *ctx,
+struct p2p_server_opts {
+    unsigned io_timeout_ms;          /* a whole request (and authentication) must arrive within it */
+    struct acceptor_limits limits;
+    const struct auth_key *auth;     /* NULL or empty: no authentication; lives as long as the server */
+};
+
+/* Listens on host:port (port 0 or taken: a free one) and serves each client
+ * on its own thread.  *bound receives the port.  Returns 0 or a FERRY_E* code. */
+int p2p_server_start(const char *host, int port, const struct p2p_server_opts *o, p2p_describe_fn fn, void *ctx,
                      struct p2p_server **out, int *bound);
 void p2p_server_stop(struct p2p_server *s);
 
@@ -33,5 +43,8 @@ void p2p_server_stop(struct p2p_server *s);
  * does not resolve or nobody answers, FERRY_EVERSION for another handshake
  * version, FERRY_EPROTO for a malformed answer. */
 int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len);
+/* The same, authenticating first when auth has a key.  FERRY_EPERM when the
+ * peer wants a key this engine lacks, or the keys differ (detail names it). */
+int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key *auth, char **json, size_t *len);
 
 #endif

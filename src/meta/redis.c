@@ -7,7 +7,8 @@
  * A killed engine stops renewing, and its key expires within the TTL.
  *
  * Threads: one hiredis context (hiredis 0.14, blocking API), which is not
- * thread-safe, so `lock` guards it and every command.  A command that fails
+ * thread-safe, so the keepalive's lock (keepalive.c) guards it and every
+ * command, lookups included.  A command that fails
  * on I/O drops the context; the next command reconnects (once per call, so a
  * dead server costs one refused connect, bounded by the timeout).
  */
@@ -27,16 +28,12 @@
 
 #include "err.h"
 #include "log.h"
+#include "meta/keepalive.h"
 #include "meta/meta.h"
 #include "net.h"
 
 #define REDIS_SCHEME "redis://"
 #define REDIS_DEFAULT_PORT 6379
-
-struct published {
-    char *name;
-    char *json;
-};
 
 struct redis_meta {
     char url[256];
@@ -47,15 +44,8 @@ struct redis_meta {
     unsigned ttl_s;
     struct timeval timeout;
 
-    pthread_mutex_t lock;       /* everything below, and every command */
-    pthread_cond_t wake;
-    bool stopping;
-    bool thread_started;
-    pthread_t thread;
+    struct keepalive ka;        /* published descriptors; its lock guards `c` */
     redisContext *c;            /* NULL while disconnected */
-    bool unreachable;           /* the last renewal failed (logged once) */
-    struct published *pubs;
-    size_t npubs;
 };
 
 /* Parses "redis://host[:port][/db]".  Returns 0 or FERRY_EINVAL naming the URL. */
@@ -159,8 +149,11 @@ static redisReply *command_locked(struct redis_meta *m, int *rc, const char *fmt
     return r;
 }
 
-static int key_set(struct redis_meta *m, const char *name, const char *json)
+/* keepalive put: SET with the TTL (every round: that renews it, and covers a
+ * server that restarted empty). */
+static int key_set(void *store, const char *name, const char *json)
 {
+    struct redis_meta *m = store;
     int rc;
     redisReply *r = command_locked(m, &rc, "SET %s%s %b EX %u", m->prefix, name, json, strlen(json), m->ttl_s);
     if (r)
@@ -168,43 +161,18 @@ static int key_set(struct redis_meta *m, const char *name, const char *json)
     return rc;
 }
 
-/* Re-SETs every descriptor: renews their TTL and covers a server that
- * restarted empty. */
-static void renew(struct redis_meta *m)
+static int key_del(void *store, const char *name, size_t remaining)
 {
-    int rc = 0;
-    for (size_t i = 0; !rc && i < m->npubs; i++)
-        rc = key_set(m, m->pubs[i].name, m->pubs[i].json);
-    if (rc && !m->unreachable)
-        LOG_WARN("%s: keepalive failed, will retry every %u ms: %s", m->url, m->ttl_s * 1000 / 3, ferry_last_error());
-    else if (!rc && m->unreachable)
-        LOG_INFO("%s: reachable again; descriptors are published", m->url);
-    m->unreachable = rc != 0;
+    struct redis_meta *m = store;
+    (void)remaining;
+    int rc;
+    redisReply *r = command_locked(m, &rc, "DEL %s%s", m->prefix, name);
+    if (r)
+        freeReplyObject(r);
+    return rc;
 }
 
-static void *keepalive_main(void *arg)
-{
-    struct redis_meta *m = arg;
-    unsigned interval_ms = m->ttl_s * 1000 / 3;
-    pthread_mutex_lock(&m->lock);
-    while (!m->stopping) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        t.tv_sec += interval_ms / 1000;
-        t.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
-        if (t.tv_nsec >= 1000000000L) {
-            t.tv_sec++;
-            t.tv_nsec -= 1000000000L;
-        }
-        int waited = 0;
-        while (!m->stopping && waited == 0)
-            waited = pthread_cond_timedwait(&m->wake, &m->lock, &t);
-        if (!m->stopping)
-            renew(m);
-    }
-    pthread_mutex_unlock(&m->lock);
-    return NULL;
-}
+static const struct keepalive_ops redis_keepalive = {.put = key_set, .del = key_del};
 
 /* ------------------------------------------------------------ ops */
 
@@ -213,21 +181,8 @@ static void redis_destroy(void *mp)
     struct redis_meta *m = mp;
     if (!m)
         return;
-    if (m->thread_started) {
-        pthread_mutex_lock(&m->lock);
-        m->stopping = true;
-        pthread_cond_signal(&m->wake);
-        pthread_mutex_unlock(&m->lock);
-        pthread_join(m->thread, NULL);
-    }
+    keepalive_stop(&m->ka);
     redisFree(m->c);
-    for (size_t i = 0; i < m->npubs; i++) {
-        free(m->pubs[i].name);
-        free(m->pubs[i].json);
-    }
-    free(m->pubs);
-    pthread_cond_destroy(&m->wake);
-    pthread_mutex_destroy(&m->lock);
     free(m);
 }
 
@@ -236,12 +191,6 @@ static int redis_create(const char *url, const char *prefix, unsigned ttl_s, uns
     struct redis_meta *m = calloc(1, sizeof *m);
     if (!m)
         return ferry_fail(FERRY_ENOMEM, "redis metadata");
-    pthread_mutex_init(&m->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->wake, &ca);
-    pthread_condattr_destroy(&ca);
     int rc = parse_url(m, url);
     if (!rc && (!prefix || strlen(prefix) >= sizeof m->prefix))
         rc = ferry_fail(FERRY_EINVAL, "metadata_prefix is missing or longer than %zu", sizeof m->prefix - 1);
@@ -253,91 +202,52 @@ static int redis_create(const char *url, const char *prefix, unsigned ttl_s, uns
         timeout_ms = timeout_ms ? timeout_ms : 5000;
         m->timeout.tv_sec = timeout_ms / 1000;
         m->timeout.tv_usec = (long)(timeout_ms % 1000) * 1000;
-        pthread_mutex_lock(&m->lock);
-        redisReply *r = command_locked(m, &rc, "PING");
-        pthread_mutex_unlock(&m->lock);
+        redisReply *r = command_locked(m, &rc, "PING"); /* no other thread yet */
         if (r)
             freeReplyObject(r);
         if (rc)
             rc = ferry_fail(rc, "cannot use the metadata server: %s", ferry_last_error());
     }
-    if (!rc && pthread_create(&m->thread, NULL, keepalive_main, m) != 0)
-        rc = ferry_fail(FERRY_EIO, "%s: cannot start the keepalive thread", m->url);
+    if (!rc)
+        rc = keepalive_start(&m->ka, m->url, m->ttl_s * 1000 / 3, &redis_keepalive, m);
     if (rc) {
         redis_destroy(m);
         return rc;
     }
-    m->thread_started = true;
     *out = m;
     return 0;
 }
 
-static struct published *find_pub(struct redis_meta *m, const char *name)
-{
-    for (size_t i = 0; i < m->npubs; i++)
-        if (strcmp(m->pubs[i].name, name) == 0)
-            return &m->pubs[i];
-    return NULL;
-}
-
 static int redis_publish(void *mp, const char *name, const char *json)
 {
-    struct redis_meta *m = mp;
-    char *copy = strdup(json);
-    if (!copy)
-        return ferry_fail(FERRY_ENOMEM, "publish %s", name);
-    pthread_mutex_lock(&m->lock);
-    struct published *p = find_pub(m, name);
-    if (!p) {
-        struct published *n = realloc(m->pubs, (m->npubs + 1) * sizeof *n);
-        char *nm = strdup(name);
-        if (!n || !nm) {
-            if (n)
-                m->pubs = n;
-            free(nm);
-            free(copy);
-            pthread_mutex_unlock(&m->lock);
-            return ferry_fail(FERRY_ENOMEM, "publish %s", name);
-        }
-        m->pubs = n;
-        p = &m->pubs[m->npubs++];
-        p->name = nm;
-        p->json = NULL;
-    }
-    free(p->json);
-    p->json = copy;
-    int rc = key_set(m, name, json);
-    if (rc) /* the keepalive thread sets it once Redis answers */
-        rc = ferry_fail(rc, "publish %s: %s (will retry)", name, ferry_last_error());
-    pthread_mutex_unlock(&m->lock);
-    return rc;
+    return keepalive_publish(&((struct redis_meta *)mp)->ka, name, json);
 }
 
 static int redis_unpublish(void *mp, const char *name)
 {
-    struct redis_meta *m = mp;
-    pthread_mutex_lock(&m->lock);
-    struct published *p = find_pub(m, name);
-    if (p) {
-        free(p->name);
-        free(p->json);
-        *p = m->pubs[--m->npubs];
-    }
+    return keepalive_unpublish(&((struct redis_meta *)mp)->ka, name);
+}
+
+struct get_call {
+    const char *name;
+    redisReply *reply;
+};
+
+static int get_locked(void *store, void *arg)
+{
+    struct redis_meta *m = store;
+    struct get_call *g = arg;
     int rc;
-    redisReply *r = command_locked(m, &rc, "DEL %s%s", m->prefix, name);
-    pthread_mutex_unlock(&m->lock);
-    if (r)
-        freeReplyObject(r);
+    g->reply = command_locked(m, &rc, "GET %s%s", m->prefix, g->name);
     return rc;
 }
 
 static int redis_lookup(void *mp, const char *name, char **json, size_t *len)
 {
     struct redis_meta *m = mp;
-    int rc;
-    pthread_mutex_lock(&m->lock);
-    redisReply *r = command_locked(m, &rc, "GET %s%s", m->prefix, name);
-    pthread_mutex_unlock(&m->lock);
+    struct get_call g = {.name = name};
+    int rc = keepalive_locked(&m->ka, get_locked, &g);
+    redisReply *r = g.reply;
     if (!r || (rc && strncmp(r->str, "WRONGTYPE", 9) != 0)) {
         rc = ferry_fail(FERRY_ENOSEG, "segment %s: lookup failed: %s", name, ferry_last_error());
         if (r)

@@ -641,7 +641,6 @@ static void rdma_destroy(void *tp)
         free(op);
     }
     pthread_rwlock_destroy(&t->regs_lock);
-    pthread_mutex_destroy(&t->servers_lock);
     pthread_mutex_destroy(&t->ops_lock);
     free(t);
 }
@@ -654,7 +653,6 @@ static int rdma_create(const struct transport_host *host, void **out)
     t->host = *host;
     t->listen_fd = -1;
     pthread_rwlock_init(&t->regs_lock, NULL);
-    pthread_mutex_init(&t->servers_lock, NULL);
     pthread_mutex_init(&t->ops_lock, NULL);
     int rc = rdma_knobs_load(&t->knobs);
     if (!rc)

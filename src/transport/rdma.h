@@ -97,10 +97,7 @@ struct rdma_transport {
 
     /* target side (rdma_server.c) */
     int listen_fd, port;
-    pthread_t acceptor;
-    bool acceptor_started;
-    pthread_mutex_t servers_lock;
-    struct rdma_server_conn *servers;
+    struct acceptor *acceptor;    /* common/acceptor.c: one thread per side channel */
 
     pthread_mutex_t ops_lock;     /* free list of ops */
     struct rdma_op *free_ops;

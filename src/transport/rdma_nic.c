@@ -95,9 +95,10 @@ static void pci_locate(const char *sysfs_link, char *path, size_t cap, int *numa
     char real[PATH_MAX], file[PATH_MAX + 16];
     path[0] = '\0';
     *numa = -1;
-    if (!realpath(sysfs_link, real) || strlen(real) >= cap)
+    size_t len;
+    if (!realpath(sysfs_link, real) || (len = strlen(real)) >= cap)
         return;
-    snprintf(path, cap, "%s", real);
+    memcpy(path, real, len + 1); /* not snprintf: GCC -Os warns of a truncation the check above rules out */
     snprintf(file, sizeof file, "%s/numa_node", real);
     *numa = read_int_file(file, -1);
 }

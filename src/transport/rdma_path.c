@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -453,6 +454,13 @@ static int path_connect(struct rdma_path *path)
         return path->err;
     }
     net_set_timeouts(fd, timeout, timeout);
+    if (auth_enabled(t->host.auth)) {
+        char who[256];
+        snprintf(who, sizeof who, "%s (%s:%d)", p->name, p->ep.host, p->ep.port);
+        int rc = auth_client(fd, t->host.auth, AUTH_RDMA, who, net_deadline(timeout), NULL);
+        if (rc)
+            return rc;
+    }
 
     struct rdma_qp_info mine, theirs;
     uint8_t info[RDMA_QP_INFO_SIZE], buf[RDMA_QP_INFO_SIZE + RDMA_MAX_TEXT + 1];
@@ -475,8 +483,14 @@ static int path_connect(struct rdma_path *path)
     if (h.type != RDMA_MSG_HELLO_ACK)
         rc = ferry_fail(FERRY_EPROTO, "rdma: %s answered HELLO with message type %u", p->name, h.type);
     else if (h.status) {
-        buf[h.len] = '\0';
-        return ferry_fail(h.status, "rdma: %s refused the queue pair: %s", p->name, (char *)buf);
+        char why[RDMA_MAX_TEXT + 1];
+        log_sanitize((const char *)buf, h.len, why, sizeof why);
+        bool known = h.status == FERRY_ESTALE || h.status == FERRY_EPROTO || h.status == FERRY_EIO ||
+                     h.status == FERRY_EPERM || h.status == FERRY_ENOMEM;
+        if (!known)
+            return ferry_fail(FERRY_EPROTO, "rdma: %s answered HELLO with status %d, which no ferry target sends",
+                              p->name, h.status);
+        return ferry_fail(h.status, "rdma: %s refused the queue pair: %s", p->name, why);
     }
     if (!rc)
         rc = rdma_qp_info_decode(buf, &theirs);

@@ -3,13 +3,15 @@
  * listener (the side channel published in the descriptor) through which
  * initiators set up queue pairs, and over which notifications arrive.
  *
- * One acceptor thread; one thread per connection.  A connection's thread
- * answers HELLO by creating a responder queue pair on the NIC asked for,
- * then serves NOTIFY and the staging messages (rdma_bounce.c) until the
- * connection ends, and destroys the queue pair with it.  RDMA WRITE/READ to
- * host memory never involve this side's CPU: the NIC checks every access
- * against the MRs (rkey, bounds, permissions) and refuses what falls outside
- * them (after ferry_unregister_memory, the MR is gone).
+ * The common acceptor (caps per peer and in total); one thread per
+ * connection.  A connection's thread authenticates the peer when a key is
+ * set, answers HELLO (all within one deadline) by creating a responder queue
+ * pair on the NIC asked for, then serves NOTIFY and the staging messages
+ * (rdma_bounce.c) until the connection ends, and destroys the queue pair with
+ * it.  RDMA WRITE/READ to host memory never involve this side's CPU: the NIC
+ * checks every access against the MRs (rkey, bounds, permissions) and
+ * refuses what falls outside them (after ferry_unregister_memory, the MR is
+ * gone).
  */
 #ifdef FERRY_HAVE_RDMA
 #include <errno.h>
@@ -23,6 +25,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acceptor.h"
+#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -33,13 +37,11 @@
 struct rdma_server_conn {
     struct rdma_transport *t;
     int fd;
-    pthread_t thread;
-    atomic_int done;
-    char from[RDMA_MAX_NAME + 1];
+    const char *peer;               /* "a.b.c.d:port", for messages */
+    char from[RDMA_MAX_NAME + 1];   /* the initiator's segment name, sanitized for logs */
     struct ibv_cq *cq;
     struct ibv_qp *qp;
     struct rdma_bounce bounce;  /* target-side staging of this queue pair */
-    struct rdma_server_conn *next;
 };
 
 /* Sends HELLO_ACK carrying an error and its reason. */
@@ -58,16 +60,38 @@ static int serve_hello(struct rdma_server_conn *s)
     uint8_t buf[RDMA_QP_INFO_SIZE + RDMA_MAX_NAME];
     struct rdma_msg_header h;
     struct rdma_qp_info theirs, mine;
-    int rc = rdma_msg_recv(s->fd, &h, buf, sizeof buf);
+    uint8_t raw[RDMA_MSG_HEADER_SIZE];
+    bool authenticated = false;
+    /* [authentication,] then HELLO: all within connect_timeout_ms */
+    uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
+    int rc = net_read_full_deadline(s->fd, raw, AUTH_PREFIX, deadline);
+    if (!rc && auth_is_hello(raw)) {
+        rc = auth_server(s->fd, t->host.auth, AUTH_RDMA, raw, s->peer, deadline, NULL);
+        authenticated = rc == 0;
+        if (!rc)
+            rc = net_read_full_deadline(s->fd, raw, AUTH_PREFIX, deadline);
+    }
+    if (!rc)
+        rc = net_read_full_deadline(s->fd, raw + AUTH_PREFIX, sizeof raw - AUTH_PREFIX, deadline);
+    if (!rc)
+        rc = rdma_msg_decode_header(raw, &h);
+    if (!rc && h.len > sizeof buf)
+        rc = ferry_fail(FERRY_EPROTO, "HELLO of %u bytes", h.len);
+    if (!rc)
+        rc = net_read_full_deadline(s->fd, buf, h.len, deadline);
     if (!rc && h.type != RDMA_MSG_HELLO)
         rc = ferry_fail(FERRY_EPROTO, "first message is type %u, not HELLO", h.type);
     if (!rc)
         rc = rdma_qp_info_decode(buf, &theirs);
     if (rc)
         return rc;
-    memcpy(s->from, buf + RDMA_QP_INFO_SIZE, h.len - RDMA_QP_INFO_SIZE);
-    s->from[h.len - RDMA_QP_INFO_SIZE] = '\0';
+    log_sanitize((const char *)buf + RDMA_QP_INFO_SIZE, h.len - RDMA_QP_INFO_SIZE, s->from, sizeof s->from);
     char why[RDMA_MAX_TEXT + 1];
+    if (auth_enabled(t->host.auth) && !authenticated) {
+        snprintf(why, sizeof why, "authentication required (set the same FERRY_AUTH_KEY on both)");
+        refuse(s, FERRY_EPERM, why);
+        return ferry_fail(FERRY_EPERM, "%s", why);
+    }
     if (theirs.engine_id != t->host.engine_id) {
         snprintf(why, sizeof why, "expects engine %016llx, this is engine %016llx (restarted?)",
                  (unsigned long long)theirs.engine_id, (unsigned long long)t->host.engine_id);
@@ -126,87 +150,35 @@ static int serve_message(struct rdma_server_conn *s)
     return rdma_msg_send(s->fd, &ack, NULL, 0, NULL, 0);
 }
 
-static void *conn_main(void *arg)
+/* One side channel, on its own thread (common/acceptor.c).  No idle
+ * timeout: the channel is quiet while RDMA traffic flows, and closing it
+ * would destroy the queue pair; the acceptor's caps bound how many exist. */
+static void serve_connection(void *ctx, struct acceptor_conn *c)
 {
-    struct rdma_server_conn *s = arg;
-    struct rdma_transport *t = s->t;
+    struct rdma_transport *t = ctx;
+    struct rdma_server_conn conn = {.t = t, .fd = c->fd, .peer = c->peer}, *s = &conn;
     strcpy(s->from, "?");
     net_set_timeouts(s->fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
     int rc = serve_hello(s);
-    while (!rc && !atomic_load(&t->stopping)) {
+    while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
         int n = poll(&p, 1, TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR))
             continue;
         rc = serve_message(s);
     }
-    if (rc && rc != FERRY_ECONN && !atomic_load(&t->stopping)) {
+    if (rc && rc != FERRY_ECONN && !acceptor_stopping(c->owner)) {
         atomic_fetch_add(&t->refused, 1);
-        LOG_WARN("rdma: dropping the side channel from %s: %s: %s", s->from, ferry_err_name(rc), ferry_last_error());
+        LOG_WARN("rdma: dropping the side channel from %s (%s): %s: %s", s->from, s->peer, ferry_err_name(rc),
+                 ferry_last_error());
     }
     /* the initiator is gone or done: its queue pair goes with it */
     if (s->qp)
         ibv_destroy_qp(s->qp);
     if (s->cq)
         ibv_destroy_cq(s->cq);
-    s->qp = NULL;
-    s->cq = NULL;
     rdma_bounce_destroy(&s->bounce); /* after its queue pair: no access can be in flight */
     shutdown(s->fd, SHUT_RDWR);
-    atomic_store(&s->done, 1);
-    return NULL;
-}
-
-static void reap(struct rdma_transport *t, bool all)
-{
-    pthread_mutex_lock(&t->servers_lock);
-    for (struct rdma_server_conn **pp = &t->servers; *pp;) {
-        struct rdma_server_conn *s = *pp;
-        if (all)
-            shutdown(s->fd, SHUT_RDWR);
-        if (all || atomic_load(&s->done)) {
-            *pp = s->next;
-            pthread_join(s->thread, NULL);
-            close(s->fd);
-            free(s);
-        } else {
-            pp = &s->next;
-        }
-    }
-    pthread_mutex_unlock(&t->servers_lock);
-}
-
-static void *acceptor_main(void *arg)
-{
-    struct rdma_transport *t = arg;
-    while (!atomic_load(&t->stopping)) {
-        struct pollfd p = {.fd = t->listen_fd, .events = POLLIN};
-        if (poll(&p, 1, TICK_MS) <= 0)
-            continue;
-        int fd = accept4(t->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        reap(t, false);
-        struct rdma_server_conn *s = calloc(1, sizeof *s);
-        if (!s) {
-            close(fd);
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        s->t = t;
-        s->fd = fd;
-        if (pthread_create(&s->thread, NULL, conn_main, s)) {
-            free(s);
-            close(fd);
-            continue;
-        }
-        pthread_mutex_lock(&t->servers_lock);
-        s->next = t->servers;
-        t->servers = s;
-        pthread_mutex_unlock(&t->servers_lock);
-    }
-    return NULL;
 }
 
 int rdma_server_start(struct rdma_transport *t)
@@ -214,24 +186,21 @@ int rdma_server_start(struct rdma_transport *t)
     t->listen_fd = net_listen(t->host.listen_host, 0, &t->port);
     if (t->listen_fd < 0)
         return t->listen_fd;
-    if (pthread_create(&t->acceptor, NULL, acceptor_main, t)) {
+    int rc = acceptor_start(t->listen_fd, "rdma side channel", &t->host.limits, serve_connection, t, &t->acceptor);
+    if (rc) {
         close(t->listen_fd);
         t->listen_fd = -1;
-        return ferry_fail(FERRY_EIO, "rdma: cannot start the side-channel acceptor");
     }
-    t->acceptor_started = true;
-    return 0;
+    return rc;
 }
 
 void rdma_server_stop(struct rdma_transport *t)
 {
-    if (t->acceptor_started)
-        pthread_join(t->acceptor, NULL);
-    t->acceptor_started = false;
+    acceptor_stop(t->acceptor);
+    t->acceptor = NULL;
     if (t->listen_fd >= 0)
         close(t->listen_fd);
     t->listen_fd = -1;
-    reap(t, true);
 }
 
 #endif /* FERRY_HAVE_RDMA */

@@ -287,7 +287,7 @@ static int get_str(const cJSON *obj, const char *key, char *dst, size_t cap)
 static int decode_nic(const cJSON *o, struct rdma_remote_nic *n)
 {
     char gid[40], link[8];
-    double lid, mtu;
+    double lid = 0, mtu = 0; /* set by get_uint; initialized for GCC -O3 -Wmaybe-uninitialized */
     const cJSON *numa = cJSON_GetObjectItemCaseSensitive(o, "numa");
     int rc;
     if (!cJSON_IsObject(o))
@@ -320,7 +320,7 @@ static int decode_nic(const cJSON *o, struct rdma_remote_nic *n)
 
 static int decode_mr(const cJSON *o, size_t nnics, struct rdma_remote_mr *m)
 {
-    double pref;
+    double pref = 0;
     int rc;
     if (!cJSON_IsObject(o))
         return ferry_fail(FERRY_EPROTO, "rdma endpoint: an mr is not an object");
@@ -354,7 +354,7 @@ static int cmp_mr(const void *a, const void *b)
 
 static int decode_root(const cJSON *root, struct rdma_endpoint *ep)
 {
-    double port;
+    double port = 0;
     int rc;
     if (!cJSON_IsObject(root))
         return ferry_fail(FERRY_EPROTO, "rdma endpoint is not a JSON object");

@@ -10,9 +10,11 @@
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
  *
- * Target side: an acceptor thread and one thread per incoming connection; the
- * latter validates every frame (wire.c), checks every entry against the
- * registry, and reads payload straight into the registered memory.
+ * Target side: the common acceptor (caps per peer and in total) and one
+ * thread per incoming connection; the latter authenticates the peer when a
+ * key is set, validates every frame (wire.c) under one deadline for its
+ * header and entries, checks every entry against the registry, reads payload
+ * straight into the registered memory, and closes a connection left idle.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -28,6 +30,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acceptor.h"
+#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -54,6 +58,7 @@ struct tcp_conn {
     char broken_msg[160];
     atomic_int threads_done;
     atomic_uint_fast64_t inflight_bytes;
+    atomic_uint_fast64_t last_used_ns;           /* a frame queued or answered */
     uint64_t next_id;
     struct tcp_conn *next_dead;
 };
@@ -82,26 +87,25 @@ struct bounce {
     struct ferry_copy copies[BOUNCE_COPIES];
 };
 
+/* One incoming connection: allocated and freed by serve_connection, on the
+ * connection's own thread.  frame_deadline_ns is the deadline of the whole
+ * frame being served (payload included), for the payload reads. */
 struct server_conn {
     struct tcp_transport *t;
     int fd;
-    pthread_t thread;
-    atomic_int done;
-    char from[WIRE_MAX_NAME + 1];
+    const char *peer;                 /* "a.b.c.d:port", for messages */
+    char from[WIRE_MAX_NAME + 1];     /* the initiator's segment name, sanitized for logs */
+    uint64_t frame_deadline_ns;       /* now + request_timeout_ms when the frame began */
     struct bounce b;                  /* allocated on the first device access */
     int iovcnt;                       /* READ response being gathered */
     struct iovec iov[READ_IOVS];
-    struct server_conn *next;
 };
 
 struct tcp_transport {
     struct transport_host host;
     int listen_fd;
     int port;
-    pthread_t acceptor;
-    atomic_bool stopping;
-    pthread_mutex_t lock;
-    struct server_conn *servers;
+    struct acceptor *acceptor;
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     atomic_uint_fast64_t completed, failed;
 };
@@ -197,6 +201,9 @@ static int receive_response(struct tcp_conn *c)
     if (!f || f->wire_id != h.id)
         return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
                           (unsigned long long)h.id);
+    if (!wire_status_allowed(h.type, h.status))
+        return ferry_fail(FERRY_EPROTO, "the target answered with status %d, which no ferry target sends",
+                          h.status);
     int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
     if (h.type != want)
         return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
@@ -217,6 +224,7 @@ static int receive_response(struct tcp_conn *c)
     if (!c->pend_head)
         c->pend_tail = NULL;
     pthread_mutex_unlock(&c->lock);
+    atomic_store(&c->last_used_ns, now_ns());
     char msg[160] = "";
     if (h.status)
         snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
@@ -267,9 +275,18 @@ static void *receiver_main(void *arg)
 
 /* ------------------------------------------------------------ initiator: sender */
 
+/* [Authentication,] then HELLO, all within connect_timeout_ms. */
 static int say_hello(struct tcp_conn *c)
 {
     struct tcp_transport *t = c->peer->t;
+    uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
+    char peer[96];
+    snprintf(peer, sizeof peer, "%s:%d", c->peer->host, c->peer->port);
+    if (auth_enabled(t->host.auth)) {
+        int rc = auth_client(c->fd, t->host.auth, AUTH_TCP, peer, deadline, NULL);
+        if (rc)
+            return rc;
+    }
     const char *name = t->host.segment_name;
     size_t nl = strlen(name);
     if (nl > WIRE_MAX_NAME)
@@ -278,18 +295,24 @@ static int say_hello(struct tcp_conn *c)
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&h, raw);
     struct iovec iov[2] = {{raw, sizeof raw}, {(void *)name, nl}};
-    int rc = net_writev_full(c->fd, iov, 2);
+    int rc = net_writev_full_deadline(c->fd, iov, 2, deadline);
     if (!rc)
-        rc = net_read_full(c->fd, raw, sizeof raw);
+        rc = net_read_full_deadline(c->fd, raw, sizeof raw, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.type != WIRE_HELLO_ACK)
         rc = ferry_fail(FERRY_EPROTO, "expected HELLO_ACK, got type %u", h.type);
-    if (!rc && h.status == FERRY_ESTALE)
-        rc = ferry_fail(FERRY_ESTALE, "the target restarted (engine id changed); reopen the segment");
-    else if (!rc && h.status)
-        rc = ferry_fail(h.status, "target refused the connection: %s", ferry_strerror(h.status));
-    return rc;
+    if (rc || h.status == 0)
+        return rc;
+    if (!wire_status_allowed(h.type, h.status))
+        return ferry_fail(FERRY_EPROTO, "the target answered HELLO with status %d, which no ferry target sends",
+                          h.status);
+    if (h.status == FERRY_ESTALE)
+        return ferry_fail(FERRY_ESTALE, "the target restarted (engine id changed); reopen the segment");
+    if (h.status == FERRY_EPERM)
+        return ferry_fail(FERRY_EPERM, "the target refused the connection: it requires authentication "
+                                       "(set the same FERRY_AUTH_KEY on both)");
+    return ferry_fail(h.status, "the target refused the connection: %s", ferry_strerror(h.status));
 }
 
 static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
@@ -385,6 +408,7 @@ static struct tcp_conn *conn_create(struct tcp_peer *p)
         return NULL;
     c->peer = p;
     c->fd = -1;
+    atomic_store(&c->last_used_ns, now_ns());
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
     if (pthread_create(&c->sender, NULL, sender_main, c)) {
@@ -488,6 +512,7 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
 {
     struct tcp_conn *best = NULL;
     uint64_t best_bytes = UINT64_MAX;
+    uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
     reap_dead(p);
     for (unsigned i = 0; i < p->nconns; i++) {
@@ -495,8 +520,14 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
         if (c) {
             pthread_mutex_lock(&c->lock);
             int broken = c->broken;
+            /* the target closes connections idle for idle_timeout_ms; retire
+             * ours at half of it so a frame never races that close */
+            bool idle = !broken && !c->sendq_head && !c->pend_head && idle_ns &&
+                        now_ns() - atomic_load(&c->last_used_ns) >= idle_ns / 2;
             pthread_mutex_unlock(&c->lock);
-            if (broken) {
+            if (idle)
+                conn_mark_broken(c, FERRY_ECANCELED, "idle connection retired");
+            if (broken || idle) {
                 c->next_dead = p->dead;
                 p->dead = c;
                 c = p->conns[i] = NULL;
@@ -527,6 +558,7 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         pthread_mutex_lock(&c->lock);
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
+            atomic_store(&c->last_used_ns, now_ns());
             queue_push(&c->sendq_head, &c->sendq_tail, f);
             pthread_cond_broadcast(&c->cond); /* the cond also wakes frame_end */
             pthread_mutex_unlock(&c->lock);
@@ -739,26 +771,45 @@ static int serve_notify(struct server_conn *s, const struct wire_header *h)
     return send_response(s, WIRE_NOTIFY_ACK, h->id, 0, 0, 0);
 }
 
-/* HELLO: the initiator names itself and the engine id it expects. */
+/* HELLO: [authentication,] then the initiator names itself and the engine id
+ * it expects.  Everything must arrive within connect_timeout_ms in total. */
 static int serve_hello(struct server_conn *s)
 {
+    struct tcp_transport *t = s->t;
+    uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
     uint8_t raw[WIRE_HEADER_SIZE];
+    char name[WIRE_MAX_NAME + 1];
     struct wire_header h;
-    int rc = net_read_full(s->fd, raw, sizeof raw);
+    bool authenticated = false;
+    int rc = net_read_full_deadline(s->fd, raw, AUTH_PREFIX, deadline);
+    if (!rc && auth_is_hello(raw)) {
+        rc = auth_server(s->fd, t->host.auth, AUTH_TCP, raw, s->peer, deadline, NULL);
+        authenticated = rc == 0;
+        if (!rc)
+            rc = net_read_full_deadline(s->fd, raw, AUTH_PREFIX, deadline);
+    }
+    if (!rc)
+        rc = net_read_full_deadline(s->fd, raw + AUTH_PREFIX, WIRE_HEADER_SIZE - AUTH_PREFIX, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.type != WIRE_HELLO)
         rc = ferry_fail(FERRY_EPROTO, "first frame is type %u, not HELLO", h.type);
     if (!rc)
-        rc = net_read_full(s->fd, s->from, (size_t)h.payload_len);
+        rc = net_read_full_deadline(s->fd, name, (size_t)h.payload_len, deadline);
     if (rc)
         return rc;
-    s->from[h.payload_len] = '\0';
-    int status = h.epoch == s->t->host.engine_id ? 0 : FERRY_ESTALE;
+    log_sanitize(name, (size_t)h.payload_len, s->from, sizeof s->from);
+    int status = 0;
+    if (auth_enabled(t->host.auth) && !authenticated)
+        status = FERRY_EPERM;
+    else if (h.epoch != t->host.engine_id)
+        status = FERRY_ESTALE;
     rc = send_response(s, WIRE_HELLO_ACK, h.id, status, 0, 0);
-    if (!rc && status)
+    if (!rc && status == FERRY_EPERM)
+        rc = ferry_fail(status, "it did not authenticate (this engine has FERRY_AUTH_KEY set)");
+    else if (!rc && status)
         rc = ferry_fail(status, "HELLO expects engine %016llx, this is engine %016llx (restarted?)",
-                        (unsigned long long)h.epoch, (unsigned long long)s->t->host.engine_id);
+                        (unsigned long long)h.epoch, (unsigned long long)t->host.engine_id);
     return rc;
 }
 
@@ -767,11 +818,14 @@ static int serve_frame(struct server_conn *s)
     uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
     struct wire_header h;
     struct wire_entry e[WIRE_MAX_ENTRIES];
-    int rc = net_read_full(s->fd, raw, WIRE_HEADER_SIZE);
+    /* header and entries: one deadline for both, however they are sliced */
+    uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
+    s->frame_deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
+    int rc = net_read_full_deadline(s->fd, raw, WIRE_HEADER_SIZE, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.nentries)
-        rc = net_read_full(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE);
+        rc = net_read_full_deadline(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline);
     if (!rc && h.nentries)
         rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
     if (rc)
@@ -788,83 +842,46 @@ static int serve_frame(struct server_conn *s)
     }
 }
 
-static void *server_main(void *arg)
+/* One incoming connection, on its own thread (common/acceptor.c): HELLO,
+ * then frames until the peer leaves, breaks the protocol, misses a frame
+ * deadline or stays silent for idle_timeout_ms. */
+static void serve_connection(void *ctx, struct acceptor_conn *c)
 {
-    struct server_conn *s = arg;
-    struct tcp_transport *t = s->t;
+    struct tcp_transport *t = ctx;
+    struct server_conn *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    s->t = t;
+    s->fd = c->fd;
+    s->peer = c->peer;
     strcpy(s->from, "?");
-    net_set_timeouts(s->fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
+    /* payload moves with blocking calls; these bound each of them */
+    net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
     int rc = serve_hello(s);
-    if (!rc)
-        net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
-    while (!rc && !atomic_load(&t->stopping)) {
+    uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
+    while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
         int n = poll(&p, 1, POLL_TICK_MS);
-        if (n == 0 || (n < 0 && errno == EINTR))
+        if (n == 0 || (n < 0 && errno == EINTR)) {
+            if (idle_ns && now_ns() - last >= idle_ns) {
+                LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
+                         t->host.cfg->idle_timeout_ms);
+                break;
+            }
             continue;
+        }
         rc = serve_frame(s);
+        last = now_ns();
     }
-    if (rc && rc != FERRY_ECONN && !atomic_load(&t->stopping)) {
+    if (rc && rc != FERRY_ECONN && !acceptor_stopping(c->owner)) {
         atomic_fetch_add(&t->refused, 1);
-        LOG_WARN("tcp: dropping connection from %s: %s: %s", s->from, ferry_err_name(rc), ferry_last_error());
+        LOG_WARN("tcp: dropping the connection from %s (%s): %s: %s", s->from, s->peer, ferry_err_name(rc),
+                 ferry_last_error());
     }
     shutdown(s->fd, SHUT_RDWR);
-    atomic_store(&s->done, 1);
-    return NULL;
-}
-
-static void server_reap(struct tcp_transport *t, bool all)
-{
-    pthread_mutex_lock(&t->lock);
-    for (struct server_conn **pp = &t->servers; *pp;) {
-        struct server_conn *s = *pp;
-        if (all)
-            shutdown(s->fd, SHUT_RDWR);
-        if (all || atomic_load(&s->done)) {
-            *pp = s->next;
-            pthread_join(s->thread, NULL);
-            close(s->fd);
-            if (s->b.buf)
-                s->b.owner->host_free(s->b.buf);
-            free(s);
-        } else {
-            pp = &s->next;
-        }
-    }
-    pthread_mutex_unlock(&t->lock);
-}
-
-static void *acceptor_main(void *arg)
-{
-    struct tcp_transport *t = arg;
-    while (!atomic_load(&t->stopping)) {
-        struct pollfd p = {.fd = t->listen_fd, .events = POLLIN};
-        if (poll(&p, 1, POLL_TICK_MS) <= 0)
-            continue;
-        int fd = accept4(t->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            continue;
-        server_reap(t, false);
-        struct server_conn *s = calloc(1, sizeof *s);
-        if (!s) {
-            close(fd);
-            continue;
-        }
-        s->t = t;
-        s->fd = fd;
-        int one = 1; /* acks are small: never let Nagle hold them back */
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (pthread_create(&s->thread, NULL, server_main, s)) {
-            free(s);
-            close(fd);
-            continue;
-        }
-        pthread_mutex_lock(&t->lock);
-        s->next = t->servers;
-        t->servers = s;
-        pthread_mutex_unlock(&t->lock);
-    }
-    return NULL;
+    if (s->b.buf)
+        s->b.owner->host_free(s->b.buf);
+    free(s);
 }
 
 /* ------------------------------------------------------------ ops table */
@@ -875,17 +892,17 @@ static int tcp_create(const struct transport_host *host, void **out)
     if (!t)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
     t->host = *host;
-    pthread_mutex_init(&t->lock, NULL);
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
         free(t);
         return rc;
     }
-    if (pthread_create(&t->acceptor, NULL, acceptor_main, t)) {
+    int rc = acceptor_start(t->listen_fd, "tcp", &host->limits, serve_connection, t, &t->acceptor);
+    if (rc) {
         close(t->listen_fd);
         free(t);
-        return ferry_fail(FERRY_EIO, "tcp: cannot start acceptor thread");
+        return rc;
     }
     *out = t;
     return 0;
@@ -894,11 +911,8 @@ static int tcp_create(const struct transport_host *host, void **out)
 static void tcp_destroy(void *tp)
 {
     struct tcp_transport *t = tp;
-    atomic_store(&t->stopping, true);
-    pthread_join(t->acceptor, NULL);
+    acceptor_stop(t->acceptor);
     close(t->listen_fd);
-    server_reap(t, true);
-    pthread_mutex_destroy(&t->lock);
     free(t);
 }
 

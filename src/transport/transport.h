@@ -15,6 +15,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "acceptor.h"
+#include "auth.h"
 #include "ferry.h"
 #include "memreg.h"
 #include "meta/descriptor.h"
@@ -61,6 +63,10 @@ struct transport_host {
     void (*deliver_notify)(void *engine, const char *from, const void *msg, size_t len);
     /* counts payload bytes that went through a bounce copy to device memory */
     atomic_uint_fast64_t *bytes_bounced;
+    /* the engine's key (common/auth.h); auth_enabled() false: no authentication */
+    const struct auth_key *auth;
+    /* caps for the transport's listening port (common/acceptor.h) */
+    struct acceptor_limits limits;
 };
 
 struct transport_ops {

@@ -113,3 +113,20 @@ int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct w
                           (unsigned long long)total, (unsigned long long)h->payload_len);
     return 0;
 }
+
+int wire_status_allowed(uint8_t type, int32_t status)
+{
+    if (status == 0)
+        return 1;
+    switch (type) {
+    case WIRE_HELLO_ACK:
+        return status == FERRY_ESTALE || status == FERRY_EVERSION || status == FERRY_EPERM || status == FERRY_EBUSY;
+    case WIRE_WRITE_ACK:
+    case WIRE_READ_RESP:
+    case WIRE_NOTIFY_ACK:
+        return status == FERRY_ERANGE || status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV ||
+               status == FERRY_EBUSY || status == FERRY_ECANCELED || status == FERRY_ETIMEDOUT;
+    default:
+        return 0;
+    }
+}

@@ -67,6 +67,11 @@ void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZ
  * FERRY_EPROTO or FERRY_EVERSION (with a detail message). */
 int wire_decode_header(const uint8_t in[WIRE_HEADER_SIZE], struct wire_header *h);
 
+/* Is `status` a code a ferry target sends in a response of this type?  A
+ * status is the peer's word: only these become the initiator's error; any
+ * other value is a malformed response (FERRY_EPROTO). */
+int wire_status_allowed(uint8_t type, int32_t status);
+
 void wire_encode_entries(const struct wire_entry *e, unsigned n, uint8_t *out);
 
 /* Decodes n entries; checks every length is non-zero, no range wraps, and (for

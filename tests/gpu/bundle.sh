@@ -11,7 +11,7 @@ cmake --build build-gpu -j"$(nproc)" >/dev/null
 mkdir -p build-gpu/lib build-gpu/bin
 # every shared library the binaries need beyond glibc (the GPU image has
 # none of Debian's -dev packages' runtime libraries)
-for bin in build-gpu/ferry-bench build-gpu/tests/test_staging build-gpu/staging_bench "$(command -v iperf3)"; do
+for bin in build-gpu/ferry-bench build-gpu/tests/test_staging build-gpu/tests/test_shm build-gpu/staging_bench "$(command -v iperf3)"; do
   ldd "$bin" | awk '/=> \//{print $3}'
 done | sort -u | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' | while read -r lib; do
   cp -L "$lib" build-gpu/lib/

@@ -39,6 +39,14 @@ static const char *device_location(void)
     return d && *d ? d : "sim:0";
 }
 
+/* The target's device: FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with
+ * two GPUs), else the same as the initiator's. */
+static const char *target_location(void)
+{
+    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
+    return d && *d ? d : device_location();
+}
+
 struct fixture {
     struct child_target target;
     ferry_engine *e;
@@ -79,8 +87,8 @@ static int start(void **state, const char *local_loc, const char *target_loc, co
 
 static int setup_host(void **s) { return start(s, "cpu", "cpu", "tcp,shm"); }
 static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", "tcp,shm"); }
-static int setup_cpu_to_dev(void **s) { return start(s, "cpu", device_location(), "tcp,shm"); }
-static int setup_dev_to_dev(void **s) { return start(s, device_location(), device_location(), "tcp,shm"); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", target_location(), "tcp,shm"); }
+static int setup_dev_to_dev(void **s) { return start(s, device_location(), target_location(), "tcp,shm"); }
 static int setup_tcp_target(void **s) { return start(s, "cpu", "cpu", "tcp"); }
 
 static int teardown(void **state)
@@ -416,8 +424,8 @@ static void transport_contract(void **state)
     memreg_init(&reg_i);
     memreg_init(&reg_t);
     atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced};
+    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
+    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
     void *ti, *tt, *peer, *handle;
     assert_int_equal(ops->create(&hi, &ti), 0);
     assert_int_equal(ops->create(&ht, &tt), 0);

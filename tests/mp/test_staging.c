@@ -28,6 +28,14 @@ static const char *device_location(void)
     return d && *d ? d : "sim:0";
 }
 
+/* The target's device: FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with
+ * two GPUs), else the same as the initiator's. */
+static const char *target_location(void)
+{
+    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
+    return d && *d ? d : device_location();
+}
+
 struct fixture {
     struct child_target target;
     ferry_engine *e;
@@ -58,9 +66,9 @@ static int start(void **state, const char *local_loc, const char *target_loc, un
 }
 
 static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", 0); }
-static int setup_cpu_to_dev(void **s) { return start(s, "cpu", device_location(), 0); }
-static int setup_dev_to_dev(void **s) { return start(s, device_location(), device_location(), 0); }
-static int setup_one_chunk(void **s) { return start(s, device_location(), device_location(), 1); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", target_location(), 0); }
+static int setup_dev_to_dev(void **s) { return start(s, device_location(), target_location(), 0); }
+static int setup_one_chunk(void **s) { return start(s, device_location(), target_location(), 1); }
 
 static int teardown(void **state)
 {
@@ -173,7 +181,7 @@ static void wrong_kind_rejected(void **state)
 
 int main(void)
 {
-    printf("staging tests on %s\n", device_location());
+    printf("staging tests on %s (target %s)\n", device_location(), target_location());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
         cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),

@@ -27,8 +27,9 @@ TARGET_SEED = 7
 class Target:
     """A target.py process: .segment, .addr, .size, .pid; .cmd(line) -> reply."""
 
-    def __init__(self, size=TARGET_SIZE, seed=TARGET_SEED, **config):
+    def __init__(self, size=TARGET_SIZE, seed=TARGET_SEED, env_extra=None, **config):
         env = dict(os.environ)
+        env.update(env_extra or {})
         env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(ferry.__path__[0]), HERE, env.get("PYTHONPATH", "")])
         args = [sys.executable, os.path.join(HERE, "target.py"), str(size), str(seed)]
         args += ["%s=%s" % kv for kv in config.items()]
@@ -107,7 +108,7 @@ def fresh_target():
 
 @pytest.fixture
 def engine():
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
     yield e
     e.close()

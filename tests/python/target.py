@@ -2,7 +2,8 @@
 
     target.py SIZE SEED [config=value ...]
 
-Creates a TransferEngine on 127.0.0.1, registers a numpy buffer of SIZE bytes
+Creates a TransferEngine on 127.0.0.1 (or $TARGET_HOSTNAME, with metadata
+server $TARGET_METADATA, protocol $TARGET_PROTOCOL when set), registers a numpy buffer of SIZE bytes
 filled with pattern(SEED), prints "READY <segment> <addr> <size>", then answers
 one line per command:
     check OFF LEN SEED   -> "OK" | "BAD <index>"   buffer[OFF:OFF+LEN] == pattern(SEED)?
@@ -25,7 +26,9 @@ def main():
     config = dict(a.split("=", 1) for a in sys.argv[3:])
     config = {k: int(v) for k, v in config.items()}
     engine = ferry.TransferEngine()
-    rc = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", **config)
+    rc = engine.initialize(os.environ.get("TARGET_HOSTNAME", "127.0.0.1"),
+                           os.environ.get("TARGET_METADATA", "P2PHANDSHAKE"),
+                           os.environ.get("TARGET_PROTOCOL", "tcp"), "", **config)
     if rc != 0:
         print("FAILED %d %s" % (rc, ferry.last_error()), flush=True)
         return 1

@@ -41,7 +41,7 @@ def test_module_exports():
 
 
 def test_methods_before_initialize_raise():
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert not e.initialized
     for call in (e.get_rpc_port, lambda: e.segment_name, lambda: e.register_memory(bytearray(4096)),
                  lambda: e.transfer_sync_write("127.0.0.1:1", 4096, 0, 1), e.get_stats,
@@ -63,7 +63,7 @@ def test_initialize_and_names(engine):
 
 
 def test_initialize_failures_return_negative():
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     rc = e.initialize("127.0.0.1", "P2PHANDSHAKE", "nosuchproto", "")
     assert rc < 0
     code, name, detail = ferry.last_error()
@@ -75,23 +75,23 @@ def test_initialize_failures_return_negative():
 
 
 def test_initialize_config_kwargs_and_ext():
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", tcp_connections=2, request_timeout_ms=5000) == 0
     e.close()
     with pytest.raises(TypeError, match="unexpected keyword"):
-        ferry.TransferEngine().initialize("127.0.0.1", tcp_conections=2)
+        ferry.NativeTransferEngine().initialize("127.0.0.1", tcp_conections=2)
     with pytest.raises(TypeError):
-        ferry.TransferEngine().initialize(12345)
+        ferry.NativeTransferEngine().initialize(12345)
     with pytest.raises(ValueError):
-        ferry.TransferEngine().initialize("127.0.0.1", tcp_connections=-1)
-    assert ferry.TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", tcp_connections=0) < 0
-    e = ferry.TransferEngine()
+        ferry.NativeTransferEngine().initialize("127.0.0.1", tcp_connections=-1)
+    assert ferry.NativeTransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", tcp_connections=0) < 0
+    e = ferry.NativeTransferEngine()
     assert e.initialize_ext("127.0.0.1", "P2PHANDSHAKE", "tcp", "", "p2p") == 0
     e.close()
 
 
 def test_close_and_context_manager():
-    with ferry.TransferEngine() as e:
+    with ferry.NativeTransferEngine() as e:
         assert e.initialize("127.0.0.1") == 0
         name = e.segment_name
     assert not e.initialized
@@ -303,7 +303,7 @@ def test_notifications(engine, target):
 
 
 def test_notifications_between_local_engines(engine):
-    with ferry.TransferEngine() as peer:
+    with ferry.NativeTransferEngine() as peer:
         assert peer.initialize("127.0.0.1") == 0
         dst = local_buffer(peer, 8 * KIB)
         src = local_buffer(engine, 8 * KIB, seed=1)
@@ -421,7 +421,7 @@ def test_unregistered_local_and_remote_range(engine, target):
 
 
 def test_timeout_returns_negative(fresh_target):
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1", request_timeout_ms=300, connect_timeout_ms=300) == 0
     src = local_buffer(e, 64 * KIB, seed=3)
     assert e.transfer_sync_write(fresh_target.segment, src, fresh_target.addr) == 0  # connected
@@ -460,7 +460,7 @@ def test_peer_killed_returns_negative(engine, fresh_target):
 
 
 def test_close_cancels_running_batches(fresh_target):
-    e = ferry.TransferEngine()
+    e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1") == 0
     src = local_buffer(e, 64 * KIB, seed=3)
     assert e.transfer_sync_write(fresh_target.segment, src, fresh_target.addr) == 0
@@ -577,7 +577,7 @@ def test_managed_buffer_errors(engine, target):
 
 
 def test_managed_buffers_thread_safe():
-    with ferry.TransferEngine(managed_pool_size=32 * MIB) as e:
+    with ferry.NativeTransferEngine(managed_pool_size=32 * MIB) as e:
         assert e.initialize("127.0.0.1") == 0
         held, lock, errors = [], threading.Lock(), []
 
@@ -610,11 +610,11 @@ def test_managed_buffers_thread_safe():
             e.free_managed_buffer(a, s)
         assert e.managed_buffer_info()["used"] == 0
     with pytest.raises(ValueError):
-        ferry.TransferEngine(managed_pool_size=1024)
+        ferry.NativeTransferEngine(managed_pool_size=1024)
 
 
 def test_managed_buffer_between_processes(engine):
-    with ferry.TransferEngine() as peer:
+    with ferry.NativeTransferEngine() as peer:
         assert peer.initialize("127.0.0.1") == 0
         remote = peer.allocate_managed_buffer(1 * MIB)  # managed buffers are remote accessible
         local = engine.allocate_managed_buffer(1 * MIB)
@@ -699,7 +699,7 @@ def test_torch_cuda_tensor_as_target(engine):
     torch = _torch()
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine: CUDA tensor test skipped")
-    with ferry.TransferEngine() as peer:
+    with ferry.NativeTransferEngine() as peer:
         assert peer.initialize("127.0.0.1") == 0
         remote = torch.zeros(4 * MIB, dtype=torch.uint8, device="cuda:0")
         assert peer.register_memory(remote) == 0

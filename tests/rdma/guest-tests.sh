@@ -4,7 +4,7 @@
 # several block sizes and batches, data verified; staged sim memory; both
 # protocols offered; a target killed mid-transfer).  Prints PASS/FAIL per
 # step; exits with the number of failed steps.
-. ./env                     # BUILD=<host build dir>
+. ./env                     # BUILD=/run/ferry-build: the host build dir, as the guest sees it
 B=$BUILD
 DEV=rxe0
 IP=10.0.0.1

@@ -6,9 +6,12 @@
 # rxe0 ready on dummy0 (10.0.0.1) — or on eth0 when FERRY_VM_NET joins the
 # guest to another one.  The guest sees the host's / read-only, so host-built
 # binaries run unchanged (build them without -march=native: the emulated CPU
-# lacks AVX/SSE4.2); SHARE_DIR is writable at the same path and is the only
-# place the guest may write (its /tmp and /run are fresh tmpfs).  One rxe
-# device per guest: two in one guest connect, then hang.
+# lacks AVX/SSE4.2).  SHARE_DIR is writable in the guest at /run/ferry-share
+# (the script runs there) and is the only place the guest may write (its /tmp
+# and /run are fresh tmpfs); FERRY_VM_BUILD, a host directory (the build), is
+# seen read-only at /run/ferry-build.  Fixed guest paths: the host's may lie
+# under /tmp or contain spaces.  One rxe device per guest: two in one guest
+# connect, then hang.
 #
 # Exit status: the guest script's (also left in SHARE_DIR/<script>.rc); 77
 # with a line "SKIPPED: why" when no VM can be had for a reason of the
@@ -16,6 +19,7 @@
 # the guest ran past QEMU_TIMEOUT seconds.
 #
 # Environment: W (work/cache dir, default /tmp/rxe-ci), QEMU_TIMEOUT (600),
+# FERRY_VM_BUILD (a host directory the guest sees at /run/ferry-build),
 # FERRY_VM_ACCEL (tcg, the default, or kvm where nested KVM works),
 # FERRY_VM_MEM (2G), FERRY_VM_CPUS (2), FERRY_VM_IP (10.0.0.1),
 # FERRY_VM_NET (a qemu socket netdev spec, e.g.
@@ -26,6 +30,9 @@ skip() { echo "SKIPPED: $*"; exit 77; }
 [ -n "$1" ] || { echo "usage: $0 SHARE_DIR [SCRIPT]" >&2; exit 2; }
 SHARE=$(realpath "$1"); SCRIPT=${2:-rxe-guest.sh}; TAG=${SCRIPT%.sh}
 [ -f "$SHARE/$SCRIPT" ] || { echo "no $SHARE/$SCRIPT" >&2; exit 2; }
+if [ -n "${FERRY_VM_BUILD:-}" ]; then
+  BUILD_DIR=$(realpath "$FERRY_VM_BUILD"); [ -d "$BUILD_DIR" ] || { echo "no directory $FERRY_VM_BUILD" >&2; exit 2; }
+fi
 [ "$(id -u)" = 0 ] || skip "rdma VM tests need root (apt, qemu, 9p export of /)"
 W=${W:-/tmp/rxe-ci}; mkdir -p "$W"; cd "$W"
 command -v flock >/dev/null || skip "no flock (util-linux)"
@@ -74,13 +81,15 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $(cat /mods/order); do insmod /mods/$m || echo "insmod $m FAILED"; done
 IP=10.0.0.1
 for a in $(cat /proc/cmdline); do
-  case $a in share=*) SHARE=${a#share=};; script=*) SCRIPT=${a#script=};; ip=*) IP=${a#ip=};; esac
+  case $a in script=*) SCRIPT=${a#script=};; ip=*) IP=${a#ip=};; esac
 done
 TAG=${SCRIPT%.sh}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro hostroot /host
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
-mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run; mkdir -p /host$SHARE
+mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run
+SHARE=/run/ferry-share; mkdir -p /host$SHARE /host/run/ferry-build
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /host$SHARE
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro build /host/run/ferry-build 2>/dev/null
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then NETDEV=eth0; else ip link add dummy0 type dummy 2>/dev/null; NETDEV=dummy0; fi
 ip addr add $IP/24 dev $NETDEV; ip link set $NETDEV up
@@ -96,6 +105,11 @@ chmod +x "$R/init"; (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$
 # was written on it hangs at boot with the default CPU and asserts with -cpu host).
 ACCEL=${FERRY_VM_ACCEL:-tcg}
 NET="-nic none"
+# qemu option values escape a comma by doubling it
+SHARE_OPT=$(printf %s "$SHARE" | sed 's/,/,,/g')
+set --
+[ -n "${BUILD_DIR:-}" ] &&
+  set -- -virtfs "local,path=$(printf %s "$BUILD_DIR" | sed 's/,/,,/g'),mount_tag=build,security_model=none,readonly=on,multidevs=remap"
 [ -n "${FERRY_VM_NET:-}" ] &&
   NET="-netdev socket,id=n0,$FERRY_VM_NET -device virtio-net-pci,netdev=n0,mac=${FERRY_VM_MAC:-52:54:00:00:00:01}"
 rm -f "$SHARE/$TAG.rc" "$SHARE/$TAG.started"
@@ -105,9 +119,9 @@ set +e
 timeout "${QEMU_TIMEOUT:-600}" qemu-system-x86_64 -accel "$ACCEL" -m "${FERRY_VM_MEM:-2G}" \
   -smp "${FERRY_VM_CPUS:-2}" -nographic -no-reboot $NET \
   -kernel "$W/kpkg/boot/vmlinuz-$K" -initrd "$INITRD" \
-  -append "console=ttyS0 loglevel=3 quiet panic=-1 share=$SHARE script=$SCRIPT ip=${FERRY_VM_IP:-10.0.0.1}" \
+  -append "console=ttyS0 loglevel=3 quiet panic=-1 script=$SCRIPT ip=${FERRY_VM_IP:-10.0.0.1}" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$SHARE,mount_tag=share,security_model=none" </dev/null
+  -virtfs "local,path=$SHARE_OPT,mount_tag=share,security_model=none" "$@" </dev/null
 q=$?
 set -e
 [ $q = 124 ] && { echo "rxe-vm: the guest ran past ${QEMU_TIMEOUT:-600} s"; exit 124; }

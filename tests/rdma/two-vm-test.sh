@@ -15,7 +15,7 @@ BUILD=$(realpath "${1:-build}")
 SHARE=$(mktemp -d /tmp/ferry-rdma-2vm.XXXXXX)
 trap 'rm -rf "$SHARE"' EXIT
 PA=${FERRY_2VM_PORT:-12345}; PB=$((PA + 1))
-echo "BUILD=$BUILD" > "$SHARE/env"
+echo "BUILD=/run/ferry-build" > "$SHARE/env"   # where the guests see $BUILD
 
 cat > "$SHARE/node-a.sh" <<'EOF'
 . ./env
@@ -67,7 +67,7 @@ EOF
 run_node() { # run_node a|b
   if [ "$1" = a ]; then net="udp=127.0.0.1:$PB,localaddr=127.0.0.1:$PA" ip=10.0.0.1 mac=52:54:00:00:00:01
   else net="udp=127.0.0.1:$PA,localaddr=127.0.0.1:$PB" ip=10.0.0.2 mac=52:54:00:00:00:02; fi
-  FERRY_VM_CPUS=1 FERRY_VM_MEM=1G FERRY_VM_IP=$ip FERRY_VM_MAC=$mac FERRY_VM_NET=$net \
+  FERRY_VM_BUILD=$BUILD FERRY_VM_CPUS=1 FERRY_VM_MEM=1G FERRY_VM_IP=$ip FERRY_VM_MAC=$mac FERRY_VM_NET=$net \
     QEMU_TIMEOUT=${QEMU_TIMEOUT:-600} sh tests/rdma/run-in-rxe-vm.sh "$SHARE" "node-$1.sh" > "$SHARE/$1.log" 2>&1
   echo $? > "$SHARE/$1.status"
 }

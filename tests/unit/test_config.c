@@ -66,6 +66,103 @@ static void engine_rejects_bad_config(void **state)
     assert_int_equal(ferry_engine_create(&c, &e), FERRY_EINVAL);
 }
 
+/* The reference engine's MC_* variables map onto ferry's fields; FERRY_* wins. */
+static void reference_variables(void **state)
+{
+    (void)state;
+    struct ferry_config c;
+    setenv("MC_TRANSFER_TIMEOUT", "2", 1); /* the reference's floor is 5 s */
+    setenv("MC_FORCE_TCP", "1", 1);
+    setenv("MC_TCP_BIND_ADDRESS", "127.0.0.9", 1);
+    setenv("MC_SLICE_SIZE", "64K", 1);
+    assert_int_equal(ferry_config_init(&c), 0);
+    assert_int_equal(c.request_timeout_ms, 5000);
+    assert_string_equal(c.protocols, "tcp");
+    assert_string_equal(c.bind_address, "127.0.0.9");
+    assert_int_equal(c.slice_size, 64u << 10);
+    setenv("MC_TRANSFER_TIMEOUT", "40", 1);
+    setenv("FERRY_PROTOCOLS", "tcp,shm", 1);
+    setenv("FERRY_SLICE_SIZE", "128K", 1);
+    setenv("MC_LEGACY_RPC_PORT_BINDING", "1", 1); /* the listener keeps local_server_name's host */
+    assert_int_equal(ferry_config_init(&c), 0);
+    assert_int_equal(c.request_timeout_ms, 40000);
+    assert_string_equal(c.protocols, "tcp,shm");
+    assert_int_equal(c.slice_size, 128u << 10);
+    assert_string_equal(c.bind_address, "");
+    setenv("FERRY_REQUEST_TIMEOUT_MS", "7000", 1);
+    assert_int_equal(ferry_config_init(&c), 0);
+    assert_int_equal(c.request_timeout_ms, 7000);
+    setenv("MC_TRANSFER_TIMEOUT", "soon", 1);
+    assert_int_equal(ferry_config_init(&c), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "MC_TRANSFER_TIMEOUT"));
+    setenv("MC_TRANSFER_TIMEOUT", "5", 1);
+    setenv("MC_SLICE_SIZE", "big", 1);
+    assert_int_equal(ferry_config_init(&c), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "MC_SLICE_SIZE"));
+    const char *vars[] = {"MC_TRANSFER_TIMEOUT", "MC_FORCE_TCP", "MC_TCP_BIND_ADDRESS", "MC_SLICE_SIZE",
+                          "MC_LEGACY_RPC_PORT_BINDING", "FERRY_PROTOCOLS", "FERRY_SLICE_SIZE",
+                          "FERRY_REQUEST_TIMEOUT_MS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        unsetenv(vars[i]);
+}
+
+static void live_transports(ferry_engine *e, char *out, size_t cap)
+{
+    struct ferry_stats st;
+    assert_int_equal(ferry_get_stats(e, &st), 0);
+    out[0] = '\0';
+    for (size_t i = 0; i < st.transport_count; i++)
+        snprintf(out + strlen(out), cap - strlen(out), "%s%s", i ? "," : "", st.transports[i].name);
+}
+
+/* "rdma" with no usable NIC runs on tcp (one warning), "rdma,tcp" on tcp; with
+ * transport_fallback=0 the missing NIC is an error, as before. */
+static void rdma_without_nic_falls_back(void **state)
+{
+    (void)state;
+    struct ferry_config c;
+    ferry_engine *e = NULL;
+    char live[64];
+    const char *lists[] = {"rdma", "rdma,tcp", "tcp,rdma"};
+    for (size_t i = 0; i < 3; i++) {
+        ferry_config_init(&c);
+        c.protocols = lists[i];
+        c.device_name = "nosuch0"; /* no NIC of that name on any host */
+        assert_int_equal(ferry_engine_create(&c, &e), 0);
+        live_transports(e, live, sizeof live);
+        assert_string_equal(live, "tcp");
+        ferry_engine_destroy(e);
+    }
+    ferry_config_init(&c);
+    c.protocols = "rdma";
+    c.device_name = "nosuch0";
+    c.transport_fallback = 0;
+    int rc = ferry_engine_create(&c, &e);
+    assert_true(rc == FERRY_ENODEV || rc == FERRY_ENOTSUP); /* ENOTSUP: rdma not built */
+    ferry_config_init(&c);
+    c.protocols = "rdma,carrier-pigeon"; /* an unknown name is still an error */
+    assert_int_equal(ferry_engine_create(&c, &e), FERRY_EINVAL);
+}
+
+/* The segment name as the reference forms it: P2P "host:bound port", an
+ * Ascend ":npu_N" suffix dropped. */
+static void segment_names(void **state)
+{
+    (void)state;
+    struct ferry_config c;
+    ferry_engine *e = NULL;
+    ferry_config_init(&c);
+    c.local_server_name = "127.0.0.1:0:npu_3";
+    assert_int_equal(ferry_engine_create(&c, &e), 0);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%d", ferry_engine_handshake_port(e));
+    assert_string_equal(ferry_engine_segment_name(e), want);
+    ferry_engine_destroy(e);
+    ferry_config_init(&c);
+    c.local_server_name = "127.0.0.1:0:npu_x";
+    assert_int_equal(ferry_engine_create(&c, &e), FERRY_EINVAL);
+}
+
 static void readme_lists_every_knob(void **state)
 {
     (void)state;
@@ -93,6 +190,9 @@ int main(void)
         cmocka_unit_test(defaults),
         cmocka_unit_test(environment_overrides),
         cmocka_unit_test(engine_rejects_bad_config),
+        cmocka_unit_test(reference_variables),
+        cmocka_unit_test(rdma_without_nic_falls_back),
+        cmocka_unit_test(segment_names),
         cmocka_unit_test(readme_lists_every_knob),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

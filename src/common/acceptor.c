@@ -1,0 +1,266 @@
+/*
+ * acceptor.c — accepts connections on a listening socket and serves each on
+ * its own thread, under caps per peer address and in total (see acceptor.h).
+ *
+ * Threads: one acceptor thread per listening port; one thread per live
+ * connection.  The acceptor owns the list of connections (under `lock`); a
+ * connection thread closes its own descriptor and gives its slot back the
+ * moment its serve function returns, so a full engine recovers as soon as
+ * peers leave, whether or not accept succeeds meanwhile.  The acceptor joins
+ * finished threads on every tick.
+ */
+#include "acceptor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+
+#define TICK_MS 100
+
+struct conn {
+    struct acceptor_conn pub;
+    uint32_t addr;          /* peer IPv4 address, network order (0: not IPv4) */
+    pthread_t thread;
+    bool done;              /* serve returned; fd closed; thread may be joined */
+    struct conn *next;
+};
+
+struct acceptor {
+    int listen_fd;
+    int reserve_fd;         /* /dev/null, given up to accept-and-close when out of descriptors */
+    char what[24];
+    unsigned max_total, max_per_peer;
+    acceptor_serve_fn serve;
+    void *ctx;
+    pthread_t thread;
+    atomic_bool stopping;
+    pthread_mutex_t lock;
+    struct conn *conns;     /* live and finished-not-joined */
+    unsigned live;
+    uint64_t accepted, over_cap, shed;
+    struct log_ratelimit warn_cap, warn_fd;
+};
+
+static unsigned default_max_total(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 4096;
+    rlim_t n = rl.rlim_cur / 4;
+    return n < 16 ? 16 : n > 4096 ? 4096 : (unsigned)n;
+}
+
+static void *conn_main(void *arg)
+{
+    struct conn *c = arg;
+    struct acceptor *a = c->pub.owner;
+    a->serve(a->ctx, &c->pub);
+    pthread_mutex_lock(&a->lock);
+    close(c->pub.fd);
+    c->pub.fd = -1;
+    c->done = true;
+    a->live--;
+    pthread_mutex_unlock(&a->lock);
+    return NULL;
+}
+
+/* Joins and frees finished connections; with `all`, waits for every one. */
+static void reap(struct acceptor *a, bool all)
+{
+    for (;;) {
+        struct conn *found = NULL;
+        pthread_mutex_lock(&a->lock);
+        for (struct conn **pp = &a->conns; *pp; pp = &(*pp)->next) {
+            if ((*pp)->done || all) {
+                found = *pp;
+                *pp = found->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&a->lock);
+        if (!found)
+            return;
+        pthread_join(found->thread, NULL);
+        free(found);
+    }
+}
+
+/* Under a->lock: may one more connection from addr be served? */
+static bool under_caps(struct acceptor *a, uint32_t addr)
+{
+    if (a->live >= a->max_total)
+        return false;
+    if (!a->max_per_peer || !addr)
+        return true;
+    unsigned same = 0;
+    for (struct conn *c = a->conns; c; c = c->next)
+        if (!c->done && c->addr == addr)
+            same++;
+    return same < a->max_per_peer;
+}
+
+/* Out of descriptors: close the reserve to accept-and-close the waiting
+ * peer (it sees a closed connection, not a hang), then take it back. */
+static void shed_one(struct acceptor *a, int err)
+{
+    if (a->reserve_fd >= 0) {
+        close(a->reserve_fd);
+        a->reserve_fd = -1;
+        int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            close(fd);
+            pthread_mutex_lock(&a->lock);
+            a->shed++;
+            pthread_mutex_unlock(&a->lock);
+        }
+        a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    uint64_t suppressed;
+    if (log_ratelimit_ok(&a->warn_fd, &suppressed))
+        LOG_WARN("%s: cannot accept: %s; shedding connections until descriptors free up (%llu more like this)",
+                 a->what, strerror(err), (unsigned long long)suppressed);
+}
+
+static void admit(struct acceptor *a, int fd, const struct sockaddr_in *sa)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    uint32_t addr = sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0;
+    pthread_mutex_lock(&a->lock);
+    bool ok = c && !atomic_load(&a->stopping) && under_caps(a, addr);
+    if (ok) {
+        c->pub.fd = fd;
+        c->pub.owner = a;
+        c->addr = addr;
+        char ip[INET_ADDRSTRLEN] = "?";
+        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+        snprintf(c->pub.peer, sizeof c->pub.peer, "%s:%u", ip, (unsigned)ntohs(sa->sin_port));
+        ok = pthread_create(&c->thread, NULL, conn_main, c) == 0;
+    }
+    if (ok) {
+        c->next = a->conns;
+        a->conns = c;
+        a->live++;
+        a->accepted++;
+    } else if (c) {
+        a->over_cap++;
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (ok)
+        return;
+    uint64_t suppressed;
+    if (c && log_ratelimit_ok(&a->warn_cap, &suppressed)) {
+        char ip[INET_ADDRSTRLEN] = "?";
+        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+        LOG_WARN("%s: refused a connection from %s: over the cap of %u in total / %u per peer "
+                 "(FERRY_MAX_CONNECTIONS, FERRY_MAX_CONNECTIONS_PER_PEER) (%llu more like this)",
+                 a->what, ip, a->max_total, a->max_per_peer, (unsigned long long)suppressed);
+    }
+    free(c);
+    close(fd);
+}
+
+static void *acceptor_main(void *arg)
+{
+    struct acceptor *a = arg;
+    bool backoff = false;
+    while (!atomic_load(&a->stopping)) {
+        reap(a, false);
+        struct pollfd p = {.fd = a->listen_fd, .events = POLLIN};
+        /* after a failed accept, one tick without the listening socket:
+         * it stays readable, and polling it would spin */
+        int n = poll(&p, backoff ? 0 : 1, TICK_MS);
+        backoff = false;
+        if (n <= 0)
+            continue;
+        struct sockaddr_in sa = {0};
+        socklen_t sl = sizeof sa;
+        int fd = accept4(a->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            int one = 1; /* acks and handshakes are small: never let Nagle hold them */
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            admit(a, fd, &sa);
+            continue;
+        }
+        int err = errno;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+            shed_one(a, err);
+            backoff = true;
+        }
+    }
+    return NULL;
+}
+
+int acceptor_start(int listen_fd, const char *what, const struct acceptor_limits *lim, acceptor_serve_fn serve,
+                   void *ctx, struct acceptor **out)
+{
+    struct acceptor *a = calloc(1, sizeof *a);
+    if (!a)
+        return ferry_fail(FERRY_ENOMEM, "%s acceptor", what);
+    a->listen_fd = listen_fd;
+    a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    snprintf(a->what, sizeof a->what, "%s", what);
+    a->max_total = lim && lim->max_total ? lim->max_total : default_max_total();
+    a->max_per_peer = lim ? lim->max_per_peer : 0;
+    a->serve = serve;
+    a->ctx = ctx;
+    log_ratelimit_init(&a->warn_cap, 1000);
+    log_ratelimit_init(&a->warn_fd, 1000);
+    pthread_mutex_init(&a->lock, NULL);
+    if (pthread_create(&a->thread, NULL, acceptor_main, a) != 0) {
+        pthread_mutex_destroy(&a->lock);
+        if (a->reserve_fd >= 0)
+            close(a->reserve_fd);
+        free(a);
+        return ferry_fail(FERRY_EIO, "%s: cannot start the acceptor thread", what);
+    }
+    *out = a;
+    return 0;
+}
+
+void acceptor_stop(struct acceptor *a)
+{
+    if (!a)
+        return;
+    atomic_store(&a->stopping, true);
+    pthread_join(a->thread, NULL);
+    pthread_mutex_lock(&a->lock);
+    for (struct conn *c = a->conns; c; c = c->next)
+        if (c->pub.fd >= 0)
+            shutdown(c->pub.fd, SHUT_RDWR);
+    pthread_mutex_unlock(&a->lock);
+    reap(a, true);
+    pthread_mutex_destroy(&a->lock);
+    if (a->reserve_fd >= 0)
+        close(a->reserve_fd);
+    free(a);
+}
+
+bool acceptor_stopping(const struct acceptor *a)
+{
+    return atomic_load(&a->stopping);
+}
+
+void acceptor_get_stats(struct acceptor *a, struct acceptor_stats *out)
+{
+    pthread_mutex_lock(&a->lock);
+    out->live = a->live;
+    out->accepted = a->accepted;
+    out->over_cap = a->over_cap;
+    out->shed = a->shed;
+    pthread_mutex_unlock(&a->lock);
+}

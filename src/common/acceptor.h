@@ -1,0 +1,64 @@
+/*
+ * acceptor.h — the one acceptor behind every TCP port ferry listens on (the
+ * handshake server, the tcp data port, the rdma side channel).
+ *
+ * It accepts connections on a listening socket and serves each on its own
+ * thread, with the limits that keep one peer from exhausting or pinning the
+ * engine:
+ *  - at most `max_total` connections at once, and `max_per_peer` from one
+ *    IPv4 address; a connection over a cap is accepted and closed at once;
+ *  - a finished connection releases its descriptor and its slot itself, so
+ *    nothing waits for the next successful accept;
+ *  - when accept fails for lack of descriptors (EMFILE / ENFILE) or memory,
+ *    it sheds the waiting connection (through a reserved descriptor) and
+ *    backs off for one tick instead of spinning.
+ * Deadlines and idle timeouts are the service's job (net_read_full_deadline).
+ */
+#ifndef FERRY_ACCEPTOR_H
+#define FERRY_ACCEPTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct acceptor;
+
+/* One accepted connection, as its serve function sees it. */
+struct acceptor_conn {
+    int fd;                 /* owned by the acceptor: closed after serve returns */
+    char peer[48];          /* "a.b.c.d:port" of the remote end */
+    struct acceptor *owner;
+};
+
+/* Serves one connection on its own thread; returns when done with it.  It
+ * must return soon after acceptor_stopping() turns true (acceptor_stop also
+ * shuts the socket down, which ends blocking calls on it). */
+typedef void (*acceptor_serve_fn)(void *ctx, struct acceptor_conn *c);
+
+struct acceptor_limits {
+    unsigned max_total;     /* 0: the default, a quarter of RLIMIT_NOFILE (at least 16) */
+    unsigned max_per_peer;  /* 0: no per-address cap */
+};
+
+/* Starts serving listen_fd (which the caller keeps owning) on a thread.
+ * `what` names the port in log lines ("tcp", "handshake").  Returns 0 or
+ * FERRY_ENOMEM / FERRY_EIO. */
+int acceptor_start(int listen_fd, const char *what, const struct acceptor_limits *lim, acceptor_serve_fn serve,
+                   void *ctx, struct acceptor **out);
+
+/* Stops accepting, shuts every connection down, waits for every serve
+ * function to return, and frees.  NULL accepted. */
+void acceptor_stop(struct acceptor *a);
+
+/* True once acceptor_stop has begun. */
+bool acceptor_stopping(const struct acceptor *a);
+
+/* Counters, for tests and logs. */
+struct acceptor_stats {
+    unsigned live;          /* connections being served now */
+    uint64_t accepted;      /* connections handed to serve */
+    uint64_t over_cap;      /* closed at once: over max_total or max_per_peer */
+    uint64_t shed;          /* closed at once: the process was out of descriptors */
+};
+void acceptor_get_stats(struct acceptor *a, struct acceptor_stats *out);
+
+#endif

@@ -1,0 +1,293 @@
+/*
+ * stream.c — stream-ordered submits: ferry_batch_submit_on_stream.
+ *
+ * A prefill engine computes layer N+1 while layer N is sent; the transfer of
+ * layer N must start only when the kernels that wrote it have finished, and
+ * whatever reads or overwrites those blocks afterwards must wait for the
+ * transfer — without the host waiting in between.  So two things are
+ * enqueued on the caller's stream through the device layer:
+ *
+ *   stream_host_func(on_reached, job)   the stream reached the transfer: the
+ *                                       job goes to a runner worker (the
+ *                                       callback itself must not touch the
+ *                                       device, so it only queues);
+ *   stream_wait_flag(flag, value)       later work waits until a worker has
+ *                                       seen the batch end and set the flag
+ *                                       (a device without stream memory ops
+ *                                       blocks a second host function on it).
+ *
+ * The requests are validated at the call, like ferry_batch_submit; a failure
+ * after that ends the batch with its error and still releases the stream.
+ *
+ * Threads: one runner per engine, created on first use, with RUNNER_WORKERS
+ * threads that submit ready jobs and wait for them; driver threads only
+ * queue.  Owns the jobs, their copies of the requests and the flag pages
+ * (host_alloc of the stream's device kind), one slot per job in flight.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "device/device.h"
+#include "engine/engine.h"
+#include "err.h"
+#include "log.h"
+
+#define RUNNER_WORKERS 4
+#define FLAG_SLOTS 1024 /* one 4 KiB page of flags per device kind */
+#define FLAG_KINDS 4
+
+struct flag_page {
+    const struct ferry_device_ops *ops;
+    uint32_t *flags;                /* FLAG_SLOTS words from ops->host_alloc */
+    uint32_t next[FLAG_SLOTS];      /* the value a slot's next job waits for */
+    int free_slots[FLAG_SLOTS];
+    int nfree;
+};
+
+struct stream_job {
+    struct stream_job *next;
+    struct stream_runner *r;
+    ferry_batch *batch;
+    struct ferry_request *reqs;
+    size_t n;
+    struct flag_page *page;
+    int slot;
+    uint32_t value;
+};
+
+struct stream_runner {
+    pthread_mutex_t lock;           /* everything below */
+    pthread_cond_t wake;
+    struct stream_job *head, *tail; /* jobs their stream has reached */
+    size_t in_flight;               /* jobs enqueued on a stream and not yet done */
+    int stop;
+    pthread_t workers[RUNNER_WORKERS];
+    int nworkers;
+    struct flag_page pages[FLAG_KINDS];
+    size_t npages;
+};
+
+/* ------------------------------------------------------------ driver threads */
+
+/* The stream reached the transfer: hand it to a worker. */
+static void on_reached(void *arg)
+{
+    struct stream_job *j = arg;
+    struct stream_runner *r = j->r;
+    pthread_mutex_lock(&r->lock);
+    if (r->tail)
+        r->tail->next = j;
+    else
+        r->head = j;
+    r->tail = j;
+    pthread_cond_signal(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Where the device cannot wait on a flag itself: a host function blocks. */
+struct blocking_wait {
+    volatile uint32_t *flag;
+    uint32_t value;
+};
+
+static void wait_in_host(void *arg)
+{
+    struct blocking_wait *w = arg;
+    ferry_flag_wait(w->flag, w->value);
+    free(w);
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void job_finish(struct stream_runner *r, struct stream_job *j)
+{
+    pthread_mutex_lock(&r->lock);
+    ferry_flag_set(&j->page->flags[j->slot], j->value); /* the stream goes on */
+    j->page->free_slots[j->page->nfree++] = j->slot;
+    r->in_flight--;
+    pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+    free(j->reqs);
+    free(j);
+}
+
+static void *worker_main(void *arg)
+{
+    struct stream_runner *r = arg;
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        while (!r->head && !r->stop)
+            pthread_cond_wait(&r->wake, &r->lock);
+        struct stream_job *j = r->head;
+        if (!j)
+            break;
+        r->head = j->next;
+        if (!r->head)
+            r->tail = NULL;
+        pthread_mutex_unlock(&r->lock);
+        int rc = batch_defer_run(j->batch, j->reqs, j->n);
+        if (rc)
+            LOG_WARN("stream-ordered transfer failed: %s: %s (the stream goes on)", ferry_err_name(rc),
+                     ferry_last_error());
+        job_finish(r, j);
+        pthread_mutex_lock(&r->lock);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static int runner_get(ferry_engine *e, struct stream_runner **out)
+{
+    if ((*out = atomic_load(&e->streams)) != NULL)
+        return 0;
+    struct stream_runner *r = calloc(1, sizeof *r);
+    if (!r)
+        return ferry_fail(FERRY_ENOMEM, "stream runner");
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->wake, NULL);
+    for (; r->nworkers < RUNNER_WORKERS; r->nworkers++)
+        if (pthread_create(&r->workers[r->nworkers], NULL, worker_main, r) != 0)
+            break;
+    if (r->nworkers == 0) {
+        stream_runner_destroy(r);
+        return ferry_fail(FERRY_EIO, "stream runner: cannot start a thread");
+    }
+    struct stream_runner *none = NULL;
+    if (!atomic_compare_exchange_strong(&e->streams, &none, r)) {
+        stream_runner_destroy(r); /* another thread's runner won */
+        r = none;
+    }
+    *out = r;
+    return 0;
+}
+
+void stream_runner_destroy(struct stream_runner *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->lock);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < r->nworkers; i++)
+        pthread_join(r->workers[i], NULL);
+    if (r->in_flight) {
+        /* a stream has not reached them: its driver still holds the jobs and
+         * will read the flags, so neither is freed (synchronize the streams
+         * before destroying the engine) */
+        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached", r->in_flight);
+        return;
+    }
+    for (size_t i = 0; i < r->npages; i++)
+        r->pages[i].ops->host_free(r->pages[i].flags);
+    pthread_cond_destroy(&r->wake);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+/* A free flag slot of ops' page (created on first use).  Runner lock held. */
+static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page,
+                     int *slot, uint32_t *value)
+{
+    struct flag_page *p = NULL;
+    for (size_t i = 0; i < r->npages && !p; i++)
+        if (r->pages[i].ops == ops)
+            p = &r->pages[i];
+    if (!p) {
+        if (r->npages == FLAG_KINDS)
+            return ferry_fail(FERRY_ENOTSUP, "stream ordering: more than %d device kinds", FLAG_KINDS);
+        void *mem = NULL;
+        int rc = ops->host_alloc(FLAG_SLOTS * sizeof(uint32_t), &mem);
+        if (rc)
+            return rc;
+        p = &r->pages[r->npages++];
+        p->ops = ops;
+        p->flags = mem;
+        memset(mem, 0, FLAG_SLOTS * sizeof(uint32_t));
+        for (int i = 0; i < FLAG_SLOTS; i++)
+            p->free_slots[i] = FLAG_SLOTS - 1 - i;
+        p->nfree = FLAG_SLOTS;
+    }
+    if (!p->nfree)
+        return ferry_fail(FERRY_EBUSY, "stream ordering: %d transfers are already waiting for their streams",
+                          FLAG_SLOTS);
+    *page = p;
+    *slot = p->free_slots[--p->nfree];
+    *value = ++p->next[*slot];
+    return 0;
+}
+
+/* ------------------------------------------------------------ API */
+
+int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
+                                 const char *location, void *stream)
+{
+    int dev = -1;
+    const struct ferry_device_ops *ops = location ? ferry_device_of_location(location, &dev) : NULL;
+    if (!batch || !reqs || !n)
+        return ferry_fail(FERRY_EINVAL, "submit_on_stream: NULL batch or no request");
+    if (!ops)
+        return ferry_fail(location && ferry_location_parse(location, NULL, NULL) == 0 ? FERRY_ENOTSUP : FERRY_EINVAL,
+                          "submit_on_stream: location \"%s\" names no device with streams", location ? location : "");
+    if (!ops->stream_host_func || !ops->host_alloc)
+        return ferry_fail(FERRY_ENOTSUP, "submit_on_stream: %s cannot order work with a stream", ops->kind);
+    int rc = ops->init();
+    if (rc)
+        return rc;
+    struct stream_runner *r = NULL;
+    if ((rc = runner_get(batch_engine(batch), &r)) != 0)
+        return rc;
+    struct stream_job *j = calloc(1, sizeof *j);
+    struct ferry_request *copy = malloc(n * sizeof *copy);
+    if (!j || !copy) {
+        free(j);
+        free(copy);
+        return ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+    }
+    memcpy(copy, reqs, n * sizeof *copy);
+    *j = (struct stream_job){.r = r, .batch = batch, .reqs = copy, .n = n};
+    pthread_mutex_lock(&r->lock);
+    rc = slot_take(r, ops, &j->page, &j->slot, &j->value);
+    if (!rc)
+        r->in_flight++;
+    pthread_mutex_unlock(&r->lock);
+    if (!rc && (rc = batch_defer(batch, reqs, n)) != 0) {
+        pthread_mutex_lock(&r->lock); /* nothing was enqueued: the slot is free again */
+        j->page->free_slots[j->page->nfree++] = j->slot;
+        r->in_flight--;
+        pthread_mutex_unlock(&r->lock);
+    }
+    if (rc) {
+        free(copy);
+        free(j);
+        return rc;
+    }
+    volatile uint32_t *flag = &j->page->flags[j->slot];
+    uint32_t value = j->value;
+    rc = ops->stream_host_func(dev, stream, on_reached, j);
+    if (rc) { /* the stream will never reach it: run it now, so the batch ends */
+        char why[256];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        on_reached(j);
+        return ferry_fail(rc, "submit_on_stream: %s (the transfer was started at once)", why);
+    }
+    int wrc = ops->stream_wait_flag ? ops->stream_wait_flag(dev, stream, flag, value) : FERRY_ENOTSUP;
+    if (wrc) { /* no stream memory ops (or the driver refused them here): block a host function */
+        static atomic_int said;
+        if (!atomic_exchange(&said, 1)) /* a slower path: say so, once */
+            LOG_WARN("stream ordering: %s; later work waits in a blocking host function instead",
+                     ferry_last_error());
+        struct blocking_wait *w = malloc(sizeof *w);
+        wrc = w ? 0 : FERRY_ENOMEM;
+        if (w) {
+            *w = (struct blocking_wait){flag, value};
+            if ((wrc = ops->stream_host_func(dev, stream, wait_in_host, w)) != 0)
+                free(w);
+        }
+    }
+    if (wrc) /* the transfer runs, but later work on the stream may not wait for it */
+        return ferry_fail(wrc, "submit_on_stream: the stream cannot wait for the transfer: %s", ferry_last_error());
+    return 0;
+}

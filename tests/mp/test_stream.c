@@ -1,0 +1,212 @@
+/*
+ * test_stream.c — ferry_batch_submit_on_stream on the sim device: the
+ * transfer starts only when the stream reaches it (a gate held closed on the
+ * stream keeps it from starting), later work on the stream runs only after
+ * it ended (a host function after it sees the batch finished, a copy after it
+ * sees the data), WRITE and READ with sim memory, argument errors with nothing
+ * enqueued, and a transfer that fails (target killed) still releases the
+ * stream and reports its error in the batch.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "device/device.h"
+#include "testutil.h"
+
+#define TSIZE (4u << 20)
+#define TSEED 31
+#define LEN (256u << 10)
+
+struct fixture {
+    struct child_target target;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    const struct ferry_device_ops *sim;
+    ferry_stream *stream;
+    char *dev;           /* sim:0 memory, registered */
+    char *host;          /* host scratch, registered (not remote accessible) */
+    uint32_t gate;       /* the stream waits on it (ferry_flag_wait) */
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_int_equal(child_target_start(&f->target, TSIZE, "cpu", TSEED), 0);
+    assert_int_equal(ferry_engine_create(NULL, &f->e), 0);
+    f->sim = ferry_device_find("sim");
+    assert_non_null(f->sim);
+    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&f->dev), 0);
+    assert_int_equal(ferry_register_memory(f->e, f->dev, LEN, "sim:0", 0), 0);
+    f->host = malloc(LEN);
+    assert_int_equal(ferry_register_memory(f->e, f->host, LEN, "cpu", 0), 0);
+    assert_int_equal(f->sim->stream_create(0, &f->stream), 0);
+    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    ferry_flag_set(&f->gate, 1); /* a failed test must not leave the stream blocked */
+    f->sim->stream_sync(f->stream);
+    f->sim->stream_destroy(f->stream);
+    ferry_engine_destroy(f->e);
+    ferry_mem_free(NULL, "sim:0", f->dev, LEN);
+    child_target_kill(&f->target);
+    free(f->host);
+    free(f);
+    return 0;
+}
+
+static void gate_wait(void *arg)
+{
+    struct fixture *f = arg;
+    ferry_flag_wait(&f->gate, 1);
+}
+
+/* Holds the stream until gate_open. */
+static void gate_close(struct fixture *f)
+{
+    f->gate = 0;
+    assert_int_equal(f->sim->stream_host_func(0, f->stream, gate_wait, f), 0);
+}
+
+static void gate_open(struct fixture *f)
+{
+    ferry_flag_set(&f->gate, 1);
+}
+
+static void copy(struct fixture *f, enum ferry_copy_dir dir, void *dst, const void *src, size_t len)
+{
+    struct ferry_copy c = {dst, src, len};
+    assert_int_equal(f->sim->copy_async(f->stream, dir, &c, 1), 0);
+}
+
+/* What a host function enqueued after the transfer saw. */
+struct seen {
+    ferry_batch *batch;
+    int state;
+};
+
+static void record_state(void *arg)
+{
+    struct seen *s = arg;
+    struct ferry_status st;
+    ferry_batch_status(s->batch, 0, &st);
+    s->state = st.state;
+}
+
+static void write_starts_and_ends_in_stream_order(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    gate_close(f);
+    pattern_fill(f->host, LEN, 5, 0);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);            /* "the kernel that wrote the KV" */
+    struct ferry_request q = {FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    struct seen seen = {b, -1};
+    assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+    char *after = malloc(LEN);
+    copy(f, FERRY_COPY_D2H, after, f->dev, LEN);               /* later work reads the same blocks */
+    /* the stream has not reached it: nothing was sent */
+    assert_int_equal(ferry_batch_wait(b, 0), FERRY_ETIMEDOUT);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, TSEED), -1);
+    gate_open(f);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(seen.state, FERRY_COMPLETED);             /* later work ran after it ended */
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, 5), -1); /* the bytes the copy put there */
+    assert_int_equal(pattern_check(after, LEN, 5, 0), -1);
+    ferry_batch_free(b);
+    free(after);
+}
+
+static void read_lands_before_later_copies(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
+    memset(f->host, 0, LEN);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);             /* zero the device buffer first */
+    struct ferry_request q[2] = {{FERRY_READ, f->dev, f->seg, f->target.addr + LEN, LEN / 2},
+                                 {FERRY_READ, f->dev + LEN / 2, f->seg, f->target.addr + LEN + LEN / 2, LEN / 2}};
+    assert_int_equal(ferry_batch_submit_on_stream(b, q, 2, "sim:0", f->stream), 0);
+    char *after = malloc(LEN);
+    copy(f, FERRY_COPY_D2H, after, f->dev, LEN);               /* "the next layer's kernel" */
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(pattern_check(after, LEN, TSEED, LEN), -1);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    ferry_batch_free(b);
+    free(after);
+}
+
+static void bad_arguments_enqueue_nothing(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 4, &b), 0);
+    char unregistered[64];
+    struct ferry_request q = {FERRY_WRITE, f->dev, f->seg, f->target.addr, 4096};
+    struct ferry_request bad_local = {FERRY_WRITE, unregistered, f->seg, f->target.addr, 64};
+    struct ferry_request bad_range = {FERRY_WRITE, f->dev, f->seg, f->target.addr + TSIZE, 4096};
+    struct ferry_request bad_seg = {FERRY_WRITE, f->dev, 999, f->target.addr, 4096};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &bad_local, 1, "sim:0", f->stream), FERRY_ENOTREG);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &bad_range, 1, "sim:0", f->stream), FERRY_ERANGE);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &bad_seg, 1, "sim:0", f->stream), FERRY_ENOSEG);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 0, "sim:0", f->stream), FERRY_EINVAL);
+    assert_int_equal(ferry_batch_submit_on_stream(NULL, &q, 1, "sim:0", f->stream), FERRY_EINVAL);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "cpu", f->stream), FERRY_ENOTSUP);
+    assert_non_null(strstr(ferry_last_error(), "cpu"));
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "warp:0", f->stream), FERRY_EINVAL);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:1", (void *)f), FERRY_EINVAL); /* not a stream */
+    assert_int_equal(f->sim->stream_query(f->stream), 0);      /* nothing was left on the stream */
+    /* the last call fell back to an immediate transfer: the batch is not empty any more */
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), FERRY_EBUSY);
+    ferry_batch_free(b);
+    assert_int_equal(ferry_batch_alloc(f->e, 4, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, &q, 1), 0);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), FERRY_EBUSY);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    ferry_batch_free(b);
+}
+
+static void failed_transfer_releases_the_stream(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    gate_close(f);
+    struct ferry_request q = {FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    struct seen seen = {b, -1};
+    assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+    child_target_kill(&f->target);                             /* the decode node dies meanwhile */
+    gate_open(f);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);      /* the stream is not stuck */
+    assert_int_equal(seen.state, FERRY_FAILED);
+    int rc = ferry_batch_wait(b, -1);
+    assert_true(rc == FERRY_ECONN || rc == FERRY_ENOSEG || rc == FERRY_ECANCELED);
+    ferry_batch_free(b);
+    f->target.pid = 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(write_starts_and_ends_in_stream_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_lands_before_later_copies, setup, teardown),
+        cmocka_unit_test_setup_teardown(bad_arguments_enqueue_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_transfer_releases_the_stream, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,307 @@
+"""The compatibility class against the reference binding's behaviour: return
+conventions (0 / negative code / 0 for ids, only type errors raise), transport
+fallback and MC_* variables, the methods the reference has (send_probe,
+get_engine, get_local_topology, warmup_efa_segment, ...), positional
+transport_hint, str data, a second initialize, segment names, and the
+reference's own transfer-engine test semantics (sync, batch, async, probe,
+unknown peer)."""
+import ctypes
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ferry
+import ferry.engine as fe
+from conftest import TARGET_SEED, Target
+from pattern import pattern
+
+KIB = 1024
+
+
+@pytest.fixture
+def compat():
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    yield e
+    e.close()
+
+
+def registered(engine, size, seed=None):
+    buf = np.zeros(size, np.uint8) if seed is None else pattern(seed, 0, size)
+    assert engine.register_memory(buf.ctypes.data, buf.nbytes) == 0
+    return buf
+
+
+# ---------------------------------------------------------------- module
+
+
+def test_module_mirrors_reference():
+    assert fe.TransferEngine is ferry.TransferEngine
+    assert fe.TransferEngine.TransferOpcode.Write == fe.Write == 1 and fe.TransferOpcode.Read == fe.Read == 0
+    for flag in ("SUPPORT_CUDA", "SUPPORT_EFA", "SUPPORT_HIP", "SUPPORT_MNNVL", "SUPPORT_MUSA",
+                 "SUPPORT_INTRA_NVLINK"):
+        assert isinstance(getattr(fe, flag), bool)
+    n = fe.TransferNotify("req-1", "done")
+    assert (n.name, n.msg) == ("req-1", "done")
+
+
+# ---------------------------------------------------------------- return conventions
+
+
+def test_failures_return_codes_not_exceptions(compat, target):
+    src = registered(compat, 64 * KIB, seed=3)
+    addr = src.ctypes.data
+    unreg = np.zeros(4096, np.uint8)
+    cases = [
+        # unknown segment: the reference returns -1 (sync) / 0 (async)
+        (lambda: compat.transfer_sync_write("127.0.0.1:1", addr, target.addr, 4096), ferry.FERRY_ENOSEG),
+        (lambda: compat.batch_transfer_sync_write("127.0.0.1:1", [addr], [target.addr], [4096]), ferry.FERRY_ENOSEG),
+        # remote range outside the peer's buffers
+        (lambda: compat.transfer_sync_write(target.segment, addr, target.addr + target.size, 4096),
+         ferry.FERRY_ERANGE),
+        # unregistered local memory
+        (lambda: compat.transfer_sync_read(target.segment, unreg.ctypes.data, target.addr, 4096), ferry.FERRY_ENOTREG),
+        # zero length, mismatched and empty lists
+        (lambda: compat.transfer_sync_write(target.segment, addr, target.addr, 0), ferry.FERRY_EINVAL),
+        (lambda: compat.batch_transfer_sync_write(target.segment, [addr, addr], [target.addr], [8, 8]),
+         ferry.FERRY_EINVAL),
+        (lambda: compat.batch_transfer_sync_read(target.segment, [], [], []), ferry.FERRY_EINVAL),
+        (lambda: compat.transfer_sync(target.segment, addr, target.addr, 4096, 7), ferry.FERRY_EINVAL),
+        # registration errors
+        (lambda: compat.register_memory(addr + 4096, 4096), ferry.FERRY_EEXIST),
+        (lambda: compat.unregister_memory(unreg.ctypes.data), ferry.FERRY_ENOTREG),
+        (lambda: compat.free_managed_buffer(addr, 4096), ferry.FERRY_EINVAL),
+        (lambda: compat.get_batch_transfer_status([12345]), ferry.FERRY_EINVAL),
+    ]
+    for call, code in cases:
+        ferry_code = call()
+        assert ferry_code == code, ferry.last_error()
+        assert ferry.last_error()[0] == code and ferry.last_error()[2]
+    # async calls: 0 is "no batch"
+    assert compat.batch_transfer_async_write("127.0.0.1:1", [addr], [target.addr], [4096]) == 0
+    assert ferry.last_error()[1] == "FERRY_ENOSEG"
+    assert compat.batch_transfer_async_read(target.segment, [addr], [target.addr + target.size], [4096]) == 0
+    assert compat.transfer_submit_write(target.segment, addr, target.addr, 0) == 0
+    assert compat.get_first_buffer_address("127.0.0.1:1") == 0
+    # a failed call leaked nothing: the next transfer goes through
+    assert compat.transfer_sync_write(target.segment, addr, target.addr, 64 * KIB) == 0
+    assert target.check(0, 64 * KIB, 3) == "OK"
+    assert compat.pending_batches() == []
+
+
+def test_type_errors_still_raise(compat, target):
+    with pytest.raises(TypeError):
+        compat.transfer_sync_write(12, 0x1000, 0x1000, 4096)
+    with pytest.raises(TypeError):
+        compat.batch_transfer_sync_write(target.segment, ["x"], [target.addr], [1])
+    with pytest.raises(TypeError):
+        compat.transfer_sync_write(target.segment, 0x1000, target.addr, 4096, 5)  # transport_hint: a str
+    with pytest.raises(TypeError):
+        compat.send_probe(1)
+
+
+def test_strict_mode_raises_with_codes(target):
+    for e in (ferry.NativeTransferEngine(), fe.TransferEngine(strict=True)):
+        assert e.initialize("127.0.0.1") == 0
+        with pytest.raises(ferry.FerryError) as ei:
+            e.transfer_sync_write("127.0.0.1:1", 0x1000, target.addr, 4096)
+        assert ei.value.code == ferry.FERRY_ENOSEG
+        with pytest.raises(ValueError):
+            e.batch_transfer_sync_write(target.segment, [1, 2], [target.addr], [8, 8])
+        # a second initialize keeps ferry's native answer
+        assert e.initialize("127.0.0.1") == ferry.FERRY_EBUSY
+        e.close()
+
+
+def test_not_initialized_returns_code():
+    e = fe.TransferEngine()
+    assert e.transfer_sync_write("127.0.0.1:1", 0x1000, 0x1000, 8) == ferry.FERRY_EINVAL
+    assert "not initialized" in ferry.last_error()[2]
+    assert e.batch_transfer_async_write("127.0.0.1:1", [0x1000], [0x1000], [8]) == 0
+    assert e.register_memory(0x1000, 8) == ferry.FERRY_EINVAL
+
+
+# ---------------------------------------------------------------- the reference's test semantics
+
+
+def test_reference_semantics_sync_batch_async_probe(compat, target):
+    """What Mooncake's transfer_engine Python test checks, with verified bytes."""
+    src = registered(compat, 256 * KIB, seed=11)
+    dst = registered(compat, 256 * KIB)
+    a, d = src.ctypes.data, dst.ctypes.data
+    assert compat.transfer_sync_write(target.segment, a, target.addr, 64 * KIB) == 0
+    assert compat.transfer_sync_read(target.segment, d, target.addr, 64 * KIB) == 0
+    assert np.array_equal(dst[:64 * KIB], src[:64 * KIB])
+    offs = [i * 4096 for i in range(16)]
+    assert compat.batch_transfer_sync_write(target.segment, [a + o for o in offs],
+                                            [target.addr + 1024 * KIB + o for o in offs], [4096] * 16) == 0
+    assert target.check(1024 * KIB, 64 * KIB, 0) != "OK"  # not the old pattern any more ...
+    dst[:] = 0
+    assert compat.batch_transfer_sync_read(target.segment, [d + o for o in offs],
+                                           [target.addr + 1024 * KIB + o for o in offs], [4096] * 16) == 0
+    assert np.array_equal(dst[:64 * KIB], src[:64 * KIB])  # ... but ours
+    bid = compat.batch_transfer_async_write(target.segment, [a], [target.addr + 2048 * KIB], [128 * KIB])
+    assert bid > 0
+    assert compat.get_batch_transfer_status([bid]) == 0
+    bid = compat.transfer_submit_write(target.segment, a, target.addr + 4096 * KIB, 4096)
+    while (st := compat.transfer_check_status(bid)) == 0:
+        pass
+    assert st == 1
+    assert compat.send_probe(target.segment) == 0
+    assert compat.send_probe("127.0.0.1:1") < 0           # unknown peer: non-zero
+    assert compat.batch_transfer_async_read("127.0.0.1:1", [d], [target.addr], [8]) == 0  # unknown peer: 0
+    target.cmd("fill 0 %d %d" % (1 << 20, TARGET_SEED))   # restore for the other tests
+
+
+def test_positional_transport_hint_is_not_a_notification(compat, fresh_target):
+    src = registered(compat, 8 * KIB, seed=5)
+    assert compat.transfer_sync_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, "rdma") == 0
+    assert compat.batch_transfer_sync_write(fresh_target.segment, [src.ctypes.data], [fresh_target.addr],
+                                            [4096], "tcp") == 0
+    assert compat.transfer_sync(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, fe.Write,
+                                None, "rdma") == 0
+    assert fresh_target.cmd("notes") == "NOTES []"
+    assert compat.transfer_sync_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096,
+                                      notify=b"by keyword") == 0
+    notes = json.loads(fresh_target.cmd("notes")[len("NOTES "):])
+    assert [bytes.fromhex(m) for _, m in notes] == [b"by keyword"]
+
+
+def test_str_data_and_bytes_helpers(compat):
+    buf = registered(compat, 4096)
+    assert compat.write_bytes_to_buffer(buf.ctypes.data, "héllo", len("héllo".encode())) == 0
+    assert compat.read_bytes_from_buffer(buf.ctypes.data, 6) == "héllo".encode()
+    assert compat.write_bytes_to_buffer(buf.ctypes.data, b"abc", 3) == 0
+    assert bytes(buf[:3]) == b"abc"
+
+
+def test_second_initialize_replaces_the_engine(target):
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    first = e.segment_name
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    assert e.segment_name != first and e.initialized
+    probe = fe.TransferEngine()
+    assert probe.initialize("127.0.0.1") == 0
+    assert probe.send_probe(first) < 0          # the first engine is gone
+    assert probe.send_probe(e.segment_name) == 0
+    buf = registered(e, 4096, seed=9)
+    assert e.transfer_sync_write(target.segment, buf.ctypes.data, target.addr + 8192, 4096) == 0
+    target.cmd("fill 0 %d %d" % (1 << 20, TARGET_SEED))
+    probe.close()
+    e.close()
+
+
+def test_engine_handles_and_warmup(compat, target):
+    cap = compat.get_engine()
+    name = ctypes.pythonapi.PyCapsule_GetName
+    name.restype, name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    assert name(cap) == b"ferry_engine"
+    ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    ptr.restype, ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    assert ptr(cap, b"ferry_engine") == compat.get_engine_ptr() != 0
+    assert compat.warmup_efa_segment(target.segment) == 0
+    assert compat.warmup_efa_segment("127.0.0.1:1") == ferry.FERRY_ENOSEG
+
+
+def test_local_topology(compat, tmp_path):
+    topo = json.loads(compat.get_local_topology())
+    assert "cpu:0" in topo and isinstance(topo["nics"], list) and topo["devices"][0]["location"] == "cpu:0"
+    # a fake sysfs: two NICs on two NUMA nodes, one GPU on node 1
+    from ferry.topology import local_topology
+    root = tmp_path
+    (root / "devices/system/node").mkdir(parents=True)
+    (root / "devices/system/node/online").write_text("0-1\n")
+    for nic, pci, numa in (("mlx5_0", "0000:1a:00.0", 0), ("mlx5_1", "0000:9a:00.0", 1)):
+        d = root / "bus/pci/devices" / pci
+        d.mkdir(parents=True)
+        (d / "numa_node").write_text("%d\n" % numa)
+        (d / "vendor").write_text("0x15b3\n")
+        (d / "class").write_text("0x020700\n")
+        port = root / "class/infiniband" / nic / "ports/1"
+        port.mkdir(parents=True)
+        (port / "state").write_text("4: ACTIVE\n")
+        (port / "link_layer").write_text("InfiniBand\n")
+        os.symlink(d, root / "class/infiniband" / nic / "device")
+    gpu = root / "bus/pci/devices/0000:9b:00.0"
+    gpu.mkdir(parents=True)
+    (gpu / "numa_node").write_text("1\n")
+    (gpu / "vendor").write_text("0x10de\n")
+    (gpu / "class").write_text("0x030200\n")
+    t = local_topology(root=str(root))
+    assert [n["name"] for n in t["nics"]] == ["mlx5_0", "mlx5_1"]
+    assert t["nics"][1]["numa_node"] == 1 and t["nics"][0]["ports"][0]["state"] == "4: ACTIVE"
+    assert t["cuda:0"] == [["mlx5_1"], ["mlx5_0"]] and t["cpu:0"] == [["mlx5_0"], ["mlx5_1"]]
+    assert local_topology("mlx5_1", root=str(root))["cpu:0"] == [[], ["mlx5_1"]]
+
+
+# ---------------------------------------------------------------- transports and MC_* variables
+
+
+def test_rdma_without_nic_runs_on_tcp(monkeypatch):
+    monkeypatch.setenv("FERRY_DEVICE_NAME", "nosuch0")  # no NIC of that name on any host
+    for proto in ("rdma", "rdma,tcp", "ascend"):
+        e = fe.TransferEngine()
+        assert e.initialize("127.0.0.1", "P2PHANDSHAKE", proto, "nosuch0") == 0
+        assert e.transports == ["tcp"]
+        e.close()
+    monkeypatch.setenv("FERRY_TRANSPORT_FALLBACK", "0")
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "rdma", "nosuch0") in (ferry.FERRY_ENODEV, ferry.FERRY_ENOTSUP)
+
+
+def test_mc_variables(monkeypatch):
+    monkeypatch.setenv("MC_FORCE_TCP", "1")
+    monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "7")
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "shm,tcp", "") == 0
+    assert e.transports == ["tcp"]
+    e.close()
+    monkeypatch.setenv("FERRY_PROTOCOLS", "shm,tcp")   # FERRY_* wins over MC_*
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", None, "") == 0
+    assert e.transports == ["tcp", "shm"] or e.transports == ["shm", "tcp"]
+    e.close()
+    monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "never")
+    assert fe.TransferEngine().initialize("127.0.0.1") == ferry.FERRY_EINVAL
+    assert "MC_TRANSFER_TIMEOUT" in ferry.last_error()[2]
+    envs = [k[0] for k in ferry.config_knobs()]
+    assert {"MC_FORCE_TCP", "MC_TRANSFER_TIMEOUT", "MC_TCP_BIND_ADDRESS", "MC_LEGACY_RPC_PORT_BINDING"} <= set(envs)
+
+
+def test_segment_name_p2p_and_ascend_form():
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1:0:npu_2", "P2PHANDSHAKE", "tcp", "") == 0
+    assert e.segment_name == "127.0.0.1:%d" % e.get_rpc_port()
+    e.close()
+
+
+# ---------------------------------------------------------------- stream-ordered (*_on_cuda)
+
+
+def test_on_cuda_argument_errors(compat, target):
+    """The GPU run (bench/stream_overlap.py) checks the ordering itself; here the
+    refusals, which come back as codes with nothing enqueued and nothing leaked."""
+    src = registered(compat, 64 * KIB, seed=3)
+    a = src.ctypes.data
+    assert compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cpu") == ferry.FERRY_ENOTSUP
+    assert "streams" in ferry.last_error()[2]
+    assert compat.batch_transfer_write_on_cuda("127.0.0.1:1", [a], [target.addr], [4096]) == ferry.FERRY_ENOSEG
+    assert compat.batch_transfer_read_on_cuda(target.segment, [a], [target.addr + target.size], [4096],
+                                              location="sim:0") == ferry.FERRY_ERANGE
+    unreg = np.zeros(4096, np.uint8)
+    assert compat.transfer_read_on_cuda(target.segment, unreg.ctypes.data, target.addr, 4096,
+                                        location="sim:0") == ferry.FERRY_ENOTREG
+    rc = compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cuda:7")
+    assert rc in (ferry.FERRY_ENODEV, 0)   # 0 only where a GPU 7 exists
+    with pytest.raises(TypeError):
+        compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, "stream")
+    assert compat.pending_batches() == []
+    strict = ferry.NativeTransferEngine()
+    assert strict.initialize("127.0.0.1") == 0
+    with pytest.raises(ferry.FerryError) as ei:
+        strict.transfer_write_on_cuda(target.segment, 0x1000, target.addr, 4096, 0, "", "cpu")
+    assert ei.value.code == ferry.FERRY_ENOTSUP
+    strict.close()
