@@ -13,7 +13,9 @@
 # usage: bench/rdma_vm.sh [BUILD_DIR]        (default build/, no -march=native)
 # env:   DURATION (5)  ROUNDS (3: medians of the valid runs are reported)  OPS ("write read")
 #        BLOCKS ("64K 1M")  BATCH ("64K:64 1M:16": batch per block)
-#        THREADS (1)  FERRY_RDMA_* knobs are passed through to ferry-bench.
+#        THREADS (1)  TARGETS ("cpu": the target's memory; "cpu sim:0" also
+#        measures target-side staging: sim memory no NIC reaches, staged by the target)
+#        FERRY_RDMA_* knobs are passed through to ferry-bench.
 # Exit status: 0 if every run succeeded and ferry's data verified.
 set -eu
 cd "$(dirname "$0")/.."
@@ -29,6 +31,7 @@ trap 'rm -rf "$SHARE"' EXIT
   echo "BLOCKS='${BLOCKS:-64K 1M}'"
   echo "BATCH='${BATCH:-64K:64 1M:16}'"
   echo "THREADS=${THREADS:-1}"
+  echo "TARGETS='${TARGETS:-cpu}'"
   env | grep '^FERRY_RDMA_' | sed 's/^/export /' || true
 } > "$SHARE/env"
 cat > "$SHARE/rxe-guest.sh" <<'GUEST'
@@ -56,17 +59,21 @@ ferry() { # ferry write|read SIZE BATCH -> Gbit/s (empty on failure or bad data)
     --threads="$THREADS" --duration="$DURATION" --json 2> ferry_err.log > ferry.json
   grep -q '"verified":true' ferry.json && sed 's/.*"gbit_per_s":\([0-9.]*\).*/\1/' ferry.json
 }
-"$B/ferry-bench" --mode=target --local_server_name=$IP --protocol=rdma --device_name=$DEV \
-  --buffer_size=64M > target.log 2>&1 &
-TP=$!
-for _ in $(seq 300); do grep -q "target ready" target.log && break; sleep 0.1; done
-SEG=$(sed -n 's/.*segment \([^ ]*\) .*/\1/p' target.log)
+target_start() { # target_start LOCATION: sets TP, SEG
+  "$B/ferry-bench" --mode=target --local_server_name=$IP --protocol=rdma --device_name=$DEV \
+    --buffer_size=64M --location="$1" > target.log 2>&1 &
+  TP=$!
+  for _ in $(seq 300); do grep -q "target ready" target.log && break; sleep 0.1; done
+  SEG=$(sed -n 's/.*segment \([^ ]*\) .*/\1/p' target.log)
+}
 echo "Soft-RoCE (rdma_rxe) in a qemu TCG guest, $(nproc) vCPUs, kernel $(uname -r);"
 echo "median of $ROUNDS runs of ~$DURATION s each, perftest and ferry interleaved, 1 QP, MTU 1024"
 echo
-echo "| op | block | batch | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
-echo "|---|---|---|---|---|---|"
+echo "| target memory | op | block | batch | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
+echo "|---|---|---|---|---|---|---|"
 rc=0
+for loc in $TARGETS; do
+target_start "$loc"
 for op in $OPS; do
   for blk in $BLOCKS; do
     n=$(bytes "$blk"); batch=$(batch_of "$blk"); refs=""; gots=""
@@ -77,10 +84,11 @@ for op in $OPS; do
     done
     ref=$(echo "$refs" | median); got=$(echo "$gots" | median)
     ratio=$(awk -v a="$got" -v b="$ref" 'BEGIN{ if (a != "" && b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
-    echo "| $op | $blk | $batch | ${ref:--} (${refs# }) | ${got:-FAILED} (${gots# }) | $ratio |"
+    echo "| $loc | $op | $blk | $batch | ${ref:--} (${refs# }) | ${got:-FAILED} (${gots# }) | $ratio |"
   done
 done
 kill $TP; wait $TP 2>/dev/null
+done
 exit $rc
 GUEST
 FERRY_VM_BUILD=$BUILD QEMU_TIMEOUT=${QEMU_TIMEOUT:-900} sh tests/rdma/run-in-rxe-vm.sh "$SHARE" 2>&1 |

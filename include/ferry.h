@@ -411,7 +411,16 @@ struct ferry_transport_stats {
     uint64_t refused;           /* incoming accesses refused (out of range, bad frame) */
     uint64_t bytes_staged;      /* of bytes_written/read: moved through a device staging pool */
     uint64_t bytes_bounced;     /* of bytes_served: device memory served through a bounce copy */
+    /* appended fields: */
+    uint64_t bytes_target_staged; /* of bytes_written/read: staged by the target (its device memory that
+                                   * its NICs cannot reach went through its bounce) */
+    size_t nic_count;           /* NICs this transport uses (rdma), at most FERRY_STATS_MAX_NICS */
+    struct ferry_nic_stats {
+        char name[64];          /* "mlx5_0" */
+        uint64_t bytes;         /* bytes this engine's work requests moved through it, both directions */
+    } nics[8];
 };
+#define FERRY_STATS_MAX_NICS 8
 
 /* The most transports one engine runs at once (the protocols it offers).
  * Part of the ABI: it sizes struct ferry_stats, so it is fixed for a given

@@ -130,6 +130,14 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
                 dprintf(fd, "-1\n");
         } else if (strcmp(line, "unreg") == 0) {
             dprintf(fd, "%d\n", ferry_unregister_memory(e, buf));
+        } else if (sscanf(line, "fill %llu", &s) == 1) {
+            pattern_fill(host, len, s, 0);
+            dprintf(fd, "%d\n", ferry_mem_copy(e, buf, host, len));
+        } else if (strcmp(line, "devfree") == 0) {
+            /* fault injection: the memory goes, its registration stays, so
+             * every later device copy to it fails */
+            ferry_mem_free(e, location, buf, len);
+            dprintf(fd, "0\n");
         } else if (strcmp(line, "reg") == 0) {
             dprintf(fd, "%d\n", ferry_register_memory(e, buf, len, location, 1));
         } else if (strcmp(line, "quit") == 0) {
@@ -199,6 +207,27 @@ int child_target_unregister(struct child_target *t)
     if (read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     return (int)strtol(line, NULL, 10);
+}
+
+static int command(struct child_target *t, const char *cmd)
+{
+    char line[64];
+    dprintf(t->ctl_fd, "%s\n", cmd);
+    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+        return -1;
+    return (int)strtol(line, NULL, 10);
+}
+
+int child_target_fill(struct child_target *t, uint64_t seed)
+{
+    char cmd[48];
+    snprintf(cmd, sizeof cmd, "fill %llu", (unsigned long long)seed);
+    return command(t, cmd);
+}
+
+int child_target_free_device_memory(struct child_target *t)
+{
+    return command(t, "devfree");
 }
 
 int child_target_register(struct child_target *t)

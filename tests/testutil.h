@@ -44,6 +44,12 @@ int child_target_unregister(struct child_target *t);
 /* Asks the child to register its buffer again (after child_target_unregister).
  * Returns the child's ferry_register_memory result. */
 int child_target_register(struct child_target *t);
+/* Asks the child to fill its whole buffer with pattern(seed, 0) (through the
+ * device layer).  Returns the child's ferry_mem_copy result. */
+int child_target_fill(struct child_target *t, uint64_t seed);
+/* Fault injection: the child frees its buffer's memory but keeps it
+ * registered, so its later device copies to it fail.  Returns 0. */
+int child_target_free_device_memory(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
 /* The body of the ferry_test_target program that child_target_start execs

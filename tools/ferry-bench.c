@@ -500,10 +500,14 @@ static void print_stats(ferry_engine *e, const char *who)
         const struct ferry_transport_stats *t = &st.transports[i];
         printf("ferry-bench: %s stats %.*s: written %" PRIu64 " read %" PRIu64
                " served %" PRIu64 " completed %" PRIu64 " failed %" PRIu64
-               " frames %" PRIu64 " refused %" PRIu64 "\n",
+               " frames %" PRIu64 " refused %" PRIu64 " staged %" PRIu64 " target-staged %" PRIu64
+               " bounced %" PRIu64,
                who, (int)sizeof t->name, t->name, t->bytes_written, t->bytes_read,
                t->bytes_served, t->requests_completed, t->requests_failed,
-               t->frames_sent, t->refused);
+               t->frames_sent, t->refused, t->bytes_staged, t->bytes_target_staged, t->bytes_bounced);
+        for (size_t k = 0; k < t->nic_count && k < FERRY_STATS_MAX_NICS; k++)
+            printf(" nic %.*s %" PRIu64, (int)sizeof t->nics[k].name, t->nics[k].name, t->nics[k].bytes);
+        printf("\n");
     }
 }
 

@@ -110,6 +110,11 @@ static const struct knob knobs[] = {
       "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"}, KNOB_DOC, 0, NULL},
     {{"FERRY_ASCEND_LIBRARY", "libascendcl.so",
       "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_RDMA_STAGE_SLOTS", "4",
+      "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"},
+     KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

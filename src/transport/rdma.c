@@ -12,6 +12,17 @@
  * frame whose path breaks under it is retried on another path (at most
  * RDMA_MAX_RETRIES times, within its deadline); a broken path is replaced on
  * the next request.  See rdma.h for the files and threads.
+ *
+ * Remote memory the target's NICs cannot reach but that it publishes (device
+ * memory) is staged by the target when its endpoint says "stage": such a
+ * frame goes through the target's bounce (rdma_stage.c).
+ *
+ * Unregister: an op holds a memreg access on each local registration its
+ * pieces lie in, from submit until it ends (after its last work request has
+ * completed, or its queue pair was destroyed).  ferry_unregister_memory
+ * removes the region from the registry first and waits for those accesses
+ * (memreg_remove), so the MR is deregistered only once no work request uses
+ * it; an op whose memory was revoked is not retried on another path.
  */
 #ifdef FERRY_HAVE_RDMA
 #include <stdio.h>
@@ -49,12 +60,15 @@ static void op_free(struct rdma_transport *t, struct rdma_op *op)
 }
 
 /* Ends a frame for good. The peer may be freed once ops_out drops. */
-static void frame_end(struct rdma_peer *p, struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+static void frame_end(struct rdma_peer *p, struct xfer_frame *f, int err, uint64_t refused, bool staged,
+                      const char *msg)
 {
     struct rdma_transport *t = p->t;
     if (err == 0 && refused == 0) {
         atomic_fetch_add(&t->completed, 1);
         atomic_fetch_add(f->opcode == XFER_WRITE ? &t->bytes_written : &t->bytes_read, f->bytes);
+        if (staged)
+            atomic_fetch_add(&t->bytes_target_staged, f->bytes);
     } else if (err) {
         atomic_fetch_add(&t->failed, 1);
     }
@@ -64,24 +78,107 @@ static void frame_end(struct rdma_peer *p, struct xfer_frame *f, int err, uint64
 
 void rdma_note_end(struct rdma_peer *p, struct xfer_frame *f, int err, const char *msg)
 {
-    frame_end(p, f, err, 0, msg);
+    frame_end(p, f, err, 0, false, msg);
 }
 
-static void refused_msg(struct rdma_peer *p, char *msg, size_t cap)
+static void refused_msg(struct rdma_peer *p, bool by_target, char *msg, size_t cap)
 {
-    snprintf(msg, cap, "rdma: %.64s refused an access outside its registered buffers (checked before posting)",
-             p->name);
+    snprintf(msg, cap, "rdma: %.48s refused an access outside its registered buffers (%s)", p->name,
+             by_target ? "refused by the target when it staged it" : "checked before posting");
 }
 
 static void dispatch(struct rdma_peer *p, struct rdma_op *op);
 
+/* ------------------------------------------------------------ local accesses */
+
+/* Starts one memreg access per local registration the frame's pieces lie in
+ * (covering the pieces' span in it).  0, or FERRY_ENOTREG / FERRY_ENOMEM. */
+static int op_accesses_begin(struct rdma_transport *t, struct rdma_op *op, char *msg, size_t cap)
+{
+    const struct xfer_frame *f = op->f;
+    struct span {
+        uint64_t lo, hi;
+        const struct rdma_reg *g;
+    } inline_spans[RDMA_OP_ACCESSES], *spans = inline_spans;
+    size_t n = 0, cap_spans = RDMA_OP_ACCESSES;
+    int rc = 0;
+    pthread_rwlock_rdlock(&t->regs_lock);
+    for (uint32_t i = 0; i < f->npieces && !rc; i++) {
+        uint64_t a = (uint64_t)(uintptr_t)f->pieces[i].local, b = a + f->pieces[i].len;
+        const struct rdma_reg *g = rdma_reg_find(t, a, f->pieces[i].len);
+        size_t k = 0;
+        while (k < n && spans[k].g != g)
+            k++;
+        if (k < n) {
+            spans[k].lo = a < spans[k].lo ? a : spans[k].lo;
+            spans[k].hi = b > spans[k].hi ? b : spans[k].hi;
+            continue;
+        }
+        if (n == cap_spans) {
+            struct span *more = malloc(2 * cap_spans * sizeof *more);
+            if (!more) {
+                rc = FERRY_ENOMEM;
+                break;
+            }
+            memcpy(more, spans, n * sizeof *spans);
+            if (spans != inline_spans)
+                free(spans);
+            spans = more;
+            cap_spans *= 2;
+        }
+        spans[n++] = (struct span){a, b, g};
+    }
+    pthread_rwlock_unlock(&t->regs_lock);
+    op->acc = n <= RDMA_OP_ACCESSES ? op->acc_inline : malloc(n * sizeof *op->acc);
+    if (!rc && !op->acc)
+        rc = FERRY_ENOMEM;
+    for (size_t k = 0; !rc && k < n; k++) {
+        if (memreg_access_begin(t->host.registry, &op->acc[k], spans[k].lo, spans[k].hi - spans[k].lo, 0, NULL, NULL,
+                                NULL) != 0) {
+            rc = FERRY_ENOTREG;
+            snprintf(msg, cap, "rdma: local 0x%llx+%llu was unregistered before the request was posted",
+                     (unsigned long long)spans[k].lo, (unsigned long long)(spans[k].hi - spans[k].lo));
+            break;
+        }
+        op->nacc++;
+    }
+    if (rc == FERRY_ENOMEM)
+        snprintf(msg, cap, "rdma: out of memory");
+    if (spans != inline_spans)
+        free(spans);
+    return rc;
+}
+
+bool rdma_op_revoked(const struct rdma_op *op)
+{
+    for (size_t i = 0; i < op->nacc; i++)
+        if (memreg_access_revoked(&op->acc[i]))
+            return true;
+    return false;
+}
+
+static void op_accesses_end(struct rdma_transport *t, struct rdma_op *op)
+{
+    for (size_t i = 0; i < op->nacc; i++)
+        memreg_access_end(t->host.registry, &op->acc[i]);
+    if (op->acc && op->acc != op->acc_inline)
+        free(op->acc);
+    op->acc = NULL;
+    op->nacc = 0;
+}
+
 void rdma_op_finish(struct rdma_op *op)
 {
+    if (op->stage) { /* a bounce leg: its stage goes on */
+        rdma_stage_leg_end(op->stage);
+        return;
+    }
     struct rdma_peer *p = op->peer;
     struct xfer_frame *f = op->f;
     char msg[160] = "";
     int err = op->err;
-    if (err && !op->no_retry && op->retries < RDMA_MAX_RETRIES && !atomic_load(&p->closing) &&
+    bool revoked = rdma_op_revoked(op); /* unregistered meanwhile: never touch it again */
+    if (err && !op->no_retry && !revoked && op->retries < RDMA_MAX_RETRIES && !atomic_load(&p->closing) &&
         now_ns() < f->deadline_ns) {
         LOG_INFO("rdma: retrying a frame to %s on another path (%s)", p->name, op->msg);
         if (!op->retries)
@@ -91,12 +188,20 @@ void rdma_op_finish(struct rdma_op *op)
         op->no_retry = false;
         op->cur_piece = 0;
         op->cur_off = 0;
+        op->chunks_out = 0;
+        op->carved = false;
+        op->started = false;
         dispatch(p, op);
         return;
     }
     /* after retries, the first failure says best what happened */
     const char *why = op->retries && !op->no_retry && op->first_msg[0] ? op->first_msg : op->msg;
-    if (err && now_ns() >= f->deadline_ns && err != FERRY_ERANGE) {
+    if (err == FERRY_ERANGE && revoked && op->no_retry) {
+        snprintf(msg, sizeof msg, "%.159s", op->msg);
+    } else if (err && revoked) {
+        err = FERRY_ERANGE;
+        snprintf(msg, sizeof msg, "rdma: local memory was unregistered during the transfer (%.100s)", why);
+    } else if (err && now_ns() >= f->deadline_ns && err != FERRY_ERANGE) {
         err = FERRY_ETIMEDOUT;
         snprintf(msg, sizeof msg, "request timed out (%.120s)", why);
     } else if (err && op->retries && !op->no_retry) {
@@ -104,11 +209,13 @@ void rdma_op_finish(struct rdma_op *op)
     } else if (err) {
         snprintf(msg, sizeof msg, "%.159s", op->msg);
     } else if (op->refused) {
-        refused_msg(p, msg, sizeof msg);
+        refused_msg(p, op->staged, msg, sizeof msg);
     }
     uint64_t refused = op->refused;
+    bool staged = op->staged;
+    op_accesses_end(p->t, op);
     op_free(p->t, op);
-    frame_end(p, f, err, refused, msg);
+    frame_end(p, f, err, refused, staged, msg);
 }
 
 /* ------------------------------------------------------------ paths */
@@ -246,11 +353,13 @@ static void dispatch_note(struct rdma_peer *p, struct xfer_frame *f)
 /* Checks a frame before anything is posted: every local piece inside an MR,
  * every remote piece inside one of the target's MRs (else refused).  Returns
  * 0, or an error for the whole frame. */
-static int check_frame(struct rdma_peer *p, const struct xfer_frame *f, uint64_t *refused, char *msg, size_t cap)
+static int check_frame(struct rdma_peer *p, const struct xfer_frame *f, uint64_t *refused, bool *staged, char *msg,
+                       size_t cap)
 {
     struct rdma_transport *t = p->t;
     struct ferry_descriptor published = {.nbuffers = p->nbuffers, .buffers = p->buffers};
     *refused = 0;
+    *staged = false;
     int rc = 0;
     pthread_rwlock_rdlock(&t->regs_lock);
     for (uint32_t i = 0; i < f->npieces && !rc; i++) {
@@ -261,7 +370,9 @@ static int check_frame(struct rdma_peer *p, const struct xfer_frame *f, uint64_t
             snprintf(msg, cap, "rdma: local %p+%llu has no RDMA registration%s", x->local, (unsigned long long)x->len,
                      g ? " (no NIC can reach that memory)" : "");
         } else if (!rdma_endpoint_find_mr(&p->ep, x->remote, x->len)) {
-            if (descriptor_find_buffer(&published, x->remote, x->len) >= 0) {
+            if (descriptor_find_buffer(&published, x->remote, x->len) >= 0 && p->ep.stage) {
+                *staged = true; /* the whole frame goes through the target's bounce */
+            } else if (descriptor_find_buffer(&published, x->remote, x->len) >= 0) {
                 rc = FERRY_ENOTSUP;
                 snprintf(msg, cap, "rdma: %.48s's buffer 0x%llx is not reachable by its NICs (no MR); "
                          "use a transport that stages it (tcp)", p->name, (unsigned long long)x->remote);
@@ -286,12 +397,13 @@ static void rdma_submit(void *tp, void *pp, struct xfer_frame *f)
     }
     char msg[160];
     uint64_t refused;
-    int rc = check_frame(p, f, &refused, msg, sizeof msg);
+    bool staged;
+    int rc = check_frame(p, f, &refused, &staged, msg, sizeof msg);
     uint64_t all = f->npieces >= 64 ? ~0ull : (1ull << f->npieces) - 1;
     if (!rc && refused == all) {
         atomic_fetch_add(&t->refused, 1);
-        refused_msg(p, msg, sizeof msg);
-        frame_end(p, f, 0, refused, msg);
+        refused_msg(p, false, msg, sizeof msg);
+        frame_end(p, f, 0, refused, false, msg);
         return;
     }
     struct rdma_op *op = rc ? NULL : rdma_op_alloc(t);
@@ -299,15 +411,23 @@ static void rdma_submit(void *tp, void *pp, struct xfer_frame *f)
         rc = FERRY_ENOMEM;
         snprintf(msg, sizeof msg, "rdma: out of memory");
     }
+    if (!rc) {
+        op->peer = p;
+        op->f = f;
+        op->refused = refused;
+        op->staged = staged;
+        rc = op_accesses_begin(t, op, msg, sizeof msg);
+    }
     if (rc) {
-        frame_end(p, f, rc, 0, msg);
+        if (op) {
+            op_accesses_end(t, op);
+            op_free(t, op);
+        }
+        frame_end(p, f, rc, 0, false, msg);
         return;
     }
     if (refused)
         atomic_fetch_add(&t->refused, 1);
-    op->peer = p;
-    op->f = f;
-    op->refused = refused;
     dispatch(p, op);
 }
 
@@ -451,14 +571,17 @@ static int rdma_can_access(void *tp, const struct memreg_region *r)
     return ok;
 }
 
-/* Only ranges inside the peer's published MRs: its buffers that no NIC of
- * its can reach (NPU or sim memory) go through a transport that stages them
- * on the target (tcp). */
+/* Ranges inside the peer's published MRs, and its other published buffers
+ * (NPU or sim memory no NIC of its reaches) when it stages them itself
+ * ("stage" in its endpoint); else another transport that stages them (tcp). */
 static int rdma_can_reach(void *tp, void *pp, uint64_t remote, uint64_t len)
 {
     (void)tp;
     struct rdma_peer *p = pp;
-    return rdma_endpoint_find_mr(&p->ep, remote, len) != NULL;
+    if (rdma_endpoint_find_mr(&p->ep, remote, len))
+        return 1;
+    struct ferry_descriptor published = {.nbuffers = p->nbuffers, .buffers = p->buffers};
+    return p->ep.stage && descriptor_find_buffer(&published, remote, len) >= 0;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -466,7 +589,7 @@ static int rdma_can_reach(void *tp, void *pp, uint64_t remote, uint64_t len)
 static int rdma_describe(void *tp, char **json)
 {
     struct rdma_transport *t = tp;
-    struct rdma_endpoint ep = {.port = t->port, .nnics = t->nnics};
+    struct rdma_endpoint ep = {.port = t->port, .nnics = t->nnics, .stage = t->knobs.stage_slots > 0};
     snprintf(ep.host, sizeof ep.host, "%s", t->host.listen_host);
     for (size_t i = 0; i < t->nnics; i++) {
         const struct rdma_nic *n = &t->nics[i];
@@ -563,6 +686,13 @@ static void rdma_stats(void *tp, struct ferry_transport_stats *out)
     out->refused = atomic_load(&t->refused);
     out->requests_completed = atomic_load(&t->completed);
     out->requests_failed = atomic_load(&t->failed);
+    out->bytes_served = atomic_load(&t->bytes_served);
+    out->bytes_target_staged = atomic_load(&t->bytes_target_staged);
+    out->nic_count = t->nnics < FERRY_STATS_MAX_NICS ? t->nnics : FERRY_STATS_MAX_NICS;
+    for (size_t i = 0; i < out->nic_count; i++) {
+        snprintf(out->nics[i].name, sizeof out->nics[i].name, "%s", t->nics[i].name);
+        out->nics[i].bytes = atomic_load(&t->nic_bytes[i]);
+    }
 }
 
 const struct transport_ops ferry_rdma_transport = {

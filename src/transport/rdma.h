@@ -4,6 +4,8 @@
  *   rdma_nic.c    NIC discovery, GID choice, topology, memory registration
  *   rdma_path.c   initiator queue pairs: connect, post, completions, failures
  *   rdma_server.c target side: the side-channel listener and its queue pairs
+ *   rdma_stage.c  initiator side of target-side staging: bounce slots, credits
+ *   rdma_bounce.c target side of target-side staging: the bounce, its copies
  *   rdma_wire.c   endpoint JSON and side-channel messages
  *
  * Vocabulary: a NIC is one active (device, port); a path is one RC queue pair
@@ -20,6 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "memreg.h"
 #include "transport/rdma_wire.h"
 #include "transport/transport.h"
 
@@ -41,9 +44,12 @@ struct rdma_knobs {
     unsigned service_level;
     unsigned mtu;             /* cap as enum ibv_mtu (0: none) */
     unsigned spin_us;         /* completion poller busy-polls this long before sleeping */
+    unsigned stage_slots;     /* target-side staging: bounce slots per queue pair (0: off) */
+    unsigned stage_slot_size; /* bytes per bounce slot */
 };
 
 struct rdma_path;
+struct ferry_device_ops;
 
 struct rdma_nic {
     struct rdma_transport *t;
@@ -97,7 +103,15 @@ struct rdma_transport {
     struct rdma_op *free_ops;
 
     atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused, completed, failed;
+    atomic_uint_fast64_t bytes_target_staged;  /* of bytes_written/read: staged by the target */
+    atomic_uint_fast64_t bytes_served;         /* staged for peers here (two-sided) */
+    atomic_uint_fast64_t nic_bytes[RDMA_MAX_NICS]; /* bytes moved by work requests, per local NIC */
 };
+
+/* Local memory an op's work requests touch, held from submit to the op's
+ * end so that ferry_unregister_memory (memreg_remove) waits for them before
+ * the MRs go (see rdma.c). */
+#define RDMA_OP_ACCESSES 4
 
 /* A frame on its way: owned by exactly one path (or by a poller between
  * paths) until it ends. */
@@ -113,6 +127,34 @@ struct rdma_op {
     unsigned retries;
     char first_msg[160];      /* why the first attempt failed (kept across retries) */
     bool no_retry;            /* the error is the request's own (refused, local fault) */
+    bool started;             /* a work request of it was posted (on its current path) */
+    size_t nacc;
+    struct memreg_access *acc;  /* acc_inline, or malloc'd when a frame spans more registrations */
+    struct memreg_access acc_inline[RDMA_OP_ACCESSES];
+    /* target-side staging (rdma_stage.c) */
+    bool staged;              /* some remote piece is memory the target stages */
+    bool carved;              /* every byte handed to a stage (or the op gave up) */
+    uint32_t chunks_out;      /* stages of this op not yet ended */
+    struct rdma_stage *stage; /* this op is a stage's bounce leg, not a frame of the engine */
+};
+
+/* One bounce slot's worth of a staged op: up to RDMA_STAGE_ENTRIES runs.
+ * WRITE: the bounce leg (local -> slot, RDMA WRITE), then STAGE_WRITE, then
+ * its ack.  READ: STAGE_READ, its ack, then the bounce leg (slot -> local,
+ * RDMA READ).  Owned by its path from carving to rdma_stage_end. */
+struct rdma_stage {
+    struct rdma_stage *next;
+    struct rdma_path *path;
+    struct rdma_op *parent;
+    uint32_t slot, n;
+    uint64_t wire_id;
+    uint64_t refused;         /* bit i: the target refused entry i */
+    struct rdma_stage_entry e[RDMA_STAGE_ENTRIES];
+    uint32_t piece[RDMA_STAGE_ENTRIES];  /* the parent's piece of each entry */
+    void *local[RDMA_STAGE_ENTRIES];
+    struct xfer_piece legs[RDMA_STAGE_ENTRIES];
+    struct xfer_frame frame;  /* the bounce leg's frame */
+    struct rdma_op op;        /* the bounce leg's op */
 };
 
 struct rdma_wr_slot {
@@ -161,6 +203,15 @@ struct rdma_path {
     struct xfer_frame *acks, *acks_tail;    /* sent, awaiting NOTIFY_ACK */
     uint64_t note_id;
     atomic_uint_fast64_t inflight_bytes;
+    /* target-side staging: the bounce of the target's queue pair, slots free */
+    struct rdma_bounce_info bounce;
+    uint64_t free_slots;      /* bit i: slot i is free (a credit) */
+    struct rdma_op *staged, *staged_tail;        /* staged ops not wholly carved */
+    struct rdma_stage *stage_send, *stage_send_tail; /* to announce on the side channel */
+    struct rdma_stage *stage_acks, *stage_acks_tail; /* announced, awaiting STAGE_ACK */
+    struct rdma_op *cancelled;    /* never posted, memory unregistered: the control thread ends them */
+    uint64_t stage_id;
+    atomic_uint stages_alive;     /* carved, not yet freed: teardown waits for 0 */
     bool polled;              /* on nic->paths */
     struct rdma_path *poll_next, *next_dead;
 };
@@ -189,14 +240,61 @@ int rdma_qp_connect(struct rdma_transport *t, struct rdma_nic *nic, struct ibv_q
 /* rdma_path.c */
 struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic);
 void rdma_path_break(struct rdma_path *path, int err, const char *msg);
+void rdma_path_break_locked(struct rdma_path *path, int err, const char *msg);
 void rdma_path_free(struct rdma_path *path);
 /* Queues an op / a NOTIFY frame on a path; false if the path is broken. */
 bool rdma_path_enqueue(struct rdma_path *path, struct rdma_op *op);
 bool rdma_path_enqueue_note(struct rdma_path *path, struct xfer_frame *f);
 void *rdma_poller_main(void *arg);
 
+/* Adds an op to the path's send FIFO and posts what fits.  Path lock held. */
+void rdma_path_fifo_add(struct rdma_path *path, struct rdma_op *op);
+void rdma_path_wake(struct rdma_path *path);
+
+/* rdma_stage.c (initiator): path lock held unless said otherwise */
+void rdma_stage_enqueue(struct rdma_path *path, struct rdma_op *op);
+/* Hands bounce slots to staged ops while credits last. */
+void rdma_stage_carve(struct rdma_path *path);
+/* A bounce leg ended (lock not held). */
+void rdma_stage_leg_end(struct rdma_stage *st);
+/* The next stage to announce, moved to the ack list (NULL: none). */
+struct rdma_stage *rdma_stage_next_send(struct rdma_path *path);
+/* Sends a STAGE_WRITE / STAGE_READ (control thread, lock not held). */
+int rdma_stage_send(struct rdma_path *path, struct rdma_stage *st);
+/* A STAGE_ACK arrived with its payload (control thread, lock not held). */
+int rdma_stage_ack(struct rdma_path *path, const struct rdma_msg_header *h, const uint8_t *payload);
+/* Ends a stage (lock not held); finishes its parent when it was the last.
+ * fatal: the error is the request's own (another path would fail too). */
+void rdma_stage_end(struct rdma_stage *st, int err, bool fatal, const char *msg);
+/* Teardown: takes every stage and staged op off the broken path; ops whose
+ * stages have all ended go onto *done.  Path lock held. */
+void rdma_stage_drain(struct rdma_path *path, struct rdma_stage **stages, struct rdma_op **done,
+                      struct rdma_op **done_tail);
+bool rdma_stage_deadline_passed(struct rdma_path *path, uint64_t now);
+
+/* rdma_bounce.c (target) */
+struct rdma_bounce {
+    struct rdma_bounce_info info;
+    void *buf;
+    size_t len;
+    struct ibv_mr *mr;
+    const struct ferry_device_ops *owner;  /* host_alloc'd by this device kind (NULL: malloc) */
+    struct memreg_access acc[RDMA_STAGE_ENTRIES];
+};
+/* The bounce of a new responder queue pair on nic (none when staging is off). */
+int rdma_bounce_create(struct rdma_transport *t, struct rdma_nic *nic, struct rdma_bounce *b);
+void rdma_bounce_destroy(struct rdma_bounce *b);
+/* Serves one STAGE_WRITE / STAGE_READ and answers STAGE_ACK on fd. */
+int rdma_bounce_serve(struct rdma_transport *t, struct rdma_bounce *b, int fd, const struct rdma_msg_header *h,
+                      const uint8_t *payload, const char *from);
+
 /* rdma.c: how an op ends (completes, or goes to another path) */
 void rdma_op_finish(struct rdma_op *op);
+/* Was the local memory of the op unregistered meanwhile (memreg revoked)? */
+bool rdma_op_revoked(const struct rdma_op *op);
+/* Takes an op that never reached the wire off its path, to end FERRY_ERANGE
+ * from the control thread.  Path lock held. */
+void rdma_path_cancel(struct rdma_path *path, struct rdma_op *op);
 struct rdma_op *rdma_op_alloc(struct rdma_transport *t);
 void rdma_note_end(struct rdma_peer *p, struct xfer_frame *f, int err, const char *msg);
 

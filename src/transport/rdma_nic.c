@@ -56,7 +56,9 @@ int rdma_knobs_load(struct rdma_knobs *k)
         (rc = env_uint("FERRY_RDMA_TRAFFIC_CLASS", 0, 0, 255, &k->traffic_class)) ||
         (rc = env_uint("FERRY_RDMA_SL", 0, 0, 15, &k->service_level)) ||
         (rc = env_uint("FERRY_RDMA_MTU", 0, 0, 4096, &mtu_bytes)) ||
-        (rc = env_uint("FERRY_RDMA_POLL_SPIN_US", 50, 0, 1000000, &k->spin_us)))
+        (rc = env_uint("FERRY_RDMA_POLL_SPIN_US", 50, 0, 1000000, &k->spin_us)) ||
+        (rc = env_uint("FERRY_RDMA_STAGE_SLOTS", 4, 0, RDMA_STAGE_MAX_SLOTS, &k->stage_slots)) ||
+        (rc = env_uint("FERRY_RDMA_STAGE_SLOT_SIZE", 1u << 20, 4096, 1u << 30, &k->stage_slot_size)))
         return rc;
     k->gid_index = gid == UINT_MAX ? -1 : (int)gid;
     k->affinity = affinity != 0;

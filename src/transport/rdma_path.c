@@ -62,6 +62,18 @@ static void break_locked(struct rdma_path *path, int err, const char *msg)
         LOG_DEBUG("rdma: wake write failed: %s", strerror(errno));
 }
 
+void rdma_path_break_locked(struct rdma_path *path, int err, const char *msg)
+{
+    break_locked(path, err, msg);
+}
+
+void rdma_path_wake(struct rdma_path *path)
+{
+    uint64_t one = 1;
+    if (write(path->wake_fd, &one, sizeof one) < 0)
+        LOG_DEBUG("rdma: wake write failed: %s", strerror(errno));
+}
+
 void rdma_path_break(struct rdma_path *path, int err, const char *msg)
 {
     pthread_mutex_lock(&path->lock);
@@ -99,10 +111,11 @@ static bool build_wr(struct rdma_path *path, struct rdma_op *op, struct ibv_send
 {
     const struct xfer_frame *f = op->f;
     const struct rdma_endpoint *ep = &path->peer->ep;
+    bool bounce = op->stage != NULL; /* a bounce leg: the remote side is the target's bounce */
     skip_refused(op);
     const struct xfer_piece *p = &f->pieces[op->cur_piece];
     uint64_t raddr = p->remote + op->cur_off, len = 0;
-    const struct rdma_remote_mr *mr = rdma_endpoint_find_mr(ep, p->remote, p->len);
+    const struct rdma_remote_mr *mr = bounce ? NULL : rdma_endpoint_find_mr(ep, p->remote, p->len);
     int n = 0;
     for (;;) {
         p = &f->pieces[op->cur_piece];
@@ -121,7 +134,7 @@ static bool build_wr(struct rdma_path *path, struct rdma_op *op, struct ibv_send
         if (op->cur_piece == f->npieces || n == (int)path->max_sge || len == path->max_msg)
             break;
         const struct xfer_piece *q = &f->pieces[op->cur_piece];
-        if (q->remote != raddr + len || rdma_endpoint_find_mr(ep, q->remote, q->len) != mr)
+        if (q->remote != raddr + len || (!bounce && rdma_endpoint_find_mr(ep, q->remote, q->len) != mr))
             break;
     }
     memset(wr, 0, sizeof *wr);
@@ -129,7 +142,7 @@ static bool build_wr(struct rdma_path *path, struct rdma_op *op, struct ibv_send
     wr->num_sge = n;
     wr->opcode = f->opcode == XFER_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
     wr->wr.rdma.remote_addr = raddr;
-    wr->wr.rdma.rkey = mr ? mr->rkey[path->rnic] : 0;
+    wr->wr.rdma.rkey = bounce ? path->bounce.rkey : mr ? mr->rkey[path->rnic] : 0;
     return op->cur_piece == f->npieces;
 }
 
@@ -156,8 +169,26 @@ static void post_some(struct rdma_path *path)
     struct ibv_send_wr wrs[POST_CHAIN];
     struct ibv_sge sges[POST_CHAIN][SGE_CAP];
     int n = 0;
+    uint64_t bytes = 0;
     while (path->state == PATH_READY && path->cursor && path->posted - path->completed < path->depth) {
         struct rdma_op *op = path->cursor;
+        if (!op->started && !op->stage && rdma_op_revoked(op)) { /* unregistered before it reached the wire */
+            struct rdma_op *prev = NULL;
+            if (path->head != op)
+                for (prev = path->head; prev->next != op; prev = prev->next)
+                    ;
+            if (prev)
+                prev->next = op->next;
+            else
+                path->head = op->next;
+            if (path->tail == op)
+                path->tail = prev;
+            path->cursor = op->next;
+            atomic_fetch_sub(&path->inflight_bytes, op->f->bytes);
+            rdma_path_cancel(path, op);
+            continue;
+        }
+        op->started = true;
         uint64_t seq = path->posted;
         bool last = build_wr(path, op, &wrs[n], sges[n]);
         bool full = seq + 1 - path->completed == path->depth;
@@ -168,6 +199,8 @@ static void post_some(struct rdma_path *path)
             path->last_signaled = seq;
         path->ring[seq % path->depth] = (struct rdma_wr_slot){op, last};
         path->posted++;
+        for (int k = 0; k < wrs[n].num_sge; k++)
+            bytes += wrs[n].sg_list[k].length;
         if (last)
             path->cursor = op->next;
         if (++n == POST_CHAIN) {
@@ -176,6 +209,8 @@ static void post_some(struct rdma_path *path)
         }
     }
     post_chain(path, wrs, n);
+    if (bytes)
+        atomic_fetch_add(&path->peer->t->nic_bytes[path->nic->index], bytes);
 }
 
 static void list_push(struct rdma_op **head, struct rdma_op **tail, struct rdma_op *op)
@@ -188,17 +223,33 @@ static void list_push(struct rdma_op **head, struct rdma_op **tail, struct rdma_
     *tail = op;
 }
 
+void rdma_path_cancel(struct rdma_path *path, struct rdma_op *op)
+{
+    op->err = FERRY_ERANGE;
+    op->no_retry = true;
+    snprintf(op->msg, sizeof op->msg, "rdma: local memory was unregistered before the request was posted");
+    op->next = path->cancelled;
+    path->cancelled = op;
+    rdma_path_wake(path);
+}
+
+void rdma_path_fifo_add(struct rdma_path *path, struct rdma_op *op)
+{
+    list_push(&path->head, &path->tail, op);
+    if (!path->cursor)
+        path->cursor = op;
+    atomic_fetch_add(&path->inflight_bytes, op->f->bytes);
+    post_some(path);
+}
+
 bool rdma_path_enqueue(struct rdma_path *path, struct rdma_op *op)
 {
     pthread_mutex_lock(&path->lock);
     bool ok = path->state != PATH_BROKEN;
-    if (ok) {
-        list_push(&path->head, &path->tail, op);
-        if (!path->cursor)
-            path->cursor = op;
-        atomic_fetch_add(&path->inflight_bytes, op->f->bytes);
-        post_some(path);
-    }
+    if (ok && op->staged)
+        rdma_stage_enqueue(path, op);
+    else if (ok)
+        rdma_path_fifo_add(path, op);
     pthread_mutex_unlock(&path->lock);
     return ok;
 }
@@ -214,9 +265,7 @@ bool rdma_path_enqueue_note(struct rdma_path *path, struct xfer_frame *f)
         else
             path->notes = f;
         path->notes_tail = f;
-        uint64_t one = 1;
-        if (write(path->wake_fd, &one, sizeof one) < 0)
-            LOG_DEBUG("rdma: wake write failed: %s", strerror(errno));
+        rdma_path_wake(path);
     }
     pthread_mutex_unlock(&path->lock);
     return ok;
@@ -445,6 +494,9 @@ static int path_connect(struct rdma_path *path)
     }
     if (!rc)
         rc = rdma_qp_info_decode(buf, &theirs);
+    struct rdma_bounce_info bounce = {0};
+    if (!rc && h.len >= RDMA_QP_INFO_SIZE + RDMA_BOUNCE_INFO_SIZE)
+        rc = rdma_bounce_info_decode(buf + RDMA_QP_INFO_SIZE, &bounce);
     if (!rc && theirs.engine_id != p->engine_id)
         rc = ferry_fail(FERRY_ESTALE, "rdma: %s restarted (engine id changed); reopen the segment", p->name);
     if (!rc)
@@ -457,9 +509,12 @@ static int path_connect(struct rdma_path *path)
     path->polled = true;
     pthread_mutex_unlock(&nic->lock);
     pthread_mutex_lock(&path->lock);
+    path->bounce = bounce;
+    path->free_slots = bounce.slots >= 64 ? ~0ull : (1ull << bounce.slots) - 1;
     if (path->state == PATH_CONNECTING) {
         path->state = PATH_READY;
         post_some(path);
+        rdma_stage_carve(path);
     }
     pthread_mutex_unlock(&path->lock);
     LOG_INFO("rdma: queue pair %u on %s -> %s nic %d (qpn %u) ready", qp->qp_num, nic->name, p->name, path->rnic,
@@ -476,7 +531,7 @@ static bool deadline_passed(struct rdma_path *path, uint64_t now)
         for (struct xfer_frame *f = l ? path->acks : path->notes; f; f = f->next)
             if (now >= f->deadline_ns)
                 return true;
-    return false;
+    return rdma_stage_deadline_passed(path, now);
 }
 
 /* Reads one message from the side channel: a NOTIFY_ACK, or the end. */
@@ -485,12 +540,17 @@ static void read_side_channel(struct rdma_path *path)
     struct rdma_peer *p = path->peer;
     struct rdma_msg_header h;
     char msg[160];
-    int rc = rdma_msg_recv(path->fd, &h, NULL, 0);
+    uint8_t payload[8 + RDMA_MAX_TEXT + 1];
+    int rc = rdma_msg_recv(path->fd, &h, payload, sizeof payload - 1);
     if (rc == FERRY_ECONN) {
         snprintf(msg, sizeof msg, "rdma: side channel to %.64s closed: the peer is gone", p->name);
         rdma_path_break(path, FERRY_ECONN, msg);
         return;
     }
+    if (!rc && h.type == RDMA_MSG_STAGE_ACK)
+        rc = rdma_stage_ack(path, &h, payload);
+    if (!rc && h.type == RDMA_MSG_STAGE_ACK)
+        return;
     if (!rc && h.type != RDMA_MSG_NOTIFY_ACK)
         rc = ferry_fail(FERRY_EPROTO, "rdma: unexpected message type %u from %s", h.type, p->name);
     pthread_mutex_lock(&path->lock);
@@ -519,7 +579,15 @@ static void path_watch(struct rdma_path *path)
     struct rdma_peer *p = path->peer;
     for (;;) {
         struct xfer_frame *note = NULL;
+        struct rdma_stage *st = NULL;
         pthread_mutex_lock(&path->lock);
+        struct rdma_op *cancelled = path->cancelled;
+        path->cancelled = NULL;
+        if (cancelled) {
+            pthread_mutex_unlock(&path->lock);
+            finish_all(cancelled);
+            continue;
+        }
         if (path->state != PATH_BROKEN && deadline_passed(path, now_ns())) {
             char msg[160];
             snprintf(msg, sizeof msg, "rdma %.20s -> %.64s: request deadline passed; queue pair reset", path->nic->name,
@@ -541,8 +609,19 @@ static void path_watch(struct rdma_path *path)
             else
                 path->acks = note;
             path->acks_tail = note;
+        } else {
+            st = rdma_stage_next_send(path);
         }
         pthread_mutex_unlock(&path->lock);
+        if (st) {
+            int rc = rdma_stage_send(path, st);
+            if (rc) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "rdma: staging message to %.48s: %.80s", p->name, ferry_last_error());
+                rdma_path_break(path, rc, msg);
+            }
+            continue;
+        }
         if (note) {
             struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .id = note->wire_id};
             int rc = rdma_msg_send(path->fd, &h, note->notify_msg, note->notify_len, NULL, 0);
@@ -607,6 +686,13 @@ static void path_teardown(struct rdma_path *path)
         list_push(&done, &done_tail, op);
     }
     path->head = path->tail = path->cursor = NULL;
+    for (struct rdma_op *op = path->cancelled, *next; op; op = next) {
+        next = op->next;
+        list_push(&done, &done_tail, op);
+    }
+    path->cancelled = NULL;
+    struct rdma_stage *stages;
+    rdma_stage_drain(path, &stages, &done, &done_tail);
     struct xfer_frame *notes[2] = {path->acks, path->notes};
     path->acks = path->acks_tail = path->notes = path->notes_tail = NULL;
     int err = path->err, fd = path->fd;
@@ -620,6 +706,12 @@ static void path_teardown(struct rdma_path *path)
     if (fd >= 0)
         close(fd);
     finish_all(done);
+    for (struct rdma_stage *st = stages, *next; st; st = next) {
+        next = st->next;
+        rdma_stage_end(st, err, false, msg);
+    }
+    while (atomic_load(&path->stages_alive) > 0) /* a poller ending a leg (moments) */
+        usleep(1000);
     for (int l = 0; l < 2; l++) {
         for (struct xfer_frame *f = notes[l], *next; f; f = next) {
             next = f->next;

@@ -5,11 +5,13 @@
  *
  * The common acceptor (caps per peer and in total); one thread per
  * connection.  A connection's thread authenticates the peer when a key is
- * set, answers HELLO (all within one deadline) by creating a responder queue pair on the NIC asked for,
- * then serves NOTIFY until the connection ends, and destroys the queue pair
- * with it.  RDMA WRITE/READ themselves never involve this side's CPU: the
- * NIC checks every access against the MRs (rkey, bounds, permissions) and
- * refuses what falls outside them.
+ * set, answers HELLO (all within one deadline) by creating a responder queue
+ * pair on the NIC asked for, then serves NOTIFY and the staging messages
+ * (rdma_bounce.c) until the connection ends, and destroys the queue pair with
+ * it.  RDMA WRITE/READ to host memory never involve this side's CPU: the NIC
+ * checks every access against the MRs (rkey, bounds, permissions) and
+ * refuses what falls outside them (after ferry_unregister_memory, the MR is
+ * gone).
  */
 #ifdef FERRY_HAVE_RDMA
 #include <errno.h>
@@ -39,6 +41,7 @@ struct rdma_server_conn {
     char from[RDMA_MAX_NAME + 1];   /* the initiator's segment name, sanitized for logs */
     struct ibv_cq *cq;
     struct ibv_qp *qp;
+    struct rdma_bounce bounce;  /* target-side staging of this queue pair */
 };
 
 /* Sends HELLO_ACK carrying an error and its reason. */
@@ -113,6 +116,8 @@ static int serve_hello(struct rdma_server_conn *s)
     if (!rc)
         rc = rdma_qp_connect(t, nic, s->qp, gid_index, &theirs, nic->port_attr.link_layer != IBV_LINK_LAYER_ETHERNET,
                              psn, s->from);
+    if (!rc)
+        rc = rdma_bounce_create(t, nic, &s->bounce);
     if (rc) {
         snprintf(why, sizeof why, "%s", ferry_last_error());
         refuse(s, rc, why);
@@ -120,11 +125,12 @@ static int serve_hello(struct rdma_server_conn *s)
     }
     rdma_qp_info_local(nic, s->qp, psn, gid_index, &mine);
     mine.engine_id = t->host.engine_id;
-    uint8_t info[RDMA_QP_INFO_SIZE];
+    uint8_t info[RDMA_QP_INFO_SIZE], bounce[RDMA_BOUNCE_INFO_SIZE];
     rdma_qp_info_encode(&mine, info);
+    rdma_bounce_info_encode(&s->bounce.info, bounce);
     struct rdma_msg_header ack = {.type = RDMA_MSG_HELLO_ACK};
     LOG_INFO("rdma: queue pair %u on %s for %s (its qpn %u)", s->qp->qp_num, nic->name, s->from, theirs.qpn);
-    return rdma_msg_send(s->fd, &ack, info, sizeof info, NULL, 0);
+    return rdma_msg_send(s->fd, &ack, info, sizeof info, bounce, sizeof bounce);
 }
 
 static int serve_message(struct rdma_server_conn *s)
@@ -135,6 +141,8 @@ static int serve_message(struct rdma_server_conn *s)
     int rc = rdma_msg_recv(s->fd, &h, msg, sizeof msg);
     if (rc)
         return rc;
+    if (h.type == RDMA_MSG_STAGE_WRITE || h.type == RDMA_MSG_STAGE_READ)
+        return rdma_bounce_serve(t, &s->bounce, s->fd, &h, msg, s->from);
     if (h.type != RDMA_MSG_NOTIFY)
         return ferry_fail(FERRY_EPROTO, "unexpected message type %u", h.type);
     t->host.deliver_notify(t->host.engine, s->from, msg, h.len);
@@ -169,6 +177,7 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
         ibv_destroy_qp(s->qp);
     if (s->cq)
         ibv_destroy_cq(s->cq);
+    rdma_bounce_destroy(&s->bounce); /* after its queue pair: no access can be in flight */
     shutdown(s->fd, SHUT_RDWR);
 }
 

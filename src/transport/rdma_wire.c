@@ -48,7 +48,14 @@ int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_m
         break;
     case RDMA_MSG_HELLO_ACK:
         min = h->status ? 0 : RDMA_QP_INFO_SIZE;
-        max = h->status ? RDMA_MAX_TEXT : RDMA_QP_INFO_SIZE;
+        max = h->status ? RDMA_MAX_TEXT : RDMA_QP_INFO_SIZE + RDMA_BOUNCE_INFO_SIZE;
+        break;
+    case RDMA_MSG_STAGE_WRITE:
+    case RDMA_MSG_STAGE_READ:
+        min = 8 + RDMA_STAGE_ENTRY_SIZE, max = RDMA_STAGE_MSG_MAX;
+        break;
+    case RDMA_MSG_STAGE_ACK:
+        min = 8, max = 8 + RDMA_MAX_TEXT;
         break;
     case RDMA_MSG_NOTIFY:
         max = RDMA_MAX_NOTIFY;
@@ -94,6 +101,64 @@ int rdma_qp_info_decode(const uint8_t in[RDMA_QP_INFO_SIZE], struct rdma_qp_info
         return ferry_fail(FERRY_EPROTO, "rdma qp info: mtu %u / rd_atomic %u out of range", q->mtu, q->rd_atomic);
     if (q->nic >= RDMA_MAX_NICS)
         return ferry_fail(FERRY_EPROTO, "rdma qp info: nic index %u out of range", q->nic);
+    return 0;
+}
+
+void rdma_bounce_info_encode(const struct rdma_bounce_info *b, uint8_t out[RDMA_BOUNCE_INFO_SIZE])
+{
+    put_le64(out, b->addr);
+    put_le32(out + 8, b->rkey);
+    put_le32(out + 12, b->slots);
+    put_le32(out + 16, b->slot_size);
+    put_le32(out + 20, 0);
+}
+
+int rdma_bounce_info_decode(const uint8_t in[RDMA_BOUNCE_INFO_SIZE], struct rdma_bounce_info *b)
+{
+    b->addr = get_le64(in);
+    b->rkey = get_le32(in + 8);
+    b->slots = get_le32(in + 12);
+    b->slot_size = get_le32(in + 16);
+    if (b->slots > RDMA_STAGE_MAX_SLOTS || (b->slots && (b->slot_size < 4096 || b->slot_size > (1u << 30))))
+        return ferry_fail(FERRY_EPROTO, "rdma bounce: %u slots of %u bytes (at most %d slots of 4 KiB-1 GiB)",
+                          b->slots, b->slot_size, RDMA_STAGE_MAX_SLOTS);
+    if (b->slots && b->addr + (uint64_t)b->slots * b->slot_size < b->addr)
+        return ferry_fail(FERRY_EPROTO, "rdma bounce at 0x%llx wraps", (unsigned long long)b->addr);
+    return 0;
+}
+
+size_t rdma_stage_encode(uint32_t slot, const struct rdma_stage_entry *e, uint32_t n, uint8_t *out)
+{
+    put_le32(out, slot);
+    put_le32(out + 4, n);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *x = out + 8 + (size_t)i * RDMA_STAGE_ENTRY_SIZE;
+        put_le64(x, e[i].addr);
+        put_le32(x + 8, e[i].off);
+        put_le32(x + 12, e[i].len);
+    }
+    return 8 + (size_t)n * RDMA_STAGE_ENTRY_SIZE;
+}
+
+int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t slot_size, uint32_t *slot,
+                      struct rdma_stage_entry e[RDMA_STAGE_ENTRIES], uint32_t *n)
+{
+    if (len < 8)
+        return ferry_fail(FERRY_EPROTO, "rdma stage message: %zu bytes", len);
+    *slot = get_le32(in);
+    *n = get_le32(in + 4);
+    if (*n == 0 || *n > RDMA_STAGE_ENTRIES || len != 8 + (size_t)*n * RDMA_STAGE_ENTRY_SIZE)
+        return ferry_fail(FERRY_EPROTO, "rdma stage message: %u entries in %zu bytes (1-%d)", *n, len,
+                          RDMA_STAGE_ENTRIES);
+    if (*slot >= slots)
+        return ferry_fail(FERRY_EPROTO, "rdma stage message: slot %u, the bounce has %u", *slot, slots);
+    for (uint32_t i = 0; i < *n; i++) {
+        const uint8_t *x = in + 8 + (size_t)i * RDMA_STAGE_ENTRY_SIZE;
+        e[i] = (struct rdma_stage_entry){get_le64(x), get_le32(x + 8), get_le32(x + 12)};
+        if (e[i].len == 0 || (uint64_t)e[i].off + e[i].len > slot_size || e[i].addr + e[i].len < e[i].addr)
+            return ferry_fail(FERRY_EPROTO, "rdma stage message: entry %u (offset %u, %u bytes) outside its %u-byte "
+                              "slot or wrapping", i, e[i].off, e[i].len, slot_size);
+    }
     return 0;
 }
 
@@ -172,7 +237,8 @@ int rdma_endpoint_encode(const struct rdma_endpoint *ep, char **out)
     cJSON *root = cJSON_CreateObject(), *nics = NULL, *mrs = NULL;
     int ok = root && cJSON_AddStringToObject(root, "host", ep->host) &&
              cJSON_AddNumberToObject(root, "port", ep->port) && (nics = cJSON_AddArrayToObject(root, "nics")) &&
-             (mrs = cJSON_AddArrayToObject(root, "mrs"));
+             (mrs = cJSON_AddArrayToObject(root, "mrs")) &&
+             (!ep->stage || cJSON_AddNumberToObject(root, "stage", 1));
     for (size_t i = 0; ok && i < ep->nnics; i++)
         ok = cJSON_AddItemToArray(nics, encode_nic(&ep->nics[i]));
     for (size_t i = 0; ok && i < ep->nmrs; i++)
@@ -297,6 +363,12 @@ static int decode_root(const cJSON *root, struct rdma_endpoint *ep)
     if (port < 1)
         return ferry_fail(FERRY_EPROTO, "rdma endpoint: port 0");
     ep->port = (int)port;
+    if (cJSON_GetObjectItemCaseSensitive(root, "stage")) { /* optional: older targets do not stage */
+        double stage;
+        if ((rc = get_uint(root, "stage", 1, &stage)))
+            return rc;
+        ep->stage = (int)stage;
+    }
     const cJSON *nics = cJSON_GetObjectItemCaseSensitive(root, "nics");
     const cJSON *mrs = cJSON_GetObjectItemCaseSensitive(root, "mrs");
     if (!cJSON_IsArray(nics) || !cJSON_IsArray(mrs))

@@ -7,9 +7,11 @@
  * Endpoint (JSON, inside the descriptor's "transports" object):
  *   {"host":"10.0.0.1","port":41234,
  *    "nics":[{"name":"mlx5_0","gid":"<32 hex>","lid":0,"mtu":5,"link":"eth","numa":0}],
- *    "mrs":[{"addr":"0x7f..","len":"0x..","rkey":[1234,5678],"pref":1}]}
+ *    "mrs":[{"addr":"0x7f..","len":"0x..","rkey":[1234,5678],"pref":1}],"stage":1}
  * `mrs` lists the remote-accessible registrations with one rkey per NIC (in
- * `nics` order) and a bitmask of the NICs nearest to the memory.
+ * `nics` order) and a bitmask of the NICs nearest to the memory.  "stage":1
+ * (optional) says the target stages its published buffers that have no MR
+ * (device memory its NICs cannot reach) through a bounce per queue pair.
  *
  * Side channel (one TCP connection per queue pair, opened by the initiator):
  * a 24-byte header {magic, version, type, status, len, id} then `len` bytes.
@@ -17,6 +19,12 @@
  *   HELLO_ACK  status; qp info of the target's new queue pair (status 0) or
  *              a message saying why not
  *   NOTIFY     a notification (<= 4096 bytes); NOTIFY_ACK status
+ *   STAGE_WRITE / STAGE_READ  initiator -> target: target-side staging of
+ *              memory no NIC of the target reaches (see rdma_stage.c): which
+ *              bytes of a bounce slot go to / come from which target
+ *              addresses; STAGE_ACK status, a refused bitmask and a reason
+ * HELLO_ACK (status 0) carries, after the qp info, the bounce of the new
+ * queue pair (address, rkey, slots x slot size; 0 slots: none).
  * The connection lives as long as the queue pair: its end tells the other
  * side that the peer is gone.  All integers are little-endian.
  */
@@ -42,7 +50,16 @@ enum rdma_msg_type {
     RDMA_MSG_HELLO_ACK = 2,
     RDMA_MSG_NOTIFY = 3,
     RDMA_MSG_NOTIFY_ACK = 4,
+    RDMA_MSG_STAGE_WRITE = 5,
+    RDMA_MSG_STAGE_READ = 6,
+    RDMA_MSG_STAGE_ACK = 7,
 };
+
+#define RDMA_BOUNCE_INFO_SIZE 24
+#define RDMA_STAGE_MAX_SLOTS 64
+#define RDMA_STAGE_ENTRIES 64
+#define RDMA_STAGE_ENTRY_SIZE 16
+#define RDMA_STAGE_MSG_MAX (8 + RDMA_STAGE_ENTRIES * RDMA_STAGE_ENTRY_SIZE)
 
 struct rdma_msg_header {
     uint32_t magic;
@@ -65,6 +82,22 @@ struct rdma_qp_info {
     uint8_t gid[16];
 };
 
+/* The target's bounce for one queue pair (HELLO_ACK). */
+struct rdma_bounce_info {
+    uint64_t addr;
+    uint32_t rkey;
+    uint32_t slots;           /* 0..RDMA_STAGE_MAX_SLOTS; 0: no target-side staging */
+    uint32_t slot_size;       /* bytes per slot, 4 KiB..1 GiB */
+};
+
+/* One run of a STAGE_WRITE / STAGE_READ: len bytes at offset off of the
+ * slot go to (WRITE) or come from (READ) the target's address addr. */
+struct rdma_stage_entry {
+    uint64_t addr;
+    uint32_t off;
+    uint32_t len;
+};
+
 void rdma_msg_encode_header(const struct rdma_msg_header *h, uint8_t out[RDMA_MSG_HEADER_SIZE]);
 /* Validates magic, version, type and the length allowed for the type.
  * Returns 0, FERRY_EPROTO or FERRY_EVERSION with a detail message. */
@@ -73,6 +106,19 @@ int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_m
 void rdma_qp_info_encode(const struct rdma_qp_info *q, uint8_t out[RDMA_QP_INFO_SIZE]);
 /* Validates the ranges of qpn, psn, mtu and rd_atomic. 0 or FERRY_EPROTO. */
 int rdma_qp_info_decode(const uint8_t in[RDMA_QP_INFO_SIZE], struct rdma_qp_info *q);
+
+void rdma_bounce_info_encode(const struct rdma_bounce_info *b, uint8_t out[RDMA_BOUNCE_INFO_SIZE]);
+/* Validates slots, slot size and that the bounce does not wrap. 0 or FERRY_EPROTO. */
+int rdma_bounce_info_decode(const uint8_t in[RDMA_BOUNCE_INFO_SIZE], struct rdma_bounce_info *b);
+
+/* Encodes slot and n entries (n <= RDMA_STAGE_ENTRIES) into out (room for
+ * RDMA_STAGE_MSG_MAX bytes); returns the bytes written. */
+size_t rdma_stage_encode(uint32_t slot, const struct rdma_stage_entry *e, uint32_t n, uint8_t *out);
+/* Decodes a STAGE_WRITE / STAGE_READ payload of len bytes against a bounce
+ * of `slots` slots of slot_size bytes: every entry non-empty and inside its
+ * slot.  Returns 0 (slot, entries and *n filled) or FERRY_EPROTO. */
+int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t slot_size, uint32_t *slot,
+                      struct rdma_stage_entry e[RDMA_STAGE_ENTRIES], uint32_t *n);
 
 /* Sends a header (magic/version filled in, len = alen + blen) and up to two
  * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
@@ -105,6 +151,7 @@ struct rdma_endpoint {
     struct rdma_remote_nic nics[RDMA_MAX_NICS];
     size_t nmrs;
     struct rdma_remote_mr *mrs;   /* sorted by addr, non-overlapping */
+    int stage;                /* 1: stages its other published buffers (bounce per queue pair) */
 };
 
 /* Encodes ep as a JSON object (malloc'd text in *out).  0 or FERRY_ENOMEM. */

@@ -1,7 +1,7 @@
 /*
  * fuzz_rdma_wire.c — libFuzzer target for what the rdma transport decodes
- * from peers: side-channel headers, queue-pair info, and the endpoint JSON of
- * a descriptor.  The first byte picks the decoder.  Whatever decodes must
+ * from peers: side-channel headers, queue-pair info, the endpoint JSON of
+ * a descriptor, the bounce of HELLO_ACK and the staging messages.  The first byte picks the decoder.  Whatever decodes must
  * keep the decoder's promises and survive a round trip; a broken promise
  * aborts.
  */
@@ -17,7 +17,7 @@ static void header(const uint8_t *in, size_t n)
     uint8_t again[RDMA_MSG_HEADER_SIZE];
     if (n < RDMA_MSG_HEADER_SIZE || rdma_msg_decode_header(in, &h) != 0)
         return;
-    if (h.type < RDMA_MSG_HELLO || h.type > RDMA_MSG_NOTIFY_ACK || h.len > RDMA_MAX_NOTIFY || h.status > 0)
+    if (h.type < RDMA_MSG_HELLO || h.type > RDMA_MSG_STAGE_ACK || h.len > RDMA_MAX_NOTIFY || h.status > 0)
         abort();
     rdma_msg_encode_header(&h, again);
     if (memcmp(again, in, sizeof again) != 0)
@@ -34,6 +34,36 @@ static void qp_info(const uint8_t *in, size_t n)
         abort();
     rdma_qp_info_encode(&q, again);
     if (memcmp(again, in, sizeof again) != 0)
+        abort();
+}
+
+static void bounce_info(const uint8_t *in, size_t n)
+{
+    struct rdma_bounce_info b;
+    uint8_t again[RDMA_BOUNCE_INFO_SIZE];
+    if (n < RDMA_BOUNCE_INFO_SIZE || rdma_bounce_info_decode(in, &b) != 0)
+        return;
+    if (b.slots > RDMA_STAGE_MAX_SLOTS || (b.slots && b.addr + (uint64_t)b.slots * b.slot_size < b.addr))
+        abort();
+    rdma_bounce_info_encode(&b, again);
+    if (memcmp(again, in, 20) != 0)
+        abort();
+}
+
+/* Stage message against a bounce of 4 slots of 64 KiB. */
+static void stage(const uint8_t *in, size_t n)
+{
+    struct rdma_stage_entry e[RDMA_STAGE_ENTRIES];
+    uint32_t slot, count;
+    uint8_t again[RDMA_STAGE_MSG_MAX];
+    if (rdma_stage_decode(in, n, 4, 65536, &slot, e, &count) != 0)
+        return;
+    if (slot >= 4 || count == 0 || count > RDMA_STAGE_ENTRIES)
+        abort();
+    for (uint32_t i = 0; i < count; i++)
+        if (e[i].len == 0 || (uint64_t)e[i].off + e[i].len > 65536 || e[i].addr + e[i].len < e[i].addr)
+            abort();
+    if (rdma_stage_encode(slot, e, count, again) != n || memcmp(again, in, n) != 0)
         abort();
 }
 
@@ -73,9 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 5) {
     case 0: header(data + 1, size - 1); break;
     case 1: qp_info(data + 1, size - 1); break;
+    case 2: bounce_info(data + 1, size - 1); break;
+    case 3: stage(data + 1, size - 1); break;
     default: endpoint(data + 1, size - 1); break;
     }
     return 0;

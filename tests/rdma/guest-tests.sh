@@ -21,11 +21,12 @@ step() { # step NAME CMD...: runs CMD with output in log.NAME
   fi
 }
 
-# target_start PROTOCOLS: a ferry-bench target in the background; sets TPID, SEG
+# target_start PROTOCOLS [more flags]: a ferry-bench target in the background; sets TPID, SEG
 target_start() {
   rm -f target.log
-  "$B/ferry-bench" --mode=target --local_server_name=$IP --protocol="$1" --device_name=$DEV \
-    --buffer_size=16M > target.log 2>&1 &
+  tp=$1; shift
+  "$B/ferry-bench" --mode=target --local_server_name=$IP --protocol="$tp" --device_name=$DEV \
+    --buffer_size=16M "$@" > target.log 2>&1 &
   TPID=$!
   for _ in $(seq 100); do grep -q "target ready" target.log && break; sleep 0.1; done
   SEG=$(sed -n 's/.*segment \([^ ]*\) .*/\1/p' target.log)
@@ -63,6 +64,21 @@ staged_sim() {
   return $rc
 }
 
+# the target's buffer is sim memory its NIC cannot reach: it stages it
+# through its bounce (rdma only, nothing over tcp); then both sides staged
+target_staged() {
+  target_start rdma --location=sim:0 || return 1
+  rc=0
+  for op in write read; do
+    initiator rdma $op 65536 32 2 || rc=1
+    initiator rdma $op 3145728 2 2 || rc=1
+    initiator rdma $op 65536 32 2 --location=sim:0 || rc=1
+  done
+  target_stop
+  grep -q "target stats rdma: .* served [1-9].* bounced [1-9]" target.log || rc=1
+  return $rc
+}
+
 both_protocols() {
   target_start tcp,rdma || return 1
   rc=0
@@ -90,9 +106,13 @@ echo "guest: $(uname -r), $(nproc) cpus; devices: $(ibv_devices | awk 'NR>2{prin
 step devices sh -c "ibv_devinfo -d $DEV | grep -q PORT_ACTIVE"
 step cmocka "$B/tests/test_rdma"
 grep -E "^\[  (PASSED|FAILED)|^  " log.cmocka | head -20
+step cmocka_stage "$B/tests/test_rdma_stage"
+grep -E "^\[  (PASSED|FAILED)|^  (batch|target|unregister|rdma|first|READ|WRITE|wait)" log.cmocka_stage | head -30
 step bench_matrix bench_matrix
 grep -h "^ferry-bench: \(write\|read\)" log.bench_matrix
 step staged_sim staged_sim
+step target_staged target_staged
+grep -h "^ferry-bench: \(write\|read\)" log.target_staged
 step both_protocols both_protocols
 step killed_target killed_target
 grep -h "initiator exit\|ferry-bench: thread" log.killed_target

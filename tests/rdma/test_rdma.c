@@ -84,15 +84,22 @@ static int setup_short_timeout(void **state)
     return setup_with(state, "cpu", 1500);
 }
 
+/* A target whose sim memory its NICs cannot reach and that does not stage it
+ * over rdma (FERRY_RDMA_STAGE_SLOTS=0; test_rdma_stage.c covers staging). */
 static int setup_sim_target(void **state)
 {
-    return setup_with(state, "sim:0", 20000);
+    setenv("FERRY_RDMA_STAGE_SLOTS", "0", 1);
+    int rc = setup_with(state, "sim:0", 20000);
+    unsetenv("FERRY_RDMA_STAGE_SLOTS");
+    return rc;
 }
 
 static int setup_sim_target_both(void **state)
 {
     setenv("FERRY_PROTOCOLS", "rdma,tcp", 1);
+    setenv("FERRY_RDMA_STAGE_SLOTS", "0", 1);
     int rc = setup_with(state, "sim:0", 20000);
+    unsetenv("FERRY_RDMA_STAGE_SLOTS");
     setenv("FERRY_PROTOCOLS", "rdma", 1);
     return rc;
 }
@@ -376,7 +383,7 @@ static void test_staged_sim_memory(void **state)
     ferry_mem_free(f->e, "sim:0", dev, N * BS);
 }
 
-/* The target's buffer is sim memory its NIC cannot reach: with rdma alone
+/* The target's buffer is sim memory its NIC cannot reach and it does not stage it: with rdma alone
  * no transport reaches it, a clear error at submit. */
 static void test_remote_unreachable_memory(void **state)
 {
@@ -392,8 +399,8 @@ static void test_remote_unreachable_memory(void **state)
     ferry_batch_free(b);
 }
 
-/* Both sides offer rdma and tcp: requests to the target's sim memory go over
- * tcp (its target side stages them), the rest over rdma. */
+/* Both sides offer rdma and tcp, the target stages only over tcp: requests
+ * to its sim memory go over tcp, the rest over rdma. */
 static void test_remote_device_memory_over_tcp(void **state)
 {
     struct fixture *f = *state;

@@ -3,7 +3,8 @@
  * needed): side-channel headers and queue-pair info (layout, round trips,
  * every rejection), messages over a socket pair, and the endpoint JSON a
  * target publishes (round trip, sorting, MR lookup at the edges, and each
- * malformed field refused with FERRY_EPROTO and a message naming it).
+ * malformed field refused with FERRY_EPROTO and a message naming it), the
+ * bounce a target announces and the staging messages against it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -246,6 +247,113 @@ static void test_endpoint_rejections(void **state)
     expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[3]}", "not an object");
 }
 
+static void expect_bounce(struct rdma_bounce_info b, int code, const char *needle)
+{
+    uint8_t raw[RDMA_BOUNCE_INFO_SIZE];
+    struct rdma_bounce_info out;
+    rdma_bounce_info_encode(&b, raw);
+    ferry_clear_error();
+    int rc = rdma_bounce_info_decode(raw, &out);
+    if (rc != code || (needle && !strstr(ferry_last_error(), needle)))
+        fail_msg("bounce %u x %u at 0x%llx: %s \"%s\", expected %s \"%s\"", b.slots, b.slot_size,
+                 (unsigned long long)b.addr, ferry_err_name(rc), ferry_last_error(), ferry_err_name(code),
+                 needle ? needle : "");
+    if (code == 0)
+        assert_memory_equal(&out, &b, sizeof b);
+}
+
+static void test_bounce_info(void **state)
+{
+    (void)state;
+    expect_bounce((struct rdma_bounce_info){0x7f0000000000ull, 0x1234, 4, 1 << 20}, 0, NULL);
+    expect_bounce((struct rdma_bounce_info){0, 0, 0, 0}, 0, NULL); /* staging off */
+    expect_bounce((struct rdma_bounce_info){0x1000, 1, RDMA_STAGE_MAX_SLOTS + 1, 4096}, FERRY_EPROTO, "slots");
+    expect_bounce((struct rdma_bounce_info){0x1000, 1, 2, 4095}, FERRY_EPROTO, "slots of");
+    expect_bounce((struct rdma_bounce_info){0x1000, 1, 2, (1u << 30) + 1}, FERRY_EPROTO, "slots of");
+    expect_bounce((struct rdma_bounce_info){0xfffffffffffff000ull, 1, 2, 4096}, FERRY_EPROTO, "wraps");
+    struct rdma_msg_header out;
+    assert_int_equal(decode_header(RDMA_MSG_HELLO_ACK, 0, RDMA_QP_INFO_SIZE + RDMA_BOUNCE_INFO_SIZE, &out), 0);
+    expect_header_fails(RDMA_MSG_HELLO_ACK, 0, RDMA_QP_INFO_SIZE + RDMA_BOUNCE_INFO_SIZE + 1, FERRY_EPROTO, "carries");
+}
+
+static void expect_stage_fails(const uint8_t *raw, size_t len, const char *needle)
+{
+    struct rdma_stage_entry e[RDMA_STAGE_ENTRIES];
+    uint32_t slot, n;
+    ferry_clear_error();
+    int rc = rdma_stage_decode(raw, len, 4, 65536, &slot, e, &n);
+    if (rc != FERRY_EPROTO || !strstr(ferry_last_error(), needle))
+        fail_msg("stage message of %zu bytes: %s \"%s\", expected FERRY_EPROTO \"%s\"", len, ferry_err_name(rc),
+                 ferry_last_error(), needle);
+}
+
+static void test_stage_messages(void **state)
+{
+    (void)state;
+    struct rdma_stage_entry in[3] = {{0x7f0000001000ull, 0, 4096}, {0x7f0000100000ull, 4096, 60000},
+                                     {0x10, 65535, 1}}, e[RDMA_STAGE_ENTRIES];
+    uint8_t raw[RDMA_STAGE_MSG_MAX];
+    size_t len = rdma_stage_encode(3, in, 3, raw);
+    assert_int_equal(len, 8 + 3 * RDMA_STAGE_ENTRY_SIZE);
+    uint32_t slot, n;
+    assert_int_equal(rdma_stage_decode(raw, len, 4, 65536, &slot, e, &n), 0);
+    assert_int_equal(slot, 3);
+    assert_int_equal(n, 3);
+    assert_memory_equal(e, in, sizeof in);
+    /* the header admits them; the payload is checked against the bounce */
+    struct rdma_msg_header h;
+    assert_int_equal(decode_header(RDMA_MSG_STAGE_WRITE, 0, (uint32_t)len, &h), 0);
+    assert_int_equal(decode_header(RDMA_MSG_STAGE_READ, 0, RDMA_STAGE_MSG_MAX, &h), 0);
+    assert_int_equal(decode_header(RDMA_MSG_STAGE_ACK, FERRY_EIO, 8 + RDMA_MAX_TEXT, &h), 0);
+    expect_header_fails(RDMA_MSG_STAGE_WRITE, 0, 8, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_STAGE_READ, 0, RDMA_STAGE_MSG_MAX + 1, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_STAGE_ACK, 0, 7, FERRY_EPROTO, "carries");
+    expect_header_fails(RDMA_MSG_STAGE_ACK, 0, 8 + RDMA_MAX_TEXT + 1, FERRY_EPROTO, "carries");
+    /* every rejection */
+    expect_stage_fails(raw, 4, "4 bytes");
+    expect_stage_fails(raw, len - 1, "3 entries in");
+    len = rdma_stage_encode(4, in, 3, raw);
+    expect_stage_fails(raw, len, "slot 4, the bounce has 4");
+    struct rdma_stage_entry bad = {0x1000, 65535, 2};
+    len = rdma_stage_encode(0, &bad, 1, raw);
+    expect_stage_fails(raw, len, "outside its 65536-byte slot");
+    bad = (struct rdma_stage_entry){0x1000, 0, 0};
+    len = rdma_stage_encode(0, &bad, 1, raw);
+    expect_stage_fails(raw, len, "outside");
+    bad = (struct rdma_stage_entry){0xfffffffffffffff0ull, 0, 32};
+    len = rdma_stage_encode(0, &bad, 1, raw);
+    expect_stage_fails(raw, len, "wrapping");
+    len = rdma_stage_encode(0, in, 0, raw);
+    expect_stage_fails(raw, len, "0 entries");
+    {
+        uint8_t many[8] = {0, 0, 0, 0, RDMA_STAGE_ENTRIES + 1, 0, 0, 0};
+        expect_stage_fails(many, sizeof many, "65 entries");
+    }
+}
+
+static void test_endpoint_stage_flag(void **state)
+{
+    (void)state;
+    struct rdma_remote_mr mrs[3];
+    struct rdma_endpoint ep = sample(mrs), back;
+    char *json = NULL;
+    assert_int_equal(rdma_endpoint_encode(&ep, &json), 0);
+    assert_null(strstr(json, "stage"));
+    assert_int_equal(rdma_endpoint_decode(json, &back), 0);
+    assert_int_equal(back.stage, 0);
+    free(json);
+    rdma_endpoint_free(&back);
+    ep.stage = 1;
+    assert_int_equal(rdma_endpoint_encode(&ep, &json), 0);
+    assert_int_equal(rdma_endpoint_decode(json, &back), 0);
+    assert_int_equal(back.stage, 1);
+    free(json);
+    rdma_endpoint_free(&back);
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[],\"stage\":2}", "\"stage\"");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[],\"stage\":\"yes\"}",
+                          "\"stage\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -255,6 +363,9 @@ int main(void)
         cmocka_unit_test(test_messages_over_a_socket),
         cmocka_unit_test(test_endpoint_round_trip),
         cmocka_unit_test(test_endpoint_rejections),
+        cmocka_unit_test(test_bounce_info),
+        cmocka_unit_test(test_stage_messages),
+        cmocka_unit_test(test_endpoint_stage_flag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,6 @@ trap 'rm -rf "$SHARE"' EXIT
 cp tests/rdma/guest-tests.sh "$SHARE/rxe-guest.sh"
 echo "BUILD=/run/ferry-build" > "$SHARE/env"   # where the guest sees $BUILD
 set +e
-{ FERRY_VM_BUILD=$BUILD QEMU_TIMEOUT=${QEMU_TIMEOUT:-400} sh tests/rdma/run-in-rxe-vm.sh "$SHARE"; echo $? > "$SHARE/harness.rc"; } 2>&1 |
+{ FERRY_VM_BUILD=$BUILD QEMU_TIMEOUT=${QEMU_TIMEOUT:-900} sh tests/rdma/run-in-rxe-vm.sh "$SHARE"; echo $? > "$SHARE/harness.rc"; } 2>&1 |
   grep --line-buffered -v -e 'SeaBIOS' -e 'Booting from ROM' -e 'reboot: Power down' | tr -d '\033' | sed 's/^c\[?7l\[2J\(\[0m\)\?//'
 exit "$(cat "$SHARE/harness.rc")"
