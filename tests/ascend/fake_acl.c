@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fake_acl.c — a strict fake of CANN's libascendcl.so, so ferry's Ascend
  * backend runs in CI.  Built by the tests as libascendcl.so (twice: "full",
