@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`pip install .` from the repository root: the package python/setup.py builds
 (libferry with CMake, then the extension).  See python/setup.py."""
 import os

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * c_sync_write.c — the C side of bench/python_overhead.py: the same loop of
  * synchronous single-request transfers that ferry.TransferEngine's

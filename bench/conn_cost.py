@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """conn_cost.py — what one held connection costs a ferry target (docs/SECURITY.md).
 
 Starts `ferry-bench --mode=target` (caps lifted), fetches its descriptor, opens N idle

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * d2d_ref.c — the physical references for the shm transport, measured in
  * the same run as it: one large device-to-device copy on one device (what

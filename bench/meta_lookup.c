@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * meta_lookup.c — what a shared metadata store (etcd or Redis) costs ferry:
  * lookup latency and ferry_open_segment rate with many published segments,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # meta_lookup.sh — ferry's shared metadata stores, etcd and Redis, side by side.
 #
 # Starts a private etcd and redis-server on free loopback ports (temporary

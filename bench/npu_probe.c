@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * npu_probe.c — asks the ACL runtime what it really does where CANN
  * versions differ, through the entry points ferry's npu backend loaded

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """plot.py — bandwidth-vs-block-size pictures from the benchmarks' JSON.
 
 Reads docs/plots/data.json (the figures recorded in docs/BENCHMARKS.md, with

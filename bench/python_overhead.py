@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """python_overhead.py — what the Python binding costs, side by side with C.
 
 Against one ferry-bench target on 127.0.0.1, in the same run:

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # rdma_vm.sh — ferry's rdma transport next to perftest, in one Soft-RoCE VM boot.
 #
 # Boots the VM of tests/rdma/run-in-rxe-vm.sh and, inside it, for each

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The shm transport end to end (ferry-bench target + initiator on this host),
 # WRITE and READ at 64 KiB and 1 MiB x batch 128, printed next to its
 # physical references from d2d_ref measured in the same run, then the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * staging_bench.c — the staging pipeline alone, no network, side by side
  * with its physical reference measured in the same run.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stream-ordered transfers on a GPU: how much of sending layer N hides behind
 computing layer N+1 (the prefill side of disaggregated inference).
 

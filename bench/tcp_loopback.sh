@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # tcp_loopback.sh — ferry TCP over loopback, side by side with iperf3.
 #
 # For each operation and block size: run iperf3 on loopback, then a fresh

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # cmake --install BUILD --prefix P: libferry.so (SONAME libferry.so.<ABI>),
 # libferry.a, ferry.h, ferry-bench, lib/pkgconfig/ferry.pc and
 # lib/cmake/ferry/ferryConfig.cmake (targets ferry::ferry, ferry::ferry_static).

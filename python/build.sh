@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # build.sh — builds libferry.a with CMake (if missing or stale) and the ferry
 # extension in place (python/ferry/_ferry*.so) with /usr/bin/python3.
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builds the `ferry` package: the C extension ferry._ferry on top of libferry.a.
 
     /usr/bin/python3 -m pip install --no-build-isolation ./python   # from a checkout, offline

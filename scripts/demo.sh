@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The main job: builds ferry-bench, starts a target and an initiator on this
 # machine (P2P handshake over loopback), WRITEs then READs 64 KiB blocks in
 # batches of 128 with every byte verified, and prints GB/s.

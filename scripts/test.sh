@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds ferry and passes every test: the normal build's suite (warnings are
 # errors here, not in users' builds), the Python package installed with pip
 # and its tests, Release builds with GCC and Clang, the same suite under
@@ -8,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+
+echo "== every source file carries SPDX-License-Identifier (scripts/spdx.sh adds it)"
+bash scripts/spdx.sh --check
 jobs=$(nproc)
 fuzz_seconds=${FUZZ_SECONDS:-30}
 

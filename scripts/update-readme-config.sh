@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Regenerates the README's configuration table from the code's one table
 # (tests/unit/test_config.c fails when they differ).
 set -euo pipefail

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * target_main.c — ferry_test_target: the target engine process that the
  * multi-process tests start (see child_target_start in testutil.c).

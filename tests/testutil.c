@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * testutil.c — helpers shared by ferry's tests (see testutil.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * testutil.h — helpers shared by ferry's tests: skip with a reason, patterns,
  * and a target engine running in a forked child process.

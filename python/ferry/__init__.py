@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ferry: move KV-cache blocks between processes with one-sided WRITE/READ.
 
 ``ferry.TransferEngine`` behaves as the reference engine's Python binding

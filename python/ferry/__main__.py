@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """python -m ferry --version: the package's version, then the transports and
 devices ferry finds on this host (each probed by doing what a user would:
 starting an engine with one protocol, registering memory at a location)."""

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * _ferry.c — the `ferry._ferry` extension module: FerryError, constants,
  * module functions, the struct-sequence types, and the small argument parser

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * convert.c — Python arguments to what ferry.h takes: addresses, lengths,
  * request arrays, notification bytes.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * engine.c — the TransferEngine type: lifecycle (initialize, close), segments,
  * notifications and stats.  Memory registration and managed buffers are in

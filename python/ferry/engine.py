@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``ferry.engine`` mirrors the reference's ``mooncake.engine`` module, so that
 ``from mooncake.engine import TransferEngine`` becomes
 ``from ferry.engine import TransferEngine`` and nothing else changes."""

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * memory.c — TransferEngine methods for memory: registration (one buffer or a
  * list, all or nothing) and managed buffers over the slab of slab.c.

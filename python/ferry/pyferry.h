@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * pyferry.h — what the C files of the `ferry._ferry` extension share: the
  * engine object, error helpers, argument conversion and the managed-buffer

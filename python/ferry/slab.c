@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * slab.c — managed buffers (allocate_managed_buffer / free_managed_buffer).
  *

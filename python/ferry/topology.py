@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """get_local_topology(): the NICs and devices ferry sees, and where they sit.
 
 Read from sysfs, as the rdma transport and the device backends see the host:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * transfer.c — the transfer methods of TransferEngine: sync and batch WRITE /
  * READ, async batches with ids, statuses.

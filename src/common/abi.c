@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * abi.c — keeps programs built against another ferry.h working (see the
  * stability promise at the top of ferry.h).  Callers pass their compiled

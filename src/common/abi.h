@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * abi.h — the library side of ferry.h's stability promise: structs whose size
  * the caller passes (ferry_config, ferry_stats) are read and written only as

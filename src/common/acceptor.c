@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * acceptor.c — accepts connections on a listening socket and serves each on
  * its own thread, under caps per peer address and in total (see acceptor.h).

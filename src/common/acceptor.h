@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * acceptor.h — the one acceptor behind every TCP port ferry listens on (the
  * handshake server, the tcp data port, the rdma side channel).

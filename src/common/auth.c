@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * auth.c — the shared-secret challenge-response (see auth.h for the
  * protocol).  HMAC-SHA256, the random nonces and the constant-time compare

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * auth.h — optional shared-secret mutual authentication, the one protocol
  * every connection type runs first (handshake, tcp data, rdma side channel,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * base64.c — base64 encode/decode (see base64.h).  Pure functions; any
  * thread.  Decoding validates every character, since the text comes from

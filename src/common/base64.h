@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * base64.h — standard base64 (RFC 4648, with padding) for binary values that
  * travel inside JSON: IPC handles in descriptors, values in etcd.

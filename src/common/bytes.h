@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * bytes.h — little-endian integer encode/decode for wire formats.  Every
  * codec of bytes that cross the network (tcp frames, rdma connection

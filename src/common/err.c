@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * err.c — names and texts of FERRY_E* codes; the thread-local detail message.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * log.c — writes one line per message to stderr with a level tag and the
  * process id, so logs of a target and an initiator on one terminal stay apart;

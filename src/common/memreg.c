@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * memreg.c — sorted, lock-protected registry of memory regions (see memreg.h).
  * Any thread may call; writers (add/remove) are rare, readers are hot.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * memreg.h — the registry of registered memory ranges.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * net.h — small socket helpers shared by the handshake and the tcp transport:
  * host:port parsing, listening with automatic port choice, connecting with a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ascend.c — Huawei Ascend NPUs ("npu:N") through ACL (CANN's AscendCL):
  * loading, contexts, memory, and telling where a pointer lives.  Streams and

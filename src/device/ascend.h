@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ascend.h — what the two files of the Ascend backend share: the ACL ABI
  * (declared from the public CANN documentation, acl/acl_rt.h; no CANN header

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ascend_copy.c — the Ascend backend's streams and copies.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * backend.h — helpers shared by the device backends (cuda.c, ascend.c, sim.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * cuda.c — NVIDIA GPUs ("cuda:N") through the CUDA driver API.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * cuda_kernels.cu — the gather/scatter copy kernel of the CUDA backend.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * device.h — the device layer: one ops table per kind of accelerator memory.
  *

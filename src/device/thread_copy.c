@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * thread_copy.c — synchronous device copies on a per-thread stream, for
  * callers off the staging fast path: a transport thread bouncing a peer's

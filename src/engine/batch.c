@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * batch.c — batches of requests: validation, slicing into frames, dispatch to
  * transports, completion tracking, notifications, waiting.

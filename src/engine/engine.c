@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * engine.c — the engine's lifecycle, memory registration, segments,
  * notifications and stats.  Requests and their completion live in batch.c.

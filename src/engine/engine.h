@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * engine.h — the engine's internal state, shared by engine.c (lifecycle,
  * memory, segments, notifications) and batch.c (requests and completion).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * notify.c — the queue of received notifications (ferry_get_notifications).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * probe.c — ferry_probe_segment: is a peer resolvable right now?
  *

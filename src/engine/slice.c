@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * slice.c — plans transport frames for a batch (see slice.h).
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * slice.h — cutting a batch of requests into transport frames.
  *

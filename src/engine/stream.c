@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * stream.c — stream-ordered submits: ferry_batch_submit_on_stream.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * descriptor.c — JSON encode/decode of segment descriptors (see descriptor.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * descriptor.h — a segment descriptor: what a peer must know to reach an
  * engine (its transports' endpoints) and what it may touch (its remote-

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * etcd.c — segment descriptors in etcd (metadata_server "etcd://h:p[,h:p...]").
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * http.c — segment descriptors on an HTTP key-value server (metadata_server
  * "http://host:port/path"), the protocol of the reference engine's HTTP

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * keepalive.c — published-descriptor bookkeeping and the renewal thread shared
  * by the metadata stores that keep entries alive with a lease or TTL (see

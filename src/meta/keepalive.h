@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * keepalive.h — what every metadata store with a lease or TTL needs besides
  * its own calls: the list of descriptors this engine publishes, and a thread

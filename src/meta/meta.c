@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * meta.c — picks a metadata backend by URL scheme, and the P2P backend
  * (which publishes nothing: descriptors are served by each engine's own

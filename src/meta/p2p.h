@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * p2p.h — the built-in peer-to-peer handshake (metadata_server=P2PHANDSHAKE).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * redis.c — segment descriptors in Redis (metadata_server "redis://host:port[/db]").
  *

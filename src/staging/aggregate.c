@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * aggregate.c — gathering small device blocks in a device buffer before one
  * D2H (WRITE), scattering after one H2D (READ); see aggregate.h.

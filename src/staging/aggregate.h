@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * aggregate.h — gathering a frame's small device blocks on the device
  * (staging.c's helper for devices without a gather kernel).

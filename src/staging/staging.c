@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * staging.c — pinned chunk pools and the device<->host pipeline (see
  * staging.h for the idea).

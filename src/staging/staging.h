@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * staging.h — moving device memory through pinned host chunks, pipelined.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma.c — the rdma transport (libibverbs, RC queue pairs, one-sided WRITE
  * and READ): its ops table, peers, and which path each frame takes.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma.h — internals shared by the rdma transport's files (not an API):
  *   rdma.c        the ops table: create/destroy, describe, peers, submit

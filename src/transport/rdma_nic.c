@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_nic.c — the local side of the rdma transport that is not about moving
  * bytes: the FERRY_RDMA_* knobs, opening NICs (device list, active ports,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_path.c — the initiator's queue pairs ("paths"): connecting one, posting
  * frames onto it as RDMA WRITE/READ work requests, reaping completions, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_server.c — the target side of the rdma transport: a small TCP
  * listener (the side channel published in the descriptor) through which

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_wire.c — encode/decode of the rdma transport's endpoint JSON and side
  * channel messages (see rdma_wire.h).  Everything decoded here arrives from

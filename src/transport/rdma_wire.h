@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_wire.h — what the rdma transport sends to peers, encoded and decoded
  * in one place: the endpoint object it publishes in the segment descriptor,

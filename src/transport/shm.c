@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm.c — the shm transport: one-sided WRITE/READ between engines on the same
  * host, with no wire and no work on the target's side.

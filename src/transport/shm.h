@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm.h — the shm transport's internal state, shared by its three files:
  *   shm.c         identity, the shared page, registrations, describe,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm_copy.c — the shm transport's work: a FIFO of frames, SHM_WORKERS copy
  * threads and a timer thread.

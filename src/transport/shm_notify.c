@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm_notify.c — notifications between shm peers: a SOCK_SEQPACKET unix
  * socket per engine, in the abstract namespace under a name made of the

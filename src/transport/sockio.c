@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * sockio.c — interruptible, deadline-bounded payload I/O (see sockio.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * sockio.h — payload I/O on a stream socket that a deadline bounds and
  * another thread can interrupt.

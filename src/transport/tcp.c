@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
  *

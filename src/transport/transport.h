@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * transport.h — the contract between the engine and a transport (tcp, rdma,
  * shm).  Each transport fills one struct transport_ops in its own file; the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * wire.c — encode/decode of tcp frames (see wire.h).  Pure functions, no
  * state; the validation here is what makes a garbage byte stream harmless.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * wire.h — the tcp transport's frame format, encoded and decoded in one place.
  *

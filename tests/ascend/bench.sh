@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # ferry-bench npu:0 -> tcp -> cpu on the fake ACL runtime, WRITE then READ,
 # with its own data check: the bench fills and checks device memory through
 # malloc'd buffers and ferry_mem_copy, which old CANN silently corrupts

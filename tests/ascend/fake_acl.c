@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fake_acl.c — a strict fake of CANN's libascendcl.so, so ferry's Ascend
  * backend runs in CI.  Built by the tests as libascendcl.so (twice: "full",
@@ -323,6 +324,7 @@ static void *worker_main(void *arg)
 static aclError check_stream(const char *fn, aclrtStream stream, struct fake_stream **out)
 {
     struct fake_stream *s = stream;
+    *out = NULL; /* on every path: GCC -O3 cannot see that fake_fail never returns 0 */
     aclError r = need_context(fn);
     if (r)
         return r;

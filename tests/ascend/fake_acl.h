@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fake_acl.h — the parts of the fake ACL runtime (fake_acl.c, fake_acl_mem.c)
  * that its two files share.  Not a CANN header: the prototypes the fake

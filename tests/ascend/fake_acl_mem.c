@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fake_acl_mem.c — the fake ACL runtime's memory: NPU memory the host cannot
  * touch, and page-locked host memory it can tell apart from malloc's.

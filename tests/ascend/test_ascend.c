@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_ascend.c — the Ascend backend's own rules, on the fake ACL runtime
  * (FERRY_ASCEND_LIBRARY): no context opened on a device nobody named (B3);

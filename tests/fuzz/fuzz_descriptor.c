@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_descriptor.c — libFuzzer target for the descriptor decoder.  The input
  * is the JSON text (not NUL-terminated).  A descriptor that decodes must keep

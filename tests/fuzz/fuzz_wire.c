@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_wire.c — libFuzzer target for the tcp frame decoder.  The first 48
  * bytes are a header; if it decodes and carries entries, the entries are

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Runs on the GPU machine (build with bundle.sh, carry build-gpu): the
 # staging paths for 128 blocks of 64 KiB side by side, each next to one
 # large pinned D2H / H2D measured in the same process, then the staging

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds what the GPU machine runs into build-gpu/ (it has CUDA but no
 # internet and no Debian -dev packages): ferry, its tests and benches, plus
 # the shared libraries they need (cJSON, cmocka) and iperf3 for the

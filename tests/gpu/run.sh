@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Runs on the GPU machine (see bundle.sh): the CUDA device tests, the staging
 # matrix with cuda:0 on both sides (two processes, one GPU), the staging
 # pipeline benchmark next to a large pinned D2H copy, and ferry-bench

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # install-test.sh BUILD_DIR CC CMAKE — installs BUILD_DIR into a temporary
 # prefix, checks what landed there (SONAME, exported symbols, package files),
 # then builds consumer/consumer.c against the prefix with pkg-config and with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rawpeer.h — a hostile or hand-driven peer for the security tests: raw
  * sockets from a chosen loopback address, HELLO and frames written by hand,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_attacks.c — no peer can exhaust or pin an engine (issue 10, item 3).
  *

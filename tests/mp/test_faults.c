@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_faults.c — bad input and broken peers: every request must end
  * COMPLETED, FAILED or TIMEOUT with a named error; nothing hangs, nothing is

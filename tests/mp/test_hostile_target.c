@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_hostile_target.c — the initiator against a target it cannot trust
  * (issue 10, items 4 and 1 on the initiator side).

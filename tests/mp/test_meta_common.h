@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_meta_common.h — the metadata-store tests shared by test_meta_etcd.c
  * and test_meta_redis.c (included by each; not a test of its own).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_meta_etcd.c — segments published in a real etcd (metadata_server
  * "etcd://..."): open by name and transfer, removal at destroy, expiry of a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_meta_redis.c — segments published in a real Redis (metadata_server
  * "redis://..."): open by name and transfer, removal at destroy, expiry of a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_peer_input.c — what a peer says is not trusted (issue 10, item 6):
  * a peer's name cannot forge a log line, a peer's status code becomes an

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_refresh.c — a segment refresh must not cancel what is in flight.
  *

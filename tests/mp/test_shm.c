@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_shm.c — the shm transport between two engines of one host: WRITE and
  * READ host<->host at several sizes and batches with the bytes verified and

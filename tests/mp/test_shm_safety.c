@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_shm_safety.c — the shm transport against a forger, a target that
  * unregisters mid-transfer, and hostile notification senders:

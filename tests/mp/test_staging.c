@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_staging.c — transfers whose memory no transport can touch directly,
  * on the strict sim device: cpu->sim, sim->cpu, sim->sim, WRITE and READ,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_stream.c — ferry_batch_submit_on_stream on the sim device: the
  * transfer starts only when the stream reaches it (a gate held closed on the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_transfer.c — WRITE and READ between two engines in two processes over
  * real loopback sockets, with data verified on both sides: block sizes 4 KiB

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_unregister.c — a target unregisters memory while a peer is in the
  * middle of a transfer into or out of it (issue 10, item 1, tcp target side).

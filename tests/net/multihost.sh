@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # multihost.sh — ferry between "hosts" (network namespaces joined by a bridge)
 # that find each other through a real etcd or Redis, with faults injected.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The Ascend hardware checklist, one command on a 910B host with CANN
 # installed (source set_env.sh first, or let this script find it):
 #

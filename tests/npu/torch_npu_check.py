@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch_npu coexistence (tests/npu/run.sh): torch_npu owns ACL (it calls
 aclInit first and aclFinalize at exit); ferry must share its contexts, accept
 its caching-allocator memory as npu:N, move it, and leave nothing that runs

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for the ferry Python tests: the package (in-place build under
 python/ first, else the installed one), an initialized engine, and a target
 engine in a second process (target.py)."""

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # gpu.sh — the Python tests on the GPU machine (CUDA, torch, no -dev packages,
 # no internet), in two steps:
 #   here:  tests/python/gpu.sh bundle   builds libferry.a into build-pygpu/ and copies

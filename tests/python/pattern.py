@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Position-dependent byte pattern shared by the tests and target.py: the byte at
 absolute offset p of a buffer filled with seed s depends on both, so a block that
 lands at the wrong offset, or stale data from another seed, is visible."""

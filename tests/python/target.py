@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A ferry target in its own process, driven by the tests over stdin/stdout.
 
     target.py SIZE SEED [config=value ...]

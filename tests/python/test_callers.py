@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Replays of the call sequences of the three engines that use the reference
 today — SGLang (disaggregation/mooncake/transfer_engine.py + conn.py),
 vLLM (kv_connector/v1/mooncake/mooncake_connector.py) and LMCache

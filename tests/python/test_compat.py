@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The compatibility class against the reference binding's behaviour: return
 conventions (0 / negative code / 0 for ids, only type errors raise), transport
 fallback and MC_* variables, the methods the reference has (send_probe,

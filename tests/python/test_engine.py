@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests of the ferry Python package: every TransferEngine method, two engines in
 two processes (target.py) with the bytes checked on both sides, bad input, the
 managed-buffer allocator, GIL release, and torch tensors (skipped without torch

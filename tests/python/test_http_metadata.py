@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """http:// metadata, as the reference's HTTP metadata server speaks it
 (GET/PUT/DELETE /metadata?key=...), against a real HTTP server started here:
 segment names as given, lookups, deletion at close, expiry of a dead

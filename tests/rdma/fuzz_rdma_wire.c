@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_rdma_wire.c — libFuzzer target for what the rdma transport decodes
  * from peers: side-channel headers, queue-pair info, the endpoint JSON of

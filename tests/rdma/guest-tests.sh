@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # guest-tests.sh — runs inside the Soft-RoCE VM (see vm-test.sh): the rdma
 # cmocka tests, then ferry-bench target + initiator over rxe0 (WRITE and READ,
 # several block sizes and batches, data verified; staged sim memory; both

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # run-in-rxe-vm.sh SHARE_DIR [SCRIPT]
 #
 # Boots Debian's stock kernel under qemu with Soft-RoCE (rdma_rxe) and runs

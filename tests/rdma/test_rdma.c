@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_rdma.c — the rdma transport on a real verbs stack: two engines (this
  * process and a forked target) talking RC queue pairs through one RDMA

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_rdma_wire.c — the rdma transport's codecs, on any host (no RDMA device
  * needed): side-channel headers and queue-pair info (layout, round trips,

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # two-vm-test.sh [BUILD_DIR] — a real two-node rdma test: two Soft-RoCE
 # guests (one vCPU each) joined by a qemu socket link over UDP on host
 # loopback, each with its own IP on eth0 and one rxe device.  Node A

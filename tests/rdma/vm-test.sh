@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # vm-test.sh [BUILD_DIR] — the rdma transport's tests on a real verbs stack:
 # boots a Soft-RoCE VM (run-in-rxe-vm.sh) and runs guest-tests.sh in it with
 # the binaries of BUILD_DIR (default build/; built without -march=native),

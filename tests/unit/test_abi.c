@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_abi.c — ferry.h's stability promise: a program built against an older
  * ferry.h (smaller ferry_config / ferry_stats) or a newer one (larger) works

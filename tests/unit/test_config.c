@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_config.c — the configuration table: defaults, environment overrides,
  * bad values named in the error, and the README's table matching the code

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_descriptor.c — the segment descriptor codec: exact round trips of
  * 64-bit values (above 2^53, where JSON numbers would round), buffers sorted

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_device_ascend.c — the hardware device test of test_device_cuda.c, run
  * against Ascend NPUs ("npu"): allocation, batched H2D / D2D / D2H of 128

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_device_cuda.c — a real accelerator through its ops table: device and
  * pinned allocation, 128 blocks of 64 KiB batched H2D / D2D / D2H with the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_device_sim.c — the device registry, location strings and the strict
  * simulated accelerator: allocation, copies in every direction (single,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_memreg.c — the registry of memory regions: adjacent regions, overlaps
  * on every side (FERRY_EEXIST, detail names both ranges), empty and wrapping

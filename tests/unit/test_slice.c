@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_slice.c — the frame planner.  Every plan is checked against the
  * invariants in slice.h (check_plan): frames homogeneous in (segment, route,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_thread_copy.c — ferry_device_copy_sync against a fake device whose
  * streams log what happens to them: a copy that fails to be queued (after

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_wire.c — the tcp frame codec: the byte layout, encode/decode round
  * trips of every frame type, and each rejection the decoder makes (bad magic

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * consumer.c — a program outside ferry's tree, built against an installed
  * ferry (pkg-config or find_package): WRITEs a pattern into a ferry-bench
