@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # peers.sh — ferry's TCP next to the other KV-transfer transports, on loopback,
 # with single-stream iperf3 as the reference, all in one run.
 #

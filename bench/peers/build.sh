@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # build.sh — builds the peer benchmarks that bench/peers.sh compares ferry with,
 # from their public source, into bench/peers/build/ (git-ignored):
 #

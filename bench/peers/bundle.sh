@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # bundle.sh — copies what bench/peers.sh runs into one folder that can be
 # carried to a machine with no apt and no internet (the GPU machine):
 #   bin/  ferry-bench, iperf3, transfer_engine_bench, ucx_perftest, fi_rma_bw

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deps.sh — Debian packages that bench/peers/build.sh and bench/peers.sh need
 # for the peer transports (not ferry's own: those are in scripts/deps.sh).
 #

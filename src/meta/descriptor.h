@@ -15,7 +15,7 @@
 #define DESC_FORMAT 1
 /* Peers are compatible when their fingerprints are equal: it names every wire
  * format a descriptor can lead a peer to speak. */
-#define DESC_FINGERPRINT "ferry-desc-1/wire-1"
+#define DESC_FINGERPRINT "ferry-desc-1/wire-2"
 /* A descriptor may list transports this build does not know (a newer peer's):
  * they are kept by name and never looked up.  Entries past this many are
  * skipped, not refused, so an older peer can still open a newer one. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_bounce.c — the target's half of target-side staging (the initiator's
  * half is rdma_stage.c): each responder queue pair gets a pinned bounce of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * rdma_stage.c — the initiator's half of target-side staging: requests to
  * memory that the target's NICs cannot reach (an NPU, a GPU without dma-buf)

@@ -465,7 +465,7 @@ static void test_corrupt_descriptor(void **state)
     ferry_segment_t seg;
     const char *bad[][2] = {
         {"corrupt-1:1", "{this is not json"},
-        {"corrupt-2:1", "{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-1\"}"},
+        {"corrupt-2:1", "{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-2\"}"},
         {"corrupt-3:1", "[1,2,3]"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -498,7 +498,7 @@ static void test_other_version(void **state)
     size_t len;
     assert_int_equal(fx.b->ops->lookup(fx.observer, t.name, &json, &len), 0);
     char *v2 = replace(json, "\"format\":1", "\"format\":2");
-    char *fp = replace(json, "ferry-desc-1/wire-1", "ferry-desc-1/wire-9");
+    char *fp = replace(json, "ferry-desc-1/wire-2", "ferry-desc-1/wire-9");
     assert_int_equal(fx.b->ops->publish(fx.observer, "version-2:1", v2), 0);
     put_by_hand("fingerprint:1", fp);
     struct peer p = {0};

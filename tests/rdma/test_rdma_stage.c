@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_rdma_stage.c — target-side staging over rdma and unregister while a
  * peer is mid-transfer, on a real verbs stack (the Soft-RoCE VM; skips with

@@ -240,7 +240,7 @@ static void test_fingerprint(void **state)
                 "," ONE_BUFFER "}",
                 FERRY_EVERSION, "ferry-desc-1/wire-2");
     expect_fail("{\"format\":1,\"fingerprint\":\"\"}", FERRY_EVERSION, "fingerprint");
-    expect_fail("{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-1 \"}", FERRY_EVERSION, "fingerprint");
+    expect_fail("{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-2 \"}", FERRY_EVERSION, "fingerprint");
     expect_fail("{\"format\":1}", FERRY_EPROTO, "fingerprint");
     expect_fail("{\"format\":1,\"fingerprint\":1}", FERRY_EPROTO, "fingerprint");
     expect_fail("{\"format\":1,\"fingerprint\":null}", FERRY_EPROTO, "fingerprint");
