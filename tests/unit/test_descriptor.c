@@ -236,9 +236,9 @@ static void test_format_version(void **state)
 static void test_fingerprint(void **state)
 {
     (void)state;
-    expect_fail("{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-2\",\"name\":\"s\",\"engine_id\":\"0x1\"," ONE_TRANSPORT
+    expect_fail("{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-3\",\"name\":\"s\",\"engine_id\":\"0x1\"," ONE_TRANSPORT
                 "," ONE_BUFFER "}",
-                FERRY_EVERSION, "ferry-desc-1/wire-2");
+                FERRY_EVERSION, "ferry-desc-1/wire-3");
     expect_fail("{\"format\":1,\"fingerprint\":\"\"}", FERRY_EVERSION, "fingerprint");
     expect_fail("{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-2 \"}", FERRY_EVERSION, "fingerprint");
     expect_fail("{\"format\":1}", FERRY_EPROTO, "fingerprint");
