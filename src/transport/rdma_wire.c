@@ -365,7 +365,7 @@ static int decode_root(const cJSON *root, struct rdma_endpoint *ep)
         return ferry_fail(FERRY_EPROTO, "rdma endpoint: port 0");
     ep->port = (int)port;
     if (cJSON_GetObjectItemCaseSensitive(root, "stage")) { /* optional: older targets do not stage */
-        double stage;
+        double stage = 0;
         if ((rc = get_uint(root, "stage", 1, &stage)))
             return rc;
         ep->stage = (int)stage;
