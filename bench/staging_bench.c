@@ -122,12 +122,16 @@ int main(int argc, char **argv)
     for (int i = 0; i < nsizes; i++)
         if (BATCH * (sizes[i] + 4096) > span)
             span = BATCH * (sizes[i] + 4096);
-    void *dptr, *host, *base;
+    void *dptr = NULL, *host = NULL, *base;
     size_t plen;
     struct staging_pool *pool;
     if (ops->mem_alloc(dev, span, &dptr) || ops->host_alloc(span, &host) ||
         staging_pool_create(ops, dev, chunk, nchunks, instant_wire, NULL, &pool, &base, &plen)) {
         fprintf(stderr, "setup: %s\n", ferry_last_error());
+        if (host)
+            ops->host_free(host);
+        if (dptr)
+            ops->mem_free(dev, dptr);
         return 1;
     }
     printf("# staging pipeline on %s: %u chunks x %zu KiB, batch %d, %.1f s per figure\n", loc, nchunks,
