@@ -210,6 +210,20 @@ int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns)
     return 0;
 }
 
+/* Skips n sent bytes: drops the iovecs they filled, trims the one they ended in. */
+static void iov_advance(struct iovec **iov, int *iovcnt, size_t n)
+{
+    while (*iovcnt > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    if (*iovcnt > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
+}
+
 int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns)
 {
     while (iovcnt > 0) {
@@ -222,16 +236,7 @@ int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t dea
             continue;
         if (n <= 0)
             return io_error(n < 0 ? -1 : 0, "send");
-        size_t left = (size_t)n;
-        while (iovcnt > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
+        iov_advance(&iov, &iovcnt, (size_t)n);
     }
     return 0;
 }
@@ -269,16 +274,7 @@ int net_writev_full(int fd, struct iovec *iov, int iovcnt)
             continue;
         if (n <= 0)
             return io_error(n < 0 ? -1 : 0, "send");
-        size_t left = (size_t)n;
-        while (iovcnt > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
+        iov_advance(&iov, &iovcnt, (size_t)n);
     }
     return 0;
 }
