@@ -362,9 +362,14 @@ static void test_bad_copies_fail_the_stream(void **state)
     /* An error in the middle of a queue: earlier copies done, stream failed. */
     ferry_stream *s = new_stream(0);
     fill(h, len, 11);
+    /* Hold the stream until all three are queued: a worker that already ran
+     * the bad copy would make the third enqueue return the sticky error. */
+    volatile uint32_t go = 0;
+    assert_int_equal(sim->stream_wait_flag(0, s, &go, 1), 0);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d0, h, len), 0);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d0, h, len + 4096), 0);
     assert_int_equal(copy1(s, FERRY_COPY_D2H, h + len, d0, len), 0);
+    ferry_flag_set(&go, 1);
     assert_int_equal(sim->stream_sync(s), FERRY_EIO);
     sim->stream_destroy(s);
     s = new_stream(0);
