@@ -4,8 +4,10 @@
  *
  * Each row names a struct ferry_config field, its FERRY_* environment
  * variable, its default and a one-line doc.  ferry_config_init() applies the
- * defaults then the environment; ferry_config_describe() hands the same table
- * to `ferry-bench --help-env` and the README, so docs cannot drift from code.
+ * defaults then the environment.  ferry_config_describe() (engine/knobs.c)
+ * hands the same rows, followed by the rows each plug-in's ops table carries
+ * for the variables it reads itself, to `ferry-bench --help-env` and the
+ * README, so docs cannot drift from code.
  *
  * MC_* rows are the reference engine's variables that callers (SGLang, vLLM,
  * LMCache) set: each is converted onto a ferry field first, then the FERRY_*
@@ -16,11 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "err.h"
 
-/* KNOB_DOC rows are read by a lower layer itself (the device backends read
- * theirs with getenv at load time); they are listed here so the one table
- * still names every knob. */
+/* KNOB_DOC rows are read by a lower layer itself (staging, and transports
+ * whose rows are not yet in their ops table); they are listed here so the
+ * one table still names every knob.  A plug-in's own rows live in its ops
+ * table (.knobs). */
 enum knob_type { KNOB_STR, KNOB_UINT, KNOB_SIZE, KNOB_INT, KNOB_DOC, KNOB_MC };
 
 struct knob {
@@ -95,22 +99,12 @@ static const struct knob knobs[] = {
          "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
-    {{"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
-     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
       "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
      KNOB_DOC, 0, NULL},
-    {{"FERRY_NPU_COPY_ALIGN", "64",
-      "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_ASCEND_LIBRARY", "libascendcl.so",
-      "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
      KNOB_DOC, 0, NULL},
@@ -242,7 +236,7 @@ int ferry_config_init_sized(struct ferry_config *cfg, size_t size)
     return 0;
 }
 
-const struct ferry_config_knob *ferry_config_describe(size_t *count)
+const struct ferry_config_knob *config_core_knobs(size_t *count)
 {
     /* the public half of each row, copied once */
     static struct ferry_config_knob rows[NKNOBS];
@@ -252,7 +246,6 @@ const struct ferry_config_knob *ferry_config_describe(size_t *count)
             rows[i] = knobs[i].pub;
         __atomic_store_n(&filled, 1, __ATOMIC_RELEASE);
     }
-    if (count)
-        *count = NKNOBS;
+    *count = NKNOBS;
     return rows;
 }

@@ -453,8 +453,18 @@ static size_t npu_aggregate_below(void)
     return (size_t)2 << 20;
 }
 
+static const struct ferry_config_knob npu_knobs[] = {
+    {"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
+    {"FERRY_NPU_COPY_ALIGN", "64",
+     "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"},
+    {"FERRY_ASCEND_LIBRARY", "libascendcl.so",
+     "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"},
+    {NULL, NULL, NULL},
+};
+
 const struct ferry_device_ops ferry_device_npu = {
     .kind = "npu",
+    .knobs = npu_knobs,
     .init = npu_init,
     .device_count = npu_device_count,
     .mem_alloc = npu_mem_alloc,

@@ -1186,8 +1186,17 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
 }
 
+static const struct ferry_config_knob cuda_knobs[] = {
+    {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
+    {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
+    {NULL, NULL, NULL},
+};
+static const struct ferry_location_kind cuda_locations[] = {{"cuda", 0, 0}, {NULL, 0, 0}}; /* "cuda" = cuda:0 */
+
 const struct ferry_device_ops ferry_device_cuda = {
     .kind = "cuda",
+    .knobs = cuda_knobs,
+    .locations = cuda_locations,
     .init = cuda_init,
     .device_count = cuda_device_count,
     .mem_alloc = cuda_mem_alloc,

@@ -2,8 +2,9 @@
 /*
  * device.c — the registry of device backends and what they share.
  *
- * Holds the static table {cuda, npu, sim}, finds a backend by kind, asks the
- * initialised ones who owns a pointer, and parses location strings.  It also
+ * Holds the registry {cpu, cuda, npu, sim}, finds a backend by kind, asks
+ * the initialised ones who owns a pointer, and parses location strings from
+ * the location kinds the tables declare.  It also
  * implements backend.h: the load-once latch and the dlopen symbol resolver
  * that every backend uses.  No threads of its own; every function is
  * thread-safe.  Owns nothing but the read-only table.
@@ -22,13 +23,22 @@
 #include "err.h"
 #include "log.h"
 
+/* The registry: one line per device kind.  Location strings, lookups by
+ * kind and --help-env derive from these tables. */
 static const struct ferry_device_ops *const backends[] = {
+    &ferry_device_cpu,
     &ferry_device_cuda,
     &ferry_device_npu,
     &ferry_device_sim,
 };
 
 #define BACKEND_COUNT (sizeof backends / sizeof backends[0])
+
+const struct ferry_device_ops *const *ferry_device_list(size_t *count)
+{
+    *count = BACKEND_COUNT;
+    return backends;
+}
 
 const struct ferry_device_ops *ferry_device_find(const char *kind)
 {
@@ -89,50 +99,95 @@ static int parse_index(const char *s, int *out)
     return 0;
 }
 
-int ferry_location_parse(const char *loc, char kind[16], int *index)
+/* The location kinds of a table: its own list, or kind:N. */
+static struct ferry_location_kind location_kind(const struct ferry_device_ops *ops, size_t i, int *more)
 {
-    static const struct {
-        const char *kind;
-        int index_required;   /* 1: "kind" alone is rejected */
-        int bare_index;       /* index of the bare kind when allowed */
-    } kinds[] = {
-        {"cpu", 0, -1},
-        {"cuda", 0, 0},
-        {"npu", 1, 0},
-        {"sim", 1, 0},
-    };
+    struct ferry_location_kind only = {ops->kind, 1, 0};
+    if (ops->locations) {
+        *more = ops->locations[i].prefix != NULL;
+        return ops->locations[i];
+    }
+    *more = i == 0;
+    return only;
+}
 
+/* "cpu, cpu:N, cuda, cuda:N, npu:N, sim:N", from the registry. */
+static void location_forms(char *out, size_t cap)
+{
+    size_t used = 0;
+    *out = '\0';
+    for (size_t b = 0; b < BACKEND_COUNT; b++) {
+        int more;
+        for (size_t i = 0;; i++) {
+            struct ferry_location_kind k = location_kind(backends[b], i, &more);
+            if (!more)
+                break;
+            int n = k.index_required ? snprintf(out + used, cap - used, "%s%s:N", used ? ", " : "", k.prefix)
+                                     : snprintf(out + used, cap - used, "%s%s, %s:N", used ? ", " : "", k.prefix,
+                                                k.prefix);
+            if (n < 0 || (size_t)n >= cap - used)
+                return;
+            used += (size_t)n;
+        }
+    }
+}
+
+int ferry_location_resolve(const char *loc, const struct ferry_device_ops **ops, int *index)
+{
     if (loc == NULL)
         return ferry_fail(FERRY_EINVAL, "location is NULL");
-    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-        size_t klen = strlen(kinds[i].kind);
-        int idx;
-        if (strncmp(loc, kinds[i].kind, klen) != 0)
-            continue;
-        if (loc[klen] == '\0') {
-            if (kinds[i].index_required)
-                return ferry_fail(FERRY_EINVAL,
-                                  "location \"%s\": needs a device index (\"%s:0\")", loc,
-                                  kinds[i].kind);
-            idx = kinds[i].bare_index;
-        } else if (loc[klen] == ':') {
-            if (parse_index(loc + klen + 1, &idx) < 0)
-                return ferry_fail(FERRY_EINVAL,
-                                  "location \"%.64s\": index after ':' must be a decimal "
-                                  "number 0..65535",
-                                  loc);
-        } else {
-            continue;
+    for (size_t b = 0; b < BACKEND_COUNT; b++) {
+        int more;
+        for (size_t i = 0;; i++) {
+            struct ferry_location_kind k = location_kind(backends[b], i, &more);
+            if (!more)
+                break;
+            size_t klen = strlen(k.prefix);
+            int idx;
+            if (strncmp(loc, k.prefix, klen) != 0)
+                continue;
+            if (loc[klen] == '\0') {
+                if (k.index_required)
+                    return ferry_fail(FERRY_EINVAL, "location \"%s\": needs a device index (\"%s:0\")", loc,
+                                      k.prefix);
+                idx = k.bare_index;
+            } else if (loc[klen] == ':') {
+                if (parse_index(loc + klen + 1, &idx) < 0)
+                    return ferry_fail(FERRY_EINVAL,
+                                      "location \"%.64s\": index after ':' must be a decimal number 0..65535", loc);
+            } else {
+                continue;
+            }
+            if (ops != NULL)
+                *ops = backends[b];
+            if (index != NULL)
+                *index = idx;
+            return 0;
         }
-        if (kind != NULL)
-            snprintf(kind, 16, "%s", kinds[i].kind);
-        if (index != NULL)
-            *index = idx;
-        return 0;
     }
-    return ferry_fail(FERRY_EINVAL,
-                      "location \"%.64s\" is not one of cpu, cpu:N, cuda, cuda:N, npu:N, sim:N",
-                      loc);
+    char forms[160];
+    location_forms(forms, sizeof forms);
+    return ferry_fail(FERRY_EINVAL, "location \"%.64s\" is not one of %s", loc, forms);
+}
+
+int ferry_location_parse(const char *loc, char kind[16], int *index)
+{
+    const struct ferry_device_ops *ops;
+    int rc = ferry_location_resolve(loc, &ops, index);
+    if (rc == 0 && kind != NULL)
+        snprintf(kind, 16, "%s", ops->kind);
+    return rc;
+}
+
+const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *index)
+{
+    const struct ferry_device_ops *ops;
+    int i;
+    if (!loc || ferry_location_resolve(loc, &ops, &i) != 0 || (ops->caps & FERRY_DEVICE_HOST))
+        return NULL;
+    if (index)
+        *index = i;
+    return ops;
 }
 
 /* ---------------------------------------------------------------- backend.h */

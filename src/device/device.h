@@ -3,12 +3,17 @@
  * device.h — the device layer: one ops table per kind of accelerator memory.
  *
  * The engine and staging never name a concrete device; they look one up by
- * kind ("cuda", "npu", "sim") and call through struct ferry_device_ops.  Each
- * backend lives in one file (cuda.c, ascend.c, sim.c) and loads its driver
- * library with dlopen at first use, so one build serves every host: a missing
- * library means the kind is absent (FERRY_ENODEV), not a build error.
+ * kind ("cpu", "cuda", "npu", "sim") or location and call through struct
+ * ferry_device_ops.  Each backend lives in one file (cpu.c, cuda.c, ascend.c,
+ * sim.c) and loads its driver library with dlopen at first use, so one build
+ * serves every host: a missing library means the kind is absent
+ * (FERRY_ENODEV), not a build error.  Each table describes itself (the
+ * location strings it owns, its knobs, its capabilities); the registry in
+ * device.c lists the tables, and location parsing derives from it.  Adding a
+ * device kind is one file plus one line there.
  *
- * Host memory ("cpu") has no ops table: transports touch it directly.
+ * Host memory is the "cpu" table (FERRY_DEVICE_HOST): transports touch it
+ * directly, so ferry_device_of_location() answers NULL for it.
  *
  * Threads: every op may be called from any thread.  Every op except locate()
  * loads the driver on demand (as init() does); locate() never loads one, it
@@ -38,8 +43,30 @@ enum ferry_copy_dir {
  * stream, a sim worker queue).  Opaque to callers. */
 typedef struct ferry_stream ferry_stream;
 
+/* A location string a device owns: "prefix" or "prefix:N". */
+struct ferry_location_kind {
+    const char *prefix;               /* "cuda" */
+    int index_required;               /* 1: a bare "prefix" is rejected */
+    int bare_index;                   /* the index of a bare "prefix" (-1: any) */
+};
+
+/* The location string of host memory (the cpu table's). */
+#define FERRY_LOCATION_HOST "cpu"
+
+/* Capabilities (struct ferry_device_ops.caps). */
+#define FERRY_DEVICE_HOST 0x1u        /* host memory: transports touch it directly, nothing is staged */
+
+struct ferry_config_knob;
+
 struct ferry_device_ops {
-    const char *kind;                 /* "cuda", "npu", "sim" */
+    const char *kind;                 /* "cpu", "cuda", "npu", "sim" */
+    unsigned caps;                    /* FERRY_DEVICE_* */
+    /* The location strings this kind owns, ended by {NULL}; NULL: kind:N
+     * only (an index is required). */
+    const struct ferry_location_kind *locations;
+    /* The FERRY_* variables this backend reads itself, ended by {NULL}
+     * (NULL: none); ferry_config_describe lists them with the others. */
+    const struct ferry_config_knob *knobs;
 
     /* Loads the driver (once; thread-safe).  Returns 0 or FERRY_ENODEV with a
      * detail message saying what is missing (FERRY_EINVAL if a FERRY_* setting
@@ -146,9 +173,13 @@ struct ferry_device_ops {
 /* Room for any backend's IPC handle. */
 #define FERRY_IPC_HANDLE_MAX 128
 
-/* Returns the ops table for a kind ("cuda", "npu", "sim"), or NULL if ferry has
- * no backend of that name.  Does not load the driver: call ops->init(). */
+/* Returns the ops table for a kind ("cpu", "cuda", "npu", "sim"), or NULL if
+ * ferry has no backend of that name.  Does not load the driver: call
+ * ops->init(). */
 const struct ferry_device_ops *ferry_device_find(const char *kind);
+
+/* The registry, in order: *count tables (never NULL).  Read-only. */
+const struct ferry_device_ops *const *ferry_device_list(size_t *count);
 
 /* Tries every backend's locate(); returns the ops owning ptr (and *dev) or NULL
  * for host memory.  Only backends already initialised are asked. */
@@ -159,13 +190,16 @@ const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, 
  * 0, or FERRY_EINVAL with a message saying where the memory is. */
 int ferry_device_check_location(const struct ferry_device_ops *ops, const void *ptr, size_t len, int dev);
 
-/* Parses a location string: "cpu", "cpu:N" (N a NUMA node), "cuda" (= cuda:0),
- * "cuda:N", "npu:N", "sim:N"; N is decimal, 0..65535.  Stores the kind ("cpu",
- * "cuda", "npu", "sim") in kind and N in *index (-1 for a bare "cpu": any
- * node).  kind and index may be NULL to only validate.  Returns 0, or
- * FERRY_EINVAL with a detail message quoting the string.  Does not check that
- * the device exists. */
+/* Parses a location string against the registry's location kinds:
+ * "cpu", "cpu:N" (N a NUMA node), "cuda" (= cuda:0), "cuda:N", "npu:N",
+ * "sim:N"; N is decimal, 0..65535.  Stores the kind ("cpu", "cuda", "npu",
+ * "sim") in kind and N in *index (-1 for a bare "cpu": any node).  kind and
+ * index may be NULL to only validate.  Returns 0, or FERRY_EINVAL with a
+ * detail message quoting the string.  Does not check that the device exists. */
 int ferry_location_parse(const char *loc, char kind[16], int *index);
+
+/* As ferry_location_parse, storing the owning table (host memory too) in *ops. */
+int ferry_location_resolve(const char *loc, const struct ferry_device_ops **ops, int *index);
 
 /* The backend of a location string ("cuda:1" -> cuda ops, *index 1), or NULL
  * for host locations and unknown kinds. */
@@ -186,6 +220,7 @@ void ferry_flag_set(volatile uint32_t *flag, uint32_t value);
 void ferry_flag_wait(volatile uint32_t *flag, uint32_t value);
 
 /* The backends' tables, for device.c's registry; use ferry_device_find(). */
+extern const struct ferry_device_ops ferry_device_cpu;   /* cpu.c: host memory */
 extern const struct ferry_device_ops ferry_device_cuda;
 extern const struct ferry_device_ops ferry_device_npu;   /* ascend.c, ascend_copy.c */
 extern const struct ferry_device_ops ferry_device_sim;

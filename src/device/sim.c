@@ -864,8 +864,15 @@ static void sim_ipc_close(int dev, void *ptr)
     pthread_mutex_unlock(&d->lock);
 }
 
+static const struct ferry_config_knob sim_knobs[] = {
+    {"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
+    {"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"},
+    {NULL, NULL, NULL},
+};
+
 const struct ferry_device_ops ferry_device_sim = {
     .kind = "sim",
+    .knobs = sim_knobs,
     .init = sim_init,
     .device_count = sim_device_count,
     .mem_alloc = sim_mem_alloc,

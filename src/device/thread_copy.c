@@ -37,17 +37,6 @@ static void key_init(void)
     pthread_key_create(&key, thread_stream_free);
 }
 
-const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *index)
-{
-    char kind[16];
-    int i;
-    if (!loc || ferry_location_parse(loc, kind, &i) != 0 || strcmp(kind, "cpu") == 0)
-        return NULL;
-    if (index)
-        *index = i;
-    return ferry_device_find(kind);
-}
-
 int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                            const struct ferry_copy *copies, size_t n)
 {

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 
 #include "abi.h"
@@ -20,14 +19,6 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-
-static const struct transport_ops *const known_transports[] = {
-    &ferry_tcp_transport,
-    &ferry_shm_transport,
-#ifdef FERRY_HAVE_RDMA
-    &ferry_rdma_transport,
-#endif
-};
 
 /* ------------------------------------------------------------ device copies */
 
@@ -131,8 +122,8 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         return ferry_fail(FERRY_EINVAL, "tcp_connections=%u (1-64 allowed)", e->cfg.tcp_connections);
     if (e->cfg.slice_size < 4096 || e->cfg.slice_size > (64u << 20))
         return ferry_fail(FERRY_EINVAL, "slice_size=%zu (4 KiB - 64 MiB allowed)", e->cfg.slice_size);
-    if (e->cfg.coalesce_max < 1 || e->cfg.coalesce_max > 64)
-        return ferry_fail(FERRY_EINVAL, "coalesce_max=%u (1-64 allowed)", e->cfg.coalesce_max);
+    if (e->cfg.coalesce_max < 1 || e->cfg.coalesce_max > XFER_MAX_PIECES)
+        return ferry_fail(FERRY_EINVAL, "coalesce_max=%u (1-%d allowed)", e->cfg.coalesce_max, XFER_MAX_PIECES);
     if (e->cfg.staging_chunks < 1 || e->cfg.staging_chunk_size < e->cfg.slice_size)
         return ferry_fail(FERRY_EINVAL, "staging: %u chunks of %zu bytes (at least 1 chunk, each >= slice_size %zu)",
                           e->cfg.staging_chunks, e->cfg.staging_chunk_size, e->cfg.slice_size);
@@ -148,28 +139,32 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
 }
 
 /* A transport that needs hardware: with transport_fallback, not finding a
- * usable device (or not being built) skips it instead of failing.  "ascend"
- * is the reference's name for its NPU transport; ferry reaches NPU memory by
- * staging over the others, so it is never started and always skipped. */
+ * usable device (or not being built) skips it instead of failing. */
 static int may_skip(const ferry_engine *e, const char *name, int rc)
 {
-    return e->cfg.transport_fallback && (strcmp(name, "rdma") == 0 || strcmp(name, "ascend") == 0) &&
+    const struct transport_ops *ops = transport_find(name);
+    return e->cfg.transport_fallback && ops && (ops->caps & TRANSPORT_NEEDS_HARDWARE) &&
            (rc == FERRY_ENODEV || rc == FERRY_ENOTSUP);
+}
+
+/* "tcp, shm, rdma": the transports of this build. */
+static void available_transports(char *out, size_t cap)
+{
+    size_t n, used = 0;
+    const struct transport_ops *const *all = transport_list(&n);
+    *out = '\0';
+    for (size_t i = 0; i < n && used < cap; i++)
+        if (all[i]->create)
+            used += (size_t)snprintf(out + used, cap - used, "%s%s", used ? ", " : "", all[i]->name);
 }
 
 static int start_one(ferry_engine *e, const struct transport_host *host, const char *name)
 {
-    const struct transport_ops *ops = NULL;
-    for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-        if (strcmp(known_transports[i]->name, name) == 0)
-            ops = known_transports[i];
-    if (!ops) {
-        char avail[64] = "";
-        for (size_t i = 0; i < sizeof known_transports / sizeof known_transports[0]; i++)
-            snprintf(avail + strlen(avail), sizeof avail - strlen(avail), "%s%s", i ? ", " : "",
-                     known_transports[i]->name);
-        int known = strcmp(name, "rdma") == 0 || strcmp(name, "shm") == 0 || strcmp(name, "ascend") == 0;
-        return ferry_fail(known ? FERRY_ENOTSUP : FERRY_EINVAL,
+    const struct transport_ops *ops = transport_find(name);
+    if (!ops || !ops->create) {
+        char avail[64];
+        available_transports(avail, sizeof avail);
+        return ferry_fail(ops ? FERRY_ENOTSUP : FERRY_EINVAL,
                           "protocol \"%s\" is not available in this build (available: %s)", name, avail);
     }
     for (size_t i = 0; i < e->ntransports; i++)
@@ -186,8 +181,9 @@ static int start_one(ferry_engine *e, const struct transport_host *host, const c
 
 /* Starts the listed transports.  As the reference engine discovers its NICs
  * and falls back to TCP, a hardware transport that cannot start is skipped
- * (may_skip) and, if nothing is left, tcp runs; either way one warning says
- * so, so an engine is never on a slower path than asked without a word. */
+ * (may_skip) and, if nothing is left, the registry's first transport (tcp)
+ * runs; either way one warning says so, so an engine is never on a slower
+ * path than asked without a word. */
 static int start_transports(ferry_engine *e, const struct transport_host *host)
 {
     char list[sizeof e->str_protocols], *save = NULL, skipped[320] = "";
@@ -201,11 +197,13 @@ static int start_transports(ferry_engine *e, const struct transport_host *host)
                      name, ferry_last_error());
     }
     if (e->ntransports == 0 && *skipped) {
-        int rc = start_one(e, host, "tcp");
+        size_t n;
+        const char *fallback = transport_list(&n)[0]->name;
+        int rc = start_one(e, host, fallback);
         if (rc)
             return rc;
-        LOG_WARN("transport %s not started; falling back to tcp (FERRY_TRANSPORT_FALLBACK=0 makes this an error)",
-                 skipped);
+        LOG_WARN("transport %s not started; falling back to %s (FERRY_TRANSPORT_FALLBACK=0 makes this an error)",
+                 skipped, fallback);
     } else if (*skipped) {
         LOG_WARN("transport %s not started; running on the others of \"%s\"", skipped, e->cfg.protocols);
     }
@@ -229,7 +227,7 @@ static int local_name(ferry_engine *e, int *port)
     if (npu && npu[5] && strspn(npu + 5, "0123456789") == strlen(npu + 5))
         *npu = '\0';
     int rc = net_split_hostport(name, e->listen_host, sizeof e->listen_host, port);
-    if (rc || e->meta == &ferry_meta_p2p)
+    if (rc || (e->meta->caps & META_NAMED_BY_LISTENER))
         return rc;
     if (want && *want) {
         if (strlen(want) >= sizeof e->segment_name)
@@ -386,6 +384,22 @@ int ferry_engine_handshake_port(const ferry_engine *e)
 
 /* ------------------------------------------------------------ memory */
 
+/* The device table of a location string and its index.  With `check` the
+ * device must be present: its driver loads and the index is in range (host
+ * memory needs neither). */
+static int location_device(const char *location, int check, const struct ferry_device_ops **ops, int *index)
+{
+    int rc = ferry_location_resolve(location, ops, index);
+    if (rc || !check || ((*ops)->caps & FERRY_DEVICE_HOST))
+        return rc;
+    if ((*ops)->init() != 0)
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": %s", location, ferry_last_error());
+    if (*index >= (*ops)->device_count())
+        return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
+                          (*ops)->device_count(), (*ops)->kind);
+    return 0;
+}
+
 /* Resolves a location string against the pointer: the kind must exist and the
  * device layer must agree that the memory is of that kind. */
 static int resolve_location(void *addr, size_t len, const char *location, struct memreg_region *r)
@@ -396,16 +410,16 @@ static int resolve_location(void *addr, size_t len, const char *location, struct
         if (owner)
             snprintf(r->location, sizeof r->location, "%s:%d", owner->kind, dev);
         else
-            strcpy(r->location, "cpu");
+            strcpy(r->location, FERRY_LOCATION_HOST);
         r->device_index = owner ? dev : -1;
         return 0;
     }
-    char kind[16];
+    const struct ferry_device_ops *ops;
     int index;
-    int rc = ferry_location_parse(location, kind, &index);
+    int rc = location_device(location, 1, &ops, &index);
     if (rc)
         return rc;
-    if (strcmp(kind, "cpu") == 0) {
+    if (ops->caps & FERRY_DEVICE_HOST) {
         if (owner)
             return ferry_fail(FERRY_EINVAL, "0x%llx is %s:%d device memory, registered as \"%s\"",
                               (unsigned long long)(uintptr_t)addr, owner->kind, dev, location);
@@ -413,17 +427,9 @@ static int resolve_location(void *addr, size_t len, const char *location, struct
         r->device_index = -1;
         return 0;
     }
-    const struct ferry_device_ops *ops = ferry_device_find(kind);
-    if (!ops)
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": no device backend \"%s\"", location, kind);
-    if ((rc = ops->init()) != 0)
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": %s", location, ferry_last_error());
-    if (index >= ops->device_count())
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
-                          ops->device_count(), kind);
     if ((rc = ferry_device_check_location(ops, addr, len, index)) != 0)
         return rc;
-    snprintf(r->location, sizeof r->location, "%s:%d", kind, index);
+    snprintf(r->location, sizeof r->location, "%s:%d", ops->kind, index);
     r->device_index = index;
     return 0;
 }
@@ -491,7 +497,7 @@ static int ensure_pool(ferry_engine *e, const struct memreg_region *dev_region)
     if (rc)
         goto out;
     struct memreg_region r = {.addr = (uint64_t)(uintptr_t)pe->base, .len = len, .device_index = -1};
-    snprintf(r.location, sizeof r.location, "cpu");
+    snprintf(r.location, sizeof r.location, FERRY_LOCATION_HOST);
     if ((rc = register_region(e, &r)) != 0) {
         staging_pool_destroy(pe->pool);
         goto out;
@@ -538,44 +544,21 @@ int ferry_unregister_memory(ferry_engine *e, void *addr)
 
 int ferry_mem_alloc(ferry_engine *e, const char *location, size_t len, void **out)
 {
-    char kind[16];
+    const struct ferry_device_ops *ops;
     int index;
     if (!e || !location || !out || len == 0)
         return ferry_fail(FERRY_EINVAL, "mem_alloc: NULL argument or zero length");
-    int rc = ferry_location_parse(location, kind, &index);
-    if (rc)
-        return rc;
-    if (strcmp(kind, "cpu") == 0) {
-        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-            return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory", len);
-        *out = p;
-        return 0;
-    }
-    const struct ferry_device_ops *ops = ferry_device_find(kind);
-    if (!ops)
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": no device backend \"%s\"", location, kind);
-    if ((rc = ops->init()) != 0)
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": %s", location, ferry_last_error());
-    if (index >= ops->device_count())
-        return ferry_fail(FERRY_ENODEV, "location \"%s\": this host has %d %s device(s)", location,
-                          ops->device_count(), kind);
-    return ops->mem_alloc(index, len, out);
+    int rc = location_device(location, 1, &ops, &index);
+    return rc ? rc : ops->mem_alloc(index, len, out);
 }
 
 void ferry_mem_free(ferry_engine *e, const char *location, void *ptr, size_t len)
 {
-    char kind[16];
+    const struct ferry_device_ops *ops;
     int index;
     (void)e;
-    if (!ptr || !location || ferry_location_parse(location, kind, &index) != 0)
-        return;
-    if (strcmp(kind, "cpu") == 0) {
-        munmap(ptr, len);
-        return;
-    }
-    const struct ferry_device_ops *ops = ferry_device_find(kind);
-    if (ops)
+    (void)len; /* every table frees by pointer */
+    if (ptr && location && location_device(location, 0, &ops, &index) == 0)
         ops->mem_free(index, ptr);
 }
 
@@ -648,7 +631,7 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
         segment_free(e, s);
         return rc;
     }
-    if (e->meta != &ferry_meta_p2p && strcmp(s->desc.name, name) != 0) {
+    if (!(e->meta->caps & META_NAMED_BY_LISTENER) && strcmp(s->desc.name, name) != 0) {
         /* a store entry under one name that describes another engine */
         rc = ferry_fail(FERRY_EPROTO, "segment %s: the stored descriptor names segment %s", name, s->desc.name);
         segment_free(e, s);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * meta.c — picks a metadata backend by URL scheme, and the P2P backend
- * (which publishes nothing: descriptors are served by each engine's own
- * handshake listener, see p2p.c).
+ * meta.c — the registry of metadata backends (one line each; picked by URL
+ * scheme), and the P2P backend (which publishes nothing: descriptors are
+ * served by each engine's own handshake listener, see p2p.c).  No threads,
+ * no state besides the read-only registry.
  */
 #include "meta/meta.h"
 
@@ -62,8 +63,9 @@ static void p2p_set_auth(void *mp, const void *auth)
     m->auth = auth;
 }
 
-const struct meta_ops ferry_meta_p2p = {
+static const struct meta_ops meta_p2p = {
     .scheme = "P2PHANDSHAKE",
+    .caps = META_NAMED_BY_LISTENER,
     .create = p2p_create,
     .destroy = p2p_destroy,
     .publish = p2p_publish,
@@ -72,20 +74,31 @@ const struct meta_ops ferry_meta_p2p = {
     .set_auth = p2p_set_auth,
 };
 
-const struct meta_ops *meta_find(const char *url)
-{
-    const struct meta_ops *all[] = {
-        &ferry_meta_p2p,
 #ifdef FERRY_HAVE_ETCD
-        &ferry_meta_etcd,
-        &ferry_meta_http,
+extern const struct meta_ops ferry_meta_http; /* http.c: built with libcurl */
+#endif
+
+static const struct meta_ops *const backends[] = {
+    &meta_p2p,
+#ifdef FERRY_HAVE_ETCD
+    &ferry_meta_etcd,
+    &ferry_meta_http,
 #endif
 #ifdef FERRY_HAVE_REDIS
-        &ferry_meta_redis,
+    &ferry_meta_redis,
 #endif
-    };
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (all[i] && strncmp(url, all[i]->scheme, strlen(all[i]->scheme)) == 0)
-            return all[i];
+};
+
+const struct meta_ops *const *meta_list(size_t *count)
+{
+    *count = sizeof backends / sizeof backends[0];
+    return backends;
+}
+
+const struct meta_ops *meta_find(const char *url)
+{
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
+        if (strncmp(url, backends[i]->scheme, strlen(backends[i]->scheme)) == 0)
+            return backends[i];
     return NULL;
 }

@@ -18,8 +18,17 @@
 
 #include <stddef.h>
 
+/* Capabilities (struct meta_ops.caps). */
+#define META_NAMED_BY_LISTENER 0x1u /* nothing is stored: a segment's name is its handshake listener's host:port */
+
+struct ferry_config_knob;
+
 struct meta_ops {
     const char *scheme;   /* "P2PHANDSHAKE", "etcd://", "redis://": prefix of metadata_server */
+    unsigned caps;        /* META_* */
+    /* The FERRY_* variables this backend reads itself, ended by {NULL}
+     * (NULL: none); ferry_config_describe lists them with the others. */
+    const struct ferry_config_knob *knobs;
     /* Connects (or prepares to).  url is the whole metadata_server string;
      * prefix is the key prefix (FERRY_METADATA_PREFIX); ttl_s the lease.
      * Returns 0, FERRY_EINVAL (malformed url), FERRY_ECONN (unreachable). */
@@ -39,12 +48,13 @@ struct meta_ops {
     void (*set_auth)(void *m, const void *auth);
 };
 
-/* The backend whose scheme prefixes url, or NULL. */
+/* The registry (meta.c): the backend whose scheme prefixes url, or NULL;
+ * every backend of this build, in order. */
 const struct meta_ops *meta_find(const char *url);
+const struct meta_ops *const *meta_list(size_t *count);
 
-extern const struct meta_ops ferry_meta_p2p;
+/* Tables the tests reach directly; a new backend needs no line here. */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
-extern const struct meta_ops ferry_meta_http;   /* http://h:p/path; built with libcurl (FERRY_HAVE_ETCD) */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */
 
 #endif

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "err.h"
-#include "transport/wire.h"
+#include "transport/transport.h"
 
 static int parse_size(const char *text, size_t *out)
 {
@@ -63,7 +63,7 @@ int aggregate_enqueue(const struct ferry_device_ops *ops, ferry_stream *s, enum 
                       char *devbuf, void *const *dev, const size_t *off, const size_t *len, uint32_t n,
                       uint64_t skip)
 {
-    struct ferry_copy d2d[WIRE_MAX_ENTRIES];
+    struct ferry_copy d2d[XFER_MAX_PIECES];
     size_t k = 0, end = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (off[i] + len[i] > end)

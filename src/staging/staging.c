@@ -24,7 +24,6 @@
 #include "log.h"
 #include "net.h"
 #include "staging/aggregate.h"
-#include "transport/wire.h"
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 
@@ -36,7 +35,7 @@ struct chunk {
     enum chunk_state state;
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
     struct xfer_frame wire;               /* what the transport sees (host pointers) */
-    struct xfer_piece pieces[WIRE_MAX_ENTRIES];
+    struct xfer_piece pieces[XFER_MAX_PIECES];
     int wire_err;
     uint64_t wire_refused;
     char wire_msg[160];
@@ -129,8 +128,8 @@ static void bind_chunk(struct chunk *c, struct xfer_frame *f)
 /* Small blocks through the chunk's device buffer (aggregate.h). */
 static int enqueue_aggregated(struct staging_pool *p, struct chunk *c, enum ferry_copy_dir dir, uint64_t skip)
 {
-    void *dev[WIRE_MAX_ENTRIES];
-    size_t off[WIRE_MAX_ENTRIES], len[WIRE_MAX_ENTRIES];
+    void *dev[XFER_MAX_PIECES];
+    size_t off[XFER_MAX_PIECES], len[XFER_MAX_PIECES];
     for (uint32_t i = 0; i < c->orig->npieces; i++) {
         dev[i] = c->orig->pieces[i].local;
         off[i] = (size_t)((char *)c->pieces[i].local - c->host);
@@ -142,7 +141,7 @@ static int enqueue_aggregated(struct staging_pool *p, struct chunk *c, enum ferr
 /* Enqueues the batched copies between a frame's device pieces and its chunk. */
 static int enqueue_copies(struct staging_pool *p, struct chunk *c, enum ferry_copy_dir dir, uint64_t skip)
 {
-    struct ferry_copy copies[WIRE_MAX_ENTRIES];
+    struct ferry_copy copies[XFER_MAX_PIECES];
     size_t n = 0;
     if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes))
         return enqueue_aggregated(p, c, dir, skip);
@@ -349,7 +348,7 @@ static void *worker_main(void *arg)
 
 void staging_submit(struct staging_pool *p, struct xfer_frame *f)
 {
-    if (f->npieces > WIRE_MAX_ENTRIES || f->bytes > p->chunk_size) {
+    if (f->npieces > XFER_MAX_PIECES || f->bytes > p->chunk_size) {
         end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
         return;
     }
@@ -410,7 +409,7 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->align = ops->copy_alignment ? ops->copy_alignment() : 1;
     if (p->align == 0)
         p->align = 1;
-    p->stride = chunk_size + (p->align > 1 ? WIRE_MAX_ENTRIES * p->align : 0);
+    p->stride = chunk_size + (p->align > 1 ? XFER_MAX_PIECES * p->align : 0);
     p->chunks = calloc(nchunks, sizeof *p->chunks);
     int rc = p->chunks ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)

@@ -377,7 +377,7 @@ static int check_frame(struct rdma_peer *p, const struct xfer_frame *f, uint64_t
                 rc = FERRY_ENOTSUP;
                 snprintf(msg, cap, "rdma: %.48s's buffer 0x%llx is not reachable by its NICs (no MR); "
                          "use a transport that stages it (tcp)", p->name, (unsigned long long)x->remote);
-            } else if (i < 64) {
+            } else if (i < XFER_MAX_PIECES) {
                 *refused |= 1ull << i;
             }
         }
@@ -698,6 +698,7 @@ static void rdma_stats(void *tp, struct ferry_transport_stats *out)
 
 const struct transport_ops ferry_rdma_transport = {
     .name = "rdma",
+    .caps = TRANSPORT_NEEDS_HARDWARE,
     .rank = 0,
     .create = rdma_create,
     .destroy = rdma_destroy,

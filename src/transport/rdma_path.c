@@ -86,7 +86,7 @@ void rdma_path_break(struct rdma_path *path, int err, const char *msg)
 
 static bool piece_refused(const struct rdma_op *op, uint32_t i)
 {
-    return i < 64 && (op->refused >> i & 1);
+    return i < XFER_MAX_PIECES && (op->refused >> i & 1);
 }
 
 static void skip_refused(struct rdma_op *op)

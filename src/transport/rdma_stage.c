@@ -35,7 +35,7 @@
 
 static bool piece_refused(const struct rdma_op *op, uint32_t i)
 {
-    return i < 64 && (op->refused >> i & 1);
+    return i < XFER_MAX_PIECES && (op->refused >> i & 1);
 }
 
 static void skip_refused(struct rdma_op *op)

@@ -41,7 +41,7 @@
 #include "net.h"
 #include "transport/shm.h"
 
-#define MAX_PIECES 64            /* the refused bitmap's width */
+#define MAX_PIECES XFER_MAX_PIECES
 #define GROUP_MAX 16             /* data frames of one peer taken together */
 #define GROUP_COPIES 256         /* device copies enqueued before one wait */
 #define TICK_MS 20

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * transport.h — the contract between the engine and a transport (tcp, rdma,
- * shm).  Each transport fills one struct transport_ops in its own file; the
- * engine only calls through the table and never names a concrete transport.
+ * shm).  Each transport fills one struct transport_ops in its own file and
+ * has one line in the registry (registry.c); the engine finds tables there
+ * by name, only calls through them and never names a concrete transport.
  *
  * Work reaches a transport as frames: one or more pieces (local pointer,
  * remote address, length) of the same opcode to one peer.  submit() never
@@ -23,6 +24,12 @@
 #include "meta/descriptor.h"
 
 enum xfer_op { XFER_READ = FERRY_READ, XFER_WRITE = FERRY_WRITE, XFER_NOTIFY = 2 };
+
+/* Pieces per frame, at most: one bit each in the `refused` bitmap a frame
+ * ends with.  The one name for this limit (tcp's wire entries, shm's and
+ * rdma's piece arrays, staging's chunks, FERRY_COALESCE_MAX). */
+#define XFER_MAX_PIECES 64
+_Static_assert(XFER_MAX_PIECES <= 64, "a frame's refused bitmap is a uint64_t: one bit per piece");
 
 struct xfer_piece {
     void *local;
@@ -74,12 +81,20 @@ struct transport_host {
     struct acceptor_limits limits;
 };
 
+/* Capabilities (struct transport_ops.caps). */
+#define TRANSPORT_NEEDS_HARDWARE 0x1u /* may find no device (or not be built): skippable with transport_fallback */
+
 struct transport_ops {
     const char *name;
+    unsigned caps;             /* TRANSPORT_* */
+    /* The FERRY_* variables this transport reads itself, ended by {NULL}
+     * (NULL: none); ferry_config_describe lists them with the others. */
+    const struct ferry_config_knob *knobs;
     /* Preference when several transports reach a peer: lower wins (rdma 0,
      * shm 10, tcp 100), whatever order the protocols were listed in. */
     int rank;
-    /* Starts listening.  *out receives the transport's state. */
+    /* Starts listening.  *out receives the transport's state.  NULL: a name
+     * the registry knows but this build lacks (FERRY_ENOTSUP when asked). */
     int (*create)(const struct transport_host *host, void **out);
     /* Stops, fails every unfinished frame with FERRY_ECANCELED, frees. */
     void (*destroy)(void *t);
@@ -108,6 +123,17 @@ struct transport_ops {
     void (*stats)(void *t, struct ferry_transport_stats *out);
 };
 
+/* The registry (registry.c).  transport_find: the table named name, or
+ * NULL.  transport_list: every table, in registry order (the built-in ones,
+ * then those added with transport_register). */
+const struct transport_ops *transport_find(const char *name);
+const struct transport_ops *const *transport_list(size_t *count);
+/* Adds a table at run time (a test's plug-in; call before creating the
+ * engines that use it, not concurrently with them).  FERRY_EEXIST if the
+ * name is taken, FERRY_ENOMEM when the registry is full. */
+int transport_register(const struct transport_ops *ops);
+
+/* Tables the tests reach directly; a new transport needs no line here. */
 extern const struct transport_ops ferry_tcp_transport;
 extern const struct transport_ops ferry_shm_transport; /* shm.c: same host */
 #ifdef FERRY_HAVE_RDMA

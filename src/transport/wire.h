@@ -27,11 +27,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "transport/transport.h"
+
 #define WIRE_MAGIC 0x59525246u /* "FRRY" */
 #define WIRE_VERSION 1
 #define WIRE_HEADER_SIZE 48
 #define WIRE_ENTRY_SIZE 16
-#define WIRE_MAX_ENTRIES 64
+#define WIRE_MAX_ENTRIES XFER_MAX_PIECES /* transport.h: one bit each in `refused` */
 #define WIRE_MAX_PAYLOAD (256ull << 20)   /* one frame carries at most 256 MiB */
 #define WIRE_MAX_NOTIFY 4096
 #define WIRE_MAX_NAME 127
