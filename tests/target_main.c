@@ -4,11 +4,12 @@
  * multi-process tests start (see child_target_start in testutil.c).
  *   ferry_test_target CONTROL_FD LEN LOCATION SEED
  * FERRY_TEST_NOFILE=N lowers its RLIMIT_NOFILE to N first (tests of running
- * out of descriptors).
+ * out of descriptors).  It knows the test-only "fault" transport too.
  */
 #include <stdlib.h>
 #include <sys/resource.h>
 
+#include "fault_transport.h"
 #include "testutil.h"
 
 int main(int argc, char **argv)
@@ -21,5 +22,6 @@ int main(int argc, char **argv)
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             return 3;
     }
+    fault_transport_register(); /* FERRY_PROTOCOLS=fault: the conformance suite's wrapper */
     child_target_serve(atoi(argv[1]), strtoull(argv[2], NULL, 0), argv[3], strtoull(argv[4], NULL, 0));
 }
