@@ -229,10 +229,9 @@ static PyStructSequence_Desc note_desc = {"ferry.Notification", "A notification 
 
 static int add_constants(PyObject *m)
 {
-    static const int codes[] = {FERRY_OK,     FERRY_EINVAL,  FERRY_ENOMEM,   FERRY_ENOTREG,   FERRY_ERANGE,
-                                FERRY_ENOSEG, FERRY_ECONN,   FERRY_ETIMEDOUT, FERRY_EPROTO,   FERRY_EVERSION,
-                                FERRY_EFULL,  FERRY_ENODEV,  FERRY_ENOTSUP,  FERRY_EEXIST,    FERRY_EBUSY,
-                                FERRY_ESTALE, FERRY_EIO,     FERRY_ECANCELED, FERRY_EPERM};
+#define ERRNO_CODE(name, value, text) FERRY_##name,
+    static const int codes[] = {FERRY_ERRNO_MAP(ERRNO_CODE)}; /* every code, from ferry.h's one list */
+#undef ERRNO_CODE
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (PyModule_AddIntConstant(m, ferry_err_name(codes[i]), codes[i]))
             return -1;

@@ -11,6 +11,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 
 void memreg_init(struct memreg *r)
 {
@@ -125,9 +126,7 @@ static void drain_accesses(struct memreg *r, uint64_t addr, uint64_t len)
             LOG_WARN("unregister of 0x%llx+%llu still waits for %zu access(es) in flight",
                      (unsigned long long)addr, (unsigned long long)len, left);
         /* woken by every memreg_access_end; the timed wait only paces the warning */
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += 1;
+        struct timespec ts = timespec_in_ms(CLOCK_MONOTONIC, 1000);
         pthread_cond_timedwait(&r->access_ended, &r->access_lock, &ts);
     }
     pthread_mutex_unlock(&r->access_lock);

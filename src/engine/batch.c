@@ -24,6 +24,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "timespec.h"
 
 #define MAX_NOTIFY_TARGETS 16
 
@@ -586,16 +587,7 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
 {
     if (!b)
         return ferry_fail(FERRY_EINVAL, "batch_wait: batch is NULL");
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    if (timeout_ms >= 0) {
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec until = timespec_in_ms(CLOCK_REALTIME, timeout_ms >= 0 ? timeout_ms : 0);
     pthread_mutex_lock(&b->lock);
     while (!finished(b)) {
         if (timeout_ms < 0) {

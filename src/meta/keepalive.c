@@ -15,6 +15,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 
 static struct keepalive_entry *find(struct keepalive *k, const char *name)
 {
@@ -60,14 +61,7 @@ static void *keepalive_main(void *arg)
     struct keepalive *k = arg;
     pthread_mutex_lock(&k->lock);
     while (!atomic_load(&k->stopping)) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        t.tv_sec += k->interval_ms / 1000;
-        t.tv_nsec += (long)(k->interval_ms % 1000) * 1000000L;
-        if (t.tv_nsec >= 1000000000L) {
-            t.tv_sec++;
-            t.tv_nsec -= 1000000000L;
-        }
+        struct timespec t = timespec_in_ms(CLOCK_MONOTONIC, (long)k->interval_ms);
         int waited = 0;
         while (!atomic_load(&k->stopping) && waited == 0)
             waited = pthread_cond_timedwait(&k->wake, &k->lock, &t);
