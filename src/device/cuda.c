@@ -22,6 +22,8 @@
 #include "device/backend.h"
 #include "device/device.h"
 
+#include <dlfcn.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1186,6 +1188,84 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
 }
 
+/* ---------------------------------------------------------------- NIC queries */
+
+/* What an RDMA NIC needs to know about CUDA memory (device.h: dmabuf_export,
+ * pci_bus_id).  The two driver entry points are resolved here, once, from
+ * the library cuda_load opened, so the loader's table stays as it is. */
+typedef CUresult (*get_handle_fn)(void *handle, CUdeviceptr dptr, size_t size, int type, unsigned long long flags);
+typedef CUresult (*pci_bus_id_fn)(char *id, int len, CUdevice dev);
+enum { CU_POINTER_ATTRIBUTE_CONTEXT_ = 1, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD_ = 1 };
+
+static pthread_once_t nic_once = PTHREAD_ONCE_INIT;
+static get_handle_fn cu_get_handle;
+static pci_bus_id_fn cu_pci_bus_id;
+
+static void nic_syms(void)
+{
+    void *f = dlsym(libcuda, "cuMemGetHandleForAddressRange");
+    memcpy(&cu_get_handle, &f, sizeof f);
+    f = dlsym(libcuda, "cuDeviceGetPCIBusId");
+    memcpy(&cu_pci_bus_id, &f, sizeof f);
+}
+
+static int cuda_dmabuf_export(const void *ptr, size_t len, int *fd, uint64_t *offset)
+{
+    int dev = -1, rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (!cuda_locate(ptr, len, &dev))
+        return ferry_fail(FERRY_EINVAL, "cuda: 0x%llx+%zu is not CUDA device memory",
+                          (unsigned long long)(uintptr_t)ptr, len);
+    pthread_once(&nic_once, nic_syms);
+    if (cu_get_handle == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "libcuda has no cuMemGetHandleForAddressRange (driver older than CUDA 11.7?)");
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), addr = (uint64_t)(uintptr_t)ptr;
+    uint64_t start = addr & ~(page - 1), end = (addr + len + page - 1) & ~(page - 1);
+    /* the range's own context current, whichever the caller's thread has */
+    CUcontext ctx = NULL, prev = NULL;
+    if (cu.cuCtxGetCurrent(&prev) != CUDA_SUCCESS)
+        prev = NULL;
+    if (cu.cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT_, (CUdeviceptr)addr) != CUDA_SUCCESS)
+        ctx = NULL;
+    int switched = ctx != NULL && ctx != prev && cu.cuCtxSetCurrent(ctx) == CUDA_SUCCESS;
+    int out = -1;
+    CUresult r = cu_get_handle(&out, (CUdeviceptr)start, end - start, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD_, 0);
+    if (switched)
+        (void)cu.cuCtxSetCurrent(prev);
+    if (r == CUDA_ERROR_NOT_SUPPORTED) /* no dma-buf in this driver / kernel module */
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: cuMemGetHandleForAddressRange: dma-buf not supported", dev);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(r, "cuMemGetHandleForAddressRange", dev);
+    if (out < 0)
+        return ferry_fail(FERRY_EIO, "cuda:%d: cuMemGetHandleForAddressRange gave no fd", dev);
+    *fd = out;
+    *offset = addr - start;
+    return 0;
+}
+
+static int cuda_pci_bus_id(int dev, char *id, size_t cap)
+{
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (dev < 0 || dev >= device_count)
+        return ferry_fail(FERRY_ENODEV, "cuda:%d does not exist (%d devices)", dev, device_count);
+    pthread_once(&nic_once, nic_syms);
+    if (cu_pci_bus_id == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "libcuda has no cuDeviceGetPCIBusId");
+    CUdevice d;
+    CUresult r = cu.cuDeviceGet(&d, dev);
+    if (r == CUDA_SUCCESS)
+        r = cu_pci_bus_id(id, cap > INT_MAX ? INT_MAX : (int)cap, d);
+    if (r != CUDA_SUCCESS)
+        return cu_fail(r, "cuDeviceGetPCIBusId", dev);
+    for (char *c = id; *c; c++)
+        if (*c >= 'A' && *c <= 'F')
+            *c = (char)(*c - 'A' + 'a');
+    return 0;
+}
+
 static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
     {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
@@ -1214,4 +1294,6 @@ const struct ferry_device_ops ferry_device_cuda = {
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,
+    .dmabuf_export = cuda_dmabuf_export,
+    .pci_bus_id = cuda_pci_bus_id,
 };

@@ -168,6 +168,22 @@ struct ferry_device_ops {
      * for kinds with no gather kernel and a high per-copy cost (NPU).
      * FERRY_STAGING_AGGREGATE overrides it per process. */
     size_t (*aggregate_below)(void);
+
+    /* Optional: what an RDMA NIC needs to know about this kind's memory
+     * (GPUDirect).  Registration time, never the hot path.
+     *
+     * dmabuf_export (NULL: no NIC reaches this memory directly; it is
+     * staged): a dma-buf fd covering [ptr, ptr+len) widened to whole pages,
+     * for ibv_reg_dmabuf_mr; *offset receives ptr's offset in it; the caller
+     * closes the fd.  0, FERRY_EINVAL (not memory of this kind), FERRY_ENOTSUP
+     * (the driver cannot export: too old), FERRY_EIO.  A kind with this op
+     * may still be reachable through peer memory (ibv_reg_mr) when it fails.
+     *
+     * pci_bus_id (NULL: unknown): device dev's PCI address, lower case
+     * ("0000:3b:00.0"), into id (cap bytes), so the NIC nearest to it (PCIe
+     * path, NUMA node from sysfs) is preferred.  0 or FERRY_E*. */
+    int (*dmabuf_export)(const void *ptr, size_t len, int *fd, uint64_t *offset);
+    int (*pci_bus_id)(int dev, char *id, size_t cap);
 };
 
 /* Room for any backend's IPC handle. */

@@ -162,7 +162,7 @@ static int start_one(ferry_engine *e, const struct transport_host *host, const c
 {
     const struct transport_ops *ops = transport_find(name);
     if (!ops || !ops->create) {
-        char avail[64];
+        char avail[256];
         available_transports(avail, sizeof avail);
         return ferry_fail(ops ? FERRY_ENOTSUP : FERRY_EINVAL,
                           "protocol \"%s\" is not available in this build (available: %s)", name, avail);

@@ -10,7 +10,6 @@
  * request.  No threads of its own.
  */
 #ifdef FERRY_HAVE_RDMA
-#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "device/device.h"
 #include "err.h"
 #include "log.h"
 #include "transport/rdma.h"
@@ -121,75 +121,17 @@ static int pci_hops(const char *a, const char *b)
     return hops;
 }
 
-/* ------------------------------------------------------------ CUDA (dma-buf) */
+/* ------------------------------------------------------------ device memory */
 
-/* The few driver entry points used, found with dlsym in the libcuda.so.1 the
- * device layer already loaded (cuda:N memory implies it did). */
-static struct {
-    pthread_once_t once;
-    int (*get_handle)(void *handle, unsigned long long dptr, size_t size, int type, unsigned long long flags);
-    int (*pointer_attr)(void *data, int attribute, unsigned long long ptr);
-    int (*ctx_push)(void *ctx);
-    int (*ctx_pop)(void **ctx);
-    int (*device_get)(int *dev, int ordinal);
-    int (*pci_bus_id)(char *id, int len, int dev);
-} cu = {.once = PTHREAD_ONCE_INIT};
-
-enum { CU_POINTER_ATTRIBUTE_CONTEXT = 1, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1 };
-
-static void cuda_load(void)
-{
-    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (!lib)
-        lib = dlopen("libcuda.so.1", RTLD_NOW);
-    if (!lib)
-        return;
-    *(void **)&cu.get_handle = dlsym(lib, "cuMemGetHandleForAddressRange");
-    *(void **)&cu.pointer_attr = dlsym(lib, "cuPointerGetAttribute");
-    *(void **)&cu.ctx_push = dlsym(lib, "cuCtxPushCurrent_v2");
-    *(void **)&cu.ctx_pop = dlsym(lib, "cuCtxPopCurrent_v2");
-    *(void **)&cu.device_get = dlsym(lib, "cuDeviceGet");
-    *(void **)&cu.pci_bus_id = dlsym(lib, "cuDeviceGetPCIBusId");
-}
-
-/* A dma-buf fd covering [addr, addr+len) of GPU memory, page-aligned around
- * it; *offset is addr's offset inside.  Returns the fd or -1 (with a reason). */
-static int cuda_dmabuf(uint64_t addr, uint64_t len, uint64_t *offset, char *why, size_t whylen)
-{
-    pthread_once(&cu.once, cuda_load);
-    if (!cu.get_handle || !cu.pointer_attr || !cu.ctx_push || !cu.ctx_pop) {
-        snprintf(why, whylen, "libcuda has no cuMemGetHandleForAddressRange (driver older than CUDA 11.7?)");
-        return -1;
-    }
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-    uint64_t start = addr & ~(page - 1), end = (addr + len + page - 1) & ~(page - 1);
-    void *ctx = NULL, *old = NULL;
-    int fd = -1, rc = cu.pointer_attr(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, addr);
-    bool pushed = rc == 0 && ctx && cu.ctx_push(ctx) == 0;
-    rc = cu.get_handle(&fd, start, end - start, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
-    if (pushed)
-        cu.ctx_pop(&old);
-    if (rc != 0 || fd < 0) {
-        snprintf(why, whylen, "cuMemGetHandleForAddressRange failed (CUresult %d)", rc);
-        return -1;
-    }
-    *offset = addr - start;
-    return fd;
-}
-
-static void cuda_locate(int ordinal, char *path, size_t cap, int *numa)
+/* Where device dev of a kind sits (PCIe path, NUMA node), from its PCI
+ * address (device.h: pci_bus_id); nothing if the kind cannot tell. */
+static void device_locate(const struct ferry_device_ops *ops, int dev, char *path, size_t cap, int *numa)
 {
     char id[32], link[96];
-    int dev;
     path[0] = '\0';
     *numa = -1;
-    pthread_once(&cu.once, cuda_load);
-    if (!cu.device_get || !cu.pci_bus_id || cu.device_get(&dev, ordinal) != 0 ||
-        cu.pci_bus_id(id, sizeof id, dev) != 0)
+    if (!ops->pci_bus_id || ops->pci_bus_id(dev, id, sizeof id) != 0)
         return;
-    for (char *c = id; *c; c++)
-        if (*c >= 'A' && *c <= 'F')
-            *c = (char)(*c - 'A' + 'a');
     snprintf(link, sizeof link, "/sys/bus/pci/devices/%s", id);
     pci_locate(link, path, cap, numa);
 }
@@ -419,13 +361,12 @@ static int memory_numa(uint64_t addr)
 static void reg_topology(struct rdma_transport *t, struct rdma_reg *g, int device_index)
 {
     char pci[256] = "";
-    int numa = -1;
-    if (strncmp(g->location, "cpu:", 4) == 0)
-        numa = atoi(g->location + 4);
-    else if (strcmp(g->location, "cpu") == 0)
-        numa = memory_numa(g->addr); /* pages are pinned by now */
-    else if (strncmp(g->location, "cuda:", 5) == 0)
-        cuda_locate(device_index, pci, sizeof pci, &numa);
+    int numa = -1, node = -1;
+    const struct ferry_device_ops *ops = ferry_device_of_location(g->location, NULL);
+    if (ops)
+        device_locate(ops, device_index, pci, sizeof pci, &numa);
+    else if (ferry_location_parse(g->location, NULL, &node) == 0)
+        numa = node >= 0 ? node : memory_numa(g->addr); /* "cpu:N", or "cpu": pages are pinned by now */
     g->pref = nearest_nics(t, g->location, numa, pci);
 }
 
@@ -435,13 +376,18 @@ static int access_flags(bool remote)
            (remote ? IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ : 0);
 }
 
-/* GPU memory: dma-buf first, then plain ibv_reg_mr (works with peer memory,
- * nvidia-peermem).  Returns 0 with g->reachable false if neither works. */
-static void register_gpu(struct rdma_transport *t, struct rdma_reg *g)
+/* Device memory a NIC may reach (its kind exports dma-bufs): dma-buf first,
+ * then plain ibv_reg_mr (works with peer memory, nvidia-peermem).  Returns 0
+ * with g->reachable false if neither works. */
+static void register_gpu(struct rdma_transport *t, struct rdma_reg *g, const struct ferry_device_ops *ops)
 {
     char why[160] = "";
     uint64_t offset = 0;
-    int fd = cuda_dmabuf(g->addr, g->len, &offset, why, sizeof why);
+    int fd = -1;
+    if (ops->dmabuf_export((const void *)(uintptr_t)g->addr, g->len, &fd, &offset) != 0) {
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        fd = -1;
+    }
     bool ok = fd >= 0;
     for (size_t i = 0; ok && i < t->nnics; i++) {
         g->mr[i] = ibv_reg_dmabuf_mr(t->nics[i].pd, offset, g->len, g->addr, fd, access_flags(g->remote));
@@ -484,8 +430,9 @@ int rdma_reg_create(struct rdma_transport *t, const struct memreg_region *r, str
     g->len = r->len;
     g->remote = r->remote_accessible;
     snprintf(g->location, sizeof g->location, "%s", r->location);
-    if (strncmp(r->location, "cuda", 4) == 0) {
-        register_gpu(t, g);
+    const struct ferry_device_ops *ops = ferry_device_of_location(r->location, NULL);
+    if (ops && ops->dmabuf_export) {
+        register_gpu(t, g, ops);
     } else if (r->device_index < 0) {
         for (size_t i = 0; i < t->nnics; i++) {
             g->mr[i] = ibv_reg_mr(t->nics[i].pd, (void *)(uintptr_t)r->addr, r->len, access_flags(g->remote));
@@ -499,7 +446,7 @@ int rdma_reg_create(struct rdma_transport *t, const struct memreg_region *r, str
             }
         }
         g->reachable = true;
-    } /* npu / sim memory: no NIC can reach it; the engine stages it */
+    } /* other device memory (npu, sim): no NIC can reach it; the engine stages it */
     if (g->reachable)
         reg_topology(t, g, r->device_index);
     *out = g;

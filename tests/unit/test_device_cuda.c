@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "device/device.h"
 #include "err.h"
@@ -329,6 +330,44 @@ static void test_bad_arguments(void **state)
     ops->stream_destroy(s);
 }
 
+/* What an RDMA NIC asks of device memory (device.h): a dma-buf of a range
+ * and the device's PCI address.  Kinds without them leave the ops NULL. */
+static void test_nic_queries(void **state)
+{
+    (void)state;
+    if (ops->dmabuf_export == NULL && ops->pci_bus_id == NULL) {
+        printf("%s: no NIC queries (its memory is staged for rdma)\n", DEVICE_KIND);
+        return;
+    }
+    void *d;
+    assert_int_equal(ops->mem_alloc(0, 3 << 20, &d), 0);
+    if (ops->dmabuf_export) {
+        int fd = -1;
+        uint64_t off = 99;
+        int rc = ops->dmabuf_export((char *)d + 4100, 8192, &fd, &off);
+        if (rc == FERRY_ENOTSUP) {
+            printf("dma-buf export not supported here: %s\n", ferry_last_error());
+        } else {
+            assert_int_equal(rc, 0);
+            assert_true(fd >= 0);
+            assert_int_equal(off, ((uintptr_t)d + 4100) % (uintptr_t)sysconf(_SC_PAGESIZE));
+            close(fd);
+        }
+        static char host[64];
+        assert_int_equal(ops->dmabuf_export(host, sizeof host, &fd, &off), FERRY_EINVAL);
+    }
+    if (ops->pci_bus_id) {
+        char id[32] = "";
+        assert_int_equal(ops->pci_bus_id(0, id, sizeof id), 0);
+        printf("%s:0 is at PCI %s\n", DEVICE_KIND, id);
+        assert_non_null(strchr(id, ':'));
+        for (const char *c = id; *c; c++)
+            assert_false(*c >= 'A' && *c <= 'Z');
+        assert_int_equal(ops->pci_bus_id(ops->device_count(), id, sizeof id), FERRY_ENODEV);
+    }
+    ops->mem_free(0, d);
+}
+
 int main(void)
 {
     ops = ferry_device_find(DEVICE_KIND);
@@ -345,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_other_thread),
         cmocka_unit_test(test_locate),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_nic_queries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
