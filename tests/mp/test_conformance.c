@@ -170,8 +170,11 @@ static void refusals(void **state)
     struct ferry_request r = {FERRY_WRITE, f->local, f->seg, f->target.addr + TSIZE - 100, 4096};
     assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
     assert_int_equal(ferry_batch_submit(b, &r, 1), FERRY_ERANGE); /* past the end of the target's buffer */
+    r.target_offset = f->target.addr - 8192;                       /* before it */
+    assert_int_equal(ferry_batch_submit(b, &r, 1), FERRY_ERANGE);
     assert_int_equal(ferry_batch_size(b), 0);
     ferry_batch_free(b);
+    assert_int_equal(child_target_check(&f->target, 0, TSIZE, TSEED), -1);
     /* unregistered by the target while this engine's descriptor still lists it */
     assert_int_equal(child_target_unregister(&f->target), 0);
     pattern_fill(f->local, 65536, 70, 0);
@@ -193,6 +196,8 @@ static void notification_after_data(void **state)
         pattern_fill(f->local + i * 65536, 65536, 80, i * 65536);
     ferry_batch *b;
     assert_int_equal(run(f, FERRY_WRITE, 65536, 16, 0, 65536, &b, "kv-ready:7"), 0);
+    struct ferry_request again = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
+    assert_int_equal(ferry_batch_submit(b, &again, 1), FERRY_EBUSY); /* the notification went: no more */
     ferry_batch_free(b);
     char msg[32] = {0};
     assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), 10);
@@ -212,6 +217,7 @@ static void stats_name_the_route(void **state)
     assert_int_equal(after.transport_count, 1);
     assert_string_equal(after.transports[0].name, current);
     assert_int_equal(after.transports[0].requests_completed - before.transports[0].requests_completed, 4);
+    assert_int_equal(after.transports[0].bytes_written - before.transports[0].bytes_written, 4 * 65536);
 }
 
 static void peer_death(void **state)
@@ -230,6 +236,12 @@ static void peer_death(void **state)
     int rc = ferry_batch_wait(b, -1); /* the request timeout bounds it */
     assert_int_not_equal(rc, FERRY_ETIMEDOUT);
     all_ended(b, N);
+    for (size_t i = 0; i < N; i++) { /* whichever ended before the kill landed: the others say why */
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        if (st.state != FERRY_COMPLETED && st.message[0] == '\0')
+            fail_msg("%s: request %zu ended %d with no message", current, i, st.state);
+    }
     ferry_batch_free(b);
     free(r);
     /* a request after the death ends too, and not COMPLETED */
@@ -276,10 +288,24 @@ static void close_cancels(void **state)
     assert_int_equal(ferry_batch_submit(b, r, N), 0);
     assert_int_equal(ferry_close_segment(f->e, f->seg), 0);
     int rc = ferry_batch_wait(b, -1);
-    assert_true(rc == 0 || rc == FERRY_ECANCELED);
+    assert_int_not_equal(rc, FERRY_ETIMEDOUT);
     all_ended(b, N);
+    for (size_t i = 0; i < N; i++) {
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        if (st.state != FERRY_COMPLETED && st.error != FERRY_ECANCELED && st.error != FERRY_ECONN)
+            fail_msg("%s: request %zu ended %s after close (%s)", current, i, ferry_err_name(st.error), st.message);
+    }
     ferry_batch_free(b);
     free(r);
+    /* the handle is gone; the name opens again and works */
+    assert_int_equal(ferry_close_segment(f->e, f->seg), FERRY_ENOSEG);
+    struct ferry_request one = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, &one, 1), FERRY_ENOSEG);
+    ferry_batch_free(b);
+    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    run_ok(f, FERRY_WRITE, 4096, 4, 0, 8192, 95);
 }
 
 /* 1 if `name` starts on this host; else prints why it is skipped. */

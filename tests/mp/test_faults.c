@@ -6,7 +6,8 @@
  *
  * Real engines in child processes, real sockets; fake peers (a handshake
  * server answering a chosen descriptor, a data server that never answers)
- * run in threads of this process.
+ * run in threads of this process.  Peer death and close cancelling run over
+ * every transport in test_conformance.c.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -188,67 +189,6 @@ static void test_target_refuses_unregistered(void **state)
     }
     ferry_batch_free(b);
     assert_int_equal(child_target_check(&f->target, 0, TSIZE, SEED), -1);
-}
-
-static void test_peer_killed_mid_transfer(void **state)
-{
-    struct fixture *f = *state;
-    enum { N = 256, BS = 64 << 10 };
-    struct ferry_request *r = calloc(N * 8, sizeof *r);
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, N * 8, &b), 0);
-    for (size_t i = 0; i < N * 8; i++) /* 128 MiB: several passes over the buffer */
-        r[i] = (struct ferry_request){FERRY_WRITE, f->local + (i % N) * BS, f->seg,
-                                      f->target.addr + (i % N) * BS, BS};
-    assert_int_equal(ferry_batch_submit(b, r, N * 8), 0);
-    child_target_kill(&f->target);
-    int rc = ferry_batch_wait(b, 60000); /* bounded by the engine's own timeout */
-    assert_int_not_equal(rc, FERRY_ETIMEDOUT);
-    size_t failed = 0;
-    for (size_t i = 0; i < N * 8; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        assert_true(st.state == FERRY_COMPLETED || st.state == FERRY_FAILED || st.state == FERRY_TIMEOUT);
-        if (st.state != FERRY_COMPLETED) {
-            failed++;
-            assert_true(st.message[0] != '\0');
-        }
-    }
-    assert_true(failed > 0);
-    assert_true(rc == FERRY_ECONN || rc == FERRY_ETIMEDOUT);
-    ferry_batch_free(b);
-    free(r);
-}
-
-static void test_close_segment_cancels(void **state)
-{
-    struct fixture *f = *state;
-    enum { N = 512, BS = 256 << 10 };
-    struct ferry_request *r = calloc(N, sizeof *r);
-    ferry_batch *b;
-    for (size_t i = 0; i < N; i++)
-        r[i] = (struct ferry_request){FERRY_WRITE, f->local + (i % 64) * BS, f->seg,
-                                      f->target.addr + (i % 64) * BS, BS};
-    assert_int_equal(ferry_batch_alloc(f->e, N, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, r, N), 0);
-    assert_int_equal(ferry_close_segment(f->e, f->seg), 0);
-    int rc = ferry_batch_wait(b, 60000);
-    assert_int_not_equal(rc, FERRY_ETIMEDOUT);
-    for (size_t i = 0; i < N; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        assert_true(st.state == FERRY_COMPLETED || st.error == FERRY_ECANCELED || st.error == FERRY_ECONN);
-    }
-    ferry_batch_free(b);
-    /* the handle is gone; the name opens again */
-    assert_int_equal(ferry_close_segment(f->e, f->seg), FERRY_ENOSEG);
-    struct ferry_request one = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
-    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, &one, 1), FERRY_ENOSEG);
-    ferry_batch_free(b);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
-    assert_int_equal(write_once(f, 0, 4096, 4), 0);
-    free(r);
 }
 
 static void test_target_restart_refreshes(void **state)
@@ -474,8 +414,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_target_refuses_unregistered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_peer_killed_mid_transfer, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_close_segment_cancels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_target_restart_refreshes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_to_ports, setup, teardown),
         cmocka_unit_test(test_version_mismatch),

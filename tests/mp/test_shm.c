@@ -5,10 +5,11 @@
  * shown (stats) to have gone over shm, not tcp; the same matrix with device
  * memory on either side (the direct path: IPC-opened allocations, no staging);
  * a target that unregisters (ESTALE, then a refreshed descriptor works); a
- * target killed mid-transfer (FAILED, no hang); ranges outside the target's
- * buffers refused; notifications; two engines in one process; and the
- * transport's own contract driven directly (refused bits, deadlines, another
- * host, a stale generation).
+ * target killed mid-transfer (FAILED, no hang) and notifications, both with
+ * device memory; two engines in one process; and the transport's own
+ * contract driven directly (refused bits, deadlines, another host, a stale
+ * generation).  Host-memory refusals, notifications and peer death run over
+ * every transport in test_conformance.c.
  *
  * Device memory: FERRY_TEST_DEVICE (e.g. "cuda:0" on the GPU machine),
  * otherwise the strict sim device, whose IPC maps a memfd; skipped with a
@@ -209,25 +210,6 @@ static void tcp_only_target_uses_tcp(void **state)
 }
 
 /* ------------------------------------------------------------ faults */
-
-static void bad_ranges_refused(void **state)
-{
-    struct fixture *f = *state;
-    ferry_batch *b;
-    struct ferry_request r[2] = {
-        {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096},
-        {FERRY_WRITE, f->local, f->seg, f->target.addr + TSIZE - 100, 4096}, /* runs past the end */
-    };
-    pattern_fill(f->host, 4096, 77, 0);
-    assert_int_equal(ferry_mem_copy(f->e, f->local, f->host, 4096), 0);
-    assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, r, 2), FERRY_ERANGE);
-    r[1].target_offset = f->target.addr - 8192; /* before the buffer */
-    assert_int_equal(ferry_batch_submit(b, r, 2), FERRY_ERANGE);
-    assert_int_equal(ferry_batch_size(b), 0);
-    ferry_batch_free(b);
-    assert_int_equal(child_target_check(&f->target, 0, TSIZE, TSEED), -1);
-}
 
 static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int expect, const char *msg_part)
 {
@@ -733,11 +715,8 @@ int main(void)
         cmocka_unit_test(allow_uids_malformed),
         cmocka_unit_test(local_unregister_mid_copy),
         cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(bad_ranges_refused, setup_host, teardown),
         cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(notification_after_data, setup_host, teardown),
         cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, teardown),
-        cmocka_unit_test_setup_teardown(peer_killed_mid_transfer, setup_host, teardown),
         cmocka_unit_test_prestate(same_process, (void *)cpu),
     };
     const struct CMUnitTest device[] = {

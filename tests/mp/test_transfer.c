@@ -2,7 +2,9 @@
 /*
  * test_transfer.c — WRITE and READ between two engines in two processes over
  * real loopback sockets, with data verified on both sides: block sizes 4 KiB
- * to 4 MiB, batches of 1 to 256, notifications, stats.
+ * to 4 MiB, batches of 1 to 256, the notification queue's limit, segment
+ * buffers.  Odd sizes, notifications after data and stats run over every
+ * transport in test_conformance.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -104,41 +106,6 @@ static void test_write_read_matrix(void **state)
     }
 }
 
-static void test_unaligned_and_odd_sizes(void **state)
-{
-    struct fixture *f = *state;
-    /* odd lengths and offsets, slices that straddle the slice size */
-    run_batch(f, FERRY_WRITE, 8 * 1000, 37, 8 * 3, 8 * 1001);
-    run_batch(f, FERRY_WRITE, (1u << 20) + 8, 5, 8, (2u << 20));
-    run_batch(f, FERRY_READ, (3u << 20) + 24, 3, TARGET_SIZE / 2 + 16, (4u << 20));
-}
-
-static void test_notification_after_data(void **state)
-{
-    struct fixture *f = *state;
-    ferry_batch *b;
-    size_t n = 32, bs = 65536;
-    struct ferry_request reqs[32];
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = (8u << 20) + i * bs;
-        pattern_fill(f->local + off, bs, 9, off);
-        reqs[i] = (struct ferry_request){FERRY_WRITE, f->local + off, f->seg, f->target.addr + off, bs};
-    }
-    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
-    assert_int_equal(ferry_batch_set_notify(b, "kv-ready:req42", 14), 0);
-    assert_int_equal(ferry_batch_submit(b, reqs, n), 0);
-    assert_int_equal(ferry_batch_wait(b, 60000), 0);
-    /* a second submit to a batch with a notification is refused */
-    assert_int_equal(ferry_batch_submit(b, reqs, 1), FERRY_EBUSY);
-    ferry_batch_free(b);
-    char msg[64] = {0};
-    assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), 14);
-    assert_string_equal(msg, "kv-ready:req42");
-    /* the data was in place when the notification was observable */
-    assert_int_equal(child_target_check(&f->target, 8u << 20, n * bs, 9), -1);
-    assert_int_equal(child_target_notification(&f->target, msg, sizeof msg), -1);
-}
-
 static void notify_once(struct fixture *f, const char *msg)
 {
     ferry_batch *b;
@@ -180,19 +147,6 @@ static void test_notification_queue_drops_oldest(void **state)
     ferry_batch_free(b);
 }
 
-static void test_stats_count(void **state)
-{
-    struct fixture *f = *state;
-    struct ferry_stats before, after;
-    assert_int_equal(ferry_get_stats(f->e, &before), 0);
-    run_batch(f, FERRY_WRITE, 65536, 8, 0, 65536);
-    assert_int_equal(ferry_get_stats(f->e, &after), 0);
-    assert_int_equal(after.transport_count, 1);
-    assert_string_equal(after.transports[0].name, "tcp");
-    assert_int_equal(after.transports[0].bytes_written - before.transports[0].bytes_written, 8 * 65536);
-    assert_int_equal(after.transports[0].requests_completed - before.transports[0].requests_completed, 8);
-}
-
 static void test_segment_buffers(void **state)
 {
     struct fixture *f = *state;
@@ -212,10 +166,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unaligned_and_odd_sizes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_notification_after_data, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
-        cmocka_unit_test_setup_teardown(test_stats_count, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
