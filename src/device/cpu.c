@@ -7,8 +7,10 @@
  * for it.  The table exists so that location strings, allocation and the
  * registry treat it like any other kind instead of special-casing "cpu".
  * Its "streams" copy synchronously with memcpy on the caller's thread.
- * Threads: every function is thread-safe; no state besides what callers own.
+ * Threads: every function is thread-safe.  Owns the list of mappings it
+ * handed out (for mem_free, which gets no length).
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,18 @@
 #include "device/device.h"
 #include "err.h"
 
-/* mem_free gets no length: each mapping keeps it in a page before the
- * memory it hands out (so the memory stays page-aligned and zeroed). */
-#define HEADER 4096u
+/* mem_free gets no length, and munmap needs one: the mappings handed out
+ * are remembered here (allocation is never on the hot path).  The memory
+ * itself is a plain anonymous mapping, page-aligned and zeroed, so a caller
+ * that munmaps it directly (as before this table existed) loses nothing. */
+struct mapping {
+    void *addr;
+    size_t len;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mapping *maps;
+static size_t nmaps, capmaps;
 
 static int cpu_init(void)
 {
@@ -31,28 +42,68 @@ static int cpu_device_count(void)
     return 1;
 }
 
+static int remember(void *addr, size_t len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < nmaps; i++) {
+        if (maps[i].addr == addr) { /* unmapped by its caller and handed out again */
+            maps[i].len = len;
+            goto out;
+        }
+    }
+    if (nmaps == capmaps) {
+        size_t cap = capmaps ? capmaps * 2 : 16;
+        struct mapping *m = realloc(maps, cap * sizeof *m);
+        if (!m) {
+            rc = -1;
+            goto out;
+        }
+        maps = m;
+        capmaps = cap;
+    }
+    maps[nmaps++] = (struct mapping){addr, len};
+out:
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* The length of a mapping handed out (and forgets it), or 0. */
+static size_t forget(void *addr)
+{
+    size_t len = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < nmaps; i++) {
+        if (maps[i].addr == addr) {
+            len = maps[i].len;
+            maps[i] = maps[--nmaps];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return len;
+}
+
 static int cpu_mem_alloc(int dev, size_t len, void **out)
 {
     (void)dev;
-    if (len > SIZE_MAX - HEADER)
-        return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory", len);
-    char *p = mmap(NULL, len + HEADER, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory", len);
-    memcpy(p, &len, sizeof len);
-    *out = p + HEADER;
+    if (remember(p, len) != 0) {
+        munmap(p, len);
+        return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory (bookkeeping)", len);
+    }
+    *out = p;
     return 0;
 }
 
 static void cpu_mem_free(int dev, void *ptr)
 {
     (void)dev;
-    if (!ptr)
-        return;
-    char *p = (char *)ptr - HEADER;
-    size_t len;
-    memcpy(&len, p, sizeof len);
-    munmap(p, len + HEADER);
+    size_t len = ptr ? forget(ptr) : 0;
+    if (len)
+        munmap(ptr, len);
 }
 
 static int cpu_host_alloc(size_t len, void **out)
