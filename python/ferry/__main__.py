@@ -3,6 +3,7 @@
 devices ferry finds on this host (each probed by doing what a user would:
 starting an engine with one protocol, registering memory at a location)."""
 import argparse
+import os
 import sys
 
 import ferry
@@ -19,12 +20,18 @@ def _error():
 
 def probe_transport(protocol):
     """(True, '') if an engine starts with this protocol alone, else (False, why)."""
+    saved = os.environ.get("FERRY_TRANSPORT_FALLBACK")
+    os.environ["FERRY_TRANSPORT_FALLBACK"] = "0"  # the protocol itself, not tcp standing in for it
     engine = ferry.TransferEngine()
-    rc = engine.initialize("127.0.0.1", "P2PHANDSHAKE", protocol, "")
     try:
+        rc = engine.initialize("127.0.0.1", "P2PHANDSHAKE", protocol, "")
         return (rc == 0, "" if rc == 0 else _error())
     finally:
         engine.close()
+        if saved is None:
+            del os.environ["FERRY_TRANSPORT_FALLBACK"]
+        else:
+            os.environ["FERRY_TRANSPORT_FALLBACK"] = saved
 
 
 def probe_devices(engine, kind):
@@ -33,12 +40,13 @@ def probe_devices(engine, kind):
     buf = bytearray(4096)
     found, why = 0, ""
     for index in range(MAX_DEVICES):
-        try:
-            engine.register_memory(buf, location="%s:%d" % (kind, index))
+        # the reference-compatible class returns codes instead of raising
+        if engine.register_memory(buf, location="%s:%d" % (kind, index)) == 0:
             engine.unregister_memory(buf)
-        except ferry.FerryError as e:
-            if e.code == ferry.FERRY_ENODEV:
-                why = e.detail
+        else:
+            code, _, detail = ferry.last_error()
+            if code == ferry.FERRY_ENODEV:
+                why = detail
                 break
         found += 1
     return found, why
