@@ -120,6 +120,9 @@ struct transport_ops {
      * device memory that has no IPC handle; the engine should then route
      * the request through another transport. */
     int (*can_reach)(void *t, void *peer, uint64_t remote, uint64_t len);
+    /* Fills the transport's own counters (bytes, frames, refusals).  The
+     * engine then sets requests_completed, requests_failed, bytes_staged and
+     * bytes_bounced itself, whatever the transport wrote there. */
     void (*stats)(void *t, struct ferry_transport_stats *out);
 };
 
