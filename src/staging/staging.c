@@ -180,19 +180,17 @@ static void renew_stream(struct staging_pool *p, struct chunk *c)
         LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
 }
 
-/* The copies of a group (g[0] leads: they ran on its stream) failed: every
- * frame of the group fails with the device's message. */
-static void fail_group(struct staging_pool *p, struct chunk **g, size_t n, int rc)
+/* A chunk's copies, issued alone on its stream, failed: its frame fails
+ * with the device's message. */
+static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
 {
     char msg[200];
-    const char *what = g[0]->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
+    const char *what = c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
     snprintf(msg, sizeof msg, "staging %s on %s:%d failed: %s", what, p->ops->kind, p->dev, ferry_last_error());
-    renew_stream(p, g[0]);
-    for (size_t i = 0; i < n; i++) {
-        struct xfer_frame *orig = g[i]->orig;
-        release_chunk(p, g[i]);
-        end_frame(orig, rc, 0, msg);
-    }
+    struct xfer_frame *orig = c->orig;
+    renew_stream(p, c);
+    release_chunk(p, c);
+    end_frame(orig, rc, 0, msg);
 }
 
 /* Takes as many waiting frames as there are free chunks; expired ones end
@@ -240,6 +238,9 @@ static void fifo_push(struct chunk *c, struct chunk **head, struct chunk **tail)
  * the device has one, instead of one per chunk), and the group retires
  * together.  Chunks that aggregate on the device go alone on their own
  * stream (aggregate.h). */
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
+                         struct chunk **tail);
+
 static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, struct chunk **head,
                         struct chunk **tail)
 {
@@ -254,7 +255,7 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, stru
         rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, p->round, ncopies) : 0;
     }
     if (rc) {
-        fail_group(p, g, n, rc);
+        group_failed(p, g, n, rc, head, tail);
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -295,14 +296,30 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, str
         issue_group(p, g, ng, head, tail);
 }
 
-/* The oldest group's copies are done (rc 0) or failed: WRITE chunks go to
- * the wire, READ frames end. */
-static void retire_group(struct staging_pool *p, struct chunk **g, size_t n, int rc)
+/* A group's copies failed (to enqueue, or on the device).  A chunk alone
+ * fails its frame.  Several: a bad address in one frame must not fail the
+ * others, so once the leader's stream is drained and renewed, each chunk
+ * is issued again on its own (copying a frame twice moves the same bytes to
+ * the same places); where the device is broken as a whole, each then fails
+ * alone. */
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
+                         struct chunk **tail)
 {
-    if (rc) {
-        fail_group(p, g, n, rc);
+    if (n == 1) {
+        fail_chunk(p, g[0], rc);
         return;
     }
+    LOG_DEBUG("staging: %s:%d: a group of %zu frames failed (%s); each goes again alone", p->ops->kind, p->dev, n,
+              ferry_last_error());
+    renew_stream(p, g[0]);
+    for (size_t i = 0; i < n; i++)
+        issue_group(p, &g[i], 1, head, tail);
+}
+
+/* The oldest group's copies are done: WRITE chunks go to the wire, READ
+ * frames end. */
+static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
+{
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = g[i];
         if (c->state == CHUNK_GATHER) {
@@ -354,7 +371,10 @@ static bool retire_oldest(struct staging_pool *p, struct chunk **head, struct ch
     }
     if (!*head)
         *tail = NULL;
-    retire_group(p, p->group, n, rc);
+    if (rc)
+        group_failed(p, p->group, n, rc, head, tail);
+    else
+        retire_group(p, p->group, n);
     return true;
 }
 
