@@ -99,6 +99,9 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_CUDA_GATHER_D2D", "0",
+      "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
+      "(not yet measured)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",

@@ -153,6 +153,7 @@ static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(CUcontext) primary_ctx[CUDA_MAX_DEVICES];
 static atomic_int batch_enabled;   /* 1 while cuMemcpyBatchAsync is trusted */
 static atomic_int gather_enabled;  /* FERRY_CUDA_GATHER_KERNEL and the symbols allow the kernel */
+static atomic_int gather_d2d;      /* FERRY_CUDA_GATHER_D2D: D2D batches through it too */
 
 struct cuda_stream {
     uint32_t magic;
@@ -247,12 +248,20 @@ static int cuda_load(void)
            cu.cuModuleGetFunction != NULL && cu.cuModuleUnload != NULL &&
            cu.cuLaunchKernel != NULL;
     atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
-    LOG_INFO("cuda: %d devices, copies through %s%s", device_count,
+    /* FERRY_CUDA_GATHER_D2D=1: device-to-device batches (the shm transport
+     * between two processes' GPUs) through the kernel too, one launch per
+     * batch over NVLink instead of a copy-engine copy per block.  Off until
+     * measured against the copy engine on a two-GPU host
+     * (bench/gpu_small_blocks.sh). */
+    want = getenv("FERRY_CUDA_GATHER_D2D");
+    atomic_store(&gather_d2d, want != NULL && strcmp(want, "1") == 0);
+    LOG_INFO("cuda: %d devices, copies through %s%s%s", device_count,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
              : cu.batch_v2               ? "cuMemcpyBatchAsync_v2"
                                          : "cuMemcpyBatchAsync (12.8 ABI)",
              atomic_load(&gather_enabled) ? ", pinned D2H / H2D batches through the gather kernel"
-                                          : "");
+                                          : "",
+             atomic_load(&gather_enabled) && atomic_load(&gather_d2d) ? ", D2D batches too" : "");
     return 0;
 }
 
@@ -953,7 +962,8 @@ static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
     if (rc < 0)
         return rc;
     struct copy_call call = {s, dir, 0};
-    if (atomic_load_explicit(&gather_enabled, memory_order_relaxed))
+    if (atomic_load_explicit(&gather_enabled, memory_order_relaxed) &&
+        (dir != FERRY_COPY_D2D || atomic_load_explicit(&gather_d2d, memory_order_relaxed)))
         rc = copy_gathered(&call, copies, n);
     else
         rc = ferry_device_enqueue_copies(&copy_engine, &call, copies, n);
