@@ -42,7 +42,7 @@ static struct {
     struct frame_slot slot[NFRAMES];
     struct xfer_frame *held[NFRAMES]; /* READ wire frames not yet "arrived" */
     int nheld;
-    char *good, *bad;                 /* device memory: live, freed */
+    char *good, *bad;                 /* device memory: live (the good frame's, then the first's), freed */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int ended;
@@ -140,7 +140,9 @@ static void run(const struct ferry_device_ops *ops, int op, int free_bad)
     pthread_mutex_init(&t.lock, NULL);
     pthread_cond_init(&t.cond, NULL);
     t.op = op;
-    assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&t.good), 0);
+    /* the first frame has blocks of its own: its scatter may still run
+     * when the good frame's does */
+    assert_int_equal(sim->mem_alloc(0, 2 * PIECES * BLOCK, (void **)&t.good), 0);
     assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&t.bad), 0);
     for (size_t k = 0; k < sizeof host; k++)
         host[k] = (char)(op == XFER_WRITE ? pattern(k) : 0);
@@ -148,7 +150,7 @@ static void run(const struct ferry_device_ops *ops, int op, int free_bad)
     assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_H2D, &fill, 1), 0);
     if (free_bad)
         sim->mem_free(0, t.bad);
-    frame_init(FIRST, op, t.good);
+    frame_init(FIRST, op, t.good + PIECES * BLOCK);
     frame_init(GOOD, op, t.good);
     frame_init(BAD, op, t.bad);
     void *base;
