@@ -8,11 +8,16 @@
  *   gather:  WRITE frames, device -> pinned chunks (the "wire" ends at once)
  *   scatter: READ frames, pinned chunks -> device
  * and prints GB/s next to one large pinned D2H (and H2D) copy of the same
- * device, measured right before, as a ratio.
+ * device, measured right before, as a ratio, and the latency of a batch
+ * (submit to its last frame's end) at the median and the 99th percentile.
  *
- *   staging_bench [location=cuda:0] [seconds=2] [block sizes...]
+ *   staging_bench [--batch=128] [--depth=1] [location=cuda:0] [seconds=2] [block sizes...]
+ *
+ * --depth: batches in flight at once (1: one after the other, what one
+ * thread waiting for each batch sees; more: several requests staged at once).
  */
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +29,19 @@
 #include "net.h"
 #include "staging/staging.h"
 
-#define BATCH 128
+#define BATCH_MAX 4096
+#define DEPTH_MAX 16
+#define LAT_MAX (1u << 20)
 
-static atomic_size_t frames_done;
+static size_t batch = 128;
+static unsigned depth = 1;
+
+/* One batch's frames; in flight until done == nframes. */
+struct inflight {
+    struct slice_plan plan;
+    atomic_size_t done;
+    uint64_t start_ns;
+};
 
 static void instant_wire(void *ctx, struct xfer_frame *f)
 {
@@ -36,12 +51,18 @@ static void instant_wire(void *ctx, struct xfer_frame *f)
 
 static void frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
-    (void)f;
     if (err || refused) {
         fprintf(stderr, "frame failed: %s %s\n", ferry_strerror(err), msg);
         exit(1);
     }
-    atomic_fetch_add(&frames_done, 1);
+    struct inflight *b = f->owner;
+    atomic_fetch_add_explicit(&b->done, 1, memory_order_release);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static double now_s(void)
@@ -71,33 +92,94 @@ static double reference(const struct ferry_device_ops *ops, int dev, enum ferry_
     return (double)bytes / (t - t0) / 1e9;
 }
 
-static double staged(struct staging_pool *pool, int op, char *dev, size_t bs, size_t chunk, double seconds)
+static void batch_submit(struct staging_pool *pool, struct inflight *b)
 {
-    struct slice_req reqs[BATCH];
-    for (size_t i = 0; i < BATCH; i++) /* blocks scattered with gaps, like KV blocks */
-        reqs[i] = (struct slice_req){op, 1, 0, dev + i * (bs + 4096), i * bs, bs, (uint32_t)i};
-    struct slice_plan plan;
-    if (slice_plan_make(reqs, BATCH, chunk, 64, &plan))
-        exit(1);
-    size_t bytes = 0;
+    atomic_store(&b->done, 0);
+    b->start_ns = now_ns();
+    for (size_t i = 0; i < b->plan.nframes; i++) {
+        b->plan.frames[i].complete = frame_done;
+        b->plan.frames[i].owner = b;
+        b->plan.frames[i].deadline_ns = b->start_ns + 60000000000ull;
+        staging_submit(pool, &b->plan.frames[i]);
+    }
+}
+
+struct result {
+    double gbs;
+    double p50_us, p99_us;
+};
+
+/* depth batches of `batch` blocks of bs bytes in flight; each one, once
+ * done, is submitted again (the main thread polls, like a caller waiting). */
+static struct result staged(struct staging_pool *pool, int op, char *dev, size_t bs, size_t chunk, double seconds,
+                            uint64_t *lat)
+{
+    static struct inflight b[DEPTH_MAX];
+    static struct slice_req reqs[BATCH_MAX];
+    for (unsigned d = 0; d < depth; d++) {
+        for (size_t i = 0; i < batch; i++) /* blocks scattered with gaps, like KV blocks; batches apart */
+            reqs[i] = (struct slice_req){op, 1, 0, dev + (d * batch + i) * (bs + 4096), i * bs, bs, (uint32_t)i};
+        if (slice_plan_make(reqs, batch, chunk, 64, &b[d].plan))
+            exit(1);
+    }
+    size_t bytes = 0, nlat = 0;
     double t0 = now_s(), t;
-    do {
-        atomic_store(&frames_done, 0);
-        for (size_t i = 0; i < plan.nframes; i++) {
-            plan.frames[i].complete = frame_done;
-            plan.frames[i].deadline_ns = now_ns() + 60000000000ull;
-            staging_submit(pool, &plan.frames[i]);
+    for (unsigned d = 0; d < depth; d++)
+        batch_submit(pool, &b[d]);
+    bool stop = false;
+    unsigned live = depth;
+    while (live) {
+        for (unsigned d = 0; d < depth; d++) {
+            if (!b[d].start_ns ||
+                atomic_load_explicit(&b[d].done, memory_order_acquire) < b[d].plan.nframes)
+                continue;
+            if (nlat < LAT_MAX)
+                lat[nlat++] = now_ns() - b[d].start_ns;
+            bytes += batch * bs;
+            b[d].start_ns = 0;
+            if (!stop && (t = now_s()) - t0 >= seconds)
+                stop = true;
+            if (stop)
+                live--;
+            else
+                batch_submit(pool, &b[d]);
         }
-        while (atomic_load(&frames_done) < plan.nframes)
-            ;
-        bytes += BATCH * bs;
-    } while ((t = now_s()) - t0 < seconds);
-    slice_plan_free(&plan);
-    return (double)bytes / (t - t0) / 1e9;
+    }
+    t = now_s();
+    for (unsigned d = 0; d < depth; d++)
+        slice_plan_free(&b[d].plan);
+    qsort(lat, nlat, sizeof *lat, cmp_u64);
+    struct result r = {(double)bytes / (t - t0) / 1e9, 0, 0};
+    if (nlat) {
+        r.p50_us = (double)lat[nlat / 2] / 1e3;
+        r.p99_us = (double)lat[nlat * 99 / 100] / 1e3;
+    }
+    return r;
+}
+
+static const char *option(const char *arg, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(arg, name, n) == 0 && arg[n] == '=' ? arg + n + 1 : NULL;
 }
 
 int main(int argc, char **argv)
 {
+    const char *v;
+    while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
+        if ((v = option(argv[1], "--batch")))
+            batch = strtoull(v, NULL, 0);
+        else if ((v = option(argv[1], "--depth")))
+            depth = (unsigned)strtoul(v, NULL, 0);
+        else
+            batch = 0;
+        if (batch == 0 || batch > BATCH_MAX || depth == 0 || depth > DEPTH_MAX) {
+            fprintf(stderr, "%s: want --batch=1..%d and --depth=1..%d\n", argv[1], BATCH_MAX, DEPTH_MAX);
+            return 2;
+        }
+        argv++;
+        argc--;
+    }
     const char *loc = argc > 1 ? argv[1] : "cuda:0";
     double seconds = argc > 2 ? atof(argv[2]) : 2.0;
     size_t sizes[8] = {16384, 65536, 1u << 20};
@@ -118,38 +200,44 @@ int main(int argc, char **argv)
     }
     size_t chunk = getenv("FERRY_STAGING_CHUNK_SIZE") ? strtoull(getenv("FERRY_STAGING_CHUNK_SIZE"), 0, 0) : 2u << 20;
     unsigned nchunks = getenv("FERRY_STAGING_CHUNKS") ? (unsigned)atoi(getenv("FERRY_STAGING_CHUNKS")) : 16;
-    size_t span = BATCH * ((1u << 20) + 4096);
+    /* the reference copies 128 MiB (or all the batches' span, if more) */
+    size_t span = 128 * ((1u << 20) + 4096);
     for (int i = 0; i < nsizes; i++)
-        if (BATCH * (sizes[i] + 4096) > span)
-            span = BATCH * (sizes[i] + 4096);
+        if (depth * batch * (sizes[i] + 4096) > span)
+            span = depth * batch * (sizes[i] + 4096);
     void *dptr = NULL, *host = NULL, *base;
     size_t plen;
     struct staging_pool *pool;
-    if (ops->mem_alloc(dev, span, &dptr) || ops->host_alloc(span, &host) ||
+    uint64_t *lat = malloc(LAT_MAX * sizeof *lat);
+    if (!lat || ops->mem_alloc(dev, span, &dptr) || ops->host_alloc(span, &host) ||
         staging_pool_create(ops, dev, chunk, nchunks, instant_wire, NULL, &pool, &base, &plen)) {
         fprintf(stderr, "setup: %s\n", ferry_last_error());
         if (host)
             ops->host_free(host);
         if (dptr)
             ops->mem_free(dev, dptr);
+        free(lat);
         return 1;
     }
-    printf("# staging pipeline on %s: %u chunks x %zu KiB, batch %d, %.1f s per figure\n", loc, nchunks,
-           chunk >> 10, BATCH, seconds);
-    printf("| block | gather D2H GB/s | large D2H GB/s | ratio | scatter H2D GB/s | large H2D GB/s | ratio |\n");
-    printf("|---|---|---|---|---|---|---|\n");
+    printf("# staging pipeline on %s: %u chunks x %zu KiB, batch %zu, %u in flight, %.1f s per figure; "
+           "batch latency p50 / p99 in us\n",
+           loc, nchunks, chunk >> 10, batch, depth, seconds);
+    printf("| block | gather D2H GB/s | large D2H GB/s | ratio | p50 | p99 | scatter H2D GB/s | large H2D GB/s | "
+           "ratio | p50 | p99 |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < nsizes; i++) {
         size_t bs = sizes[i];
         double d2h = reference(ops, dev, FERRY_COPY_D2H, dptr, host, span, seconds);
-        double g = staged(pool, XFER_WRITE, dptr, bs, chunk, seconds);
+        struct result g = staged(pool, XFER_WRITE, dptr, bs, chunk, seconds, lat);
         double h2d = reference(ops, dev, FERRY_COPY_H2D, dptr, host, span, seconds);
-        double sc = staged(pool, XFER_READ, dptr, bs, chunk, seconds);
-        printf("| %zu KiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", bs >> 10, g, d2h, g / d2h, sc, h2d,
-               sc / h2d);
+        struct result sc = staged(pool, XFER_READ, dptr, bs, chunk, seconds, lat);
+        printf("| %zu KiB | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", bs >> 10,
+               g.gbs, d2h, g.gbs / d2h, g.p50_us, g.p99_us, sc.gbs, h2d, sc.gbs / h2d, sc.p50_us, sc.p99_us);
         fflush(stdout);
     }
     staging_pool_destroy(pool);
     ops->host_free(host);
     ops->mem_free(dev, dptr);
+    free(lat);
     return 0;
 }

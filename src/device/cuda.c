@@ -136,6 +136,7 @@ static struct {
     CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
     CUresult (*cuIpcOpenMemHandle_v1)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
     CUresult (*cuIpcCloseMemHandle)(CUdeviceptr dptr);
+    CUresult (*cuDeviceCanAccessPeer)(int *can, CUdevice dev, CUdevice peer);
     /* stream ordering (optional: missing ones leave stream_host_func /
      * stream_wait_flag failing with FERRY_ENOTSUP) */
     CUresult (*cuLaunchHostFunc)(CUstream stream, void (*fn)(void *), void *arg);
@@ -154,6 +155,7 @@ static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(CUcontext) primary_ctx[CUDA_MAX_DEVICES];
 static atomic_int batch_enabled;   /* 1 while cuMemcpyBatchAsync is trusted */
 static atomic_int gather_enabled;  /* FERRY_CUDA_GATHER_KERNEL and the symbols allow the kernel */
+static atomic_int gather_d2d;      /* FERRY_CUDA_GATHER_D2D: D2D batches through it too */
 
 struct cuda_stream {
     uint32_t magic;
@@ -215,6 +217,7 @@ static int cuda_load(void)
         {"cuIpcOpenMemHandle_v2", &cu.cuIpcOpenMemHandle, 0},
         {"cuIpcOpenMemHandle", &cu.cuIpcOpenMemHandle_v1, 0},
         {"cuIpcCloseMemHandle", &cu.cuIpcCloseMemHandle, 0},
+        {"cuDeviceCanAccessPeer", &cu.cuDeviceCanAccessPeer, 0},
         {"cuLaunchHostFunc", &cu.cuLaunchHostFunc, 0},
         {"cuStreamWaitValue32_v2", &cu.cuStreamWaitValue32, 0},
     };
@@ -247,12 +250,20 @@ static int cuda_load(void)
            cu.cuModuleGetFunction != NULL && cu.cuModuleUnload != NULL &&
            cu.cuLaunchKernel != NULL;
     atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
-    LOG_INFO("cuda: %d devices, copies through %s%s", device_count,
+    /* FERRY_CUDA_GATHER_D2D=1: device-to-device batches (the shm transport
+     * between two processes' GPUs) through the kernel too, one launch per
+     * batch over NVLink instead of a copy-engine copy per block.  Off until
+     * measured against the copy engine on a two-GPU host
+     * (bench/gpu_small_blocks.sh). */
+    want = getenv("FERRY_CUDA_GATHER_D2D");
+    atomic_store(&gather_d2d, want != NULL && strcmp(want, "1") == 0);
+    LOG_INFO("cuda: %d devices, copies through %s%s%s", device_count,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
              : cu.batch_v2               ? "cuMemcpyBatchAsync_v2"
                                          : "cuMemcpyBatchAsync (12.8 ABI)",
              atomic_load(&gather_enabled) ? ", pinned D2H / H2D batches through the gather kernel"
-                                          : "");
+                                          : "",
+             atomic_load(&gather_enabled) && atomic_load(&gather_d2d) ? ", D2D batches too" : "");
     return 0;
 }
 
@@ -425,8 +436,29 @@ static void dev_range_forget(void *p)
     pthread_rwlock_unlock(&ranges_lock);
 }
 
+/* Remembers r as reachable by dev's kernel. */
+static void dev_range_add(struct addr_range r)
+{
+    pthread_rwlock_wrlock(&ranges_lock);
+    size_t i;
+    for (i = 0; i < dev_nranges; i++)
+        if (dev_ranges[i].start == r.start && dev_ranges[i].dev == r.dev)
+            break;
+    if (i < dev_nranges)
+        dev_ranges[i] = r;
+    else if (dev_nranges < DEV_RANGES_MAX)
+        dev_ranges[dev_nranges++] = r;
+    else
+        dev_ranges[dev_victim++ % DEV_RANGES_MAX] = r;
+    pthread_rwlock_unlock(&ranges_lock);
+}
+
+static int ipc_range_learn(uintptr_t p, size_t len, int dev);
+
 /* Asks the driver whether [p, p + len) lies in one allocation of device dev
- * (a context current); remembers the allocation if so.  1 or 0. */
+ * (a context current), or in another process's allocation opened on dev
+ * through IPC that dev reaches (its own memory, or a peer's over
+ * NVLink/PCIe P2P); remembers the allocation if so.  1 or 0. */
 static int dev_range_learn(uintptr_t p, size_t len, int dev)
 {
     unsigned int type = 0;
@@ -438,23 +470,14 @@ static int dev_range_learn(uintptr_t p, size_t len, int dev)
     void *data[] = {&type, &ordinal, &start, &size};
     /* not a CUDA pointer: succeeds with the values left at zero */
     if (cu.cuPointerGetAttributes(4, attrs, data, (CUdeviceptr)p) != CUDA_SUCCESS ||
-        type != CU_MEMORYTYPE_DEVICE || ordinal != dev || size == 0)
+        type != CU_MEMORYTYPE_DEVICE || size == 0)
         return 0;
+    if (ordinal != dev)
+        return ipc_range_learn(p, len, dev);
     struct addr_range r = {(uintptr_t)start, (uintptr_t)start + size, dev};
     if (!range_holds(&r, p, len, dev))
         return 0;
-    pthread_rwlock_wrlock(&ranges_lock);
-    size_t i;
-    for (i = 0; i < dev_nranges; i++)
-        if (dev_ranges[i].start == r.start && dev_ranges[i].dev == dev)
-            break;
-    if (i < dev_nranges)
-        dev_ranges[i] = r;
-    else if (dev_nranges < DEV_RANGES_MAX)
-        dev_ranges[dev_nranges++] = r;
-    else
-        dev_ranges[dev_victim++ % DEV_RANGES_MAX] = r;
-    pthread_rwlock_unlock(&ranges_lock);
+    dev_range_add(r);
     return 1;
 }
 
@@ -713,7 +736,7 @@ static const struct ferry_copy_engine copy_engine = {
  * copies inline in its parameter (mirrored there: keep both in step).  Each
  * CTA of GATHER_THREADS threads copies tiles of 2^tile_shift bytes; a grid of
  * at most GATHER_CTAS_PER_SM CTAs per SM strides over the tiles. */
-#define GATHER_MAX 64
+#define GATHER_MAX 128
 #define GATHER_THREADS 256
 #define GATHER_TILE_SHIFT 14             /* 16 KiB tiles */
 #define GATHER_CTAS_PER_SM 4
@@ -734,9 +757,9 @@ struct gather_args {
     uint32_t tile_start[GATHER_MAX + 1]; /* copy i owns tiles [tile_start[i], tile_start[i+1]) */
     struct gather_copy copies[GATHER_MAX];
 };
-_Static_assert(sizeof(struct gather_args) == 1816, "mirrors cuda_kernels.cu");
+_Static_assert(sizeof(struct gather_args) == 3608, "mirrors cuda_kernels.cu");
 _Static_assert(offsetof(struct gather_args, tile_start) == 16, "mirrors cuda_kernels.cu");
-_Static_assert(offsetof(struct gather_args, copies) == 280, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args, copies) == 536, "mirrors cuda_kernels.cu");
 
 struct gather_dev {
     atomic_int state;                    /* 0 not loaded yet, 1 ready, -1 failed or switched off */
@@ -823,33 +846,38 @@ static size_t gather_take(const struct ferry_copy *copies, size_t n, struct gath
     return i;
 }
 
-/* 1 if every copy of a has its host side in a host_alloc range and its
- * device side in an allocation of dev (context current). */
+/* 1 if every copy of a has its host side (D2H dst, H2D src) in a host_alloc
+ * range and its device sides (the others) in an allocation of dev or one
+ * opened on dev through IPC that dev's SMs reach (context current). */
 static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gather_args *a)
 {
     size_t host_hint = 0, dev_hint = 0;
     unsigned int i = 0, learned = 0;
+    const int dst_host = dir == FERRY_COPY_D2H, src_host = dir == FERRY_COPY_H2D;
     while (i < a->n) {
-        int known = 1;
-        uintptr_t dp = 0;
+        uintptr_t miss = 0;
         size_t len = 0;
         pthread_rwlock_rdlock(&ranges_lock);
         for (; i < a->n; i++) {
             const struct gather_copy *c = &a->copies[i];
-            uintptr_t hp = (uintptr_t)(dir == FERRY_COPY_D2H ? c->dst : c->src);
-            dp = (uintptr_t)(dir == FERRY_COPY_D2H ? c->src : c->dst);
+            const uintptr_t d = (uintptr_t)c->dst, s = (uintptr_t)c->src;
             len = (size_t)c->len;
-            if (!range_find(host_ranges, host_nranges, hp, len, -1, &host_hint)) {
+            if ((dst_host && !range_find(host_ranges, host_nranges, d, len, -1, &host_hint)) ||
+                (src_host && !range_find(host_ranges, host_nranges, s, len, -1, &host_hint))) {
                 pthread_rwlock_unlock(&ranges_lock);
                 return 0;
             }
-            if (!range_find(dev_ranges, dev_nranges, dp, len, dev, &dev_hint)) {
-                known = 0;
+            if (!dst_host && !range_find(dev_ranges, dev_nranges, d, len, dev, &dev_hint)) {
+                miss = d;
+                break;
+            }
+            if (!src_host && !range_find(dev_ranges, dev_nranges, s, len, dev, &dev_hint)) {
+                miss = s;
                 break;
             }
         }
         pthread_rwlock_unlock(&ranges_lock);
-        if (!known && (learned++ > 2 * GATHER_MAX || !dev_range_learn(dp, len, dev)))
+        if (miss && (learned++ > 2 * GATHER_MAX || !dev_range_learn(miss, len, dev)))
             return 0;
     }
     return 1;
@@ -891,9 +919,11 @@ static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max
     return rc;
 }
 
-/* D2H / H2D: each run of up to GATHER_MAX copies goes through the kernel
- * when it suits and can reach every address, else through the copy engine;
- * both on the same stream, so stream order holds. */
+/* Each run of up to GATHER_MAX copies goes through the kernel when it suits
+ * and can reach every address (D2D too: between dev's memory and a peer's
+ * opened through IPC, over NVLink, one launch instead of a copy-engine
+ * copy per block), else through the copy engine; both on the same stream,
+ * so stream order holds. */
 static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies, size_t n)
 {
     unsigned int max_ctas = 0;
@@ -934,7 +964,8 @@ static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
     if (rc < 0)
         return rc;
     struct copy_call call = {s, dir, 0};
-    if (dir != FERRY_COPY_D2D && atomic_load_explicit(&gather_enabled, memory_order_relaxed))
+    if (atomic_load_explicit(&gather_enabled, memory_order_relaxed) &&
+        (dir != FERRY_COPY_D2D || atomic_load_explicit(&gather_d2d, memory_order_relaxed)))
         rc = copy_gathered(&call, copies, n);
     else
         rc = ferry_device_enqueue_copies(&copy_engine, &call, copies, n);
@@ -1048,11 +1079,49 @@ struct ipc_open_entry {
     CUdeviceptr base;
     size_t size;
     unsigned refs;
+    int reachable;               /* dev's SMs reach it: dev's own memory or a P2P peer's */
 };
 
 static pthread_mutex_t ipc_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ipc_open_entry *ipc_opened;
 static size_t ipc_nopened, ipc_cap;
+
+/* Whether kernels on dev may touch an allocation of another process mapped
+ * at base: the gather kernel then copies D2D with it.  Only where the
+ * driver says dev reaches its owner (a kernel touching memory it cannot
+ * reach faults and poisons the context; the copy engine has no such
+ * limit). */
+static int ipc_reachable(int dev, CUdeviceptr base)
+{
+    int owner = -1, can = 0;
+    CUdevice d, o;
+    if (cu.cuPointerGetAttribute(&owner, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, base) != CUDA_SUCCESS || owner < 0)
+        return 0;
+    if (owner == dev)
+        return 1;
+    return cu.cuDeviceCanAccessPeer != NULL && cu.cuDeviceGet(&d, dev) == CUDA_SUCCESS &&
+           cu.cuDeviceGet(&o, owner) == CUDA_SUCCESS && cu.cuDeviceCanAccessPeer(&can, d, o) == CUDA_SUCCESS &&
+           can == 1;
+}
+
+/* dev_range_learn for memory of another device: 1 if [p, p + len) lies in
+ * an allocation opened on dev that dev reaches, remembered then (under
+ * ipc_lock, so ipc_close's forget cannot pass it). */
+static int ipc_range_learn(uintptr_t p, size_t len, int dev)
+{
+    int found = 0;
+    pthread_mutex_lock(&ipc_lock);
+    for (size_t i = 0; i < ipc_nopened && !found; i++) {
+        const struct ipc_open_entry *e = &ipc_opened[i];
+        struct addr_range r = {(uintptr_t)e->base, (uintptr_t)e->base + e->size, dev};
+        if (e->dev == dev && e->reachable && range_holds(&r, p, len, dev)) {
+            dev_range_add(r);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&ipc_lock);
+    return found;
+}
 
 /* Opens (or counts one more use of) h on dev; ipc_lock held, dev's context current. */
 static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *base)
@@ -1078,7 +1147,7 @@ static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *
     if (r == CUDA_SUCCESS && cu.cuMemGetAddressRange(NULL, &size, *base) != CUDA_SUCCESS)
         size = 1;
     if (r == CUDA_SUCCESS)
-        ipc_opened[ipc_nopened++] = (struct ipc_open_entry){*h, dev, *base, size, 1};
+        ipc_opened[ipc_nopened++] = (struct ipc_open_entry){*h, dev, *base, size, 1, ipc_reachable(dev, *base)};
     return r;
 }
 
@@ -1269,6 +1338,9 @@ static int cuda_pci_bus_id(int dev, char *id, size_t cap)
 static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
     {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
+    {"FERRY_CUDA_GATHER_D2D", "0",
+     "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
+     "(not yet measured)"},
     {NULL, NULL, NULL},
 };
 static const struct ferry_location_kind cuda_locations[] = {{"cuda", 0, 0}, {NULL, 0, 0}}; /* "cuda" = cuda:0 */

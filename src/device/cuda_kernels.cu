@@ -2,7 +2,7 @@
 /*
  * cuda_kernels.cu — the gather/scatter copy kernel of the CUDA backend.
  *
- * One launch moves a batch of up to 64 copies {dst, src, len} between device
+ * One launch moves a batch of up to 128 copies {dst, src, len} between device
  * memory and mapped pinned host memory (or device and device): the staging
  * gather (scattered device blocks -> one pinned chunk, D2H) and scatter (a
  * chunk -> device blocks, H2D).  The copy engine pays a fixed cost per copy
@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FERRY_GATHER_MAX 64
+#define FERRY_GATHER_MAX 128
 #define FERRY_GATHER_THREADS 256
 
 struct ferry_gather_copy {
@@ -36,7 +36,7 @@ struct ferry_gather_copy {
 };
 
 struct ferry_gather_args {
-    unsigned int n;                               /* copies, 1..64, all len > 0 */
+    unsigned int n;                               /* copies, 1..128, all len > 0 */
     unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 4 KiB */
     unsigned int ntiles;                          /* tile_start[n] */
     unsigned int pad;
@@ -44,9 +44,9 @@ struct ferry_gather_args {
     struct ferry_gather_copy copies[FERRY_GATHER_MAX];
 };
 
-static_assert(sizeof(struct ferry_gather_args) == 1816, "mirrored in cuda.c");
+static_assert(sizeof(struct ferry_gather_args) == 3608, "mirrored in cuda.c");
 static_assert(offsetof(struct ferry_gather_args, tile_start) == 16, "mirrored in cuda.c");
-static_assert(offsetof(struct ferry_gather_args, copies) == 280, "mirrored in cuda.c");
+static_assert(offsetof(struct ferry_gather_args, copies) == 536, "mirrored in cuda.c");
 
 /* Streaming loads and stores: every byte is touched once. */
 __device__ __forceinline__ uint4 ld(const uint4 *p) { return __ldcs(p); }

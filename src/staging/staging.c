@@ -3,6 +3,11 @@
  * staging.c — pinned chunk pools and the device<->host pipeline (see
  * staging.h for the idea).
  *
+ * The worker issues the chunks that became ready together in groups: one
+ * copy_async for the copies of up to two chunks going the same way, on the
+ * first one's stream, retired together (a launch and a wait per group, not
+ * per chunk: what small blocks pay most).
+ *
  * Threads: one worker per pool issues copies and waits for them; transport
  * threads end wire frames and return chunks; any thread may submit.  All
  * lists are under pool->lock.  A chunk carries everything a frame in flight
@@ -25,6 +30,11 @@
 #include "net.h"
 #include "staging/aggregate.h"
 
+/* Copies one group takes at most: two frames of full scatter lists, what
+ * one launch of the CUDA gather kernel moves; more would hold the first
+ * chunk of a group off the wire for longer than the launch saves. */
+#define GROUP_COPIES_MAX (2 * XFER_MAX_PIECES)
+
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 
 struct chunk {
@@ -33,6 +43,7 @@ struct chunk {
     char *devbuf;                         /* device buffer for aggregation, or NULL */
     ferry_stream *stream;
     enum chunk_state state;
+    struct chunk *lead;                   /* in flight: the chunk whose stream carries this one's copies */
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
     struct xfer_frame wire;               /* what the transport sees (host pointers) */
     struct xfer_piece pieces[XFER_MAX_PIECES];
@@ -60,6 +71,9 @@ struct staging_pool {
     struct chunk *free_list;
     struct xfer_frame *waiting_head, *waiting_tail;  /* frames waiting for a chunk */
     struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
+    /* the worker's: a round's chunks, a group's chunks, a group's copies */
+    struct chunk **taken, **group;        /* nchunks each */
+    struct ferry_copy *round;             /* GROUP_COPIES_MAX */
     bool stopping;
     pthread_t worker;
 };
@@ -138,21 +152,19 @@ static int enqueue_aggregated(struct staging_pool *p, struct chunk *c, enum ferr
     return aggregate_enqueue(p->ops, c->stream, dir, c->host, c->devbuf, dev, off, len, c->orig->npieces, skip);
 }
 
-/* Enqueues the batched copies between a frame's device pieces and its chunk. */
-static int enqueue_copies(struct staging_pool *p, struct chunk *c, enum ferry_copy_dir dir, uint64_t skip)
+/* Stores the copies between a frame's device pieces and its chunk in out
+ * (pieces with bit i of skip set left out); returns how many. */
+static size_t chunk_copies(const struct chunk *c, enum ferry_copy_dir dir, uint64_t skip, struct ferry_copy *out)
 {
-    struct ferry_copy copies[XFER_MAX_PIECES];
     size_t n = 0;
-    if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes))
-        return enqueue_aggregated(p, c, dir, skip);
     for (uint32_t i = 0; i < c->orig->npieces; i++) {
         if (skip >> i & 1)
             continue;
         void *dev = c->orig->pieces[i].local, *host = c->pieces[i].local;
-        copies[n++] = dir == FERRY_COPY_D2H ? (struct ferry_copy){host, dev, c->pieces[i].len}
-                                            : (struct ferry_copy){dev, host, c->pieces[i].len};
+        out[n++] = dir == FERRY_COPY_D2H ? (struct ferry_copy){host, dev, c->pieces[i].len}
+                                         : (struct ferry_copy){dev, host, c->pieces[i].len};
     }
-    return n ? p->ops->copy_async(c->stream, dir, copies, n) : 0;
+    return n;
 }
 
 /* A copy failed: the stream is now unusable (sticky error); make a new one. */
@@ -167,9 +179,12 @@ static void renew_stream(struct staging_pool *p, struct chunk *c)
         LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
 }
 
-static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc, const char *what)
+/* A chunk's copies, issued alone on its stream, failed: its frame fails
+ * with the device's message. */
+static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
 {
     char msg[200];
+    const char *what = c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
     snprintf(msg, sizeof msg, "staging %s on %s:%d failed: %s", what, p->ops->kind, p->dev, ferry_last_error());
     struct xfer_frame *orig = c->orig;
     renew_stream(p, c);
@@ -205,24 +220,8 @@ static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t ma
     return n;
 }
 
-/* Issues the copy a chunk needs next (gather for a WRITE, scatter for an
- * arrived READ) and appends it to the in-flight FIFO; a READ that still has
- * to cross the wire goes straight to its transport instead. */
-static void issue(struct staging_pool *p, struct chunk *c, struct chunk **head, struct chunk **tail)
+static void fifo_push(struct chunk *c, struct chunk **head, struct chunk **tail)
 {
-    int rc;
-    if (c->state == CHUNK_WIRE) {
-        p->send(p->send_ctx, &c->wire);
-        return;
-    }
-    if (c->state == CHUNK_GATHER)
-        rc = enqueue_copies(p, c, FERRY_COPY_D2H, 0);
-    else
-        rc = enqueue_copies(p, c, FERRY_COPY_H2D, c->wire_refused);
-    if (rc) {
-        fail_chunk(p, c, rc, c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy");
-        return;
-    }
     c->next = NULL;
     if (*tail)
         (*tail)->next = c;
@@ -231,25 +230,109 @@ static void issue(struct staging_pool *p, struct chunk *c, struct chunk **head, 
     *tail = c;
 }
 
-/* Waits for the oldest copy in flight and moves its chunk on. */
-static void retire(struct staging_pool *p, struct chunk *c)
+/* Issues the copies of a group of chunks that go the same way (gathers of
+ * WRITEs, or scatters of READs that arrived) and appends the group to the
+ * in-flight FIFO, leader first.  The group's copies go to the device in one
+ * copy_async on the leader's stream (one launch of a gather kernel where
+ * the device has one, instead of one per chunk), and the group retires
+ * together.  Chunks that aggregate on the device go alone on their own
+ * stream (aggregate.h). */
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
+                         struct chunk **tail);
+
+static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, struct chunk **head,
+                        struct chunk **tail)
 {
-    int rc = p->ops->stream_sync(c->stream);
+    enum ferry_copy_dir dir = g[0]->state == CHUNK_GATHER ? FERRY_COPY_D2H : FERRY_COPY_H2D;
+    int rc = 0;
+    if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
+        rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
+    } else {
+        size_t ncopies = 0;
+        for (size_t i = 0; i < n; i++)
+            ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, p->round + ncopies);
+        rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, p->round, ncopies) : 0;
+    }
     if (rc) {
-        fail_chunk(p, c, rc, c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy");
+        group_failed(p, g, n, rc, head, tail);
         return;
     }
-    if (c->state == CHUNK_GATHER) {
-        c->state = CHUNK_WIRE;
-        p->send(p->send_ctx, &c->wire);
+    for (size_t i = 0; i < n; i++) {
+        g[i]->lead = g[0];
+        fifo_push(g[i], head, tail);
+    }
+}
+
+/* Issues a round of chunks: READs that still have to cross the wire go to
+ * their transport; the rest are cut into groups (same direction, at most
+ * GROUP_COPIES_MAX copies and one chunk's bytes, aggregating chunks alone). */
+static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, struct chunk **head, struct chunk **tail)
+{
+    struct chunk **g = p->group;
+    size_t ng = 0, copies = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct chunk *c = cs[i];
+        if (c->state == CHUNK_WIRE) {
+            p->send(p->send_ctx, &c->wire);
+            continue;
+        }
+        if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes)) {
+            issue_group(p, &c, 1, head, tail);
+            continue;
+        }
+        if (ng && (c->state != g[0]->state || copies + c->orig->npieces > GROUP_COPIES_MAX ||
+                   bytes + c->orig->bytes > p->chunk_size)) {
+            issue_group(p, g, ng, head, tail);
+            ng = copies = 0;
+            bytes = 0;
+        }
+        g[ng++] = c;
+        copies += c->orig->npieces;
+        bytes += c->orig->bytes;
+    }
+    if (ng)
+        issue_group(p, g, ng, head, tail);
+}
+
+/* A group's copies failed (to enqueue, or on the device).  A chunk alone
+ * fails its frame.  Several: a bad address in one frame must not fail the
+ * others, so once the leader's stream is drained and renewed, each chunk
+ * is issued again on its own (copying a frame twice moves the same bytes to
+ * the same places); where the device is broken as a whole, each then fails
+ * alone. */
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
+                         struct chunk **tail)
+{
+    if (n == 1) {
+        fail_chunk(p, g[0], rc);
         return;
     }
-    struct xfer_frame *orig = c->orig;
-    uint64_t refused = c->wire_refused;
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s", c->wire_msg);
-    release_chunk(p, c);
-    end_frame(orig, 0, refused, msg);
+    LOG_DEBUG("staging: %s:%d: a group of %zu frames failed (%s); each goes again alone", p->ops->kind, p->dev, n,
+              ferry_last_error());
+    renew_stream(p, g[0]);
+    for (size_t i = 0; i < n; i++)
+        issue_group(p, &g[i], 1, head, tail);
+}
+
+/* The oldest group's copies are done: WRITE chunks go to the wire, READ
+ * frames end. */
+static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct chunk *c = g[i];
+        if (c->state == CHUNK_GATHER) {
+            c->state = CHUNK_WIRE;
+            p->send(p->send_ctx, &c->wire);
+            continue;
+        }
+        struct xfer_frame *orig = c->orig;
+        uint64_t refused = c->wire_refused;
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s", c->wire_msg);
+        release_chunk(p, c);
+        end_frame(orig, 0, refused, msg);
+    }
 }
 
 /* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
@@ -266,23 +349,31 @@ static bool work_ready(struct staging_pool *p)
     return more;
 }
 
-/* Retires the oldest copy if it is done, or once nothing else is ready to be
- * issued; returns whether it did. */
+/* Retires the oldest group if its copies are done, or once nothing else is
+ * ready to be issued; returns whether it did. */
 static bool retire_oldest(struct staging_pool *p, struct chunk **head, struct chunk **tail)
 {
+    struct chunk *lead = *head;
     uint64_t start = now_ns();
-    while (p->ops->stream_query((*head)->stream) == FERRY_EBUSY) {
+    while (p->ops->stream_query(lead->stream) == FERRY_EBUSY) {
         if (work_ready(p))
             return false;               /* issue new work first, come back */
         if (now_ns() - start > COPY_POLL_NS)
-            break;                      /* long copy: block in retire() */
+            break;                      /* long copy: block in stream_sync */
         sched_yield();
     }
-    struct chunk *c = *head;
-    *head = c->next;
+    int rc = p->ops->stream_sync(lead->stream);
+    size_t n = 0;
+    while (*head && (*head)->lead == lead) {
+        p->group[n++] = *head;
+        *head = (*head)->next;
+    }
     if (!*head)
         *tail = NULL;
-    retire(p, c);
+    if (rc)
+        group_failed(p, p->group, n, rc, head, tail);
+    else
+        retire_group(p, p->group, n);
     return true;
 }
 
@@ -293,16 +384,17 @@ static bool retire_oldest(struct staging_pool *p, struct chunk **head, struct ch
 static void *worker_main(void *arg)
 {
     struct staging_pool *p = arg;
-    struct chunk **taken = calloc(p->nchunks, sizeof *taken);
+    struct chunk **taken = p->taken;
     struct chunk *head = NULL, *tail = NULL; /* copies in flight, oldest first */
     uint64_t idle_since = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->stopping || p->waiting_head || head) {
         struct xfer_frame *expired = NULL;
-        size_t n = taken ? take_waiting(p, taken, p->nchunks, &expired) : 0;
-        struct chunk *arrived = p->arrived_head;
+        size_t n = take_waiting(p, taken, p->nchunks, &expired);
+        for (struct chunk *c = p->arrived_head; c; c = c->next)
+            taken[n++] = c;             /* every chunk is in one list: n <= nchunks */
         p->arrived_head = p->arrived_tail = NULL;
-        if (!n && !arrived && !expired && !head) {
+        if (!n && !expired && !head) {
             if (p->stopping)
                 break;
             uint64_t t = now_ns();
@@ -331,18 +423,12 @@ static void *worker_main(void *arg)
             next = f->next;
             end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
         }
-        for (size_t i = 0; i < n; i++)
-            issue(p, taken[i], &head, &tail);
-        for (struct chunk *c = arrived, *next; c; c = next) {
-            next = c->next;
-            issue(p, c, &head, &tail);
-        }
+        issue_round(p, taken, n, &head, &tail);
         if (head)
             retire_oldest(p, &head, &tail);
         pthread_mutex_lock(&p->lock);
     }
     pthread_mutex_unlock(&p->lock);
-    free(taken);
     return NULL;
 }
 
@@ -384,6 +470,9 @@ static void pool_free(struct staging_pool *p)
     if (p->base)
         p->ops->host_free(p->base);
     free(p->chunks);
+    free(p->taken);
+    free(p->group);
+    free(p->round);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
     free(p);
@@ -411,7 +500,10 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         p->align = 1;
     p->stride = chunk_size + (p->align > 1 ? XFER_MAX_PIECES * p->align : 0);
     p->chunks = calloc(nchunks, sizeof *p->chunks);
-    int rc = p->chunks ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    p->taken = calloc(nchunks, sizeof *p->taken);
+    p->group = calloc(nchunks, sizeof *p->group);
+    p->round = calloc(GROUP_COPIES_MAX, sizeof *p->round);
+    int rc = p->chunks && p->taken && p->group && p->round ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {

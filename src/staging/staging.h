@@ -16,6 +16,12 @@
  *          arrives, scatter it to the device with one batched H2D copy, and
  *          only then end the original frame.
  *
+ * Chunks that become ready together (frames submitted together, READ
+ * payloads that arrived together) go to the device as one group: one
+ * batched copy for up to two chunks, on the first one's stream, waited for
+ * once.  A group that fails goes again chunk by chunk, so a bad address
+ * fails its own frame only.
+ *
  * Devices without a gather kernel gather small blocks on the device instead
  * (aggregate.h): D2D into a device buffer, one D2H per chunk; READ the
  * mirror.  On by default where the device says so (NPU, blocks < 2 MiB);
