@@ -12,7 +12,14 @@
  * the path whose NICs are nearest to both memories, least loaded first.  A
  * frame whose path breaks under it is retried on another path (at most
  * RDMA_MAX_RETRIES times, within its deadline); a broken path is replaced on
- * the next request.  See rdma.h for the files and threads.
+ * the next request.  Several NICs: frames spread over the paths by load
+ * (bytes in flight), so a batch stripes over every NIC pair.  Failover: a
+ * path that failed for a reason of its link (the NIC's retry limit, no
+ * completion for FERRY_RDMA_STALL_MS, a failed connect) puts its slot aside
+ * for 1 s, doubling up to 16 s while it keeps failing, unless every slot is
+ * aside; its requests are retried on the others and end COMPLETED (or
+ * FAILED/TIMEOUT once their retries or deadline are spent).  See rdma.h for
+ * the files and threads.
  *
  * Remote memory the target's NICs cannot reach but that it publishes (device
  * memory) is staged by the target when its endpoint says "stage": such a
