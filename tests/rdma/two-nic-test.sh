@@ -13,7 +13,10 @@
 #             retried on rxe0, none ends FAILED, the data verifies, and rxe1
 #             is passed over from then on (back-off)
 #   after     a new initiator while eth1 stays down: completes over rxe0
-# Not part of scripts/test.sh (a few minutes: two VMs on two host cores).
+# Run by vm-test.sh (a few minutes: two VMs on two host cores).
+# FERRY_2NIC_BENCH=ROUNDS measures instead of testing: WRITE and READ at
+# 1 MiB (batch 16, DURATION s, default 5) over rxe0 alone and over rxe0,rxe1,
+# interleaved ROUNDS times; prints the medians (Gbit/s) and the ratio.
 # Exit: 0 ok, 77 SKIPPED (no VM here), else failure.
 set -e
 cd "$(dirname "$0")/../.."
@@ -22,7 +25,7 @@ BUILD=$(realpath "${1:-build}")
 SHARE=$(mktemp -d /tmp/ferry-rdma-2nic.XXXXXX)
 trap 'rm -rf "$SHARE"' EXIT
 P=${FERRY_2NIC_PORT:-12355}
-echo "BUILD=/run/ferry-build" > "$SHARE/env"   # where the guests see $BUILD
+{ echo "BUILD=/run/ferry-build"; echo "BENCH=${FERRY_2NIC_BENCH:-}"; echo "DURATION=${DURATION:-5}"; } > "$SHARE/env"
 
 cat > "$SHARE/node-a.sh" <<'EOF'
 . ./env
@@ -65,6 +68,25 @@ check() { # check NAME CONDITION...
 waitfor a.ready 3000 || { echo "node B: node A never got ready"; touch b.done; exit 1; }
 echo "node B: devices $(ibv_devices | awk 'NR>2{printf "%s ", $1}')"
 both() { [ "$(nic "$1" rxe0)" -gt 0 ] && [ "$(nic "$1" rxe1)" -gt 0 ]; }
+if [ -n "$BENCH" ]; then
+  median() { tr ' ' '\n' | awk '$1 > 0' | sort -g | awk '{v[NR]=$1} END{ if (NR) print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) }'; }
+  echo "node B: | op | block | batch | rxe0 Gbit/s (runs) | rxe0,rxe1 Gbit/s (runs) | two / one |"
+  for op in write read; do
+    one="" two=""
+    for _ in $(seq "$BENCH"); do
+      for devs in rxe0 rxe0,rxe1; do
+        timeout 300 "$BUILD/ferry-bench" --mode=initiator --local_server_name=10.0.0.2 --protocol=rdma \
+          --device_name=$devs --segment_id=10.0.0.1:12000 --buffer_size=16M --operation=$op --block_size=1M \
+          --batch_size=16 --duration="$DURATION" --json > b.json 2> b.err
+        g=$(grep -q '"verified":true' b.json && sed 's/.*"gbit_per_s":\([0-9.]*\).*/\1/' b.json)
+        [ $devs = rxe0 ] && one="$one $g" || two="$two $g"
+      done
+    done
+    m1=$(echo "$one" | median) m2=$(echo "$two" | median)
+    echo "node B: | $op | 1M | 16 | $m1 ($one ) | $m2 ($two ) | $(awk -v a="$m2" -v b="$m1" 'BEGIN{ if (b > 0) printf "%.2f", a / b }') |"
+  done
+  touch link.down b.done; exit 0
+fi
 i=0
 for spec in "12000 write 64K 64 3" "12000 read 1M 8 3" "12001 write 64K 32 2" "12001 read 1M 4 2"; do
   set -- $spec; i=$((i + 1))
