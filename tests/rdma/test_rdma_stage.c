@@ -417,7 +417,7 @@ static int initiator_loop(const char *segment, const char *addr_text)
     static struct ferry_request r[LOOP_N];
     if (make_engine(60000, &e) || ferry_open_segment(e, segment, &seg) ||
         ferry_mem_alloc(e, "cpu", LOOP_N * LOOP_BS, (void **)&buf) ||
-        ferry_register_memory(e, buf, LOOP_N * LOOP_BS, "cpu", 0) || ferry_batch_alloc(e, LOOP_N, &b)) {
+        ferry_register_memory(e, buf, LOOP_N * LOOP_BS, "cpu", 0)) {
         fprintf(stderr, "initiator loop: %s\n", ferry_last_error());
         return 3;
     }
@@ -426,9 +426,11 @@ static int initiator_loop(const char *segment, const char *addr_text)
         for (size_t i = 0; i < LOOP_N; i++)
             r[i] = (struct ferry_request){(pass + i) % 2 ? FERRY_READ : FERRY_WRITE, buf + i * LOOP_BS, seg,
                                           addr + i * LOOP_BS, LOOP_BS};
-        int rc = ferry_batch_submit(b, r, LOOP_N);
-        if (!rc)
+        int rc = ferry_batch_alloc(e, LOOP_N, &b);
+        if (!rc && !(rc = ferry_batch_submit(b, r, LOOP_N)))
             rc = ferry_batch_wait(b, 60000);
+        if (!rc)
+            ferry_batch_free(b);
         if (rc) {
             fprintf(stderr, "initiator loop: pass %u: %s: %s\n", pass, ferry_err_name(rc), ferry_last_error());
             return 3;
@@ -440,17 +442,28 @@ static int initiator_loop(const char *segment, const char *addr_text)
     }
 }
 
-/* Threads of process pid (its /proc/PID/task entries); -1 on error. */
-static long threads_of(pid_t pid)
+/* Side-channel threads of process pid: its /proc/PID/task entries named
+ * "ferry-rdma-sc" (rdma_server.c names them), one per initiator queue pair,
+ * each of which destroys its queue pair and bounce before it ends; -1 on error. */
+static long side_channels_of(pid_t pid)
 {
-    char path[64];
+    char path[64], comm[32];
     snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
     if (!d)
         return -1;
     long n = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        n += e->d_name[0] != '.';
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char file[128];
+        snprintf(file, sizeof file, "/proc/%d/task/%.20s/comm", (int)pid, e->d_name);
+        FILE *f = fopen(file, "r");
+        if (f && fgets(comm, sizeof comm, f) && strcmp(comm, "ferry-rdma-sc\n") == 0)
+            n++;
+        if (f)
+            fclose(f);
+    }
     closedir(d);
     return n;
 }
@@ -466,9 +479,9 @@ static long settle(long (*count)(const void *), const void *arg, long want)
     return n;
 }
 
-static long count_threads(const void *t)
+static long count_side_channels(const void *t)
 {
-    return threads_of(((const struct child_target *)t)->pid);
+    return side_channels_of(((const struct child_target *)t)->pid);
 }
 
 /* An initiator killed while the target copies its staged requests: the
@@ -480,8 +493,8 @@ static void test_initiator_killed_mid_copy(void **state)
 {
     struct fixture *f = *state;
     struct child_target *t = &f->sim;
-    long threads0 = threads_of(t->pid);
-    assert_true(threads0 > 0);
+    long threads0 = side_channels_of(t->pid);
+    assert_true(threads0 >= 0);
     int out[2];
     char addr[32];
     snprintf(addr, sizeof addr, "0x%llx", (unsigned long long)t->addr);
@@ -500,15 +513,16 @@ static void test_initiator_killed_mid_copy(void **state)
     char line[64] = "";
     assert_non_null(fgets(line, sizeof line, in)); /* blocks until the first batch completed, or the child died */
     assert_string_equal(line, "running\n");
-    long threads1 = threads_of(t->pid);
+    long threads1 = side_channels_of(t->pid);
     assert_int_equal(kill(pid, SIGKILL), 0); /* its next batches are on the wire, or in the target's copies */
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     fclose(in);
-    printf("  target threads: %ld before, %ld with the initiator\n", threads0, threads1);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL); /* it was looping, not failed */
+    printf("  target side-channel threads: %ld before, %ld with the initiator\n", threads0, threads1);
     assert_true(threads1 > threads0); /* a side-channel thread per queue pair of the initiator */
-    long threads = settle(count_threads, t, threads0);
-    printf("  after the kill: target threads %ld\n", threads);
+    long threads = settle(count_side_channels, t, threads0);
+    printf("  after the kill: %ld\n", threads);
     assert_int_equal(threads, threads0);
     /* the target lives, and the bytes the initiator never addressed are as they were */
     assert_int_equal(child_target_check(t, LOOP_N * LOOP_BS, TSIZE - LOOP_N * LOOP_BS, SEED), -1);
