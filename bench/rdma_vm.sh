@@ -17,6 +17,11 @@
 #        THREADS (1)  TARGETS ("cpu": the target's memory; "cpu sim:0" also
 #        measures target-side staging: sim memory no NIC reaches, staged by the target)
 #        FERRY_RDMA_* knobs are passed through to ferry-bench.
+#        VARIANTS ("": none) — initiator settings compared in the same boot, each
+#        "NAME:VAR=VALUE[,VAR=VALUE...]" (environment; "--flag=value" items go to
+#        ferry-bench) (e.g. "qp1:FERRY_RDMA_QPS_PER_PATH=1
+#        qp2:FERRY_RDMA_QPS_PER_PATH=2 t2:--threads=2"): every round runs the reference, then
+#        ferry once per variant; one row per variant.
 # Exit status: 0 if every run succeeded and ferry's data verified.
 set -eu
 cd "$(dirname "$0")/.."
@@ -33,6 +38,7 @@ trap 'rm -rf "$SHARE"' EXIT
   echo "BATCH='${BATCH:-64K:64 1M:16}'"
   echo "THREADS=${THREADS:-1}"
   echo "TARGETS='${TARGETS:-cpu}'"
+  echo "VARIANTS='${VARIANTS:-default:}'"
   env | grep '^FERRY_RDMA_' | sed 's/^/export /' || true
 } > "$SHARE/env"
 cat > "$SHARE/rxe-guest.sh" <<'GUEST'
@@ -54,10 +60,13 @@ perf() { # perf ib_write_bw|ib_read_bw SIZE -> Gbit/s; about DURATION s (iterati
   wait $sp
   awk '/BW average/{getline; print $4; exit}' perf_cli.log
 }
-ferry() { # ferry write|read SIZE BATCH -> Gbit/s (empty on failure or bad data)
-  "$B/ferry-bench" --mode=initiator --local_server_name=$IP --protocol=rdma --device_name=$DEV \
-    --segment_id="$SEG" --buffer_size=64M --operation="$1" --block_size="$2" --batch_size="$3" \
-    --threads="$THREADS" --duration="$DURATION" --json 2> ferry_err.log > ferry.json
+ferry() { # ferry write|read SIZE BATCH [VAR=VALUE|--flag=value ...] -> Gbit/s (empty on failure or bad data)
+  op=$1 sz=$2 bt=$3 vars="" flags=""; shift 3
+  for a in "$@"; do case $a in --*) flags="$flags $a";; *) vars="$vars $a";; esac; done
+  # shellcheck disable=SC2086  # vars and flags are lists
+  env $vars "$B/ferry-bench" --mode=initiator --local_server_name=$IP --protocol=rdma --device_name=$DEV \
+    --segment_id="$SEG" --buffer_size=64M --operation="$op" --block_size="$sz" --batch_size="$bt" \
+    --threads="$THREADS" --duration="$DURATION" --json $flags 2> ferry_err.log > ferry.json
   grep -q '"verified":true' ferry.json && sed 's/.*"gbit_per_s":\([0-9.]*\).*/\1/' ferry.json
 }
 target_start() { # target_start LOCATION: sets TP, SEG
@@ -70,22 +79,30 @@ target_start() { # target_start LOCATION: sets TP, SEG
 echo "Soft-RoCE (rdma_rxe) in a qemu TCG guest, $(nproc) vCPUs, kernel $(uname -r);"
 echo "median of $ROUNDS runs of ~$DURATION s each, perftest and ferry interleaved, 1 QP, MTU 1024"
 echo
-echo "| target memory | op | block | batch | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
-echo "|---|---|---|---|---|---|---|"
+echo "| target memory | op | block | batch | variant | ib_{write,read}_bw Gbit/s (runs) | ferry Gbit/s (runs) | ferry / ib |"
+echo "|---|---|---|---|---|---|---|---|"
 rc=0
 for loc in $TARGETS; do
 target_start "$loc"
 for op in $OPS; do
   for blk in $BLOCKS; do
-    n=$(bytes "$blk"); batch=$(batch_of "$blk"); refs=""; gots=""
+    n=$(bytes "$blk"); batch=$(batch_of "$blk"); refs=""; v=0
+    for var in $VARIANTS; do v=$((v + 1)); eval "gots_$v=''"; done
     for _ in $(seq "$ROUNDS"); do
       refs="$refs $(perf ib_${op}_bw "$n")"
-      g=$(ferry $op "$n" "$batch") || { g=""; rc=1; cat ferry_err.log; }
-      gots="$gots $g"
+      v=0
+      for var in $VARIANTS; do
+        v=$((v + 1))
+        g=$(ferry $op "$n" "$batch" $(echo "${var#*:}" | tr , ' ')) || { g=""; rc=1; cat ferry_err.log; }
+        eval "gots_$v=\"\$gots_$v $g\""
+      done
     done
-    ref=$(echo "$refs" | median); got=$(echo "$gots" | median)
-    ratio=$(awk -v a="$got" -v b="$ref" 'BEGIN{ if (a != "" && b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
-    echo "| $loc | $op | $blk | $batch | ${ref:--} (${refs# }) | ${got:-FAILED} (${gots# }) | $ratio |"
+    ref=$(echo "$refs" | median); v=0
+    for var in $VARIANTS; do
+      v=$((v + 1)); eval "gots=\$gots_$v"; got=$(echo "$gots" | median)
+      ratio=$(awk -v a="$got" -v b="$ref" 'BEGIN{ if (a != "" && b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
+      echo "| $loc | $op | $blk | $batch | ${var%%:*} | ${ref:--} (${refs# }) | ${got:-FAILED} (${gots# }) | $ratio |"
+    done
   done
 done
 kill $TP; wait $TP 2>/dev/null

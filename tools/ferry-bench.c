@@ -491,7 +491,7 @@ static void print_notifications(ferry_engine *e, struct ferry_notification *buf,
         fflush(stdout);
 }
 
-static void print_stats(ferry_engine *e, const char *who)
+static void print_stats(ferry_engine *e, const char *who, FILE *out)
 {
     struct ferry_stats st;
     memset(&st, 0, sizeof st);
@@ -499,7 +499,7 @@ static void print_stats(ferry_engine *e, const char *who)
     size_t n = st.transport_count < FERRY_MAX_TRANSPORTS ? st.transport_count : FERRY_MAX_TRANSPORTS;
     for (size_t i = 0; i < n; i++) {
         const struct ferry_transport_stats *t = &st.transports[i];
-        printf("ferry-bench: %s stats %.*s: written %" PRIu64 " read %" PRIu64
+        fprintf(out, "ferry-bench: %s stats %.*s: written %" PRIu64 " read %" PRIu64
                " served %" PRIu64 " completed %" PRIu64 " failed %" PRIu64
                " frames %" PRIu64 " refused %" PRIu64 " staged %" PRIu64 " target-staged %" PRIu64
                " bounced %" PRIu64,
@@ -507,8 +507,8 @@ static void print_stats(ferry_engine *e, const char *who)
                t->bytes_served, t->requests_completed, t->requests_failed,
                t->frames_sent, t->refused, t->bytes_staged, t->bytes_target_staged, t->bytes_bounced);
         for (size_t k = 0; k < t->nic_count && k < FERRY_STATS_MAX_NICS; k++)
-            printf(" nic %.*s %" PRIu64, (int)sizeof t->nics[k].name, t->nics[k].name, t->nics[k].bytes);
-        printf("\n");
+            fprintf(out, " nic %.*s %" PRIu64, (int)sizeof t->nics[k].name, t->nics[k].name, t->nics[k].bytes);
+        fprintf(out, "\n");
     }
 }
 
@@ -531,7 +531,7 @@ static int run_target(const struct options *o)
         sleep_ms(100);
     }
     print_notifications(e, notes, NOTIFY_MAX);
-    print_stats(e, "target");
+    print_stats(e, "target", stdout);
     fflush(stdout);
     free(notes);
     buffer_close(e, &b);
@@ -830,6 +830,7 @@ static int run_initiator(const struct options *o)
 
     bool verified = o->verify && verify(&r);
     report(&r, batches, end - start, verified);
+    print_stats(r.engine, "initiator", stderr); /* stdout may be --json */
     for (size_t t = 0; t < count; t++)
         free(w[t].reqs);
     free(w);

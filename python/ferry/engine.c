@@ -467,12 +467,25 @@ static PyObject *Engine_get_stats(EngineObject *self, PyObject *noargs)
     for (size_t i = 0; d && i < st.transport_count && i < sizeof st.transports / sizeof st.transports[0]; i++) {
         const struct ferry_transport_stats *t = &st.transports[i];
         PyObject *row = Py_BuildValue(
-            "{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "bytes_written", (unsigned long long)t->bytes_written,
+            "{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "bytes_written", (unsigned long long)t->bytes_written,
             "bytes_read", (unsigned long long)t->bytes_read, "bytes_served", (unsigned long long)t->bytes_served,
             "requests_completed", (unsigned long long)t->requests_completed, "requests_failed",
             (unsigned long long)t->requests_failed, "frames_sent", (unsigned long long)t->frames_sent, "refused",
             (unsigned long long)t->refused, "bytes_staged", (unsigned long long)t->bytes_staged, "bytes_bounced",
-            (unsigned long long)t->bytes_bounced);
+            (unsigned long long)t->bytes_bounced, "bytes_target_staged", (unsigned long long)t->bytes_target_staged);
+        /* "nics": {name: bytes} for the transports that use NICs (rdma), else {} */
+        PyObject *nics = row ? PyDict_New() : NULL;
+        for (size_t k = 0; nics && k < t->nic_count && k < FERRY_STATS_MAX_NICS; k++) {
+            PyObject *v = PyLong_FromUnsignedLongLong(t->nics[k].bytes);
+            char name[sizeof t->nics[k].name + 1];
+            snprintf(name, sizeof name, "%.*s", (int)sizeof t->nics[k].name, t->nics[k].name);
+            if (!v || PyDict_SetItemString(nics, name, v))
+                Py_CLEAR(nics);
+            Py_XDECREF(v);
+        }
+        if (!nics || PyDict_SetItemString(row, "nics", nics))
+            Py_CLEAR(row);
+        Py_XDECREF(nics);
         if (!row || PyDict_SetItemString(d, t->name, row))
             Py_CLEAR(d);
         Py_XDECREF(row);
@@ -597,7 +610,7 @@ static PyMethodDef engine_methods[] = {
     {"get_notifications", (PyCFunction)Engine_get_notifications, METH_NOARGS,
      "get_notifications() -> [Notification(sender, message)], oldest first; non-blocking."},
     {"get_stats", (PyCFunction)Engine_get_stats, METH_NOARGS,
-     "get_stats() -> {transport: {counter: int}}."},
+     "get_stats() -> {transport: {counter: int, \"nics\": {nic: bytes}}}."},
     {NULL, NULL, 0, NULL},
 };
 

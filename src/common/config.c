@@ -110,6 +110,9 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_RDMA_STALL_MS", "5000",
+      "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
+      "another NIC (0: wait for the NIC's own retry limit)"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -12,7 +12,14 @@
  * the path whose NICs are nearest to both memories, least loaded first.  A
  * frame whose path breaks under it is retried on another path (at most
  * RDMA_MAX_RETRIES times, within its deadline); a broken path is replaced on
- * the next request.  See rdma.h for the files and threads.
+ * the next request.  Several NICs: frames spread over the paths by load
+ * (bytes in flight), so a batch stripes over every NIC pair.  Failover: a
+ * path that failed for a reason of its link (the NIC's retry limit, no
+ * completion for FERRY_RDMA_STALL_MS, a failed connect) puts its slot aside
+ * for 1 s, doubling up to 16 s while it keeps failing, unless every slot is
+ * aside; its requests are retried on the others and end COMPLETED (or
+ * FAILED/TIMEOUT once their retries or deadline are spent).  See rdma.h for
+ * the files and threads.
  *
  * Remote memory the target's NICs cannot reach but that it publishes (device
  * memory) is staged by the target when its endpoint says "stage": such a
@@ -267,7 +274,28 @@ static struct rdma_path *slot_path(struct rdma_peer *p, size_t k)
     }
     int l, r;
     slot_nics(p, k, &l, &r);
-    return p->paths[k] = rdma_path_create(p, &p->t->nics[l], r);
+    return p->paths[k] = rdma_path_create(p, &p->t->nics[l], r, k);
+}
+
+#define SUSPECT_FIRST_MS 1000
+#define SUSPECT_MAX_MS 16000
+
+void rdma_path_suspect(struct rdma_path *path, const char *why)
+{
+    if (path->suspected)
+        return;
+    path->suspected = true;
+    struct rdma_peer *p = path->peer;
+    unsigned n = path->proven ? 1 : atomic_fetch_add(&p->slot_failures[path->slot], 1) + 1;
+    if (path->proven)
+        atomic_store(&p->slot_failures[path->slot], 1);
+    uint64_t ms = SUSPECT_FIRST_MS;
+    for (unsigned i = 1; i < n && ms < SUSPECT_MAX_MS; i++)
+        ms *= 2;
+    ms = ms < SUSPECT_MAX_MS ? ms : SUSPECT_MAX_MS;
+    atomic_store(&p->slot_down_until[path->slot], now_ns() + ms * 1000000u);
+    LOG_WARN("rdma: %s -> %s nic %d failed (%s); its requests go to the other paths, this one is tried "
+             "again in %llu ms", path->nic->name, p->name, path->rnic, why, (unsigned long long)ms);
 }
 
 /* NIC preferences of the frame's memory: local (registration) and remote (MR). */
@@ -291,8 +319,13 @@ static struct rdma_path *pick_path(struct rdma_peer *p, uint32_t lpref, uint32_t
     int best_score = -1;
     uint64_t best_load = UINT64_MAX;
     reap_dead(p);
+    /* failover: slots down for a while are passed over, unless all are */
+    uint64_t now = now_ns();
+    bool any_up = false;
+    for (size_t k = 0; k < p->npaths && !any_up; k++)
+        any_up = slot_usable(p, k) && atomic_load(&p->slot_down_until[k]) <= now;
     for (size_t k = 0; k < p->npaths; k++) {
-        if (!slot_usable(p, k))
+        if (!slot_usable(p, k) || (any_up && atomic_load(&p->slot_down_until[k]) > now))
             continue;
         int l, r;
         slot_nics(p, k, &l, &r);

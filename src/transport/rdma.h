@@ -47,6 +47,7 @@ struct rdma_knobs {
     unsigned spin_us;         /* completion poller busy-polls this long before sleeping */
     unsigned stage_slots;     /* target-side staging: bounce slots per queue pair (0: off) */
     unsigned stage_slot_size; /* bytes per bounce slot */
+    unsigned stall_ms;        /* a queue pair with work out and no completion this long is broken (0: never) */
 };
 
 struct rdma_path;
@@ -148,6 +149,7 @@ struct rdma_stage {
     struct rdma_path *path;
     struct rdma_op *parent;
     uint32_t slot, n;
+    uint64_t bytes;           /* of its entries: counted in the path's inflight_bytes until it ends */
     uint64_t wire_id;
     uint64_t refused;         /* bit i: the target refused entry i */
     struct rdma_stage_entry e[RDMA_STAGE_ENTRIES];
@@ -176,6 +178,13 @@ struct rdma_peer {
     atomic_bool closing;
     size_t npaths;
     struct rdma_path *paths[RDMA_MAX_PATHS];
+    /* failover: a slot whose queue pair failed for a reason of the link (its
+     * NIC, the remote NIC, the wire) is passed over until slot_down_until
+     * (now_ns), back-off doubling with each failure in a row, unless every
+     * slot is down.  Written by the failing path's threads (atomics), read
+     * by pick_path. */
+    atomic_uint_fast64_t slot_down_until[RDMA_MAX_PATHS];
+    atomic_uint slot_failures[RDMA_MAX_PATHS];
     struct rdma_path *dead;   /* broken paths still tearing down */
     atomic_uint ops_out;      /* frames accepted and not yet ended */
 };
@@ -184,6 +193,9 @@ struct rdma_path {
     struct rdma_peer *peer;
     struct rdma_nic *nic;
     int rnic;                 /* index into peer->ep.nics */
+    size_t slot;              /* index into peer->paths */
+    bool proven;              /* a work request completed on it (failover back-off restarts) */
+    bool suspected;           /* its slot was marked down already */
     pthread_mutex_t lock;
     int state;
     int err;
@@ -197,6 +209,7 @@ struct rdma_path {
     /* send queue: wr ids are sequence numbers; ring[seq % depth] */
     uint32_t depth;
     uint64_t posted, completed, last_signaled;
+    uint64_t progress_ns;     /* last completion, or when work went out on an idle queue (stall watchdog) */
     struct rdma_wr_slot *ring;
     struct rdma_op *head, *tail;  /* FIFO: posted ops first, then cursor.. unposted */
     struct rdma_op *cursor;       /* first op not wholly posted */
@@ -239,7 +252,7 @@ int rdma_qp_connect(struct rdma_transport *t, struct rdma_nic *nic, struct ibv_q
                     const struct rdma_qp_info *remote, bool remote_ib, uint32_t my_psn, const char *who);
 
 /* rdma_path.c */
-struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic);
+struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic, size_t slot);
 void rdma_path_break(struct rdma_path *path, int err, const char *msg);
 void rdma_path_break_locked(struct rdma_path *path, int err, const char *msg);
 void rdma_path_free(struct rdma_path *path);
@@ -298,6 +311,9 @@ bool rdma_op_revoked(const struct rdma_op *op);
 void rdma_path_cancel(struct rdma_path *path, struct rdma_op *op);
 struct rdma_op *rdma_op_alloc(struct rdma_transport *t);
 void rdma_note_end(struct rdma_peer *p, struct xfer_frame *f, int err, const char *msg);
+/* The path failed for a reason of its link (not of a request): its slot is
+ * passed over for a while (see rdma_peer.slot_down_until).  Path lock held. */
+void rdma_path_suspect(struct rdma_path *path, const char *why);
 
 /* rdma_server.c */
 int rdma_server_start(struct rdma_transport *t);

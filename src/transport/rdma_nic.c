@@ -59,7 +59,8 @@ int rdma_knobs_load(struct rdma_knobs *k)
         (rc = env_uint("FERRY_RDMA_MTU", 0, 0, 4096, &mtu_bytes)) ||
         (rc = env_uint("FERRY_RDMA_POLL_SPIN_US", 50, 0, 1000000, &k->spin_us)) ||
         (rc = env_uint("FERRY_RDMA_STAGE_SLOTS", 4, 0, RDMA_STAGE_MAX_SLOTS, &k->stage_slots)) ||
-        (rc = env_uint("FERRY_RDMA_STAGE_SLOT_SIZE", 1u << 20, 4096, 1u << 30, &k->stage_slot_size)))
+        (rc = env_uint("FERRY_RDMA_STAGE_SLOT_SIZE", 1u << 20, 4096, 1u << 30, &k->stage_slot_size)) ||
+        (rc = env_uint("FERRY_RDMA_STALL_MS", 5000, 0, 3600000, &k->stall_ms)))
         return rc;
     k->gid_index = gid == UINT_MAX ? -1 : (int)gid;
     k->affinity = affinity != 0;

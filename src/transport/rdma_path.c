@@ -160,6 +160,7 @@ static void post_chain(struct rdma_path *path, struct ibv_send_wr *wrs, int n)
         path->posted -= (uint64_t)(n - (bad ? bad - wrs : 0));
         char msg[160];
         snprintf(msg, sizeof msg, "rdma: ibv_post_send on %.32s: %.100s", path->nic->name, strerror(rc));
+        rdma_path_suspect(path, msg);
         break_locked(path, FERRY_EIO, msg);
     }
 }
@@ -171,6 +172,8 @@ static void post_some(struct rdma_path *path)
     struct ibv_sge sges[POST_CHAIN][SGE_CAP];
     int n = 0;
     uint64_t bytes = 0;
+    if (path->posted == path->completed) /* the stall clock starts with the first request out */
+        path->progress_ns = now_ns();
     while (path->state == PATH_READY && path->cursor && path->posted - path->completed < path->depth) {
         struct rdma_op *op = path->cursor;
         if (!op->started && !op->stage && rdma_op_revoked(op)) { /* unregistered before it reached the wire */
@@ -315,6 +318,8 @@ static void wc_error(struct rdma_path *path, const struct ibv_wc *wc, struct rdm
         op->no_retry = fatal;
         snprintf(op->msg, sizeof op->msg, "%.159s", msg);
     }
+    if (wc->status == IBV_WC_RETRY_EXC_ERR || wc->status == IBV_WC_RNR_RETRY_EXC_ERR)
+        rdma_path_suspect(path, st);
     if (wc->status != IBV_WC_WR_FLUSH_ERR) {
         char why[160];
         snprintf(why, sizeof why, "rdma %.20s -> %.48s: queue pair reset after %.40s", path->nic->name, peer, st);
@@ -340,6 +345,8 @@ static int path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_
         }
         if (wc[i].status != IBV_WC_SUCCESS)
             wc_error(path, &wc[i], path->ring[seq % path->depth].op);
+        else
+            path->proven = true;
         for (uint64_t q = path->completed; q <= seq; q++) {
             struct rdma_wr_slot *s = &path->ring[q % path->depth];
             if (!s->last)
@@ -355,6 +362,7 @@ static int path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_
         }
         path->completed = seq + 1;
     }
+    path->progress_ns = now_ns();
     post_some(path);
     pthread_mutex_unlock(&path->lock);
     return n;
@@ -523,6 +531,16 @@ static int path_connect(struct rdma_path *path)
     return 0;
 }
 
+/* Work out and no completion for FERRY_RDMA_STALL_MS: the NIC never said
+ * "retry exceeded" (Soft-RoCE with its peer's link down does not), yet the
+ * link is dead.  Path lock held. */
+static bool stalled(struct rdma_path *path, uint64_t now)
+{
+    uint64_t ms = path->peer->t->knobs.stall_ms;
+    return ms && path->state == PATH_READY && path->posted > path->completed &&
+           now - path->progress_ns > ms * 1000000u;
+}
+
 static bool deadline_passed(struct rdma_path *path, uint64_t now)
 {
     for (struct rdma_op *op = path->head; op; op = op->next)
@@ -588,6 +606,13 @@ static void path_watch(struct rdma_path *path)
             pthread_mutex_unlock(&path->lock);
             finish_all(cancelled);
             continue;
+        }
+        if (stalled(path, now_ns())) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "rdma %.20s -> %.64s: no completion for %u ms with work out; queue pair reset",
+                     path->nic->name, p->name, p->t->knobs.stall_ms);
+            rdma_path_suspect(path, "no completion");
+            break_locked(path, FERRY_ECONN, msg);
         }
         if (path->state != PATH_BROKEN && deadline_passed(path, now_ns())) {
             char msg[160];
@@ -728,7 +753,12 @@ static void *path_main(void *arg)
     if (rc) {
         char msg[160];
         snprintf(msg, sizeof msg, "%s", ferry_last_error());
-        rdma_path_break(path, rc, msg);
+        pthread_mutex_lock(&path->lock);
+        /* a refusal (restarted, not authorized) or the segment closing is no fault of the link */
+        if (rc != FERRY_ESTALE && rc != FERRY_EPERM && rc != FERRY_ECANCELED && path->state != PATH_BROKEN)
+            rdma_path_suspect(path, msg);
+        rdma_path_break_locked(path, rc, msg);
+        pthread_mutex_unlock(&path->lock);
     } else {
         path_watch(path);
     }
@@ -741,7 +771,7 @@ static void *path_main(void *arg)
     return NULL;
 }
 
-struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic)
+struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic, size_t slot)
 {
     struct rdma_path *path = calloc(1, sizeof *path);
     if (!path)
@@ -749,6 +779,7 @@ struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, in
     path->peer = p;
     path->nic = nic;
     path->rnic = rnic;
+    path->slot = slot;
     path->state = PATH_CONNECTING;
     path->fd = -1;
     path->depth = (uint32_t)nic->max_wr;

@@ -5,7 +5,7 @@
  * initiators set up queue pairs, and over which notifications arrive.
  *
  * The common acceptor (caps per peer and in total); one thread per
- * connection.  A connection's thread authenticates the peer when a key is
+ * connection (named "ferry-rdma-sc").  A connection's thread authenticates the peer when a key is
  * set, answers HELLO (all within one deadline) by creating a responder queue
  * pair on the NIC asked for, then serves NOTIFY and the staging messages
  * (rdma_bounce.c) until the connection ends, and destroys the queue pair with
@@ -34,6 +34,7 @@
 #include "transport/rdma.h"
 
 #define TICK_MS 100
+#define RDMA_SIDE_CHANNEL_THREAD "ferry-rdma-sc"
 
 struct rdma_server_conn {
     struct rdma_transport *t;
@@ -158,6 +159,7 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
 {
     struct rdma_transport *t = ctx;
     struct rdma_server_conn conn = {.t = t, .fd = c->fd, .peer = c->peer}, *s = &conn;
+    (void)pthread_setname_np(pthread_self(), RDMA_SIDE_CHANNEL_THREAD); /* top -H, and the tests count them */
     strcpy(s->from, "?");
     net_set_timeouts(s->fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
     int rc = serve_hello(s);

@@ -56,6 +56,13 @@ static void stage_push(struct rdma_stage **head, struct rdma_stage **tail, struc
     *tail = st;
 }
 
+/* Path load (pick_path's least-loaded choice): an op waiting to be carved
+ * counts whole in inflight_bytes, a stage counts its bytes until it ends. */
+static void staged_uncharge(struct rdma_path *path, struct rdma_op *op)
+{
+    atomic_fetch_sub(&path->inflight_bytes, op->f->bytes);
+}
+
 static void staged_remove(struct rdma_path *path, struct rdma_op *op)
 {
     struct rdma_op *prev = NULL;
@@ -68,6 +75,7 @@ static void staged_remove(struct rdma_path *path, struct rdma_op *op)
             path->staged = o->next;
         if (path->staged_tail == o)
             path->staged_tail = prev;
+        staged_uncharge(path, o);
         return;
     }
 }
@@ -83,6 +91,7 @@ void rdma_stage_enqueue(struct rdma_path *path, struct rdma_op *op)
     else
         path->staged = op;
     path->staged_tail = op;
+    atomic_fetch_add(&path->inflight_bytes, op->f->bytes);
     rdma_stage_carve(path);
 }
 
@@ -151,6 +160,7 @@ void rdma_stage_carve(struct rdma_path *path)
             path->staged = op->next;
             if (!path->staged)
                 path->staged_tail = NULL;
+            staged_uncharge(path, op);
             op->carved = true;
             if (op->chunks_out == 0)
                 rdma_path_cancel(path, op);
@@ -172,10 +182,15 @@ void rdma_stage_carve(struct rdma_path *path)
         st->path = path;
         st->parent = op;
         op->chunks_out++;
-        if (fill(path, op, st)) {
+        bool whole = fill(path, op, st);
+        for (uint32_t i = 0; i < st->n; i++)
+            st->bytes += st->e[i].len;
+        atomic_fetch_add(&path->inflight_bytes, st->bytes);
+        if (whole) {
             path->staged = op->next;
             if (!path->staged)
                 path->staged_tail = NULL;
+            staged_uncharge(path, op);
             op->carved = true;
         }
         if (op->f->opcode == XFER_WRITE) {
@@ -207,6 +222,7 @@ void rdma_stage_end(struct rdma_stage *st, int err, bool fatal, const char *msg)
         op->carved = true;
     }
     path->free_slots |= 1ull << st->slot;
+    atomic_fetch_sub(&path->inflight_bytes, st->bytes);
     bool finish = --op->chunks_out == 0 && op->carved;
     rdma_stage_carve(path);
     pthread_mutex_unlock(&path->lock);
@@ -312,6 +328,7 @@ void rdma_stage_drain(struct rdma_path *path, struct rdma_stage **stages, struct
     for (struct rdma_op *op = path->staged, *next; op; op = next) {
         next = op->next;
         op->carved = true;
+        staged_uncharge(path, op);
         if (!op->err) {
             op->err = path->err;
             snprintf(op->msg, sizeof op->msg, "%.159s", path->msg);

@@ -39,7 +39,8 @@
 #define RDMA_MAX_MRS 65536
 
 #define RDMA_MSG_MAGIC 0x4d445246u /* "FRDM" */
-#define RDMA_MSG_VERSION 1
+/* 2: the STAGE_* messages and the bounce in HELLO_ACK (version 1 had neither) */
+#define RDMA_MSG_VERSION 2
 #define RDMA_MSG_HEADER_SIZE 24
 #define RDMA_QP_INFO_SIZE 40
 #define RDMA_MAX_NAME 127

@@ -25,7 +25,10 @@
 # FERRY_VM_MEM (2G), FERRY_VM_CPUS (2), FERRY_VM_IP (10.0.0.1),
 # FERRY_VM_NET (a qemu socket netdev spec, e.g.
 # "udp=127.0.0.1:12346,localaddr=127.0.0.1:12345": adds a virtio NIC, eth0)
-# and FERRY_VM_MAC (52:54:00:00:00:01).  Several guests may boot at once.
+# and FERRY_VM_MAC (52:54:00:00:00:01); FERRY_VM_NET2, FERRY_VM_IP2
+# (10.0.1.1) and FERRY_VM_MAC2 (52:54:00:00:01:01) add a second one, eth1,
+# with its own rxe device, rxe1 (two guests joined by two links: one guest's
+# two rxe devices cannot talk to each other).  Several guests may boot at once.
 set -e
 skip() { echo "SKIPPED: $*"; exit 77; }
 [ -n "$1" ] || { echo "usage: $0 SHARE_DIR [SCRIPT]" >&2; exit 2; }
@@ -82,7 +85,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $(cat /mods/order); do insmod /mods/$m || echo "insmod $m FAILED"; done
 IP=10.0.0.1
 for a in $(cat /proc/cmdline); do
-  case $a in script=*) SCRIPT=${a#script=};; ip=*) IP=${a#ip=};; esac
+  case $a in script=*) SCRIPT=${a#script=};; ip=*) IP=${a#ip=};; ip2=*) IP2=${a#ip2=};; esac
 done
 TAG=${SCRIPT%.sh}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro hostroot /host
@@ -95,8 +98,12 @@ ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then NETDEV=eth0; else ip link add dummy0 type dummy 2>/dev/null; NETDEV=dummy0; fi
 ip addr add $IP/24 dev $NETDEV; ip link set $NETDEV up
 chroot /host /usr/bin/rdma link add rxe0 type rxe netdev $NETDEV
+if [ -e /sys/class/net/eth1 ] && [ -n "$IP2" ]; then
+  ip addr add $IP2/24 dev eth1; ip link set eth1 up
+  chroot /host /usr/bin/rdma link add rxe1 type rxe netdev eth1
+fi
 echo "guest up $(cut -d' ' -f1 /proc/uptime)s" > /host$SHARE/$TAG.started
-chroot /host /usr/bin/env HOME=/tmp PATH=/usr/sbin:/usr/bin:/sbin:/bin FERRY_VM_IP=$IP \
+chroot /host /usr/bin/env HOME=/tmp PATH=/usr/sbin:/usr/bin:/sbin:/bin FERRY_VM_IP=$IP FERRY_VM_IP2=$IP2 \
   /bin/sh -c "cd $SHARE && sh ./$SCRIPT"
 echo $? > /host$SHARE/$TAG.rc; sync; poweroff -f
 EOF
@@ -113,6 +120,8 @@ set --
   set -- -virtfs "local,path=$(printf %s "$BUILD_DIR" | sed 's/,/,,/g'),mount_tag=build,security_model=none,readonly=on,multidevs=remap"
 [ -n "${FERRY_VM_NET:-}" ] &&
   NET="-netdev socket,id=n0,$FERRY_VM_NET -device virtio-net-pci,netdev=n0,mac=${FERRY_VM_MAC:-52:54:00:00:00:01}"
+[ -n "${FERRY_VM_NET:-}" ] && [ -n "${FERRY_VM_NET2:-}" ] &&
+  NET="$NET -netdev socket,id=n1,$FERRY_VM_NET2 -device virtio-net-pci,netdev=n1,mac=${FERRY_VM_MAC2:-52:54:00:00:01:01}"
 rm -f "$SHARE/$TAG.rc" "$SHARE/$TAG.started"
 echo "rxe-vm: kernel $K, accel $ACCEL, script $SCRIPT"
 set +e
@@ -120,7 +129,7 @@ set +e
 timeout "${QEMU_TIMEOUT:-600}" qemu-system-x86_64 -accel "$ACCEL" -m "${FERRY_VM_MEM:-2G}" \
   -smp "${FERRY_VM_CPUS:-2}" -nographic -no-reboot $NET \
   -kernel "$W/kpkg/boot/vmlinuz-$K" -initrd "$INITRD" \
-  -append "console=ttyS0 loglevel=3 quiet panic=-1 script=$SCRIPT ip=${FERRY_VM_IP:-10.0.0.1}" \
+  -append "console=ttyS0 loglevel=3 quiet panic=-1 script=$SCRIPT ip=${FERRY_VM_IP:-10.0.0.1} ip2=${FERRY_VM_IP2:-10.0.1.1}" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$SHARE_OPT,mount_tag=share,security_model=none" "$@" </dev/null
 q=$?

@@ -550,14 +550,14 @@ static void test_path_failure_retried(void **state)
     assert_int_equal(child_target_check(&f->target, 0, N * BS, 1002), -1);
 }
 
-/* Knobs: several queue pairs per NIC pair, the link-local RoCE v2 GID. */
+/* Knobs: several queue pairs per NIC pair, the link-local RoCE v2 GID, no stall watchdog. */
 static void test_knobs(void **state)
 {
     struct fixture *f = *state;
     static const char *const env[] = {"FERRY_RDMA_QPS_PER_PATH=3", "FERRY_RDMA_GID_INDEX=0", "FERRY_RDMA_MAX_WR=8",
                                       "FERRY_RDMA_MAX_SGE=2", "FERRY_RDMA_MTU=512", "FERRY_RDMA_AFFINITY=0",
                                       "FERRY_RDMA_MAX_MSG=65536", "FERRY_SLICE_SIZE=4194304",
-                                      "FERRY_STAGING_CHUNK_SIZE=4194304", NULL};
+                                      "FERRY_STAGING_CHUNK_SIZE=4194304", "FERRY_RDMA_STALL_MS=0", NULL};
     reopen_engine(f, env);
     write_then_read(f, 8192, 64, 8192, 8192, 901); /* 64 pieces through 8-deep queues */
     write_then_read(f, 1 << 20, 8, 1 << 20, 1 << 20, 902);
@@ -581,6 +581,11 @@ static void test_bad_config(void **state)
     assert_int_equal(make_engine(1000, &e), FERRY_EINVAL);
     assert_non_null(strstr(ferry_last_error(), "FERRY_RDMA_GID_INDEX"));
     unsetenv("FERRY_RDMA_GID_INDEX");
+    setenv("FERRY_RDMA_STALL_MS", "3600001", 1); /* above an hour */
+    assert_int_equal(make_engine(1000, &e), FERRY_EINVAL);
+    printf("  %s\n", ferry_last_error());
+    assert_non_null(strstr(ferry_last_error(), "FERRY_RDMA_STALL_MS"));
+    unsetenv("FERRY_RDMA_STALL_MS");
 }
 
 int main(void)

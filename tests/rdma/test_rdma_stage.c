@@ -12,7 +12,9 @@
  * the ends: one bounce slot for many requests (credits), a device copy that
  * fails on the target, a target killed mid-copy, and unregister on either
  * side while requests are in flight: every request ends COMPLETED or FAILED
- * and nothing lands after ferry_unregister_memory returned.
+ * and nothing lands after ferry_unregister_memory returned.  Last, an
+ * initiator (this program again, --initiator-loop) killed mid-transfer: the
+ * target ends its side channels (queue pairs and bounces freed) and serves on.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -23,9 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <dirent.h>
 
 #include "testutil.h"
 
@@ -395,8 +399,141 @@ static void test_unregister_initiator_mid_read(void **state)
     }
 }
 
-int main(void)
+/* ------------------------------------------------------------ the initiator dies */
+
+enum { LOOP_N = 32, LOOP_BS = 65536 };
+
+/* The body of a killed initiator (this program run again with
+ * --initiator-loop SEGMENT ADDR): WRITE and READ batches into the first
+ * LOOP_N * LOOP_BS bytes of the target, staged there, until killed; prints
+ * "running" once the first batch completed.  Exits 3 on any failure. */
+static int initiator_loop(const char *segment, const char *addr_text)
 {
+    uint64_t addr = strtoull(addr_text, NULL, 0);
+    ferry_engine *e;
+    ferry_segment_t seg;
+    uint8_t *buf;
+    ferry_batch *b;
+    static struct ferry_request r[LOOP_N];
+    if (make_engine(60000, &e) || ferry_open_segment(e, segment, &seg) ||
+        ferry_mem_alloc(e, "cpu", LOOP_N * LOOP_BS, (void **)&buf) ||
+        ferry_register_memory(e, buf, LOOP_N * LOOP_BS, "cpu", 0)) {
+        fprintf(stderr, "initiator loop: %s\n", ferry_last_error());
+        return 3;
+    }
+    pattern_fill(buf, LOOP_N * LOOP_BS, 700, 0);
+    for (unsigned pass = 0;; pass++) {
+        for (size_t i = 0; i < LOOP_N; i++)
+            r[i] = (struct ferry_request){(pass + i) % 2 ? FERRY_READ : FERRY_WRITE, buf + i * LOOP_BS, seg,
+                                          addr + i * LOOP_BS, LOOP_BS};
+        int rc = ferry_batch_alloc(e, LOOP_N, &b);
+        if (!rc && !(rc = ferry_batch_submit(b, r, LOOP_N)))
+            rc = ferry_batch_wait(b, 60000);
+        if (!rc)
+            ferry_batch_free(b);
+        if (rc) {
+            fprintf(stderr, "initiator loop: pass %u: %s: %s\n", pass, ferry_err_name(rc), ferry_last_error());
+            return 3;
+        }
+        if (pass == 0) {
+            printf("running\n");
+            fflush(stdout);
+        }
+    }
+}
+
+/* Side-channel threads of process pid: its /proc/PID/task entries named
+ * "ferry-rdma-sc" (rdma_server.c names them), one per initiator queue pair,
+ * each of which destroys its queue pair and bounce before it ends; -1 on error. */
+static long side_channels_of(pid_t pid)
+{
+    char path[64], comm[32];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char file[128];
+        snprintf(file, sizeof file, "/proc/%d/task/%.20s/comm", (int)pid, e->d_name);
+        FILE *f = fopen(file, "r");
+        if (f && fgets(comm, sizeof comm, f) && strcmp(comm, "ferry-rdma-sc\n") == 0)
+            n++;
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Waits (60 s at most) until count() == want; returns the last count. */
+static long settle(long (*count)(const void *), const void *arg, long want)
+{
+    long n = count(arg);
+    for (double t0 = now_s(); n != want && now_s() - t0 < 60;) {
+        usleep(100 * 1000);
+        n = count(arg);
+    }
+    return n;
+}
+
+static long count_side_channels(const void *t)
+{
+    return side_channels_of(((const struct child_target *)t)->pid);
+}
+
+/* An initiator killed while the target copies its staged requests: the
+ * target keeps serving, ends that initiator's side channels (one thread
+ * each, which destroys its queue pair and bounce before it returns), and
+ * nothing outside the initiator's ranges changed.  (`rdma resource show`
+ * would count queue pairs, but the guest's kernel does not list user ones.) */
+static void test_initiator_killed_mid_copy(void **state)
+{
+    struct fixture *f = *state;
+    struct child_target *t = &f->sim;
+    long threads0 = side_channels_of(t->pid);
+    assert_true(threads0 >= 0);
+    int out[2];
+    char addr[32];
+    snprintf(addr, sizeof addr, "0x%llx", (unsigned long long)t->addr);
+    assert_int_equal(pipe(out), 0);
+    pid_t pid = fork(); /* then only async-signal-safe calls until exec: this process has threads */
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        close(out[1]);
+        execl("/proc/self/exe", "test_rdma_stage", "--initiator-loop", t->name, addr, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    FILE *in = fdopen(out[0], "r");
+    char line[64] = "";
+    assert_non_null(fgets(line, sizeof line, in)); /* blocks until the first batch completed, or the child died */
+    assert_string_equal(line, "running\n");
+    long threads1 = side_channels_of(t->pid);
+    assert_int_equal(kill(pid, SIGKILL), 0); /* its next batches are on the wire, or in the target's copies */
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    fclose(in);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL); /* it was looping, not failed */
+    printf("  target side-channel threads: %ld before, %ld with the initiator\n", threads0, threads1);
+    assert_true(threads1 > threads0); /* a side-channel thread per queue pair of the initiator */
+    long threads = settle(count_side_channels, t, threads0);
+    printf("  after the kill: %ld\n", threads);
+    assert_int_equal(threads, threads0);
+    /* the target lives, and the bytes the initiator never addressed are as they were */
+    assert_int_equal(child_target_check(t, LOOP_N * LOOP_BS, TSIZE - LOOP_N * LOOP_BS, SEED), -1);
+    write_then_read(f, f->host, t, f->sim_seg, 65536, 16, 701);
+    write_then_read(f, f->host, t, f->sim_seg, 3 << 20, 1, 702);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && strcmp(argv[1], "--initiator-loop") == 0)
+        return initiator_loop(argv[2], argv[3]);
     setenv("FERRY_PROTOCOLS", "rdma", 1);
     setenv("FERRY_TRANSPORT_FALLBACK", "0", 1); /* no NIC: skip, instead of running on tcp */
     const char *dev = getenv("FERRY_TEST_RDMA_DEVICE");
@@ -415,6 +552,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unregister_target_direct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unregister_target_staged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unregister_initiator_mid_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_initiator_killed_mid_copy, setup, teardown),
     };
     if (getenv("FERRY_TEST_FILTER"))
         cmocka_set_test_filter(getenv("FERRY_TEST_FILTER"));

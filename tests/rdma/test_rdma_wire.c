@@ -37,7 +37,7 @@ static void test_header_layout_and_round_trip(void **state)
     struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .status = 0, .len = 3, .id = 0x0102030405060708ull}, out;
     uint8_t raw[RDMA_MSG_HEADER_SIZE];
     rdma_msg_encode_header(&h, raw);
-    static const uint8_t want[RDMA_MSG_HEADER_SIZE] = {'F', 'R', 'D', 'M', 1, 0, 3, 0, 0, 0, 0, 0,
+    static const uint8_t want[RDMA_MSG_HEADER_SIZE] = {'F', 'R', 'D', 'M', 2, 0, 3, 0, 0, 0, 0, 0,
                                                        3,   0,   0,   0,   8, 7, 6, 5, 4, 3, 2, 1};
     assert_memory_equal(raw, want, sizeof want);
     assert_int_equal(rdma_msg_decode_header(raw, &out), 0);
@@ -72,7 +72,10 @@ static void test_header_rejections(void **state)
     assert_int_equal(rdma_msg_decode_header(raw, &out), FERRY_EPROTO);
     assert_non_null(strstr(ferry_last_error(), "magic"));
     raw[0] ^= 1;
-    raw[4] = 2;
+    raw[4] = 1; /* the side channel before target-side staging */
+    assert_int_equal(rdma_msg_decode_header(raw, &out), FERRY_EVERSION);
+    assert_non_null(strstr(ferry_last_error(), "version 1, this build speaks 2"));
+    raw[4] = RDMA_MSG_VERSION + 1;
     assert_int_equal(rdma_msg_decode_header(raw, &out), FERRY_EVERSION);
     expect_header_fails(0, 0, 0, FERRY_EPROTO, "unknown message type");
     expect_header_fails(9, 0, 0, FERRY_EPROTO, "unknown message type");
