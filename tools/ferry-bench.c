@@ -8,13 +8,17 @@
  * segment and moves batches of blocks (WRITE or READ) from N threads sharing one
  * engine, prints a progress line each second and the total, then checks the
  * bytes (untimed).  Each worker thread owns a disjoint region of both buffers;
- * the main thread parses flags, reports progress and verifies.  Uses only the
- * public API in ferry.h.  Exit codes: 0 ok, 1 runtime error, 2 usage, 3 bad data.
+ * the main thread parses flags, reports progress and verifies.  Both sides
+ * print what the run cost (bench_cost.h): CPU time per request, batch
+ * latency percentiles, and with --idle_seconds an idle engine's CPU time.
+ * Uses only the public API in ferry.h.  Exit codes: 0 ok, 1 runtime error, 2 usage, 3 bad data.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <ferry.h>
+
+#include "bench_cost.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -47,7 +51,7 @@
 struct options {
     const char *mode, *local_server_name, *metadata_server, *operation;
     const char *protocol, *segment_id, *device_name, *location;
-    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations;
+    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations, idle_seconds;
     int64_t gpu_id, npu_id;
     bool use_vram, json, verify, help, help_env, help_env_markdown;
 };
@@ -77,6 +81,7 @@ static const struct opt_def opt_defs[] = {
     OPT(duration, OPT_UINT, "initiator: seconds to run (default 10)"),
     OPT(threads, OPT_UINT, "initiator threads sharing one engine (default 1)"),
     OPT(iterations, OPT_UINT, "initiator: stop after N batches per thread"),
+    OPT(idle_seconds, OPT_UINT, "initiator: after the run, stay connected and idle N s; print the CPU used"),
     OPT(gpu_id, OPT_INT, "with --use_vram: cuda:N"),
     OPT(npu_id, OPT_INT, "npu:N"),
     OPT(use_vram, OPT_BOOL, "use GPU memory (cuda:gpu_id)"),
@@ -95,8 +100,10 @@ static void usage(FILE *f)
         fprintf(f, "  --%-18s %s\n", opt_defs[i].name, opt_defs[i].doc);
     fprintf(f, "\nSizes take K/M/G suffixes (powers of 2).  Booleans: --x, --x=true|false|1|0, --nox.\n"
                "target:    prints 'ferry-bench target ready: segment HOST:PORT buffer 0x.. size N'\n"
-               "           and serves until SIGINT/SIGTERM.\n"
-               "initiator: --segment_id=HOST:PORT; exit 0 ok, 1 runtime error, 2 usage, 3 bad data.\n");
+               "           and serves until SIGINT/SIGTERM; then prints 'ferry-bench target cost: key=value...'\n"
+               "           (CPU us per request of --block_size bytes while it served).\n"
+               "initiator: --segment_id=HOST:PORT; exit 0 ok, 1 runtime error, 2 usage, 3 bad data.\n"
+               "           Also prints its CPU us per request and batch latency p50/p99 (submit -> all done).\n");
 }
 
 /* Prints "ferry-bench: <message>", then for a ferry error rc != 0
@@ -512,6 +519,34 @@ static void print_stats(ferry_engine *e, const char *who)
     }
 }
 
+static uint64_t bytes_served(ferry_engine *e)
+{
+    struct ferry_stats st;
+    uint64_t sum = 0;
+    memset(&st, 0, sizeof st);
+    ferry_get_stats(e, &st);
+    for (size_t i = 0; i < st.transport_count && i < FERRY_MAX_TRANSPORTS; i++)
+        sum += st.transports[i].bytes_served;
+    return sum;
+}
+
+/* One line of key=value pairs (bench scripts parse it): the target's CPU
+ * time between the samples around its first and last served bytes, per
+ * request of --block_size bytes, and its CPU time while idle after that. */
+static void print_target_cost(const struct serve_meter *m, uint64_t block)
+{
+    double now = now_seconds(), cpu = cost_process_cpu();
+    double busy_s = m->busy_t - m->first_t, busy_cpu = m->busy_cpu - m->first_cpu;
+    double idle_s = m->started ? now - m->busy_t : 0, idle_cpu = m->started ? cpu - m->busy_cpu : 0;
+    uint64_t bytes = m->busy_bytes - m->first_bytes;
+    double requests = (double)bytes / (double)block;
+    printf("ferry-bench target cost: bytes_served=%" PRIu64 " block_size=%" PRIu64
+           " requests=%.0f seconds=%.3f cpu_seconds=%.3f cpu_us_per_request=%.3f"
+           " idle_seconds=%.3f idle_cpu_ms=%.3f\n",
+           bytes, block, requests, busy_s, busy_cpu,
+           requests > 0 ? busy_cpu * 1e6 / requests : 0, idle_s, idle_cpu * 1e3);
+}
+
 static int run_target(const struct options *o)
 {
     enum { NOTIFY_MAX = 16 };
@@ -526,12 +561,16 @@ static int run_target(const struct options *o)
     struct ferry_notification *notes = calloc(NOTIFY_MAX, sizeof *notes);
     if (!notes)
         die("out of memory");
+    struct serve_meter meter;
+    serve_meter_init(&meter, bytes_served(e), now_seconds());
     while (!g_signalled) {
         print_notifications(e, notes, NOTIFY_MAX);
         sleep_ms(100);
+        serve_meter_sample(&meter, bytes_served(e), now_seconds());
     }
     print_notifications(e, notes, NOTIFY_MAX);
     print_stats(e, "target");
+    print_target_cost(&meter, o->block_size);
     fflush(stdout);
     free(notes);
     buffer_close(e, &b);
@@ -618,6 +657,7 @@ struct worker {
     struct run *run;
     struct ferry_request *reqs;
     uint64_t batches;
+    struct lat_hist *latency;   /* submit -> all done, per batch */
     double end;
     int rc;
     char err[512];
@@ -629,7 +669,9 @@ static void *worker_main(void *arg)
     struct run *r = w->run;
     size_t n = (size_t)r->opts->batch_size;
     do {
+        double t0 = now_seconds();
         w->rc = run_batch(r->engine, w->reqs, n, w->err, sizeof w->err);
+        lat_hist_add(w->latency, (uint64_t)((now_seconds() - t0) * 1e9));
         if (w->rc) {
             atomic_store(&r->stop, true);
             break;
@@ -649,7 +691,8 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
     for (size_t t = 0; t < count; t++) {
         w[t].run = r;
         w[t].reqs = calloc((size_t)r->opts->batch_size, sizeof *w[t].reqs);
-        if (!w[t].reqs)
+        w[t].latency = calloc(1, sizeof *w[t].latency);
+        if (!w[t].reqs || !w[t].latency)
             die("out of memory");
         build_requests(w[t].reqs, (size_t)r->opts->batch_size, r->opcode, r->segment,
                        r->local.ptr + t * r->region, r->remote_addr + t * r->region,
@@ -737,8 +780,18 @@ static void print_json_string(const char *s)
     putchar('"');
 }
 
-static void report(const struct run *r, uint64_t batches, double secs, bool verified)
+/* What the measured interval cost the initiator, and the idle engine after it. */
+struct cost {
+    uint64_t requests;
+    double cpu_seconds;
+    uint64_t p50_ns, p99_ns;
+    double idle_seconds, idle_cpu_seconds;
+};
+
+static void report(const struct run *r, uint64_t batches, double secs, bool verified,
+                   const struct cost *c)
 {
+    double us_per_req = c->requests ? c->cpu_seconds * 1e6 / (double)c->requests : 0;
     const struct options *o = r->opts;
     uint64_t bytes = atomic_load(&r->bytes);
     double gbs = secs > 0 ? (double)bytes / secs / 1e9 : 0;
@@ -751,9 +804,13 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
         print_json_string(o->location);
         printf(",\"block_size\":%" PRIu64 ",\"batch_size\":%" PRIu64 ",\"threads\":%" PRIu64
                ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
-               ",\"batches\":%" PRIu64 ",\"verified\":%s}\n",
+               ",\"batches\":%" PRIu64 ",\"verified\":%s,\"requests\":%" PRIu64
+               ",\"cpu_seconds\":%.3f,\"cpu_us_per_request\":%.3f,\"batch_p50_us\":%.1f"
+               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f}\n",
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
-               batches, verified ? "true" : "false");
+               batches, verified ? "true" : "false", c->requests, c->cpu_seconds, us_per_req,
+               (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3, c->idle_seconds,
+               c->idle_cpu_seconds * 1e3);
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
@@ -761,6 +818,12 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
                o->operation, o->protocol, cpu ? "" : " ", cpu ? "" : o->location,
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
                !o->verify ? "not verified" : verified ? "verified ok" : "verification FAILED");
+        printf("ferry-bench: cost: initiator cpu %.3f s for %" PRIu64 " requests = %.3f us/request;"
+               " batch latency p50 %.1f us p99 %.1f us\n", c->cpu_seconds, c->requests, us_per_req,
+               (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3);
+        if (c->idle_seconds > 0)
+            printf("ferry-bench: idle engine (peer connected): cpu %.3f ms over %.2f s\n",
+                   c->idle_cpu_seconds * 1e3, c->idle_seconds);
     }
     fflush(stdout);
 }
@@ -792,6 +855,17 @@ static void connect_target(struct run *r)
     r->region = (size_t)(o->batch_size * o->block_size);
 }
 
+/* The engine keeps its connections to the target; nothing is submitted for
+ * `seconds` (or until a signal).  What it burns meanwhile is its idle cost. */
+static void measure_idle(uint64_t seconds, struct cost *c)
+{
+    double cpu0 = cost_process_cpu(), t0 = now_seconds();
+    while (!g_signalled && now_seconds() - t0 < (double)seconds)
+        sleep_ms(100);
+    c->idle_seconds = now_seconds() - t0;
+    c->idle_cpu_seconds = cost_process_cpu() - cpu0;
+}
+
 static int run_initiator(const struct options *o)
 {
     struct run r;
@@ -813,7 +887,10 @@ static int run_initiator(const struct options *o)
     struct worker *w = calloc(count, sizeof *w);
     if (!w)
         die("out of memory");
-    double start = now_seconds(), end = start;
+    struct lat_hist *latency = calloc(1, sizeof *latency);
+    if (!latency)
+        die("out of memory");
+    double cpu_start = cost_process_cpu(), start = now_seconds(), end = start;
     start_workers(&r, w, count);
     watch_progress(&r, start);
     uint64_t batches = 0;
@@ -821,6 +898,7 @@ static int run_initiator(const struct options *o)
     for (size_t t = 0; t < count; t++) {
         pthread_join(w[t].tid, NULL);
         batches += w[t].batches;
+        lat_hist_merge(latency, w[t].latency);
         end = w[t].end > end ? w[t].end : end;
         if (w[t].rc && failed < 0)
             failed = (int)t;
@@ -828,10 +906,18 @@ static int run_initiator(const struct options *o)
     if (failed >= 0)
         die("thread %d: %s", failed, w[failed].err);
 
+    struct cost cost = {.requests = batches * o->batch_size, .cpu_seconds = cost_process_cpu() - cpu_start,
+                        .p50_ns = lat_hist_quantile(latency, 0.50),
+                        .p99_ns = lat_hist_quantile(latency, 0.99)};
     bool verified = o->verify && verify(&r);
-    report(&r, batches, end - start, verified);
-    for (size_t t = 0; t < count; t++)
+    if (o->idle_seconds)
+        measure_idle(o->idle_seconds, &cost);
+    report(&r, batches, end - start, verified, &cost);
+    for (size_t t = 0; t < count; t++) {
         free(w[t].reqs);
+        free(w[t].latency);
+    }
+    free(latency);
     free(w);
     buffer_close(r.engine, &r.local);
     ferry_close_segment(r.engine, r.segment);
