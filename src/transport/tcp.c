@@ -241,16 +241,21 @@ static int receive_response(struct tcp_conn *c)
         if (h.status == 0 && h.payload_len != expect)
             return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
                               (unsigned long long)h.payload_len, (unsigned long long)expect);
+        /* the payload of every piece and the trailer: one scatter receive */
+        struct iovec iov[WIRE_MAX_ENTRIES + 1];
+        uint8_t tr[WIRE_TRAILER_SIZE];
+        int n = 0;
         for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
-            if (!(h.refused >> i & 1) &&
-                (rc = sockio_recv(c->fd, f->pieces[i].local, f->pieces[i].len, f->deadline_ns, NULL, NULL, NULL)))
-                return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
-                                                          "its deadline") : rc;
+            if (!(h.refused >> i & 1))
+                iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
+        if (h.flags & WIRE_FLAG_TRAILER)
+            iov[n++] = (struct iovec){tr, sizeof tr};
+        if ((rc = sockio_recvv(c->fd, iov, n, f->deadline_ns, NULL, NULL, NULL)))
+            return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
+                                                      "its deadline") : rc;
         if (h.flags & WIRE_FLAG_TRAILER) {
-            uint8_t tr[WIRE_TRAILER_SIZE];
             struct wire_trailer trailer;
-            if ((rc = sockio_recv(c->fd, tr, sizeof tr, f->deadline_ns, NULL, NULL, NULL)) ||
-                (rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
+            if ((rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
                 return rc;
             revoked = trailer.revoked;
         }
@@ -759,11 +764,12 @@ static int flush_writes(struct server_conn *s)
     return rc;
 }
 
-/* WRITE payload of entry i into host memory, straight from the socket. */
-static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_entry *e)
+/* WRITE payload of entry i into host memory from byte `done` on, straight
+ * from the socket. */
+static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_entry *e, uint64_t done)
 {
     char *dst = (char *)(uintptr_t)e->addr;
-    for (uint64_t done = 0; done < e->len;) {
+    while (done < e->len) {
         if (!s->ent[i].held) /* revoked: the rest goes nowhere */
             return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
         size_t got;
@@ -776,6 +782,30 @@ static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_
     }
     entry_end(s, i); /* all of it landed: no need to hold the range any longer */
     return 0;
+}
+
+/* WRITE payload of the held host entries [i, end) with one scatter receive
+ * per wait (small blocks: one recvmsg for a whole frame, not one recv per
+ * entry).  A revocation stops it between pieces; the entry it stopped in is
+ * finished (or discarded, if it was the one revoked) on its own. */
+static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e)
+{
+    struct iovec iov[WIRE_MAX_ENTRIES];
+    for (unsigned k = i; k < end; k++)
+        iov[k - i] = (struct iovec){(void *)(uintptr_t)e[k].addr, (size_t)e[k].len};
+    size_t got;
+    int rc = sockio_recvv(s->fd, iov, (int)(end - i), s->deadline_ns, &s->wake, &s->revoking, &got);
+    unsigned k = i;
+    for (; k < end && iov[k - i].iov_len == 0; k++)
+        entry_end(s, k); /* all of it landed */
+    if (rc || k == end)
+        return rc;
+    stop_revoked(s);
+    rc = recv_entry_host(s, k, &e[k], e[k].len - iov[k - i].iov_len);
+    for (k++; !rc && k < end; k++) /* the rest of the run, as the loop in serve_write would */
+        rc = s->ent[k].held ? recv_entry_host(s, k, &e[k], 0)
+                            : sockio_discard(s->fd, e[k].len, s->deadline_ns, &s->wake);
+    return rc;
 }
 
 /* WRITE payload of entry i into device memory, through the bounce. */
@@ -826,15 +856,21 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     int rc = 0;
     frame_begin(s, h->nentries);
     for (unsigned i = 0; i < h->nentries; i++)
-        s->ent[i].held = s->ent[i].refused = false;
-    for (unsigned i = 0; !rc && i < h->nentries; i++) {
         entry_begin(s, i, &e[i], "WRITE");
-        if (!s->ent[i].held)
+    for (unsigned i = 0; !rc && i < h->nentries;) {
+        unsigned end = i;
+        while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index < 0)
+            end++;
+        if (end > i) {
+            rc = recv_host_run(s, i, end, e);
+            i = end;
+        } else if (!s->ent[i].held) {
             rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
-        else if (s->ent[i].region.device_index < 0)
-            rc = recv_entry_host(s, i, &e[i]);
-        else
+            i++;
+        } else {
             rc = recv_entry_device(s, i, &e[i]);
+            i++;
+        }
     }
     if (!rc && s->b.n)
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
