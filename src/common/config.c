@@ -116,6 +116,9 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_MAX_CONNECTIONS", "auto",
+      "TCP connections per peer under heavy traffic (each has 8 MiB in flight): auto (one per two cores, 4-16) "
+      "or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

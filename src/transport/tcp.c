@@ -2,8 +2,10 @@
 /*
  * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
  *
- * Initiator side: a peer holds `tcp_connections` connections; a frame goes to
- * the connection with the fewest bytes in flight.  Each connection has a
+ * Initiator side: a peer holds `tcp_connections` connections, and opens more
+ * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per two cores) while every
+ * one of them has GROW_BYTES in flight; a frame goes to the connection with
+ * the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  Responses
@@ -20,6 +22,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -71,11 +74,13 @@ struct tcp_peer {
     int port;
     uint64_t epoch;
     pthread_mutex_t lock;
-    unsigned nconns;
+    unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
+    unsigned maxconns;      /* room in conns: up to the transport's max_conns */
     struct tcp_conn **conns;
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
 
+#define GROW_BYTES (8u << 20) /* in flight on every connection before a peer opens another */
 #define BOUNCE_COPIES 64
 #define READ_IOVS 256
 
@@ -127,6 +132,7 @@ struct tcp_transport {
     struct acceptor *acceptor;
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     atomic_uint_fast64_t completed, failed;
+    unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -510,7 +516,8 @@ static int tcp_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
         p->port = (int)port->valuedouble;
         p->epoch = d->engine_id;
         p->nconns = t->host.cfg->tcp_connections;
-        p->conns = calloc(p->nconns, sizeof *p->conns);
+        p->maxconns = p->nconns > t->max_conns ? p->nconns : t->max_conns;
+        p->conns = calloc(p->maxconns, sizeof *p->conns);
         pthread_mutex_init(&p->lock, NULL);
         if (!p->conns) {
             free(p);
@@ -587,6 +594,16 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
         if (b < best_bytes) {
             best = c;
             best_bytes = b;
+        }
+    }
+    /* heavy traffic: every connection already has GROW_BYTES in flight, so
+     * another stream (another sender, receiver and target thread) adds
+     * throughput rather than idle threads; small blocks never get here */
+    if (best && best_bytes >= GROW_BYTES && p->nconns < p->maxconns) {
+        struct tcp_conn *c = conn_create(p);
+        if (c) {
+            p->conns[p->nconns++] = c;
+            best = c;
         }
     }
     pthread_mutex_unlock(&p->lock);
@@ -1126,12 +1143,39 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
 
 /* ------------------------------------------------------------ ops table */
 
+/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": one per two cores the
+ * process may run on, 4 to 16 (on 2 cores: 4, as before; a 16-core host: 8);
+ * else 1-64. */
+static int tcp_max_connections(unsigned *out)
+{
+    const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
+    if (!text || !*text || strcmp(text, "auto") == 0) {
+        cpu_set_t set;
+        long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
+        long n = cores / 2;
+        *out = n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end || v < 1 || v > 64)
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_MAX_CONNECTIONS=%.40s: expected auto or 1-64", text);
+    *out = (unsigned)v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
+    unsigned max_conns = 4;
+    int mrc = tcp_max_connections(&max_conns);
+    if (mrc)
+        return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
     if (!t)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
     t->host = *host;
+    t->max_conns = max_conns;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
