@@ -559,12 +559,15 @@ static void tcp_peer_close(void *tp, void *pp)
     free(p);
 }
 
-/* Picks the live connection with the fewest bytes in flight, replacing
- * broken ones (lazily: connecting happens on the new sender thread). */
+/* Picks a connection, replacing broken ones (lazily: connecting happens on
+ * the new sender thread): the first, in order, with less than a slice in
+ * flight, else the one with the fewest bytes in flight.  Light traffic (a
+ * batch of small blocks) thus stays on one connection: one sender and one
+ * receiver wake up per batch, not one per frame; heavy traffic spreads. */
 static struct tcp_conn *pick_conn(struct tcp_peer *p)
 {
-    struct tcp_conn *best = NULL;
-    uint64_t best_bytes = UINT64_MAX;
+    struct tcp_conn *best = NULL, *light = NULL;
+    uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size;
     uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
     reap_dead(p);
@@ -595,6 +598,8 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
             best = c;
             best_bytes = b;
         }
+        if (!light && b < light_bytes)
+            light = c;
     }
     /* heavy traffic: every connection already has GROW_BYTES in flight, so
      * another stream (another sender, receiver and target thread) adds
@@ -607,7 +612,7 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
         }
     }
     pthread_mutex_unlock(&p->lock);
-    return best;
+    return light ? light : best;
 }
 
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
