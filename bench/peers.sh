@@ -184,8 +184,9 @@ run_ferry() {   # run_ferry OP BYTES THREADS
   local op=$1 bytes=$2 threads=$3 buffer seg=""
   buffer=$(buffer_for "$bytes" "$threads")
   result="FAIL(target)"
+  ferry_cost=""
   start_bg "$work/ferry-t.log" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
-      --buffer_size="$buffer"
+      --buffer_size="$buffer" --block_size="$bytes"
   # the target fills its buffer first: 30 s, plus 1 s a 32 MiB (slow, loaded machines)
   for _ in $(seq $((300 + (buffer >> 25) * 10))); do
     seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/ferry-t.log")
@@ -208,6 +209,14 @@ run_ferry() {   # run_ferry OP BYTES THREADS
     result="FAIL(unverified)"; return 1
   fi
   result=$(fmt "$(json_num "$work/ferry.json" gb_per_s)")
+  # what it cost: CPU us per request on both sides, batch latency (JSON fields)
+  local k v tcpu
+  tcpu=$(sed -n 's/^ferry-bench target cost: .* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$work/ferry-t.log")
+  ferry_cost=",\"target_cpu_us_per_request\":${tcpu:-null}"
+  for k in cpu_us_per_request batch_p50_us batch_p99_us; do
+    v=$(json_num "$work/ferry.json" "$k")
+    ferry_cost+=",\"$k\":${v:-null}"
+  done
 }
 
 # --- Mooncake transfer_engine_bench ------------------------------------------
@@ -420,7 +429,7 @@ for op in $OPS; do
         fi
         [ "$used" = "$threads" ] || cell="$cell ${used}t"
         row+=" $cell |"
-        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)}")
+        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)$([ "$p" = ferry ] && echo "${ferry_cost:-}")}")
         if [ "$p" = ferry ]; then
           ferry_v=$result
         elif isnum "$result" && { [ -z "$best" ] || awk -v a="$result" -v b="$best" 'BEGIN { exit !(a > b) }'; }; then

@@ -39,6 +39,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tcp-loopback.XXXXXX")
 target_pid=""
 iperf_pid=""
 fg_pid=""   # the command run_fg waits for
+cost="n/a | n/a | n/a"   # run_ferry: initiator and target CPU us/request, batch p50/p99 us
 result=""   # functions below return their figure here, not through $(...),
             # so that the pids they start stay visible to the cleanup trap
 
@@ -129,8 +130,9 @@ run_iperf() {
 run_ferry() {
   local op=$1 block=$2 buffer=$3 seg="" rc
   result="FAIL"
+  cost="n/a | n/a | n/a"
   "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
-      >"$work/target.out" 2>"$work/target.err" &
+      --block_size="$block" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!
   for _ in $(seq 300); do
     seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/target.out")
@@ -159,6 +161,10 @@ run_ferry() {
     result="FAIL(unverified)"; return 1
   fi
   result=$(json_field "$work/ferry.json" '"%.3f" % d["gb_per_s"]')
+  cost=$(json_field "$work/ferry.json" '"%.2f | %s | %.0f / %.0f" % (d["cpu_us_per_request"], "TARGET", d["batch_p50_us"], d["batch_p99_us"])')
+  local tcost
+  tcost=$(sed -n 's/^ferry-bench target cost: .* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$work/target.out")
+  cost=${cost/TARGET/${tcost:-n/a}}
 }
 
 ratio() {   # ratio A B -> A/B with 2 decimals, or n/a
@@ -180,8 +186,8 @@ if [ "$AUTH_COMPARE" = 1 ]; then
   echo "| op | block | batch | ferry GB/s | ferry + auth GB/s | iperf3 GB/s (same run) | ratio | ratio with auth |"
   echo "|---|---|---|---|---|---|---|---|"
 else
-  echo "| op | block | batch | ferry GB/s | iperf3 GB/s (same run) | ratio |"
-  echo "|---|---|---|---|---|---|"
+  echo "| op | block | batch | ferry GB/s | iperf3 GB/s (same run) | ratio | CPU µs/request initiator | target | batch p50 / p99 µs |"
+  echo "|---|---|---|---|---|---|---|---|---|"
 fi
 
 status=0
@@ -201,7 +207,7 @@ for op in $OPS; do
       echo "| $op | $block | $BATCH | $ferry | $authed | $iperf | $(ratio "$ferry" "$iperf") |" \
            "$(ratio "$authed" "$iperf") |"
     else
-      echo "| $op | $block | $BATCH | $ferry | $iperf | $(ratio "$ferry" "$iperf") |"
+      echo "| $op | $block | $BATCH | $ferry | $iperf | $(ratio "$ferry" "$iperf") | $cost |"
     fi
     [ -n "${JSON:-}" ] && printf '{"op": "%s", "block": "%s", "batch": %s, "ferry_gb_s": "%s", "iperf3_gb_s": "%s"}\n' \
       "$op" "$block" "$BATCH" "$ferry" "$iperf" >> "$JSON"

@@ -8,13 +8,18 @@
  * segment and moves batches of blocks (WRITE or READ) from N threads sharing one
  * engine, prints a progress line each second and the total, then checks the
  * bytes (untimed).  Each worker thread owns a disjoint region of both buffers;
- * the main thread parses flags, reports progress and verifies.  Uses only the
- * public API in ferry.h.  Exit codes: 0 ok, 1 runtime error, 2 usage, 3 bad data.
+ * the main thread parses flags, reports progress and verifies.  Both sides
+ * print what the run cost (bench_cost.h): CPU time per request, batch
+ * latency percentiles, and with --idle_seconds an idle engine's CPU time.
+ * Uses only the public API in ferry.h.  Exit codes: 0 ok, 1 runtime error, 2 usage, 3 bad data.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <ferry.h>
+
+#include "bench_cost.h"
+#include "bench_options.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -31,267 +36,10 @@
 #include <strings.h>
 #include <time.h>
 
-#define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
-#define EXIT_VERIFY 3
-
 #define SEED_ZERO 0          /* "pattern" of all-zero bytes */
 #define SEED_TARGET 1        /* what a target puts in its buffer */
 #define SEED_WRITE 2         /* what an initiator writes */
 #define COPY_CHUNK (4u << 20) /* host bounce size for device memory */
-#define MAX_THREADS 1024
-#define MAX_BATCH (1u << 20)
-
-/* ---------------------------------------------------------------- options */
-
-struct options {
-    const char *mode, *local_server_name, *metadata_server, *operation;
-    const char *protocol, *segment_id, *device_name, *location;
-    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations;
-    int64_t gpu_id, npu_id;
-    bool use_vram, json, verify, help, help_env, help_env_markdown;
-};
-
-enum opt_kind { OPT_STR, OPT_SIZE, OPT_UINT, OPT_INT, OPT_BOOL };
-
-struct opt_def {
-    const char *name;
-    enum opt_kind kind;
-    size_t offset;
-    const char *doc;
-};
-
-#define OPT(n, k, d) { #n, k, offsetof(struct options, n), d }
-static const struct opt_def opt_defs[] = {
-    OPT(mode, OPT_STR, "target | initiator"),
-    OPT(local_server_name, OPT_STR, "HOST[:PORT] of this engine's handshake listener"),
-    OPT(metadata_server, OPT_STR, "P2PHANDSHAKE (default)"),
-    OPT(operation, OPT_STR, "write (default) | read"),
-    OPT(protocol, OPT_STR, "tcp (default) | rdma | ..."),
-    OPT(segment_id, OPT_STR, "initiator: the target's segment, HOST:PORT"),
-    OPT(device_name, OPT_STR, "NIC list for rdma"),
-    OPT(location, OPT_STR, "cpu (default) | cpu:NUMA | cuda:N | npu:N | sim:N"),
-    OPT(block_size, OPT_SIZE, "bytes per request, multiple of 8 (default 64K)"),
-    OPT(batch_size, OPT_UINT, "requests per batch (default 128)"),
-    OPT(buffer_size, OPT_SIZE, "bytes of the registered buffer (default 1G)"),
-    OPT(duration, OPT_UINT, "initiator: seconds to run (default 10)"),
-    OPT(threads, OPT_UINT, "initiator threads sharing one engine (default 1)"),
-    OPT(iterations, OPT_UINT, "initiator: stop after N batches per thread"),
-    OPT(gpu_id, OPT_INT, "with --use_vram: cuda:N"),
-    OPT(npu_id, OPT_INT, "npu:N"),
-    OPT(use_vram, OPT_BOOL, "use GPU memory (cuda:gpu_id)"),
-    OPT(json, OPT_BOOL, "initiator: print one JSON object instead of text"),
-    OPT(verify, OPT_BOOL, "check the transferred bytes (default true)"),
-    OPT(help, OPT_BOOL, "this text"),
-    OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
-    OPT(help_env_markdown, OPT_BOOL, "the same as a markdown table (the README's)"),
-};
-#define OPT_COUNT (sizeof opt_defs / sizeof opt_defs[0])
-
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: ferry-bench --mode=target|initiator [--flag=value | --flag value]...\n\n");
-    for (size_t i = 0; i < OPT_COUNT; i++)
-        fprintf(f, "  --%-18s %s\n", opt_defs[i].name, opt_defs[i].doc);
-    fprintf(f, "\nSizes take K/M/G suffixes (powers of 2).  Booleans: --x, --x=true|false|1|0, --nox.\n"
-               "target:    prints 'ferry-bench target ready: segment HOST:PORT buffer 0x.. size N'\n"
-               "           and serves until SIGINT/SIGTERM.\n"
-               "initiator: --segment_id=HOST:PORT; exit 0 ok, 1 runtime error, 2 usage, 3 bad data.\n");
-}
-
-/* Prints "ferry-bench: <message>", then for a ferry error rc != 0
- * ": <strerror>: <detail>", and exits with `code`. */
-static void fail(int code, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    const char *detail = rc ? ferry_last_error() : "";
-    fputs("ferry-bench: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    if (rc)
-        fprintf(stderr, ": %s", ferry_strerror(rc));
-    if (detail && *detail)
-        fprintf(stderr, ": %s", detail);
-    fputs(code == EXIT_USAGE ? " (see --help)\n" : "\n", stderr);
-    exit(code);
-}
-#define usage_error(...) fail(EXIT_USAGE, 0, __VA_ARGS__)
-#define die(...) fail(EXIT_RUNTIME, 0, __VA_ARGS__)
-#define die_ferry(rc, ...) fail(EXIT_RUNTIME, rc, __VA_ARGS__)
-
-/* Flag names compare with '-' and '_' as the same character. */
-static bool name_equal(const char *a, size_t alen, const char *b)
-{
-    if (strlen(b) != alen)
-        return false;
-    for (size_t i = 0; i < alen; i++) {
-        char x = a[i] == '-' ? '_' : a[i], y = b[i] == '-' ? '_' : b[i];
-        if (x != y)
-            return false;
-    }
-    return true;
-}
-
-static const struct opt_def *find_opt(const char *name, size_t len)
-{
-    for (size_t i = 0; i < OPT_COUNT; i++)
-        if (name_equal(name, len, opt_defs[i].name))
-            return &opt_defs[i];
-    return NULL;
-}
-
-static int parse_bool(const char *s, bool *out)
-{
-    static const char *const yes[] = {"true", "1", "yes", "on"};
-    static const char *const no[] = {"false", "0", "no", "off"};
-    for (size_t i = 0; i < 4; i++) {
-        if (strcasecmp(s, yes[i]) == 0)
-            return *out = true, 0;
-        if (strcasecmp(s, no[i]) == 0)
-            return *out = false, 0;
-    }
-    return -1;
-}
-
-/* Decimal, optionally with a K/M/G/T suffix (powers of 2), optionally + "B"/"iB". */
-static int parse_size(const char *s, bool suffixes, uint64_t *out)
-{
-    char *end;
-    if (*s < '0' || *s > '9')
-        return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno)
-        return -1;
-    unsigned shift = 0;
-    if (suffixes && *end) {
-        const char *units = "KMGT", *u = strchr(units, *end & ~0x20);
-        if (!u)
-            return -1;
-        shift = 10u * (unsigned)(u - units + 1);
-        end++;
-        if (strcmp(end, "B") == 0 || strcmp(end, "iB") == 0)
-            end += strlen(end);
-    }
-    if (*end || (shift && v > (UINT64_MAX >> shift)))
-        return -1;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
-static int apply_opt(struct options *o, const struct opt_def *d, const char *value)
-{
-    void *field = (char *)o + d->offset;
-    uint64_t u;
-    switch (d->kind) {
-    case OPT_STR:
-        *(const char **)field = value;
-        return 0;
-    case OPT_BOOL:
-        return parse_bool(value, (bool *)field);
-    case OPT_INT:
-        if (parse_size(value, false, &u) || u > INT32_MAX)
-            return -1;
-        *(int64_t *)field = (int64_t)u;
-        return 0;
-    case OPT_SIZE:
-    case OPT_UINT:
-        if (parse_size(value, d->kind == OPT_SIZE, &u))
-            return -1;
-        *(uint64_t *)field = u;
-        return 0;
-    }
-    return -1;
-}
-
-/* Takes the value of the flag at argv[*i]: after '=', or the next argument.
- * A bare boolean only takes the next argument if it reads as a boolean. */
-static const char *opt_value(const struct opt_def *d, const char *eq, int argc,
-                             char **argv, int *i)
-{
-    bool ignored;
-    if (eq)
-        return eq + 1;
-    if (d->kind == OPT_BOOL) {
-        if (*i + 1 < argc && parse_bool(argv[*i + 1], &ignored) == 0)
-            return argv[++*i];
-        return "true";
-    }
-    if (*i + 1 >= argc)
-        usage_error("flag --%s needs a value", d->name);
-    return argv[++*i];
-}
-
-static void parse_args(int argc, char **argv, struct options *o)
-{
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (arg[0] != '-' || arg[1] == '\0')
-            usage_error("unexpected argument '%s'", arg);
-        const char *name = arg + (arg[1] == '-' ? 2 : 1);
-        const char *eq = strchr(name, '=');
-        size_t len = eq ? (size_t)(eq - name) : strlen(name);
-        const struct opt_def *d = find_opt(name, len);
-        if (!d && !eq && len > 2 && strncmp(name, "no", 2) == 0) {
-            d = find_opt(name + 2, len - 2);        /* gflags' --noflag */
-            if (d && d->kind == OPT_BOOL) {
-                *(bool *)((char *)o + d->offset) = false;
-                continue;
-            }
-            d = NULL;
-        }
-        if (!d)
-            usage_error("unknown flag '%s'", arg);
-        const char *value = opt_value(d, eq, argc, argv, &i);
-        if (apply_opt(o, d, value) != 0)
-            usage_error("invalid value '%s' for --%s", value, d->name);
-    }
-}
-
-static void options_defaults(struct options *o)
-{
-    *o = (struct options){
-        .metadata_server = "P2PHANDSHAKE", .operation = "write", .protocol = "tcp",
-        .block_size = 65536, .batch_size = 128, .buffer_size = 1ull << 30,
-        .duration = 10, .threads = 1, .npu_id = -1, .verify = true,
-    };
-}
-
-/* Location precedence: --location, then --use_vram (cuda:gpu_id), then
- * --npu_id (npu:N), else cpu.  The result lives in static storage. */
-static void resolve_location(struct options *o)
-{
-    static char buf[32];
-    if (o->location)
-        return;
-    if (o->use_vram)
-        snprintf(buf, sizeof buf, "cuda:%" PRId64, o->gpu_id);
-    else if (o->npu_id >= 0)
-        snprintf(buf, sizeof buf, "npu:%" PRId64, o->npu_id);
-    else
-        snprintf(buf, sizeof buf, "cpu");
-    o->location = buf;
-}
-
-static void check_options(struct options *o)
-{
-    if (!o->mode || (strcmp(o->mode, "target") && strcmp(o->mode, "initiator")))
-        usage_error("--mode must be target or initiator");
-    if (strcmp(o->operation, "write") && strcmp(o->operation, "read"))
-        usage_error("--operation must be write or read, not '%s'", o->operation);
-    if (o->block_size == 0 || o->block_size % 8)
-        usage_error("--block_size must be a positive multiple of 8");
-    if (o->batch_size == 0 || o->batch_size > MAX_BATCH)
-        usage_error("--batch_size must be 1..%u", MAX_BATCH);
-    if (o->threads == 0 || o->threads > MAX_THREADS)
-        usage_error("--threads must be 1..%u", MAX_THREADS);
-    if (o->buffer_size == 0 || o->buffer_size > SIZE_MAX)
-        usage_error("--buffer_size must be positive");
-    if (strcmp(o->mode, "initiator") == 0 && !o->segment_id)
-        usage_error("initiator needs --segment_id=HOST:PORT");
-    resolve_location(o);
-}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -512,6 +260,34 @@ static void print_stats(ferry_engine *e, const char *who, FILE *out)
     }
 }
 
+static uint64_t bytes_served(ferry_engine *e)
+{
+    struct ferry_stats st;
+    uint64_t sum = 0;
+    memset(&st, 0, sizeof st);
+    ferry_get_stats(e, &st);
+    for (size_t i = 0; i < st.transport_count && i < FERRY_MAX_TRANSPORTS; i++)
+        sum += st.transports[i].bytes_served;
+    return sum;
+}
+
+/* One line of key=value pairs (bench scripts parse it): the target's CPU
+ * time between the samples around its first and last served bytes, per
+ * request of --block_size bytes, and its CPU time while idle after that. */
+static void print_target_cost(const struct serve_meter *m, uint64_t block)
+{
+    double now = now_seconds(), cpu = cost_process_cpu();
+    double busy_s = m->busy_t - m->first_t, busy_cpu = m->busy_cpu - m->first_cpu;
+    double idle_s = m->started ? now - m->busy_t : 0, idle_cpu = m->started ? cpu - m->busy_cpu : 0;
+    uint64_t bytes = m->busy_bytes - m->first_bytes;
+    double requests = (double)bytes / (double)block;
+    printf("ferry-bench target cost: bytes_served=%" PRIu64 " block_size=%" PRIu64
+           " requests=%.0f seconds=%.3f cpu_seconds=%.3f cpu_us_per_request=%.3f"
+           " idle_seconds=%.3f idle_cpu_ms=%.3f\n",
+           bytes, block, requests, busy_s, busy_cpu,
+           requests > 0 ? busy_cpu * 1e6 / requests : 0, idle_s, idle_cpu * 1e3);
+}
+
 static int run_target(const struct options *o)
 {
     enum { NOTIFY_MAX = 16 };
@@ -526,12 +302,16 @@ static int run_target(const struct options *o)
     struct ferry_notification *notes = calloc(NOTIFY_MAX, sizeof *notes);
     if (!notes)
         die("out of memory");
+    struct serve_meter meter;
+    serve_meter_init(&meter, bytes_served(e), now_seconds());
     while (!g_signalled) {
         print_notifications(e, notes, NOTIFY_MAX);
         sleep_ms(100);
+        serve_meter_sample(&meter, bytes_served(e), now_seconds());
     }
     print_notifications(e, notes, NOTIFY_MAX);
     print_stats(e, "target", stdout);
+    print_target_cost(&meter, o->block_size);
     fflush(stdout);
     free(notes);
     buffer_close(e, &b);
@@ -618,6 +398,7 @@ struct worker {
     struct run *run;
     struct ferry_request *reqs;
     uint64_t batches;
+    struct lat_hist *latency;   /* submit -> all done, per batch */
     double end;
     int rc;
     char err[512];
@@ -629,7 +410,9 @@ static void *worker_main(void *arg)
     struct run *r = w->run;
     size_t n = (size_t)r->opts->batch_size;
     do {
+        double t0 = now_seconds();
         w->rc = run_batch(r->engine, w->reqs, n, w->err, sizeof w->err);
+        lat_hist_add(w->latency, (uint64_t)((now_seconds() - t0) * 1e9));
         if (w->rc) {
             atomic_store(&r->stop, true);
             break;
@@ -649,7 +432,8 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
     for (size_t t = 0; t < count; t++) {
         w[t].run = r;
         w[t].reqs = calloc((size_t)r->opts->batch_size, sizeof *w[t].reqs);
-        if (!w[t].reqs)
+        w[t].latency = calloc(1, sizeof *w[t].latency);
+        if (!w[t].reqs || !w[t].latency)
             die("out of memory");
         build_requests(w[t].reqs, (size_t)r->opts->batch_size, r->opcode, r->segment,
                        r->local.ptr + t * r->region, r->remote_addr + t * r->region,
@@ -737,8 +521,18 @@ static void print_json_string(const char *s)
     putchar('"');
 }
 
-static void report(const struct run *r, uint64_t batches, double secs, bool verified)
+/* What the measured interval cost the initiator, and the idle engine after it. */
+struct cost {
+    uint64_t requests;
+    double cpu_seconds;
+    uint64_t p50_ns, p99_ns;
+    double idle_seconds, idle_cpu_seconds;
+};
+
+static void report(const struct run *r, uint64_t batches, double secs, bool verified,
+                   const struct cost *c)
 {
+    double us_per_req = c->requests ? c->cpu_seconds * 1e6 / (double)c->requests : 0;
     const struct options *o = r->opts;
     uint64_t bytes = atomic_load(&r->bytes);
     double gbs = secs > 0 ? (double)bytes / secs / 1e9 : 0;
@@ -751,9 +545,13 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
         print_json_string(o->location);
         printf(",\"block_size\":%" PRIu64 ",\"batch_size\":%" PRIu64 ",\"threads\":%" PRIu64
                ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
-               ",\"batches\":%" PRIu64 ",\"verified\":%s}\n",
+               ",\"batches\":%" PRIu64 ",\"verified\":%s,\"requests\":%" PRIu64
+               ",\"cpu_seconds\":%.3f,\"cpu_us_per_request\":%.3f,\"batch_p50_us\":%.1f"
+               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f}\n",
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
-               batches, verified ? "true" : "false");
+               batches, verified ? "true" : "false", c->requests, c->cpu_seconds, us_per_req,
+               (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3, c->idle_seconds,
+               c->idle_cpu_seconds * 1e3);
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
@@ -761,6 +559,12 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
                o->operation, o->protocol, cpu ? "" : " ", cpu ? "" : o->location,
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
                !o->verify ? "not verified" : verified ? "verified ok" : "verification FAILED");
+        printf("ferry-bench: cost: initiator cpu %.3f s for %" PRIu64 " requests = %.3f us/request;"
+               " batch latency p50 %.1f us p99 %.1f us\n", c->cpu_seconds, c->requests, us_per_req,
+               (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3);
+        if (c->idle_seconds > 0)
+            printf("ferry-bench: idle engine (peer connected): cpu %.3f ms over %.2f s\n",
+                   c->idle_cpu_seconds * 1e3, c->idle_seconds);
     }
     fflush(stdout);
 }
@@ -792,6 +596,17 @@ static void connect_target(struct run *r)
     r->region = (size_t)(o->batch_size * o->block_size);
 }
 
+/* The engine keeps its connections to the target; nothing is submitted for
+ * `seconds` (or until a signal).  What it burns meanwhile is its idle cost. */
+static void measure_idle(uint64_t seconds, struct cost *c)
+{
+    double cpu0 = cost_process_cpu(), t0 = now_seconds();
+    while (!g_signalled && now_seconds() - t0 < (double)seconds)
+        sleep_ms(100);
+    c->idle_seconds = now_seconds() - t0;
+    c->idle_cpu_seconds = cost_process_cpu() - cpu0;
+}
+
 static int run_initiator(const struct options *o)
 {
     struct run r;
@@ -813,7 +628,10 @@ static int run_initiator(const struct options *o)
     struct worker *w = calloc(count, sizeof *w);
     if (!w)
         die("out of memory");
-    double start = now_seconds(), end = start;
+    struct lat_hist *latency = calloc(1, sizeof *latency);
+    if (!latency)
+        die("out of memory");
+    double cpu_start = cost_process_cpu(), start = now_seconds(), end = start;
     start_workers(&r, w, count);
     watch_progress(&r, start);
     uint64_t batches = 0;
@@ -821,6 +639,7 @@ static int run_initiator(const struct options *o)
     for (size_t t = 0; t < count; t++) {
         pthread_join(w[t].tid, NULL);
         batches += w[t].batches;
+        lat_hist_merge(latency, w[t].latency);
         end = w[t].end > end ? w[t].end : end;
         if (w[t].rc && failed < 0)
             failed = (int)t;
@@ -828,11 +647,19 @@ static int run_initiator(const struct options *o)
     if (failed >= 0)
         die("thread %d: %s", failed, w[failed].err);
 
+    struct cost cost = {.requests = batches * o->batch_size, .cpu_seconds = cost_process_cpu() - cpu_start,
+                        .p50_ns = lat_hist_quantile(latency, 0.50),
+                        .p99_ns = lat_hist_quantile(latency, 0.99)};
     bool verified = o->verify && verify(&r);
-    report(&r, batches, end - start, verified);
+    if (o->idle_seconds)
+        measure_idle(o->idle_seconds, &cost);
+    report(&r, batches, end - start, verified, &cost);
     print_stats(r.engine, "initiator", stderr); /* stdout may be --json */
-    for (size_t t = 0; t < count; t++)
+    for (size_t t = 0; t < count; t++) {
         free(w[t].reqs);
+        free(w[t].latency);
+    }
+    free(latency);
     free(w);
     buffer_close(r.engine, &r.local);
     ferry_close_segment(r.engine, r.segment);

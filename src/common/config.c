@@ -113,6 +113,9 @@ static const struct knob knobs[] = {
     {{"FERRY_RDMA_STALL_MS", "5000",
       "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
       "another NIC (0: wait for the NIC's own retry limit)"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_MAX_CONNECTIONS", "auto",
+      "TCP connections per peer under heavy traffic (each has 8 MiB in flight): auto (one per two cores, 4-16) "
+      "or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -85,14 +85,51 @@ static int stopped(const atomic_int *stop)
     return stop && atomic_load_explicit(stop, memory_order_acquire);
 }
 
-int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sockio_wake *w,
-                const atomic_int *stop, size_t *got)
+/* Drops the n bytes just moved from the front of the iovec array: an iovec
+ * moved whole is left with iov_len 0, a partly moved one points at its rest. */
+static void iov_consume(struct iovec **iov, int *iovcnt, size_t n)
 {
-    char *p = buf;
+    while (*iovcnt > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)->iov_len = 0;
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    if (*iovcnt > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
+}
+
+/* Copies the front of the iovec array into part (at most RECV_IOVS entries
+ * and PIECE_MAX bytes: one call between two looks at the stop flag).
+ * Returns the number of entries; *bytes their total. */
+#define RECV_IOVS 64
+static int iov_front(const struct iovec *iov, int iovcnt, struct iovec *part, size_t *bytes)
+{
+    size_t total = 0;
+    int k = 0;
+    for (; k < iovcnt && k < RECV_IOVS && total < PIECE_MAX; k++) {
+        part[k] = iov[k];
+        if (part[k].iov_len > PIECE_MAX - total)
+            part[k].iov_len = PIECE_MAX - total;
+        total += part[k].iov_len;
+    }
+    *bytes = total;
+    return k;
+}
+
+int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                 const atomic_int *stop, size_t *got)
+{
     size_t done = 0;
     int rc = 0;
     bool drained = false; /* the last recv emptied the socket: wait before the next */
-    while (done < len && !stopped(stop)) {
+    while (iovcnt > 0 && iov->iov_len == 0) { /* nothing to receive into */
+        iov++;
+        iovcnt--;
+    }
+    while (iovcnt > 0 && !stopped(stop)) {
         if (drained) {
             if ((rc = sockio_wait(fd, POLLIN, w, deadline_ns)) < 0)
                 break;
@@ -100,11 +137,15 @@ int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sock
             drained = false;
             continue; /* look at the stop flag first */
         }
-        size_t want = len - done < PIECE_MAX ? len - done : PIECE_MAX;
-        ssize_t n = recv(fd, p + done, want, MSG_DONTWAIT);
+        struct iovec part[RECV_IOVS];
+        size_t want;
+        struct msghdr msg = {.msg_iov = part};
+        msg.msg_iovlen = (size_t)iov_front(iov, iovcnt, part, &want);
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
         if (n > 0) {
             done += (size_t)n;
             drained = (size_t)n < want;
+            iov_consume(&iov, &iovcnt, (size_t)n);
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
             drained = errno != EINTR;
         } else {
@@ -115,6 +156,13 @@ int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sock
     if (got)
         *got = done;
     return rc;
+}
+
+int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sockio_wake *w,
+                const atomic_int *stop, size_t *got)
+{
+    struct iovec one = {buf, len};
+    return sockio_recvv(fd, &one, 1, deadline_ns, w, stop, got);
 }
 
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
@@ -159,16 +207,7 @@ int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
             offered += iov[i].iov_len;
         full = left < offered;
         done += left;
-        while (iovcnt > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov->iov_len = 0;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
+        iov_consume(&iov, &iovcnt, left);
     }
     if (sent)
         *sent = done;

@@ -46,6 +46,12 @@ int sockio_wait(int fd, short events, struct sockio_wake *w, uint64_t deadline_n
 int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sockio_wake *w,
                 const atomic_int *stop, size_t *got);
 
+/* Receives into the iovec array, as sockio_recv does into one buffer, and
+ * in place as sockio_sendv sends (an iovec filled whole is left with
+ * iov_len 0, a partly filled one points at its rest): a frame's entries
+ * land with one recvmsg per wait instead of one recv each. */
+int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                 const atomic_int *stop, size_t *got);
 /* Receives and throws away len bytes; 0 or as sockio_recv. */
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
 

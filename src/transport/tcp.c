@@ -2,8 +2,10 @@
 /*
  * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
  *
- * Initiator side: a peer holds `tcp_connections` connections; a frame goes to
- * the connection with the fewest bytes in flight.  Each connection has a
+ * Initiator side: a peer holds `tcp_connections` connections, and opens more
+ * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per two cores) while every
+ * one of them has GROW_BYTES in flight; a frame goes to the connection with
+ * the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  Responses
@@ -20,6 +22,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -71,11 +74,13 @@ struct tcp_peer {
     int port;
     uint64_t epoch;
     pthread_mutex_t lock;
-    unsigned nconns;
+    unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
+    unsigned maxconns;      /* room in conns: up to the transport's max_conns */
     struct tcp_conn **conns;
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
 
+#define GROW_BYTES (8u << 20) /* in flight on every connection before a peer opens another */
 #define BOUNCE_COPIES 64
 #define READ_IOVS 256
 
@@ -127,6 +132,7 @@ struct tcp_transport {
     struct acceptor *acceptor;
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     atomic_uint_fast64_t completed, failed;
+    unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -241,16 +247,21 @@ static int receive_response(struct tcp_conn *c)
         if (h.status == 0 && h.payload_len != expect)
             return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
                               (unsigned long long)h.payload_len, (unsigned long long)expect);
+        /* the payload of every piece and the trailer: one scatter receive */
+        struct iovec iov[WIRE_MAX_ENTRIES + 1];
+        uint8_t tr[WIRE_TRAILER_SIZE];
+        int n = 0;
         for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
-            if (!(h.refused >> i & 1) &&
-                (rc = sockio_recv(c->fd, f->pieces[i].local, f->pieces[i].len, f->deadline_ns, NULL, NULL, NULL)))
-                return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
-                                                          "its deadline") : rc;
+            if (!(h.refused >> i & 1))
+                iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
+        if (h.flags & WIRE_FLAG_TRAILER)
+            iov[n++] = (struct iovec){tr, sizeof tr};
+        if ((rc = sockio_recvv(c->fd, iov, n, f->deadline_ns, NULL, NULL, NULL)))
+            return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
+                                                      "its deadline") : rc;
         if (h.flags & WIRE_FLAG_TRAILER) {
-            uint8_t tr[WIRE_TRAILER_SIZE];
             struct wire_trailer trailer;
-            if ((rc = sockio_recv(c->fd, tr, sizeof tr, f->deadline_ns, NULL, NULL, NULL)) ||
-                (rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
+            if ((rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
                 return rc;
             revoked = trailer.revoked;
         }
@@ -505,7 +516,8 @@ static int tcp_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
         p->port = (int)port->valuedouble;
         p->epoch = d->engine_id;
         p->nconns = t->host.cfg->tcp_connections;
-        p->conns = calloc(p->nconns, sizeof *p->conns);
+        p->maxconns = p->nconns > t->max_conns ? p->nconns : t->max_conns;
+        p->conns = calloc(p->maxconns, sizeof *p->conns);
         pthread_mutex_init(&p->lock, NULL);
         if (!p->conns) {
             free(p);
@@ -547,12 +559,15 @@ static void tcp_peer_close(void *tp, void *pp)
     free(p);
 }
 
-/* Picks the live connection with the fewest bytes in flight, replacing
- * broken ones (lazily: connecting happens on the new sender thread). */
+/* Picks a connection, replacing broken ones (lazily: connecting happens on
+ * the new sender thread): the first, in order, with less than a slice in
+ * flight, else the one with the fewest bytes in flight.  Light traffic (a
+ * batch of small blocks) thus stays on one connection: one sender and one
+ * receiver wake up per batch, not one per frame; heavy traffic spreads. */
 static struct tcp_conn *pick_conn(struct tcp_peer *p)
 {
-    struct tcp_conn *best = NULL;
-    uint64_t best_bytes = UINT64_MAX;
+    struct tcp_conn *best = NULL, *light = NULL;
+    uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size;
     uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
     reap_dead(p);
@@ -583,9 +598,21 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
             best = c;
             best_bytes = b;
         }
+        if (!light && b < light_bytes)
+            light = c;
+    }
+    /* heavy traffic: every connection already has GROW_BYTES in flight, so
+     * another stream (another sender, receiver and target thread) adds
+     * throughput rather than idle threads; small blocks never get here */
+    if (best && best_bytes >= GROW_BYTES && p->nconns < p->maxconns) {
+        struct tcp_conn *c = conn_create(p);
+        if (c) {
+            p->conns[p->nconns++] = c;
+            best = c;
+        }
     }
     pthread_mutex_unlock(&p->lock);
-    return best;
+    return light ? light : best;
 }
 
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
@@ -759,11 +786,12 @@ static int flush_writes(struct server_conn *s)
     return rc;
 }
 
-/* WRITE payload of entry i into host memory, straight from the socket. */
-static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_entry *e)
+/* WRITE payload of entry i into host memory from byte `done` on, straight
+ * from the socket. */
+static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_entry *e, uint64_t done)
 {
     char *dst = (char *)(uintptr_t)e->addr;
-    for (uint64_t done = 0; done < e->len;) {
+    while (done < e->len) {
         if (!s->ent[i].held) /* revoked: the rest goes nowhere */
             return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
         size_t got;
@@ -776,6 +804,30 @@ static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_
     }
     entry_end(s, i); /* all of it landed: no need to hold the range any longer */
     return 0;
+}
+
+/* WRITE payload of the held host entries [i, end) with one scatter receive
+ * per wait (small blocks: one recvmsg for a whole frame, not one recv per
+ * entry).  A revocation stops it between pieces; the entry it stopped in is
+ * finished (or discarded, if it was the one revoked) on its own. */
+static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e)
+{
+    struct iovec iov[WIRE_MAX_ENTRIES];
+    for (unsigned k = i; k < end; k++)
+        iov[k - i] = (struct iovec){(void *)(uintptr_t)e[k].addr, (size_t)e[k].len};
+    size_t got;
+    int rc = sockio_recvv(s->fd, iov, (int)(end - i), s->deadline_ns, &s->wake, &s->revoking, &got);
+    unsigned k = i;
+    for (; k < end && iov[k - i].iov_len == 0; k++)
+        entry_end(s, k); /* all of it landed */
+    if (rc || k == end)
+        return rc;
+    stop_revoked(s);
+    rc = recv_entry_host(s, k, &e[k], e[k].len - iov[k - i].iov_len);
+    for (k++; !rc && k < end; k++) /* the rest of the run, as the loop in serve_write would */
+        rc = s->ent[k].held ? recv_entry_host(s, k, &e[k], 0)
+                            : sockio_discard(s->fd, e[k].len, s->deadline_ns, &s->wake);
+    return rc;
 }
 
 /* WRITE payload of entry i into device memory, through the bounce. */
@@ -826,15 +878,21 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     int rc = 0;
     frame_begin(s, h->nentries);
     for (unsigned i = 0; i < h->nentries; i++)
-        s->ent[i].held = s->ent[i].refused = false;
-    for (unsigned i = 0; !rc && i < h->nentries; i++) {
         entry_begin(s, i, &e[i], "WRITE");
-        if (!s->ent[i].held)
+    for (unsigned i = 0; !rc && i < h->nentries;) {
+        unsigned end = i;
+        while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index < 0)
+            end++;
+        if (end > i) {
+            rc = recv_host_run(s, i, end, e);
+            i = end;
+        } else if (!s->ent[i].held) {
             rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
-        else if (s->ent[i].region.device_index < 0)
-            rc = recv_entry_host(s, i, &e[i]);
-        else
+            i++;
+        } else {
             rc = recv_entry_device(s, i, &e[i]);
+            i++;
+        }
     }
     if (!rc && s->b.n)
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
@@ -1090,12 +1148,39 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
 
 /* ------------------------------------------------------------ ops table */
 
+/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": one per two cores the
+ * process may run on, 4 to 16 (on 2 cores: 4, as before; a 16-core host: 8);
+ * else 1-64. */
+static int tcp_max_connections(unsigned *out)
+{
+    const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
+    if (!text || !*text || strcmp(text, "auto") == 0) {
+        cpu_set_t set;
+        long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
+        long n = cores / 2;
+        *out = n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end || v < 1 || v > 64)
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_MAX_CONNECTIONS=%.40s: expected auto or 1-64", text);
+    *out = (unsigned)v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
+    unsigned max_conns = 4;
+    int mrc = tcp_max_connections(&max_conns);
+    if (mrc)
+        return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
     if (!t)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
     t->host = *host;
+    t->max_conns = max_conns;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

@@ -147,6 +147,29 @@ static void test_notification_queue_drops_oldest(void **state)
     ferry_batch_free(b);
 }
 
+/* One connection to start with and room for eleven more: heavy batches (8
+ * MiB in flight on every connection) make the peer open more while frames
+ * are in flight on the first; every byte must still land in its place. */
+static int setup_growing(void **state)
+{
+    setenv("FERRY_TCP_CONNECTIONS", "1", 1);
+    setenv("FERRY_TCP_MAX_CONNECTIONS", "12", 1);
+    int rc = setup(state);
+    unsetenv("FERRY_TCP_CONNECTIONS");
+    unsetenv("FERRY_TCP_MAX_CONNECTIONS");
+    return rc;
+}
+
+static void test_connections_grow_with_traffic(void **state)
+{
+    struct fixture *f = *state;
+    for (int round = 0; round < 3; round++) {
+        run_batch(f, FERRY_WRITE, 4u << 20, 7, 0, (4u << 20) + 4096);
+        run_batch(f, FERRY_READ, 4u << 20, 7, TARGET_SIZE / 2, (4u << 20) + 4096);
+        run_batch(f, FERRY_WRITE, 4096, 256, 0, 8192);
+    }
+}
+
 static void test_segment_buffers(void **state)
 {
     struct fixture *f = *state;
@@ -168,6 +191,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
         cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

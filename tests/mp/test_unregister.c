@@ -297,6 +297,51 @@ static void test_write_host_unregistered_midway(void **state)
     ferry_engine_destroy(t.e);
 }
 
+/* A frame of three host entries lands with one scatter receive (tcp.c,
+ * recv_host_run); the middle one is unregistered mid-payload: the first and
+ * the last still land, the middle one ends refused with not one byte
+ * landed after unregister. */
+static void test_write_run_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t len = 32 * MIB;
+    char *r = map(len, 0x11), *other = map(2 * MIB, 0x11);
+    assert_int_equal(ferry_register_memory(t.e, r, len, "cpu", 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, other, 2 * MIB, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    struct wire_entry e[3] = {{(uint64_t)(uintptr_t)other, MIB}, {(uint64_t)(uintptr_t)r, len},
+                              {(uint64_t)(uintptr_t)(other + MIB), MIB}};
+    uint8_t raw[WIRE_HEADER_SIZE + 3 * WIRE_ENTRY_SIZE];
+    wire_encode_header(&(struct wire_header){.type = WIRE_WRITE, .id = 1, .nentries = 3,
+                                             .payload_len = len + 2 * MIB}, raw);
+    wire_encode_entries(e, 3, raw + WIRE_HEADER_SIZE);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    char *first = map(MIB, 0x22), *middle = map(len, 0x55), *last = map(MIB, 0x44);
+    assert_int_equal(net_write_full(fd, first, MIB), 0);
+    assert_int_equal(net_write_full(fd, middle, MIB), 0);
+    wait_until(is_filled, &(struct filled){NULL, r, MIB, 0x55}); /* mid-way through the middle entry */
+    unregister_now(t.e, r);
+    memset(r, 0x33, len);
+    assert_int_equal(net_write_full(fd, middle + MIB, len - MIB), 0);
+    assert_int_equal(net_write_full(fd, last, MIB), 0);
+    struct wire_header ack = peer_response(fd, WIRE_WRITE_ACK, 1);
+    assert_true(ack.refused == 2);                   /* only the middle entry */
+    assert_int_equal(count_not(r, len, 0x33), 0);    /* not one byte landed after unregister */
+    assert_int_equal(count_not(other, MIB, 0x22), 0);
+    assert_int_equal(count_not(other + MIB, MIB, 0x44), 0);
+    munmap(r, len);
+    check_other_region(t.e, fd, 2);
+    close(fd);
+    munmap(first, MIB);
+    munmap(middle, len);
+    munmap(last, MIB);
+    assert_int_equal(ferry_unregister_memory(t.e, other), 0);
+    munmap(other, 2 * MIB);
+    ferry_engine_destroy(t.e);
+}
+
 static void test_read_host_unregistered_midway(void **state)
 {
     (void)state;
@@ -544,6 +589,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_host_unregistered_midway),
+        cmocka_unit_test(test_write_run_unregistered_midway),
         cmocka_unit_test(test_read_host_unregistered_midway),
         cmocka_unit_test(test_write_device_unregistered_midway),
         cmocka_unit_test(test_read_device_unregistered_midway),

@@ -183,7 +183,15 @@ run_store() {
 
   # store down while transfers run
   initiator 0 0 write $((DURATION + 3)); p=$!
-  sleep 1; stop_store
+  # the store goes down once the transfer runs (its first progress line), not
+  # after a fixed second: a slow engine start (ASan, a loaded host) would
+  # otherwise meet a store that is already gone
+  for _ in $(seq 600); do
+    grep -q '^\[ *[0-9]*s\]' "$work/p0-d0-write.log" 2>/dev/null && break
+    kill -0 "$p" 2>/dev/null || break
+    sleep 0.1
+  done
+  stop_store
   wait $p; check "$kind: a running transfer outlives the store" $? "$(tail -2 "$work/p0-d0-write.log")"
   t0=$SECONDS
   initiator 1 0 write 1; wait $!; rc=$?

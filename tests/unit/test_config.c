@@ -47,6 +47,27 @@ static void environment_overrides(void **state)
     unsetenv("FERRY_PROTOCOLS");
 }
 
+/* FERRY_TCP_MAX_CONNECTIONS is read by the tcp transport when an engine
+ * starts: auto or 1-64; anything else fails the engine with its name. */
+static void tcp_max_connections_knob(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"0", "65", "four", "-1", "8x"};
+    static const char *const good[] = {"auto", "", "1", "64"};
+    ferry_engine *e = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("FERRY_TCP_MAX_CONNECTIONS", bad[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_MAX_CONNECTIONS"));
+    }
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        setenv("FERRY_TCP_MAX_CONNECTIONS", good[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), 0);
+        ferry_engine_destroy(e);
+    }
+    unsetenv("FERRY_TCP_MAX_CONNECTIONS");
+}
+
 static void engine_rejects_bad_config(void **state)
 {
     (void)state;
@@ -191,6 +212,7 @@ int main(void)
         cmocka_unit_test(defaults),
         cmocka_unit_test(environment_overrides),
         cmocka_unit_test(engine_rejects_bad_config),
+        cmocka_unit_test(tcp_max_connections_knob),
         cmocka_unit_test(reference_variables),
         cmocka_unit_test(rdma_without_nic_falls_back),
         cmocka_unit_test(segment_names),
