@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 static uint64_t max_payload(uint8_t type)
 {

@@ -23,7 +23,7 @@
 #include "meta/descriptor.h"
 #include "meta/p2p.h"
 #include "net.h"
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 /* The handshake port of a segment name "host:port". */
 static inline int raw_handshake_port(const char *segment)

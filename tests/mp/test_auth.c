@@ -21,7 +21,7 @@
 #include "auth.h"
 #include "bytes.h"
 #include "rawpeer.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 #include "testutil.h"
 
 #define TSIZE (8u << 20)

@@ -29,7 +29,7 @@
 #include "meta/p2p.h"
 #include "net.h"
 #include "testutil.h"
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 #define TSIZE (16u << 20)
 #define SEED 5

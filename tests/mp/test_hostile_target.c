@@ -39,7 +39,7 @@
 #include "meta/p2p.h"
 #include "net.h"
 #include "testutil.h"
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 #define KIB 1024u
 #define BUF_LEN (4u << 20)

@@ -32,7 +32,7 @@
 #include "memreg.h"
 #include "net.h"
 #include "testutil.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 #include "transport/transport.h"
 
 #define TSIZE (32u << 20)

@@ -43,7 +43,7 @@
 #include "meta/p2p.h"
 #include "net.h"
 #include "testutil.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 
 #define SEED 41
 #define GUARD (512u << 10)           /* victim memory before its registered buffer */

@@ -34,7 +34,7 @@
 #include "meta/p2p.h"
 #include "net.h"
 #include "testutil.h"
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 #define MIB (1u << 20)
 #define GUARD_MS 120000 /* a hang guard only: everything here ends in well under a second */

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/rdma_wire.h"
+#include "transport/rdma/rdma_wire.h"
 
 static void header(const uint8_t *in, size_t n)
 {

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "err.h"
-#include "transport/rdma_wire.h"
+#include "transport/rdma/rdma_wire.h"
 
 static int decode_header(uint16_t type, int32_t status, uint32_t len, struct rdma_msg_header *out)
 {

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "err.h"
-#include "transport/wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 static struct wire_header header(uint8_t type, uint8_t nentries, uint64_t payload_len)
 {

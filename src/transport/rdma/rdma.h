@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "memreg.h"
-#include "transport/rdma_wire.h"
+#include "transport/rdma/rdma_wire.h"
 #include "transport/transport.h"
 
 #define RDMA_MAX_PATHS 64

@@ -21,8 +21,8 @@
  *               the response was being sent); their bytes went out as zeros
  *   NOTIFY      payload = message; NOTIFY_ACK status
  */
-#ifndef FERRY_WIRE_H
-#define FERRY_WIRE_H
+#ifndef FERRY_TCP_WIRE_H
+#define FERRY_TCP_WIRE_H
 
 #include <stddef.h>
 #include <stdint.h>

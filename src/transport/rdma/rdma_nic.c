@@ -22,7 +22,7 @@
 #include "device/device.h"
 #include "err.h"
 #include "log.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 /* ------------------------------------------------------------ knobs */
 

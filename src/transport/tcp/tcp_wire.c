@@ -3,7 +3,7 @@
  * wire.c — encode/decode of tcp frames (see wire.h).  Pure functions, no
  * state; the validation here is what makes a garbage byte stream harmless.
  */
-#include "wire.h"
+#include "transport/tcp/tcp_wire.h"
 
 #include <string.h>
 

@@ -36,7 +36,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 #define POST_CHAIN 16
 #define SGE_CAP 64

@@ -5,7 +5,7 @@
  * a peer, so every field is range-checked before anyone uses it.  Built on
  * every host (no ibverbs needed), so the fuzzers can reach it.
  */
-#include "transport/rdma_wire.h"
+#include "transport/rdma/rdma_wire.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

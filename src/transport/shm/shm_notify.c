@@ -31,7 +31,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 
 #define SERVICE_TICK_MS 100
 #define ACK_DEADLINE_MS 2000

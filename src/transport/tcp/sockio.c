@@ -9,7 +9,7 @@
  * deadline and the wake-up are looked at whenever the call would block.  Stateless apart from the
  * caller's eventfd.
  */
-#include "transport/sockio.h"
+#include "transport/tcp/sockio.h"
 
 #include <errno.h>
 #include <poll.h>

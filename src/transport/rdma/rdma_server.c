@@ -31,7 +31,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 #define TICK_MS 100
 #define RDMA_SIDE_CHANNEL_THREAD "ferry-rdma-sc"

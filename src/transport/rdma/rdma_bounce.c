@@ -26,7 +26,7 @@
 #include "device/device.h"
 #include "err.h"
 #include "log.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 /* The device kind of the first remote-accessible device registration: its
  * pinned host memory makes the bounce copies fastest (NULL: none yet). */

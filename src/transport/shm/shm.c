@@ -46,7 +46,7 @@
 
 #include "err.h"
 #include "log.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 
 /* ------------------------------------------------------------ identity */
 

@@ -41,7 +41,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 /* ------------------------------------------------------------ ops */
 

@@ -31,7 +31,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/rdma.h"
+#include "transport/rdma/rdma.h"
 
 static bool piece_refused(const struct rdma_op *op, uint32_t i)
 {

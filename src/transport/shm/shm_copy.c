@@ -39,7 +39,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
-#include "transport/shm.h"
+#include "transport/shm/shm.h"
 
 #define MAX_PIECES XFER_MAX_PIECES
 #define GROUP_MAX 16             /* data frames of one peer taken together */
