@@ -115,6 +115,8 @@ int engine_pool_index(ferry_engine *e, const char *location);
 
 /* Finds a segment by handle; caller holds seg_lock (read or write). */
 struct segment *engine_segment(ferry_engine *e, uint64_t handle);
+/* Closes the segment on every transport and frees it (segment.c). */
+void engine_segment_free(ferry_engine *e, struct segment *s);
 
 /* Marks a segment for refresh before its next use. Any thread. */
 void engine_mark_stale(ferry_engine *e, uint64_t handle);

@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * segment.c — the engine's segments: a peer's descriptor fetched through the
+ * metadata store, opened on every transport both sides speak, refreshed when
+ * the peer restarts (stale handles), closed.  Segments are guarded by
+ * seg_lock: submits read, open/close/refresh write.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "abi.h"
+#include "device/device.h"
+#include "engine/engine.h"
+#include "err.h"
+#include "log.h"
+#include "net.h"
+
+void engine_segment_free(ferry_engine *e, struct segment *s)
+{
+    for (size_t i = 0; i < e->ntransports; i++)
+        if (s->peer[i])
+            e->tops[i]->peer_close(e->tstate[i], s->peer[i]);
+    descriptor_free(&s->desc);
+    free(s);
+}
+
+
+/* ------------------------------------------------------------ segments */
+
+struct segment *engine_segment(ferry_engine *e, uint64_t handle)
+{
+    for (size_t i = 0; i < e->nsegs; i++)
+        if (e->segs[i]->handle == handle)
+            return e->segs[i];
+    return NULL;
+}
+
+/* Fetches and decodes a descriptor, and opens a transport peer for each
+ * transport both sides speak. */
+static int fetch_segment(ferry_engine *e, const char *name, struct segment **out)
+{
+    char *json = NULL;
+    size_t len = 0;
+    int rc = e->meta->lookup(e->meta_state, name, &json, &len);
+    if (rc)
+        return rc;
+    struct segment *s = calloc(1, sizeof *s);
+    if (!s) {
+        free(json);
+        return ferry_fail(FERRY_ENOMEM, "segment");
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    rc = descriptor_decode(json, len, &s->desc);
+    free(json);
+    if (rc) {
+        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+        engine_segment_free(e, s);
+        return rc;
+    }
+    if (!(e->meta->caps & META_NAMED_BY_LISTENER) && strcmp(s->desc.name, name) != 0) {
+        /* a store entry under one name that describes another engine */
+        rc = ferry_fail(FERRY_EPROTO, "segment %s: the stored descriptor names segment %s", name, s->desc.name);
+        engine_segment_free(e, s);
+        return rc;
+    }
+    size_t usable = 0;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        if (!descriptor_transport(&s->desc, e->tops[i]->name))
+            continue;
+        rc = e->tops[i]->peer_open(e->tstate[i], &s->desc, &s->peer[i]);
+        if (rc == FERRY_ENOTSUP) { /* e.g. shm to another host: the other transports serve it */
+            LOG_INFO("segment %s: %s not used: %s", name, e->tops[i]->name, ferry_last_error());
+            s->peer[i] = NULL;
+            continue;
+        }
+        if (rc) {
+            engine_segment_free(e, s);
+            return rc;
+        }
+        usable++;
+    }
+    if (!usable) {
+        engine_segment_free(e, s);
+        return ferry_fail(FERRY_ENOTSUP, "segment %s shares no protocol with this engine (%s)", name,
+                          e->cfg.protocols);
+    }
+    *out = s;
+    return 0;
+}
+
+int ferry_open_segment(ferry_engine *e, const char *name, ferry_segment_t *out)
+{
+    if (!e || !name || !out)
+        return ferry_fail(FERRY_EINVAL, "open_segment: NULL argument");
+    if (strlen(name) >= sizeof ((struct segment *)0)->name)
+        return ferry_fail(FERRY_EINVAL, "segment name is too long");
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) {
+        if (strcmp(e->segs[i]->name, name) == 0) {
+            *out = e->segs[i]->handle;
+            pthread_rwlock_unlock(&e->seg_lock);
+            return 0;
+        }
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    struct segment *s;
+    int rc = fetch_segment(e, name, &s);
+    if (rc)
+        return rc;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) { /* another thread opened it meanwhile */
+        if (strcmp(e->segs[i]->name, name) == 0) {
+            *out = e->segs[i]->handle;
+            pthread_rwlock_unlock(&e->seg_lock);
+            engine_segment_free(e, s);
+            return 0;
+        }
+    }
+    if (e->nsegs == e->segcap) {
+        size_t cap = e->segcap ? e->segcap * 2 : 8;
+        struct segment **n = realloc(e->segs, cap * sizeof *n);
+        if (!n) {
+            pthread_rwlock_unlock(&e->seg_lock);
+            engine_segment_free(e, s);
+            return ferry_fail(FERRY_ENOMEM, "segment table");
+        }
+        e->segs = n;
+        e->segcap = cap;
+    }
+    s->handle = ++e->next_handle;
+    e->segs[e->nsegs++] = s;
+    *out = s->handle;
+    pthread_rwlock_unlock(&e->seg_lock);
+    LOG_INFO("opened segment %s (engine id %016llx, %zu buffers)", name, (unsigned long long)s->desc.engine_id,
+             s->desc.nbuffers);
+    return 0;
+}
+
+int ferry_close_segment(ferry_engine *e, ferry_segment_t handle)
+{
+    if (!e)
+        return ferry_fail(FERRY_EINVAL, "close_segment: engine is NULL");
+    struct segment *s = NULL;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++) {
+        if (e->segs[i]->handle == handle) {
+            s = e->segs[i];
+            e->segs[i] = e->segs[--e->nsegs];
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!s)
+        return ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+    engine_segment_free(e, s);
+    return 0;
+}
+
+void engine_mark_stale(ferry_engine *e, uint64_t handle)
+{
+    pthread_mutex_lock(&e->stale_lock);
+    size_t i = 0;
+    while (i < e->nstale && e->stale[i] != handle)
+        i++;
+    if (i == e->nstale && e->nstale < sizeof e->stale / sizeof e->stale[0])
+        e->stale[e->nstale++] = handle;
+    pthread_mutex_unlock(&e->stale_lock);
+}
+
+int engine_take_stale(ferry_engine *e, uint64_t handle)
+{
+    int found = 0;
+    pthread_mutex_lock(&e->stale_lock);
+    for (size_t i = 0; i < e->nstale; i++) {
+        if (e->stale[i] == handle) {
+            e->stale[i] = e->stale[--e->nstale];
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->stale_lock);
+    return found;
+}
+
+/* A refresh of a peer that did not restart (it registered more memory) must
+ * not cancel requests in flight on its connections: a transport whose
+ * endpoint is unchanged and whose reach does not depend on the buffer list
+ * (no can_reach) keeps its old peer.  Caller holds seg_lock for writing. */
+static void keep_live_peers(ferry_engine *e, struct segment *old, struct segment *fresh)
+{
+    if (old->desc.engine_id != fresh->desc.engine_id)
+        return;
+    for (size_t i = 0; i < e->ntransports; i++) {
+        const char *a = descriptor_transport(&old->desc, e->tops[i]->name);
+        const char *b = descriptor_transport(&fresh->desc, e->tops[i]->name);
+        if (e->tops[i]->can_reach || !old->peer[i] || !fresh->peer[i] || !a || !b || strcmp(a, b) != 0)
+            continue;
+        void *keep = old->peer[i];
+        old->peer[i] = fresh->peer[i]; /* freed with the old contents below */
+        fresh->peer[i] = keep;
+    }
+}
+
+int engine_refresh_segment(ferry_engine *e, uint64_t handle)
+{
+    char name[128];
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *old = engine_segment(e, handle);
+    if (old)
+        snprintf(name, sizeof name, "%s", old->name);
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!old)
+        return ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+    struct segment *fresh;
+    int rc = fetch_segment(e, name, &fresh);
+    if (rc)
+        return rc;
+    pthread_rwlock_wrlock(&e->seg_lock);
+    old = engine_segment(e, handle);
+    if (old)
+        keep_live_peers(e, old, fresh);
+    if (old) { /* swap contents so the handle stays valid */
+        struct segment tmp = *old;
+        *old = *fresh;
+        old->handle = handle;
+        *fresh = tmp;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (old)
+        LOG_INFO("segment %s refreshed (engine id %016llx)", name, (unsigned long long)old->desc.engine_id);
+    engine_segment_free(e, fresh);
+    return old ? 0 : ferry_fail(FERRY_ENOSEG, "segment %s was closed during refresh", name);
+}
+
+int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_buffer_info *out, size_t max,
+                          size_t *count)
+{
+    if (!e || !count || (!out && max))
+        return ferry_fail(FERRY_EINVAL, "segment_buffers: NULL argument");
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *s = engine_segment(e, handle);
+    if (s) {
+        for (size_t i = 0; i < s->desc.nbuffers && i < max; i++) {
+            out[i].addr = s->desc.buffers[i].addr;
+            out[i].len = s->desc.buffers[i].len;
+            snprintf(out[i].location, sizeof out[i].location, "%s", s->desc.buffers[i].location);
+        }
+        *count = s->desc.nbuffers;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    return s ? 0 : ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
+}
+
