@@ -14,10 +14,11 @@
  * cuMemcpy*Async per copy.  Every op makes the device's primary context
  * current on the calling thread for the call and restores the caller's own
  * context afterwards.  No threads of its own; owns the library handle, one
- * retained primary context per device used, the kernel module of each, the
- * allocations of other processes opened through cuIpc* (counted), and
+ * retained primary context per device used, the kernel module of each, and
  * two small address registries (pinned host ranges handed out by
- * host_alloc; device allocations checked for the kernel).
+ * host_alloc; device allocations checked for the kernel).  Memory of other
+ * processes (cuIpc*) and the NIC queries live in cuda_ipc.c; what the two
+ * files share is cuda_internal.h.
  */
 #include "device/backend.h"
 #include "device/device.h"
@@ -31,126 +32,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "device/cuda_internal.h"
 #include "device/cuda_kernels_ptx.h"
 #include "err.h"
 #include "log.h"
 
-/* ---------------------------------------------------------------- driver ABI */
-
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long CUdeviceptr;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUstream_st *CUstream;
-typedef struct CUmod_st *CUmodule;
-typedef struct CUfunc_st *CUfunction;
-typedef struct {
-    char reserved[64];
-} CUipcMemHandle;
-
-enum {
-    CUDA_SUCCESS = 0,
-    CUDA_ERROR_INVALID_VALUE = 1,
-    CUDA_ERROR_OUT_OF_MEMORY = 2,
-    CUDA_ERROR_NOT_SUPPORTED = 801,
-    CUDA_ERROR_NOT_READY = 600,
-    CU_STREAM_WAIT_VALUE_GEQ = 0,
-    CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
-    CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
-    CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
-    CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
-    CU_MEMORYTYPE_DEVICE = 2,
-    CU_STREAM_NON_BLOCKING = 1,
-    CU_MEMHOSTALLOC_PORTABLE = 1,
-    CU_MEMHOSTALLOC_DEVICEMAP = 2,
-    CU_MEMCPY_SRC_ACCESS_ORDER_STREAM = 1,
-    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
-    CU_JIT_ERROR_LOG_BUFFER = 5,
-    CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
-    CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1,
-};
-
-/* CUmemLocation and CUmemcpyAttributes (cuda.h, CUDA 12.8+). */
-struct cu_mem_location {
-    int type;                    /* CUmemLocationType; 0 = invalid: no hint */
-    int id;
-};
-struct cu_memcpy_attributes {
-    int src_access_order;        /* CUmemcpySrcAccessOrder */
-    struct cu_mem_location src_loc_hint;
-    struct cu_mem_location dst_loc_hint;
-    unsigned int flags;
-};
-_Static_assert(sizeof(struct cu_memcpy_attributes) == 24, "CUmemcpyAttributes is 24 bytes");
-
-/* cuMemcpyBatchAsync_v2 (CUDA 13) and the CUDA 12.8 cuMemcpyBatchAsync, which
- * also takes failIdx before the stream. */
-typedef CUresult (*batch_v2_fn)(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
-                                size_t count, struct cu_memcpy_attributes *attrs,
-                                size_t *attrs_idxs, size_t num_attrs, CUstream stream);
-typedef CUresult (*batch_v1_fn)(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
-                                size_t count, struct cu_memcpy_attributes *attrs,
-                                size_t *attrs_idxs, size_t num_attrs, size_t *fail_idx,
-                                CUstream stream);
-
-static struct {
-    CUresult (*cuInit)(unsigned int flags);
-    CUresult (*cuDeviceGetCount)(int *count);
-    CUresult (*cuDeviceGet)(CUdevice *device, int ordinal);
-    CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *ctx, CUdevice dev);
-    CUresult (*cuCtxGetCurrent)(CUcontext *ctx);
-    CUresult (*cuCtxSetCurrent)(CUcontext ctx);
-    CUresult (*cuMemAlloc)(CUdeviceptr *dptr, size_t bytes);
-    CUresult (*cuMemFree)(CUdeviceptr dptr);
-    CUresult (*cuMemHostAlloc)(void **pp, size_t bytes, unsigned int flags);
-    CUresult (*cuMemFreeHost)(void *p);
-    CUresult (*cuPointerGetAttribute)(void *data, int attribute, CUdeviceptr ptr);
-    CUresult (*cuStreamCreate)(CUstream *stream, unsigned int flags);
-    CUresult (*cuStreamDestroy)(CUstream stream);
-    CUresult (*cuMemcpyDtoHAsync)(void *dst, CUdeviceptr src, size_t bytes, CUstream stream);
-    CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr dst, const void *src, size_t bytes,
-                                  CUstream stream);
-    CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr dst, CUdeviceptr src, size_t bytes,
-                                  CUstream stream);
-    CUresult (*cuStreamQuery)(CUstream stream);
-    CUresult (*cuStreamSynchronize)(CUstream stream);
-    CUresult (*cuGetErrorString)(CUresult error, const char **str);
-    batch_v2_fn batch_v2;
-    batch_v1_fn batch_v1;
-    /* the gather kernel's (optional: missing ones switch the kernel off) */
-    CUresult (*cuDeviceGetAttribute)(int *value, int attribute, CUdevice dev);
-    CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr *dptr, void *p, unsigned int flags);
-    CUresult (*cuPointerGetAttributes)(unsigned int count, int *attributes, void **data,
-                                       CUdeviceptr ptr);
-    CUresult (*cuModuleLoadDataEx)(CUmodule *module, const void *image, unsigned int count,
-                                   int *options, void **values);
-    CUresult (*cuModuleGetFunction)(CUfunction *fn, CUmodule module, const char *name);
-    CUresult (*cuModuleUnload)(CUmodule module);
-    CUresult (*cuLaunchKernel)(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
-                               unsigned int bx, unsigned int by, unsigned int bz,
-                               unsigned int shared_bytes, CUstream stream, void **params,
-                               void **extra);
-    /* IPC (optional: missing ones leave ipc_export / ipc_open failing) */
-    CUresult (*cuMemGetAddressRange)(CUdeviceptr *base, size_t *size, CUdeviceptr dptr);
-    CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *handle, CUdeviceptr dptr);
-    CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
-    CUresult (*cuIpcOpenMemHandle_v1)(CUdeviceptr *dptr, CUipcMemHandle handle, unsigned int flags);
-    CUresult (*cuIpcCloseMemHandle)(CUdeviceptr dptr);
-    CUresult (*cuDeviceCanAccessPeer)(int *can, CUdevice dev, CUdevice peer);
-    /* stream ordering (optional: missing ones leave stream_host_func /
-     * stream_wait_flag failing with FERRY_ENOTSUP) */
-    CUresult (*cuLaunchHostFunc)(CUstream stream, void (*fn)(void *), void *arg);
-    CUresult (*cuStreamWaitValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
-} cu;
+struct cuda_driver cuda_drv;
 
 #define CUDA_MAX_DEVICES 64
 #define CUDA_BATCH_CHUNK 256     /* copies per cuMemcpyBatchAsync call (stack arrays) */
 #define CUDA_STREAM_MAGIC 0x63756461u /* "cuda" */
 
 /* Loaded state, written once by cuda_load() or under ctx_lock. */
-static struct ferry_device_loader loader = FERRY_DEVICE_LOADER_INIT;
-static void *libcuda;
-static int device_count;
+struct ferry_device_loader cuda_loader = FERRY_DEVICE_LOADER_INIT;
+void *cuda_lib;
+int cuda_ndevices;
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(CUcontext) primary_ctx[CUDA_MAX_DEVICES];
 static atomic_int batch_enabled;   /* 1 while cuMemcpyBatchAsync is trusted */
@@ -164,16 +60,16 @@ struct cuda_stream {
     CUstream stream;
 };
 
-static const char *cu_error_text(CUresult r)
+const char *cu_error_text(CUresult r)
 {
     const char *s = NULL;
-    if (cu.cuGetErrorString == NULL || cu.cuGetErrorString(r, &s) != CUDA_SUCCESS || s == NULL)
+    if (cuda_drv.cuGetErrorString == NULL || cuda_drv.cuGetErrorString(r, &s) != CUDA_SUCCESS || s == NULL)
         return "unknown CUDA error";
     return s;
 }
 
 /* Records "what: <CUDA error> (code)" and returns the matching ferry code. */
-static int cu_fail(CUresult r, const char *what, int dev)
+int cu_fail(CUresult r, const char *what, int dev)
 {
     int code = r == CUDA_ERROR_OUT_OF_MEMORY ? FERRY_ENOMEM : FERRY_EIO;
     return ferry_fail(code, "cuda:%d: %s: %s (CUDA error %d)", dev, what, cu_error_text(r), r);
@@ -181,74 +77,74 @@ static int cu_fail(CUresult r, const char *what, int dev)
 
 /* ---------------------------------------------------------------- loading */
 
-static int cuda_load(void)
+int cuda_load(void)
 {
     const struct ferry_device_sym syms[] = {
-        {"cuInit", &cu.cuInit, 1},
-        {"cuDeviceGetCount", &cu.cuDeviceGetCount, 1},
-        {"cuDeviceGet", &cu.cuDeviceGet, 1},
-        {"cuDevicePrimaryCtxRetain", &cu.cuDevicePrimaryCtxRetain, 1},
-        {"cuCtxGetCurrent", &cu.cuCtxGetCurrent, 1},
-        {"cuCtxSetCurrent", &cu.cuCtxSetCurrent, 1},
-        {"cuMemAlloc_v2", &cu.cuMemAlloc, 1},
-        {"cuMemFree_v2", &cu.cuMemFree, 1},
-        {"cuMemHostAlloc", &cu.cuMemHostAlloc, 1},
-        {"cuMemFreeHost", &cu.cuMemFreeHost, 1},
-        {"cuPointerGetAttribute", &cu.cuPointerGetAttribute, 1},
-        {"cuStreamCreate", &cu.cuStreamCreate, 1},
-        {"cuStreamDestroy_v2", &cu.cuStreamDestroy, 1},
-        {"cuMemcpyDtoHAsync_v2", &cu.cuMemcpyDtoHAsync, 1},
-        {"cuMemcpyHtoDAsync_v2", &cu.cuMemcpyHtoDAsync, 1},
-        {"cuMemcpyDtoDAsync_v2", &cu.cuMemcpyDtoDAsync, 1},
-        {"cuStreamQuery", &cu.cuStreamQuery, 1},
-        {"cuStreamSynchronize", &cu.cuStreamSynchronize, 1},
-        {"cuGetErrorString", &cu.cuGetErrorString, 1},
-        {"cuMemcpyBatchAsync_v2", &cu.batch_v2, 0},
-        {"cuMemcpyBatchAsync", &cu.batch_v1, 0},
-        {"cuDeviceGetAttribute", &cu.cuDeviceGetAttribute, 0},
-        {"cuMemHostGetDevicePointer_v2", &cu.cuMemHostGetDevicePointer, 0},
-        {"cuPointerGetAttributes", &cu.cuPointerGetAttributes, 0},
-        {"cuModuleLoadDataEx", &cu.cuModuleLoadDataEx, 0},
-        {"cuModuleGetFunction", &cu.cuModuleGetFunction, 0},
-        {"cuModuleUnload", &cu.cuModuleUnload, 0},
-        {"cuLaunchKernel", &cu.cuLaunchKernel, 0},
-        {"cuMemGetAddressRange_v2", &cu.cuMemGetAddressRange, 0},
-        {"cuIpcGetMemHandle", &cu.cuIpcGetMemHandle, 0},
-        {"cuIpcOpenMemHandle_v2", &cu.cuIpcOpenMemHandle, 0},
-        {"cuIpcOpenMemHandle", &cu.cuIpcOpenMemHandle_v1, 0},
-        {"cuIpcCloseMemHandle", &cu.cuIpcCloseMemHandle, 0},
-        {"cuDeviceCanAccessPeer", &cu.cuDeviceCanAccessPeer, 0},
-        {"cuLaunchHostFunc", &cu.cuLaunchHostFunc, 0},
-        {"cuStreamWaitValue32_v2", &cu.cuStreamWaitValue32, 0},
+        {"cuInit", &cuda_drv.cuInit, 1},
+        {"cuDeviceGetCount", &cuda_drv.cuDeviceGetCount, 1},
+        {"cuDeviceGet", &cuda_drv.cuDeviceGet, 1},
+        {"cuDevicePrimaryCtxRetain", &cuda_drv.cuDevicePrimaryCtxRetain, 1},
+        {"cuCtxGetCurrent", &cuda_drv.cuCtxGetCurrent, 1},
+        {"cuCtxSetCurrent", &cuda_drv.cuCtxSetCurrent, 1},
+        {"cuMemAlloc_v2", &cuda_drv.cuMemAlloc, 1},
+        {"cuMemFree_v2", &cuda_drv.cuMemFree, 1},
+        {"cuMemHostAlloc", &cuda_drv.cuMemHostAlloc, 1},
+        {"cuMemFreeHost", &cuda_drv.cuMemFreeHost, 1},
+        {"cuPointerGetAttribute", &cuda_drv.cuPointerGetAttribute, 1},
+        {"cuStreamCreate", &cuda_drv.cuStreamCreate, 1},
+        {"cuStreamDestroy_v2", &cuda_drv.cuStreamDestroy, 1},
+        {"cuMemcpyDtoHAsync_v2", &cuda_drv.cuMemcpyDtoHAsync, 1},
+        {"cuMemcpyHtoDAsync_v2", &cuda_drv.cuMemcpyHtoDAsync, 1},
+        {"cuMemcpyDtoDAsync_v2", &cuda_drv.cuMemcpyDtoDAsync, 1},
+        {"cuStreamQuery", &cuda_drv.cuStreamQuery, 1},
+        {"cuStreamSynchronize", &cuda_drv.cuStreamSynchronize, 1},
+        {"cuGetErrorString", &cuda_drv.cuGetErrorString, 1},
+        {"cuMemcpyBatchAsync_v2", &cuda_drv.batch_v2, 0},
+        {"cuMemcpyBatchAsync", &cuda_drv.batch_v1, 0},
+        {"cuDeviceGetAttribute", &cuda_drv.cuDeviceGetAttribute, 0},
+        {"cuMemHostGetDevicePointer_v2", &cuda_drv.cuMemHostGetDevicePointer, 0},
+        {"cuPointerGetAttributes", &cuda_drv.cuPointerGetAttributes, 0},
+        {"cuModuleLoadDataEx", &cuda_drv.cuModuleLoadDataEx, 0},
+        {"cuModuleGetFunction", &cuda_drv.cuModuleGetFunction, 0},
+        {"cuModuleUnload", &cuda_drv.cuModuleUnload, 0},
+        {"cuLaunchKernel", &cuda_drv.cuLaunchKernel, 0},
+        {"cuMemGetAddressRange_v2", &cuda_drv.cuMemGetAddressRange, 0},
+        {"cuIpcGetMemHandle", &cuda_drv.cuIpcGetMemHandle, 0},
+        {"cuIpcOpenMemHandle_v2", &cuda_drv.cuIpcOpenMemHandle, 0},
+        {"cuIpcOpenMemHandle", &cuda_drv.cuIpcOpenMemHandle_v1, 0},
+        {"cuIpcCloseMemHandle", &cuda_drv.cuIpcCloseMemHandle, 0},
+        {"cuDeviceCanAccessPeer", &cuda_drv.cuDeviceCanAccessPeer, 0},
+        {"cuLaunchHostFunc", &cuda_drv.cuLaunchHostFunc, 0},
+        {"cuStreamWaitValue32_v2", &cuda_drv.cuStreamWaitValue32, 0},
     };
-    int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &libcuda);
+    int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &cuda_lib);
     if (rc < 0)
         return rc;
-    CUresult r = cu.cuInit(0);
+    CUresult r = cuda_drv.cuInit(0);
     if (r == CUDA_SUCCESS)
-        r = cu.cuDeviceGetCount(&device_count);
+        r = cuda_drv.cuDeviceGetCount(&cuda_ndevices);
     if (r != CUDA_SUCCESS)
         return ferry_fail(FERRY_ENODEV, "cuInit: %s (CUDA error %d)", cu_error_text(r), r);
-    if (device_count <= 0)
+    if (cuda_ndevices <= 0)
         return ferry_fail(FERRY_ENODEV, "libcuda.so.1 loaded but it sees no CUDA device");
-    if (cu.cuIpcOpenMemHandle == NULL) /* drivers before CUDA 11 */
-        cu.cuIpcOpenMemHandle = cu.cuIpcOpenMemHandle_v1;
-    if (device_count > CUDA_MAX_DEVICES) {
-        LOG_WARN("cuda: %d devices; ferry uses the first %d", device_count, CUDA_MAX_DEVICES);
-        device_count = CUDA_MAX_DEVICES;
+    if (cuda_drv.cuIpcOpenMemHandle == NULL) /* drivers before CUDA 11 */
+        cuda_drv.cuIpcOpenMemHandle = cuda_drv.cuIpcOpenMemHandle_v1;
+    if (cuda_ndevices > CUDA_MAX_DEVICES) {
+        LOG_WARN("cuda: %d devices; ferry uses the first %d", cuda_ndevices, CUDA_MAX_DEVICES);
+        cuda_ndevices = CUDA_MAX_DEVICES;
     }
     /* FERRY_CUDA_BATCH_COPY=0 forces one driver call per copy (to compare,
      * or to step around a driver whose batch call misbehaves). */
     const char *want = getenv("FERRY_CUDA_BATCH_COPY");
-    int have = cu.batch_v2 != NULL || cu.batch_v1 != NULL;
+    int have = cuda_drv.batch_v2 != NULL || cuda_drv.batch_v1 != NULL;
     atomic_store(&batch_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
     /* FERRY_CUDA_GATHER_KERNEL=0 keeps D2H / H2D batches on the copy engine
      * instead of the gather/scatter kernel. */
     want = getenv("FERRY_CUDA_GATHER_KERNEL");
-    have = cu.cuDeviceGetAttribute != NULL && cu.cuMemHostGetDevicePointer != NULL &&
-           cu.cuPointerGetAttributes != NULL && cu.cuModuleLoadDataEx != NULL &&
-           cu.cuModuleGetFunction != NULL && cu.cuModuleUnload != NULL &&
-           cu.cuLaunchKernel != NULL;
+    have = cuda_drv.cuDeviceGetAttribute != NULL && cuda_drv.cuMemHostGetDevicePointer != NULL &&
+           cuda_drv.cuPointerGetAttributes != NULL && cuda_drv.cuModuleLoadDataEx != NULL &&
+           cuda_drv.cuModuleGetFunction != NULL && cuda_drv.cuModuleUnload != NULL &&
+           cuda_drv.cuLaunchKernel != NULL;
     atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
     /* FERRY_CUDA_GATHER_D2D=1: device-to-device batches (the shm transport
      * between two processes' GPUs) through the kernel too, one launch per
@@ -257,9 +153,9 @@ static int cuda_load(void)
      * (bench/gpu_small_blocks.sh). */
     want = getenv("FERRY_CUDA_GATHER_D2D");
     atomic_store(&gather_d2d, want != NULL && strcmp(want, "1") == 0);
-    LOG_INFO("cuda: %d devices, copies through %s%s%s", device_count,
+    LOG_INFO("cuda: %d devices, copies through %s%s%s", cuda_ndevices,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
-             : cu.batch_v2               ? "cuMemcpyBatchAsync_v2"
+             : cuda_drv.batch_v2               ? "cuMemcpyBatchAsync_v2"
                                          : "cuMemcpyBatchAsync (12.8 ABI)",
              atomic_load(&gather_enabled) ? ", pinned D2H / H2D batches through the gather kernel"
                                           : "",
@@ -267,40 +163,35 @@ static int cuda_load(void)
     return 0;
 }
 
-static int cuda_init(void)
+int cuda_init(void)
 {
-    return ferry_device_load_once(&loader, cuda_load);
+    return ferry_device_load_once(&cuda_loader, cuda_load);
 }
 
 static int cuda_device_count(void)
 {
-    return cuda_init() == 0 ? device_count : 0;
+    return cuda_init() == 0 ? cuda_ndevices : 0;
 }
 
 /* ---------------------------------------------------------------- contexts */
 
-/* The caller's context, to give back after the op. */
-struct ctx_guard {
-    CUcontext prev;
-    CUcontext ours;
-};
 
 /* Retains dev's primary context on first use (shared with the CUDA runtime
  * and frameworks in this process; never released, like the runtime does). */
 static int primary_context(int dev, CUcontext *out)
 {
-    if (dev < 0 || dev >= device_count)
+    if (dev < 0 || dev >= cuda_ndevices)
         return ferry_fail(FERRY_ENODEV, "cuda:%d does not exist (%d devices)", dev,
-                          device_count);
+                          cuda_ndevices);
     CUcontext ctx = atomic_load(&primary_ctx[dev]);
     if (ctx == NULL) {
         pthread_mutex_lock(&ctx_lock);
         ctx = atomic_load(&primary_ctx[dev]);
         if (ctx == NULL) {
             CUdevice d;
-            CUresult r = cu.cuDeviceGet(&d, dev);
+            CUresult r = cuda_drv.cuDeviceGet(&d, dev);
             if (r == CUDA_SUCCESS)
-                r = cu.cuDevicePrimaryCtxRetain(&ctx, d);
+                r = cuda_drv.cuDevicePrimaryCtxRetain(&ctx, d);
             if (r != CUDA_SUCCESS) {
                 pthread_mutex_unlock(&ctx_lock);
                 return cu_fail(r, "cuDevicePrimaryCtxRetain", dev);
@@ -314,16 +205,16 @@ static int primary_context(int dev, CUcontext *out)
 }
 
 /* Makes dev's primary context current for one op. */
-static int ctx_enter(int dev, struct ctx_guard *g)
+int cuda_ctx_enter(int dev, struct ctx_guard *g)
 {
     int rc = primary_context(dev, &g->ours);
     if (rc < 0)
         return rc;
     g->prev = NULL;
-    if (cu.cuCtxGetCurrent(&g->prev) != CUDA_SUCCESS)
+    if (cuda_drv.cuCtxGetCurrent(&g->prev) != CUDA_SUCCESS)
         g->prev = NULL;
     if (g->prev != g->ours) {
-        CUresult r = cu.cuCtxSetCurrent(g->ours);
+        CUresult r = cuda_drv.cuCtxSetCurrent(g->ours);
         if (r != CUDA_SUCCESS)
             return cu_fail(r, "cuCtxSetCurrent", dev);
     }
@@ -332,10 +223,10 @@ static int ctx_enter(int dev, struct ctx_guard *g)
 
 /* Gives the caller's thread its own context back.  A thread that had none
  * (ferry's own workers) keeps ours: the next op then needs no switch. */
-static void ctx_leave(const struct ctx_guard *g)
+void cuda_ctx_leave(const struct ctx_guard *g)
 {
     if (g->prev != NULL && g->prev != g->ours)
-        (void)cu.cuCtxSetCurrent(g->prev);
+        (void)cuda_drv.cuCtxSetCurrent(g->prev);
 }
 
 /* For calls that need some context but no particular device (pinned host
@@ -344,14 +235,14 @@ static void ctx_leave(const struct ctx_guard *g)
 static int any_ctx_enter(struct ctx_guard *g)
 {
     CUcontext cur = NULL;
-    if (cu.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur != NULL) {
+    if (cuda_drv.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur != NULL) {
         g->prev = g->ours = cur;
         return 0;
     }
-    for (int i = 0; i < device_count; i++)
+    for (int i = 0; i < cuda_ndevices; i++)
         if (atomic_load(&primary_ctx[i]) != NULL)
-            return ctx_enter(i, g);
-    return ctx_enter(0, g);
+            return cuda_ctx_enter(i, g);
+    return cuda_ctx_enter(0, g);
 }
 
 /* ---------------------------------------------------------------- address registries */
@@ -367,10 +258,6 @@ static int any_ctx_enter(struct ctx_guard *g)
 #define HOST_RANGES_MAX 256
 #define DEV_RANGES_MAX 64
 
-struct addr_range {
-    uintptr_t start, end;        /* [start, end) */
-    int dev;                     /* owning device; -1 for host ranges */
-};
 
 static pthread_rwlock_t ranges_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct addr_range host_ranges[HOST_RANGES_MAX];
@@ -379,7 +266,7 @@ static struct addr_range dev_ranges[DEV_RANGES_MAX];
 static size_t dev_nranges;
 static size_t dev_victim;        /* next slot to reuse once dev_ranges is full */
 
-static int range_holds(const struct addr_range *r, uintptr_t p, size_t len, int dev)
+int cuda_range_holds(const struct addr_range *r, uintptr_t p, size_t len, int dev)
 {
     return r->dev == dev && p >= r->start && p < r->end && len <= r->end - p;
 }
@@ -389,10 +276,10 @@ static int range_holds(const struct addr_range *r, uintptr_t p, size_t len, int 
 static int range_find(const struct addr_range *r, size_t n, uintptr_t p, size_t len, int dev,
                       size_t *hint)
 {
-    if (*hint < n && range_holds(&r[*hint], p, len, dev))
+    if (*hint < n && cuda_range_holds(&r[*hint], p, len, dev))
         return 1;
     for (size_t i = 0; i < n; i++)
-        if (range_holds(&r[i], p, len, dev)) {
+        if (cuda_range_holds(&r[i], p, len, dev)) {
             *hint = i;
             return 1;
         }
@@ -423,7 +310,7 @@ static void host_range_remove(void *p)
 }
 
 /* Forgets the device ranges holding p (about to be freed). */
-static void dev_range_forget(void *p)
+void cuda_dev_range_forget(void *p)
 {
     uintptr_t a = (uintptr_t)p;
     pthread_rwlock_wrlock(&ranges_lock);
@@ -437,7 +324,7 @@ static void dev_range_forget(void *p)
 }
 
 /* Remembers r as reachable by dev's kernel. */
-static void dev_range_add(struct addr_range r)
+void cuda_dev_range_add(struct addr_range r)
 {
     pthread_rwlock_wrlock(&ranges_lock);
     size_t i;
@@ -453,13 +340,12 @@ static void dev_range_add(struct addr_range r)
     pthread_rwlock_unlock(&ranges_lock);
 }
 
-static int ipc_range_learn(uintptr_t p, size_t len, int dev);
 
 /* Asks the driver whether [p, p + len) lies in one allocation of device dev
  * (a context current), or in another process's allocation opened on dev
  * through IPC that dev reaches (its own memory, or a peer's over
  * NVLink/PCIe P2P); remembers the allocation if so.  1 or 0. */
-static int dev_range_learn(uintptr_t p, size_t len, int dev)
+int cuda_dev_range_learn(uintptr_t p, size_t len, int dev)
 {
     unsigned int type = 0;
     int ordinal = -1;
@@ -469,15 +355,15 @@ static int dev_range_learn(uintptr_t p, size_t len, int dev)
                    CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
     void *data[] = {&type, &ordinal, &start, &size};
     /* not a CUDA pointer: succeeds with the values left at zero */
-    if (cu.cuPointerGetAttributes(4, attrs, data, (CUdeviceptr)p) != CUDA_SUCCESS ||
+    if (cuda_drv.cuPointerGetAttributes(4, attrs, data, (CUdeviceptr)p) != CUDA_SUCCESS ||
         type != CU_MEMORYTYPE_DEVICE || size == 0)
         return 0;
     if (ordinal != dev)
-        return ipc_range_learn(p, len, dev);
+        return cuda_ipc_range_learn(p, len, dev);
     struct addr_range r = {(uintptr_t)start, (uintptr_t)start + size, dev};
-    if (!range_holds(&r, p, len, dev))
+    if (!cuda_range_holds(&r, p, len, dev))
         return 0;
-    dev_range_add(r);
+    cuda_dev_range_add(r);
     return 1;
 }
 
@@ -492,10 +378,10 @@ static int cuda_mem_alloc(int dev, size_t len, void **out)
         return rc;
     if (len == 0 || out == NULL)
         return ferry_fail(FERRY_EINVAL, "cuda:%d: mem_alloc needs len > 0 and out", dev);
-    if ((rc = ctx_enter(dev, &g)) < 0)
+    if ((rc = cuda_ctx_enter(dev, &g)) < 0)
         return rc;
-    CUresult r = cu.cuMemAlloc(&p, len);
-    ctx_leave(&g);
+    CUresult r = cuda_drv.cuMemAlloc(&p, len);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuMemAlloc", dev);
     *out = (void *)(uintptr_t)p;
@@ -505,11 +391,11 @@ static int cuda_mem_alloc(int dev, size_t len, void **out)
 static void cuda_mem_free(int dev, void *ptr)
 {
     struct ctx_guard g;
-    if (ptr == NULL || !ferry_device_loaded(&loader) || ctx_enter(dev, &g) < 0)
+    if (ptr == NULL || !ferry_device_loaded(&cuda_loader) || cuda_ctx_enter(dev, &g) < 0)
         return;
-    dev_range_forget(ptr);
-    CUresult r = cu.cuMemFree((CUdeviceptr)(uintptr_t)ptr);
-    ctx_leave(&g);
+    cuda_dev_range_forget(ptr);
+    CUresult r = cuda_drv.cuMemFree((CUdeviceptr)(uintptr_t)ptr);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         LOG_ERROR("cuda:%d: cuMemFree(%p): %s", dev, ptr, cu_error_text(r));
 }
@@ -528,18 +414,18 @@ static int cuda_host_alloc(size_t len, void **out)
      * DEVICEMAP: mapped into the devices' address space, for the gather
      * kernel (implied under unified addressing; asked for to be plain). */
     int mapped = 1;
-    CUresult r = cu.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+    CUresult r = cuda_drv.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
     if (r == CUDA_ERROR_INVALID_VALUE) {
         mapped = 0;
-        r = cu.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE);
+        r = cuda_drv.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE);
     }
     /* The kernel may use it where devices see it at the host address. */
     CUdeviceptr dp = 0;
-    if (r == CUDA_SUCCESS && mapped && cu.cuMemHostGetDevicePointer != NULL &&
-        cu.cuMemHostGetDevicePointer(&dp, *out, 0) == CUDA_SUCCESS &&
+    if (r == CUDA_SUCCESS && mapped && cuda_drv.cuMemHostGetDevicePointer != NULL &&
+        cuda_drv.cuMemHostGetDevicePointer(&dp, *out, 0) == CUDA_SUCCESS &&
         dp == (CUdeviceptr)(uintptr_t)*out)
         host_range_add(*out, len);
-    ctx_leave(&g);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuMemHostAlloc", -1);
     return 0;
@@ -548,34 +434,34 @@ static int cuda_host_alloc(size_t len, void **out)
 static void cuda_host_free(void *ptr)
 {
     struct ctx_guard g;
-    if (ptr == NULL || !ferry_device_loaded(&loader))
+    if (ptr == NULL || !ferry_device_loaded(&cuda_loader))
         return;
     host_range_remove(ptr);
     if (any_ctx_enter(&g) < 0)
         return;
-    CUresult r = cu.cuMemFreeHost(ptr);
-    ctx_leave(&g);
+    CUresult r = cuda_drv.cuMemFreeHost(ptr);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         LOG_ERROR("cuda: cuMemFreeHost(%p): %s", ptr, cu_error_text(r));
 }
 
 /* Device memory only: pinned host memory and managed memory are reachable by
  * the CPU, so they count as host memory here. */
-static int cuda_locate(const void *ptr, size_t len, int *dev)
+int cuda_locate(const void *ptr, size_t len, int *dev)
 {
     struct ctx_guard g;
     unsigned int type = 0;
     int ordinal = -1;
     (void)len;
-    if (ptr == NULL || !ferry_device_loaded(&loader) || any_ctx_enter(&g) < 0)
+    if (ptr == NULL || !ferry_device_loaded(&cuda_loader) || any_ctx_enter(&g) < 0)
         return 0;
     CUdeviceptr p = (CUdeviceptr)(uintptr_t)ptr;
-    int found = cu.cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, p) ==
+    int found = cuda_drv.cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, p) ==
                     CUDA_SUCCESS &&
                 type == CU_MEMORYTYPE_DEVICE &&
-                cu.cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p) ==
+                cuda_drv.cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p) ==
                     CUDA_SUCCESS;
-    ctx_leave(&g);
+    cuda_ctx_leave(&g);
     if (found && dev != NULL)
         *dev = ordinal;
     return found;
@@ -600,24 +486,24 @@ static int cuda_stream_create(int dev, ferry_stream **out)
         return rc;
     if (out == NULL)
         return ferry_fail(FERRY_EINVAL, "cuda:%d: stream_create needs out", dev);
-    if ((rc = ctx_enter(dev, &g)) < 0)
+    if ((rc = cuda_ctx_enter(dev, &g)) < 0)
         return rc;
     /* Non-blocking: never serialised against the legacy NULL stream, which
      * the batch API also refuses. */
-    CUresult r = cu.cuStreamCreate(&cs, CU_STREAM_NON_BLOCKING);
+    CUresult r = cuda_drv.cuStreamCreate(&cs, CU_STREAM_NON_BLOCKING);
     /* Loads (JIT-compiles) the gather kernel now rather than in the first
      * copy; a failure only leaves copies to the copy engine. */
     unsigned int max_ctas;
     if (r == CUDA_SUCCESS && atomic_load_explicit(&gather_enabled, memory_order_relaxed))
         (void)gather_function(dev, &max_ctas);
-    ctx_leave(&g);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuStreamCreate", dev);
     struct cuda_stream *s = calloc(1, sizeof *s);
     if (s == NULL) {
-        if (ctx_enter(dev, &g) == 0) {
-            (void)cu.cuStreamDestroy(cs);
-            ctx_leave(&g);
+        if (cuda_ctx_enter(dev, &g) == 0) {
+            (void)cuda_drv.cuStreamDestroy(cs);
+            cuda_ctx_leave(&g);
         }
         return ferry_fail(FERRY_ENOMEM, "cuda:%d: stream", dev);
     }
@@ -639,9 +525,9 @@ static void cuda_stream_destroy(ferry_stream *stream)
             LOG_ERROR("cuda: stream_destroy(%p): not a cuda stream", (void *)stream);
         return;
     }
-    if (ctx_enter(s->dev, &g) == 0) {
-        CUresult r = cu.cuStreamDestroy(s->stream);
-        ctx_leave(&g);
+    if (cuda_ctx_enter(s->dev, &g) == 0) {
+        CUresult r = cuda_drv.cuStreamDestroy(s->stream);
+        cuda_ctx_leave(&g);
         if (r != CUDA_SUCCESS)
             LOG_ERROR("cuda:%d: cuStreamDestroy: %s", s->dev, cu_error_text(r));
     }
@@ -667,13 +553,13 @@ static int copy_single(void *arg, const struct ferry_copy *c, size_t index)
     CUresult r = CUDA_ERROR_INVALID_VALUE;
     switch (call->dir) {
     case FERRY_COPY_D2H:
-        r = cu.cuMemcpyDtoHAsync(c->dst, (CUdeviceptr)(uintptr_t)c->src, c->len, st);
+        r = cuda_drv.cuMemcpyDtoHAsync(c->dst, (CUdeviceptr)(uintptr_t)c->src, c->len, st);
         break;
     case FERRY_COPY_H2D:
-        r = cu.cuMemcpyHtoDAsync((CUdeviceptr)(uintptr_t)c->dst, c->src, c->len, st);
+        r = cuda_drv.cuMemcpyHtoDAsync((CUdeviceptr)(uintptr_t)c->dst, c->src, c->len, st);
         break;
     case FERRY_COPY_D2D:
-        r = cu.cuMemcpyDtoDAsync((CUdeviceptr)(uintptr_t)c->dst, (CUdeviceptr)(uintptr_t)c->src,
+        r = cuda_drv.cuMemcpyDtoDAsync((CUdeviceptr)(uintptr_t)c->dst, (CUdeviceptr)(uintptr_t)c->src,
                                  c->len, st);
         break;
     }
@@ -709,10 +595,10 @@ static int copy_batch(void *arg, const struct ferry_copy *copies, size_t n)
     memset(&attr, 0, sizeof attr);
     attr.src_access_order = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
     size_t attr_idx = 0;
-    if (cu.batch_v2 != NULL)
-        return cu.batch_v2(dsts, srcs, sizes, count, &attr, &attr_idx, 1, call->s->stream);
+    if (cuda_drv.batch_v2 != NULL)
+        return cuda_drv.batch_v2(dsts, srcs, sizes, count, &attr, &attr_idx, 1, call->s->stream);
     size_t fail_idx = SIZE_MAX;
-    return cu.batch_v1(dsts, srcs, sizes, count, &attr, &attr_idx, 1, &fail_idx,
+    return cuda_drv.batch_v1(dsts, srcs, sizes, count, &attr, &attr_idx, 1, &fail_idx,
                        call->s->stream);
 }
 
@@ -779,12 +665,12 @@ static int gather_load(int dev, struct gather_dev *g)
     void *vals[] = {log, (void *)(uintptr_t)sizeof log};
     CUmodule mod = NULL;
     const char *what = "cuModuleLoadDataEx";
-    CUresult r = cu.cuModuleLoadDataEx(&mod, ferry_cuda_kernels_ptx, 2, opts, vals);
+    CUresult r = cuda_drv.cuModuleLoadDataEx(&mod, ferry_cuda_kernels_ptx, 2, opts, vals);
     if (r == CUDA_SUCCESS) {
         what = "cuModuleGetFunction";
-        r = cu.cuModuleGetFunction(&g->fn, mod, "ferry_copy_gather");
+        r = cuda_drv.cuModuleGetFunction(&g->fn, mod, "ferry_copy_gather");
         if (r != CUDA_SUCCESS)
-            (void)cu.cuModuleUnload(mod);
+            (void)cuda_drv.cuModuleUnload(mod);
     }
     if (r != CUDA_SUCCESS) {
         log[sizeof log - 1] = '\0';
@@ -795,8 +681,8 @@ static int gather_load(int dev, struct gather_dev *g)
     }
     CUdevice d;
     int sms = 0;
-    if (cu.cuDeviceGet(&d, dev) != CUDA_SUCCESS ||
-        cu.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
+    if (cuda_drv.cuDeviceGet(&d, dev) != CUDA_SUCCESS ||
+        cuda_drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
         sms <= 0)
         sms = 16;
     g->max_ctas = (unsigned int)sms * GATHER_CTAS_PER_SM;
@@ -877,7 +763,7 @@ static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gathe
             }
         }
         pthread_rwlock_unlock(&ranges_lock);
-        if (miss && (learned++ > 2 * GATHER_MAX || !dev_range_learn(miss, len, dev)))
+        if (miss && (learned++ > 2 * GATHER_MAX || !cuda_dev_range_learn(miss, len, dev)))
             return 0;
     }
     return 1;
@@ -907,7 +793,7 @@ static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max
     a->pad = 0;
     unsigned int grid = tiles < max_ctas ? (unsigned int)tiles : max_ctas;
     void *params[] = {a};
-    CUresult r = cu.cuLaunchKernel(fn, grid, 1, 1, GATHER_THREADS, 1, 1, 0, call->s->stream,
+    CUresult r = cuda_drv.cuLaunchKernel(fn, grid, 1, 1, GATHER_THREADS, 1, 1, 0, call->s->stream,
                                    params, NULL);
     if (r == CUDA_SUCCESS)
         return 0;
@@ -960,7 +846,7 @@ static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
         return 0;
     if (copies == NULL)
         return ferry_fail(FERRY_EINVAL, "cuda: copy_async: %zu copies but no array", n);
-    int rc = ctx_enter(s->dev, &g);
+    int rc = cuda_ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
     struct copy_call call = {s, dir, 0};
@@ -969,7 +855,7 @@ static int cuda_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
         rc = copy_gathered(&call, copies, n);
     else
         rc = ferry_device_enqueue_copies(&copy_engine, &call, copies, n);
-    ctx_leave(&g);
+    cuda_ctx_leave(&g);
     return rc;
 }
 
@@ -980,11 +866,11 @@ static int cuda_stream_query(ferry_stream *stream)
     if (s == NULL)
         return ferry_fail(FERRY_EINVAL, "cuda: stream_query on %p: not a cuda stream",
                           (void *)stream);
-    int rc = ctx_enter(s->dev, &g);
+    int rc = cuda_ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
-    CUresult r = cu.cuStreamQuery(s->stream);
-    ctx_leave(&g);
+    CUresult r = cuda_drv.cuStreamQuery(s->stream);
+    cuda_ctx_leave(&g);
     if (r == CUDA_SUCCESS)
         return 0;
     if (r == CUDA_ERROR_NOT_READY)
@@ -1000,212 +886,15 @@ static int cuda_stream_sync(ferry_stream *stream)
     if (s == NULL)
         return ferry_fail(FERRY_EINVAL, "cuda: stream_sync on %p: not a cuda stream",
                           (void *)stream);
-    int rc = ctx_enter(s->dev, &g);
+    int rc = cuda_ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
-    CUresult r = cu.cuStreamSynchronize(s->stream);
-    ctx_leave(&g);
+    CUresult r = cuda_drv.cuStreamSynchronize(s->stream);
+    cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return ferry_fail(FERRY_EIO, "cuda:%d: stream failed: %s (CUDA error %d)", s->dev,
                           cu_error_text(r), r);
     return 0;
-}
-
-/* ---------------------------------------------------------------- IPC */
-
-/* What travels in an IPC handle: cuIpcGetMemHandle of the allocation's base
- * (the driver exports whole allocations) and where ptr lies in it. */
-#define CUDA_IPC_MAGIC 0x43495046u /* "FPIC" */
-struct cuda_ipc_handle {
-    uint32_t magic;
-    int32_t pid;                 /* the exporter: a process cannot open its own */
-    uint64_t offset;             /* ptr - allocation base */
-    CUipcMemHandle handle;
-};
-_Static_assert(sizeof(struct cuda_ipc_handle) <= FERRY_IPC_HANDLE_MAX, "fits FERRY_IPC_HANDLE_MAX");
-
-static int ipc_loaded(const char *what)
-{
-    int rc = cuda_init();
-    if (rc < 0)
-        return rc;
-    if (cu.cuMemGetAddressRange == NULL || cu.cuIpcGetMemHandle == NULL || cu.cuIpcOpenMemHandle == NULL ||
-        cu.cuIpcCloseMemHandle == NULL)
-        return ferry_fail(FERRY_ENOTSUP, "cuda: %s: this driver lacks the cuIpc* calls", what);
-    return 0;
-}
-
-static int cuda_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len)
-{
-    struct ctx_guard g;
-    int dev = -1;
-    int rc = ipc_loaded("ipc_export");
-    if (rc < 0)
-        return rc;
-    if (*handle_len < sizeof(struct cuda_ipc_handle))
-        return ferry_fail(FERRY_EINVAL, "cuda: ipc_export: %zu bytes of room, %zu needed", *handle_len,
-                          sizeof(struct cuda_ipc_handle));
-    if (!cuda_locate(ptr, len, &dev))
-        return ferry_fail(FERRY_EINVAL, "cuda: ipc_export(%p): not CUDA device memory", ptr);
-    if ((rc = ctx_enter(dev, &g)) < 0)
-        return rc;
-    struct cuda_ipc_handle h = {.magic = CUDA_IPC_MAGIC, .pid = (int32_t)getpid()};
-    CUdeviceptr base = 0;
-    size_t size = 0;
-    CUresult r = cu.cuMemGetAddressRange(&base, &size, (CUdeviceptr)(uintptr_t)ptr);
-    const char *what = "cuMemGetAddressRange";
-    if (r == CUDA_SUCCESS) {
-        what = "cuIpcGetMemHandle";
-        r = cu.cuIpcGetMemHandle(&h.handle, base);
-    }
-    ctx_leave(&g);
-    if (r != CUDA_SUCCESS)  /* memory from cuMemCreate (VMM) or cuMemHostRegister, for one */
-        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: %s(%p): %s (CUDA error %d)", dev, what, ptr,
-                          cu_error_text(r), r);
-    if ((uintptr_t)ptr + len > (uintptr_t)(base + size))
-        return ferry_fail(FERRY_EINVAL, "cuda:%d: ipc_export: %p+%zu runs past its allocation", dev, ptr, len);
-    h.offset = (uint64_t)((uintptr_t)ptr - (uintptr_t)base);
-    memcpy(handle, &h, sizeof h);
-    *handle_len = sizeof h;
-    return 0;
-}
-
-/* Allocations opened here, counted: whether the driver lets one context open
- * a handle twice has varied, and several registrations (or a descriptor
- * refresh) may name the same allocation. */
-struct ipc_open_entry {
-    CUipcMemHandle handle;
-    int dev;
-    CUdeviceptr base;
-    size_t size;
-    unsigned refs;
-    int reachable;               /* dev's SMs reach it: dev's own memory or a P2P peer's */
-};
-
-static pthread_mutex_t ipc_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ipc_open_entry *ipc_opened;
-static size_t ipc_nopened, ipc_cap;
-
-/* Whether kernels on dev may touch an allocation of another process mapped
- * at base: the gather kernel then copies D2D with it.  Only where the
- * driver says dev reaches its owner (a kernel touching memory it cannot
- * reach faults and poisons the context; the copy engine has no such
- * limit). */
-static int ipc_reachable(int dev, CUdeviceptr base)
-{
-    int owner = -1, can = 0;
-    CUdevice d, o;
-    if (cu.cuPointerGetAttribute(&owner, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, base) != CUDA_SUCCESS || owner < 0)
-        return 0;
-    if (owner == dev)
-        return 1;
-    return cu.cuDeviceCanAccessPeer != NULL && cu.cuDeviceGet(&d, dev) == CUDA_SUCCESS &&
-           cu.cuDeviceGet(&o, owner) == CUDA_SUCCESS && cu.cuDeviceCanAccessPeer(&can, d, o) == CUDA_SUCCESS &&
-           can == 1;
-}
-
-/* dev_range_learn for memory of another device: 1 if [p, p + len) lies in
- * an allocation opened on dev that dev reaches, remembered then (under
- * ipc_lock, so ipc_close's forget cannot pass it). */
-static int ipc_range_learn(uintptr_t p, size_t len, int dev)
-{
-    int found = 0;
-    pthread_mutex_lock(&ipc_lock);
-    for (size_t i = 0; i < ipc_nopened && !found; i++) {
-        const struct ipc_open_entry *e = &ipc_opened[i];
-        struct addr_range r = {(uintptr_t)e->base, (uintptr_t)e->base + e->size, dev};
-        if (e->dev == dev && e->reachable && range_holds(&r, p, len, dev)) {
-            dev_range_add(r);
-            found = 1;
-        }
-    }
-    pthread_mutex_unlock(&ipc_lock);
-    return found;
-}
-
-/* Opens (or counts one more use of) h on dev; ipc_lock held, dev's context current. */
-static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *base)
-{
-    for (size_t i = 0; i < ipc_nopened; i++) {
-        struct ipc_open_entry *e = &ipc_opened[i];
-        if (e->dev == dev && memcmp(&e->handle, h, sizeof *h) == 0) {
-            e->refs++;
-            *base = e->base;
-            return CUDA_SUCCESS;
-        }
-    }
-    if (ipc_nopened == ipc_cap) {
-        size_t cap = ipc_cap ? 2 * ipc_cap : 16;
-        struct ipc_open_entry *n = realloc(ipc_opened, cap * sizeof *n);
-        if (n == NULL)
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        ipc_opened = n;
-        ipc_cap = cap;
-    }
-    size_t size = 0;
-    CUresult r = cu.cuIpcOpenMemHandle(base, *h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
-    if (r == CUDA_SUCCESS && cu.cuMemGetAddressRange(NULL, &size, *base) != CUDA_SUCCESS)
-        size = 1;
-    if (r == CUDA_SUCCESS)
-        ipc_opened[ipc_nopened++] = (struct ipc_open_entry){*h, dev, *base, size, 1, ipc_reachable(dev, *base)};
-    return r;
-}
-
-static int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
-{
-    struct ctx_guard g;
-    struct cuda_ipc_handle h;
-    int rc = ipc_loaded("ipc_open");
-    if (rc < 0)
-        return rc;
-    if (handle_len != sizeof h)
-        return ferry_fail(FERRY_EINVAL, "cuda: ipc_open: a handle of %zu bytes, expected %zu", handle_len,
-                          sizeof h);
-    memcpy(&h, handle, sizeof h);
-    if (h.magic != CUDA_IPC_MAGIC)
-        return ferry_fail(FERRY_EINVAL, "cuda: ipc_open: not a CUDA IPC handle");
-    if (h.pid == (int32_t)getpid())
-        return ferry_fail(FERRY_ENOTSUP, "cuda: ipc_open: the handle was exported by this process");
-    if ((rc = ctx_enter(dev, &g)) < 0)
-        return rc;
-    CUdeviceptr base = 0;
-    pthread_mutex_lock(&ipc_lock);
-    CUresult r = ipc_open_counted(dev, &h.handle, &base);
-    pthread_mutex_unlock(&ipc_lock);
-    ctx_leave(&g);
-    if (r != CUDA_SUCCESS)
-        return cu_fail(r, "cuIpcOpenMemHandle", dev);
-    *ptr = (void *)(uintptr_t)(base + h.offset);
-    return 0;
-}
-
-static void cuda_ipc_close(int dev, void *ptr)
-{
-    struct ctx_guard g;
-    if (ptr == NULL || !ferry_device_loaded(&loader) || cu.cuIpcCloseMemHandle == NULL ||
-        ctx_enter(dev, &g) < 0)
-        return;
-    CUdeviceptr p = (CUdeviceptr)(uintptr_t)ptr;
-    CUresult r = CUDA_SUCCESS;
-    int found = 0;
-    pthread_mutex_lock(&ipc_lock);
-    for (size_t i = 0; i < ipc_nopened && !found; i++) {
-        struct ipc_open_entry *e = &ipc_opened[i];
-        if (e->dev != dev || p < e->base || p - e->base >= e->size)
-            continue;
-        found = 1;
-        if (--e->refs == 0) {
-            dev_range_forget((void *)(uintptr_t)e->base); /* the gather kernel may have learned it */
-            r = cu.cuIpcCloseMemHandle(e->base);
-            *e = ipc_opened[--ipc_nopened];
-        }
-    }
-    pthread_mutex_unlock(&ipc_lock);
-    ctx_leave(&g);
-    if (!found)
-        LOG_ERROR("cuda:%d: ipc_close(%p): not memory ipc_open returned", dev, ptr);
-    else if (r != CUDA_SUCCESS)
-        LOG_ERROR("cuda:%d: cuIpcCloseMemHandle(%p): %s", dev, ptr, cu_error_text(r));
 }
 
 /* ---------------------------------------------------------------- stream ordering */
@@ -1215,11 +904,11 @@ static void cuda_ipc_close(int dev, void *ptr)
 static int stream_ctx_enter(int dev, struct ctx_guard *g)
 {
     CUcontext cur = NULL;
-    if (cu.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur != NULL) {
+    if (cuda_drv.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur != NULL) {
         g->prev = g->ours = cur;
         return 0;
     }
-    return ctx_enter(dev, g);
+    return cuda_ctx_enter(dev, g);
 }
 
 static int cuda_stream_host_func(int dev, void *stream, void (*fn)(void *), void *arg)
@@ -1228,12 +917,12 @@ static int cuda_stream_host_func(int dev, void *stream, void (*fn)(void *), void
     int rc = cuda_init();
     if (rc < 0)
         return rc;
-    if (cu.cuLaunchHostFunc == NULL)
+    if (cuda_drv.cuLaunchHostFunc == NULL)
         return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuLaunchHostFunc", dev);
     if ((rc = stream_ctx_enter(dev, &g)) < 0)
         return rc;
-    CUresult r = cu.cuLaunchHostFunc((CUstream)stream, fn, arg);
-    ctx_leave(&g);
+    CUresult r = cuda_drv.cuLaunchHostFunc((CUstream)stream, fn, arg);
+    cuda_ctx_leave(&g);
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuLaunchHostFunc", dev);
 }
 
@@ -1243,96 +932,18 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
     int rc = cuda_init();
     if (rc < 0)
         return rc;
-    if (cu.cuStreamWaitValue32 == NULL || cu.cuMemHostGetDevicePointer == NULL)
+    if (cuda_drv.cuStreamWaitValue32 == NULL || cuda_drv.cuMemHostGetDevicePointer == NULL)
         return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuStreamWaitValue32", dev);
     if ((rc = stream_ctx_enter(dev, &g)) < 0)
         return rc;
     CUdeviceptr addr = 0;
-    CUresult r = cu.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    CUresult r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
     if (r == CUDA_SUCCESS)
-        r = cu.cuStreamWaitValue32((CUstream)stream, addr, value, CU_STREAM_WAIT_VALUE_GEQ);
-    ctx_leave(&g);
+        r = cuda_drv.cuStreamWaitValue32((CUstream)stream, addr, value, CU_STREAM_WAIT_VALUE_GEQ);
+    cuda_ctx_leave(&g);
     if (r == CUDA_ERROR_NOT_SUPPORTED)
         return ferry_fail(FERRY_ENOTSUP, "cuda:%d: stream memory operations are not supported", dev);
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
-}
-
-/* ---------------------------------------------------------------- NIC queries */
-
-/* What an RDMA NIC needs to know about CUDA memory (device.h: dmabuf_export,
- * pci_bus_id).  The two driver entry points are resolved here, once, from
- * the library cuda_load opened, so the loader's table stays as it is. */
-typedef CUresult (*get_handle_fn)(void *handle, CUdeviceptr dptr, size_t size, int type, unsigned long long flags);
-typedef CUresult (*pci_bus_id_fn)(char *id, int len, CUdevice dev);
-enum { CU_POINTER_ATTRIBUTE_CONTEXT_ = 1, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD_ = 1 };
-
-static pthread_once_t nic_once = PTHREAD_ONCE_INIT;
-static get_handle_fn cu_get_handle;
-static pci_bus_id_fn cu_pci_bus_id;
-
-static void nic_syms(void)
-{
-    void *f = dlsym(libcuda, "cuMemGetHandleForAddressRange");
-    memcpy(&cu_get_handle, &f, sizeof f);
-    f = dlsym(libcuda, "cuDeviceGetPCIBusId");
-    memcpy(&cu_pci_bus_id, &f, sizeof f);
-}
-
-static int cuda_dmabuf_export(const void *ptr, size_t len, int *fd, uint64_t *offset)
-{
-    int dev = -1, rc = cuda_init();
-    if (rc < 0)
-        return rc;
-    if (!cuda_locate(ptr, len, &dev))
-        return ferry_fail(FERRY_EINVAL, "cuda: 0x%llx+%zu is not CUDA device memory",
-                          (unsigned long long)(uintptr_t)ptr, len);
-    pthread_once(&nic_once, nic_syms);
-    if (cu_get_handle == NULL)
-        return ferry_fail(FERRY_ENOTSUP, "libcuda has no cuMemGetHandleForAddressRange (driver older than CUDA 11.7?)");
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), addr = (uint64_t)(uintptr_t)ptr;
-    uint64_t start = addr & ~(page - 1), end = (addr + len + page - 1) & ~(page - 1);
-    /* the range's own context current, whichever the caller's thread has */
-    CUcontext ctx = NULL, prev = NULL;
-    if (cu.cuCtxGetCurrent(&prev) != CUDA_SUCCESS)
-        prev = NULL;
-    if (cu.cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT_, (CUdeviceptr)addr) != CUDA_SUCCESS)
-        ctx = NULL;
-    int switched = ctx != NULL && ctx != prev && cu.cuCtxSetCurrent(ctx) == CUDA_SUCCESS;
-    int out = -1;
-    CUresult r = cu_get_handle(&out, (CUdeviceptr)start, end - start, CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD_, 0);
-    if (switched)
-        (void)cu.cuCtxSetCurrent(prev);
-    if (r == CUDA_ERROR_NOT_SUPPORTED) /* no dma-buf in this driver / kernel module */
-        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: cuMemGetHandleForAddressRange: dma-buf not supported", dev);
-    if (r != CUDA_SUCCESS)
-        return cu_fail(r, "cuMemGetHandleForAddressRange", dev);
-    if (out < 0)
-        return ferry_fail(FERRY_EIO, "cuda:%d: cuMemGetHandleForAddressRange gave no fd", dev);
-    *fd = out;
-    *offset = addr - start;
-    return 0;
-}
-
-static int cuda_pci_bus_id(int dev, char *id, size_t cap)
-{
-    int rc = cuda_init();
-    if (rc < 0)
-        return rc;
-    if (dev < 0 || dev >= device_count)
-        return ferry_fail(FERRY_ENODEV, "cuda:%d does not exist (%d devices)", dev, device_count);
-    pthread_once(&nic_once, nic_syms);
-    if (cu_pci_bus_id == NULL)
-        return ferry_fail(FERRY_ENOTSUP, "libcuda has no cuDeviceGetPCIBusId");
-    CUdevice d;
-    CUresult r = cu.cuDeviceGet(&d, dev);
-    if (r == CUDA_SUCCESS)
-        r = cu_pci_bus_id(id, cap > INT_MAX ? INT_MAX : (int)cap, d);
-    if (r != CUDA_SUCCESS)
-        return cu_fail(r, "cuDeviceGetPCIBusId", dev);
-    for (char *c = id; *c; c++)
-        if (*c >= 'A' && *c <= 'F')
-            *c = (char)(*c - 'A' + 'a');
-    return 0;
 }
 
 static const struct ferry_config_knob cuda_knobs[] = {
