@@ -121,8 +121,9 @@ struct transport_ops {
      * the request through another transport. */
     int (*can_reach)(void *t, void *peer, uint64_t remote, uint64_t len);
     /* Fills the transport's own counters (bytes, frames, refusals).  The
-     * engine then sets requests_completed, requests_failed, bytes_staged and
-     * bytes_bounced itself, whatever the transport wrote there. */
+     * engine owns and sets requests_completed, requests_failed, bytes_staged
+     * and bytes_bounced: a transport leaves them alone (it sees frames, not
+     * requests). */
     void (*stats)(void *t, struct ferry_transport_stats *out);
 };
 

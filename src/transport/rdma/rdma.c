@@ -73,12 +73,9 @@ static void frame_end(struct rdma_peer *p, struct xfer_frame *f, int err, uint64
 {
     struct rdma_transport *t = p->t;
     if (err == 0 && refused == 0) {
-        atomic_fetch_add(&t->completed, 1);
         atomic_fetch_add(f->opcode == XFER_WRITE ? &t->bytes_written : &t->bytes_read, f->bytes);
         if (staged)
             atomic_fetch_add(&t->bytes_target_staged, f->bytes);
-    } else if (err) {
-        atomic_fetch_add(&t->failed, 1);
     }
     f->complete(f, err, refused, msg);
     atomic_fetch_sub(&p->ops_out, 1);
@@ -718,8 +715,6 @@ static void rdma_stats(void *tp, struct ferry_transport_stats *out)
     out->bytes_read = atomic_load(&t->bytes_read);
     out->frames_sent = atomic_load(&t->frames_sent);
     out->refused = atomic_load(&t->refused);
-    out->requests_completed = atomic_load(&t->completed);
-    out->requests_failed = atomic_load(&t->failed);
     out->bytes_served = atomic_load(&t->bytes_served);
     out->bytes_target_staged = atomic_load(&t->bytes_target_staged);
     out->nic_count = t->nnics < FERRY_STATS_MAX_NICS ? t->nnics : FERRY_STATS_MAX_NICS;

@@ -104,7 +104,7 @@ struct rdma_transport {
     pthread_mutex_t ops_lock;     /* free list of ops */
     struct rdma_op *free_ops;
 
-    atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused, completed, failed;
+    atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused;
     atomic_uint_fast64_t bytes_target_staged;  /* of bytes_written/read: staged by the target */
     atomic_uint_fast64_t bytes_served;         /* staged for peers here (two-sided) */
     atomic_uint_fast64_t nic_bytes[RDMA_MAX_NICS]; /* bytes moved by work requests, per local NIC */

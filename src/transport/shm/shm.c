@@ -611,8 +611,6 @@ static void shm_stats(void *tp, struct ferry_transport_stats *out)
     out->bytes_served = atomic_load(&t->served->bytes);
     out->frames_sent = atomic_load(&t->frames_sent);
     out->refused = atomic_load(&t->refused);
-    out->requests_completed = atomic_load(&t->completed);
-    out->requests_failed = atomic_load(&t->failed);
 }
 
 const struct transport_ops ferry_shm_transport = {

@@ -180,7 +180,7 @@ struct shm_transport {
 
     struct shm_notify_service notify;
 
-    atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused, completed, failed;
+    atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused;
 };
 
 /* shm_copy.c */

@@ -119,15 +119,11 @@ static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, ui
 {
     struct shm_peer *p = peer_of(f);
     if (err == 0) {
-        if (!refused)
-            atomic_fetch_add(&t->completed, 1);
         if (f->opcode == XFER_WRITE)
             atomic_fetch_add(&t->bytes_written, moved);
         else if (f->opcode == XFER_READ)
             atomic_fetch_add(&t->bytes_read, moved);
     }
-    if (err || refused)
-        atomic_fetch_add(&t->failed, 1);
     f->complete(f, err, refused, msg);
     pthread_mutex_lock(&t->lock);
     if (--p->queued == 0)
@@ -142,7 +138,6 @@ void shm_submit(void *tp, void *pp, struct xfer_frame *f)
     pthread_mutex_lock(&t->lock);
     if (t->stopping || p->closing) {
         pthread_mutex_unlock(&t->lock);
-        atomic_fetch_add(&t->failed, 1);
         f->complete(f, FERRY_ECANCELED, 0, "shm: the segment is being closed");
         return;
     }

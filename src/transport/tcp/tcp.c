@@ -89,13 +89,10 @@ static void frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_
     pthread_mutex_unlock(&c->lock);
     atomic_fetch_sub(&c->inflight_bytes, f->bytes);
     if (err == 0 && refused == 0) {
-        atomic_fetch_add(&t->completed, 1);
         if (f->opcode == XFER_WRITE)
             atomic_fetch_add(&t->bytes_written, f->bytes);
         else if (f->opcode == XFER_READ)
             atomic_fetch_add(&t->bytes_read, f->bytes);
-    } else {
-        atomic_fetch_add(&t->failed, 1);
     }
     f->complete(f, err, refused, msg);
 }
@@ -574,7 +571,6 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         }
         pthread_mutex_unlock(&c->lock);
     }
-    atomic_fetch_add(&p->t->failed, 1);
     f->complete(f, FERRY_ECONN, 0, "tcp: no usable connection to the peer");
 }
 
@@ -662,8 +658,6 @@ static void tcp_stats(void *tp, struct ferry_transport_stats *out)
     out->bytes_served = atomic_load(&t->bytes_served);
     out->frames_sent = atomic_load(&t->frames_sent);
     out->refused = atomic_load(&t->refused);
-    out->requests_completed = atomic_load(&t->completed);
-    out->requests_failed = atomic_load(&t->failed);
 }
 
 const struct transport_ops ferry_tcp_transport = {

@@ -20,7 +20,6 @@ struct tcp_transport {
     int port;
     struct acceptor *acceptor;
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
-    atomic_uint_fast64_t completed, failed;
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
 };
 
