@@ -27,6 +27,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 #include "net.h"
 #include "staging/aggregate.h"
 
@@ -406,13 +407,8 @@ static void *worker_main(void *arg)
                 pthread_mutex_lock(&p->lock);
                 continue;
             }
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 50 * 1000000L; /* re-check deadlines of waiting frames */
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            /* re-check deadlines of waiting frames */
+            struct timespec until = timespec_in_ms(CLOCK_REALTIME, 50);
             pthread_cond_timedwait(&p->cond, &p->lock, &until);
             idle_since = 0;
             continue;

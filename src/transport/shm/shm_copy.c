@@ -38,6 +38,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 #include "net.h"
 #include "transport/shm/shm.h"
 
@@ -200,13 +201,7 @@ static void *timer_main(void *arg)
     struct shm_transport *t = arg;
     pthread_mutex_lock(&t->lock);
     while (!t->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += TICK_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = timespec_in_ms(CLOCK_REALTIME, TICK_MS);
         pthread_cond_timedwait(&t->tick, &t->lock, &until);
         struct xfer_frame *late = t->head ? unqueue(t, NULL, now_ns()) : NULL;
         if (!late)
