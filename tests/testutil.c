@@ -76,7 +76,7 @@ void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define CROSS_PROCESS_READS_END() ((void)0)
 #endif
 
-static int read_line(int fd, char *buf, size_t max)
+int test_read_line(int fd, char *buf, size_t max)
 {
     size_t n = 0;
     while (n + 1 < max) {
@@ -112,7 +112,7 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
     }
     dprintf(fd, "%s %llx\n", ferry_engine_segment_name(e), (unsigned long long)(uintptr_t)buf);
     char line[256];
-    while (read_line(fd, line, sizeof line) == 0) {
+    while (test_read_line(fd, line, sizeof line) == 0) {
         unsigned long long off, n, s;
         if (sscanf(line, "check %llx %llx %llu", &off, &n, &s) == 3) {
             long bad = -2;
@@ -181,7 +181,7 @@ int child_target_start(struct child_target *t, size_t len, const char *location,
     t->len = len;
     char line[256];
     unsigned long long addr;
-    if (read_line(t->ctl_fd, line, sizeof line) != 0 || sscanf(line, "%127s %llx", t->name, &addr) != 2 ||
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0 || sscanf(line, "%127s %llx", t->name, &addr) != 2 ||
         strcmp(t->name, "error") == 0) {
         fprintf(stderr, "child target failed: %s\n", line);
         child_target_kill(t);
@@ -196,7 +196,7 @@ long child_target_check(struct child_target *t, uint64_t off, uint64_t len, uint
     char line[64];
     dprintf(t->ctl_fd, "check %llx %llx %llu\n", (unsigned long long)off, (unsigned long long)len,
             (unsigned long long)seed);
-    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0)
         return -2;
     return strtol(line, NULL, 10);
 }
@@ -205,7 +205,7 @@ int child_target_unregister(struct child_target *t)
 {
     char line[64];
     dprintf(t->ctl_fd, "unreg\n");
-    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     return (int)strtol(line, NULL, 10);
 }
@@ -214,7 +214,7 @@ static int command(struct child_target *t, const char *cmd)
 {
     char line[64];
     dprintf(t->ctl_fd, "%s\n", cmd);
-    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     return (int)strtol(line, NULL, 10);
 }
@@ -235,7 +235,7 @@ int child_target_register(struct child_target *t)
 {
     char line[64];
     dprintf(t->ctl_fd, "reg\n");
-    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     return (int)strtol(line, NULL, 10);
 }
@@ -244,7 +244,7 @@ long child_target_notification(struct child_target *t, char *buf, size_t max)
 {
     char line[4200];
     dprintf(t->ctl_fd, "note\n");
-    if (read_line(t->ctl_fd, line, sizeof line) != 0)
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0)
         return -1;
     long n = strtol(line, NULL, 10);
     if (n < 0)

@@ -53,6 +53,10 @@ int child_target_fill(struct child_target *t, uint64_t seed);
 int child_target_free_device_memory(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
+/* Reads one line from fd (byte by byte, so nothing past the newline is
+ * consumed) into buf without the newline.  0, or -1 at EOF/error. */
+int test_read_line(int fd, char *buf, size_t max);
+
 /* The body of the ferry_test_target program that child_target_start execs
  * (a fresh process, since device drivers do not survive fork): serves the
  * control protocol on fd.  Never returns. */

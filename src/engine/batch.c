@@ -140,18 +140,8 @@ static size_t notification_due(struct ferry_batch *b)
 static void send_notifications(struct ferry_batch *b, size_t n)
 {
     ferry_engine *e = b->e;
-    for (size_t i = 0; i < n; i++) {
-        struct xfer_frame *f = &b->note_frames[i];
-        pthread_rwlock_rdlock(&e->seg_lock);
-        int t = ROUTE_TRANSPORT(f->route);
-        struct segment *s = engine_segment(e, f->segment);
-        void *peer = s ? s->peer[t] : NULL;
-        if (peer)
-            e->tops[t]->submit(e->tstate[t], peer, f);
-        pthread_rwlock_unlock(&e->seg_lock);
-        if (!peer)
-            f->complete(f, FERRY_ENOSEG, 0, "notification target segment was closed");
-    }
+    for (size_t i = 0; i < n; i++)
+        engine_submit_frame(e, &b->note_frames[i], "notification target segment was closed");
 }
 
 static void notify_frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)

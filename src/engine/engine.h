@@ -115,6 +115,10 @@ int engine_pool_index(ferry_engine *e, const char *location);
 
 /* Finds a segment by handle; caller holds seg_lock (read or write). */
 struct segment *engine_segment(ferry_engine *e, uint64_t handle);
+/* Hands f to the transport of its route on its segment's peer, under
+ * seg_lock; if the segment was closed meanwhile, ends f FERRY_ENOSEG with
+ * the message gone (segment.c). */
+void engine_submit_frame(ferry_engine *e, struct xfer_frame *f, const char *gone);
 /* Closes the segment on every transport and frees it (segment.c). */
 void engine_segment_free(ferry_engine *e, struct segment *s);
 

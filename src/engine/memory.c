@@ -107,16 +107,7 @@ int engine_pool_index(ferry_engine *e, const char *location)
 /* Hands a staged frame, rewritten to host memory, to its transport. */
 static void staging_send(void *ctx, struct xfer_frame *f)
 {
-    ferry_engine *e = ctx;
-    int t = ROUTE_TRANSPORT(f->route);
-    pthread_rwlock_rdlock(&e->seg_lock);
-    struct segment *s = engine_segment(e, f->segment);
-    void *peer = s ? s->peer[t] : NULL;
-    if (peer)
-        e->tops[t]->submit(e->tstate[t], peer, f);
-    pthread_rwlock_unlock(&e->seg_lock);
-    if (!peer)
-        f->complete(f, FERRY_ENOSEG, 0, "target segment was closed while the frame was staged");
+    engine_submit_frame(ctx, f, "target segment was closed while the frame was staged");
 }
 
 /* Creates the staging pool of a device the first time memory of that device

@@ -29,6 +29,19 @@ void engine_segment_free(ferry_engine *e, struct segment *s)
 
 /* ------------------------------------------------------------ segments */
 
+void engine_submit_frame(ferry_engine *e, struct xfer_frame *f, const char *gone)
+{
+    int t = ROUTE_TRANSPORT(f->route);
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *s = engine_segment(e, f->segment);
+    void *peer = s ? s->peer[t] : NULL;
+    if (peer)
+        e->tops[t]->submit(e->tstate[t], peer, f);
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (!peer)
+        f->complete(f, FERRY_ENOSEG, 0, gone);
+}
+
 struct segment *engine_segment(ferry_engine *e, uint64_t handle)
 {
     for (size_t i = 0; i < e->nsegs; i++)

@@ -60,21 +60,6 @@ struct victim {
     uint64_t engine_id;
 };
 
-static int read_line(int fd, char *buf, size_t max)
-{
-    size_t n = 0;
-    while (n + 1 < max) {
-        ssize_t r = read(fd, buf + n, 1);
-        if (r <= 0)
-            return -1;
-        if (buf[n] == '\n')
-            break;
-        n++;
-    }
-    buf[n] = '\0';
-    return 0;
-}
-
 /* Counts the notifications received so far whose message is msg. */
 static long notes_seen(ferry_engine *e, const char *msg)
 {
@@ -114,7 +99,7 @@ static void __attribute__((noreturn)) victim_serve(int fd, size_t len)
     dprintf(fd, "%s %llx\n", ferry_engine_segment_name(e), (unsigned long long)(uintptr_t)base);
     char line[256], arg[128];
     unsigned long long off, n, s;
-    while (read_line(fd, line, sizeof line) == 0) {
+    while (test_read_line(fd, line, sizeof line) == 0) {
         if (sscanf(line, "check %llx %llx %llu", &off, &n, &s) == 3) {
             long bad = off + n <= total ? pattern_check(base + off, n, s, off) : -2;
             dprintf(fd, "%lld\n", bad < 0 ? (long long)bad : (long long)(bad + (long)off));
@@ -144,7 +129,7 @@ static void __attribute__((noreturn)) victim_serve(int fd, size_t len)
             lim.rlim_cur = (rlim_t)top;
             lim.rlim_max = saved.rlim_max;
             dprintf(fd, "%d\n", setrlimit(RLIMIT_NOFILE, &lim));
-            if (read_line(fd, line, sizeof line) == 0) /* "restore" */
+            if (test_read_line(fd, line, sizeof line) == 0) /* "restore" */
                 dprintf(fd, "%d\n", setrlimit(RLIMIT_NOFILE, &saved));
         } else if (sscanf(line, "note %127s", arg) == 1) {
             dprintf(fd, "%ld\n", notes_seen(e, arg));
@@ -173,7 +158,7 @@ static void victim_start(struct victim *v, size_t len)
     v->reg_len = len;
     char line[256];
     unsigned long long base;
-    assert_int_equal(read_line(v->fd, line, sizeof line), 0);
+    assert_int_equal(test_read_line(v->fd, line, sizeof line), 0);
     if (sscanf(line, "%127s %llx", v->name, &base) != 2)
         fail_msg("victim: %s", line);
     v->base = base;
@@ -199,7 +184,7 @@ static long victim_ask(struct victim *v, const char *fmt, ...)
     va_end(ap);
     strcat(line, "\n");
     assert_true(write(v->fd, line, strlen(line)) == (ssize_t)strlen(line));
-    assert_int_equal(read_line(v->fd, line, sizeof line), 0);
+    assert_int_equal(test_read_line(v->fd, line, sizeof line), 0);
     return strtol(line, NULL, 10);
 }
 
