@@ -25,6 +25,7 @@
 #include "log.h"
 #include "net.h"
 #include "timespec.h"
+#include "trace.h"
 
 #define MAX_NOTIFY_TARGETS 16
 
@@ -183,8 +184,10 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
     }
     b->frames_out--;
     size_t notes = notification_due(b);
-    if (all_ended(b)) /* finished, or a stream-ordered submit waits for this */
+    if (all_ended(b)) { /* finished, or a stream-ordered submit waits for this */
+        TRACE(TR_BATCH_DONE, b->count);
         pthread_cond_broadcast(&b->cond);
+    }
     pthread_mutex_unlock(&b->lock);
     if (notes)
         send_notifications(b, notes);
@@ -450,6 +453,7 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
         return ferry_fail(FERRY_EINVAL, "batch_submit: NULL argument");
     if (n == 0)
         return 0;
+    TRACE(TR_BATCH_SUBMIT, n);
     pthread_mutex_lock(&b->lock);
     size_t count = b->count;
     bool noted = b->note_state != NOTE_NONE;
@@ -471,6 +475,7 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
         refresh_stale(e, reqs, n);
         rc = submit_locked(b, reqs, n, locals, sreqs, node);
     }
+    TRACE(TR_BATCH_SUBMITTED, n);
     if (rc && node) { /* nothing was submitted: give the accesses back */
         for (size_t i = 0; i < begun; i++)
             memreg_access_end(&e->registry, &node->accs[i]);
@@ -600,5 +605,6 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
     if (!rc && b->note_error)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
     pthread_mutex_unlock(&b->lock);
+    TRACE(TR_BATCH_WOKEN, b->count);
     return rc;
 }

@@ -27,8 +27,9 @@
 
 #include "err.h"
 #include "log.h"
-#include "timespec.h"
 #include "net.h"
+#include "timespec.h"
+#include "trace.h"
 #include "staging/aggregate.h"
 
 /* Copies one group takes at most: two frames of full scatter lists, what
@@ -253,6 +254,7 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, stru
         for (size_t i = 0; i < n; i++)
             ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, p->round + ncopies);
         rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, p->round, ncopies) : 0;
+        TRACE(TR_STAGE_ISSUE, ncopies);
     }
     if (rc) {
         group_failed(p, g, n, rc, head, tail);
@@ -320,6 +322,7 @@ static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int
  * frames end. */
 static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
 {
+    TRACE(TR_STAGE_RETIRED, n);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = g[i];
         if (c->state == CHUNK_GATHER) {
@@ -440,6 +443,7 @@ void staging_submit(struct staging_pool *p, struct xfer_frame *f)
         end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
         return;
     }
+    TRACE(TR_STAGE_QUEUED, f->bytes);
     f->next = NULL;
     if (p->waiting_tail)
         p->waiting_tail->next = f;

@@ -41,6 +41,7 @@
 #include "transport/transport.h"
 #include "transport/tcp/tcp_wire.h"
 #include "transport/tcp/tcp.h"
+#include "trace.h"
 
 struct tcp_conn {
     struct tcp_peer *peer;
@@ -220,6 +221,7 @@ static int receive_response(struct tcp_conn *c)
         snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
                  "(or unregistered while it was served)",
                  c->peer->host, c->peer->port);
+    TRACE(TR_TCP_ACK, f->bytes);
     frame_end(c, f, h.status, h.refused | revoked, msg);
     return 0;
 }
@@ -330,7 +332,10 @@ static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
     wire_encode_header(&h, head);
     iov[0] = (struct iovec){head, WIRE_HEADER_SIZE + (size_t)WIRE_ENTRY_SIZE * h.nentries};
     atomic_fetch_add(&c->peer->t->frames_sent, 1);
-    return net_writev_full(c->fd, iov, iovcnt);
+    TRACE(TR_TCP_SEND, h.payload_len);
+    int rc = net_writev_full(c->fd, iov, iovcnt);
+    TRACE(TR_TCP_SENT, h.payload_len);
+    return rc;
 }
 
 static void *sender_main(void *arg)

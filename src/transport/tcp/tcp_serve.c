@@ -35,6 +35,7 @@
 #include "transport/transport.h"
 #include "transport/tcp/tcp_wire.h"
 #include "transport/tcp/tcp.h"
+#include "trace.h"
 
 #define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
 #define BOUNCE_COPIES 64
@@ -273,15 +274,16 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
-/* WRITE payload of entry i into device memory, through the bounce. */
-static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e)
+/* WRITE payload of entry i into device memory from byte `done` on, through
+ * the bounce. */
+static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e, uint64_t done)
 {
     struct bounce *b = &s->b;
     int dev;
     const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
     if (!ops)
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
-    for (uint64_t done = 0; done < e->len;) {
+    while (done < e->len) {
         if (!s->ent[i].held)
             return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
         size_t n, got;
@@ -306,6 +308,60 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
     return 0;
 }
 
+/* WRITE payload of the held device entries [i, end) (one device): as many
+ * whole entries as the bounce has room for land with one receive, not one
+ * each (small blocks: a frame's worth per wait).  Returns how many entries
+ * it finished in *taken (>= 1 unless it failed); an entry that does not fit,
+ * or that a revocation stopped the receive in, is finished on its own. */
+static int recv_device_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e,
+                           unsigned *taken)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
+    size_t room;
+    int rc = bounce_room(s, ops, dev, e[i].len, &room, flush_writes);
+    if (rc)
+        return rc;
+    room = BOUNCE_SIZE - b->used;
+    uint64_t total = 0;
+    unsigned k = i;
+    while (k < end && b->n + (k - i) < BOUNCE_COPIES && total + e[k].len <= room)
+        total += e[k++].len;
+    *taken = 1;
+    if (k == i) /* the first entry does not fit whole */
+        return recv_entry_device(s, i, &e[i], 0);
+    size_t got = 0;
+    char *base = b->buf + b->used;
+    rc = sockio_recv(s->fd, base, total, s->deadline_ns, &s->wake, &s->revoking, &got);
+    /* copies for what landed; a revoked entry's copy is dropped at the flush */
+    uint64_t off = 0;
+    unsigned j = i;
+    for (; j < k && off + e[j].len <= got; off += e[j++].len) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, e[j].len};
+        atomic_fetch_add(s->t->host.bytes_bounced, e[j].len);
+    }
+    b->used += off;
+    *taken = j - i;
+    if (rc || j == k)
+        return rc;
+    /* a revocation stopped it inside entry j: what landed of j is kept
+     * (if j is still held) and j finishes on its own from there */
+    stop_revoked(s);
+    uint64_t part = got - off;
+    if (part && s->ent[j].held) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, part};
+        b->used += part;
+    }
+    *taken = j - i + 1;
+    return s->ent[j].held ? recv_entry_device(s, j, &e[j], part)
+                          : sockio_discard(s->fd, e[j].len - part, s->deadline_ns, &s->wake);
+}
+
 static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
                          uint64_t payload)
 {
@@ -319,6 +375,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
 {
     struct tcp_transport *t = s->t;
     int rc = 0;
+    TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     for (unsigned i = 0; i < h->nentries; i++)
         entry_begin(s, i, &e[i], "WRITE");
@@ -333,18 +390,29 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
             rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
             i++;
         } else {
-            rc = recv_entry_device(s, i, &e[i]);
-            i++;
+            end = i + 1;
+            while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index >= 0 &&
+                   strcmp(s->ent[end].region.location, s->ent[i].region.location) == 0)
+                end++;
+            unsigned taken = 0;
+            rc = recv_device_run(s, i, end, e, &taken);
+            i += taken ? taken : 1;
         }
     }
-    if (!rc && s->b.n)
+    TRACE(TR_SRV_PAYLOAD, h->payload_len);
+    if (!rc && s->b.n) {
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
+        TRACE(TR_SRV_COPY, h->payload_len);
+    }
     s->b.n = s->b.used = 0;
     uint64_t refused = frame_end_accesses(s);
     for (unsigned i = 0; !rc && i < h->nentries; i++)
         if (!(refused >> i & 1))
             atomic_fetch_add(&t->bytes_served, e[i].len);
-    return rc ? rc : send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+    if (!rc)
+        rc = send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+    TRACE(TR_SRV_ANSWERED, h->payload_len);
+    return rc;
 }
 
 /* READ: the gathered iovecs go out after the device copies they point into.
@@ -359,6 +427,8 @@ static int flush_reads(struct server_conn *s)
         return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
                           "no trailer: closing the connection", s->from);
     int rc = b->n ? ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_D2H, b->copies, b->n) : 0;
+    if (b->n)
+        TRACE(TR_SRV_COPY, b->used);
     b->n = b->used = 0;
     for (int k = 0; !rc && k < s->iovcnt;) {
         int own = s->iov_entry[k];
@@ -422,6 +492,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
 {
     struct tcp_transport *t = s->t;
     uint64_t refused = 0, payload = 0;
+    TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
     for (unsigned i = 0; i < h->nentries; i++) {
@@ -459,6 +530,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     }
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
+    TRACE(TR_SRV_ANSWERED, payload);
     return rc;
 }
 
