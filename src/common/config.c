@@ -97,6 +97,10 @@ static const struct knob knobs[] = {
          "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
     KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
          "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
+    {{"FERRY_TRACE", "",
+      "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
+      "bench/trace_batches.py reads it); empty: off"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
