@@ -4,12 +4,17 @@
 # (one thread, batch 128) with FERRY_TRACE on both sides, each summarised by
 # bench/trace_batches.py (the typical batch's timeline), plus GB/s.
 #
-#   BUILD=build-gpu [SECS=2] bench/gpu_trace.sh [CASE...]
+#   BUILD=build-gpu [SECS=2] [THREADS=1] [LOGS=1] bench/gpu_trace.sh [CASE...]
 # A case is "label proto target_loc initiator_loc op block [VAR=value...]",
 # locations cpu or cuda:N; without cases it runs the default set below.
+# LOGS=1 runs both sides at FERRY_LOG_LEVEL=3 and prints what the device
+# layer said about its copies (kernel or copy engine, and why).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 SECS=${SECS:-2}
+THREADS=${THREADS:-1}
+LOGS=${LOGS:-0}
+lvl=1; [ "$LOGS" = 1 ] && lvl=3
 here=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 fb="$B/ferry-bench"
@@ -20,19 +25,20 @@ run_case() {
   local label=$1 proto=$2 tloc=$3 iloc=$4 op=$5 bs=$6 seg tpid line
   shift 6
   rm -f "$work"/t.*
-  env "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=target --local_server_name=127.0.0.1 \
+  env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=target --local_server_name=127.0.0.1 \
       --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$tloc") --buffer_size=512M \
       >"$work/target.log" 2>&1 &
   tpid=$!
   for _ in $(seq 300); do grep -q ready "$work/target.log" && break; sleep 0.1; done
   seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$work/target.log")
-  line=$(env "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=initiator --local_server_name=127.0.0.1 \
+  line=$(env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=initiator --local_server_name=127.0.0.1 \
       --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$iloc") --segment_id="$seg" \
-      --operation="$op" --block_size="$bs" --batch_size=128 --duration="$SECS" --buffer_size=512M \
-      --json 2>/dev/null | tail -1)
+      --operation="$op" --block_size="$bs" --batch_size=128 --threads="$THREADS" --duration="$SECS" \
+      --buffer_size=512M --json 2>"$work/init.log" | tail -1)
   kill -INT $tpid 2>/dev/null; wait $tpid 2>/dev/null
   echo
-  echo "== $label: $proto $iloc -> $tloc $op $bs x 128 $*: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
+  echo "== $label: $proto $iloc -> $tloc $op $bs x 128, $THREADS thread(s) $*: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
+  [ "$LOGS" = 1 ] && grep -h 'cuda:[0-9]*: [0-9]* copies' "$work/init.log" "$work/target.log" | sed 's/^ferry\[[0-9]*\] [a-z]*: //' | sort | uniq -c | head -12
   python3 "$here/trace_batches.py" "$work"/t.* 2>&1 | head -40
 }
 if [ $# -gt 0 ]; then

@@ -36,6 +36,9 @@ enum trace_event {
     TR_SRV_ANSWERED,     /* ... sent its ack / READ payload */
     TR_SHM_GROUP,        /* a shm worker took frames; arg: frames */
     TR_SHM_COPIED,       /* ... their device copies done; arg: copies */
+    TR_COPY_BEGIN,       /* ferry_device_copy_sync called; arg: copies */
+    TR_COPY_QUEUED,      /* ... its copies enqueued on the device */
+    TR_COPY_SYNCED,      /* ... and complete */
     TR_NEVENTS
 };
 

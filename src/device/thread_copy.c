@@ -14,6 +14,7 @@
 
 #include "device/device.h"
 #include "err.h"
+#include "trace.h"
 
 struct thread_stream {
     const struct ferry_device_ops *ops;
@@ -61,12 +62,15 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
         ts->ops = ops;
         ts->dev = dev;
     }
+    TRACE(TR_COPY_BEGIN, n);
     int rc = ops->copy_async(ts->stream, dir, copies, n);
+    TRACE(TR_COPY_QUEUED, n);
     if (rc) /* copies queued before the one that failed must be done when we return:
              * the caller's access to that memory ends then (ferry_unregister_memory) */
         (void)ops->stream_sync(ts->stream);
     else
         rc = ops->stream_sync(ts->stream);
+    TRACE(TR_COPY_SYNCED, n);
     if (rc) { /* a failed copy leaves the stream in a sticky error: start over */
         ops->stream_destroy(ts->stream);
         ts->stream = NULL;
