@@ -29,8 +29,8 @@ run_case() {
       --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$tloc") --buffer_size=512M \
       >"$work/target.log" 2>&1 &
   tpid=$!
-  for _ in $(seq 300); do grep -q ready "$work/target.log" && break; sleep 0.1; done
-  seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$work/target.log")
+  for _ in $(seq 300); do grep -q "target ready" "$work/target.log" && break; sleep 0.1; done
+  seg=$(sed -n 's/.*target ready: segment \([^ ]*\).*/\1/p' "$work/target.log")
   line=$(env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=initiator --local_server_name=127.0.0.1 \
       --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$iloc") --segment_id="$seg" \
       --operation="$op" --block_size="$bs" --batch_size=128 --threads="$THREADS" --duration="$SECS" \
@@ -38,6 +38,7 @@ run_case() {
   kill -INT $tpid 2>/dev/null; wait $tpid 2>/dev/null
   echo
   echo "== $label: $proto $iloc -> $tloc $op $bs x 128, $THREADS thread(s) $*: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
+  [ -n "$line" ] || { echo "failed:"; grep -v ': [0-9]* copies' "$work/init.log" | tail -4; tail -4 "$work/target.log"; }
   [ "$LOGS" = 1 ] && grep -h 'cuda:[0-9]*: [0-9]* copies' "$work/init.log" "$work/target.log" | sed 's/^ferry\[[0-9]*\] [a-z]*: //' | sort | uniq -c | head -12
   python3 "$here/trace_batches.py" "$work"/t.* 2>&1 | head -40
 }
