@@ -8,11 +8,15 @@
 # (initiator / target), batch latency p50 / p99 us.  A large pinned D2H of
 # the same run (staging_bench's reference) gives the PCIe time of a batch.
 #
-#   BUILD=build-gpu [SECS=2] [BLOCK=16384] bench/gpu_cost.sh
+#   BUILD=build-gpu [SECS=2] [BLOCK=16384] [TGPU=0] [MEMS="cpu cuda0"] bench/gpu_cost.sh
+# TGPU=1 puts the target's GPU memory on cuda:1 (two GPUs: each process has
+# a GPU of its own, as on two hosts; on one GPU the two processes' copies
+# time-slice it).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 SECS=${SECS:-2}
 BLOCK=${BLOCK:-16384}
+TGPU=${TGPU:-0}
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 fb="$B/ferry-bench"
 num() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
@@ -22,7 +26,7 @@ cell() {   # cell MEM OP BATCH THREADS [ENV...]
   [ "$mem" = cpu ] || vram=true
   log=$(mktemp)
   env "$@" "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-      --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id=0 --buffer_size=256M \
+      --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id="$TGPU" --buffer_size=256M \
       --block_size="$BLOCK" >"$log" 2>&1 &
   tpid=$!
   for _ in $(seq 300); do grep -q ready "$log" && break; sleep 0.1; done
