@@ -441,6 +441,7 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
         int err = pthread_create(&w[t].tid, NULL, worker_main, &w[t]);
         if (err)
             die("pthread_create: %s", strerror(err));
+        (void)pthread_setname_np(w[t].tid, "bench-submit"); /* bench/tcp_threads.sh tells it from ferry's */
     }
 }
 

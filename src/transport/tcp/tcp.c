@@ -239,6 +239,7 @@ static bool deadline_passed(struct tcp_conn *c)
 static void *receiver_main(void *arg)
 {
     struct tcp_conn *c = arg;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-recv"); /* top -H, bench/tcp_threads.sh */
     for (;;) {
         pthread_mutex_lock(&c->lock);
         int broken = c->broken;
@@ -337,6 +338,7 @@ static void *sender_main(void *arg)
 {
     struct tcp_conn *c = arg;
     struct tcp_transport *t = c->peer->t;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-send");
     int fd = net_connect(c->peer->host, c->peer->port, t->host.cfg->connect_timeout_ms);
     int rc = fd < 0 ? fd : 0;
     if (fd >= 0) {
