@@ -24,6 +24,8 @@
 #        (1M) x SWEEP_THREADS (4) with N connections fixed, for each N
 #        SLICES (on >= 8 cpus "256K 1M 2M", else none): then also write 4M x
 #        SWEEP_THREADS with each FERRY_SLICE_SIZE
+#        WARMUP (1; empty: skip): write 4M x SWEEP_THREADS with 4 KiB pages
+#        (ferry-bench --nohuge_pages), then with ferry's default
 # FERRY_* variables pass through to both ferry processes.
 # Exit status: 0 if every ferry run succeeded and verified, else 1.
 set -u
@@ -45,6 +47,7 @@ SAMPLE_AT=${SAMPLE_AT:-1}
 SAMPLE_S=${SAMPLE_S:-1}
 SS_LOG=${SS_LOG:-}
 if [ "$(nproc)" -ge 8 ]; then SWEEP=${SWEEP-1 2 4 8 16}; SLICES=${SLICES-256K 1M 2M}; else SWEEP=${SWEEP-}; SLICES=${SLICES-}; fi
+WARMUP=${WARMUP-1}
 SWEEP_BLOCK=${SWEEP_BLOCK:-1M}
 SWEEP_THREADS=${SWEEP_THREADS:-4}
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
@@ -180,17 +183,22 @@ sock_watch() {
   done
 }
 
-# run_cell LABEL OP BLOCK THREADS [VAR=VALUE...]: one ferry-bench pair, the
-# VAR=VALUE pairs in the environment of both; prints the cell's lines.
+# run_cell LABEL OP BLOCK THREADS [VAR=VALUE | --flag ...]: one ferry-bench
+# pair, the VAR=VALUE pairs in the environment of both and the flags on both
+# command lines; prints the cell's lines.
 run_cell() {
-  local label=$1 op=$2 block=$3 th=$4 bytes buffer seg="" rc gbs per_s tcost
+  local label=$1 op=$2 block=$3 th=$4 bytes buffer seg="" rc gbs per_s tcost a
   local cpu_i="not sampled" cpu_t="" conns="?" q_i="" q_t="" t0 t1 secs log
+  local -a envs=() flags=()
   shift 4
+  for a in "$@"; do
+    case "$a" in --*) flags+=("$a") ;; *) envs+=("$a") ;; esac
+  done
   bytes=$(to_bytes "$block")
   buffer=$((th * BATCH * bytes))
-  log="$op-$block-t$th${1:+-$(echo "$*" | tr ' =' '_-')}.ss"
-  env "$@" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
-      --block_size="$bytes" >"$work/target.out" 2>"$work/target.err" &
+  log="$op-$block-t$th${1:+-$(echo "$*" | tr ' =' '_-' | tr -d '/')}.ss"
+  env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
+      --block_size="$bytes" "${flags[@]}" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!
   for _ in $(seq $((300 + buffer * 10 / (32 << 20)))); do
     seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/target.out")
@@ -203,8 +211,8 @@ run_cell() {
     stop_pid "$target_pid"; target_pid=""; status=1; return
   fi
   net_snap >"$work/net0"
-  env "$@" "$FERRY_BENCH" --mode=initiator --segment_id="$seg" --operation="$op" --block_size="$bytes" \
-      --batch_size="$BATCH" --threads="$th" --buffer_size="$buffer" --duration="$DURATION" --json \
+  env "${envs[@]}" "$FERRY_BENCH" --mode=initiator --segment_id="$seg" --operation="$op" --block_size="$bytes" \
+      --batch_size="$BATCH" --threads="$th" --buffer_size="$buffer" --duration="$DURATION" --json "${flags[@]}" \
       >"$work/init.json" 2>"$work/init.err" &
   init_pid=$!
   : >"$work/sock.txt"
@@ -283,6 +291,13 @@ if [ -n "$SLICES" ]; then
   echo "## slice size: FERRY_SLICE_SIZE = S, write 4M x$BATCH, $SWEEP_THREADS threads, ${DURATION}s (the warm-up)"
   for sl in $SLICES; do
     run_cell "write 4M threads $SWEEP_THREADS slice $sl" write 4M "$SWEEP_THREADS" FERRY_SLICE_SIZE="$(to_bytes "$sl")"
+  done
+fi
+if [ -n "$WARMUP" ]; then
+  echo
+  echo "## first-copy warm-up: write 4M x$BATCH, $SWEEP_THREADS threads, 4 KiB pages (--nohuge_pages) vs ferry's default"
+  for hp in --nohuge_pages --huge_pages; do
+    run_cell "write 4M threads $SWEEP_THREADS $hp" write 4M "$SWEEP_THREADS" "$hp"
   done
 fi
 echo
