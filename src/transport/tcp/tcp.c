@@ -4,8 +4,9 @@
  *
  * Initiator side: a peer holds `tcp_connections` connections, and opens more
  * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per two cores) while every
- * one of them has GROW_BYTES in flight; a frame goes to the connection with
- * the fewest bytes in flight.  Each connection has a
+ * one of them has FERRY_TCP_GROW_BYTES in flight (by default 32 MiB over the
+ * most it may open: the same total reaches the most on every host); a frame
+ * goes to the connection with the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  Responses
@@ -73,7 +74,8 @@ struct tcp_peer {
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
 
-#define GROW_BYTES (8u << 20) /* in flight on every connection before a peer opens another */
+#define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
+#define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -540,10 +542,10 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
         if (!light && b < light_bytes)
             light = c;
     }
-    /* heavy traffic: every connection already has GROW_BYTES in flight, so
+    /* heavy traffic: every connection already has grow_bytes in flight, so
      * another stream (another sender, receiver and target thread) adds
      * throughput rather than idle threads; small blocks never get here */
-    if (best && best_bytes >= GROW_BYTES && p->nconns < p->maxconns) {
+    if (best && best_bytes >= p->t->grow_bytes && p->nconns < p->maxconns) {
         struct tcp_conn *c = conn_create(p);
         if (c) {
             p->conns[p->nconns++] = c;
@@ -578,17 +580,34 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ops table */
 
-/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": one per two cores the
- * process may run on, 4 to 16 (on 2 cores: 4, as before; a 16-core host: 8);
- * else 1-64. */
+/* One per two cores, 4 to 16: on 2 cores 4 (CI); 32 CPUs 16, the best of 2,
+ * 8 and 16 measured there (docs/BENCHMARKS.md). */
+unsigned tcp_auto_max_connections(long cores)
+{
+    long n = cores / 2;
+    return n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+}
+
+/* GROW_TOTAL / max_conns, from one slice to GROW_MAX (or the slice, if
+ * larger): with 4 connections at most (up to 9 cores) 8 MiB, as before; with
+ * 16, 2 MiB, so 4 threads of 128 x 64 KiB open them all. */
+uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
+{
+    uint64_t g = GROW_TOTAL / (max_conns ? max_conns : 1);
+    if (g > GROW_MAX)
+        g = GROW_MAX;
+    return g < slice_size ? slice_size : g;
+}
+
+/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": tcp_auto_max_connections
+ * of the cores the process may run on; else 1-64. */
 static int tcp_max_connections(unsigned *out)
 {
     const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
     if (!text || !*text || strcmp(text, "auto") == 0) {
         cpu_set_t set;
         long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-        long n = cores / 2;
-        *out = n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+        *out = tcp_auto_max_connections(cores);
         return 0;
     }
     char *end;
@@ -600,10 +619,32 @@ static int tcp_max_connections(unsigned *out)
     return 0;
 }
 
+/* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
+ * bytes, 64 KiB to 1 GiB. */
+static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
+{
+    const char *text = getenv("FERRY_TCP_GROW_BYTES");
+    if (!text || !*text || strcmp(text, "auto") == 0) {
+        *out = tcp_auto_grow_bytes(max_conns, slice_size);
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < (64u << 10) || v > (1u << 30))
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_GROW_BYTES=%.40s: expected auto or bytes, 65536-1073741824",
+                          text);
+    *out = v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4;
+    uint64_t grow_bytes = GROW_MAX;
     int mrc = tcp_max_connections(&max_conns);
+    if (!mrc)
+        mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -611,6 +652,7 @@ static int tcp_create(const struct transport_host *host, void **out)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
     t->host = *host;
     t->max_conns = max_conns;
+    t->grow_bytes = grow_bytes;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
