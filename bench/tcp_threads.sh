@@ -14,16 +14,19 @@
 # usage: bench/tcp_threads.sh
 # env:   BUILD (build-gpu: $BUILD/ferry-bench, libraries in $BUILD/lib,
 #        iperf3 at $BUILD/bin/iperf3)  FERRY_BENCH  IPERF3 (else PATH)
-#        DURATION (3 s a cell)  OPS ("write read")  BLOCKS ("1M 4M")
+#        DURATION (3 s a cell)  OPS ("write read")  BLOCKS ("64K 1M 4M")
 #        THREADS ("1 4 8")  BATCH (128)  SAMPLE_AT (1: seconds into the timed
-#        loop when the CPU sample starts)  SAMPLE_S (1)
+#        loop when the CPU sample starts)  SAMPLE_S (1; 0.5 if DURATION < 3)
 #        SS_LOG (a folder: the raw `ss -tmi` of the loopback sockets 4 times a
 #        second in every cell goes there, one file a cell; a summary of it
 #        each second is printed anyway)
-#        SWEEP (on >= 8 cpus "1 2 4 8 16", else none): then also SWEEP_BLOCK
-#        (1M) x SWEEP_THREADS (4) with N connections fixed, for each N
-#        SLICES (on >= 8 cpus "256K 1M 2M", else none): then also write 4M x
-#        SWEEP_THREADS with each FERRY_SLICE_SIZE
+#        SWEEP (on >= 8 cpus "32", else none): then also SWEEP_BLOCK (1M) x
+#        SWEEP_THREADS (4) with N connections fixed, for each N
+#        GROWS (on >= 8 cpus "8388608 auto", else none): then also GROW_BLOCK
+#        (64K) x SWEEP_THREADS with each FERRY_TCP_GROW_BYTES (8388608: the
+#        fixed value before it scaled with the cores)
+#        SLICES (none): then also write 4M x SWEEP_THREADS with each
+#        FERRY_SLICE_SIZE
 #        WARMUP (1; empty: skip): write 4M x SWEEP_THREADS with 4 KiB pages
 #        (ferry-bench --nohuge_pages), then with ferry's default
 # FERRY_* variables pass through to both ferry processes.
@@ -40,13 +43,15 @@ fi
 [ -d "$BUILD/lib" ] && export LD_LIBRARY_PATH="$BUILD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 DURATION=${DURATION:-3}
 OPS=${OPS:-write read}
-BLOCKS=${BLOCKS:-1M 4M}
+BLOCKS=${BLOCKS:-64K 1M 4M}
 THREADS=${THREADS:-1 4 8}
 BATCH=${BATCH:-128}
 SAMPLE_AT=${SAMPLE_AT:-1}
-SAMPLE_S=${SAMPLE_S:-1}
+if [ "$DURATION" -ge 3 ]; then SAMPLE_S=${SAMPLE_S:-1}; else SAMPLE_S=${SAMPLE_S:-0.5}; fi   # ends before the run
 SS_LOG=${SS_LOG:-}
-if [ "$(nproc)" -ge 8 ]; then SWEEP=${SWEEP-1 2 4 8 16}; SLICES=${SLICES-256K 1M 2M}; else SWEEP=${SWEEP-}; SLICES=${SLICES-}; fi
+if [ "$(nproc)" -ge 8 ]; then SWEEP=${SWEEP-32}; GROWS=${GROWS-8388608 auto}; else SWEEP=${SWEEP-}; GROWS=${GROWS-}; fi
+SLICES=${SLICES-}
+GROW_BLOCK=${GROW_BLOCK:-64K}
 WARMUP=${WARMUP-1}
 SWEEP_BLOCK=${SWEEP_BLOCK:-1M}
 SWEEP_THREADS=${SWEEP_THREADS:-4}
@@ -62,6 +67,7 @@ die() { echo "tcp_threads.sh: $*" >&2; exit 1; }
 [ -x "$FERRY_BENCH" ] || die "no ferry-bench at $FERRY_BENCH (set BUILD or FERRY_BENCH)"
 command -v ss >/dev/null || die "ss (iproute2) not installed"
 [ -n "$SS_LOG" ] && mkdir -p "$SS_LOG"
+has_ss=$(ss -ltn 2>/dev/null | head -n 1)   # empty where ss is a stub: no socket lines then
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tcp-threads.XXXXXX")
 target_pid="" init_pid="" iperf_pid="" watch_pid=""
@@ -225,9 +231,10 @@ run_cell() {
   sleep "$((SAMPLE_AT > 1 ? SAMPLE_AT - 1 : 0))"
   if kill -0 "$init_pid" 2>/dev/null; then
     snap "$init_pid" >"$work/i0"; snap "$target_pid" >"$work/t0"; t0=$(date +%s.%N)
-    q_i=$(sockq "$init_pid"); q_t=$(sockq "$target_pid"); conns=$(conns_of "$init_pid")
     sleep "$SAMPLE_S"
     t1=$(date +%s.%N); snap "$init_pid" >"$work/i1"; snap "$target_pid" >"$work/t1"
+    # ss -p reads every process's descriptors: slow on a busy host, so after the sample
+    if [ -n "$has_ss" ]; then q_i=$(sockq "$init_pid"); q_t=$(sockq "$target_pid"); conns=$(conns_of "$init_pid"); fi
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     cpu_i=$(cpu_table "$work/i0" "$work/i1" "$secs")
     cpu_t=$(cpu_table "$work/t0" "$work/t1" "$secs")
@@ -243,16 +250,18 @@ run_cell() {
   fi
   per_s=$(sed -n 's/^\[ *\([0-9]*\)s\] \([0-9.]*\) GB\/s.*/\2/p' "$work/init.err" | tr '\n' ' ')
   tcost=$(sed -n 's/^ferry-bench target cost: .* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$work/target.out")
-  echo "### $label: $gbs GB/s; connections: ${conns:-none}"
+  echo "### $label: $gbs GB/s; connections: ${conns:-none (see ferry-tcp-send below)}"
   echo "    per second: $per_s"
   echo "    cpu us/request initiator $(json_num "$work/init.json" cpu_us_per_request) target ${tcost:-?};" \
        "batch p50 $(json_num "$work/init.json" batch_p50_us) us p99 $(json_num "$work/init.json" batch_p99_us) us"
   echo "    initiator threads: $cpu_i"
   echo "    target threads:    $cpu_t"
-  [ -n "$q_i" ] && echo "    queued at the sample: initiator $q_i; target $q_t"
+  [ -n "$has_ss" ] && [ -n "$q_i" ] && echo "    queued after the sample: initiator $q_i; target $q_t"
   echo "    kernel tcp counters over the run: $(net_delta "$work/net0" "$work/net1")"
-  echo "    sockets from the initiator's start, MB (rb/tb largest buffer, r unread, w queued, d drops, retr retransmitted):"
-  grep -v ' I 0 .* T 0 ' "$work/sock.txt" | sed 's/^/      /'
+  if [ -n "$has_ss" ]; then
+    echo "    sockets from the initiator's start, MB (rb/tb largest buffer, r unread, w queued, d drops, retr retransmitted):"
+    grep -v ' I 0 .* T 0 ' "$work/sock.txt" | sed 's/^/      /'
+  fi
   return 0
 }
 
@@ -283,6 +292,16 @@ if [ -n "$SWEEP" ]; then
     for n in $SWEEP; do
       run_cell "$op $SWEEP_BLOCK threads $SWEEP_THREADS conns $n" "$op" "$SWEEP_BLOCK" "$SWEEP_THREADS" \
           FERRY_TCP_CONNECTIONS="$n" FERRY_TCP_MAX_CONNECTIONS="$n"
+    done
+  done
+fi
+if [ -n "$GROWS" ]; then
+  echo
+  echo "## growth: FERRY_TCP_GROW_BYTES = G, $GROW_BLOCK x$BATCH, $SWEEP_THREADS threads"
+  for op in $OPS; do
+    for g in $GROWS; do
+      run_cell "$op $GROW_BLOCK threads $SWEEP_THREADS grow $g" "$op" "$GROW_BLOCK" "$SWEEP_THREADS" \
+          FERRY_TCP_GROW_BYTES="$g"
     done
   done
 fi
