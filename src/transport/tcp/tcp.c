@@ -69,7 +69,8 @@ struct tcp_peer {
     uint64_t epoch;
     pthread_mutex_t lock;
     unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
-    unsigned maxconns;      /* room in conns: up to the transport's max_conns */
+    unsigned maxconns;      /* the most in use: the transport's max_conns, lowered when the
+                             * target refuses one more (conns has room for the first value) */
     struct tcp_conn **conns;
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
@@ -336,6 +337,58 @@ static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
     return net_writev_full(c->fd, iov, iovcnt);
 }
 
+static void tcp_submit(void *tp, void *pp, struct xfer_frame *f);
+
+/* A connection the target closed before HELLO was answered (its cap per
+ * peer, its descriptors) while the peer has others not broken: the peer
+ * stays at those (no replacement, no more growth) and the frames queued here
+ * go to them, rather than failing.  Connections open at once, so the one
+ * refused may be any of them.  Out of the peer's slots before it is marked
+ * broken, so pick_conn neither returns nor replaces it; submitters that saw
+ * it before queue until it is marked, and those frames are handed on too.
+ * False if the peer no longer holds it (closing) or has no other: its frames
+ * then end as on any broken connection. */
+static bool conn_give_back(struct tcp_conn *c, int err, const char *msg)
+{
+    struct tcp_peer *p = c->peer;
+    pthread_mutex_lock(&p->lock);
+    unsigned i = p->nconns, others = 0;
+    for (unsigned j = 0; j < p->nconns; j++) {
+        if (p->conns[j] == c) {
+            i = j;
+        } else if (p->conns[j]) {
+            pthread_mutex_lock(&p->conns[j]->lock);
+            others += !p->conns[j]->broken;
+            pthread_mutex_unlock(&p->conns[j]->lock);
+        }
+    }
+    bool held = i < p->nconns && others > 0;
+    if (held) {
+        p->conns[i] = p->conns[--p->nconns];
+        p->conns[p->nconns] = NULL;
+        p->maxconns = p->nconns ? p->nconns : 1;
+        c->next_dead = p->dead;
+        p->dead = c;
+    }
+    unsigned now_max = p->maxconns;
+    pthread_mutex_unlock(&p->lock);
+    if (!held)
+        return false;
+    LOG_WARN("tcp %s:%d: another connection was refused (%s); staying at %u connections", p->host, p->port,
+             msg, now_max);
+    conn_mark_broken(c, err, msg);
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *f = c->sendq_head; /* nothing was sent: no frame is pending */
+    c->sendq_head = c->sendq_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    for (struct xfer_frame *next; f; f = next) {
+        next = f->next;
+        atomic_fetch_sub(&c->inflight_bytes, f->bytes);
+        tcp_submit(p->t, p, f);
+    }
+    return true;
+}
+
 static void *sender_main(void *arg)
 {
     struct tcp_conn *c = arg;
@@ -357,8 +410,13 @@ static void *sender_main(void *arg)
         c->receiver_started = rc == 0;
     }
     if (rc) {
-        conn_mark_broken(c, rc, ferry_last_error());
-        conn_fail_all(c);
+        int err = rc;
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s", ferry_last_error());
+        if (!(err == FERRY_ECONN && conn_give_back(c, err, msg))) {
+            conn_mark_broken(c, err, msg);
+            conn_fail_all(c);
+        }
         atomic_fetch_add(&c->threads_done, 2);
         return NULL;
     }
