@@ -92,7 +92,7 @@ static void tcp_grow_bytes_knob(void **state)
 }
 
 /* The tcp defaults that scale with the host: 2 cores (CI) keep 4
- * connections that grow at 8 MiB each, as before; 32 CPUs get 16 that grow
+ * connections that grow at 8 MiB each, as before; 16 CPUs get 16 that grow
  * at 2 MiB; never below a slice, never above 16 connections. */
 static void tcp_defaults_scale_with_cores(void **state)
 {
@@ -100,7 +100,9 @@ static void tcp_defaults_scale_with_cores(void **state)
     const uint64_t MiB = 1u << 20;
     assert_int_equal(tcp_auto_max_connections(1), 4);
     assert_int_equal(tcp_auto_max_connections(2), 4);
-    assert_int_equal(tcp_auto_max_connections(16), 8);
+    assert_int_equal(tcp_auto_max_connections(4), 4);
+    assert_int_equal(tcp_auto_max_connections(8), 8);
+    assert_int_equal(tcp_auto_max_connections(16), 16);
     assert_int_equal(tcp_auto_max_connections(32), 16);
     assert_int_equal(tcp_auto_max_connections(256), 16);
     assert_int_equal(tcp_auto_grow_bytes(4, MiB), 8 * MiB);

@@ -3,7 +3,7 @@
  * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
  *
  * Initiator side: a peer holds `tcp_connections` connections, and opens more
- * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per two cores) while every
+ * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per core, 4-16) while every
  * one of them has FERRY_TCP_GROW_BYTES in flight (by default 32 MiB over the
  * most it may open: the same total reaches the most on every host); a frame
  * goes to the connection with the fewest bytes in flight.  Each connection has a
@@ -638,16 +638,16 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ops table */
 
-/* One per two cores, 4 to 16: on 2 cores 4 (CI); 32 CPUs 16, the best of 2,
- * 8 and 16 measured there (docs/BENCHMARKS.md). */
+/* One per core, 4 to 16: on 2 cores 4 (CI); 16 CPUs 16 (8 left 15 % of
+ * them idle, 32 moved 26 % more); 32 CPUs 16, the best of 2, 8 and 16
+ * measured there (docs/BENCHMARKS.md). */
 unsigned tcp_auto_max_connections(long cores)
 {
-    long n = cores / 2;
-    return n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+    return cores < 4 ? 4 : cores > 16 ? 16 : (unsigned)cores;
 }
 
 /* GROW_TOTAL / max_conns, from one slice to GROW_MAX (or the slice, if
- * larger): with 4 connections at most (up to 9 cores) 8 MiB, as before; with
+ * larger): with 4 connections at most (up to 4 cores) 8 MiB, as before; with
  * 16, 2 MiB, so 4 threads of 128 x 64 KiB open them all. */
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
 {
