@@ -410,11 +410,9 @@ static void *sender_main(void *arg)
         c->receiver_started = rc == 0;
     }
     if (rc) {
-        int err = rc;
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s", ferry_last_error());
-        if (!(err == FERRY_ECONN && conn_give_back(c, err, msg))) {
-            conn_mark_broken(c, err, msg);
+        /* conn_give_back uses the message before it submits anything (which may set another) */
+        if (!(rc == FERRY_ECONN && conn_give_back(c, rc, ferry_last_error()))) {
+            conn_mark_broken(c, rc, ferry_last_error());
             conn_fail_all(c);
         }
         atomic_fetch_add(&c->threads_done, 2);
