@@ -118,8 +118,11 @@ static const struct knob knobs[] = {
       "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
       "another NIC (0: wait for the NIC's own retry limit)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_MAX_CONNECTIONS", "auto",
-      "TCP connections per peer under heavy traffic (each has 8 MiB in flight): auto (one per two cores, 4-16) "
-      "or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
+      "TCP connections per peer under heavy traffic (each has FERRY_TCP_GROW_BYTES in flight): auto (one per "
+      "core, 4-16) or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_GROW_BYTES", "auto",
+      "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
+      "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

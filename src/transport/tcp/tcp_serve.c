@@ -725,6 +725,7 @@ static int serve_frame(struct server_conn *s)
 void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
 {
     struct tcp_transport *t = ctx;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-serve"); /* the acceptor's thread for this connection */
     struct server_conn *s = calloc(1, sizeof *s);
     if (!s)
         return;
