@@ -109,6 +109,10 @@ static const struct knob knobs[] = {
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
       "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_SPIN_US", "50",
+      "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
+      "before the next retire, and costs a core while transfers run"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
      KNOB_DOC, 0, NULL},

@@ -82,6 +82,7 @@ struct staging_pool {
     struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
+    uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     pthread_t worker;
 };
 
@@ -350,9 +351,13 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
 }
 
 /* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
- * on the next frame, and blocking on the oldest copy leaves new work queued;
- * so the worker polls briefly before it sleeps or blocks. */
-#define IDLE_SPIN_NS 50000u
+ * before it retires the next copy, and blocking on the oldest copy leaves
+ * new work queued; so the worker polls for a while (FERRY_STAGING_SPIN_US,
+ * 50 µs by default; longer keeps it awake through a batch at the price of
+ * a core while transfers run) before it sleeps, and briefly before it
+ * blocks. */
+#define IDLE_SPIN_US_DEFAULT 50u
+#define IDLE_SPIN_US_MAX 100000u
 #define COPY_POLL_NS 200000u
 
 /* Lock held. */
@@ -448,7 +453,7 @@ static void *worker_main(void *arg)
         uint64_t t = now_ns();
         if (!idle_since)
             idle_since = t;
-        if (t - idle_since < IDLE_SPIN_NS && !p->issuing) {
+        if (t - idle_since < p->idle_spin_ns && !p->issuing) {
             pthread_mutex_unlock(&p->lock);
             sched_yield();
             pthread_mutex_lock(&p->lock);
@@ -463,6 +468,23 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
+}
+
+/* FERRY_STAGING_SPIN_US: 0..IDLE_SPIN_US_MAX, default IDLE_SPIN_US_DEFAULT. */
+static int spin_read(uint64_t *ns)
+{
+    const char *text = getenv("FERRY_STAGING_SPIN_US");
+    unsigned long v = IDLE_SPIN_US_DEFAULT;
+    if (text && *text) {
+        char *end;
+        errno = 0;
+        v = strtoul(text, &end, 10);
+        if (errno || *end || end == text || text[0] == '-' || v > IDLE_SPIN_US_MAX)
+            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
+                              IDLE_SPIN_US_MAX);
+    }
+    *ns = (uint64_t)v * 1000u;
+    return 0;
 }
 
 void staging_submit(struct staging_pool *p, struct xfer_frame *f)
@@ -539,6 +561,8 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->group = calloc(nchunks, sizeof *p->group);
     p->retired = calloc(nchunks, sizeof *p->retired);
     int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    if (!rc)
+        rc = spin_read(&p->idle_spin_ns);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
