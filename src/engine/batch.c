@@ -432,16 +432,26 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
          * and frame count are already set up for them. */
         struct xfer_frame *frames = node->plan.frames;
         size_t nframes = node->plan.nframes; /* node may be freed once the last frame ends */
+        /* staged frames go to their pool together (one group of copies),
+         * after the others */
+        struct xfer_frame *staged[MAX_POOLS] = {0}, **staged_tail[MAX_POOLS];
+        for (size_t i = 0; i < MAX_POOLS; i++)
+            staged_tail[i] = &staged[i];
         for (size_t i = 0; i < nframes; i++) {
             struct xfer_frame *f = &frames[i];
             int t = ROUTE_TRANSPORT(f->route);
             if (f->route != t) {
-                staging_submit(e->pools[ROUTE_POOL(f->route)].pool, f);
+                f->next = NULL;
+                *staged_tail[ROUTE_POOL(f->route)] = f;
+                staged_tail[ROUTE_POOL(f->route)] = &f->next;
                 continue;
             }
             struct segment *s = engine_segment(e, f->segment);
             e->tops[t]->submit(e->tstate[t], s->peer[t], f);
         }
+        for (size_t i = 0; i < MAX_POOLS; i++)
+            if (staged[i])
+                staging_submit_list(e->pools[i].pool, staged[i]);
         pthread_rwlock_unlock(&e->seg_lock);
         return 0;
     }

@@ -487,28 +487,49 @@ static int spin_read(uint64_t *ns)
     return 0;
 }
 
-void staging_submit(struct staging_pool *p, struct xfer_frame *f)
+void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
 {
-    if (f->npieces > XFER_MAX_PIECES || f->bytes > p->chunk_size) {
-        end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
-        return;
+    struct xfer_frame *ok = NULL, **tail = &ok;
+    for (struct xfer_frame *f = head, *next; f; f = next) {
+        next = f->next;
+        if (f->npieces > XFER_MAX_PIECES || f->bytes > p->chunk_size) {
+            end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
+            continue;
+        }
+        f->next = NULL;
+        *tail = f;
+        tail = &f->next;
     }
+    if (!ok)
+        return;
     pthread_mutex_lock(&p->lock);
     if (p->stopping) {
         pthread_mutex_unlock(&p->lock);
-        end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+        for (struct xfer_frame *f = ok, *next; f; f = next) {
+            next = f->next;
+            end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+        }
         return;
     }
-    TRACE(TR_STAGE_QUEUED, f->bytes);
-    f->next = NULL;
-    if (p->waiting_tail)
-        p->waiting_tail->next = f;
-    else
-        p->waiting_head = f;
-    p->waiting_tail = f;
+    for (struct xfer_frame *f = ok, *next; f; f = next) {
+        next = f->next;
+        TRACE(TR_STAGE_QUEUED, f->bytes);
+        f->next = NULL;
+        if (p->waiting_tail)
+            p->waiting_tail->next = f;
+        else
+            p->waiting_head = f;
+        p->waiting_tail = f;
+    }
     issue_ready(p); /* on this thread, unless another one is issuing */
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
+}
+
+void staging_submit(struct staging_pool *p, struct xfer_frame *f)
+{
+    f->next = NULL;
+    staging_submit_list(p, f);
 }
 
 size_t staging_pool_chunk_size(const struct staging_pool *p)

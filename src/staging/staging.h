@@ -71,5 +71,8 @@ size_t staging_pool_chunk_size(const struct staging_pool *p);
 /* Queues a frame whose pieces' local pointers are device memory of this
  * pool's device.  Asynchronous; f->complete is called exactly once. */
 void staging_submit(struct staging_pool *p, struct xfer_frame *f);
+/* The same for frames linked through f->next (the frames of one submit):
+ * queued together, so their copies can go as one group. */
+void staging_submit_list(struct staging_pool *p, struct xfer_frame *head);
 
 #endif
