@@ -92,6 +92,8 @@ static double reference(const struct ferry_device_ops *ops, int dev, enum ferry_
     return (double)bytes / (t - t0) / 1e9;
 }
 
+/* A batch's frames go to the pool together, as the engine hands them
+ * (staging_submit_list: one group of copies for them). */
 static void batch_submit(struct staging_pool *pool, struct inflight *b)
 {
     atomic_store(&b->done, 0);
@@ -100,8 +102,10 @@ static void batch_submit(struct staging_pool *pool, struct inflight *b)
         b->plan.frames[i].complete = frame_done;
         b->plan.frames[i].owner = b;
         b->plan.frames[i].deadline_ns = b->start_ns + 60000000000ull;
-        staging_submit(pool, &b->plan.frames[i]);
+        b->plan.frames[i].next = i + 1 < b->plan.nframes ? &b->plan.frames[i + 1] : NULL;
     }
+    if (b->plan.nframes)
+        staging_submit_list(pool, &b->plan.frames[0]);
 }
 
 struct result {
