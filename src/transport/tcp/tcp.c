@@ -462,7 +462,10 @@ static void reap_dead(struct tcp_peer *p)
 {
     for (struct tcp_conn **pp = &p->dead; *pp;) {
         struct tcp_conn *c = *pp;
-        if (atomic_load(&c->threads_done) >= 2) {
+        pthread_mutex_lock(&c->lock);
+        bool writing = c->writing; /* a submitter still writes on it (write_inline) */
+        pthread_mutex_unlock(&c->lock);
+        if (atomic_load(&c->threads_done) >= 2 && !writing) {
             *pp = c->next_dead;
             conn_join_free(c);
         } else {
@@ -605,13 +608,10 @@ static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
     pthread_mutex_unlock(&c->lock);
     encode_frame(c, f);
     int rc = sockio_send_some(c->fd, &c->wiov, &c->wiovcnt);
-    if (rc == 0 || rc < 0) {
-        char msg[160];
-        if (rc < 0)
-            snprintf(msg, sizeof msg, "%s", ferry_last_error());
-        write_done(c);
-        if (rc < 0) /* the frame is in flight: the receiver ends it with the error */
-            conn_mark_broken(c, rc, msg);
+    if (rc < 0) /* the frame is in flight: the receiver ends it with the error */
+        conn_mark_broken(c, rc, ferry_last_error());
+    if (rc <= 0) {
+        write_done(c); /* the last touch of c: reap_dead frees it once nobody writes */
         return;
     }
     pthread_mutex_lock(&c->lock); /* the socket is full: the sender writes the rest */
