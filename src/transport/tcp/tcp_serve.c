@@ -72,7 +72,10 @@ struct server_conn {
     struct iovec iov[READ_IOVS];
     int iov_entry[READ_IOVS];         /* entry whose registered memory iov[k] points into, or -1 */
     bool trailer;                     /* the READ being served wants a trailer */
+    int trailer_iov;                  /* iov[] index of the trailer, -1 until it is added */
+    uint8_t tr[WIRE_TRAILER_SIZE];    /* the trailer: sent with the payload's last sendmsg */
     bool revoked_any;                 /* an access of this frame was revoked mid-way */
+    uint64_t revoked;                 /* entries revoked mid-way (what the trailer says) */
     unsigned nent;                    /* entries of the frame being served */
     struct served_entry ent[WIRE_MAX_ENTRIES];
     uint64_t deadline_ns;             /* the frame's payload must have moved by then */
@@ -103,6 +106,7 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
 {
     s->nent = nentries;
     s->revoked_any = false;
+    s->revoked = 0;
     atomic_store(&s->revoking, 0);
 }
 
@@ -139,6 +143,7 @@ static void stop_revoked(struct server_conn *s)
             entry_end(s, i);
             se->refused = true;
             s->revoked_any = true;
+            s->revoked |= 1ull << i;
             atomic_fetch_add(&s->t->refused, 1);
             LOG_WARN("tcp: 0x%llx+%llu was unregistered while %s accessed it; stopped", (unsigned long long)se->acc.addr,
                      (unsigned long long)se->acc.len, s->from);
@@ -372,6 +377,9 @@ static int flush_reads(struct server_conn *s)
         int end = k + 1;
         while (end < s->iovcnt && !(s->iov_entry[end] >= 0 && !s->ent[s->iov_entry[end]].held))
             end++;
+        int tk = s->trailer_iov;
+        if (tk >= k && tk < end && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
+            wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked}, s->tr);
         rc = sockio_sendv(s->fd, &s->iov[k], end - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
         while (k < end && s->iov[k].iov_len == 0)
             k++;
@@ -379,6 +387,7 @@ static int flush_reads(struct server_conn *s)
             stop_revoked(s);
     }
     s->iovcnt = 0;
+    s->trailer_iov = -1;
     return rc;
 }
 
@@ -436,6 +445,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&rh, raw);
     s->iovcnt = 0;
+    s->trailer_iov = -1;
     int rc = add_read_iov(s, raw, sizeof raw, -1);
     /* host memory goes out straight from where it lies, device memory
      * through the bounce; one sendmsg for as much as possible */
@@ -447,16 +457,16 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         else
             rc = send_entry_device(s, i, &e[i]);
     }
+    /* the trailer goes out with the payload's last sendmsg (flush_reads
+     * writes into it what was revoked before it leaves) */
+    if (!rc && s->trailer && (rc = add_read_iov(s, s->tr, sizeof s->tr, -1)) == 0)
+        s->trailer_iov = s->iovcnt - 1;
     if (!rc)
         rc = flush_reads(s);
     s->b.n = s->b.used = 0;
     s->iovcnt = 0;
-    uint64_t revoked = frame_end_accesses(s) & ~refused;
-    if (!rc && s->trailer) {
-        uint8_t tr[WIRE_TRAILER_SIZE];
-        wire_encode_trailer(&(struct wire_trailer){.revoked = revoked}, tr);
-        rc = net_write_full(s->fd, tr, sizeof tr);
-    }
+    s->trailer_iov = -1;
+    frame_end_accesses(s);
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
     return rc;
