@@ -532,11 +532,14 @@ static int serve_frame(struct server_conn *s)
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
     s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
-    int rc = net_read_full_deadline(s->fd, raw, WIRE_HEADER_SIZE, deadline);
+    /* sockio_recv reads first and polls only once the socket is drained:
+     * the entries (and often the header) are already there */
+    int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.nentries)
-        rc = net_read_full_deadline(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline);
+        rc = sockio_recv(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline, NULL, NULL,
+                         NULL);
     if (!rc && h.nentries)
         rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
     if (rc)
