@@ -110,18 +110,27 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
     atomic_store(&s->revoking, 0);
 }
 
-/* Looks entry i up and starts its access; refuses it if it is outside the
- * remote-accessible registrations. */
-static void entry_begin(struct server_conn *s, unsigned i, const struct wire_entry *e, const char *op)
+/* Looks every entry of the frame up and starts its access (a run of them
+ * under one lock round trip); refuses those outside the remote-accessible
+ * registrations. */
+static void entries_begin(struct server_conn *s, const struct wire_entry *e, unsigned n, const char *op)
 {
-    struct served_entry *se = &s->ent[i];
-    se->held = memreg_access_begin(s->t->host.registry, &se->acc, e->addr, e->len, 1, &se->region,
-                                   serve_cancel, s) == 0;
-    se->refused = !se->held;
-    if (se->refused) {
+    struct memreg_want w[WIRE_MAX_ENTRIES];
+    for (unsigned i = 0; i < n; i++)
+        w[i] = (struct memreg_want){e[i].addr, e[i].len, &s->ent[i].acc, &s->ent[i].region};
+    for (unsigned i = 0; i < n;) {
+        size_t begun;
+        memreg_access_begin_many(s->t->host.registry, &w[i], n - i, 1, serve_cancel, s, &begun);
+        for (unsigned end = i + (unsigned)begun; i < end; i++)
+            s->ent[i].held = true, s->ent[i].refused = false;
+        if (i == n)
+            break;
+        s->ent[i].held = false; /* entry i is outside them */
+        s->ent[i].refused = true;
         atomic_fetch_add(&s->t->refused, 1);
         LOG_WARN("tcp: refused %s from %s of 0x%llx+%llu: outside remote-accessible buffers", op, s->from,
-                 (unsigned long long)e->addr, (unsigned long long)e->len);
+                 (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
+        i++;
     }
 }
 
@@ -325,8 +334,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     struct tcp_transport *t = s->t;
     int rc = 0;
     frame_begin(s, h->nentries);
-    for (unsigned i = 0; i < h->nentries; i++)
-        entry_begin(s, i, &e[i], "WRITE");
+    entries_begin(s, e, h->nentries, "WRITE");
     for (unsigned i = 0; !rc && i < h->nentries;) {
         unsigned end = i;
         while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index < 0)
@@ -433,8 +441,8 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     uint64_t refused = 0, payload = 0;
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
+    entries_begin(s, e, h->nentries, "READ");
     for (unsigned i = 0; i < h->nentries; i++) {
-        entry_begin(s, i, &e[i], "READ");
         if (s->ent[i].refused)
             refused |= 1ull << i;
         else
