@@ -8,7 +8,12 @@
  * the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
- * payload straight into the caller's memory, enforces deadlines).  Responses
+ * payload straight into the caller's memory, enforces deadlines).  While
+ * nobody writes on a ready connection, the submitting thread writes its
+ * frame itself (write_inline: no hand-off, no sender wake-up per batch), as
+ * much as the socket takes without waiting; the sender writes the rest and
+ * whatever was queued meanwhile.  One writer at a time (c->writing), in the
+ * order frames entered the in-flight FIFO.  Responses
  * come back in order per connection, so in-flight frames are a FIFO.  Only
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
