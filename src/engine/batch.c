@@ -13,6 +13,8 @@
  * under batch->lock.
  */
 #include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +70,8 @@ struct ferry_batch {
     int note_error;
     char note_msg[160];
 
+    atomic_int waking;       /* completions that let the lock go and have yet to broadcast
+                              * (ferry_batch_free waits them out) */
     size_t deferred;         /* stream-ordered submits not yet made (batch_defer) */
     int deferred_error;      /* the first one that failed when it was made */
     char deferred_msg[160];
@@ -189,9 +193,14 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
         atomic_fetch_add(&e->req_failed[t], nended - completed);
     b->frames_out--;
     size_t notes = notification_due(b);
-    if (all_ended(b)) /* finished, or a stream-ordered submit waits for this */
-        pthread_cond_broadcast(&b->cond);
+    bool wake = all_ended(b); /* finished, or a stream-ordered submit waits for this */
+    if (wake)
+        atomic_fetch_add(&b->waking, 1);
     pthread_mutex_unlock(&b->lock);
+    if (wake) { /* after unlocking: the waiter wakes to a free lock, not to wait for it again */
+        pthread_cond_broadcast(&b->cond);
+        atomic_fetch_sub(&b->waking, 1);
+    }
     if (notes)
         send_notifications(b, notes);
 }
@@ -255,6 +264,8 @@ void ferry_batch_free(ferry_batch *b)
     while (!finished(b))
         pthread_cond_wait(&b->cond, &b->lock);
     pthread_mutex_unlock(&b->lock);
+    while (atomic_load(&b->waking)) /* a completion between its unlock and its broadcast: brief */
+        sched_yield();
     for (struct plan_node *p = b->plans, *next; p; p = next) {
         next = p->next;
         slice_plan_free(&p->plan);
