@@ -49,7 +49,7 @@ shm_pair() {
     for bs in 65536 1048576; do
       line=$(env "$@" "$fb" --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
           --operation=$op --protocol=tcp,shm --use_vram=true --gpu_id=0 --segment_id="$seg" \
-          --block_size=$bs --batch_size=128 --duration=2 --json 2>&1 | tail -1)
+          --block_size=$bs --batch_size=128 --duration=2 --json 2>/dev/null | tail -1)
       echo "$label gpu0->gpu1 shm $line"
     done
   done

@@ -19,7 +19,7 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-py=/usr/bin/python3
+py=${PYTHON:-/usr/bin/python3}  # PYTHON: another python3 (on the GPU host, the one on PATH)
 
 case "${1:-}" in
   --quick) DURATION=1 ;;

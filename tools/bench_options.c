@@ -52,6 +52,7 @@ static const struct opt_def opt_defs[] = {
     OPT(use_vram, OPT_BOOL, "use GPU memory (cuda:gpu_id)"),
     OPT(json, OPT_BOOL, "initiator: print one JSON object instead of text"),
     OPT(verify, OPT_BOOL, "check the transferred bytes (default true)"),
+    OPT(huge_pages, OPT_BOOL, "cpu buffers: false = 4 KiB pages (MADV_NOHUGEPAGE), to see their first-copy cost"),
     OPT(help, OPT_BOOL, "this text"),
     OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
     OPT(help_env_markdown, OPT_BOOL, "the same as a markdown table (the README's)"),
@@ -223,7 +224,7 @@ void options_defaults(struct options *o)
     *o = (struct options){
         .metadata_server = "P2PHANDSHAKE", .operation = "write", .protocol = "tcp",
         .block_size = 65536, .batch_size = 128, .buffer_size = 1ull << 30,
-        .duration = 10, .threads = 1, .npu_id = -1, .verify = true,
+        .duration = 10, .threads = 1, .npu_id = -1, .verify = true, .huge_pages = true,
     };
 }
 

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/mman.h>
 
 #define SEED_ZERO 0          /* "pattern" of all-zero bytes */
 #define SEED_TARGET 1        /* what a target puts in its buffer */
@@ -196,13 +197,17 @@ struct buffer {
 };
 
 /* Allocates and registers len bytes at loc; exits with a clear message on failure. */
-static void buffer_open(ferry_engine *e, const char *loc, size_t len, int remote,
+static void buffer_open(ferry_engine *e, const char *loc, size_t len, int remote, bool huge,
                         struct buffer *b)
 {
     void *p = NULL;
     int rc = ferry_mem_alloc(e, loc, len, &p);
     if (rc)
         die_ferry(rc, "allocate %zu bytes at %s", len, loc);
+    /* ferry asks for huge pages on large host buffers; --nohuge_pages undoes
+     * it (before the fill touches them) to show what 4 KiB pages cost */
+    if (!huge && strncmp(loc, "cpu", 3) == 0 && madvise(p, len, MADV_NOHUGEPAGE) != 0)
+        die("madvise(MADV_NOHUGEPAGE): %s", strerror(errno));
     rc = ferry_register_memory(e, p, len, loc, remote);
     if (rc)
         die_ferry(rc, "register %zu bytes at %s (%p)", len, loc, p);
@@ -293,7 +298,7 @@ static int run_target(const struct options *o)
     enum { NOTIFY_MAX = 16 };
     ferry_engine *e = engine_open(o);
     struct buffer b;
-    buffer_open(e, o->location, (size_t)o->buffer_size, 1, &b);
+    buffer_open(e, o->location, (size_t)o->buffer_size, 1, o->huge_pages, &b);
     fill_memory(e, b.loc, b.ptr, b.len, SEED_TARGET, 0);
     printf("ferry-bench target ready: segment %s buffer 0x%" PRIxPTR " size %zu\n",
            ferry_engine_segment_name(e), (uintptr_t)b.ptr, b.len);
@@ -441,6 +446,7 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
         int err = pthread_create(&w[t].tid, NULL, worker_main, &w[t]);
         if (err)
             die("pthread_create: %s", strerror(err));
+        (void)pthread_setname_np(w[t].tid, "bench-submit"); /* bench/tcp_threads.sh tells it from ferry's */
     }
 }
 
@@ -480,7 +486,7 @@ static bool verify(struct run *r)
     if (!reqs)
         die("out of memory");
     if (writing)
-        buffer_open(r->engine, o->location, r->region, 0, &scratch);
+        buffer_open(r->engine, o->location, r->region, 0, o->huge_pages, &scratch);
     for (size_t t = 0; t < o->threads && ok; t++) {
         uint64_t pos = t * r->region;
         uint8_t *dst = writing ? scratch.ptr : r->local.ptr + pos;
@@ -618,7 +624,7 @@ static int run_initiator(const struct options *o)
     atomic_init(&r.running, (unsigned)o->threads);
     r.engine = engine_open(o);
     connect_target(&r);
-    buffer_open(r.engine, o->location, (size_t)o->buffer_size, 1, &r.local);
+    buffer_open(r.engine, o->location, (size_t)o->buffer_size, 1, o->huge_pages, &r.local);
     /* WRITE sends seed 2; READ's destination is zeroed so that first-touch
      * page faults stay out of the timed loop. */
     fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads,

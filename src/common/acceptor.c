@@ -178,6 +178,11 @@ static void admit(struct acceptor *a, int fd, const struct sockaddr_in *sa)
 static void *acceptor_main(void *arg)
 {
     struct acceptor *a = arg;
+    char name[16] = "ferry-acc-"; /* + what, cut to the kernel's 15 characters */
+    size_t at = strlen(name), n = strnlen(a->what, sizeof name - 1 - at);
+    memcpy(name + at, a->what, n);
+    name[at + n] = '\0';
+    (void)pthread_setname_np(pthread_self(), name);
     bool backoff = false;
     while (!atomic_load(&a->stopping)) {
         reap(a, false);

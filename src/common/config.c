@@ -97,6 +97,10 @@ static const struct knob knobs[] = {
          "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
     KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
          "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
+    {{"FERRY_TRACE", "",
+      "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
+      "bench/trace_batches.py reads it); empty: off"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
@@ -104,6 +108,10 @@ static const struct knob knobs[] = {
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
       "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_SPIN_US", "50",
+      "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
+      "before the next retire, and costs a core while transfers run"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
@@ -114,8 +122,11 @@ static const struct knob knobs[] = {
       "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
       "another NIC (0: wait for the NIC's own retry limit)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_MAX_CONNECTIONS", "auto",
-      "TCP connections per peer under heavy traffic (each has 8 MiB in flight): auto (one per two cores, 4-16) "
-      "or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
+      "TCP connections per peer under heavy traffic (each has FERRY_TCP_GROW_BYTES in flight): auto (one per "
+      "core, 4-16) or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_GROW_BYTES", "auto",
+      "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
+      "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

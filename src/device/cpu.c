@@ -23,6 +23,8 @@
  * are remembered here (allocation is never on the hot path).  The memory
  * itself is a plain anonymous mapping, page-aligned and zeroed, so a caller
  * that munmaps it directly (as before this table existed) loses nothing. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
 struct mapping {
     void *addr;
     size_t len;
@@ -90,6 +92,12 @@ static int cpu_mem_alloc(int dev, size_t len, void **out)
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory", len);
+    /* Huge pages where the kernel has them (THP "madvise" or "always"): a
+     * socket's first copy into or out of each 4 KiB page costs ~7 us under
+     * shadow-paging hypervisors (the 4 MiB TCP warm-up, docs/BENCHMARKS.md),
+     * 2 MiB pages pay that 512x less often.  Best effort: no THP, no harm. */
+    if (len >= HUGE_PAGE)
+        (void)madvise(p, len, MADV_HUGEPAGE);
     if (remember(p, len) != 0) {
         munmap(p, len);
         return ferry_fail(FERRY_ENOMEM, "mem_alloc: %zu bytes of host memory (bookkeeping)", len);

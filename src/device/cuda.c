@@ -795,6 +795,11 @@ static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max
     void *params[] = {a};
     CUresult r = cuda_drv.cuLaunchKernel(fn, grid, 1, 1, GATHER_THREADS, 1, 1, 0, call->s->stream,
                                    params, NULL);
+    static atomic_int told;
+    if (r == CUDA_SUCCESS && atomic_fetch_add(&told, 1) < 4)
+        LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel: %u tiles of %u bytes, %u CTAs",
+                  call->s->dev, a->n, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
+                  a->ntiles, 1u << shift, grid);
     if (r == CUDA_SUCCESS)
         return 0;
     int rc = ferry_device_enqueue_copies(&copy_engine, call, copies, k);
@@ -823,10 +828,17 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
         size_t k = gather_take(copies + done, n - done, &a, &bytes);
         call->base = done;
         if (a.n > 0 && bytes / a.n <= GATHER_MEAN_MAX &&
-            gather_reachable(call->s->dev, call->dir, &a))
+            gather_reachable(call->s->dev, call->dir, &a)) {
             rc = gather_launch(call, fn, max_ctas, &a, copies + done, k);
-        else if (a.n > 0)
+        } else if (a.n > 0) {
+            static atomic_int told; /* what FERRY_LOG_LEVEL=3 shows of the choice: the first few */
+            if (atomic_fetch_add(&told, 1) < 8)
+                LOG_DEBUG("cuda:%d: %u copies (%zu bytes, %s, first %p <- %p) on the copy engine: %s", call->s->dev,
+                          a.n, bytes, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
+                          (void *)(uintptr_t)a.copies[0].dst, (void *)(uintptr_t)a.copies[0].src,
+                          bytes / a.n > GATHER_MEAN_MAX ? "large copies" : "an address the kernel may not reach");
             rc = ferry_device_enqueue_copies(&copy_engine, call, copies + done, k);
+        }
         done += k;
     }
     return rc;

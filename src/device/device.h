@@ -228,6 +228,15 @@ const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *in
  * staging fast path (src/staging).  0 or FERRY_E*. */
 int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                            const struct ferry_copy *copies, size_t n);
+/* The same in two steps, so a thread can copy while it does other work (a
+ * transport receiving the next bytes): _start enqueues on the thread's
+ * stream and returns; _wait waits for every copy the thread started (0 at
+ * once when none is in flight).  A thread must _wait before the memory of a
+ * started copy may go (before it ends its access to it).  A failed _start
+ * has drained what was in flight and returns the error; 0 or FERRY_E*. */
+int ferry_device_copy_start(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                            const struct ferry_copy *copies, size_t n);
+int ferry_device_copy_wait(void);
 
 /* A 32-bit completion flag in host memory (stream_wait_flag): set stores
  * value and wakes every thread blocked in wait; wait returns once *flag >=

@@ -6,19 +6,25 @@
  * (for the last device it used) in thread-specific storage; it is destroyed
  * when the thread exits.  A copy is complete (or failed, with nothing of it
  * still queued) when ferry_device_copy_sync returns, so a caller may end its
- * access to the memory (memreg.h) right after.
+ * access to the memory (memreg.h) right after; ferry_device_copy_start and
+ * _wait split that in two, so the thread can receive the next bytes while
+ * the device copies the last ones (the tcp target's bounce).
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "device/device.h"
 #include "err.h"
+#include "trace.h"
 
 struct thread_stream {
     const struct ferry_device_ops *ops;
     int dev;
     ferry_stream *stream;
+    bool inflight;               /* copies started and not yet waited for */
 };
 
 static pthread_key_t key;
@@ -32,16 +38,18 @@ static void thread_stream_free(void *p)
     free(ts);
 }
 
+static atomic_bool once_done;
+
 static void key_init(void)
 {
     pthread_key_create(&key, thread_stream_free);
+    atomic_store(&once_done, true);
 }
 
-int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
-                           const struct ferry_copy *copies, size_t n)
+/* The thread's stream for (ops, dev): a stream of another device is
+ * drained (copies started on it must end first) and replaced. */
+static int thread_stream(const struct ferry_device_ops *ops, int dev, struct thread_stream **out)
 {
-    if (n == 0)
-        return 0;
     pthread_once(&once, key_init);
     struct thread_stream *ts = pthread_getspecific(key);
     if (!ts) {
@@ -51,6 +59,9 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
         pthread_setspecific(key, ts);
     }
     if (ts->stream && (ts->ops != ops || ts->dev != dev)) {
+        if (ts->inflight)
+            (void)ts->ops->stream_sync(ts->stream);
+        ts->inflight = false;
         ts->ops->stream_destroy(ts->stream);
         ts->stream = NULL;
     }
@@ -61,15 +72,57 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
         ts->ops = ops;
         ts->dev = dev;
     }
-    int rc = ops->copy_async(ts->stream, dir, copies, n);
-    if (rc) /* copies queued before the one that failed must be done when we return:
-             * the caller's access to that memory ends then (ferry_unregister_memory) */
+    *out = ts;
+    return 0;
+}
+
+/* After a failure the stream is in a sticky error: start over. */
+static void thread_stream_renew(struct thread_stream *ts)
+{
+    ts->ops->stream_destroy(ts->stream);
+    ts->stream = NULL;
+    ts->inflight = false;
+}
+
+int ferry_device_copy_start(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                            const struct ferry_copy *copies, size_t n)
+{
+    if (n == 0)
+        return 0;
+    struct thread_stream *ts = NULL;
+    int rc = thread_stream(ops, dev, &ts);
+    if (rc)
+        return rc;
+    TRACE(TR_COPY_BEGIN, n);
+    rc = ops->copy_async(ts->stream, dir, copies, n);
+    TRACE(TR_COPY_QUEUED, n);
+    if (rc) { /* copies queued before the one that failed must be done when we return */
         (void)ops->stream_sync(ts->stream);
-    else
-        rc = ops->stream_sync(ts->stream);
-    if (rc) { /* a failed copy leaves the stream in a sticky error: start over */
-        ops->stream_destroy(ts->stream);
-        ts->stream = NULL;
+        thread_stream_renew(ts);
+        return rc;
     }
+    ts->inflight = true;
+    return 0;
+}
+
+int ferry_device_copy_wait(void)
+{
+    struct thread_stream *ts = once_done ? pthread_getspecific(key) : NULL;
+    if (!ts || !ts->stream || !ts->inflight)
+        return 0;
+    int rc = ts->ops->stream_sync(ts->stream);
+    TRACE(TR_COPY_SYNCED, 0);
+    ts->inflight = false;
+    if (rc)
+        thread_stream_renew(ts);
     return rc;
+}
+
+int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
+                           const struct ferry_copy *copies, size_t n)
+{
+    if (n == 0)
+        return 0;
+    int rc = ferry_device_copy_start(ops, dev, dir, copies, n);
+    return rc ? rc : ferry_device_copy_wait();
 }

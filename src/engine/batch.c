@@ -27,6 +27,7 @@
 #include "log.h"
 #include "net.h"
 #include "timespec.h"
+#include "trace.h"
 
 #define MAX_NOTIFY_TARGETS 16
 
@@ -194,8 +195,10 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
     b->frames_out--;
     size_t notes = notification_due(b);
     bool wake = all_ended(b); /* finished, or a stream-ordered submit waits for this */
-    if (wake)
+    if (wake) {
+        TRACE(TR_BATCH_DONE, b->count);
         atomic_fetch_add(&b->waking, 1);
+    }
     pthread_mutex_unlock(&b->lock);
     if (wake) { /* after unlocking: the waiter wakes to a free lock, not to wait for it again */
         pthread_cond_broadcast(&b->cond);
@@ -465,16 +468,26 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
          * and frame count are already set up for them. */
         struct xfer_frame *frames = node->plan.frames;
         size_t nframes = node->plan.nframes; /* node may be freed once the last frame ends */
+        /* staged frames go to their pool together (one group of copies),
+         * after the others */
+        struct xfer_frame *staged[MAX_POOLS] = {0}, **staged_tail[MAX_POOLS];
+        for (size_t i = 0; i < MAX_POOLS; i++)
+            staged_tail[i] = &staged[i];
         for (size_t i = 0; i < nframes; i++) {
             struct xfer_frame *f = &frames[i];
             int t = ROUTE_TRANSPORT(f->route);
             if (f->route != t) {
-                staging_submit(e->pools[ROUTE_POOL(f->route)].pool, f);
+                f->next = NULL;
+                *staged_tail[ROUTE_POOL(f->route)] = f;
+                staged_tail[ROUTE_POOL(f->route)] = &f->next;
                 continue;
             }
             struct segment *s = engine_segment(e, f->segment);
             e->tops[t]->submit(e->tstate[t], s->peer[t], f);
         }
+        for (size_t i = 0; i < MAX_POOLS; i++)
+            if (staged[i])
+                staging_submit_list(e->pools[i].pool, staged[i]);
         pthread_rwlock_unlock(&e->seg_lock);
         return 0;
     }
@@ -486,6 +499,7 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
         return ferry_fail(FERRY_EINVAL, "batch_submit: NULL argument");
     if (n == 0)
         return 0;
+    TRACE(TR_BATCH_SUBMIT, n);
     pthread_mutex_lock(&b->lock);
     size_t count = b->count;
     bool noted = b->note_state != NOTE_NONE;
@@ -506,6 +520,7 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
         refresh_stale(e, reqs, n);
         rc = submit_locked(b, reqs, n, locals, sreqs, node);
     }
+    TRACE(TR_BATCH_SUBMITTED, n);
     if (rc && node) { /* nothing was submitted: give the accesses back */
         for (size_t i = 0; i < begun; i++)
             memreg_access_end(&e->registry, &node->accs[i]);
@@ -638,5 +653,6 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
     if (!rc && b->note_error)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
     pthread_mutex_unlock(&b->lock);
+    TRACE(TR_BATCH_WOKEN, b->count);
     return rc;
 }

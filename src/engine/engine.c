@@ -20,6 +20,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "trace.h"
 
 /* ------------------------------------------------------------ notifications */
 
@@ -241,6 +242,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     int rc = cfg ? config_import(&full, cfg) : ferry_config_init(&full);
     if (rc)
         return rc;
+    ferry_trace_init();
     ferry_engine *e = calloc(1, sizeof *e);
     if (!e)
         return ferry_fail(FERRY_ENOMEM, "engine");

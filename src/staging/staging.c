@@ -3,16 +3,20 @@
  * staging.c — pinned chunk pools and the device<->host pipeline (see
  * staging.h for the idea).
  *
- * The worker issues the chunks that became ready together in groups: one
+ * The chunks that became ready together are issued in groups: one
  * copy_async for the copies of up to two chunks going the same way, on the
  * first one's stream, retired together (a launch and a wait per group, not
  * per chunk: what small blocks pay most).
  *
- * Threads: one worker per pool issues copies and waits for them; transport
- * threads end wire frames and return chunks; any thread may submit.  All
- * lists are under pool->lock.  A chunk carries everything a frame in flight
- * needs (its rewritten wire frame and pieces), so the hot path allocates
- * nothing.
+ * Threads: whoever brings work issues it (the submitting thread its gathers,
+ * the transport thread that received a READ its scatter), so the copy starts
+ * without waiting for a sleeping worker to wake; one thread issues at a time
+ * (pool->issuing), and the one worker per pool waits for the copies in
+ * flight and retires them (it wakes while the device copies).  Transport
+ * threads end wire frames and return chunks.  All lists, the in-flight FIFO
+ * included, are under pool->lock.  A chunk carries everything a frame in
+ * flight needs (its rewritten wire frame and pieces), so the hot path
+ * allocates nothing.
  */
 #include "staging/staging.h"
 
@@ -27,8 +31,9 @@
 
 #include "err.h"
 #include "log.h"
-#include "timespec.h"
 #include "net.h"
+#include "timespec.h"
+#include "trace.h"
 #include "staging/aggregate.h"
 
 /* Copies one group takes at most: two frames of full scatter lists, what
@@ -72,10 +77,12 @@ struct staging_pool {
     struct chunk *free_list;
     struct xfer_frame *waiting_head, *waiting_tail;  /* frames waiting for a chunk */
     struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
-    /* the worker's: a round's chunks, a group's chunks, a group's copies */
-    struct chunk **taken, **group;        /* nchunks each */
-    struct ferry_copy *round;             /* GROUP_COPIES_MAX */
+    struct chunk *fl_head, *fl_tail;                 /* copies in flight, oldest group first */
+    bool issuing;                         /* a thread is issuing a round: it owns taken and group */
+    struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
+    struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
+    uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     pthread_t worker;
 };
 
@@ -94,6 +101,8 @@ static void release_chunk(struct staging_pool *p, struct chunk *c)
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
 }
+
+static void issue_ready(struct staging_pool *p);
 
 /* Transport thread: a staged frame came back from the wire. */
 static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const char *msg)
@@ -118,7 +127,7 @@ static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const cha
     else
         p->arrived_head = c;
     p->arrived_tail = c;
-    pthread_cond_signal(&p->cond);
+    issue_ready(p);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -238,36 +247,41 @@ static void fifo_push(struct chunk *c, struct chunk **head, struct chunk **tail)
  * the device has one, instead of one per chunk), and the group retires
  * together.  Chunks that aggregate on the device go alone on their own
  * stream (aggregate.h). */
-static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
-                         struct chunk **tail);
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc);
 
-static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, struct chunk **head,
-                        struct chunk **tail)
+/* Lock not held; called by the issuer, or by the worker again for the
+ * chunks of a group that failed (other chunks than the issuer's). */
+static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 {
     enum ferry_copy_dir dir = g[0]->state == CHUNK_GATHER ? FERRY_COPY_D2H : FERRY_COPY_H2D;
     int rc = 0;
     if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
+        struct ferry_copy copies[GROUP_COPIES_MAX];
         size_t ncopies = 0;
         for (size_t i = 0; i < n; i++)
-            ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, p->round + ncopies);
-        rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, p->round, ncopies) : 0;
+            ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, copies + ncopies);
+        rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, copies, ncopies) : 0;
+        TRACE(TR_STAGE_ISSUE, ncopies);
     }
     if (rc) {
-        group_failed(p, g, n, rc, head, tail);
+        group_failed(p, g, n, rc);
         return;
     }
+    pthread_mutex_lock(&p->lock); /* the group's chunks side by side in the FIFO */
     for (size_t i = 0; i < n; i++) {
         g[i]->lead = g[0];
-        fifo_push(g[i], head, tail);
+        fifo_push(g[i], &p->fl_head, &p->fl_tail);
     }
+    pthread_cond_signal(&p->cond); /* the worker: something to retire */
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* Issues a round of chunks: READs that still have to cross the wire go to
  * their transport; the rest are cut into groups (same direction, at most
  * GROUP_COPIES_MAX copies and one chunk's bytes, aggregating chunks alone). */
-static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, struct chunk **head, struct chunk **tail)
+static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
     size_t ng = 0, copies = 0;
@@ -279,12 +293,12 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, str
             continue;
         }
         if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes)) {
-            issue_group(p, &c, 1, head, tail);
+            issue_group(p, &c, 1);
             continue;
         }
         if (ng && (c->state != g[0]->state || copies + c->orig->npieces > GROUP_COPIES_MAX ||
                    bytes + c->orig->bytes > p->chunk_size)) {
-            issue_group(p, g, ng, head, tail);
+            issue_group(p, g, ng);
             ng = copies = 0;
             bytes = 0;
         }
@@ -293,7 +307,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, str
         bytes += c->orig->bytes;
     }
     if (ng)
-        issue_group(p, g, ng, head, tail);
+        issue_group(p, g, ng);
 }
 
 /* A group's copies failed (to enqueue, or on the device).  A chunk alone
@@ -302,8 +316,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, str
  * is issued again on its own (copying a frame twice moves the same bytes to
  * the same places); where the device is broken as a whole, each then fails
  * alone. */
-static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc, struct chunk **head,
-                         struct chunk **tail)
+static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc)
 {
     if (n == 1) {
         fail_chunk(p, g[0], rc);
@@ -313,13 +326,14 @@ static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int
               ferry_last_error());
     renew_stream(p, g[0]);
     for (size_t i = 0; i < n; i++)
-        issue_group(p, &g[i], 1, head, tail);
+        issue_group(p, &g[i], 1);
 }
 
 /* The oldest group's copies are done: WRITE chunks go to the wire, READ
  * frames end. */
 static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
 {
+    TRACE(TR_STAGE_RETIRED, n);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = g[i];
         if (c->state == CHUNK_GATHER) {
@@ -337,117 +351,185 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
 }
 
 /* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
- * on the next frame, and blocking on the oldest copy leaves new work queued;
- * so the worker polls briefly before it sleeps or blocks. */
-#define IDLE_SPIN_NS 50000u
+ * before it retires the next copy, and blocking on the oldest copy leaves
+ * new work queued; so the worker polls for a while (FERRY_STAGING_SPIN_US,
+ * 50 µs by default; longer keeps it awake through a batch at the price of
+ * a core while transfers run) before it sleeps, and briefly before it
+ * blocks. */
+#define IDLE_SPIN_US_DEFAULT 50u
+#define IDLE_SPIN_US_MAX 100000u
 #define COPY_POLL_NS 200000u
 
+/* Lock held. */
 static bool work_ready(struct staging_pool *p)
 {
-    pthread_mutex_lock(&p->lock);
-    bool more = (p->waiting_head && p->free_list) || p->arrived_head || p->stopping;
-    pthread_mutex_unlock(&p->lock);
-    return more;
+    return (p->waiting_head && p->free_list) || p->arrived_head || p->stopping;
 }
 
-/* Retires the oldest group if its copies are done, or once nothing else is
- * ready to be issued; returns whether it did. */
-static bool retire_oldest(struct staging_pool *p, struct chunk **head, struct chunk **tail)
+/* Lock held.  If work is ready and no thread is issuing, this thread issues
+ * it (the lock let go meanwhile), again while more arrives: waiting frames
+ * that have a free chunk (expired ones end TIMEOUT) and READ payload that
+ * came back. */
+static void issue_ready(struct staging_pool *p)
 {
-    struct chunk *lead = *head;
+    while (!p->issuing) {
+        struct xfer_frame *expired = NULL;
+        size_t n = take_waiting(p, p->taken, p->nchunks, &expired);
+        for (struct chunk *c = p->arrived_head; c; c = c->next)
+            p->taken[n++] = c;          /* every chunk is in one list: n <= nchunks */
+        p->arrived_head = p->arrived_tail = NULL;
+        if (!n && !expired)
+            return;
+        p->issuing = true;
+        pthread_mutex_unlock(&p->lock);
+        for (struct xfer_frame *f = expired, *next; f; f = next) {
+            next = f->next;
+            end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
+        }
+        issue_round(p, p->taken, n);
+        pthread_mutex_lock(&p->lock);
+        p->issuing = false;
+        pthread_cond_signal(&p->cond);
+    }
+}
+
+/* The worker: retires the oldest group once its copies are done (polling
+ * briefly, then blocking), or returns early when new work is ready for
+ * nobody to issue. */
+static void retire_oldest(struct staging_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO */
+    pthread_mutex_unlock(&p->lock);
     uint64_t start = now_ns();
     while (p->ops->stream_query(lead->stream) == FERRY_EBUSY) {
-        if (work_ready(p))
-            return false;               /* issue new work first, come back */
+        pthread_mutex_lock(&p->lock);
+        bool issue = work_ready(p) && !p->issuing;
+        pthread_mutex_unlock(&p->lock);
+        if (issue)
+            return;                     /* issue new work first, come back */
         if (now_ns() - start > COPY_POLL_NS)
             break;                      /* long copy: block in stream_sync */
         sched_yield();
     }
     int rc = p->ops->stream_sync(lead->stream);
     size_t n = 0;
-    while (*head && (*head)->lead == lead) {
-        p->group[n++] = *head;
-        *head = (*head)->next;
+    pthread_mutex_lock(&p->lock);
+    while (p->fl_head && p->fl_head->lead == lead) {
+        p->retired[n++] = p->fl_head;
+        p->fl_head = p->fl_head->next;
     }
-    if (!*head)
-        *tail = NULL;
+    if (!p->fl_head)
+        p->fl_tail = NULL;
+    pthread_mutex_unlock(&p->lock);
     if (rc)
-        group_failed(p, p->group, n, rc, head, tail);
+        group_failed(p, p->retired, n, rc);
     else
-        retire_group(p, p->group, n);
-    return true;
+        retire_group(p, p->retired, n);
 }
 
-/* The worker keeps the copy engine fed: every time the oldest copy retires
- * it first queues whatever became ready (new frames for free chunks, READ
- * payload that arrived), so copies stay back to back on the link while the
- * transports move other chunks over the wire. */
+/* The worker issues what nobody else does (work that waited for a free
+ * chunk) and retires every copy; it polls briefly before it sleeps. */
 static void *worker_main(void *arg)
 {
     struct staging_pool *p = arg;
-    struct chunk **taken = p->taken;
-    struct chunk *head = NULL, *tail = NULL; /* copies in flight, oldest first */
     uint64_t idle_since = 0;
     pthread_mutex_lock(&p->lock);
-    while (!p->stopping || p->waiting_head || head) {
-        struct xfer_frame *expired = NULL;
-        size_t n = take_waiting(p, taken, p->nchunks, &expired);
-        for (struct chunk *c = p->arrived_head; c; c = c->next)
-            taken[n++] = c;             /* every chunk is in one list: n <= nchunks */
-        p->arrived_head = p->arrived_tail = NULL;
-        if (!n && !expired && !head) {
-            if (p->stopping)
-                break;
-            uint64_t t = now_ns();
-            if (!idle_since)
-                idle_since = t;
-            if (t - idle_since < IDLE_SPIN_NS) {
-                pthread_mutex_unlock(&p->lock);
-                sched_yield();
-                pthread_mutex_lock(&p->lock);
-                continue;
-            }
-            /* re-check deadlines of waiting frames */
-            struct timespec until = timespec_in_ms(CLOCK_REALTIME, 50);
-            pthread_cond_timedwait(&p->cond, &p->lock, &until);
+    while (!p->stopping || p->waiting_head || p->fl_head || p->issuing) {
+        if (work_ready(p) && !p->issuing && !(p->stopping && !p->waiting_head && !p->arrived_head)) {
+            issue_ready(p);
             idle_since = 0;
             continue;
         }
-        idle_since = 0;
-        pthread_mutex_unlock(&p->lock);
-        for (struct xfer_frame *f = expired, *next; f; f = next) {
-            next = f->next;
-            end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
+        if (p->fl_head) {
+            pthread_mutex_unlock(&p->lock);
+            retire_oldest(p);
+            pthread_mutex_lock(&p->lock);
+            idle_since = 0;
+            continue;
         }
-        issue_round(p, taken, n, &head, &tail);
-        if (head)
-            retire_oldest(p, &head, &tail);
-        pthread_mutex_lock(&p->lock);
+        if (p->stopping && !p->waiting_head && !p->issuing)
+            break;
+        uint64_t t = now_ns();
+        if (!idle_since)
+            idle_since = t;
+        if (t - idle_since < p->idle_spin_ns && !p->issuing) {
+            pthread_mutex_unlock(&p->lock);
+            sched_yield();
+            pthread_mutex_lock(&p->lock);
+            continue;
+        }
+        /* re-check deadlines of waiting frames */
+        struct timespec until = timespec_in_ms(CLOCK_REALTIME, 50);
+        pthread_cond_timedwait(&p->cond, &p->lock, &until);
+        idle_since = 0;
+        if (p->waiting_head && !p->issuing)
+            issue_ready(p);             /* expired frames end */
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
-void staging_submit(struct staging_pool *p, struct xfer_frame *f)
+/* FERRY_STAGING_SPIN_US: 0..IDLE_SPIN_US_MAX, default IDLE_SPIN_US_DEFAULT. */
+static int spin_read(uint64_t *ns)
 {
-    if (f->npieces > XFER_MAX_PIECES || f->bytes > p->chunk_size) {
-        end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
-        return;
+    const char *text = getenv("FERRY_STAGING_SPIN_US");
+    unsigned long v = IDLE_SPIN_US_DEFAULT;
+    if (text && *text) {
+        char *end;
+        errno = 0;
+        v = strtoul(text, &end, 10);
+        if (errno || *end || end == text || text[0] == '-' || v > IDLE_SPIN_US_MAX)
+            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
+                              IDLE_SPIN_US_MAX);
     }
+    *ns = (uint64_t)v * 1000u;
+    return 0;
+}
+
+void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
+{
+    struct xfer_frame *ok = NULL, **tail = &ok;
+    for (struct xfer_frame *f = head, *next; f; f = next) {
+        next = f->next;
+        if (f->npieces > XFER_MAX_PIECES || f->bytes > p->chunk_size) {
+            end_frame(f, FERRY_EINVAL, 0, "staging: frame larger than a chunk");
+            continue;
+        }
+        f->next = NULL;
+        *tail = f;
+        tail = &f->next;
+    }
+    if (!ok)
+        return;
     pthread_mutex_lock(&p->lock);
     if (p->stopping) {
         pthread_mutex_unlock(&p->lock);
-        end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+        for (struct xfer_frame *f = ok, *next; f; f = next) {
+            next = f->next;
+            end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+        }
         return;
     }
-    f->next = NULL;
-    if (p->waiting_tail)
-        p->waiting_tail->next = f;
-    else
-        p->waiting_head = f;
-    p->waiting_tail = f;
+    for (struct xfer_frame *f = ok, *next; f; f = next) {
+        next = f->next;
+        TRACE(TR_STAGE_QUEUED, f->bytes);
+        f->next = NULL;
+        if (p->waiting_tail)
+            p->waiting_tail->next = f;
+        else
+            p->waiting_head = f;
+        p->waiting_tail = f;
+    }
+    issue_ready(p); /* on this thread, unless another one is issuing */
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
+}
+
+void staging_submit(struct staging_pool *p, struct xfer_frame *f)
+{
+    f->next = NULL;
+    staging_submit_list(p, f);
 }
 
 size_t staging_pool_chunk_size(const struct staging_pool *p)
@@ -468,7 +550,7 @@ static void pool_free(struct staging_pool *p)
     free(p->chunks);
     free(p->taken);
     free(p->group);
-    free(p->round);
+    free(p->retired);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
     free(p);
@@ -498,8 +580,10 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->chunks = calloc(nchunks, sizeof *p->chunks);
     p->taken = calloc(nchunks, sizeof *p->taken);
     p->group = calloc(nchunks, sizeof *p->group);
-    p->round = calloc(GROUP_COPIES_MAX, sizeof *p->round);
-    int rc = p->chunks && p->taken && p->group && p->round ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    p->retired = calloc(nchunks, sizeof *p->retired);
+    int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    if (!rc)
+        rc = spin_read(&p->idle_spin_ns);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {

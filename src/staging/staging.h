@@ -28,9 +28,13 @@
  * FERRY_STAGING_AGGREGATE selects it anywhere.  Pieces start at multiples
  * of the device's copy alignment in a chunk (64 bytes on NPU).
  *
- * A pool has one worker thread that issues and waits for copies; transport
- * threads only hand chunks back.  When every chunk is busy, frames wait
- * their turn in FIFO order (bounded by their deadlines), never fail.
+ * Copies are issued by the thread that brings the work (the submitting
+ * thread its gathers, the transport thread that received a READ its
+ * scatter; one at a time), so they start without a sleeping thread's
+ * wake-up on the path; a pool's one worker thread waits for them, retires
+ * them, and issues what waited for a free chunk.  When every chunk is busy,
+ * frames wait their turn in FIFO order (bounded by their deadlines), never
+ * fail.
  *
  * An original frame ends only after every copy to or from its device
  * memory has completed (a failed copy's stream is drained before the frame
@@ -67,5 +71,8 @@ size_t staging_pool_chunk_size(const struct staging_pool *p);
 /* Queues a frame whose pieces' local pointers are device memory of this
  * pool's device.  Asynchronous; f->complete is called exactly once. */
 void staging_submit(struct staging_pool *p, struct xfer_frame *f);
+/* The same for frames linked through f->next (the frames of one submit):
+ * queued together, so their copies can go as one group. */
+void staging_submit_list(struct staging_pool *p, struct xfer_frame *head);
 
 #endif

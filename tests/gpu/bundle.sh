@@ -18,4 +18,9 @@ done | sort -u | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so
   cp -L "$lib" build-gpu/lib/
 done
 cp "$(command -v iperf3)" build-gpu/bin/
+# what travels to the GPU machine is capped (64 MiB with the tree): leave
+# the build's intermediates behind and the debug info out
+find build-gpu -name '*.o' -delete
+rm -rf build-gpu/CMakeFiles build-gpu/tests/CMakeFiles build-gpu/libferry.a
+find build-gpu -type f \( -perm -u+x -o -name '*.so*' \) -exec strip --strip-debug {} + 2>/dev/null || true
 echo "build-gpu ready"

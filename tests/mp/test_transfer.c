@@ -3,7 +3,8 @@
  * test_transfer.c — WRITE and READ between two engines in two processes over
  * real loopback sockets, with data verified on both sides: block sizes 4 KiB
  * to 4 MiB, batches of 1 to 256, the notification queue's limit, segment
- * buffers.  Odd sizes, notifications after data and stats run over every
+ * buffers, connections that grow with the traffic and ones the target
+ * refuses.  Odd sizes, notifications after data and stats run over every
  * transport in test_conformance.c.
  */
 #include <setjmp.h>
@@ -170,6 +171,33 @@ static void test_connections_grow_with_traffic(void **state)
     }
 }
 
+/* The target admits two connections from this address and the peer may
+ * open eight, growing at the smallest threshold: the ones it refuses must
+ * not fail the frames queued on them (they go to the connections that got
+ * through, and the peer stops growing). */
+static int setup_refused_growth(void **state)
+{
+    setenv("FERRY_TCP_CONNECTIONS", "1", 1);
+    setenv("FERRY_TCP_MAX_CONNECTIONS", "8", 1);
+    setenv("FERRY_TCP_GROW_BYTES", "65536", 1);
+    setenv("FERRY_MAX_CONNECTIONS_PER_PEER", "2", 1); /* read by the target child */
+    int rc = setup(state);
+    unsetenv("FERRY_TCP_CONNECTIONS");
+    unsetenv("FERRY_TCP_MAX_CONNECTIONS");
+    unsetenv("FERRY_TCP_GROW_BYTES");
+    unsetenv("FERRY_MAX_CONNECTIONS_PER_PEER");
+    return rc;
+}
+
+static void test_refused_growth_loses_nothing(void **state)
+{
+    struct fixture *f = *state;
+    for (int round = 0; round < 3; round++) {
+        run_batch(f, FERRY_WRITE, 1u << 20, 24, 0, (1u << 20) + 4096);
+        run_batch(f, FERRY_READ, 1u << 20, 24, TARGET_SIZE / 2, (1u << 20) + 4096);
+    }
+}
+
 static void test_segment_buffers(void **state)
 {
     struct fixture *f = *state;
@@ -192,6 +220,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
         cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -429,6 +429,58 @@ static void test_write_device_unregistered_midway(void **state)
     ferry_engine_destroy(t.e);
 }
 
+/* Small device blocks: a frame's entries land in the bounce with one
+ * receive (tcp_serve.c, recv_device_run).  Entries alternate between two
+ * registrations; one is unregistered while the payload is half sent: its
+ * entries end refused with nothing of them copied to the device after
+ * unregister (the copies of entries already in the bounce are dropped), and
+ * every entry of the other lands. */
+static void test_write_device_run_unregistered_midway(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    enum { N = 32, BLOCK = 64 * 1024 };
+    char *a = dev_alloc(t.e, N / 2 * BLOCK, 1), *b = dev_alloc(t.e, N / 2 * BLOCK, 2);
+    dev_fill(t.e, a, N / 2 * BLOCK, 0x11);
+    dev_fill(t.e, b, N / 2 * BLOCK, 0x11);
+    assert_int_equal(ferry_register_memory(t.e, a, N / 2 * BLOCK, "sim:0", 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, b, N / 2 * BLOCK, "sim:0", 1), 0);
+    int fd = peer_connect(&t);
+    struct wire_entry e[N];
+    uint64_t in_a = 0;
+    for (unsigned i = 0; i < N; i++) {
+        char *base = i % 2 ? b : a;
+        e[i] = (struct wire_entry){(uint64_t)(uintptr_t)(base + i / 2 * BLOCK), BLOCK};
+        in_a |= (uint64_t)(i % 2 == 0) << i;
+    }
+    uint8_t raw[WIRE_HEADER_SIZE + N * WIRE_ENTRY_SIZE];
+    wire_encode_header(&(struct wire_header){.type = WIRE_WRITE, .id = 1, .nentries = N,
+                                             .payload_len = N * BLOCK}, raw);
+    wire_encode_entries(e, N, raw + WIRE_HEADER_SIZE);
+    char *payload = map(N * BLOCK, 0x22);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(net_write_full(fd, payload, N / 2 * BLOCK), 0);
+    unregister_now(t.e, a); /* the target is receiving the run, or has not begun */
+    dev_fill(t.e, a, N / 2 * BLOCK, 0x33);
+    assert_int_equal(net_write_full(fd, payload + N / 2 * BLOCK, N / 2 * BLOCK), 0);
+    struct wire_header ack = peer_response(fd, WIRE_WRITE_ACK, 1);
+    assert_true(ack.refused == in_a);
+    char *host = map(N / 2 * BLOCK, 0);
+    assert_int_equal(ferry_mem_copy(t.e, host, a, N / 2 * BLOCK), 0);
+    assert_int_equal(count_not(host, N / 2 * BLOCK, 0x33), 0); /* nothing copied after unregister */
+    assert_int_equal(ferry_mem_copy(t.e, host, b, N / 2 * BLOCK), 0);
+    assert_int_equal(count_not(host, N / 2 * BLOCK, 0x22), 0); /* every entry of b landed */
+    munmap(host, N / 2 * BLOCK);
+    check_other_region(t.e, fd, 2);
+    close(fd);
+    munmap(payload, N * BLOCK);
+    assert_int_equal(ferry_unregister_memory(t.e, b), 0);
+    ferry_mem_free(t.e, "sim:0", a, N / 2 * BLOCK);
+    ferry_mem_free(t.e, "sim:0", b, N / 2 * BLOCK);
+    ferry_engine_destroy(t.e);
+}
+
 static void test_read_device_unregistered_midway(void **state)
 {
     (void)state;
@@ -592,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_write_run_unregistered_midway),
         cmocka_unit_test(test_read_host_unregistered_midway),
         cmocka_unit_test(test_write_device_unregistered_midway),
+        cmocka_unit_test(test_write_device_run_unregistered_midway),
         cmocka_unit_test(test_read_device_unregistered_midway),
         cmocka_unit_test(test_read_without_trailer_closes),
         cmocka_unit_test(test_engine_write_host),

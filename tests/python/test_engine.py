@@ -716,3 +716,33 @@ def test_torch_cuda_tensor_as_target(engine):
         back = local_buffer(engine, n * bs)
         assert engine.batch_transfer_sync_read(peer.segment_name, [back], [base], None) == 0
         assert np.array_equal(back, src)
+
+
+def test_torch_two_gpus(engine):
+    """Initiator memory on cuda:0, the peer's on cuda:1: small blocks written GPU to GPU and
+    read back, data checked (staged through host memory over tcp, or direct over shm)."""
+    torch = _torch()
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("fewer than two CUDA GPUs on this machine: two-GPU test skipped")
+    with ferry.NativeTransferEngine() as peer:
+        assert peer.initialize("127.0.0.1") == 0
+        remote = torch.zeros(8 * MIB, dtype=torch.uint8, device="cuda:1")
+        assert peer.register_memory(remote) == 0
+        assert peer.get_segment_buffers(peer.segment_name)[0][2] == "cuda:1"
+        n, bs = 256, 16 * KIB
+        src = torch.randint(0, 255, (n * bs,), dtype=torch.uint8, device="cuda:0")
+        back = torch.zeros_like(src)
+        assert engine.register_memory(src) == 0
+        assert engine.register_memory(back) == 0
+        base = remote.data_ptr()
+        # every other block, so the blocks are scattered on both sides
+        srcs = [src.data_ptr() + i * bs for i in range(n)]
+        dsts = [base + 2 * i * bs for i in range(n)]
+        assert engine.batch_transfer_sync_write(peer.segment_name, srcs, dsts, bs) == 0
+        torch.cuda.synchronize(1)
+        got = remote.view(n, 2 * bs)[:, :bs].reshape(-1)
+        assert torch.equal(got.cpu(), src.cpu())
+        assert engine.batch_transfer_sync_read(peer.segment_name, [back.data_ptr() + i * bs for i in range(n)],
+                                               dsts, bs) == 0
+        torch.cuda.synchronize(0)
+        assert torch.equal(back.cpu(), src.cpu())

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_config.c — the configuration table: defaults, environment overrides,
- * bad values named in the error, and the README's table matching the code
+ * bad values named in the error, the tcp defaults that follow the host's
+ * cores, and the README's table matching the code
  * (every knob documented, with the default the code uses).
  */
 #include <setjmp.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 
 #include "ferry.h"
+#include "transport/tcp/tcp.h"
 
 static void defaults(void **state)
 {
@@ -66,6 +68,50 @@ static void tcp_max_connections_knob(void **state)
         ferry_engine_destroy(e);
     }
     unsetenv("FERRY_TCP_MAX_CONNECTIONS");
+}
+
+/* FERRY_TCP_GROW_BYTES: auto or 64 KiB-1 GiB; anything else fails the
+ * engine with its name. */
+static void tcp_grow_bytes_knob(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"0", "65535", "1073741825", "2M", "-1", "lots"};
+    static const char *const good[] = {"auto", "", "65536", "1073741824"};
+    ferry_engine *e = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("FERRY_TCP_GROW_BYTES", bad[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_GROW_BYTES"));
+    }
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        setenv("FERRY_TCP_GROW_BYTES", good[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), 0);
+        ferry_engine_destroy(e);
+    }
+    unsetenv("FERRY_TCP_GROW_BYTES");
+}
+
+/* The tcp defaults that scale with the host: 2 cores (CI) keep 4
+ * connections that grow at 8 MiB each, as before; 16 CPUs get 16 that grow
+ * at 2 MiB; never below a slice, never above 16 connections. */
+static void tcp_defaults_scale_with_cores(void **state)
+{
+    (void)state;
+    const uint64_t MiB = 1u << 20;
+    assert_int_equal(tcp_auto_max_connections(1), 4);
+    assert_int_equal(tcp_auto_max_connections(2), 4);
+    assert_int_equal(tcp_auto_max_connections(4), 4);
+    assert_int_equal(tcp_auto_max_connections(8), 8);
+    assert_int_equal(tcp_auto_max_connections(16), 16);
+    assert_int_equal(tcp_auto_max_connections(32), 16);
+    assert_int_equal(tcp_auto_max_connections(256), 16);
+    assert_int_equal(tcp_auto_grow_bytes(4, MiB), 8 * MiB);
+    assert_int_equal(tcp_auto_grow_bytes(1, MiB), 8 * MiB);
+    assert_int_equal(tcp_auto_grow_bytes(8, MiB), 4 * MiB);
+    assert_int_equal(tcp_auto_grow_bytes(16, MiB), 2 * MiB);
+    assert_int_equal(tcp_auto_grow_bytes(64, MiB), MiB);
+    assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
+    assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
 }
 
 static void engine_rejects_bad_config(void **state)
@@ -213,6 +259,8 @@ int main(void)
         cmocka_unit_test(environment_overrides),
         cmocka_unit_test(engine_rejects_bad_config),
         cmocka_unit_test(tcp_max_connections_knob),
+        cmocka_unit_test(tcp_grow_bytes_knob),
+        cmocka_unit_test(tcp_defaults_scale_with_cores),
         cmocka_unit_test(reference_variables),
         cmocka_unit_test(rdma_without_nic_falls_back),
         cmocka_unit_test(segment_names),

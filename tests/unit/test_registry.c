@@ -3,15 +3,18 @@
  * test_registry.c — the plug-in registries and what is derived from them:
  * location strings from the device tables (host memory is the cpu table),
  * transports found by name with run-time registration and its refusals,
- * known-but-absent transports told apart from typos, and
+ * known-but-absent transports told apart from typos, host buffers asking
+ * for huge pages, and
  * ferry_config_describe listing the knobs the tables carry.
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <cmocka.h>
 
 #include "device/device.h"
@@ -149,6 +152,56 @@ static void cpu_table_allocates(void **state)
     ferry_engine_destroy(e);
 }
 
+/* The VmFlags of the mapping that holds p, from /proc/self/smaps ("" if none). */
+static void vm_flags_of(const void *p, char *out, size_t cap)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    bool inside = false;
+    out[0] = '\0';
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(out, cap, "%s", line + 8);
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+}
+
+/* Host buffers of 2 MiB or more ask for transparent huge pages (the kernel's
+ * first copy into each 4 KiB page is what made large TCP transfers start
+ * slowly, docs/BENCHMARKS.md); smaller ones keep plain pages. */
+static void cpu_table_advises_huge_pages(void **state)
+{
+    (void)state;
+    void *probe = mmap(NULL, 4u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(probe != MAP_FAILED);
+    int thp = madvise(probe, 4u << 20, MADV_HUGEPAGE);
+    munmap(probe, 4u << 20);
+    if (thp != 0)
+        skip(); /* a kernel without transparent huge pages */
+    struct ferry_config c;
+    ferry_engine *e = NULL;
+    ferry_config_init(&c);
+    assert_int_equal(ferry_engine_create(&c, &e), 0);
+    char flags[512];
+    void *big = NULL, *small = NULL;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", 4u << 20, &big), 0);
+    assert_int_equal(ferry_mem_alloc(e, "cpu", 64u << 10, &small), 0);
+    vm_flags_of(big, flags, sizeof flags);
+    assert_non_null(strstr(flags, " hg"));
+    vm_flags_of(small, flags, sizeof flags);
+    assert_non_null(strstr(flags, " rd")); /* found, and */
+    assert_null(strstr(flags, " hg"));     /* no advice */
+    ferry_mem_free(e, "cpu", big, 4u << 20);
+    ferry_mem_free(e, "cpu", small, 64u << 10);
+    ferry_engine_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -157,6 +210,7 @@ int main(void)
         cmocka_unit_test(engine_uses_the_registry),
         cmocka_unit_test(locations_from_device_tables),
         cmocka_unit_test(cpu_table_allocates),
+        cmocka_unit_test(cpu_table_advises_huge_pages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,6 +41,7 @@
 #include "timespec.h"
 #include "net.h"
 #include "transport/shm/shm.h"
+#include "trace.h"
 
 #define MAX_PIECES XFER_MAX_PIECES
 #define GROUP_MAX 16             /* data frames of one peer taken together */
@@ -671,6 +672,7 @@ static int finish_data(struct frame_run *fr)
 static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
 {
     int rc[GROUP_MAX];
+    TRACE(TR_SHM_GROUP, n);
     w->cb.n = 0;
     w->cb.err = 0;
     for (size_t i = 0; i < n; i++) {
@@ -688,6 +690,7 @@ static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
             rc[i] = run_data(fr);
     }
     flush_copies(&w->cb, w->runs[0].p->name);
+    TRACE(TR_SHM_COPIED, n);
     for (size_t i = 0; i < n; i++) {
         struct frame_run *fr = &w->runs[i];
         if (!rc[i] && fs[i]->opcode != XFER_NOTIFY)

@@ -3,9 +3,10 @@
  * tcp.c — the tcp transport: one-sided WRITE/READ over plain sockets.
  *
  * Initiator side: a peer holds `tcp_connections` connections, and opens more
- * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per two cores) while every
- * one of them has GROW_BYTES in flight; a frame goes to the connection with
- * the fewest bytes in flight.  Each connection has a
+ * (up to FERRY_TCP_MAX_CONNECTIONS, by default one per core, 4-16) while every
+ * one of them has FERRY_TCP_GROW_BYTES in flight (by default 32 MiB over the
+ * most it may open: the same total reaches the most on every host); a frame
+ * goes to the connection with the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  While
@@ -46,6 +47,7 @@
 #include "transport/transport.h"
 #include "transport/tcp/tcp_wire.h"
 #include "transport/tcp/tcp.h"
+#include "trace.h"
 
 struct tcp_conn {
     struct tcp_peer *peer;
@@ -81,12 +83,14 @@ struct tcp_peer {
     uint64_t epoch;
     pthread_mutex_t lock;
     unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
-    unsigned maxconns;      /* room in conns: up to the transport's max_conns */
+    unsigned maxconns;      /* the most in use: the transport's max_conns, lowered when the
+                             * target refuses one more (conns has room for the first value) */
     struct tcp_conn **conns;
     struct tcp_conn *dead;  /* broken connections whose threads may still run */
 };
 
-#define GROW_BYTES (8u << 20) /* in flight on every connection before a peer opens another */
+#define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
+#define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -234,6 +238,7 @@ static int receive_response(struct tcp_conn *c)
         snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
                  "(or unregistered while it was served)",
                  c->peer->host, c->peer->port);
+    TRACE(TR_TCP_ACK, f->bytes);
     frame_end(c, f, h.status, h.refused | revoked, msg);
     return 0;
 }
@@ -253,6 +258,7 @@ static bool deadline_passed(struct tcp_conn *c)
 static void *receiver_main(void *arg)
 {
     struct tcp_conn *c = arg;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-recv"); /* top -H, bench/tcp_threads.sh */
     for (;;) {
         pthread_mutex_lock(&c->lock);
         int broken = c->broken;
@@ -362,10 +368,63 @@ static void write_done(struct tcp_conn *c)
     pthread_mutex_unlock(&c->lock);
 }
 
+static void tcp_submit(void *tp, void *pp, struct xfer_frame *f);
+
+/* A connection the target closed before HELLO was answered (its cap per
+ * peer, its descriptors) while the peer has others not broken: the peer
+ * stays at those (no replacement, no more growth) and the frames queued here
+ * go to them, rather than failing.  Connections open at once, so the one
+ * refused may be any of them.  Out of the peer's slots before it is marked
+ * broken, so pick_conn neither returns nor replaces it; submitters that saw
+ * it before queue until it is marked, and those frames are handed on too.
+ * False if the peer no longer holds it (closing) or has no other: its frames
+ * then end as on any broken connection. */
+static bool conn_give_back(struct tcp_conn *c, int err, const char *msg)
+{
+    struct tcp_peer *p = c->peer;
+    pthread_mutex_lock(&p->lock);
+    unsigned i = p->nconns, others = 0;
+    for (unsigned j = 0; j < p->nconns; j++) {
+        if (p->conns[j] == c) {
+            i = j;
+        } else if (p->conns[j]) {
+            pthread_mutex_lock(&p->conns[j]->lock);
+            others += !p->conns[j]->broken;
+            pthread_mutex_unlock(&p->conns[j]->lock);
+        }
+    }
+    bool held = i < p->nconns && others > 0;
+    if (held) {
+        p->conns[i] = p->conns[--p->nconns];
+        p->conns[p->nconns] = NULL;
+        p->maxconns = p->nconns ? p->nconns : 1;
+        c->next_dead = p->dead;
+        p->dead = c;
+    }
+    unsigned now_max = p->maxconns;
+    pthread_mutex_unlock(&p->lock);
+    if (!held)
+        return false;
+    LOG_WARN("tcp %s:%d: another connection was refused (%s); staying at %u connections", p->host, p->port,
+             msg, now_max);
+    conn_mark_broken(c, err, msg);
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *f = c->sendq_head; /* nothing was sent: no frame is pending */
+    c->sendq_head = c->sendq_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    for (struct xfer_frame *next; f; f = next) {
+        next = f->next;
+        atomic_fetch_sub(&c->inflight_bytes, f->bytes);
+        tcp_submit(p->t, p, f);
+    }
+    return true;
+}
+
 static void *sender_main(void *arg)
 {
     struct tcp_conn *c = arg;
     struct tcp_transport *t = c->peer->t;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-send");
     int fd = net_connect(c->peer->host, c->peer->port, t->host.cfg->connect_timeout_ms);
     int rc = fd < 0 ? fd : 0;
     if (fd >= 0) {
@@ -382,8 +441,11 @@ static void *sender_main(void *arg)
         c->receiver_started = rc == 0;
     }
     if (rc) {
-        conn_mark_broken(c, rc, ferry_last_error());
-        conn_fail_all(c);
+        /* conn_give_back uses the message before it submits anything (which may set another) */
+        if (!(rc == FERRY_ECONN && conn_give_back(c, rc, ferry_last_error()))) {
+            conn_mark_broken(c, rc, ferry_last_error());
+            conn_fail_all(c);
+        }
         atomic_fetch_add(&c->threads_done, 2);
         return NULL;
     }
@@ -410,7 +472,10 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&c->lock);
         if (!encoded)
             encode_frame(c, f);
+        uint64_t payload = f->opcode == XFER_WRITE ? f->bytes : 0;
+        TRACE(TR_TCP_SEND, payload);
         rc = net_writev_full(c->fd, c->wiov, c->wiovcnt);
+        TRACE(TR_TCP_SENT, payload);
         write_done(c);
         if (rc) {
             conn_mark_broken(c, rc, ferry_last_error());
@@ -584,10 +649,10 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
         if (!light && b < light_bytes)
             light = c;
     }
-    /* heavy traffic: every connection already has GROW_BYTES in flight, so
+    /* heavy traffic: every connection already has grow_bytes in flight, so
      * another stream (another sender, receiver and target thread) adds
      * throughput rather than idle threads; small blocks never get here */
-    if (best && best_bytes >= GROW_BYTES && p->nconns < p->maxconns) {
+    if (best && best_bytes >= p->t->grow_bytes && p->nconns < p->maxconns) {
         struct tcp_conn *c = conn_create(p);
         if (c) {
             p->conns[p->nconns++] = c;
@@ -612,6 +677,7 @@ static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
     c->sending = f;
     pthread_mutex_unlock(&c->lock);
     encode_frame(c, f);
+    TRACE(TR_TCP_SEND, f->opcode == XFER_WRITE ? f->bytes : 0);
     int rc = sockio_send_some(c->fd, &c->wiov, &c->wiovcnt);
     if (rc < 0) /* the frame is in flight: the receiver ends it with the error */
         conn_mark_broken(c, rc, ferry_last_error());
@@ -660,17 +726,34 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ops table */
 
-/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": one per two cores the
- * process may run on, 4 to 16 (on 2 cores: 4, as before; a 16-core host: 8);
- * else 1-64. */
+/* One per core, 4 to 16: on 2 cores 4 (CI); 16 CPUs 16 (8 left 15 % of
+ * them idle, 32 moved 26 % more); 32 CPUs 16, the best of 2, 8 and 16
+ * measured there (docs/BENCHMARKS.md). */
+unsigned tcp_auto_max_connections(long cores)
+{
+    return cores < 4 ? 4 : cores > 16 ? 16 : (unsigned)cores;
+}
+
+/* GROW_TOTAL / max_conns, from one slice to GROW_MAX (or the slice, if
+ * larger): with 4 connections at most (up to 4 cores) 8 MiB, as before; with
+ * 16, 2 MiB, so 4 threads of 128 x 64 KiB open them all. */
+uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
+{
+    uint64_t g = GROW_TOTAL / (max_conns ? max_conns : 1);
+    if (g > GROW_MAX)
+        g = GROW_MAX;
+    return g < slice_size ? slice_size : g;
+}
+
+/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": tcp_auto_max_connections
+ * of the cores the process may run on; else 1-64. */
 static int tcp_max_connections(unsigned *out)
 {
     const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
     if (!text || !*text || strcmp(text, "auto") == 0) {
         cpu_set_t set;
         long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-        long n = cores / 2;
-        *out = n < 4 ? 4 : n > 16 ? 16 : (unsigned)n;
+        *out = tcp_auto_max_connections(cores);
         return 0;
     }
     char *end;
@@ -682,10 +765,32 @@ static int tcp_max_connections(unsigned *out)
     return 0;
 }
 
+/* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
+ * bytes, 64 KiB to 1 GiB. */
+static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
+{
+    const char *text = getenv("FERRY_TCP_GROW_BYTES");
+    if (!text || !*text || strcmp(text, "auto") == 0) {
+        *out = tcp_auto_grow_bytes(max_conns, slice_size);
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < (64u << 10) || v > (1u << 30))
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_GROW_BYTES=%.40s: expected auto or bytes, 65536-1073741824",
+                          text);
+    *out = v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4;
+    uint64_t grow_bytes = GROW_MAX;
     int mrc = tcp_max_connections(&max_conns);
+    if (!mrc)
+        mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -693,6 +798,7 @@ static int tcp_create(const struct transport_host *host, void **out)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
     t->host = *host;
     t->max_conns = max_conns;
+    t->grow_bytes = grow_bytes;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

@@ -8,6 +8,7 @@
 #define FERRY_TCP_H
 
 #include <stdatomic.h>
+#include <stdint.h>
 
 #include "acceptor.h"
 #include "transport/transport.h"
@@ -21,7 +22,14 @@ struct tcp_transport {
     struct acceptor *acceptor;
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
+    uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
 };
+
+/* The defaults that scale with the host: connections per peer on a host
+ * with `cores` CPUs, and the bytes in flight on every connection before a
+ * peer that may hold `max_conns` opens another (at least a slice). */
+unsigned tcp_auto_max_connections(long cores);
+uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 
 /* One incoming connection, on its own thread (the acceptor's callback):
  * authenticates, serves frames until the peer leaves, frees what it holds. */

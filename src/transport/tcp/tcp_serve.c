@@ -35,9 +35,13 @@
 #include "transport/transport.h"
 #include "transport/tcp/tcp_wire.h"
 #include "transport/tcp/tcp.h"
+#include "trace.h"
 
 #define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
 #define BOUNCE_COPIES 64
+/* Device copies start once this many bytes wait in the bounce, so the
+ * device copies them while the socket moves the next ones. */
+#define PIPE_BYTES (256u << 10)
 #define READ_IOVS 256
 
 struct bounce {
@@ -46,9 +50,13 @@ struct bounce {
     size_t used;
     const struct ferry_device_ops *dev_ops; /* device of the pending copies */
     int dev;
-    size_t n;
+    size_t n;                               /* copies waiting to start */
     struct ferry_copy copies[BOUNCE_COPIES];
     uint8_t copy_entry[BOUNCE_COPIES];      /* the frame entry each copy serves */
+    int copy_iov[BOUNCE_COPIES];            /* READ: the iovec that sends its bytes */
+    size_t started;                         /* bytes of buf whose copies have started */
+    bool inflight;                          /* copies started on this thread's stream, not yet waited for */
+    int err;                                /* a failed copy seen where it could not be returned */
 };
 
 /* An entry of the frame being served and its access to the registration. */
@@ -141,11 +149,17 @@ static void entry_end(struct server_conn *s, unsigned i)
     s->ent[i].held = false;
 }
 
+static int bounce_wait(struct server_conn *s);
+
 /* Ends the access of every entry whose registration was revoked: from now
- * on this thread does not touch their memory. */
+ * on this thread does not touch their memory (device copies it started are
+ * waited for first). */
 static void stop_revoked(struct server_conn *s)
 {
     atomic_store(&s->revoking, 0);
+    int rc = bounce_wait(s);
+    if (rc && !s->b.err)
+        s->b.err = rc;
     for (unsigned i = 0; i < s->nent; i++) {
         struct served_entry *se = &s->ent[i];
         if (se->held && memreg_access_revoked(&se->acc)) {
@@ -173,12 +187,15 @@ static uint64_t frame_end_accesses(struct server_conn *s)
 }
 
 /* ---- device memory on the target side: a pinned bounce per connection.
- * Payload for device memory is received into it (or sent from it), and
- * each run of device pieces moves with one batched copy and one wait, on a
- * stream the device layer keeps for this thread.  A WRITE is acknowledged
- * only after its copies have completed.  The entry's access is held until
- * its last copy has completed; a copy of an entry that was revoked is
- * skipped. */
+ * Payload for device memory is received into it (or sent from it), and the
+ * device pieces move in batched copies on a stream the device layer keeps
+ * for this thread, started every PIPE_BYTES so that copying overlaps the
+ * socket (WRITE: the next bytes are received while the last ones go to the
+ * device; READ: the first bytes are sent while the next ones come from it),
+ * and waited for before the bounce is reused, before an access ends and
+ * before the frame is answered.  A WRITE is acknowledged only after its
+ * copies have completed.  A copy of an entry that was revoked before it
+ * started is skipped. */
 
 static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
 {
@@ -201,7 +218,8 @@ static int bounce_room(struct server_conn *s, const struct ferry_device_ops *ops
                        size_t *room, int (*flush)(struct server_conn *))
 {
     struct bounce *b = &s->b;
-    if (b->n && (b->dev_ops != ops || b->dev != dev || b->used == BOUNCE_SIZE || b->n == BOUNCE_COPIES)) {
+    if ((b->n || b->inflight) &&
+        (b->dev_ops != ops || b->dev != dev || b->used == BOUNCE_SIZE || b->n == BOUNCE_COPIES)) {
         int rc = flush(s);
         if (rc)
             return rc;
@@ -226,6 +244,7 @@ static void bounce_drop_revoked(struct server_conn *s)
     for (size_t j = 0; j < b->n; j++) {
         if (s->ent[b->copy_entry[j]].held) {
             b->copy_entry[k] = b->copy_entry[j];
+            b->copy_iov[k] = b->copy_iov[j];
             b->copies[k++] = b->copies[j];
         } else if (b->copies[j].dst >= (void *)b->buf && b->copies[j].dst < (void *)(b->buf + BOUNCE_SIZE)) {
             memset(b->copies[j].dst, 0, b->copies[j].len);
@@ -234,13 +253,52 @@ static void bounce_drop_revoked(struct server_conn *s)
     b->n = k;
 }
 
+/* Starts copies [0, n) of the pending ones (those of revoked entries
+ * dropped first) and keeps the rest pending. */
+static int bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t n)
+{
+    struct bounce *b = &s->b;
+    if (!n)
+        return 0;
+    int rc = ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
+    b->inflight = b->inflight || rc == 0;
+    memmove(b->copies, b->copies + n, (b->n - n) * sizeof b->copies[0]);
+    memmove(b->copy_entry, b->copy_entry + n, (b->n - n) * sizeof b->copy_entry[0]);
+    memmove(b->copy_iov, b->copy_iov + n, (b->n - n) * sizeof b->copy_iov[0]);
+    b->n -= n;
+    return rc;
+}
+
+static int bounce_wait(struct server_conn *s)
+{
+    if (!s->b.inflight)
+        return 0;
+    s->b.inflight = false;
+    return ferry_device_copy_wait();
+}
+
+/* All pending WRITE copies started and done; the bounce is empty again. */
 static int flush_writes(struct server_conn *s)
 {
     struct bounce *b = &s->b;
     bounce_drop_revoked(s);
-    int rc = ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_H2D, b->copies, b->n);
-    b->n = b->used = 0;
+    int rc = bounce_start(s, FERRY_COPY_H2D, b->n);
+    int w = bounce_wait(s);
+    rc = b->err ? b->err : rc ? rc : w;
+    b->n = b->used = b->started = 0;
+    b->err = 0;
     return rc;
+}
+
+/* WRITE: the copies of the bytes received so far start once PIPE_BYTES wait. */
+static int pipe_writes(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    if (!b->n || b->used - b->started < PIPE_BYTES)
+        return 0;
+    bounce_drop_revoked(s);
+    b->started = b->used;
+    return bounce_start(s, FERRY_COPY_H2D, b->n);
 }
 
 /* WRITE payload of entry i into host memory from byte `done` on, straight
@@ -287,15 +345,16 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
-/* WRITE payload of entry i into device memory, through the bounce. */
-static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e)
+/* WRITE payload of entry i into device memory from byte `done` on, through
+ * the bounce. */
+static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e, uint64_t done)
 {
     struct bounce *b = &s->b;
     int dev;
     const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
     if (!ops)
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
-    for (uint64_t done = 0; done < e->len;) {
+    while (done < e->len) {
         if (!s->ent[i].held)
             return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
         size_t n, got;
@@ -304,6 +363,7 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
             return rc;
         if (!s->ent[i].held)
             continue;
+        n = n < PIPE_BYTES ? n : PIPE_BYTES;
         rc = sockio_recv(s->fd, b->buf + b->used, n, s->deadline_ns, &s->wake, &s->revoking, &got);
         if (got) {
             b->copy_entry[b->n] = (uint8_t)i;
@@ -311,6 +371,8 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
             b->used += got;
             done += got;
         }
+        if (!rc)
+            rc = pipe_writes(s);
         if (rc)
             return rc;
         if (got < n)
@@ -318,6 +380,61 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
     }
     atomic_fetch_add(s->t->host.bytes_bounced, e->len);
     return 0;
+}
+
+/* WRITE payload of the held device entries [i, end) (one device): as many
+ * whole entries as the bounce has room for land with one receive, not one
+ * each (small blocks: a frame's worth per wait).  Returns how many entries
+ * it finished in *taken (>= 1 unless it failed); an entry that does not fit,
+ * or that a revocation stopped the receive in, is finished on its own. */
+static int recv_device_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e,
+                           unsigned *taken)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
+    size_t room;
+    int rc = bounce_room(s, ops, dev, e[i].len, &room, flush_writes);
+    if (rc)
+        return rc;
+    room = BOUNCE_SIZE - b->used;
+    uint64_t total = 0;
+    unsigned k = i;
+    while (k < end && b->n + (k - i) < BOUNCE_COPIES && total + e[k].len <= room &&
+           (k == i || total + e[k].len <= PIPE_BYTES))
+        total += e[k++].len;
+    *taken = 1;
+    if (k == i) /* the first entry does not fit whole */
+        return recv_entry_device(s, i, &e[i], 0);
+    size_t got = 0;
+    char *base = b->buf + b->used;
+    rc = sockio_recv(s->fd, base, total, s->deadline_ns, &s->wake, &s->revoking, &got);
+    /* copies for what landed; a revoked entry's copy is dropped at the flush */
+    uint64_t off = 0;
+    unsigned j = i;
+    for (; j < k && off + e[j].len <= got; off += e[j++].len) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, e[j].len};
+        atomic_fetch_add(s->t->host.bytes_bounced, e[j].len);
+    }
+    b->used += off;
+    *taken = j - i;
+    if (rc || j == k)
+        return rc;
+    /* a revocation stopped it inside entry j: what landed of j is kept
+     * (if j is still held) and j finishes on its own from there */
+    stop_revoked(s);
+    uint64_t part = got - off;
+    if (part && s->ent[j].held) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, part};
+        b->used += part;
+    }
+    *taken = j - i + 1;
+    return s->ent[j].held ? recv_entry_device(s, j, &e[j], part)
+                          : sockio_discard(s->fd, e[j].len - part, s->deadline_ns, &s->wake);
 }
 
 static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
@@ -333,6 +450,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
 {
     struct tcp_transport *t = s->t;
     int rc = 0;
+    TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     entries_begin(s, e, h->nentries, "WRITE");
     for (unsigned i = 0; !rc && i < h->nentries;) {
@@ -346,34 +464,41 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
             rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
             i++;
         } else {
-            rc = recv_entry_device(s, i, &e[i]);
-            i++;
+            end = i + 1;
+            while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index >= 0 &&
+                   strcmp(s->ent[end].region.location, s->ent[i].region.location) == 0)
+                end++;
+            unsigned taken = 0;
+            rc = recv_device_run(s, i, end, e, &taken);
+            i += taken ? taken : 1;
+            if (!rc)
+                rc = pipe_writes(s);
         }
     }
-    if (!rc && s->b.n)
+    TRACE(TR_SRV_PAYLOAD, h->payload_len);
+    if (!rc && (s->b.n || s->b.inflight)) {
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
-    s->b.n = s->b.used = 0;
+        TRACE(TR_SRV_COPY, h->payload_len);
+    }
+    (void)bounce_wait(s); /* a failed frame: copies it started end before its accesses */
+    s->b.n = s->b.used = s->b.started = 0;
+    s->b.err = 0;
     uint64_t refused = frame_end_accesses(s);
     for (unsigned i = 0; !rc && i < h->nentries; i++)
         if (!(refused >> i & 1))
             atomic_fetch_add(&t->bytes_served, e[i].len);
-    return rc ? rc : send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+    if (!rc)
+        rc = send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+    TRACE(TR_SRV_ANSWERED, h->payload_len);
+    return rc;
 }
 
-/* READ: the gathered iovecs go out after the device copies they point into.
- * iov_entry[k] names the entry whose registered memory iov[k] points into
- * (-1: the header or the bounce, already copied); once an entry's access
- * has ended, what is left of its iovecs goes out as zeros. */
-static int flush_reads(struct server_conn *s)
+/* Sends iovecs [k, end) of the READ response; once an entry's access has
+ * ended, what is left of its iovecs goes out as zeros. */
+static int send_iovs(struct server_conn *s, int k, int end)
 {
-    struct bounce *b = &s->b;
-    bounce_drop_revoked(s);
-    if (s->revoked_any && !s->trailer)
-        return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
-                          "no trailer: closing the connection", s->from);
-    int rc = b->n ? ferry_device_copy_sync(b->dev_ops, b->dev, FERRY_COPY_D2H, b->copies, b->n) : 0;
-    b->n = b->used = 0;
-    for (int k = 0; !rc && k < s->iovcnt;) {
+    int rc = 0;
+    while (!rc && k < end) {
         int own = s->iov_entry[k];
         if (own >= 0 && !s->ent[own].held) {
             if (!s->trailer)
@@ -382,18 +507,62 @@ static int flush_reads(struct server_conn *s)
             rc = sockio_send_zeros(s->fd, s->iov[k++].iov_len, s->deadline_ns, &s->wake);
             continue;
         }
-        int end = k + 1;
-        while (end < s->iovcnt && !(s->iov_entry[end] >= 0 && !s->ent[s->iov_entry[end]].held))
-            end++;
+        int stop = k + 1;
+        while (stop < end && !(s->iov_entry[stop] >= 0 && !s->ent[s->iov_entry[stop]].held))
+            stop++;
         int tk = s->trailer_iov;
-        if (tk >= k && tk < end && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
+        if (tk >= k && tk < stop && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
             wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked}, s->tr);
-        rc = sockio_sendv(s->fd, &s->iov[k], end - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
-        while (k < end && s->iov[k].iov_len == 0)
+        rc = sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
+        while (k < stop && s->iov[k].iov_len == 0)
             k++;
-        if (!rc && k < end)
+        if (!rc && k < stop)
             stop_revoked(s);
     }
+    return rc;
+}
+
+/* How many of the pending copies from the first make up PIPE_BYTES (at
+ * least one). */
+static size_t pipe_group(const struct bounce *b)
+{
+    size_t n = 0, bytes = 0;
+    while (n < b->n && (n == 0 || bytes < PIPE_BYTES))
+        bytes += b->copies[n++].len;
+    return n;
+}
+
+/* READ: the gathered iovecs go out after the device copies they point into.
+ * iov_entry[k] names the entry whose registered memory iov[k] points into
+ * (-1: the header or the bounce).  The copies go in groups of PIPE_BYTES:
+ * while one group's bytes are sent, the next group is being copied. */
+static int flush_reads(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    bounce_drop_revoked(s);
+    if (s->revoked_any && !s->trailer)
+        return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
+                          "no trailer: closing the connection", s->from);
+    size_t copied = b->used;
+    int rc = bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+    for (int sent = 0; !rc && sent < s->iovcnt;) {
+        rc = bounce_wait(s); /* every copy started so far is done */
+        if (!rc && b->err)
+            rc = b->err;
+        bounce_drop_revoked(s); /* revoked while the last bytes went out */
+        /* the iovecs up to the next group's first copy can go */
+        int limit = b->n ? b->copy_iov[0] : s->iovcnt;
+        if (!rc)
+            rc = bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+        if (!rc)
+            rc = send_iovs(s, sent, limit);
+        sent = limit;
+    }
+    if (copied)
+        TRACE(TR_SRV_COPY, copied);
+    (void)bounce_wait(s); /* a failure: what was started ends before the accesses */
+    b->n = b->used = b->started = 0;
+    b->err = 0;
     s->iovcnt = 0;
     s->trailer_iov = -1;
     return rc;
@@ -420,16 +589,20 @@ static int send_entry_device(struct server_conn *s, unsigned i, const struct wir
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
     for (uint64_t done = 0; done < e->len;) {
         size_t n;
-        int rc = bounce_room(s, ops, dev, e->len - done, &n, flush_reads);
+        int rc = s->iovcnt == READ_IOVS ? flush_reads(s) : 0; /* room for the iovec first: it names the copy */
+        if (!rc)
+            rc = bounce_room(s, ops, dev, e->len - done, &n, flush_reads);
         if (rc)
             return rc;
+        n = n < PIPE_BYTES ? n : PIPE_BYTES;
         char *dst = b->buf + b->used;
         b->copy_entry[b->n] = (uint8_t)i;
+        b->copy_iov[b->n] = s->iovcnt;
         b->copies[b->n++] = (struct ferry_copy){dst, (const void *)(uintptr_t)(e->addr + done), n};
         b->used += n;
         done += n;
-        if ((rc = add_read_iov(s, dst, n, -1)))
-            return rc;
+        s->iov_entry[s->iovcnt] = -1;
+        s->iov[s->iovcnt++] = (struct iovec){dst, n};
     }
     atomic_fetch_add(s->t->host.bytes_bounced, e->len);
     return 0;
@@ -439,6 +612,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
 {
     struct tcp_transport *t = s->t;
     uint64_t refused = 0, payload = 0;
+    TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
     entries_begin(s, e, h->nentries, "READ");
@@ -471,12 +645,14 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         s->trailer_iov = s->iovcnt - 1;
     if (!rc)
         rc = flush_reads(s);
-    s->b.n = s->b.used = 0;
+    (void)bounce_wait(s);
+    s->b.n = s->b.used = s->b.started = 0;
     s->iovcnt = 0;
     s->trailer_iov = -1;
     frame_end_accesses(s);
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
+    TRACE(TR_SRV_ANSWERED, payload);
     return rc;
 }
 
@@ -570,6 +746,7 @@ static int serve_frame(struct server_conn *s)
 void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
 {
     struct tcp_transport *t = ctx;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-serve"); /* the acceptor's thread for this connection */
     struct server_conn *s = calloc(1, sizeof *s);
     if (!s)
         return;
