@@ -152,47 +152,83 @@ int memreg_remove(struct memreg *r, uint64_t addr, struct memreg_region *out)
     return 0;
 }
 
-int memreg_access_begin(struct memreg *r, struct memreg_access *a, uint64_t addr, uint64_t len,
-                        int remote_only, struct memreg_region *out, void (*cancel)(void *), void *cancel_arg)
+/* Index of the region holding [addr, addr+len): `hint` (the previous
+ * range's region: a batch's ranges mostly share one) is tried first. */
+static long find_region(const struct memreg *r, long hint, uint64_t addr, uint64_t len)
+{
+    if (hint >= 0 && len && addr + len >= addr && addr >= r->regions[hint].addr &&
+        addr + len <= r->regions[hint].addr + r->regions[hint].len)
+        return hint;
+    return memreg_search(r->regions, r->count, addr, len);
+}
+
+int memreg_access_begin_many(struct memreg *r, const struct memreg_want *w, size_t n, int remote_only,
+                             void (*cancel)(void *), void *cancel_arg, size_t *begun)
 {
     pthread_rwlock_rdlock(&r->lock);
-    long i = memreg_search(r->regions, r->count, addr, len);
-    int ok = i >= 0 && (!remote_only || r->regions[i].remote_accessible);
-    if (ok) {
-        if (out)
-            *out = r->regions[i];
-        a->addr = addr;
-        a->len = len;
+    size_t k = 0;
+    for (long i = -1; k < n; k++) {
+        i = find_region(r, i, w[k].addr, w[k].len);
+        if (i < 0 || (remote_only && !r->regions[i].remote_accessible))
+            break;
+        if (w[k].out)
+            *w[k].out = r->regions[i];
+        struct memreg_access *a = w[k].acc;
+        a->addr = w[k].addr;
+        a->len = w[k].len;
         a->cancel = cancel;
         a->cancel_arg = cancel_arg;
         atomic_init(&a->revoked, 0);
         a->cancelled = 0;
+    }
+    if (k) { /* linked under the read lock they were found with: see drain_accesses */
         pthread_mutex_lock(&r->access_lock);
-        a->prev = NULL;
-        a->next = r->accesses;
-        if (a->next)
-            a->next->prev = a;
-        r->accesses = a;
+        for (size_t j = 0; j < k; j++) {
+            struct memreg_access *a = w[j].acc;
+            a->prev = NULL;
+            a->next = r->accesses;
+            if (a->next)
+                a->next->prev = a;
+            r->accesses = a;
+        }
         pthread_mutex_unlock(&r->access_lock);
     }
     pthread_rwlock_unlock(&r->lock);
-    return ok ? 0 : FERRY_ENOTREG;
+    *begun = k;
+    return k == n ? 0 : FERRY_ENOTREG;
+}
+
+int memreg_access_begin(struct memreg *r, struct memreg_access *a, uint64_t addr, uint64_t len,
+                        int remote_only, struct memreg_region *out, void (*cancel)(void *), void *cancel_arg)
+{
+    struct memreg_want w = {addr, len, a, out};
+    size_t begun;
+    return memreg_access_begin_many(r, &w, 1, remote_only, cancel, cancel_arg, &begun);
+}
+
+void memreg_access_end_many(struct memreg *r, struct memreg_access *const *a, size_t n)
+{
+    int wake = 0;
+    pthread_mutex_lock(&r->access_lock);
+    for (size_t i = 0; i < n; i++) {
+        struct memreg_access *x = a[i];
+        if (x->prev)
+            x->prev->next = x->next;
+        else
+            r->accesses = x->next;
+        if (x->next)
+            x->next->prev = x->prev;
+        x->prev = x->next = NULL;
+        wake |= atomic_load_explicit(&x->revoked, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&r->access_lock);
+    if (wake)
+        pthread_cond_broadcast(&r->access_ended);
 }
 
 void memreg_access_end(struct memreg *r, struct memreg_access *a)
 {
-    pthread_mutex_lock(&r->access_lock);
-    if (a->prev)
-        a->prev->next = a->next;
-    else
-        r->accesses = a->next;
-    if (a->next)
-        a->next->prev = a->prev;
-    a->prev = a->next = NULL;
-    int wake = atomic_load_explicit(&a->revoked, memory_order_relaxed);
-    pthread_mutex_unlock(&r->access_lock);
-    if (wake)
-        pthread_cond_broadcast(&r->access_ended);
+    memreg_access_end_many(r, &a, 1);
 }
 
 size_t memreg_access_count(struct memreg *r)

@@ -73,8 +73,24 @@ int memreg_find(struct memreg *r, uint64_t addr, uint64_t len, int remote_only,
  * FERRY_ENOTREG (nothing started; *a need not be ended). */
 int memreg_access_begin(struct memreg *r, struct memreg_access *a, uint64_t addr, uint64_t len,
                         int remote_only, struct memreg_region *out, void (*cancel)(void *), void *cancel_arg);
+/* One access of memreg_access_begin_many: the range, the access to start on
+ * it, and where to copy its region (may be NULL). */
+struct memreg_want {
+    uint64_t addr, len;
+    struct memreg_access *acc;
+    struct memreg_region *out;
+};
+/* Starts the accesses w[0..n) in order, each as memreg_access_begin would,
+ * under one acquisition of each lock (a frame's or a batch's ranges: not one
+ * lock round trip each).  Stops at the first range outside the
+ * registrations.  Returns 0 (all started), or FERRY_ENOTREG with *begun the
+ * index of that range: w[0..*begun) were started and must be ended. */
+int memreg_access_begin_many(struct memreg *r, const struct memreg_want *w, size_t n, int remote_only,
+                             void (*cancel)(void *), void *cancel_arg, size_t *begun);
 /* Ends an access started by memreg_access_begin.  Any thread. */
 void memreg_access_end(struct memreg *r, struct memreg_access *a);
+/* Ends the n accesses a[0..n) under one acquisition of the access lock. */
+void memreg_access_end_many(struct memreg *r, struct memreg_access *const *a, size_t n);
 /* Has memreg_remove revoked this access?  The accessor must stop touching the
  * range (at the latest before its next piece) and end the access. */
 static inline int memreg_access_revoked(struct memreg_access *a)

@@ -13,6 +13,8 @@
  * under batch->lock.
  */
 #include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +71,8 @@ struct ferry_batch {
     int note_error;
     char note_msg[160];
 
+    atomic_int waking;       /* completions that let the lock go and have yet to broadcast
+                              * (ferry_batch_free waits them out) */
     size_t deferred;         /* stream-ordered submits not yet made (batch_defer) */
     int deferred_error;      /* the first one that failed when it was made */
     char deferred_msg[160];
@@ -76,20 +80,12 @@ struct ferry_batch {
 
 /* ------------------------------------------------------------ completion */
 
+/* Ends request r: its final state.  The caller ends its access (once the
+ * transports no longer touch its memory: an unregister waiting for it goes
+ * on) and counts it in the engine's stats, a frame's worth at a time. */
 static void end_request(struct ferry_batch *b, struct req_slot *r)
 {
-    ferry_engine *e = b->e;
-    /* the transports no longer touch the request's memory: let an
-     * unregister waiting for it go on */
-    memreg_access_end(&e->registry, r->acc);
-    r->acc = NULL;
-    if (r->error == 0) {
-        r->state = FERRY_COMPLETED;
-        atomic_fetch_add(&e->req_completed[ROUTE_TRANSPORT(r->route)], 1);
-    } else {
-        r->state = r->error == FERRY_ETIMEDOUT ? FERRY_TIMEOUT : FERRY_FAILED;
-        atomic_fetch_add(&e->req_failed[ROUTE_TRANSPORT(r->route)], 1);
-    }
+    r->state = r->error == 0 ? FERRY_COMPLETED : r->error == FERRY_ETIMEDOUT ? FERRY_TIMEOUT : FERRY_FAILED;
     b->ended++;
 }
 
@@ -168,6 +164,8 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
         engine_mark_stale(e, f->segment);
     if (!err && f->route != ROUTE_TRANSPORT(f->route))
         atomic_fetch_add(&e->bytes_staged[ROUTE_TRANSPORT(f->route)], f->bytes);
+    struct memreg_access *ended[XFER_MAX_PIECES]; /* a frame ends at most one request per piece */
+    size_t nended = 0, completed = 0;
     pthread_mutex_lock(&b->lock);
     for (uint32_t i = 0; i < f->npieces; i++) {
         const struct xfer_piece *p = &f->pieces[i];
@@ -179,16 +177,33 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
         } else if (!perr) {
             r->transferred += p->len;
         }
-        if (--r->remaining == 0)
+        if (--r->remaining == 0) {
             end_request(b, r);
+            completed += r->error == 0;
+            ended[nended++] = r->acc;
+            r->acc = NULL;
+        }
     }
+    /* under b->lock: the accesses live in the batch, which its waiter may
+     * free once the lock is let go */
+    memreg_access_end_many(&e->registry, ended, nended);
+    int t = ROUTE_TRANSPORT(f->route); /* a request's pieces all take its route */
+    if (completed)
+        atomic_fetch_add(&e->req_completed[t], completed);
+    if (nended > completed)
+        atomic_fetch_add(&e->req_failed[t], nended - completed);
     b->frames_out--;
     size_t notes = notification_due(b);
-    if (all_ended(b)) { /* finished, or a stream-ordered submit waits for this */
+    bool wake = all_ended(b); /* finished, or a stream-ordered submit waits for this */
+    if (wake) {
         TRACE(TR_BATCH_DONE, b->count);
-        pthread_cond_broadcast(&b->cond);
+        atomic_fetch_add(&b->waking, 1);
     }
     pthread_mutex_unlock(&b->lock);
+    if (wake) { /* after unlocking: the waiter wakes to a free lock, not to wait for it again */
+        pthread_cond_broadcast(&b->cond);
+        atomic_fetch_sub(&b->waking, 1);
+    }
     if (notes)
         send_notifications(b, notes);
 }
@@ -252,6 +267,8 @@ void ferry_batch_free(ferry_batch *b)
     while (!finished(b))
         pthread_cond_wait(&b->cond, &b->lock);
     pthread_mutex_unlock(&b->lock);
+    while (atomic_load(&b->waking)) /* a completion between its unlock and its broadcast: brief */
+        sched_yield();
     for (struct plan_node *p = b->plans, *next; p; p = next) {
         next = p->next;
         slice_plan_free(&p->plan);
@@ -266,10 +283,8 @@ void ferry_batch_free(ferry_batch *b)
 
 /* ------------------------------------------------------------ submit */
 
-/* Checks one request against local registrations and starts its access
- * there (atomically with the lookup); picks its route later. */
-static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q, struct memreg_region *local,
-                       struct memreg_access *acc)
+/* Checks the fields of request i (its memory is checked by begin_locals). */
+static int check_request(size_t i, const struct ferry_request *q)
 {
     if (q->opcode != FERRY_READ && q->opcode != FERRY_WRITE)
         return ferry_fail(FERRY_EINVAL, "request %zu: opcode %d is neither READ nor WRITE", i, q->opcode);
@@ -277,10 +292,31 @@ static int check_local(ferry_engine *e, size_t i, const struct ferry_request *q,
         return ferry_fail(FERRY_EINVAL, "request %zu: length is 0", i);
     if (!q->source)
         return ferry_fail(FERRY_EINVAL, "request %zu: source is NULL", i);
-    if (memreg_access_begin(&e->registry, acc, (uint64_t)(uintptr_t)q->source, q->length, 0, local, NULL, NULL) != 0)
-        return ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", i,
-                          q->source, q->length);
     return 0;
+}
+
+/* Checks every request, then finds each local range's registration and
+ * starts its access there, atomically with the lookup: locals[i] and
+ * accs[i].  *begun: how many accesses were started (the caller ends them
+ * if it submits nothing). */
+static int begin_locals(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_region *locals,
+                        struct memreg_access *accs, size_t *begun)
+{
+    *begun = 0;
+    struct memreg_want *w = malloc(n * sizeof *w);
+    int rc = w ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
+    for (size_t i = 0; !rc && i < n; i++) {
+        rc = check_request(i, &reqs[i]);
+        if (!rc)
+            w[i] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &accs[i], &locals[i]};
+    }
+    if (!rc && memreg_access_begin_many(&e->registry, w, n, 0, NULL, NULL, begun) != 0) {
+        const struct ferry_request *q = &reqs[*begun];
+        rc = ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", *begun,
+                        q->source, q->length);
+    }
+    free(w);
+    return rc;
 }
 
 /* Refreshes every stale segment the requests name (before taking seg_lock). */
@@ -478,9 +514,8 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     struct plan_node *node = calloc(1, sizeof *node + n * sizeof node->accs[0]);
     int rc = locals && sreqs && node ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
     size_t begun = 0;
-    while (!rc && begun < n)
-        if ((rc = check_local(e, begun, &reqs[begun], &locals[begun], &node->accs[begun])) == 0)
-            begun++;
+    if (!rc)
+        rc = begin_locals(e, reqs, n, locals, node->accs, &begun);
     if (!rc) {
         refresh_stale(e, reqs, n);
         rc = submit_locked(b, reqs, n, locals, sreqs, node);
@@ -510,13 +545,16 @@ int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     ferry_engine *e = b->e;
     struct memreg_region *locals = rc ? NULL : malloc(n * sizeof *locals);
     struct slice_req *sreqs = rc ? NULL : malloc(n * sizeof *sreqs);
-    if (!rc && (!locals || !sreqs))
+    struct memreg_access *accs = rc ? NULL : malloc(n * sizeof *accs);
+    if (!rc && (!locals || !sreqs || !accs))
         rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
-    for (size_t i = 0; !rc && i < n; i++) { /* validation only: the run submits (and accesses) later */
-        struct memreg_access acc;
-        if ((rc = check_local(e, i, &reqs[i], &locals[i], &acc)) == 0)
-            memreg_access_end(&e->registry, &acc);
+    if (!rc) { /* validation only: the run submits (and accesses) later */
+        size_t begun = 0;
+        rc = begin_locals(e, reqs, n, locals, accs, &begun);
+        for (size_t i = 0; i < begun; i++)
+            memreg_access_end(&e->registry, &accs[i]);
     }
+    free(accs);
     for (int attempt = 0; !rc; attempt++) { /* the remote side, as submit_locked judges it */
         uint64_t miss = 0;
         pthread_rwlock_rdlock(&e->seg_lock);

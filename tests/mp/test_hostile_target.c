@@ -10,7 +10,10 @@
  *         0.5 s; or drips a WRITE ack one byte per 0.5 s;
  *   GATE  holds each response until the test releases it, then answers
  *         correctly (payload from its buffer, trailer when asked), or with
- *         a trailer that says an entry was revoked, or a broken trailer.
+ *         a trailer that says an entry was revoked, or a broken trailer;
+ *   STALL serves one frame, then reads nothing until the test releases
+ *         it (the initiator's socket fills up), then lands WRITE payload
+ *         in its buffer and answers at once; or closes the connection.
  * A dripping target must not hold a request past its deadline, nor
  * ferry_batch_wait / ferry_batch_free past it; and an unregister of local
  * memory that a request in flight reads from or writes into returns only
@@ -48,11 +51,13 @@
 #define GUARD_MS 30000 /* 15 request deadlines: only a hang reaches it */
 #define SEED 11
 
-enum mode { DRIP, GATE };
+enum mode { DRIP, GATE, STALL };
 
 struct hostile {
     enum mode mode;
     char *mem;                 /* the published buffer */
+    size_t len;                /* its length: BUF_LEN unless a test says */
+    int close_unread;          /* STALL: on release, close instead of serving */
     int data_fd, data_port, hs_port, stop_pipe[2];
     struct p2p_server *hs;
     pthread_t thread;
@@ -66,7 +71,7 @@ struct hostile {
 static int describe(void *ctx, char **json)
 {
     struct hostile *k = ctx;
-    struct desc_buffer buf = {(uint64_t)(uintptr_t)k->mem, BUF_LEN, "cpu"};
+    struct desc_buffer buf = {(uint64_t)(uintptr_t)k->mem, k->len, "cpu"};
     char ep[64];
     snprintf(ep, sizeof ep, "{\"host\":\"127.0.0.1\",\"port\":%d}", k->data_port);
     struct ferry_descriptor d = {.format = DESC_FORMAT, .engine_id = ENGINE_ID, .ntransports = 1,
@@ -89,6 +94,8 @@ static int stopped_within(struct hostile *k, int ms)
  * offset drip_from on (DRIP). */
 static int respond(struct hostile *k, int fd, const uint8_t *bytes, size_t len, size_t drip_from)
 {
+    if (k->mode == STALL)
+        return net_write_full(fd, bytes, len);
     if (k->mode == GATE) {
         pthread_mutex_lock(&k->mu);
         k->frames_seen++;
@@ -119,11 +126,16 @@ static int serve_frame(struct hostile *k, int fd)
     for (unsigned i = 0; i < h.nentries; i++) {
         total += e[i].len;
         assert_true(e[i].addr >= (uint64_t)(uintptr_t)k->mem &&
-                    e[i].addr + e[i].len <= (uint64_t)(uintptr_t)k->mem + BUF_LEN);
+                    e[i].addr + e[i].len <= (uint64_t)(uintptr_t)k->mem + k->len);
+    }
+    if (k->mode == STALL && h.type == WIRE_WRITE) {
+        for (unsigned i = 0; i < h.nentries; i++)
+            if (net_read_full(fd, (void *)(uintptr_t)e[i].addr, e[i].len))
+                return -1;
+    } else if ((h.type == WIRE_WRITE || h.type == WIRE_NOTIFY) && net_discard(fd, h.payload_len)) {
+        return -1;
     }
     if (h.type == WIRE_WRITE || h.type == WIRE_NOTIFY) {
-        if (net_discard(fd, h.payload_len))
-            return -1;
         struct wire_header ack = {.type = h.type == WIRE_WRITE ? WIRE_WRITE_ACK : WIRE_NOTIFY_ACK, .id = h.id};
         wire_encode_header(&ack, raw);
         return respond(k, fd, raw, WIRE_HEADER_SIZE, 0);
@@ -168,20 +180,29 @@ static void *hostile_main(void *arg)
             net_read_full(fd, name, (size_t)h.payload_len) == 0) {
             struct wire_header ack = {.type = WIRE_HELLO_ACK, .id = h.id};
             wire_encode_header(&ack, raw);
-            if (net_write_full(fd, raw, sizeof raw) == 0)
-                while (serve_frame(k, fd) == 0) {
-                }
+            int go = net_write_full(fd, raw, sizeof raw) == 0;
+            if (go && k->mode == STALL) {
+                go = serve_frame(k, fd) == 0; /* the one that makes the connection ready */
+                pthread_mutex_lock(&k->mu);
+                while (!k->released)
+                    pthread_cond_wait(&k->cv, &k->mu);
+                pthread_mutex_unlock(&k->mu);
+                go = !k->close_unread;
+            }
+            while (go && serve_frame(k, fd) == 0) {
+            }
         }
         close(fd);
     }
 }
 
-static void hostile_start(struct hostile *k, enum mode mode)
+static void hostile_start_len(struct hostile *k, enum mode mode, size_t len)
 {
     memset(k, 0, sizeof *k);
     k->mode = mode;
-    k->mem = malloc(BUF_LEN);
-    pattern_fill(k->mem, BUF_LEN, SEED, 0);
+    k->len = len;
+    k->mem = malloc(len);
+    pattern_fill(k->mem, len, SEED, 0);
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     assert_int_equal(pipe(k->stop_pipe), 0);
@@ -190,6 +211,11 @@ static void hostile_start(struct hostile *k, enum mode mode)
     struct p2p_server_opts hs = {.io_timeout_ms = 2000};
     assert_int_equal(p2p_server_start("127.0.0.1", 0, &hs, describe, k, &k->hs, &k->hs_port), 0);
     assert_int_equal(pthread_create(&k->thread, NULL, hostile_main, k), 0);
+}
+
+static void hostile_start(struct hostile *k, enum mode mode)
+{
+    hostile_start_len(k, mode, BUF_LEN);
 }
 
 static void hostile_release(struct hostile *k)
@@ -224,16 +250,21 @@ static void hostile_stop(struct hostile *k)
 
 /* ------------------------------------------------------------ initiator */
 
-static ferry_engine *initiator(void)
+static ferry_engine *initiator_with_timeout(unsigned timeout_ms)
 {
     struct ferry_config cfg;
     ferry_engine *e;
     assert_int_equal(ferry_config_init(&cfg), 0);
-    cfg.request_timeout_ms = TIMEOUT_MS;
+    cfg.request_timeout_ms = timeout_ms;
     cfg.connect_timeout_ms = 2000;
     cfg.tcp_connections = 1;
     assert_int_equal(ferry_engine_create(&cfg, &e), 0);
     return e;
+}
+
+static ferry_engine *initiator(void)
+{
+    return initiator_with_timeout(TIMEOUT_MS);
 }
 
 static ferry_segment_t open_hostile(ferry_engine *e, struct hostile *k)
@@ -457,6 +488,84 @@ static void test_failed_submit_leaves_no_access(void **state)
     free(local);
 }
 
+/* ------------------------------------------------------------ a full socket */
+
+#define STALL_LEN (48u << 20) /* far more than the socket buffers on both sides hold */
+
+/* One connection: this target serves one at a time, and 48 MiB in flight
+ * would open more (the tcp transport reads the limit when it starts). */
+static ferry_engine *one_connection_initiator(void)
+{
+    assert_int_equal(setenv("FERRY_TCP_MAX_CONNECTIONS", "1", 1), 0);
+    ferry_engine *e = initiator_with_timeout(GUARD_MS);
+    unsetenv("FERRY_TCP_MAX_CONNECTIONS");
+    return e;
+}
+
+/* Writes STALL_LEN in 1 MiB frames to a target that reads nothing until the
+ * submit has returned: the submitting thread writes what the socket takes
+ * and never waits for room (the sender thread writes the rest).  Returns
+ * the batch's wait status; *b_out is the batch, for the caller to free. */
+static int write_to_stalled(struct hostile *k, ferry_engine *e, char *src, ferry_batch **b_out)
+{
+    ferry_segment_t seg = open_hostile(e, k);
+    pattern_fill(src, STALL_LEN, SEED + 1, 0);
+    assert_int_equal(ferry_register_memory(e, src, STALL_LEN, "cpu", 0), 0);
+    enum { N = STALL_LEN >> 20 };
+    struct ferry_request q[N];
+    q[0] = (struct ferry_request){FERRY_WRITE, src, seg, (uint64_t)(uintptr_t)k->mem, 4096};
+    assert_int_equal(ferry_batch_alloc(e, 1, b_out), 0);
+    assert_int_equal(ferry_batch_submit(*b_out, q, 1), 0); /* served: the connection is up and idle */
+    assert_int_equal(ferry_batch_wait(*b_out, GUARD_MS), 0);
+    ferry_batch_free(*b_out);
+    for (size_t i = 0; i < N; i++)
+        q[i] = (struct ferry_request){FERRY_WRITE, src + (i << 20), seg, (uint64_t)(uintptr_t)k->mem + (i << 20),
+                                      1u << 20};
+    assert_int_equal(ferry_batch_alloc(e, N, b_out), 0);
+    assert_int_equal(ferry_batch_submit(*b_out, q, N), 0); /* returns though the target reads nothing */
+    hostile_release(k);
+    return ferry_batch_wait(*b_out, GUARD_MS);
+}
+
+static void test_write_past_a_full_socket(void **state)
+{
+    (void)state;
+    struct hostile k;
+    hostile_start_len(&k, STALL, STALL_LEN);
+    ferry_engine *e = one_connection_initiator();
+    char *src = malloc(STALL_LEN);
+    ferry_batch *b;
+    int rc = write_to_stalled(&k, e, src, &b);
+    if (rc)
+        print_message("wait: %s\n", ferry_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(memcmp(k.mem, src, STALL_LEN), 0); /* every byte, in order */
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+    hostile_stop(&k);
+    free(src);
+}
+
+/* The target closes with the socket full and a frame half written: every
+ * request fails (no hang), and the engine's accesses are all given back. */
+static void test_full_socket_then_close(void **state)
+{
+    (void)state;
+    struct hostile k;
+    hostile_start_len(&k, STALL, STALL_LEN);
+    k.close_unread = 1;
+    ferry_engine *e = one_connection_initiator();
+    char *src = malloc(STALL_LEN);
+    ferry_batch *b;
+    assert_int_equal(write_to_stalled(&k, e, src, &b), FERRY_ECONN);
+    assert_int_equal(state_of(b), FERRY_FAILED);
+    assert_int_equal(memreg_access_count(&e->registry), 0);
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+    hostile_stop(&k);
+    free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -468,6 +577,8 @@ int main(void)
         cmocka_unit_test(test_unregister_waits_for_staged_write),
         cmocka_unit_test(test_read_trailer_from_target),
         cmocka_unit_test(test_failed_submit_leaves_no_access),
+        cmocka_unit_test(test_write_past_a_full_socket),
+        cmocka_unit_test(test_full_socket_then_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

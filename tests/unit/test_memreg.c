@@ -467,6 +467,46 @@ static void test_access_begin_bounds(void **state)
     memreg_destroy(&reg);
 }
 
+/* begin_many: ranges in order, each checked as begin checks it (the region
+ * of the previous range is tried first, and must not let a range that only
+ * starts in it through); stops at the first miss, with the ones before it
+ * started; end_many ends them all. */
+static void test_access_begin_many(void **state)
+{
+    (void)state;
+    struct memreg reg;
+    memreg_init(&reg);
+    add_ok(&reg, 0x1000, 0x1000, 1);
+    add_ok(&reg, 0x4000, 0x1000, 0);
+    struct memreg_access a[4];
+    struct memreg_region out[4];
+    struct memreg_want w[4] = {{0x1000, 0x10, &a[0], &out[0]}, {0x1ff0, 0x10, &a[1], &out[1]},
+                               {0x1ff0, 0x11, &a[2], NULL}, {0x1000, 0x10, &a[3], NULL}};
+    size_t begun = 99;
+    assert_int_equal(memreg_access_begin_many(&reg, w, 4, 0, NULL, NULL, &begun), FERRY_ENOTREG);
+    assert_int_equal(begun, 2); /* w[2] runs past its region's end */
+    assert_int_equal(memreg_access_count(&reg), 2);
+    assert_int_equal(out[1].addr, 0x1000);
+    struct memreg_access *started[2] = {&a[0], &a[1]};
+    memreg_access_end_many(&reg, started, 2);
+    assert_int_equal(memreg_access_count(&reg), 0);
+
+    w[2] = (struct memreg_want){0x4000, 0x10, &a[2], &out[2]}; /* not remote-accessible */
+    assert_int_equal(memreg_access_begin_many(&reg, w, 3, 1, NULL, NULL, &begun), FERRY_ENOTREG);
+    assert_int_equal(begun, 2);
+    memreg_access_end_many(&reg, started, 2);
+    assert_int_equal(memreg_access_begin_many(&reg, w, 3, 0, NULL, NULL, &begun), 0);
+    assert_int_equal(begun, 3);
+    assert_int_equal(out[2].addr, 0x4000);
+    assert_int_equal(memreg_access_count(&reg), 3);
+    struct memreg_access *all[3] = {&a[0], &a[1], &a[2]};
+    memreg_access_end_many(&reg, all, 3);
+    assert_int_equal(memreg_access_count(&reg), 0);
+    assert_int_equal(memreg_access_begin_many(&reg, w, 0, 0, NULL, NULL, &begun), 0);
+    assert_int_equal(begun, 0);
+    memreg_destroy(&reg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_lookups),
         cmocka_unit_test(test_remove_waits_for_access),
         cmocka_unit_test(test_access_begin_bounds),
+        cmocka_unit_test(test_access_begin_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -214,6 +214,30 @@ int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
     return rc;
 }
 
+int sockio_send_some(int fd, struct iovec **iov, int *iovcnt)
+{
+    while (*iovcnt > 0 && (*iov)->iov_len == 0) {
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    while (*iovcnt > 0) {
+        struct msghdr msg = {.msg_iov = *iov, .msg_iovlen = (size_t)(*iovcnt > 1024 ? 1024 : *iovcnt)};
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;
+        if (n <= 0)
+            return io_error(n < 0 ? -1 : 0, "send");
+        iov_consume(iov, iovcnt, (size_t)n);
+        while (*iovcnt > 0 && (*iov)->iov_len == 0) {
+            (*iov)++;
+            (*iovcnt)--;
+        }
+    }
+    return 0;
+}
+
 int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
 {
     static const char zeros[65536];

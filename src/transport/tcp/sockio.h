@@ -63,6 +63,12 @@ int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wak
 int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
                  const atomic_int *stop, size_t *sent);
 
+/* Sends as much of the iovec array as the socket takes now, never waiting
+ * for room: advances *iov / *iovcnt past what went out (a partly sent iovec
+ * points at its rest).  Returns 0 (all of it sent), 1 (the socket is full;
+ * the rest is left) or FERRY_ECONN. */
+int sockio_send_some(int fd, struct iovec **iov, int *iovcnt);
+
 /* Sends len zero bytes (the stand-in for bytes a sender may no longer read). */
 int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
 

@@ -9,7 +9,12 @@
  * goes to the connection with the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (reads acks and READ
- * payload straight into the caller's memory, enforces deadlines).  Responses
+ * payload straight into the caller's memory, enforces deadlines).  While
+ * nobody writes on a ready connection, the submitting thread writes its
+ * frame itself (write_inline: no hand-off, no sender wake-up per batch), as
+ * much as the socket takes without waiting; the sender writes the rest and
+ * whatever was queued meanwhile.  One writer at a time (c->writing), in the
+ * order frames entered the in-flight FIFO.  Responses
  * come back in order per connection, so in-flight frames are a FIFO.  Only
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
@@ -50,10 +55,18 @@ struct tcp_conn {
     pthread_t sender, receiver;
     bool receiver_started;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_cond_t cond;                         /* wakes the sender: a frame to write, or broken */
+    pthread_cond_t sent;                         /* `sending` changed (frame_end waits on it) */
     struct xfer_frame *sendq_head, *sendq_tail; /* waiting to be written */
     struct xfer_frame *pend_head, *pend_tail;   /* written, awaiting response */
-    struct xfer_frame *sending;                  /* frame the sender is writing now */
+    struct xfer_frame *sending;                  /* frame being written now (its memory is read) */
+    bool ready;                                  /* HELLO done: frames may be written */
+    bool writing;                                /* a thread (sender or submitter) owns the write side */
+    struct xfer_frame *rest;                     /* written in part by a submitter: the sender ends it */
+    struct iovec *wiov;                          /* what is left to write of `sending` */
+    int wiovcnt;
+    struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
+    uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
     int broken;                                  /* 0 or the error that broke it */
     char broken_msg[160];
     atomic_int threads_done;
@@ -89,7 +102,7 @@ static void frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_
      * peer has read the bytes already, or the socket is shut down). */
     pthread_mutex_lock(&c->lock);
     while (c->sending == f)
-        pthread_cond_wait(&c->cond, &c->lock);
+        pthread_cond_wait(&c->sent, &c->lock);
     pthread_mutex_unlock(&c->lock);
     atomic_fetch_sub(&c->inflight_bytes, f->bytes);
     if (err == 0 && refused == 0) {
@@ -124,6 +137,7 @@ static void conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
             shutdown(c->fd, SHUT_RDWR);
     }
     pthread_cond_broadcast(&c->cond);
+    pthread_cond_broadcast(&c->sent);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -309,12 +323,14 @@ static int say_hello(struct tcp_conn *c)
     return ferry_fail(h.status, "the target refused the connection: %s", ferry_strerror(h.status));
 }
 
-static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
+/* Encodes frame f into the connection's write buffers (c->head, c->iov) and
+ * points c->wiov at them.  Only the thread that owns the write side
+ * (c->writing) calls it. */
+static void encode_frame(struct tcp_conn *c, struct xfer_frame *f)
 {
-    uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
-    struct iovec iov[1 + WIRE_MAX_ENTRIES];
     struct wire_entry entries[WIRE_MAX_ENTRIES];
     struct wire_header h = {.id = f->wire_id};
+    struct iovec *iov = c->iov;
     int iovcnt = 1;
     if (f->opcode == XFER_NOTIFY) {
         h.type = WIRE_NOTIFY;
@@ -331,15 +347,25 @@ static int send_frame(struct tcp_conn *c, struct xfer_frame *f)
         }
         if (f->opcode == XFER_WRITE)
             h.payload_len = f->bytes;
-        wire_encode_entries(entries, f->npieces, head + WIRE_HEADER_SIZE);
+        wire_encode_entries(entries, f->npieces, c->head + WIRE_HEADER_SIZE);
     }
-    wire_encode_header(&h, head);
-    iov[0] = (struct iovec){head, WIRE_HEADER_SIZE + (size_t)WIRE_ENTRY_SIZE * h.nentries};
+    wire_encode_header(&h, c->head);
+    iov[0] = (struct iovec){c->head, WIRE_HEADER_SIZE + (size_t)WIRE_ENTRY_SIZE * h.nentries};
+    c->wiov = iov;
+    c->wiovcnt = iovcnt;
     atomic_fetch_add(&c->peer->t->frames_sent, 1);
-    TRACE(TR_TCP_SEND, h.payload_len);
-    int rc = net_writev_full(c->fd, iov, iovcnt);
-    TRACE(TR_TCP_SENT, h.payload_len);
-    return rc;
+}
+
+/* Gives the write side back after writing `sending` (rc 0: all of it). */
+static void write_done(struct tcp_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->sending = NULL;
+    c->writing = false;
+    pthread_cond_broadcast(&c->sent);
+    if (c->sendq_head) /* queued while this thread wrote: the sender writes them */
+        pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f);
@@ -423,32 +449,47 @@ static void *sender_main(void *arg)
         atomic_fetch_add(&c->threads_done, 2);
         return NULL;
     }
+    pthread_mutex_lock(&c->lock);
+    c->ready = true;
     for (;;) {
-        pthread_mutex_lock(&c->lock);
-        while (!c->sendq_head && !c->broken)
+        while (!c->broken && (c->writing || (!c->rest && !c->sendq_head)))
             pthread_cond_wait(&c->cond, &c->lock);
-        if (c->broken) {
-            pthread_mutex_unlock(&c->lock);
+        if (c->broken)
             break;
+        struct xfer_frame *f = c->rest;
+        bool encoded = f != NULL; /* its submitter wrote part of it */
+        c->rest = NULL;
+        if (!f) {
+            f = c->sendq_head;
+            c->sendq_head = f->next;
+            if (!c->sendq_head)
+                c->sendq_tail = NULL;
+            f->wire_id = c->next_id++;
+            queue_push(&c->pend_head, &c->pend_tail, f);
+            c->sending = f;
         }
-        struct xfer_frame *f = c->sendq_head;
-        c->sendq_head = f->next;
-        if (!c->sendq_head)
-            c->sendq_tail = NULL;
-        f->wire_id = c->next_id++;
-        queue_push(&c->pend_head, &c->pend_tail, f);
-        c->sending = f;
+        c->writing = true;
         pthread_mutex_unlock(&c->lock);
-        rc = send_frame(c, f);
-        pthread_mutex_lock(&c->lock);
-        c->sending = NULL;
-        pthread_cond_broadcast(&c->cond);
-        pthread_mutex_unlock(&c->lock);
+        if (!encoded)
+            encode_frame(c, f);
+        uint64_t payload = f->opcode == XFER_WRITE ? f->bytes : 0;
+        TRACE(TR_TCP_SEND, payload);
+        rc = net_writev_full(c->fd, c->wiov, c->wiovcnt);
+        TRACE(TR_TCP_SENT, payload);
+        write_done(c);
         if (rc) {
             conn_mark_broken(c, rc, ferry_last_error());
+            pthread_mutex_lock(&c->lock);
             break;
         }
+        pthread_mutex_lock(&c->lock);
     }
+    if (c->rest) { /* a submitter's frame left half written: the receiver fails it (it is in flight) */
+        c->rest = NULL;
+        c->sending = NULL;
+        pthread_cond_broadcast(&c->sent);
+    }
+    pthread_mutex_unlock(&c->lock);
     atomic_fetch_add(&c->threads_done, 1);
     return NULL;
 }
@@ -465,6 +506,7 @@ static struct tcp_conn *conn_create(struct tcp_peer *p)
     atomic_store(&c->last_used_ns, now_ns());
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
+    pthread_cond_init(&c->sent, NULL);
     if (pthread_create(&c->sender, NULL, sender_main, c)) {
         free(c);
         return NULL;
@@ -481,6 +523,7 @@ static void conn_join_free(struct tcp_conn *c)
         close(c->fd);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
+    pthread_cond_destroy(&c->sent);
     free(c);
 }
 
@@ -489,7 +532,10 @@ static void reap_dead(struct tcp_peer *p)
 {
     for (struct tcp_conn **pp = &p->dead; *pp;) {
         struct tcp_conn *c = *pp;
-        if (atomic_load(&c->threads_done) >= 2) {
+        pthread_mutex_lock(&c->lock);
+        bool writing = c->writing; /* a submitter still writes on it (write_inline) */
+        pthread_mutex_unlock(&c->lock);
+        if (atomic_load(&c->threads_done) >= 2 && !writing) {
             *pp = c->next_dead;
             conn_join_free(c);
         } else {
@@ -617,6 +663,40 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
     return light ? light : best;
 }
 
+/* The submitting thread writes the frame itself while nobody else writes
+ * on the connection: no hand-off to the sender thread, no wake-up of it, on
+ * the path of every batch.  It never waits for the socket: what the socket
+ * does not take at once, the sender thread writes (c->rest).  Called with
+ * c->lock held (a connection that is ready and idle); returns with it
+ * released. */
+static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
+{
+    c->writing = true;
+    f->wire_id = c->next_id++;
+    queue_push(&c->pend_head, &c->pend_tail, f); /* in flight: the receiver may end it from now on */
+    c->sending = f;
+    pthread_mutex_unlock(&c->lock);
+    encode_frame(c, f);
+    TRACE(TR_TCP_SEND, f->opcode == XFER_WRITE ? f->bytes : 0);
+    int rc = sockio_send_some(c->fd, &c->wiov, &c->wiovcnt);
+    if (rc < 0) /* the frame is in flight: the receiver ends it with the error */
+        conn_mark_broken(c, rc, ferry_last_error());
+    if (rc <= 0) {
+        write_done(c); /* the last touch of c: reap_dead frees it once nobody writes */
+        return;
+    }
+    pthread_mutex_lock(&c->lock); /* the socket is full: the sender writes the rest */
+    if (c->broken) {
+        c->sending = NULL;
+        pthread_cond_broadcast(&c->sent);
+    } else {
+        c->rest = f;
+        pthread_cond_signal(&c->cond);
+    }
+    c->writing = false;
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 {
     (void)tp;
@@ -629,8 +709,13 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             atomic_store(&c->last_used_ns, now_ns());
+            if (c->ready && !c->writing && !c->rest && !c->sendq_head) {
+                write_inline(c, f); /* unlocks */
+                return;
+            }
             queue_push(&c->sendq_head, &c->sendq_tail, f);
-            pthread_cond_broadcast(&c->cond); /* the cond also wakes frame_end */
+            if (!c->writing) /* else the writer hands the queue on when it is done */
+                pthread_cond_signal(&c->cond);
             pthread_mutex_unlock(&c->lock);
             return;
         }

@@ -80,7 +80,10 @@ struct server_conn {
     struct iovec iov[READ_IOVS];
     int iov_entry[READ_IOVS];         /* entry whose registered memory iov[k] points into, or -1 */
     bool trailer;                     /* the READ being served wants a trailer */
+    int trailer_iov;                  /* iov[] index of the trailer, -1 until it is added */
+    uint8_t tr[WIRE_TRAILER_SIZE];    /* the trailer: sent with the payload's last sendmsg */
     bool revoked_any;                 /* an access of this frame was revoked mid-way */
+    uint64_t revoked;                 /* entries revoked mid-way (what the trailer says) */
     unsigned nent;                    /* entries of the frame being served */
     struct served_entry ent[WIRE_MAX_ENTRIES];
     uint64_t deadline_ns;             /* the frame's payload must have moved by then */
@@ -111,21 +114,31 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
 {
     s->nent = nentries;
     s->revoked_any = false;
+    s->revoked = 0;
     atomic_store(&s->revoking, 0);
 }
 
-/* Looks entry i up and starts its access; refuses it if it is outside the
- * remote-accessible registrations. */
-static void entry_begin(struct server_conn *s, unsigned i, const struct wire_entry *e, const char *op)
+/* Looks every entry of the frame up and starts its access (a run of them
+ * under one lock round trip); refuses those outside the remote-accessible
+ * registrations. */
+static void entries_begin(struct server_conn *s, const struct wire_entry *e, unsigned n, const char *op)
 {
-    struct served_entry *se = &s->ent[i];
-    se->held = memreg_access_begin(s->t->host.registry, &se->acc, e->addr, e->len, 1, &se->region,
-                                   serve_cancel, s) == 0;
-    se->refused = !se->held;
-    if (se->refused) {
+    struct memreg_want w[WIRE_MAX_ENTRIES];
+    for (unsigned i = 0; i < n; i++)
+        w[i] = (struct memreg_want){e[i].addr, e[i].len, &s->ent[i].acc, &s->ent[i].region};
+    for (unsigned i = 0; i < n;) {
+        size_t begun;
+        memreg_access_begin_many(s->t->host.registry, &w[i], n - i, 1, serve_cancel, s, &begun);
+        for (unsigned end = i + (unsigned)begun; i < end; i++)
+            s->ent[i].held = true, s->ent[i].refused = false;
+        if (i == n)
+            break;
+        s->ent[i].held = false; /* entry i is outside them */
+        s->ent[i].refused = true;
         atomic_fetch_add(&s->t->refused, 1);
         LOG_WARN("tcp: refused %s from %s of 0x%llx+%llu: outside remote-accessible buffers", op, s->from,
-                 (unsigned long long)e->addr, (unsigned long long)e->len);
+                 (unsigned long long)e[i].addr, (unsigned long long)e[i].len);
+        i++;
     }
 }
 
@@ -153,6 +166,7 @@ static void stop_revoked(struct server_conn *s)
             entry_end(s, i);
             se->refused = true;
             s->revoked_any = true;
+            s->revoked |= 1ull << i;
             atomic_fetch_add(&s->t->refused, 1);
             LOG_WARN("tcp: 0x%llx+%llu was unregistered while %s accessed it; stopped", (unsigned long long)se->acc.addr,
                      (unsigned long long)se->acc.len, s->from);
@@ -438,8 +452,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     int rc = 0;
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
-    for (unsigned i = 0; i < h->nentries; i++)
-        entry_begin(s, i, &e[i], "WRITE");
+    entries_begin(s, e, h->nentries, "WRITE");
     for (unsigned i = 0; !rc && i < h->nentries;) {
         unsigned end = i;
         while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index < 0)
@@ -497,6 +510,9 @@ static int send_iovs(struct server_conn *s, int k, int end)
         int stop = k + 1;
         while (stop < end && !(s->iov_entry[stop] >= 0 && !s->ent[s->iov_entry[stop]].held))
             stop++;
+        int tk = s->trailer_iov;
+        if (tk >= k && tk < stop && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
+            wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked}, s->tr);
         rc = sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
         while (k < stop && s->iov[k].iov_len == 0)
             k++;
@@ -548,6 +564,7 @@ static int flush_reads(struct server_conn *s)
     b->n = b->used = b->started = 0;
     b->err = 0;
     s->iovcnt = 0;
+    s->trailer_iov = -1;
     return rc;
 }
 
@@ -598,8 +615,8 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
+    entries_begin(s, e, h->nentries, "READ");
     for (unsigned i = 0; i < h->nentries; i++) {
-        entry_begin(s, i, &e[i], "READ");
         if (s->ent[i].refused)
             refused |= 1ull << i;
         else
@@ -610,6 +627,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&rh, raw);
     s->iovcnt = 0;
+    s->trailer_iov = -1;
     int rc = add_read_iov(s, raw, sizeof raw, -1);
     /* host memory goes out straight from where it lies, device memory
      * through the bounce; one sendmsg for as much as possible */
@@ -621,17 +639,17 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         else
             rc = send_entry_device(s, i, &e[i]);
     }
+    /* the trailer goes out with the payload's last sendmsg (flush_reads
+     * writes into it what was revoked before it leaves) */
+    if (!rc && s->trailer && (rc = add_read_iov(s, s->tr, sizeof s->tr, -1)) == 0)
+        s->trailer_iov = s->iovcnt - 1;
     if (!rc)
         rc = flush_reads(s);
     (void)bounce_wait(s);
     s->b.n = s->b.used = s->b.started = 0;
     s->iovcnt = 0;
-    uint64_t revoked = frame_end_accesses(s) & ~refused;
-    if (!rc && s->trailer) {
-        uint8_t tr[WIRE_TRAILER_SIZE];
-        wire_encode_trailer(&(struct wire_trailer){.revoked = revoked}, tr);
-        rc = net_write_full(s->fd, tr, sizeof tr);
-    }
+    s->trailer_iov = -1;
+    frame_end_accesses(s);
     if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
     TRACE(TR_SRV_ANSWERED, payload);
@@ -698,11 +716,14 @@ static int serve_frame(struct server_conn *s)
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
     s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
-    int rc = net_read_full_deadline(s->fd, raw, WIRE_HEADER_SIZE, deadline);
+    /* sockio_recv reads first and polls only once the socket is drained:
+     * the entries (and often the header) are already there */
+    int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.nentries)
-        rc = net_read_full_deadline(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline);
+        rc = sockio_recv(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline, NULL, NULL,
+                         NULL);
     if (!rc && h.nentries)
         rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
     if (rc)
