@@ -79,7 +79,6 @@ die() { echo "tcp_loopback.sh: $*" >&2; exit 1; }
 
 [ -x "$FERRY_BENCH" ] || die "no ferry-bench at $FERRY_BENCH (build it, or set FERRY_BENCH)"
 command -v iperf3 >/dev/null || die "iperf3 not installed"
-command -v ss >/dev/null || die "ss (iproute2) not installed"
 [ -x "$py" ] || die "$py not found (needed to parse JSON)"
 
 to_bytes() {   # 4K -> 4096 (K/M/G are powers of 2)
@@ -92,8 +91,12 @@ to_bytes() {   # 4K -> 4096 (K/M/G are powers of 2)
   esac
 }
 
-listening() {   # listening PORT: does a TCP socket listen on it?
-  ss -ltnH "sport = :$1" 2>/dev/null | grep -q .
+listening() {   # listening PORT: does a TCP socket listen on it? (ss, else a connect)
+  if command -v ss >/dev/null; then
+    ss -ltnH "sport = :$1" 2>/dev/null | grep -q .
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
 }
 
 free_port() {   # first port from $1 up that nothing listens on
