@@ -8,7 +8,7 @@
  * most it may open: the same total reaches the most on every host); a frame
  * goes to the connection with the fewest bytes in flight.  Each connection has a
  * sender thread (connects, says HELLO, then writes frames straight from the
- * caller's memory with sendmsg) and a receiver thread (reads acks and READ
+ * caller's memory with sendmsg) and a receiver thread (tcp_conn.c: reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  While
  * nobody writes on a ready connection, the submitting thread writes its
  * frame itself (write_inline: no hand-off, no sender wake-up per batch), as
@@ -49,70 +49,10 @@
 #include "transport/tcp/tcp.h"
 #include "trace.h"
 
-struct tcp_conn {
-    struct tcp_peer *peer;
-    int fd;
-    pthread_t sender, receiver;
-    bool receiver_started;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;                         /* wakes the sender: a frame to write, or broken */
-    pthread_cond_t sent;                         /* `sending` changed (frame_end waits on it) */
-    struct xfer_frame *sendq_head, *sendq_tail; /* waiting to be written */
-    struct xfer_frame *pend_head, *pend_tail;   /* written, awaiting response */
-    struct xfer_frame *sending;                  /* frame being written now (its memory is read) */
-    bool ready;                                  /* HELLO done: frames may be written */
-    bool writing;                                /* a thread (sender or submitter) owns the write side */
-    struct xfer_frame *rest;                     /* written in part by a submitter: the sender ends it */
-    struct iovec *wiov;                          /* what is left to write of `sending` */
-    int wiovcnt;
-    struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
-    uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
-    int broken;                                  /* 0 or the error that broke it */
-    char broken_msg[160];
-    atomic_int threads_done;
-    atomic_uint_fast64_t inflight_bytes;
-    atomic_uint_fast64_t last_used_ns;           /* a frame queued or answered */
-    uint64_t next_id;
-    struct tcp_conn *next_dead;
-};
-
-struct tcp_peer {
-    struct tcp_transport *t;
-    char host[64];
-    int port;
-    uint64_t epoch;
-    pthread_mutex_t lock;
-    unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
-    unsigned maxconns;      /* the most in use: the transport's max_conns, lowered when the
-                             * target refuses one more (conns has room for the first value) */
-    struct tcp_conn **conns;
-    struct tcp_conn *dead;  /* broken connections whose threads may still run */
-};
-
 #define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
 #define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
 
 /* ------------------------------------------------------------ helpers */
-
-static void frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_t refused, const char *msg)
-{
-    struct tcp_transport *t = c->peer->t;
-    /* A response can arrive before sendmsg has returned on the sender; the
-     * frame's memory must outlive the send, so wait for it (briefly: the
-     * peer has read the bytes already, or the socket is shut down). */
-    pthread_mutex_lock(&c->lock);
-    while (c->sending == f)
-        pthread_cond_wait(&c->sent, &c->lock);
-    pthread_mutex_unlock(&c->lock);
-    atomic_fetch_sub(&c->inflight_bytes, f->bytes);
-    if (err == 0 && refused == 0) {
-        if (f->opcode == XFER_WRITE)
-            atomic_fetch_add(&t->bytes_written, f->bytes);
-        else if (f->opcode == XFER_READ)
-            atomic_fetch_add(&t->bytes_read, f->bytes);
-    }
-    f->complete(f, err, refused, msg);
-}
 
 static void queue_push(struct xfer_frame **head, struct xfer_frame **tail, struct xfer_frame *f)
 {
@@ -122,163 +62,6 @@ static void queue_push(struct xfer_frame **head, struct xfer_frame **tail, struc
     else
         *head = f;
     *tail = f;
-}
-
-/* Marks a connection broken and wakes both threads.  Does not end frames:
- * the receiver (or the sender, if no receiver was started) does. */
-static void conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
-{
-    pthread_mutex_lock(&c->lock);
-    if (!c->broken) {
-        c->broken = err;
-        snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s:%d: %s", c->peer->host,
-                 c->peer->port, msg);
-        if (c->fd >= 0)
-            shutdown(c->fd, SHUT_RDWR);
-    }
-    pthread_cond_broadcast(&c->cond);
-    pthread_cond_broadcast(&c->sent);
-    pthread_mutex_unlock(&c->lock);
-}
-
-/* Ends every frame still held by a broken connection. Frames past their
- * deadline end TIMEOUT, the rest with the breaking error. */
-static void conn_fail_all(struct tcp_conn *c)
-{
-    pthread_mutex_lock(&c->lock);
-    struct xfer_frame *lists[2] = {c->pend_head, c->sendq_head};
-    c->pend_head = c->pend_tail = c->sendq_head = c->sendq_tail = NULL;
-    int err = c->broken ? c->broken : FERRY_ECONN;
-    char msg[sizeof c->broken_msg];
-    strcpy(msg, c->broken_msg);
-    pthread_mutex_unlock(&c->lock);
-    uint64_t now = now_ns();
-    for (int l = 0; l < 2; l++) {
-        for (struct xfer_frame *f = lists[l], *next; f; f = next) {
-            next = f->next;
-            if (now >= f->deadline_ns)
-                frame_end(c, f, FERRY_ETIMEDOUT, 0, err == FERRY_ETIMEDOUT ? msg : "request timed out");
-            else
-                frame_end(c, f, err, 0, msg);
-        }
-    }
-}
-
-/* ------------------------------------------------------------ initiator: receiver */
-
-/* Reads one response and ends the oldest frame in flight.  The whole
- * response, READ payload included, must arrive by that frame's deadline: a
- * target that drips bytes cannot hold a request past it. */
-static int receive_response(struct tcp_conn *c)
-{
-    uint8_t raw[WIRE_HEADER_SIZE];
-    struct wire_header h;
-    pthread_mutex_lock(&c->lock);
-    struct xfer_frame *f = c->pend_head;
-    pthread_mutex_unlock(&c->lock);
-    uint64_t deadline = f ? f->deadline_ns : now_ns() + (uint64_t)c->peer->t->host.cfg->request_timeout_ms * 1000000u;
-    int rc = sockio_recv(c->fd, raw, sizeof raw, deadline, NULL, NULL, NULL);
-    if (rc == FERRY_ETIMEDOUT)
-        return ferry_fail(rc, "request timed out: no complete response by its deadline");
-    if (rc)
-        return rc;
-    if ((rc = wire_decode_header(raw, &h)))
-        return rc;
-    if (!f || f->wire_id != h.id)
-        return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
-                          (unsigned long long)h.id);
-    if (!wire_status_allowed(h.type, h.status))
-        return ferry_fail(FERRY_EPROTO, "the target answered with status %d, which no ferry target sends",
-                          h.status);
-    int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
-    if (h.type != want)
-        return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
-    uint64_t revoked = 0;
-    if (f->opcode == XFER_READ) {
-        uint64_t expect = 0;
-        for (uint32_t i = 0; i < f->npieces; i++)
-            if (!(h.refused >> i & 1))
-                expect += f->pieces[i].len;
-        if (h.status == 0 && h.payload_len != expect)
-            return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
-                              (unsigned long long)h.payload_len, (unsigned long long)expect);
-        /* the payload of every piece and the trailer: one scatter receive */
-        struct iovec iov[WIRE_MAX_ENTRIES + 1];
-        uint8_t tr[WIRE_TRAILER_SIZE];
-        int n = 0;
-        for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
-            if (!(h.refused >> i & 1))
-                iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
-        if (h.flags & WIRE_FLAG_TRAILER)
-            iov[n++] = (struct iovec){tr, sizeof tr};
-        if ((rc = sockio_recvv(c->fd, iov, n, f->deadline_ns, NULL, NULL, NULL)))
-            return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
-                                                      "its deadline") : rc;
-        if (h.flags & WIRE_FLAG_TRAILER) {
-            struct wire_trailer trailer;
-            if ((rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
-                return rc;
-            revoked = trailer.revoked;
-        }
-    }
-    pthread_mutex_lock(&c->lock);
-    c->pend_head = f->next;
-    if (!c->pend_head)
-        c->pend_tail = NULL;
-    pthread_mutex_unlock(&c->lock);
-    atomic_store(&c->last_used_ns, now_ns());
-    char msg[160] = "";
-    if (h.status)
-        snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
-                 ferry_strerror(h.status));
-    else if (revoked)
-        snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
-                 c->peer->host, c->peer->port);
-    else if (h.refused)
-        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
-                 "(or unregistered while it was served)",
-                 c->peer->host, c->peer->port);
-    TRACE(TR_TCP_ACK, f->bytes);
-    frame_end(c, f, h.status, h.refused | revoked, msg);
-    return 0;
-}
-
-static bool deadline_passed(struct tcp_conn *c)
-{
-    uint64_t now = now_ns();
-    bool late = false;
-    pthread_mutex_lock(&c->lock);
-    for (int l = 0; l < 2 && !late; l++)
-        for (struct xfer_frame *f = l ? c->sendq_head : c->pend_head; f && !late; f = f->next)
-            late = now >= f->deadline_ns;
-    pthread_mutex_unlock(&c->lock);
-    return late;
-}
-
-static void *receiver_main(void *arg)
-{
-    struct tcp_conn *c = arg;
-    (void)pthread_setname_np(pthread_self(), "ferry-tcp-recv"); /* top -H, bench/tcp_threads.sh */
-    for (;;) {
-        pthread_mutex_lock(&c->lock);
-        int broken = c->broken;
-        pthread_mutex_unlock(&c->lock);
-        if (broken)
-            break;
-        struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        int n = poll(&p, 1, POLL_TICK_MS);
-        if (n == 0 || (n < 0 && errno == EINTR)) {
-            if (deadline_passed(c))
-                conn_mark_broken(c, FERRY_ETIMEDOUT, "request deadline passed; connection reset");
-            continue;
-        }
-        int rc = receive_response(c);
-        if (rc)
-            conn_mark_broken(c, rc, ferry_last_error());
-    }
-    conn_fail_all(c);
-    atomic_fetch_add(&c->threads_done, 1);
-    return NULL;
 }
 
 /* ------------------------------------------------------------ initiator: sender */
@@ -407,7 +190,7 @@ static bool conn_give_back(struct tcp_conn *c, int err, const char *msg)
         return false;
     LOG_WARN("tcp %s:%d: another connection was refused (%s); staying at %u connections", p->host, p->port,
              msg, now_max);
-    conn_mark_broken(c, err, msg);
+    tcp_conn_mark_broken(c, err, msg);
     pthread_mutex_lock(&c->lock);
     struct xfer_frame *f = c->sendq_head; /* nothing was sent: no frame is pending */
     c->sendq_head = c->sendq_tail = NULL;
@@ -437,14 +220,14 @@ static void *sender_main(void *arg)
     if (!rc) {
         /* frames in flight are bounded by their deadlines, enforced by the receiver */
         net_set_timeouts(fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
-        rc = pthread_create(&c->receiver, NULL, receiver_main, c) ? ferry_fail(FERRY_EIO, "thread") : 0;
+        rc = pthread_create(&c->receiver, NULL, tcp_receiver_main, c) ? ferry_fail(FERRY_EIO, "thread") : 0;
         c->receiver_started = rc == 0;
     }
     if (rc) {
         /* conn_give_back uses the message before it submits anything (which may set another) */
         if (!(rc == FERRY_ECONN && conn_give_back(c, rc, ferry_last_error()))) {
-            conn_mark_broken(c, rc, ferry_last_error());
-            conn_fail_all(c);
+            tcp_conn_mark_broken(c, rc, ferry_last_error());
+            tcp_conn_fail_all(c);
         }
         atomic_fetch_add(&c->threads_done, 2);
         return NULL;
@@ -478,7 +261,7 @@ static void *sender_main(void *arg)
         TRACE(TR_TCP_SENT, payload);
         write_done(c);
         if (rc) {
-            conn_mark_broken(c, rc, ferry_last_error());
+            tcp_conn_mark_broken(c, rc, ferry_last_error());
             pthread_mutex_lock(&c->lock);
             break;
         }
@@ -588,7 +371,7 @@ static void tcp_peer_close(void *tp, void *pp)
     pthread_mutex_lock(&p->lock);
     for (unsigned i = 0; i < p->nconns; i++) {
         if (p->conns[i]) {
-            conn_mark_broken(p->conns[i], FERRY_ECANCELED, "segment closed");
+            tcp_conn_mark_broken(p->conns[i], FERRY_ECANCELED, "segment closed");
             p->conns[i]->next_dead = p->dead;
             p->dead = p->conns[i];
             p->conns[i] = NULL;
@@ -630,7 +413,7 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
                         now_ns() - atomic_load(&c->last_used_ns) >= idle_ns / 2;
             pthread_mutex_unlock(&c->lock);
             if (idle)
-                conn_mark_broken(c, FERRY_ECANCELED, "idle connection retired");
+                tcp_conn_mark_broken(c, FERRY_ECANCELED, "idle connection retired");
             if (broken || idle) {
                 c->next_dead = p->dead;
                 p->dead = c;
@@ -680,7 +463,7 @@ static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
     TRACE(TR_TCP_SEND, f->opcode == XFER_WRITE ? f->bytes : 0);
     int rc = sockio_send_some(c->fd, &c->wiov, &c->wiovcnt);
     if (rc < 0) /* the frame is in flight: the receiver ends it with the error */
-        conn_mark_broken(c, rc, ferry_last_error());
+        tcp_conn_mark_broken(c, rc, ferry_last_error());
     if (rc <= 0) {
         write_done(c); /* the last touch of c: reap_dead frees it once nobody writes */
         return;

@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * tcp.h — what the tcp transport's two files share: the transport itself,
- * and the target side's entry point (tcp_serve.c) that tcp.c hands to the
- * acceptor.  Private to src/transport/tcp/.
+ * tcp.h — what the tcp transport's files share: the transport itself, an
+ * initiator's peers and connections (tcp.c; their receiving side in
+ * tcp_conn.c), and the target side's entry point (tcp_serve.c) that tcp.c
+ * hands to the acceptor.  Private to src/transport/tcp/.
  */
 #ifndef FERRY_TCP_H
 #define FERRY_TCP_H
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "acceptor.h"
+#include "transport/tcp/tcp_wire.h"
 #include "transport/transport.h"
 
 #define POLL_TICK_MS 100
@@ -24,6 +29,60 @@ struct tcp_transport {
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
 };
+
+/* An initiator's connection to a peer: its sender (tcp.c) and receiver
+ * (tcp_conn.c) threads, and the frames queued and in flight on it. */
+struct tcp_conn {
+    struct tcp_peer *peer;
+    int fd;
+    pthread_t sender, receiver;
+    bool receiver_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;                         /* wakes the sender: a frame to write, or broken */
+    pthread_cond_t sent;                         /* `sending` changed (frame_end waits on it) */
+    struct xfer_frame *sendq_head, *sendq_tail; /* waiting to be written */
+    struct xfer_frame *pend_head, *pend_tail;   /* written, awaiting response */
+    struct xfer_frame *sending;                  /* frame being written now (its memory is read) */
+    bool ready;                                  /* HELLO done: frames may be written */
+    bool writing;                                /* a thread (sender or submitter) owns the write side */
+    struct xfer_frame *rest;                     /* written in part by a submitter: the sender ends it */
+    struct iovec *wiov;                          /* what is left to write of `sending` */
+    int wiovcnt;
+    struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
+    uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+    int broken;                                  /* 0 or the error that broke it */
+    char broken_msg[160];
+    atomic_int threads_done;
+    atomic_uint_fast64_t inflight_bytes;
+    atomic_uint_fast64_t last_used_ns;           /* a frame queued or answered */
+    uint64_t next_id;
+    struct tcp_conn *next_dead;
+};
+
+struct tcp_peer {
+    struct tcp_transport *t;
+    char host[64];
+    int port;
+    uint64_t epoch;
+    pthread_mutex_t lock;
+    unsigned nconns;        /* connections in use: tcp_connections, grown with the traffic */
+    unsigned maxconns;      /* the most in use: the transport's max_conns, lowered when the
+                             * target refuses one more (conns has room for the first value) */
+    struct tcp_conn **conns;
+    struct tcp_conn *dead;  /* broken connections whose threads may still run */
+};
+
+/* tcp_conn.c: ends frame f of connection c once (waiting until no thread
+ * still writes it) and counts its bytes. */
+void tcp_frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_t refused, const char *msg);
+/* Marks c broken with err and msg (the first reason wins) and wakes its
+ * threads; ends no frame. */
+void tcp_conn_mark_broken(struct tcp_conn *c, int err, const char *msg);
+/* Ends every frame a broken connection holds (TIMEOUT past its deadline). */
+void tcp_conn_fail_all(struct tcp_conn *c);
+/* A connection's receiver thread: reads responses (and READ payload) in
+ * order, ends the oldest frame for each, enforces deadlines. */
+void *tcp_receiver_main(void *arg);
 
 /* The defaults that scale with the host: connections per peer on a host
  * with `cores` CPUs, and the bytes in flight on every connection before a

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tcp_conn.c — an initiator connection's receiving side: its receiver
+ * thread reads the responses (and READ payload, straight into the frame's
+ * memory) in the order frames were written, ends each frame, and enforces
+ * deadlines; and the helpers that end frames and break connections, which
+ * the sending side (tcp.c) uses too.  Only the receiver ends frames in
+ * flight, so "ended" and "memory no longer touched" are one moment.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "err.h"
+#include "net.h"
+#include "trace.h"
+#include "transport/tcp/sockio.h"
+#include "transport/tcp/tcp.h"
+#include "transport/tcp/tcp_wire.h"
+
+void tcp_frame_end(struct tcp_conn *c, struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    struct tcp_transport *t = c->peer->t;
+    /* A response can arrive before sendmsg has returned on the sender; the
+     * frame's memory must outlive the send, so wait for it (briefly: the
+     * peer has read the bytes already, or the socket is shut down). */
+    pthread_mutex_lock(&c->lock);
+    while (c->sending == f)
+        pthread_cond_wait(&c->sent, &c->lock);
+    pthread_mutex_unlock(&c->lock);
+    atomic_fetch_sub(&c->inflight_bytes, f->bytes);
+    if (err == 0 && refused == 0) {
+        if (f->opcode == XFER_WRITE)
+            atomic_fetch_add(&t->bytes_written, f->bytes);
+        else if (f->opcode == XFER_READ)
+            atomic_fetch_add(&t->bytes_read, f->bytes);
+    }
+    f->complete(f, err, refused, msg);
+}
+
+/* Marks a connection broken and wakes both threads.  Does not end frames:
+ * the receiver (or the sender, if no receiver was started) does. */
+void tcp_conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!c->broken) {
+        c->broken = err;
+        snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s:%d: %s", c->peer->host,
+                 c->peer->port, msg);
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+    }
+    pthread_cond_broadcast(&c->cond);
+    pthread_cond_broadcast(&c->sent);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Ends every frame still held by a broken connection. Frames past their
+ * deadline end TIMEOUT, the rest with the breaking error. */
+void tcp_conn_fail_all(struct tcp_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *lists[2] = {c->pend_head, c->sendq_head};
+    c->pend_head = c->pend_tail = c->sendq_head = c->sendq_tail = NULL;
+    int err = c->broken ? c->broken : FERRY_ECONN;
+    char msg[sizeof c->broken_msg];
+    strcpy(msg, c->broken_msg);
+    pthread_mutex_unlock(&c->lock);
+    uint64_t now = now_ns();
+    for (int l = 0; l < 2; l++) {
+        for (struct xfer_frame *f = lists[l], *next; f; f = next) {
+            next = f->next;
+            if (now >= f->deadline_ns)
+                tcp_frame_end(c, f, FERRY_ETIMEDOUT, 0, err == FERRY_ETIMEDOUT ? msg : "request timed out");
+            else
+                tcp_frame_end(c, f, err, 0, msg);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ initiator: receiver */
+
+/* Reads one response and ends the oldest frame in flight.  The whole
+ * response, READ payload included, must arrive by that frame's deadline: a
+ * target that drips bytes cannot hold a request past it. */
+static int receive_response(struct tcp_conn *c)
+{
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h;
+    pthread_mutex_lock(&c->lock);
+    struct xfer_frame *f = c->pend_head;
+    pthread_mutex_unlock(&c->lock);
+    uint64_t deadline = f ? f->deadline_ns : now_ns() + (uint64_t)c->peer->t->host.cfg->request_timeout_ms * 1000000u;
+    int rc = sockio_recv(c->fd, raw, sizeof raw, deadline, NULL, NULL, NULL);
+    if (rc == FERRY_ETIMEDOUT)
+        return ferry_fail(rc, "request timed out: no complete response by its deadline");
+    if (rc)
+        return rc;
+    if ((rc = wire_decode_header(raw, &h)))
+        return rc;
+    if (!f || f->wire_id != h.id)
+        return ferry_fail(FERRY_EPROTO, "response id %llu does not match the oldest frame",
+                          (unsigned long long)h.id);
+    if (!wire_status_allowed(h.type, h.status))
+        return ferry_fail(FERRY_EPROTO, "the target answered with status %d, which no ferry target sends",
+                          h.status);
+    int want = f->opcode == XFER_WRITE ? WIRE_WRITE_ACK : f->opcode == XFER_READ ? WIRE_READ_RESP : WIRE_NOTIFY_ACK;
+    if (h.type != want)
+        return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
+    uint64_t revoked = 0;
+    if (f->opcode == XFER_READ) {
+        uint64_t expect = 0;
+        for (uint32_t i = 0; i < f->npieces; i++)
+            if (!(h.refused >> i & 1))
+                expect += f->pieces[i].len;
+        if (h.status == 0 && h.payload_len != expect)
+            return ferry_fail(FERRY_EPROTO, "READ response carries %llu bytes, expected %llu",
+                              (unsigned long long)h.payload_len, (unsigned long long)expect);
+        /* the payload of every piece and the trailer: one scatter receive */
+        struct iovec iov[WIRE_MAX_ENTRIES + 1];
+        uint8_t tr[WIRE_TRAILER_SIZE];
+        int n = 0;
+        for (uint32_t i = 0; h.status == 0 && i < f->npieces; i++)
+            if (!(h.refused >> i & 1))
+                iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
+        if (h.flags & WIRE_FLAG_TRAILER)
+            iov[n++] = (struct iovec){tr, sizeof tr};
+        if ((rc = sockio_recvv(c->fd, iov, n, f->deadline_ns, NULL, NULL, NULL)))
+            return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
+                                                      "its deadline") : rc;
+        if (h.flags & WIRE_FLAG_TRAILER) {
+            struct wire_trailer trailer;
+            if ((rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
+                return rc;
+            revoked = trailer.revoked;
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    c->pend_head = f->next;
+    if (!c->pend_head)
+        c->pend_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    atomic_store(&c->last_used_ns, now_ns());
+    char msg[160] = "";
+    if (h.status)
+        snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
+                 ferry_strerror(h.status));
+    else if (revoked)
+        snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
+                 c->peer->host, c->peer->port);
+    else if (h.refused)
+        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
+                 "(or unregistered while it was served)",
+                 c->peer->host, c->peer->port);
+    TRACE(TR_TCP_ACK, f->bytes);
+    tcp_frame_end(c, f, h.status, h.refused | revoked, msg);
+    return 0;
+}
+
+static bool deadline_passed(struct tcp_conn *c)
+{
+    uint64_t now = now_ns();
+    bool late = false;
+    pthread_mutex_lock(&c->lock);
+    for (int l = 0; l < 2 && !late; l++)
+        for (struct xfer_frame *f = l ? c->sendq_head : c->pend_head; f && !late; f = f->next)
+            late = now >= f->deadline_ns;
+    pthread_mutex_unlock(&c->lock);
+    return late;
+}
+
+void *tcp_receiver_main(void *arg)
+{
+    struct tcp_conn *c = arg;
+    (void)pthread_setname_np(pthread_self(), "ferry-tcp-recv"); /* top -H, bench/tcp_threads.sh */
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        int broken = c->broken;
+        pthread_mutex_unlock(&c->lock);
+        if (broken)
+            break;
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int n = poll(&p, 1, POLL_TICK_MS);
+        if (n == 0 || (n < 0 && errno == EINTR)) {
+            if (deadline_passed(c))
+                tcp_conn_mark_broken(c, FERRY_ETIMEDOUT, "request deadline passed; connection reset");
+            continue;
+        }
+        int rc = receive_response(c);
+        if (rc)
+            tcp_conn_mark_broken(c, rc, ferry_last_error());
+    }
+    tcp_conn_fail_all(c);
+    atomic_fetch_add(&c->threads_done, 1);
+    return NULL;
+}
