@@ -19,23 +19,21 @@ BLOCK=${BLOCK:-16384}
 TGPU=${TGPU:-0}
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 fb="$B/ferry-bench"
+. "$(dirname "$0")/target_lib.sh"
 num() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 cell() {   # cell MEM OP BATCH THREADS [ENV...]
-  local mem=$1 op=$2 batch=$3 thr=$4 log seg tpid line tcost vram=false
+  local mem=$1 op=$2 batch=$3 thr=$4 log line tcost vram=false
   shift 4
   [ "$mem" = cpu ] || vram=true
   log=$(mktemp)
-  env "$@" "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
+  target_start "$log" env "$@" "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
       --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id="$TGPU" --buffer_size=256M \
-      --block_size="$BLOCK" >"$log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 300); do grep -q ready "$log" && break; sleep 0.1; done
-  seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$log")
+      --block_size="$BLOCK"
   line=$(env "$@" "$fb" --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-      --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id=0 --segment_id="$seg" \
+      --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id=0 --segment_id="$TARGET_SEG" \
       --block_size="$BLOCK" --batch_size="$batch" --threads="$thr" --duration="$SECS" \
       --buffer_size=256M --json 2>/dev/null | tail -1)
-  kill -INT $tpid 2>/dev/null; wait $tpid 2>/dev/null
+  target_stop
   tcost=$(sed -n 's/.*target cost:.* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$log" | tail -1)
   printf '| %s | %s | %s | %s | %s | %s / %s | %s / %s |\n' "$mem" "$op" "$batch" "$thr" \
     "$(echo "$line" | num gb_per_s)" "$(echo "$line" | num cpu_us_per_request)" "${tcost:-?}" \
@@ -58,16 +56,13 @@ done
 IDLE=${IDLE:-10}
 if [ "$IDLE" -gt 0 ]; then
   log=$(mktemp)
-  "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-      --operation=write --protocol=tcp --use_vram=true --gpu_id=0 --buffer_size=256M >"$log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 300); do grep -q ready "$log" && break; sleep 0.1; done
-  seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$log")
+  target_start "$log" "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
+      --operation=write --protocol=tcp --use_vram=true --gpu_id=0 --buffer_size=256M
   "$fb" --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
-      --operation=write --protocol=tcp --use_vram=true --gpu_id=0 --segment_id="$seg" \
+      --operation=write --protocol=tcp --use_vram=true --gpu_id=0 --segment_id="$TARGET_SEG" \
       --block_size="$BLOCK" --duration=1 --idle_seconds="$IDLE" --buffer_size=256M --json 2>/dev/null |
     tail -1 | sed 's/.*\("idle_seconds".*\)}/idle engine, cuda:0 staged, initiator: \1/'
-  kill -INT $tpid 2>/dev/null; wait $tpid 2>/dev/null
+  target_stop
   sed -n 's/.*target cost:.*\(idle_seconds=.*\)/idle engine, cuda:0 staged, target: \1/p' "$log"
   rm -f "$log"
 fi

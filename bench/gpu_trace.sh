@@ -18,24 +18,22 @@ lvl=1; [ "$LOGS" = 1 ] && lvl=3
 here=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 fb="$B/ferry-bench"
+. "$here/target_lib.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 loc_args() { case $1 in cpu) echo "--use_vram=false" ;; cuda:*) echo "--use_vram=true --gpu_id=${1#cuda:}" ;; esac; }
 run_case() {
-  local label=$1 proto=$2 tloc=$3 iloc=$4 op=$5 bs=$6 seg tpid line
+  local label=$1 proto=$2 tloc=$3 iloc=$4 op=$5 bs=$6 line
   shift 6
   rm -f "$work"/t.*
-  env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=target --local_server_name=127.0.0.1 \
-      --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$tloc") --buffer_size=512M \
-      >"$work/target.log" 2>&1 &
-  tpid=$!
-  for _ in $(seq 300); do grep -q "target ready" "$work/target.log" && break; sleep 0.1; done
-  seg=$(sed -n 's/.*target ready: segment \([^ ]*\).*/\1/p' "$work/target.log")
+  target_start "$work/target.log" env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=target \
+      --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$tloc") \
+      --buffer_size=512M
   line=$(env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" --mode=initiator --local_server_name=127.0.0.1 \
-      --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$iloc") --segment_id="$seg" \
+      --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$iloc") --segment_id="$TARGET_SEG" \
       --operation="$op" --block_size="$bs" --batch_size=128 --threads="$THREADS" --duration="$SECS" \
       --buffer_size=512M --json 2>"$work/init.log" | tail -1)
-  kill -INT $tpid 2>/dev/null; wait $tpid 2>/dev/null
+  target_stop
   echo
   echo "== $label: $proto $iloc -> $tloc $op $bs x 128, $THREADS thread(s) $*: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
   [ -n "$line" ] || { echo "failed:"; grep -v ': [0-9]* copies' "$work/init.log" | tail -4; tail -4 "$work/target.log"; }
