@@ -429,7 +429,7 @@ for op in $OPS; do
         fi
         [ "$used" = "$threads" ] || cell="$cell ${used}t"
         row+=" $cell |"
-        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)$([ "$p" = ferry ] && echo "${ferry_cost:-}")}")
+        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)$([ "$p" != ferry ] || echo "${ferry_cost:-}")}")
         if [ "$p" = ferry ]; then
           ferry_v=$result
         elif isnum "$result" && { [ -z "$best" ] || awk -v a="$result" -v b="$best" 'BEGIN { exit !(a > b) }'; }; then

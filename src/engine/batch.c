@@ -473,9 +473,16 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
         struct xfer_frame *staged[MAX_POOLS] = {0}, **staged_tail[MAX_POOLS];
         for (size_t i = 0; i < MAX_POOLS; i++)
             staged_tail[i] = &staged[i];
+        size_t last[FERRY_MAX_TRANSPORTS]; /* each transport's last direct frame */
+        for (size_t i = 0; i < FERRY_MAX_TRANSPORTS; i++)
+            last[i] = SIZE_MAX;
+        for (size_t i = 0; i < nframes; i++)
+            if (frames[i].route == ROUTE_TRANSPORT(frames[i].route))
+                last[frames[i].route] = i;
         for (size_t i = 0; i < nframes; i++) {
             struct xfer_frame *f = &frames[i];
             int t = ROUTE_TRANSPORT(f->route);
+            f->more = f->route == t && i != last[t];
             if (f->route != t) {
                 f->next = NULL;
                 *staged_tail[ROUTE_POOL(f->route)] = f;

@@ -13,6 +13,7 @@
 #ifndef FERRY_TRANSPORT_H
 #define FERRY_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -57,6 +58,10 @@ struct xfer_frame {
     void *owner;               /* the engine's (its batch) */
     uint64_t segment;          /* the engine's: target segment handle */
     int route;                 /* the engine's: transport index */
+    /* the engine's: the submitter hands this transport further frames right
+     * after this one (same submit): a transport may leave the work of this
+     * one to its threads and act itself on the last one only */
+    bool more;
     /* transport-private from here */
     struct xfer_frame *next;
     uint64_t wire_id;

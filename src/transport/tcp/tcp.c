@@ -10,8 +10,9 @@
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (tcp_conn.c: reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  While
- * nobody writes on a ready connection, the submitting thread writes its
- * frame itself (write_inline: no hand-off, no sender wake-up per batch), as
+ * nobody writes on a ready connection, the submitting thread writes the last
+ * frame of its submit itself (write_inline: no hand-off, no sender wake-up
+ * per batch; the others go to the senders, which copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
  * whatever was queued meanwhile.  One writer at a time (c->writing), in the
  * order frames entered the in-flight FIFO.  Responses
@@ -492,7 +493,9 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             atomic_store(&c->last_used_ns, now_ns());
-            if (c->ready && !c->writing && !c->rest && !c->sendq_head) {
+            /* only the last frame of a submit: a submitter writing every
+             * frame itself would make one thread do all the copies */
+            if (!f->more && c->ready && !c->writing && !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }
