@@ -17,11 +17,18 @@
  * memfd mapped shared at the same place; another process opens the handle
  * through /proc/<pid>/fd/<n> and maps that memfd over a fresh allocation
  * of its own sim device.
+ * Fault injection, as strict as hardware: FERRY_SIM_FAIL_COPY names copy
+ * jobs (copy_async calls, numbered from 1 in the order they are made in
+ * this process) that fail with FERRY_EIO: "N" when the device runs it (the
+ * stream's sticky error, seen by query, sync and later copy_async, like a
+ * CUDA fault reported at synchronisation), "N:start" at copy_async itself
+ * (nothing queued, the stream stays usable, like a rejected launch).
  */
 #include "device/backend.h"
 #include "device/device.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +48,7 @@
 #define SIM_MIN_DEVICE_MEM ((size_t)1 << 20)
 #define SIM_FALLBACK_FLOOR ((size_t)256 << 20)
 #define SIM_STREAM_MAGIC 0x73696d73u /* "sims" */
+#define SIM_MAX_FAULTS 8
 
 /* One live allocation: [off, off + len) of its device's region is usable,
  * [off, off + span) is taken (span = len rounded up to a page). */
@@ -69,6 +77,13 @@ static struct {
     char *base;                  /* the PROT_NONE device addresses */
     char *shadow;                /* where the bytes really are */
     struct sim_device devs[SIM_MAX_DEVICES];
+    /* FERRY_SIM_FAIL_COPY: the copy jobs that fail, and where */
+    size_t nfaults;
+    struct sim_fault {
+        uint64_t job;
+        int at_start;
+    } faults[SIM_MAX_FAULTS];
+    atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
 } sim = {.loader = FERRY_DEVICE_LOADER_INIT};
 
 /* A queued copy_async call (its copies are performed in order), or a host
@@ -80,6 +95,8 @@ struct sim_job {
     volatile uint32_t *flag;
     uint32_t value;
     enum ferry_copy_dir dir;
+    uint64_t number;             /* its place in the process's copy jobs */
+    int inject;                  /* FERRY_SIM_FAIL_COPY: fail it when it runs */
     size_t n;
     struct ferry_copy copies[];
 };
@@ -126,6 +143,35 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
+/* FERRY_SIM_FAIL_COPY="N[:start][,N[:start]...]" into sim.faults. */
+static int read_faults(void)
+{
+    const char *s = getenv("FERRY_SIM_FAIL_COPY");
+    sim.nfaults = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    for (const char *p = s;;) {
+        char *end;
+        errno = 0;
+        unsigned long long job = *p >= '0' && *p <= '9' ? strtoull(p, &end, 10) : 0;
+        if (job == 0 || errno != 0 || sim.nfaults == SIM_MAX_FAULTS)
+            break;
+        int at_start = strncmp(end, ":start", 6) == 0;
+        end += at_start ? 6 : 0;
+        sim.faults[sim.nfaults++] = (struct sim_fault){job, at_start};
+        if (*end == '\0')
+            return 0;
+        if (*end != ',')
+            break;
+        p = end + 1;
+    }
+    sim.nfaults = 0;
+    return ferry_fail(FERRY_EINVAL,
+                      "FERRY_SIM_FAIL_COPY=\"%.64s\": want up to %d copy numbers N >= 1, each N "
+                      "(fails when run) or N:start (fails at copy_async), comma-separated",
+                      s, SIM_MAX_FAULTS);
+}
+
 static int read_config(int *ndev, size_t *dev_size, int *size_given)
 {
     const char *s = getenv("FERRY_SIM_DEVICES");
@@ -151,7 +197,7 @@ static int read_config(int *ndev, size_t *dev_size, int *size_given)
         *dev_size = (*dev_size + SIM_PAGE - 1) & ~(SIM_PAGE - 1);
         *size_given = 1;
     }
-    return 0;
+    return read_faults();
 }
 
 static void *map_anonymous(size_t len, int prot)
@@ -456,6 +502,11 @@ static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
 {
     struct sim_device *d = &sim.devs[dev];
     int rc = 0;
+    if (job->inject) {
+        snprintf(msg, cap, "sim:%d: copy job %llu (%s, %zu copies) failed on the device: fault injected by "
+                 "FERRY_SIM_FAIL_COPY", dev, (unsigned long long)job->number, dir_names[job->dir], job->n);
+        return FERRY_EIO;
+    }
     pthread_mutex_lock(&d->lock);
     for (size_t i = 0; i < job->n && rc == 0; i++) {
         const struct ferry_copy *c = &job->copies[i];
@@ -615,11 +666,22 @@ static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
 
     struct sim_job *job = NULL;
     if (n > 0) {
+        uint64_t number = atomic_fetch_add(&sim.jobs, 1) + 1;
+        int inject = 0;
+        for (size_t i = 0; i < sim.nfaults; i++) {
+            if (sim.faults[i].job == number && sim.faults[i].at_start)
+                return ferry_fail(FERRY_EIO, "sim:%d: copy job %llu (%s, %zu copies) rejected at start: fault "
+                                  "injected by FERRY_SIM_FAIL_COPY", s->dev, (unsigned long long)number,
+                                  dir_names[dir], n);
+            inject |= sim.faults[i].job == number;
+        }
         job = malloc(sizeof *job + n * sizeof copies[0]);
         if (job == NULL)
             return ferry_fail(FERRY_ENOMEM, "sim: copy_async of %zu copies", n);
         memset(job, 0, sizeof *job);
         job->dir = dir;
+        job->number = number;
+        job->inject = inject;
         job->n = n;
         memcpy(job->copies, copies, n * sizeof copies[0]);
     }
@@ -867,6 +929,9 @@ static void sim_ipc_close(int dev, void *ptr)
 static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
     {"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"},
+    {"FERRY_SIM_FAIL_COPY", "", "tests: the sim copy jobs (copy_async calls of this process, from 1) that fail "
+     "with FERRY_EIO: N when run (sticky, like a device fault), N:start at the call itself; up to 8, "
+     "comma-separated"},
     {NULL, NULL, NULL},
 };
 
