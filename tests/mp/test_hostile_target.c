@@ -153,7 +153,7 @@ static int serve_frame(struct hostile *k, int fd)
         off += e[i].len;
     }
     if (rh.flags & WIRE_FLAG_TRAILER) {
-        wire_encode_trailer(&(struct wire_trailer){k->trailer_revoked}, resp + off);
+        wire_encode_trailer(&(struct wire_trailer){.revoked = k->trailer_revoked}, resp + off);
         if (k->trailer_bad)
             resp[off] ^= 0xff;
         off += WIRE_TRAILER_SIZE;

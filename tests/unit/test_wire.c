@@ -7,7 +7,8 @@
  * limits, entries that are empty, wrap, exceed the frame or don't add up to
  * the payload) with a detail message that names the problem; the READ
  * trailer's layout, round trip, and rejections (bad magic, an entry marked
- * revoked that was refused or does not exist -> FERRY_EPROTO).
+ * revoked that was refused or does not exist, a status no target sends ->
+ * FERRY_EPROTO).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -359,6 +360,27 @@ static void test_trailer(void **state)
     assert_non_null(strstr(ferry_last_error(), "magic"));
 }
 
+/* The trailer's status (WIRE_FLAG_TRAILER_STATUS): a device copy of the
+ * target failed mid-response. */
+static void test_trailer_status(void **state)
+{
+    (void)state;
+    uint8_t raw[WIRE_TRAILER_SIZE];
+    struct wire_trailer t = {.status = FERRY_EIO, .revoked = 0x1}, out;
+    wire_encode_trailer(&t, raw);
+    assert_true(raw[4] == (uint8_t)FERRY_EIO && raw[7] == 0xff); /* little-endian int32 after the magic */
+    assert_int_equal(wire_decode_trailer(raw, 2, 0, &out), 0);
+    assert_int_equal(out.status, FERRY_EIO);
+    assert_true(out.revoked == 0x1);
+    t = (struct wire_trailer){.status = FERRY_EINVAL}; /* not a status a target sends */
+    wire_encode_trailer(&t, raw);
+    assert_int_equal(wire_decode_trailer(raw, 2, 0, &out), FERRY_EPROTO);
+    assert_non_null(strstr(ferry_last_error(), "status"));
+    t.status = 12345;
+    wire_encode_trailer(&t, raw);
+    assert_int_equal(wire_decode_trailer(raw, 2, 0, &out), FERRY_EPROTO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,6 +394,7 @@ int main(void)
         cmocka_unit_test(test_payload_limits),
         cmocka_unit_test(test_entries_validation),
         cmocka_unit_test(test_trailer),
+        cmocka_unit_test(test_trailer_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -122,7 +122,7 @@ static void encode_frame(struct tcp_conn *c, struct xfer_frame *f)
         iov[iovcnt++] = (struct iovec){(void *)f->notify_msg, f->notify_len};
     } else {
         h.type = f->opcode == XFER_WRITE ? WIRE_WRITE : WIRE_READ;
-        h.flags = f->opcode == XFER_READ ? WIRE_FLAG_TRAILER : 0;
+        h.flags = f->opcode == XFER_READ ? WIRE_FLAG_TRAILER | WIRE_FLAG_TRAILER_STATUS : 0;
         h.nentries = (uint8_t)f->npieces;
         for (uint32_t i = 0; i < f->npieces; i++) {
             entries[i] = (struct wire_entry){f->pieces[i].remote, f->pieces[i].len};

@@ -111,6 +111,7 @@ static int receive_response(struct tcp_conn *c)
     if (h.type != want)
         return ferry_fail(FERRY_EPROTO, "response type %u, expected %d", h.type, want);
     uint64_t revoked = 0;
+    int status = h.status;
     if (f->opcode == XFER_READ) {
         uint64_t expect = 0;
         for (uint32_t i = 0; i < f->npieces; i++)
@@ -136,6 +137,7 @@ static int receive_response(struct tcp_conn *c)
             if ((rc = wire_decode_trailer(tr, f->npieces, h.refused, &trailer)))
                 return rc;
             revoked = trailer.revoked;
+            status = status ? status : trailer.status;
         }
     }
     pthread_mutex_lock(&c->lock);
@@ -145,9 +147,12 @@ static int receive_response(struct tcp_conn *c)
     pthread_mutex_unlock(&c->lock);
     atomic_store(&c->last_used_ns, now_ns());
     char msg[160] = "";
-    if (h.status)
+    if (status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV)
+        snprintf(msg, sizeof msg, "target %s:%d: a device copy to or from its memory failed (%s); its log says "
+                 "which", c->peer->host, c->peer->port, ferry_strerror(status));
+    else if (status)
         snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
-                 ferry_strerror(h.status));
+                 ferry_strerror(status));
     else if (revoked)
         snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
                  c->peer->host, c->peer->port);
@@ -156,7 +161,7 @@ static int receive_response(struct tcp_conn *c)
                  "(or unregistered while it was served)",
                  c->peer->host, c->peer->port);
     TRACE(TR_TCP_ACK, f->bytes);
-    tcp_frame_end(c, f, h.status, h.refused | revoked, msg);
+    tcp_frame_end(c, f, status, h.refused | revoked, msg);
     return 0;
 }
 

@@ -56,7 +56,7 @@ struct bounce {
     int copy_iov[BOUNCE_COPIES];            /* READ: the iovec that sends its bytes */
     size_t started;                         /* bytes of buf whose copies have started */
     bool inflight;                          /* copies started on this thread's stream, not yet waited for */
-    int err;                                /* a failed copy seen where it could not be returned */
+    size_t flight_lo, flight_hi;            /* READ: the bounce bytes those copies fill */
 };
 
 /* An entry of the frame being served and its access to the registration. */
@@ -80,9 +80,12 @@ struct server_conn {
     struct iovec iov[READ_IOVS];
     int iov_entry[READ_IOVS];         /* entry whose registered memory iov[k] points into, or -1 */
     bool trailer;                     /* the READ being served wants a trailer */
+    bool trailer_status;              /* ... and reads a status in it (WIRE_FLAG_TRAILER_STATUS) */
     int trailer_iov;                  /* iov[] index of the trailer, -1 until it is added */
     uint8_t tr[WIRE_TRAILER_SIZE];    /* the trailer: sent with the payload's last sendmsg */
     bool revoked_any;                 /* an access of this frame was revoked mid-way */
+    int copy_err;                     /* the frame's first failed device copy (FERRY_E*), or 0 */
+    char copy_msg[200];               /* its detail */
     uint64_t revoked;                 /* entries revoked mid-way (what the trailer says) */
     unsigned nent;                    /* entries of the frame being served */
     struct served_entry ent[WIRE_MAX_ENTRIES];
@@ -115,6 +118,7 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
     s->nent = nentries;
     s->revoked_any = false;
     s->revoked = 0;
+    s->copy_err = 0;
     atomic_store(&s->revoking, 0);
 }
 
@@ -149,7 +153,7 @@ static void entry_end(struct server_conn *s, unsigned i)
     s->ent[i].held = false;
 }
 
-static int bounce_wait(struct server_conn *s);
+static void bounce_wait(struct server_conn *s);
 
 /* Ends the access of every entry whose registration was revoked: from now
  * on this thread does not touch their memory (device copies it started are
@@ -157,9 +161,7 @@ static int bounce_wait(struct server_conn *s);
 static void stop_revoked(struct server_conn *s)
 {
     atomic_store(&s->revoking, 0);
-    int rc = bounce_wait(s);
-    if (rc && !s->b.err)
-        s->b.err = rc;
+    bounce_wait(s);
     for (unsigned i = 0; i < s->nent; i++) {
         struct served_entry *se = &s->ent[i];
         if (se->held && memreg_access_revoked(&se->acc)) {
@@ -195,7 +197,35 @@ static uint64_t frame_end_accesses(struct server_conn *s)
  * and waited for before the bounce is reused, before an access ends and
  * before the frame is answered.  A WRITE is acknowledged only after its
  * copies have completed.  A copy of an entry that was revoked before it
- * started is skipped. */
+ * started is skipped.
+ *
+ * A device copy that fails (to start, or when waited for) fails its frame,
+ * not the connection: the error is remembered (copy_err), no further copy
+ * of the frame starts, the rest of its payload still moves so the stream
+ * stays in step (a WRITE receives it and drops it; a READ sends zeros for
+ * every byte no copy filled), and the frame is answered with the error:
+ * the WRITE_ACK's status, or the READ trailer's (an initiator that cannot
+ * read one loses the connection instead, as it cannot be told). */
+
+/* Remembers the frame's first failed device copy. */
+static void copy_failed(struct server_conn *s, int rc)
+{
+    if (s->copy_err)
+        return;
+    s->copy_err = wire_status_allowed(WIRE_WRITE_ACK, rc) ? rc : FERRY_EIO;
+    snprintf(s->copy_msg, sizeof s->copy_msg, "%s", ferry_last_error());
+}
+
+/* Zeroes the bounce bytes of copies [0, n) that will not run (READ: the
+ * bounce is their destination, and must not send what an earlier frame
+ * left there). */
+static void bounce_zero_unrun(struct server_conn *s, size_t n)
+{
+    struct bounce *b = &s->b;
+    for (size_t j = 0; j < n; j++)
+        if (b->copies[j].dst >= (void *)b->buf && b->copies[j].dst < (void *)(b->buf + BOUNCE_SIZE))
+            memset(b->copies[j].dst, 0, b->copies[j].len);
+}
 
 static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
 {
@@ -254,51 +284,81 @@ static void bounce_drop_revoked(struct server_conn *s)
 }
 
 /* Starts copies [0, n) of the pending ones (those of revoked entries
- * dropped first) and keeps the rest pending. */
-static int bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t n)
+ * dropped first) and keeps the rest pending.  After a failed copy of the
+ * frame they are dropped instead; a failure to start is remembered. */
+static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t n)
 {
     struct bounce *b = &s->b;
     if (!n)
-        return 0;
-    int rc = ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
-    b->inflight = b->inflight || rc == 0;
+        return;
+    int rc = s->copy_err ? s->copy_err : ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
+    if (rc) {
+        if (!s->copy_err) {
+            copy_failed(s, rc);
+            /* a failed start drained the copies in flight, which may have
+             * failed too: what they were to fill is not sent either */
+            if (b->inflight && b->flight_hi > b->flight_lo)
+                memset(b->buf + b->flight_lo, 0, b->flight_hi - b->flight_lo);
+            b->inflight = false;
+            b->flight_lo = b->flight_hi = 0;
+        }
+        bounce_zero_unrun(s, n);
+    } else {
+        for (size_t j = 0; j < n; j++) { /* READ: the bounce range they fill */
+            const char *dst = b->copies[j].dst;
+            if (dst < b->buf || dst >= b->buf + BOUNCE_SIZE)
+                continue;
+            size_t lo = (size_t)(dst - b->buf), hi = lo + b->copies[j].len;
+            bool empty = b->flight_hi == b->flight_lo;
+            b->flight_lo = empty || lo < b->flight_lo ? lo : b->flight_lo;
+            b->flight_hi = empty || hi > b->flight_hi ? hi : b->flight_hi;
+        }
+        b->inflight = true;
+    }
     memmove(b->copies, b->copies + n, (b->n - n) * sizeof b->copies[0]);
     memmove(b->copy_entry, b->copy_entry + n, (b->n - n) * sizeof b->copy_entry[0]);
     memmove(b->copy_iov, b->copy_iov + n, (b->n - n) * sizeof b->copy_iov[0]);
     b->n -= n;
-    return rc;
 }
 
-static int bounce_wait(struct server_conn *s)
+/* Waits for the copies started; a failure is remembered, and the bounce
+ * bytes they were to fill are zeroed. */
+static void bounce_wait(struct server_conn *s)
 {
-    if (!s->b.inflight)
-        return 0;
-    s->b.inflight = false;
-    return ferry_device_copy_wait();
+    struct bounce *b = &s->b;
+    if (!b->inflight)
+        return;
+    b->inflight = false;
+    int rc = ferry_device_copy_wait();
+    if (rc) {
+        copy_failed(s, rc);
+        if (b->flight_hi > b->flight_lo)
+            memset(b->buf + b->flight_lo, 0, b->flight_hi - b->flight_lo);
+    }
+    b->flight_lo = b->flight_hi = 0;
 }
 
-/* All pending WRITE copies started and done; the bounce is empty again. */
+/* All pending WRITE copies started and done (or dropped after a failed
+ * one: s->copy_err); the bounce is empty again. */
 static int flush_writes(struct server_conn *s)
 {
     struct bounce *b = &s->b;
     bounce_drop_revoked(s);
-    int rc = bounce_start(s, FERRY_COPY_H2D, b->n);
-    int w = bounce_wait(s);
-    rc = b->err ? b->err : rc ? rc : w;
+    bounce_start(s, FERRY_COPY_H2D, b->n);
+    bounce_wait(s);
     b->n = b->used = b->started = 0;
-    b->err = 0;
-    return rc;
+    return 0;
 }
 
 /* WRITE: the copies of the bytes received so far start once PIPE_BYTES wait. */
-static int pipe_writes(struct server_conn *s)
+static void pipe_writes(struct server_conn *s)
 {
     struct bounce *b = &s->b;
     if (!b->n || b->used - b->started < PIPE_BYTES)
-        return 0;
+        return;
     bounce_drop_revoked(s);
     b->started = b->used;
-    return bounce_start(s, FERRY_COPY_H2D, b->n);
+    bounce_start(s, FERRY_COPY_H2D, b->n);
 }
 
 /* WRITE payload of entry i into host memory from byte `done` on, straight
@@ -371,10 +431,9 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
             b->used += got;
             done += got;
         }
-        if (!rc)
-            rc = pipe_writes(s);
         if (rc)
             return rc;
+        pipe_writes(s);
         if (got < n)
             stop_revoked(s);
     }
@@ -472,7 +531,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
             rc = recv_device_run(s, i, end, e, &taken);
             i += taken ? taken : 1;
             if (!rc)
-                rc = pipe_writes(s);
+                pipe_writes(s);
         }
     }
     TRACE(TR_SRV_PAYLOAD, h->payload_len);
@@ -480,15 +539,16 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
         rc = flush_writes(s); /* the bytes are in device memory before the ack */
         TRACE(TR_SRV_COPY, h->payload_len);
     }
-    (void)bounce_wait(s); /* a failed frame: copies it started end before its accesses */
+    bounce_wait(s); /* a failed frame: copies it started end before its accesses */
     s->b.n = s->b.used = s->b.started = 0;
-    s->b.err = 0;
     uint64_t refused = frame_end_accesses(s);
-    for (unsigned i = 0; !rc && i < h->nentries; i++)
+    if (!rc && s->copy_err)
+        LOG_WARN("tcp: WRITE %llu from %s failed: %s", (unsigned long long)h->id, s->from, s->copy_msg);
+    for (unsigned i = 0; !rc && !s->copy_err && i < h->nentries; i++)
         if (!(refused >> i & 1))
             atomic_fetch_add(&t->bytes_served, e[i].len);
     if (!rc)
-        rc = send_response(s, WIRE_WRITE_ACK, h->id, 0, refused, 0);
+        rc = send_response(s, WIRE_WRITE_ACK, h->id, s->copy_err, refused, 0);
     TRACE(TR_SRV_ANSWERED, h->payload_len);
     return rc;
 }
@@ -512,7 +572,7 @@ static int send_iovs(struct server_conn *s, int k, int end)
             stop++;
         int tk = s->trailer_iov;
         if (tk >= k && tk < stop && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
-            wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked}, s->tr);
+            wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked, .status = s->copy_err}, s->tr);
         rc = sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
         while (k < stop && s->iov[k].iov_len == 0)
             k++;
@@ -544,25 +604,26 @@ static int flush_reads(struct server_conn *s)
         return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
                           "no trailer: closing the connection", s->from);
     size_t copied = b->used;
-    int rc = bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+    int rc = 0;
+    bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
     for (int sent = 0; !rc && sent < s->iovcnt;) {
-        rc = bounce_wait(s); /* every copy started so far is done */
-        if (!rc && b->err)
-            rc = b->err;
+        bounce_wait(s); /* every copy started so far is done (or failed: zeros) */
         bounce_drop_revoked(s); /* revoked while the last bytes went out */
+        if (s->copy_err && !s->trailer_status) {
+            rc = ferry_fail(s->copy_err, "READ from %s: %s; it reads no status in a trailer: closing the "
+                            "connection", s->from, s->copy_msg);
+            break;
+        }
         /* the iovecs up to the next group's first copy can go */
         int limit = b->n ? b->copy_iov[0] : s->iovcnt;
-        if (!rc)
-            rc = bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
-        if (!rc)
-            rc = send_iovs(s, sent, limit);
+        bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+        rc = send_iovs(s, sent, limit);
         sent = limit;
     }
     if (copied)
         TRACE(TR_SRV_COPY, copied);
-    (void)bounce_wait(s); /* a failure: what was started ends before the accesses */
+    bounce_wait(s); /* a failure: what was started ends before the accesses */
     b->n = b->used = b->started = 0;
-    b->err = 0;
     s->iovcnt = 0;
     s->trailer_iov = -1;
     return rc;
@@ -615,6 +676,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
+    s->trailer_status = s->trailer && (h->flags & WIRE_FLAG_TRAILER_STATUS) != 0;
     entries_begin(s, e, h->nentries, "READ");
     for (unsigned i = 0; i < h->nentries; i++) {
         if (s->ent[i].refused)
@@ -645,12 +707,14 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         s->trailer_iov = s->iovcnt - 1;
     if (!rc)
         rc = flush_reads(s);
-    (void)bounce_wait(s);
+    bounce_wait(s);
     s->b.n = s->b.used = s->b.started = 0;
     s->iovcnt = 0;
     s->trailer_iov = -1;
     frame_end_accesses(s);
-    if (!rc)
+    if (!rc && s->copy_err)
+        LOG_WARN("tcp: READ %llu from %s failed: %s", (unsigned long long)h->id, s->from, s->copy_msg);
+    else if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
     TRACE(TR_SRV_ANSWERED, payload);
     return rc;

@@ -135,7 +135,7 @@ int wire_status_allowed(uint8_t type, int32_t status)
 void wire_encode_trailer(const struct wire_trailer *t, uint8_t out[WIRE_TRAILER_SIZE])
 {
     put_le32(out, WIRE_TRAILER_MAGIC);
-    put_le32(out + 4, 0);
+    put_le32(out + 4, (uint32_t)t->status);
     put_le64(out + 8, t->revoked);
 }
 
@@ -143,9 +143,12 @@ int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, 
                         struct wire_trailer *t)
 {
     uint32_t magic = get_le32(in);
+    t->status = (int32_t)get_le32(in + 4);
     t->revoked = get_le64(in + 8);
     if (magic != WIRE_TRAILER_MAGIC)
         return ferry_fail(FERRY_EPROTO, "bad READ trailer magic 0x%08x", magic);
+    if (!wire_status_allowed(WIRE_READ_RESP, t->status))
+        return ferry_fail(FERRY_EPROTO, "READ trailer status %d, which no ferry target sends", t->status);
     uint64_t sent = (nentries >= 64 ? ~0ull : (1ull << nentries) - 1) & ~refused;
     if (t->revoked & ~sent)
         return ferry_fail(FERRY_EPROTO, "READ trailer revokes entries 0x%llx that were not sent (sent 0x%llx)",

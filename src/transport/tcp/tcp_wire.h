@@ -18,7 +18,11 @@
  *               refused; with WIRE_FLAG_TRAILER (echoed from the READ) a
  *               trailer follows the payload: the entries whose memory the
  *               target had to stop reading mid-response (unregistered while
- *               the response was being sent); their bytes went out as zeros
+ *               the response was being sent); their bytes went out as zeros.
+ *               With WIRE_FLAG_TRAILER_STATUS too, the trailer carries the
+ *               frame's status: non-zero when a device copy on the target
+ *               failed after the header went out (the bytes no copy filled
+ *               went out as zeros; the whole frame failed)
  *   NOTIFY      payload = message; NOTIFY_ACK status
  */
 #ifndef FERRY_TCP_WIRE_H
@@ -66,10 +70,15 @@ struct wire_header {
  * that does not know the flag sends none (and cannot revoke mid-response
  * other than by closing the connection). */
 #define WIRE_FLAG_TRAILER 1u
+/* READ (with WIRE_FLAG_TRAILER): the initiator reads the trailer's status.
+ * A target serving one that does not closes the connection when a copy
+ * fails mid-response, as it cannot say so otherwise. */
+#define WIRE_FLAG_TRAILER_STATUS 2u
 #define WIRE_TRAILER_SIZE 16
 #define WIRE_TRAILER_MAGIC 0x444e4546u /* "FEND" */
 
 struct wire_trailer {
+    int32_t status;       /* 0, or the frame failed (WIRE_FLAG_TRAILER_STATUS) */
     uint64_t revoked;     /* bit i: entry i's bytes were replaced by zeros */
 };
 
@@ -100,8 +109,9 @@ int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct w
 void wire_encode_trailer(const struct wire_trailer *t, uint8_t out[WIRE_TRAILER_SIZE]);
 
 /* Decodes the trailer of a READ response to a READ of nentries entries whose
- * header refused `refused`: checks the magic and that only entries which
- * were sent are marked revoked.  Returns 0 or FERRY_EPROTO. */
+ * header refused `refused`: checks the magic, that only entries which were
+ * sent are marked revoked and that the status is one a target sends in a
+ * READ_RESP.  Returns 0 or FERRY_EPROTO. */
 int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, uint64_t refused,
                         struct wire_trailer *t);
 
