@@ -10,9 +10,10 @@
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (tcp_conn.c: reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  While
- * nobody writes on a ready connection, the submitting thread writes the last
- * frame of its submit itself (write_inline: no hand-off, no sender wake-up
- * per batch; the others go to the senders, which copy in parallel), as
+ * nobody writes on a ready connection, the submitting thread writes a frame
+ * itself (write_inline: no hand-off, no sender wake-up per batch) when it is
+ * a READ request, part of a submit of at most INLINE_SUBMIT_BYTES, or the
+ * last frame of a larger submit (whose others the senders copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
  * whatever was queued meanwhile.  One writer at a time (c->writing), in the
  * order frames entered the in-flight FIFO.  Responses
@@ -52,6 +53,7 @@
 
 #define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
 #define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
+#define INLINE_SUBMIT_BYTES ((uint64_t)512 << 10) /* a submit this small is written by its own thread */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -493,9 +495,12 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             atomic_store(&c->last_used_ns, now_ns());
-            /* only the last frame of a submit: a submitter writing every
-             * frame itself would make one thread do all the copies */
-            if (!f->more && c->ready && !c->writing && !c->rest && !c->sendq_head) {
+            /* a READ (a request: header and entries), a small submit's
+             * WRITEs (all of it), else only the last frame: a submitter
+             * writing every frame of a large one would do all its copies on
+             * one thread */
+            bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= INLINE_SUBMIT_BYTES;
+            if ((small || !f->more_bytes) && c->ready && !c->writing && !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }
