@@ -30,7 +30,7 @@
 #include "trace.h"
 
 #define MIB (1u << 20)
-#define TARGET_SIZE (32u * MIB)
+#define TARGET_SIZE (32u * MIB) /* MANY_FRAMES; the others need 8 MiB */
 #define TARGET_SEED 23
 #define ENGINE_UP "initiator: engine created" /* on the child's stderr */
 
@@ -146,8 +146,8 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
     CHILD_CHECK(ferry_engine_create(NULL, &e) == 0);
     fprintf(stderr, "%s\n", ENGINE_UP);
     char *local;
-    CHILD_CHECK(ferry_mem_alloc(e, "cpu", TARGET_SIZE, (void **)&local) == 0);
-    CHILD_CHECK(ferry_register_memory(e, local, TARGET_SIZE, "cpu", 0) == 0);
+    CHILD_CHECK(ferry_mem_alloc(e, "cpu", t->len, (void **)&local) == 0);
+    CHILD_CHECK(ferry_register_memory(e, local, t->len, "cpu", 0) == 0);
     ferry_segment_t seg;
     CHILD_CHECK(ferry_open_segment(e, t->name, &seg) == 0);
     if (s == WRITE_READ) {
@@ -161,6 +161,7 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
     } else if (s == MANY_FRAMES) {
         /* warm-up: every connection connects and carries frames, then all
          * are idle (every frame acknowledged); then one submit of 16 frames */
+        CHILD_CHECK(t->len >= TARGET_SIZE);
         memset(local, 1, TARGET_SIZE);
         for (int i = 0; i < 2; i++)
             child_batch(e, FERRY_WRITE, local, seg, t->addr, MIB, 32);
@@ -190,7 +191,7 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
         child_batch(e, FERRY_WRITE, local, seg, t->addr, 4096, 1);
     }
     CHILD_CHECK(ferry_unregister_memory(e, local) == 0);
-    ferry_mem_free(e, "cpu", local, TARGET_SIZE);
+    ferry_mem_free(e, "cpu", local, t->len);
     ferry_engine_destroy(e);
     exit(0); /* atexit: the trace is written */
 }
@@ -220,12 +221,12 @@ static pid_t run_initiator(const struct child_target *t, enum scenario s, const 
 }
 
 /* A target traced into dir/target.PID (FERRY_TRACE is read at its start). */
-static void start_target(struct child_target *t, const char *dir)
+static void start_target(struct child_target *t, const char *dir, size_t len)
 {
     char trace[256];
     snprintf(trace, sizeof trace, "%s/target.%%d", dir);
     setenv("FERRY_TRACE", trace, 1);
-    int rc = child_target_start(t, TARGET_SIZE, "cpu", TARGET_SEED);
+    int rc = child_target_start(t, len, "cpu", TARGET_SEED);
     unsetenv("FERRY_TRACE");
     assert_int_equal(rc, 0);
 }
@@ -276,7 +277,7 @@ static void test_trace_write_read(void **state)
     char dir[64], path[128];
     make_dir(dir);
     struct child_target tg;
-    start_target(&tg, dir);
+    start_target(&tg, dir, 8 * MIB);
     pid_t target_pid = tg.pid;
     snprintf(path, sizeof path, "%s/init.%%d", dir);
     pid_t pid = run_initiator(&tg, WRITE_READ, path, NULL);
@@ -378,7 +379,7 @@ static void test_submitter_leaves_frames_to_senders(void **state)
     char dir[64], path[128];
     make_dir(dir);
     struct child_target tg;
-    start_target(&tg, dir);
+    start_target(&tg, dir, TARGET_SIZE);
     snprintf(path, sizeof path, "%s/init.%%d", dir);
     pid_t pid = run_initiator(&tg, MANY_FRAMES, path, NULL);
     stop_target(&tg);
@@ -421,7 +422,7 @@ static void test_trace_path_unusable(void **state)
     char dir[64];
     make_dir(dir);
     struct child_target tg;
-    start_target(&tg, dir);
+    start_target(&tg, dir, 8 * MIB);
     char file[128], missing[128], under_file[160], err_path[128], longp[700];
     snprintf(file, sizeof file, "%s/plain", dir);
     FILE *f = fopen(file, "w");
@@ -464,6 +465,32 @@ static void test_trace_path_unusable(void **state)
     remove_dir(dir);
 }
 
+/* Writing the trace at exit fails (the disk is full): the process says so
+ * (at exit, where the writing happens) and still exits 0. */
+static void test_trace_write_fails(void **state)
+{
+    (void)state;
+    char dir[64], err_path[128];
+    make_dir(dir);
+    struct child_target tg;
+    start_target(&tg, dir, 8 * MIB);
+    snprintf(err_path, sizeof err_path, "%s/stderr", dir);
+    run_initiator(&tg, SMALL, "/dev/full", err_path);
+    char err[4096] = "";
+    FILE *f = fopen(err_path, "r");
+    assert_non_null(f);
+    size_t n = fread(err, 1, sizeof err - 1, f);
+    err[n] = '\0';
+    fclose(f);
+    const char *up = strstr(err, ENGINE_UP);
+    const char *msg = up ? strstr(up, "FERRY_TRACE: writing /dev/full failed") : NULL;
+    if (!msg || !strstr(msg, strerror(ENOSPC)))
+        fail_msg("FERRY_TRACE=/dev/full: expected a message that the write failed (%s); stderr:\n%s",
+                 strerror(ENOSPC), err);
+    stop_target(&tg);
+    remove_dir(dir);
+}
+
 /* A process forked from a traced one (after its engine started) exits after
  * it: the trace file keeps what the traced process recorded. */
 static void test_forked_child_leaves_trace(void **state)
@@ -472,7 +499,7 @@ static void test_forked_child_leaves_trace(void **state)
     char dir[64], path[128];
     make_dir(dir);
     struct child_target tg;
-    start_target(&tg, dir);
+    start_target(&tg, dir, 8 * MIB);
     /* the initiator's forked child inherits the write end of `gone` too:
      * EOF here means both have exited */
     int gone[2];
@@ -500,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_trace_write_read),
         cmocka_unit_test(test_submitter_leaves_frames_to_senders),
         cmocka_unit_test(test_trace_path_unusable),
+        cmocka_unit_test(test_trace_write_fails),
         cmocka_unit_test(test_forked_child_leaves_trace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
