@@ -12,7 +12,7 @@
  * payload straight into the caller's memory, enforces deadlines).  While
  * nobody writes on a ready connection, the submitting thread writes a frame
  * itself (write_inline: no hand-off, no sender wake-up per batch) when it is
- * a READ request, part of a submit of at most INLINE_SUBMIT_BYTES, or the
+ * a READ request, part of a submit of at most FERRY_TCP_INLINE_BYTES, or the
  * last frame of a larger submit (whose others the senders copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
  * whatever was queued meanwhile.  One writer at a time (c->writing), in the
@@ -53,7 +53,7 @@
 
 #define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
 #define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
-#define INLINE_SUBMIT_BYTES ((uint64_t)512 << 10) /* a submit this small is written by its own thread */
+#define INLINE_BYTES ((uint64_t)512 << 10) /* FERRY_TCP_INLINE_BYTES's default */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -499,7 +499,7 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
              * WRITEs (all of it), else only the last frame: a submitter
              * writing every frame of a large one would do all its copies on
              * one thread */
-            bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= INLINE_SUBMIT_BYTES;
+            bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
             if ((small || !f->more_bytes) && c->ready && !c->writing && !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
@@ -575,13 +575,31 @@ static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out
     return 0;
 }
 
+/* FERRY_TCP_INLINE_BYTES: unset or empty: INLINE_BYTES; else 0 to 1 GiB. */
+static int tcp_inline_bytes(uint64_t *out)
+{
+    const char *text = getenv("FERRY_TCP_INLINE_BYTES");
+    *out = INLINE_BYTES;
+    if (!text || !*text)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v > (1u << 30))
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_INLINE_BYTES=%.40s: expected bytes, 0-1073741824", text);
+    *out = v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4;
-    uint64_t grow_bytes = GROW_MAX;
+    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
+    if (!mrc)
+        mrc = tcp_inline_bytes(&inline_bytes);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -590,6 +608,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->host = *host;
     t->max_conns = max_conns;
     t->grow_bytes = grow_bytes;
+    t->inline_bytes = inline_bytes;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
