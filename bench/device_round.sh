@@ -17,8 +17,9 @@
 # parts:
 #   tcp       ferry alone over tcp loopback, every cell of issue 17
 #             (bench/peers.sh with PEERS=ferry; needs the peers bundle)
-#   tcp-slice 4 KiB x 128, 1 thread, with FERRY_SLICE_SIZE 128K and 256K
-#             (a small batch spread over connections) next to the default
+#   tcp-slice 4 KiB x 128, 1 thread: the default next to FERRY_SLICE_SIZE=128K
+#             (a batch over up to 4 connections) with and without
+#             FERRY_TCP_INLINE_BYTES=0 (senders copy in parallel)
 #   peers     bench/peers.sh with every peer, for OPS / BLOCKS / THREADS
 #   staging   staging_bench: issue 16 item 1 (and the shm pair with 2 GPUs:
 #             bench/gpu_small_blocks.sh)
@@ -47,7 +48,7 @@ part() {
   local name=$1 rc=0 t0
   shift
   t0=$(date +%s)
-  echo "== $name: $* ($(date -u +%H:%M:%S) UTC, limit ${LIMIT}s, $(nproc) CPUs, $ngpu GPUs)" >"$OUT/$name.md"
+  echo "== $name ($(date -u +%H:%M:%S) UTC, limit ${LIMIT}s, $(nproc) CPUs, $ngpu GPUs)" >"$OUT/$name.md"
   timeout -k 3 "$LIMIT" setsid "$@" >>"$OUT/$name.md" 2>"$OUT/$name.err" </dev/null || rc=$?
   pkill -9 -f "$tools" 2>/dev/null
   case $rc in
@@ -69,9 +70,14 @@ for p in "$@"; do
       part tcp "${with_bundle[@]}" PEERS=ferry DURATION=2 JSON_OUT="$OUT/tcp.json" \
         bash bench/peers.sh run "$BUNDLE" ;;
     tcp-slice)
-      for s in 1M 256K 128K; do   # 1M: the default slice size
-        part "tcp-slice-$s" "${with_bundle[@]}" PEERS=ferry DURATION=2 BLOCKS=4K THREADS=1 \
-          FERRY_SLICE_SIZE="$s" JSON_OUT="$OUT/tcp-slice-$s.json" bash bench/peers.sh run "$BUNDLE"
+      # default; 128 KiB frames (4 a batch) written by the submitter on up to
+      # 4 connections; the same frames with the senders writing all but the
+      # last in parallel
+      for v in "FERRY_SLICE_SIZE=1M" "FERRY_SLICE_SIZE=128K" "FERRY_SLICE_SIZE=128K FERRY_TCP_INLINE_BYTES=0"; do
+        name=tcp-slice-$(echo "$v" | tr -d ' ' | sed 's/FERRY_SLICE_SIZE=//; s/FERRY_TCP_INLINE_BYTES=/-inline/')
+        # shellcheck disable=SC2086  # v: one or two assignments
+        part "$name" "${with_bundle[@]}" PEERS=ferry DURATION=2 BLOCKS=4K THREADS=1 $v \
+          JSON_OUT="$OUT/$name.json" bash bench/peers.sh run "$BUNDLE"
       done ;;
     peers)
       part peers "${with_bundle[@]}" DURATION=2 JSON_OUT="$OUT/peers.json" \
