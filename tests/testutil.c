@@ -146,7 +146,8 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
         }
     }
     ferry_engine_destroy(e);
-    _exit(0);
+    free(host);
+    exit(0); /* not _exit: atexit work (a FERRY_TRACE file) is done */
 }
 
 int child_target_start(struct child_target *t, size_t len, const char *location, uint64_t seed)
@@ -254,6 +255,17 @@ long child_target_notification(struct child_target *t, char *buf, size_t max)
     if (sp)
         memcpy(buf, sp + 1, copy);
     return n;
+}
+
+int child_target_quit(struct child_target *t)
+{
+    int status = -1;
+    if (dprintf(t->ctl_fd, "quit\n") < 0 || waitpid(t->pid, &status, 0) != t->pid)
+        status = -1;
+    t->pid = 0;
+    close(t->ctl_fd);
+    t->ctl_fd = -1;
+    return status;
 }
 
 void child_target_kill(struct child_target *t)

@@ -51,6 +51,10 @@ int child_target_fill(struct child_target *t, uint64_t seed);
 /* Fault injection: the child frees its buffer's memory but keeps it
  * registered, so its later device copies to it fail.  Returns 0. */
 int child_target_free_device_memory(struct child_target *t);
+/* Asks the child to destroy its engine and exit normally (so its atexit work,
+ * such as writing a FERRY_TRACE file, is done) and waits for it.  Returns its
+ * wait status, or -1. */
+int child_target_quit(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
 /* Reads one line from fd (byte by byte, so nothing past the newline is

@@ -127,6 +127,10 @@ static const struct knob knobs[] = {
     {{"FERRY_TCP_GROW_BYTES", "auto",
       "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
       "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_INLINE_BYTES", "524288",
+      "a WRITE submit of at most this many bytes is written to an idle TCP connection by the submitting thread "
+      "(no sender wake-up); a larger one only its last frame, the senders the rest in parallel (0-1073741824; "
+      "0: always only the last frame)"}, KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

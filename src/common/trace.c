@@ -2,10 +2,13 @@
 /*
  * trace.c — the FERRY_TRACE timeline (see trace.h).  One array of records
  * per process, filled by every thread through an atomic index and written
- * out once at exit.
+ * out once at exit.  The file is created when tracing starts, so a path that
+ * cannot be written is reported then (and tracing stays off), not after the
+ * run it was meant to record.
  */
 #include "trace.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +45,8 @@ atomic_bool ferry_trace_on;
 static struct trace_record *records;
 static atomic_uint_fast64_t next;
 static char path[512];
+static FILE *out;   /* open from trace_setup to trace_write */
+static pid_t owner; /* the process that opened it (a forked child inherits the rest) */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static _Thread_local uint32_t my_tid;
 
@@ -60,13 +65,11 @@ void ferry_trace_put(enum trace_event ev, uint64_t arg)
 
 static void trace_write(void)
 {
+    if (getpid() != owner) /* a forked child's copy: the file is its parent's */
+        return;
     atomic_store(&ferry_trace_on, false);
     uint64_t n = atomic_load(&next);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        LOG_WARN("FERRY_TRACE: cannot write %s", path);
-        return;
-    }
+    FILE *f = out;
     uint64_t kept = n < TRACE_RECORDS ? n : TRACE_RECORDS;
     for (uint64_t i = 0; i < kept; i++) {
         const struct trace_record *r = &records[i];
@@ -76,7 +79,9 @@ static void trace_write(void)
     }
     if (n > kept)
         fprintf(f, "# %llu records dropped (more than %u)\n", (unsigned long long)(n - kept), TRACE_RECORDS);
-    fclose(f);
+    errno = 0;
+    if (ferror(f) | fclose(f)) /* both: fclose also when the writes failed */
+        LOG_WARN("FERRY_TRACE: writing %s failed: %s", path, errno ? strerror(errno) : "write error");
 }
 
 static void trace_setup(void)
@@ -86,15 +91,24 @@ static void trace_setup(void)
         return;
     /* ".%d" -> the process id, so two processes can share one setting */
     const char *pid = strstr(p, "%d");
-    if (pid)
-        snprintf(path, sizeof path, "%.*s%d%s", (int)(pid - p), p, (int)getpid(), pid + 2);
-    else
-        snprintf(path, sizeof path, "%s", p);
-    records = calloc(TRACE_RECORDS, sizeof *records);
-    if (!records) {
-        LOG_WARN("FERRY_TRACE: no memory for the trace; tracing off");
+    int len = pid ? snprintf(path, sizeof path, "%.*s%d%s", (int)(pid - p), p, (int)getpid(), pid + 2)
+                  : snprintf(path, sizeof path, "%s", p);
+    if (len < 0 || (size_t)len >= sizeof path) {
+        LOG_WARN("FERRY_TRACE=%.60s...: the path is longer than %zu bytes; tracing off", p, sizeof path - 1);
         return;
     }
+    out = fopen(path, "we");
+    if (!out) {
+        LOG_WARN("FERRY_TRACE: cannot create %s: %s; tracing off", path, strerror(errno));
+        return;
+    }
+    records = calloc(TRACE_RECORDS, sizeof *records);
+    if (!records) {
+        LOG_WARN("FERRY_TRACE: no memory for the trace; tracing off (%s stays empty)", path);
+        fclose(out);
+        return;
+    }
+    owner = getpid();
     atexit(trace_write);
     atomic_store(&ferry_trace_on, true);
 }

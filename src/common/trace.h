@@ -7,8 +7,12 @@
  * Every thread appends fixed-size records {monotonic ns, event, thread,
  * argument} to one process-wide array with an atomic index (no locks, no
  * allocation on the hot path); records past the array's end are dropped and
- * counted.  The array is written to PATH (".%d" becomes the process id) when
- * the process exits, one line a record: "ns thread event arg".  CLOCK_MONOTONIC
+ * counted.  PATH (".%d" becomes the process id) is created when the first
+ * engine starts (one that cannot be is reported then, and nothing is traced)
+ * and the array is written to it when the process exits, one line a record:
+ * "ns thread event arg" (thread: the kernel's thread id, so a process's main
+ * thread has the process id); a child forked from the process writes nothing
+ * there.  CLOCK_MONOTONIC
  * is one clock for every process of a host, so an initiator's and a target's
  * files merge into one timeline (bench/trace_batches.py).
  */

@@ -473,16 +473,18 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
         struct xfer_frame *staged[MAX_POOLS] = {0}, **staged_tail[MAX_POOLS];
         for (size_t i = 0; i < MAX_POOLS; i++)
             staged_tail[i] = &staged[i];
-        size_t last[FERRY_MAX_TRANSPORTS]; /* each transport's last direct frame */
-        for (size_t i = 0; i < FERRY_MAX_TRANSPORTS; i++)
-            last[i] = SIZE_MAX;
-        for (size_t i = 0; i < nframes; i++)
-            if (frames[i].route == ROUTE_TRANSPORT(frames[i].route))
-                last[frames[i].route] = i;
+        uint64_t after[FERRY_MAX_TRANSPORTS] = {0}; /* each transport's direct bytes after frame i */
+        for (size_t i = nframes; i-- > 0;) {
+            struct xfer_frame *f = &frames[i];
+            f->more_bytes = 0;
+            if (f->route == ROUTE_TRANSPORT(f->route)) {
+                f->more_bytes = after[f->route];
+                after[f->route] += f->bytes;
+            }
+        }
         for (size_t i = 0; i < nframes; i++) {
             struct xfer_frame *f = &frames[i];
             int t = ROUTE_TRANSPORT(f->route);
-            f->more = f->route == t && i != last[t];
             if (f->route != t) {
                 f->next = NULL;
                 *staged_tail[ROUTE_POOL(f->route)] = f;

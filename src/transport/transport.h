@@ -58,10 +58,11 @@ struct xfer_frame {
     void *owner;               /* the engine's (its batch) */
     uint64_t segment;          /* the engine's: target segment handle */
     int route;                 /* the engine's: transport index */
-    /* the engine's: the submitter hands this transport further frames right
-     * after this one (same submit): a transport may leave the work of this
-     * one to its threads and act itself on the last one only */
-    bool more;
+    /* the engine's: bytes of the further frames the submitter hands this
+     * transport right after this one (same submit); 0: the last.  A
+     * transport may do a small submit's work on the submitting thread and
+     * leave a large one's to its threads. */
+    uint64_t more_bytes;
     /* transport-private from here */
     struct xfer_frame *next;
     uint64_t wire_id;

@@ -91,6 +91,27 @@ static void tcp_grow_bytes_knob(void **state)
     unsetenv("FERRY_TCP_GROW_BYTES");
 }
 
+/* FERRY_TCP_INLINE_BYTES: 0-1 GiB; anything else fails the engine with its
+ * name. */
+static void tcp_inline_bytes_knob(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"1073741825", "512K", "-1", "lots"};
+    static const char *const good[] = {"", "0", "524288", "1073741824"};
+    ferry_engine *e = NULL;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("FERRY_TCP_INLINE_BYTES", bad[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_INLINE_BYTES"));
+    }
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        setenv("FERRY_TCP_INLINE_BYTES", good[i], 1);
+        assert_int_equal(ferry_engine_create(NULL, &e), 0);
+        ferry_engine_destroy(e);
+    }
+    unsetenv("FERRY_TCP_INLINE_BYTES");
+}
+
 /* The tcp defaults that scale with the host: 2 cores (CI) keep 4
  * connections that grow at 8 MiB each, as before; 16 CPUs get 16 that grow
  * at 2 MiB; never below a slice, never above 16 connections. */
@@ -260,6 +281,7 @@ int main(void)
         cmocka_unit_test(engine_rejects_bad_config),
         cmocka_unit_test(tcp_max_connections_knob),
         cmocka_unit_test(tcp_grow_bytes_knob),
+        cmocka_unit_test(tcp_inline_bytes_knob),
         cmocka_unit_test(tcp_defaults_scale_with_cores),
         cmocka_unit_test(reference_variables),
         cmocka_unit_test(rdma_without_nic_falls_back),

@@ -10,9 +10,10 @@
  * sender thread (connects, says HELLO, then writes frames straight from the
  * caller's memory with sendmsg) and a receiver thread (tcp_conn.c: reads acks and READ
  * payload straight into the caller's memory, enforces deadlines).  While
- * nobody writes on a ready connection, the submitting thread writes the last
- * frame of its submit itself (write_inline: no hand-off, no sender wake-up
- * per batch; the others go to the senders, which copy in parallel), as
+ * nobody writes on a ready connection, the submitting thread writes a frame
+ * itself (write_inline: no hand-off, no sender wake-up per batch) when it is
+ * a READ request, part of a submit of at most FERRY_TCP_INLINE_BYTES, or the
+ * last frame of a larger submit (whose others the senders copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
  * whatever was queued meanwhile.  One writer at a time (c->writing), in the
  * order frames entered the in-flight FIFO.  Responses
@@ -52,6 +53,7 @@
 
 #define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
 #define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
+#define INLINE_BYTES ((uint64_t)512 << 10) /* FERRY_TCP_INLINE_BYTES's default */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -493,9 +495,12 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             atomic_store(&c->last_used_ns, now_ns());
-            /* only the last frame of a submit: a submitter writing every
-             * frame itself would make one thread do all the copies */
-            if (!f->more && c->ready && !c->writing && !c->rest && !c->sendq_head) {
+            /* a READ (a request: header and entries), a small submit's
+             * WRITEs (all of it), else only the last frame: a submitter
+             * writing every frame of a large one would do all its copies on
+             * one thread */
+            bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
+            if ((small || !f->more_bytes) && c->ready && !c->writing && !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }
@@ -570,13 +575,31 @@ static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out
     return 0;
 }
 
+/* FERRY_TCP_INLINE_BYTES: unset or empty: INLINE_BYTES; else 0 to 1 GiB. */
+static int tcp_inline_bytes(uint64_t *out)
+{
+    const char *text = getenv("FERRY_TCP_INLINE_BYTES");
+    *out = INLINE_BYTES;
+    if (!text || !*text)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v > (1u << 30))
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_INLINE_BYTES=%.40s: expected bytes, 0-1073741824", text);
+    *out = v;
+    return 0;
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4;
-    uint64_t grow_bytes = GROW_MAX;
+    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
+    if (!mrc)
+        mrc = tcp_inline_bytes(&inline_bytes);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -585,6 +608,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->host = *host;
     t->max_conns = max_conns;
     t->grow_bytes = grow_bytes;
+    t->inline_bytes = inline_bytes;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

@@ -28,6 +28,7 @@ struct tcp_transport {
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
+    uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES */
 };
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
