@@ -9,7 +9,8 @@
  * the frame holding the failed copy ends FAILED FERRY_EIO with a message
  * naming the device copy, the other frame completes with its data, the
  * connection survives (no FERRY_ECONN) and the next batch moves and
- * verifies.  A raw peer checks the wire: the WRITE_ACK's status, the READ
+ * verifies; another initiator's connection, copying at the same time, is
+ * not touched.  A raw peer checks the wire: the WRITE_ACK's status, the READ
  * trailer's status (the bytes no copy filled arrive as zeros, never as what
  * an earlier frame left in the target's bounce), and a reader that cannot
  * read that status gets the connection closed.  Every test starts its own
@@ -54,10 +55,10 @@ static void target_start(struct child_target *t, const char *faults)
 
 /* The target, and an initiator with one connection to it whose frames are
  * FRAME blocks each. */
-static void start(struct fixture *f, const char *faults)
+/* An initiator of f->target with one connection to it and frames of FRAME
+ * blocks each. */
+static void initiator_start(struct fixture *f)
 {
-    memset(f, 0, sizeof *f);
-    target_start(&f->target, faults);
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.tcp_connections = 1;
@@ -70,22 +71,41 @@ static void start(struct fixture *f, const char *faults)
     assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
 }
 
-static void stop(struct fixture *f)
+static void start(struct fixture *f, const char *faults)
+{
+    memset(f, 0, sizeof *f);
+    target_start(&f->target, faults);
+    initiator_start(f);
+}
+
+static void initiator_stop(struct fixture *f)
 {
     ferry_engine_destroy(f->e);
     free(f->local);
+}
+
+static void stop(struct fixture *f)
+{
+    initiator_stop(f);
     child_target_kill(&f->target);
 }
 
 /* Request i moves local block i to or from target block i. */
-static ferry_batch *run_batch(struct fixture *f, int opcode)
+static ferry_batch *submit_blocks(struct fixture *f, int opcode, unsigned first, unsigned n)
 {
     struct ferry_request r[NREQ];
-    for (unsigned i = 0; i < NREQ; i++)
-        r[i] = (struct ferry_request){opcode, f->local + i * BLOCK, f->seg, f->target.addr + i * BLOCK, BLOCK};
+    for (unsigned i = 0; i < n; i++)
+        r[i] = (struct ferry_request){opcode, f->local + (first + i) * BLOCK, f->seg,
+                                      f->target.addr + (first + i) * BLOCK, BLOCK};
     ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, NREQ, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, r, NREQ), 0);
+    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, r, n), 0);
+    return b;
+}
+
+static ferry_batch *run_batch(struct fixture *f, int opcode)
+{
+    ferry_batch *b = submit_blocks(f, opcode, 0, NREQ);
     int rc = ferry_batch_wait(b, GUARD_MS);
     assert_int_not_equal(rc, FERRY_ETIMEDOUT);
     return b;
@@ -309,6 +329,58 @@ static void test_write_unregistered_while_copies_fail(void **state)
     child_target_kill(&t);
 }
 
+/* Ends every request of b and returns how many did not complete (each of
+ * those FAILED FERRY_EIO). */
+static unsigned count_eio(ferry_batch *b, unsigned n)
+{
+    assert_int_not_equal(ferry_batch_wait(b, GUARD_MS), FERRY_ETIMEDOUT);
+    unsigned failed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        if (st.state == FERRY_COMPLETED)
+            continue;
+        assert_int_equal(st.state, FERRY_FAILED);
+        assert_int_equal(st.error, FERRY_EIO);
+        failed++;
+    }
+    ferry_batch_free(b);
+    return failed;
+}
+
+/* Two initiators, each with its own connection (so its own target thread
+ * and device stream), WRITE one frame each at the same time, into the two
+ * halves of the target's memory; the target's fifth copy job (the second
+ * group of one of the frames, whichever) fails.  That frame ends FAILED
+ * FERRY_EIO; the other initiator's completes and reads back intact; the
+ * failed one's next try succeeds on its connection. */
+static void test_failure_spares_other_connection(void **state)
+{
+    (void)state;
+    struct fixture f, g;
+    start(&f, "5");
+    g = f;
+    initiator_start(&g);
+    pattern_fill(f.local, NREQ * BLOCK, 2, 0);
+    pattern_fill(g.local, NREQ * BLOCK, 2, 0);
+    ferry_batch *a = submit_blocks(&f, FERRY_WRITE, 0, FRAME), *b = submit_blocks(&g, FERRY_WRITE, FRAME, FRAME);
+    unsigned fa = count_eio(a, FRAME), fb = count_eio(b, FRAME);
+    print_message("first initiator: %u failed, second: %u failed\n", fa, fb);
+    assert_true((fa == FRAME && fb == 0) || (fa == 0 && fb == FRAME));
+    struct fixture *ok = fa ? &g : &f, *bad = fa ? &f : &g;
+    unsigned ok_first = fa ? FRAME : 0, bad_first = fa ? 0 : FRAME;
+
+    memset(ok->local, 0, NREQ * BLOCK);
+    assert_int_equal(count_eio(submit_blocks(ok, FERRY_READ, ok_first, FRAME), FRAME), 0);
+    assert_int_equal(pattern_check(ok->local + ok_first * BLOCK, FRAME * BLOCK, 2, ok_first * BLOCK), -1);
+    assert_int_equal(count_eio(submit_blocks(bad, FERRY_WRITE, bad_first, FRAME), FRAME), 0);
+    memset(bad->local, 0, NREQ * BLOCK);
+    assert_int_equal(count_eio(submit_blocks(bad, FERRY_READ, bad_first, FRAME), FRAME), 0);
+    assert_int_equal(pattern_check(bad->local + bad_first * BLOCK, FRAME * BLOCK, 2, bad_first * BLOCK), -1);
+    initiator_stop(&g);
+    stop(&f);
+}
+
 /* ------------------------------------------------------------ raw peer */
 
 struct peer {
@@ -450,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_read_copy_fails_at_start),
         cmocka_unit_test(test_write_two_failures),
         cmocka_unit_test(test_write_unregistered_while_copies_fail),
+        cmocka_unit_test(test_failure_spares_other_connection),
         cmocka_unit_test(test_raw_write_ack_status),
         cmocka_unit_test(test_raw_read_trailer_status),
         cmocka_unit_test(test_raw_read_without_status_closes),
