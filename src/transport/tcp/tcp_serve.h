@@ -25,6 +25,8 @@
 #define BOUNCE_COPIES 64
 #define READ_IOVS 256
 
+/* A connection's pinned bounce for device memory and the device copies
+ * through it (tcp_serve_dev.c). */
 struct bounce {
     const struct ferry_device_ops *owner;   /* whose pinned memory buf is */
     char *buf;
@@ -48,7 +50,7 @@ struct served_entry {
     bool refused;                     /* outside the registrations, or revoked while served */
 };
 
-/* One incoming connection: allocated and freed by serve_connection, on the
+/* One incoming connection: allocated and freed by tcp_serve_connection, on the
  * connection's own thread.  deadline_ns is the deadline of the whole frame
  * being served (payload included), set when its header arrives. */
 struct server_conn {
@@ -100,7 +102,8 @@ void tcp_pipe_writes(struct server_conn *s);
  * *taken says how many entries it finished. */
 int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e,
                         unsigned *taken);
-/* READ: sends the gathered iovecs, each after the device copies it needs. */
+/* READ: sends the iovecs gathered so far (host memory too), each after the
+ * device copies that fill it; the bounce and the iovecs are empty again. */
 int tcp_flush_reads(struct server_conn *s);
 /* READ: gathers entry i of device memory into the bounce (and the iovecs). */
 int tcp_send_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e);
