@@ -430,7 +430,7 @@ static void test_write_device_unregistered_midway(void **state)
 }
 
 /* Small device blocks: a frame's entries land in the bounce with one
- * receive (tcp_serve.c, recv_device_run).  Entries alternate between two
+ * receive (tcp_serve_dev.c, tcp_recv_device_run).  Entries alternate between two
  * registrations; one is unregistered while the payload is half sent: its
  * entries end refused with nothing of them copied to the device after
  * unregister (the copies of entries already in the bounce are dropped), and

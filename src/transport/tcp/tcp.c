@@ -21,8 +21,9 @@
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
  *
- * Target side (tcp_serve.c): the common acceptor (caps per peer and in
- * total) and one thread per incoming connection.
+ * Target side (tcp_serve.c, device memory in tcp_serve_dev.c): the common
+ * acceptor (caps per peer and in total) and one thread per incoming
+ * connection.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tcp_serve_dev.c — the tcp target side's path for device memory: a pinned
+ * bounce per served connection (allocated on its first device access, freed
+ * with the connection), WRITE payload received into it and READ payload
+ * sent from it, with the device copies started in PIPE_BYTES groups on the
+ * stream the device layer keeps for the thread so they overlap the socket,
+ * and a failed copy failing its frame.  Runs on the connection's own thread
+ * (tcp_serve.c), which owns the bounce; the frame handling is there.
+ */
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "device/device.h"
+#include "transport/tcp/sockio.h"
+#include "transport/tcp/tcp_serve.h"
+#include "transport/tcp/tcp_wire.h"
+#include "trace.h"
+
+#define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
+/* Device copies start once this many bytes wait in the bounce, so the
+ * device copies them while the socket moves the next ones. */
+#define PIPE_BYTES (256u << 10)
+
+/* ---- device memory on the target side: a pinned bounce per connection.
+ * Payload for device memory is received into it (or sent from it), and the
+ * device pieces move in batched copies on a stream the device layer keeps
+ * for this thread, started every PIPE_BYTES so that copying overlaps the
+ * socket (WRITE: the next bytes are received while the last ones go to the
+ * device; READ: the first bytes are sent while the next ones come from it),
+ * and waited for before the bounce is reused, before an access ends and
+ * before the frame is answered.  A WRITE is acknowledged only after its
+ * copies have completed.  A copy of an entry that was revoked before it
+ * started is skipped.
+ *
+ * A device copy that fails (to start, or when waited for) fails its frame,
+ * not the connection: the error is remembered (copy_err), no further copy
+ * of the frame starts, the rest of its payload still moves so the stream
+ * stays in step (a WRITE receives it and drops it; a READ sends zeros for
+ * every byte no copy filled), and the frame is answered with the error:
+ * the WRITE_ACK's status, or the READ trailer's (an initiator that cannot
+ * read one loses the connection instead, as it cannot be told). */
+
+/* Remembers the frame's first failed device copy. */
+static void copy_failed(struct server_conn *s, int rc)
+{
+    if (s->copy_err)
+        return;
+    s->copy_err = wire_status_allowed(WIRE_WRITE_ACK, rc) ? rc : FERRY_EIO;
+    snprintf(s->copy_msg, sizeof s->copy_msg, "%s", ferry_last_error());
+}
+
+/* Zeroes the bounce bytes of copies [0, n) that will not run (READ: the
+ * bounce is their destination, and must not send what an earlier frame
+ * left there). */
+static void bounce_zero_unrun(struct server_conn *s, size_t n)
+{
+    struct bounce *b = &s->b;
+    for (size_t j = 0; j < n; j++)
+        if (b->copies[j].dst >= (void *)b->buf && b->copies[j].dst < (void *)(b->buf + BOUNCE_SIZE))
+            memset(b->copies[j].dst, 0, b->copies[j].len);
+}
+
+static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
+{
+    struct bounce *b = &s->b;
+    if (b->buf && b->owner == ops)
+        return 0;
+    if (b->buf)
+        b->owner->host_free(b->buf);
+    b->buf = NULL;
+    int rc = ops->host_alloc(BOUNCE_SIZE, (void **)&b->buf);
+    if (rc)
+        return rc;
+    b->owner = ops;
+    return 0;
+}
+
+/* Room for `want` bytes of device dev, after flushing what cannot share a
+ * batch with them; stores how many bytes fit in *room. */
+static int bounce_room(struct server_conn *s, const struct ferry_device_ops *ops, int dev, uint64_t want,
+                       size_t *room, int (*flush)(struct server_conn *))
+{
+    struct bounce *b = &s->b;
+    if ((b->n || b->inflight) &&
+        (b->dev_ops != ops || b->dev != dev || b->used == BOUNCE_SIZE || b->n == BOUNCE_COPIES)) {
+        int rc = flush(s);
+        if (rc)
+            return rc;
+    }
+    int rc = bounce_ensure(s, ops);
+    if (rc)
+        return rc;
+    b->dev_ops = ops;
+    b->dev = dev;
+    *room = BOUNCE_SIZE - b->used < want ? BOUNCE_SIZE - b->used : (size_t)want;
+    return 0;
+}
+
+/* Drops the pending copies of entries whose access has ended or was
+ * revoked (their bounce bytes are zeroed: a READ sends them as zeros). */
+static void bounce_drop_revoked(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    if (atomic_load_explicit(&s->revoking, memory_order_acquire))
+        tcp_serve_stop_revoked(s);
+    size_t k = 0;
+    for (size_t j = 0; j < b->n; j++) {
+        if (s->ent[b->copy_entry[j]].held) {
+            b->copy_entry[k] = b->copy_entry[j];
+            b->copy_iov[k] = b->copy_iov[j];
+            b->copies[k++] = b->copies[j];
+        } else if (b->copies[j].dst >= (void *)b->buf && b->copies[j].dst < (void *)(b->buf + BOUNCE_SIZE)) {
+            memset(b->copies[j].dst, 0, b->copies[j].len);
+        }
+    }
+    b->n = k;
+}
+
+/* Starts copies [0, n) of the pending ones (those of revoked entries
+ * dropped first) and keeps the rest pending.  After a failed copy of the
+ * frame they are dropped instead; a failure to start is remembered. */
+static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t n)
+{
+    struct bounce *b = &s->b;
+    if (!n)
+        return;
+    int rc = s->copy_err ? s->copy_err : ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
+    if (rc) {
+        if (!s->copy_err) {
+            copy_failed(s, rc);
+            /* a failed start drained the copies in flight, which may have
+             * failed too: what they were to fill is not sent either */
+            if (b->inflight && b->flight_hi > b->flight_lo)
+                memset(b->buf + b->flight_lo, 0, b->flight_hi - b->flight_lo);
+            b->inflight = false;
+            b->flight_lo = b->flight_hi = 0;
+        }
+        bounce_zero_unrun(s, n);
+    } else {
+        for (size_t j = 0; j < n; j++) { /* READ: the bounce range they fill */
+            const char *dst = b->copies[j].dst;
+            if (dst < b->buf || dst >= b->buf + BOUNCE_SIZE)
+                continue;
+            size_t lo = (size_t)(dst - b->buf), hi = lo + b->copies[j].len;
+            bool empty = b->flight_hi == b->flight_lo;
+            b->flight_lo = empty || lo < b->flight_lo ? lo : b->flight_lo;
+            b->flight_hi = empty || hi > b->flight_hi ? hi : b->flight_hi;
+        }
+        b->inflight = true;
+    }
+    memmove(b->copies, b->copies + n, (b->n - n) * sizeof b->copies[0]);
+    memmove(b->copy_entry, b->copy_entry + n, (b->n - n) * sizeof b->copy_entry[0]);
+    memmove(b->copy_iov, b->copy_iov + n, (b->n - n) * sizeof b->copy_iov[0]);
+    b->n -= n;
+}
+
+/* Waits for the copies started; a failure is remembered, and the bounce
+ * bytes they were to fill are zeroed. */
+void tcp_bounce_wait(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    if (!b->inflight)
+        return;
+    b->inflight = false;
+    int rc = ferry_device_copy_wait();
+    if (rc) {
+        copy_failed(s, rc);
+        if (b->flight_hi > b->flight_lo)
+            memset(b->buf + b->flight_lo, 0, b->flight_hi - b->flight_lo);
+    }
+    b->flight_lo = b->flight_hi = 0;
+}
+
+void tcp_bounce_drain(struct server_conn *s)
+{
+    tcp_bounce_wait(s);
+    s->b.n = s->b.used = s->b.started = 0;
+}
+
+void tcp_bounce_free(struct server_conn *s)
+{
+    if (s->b.buf)
+        s->b.owner->host_free(s->b.buf);
+}
+
+/* All pending WRITE copies started and done (or dropped after a failed
+ * one: s->copy_err); the bounce is empty again. */
+int tcp_flush_writes(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    bounce_drop_revoked(s);
+    bounce_start(s, FERRY_COPY_H2D, b->n);
+    tcp_bounce_drain(s);
+    return 0;
+}
+
+/* WRITE: the copies of the bytes received so far start once PIPE_BYTES wait. */
+void tcp_pipe_writes(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    if (!b->n || b->used - b->started < PIPE_BYTES)
+        return;
+    bounce_drop_revoked(s);
+    b->started = b->used;
+    bounce_start(s, FERRY_COPY_H2D, b->n);
+}
+
+/* WRITE payload of entry i into device memory from byte `done` on, through
+ * the bounce. */
+static int recv_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e, uint64_t done)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
+    while (done < e->len) {
+        if (!s->ent[i].held)
+            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+        size_t n, got;
+        int rc = bounce_room(s, ops, dev, e->len - done, &n, tcp_flush_writes);
+        if (rc)
+            return rc;
+        if (!s->ent[i].held)
+            continue;
+        n = n < PIPE_BYTES ? n : PIPE_BYTES;
+        rc = sockio_recv(s->fd, b->buf + b->used, n, s->deadline_ns, &s->wake, &s->revoking, &got);
+        if (got) {
+            b->copy_entry[b->n] = (uint8_t)i;
+            b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)(e->addr + done), b->buf + b->used, got};
+            b->used += got;
+            done += got;
+        }
+        if (rc)
+            return rc;
+        tcp_pipe_writes(s);
+        if (got < n)
+            tcp_serve_stop_revoked(s);
+    }
+    atomic_fetch_add(s->t->host.bytes_bounced, e->len);
+    return 0;
+}
+
+/* WRITE payload of the held device entries [i, end) (one device): as many
+ * whole entries as the bounce has room for land with one receive, not one
+ * each (small blocks: a frame's worth per wait).  Returns how many entries
+ * it finished in *taken (>= 1 unless it failed); an entry that does not fit,
+ * or that a revocation stopped the receive in, is finished on its own. */
+int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const struct wire_entry *e,
+                        unsigned *taken)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
+    size_t room;
+    int rc = bounce_room(s, ops, dev, e[i].len, &room, tcp_flush_writes);
+    if (rc)
+        return rc;
+    room = BOUNCE_SIZE - b->used;
+    uint64_t total = 0;
+    unsigned k = i;
+    while (k < end && b->n + (k - i) < BOUNCE_COPIES && total + e[k].len <= room &&
+           (k == i || total + e[k].len <= PIPE_BYTES))
+        total += e[k++].len;
+    *taken = 1;
+    if (k == i) /* the first entry does not fit whole */
+        return recv_entry_device(s, i, &e[i], 0);
+    size_t got = 0;
+    char *base = b->buf + b->used;
+    rc = sockio_recv(s->fd, base, total, s->deadline_ns, &s->wake, &s->revoking, &got);
+    /* copies for what landed; a revoked entry's copy is dropped at the flush */
+    uint64_t off = 0;
+    unsigned j = i;
+    for (; j < k && off + e[j].len <= got; off += e[j++].len) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, e[j].len};
+        atomic_fetch_add(s->t->host.bytes_bounced, e[j].len);
+    }
+    b->used += off;
+    *taken = j - i;
+    if (rc || j == k)
+        return rc;
+    /* a revocation stopped it inside entry j: what landed of j is kept
+     * (if j is still held) and j finishes on its own from there */
+    tcp_serve_stop_revoked(s);
+    uint64_t part = got - off;
+    if (part && s->ent[j].held) {
+        b->copy_entry[b->n] = (uint8_t)j;
+        b->copies[b->n++] = (struct ferry_copy){(void *)(uintptr_t)e[j].addr, base + off, part};
+        b->used += part;
+    }
+    *taken = j - i + 1;
+    return s->ent[j].held ? recv_entry_device(s, j, &e[j], part)
+                          : sockio_discard(s->fd, e[j].len - part, s->deadline_ns, &s->wake);
+}
+
+/* How many of the pending copies from the first make up PIPE_BYTES (at
+ * least one). */
+static size_t pipe_group(const struct bounce *b)
+{
+    size_t n = 0, bytes = 0;
+    while (n < b->n && (n == 0 || bytes < PIPE_BYTES))
+        bytes += b->copies[n++].len;
+    return n;
+}
+
+/* READ: the gathered iovecs go out after the device copies they point into.
+ * iov_entry[k] names the entry whose registered memory iov[k] points into
+ * (-1: the header or the bounce).  The copies go in groups of PIPE_BYTES:
+ * while one group's bytes are sent, the next group is being copied. */
+int tcp_flush_reads(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    bounce_drop_revoked(s);
+    if (s->revoked_any && !s->trailer)
+        return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it reads "
+                          "no trailer: closing the connection", s->from);
+    size_t copied = b->used;
+    int rc = 0;
+    bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+    for (int sent = 0; !rc && sent < s->iovcnt;) {
+        tcp_bounce_wait(s); /* every copy started so far is done (or failed: zeros) */
+        bounce_drop_revoked(s); /* revoked while the last bytes went out */
+        if (s->copy_err && !s->trailer_status) {
+            rc = ferry_fail(s->copy_err, "READ from %s: %s; it reads no status in a trailer: closing the "
+                            "connection", s->from, s->copy_msg);
+            break;
+        }
+        /* the iovecs up to the next group's first copy can go */
+        int limit = b->n ? b->copy_iov[0] : s->iovcnt;
+        bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+        rc = tcp_serve_send_iovs(s, sent, limit);
+        sent = limit;
+    }
+    if (copied)
+        TRACE(TR_SRV_COPY, copied);
+    tcp_bounce_drain(s); /* a failure: what was started ends before the accesses */
+    s->iovcnt = 0;
+    s->trailer_iov = -1;
+    return rc;
+}
+
+int tcp_send_entry_device(struct server_conn *s, unsigned i, const struct wire_entry *e)
+{
+    struct bounce *b = &s->b;
+    int dev;
+    const struct ferry_device_ops *ops = ferry_device_of_location(s->ent[i].region.location, &dev);
+    if (!ops)
+        return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
+    for (uint64_t done = 0; done < e->len;) {
+        size_t n;
+        int rc = s->iovcnt == READ_IOVS ? tcp_flush_reads(s) : 0; /* room for the iovec first: it names the copy */
+        if (!rc)
+            rc = bounce_room(s, ops, dev, e->len - done, &n, tcp_flush_reads);
+        if (rc)
+            return rc;
+        n = n < PIPE_BYTES ? n : PIPE_BYTES;
+        char *dst = b->buf + b->used;
+        b->copy_entry[b->n] = (uint8_t)i;
+        b->copy_iov[b->n] = s->iovcnt;
+        b->copies[b->n++] = (struct ferry_copy){dst, (const void *)(uintptr_t)(e->addr + done), n};
+        b->used += n;
+        done += n;
+        s->iov_entry[s->iovcnt] = -1;
+        s->iov[s->iovcnt++] = (struct iovec){dst, n};
+    }
+    atomic_fetch_add(s->t->host.bytes_bounced, e->len);
+    return 0;
+}
