@@ -172,9 +172,14 @@ static void one_copy_fails(void **state)
     char job[32];
     snprintf(job, sizeof job, "copy job %u ", f.fail_job);
     unsigned failed = 0;
+    bool frame_failed[NREQ / FRAME] = {false};
     for (unsigned i = 0; i < NREQ; i++) {
         struct ferry_status st;
         assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        /* a frame (FRAME requests) ends as one */
+        if (i % FRAME == 0)
+            frame_failed[i / FRAME] = st.state != FERRY_COMPLETED;
+        assert_int_equal(frame_failed[i / FRAME], st.state != FERRY_COMPLETED);
         if (st.state == FERRY_COMPLETED) {
             block_arrived(&f, s->op, i, 11);
             continue;
@@ -209,8 +214,8 @@ static void one_copy_fails(void **state)
 
 /* ------------------------------------------------------------ the transport itself */
 
-#define NFRAMES 64                /* queued at once: the first worker's share is GROUP_MAX (16) */
-#define GROUP 16
+#define GROUP 16                  /* shm_copy.c's GROUP_MAX: the most frames a worker takes */
+#define NFRAMES (SHM_WORKERS * GROUP) /* queued at once: the first worker's share is GROUP */
 #define PIECE 1024u               /* 64 pieces a frame: 4 frames a copy job of 256 */
 #define PLEN ((size_t)NFRAMES * FRAME * PIECE)
 
