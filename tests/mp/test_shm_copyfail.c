@@ -20,8 +20,10 @@
  * The transport driven directly: one worker runs 16 frames of 64 pieces
  * as one group (its four copy jobs of 256 copies, frames 0-3, 4-7, ...),
  * the other workers held in a notification's completion; the second job
- * fails: frames 4-7 end FERRY_EIO, the other twelve COMPLETED with their
- * data, and the frames the other workers run next all complete.
+ * fails (when waited for, at start; or the second and the fourth): frames
+ * 4-7 (and 12-15) end FERRY_EIO naming their job, the other frames
+ * COMPLETED with their data, and the frames the other workers run next
+ * all complete.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -283,13 +285,27 @@ static void no_notes(void *e, const char *from, const void *msg, size_t len)
     (void)e, (void)from, (void)msg, (void)len;
 }
 
+struct group_case {
+    const char *name;
+    const char *faults;           /* FERRY_SIM_FAIL_COPY */
+    unsigned failed_jobs;         /* bit j: copy job j fails */
+};
+
+static const struct group_case group_cases[] = {
+    {"group_job_fails", "2", 1u << 2},
+    {"group_job_fails_start", "2:start", 1u << 2},
+    {"group_two_jobs_fail", "2,4", 1u << 2 | 1u << 4},
+};
+#define NGROUP_CASES (sizeof group_cases / sizeof group_cases[0])
+
 /* One worker runs frames 0-15 as one group: copy jobs 1-4 hold frames 0-3,
- * 4-7, 8-11, 12-15; job 2 fails.  Only the frames whose copies were in it
- * fail; the rest of the group, and the frames after, arrive. */
+ * 4-7, 8-11, 12-15; some of them fail.  Only the frames whose copies were
+ * in a failed job fail, each naming its job; the rest of the group (on the
+ * same worker's stream, after the failure), and the frames after, arrive. */
 static void group_job_fails(void **state)
 {
-    (void)state;
-    setenv("FERRY_SIM_FAIL_COPY", "2", 1);
+    const struct group_case *gc = *state;
+    setenv("FERRY_SIM_FAIL_COPY", gc->faults, 1);
     int dev = -1;
     const struct ferry_device_ops *sim = ferry_device_of_location("sim:0", &dev);
     assert_non_null(sim);
@@ -354,11 +370,13 @@ static void group_job_fails(void **state)
     release_workers(1); /* one worker: it takes frames 0-15 */
     wait_count(&nended, GROUP);
     for (unsigned k = 0; k < GROUP; k++) {
-        if (k / 4 == 1) {
+        if (gc->failed_jobs & 1u << (k / 4 + 1)) {
             print_message("frame %u: %s (%s)\n", k, ferry_err_name(ends[k].err), ends[k].msg);
+            char job[32];
+            snprintf(job, sizeof job, "copy job %u ", k / 4 + 1);
             assert_int_equal(ends[k].err, FERRY_EIO);
             assert_non_null(strstr(ends[k].msg, "device copy"));
-            assert_non_null(strstr(ends[k].msg, "copy job 2 "));
+            assert_non_null(strstr(ends[k].msg, job));
             assert_non_null(strstr(ends[k].msg, "FERRY_SIM_FAIL_COPY"));
         } else {
             if (ends[k].err)
@@ -378,7 +396,7 @@ static void group_job_fails(void **state)
     assert_int_equal(ferry_device_copy_sync(sim, dev, FERRY_COPY_D2H, &c, 1), 0);
     for (unsigned k = 0; k < NFRAMES; k++) {
         size_t off = (size_t)k * FRAME * PIECE;
-        if (k / 4 != 1)
+        if (k >= GROUP || !(gc->failed_jobs & 1u << (k / 4 + 1)))
             assert_int_equal(pattern_check(back + off, FRAME * PIECE, 21, off), -1);
     }
 
@@ -420,20 +438,25 @@ static void in_fresh_process(void **state)
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--case") == 0) {
-        struct CMUnitTest one = {argv[2], group_job_fails, NULL, NULL, NULL};
+        struct CMUnitTest one = {argv[2], NULL, NULL, NULL, NULL};
         for (size_t i = 0; i < NSCENARIOS; i++)
             if (strcmp(argv[2], scenarios[i].name) == 0)
                 one = (struct CMUnitTest){argv[2], one_copy_fails, NULL, NULL, (void *)&scenarios[i]};
-        if (strcmp(argv[2], "group_job_fails") != 0 && one.test_func == group_job_fails) {
+        for (size_t i = 0; i < NGROUP_CASES; i++)
+            if (strcmp(argv[2], group_cases[i].name) == 0)
+                one = (struct CMUnitTest){argv[2], group_job_fails, NULL, NULL, (void *)&group_cases[i]};
+        if (!one.test_func) {
             fprintf(stderr, "no case %s\n", argv[2]);
             return 2;
         }
         const struct CMUnitTest tests[] = {one};
         return cmocka_run_group_tests_name(argv[2], tests, NULL, NULL);
     }
-    struct CMUnitTest tests[NSCENARIOS + 1];
+    struct CMUnitTest tests[NSCENARIOS + NGROUP_CASES];
     for (size_t i = 0; i < NSCENARIOS; i++)
         tests[i] = (struct CMUnitTest){scenarios[i].name, in_fresh_process, NULL, NULL, (void *)scenarios[i].name};
-    tests[NSCENARIOS] = (struct CMUnitTest){"group_job_fails", in_fresh_process, NULL, NULL, (void *)"group_job_fails"};
+    for (size_t i = 0; i < NGROUP_CASES; i++)
+        tests[NSCENARIOS + i] = (struct CMUnitTest){group_cases[i].name, in_fresh_process, NULL, NULL,
+                                                    (void *)group_cases[i].name};
     return cmocka_run_group_tests_name("shm device copy failures", tests, NULL, NULL);
 }
