@@ -15,7 +15,9 @@
  * process_vm_writev/readv per frame.  Pieces that touch device memory use
  * the device layer's copies on the worker's own stream, batched across the
  * frames taken together and waited for once (a device copy takes a few
- * microseconds; waiting for one takes longer): with the peer's allocation
+ * microseconds; waiting for one takes longer; a failed copy job fails the
+ * frames with a copy in it, no other, and the worker's next job runs on a
+ * fresh stream): with the peer's allocation
  * opened here through its IPC handle (cached per peer, buffer and local
  * device), or, between local device memory and a peer's host memory,
  * through the worker's pinned bounce.  The timer ends
@@ -49,16 +51,18 @@
 #define TICK_MS 20
 
 /* Device copies of the frames taken together, enqueued and waited for once
- * per (device, direction). */
+ * per (device, direction) and at most GROUP_COPIES: one copy job.  A job
+ * that fails fails the frames with a copy in it (which of its copies were
+ * done is unknown), and only those: the other jobs' frames arrived. */
 struct copy_batch {
     const struct ferry_device_ops *ops;
     int dev;
     enum ferry_copy_dir dir;
     size_t n;
     struct ferry_copy copies[GROUP_COPIES];
-    int err;                     /* the first failure, for every frame with copies */
-    char msg[160];
+    uint8_t owner[GROUP_COPIES]; /* the copy's frame: its index in the worker's runs */
 };
+_Static_assert(GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
 
 struct frame_run;
 
@@ -87,7 +91,8 @@ struct frame_run {
     int nvm;                     /* host <-> host: one system call */
     uint64_t vm_bytes;
     struct iovec lvm[MAX_PIECES], rvm[MAX_PIECES];
-    bool has_copies;             /* some pieces wait in the worker's copy batch */
+    int copy_err;                /* a copy job holding a piece of it failed */
+    char copy_msg[160];
     struct shm_announce *ann;    /* this access, announced in the peer's shared memfd */
     uint64_t expiry;             /* no copy step starts at or after it */
     uint32_t ntouched, nlocal;
@@ -437,16 +442,23 @@ static int vm_move(struct frame_run *fr, struct iovec *l, int nl, struct iovec *
 
 /* ------------------------------------------------------------ device memory */
 
-static void flush_copies(struct copy_batch *cb, const char *peer)
+/* Runs the batch's copy job and waits for it; a failure goes to the frames
+ * with a copy in it (the worker's stream is renewed by the device layer). */
+static void flush_copies(struct worker *w)
 {
+    struct copy_batch *cb = &w->cb;
     if (!cb->n)
         return;
     int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
-    cb->n = 0;
-    if (rc && !cb->err) {
-        cb->err = rc;
-        snprintf(cb->msg, sizeof cb->msg, "shm: segment %.64s: %.80s", peer, ferry_last_error());
+    for (size_t i = 0; rc && i < cb->n; i++) {
+        struct frame_run *fr = &w->runs[cb->owner[i]];
+        if (!fr->copy_err) {
+            fr->copy_err = rc;
+            snprintf(fr->copy_msg, sizeof fr->copy_msg, "shm: segment %.64s: device copy: %s", fr->p->name,
+                     ferry_last_error());
+        }
     }
+    cb->n = 0;
 }
 
 /* Queues a copy in the worker's batch; a failure shows when the frame ends. */
@@ -455,12 +467,12 @@ static int add_copy(struct frame_run *fr, const struct ferry_device_ops *ops, in
 {
     struct copy_batch *cb = &fr->w->cb;
     if (cb->n && (cb->ops != ops || cb->dev != dev || cb->dir != dir || cb->n == GROUP_COPIES))
-        flush_copies(cb, fr->p->name);
+        flush_copies(fr->w);
     cb->ops = ops;
     cb->dev = dev;
     cb->dir = dir;
+    cb->owner[cb->n] = (uint8_t)(fr - fr->w->runs);
     cb->copies[cb->n++] = (struct ferry_copy){dst, src, (size_t)len};
-    fr->has_copies = true;
     return 0;
 }
 
@@ -534,6 +546,11 @@ static int bounce_ensure(struct worker *w, const struct ferry_device_ops *ops)
     return rc;
 }
 
+static int bounce_copy_failed(struct frame_run *fr, int rc)
+{
+    return fail(fr, rc, "shm: segment %.64s: device copy (bounce): %s", fr->p->name, ferry_last_error());
+}
+
 /* Local device memory <-> peer host memory: in bounce-sized rounds, a
  * batched device copy and one system call each. */
 static int run_bounced(struct frame_run *fr)
@@ -568,11 +585,11 @@ static int run_bounced(struct frame_run *fr)
         }
         enum ferry_copy_dir dir = fr->write ? FERRY_COPY_D2H : FERRY_COPY_H2D;
         if (fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
-            return fail(fr, rc, "shm: %s", ferry_last_error());
+            return bounce_copy_failed(fr, rc);
         if ((rc = vm_move(fr, lv, n, rv, n, used)) != 0)
             return rc;
         if (!fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
-            return fail(fr, rc, "shm: %s", ferry_last_error());
+            return bounce_copy_failed(fr, rc);
     }
     return 0;
 }
@@ -658,8 +675,8 @@ static int finish_data(struct frame_run *fr)
 {
     struct shm_peer *p = fr->p;
     int rc = 0;
-    if (fr->has_copies && fr->w->cb.err)
-        rc = fail(fr, fr->w->cb.err, "%s", fr->w->cb.msg);
+    if (fr->copy_err)
+        rc = fail(fr, fr->copy_err, "%s", fr->copy_msg);
     if (!rc && fr->moved) {
         atomic_fetch_add(&p->served->bytes, fr->moved);
         atomic_fetch_add(&p->served->frames, 1);
@@ -674,7 +691,6 @@ static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
     int rc[GROUP_MAX];
     TRACE(TR_SHM_GROUP, n);
     w->cb.n = 0;
-    w->cb.err = 0;
     for (size_t i = 0; i < n; i++) {
         struct frame_run *fr = &w->runs[i];
         memset(fr, 0, sizeof *fr);
@@ -689,7 +705,7 @@ static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
         else
             rc[i] = run_data(fr);
     }
-    flush_copies(&w->cb, w->runs[0].p->name);
+    flush_copies(w);
     TRACE(TR_SHM_COPIED, n);
     for (size_t i = 0; i < n; i++) {
         struct frame_run *fr = &w->runs[i];
