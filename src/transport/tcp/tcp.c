@@ -394,8 +394,8 @@ static void tcp_peer_close(void *tp, void *pp)
     free(p);
 }
 
-/* Picks a connection, replacing broken ones (lazily: connecting happens on
- * the new sender thread): the first, in order, with less than a slice in
+/* Picks a connection and returns it locked, replacing broken ones (lazily:
+ * connecting happens on the new sender thread): the first, in order, with less than a slice in
  * flight, else the one with the fewest bytes in flight.  Light traffic (a
  * batch of small blocks) thus stays on one connection: one sender and one
  * receiver wake up per batch, not one per frame; heavy traffic spreads. */
@@ -446,8 +446,13 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p)
             best = c;
         }
     }
+    struct tcp_conn *c = light ? light : best;
+    /* locked before the peer lock goes: once it has, another submitter's
+     * pick_conn may find c broken, move it to the dead list and free it */
+    if (c)
+        pthread_mutex_lock(&c->lock);
     pthread_mutex_unlock(&p->lock);
-    return light ? light : best;
+    return c;
 }
 
 /* The submitting thread writes the frame itself while nobody else writes
@@ -489,10 +494,9 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
     (void)tp;
     struct tcp_peer *p = pp;
     for (int attempt = 0; attempt < 2; attempt++) {
-        struct tcp_conn *c = pick_conn(p);
+        struct tcp_conn *c = pick_conn(p); /* locked */
         if (!c)
             break;
-        pthread_mutex_lock(&c->lock);
         if (!c->broken) {
             atomic_fetch_add(&c->inflight_bytes, f->bytes);
             atomic_store(&c->last_used_ns, now_ns());
