@@ -561,39 +561,40 @@ static int tcp_max_connections(unsigned *out)
     return 0;
 }
 
+/* A byte count from the environment variable `name`, lo to hi.  Unset,
+ * empty (or "auto" when auto_ok): 1 and *out untouched. */
+static int env_bytes(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    const char *text = getenv(name);
+    if (!text || !*text || (auto_ok && strcmp(text, "auto") == 0))
+        return 1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < lo || v > hi)
+        return ferry_fail(FERRY_EINVAL, "%s=%.40s: expected %sbytes, %llu-%llu", name, text,
+                          auto_ok ? "auto or " : "", (unsigned long long)lo, (unsigned long long)hi);
+    *out = v;
+    return 0;
+}
+
 /* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
  * bytes, 64 KiB to 1 GiB. */
 static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
 {
-    const char *text = getenv("FERRY_TCP_GROW_BYTES");
-    if (!text || !*text || strcmp(text, "auto") == 0) {
+    int rc = env_bytes("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, out);
+    if (rc == 1)
         *out = tcp_auto_grow_bytes(max_conns, slice_size);
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || end == text || *end || text[0] == '-' || v < (64u << 10) || v > (1u << 30))
-        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_GROW_BYTES=%.40s: expected auto or bytes, 65536-1073741824",
-                          text);
-    *out = v;
-    return 0;
+    return rc < 0 ? rc : 0;
 }
 
 /* FERRY_TCP_INLINE_BYTES: unset or empty: INLINE_BYTES; else 0 to 1 GiB. */
 static int tcp_inline_bytes(uint64_t *out)
 {
-    const char *text = getenv("FERRY_TCP_INLINE_BYTES");
-    *out = INLINE_BYTES;
-    if (!text || !*text)
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || end == text || *end || text[0] == '-' || v > (1u << 30))
-        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_INLINE_BYTES=%.40s: expected bytes, 0-1073741824", text);
-    *out = v;
-    return 0;
+    int rc = env_bytes("FERRY_TCP_INLINE_BYTES", false, 0, 1u << 30, out);
+    if (rc == 1)
+        *out = INLINE_BYTES;
+    return rc < 0 ? rc : 0;
 }
 
 static int tcp_create(const struct transport_host *host, void **out)
