@@ -20,6 +20,9 @@
 #   tcp-slice 4 KiB x 128, 1 thread: the default next to FERRY_SLICE_SIZE=128K
 #             (a batch over up to 4 connections) with and without
 #             FERRY_TCP_INLINE_BYTES=0 (senders copy in parallel)
+#   tcp-var   ferry alone for OPS / BLOCKS / THREADS, once per knob set in
+#             VARIANTS (';' between sets, spaces between a set's assignments,
+#             'default' for none), e.g. VARIANTS='default;FERRY_SLICE_SIZE=128K'
 #   peers     bench/peers.sh with every peer, for OPS / BLOCKS / THREADS
 #   staging   staging_bench: issue 16 item 1 (and the shm pair with 2 GPUs:
 #             bench/gpu_small_blocks.sh)
@@ -79,13 +82,22 @@ for p in "$@"; do
         part "$name" "${with_bundle[@]}" PEERS=ferry DURATION=2 BLOCKS=4K THREADS=1 $v \
           JSON_OUT="$OUT/$name.json" bash bench/peers.sh run "$BUNDLE"
       done ;;
+    tcp-var)
+      IFS=';' read -ra sets <<<"${VARIANTS:-default}"
+      for v in "${sets[@]}"; do
+        [ "$v" = default ] && v=
+        name=tcp-var-$(echo "${v:-default}" | tr -c 'A-Za-z0-9\n' '_' | sed 's/FERRY_//g')
+        # shellcheck disable=SC2086  # v: zero or more assignments
+        part "$name" "${with_bundle[@]}" PEERS=ferry DURATION=2 $v \
+          JSON_OUT="$OUT/$name.json" bash bench/peers.sh run "$BUNDLE"
+      done ;;
     peers)
       part peers "${with_bundle[@]}" DURATION=2 JSON_OUT="$OUT/peers.json" \
         bash bench/peers.sh run "$BUNDLE" ;;
     staging)
       part staging env BUILD="$BUILD" SECS=1 bash bench/gpu_small_blocks.sh ;;
     cost)
-      part cost env BUILD="$BUILD" SECS=1 IDLE=10 TGPU=$([ "$ngpu" -ge 2 ] && echo 1 || echo 0) \
+      part cost env BUILD="$BUILD" SECS=1 IDLE=10 TGPU="$([ "$ngpu" -ge 2 ] && echo 1 || echo 0)" \
         bash bench/gpu_cost.sh ;;
     shm)
       if [ "$ngpu" -lt 2 ]; then echo "== shm: SKIPPED (this host has $ngpu GPU)" | tee "$OUT/shm.md"; continue; fi

@@ -32,6 +32,9 @@
 #        FERRY_BENCH (build/ferry-bench)  TEBENCH  UCX_PERFTEST  FI_RMA_BW
 #        IPERF3  (tool paths; default: the bundle, bench/peers/build/bin, PATH)
 #        FI_EP_TYPE (rdm: tcp;ofi_rxm; msg: tcp alone)
+#        UCX_MT_HUNG=1: do not run UCX with -T N at all ("FAIL(hung before)"),
+#                  for a run split over several calls on a host where one
+#                  -T run already hung (each would cost its time limit)
 # FERRY_* and MC_TCP_* variables pass through to ferry and Mooncake.
 # Exit status: 0 if every ferry run succeeded and verified, else 1.
 set -euo pipefail
@@ -297,7 +300,7 @@ ucx_once() {
     mt=(-T "$threads" -M multi)
     # on the 16-CPU host every -T 4 run hung until its limit: once one has,
     # the other multi-thread cells are not run (each would cost the limit)
-    if [ -n "${ucx_mt_hung:-}" ]; then result="FAIL(hung before)"; return; fi
+    if [ -n "${ucx_mt_hung:-}" ] || [ "${UCX_MT_HUNG:-0}" = 1 ]; then result="FAIL(hung before)"; return; fi
   fi
   next_port port
   result="n/a"

@@ -122,7 +122,7 @@ static struct result staged(struct staging_pool *pool, int op, char *dev, size_t
     static struct slice_req reqs[BATCH_MAX];
     for (unsigned d = 0; d < depth; d++) {
         for (size_t i = 0; i < batch; i++) /* blocks scattered with gaps, like KV blocks; batches apart */
-            reqs[i] = (struct slice_req){op, 1, 0, dev + (d * batch + i) * (bs + 4096), i * bs, bs, (uint32_t)i};
+            reqs[i] = (struct slice_req){op, 1, 0, dev + (d * batch + i) * (bs + 4096), i * bs, bs, (uint32_t)i, 1};
         if (slice_plan_make(reqs, batch, chunk, 64, &b[d].plan))
             exit(1);
     }

@@ -127,10 +127,14 @@ static const struct knob knobs[] = {
     {{"FERRY_TCP_GROW_BYTES", "auto",
       "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
       "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_INLINE_BYTES", "524288",
+    {{"FERRY_TCP_INLINE_BYTES", "auto",
       "a WRITE submit of at most this many bytes is written to an idle TCP connection by the submitting thread "
-      "(no sender wake-up); a larger one only its last frame, the senders the rest in parallel (0-1073741824; "
-      "0: always only the last frame)"}, KNOB_DOC, 0, NULL},
+      "(no sender wake-up); a larger one only its last frame, the senders the rest in parallel: auto (524288; "
+      "0 when FERRY_TCP_SPREAD is above 1) or 0-1073741824 (0: always only the last frame)"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_SPREAD", "auto",
+      "a submit's small blocks to one TCP peer go as about this many frames (each at least 64 KiB) on as many "
+      "connections, copied in parallel on both sides: auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
+     KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -373,7 +373,10 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         if (route < 0)
             return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
                               "and it has no staging pool", i, s->name, locals[i].location);
-        out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0};
+        /* a direct route: as many frames at once as its transport moves in parallel */
+        unsigned spread = route == ROUTE_TRANSPORT(route) && e->tops[route]->spread
+                              ? e->tops[route]->spread(e->tstate[route]) : 1;
+        out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;
 }

@@ -4,6 +4,7 @@
  */
 #include "engine/slice.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,29 @@ static int by_target(const void *a, const void *b)
     if (x->opcode != y->opcode)
         return x->opcode < y->opcode ? -1 : 1;
     return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static bool same_group(const struct slice_req *a, const struct slice_req *b)
+{
+    return a->segment == b->segment && a->route == b->route && a->opcode == b->opcode;
+}
+
+/* The most bytes of a coalesced frame in the group that starts at g[0]
+ * (sorted: the group is g[0..] while same_group): slice_size, or with a
+ * spread of k the group's small bytes (what is left over after full
+ * slices) / k, at least SLICE_SPREAD_MIN. */
+static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t slice_size)
+{
+    unsigned k = g[0]->spread;
+    if (k <= 1)
+        return slice_size;
+    uint64_t small = 0;
+    for (size_t i = 0; i < n && same_group(g[0], g[i]); i++)
+        small += g[i]->len % slice_size; /* each term < slice_size <= 64 MiB */
+    uint64_t cap = small / k + (small % k != 0);
+    if (cap < SLICE_SPREAD_MIN)
+        cap = SLICE_SPREAD_MIN;
+    return cap < slice_size ? cap : slice_size;
 }
 
 static struct xfer_frame *open_frame(struct slice_plan *p, const struct slice_req *r)
@@ -69,10 +93,13 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
     qsort(order, n, sizeof *order, by_target);
 
     struct xfer_frame *small = NULL; /* the open frame collecting small pieces */
+    uint64_t cap = slice_size;       /* its group's most bytes a coalesced frame */
     for (size_t k = 0; k < n; k++) {
         const struct slice_req *r = order[k];
-        if (small && (small->segment != r->segment || small->route != r->route || small->opcode != r->opcode))
+        if (k == 0 || !same_group(order[k - 1], r)) {
             small = NULL;
+            cap = group_cap(order + k, n - k, slice_size);
+        }
         for (uint64_t off = 0; off < r->len; off += slice_size) {
             uint64_t len = r->len - off < slice_size ? r->len - off : slice_size;
             if (len == slice_size) { /* a full slice travels alone */
@@ -81,7 +108,7 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
                 small = NULL; /* keep each frame's pieces contiguous */
                 continue;
             }
-            if (!small || small->npieces == coalesce_max || small->bytes + len > slice_size)
+            if (!small || small->npieces == coalesce_max || small->bytes + len > cap)
                 small = open_frame(plan, r);
             add_piece(plan, small, r, off, len);
         }

@@ -113,6 +113,11 @@ struct transport_ops {
     void (*peer_close)(void *t, void *peer);
     /* Hands a frame over (asynchronous; see above). */
     void (*submit)(void *t, void *peer, struct xfer_frame *f);
+    /* Optional (NULL: 1).  How many frames to one peer this transport moves
+     * at once with spare cores (tcp: connections with their own threads);
+     * the engine cuts a submit's small blocks into about that many frames
+     * instead of coalescing them into as few as possible. */
+    unsigned (*spread)(void *t);
     /* Optional (NULL: nothing to do).  Called for every registration, at
      * registration time, never on the hot path: an RDMA transport makes its
      * MRs here.  *handle is stored in the region's transport_handle[] slot

@@ -101,7 +101,7 @@ static size_t count(const struct trace *t, int ev, uint64_t from_ns, uint64_t to
 
 /* ------------------------------------------------------------ the traced initiator (child process) */
 
-enum scenario { WRITE_READ, MANY_FRAMES, SMALL, FORK };
+enum scenario { WRITE_READ, MANY_FRAMES, SPREAD, SMALL, FORK };
 
 /* A forked child's exit: its leak report would list what only its parent's
  * threads (gone in the child) pointed to. */
@@ -124,8 +124,8 @@ int __lsan_is_turned_off(void)
 static void child_batch(ferry_engine *e, int op, char *local, ferry_segment_t seg, uint64_t remote, size_t bs,
                         size_t n)
 {
-    struct ferry_request reqs[32];
-    CHILD_CHECK(n <= 32);
+    struct ferry_request reqs[128];
+    CHILD_CHECK(n <= 128);
     for (size_t i = 0; i < n; i++)
         reqs[i] = (struct ferry_request){op, local + i * bs, seg, remote + i * bs, bs};
     ferry_batch *b;
@@ -137,11 +137,13 @@ static void child_batch(ferry_engine *e, int op, char *local, ferry_segment_t se
 
 static void __attribute__((noreturn)) initiator(const struct child_target *t, enum scenario s)
 {
-    if (s == MANY_FRAMES) {
+    if (s == MANY_FRAMES || s == SPREAD) {
         /* four connections from the start, and no more (no growth mid-batch) */
         setenv("FERRY_TCP_CONNECTIONS", "4", 1);
         setenv("FERRY_TCP_MAX_CONNECTIONS", "4", 1);
     }
+    if (s == SPREAD) /* what 16 cores get by default, on any host */
+        setenv("FERRY_TCP_SPREAD", "4", 1);
     ferry_engine *e;
     CHILD_CHECK(ferry_engine_create(NULL, &e) == 0);
     fprintf(stderr, "%s\n", ENGINE_UP);
@@ -166,6 +168,15 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
         for (int i = 0; i < 2; i++)
             child_batch(e, FERRY_WRITE, local, seg, t->addr, MIB, 32);
         child_batch(e, FERRY_WRITE, local, seg, t->addr, MIB, 16);
+    } else if (s == SPREAD) {
+        /* warm-up: the spread frames connect and use all four connections;
+         * then one WRITE of 128 x 4 KiB, then a READ of the target's pattern */
+        pattern_fill(local, 128 * 4096, 7, 0);
+        for (int i = 0; i < 3; i++)
+            child_batch(e, FERRY_WRITE, local, seg, t->addr, 4096, 128);
+        memset(local + MIB, 0, MIB);
+        child_batch(e, FERRY_READ, local + MIB, seg, t->addr + 4 * MIB, 4096, 128);
+        CHILD_CHECK(pattern_check(local + MIB, 128 * 4096, TARGET_SEED, 4 * MIB) == -1);
     } else if (s == FORK) {
         /* a child forked between two batches exits (atexit runs there too)
          * after this process wrote its trace: the file must stay this one's */
@@ -414,6 +425,60 @@ static void test_submitter_leaves_frames_to_senders(void **state)
     remove_dir(dir);
 }
 
+/* A spread of 4 (FERRY_TCP_SPREAD, the default from 16 cores): one submit
+ * of 128 x 4 KiB goes as 4 frames of 128 KiB, each on a connection with
+ * none of the others in flight, the sender threads writing three of them
+ * while the submitting thread writes the last (before: 2 frames of 256 KiB,
+ * both written by the submitting thread on one connection). */
+static void test_small_submit_spread(void **state)
+{
+    (void)state;
+    char dir[64], path[128];
+    make_dir(dir);
+    struct child_target tg;
+    start_target(&tg, dir, 8 * MIB);
+    snprintf(path, sizeof path, "%s/init.%%d", dir);
+    pid_t pid = run_initiator(&tg, SPREAD, path, NULL);
+    assert_int_equal(child_target_check(&tg, 0, 128 * 4096, 7), -1);
+    stop_target(&tg);
+    struct trace in;
+    snprintf(path, sizeof path, "%s/init.%d", dir, (int)pid);
+    trace_load(path, &in);
+
+    size_t m[16];
+    assert_int_equal(main_batch_events(&in, (unsigned long)pid, m, 16), 12);
+    size_t submit = m[6], submitted = m[7], woken = m[8];
+    assert_int_equal(in.r[submit].ev, TR_BATCH_SUBMIT);
+    assert_int_equal(in.r[submit].arg, 128);
+    uint64_t from = in.r[submit].ns, to = in.r[woken].ns;
+    assert_int_equal(count(&in, TR_TCP_ACK, from, to), 4); /* frames */
+    size_t inline_sends = 0, sender_sends = 0;
+    unsigned long senders[4];
+    size_t nsenders = 0;
+    for (size_t i = submit + 1; i < submitted; i++)
+        inline_sends += in.r[i].ev == TR_TCP_SEND && in.r[i].tid == (unsigned long)pid;
+    for (size_t i = 0; i < in.n; i++) {
+        if (in.r[i].ev != TR_TCP_SEND || in.r[i].tid == (unsigned long)pid || in.r[i].ns < from || in.r[i].ns > to)
+            continue;
+        sender_sends++;
+        size_t k = 0;
+        while (k < nsenders && senders[k] != in.r[i].tid)
+            k++;
+        if (k == nsenders && nsenders < 4)
+            senders[nsenders++] = in.r[i].tid;
+    }
+    printf("submit of 128 x 4 KiB: %zu sends by the submitting thread, %zu by %zu sender threads\n",
+           inline_sends, sender_sends, nsenders);
+    /* frames 1-3 always go to the senders (the submitting thread writes
+     * only a submit's last frame with a spread); which connections they
+     * take depends on how soon the first ones are acknowledged: a
+     * connection whose frame already ended takes the next one */
+    assert_true(inline_sends <= 1);
+    assert_true(sender_sends >= 3);
+    free(in.r);
+    remove_dir(dir);
+}
+
 /* FERRY_TRACE naming a file that cannot be created: the engine says so when
  * it starts (what, where, why), before any work, and runs on untraced. */
 static void test_trace_path_unusable(void **state)
@@ -526,6 +591,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trace_write_read),
         cmocka_unit_test(test_submitter_leaves_frames_to_senders),
+        cmocka_unit_test(test_small_submit_spread),
         cmocka_unit_test(test_trace_path_unusable),
         cmocka_unit_test(test_trace_write_fails),
         cmocka_unit_test(test_forked_child_leaves_trace),

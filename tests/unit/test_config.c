@@ -49,67 +49,44 @@ static void environment_overrides(void **state)
     unsetenv("FERRY_PROTOCOLS");
 }
 
-/* FERRY_TCP_MAX_CONNECTIONS is read by the tcp transport when an engine
- * starts: auto or 1-64; anything else fails the engine with its name. */
-static void tcp_max_connections_knob(void **state)
-{
-    (void)state;
-    static const char *const bad[] = {"0", "65", "four", "-1", "8x"};
-    static const char *const good[] = {"auto", "", "1", "64"};
-    ferry_engine *e = NULL;
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        setenv("FERRY_TCP_MAX_CONNECTIONS", bad[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
-        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_MAX_CONNECTIONS"));
-    }
-    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        setenv("FERRY_TCP_MAX_CONNECTIONS", good[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), 0);
-        ferry_engine_destroy(e);
-    }
-    unsetenv("FERRY_TCP_MAX_CONNECTIONS");
-}
+/* The tcp transport's own knobs, read when an engine starts: a bad value
+ * fails the engine with FERRY_EINVAL and the knob's name; a good one
+ * starts it.  Lists end with NULL. */
+struct env_knob_case {
+    const char *name;
+    const char *bad[8];
+    const char *good[8];
+};
 
-/* FERRY_TCP_GROW_BYTES: auto or 64 KiB-1 GiB; anything else fails the
- * engine with its name. */
-static void tcp_grow_bytes_knob(void **state)
-{
-    (void)state;
-    static const char *const bad[] = {"0", "65535", "1073741825", "2M", "-1", "lots"};
-    static const char *const good[] = {"auto", "", "65536", "1073741824"};
-    ferry_engine *e = NULL;
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        setenv("FERRY_TCP_GROW_BYTES", bad[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
-        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_GROW_BYTES"));
-    }
-    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        setenv("FERRY_TCP_GROW_BYTES", good[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), 0);
-        ferry_engine_destroy(e);
-    }
-    unsetenv("FERRY_TCP_GROW_BYTES");
-}
+static const struct env_knob_case tcp_knobs[] = {
+    {"FERRY_TCP_MAX_CONNECTIONS", {"0", "65", "four", "-1", "8x"}, {"auto", "", "1", "64"}},
+    {"FERRY_TCP_GROW_BYTES", {"0", "65535", "1073741825", "2M", "-1", "lots"},
+     {"auto", "", "65536", "1073741824"}},
+    {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
+    {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two"}, {"auto", "", "1", "4", "16"}},
+};
 
-/* FERRY_TCP_INLINE_BYTES: 0-1 GiB; anything else fails the engine with its
- * name. */
-static void tcp_inline_bytes_knob(void **state)
+static void tcp_knobs_checked(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"1073741825", "512K", "-1", "lots"};
-    static const char *const good[] = {"", "0", "524288", "1073741824"};
     ferry_engine *e = NULL;
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        setenv("FERRY_TCP_INLINE_BYTES", bad[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), FERRY_EINVAL);
-        assert_non_null(strstr(ferry_last_error(), "FERRY_TCP_INLINE_BYTES"));
+    for (size_t k = 0; k < sizeof tcp_knobs / sizeof tcp_knobs[0]; k++) {
+        const struct env_knob_case *c = &tcp_knobs[k];
+        for (size_t i = 0; c->bad[i]; i++) {
+            setenv(c->name, c->bad[i], 1);
+            if (ferry_engine_create(NULL, &e) != FERRY_EINVAL)
+                fail_msg("%s=%s: the engine started", c->name, c->bad[i]);
+            if (!strstr(ferry_last_error(), c->name))
+                fail_msg("%s=%s: the error does not name it: %s", c->name, c->bad[i], ferry_last_error());
+        }
+        for (size_t i = 0; c->good[i]; i++) {
+            setenv(c->name, c->good[i], 1);
+            if (ferry_engine_create(NULL, &e) != 0)
+                fail_msg("%s=%s: %s", c->name, c->good[i], ferry_last_error());
+            ferry_engine_destroy(e);
+        }
+        unsetenv(c->name);
     }
-    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        setenv("FERRY_TCP_INLINE_BYTES", good[i], 1);
-        assert_int_equal(ferry_engine_create(NULL, &e), 0);
-        ferry_engine_destroy(e);
-    }
-    unsetenv("FERRY_TCP_INLINE_BYTES");
 }
 
 /* The tcp defaults that scale with the host: 2 cores (CI) keep 4
@@ -133,6 +110,12 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_grow_bytes(64, MiB), MiB);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
+    assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */
+    assert_int_equal(tcp_auto_spread(2), 1);
+    assert_int_equal(tcp_auto_spread(7), 1);
+    assert_int_equal(tcp_auto_spread(8), 2);
+    assert_int_equal(tcp_auto_spread(16), 4);
+    assert_int_equal(tcp_auto_spread(256), 4);
 }
 
 static void engine_rejects_bad_config(void **state)
@@ -279,9 +262,7 @@ int main(void)
         cmocka_unit_test(defaults),
         cmocka_unit_test(environment_overrides),
         cmocka_unit_test(engine_rejects_bad_config),
-        cmocka_unit_test(tcp_max_connections_knob),
-        cmocka_unit_test(tcp_grow_bytes_knob),
-        cmocka_unit_test(tcp_inline_bytes_knob),
+        cmocka_unit_test(tcp_knobs_checked),
         cmocka_unit_test(tcp_defaults_scale_with_cores),
         cmocka_unit_test(reference_variables),
         cmocka_unit_test(rdma_without_nic_falls_back),

@@ -30,7 +30,7 @@ static char *local_base(size_t i) { return (char *)(uintptr_t)(0x100000000000ull
 static struct slice_req req(int opcode, uint64_t segment, int route, size_t i, uint64_t len)
 {
     return (struct slice_req){opcode, segment, route, local_base(i), 0xa000000000000000ull + (uint64_t)i * (1ull << 36),
-                              len, (uint32_t)i};
+                              len, (uint32_t)i, 1};
 }
 
 struct cover {
@@ -179,6 +179,64 @@ static void test_small_requests_coalesced(void **state)
     slice_plan_free(&p);
 }
 
+/* A spread of k: a group's small bytes over about k frames of at least
+ * SLICE_SPREAD_MIN, never more than slice_size or coalesce_max allow. */
+static void test_spread(void **state)
+{
+    (void)state;
+    struct slice_req reqs[256];
+    struct slice_plan p;
+    for (size_t i = 0; i < 256; i++) {
+        reqs[i] = req(XFER_WRITE, 1, 0, i, 4 * KiB);
+        reqs[i].spread = 4;
+    }
+    plan_ok(reqs, 128, 1 * MiB, 64, &p); /* 512 KiB: 4 frames of 128 KiB, not 2 of 256 */
+    assert_int_equal(p.nframes, 4);
+    for (size_t f = 0; f < 4; f++)
+        assert_true(p.frames[f].bytes == 128 * KiB && p.frames[f].npieces == 32);
+    slice_plan_free(&p);
+
+    plan_ok(reqs, 16, 1 * MiB, 64, &p); /* 64 KiB: one frame, the least a spread cuts */
+    assert_int_equal(p.nframes, 1);
+    slice_plan_free(&p);
+
+    plan_ok(reqs, 40, 1 * MiB, 64, &p); /* 160 KiB: frames of 64 KiB at least: 64 + 64 + 32 */
+    assert_int_equal(p.nframes, 3);
+    assert_true(p.frames[0].bytes == 64 * KiB && p.frames[2].bytes == 32 * KiB);
+    slice_plan_free(&p);
+
+    plan_ok(reqs, 256, 1 * MiB, 16, &p); /* coalesce_max still caps: 16 of 4 KiB */
+    assert_int_equal(p.nframes, 16);
+    slice_plan_free(&p);
+
+    for (size_t i = 0; i < 128; i++)
+        reqs[i].len = 64 * KiB; /* 8 MiB over 4: frames of 2 MiB, capped at the 1 MiB slice */
+    plan_ok(reqs, 128, 1 * MiB, 64, &p);
+    assert_int_equal(p.nframes, 8);
+    slice_plan_free(&p);
+
+    /* two groups (segments 1 and 2) are cut each by its own bytes */
+    for (size_t i = 0; i < 160; i++) {
+        reqs[i] = req(XFER_WRITE, i < 128 ? 1 : 2, 0, i, 4 * KiB);
+        reqs[i].spread = 4;
+    }
+    plan_ok(reqs, 160, 1 * MiB, 64, &p); /* 512 KiB: 4 frames; 128 KiB: 2 of 64 KiB */
+    assert_int_equal(p.nframes, 6);
+    assert_true(p.frames[4].segment == 2 && p.frames[4].bytes == 64 * KiB);
+    slice_plan_free(&p);
+
+    /* full slices are not counted: 2 x 1 MiB + 32 x 4 KiB over 2 is 2 frames
+     * of 1 MiB and 2 of 64 KiB (counting them: one small frame of 128 KiB) */
+    for (size_t i = 0; i < 34; i++) {
+        reqs[i] = req(XFER_WRITE, 1, 0, i, i < 2 ? 1 * MiB : 4 * KiB);
+        reqs[i].spread = 2;
+    }
+    plan_ok(reqs, 34, 1 * MiB, 64, &p);
+    assert_int_equal(p.nframes, 4);
+    assert_true(p.frames[2].bytes == 64 * KiB && p.frames[3].bytes == 64 * KiB);
+    slice_plan_free(&p);
+}
+
 static void test_odd_sizes(void **state)
 {
     (void)state;
@@ -321,6 +379,9 @@ static void test_random_plans(void **state)
         size_t n = 1 + rnd(&seed) % 200;
         uint64_t slice = 1 + rnd(&seed) % 8192;
         unsigned cmax = (unsigned)(rnd(&seed) % 65);
+        unsigned spread = (unsigned)(rnd(&seed) % 6); /* 0 and 1: none */
+        if (iter % 2) /* slices above the spread's least frame */
+            slice = SLICE_SPREAD_MIN + rnd(&seed) % (4 * SLICE_SPREAD_MIN);
         for (size_t i = 0; i < n; i++) {
             uint64_t len;
             switch (rnd(&seed) % 4) {
@@ -330,6 +391,7 @@ static void test_random_plans(void **state)
             default: len = 1 + rnd(&seed) % (3 * slice); break;
             }
             reqs[i] = req((int)(rnd(&seed) % 2), rnd(&seed) % 3, (int)(rnd(&seed) % 2), i, len);
+            reqs[i].spread = spread;
         }
         struct slice_plan p;
         int rc = slice_plan_make(reqs, n, slice, cmax, &p);
@@ -344,6 +406,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_big_request_cut),
         cmocka_unit_test(test_small_requests_coalesced),
+        cmocka_unit_test(test_spread),
         cmocka_unit_test(test_odd_sizes),
         cmocka_unit_test(test_mixed_keys_never_share),
         cmocka_unit_test(test_request_order),

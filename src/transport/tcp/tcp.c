@@ -15,7 +15,10 @@
  * a READ request, part of a submit of at most FERRY_TCP_INLINE_BYTES, or the
  * last frame of a larger submit (whose others the senders copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
- * whatever was queued meanwhile.  One writer at a time (c->writing), in the
+ * whatever was queued meanwhile.  On a host with cores to spare
+ * (FERRY_TCP_SPREAD) the engine cuts a submit of small blocks into a few
+ * frames, each goes to a connection of its own and only the last is written
+ * inline: their copies run at once on both sides.  One writer at a time (c->writing), in the
  * order frames entered the in-flight FIFO.  Responses
  * come back in order per connection, so in-flight frames are a FIFO.  Only
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
@@ -396,13 +399,19 @@ static void tcp_peer_close(void *tp, void *pp)
 
 /* Picks a connection and returns it locked, replacing broken ones (lazily:
  * connecting happens on the new sender thread): the first, in order, with less than a slice in
- * flight, else the one with the fewest bytes in flight.  Light traffic (a
- * batch of small blocks) thus stays on one connection: one sender and one
- * receiver wake up per batch, not one per frame; heavy traffic spreads. */
-static struct tcp_conn *pick_conn(struct tcp_peer *p)
+ * flight (with a spread: less than this frame), else the one with the
+ * fewest bytes in flight.  Light traffic (a batch of small blocks) thus
+ * stays on one connection: one sender and one receiver wake up per batch,
+ * not one per frame; heavy traffic, and with a spread a submit's frames,
+ * spread. */
+static struct tcp_conn *pick_conn(struct tcp_peer *p, uint64_t frame_bytes)
 {
     struct tcp_conn *best = NULL, *light = NULL;
+    /* with a spread, a submit's frames each take their own connection (one
+     * with less than a frame in flight) so that they move in parallel */
     uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size;
+    if (p->t->spread > 1 && frame_bytes < light_bytes)
+        light_bytes = frame_bytes;
     uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
     reap_dead(p);
@@ -494,7 +503,7 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
     (void)tp;
     struct tcp_peer *p = pp;
     for (int attempt = 0; attempt < 2; attempt++) {
-        struct tcp_conn *c = pick_conn(p); /* locked */
+        struct tcp_conn *c = pick_conn(p, f->bytes); /* locked */
         if (!c)
             break;
         if (!c->broken) {
@@ -522,6 +531,13 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ops table */
 
+/* The cores this process may run on. */
+static long usable_cores(void)
+{
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* One per core, 4 to 16: on 2 cores 4 (CI); 16 CPUs 16 (8 left 15 % of
  * them idle, 32 moved 26 % more); 32 CPUs 16, the best of 2, 8 and 16
  * measured there (docs/BENCHMARKS.md). */
@@ -547,9 +563,7 @@ static int tcp_max_connections(unsigned *out)
 {
     const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
     if (!text || !*text || strcmp(text, "auto") == 0) {
-        cpu_set_t set;
-        long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-        *out = tcp_auto_max_connections(cores);
+        *out = tcp_auto_max_connections(usable_cores());
         return 0;
     }
     char *end;
@@ -588,24 +602,55 @@ static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out
     return rc < 0 ? rc : 0;
 }
 
-/* FERRY_TCP_INLINE_BYTES: unset or empty: INLINE_BYTES; else 0 to 1 GiB. */
-static int tcp_inline_bytes(uint64_t *out)
+/* FERRY_TCP_INLINE_BYTES: unset, empty or "auto": INLINE_BYTES, or 0 with
+ * a spread (the senders write a submit's frames in parallel); else 0 to 1
+ * GiB. */
+static int tcp_inline_bytes(unsigned spread, uint64_t *out)
 {
-    int rc = env_bytes("FERRY_TCP_INLINE_BYTES", false, 0, 1u << 30, out);
+    int rc = env_bytes("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, out);
     if (rc == 1)
-        *out = INLINE_BYTES;
+        *out = spread > 1 ? 0 : INLINE_BYTES;
     return rc < 0 ? rc : 0;
+}
+
+/* 1 below 8 cores (the threads of 2 frames would share the cores the
+ * copies need: one frame on one connection, written inline, measured best
+ * on 2 vCPUs), 2 from 8, 4 from 16 (4 KiB x 128 with one thread on 16
+ * CPUs: 0.76-0.87x one iperf3 stream as one frame, 1.11-1.12x as 4;
+ * docs/BENCHMARKS.md). */
+unsigned tcp_auto_spread(long cores)
+{
+    return cores >= 16 ? 4 : cores >= 8 ? 2 : 1;
+}
+
+/* FERRY_TCP_SPREAD: unset, empty or "auto": tcp_auto_spread; else 1-16. */
+static int tcp_spread(unsigned *out)
+{
+    const char *text = getenv("FERRY_TCP_SPREAD");
+    if (!text || !*text || strcmp(text, "auto") == 0) {
+        *out = tcp_auto_spread(usable_cores());
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < 1 || v > 16)
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_SPREAD=%.40s: expected auto or 1-16", text);
+    *out = (unsigned)v;
+    return 0;
 }
 
 static int tcp_create(const struct transport_host *host, void **out)
 {
-    unsigned max_conns = 4;
+    unsigned max_conns = 4, spread = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
     if (!mrc)
-        mrc = tcp_inline_bytes(&inline_bytes);
+        mrc = tcp_spread(&spread);
+    if (!mrc)
+        mrc = tcp_inline_bytes(spread, &inline_bytes);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -615,6 +660,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->max_conns = max_conns;
     t->grow_bytes = grow_bytes;
     t->inline_bytes = inline_bytes;
+    t->spread = spread;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
@@ -629,6 +675,11 @@ static int tcp_create(const struct transport_host *host, void **out)
     }
     *out = t;
     return 0;
+}
+
+static unsigned tcp_get_spread(void *tp)
+{
+    return ((struct tcp_transport *)tp)->spread;
 }
 
 static void tcp_destroy(void *tp)
@@ -675,6 +726,7 @@ const struct transport_ops ferry_tcp_transport = {
     .peer_open = tcp_peer_open,
     .peer_close = tcp_peer_close,
     .submit = tcp_submit,
+    .spread = tcp_get_spread,
     .can_access = tcp_can_access,
     .stats = tcp_stats,
 };

@@ -29,7 +29,8 @@ struct tcp_transport {
     atomic_uint_fast64_t bytes_written, bytes_read, bytes_served, frames_sent, refused;
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
-    uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES */
+    uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES, resolved (tcp_inline_bytes) */
+    unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread */
 };
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
@@ -87,10 +88,12 @@ void tcp_conn_fail_all(struct tcp_conn *c);
 void *tcp_receiver_main(void *arg);
 
 /* The defaults that scale with the host: connections per peer on a host
- * with `cores` CPUs, and the bytes in flight on every connection before a
- * peer that may hold `max_conns` opens another (at least a slice). */
+ * with `cores` CPUs, the bytes in flight on every connection before a
+ * peer that may hold `max_conns` opens another (at least a slice), and the
+ * frames a submit of small blocks is cut into (transport_ops.spread). */
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
+unsigned tcp_auto_spread(long cores);
 
 /* One incoming connection, on its own thread (the acceptor's callback):
  * authenticates, serves frames until the peer leaves, frees what it holds. */
