@@ -21,7 +21,9 @@
 #        bench/peers.sh --quick          DURATION=1, 64K and 1M, threads 1 4
 # env:   DURATION (3 s a cell)  OPS ("write read")  BLOCKS ("4K 64K 1M 4M")
 #        THREADS ("1 4 8")  BATCH (128)
-#        PEERS ("ferry mooncake mooncake-nopool ucx libfabric")
+#        PEERS ("ferry mooncake mooncake-nopool ucx libfabric"; also
+#                  ferry-same: ferry with --same_block, the peers' access
+#                  pattern, in its own column and ratio)
 #        POLL_CAP  most threads (libfabric: process pairs) for the peers that
 #                  busy-poll (Mooncake's initiator, UCX, libfabric): 1 on a
 #                  machine with 2 CPUs or fewer so that they do not starve the
@@ -194,8 +196,8 @@ run_iperf() {
 json_num() {   # json_num FILE KEY: a top-level number or bool from ferry-bench --json
   sed -n "s/.*\"$2\"[[:space:]]*:[[:space:]]*\([0-9.eE+-][0-9.eE+-]*\|true\|false\).*/\1/p" "$1" | head -n 1
 }
-run_ferry() {   # run_ferry OP BYTES THREADS
-  local op=$1 bytes=$2 threads=$3 buffer seg=""
+run_ferry() {   # run_ferry OP BYTES THREADS [--same_block]
+  local op=$1 bytes=$2 threads=$3 buffer seg="" same=(${4:+"$4"})
   buffer=$(buffer_for "$bytes" "$threads")
   result="FAIL(target)"
   ferry_cost=""
@@ -213,7 +215,7 @@ run_ferry() {   # run_ferry OP BYTES THREADS
   fi
   if ! timeout -k 5 $((DURATION * 3 + 60 + (buffer >> 25))) "$FERRY_BENCH" --mode=initiator \
        --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" \
-       --threads="$threads" --buffer_size="$buffer" --duration="$DURATION" --json \
+       --threads="$threads" --buffer_size="$buffer" --duration="$DURATION" --json "${same[@]}" \
        >"$work/ferry.json" 2>"$work/ferry.err"; then
     result="FAIL(exit)"; grep -v '^\[ *[0-9]*s\]' "$work/ferry.err" | tail -n 3 >&2
     stop_all; return 1
@@ -370,12 +372,12 @@ fi_once() {
 }
 
 # --- which peers run ----------------------------------------------------------
-declare -A title=([ferry]="ferry" [mooncake]="Mooncake (pool)" [mooncake-nopool]="Mooncake (no pool)"
-                  [ucx]="UCX" [libfabric]="libfabric")
+declare -A title=([ferry]="ferry" [ferry-same]="ferry (same block)" [mooncake]="Mooncake (pool)"
+                  [mooncake-nopool]="Mooncake (no pool)" [ucx]="UCX" [libfabric]="libfabric")
 declare -A skip=()
 for p in $PEERS; do
   case "$p" in
-    ferry) ;;
+    ferry|ferry-same) ;;
     mooncake|mooncake-nopool)
       [ -n "$TEBENCH" ] || skip[$p]="no transfer_engine_bench (bash bench/peers/build.sh mooncake)" ;;
     ucx) [ -n "$UCX_PERFTEST" ] || skip[$p]="no ucx_perftest (apt-get install ucx-utils)" ;;
@@ -387,13 +389,14 @@ declare -A seen=()   # PEER OP BYTES USED -> the figure, for capped cells
 run_peer() {   # run_peer PEER OP BYTES THREADS -> result; used -> threads it ran with
   local p=$1 op=$2 bytes=$3 threads=$4
   used=$threads
-  if [ "$p" != ferry ]; then used=$(capped "$threads"); fi
+  case $p in ferry|ferry-same) ;; *) used=$(capped "$threads") ;; esac
   # a capped cell repeats one already measured: reuse it (REMEASURE=1: run again)
   if [ "$used" != "$threads" ] && [ -n "${seen[$p $op $bytes $used]:-}" ] && [ "${REMEASURE:-0}" != 1 ]; then
     result=${seen[$p $op $bytes $used]}; return
   fi
   case "$p" in
     ferry) run_ferry "$op" "$bytes" "$threads" || status=1 ;;
+    ferry-same) run_ferry "$op" "$bytes" "$threads" --same_block || status=1 ;;
     mooncake) run_mooncake "$op" "$bytes" "$used" 1 ;;
     mooncake-nopool) run_mooncake "$op" "$bytes" "$used" 0 ;;
     ucx) calibrated ucx_once "$op" "$bytes" "$used" ;;
@@ -407,6 +410,8 @@ cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 read -r load1 load5 load15 _ </proc/loadavg
 active=()
 for p in $PEERS; do [ -n "${skip[$p]:-}" ] || active+=("$p"); done
+same_col=""   # a column of ferry with --same_block, and its ratio
+for p in "${active[@]}"; do [ "$p" != ferry-same ] || same_col=1; done
 
 echo "## ferry TCP vs peers on loopback, iperf3 as the reference"
 echo
@@ -419,6 +424,8 @@ if [ "$POLL_CAP" -gt 0 ]; then
        "the ${POLL_CAP}-thread figure of its row group unless REMEASURE=1"
 fi
 echo "- ferry: $FERRY_BENCH (data verified after each run)"
+[ -z "$same_col" ] || echo "- ferry (same block): the same with --same_block: every request of a thread's" \
+  "batch moves that thread's first block, as fi_rma_bw and ucx_perftest do (a cache-sized working set)"
 for p in "${active[@]}"; do
   case "$p" in
     mooncake|mooncake-nopool) echo "- ${title[$p]}: $TEBENCH --protocol=tcp," \
@@ -433,7 +440,11 @@ echo
 
 hdr="| op | block | threads | iperf3 |"; sep="|---|---|---|---|"
 for p in "${active[@]}"; do hdr+=" ${title[$p]} |"; sep+="---|"; done
-echo "$hdr ferry / best peer |"; echo "$sep---|"
+if [ -n "$same_col" ]; then
+  echo "$hdr ferry / best peer | ferry (same block) / best peer |"; echo "$sep---|---|"
+else
+  echo "$hdr ferry / best peer |"; echo "$sep---|"
+fi
 
 status=0
 json_rows=()
@@ -444,7 +455,7 @@ for op in $OPS; do
     iperf=$result
     for threads in $THREADS; do
       row="| $op | $block | $threads | $iperf |"
-      ferry_v=""; best=""; best_name=""
+      ferry_v=""; same_v=""; best=""; best_name=""
       for p in "${active[@]}"; do
         run_peer "$p" "$op" "$bytes" "$threads"
         cell=$result
@@ -453,9 +464,11 @@ for op in $OPS; do
         fi
         [ "$used" = "$threads" ] || cell="$cell ${used}t"
         row+=" $cell |"
-        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)$([ "$p" != ferry ] || echo "${ferry_cost:-}")}")
+        json_rows+=("{\"op\":\"$op\",\"block\":$bytes,\"threads\":$threads,\"tool\":\"$p\",\"threads_used\":$used,\"gb_per_s\":$(isnum "$result" && echo "$result" || echo null),\"note\":\"$(isnum "$result" || echo "$result")\",\"iperf3_gb_per_s\":$(isnum "$iperf" && echo "$iperf" || echo null)$(case $p in ferry|ferry-same) echo "${ferry_cost:-}" ;; esac)}")
         if [ "$p" = ferry ]; then
           ferry_v=$result
+        elif [ "$p" = ferry-same ]; then
+          same_v=$result
         elif isnum "$result" && { [ -z "$best" ] || awk -v a="$result" -v b="$best" 'BEGIN { exit !(a > b) }'; }; then
           best=$result; best_name=${title[$p]}
         fi
@@ -463,6 +476,11 @@ for op in $OPS; do
       if isnum "$ferry_v" && isnum "$best"; then
         row+=" $(awk -v a="$ferry_v" -v b="$best" 'BEGIN { printf "%.2f", a / b }')× ($best_name) |"
       else
+        row+=" n/a |"
+      fi
+      if [ -n "$same_col" ] && isnum "$same_v" && isnum "$best"; then
+        row+=" $(awk -v a="$same_v" -v b="$best" 'BEGIN { printf "%.2f", a / b }')× ($best_name) |"
+      elif [ -n "$same_col" ]; then
         row+=" n/a |"
       fi
       echo "$row"

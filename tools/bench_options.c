@@ -53,6 +53,8 @@ static const struct opt_def opt_defs[] = {
     OPT(json, OPT_BOOL, "initiator: print one JSON object instead of text"),
     OPT(verify, OPT_BOOL, "check the transferred bytes (default true)"),
     OPT(huge_pages, OPT_BOOL, "cpu buffers: false = 4 KiB pages (MADV_NOHUGEPAGE), to see their first-copy cost"),
+    OPT(same_block, OPT_BOOL, "initiator: every request of a thread's batch moves that thread's first block (as "
+                              "fi_rma_bw and ucx_perftest do: a cache-sized working set); verified: that block"),
     OPT(help, OPT_BOOL, "this text"),
     OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
     OPT(help_env_markdown, OPT_BOOL, "the same as a markdown table (the README's)"),

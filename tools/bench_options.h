@@ -20,7 +20,7 @@ struct options {
     const char *protocol, *segment_id, *device_name, *location;
     uint64_t block_size, batch_size, buffer_size, duration, threads, iterations, idle_seconds;
     int64_t gpu_id, npu_id;
-    bool use_vram, json, verify, huge_pages, help, help_env, help_env_markdown;
+    bool use_vram, json, verify, huge_pages, same_block, help, help_env, help_env_markdown;
 };
 
 /* Prints "ferry-bench: <message>", then for a ferry error rc != 0

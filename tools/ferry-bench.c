@@ -332,16 +332,17 @@ static const char *state_name(int state)
     return state >= 0 && state <= FERRY_UNUSED ? names[state] : "?";
 }
 
-/* Request i moves block i: local + i*block <-> remote + i*block. */
+/* Request i moves block i: local + i*stride <-> remote + i*stride (stride
+ * 0: every request the first block, --same_block). */
 static void build_requests(struct ferry_request *reqs, size_t n, int opcode,
                            ferry_segment_t seg, uint8_t *local, uint64_t remote,
-                           size_t block)
+                           size_t block, size_t stride)
 {
     for (size_t i = 0; i < n; i++) {
         reqs[i].opcode = opcode;
-        reqs[i].source = local + i * block;
+        reqs[i].source = local + i * stride;
         reqs[i].target = seg;
-        reqs[i].target_offset = remote + i * block;
+        reqs[i].target_offset = remote + i * stride;
         reqs[i].length = block;
     }
 }
@@ -440,9 +441,10 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
         w[t].latency = calloc(1, sizeof *w[t].latency);
         if (!w[t].reqs || !w[t].latency)
             die("out of memory");
+        size_t block = (size_t)r->opts->block_size;
         build_requests(w[t].reqs, (size_t)r->opts->batch_size, r->opcode, r->segment,
-                       r->local.ptr + t * r->region, r->remote_addr + t * r->region,
-                       (size_t)r->opts->block_size);
+                       r->local.ptr + t * r->region, r->remote_addr + t * r->region, block,
+                       r->opts->same_block ? 0 : block);
         int err = pthread_create(&w[t].tid, NULL, worker_main, &w[t]);
         if (err)
             die("pthread_create: %s", strerror(err));
@@ -479,6 +481,7 @@ static bool verify(struct run *r)
 {
     const struct options *o = r->opts;
     size_t n = (size_t)o->batch_size, block = (size_t)o->block_size;
+    size_t span = o->same_block ? block : r->region; /* what each thread moved */
     bool writing = r->opcode == FERRY_WRITE, ok = true;
     struct buffer scratch = {0};
     struct ferry_request *reqs = calloc(n, sizeof *reqs);
@@ -486,18 +489,18 @@ static bool verify(struct run *r)
     if (!reqs)
         die("out of memory");
     if (writing)
-        buffer_open(r->engine, o->location, r->region, 0, o->huge_pages, &scratch);
+        buffer_open(r->engine, o->location, span, 0, o->huge_pages, &scratch);
     for (size_t t = 0; t < o->threads && ok; t++) {
         uint64_t pos = t * r->region;
         uint8_t *dst = writing ? scratch.ptr : r->local.ptr + pos;
         struct mismatch mm;
-        fill_memory(r->engine, o->location, dst, r->region, SEED_ZERO, 0);
-        build_requests(reqs, n, FERRY_READ, r->segment, dst, r->remote_addr + pos, block);
-        if (run_batch(r->engine, reqs, n, err, sizeof err) != 0)
+        fill_memory(r->engine, o->location, dst, span, SEED_ZERO, 0);
+        build_requests(reqs, span / block, FERRY_READ, r->segment, dst, r->remote_addr + pos, block, block);
+        if (run_batch(r->engine, reqs, span / block, err, sizeof err) != 0)
             die("verification read-back failed: %s", err);
         /* READ accepts seed-2 words too: an earlier WRITE run may have
          * replaced the target's pattern at exactly those positions. */
-        if (check_memory(r->engine, o->location, dst, r->region,
+        if (check_memory(r->engine, o->location, dst, span,
                          writing ? SEED_WRITE : SEED_TARGET, writing ? 0 : SEED_WRITE,
                          pos, &mm)) {
             fprintf(stderr, "ferry-bench: verification FAILED at remote offset 0x%" PRIx64
@@ -553,17 +556,18 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
                ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
                ",\"batches\":%" PRIu64 ",\"verified\":%s,\"requests\":%" PRIu64
                ",\"cpu_seconds\":%.3f,\"cpu_us_per_request\":%.3f,\"batch_p50_us\":%.1f"
-               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f}\n",
+               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f,\"same_block\":%s}\n",
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
                batches, verified ? "true" : "false", c->requests, c->cpu_seconds, us_per_req,
                (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3, c->idle_seconds,
-               c->idle_cpu_seconds * 1e3);
+               c->idle_cpu_seconds * 1e3, o->same_block ? "true" : "false");
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
-               ": %" PRIu64 " bytes in %.2f s = %.2f GB/s (%.2f Gbit/s), %s\n",
+               "%s: %" PRIu64 " bytes in %.2f s = %.2f GB/s (%.2f Gbit/s), %s\n",
                o->operation, o->protocol, cpu ? "" : " ", cpu ? "" : o->location,
-               o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
+               o->block_size, o->batch_size, o->threads, o->same_block ? " (same block)" : "",
+               bytes, secs, gbs, gbs * 8,
                !o->verify ? "not verified" : verified ? "verified ok" : "verification FAILED");
         printf("ferry-bench: cost: initiator cpu %.3f s for %" PRIu64 " requests = %.3f us/request;"
                " batch latency p50 %.1f us p99 %.1f us\n", c->cpu_seconds, c->requests, us_per_req,
