@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # target_lib.sh — sourced by the bench scripts that pair a ferry-bench target
-# with an initiator (gpu_cost.sh, gpu_trace.sh).
+# with an initiator (gpu_cost.sh, gpu_trace.sh; tests/bench/same_block.sh).
 #
 # target_start LOG CMD...: runs CMD (a ferry-bench --mode=target command line,
 # env assignments in front allowed through `env`) in the background with its

@@ -5,15 +5,15 @@
 # ucx_perftest that bench/peers.sh compares with): the run verifies that
 # block and says so in its JSON.  Needs FERRY_BENCH (ctest sets it).
 set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/target_lib.sh
+. "$here/../../bench/target_lib.sh"
 log=$(mktemp)
-trap 'kill $tpid 2>/dev/null; rm -f "$log"' EXIT
-"$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --location=cpu --buffer_size=8M >"$log" 2>&1 &
-tpid=$!
-for _ in $(seq 300); do grep -q ready "$log" && break; sleep 0.1; done
-seg=$(sed -n 's/.*segment \([^ ]*\).*/\1/p' "$log")
-[ -n "$seg" ] || { cat "$log"; exit 1; }
+trap 'target_stop; rm -f "$log"' EXIT
+target_start "$log" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --location=cpu --buffer_size=8M
+[ -n "$TARGET_SEG" ] || { cat "$log"; exit 1; }
 for op in write read; do
-  out=$("$FERRY_BENCH" --mode=initiator --local_server_name=127.0.0.1 --operation=$op --segment_id="$seg" \
+  out=$("$FERRY_BENCH" --mode=initiator --local_server_name=127.0.0.1 --operation=$op --segment_id="$TARGET_SEG" \
       --buffer_size=4M --block_size=65536 --batch_size=32 --threads=2 --iterations=5 --same_block --json) ||
     { echo "ferry-bench $op --same_block failed (exit $?): $out"; exit 1; }
   case $out in

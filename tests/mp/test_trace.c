@@ -380,6 +380,62 @@ static void test_trace_write_read(void **state)
     remove_dir(dir);
 }
 
+/* The tcp sends of an initiator's third batch (its first two warm the
+ * connections up): by the submitting thread inside ferry_batch_submit, by
+ * other threads (the senders) while the batch ran and how many of them, and
+ * the frames acknowledged meanwhile. */
+struct batch_sends {
+    size_t inline_sends, sender_sends, senders, acks;
+};
+
+/* Runs scenario s (nbatches batches, the third of `requests` requests)
+ * against a fresh target of target_size bytes; check_len > 0: the target's
+ * first check_len bytes must hold the initiator's pattern (seed 7). */
+static void third_batch_sends(enum scenario s, size_t target_size, size_t nbatches, uint64_t requests,
+                              size_t check_len, struct batch_sends *out)
+{
+    char dir[64], path[128];
+    make_dir(dir);
+    struct child_target tg;
+    start_target(&tg, dir, target_size);
+    snprintf(path, sizeof path, "%s/init.%%d", dir);
+    pid_t pid = run_initiator(&tg, s, path, NULL);
+    if (check_len)
+        assert_int_equal(child_target_check(&tg, 0, check_len, 7), -1);
+    stop_target(&tg);
+    struct trace in;
+    snprintf(path, sizeof path, "%s/init.%d", dir, (int)pid);
+    trace_load(path, &in);
+
+    size_t m[16];
+    assert_int_equal(main_batch_events(&in, (unsigned long)pid, m, 16), 3 * nbatches);
+    size_t submit = m[6], submitted = m[7], woken = m[8];
+    assert_int_equal(in.r[submit].ev, TR_BATCH_SUBMIT);
+    assert_int_equal(in.r[submit].arg, requests);
+    assert_int_equal(in.r[submitted].ev, TR_BATCH_SUBMITTED);
+    assert_int_equal(in.r[woken].ev, TR_BATCH_WOKEN);
+    uint64_t from = in.r[submit].ns, to = in.r[woken].ns;
+    memset(out, 0, sizeof *out);
+    out->acks = count(&in, TR_TCP_ACK, from, to);
+    for (size_t i = submit + 1; i < submitted; i++)
+        out->inline_sends += in.r[i].ev == TR_TCP_SEND && in.r[i].tid == (unsigned long)pid;
+    unsigned long seen[64];
+    for (size_t i = 0; i < in.n; i++) {
+        if (in.r[i].ev != TR_TCP_SEND || in.r[i].tid == (unsigned long)pid || in.r[i].ns < from || in.r[i].ns > to)
+            continue;
+        out->sender_sends++;
+        size_t k = 0;
+        while (k < out->senders && seen[k] != in.r[i].tid)
+            k++;
+        if (k == out->senders && k < 64)
+            seen[out->senders++] = in.r[i].tid;
+    }
+    printf("batch of %llu requests: %zu sends by the submitting thread, %zu by %zu other threads, %zu frames\n",
+           (unsigned long long)requests, out->inline_sends, out->sender_sends, out->senders, out->acks);
+    free(in.r);
+    remove_dir(dir);
+}
+
 /* af315c1: with four ready, idle connections, one thread submitting 16
  * frames of 1 MiB wrote each of the first four itself (one copy per
  * connection on one thread); now it writes at most the last one and the
@@ -387,42 +443,11 @@ static void test_trace_write_read(void **state)
 static void test_submitter_leaves_frames_to_senders(void **state)
 {
     (void)state;
-    char dir[64], path[128];
-    make_dir(dir);
-    struct child_target tg;
-    start_target(&tg, dir, TARGET_SIZE);
-    snprintf(path, sizeof path, "%s/init.%%d", dir);
-    pid_t pid = run_initiator(&tg, MANY_FRAMES, path, NULL);
-    stop_target(&tg);
-    struct trace in;
-    snprintf(path, sizeof path, "%s/init.%d", dir, (int)pid);
-    trace_load(path, &in);
-
-    size_t m[16];
-    assert_int_equal(main_batch_events(&in, (unsigned long)pid, m, 16), 9);
-    size_t submit = m[6], submitted = m[7], woken = m[8];
-    assert_int_equal(in.r[submit].ev, TR_BATCH_SUBMIT);
-    assert_int_equal(in.r[submit].arg, 16);
-    assert_int_equal(in.r[submitted].ev, TR_BATCH_SUBMITTED);
-    assert_int_equal(in.r[woken].ev, TR_BATCH_WOKEN);
-    /* sends the submitting thread made inside ferry_batch_submit */
-    size_t inline_sends = 0;
-    for (size_t i = submit + 1; i < submitted; i++)
-        inline_sends += in.r[i].ev == TR_TCP_SEND && in.r[i].tid == (unsigned long)pid;
-    /* and the sender threads during the batch: every frame not written
-     * whole inline starts on one of them */
-    uint64_t from = in.r[submit].ns, to = in.r[woken].ns;
-    size_t sender_sends = 0;
-    for (size_t i = 0; i < in.n; i++)
-        sender_sends += in.r[i].ev == TR_TCP_SEND && in.r[i].tid != (unsigned long)pid && in.r[i].ns >= from &&
-                        in.r[i].ns <= to;
-    printf("submit of 16 x 1 MiB: %zu sends by the submitting thread, %zu by sender threads\n", inline_sends,
-           sender_sends);
-    assert_int_equal(count(&in, TR_TCP_ACK, from, to), 16);
-    assert_true(inline_sends <= 1);
-    assert_true(sender_sends >= 15);
-    free(in.r);
-    remove_dir(dir);
+    struct batch_sends bs;
+    third_batch_sends(MANY_FRAMES, TARGET_SIZE, 3, 16, 0, &bs);
+    assert_int_equal(bs.acks, 16);
+    assert_true(bs.inline_sends <= 1);
+    assert_true(bs.sender_sends >= 15); /* every frame not written whole inline starts on a sender */
 }
 
 /* A spread of 4 (FERRY_TCP_SPREAD, the default from 16 cores): one submit
@@ -433,50 +458,15 @@ static void test_submitter_leaves_frames_to_senders(void **state)
 static void test_small_submit_spread(void **state)
 {
     (void)state;
-    char dir[64], path[128];
-    make_dir(dir);
-    struct child_target tg;
-    start_target(&tg, dir, 8 * MIB);
-    snprintf(path, sizeof path, "%s/init.%%d", dir);
-    pid_t pid = run_initiator(&tg, SPREAD, path, NULL);
-    assert_int_equal(child_target_check(&tg, 0, 128 * 4096, 7), -1);
-    stop_target(&tg);
-    struct trace in;
-    snprintf(path, sizeof path, "%s/init.%d", dir, (int)pid);
-    trace_load(path, &in);
-
-    size_t m[16];
-    assert_int_equal(main_batch_events(&in, (unsigned long)pid, m, 16), 12);
-    size_t submit = m[6], submitted = m[7], woken = m[8];
-    assert_int_equal(in.r[submit].ev, TR_BATCH_SUBMIT);
-    assert_int_equal(in.r[submit].arg, 128);
-    uint64_t from = in.r[submit].ns, to = in.r[woken].ns;
-    assert_int_equal(count(&in, TR_TCP_ACK, from, to), 4); /* frames */
-    size_t inline_sends = 0, sender_sends = 0;
-    unsigned long senders[4];
-    size_t nsenders = 0;
-    for (size_t i = submit + 1; i < submitted; i++)
-        inline_sends += in.r[i].ev == TR_TCP_SEND && in.r[i].tid == (unsigned long)pid;
-    for (size_t i = 0; i < in.n; i++) {
-        if (in.r[i].ev != TR_TCP_SEND || in.r[i].tid == (unsigned long)pid || in.r[i].ns < from || in.r[i].ns > to)
-            continue;
-        sender_sends++;
-        size_t k = 0;
-        while (k < nsenders && senders[k] != in.r[i].tid)
-            k++;
-        if (k == nsenders && nsenders < 4)
-            senders[nsenders++] = in.r[i].tid;
-    }
-    printf("submit of 128 x 4 KiB: %zu sends by the submitting thread, %zu by %zu sender threads\n",
-           inline_sends, sender_sends, nsenders);
+    struct batch_sends bs;
+    third_batch_sends(SPREAD, 8 * MIB, 4, 128, 128 * 4096, &bs);
+    assert_int_equal(bs.acks, 4); /* frames */
     /* frames 1-3 always go to the senders (the submitting thread writes
      * only a submit's last frame with a spread); which connections they
      * take depends on how soon the first ones are acknowledged: a
      * connection whose frame already ended takes the next one */
-    assert_true(inline_sends <= 1);
-    assert_true(sender_sends >= 3);
-    free(in.r);
-    remove_dir(dir);
+    assert_true(bs.inline_sends <= 1);
+    assert_true(bs.sender_sends >= 3);
 }
 
 /* FERRY_TRACE naming a file that cannot be created: the engine says so when

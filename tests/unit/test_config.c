@@ -59,11 +59,11 @@ struct env_knob_case {
 };
 
 static const struct env_knob_case tcp_knobs[] = {
-    {"FERRY_TCP_MAX_CONNECTIONS", {"0", "65", "four", "-1", "8x"}, {"auto", "", "1", "64"}},
+    {"FERRY_TCP_MAX_CONNECTIONS", {"0", "65", "four", "-1", "8x", "-18446744073709551615"}, {"auto", "", "1", "64"}},
     {"FERRY_TCP_GROW_BYTES", {"0", "65535", "1073741825", "2M", "-1", "lots"},
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
-    {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two"}, {"auto", "", "1", "4", "16"}},
+    {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615"}, {"auto", "", "1", "4", "16"}},
 };
 
 static void tcp_knobs_checked(void **state)

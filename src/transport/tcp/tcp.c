@@ -557,27 +557,10 @@ uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
     return g < slice_size ? slice_size : g;
 }
 
-/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": tcp_auto_max_connections
- * of the cores the process may run on; else 1-64. */
-static int tcp_max_connections(unsigned *out)
-{
-    const char *text = getenv("FERRY_TCP_MAX_CONNECTIONS");
-    if (!text || !*text || strcmp(text, "auto") == 0) {
-        *out = tcp_auto_max_connections(usable_cores());
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (errno || end == text || *end || v < 1 || v > 64)
-        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_MAX_CONNECTIONS=%.40s: expected auto or 1-64", text);
-    *out = (unsigned)v;
-    return 0;
-}
-
-/* A byte count from the environment variable `name`, lo to hi.  Unset,
- * empty (or "auto" when auto_ok): 1 and *out untouched. */
-static int env_bytes(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, uint64_t *out)
+/* A number from the environment variable `name`, lo to hi, in decimal
+ * (`unit`: what it counts, for the message: "bytes" or NULL).  Unset, empty
+ * (or "auto" when auto_ok): 1 and *out untouched. */
+static int env_number(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, const char *unit, uint64_t *out)
 {
     const char *text = getenv(name);
     if (!text || !*text || (auto_ok && strcmp(text, "auto") == 0))
@@ -586,17 +569,33 @@ static int env_bytes(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, u
     errno = 0;
     unsigned long long v = strtoull(text, &end, 10);
     if (errno || end == text || *end || text[0] == '-' || v < lo || v > hi)
-        return ferry_fail(FERRY_EINVAL, "%s=%.40s: expected %sbytes, %llu-%llu", name, text,
-                          auto_ok ? "auto or " : "", (unsigned long long)lo, (unsigned long long)hi);
+        return ferry_fail(FERRY_EINVAL, "%s=%.40s: expected %s%s%s%llu-%llu", name, text, auto_ok ? "auto or " : "",
+                          unit ? unit : "", unit ? ", " : "", (unsigned long long)lo, (unsigned long long)hi);
     *out = v;
     return 0;
+}
+
+/* A count knob: unset, empty or "auto": `dflt`; else lo to hi. */
+static int env_count(const char *name, unsigned lo, unsigned hi, unsigned dflt, unsigned *out)
+{
+    uint64_t v = dflt;
+    int rc = env_number(name, true, lo, hi, NULL, &v);
+    *out = (unsigned)v;
+    return rc < 0 ? rc : 0;
+}
+
+/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": tcp_auto_max_connections
+ * of the cores the process may run on; else 1-64. */
+static int tcp_max_connections(unsigned *out)
+{
+    return env_count("FERRY_TCP_MAX_CONNECTIONS", 1, 64, tcp_auto_max_connections(usable_cores()), out);
 }
 
 /* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
  * bytes, 64 KiB to 1 GiB. */
 static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
 {
-    int rc = env_bytes("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, out);
+    int rc = env_number("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, "bytes", out);
     if (rc == 1)
         *out = tcp_auto_grow_bytes(max_conns, slice_size);
     return rc < 0 ? rc : 0;
@@ -607,7 +606,7 @@ static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out
  * GiB. */
 static int tcp_inline_bytes(unsigned spread, uint64_t *out)
 {
-    int rc = env_bytes("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, out);
+    int rc = env_number("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, "bytes", out);
     if (rc == 1)
         *out = spread > 1 ? 0 : INLINE_BYTES;
     return rc < 0 ? rc : 0;
@@ -626,18 +625,7 @@ unsigned tcp_auto_spread(long cores)
 /* FERRY_TCP_SPREAD: unset, empty or "auto": tcp_auto_spread; else 1-16. */
 static int tcp_spread(unsigned *out)
 {
-    const char *text = getenv("FERRY_TCP_SPREAD");
-    if (!text || !*text || strcmp(text, "auto") == 0) {
-        *out = tcp_auto_spread(usable_cores());
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (errno || end == text || *end || text[0] == '-' || v < 1 || v > 16)
-        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_SPREAD=%.40s: expected auto or 1-16", text);
-    *out = (unsigned)v;
-    return 0;
+    return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), out);
 }
 
 static int tcp_create(const struct transport_host *host, void **out)
