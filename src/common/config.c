@@ -133,7 +133,8 @@ static const struct knob knobs[] = {
       "0 when FERRY_TCP_SPREAD is above 1) or 0-1073741824 (0: always only the last frame)"}, KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_SPREAD", "auto",
       "a submit's small blocks to one TCP peer go as about this many frames (each at least 64 KiB) on as many "
-      "connections, copied in parallel on both sides: auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
+      "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
+      "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
      KNOB_DOC, 0, NULL},
 };
 

@@ -373,9 +373,12 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         if (route < 0)
             return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
                               "and it has no staging pool", i, s->name, locals[i].location);
-        /* a direct route: as many frames at once as its transport moves in parallel */
-        unsigned spread = route == ROUTE_TRANSPORT(route) && e->tops[route]->spread
-                              ? e->tops[route]->spread(e->tstate[route]) : 1;
+        /* as many frames at once as the transport moves in parallel; staged,
+         * unless the pool gathers small blocks on the device (there fewer,
+         * larger frames cost less) */
+        int t = ROUTE_TRANSPORT(route);
+        unsigned spread = e->tops[t]->spread && (staged < 0 || !staging_pool_aggregates(e->pools[pool].pool))
+                              ? e->tops[t]->spread(e->tstate[t]) : 1;
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;

@@ -537,6 +537,11 @@ size_t staging_pool_chunk_size(const struct staging_pool *p)
     return p->chunk_size;
 }
 
+bool staging_pool_aggregates(const struct staging_pool *p)
+{
+    return p->agg.below > 0 && p->agg.buffers > 0;
+}
+
 static void pool_free(struct staging_pool *p)
 {
     for (unsigned i = 0; p->chunks && i < p->nchunks; i++) {

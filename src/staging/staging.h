@@ -45,6 +45,7 @@
 #ifndef FERRY_STAGING_H
 #define FERRY_STAGING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "device/device.h"
@@ -67,6 +68,10 @@ void staging_pool_destroy(struct staging_pool *p);
 
 /* Largest frame (bytes) a chunk holds; slicing must not exceed it. */
 size_t staging_pool_chunk_size(const struct staging_pool *p);
+/* Whether small blocks go through a device buffer (aggregate.h): then a
+ * few large frames cost less than many small ones (one D2H each), and the
+ * engine does not cut a submit into more frames for the transport's spread. */
+bool staging_pool_aggregates(const struct staging_pool *p);
 
 /* Queues a frame whose pieces' local pointers are device memory of this
  * pool's device.  Asynchronous; f->complete is called exactly once. */

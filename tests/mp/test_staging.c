@@ -169,6 +169,47 @@ static void one_chunk_waits_its_turn(void **state)
     run(f, FERRY_READ, 65536, 128, TSIZE / 2, 65536, 0);
 }
 
+/* FERRY_TCP_SPREAD=4 (16 cores' default) with FERRY_STAGING_AGGREGATE as
+ * given: the engine for the spread tests. */
+static int start_spread(void **s, const char *aggregate)
+{
+    setenv("FERRY_TCP_SPREAD", "4", 1);
+    setenv("FERRY_STAGING_AGGREGATE", aggregate, 1);
+    int rc = start(s, device_location(), "cpu", 0);
+    unsetenv("FERRY_TCP_SPREAD");
+    unsetenv("FERRY_STAGING_AGGREGATE");
+    return rc;
+}
+static int setup_spread(void **s) { return start_spread(s, "0"); }
+static int setup_spread_aggregated(void **s) { return start_spread(s, "2M"); }
+
+/* tcp frames one staged submit of 128 x 4 KiB became (data verified) */
+static uint64_t staged_frames(struct fixture *f, int op, uint64_t base)
+{
+    struct ferry_stats before, after;
+    assert_int_equal(ferry_get_stats(f->e, &before), 0);
+    run(f, op, 4096, 128, base, 4096 + 512, 31);
+    assert_int_equal(ferry_get_stats(f->e, &after), 0);
+    return after.transports[0].frames_sent - before.transports[0].frames_sent;
+}
+
+/* With a spread of 4 a staged submit of small blocks goes as 4 frames (4
+ * chunks gathered, 4 connections), as host memory's does; where the pool
+ * gathers on the device (aggregation) it stays 2 frames of 64 blocks. */
+static void staged_submit_spread(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 4);
+    assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 4);
+}
+
+static void staged_submit_aggregated_not_spread(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 2);
+    assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 2);
+}
+
 static void wrong_kind_rejected(void **state)
 {
     (void)state;
@@ -214,6 +255,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
         cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, teardown),
         cmocka_unit_test(wrong_kind_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
