@@ -8,7 +8,8 @@
 # (initiator / target), batch latency p50 / p99 us.  A large pinned D2H of
 # the same run (staging_bench's reference) gives the PCIe time of a batch.
 #
-#   BUILD=build-gpu [SECS=2] [BLOCK=16384] [TGPU=0] [MEMS="cpu cuda0"] bench/gpu_cost.sh
+#   BUILD=build-gpu [SECS=2] [BLOCK=16384] [TGPU=0] [MEMS="cpu cuda0"] [BATCHES="128 1024"]
+#   [THREADS="1 4"] [CELL_ENV="FERRY_X=1 ..."] bench/gpu_cost.sh
 # TGPU=1 puts the target's GPU memory on cuda:1 (two GPUs: each process has
 # a GPU of its own, as on two hosts; on one GPU the two processes' copies
 # time-slice it).
@@ -45,8 +46,9 @@ echo "| memory | op | batch | threads | GB/s | CPU us/req init / target | batch 
 echo "|---|---|---|---|---|---|---|"
 for mem in ${MEMS:-cpu cuda0}; do
   for op in write read; do
-    for batch in 128 1024; do
-      for thr in 1 4; do cell $mem $op $batch $thr FERRY_BENCH_CELL=1; done
+    for batch in ${BATCHES:-128 1024}; do
+      # shellcheck disable=SC2086  # CELL_ENV: zero or more assignments
+      for thr in ${THREADS:-1 4}; do cell $mem $op $batch $thr FERRY_BENCH_CELL=1 ${CELL_ENV:-}; done
     done
   done
 done
