@@ -36,10 +36,15 @@
 #include "trace.h"
 #include "staging/aggregate.h"
 
-/* Copies one group takes at most: two frames of full scatter lists, what
- * one launch of the CUDA gather kernel moves; more would hold the first
- * chunk of a group off the wire for longer than the launch saves. */
-#define GROUP_COPIES_MAX (2 * XFER_MAX_PIECES)
+/* Copies one copy_async call takes at most: two frames of full scatter
+ * lists, what one launch of the CUDA gather kernel moves.  A group holds
+ * FERRY_STAGING_GROUP frames at most (2 by default: more would hold the
+ * first chunk of a group off the wire for longer than the launch saves);
+ * a larger group goes to the device in several calls on one stream and
+ * still retires with one wait. */
+#define CALL_COPIES_MAX (2 * XFER_MAX_PIECES)
+#define GROUP_DEFAULT 2u
+#define GROUP_MAX 16u
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 
@@ -83,6 +88,7 @@ struct staging_pool {
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
+    unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     pthread_t worker;
 };
 
@@ -258,12 +264,20 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
     if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
-        struct ferry_copy copies[GROUP_COPIES_MAX];
+        struct ferry_copy copies[CALL_COPIES_MAX];
         size_t ncopies = 0;
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            if (ncopies + g[i]->orig->npieces > CALL_COPIES_MAX) {
+                rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
+                TRACE(TR_STAGE_ISSUE, ncopies);
+                ncopies = 0;
+            }
             ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, copies + ncopies);
-        rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, copies, ncopies) : 0;
-        TRACE(TR_STAGE_ISSUE, ncopies);
+        }
+        if (rc == 0 && ncopies) {
+            rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
+            TRACE(TR_STAGE_ISSUE, ncopies);
+        }
     }
     if (rc) {
         group_failed(p, g, n, rc);
@@ -280,12 +294,14 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 
 /* Issues a round of chunks: READs that still have to cross the wire go to
  * their transport; the rest are cut into groups (same direction, at most
- * GROUP_COPIES_MAX copies and one chunk's bytes, aggregating chunks alone). */
+ * group_frames frames, group_frames x 64 copies and group_frames / 2 chunks'
+ * bytes (one chunk's for 1 or 2), aggregating chunks alone). */
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
+    const uint64_t bytes_max = (uint64_t)p->chunk_size * (p->group_frames > 2 ? p->group_frames / 2 : 1);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
         if (c->state == CHUNK_WIRE) {
@@ -296,8 +312,9 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             issue_group(p, &c, 1);
             continue;
         }
-        if (ng && (c->state != g[0]->state || copies + c->orig->npieces > GROUP_COPIES_MAX ||
-                   bytes + c->orig->bytes > p->chunk_size)) {
+        if (ng && (c->state != g[0]->state || ng == p->group_frames ||
+                   copies + c->orig->npieces > (size_t)p->group_frames * XFER_MAX_PIECES ||
+                   bytes + c->orig->bytes > bytes_max)) {
             issue_group(p, g, ng);
             ng = copies = 0;
             bytes = 0;
@@ -402,7 +419,8 @@ static void retire_oldest(struct staging_pool *p)
     struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO */
     pthread_mutex_unlock(&p->lock);
     uint64_t start = now_ns();
-    while (p->ops->stream_query(lead->stream) == FERRY_EBUSY) {
+    int rc;
+    while ((rc = p->ops->stream_query(lead->stream)) == FERRY_EBUSY) {
         pthread_mutex_lock(&p->lock);
         bool issue = work_ready(p) && !p->issuing;
         pthread_mutex_unlock(&p->lock);
@@ -412,7 +430,8 @@ static void retire_oldest(struct staging_pool *p)
             break;                      /* long copy: block in stream_sync */
         sched_yield();
     }
-    int rc = p->ops->stream_sync(lead->stream);
+    if (rc == FERRY_EBUSY)
+        rc = p->ops->stream_sync(lead->stream);
     size_t n = 0;
     pthread_mutex_lock(&p->lock);
     while (p->fl_head && p->fl_head->lead == lead) {
@@ -484,6 +503,23 @@ static int spin_read(uint64_t *ns)
                               IDLE_SPIN_US_MAX);
     }
     *ns = (uint64_t)v * 1000u;
+    return 0;
+}
+
+/* FERRY_STAGING_GROUP: 1..GROUP_MAX frames, default GROUP_DEFAULT. */
+static int group_read(unsigned *frames)
+{
+    const char *text = getenv("FERRY_STAGING_GROUP");
+    unsigned long v = GROUP_DEFAULT;
+    if (text && *text) {
+        char *end;
+        errno = 0;
+        v = strtoul(text, &end, 10);
+        if (errno || *end || end == text || text[0] == '-' || v < 1 || v > GROUP_MAX)
+            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_GROUP=\"%.32s\": frames a device copy group takes, 1-%u",
+                              text, GROUP_MAX);
+    }
+    *frames = (unsigned)v;
     return 0;
 }
 
@@ -584,6 +620,8 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)
         rc = spin_read(&p->idle_spin_ns);
+    if (!rc)
+        rc = group_read(&p->group_frames);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
