@@ -970,7 +970,7 @@ static const struct ferry_config_knob cuda_knobs[] = {
      "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
      "(not yet measured)"},
     {"FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT,
-     "bytes one CTA of the gather/scatter kernel copies at a time, a power of two from 4096 to 1048576"},
+     "bytes one CTA of the gather/scatter kernel copies at a time, a power of two from 1024 to 1048576"},
     {"FERRY_CUDA_KERNEL_CTAS", CUDA_SHAPE_CTAS_DEFAULT, "gather/scatter kernel: CTAs per SM at most, 1-8"},
     {"FERRY_CUDA_KERNEL_THREADS", CUDA_SHAPE_THREADS_DEFAULT,
      "gather/scatter kernel: threads per CTA, a multiple of 32 up to 256"},

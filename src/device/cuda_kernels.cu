@@ -38,7 +38,7 @@ struct ferry_gather_copy {
 
 struct ferry_gather_args {
     unsigned int n;                               /* copies, 1..128, all len > 0 */
-    unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 4 KiB */
+    unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 1 KiB */
     unsigned int ntiles;                          /* tile_start[n] */
     unsigned int loads;                           /* 16-byte loads in flight per thread: 4 or 8 */
     unsigned int tile_start[FERRY_GATHER_MAX + 1];
@@ -104,7 +104,8 @@ __device__ __forceinline__ void copy_vec(char *d, const char *s, size_t len, uns
     if (loads >= 8)
         i = copy_deep<V, 8>(dv, sv, i, nv, nt);
     i = copy_deep<V, 4>(dv, sv, i, nv, nt);
-    for (; i < nv; i += nt)
+    i = copy_deep<V, 2>(dv, sv, i, nv, nt);
+    if (i < nv)
         st(dv + i, ld(sv + i));
     copy_bytes(d + nv * a, s + nv * a, len - nv * a);
 }

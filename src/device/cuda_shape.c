@@ -33,8 +33,8 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 int cuda_shape_read(struct cuda_shape *out)
 {
     unsigned long long tile, ctas, threads, loads, h2d;
-    int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 4096, 1u << 20,
-                        "bytes, a power of two from 4096 to 1048576", &tile);
+    int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
+                        "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)
         rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_TILE=\"%llu\": bytes, a power of two from 4096 to 1048576",
                         tile);

@@ -10,7 +10,7 @@
 #include <stddef.h>
 
 /* Defaults, also the "default" column of the knob rows in cuda.c. */
-#define CUDA_SHAPE_TILE_DEFAULT "16384"
+#define CUDA_SHAPE_TILE_DEFAULT "4096"
 #define CUDA_SHAPE_CTAS_DEFAULT "4"
 #define CUDA_SHAPE_THREADS_DEFAULT "256"
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
@@ -20,7 +20,7 @@
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
 
 struct cuda_shape {
-    unsigned tile_shift;   /* FERRY_CUDA_KERNEL_TILE = 1 << tile_shift bytes, 4 KiB..1 MiB */
+    unsigned tile_shift;   /* FERRY_CUDA_KERNEL_TILE = 1 << tile_shift bytes, 1 KiB..1 MiB */
     unsigned ctas_per_sm;  /* FERRY_CUDA_KERNEL_CTAS: grid at most this x the SMs, 1..8 */
     unsigned threads;      /* FERRY_CUDA_KERNEL_THREADS: per CTA, a multiple of 32, 32..256 */
     unsigned loads;        /* FERRY_CUDA_KERNEL_LOADS: 16-byte loads in flight per thread, 4 or 8 */

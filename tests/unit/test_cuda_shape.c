@@ -33,27 +33,27 @@ static void defaults(void **state)
     struct cuda_shape s;
     memset(&s, 0xff, sizeof s);
     assert_int_equal(cuda_shape_read(&s), 0);
-    assert_int_equal(s.tile_shift, 14);
+    assert_int_equal(s.tile_shift, 12);
     assert_int_equal(s.ctas_per_sm, 4);
     assert_int_equal(s.threads, 256);
     assert_int_equal(s.loads, 4);
     assert_int_equal(s.h2d_max, strtoull(CUDA_SHAPE_H2D_MAX_DEFAULT, NULL, 10));
     setenv("FERRY_CUDA_KERNEL_TILE", "", 1); /* empty: the default */
     assert_int_equal(cuda_shape_read(&s), 0);
-    assert_int_equal(s.tile_shift, 14);
+    assert_int_equal(s.tile_shift, 12);
 }
 
 static void accepted(void **state)
 {
     (void)state;
-    setenv("FERRY_CUDA_KERNEL_TILE", "4096", 1);
+    setenv("FERRY_CUDA_KERNEL_TILE", "1024", 1);
     setenv("FERRY_CUDA_KERNEL_CTAS", "8", 1);
     setenv("FERRY_CUDA_KERNEL_THREADS", "128", 1);
     setenv("FERRY_CUDA_KERNEL_LOADS", "8", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_MAX", "0", 1);
     struct cuda_shape s;
     assert_int_equal(cuda_shape_read(&s), 0);
-    assert_int_equal(s.tile_shift, 12);
+    assert_int_equal(s.tile_shift, 10);
     assert_int_equal(s.ctas_per_sm, 8);
     assert_int_equal(s.threads, 128);
     assert_int_equal(s.loads, 8);
@@ -85,7 +85,7 @@ static void refused(const char *var, const char *text)
 static void refusals(void **state)
 {
     (void)state;
-    refused("FERRY_CUDA_KERNEL_TILE", "2048");        /* below 4 KiB */
+    refused("FERRY_CUDA_KERNEL_TILE", "512");         /* below 1 KiB */
     refused("FERRY_CUDA_KERNEL_TILE", "2097152");     /* above 1 MiB */
     refused("FERRY_CUDA_KERNEL_TILE", "12288");       /* not a power of two */
     refused("FERRY_CUDA_KERNEL_TILE", "16K");         /* a suffix */
