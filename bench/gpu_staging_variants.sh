@@ -9,9 +9,10 @@
 # (the 8-load path, large groups, H2D on the copy engine).  Each step has a
 # timeout; the whole takes about 80-120 s at SECS=0.4.  Round 1 tries one
 # knob at a time; round 2 (the default) the 4 KiB tile against the old 16 KiB
-# and what might add to it.
+# and what might add to it; round 3 the two alternating, with a look at what
+# else runs on the machine.
 #
-#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2]
+#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3]
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.4}
@@ -61,6 +62,17 @@ if [ "${1:-2}" = 1 ]; then
   goal group4 "${old[@]}" FERRY_STAGING_GROUP=4
   v group16 "${old[@]}" FERRY_STAGING_GROUP=16 -- --batch=1024 cuda:0 "$S" 16384
   goal base-again "${old[@]}"
+elif [ "${1:-2}" = 3 ]; then
+  # round 3: before / after again, alternating, with what else runs on the GPUs
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+  ps -eo pid,pcpu,etime,comm --sort=-pcpu | head -6
+  goal before FERRY_CUDA_KERNEL_TILE=16384
+  goal after
+  goal after+group4 FERRY_STAGING_GROUP=4
+  goal after-again
+  goal before-again FERRY_CUDA_KERNEL_TILE=16384
+  echo "## round 3 took $(( $(date +%s) - t0 )) s"
+  exit 0
 else
   # round 2: the 4 KiB tile (the default now) against the old 16 KiB, and
   # what might add to it
