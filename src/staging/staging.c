@@ -489,38 +489,37 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* FERRY_STAGING_SPIN_US: 0..IDLE_SPIN_US_MAX, default IDLE_SPIN_US_DEFAULT. */
-static int spin_read(uint64_t *ns)
+/* name's value as a decimal number in [lo, hi] (def where unset or empty);
+ * FERRY_EINVAL saying what it takes ("what, lo-hi") otherwise. */
+static int env_count(const char *name, unsigned long def, unsigned long lo, unsigned long hi, const char *what,
+                     unsigned long *out)
 {
-    const char *text = getenv("FERRY_STAGING_SPIN_US");
-    unsigned long v = IDLE_SPIN_US_DEFAULT;
+    const char *text = getenv(name);
+    unsigned long v = def;
     if (text && *text) {
         char *end;
         errno = 0;
         v = strtoul(text, &end, 10);
-        if (errno || *end || end == text || text[0] == '-' || v > IDLE_SPIN_US_MAX)
-            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
-                              IDLE_SPIN_US_MAX);
+        if (errno || *end || end == text || text[0] == '-' || v < lo || v > hi)
+            return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": %s, %lu-%lu", name, text, what, lo, hi);
     }
-    *ns = (uint64_t)v * 1000u;
+    *out = v;
     return 0;
 }
 
-/* FERRY_STAGING_GROUP: 1..GROUP_MAX frames, default GROUP_DEFAULT. */
-static int group_read(unsigned *frames)
+/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps) and
+ * FERRY_STAGING_GROUP (frames a group takes at most). */
+static int knobs_read(struct staging_pool *p)
 {
-    const char *text = getenv("FERRY_STAGING_GROUP");
-    unsigned long v = GROUP_DEFAULT;
-    if (text && *text) {
-        char *end;
-        errno = 0;
-        v = strtoul(text, &end, 10);
-        if (errno || *end || end == text || text[0] == '-' || v < 1 || v > GROUP_MAX)
-            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_GROUP=\"%.32s\": frames a device copy group takes, 1-%u",
-                              text, GROUP_MAX);
+    unsigned long spin_us, group;
+    int rc = env_count("FERRY_STAGING_SPIN_US", IDLE_SPIN_US_DEFAULT, 0, IDLE_SPIN_US_MAX, "microseconds", &spin_us);
+    if (rc == 0)
+        rc = env_count("FERRY_STAGING_GROUP", GROUP_DEFAULT, 1, GROUP_MAX, "frames a device copy group takes", &group);
+    if (rc == 0) {
+        p->idle_spin_ns = (uint64_t)spin_us * 1000u;
+        p->group_frames = (unsigned)group;
     }
-    *frames = (unsigned)v;
-    return 0;
+    return rc;
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
@@ -619,9 +618,7 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->retired = calloc(nchunks, sizeof *p->retired);
     int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)
-        rc = spin_read(&p->idle_spin_ns);
-    if (!rc)
-        rc = group_read(&p->group_frames);
+        rc = knobs_read(p);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
