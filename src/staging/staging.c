@@ -137,7 +137,11 @@ static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const cha
     pthread_mutex_unlock(&p->lock);
 }
 
-/* Binds a frame to a chunk: the wire frame's pieces point into the chunk. */
+/* Binds a frame to a chunk: the wire frame's pieces point into the chunk.
+ * Done by the issuer just before the chunk's copies go (issue_round), not
+ * when it takes the frame: a 1,024-block batch is 16 frames, and binding
+ * them all first held its first launch back.  No division where pieces
+ * need no alignment (a 64-bit divide per piece is most of a bind). */
 static void bind_chunk(struct chunk *c, struct xfer_frame *f)
 {
     c->orig = f;
@@ -148,7 +152,8 @@ static void bind_chunk(struct chunk *c, struct xfer_frame *f)
     c->wire.next = NULL;
     size_t off = 0, align = c->pool->align;
     for (uint32_t i = 0; i < f->npieces; i++) {
-        off = (off + align - 1) / align * align;
+        if (align > 1)
+            off = (off + align - 1) / align * align;
         c->pieces[i] = f->pieces[i];
         c->pieces[i].local = c->host + off;
         off += f->pieces[i].len;
@@ -208,8 +213,8 @@ static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
     end_frame(orig, rc, 0, msg);
 }
 
-/* Takes as many waiting frames as there are free chunks; expired ones end
- * TIMEOUT.  Lock held. */
+/* Takes as many waiting frames as there are free chunks (each chunk's orig
+ * set, not yet bound); expired ones end TIMEOUT.  Lock held. */
 static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t max, struct xfer_frame **expired)
 {
     size_t n = 0;
@@ -227,7 +232,7 @@ static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t ma
         p->waiting_head = f->next;
         struct chunk *c = p->free_list;
         p->free_list = c->next;
-        bind_chunk(c, f);
+        c->orig = f;                    /* bound by the issuer (issue_round) */
         c->state = f->opcode == XFER_WRITE ? CHUNK_GATHER : CHUNK_WIRE;
         out[n++] = c;
     }
@@ -304,6 +309,8 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
     const uint64_t bytes_max = (uint64_t)p->chunk_size * (p->group_frames > 2 ? p->group_frames / 2 : 1);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
+        if (c->state != CHUNK_SCATTER)  /* taken from the waiting frames: not bound yet */
+            bind_chunk(c, c->orig);
         if (c->state == CHUNK_WIRE) {
             p->send(p->send_ctx, &c->wire);
             continue;
