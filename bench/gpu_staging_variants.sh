@@ -71,8 +71,6 @@ elif [ "${1:-2}" = 3 ]; then
   goal after+group4 FERRY_STAGING_GROUP=4
   goal after-again
   goal before-again FERRY_CUDA_KERNEL_TILE=16384
-  echo "## round 3 took $(( $(date +%s) - t0 )) s"
-  exit 0
 else
   # round 2: the 4 KiB tile (the default now) against the old 16 KiB, and
   # what might add to it
