@@ -4,9 +4,10 @@
  * staging.h for the idea).
  *
  * The chunks that became ready together are issued in groups: one
- * copy_async for the copies of up to two chunks going the same way, on the
- * first one's stream, retired together (a launch and a wait per group, not
- * per chunk: what small blocks pay most).
+ * copy_async for the copies of up to two chunks going the same way
+ * (FERRY_STAGING_GROUP: more, in calls of up to 128 copies), on the first
+ * one's stream, retired together (a launch and a wait per group, not per
+ * chunk: what small blocks pay most).
  *
  * Threads: whoever brings work issues it (the submitting thread its gathers,
  * the transport thread that received a READ its scatter), so the copy starts
