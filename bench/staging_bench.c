@@ -11,10 +11,13 @@
  * device, measured right before, as a ratio, and the latency of a batch
  * (submit to its last frame's end) at the median and the 99th percentile.
  *
- *   staging_bench [--batch=128] [--depth=1] [location=cuda:0] [seconds=2] [block sizes...]
+ *   staging_bench [--batch=128] [--depth=1] [--op=both] [location=cuda:0] [seconds=2] [block sizes...]
  *
  * --depth: batches in flight at once (1: one after the other, what one
  * thread waiting for each batch sees; more: several requests staged at once).
+ * --op=gather or --op=scatter measures one direction only ("-" in the other's
+ * columns).  FERRY_TRACE=PATH writes the pool's timeline (stage_issue / stage_retired)
+ * with each batch's submit and end (batch_submit / batch_woken) at exit; read it with bench/trace_batches.py.
  */
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,6 +31,7 @@
 #include "err.h"
 #include "net.h"
 #include "staging/staging.h"
+#include "trace.h"
 
 #define BATCH_MAX 4096
 #define DEPTH_MAX 16
@@ -35,6 +39,7 @@
 
 static size_t batch = 128;
 static unsigned depth = 1;
+static int ops_wanted = 3; /* bit 0: gather, bit 1: scatter */
 
 /* One batch's frames; in flight until done == nframes. */
 struct inflight {
@@ -98,6 +103,7 @@ static void batch_submit(struct staging_pool *pool, struct inflight *b)
 {
     atomic_store(&b->done, 0);
     b->start_ns = now_ns();
+    TRACE(TR_BATCH_SUBMIT, b->plan.nframes);
     for (size_t i = 0; i < b->plan.nframes; i++) {
         b->plan.frames[i].complete = frame_done;
         b->plan.frames[i].owner = b;
@@ -137,6 +143,7 @@ static struct result staged(struct staging_pool *pool, int op, char *dev, size_t
             if (!b[d].start_ns ||
                 atomic_load_explicit(&b[d].done, memory_order_acquire) < b[d].plan.nframes)
                 continue;
+            TRACE(TR_BATCH_WOKEN, d); /* the main thread saw the batch end (bench/trace_batches.py) */
             if (nlat < LAT_MAX)
                 lat[nlat++] = now_ns() - b[d].start_ns;
             bytes += batch * bs;
@@ -175,16 +182,20 @@ int main(int argc, char **argv)
             batch = strtoull(v, NULL, 0);
         else if ((v = option(argv[1], "--depth")))
             depth = (unsigned)strtoul(v, NULL, 0);
+        else if ((v = option(argv[1], "--op")))
+            ops_wanted = strcmp(v, "gather") == 0 ? 1 : strcmp(v, "scatter") == 0 ? 2 : strcmp(v, "both") == 0 ? 3 : 0;
         else
             batch = 0;
-        if (batch == 0 || batch > BATCH_MAX || depth == 0 || depth > DEPTH_MAX) {
-            fprintf(stderr, "%s: want --batch=1..%d and --depth=1..%d\n", argv[1], BATCH_MAX, DEPTH_MAX);
+        if (batch == 0 || batch > BATCH_MAX || depth == 0 || depth > DEPTH_MAX || ops_wanted == 0) {
+            fprintf(stderr, "%s: want --batch=1..%d, --depth=1..%d and --op=gather|scatter|both\n", argv[1],
+                    BATCH_MAX, DEPTH_MAX);
             return 2;
         }
         argv++;
         argc--;
     }
     const char *loc = argc > 1 ? argv[1] : "cuda:0";
+    ferry_trace_init();
     double seconds = argc > 2 ? atof(argv[2]) : 2.0;
     size_t sizes[8] = {16384, 65536, 1u << 20};
     int nsizes = 3;
@@ -231,12 +242,20 @@ int main(int argc, char **argv)
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < nsizes; i++) {
         size_t bs = sizes[i];
-        double d2h = reference(ops, dev, FERRY_COPY_D2H, dptr, host, span, seconds);
-        struct result g = staged(pool, XFER_WRITE, dptr, bs, chunk, seconds, lat);
-        double h2d = reference(ops, dev, FERRY_COPY_H2D, dptr, host, span, seconds);
-        struct result sc = staged(pool, XFER_READ, dptr, bs, chunk, seconds, lat);
-        printf("| %zu KiB | %.2f | %.2f | %.2f | %.0f | %.0f | %.2f | %.2f | %.2f | %.0f | %.0f |\n", bs >> 10,
-               g.gbs, d2h, g.gbs / d2h, g.p50_us, g.p99_us, sc.gbs, h2d, sc.gbs / h2d, sc.p50_us, sc.p99_us);
+        char gcols[128] = "- | - | - | - | -", scols[128] = "- | - | - | - | -";
+        if (ops_wanted & 1) {
+            double d2h = reference(ops, dev, FERRY_COPY_D2H, dptr, host, span, seconds);
+            struct result g = staged(pool, XFER_WRITE, dptr, bs, chunk, seconds, lat);
+            snprintf(gcols, sizeof gcols, "%.2f | %.2f | %.2f | %.0f | %.0f", g.gbs, d2h, g.gbs / d2h, g.p50_us,
+                     g.p99_us);
+        }
+        if (ops_wanted & 2) {
+            double h2d = reference(ops, dev, FERRY_COPY_H2D, dptr, host, span, seconds);
+            struct result sc = staged(pool, XFER_READ, dptr, bs, chunk, seconds, lat);
+            snprintf(scols, sizeof scols, "%.2f | %.2f | %.2f | %.0f | %.0f", sc.gbs, h2d, sc.gbs / h2d, sc.p50_us,
+                     sc.p99_us);
+        }
+        printf("| %zu KiB | %s | %s |\n", bs >> 10, gcols, scols);
         fflush(stdout);
     }
     staging_pool_destroy(pool);

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "device/cuda_internal.h"
+#include "device/cuda_shape.h"
 #include "device/cuda_kernels_ptx.h"
 #include "err.h"
 #include "log.h"
@@ -52,6 +53,7 @@ static _Atomic(CUcontext) primary_ctx[CUDA_MAX_DEVICES];
 static atomic_int batch_enabled;   /* 1 while cuMemcpyBatchAsync is trusted */
 static atomic_int gather_enabled;  /* FERRY_CUDA_GATHER_KERNEL and the symbols allow the kernel */
 static atomic_int gather_d2d;      /* FERRY_CUDA_GATHER_D2D: D2D batches through it too */
+static struct cuda_shape shape;    /* FERRY_CUDA_KERNEL_*: the kernel's launch shape */
 
 struct cuda_stream {
     uint32_t magic;
@@ -119,6 +121,8 @@ int cuda_load(void)
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &cuda_lib);
     if (rc < 0)
+        return rc;
+    if ((rc = cuda_shape_read(&shape)) < 0)
         return rc;
     CUresult r = cuda_drv.cuInit(0);
     if (r == CUDA_SUCCESS)
@@ -620,16 +624,16 @@ static const struct ferry_copy_engine copy_engine = {
 
 /* One launch of ferry_copy_gather (cuda_kernels.cu) takes up to GATHER_MAX
  * copies inline in its parameter (mirrored there: keep both in step).  Each
- * CTA of GATHER_THREADS threads copies tiles of 2^tile_shift bytes; a grid of
- * at most GATHER_CTAS_PER_SM CTAs per SM strides over the tiles. */
+ * CTA of shape.threads threads copies tiles of 2^shape.tile_shift bytes; a
+ * grid of at most shape.ctas_per_sm CTAs per SM strides over the tiles
+ * (cuda_shape.h: FERRY_CUDA_KERNEL_*). */
 #define GATHER_MAX 128
-#define GATHER_THREADS 256
-#define GATHER_TILE_SHIFT 14             /* 16 KiB tiles */
-#define GATHER_CTAS_PER_SM 4
 /* Copies averaging more than 1 MiB stay on the copy engine: its per-copy
  * cost no longer shows there, it is as fast or faster (D2H), and it leaves
- * the SMs to the application. */
-#define GATHER_MEAN_MAX ((size_t)1 << 20)
+ * the SMs to the application.  H2D has its own bound, shape.h2d_max: the
+ * kernel reads host memory over PCIe there, which costs it round trips
+ * that its writes (D2H) do not. */
+#define GATHER_MEAN_MAX CUDA_SHAPE_MEAN_MAX
 
 struct gather_copy {
     uint64_t dst, src, len;
@@ -639,7 +643,7 @@ struct gather_args {
     uint32_t n;                          /* copies, 1..GATHER_MAX, each len > 0 */
     uint32_t tile_shift;
     uint32_t ntiles;                     /* tile_start[n] */
-    uint32_t pad;
+    uint32_t loads;                      /* loads in flight per thread: 4 or 8 */
     uint32_t tile_start[GATHER_MAX + 1]; /* copy i owns tiles [tile_start[i], tile_start[i+1]) */
     struct gather_copy copies[GATHER_MAX];
 };
@@ -685,7 +689,7 @@ static int gather_load(int dev, struct gather_dev *g)
         cuda_drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
         sms <= 0)
         sms = 16;
-    g->max_ctas = (unsigned int)sms * GATHER_CTAS_PER_SM;
+    g->max_ctas = (unsigned int)sms * shape.ctas_per_sm;
     LOG_DEBUG("cuda:%d: gather kernel loaded (%d SMs)", dev, sms);
     return 1;
 }
@@ -775,7 +779,7 @@ static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gathe
 static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max_ctas,
                          struct gather_args *a, const struct ferry_copy *copies, size_t k)
 {
-    unsigned int shift = GATHER_TILE_SHIFT;
+    unsigned int shift = shape.tile_shift;
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
         tiles = 0;
@@ -790,10 +794,10 @@ static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max
     a->tile_start[a->n] = (uint32_t)tiles;
     a->ntiles = (uint32_t)tiles;
     a->tile_shift = shift;
-    a->pad = 0;
+    a->loads = shape.loads;
     unsigned int grid = tiles < max_ctas ? (unsigned int)tiles : max_ctas;
     void *params[] = {a};
-    CUresult r = cuda_drv.cuLaunchKernel(fn, grid, 1, 1, GATHER_THREADS, 1, 1, 0, call->s->stream,
+    CUresult r = cuda_drv.cuLaunchKernel(fn, grid, 1, 1, shape.threads, 1, 1, 0, call->s->stream,
                                    params, NULL);
     static atomic_int told;
     if (r == CUDA_SUCCESS && atomic_fetch_add(&told, 1) < 4)
@@ -827,7 +831,8 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
         size_t bytes;
         size_t k = gather_take(copies + done, n - done, &a, &bytes);
         call->base = done;
-        if (a.n > 0 && bytes / a.n <= GATHER_MEAN_MAX &&
+        size_t mean_max = call->dir == FERRY_COPY_H2D ? shape.h2d_max : GATHER_MEAN_MAX;
+        if (a.n > 0 && bytes / a.n <= mean_max &&
             gather_reachable(call->s->dev, call->dir, &a)) {
             rc = gather_launch(call, fn, max_ctas, &a, copies + done, k);
         } else if (a.n > 0) {
@@ -836,7 +841,7 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
                 LOG_DEBUG("cuda:%d: %u copies (%zu bytes, %s, first %p <- %p) on the copy engine: %s", call->s->dev,
                           a.n, bytes, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
                           (void *)(uintptr_t)a.copies[0].dst, (void *)(uintptr_t)a.copies[0].src,
-                          bytes / a.n > GATHER_MEAN_MAX ? "large copies" : "an address the kernel may not reach");
+                          bytes / a.n > mean_max ? "large copies" : "an address the kernel may not reach");
             rc = ferry_device_enqueue_copies(&copy_engine, call, copies + done, k);
         }
         done += k;
@@ -964,6 +969,15 @@ static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_GATHER_D2D", "0",
      "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
      "(not yet measured)"},
+    {"FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT,
+     "bytes one CTA of the gather/scatter kernel copies at a time, a power of two from 1024 to 1048576"},
+    {"FERRY_CUDA_KERNEL_CTAS", CUDA_SHAPE_CTAS_DEFAULT, "gather/scatter kernel: CTAs per SM at most, 1-8"},
+    {"FERRY_CUDA_KERNEL_THREADS", CUDA_SHAPE_THREADS_DEFAULT,
+     "gather/scatter kernel: threads per CTA, a multiple of 32 up to 256"},
+    {"FERRY_CUDA_KERNEL_LOADS", CUDA_SHAPE_LOADS_DEFAULT,
+     "gather/scatter kernel: 16-byte loads each thread has in flight before it stores, 4 or 8"},
+    {"FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT,
+     "H2D batches whose copies average more bytes than this take the copy engine instead of the kernel (0: always)"},
     {NULL, NULL, NULL},
 };
 static const struct ferry_location_kind cuda_locations[] = {{"cuda", 0, 0}, {NULL, 0, 0}}; /* "cuda" = cuda:0 */

@@ -14,7 +14,8 @@
  * loop, finds its copy by binary search over tile_start (kernel parameter
  * space, uniform across the CTA) and copies the tile with its threads:
  * 16-byte vectors when dst and src agree modulo 16 (8 / 4 bytes when they
- * agree modulo 8 / 4), with the unaligned head and tail done one byte per
+ * agree modulo 8 / 4), each thread holding 4 or 8 loads (a.loads) in flight
+ * before it stores them, with the unaligned head and tail done one byte per
  * thread; when they disagree modulo 4, each warp reads aligned words and
  * funnel-shifts neighbours (from the next lane) into aligned 4-byte stores.
  *
@@ -37,9 +38,9 @@ struct ferry_gather_copy {
 
 struct ferry_gather_args {
     unsigned int n;                               /* copies, 1..128, all len > 0 */
-    unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 4 KiB */
+    unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 1 KiB */
     unsigned int ntiles;                          /* tile_start[n] */
-    unsigned int pad;
+    unsigned int loads;                           /* 16-byte loads in flight per thread: 4 or 8 */
     unsigned int tile_start[FERRY_GATHER_MAX + 1];
     struct ferry_gather_copy copies[FERRY_GATHER_MAX];
 };
@@ -64,9 +65,26 @@ __device__ __forceinline__ void copy_bytes(char *d, const char *s, size_t len)
         d[threadIdx.x] = s[threadIdx.x];
 }
 
+/* D vectors per thread, loaded before any is stored, while a whole round
+ * fits in [i, nv); returns where the round that did not fit starts. */
+template <typename V, int D>
+__device__ __forceinline__ size_t copy_deep(V *dv, const V *sv, size_t i, size_t nv, size_t nt)
+{
+    for (; i + (D - 1) * nt < nv; i += D * nt) {
+        V v[D];
+#pragma unroll
+        for (int k = 0; k < D; k++)
+            v[k] = ld(sv + i + k * nt);
+#pragma unroll
+        for (int k = 0; k < D; k++)
+            st(dv + i + k * nt, v[k]);
+    }
+    return i;
+}
+
 /* d and s agree modulo sizeof(V). */
 template <typename V>
-__device__ __forceinline__ void copy_vec(char *d, const char *s, size_t len)
+__device__ __forceinline__ void copy_vec(char *d, const char *s, size_t len, unsigned int loads)
 {
     const size_t a = sizeof(V);
     size_t head = (a - ((uintptr_t)d & (a - 1))) & (a - 1);
@@ -81,18 +99,13 @@ __device__ __forceinline__ void copy_vec(char *d, const char *s, size_t len)
     const V *sv = reinterpret_cast<const V *>(s);
     const size_t nt = blockDim.x;
     size_t i = threadIdx.x;
-    /* four loads in flight per thread before their stores */
-    for (; i + 3 * nt < nv; i += 4 * nt) {
-        V v0 = ld(sv + i);
-        V v1 = ld(sv + i + nt);
-        V v2 = ld(sv + i + 2 * nt);
-        V v3 = ld(sv + i + 3 * nt);
-        st(dv + i, v0);
-        st(dv + i + nt, v1);
-        st(dv + i + 2 * nt, v2);
-        st(dv + i + 3 * nt, v3);
-    }
-    for (; i < nv; i += nt)
+    /* loads in flight per thread before their stores: for reads of host
+     * memory over PCIe (scatter), whose round trips the SM must cover */
+    if (loads >= 8)
+        i = copy_deep<V, 8>(dv, sv, i, nv, nt);
+    i = copy_deep<V, 4>(dv, sv, i, nv, nt);
+    i = copy_deep<V, 2>(dv, sv, i, nv, nt);
+    if (i < nv)
         st(dv + i, ld(sv + i));
     copy_bytes(d + nv * a, s + nv * a, len - nv * a);
 }
@@ -129,15 +142,15 @@ __device__ __forceinline__ void copy_shifted(char *d, const char *s, size_t len)
     copy_bytes(d + nw * 4, s + nw * 4, len - nw * 4);
 }
 
-__device__ __forceinline__ void copy_range(char *d, const char *s, size_t len)
+__device__ __forceinline__ void copy_range(char *d, const char *s, size_t len, unsigned int loads)
 {
     const uintptr_t x = (uintptr_t)d ^ (uintptr_t)s;
     if ((x & 15) == 0)
-        copy_vec<uint4>(d, s, len);
+        copy_vec<uint4>(d, s, len, loads);
     else if ((x & 7) == 0)
-        copy_vec<uint2>(d, s, len);
+        copy_vec<uint2>(d, s, len, loads);
     else if ((x & 3) == 0)
-        copy_vec<unsigned int>(d, s, len);
+        copy_vec<unsigned int>(d, s, len, loads);
     else
         copy_shifted(d, s, len);
 }
@@ -163,6 +176,6 @@ ferry_copy_gather(const __grid_constant__ struct ferry_gather_args a)
         const size_t off = (size_t)(t - a.tile_start[lo]) << a.tile_shift;
         const size_t len = a.copies[lo].len - off;
         copy_range(reinterpret_cast<char *>(a.copies[lo].dst) + off,
-                   reinterpret_cast<const char *>(a.copies[lo].src) + off, len < tile ? len : tile);
+                   reinterpret_cast<const char *>(a.copies[lo].src) + off, len < tile ? len : tile, a.loads);
     }
 }

@@ -4,9 +4,10 @@
  * staging.h for the idea).
  *
  * The chunks that became ready together are issued in groups: one
- * copy_async for the copies of up to two chunks going the same way, on the
- * first one's stream, retired together (a launch and a wait per group, not
- * per chunk: what small blocks pay most).
+ * copy_async for the copies of up to two chunks going the same way
+ * (FERRY_STAGING_GROUP: more, in calls of up to 128 copies), on the first
+ * one's stream, retired together (a launch and a wait per group, not per
+ * chunk: what small blocks pay most).
  *
  * Threads: whoever brings work issues it (the submitting thread its gathers,
  * the transport thread that received a READ its scatter), so the copy starts
@@ -36,10 +37,15 @@
 #include "trace.h"
 #include "staging/aggregate.h"
 
-/* Copies one group takes at most: two frames of full scatter lists, what
- * one launch of the CUDA gather kernel moves; more would hold the first
- * chunk of a group off the wire for longer than the launch saves. */
-#define GROUP_COPIES_MAX (2 * XFER_MAX_PIECES)
+/* Copies one copy_async call takes at most: two frames of full scatter
+ * lists, what one launch of the CUDA gather kernel moves.  A group holds
+ * FERRY_STAGING_GROUP frames at most (2 by default: more would hold the
+ * first chunk of a group off the wire for longer than the launch saves);
+ * a larger group goes to the device in several calls on one stream and
+ * still retires with one wait. */
+#define CALL_COPIES_MAX (2 * XFER_MAX_PIECES)
+#define GROUP_DEFAULT 2u
+#define GROUP_MAX 16u
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 
@@ -83,6 +89,7 @@ struct staging_pool {
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
+    unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     pthread_t worker;
 };
 
@@ -131,7 +138,11 @@ static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const cha
     pthread_mutex_unlock(&p->lock);
 }
 
-/* Binds a frame to a chunk: the wire frame's pieces point into the chunk. */
+/* Binds a frame to a chunk: the wire frame's pieces point into the chunk.
+ * Done by the issuer just before the chunk's copies go (issue_round), not
+ * when it takes the frame: a 1,024-block batch is 16 frames, and binding
+ * them all first held its first launch back.  No division where pieces
+ * need no alignment (a 64-bit divide per piece is most of a bind). */
 static void bind_chunk(struct chunk *c, struct xfer_frame *f)
 {
     c->orig = f;
@@ -142,7 +153,8 @@ static void bind_chunk(struct chunk *c, struct xfer_frame *f)
     c->wire.next = NULL;
     size_t off = 0, align = c->pool->align;
     for (uint32_t i = 0; i < f->npieces; i++) {
-        off = (off + align - 1) / align * align;
+        if (align > 1)
+            off = (off + align - 1) / align * align;
         c->pieces[i] = f->pieces[i];
         c->pieces[i].local = c->host + off;
         off += f->pieces[i].len;
@@ -202,8 +214,8 @@ static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
     end_frame(orig, rc, 0, msg);
 }
 
-/* Takes as many waiting frames as there are free chunks; expired ones end
- * TIMEOUT.  Lock held. */
+/* Takes as many waiting frames as there are free chunks (each chunk's orig
+ * set, not yet bound); expired ones end TIMEOUT.  Lock held. */
 static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t max, struct xfer_frame **expired)
 {
     size_t n = 0;
@@ -221,7 +233,7 @@ static size_t take_waiting(struct staging_pool *p, struct chunk **out, size_t ma
         p->waiting_head = f->next;
         struct chunk *c = p->free_list;
         p->free_list = c->next;
-        bind_chunk(c, f);
+        c->orig = f;                    /* bound by the issuer (issue_round) */
         c->state = f->opcode == XFER_WRITE ? CHUNK_GATHER : CHUNK_WIRE;
         out[n++] = c;
     }
@@ -258,12 +270,20 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
     if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
-        struct ferry_copy copies[GROUP_COPIES_MAX];
+        struct ferry_copy copies[CALL_COPIES_MAX];
         size_t ncopies = 0;
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            if (ncopies + g[i]->orig->npieces > CALL_COPIES_MAX) {
+                rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
+                TRACE(TR_STAGE_ISSUE, ncopies);
+                ncopies = 0;
+            }
             ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, copies + ncopies);
-        rc = ncopies ? p->ops->copy_async(g[0]->stream, dir, copies, ncopies) : 0;
-        TRACE(TR_STAGE_ISSUE, ncopies);
+        }
+        if (rc == 0 && ncopies) {
+            rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
+            TRACE(TR_STAGE_ISSUE, ncopies);
+        }
     }
     if (rc) {
         group_failed(p, g, n, rc);
@@ -280,14 +300,18 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 
 /* Issues a round of chunks: READs that still have to cross the wire go to
  * their transport; the rest are cut into groups (same direction, at most
- * GROUP_COPIES_MAX copies and one chunk's bytes, aggregating chunks alone). */
+ * group_frames frames, group_frames x 64 copies and group_frames / 2 chunks'
+ * bytes (one chunk's for 1 or 2), aggregating chunks alone). */
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
+    const uint64_t bytes_max = (uint64_t)p->chunk_size * (p->group_frames > 2 ? p->group_frames / 2 : 1);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
+        if (c->state != CHUNK_SCATTER)  /* taken from the waiting frames: not bound yet */
+            bind_chunk(c, c->orig);
         if (c->state == CHUNK_WIRE) {
             p->send(p->send_ctx, &c->wire);
             continue;
@@ -296,8 +320,9 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             issue_group(p, &c, 1);
             continue;
         }
-        if (ng && (c->state != g[0]->state || copies + c->orig->npieces > GROUP_COPIES_MAX ||
-                   bytes + c->orig->bytes > p->chunk_size)) {
+        if (ng && (c->state != g[0]->state || ng == p->group_frames ||
+                   copies + c->orig->npieces > (size_t)p->group_frames * XFER_MAX_PIECES ||
+                   bytes + c->orig->bytes > bytes_max)) {
             issue_group(p, g, ng);
             ng = copies = 0;
             bytes = 0;
@@ -402,7 +427,8 @@ static void retire_oldest(struct staging_pool *p)
     struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO */
     pthread_mutex_unlock(&p->lock);
     uint64_t start = now_ns();
-    while (p->ops->stream_query(lead->stream) == FERRY_EBUSY) {
+    int rc;
+    while ((rc = p->ops->stream_query(lead->stream)) == FERRY_EBUSY) {
         pthread_mutex_lock(&p->lock);
         bool issue = work_ready(p) && !p->issuing;
         pthread_mutex_unlock(&p->lock);
@@ -412,7 +438,8 @@ static void retire_oldest(struct staging_pool *p)
             break;                      /* long copy: block in stream_sync */
         sched_yield();
     }
-    int rc = p->ops->stream_sync(lead->stream);
+    if (rc == FERRY_EBUSY)
+        rc = p->ops->stream_sync(lead->stream);
     size_t n = 0;
     pthread_mutex_lock(&p->lock);
     while (p->fl_head && p->fl_head->lead == lead) {
@@ -470,21 +497,37 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* FERRY_STAGING_SPIN_US: 0..IDLE_SPIN_US_MAX, default IDLE_SPIN_US_DEFAULT. */
-static int spin_read(uint64_t *ns)
+/* name's value as a decimal number in [lo, hi] (def where unset or empty);
+ * FERRY_EINVAL saying what it takes ("what, lo-hi") otherwise. */
+static int env_count(const char *name, unsigned long def, unsigned long lo, unsigned long hi, const char *what,
+                     unsigned long *out)
 {
-    const char *text = getenv("FERRY_STAGING_SPIN_US");
-    unsigned long v = IDLE_SPIN_US_DEFAULT;
+    const char *text = getenv(name);
+    unsigned long v = def;
     if (text && *text) {
         char *end;
         errno = 0;
         v = strtoul(text, &end, 10);
-        if (errno || *end || end == text || text[0] == '-' || v > IDLE_SPIN_US_MAX)
-            return ferry_fail(FERRY_EINVAL, "FERRY_STAGING_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
-                              IDLE_SPIN_US_MAX);
+        if (errno || *end || end == text || text[0] == '-' || v < lo || v > hi)
+            return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": %s, %lu-%lu", name, text, what, lo, hi);
     }
-    *ns = (uint64_t)v * 1000u;
+    *out = v;
     return 0;
+}
+
+/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps) and
+ * FERRY_STAGING_GROUP (frames a group takes at most). */
+static int knobs_read(struct staging_pool *p)
+{
+    unsigned long spin_us, group;
+    int rc = env_count("FERRY_STAGING_SPIN_US", IDLE_SPIN_US_DEFAULT, 0, IDLE_SPIN_US_MAX, "microseconds", &spin_us);
+    if (rc == 0)
+        rc = env_count("FERRY_STAGING_GROUP", GROUP_DEFAULT, 1, GROUP_MAX, "frames a device copy group takes", &group);
+    if (rc == 0) {
+        p->idle_spin_ns = (uint64_t)spin_us * 1000u;
+        p->group_frames = (unsigned)group;
+    }
+    return rc;
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
@@ -588,7 +631,7 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->retired = calloc(nchunks, sizeof *p->retired);
     int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)
-        rc = spin_read(&p->idle_spin_ns);
+        rc = knobs_read(p);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
     for (unsigned i = 0; !rc && i < nchunks; i++) {

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# gpu_staging_variants.sh — issue 16 item 1 in one GPU call: the staging
+# pipeline alone (staging_bench) under each launch shape of the CUDA
+# gather/scatter kernel (FERRY_CUDA_KERNEL_*) and each staging group size
+# (FERRY_STAGING_GROUP), every row next to one large pinned copy of the same
+# process; the defaults first and again last (drift); a FERRY_TRACE timeline
+# of a 1,024 x 16 KiB batch (bench/trace_batches.py); then the CUDA device
+# tests and the staging matrix with the defaults and under a non-default shape
+# (the 8-load path, large groups, H2D on the copy engine).  Each step has a
+# timeout; the whole takes about 80-120 s at SECS=0.4.  Round 1 tries one
+# knob at a time; round 2 (the default) the 4 KiB tile against the old 16 KiB
+# and what might add to it; round 3 the two alternating, with a look at what
+# else runs on the machine.
+#
+#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3]
+set -uo pipefail
+B=${BUILD:-build-gpu}
+S=${SECS:-0.4}
+OUT=${OUT:-/tmp/ferry-variants}
+mkdir -p "$OUT"
+here=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
+sb="$B/staging_bench"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+nproc | sed 's/^/cpus: /'
+date -u
+t0=$(date +%s)
+
+# v LABEL [VAR=value...] -- staging_bench arguments: the table rows only
+v() {
+  local label=$1 envs=()
+  shift
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  echo "### $label [${envs[*]}] $*"
+  timeout 60 env "${envs[@]}" "$sb" "$@" 2>&1 | grep -E '^\| [0-9]+ KiB|rror|fail'
+}
+# the rows of the goal: 128 x 4 in flight at 4/16/64 KiB, and 1,024 x 16 KiB
+goal() {
+  local label=$1
+  shift
+  v "$label" "$@" -- --depth=4 cuda:0 "$S" 4096 16384 65536
+  v "$label" "$@" -- --batch=1024 cuda:0 "$S" 16384
+}
+
+echo "## table columns: block | gather GB/s | large D2H | ratio | p50 | p99 | scatter GB/s | large H2D | ratio | p50 | p99"
+if [ "${1:-2}" = 1 ]; then
+  # round 1 (commit 31b6713, whose default tile was 16 KiB): one knob at a time
+  old=(FERRY_CUDA_KERNEL_TILE=16384)
+  v base "${old[@]}" -- cuda:0 "$S" 4096 16384 65536 1048576
+  goal base "${old[@]}"
+  v h2d-engine-64k "${old[@]}" FERRY_CUDA_KERNEL_H2D_MAX=32768 -- --op=scatter cuda:0 "$S" 65536
+  v h2d-engine-64k "${old[@]}" FERRY_CUDA_KERNEL_H2D_MAX=32768 -- --op=scatter --depth=4 cuda:0 "$S" 65536
+  v h2d-engine-64k "${old[@]}" FERRY_CUDA_KERNEL_H2D_MAX=32768 -- --op=scatter --batch=1024 cuda:0 "$S" 65536
+  v base "${old[@]}" -- --op=scatter --batch=1024 cuda:0 "$S" 65536
+  goal ctas8 "${old[@]}" FERRY_CUDA_KERNEL_CTAS=8
+  goal tile4k FERRY_CUDA_KERNEL_TILE=4096
+  v tile32k-loads8 FERRY_CUDA_KERNEL_TILE=32768 FERRY_CUDA_KERNEL_LOADS=8 -- --depth=4 cuda:0 "$S" 65536
+  goal threads128-loads8 "${old[@]}" FERRY_CUDA_KERNEL_THREADS=128 FERRY_CUDA_KERNEL_LOADS=8
+  goal threads128 "${old[@]}" FERRY_CUDA_KERNEL_THREADS=128
+  goal group1 "${old[@]}" FERRY_STAGING_GROUP=1
+  goal group4 "${old[@]}" FERRY_STAGING_GROUP=4
+  v group16 "${old[@]}" FERRY_STAGING_GROUP=16 -- --batch=1024 cuda:0 "$S" 16384
+  goal base-again "${old[@]}"
+elif [ "${1:-2}" = 3 ]; then
+  # round 3: before / after again, alternating, with what else runs on the GPUs
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+  ps -eo pid,pcpu,etime,comm --sort=-pcpu | head -6
+  goal before FERRY_CUDA_KERNEL_TILE=16384
+  goal after
+  goal after+group4 FERRY_STAGING_GROUP=4
+  goal after-again
+  goal before-again FERRY_CUDA_KERNEL_TILE=16384
+else
+  # round 2: the 4 KiB tile (the default now) against the old 16 KiB, and
+  # what might add to it
+  v before FERRY_CUDA_KERNEL_TILE=16384 -- cuda:0 "$S" 4096 16384 65536 1048576
+  goal before FERRY_CUDA_KERNEL_TILE=16384
+  v after -- cuda:0 "$S" 4096 16384 65536 1048576
+  goal after
+  v after -- --batch=1024 cuda:0 "$S" 65536
+  goal after+group4 FERRY_STAGING_GROUP=4
+  goal after+threads128 FERRY_CUDA_KERNEL_THREADS=128
+  goal tile2k+threads128 FERRY_CUDA_KERNEL_TILE=2048 FERRY_CUDA_KERNEL_THREADS=128
+  goal tile1k+threads64 FERRY_CUDA_KERNEL_TILE=1024 FERRY_CUDA_KERNEL_THREADS=64
+  goal after-again
+fi
+echo "## variants took $(( $(date +%s) - t0 )) s"
+
+for op in gather scatter; do
+  echo "### trace: 1,024 x 16 KiB, $op, defaults"
+  rm -f "$OUT"/tr.*
+  FERRY_TRACE="$OUT/tr.%d" timeout 30 "$sb" --op=$op --batch=1024 cuda:0 "$S" 16384 | grep -E '^\| [0-9]'
+  timeout 30 python3 "$here/trace_batches.py" "$OUT"/tr.* 2>&1 | head -12
+  rm -f "$OUT"/tr.*
+done
+echo "## traces done at $(( $(date +%s) - t0 )) s"
+
+status=0
+odd=(FERRY_CUDA_KERNEL_THREADS=64 FERRY_CUDA_KERNEL_LOADS=8 FERRY_CUDA_KERNEL_TILE=1024)
+echo "### test_device_cuda, defaults"
+timeout 60 "$B/tests/test_device_cuda" 2>&1 | tail -3 || status=1
+echo "### test_device_cuda, ${odd[*]}"
+timeout 60 env "${odd[@]}" "$B/tests/test_device_cuda" 2>&1 | tail -3 || status=1
+# test_staging starts $B/tests/ferry_test_target for its target side
+echo "### test_staging cuda:0, defaults"
+timeout 60 env FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-default.txt" 2>&1 || status=1
+grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED|ERROR) ' "$OUT/staging-default.txt"
+odd2=(FERRY_CUDA_KERNEL_THREADS=128 FERRY_CUDA_KERNEL_LOADS=8 FERRY_CUDA_KERNEL_TILE=2048 FERRY_STAGING_GROUP=4
+      FERRY_CUDA_KERNEL_H2D_MAX=32768)
+echo "### test_staging cuda:0, ${odd2[*]}"
+timeout 60 env "${odd2[@]}" FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-odd.txt" 2>&1 || status=1
+grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED|ERROR) ' "$OUT/staging-odd.txt"
+echo "## all done at $(( $(date +%s) - t0 )) s, status $status"
+exit $status

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cuda_shape.c — reads the launch shape of the CUDA gather/scatter kernel
+ * (tile, CTAs per SM, threads, loads in flight per thread, and up to which
+ * mean copy size H2D batches use it rather than the copy engine) from the
+ * FERRY_CUDA_KERNEL_* variables.  Called once by cuda_load(); no threads,
+ * no state of its own.
+ */
+#include "device/cuda_shape.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "err.h"
+
+/* name's value (or def when unset or empty) as a decimal number in
+ * [lo, hi]; FERRY_EINVAL with what is wanted otherwise. */
+static int env_number(const char *name, const char *def, unsigned long long lo, unsigned long long hi,
+                      const char *wanted, unsigned long long *out)
+{
+    const char *text = getenv(name);
+    if (text == NULL || *text == '\0')
+        text = def;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end != '\0' || text[0] == '-' || text[0] == '+' || v < lo || v > hi)
+        return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": %s", name, text, wanted);
+    *out = v;
+    return 0;
+}
+
+int cuda_shape_read(struct cuda_shape *out)
+{
+    unsigned long long tile, ctas, threads, loads, h2d;
+    int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
+                        "bytes, a power of two from 1024 to 1048576", &tile);
+    if (rc == 0 && (tile & (tile - 1)) != 0)
+        rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_TILE=\"%llu\": bytes, a power of two from 4096 to 1048576",
+                        tile);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_CTAS", CUDA_SHAPE_CTAS_DEFAULT, 1, 8, "CTAs per SM, 1 to 8", &ctas);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_THREADS", CUDA_SHAPE_THREADS_DEFAULT, 32, CUDA_SHAPE_THREADS_MAX,
+                        "threads per CTA, a multiple of 32 from 32 to 256", &threads);
+    if (rc == 0 && threads % 32 != 0)
+        rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_THREADS=\"%llu\": threads per CTA, a multiple of 32 from 32 to 256",
+                        threads);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_LOADS", CUDA_SHAPE_LOADS_DEFAULT, 4, 8, "loads in flight per thread, 4 or 8",
+                        &loads);
+    if (rc == 0 && loads != 4 && loads != 8)
+        rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_LOADS=\"%llu\": loads in flight per thread, 4 or 8", loads);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT, 0, CUDA_SHAPE_MEAN_MAX,
+                        "bytes, 0 to 1048576", &h2d);
+    if (rc < 0)
+        return rc;
+    out->tile_shift = 0;
+    while ((1ull << out->tile_shift) < tile)
+        out->tile_shift++;
+    out->ctas_per_sm = (unsigned)ctas;
+    out->threads = (unsigned)threads;
+    out->loads = (unsigned)loads;
+    out->h2d_max = (size_t)h2d;
+    return 0;
+}

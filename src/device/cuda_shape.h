@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cuda_shape.h — how the CUDA gather/scatter kernel is launched, read once
+ * from FERRY_CUDA_KERNEL_* at load time (cuda_shape.c); no CUDA needed, so
+ * the unit tests check the parsing on any machine.
+ */
+#ifndef FERRY_CUDA_SHAPE_H
+#define FERRY_CUDA_SHAPE_H
+
+#include <stddef.h>
+
+/* Defaults, also the "default" column of the knob rows in cuda.c. */
+#define CUDA_SHAPE_TILE_DEFAULT "4096"
+#define CUDA_SHAPE_CTAS_DEFAULT "4"
+#define CUDA_SHAPE_THREADS_DEFAULT "256"
+#define CUDA_SHAPE_LOADS_DEFAULT "4"
+#define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
+
+#define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
+#define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
+
+struct cuda_shape {
+    unsigned tile_shift;   /* FERRY_CUDA_KERNEL_TILE = 1 << tile_shift bytes, 1 KiB..1 MiB */
+    unsigned ctas_per_sm;  /* FERRY_CUDA_KERNEL_CTAS: grid at most this x the SMs, 1..8 */
+    unsigned threads;      /* FERRY_CUDA_KERNEL_THREADS: per CTA, a multiple of 32, 32..256 */
+    unsigned loads;        /* FERRY_CUDA_KERNEL_LOADS: 16-byte loads in flight per thread, 4 or 8 */
+    size_t h2d_max;        /* FERRY_CUDA_KERNEL_H2D_MAX: H2D batches whose copies average more
+                            * take the copy engine; 0..1 MiB */
+};
+
+/* Fills *out from the environment (defaults where unset).  0, or
+ * FERRY_EINVAL naming the variable and what it accepts. */
+int cuda_shape_read(struct cuda_shape *out);
+
+#endif

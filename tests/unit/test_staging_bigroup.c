@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_staging_bigroup.c — FERRY_STAGING_GROUP: frames submitted together
+ * form groups of up to that many frames; a group of more copies than one
+ * device call takes (128) goes in several copy_async calls on its leader's
+ * stream and retires with one wait; a bad address in one frame of such a
+ * group fails that frame only; bad values of the knob fail pool creation.
+ * On the strict sim device, with copy_async wrapped to record each call's
+ * stream and copies.  Deterministic: the frames go in one staging_submit_list
+ * on a fresh pool, so the submitting thread issues them as one round.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+
+#include "device/device.h"
+#include "err.h"
+#include "net.h"
+#include "staging/staging.h"
+
+#define BLOCK 4096u
+#define PIECES 64u   /* a full frame: two make one device call */
+#define NFRAMES 4u
+#define CALLS_MAX 64
+
+struct frame_slot {
+    struct xfer_frame f;
+    struct xfer_piece pieces[PIECES];
+    int err;
+    char msg[200];
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned ended;
+    size_t ncalls;
+    ferry_stream *stream[CALLS_MAX];   /* each copy_async call's stream and copies */
+    size_t copies[CALLS_MAX];
+} t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, {0}};
+
+static const struct ferry_device_ops *sim;
+static struct ferry_device_ops recording; /* sim, with copy_async recorded */
+static struct frame_slot slot[NFRAMES];
+
+static int recording_copy_async(ferry_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *c, size_t n)
+{
+    pthread_mutex_lock(&t.lock);
+    if (t.ncalls < CALLS_MAX) {
+        t.stream[t.ncalls] = s;
+        t.copies[t.ncalls] = n;
+    }
+    t.ncalls++;
+    pthread_mutex_unlock(&t.lock);
+    return sim->copy_async(s, dir, c, n);
+}
+
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)(i * 13 + 5);
+}
+
+static void frame_ended(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    struct frame_slot *s = f->owner;
+    pthread_mutex_lock(&t.lock);
+    s->err = err ? err : refused ? FERRY_EIO : 0;
+    snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
+    t.ended++;
+    pthread_cond_broadcast(&t.cond);
+    pthread_mutex_unlock(&t.lock);
+}
+
+/* The "wire" ends a gathered WRITE frame at once, its bytes checked. */
+static int bad_bytes;
+static void wire_send(void *ctx, struct xfer_frame *w)
+{
+    (void)ctx;
+    for (uint32_t i = 0; i < w->npieces; i++)
+        for (size_t k = 0; k < BLOCK; k++)
+            bad_bytes += (unsigned char)((char *)w->pieces[i].local)[k] != pattern(w->pieces[i].remote + k);
+    w->complete(w, 0, 0, "");
+}
+
+/* Gathers NFRAMES full frames of dev (frame `freed` on device memory freed
+ * before, or none if NFRAMES) through a pool with FERRY_STAGING_GROUP=group. */
+static void run(const char *group, unsigned freed)
+{
+    const size_t span = (size_t)NFRAMES * PIECES * BLOCK;
+    char *dev, *gone;
+    char *host = malloc(span);
+    assert_non_null(host);
+    for (size_t k = 0; k < span; k++)
+        host[k] = (char)pattern(k);
+    assert_int_equal(sim->mem_alloc(0, span, (void **)&dev), 0);
+    assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&gone), 0);
+    sim->mem_free(0, gone);
+    struct ferry_copy fill = {dev, host, span};
+    assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_H2D, &fill, 1), 0);
+    t.ended = 0;
+    t.ncalls = 0;
+    bad_bytes = 0;
+    uint64_t deadline = now_ns() + 120000000000ull;
+    for (unsigned f = 0; f < NFRAMES; f++) {
+        struct frame_slot *s = &slot[f];
+        memset(s, 0, sizeof *s);
+        for (uint32_t i = 0; i < PIECES; i++) {
+            uint64_t off = ((uint64_t)f * PIECES + i) * BLOCK;
+            char *local = f == freed ? gone + (size_t)i * BLOCK : dev + off;
+            s->pieces[i] = (struct xfer_piece){local, off, BLOCK, i};
+        }
+        s->f = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = PIECES, .pieces = s->pieces,
+                                   .bytes = PIECES * BLOCK, .deadline_ns = deadline, .complete = frame_ended,
+                                   .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
+    }
+    setenv("FERRY_STAGING_GROUP", group, 1);
+    struct staging_pool *pool;
+    void *base;
+    size_t len;
+    int rc = staging_pool_create(&recording, 0, 1u << 20, 8, wire_send, NULL, &pool, &base, &len);
+    unsetenv("FERRY_STAGING_GROUP");
+    assert_int_equal(rc, 0);
+    staging_submit_list(pool, &slot[0].f);
+    pthread_mutex_lock(&t.lock);
+    while (t.ended < NFRAMES)
+        pthread_cond_wait(&t.cond, &t.lock);
+    pthread_mutex_unlock(&t.lock);
+    staging_pool_destroy(pool);
+    sim->mem_free(0, dev);
+    free(host);
+    for (unsigned f = 0; f < NFRAMES; f++)
+        if (f != freed && slot[f].err)
+            fail_msg("frame %u failed: %s", f, slot[f].msg);
+    assert_int_equal(bad_bytes, 0);
+}
+
+/* Default (2): two groups of two frames, each one call on its own stream. */
+static void default_groups_of_two(void **state)
+{
+    (void)state;
+    run("", NFRAMES);
+    assert_int_equal(t.ncalls, 2);
+    assert_int_equal(t.copies[0], 2 * PIECES);
+    assert_int_equal(t.copies[1], 2 * PIECES);
+    assert_ptr_not_equal(t.stream[0], t.stream[1]);
+}
+
+/* 4: one group of four frames, 256 copies: two calls on one stream. */
+static void group_of_four_in_two_calls(void **state)
+{
+    (void)state;
+    run("4", NFRAMES);
+    assert_int_equal(t.ncalls, 2);
+    assert_int_equal(t.copies[0], 2 * PIECES);
+    assert_int_equal(t.copies[1], 2 * PIECES);
+    assert_ptr_equal(t.stream[0], t.stream[1]);
+}
+
+/* 1: every frame a group of its own. */
+static void group_of_one(void **state)
+{
+    (void)state;
+    run("1", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES);
+    for (unsigned i = 0; i < NFRAMES; i++)
+        assert_int_equal(t.copies[i], PIECES);
+}
+
+/* A frame on freed memory in a group of four fails alone (the group goes
+ * again frame by frame); the other three arrive. */
+static void bad_frame_in_a_big_group(void **state)
+{
+    (void)state;
+    run("4", 2);
+    assert_int_equal(slot[2].err, FERRY_EIO);
+    assert_non_null(strstr(slot[2].msg, "device-to-host copy"));
+    assert_true(t.ncalls >= 2 + NFRAMES); /* the group's two calls, then one per frame */
+}
+
+static void knob_refusals(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"0", "17", "-2", "two", "4x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct staging_pool *pool = NULL;
+        void *base;
+        size_t len;
+        setenv("FERRY_STAGING_GROUP", bad[i], 1);
+        int rc = staging_pool_create(sim, 0, 1u << 20, 2, wire_send, NULL, &pool, &base, &len);
+        unsetenv("FERRY_STAGING_GROUP");
+        if (rc != FERRY_EINVAL)
+            fail_msg("FERRY_STAGING_GROUP=%s: %d", bad[i], rc);
+        assert_null(pool);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_GROUP"));
+        assert_non_null(strstr(ferry_last_error(), bad[i]));
+    }
+}
+
+int main(void)
+{
+    sim = ferry_device_find("sim");
+    if (!sim || sim->init()) {
+        printf("SKIPPED: no sim device: %s\n", ferry_last_error());
+        return 77;
+    }
+    recording = *sim;
+    recording.copy_async = recording_copy_async;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(default_groups_of_two),
+        cmocka_unit_test(group_of_four_in_two_calls),
+        cmocka_unit_test(group_of_one),
+        cmocka_unit_test(bad_frame_in_a_big_group),
+        cmocka_unit_test(knob_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
