@@ -146,13 +146,13 @@ int cuda_load(void)
            cuda_drv.cuModuleGetFunction != NULL && cuda_drv.cuModuleUnload != NULL &&
            cuda_drv.cuLaunchKernel != NULL;
     atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
-    /* FERRY_CUDA_GATHER_D2D=1: device-to-device batches (the shm transport
-     * between two processes' GPUs) through the kernel too, one launch per
-     * batch over NVLink instead of a copy-engine copy per block.  Off until
-     * measured against the copy engine on a two-GPU host
-     * (bench/gpu_small_blocks.sh). */
+    /* Device-to-device batches (the shm transport between two processes'
+     * GPUs, over CUDA IPC) go through the kernel too: one launch per batch
+     * over NVLink where the copy engine pays about 1 us a copy (128 copies of
+     * 64 KiB: 65 GB/s at most).  FERRY_CUDA_GATHER_D2D=0 keeps them on the
+     * copy engine. */
     want = getenv("FERRY_CUDA_GATHER_D2D");
-    atomic_store(&gather_d2d, want != NULL && strcmp(want, "1") == 0);
+    atomic_store(&gather_d2d, !(want != NULL && strcmp(want, "0") == 0));
     LOG_INFO("cuda: %d devices, copies through %s%s%s", cuda_ndevices,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
              : cuda_drv.batch_v2               ? "cuMemcpyBatchAsync_v2"
@@ -961,9 +961,9 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
 static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
     {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
-    {"FERRY_CUDA_GATHER_D2D", "0",
-     "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
-     "(not yet measured)"},
+    {"FERRY_CUDA_GATHER_D2D", "1",
+     "0: GPU-to-GPU batches (shm over CUDA IPC) on the copy engine instead of the gather kernel (used where the "
+     "GPUs reach each other)"},
     {NULL, NULL, NULL},
 };
 static const struct ferry_location_kind cuda_locations[] = {{"cuda", 0, 0}, {NULL, 0, 0}}; /* "cuda" = cuda:0 */

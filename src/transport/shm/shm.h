@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * shm.h — the shm transport's internal state, shared by its three files:
+ * shm.h — the shm transport's internal state, shared by its four files:
  *   shm.c         identity, the shared page, registrations, describe,
  *                 peers, the ops table
- *   shm_copy.c    the work queue, its worker threads and the copies
+ *   shm_copy.c    the work queue, its worker threads, the submitters' jobs
+ *   shm_frame.c   one frame's accesses, checks and copies
  *   shm_notify.c  notifications over a unix socket
  * Nothing outside src/transport/shm*.c includes this header.
  */
@@ -15,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "device/device.h"
 #include "transport/transport.h"
@@ -172,6 +174,11 @@ struct shm_transport {
     pthread_cond_t work, idle, tick;
     struct xfer_frame *head, *tail;   /* FIFO; a frame's wire_id holds its peer */
     size_t nqueued;
+    struct shm_group *jobs, *jobs_tail; /* issued by submitting threads: for a worker to wait for and end */
+    struct shm_group *free_jobs;
+    unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
+    unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
+    bool submit_copies;               /* FERRY_SHM_SUBMIT_COPIES */
     bool stopping;
     unsigned nworkers;
     pthread_t workers[SHM_WORKERS];
@@ -182,6 +189,115 @@ struct shm_transport {
 
     atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused;
 };
+
+/* ------------------------------------------------------------ moving frames (shm_copy.c, shm_frame.c) */
+
+#define SHM_GROUP_MAX 16              /* data frames run together: a worker's group, a submitter's job */
+#define SHM_GROUP_COPIES 256          /* device copies enqueued before one wait */
+#define SHM_JOBS 32                   /* jobs per transport (each a stream, allocated when first needed) */
+/* shm_frame_run in a job: the frame is not for a job (not device to device)
+ * or does not fit this one; it holds nothing (release it, rewind the copies) */
+#define SHM_NOT_HERE 1
+#define SHM_JOB_FULL 2
+
+/* Device copies of the frames run together, enqueued and waited for once
+ * per (device, direction) and at most SHM_GROUP_COPIES: one copy job.  A
+ * job that fails fails the frames with a copy in it (which of its copies
+ * were done is unknown), and only those: the other jobs' frames arrived. */
+struct copy_batch {
+    const struct ferry_device_ops *ops;
+    int dev;
+    enum ferry_copy_dir dir;
+    size_t n;
+    struct ferry_copy copies[SHM_GROUP_COPIES];
+    uint8_t owner[SHM_GROUP_COPIES]; /* the copy's frame: its index in the group's runs */
+};
+_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
+
+struct bounced {                      /* local device memory <-> peer host memory */
+    char *local;
+    uint64_t remote, len;
+    const struct ferry_device_ops *ops;
+    int dev;
+};
+
+/* A worker's scratch for the frame it runs: host copies and bounces, done
+ * before the next frame starts. */
+struct frame_moves {
+    int nvm;                          /* host <-> host: one system call */
+    uint64_t vm_bytes;
+    struct iovec lvm[XFER_MAX_PIECES], rvm[XFER_MAX_PIECES];
+    size_t nbounced;
+    struct bounced bounced[XFER_MAX_PIECES];
+};
+
+struct shm_group;
+
+/* One frame being moved. */
+struct frame_run {
+    struct shm_group *g;
+    struct shm_peer *p;
+    struct xfer_frame *f;
+    bool write;
+    uint64_t refused, moved;
+    int copy_err;                     /* a copy job holding a piece of it failed */
+    char copy_msg[160];
+    struct shm_announce *ann;         /* this access, announced in the peer's shared memfd */
+    uint64_t expiry;                  /* no copy step starts at or after it */
+    uint32_t ntouched, nlocal;
+    uint32_t touched[XFER_MAX_PIECES];           /* the peer buffers the pieces lie in */
+    struct memreg_access local[XFER_MAX_PIECES]; /* the local registrations they lie in (one: all) */
+    bool whole;                       /* local[0] holds every piece */
+    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
+    int ldev;
+    char msg[160];
+};
+
+/* Frames of one peer run together, and their device copies: a worker's
+ * group (copies enqueued on the worker's thread stream and waited for
+ * there), or a job a submitting thread filled (copies enqueued on the job's
+ * stream; a worker waits for them and ends the frames). */
+struct shm_group {
+    struct shm_transport *t;
+    struct shm_peer *p;
+    bool job;
+    bool gone;                        /* p's process had exited when the group started */
+    size_t n;                         /* frames in runs[] */
+    int rc[SHM_GROUP_MAX];
+    struct frame_run *runs;           /* SHM_GROUP_MAX */
+    struct copy_batch cb;
+    const struct shm_rbuf *map_buf;   /* the IPC mapping the last device piece used */
+    int map_dev;
+    char *map_base;
+    struct frame_moves *moves;        /* a worker's; NULL in a job */
+    const struct ferry_device_ops *bounce_ops; /* a worker's pinned bounce */
+    char *bounce;
+    const struct ferry_device_ops *stream_ops; /* a job's stream */
+    int stream_dev;
+    ferry_stream *stream;
+    struct shm_group *next;           /* t->jobs or t->free_jobs */
+};
+
+/* shm_frame.c */
+/* Sets fr->msg; returns code. */
+int shm_fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+bool shm_peer_gone(const struct shm_peer *p);
+/* Could a job take f: every piece in a device buffer of p, the first
+ * piece's local memory device memory?  A hint (the job checks again). */
+bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const struct xfer_frame *f);
+/* Announces, checks and moves the frame's pieces but for the device copies,
+ * which wait in fr->g->cb.  0, FERRY_E* (fr->msg), or in a job SHM_NOT_HERE
+ * / SHM_JOB_FULL. */
+int shm_frame_run(struct frame_run *fr);
+/* After the group's copies were waited for: their result, the counters. */
+int shm_frame_finish(struct frame_run *fr);
+/* Ends the frame's accesses: its announcement, its local registrations. */
+void shm_frame_release(struct frame_run *fr);
+/* The copies of the group's frames failed with rc: each frame with a copy
+ * in them fails, saying so. */
+void shm_copies_failed(struct shm_group *g, int rc);
+/* A worker's: runs the group's copies on the thread's stream and waits. */
+void shm_copies_wait(struct shm_group *g);
 
 /* shm_copy.c */
 int shm_workers_start(struct shm_transport *t);
