@@ -493,9 +493,9 @@ static void *worker_main(void *arg)
 int shm_workers_start(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
-    if (want && strcmp(want, "0") != 0 && strcmp(want, "1") != 0)
-        return ferry_fail(FERRY_EINVAL, "FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0 or 1", want);
-    t->submit_copies = !want || strcmp(want, "1") == 0;
+    if (want && *want && strcmp(want, "0") != 0 && strcmp(want, "1") != 0)
+        return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0 or 1", want);
+    t->submit_copies = !want || strcmp(want, "0") != 0;
     for (unsigned i = 0; i < SHM_WORKERS; i++) {
         if (pthread_create(&t->workers[i], NULL, worker_main, t) != 0)
             return ferry_fail(FERRY_EIO, "shm: cannot start worker thread %u", i);
