@@ -103,6 +103,10 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_SHM_SUBMIT_COPIES", "1",
+      "shm, device to device (CUDA IPC): 1: the submitting thread enqueues a submit's copies itself (one copy job, "
+      "a worker only waits for it); 0: the shm workers do every copy"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},
