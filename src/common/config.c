@@ -107,6 +107,10 @@ static const struct knob knobs[] = {
       "shm, device to device (CUDA IPC): 1: the submitting thread enqueues a submit's copies itself (one copy job, "
       "a worker only waits for it); 0: the shm workers do every copy"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_SHM_SPIN_US", "50",
+      "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
+      "transport finds it awake"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},

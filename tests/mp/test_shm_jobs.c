@@ -249,9 +249,10 @@ static void jobs(void **state)
     memreg_destroy(&reg_t);
 }
 
-/* FERRY_SHM_SUBMIT_COPIES takes 0 or 1 (empty: the default); anything else
- * stops the transport from starting, naming the variable. */
-static void submit_copies_malformed(void **state)
+/* FERRY_SHM_SUBMIT_COPIES takes 0 or 1 (empty: the default), FERRY_SHM_SPIN_US
+ * 0-100000; anything else stops the transport from starting, naming the
+ * variable. */
+static void knobs_malformed(void **state)
 {
     (void)state;
     static const char *bad[] = {"2", "yes", "01", "1 "};
@@ -275,6 +276,25 @@ static void submit_copies_malformed(void **state)
         ferry_engine_destroy(e);
     }
     unsetenv("FERRY_SHM_SUBMIT_COPIES");
+    static const char *bad_spin[] = {"-1", "100001", "5us", "x"};
+    for (size_t i = 0; i < sizeof bad_spin / sizeof bad_spin[0]; i++) {
+        setenv("FERRY_SHM_SPIN_US", bad_spin[i], 1);
+        struct ferry_config cfg;
+        ferry_engine *e = NULL;
+        assert_int_equal(ferry_config_init(&cfg), 0);
+        cfg.protocols = "shm";
+        int rc = ferry_engine_create(&cfg, &e);
+        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_SPIN_US"))
+            fail_msg("FERRY_SHM_SPIN_US=%s: %s: %s", bad_spin[i], ferry_err_name(rc), ferry_last_error());
+    }
+    setenv("FERRY_SHM_SPIN_US", "0", 1); /* never polls: the workers sleep at once */
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.protocols = "shm";
+    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
+    ferry_engine_destroy(e);
+    unsetenv("FERRY_SHM_SPIN_US");
 }
 
 /* ------------------------------------------------------------ main */
@@ -310,6 +330,6 @@ int main(int argc, char **argv)
     struct CMUnitTest tests[NCASES + 1];
     for (size_t i = 0; i < NCASES; i++)
         tests[i] = (struct CMUnitTest){cases[i].name, in_fresh_process, NULL, NULL, (void *)cases[i].name};
-    tests[NCASES] = (struct CMUnitTest){"submit_copies_malformed", submit_copies_malformed, NULL, NULL, NULL};
+    tests[NCASES] = (struct CMUnitTest){"knobs_malformed", knobs_malformed, NULL, NULL, NULL};
     return cmocka_run_group_tests_name("shm jobs", tests, NULL, NULL);
 }

@@ -179,6 +179,8 @@ struct shm_transport {
     unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
     unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
     bool submit_copies;               /* FERRY_SHM_SUBMIT_COPIES */
+    uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
+    atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
     unsigned nworkers;
     pthread_t workers[SHM_WORKERS];

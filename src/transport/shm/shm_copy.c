@@ -27,6 +27,7 @@
  * their peer (peer_drain waits for them) from the job's start.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,7 @@ static void queue_frames(struct shm_transport *t, struct shm_peer *p, struct xfe
         t->nqueued++;
         p->queued += !counted;
     }
+    atomic_fetch_add_explicit(&t->posted, 1, memory_order_relaxed);
     if (n == 1)
         pthread_cond_signal(&t->work);
     else
@@ -384,6 +386,7 @@ static void job_issue(struct shm_group *g)
     else
         t->jobs = g;
     t->jobs_tail = g;
+    atomic_fetch_add_explicit(&t->posted, 1, memory_order_relaxed);
     pthread_cond_signal(&t->work);
     pthread_mutex_unlock(&t->lock);
 }
@@ -470,8 +473,23 @@ static void *worker_main(void *arg)
     struct xfer_frame *fs[SHM_GROUP_MAX];
     for (;;) {
         pthread_mutex_lock(&t->lock);
-        while (!t->head && !t->jobs && !(t->stopping && !t->jobs_out))
-            pthread_cond_wait(&t->work, &t->lock);
+        uint64_t idle_since = 0;
+        while (!t->head && !t->jobs && !(t->stopping && !t->jobs_out)) {
+            /* after work, poll a while before sleeping: the next job of a
+             * busy transport then finds the worker awake (a wake-up costs
+             * tens of microseconds in a VM); idle, it sleeps */
+            uint64_t now = now_ns();
+            idle_since = idle_since ? idle_since : now;
+            if (now - idle_since >= t->spin_ns || t->stopping) {
+                pthread_cond_wait(&t->work, &t->lock);
+                continue;
+            }
+            unsigned seen = atomic_load_explicit(&t->posted, memory_order_relaxed);
+            pthread_mutex_unlock(&t->lock);
+            while (atomic_load_explicit(&t->posted, memory_order_relaxed) == seen && now_ns() - idle_since < t->spin_ns)
+                sched_yield();
+            pthread_mutex_lock(&t->lock);
+        }
         struct shm_group *job = t->jobs;
         if (job && !(t->jobs = job->next))
             t->jobs_tail = NULL;
@@ -490,12 +508,35 @@ static void *worker_main(void *arg)
 
 /* ------------------------------------------------------------ start / stop */
 
-int shm_workers_start(struct shm_transport *t)
+#define SPIN_US_DEFAULT 50u
+#define SPIN_US_MAX 100000u
+
+/* FERRY_SHM_SUBMIT_COPIES (0 or 1) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
+static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
     if (want && *want && strcmp(want, "0") != 0 && strcmp(want, "1") != 0)
         return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0 or 1", want);
     t->submit_copies = !want || strcmp(want, "0") != 0;
+    const char *text = getenv("FERRY_SHM_SPIN_US");
+    unsigned long v = SPIN_US_DEFAULT;
+    if (text && *text) {
+        char *end;
+        errno = 0;
+        v = strtoul(text, &end, 10);
+        if (errno || *end || text[0] == '-' || v > SPIN_US_MAX)
+            return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
+                              SPIN_US_MAX);
+    }
+    t->spin_ns = (uint64_t)v * 1000u;
+    return 0;
+}
+
+int shm_workers_start(struct shm_transport *t)
+{
+    int rc = knobs_read(t);
+    if (rc)
+        return rc;
     for (unsigned i = 0; i < SHM_WORKERS; i++) {
         if (pthread_create(&t->workers[i], NULL, worker_main, t) != 0)
             return ferry_fail(FERRY_EIO, "shm: cannot start worker thread %u", i);
