@@ -9,9 +9,9 @@
  * memory), frames of 64 pieces handed over as the engine does (more_bytes:
  * the bytes of the submit still to come).  Submit A (frames 0-3) is one job
  * of 256 copies (copy job 2; job 1 is the fill); submit B (frames 4-8) does
- * not fit one job: frames 4-7 are job 3, frame 8 job 4 (64 copies); submit
- * C (frames 9-10) has a frame whose pieces are partly in host memory, which
- * a job gives to the workers, and a device frame that stays in a job.  With
+ * not fit one job: frames 4-7 are job 3, frame 8 job 4 (64 copies); frame 9
+ * has half its pieces in host memory, which a job gives to the workers (its
+ * job is left empty); frame 10 is a job again.  With
  * FERRY_SIM_FAIL_COPY naming one of jobs 2-4 (when run, or at start), only
  * that job's frames fail, FERRY_EIO naming the job and its copy count; every
  * other frame arrives with its data, WRITE and READ.  Each case runs in a
@@ -197,7 +197,9 @@ static void jobs(void **state)
     wait_ended(4);
     submit(ops, ti, peer, frames, 4, 9);
     wait_ended(9);
-    submit(ops, ti, peer, frames, 9, NFRAMES);
+    submit(ops, ti, peer, frames, MIXED, MIXED + 1); /* a job with no frame left: all went to the workers */
+    wait_ended(MIXED + 1);
+    submit(ops, ti, peer, frames, MIXED + 1, NFRAMES);
     wait_ended(NFRAMES);
 
     for (unsigned k = 0; k < NFRAMES; k++) {

@@ -364,10 +364,16 @@ static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
     return k;
 }
 
+static void job_end(struct shm_group *g);
+
 /* Enqueues the job's copies on its stream and hands it to the workers. */
 static void job_issue(struct shm_group *g)
 {
     struct shm_transport *t = g->t;
+    if (!g->n) { /* every frame went to the workers */
+        job_end(g);
+        return;
+    }
     if (g->cb.n) {
         int rc = job_stream(g);
         TRACE(TR_COPY_BEGIN, g->cb.n);
