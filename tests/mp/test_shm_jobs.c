@@ -14,7 +14,10 @@
  * job is left empty); frame 10 is a job again.  With
  * FERRY_SIM_FAIL_COPY naming one of jobs 2-4 (when run, or at start), only
  * that job's frames fail, FERRY_EIO naming the job and its copy count; every
- * other frame arrives with its data, WRITE and READ.  Each case runs in a
+ * other frame arrives with its data, WRITE and READ.  ctest runs it with the
+ * jobs on one stream per device, in order (FERRY_SHM_SUBMIT_COPIES=2, the
+ * default: the failed job's stream is retired, the next job takes a fresh
+ * one) and on a stream each (=1).  Each case runs in a
  * fresh process (this program exec'd with --case): copy numbers count from
  * its start.  Nothing here depends on timing: each submit's frames are
  * waited for before the next submit.
@@ -129,8 +132,7 @@ static void submit(const struct transport_ops *ops, void *ti, void *peer, struct
 static void jobs(void **state)
 {
     const struct job_case *jc = *state;
-    setenv("FERRY_SIM_FAIL_COPY", jc->faults, 1);
-    unsetenv("FERRY_SHM_SUBMIT_COPIES");
+    setenv("FERRY_SIM_FAIL_COPY", jc->faults, 1); /* FERRY_SHM_SUBMIT_COPIES: the run's (ctest runs 1 and 2) */
     int dev = -1;
     const struct ferry_device_ops *sim = ferry_device_of_location("sim:0", &dev);
     assert_non_null(sim);
@@ -251,13 +253,13 @@ static void jobs(void **state)
     memreg_destroy(&reg_t);
 }
 
-/* FERRY_SHM_SUBMIT_COPIES takes 0 or 1 (empty: the default), FERRY_SHM_SPIN_US
+/* FERRY_SHM_SUBMIT_COPIES takes 0, 1 or 2 (empty: the default), FERRY_SHM_SPIN_US
  * 0-100000; anything else stops the transport from starting, naming the
  * variable. */
 static void knobs_malformed(void **state)
 {
     (void)state;
-    static const char *bad[] = {"2", "yes", "01", "1 "};
+    static const char *bad[] = {"3", "yes", "01", "1 "};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         setenv("FERRY_SHM_SUBMIT_COPIES", bad[i], 1);
         struct ferry_config cfg;
@@ -268,8 +270,9 @@ static void knobs_malformed(void **state)
         if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_SUBMIT_COPIES"))
             fail_msg("FERRY_SHM_SUBMIT_COPIES=%s: %s: %s", bad[i], ferry_err_name(rc), ferry_last_error());
     }
-    for (int v = 0; v < 2; v++) {
-        setenv("FERRY_SHM_SUBMIT_COPIES", v ? "1" : "0", 1);
+    static const char *good[] = {"0", "1", "2"};
+    for (size_t v = 0; v < 3; v++) {
+        setenv("FERRY_SHM_SUBMIT_COPIES", good[v], 1);
         struct ferry_config cfg;
         ferry_engine *e = NULL;
         assert_int_equal(ferry_config_init(&cfg), 0);

@@ -4,6 +4,7 @@
  *   shm.c         identity, the shared page, registrations, describe,
  *                 peers, the ops table
  *   shm_copy.c    the work queue, its worker threads, the submitters' jobs
+ *   shm_lane.c    one stream per device that jobs share, in order
  *   shm_frame.c   one frame's accesses, checks and copies
  *   shm_notify.c  notifications over a unix socket
  * Nothing outside src/transport/shm*.c includes this header.
@@ -33,6 +34,7 @@
 #define SHM_ACCESS_GRACE_NS 2000000000ull /* unregister's allowance for a copy started just before */
 #define SHM_NOTIFY_MAX_NAME 127
 #define SHM_NOTIFY_MAX 4096          /* a notification's bytes (ferry_batch_set_notify) */
+#define SHM_LANES 8                   /* (device backend, device) pairs with a lane of jobs */
 
 /*
  * The registry: a memfd the engine alone writes (sealed against any new
@@ -178,7 +180,9 @@ struct shm_transport {
     struct shm_group *free_jobs;
     unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
     unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
-    bool submit_copies;               /* FERRY_SHM_SUBMIT_COPIES */
+    int submit_copies;                /* FERRY_SHM_SUBMIT_COPIES: 0, 1 (a stream per job), 2 (lanes) */
+    pthread_mutex_t lanes_lock;       /* lanes[] */
+    struct shm_lane *lanes[SHM_LANES];
     uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
     atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
@@ -196,7 +200,7 @@ struct shm_transport {
 
 #define SHM_GROUP_MAX 16              /* data frames run together: a worker's group, a submitter's job */
 #define SHM_GROUP_COPIES 256          /* device copies enqueued before one wait */
-#define SHM_JOBS 32                   /* jobs per transport (each a stream, allocated when first needed) */
+#define SHM_JOBS 32                   /* jobs per transport (allocated when first needed) */
 /* shm_frame_run in a job: the frame is not for a job (not device to device)
  * or does not fit this one; it holds nothing (release it, rewind the copies) */
 #define SHM_NOT_HERE 1
@@ -234,6 +238,28 @@ struct frame_moves {
 };
 
 struct shm_group;
+
+/* A stream jobs of one device share (shm_lane.c), and the jobs on it. */
+struct shm_lane_stream {
+    ferry_stream *stream;
+    unsigned refs;                    /* jobs on it not yet waited for (lane lock) */
+    bool broken;                      /* it failed: new jobs go on a fresh one */
+};
+
+/* One device's lane: jobs' copies go on one stream in the order they come,
+ * so the device runs them one after the other at full speed instead of
+ * sharing itself among all of them (their ends then come one at a time, and
+ * the submitting threads' work between batches overlaps the next jobs'
+ * copies).  Each job's end is a mark the device stores in host memory. */
+struct shm_lane {
+    const struct ferry_device_ops *ops;
+    int dev;
+    pthread_mutex_t lock;             /* a job's copies and its mark go in together */
+    struct shm_lane_stream *cur;
+    uint32_t *marks;                  /* host_alloc: a word per job, SHM_MARK_STRIDE apart */
+    atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP): not used any more */
+};
+#define SHM_MARK_STRIDE 16u           /* words: one cache line per job */
 
 /* One frame being moved. */
 struct frame_run {
@@ -274,9 +300,13 @@ struct shm_group {
     struct frame_moves *moves;        /* a worker's; NULL in a job */
     const struct ferry_device_ops *bounce_ops; /* a worker's pinned bounce */
     char *bounce;
-    const struct ferry_device_ops *stream_ops; /* a job's stream */
+    const struct ferry_device_ops *stream_ops; /* a job's own stream (no lane) */
     int stream_dev;
     ferry_stream *stream;
+    unsigned id;                      /* a job's index: its mark in a lane */
+    struct shm_lane *lane;            /* a job waiting by mark: its lane and stream */
+    struct shm_lane_stream *ls;
+    uint32_t mark;                    /* the value its mark will hold */
     struct shm_group *next;           /* t->jobs or t->free_jobs */
 };
 
@@ -300,6 +330,19 @@ void shm_frame_release(struct frame_run *fr);
 void shm_copies_failed(struct shm_group *g, int rc);
 /* A worker's: runs the group's copies on the thread's stream and waits. */
 void shm_copies_wait(struct shm_group *g);
+
+/* shm_lane.c */
+/* The lane of (ops, dev), made when first asked for; NULL where the device
+ * cannot mark a stream (the job then takes a stream of its own). */
+struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev);
+/* Enqueues the job's copies and then its mark on the lane's stream.  0, or
+ * the copy's error (the copies' frames fail); g->ls is set when the job is
+ * to be waited for by its mark (else nothing of it is still running). */
+int shm_lane_issue(struct shm_lane *lane, struct shm_group *g);
+/* A worker: waits for the job's mark, then lets go of its stream.  0, or
+ * the stream's error (the stream is retired). */
+int shm_lane_wait(struct shm_group *g);
+void shm_lanes_free(struct shm_transport *t);
 
 /* shm_copy.c */
 int shm_workers_start(struct shm_transport *t);

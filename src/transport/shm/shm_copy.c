@@ -292,7 +292,7 @@ static struct shm_group *job_take(struct shm_transport *t, struct shm_peer *p, s
         if ((g = t->free_jobs) != NULL)
             t->free_jobs = g->next;
         else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL)
-            t->njobs++;
+            g->id = t->njobs++;
         if (g) {
             p->queued += n;
             t->jobs_out++;
@@ -374,17 +374,24 @@ static void job_issue(struct shm_group *g)
         job_end(g);
         return;
     }
-    if (g->cb.n) {
+    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
+    TRACE(TR_COPY_BEGIN, g->cb.n);
+    if (lane) {
+        int rc = shm_lane_issue(lane, g);
+        if (rc)
+            shm_copies_failed(g, rc);
+        if (!g->ls)
+            g->cb.n = 0; /* nothing of it runs any more */
+    } else if (g->cb.n) {
         int rc = job_stream(g);
-        TRACE(TR_COPY_BEGIN, g->cb.n);
         if (!rc && (rc = g->cb.ops->copy_async(g->stream, g->cb.dir, g->cb.copies, g->cb.n)) != 0)
             job_stream_renew(g); /* what was enqueued before the failure is done */
-        TRACE(TR_COPY_QUEUED, g->cb.n);
         if (rc) {
             shm_copies_failed(g, rc);
             g->cb.n = 0;
         }
     }
+    TRACE(TR_COPY_QUEUED, g->cb.n);
     pthread_mutex_lock(&t->lock);
     g->next = NULL;
     if (t->jobs_tail)
@@ -401,7 +408,11 @@ static void job_issue(struct shm_group *g)
 static void job_end(struct shm_group *g)
 {
     struct shm_transport *t = g->t;
-    if (g->cb.n) {
+    if (g->ls) {
+        int rc = shm_lane_wait(g);
+        if (rc)
+            shm_copies_failed(g, rc);
+    } else if (g->cb.n) {
         int rc = g->stream_ops->stream_sync(g->stream);
         if (rc) {
             shm_copies_failed(g, rc);
@@ -517,13 +528,16 @@ static void *worker_main(void *arg)
 #define SPIN_US_DEFAULT 50u
 #define SPIN_US_MAX 100000u
 
-/* FERRY_SHM_SUBMIT_COPIES (0 or 1) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
 static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
-    if (want && *want && strcmp(want, "0") != 0 && strcmp(want, "1") != 0)
-        return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0 or 1", want);
-    t->submit_copies = !want || strcmp(want, "0") != 0;
+    t->submit_copies = 2;
+    if (want && *want) {
+        if (strlen(want) != 1 || want[0] < '0' || want[0] > '2')
+            return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0, 1 or 2", want);
+        t->submit_copies = want[0] - '0';
+    }
     const char *text = getenv("FERRY_SHM_SPIN_US");
     unsigned long v = SPIN_US_DEFAULT;
     if (text && *text) {
@@ -540,6 +554,7 @@ static int knobs_read(struct shm_transport *t)
 
 int shm_workers_start(struct shm_transport *t)
 {
+    pthread_mutex_init(&t->lanes_lock, NULL);
     int rc = knobs_read(t);
     if (rc)
         return rc;
@@ -573,4 +588,5 @@ void shm_workers_stop(struct shm_transport *t)
     }
     t->free_jobs = NULL;
     t->njobs = 0;
+    shm_lanes_free(t);
 }
