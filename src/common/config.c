@@ -105,8 +105,8 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_SUBMIT_COPIES", "2",
       "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "
-      "worker only waits for it), 2: on one stream per device, in order; 1: on a stream per job; 0: the shm workers "
-      "do every copy"},
+      "worker only waits for it), 2: jobs of small copies (mean <= 256 KiB) on one stream per device, in order, "
+      "others on a stream each; 1: every job on a stream of its own; 0: the shm workers do every copy"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_SPIN_US", "50",
       "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "

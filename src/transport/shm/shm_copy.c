@@ -366,6 +366,21 @@ static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
 
 static void job_end(struct shm_group *g);
 
+/* Small copies go on the device's lane, in order: four 8 MiB jobs of 64 KiB
+ * copies from four threads moved 274-281 GB/s that way against 203-267 on
+ * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md); jobs of
+ * 1 MiB copies moved 368-372 on their own streams against 317-320 in order
+ * (they overlap each other's launches).  The bound lies between the two. */
+#define LANE_MEAN_MAX ((uint64_t)256 << 10)
+
+static bool lane_suits(const struct copy_batch *cb)
+{
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < cb->n; i++)
+        bytes += cb->copies[i].len;
+    return bytes <= LANE_MEAN_MAX * cb->n;
+}
+
 /* Enqueues the job's copies on its stream and hands it to the workers. */
 static void job_issue(struct shm_group *g)
 {
@@ -374,7 +389,8 @@ static void job_issue(struct shm_group *g)
         job_end(g);
         return;
     }
-    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
+    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(&g->cb)
+                                ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
     TRACE(TR_COPY_BEGIN, g->cb.n);
     if (lane) {
         int rc = shm_lane_issue(lane, g);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm_lane.c — one stream per (device backend, device) that the submitting
- * threads' jobs share (FERRY_SHM_SUBMIT_COPIES=2, shm_copy.c).
+ * threads' jobs of small copies share (FERRY_SHM_SUBMIT_COPIES=2,
+ * shm_copy.c: LANE_MEAN_MAX).
  *
  * Jobs on streams of their own run on the device side by side: four jobs of
  * four threads each take four times as long, end together, and their
