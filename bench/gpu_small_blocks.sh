@@ -59,4 +59,4 @@ shm_pair() {
 step "GPU0 -> GPU1 over shm (CUDA IPC, direct)"
 [ -n "$BASE" ] && shm_pair "$BASE/ferry-bench" before
 shm_pair "$B/ferry-bench" after
-shm_pair "$B/ferry-bench" after-d2d-kernel FERRY_CUDA_GATHER_D2D=1
+shm_pair "$B/ferry-bench" after-copy-engine FERRY_CUDA_GATHER_D2D=0

@@ -52,7 +52,7 @@ run_case host-ref tcp cpu cpu read 16384
 run_case staged tcp cuda:0 cuda:0 read 16384
 run_case shm tcp,shm $g1 cuda:0 write 65536
 run_case shm-slice16M tcp,shm $g1 cuda:0 write 65536 FERRY_SLICE_SIZE=16777216 FERRY_STAGING_CHUNK_SIZE=16777216 FERRY_STAGING_CHUNKS=4
-run_case shm-slice16M-d2dkernel tcp,shm $g1 cuda:0 write 65536 FERRY_SLICE_SIZE=16777216 FERRY_STAGING_CHUNK_SIZE=16777216 FERRY_STAGING_CHUNKS=4 FERRY_CUDA_GATHER_D2D=1
+run_case shm-slice16M-copyengine tcp,shm $g1 cuda:0 write 65536 FERRY_SLICE_SIZE=16777216 FERRY_STAGING_CHUNK_SIZE=16777216 FERRY_STAGING_CHUNKS=4 FERRY_CUDA_GATHER_D2D=0
 run_case shm tcp,shm $g1 cuda:0 write 1048576
 run_case shm-slice16M tcp,shm $g1 cuda:0 write 1048576 FERRY_SLICE_SIZE=16777216 FERRY_STAGING_CHUNK_SIZE=16777216 FERRY_STAGING_CHUNKS=4
 run_case shm-slice16M tcp,shm $g1 cuda:0 read 65536 FERRY_SLICE_SIZE=16777216 FERRY_STAGING_CHUNK_SIZE=16777216 FERRY_STAGING_CHUNKS=4

@@ -103,6 +103,15 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_SHM_SUBMIT_COPIES", "2",
+      "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "
+      "worker only waits for it), 2: jobs of small copies (mean <= 256 KiB) on one stream per device, in order, "
+      "others on a stream each; 1: every job on a stream of its own; 0: the shm workers do every copy"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_SHM_SPIN_US", "50",
+      "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
+      "transport finds it awake"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},

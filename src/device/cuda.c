@@ -118,6 +118,7 @@ int cuda_load(void)
         {"cuDeviceCanAccessPeer", &cuda_drv.cuDeviceCanAccessPeer, 0},
         {"cuLaunchHostFunc", &cuda_drv.cuLaunchHostFunc, 0},
         {"cuStreamWaitValue32_v2", &cuda_drv.cuStreamWaitValue32, 0},
+        {"cuStreamWriteValue32_v2", &cuda_drv.cuStreamWriteValue32, 0},
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &cuda_lib);
     if (rc < 0)
@@ -150,13 +151,13 @@ int cuda_load(void)
            cuda_drv.cuModuleGetFunction != NULL && cuda_drv.cuModuleUnload != NULL &&
            cuda_drv.cuLaunchKernel != NULL;
     atomic_store(&gather_enabled, have && !(want != NULL && strcmp(want, "0") == 0));
-    /* FERRY_CUDA_GATHER_D2D=1: device-to-device batches (the shm transport
-     * between two processes' GPUs) through the kernel too, one launch per
-     * batch over NVLink instead of a copy-engine copy per block.  Off until
-     * measured against the copy engine on a two-GPU host
-     * (bench/gpu_small_blocks.sh). */
+    /* Device-to-device batches (the shm transport between two processes'
+     * GPUs, over CUDA IPC) go through the kernel too: one launch per batch
+     * over NVLink where the copy engine pays about 1 us a copy (128 copies of
+     * 64 KiB: 65 GB/s at most).  FERRY_CUDA_GATHER_D2D=0 keeps them on the
+     * copy engine. */
     want = getenv("FERRY_CUDA_GATHER_D2D");
-    atomic_store(&gather_d2d, want != NULL && strcmp(want, "1") == 0);
+    atomic_store(&gather_d2d, !(want != NULL && strcmp(want, "0") == 0));
     LOG_INFO("cuda: %d devices, copies through %s%s%s", cuda_ndevices,
              !atomic_load(&batch_enabled) ? "one cuMemcpy*Async per copy"
              : cuda_drv.batch_v2               ? "cuMemcpyBatchAsync_v2"
@@ -963,12 +964,35 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
 }
 
+/* A job's end on a stream jobs share (the shm transport's GPU-to-GPU jobs):
+ * the GPU writes the word in mapped pinned memory; nothing waits on it. */
+static int cuda_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32_t value)
+{
+    struct ctx_guard g;
+    struct cuda_stream *s = as_cuda(stream);
+    if (s == NULL || flag == NULL)
+        return ferry_fail(FERRY_EINVAL, "cuda: stream_mark on %p: not a cuda stream, or no flag", (void *)stream);
+    if (cuda_drv.cuStreamWriteValue32 == NULL || cuda_drv.cuMemHostGetDevicePointer == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuStreamWriteValue32", s->dev);
+    int rc = cuda_ctx_enter(s->dev, &g);
+    if (rc < 0)
+        return rc;
+    CUdeviceptr addr = 0;
+    CUresult r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    if (r == CUDA_SUCCESS)
+        r = cuda_drv.cuStreamWriteValue32(s->stream, addr, value, 0);
+    cuda_ctx_leave(&g);
+    if (r == CUDA_ERROR_NOT_SUPPORTED)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: stream memory operations are not supported", s->dev);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWriteValue32", s->dev);
+}
+
 static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
     {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
-    {"FERRY_CUDA_GATHER_D2D", "0",
-     "1: GPU-to-GPU batches (shm over CUDA IPC) through the gather kernel too, where the GPUs reach each other "
-     "(not yet measured)"},
+    {"FERRY_CUDA_GATHER_D2D", "1",
+     "0: GPU-to-GPU batches (shm over CUDA IPC) on the copy engine instead of the gather kernel (used where the "
+     "GPUs reach each other)"},
     {"FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT,
      "bytes one CTA of the gather/scatter kernel copies at a time, a power of two from 1024 to 1048576"},
     {"FERRY_CUDA_KERNEL_CTAS", CUDA_SHAPE_CTAS_DEFAULT, "gather/scatter kernel: CTAs per SM at most, 1-8"},
@@ -998,6 +1022,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .copy_async = cuda_copy_async,
     .stream_query = cuda_stream_query,
     .stream_sync = cuda_stream_sync,
+    .stream_mark = cuda_stream_mark,
     .stream_host_func = cuda_stream_host_func,
     .stream_wait_flag = cuda_stream_wait_flag,
     .ipc_export = cuda_ipc_export,

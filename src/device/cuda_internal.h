@@ -121,6 +121,7 @@ struct cuda_driver {
      * stream_wait_flag failing with FERRY_ENOTSUP) */
     CUresult (*cuLaunchHostFunc)(CUstream stream, void (*fn)(void *), void *arg);
     CUresult (*cuStreamWaitValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
+    CUresult (*cuStreamWriteValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
 };
 
 

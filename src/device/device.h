@@ -106,6 +106,14 @@ struct ferry_device_ops {
     int (*stream_query)(ferry_stream *stream);
     /* Waits for everything enqueued so far. 0 or a negative error. */
     int (*stream_sync)(ferry_stream *stream);
+    /* Optional (NULL: not available).  Enqueues a store of value into the
+     * 32-bit word *flag (memory from this kind's host_alloc) once everything
+     * enqueued before it on the stream has finished, without holding up what
+     * comes after: the end of one job on a stream many jobs share, seen by
+     * reading the word.  A stream in a sticky error stores nothing (query it).
+     * FERRY_ENOTSUP where the device cannot (CUDA without stream memory
+     * operations).  0 or FERRY_E*. */
+    int (*stream_mark)(ferry_stream *stream, volatile uint32_t *flag, uint32_t value);
 
     /* Optional (NULL: this kind cannot order ferry's work with a caller's
      * stream).  `stream` is the caller's own native stream of device dev (a

@@ -92,7 +92,8 @@ struct sim_job {
     struct sim_job *next;
     void (*fn)(void *);
     void *arg;
-    volatile uint32_t *flag;
+    volatile uint32_t *flag;     /* a wait (stream_wait_flag) */
+    volatile uint32_t *mark;     /* a store (stream_mark) */
     uint32_t value;
     enum ferry_copy_dir dir;
     uint64_t number;             /* its place in the process's copy jobs */
@@ -572,6 +573,10 @@ static void *stream_worker(void *arg)
             job->fn(job->arg); /* ferry's side of stream ordering must not hang */
         else if (job->flag)
             ferry_flag_wait(job->flag, job->value);
+        else if (job->mark) {
+            if (!failed) /* as on hardware: a failed stream runs nothing more */
+                ferry_flag_set(job->mark, job->value);
+        }
         else if (!failed)
             rc = run_job(s->dev, job, msg, sizeof msg);
         free(job);
@@ -743,6 +748,14 @@ static int sim_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, 
     if (flag == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: stream_wait_flag without a flag", dev);
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.flag = flag, .value = value});
+}
+
+static int sim_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32_t value)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL || flag == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim: stream_mark on %p: not a sim stream, or no flag", (void *)stream);
+    return sim_enqueue_sync_job(s->dev, stream, &(struct sim_job){.mark = flag, .value = value});
 }
 
 /* Called with s->lock held; records the stream's error for the caller. */
@@ -950,6 +963,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .copy_async = sim_copy_async,
     .stream_query = sim_stream_query,
     .stream_sync = sim_stream_sync,
+    .stream_mark = sim_stream_mark,
     .stream_host_func = sim_stream_host_func,
     .stream_wait_flag = sim_stream_wait_flag,
     .ipc_export = sim_ipc_export,

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * shm.h — the shm transport's internal state, shared by its three files:
+ * shm.h — the shm transport's internal state, shared by its four files:
  *   shm.c         identity, the shared page, registrations, describe,
  *                 peers, the ops table
- *   shm_copy.c    the work queue, its worker threads and the copies
+ *   shm_copy.c    the work queue, its worker threads, the submitters' jobs
+ *   shm_lane.c    one stream per device that jobs share, in order
+ *   shm_frame.c   one frame's accesses, checks and copies
  *   shm_notify.c  notifications over a unix socket
  * Nothing outside src/transport/shm*.c includes this header.
  */
@@ -15,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "device/device.h"
 #include "transport/transport.h"
@@ -31,6 +34,7 @@
 #define SHM_ACCESS_GRACE_NS 2000000000ull /* unregister's allowance for a copy started just before */
 #define SHM_NOTIFY_MAX_NAME 127
 #define SHM_NOTIFY_MAX 4096          /* a notification's bytes (ferry_batch_set_notify) */
+#define SHM_LANES 8                   /* (device backend, device) pairs with a lane of jobs */
 
 /*
  * The registry: a memfd the engine alone writes (sealed against any new
@@ -172,6 +176,15 @@ struct shm_transport {
     pthread_cond_t work, idle, tick;
     struct xfer_frame *head, *tail;   /* FIFO; a frame's wire_id holds its peer */
     size_t nqueued;
+    struct shm_group *jobs, *jobs_tail; /* issued by submitting threads: for a worker to wait for and end */
+    struct shm_group *free_jobs;
+    unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
+    unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
+    int submit_copies;                /* FERRY_SHM_SUBMIT_COPIES: 0, 1 (a stream per job), 2 (lanes) */
+    pthread_mutex_t lanes_lock;       /* lanes[] */
+    struct shm_lane *lanes[SHM_LANES];
+    uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
+    atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
     unsigned nworkers;
     pthread_t workers[SHM_WORKERS];
@@ -182,6 +195,154 @@ struct shm_transport {
 
     atomic_uint_fast64_t bytes_written, bytes_read, frames_sent, refused;
 };
+
+/* ------------------------------------------------------------ moving frames (shm_copy.c, shm_frame.c) */
+
+#define SHM_GROUP_MAX 16              /* data frames run together: a worker's group, a submitter's job */
+#define SHM_GROUP_COPIES 256          /* device copies enqueued before one wait */
+#define SHM_JOBS 32                   /* jobs per transport (allocated when first needed) */
+/* shm_frame_run in a job: the frame is not for a job (not device to device)
+ * or does not fit this one; it holds nothing (release it, rewind the copies) */
+#define SHM_NOT_HERE 1
+#define SHM_JOB_FULL 2
+
+/* Device copies of the frames run together, enqueued and waited for once
+ * per (device, direction) and at most SHM_GROUP_COPIES: one copy job.  A
+ * job that fails fails the frames with a copy in it (which of its copies
+ * were done is unknown), and only those: the other jobs' frames arrived. */
+struct copy_batch {
+    const struct ferry_device_ops *ops;
+    int dev;
+    enum ferry_copy_dir dir;
+    size_t n;
+    struct ferry_copy copies[SHM_GROUP_COPIES];
+    uint8_t owner[SHM_GROUP_COPIES]; /* the copy's frame: its index in the group's runs */
+};
+_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
+
+struct bounced {                      /* local device memory <-> peer host memory */
+    char *local;
+    uint64_t remote, len;
+    const struct ferry_device_ops *ops;
+    int dev;
+};
+
+/* A worker's scratch for the frame it runs: host copies and bounces, done
+ * before the next frame starts. */
+struct frame_moves {
+    int nvm;                          /* host <-> host: one system call */
+    uint64_t vm_bytes;
+    struct iovec lvm[XFER_MAX_PIECES], rvm[XFER_MAX_PIECES];
+    size_t nbounced;
+    struct bounced bounced[XFER_MAX_PIECES];
+};
+
+struct shm_group;
+
+/* A stream jobs of one device share (shm_lane.c), and the jobs on it. */
+struct shm_lane_stream {
+    ferry_stream *stream;
+    unsigned refs;                    /* jobs on it not yet waited for (lane lock) */
+    bool broken;                      /* it failed: new jobs go on a fresh one */
+};
+
+/* One device's lane: jobs' copies go on one stream in the order they come,
+ * so the device runs them one after the other at full speed instead of
+ * sharing itself among all of them (their ends then come one at a time, and
+ * the submitting threads' work between batches overlaps the next jobs'
+ * copies).  Each job's end is a mark the device stores in host memory. */
+struct shm_lane {
+    const struct ferry_device_ops *ops;
+    int dev;
+    pthread_mutex_t lock;             /* a job's copies and its mark go in together */
+    struct shm_lane_stream *cur;
+    uint32_t *marks;                  /* host_alloc: a word per job, SHM_MARK_STRIDE apart */
+    atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP): not used any more */
+};
+#define SHM_MARK_STRIDE 16u           /* words: one cache line per job */
+
+/* One frame being moved. */
+struct frame_run {
+    struct shm_group *g;
+    struct shm_peer *p;
+    struct xfer_frame *f;
+    bool write;
+    uint64_t refused, moved;
+    int copy_err;                     /* a copy job holding a piece of it failed */
+    char copy_msg[160];
+    struct shm_announce *ann;         /* this access, announced in the peer's shared memfd */
+    uint64_t expiry;                  /* no copy step starts at or after it */
+    uint32_t ntouched, nlocal;
+    uint32_t touched[XFER_MAX_PIECES];           /* the peer buffers the pieces lie in */
+    struct memreg_access local[XFER_MAX_PIECES]; /* the local registrations they lie in (one: all) */
+    bool whole;                       /* local[0] holds every piece */
+    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
+    int ldev;
+    char msg[160];
+};
+
+/* Frames of one peer run together, and their device copies: a worker's
+ * group (copies enqueued on the worker's thread stream and waited for
+ * there), or a job a submitting thread filled (copies enqueued on the job's
+ * stream; a worker waits for them and ends the frames). */
+struct shm_group {
+    struct shm_transport *t;
+    struct shm_peer *p;
+    bool job;
+    bool gone;                        /* p's process had exited when the group started */
+    size_t n;                         /* frames in runs[] */
+    int rc[SHM_GROUP_MAX];
+    struct frame_run *runs;           /* SHM_GROUP_MAX */
+    struct copy_batch cb;
+    const struct shm_rbuf *map_buf;   /* the IPC mapping the last device piece used */
+    int map_dev;
+    char *map_base;
+    struct frame_moves *moves;        /* a worker's; NULL in a job */
+    const struct ferry_device_ops *bounce_ops; /* a worker's pinned bounce */
+    char *bounce;
+    const struct ferry_device_ops *stream_ops; /* a job's own stream (no lane) */
+    int stream_dev;
+    ferry_stream *stream;
+    unsigned id;                      /* a job's index: its mark in a lane */
+    struct shm_lane *lane;            /* a job waiting by mark: its lane and stream */
+    struct shm_lane_stream *ls;
+    uint32_t mark;                    /* the value its mark will hold */
+    struct shm_group *next;           /* t->jobs or t->free_jobs */
+};
+
+/* shm_frame.c */
+/* Sets fr->msg; returns code. */
+int shm_fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+bool shm_peer_gone(const struct shm_peer *p);
+/* Could a job take f: every piece in a device buffer of p, the first
+ * piece's local memory device memory?  A hint (the job checks again). */
+bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const struct xfer_frame *f);
+/* Announces, checks and moves the frame's pieces but for the device copies,
+ * which wait in fr->g->cb.  0, FERRY_E* (fr->msg), or in a job SHM_NOT_HERE
+ * / SHM_JOB_FULL. */
+int shm_frame_run(struct frame_run *fr);
+/* After the group's copies were waited for: their result, the counters. */
+int shm_frame_finish(struct frame_run *fr);
+/* Ends the frame's accesses: its announcement, its local registrations. */
+void shm_frame_release(struct frame_run *fr);
+/* The copies of the group's frames failed with rc: each frame with a copy
+ * in them fails, saying so. */
+void shm_copies_failed(struct shm_group *g, int rc);
+/* A worker's: runs the group's copies on the thread's stream and waits. */
+void shm_copies_wait(struct shm_group *g);
+
+/* shm_lane.c */
+/* The lane of (ops, dev), made when first asked for; NULL where the device
+ * cannot mark a stream (the job then takes a stream of its own). */
+struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev);
+/* Enqueues the job's copies and then its mark on the lane's stream.  0, or
+ * the copy's error (the copies' frames fail); g->ls is set when the job is
+ * to be waited for by its mark (else nothing of it is still running). */
+int shm_lane_issue(struct shm_lane *lane, struct shm_group *g);
+/* A worker: waits for the job's mark, then lets go of its stream.  0, or
+ * the stream's error (the stream is retired). */
+int shm_lane_wait(struct shm_group *g);
+void shm_lanes_free(struct shm_transport *t);
 
 /* shm_copy.c */
 int shm_workers_start(struct shm_transport *t);

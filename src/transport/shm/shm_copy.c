@@ -1,42 +1,37 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm_copy.c — the shm transport's work: a FIFO of frames, SHM_WORKERS copy
- * threads and a timer thread.
+ * threads, a timer thread, and the jobs of submitting threads.
  *
- * submit() only queues.  A worker takes the oldest frames (up to GROUP_MAX
- * data frames of one peer in a row); for each it announces the access in the
- * peer's shared memfd, then checks it against the peer (still alive, every
- * piece inside a registration its registry lists as live, local pieces
- * inside local registrations, held as memreg accesses), moves the pieces in
- * SHM_CHUNK steps with the same check before each step, and ends the frame
- * after clearing its announcement.  The target's unregister revokes the
- * slot, then waits for the announcements that overlap (shm_wait_accesses):
- * a copy either saw the revocation or ended before unregister returned.  Host <-> host pieces go in one
- * process_vm_writev/readv per frame.  Pieces that touch device memory use
- * the device layer's copies on the worker's own stream, batched across the
- * frames taken together and waited for once (a device copy takes a few
- * microseconds; waiting for one takes longer; a failed copy job fails the
- * frames with a copy in it, no other, and the worker's next job runs on a
- * fresh stream): with the peer's allocation
- * opened here through its IPC handle (cached per peer, buffer and local
- * device), or, between local device memory and a peer's host memory,
- * through the worker's pinned bounce.  The timer ends
- * frames that waited in the queue past their deadline.  Frames end on the
- * workers and the timer, each exactly once.
+ * A submitting thread issues its own device-to-device copies (GPU to GPU
+ * over CUDA IPC, FERRY_SHM_SUBMIT_COPIES): it collects the frames of one
+ * submit (the engine tells it how many bytes are still to come:
+ * more_bytes), and at the last one runs them as a job: announces and
+ * checks each frame (shm_frame.c) and enqueues all their copies on the
+ * job's stream at once (one launch of the device's gather kernel for up to
+ * 128 copies), then hands the job to the workers, which wait for its
+ * stream and end its frames.  So no worker's wake-up sits between the
+ * submit and the copy, and a batch's copies take one launch, not one per
+ * group of frames.  A frame a job cannot take (host memory on either side,
+ * or more copies than the job holds) goes to the FIFO, as does every frame
+ * when all SHM_JOBS jobs are out.
+ *
+ * Otherwise submit() only queues.  A worker takes the oldest frames (up to
+ * SHM_GROUP_MAX data frames of one peer in a row), runs each (shm_frame.c),
+ * its device copies batched across the frames taken together and waited
+ * for once per copy job (a failed copy job fails the frames with a copy in
+ * it, no other, and the worker's next job runs on a fresh stream), and ends
+ * the frames after clearing their announcements.  The timer ends frames
+ * that waited in the queue past their deadline.  Frames end on the workers
+ * and the timer, each exactly once; a job's frames count as queued for
+ * their peer (peer_drain waits for them) from the job's start.
  */
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "err.h"
 #include "log.h"
@@ -45,73 +40,7 @@
 #include "transport/shm/shm.h"
 #include "trace.h"
 
-#define MAX_PIECES XFER_MAX_PIECES
-#define GROUP_MAX 16             /* data frames of one peer taken together */
-#define GROUP_COPIES 256         /* device copies enqueued before one wait */
 #define TICK_MS 20
-
-/* Device copies of the frames taken together, enqueued and waited for once
- * per (device, direction) and at most GROUP_COPIES: one copy job.  A job
- * that fails fails the frames with a copy in it (which of its copies were
- * done is unknown), and only those: the other jobs' frames arrived. */
-struct copy_batch {
-    const struct ferry_device_ops *ops;
-    int dev;
-    enum ferry_copy_dir dir;
-    size_t n;
-    struct ferry_copy copies[GROUP_COPIES];
-    uint8_t owner[GROUP_COPIES]; /* the copy's frame: its index in the worker's runs */
-};
-_Static_assert(GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
-
-struct frame_run;
-
-struct worker {
-    struct shm_transport *t;
-    const struct ferry_device_ops *bounce_ops;
-    char *bounce;
-    struct copy_batch cb;
-    struct frame_run *runs;      /* GROUP_MAX */
-};
-
-struct bounced {                 /* local device memory <-> peer host memory */
-    char *local;
-    uint64_t remote, len;
-    const struct ferry_device_ops *ops;
-    int dev;
-};
-
-/* One frame being moved. */
-struct frame_run {
-    struct worker *w;
-    struct shm_peer *p;
-    struct xfer_frame *f;
-    bool write;
-    uint64_t refused, moved;
-    int nvm;                     /* host <-> host: one system call */
-    uint64_t vm_bytes;
-    struct iovec lvm[MAX_PIECES], rvm[MAX_PIECES];
-    int copy_err;                /* a copy job holding a piece of it failed */
-    char copy_msg[160];
-    struct shm_announce *ann;    /* this access, announced in the peer's shared memfd */
-    uint64_t expiry;             /* no copy step starts at or after it */
-    uint32_t ntouched, nlocal;
-    uint32_t touched[MAX_PIECES];            /* the peer buffers the pieces lie in */
-    struct memreg_access local[MAX_PIECES];  /* the local registrations they lie in */
-    size_t nbounced;
-    struct bounced bounced[MAX_PIECES];
-    char msg[160];
-};
-
-static int fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(struct frame_run *fr, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(fr->msg, sizeof fr->msg, fmt, ap);
-    va_end(ap);
-    return code;
-}
 
 static struct shm_peer *peer_of(const struct xfer_frame *f)
 {
@@ -138,26 +67,39 @@ static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, ui
     pthread_mutex_unlock(&t->lock);
 }
 
-void shm_submit(void *tp, void *pp, struct xfer_frame *f)
+/* Queues frames for the workers.  counted: they already count in
+ * p->queued (a job gave them back). */
+static void queue_frames(struct shm_transport *t, struct shm_peer *p, struct xfer_frame **fs, size_t n, bool counted)
 {
-    struct shm_transport *t = tp;
-    struct shm_peer *p = pp;
     pthread_mutex_lock(&t->lock);
     if (t->stopping || p->closing) {
         pthread_mutex_unlock(&t->lock);
-        f->complete(f, FERRY_ECANCELED, 0, "shm: the segment is being closed");
+        for (size_t i = 0; i < n; i++) {
+            fs[i]->wire_id = (uint64_t)(uintptr_t)p;
+            if (counted)
+                frame_end(t, fs[i], FERRY_ECANCELED, 0, 0, "shm: the segment is being closed");
+            else
+                fs[i]->complete(fs[i], FERRY_ECANCELED, 0, "shm: the segment is being closed");
+        }
         return;
     }
-    f->wire_id = (uint64_t)(uintptr_t)p; /* transport-private: the frame's peer */
-    f->next = NULL;
-    if (t->tail)
-        t->tail->next = f;
+    for (size_t i = 0; i < n; i++) {
+        struct xfer_frame *f = fs[i];
+        f->wire_id = (uint64_t)(uintptr_t)p; /* transport-private: the frame's peer */
+        f->next = NULL;
+        if (t->tail)
+            t->tail->next = f;
+        else
+            t->head = f;
+        t->tail = f;
+        t->nqueued++;
+        p->queued += !counted;
+    }
+    atomic_fetch_add_explicit(&t->posted, 1, memory_order_relaxed);
+    if (n == 1)
+        pthread_cond_signal(&t->work);
     else
-        t->head = f;
-    t->tail = f;
-    t->nqueued++;
-    p->queued++;
-    pthread_cond_signal(&t->work);
+        pthread_cond_broadcast(&t->work);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -223,507 +165,77 @@ static void *timer_main(void *arg)
     return NULL;
 }
 
-/* ------------------------------------------------------------ checks */
+/* ------------------------------------------------------------ groups */
 
-long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len)
+/* Frame i of g, fresh. */
+static struct frame_run *run_init(struct shm_group *g, size_t i, struct xfer_frame *f)
 {
-    if (len == 0 || addr + len < addr)
-        return -1;
-    size_t lo = 0, hi = p->nbufs;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (p->bufs[mid].addr <= addr)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo == 0)
-        return -1;
-    const struct shm_rbuf *b = &p->bufs[lo - 1];
-    return addr + len <= b->addr + b->len ? (long)(lo - 1) : -1;
-}
-
-static bool peer_gone_within(const struct shm_peer *p, int ms)
-{
-    struct pollfd x = {.fd = p->pidfd, .events = POLLIN};
-    return p->pidfd >= 0 && poll(&x, 1, ms) > 0;
-}
-
-static bool peer_gone(const struct shm_peer *p)
-{
-    return peer_gone_within(p, 0);
-}
-
-/* ------------------------------------------------------------ accesses */
-
-static _Atomic uint64_t next_ticket;
-
-static bool owner_dead(uint64_t word)
-{
-    pid_t pid = (pid_t)(word & SHM_ANN_PID_MASK);
-    return kill(pid, 0) != 0 && errno == ESRCH;
-}
-
-/* Claims a free announcement in the peer's shared memfd (or one a dead
- * process left) and sets its range.  The claim is the Dekker store that the
- * slot checks after it pair with (see shm.h). */
-static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
-{
-    struct shm_peer *p = fr->p;
-    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
-                 ((uint64_t)getpid() & SHM_ANN_PID_MASK);
-    uint32_t start = (uint32_t)(((uintptr_t)fr->w >> 6) % SHM_ANNOUNCE_SLOTS);
-    for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {
-            struct shm_announce *a = &p->ann[(start + k) % SHM_ANNOUNCE_SLOTS];
-            uint64_t cur = atomic_load_explicit(&a->word, memory_order_relaxed);
-            if ((cur == 0 || (pass == 1 && owner_dead(cur))) && atomic_compare_exchange_strong(&a->word, &cur, w)) {
-                fr->expiry = now_ns() + SHM_ACCESS_MAX_NS;
-                atomic_store_explicit(&a->lo, lo, memory_order_relaxed);
-                atomic_store_explicit(&a->hi, hi, memory_order_relaxed);
-                atomic_store_explicit(&a->expiry_ns, fr->expiry, memory_order_relaxed);
-                atomic_store(&a->word, w | SHM_ANN_ACTIVE);
-                fr->ann = a;
-                return 0;
-            }
-        }
-    }
-    return fail(fr, FERRY_EBUSY, "shm: segment %.64s: all %u access announcements are taken", p->name,
-                SHM_ANNOUNCE_SLOTS);
-}
-
-/* Ends the frame's accesses: its announcement, its local registrations. */
-static void release(struct frame_run *fr)
-{
-    struct memreg *reg = fr->w->t->host.registry;
-    for (uint32_t i = 0; i < fr->nlocal; i++)
-        memreg_access_end(reg, &fr->local[i]);
+    struct frame_run *fr = &g->runs[i];
+    memset(fr, 0, offsetof(struct frame_run, touched));
     fr->nlocal = 0;
-    if (!fr->ann)
-        return;
-    struct shm_served *sv = fr->p->served;
-    atomic_store(&fr->ann->word, 0);
-    fr->ann = NULL;
-    atomic_fetch_add(&sv->released, 1);
-    if (atomic_load(&sv->waiters))
-        syscall(SYS_futex, &sv->released, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    fr->whole = false;
+    fr->lops = NULL;
+    fr->ldev = -1;
+    fr->msg[0] = '\0';
+    fr->g = g;
+    fr->f = f;
+    fr->p = peer_of(f);
+    fr->write = f->opcode == XFER_WRITE;
+    return fr;
 }
 
-/* Before every copy step: may the frame still touch what it checked? */
-static int access_check(struct frame_run *fr)
+static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
 {
-    const struct shm_peer *p = fr->p;
-    if (now_ns() >= fr->expiry)
-        return fail(fr, FERRY_ETIMEDOUT, "shm: segment %.64s: a copy ran past its announcement's %llu ms", p->name,
-                    (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
-    for (uint32_t i = 0; i < fr->ntouched; i++) {
-        const struct shm_rbuf *b = &p->bufs[fr->touched[i]];
-        if (atomic_load(&p->slots[b->slot].seq) != b->seq)
-            return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu", p->name,
-                        (unsigned long long)b->addr, (unsigned long long)b->len);
+    g->p = p;
+    g->n = 0;
+    g->cb.n = 0;
+    g->map_buf = NULL;
+    g->gone = data && shm_peer_gone(p);
+}
+
+/* Ends the group's frames (their copies done or failed). */
+static void group_end(struct shm_group *g)
+{
+    for (size_t i = 0; i < g->n; i++) {
+        struct frame_run *fr = &g->runs[i];
+        int rc = g->rc[i];
+        if (!rc && fr->f->opcode != XFER_NOTIFY)
+            rc = shm_frame_finish(fr);
+        shm_frame_release(fr);
+        frame_end(g->t, fr->f, rc, rc ? 0 : fr->refused, rc ? 0 : fr->moved, fr->msg);
     }
-    for (uint32_t i = 0; i < fr->nlocal; i++)
-        if (memreg_access_revoked(&fr->local[i]))
-            return fail(fr, FERRY_ERANGE, "shm: local 0x%llx+%llu was unregistered during the copy",
-                        (unsigned long long)fr->local[i].addr, (unsigned long long)fr->local[i].len);
-    return 0;
+    g->n = 0;
 }
 
-void shm_wait_accesses(struct shm_transport *t, uint64_t addr, uint64_t len)
-{
-    uint64_t give_up = now_ns() + SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS;
-    atomic_fetch_add(&t->served->waiters, 1);
-    for (;;) {
-        uint32_t released = atomic_load(&t->served->released);
-        unsigned busy = 0;
-        pid_t who = 0;
-        for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++) {
-            struct shm_announce *a = &t->ann[i];
-            uint64_t w = atomic_load(&a->word);
-            if (!w)
-                continue;
-            if (w & SHM_ANN_ACTIVE) {
-                uint64_t lo = atomic_load(&a->lo), hi = atomic_load(&a->hi);
-                if (atomic_load(&a->word) == w && (hi <= addr || lo >= addr + len))
-                    continue; /* elsewhere */
-            }
-            if (owner_dead(w)) {
-                atomic_compare_exchange_strong(&a->word, &w, 0);
-                continue;
-            }
-            busy++;
-            who = (pid_t)(w & SHM_ANN_PID_MASK);
-        }
-        if (!busy)
-            break;
-        if (now_ns() >= give_up) {
-            LOG_WARN("shm: unregister of 0x%llx+%llu stopped waiting for %u access(es) (process %d): announced "
-                     "more than %llu ms ago, they may no longer copy", (unsigned long long)addr,
-                     (unsigned long long)len, busy, (int)who,
-                     (unsigned long long)((SHM_ACCESS_MAX_NS + SHM_ACCESS_GRACE_NS) / 1000000u));
-            break;
-        }
-        /* woken by every release; the period re-checks the owners' liveness */
-        struct timespec period = {0, 50 * 1000000L};
-        syscall(SYS_futex, &t->served->released, FUTEX_WAIT, released, &period, NULL, 0);
-    }
-    atomic_fetch_sub(&t->served->waiters, 1);
-}
-
-/* ------------------------------------------------------------ host memory */
-
-static void iov_skip(struct iovec **v, int *n, size_t bytes)
-{
-    while (bytes && *n) {
-        if (bytes >= (*v)->iov_len) {
-            bytes -= (*v)->iov_len;
-            (*v)++;
-            (*n)--;
-        } else {
-            (*v)->iov_base = (char *)(*v)->iov_base + bytes;
-            (*v)->iov_len -= bytes;
-            bytes = 0;
-        }
-    }
-}
-
-static int vm_error(struct frame_run *fr, int err)
-{
-    const struct shm_peer *p = fr->p;
-    const char *call = fr->write ? "process_vm_writev" : "process_vm_readv";
-    if (err == ESRCH || peer_gone(p))
-        return fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
-    if (err == EPERM)
-        return fail(fr, FERRY_ECONN, "shm: segment %.64s: %s: no permission to access process %d", p->name, call,
-                    (int)p->pid);
-    int rc = access_check(fr);
-    if (rc)
-        return rc;
-    return fail(fr, FERRY_EIO, "shm: segment %.64s: %s: %s%s", p->name, call, strerror(err),
-                err == EFAULT ? " (a peer's or a local buffer is no longer mapped)" : "");
-}
-
-/* The first `max` bytes of v[0..n) into out; returns how many iovecs. */
-static int iov_prefix(const struct iovec *v, int n, size_t max, struct iovec *out)
-{
-    int k = 0;
-    for (; k < n && max; k++) {
-        out[k] = v[k];
-        if (out[k].iov_len > max)
-            out[k].iov_len = max;
-        max -= out[k].iov_len;
-    }
-    return k;
-}
-
-/* Moves every byte of the iovecs (modified in place), in SHM_CHUNK steps,
- * each after access_check. */
-static int vm_move(struct frame_run *fr, struct iovec *l, int nl, struct iovec *r, int nr, uint64_t total)
-{
-    struct iovec ls[MAX_PIECES], rs[MAX_PIECES];
-    for (uint64_t done = 0; done < total;) {
-        int rc = access_check(fr);
-        if (rc)
-            return rc;
-        size_t step = total - done < SHM_CHUNK ? (size_t)(total - done) : SHM_CHUNK;
-        int lk = iov_prefix(l, nl, step, ls), rk = iov_prefix(r, nr, step, rs);
-        ssize_t n = fr->write ? process_vm_writev(fr->p->pid, ls, (unsigned long)lk, rs, (unsigned long)rk, 0)
-                              : process_vm_readv(fr->p->pid, ls, (unsigned long)lk, rs, (unsigned long)rk, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return vm_error(fr, n < 0 ? errno : EFAULT);
-        done += (uint64_t)n;
-        iov_skip(&l, &nl, (size_t)n);
-        iov_skip(&r, &nr, (size_t)n);
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------ device memory */
-
-/* Runs the batch's copy job and waits for it; a failure goes to the frames
- * with a copy in it (the worker's stream is renewed by the device layer). */
-static void flush_copies(struct worker *w)
-{
-    struct copy_batch *cb = &w->cb;
-    if (!cb->n)
-        return;
-    int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
-    for (size_t i = 0; rc && i < cb->n; i++) {
-        struct frame_run *fr = &w->runs[cb->owner[i]];
-        if (!fr->copy_err) {
-            fr->copy_err = rc;
-            snprintf(fr->copy_msg, sizeof fr->copy_msg, "shm: segment %.64s: device copy: %s", fr->p->name,
-                     ferry_last_error());
-        }
-    }
-    cb->n = 0;
-}
-
-/* Queues a copy in the worker's batch; a failure shows when the frame ends. */
-static int add_copy(struct frame_run *fr, const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
-                    void *dst, const void *src, uint64_t len)
-{
-    struct copy_batch *cb = &fr->w->cb;
-    if (cb->n && (cb->ops != ops || cb->dev != dev || cb->dir != dir || cb->n == GROUP_COPIES))
-        flush_copies(fr->w);
-    cb->ops = ops;
-    cb->dev = dev;
-    cb->dir = dir;
-    cb->owner[cb->n] = (uint8_t)(fr - fr->w->runs);
-    cb->copies[cb->n++] = (struct ferry_copy){dst, src, (size_t)len};
-    return 0;
-}
-
-/* Where the peer's device buffer b appears here for device dev: its
- * allocation opened through the IPC handle, once per (peer, buffer, dev). */
-static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, uint64_t remote, char **out)
-{
-    struct shm_peer *p = fr->p;
-    if (p->self) { /* two engines of one process: the address is ours too */
-        *out = (char *)(uintptr_t)remote;
-        return 0;
-    }
-    if (!b->handle_len || !b->ops)
-        return fail(fr, FERRY_ENOTSUP, "shm: segment %.64s: device buffer 0x%llx has no IPC handle; route it "
-                    "through another transport", p->name, (unsigned long long)b->addr);
-    pthread_mutex_lock(&p->lock);
-    struct shm_mapping *m = b->maps;
-    while (m && m->dev != dev)
-        m = m->next;
-    if (!m && (m = calloc(1, sizeof *m)) != NULL) {
-        m->dev = dev;
-        m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr);
-        if (m->err) {
-            m->ptr = NULL;
-            snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: opening buffer 0x%llx: %.60s", p->name,
-                     (unsigned long long)b->addr, ferry_last_error());
-        }
-        m->next = b->maps;
-        b->maps = m;
-    }
-    int rc = !m ? fail(fr, FERRY_ENOMEM, "shm: mapping")
-             : m->ptr ? 0
-             /* an exiting process closes its fds before its pidfd says so */
-             : peer_gone_within(p, 200) ? fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name,
-                                               (int)p->pid)
-                            : fail(fr, m->err, "%s", m->msg);
-    if (!rc)
-        *out = (char *)m->ptr + (remote - b->addr);
-    pthread_mutex_unlock(&p->lock);
-    return rc;
-}
-
-/* A piece whose remote side is device memory. */
-static int device_piece(struct frame_run *fr, const struct xfer_piece *x, struct shm_rbuf *b,
-                        const struct ferry_device_ops *lops, int ldev)
-{
-    if (!b->ops || (lops && lops != b->ops))
-        return fail(fr, FERRY_ENOTSUP, "shm: segment %.64s: no copy between local %s memory and its %s memory",
-                    fr->p->name, lops ? lops->kind : "host", b->ops ? b->ops->kind : "device");
-    /* the copy runs on the local device, or on the peer's device index
-     * when that exists here (else device 0) for local host memory */
-    int dev = lops ? ldev : b->dev < b->ops->device_count() ? b->dev : 0;
-    char *r = NULL;
-    int rc = remote_device_ptr(fr, b, dev, x->remote, &r);
-    if (rc)
-        return rc;
-    enum ferry_copy_dir dir = lops ? FERRY_COPY_D2D : fr->write ? FERRY_COPY_H2D : FERRY_COPY_D2H;
-    return fr->write ? add_copy(fr, b->ops, dev, dir, r, x->local, x->len)
-                     : add_copy(fr, b->ops, dev, dir, x->local, r, x->len);
-}
-
-static int bounce_ensure(struct worker *w, const struct ferry_device_ops *ops)
-{
-    if (w->bounce && w->bounce_ops == ops)
-        return 0;
-    if (w->bounce)
-        w->bounce_ops->host_free(w->bounce);
-    w->bounce = NULL;
-    int rc = ops->host_alloc(SHM_BOUNCE_SIZE, (void **)&w->bounce);
-    w->bounce_ops = rc ? NULL : ops;
-    return rc;
-}
-
-static int bounce_copy_failed(struct frame_run *fr, int rc)
-{
-    return fail(fr, rc, "shm: segment %.64s: device copy (bounce): %s", fr->p->name, ferry_last_error());
-}
-
-/* Local device memory <-> peer host memory: in bounce-sized rounds, a
- * batched device copy and one system call each. */
-static int run_bounced(struct frame_run *fr)
-{
-    struct iovec lv[MAX_PIECES], rv[MAX_PIECES];
-    struct ferry_copy c[MAX_PIECES];
-    size_t k = 0;
-    uint64_t at = 0; /* bytes of bounced[k] already moved */
-    while (k < fr->nbounced) {
-        const struct bounced *first = &fr->bounced[k];
-        int rc = bounce_ensure(fr->w, first->ops);
-        if (rc)
-            return fail(fr, rc, "shm: bounce buffer: %s", ferry_last_error());
-        size_t used = 0;
-        int n = 0;
-        while (k < fr->nbounced && used < SHM_BOUNCE_SIZE && n < MAX_PIECES &&
-               fr->bounced[k].ops == first->ops && fr->bounced[k].dev == first->dev) {
-            const struct bounced *b = &fr->bounced[k];
-            size_t take = b->len - at < SHM_BOUNCE_SIZE - used ? (size_t)(b->len - at) : SHM_BOUNCE_SIZE - used;
-            char *buf = fr->w->bounce + used;
-            c[n] = fr->write ? (struct ferry_copy){buf, b->local + at, take}
-                             : (struct ferry_copy){b->local + at, buf, take};
-            lv[n] = (struct iovec){buf, take};
-            rv[n] = (struct iovec){(void *)(uintptr_t)(b->remote + at), take};
-            n++;
-            used += take;
-            at += take;
-            if (at == b->len) {
-                k++;
-                at = 0;
-            }
-        }
-        enum ferry_copy_dir dir = fr->write ? FERRY_COPY_D2H : FERRY_COPY_H2D;
-        if (fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
-            return bounce_copy_failed(fr, rc);
-        if ((rc = vm_move(fr, lv, n, rv, n, used)) != 0)
-            return rc;
-        if (!fr->write && (rc = ferry_device_copy_sync(first->ops, first->dev, dir, c, (size_t)n)) != 0)
-            return bounce_copy_failed(fr, rc);
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------ frames */
-
-static int sort_piece(struct frame_run *fr, uint32_t i)
-{
-    const struct xfer_piece *x = &fr->f->pieces[i];
-    struct shm_transport *t = fr->w->t;
-    struct shm_peer *p = fr->p;
-    long bi = shm_find_rbuf(p, x->remote, x->len);
-    if (bi < 0) {
-        fr->refused |= 1ull << i;
-        atomic_fetch_add(&t->refused, 1);
-        snprintf(fr->msg, sizeof fr->msg, "shm: 0x%llx+%llu is not registered by process %d (engine %016llx) "
-                 "that segment %.64s names", (unsigned long long)x->remote, (unsigned long long)x->len,
-                 (int)p->pid, (unsigned long long)p->token, p->name);
-        return 0;
-    }
-    struct shm_rbuf *b = &p->bufs[bi];
-    if (atomic_load(&p->slots[b->slot].seq) != b->seq) /* after announce(): the Dekker load */
-        return fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu since it was opened", p->name,
-                    (unsigned long long)b->addr, (unsigned long long)b->len);
-    uint32_t k = 0;
-    while (k < fr->ntouched && fr->touched[k] != (uint32_t)bi)
-        k++;
-    if (k == fr->ntouched)
-        fr->touched[fr->ntouched++] = (uint32_t)bi;
-    struct memreg_region lr;
-    if (memreg_access_begin(t->host.registry, &fr->local[fr->nlocal], (uint64_t)(uintptr_t)x->local, x->len, 0,
-                            &lr, NULL, NULL) != 0)
-        return fail(fr, FERRY_ENOTREG, "shm: local %p+%llu is no longer registered", x->local,
-                    (unsigned long long)x->len);
-    fr->nlocal++;
-    int ldev = -1;
-    const struct ferry_device_ops *lops = lr.device_index >= 0 ? ferry_device_of_location(lr.location, &ldev) : NULL;
-    if (lr.device_index >= 0 && !lops)
-        return fail(fr, FERRY_ENODEV, "shm: local %s memory has no device backend", lr.location);
-    fr->moved += x->len;
-    if (b->device)
-        return device_piece(fr, x, b, lops, ldev);
-    if (lops) {
-        fr->bounced[fr->nbounced++] = (struct bounced){x->local, x->remote, x->len, lops, ldev};
-        return 0;
-    }
-    fr->lvm[fr->nvm] = (struct iovec){x->local, (size_t)x->len};
-    fr->rvm[fr->nvm++] = (struct iovec){(void *)(uintptr_t)x->remote, (size_t)x->len};
-    fr->vm_bytes += x->len;
-    return 0;
-}
-
-/* Checks the frame and moves its pieces, but for the device copies, which
- * wait in the worker's batch. */
-static int run_data(struct frame_run *fr)
-{
-    struct shm_peer *p = fr->p;
-    if (fr->f->npieces > MAX_PIECES)
-        return fail(fr, FERRY_EINVAL, "shm: a frame of %u pieces (at most %d)", fr->f->npieces, MAX_PIECES);
-    if (peer_gone(p))
-        return fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
-    uint64_t lo = UINT64_MAX, hi = 0;
-    for (uint32_t i = 0; i < fr->f->npieces; i++) {
-        const struct xfer_piece *x = &fr->f->pieces[i];
-        lo = x->remote < lo ? x->remote : lo;
-        hi = x->remote + x->len > hi ? x->remote + x->len : hi;
-    }
-    int rc = fr->f->npieces ? announce(fr, lo, hi) : 0;
-    if (rc)
-        return rc;
-    atomic_fetch_add(&fr->w->t->frames_sent, 1);
-    for (uint32_t i = 0; !rc && i < fr->f->npieces; i++)
-        rc = sort_piece(fr, i);
-    if (!rc && fr->nvm)
-        rc = vm_move(fr, fr->lvm, fr->nvm, fr->rvm, fr->nvm, fr->vm_bytes);
-    if (!rc && fr->nbounced)
-        rc = run_bounced(fr);
-    return rc;
-}
-
-/* After the batched copies: their result, then the counters. */
-static int finish_data(struct frame_run *fr)
-{
-    struct shm_peer *p = fr->p;
-    int rc = 0;
-    if (fr->copy_err)
-        rc = fail(fr, fr->copy_err, "%s", fr->copy_msg);
-    if (!rc && fr->moved) {
-        atomic_fetch_add(&p->served->bytes, fr->moved);
-        atomic_fetch_add(&p->served->frames, 1);
-    }
-    return rc;
-}
-
-/* Runs frames taken together (all data frames of one peer, or one
+/* A worker runs frames taken together (all data frames of one peer, or one
  * notification) and ends each. */
-static void run_group(struct worker *w, struct xfer_frame **fs, size_t n)
+static void run_group(struct shm_group *g, struct xfer_frame **fs, size_t n)
 {
-    int rc[GROUP_MAX];
     TRACE(TR_SHM_GROUP, n);
-    w->cb.n = 0;
+    group_start(g, peer_of(fs[0]), fs[0]->opcode != XFER_NOTIFY);
     for (size_t i = 0; i < n; i++) {
-        struct frame_run *fr = &w->runs[i];
-        memset(fr, 0, sizeof *fr);
-        fr->w = w;
-        fr->f = fs[i];
-        fr->p = peer_of(fs[i]);
-        fr->write = fs[i]->opcode == XFER_WRITE;
+        struct frame_run *fr = run_init(g, i, fs[i]);
         if (now_ns() >= fs[i]->deadline_ns)
-            rc[i] = fail(fr, FERRY_ETIMEDOUT, "request timed out waiting for a shm worker");
+            g->rc[i] = shm_fail(fr, FERRY_ETIMEDOUT, "request timed out waiting for a shm worker");
         else if (fs[i]->opcode == XFER_NOTIFY)
-            rc[i] = shm_notify_send(fr->p, fs[i], fr->msg, sizeof fr->msg);
+            g->rc[i] = shm_notify_send(fr->p, fs[i], fr->msg, sizeof fr->msg);
         else
-            rc[i] = run_data(fr);
+            g->rc[i] = shm_frame_run(fr);
+        g->n = i + 1;
     }
-    flush_copies(w);
+    shm_copies_wait(g);
     TRACE(TR_SHM_COPIED, n);
-    for (size_t i = 0; i < n; i++) {
-        struct frame_run *fr = &w->runs[i];
-        if (!rc[i] && fs[i]->opcode != XFER_NOTIFY)
-            rc[i] = finish_data(fr);
-        release(fr);
-        frame_end(w->t, fs[i], rc[i], rc[i] ? 0 : fr->refused, rc[i] ? 0 : fr->moved, fr->msg);
-    }
+    group_end(g);
 }
 
 /* Unlinks the oldest frame and the data frames of the same peer right
- * behind it: the worker's fair share of the queue, at most GROUP_MAX (a
- * few frames are better run side by side on several workers).  t->lock
+ * behind it: the worker's fair share of the queue, at most SHM_GROUP_MAX
+ * (a few frames are better run side by side on several workers).  t->lock
  * held, queue not empty. */
 static size_t take_group(struct shm_transport *t, struct xfer_frame **fs)
 {
     size_t share = (t->nqueued + SHM_WORKERS - 1) / SHM_WORKERS, n = 0;
-    size_t max = share < GROUP_MAX ? share : GROUP_MAX;
+    size_t max = share < SHM_GROUP_MAX ? share : SHM_GROUP_MAX;
     do {
         struct xfer_frame *f = t->head;
         fs[n++] = f;
@@ -736,41 +248,332 @@ static size_t take_group(struct shm_transport *t, struct xfer_frame **fs)
     return n;
 }
 
-static void *worker_main(void *arg)
+static struct shm_group *group_new(struct shm_transport *t, bool job)
 {
-    struct worker *w = calloc(1, sizeof *w);
-    struct frame_run *runs = calloc(GROUP_MAX, sizeof *runs);
-    struct shm_transport *t = arg;
-    if (!w || !runs) { /* the other workers carry on */
-        LOG_ERROR("shm: a worker thread is out of memory");
-        free(w);
-        free(runs);
+    struct shm_group *g = calloc(1, sizeof *g);
+    if (g)
+        g->runs = calloc(SHM_GROUP_MAX, sizeof *g->runs);
+    if (g && !job)
+        g->moves = calloc(1, sizeof *g->moves);
+    if (!g || !g->runs || (!job && !g->moves)) {
+        if (g) {
+            free(g->runs);
+            free(g->moves);
+        }
+        free(g);
         return NULL;
     }
-    w->t = t;
-    w->runs = runs;
-    struct xfer_frame *fs[GROUP_MAX];
+    g->t = t;
+    g->job = job;
+    return g;
+}
+
+static void group_free(struct shm_group *g)
+{
+    if (g->bounce)
+        g->bounce_ops->host_free(g->bounce);
+    if (g->stream)
+        g->stream_ops->stream_destroy(g->stream);
+    free(g->moves);
+    free(g->runs);
+    free(g);
+}
+
+/* ------------------------------------------------------------ jobs */
+
+/* A free job for frames of p, counted as n of p's queued frames; NULL when
+ * all are out (or p is closing: then the queue ends the frames).  Until it
+ * is back (job_end), the workers do not stop. */
+static struct shm_group *job_take(struct shm_transport *t, struct shm_peer *p, size_t n)
+{
+    pthread_mutex_lock(&t->lock);
+    struct shm_group *g = NULL;
+    if (!t->stopping && !p->closing) {
+        if ((g = t->free_jobs) != NULL)
+            t->free_jobs = g->next;
+        else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL)
+            g->id = t->njobs++;
+        if (g) {
+            p->queued += n;
+            t->jobs_out++;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return g;
+}
+
+/* n frames counted for a job went elsewhere (counted again there). */
+static void frames_uncount(struct shm_transport *t, struct shm_peer *p, size_t n)
+{
+    pthread_mutex_lock(&t->lock);
+    p->queued -= (unsigned)n;
+    if (p->queued == 0)
+        pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* The job's stream on the device of its copies. */
+static int job_stream(struct shm_group *g)
+{
+    const struct copy_batch *cb = &g->cb;
+    if (g->stream && (g->stream_ops != cb->ops || g->stream_dev != cb->dev)) {
+        g->stream_ops->stream_destroy(g->stream); /* idle: its last job ended */
+        g->stream = NULL;
+    }
+    if (!g->stream) {
+        int rc = cb->ops->stream_create(cb->dev, &g->stream);
+        if (rc)
+            return rc;
+        g->stream_ops = cb->ops;
+        g->stream_dev = cb->dev;
+    }
+    return 0;
+}
+
+/* After a failure the stream is in a sticky error: drain it, start over. */
+static void job_stream_renew(struct shm_group *g)
+{
+    (void)g->stream_ops->stream_sync(g->stream);
+    g->stream_ops->stream_destroy(g->stream);
+    g->stream = NULL;
+}
+
+/* Runs frames fs[0..n) of g->p into the job, from the front, until it is
+ * full; frames it cannot take go to the queue (already counted).  Returns
+ * how many of fs it went through. */
+static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
+{
+    size_t k = 0;
+    for (; k < n && g->n < SHM_GROUP_MAX; k++) {
+        fs[k]->wire_id = (uint64_t)(uintptr_t)g->p;
+        struct frame_run *fr = run_init(g, g->n, fs[k]);
+        size_t first = g->cb.n;
+        int rc = now_ns() >= fs[k]->deadline_ns
+                     ? shm_fail(fr, FERRY_ETIMEDOUT, "request timed out before its shm copies started")
+                     : shm_frame_run(fr);
+        if (rc == SHM_NOT_HERE || rc == SHM_JOB_FULL) {
+            shm_frame_release(fr);
+            g->cb.n = first;
+            if (rc == SHM_JOB_FULL && g->n > 0)
+                break; /* the next job takes it */
+            queue_frames(g->t, g->p, &fs[k], 1, true);
+            continue;
+        }
+        g->rc[g->n++] = rc;
+    }
+    return k;
+}
+
+static void job_end(struct shm_group *g);
+
+/* Small copies go on the device's lane, in order: four 8 MiB jobs of 64 KiB
+ * copies from four threads moved 274-281 GB/s that way against 203-267 on
+ * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md); jobs of
+ * 1 MiB copies moved 368-372 on their own streams against 317-320 in order
+ * (they overlap each other's launches).  The bound lies between the two. */
+#define LANE_MEAN_MAX ((uint64_t)256 << 10)
+
+static bool lane_suits(const struct copy_batch *cb)
+{
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < cb->n; i++)
+        bytes += cb->copies[i].len;
+    return bytes <= LANE_MEAN_MAX * cb->n;
+}
+
+/* Enqueues the job's copies on its stream and hands it to the workers. */
+static void job_issue(struct shm_group *g)
+{
+    struct shm_transport *t = g->t;
+    if (!g->n) { /* every frame went to the workers */
+        job_end(g);
+        return;
+    }
+    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(&g->cb)
+                                ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
+    TRACE(TR_COPY_BEGIN, g->cb.n);
+    if (lane) {
+        int rc = shm_lane_issue(lane, g);
+        if (rc)
+            shm_copies_failed(g, rc);
+        if (!g->ls)
+            g->cb.n = 0; /* nothing of it runs any more */
+    } else if (g->cb.n) {
+        int rc = job_stream(g);
+        if (!rc && (rc = g->cb.ops->copy_async(g->stream, g->cb.dir, g->cb.copies, g->cb.n)) != 0)
+            job_stream_renew(g); /* what was enqueued before the failure is done */
+        if (rc) {
+            shm_copies_failed(g, rc);
+            g->cb.n = 0;
+        }
+    }
+    TRACE(TR_COPY_QUEUED, g->cb.n);
+    pthread_mutex_lock(&t->lock);
+    g->next = NULL;
+    if (t->jobs_tail)
+        t->jobs_tail->next = g;
+    else
+        t->jobs = g;
+    t->jobs_tail = g;
+    atomic_fetch_add_explicit(&t->posted, 1, memory_order_relaxed);
+    pthread_cond_signal(&t->work);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* A worker: waits for the job's copies, ends its frames, frees the job. */
+static void job_end(struct shm_group *g)
+{
+    struct shm_transport *t = g->t;
+    if (g->ls) {
+        int rc = shm_lane_wait(g);
+        if (rc)
+            shm_copies_failed(g, rc);
+    } else if (g->cb.n) {
+        int rc = g->stream_ops->stream_sync(g->stream);
+        if (rc) {
+            shm_copies_failed(g, rc);
+            job_stream_renew(g);
+        }
+    }
+    TRACE(TR_SHM_COPIED, g->cb.n);
+    group_end(g);
+    pthread_mutex_lock(&t->lock);
+    g->next = t->free_jobs;
+    t->free_jobs = g;
+    if (--t->jobs_out == 0 && t->stopping)
+        pthread_cond_broadcast(&t->work); /* the workers may stop now */
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* The frames a submitting thread is handing over: one submit's, for one
+ * transport and peer, run as jobs at the submit's last frame. */
+struct pending {
+    struct shm_transport *t;
+    struct shm_peer *p;
+    size_t n;
+    struct xfer_frame *f[SHM_GROUP_MAX];
+};
+static _Thread_local struct pending pending;
+
+static void pending_run(void)
+{
+    struct pending pd = pending;
+    pending.n = 0; /* a completion run from here may submit again */
+    TRACE(TR_SHM_GROUP, pd.n);
+    for (size_t done = 0; done < pd.n;) {
+        struct shm_group *g = job_take(pd.t, pd.p, pd.n - done);
+        if (!g) {
+            queue_frames(pd.t, pd.p, pd.f + done, pd.n - done, false);
+            return;
+        }
+        group_start(g, pd.p, true);
+        done += job_fill(g, pd.f + done, pd.n - done);
+        if (done < pd.n) /* the frames left were counted for this job: the next one counts them again */
+            frames_uncount(pd.t, pd.p, pd.n - done);
+        job_issue(g);
+    }
+}
+
+void shm_submit(void *tp, void *pp, struct xfer_frame *f)
+{
+    struct shm_transport *t = tp;
+    struct shm_peer *p = pp;
+    if (pending.n && (pending.t != t || pending.p != p))
+        pending_run();
+    if (t->submit_copies && f->opcode != XFER_NOTIFY && shm_frame_for_job(t, p, f)) {
+        pending.t = t;
+        pending.p = p;
+        pending.f[pending.n++] = f;
+        if (!f->more_bytes || pending.n == SHM_GROUP_MAX)
+            pending_run();
+        return;
+    }
+    if (pending.n)
+        pending_run();
+    queue_frames(t, p, &f, 1, false);
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void *worker_main(void *arg)
+{
+    struct shm_transport *t = arg;
+    struct shm_group *g = group_new(t, false);
+    if (!g) { /* the other workers carry on */
+        LOG_ERROR("shm: a worker thread is out of memory");
+        return NULL;
+    }
+    struct xfer_frame *fs[SHM_GROUP_MAX];
     for (;;) {
         pthread_mutex_lock(&t->lock);
-        while (!t->head && !t->stopping)
-            pthread_cond_wait(&t->work, &t->lock);
-        size_t n = t->head ? take_group(t, fs) : 0;
+        uint64_t idle_since = 0;
+        while (!t->head && !t->jobs && !(t->stopping && !t->jobs_out)) {
+            /* after work, poll a while before sleeping: the next job of a
+             * busy transport then finds the worker awake (a wake-up costs
+             * tens of microseconds in a VM); idle, it sleeps */
+            uint64_t now = now_ns();
+            idle_since = idle_since ? idle_since : now;
+            if (now - idle_since >= t->spin_ns || t->stopping) {
+                pthread_cond_wait(&t->work, &t->lock);
+                continue;
+            }
+            unsigned seen = atomic_load_explicit(&t->posted, memory_order_relaxed);
+            pthread_mutex_unlock(&t->lock);
+            while (atomic_load_explicit(&t->posted, memory_order_relaxed) == seen && now_ns() - idle_since < t->spin_ns)
+                sched_yield();
+            pthread_mutex_lock(&t->lock);
+        }
+        struct shm_group *job = t->jobs;
+        if (job && !(t->jobs = job->next))
+            t->jobs_tail = NULL;
+        size_t n = !job && t->head ? take_group(t, fs) : 0;
         pthread_mutex_unlock(&t->lock);
-        if (!n)
+        if (job)
+            job_end(job);
+        else if (n)
+            run_group(g, fs, n);
+        else
             break;
-        run_group(w, fs, n);
     }
-    if (w->bounce)
-        w->bounce_ops->host_free(w->bounce);
-    free(runs);
-    free(w);
+    group_free(g);
     return NULL;
 }
 
 /* ------------------------------------------------------------ start / stop */
 
+#define SPIN_US_DEFAULT 50u
+#define SPIN_US_MAX 100000u
+
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
+static int knobs_read(struct shm_transport *t)
+{
+    const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
+    t->submit_copies = 2;
+    if (want && *want) {
+        if (strlen(want) != 1 || want[0] < '0' || want[0] > '2')
+            return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0, 1 or 2", want);
+        t->submit_copies = want[0] - '0';
+    }
+    const char *text = getenv("FERRY_SHM_SPIN_US");
+    unsigned long v = SPIN_US_DEFAULT;
+    if (text && *text) {
+        char *end;
+        errno = 0;
+        v = strtoul(text, &end, 10);
+        if (errno || *end || text[0] == '-' || v > SPIN_US_MAX)
+            return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
+                              SPIN_US_MAX);
+    }
+    t->spin_ns = (uint64_t)v * 1000u;
+    return 0;
+}
+
 int shm_workers_start(struct shm_transport *t)
 {
+    pthread_mutex_init(&t->lanes_lock, NULL);
+    int rc = knobs_read(t);
+    if (rc)
+        return rc;
     for (unsigned i = 0; i < SHM_WORKERS; i++) {
         if (pthread_create(&t->workers[i], NULL, worker_main, t) != 0)
             return ferry_fail(FERRY_EIO, "shm: cannot start worker thread %u", i);
@@ -789,10 +592,17 @@ void shm_workers_stop(struct shm_transport *t)
     pthread_cond_broadcast(&t->work);
     pthread_cond_broadcast(&t->tick);
     pthread_mutex_unlock(&t->lock);
-    for (unsigned i = 0; i < t->nworkers; i++) /* they run what is still queued */
+    for (unsigned i = 0; i < t->nworkers; i++) /* they run what is still queued, jobs too */
         pthread_join(t->workers[i], NULL);
     if (t->timer_started)
         pthread_join(t->timer, NULL);
     t->nworkers = 0;
     t->timer_started = false;
+    for (struct shm_group *g = t->free_jobs, *next; g; g = next) {
+        next = g->next;
+        group_free(g);
+    }
+    t->free_jobs = NULL;
+    t->njobs = 0;
+    shm_lanes_free(t);
 }

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * shm_lane.c — one stream per (device backend, device) that the submitting
+ * threads' jobs of small copies share (FERRY_SHM_SUBMIT_COPIES=2,
+ * shm_copy.c: LANE_MEAN_MAX).
+ *
+ * Jobs on streams of their own run on the device side by side: four jobs of
+ * four threads each take four times as long, end together, and their
+ * threads then all do their CPU work between batches while the device has
+ * nothing to do.  On one stream the jobs run in the order they were issued,
+ * each at the device's full speed, and end one after another.  A job's end
+ * is a mark: the device stores the job's value into a word of host memory
+ * (stream_mark) once its copies are done, and the worker that ends the job
+ * polls that word (querying the stream now and then for a failure).
+ *
+ * Threads: submitting threads issue under the lane's lock (a job's copies
+ * and its mark together, so marks follow their own copies); workers wait
+ * without it.  A stream that failed (sticky) is retired: the next job takes
+ * a fresh one, and the retired one is destroyed when its last job is waited
+ * for.  Lanes live until the transport stops.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+#include "transport/shm/shm.h"
+
+#define POLL_QUERY_EVERY 32          /* polls of a mark between two stream queries */
+#define POLL_SPIN_NS 2000000ull      /* yield this long, then sleep between polls */
+
+struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev)
+{
+    if (!ops->stream_mark)
+        return NULL;
+    pthread_mutex_lock(&t->lanes_lock);
+    struct shm_lane *lane = NULL;
+    size_t i = 0;
+    for (; i < SHM_LANES && t->lanes[i]; i++)
+        if (t->lanes[i]->ops == ops && t->lanes[i]->dev == dev) {
+            lane = t->lanes[i];
+            break;
+        }
+    if (!lane && i < SHM_LANES && (lane = calloc(1, sizeof *lane)) != NULL) {
+        lane->ops = ops;
+        lane->dev = dev;
+        pthread_mutex_init(&lane->lock, NULL);
+        if (ops->host_alloc((size_t)SHM_JOBS * SHM_MARK_STRIDE * sizeof(uint32_t), (void **)&lane->marks) != 0) {
+            LOG_WARN("shm: %s:%d: no memory for job marks (%s); its jobs take streams of their own", ops->kind, dev,
+                     ferry_last_error());
+            lane->marks = NULL;
+        } else {
+            memset(lane->marks, 0, (size_t)SHM_JOBS * SHM_MARK_STRIDE * sizeof(uint32_t));
+        }
+        t->lanes[i] = lane; /* kept even without marks: asked once */
+    }
+    pthread_mutex_unlock(&t->lanes_lock);
+    return lane && lane->marks && !atomic_load(&lane->unmarked) ? lane : NULL;
+}
+
+static void stream_free(const struct shm_lane *lane, struct shm_lane_stream *ls)
+{
+    if (ls->stream)
+        lane->ops->stream_destroy(ls->stream);
+    free(ls);
+}
+
+/* The lane's stream for the next job (lane lock held).  0 or FERRY_E*. */
+static int current(struct shm_lane *lane, struct shm_lane_stream **out)
+{
+    struct shm_lane_stream *ls = lane->cur;
+    if (ls && !ls->broken) {
+        *out = ls;
+        return 0;
+    }
+    if (ls && !ls->refs) /* retired and idle; else its last job frees it */
+        stream_free(lane, ls);
+    lane->cur = NULL;
+    if ((ls = calloc(1, sizeof *ls)) == NULL)
+        return ferry_fail(FERRY_ENOMEM, "shm: a lane stream");
+    int rc = lane->ops->stream_create(lane->dev, &ls->stream);
+    if (rc) {
+        free(ls);
+        return rc;
+    }
+    lane->cur = *out = ls;
+    return 0;
+}
+
+int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
+{
+    const struct copy_batch *cb = &g->cb;
+    volatile uint32_t *mark = &lane->marks[(size_t)g->id * SHM_MARK_STRIDE];
+    pthread_mutex_lock(&lane->lock);
+    struct shm_lane_stream *ls = NULL;
+    int rc = current(lane, &ls);
+    if (rc) {
+        pthread_mutex_unlock(&lane->lock);
+        return rc;
+    }
+    rc = cb->ops->copy_async(ls->stream, cb->dir, cb->copies, cb->n);
+    /* even after a failed copy_async: what it enqueued first must end
+     * before the frames let go of the memory */
+    uint32_t value = g->mark + 1; /* the word holds an earlier job's value (or nothing newer) */
+    int mrc = cb->ops->stream_mark(ls->stream, mark, value);
+    if (mrc) { /* no mark: this job drains the stream; the next takes a fresh one */
+        ls->broken = true;
+        if (mrc == FERRY_ENOTSUP && !atomic_exchange(&lane->unmarked, true))
+            LOG_WARN("shm: %s:%d: %s; jobs take streams of their own", lane->ops->kind, lane->dev,
+                     ferry_last_error());
+    } else
+        ls->refs++;
+    pthread_mutex_unlock(&lane->lock);
+    if (mrc) {
+        (void)cb->ops->stream_sync(ls->stream);
+        return rc ? rc : mrc;
+    }
+    g->lane = lane;
+    g->ls = ls;
+    g->mark = value;
+    return rc;
+}
+
+int shm_lane_wait(struct shm_group *g)
+{
+    struct shm_lane *lane = g->lane;
+    struct shm_lane_stream *ls = g->ls;
+    const volatile uint32_t *mark = &lane->marks[(size_t)g->id * SHM_MARK_STRIDE];
+    uint64_t start = now_ns();
+    int rc = 0;
+    for (unsigned polls = 1;; polls++) {
+        if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) == g->mark)
+            break;
+        if (polls % POLL_QUERY_EVERY == 0) {
+            rc = lane->ops->stream_query(ls->stream);
+            if (rc == 0 && __atomic_load_n(mark, __ATOMIC_ACQUIRE) != g->mark)
+                rc = ferry_fail(FERRY_EIO, "shm: %s:%d: a job's copies ended without their mark", lane->ops->kind,
+                                lane->dev);
+            if (rc != FERRY_EBUSY)
+                break;
+            rc = 0;
+        }
+        if (now_ns() - start < POLL_SPIN_NS) {
+            sched_yield();
+        } else {
+            struct timespec nap = {0, 20000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    pthread_mutex_lock(&lane->lock);
+    if (rc)
+        ls->broken = true;
+    bool last = --ls->refs == 0 && ls->broken && lane->cur != ls;
+    pthread_mutex_unlock(&lane->lock);
+    if (last)
+        stream_free(lane, ls);
+    g->lane = NULL;
+    g->ls = NULL; /* g->mark stays: the next use of the word counts on from it */
+    return rc;
+}
+
+void shm_lanes_free(struct shm_transport *t)
+{
+    for (size_t i = 0; i < SHM_LANES && t->lanes[i]; i++) {
+        struct shm_lane *lane = t->lanes[i];
+        if (lane->cur)
+            stream_free(lane, lane->cur);
+        if (lane->marks)
+            lane->ops->host_free(lane->marks);
+        pthread_mutex_destroy(&lane->lock);
+        free(lane);
+        t->lanes[i] = NULL;
+    }
+}
