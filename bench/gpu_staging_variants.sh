@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # gpu_staging_variants.sh — issue 16 item 1 in one GPU call: the staging
 # pipeline alone (staging_bench) under each launch shape of the CUDA
 # gather/scatter kernel (FERRY_CUDA_KERNEL_*) and each staging group size

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * shm_frame.c — one frame of the shm transport, on the thread that runs it
  * (a worker, or a submitting thread filling a job; see shm_copy.c): its
