@@ -80,7 +80,9 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
     if (npieces > SIZE_MAX / (sizeof(struct xfer_frame) + sizeof(struct xfer_piece)))
         return ferry_fail(FERRY_ENOMEM, "slice plan: %zu pieces", npieces);
     const struct slice_req **order = malloc(n * sizeof *order + 1);
-    char *block = calloc(1, npieces * (sizeof(struct xfer_frame) + sizeof(struct xfer_piece)) + 1);
+    /* not zeroed: open_frame clears each frame it uses, add_piece writes
+     * each piece whole, and nothing reads past nframes / npieces */
+    char *block = malloc(npieces * (sizeof(struct xfer_frame) + sizeof(struct xfer_piece)) + 1);
     if (!order || !block) {
         free(order);
         free(block);
@@ -88,9 +90,14 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
     }
     plan->frames = (struct xfer_frame *)block;
     plan->pieces = (struct xfer_piece *)(block + npieces * sizeof(struct xfer_frame));
-    for (size_t i = 0; i < n; i++)
+    bool sorted = true; /* the common case: one peer, one opcode, in request order */
+    for (size_t i = 0; i < n; i++) {
         order[i] = &reqs[i];
-    qsort(order, n, sizeof *order, by_target);
+        if (i > 0 && sorted && by_target(&order[i - 1], &order[i]) > 0)
+            sorted = false;
+    }
+    if (!sorted)
+        qsort(order, n, sizeof *order, by_target);
 
     struct xfer_frame *small = NULL; /* the open frame collecting small pieces */
     uint64_t cap = slice_size;       /* its group's most bytes a coalesced frame */
