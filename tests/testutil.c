@@ -9,6 +9,7 @@
  */
 #include "testutil.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,6 +18,22 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+int test_case_in_fresh_process(const char *name)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execl("/proc/self/exe", program_invocation_short_name, "--case", name, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
 
 void test_skip(const char *fmt, ...)
 {

@@ -12,6 +12,12 @@
 
 #include "ferry.h"
 
+/* Runs this test program again in a child process as `PROG --case name`
+ * (its main dispatches that to the one case), for cases whose faults or
+ * global state must not reach the others.  Returns its exit status (0: the
+ * case passed), or -1 when it did not exit normally. */
+int test_case_in_fresh_process(const char *name);
+
 /* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 

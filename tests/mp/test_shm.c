@@ -31,6 +31,7 @@
 
 #include "memreg.h"
 #include "net.h"
+#include "shm_pair.h"
 #include "testutil.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
@@ -380,11 +381,6 @@ static void frame_done(struct xfer_frame *f, int err, uint64_t refused, const ch
     atomic_fetch_add(&ended, 1);
 }
 
-static void no_notes(void *e, const char *from, const void *msg, size_t len)
-{
-    (void)e, (void)from, (void)msg, (void)len;
-}
-
 /* Submits one frame and waits for its single completion. */
 static int one_frame(const struct transport_ops *ops, void *t, void *peer, int op, struct xfer_piece *pieces,
                      uint32_t n, uint64_t deadline)
@@ -405,26 +401,19 @@ static int one_frame(const struct transport_ops *ops, void *t, void *peer, int o
 static void transport_contract(void **state)
 {
     (void)state;
-    const struct transport_ops *ops = &ferry_shm_transport;
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    struct memreg reg_i, reg_t;
-    memreg_init(&reg_i);
-    memreg_init(&reg_t);
-    atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    void *ti, *tt, *peer, *handle;
-    assert_int_equal(ops->create(&hi, &ti), 0);
-    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    const struct transport_ops *ops = sp.ops;
+    struct memreg *reg_i = &sp.reg_i, *reg_t = &sp.reg_t;
+    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = malloc(LEN);
     struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
     assert_non_null(handle);
-    assert_int_equal(memreg_add(&reg_t, &rt), 0);
-    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    assert_int_equal(memreg_add(reg_t, &rt), 0);
+    assert_int_equal(memreg_add(reg_i, &rl), 0);
 
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
@@ -477,7 +466,7 @@ static void transport_contract(void **state)
 
     /* the target unregisters: the generation tells the initiator */
     struct memreg_region gone;
-    assert_int_equal(memreg_remove(&reg_t, rt.addr, &gone), 0);
+    assert_int_equal(memreg_remove(reg_t, rt.addr, &gone), 0);
     ops->unregister_memory(tt, handle);
     tbuf[0] = 42;
     assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, p, 1, later), FERRY_ESTALE);
@@ -493,13 +482,10 @@ static void transport_contract(void **state)
     assert_int_equal(st.refused, 1);
 
     ops->peer_close(ti, peer);
-    ops->destroy(ti);
-    ops->destroy(tt);
+    shm_pair_stop(&sp);
     free(json);
     free(tbuf);
     free(lbuf);
-    memreg_destroy(&reg_i);
-    memreg_destroy(&reg_t);
 }
 
 /* The announcements initiators leave in a target's shared memfd: all taken
@@ -509,25 +495,18 @@ static void transport_contract(void **state)
 static void announcements(void **state)
 {
     (void)state;
-    const struct transport_ops *ops = &ferry_shm_transport;
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    struct memreg reg_i, reg_t;
-    memreg_init(&reg_i);
-    memreg_init(&reg_t);
-    atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    void *ti, *tt, *peer, *handle;
-    assert_int_equal(ops->create(&hi, &ti), 0);
-    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    const struct transport_ops *ops = sp.ops;
+    struct memreg *reg_i = &sp.reg_i;
+    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     struct shm_transport *target = tt;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
     struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    assert_int_equal(memreg_add(reg_i, &rl), 0);
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
     struct desc_buffer db = {rt.addr, LEN, "cpu"};
@@ -576,13 +555,10 @@ static void announcements(void **state)
     atomic_store(&target->ann[9].word, 0);
 
     ops->peer_close(ti, peer);
-    ops->destroy(ti);
-    ops->destroy(tt);
+    shm_pair_stop(&sp);
     free(json);
     free(tbuf);
     free(lbuf);
-    memreg_destroy(&reg_i);
-    memreg_destroy(&reg_t);
 }
 
 struct local_remove {
@@ -604,24 +580,17 @@ static void *remove_local(void *arg)
 static void local_unregister_mid_copy(void **state)
 {
     (void)state;
-    const struct transport_ops *ops = &ferry_shm_transport;
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    struct memreg reg_i, reg_t;
-    memreg_init(&reg_i);
-    memreg_init(&reg_t);
-    atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    void *ti, *tt, *peer, *handle;
-    assert_int_equal(ops->create(&hi, &ti), 0);
-    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    const struct transport_ops *ops = sp.ops;
+    struct memreg *reg_i = &sp.reg_i;
+    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     enum { LEN = 128u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
     struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    assert_int_equal(memreg_add(reg_i, &rl), 0);
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
     struct desc_buffer db = {rt.addr, LEN, "cpu"};
@@ -639,7 +608,7 @@ static void local_unregister_mid_copy(void **state)
     ops->submit(ti, peer, &f);
     for (int i = 0; i < 1000000 && !atomic_load(&ended) && ((volatile char *)tbuf)[0] != (char)0xab; i++)
         usleep(10); /* the copy has begun */
-    struct local_remove lr = {&reg_i, rl.addr};
+    struct local_remove lr = {reg_i, rl.addr};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, remove_local, &lr), 0);
     pthread_join(th, NULL);
@@ -656,13 +625,10 @@ static void local_unregister_mid_copy(void **state)
         assert_non_null(strstr(end_msg, "was unregistered during the copy"));
 
     ops->peer_close(ti, peer);
-    ops->destroy(ti);
-    ops->destroy(tt);
+    shm_pair_stop(&sp);
     free(json);
     free(tbuf);
     free(lbuf);
-    memreg_destroy(&reg_i);
-    memreg_destroy(&reg_t);
 }
 
 /* A malformed FERRY_SHM_ALLOW_UIDS stops an engine offering shm, naming the

@@ -42,6 +42,7 @@
 #include "device/device.h"
 #include "memreg.h"
 #include "net.h"
+#include "shm_pair.h"
 #include "testutil.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
@@ -280,11 +281,6 @@ static void release_workers(unsigned n)
     pthread_mutex_unlock(&lock);
 }
 
-static void no_notes(void *e, const char *from, const void *msg, size_t len)
-{
-    (void)e, (void)from, (void)msg, (void)len;
-}
-
 struct group_case {
     const char *name;
     const char *faults;           /* FERRY_SIM_FAIL_COPY */
@@ -309,18 +305,11 @@ static void group_job_fails(void **state)
     int dev = -1;
     const struct ferry_device_ops *sim = ferry_device_of_location("sim:0", &dev);
     assert_non_null(sim);
-    const struct transport_ops *ops = &ferry_shm_transport;
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    struct memreg reg_i, reg_t;
-    memreg_init(&reg_i);
-    memreg_init(&reg_t);
-    atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    void *ti, *tt, *peer, *handle;
-    assert_int_equal(ops->create(&hi, &ti), 0);
-    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    const struct transport_ops *ops = sp.ops;
+    struct memreg *reg_i = &sp.reg_i, *reg_t = &sp.reg_t;
+    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     void *tbuf = NULL;
     assert_int_equal(sim->mem_alloc(dev, PLEN, &tbuf), 0);
     char *lbuf = malloc(PLEN), *back = malloc(PLEN);
@@ -329,8 +318,8 @@ static void group_job_fails(void **state)
     struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, PLEN, "sim:0", dev, 1, {0}};
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, PLEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(&reg_t, &rt), 0);
-    assert_int_equal(memreg_add(&reg_i, &rl), 0);
+    assert_int_equal(memreg_add(reg_t, &rt), 0);
+    assert_int_equal(memreg_add(reg_i, &rl), 0);
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
     struct desc_buffer db = {rt.addr, PLEN, "sim:0"};
@@ -402,18 +391,15 @@ static void group_job_fails(void **state)
 
     ops->peer_close(ti, peer);
     struct memreg_region gone;
-    assert_int_equal(memreg_remove(&reg_t, rt.addr, &gone), 0);
+    assert_int_equal(memreg_remove(reg_t, rt.addr, &gone), 0);
     ops->unregister_memory(tt, handle);
-    ops->destroy(ti);
-    ops->destroy(tt);
+    shm_pair_stop(&sp);
     sim->mem_free(dev, tbuf);
     free(json);
     free(pieces);
     free(frames);
     free(lbuf);
     free(back);
-    memreg_destroy(&reg_i);
-    memreg_destroy(&reg_t);
 }
 
 /* ------------------------------------------------------------ main */
@@ -421,18 +407,7 @@ static void group_job_fails(void **state)
 /* Runs the case named *state in a fresh process of this program. */
 static void in_fresh_process(void **state)
 {
-    const char *name = *state;
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        execl("/proc/self/exe", "test_shm_copyfail", "--case", name, (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(test_case_in_fresh_process(*state), 0);
 }
 
 int main(int argc, char **argv)

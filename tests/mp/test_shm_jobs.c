@@ -39,6 +39,7 @@
 #include "device/device.h"
 #include "memreg.h"
 #include "net.h"
+#include "shm_pair.h"
 #include "testutil.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
@@ -114,11 +115,6 @@ static void wait_ended(unsigned n)
         fail_msg("waited a minute for %u frames to end, saw %u", n, got);
 }
 
-static void no_notes(void *e, const char *from, const void *msg, size_t len)
-{
-    (void)e, (void)from, (void)msg, (void)len;
-}
-
 /* Hands frames [k0, k1) over as one submit: more_bytes counts down. */
 static void submit(const struct transport_ops *ops, void *ti, void *peer, struct xfer_frame *frames, unsigned k0,
                    unsigned k1)
@@ -136,18 +132,11 @@ static void jobs(void **state)
     int dev = -1;
     const struct ferry_device_ops *sim = ferry_device_of_location("sim:0", &dev);
     assert_non_null(sim);
-    const struct transport_ops *ops = &ferry_shm_transport;
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    struct memreg reg_i, reg_t;
-    memreg_init(&reg_i);
-    memreg_init(&reg_t);
-    atomic_uint_fast64_t bounced = 0;
-    struct transport_host hi = {NULL, &reg_i, &cfg, "initiator", 0x1111, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    struct transport_host ht = {NULL, &reg_t, &cfg, "target", 0x2222, "127.0.0.1", no_notes, &bounced, NULL, {0, 0}};
-    void *ti, *tt, *peer, *handle;
-    assert_int_equal(ops->create(&hi, &ti), 0);
-    assert_int_equal(ops->create(&ht, &tt), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    const struct transport_ops *ops = sp.ops;
+    struct memreg *reg_i = &sp.reg_i, *reg_t = &sp.reg_t;
+    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     void *tbuf = NULL, *lbuf = NULL;
     assert_int_equal(sim->mem_alloc(dev, PLEN, &tbuf), 0);
     assert_int_equal(sim->mem_alloc(dev, PLEN, &lbuf), 0);
@@ -158,9 +147,9 @@ static void jobs(void **state)
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, PLEN, "sim:0", dev, 0, {0}};
     struct memreg_region rh = {(uint64_t)(uintptr_t)hbuf, PLEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(&reg_t, &rt), 0);
-    assert_int_equal(memreg_add(&reg_i, &rl), 0);
-    assert_int_equal(memreg_add(&reg_i, &rh), 0);
+    assert_int_equal(memreg_add(reg_t, &rt), 0);
+    assert_int_equal(memreg_add(reg_i, &rl), 0);
+    assert_int_equal(memreg_add(reg_i, &rh), 0);
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
     struct desc_buffer db = {rt.addr, PLEN, "sim:0"};
@@ -238,10 +227,9 @@ static void jobs(void **state)
 
     ops->peer_close(ti, peer);
     struct memreg_region gone;
-    assert_int_equal(memreg_remove(&reg_t, rt.addr, &gone), 0);
+    assert_int_equal(memreg_remove(reg_t, rt.addr, &gone), 0);
     ops->unregister_memory(tt, handle);
-    ops->destroy(ti);
-    ops->destroy(tt);
+    shm_pair_stop(&sp);
     sim->mem_free(dev, tbuf);
     sim->mem_free(dev, lbuf);
     free(json);
@@ -249,8 +237,6 @@ static void jobs(void **state)
     free(frames);
     free(hbuf);
     free(back);
-    memreg_destroy(&reg_i);
-    memreg_destroy(&reg_t);
 }
 
 /* FERRY_SHM_SUBMIT_COPIES takes 0, 1 or 2 (empty: the default), FERRY_SHM_SPIN_US
@@ -307,18 +293,7 @@ static void knobs_malformed(void **state)
 /* Runs the case named *state in a fresh process of this program. */
 static void in_fresh_process(void **state)
 {
-    const char *name = *state;
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        execl("/proc/self/exe", "test_shm_jobs", "--case", name, (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(test_case_in_fresh_process(*state), 0);
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * shm_pair.c — two shm transports in one process (see shm_pair.h).
+ */
+#include "shm_pair.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+#include <cmocka.h>
+
+static void no_notes(void *e, const char *from, const void *msg, size_t len)
+{
+    (void)e, (void)from, (void)msg, (void)len;
+}
+
+void shm_pair_start(struct shm_pair *p)
+{
+    memset(p, 0, sizeof *p);
+    p->ops = &ferry_shm_transport;
+    assert_int_equal(ferry_config_init(&p->cfg), 0);
+    memreg_init(&p->reg_i);
+    memreg_init(&p->reg_t);
+    atomic_init(&p->bounced, 0);
+    p->hi = (struct transport_host){NULL, &p->reg_i, &p->cfg, "initiator", 0x1111, "127.0.0.1", no_notes,
+                                    &p->bounced, NULL, {0, 0}};
+    p->ht = (struct transport_host){NULL, &p->reg_t, &p->cfg, "target", 0x2222, "127.0.0.1", no_notes,
+                                    &p->bounced, NULL, {0, 0}};
+    assert_int_equal(p->ops->create(&p->hi, &p->ti), 0);
+    assert_int_equal(p->ops->create(&p->ht, &p->tt), 0);
+}
+
+void shm_pair_stop(struct shm_pair *p)
+{
+    p->ops->destroy(p->ti);
+    p->ops->destroy(p->tt);
+    memreg_destroy(&p->reg_i);
+    memreg_destroy(&p->reg_t);
+}

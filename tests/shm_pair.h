@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * shm_pair.h — two shm transports in one process, an initiator and a target
+ * with registries of their own, for the tests that drive the transport
+ * directly (test_shm, test_shm_jobs, test_shm_copyfail).  The caller owns the
+ * struct (it must stay where it is between start and stop: the transports
+ * keep pointers into it) and the memory it registers.
+ */
+#ifndef FERRY_TEST_SHM_PAIR_H
+#define FERRY_TEST_SHM_PAIR_H
+
+#include <stdatomic.h>
+
+#include "memreg.h"
+#include "transport/transport.h"
+
+struct shm_pair {
+    const struct transport_ops *ops; /* &ferry_shm_transport */
+    struct ferry_config cfg;         /* defaults */
+    struct memreg reg_i, reg_t;      /* the initiator's and the target's registrations */
+    atomic_uint_fast64_t bounced;
+    struct transport_host hi, ht;
+    void *ti, *tt;                   /* the initiator's and the target's transport */
+};
+
+/* Creates both on 127.0.0.1 (engine ids 0x1111 and 0x2222; notifications
+ * dropped), asserting that they start. */
+void shm_pair_start(struct shm_pair *p);
+/* Destroys both transports (their unfinished frames end FERRY_ECANCELED),
+ * then the registries. */
+void shm_pair_stop(struct shm_pair *p);
+
+#endif
