@@ -13,10 +13,7 @@
  * a live allocation of the stream's device puts the stream in a sticky
  * FERRY_EIO state, like a CUDA illegal-address fault.  Owns the reservation,
  * the shadow, the per-device allocation tables and the streams' workers.
- * IPC, like CUDA's: exporting an allocation moves its shadow bytes into a
- * memfd mapped shared at the same place; another process opens the handle
- * through /proc/<pid>/fd/<n> and maps that memfd over a fresh allocation
- * of its own sim device.
+ * IPC, like CUDA's, is sim_ipc.c; what the two files share is sim_internal.h.
  * Fault injection, as strict as hardware: FERRY_SIM_FAIL_COPY names copy
  * jobs (copy_async calls, numbered from 1 in the order they are made in
  * this process) that fail with FERRY_EIO: "N" when the device runs it (the
@@ -41,50 +38,9 @@
 #include "err.h"
 #include "log.h"
 
-#define SIM_MAX_DEVICES 16
-#define SIM_PAGE ((size_t)4096)
-#define SIM_DEFAULT_DEVICES 2
-#define SIM_DEFAULT_DEVICE_MEM ((size_t)16 << 30)
-#define SIM_MIN_DEVICE_MEM ((size_t)1 << 20)
-#define SIM_FALLBACK_FLOOR ((size_t)256 << 20)
-#define SIM_STREAM_MAGIC 0x73696d73u /* "sims" */
-#define SIM_MAX_FAULTS 8
+#include "device/sim_internal.h"
 
-/* One live allocation: [off, off + len) of its device's region is usable,
- * [off, off + span) is taken (span = len rounded up to a page). */
-struct sim_alloc {
-    size_t off;
-    size_t len;
-    size_t span;
-    int fd;                      /* exported: the memfd holding its bytes, else -1 */
-    int imported;                /* its shadow maps another process's memfd */
-};
-
-struct sim_device {
-    pthread_mutex_t lock;        /* guards allocs, count, cap, cursor */
-    struct sim_alloc *allocs;    /* sorted by off */
-    size_t count;
-    size_t cap;
-    size_t cursor;               /* next-fit: where the next search starts */
-};
-
-/* The process-wide simulated hardware; written once by sim_load(). */
-static struct {
-    struct ferry_device_loader loader;
-    int ndev;
-    size_t dev_size;             /* bytes of address space per device */
-    size_t total;                /* ndev * dev_size */
-    char *base;                  /* the PROT_NONE device addresses */
-    char *shadow;                /* where the bytes really are */
-    struct sim_device devs[SIM_MAX_DEVICES];
-    /* FERRY_SIM_FAIL_COPY: the copy jobs that fail, and where */
-    size_t nfaults;
-    struct sim_fault {
-        uint64_t job;
-        int at_start;
-    } faults[SIM_MAX_FAULTS];
-    atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
-} sim = {.loader = FERRY_DEVICE_LOADER_INIT};
+struct sim_hw sim_hw = {.loader = FERRY_DEVICE_LOADER_INIT};
 
 /* A queued copy_async call (its copies are performed in order), or a host
  * function (fn) or a wait on a completion flag (flag) of stream ordering. */
@@ -144,29 +100,29 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
-/* FERRY_SIM_FAIL_COPY="N[:start][,N[:start]...]" into sim.faults. */
+/* FERRY_SIM_FAIL_COPY="N[:start][,N[:start]...]" into sim_hw.faults. */
 static int read_faults(void)
 {
     const char *s = getenv("FERRY_SIM_FAIL_COPY");
-    sim.nfaults = 0;
+    sim_hw.nfaults = 0;
     if (s == NULL || *s == '\0')
         return 0;
     for (const char *p = s;;) {
         char *end;
         errno = 0;
         unsigned long long job = *p >= '0' && *p <= '9' ? strtoull(p, &end, 10) : 0;
-        if (job == 0 || errno != 0 || sim.nfaults == SIM_MAX_FAULTS)
+        if (job == 0 || errno != 0 || sim_hw.nfaults == SIM_MAX_FAULTS)
             break;
         int at_start = strncmp(end, ":start", 6) == 0;
         end += at_start ? 6 : 0;
-        sim.faults[sim.nfaults++] = (struct sim_fault){job, at_start};
+        sim_hw.faults[sim_hw.nfaults++] = (struct sim_fault){job, at_start};
         if (*end == '\0')
             return 0;
         if (*end != ',')
             break;
         p = end + 1;
     }
-    sim.nfaults = 0;
+    sim_hw.nfaults = 0;
     return ferry_fail(FERRY_EINVAL,
                       "FERRY_SIM_FAIL_COPY=\"%.64s\": want up to %d copy numbers N >= 1, each N "
                       "(fails when run) or N:start (fails at copy_async), comma-separated",
@@ -222,9 +178,9 @@ static int sim_load(void)
         char *base = map_anonymous(total, PROT_NONE);
         char *shadow = base ? map_anonymous(total, PROT_READ | PROT_WRITE) : NULL;
         if (shadow != NULL) {
-            sim.base = base;
-            sim.shadow = shadow;
-            sim.total = total;
+            sim_hw.base = base;
+            sim_hw.shadow = shadow;
+            sim_hw.total = total;
             break;
         }
         int err = errno;
@@ -240,42 +196,42 @@ static int sim_load(void)
                  strerror(err), dev_size);
     }
     /* The shadow is large and mostly untouched; keep it out of core dumps. */
-    (void)madvise(sim.shadow, sim.total, MADV_DONTDUMP);
-    sim.ndev = ndev;
-    sim.dev_size = dev_size;
+    (void)madvise(sim_hw.shadow, sim_hw.total, MADV_DONTDUMP);
+    sim_hw.ndev = ndev;
+    sim_hw.dev_size = dev_size;
     for (int i = 0; i < ndev; i++)
-        pthread_mutex_init(&sim.devs[i].lock, NULL);
-    LOG_DEBUG("sim: %d devices of %zu bytes at %p", ndev, dev_size, (void *)sim.base);
+        pthread_mutex_init(&sim_hw.devs[i].lock, NULL);
+    LOG_DEBUG("sim: %d devices of %zu bytes at %p", ndev, dev_size, (void *)sim_hw.base);
     return 0;
 }
 
-static int sim_init(void)
+int sim_init(void)
 {
-    return ferry_device_load_once(&sim.loader, sim_load);
+    return ferry_device_load_once(&sim_hw.loader, sim_load);
 }
 
 static int sim_device_count(void)
 {
-    return sim_init() == 0 ? sim.ndev : 0;
+    return sim_init() == 0 ? sim_hw.ndev : 0;
 }
 
-static int check_dev(int dev)
+int sim_check_dev(int dev)
 {
-    if (dev < 0 || dev >= sim.ndev)
+    if (dev < 0 || dev >= sim_hw.ndev)
         return ferry_fail(FERRY_ENODEV, "sim:%d does not exist (FERRY_SIM_DEVICES=%d)", dev,
-                          sim.ndev);
+                          sim_hw.ndev);
     return 0;
 }
 
 /* ---------------------------------------------------------------- addresses */
 
 /* The sim device whose region holds p, or -1. */
-static int device_of(const void *p)
+int sim_device_of(const void *p)
 {
-    uintptr_t a = (uintptr_t)p, b = (uintptr_t)sim.base;
-    if (a < b || a - b >= sim.total)
+    uintptr_t a = (uintptr_t)p, b = (uintptr_t)sim_hw.base;
+    if (a < b || a - b >= sim_hw.total)
         return -1;
-    return (int)((a - b) / sim.dev_size);
+    return (int)((a - b) / sim_hw.dev_size);
 }
 
 /* 1 if [p, p+len) overlaps [start, start+size). */
@@ -285,13 +241,13 @@ static int overlaps(const void *p, size_t len, const char *start, size_t size)
     return a < s + size && s < a + len;
 }
 
-static char *shadow_of(const void *p)
+char *sim_shadow_of(const void *p)
 {
-    return sim.shadow + ((const char *)p - sim.base);
+    return sim_hw.shadow + ((const char *)p - sim_hw.base);
 }
 
 /* Index of the last allocation with off <= x, or -1.  Caller holds d->lock. */
-static long last_at_or_before(const struct sim_device *d, size_t x)
+long sim_last_at_or_before(const struct sim_device *d, size_t x)
 {
     long lo = 0, hi = (long)d->count - 1, found = -1;
     while (lo <= hi) {
@@ -315,7 +271,7 @@ static int find_gap(const struct sim_device *d, size_t from, size_t span, size_t
 {
     size_t prev_end = 0;
     for (size_t i = 0; i <= d->count; i++) {
-        size_t gap_end = i < d->count ? d->allocs[i].off : sim.dev_size;
+        size_t gap_end = i < d->count ? d->allocs[i].off : sim_hw.dev_size;
         size_t start = prev_end > from ? prev_end : from;
         if (gap_end >= start && gap_end - start >= span) {
             *off = start;
@@ -328,20 +284,20 @@ static int find_gap(const struct sim_device *d, size_t from, size_t span, size_t
     return -1;
 }
 
-static int sim_mem_alloc(int dev, size_t len, void **out)
+int sim_mem_alloc(int dev, size_t len, void **out)
 {
     int rc = sim_init();
     if (rc < 0)
         return rc;
-    if ((rc = check_dev(dev)) < 0)
+    if ((rc = sim_check_dev(dev)) < 0)
         return rc;
     if (len == 0 || out == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: mem_alloc needs len > 0 and out", dev);
-    if (len > sim.dev_size)
+    if (len > sim_hw.dev_size)
         return ferry_fail(FERRY_ENOMEM, "sim:%d: %zu bytes asked, device has %zu", dev, len,
-                          sim.dev_size);
+                          sim_hw.dev_size);
     size_t span = (len + SIM_PAGE - 1) & ~(SIM_PAGE - 1);
-    struct sim_device *d = &sim.devs[dev];
+    struct sim_device *d = &sim_hw.devs[dev];
     size_t off, pos;
 
     pthread_mutex_lock(&d->lock);
@@ -367,7 +323,7 @@ static int sim_mem_alloc(int dev, size_t len, void **out)
     d->cursor = off + span;
     pthread_mutex_unlock(&d->lock);
 
-    *out = sim.base + (size_t)dev * sim.dev_size + off;
+    *out = sim_hw.base + (size_t)dev * sim_hw.dev_size + off;
     return 0;
 }
 
@@ -375,10 +331,10 @@ static int sim_mem_alloc(int dev, size_t len, void **out)
  * holding the lock, so a new allocation of the range cannot be written
  * before it is zeroed.  Shared ranges (exported or imported) get a fresh
  * private mapping instead: the memfd's bytes belong to others too. */
-static void release_locked(struct sim_device *d, size_t i)
+void sim_release_locked(struct sim_device *d, size_t i)
 {
     struct sim_alloc *a = &d->allocs[i];
-    char *sh = shadow_of(sim.base + (size_t)(d - sim.devs) * sim.dev_size + a->off);
+    char *sh = sim_shadow_of(sim_hw.base + (size_t)(d - sim_hw.devs) * sim_hw.dev_size + a->off);
     if (a->fd >= 0 || a->imported) {
         if (mmap(sh, a->span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
                  -1, 0) == MAP_FAILED)
@@ -396,21 +352,21 @@ static void sim_mem_free(int dev, void *ptr)
 {
     if (ptr == NULL)
         return;
-    if (!ferry_device_loaded(&sim.loader) || dev < 0 || dev >= sim.ndev ||
-        device_of(ptr) != dev) {
+    if (!ferry_device_loaded(&sim_hw.loader) || dev < 0 || dev >= sim_hw.ndev ||
+        sim_device_of(ptr) != dev) {
         LOG_ERROR("sim: mem_free(sim:%d, %p): not memory of that device", dev, ptr);
         return;
     }
-    struct sim_device *d = &sim.devs[dev];
-    size_t off = (size_t)((char *)ptr - sim.base) - (size_t)dev * sim.dev_size;
+    struct sim_device *d = &sim_hw.devs[dev];
+    size_t off = (size_t)((char *)ptr - sim_hw.base) - (size_t)dev * sim_hw.dev_size;
     pthread_mutex_lock(&d->lock);
-    long i = last_at_or_before(d, off);
+    long i = sim_last_at_or_before(d, off);
     if (i < 0 || d->allocs[i].off != off) {
         pthread_mutex_unlock(&d->lock);
         LOG_ERROR("sim: mem_free(sim:%d, %p): not the start of a live allocation", dev, ptr);
         return;
     }
-    release_locked(d, (size_t)i);
+    sim_release_locked(d, (size_t)i);
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -436,9 +392,9 @@ static void sim_host_free(void *ptr)
 static int sim_locate(const void *ptr, size_t len, int *dev)
 {
     (void)len;
-    if (!ferry_device_loaded(&sim.loader))
+    if (!ferry_device_loaded(&sim_hw.loader))
         return 0;
-    int d = device_of(ptr);
+    int d = sim_device_of(ptr);
     if (d < 0)
         return 0;
     if (dev != NULL)
@@ -455,7 +411,7 @@ static const char *const dir_names[] = {"D2H", "H2D", "D2D"};
 static int check_device_side(int dev, const void *p, size_t len, size_t idx,
                              enum ferry_copy_dir dir, const char *side, char *msg, size_t cap)
 {
-    int owner = device_of(p);
+    int owner = sim_device_of(p);
     if (owner != dev) {
         if (owner < 0)
             snprintf(msg, cap, "sim:%d: illegal address: copy %zu (%s) %s %p is not sim device "
@@ -466,9 +422,9 @@ static int check_device_side(int dev, const void *p, size_t len, size_t idx,
                      owner);
         return FERRY_EIO;
     }
-    const struct sim_device *d = &sim.devs[dev];
-    size_t off = (size_t)((const char *)p - sim.base) - (size_t)dev * sim.dev_size;
-    long i = last_at_or_before(d, off);
+    const struct sim_device *d = &sim_hw.devs[dev];
+    size_t off = (size_t)((const char *)p - sim_hw.base) - (size_t)dev * sim_hw.dev_size;
+    long i = sim_last_at_or_before(d, off);
     if (i >= 0) {
         const struct sim_alloc *a = &d->allocs[i];
         size_t into = off - a->off;
@@ -489,7 +445,7 @@ static int check_host_side(int dev, const void *p, size_t len, size_t idx,
                  idx, dir_names[dir], side, p, len);
         return FERRY_EIO;
     }
-    if (overlaps(p, len, sim.base, sim.total) || overlaps(p, len, sim.shadow, sim.total)) {
+    if (overlaps(p, len, sim_hw.base, sim_hw.total) || overlaps(p, len, sim_hw.shadow, sim_hw.total)) {
         snprintf(msg, cap, "sim:%d: copy %zu (%s) %s %p is sim device memory, expected host "
                  "memory", dev, idx, dir_names[dir], side, p);
         return FERRY_EIO;
@@ -501,7 +457,7 @@ static int check_host_side(int dev, const void *p, size_t len, size_t idx,
  * FERRY_EIO with the reason in msg (no copy of the job is done then). */
 static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
 {
-    struct sim_device *d = &sim.devs[dev];
+    struct sim_device *d = &sim_hw.devs[dev];
     int rc = 0;
     if (job->inject) {
         snprintf(msg, cap, "sim:%d: copy job %llu (%s, %zu copies) failed on the device: fault injected by "
@@ -540,9 +496,9 @@ static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
         if (c->len == 0)
             continue;
         switch (job->dir) {
-        case FERRY_COPY_D2H: memcpy(c->dst, shadow_of(c->src), c->len); break;
-        case FERRY_COPY_H2D: memcpy(shadow_of(c->dst), c->src, c->len); break;
-        case FERRY_COPY_D2D: memmove(shadow_of(c->dst), shadow_of(c->src), c->len); break;
+        case FERRY_COPY_D2H: memcpy(c->dst, sim_shadow_of(c->src), c->len); break;
+        case FERRY_COPY_H2D: memcpy(sim_shadow_of(c->dst), c->src, c->len); break;
+        case FERRY_COPY_D2D: memmove(sim_shadow_of(c->dst), sim_shadow_of(c->src), c->len); break;
         }
     }
     return 0;
@@ -605,7 +561,7 @@ static int sim_stream_create(int dev, ferry_stream **out)
     int rc = sim_init();
     if (rc < 0)
         return rc;
-    if ((rc = check_dev(dev)) < 0)
+    if ((rc = sim_check_dev(dev)) < 0)
         return rc;
     if (out == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: stream_create needs out", dev);
@@ -671,14 +627,14 @@ static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
 
     struct sim_job *job = NULL;
     if (n > 0) {
-        uint64_t number = atomic_fetch_add(&sim.jobs, 1) + 1;
+        uint64_t number = atomic_fetch_add(&sim_hw.jobs, 1) + 1;
         int inject = 0;
-        for (size_t i = 0; i < sim.nfaults; i++) {
-            if (sim.faults[i].job == number && sim.faults[i].at_start)
+        for (size_t i = 0; i < sim_hw.nfaults; i++) {
+            if (sim_hw.faults[i].job == number && sim_hw.faults[i].at_start)
                 return ferry_fail(FERRY_EIO, "sim:%d: copy job %llu (%s, %zu copies) rejected at start: fault "
                                   "injected by FERRY_SIM_FAIL_COPY", s->dev, (unsigned long long)number,
                                   dir_names[dir], n);
-            inject |= sim.faults[i].job == number;
+            inject |= sim_hw.faults[i].job == number;
         }
         job = malloc(sizeof *job + n * sizeof copies[0]);
         if (job == NULL)
@@ -793,150 +749,6 @@ static int sim_stream_sync(ferry_stream *stream)
     while (s->finished < target && s->error == 0)
         pthread_cond_wait(&s->idle, &s->lock);
     return stream_result(s, 0);
-}
-
-/* ---------------------------------------------------------------- IPC */
-
-#define SIM_IPC_MAGIC 0x43504953u /* "SIPC" */
-struct sim_ipc_handle {
-    uint32_t magic;
-    int32_t pid;                 /* the exporter */
-    int32_t fd;                  /* its memfd, opened through /proc/<pid>/fd/<fd> */
-    uint32_t pad;
-    uint64_t ino;                /* the memfd's inode: a reused fd number is caught */
-    uint64_t span;               /* the allocation's size in pages */
-    uint64_t offset;             /* ptr - allocation start */
-};
-_Static_assert(sizeof(struct sim_ipc_handle) <= FERRY_IPC_HANDLE_MAX, "fits FERRY_IPC_HANDLE_MAX");
-
-/* Index of the live allocation of dev holding [p, p+len), or -1.  Caller
- * holds the device's lock. */
-static long alloc_holding(int dev, const void *p, size_t len)
-{
-    const struct sim_device *d = &sim.devs[dev];
-    size_t off = (size_t)((const char *)p - sim.base) - (size_t)dev * sim.dev_size;
-    long i = last_at_or_before(d, off);
-    if (i < 0 || off - d->allocs[i].off > d->allocs[i].len || len > d->allocs[i].len - (off - d->allocs[i].off))
-        return -1;
-    return i;
-}
-
-/* Moves an allocation's bytes into a memfd mapped shared in their place. */
-static int share_alloc(int dev, struct sim_alloc *a)
-{
-    char *sh = shadow_of(sim.base + (size_t)dev * sim.dev_size + a->off);
-    int fd = memfd_create("ferry-sim-ipc", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, (off_t)a->span) != 0 || pwrite(fd, sh, a->span, 0) != (ssize_t)a->span ||
-        mmap(sh, a->span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
-        int err = errno;
-        if (fd >= 0)
-            close(fd);
-        return ferry_fail(FERRY_EIO, "sim:%d: cannot share an allocation of %zu bytes: %s", dev, a->span,
-                          strerror(err));
-    }
-    a->fd = fd;
-    return 0;
-}
-
-static int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len)
-{
-    int dev = ferry_device_loaded(&sim.loader) ? device_of(ptr) : -1;
-    if (dev < 0)
-        return ferry_fail(FERRY_EINVAL, "sim: ipc_export(%p): not sim device memory", ptr);
-    if (*handle_len < sizeof(struct sim_ipc_handle))
-        return ferry_fail(FERRY_EINVAL, "sim: ipc_export: %zu bytes of room, %zu needed", *handle_len,
-                          sizeof(struct sim_ipc_handle));
-    struct sim_device *d = &sim.devs[dev];
-    pthread_mutex_lock(&d->lock);
-    long i = alloc_holding(dev, ptr, len);
-    int rc = i < 0 ? ferry_fail(FERRY_EINVAL, "sim:%d: ipc_export(%p+%zu): not inside a live allocation", dev,
-                                ptr, len)
-             : d->allocs[i].imported ? ferry_fail(FERRY_ENOTSUP, "sim:%d: ipc_export(%p): memory opened from "
-                                                  "another process cannot be exported again", dev, ptr)
-                                     : 0;
-    struct stat st;
-    if (!rc && d->allocs[i].fd < 0)
-        rc = share_alloc(dev, &d->allocs[i]);
-    if (!rc && fstat(d->allocs[i].fd, &st) != 0)
-        rc = ferry_fail(FERRY_EIO, "sim:%d: fstat of a shared allocation: %s", dev, strerror(errno));
-    if (!rc) {
-        size_t off = (size_t)((const char *)ptr - sim.base) - (size_t)dev * sim.dev_size;
-        struct sim_ipc_handle h = {SIM_IPC_MAGIC, (int32_t)getpid(), d->allocs[i].fd, 0, (uint64_t)st.st_ino,
-                                   d->allocs[i].span, off - d->allocs[i].off};
-        memcpy(handle, &h, sizeof h);
-        *handle_len = sizeof h;
-    }
-    pthread_mutex_unlock(&d->lock);
-    return rc;
-}
-
-/* Opens the exporter's memfd named by h, checking it is still that memfd. */
-static int open_exported(const struct sim_ipc_handle *h)
-{
-    char path[64];
-    struct stat st;
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)h->pid, (int)h->fd);
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return ferry_fail(errno == ENOENT ? FERRY_EINVAL : FERRY_EIO, "sim: ipc_open: %s: %s", path,
-                          strerror(errno));
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != h->ino || (uint64_t)st.st_size != h->span) {
-        close(fd);
-        return ferry_fail(FERRY_EINVAL, "sim: ipc_open: %s is no longer the exported allocation", path);
-    }
-    return fd;
-}
-
-static int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
-{
-    struct sim_ipc_handle h;
-    int rc = sim_init();
-    if (rc < 0 || (rc = check_dev(dev)) < 0)
-        return rc;
-    if (handle_len != sizeof h)
-        return ferry_fail(FERRY_EINVAL, "sim: ipc_open: a handle of %zu bytes, expected %zu", handle_len,
-                          sizeof h);
-    memcpy(&h, handle, sizeof h);
-    if (h.magic != SIM_IPC_MAGIC || h.span == 0 || h.span % SIM_PAGE || h.offset >= h.span)
-        return ferry_fail(FERRY_EINVAL, "sim: ipc_open: not a sim IPC handle");
-    if (h.pid == (int32_t)getpid())
-        return ferry_fail(FERRY_ENOTSUP, "sim: ipc_open: the handle was exported by this process");
-    int fd = open_exported(&h);
-    if (fd < 0)
-        return fd;
-    void *p = NULL;
-    if ((rc = sim_mem_alloc(dev, (size_t)h.span, &p)) < 0) {
-        close(fd);
-        return rc;
-    }
-    struct sim_device *d = &sim.devs[dev];
-    pthread_mutex_lock(&d->lock);
-    long i = alloc_holding(dev, p, (size_t)h.span);
-    if (mmap(shadow_of(p), (size_t)h.span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
-        rc = ferry_fail(FERRY_EIO, "sim:%d: ipc_open: mmap: %s", dev, strerror(errno));
-    d->allocs[i].imported = 1;   /* also on failure: release remaps the range private */
-    if (rc)
-        release_locked(d, (size_t)i);
-    pthread_mutex_unlock(&d->lock);
-    close(fd);
-    if (rc)
-        return rc;
-    *ptr = (char *)p + h.offset;
-    return 0;
-}
-
-static void sim_ipc_close(int dev, void *ptr)
-{
-    if (!ferry_device_loaded(&sim.loader) || dev < 0 || dev >= sim.ndev || device_of(ptr) != dev)
-        return;
-    struct sim_device *d = &sim.devs[dev];
-    pthread_mutex_lock(&d->lock);
-    long i = alloc_holding(dev, ptr, 0);
-    if (i >= 0 && d->allocs[i].imported)
-        release_locked(d, (size_t)i);
-    else
-        LOG_ERROR("sim: ipc_close(sim:%d, %p): not memory ipc_open returned", dev, ptr);
-    pthread_mutex_unlock(&d->lock);
 }
 
 static const struct ferry_config_knob sim_knobs[] = {

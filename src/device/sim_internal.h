@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * sim_internal.h — what the sim device's files share (private to
+ * src/device/sim*.c): its limits, the allocation tables, the process-wide
+ * simulated hardware (defined in sim.c) and the helpers that address it.
+ * sim.c: setup, memory, streams and copies; sim_ipc.c: memory shared with
+ * other processes.
+ */
+#ifndef FERRY_SIM_INTERNAL_H
+#define FERRY_SIM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "device/backend.h"
+#include "device/device.h"
+
+#define SIM_MAX_DEVICES 16
+#define SIM_PAGE ((size_t)4096)
+#define SIM_DEFAULT_DEVICES 2
+#define SIM_DEFAULT_DEVICE_MEM ((size_t)16 << 30)
+#define SIM_MIN_DEVICE_MEM ((size_t)1 << 20)
+#define SIM_FALLBACK_FLOOR ((size_t)256 << 20)
+#define SIM_STREAM_MAGIC 0x73696d73u /* "sims" */
+#define SIM_MAX_FAULTS 8
+
+/* One live allocation: [off, off + len) of its device's region is usable,
+ * [off, off + span) is taken (span = len rounded up to a page). */
+struct sim_alloc {
+    size_t off;
+    size_t len;
+    size_t span;
+    int fd;                      /* exported: the memfd holding its bytes, else -1 */
+    int imported;                /* its shadow maps another process's memfd */
+};
+
+struct sim_device {
+    pthread_mutex_t lock;        /* guards allocs, count, cap, cursor */
+    struct sim_alloc *allocs;    /* sorted by off */
+    size_t count;
+    size_t cap;
+    size_t cursor;               /* next-fit: where the next search starts */
+};
+
+/* The process-wide simulated hardware; written once by sim_load() (sim.c). */
+struct sim_hw {
+    struct ferry_device_loader loader;
+    int ndev;
+    size_t dev_size;             /* bytes of address space per device */
+    size_t total;                /* ndev * dev_size */
+    char *base;                  /* the PROT_NONE device addresses */
+    char *shadow;                /* where the bytes really are */
+    struct sim_device devs[SIM_MAX_DEVICES];
+    /* FERRY_SIM_FAIL_COPY: the copy jobs that fail, and where */
+    size_t nfaults;
+    struct sim_fault {
+        uint64_t job;
+        int at_start;
+    } faults[SIM_MAX_FAULTS];
+    atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
+};
+extern struct sim_hw sim_hw;
+
+/* sim.c */
+int sim_init(void);
+int sim_check_dev(int dev); /* 0, or FERRY_ENODEV naming dev */
+int sim_device_of(const void *p); /* the sim device whose region holds p, or -1 */
+char *sim_shadow_of(const void *p); /* where p's bytes really are */
+long sim_last_at_or_before(const struct sim_device *d, size_t x); /* d's lock held */
+int sim_mem_alloc(int dev, size_t len, void **out);
+void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
+
+/* sim_ipc.c */
+int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);
+int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr);
+void sim_ipc_close(int dev, void *ptr);
+
+#endif
