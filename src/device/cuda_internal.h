@@ -2,17 +2,21 @@
 /*
  * cuda_internal.h — what the cuda backend's files share (private to
  * src/device/cuda*.c): the driver API types and entry points resolved by
- * cuda_load (cuda.c), context entry/exit, error text, the device-allocation
- * registry the gather kernel trusts, and the IPC / NIC half (cuda_ipc.c).
- * All state is defined once, in cuda.c; nothing here is static.
+ * cuda_load (cuda.c), context entry/exit, error text, streams and the
+ * settings read at load, the copies and the address registries the gather
+ * kernel trusts (cuda_gather.c), and the IPC / NIC half (cuda_ipc.c).
+ * Each piece of state is defined once, in the file named; nothing here is
+ * static.
  */
 #ifndef FERRY_CUDA_INTERNAL_H
 #define FERRY_CUDA_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "device/backend.h"
+#include "device/cuda_shape.h"
 #include "device/device.h"
 
 /* ---------------------------------------------------------------- driver ABI */
@@ -161,5 +165,32 @@ int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr);
 void cuda_ipc_close(int dev, void *ptr);
 int cuda_dmabuf_export(const void *ptr, size_t len, int *fd, uint64_t *offset);
 int cuda_pci_bus_id(int dev, char *id, size_t cap);
+
+/* ---------------------------------------------------------------- streams and copies */
+
+#define CUDA_MAX_DEVICES 64
+
+struct cuda_stream {
+    uint32_t magic;
+    int dev;
+    CUcontext ctx;
+    CUstream stream;
+};
+
+/* Set once by cuda_load (cuda.c), read by cuda_gather.c. */
+extern atomic_int cuda_batch_enabled;       /* 1 while cuMemcpyBatchAsync is trusted */
+extern atomic_int cuda_gather_enabled;      /* FERRY_CUDA_GATHER_KERNEL and the symbols allow the kernel */
+extern atomic_int cuda_gather_d2d;          /* FERRY_CUDA_GATHER_D2D: D2D batches through it too */
+extern struct cuda_shape cuda_kernel_shape; /* FERRY_CUDA_KERNEL_*: the kernel's launch shape */
+
+/* cuda_gather.c, with s's device's context current: enqueues n copies on s
+ * (the kernel where it suits, else the copy engine; stream order holds). */
+int cuda_copy_enqueue(const struct cuda_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *copies,
+                      size_t n);
+/* Loads dev's kernel now (JIT) rather than in the first copy (context current). */
+void cuda_gather_preload(int dev);
+/* Pinned host memory from host_alloc, which the kernel may address. */
+void cuda_host_range_add(void *p, size_t len);
+void cuda_host_range_remove(void *p);
 
 #endif
