@@ -153,6 +153,20 @@ static const struct knob knobs[] = {
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])
 
+int config_env_number(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, const char *wanted, uint64_t *out)
+{
+    const char *text = getenv(name);
+    if (!text || !*text || (auto_ok && strcmp(text, "auto") == 0))
+        return 1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || errno || *end || v < lo || v > hi)
+        return ferry_fail(FERRY_EINVAL, "%s=\"%.40s\": %s", name, text, wanted);
+    *out = v;
+    return 0;
+}
+
 static int parse_number(const char *text, enum knob_type type, void *field)
 {
     char *end;

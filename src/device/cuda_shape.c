@@ -11,28 +11,25 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "config.h"
 #include "err.h"
 
-/* name's value (or def when unset or empty) as a decimal number in
- * [lo, hi]; FERRY_EINVAL with what is wanted otherwise. */
+/* name's value (def, a number, when unset or empty) from lo to hi
+ * (config_env_number). */
 static int env_number(const char *name, const char *def, unsigned long long lo, unsigned long long hi,
                       const char *wanted, unsigned long long *out)
 {
-    const char *text = getenv(name);
-    if (text == NULL || *text == '\0')
-        text = def;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || end == text || *end != '\0' || text[0] == '-' || text[0] == '+' || v < lo || v > hi)
-        return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": %s", name, text, wanted);
-    *out = v;
+    uint64_t v = 0;
+    int rc = config_env_number(name, false, lo, hi, wanted, &v);
+    if (rc < 0)
+        return rc;
+    *out = rc == 1 ? strtoull(def, NULL, 10) : v;
     return 0;
 }
 
 int cuda_shape_read(struct cuda_shape *out)
 {
-    unsigned long long tile, ctas, threads, loads, h2d;
+    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)

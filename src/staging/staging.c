@@ -30,6 +30,7 @@
 #include <sched.h>
 #include <time.h>
 
+#include "config.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -497,37 +498,22 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* name's value as a decimal number in [lo, hi] (def where unset or empty);
- * FERRY_EINVAL saying what it takes ("what, lo-hi") otherwise. */
-static int env_count(const char *name, unsigned long def, unsigned long lo, unsigned long hi, const char *what,
-                     unsigned long *out)
-{
-    const char *text = getenv(name);
-    unsigned long v = def;
-    if (text && *text) {
-        char *end;
-        errno = 0;
-        v = strtoul(text, &end, 10);
-        if (errno || *end || end == text || text[0] == '-' || v < lo || v > hi)
-            return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": %s, %lu-%lu", name, text, what, lo, hi);
-    }
-    *out = v;
-    return 0;
-}
-
 /* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps) and
  * FERRY_STAGING_GROUP (frames a group takes at most). */
 static int knobs_read(struct staging_pool *p)
 {
-    unsigned long spin_us, group;
-    int rc = env_count("FERRY_STAGING_SPIN_US", IDLE_SPIN_US_DEFAULT, 0, IDLE_SPIN_US_MAX, "microseconds", &spin_us);
-    if (rc == 0)
-        rc = env_count("FERRY_STAGING_GROUP", GROUP_DEFAULT, 1, GROUP_MAX, "frames a device copy group takes", &group);
-    if (rc == 0) {
-        p->idle_spin_ns = (uint64_t)spin_us * 1000u;
-        p->group_frames = (unsigned)group;
-    }
-    return rc;
+    uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT;
+    char spin_wanted[48], group_wanted[64];
+    snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
+    snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
+    int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
+    if (rc < 0)
+        return rc;
+    p->idle_spin_ns = spin_us * 1000u;
+    p->group_frames = (unsigned)group;
+    return 0;
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)

@@ -54,8 +54,8 @@ static void environment_overrides(void **state)
  * starts it.  Lists end with NULL. */
 struct env_knob_case {
     const char *name;
-    const char *bad[8];
-    const char *good[8];
+    const char *bad[10];
+    const char *good[10];
 };
 
 static const struct env_knob_case tcp_knobs[] = {
@@ -63,7 +63,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_GROW_BYTES", {"0", "65535", "1073741825", "2M", "-1", "lots"},
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
-    {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615"}, {"auto", "", "1", "4", "16"}},
+    {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
 };
 
 static void tcp_knobs_checked(void **state)

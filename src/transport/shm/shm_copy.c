@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "config.h"
 #include "err.h"
 #include "log.h"
 #include "timespec.h"
@@ -554,17 +555,11 @@ static int knobs_read(struct shm_transport *t)
             return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SUBMIT_COPIES=\"%.32s\": want 0, 1 or 2", want);
         t->submit_copies = want[0] - '0';
     }
-    const char *text = getenv("FERRY_SHM_SPIN_US");
-    unsigned long v = SPIN_US_DEFAULT;
-    if (text && *text) {
-        char *end;
-        errno = 0;
-        v = strtoul(text, &end, 10);
-        if (errno || *end || text[0] == '-' || v > SPIN_US_MAX)
-            return ferry_fail(FERRY_EINVAL, "shm: FERRY_SHM_SPIN_US=\"%.32s\": microseconds, 0-%u", text,
-                              SPIN_US_MAX);
-    }
-    t->spin_ns = (uint64_t)v * 1000u;
+    uint64_t v = SPIN_US_DEFAULT;
+    int rc = config_env_number("FERRY_SHM_SPIN_US", false, 0, SPIN_US_MAX, "microseconds, 0-100000", &v);
+    if (rc < 0)
+        return rc;
+    t->spin_ns = v * 1000u;
     return 0;
 }
 

@@ -45,6 +45,7 @@
 
 #include "acceptor.h"
 #include "auth.h"
+#include "config.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -557,29 +558,11 @@ uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
     return g < slice_size ? slice_size : g;
 }
 
-/* A number from the environment variable `name`, lo to hi, in decimal
- * (`unit`: what it counts, for the message: "bytes" or NULL).  Unset, empty
- * (or "auto" when auto_ok): 1 and *out untouched. */
-static int env_number(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, const char *unit, uint64_t *out)
-{
-    const char *text = getenv(name);
-    if (!text || !*text || (auto_ok && strcmp(text, "auto") == 0))
-        return 1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (errno || end == text || *end || text[0] == '-' || v < lo || v > hi)
-        return ferry_fail(FERRY_EINVAL, "%s=%.40s: expected %s%s%s%llu-%llu", name, text, auto_ok ? "auto or " : "",
-                          unit ? unit : "", unit ? ", " : "", (unsigned long long)lo, (unsigned long long)hi);
-    *out = v;
-    return 0;
-}
-
 /* A count knob: unset, empty or "auto": `dflt`; else lo to hi. */
-static int env_count(const char *name, unsigned lo, unsigned hi, unsigned dflt, unsigned *out)
+static int env_count(const char *name, unsigned lo, unsigned hi, unsigned dflt, const char *wanted, unsigned *out)
 {
     uint64_t v = dflt;
-    int rc = env_number(name, true, lo, hi, NULL, &v);
+    int rc = config_env_number(name, true, lo, hi, wanted, &v);
     *out = (unsigned)v;
     return rc < 0 ? rc : 0;
 }
@@ -588,14 +571,16 @@ static int env_count(const char *name, unsigned lo, unsigned hi, unsigned dflt, 
  * of the cores the process may run on; else 1-64. */
 static int tcp_max_connections(unsigned *out)
 {
-    return env_count("FERRY_TCP_MAX_CONNECTIONS", 1, 64, tcp_auto_max_connections(usable_cores()), out);
+    return env_count("FERRY_TCP_MAX_CONNECTIONS", 1, 64, tcp_auto_max_connections(usable_cores()), "auto or 1-64",
+                     out);
 }
 
 /* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
  * bytes, 64 KiB to 1 GiB. */
 static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
 {
-    int rc = env_number("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, "bytes", out);
+    int rc = config_env_number("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, "auto or bytes, 65536-1073741824",
+                               out);
     if (rc == 1)
         *out = tcp_auto_grow_bytes(max_conns, slice_size);
     return rc < 0 ? rc : 0;
@@ -606,7 +591,7 @@ static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out
  * GiB. */
 static int tcp_inline_bytes(unsigned spread, uint64_t *out)
 {
-    int rc = env_number("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, "bytes", out);
+    int rc = config_env_number("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, "auto or bytes, 0-1073741824", out);
     if (rc == 1)
         *out = spread > 1 ? 0 : INLINE_BYTES;
     return rc < 0 ? rc : 0;
@@ -625,7 +610,7 @@ unsigned tcp_auto_spread(long cores)
 /* FERRY_TCP_SPREAD: unset, empty or "auto": tcp_auto_spread; else 1-16. */
 static int tcp_spread(unsigned *out)
 {
-    return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), out);
+    return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), "auto or 1-16", out);
 }
 
 static int tcp_create(const struct transport_host *host, void **out)
