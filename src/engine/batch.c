@@ -376,9 +376,7 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         /* as many frames at once as the transport moves in parallel; staged,
          * unless the pool gathers small blocks on the device (there fewer,
          * larger frames cost less) */
-        int t = ROUTE_TRANSPORT(route);
-        unsigned spread = e->tops[t]->spread && (staged < 0 || !staging_pool_aggregates(e->pools[pool].pool))
-                              ? e->tops[t]->spread(e->tstate[t]) : 1;
+        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : e->tspread[ROUTE_TRANSPORT(route)];
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;

@@ -31,6 +31,7 @@ struct pool_entry {
     char location[32];                  /* "sim:0", "cuda:1" */
     struct staging_pool *pool;
     void *base;                         /* its chunks, registered as host memory */
+    bool aggregates;                    /* staging_pool_aggregates, asked once at creation */
 };
 
 struct segment {
@@ -75,6 +76,7 @@ struct ferry_engine {
     size_t ntransports;
     const struct transport_ops *tops[FERRY_MAX_TRANSPORTS];
     void *tstate[FERRY_MAX_TRANSPORTS];
+    unsigned tspread[FERRY_MAX_TRANSPORTS]; /* transport_ops.spread, asked once at start */
     atomic_uint_fast64_t req_completed[FERRY_MAX_TRANSPORTS], req_failed[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_staged[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_bounced;

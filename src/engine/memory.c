@@ -137,6 +137,7 @@ static int ensure_pool(ferry_engine *e, const struct memreg_region *dev_region)
         goto out;
     }
     snprintf(pe->location, sizeof pe->location, "%s", dev_region->location);
+    pe->aggregates = staging_pool_aggregates(pe->pool);
     atomic_fetch_add(&e->npools, 1);
 out:
     pthread_mutex_unlock(&e->pool_lock);

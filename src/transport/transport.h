@@ -116,7 +116,8 @@ struct transport_ops {
     /* Optional (NULL: 1).  How many frames to one peer this transport moves
      * at once with spare cores (tcp: connections with their own threads);
      * the engine cuts a submit's small blocks into about that many frames
-     * instead of coalescing them into as few as possible. */
+     * instead of coalescing them into as few as possible.  Asked once,
+     * right after create. */
     unsigned (*spread)(void *t);
     /* Optional (NULL: nothing to do).  Called for every registration, at
      * registration time, never on the hot path: an RDMA transport makes its
