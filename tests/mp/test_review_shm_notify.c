@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -152,14 +153,73 @@ static void notification_to_a_stopped_target_ends(void **state)
     assert_non_null(strstr(why, "notification"));
 }
 
+/* Connections to the notification socket that never send a byte: a target
+ * closes them once idle for FERRY_IDLE_TIMEOUT_MS, as its tcp listener does
+ * with data connections (DESIGN.md: "idle timeouts, caps on connections per
+ * peer and in total"); on the code of this review it keeps every one, so a
+ * sender (FERRY_SHM_ALLOW_UIDS admits other users' too) can take all of the
+ * target's file descriptors. */
+#define IDLE_CONNS 32
+
+static void idle_notification_connections_closed(void **state)
+{
+    (void)state;
+    struct child_target target;
+    setenv("FERRY_PROTOCOLS", "shm", 1);
+    setenv("FERRY_IDLE_TIMEOUT_MS", "1000", 1); /* the child's */
+    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
+    unsetenv("FERRY_IDLE_TIMEOUT_MS");
+    char name[128];
+    assert_true(notify_socket_name(target.pid, name, sizeof name));
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path + 1, name, strlen(name));
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    struct pollfd p[IDLE_CONNS];
+    int opened = 0;
+    for (int i = 0; i < IDLE_CONNS; i++) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) == 0)
+            p[opened++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        else if (fd >= 0)
+            close(fd);
+    }
+    /* each ends with EOF or an error from the target's side */
+    int closed = 0;
+    for (int waited = 0; closed < opened && waited < GUARD_MS; waited += 100) {
+        if (poll(p, (nfds_t)opened, 100) <= 0)
+            continue;
+        for (int i = 0; i < opened; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            char byte;
+            if (recv(p[i].fd, &byte, 1, MSG_DONTWAIT) <= 0) {
+                close(p[i].fd);
+                p[i].fd = -1;
+                closed++;
+            }
+        }
+    }
+    for (int i = 0; i < opened; i++)
+        if (p[i].fd >= 0)
+            close(p[i].fd);
+    child_target_kill(&target);
+    print_message("%d of %d idle notification connections closed by the target within %d ms\n", closed, opened,
+                  GUARD_MS);
+    assert_int_equal(opened, IDLE_CONNS);
+    assert_int_equal(closed, opened);
+}
+
 int main(void)
 {
     const char *bugs = getenv("FERRY_REVIEW_BUGS");
     if (!bugs || strcmp(bugs, "1") != 0)
-        test_skip("a known bug (review.md: the shm notification connect ignores the deadline); "
-                  "FERRY_REVIEW_BUGS=1 runs it");
+        test_skip("known bugs (review.md: the shm notification connect ignores the deadline; idle notification "
+                  "connections are never closed); FERRY_REVIEW_BUGS=1 runs them");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(notification_to_a_stopped_target_ends),
+        cmocka_unit_test(idle_notification_connections_closed),
     };
     return cmocka_run_group_tests_name("review: shm notification to a stopped target", tests, NULL, NULL);
 }
