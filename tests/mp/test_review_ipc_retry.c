@@ -79,8 +79,8 @@ static void open_fails_then_succeeds(void **state)
     cfg.request_timeout_ms = 60000;
     ferry_engine *e;
     assert_int_equal(ferry_engine_create(&cfg, &e), 0);
-    char *local, *host = malloc(TSIZE);
-    assert_non_null(host);
+    static char host[TSIZE];
+    char *local;
     assert_int_equal(ferry_mem_alloc(e, s->local, TSIZE, (void **)&local), 0);
     assert_int_equal(ferry_register_memory(e, local, TSIZE, s->local, 0), 0);
     pattern_fill(host, TSIZE, 21, 0);
@@ -122,7 +122,6 @@ static void open_fails_then_succeeds(void **state)
     ferry_mem_free(e, s->local, local, TSIZE);
     ferry_engine_destroy(e);
     child_target_kill(&target);
-    free(host);
 }
 
 static void in_fresh_process(void **state)
