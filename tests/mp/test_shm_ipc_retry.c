@@ -1,19 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * test_review_ipc_retry.c — a peer's device buffer that could not be opened
+ * test_shm_ipc_retry.c — a peer's device buffer that could not be opened
  * here once (its IPC handle) is opened again at the next transfer, not
- * failed forever from a cached error (review finding, /work/wt/_exchange/
- * review.md).
+ * failed forever from a cached error.
  *
  * The initiator runs on a small sim device (FERRY_SIM_DEVICE_MEM) and fills
  * it, so opening the child target's sim buffer (sim_ipc_open maps it over a
  * fresh allocation of this device) fails with FERRY_ENOMEM: every request
  * of the first batch FAILS, naming the segment.  The initiator frees its
- * memory; the second batch must move and verify everything.  On the code
- * of this review shm_frame.c's remote_device_ptr keeps the first error per
- * (peer, buffer, device) until the segment closes, so the second batch
- * fails too: the case runs only with FERRY_REVIEW_BUGS=1 (ctest skips it
- * with a note) until that is fixed.
+ * memory; the second batch must move and verify everything.  Before the fix
+ * shm_frame.c's remote_device_ptr kept the first error per (peer, buffer,
+ * device) until the segment closed, so the second batch failed too.
  *
  * Both paths that open the handle: a submitting thread's job (sim -> sim)
  * and a worker (cpu -> sim).  Each case runs in a fresh process (the sim
@@ -142,10 +139,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "no case %s\n", argv[2]);
         return 2;
     }
-    const char *bugs = getenv("FERRY_REVIEW_BUGS");
-    if (!bugs || strcmp(bugs, "1") != 0)
-        test_skip("a known bug (review.md: a failed IPC open is cached per peer until it closes); "
-                  "FERRY_REVIEW_BUGS=1 runs these cases");
     struct CMUnitTest tests[NSCENARIOS];
     for (size_t i = 0; i < NSCENARIOS; i++)
         tests[i] = (struct CMUnitTest){scenarios[i].name, in_fresh_process, NULL, NULL, (void *)scenarios[i].name};
