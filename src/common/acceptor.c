@@ -57,8 +57,10 @@ struct acceptor {
     struct log_ratelimit warn_cap, warn_fd;
 };
 
-static unsigned default_max_total(void)
+unsigned acceptor_max_total(const struct acceptor_limits *lim)
 {
+    if (lim && lim->max_total)
+        return lim->max_total;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
         return 4096;
@@ -220,7 +222,7 @@ int acceptor_start(int listen_fd, const char *what, const struct acceptor_limits
     a->listen_fd = listen_fd;
     a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     snprintf(a->what, sizeof a->what, "%s", what);
-    a->max_total = lim && lim->max_total ? lim->max_total : default_max_total();
+    a->max_total = acceptor_max_total(lim);
     a->max_per_peer = lim ? lim->max_per_peer : 0;
     a->serve = serve;
     a->ctx = ctx;

@@ -40,6 +40,9 @@ struct acceptor_limits {
     unsigned max_per_peer;  /* 0: no per-address cap */
 };
 
+/* The cap on connections in total that lim gives (its default filled in). */
+unsigned acceptor_max_total(const struct acceptor_limits *lim);
+
 /* Starts serving listen_fd (which the caller keeps owning) on a thread.
  * `what` names the port in log lines ("tcp", "handshake").  Returns 0 or
  * FERRY_ENOMEM / FERRY_EIO. */

@@ -142,6 +142,7 @@ struct shm_peer {
     pthread_mutex_t lock;             /* bufs[].maps */
     pthread_mutex_t notify_lock;      /* notify_fd and one notification at a time */
     int notify_fd;
+    uint64_t notify_last_ns;          /* now_ns() at its last message */
     unsigned queued;                  /* frames queued or running (t->lock) */
     bool closing;                     /* (t->lock) */
 };

@@ -10,13 +10,18 @@
  * {u16 name length, sender's segment name, payload}, hands it to the engine
  * (deliver_notify) and answers one byte.  It never blocks on a sender
  * (non-blocking sockets, acknowledgements owed per sender, a deadline for
- * taking them).  Initiator side: one connection
- * per peer, opened on the first notification, used by one worker at a time;
+ * taking them), keeps at most the engine's connection caps
+ * (FERRY_MAX_CONNECTIONS, FERRY_MAX_CONNECTIONS_PER_PEER per process) and
+ * closes a sender idle for FERRY_IDLE_TIMEOUT_MS.  Initiator side: one connection
+ * per peer, opened on the first notification (a connect bounded by the
+ * frame's deadline), retired at half the idle timeout and opened again
+ * once if the target closed it meanwhile, used by one worker at a time;
  * a notification frame ends when the target's answer arrives, i.e. after the
  * target queued it (its data frames had ended before: they are copies that
  * finished in its memory).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
@@ -24,8 +29,10 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "acceptor.h"
 #include "auth.h"
 #include "bytes.h"
 #include "err.h"
@@ -66,6 +73,7 @@ struct sender {
     int fd;
     unsigned acks_owed;
     uint64_t stalled_since;       /* now_ns() when acks_owed became nonzero */
+    uint64_t last_ns;             /* now_ns() at its last message (or its accept) */
     pid_t pid;
     enum peer_stage stage;
     struct auth_state auth;
@@ -168,6 +176,7 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
         return -1;
     }
     s->stage = PEER_READY;
+    s->last_ns = now_ns();
     size_t name_len = n >= 2 ? get_le16(buf) : 0;
     if (n > MSG_MAX || n < 2 || name_len > SHM_NOTIFY_MAX_NAME || 2 + name_len > (size_t)n) {
         LOG_WARN("shm: dropping notification sender pid %d: malformed message of %zd bytes", (int)s->pid, n);
@@ -181,6 +190,24 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
     return send_acks(s);
 }
 
+/* Within the caps of the engine's listeners (FERRY_MAX_CONNECTIONS in
+ * total, FERRY_MAX_CONNECTIONS_PER_PEER per sending process)? */
+static bool sender_fits(struct shm_transport *t, const struct sender *ss, size_t n, pid_t pid)
+{
+    static atomic_uint refused;
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++)
+        same += ss[i].pid == pid;
+    unsigned total = acceptor_max_total(&t->host.limits), per = t->host.limits.max_per_peer;
+    if (n < total && (!per || same < per))
+        return true;
+    unsigned k = atomic_fetch_add(&refused, 1) + 1;
+    if ((k & (k - 1)) == 0)
+        LOG_WARN("shm: refused notification sender pid %d: over the cap of %u in total / %u per process "
+                 "(FERRY_MAX_CONNECTIONS, FERRY_MAX_CONNECTIONS_PER_PEER; %u refused so far)", (int)pid, total, per, k);
+    return false;
+}
+
 /* Accepts what is pending.  Returns false when out of file descriptors: the
  * caller then leaves the listening socket alone for a tick (no busy loop). */
 static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *n, size_t *cap)
@@ -190,7 +217,7 @@ static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *
         if (fd < 0)
             return !(errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM);
         pid_t pid = 0;
-        if (!sender_allowed(t, fd, &pid)) {
+        if (!sender_allowed(t, fd, &pid) || !sender_fits(t, *ss, *n, pid)) {
             close(fd);
             continue;
         }
@@ -204,7 +231,7 @@ static bool accept_senders(struct shm_transport *t, struct sender **ss, size_t *
             *ss = more;
             *cap = c;
         }
-        (*ss)[(*n)++] = (struct sender){.fd = fd, .pid = pid, .stage = PEER_NEW};
+        (*ss)[(*n)++] = (struct sender){.fd = fd, .pid = pid, .stage = PEER_NEW, .last_ns = now_ns()};
     }
 }
 
@@ -216,6 +243,7 @@ static void *service_main(void *arg)
     size_t n = 0, cap = 0, fcap = 0;
     uint8_t *buf = malloc(MSG_MAX);
     bool accepting = true;
+    const uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u;
     if (!buf) {
         LOG_ERROR("shm: notification service: out of memory");
         return NULL;
@@ -250,6 +278,12 @@ static void *service_main(void *arg)
             if (!rc && s->acks_owed && now - s->stalled_since > ACK_DEADLINE_MS * 1000000ull) {
                 LOG_WARN("shm: dropping notification sender pid %d: it has not taken %u acknowledgement(s) in %d "
                          "ms", (int)s->pid, s->acks_owed, ACK_DEADLINE_MS);
+                rc = -1;
+            }
+            /* idle past FERRY_IDLE_TIMEOUT_MS: closed, as the tcp listener's
+             * are (the initiator retires its side at half of it) */
+            if (!rc && !s->acks_owed && idle_ns && now > s->last_ns && now - s->last_ns > idle_ns) {
+                LOG_DEBUG("shm: closing notification sender pid %d: idle", (int)s->pid);
                 rc = -1;
             }
             if (rc) {
@@ -324,16 +358,53 @@ void shm_notify_close(struct shm_peer *p)
     p->notify_fd = -1;
 }
 
-static int send_locked(struct shm_peer *p, const struct xfer_frame *f, char *msg, size_t cap)
+/* Connects p->notify_fd by the frame's deadline.  A unix connect to a
+ * listener whose backlog is full (the target stopped, or not accepting)
+ * would block until it accepts: non-blocking, it answers EAGAIN at once,
+ * and is tried again every millisecond until the deadline. */
+static int notify_connect(struct shm_peer *p, const struct xfer_frame *f, char *msg, size_t cap)
 {
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a, p->pid, p->token);
+    p->notify_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (p->notify_fd < 0) {
-        struct sockaddr_un a;
-        socklen_t len = abstract_addr(&a, p->pid, p->token);
-        p->notify_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (p->notify_fd < 0 || connect(p->notify_fd, (struct sockaddr *)&a, len) != 0) {
+        snprintf(msg, cap, "shm: segment %.64s: notification socket: %s", p->name, strerror(errno));
+        return FERRY_ECONN;
+    }
+    while (connect(p->notify_fd, (struct sockaddr *)&a, len) != 0) {
+        if (errno != EAGAIN && errno != EINTR) {
             snprintf(msg, cap, "shm: segment %.64s: notification socket: %s", p->name, strerror(errno));
             return FERRY_ECONN;
         }
+        if (now_ns() >= f->deadline_ns) {
+            snprintf(msg, cap, "shm: segment %.64s: its notification socket accepted no connection before the "
+                     "request's deadline (the process stopped or not accepting)", p->name);
+            return FERRY_ETIMEDOUT;
+        }
+        struct timespec nap = {0, 1000000};
+        nanosleep(&nap, NULL);
+    }
+    int fl = fcntl(p->notify_fd, F_GETFL);
+    if (fl < 0 || fcntl(p->notify_fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        snprintf(msg, cap, "shm: segment %.64s: notification socket: %s", p->name, strerror(errno));
+        return FERRY_ECONN;
+    }
+    return 0;
+}
+
+static int send_locked(struct shm_peer *p, const struct xfer_frame *f, char *msg, size_t cap)
+{
+    /* the target closes a connection idle for FERRY_IDLE_TIMEOUT_MS:
+     * retire ours at half of it, so a message never races that close */
+    uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
+    if (p->notify_fd >= 0 && idle_ns && now_ns() - p->notify_last_ns >= idle_ns / 2)
+        shm_notify_close(p);
+    bool reused = p->notify_fd >= 0;
+again:
+    if (p->notify_fd < 0) {
+        int rc = notify_connect(p, f, msg, cap);
+        if (rc)
+            return rc;
         if (auth_enabled(p->t->host.auth)) {
             int rc = auth_client(p->notify_fd, p->t->host.auth, AUTH_SHM, p->name, f->deadline_ns, NULL);
             if (rc) {
@@ -350,7 +421,13 @@ static int send_locked(struct shm_peer *p, const struct xfer_frame *f, char *msg
     memcpy(buf + 2, from, name_len);
     if (len)
         memcpy(buf + 2 + name_len, f->notify_msg, len);
+    p->notify_last_ns = now_ns();
     if (send(p->notify_fd, buf, 2 + name_len + len, MSG_NOSIGNAL) != (ssize_t)(2 + name_len + len)) {
+        if (reused && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)) {
+            shm_notify_close(p); /* the target closed it meanwhile (idle): once more on a new one */
+            reused = false;
+            goto again;
+        }
         snprintf(msg, cap, "shm: segment %.64s: sending a notification: %s", p->name, strerror(errno));
         return FERRY_ECONN;
     }
