@@ -544,8 +544,10 @@ static void *worker_main(void *arg)
 
 #define SPIN_US_DEFAULT 50u
 #define SPIN_US_MAX 100000u
+#define LANE_STREAMS_DEFAULT 1u
 
-/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX)
+ * and FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX). */
 static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
@@ -560,6 +562,11 @@ static int knobs_read(struct shm_transport *t)
     if (rc < 0)
         return rc;
     t->spin_ns = v * 1000u;
+    v = LANE_STREAMS_DEFAULT;
+    rc = config_env_number("FERRY_SHM_LANE_STREAMS", false, 1, SHM_LANE_STREAMS_MAX, "streams, 1-4", &v);
+    if (rc < 0)
+        return rc;
+    t->lane_streams = (unsigned)v;
     return 0;
 }
 
