@@ -665,8 +665,8 @@ int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
 /* Before sleeping on cond: polls b->ends for up to FERRY_WAIT_SPIN_US, so
  * that a batch ending soon wakes its waiter without a futex wake-up (which
  * costs microseconds, tens in a VM).  Only a thread waiting for a batch
- * spins, and only that long (never past its timeout): an idle engine
- * spends nothing.  b->lock held
+ * spins, only that long (never past its timeout) and only while recent
+ * waits were shorter (wait_learn): an idle engine spends nothing.  b->lock held
  * on entry and on return; the caller checks finished() again. */
 static void spin_for_end(struct ferry_batch *b, uint64_t spin_ns)
 {
@@ -678,27 +678,45 @@ static void spin_for_end(struct ferry_batch *b, uint64_t spin_ns)
     pthread_mutex_lock(&b->lock);
 }
 
+/* How long waits for unfinished batches take, lately (a moving mean over
+ * the engine's waiters; a race between two updates loses one sample).  A
+ * waiter spins only while this is below FERRY_WAIT_SPIN_US: where batches
+ * take longer (large or staged ones), the spin would only burn the time. */
+static void wait_learn(ferry_engine *e, uint64_t took_ns)
+{
+    uint64_t mean = atomic_load_explicit(&e->wait_recent_ns, memory_order_relaxed);
+    atomic_store_explicit(&e->wait_recent_ns, mean - mean / 4 + took_ns / 4, memory_order_relaxed);
+}
+
 int ferry_batch_wait(ferry_batch *b, int timeout_ms)
 {
     if (!b)
         return ferry_fail(FERRY_EINVAL, "batch_wait: batch is NULL");
     struct timespec until = timespec_in_ms(CLOCK_REALTIME, timeout_ms >= 0 ? timeout_ms : 0);
     pthread_mutex_lock(&b->lock);
-    uint64_t spin_ns = b->e->wait_spin_ns;
+    ferry_engine *e = b->e;
+    uint64_t spin_ns = e->wait_spin_ns, began = 0;
     if (timeout_ms >= 0 && spin_ns > (uint64_t)timeout_ms * 1000000u)
         spin_ns = (uint64_t)timeout_ms * 1000000u;
-    if (spin_ns && !finished(b))
-        spin_for_end(b, spin_ns);
+    if (spin_ns && !finished(b)) {
+        began = now_ns();
+        if (atomic_load_explicit(&e->wait_recent_ns, memory_order_relaxed) < spin_ns)
+            spin_for_end(b, spin_ns);
+    }
     while (!finished(b)) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&b->cond, &b->lock);
         } else if (pthread_cond_timedwait(&b->cond, &b->lock, &until) == ETIMEDOUT && !finished(b)) {
             size_t left = b->count - b->ended;
             pthread_mutex_unlock(&b->lock);
+            if (began)
+                wait_learn(e, now_ns() - began);
             return ferry_fail(FERRY_ETIMEDOUT, "batch_wait: %zu of %zu requests still running after %d ms", left,
                               b->count, timeout_ms);
         }
     }
+    if (began)
+        wait_learn(e, now_ns() - began);
     int rc = 0;
     for (size_t i = 0; i < b->count && !rc; i++) {
         if (b->reqs[i].state != FERRY_COMPLETED)

@@ -91,7 +91,7 @@ int engine_publish(ferry_engine *e)
 
 /* ------------------------------------------------------------ lifecycle */
 
-#define WAIT_SPIN_US_DEFAULT 0u
+#define WAIT_SPIN_US_DEFAULT 50u
 #define WAIT_SPIN_US_MAX 10000u
 
 static int copy_config(ferry_engine *e, const struct ferry_config *cfg)

@@ -369,9 +369,10 @@ static void job_end(struct shm_group *g);
 
 /* Small copies go on the device's lane, in order: four 8 MiB jobs of 64 KiB
  * copies from four threads moved 274-281 GB/s that way against 203-267 on
- * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md); jobs of
- * 1 MiB copies moved 368-372 on their own streams against 317-320 in order
- * (they overlap each other's launches).  The bound lies between the two. */
+ * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md), and
+ * 296-314 on a lane of two streams taken in turn (FERRY_SHM_LANE_STREAMS);
+ * jobs of 1 MiB copies moved 368-372 on their own streams against 317-320
+ * in order (they overlap each other's launches).  The bound lies between. */
 #define LANE_MEAN_MAX ((uint64_t)256 << 10)
 
 static bool lane_suits(const struct copy_batch *cb)
@@ -544,7 +545,7 @@ static void *worker_main(void *arg)
 
 #define SPIN_US_DEFAULT 50u
 #define SPIN_US_MAX 100000u
-#define LANE_STREAMS_DEFAULT 1u
+#define LANE_STREAMS_DEFAULT 2u
 
 /* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX)
  * and FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX). */
