@@ -34,7 +34,12 @@
 #include "net.h"
 #include "transport/shm/shm.h"
 
-#define POLL_QUERY_EVERY 32          /* polls of a mark between two stream queries */
+/* A job's mark is polled in host memory; the stream is queried (for a
+ * failure, which leaves the mark unwritten) only this long after the last
+ * query: a query takes the driver's locks that the submitting threads'
+ * launches need, and a job of small copies ends within tens of
+ * microseconds, mostly before its first query. */
+#define POLL_QUERY_NS 200000ull
 #define POLL_SPIN_NS 2000000ull      /* yield this long, then sleep between polls */
 
 struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev)
@@ -147,12 +152,14 @@ int shm_lane_wait(struct shm_group *g)
     struct shm_lane *lane = g->lane;
     struct shm_lane_stream *ls = g->ls;
     const volatile uint32_t *mark = &lane->marks[(size_t)g->id * SHM_MARK_STRIDE];
-    uint64_t start = now_ns();
+    uint64_t start = now_ns(), queried = start;
     int rc = 0;
-    for (unsigned polls = 1;; polls++) {
+    for (;;) {
         if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) == g->mark)
             break;
-        if (polls % POLL_QUERY_EVERY == 0) {
+        uint64_t now = now_ns();
+        if (now - queried >= POLL_QUERY_NS) {
+            queried = now;
             rc = lane->ops->stream_query(ls->stream);
             if (rc == 0 && __atomic_load_n(mark, __ATOMIC_ACQUIRE) != g->mark)
                 rc = ferry_fail(FERRY_EIO, "shm: %s:%d: a job's copies ended without their mark", lane->ops->kind,
@@ -161,7 +168,7 @@ int shm_lane_wait(struct shm_group *g)
                 break;
             rc = 0;
         }
-        if (now_ns() - start < POLL_SPIN_NS) {
+        if (now - start < POLL_SPIN_NS) {
             sched_yield();
         } else {
             struct timespec nap = {0, 20000};
