@@ -101,6 +101,11 @@ static const struct knob knobs[] = {
       "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
       "bench/trace_batches.py reads it); empty: off"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_WAIT_SPIN_US", "50",
+      "ferry_batch_wait polls this long (0-10000) for the batch's end before it sleeps, while the engine's recent "
+      "waits were shorter: a batch that ends meanwhile wakes its waiter without a futex wake-up; costs the waiting "
+      "thread's core, never an idle one"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_SHM_SUBMIT_COPIES", "2",
@@ -111,6 +116,10 @@ static const struct knob knobs[] = {
     {{"FERRY_SHM_SPIN_US", "50",
       "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
       "transport finds it awake"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_SHM_LANE_STREAMS", "2",
+      "shm, device to device: streams a device's lane of small-copy jobs takes in turn (1-4); over 1, a job's "
+      "launch overlaps the end of the one before"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE", "auto",
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "

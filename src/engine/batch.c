@@ -73,6 +73,7 @@ struct ferry_batch {
 
     atomic_int waking;       /* completions that let the lock go and have yet to broadcast
                               * (ferry_batch_free waits them out) */
+    atomic_uint ends;        /* bumped before every broadcast of cond: a spinning waiter's cue */
     size_t deferred;         /* stream-ordered submits not yet made (batch_defer) */
     int deferred_error;      /* the first one that failed when it was made */
     char deferred_msg[160];
@@ -152,6 +153,7 @@ static void notify_frame_done(struct xfer_frame *f, int err, uint64_t refused, c
     }
     if (--b->frames_out == 0)
         b->note_state = NOTE_DONE;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
     pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->lock);
 }
@@ -198,6 +200,7 @@ static void data_frame_done(struct xfer_frame *f, int err, uint64_t refused, con
     if (wake) {
         TRACE(TR_BATCH_DONE, b->count);
         atomic_fetch_add(&b->waking, 1);
+        atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
     }
     pthread_mutex_unlock(&b->lock);
     if (wake) { /* after unlocking: the waiter wakes to a free lock, not to wait for it again */
@@ -339,13 +342,28 @@ static bool reaches(ferry_engine *e, struct segment *s, size_t t, const struct f
                           e->tops[t]->can_reach(e->tstate[t], s->peer[t], q->target_offset, q->length));
 }
 
+/* The transports that can access local region r, one bit each. */
+static uint32_t accessors(ferry_engine *e, const struct memreg_region *r)
+{
+    uint32_t bits = 0;
+    for (size_t t = 0; t < e->ntransports; t++)
+        if (e->tops[t]->can_access(e->tstate[t], r))
+            bits |= 1u << t;
+    return bits;
+}
+
 /* Validates the remote side of every request and picks each one's transport.
  * Caller holds seg_lock for reading.  On a range miss it reports which
- * segment so the caller can refresh its descriptor once and retry. */
+ * segment so the caller can refresh its descriptor once and retry.  Which
+ * transports can access the local memory is asked once per registration
+ * that requests in a row lie in (can_access judges the registration). */
 static int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n,
                           const struct memreg_region *locals, struct slice_req *out, uint64_t *miss)
 {
+    _Static_assert(FERRY_MAX_TRANSPORTS <= 32, "accessors() returns one bit per transport");
     struct segment *s = NULL;
+    const struct memreg_region *asked = NULL;
+    uint32_t access = 0;
     for (size_t i = 0; i < n; i++) {
         const struct ferry_request *q = &reqs[i];
         if (!s || s->handle != q->target)
@@ -358,9 +376,13 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
             return ferry_fail(FERRY_ERANGE, "request %zu: remote range 0x%llx+%zu is outside every buffer of %s", i,
                               (unsigned long long)q->target_offset, q->length, s->name);
         }
+        if (!asked || asked->addr != locals[i].addr || asked->len != locals[i].len) {
+            access = accessors(e, &locals[i]);
+            asked = &locals[i];
+        }
         int route = -1; /* the best-ranked transport that reaches both sides */
         for (size_t t = 0; t < e->ntransports; t++)
-            if (reaches(e, s, t, q) && e->tops[t]->can_access(e->tstate[t], &locals[i]) &&
+            if ((access >> t & 1) && reaches(e, s, t, q) &&
                 (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
                 route = (int)t;
         int pool = route < 0 ? engine_pool_index(e, locals[i].location) : -1;
@@ -391,13 +413,16 @@ static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, 
     int rc = slice_plan_make(sreqs, n, e->cfg.slice_size, e->cfg.coalesce_max, &node->plan);
     if (rc)
         return rc;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) { /* field by field: a slot's message is 160 bytes nobody reads yet */
         struct req_slot *r = &b->reqs[b->count + i];
-        memset(r, 0, sizeof *r);
         r->state = FERRY_PENDING;
-        r->segment = sreqs[i].segment;
+        r->error = 0;
+        r->remaining = 0;
         r->route = sreqs[i].route;
+        r->transferred = 0;
+        r->segment = sreqs[i].segment;
         r->acc = &node->accs[i];
+        r->msg[0] = '\0';
     }
     for (size_t i = 0; i < node->plan.npieces; i++)
         b->reqs[node->plan.pieces[i].request].remaining++;
@@ -613,6 +638,7 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
     /* the batch is finished (and may be freed) once this lock is let go */
     b->deferred--;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
     pthread_cond_broadcast(&b->cond);
     pthread_mutex_unlock(&b->lock);
     return rc;
@@ -639,22 +665,61 @@ int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
     return rc;
 }
 
+/* Before sleeping on cond: polls b->ends for up to FERRY_WAIT_SPIN_US, so
+ * that a batch ending soon wakes its waiter without a futex wake-up (which
+ * costs microseconds, tens in a VM).  Only a thread waiting for a batch
+ * spins, only that long (never past its timeout) and only while recent
+ * waits were shorter (wait_learn): an idle engine spends nothing.  b->lock held
+ * on entry and on return; the caller checks finished() again. */
+static void spin_for_end(struct ferry_batch *b, uint64_t spin_ns)
+{
+    unsigned seen = atomic_load_explicit(&b->ends, memory_order_relaxed);
+    pthread_mutex_unlock(&b->lock);
+    uint64_t start = now_ns();
+    while (atomic_load_explicit(&b->ends, memory_order_acquire) == seen && now_ns() - start < spin_ns)
+        sched_yield();
+    pthread_mutex_lock(&b->lock);
+}
+
+/* How long waits for unfinished batches take, lately (a moving mean over
+ * the engine's waiters; a race between two updates loses one sample).  A
+ * waiter spins only while this is below FERRY_WAIT_SPIN_US: where batches
+ * take longer (large or staged ones), the spin would only burn the time. */
+static void wait_learn(ferry_engine *e, uint64_t took_ns)
+{
+    uint64_t mean = atomic_load_explicit(&e->wait_recent_ns, memory_order_relaxed);
+    atomic_store_explicit(&e->wait_recent_ns, mean - mean / 4 + took_ns / 4, memory_order_relaxed);
+}
+
 int ferry_batch_wait(ferry_batch *b, int timeout_ms)
 {
     if (!b)
         return ferry_fail(FERRY_EINVAL, "batch_wait: batch is NULL");
     struct timespec until = timespec_in_ms(CLOCK_REALTIME, timeout_ms >= 0 ? timeout_ms : 0);
     pthread_mutex_lock(&b->lock);
+    ferry_engine *e = b->e;
+    uint64_t spin_ns = e->wait_spin_ns, began = 0;
+    if (timeout_ms >= 0 && spin_ns > (uint64_t)timeout_ms * 1000000u)
+        spin_ns = (uint64_t)timeout_ms * 1000000u;
+    if (spin_ns && !finished(b)) {
+        began = now_ns();
+        if (atomic_load_explicit(&e->wait_recent_ns, memory_order_relaxed) < spin_ns)
+            spin_for_end(b, spin_ns);
+    }
     while (!finished(b)) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&b->cond, &b->lock);
         } else if (pthread_cond_timedwait(&b->cond, &b->lock, &until) == ETIMEDOUT && !finished(b)) {
             size_t left = b->count - b->ended;
             pthread_mutex_unlock(&b->lock);
+            if (began)
+                wait_learn(e, now_ns() - began);
             return ferry_fail(FERRY_ETIMEDOUT, "batch_wait: %zu of %zu requests still running after %d ms", left,
                               b->count, timeout_ms);
         }
     }
+    if (began)
+        wait_learn(e, now_ns() - began);
     int rc = 0;
     for (size_t i = 0; i < b->count && !rc; i++) {
         if (b->reqs[i].state != FERRY_COMPLETED)

@@ -15,6 +15,7 @@
 #include <sys/random.h>
 
 #include "abi.h"
+#include "config.h"
 #include "device/device.h"
 #include "engine/engine.h"
 #include "err.h"
@@ -89,6 +90,9 @@ int engine_publish(ferry_engine *e)
 }
 
 /* ------------------------------------------------------------ lifecycle */
+
+#define WAIT_SPIN_US_DEFAULT 50u
+#define WAIT_SPIN_US_MAX 10000u
 
 static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
 {
@@ -253,6 +257,13 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         return rc;
     }
     atomic_store_explicit(&ferry_log_level, e->cfg.log_level, memory_order_relaxed);
+    uint64_t spin_us = WAIT_SPIN_US_DEFAULT;
+    if ((rc = config_env_number("FERRY_WAIT_SPIN_US", false, 0, WAIT_SPIN_US_MAX, "microseconds, 0-10000",
+                                &spin_us)) < 0) {
+        free(e);
+        return rc;
+    }
+    e->wait_spin_ns = spin_us * 1000u;
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
     notify_queue_init(&e->notes, e->cfg.notify_queue_max);

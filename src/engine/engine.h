@@ -106,6 +106,8 @@ struct ferry_engine {
 
     _Atomic(struct stream_runner *) streams; /* stream-ordered submits (stream.c); created on first use */
     struct auth_key auth;           /* the shared secret (len 0: authentication off) */
+    uint64_t wait_spin_ns;          /* FERRY_WAIT_SPIN_US: ferry_batch_wait polls this long before it sleeps */
+    atomic_uint_fast64_t wait_recent_ns; /* moving mean of recent waits for an unfinished batch (batch.c) */
 };
 
 /* Publishes the current descriptor through the metadata backend (a no-op

@@ -240,7 +240,7 @@ static void jobs(void **state)
 }
 
 /* FERRY_SHM_SUBMIT_COPIES takes 0, 1 or 2 (empty: the default), FERRY_SHM_SPIN_US
- * 0-100000; anything else stops the transport from starting, naming the
+ * 0-100000, FERRY_SHM_LANE_STREAMS 1-4; anything else stops the transport from starting, naming the
  * variable. */
 static void knobs_malformed(void **state)
 {
@@ -278,6 +278,19 @@ static void knobs_malformed(void **state)
         if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_SPIN_US"))
             fail_msg("FERRY_SHM_SPIN_US=%s: %s: %s", bad_spin[i], ferry_err_name(rc), ferry_last_error());
     }
+    unsetenv("FERRY_SHM_SPIN_US");
+    static const char *bad_lanes[] = {"0", "5", "2x", " 2"};
+    for (size_t i = 0; i < sizeof bad_lanes / sizeof bad_lanes[0]; i++) {
+        setenv("FERRY_SHM_LANE_STREAMS", bad_lanes[i], 1);
+        struct ferry_config cfg;
+        ferry_engine *e = NULL;
+        assert_int_equal(ferry_config_init(&cfg), 0);
+        cfg.protocols = "shm";
+        int rc = ferry_engine_create(&cfg, &e);
+        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_LANE_STREAMS"))
+            fail_msg("FERRY_SHM_LANE_STREAMS=%s: %s: %s", bad_lanes[i], ferry_err_name(rc), ferry_last_error());
+    }
+    unsetenv("FERRY_SHM_LANE_STREAMS");
     setenv("FERRY_SHM_SPIN_US", "0", 1); /* never polls: the workers sleep at once */
     struct ferry_config cfg;
     ferry_engine *e = NULL;

@@ -64,6 +64,8 @@ static const struct env_knob_case tcp_knobs[] = {
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
+    /* not tcp's: the engine's own, read the same way at start */
+    {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "auto"}, {"", "0", "50", "10000"}},
 };
 
 static void tcp_knobs_checked(void **state)

@@ -35,6 +35,7 @@
 #define SHM_NOTIFY_MAX_NAME 127
 #define SHM_NOTIFY_MAX 4096          /* a notification's bytes (ferry_batch_set_notify) */
 #define SHM_LANES 8                   /* (device backend, device) pairs with a lane of jobs */
+#define SHM_LANE_STREAMS_MAX 4        /* streams of one lane (FERRY_SHM_LANE_STREAMS) */
 
 /*
  * The registry: a memfd the engine alone writes (sealed against any new
@@ -185,6 +186,7 @@ struct shm_transport {
     pthread_mutex_t lanes_lock;       /* lanes[] */
     struct shm_lane *lanes[SHM_LANES];
     uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
+    unsigned lane_streams;            /* FERRY_SHM_LANE_STREAMS */
     atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
     unsigned nworkers;
@@ -251,12 +253,16 @@ struct shm_lane_stream {
  * so the device runs them one after the other at full speed instead of
  * sharing itself among all of them (their ends then come one at a time, and
  * the submitting threads' work between batches overlaps the next jobs'
- * copies).  Each job's end is a mark the device stores in host memory. */
+ * copies).  With width 2 or more, jobs take `width` streams in turn: the
+ * next job's launch overlaps the tail of the one before.  Each job's end is
+ * a mark the device stores in host memory. */
 struct shm_lane {
     const struct ferry_device_ops *ops;
     int dev;
     pthread_mutex_t lock;             /* a job's copies and its mark go in together */
-    struct shm_lane_stream *cur;
+    unsigned width;                   /* FERRY_SHM_LANE_STREAMS: streams jobs take in turn */
+    unsigned turn;                    /* the stream the next job takes */
+    struct shm_lane_stream *cur[SHM_LANE_STREAMS_MAX];
     uint32_t *marks;                  /* host_alloc: a word per job, SHM_MARK_STRIDE apart */
     atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP): not used any more */
 };

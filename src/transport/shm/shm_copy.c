@@ -369,9 +369,10 @@ static void job_end(struct shm_group *g);
 
 /* Small copies go on the device's lane, in order: four 8 MiB jobs of 64 KiB
  * copies from four threads moved 274-281 GB/s that way against 203-267 on
- * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md); jobs of
- * 1 MiB copies moved 368-372 on their own streams against 317-320 in order
- * (they overlap each other's launches).  The bound lies between the two. */
+ * streams of their own (2 x H200 over NVLink, docs/BENCHMARKS.md), and
+ * 296-314 on a lane of two streams taken in turn (FERRY_SHM_LANE_STREAMS);
+ * jobs of 1 MiB copies moved 368-372 on their own streams against 317-320
+ * in order (they overlap each other's launches).  The bound lies between. */
 #define LANE_MEAN_MAX ((uint64_t)256 << 10)
 
 static bool lane_suits(const struct copy_batch *cb)
@@ -544,8 +545,10 @@ static void *worker_main(void *arg)
 
 #define SPIN_US_DEFAULT 50u
 #define SPIN_US_MAX 100000u
+#define LANE_STREAMS_DEFAULT 2u
 
-/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2) and FERRY_SHM_SPIN_US (0..SPIN_US_MAX). */
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX)
+ * and FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX). */
 static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
@@ -560,6 +563,11 @@ static int knobs_read(struct shm_transport *t)
     if (rc < 0)
         return rc;
     t->spin_ns = v * 1000u;
+    v = LANE_STREAMS_DEFAULT;
+    rc = config_env_number("FERRY_SHM_LANE_STREAMS", false, 1, SHM_LANE_STREAMS_MAX, "streams, 1-4", &v);
+    if (rc < 0)
+        return rc;
+    t->lane_streams = (unsigned)v;
     return 0;
 }
 

@@ -24,6 +24,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,6 +86,33 @@ bool shm_peer_gone(const struct shm_peer *p)
 
 static _Atomic uint64_t next_ticket;
 
+/* This process's pid for announcements, asked of the kernel once rather
+ * than per frame (getpid is a system call: about 1 us in a VM); forgotten in
+ * a fork's child, which asks again. */
+static atomic_int own_pid;
+static pthread_once_t own_pid_once = PTHREAD_ONCE_INIT;
+
+static void own_pid_forget(void)
+{
+    atomic_store_explicit(&own_pid, 0, memory_order_relaxed);
+}
+
+static void own_pid_watch(void)
+{
+    (void)pthread_atfork(NULL, NULL, own_pid_forget);
+}
+
+static uint64_t self_pid(void)
+{
+    pthread_once(&own_pid_once, own_pid_watch);
+    int pid = atomic_load_explicit(&own_pid, memory_order_relaxed);
+    if (!pid) {
+        pid = (int)getpid();
+        atomic_store_explicit(&own_pid, pid, memory_order_relaxed);
+    }
+    return (uint64_t)pid;
+}
+
 static bool owner_dead(uint64_t word)
 {
     pid_t pid = (pid_t)(word & SHM_ANN_PID_MASK);
@@ -98,7 +126,7 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
 {
     struct shm_peer *p = fr->p;
     uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
-                 ((uint64_t)getpid() & SHM_ANN_PID_MASK);
+                 (self_pid() & SHM_ANN_PID_MASK);
     uint32_t start = (uint32_t)(((uintptr_t)fr->g >> 6) % SHM_ANNOUNCE_SLOTS);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {

@@ -8,7 +8,9 @@
  * four threads each take four times as long, end together, and their
  * threads then all do their CPU work between batches while the device has
  * nothing to do.  On one stream the jobs run in the order they were issued,
- * each at the device's full speed, and end one after another.  A job's end
+ * each at the device's full speed, and end one after another
+ * (FERRY_SHM_LANE_STREAMS=2..4: jobs take that many streams in turn, so a
+ * job's launch and start overlap the end of the one before).  A job's end
  * is a mark: the device stores the job's value into a word of host memory
  * (stream_mark) once its copies are done, and the worker that ends the job
  * polls that word (querying the stream now and then for a failure).
@@ -21,6 +23,7 @@
  */
 #include <errno.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +34,12 @@
 #include "net.h"
 #include "transport/shm/shm.h"
 
-#define POLL_QUERY_EVERY 32          /* polls of a mark between two stream queries */
+/* A job's mark is polled in host memory; the stream is queried (for a
+ * failure, which leaves the mark unwritten) only this long after the last
+ * query: a query takes the driver's locks that the submitting threads'
+ * launches need, and a job of small copies ends within tens of
+ * microseconds, mostly before its first query. */
+#define POLL_QUERY_NS 200000ull
 #define POLL_SPIN_NS 2000000ull      /* yield this long, then sleep between polls */
 
 struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev)
@@ -49,6 +57,7 @@ struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device
     if (!lane && i < SHM_LANES && (lane = calloc(1, sizeof *lane)) != NULL) {
         lane->ops = ops;
         lane->dev = dev;
+        lane->width = t->lane_streams;
         pthread_mutex_init(&lane->lock, NULL);
         if (ops->host_alloc((size_t)SHM_JOBS * SHM_MARK_STRIDE * sizeof(uint32_t), (void **)&lane->marks) != 0) {
             LOG_WARN("shm: %s:%d: no memory for job marks (%s); its jobs take streams of their own", ops->kind, dev,
@@ -70,17 +79,20 @@ static void stream_free(const struct shm_lane *lane, struct shm_lane_stream *ls)
     free(ls);
 }
 
-/* The lane's stream for the next job (lane lock held).  0 or FERRY_E*. */
+/* The lane's stream for the next job: the streams take jobs in turn (lane
+ * lock held).  0 or FERRY_E*. */
 static int current(struct shm_lane *lane, struct shm_lane_stream **out)
 {
-    struct shm_lane_stream *ls = lane->cur;
+    struct shm_lane_stream **slot = &lane->cur[lane->turn];
+    struct shm_lane_stream *ls = *slot;
+    lane->turn = (lane->turn + 1) % lane->width;
     if (ls && !ls->broken) {
         *out = ls;
         return 0;
     }
     if (ls && !ls->refs) /* retired and idle; else its last job frees it */
         stream_free(lane, ls);
-    lane->cur = NULL;
+    *slot = NULL;
     if ((ls = calloc(1, sizeof *ls)) == NULL)
         return ferry_fail(FERRY_ENOMEM, "shm: a lane stream");
     int rc = lane->ops->stream_create(lane->dev, &ls->stream);
@@ -88,8 +100,17 @@ static int current(struct shm_lane *lane, struct shm_lane_stream **out)
         free(ls);
         return rc;
     }
-    lane->cur = *out = ls;
+    *slot = *out = ls;
     return 0;
+}
+
+/* ls is one of the lane's streams, not retired from it (lane lock held). */
+static bool in_turn(const struct shm_lane *lane, const struct shm_lane_stream *ls)
+{
+    for (unsigned i = 0; i < lane->width; i++)
+        if (lane->cur[i] == ls)
+            return true;
+    return false;
 }
 
 int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
@@ -131,12 +152,14 @@ int shm_lane_wait(struct shm_group *g)
     struct shm_lane *lane = g->lane;
     struct shm_lane_stream *ls = g->ls;
     const volatile uint32_t *mark = &lane->marks[(size_t)g->id * SHM_MARK_STRIDE];
-    uint64_t start = now_ns();
+    uint64_t start = now_ns(), queried = start;
     int rc = 0;
-    for (unsigned polls = 1;; polls++) {
+    for (;;) {
         if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) == g->mark)
             break;
-        if (polls % POLL_QUERY_EVERY == 0) {
+        uint64_t now = now_ns();
+        if (now - queried >= POLL_QUERY_NS) {
+            queried = now;
             rc = lane->ops->stream_query(ls->stream);
             if (rc == 0 && __atomic_load_n(mark, __ATOMIC_ACQUIRE) != g->mark)
                 rc = ferry_fail(FERRY_EIO, "shm: %s:%d: a job's copies ended without their mark", lane->ops->kind,
@@ -145,7 +168,7 @@ int shm_lane_wait(struct shm_group *g)
                 break;
             rc = 0;
         }
-        if (now_ns() - start < POLL_SPIN_NS) {
+        if (now - start < POLL_SPIN_NS) {
             sched_yield();
         } else {
             struct timespec nap = {0, 20000};
@@ -155,7 +178,7 @@ int shm_lane_wait(struct shm_group *g)
     pthread_mutex_lock(&lane->lock);
     if (rc)
         ls->broken = true;
-    bool last = --ls->refs == 0 && ls->broken && lane->cur != ls;
+    bool last = --ls->refs == 0 && ls->broken && !in_turn(lane, ls);
     pthread_mutex_unlock(&lane->lock);
     if (last)
         stream_free(lane, ls);
@@ -168,8 +191,9 @@ void shm_lanes_free(struct shm_transport *t)
 {
     for (size_t i = 0; i < SHM_LANES && t->lanes[i]; i++) {
         struct shm_lane *lane = t->lanes[i];
-        if (lane->cur)
-            stream_free(lane, lane->cur);
+        for (unsigned k = 0; k < lane->width; k++)
+            if (lane->cur[k])
+                stream_free(lane, lane->cur[k]);
         if (lane->marks)
             lane->ops->host_free(lane->marks);
         pthread_mutex_destroy(&lane->lock);
