@@ -122,9 +122,9 @@ static const struct knob knobs[] = {
       "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
       "before the next retire, and costs a core while transfers run"},
      KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_GROUP", "16",
-      "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch of up "
-      "to 1,024 blocks) and waits for once (1-16)"},
+    {{"FERRY_STAGING_GROUP", "2",
+      "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
+      "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP_FIRST", "2",
       "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "

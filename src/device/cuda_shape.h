@@ -15,7 +15,7 @@
 #define CUDA_SHAPE_THREADS_DEFAULT "256"
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
-#define CUDA_SHAPE_COPIES_DEFAULT "1024"
+#define CUDA_SHAPE_COPIES_DEFAULT "128"
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)

@@ -5,8 +5,8 @@
  *
  * The chunks that became ready together are issued in groups: one
  * copy_async for the copies of up to FERRY_STAGING_GROUP chunks going the
- * same way (16: a 1,024-block batch is one launch of the CUDA kernel over
- * every SM), on the first one's stream, retired together (a launch and a
+ * same way (2; 16: a 1,024-block batch in one launch of the CUDA kernel of
+ * 1,024 copies), on the first one's stream, retired together (a launch and a
  * wait per group, not per chunk: what small blocks pay most).  A round's
  * first group takes at most FERRY_STAGING_GROUP_FIRST frames (2), so the
  * first chunks of a large WRITE reach the wire while the rest gather.
@@ -40,12 +40,14 @@
 #include "trace.h"
 #include "staging/aggregate.h"
 
-/* A group holds FERRY_STAGING_GROUP frames at most (16 by default, a whole
- * 1,024-block batch: one copy_async call, one launch of the CUDA kernel of
- * up to 1,024 copies) and goes to the device in one copy_async call; a
- * round's first group at most FERRY_STAGING_GROUP_FIRST (2: a larger one
- * holds its first chunk off the wire until the whole group is copied). */
-#define GROUP_DEFAULT 16u
+/* A group holds FERRY_STAGING_GROUP frames at most and goes to the device
+ * in one copy_async call (16: a whole 1,024-block batch, one launch of the
+ * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
+ * cost ~20 us more than a 128-copy one, so 2 by default: measured in
+ * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
+ * most FERRY_STAGING_GROUP_FIRST (2: a larger one holds its first chunk
+ * off the wire until the whole group is copied). */
+#define GROUP_DEFAULT 2u
 #define GROUP_FIRST_DEFAULT 2u
 #define GROUP_MAX 16u
 

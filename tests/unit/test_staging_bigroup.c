@@ -146,12 +146,26 @@ static void run(const char *group, const char *first, unsigned freed)
     assert_int_equal(bad_bytes, 0);
 }
 
-/* Defaults (16, first 2): the first group two frames, the other six one
- * group in one call of 384 copies on another stream. */
-static void defaults_first_two_then_one_call(void **state)
+/* Defaults (2, first 2): groups of two frames, each one call of 128
+ * copies on a stream of its own. */
+static void defaults_groups_of_two(void **state)
 {
     (void)state;
     run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    for (unsigned i = 0; i < NFRAMES / 2; i++) {
+        assert_int_equal(t.copies[i], 2 * PIECES);
+        if (i)
+            assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+    }
+}
+
+/* 16, first 2: the first group two frames, the other six one group in
+ * one call of 384 copies on another stream. */
+static void first_two_then_one_call(void **state)
+{
+    (void)state;
+    run("16", "", NFRAMES);
     assert_int_equal(t.ncalls, 2);
     assert_int_equal(t.copies[0], 2 * PIECES);
     assert_int_equal(t.copies[1], (NFRAMES - 2) * PIECES);
@@ -237,7 +251,8 @@ int main(void)
     recording = *sim;
     recording.copy_async = recording_copy_async;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(defaults_first_two_then_one_call),
+        cmocka_unit_test(defaults_groups_of_two),
+        cmocka_unit_test(first_two_then_one_call),
         cmocka_unit_test(one_call_for_the_round),
         cmocka_unit_test(group_of_four_after_a_first_of_two),
         cmocka_unit_test(group_of_one),
