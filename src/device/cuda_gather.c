@@ -2,9 +2,9 @@
 /*
  * cuda_gather.c — how the cuda backend enqueues a batch of copies: the
  * gather/scatter kernel (cuda_kernels.cu, from the PTX in
- * cuda_kernels_ptx.h; one launch moves up to 1,024 copies, the SMs
- * reading and writing mapped pinned host memory, or a peer's memory over
- * NVLink) where every address is known to be reachable, else the copy
+ * cuda_kernels_ptx.h; one launch moves up to 128 copies, or 1,024 with
+ * FERRY_CUDA_KERNEL_COPIES=1024, the SMs reading and writing mapped pinned
+ * host memory, or a peer's memory over NVLink) where every address is known to be reachable, else the copy
  * engine (cuMemcpyBatchAsync, or one cuMemcpy*Async per copy).  Owns the
  * address registries the kernel trusts and each device's loaded kernel.
  * Called with the stream's device's context current (cuda.c); no threads.

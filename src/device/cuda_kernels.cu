@@ -2,8 +2,9 @@
 /*
  * cuda_kernels.cu — the gather/scatter copy kernel of the CUDA backend.
  *
- * One launch moves a batch of up to 128 copies {dst, src, len} between device
- * memory and mapped pinned host memory (or device and device): the staging
+ * One launch moves a batch of up to 128 (or 1,024) copies {dst, src, len}
+ * between device memory and mapped pinned host memory (or device and
+ * device): the staging
  * gather (scattered device blocks -> one pinned chunk, D2H) and scatter (a
  * chunk -> device blocks, H2D).  The copy engine pays a fixed cost per copy
  * (cuMemcpyBatchAsync or one cuMemcpy*Async each); SMs writing straight into
