@@ -17,9 +17,11 @@
 # and smaller tiles for 4 KiB scatter; its tests add the 128-copy kernel and
 # the staging matrix with the target on cuda:1.  Round 5: scatter through a
 # device buffer (FERRY_STAGING_AGGREGATE=2M FERRY_CUDA_KERNEL_H2D_MAX=0) against
-# the kernel reading host memory, and the staging matrix that way.
+# the kernel reading host memory, and the staging matrix that way.  Round 6:
+# the worker's early wake-up, A/B against $BUILD/staging_bench_A (a build
+# without it), with pauses between batches; the tests on one and two GPUs.
 #
-#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3|4|5]
+#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3|4|5|6]
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.4}
@@ -85,6 +87,37 @@ elif [ "${1:-2}" = 4 ]; then
   goal before-again "${old[@]}"
   v after -- --batch=1024 cuda:0 "$S" 4096 65536
   v before "${old[@]}" -- --batch=1024 cuda:0 "$S" 4096 65536
+elif [ "${1:-2}" = 6 ]; then
+  # round 6: the worker woken when copies are taken, not after their launch:
+  # $B/staging_bench_A (built without it) against $B/staging_bench, one batch
+  # at a time with a 200 us pause between batches (the worker sleeps there)
+  sbB=$sb
+  ab() {
+    local label=$1
+    shift
+    sb="$B/staging_bench_A"
+    v "A:$label" -- "$@"
+    sb=$sbB
+    v "B:$label" -- "$@"
+  }
+  ab gap200 --gap=200 cuda:0 "$S" 16384 65536
+  ab gap200-1024 --gap=200 --batch=1024 cuda:0 "$S" 16384
+  ab gap200-again --gap=200 cuda:0 "$S" 16384 65536
+  ab nogap cuda:0 "$S" 16384
+  ab nogap-1024 --batch=1024 cuda:0 "$S" 16384
+  echo "## variants took $(( $(date +%s) - t0 )) s"
+  st=0
+  echo "### test_device_cuda, defaults"
+  timeout 40 "$B/tests/test_device_cuda" 2>&1 | tail -1 || st=1
+  echo "### test_staging cuda:0"
+  timeout 40 env FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-1gpu.txt" 2>&1 || st=1
+  grep -E '^\[ +(FAILED|PASSED|ERROR) ' "$OUT/staging-1gpu.txt"
+  echo "### test_staging cuda:0 -> cuda:1"
+  timeout 40 env FERRY_TEST_DEVICE=cuda:0 FERRY_TEST_TARGET_DEVICE=cuda:1 "$B/tests/test_staging" \
+    > "$OUT/staging-2gpu.txt" 2>&1 || st=1
+  grep -E '^\[ +(FAILED|PASSED|ERROR) ' "$OUT/staging-2gpu.txt"
+  echo "## all done at $(( $(date +%s) - t0 )) s, status $st"
+  exit $st
 elif [ "${1:-2}" = 5 ]; then
   # round 5: scatter through a device buffer (one copy-engine H2D of the
   # chunk, then the kernel scatters it in HBM) against the kernel reading
