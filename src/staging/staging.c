@@ -413,14 +413,6 @@ static void issue_ready(struct staging_pool *p)
         if (!n && !expired)
             return;
         p->issuing = true;
-        /* copies about to go: wake the worker now, so that its wake-up
-         * (tens of µs from a sleep) runs while this thread launches them,
-         * not after; it stays awake while this thread issues */
-        for (size_t i = 0; i < n; i++)
-            if (p->taken[i]->state != CHUNK_WIRE) {
-                pthread_cond_signal(&p->cond);
-                break;
-            }
         pthread_mutex_unlock(&p->lock);
         for (struct xfer_frame *f = expired, *next; f; f = next) {
             next = f->next;
@@ -495,10 +487,7 @@ static void *worker_main(void *arg)
         uint64_t t = now_ns();
         if (!idle_since)
             idle_since = t;
-        /* idle: poll for idle_spin_ns, then sleep; while another thread
-         * issues, copies are about to be in flight: poll (up to
-         * COPY_POLL_NS) rather than sleep and wake only after the launch */
-        if (p->issuing ? t - idle_since < COPY_POLL_NS : t - idle_since < p->idle_spin_ns) {
+        if (t - idle_since < p->idle_spin_ns && !p->issuing) {
             pthread_mutex_unlock(&p->lock);
             sched_yield();
             pthread_mutex_lock(&p->lock);
