@@ -11,9 +11,17 @@
 # timeout; the whole takes about 80-120 s at SECS=0.4.  Round 1 tries one
 # knob at a time; round 2 (the default) the 4 KiB tile against the old 16 KiB
 # and what might add to it; round 3 the two alternating, with a look at what
-# else runs on the machine.
+# else runs on the machine.  Round 4 (h16s2): one launch per batch (the
+# 1,024-copy kernel, FERRY_STAGING_GROUP=16 with a first group of 2) against
+# the earlier defaults (FERRY_CUDA_KERNEL_COPIES=128 FERRY_STAGING_GROUP=2),
+# and smaller tiles for 4 KiB scatter; its tests add the 128-copy kernel and
+# the staging matrix with the target on cuda:1.  Round 5: scatter through a
+# device buffer (FERRY_STAGING_AGGREGATE=2M FERRY_CUDA_KERNEL_H2D_MAX=0) against
+# the kernel reading host memory, and the staging matrix that way.  Round 6:
+# the worker's early wake-up, A/B against $BUILD/staging_bench_A (a build
+# without it), with pauses between batches; the tests on one and two GPUs.
 #
-#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3]
+#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3|4|5|6]
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.4}
@@ -63,6 +71,77 @@ if [ "${1:-2}" = 1 ]; then
   goal group4 "${old[@]}" FERRY_STAGING_GROUP=4
   v group16 "${old[@]}" FERRY_STAGING_GROUP=16 -- --batch=1024 cuda:0 "$S" 16384
   goal base-again "${old[@]}"
+elif [ "${1:-2}" = 4 ]; then
+  # round 4: one launch per batch against the earlier defaults
+  old=(FERRY_CUDA_KERNEL_COPIES=128 FERRY_STAGING_GROUP=2)
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+  v before "${old[@]}" -- cuda:0 "$S" 4096 16384 65536 1048576
+  v after -- cuda:0 "$S" 4096 16384 65536 1048576
+  goal before "${old[@]}"
+  goal after
+  goal after+first16 FERRY_STAGING_GROUP_FIRST=16
+  goal group16+copies128 FERRY_STAGING_GROUP=16 FERRY_CUDA_KERNEL_COPIES=128
+  goal after+tile2k+threads128 FERRY_CUDA_KERNEL_TILE=2048 FERRY_CUDA_KERNEL_THREADS=128
+  goal after+tile1k+threads64 FERRY_CUDA_KERNEL_TILE=1024 FERRY_CUDA_KERNEL_THREADS=64
+  goal after-again
+  goal before-again "${old[@]}"
+  v after -- --batch=1024 cuda:0 "$S" 4096 65536
+  v before "${old[@]}" -- --batch=1024 cuda:0 "$S" 4096 65536
+elif [ "${1:-2}" = 6 ]; then
+  # round 6: the worker woken when copies are taken, not after their launch:
+  # $B/staging_bench_A (built without it) against $B/staging_bench, one batch
+  # at a time with a 200 us pause between batches (the worker sleeps there)
+  sbB=$sb
+  ab() {
+    local label=$1
+    shift
+    sb="$B/staging_bench_A"
+    v "A:$label" -- "$@"
+    sb=$sbB
+    v "B:$label" -- "$@"
+  }
+  ab gap200 --gap=200 cuda:0 "$S" 16384 65536
+  ab gap200-1024 --gap=200 --batch=1024 cuda:0 "$S" 16384
+  ab gap200-again --gap=200 cuda:0 "$S" 16384 65536
+  ab nogap cuda:0 "$S" 16384
+  ab nogap-1024 --batch=1024 cuda:0 "$S" 16384
+  echo "## variants took $(( $(date +%s) - t0 )) s"
+  st=0
+  echo "### test_device_cuda, defaults"
+  timeout 40 "$B/tests/test_device_cuda" 2>&1 | tail -1 || st=1
+  echo "### test_staging cuda:0"
+  timeout 40 env FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-1gpu.txt" 2>&1 || st=1
+  grep -E '^\[ +(FAILED|PASSED|ERROR) ' "$OUT/staging-1gpu.txt"
+  echo "### test_staging cuda:0 -> cuda:1"
+  timeout 40 env FERRY_TEST_DEVICE=cuda:0 FERRY_TEST_TARGET_DEVICE=cuda:1 "$B/tests/test_staging" \
+    > "$OUT/staging-2gpu.txt" 2>&1 || st=1
+  grep -E '^\[ +(FAILED|PASSED|ERROR) ' "$OUT/staging-2gpu.txt"
+  echo "## all done at $(( $(date +%s) - t0 )) s, status $st"
+  exit $st
+elif [ "${1:-2}" = 5 ]; then
+  # round 5: scatter through a device buffer (one copy-engine H2D of the
+  # chunk, then the kernel scatters it in HBM) against the kernel reading
+  # host memory; then the staging matrix that way, and stop
+  agg=(FERRY_STAGING_AGGREGATE=2M FERRY_CUDA_KERNEL_H2D_MAX=0)
+  sg() {
+    local label=$1
+    shift
+    v "$label" "$@" -- --op=scatter --depth=4 cuda:0 "$S" 4096 16384 65536
+    v "$label" "$@" -- --op=scatter --batch=1024 cuda:0 "$S" 16384 65536
+  }
+  sg base
+  sg agg "${agg[@]}"
+  v base -- --op=scatter cuda:0 "$S" 16384 65536
+  v agg "${agg[@]}" -- --op=scatter cuda:0 "$S" 16384 65536
+  sg agg-again "${agg[@]}"
+  sg base-again
+  echo "## variants took $(( $(date +%s) - t0 )) s"
+  echo "### test_staging cuda:0, ${agg[*]}"
+  timeout 60 env "${agg[@]}" FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-agg.txt" 2>&1
+  st=$?
+  grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED|ERROR) ' "$OUT/staging-agg.txt"
+  echo "## all done at $(( $(date +%s) - t0 )) s, status $st"
+  exit $st
 elif [ "${1:-2}" = 3 ]; then
   # round 3: before / after again, alternating, with what else runs on the GPUs
   nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
@@ -103,6 +182,10 @@ echo "### test_device_cuda, defaults"
 timeout 60 "$B/tests/test_device_cuda" 2>&1 | tail -3 || status=1
 echo "### test_device_cuda, ${odd[*]}"
 timeout 60 env "${odd[@]}" "$B/tests/test_device_cuda" 2>&1 | tail -3 || status=1
+if [ "${1:-2}" = 4 ]; then
+  echo "### test_device_cuda, FERRY_CUDA_KERNEL_COPIES=128"
+  timeout 60 env FERRY_CUDA_KERNEL_COPIES=128 "$B/tests/test_device_cuda" 2>&1 | tail -3 || status=1
+fi
 # test_staging starts $B/tests/ferry_test_target for its target side
 echo "### test_staging cuda:0, defaults"
 timeout 60 env FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-default.txt" 2>&1 || status=1
@@ -112,5 +195,11 @@ odd2=(FERRY_CUDA_KERNEL_THREADS=128 FERRY_CUDA_KERNEL_LOADS=8 FERRY_CUDA_KERNEL_
 echo "### test_staging cuda:0, ${odd2[*]}"
 timeout 60 env "${odd2[@]}" FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" > "$OUT/staging-odd.txt" 2>&1 || status=1
 grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED|ERROR) ' "$OUT/staging-odd.txt"
+if [ "${1:-2}" = 4 ] && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  echo "### test_staging cuda:0 -> cuda:1, defaults"
+  timeout 60 env FERRY_TEST_DEVICE=cuda:0 FERRY_TEST_TARGET_DEVICE=cuda:1 "$B/tests/test_staging" \
+    > "$OUT/staging-2gpu.txt" 2>&1 || status=1
+  grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED|ERROR) ' "$OUT/staging-2gpu.txt"
+fi
 echo "## all done at $(( $(date +%s) - t0 )) s, status $status"
 exit $status

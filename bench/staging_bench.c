@@ -11,10 +11,15 @@
  * device, measured right before, as a ratio, and the latency of a batch
  * (submit to its last frame's end) at the median and the 99th percentile.
  *
- *   staging_bench [--batch=128] [--depth=1] [--op=both] [location=cuda:0] [seconds=2] [block sizes...]
+ *   staging_bench [--batch=128] [--depth=1] [--op=both] [--gap=0] [location=cuda:0] [seconds=2] [block sizes...]
  *
  * --depth: batches in flight at once (1: one after the other, what one
  * thread waiting for each batch sees; more: several requests staged at once).
+ * --gap=US: the main thread sleeps US microseconds after a batch ends before
+ * it submits it again (a caller with other work between batches, the wire
+ * time of an end-to-end transfer): the pool's worker then sleeps between
+ * batches, and the p50 / p99 show what its wake-up costs (GB/s counts the
+ * gaps too).
  * --op=gather or --op=scatter measures one direction only ("-" in the other's
  * columns).  FERRY_TRACE=PATH writes the pool's timeline (stage_issue / stage_retired)
  * with each batch's submit and end (batch_submit / batch_woken) at exit; read it with bench/trace_batches.py.
@@ -39,6 +44,7 @@
 
 static size_t batch = 128;
 static unsigned depth = 1;
+static unsigned gap_us;
 static int ops_wanted = 3; /* bit 0: gather, bit 1: scatter */
 
 /* One batch's frames; in flight until done == nframes. */
@@ -150,10 +156,15 @@ static struct result staged(struct staging_pool *pool, int op, char *dev, size_t
             b[d].start_ns = 0;
             if (!stop && (t = now_s()) - t0 >= seconds)
                 stop = true;
-            if (stop)
+            if (stop) {
                 live--;
-            else
-                batch_submit(pool, &b[d]);
+                continue;
+            }
+            if (gap_us) {
+                struct timespec gap = {gap_us / 1000000u, (long)(gap_us % 1000000u) * 1000};
+                nanosleep(&gap, NULL);
+            }
+            batch_submit(pool, &b[d]);
         }
     }
     t = now_s();
@@ -182,12 +193,14 @@ int main(int argc, char **argv)
             batch = strtoull(v, NULL, 0);
         else if ((v = option(argv[1], "--depth")))
             depth = (unsigned)strtoul(v, NULL, 0);
+        else if ((v = option(argv[1], "--gap")))
+            gap_us = (unsigned)strtoul(v, NULL, 0);
         else if ((v = option(argv[1], "--op")))
             ops_wanted = strcmp(v, "gather") == 0 ? 1 : strcmp(v, "scatter") == 0 ? 2 : strcmp(v, "both") == 0 ? 3 : 0;
         else
             batch = 0;
         if (batch == 0 || batch > BATCH_MAX || depth == 0 || depth > DEPTH_MAX || ops_wanted == 0) {
-            fprintf(stderr, "%s: want --batch=1..%d, --depth=1..%d and --op=gather|scatter|both\n", argv[1],
+            fprintf(stderr, "%s: want --batch=1..%d, --depth=1..%d, --gap=microseconds and --op=gather|scatter|both\n", argv[1],
                     BATCH_MAX, DEPTH_MAX);
             return 2;
         }

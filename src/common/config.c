@@ -132,8 +132,12 @@ static const struct knob knobs[] = {
       "before the next retire, and costs a core while transfers run"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
-      "frames whose device copies a staging pool issues together and waits for once (1-16; over 2: several calls "
-      "of up to 128 copies on one stream)"},
+      "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
+      "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16)"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_GROUP_FIRST", "2",
+      "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
+      "chunks of a large WRITE go to the wire while the rest are copied"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},

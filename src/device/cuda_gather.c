@@ -2,9 +2,9 @@
 /*
  * cuda_gather.c — how the cuda backend enqueues a batch of copies: the
  * gather/scatter kernel (cuda_kernels.cu, from the PTX in
- * cuda_kernels_ptx.h; one launch moves up to GATHER_MAX copies, the SMs
- * reading and writing mapped pinned host memory, or a peer's memory over
- * NVLink) where every address is known to be reachable, else the copy
+ * cuda_kernels_ptx.h; one launch moves up to 128 copies, or 1,024 with
+ * FERRY_CUDA_KERNEL_COPIES=1024, the SMs reading and writing mapped pinned
+ * host memory, or a peer's memory over NVLink) where every address is known to be reachable, else the copy
  * engine (cuMemcpyBatchAsync, or one cuMemcpy*Async per copy).  Owns the
  * address registries the kernel trusts and each device's loaded kernel.
  * Called with the stream's device's context current (cuda.c); no threads.
@@ -228,12 +228,18 @@ static const struct ferry_copy_engine copy_engine = {
 
 /* ---------------------------------------------------------------- gather kernel */
 
-/* One launch of ferry_copy_gather (cuda_kernels.cu) takes up to GATHER_MAX
- * copies inline in its parameter (mirrored there: keep both in step).  Each
- * CTA of cuda_kernel_shape.threads threads copies tiles of 2^cuda_kernel_shape.tile_shift bytes; a
- * grid of at most cuda_kernel_shape.ctas_per_sm CTAs per SM strides over the tiles
+/* One launch of ferry_copy_gather (cuda_kernels.cu) takes up to
+ * GATHER_MAX_SMALL copies inline in its parameter, one of
+ * ferry_copy_gather_1k up to GATHER_MAX (28,696 bytes of parameters: CUDA
+ * 12.1+, FERRY_CUDA_KERNEL_COPIES=1024): a staged batch of 16 chunks of 64
+ * blocks is one grid over every SM from its start, not eight launches that
+ * trickle in.  The parameter structs are mirrored there: keep both in step.
+ * Each CTA of cuda_kernel_shape.threads threads copies tiles of
+ * 2^cuda_kernel_shape.tile_shift bytes; a grid of at most
+ * cuda_kernel_shape.ctas_per_sm CTAs per SM strides over the tiles
  * (cuda_shape.h: FERRY_CUDA_KERNEL_*). */
-#define GATHER_MAX 128
+#define GATHER_MAX_SMALL 128
+#define GATHER_MAX 1024
 /* Copies averaging more than 1 MiB stay on the copy engine: its per-copy
  * cost no longer shows there, it is as fast or faster (D2H), and it leaves
  * the SMs to the application.  H2D has its own bound, cuda_kernel_shape.h2d_max: the
@@ -245,49 +251,95 @@ struct gather_copy {
     uint64_t dst, src, len;
 };
 
-struct gather_args {
-    uint32_t n;                          /* copies, 1..GATHER_MAX, each len > 0 */
+struct gather_head {
+    uint32_t n;                          /* copies, 1..the kernel's max, each len > 0 */
     uint32_t tile_shift;
     uint32_t ntiles;                     /* tile_start[n] */
     uint32_t loads;                      /* loads in flight per thread: 4 or 8 */
-    uint32_t tile_start[GATHER_MAX + 1]; /* copy i owns tiles [tile_start[i], tile_start[i+1]) */
+};
+
+/* Copy i owns tiles [tile_start[i], tile_start[i+1]). */
+struct gather_args_small {
+    struct gather_head h;
+    uint32_t tile_start[GATHER_MAX_SMALL + 1];
+    struct gather_copy copies[GATHER_MAX_SMALL];
+};
+struct gather_args_big {
+    struct gather_head h;
+    uint32_t tile_start[GATHER_MAX + 1];
     struct gather_copy copies[GATHER_MAX];
 };
-_Static_assert(sizeof(struct gather_args) == 3608, "mirrors cuda_kernels.cu");
-_Static_assert(offsetof(struct gather_args, tile_start) == 16, "mirrors cuda_kernels.cu");
-_Static_assert(offsetof(struct gather_args, copies) == 536, "mirrors cuda_kernels.cu");
+_Static_assert(sizeof(struct gather_args_small) == 3608, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args_small, tile_start) == 16, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args_small, copies) == 536, "mirrors cuda_kernels.cu");
+_Static_assert(sizeof(struct gather_args_big) == 28696, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args_big, tile_start) == 16, "mirrors cuda_kernels.cu");
+_Static_assert(offsetof(struct gather_args_big, copies) == 4120, "mirrors cuda_kernels.cu");
+
+/* One launch being filled: the parameters of the kernel it goes to. */
+struct gather_args {
+    CUfunction fn;
+    int big;                             /* fn is ferry_copy_gather_1k */
+    uint32_t max;                        /* copies fn takes */
+    struct gather_head *h;
+    uint32_t *tile_start;
+    struct gather_copy *copies;
+    void *params;
+};
 
 struct gather_dev {
     atomic_int state;                    /* 0 not loaded yet, 1 ready, -1 failed or switched off */
-    CUfunction fn;
+    atomic_int big_state;                /* 1 while fn_big is loaded and its launches work */
+    CUfunction fn, fn_big;
     unsigned int max_ctas;
 };
 
 static struct gather_dev gather_devs[CUDA_MAX_DEVICES];
 static pthread_mutex_t gather_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Loads the module into dev's primary context (current).  1, or -1 after one
- * warning. */
-static int gather_load(int dev, struct gather_dev *g)
+/* Loads the PTX image and gets its entry name (dev's context current).
+ * CUDA_SUCCESS, or the error with the JIT log in log. */
+static CUresult module_load(const char *image, const char *name, CUfunction *fn, const char **what, char *log,
+                            size_t log_len)
 {
-    char log[1024] = "";
     int opts[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
-    void *vals[] = {log, (void *)(uintptr_t)sizeof log};
+    void *vals[] = {log, (void *)(uintptr_t)log_len};
     CUmodule mod = NULL;
-    const char *what = "cuModuleLoadDataEx";
-    CUresult r = cuda_drv.cuModuleLoadDataEx(&mod, ferry_cuda_kernels_ptx, 2, opts, vals);
+    *what = "cuModuleLoadDataEx";
+    CUresult r = cuda_drv.cuModuleLoadDataEx(&mod, image, 2, opts, vals);
     if (r == CUDA_SUCCESS) {
-        what = "cuModuleGetFunction";
-        r = cuda_drv.cuModuleGetFunction(&g->fn, mod, "ferry_copy_gather");
+        *what = "cuModuleGetFunction";
+        r = cuda_drv.cuModuleGetFunction(fn, mod, name);
         if (r != CUDA_SUCCESS)
             (void)cuda_drv.cuModuleUnload(mod);
     }
+    log[log_len - 1] = '\0';
+    return r;
+}
+
+/* Loads the module into dev's primary context (current), and the 1,024-copy
+ * one where FERRY_CUDA_KERNEL_COPIES asks for it and the driver takes it.
+ * 1, or -1 after one warning. */
+static int gather_load(int dev, struct gather_dev *g)
+{
+    char log[1024] = "";
+    const char *what;
+    CUresult r = module_load(ferry_cuda_kernels_ptx, "ferry_copy_gather", &g->fn, &what, log, sizeof log);
     if (r != CUDA_SUCCESS) {
-        log[sizeof log - 1] = '\0';
         LOG_WARN("cuda:%d: gather kernel unavailable, D2H / H2D batches use the copy engine: "
                  "%s: %s (CUDA error %d)%s%.400s",
                  dev, what, cu_error_text(r), r, log[0] ? ": " : "", log);
         return -1;
+    }
+    if (cuda_kernel_shape.copies > GATHER_MAX_SMALL) {
+        log[0] = '\0';
+        r = module_load(ferry_cuda_kernels_1k_ptx, "ferry_copy_gather_1k", &g->fn_big, &what, log, sizeof log);
+        if (r == CUDA_SUCCESS)
+            atomic_store(&g->big_state, 1);
+        else
+            LOG_INFO("cuda:%d: the 1,024-copy gather kernel is unavailable (kernel parameters over 4 KiB need CUDA "
+                     "12.1): %s: %s (CUDA error %d)%s%.300s; %d copies a launch",
+                     dev, what, cu_error_text(r), r, log[0] ? ": " : "", log, GATHER_MAX_SMALL);
     }
     CUdevice d;
     int sms = 0;
@@ -296,13 +348,15 @@ static int gather_load(int dev, struct gather_dev *g)
         sms <= 0)
         sms = 16;
     g->max_ctas = (unsigned int)sms * cuda_kernel_shape.ctas_per_sm;
-    LOG_DEBUG("cuda:%d: gather kernel loaded (%d SMs)", dev, sms);
+    LOG_DEBUG("cuda:%d: gather kernel loaded (%d SMs, %d copies a launch)", dev, sms,
+              atomic_load(&g->big_state) == 1 ? GATHER_MAX : GATHER_MAX_SMALL);
     return 1;
 }
 
 /* dev's kernel, loaded on first use (dev's primary context current); NULL
- * when it is off or could not be loaded. */
-static CUfunction gather_function(int dev, unsigned int *max_ctas)
+ * when it is off or could not be loaded.  *big: the 1,024-copy kernel, or
+ * NULL. */
+static CUfunction gather_function(int dev, unsigned int *max_ctas, CUfunction *big)
 {
     struct gather_dev *g = &gather_devs[dev];
     int state = atomic_load_explicit(&g->state, memory_order_acquire);
@@ -318,27 +372,27 @@ static CUfunction gather_function(int dev, unsigned int *max_ctas)
     if (state != 1)
         return NULL;
     *max_ctas = g->max_ctas;
+    *big = atomic_load_explicit(&g->big_state, memory_order_relaxed) == 1 ? g->fn_big : NULL;
     return g->fn;
 }
 
 /* Puts the copies with len > 0 from the front of copies[0..n) into a, at
- * most GATHER_MAX; returns how many entries of copies it went through. */
-static size_t gather_take(const struct ferry_copy *copies, size_t n, struct gather_args *a,
-                          size_t *bytes)
+ * most a->max; returns how many entries of copies it went through. */
+static size_t gather_take(const struct ferry_copy *copies, size_t n, struct gather_args *a, size_t *bytes)
 {
     size_t i;
-    a->n = 0;
+    uint32_t k = 0;
     *bytes = 0;
     for (i = 0; i < n; i++) {
         if (copies[i].len == 0)
             continue;
-        if (a->n == GATHER_MAX)
+        if (k == a->max)
             break;
-        a->copies[a->n++] = (struct gather_copy){(uint64_t)(uintptr_t)copies[i].dst,
-                                                 (uint64_t)(uintptr_t)copies[i].src,
-                                                 (uint64_t)copies[i].len};
+        a->copies[k++] = (struct gather_copy){(uint64_t)(uintptr_t)copies[i].dst, (uint64_t)(uintptr_t)copies[i].src,
+                                              (uint64_t)copies[i].len};
         *bytes += copies[i].len;
     }
+    a->h->n = k;
     return i;
 }
 
@@ -349,12 +403,13 @@ static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gathe
 {
     size_t host_hint = 0, dev_hint = 0;
     unsigned int i = 0, learned = 0;
+    const unsigned int n = a->h->n;
     const int dst_host = dir == FERRY_COPY_D2H, src_host = dir == FERRY_COPY_H2D;
-    while (i < a->n) {
+    while (i < n) {
         uintptr_t miss = 0;
         size_t len = 0;
         pthread_rwlock_rdlock(&ranges_lock);
-        for (; i < a->n; i++) {
+        for (; i < n; i++) {
             const struct gather_copy *c = &a->copies[i];
             const uintptr_t d = (uintptr_t)c->dst, s = (uintptr_t)c->src;
             len = (size_t)c->len;
@@ -381,15 +436,17 @@ static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gathe
 
 /* Enqueues a's copies (entries copies[0..k) of the caller) with one kernel
  * launch.  If the launch fails, the copy engine does them; if that works,
- * the kernel is what failed, and dev stops using it with one warning. */
-static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max_ctas,
-                         struct gather_args *a, const struct ferry_copy *copies, size_t k)
+ * the kernel is what failed, and dev stops using it (the 1,024-copy one:
+ * that one) with one warning. */
+static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct gather_args *a,
+                         const struct ferry_copy *copies, size_t k)
 {
     unsigned int shift = cuda_kernel_shape.tile_shift;
+    const uint32_t n = a->h->n;
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
         tiles = 0;
-        for (uint32_t i = 0; i < a->n; i++) {
+        for (uint32_t i = 0; i < n; i++) {
             a->tile_start[i] = (uint32_t)tiles;
             uint64_t len = a->copies[i].len;
             tiles += (len >> shift) + ((len & (((uint64_t)1 << shift) - 1)) != 0);
@@ -397,33 +454,35 @@ static int gather_launch(struct copy_call *call, CUfunction fn, unsigned int max
         if (tiles <= UINT32_MAX / 2)
             break;
     }
-    a->tile_start[a->n] = (uint32_t)tiles;
-    a->ntiles = (uint32_t)tiles;
-    a->tile_shift = shift;
-    a->loads = cuda_kernel_shape.loads;
+    a->tile_start[n] = (uint32_t)tiles;
+    a->h->ntiles = (uint32_t)tiles;
+    a->h->tile_shift = shift;
+    a->h->loads = cuda_kernel_shape.loads;
     unsigned int grid = tiles < max_ctas ? (unsigned int)tiles : max_ctas;
-    void *params[] = {a};
-    CUresult r = cuda_drv.cuLaunchKernel(fn, grid, 1, 1, cuda_kernel_shape.threads, 1, 1, 0, call->s->stream,
-                                   params, NULL);
+    void *params[] = {a->params};
+    CUresult r = cuda_drv.cuLaunchKernel(a->fn, grid, 1, 1, cuda_kernel_shape.threads, 1, 1, 0, call->s->stream,
+                                         params, NULL);
     static atomic_int told;
     if (r == CUDA_SUCCESS && atomic_fetch_add(&told, 1) < 4)
-        LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel: %u tiles of %u bytes, %u CTAs",
-                  call->s->dev, a->n, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
-                  a->ntiles, 1u << shift, grid);
+        LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel%s: %u tiles of %u bytes, %u CTAs",
+                  call->s->dev, n, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
+                  a->big ? " (1,024-copy)" : "", a->h->ntiles, 1u << shift, grid);
     if (r == CUDA_SUCCESS)
         return 0;
     int rc = ferry_device_enqueue_copies(&copy_engine, call, copies, k);
-    if (rc == 0 && atomic_exchange(&gather_devs[call->s->dev].state, -1) == 1)
-        LOG_WARN("cuda:%d: gather kernel launch failed (%s, CUDA error %d) where copies work; "
-                 "using the copy engine from now on",
-                 call->s->dev, cu_error_text(r), r);
+    struct gather_dev *g = &gather_devs[call->s->dev];
+    if (rc == 0 && atomic_exchange(a->big ? &g->big_state : &g->state, -1) == 1)
+        LOG_WARN("cuda:%d: %s launch failed (%s, CUDA error %d) where copies work; %s from now on", call->s->dev,
+                 a->big ? "the 1,024-copy gather kernel's" : "gather kernel", cu_error_text(r), r,
+                 a->big ? "128 copies a launch" : "using the copy engine");
     return rc;
 }
 
 void cuda_gather_preload(int dev)
 {
     unsigned int max_ctas;
-    (void)gather_function(dev, &max_ctas);
+    CUfunction big;
+    (void)gather_function(dev, &max_ctas, &big);
 }
 
 /* Each run of up to GATHER_MAX copies goes through the kernel when it suits
@@ -434,26 +493,38 @@ void cuda_gather_preload(int dev)
 static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies, size_t n)
 {
     unsigned int max_ctas = 0;
-    CUfunction fn = gather_function(call->s->dev, &max_ctas);
+    CUfunction big = NULL;
+    CUfunction fn = gather_function(call->s->dev, &max_ctas, &big);
     if (fn == NULL)
         return ferry_device_enqueue_copies(&copy_engine, call, copies, n);
-    struct gather_args a;
+    /* the parameters of one launch, on the stack (28 KiB for the 1,024-copy
+     * kernel): copy_async is called by any thread, and allocates nothing */
+    union {
+        struct gather_args_small small;
+        struct gather_args_big big;
+    } params;
+    struct gather_args a = {fn, 0, GATHER_MAX_SMALL, &params.small.h, params.small.tile_start, params.small.copies,
+                            &params.small};
     int rc = 0;
     for (size_t done = 0; done < n && rc == 0;) {
+        /* more than 128 copies left: the 1,024-copy kernel where it is loaded */
+        if (big && n - done > GATHER_MAX_SMALL)
+            a = (struct gather_args){big, 1, GATHER_MAX, &params.big.h, params.big.tile_start, params.big.copies,
+                                     &params.big};
         size_t bytes;
         size_t k = gather_take(copies + done, n - done, &a, &bytes);
+        const uint32_t taken = a.h->n;
         call->base = done;
         size_t mean_max = call->dir == FERRY_COPY_H2D ? cuda_kernel_shape.h2d_max : GATHER_MEAN_MAX;
-        if (a.n > 0 && bytes / a.n <= mean_max &&
-            gather_reachable(call->s->dev, call->dir, &a)) {
-            rc = gather_launch(call, fn, max_ctas, &a, copies + done, k);
-        } else if (a.n > 0) {
+        if (taken > 0 && bytes / taken <= mean_max && gather_reachable(call->s->dev, call->dir, &a)) {
+            rc = gather_launch(call, max_ctas, &a, copies + done, k);
+        } else if (taken > 0) {
             static atomic_int told; /* what FERRY_LOG_LEVEL=3 shows of the choice: the first few */
             if (atomic_fetch_add(&told, 1) < 8)
                 LOG_DEBUG("cuda:%d: %u copies (%zu bytes, %s, first %p <- %p) on the copy engine: %s", call->s->dev,
-                          a.n, bytes, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
+                          taken, bytes, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
                           (void *)(uintptr_t)a.copies[0].dst, (void *)(uintptr_t)a.copies[0].src,
-                          bytes / a.n > mean_max ? "large copies" : "an address the kernel may not reach");
+                          bytes / taken > mean_max ? "large copies" : "an address the kernel may not reach");
             rc = ferry_device_enqueue_copies(&copy_engine, call, copies + done, k);
         }
         done += k;

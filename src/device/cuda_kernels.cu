@@ -2,8 +2,9 @@
 /*
  * cuda_kernels.cu — the gather/scatter copy kernel of the CUDA backend.
  *
- * One launch moves a batch of up to 128 copies {dst, src, len} between device
- * memory and mapped pinned host memory (or device and device): the staging
+ * One launch moves a batch of up to 128 (or 1,024) copies {dst, src, len}
+ * between device memory and mapped pinned host memory (or device and
+ * device): the staging
  * gather (scattered device blocks -> one pinned chunk, D2H) and scatter (a
  * chunk -> device blocks, H2D).  The copy engine pays a fixed cost per copy
  * (cuMemcpyBatchAsync or one cuMemcpy*Async each); SMs writing straight into
@@ -20,14 +21,31 @@
  * funnel-shifts neighbours (from the next lane) into aligned 4-byte stores.
  *
  * Not compiled by the build: scripts/gen-cuda-ptx.sh turns it into PTX in
- * cuda_kernels_ptx.h, which cuda.c loads with cuModuleLoadDataEx.  The
- * argument struct is mirrored in cuda.c (struct gather_args); both sides
- * assert its size and offsets.
+ * cuda_kernels_ptx.h, which cuda_gather.c loads with cuModuleLoadDataEx.
+ * It is compiled twice: ferry_copy_gather takes up to 128 copies (3,608
+ * bytes of parameters, under the 4 KiB every driver takes), and, with
+ * -DFERRY_GATHER_MAX=1024, ferry_copy_gather_1k takes up to 1,024 (28,696
+ * bytes: kernel parameters over 4 KiB need CUDA 12.1 and PTX ISA 8.1, so it
+ * is a module of its own, loaded where the driver takes it): a whole
+ * staged batch of 16 chunks in one launch.  The argument struct is
+ * mirrored in cuda_gather.c (struct gather_args); both sides assert its
+ * size and offsets.
  */
 #include <stddef.h>
 #include <stdint.h>
 
+#ifndef FERRY_GATHER_MAX
 #define FERRY_GATHER_MAX 128
+#endif
+#if FERRY_GATHER_MAX == 128
+#define FERRY_GATHER_ENTRY ferry_copy_gather
+#define FERRY_GATHER_ARGS_SIZE 3608
+#elif FERRY_GATHER_MAX == 1024
+#define FERRY_GATHER_ENTRY ferry_copy_gather_1k
+#define FERRY_GATHER_ARGS_SIZE 28696
+#else
+#error "FERRY_GATHER_MAX: 128 or 1024"
+#endif
 #define FERRY_GATHER_THREADS 256
 
 struct ferry_gather_copy {
@@ -37,7 +55,7 @@ struct ferry_gather_copy {
 };
 
 struct ferry_gather_args {
-    unsigned int n;                               /* copies, 1..128, all len > 0 */
+    unsigned int n;                               /* copies, 1..FERRY_GATHER_MAX, all len > 0 */
     unsigned int tile_shift;                      /* tile = 1 << tile_shift bytes, >= 1 KiB */
     unsigned int ntiles;                          /* tile_start[n] */
     unsigned int loads;                           /* 16-byte loads in flight per thread: 4 or 8 */
@@ -45,9 +63,10 @@ struct ferry_gather_args {
     struct ferry_gather_copy copies[FERRY_GATHER_MAX];
 };
 
-static_assert(sizeof(struct ferry_gather_args) == 3608, "mirrored in cuda.c");
-static_assert(offsetof(struct ferry_gather_args, tile_start) == 16, "mirrored in cuda.c");
-static_assert(offsetof(struct ferry_gather_args, copies) == 536, "mirrored in cuda.c");
+static_assert(sizeof(struct ferry_gather_args) == FERRY_GATHER_ARGS_SIZE, "mirrored in cuda_gather.c");
+static_assert(offsetof(struct ferry_gather_args, tile_start) == 16, "mirrored in cuda_gather.c");
+static_assert(offsetof(struct ferry_gather_args, copies) == (16 + 4 * (FERRY_GATHER_MAX + 1) + 7) / 8 * 8,
+              "mirrored in cuda_gather.c");
 
 /* Streaming loads and stores: every byte is touched once. */
 __device__ __forceinline__ uint4 ld(const uint4 *p) { return __ldcs(p); }
@@ -160,12 +179,14 @@ __device__ __forceinline__ void copy_range(char *d, const char *s, size_t len, u
  * FERRY_GATHER_THREADS threads (a multiple of 32: copy_shifted needs whole
  * warps). */
 extern "C" __global__ void __launch_bounds__(FERRY_GATHER_THREADS)
-ferry_copy_gather(const __grid_constant__ struct ferry_gather_args a)
+FERRY_GATHER_ENTRY(const __grid_constant__ struct ferry_gather_args a)
 {
     const size_t tile = (size_t)1 << a.tile_shift;
+    unsigned int lo = 0;
     for (unsigned int t = blockIdx.x; t < a.ntiles; t += gridDim.x) {
-        /* largest i with tile_start[i] <= t; tile_start[0] = 0 */
-        unsigned int lo = 0, hi = a.n;
+        /* largest i with tile_start[i] <= t; tile_start[0] = 0, and a CTA's
+         * tiles only grow, so the search starts at the last one's copy */
+        unsigned int hi = a.n;
         while (hi - lo > 1) {
             unsigned int mid = (lo + hi) >> 1;
             if (a.tile_start[mid] <= t)

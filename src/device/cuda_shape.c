@@ -29,7 +29,7 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 
 int cuda_shape_read(struct cuda_shape *out)
 {
-    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0;
+    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, copies = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)
@@ -51,6 +51,12 @@ int cuda_shape_read(struct cuda_shape *out)
     if (rc == 0)
         rc = env_number("FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT, 0, CUDA_SHAPE_MEAN_MAX,
                         "bytes, 0 to 1048576", &h2d);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT, 128, 1024,
+                        "copies one launch takes at most, 128 or 1024", &copies);
+    if (rc == 0 && copies != 128 && copies != 1024)
+        rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_COPIES=\"%llu\": copies one launch takes at most, 128 or 1024",
+                        copies);
     if (rc < 0)
         return rc;
     out->tile_shift = 0;
@@ -60,5 +66,6 @@ int cuda_shape_read(struct cuda_shape *out)
     out->threads = (unsigned)threads;
     out->loads = (unsigned)loads;
     out->h2d_max = (size_t)h2d;
+    out->copies = (unsigned)copies;
     return 0;
 }

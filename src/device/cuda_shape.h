@@ -15,6 +15,7 @@
 #define CUDA_SHAPE_THREADS_DEFAULT "256"
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
+#define CUDA_SHAPE_COPIES_DEFAULT "128"
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
@@ -26,6 +27,8 @@ struct cuda_shape {
     unsigned loads;        /* FERRY_CUDA_KERNEL_LOADS: 16-byte loads in flight per thread, 4 or 8 */
     size_t h2d_max;        /* FERRY_CUDA_KERNEL_H2D_MAX: H2D batches whose copies average more
                             * take the copy engine; 0..1 MiB */
+    unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
+                            * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
 };
 
 /* Fills *out from the environment (defaults where unset).  0, or

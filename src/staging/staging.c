@@ -4,10 +4,12 @@
  * staging.h for the idea).
  *
  * The chunks that became ready together are issued in groups: one
- * copy_async for the copies of up to two chunks going the same way
- * (FERRY_STAGING_GROUP: more, in calls of up to 128 copies), on the first
- * one's stream, retired together (a launch and a wait per group, not per
- * chunk: what small blocks pay most).
+ * copy_async for the copies of up to FERRY_STAGING_GROUP chunks going the
+ * same way (2; 16: a 1,024-block batch in one launch of the CUDA kernel of
+ * 1,024 copies), on the first one's stream, retired together (a launch and a
+ * wait per group, not per chunk: what small blocks pay most).  A round's
+ * first group takes at most FERRY_STAGING_GROUP_FIRST frames (2), so the
+ * first chunks of a large WRITE reach the wire while the rest gather.
  *
  * Threads: whoever brings work issues it (the submitting thread its gathers,
  * the transport thread that received a READ its scatter), so the copy starts
@@ -38,14 +40,15 @@
 #include "trace.h"
 #include "staging/aggregate.h"
 
-/* Copies one copy_async call takes at most: two frames of full scatter
- * lists, what one launch of the CUDA gather kernel moves.  A group holds
- * FERRY_STAGING_GROUP frames at most (2 by default: more would hold the
- * first chunk of a group off the wire for longer than the launch saves);
- * a larger group goes to the device in several calls on one stream and
- * still retires with one wait. */
-#define CALL_COPIES_MAX (2 * XFER_MAX_PIECES)
+/* A group holds FERRY_STAGING_GROUP frames at most and goes to the device
+ * in one copy_async call (16: a whole 1,024-block batch, one launch of the
+ * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
+ * cost ~20 us more than a 128-copy one, so 2 by default: measured in
+ * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
+ * most FERRY_STAGING_GROUP_FIRST (2: a larger one holds its first chunk
+ * off the wire until the whole group is copied). */
 #define GROUP_DEFAULT 2u
+#define GROUP_FIRST_DEFAULT 2u
 #define GROUP_MAX 16u
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
@@ -87,10 +90,12 @@ struct staging_pool {
     struct chunk *fl_head, *fl_tail;                 /* copies in flight, oldest group first */
     bool issuing;                         /* a thread is issuing a round: it owns taken and group */
     struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
+    struct ferry_copy *copies;            /* the issuer's: a group's copies (GROUP_MAX x XFER_MAX_PIECES) */
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
+    unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
     pthread_t worker;
 };
 
@@ -264,7 +269,9 @@ static void fifo_push(struct chunk *c, struct chunk **head, struct chunk **tail)
 static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc);
 
 /* Lock not held; called by the issuer, or by the worker again for the
- * chunks of a group that failed (other chunks than the issuer's). */
+ * chunks of a group that failed one by one (n = 1: its copies on the
+ * stack; a group of several comes only from the issuer, whose p->copies
+ * they use). */
 static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 {
     enum ferry_copy_dir dir = g[0]->state == CHUNK_GATHER ? FERRY_COPY_D2H : FERRY_COPY_H2D;
@@ -272,17 +279,12 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
     if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
-        struct ferry_copy copies[CALL_COPIES_MAX];
+        struct ferry_copy alone[XFER_MAX_PIECES];
+        struct ferry_copy *copies = n == 1 ? alone : p->copies;
         size_t ncopies = 0;
-        for (size_t i = 0; i < n && rc == 0; i++) {
-            if (ncopies + g[i]->orig->npieces > CALL_COPIES_MAX) {
-                rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
-                TRACE(TR_STAGE_ISSUE, ncopies);
-                ncopies = 0;
-            }
+        for (size_t i = 0; i < n; i++)
             ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, copies + ncopies);
-        }
-        if (rc == 0 && ncopies) {
+        if (ncopies) {
             rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
             TRACE(TR_STAGE_ISSUE, ncopies);
         }
@@ -302,14 +304,16 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 
 /* Issues a round of chunks: READs that still have to cross the wire go to
  * their transport; the rest are cut into groups (same direction, at most
- * group_frames frames, group_frames x 64 copies and group_frames / 2 chunks'
- * bytes (one chunk's for 1 or 2), aggregating chunks alone). */
+ * group_frames frames (the first group group_first), their x 64 copies and
+ * their / 2 chunks' bytes (one chunk's for 1 or 2), aggregating chunks
+ * alone). */
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
-    const uint64_t bytes_max = (uint64_t)p->chunk_size * (p->group_frames > 2 ? p->group_frames / 2 : 1);
+    unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
+    uint64_t bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
         if (c->state != CHUNK_SCATTER)  /* taken from the waiting frames: not bound yet */
@@ -322,12 +326,13 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             issue_group(p, &c, 1);
             continue;
         }
-        if (ng && (c->state != g[0]->state || ng == p->group_frames ||
-                   copies + c->orig->npieces > (size_t)p->group_frames * XFER_MAX_PIECES ||
+        if (ng && (c->state != g[0]->state || ng == frames || copies + c->orig->npieces > (size_t)frames * XFER_MAX_PIECES ||
                    bytes + c->orig->bytes > bytes_max)) {
             issue_group(p, g, ng);
             ng = copies = 0;
             bytes = 0;
+            frames = p->group_frames;
+            bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
         }
         g[ng++] = c;
         copies += c->orig->npieces;
@@ -499,21 +504,26 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps) and
- * FERRY_STAGING_GROUP (frames a group takes at most). */
+/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps),
+ * FERRY_STAGING_GROUP (frames a group takes at most) and
+ * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most). */
 static int knobs_read(struct staging_pool *p)
 {
-    uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT;
-    char spin_wanted[48], group_wanted[64];
+    uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
+    char spin_wanted[48], group_wanted[64], first_wanted[80];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
     int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
     if (rc < 0)
         return rc;
     p->idle_spin_ns = spin_us * 1000u;
     p->group_frames = (unsigned)group;
+    p->group_first = (unsigned)first;
     return 0;
 }
 
@@ -585,6 +595,7 @@ static void pool_free(struct staging_pool *p)
     free(p->chunks);
     free(p->taken);
     free(p->group);
+    free(p->copies);
     free(p->retired);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
@@ -616,7 +627,8 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
     p->taken = calloc(nchunks, sizeof *p->taken);
     p->group = calloc(nchunks, sizeof *p->group);
     p->retired = calloc(nchunks, sizeof *p->retired);
-    int rc = p->chunks && p->taken && p->group && p->retired ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    p->copies = calloc((size_t)GROUP_MAX * XFER_MAX_PIECES, sizeof *p->copies);
+    int rc = p->chunks && p->taken && p->group && p->retired && p->copies ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
     if (!rc)
         rc = knobs_read(p);
     if (!rc)

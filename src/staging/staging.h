@@ -18,9 +18,11 @@
  *
  * Chunks that become ready together (frames submitted together, READ
  * payloads that arrived together) go to the device as one group: one
- * batched copy for up to two chunks (FERRY_STAGING_GROUP: more, in calls of
- * at most 128 copies), on the first one's stream, waited for once.  A group that fails goes again chunk by chunk, so a bad address
- * fails its own frame only.
+ * batched copy for up to 2 chunks (FERRY_STAGING_GROUP, up to 16; then
+ * the first group of those ready at once takes up to
+ * FERRY_STAGING_GROUP_FIRST, 2, so the wire starts early), on the first
+ * one's stream, waited for once.  A group that fails goes again chunk by
+ * chunk, so a bad address fails its own frame only.
  *
  * Devices without a gather kernel gather small blocks on the device instead
  * (aggregate.h): D2D into a device buffer, one D2H per chunk; READ the

@@ -3,7 +3,7 @@
  * test_device_cuda.c — a real accelerator through its ops table: device and
  * pinned allocation, 128 blocks of 64 KiB batched H2D / D2D / D2H with the
  * data checked, scattered batches of awkward shapes (1 byte, misaligned
- * offsets and lengths, 16 KiB, 1 MiB, 64 and more copies) checked byte for
+ * offsets and lengths, 16 KiB, 1 MiB, 64 to 1,024 copies) checked byte for
  * byte on both sides including the bytes around them, a stream driven from
  * another thread, and locate().
  * Skips (exit 77) where the driver or a device is missing.
@@ -132,7 +132,7 @@ static void test_pageable_host(void **state)
  * On CUDA these batches take the gather kernel (its vector, narrower and
  * funnel-shift paths); copies averaging over 1 MiB take the copy engine. */
 
-enum { SHAPE_SPAN = 16 << 20, SHAPE_MAX = 200 };
+enum { SHAPE_SPAN = 16 << 20, SHAPE_MAX = 1024 };
 
 struct shape {
     const char *name;
@@ -225,6 +225,10 @@ static void test_scattered_shapes(void **state)
         {"200 x 0..40000, misaligned", 200, 0, 40000, 1},
         {"3 x 0..20, misaligned", 3, 0, 20, 1},
         {"100 x 4 KiB", 100, 4 << 10, 0, 0},
+        /* over 128 copies: on CUDA 12.1+ one launch of the 1,024-copy kernel */
+        {"129 x 4 KiB", 129, 4 << 10, 0, 0},
+        {"1,024 x 16 KiB", 1024, 16 << 10, 0, 0},
+        {"1,000 x 0..16000, misaligned", 1000, 0, 16000, 1},
     };
     unsigned char *S, *T, *U;
     void *D;

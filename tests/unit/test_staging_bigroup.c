@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * test_staging_bigroup.c — FERRY_STAGING_GROUP: frames submitted together
- * form groups of up to that many frames; a group of more copies than one
- * device call takes (128) goes in several copy_async calls on its leader's
- * stream and retires with one wait; a bad address in one frame of such a
- * group fails that frame only; bad values of the knob fail pool creation.
+ * test_staging_bigroup.c — FERRY_STAGING_GROUP and FERRY_STAGING_GROUP_FIRST:
+ * frames submitted together form groups of up to that many frames (the
+ * first group of a round up to GROUP_FIRST); a group goes in one
+ * copy_async call on its leader's stream, however many copies (up to 16 x
+ * 64: on CUDA one launch of the 1,024-copy kernel), and retires with one
+ * wait; a bad address in one frame of such a group fails that frame only;
+ * bad values of the knobs fail pool creation.
  * On the strict sim device, with copy_async wrapped to record each call's
  * stream and copies.  Deterministic: the frames go in one staging_submit_list
  * on a fresh pool, so the submitting thread issues them as one round.
@@ -26,8 +28,8 @@
 #include "staging/staging.h"
 
 #define BLOCK 4096u
-#define PIECES 64u   /* a full frame: two make one device call */
-#define NFRAMES 4u
+#define PIECES 64u   /* a full frame */
+#define NFRAMES 8u
 #define CALLS_MAX 64
 
 struct frame_slot {
@@ -90,8 +92,9 @@ static void wire_send(void *ctx, struct xfer_frame *w)
 }
 
 /* Gathers NFRAMES full frames of dev (frame `freed` on device memory freed
- * before, or none if NFRAMES) through a pool with FERRY_STAGING_GROUP=group. */
-static void run(const char *group, unsigned freed)
+ * before, or none if NFRAMES) through a pool with FERRY_STAGING_GROUP=group
+ * and FERRY_STAGING_GROUP_FIRST=first ("": the defaults). */
+static void run(const char *group, const char *first, unsigned freed)
 {
     const size_t span = (size_t)NFRAMES * PIECES * BLOCK;
     char *dev, *gone;
@@ -121,11 +124,13 @@ static void run(const char *group, unsigned freed)
                                    .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
     }
     setenv("FERRY_STAGING_GROUP", group, 1);
+    setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
-    int rc = staging_pool_create(&recording, 0, 1u << 20, 8, wire_send, NULL, &pool, &base, &len);
+    int rc = staging_pool_create(&recording, 0, 1u << 20, NFRAMES, wire_send, NULL, &pool, &base, &len);
     unsetenv("FERRY_STAGING_GROUP");
+    unsetenv("FERRY_STAGING_GROUP_FIRST");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
     pthread_mutex_lock(&t.lock);
@@ -141,66 +146,99 @@ static void run(const char *group, unsigned freed)
     assert_int_equal(bad_bytes, 0);
 }
 
-/* Default (2): two groups of two frames, each one call on its own stream. */
-static void default_groups_of_two(void **state)
+/* Defaults (2, first 2): groups of two frames, each one call of 128
+ * copies on a stream of its own. */
+static void defaults_groups_of_two(void **state)
 {
     (void)state;
-    run("", NFRAMES);
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    for (unsigned i = 0; i < NFRAMES / 2; i++) {
+        assert_int_equal(t.copies[i], 2 * PIECES);
+        if (i)
+            assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+    }
+}
+
+/* 16, first 2: the first group two frames, the other six one group in
+ * one call of 384 copies on another stream. */
+static void first_two_then_one_call(void **state)
+{
+    (void)state;
+    run("16", "", NFRAMES);
     assert_int_equal(t.ncalls, 2);
     assert_int_equal(t.copies[0], 2 * PIECES);
-    assert_int_equal(t.copies[1], 2 * PIECES);
+    assert_int_equal(t.copies[1], (NFRAMES - 2) * PIECES);
     assert_ptr_not_equal(t.stream[0], t.stream[1]);
 }
 
-/* 4: one group of four frames, 256 copies: two calls on one stream. */
-static void group_of_four_in_two_calls(void **state)
+/* 16 and first 16: the eight frames are one group, one call of 512. */
+static void one_call_for_the_round(void **state)
 {
     (void)state;
-    run("4", NFRAMES);
-    assert_int_equal(t.ncalls, 2);
-    assert_int_equal(t.copies[0], 2 * PIECES);
-    assert_int_equal(t.copies[1], 2 * PIECES);
-    assert_ptr_equal(t.stream[0], t.stream[1]);
+    run("16", "16", NFRAMES);
+    assert_int_equal(t.ncalls, 1);
+    assert_int_equal(t.copies[0], NFRAMES * PIECES);
 }
 
-/* 1: every frame a group of its own. */
+/* 4, first 2: groups of 2, 4, 2 frames, each one call on its own stream. */
+static void group_of_four_after_a_first_of_two(void **state)
+{
+    (void)state;
+    run("4", "2", NFRAMES);
+    assert_int_equal(t.ncalls, 3);
+    assert_int_equal(t.copies[0], 2 * PIECES);
+    assert_int_equal(t.copies[1], 4 * PIECES);
+    assert_int_equal(t.copies[2], 2 * PIECES);
+    assert_ptr_not_equal(t.stream[0], t.stream[1]);
+    assert_ptr_not_equal(t.stream[1], t.stream[2]);
+}
+
+/* 1: every frame a group of its own (a first group of 2 cannot exceed it). */
 static void group_of_one(void **state)
 {
     (void)state;
-    run("1", NFRAMES);
+    run("1", "", NFRAMES);
     assert_int_equal(t.ncalls, NFRAMES);
     for (unsigned i = 0; i < NFRAMES; i++)
         assert_int_equal(t.copies[i], PIECES);
 }
 
-/* A frame on freed memory in a group of four fails alone (the group goes
- * again frame by frame); the other three arrive. */
+/* A frame on freed memory in a group of eight fails alone (the group goes
+ * again frame by frame); the other seven arrive. */
 static void bad_frame_in_a_big_group(void **state)
 {
     (void)state;
-    run("4", 2);
+    run("16", "16", 2);
     assert_int_equal(slot[2].err, FERRY_EIO);
     assert_non_null(strstr(slot[2].msg, "device-to-host copy"));
-    assert_true(t.ncalls >= 2 + NFRAMES); /* the group's two calls, then one per frame */
+    assert_int_equal(t.ncalls, 1 + NFRAMES); /* the group's call, then one per frame */
 }
 
-static void knob_refusals(void **state)
+/* name=bad[i] fails pool creation with FERRY_EINVAL naming it. */
+static void refuse_all(const char *name)
 {
-    (void)state;
     static const char *const bad[] = {"0", "17", "-2", "two", "4x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct staging_pool *pool = NULL;
         void *base;
         size_t len;
-        setenv("FERRY_STAGING_GROUP", bad[i], 1);
+        setenv(name, bad[i], 1);
         int rc = staging_pool_create(sim, 0, 1u << 20, 2, wire_send, NULL, &pool, &base, &len);
-        unsetenv("FERRY_STAGING_GROUP");
+        unsetenv(name);
         if (rc != FERRY_EINVAL)
-            fail_msg("FERRY_STAGING_GROUP=%s: %d", bad[i], rc);
+            fail_msg("%s=%s: %d", name, bad[i], rc);
         assert_null(pool);
-        assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_GROUP"));
+        assert_non_null(strstr(ferry_last_error(), name));
         assert_non_null(strstr(ferry_last_error(), bad[i]));
     }
+}
+
+static void knob_refusals(void **state)
+{
+    (void)state;
+    refuse_all("FERRY_STAGING_GROUP");
+    refuse_all("FERRY_STAGING_GROUP_FIRST");
 }
 
 int main(void)
@@ -213,8 +251,10 @@ int main(void)
     recording = *sim;
     recording.copy_async = recording_copy_async;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(default_groups_of_two),
-        cmocka_unit_test(group_of_four_in_two_calls),
+        cmocka_unit_test(defaults_groups_of_two),
+        cmocka_unit_test(first_two_then_one_call),
+        cmocka_unit_test(one_call_for_the_round),
+        cmocka_unit_test(group_of_four_after_a_first_of_two),
         cmocka_unit_test(group_of_one),
         cmocka_unit_test(bad_frame_in_a_big_group),
         cmocka_unit_test(knob_refusals),
