@@ -64,6 +64,8 @@ static const struct env_knob_case tcp_knobs[] = {
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
+    {"FERRY_TCP_SOCKBUF", {"0", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "65536", "268435456"}},
+    {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
 };
 
 static void tcp_knobs_checked(void **state)

@@ -31,6 +31,8 @@ struct tcp_transport {
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
     uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES, resolved (tcp_inline_bytes) */
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread */
+    uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
+    uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
 };
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
@@ -94,6 +96,10 @@ void *tcp_receiver_main(void *arg);
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
+
+/* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
+ * it is 0: the kernel sizes them itself); both ends call it. */
+void tcp_set_sockbuf(const struct tcp_transport *t, int fd);
 
 /* One incoming connection, on its own thread (the acceptor's callback):
  * authenticates, serves frames until the peer leaves, frees what it holds. */
