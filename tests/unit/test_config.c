@@ -64,7 +64,7 @@ static const struct env_knob_case tcp_knobs[] = {
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
-    {"FERRY_TCP_SOCKBUF", {"0", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "65536", "268435456"}},
+    {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
 };
 
@@ -110,6 +110,11 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_grow_bytes(8, MiB), 4 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(16, MiB), 2 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(64, MiB), MiB);
+    /* socket buffers: the kernel's where one frame carries a submit (below
+     * 8 cores), 512 KiB where frames spread over connections */
+    assert_int_equal(tcp_auto_sockbuf(1), 0);
+    assert_int_equal(tcp_auto_sockbuf(2), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(4), 512u << 10);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -91,11 +91,14 @@ void *tcp_receiver_main(void *arg);
 
 /* The defaults that scale with the host: connections per peer on a host
  * with `cores` CPUs, the bytes in flight on every connection before a
- * peer that may hold `max_conns` opens another (at least a slice), and the
- * frames a submit of small blocks is cut into (transport_ops.spread). */
+ * peer that may hold `max_conns` opens another (at least a slice), the
+ * frames a submit of small blocks is cut into (transport_ops.spread), and
+ * the socket buffers. */
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
+/* SO_SNDBUF/SO_RCVBUF for a transport with that spread (0: the kernel's). */
+uint64_t tcp_auto_sockbuf(unsigned spread);
 
 /* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
  * it is 0: the kernel sizes them itself); both ends call it. */
