@@ -24,6 +24,9 @@
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
  *
+ * From 8 cores both ends cap every socket's buffers (FERRY_TCP_SOCKBUF) so
+ * that the bytes in flight stay in the caches between the two copies.
+ *
  * Target side (tcp_serve.c, device memory in tcp_serve_dev.c): the common
  * acceptor (caps per peer and in total) and one thread per incoming
  * connection.
