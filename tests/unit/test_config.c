@@ -110,11 +110,13 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_grow_bytes(8, MiB), 4 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(16, MiB), 2 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(64, MiB), MiB);
-    /* socket buffers: the kernel's where one frame carries a submit (below
-     * 8 cores), 512 KiB where frames spread over connections */
-    assert_int_equal(tcp_auto_sockbuf(1), 0);
-    assert_int_equal(tcp_auto_sockbuf(2), 512u << 10);
-    assert_int_equal(tcp_auto_sockbuf(4), 512u << 10);
+    /* socket buffers: the kernel's below 8 cores (2: CI, as before), 512
+     * KiB from 8 (16 connections x the kernel's left the caches) */
+    assert_int_equal(tcp_auto_sockbuf(2), 0);
+    assert_int_equal(tcp_auto_sockbuf(7), 0);
+    assert_int_equal(tcp_auto_sockbuf(8), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(16), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(256), 512u << 10);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -617,7 +617,7 @@ static int tcp_spread(unsigned *out)
     return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), "auto or 1-16", out);
 }
 
-/* SO_SNDBUF / SO_RCVBUF from 8 cores (spread above 1): the kernel's own
+/* SO_SNDBUF / SO_RCVBUF from 8 cores (8-16 connections): the kernel's own
  * (grown to 4-6 MiB a socket) keep 16 connections x ~10 MiB in flight, more
  * than the caches hold, so both copies of every byte go to DRAM; 512 KiB
  * (the kernel doubles it) moved write / read 1 MiB x 8 threads 23 / 15 %
@@ -626,20 +626,20 @@ static int tcp_spread(unsigned *out)
  * frame were no better (docs/BENCHMARKS.md). */
 #define SOCKBUF_MANY_CORES ((uint64_t)512 << 10)
 
-uint64_t tcp_auto_sockbuf(unsigned spread)
+uint64_t tcp_auto_sockbuf(long cores)
 {
-    return spread > 1 ? SOCKBUF_MANY_CORES : 0;
+    return cores >= 8 ? SOCKBUF_MANY_CORES : 0;
 }
 
-/* FERRY_TCP_SOCKBUF: unset, empty or "auto": tcp_auto_sockbuf; "0": the
- * kernel sizes the socket buffers (and grows them with the traffic); else
- * bytes, 64 KiB to 256 MiB. */
-static int tcp_sockbuf(unsigned spread, uint64_t *out)
+/* FERRY_TCP_SOCKBUF: unset, empty or "auto": tcp_auto_sockbuf of the
+ * cores this process may run on; "0": the kernel sizes the socket buffers
+ * (and grows them with the traffic); else bytes, 64 KiB to 256 MiB. */
+static int tcp_sockbuf(uint64_t *out)
 {
     const char *wanted = "auto, 0 (the kernel's) or bytes, 65536-268435456";
     int rc = config_env_number("FERRY_TCP_SOCKBUF", true, 0, 256u << 20, wanted, out);
     if (rc == 1)
-        *out = tcp_auto_sockbuf(spread);
+        *out = tcp_auto_sockbuf(usable_cores());
     else if (rc == 0 && *out && *out < (64u << 10))
         return ferry_fail(FERRY_EINVAL, "FERRY_TCP_SOCKBUF=\"%llu\": %s", (unsigned long long)*out, wanted);
     return rc < 0 ? rc : 0;
@@ -679,7 +679,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     if (!mrc)
         mrc = tcp_inline_bytes(spread, &inline_bytes);
     if (!mrc)
-        mrc = tcp_sockbuf(spread, &sockbuf);
+        mrc = tcp_sockbuf(&sockbuf);
     if (!mrc)
         mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
     if (mrc)

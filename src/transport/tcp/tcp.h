@@ -97,8 +97,8 @@ void *tcp_receiver_main(void *arg);
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
-/* SO_SNDBUF/SO_RCVBUF for a transport with that spread (0: the kernel's). */
-uint64_t tcp_auto_sockbuf(unsigned spread);
+/* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
+uint64_t tcp_auto_sockbuf(long cores);
 
 /* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
  * it is 0: the kernel sizes them itself); both ends call it. */
