@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "err.h"
 #include "log.h"
 
@@ -132,19 +133,19 @@ static void npu_at_exit(void)
 
 static int parse_knobs(void)
 {
-    const char *batch = getenv("FERRY_NPU_BATCH_COPY");
-    int want_batch = batch != NULL && strcmp(batch, "1") == 0;
+    uint64_t batch = 0, align = npu_copy_align;
+    int rc = config_env_number("FERRY_NPU_BATCH_COPY", false, 0, 1, "must be 0 or 1", &batch);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_NPU_COPY_ALIGN", false, 1, 64, "must be 1 or 64", &align);
+    if (rc < 0)
+        return rc;
+    if (align != 1 && align != 64)
+        return ferry_fail(FERRY_EINVAL, "FERRY_NPU_COPY_ALIGN=\"%llu\": must be 1 or 64", (unsigned long long)align);
+    npu_copy_align = align;
+    int want_batch = batch == 1;
     if (want_batch && acl.aclrtMemcpyBatchAsync == NULL)
         LOG_WARN("npu: FERRY_NPU_BATCH_COPY=1 but the ACL runtime lacks aclrtMemcpyBatchAsync");
     atomic_store(&npu_batch_enabled, want_batch && acl.aclrtMemcpyBatchAsync != NULL);
-    const char *align = getenv("FERRY_NPU_COPY_ALIGN");
-    if (align && *align) {
-        char *end;
-        unsigned long v = strtoul(align, &end, 10);
-        if (*end != '\0' || (v != 1 && v != 64))
-            return ferry_fail(FERRY_EINVAL, "FERRY_NPU_COPY_ALIGN=\"%.32s\": must be 1 or 64", align);
-        npu_copy_align = v;
-    }
     return 0;
 }
 

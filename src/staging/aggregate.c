@@ -12,24 +12,26 @@
 #include "staging/aggregate.h"
 
 #include <stdlib.h>
+#include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "err.h"
 #include "transport/transport.h"
 
+/* Digits with an optional K or M; no sign, no space, no overflow. */
 static int parse_size(const char *text, size_t *out)
 {
     char *end;
+    errno = 0;
     unsigned long long v = strtoull(text, &end, 10);
-    if (end == text)
+    if (text[0] < '0' || text[0] > '9' || errno)
         return -1;
-    if (*end == 'K' || *end == 'k')
-        v <<= 10, end++;
-    else if (*end == 'M' || *end == 'm')
-        v <<= 20, end++;
-    if (*end != '\0')
+    unsigned shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20 : 0;
+    end += shift != 0;
+    if (*end != '\0' || v > (SIZE_MAX >> shift))
         return -1;
-    *out = (size_t)v;
+    *out = (size_t)v << shift;
     return 0;
 }
 

@@ -152,6 +152,7 @@ static void bind_chunk(struct chunk *c, struct xfer_frame *f)
     c->wire.complete = wire_done;
     c->wire.owner = c;
     c->wire.next = NULL;
+    c->wire.handed_over = f->opcode == XFER_WRITE; /* the worker hands it on once gathered */
     size_t off = 0, align = c->pool->align;
     for (uint32_t i = 0; i < f->npieces; i++) {
         if (align > 1)

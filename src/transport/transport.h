@@ -63,6 +63,12 @@ struct xfer_frame {
      * transport may do a small submit's work on the submitting thread and
      * leave a large one's to its threads. */
     uint64_t more_bytes;
+    /* set by staging: a WRITE whose chunk a staging worker hands over after
+     * its device copy, not the submitting thread.  That worker retires every
+     * thread's copies, so a transport must not do the frame's payload work
+     * on it (tcp: no inline write; it would serialise every staged WRITE of
+     * every submitting thread behind one socket copy at a time). */
+    bool handed_over;
     /* transport-private from here */
     struct xfer_frame *next;
     uint64_t wire_id;

@@ -225,6 +225,55 @@ static void rdma_without_nic_falls_back(void **state)
     assert_int_equal(ferry_engine_create(&c, &e), FERRY_EINVAL);
 }
 
+/* The rdma transport's knobs and its device list are checked before any NIC
+ * is looked for: a bad one fails the engine with FERRY_EINVAL naming it,
+ * on a host with no NIC too (before, strtoul took " 8", "+8" and "0x8", and
+ * atoi made "mlx5_0:x" port 0: any port). */
+static void rdma_knobs_checked(void **state)
+{
+    (void)state;
+    struct ferry_config c;
+    ferry_engine *e = NULL;
+    ferry_config_init(&c);
+    c.protocols = "tcp,rdma";
+    int rc = ferry_engine_create(&c, &e);
+    if (rc == 0)
+        ferry_engine_destroy(e);
+    ferry_config_init(&c);
+    c.protocols = "rdma";
+    c.transport_fallback = 0;
+    if (ferry_engine_create(&c, &e) == FERRY_ENOTSUP) {
+        printf("SKIPPED: this build has no rdma transport (no libibverbs)\n");
+        return;
+    }
+    const char *bad_wr[] = {" 8", "+8", "0x10", "3", "16385", "-1", "8k"};
+    c.protocols = "tcp,rdma";
+    c.transport_fallback = 1;
+    for (size_t i = 0; i < sizeof bad_wr / sizeof bad_wr[0]; i++) {
+        setenv("FERRY_RDMA_MAX_WR", bad_wr[i], 1);
+        if (ferry_engine_create(&c, &e) != FERRY_EINVAL)
+            fail_msg("FERRY_RDMA_MAX_WR=\"%s\": the engine started", bad_wr[i]);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_RDMA_MAX_WR"));
+    }
+    unsetenv("FERRY_RDMA_MAX_WR");
+    const char *bad_dev[] = {"mlx5_0:x", "mlx5_0:0", "mlx5_0:256", "mlx5_0:", "mlx5_0,mlx5_1:-1", "mlx5_0: 1"};
+    for (size_t i = 0; i < sizeof bad_dev / sizeof bad_dev[0]; i++) {
+        c.device_name = bad_dev[i];
+        if (ferry_engine_create(&c, &e) != FERRY_EINVAL)
+            fail_msg("device \"%s\": the engine started", bad_dev[i]);
+        assert_non_null(strstr(ferry_last_error(), "port"));
+    }
+    char longname[300];
+    memset(longname, 'm', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    c.device_name = longname;
+    assert_int_equal(ferry_engine_create(&c, &e), FERRY_EINVAL);
+    /* a port that is well formed but absent: no such device here, tcp runs */
+    c.device_name = "nosuch0:1";
+    assert_int_equal(ferry_engine_create(&c, &e), 0);
+    ferry_engine_destroy(e);
+}
+
 /* The segment name as the reference forms it: P2P "host:bound port", an
  * Ascend ":npu_N" suffix dropped. */
 static void segment_names(void **state)
@@ -275,6 +324,7 @@ int main(void)
         cmocka_unit_test(tcp_defaults_scale_with_cores),
         cmocka_unit_test(reference_variables),
         cmocka_unit_test(rdma_without_nic_falls_back),
+        cmocka_unit_test(rdma_knobs_checked),
         cmocka_unit_test(segment_names),
         cmocka_unit_test(readme_lists_every_knob),
     };

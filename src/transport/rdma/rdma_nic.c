@@ -20,25 +20,22 @@
 #include <unistd.h>
 
 #include "device/device.h"
+#include "config.h"
 #include "err.h"
 #include "log.h"
 #include "transport/rdma/rdma.h"
 
 /* ------------------------------------------------------------ knobs */
 
+/* A FERRY_RDMA_* number: digits only, min..max (config_env_number). */
 static int env_uint(const char *name, unsigned def, unsigned min, unsigned max, unsigned *out)
 {
-    const char *v = getenv(name);
-    *out = def;
-    if (!v || !*v)
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long x = strtoul(v, &end, 0);
-    if (errno || *end || x < min || x > max)
-        return ferry_fail(FERRY_EINVAL, "%s=\"%s\": expected a number in %u..%u", name, v, min, max);
-    *out = (unsigned)x;
-    return 0;
+    char wanted[48];
+    snprintf(wanted, sizeof wanted, "a number in %u..%u", min, max);
+    uint64_t v = def;
+    int rc = config_env_number(name, false, min, max, wanted, &v);
+    *out = (unsigned)v;
+    return rc < 0 ? rc : 0;
 }
 
 int rdma_knobs_load(struct rdma_knobs *k)
@@ -251,8 +248,46 @@ static int device_open(struct rdma_transport *t, struct ibv_device *dev, int wan
     return 0;
 }
 
+/* "mlx5_0:1": the port after the colon, 1-255 (ibverbs numbers ports from 1). */
+static int parse_port(const char *dev, const char *text, int *port)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || errno || *end || v < 1 || v > 255)
+        return ferry_fail(FERRY_EINVAL, "rdma: device \"%s:%.16s\": the port after the colon is a number 1-255",
+                          dev, text);
+    *port = (int)v;
+    return 0;
+}
+
+/* The syntax of a device list ("mlx5_0,mlx5_1:2"), checked before any
+ * device is looked for, so a host without NICs refuses it too. */
+static int check_device_list(const char *list, size_t cap)
+{
+    if (strlen(list) >= cap)
+        return ferry_fail(FERRY_EINVAL, "rdma: the device list \"%.32s...\" is longer than %zu characters", list,
+                          cap - 1);
+    char copy[256], *save = NULL;
+    snprintf(copy, sizeof copy, "%s", list);
+    int port, rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); !rc && tok; tok = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(tok, ':');
+        if (colon) {
+            *colon = '\0';
+            rc = parse_port(tok, colon + 1, &port);
+        }
+    }
+    return rc;
+}
+
 int rdma_nics_open(struct rdma_transport *t, const char *device_name)
 {
+    bool all = !device_name || !*device_name || strcmp(device_name, "auto") == 0;
+    char copy[256], *save = NULL;
+    int rc = all ? 0 : check_device_list(device_name, sizeof copy);
+    if (rc)
+        return rc;
     int ndev = 0;
     struct ibv_device **list = ibv_get_device_list(&ndev);
     if (!list || ndev == 0) {
@@ -260,9 +295,7 @@ int rdma_nics_open(struct rdma_transport *t, const char *device_name)
             ibv_free_device_list(list);
         return ferry_fail(FERRY_ENODEV, "rdma: no RDMA devices on this host (ibv_get_device_list)");
     }
-    int rc = 0;
-    bool all = !device_name || !*device_name || strcmp(device_name, "auto") == 0;
-    char names[256] = "", copy[256], *save = NULL;
+    char names[256] = "";
     snprintf(copy, sizeof copy, "%s", all ? "" : device_name);
     for (int i = 0; i < ndev; i++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? "," : "", ibv_get_device_name(list[i]));
@@ -276,9 +309,11 @@ int rdma_nics_open(struct rdma_transport *t, const char *device_name)
     }
     for (char *tok = all ? NULL : strtok_r(copy, ",", &save); !rc && tok; tok = strtok_r(NULL, ",", &save)) {
         char *colon = strchr(tok, ':');
-        int port = colon ? atoi(colon + 1) : 0;
-        if (colon)
+        int port = 0;
+        if (colon) {
             *colon = '\0';
+            (void)parse_port(tok, colon + 1, &port); /* checked above */
+        }
         struct ibv_device *dev = NULL;
         for (int i = 0; i < ndev && !dev; i++)
             if (strcmp(ibv_get_device_name(list[i]), tok) == 0)

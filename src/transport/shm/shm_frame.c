@@ -336,14 +336,19 @@ static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, 
         m = m->next;
     if (!m && (m = calloc(1, sizeof *m)) != NULL) {
         m->dev = dev;
+        m->next = b->maps;
+        b->maps = m;
+    }
+    /* opened at first use, and again by each frame after a failure: what
+     * failed (this device short of memory or address space) may pass, and
+     * nothing else would clear it until the segment closed */
+    if (m && !m->ptr) {
         m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr);
         if (m->err) {
             m->ptr = NULL;
             snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: opening buffer 0x%llx: %.60s", p->name,
                      (unsigned long long)b->addr, ferry_last_error());
         }
-        m->next = b->maps;
-        b->maps = m;
     }
     int rc = !m ? shm_fail(fr, FERRY_ENOMEM, "shm: mapping")
              : m->ptr ? 0

@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_review_shm_notify.c — a shm notification to a target that does not
+ * accept its notification socket (stopped, hung, or out of file
+ * descriptors) ends by the request deadline instead of holding a shm
+ * worker forever (review finding, /work/wt/_exchange/review.md).
+ *
+ * The child target is stopped (SIGSTOP, waited for with WUNTRACED, so no
+ * timing is assumed) and its notification socket's listen backlog filled
+ * with non-blocking connects until the kernel answers EAGAIN.  A batch of
+ * one WRITE with a notification and a 2 s request timeout is submitted; the
+ * WRITE itself completes (cross-memory attach needs nothing of the target),
+ * and the notification must end (FERRY_ETIMEDOUT or FERRY_ECONN) long
+ * before the 30 s guard.  On the code of this review shm_notify.c's
+ * send_locked calls a blocking connect() that ignores the frame's deadline,
+ * so the worker blocks until the target runs again: the case runs only with
+ * FERRY_REVIEW_BUGS=1 (ctest skips it with a note) until that is fixed.
+ * The target is always resumed and killed before any assertion, so a
+ * failure leaves no stopped process behind.
+ *
+ * Single-threaded test code; the engine's threads run the transfer.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "ferry.h"
+#include "testutil.h"
+
+#define TSIZE (64u << 10)
+#define TSEED 3
+#define MAX_FILL 4096
+#define GUARD_MS 30000            /* 15 x the request timeout: a hang guard */
+
+/* The abstract name of process pid's notification socket, from
+ * /proc/net/unix ("@ferry-shm.<pid>.<engine id>"), without the '@'. */
+static bool notify_socket_name(pid_t pid, char *out, size_t cap)
+{
+    char prefix[64], line[512];
+    snprintf(prefix, sizeof prefix, "@ferry-shm.%d.", (int)pid);
+    FILE *f = fopen("/proc/net/unix", "r");
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f)) {
+        char *at = strstr(line, prefix);
+        if (!at)
+            continue;
+        at[strcspn(at, "\n")] = '\0';
+        snprintf(out, cap, "%s", at + 1);
+        found = true;
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* Non-blocking connects to the abstract socket until the backlog is full
+ * (EAGAIN); returns how many succeeded (fds kept in fds), or -1 when the
+ * backlog never filled. */
+static int fill_backlog(const char *name, int *fds)
+{
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    size_t n = strlen(name);
+    memcpy(a.sun_path + 1, name, n);
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    for (int i = 0; i < MAX_FILL; i++) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -1;
+        if (connect(fd, (struct sockaddr *)&a, len) != 0) {
+            int err = errno;
+            close(fd);
+            return err == EAGAIN ? i : -1;
+        }
+        fds[i] = fd;
+    }
+    return -1;
+}
+
+static void notification_to_a_stopped_target_ends(void **state)
+{
+    (void)state;
+    struct child_target target;
+    setenv("FERRY_PROTOCOLS", "shm", 1);
+    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
+
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.protocols = "shm";
+    cfg.request_timeout_ms = 2000;
+    ferry_engine *e;
+    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
+    char *local;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", TSIZE, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, TSIZE, "cpu", 0), 0);
+    pattern_fill(local, TSIZE, 9, 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(e, target.name, &seg), 0);
+    char name[128];
+    assert_true(notify_socket_name(target.pid, name, sizeof name));
+
+    /* the target stops, its notification backlog full */
+    int status = 0;
+    assert_int_equal(kill(target.pid, SIGSTOP), 0);
+    assert_int_equal(waitpid(target.pid, &status, WUNTRACED), target.pid);
+    assert_true(WIFSTOPPED(status));
+    static int fds[MAX_FILL];
+    int nfds = fill_backlog(name, fds);
+
+    ferry_batch *b = NULL;
+    int rc = FERRY_EINVAL;
+    char why[256] = "";
+    struct ferry_request r = {FERRY_WRITE, local, seg, target.addr, TSIZE};
+    if (nfds >= 0 && ferry_batch_alloc(e, 1, &b) == 0 && ferry_batch_set_notify(b, "kv-ready", 8) == 0 &&
+        ferry_batch_submit(b, &r, 1) == 0) {
+        rc = ferry_batch_wait(b, GUARD_MS);
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+    }
+
+    /* resume the target before any assertion: the worker goes on then */
+    kill(target.pid, SIGCONT);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    print_message("backlog filled with %d connections; batch_wait: %s (%s)\n", nfds, ferry_err_name(rc), why);
+    if (b) {
+        assert_int_not_equal(ferry_batch_wait(b, 120000), FERRY_ETIMEDOUT); /* it ends once the target runs */
+        ferry_batch_free(b);
+    }
+    ferry_mem_free(e, "cpu", local, TSIZE);
+    ferry_engine_destroy(e);
+    child_target_kill(&target);
+
+    assert_true(nfds >= 0);
+    assert_non_null(b);
+    /* the notification failed by its deadline, not the 30 s wait */
+    assert_int_not_equal(rc, 0);
+    assert_null(strstr(why, "batch_wait:"));
+    assert_true(rc == FERRY_ETIMEDOUT || rc == FERRY_ECONN);
+    assert_non_null(strstr(why, "notification"));
+}
+
+/* Connections to the notification socket that never send a byte: a target
+ * closes them once idle for FERRY_IDLE_TIMEOUT_MS, as its tcp listener does
+ * with data connections (DESIGN.md: "idle timeouts, caps on connections per
+ * peer and in total"); on the code of this review it keeps every one, so a
+ * sender (FERRY_SHM_ALLOW_UIDS admits other users' too) can take all of the
+ * target's file descriptors. */
+#define IDLE_CONNS 32
+
+static void idle_notification_connections_closed(void **state)
+{
+    (void)state;
+    struct child_target target;
+    setenv("FERRY_PROTOCOLS", "shm", 1);
+    setenv("FERRY_IDLE_TIMEOUT_MS", "1000", 1); /* the child's */
+    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
+    unsetenv("FERRY_IDLE_TIMEOUT_MS");
+    char name[128];
+    assert_true(notify_socket_name(target.pid, name, sizeof name));
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path + 1, name, strlen(name));
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    struct pollfd p[IDLE_CONNS];
+    int opened = 0;
+    for (int i = 0; i < IDLE_CONNS; i++) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) == 0)
+            p[opened++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        else if (fd >= 0)
+            close(fd);
+    }
+    /* each ends with EOF or an error from the target's side */
+    int closed = 0;
+    for (int waited = 0; closed < opened && waited < GUARD_MS; waited += 100) {
+        if (poll(p, (nfds_t)opened, 100) <= 0)
+            continue;
+        for (int i = 0; i < opened; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            char byte;
+            if (recv(p[i].fd, &byte, 1, MSG_DONTWAIT) <= 0) {
+                close(p[i].fd);
+                p[i].fd = -1;
+                closed++;
+            }
+        }
+    }
+    for (int i = 0; i < opened; i++)
+        if (p[i].fd >= 0)
+            close(p[i].fd);
+    child_target_kill(&target);
+    print_message("%d of %d idle notification connections closed by the target within %d ms\n", closed, opened,
+                  GUARD_MS);
+    assert_int_equal(opened, IDLE_CONNS);
+    assert_int_equal(closed, opened);
+}
+
+int main(void)
+{
+    const char *bugs = getenv("FERRY_REVIEW_BUGS");
+    if (!bugs || strcmp(bugs, "1") != 0)
+        test_skip("known bugs (review.md: the shm notification connect ignores the deadline; idle notification "
+                  "connections are never closed); FERRY_REVIEW_BUGS=1 runs them");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(notification_to_a_stopped_target_ends),
+        cmocka_unit_test(idle_notification_connections_closed),
+    };
+    return cmocka_run_group_tests_name("review: shm notification to a stopped target", tests, NULL, NULL);
+}
