@@ -34,6 +34,9 @@
 #        FERRY_BENCH (build/ferry-bench)  TEBENCH  UCX_PERFTEST  FI_RMA_BW
 #        IPERF3  (tool paths; default: the bundle, bench/peers/build/bin, PATH)
 #        FI_EP_TYPE (rdm: tcp;ofi_rxm; msg: tcp alone)
+#        CPUS      a taskset CPU list (e.g. 0-15 on the 32-CPU GPU machine to
+#                  emulate a 16-core host): every process, peers and iperf3
+#                  included, runs on those only; ferry sizes itself from them
 #        UCX_MT_HUNG=1: do not run UCX with -T N at all ("FAIL(hung before)"),
 #                  for a run split over several calls on a host where one
 #                  -T run already hung (each would cost its time limit)
@@ -43,11 +46,14 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+if [ -n "${CPUS:-}" ] && [ -z "${PEERS_PINNED:-}" ]; then   # children inherit the mask
+  exec env PEERS_PINNED=1 taskset -c "$CPUS" bash "$0" "$@"
+fi
 case "${1:-}" in
   bundle) shift; exec bash "$here/peers/bundle.sh" "$@" ;;
   run) shift ;;
   --quick) shift; DURATION=${DURATION:-1}; BLOCKS=${BLOCKS:-64K 1M}; THREADS=${THREADS:-1 4} ;;
-  -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "peers.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac

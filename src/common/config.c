@@ -162,6 +162,14 @@ static const struct knob knobs[] = {
       "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
       "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_SOCKBUF", "auto",
+      "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
+      "caches): auto (524288 from 8 cores, the kernel's below), 0 (the kernel's, grown "
+      "with the traffic) or 65536-268435456 bytes"}, KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_RCVLOWAT", "auto",
+      "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
+      "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},
+     KNOB_DOC, 0, NULL},
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -64,6 +64,8 @@ static const struct env_knob_case tcp_knobs[] = {
      {"auto", "", "65536", "1073741824"}},
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
+    {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
+    {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     /* not tcp's: the engine's own, read the same way at start */
     {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "auto"}, {"", "0", "50", "10000"}},
 };
@@ -110,6 +112,13 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_grow_bytes(8, MiB), 4 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(16, MiB), 2 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(64, MiB), MiB);
+    /* socket buffers: the kernel's below 8 cores (2: CI, as before), 512
+     * KiB from 8 (16 connections x the kernel's left the caches) */
+    assert_int_equal(tcp_auto_sockbuf(2), 0);
+    assert_int_equal(tcp_auto_sockbuf(7), 0);
+    assert_int_equal(tcp_auto_sockbuf(8), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(16), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(256), 512u << 10);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

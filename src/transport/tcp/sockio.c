@@ -12,6 +12,7 @@
 #include "transport/tcp/sockio.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <string.h>
@@ -119,10 +120,33 @@ static int iov_front(const struct iovec *iov, int iovcnt, struct iovec *part, si
     return k;
 }
 
+/* The bytes still wanted by the iovec array. */
+static size_t iov_left(const struct iovec *iov, int iovcnt)
+{
+    size_t n = 0;
+    for (int k = 0; k < iovcnt; k++)
+        n += iov[k].iov_len;
+    return n;
+}
+
+/* SO_RCVLOWAT: poll reports the socket readable (and the kernel wakes the
+ * waiter) only once this many bytes are there. */
+static void set_lowat(int fd, size_t bytes)
+{
+    int v = bytes > INT_MAX ? INT_MAX : (int)bytes;
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v);
+}
+
 int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
                  const atomic_int *stop, size_t *got)
 {
-    size_t done = 0;
+    return sockio_recvv_lowat(fd, iov, iovcnt, deadline_ns, w, stop, 0, got);
+}
+
+int sockio_recvv_lowat(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                       const atomic_int *stop, size_t lowat, size_t *got)
+{
+    size_t done = 0, lowat_now = 1; /* the socket's SO_RCVLOWAT: 1 unless this call raised it */
     int rc = 0;
     bool drained = false; /* the last recv emptied the socket: wait before the next */
     while (iovcnt > 0 && iov->iov_len == 0) { /* nothing to receive into */
@@ -131,6 +155,11 @@ int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
     }
     while (iovcnt > 0 && !stopped(stop)) {
         if (drained) {
+            if (lowat > 1) { /* wake once `lowat` bytes (or the rest) are there, not per segment */
+                size_t left = iov_left(iov, iovcnt), want = left < lowat ? left : lowat;
+                if (want != lowat_now)
+                    set_lowat(fd, lowat_now = want);
+            }
             if ((rc = sockio_wait(fd, POLLIN, w, deadline_ns)) < 0)
                 break;
             rc = 0;
@@ -153,6 +182,8 @@ int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
             break;
         }
     }
+    if (lowat_now != 1) /* the next wait on this socket (a header, an idle poll) wakes on any byte */
+        set_lowat(fd, 1);
     if (got)
         *got = done;
     return rc;

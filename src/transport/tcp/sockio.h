@@ -52,6 +52,14 @@ int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sock
  * land with one recvmsg per wait instead of one recv each. */
 int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
                  const atomic_int *stop, size_t *got);
+/* sockio_recvv that, before each wait, raises the socket's SO_RCVLOWAT to
+ * the least of `lowat` and the bytes still wanted (0 or 1: never), so that a
+ * large payload wakes its receiver once per `lowat` bytes rather than once
+ * per segment (FERRY_TCP_RCVLOWAT): fewer bytes that have arrived wait for
+ * more, the peer's close, a stop or the deadline.  It sets SO_RCVLOWAT back
+ * to 1 before it returns, on every path. */
+int sockio_recvv_lowat(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
+                       const atomic_int *stop, size_t lowat, size_t *got);
 /* Receives and throws away len bytes; 0 or as sockio_recv. */
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
 

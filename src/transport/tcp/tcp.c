@@ -24,6 +24,9 @@
  * the receiver ends in-flight frames; that keeps "ended" and "memory no
  * longer touched" the same moment.
  *
+ * From 8 cores both ends cap every socket's buffers (FERRY_TCP_SOCKBUF) so
+ * that the bytes in flight stay in the caches between the two copies.
+ *
  * Target side (tcp_serve.c, device memory in tcp_serve_dev.c): the common
  * acceptor (caps per peer and in total) and one thread per incoming
  * connection.
@@ -223,6 +226,7 @@ static void *sender_main(void *arg)
         c->fd = fd;
         pthread_mutex_unlock(&c->lock);
         net_set_timeouts(fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
+        tcp_set_sockbuf(t, fd);
         rc = say_hello(c);
     }
     if (!rc) {
@@ -615,10 +619,60 @@ static int tcp_spread(unsigned *out)
     return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), "auto or 1-16", out);
 }
 
+/* SO_SNDBUF / SO_RCVBUF from 8 cores (8-16 connections): the kernel's own
+ * (grown to 4-6 MiB a socket) keep 16 connections x ~10 MiB in flight, more
+ * than the caches hold, so both copies of every byte go to DRAM; 512 KiB
+ * (the kernel doubles it) moved write / read 1 MiB x 8 threads 23 / 15 %
+ * more on 16 CPUs with 18 % less CPU a MiB on both sides; 8 connections, a
+ * wake-up per 256 KiB (FERRY_TCP_RCVLOWAT) or the submitter writing every
+ * frame were no better (docs/BENCHMARKS.md). */
+#define SOCKBUF_MANY_CORES ((uint64_t)512 << 10)
+
+uint64_t tcp_auto_sockbuf(long cores)
+{
+    return cores >= 8 ? SOCKBUF_MANY_CORES : 0;
+}
+
+/* FERRY_TCP_SOCKBUF: unset, empty or "auto": tcp_auto_sockbuf of the
+ * cores this process may run on; "0": the kernel sizes the socket buffers
+ * (and grows them with the traffic); else bytes, 64 KiB to 256 MiB. */
+static int tcp_sockbuf(uint64_t *out)
+{
+    const char *wanted = "auto, 0 (the kernel's) or bytes, 65536-268435456";
+    int rc = config_env_number("FERRY_TCP_SOCKBUF", true, 0, 256u << 20, wanted, out);
+    if (rc == 1)
+        *out = tcp_auto_sockbuf(usable_cores());
+    else if (rc == 0 && *out && *out < (64u << 10))
+        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_SOCKBUF=\"%llu\": %s", (unsigned long long)*out, wanted);
+    return rc < 0 ? rc : 0;
+}
+
+/* FERRY_TCP_RCVLOWAT: unset, empty or "auto": 0 (off); else bytes, 0 to
+ * 64 MiB, at most a quarter of FERRY_TCP_SOCKBUF when that is set (the
+ * receive buffer must hold what the receiver waits for). */
+static int tcp_rcvlowat(uint64_t sockbuf, uint64_t *out)
+{
+    int rc = config_env_number("FERRY_TCP_RCVLOWAT", true, 0, 64u << 20, "auto or bytes, 0-67108864", out);
+    if (rc == 1)
+        *out = 0;
+    if (sockbuf && *out > sockbuf / 4)
+        *out = sockbuf / 4;
+    return rc < 0 ? rc : 0;
+}
+
+void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
+{
+    if (!t->sockbuf)
+        return;
+    int v = (int)t->sockbuf;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+}
+
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4, spread = 1;
-    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES;
+    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
@@ -626,6 +680,10 @@ static int tcp_create(const struct transport_host *host, void **out)
         mrc = tcp_spread(&spread);
     if (!mrc)
         mrc = tcp_inline_bytes(spread, &inline_bytes);
+    if (!mrc)
+        mrc = tcp_sockbuf(&sockbuf);
+    if (!mrc)
+        mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -636,6 +694,8 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->grow_bytes = grow_bytes;
     t->inline_bytes = inline_bytes;
     t->spread = spread;
+    t->sockbuf = sockbuf;
+    t->rcvlowat = rcvlowat;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

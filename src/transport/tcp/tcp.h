@@ -31,6 +31,8 @@ struct tcp_transport {
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
     uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES, resolved (tcp_inline_bytes) */
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread */
+    uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
+    uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
 };
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
@@ -89,11 +91,18 @@ void *tcp_receiver_main(void *arg);
 
 /* The defaults that scale with the host: connections per peer on a host
  * with `cores` CPUs, the bytes in flight on every connection before a
- * peer that may hold `max_conns` opens another (at least a slice), and the
- * frames a submit of small blocks is cut into (transport_ops.spread). */
+ * peer that may hold `max_conns` opens another (at least a slice), the
+ * frames a submit of small blocks is cut into (transport_ops.spread), and
+ * the socket buffers. */
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
+/* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
+uint64_t tcp_auto_sockbuf(long cores);
+
+/* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
+ * it is 0: the kernel sizes them itself); both ends call it. */
+void tcp_set_sockbuf(const struct tcp_transport *t, int fd);
 
 /* One incoming connection, on its own thread (the acceptor's callback):
  * authenticates, serves frames until the peer leaves, frees what it holds. */

@@ -129,7 +129,7 @@ static int receive_response(struct tcp_conn *c)
                 iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
         if (h.flags & WIRE_FLAG_TRAILER)
             iov[n++] = (struct iovec){tr, sizeof tr};
-        if ((rc = sockio_recvv(c->fd, iov, n, f->deadline_ns, NULL, NULL, NULL)))
+        if ((rc = sockio_recvv_lowat(c->fd, iov, n, f->deadline_ns, NULL, NULL, c->peer->t->rcvlowat, NULL)))
             return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
                                                       "its deadline") : rc;
         if (h.flags & WIRE_FLAG_TRAILER) {

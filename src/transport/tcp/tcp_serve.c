@@ -160,7 +160,8 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     for (unsigned k = i; k < end; k++)
         iov[k - i] = (struct iovec){(void *)(uintptr_t)e[k].addr, (size_t)e[k].len};
     size_t got;
-    int rc = sockio_recvv(s->fd, iov, (int)(end - i), s->deadline_ns, &s->wake, &s->revoking, &got);
+    int rc = sockio_recvv_lowat(s->fd, iov, (int)(end - i), s->deadline_ns, &s->wake, &s->revoking,
+                                s->t->rcvlowat, &got);
     unsigned k = i;
     for (; k < end && iov[k - i].iov_len == 0; k++)
         entry_end(s, k); /* all of it landed */
@@ -421,6 +422,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     strcpy(s->from, "?");
     /* payload moves with blocking calls; these bound each of them */
     net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
+    tcp_set_sockbuf(t, s->fd);
     int rc = serve_hello(s);
     if (!rc && (rc = sockio_wake_init(&s->wake)) == 0) /* revocations wake this thread: serve_cancel */
         s->wake_ready = true;

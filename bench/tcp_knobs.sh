@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# tcp_knobs.sh — ferry's TCP knobs side by side on loopback, cpu memory: for
+# each knob set (VARIANTS) and each cell (CELLS), one ferry-bench target +
+# initiator pair (batch 128, data verified), in ROUNDS rounds that alternate
+# the variants' order (A B C, then C B A) so that a drift of the host shows;
+# one iperf3 stream before and after as the reference.  One row a run: GB/s,
+# and each side's CPU µs per MiB moved (ferry-bench's own cpu_us_per_request
+# over the block size).  Needs bash, coreutils, awk (runs from a bundle).
+#
+# usage: bench/tcp_knobs.sh
+# env:   FERRY_BENCH (build/ferry-bench)  IPERF3 (PATH)  DURATION (2 s a run)
+#        CELLS ("write:1M:8 read:1M:8": op:block:threads)  BATCH (128)
+#        VARIANTS ("default;FERRY_TCP_RCVLOWAT=262144": ';' between sets,
+#        spaces between a set's assignments, 'default' for none)  ROUNDS (1)
+#        CPUS (a taskset list, e.g. 0-15: every process runs on those CPUs
+#        only, and ferry sizes itself from them; unset: all)
+# Exit status: 0 if every run succeeded and verified, else 1.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+if [ -n "${CPUS:-}" ] && [ -z "${TCP_KNOBS_PINNED:-}" ]; then
+  exec env TCP_KNOBS_PINNED=1 taskset -c "$CPUS" bash "$0" "$@"
+fi
+FERRY_BENCH=${FERRY_BENCH:-$root/build/ferry-bench}
+IPERF3=${IPERF3:-$(command -v iperf3 || true)}
+DURATION=${DURATION:-2}
+CELLS=${CELLS:-write:1M:8 read:1M:8}
+BATCH=${BATCH:-128}
+VARIANTS=${VARIANTS:-default;FERRY_TCP_RCVLOWAT=262144}
+ROUNDS=${ROUNDS:-1}
+work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-knobs.XXXXXX")
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bytes_of() {   # 4K / 1M / 4M / 65536 -> bytes
+  case $1 in
+    *K) echo $(( ${1%K} << 10 )) ;;
+    *M) echo $(( ${1%M} << 20 )) ;;
+    *) echo "$1" ;;
+  esac
+}
+json_num() { tr ',{}' '\n\n\n' <"$1" | sed -n "s/^ *\"$2\": *//p" | head -n 1; }
+
+iperf() {   # one single-stream iperf3 figure, GB/s
+  [ -n "$IPERF3" ] || { echo "n/a"; return; }
+  local port=$((20000 + $$ % 20000))
+  "$IPERF3" -s -1 -p "$port" >/dev/null 2>&1 &
+  local sp=$!
+  sleep 0.3
+  timeout 20 "$IPERF3" -c 127.0.0.1 -p "$port" -t "$DURATION" -f g 2>/dev/null |
+    awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") printf "%.3f", $i / 8 }'
+  kill "$sp" 2>/dev/null
+  wait "$sp" 2>/dev/null
+}
+
+status=0
+# run VARIANT OP BLOCK THREADS: one pair, prints one row
+run() {
+  local v=$1 op=$2 block=$3 threads=$4 bytes buffer seg="" tp
+  bytes=$(bytes_of "$block")
+  buffer=$((bytes * BATCH * threads))
+  [ "$buffer" -ge $((64 << 20)) ] || buffer=$((64 << 20))
+  local envs=()
+  [ "$v" = default ] || read -ra envs <<<"$v"
+  env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
+    --block_size="$bytes" >"$work/t.log" 2>&1 &
+  tp=$!
+  pids=("$tp")
+  for _ in $(seq 600); do
+    seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/t.log")
+    [ -n "$seg" ] && break
+    kill -0 "$tp" 2>/dev/null || break
+    sleep 0.05
+  done
+  local gb="FAIL" icpu="" tcpu="" ok=""
+  if [ -n "$seg" ] && env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
+       --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
+       --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err"; then
+    ok=$(json_num "$work/i.json" verified)
+    gb=$(json_num "$work/i.json" gb_per_s)
+    icpu=$(json_num "$work/i.json" cpu_us_per_request)
+  fi
+  kill -TERM "$tp" 2>/dev/null
+  wait "$tp" 2>/dev/null
+  pids=()
+  tcpu=$(sed -n 's/^ferry-bench target cost: .* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$work/t.log")
+  [ "$ok" = true ] || { status=1; gb="FAIL(${ok:-exit})"; tail -n 2 "$work/i.err" "$work/t.log" >&2; }
+  per_mib() { [ -n "$1" ] && awk -v u="$1" -v b="$bytes" 'BEGIN { printf "%.0f", u * 1048576 / b }'; }
+  echo "| $v | $op | $block | $threads | $gb | $(per_mib "$icpu") | $(per_mib "$tcpu") |"
+}
+
+echo "## ferry TCP knobs on loopback ($(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs${CPUS:+ ($CPUS)})"
+echo
+echo "- $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); kernel $(uname -r)"
+echo "- $FERRY_BENCH; batch $BATCH; $DURATION s a run; CPU µs per MiB: ferry-bench's own figures"
+echo "- iperf3 single stream before: $(iperf) GB/s"
+echo
+echo "| variant | op | block | threads | GB/s | initiator µs/MiB | target µs/MiB |"
+echo "|---|---|---|---|---|---|---|"
+IFS=';' read -ra sets <<<"$VARIANTS"
+for ((r = 0; r < ROUNDS; r++)); do
+  order=("${sets[@]}")
+  if ((r % 2)); then
+    order=()
+    for ((i = ${#sets[@]} - 1; i >= 0; i--)); do order+=("${sets[i]}"); done
+  fi
+  for cell in $CELLS; do
+    IFS=: read -r op block threads <<<"$cell"
+    for v in "${order[@]}"; do
+      run "$v" "$op" "$block" "$threads"
+    done
+  done
+done
+echo
+echo "- iperf3 single stream after: $(iperf) GB/s"
+exit "$status"

@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_tcp_sockopts.c — the tcp transport's socket options.  FERRY_TCP_SOCKBUF:
+ * tcp_set_sockbuf sets both buffers, or leaves the kernel's.  FERRY_TCP_RCVLOWAT:
+ * sockio_recvv_lowat on a
+ * loopback TCP pair: while it waits, the socket's SO_RCVLOWAT is the least
+ * of the knob and the bytes still wanted (never more, or the last piece
+ * would never wake it); a peer that closes, a deadline and a stop still end
+ * the wait; SO_RCVLOWAT is 1 again on every return.  A writer thread sends
+ * part of the payload, then waits (no timing: it reads the receiver's
+ * SO_RCVLOWAT until it changes) before it sends the rest, closes or stops.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "ferry.h"
+#include "net.h"
+#include "transport/tcp/sockio.h"
+#include "transport/tcp/tcp.h"
+
+#define KiB 1024u
+
+enum after { SEND_REST, CLOSE, STOP, STAY };
+
+struct writer {
+    int fd;              /* the sending end */
+    int peer_fd;         /* the receiving end: its SO_RCVLOWAT is watched */
+    const uint8_t *data;
+    size_t first, total; /* sends `first` bytes, waits, then does `after` */
+    enum after after;
+    atomic_int *stop;
+    struct sockio_wake *wake;
+    int seen_lowat;      /* the receiver's SO_RCVLOWAT once raised (0: not within 60 s) */
+};
+
+static int lowat_of(int fd)
+{
+    int v = -1;
+    socklen_t l = sizeof v;
+    assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, &l), 0);
+    return v;
+}
+
+static int send_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    if (send_all(w->fd, w->data, w->first) || w->after == STAY)
+        return NULL; /* STAY: the receiver's deadline may pass before any look */
+    /* the receiver reads what is there (some or all of `first`), then
+     * waits with SO_RCVLOWAT raised; a generous bound only, for a broken
+     * receiver */
+    for (int i = 0; i < 60000 && !w->seen_lowat; i++) {
+        int v = lowat_of(w->peer_fd);
+        if (v > 1)
+            w->seen_lowat = v;
+        else
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    switch (w->after) {
+    case SEND_REST:
+        send_all(w->fd, w->data + w->first, w->total - w->first);
+        break;
+    case CLOSE:
+        shutdown(w->fd, SHUT_WR);
+        break;
+    case STOP:
+        atomic_store(w->stop, 1);
+        sockio_wake_signal(w->wake);
+        break;
+    default:
+        break;
+    }
+    return NULL;
+}
+
+static void tcp_pair(int *a, int *b)
+{
+    int port = 0;
+    int l = net_listen("127.0.0.1", 0, &port);
+    assert_true(l >= 0);
+    *a = net_connect("127.0.0.1", port, 10000);
+    assert_true(*a >= 0);
+    *b = accept(l, NULL, NULL);
+    assert_true(*b >= 0);
+    close(l);
+}
+
+/* Receives `total` bytes into two iovecs with lowat 256 KiB while a writer
+ * sends `first`, waits until the receiver's SO_RCVLOWAT is raised (*seen),
+ * then does `after`.  Returns sockio's rc; *got the bytes received. */
+static int run_case(size_t first, size_t total, enum after after, uint64_t deadline_ms, size_t *got, int *seen)
+{
+    int a, b;
+    tcp_pair(&a, &b);
+    uint8_t *src = malloc(total), *dst = calloc(1, total);
+    assert_non_null(src);
+    assert_non_null(dst);
+    for (size_t i = 0; i < total; i++)
+        src[i] = (uint8_t)(i * 7 + 3);
+    atomic_int stop = 0;
+    struct sockio_wake wake;
+    assert_int_equal(sockio_wake_init(&wake), 0);
+    struct writer w = {.fd = a, .peer_fd = b, .data = src, .first = first, .total = total, .after = after, .stop = &stop, .wake = &wake};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, writer_main, &w), 0);
+    struct iovec iov[2] = {{dst, total / 3}, {dst + total / 3, total - total / 3}};
+    int rc = sockio_recvv_lowat(b, iov, 2, net_deadline((unsigned)deadline_ms), &wake, &stop, 256 * KiB, got);
+    pthread_join(th, NULL);
+    *seen = w.seen_lowat;
+    assert_int_equal(lowat_of(b), 1); /* set back on every return */
+    assert_memory_equal(dst, src, *got);
+    sockio_wake_destroy(&wake);
+    close(a);
+    close(b);
+    free(src);
+    free(dst);
+    return rc;
+}
+
+/* A large payload: the wait is for 256 KiB, not the first segment. */
+static void waits_for_lowat_bytes(void **state)
+{
+    (void)state;
+    size_t got = 0;
+    int seen = 0;
+    assert_int_equal(run_case(100 * KiB, 4096 * KiB, SEND_REST, 60000, &got, &seen), 0);
+    assert_int_equal(seen, 256 * KiB);
+    assert_int_equal(got, 4096 * KiB);
+}
+
+/* 200 KiB wanted, less than the knob: the wait is for at most what is
+ * left (200 KiB less what was read), never for 256 KiB that will not come
+ * (the receive would then end at its deadline). */
+static void last_piece_waits_for_what_is_left(void **state)
+{
+    (void)state;
+    size_t got = 0;
+    int seen = 0;
+    assert_int_equal(run_case(16 * KiB, 200 * KiB, SEND_REST, 60000, &got, &seen), 0);
+    assert_true(seen > 1 && seen <= (int)(200 * KiB));
+    assert_int_equal(got, 200 * KiB);
+}
+
+/* The peer closes with fewer bytes there than the wait's SO_RCVLOWAT: the
+ * receive ends FERRY_ECONN at once, not at its deadline. */
+static void peer_close_ends_the_wait(void **state)
+{
+    (void)state;
+    size_t got = 0;
+    int seen = 0;
+    assert_int_equal(run_case(100 * KiB, 1024 * KiB, CLOSE, 600000, &got, &seen), FERRY_ECONN);
+    assert_int_equal(seen, 256 * KiB);
+    assert_int_equal(got, 100 * KiB);
+}
+
+/* A stop (an unregister at the target) wakes the wait: 0, short. */
+static void stop_ends_the_wait(void **state)
+{
+    (void)state;
+    size_t got = 0;
+    int seen = 0;
+    assert_int_equal(run_case(100 * KiB, 1024 * KiB, STOP, 600000, &got, &seen), 0);
+    assert_int_equal(seen, 256 * KiB);
+    assert_true(got <= 100 * KiB); /* what had arrived before it waited: any of it */
+}
+
+/* The deadline still ends it (the peer sends part, then stays silent). */
+static void deadline_ends_the_wait(void **state)
+{
+    (void)state;
+    size_t got = 0;
+    int seen = 0;
+    assert_int_equal(run_case(100 * KiB, 1024 * KiB, STAY, 2000, &got, &seen), FERRY_ETIMEDOUT);
+    assert_true(got <= 100 * KiB);
+}
+
+/* lowat 0 (the knob off): SO_RCVLOWAT is never touched. */
+static void off_leaves_the_socket_alone(void **state)
+{
+    (void)state;
+    int a, b;
+    tcp_pair(&a, &b);
+    uint8_t out[1000], in[1000];
+    memset(out, 0x5a, sizeof out);
+    assert_int_equal(send_all(a, out, sizeof out), 0);
+    struct iovec iov = {in, sizeof in};
+    assert_int_equal(sockio_recvv_lowat(b, &iov, 1, net_deadline(60000), NULL, NULL, 0, NULL), 0);
+    assert_memory_equal(in, out, sizeof in);
+    assert_int_equal(lowat_of(b), 1);
+    close(a);
+    close(b);
+}
+
+static int sockopt_of(int fd, int opt)
+{
+    int v = -1;
+    socklen_t l = sizeof v;
+    assert_int_equal(getsockopt(fd, SOL_SOCKET, opt, &v, &l), 0);
+    return v;
+}
+
+/* FERRY_TCP_SOCKBUF: both buffers of a connection get it (Linux reports
+ * twice the value set: its bookkeeping); 0 leaves the kernel's. */
+static void sockbuf_sets_both_buffers(void **state)
+{
+    (void)state;
+    int a, b;
+    tcp_pair(&a, &b);
+    int snd = sockopt_of(a, SO_SNDBUF), rcv = sockopt_of(a, SO_RCVBUF);
+    struct tcp_transport t = {.sockbuf = 0};
+    tcp_set_sockbuf(&t, a);
+    assert_int_equal(sockopt_of(a, SO_SNDBUF), snd);
+    assert_int_equal(sockopt_of(a, SO_RCVBUF), rcv);
+    t.sockbuf = 192 * KiB;
+    tcp_set_sockbuf(&t, a);
+    tcp_set_sockbuf(&t, b);
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? b : a;
+        assert_int_equal(sockopt_of(fd, SO_SNDBUF), 2 * 192 * KiB);
+        assert_int_equal(sockopt_of(fd, SO_RCVBUF), 2 * 192 * KiB);
+    }
+    close(a);
+    close(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(waits_for_lowat_bytes),
+        cmocka_unit_test(last_piece_waits_for_what_is_left),
+        cmocka_unit_test(peer_close_ends_the_wait),
+        cmocka_unit_test(stop_ends_the_wait),
+        cmocka_unit_test(deadline_ends_the_wait),
+        cmocka_unit_test(off_leaves_the_socket_alone),
+        cmocka_unit_test(sockbuf_sets_both_buffers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
