@@ -161,7 +161,7 @@ int cuda_dev_range_learn(uintptr_t p, size_t len, int dev);
 /* cuda_ipc.c: memory of other processes (cuIpc*), and what a NIC needs. */
 int cuda_ipc_range_learn(uintptr_t p, size_t len, int dev);
 int cuda_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);
-int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr);
+int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room);
 void cuda_ipc_close(int dev, void *ptr);
 int cuda_dmabuf_export(const void *ptr, size_t len, int *fd, uint64_t *offset);
 int cuda_pci_bus_id(int dev, char *id, size_t cap);

@@ -130,14 +130,16 @@ int cuda_ipc_range_learn(uintptr_t p, size_t len, int dev)
     return found;
 }
 
-/* Opens (or counts one more use of) h on dev; ipc_lock held, dev's context current. */
-static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *base)
+/* Opens (or counts one more use of) h on dev; *bytes: the allocation's size
+ * (0: the driver did not say).  ipc_lock held, dev's context current. */
+static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *base, size_t *bytes)
 {
     for (size_t i = 0; i < ipc_nopened; i++) {
         struct ipc_open_entry *e = &ipc_opened[i];
         if (e->dev == dev && memcmp(&e->handle, h, sizeof *h) == 0) {
             e->refs++;
             *base = e->base;
+            *bytes = e->size == 1 ? 0 : e->size;
             return CUDA_SUCCESS;
         }
     }
@@ -155,10 +157,11 @@ static CUresult ipc_open_counted(int dev, const CUipcMemHandle *h, CUdeviceptr *
         size = 1;
     if (r == CUDA_SUCCESS)
         ipc_opened[ipc_nopened++] = (struct ipc_open_entry){*h, dev, *base, size, 1, ipc_reachable(dev, *base)};
+    *bytes = size == 1 ? 0 : size; /* 1: unknown (see cuda_ipc_close) */
     return r;
 }
 
-int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
+int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room)
 {
     struct ctx_guard g;
     struct cuda_ipc_handle h;
@@ -176,13 +179,24 @@ int cuda_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
     if ((rc = cuda_ctx_enter(dev, &g)) < 0)
         return rc;
     CUdeviceptr base = 0;
+    size_t size = 0;
     pthread_mutex_lock(&ipc_lock);
-    CUresult r = ipc_open_counted(dev, &h.handle, &base);
+    CUresult r = ipc_open_counted(dev, &h.handle, &base, &size);
     pthread_mutex_unlock(&ipc_lock);
     cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         return cu_fail(r, "cuIpcOpenMemHandle", dev);
     *ptr = (void *)(uintptr_t)(base + h.offset);
+    if (size == 0) { /* the driver did not say how large it is */
+        *room = SIZE_MAX;
+        return 0;
+    }
+    if (h.offset >= size) { /* the exporter's handle points past its own allocation */
+        cuda_ipc_close(dev, (void *)(uintptr_t)base);
+        return ferry_fail(FERRY_EINVAL, "cuda:%d: ipc_open: offset %llu past the opened allocation of %zu bytes",
+                          dev, (unsigned long long)h.offset, size);
+    }
+    *room = size - (size_t)h.offset;
     return 0;
 }
 

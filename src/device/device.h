@@ -150,13 +150,16 @@ struct ferry_device_ops {
      * device dev of this process.  *ptr then stands for the exporter's ptr
      * and is device memory of dev for copy_async (D2D with dev's memory,
      * H2D / D2H with host memory).  Opening one handle twice may give the
-     * same pointer; close every open once.  0, FERRY_EINVAL (malformed or
-     * stale handle), FERRY_ENOTSUP (exported by this very process: use the
+     * same pointer; close every open once.  *room: the bytes from *ptr to
+     * the end of the opened allocation (SIZE_MAX if the driver cannot say),
+     * what the caller may touch whatever the exporter's registry claims.
+     * 0, FERRY_EINVAL (malformed or stale handle, or an offset past the
+     * allocation), FERRY_ENOTSUP (exported by this very process: use the
      * pointer itself), FERRY_EIO, FERRY_ENOMEM.
      *
      * ipc_close: unmaps a pointer ipc_open returned for dev. */
     int (*ipc_export)(const void *ptr, size_t len, void *handle, size_t *handle_len);
-    int (*ipc_open)(int dev, const void *handle, size_t handle_len, void **ptr);
+    int (*ipc_open)(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room);
     void (*ipc_close)(int dev, void *ptr);
 
     /* Optional (NULL: locate() decides).  Whether [ptr, ptr+len) may be

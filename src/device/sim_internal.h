@@ -74,7 +74,7 @@ void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 
 /* sim_ipc.c */
 int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);
-int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr);
+int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room);
 void sim_ipc_close(int dev, void *ptr);
 
 #endif

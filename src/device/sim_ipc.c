@@ -108,7 +108,7 @@ static int open_exported(const struct sim_ipc_handle *h)
     return fd;
 }
 
-int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
+int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room)
 {
     struct sim_ipc_handle h;
     int rc = sim_init();
@@ -143,6 +143,7 @@ int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr)
     if (rc)
         return rc;
     *ptr = (char *)p + h.offset;
+    *room = (size_t)(h.span - h.offset);
     return 0;
 }
 

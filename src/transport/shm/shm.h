@@ -106,6 +106,7 @@ struct shm_mapping {
     struct shm_mapping *next;
     int dev;
     void *ptr;                        /* stands for the buffer's addr; NULL: opening failed */
+    size_t room;                      /* bytes from ptr to the end of what was opened */
     int err;
     char msg[160];
 };

@@ -371,15 +371,24 @@ static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, 
      * failed (this device short of memory or address space) may pass, and
      * nothing else would clear it until the segment closed */
     if (m && !m->ptr) {
-        m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr);
+        m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr, &m->room);
         if (m->err) {
             m->ptr = NULL;
             snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: opening buffer 0x%llx: %.60s", p->name,
                      (unsigned long long)b->addr, ferry_last_error());
+        } else if (b->len > m->room) {
+            /* its registry claims more than its handle exports: no copy
+             * may run past what was opened (into this process's memory) */
+            b->ops->ipc_close(dev, m->ptr);
+            m->ptr = NULL;
+            m->err = FERRY_ERANGE;
+            snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: buffer 0x%llx+%llu runs past the %zu bytes its IPC "
+                     "handle opens", p->name, (unsigned long long)b->addr, (unsigned long long)b->len, m->room);
         }
     }
     int rc = !m ? shm_fail(fr, FERRY_ENOMEM, "shm: mapping")
              : m->ptr ? 0
+             : m->err == FERRY_ERANGE ? shm_fail(fr, m->err, "%s", m->msg)
              /* an exiting process closes its fds before its pidfd says so */
              : peer_gone_within(p, 200) ? shm_fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name,
                                                (int)p->pid)

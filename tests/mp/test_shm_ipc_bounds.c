@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * test_review_ipc_bounds.c — a shm target whose registry pairs a device
+ * test_shm_ipc_bounds.c — a shm target whose registry pairs a device
  * buffer's IPC handle with a length larger than the allocation it exports
- * (review finding 4, /work/wt/_exchange/review.md).
+ * is refused.
  *
  * A forked target (sim device, shm only) allocates A and B, 256 KiB each,
  * side by side, and registers both.  Then it rewrites its own registry:
@@ -12,13 +12,12 @@
  * The initiator opens A (one 256 KiB allocation here) and would copy past
  * its end.  The request must be refused before any copy, with FERRY_ERANGE
  * naming the segment, as shm refuses any piece outside the peer's
- * registrations.  On the code of this review the copy is issued, and
- * only the sim device's own range check stops it (FERRY_EIO "illegal
- * address"); on CUDA the copy engine has no such check (cuda_ipc_open does
- * not even bound the handle's offset), and a fault would poison the stream
- * (and the lane other peers' jobs share).  The case runs only with
- * FERRY_REVIEW_BUGS=1 (ctest skips it with a note) until shm knows the
- * opened allocation's size.
+ * registrations.  Before the fix the copy was issued,
+ * and only the sim device's own range check stopped it (FERRY_EIO "illegal
+ * address"); on CUDA the copy engine has no such check, and a fault would
+ * poison the stream (and the lane other peers' jobs share).  Now ipc_open
+ * says how many bytes the mapping covers and shm refuses a registration
+ * longer than that.
  *
  * Threads: the test thread only (the target is a child process, driven
  * through two pipes).
@@ -176,12 +175,8 @@ static void registry_length_past_the_export_refused(void **state)
 
 int main(void)
 {
-    const char *bugs = getenv("FERRY_REVIEW_BUGS");
-    if (!bugs || strcmp(bugs, "1") != 0)
-        test_skip("a known bug (review.md finding 4: a peer's registry length is not checked against the "
-                  "allocation its IPC handle opens); FERRY_REVIEW_BUGS=1 runs it");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(registry_length_past_the_export_refused),
     };
-    return cmocka_run_group_tests_name("review: a registry length past the exported allocation", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("shm: a registry length past the exported allocation", tests, NULL, NULL);
 }
