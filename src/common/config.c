@@ -164,7 +164,7 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_SOCKBUF", "auto",
       "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
-      "caches): auto (524288 from 8 cores, the kernel's below), 0 (the kernel's, grown "
+      "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "
       "with the traffic) or 65536-268435456 bytes"}, KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_RCVLOWAT", "auto",
       "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "

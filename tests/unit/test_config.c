@@ -116,9 +116,9 @@ static void tcp_defaults_scale_with_cores(void **state)
      * KiB from 8 (16 connections x the kernel's left the caches) */
     assert_int_equal(tcp_auto_sockbuf(2), 0);
     assert_int_equal(tcp_auto_sockbuf(7), 0);
-    assert_int_equal(tcp_auto_sockbuf(8), 512u << 10);
-    assert_int_equal(tcp_auto_sockbuf(16), 512u << 10);
-    assert_int_equal(tcp_auto_sockbuf(256), 512u << 10);
+    assert_int_equal(tcp_auto_sockbuf(8), 256u << 10);
+    assert_int_equal(tcp_auto_sockbuf(16), 256u << 10);
+    assert_int_equal(tcp_auto_sockbuf(256), 256u << 10);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -623,10 +623,11 @@ static int tcp_spread(unsigned *out)
  * (grown to 4-6 MiB a socket) keep 16 connections x ~10 MiB in flight, more
  * than the caches hold, so both copies of every byte go to DRAM; 512 KiB
  * (the kernel doubles it) moved write / read 1 MiB x 8 threads 23 / 15 %
- * more on 16 CPUs with 18 % less CPU a MiB on both sides; 8 connections, a
- * wake-up per 256 KiB (FERRY_TCP_RCVLOWAT) or the submitter writing every
- * frame were no better (docs/BENCHMARKS.md). */
-#define SOCKBUF_MANY_CORES ((uint64_t)512 << 10)
+ * more on 16 CPUs with 18 % less CPU a MiB on both sides, and 256 KiB more
+ * again (+8-14 % over 512 KiB at 64 KiB x 8, 1 MiB x 1 and x 8, in one run);
+ * 8 connections, a wake-up per 256 KiB (FERRY_TCP_RCVLOWAT) or the submitter
+ * writing every frame were no better (docs/BENCHMARKS.md). */
+#define SOCKBUF_MANY_CORES ((uint64_t)256 << 10)
 
 uint64_t tcp_auto_sockbuf(long cores)
 {
