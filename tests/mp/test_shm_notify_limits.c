@@ -90,6 +90,43 @@ static int fill_backlog(const char *name, int *fds)
     return -1;
 }
 
+/* A blocking connection to the notification socket name, or -1. */
+static int notify_connect(const char *name)
+{
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path + 1, name, strlen(name));
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Waits (GUARD_MS at most) until `want` of the n connections were closed by
+ * the target (EOF or an error; closed here too, fd set to -1); returns how
+ * many were. */
+static int wait_closed(struct pollfd *p, int n, int want)
+{
+    int closed = 0;
+    for (int waited = 0; closed < want && waited < GUARD_MS; waited += 100) {
+        if (poll(p, (nfds_t)n, 100) <= 0)
+            continue;
+        for (int i = 0; i < n; i++) {
+            char byte;
+            if (p[i].fd >= 0 && p[i].revents && recv(p[i].fd, &byte, 1, MSG_DONTWAIT) <= 0) {
+                close(p[i].fd);
+                p[i].fd = -1;
+                closed++;
+            }
+        }
+    }
+    return closed;
+}
+
 static void notification_to_a_stopped_target_ends(void **state)
 {
     (void)state;
@@ -171,36 +208,15 @@ static void idle_notification_connections_closed(void **state)
     unsetenv("FERRY_IDLE_TIMEOUT_MS");
     char name[128];
     assert_true(notify_socket_name(target.pid, name, sizeof name));
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    memcpy(a.sun_path + 1, name, strlen(name));
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
     struct pollfd p[IDLE_CONNS];
     int opened = 0;
     for (int i = 0; i < IDLE_CONNS; i++) {
-        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) == 0)
+        int fd = notify_connect(name);
+        if (fd >= 0)
             p[opened++] = (struct pollfd){.fd = fd, .events = POLLIN};
-        else if (fd >= 0)
-            close(fd);
     }
     /* each ends with EOF or an error from the target's side */
-    int closed = 0;
-    for (int waited = 0; closed < opened && waited < GUARD_MS; waited += 100) {
-        if (poll(p, (nfds_t)opened, 100) <= 0)
-            continue;
-        for (int i = 0; i < opened; i++) {
-            if (p[i].fd < 0 || !p[i].revents)
-                continue;
-            char byte;
-            if (recv(p[i].fd, &byte, 1, MSG_DONTWAIT) <= 0) {
-                close(p[i].fd);
-                p[i].fd = -1;
-                closed++;
-            }
-        }
-    }
+    int closed = wait_closed(p, opened, opened);
     for (int i = 0; i < opened; i++)
         if (p[i].fd >= 0)
             close(p[i].fd);
@@ -211,21 +227,6 @@ static void idle_notification_connections_closed(void **state)
     assert_int_equal(closed, opened);
 }
 
-/* A blocking connection to the notification socket name, or -1. */
-static int notify_connect(const char *name)
-{
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    memcpy(a.sun_path + 1, name, strlen(name));
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) != 0) {
-        close(fd);
-        fd = -1;
-    }
-    return fd;
-}
 
 /* One process may hold FERRY_MAX_CONNECTIONS_PER_PEER notification
  * connections to a target (the cap of its tcp listener): of 8 connections
@@ -246,19 +247,7 @@ static void notification_senders_capped(void **state)
         p[i] = (struct pollfd){.fd = notify_connect(name), .events = POLLIN};
         assert_true(p[i].fd >= 0);
     }
-    int closed = 0;
-    for (int waited = 0; closed < 4 && waited < GUARD_MS; waited += 100) {
-        if (poll(p, 8, 100) <= 0)
-            continue;
-        for (int i = 0; i < 8; i++) {
-            char byte;
-            if (p[i].fd >= 0 && p[i].revents && recv(p[i].fd, &byte, 1, MSG_DONTWAIT) <= 0) {
-                close(p[i].fd);
-                p[i].fd = -1;
-                closed++;
-            }
-        }
-    }
+    int closed = wait_closed(p, 8, 4);
     /* the other four stay open: nothing to read, no hang-up (the idle
      * timeout is the default 120 s) */
     int open_now = 0;
