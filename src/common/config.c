@@ -174,17 +174,24 @@ static const struct knob knobs[] = {
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])
 
+int config_parse_number(const char *text, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
 int config_env_number(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, const char *wanted, uint64_t *out)
 {
     const char *text = getenv(name);
     if (!text || !*text || (auto_ok && strcmp(text, "auto") == 0))
         return 1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
-    if (text[0] < '0' || text[0] > '9' || errno || *end || v < lo || v > hi)
+    if (config_parse_number(text, lo, hi, out) != 0)
         return ferry_fail(FERRY_EINVAL, "%s=\"%.40s\": %s", name, text, wanted);
-    *out = v;
     return 0;
 }
 

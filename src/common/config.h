@@ -21,4 +21,8 @@ const struct ferry_config_knob *config_core_knobs(size_t *count);
  * `NAME="value": wanted`. */
 int config_env_number(const char *name, bool auto_ok, uint64_t lo, uint64_t hi, const char *wanted, uint64_t *out);
 
+/* The same rule for a number inside another setting (a port after a
+ * colon): text as a plain decimal from lo to hi.  0 with *out set, else -1. */
+int config_parse_number(const char *text, uint64_t lo, uint64_t hi, uint64_t *out);
+
 #endif

@@ -251,10 +251,8 @@ static int device_open(struct rdma_transport *t, struct ibv_device *dev, int wan
 /* "mlx5_0:1": the port after the colon, 1-255 (ibverbs numbers ports from 1). */
 static int parse_port(const char *dev, const char *text, int *port)
 {
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (text[0] < '0' || text[0] > '9' || errno || *end || v < 1 || v > 255)
+    uint64_t v;
+    if (config_parse_number(text, 1, 255, &v) != 0)
         return ferry_fail(FERRY_EINVAL, "rdma: device \"%s:%.16s\": the port after the colon is a number 1-255",
                           dev, text);
     *port = (int)v;
