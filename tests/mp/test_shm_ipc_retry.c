@@ -142,5 +142,5 @@ int main(int argc, char **argv)
     struct CMUnitTest tests[NSCENARIOS];
     for (size_t i = 0; i < NSCENARIOS; i++)
         tests[i] = (struct CMUnitTest){scenarios[i].name, in_fresh_process, NULL, NULL, (void *)scenarios[i].name};
-    return cmocka_run_group_tests_name("review: a failed IPC open is retried", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("shm: a failed IPC open is retried", tests, NULL, NULL);
 }

@@ -65,17 +65,23 @@ static bool notify_socket_name(pid_t pid, char *out, size_t cap)
     return found;
 }
 
+/* The abstract address of socket name; returns its length. */
+static socklen_t notify_addr(const char *name, struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    size_t n = strlen(name);
+    memcpy(a->sun_path + 1, name, n);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
 /* Non-blocking connects to the abstract socket until the backlog is full
  * (EAGAIN); returns how many succeeded (fds kept in fds), or -1 when the
  * backlog never filled. */
 static int fill_backlog(const char *name, int *fds)
 {
     struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    size_t n = strlen(name);
-    memcpy(a.sun_path + 1, name, n);
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    socklen_t len = notify_addr(name, &a);
     for (int i = 0; i < MAX_FILL; i++) {
         int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -94,10 +100,7 @@ static int fill_backlog(const char *name, int *fds)
 static int notify_connect(const char *name)
 {
     struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    memcpy(a.sun_path + 1, name, strlen(name));
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+    socklen_t len = notify_addr(name, &a);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&a, len) != 0) {
         close(fd);
@@ -193,8 +196,8 @@ static void notification_to_a_stopped_target_ends(void **state)
 /* Connections to the notification socket that never send a byte: a target
  * closes them once idle for FERRY_IDLE_TIMEOUT_MS, as its tcp listener does
  * with data connections (DESIGN.md: "idle timeouts, caps on connections per
- * peer and in total"); on the code of this review it keeps every one, so a
- * sender (FERRY_SHM_ALLOW_UIDS admits other users' too) can take all of the
+ * peer and in total"); before, it kept every one, so a sender
+ * (FERRY_SHM_ALLOW_UIDS admits other users' too) could take all of the
  * target's file descriptors. */
 #define IDLE_CONNS 32
 
@@ -226,7 +229,6 @@ static void idle_notification_connections_closed(void **state)
     assert_int_equal(opened, IDLE_CONNS);
     assert_int_equal(closed, opened);
 }
-
 
 /* One process may hold FERRY_MAX_CONNECTIONS_PER_PEER notification
  * connections to a target (the cap of its tcp listener): of 8 connections
