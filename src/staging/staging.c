@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,13 @@
 #define GROUP_DEFAULT 2u
 #define GROUP_FIRST_DEFAULT 2u
 #define GROUP_MAX 16u
+/* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
+ * another on one stream, each followed by a device-written mark, so the
+ * first frame retires (and goes to the wire) as soon as its own copies
+ * are done, not with the round's last.  Marks a cache line apart. */
+#define MARK_STREAMS_DEFAULT 1u
+#define MARK_STREAMS_MAX 4u
+#define MARK_STRIDE 16u
 
 enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
 
@@ -59,7 +67,12 @@ struct chunk {
     char *devbuf;                         /* device buffer for aggregation, or NULL */
     ferry_stream *stream;
     enum chunk_state state;
-    struct chunk *lead;                   /* in flight: the chunk whose stream carries this one's copies */
+    struct chunk *lead;                   /* in flight: its group's first chunk */
+    ferry_stream **carrier;               /* a lead's: where its group's copies went (its stream, or a mark stream) */
+    bool marked;                          /* a lead's: a device-written mark (marks[index]) says when they are done */
+    int enqueue_err;                      /* a lead's: its copies on a mark stream failed to enqueue */
+    uint32_t mark_seq;                    /* the value its last mark stores */
+    unsigned index;                       /* in pool->chunks */
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
     struct xfer_frame wire;               /* what the transport sees (host pointers) */
     struct xfer_piece pieces[XFER_MAX_PIECES];
@@ -96,6 +109,10 @@ struct staging_pool {
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
+    unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
+    unsigned mark_next;                   /* the issuer's: the next round's mark stream */
+    ferry_stream *mstreams[MARK_STREAMS_MAX];
+    volatile uint32_t *marks;             /* nchunks words, MARK_STRIDE apart, in device-visible host memory */
     pthread_t worker;
 };
 
@@ -197,14 +214,14 @@ static size_t chunk_copies(const struct chunk *c, enum ferry_copy_dir dir, uint6
 }
 
 /* A copy failed: the stream is now unusable (sticky error); make a new one. */
-static void renew_stream(struct staging_pool *p, struct chunk *c)
+static void renew_stream(struct staging_pool *p, ferry_stream **s)
 {
     /* copies queued before the failure must be done before the frame ends:
      * its request's memory may be unregistered and freed right after */
-    (void)p->ops->stream_sync(c->stream);
-    p->ops->stream_destroy(c->stream);
-    c->stream = NULL;
-    if (p->ops->stream_create(p->dev, &c->stream) != 0)
+    (void)p->ops->stream_sync(*s);
+    p->ops->stream_destroy(*s);
+    *s = NULL;
+    if (p->ops->stream_create(p->dev, s) != 0)
         LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
 }
 
@@ -216,7 +233,7 @@ static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
     const char *what = c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
     snprintf(msg, sizeof msg, "staging %s on %s:%d failed: %s", what, p->ops->kind, p->dev, ferry_last_error());
     struct xfer_frame *orig = c->orig;
-    renew_stream(p, c);
+    renew_stream(p, &c->stream);
     release_chunk(p, c);
     end_frame(orig, rc, 0, msg);
 }
@@ -271,28 +288,53 @@ static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int
 /* Lock not held; called by the issuer, or by the worker again for the
  * chunks of a group that failed one by one (n = 1: its copies on the
  * stack; a group of several comes only from the issuer, whose p->copies
- * they use). */
-static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
+ * they use).  mstream: the round's mark stream (the issuer's), or NULL:
+ * the group goes on its leader's own stream, retired by querying it.  On
+ * a mark stream a failure to enqueue is left to the worker (enqueue_err):
+ * groups before it share the stream, and only the worker takes groups
+ * off the FIFO. */
+static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferry_stream **mstream)
 {
     enum ferry_copy_dir dir = g[0]->state == CHUNK_GATHER ? FERRY_COPY_D2H : FERRY_COPY_H2D;
     int rc = 0;
+    bool marked = false;
+    ferry_stream **carrier = &g[0]->stream, **on_mark = NULL;
     if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
         struct ferry_copy alone[XFER_MAX_PIECES];
         struct ferry_copy *copies = n == 1 ? alone : p->copies;
         size_t ncopies = 0;
+        if (mstream)
+            carrier = on_mark = mstream;
         for (size_t i = 0; i < n; i++)
             ncopies += chunk_copies(g[i], dir, dir == FERRY_COPY_H2D ? g[i]->wire_refused : 0, copies + ncopies);
         if (ncopies) {
-            rc = p->ops->copy_async(g[0]->stream, dir, copies, ncopies);
+            rc = p->ops->copy_async(*carrier, dir, copies, ncopies);
             TRACE(TR_STAGE_ISSUE, ncopies);
         }
+        /* even after a failed enqueue: what went before it on the stream
+         * is retired by its own mark */
+        if (on_mark && !rc) {
+            uint32_t v = g[0]->mark_seq + 1;
+            int mrc = p->ops->stream_mark(*carrier, &p->marks[(size_t)g[0]->index * MARK_STRIDE], v);
+            if (!mrc) {
+                g[0]->mark_seq = v;
+                marked = true;
+            } else if (mrc == FERRY_ENOTSUP && p->nmark) { /* the worker queries the stream instead */
+                LOG_WARN("staging: %s:%d: %s; copies go on their chunks' streams", p->ops->kind, p->dev,
+                         ferry_last_error());
+                p->nmark = 0;
+            }
+        }
     }
-    if (rc) {
+    g[0]->enqueue_err = on_mark ? rc : 0;
+    if (rc && !on_mark) {
         group_failed(p, g, n, rc);
         return;
     }
+    g[0]->carrier = carrier;
+    g[0]->marked = marked;
     pthread_mutex_lock(&p->lock); /* the group's chunks side by side in the FIFO */
     for (size_t i = 0; i < n; i++) {
         g[i]->lead = g[0];
@@ -310,6 +352,11 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n)
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
+    ferry_stream **m = NULL;
+    if (p->nmark) {
+        m = &p->mstreams[p->mark_next % p->nmark];
+        p->mark_next++;
+    }
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
     unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
@@ -323,12 +370,12 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             continue;
         }
         if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes)) {
-            issue_group(p, &c, 1);
+            issue_group(p, &c, 1, NULL);
             continue;
         }
         if (ng && (c->state != g[0]->state || ng == frames || copies + c->orig->npieces > (size_t)frames * XFER_MAX_PIECES ||
                    bytes + c->orig->bytes > bytes_max)) {
-            issue_group(p, g, ng);
+            issue_group(p, g, ng, m);
             ng = copies = 0;
             bytes = 0;
             frames = p->group_frames;
@@ -339,7 +386,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
         bytes += c->orig->bytes;
     }
     if (ng)
-        issue_group(p, g, ng);
+        issue_group(p, g, ng, m);
 }
 
 /* A group's copies failed (to enqueue, or on the device).  A chunk alone
@@ -356,9 +403,9 @@ static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int
     }
     LOG_DEBUG("staging: %s:%d: a group of %zu frames failed (%s); each goes again alone", p->ops->kind, p->dev, n,
               ferry_last_error());
-    renew_stream(p, g[0]);
+    renew_stream(p, &g[0]->stream);
     for (size_t i = 0; i < n; i++)
-        issue_group(p, &g[i], 1);
+        issue_group(p, &g[i], 1, NULL);
 }
 
 /* The oldest group's copies are done: WRITE chunks go to the wire, READ
@@ -391,6 +438,7 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
 #define IDLE_SPIN_US_DEFAULT 50u
 #define IDLE_SPIN_US_MAX 100000u
 #define COPY_POLL_NS 200000u
+#define MARK_SLEEP_NS 20000             /* then between polls of a mark */
 
 /* Lock held. */
 static bool work_ready(struct staging_pool *p)
@@ -425,28 +473,104 @@ static void issue_ready(struct staging_pool *p)
     }
 }
 
+/* Worker: a copy on mark stream *m failed (or failed to enqueue).  Every
+ * group in flight on it (those after the failure ran nothing) is taken off
+ * the FIFO, the stream drained and renewed, and each of their chunks goes
+ * again alone on its own stream, so a bad address fails its own frame
+ * only.  The worker issues meanwhile (no round touches the stream). */
+static void mark_stream_failed(struct staging_pool *p, ferry_stream **m)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->issuing)
+        pthread_cond_wait(&p->cond, &p->lock);
+    p->issuing = true;
+    size_t n = 0;
+    struct chunk *keep = NULL;
+    for (struct chunk *c = p->fl_head, *next; c; c = next) {
+        next = c->next;
+        if (c->lead->carrier == m) {
+            p->retired[n++] = c;
+            if (keep)
+                keep->next = next;
+            else
+                p->fl_head = next;
+        } else {
+            keep = c;
+        }
+    }
+    p->fl_tail = keep;
+    pthread_mutex_unlock(&p->lock);
+    LOG_DEBUG("staging: %s:%d: a copy on a mark stream failed (%s); its %zu frames go again alone", p->ops->kind,
+              p->dev, ferry_last_error(), n);
+    renew_stream(p, m);
+    if (!*m) /* no stream to take turns on: rounds use their chunks' own */
+        p->nmark = 0;
+    for (size_t i = 0; i < n; i++)
+        issue_group(p, &p->retired[i], 1, NULL);
+    pthread_mutex_lock(&p->lock);
+    p->issuing = false;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static bool on_mark_stream(const struct staging_pool *p, ferry_stream **s)
+{
+    return s >= p->mstreams && s < p->mstreams + MARK_STREAMS_MAX;
+}
+
+/* Whether a marked group's copies are done: the device stored its mark. */
+static bool mark_reached(const struct staging_pool *p, const struct chunk *lead)
+{
+    uint32_t v = p->marks[(size_t)lead->index * MARK_STRIDE];
+    atomic_thread_fence(memory_order_acquire);
+    return (int32_t)(v - lead->mark_seq) >= 0;
+}
+
 /* The worker: retires the oldest group once its copies are done (polling
- * briefly, then blocking), or returns early when new work is ready for
- * nobody to issue. */
+ * its mark, or querying its stream, briefly, then blocking), or returns
+ * early when new work is ready for nobody to issue.  A marked group's
+ * stream is not queried while it polls: a query takes driver locks the
+ * issuing threads' launches need. */
 static void retire_oldest(struct staging_pool *p)
 {
     pthread_mutex_lock(&p->lock);
     struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO */
     pthread_mutex_unlock(&p->lock);
+    ferry_stream **carrier = lead->carrier;
+    if (lead->enqueue_err) {
+        mark_stream_failed(p, carrier);
+        return;
+    }
     uint64_t start = now_ns();
     int rc;
-    while ((rc = p->ops->stream_query(lead->stream)) == FERRY_EBUSY) {
+    for (;;) {
+        bool slow = now_ns() - start > COPY_POLL_NS;
+        if (lead->marked && mark_reached(p, lead))
+            rc = 0;
+        else if (!lead->marked || slow)  /* a failure leaves the mark unwritten */
+            rc = p->ops->stream_query(*carrier);
+        else
+            rc = FERRY_EBUSY;
+        if (rc != FERRY_EBUSY)
+            break;
         pthread_mutex_lock(&p->lock);
         bool issue = work_ready(p) && !p->issuing;
         pthread_mutex_unlock(&p->lock);
         if (issue)
             return;                     /* issue new work first, come back */
-        if (now_ns() - start > COPY_POLL_NS)
+        if (slow && !lead->marked)
             break;                      /* long copy: block in stream_sync */
-        sched_yield();
+        if (slow)                       /* not stream_sync: it would wait for the groups after this one */
+            nanosleep(&(struct timespec){0, MARK_SLEEP_NS}, NULL);
+        else
+            sched_yield();
     }
     if (rc == FERRY_EBUSY)
-        rc = p->ops->stream_sync(lead->stream);
+        rc = p->ops->stream_sync(*carrier);
+    if (rc && on_mark_stream(p, carrier)) {
+        mark_stream_failed(p, carrier);
+        return;
+    }
     size_t n = 0;
     pthread_mutex_lock(&p->lock);
     while (p->fl_head && p->fl_head->lead == lead) {
@@ -505,25 +629,32 @@ static void *worker_main(void *arg)
 }
 
 /* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps),
- * FERRY_STAGING_GROUP (frames a group takes at most) and
- * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most). */
+ * FERRY_STAGING_GROUP (frames a group takes at most),
+ * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most)
+ * and FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams). */
 static int knobs_read(struct staging_pool *p)
 {
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
-    char spin_wanted[48], group_wanted[64], first_wanted[80];
+    uint64_t nmark = MARK_STREAMS_DEFAULT;
+    char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
     snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
+             MARK_STREAMS_MAX);
     int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_MARK_STREAMS", false, 0, MARK_STREAMS_MAX, mark_wanted, &nmark);
     if (rc < 0)
         return rc;
     p->idle_spin_ns = spin_us * 1000u;
     p->group_frames = (unsigned)group;
     p->group_first = (unsigned)first;
+    p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
     return 0;
 }
 
@@ -590,6 +721,11 @@ static void pool_free(struct staging_pool *p)
         if (p->chunks[i].devbuf)
             p->ops->mem_free(p->dev, p->chunks[i].devbuf);
     }
+    for (unsigned i = 0; i < MARK_STREAMS_MAX; i++)
+        if (p->mstreams[i])
+            p->ops->stream_destroy(p->mstreams[i]);
+    if (p->marks)
+        p->ops->host_free((void *)p->marks);
     if (p->base)
         p->ops->host_free(p->base);
     free(p->chunks);
@@ -633,9 +769,19 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         rc = knobs_read(p);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
+    if (!rc && p->nmark) {
+        void *marks = NULL;
+        rc = ops->host_alloc((size_t)nchunks * MARK_STRIDE * sizeof *p->marks, &marks);
+        if (!rc)
+            memset(marks, 0, (size_t)nchunks * MARK_STRIDE * sizeof *p->marks);
+        p->marks = marks;
+    }
+    for (unsigned i = 0; !rc && i < p->nmark; i++)
+        rc = ops->stream_create(dev, &p->mstreams[i]);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
         struct chunk *c = &p->chunks[i];
         c->pool = p;
+        c->index = i;
         c->host = p->base + (size_t)i * p->stride;
         rc = ops->stream_create(dev, &c->stream);
         if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {

@@ -3,10 +3,14 @@
  * test_staging_bigroup.c — FERRY_STAGING_GROUP and FERRY_STAGING_GROUP_FIRST:
  * frames submitted together form groups of up to that many frames (the
  * first group of a round up to GROUP_FIRST); a group goes in one
- * copy_async call on its leader's stream, however many copies (up to 16 x
- * 64: on CUDA one launch of the 1,024-copy kernel), and retires with one
- * wait; a bad address in one frame of such a group fails that frame only;
- * bad values of the knobs fail pool creation.
+ * copy_async call, however many copies (up to 16 x 64: on CUDA one launch
+ * of the 1,024-copy kernel), and retires with one wait; a bad address in
+ * one frame of such a group fails that frame only; bad values of the knobs
+ * fail pool creation.  FERRY_STAGING_MARK_STREAMS=0: each group on its
+ * leader's own stream; the default: a round's groups one after another on
+ * one stream, each followed by its mark, retired one by one (a group held
+ * on the device does not hold back those before it), a failure there
+ * (on the device, or to enqueue) failing the bad frame only.
  * On the strict sim device, with copy_async wrapped to record each call's
  * stream and copies.  Deterministic: the frames go in one staging_submit_list
  * on a fresh pool, so the submitting thread issues them as one round.
@@ -21,11 +25,13 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <time.h>
 
 #include "device/device.h"
 #include "err.h"
 #include "net.h"
 #include "staging/staging.h"
+#include "timespec.h"
 
 #define BLOCK 4096u
 #define PIECES 64u   /* a full frame */
@@ -46,7 +52,15 @@ static struct {
     size_t ncalls;
     ferry_stream *stream[CALLS_MAX];   /* each copy_async call's stream and copies */
     size_t copies[CALLS_MAX];
-} t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, {0}};
+    size_t marked[CALLS_MAX];          /* the calls a stream_mark on the same stream followed */
+    size_t nmarks;
+    size_t hold_call;                  /* this call waits on the device for `gate` (0: none) */
+    size_t fail_call;                  /* this call fails to enqueue (0: none) */
+    int mark_rc;                       /* what stream_mark answers without marking (0: it marks) */
+} t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}, {0}, {0}, 0, 0, 0, 0};
+
+static volatile uint32_t *gate; /* sim host memory: the held call's copies start once it is 1 */
+static const char *mark_streams = "0"; /* FERRY_STAGING_MARK_STREAMS of the next run */
 
 static const struct ferry_device_ops *sim;
 static struct ferry_device_ops recording; /* sim, with copy_async recorded */
@@ -59,9 +73,24 @@ static int recording_copy_async(ferry_stream *s, enum ferry_copy_dir dir, const 
         t.stream[t.ncalls] = s;
         t.copies[t.ncalls] = n;
     }
-    t.ncalls++;
+    size_t call = ++t.ncalls;
     pthread_mutex_unlock(&t.lock);
+    if (call == t.fail_call)
+        return ferry_fail(FERRY_EIO, "test: copy call %zu refused", call);
+    if (call == t.hold_call)
+        assert_int_equal(sim->stream_wait_flag(0, s, gate, 1), 0);
     return sim->copy_async(s, dir, c, n);
+}
+
+static int recording_stream_mark(ferry_stream *s, volatile uint32_t *flag, uint32_t value)
+{
+    if (t.mark_rc)
+        return ferry_fail(t.mark_rc, "test: no marks");
+    pthread_mutex_lock(&t.lock);
+    if (t.nmarks < CALLS_MAX && t.ncalls && t.stream[t.ncalls - 1] == s)
+        t.marked[t.nmarks++] = t.ncalls;
+    pthread_mutex_unlock(&t.lock);
+    return sim->stream_mark(s, flag, value);
 }
 
 static unsigned char pattern(size_t i)
@@ -108,7 +137,7 @@ static void run(const char *group, const char *first, unsigned freed)
     struct ferry_copy fill = {dev, host, span};
     assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_H2D, &fill, 1), 0);
     t.ended = 0;
-    t.ncalls = 0;
+    t.ncalls = t.nmarks = 0;
     bad_bytes = 0;
     uint64_t deadline = now_ns() + 120000000000ull;
     for (unsigned f = 0; f < NFRAMES; f++) {
@@ -125,15 +154,36 @@ static void run(const char *group, const char *first, unsigned freed)
     }
     setenv("FERRY_STAGING_GROUP", group, 1);
     setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
+    setenv("FERRY_STAGING_MARK_STREAMS", mark_streams, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
     int rc = staging_pool_create(&recording, 0, 1u << 20, NFRAMES, wire_send, NULL, &pool, &base, &len);
     unsetenv("FERRY_STAGING_GROUP");
     unsetenv("FERRY_STAGING_GROUP_FIRST");
+    unsetenv("FERRY_STAGING_MARK_STREAMS");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
     pthread_mutex_lock(&t.lock);
+    if (t.hold_call) { /* every frame but the held call's ends while it waits on the device */
+        struct timespec until = timespec_in_ms(CLOCK_REALTIME, 60000);
+        while (t.ended < NFRAMES - 1 && pthread_cond_timedwait(&t.cond, &t.lock, &until) == 0)
+            ;
+        unsigned ended = t.ended;
+        pthread_mutex_unlock(&t.lock);
+        ferry_flag_set(gate, 1); /* let it go, so the pool can stop, before any assertion */
+        pthread_mutex_lock(&t.lock);
+        while (t.ended < NFRAMES)
+            pthread_cond_wait(&t.cond, &t.lock);
+        pthread_mutex_unlock(&t.lock);
+        staging_pool_destroy(pool);
+        sim->mem_free(0, dev);
+        free(host);
+        assert_int_equal(ended, NFRAMES - 1);
+        assert_int_equal(slot[NFRAMES - 1].err, 0);
+        assert_int_equal(bad_bytes, 0);
+        return;
+    }
     while (t.ended < NFRAMES)
         pthread_cond_wait(&t.cond, &t.lock);
     pthread_mutex_unlock(&t.lock);
@@ -215,11 +265,77 @@ static void bad_frame_in_a_big_group(void **state)
     assert_int_equal(t.ncalls, 1 + NFRAMES); /* the group's call, then one per frame */
 }
 
-/* name=bad[i] fails pool creation with FERRY_EINVAL naming it. */
-static void refuse_all(const char *name)
+/* Mark streams, groups of one: the round's eight calls on one stream, each
+ * followed by its mark; every frame arrives. */
+static void marks_one_stream_a_mark_per_group(void **state)
 {
-    static const char *const bad[] = {"0", "17", "-2", "two", "4x"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    (void)state;
+    mark_streams = "1";
+    run("1", "1", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES);
+    assert_int_equal(t.nmarks, NFRAMES);
+    for (unsigned i = 0; i < NFRAMES; i++) {
+        assert_int_equal(t.marked[i], i + 1);
+        assert_ptr_equal(t.stream[i], t.stream[0]);
+    }
+}
+
+/* The last frame's copies held on the device (the stream waits for a
+ * flag before them): the seven before it on the same stream end anyway. */
+static void marks_held_group_holds_back_no_earlier_one(void **state)
+{
+    (void)state;
+    mark_streams = "1";
+    *gate = 0;
+    t.hold_call = NFRAMES;
+    run("1", "1", NFRAMES);
+    t.hold_call = 0;
+    assert_ptr_equal(t.stream[NFRAMES - 1], t.stream[0]);
+}
+
+/* A frame on freed memory among groups of one on a mark stream: the stream
+ * fails there, the frames after it on the stream ran nothing and go again
+ * alone; only the bad one fails. */
+static void marks_bad_frame_fails_alone(void **state)
+{
+    (void)state;
+    mark_streams = "2";
+    run("1", "1", 2);
+    assert_int_equal(slot[2].err, FERRY_EIO);
+    assert_non_null(strstr(slot[2].msg, "device-to-host copy"));
+    for (unsigned f = 0; f < NFRAMES; f++)
+        if (f != 2)
+            assert_int_equal(slot[f].err, 0);
+}
+
+/* The fourth call fails to enqueue on the mark stream: its frame goes
+ * again alone (and arrives), so does every frame after it on the stream. */
+static void marks_refused_enqueue_goes_again(void **state)
+{
+    (void)state;
+    mark_streams = "1";
+    t.fail_call = 4;
+    run("1", "1", NFRAMES);
+    t.fail_call = 0;
+    assert_true(t.ncalls > NFRAMES);
+    assert_ptr_not_equal(t.stream[NFRAMES], t.stream[0]); /* again on its chunk's own stream */
+}
+
+/* A device without marks (ENOTSUP): the stream is queried instead. */
+static void marks_unsupported_query_instead(void **state)
+{
+    (void)state;
+    mark_streams = "1";
+    t.mark_rc = FERRY_ENOTSUP;
+    run("2", "1", NFRAMES);
+    t.mark_rc = 0;
+    assert_int_equal(t.nmarks, 0);
+}
+
+/* name=bad[i] fails pool creation with FERRY_EINVAL naming it. */
+static void refuse_all(const char *name, const char *const *bad, size_t nbad)
+{
+    for (size_t i = 0; i < nbad; i++) {
         struct staging_pool *pool = NULL;
         void *base;
         size_t len;
@@ -237,8 +353,20 @@ static void refuse_all(const char *name)
 static void knob_refusals(void **state)
 {
     (void)state;
-    refuse_all("FERRY_STAGING_GROUP");
-    refuse_all("FERRY_STAGING_GROUP_FIRST");
+    static const char *const bad[] = {"0", "17", "-2", "two", "4x"};
+    static const char *const bad_marks[] = {"5", "-1", "one", "2x", " 1"};
+    refuse_all("FERRY_STAGING_GROUP", bad, 5);
+    refuse_all("FERRY_STAGING_GROUP_FIRST", bad, 5);
+    refuse_all("FERRY_STAGING_MARK_STREAMS", bad_marks, 5);
+}
+
+/* Each test starts with the recording plain and the mark streams off. */
+static int reset(void **state)
+{
+    (void)state;
+    t.hold_call = t.fail_call = 0;
+    t.mark_rc = 0;
+    return 0;
 }
 
 int main(void)
@@ -250,14 +378,24 @@ int main(void)
     }
     recording = *sim;
     recording.copy_async = recording_copy_async;
+    recording.stream_mark = recording_stream_mark;
+    void *g = NULL;
+    if (sim->host_alloc(sizeof *gate, &g) || !g)
+        return 1;
+    gate = g;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(defaults_groups_of_two),
-        cmocka_unit_test(first_two_then_one_call),
-        cmocka_unit_test(one_call_for_the_round),
-        cmocka_unit_test(group_of_four_after_a_first_of_two),
-        cmocka_unit_test(group_of_one),
-        cmocka_unit_test(bad_frame_in_a_big_group),
-        cmocka_unit_test(knob_refusals),
+        cmocka_unit_test_setup(defaults_groups_of_two, reset),
+        cmocka_unit_test_setup(first_two_then_one_call, reset),
+        cmocka_unit_test_setup(one_call_for_the_round, reset),
+        cmocka_unit_test_setup(group_of_four_after_a_first_of_two, reset),
+        cmocka_unit_test_setup(group_of_one, reset),
+        cmocka_unit_test_setup(bad_frame_in_a_big_group, reset),
+        cmocka_unit_test_setup(marks_one_stream_a_mark_per_group, reset),
+        cmocka_unit_test_setup(marks_held_group_holds_back_no_earlier_one, reset),
+        cmocka_unit_test_setup(marks_bad_frame_fails_alone, reset),
+        cmocka_unit_test_setup(marks_refused_enqueue_goes_again, reset),
+        cmocka_unit_test_setup(marks_unsupported_query_instead, reset),
+        cmocka_unit_test_setup(knob_refusals, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
