@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
 #include "err.h"
 #include "device/device.h"
 #include "transport/tcp/sockio.h"
@@ -24,8 +25,20 @@
 
 #define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
 /* Device copies start once this many bytes wait in the bounce, so the
- * device copies them while the socket moves the next ones. */
-#define PIPE_BYTES (256u << 10)
+ * device copies them while the socket moves the next ones
+ * (FERRY_TCP_DEVICE_PIPE; s->t->dev_pipe). */
+#define PIPE_DEFAULT (256u << 10)
+#define PIPE_MIN (16u << 10)
+#define PIPE_BYTES (s->t->dev_pipe)
+
+int tcp_device_pipe(uint64_t *out)
+{
+    char wanted[64];
+    snprintf(wanted, sizeof wanted, "bytes, %u-%u", PIPE_MIN, BOUNCE_SIZE);
+    *out = PIPE_DEFAULT;
+    int rc = config_env_number("FERRY_TCP_DEVICE_PIPE", false, PIPE_MIN, BOUNCE_SIZE, wanted, out);
+    return rc < 0 ? rc : 0;
+}
 
 /* ---- device memory on the target side: a pinned bounce per connection.
  * Payload for device memory is received into it (or sent from it), and the
@@ -304,7 +317,7 @@ int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const s
 
 /* How many of the pending copies from the first make up PIPE_BYTES (at
  * least one). */
-static size_t pipe_group(const struct bounce *b)
+static size_t pipe_group(const struct server_conn *s, const struct bounce *b)
 {
     size_t n = 0, bytes = 0;
     while (n < b->n && (n == 0 || bytes < PIPE_BYTES))
@@ -325,7 +338,7 @@ int tcp_flush_reads(struct server_conn *s)
                           "no trailer: closing the connection", s->from);
     size_t copied = b->used;
     int rc = 0;
-    bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+    bounce_start(s, FERRY_COPY_D2H, pipe_group(s, b));
     for (int sent = 0; !rc && sent < s->iovcnt;) {
         tcp_bounce_wait(s); /* every copy started so far is done (or failed: zeros) */
         bounce_drop_revoked(s); /* revoked while the last bytes went out */
@@ -336,7 +349,7 @@ int tcp_flush_reads(struct server_conn *s)
         }
         /* the iovecs up to the next group's first copy can go */
         int limit = b->n ? b->copy_iov[0] : s->iovcnt;
-        bounce_start(s, FERRY_COPY_D2H, pipe_group(b));
+        bounce_start(s, FERRY_COPY_D2H, pipe_group(s, b));
         rc = tcp_serve_send_iovs(s, sent, limit);
         sent = limit;
     }
