@@ -3,9 +3,9 @@
  * tcp_serve_dev.c — the tcp target side's path for device memory: a pinned
  * bounce per served connection (allocated on its first device access, freed
  * with the connection), WRITE payload received into it and READ payload
- * sent from it, with the device copies started in PIPE_BYTES groups on the
- * stream the device layer keeps for the thread so they overlap the socket,
- * and a failed copy failing its frame.  Runs on the connection's own thread
+ * sent from it, with the device copies started in pipe-sized groups
+ * (FERRY_TCP_DEVICE_PIPE) on the stream the device layer keeps for the
+ * thread so they overlap the socket, and a failed copy failing its frame.  Runs on the connection's own thread
  * (tcp_serve.c), which owns the bounce; the frame handling is there.
  */
 
@@ -26,10 +26,9 @@
 #define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
 /* Device copies start once this many bytes wait in the bounce, so the
  * device copies them while the socket moves the next ones
- * (FERRY_TCP_DEVICE_PIPE; s->t->dev_pipe). */
+ * (FERRY_TCP_DEVICE_PIPE: s->t->dev_pipe, "the pipe" below). */
 #define PIPE_DEFAULT (256u << 10)
 #define PIPE_MIN (16u << 10)
-#define PIPE_BYTES (s->t->dev_pipe)
 
 int tcp_device_pipe(uint64_t *out)
 {
@@ -43,7 +42,7 @@ int tcp_device_pipe(uint64_t *out)
 /* ---- device memory on the target side: a pinned bounce per connection.
  * Payload for device memory is received into it (or sent from it), and the
  * device pieces move in batched copies on a stream the device layer keeps
- * for this thread, started every PIPE_BYTES so that copying overlaps the
+ * for this thread, started every pipe's worth so that copying overlaps the
  * socket (WRITE: the next bytes are received while the last ones go to the
  * device; READ: the first bytes are sent while the next ones come from it),
  * and waited for before the bounce is reused, before an access ends and
@@ -213,11 +212,11 @@ int tcp_flush_writes(struct server_conn *s)
     return 0;
 }
 
-/* WRITE: the copies of the bytes received so far start once PIPE_BYTES wait. */
+/* WRITE: the copies of the bytes received so far start once a pipe's worth waits. */
 void tcp_pipe_writes(struct server_conn *s)
 {
     struct bounce *b = &s->b;
-    if (!b->n || b->used - b->started < PIPE_BYTES)
+    if (!b->n || b->used - b->started < s->t->dev_pipe)
         return;
     bounce_drop_revoked(s);
     b->started = b->used;
@@ -242,7 +241,7 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
             return rc;
         if (!s->ent[i].held)
             continue;
-        n = n < PIPE_BYTES ? n : PIPE_BYTES;
+        n = n < s->t->dev_pipe ? n : s->t->dev_pipe;
         rc = sockio_recv(s->fd, b->buf + b->used, n, s->deadline_ns, &s->wake, &s->revoking, &got);
         if (got) {
             b->copy_entry[b->n] = (uint8_t)i;
@@ -281,7 +280,7 @@ int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const s
     uint64_t total = 0;
     unsigned k = i;
     while (k < end && b->n + (k - i) < BOUNCE_COPIES && total + e[k].len <= room &&
-           (k == i || total + e[k].len <= PIPE_BYTES))
+           (k == i || total + e[k].len <= s->t->dev_pipe))
         total += e[k++].len;
     *taken = 1;
     if (k == i) /* the first entry does not fit whole */
@@ -315,19 +314,19 @@ int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const s
                           : sockio_discard(s->fd, e[j].len - part, s->deadline_ns, &s->wake);
 }
 
-/* How many of the pending copies from the first make up PIPE_BYTES (at
+/* How many of the pending copies from the first make up a pipe's worth (at
  * least one). */
 static size_t pipe_group(const struct server_conn *s, const struct bounce *b)
 {
     size_t n = 0, bytes = 0;
-    while (n < b->n && (n == 0 || bytes < PIPE_BYTES))
+    while (n < b->n && (n == 0 || bytes < s->t->dev_pipe))
         bytes += b->copies[n++].len;
     return n;
 }
 
 /* READ: the gathered iovecs go out after the device copies they point into.
  * iov_entry[k] names the entry whose registered memory iov[k] points into
- * (-1: the header or the bounce).  The copies go in groups of PIPE_BYTES:
+ * (-1: the header or the bounce).  The copies go in pipe-sized groups:
  * while one group's bytes are sent, the next group is being copied. */
 int tcp_flush_reads(struct server_conn *s)
 {
@@ -375,7 +374,7 @@ int tcp_send_entry_device(struct server_conn *s, unsigned i, const struct wire_e
             rc = bounce_room(s, ops, dev, e->len - done, &n, tcp_flush_reads);
         if (rc)
             return rc;
-        n = n < PIPE_BYTES ? n : PIPE_BYTES;
+        n = n < s->t->dev_pipe ? n : s->t->dev_pipe;
         char *dst = b->buf + b->used;
         b->copy_entry[b->n] = (uint8_t)i;
         b->copy_iov[b->n] = s->iovcnt;
