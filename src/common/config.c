@@ -135,7 +135,7 @@ static const struct knob knobs[] = {
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
       "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16)"},
      KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_GROUP_FIRST", "2",
+    {{"FERRY_STAGING_GROUP_FIRST", "1",
       "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
       "chunks of a large WRITE go to the wire while the rest are copied"},
      KNOB_DOC, 0, NULL},

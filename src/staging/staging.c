@@ -6,10 +6,21 @@
  * The chunks that became ready together are issued in groups: one
  * copy_async for the copies of up to FERRY_STAGING_GROUP chunks going the
  * same way (2; 16: a 1,024-block batch in one launch of the CUDA kernel of
- * 1,024 copies), on the first one's stream, retired together (a launch and a
- * wait per group, not per chunk: what small blocks pay most).  A round's
- * first group takes at most FERRY_STAGING_GROUP_FIRST frames (2), so the
- * first chunks of a large WRITE reach the wire while the rest gather.
+ * 1,024 copies), retired together (a launch and a wait per group, not per
+ * chunk: what small blocks pay most).  A round's first group takes at most
+ * FERRY_STAGING_GROUP_FIRST frames (1), so the first chunk of a large WRITE
+ * reaches the wire while the rest gather.
+ *
+ * Where the device has stream_mark (CUDA, sim), a round's groups go one
+ * after another on one of FERRY_STAGING_MARK_STREAMS pool streams (1; the
+ * rounds take them in turn), each followed by a device-written mark: the
+ * first group finishes first (not all together, sharing the link) and
+ * the worker retires it by reading its mark, with no driver call (a query
+ * takes the locks the issuers' launches need).  Without marks (0, or a
+ * device without them) a group goes on its leader's own stream and is
+ * retired by querying it.  A copy that fails on a mark stream leaves every
+ * later mark there unwritten: the worker takes all of that stream's groups
+ * off the FIFO, renews it and issues each of their chunks again alone.
  *
  * Threads: whoever brings work issues it (the submitting thread its gathers,
  * the transport thread that received a READ its scatter), so the copy starts
@@ -46,10 +57,10 @@
  * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
  * cost ~20 us more than a 128-copy one, so 2 by default: measured in
  * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
- * most FERRY_STAGING_GROUP_FIRST (2: a larger one holds its first chunk
+ * most FERRY_STAGING_GROUP_FIRST (1: a larger one holds its first chunk
  * off the wire until the whole group is copied). */
 #define GROUP_DEFAULT 2u
-#define GROUP_FIRST_DEFAULT 2u
+#define GROUP_FIRST_DEFAULT 1u
 #define GROUP_MAX 16u
 /* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
  * another on one stream, each followed by a device-written mark, so the

@@ -20,9 +20,12 @@
  * payloads that arrived together) go to the device as one group: one
  * batched copy for up to 2 chunks (FERRY_STAGING_GROUP, up to 16; then
  * the first group of those ready at once takes up to
- * FERRY_STAGING_GROUP_FIRST, 2, so the wire starts early), on the first
- * one's stream, waited for once.  A group that fails goes again chunk by
- * chunk, so a bad address fails its own frame only.
+ * FERRY_STAGING_GROUP_FIRST, 1, so the wire starts early), waited for
+ * once: the groups ready together go one after another on one stream,
+ * each retired by a mark the device writes after it (so each frame goes
+ * on as soon as its own copies are done), or, without marks, each on its
+ * first chunk's stream.  A group that fails goes again chunk by chunk, so
+ * a bad address fails its own frame only.
  *
  * Devices without a gather kernel gather small blocks on the device instead
  * (aggregate.h): D2D into a device buffer, one D2H per chunk; READ the

@@ -196,12 +196,12 @@ static void run(const char *group, const char *first, unsigned freed)
     assert_int_equal(bad_bytes, 0);
 }
 
-/* Defaults (2, first 2): groups of two frames, each one call of 128
+/* 2, first 2, no mark streams: groups of two frames, each one call of 128
  * copies on a stream of its own. */
 static void defaults_groups_of_two(void **state)
 {
     (void)state;
-    run("", "", NFRAMES);
+    run("", "2", NFRAMES);
     assert_int_equal(t.ncalls, NFRAMES / 2);
     for (unsigned i = 0; i < NFRAMES / 2; i++) {
         assert_int_equal(t.copies[i], 2 * PIECES);
@@ -215,7 +215,7 @@ static void defaults_groups_of_two(void **state)
 static void first_two_then_one_call(void **state)
 {
     (void)state;
-    run("16", "", NFRAMES);
+    run("16", "2", NFRAMES);
     assert_int_equal(t.ncalls, 2);
     assert_int_equal(t.copies[0], 2 * PIECES);
     assert_int_equal(t.copies[1], (NFRAMES - 2) * PIECES);
@@ -263,6 +263,24 @@ static void bad_frame_in_a_big_group(void **state)
     assert_int_equal(slot[2].err, FERRY_EIO);
     assert_non_null(strstr(slot[2].msg, "device-to-host copy"));
     assert_int_equal(t.ncalls, 1 + NFRAMES); /* the group's call, then one per frame */
+}
+
+/* The defaults (mark streams 1, group 2, first 1): groups of 1, 2, 2, 2
+ * and 1 frames, one after another on one stream, each call followed by a
+ * mark. */
+static void defaults_first_one_then_twos_marked(void **state)
+{
+    (void)state;
+    mark_streams = "";
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    assert_int_equal(t.nmarks, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++) {
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
+        assert_int_equal(t.marked[i], i + 1);
+        assert_ptr_equal(t.stream[i], t.stream[0]);
+    }
 }
 
 /* Mark streams, groups of one: the round's eight calls on one stream, each
@@ -390,6 +408,7 @@ int main(void)
         cmocka_unit_test_setup(group_of_four_after_a_first_of_two, reset),
         cmocka_unit_test_setup(group_of_one, reset),
         cmocka_unit_test_setup(bad_frame_in_a_big_group, reset),
+        cmocka_unit_test_setup(defaults_first_one_then_twos_marked, reset),
         cmocka_unit_test_setup(marks_one_stream_a_mark_per_group, reset),
         cmocka_unit_test_setup(marks_held_group_holds_back_no_earlier_one, reset),
         cmocka_unit_test_setup(marks_bad_frame_fails_alone, reset),
