@@ -140,9 +140,9 @@ static const struct knob knobs[] = {
       "chunks of a large WRITE go to the wire while the rest are copied"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_MARK_STREAMS", "1",
-      "device streams a staging pool's rounds of copies take in turn (0-4): each frame's copies are followed by "
-      "a device-written mark, so it goes to the wire (or its READ ends) as soon as they are done; 0: groups on "
-      "their chunks' own streams, retired by querying them"},
+      "device streams a staging pool's rounds of gathers (WRITE) take in turn (0-4): the groups of a round go "
+      "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "
+      "copies are done; 0: groups on their chunks' own streams, retired by querying them"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},

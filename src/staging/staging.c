@@ -11,12 +11,16 @@
  * FERRY_STAGING_GROUP_FIRST frames (1), so the first chunk of a large WRITE
  * reaches the wire while the rest gather.
  *
- * Where the device has stream_mark (CUDA, sim), a round's groups go one
+ * Where the device has stream_mark (CUDA, sim), a round's gathers go one
  * after another on one of FERRY_STAGING_MARK_STREAMS pool streams (1; the
- * rounds take them in turn), each followed by a device-written mark: the
- * first group finishes first (not all together, sharing the link) and
- * the worker retires it by reading its mark, with no driver call (a query
- * takes the locks the issuers' launches need).  Without marks (0, or a
+ * rounds take them in turn), each group followed by a device-written mark:
+ * the first group finishes first (not all together, sharing the link) and
+ * goes to the wire while the rest gather; the worker retires it by reading
+ * its mark, with no driver call (a query takes the locks the issuers'
+ * launches need).  Scatters (READ payload that arrived, mostly one frame a
+ * round) keep their chunks' own streams: on one mark stream the frames of
+ * a batch that arrive together were copied one after another (one H200,
+ * 16 KiB x 1,024 READ: 6.26 GB/s against 7.05).  Without marks (0, or a
  * device without them) a group goes on its leader's own stream and is
  * retired by querying it.  A copy that fails on a mark stream leaves every
  * later mark there unwritten: the worker takes all of that stream's groups
@@ -363,7 +367,7 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
-    ferry_stream **m = NULL;
+    ferry_stream **m = NULL; /* the round's mark stream, for its gathers */
     if (p->nmark) {
         m = &p->mstreams[p->mark_next % p->nmark];
         p->mark_next++;
@@ -386,7 +390,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
         }
         if (ng && (c->state != g[0]->state || ng == frames || copies + c->orig->npieces > (size_t)frames * XFER_MAX_PIECES ||
                    bytes + c->orig->bytes > bytes_max)) {
-            issue_group(p, g, ng, m);
+            issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
             ng = copies = 0;
             bytes = 0;
             frames = p->group_frames;
@@ -397,7 +401,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
         bytes += c->orig->bytes;
     }
     if (ng)
-        issue_group(p, g, ng, m);
+        issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
 }
 
 /* A group's copies failed (to enqueue, or on the device).  A chunk alone
