@@ -109,14 +109,21 @@ static void frame_ended(struct xfer_frame *f, int err, uint64_t refused, const c
     pthread_mutex_unlock(&t.lock);
 }
 
-/* The "wire" ends a gathered WRITE frame at once, its bytes checked. */
+/* The "wire" ends a gathered WRITE frame at once, its bytes checked; a
+ * READ frame's payload "arrives" at once (the pattern, into its chunk). */
 static int bad_bytes;
+static uint8_t opcode = XFER_WRITE; /* of the next run's frames */
 static void wire_send(void *ctx, struct xfer_frame *w)
 {
     (void)ctx;
     for (uint32_t i = 0; i < w->npieces; i++)
-        for (size_t k = 0; k < BLOCK; k++)
-            bad_bytes += (unsigned char)((char *)w->pieces[i].local)[k] != pattern(w->pieces[i].remote + k);
+        for (size_t k = 0; k < BLOCK; k++) {
+            unsigned char *b = (unsigned char *)w->pieces[i].local + k;
+            if (w->opcode == XFER_READ)
+                *b = pattern(w->pieces[i].remote + k);
+            else
+                bad_bytes += *b != pattern(w->pieces[i].remote + k);
+        }
     w->complete(w, 0, 0, "");
 }
 
@@ -130,7 +137,7 @@ static void run(const char *group, const char *first, unsigned freed)
     char *host = malloc(span);
     assert_non_null(host);
     for (size_t k = 0; k < span; k++)
-        host[k] = (char)pattern(k);
+        host[k] = opcode == XFER_READ ? 0 : (char)pattern(k);
     assert_int_equal(sim->mem_alloc(0, span, (void **)&dev), 0);
     assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&gone), 0);
     sim->mem_free(0, gone);
@@ -148,7 +155,7 @@ static void run(const char *group, const char *first, unsigned freed)
             char *local = f == freed ? gone + (size_t)i * BLOCK : dev + off;
             s->pieces[i] = (struct xfer_piece){local, off, BLOCK, i};
         }
-        s->f = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = PIECES, .pieces = s->pieces,
+        s->f = (struct xfer_frame){.opcode = opcode, .npieces = PIECES, .pieces = s->pieces,
                                    .bytes = PIECES * BLOCK, .deadline_ns = deadline, .complete = frame_ended,
                                    .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
     }
@@ -187,6 +194,12 @@ static void run(const char *group, const char *first, unsigned freed)
     while (t.ended < NFRAMES)
         pthread_cond_wait(&t.cond, &t.lock);
     pthread_mutex_unlock(&t.lock);
+    if (opcode == XFER_READ) { /* every READ frame ended: its bytes are in device memory */
+        struct ferry_copy back = {host, dev, span};
+        assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_D2H, &back, 1), 0);
+        for (size_t k = 0; k < span; k++)
+            bad_bytes += (unsigned char)host[k] != pattern(k);
+    }
     staging_pool_destroy(pool);
     sim->mem_free(0, dev);
     free(host);
@@ -339,6 +352,22 @@ static void marks_refused_enqueue_goes_again(void **state)
     assert_ptr_not_equal(t.stream[NFRAMES], t.stream[0]); /* again on its chunk's own stream */
 }
 
+/* READ, mark streams on: the eight payloads arrive in one round, and their
+ * scatters (groups of 1, 2, 2, 2, 1 frames) go on their chunks' own
+ * streams, unmarked (on one mark stream the frames a batch's connections
+ * bring together were copied one after another); the bytes land. */
+static void marks_not_for_scatters(void **state)
+{
+    (void)state;
+    mark_streams = "1";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    assert_int_equal(t.nmarks, 0);
+    for (unsigned i = 1; i < 5; i++)
+        assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+}
+
 /* A device without marks (ENOTSUP): the stream is queried instead. */
 static void marks_unsupported_query_instead(void **state)
 {
@@ -384,6 +413,8 @@ static int reset(void **state)
     (void)state;
     t.hold_call = t.fail_call = 0;
     t.mark_rc = 0;
+    mark_streams = "0";
+    opcode = XFER_WRITE;
     return 0;
 }
 
@@ -413,6 +444,7 @@ int main(void)
         cmocka_unit_test_setup(marks_held_group_holds_back_no_earlier_one, reset),
         cmocka_unit_test_setup(marks_bad_frame_fails_alone, reset),
         cmocka_unit_test_setup(marks_refused_enqueue_goes_again, reset),
+        cmocka_unit_test_setup(marks_not_for_scatters, reset),
         cmocka_unit_test_setup(marks_unsupported_query_instead, reset),
         cmocka_unit_test_setup(knob_refusals, reset),
     };
