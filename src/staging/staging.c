@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * staging.c — pinned chunk pools and the device<->host pipeline (see
- * staging.h for the idea).
+ * staging.c — the device<->host pipeline of a staging pool (see staging.h
+ * for the idea; a pool's knobs, creation and teardown: staging_pool.c).
  *
  * The chunks that became ready together are issued in groups: one
  * copy_async for the copies of up to FERRY_STAGING_GROUP chunks going the
@@ -48,88 +48,13 @@
 #include <sched.h>
 #include <time.h>
 
-#include "config.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
 #include "timespec.h"
 #include "trace.h"
 #include "staging/aggregate.h"
-
-/* A group holds FERRY_STAGING_GROUP frames at most and goes to the device
- * in one copy_async call (16: a whole 1,024-block batch, one launch of the
- * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
- * cost ~20 us more than a 128-copy one, so 2 by default: measured in
- * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
- * most FERRY_STAGING_GROUP_FIRST (1: a larger one holds its first chunk
- * off the wire until the whole group is copied). */
-#define GROUP_DEFAULT 2u
-#define GROUP_FIRST_DEFAULT 1u
-#define GROUP_MAX 16u
-/* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
- * another on one stream, each followed by a device-written mark, so the
- * first frame retires (and goes to the wire) as soon as its own copies
- * are done, not with the round's last.  Marks a cache line apart. */
-#define MARK_STREAMS_DEFAULT 1u
-#define MARK_STREAMS_MAX 4u
-#define MARK_STRIDE 16u
-
-enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
-
-struct chunk {
-    struct staging_pool *pool;
-    char *host;
-    char *devbuf;                         /* device buffer for aggregation, or NULL */
-    ferry_stream *stream;
-    enum chunk_state state;
-    struct chunk *lead;                   /* in flight: its group's first chunk */
-    ferry_stream **carrier;               /* a lead's: where its group's copies went (its stream, or a mark stream) */
-    bool marked;                          /* a lead's: a device-written mark (marks[index]) says when they are done */
-    int enqueue_err;                      /* a lead's: its copies on a mark stream failed to enqueue */
-    uint32_t mark_seq;                    /* the value its last mark stores */
-    unsigned index;                       /* in pool->chunks */
-    struct xfer_frame *orig;              /* the engine's frame (device pointers) */
-    struct xfer_frame wire;               /* what the transport sees (host pointers) */
-    struct xfer_piece pieces[XFER_MAX_PIECES];
-    int wire_err;
-    uint64_t wire_refused;
-    char wire_msg[160];
-    struct chunk *next;                   /* in free / arrived lists */
-};
-
-struct staging_pool {
-    const struct ferry_device_ops *ops;
-    int dev;
-    size_t chunk_size;
-    size_t align;                         /* pieces start at multiples of this in a chunk */
-    size_t stride;                        /* bytes between chunks: chunk_size + alignment slack */
-    unsigned nchunks;
-    struct aggregate_policy agg;
-    char *base;
-    struct chunk *chunks;
-    staging_send_fn send;
-    void *send_ctx;
-
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct chunk *free_list;
-    struct xfer_frame *waiting_head, *waiting_tail;  /* frames waiting for a chunk */
-    struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
-    struct chunk *fl_head, *fl_tail;                 /* copies in flight, oldest group first */
-    bool issuing;                         /* a thread is issuing a round: it owns taken and group */
-    struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
-    struct ferry_copy *copies;            /* the issuer's: a group's copies (GROUP_MAX x XFER_MAX_PIECES) */
-    struct chunk **retired;               /* the worker's: a retired group (nchunks) */
-    bool stopping;
-    uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
-    unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
-    unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
-    unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
-    unsigned mark_next;                   /* the issuer's: the next round's mark stream */
-    ferry_stream *mstreams[MARK_STREAMS_MAX];
-    volatile uint32_t *marks;             /* nchunks words, MARK_STRIDE apart, in device-visible host memory */
-    pthread_t worker;
-};
+#include "staging/staging_internal.h"
 
 static void end_frame(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
@@ -444,17 +369,6 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
     }
 }
 
-/* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
- * before it retires the next copy, and blocking on the oldest copy leaves
- * new work queued; so the worker polls for a while (FERRY_STAGING_SPIN_US,
- * 50 µs by default; longer keeps it awake through a batch at the price of
- * a core while transfers run) before it sleeps, and briefly before it
- * blocks. */
-#define IDLE_SPIN_US_DEFAULT 50u
-#define IDLE_SPIN_US_MAX 100000u
-#define COPY_POLL_NS 200000u
-#define MARK_SLEEP_NS 20000             /* then between polls of a mark */
-
 /* Lock held. */
 static bool work_ready(struct staging_pool *p)
 {
@@ -603,7 +517,7 @@ static void retire_oldest(struct staging_pool *p)
 
 /* The worker issues what nobody else does (work that waited for a free
  * chunk) and retires every copy; it polls briefly before it sleeps. */
-static void *worker_main(void *arg)
+void *staging_worker_main(void *arg)
 {
     struct staging_pool *p = arg;
     uint64_t idle_since = 0;
@@ -641,36 +555,6 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
-}
-
-/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps),
- * FERRY_STAGING_GROUP (frames a group takes at most),
- * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most)
- * and FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams). */
-static int knobs_read(struct staging_pool *p)
-{
-    uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
-    uint64_t nmark = MARK_STREAMS_DEFAULT;
-    char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80];
-    snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
-    snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
-    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
-    snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
-             MARK_STREAMS_MAX);
-    int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
-    if (rc >= 0)
-        rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
-    if (rc >= 0)
-        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
-    if (rc >= 0)
-        rc = config_env_number("FERRY_STAGING_MARK_STREAMS", false, 0, MARK_STREAMS_MAX, mark_wanted, &nmark);
-    if (rc < 0)
-        return rc;
-    p->idle_spin_ns = spin_us * 1000u;
-    p->group_frames = (unsigned)group;
-    p->group_first = (unsigned)first;
-    p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
-    return 0;
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
@@ -716,131 +600,4 @@ void staging_submit(struct staging_pool *p, struct xfer_frame *f)
 {
     f->next = NULL;
     staging_submit_list(p, f);
-}
-
-size_t staging_pool_chunk_size(const struct staging_pool *p)
-{
-    return p->chunk_size;
-}
-
-bool staging_pool_aggregates(const struct staging_pool *p)
-{
-    return p->agg.below > 0 && p->agg.buffers > 0;
-}
-
-static void pool_free(struct staging_pool *p)
-{
-    for (unsigned i = 0; p->chunks && i < p->nchunks; i++) {
-        if (p->chunks[i].stream)
-            p->ops->stream_destroy(p->chunks[i].stream);
-        if (p->chunks[i].devbuf)
-            p->ops->mem_free(p->dev, p->chunks[i].devbuf);
-    }
-    for (unsigned i = 0; i < MARK_STREAMS_MAX; i++)
-        if (p->mstreams[i])
-            p->ops->stream_destroy(p->mstreams[i]);
-    if (p->marks)
-        p->ops->host_free((void *)p->marks);
-    if (p->base)
-        p->ops->host_free(p->base);
-    free(p->chunks);
-    free(p->taken);
-    free(p->group);
-    free(p->copies);
-    free(p->retired);
-    pthread_mutex_destroy(&p->lock);
-    pthread_cond_destroy(&p->cond);
-    free(p);
-}
-
-int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chunk_size, unsigned nchunks,
-                        staging_send_fn send, void *send_ctx, struct staging_pool **out, void **base,
-                        size_t *len)
-{
-    if (chunk_size == 0 || nchunks == 0)
-        return ferry_fail(FERRY_EINVAL, "staging pool: %u chunks of %zu bytes", nchunks, chunk_size);
-    struct staging_pool *p = calloc(1, sizeof *p);
-    if (!p)
-        return ferry_fail(FERRY_ENOMEM, "staging pool");
-    p->ops = ops;
-    p->dev = dev;
-    p->chunk_size = chunk_size;
-    p->nchunks = nchunks;
-    p->send = send;
-    p->send_ctx = send_ctx;
-    pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
-    p->align = ops->copy_alignment ? ops->copy_alignment() : 1;
-    if (p->align == 0)
-        p->align = 1;
-    p->stride = chunk_size + (p->align > 1 ? XFER_MAX_PIECES * p->align : 0);
-    p->chunks = calloc(nchunks, sizeof *p->chunks);
-    p->taken = calloc(nchunks, sizeof *p->taken);
-    p->group = calloc(nchunks, sizeof *p->group);
-    p->retired = calloc(nchunks, sizeof *p->retired);
-    p->copies = calloc((size_t)GROUP_MAX * XFER_MAX_PIECES, sizeof *p->copies);
-    int rc = p->chunks && p->taken && p->group && p->retired && p->copies ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
-    if (!rc)
-        rc = knobs_read(p);
-    if (!rc)
-        rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
-    if (!rc && p->nmark) {
-        void *marks = NULL;
-        rc = ops->host_alloc((size_t)nchunks * MARK_STRIDE * sizeof *p->marks, &marks);
-        if (!rc)
-            memset(marks, 0, (size_t)nchunks * MARK_STRIDE * sizeof *p->marks);
-        p->marks = marks;
-    }
-    for (unsigned i = 0; !rc && i < p->nmark; i++)
-        rc = ops->stream_create(dev, &p->mstreams[i]);
-    for (unsigned i = 0; !rc && i < nchunks; i++) {
-        struct chunk *c = &p->chunks[i];
-        c->pool = p;
-        c->index = i;
-        c->host = p->base + (size_t)i * p->stride;
-        rc = ops->stream_create(dev, &c->stream);
-        if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
-            LOG_WARN("staging: %s:%d: device buffer %u for aggregation: %s; %u chunks aggregate", ops->kind, dev, i,
-                     ferry_last_error(), i);
-            p->agg.buffers = i;
-            c->devbuf = NULL;
-        }
-        c->next = p->free_list;
-        p->free_list = c;
-    }
-    if (!rc && pthread_create(&p->worker, NULL, worker_main, p))
-        rc = ferry_fail(FERRY_EIO, "staging: cannot start worker");
-    if (rc) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-        pool_free(p);
-        return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
-                          why);
-    }
-    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered on the device "
-             "(%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below, p->agg.buffers);
-    *base = p->base;
-    *len = p->stride * nchunks;
-    *out = p;
-    return 0;
-}
-
-void staging_pool_destroy(struct staging_pool *p)
-{
-    if (!p)
-        return;
-    pthread_mutex_lock(&p->lock);
-    p->stopping = true;
-    struct xfer_frame *waiting = p->waiting_head;
-    p->waiting_head = p->waiting_tail = NULL;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-    for (struct xfer_frame *f = waiting, *next; f; f = next) {
-        next = f->next;
-        end_frame(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
-    }
-    pthread_join(p->worker, NULL);
-    /* chunks still on the wire were ended by their transports, which the
-     * engine destroys before its pools */
-    pool_free(p);
 }

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * staging_internal.h — what staging.c (the pipeline: issue, retire, the
+ * worker) and staging_pool.c (a pool's knobs, creation and teardown) share:
+ * the chunk and pool structures and their limits.  Private to src/staging.
+ * Threads and ownership: see staging.c (every list under pool->lock; the
+ * issuer's and the worker's scratch arrays are theirs alone).
+ */
+#ifndef FERRY_STAGING_INTERNAL_H
+#define FERRY_STAGING_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "staging/aggregate.h"
+#include "staging/staging.h"
+
+/* A group holds FERRY_STAGING_GROUP frames at most and goes to the device
+ * in one copy_async call (16: a whole 1,024-block batch, one launch of the
+ * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
+ * cost ~20 us more than a 128-copy one, so 2 by default: measured in
+ * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
+ * most FERRY_STAGING_GROUP_FIRST (1: a larger one holds its first chunk
+ * off the wire until the whole group is copied). */
+#define GROUP_DEFAULT 2u
+#define GROUP_FIRST_DEFAULT 1u
+#define GROUP_MAX 16u
+/* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
+ * another on one stream, each followed by a device-written mark, so the
+ * first frame retires (and goes to the wire) as soon as its own copies
+ * are done, not with the round's last.  Marks a cache line apart. */
+#define MARK_STREAMS_DEFAULT 1u
+#define MARK_STREAMS_MAX 4u
+#define MARK_STRIDE 16u
+
+enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
+
+struct chunk {
+    struct staging_pool *pool;
+    char *host;
+    char *devbuf;                         /* device buffer for aggregation, or NULL */
+    ferry_stream *stream;
+    enum chunk_state state;
+    struct chunk *lead;                   /* in flight: its group's first chunk */
+    ferry_stream **carrier;               /* a lead's: where its group's copies went (its stream, or a mark stream) */
+    bool marked;                          /* a lead's: a device-written mark (marks[index]) says when they are done */
+    int enqueue_err;                      /* a lead's: its copies on a mark stream failed to enqueue */
+    uint32_t mark_seq;                    /* the value its last mark stores */
+    unsigned index;                       /* in pool->chunks */
+    struct xfer_frame *orig;              /* the engine's frame (device pointers) */
+    struct xfer_frame wire;               /* what the transport sees (host pointers) */
+    struct xfer_piece pieces[XFER_MAX_PIECES];
+    int wire_err;
+    uint64_t wire_refused;
+    char wire_msg[160];
+    struct chunk *next;                   /* in free / arrived lists */
+};
+
+struct staging_pool {
+    const struct ferry_device_ops *ops;
+    int dev;
+    size_t chunk_size;
+    size_t align;                         /* pieces start at multiples of this in a chunk */
+    size_t stride;                        /* bytes between chunks: chunk_size + alignment slack */
+    unsigned nchunks;
+    struct aggregate_policy agg;
+    char *base;
+    struct chunk *chunks;
+    staging_send_fn send;
+    void *send_ctx;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct chunk *free_list;
+    struct xfer_frame *waiting_head, *waiting_tail;  /* frames waiting for a chunk */
+    struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
+    struct chunk *fl_head, *fl_tail;                 /* copies in flight, oldest group first */
+    bool issuing;                         /* a thread is issuing a round: it owns taken and group */
+    struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
+    struct ferry_copy *copies;            /* the issuer's: a group's copies (GROUP_MAX x XFER_MAX_PIECES) */
+    struct chunk **retired;               /* the worker's: a retired group (nchunks) */
+    bool stopping;
+    uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
+    unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
+    unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
+    unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
+    unsigned mark_next;                   /* the issuer's: the next round's mark stream */
+    ferry_stream *mstreams[MARK_STREAMS_MAX];
+    volatile uint32_t *marks;             /* nchunks words, MARK_STRIDE apart, in device-visible host memory */
+    pthread_t worker;
+};
+
+/* Spinning budgets: a sleeping worker costs a wake-up (tens of µs in a VM)
+ * before it retires the next copy, and blocking on the oldest copy leaves
+ * new work queued; so the worker polls for a while (FERRY_STAGING_SPIN_US,
+ * 50 µs by default; longer keeps it awake through a batch at the price of
+ * a core while transfers run) before it sleeps, and briefly before it
+ * blocks. */
+#define IDLE_SPIN_US_DEFAULT 50u
+#define IDLE_SPIN_US_MAX 100000u
+#define COPY_POLL_NS 200000u
+#define MARK_SLEEP_NS 20000             /* then between polls of a mark */
+
+/* The pool's worker thread (staging.c): issues what waited for a chunk and
+ * retires every copy, until the pool stops. */
+void *staging_worker_main(void *arg);
+
+#endif

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * staging_pool.c — a staging pool's life: its knobs, its pinned chunks and
+ * streams (and mark streams and words), its worker thread, and teardown
+ * (frames still waiting end FERRY_ECANCELED; the worker drains what is in
+ * flight first).  The pipeline itself is staging.c.  Called by the engine
+ * when a device's first memory is registered and when it stops.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "err.h"
+#include "log.h"
+#include "staging/staging_internal.h"
+
+/* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps),
+ * FERRY_STAGING_GROUP (frames a group takes at most),
+ * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most)
+ * and FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams). */
+static int knobs_read(struct staging_pool *p)
+{
+    uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
+    uint64_t nmark = MARK_STREAMS_DEFAULT;
+    char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80];
+    snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
+    snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
+             MARK_STREAMS_MAX);
+    int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_MARK_STREAMS", false, 0, MARK_STREAMS_MAX, mark_wanted, &nmark);
+    if (rc < 0)
+        return rc;
+    p->idle_spin_ns = spin_us * 1000u;
+    p->group_frames = (unsigned)group;
+    p->group_first = (unsigned)first;
+    p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
+    return 0;
+}
+
+size_t staging_pool_chunk_size(const struct staging_pool *p)
+{
+    return p->chunk_size;
+}
+
+bool staging_pool_aggregates(const struct staging_pool *p)
+{
+    return p->agg.below > 0 && p->agg.buffers > 0;
+}
+
+static void pool_free(struct staging_pool *p)
+{
+    for (unsigned i = 0; p->chunks && i < p->nchunks; i++) {
+        if (p->chunks[i].stream)
+            p->ops->stream_destroy(p->chunks[i].stream);
+        if (p->chunks[i].devbuf)
+            p->ops->mem_free(p->dev, p->chunks[i].devbuf);
+    }
+    for (unsigned i = 0; i < MARK_STREAMS_MAX; i++)
+        if (p->mstreams[i])
+            p->ops->stream_destroy(p->mstreams[i]);
+    if (p->marks)
+        p->ops->host_free((void *)p->marks);
+    if (p->base)
+        p->ops->host_free(p->base);
+    free(p->chunks);
+    free(p->taken);
+    free(p->group);
+    free(p->copies);
+    free(p->retired);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+    free(p);
+}
+
+int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chunk_size, unsigned nchunks,
+                        staging_send_fn send, void *send_ctx, struct staging_pool **out, void **base,
+                        size_t *len)
+{
+    if (chunk_size == 0 || nchunks == 0)
+        return ferry_fail(FERRY_EINVAL, "staging pool: %u chunks of %zu bytes", nchunks, chunk_size);
+    struct staging_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return ferry_fail(FERRY_ENOMEM, "staging pool");
+    p->ops = ops;
+    p->dev = dev;
+    p->chunk_size = chunk_size;
+    p->nchunks = nchunks;
+    p->send = send;
+    p->send_ctx = send_ctx;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->align = ops->copy_alignment ? ops->copy_alignment() : 1;
+    if (p->align == 0)
+        p->align = 1;
+    p->stride = chunk_size + (p->align > 1 ? XFER_MAX_PIECES * p->align : 0);
+    p->chunks = calloc(nchunks, sizeof *p->chunks);
+    p->taken = calloc(nchunks, sizeof *p->taken);
+    p->group = calloc(nchunks, sizeof *p->group);
+    p->retired = calloc(nchunks, sizeof *p->retired);
+    p->copies = calloc((size_t)GROUP_MAX * XFER_MAX_PIECES, sizeof *p->copies);
+    int rc = p->chunks && p->taken && p->group && p->retired && p->copies ? aggregate_policy_read(ops, nchunks, &p->agg) : ferry_fail(FERRY_ENOMEM, "staging chunks");
+    if (!rc)
+        rc = knobs_read(p);
+    if (!rc)
+        rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
+    if (!rc && p->nmark) {
+        void *marks = NULL;
+        rc = ops->host_alloc((size_t)nchunks * MARK_STRIDE * sizeof *p->marks, &marks);
+        if (!rc)
+            memset(marks, 0, (size_t)nchunks * MARK_STRIDE * sizeof *p->marks);
+        p->marks = marks;
+    }
+    for (unsigned i = 0; !rc && i < p->nmark; i++)
+        rc = ops->stream_create(dev, &p->mstreams[i]);
+    for (unsigned i = 0; !rc && i < nchunks; i++) {
+        struct chunk *c = &p->chunks[i];
+        c->pool = p;
+        c->index = i;
+        c->host = p->base + (size_t)i * p->stride;
+        rc = ops->stream_create(dev, &c->stream);
+        if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
+            LOG_WARN("staging: %s:%d: device buffer %u for aggregation: %s; %u chunks aggregate", ops->kind, dev, i,
+                     ferry_last_error(), i);
+            p->agg.buffers = i;
+            c->devbuf = NULL;
+        }
+        c->next = p->free_list;
+        p->free_list = c;
+    }
+    if (!rc && pthread_create(&p->worker, NULL, staging_worker_main, p))
+        rc = ferry_fail(FERRY_EIO, "staging: cannot start worker");
+    if (rc) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+        pool_free(p);
+        return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
+                          why);
+    }
+    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered on the device "
+             "(%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below, p->agg.buffers);
+    *base = p->base;
+    *len = p->stride * nchunks;
+    *out = p;
+    return 0;
+}
+
+void staging_pool_destroy(struct staging_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    struct xfer_frame *waiting = p->waiting_head;
+    p->waiting_head = p->waiting_tail = NULL;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    for (struct xfer_frame *f = waiting, *next; f; f = next) {
+        next = f->next;
+        f->complete(f, FERRY_ECANCELED, 0, "staging: engine is shutting down");
+    }
+    pthread_join(p->worker, NULL);
+    /* chunks still on the wire were ended by their transports, which the
+     * engine destroys before its pools */
+    pool_free(p);
+}
