@@ -338,6 +338,9 @@ void shm_frame_release(struct frame_run *fr);
 void shm_copies_failed(struct shm_group *g, int rc);
 /* A worker's: runs the group's copies on the thread's stream and waits. */
 void shm_copies_wait(struct shm_group *g);
+/* Before copies are issued: those of frames past their announcement's
+ * expiry are dropped and their frames fail FERRY_ETIMEDOUT. */
+void shm_copies_drop_expired(struct shm_group *g);
 
 /* shm_lane.c */
 /* The lane of (ops, dev), made when first asked for; NULL where the device

@@ -309,9 +309,36 @@ void shm_copies_failed(struct shm_group *g, int rc)
     }
 }
 
+/* Drops the queued copies of frames whose announcement has expired, and
+ * fails those frames FERRY_ETIMEDOUT: the target's unregister stops waiting
+ * for an announcement SHM_ACCESS_GRACE_NS after its expiry, so no copy may
+ * start after it (access_check holds host copy steps to the same rule). */
+void shm_copies_drop_expired(struct shm_group *g)
+{
+    struct copy_batch *cb = &g->cb;
+    if (!cb->n)
+        return;
+    uint64_t now = now_ns();
+    size_t kept = 0;
+    for (size_t i = 0; i < cb->n; i++) {
+        struct frame_run *fr = &g->runs[cb->owner[i]];
+        if (now < fr->expiry) {
+            cb->copies[kept] = cb->copies[i];
+            cb->owner[kept++] = cb->owner[i];
+        } else if (!fr->copy_err) {
+            fr->copy_err = FERRY_ETIMEDOUT;
+            snprintf(fr->copy_msg, sizeof fr->copy_msg,
+                     "shm: segment %.64s: a device copy was not started within its announcement's %llu ms",
+                     fr->p->name, (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
+        }
+    }
+    cb->n = kept;
+}
+
 void shm_copies_wait(struct shm_group *g)
 {
     struct copy_batch *cb = &g->cb;
+    shm_copies_drop_expired(g);
     if (!cb->n)
         return;
     int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
