@@ -522,8 +522,27 @@ static void announcements(void **state)
     const uint64_t mine = (7ull << SHM_ANN_TICKET_SHIFT) | (uint64_t)getpid();
     for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
         atomic_store(&target->ann[i].word, mine);
-    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), FERRY_EBUSY);
-    assert_non_null(strstr(end_msg, "announcements are taken"));
+    /* the frame waits for one until its deadline (was: FERRY_EBUSY at once,
+     * while other initiators' accesses would have ended in microseconds) */
+    assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, now_ns() + 300000000ull), FERRY_ETIMEDOUT);
+    assert_non_null(strstr(end_msg, "announcements stayed taken"));
+    /* one clears while it waits: the frame takes it and moves */
+    memset(lbuf, 0x6b, 4096);
+    struct xfer_frame f = {.opcode = XFER_WRITE, .npieces = 1, .pieces = &p, .bytes = 4096, .deadline_ns = later,
+                           .complete = frame_done};
+    atomic_store(&ended, 0);
+    ops->submit(ti, peer, &f);
+    for (int i = 0; i < 10000 && atomic_load(&target->served->waiters) == 0; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&target->served->waiters), 1);
+    atomic_store(&target->ann[77].word, 0);
+    for (int i = 0; i < 10000 && atomic_load(&ended) == 0; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&ended), 1);
+    assert_int_equal(end_err, 0);
+    assert_int_equal(tbuf[4095], 0x6b);
+    assert_true(atomic_load(&target->ann[77].word) == 0); /* it cleared the one it took */
+    assert_int_equal(atomic_load(&target->served->waiters), 0);
     for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
         atomic_store(&target->ann[i].word, 0);
     assert_int_equal(one_frame(ops, ti, peer, XFER_WRITE, &p, 1, later), 0);

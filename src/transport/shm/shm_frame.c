@@ -119,14 +119,11 @@ static bool owner_dead(uint64_t word)
     return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-/* Claims a free announcement in the peer's shared memfd (or one a dead
- * process left) and sets its range.  The claim is the Dekker store that the
- * slot checks after it pair with (see shm.h). */
-static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
+/* One pass over the peer's announcements for a free one (pass 1: or one a
+ * dead process left): claimed and its range set, 0; none, -1. */
+static int announce_claim(struct frame_run *fr, uint64_t w, uint64_t lo, uint64_t hi)
 {
     struct shm_peer *p = fr->p;
-    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
-                 (self_pid() & SHM_ANN_PID_MASK);
     uint32_t start = (uint32_t)(((uintptr_t)fr->g >> 6) % SHM_ANNOUNCE_SLOTS);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {
@@ -143,8 +140,47 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
             }
         }
     }
-    return shm_fail(fr, FERRY_EBUSY, "shm: segment %.64s: all %u access announcements are taken", p->name,
-                SHM_ANNOUNCE_SLOTS);
+    return -1;
+}
+
+/* Claims a free announcement in the peer's shared memfd (or one a dead
+ * process left) and sets its range.  The claim is the Dekker store that the
+ * slot checks after it pair with (see shm.h).  All are shared by every
+ * initiator of the peer: when all are taken a worker waits for one to clear
+ * (a release wakes it, as it wakes an unregister) until the frame's
+ * deadline; a job hands the frame to the workers instead of waiting on the
+ * submitting thread. */
+static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
+{
+    struct shm_peer *p = fr->p;
+    struct shm_served *sv = p->served;
+    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
+                 (self_pid() & SHM_ANN_PID_MASK);
+    if (announce_claim(fr, w, lo, hi) == 0)
+        return 0;
+    if (fr->g->job)
+        return SHM_NOT_HERE;
+    uint64_t since = now_ns();
+    int rc = -1;
+    atomic_fetch_add(&sv->waiters, 1);
+    for (;;) {
+        uint32_t released = atomic_load(&sv->released);
+        if ((rc = announce_claim(fr, w, lo, hi)) == 0)
+            break;
+        uint64_t now = now_ns();
+        if (now >= fr->f->deadline_ns)
+            break;
+        /* woken by every release; the period re-checks the owners' liveness */
+        uint64_t left = fr->f->deadline_ns - now, nap = left < 50000000u ? left : 50000000u;
+        struct timespec period = {0, (long)nap};
+        syscall(SYS_futex, &sv->released, FUTEX_WAIT, released, &period, NULL, 0);
+    }
+    atomic_fetch_sub(&sv->waiters, 1);
+    if (!rc)
+        return 0;
+    return shm_fail(fr, FERRY_ETIMEDOUT, "shm: segment %.64s: all %u access announcements stayed taken for %llu ms, "
+                    "until the request's deadline", p->name, SHM_ANNOUNCE_SLOTS,
+                    (unsigned long long)((now_ns() - since) / 1000000u));
 }
 
 void shm_frame_release(struct frame_run *fr)
