@@ -256,6 +256,28 @@ static void unregister_then_refresh(void **state)
     assert_int_equal(moved_over(f->e, &before, "shm"), 8 * 65536);
 }
 
+/* The target unregisters its host buffer and registers it again, with no
+ * transfer between (an application reusing a buffer): the next transfers
+ * follow the new registration at once.  Before, the first failed
+ * FERRY_ESTALE ("unregistered ... since it was opened") and only the
+ * refresh it caused let later ones through; tcp's target checks its live
+ * registry and never failed. */
+static void registered_again(void **state)
+{
+    struct fixture *f = *state;
+    run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
+    assert_int_equal(child_target_unregister(&f->target), 0);
+    assert_int_equal(child_target_register(&f->target), 0);
+    struct ferry_stats before;
+    assert_int_equal(ferry_get_stats(f->e, &before), 0);
+    run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 8);
+    run_ok(f, FERRY_READ, 65536, 4, 1u << 20, 65536, TSEED);
+    assert_int_equal(moved_over(f->e, &before, "shm"), 8 * 65536);
+    /* and an unregister after that is seen again */
+    assert_int_equal(child_target_unregister(&f->target), 0);
+    one_request(f, FERRY_WRITE, 0, 65536, FERRY_ESTALE, "unregistered");
+}
+
 static void peer_killed_mid_transfer(void **state)
 {
     struct fixture *f = *state;
@@ -701,6 +723,7 @@ int main(void)
         cmocka_unit_test(local_unregister_mid_copy),
         cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
         cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_host, teardown),
         cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, teardown),
         cmocka_unit_test_prestate(same_process, (void *)cpu),
     };

@@ -208,7 +208,7 @@ static int access_check(struct frame_run *fr)
                     (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
     for (uint32_t i = 0; i < fr->ntouched; i++) {
         const struct shm_rbuf *b = &p->bufs[fr->touched[i]];
-        if (atomic_load(&p->slots[b->slot].seq) != b->seq)
+        if (atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq))
             return shm_fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu", p->name,
                         (unsigned long long)b->addr, (unsigned long long)b->len);
     }
@@ -587,6 +587,35 @@ static int local_backend(struct frame_run *fr, const struct memreg_region *lr, c
     return 0;
 }
 
+/* b's slot changed since the peer was opened: was b's host memory
+ * registered again, in the same slot, over at least b's range (the
+ * unregister-then-register of a buffer an application reuses)?  Then b
+ * follows the new registration and the frame goes on, as tcp's live check
+ * would let it.  Device memory is not followed: its IPC handle, and the
+ * mapping opened from it, may be of another allocation.  Safe against a
+ * frame still copying under the old seq: the target's unregister waited for
+ * its announcement (or for its expiry, after which it copies nothing), so
+ * no frame of the old registration runs once a new one is live. */
+static bool rbuf_registered_again(struct shm_peer *p, struct shm_rbuf *b)
+{
+    if (b->device || b->handle_len)
+        return false;
+    struct shm_rbuf now;
+    char location[sizeof p->slots[0].location];
+    uint8_t handle[FERRY_IPC_HANDLE_MAX];
+    uint64_t was = atomic_load(&b->seq);
+    if (!shm_read_slot(p, b->slot, &now, location, handle) || now.device || now.handle_len ||
+        now.addr > b->addr || now.addr + now.len < b->addr + b->len)
+        return false;
+    uint64_t seq = atomic_load_explicit(&now.seq, memory_order_relaxed);
+    /* another thread may have followed it first: either way b holds seq */
+    if (!atomic_compare_exchange_strong(&b->seq, &was, seq) && was != seq)
+        return false;
+    LOG_DEBUG("shm: segment %.64s: 0x%llx+%llu registered again; following it", p->name,
+              (unsigned long long)b->addr, (unsigned long long)b->len);
+    return true;
+}
+
 static int sort_piece(struct frame_run *fr, uint32_t i, long *hint, struct frame_moves *mv)
 {
     const struct xfer_piece *x = &fr->f->pieces[i];
@@ -602,7 +631,8 @@ static int sort_piece(struct frame_run *fr, uint32_t i, long *hint, struct frame
     }
     struct shm_rbuf *b = &p->bufs[bi];
     if (bi != *hint) { /* a buffer not seen yet in this frame (pieces mostly share one) */
-        if (atomic_load(&p->slots[b->slot].seq) != b->seq) /* after announce(): the Dekker load */
+        if (atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq) && /* after announce(): the Dekker load */
+            !rbuf_registered_again(p, b))
             return shm_fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu since it was opened",
                             p->name, (unsigned long long)b->addr, (unsigned long long)b->len);
         uint32_t k = 0;
