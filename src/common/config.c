@@ -166,15 +166,6 @@ static const struct knob knobs[] = {
       "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
       "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "
       "with the traffic) or 65536-268435456 bytes"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_SPLICE", "auto",
-      "a TCP WRITE frame with at least this much payload goes to the socket by splice, not copied: the target's "
-      "receive copies straight from the caller's pages (one copy a byte on loopback, not two); the frame ends on "
-      "the target's ack, so the memory is not read after it: auto (262144), 0 (never) or 4096-1073741824 bytes"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_SPLICE_READ", "auto",
-      "a TCP target sends a READ response with at least this much host payload by splice: the initiator copies "
-      "straight from the target's pages, so bytes sent before an unregister may be read after it returns: auto "
-      "(0, never) or 4096-1073741824 bytes"}, KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_RCVLOWAT", "auto",
       "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
       "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},

@@ -66,9 +66,6 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
     {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
-    {"FERRY_TCP_SPLICE", {"1", "4095", "1073741825", "256K", "-1", "all"}, {"auto", "", "0", "4096", "1073741824"}},
-    {"FERRY_TCP_SPLICE_READ", {"1", "4095", "1073741825", "256K", "-1", "all"},
-     {"auto", "", "0", "4096", "1073741824"}},
     /* not tcp's: the engine's own, read the same way at start */
     {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "auto"}, {"", "0", "50", "10000"}},
 };

@@ -12,7 +12,6 @@
 #include "transport/tcp/sockio.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -26,8 +25,6 @@
 
 /* Most bytes moved by one call between two looks at the stop flag. */
 #define PIECE_MAX (8u << 20)
-/* The pipe a splice goes through: a piece of payload at a time. */
-#define SPLICE_PIPE_BYTES (256u << 10)
 
 int sockio_wake_init(struct sockio_wake *w)
 {
@@ -290,88 +287,4 @@ int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_
         len -= batch;
     }
     return 0;
-}
-
-int sockio_pipe_open(struct sockio_pipe *p)
-{
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        p->rd = p->wr = -1;
-        return ferry_fail(FERRY_EIO, "pipe for splice: %s", strerror(errno));
-    }
-    p->rd = fds[0];
-    p->wr = fds[1];
-    int cap = fcntl(p->wr, F_SETPIPE_SZ, (int)SPLICE_PIPE_BYTES); /* refused above pipe-max-size: keep it */
-    if (cap <= 0)
-        cap = fcntl(p->wr, F_GETPIPE_SZ);
-    p->cap = cap > 0 ? (size_t)cap : 65536;
-    return 0;
-}
-
-void sockio_pipe_close(struct sockio_pipe *p)
-{
-    if (p->rd >= 0)
-        close(p->rd);
-    if (p->wr >= 0)
-        close(p->wr);
-    p->rd = p->wr = -1;
-}
-
-/* Moves `len` bytes that vmsplice put into p on into the socket. */
-static int splice_out(int fd, struct sockio_pipe *p, size_t len, bool more)
-{
-    while (len > 0) {
-        ssize_t m = splice(p->rd, NULL, fd, NULL, len, SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
-        if (m < 0 && errno == EINTR)
-            continue;
-        if (m <= 0)
-            return io_error(m < 0 ? -1 : 0, "splice");
-        len -= (size_t)m;
-    }
-    return 0;
-}
-
-int sockio_splice_sendv(int fd, struct sockio_pipe *p, struct iovec *iov, int iovcnt, const atomic_int *stop,
-                        size_t *sent)
-{
-    size_t done = 0;
-    int rc = 0;
-    if (p->rd < 0)
-        rc = sockio_pipe_open(p);
-    while (!rc && iovcnt > 0 && iov->iov_len == 0) {
-        iov++;
-        iovcnt--;
-    }
-    while (!rc && iovcnt > 0 && !stopped(stop)) {
-        /* at most a pipe's worth: vmsplice takes what fits (a page a slot) */
-        struct iovec part[RECV_IOVS];
-        size_t want;
-        int k = iov_front(iov, iovcnt, part, &want);
-        size_t room = p->cap, take = 0;
-        for (int j = 0; j < k; j++) {
-            if (part[j].iov_len > room - take)
-                part[j].iov_len = room - take;
-            take += part[j].iov_len;
-            if (take == room) {
-                k = j + 1;
-                break;
-            }
-        }
-        ssize_t n = vmsplice(p->wr, part, (unsigned long)k, SPLICE_F_NONBLOCK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) { /* the pipe is empty here: nothing but a failure leaves it no room */
-            rc = ferry_fail(FERRY_EIO, "vmsplice: %s", n < 0 ? strerror(errno) : "took nothing");
-            break;
-        }
-        iov_consume(&iov, &iovcnt, (size_t)n);
-        if ((rc = splice_out(fd, p, (size_t)n, iovcnt > 0)) != 0)
-            break;
-        done += (size_t)n;
-    }
-    if (rc && p->rd >= 0) /* it may hold bytes that never went out */
-        sockio_pipe_close(p);
-    if (sent)
-        *sent = done;
-    return rc;
 }

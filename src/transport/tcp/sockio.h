@@ -80,32 +80,4 @@ int sockio_send_some(int fd, struct iovec **iov, int *iovcnt);
 /* Sends len zero bytes (the stand-in for bytes a sender may no longer read). */
 int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
 
-/* A pipe through which payload is spliced into a socket (one per
- * connection, used by the thread that writes on it): rd/wr -1 while none
- * is open.  Empty between two sockio_splice_sendv calls. */
-struct sockio_pipe {
-    int rd, wr;
-    size_t cap; /* bytes it holds (F_SETPIPE_SZ: SPLICE_PIPE_BYTES when allowed) */
-};
-
-/* Opens p (grown to hold a piece of SPLICE_PIPE_BYTES if the system allows;
- * the default 64 KiB otherwise).  0 or FERRY_EIO (out of descriptors). */
-int sockio_pipe_open(struct sockio_pipe *p);
-/* Closes p if open; rd/wr are -1 afterwards. */
-void sockio_pipe_close(struct sockio_pipe *p);
-
-/* Sends the iovec array (in place, as sockio_sendv) without copying it:
- * vmsplice puts references to the caller's pages into pipe p (opened here on
- * first use), splice moves them into the socket, and the peer's receive
- * copies straight out of them, which on loopback makes one copy of every
- * byte instead of two.  So the caller's memory is read until the peer has
- * received it, not until this returns: the caller must keep it mapped and
- * unchanged until the peer said so (a WRITE until its ack).  The pieces
- * (at most p->cap bytes) move with blocking calls that the socket's
- * SO_SNDTIMEO bounds; *stop is looked at between them, as sockio_sendv
- * does.  Returns 0, FERRY_ECONN or FERRY_EIO (p is closed then: it may hold
- * bytes that never went out). */
-int sockio_splice_sendv(int fd, struct sockio_pipe *p, struct iovec *iov, int iovcnt, const atomic_int *stop,
-                        size_t *sent);
-
 #endif

@@ -164,15 +164,6 @@ static void write_done(struct tcp_conn *c)
 
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f);
 
-/* A WRITE whose payload goes to the socket by splice (FERRY_TCP_SPLICE): its
- * memory is read until the target has it, which its ack says, and the frame
- * ends only on that ack; so the caller's memory is not read after the frame
- * ended. */
-static bool spliced(const struct tcp_transport *t, const struct xfer_frame *f)
-{
-    return f->opcode == XFER_WRITE && t->splice_write && f->bytes >= t->splice_write;
-}
-
 /* A connection the target closed before HELLO was answered (its cap per
  * peer, its descriptors) while the peer has others not broken: the peer
  * stays at those (no replacement, no more growth) and the frames queued here
@@ -278,14 +269,7 @@ static void *sender_main(void *arg)
             encode_frame(c, f);
         uint64_t payload = f->opcode == XFER_WRITE ? f->bytes : 0;
         TRACE(TR_TCP_SEND, payload);
-        if (!encoded && spliced(t, f) && (c->pipe.rd >= 0 || sockio_pipe_open(&c->pipe) == 0)) {
-            /* the header copied, the payload's pages handed to the socket */
-            rc = net_writev_full(c->fd, c->wiov, 1);
-            if (!rc)
-                rc = sockio_splice_sendv(c->fd, &c->pipe, c->wiov + 1, c->wiovcnt - 1, NULL, NULL);
-        } else {
-            rc = net_writev_full(c->fd, c->wiov, c->wiovcnt);
-        }
+        rc = net_writev_full(c->fd, c->wiov, c->wiovcnt);
         TRACE(TR_TCP_SENT, payload);
         write_done(c);
         if (rc) {
@@ -314,7 +298,6 @@ static struct tcp_conn *conn_create(struct tcp_peer *p)
         return NULL;
     c->peer = p;
     c->fd = -1;
-    c->pipe.rd = c->pipe.wr = -1;
     atomic_store(&c->last_used_ns, now_ns());
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->cond, NULL);
@@ -333,7 +316,6 @@ static void conn_join_free(struct tcp_conn *c)
         pthread_join(c->receiver, NULL);
     if (c->fd >= 0)
         close(c->fd);
-    sockio_pipe_close(&c->pipe);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
     pthread_cond_destroy(&c->sent);
@@ -538,8 +520,8 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
              * one thread.  Never a staged WRITE: the staging worker hands
              * those over, and writing them would stall its retiring */
             bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
-            if ((small || !f->more_bytes) && !f->handed_over && !spliced(p->t, f) && c->ready && !c->writing &&
-                !c->rest && !c->sendq_head) {
+            if ((small || !f->more_bytes) && !f->handed_over && c->ready && !c->writing && !c->rest &&
+                !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }
@@ -666,30 +648,6 @@ static int tcp_sockbuf(uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
-/* WRITE payload spliced (vmsplice into a pipe, splice into the socket)
- * rather than copied into the socket from this many bytes a frame: the
- * target's receive then copies straight from the caller's pages, one copy of
- * every byte on loopback instead of two. */
-#define SPLICE_BYTES ((uint64_t)256 << 10)
-
-uint64_t tcp_auto_splice(long cores)
-{
-    return cores >= 8 ? SPLICE_BYTES : 0;
-}
-
-/* FERRY_TCP_SPLICE / FERRY_TCP_SPLICE_READ: unset, empty or "auto": `dflt`;
- * "0": never; else bytes, 4 KiB to 1 GiB. */
-static int tcp_splice(const char *name, uint64_t dflt, uint64_t *out)
-{
-    const char *wanted = "auto, 0 (never) or bytes, 4096-1073741824";
-    int rc = config_env_number(name, true, 0, 1u << 30, wanted, out);
-    if (rc == 1)
-        *out = dflt;
-    else if (rc == 0 && *out && *out < 4096)
-        return ferry_fail(FERRY_EINVAL, "%s=\"%llu\": %s", name, (unsigned long long)*out, wanted);
-    return rc < 0 ? rc : 0;
-}
-
 /* FERRY_TCP_RCVLOWAT: unset, empty or "auto": 0 (off); else bytes, 0 to
  * 64 MiB, at most a quarter of FERRY_TCP_SOCKBUF when that is set (the
  * receive buffer must hold what the receiver waits for). */
@@ -715,8 +673,7 @@ void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4, spread = 1;
-    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, splice_write = 0,
-             splice_read = 0;
+    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
@@ -728,10 +685,6 @@ static int tcp_create(const struct transport_host *host, void **out)
         mrc = tcp_sockbuf(&sockbuf);
     if (!mrc)
         mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
-    if (!mrc)
-        mrc = tcp_splice("FERRY_TCP_SPLICE", tcp_auto_splice(usable_cores()), &splice_write);
-    if (!mrc)
-        mrc = tcp_splice("FERRY_TCP_SPLICE_READ", 0, &splice_read);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -744,8 +697,6 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->spread = spread;
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
-    t->splice_write = splice_write;
-    t->splice_read = splice_read;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

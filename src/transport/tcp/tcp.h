@@ -16,7 +16,6 @@
 #include <sys/uio.h>
 
 #include "acceptor.h"
-#include "transport/tcp/sockio.h"
 #include "transport/tcp/tcp_wire.h"
 #include "transport/transport.h"
 
@@ -34,8 +33,6 @@ struct tcp_transport {
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
-    uint64_t splice_write;  /* FERRY_TCP_SPLICE: WRITE frames of this much payload are spliced (0: none) */
-    uint64_t splice_read;   /* FERRY_TCP_SPLICE_READ: READ responses of this much payload are spliced (0: none) */
 };
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
@@ -54,7 +51,6 @@ struct tcp_conn {
     bool ready;                                  /* HELLO done: frames may be written */
     bool writing;                                /* a thread (sender or submitter) owns the write side */
     struct xfer_frame *rest;                     /* written in part by a submitter: the sender ends it */
-    struct sockio_pipe pipe;                     /* the writer's, for spliced WRITE payload (FERRY_TCP_SPLICE) */
     struct iovec *wiov;                          /* what is left to write of `sending` */
     int wiovcnt;
     struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
@@ -103,9 +99,6 @@ uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
-/* The WRITE payload from which a frame is spliced on a host with `cores`
- * CPUs (0: never). */
-uint64_t tcp_auto_splice(long cores);
 
 /* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
  * it is 0: the kernel sizes them itself); both ends call it. */

@@ -231,30 +231,6 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     return rc;
 }
 
-/* Sends iovecs [k, stop) of the READ response (none of an entry whose
- * access has ended), stopping at the first one a revocation leaves unsent.
- * With s->splice, those of registered host memory go by splice (the peer
- * copies straight from its pages: see FERRY_TCP_SPLICE_READ), the header,
- * the trailer and the bounce (reused at once) are copied. */
-static int send_run(struct server_conn *s, int k, int stop)
-{
-    if (!s->splice)
-        return sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
-    int rc = 0;
-    while (!rc && k < stop) {
-        bool host = s->iov_entry[k] >= 0;
-        int end = k + 1;
-        while (end < stop && (s->iov_entry[end] >= 0) == host)
-            end++;
-        rc = host ? sockio_splice_sendv(s->fd, &s->pipe, &s->iov[k], end - k, &s->revoking, NULL)
-                  : sockio_sendv(s->fd, &s->iov[k], end - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
-        if (s->iov[end - 1].iov_len) /* stopped (revoked) or failed: the caller looks */
-            break;
-        k = end;
-    }
-    return rc;
-}
-
 /* Sends iovecs [k, end) of the READ response; once an entry's access has
  * ended, what is left of its iovecs goes out as zeros. */
 int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
@@ -275,7 +251,7 @@ int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
         int tk = s->trailer_iov;
         if (tk >= k && tk < stop && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
             wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked, .status = s->copy_err}, s->tr);
-        rc = send_run(s, k, stop);
+        rc = sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
         while (k < stop && s->iov[k].iov_len == 0)
             k++;
         if (!rc && k < stop)
@@ -311,8 +287,6 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         else
             payload += e[i].len;
     }
-    s->splice = s->t->splice_read && payload >= s->t->splice_read &&
-                (s->pipe.rd >= 0 || sockio_pipe_open(&s->pipe) == 0);
     struct wire_header rh = {.type = WIRE_READ_RESP, .id = h->id, .refused = refused, .payload_len = payload,
                              .flags = s->trailer ? WIRE_FLAG_TRAILER : 0};
     uint8_t raw[WIRE_HEADER_SIZE];
@@ -445,7 +419,6 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     s->t = t;
     s->fd = c->fd;
     s->peer = c->peer;
-    s->pipe.rd = s->pipe.wr = -1;
     strcpy(s->from, "?");
     /* payload moves with blocking calls; these bound each of them */
     net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
@@ -477,6 +450,5 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     if (s->wake_ready) /* no access of this thread is left to be cancelled */
         sockio_wake_destroy(&s->wake);
     tcp_bounce_free(s);
-    sockio_pipe_close(&s->pipe);
     free(s);
 }

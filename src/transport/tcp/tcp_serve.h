@@ -66,8 +66,6 @@ struct server_conn {
     bool trailer_status;              /* ... and reads a status in it (WIRE_FLAG_TRAILER_STATUS) */
     int trailer_iov;                  /* iov[] index of the trailer, -1 until it is added */
     uint8_t tr[WIRE_TRAILER_SIZE];    /* the trailer: sent with the payload's last sendmsg */
-    bool splice;                      /* the READ being served splices its host memory (FERRY_TCP_SPLICE_READ) */
-    struct sockio_pipe pipe;          /* ... through this pipe (opened on the first) */
     bool revoked_any;                 /* an access of this frame was revoked mid-way */
     int copy_err;                     /* the frame's first failed device copy (FERRY_E*), or 0 */
     char copy_msg[200];               /* its detail */
