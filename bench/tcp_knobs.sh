@@ -15,6 +15,11 @@
 #        spaces between a set's assignments, 'default' for none)  ROUNDS (1)
 #        CPUS (a taskset list, e.g. 0-15: every process runs on those CPUs
 #        only, and ferry sizes itself from them; unset: all)
+#        PERF (a perf binary; unset: none): each run is also profiled, the
+#        whole host (perf record -a) for PERF_S (1) seconds from 1 s into
+#        its timed loop, and the PERF_TOP (25) hottest symbols by thread
+#        name follow the table (a perf carried in a bundle: PERF_LIB, its
+#        libraries).  DURATION must exceed PERF_S + 1.
 # Exit status: 0 if every run succeeded and verified, else 1.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +34,9 @@ CELLS=${CELLS:-write:1M:8 read:1M:8}
 BATCH=${BATCH:-128}
 VARIANTS=${VARIANTS:-default;FERRY_TCP_RCVLOWAT=262144}
 ROUNDS=${ROUNDS:-1}
+PERF=${PERF:-}
+PERF_S=${PERF_S:-1}
+PERF_TOP=${PERF_TOP:-25}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-knobs.XXXXXX")
 pids=()
 cleanup() {
@@ -63,6 +71,24 @@ iperf() {   # one single-stream iperf3 figure, GB/s
 }
 
 status=0
+profiles=""
+# profile TITLE PID: perf over the whole host while the initiator PID
+# (started just before) is in its timed loop; the hottest symbols by thread
+# go to $profiles
+profile() {
+  local w=0 # the initiator's first progress line ("[  1s] ...") comes 1 s into its timed loop
+  until grep -q '^\[' "$work/i.err" 2>/dev/null || ! kill -0 "$2" 2>/dev/null || ((w++ >= 1200)); do
+    sleep 0.05
+  done
+  env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" record -a -g -F 499 -o "$work/perf.data" -- sleep "$PERF_S" \
+    >/dev/null 2>&1 || { profiles+=$'\n'"### $1: perf record failed"$'\n'; return; }
+  profiles+=$'\n'"### $1 (perf record -a, $PERF_S s; % of the host's samples)"$'\n\n```\n'
+  profiles+=$(env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" report -i "$work/perf.data" --no-children \
+    --sort comm,sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -n "$PERF_TOP")
+  profiles+=$'\n```\n'
+  rm -f "$work/perf.data"
+}
+
 # run VARIANT OP BLOCK THREADS: one pair, prints one row
 run() {
   local v=$1 op=$2 block=$3 threads=$4 bytes buffer seg="" tp
@@ -81,10 +107,17 @@ run() {
     kill -0 "$tp" 2>/dev/null || break
     sleep 0.05
   done
-  local gb="FAIL" icpu="" tcpu="" ok=""
-  if [ -n "$seg" ] && env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
-       --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
-       --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err"; then
+  local gb="FAIL" icpu="" tcpu="" ok="" ip irc=1
+  if [ -n "$seg" ]; then
+    env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
+      --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
+      --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err" &
+    ip=$!
+    pids+=("$ip")
+    [ -z "$PERF" ] || profile "$v $op $block x $threads" "$ip"
+    wait "$ip" && irc=0
+  fi
+  if [ "$irc" = 0 ]; then
     ok=$(json_num "$work/i.json" verified)
     gb=$(json_num "$work/i.json" gb_per_s)
     icpu=$(json_num "$work/i.json" cpu_us_per_request)
@@ -122,4 +155,5 @@ for ((r = 0; r < ROUNDS; r++)); do
 done
 echo
 echo "- iperf3 single stream after: $(iperf) GB/s"
+[ -z "$profiles" ] || printf '\n## Profiles\n%s\n' "$profiles"
 exit "$status"
