@@ -18,8 +18,10 @@
 #        PERF (a perf binary; unset: none): each run is also profiled, the
 #        whole host (perf record -a) for PERF_S (1) seconds from 1 s into
 #        its timed loop, and the PERF_TOP (25) hottest symbols by thread
-#        name follow the table (a perf carried in a bundle: PERF_LIB, its
-#        libraries).  DURATION must exceed PERF_S + 1.
+#        name follow the table, with each side's socket syscalls and
+#        context switches per MiB over the same seconds (perf stat; MiB =
+#        the run's GB/s x PERF_S).  A perf carried in a bundle: PERF_LIB,
+#        its libraries.  DURATION must exceed PERF_S + 1.
 # Exit status: 0 if every run succeeded and verified, else 1.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,21 +74,45 @@ iperf() {   # one single-stream iperf3 figure, GB/s
 
 status=0
 profiles=""
-# profile TITLE PID: perf over the whole host while the initiator PID
-# (started just before) is in its timed loop; the hottest symbols by thread
-# go to $profiles
+perf_run() { env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" "$@"; }
+COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_poll,syscalls:sys_enter_futex
+COUNTED+=,context-switches
+# profile TITLE INITIATOR_PID TARGET_PID: perf over the whole host while the
+# initiator (started just before) is in its timed loop; the hottest symbols
+# by thread go to $profiles, each side's counts to $work/count-{i,t}.txt
 profile() {
-  local w=0 # the initiator's first progress line ("[  1s] ...") comes 1 s into its timed loop
+  local w=0 si st # the initiator's first progress line ("[  1s] ...") comes 1 s into its timed loop
   until grep -q '^\[' "$work/i.err" 2>/dev/null || ! kill -0 "$2" 2>/dev/null || ((w++ >= 1200)); do
     sleep 0.05
   done
-  env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" record -a -g -F 499 -o "$work/perf.data" -- sleep "$PERF_S" \
-    >/dev/null 2>&1 || { profiles+=$'\n'"### $1: perf record failed"$'\n'; return; }
+  local ipid # the initiator runs under timeout: count its child
+  ipid=$(cat "/proc/$2/task/$2/children" 2>/dev/null || pgrep -P "$2")
+  perf_run stat -x, -e "$COUNTED" -p "${ipid%% *}" -o "$work/count-i.txt" -- sleep "$PERF_S" >/dev/null 2>&1 &
+  si=$!
+  perf_run stat -x, -e "$COUNTED" -p "$3" -o "$work/count-t.txt" -- sleep "$PERF_S" >/dev/null 2>&1 &
+  st=$!
+  perf_run record -a -g -F 499 -o "$work/perf.data" -- sleep "$PERF_S" >/dev/null 2>&1 ||
+    { profiles+=$'\n'"### $1: perf record failed"$'\n'; wait "$si" "$st"; return; }
+  wait "$si" "$st"
   profiles+=$'\n'"### $1 (perf record -a, $PERF_S s; % of the host's samples)"$'\n\n```\n'
-  profiles+=$(env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" report -i "$work/perf.data" --no-children \
-    --sort comm,sym --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -n "$PERF_TOP")
+  profiles+=$(perf_run report -i "$work/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
+    grep -E '^ +[0-9]' | head -n "$PERF_TOP")
   profiles+=$'\n```\n'
   rm -f "$work/perf.data"
+}
+
+# counts GB/s: the line of per-MiB counts for $profiles (after the run: its GB/s)
+counts() {
+  local side out=""
+  for side in i t; do
+    [ -s "$work/count-$side.txt" ] || continue
+    out+=$(awk -F, -v g="$1" -v s="$PERF_S" -v who="$([ $side = i ] && echo initiator || echo target)" '
+      BEGIN { mib = g * 1e9 * s / 1048576; printf "%s", who }
+      /^[0-9]/ && mib > 0 { n = $3; sub(/^syscalls:sys_enter_/, "", n); printf " %s %.1f", n, $1 / mib }' "$work/count-$side.txt")
+    out+="; "
+  done
+  rm -f "$work"/count-[it].txt
+  [ -z "$out" ] || profiles+="per MiB (perf stat, the same seconds): ${out%; }"$'\n'
 }
 
 # run VARIANT OP BLOCK THREADS: one pair, prints one row
@@ -114,13 +140,14 @@ run() {
       --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err" &
     ip=$!
     pids+=("$ip")
-    [ -z "$PERF" ] || profile "$v $op $block x $threads" "$ip"
+    [ -z "$PERF" ] || profile "$v $op $block x $threads" "$ip" "$tp"
     wait "$ip" && irc=0
   fi
   if [ "$irc" = 0 ]; then
     ok=$(json_num "$work/i.json" verified)
     gb=$(json_num "$work/i.json" gb_per_s)
     icpu=$(json_num "$work/i.json" cpu_us_per_request)
+    [ -z "$PERF" ] || counts "$gb"
   fi
   kill -TERM "$tp" 2>/dev/null
   wait "$tp" 2>/dev/null
