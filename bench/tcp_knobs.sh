@@ -15,6 +15,13 @@
 #        spaces between a set's assignments, 'default' for none)  ROUNDS (1)
 #        CPUS (a taskset list, e.g. 0-15: every process runs on those CPUs
 #        only, and ferry sizes itself from them; unset: all)
+#        PERF (a perf binary; unset: none): each run is also profiled, the
+#        whole host (perf record -a) for PERF_S (1) seconds from 1 s into
+#        its timed loop, and the PERF_TOP (25) hottest symbols by thread
+#        name follow the table, with each side's socket syscalls and
+#        context switches per MiB over the same seconds (perf stat; MiB =
+#        the run's GB/s x PERF_S).  A perf carried in a bundle: PERF_LIB,
+#        its libraries.  DURATION must exceed PERF_S + 1.
 # Exit status: 0 if every run succeeded and verified, else 1.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +36,9 @@ CELLS=${CELLS:-write:1M:8 read:1M:8}
 BATCH=${BATCH:-128}
 VARIANTS=${VARIANTS:-default;FERRY_TCP_RCVLOWAT=262144}
 ROUNDS=${ROUNDS:-1}
+PERF=${PERF:-}
+PERF_S=${PERF_S:-1}
+PERF_TOP=${PERF_TOP:-25}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-knobs.XXXXXX")
 pids=()
 cleanup() {
@@ -63,6 +73,48 @@ iperf() {   # one single-stream iperf3 figure, GB/s
 }
 
 status=0
+profiles=""
+perf_run() { env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" "$@"; }
+COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_poll,syscalls:sys_enter_futex
+COUNTED+=,context-switches
+# profile TITLE INITIATOR_PID TARGET_PID: perf over the whole host while the
+# initiator (started just before) is in its timed loop; the hottest symbols
+# by thread go to $profiles, each side's counts to $work/count-{i,t}.txt
+profile() {
+  local w=0 si st # the initiator's first progress line ("[  1s] ...") comes 1 s into its timed loop
+  until grep -q '^\[' "$work/i.err" 2>/dev/null || ! kill -0 "$2" 2>/dev/null || ((w++ >= 1200)); do
+    sleep 0.05
+  done
+  local ipid # the initiator runs under timeout: count its child
+  ipid=$(cat "/proc/$2/task/$2/children" 2>/dev/null || pgrep -P "$2")
+  perf_run stat -x, -e "$COUNTED" -p "${ipid%% *}" -o "$work/count-i.txt" -- sleep "$PERF_S" >/dev/null 2>&1 &
+  si=$!
+  perf_run stat -x, -e "$COUNTED" -p "$3" -o "$work/count-t.txt" -- sleep "$PERF_S" >/dev/null 2>&1 &
+  st=$!
+  perf_run record -a -g -F 499 -o "$work/perf.data" -- sleep "$PERF_S" >/dev/null 2>&1 ||
+    { profiles+=$'\n'"### $1: perf record failed"$'\n'; wait "$si" "$st"; return; }
+  wait "$si" "$st"
+  profiles+=$'\n'"### $1 (perf record -a, $PERF_S s; % of the host's samples)"$'\n\n```\n'
+  profiles+=$(perf_run report -i "$work/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
+    grep -E '^ +[0-9]' | head -n "$PERF_TOP")
+  profiles+=$'\n```\n'
+  rm -f "$work/perf.data"
+}
+
+# counts GB/s: the line of per-MiB counts for $profiles (after the run: its GB/s)
+counts() {
+  local side out=""
+  for side in i t; do
+    [ -s "$work/count-$side.txt" ] || continue
+    out+=$(awk -F, -v g="$1" -v s="$PERF_S" -v who="$([ $side = i ] && echo initiator || echo target)" '
+      BEGIN { mib = g * 1e9 * s / 1048576; printf "%s", who }
+      /^[0-9]/ && mib > 0 { n = $3; sub(/^syscalls:sys_enter_/, "", n); printf " %s %.1f", n, $1 / mib }' "$work/count-$side.txt")
+    out+="; "
+  done
+  rm -f "$work"/count-[it].txt
+  [ -z "$out" ] || profiles+="per MiB (perf stat, the same seconds): ${out%; }"$'\n'
+}
+
 # run VARIANT OP BLOCK THREADS: one pair, prints one row
 run() {
   local v=$1 op=$2 block=$3 threads=$4 bytes buffer seg="" tp
@@ -81,13 +133,21 @@ run() {
     kill -0 "$tp" 2>/dev/null || break
     sleep 0.05
   done
-  local gb="FAIL" icpu="" tcpu="" ok=""
-  if [ -n "$seg" ] && env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
-       --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
-       --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err"; then
+  local gb="FAIL" icpu="" tcpu="" ok="" ip irc=1
+  if [ -n "$seg" ]; then
+    env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
+      --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
+      --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err" &
+    ip=$!
+    pids+=("$ip")
+    [ -z "$PERF" ] || profile "$v $op $block x $threads" "$ip" "$tp"
+    wait "$ip" && irc=0
+  fi
+  if [ "$irc" = 0 ]; then
     ok=$(json_num "$work/i.json" verified)
     gb=$(json_num "$work/i.json" gb_per_s)
     icpu=$(json_num "$work/i.json" cpu_us_per_request)
+    [ -z "$PERF" ] || counts "$gb"
   fi
   kill -TERM "$tp" 2>/dev/null
   wait "$tp" 2>/dev/null
@@ -122,4 +182,5 @@ for ((r = 0; r < ROUNDS; r++)); do
 done
 echo
 echo "- iperf3 single stream after: $(iperf) GB/s"
+[ -z "$profiles" ] || printf '\n## Profiles\n%s\n' "$profiles"
 exit "$status"

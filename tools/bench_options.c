@@ -8,6 +8,8 @@
 
 #include <ferry.h>
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -32,7 +34,7 @@ struct opt_def {
 
 #define OPT(n, k, d) { #n, k, offsetof(struct options, n), d }
 static const struct opt_def opt_defs[] = {
-    OPT(mode, OPT_STR, "target | initiator"),
+    OPT(mode, OPT_STR, "target | initiator (default, as Mooncake's bench)"),
     OPT(local_server_name, OPT_STR, "HOST[:PORT] of this engine's handshake listener"),
     OPT(metadata_server, OPT_STR, "P2PHANDSHAKE (default)"),
     OPT(operation, OPT_STR, "write (default) | read"),
@@ -55,6 +57,13 @@ static const struct opt_def opt_defs[] = {
     OPT(huge_pages, OPT_BOOL, "cpu buffers: false = 4 KiB pages (MADV_NOHUGEPAGE), to see their first-copy cost"),
     OPT(same_block, OPT_BOOL, "initiator: every request of a thread's batch moves that thread's first block (as "
                               "fi_rma_bw and ucx_perftest do: a cache-sized working set); verified: that block"),
+    OPT(report_unit, OPT_STR, "GB (default) | GiB | Gb | MB | MiB | Mb | KB | KiB | Kb: the rate's unit, per second"),
+    OPT(report_precision, OPT_UINT, "digits after the point in the rate (default 2)"),
+    OPT(nic_priority_matrix, OPT_STR, "rdma: a Mooncake NIC priority matrix (JSON file); without --device_name its "
+                                      "NICs, in order, are the ones used"),
+    OPT(auto_discovery, OPT_BOOL, "accepted for Mooncake's bench; ferry always discovers the NICs it may use"),
+    OPT(init_mem, OPT_BOOL, "accepted for Mooncake's bench; ferry always fills its buffers (it verifies them)"),
+    OPT(backend, OPT_STR, "classic (default; Mooncake's bench: classic | tent): ferry has one engine"),
     OPT(help, OPT_BOOL, "this text"),
     OPT(help_env, OPT_BOOL, "print the FERRY_* environment variables"),
     OPT(help_env_markdown, OPT_BOOL, "the same as a markdown table (the README's)"),
@@ -224,9 +233,10 @@ void parse_args(int argc, char **argv, struct options *o)
 void options_defaults(struct options *o)
 {
     *o = (struct options){
-        .metadata_server = "P2PHANDSHAKE", .operation = "write", .protocol = "tcp",
+        .mode = "initiator", .metadata_server = "P2PHANDSHAKE", .operation = "write", .protocol = "tcp",
         .block_size = 65536, .batch_size = 128, .buffer_size = 1ull << 30,
         .duration = 10, .threads = 1, .npu_id = -1, .verify = true, .huge_pages = true,
+        .report_unit = "GB", .report_precision = 2, .init_mem = true, .backend = "classic",
     };
 }
 
@@ -246,6 +256,77 @@ static void resolve_location(struct options *o)
     o->location = buf;
 }
 
+/* Mooncake's report units: bytes (or bits) per unit. */
+static void resolve_unit(struct options *o)
+{
+    static const struct {
+        const char *name;
+        double bytes;
+        bool bits;
+    } units[] = {{"GB", 1e9, false},  {"GiB", 1073741824.0, false}, {"Gb", 1e9 / 8, true},
+                 {"MB", 1e6, false},  {"MiB", 1048576.0, false},    {"Mb", 1e6 / 8, true},
+                 {"KB", 1e3, false},  {"KiB", 1024.0, false},       {"Kb", 1e3 / 8, true}};
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++) {
+        if (strcmp(o->report_unit, units[i].name) == 0) {
+            o->unit_bytes = units[i].bytes;
+            o->unit_bits = units[i].bits;
+            return;
+        }
+    }
+    usage_error("--report_unit must be GB, GiB, Gb, MB, MiB, Mb, KB, KiB or Kb, not '%s'", o->report_unit);
+}
+
+/* The NICs of a Mooncake NIC priority matrix ({"location": [[preferred...],
+ * [available...]], ...}), each once, in the order the file names them, as a
+ * comma-separated device list. */
+static const char *matrix_devices(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        usage_error("--nic_priority_matrix=%s: %s", path, strerror(errno));
+    char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    bool whole = feof(f);
+    fclose(f);
+    text[n] = '\0';
+    if (!whole)
+        usage_error("--nic_priority_matrix=%s: larger than %zu bytes", path, sizeof text - 1);
+    cJSON *m = cJSON_Parse(text);
+    if (!cJSON_IsObject(m))
+        usage_error("--nic_priority_matrix=%s: not a JSON object of location -> [[preferred NICs], [others]]", path);
+    static char list[4096];
+    size_t used = 0;
+    const cJSON *loc, *tier, *nic;
+    cJSON_ArrayForEach(loc, m) {
+        if (!cJSON_IsArray(loc))
+            usage_error("--nic_priority_matrix=%s: \"%s\" is not a list of NIC lists", path, loc->string);
+        cJSON_ArrayForEach(tier, loc) {
+            if (!cJSON_IsArray(tier))
+                usage_error("--nic_priority_matrix=%s: \"%s\" holds something other than a NIC list", path,
+                            loc->string);
+            cJSON_ArrayForEach(nic, tier) {
+                const char *name = cJSON_GetStringValue(nic);
+                if (!name || !*name || strlen(name) > 64 || strpbrk(name, ", "))
+                    usage_error("--nic_priority_matrix=%s: \"%s\" names a NIC that is not a device name", path,
+                                loc->string);
+                size_t nl = strlen(name);
+                bool seen = false;
+                for (const char *p = list; !seen && (p = strstr(p, name)) != NULL; p += nl)
+                    seen = (p == list || p[-1] == ',') && (p[nl] == ',' || p[nl] == '\0');
+                if (seen)
+                    continue;
+                if (used + nl + 2 > sizeof list)
+                    usage_error("--nic_priority_matrix=%s: too many NICs", path);
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", used ? "," : "", name);
+            }
+        }
+    }
+    cJSON_Delete(m);
+    if (!used)
+        usage_error("--nic_priority_matrix=%s names no NIC", path);
+    return list;
+}
+
 void check_options(struct options *o)
 {
     if (!o->mode || (strcmp(o->mode, "target") && strcmp(o->mode, "initiator")))
@@ -262,6 +343,16 @@ void check_options(struct options *o)
         usage_error("--buffer_size must be positive");
     if (strcmp(o->mode, "initiator") == 0 && !o->segment_id)
         usage_error("initiator needs --segment_id=HOST:PORT");
+    if (strcmp(o->backend, "classic") && strcmp(o->backend, "tent"))
+        usage_error("--backend must be classic or tent, not '%s'", o->backend);
+    if (o->report_precision > 9)
+        usage_error("--report_precision must be 0..9");
+    resolve_unit(o);
+    if (o->nic_priority_matrix) {
+        const char *nics = matrix_devices(o->nic_priority_matrix);
+        if (!o->device_name)
+            o->device_name = nics;
+    }
     resolve_location(o);
 }
 

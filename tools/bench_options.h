@@ -18,9 +18,14 @@
 struct options {
     const char *mode, *local_server_name, *metadata_server, *operation;
     const char *protocol, *segment_id, *device_name, *location;
-    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations, idle_seconds;
+    const char *report_unit, *nic_priority_matrix, *backend;
+    uint64_t block_size, batch_size, buffer_size, duration, threads, iterations, idle_seconds, report_precision;
     int64_t gpu_id, npu_id;
     bool use_vram, json, verify, huge_pages, same_block, help, help_env, help_env_markdown;
+    bool auto_discovery, init_mem;
+    /* from report_unit: bytes per unit, and its name ("GB" -> 1e9, "GB") */
+    double unit_bytes;
+    bool unit_bits;
 };
 
 /* Prints "ferry-bench: <message>", then for a ferry error rc != 0
@@ -34,7 +39,9 @@ void usage(FILE *f);
 void options_defaults(struct options *o);
 /* Exits with EXIT_USAGE on an unknown flag or a bad value. */
 void parse_args(int argc, char **argv, struct options *o);
-/* Checks the combination and resolves --location; exits on a bad one. */
+/* Checks the combination and resolves --location and --report_unit (and,
+ * for rdma without --device_name, --nic_priority_matrix's NICs); exits on a
+ * bad one. */
 void check_options(struct options *o);
 
 #endif

@@ -468,8 +468,8 @@ static void watch_progress(struct run *r, double start)
             continue;
         uint64_t b = atomic_load(&r->bytes);
         double rate = (double)(b - last_bytes) / (t - last_t);
-        fprintf(stderr, "[%3us] %.2f GB/s  %.1f Gbit/s\n", next_report, rate / 1e9,
-                rate * 8 / 1e9);
+        fprintf(stderr, "[%3us] %.*f %s/s  %.1f Gbit/s\n", next_report, (int)r->opts->report_precision,
+                rate / r->opts->unit_bytes, r->opts->report_unit, rate * 8 / 1e9);
         last_bytes = b, last_t = t;
         next_report = (unsigned)t + 1;
     }
@@ -564,10 +564,10 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
-               "%s: %" PRIu64 " bytes in %.2f s = %.2f GB/s (%.2f Gbit/s), %s\n",
+               "%s: %" PRIu64 " bytes in %.2f s = %.*f %s/s (%.2f Gbit/s), %s\n",
                o->operation, o->protocol, cpu ? "" : " ", cpu ? "" : o->location,
                o->block_size, o->batch_size, o->threads, o->same_block ? " (same block)" : "",
-               bytes, secs, gbs, gbs * 8,
+               bytes, secs, (int)o->report_precision, gbs * 1e9 / o->unit_bytes, o->report_unit, gbs * 8,
                !o->verify ? "not verified" : verified ? "verified ok" : "verification FAILED");
         printf("ferry-bench: cost: initiator cpu %.3f s for %" PRIu64 " requests = %.3f us/request;"
                " batch latency p50 %.1f us p99 %.1f us\n", c->cpu_seconds, c->requests, us_per_req,

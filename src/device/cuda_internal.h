@@ -32,6 +32,17 @@ typedef struct {
     char reserved[64];
 } CUipcMemHandle;
 
+/* What travels in a ferry CUDA IPC handle (cuda_ipc.c): cuIpcGetMemHandle of
+ * the allocation's base (the driver exports whole allocations) and where the
+ * exported pointer lies in it.  A peer writes it: every field is checked. */
+#define CUDA_IPC_MAGIC 0x43495046u /* "FPIC" */
+struct cuda_ipc_handle {
+    uint32_t magic;
+    int32_t pid;                 /* the exporter: a process cannot open its own */
+    uint64_t offset;             /* ptr - allocation base */
+    CUipcMemHandle handle;
+};
+
 enum {
     CUDA_SUCCESS = 0,
     CUDA_ERROR_INVALID_VALUE = 1,

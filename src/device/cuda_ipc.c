@@ -20,15 +20,6 @@
 
 /* ---------------------------------------------------------------- IPC */
 
-/* What travels in an IPC handle: cuIpcGetMemHandle of the allocation's base
- * (the driver exports whole allocations) and where ptr lies in it. */
-#define CUDA_IPC_MAGIC 0x43495046u /* "FPIC" */
-struct cuda_ipc_handle {
-    uint32_t magic;
-    int32_t pid;                 /* the exporter: a process cannot open its own */
-    uint64_t offset;             /* ptr - allocation base */
-    CUipcMemHandle handle;
-};
 _Static_assert(sizeof(struct cuda_ipc_handle) <= FERRY_IPC_HANDLE_MAX, "fits FERRY_IPC_HANDLE_MAX");
 
 static int ipc_loaded(const char *what)
@@ -210,10 +201,23 @@ void cuda_ipc_close(int dev, void *ptr)
     CUresult r = CUDA_SUCCESS;
     int found = 0;
     pthread_mutex_lock(&ipc_lock);
-    for (size_t i = 0; i < ipc_nopened && !found; i++) {
-        struct ipc_open_entry *e = &ipc_opened[i];
-        if (e->dev != dev || p < e->base || p - e->base >= e->size)
+    /* the allocation that holds p; one whose size the driver did not say
+     * (size 1) holds every p from its base on: the nearest such base below
+     * p, when no allocation of known size holds it */
+    size_t at = ipc_nopened;
+    for (size_t i = 0; i < ipc_nopened; i++) {
+        const struct ipc_open_entry *e = &ipc_opened[i];
+        if (e->dev != dev || p < e->base)
             continue;
+        if (p - e->base < e->size) {
+            at = i;
+            break;
+        }
+        if (e->size == 1 && (at == ipc_nopened || e->base > ipc_opened[at].base))
+            at = i;
+    }
+    if (at < ipc_nopened) {
+        struct ipc_open_entry *e = &ipc_opened[at];
         found = 1;
         if (--e->refs == 0) {
             cuda_dev_range_forget((void *)(uintptr_t)e->base); /* the gather kernel may have learned it */

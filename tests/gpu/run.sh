@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Runs on the GPU machine (see bundle.sh): the CUDA device tests, the staging
+# Runs on the GPU machine (see bundle.sh): the CUDA device and IPC tests, the staging
 # matrix with cuda:0 on both sides (two processes, one GPU), the staging
 # pipeline benchmark next to a large pinned D2H copy, and ferry-bench
 # GPU -> TCP loopback -> GPU next to iperf3, all in one run.  On a host with
@@ -19,6 +19,7 @@ step() { echo; echo "== $*"; }
 
 step "device tests (cuda)"
 "$B/tests/test_device_cuda" || status=1
+"$B/tests/test_cuda_ipc" || status=1
 step "staging matrix with cuda:0"
 FERRY_TEST_DEVICE=cuda:0 "$B/tests/test_staging" || status=1
 

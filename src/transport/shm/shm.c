@@ -386,7 +386,7 @@ static void peer_free(struct shm_peer *p)
 
 /* Reads live slot s into b (a seqlock read: the fields are the slot's of one
  * moment).  false: free, revoked, changing, or malformed. */
-static bool read_slot(struct shm_peer *p, uint32_t i, struct shm_rbuf *b, char *location, uint8_t *handle)
+bool shm_read_slot(struct shm_peer *p, uint32_t i, struct shm_rbuf *b, char *location, uint8_t *handle)
 {
     struct shm_slot *s = &p->slots[i];
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
@@ -405,7 +405,7 @@ static bool read_slot(struct shm_peer *p, uint32_t i, struct shm_rbuf *b, char *
         return false;
     location[sizeof s->location - 1] = '\0';
     b->slot = i;
-    b->seq = seq;
+    atomic_store_explicit(&b->seq, seq, memory_order_relaxed);
     return b->len && b->addr + b->len > b->addr && b->handle_len <= FERRY_IPC_HANDLE_MAX;
 }
 
@@ -430,7 +430,7 @@ static int peer_buffers(struct shm_peer *p)
     for (uint32_t i = 0; i < used; i++) {
         struct shm_rbuf *b = &p->bufs[p->nbufs];
         memset(b, 0, sizeof *b);
-        if (!read_slot(p, i, b, location, handle))
+        if (!shm_read_slot(p, i, b, location, handle))
             continue;
         b->ops = b->device ? ferry_device_of_location(location, &b->dev) : NULL;
         if (b->device && (!b->ops || !b->ops->ipc_open))

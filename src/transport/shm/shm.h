@@ -115,7 +115,8 @@ struct shm_mapping {
 struct shm_rbuf {
     uint64_t addr, len;
     uint32_t slot;
-    uint64_t seq;                     /* the slot's seq then: any change means unregistered */
+    _Atomic uint64_t seq;             /* the slot's seq then: any change means unregistered (or, for
+                                       * host memory, registered again over it: rbuf_registered_again) */
     bool device;                      /* not host memory */
     const struct ferry_device_ops *ops; /* NULL for host memory or a kind this build lacks */
     int dev;                          /* the peer's device index */
@@ -322,6 +323,10 @@ struct shm_group {
 /* Sets fr->msg; returns code. */
 int shm_fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool shm_peer_gone(const struct shm_peer *p);
+/* shm.c: reads the peer's live slot i into b (a seqlock read: the fields of
+ * one moment; location and handle: their room in struct shm_slot).  false:
+ * free, revoked, changing, or malformed. */
+bool shm_read_slot(struct shm_peer *p, uint32_t i, struct shm_rbuf *b, char *location, uint8_t *handle);
 /* Could a job take f: every piece in a device buffer of p, the first
  * piece's local memory device memory?  A hint (the job checks again). */
 bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const struct xfer_frame *f);
@@ -338,6 +343,9 @@ void shm_frame_release(struct frame_run *fr);
 void shm_copies_failed(struct shm_group *g, int rc);
 /* A worker's: runs the group's copies on the thread's stream and waits. */
 void shm_copies_wait(struct shm_group *g);
+/* Before copies are issued: those of frames past their announcement's
+ * expiry are dropped and their frames fail FERRY_ETIMEDOUT. */
+void shm_copies_drop_expired(struct shm_group *g);
 
 /* shm_lane.c */
 /* The lane of (ops, dev), made when first asked for; NULL where the device

@@ -391,6 +391,7 @@ static void job_issue(struct shm_group *g)
         job_end(g);
         return;
     }
+    shm_copies_drop_expired(g);
     struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(&g->cb)
                                 ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
     TRACE(TR_COPY_BEGIN, g->cb.n);

@@ -119,14 +119,11 @@ static bool owner_dead(uint64_t word)
     return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-/* Claims a free announcement in the peer's shared memfd (or one a dead
- * process left) and sets its range.  The claim is the Dekker store that the
- * slot checks after it pair with (see shm.h). */
-static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
+/* One pass over the peer's announcements for a free one (pass 1: or one a
+ * dead process left): claimed and its range set, 0; none, -1. */
+static int announce_claim(struct frame_run *fr, uint64_t w, uint64_t lo, uint64_t hi)
 {
     struct shm_peer *p = fr->p;
-    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
-                 (self_pid() & SHM_ANN_PID_MASK);
     uint32_t start = (uint32_t)(((uintptr_t)fr->g >> 6) % SHM_ANNOUNCE_SLOTS);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {
@@ -143,8 +140,47 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
             }
         }
     }
-    return shm_fail(fr, FERRY_EBUSY, "shm: segment %.64s: all %u access announcements are taken", p->name,
-                SHM_ANNOUNCE_SLOTS);
+    return -1;
+}
+
+/* Claims a free announcement in the peer's shared memfd (or one a dead
+ * process left) and sets its range.  The claim is the Dekker store that the
+ * slot checks after it pair with (see shm.h).  All are shared by every
+ * initiator of the peer: when all are taken a worker waits for one to clear
+ * (a release wakes it, as it wakes an unregister) until the frame's
+ * deadline; a job hands the frame to the workers instead of waiting on the
+ * submitting thread. */
+static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
+{
+    struct shm_peer *p = fr->p;
+    struct shm_served *sv = p->served;
+    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
+                 (self_pid() & SHM_ANN_PID_MASK);
+    if (announce_claim(fr, w, lo, hi) == 0)
+        return 0;
+    if (fr->g->job)
+        return SHM_NOT_HERE;
+    uint64_t since = now_ns();
+    int rc = -1;
+    atomic_fetch_add(&sv->waiters, 1);
+    for (;;) {
+        uint32_t released = atomic_load(&sv->released);
+        if ((rc = announce_claim(fr, w, lo, hi)) == 0)
+            break;
+        uint64_t now = now_ns();
+        if (now >= fr->f->deadline_ns)
+            break;
+        /* woken by every release; the period re-checks the owners' liveness */
+        uint64_t left = fr->f->deadline_ns - now, nap = left < 50000000u ? left : 50000000u;
+        struct timespec period = {0, (long)nap};
+        syscall(SYS_futex, &sv->released, FUTEX_WAIT, released, &period, NULL, 0);
+    }
+    atomic_fetch_sub(&sv->waiters, 1);
+    if (!rc)
+        return 0;
+    return shm_fail(fr, FERRY_ETIMEDOUT, "shm: segment %.64s: all %u access announcements stayed taken for %llu ms, "
+                    "until the request's deadline", p->name, SHM_ANNOUNCE_SLOTS,
+                    (unsigned long long)((now_ns() - since) / 1000000u));
 }
 
 void shm_frame_release(struct frame_run *fr)
@@ -172,7 +208,7 @@ static int access_check(struct frame_run *fr)
                     (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
     for (uint32_t i = 0; i < fr->ntouched; i++) {
         const struct shm_rbuf *b = &p->bufs[fr->touched[i]];
-        if (atomic_load(&p->slots[b->slot].seq) != b->seq)
+        if (atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq))
             return shm_fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu", p->name,
                         (unsigned long long)b->addr, (unsigned long long)b->len);
     }
@@ -309,9 +345,36 @@ void shm_copies_failed(struct shm_group *g, int rc)
     }
 }
 
+/* Drops the queued copies of frames whose announcement has expired, and
+ * fails those frames FERRY_ETIMEDOUT: the target's unregister stops waiting
+ * for an announcement SHM_ACCESS_GRACE_NS after its expiry, so no copy may
+ * start after it (access_check holds host copy steps to the same rule). */
+void shm_copies_drop_expired(struct shm_group *g)
+{
+    struct copy_batch *cb = &g->cb;
+    if (!cb->n)
+        return;
+    uint64_t now = now_ns();
+    size_t kept = 0;
+    for (size_t i = 0; i < cb->n; i++) {
+        struct frame_run *fr = &g->runs[cb->owner[i]];
+        if (now < fr->expiry) {
+            cb->copies[kept] = cb->copies[i];
+            cb->owner[kept++] = cb->owner[i];
+        } else if (!fr->copy_err) {
+            fr->copy_err = FERRY_ETIMEDOUT;
+            snprintf(fr->copy_msg, sizeof fr->copy_msg,
+                     "shm: segment %.64s: a device copy was not started within its announcement's %llu ms",
+                     fr->p->name, (unsigned long long)(SHM_ACCESS_MAX_NS / 1000000u));
+        }
+    }
+    cb->n = kept;
+}
+
 void shm_copies_wait(struct shm_group *g)
 {
     struct copy_batch *cb = &g->cb;
+    shm_copies_drop_expired(g);
     if (!cb->n)
         return;
     int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
@@ -524,6 +587,35 @@ static int local_backend(struct frame_run *fr, const struct memreg_region *lr, c
     return 0;
 }
 
+/* b's slot changed since the peer was opened: was b's host memory
+ * registered again, in the same slot, over at least b's range (the
+ * unregister-then-register of a buffer an application reuses)?  Then b
+ * follows the new registration and the frame goes on, as tcp's live check
+ * would let it.  Device memory is not followed: its IPC handle, and the
+ * mapping opened from it, may be of another allocation.  Safe against a
+ * frame still copying under the old seq: the target's unregister waited for
+ * its announcement (or for its expiry, after which it copies nothing), so
+ * no frame of the old registration runs once a new one is live. */
+static bool rbuf_registered_again(struct shm_peer *p, struct shm_rbuf *b)
+{
+    if (b->device || b->handle_len)
+        return false;
+    struct shm_rbuf now;
+    char location[sizeof p->slots[0].location];
+    uint8_t handle[FERRY_IPC_HANDLE_MAX];
+    uint64_t was = atomic_load(&b->seq);
+    if (!shm_read_slot(p, b->slot, &now, location, handle) || now.device || now.handle_len ||
+        now.addr > b->addr || now.addr + now.len < b->addr + b->len)
+        return false;
+    uint64_t seq = atomic_load_explicit(&now.seq, memory_order_relaxed);
+    /* another thread may have followed it first: either way b holds seq */
+    if (!atomic_compare_exchange_strong(&b->seq, &was, seq) && was != seq)
+        return false;
+    LOG_DEBUG("shm: segment %.64s: 0x%llx+%llu registered again; following it", p->name,
+              (unsigned long long)b->addr, (unsigned long long)b->len);
+    return true;
+}
+
 static int sort_piece(struct frame_run *fr, uint32_t i, long *hint, struct frame_moves *mv)
 {
     const struct xfer_piece *x = &fr->f->pieces[i];
@@ -539,7 +631,8 @@ static int sort_piece(struct frame_run *fr, uint32_t i, long *hint, struct frame
     }
     struct shm_rbuf *b = &p->bufs[bi];
     if (bi != *hint) { /* a buffer not seen yet in this frame (pieces mostly share one) */
-        if (atomic_load(&p->slots[b->slot].seq) != b->seq) /* after announce(): the Dekker load */
+        if (atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq) && /* after announce(): the Dekker load */
+            !rbuf_registered_again(p, b))
             return shm_fail(fr, FERRY_ESTALE, "shm: segment %.64s unregistered 0x%llx+%llu since it was opened",
                             p->name, (unsigned long long)b->addr, (unsigned long long)b->len);
         uint32_t k = 0;

@@ -333,8 +333,11 @@ static int serve_notify(struct server_conn *s, const struct wire_header *h)
 }
 
 /* HELLO: [authentication,] then the initiator names itself and the engine id
- * it expects.  Everything must arrive within connect_timeout_ms in total. */
-static int serve_hello(struct server_conn *s)
+ * it expects.  Everything must arrive within connect_timeout_ms in total.
+ * `unable` is non-zero when this connection's own resources could not be
+ * made (out of descriptors): the HELLO is answered FERRY_EBUSY then, so an
+ * initiator is never told it is served by a connection about to drop. */
+static int serve_hello(struct server_conn *s, int unable)
 {
     struct tcp_transport *t = s->t;
     uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
@@ -361,12 +364,16 @@ static int serve_hello(struct server_conn *s)
         return rc;
     log_sanitize(name, (size_t)h.payload_len, s->from, sizeof s->from);
     int status = 0;
-    if (auth_enabled(t->host.auth) && !authenticated)
+    if (unable)
+        status = FERRY_EBUSY;
+    else if (auth_enabled(t->host.auth) && !authenticated)
         status = FERRY_EPERM;
     else if (h.epoch != t->host.engine_id)
         status = FERRY_ESTALE;
     rc = send_response(s, WIRE_HELLO_ACK, h.id, status, 0, 0);
-    if (!rc && status == FERRY_EPERM)
+    if (!rc && status == FERRY_EBUSY)
+        rc = ferry_fail(status, "this target could not make the connection's wake-up descriptor (out of descriptors?)");
+    else if (!rc && status == FERRY_EPERM)
         rc = ferry_fail(status, "it did not authenticate (this engine has FERRY_AUTH_KEY set)");
     else if (!rc && status)
         rc = ferry_fail(status, "HELLO expects engine %016llx, this is engine %016llx (restarted?)",
@@ -423,9 +430,11 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     /* payload moves with blocking calls; these bound each of them */
     net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
     tcp_set_sockbuf(t, s->fd);
-    int rc = serve_hello(s);
-    if (!rc && (rc = sockio_wake_init(&s->wake)) == 0) /* revocations wake this thread: serve_cancel */
-        s->wake_ready = true;
+    /* revocations wake this thread (serve_cancel); made before the HELLO is
+     * answered, so a connection that cannot have it is refused, not dropped */
+    int unable = sockio_wake_init(&s->wake);
+    s->wake_ready = unable == 0;
+    int rc = serve_hello(s, unable);
     uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
