@@ -139,10 +139,11 @@ static const struct knob knobs[] = {
       "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
       "chunks of a large WRITE go to the wire while the rest are copied"},
      KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_MARK_STREAMS", "1",
+    {{"FERRY_STAGING_MARK_STREAMS", "0",
       "device streams a staging pool's rounds of gathers (WRITE) take in turn (0-4): the groups of a round go "
       "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "
-      "copies are done; 0: groups on their chunks' own streams, retired by querying them"},
+      "copies are done (a large one-thread staged batch ends sooner; the pipeline alone moves less); 0: groups "
+      "on their chunks' own streams, retired by querying them"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_RDMA_STAGE_SLOTS", "4",
       "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},

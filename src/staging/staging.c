@@ -11,9 +11,13 @@
  * FERRY_STAGING_GROUP_FIRST frames (1), so the first chunk of a large WRITE
  * reaches the wire while the rest gather.
  *
- * Where the device has stream_mark (CUDA, sim), a round's gathers go one
- * after another on one of FERRY_STAGING_MARK_STREAMS pool streams (1; the
- * rounds take them in turn), each group followed by a device-written mark:
+ * Where the device has stream_mark (CUDA, sim) and FERRY_STAGING_MARK_STREAMS
+ * is not 0 (the default is 0: on 2 x H200 the gather pipeline alone moved
+ * 0.69 / 0.80 of a large D2H at 16 KiB / 1 MiB with 4 batches in flight on
+ * one mark stream, against 0.94 / 0.95 on the chunks' streams, while a
+ * one-thread staged WRITE of 1,024 x 16 KiB gained 17 %), a round's gathers
+ * go one after another on one of those pool streams (the rounds take them
+ * in turn), each group followed by a device-written mark:
  * the first group finishes first (not all together, sharing the link) and
  * goes to the wire while the rest gather; the worker retires it by reading
  * its mark, with no driver call (a query takes the locks the issuers'

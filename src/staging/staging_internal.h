@@ -31,7 +31,7 @@
  * another on one stream, each followed by a device-written mark, so the
  * first frame retires (and goes to the wire) as soon as its own copies
  * are done, not with the round's last.  Marks a cache line apart. */
-#define MARK_STREAMS_DEFAULT 1u
+#define MARK_STREAMS_DEFAULT 0u
 #define MARK_STREAMS_MAX 4u
 #define MARK_STRIDE 16u
 

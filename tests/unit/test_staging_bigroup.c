@@ -278,22 +278,21 @@ static void bad_frame_in_a_big_group(void **state)
     assert_int_equal(t.ncalls, 1 + NFRAMES); /* the group's call, then one per frame */
 }
 
-/* The defaults (mark streams 1, group 2, first 1): groups of 1, 2, 2, 2
- * and 1 frames, one after another on one stream, each call followed by a
- * mark. */
-static void defaults_first_one_then_twos_marked(void **state)
+/* The defaults (mark streams 0, group 2, first 1): groups of 1, 2, 2, 2
+ * and 1 frames, each on its leader chunk's own stream, no marks (one mark
+ * stream cost the gather pipeline a fifth of its speed on 2 x H200). */
+static void defaults_first_one_then_twos_unmarked(void **state)
 {
     (void)state;
     mark_streams = "";
     run("", "", NFRAMES);
     assert_int_equal(t.ncalls, 5);
-    assert_int_equal(t.nmarks, 5);
+    assert_int_equal(t.nmarks, 0);
     static const size_t frames[] = {1, 2, 2, 2, 1};
-    for (unsigned i = 0; i < 5; i++) {
+    for (unsigned i = 0; i < 5; i++)
         assert_int_equal(t.copies[i], frames[i] * PIECES);
-        assert_int_equal(t.marked[i], i + 1);
-        assert_ptr_equal(t.stream[i], t.stream[0]);
-    }
+    for (unsigned i = 1; i < 5; i++)
+        assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
 }
 
 /* Mark streams, groups of one: the round's eight calls on one stream, each
@@ -439,7 +438,7 @@ int main(void)
         cmocka_unit_test_setup(group_of_four_after_a_first_of_two, reset),
         cmocka_unit_test_setup(group_of_one, reset),
         cmocka_unit_test_setup(bad_frame_in_a_big_group, reset),
-        cmocka_unit_test_setup(defaults_first_one_then_twos_marked, reset),
+        cmocka_unit_test_setup(defaults_first_one_then_twos_unmarked, reset),
         cmocka_unit_test_setup(marks_one_stream_a_mark_per_group, reset),
         cmocka_unit_test_setup(marks_held_group_holds_back_no_earlier_one, reset),
         cmocka_unit_test_setup(marks_bad_frame_fails_alone, reset),
