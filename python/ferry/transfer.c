@@ -326,6 +326,9 @@ static const char *const batch_names[] = {"target_hostname", "buffers", "peer_bu
                                           "transport_hint", "notify", NULL};
 static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
                                              "opcode", "notify", "transport_hint", NULL};
+/* the reference's batch_transfer_async has no notify: its 6th positional is transport_hint */
+static const char *const batch_async_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
+                                                   "opcode", "transport_hint", "notify", NULL};
 
 #define BATCH_METHOD(fn, pyname, op, sync)                                                                  \
     static PyObject *fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)          \
@@ -345,9 +348,11 @@ static PyObject *batch_with_opcode(EngineObject *self, const char *name, int syn
 {
     PyObject *a[7];
     int op;
-    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
+    const int hint = sync ? 6 : 5, notify = sync ? 5 : 6;
+    if (parse_args(name, args, nargs, kw, sync ? batch_op_names : batch_async_op_names, 5, a) ||
+        opcode_arg(a[4], &op) || hint_check(a[hint]))
         return NULL;
-    return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);
+    return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[notify]);
 }
 
 static PyObject *T_batch_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -819,7 +824,8 @@ PyMethodDef transfer_methods[] = {
     M("batch_transfer_async_read", compat_T_batch_transfer_async_read, FASTKW,
       "batch_transfer_async_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> id"),
     M("batch_transfer_async", compat_T_batch_transfer_async, FASTKW,
-      "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> id"),
+      "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, transport_hint=\"\",\n"
+      "                     notify=None) -> id"),
     M("transfer_submit_write", compat_T_transfer_submit_write, FASTKW,
       "transfer_submit_write(target_hostname, buffer, peer_buffer_address, length) -> batch id"),
     M("transfer_write_on_cuda", compat_T_transfer_write_on_cuda, FASTKW,

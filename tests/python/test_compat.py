@@ -163,6 +163,14 @@ def test_positional_transport_hint_is_not_a_notification(compat, fresh_target):
                                             [4096], "tcp") == 0
     assert compat.transfer_sync(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, fe.Write,
                                 None, "rdma") == 0
+    # the async calls: batch_transfer_async's 6th positional is transport_hint (it has no notify there)
+    bids = [compat.batch_transfer_async(fresh_target.segment, [src.ctypes.data], [fresh_target.addr], [4096],
+                                        fe.Write, "rdma"),
+            compat.batch_transfer_async_write(fresh_target.segment, [src.ctypes.data], [fresh_target.addr], [4096],
+                                              "rdma"),
+            compat.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, "rdma")]
+    assert 0 not in bids
+    assert compat.get_batch_transfer_status(bids) == 0
     assert fresh_target.cmd("notes") == "NOTES []"
     assert compat.transfer_sync_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096,
                                       notify=b"by keyword") == 0
