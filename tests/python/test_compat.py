@@ -287,6 +287,20 @@ def test_segment_name_p2p_and_ascend_form():
     e.close()
 
 
+def test_ipv6_hostname_is_refused_by_name():
+    """The reference names an IPv6 engine "[::1]:port"; ferry speaks IPv4 only and
+    says so (it bound "::1" as host ':' port 1 and reported 'bind ::1: Success')."""
+    for host in ("::1", "[::1]", "fe80::1:0:npu_1"):
+        e = fe.TransferEngine()
+        assert e.initialize(host, "P2PHANDSHAKE", "tcp", "") == ferry.FERRY_EINVAL
+        assert "IPv6" in ferry.last_error()[2], ferry.last_error()
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    assert e.transfer_sync_write("[::1]:%d" % e.get_rpc_port(), 0x1000, 0x1000, 8) == ferry.FERRY_ENOSEG
+    assert "[::1]" in ferry.last_error()[2], ferry.last_error()
+    e.close()
+
+
 # ---------------------------------------------------------------- stream-ordered (*_on_cuda)
 
 
