@@ -94,6 +94,29 @@ int engine_publish(ferry_engine *e)
 #define WAIT_SPIN_US_DEFAULT 50u
 #define WAIT_SPIN_US_MAX 10000u
 
+/* "rdma, tcp" -> "rdma,tcp": blanks around the items of a comma list go
+ * (callers write lists as people do; " tcp" is no transport or NIC name). */
+static void list_trim(char *s)
+{
+    char *out = s;
+    for (const char *item = s;;) {
+        const char *comma = strchr(item, ',');
+        const char *end = comma ? comma : item + strlen(item);
+        while (item < end && (*item == ' ' || *item == '\t'))
+            item++;
+        const char *last = end;
+        while (last > item && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        memmove(out, item, (size_t)(last - item));
+        out += last - item;
+        if (!comma)
+            break;
+        *out++ = ',';
+        item = comma + 1;
+    }
+    *out = '\0';
+}
+
 static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
 {
     e->cfg = *cfg;
@@ -117,6 +140,8 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         strcpy(strs[i].buf, v);
         *strs[i].field = strs[i].buf;
     }
+    list_trim(e->str_protocols);
+    list_trim(e->str_device);
     if (e->cfg.tcp_connections < 1 || e->cfg.tcp_connections > 64)
         return ferry_fail(FERRY_EINVAL, "tcp_connections=%u (1-64 allowed)", e->cfg.tcp_connections);
     if (e->cfg.slice_size < 4096 || e->cfg.slice_size > (64u << 20))

@@ -333,6 +333,26 @@ static void two_threads_wait_on_one_batch(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ lists written with blanks */
+
+/* "tcp , shm" names tcp and shm (it was refused: protocol " shm" unknown). */
+static void protocol_list_with_blanks(void **state)
+{
+    (void)state;
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.protocols = " tcp ,\tshm ";
+    ferry_engine *e = NULL;
+    if (ferry_engine_create(&cfg, &e) != 0)
+        fail_msg("protocols \" tcp ,\\tshm \": %s", ferry_last_error());
+    struct ferry_stats st;
+    assert_int_equal(ferry_get_stats(e, &st), 0);
+    assert_int_equal(st.transport_count, 2);
+    assert_string_equal(st.transports[0].name, "tcp");
+    assert_string_equal(st.transports[1].name, "shm");
+    ferry_engine_destroy(e);
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -343,6 +363,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(odd_segment_names_are_refused),
         cmocka_unit_test(many_segments_opened_and_closed),
         cmocka_unit_test(two_threads_wait_on_one_batch),
+        cmocka_unit_test(protocol_list_with_blanks),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);
