@@ -261,6 +261,26 @@ def test_rdma_without_nic_runs_on_tcp(monkeypatch):
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "rdma", "nosuch0") in (ferry.FERRY_ENODEV, ferry.FERRY_ENOTSUP)
 
 
+def test_reference_only_protocols_and_spaced_lists(monkeypatch):
+    """MOONCAKE_PROTOCOL=efa (SGLang on AWS), 'nvlink', 'hip' ...: the reference's engine
+    discovers its transports whatever the argument says, so these start an engine; a list
+    written with blanks ('rdma, tcp') is the list without them.  'xgmi' the reference
+    refuses, and a name nobody has stays an error."""
+    monkeypatch.setenv("FERRY_DEVICE_NAME", "nosuch0")  # no NIC of that name on any host
+    for proto in ("efa", "nvlink", "hip", "mnnvl", "EFA", "efa,tcp", "rdma, tcp", " tcp ", "tcp,\tshm"):
+        e = fe.TransferEngine()
+        assert e.initialize("127.0.0.1", "P2PHANDSHAKE", proto, "") == 0, (proto, ferry.last_error())
+        assert "tcp" in e.transports, proto
+        e.close()
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp , shm", "") == 0
+    assert sorted(e.transports) == ["shm", "tcp"]
+    e.close()
+    assert fe.TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "xgmi", "") < 0
+    assert fe.TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcpx", "") == ferry.FERRY_EINVAL
+    assert ferry.NativeTransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "efa", "") == ferry.FERRY_EINVAL
+
+
 def test_mc_variables(monkeypatch):
     monkeypatch.setenv("MC_FORCE_TCP", "1")
     monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "7")
