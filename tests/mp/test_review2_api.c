@@ -18,11 +18,13 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -333,6 +335,68 @@ static void two_threads_wait_on_one_batch(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ destroy under a waiter */
+
+struct parked_wait {
+    ferry_batch *b;
+    atomic_int tid;
+    int rc;
+};
+
+static void *parked_wait_thread(void *p)
+{
+    struct parked_wait *w = p;
+    atomic_store(&w->tid, (int)syscall(SYS_gettid));
+    w->rc = ferry_batch_wait(w->b, -1);
+    return NULL;
+}
+
+/* Is thread tid of this process asleep in futex(2) (a condition wait)? */
+static int in_futex_wait(int tid)
+{
+    char path[64], line[128] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(line, sizeof line, f) != NULL && atoi(line) == SYS_futex;
+    fclose(f);
+    return ok;
+}
+
+/* A thread waits on a batch that cannot end (its target is stopped) and the
+ * engine is destroyed to cancel everything: the waiter returns
+ * FERRY_ECANCELED, and nothing of the engine is touched after destroy
+ * returns (the waiter used to record its wait time in the freed engine). */
+static void destroy_while_a_thread_waits(void **state)
+{
+    (void)state;
+    struct child_target t;
+    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
+    ferry_engine *e = make_engine();
+    char *local = registered(e, TSIZE);
+    ferry_segment_t s;
+    assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
+    ferry_batch *b;
+    struct ferry_request r = {FERRY_WRITE, local, s, t.addr, 65536};
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    stop_target(t.pid);
+    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    struct parked_wait w = {b, 0, 1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, parked_wait_thread, &w), 0);
+    for (int i = 0; i < 60000 && !(atomic_load(&w.tid) && in_futex_wait(atomic_load(&w.tid))); i++)
+        sleep_ms(1); /* until the waiter sleeps on the batch */
+    assert_true(in_futex_wait(atomic_load(&w.tid)));
+    ferry_engine_destroy(e);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    if (w.rc != FERRY_ECANCELED && w.rc != FERRY_ECONN)
+        fail_msg("the waiter got %s", ferry_err_name(w.rc));
+    ferry_batch_free(b);
+    assert_int_equal(kill(t.pid, SIGCONT), 0);
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ lists written with blanks */
 
 /* "tcp , shm" names tcp and shm (it was refused: protocol " shm" unknown). */
@@ -364,6 +428,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(many_segments_opened_and_closed),
         cmocka_unit_test(two_threads_wait_on_one_batch),
         cmocka_unit_test(protocol_list_with_blanks),
+        cmocka_unit_test(destroy_while_a_thread_waits),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);
