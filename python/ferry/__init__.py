@@ -186,11 +186,12 @@ class TransferEngine(_ferry.Engine):
 
     def initialize_ext(self, local_hostname, metadata_server, protocol, device_name, metadata_type):
         """The reference's initialize_ext: metadata_type ('etcd', 'redis', 'http', 'p2p') prefixes a bare server."""
-        if metadata_server != "P2PHANDSHAKE" and "://" not in metadata_server and \
-                metadata_type not in ("", "p2p", "P2PHANDSHAKE"):
-            metadata_server = "%s://%s" % (metadata_type, metadata_server)
+        if metadata_server == "P2PHANDSHAKE" or "://" in metadata_server:
+            pass  # as given, whatever metadata_type says (the reference's buildConnString)
         elif metadata_type in ("p2p", "P2PHANDSHAKE"):
             metadata_server = "P2PHANDSHAKE"
+        elif metadata_type:
+            metadata_server = "%s://%s" % (metadata_type, metadata_server)
         return self.initialize(local_hostname, metadata_server, protocol, device_name)
 
     def transfer_sync(self, target_hostname, buffer, peer_buffer_address, length, opcode,

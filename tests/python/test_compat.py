@@ -300,6 +300,17 @@ def test_mc_variables(monkeypatch):
     assert {"MC_FORCE_TCP", "MC_TRANSFER_TIMEOUT", "MC_TCP_BIND_ADDRESS", "MC_LEGACY_RPC_PORT_BINDING"} <= set(envs)
 
 
+def test_initialize_ext_keeps_a_server_with_a_scheme():
+    """The reference prefixes metadata_type only to a server without '://': an explicit
+    URL wins over metadata_type 'p2p' (ferry made it P2PHANDSHAKE)."""
+    e = fe.TransferEngine()
+    assert e.initialize_ext("127.0.0.1", "redis://127.0.0.1:1", "tcp", "", "p2p") == ferry.FERRY_ECONN
+    assert "redis://127.0.0.1:1" in ferry.last_error()[2]
+    assert e.initialize_ext("127.0.0.1", "127.0.0.1:1", "tcp", "", "p2p") == 0   # no scheme: p2p
+    assert e.segment_name == "127.0.0.1:%d" % e.get_rpc_port()
+    e.close()
+
+
 def test_segment_name_p2p_and_ascend_form():
     e = fe.TransferEngine()
     assert e.initialize("127.0.0.1:0:npu_2", "P2PHANDSHAKE", "tcp", "") == 0
