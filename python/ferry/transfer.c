@@ -25,6 +25,8 @@ struct pybatch {
     ferry_batch *batch;
     size_t n;
     struct local_ref *refs;     /* n entries or NULL: views and tensors in use */
+    int waiters;                /* wait_batch calls inside ferry_batch_wait on it (GIL) */
+    int collected;              /* out of the table: the last waiter frees it (GIL) */
 };
 
 enum stage { STAGE_OK, STAGE_SUBMIT, STAGE_WAIT };
@@ -158,6 +160,21 @@ void pybatch_release_refs(struct pybatch *b)
     struct req_array a = {NULL, b->n, b->refs};
     req_array_release(&a);
     PyMem_Free(b);
+}
+
+/* A batch taken out of the table (batch_find(..., 1)) is freed here, with
+ * the GIL held, unless wait_batch calls are still waiting on it in other
+ * threads: the last of them frees it when it returns. */
+static void pybatch_collect(struct pybatch *b)
+{
+    if (b->waiters) {
+        b->collected = 1;
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pybatch_free_nogil(b);
+    Py_END_ALLOW_THREADS
+    pybatch_release_refs(b);
 }
 
 /* ---------------------------------------------------------------- sync */
@@ -301,7 +318,7 @@ static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *t
     /* async: the record keeps the views alive until the batch is collected */
     struct pybatch *pb = PyMem_Malloc(sizeof *pb);
     if (pb) {
-        *pb = (struct pybatch){b, a.n, a.refs};
+        *pb = (struct pybatch){b, a.n, a.refs, 0, 0};
         PyMem_Free(a.reqs); /* ferry copied the requests at submit */
         if (!(result = batch_store(self, pb))) {
             Py_BEGIN_ALLOW_THREADS
@@ -388,13 +405,8 @@ static void stream_batches_reap(EngineObject *self)
         struct pybatch *b = batch_find(self, id, 0);
         if (b && ferry_batch_wait(b->batch, 0) == FERRY_ETIMEDOUT)
             continue;
-        if (b) {
-            b = batch_find(self, id, 1);
-            Py_BEGIN_ALLOW_THREADS
-            pybatch_free_nogil(b);
-            Py_END_ALLOW_THREADS
-            pybatch_release_refs(b);
-        }
+        if (b && (b = batch_find(self, id, 1)) != NULL)
+            pybatch_collect(b);
         PyErr_Clear(); /* an id close() already collected */
         PySequence_DelItem(self->stream_batches, i);
     }
@@ -446,7 +458,7 @@ static PyObject *run_on_stream(EngineObject *self, int opcode, PyObject *target,
     PyObject *result = NULL;
     struct pybatch *pb = b ? PyMem_Malloc(sizeof *pb) : NULL;
     if (pb) { /* kept, with the views it uses, until it ended */
-        *pb = (struct pybatch){b, a.n, a.refs};
+        *pb = (struct pybatch){b, a.n, a.refs, 0, 0};
         PyMem_Free(a.reqs);
         PyObject *id = batch_store(self, pb);
         if (!id || PyList_Append(self->stream_batches, id)) {
@@ -556,11 +568,20 @@ static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
         if (rc && !o.rc)
             outcome_fail(&o, rc, STAGE_WAIT);
     }
-    for (Py_ssize_t i = 0; i < got; i++)
+    Py_END_ALLOW_THREADS
+    Py_ssize_t nfree = 0;
+    for (Py_ssize_t i = 0; i < got; i++) { /* a batch a wait_batch still waits on: that one frees it */
+        if (bs[i]->waiters)
+            bs[i]->collected = 1;
+        else
+            bs[nfree++] = bs[i];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nfree; i++)
         pybatch_free_nogil(bs[i]);
     Py_END_ALLOW_THREADS
     engine_leave(self);
-    for (Py_ssize_t i = 0; i < got; i++)
+    for (Py_ssize_t i = 0; i < nfree; i++)
         pybatch_release_refs(bs[i]);
     result = outcome_result(&o);
 out:
@@ -653,13 +674,8 @@ static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
         if (result && rc)
             note_failure(rc, NULL);
     }
-    if (result) {
-        b = batch_find(self, id, 1);
-        Py_BEGIN_ALLOW_THREADS
-        pybatch_free_nogil(b);
-        Py_END_ALLOW_THREADS
-        pybatch_release_refs(b);
-    }
+    if (result && (b = batch_find(self, id, 1)) != NULL)
+        pybatch_collect(b);
     engine_leave(self);
     return PyLong_FromLong(result);
 }
@@ -687,12 +703,20 @@ static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssiz
         engine_leave(self);
         return NULL;
     }
+    /* another thread may collect the batch meanwhile (get_batch_transfer_status,
+     * transfer_check_status, free_batch): it leaves the freeing to this one */
+    ferry_batch *fb = b->batch;
+    b->waiters++;
     struct outcome o = {0};
     Py_BEGIN_ALLOW_THREADS
-    int rc = ferry_batch_wait(b->batch, (int)timeout);
+    int rc = ferry_batch_wait(fb, (int)timeout);
     if (rc)
         outcome_fail(&o, rc, STAGE_WAIT);
     Py_END_ALLOW_THREADS
+    if (--b->waiters == 0 && b->collected) {
+        b->collected = 0;
+        pybatch_collect(b);
+    }
     engine_leave(self);
     return outcome_result(&o);
 }
@@ -702,12 +726,8 @@ static PyObject *T_free_batch(EngineObject *self, PyObject *id)
     if (engine_enter(self))
         return NULL;
     struct pybatch *b = batch_find(self, id, 1);
-    if (b) {
-        Py_BEGIN_ALLOW_THREADS
-        pybatch_free_nogil(b);
-        Py_END_ALLOW_THREADS
-        pybatch_release_refs(b);
-    }
+    if (b)
+        pybatch_collect(b);
     engine_leave(self);
     if (!b)
         return NULL;
