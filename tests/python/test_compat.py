@@ -178,6 +178,35 @@ def test_positional_transport_hint_is_not_a_notification(compat, fresh_target):
     assert [bytes.fromhex(m) for _, m in notes] == [b"by keyword"]
 
 
+def test_freeing_a_large_managed_buffer_in_use_holds_up_no_other_thread(target, fresh_target):
+    """free_managed_buffer of a buffer above 16 MiB waits (unregister) for the transfer still
+    reading it, here held by a stopped peer; meanwhile other threads' transfers from managed
+    buffers go on.  They waited for it, holding the GIL: every Python thread stood still until
+    the request timed out."""
+    import threading
+    import time
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", request_timeout_ms=20000) == 0
+    big, small = e.allocate_managed_buffer(32 << 20), e.allocate_managed_buffer(4096)
+    assert big and small
+    assert e.transfer_sync_write(fresh_target.segment, small, fresh_target.addr, 4096) == 0  # opened
+    fresh_target.stop()
+    bid = e.batch_transfer_async_write(fresh_target.segment, [big], [fresh_target.addr], [1 << 20])
+    assert bid
+    freed = []
+    t = threading.Thread(target=lambda: freed.append(e.free_managed_buffer(big, 32 << 20)))
+    t.start()
+    time.sleep(0.5)   # lets the free reach its wait; the check below holds either way after the fix
+    assert e.transfer_sync_write(target.segment, small, target.addr, 4096) == 0
+    assert t.is_alive() and not freed      # the free still waits for the stopped peer
+    fresh_target.cont()
+    t.join()
+    assert freed == [0] and e.get_batch_transfer_status([bid]) == 0
+    assert e.free_managed_buffer(big, 32 << 20) == ferry.FERRY_EINVAL   # and only once
+    target.cmd("fill 0 %d %d" % (1 << 20, TARGET_SEED))
+    e.close()
+
+
 def test_str_data_and_bytes_helpers(compat):
     buf = registered(compat, 4096)
     assert compat.write_bytes_to_buffer(buf.ctypes.data, "héllo", len("héllo".encode())) == 0
