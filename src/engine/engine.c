@@ -40,6 +40,15 @@ int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, siz
 
 /* ------------------------------------------------------------ descriptor */
 
+struct memreg_region *engine_remote_regions(ferry_engine *e, size_t *n)
+{
+    size_t cap = memreg_list_remote(&e->registry, NULL, 0);
+    struct memreg_region *r = calloc(cap + 1, sizeof *r);
+    size_t got = r ? memreg_list_remote(&e->registry, r, cap) : 0;
+    *n = got < cap ? got : cap; /* more now: registered since the count (not copied) */
+    return r;
+}
+
 static int describe_self(void *ctx, char **json)
 {
     ferry_engine *e = ctx;
@@ -53,13 +62,12 @@ static int describe_self(void *ctx, char **json)
         rc = e->tops[i]->describe(e->tstate[i], &d.transports[i].json);
         d.ntransports = i + 1;
     }
-    size_t n = memreg_list_remote(&e->registry, NULL, 0);
-    struct memreg_region *regions = calloc(n + 1, sizeof *regions);
+    size_t n = 0;
+    struct memreg_region *regions = rc ? NULL : engine_remote_regions(e, &n);
     d.buffers = calloc(n + 1, sizeof *d.buffers);
     if (!rc && (!regions || !d.buffers))
         rc = ferry_fail(FERRY_ENOMEM, "descriptor buffers");
     if (!rc) {
-        n = memreg_list_remote(&e->registry, regions, n); /* may have shrunk meanwhile */
         for (size_t i = 0; i < n; i++) {
             d.buffers[i].addr = regions[i].addr;
             d.buffers[i].len = regions[i].len;

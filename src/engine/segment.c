@@ -251,9 +251,8 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle)
  * them now (a segment opened on oneself is not refreshed by registering). */
 static void own_buffers(ferry_engine *e, struct ferry_buffer_info *out, size_t max, size_t *count)
 {
-    size_t n = memreg_list_remote(&e->registry, NULL, 0);
-    struct memreg_region *regions = calloc(n + 1, sizeof *regions);
-    n = regions ? memreg_list_remote(&e->registry, regions, n) : 0;
+    size_t n = 0;
+    struct memreg_region *regions = engine_remote_regions(e, &n);
     for (size_t i = 0; i < n && i < max; i++) {
         out[i].addr = regions[i].addr;
         out[i].len = regions[i].len;

@@ -397,6 +397,56 @@ static void destroy_while_a_thread_waits(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ descriptor served while registering */
+
+struct churn {
+    ferry_engine *e;
+    char *mem;
+    atomic_int stop;
+    int rounds;
+};
+
+static void *churn_main(void *p)
+{
+    struct churn *c = p;
+    while (!atomic_load(&c->stop)) {
+        for (int i = 0; i < 64; i++)
+            assert_int_equal(ferry_register_memory(c->e, c->mem + (size_t)i * 8192, 4096, "cpu", 1), 0);
+        for (int i = 0; i < 64; i++)
+            assert_int_equal(ferry_unregister_memory(c->e, c->mem + (size_t)i * 8192), 0);
+        c->rounds++;
+    }
+    return NULL;
+}
+
+/* Peers fetch the descriptor (the handshake thread lists the registrations)
+ * while the application registers and unregisters memory on another thread:
+ * the list was counted, then copied, and a registration in between was
+ * written past the end of it (heap-buffer-overflow in describe_self). */
+static void descriptor_served_while_registering(void **state)
+{
+    (void)state;
+    ferry_engine *e = make_engine();
+    char *mem = NULL;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", 64 * 8192, (void **)&mem), 0);
+    struct churn c = {e, mem, 0, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    ferry_segment_t self;
+    assert_int_equal(ferry_open_segment(e, ferry_engine_segment_name(e), &self), 0);
+    struct ferry_buffer_info info[64];
+    for (int i = 0; i < 600; i++) {
+        assert_int_equal(ferry_probe_segment(e, ferry_engine_segment_name(e)), 0);
+        size_t count = 0; /* this engine's own list, taken the same way */
+        assert_int_equal(ferry_segment_buffers(e, self, info, 64, &count), 0);
+        assert_in_range(count, 0, 64);
+    }
+    atomic_store(&c.stop, 1);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    print_message("%d registration rounds during 600 descriptor fetches\n", c.rounds);
+    ferry_engine_destroy(e);
+}
+
 /* ------------------------------------------------------------ lists written with blanks */
 
 /* "tcp , shm" names tcp and shm (it was refused: protocol " shm" unknown). */
@@ -429,6 +479,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(two_threads_wait_on_one_batch),
         cmocka_unit_test(protocol_list_with_blanks),
         cmocka_unit_test(destroy_while_a_thread_waits),
+        cmocka_unit_test(descriptor_served_while_registering),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);
