@@ -39,6 +39,7 @@ GIL.  A batch (1,000 requests or more) is converted in one pass and handed to C
 in one call.
 """
 import enum
+import logging
 
 from . import _ferry
 from ._ferry import (  # noqa: F401  (re-exported)
@@ -120,6 +121,34 @@ class TransferNotify:
         return cls(sender, message.decode(errors="replace"))
 
 
+# Transports of the reference that ferry does not have.  The reference's
+# classic engine discovers its transports whatever this argument says, so a
+# caller configured for one of them (SGLang's MOONCAKE_PROTOCOL=efa on AWS,
+# say) must still get an engine: ferry runs on the rest of the list, or on tcp.
+_REFERENCE_ONLY_PROTOCOLS = frozenset((
+    "efa", "cxi", "nvlink", "nvlink_intra", "intra_nvlink", "mnnvl", "hip", "barex", "cxl", "gds",
+    "io_uring", "nvmeof", "sunrise_link", "ubshmem", "hccs",
+))
+
+
+def _compat_protocols(protocol):
+    """The protocol argument with the reference-only transports dropped (one
+    warning names them); "tcp" if nothing is left.  Anything else is passed on
+    as given, so that a typo still fails."""
+    if not isinstance(protocol, str):
+        return protocol
+    items = [p.strip() for p in protocol.split(",")]
+    kept = [p for p in items if p.lower() not in _REFERENCE_ONLY_PROTOCOLS]
+    if len(kept) == len(items):
+        return protocol
+    kept = [p for p in kept if p]
+    dropped = [p for p in items if p.lower() in _REFERENCE_ONLY_PROTOCOLS]
+    logging.getLogger("ferry").warning(
+        "protocol %r: ferry has no %s transport; running on %s", protocol, "/".join(dropped),
+        ",".join(kept) if kept else "tcp")
+    return ",".join(kept) if kept else "tcp"
+
+
 def _notify_arg(notify):
     return notify.encode() if isinstance(notify, TransferNotify) else notify
 
@@ -148,13 +177,21 @@ class TransferEngine(_ferry.Engine):
     __slots__ = ()
     TransferOpcode = TransferOpcode
 
+    def initialize(self, local_hostname, metadata_server=None, protocol=None, device_name=None, **config):
+        """The reference's initialize(local_hostname, metadata_server, protocol, device_name) -> 0 / negative
+        code; **config: fields of struct ferry_config.  A transport only the reference has (efa, nvlink,
+        hip, ...) is left out with one warning, as the reference's engine discovers its own."""
+        return _ferry.Engine.initialize(self, local_hostname, metadata_server, _compat_protocols(protocol),
+                                        device_name, **config)
+
     def initialize_ext(self, local_hostname, metadata_server, protocol, device_name, metadata_type):
         """The reference's initialize_ext: metadata_type ('etcd', 'redis', 'http', 'p2p') prefixes a bare server."""
-        if metadata_server != "P2PHANDSHAKE" and "://" not in metadata_server and \
-                metadata_type not in ("", "p2p", "P2PHANDSHAKE"):
-            metadata_server = "%s://%s" % (metadata_type, metadata_server)
+        if metadata_server == "P2PHANDSHAKE" or "://" in metadata_server:
+            pass  # as given, whatever metadata_type says (the reference's buildConnString)
         elif metadata_type in ("p2p", "P2PHANDSHAKE"):
             metadata_server = "P2PHANDSHAKE"
+        elif metadata_type:
+            metadata_server = "%s://%s" % (metadata_type, metadata_server)
         return self.initialize(local_hostname, metadata_server, protocol, device_name)
 
     def transfer_sync(self, target_hostname, buffer, peer_buffer_address, length, opcode,
@@ -209,3 +246,5 @@ class NativeTransferEngine(TransferEngine):
 
     def __init__(self, managed_pool_size=None):
         super().__init__(managed_pool_size, strict=True)
+
+    initialize = _ferry.Engine.initialize   # a protocol ferry lacks is an error here

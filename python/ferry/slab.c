@@ -209,31 +209,44 @@ uintptr_t slab_alloc(struct slab *s, ferry_engine *engine, size_t len)
     return addr;
 }
 
-static int free_large(struct slab *s, ferry_engine *engine, uintptr_t addr, size_t len)
+/* Takes the large buffer at addr out of the table (s->lock held).  The
+ * caller unregisters and unmaps it once the lock is let go: unregistering
+ * waits for the transfers still using it (a stopped peer holds them until
+ * their timeout), and other threads' allocations and transfer checks, which
+ * take the lock with the GIL held, must not wait with it. */
+static long large_index(const struct slab *s, uintptr_t addr)
 {
-    for (size_t i = 0; i < s->nlarge; i++) {
-        if (s->large[i].addr != addr)
-            continue;
-        if (s->large[i].len != len)
-            return fail(FERRY_EINVAL, "managed buffer 0x%lx was allocated with %zu bytes, not %zu",
-                        (unsigned long)addr, s->large[i].len, len);
-        ferry_unregister_memory(engine, (void *)addr);
-        munmap((void *)addr, len);
-        s->large[i] = s->large[--s->nlarge];
-        s->used_bytes -= len;
-        return 0;
-    }
-    return fail(FERRY_EINVAL, "0x%lx is not a live managed buffer (freed twice, or never allocated)",
-                (unsigned long)addr);
+    for (size_t i = 0; i < s->nlarge; i++)
+        if (s->large[i].addr == addr)
+            return (long)i;
+    return -1;
+}
+
+static int take_large(struct slab *s, uintptr_t addr, size_t len)
+{
+    long i = large_index(s, addr);
+    if (i < 0)
+        return fail(FERRY_EINVAL, "0x%lx is not a live managed buffer (freed twice, or never allocated)",
+                    (unsigned long)addr);
+    if (s->large[i].len != len)
+        return fail(FERRY_EINVAL, "managed buffer 0x%lx was allocated with %zu bytes, not %zu", (unsigned long)addr,
+                    s->large[i].len, len);
+    s->large[i] = s->large[--s->nlarge];
+    s->used_bytes -= len;
+    return 0;
 }
 
 int slab_free(struct slab *s, ferry_engine *engine, uintptr_t addr, size_t len)
 {
     int rc = 0;
     pthread_mutex_lock(&s->lock);
-    if (len > TOP_BLOCK) {
-        rc = free_large(s, engine, addr, len);
+    if (len > TOP_BLOCK || (addr - s->base >= s->size && large_index(s, addr) >= 0)) {
+        rc = take_large(s, addr, len); /* a length of the slab's classes: says it does not match */
         pthread_mutex_unlock(&s->lock);
+        if (!rc) {
+            ferry_unregister_memory(engine, (void *)addr);
+            munmap((void *)addr, len);
+        }
         return rc;
     }
     int k = class_of(len);

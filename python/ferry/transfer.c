@@ -25,6 +25,8 @@ struct pybatch {
     ferry_batch *batch;
     size_t n;
     struct local_ref *refs;     /* n entries or NULL: views and tensors in use */
+    int waiters;                /* wait_batch calls inside ferry_batch_wait on it (GIL) */
+    int collected;              /* out of the table: the last waiter frees it (GIL) */
 };
 
 enum stage { STAGE_OK, STAGE_SUBMIT, STAGE_WAIT };
@@ -158,6 +160,21 @@ void pybatch_release_refs(struct pybatch *b)
     struct req_array a = {NULL, b->n, b->refs};
     req_array_release(&a);
     PyMem_Free(b);
+}
+
+/* A batch taken out of the table (batch_find(..., 1)) is freed here, with
+ * the GIL held, unless wait_batch calls are still waiting on it in other
+ * threads: the last of them frees it when it returns. */
+static void pybatch_collect(struct pybatch *b)
+{
+    if (b->waiters) {
+        b->collected = 1;
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pybatch_free_nogil(b);
+    Py_END_ALLOW_THREADS
+    pybatch_release_refs(b);
 }
 
 /* ---------------------------------------------------------------- sync */
@@ -301,7 +318,7 @@ static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *t
     /* async: the record keeps the views alive until the batch is collected */
     struct pybatch *pb = PyMem_Malloc(sizeof *pb);
     if (pb) {
-        *pb = (struct pybatch){b, a.n, a.refs};
+        *pb = (struct pybatch){b, a.n, a.refs, 0, 0};
         PyMem_Free(a.reqs); /* ferry copied the requests at submit */
         if (!(result = batch_store(self, pb))) {
             Py_BEGIN_ALLOW_THREADS
@@ -326,6 +343,9 @@ static const char *const batch_names[] = {"target_hostname", "buffers", "peer_bu
                                           "transport_hint", "notify", NULL};
 static const char *const batch_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
                                              "opcode", "notify", "transport_hint", NULL};
+/* the reference's batch_transfer_async has no notify: its 6th positional is transport_hint */
+static const char *const batch_async_op_names[] = {"target_hostname", "buffers", "peer_buffer_addresses", "lengths",
+                                                   "opcode", "transport_hint", "notify", NULL};
 
 #define BATCH_METHOD(fn, pyname, op, sync)                                                                  \
     static PyObject *fn(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)          \
@@ -345,9 +365,11 @@ static PyObject *batch_with_opcode(EngineObject *self, const char *name, int syn
 {
     PyObject *a[7];
     int op;
-    if (parse_args(name, args, nargs, kw, batch_op_names, 5, a) || opcode_arg(a[4], &op) || hint_check(a[6]))
+    const int hint = sync ? 6 : 5, notify = sync ? 5 : 6;
+    if (parse_args(name, args, nargs, kw, sync ? batch_op_names : batch_async_op_names, 5, a) ||
+        opcode_arg(a[4], &op) || hint_check(a[hint]))
         return NULL;
-    return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[5]);
+    return run_batch(self, op, sync, a[0], a[1], a[2], a[3], a[notify]);
 }
 
 static PyObject *T_batch_transfer_sync(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -383,13 +405,8 @@ static void stream_batches_reap(EngineObject *self)
         struct pybatch *b = batch_find(self, id, 0);
         if (b && ferry_batch_wait(b->batch, 0) == FERRY_ETIMEDOUT)
             continue;
-        if (b) {
-            b = batch_find(self, id, 1);
-            Py_BEGIN_ALLOW_THREADS
-            pybatch_free_nogil(b);
-            Py_END_ALLOW_THREADS
-            pybatch_release_refs(b);
-        }
+        if (b && (b = batch_find(self, id, 1)) != NULL)
+            pybatch_collect(b);
         PyErr_Clear(); /* an id close() already collected */
         PySequence_DelItem(self->stream_batches, i);
     }
@@ -441,7 +458,7 @@ static PyObject *run_on_stream(EngineObject *self, int opcode, PyObject *target,
     PyObject *result = NULL;
     struct pybatch *pb = b ? PyMem_Malloc(sizeof *pb) : NULL;
     if (pb) { /* kept, with the views it uses, until it ended */
-        *pb = (struct pybatch){b, a.n, a.refs};
+        *pb = (struct pybatch){b, a.n, a.refs, 0, 0};
         PyMem_Free(a.reqs);
         PyObject *id = batch_store(self, pb);
         if (!id || PyList_Append(self->stream_batches, id)) {
@@ -551,11 +568,20 @@ static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
         if (rc && !o.rc)
             outcome_fail(&o, rc, STAGE_WAIT);
     }
-    for (Py_ssize_t i = 0; i < got; i++)
+    Py_END_ALLOW_THREADS
+    Py_ssize_t nfree = 0;
+    for (Py_ssize_t i = 0; i < got; i++) { /* a batch a wait_batch still waits on: that one frees it */
+        if (bs[i]->waiters)
+            bs[i]->collected = 1;
+        else
+            bs[nfree++] = bs[i];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nfree; i++)
         pybatch_free_nogil(bs[i]);
     Py_END_ALLOW_THREADS
     engine_leave(self);
-    for (Py_ssize_t i = 0; i < got; i++)
+    for (Py_ssize_t i = 0; i < nfree; i++)
         pybatch_release_refs(bs[i]);
     result = outcome_result(&o);
 out:
@@ -648,13 +674,8 @@ static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
         if (result && rc)
             note_failure(rc, NULL);
     }
-    if (result) {
-        b = batch_find(self, id, 1);
-        Py_BEGIN_ALLOW_THREADS
-        pybatch_free_nogil(b);
-        Py_END_ALLOW_THREADS
-        pybatch_release_refs(b);
-    }
+    if (result && (b = batch_find(self, id, 1)) != NULL)
+        pybatch_collect(b);
     engine_leave(self);
     return PyLong_FromLong(result);
 }
@@ -682,12 +703,20 @@ static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssiz
         engine_leave(self);
         return NULL;
     }
+    /* another thread may collect the batch meanwhile (get_batch_transfer_status,
+     * transfer_check_status, free_batch): it leaves the freeing to this one */
+    ferry_batch *fb = b->batch;
+    b->waiters++;
     struct outcome o = {0};
     Py_BEGIN_ALLOW_THREADS
-    int rc = ferry_batch_wait(b->batch, (int)timeout);
+    int rc = ferry_batch_wait(fb, (int)timeout);
     if (rc)
         outcome_fail(&o, rc, STAGE_WAIT);
     Py_END_ALLOW_THREADS
+    if (--b->waiters == 0 && b->collected) {
+        b->collected = 0;
+        pybatch_collect(b);
+    }
     engine_leave(self);
     return outcome_result(&o);
 }
@@ -697,12 +726,8 @@ static PyObject *T_free_batch(EngineObject *self, PyObject *id)
     if (engine_enter(self))
         return NULL;
     struct pybatch *b = batch_find(self, id, 1);
-    if (b) {
-        Py_BEGIN_ALLOW_THREADS
-        pybatch_free_nogil(b);
-        Py_END_ALLOW_THREADS
-        pybatch_release_refs(b);
-    }
+    if (b)
+        pybatch_collect(b);
     engine_leave(self);
     if (!b)
         return NULL;
@@ -819,7 +844,8 @@ PyMethodDef transfer_methods[] = {
     M("batch_transfer_async_read", compat_T_batch_transfer_async_read, FASTKW,
       "batch_transfer_async_read(target_hostname, buffers, peer_buffer_addresses, lengths, notify=None) -> id"),
     M("batch_transfer_async", compat_T_batch_transfer_async, FASTKW,
-      "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, notify=None) -> id"),
+      "batch_transfer_async(target_hostname, buffers, peer_buffer_addresses, lengths, opcode, transport_hint=\"\",\n"
+      "                     notify=None) -> id"),
     M("transfer_submit_write", compat_T_transfer_submit_write, FASTKW,
       "transfer_submit_write(target_hostname, buffer, peer_buffer_address, length) -> batch id"),
     M("transfer_write_on_cuda", compat_T_transfer_write_on_cuda, FASTKW,

@@ -32,6 +32,9 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
     if (!name || !*name)
         return ferry_fail(FERRY_EINVAL, "empty host name");
     const char *colon = strrchr(name, ':');
+    if (name[0] == '[' || (colon && memchr(name, ':', (size_t)(colon - name))))
+        return ferry_fail(FERRY_EINVAL, "\"%s\" is an IPv6 address: ferry speaks IPv4 only (give an IPv4 address or a "
+                          "host name)", name);
     size_t hl = colon ? (size_t)(colon - name) : strlen(name);
     if (hl == 0 || hl >= hostlen)
         return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", name);
@@ -64,12 +67,19 @@ static int resolve(const char *host, int port, struct sockaddr_in *sa)
     return 0;
 }
 
+/* 0, or a FERRY_E* code with its message (bind's errno kept). */
 static int try_bind(int fd, const char *host, int port)
 {
     struct sockaddr_in sa;
-    if (resolve(host, port, &sa) != 0)
-        return -1;
-    return bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    int rc = resolve(host, port, &sa);
+    if (rc)
+        return rc;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+        return 0;
+    int err = errno;
+    rc = ferry_fail(FERRY_EIO, "bind %s:%d: %s", host, port, strerror(err));
+    errno = err; /* net_listen looks for EADDRINUSE */
+    return rc;
 }
 
 int net_listen(const char *host, int port, int *bound)
@@ -79,20 +89,15 @@ int net_listen(const char *host, int port, int *bound)
         return ferry_fail(FERRY_EIO, "socket: %s", strerror(errno));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (try_bind(fd, host, port) != 0) {
-        if (port == 0 || errno != EADDRINUSE) {
-            int rc = ferry_fail(FERRY_EIO, "bind %s:%d: %s", host, port, strerror(errno));
-            close(fd);
-            return rc;
-        }
-        if (try_bind(fd, host, 0) != 0) {
-            int rc = ferry_fail(FERRY_EIO, "bind %s:0: %s", host, strerror(errno));
-            close(fd);
-            return rc;
-        }
+    int rc = try_bind(fd, host, port);
+    if (rc == FERRY_EIO && port != 0 && errno == EADDRINUSE) /* the requested port is taken: any port */
+        rc = try_bind(fd, host, 0);
+    if (rc) {
+        close(fd);
+        return rc;
     }
     if (listen(fd, 512) != 0) {
-        int rc = ferry_fail(FERRY_EIO, "listen: %s", strerror(errno));
+        rc = ferry_fail(FERRY_EIO, "listen: %s", strerror(errno));
         close(fd);
         return rc;
     }

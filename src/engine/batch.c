@@ -455,6 +455,17 @@ static int collect_note_targets(struct ferry_batch *b, const struct slice_req *s
     return 0;
 }
 
+/* Can n more requests go into the batch now?  b->lock held. */
+static int submit_fits(const struct ferry_batch *b, size_t n)
+{
+    if (b->note_state != NOTE_NONE && b->count)
+        return ferry_fail(FERRY_EBUSY, "a batch with a notification takes exactly one submit");
+    if (n > b->capacity - b->count)
+        return ferry_fail(FERRY_EFULL, "batch holds %zu of %zu requests; %zu more do not fit", b->count, b->capacity,
+                          n);
+    return 0;
+}
+
 static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs, size_t n,
                          struct memreg_region *locals, struct slice_req *sreqs, struct plan_node *node)
 {
@@ -478,12 +489,16 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
             return rc;
         }
         pthread_mutex_lock(&b->lock);
-        if (b->note_state == NOTE_WAITING)
+        /* again under the lock: another thread may have submitted to this
+         * batch since ferry_batch_submit looked */
+        rc = submit_fits(b, n);
+        if (!rc && b->note_state == NOTE_WAITING)
             rc = collect_note_targets(b, sreqs, n);
         if (!rc)
             rc = plan_batch(b, sreqs, n, node);
         if (rc) {
-            b->note_ntargets = 0;
+            if (b->count == 0) /* the notification's one submit failed: it names no target */
+                b->note_ntargets = 0;
             pthread_mutex_unlock(&b->lock);
             pthread_rwlock_unlock(&e->seg_lock);
             return rc;
@@ -539,13 +554,10 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
         return 0;
     TRACE(TR_BATCH_SUBMIT, n);
     pthread_mutex_lock(&b->lock);
-    size_t count = b->count;
-    bool noted = b->note_state != NOTE_NONE;
+    int fits = submit_fits(b, n); /* checked again when the requests take their slots */
     pthread_mutex_unlock(&b->lock);
-    if (noted && count)
-        return ferry_fail(FERRY_EBUSY, "a batch with a notification takes exactly one submit");
-    if (n > b->capacity - count)
-        return ferry_fail(FERRY_EFULL, "batch holds %zu of %zu requests; %zu more do not fit", count, b->capacity, n);
+    if (fits)
+        return fits;
     ferry_engine *e = b->e;
     struct memreg_region *locals = malloc(n * sizeof *locals);
     struct slice_req *sreqs = malloc(n * sizeof *sreqs);

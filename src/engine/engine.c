@@ -40,6 +40,15 @@ int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, siz
 
 /* ------------------------------------------------------------ descriptor */
 
+struct memreg_region *engine_remote_regions(ferry_engine *e, size_t *n)
+{
+    size_t cap = memreg_list_remote(&e->registry, NULL, 0);
+    struct memreg_region *r = calloc(cap + 1, sizeof *r);
+    size_t got = r ? memreg_list_remote(&e->registry, r, cap) : 0;
+    *n = got < cap ? got : cap; /* more now: registered since the count (not copied) */
+    return r;
+}
+
 static int describe_self(void *ctx, char **json)
 {
     ferry_engine *e = ctx;
@@ -53,13 +62,12 @@ static int describe_self(void *ctx, char **json)
         rc = e->tops[i]->describe(e->tstate[i], &d.transports[i].json);
         d.ntransports = i + 1;
     }
-    size_t n = memreg_list_remote(&e->registry, NULL, 0);
-    struct memreg_region *regions = calloc(n + 1, sizeof *regions);
+    size_t n = 0;
+    struct memreg_region *regions = rc ? NULL : engine_remote_regions(e, &n);
     d.buffers = calloc(n + 1, sizeof *d.buffers);
     if (!rc && (!regions || !d.buffers))
         rc = ferry_fail(FERRY_ENOMEM, "descriptor buffers");
     if (!rc) {
-        n = memreg_list_remote(&e->registry, regions, n); /* may have shrunk meanwhile */
         for (size_t i = 0; i < n; i++) {
             d.buffers[i].addr = regions[i].addr;
             d.buffers[i].len = regions[i].len;
@@ -94,6 +102,29 @@ int engine_publish(ferry_engine *e)
 #define WAIT_SPIN_US_DEFAULT 50u
 #define WAIT_SPIN_US_MAX 10000u
 
+/* "rdma, tcp" -> "rdma,tcp": blanks around the items of a comma list go
+ * (callers write lists as people do; " tcp" is no transport or NIC name). */
+static void list_trim(char *s)
+{
+    char *out = s;
+    for (const char *item = s;;) {
+        const char *comma = strchr(item, ',');
+        const char *end = comma ? comma : item + strlen(item);
+        while (item < end && (*item == ' ' || *item == '\t'))
+            item++;
+        const char *last = end;
+        while (last > item && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        memmove(out, item, (size_t)(last - item));
+        out += last - item;
+        if (!comma)
+            break;
+        *out++ = ',';
+        item = comma + 1;
+    }
+    *out = '\0';
+}
+
 static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
 {
     e->cfg = *cfg;
@@ -117,6 +148,8 @@ static int copy_config(ferry_engine *e, const struct ferry_config *cfg)
         strcpy(strs[i].buf, v);
         *strs[i].field = strs[i].buf;
     }
+    list_trim(e->str_protocols);
+    list_trim(e->str_device);
     if (e->cfg.tcp_connections < 1 || e->cfg.tcp_connections > 64)
         return ferry_fail(FERRY_EINVAL, "tcp_connections=%u (1-64 allowed)", e->cfg.tcp_connections);
     if (e->cfg.slice_size < 4096 || e->cfg.slice_size > (64u << 20))

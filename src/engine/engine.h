@@ -113,6 +113,11 @@ struct ferry_engine {
 /* Publishes the current descriptor through the metadata backend (a no-op
  * for P2PHANDSHAKE).  Called at start and after registration changes. */
 int engine_publish(ferry_engine *e);
+/* A snapshot of this engine's remote-accessible registrations, malloc'd (the
+ * caller frees it), *n of them; NULL if memory ran out.  Taken in two steps
+ * (count, then copy): a registration made between them is left out of it,
+ * never written past its end. */
+struct memreg_region *engine_remote_regions(ferry_engine *e, size_t *n);
 
 /* The staging pool index for a device location, or -1. Lock-free. */
 int engine_pool_index(ferry_engine *e, const char *location);

@@ -247,6 +247,21 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle)
     return old ? 0 : ferry_fail(FERRY_ENOSEG, "segment %s was closed during refresh", name);
 }
 
+/* This engine's own remote-accessible buffers, as its descriptor publishes
+ * them now (a segment opened on oneself is not refreshed by registering). */
+static void own_buffers(ferry_engine *e, struct ferry_buffer_info *out, size_t max, size_t *count)
+{
+    size_t n = 0;
+    struct memreg_region *regions = engine_remote_regions(e, &n);
+    for (size_t i = 0; i < n && i < max; i++) {
+        out[i].addr = regions[i].addr;
+        out[i].len = regions[i].len;
+        snprintf(out[i].location, sizeof out[i].location, "%s", regions[i].location);
+    }
+    free(regions);
+    *count = n;
+}
+
 int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_buffer_info *out, size_t max,
                           size_t *count)
 {
@@ -254,7 +269,9 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
         return ferry_fail(FERRY_EINVAL, "segment_buffers: NULL argument");
     pthread_rwlock_rdlock(&e->seg_lock);
     struct segment *s = engine_segment(e, handle);
-    if (s) {
+    if (s && s->desc.engine_id == e->engine_id) {
+        own_buffers(e, out, max, count);
+    } else if (s) {
         for (size_t i = 0; i < s->desc.nbuffers && i < max; i++) {
             out[i].addr = s->desc.buffers[i].addr;
             out[i].len = s->desc.buffers[i].len;

@@ -245,3 +245,79 @@ def test_lmcache_channel_sequence_and_failure_paths():
     finally:
         decode.close()
         assert ch.close() == 0
+
+
+# ---------------------------------------------------------------- the reference's own test
+
+
+def test_reference_initiator_test_sequence():
+    """mooncake-wheel/tests/transfer_engine_initiator_test.py, call for call: the
+    initiator renames itself host:rpc_port, looks for its OWN first buffer
+    (get_first_buffer_address of its own segment), allocates a 64 MiB managed
+    buffer when there is none and must then find it there (each test case asks
+    again); the peer's first buffer is the destination; str data through
+    write_bytes_to_buffer, sync write/read, then 100 x 1 KiB batches."""
+    import random
+    capacity = 64 << 20
+    target = Target(size=8 << 20)
+    e = TransferEngine()
+    try:
+        assert e.initialize("127.0.0.1:12347", "P2PHANDSHAKE", "tcp", "") == 0
+        me = "127.0.0.1:12347".rpartition(":")[0] + ":" + str(e.get_rpc_port())
+        assert me == e.segment_name
+        fallback = None
+
+        def ensure_buffer_available():
+            nonlocal fallback
+            src = e.get_first_buffer_address(me)
+            if src == 0:
+                fallback = e.allocate_managed_buffer(capacity)
+                assert fallback != 0
+                src = fallback
+            return src
+
+        src = ensure_buffer_available()
+        assert src == fallback
+        # the 2nd test case finds a registered buffer of its own (the managed pool's, or this one:
+        # whichever lies lower) and allocates no 2nd one
+        assert ensure_buffer_available() != 0 and fallback == src
+        dst = e.get_first_buffer_address(target.segment)
+        assert dst == target.addr
+        rnd = random.Random(5)
+        for i in range(50):
+            data = bytes(rnd.randrange(33, 127) for _ in range(rnd.randint(16, 256)))
+            assert e.write_bytes_to_buffer(src, data, len(data)) == 0
+            assert e.transfer_sync_write(target.segment, src, dst, len(data)) == 0
+            assert e.write_bytes_to_buffer(src, bytes(len(data)), len(data)) == 0
+            assert e.transfer_sync_read(target.segment, src, dst, len(data)) == 0
+            assert e.read_bytes_from_buffer(src, len(data)) == data, i
+        srcs = [src + i * 1024 for i in range(100)]
+        dsts = [dst + i * 1024 for i in range(100)]
+        for _ in range(2):
+            datas = [bytes(rnd.randrange(33, 127) for _ in range(rnd.randint(32, 128))) for _ in range(100)]
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, d, len(d)) == 0
+            lens = [len(d) for d in datas]
+            assert e.batch_transfer_sync_write(target.segment, srcs, dsts, lens) == 0
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, bytes(len(d)), len(d)) == 0
+            assert e.batch_transfer_sync_read(target.segment, srcs, dsts, lens) == 0
+            assert [e.read_bytes_from_buffer(a, len(d)) for a, d in zip(srcs, datas)] == datas
+            # the same through the async calls, each collected by get_batch_transfer_status([id])
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, d[::-1], len(d)) == 0
+            bid = e.batch_transfer_async_write(target.segment, srcs, dsts, lens)
+            assert bid != 0 and e.get_batch_transfer_status([bid]) == 0
+            for a, d in zip(srcs, datas):
+                assert e.write_bytes_to_buffer(a, bytes(len(d)), len(d)) == 0
+            bid = e.batch_transfer_async_read(target.segment, srcs, dsts, lens)
+            assert bid != 0 and e.get_batch_transfer_status([bid]) == 0
+            assert [e.read_bytes_from_buffer(a, len(d)) for a, d in zip(srcs, datas)] == [d[::-1] for d in datas]
+        # unknown peer, NULL buffers: the failure sentinel 0, nothing raised
+        assert e.batch_transfer_async_write("unreachable_peer:9", [0], [0], [16]) == 0
+        assert e.transfer_submit_write("unreachable_peer:9", 0, 0, 16) == 0
+        assert e.send_probe(target.segment) == 0 and e.send_probe("unreachable_peer:9") != 0
+        assert e.free_managed_buffer(fallback, capacity) == 0
+    finally:
+        target.close()
+        e.close()

@@ -163,11 +163,48 @@ def test_positional_transport_hint_is_not_a_notification(compat, fresh_target):
                                             [4096], "tcp") == 0
     assert compat.transfer_sync(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, fe.Write,
                                 None, "rdma") == 0
+    # the async calls: batch_transfer_async's 6th positional is transport_hint (it has no notify there)
+    bids = [compat.batch_transfer_async(fresh_target.segment, [src.ctypes.data], [fresh_target.addr], [4096],
+                                        fe.Write, "rdma"),
+            compat.batch_transfer_async_write(fresh_target.segment, [src.ctypes.data], [fresh_target.addr], [4096],
+                                              "rdma"),
+            compat.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096, "rdma")]
+    assert 0 not in bids
+    assert compat.get_batch_transfer_status(bids) == 0
     assert fresh_target.cmd("notes") == "NOTES []"
     assert compat.transfer_sync_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096,
                                       notify=b"by keyword") == 0
     notes = json.loads(fresh_target.cmd("notes")[len("NOTES "):])
     assert [bytes.fromhex(m) for _, m in notes] == [b"by keyword"]
+
+
+def test_freeing_a_large_managed_buffer_in_use_holds_up_no_other_thread(target, fresh_target):
+    """free_managed_buffer of a buffer above 16 MiB waits (unregister) for the transfer still
+    reading it, here held by a stopped peer; meanwhile other threads' transfers from managed
+    buffers go on.  They waited for it, holding the GIL: every Python thread stood still until
+    the request timed out."""
+    import threading
+    import time
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", request_timeout_ms=20000) == 0
+    big, small = e.allocate_managed_buffer(32 << 20), e.allocate_managed_buffer(4096)
+    assert big and small
+    assert e.transfer_sync_write(fresh_target.segment, small, fresh_target.addr, 4096) == 0  # opened
+    fresh_target.stop()
+    bid = e.batch_transfer_async_write(fresh_target.segment, [big], [fresh_target.addr], [1 << 20])
+    assert bid
+    freed = []
+    t = threading.Thread(target=lambda: freed.append(e.free_managed_buffer(big, 32 << 20)))
+    t.start()
+    time.sleep(0.5)   # lets the free reach its wait; the check below holds either way after the fix
+    assert e.transfer_sync_write(target.segment, small, target.addr, 4096) == 0
+    assert t.is_alive() and not freed      # the free still waits for the stopped peer
+    fresh_target.cont()
+    t.join()
+    assert freed == [0] and e.get_batch_transfer_status([bid]) == 0
+    assert e.free_managed_buffer(big, 32 << 20) == ferry.FERRY_EINVAL   # and only once
+    target.cmd("fill 0 %d %d" % (1 << 20, TARGET_SEED))
+    e.close()
 
 
 def test_str_data_and_bytes_helpers(compat):
@@ -253,6 +290,26 @@ def test_rdma_without_nic_runs_on_tcp(monkeypatch):
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "rdma", "nosuch0") in (ferry.FERRY_ENODEV, ferry.FERRY_ENOTSUP)
 
 
+def test_reference_only_protocols_and_spaced_lists(monkeypatch):
+    """MOONCAKE_PROTOCOL=efa (SGLang on AWS), 'nvlink', 'hip' ...: the reference's engine
+    discovers its transports whatever the argument says, so these start an engine; a list
+    written with blanks ('rdma, tcp') is the list without them.  'xgmi' the reference
+    refuses, and a name nobody has stays an error."""
+    monkeypatch.setenv("FERRY_DEVICE_NAME", "nosuch0")  # no NIC of that name on any host
+    for proto in ("efa", "nvlink", "hip", "mnnvl", "EFA", "efa,tcp", "rdma, tcp", " tcp ", "tcp,\tshm"):
+        e = fe.TransferEngine()
+        assert e.initialize("127.0.0.1", "P2PHANDSHAKE", proto, "") == 0, (proto, ferry.last_error())
+        assert "tcp" in e.transports, proto
+        e.close()
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp , shm", "") == 0
+    assert sorted(e.transports) == ["shm", "tcp"]
+    e.close()
+    assert fe.TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "xgmi", "") < 0
+    assert fe.TransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "tcpx", "") == ferry.FERRY_EINVAL
+    assert ferry.NativeTransferEngine().initialize("127.0.0.1", "P2PHANDSHAKE", "efa", "") == ferry.FERRY_EINVAL
+
+
 def test_mc_variables(monkeypatch):
     monkeypatch.setenv("MC_FORCE_TCP", "1")
     monkeypatch.setenv("MC_TRANSFER_TIMEOUT", "7")
@@ -272,10 +329,35 @@ def test_mc_variables(monkeypatch):
     assert {"MC_FORCE_TCP", "MC_TRANSFER_TIMEOUT", "MC_TCP_BIND_ADDRESS", "MC_LEGACY_RPC_PORT_BINDING"} <= set(envs)
 
 
+def test_initialize_ext_keeps_a_server_with_a_scheme():
+    """The reference prefixes metadata_type only to a server without '://': an explicit
+    URL wins over metadata_type 'p2p' (ferry made it P2PHANDSHAKE)."""
+    e = fe.TransferEngine()
+    assert e.initialize_ext("127.0.0.1", "redis://127.0.0.1:1", "tcp", "", "p2p") == ferry.FERRY_ECONN
+    assert "redis://127.0.0.1:1" in ferry.last_error()[2]
+    assert e.initialize_ext("127.0.0.1", "127.0.0.1:1", "tcp", "", "p2p") == 0   # no scheme: p2p
+    assert e.segment_name == "127.0.0.1:%d" % e.get_rpc_port()
+    e.close()
+
+
 def test_segment_name_p2p_and_ascend_form():
     e = fe.TransferEngine()
     assert e.initialize("127.0.0.1:0:npu_2", "P2PHANDSHAKE", "tcp", "") == 0
     assert e.segment_name == "127.0.0.1:%d" % e.get_rpc_port()
+    e.close()
+
+
+def test_ipv6_hostname_is_refused_by_name():
+    """The reference names an IPv6 engine "[::1]:port"; ferry speaks IPv4 only and
+    says so (it bound "::1" as host ':' port 1 and reported 'bind ::1: Success')."""
+    for host in ("::1", "[::1]", "fe80::1:0:npu_1"):
+        e = fe.TransferEngine()
+        assert e.initialize(host, "P2PHANDSHAKE", "tcp", "") == ferry.FERRY_EINVAL
+        assert "IPv6" in ferry.last_error()[2], ferry.last_error()
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    assert e.transfer_sync_write("[::1]:%d" % e.get_rpc_port(), 0x1000, 0x1000, 8) == ferry.FERRY_ENOSEG
+    assert "[::1]" in ferry.last_error()[2], ferry.last_error()
     e.close()
 
 

@@ -650,6 +650,38 @@ class FakeTensor:
         return self.contiguous
 
 
+def test_wait_batch_while_another_thread_collects(engine, target):
+    """A batch collected (get_batch_transfer_status / transfer_check_status / free_batch) while
+    another thread is in wait_batch on it: the waiter gets its outcome (or 'unknown batch id' if
+    it came too late), the collector its own; the batch is freed once, by the last one out."""
+    src = local_buffer(engine, 256 * KIB)
+
+    def poll(b):
+        while (r := engine.transfer_check_status(b)) == 0:
+            pass
+        return r == 1
+    for collect in (lambda b: engine.get_batch_transfer_status([b]) == 0, lambda b: engine.free_batch(b) is None,
+                    poll):
+        for _ in range(40):
+            bid = engine.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [256 * KIB])
+            got, go = [], threading.Barrier(2)
+
+            def waiter():
+                go.wait()
+                try:
+                    got.append(engine.wait_batch(bid))
+                except ValueError as e:
+                    got.append(str(e))
+            t = threading.Thread(target=waiter)
+            t.start()
+            go.wait()
+            assert collect(bid)
+            t.join()
+            assert got[0] == 0 or "unknown batch id" in got[0], got
+    assert engine.pending_batches() == []
+    target.cmd("fill 0 %d %d" % (1 << 20, TARGET_SEED))
+
+
 def test_tensor_like_objects(engine, target):
     arr = pattern(808, 4 * MIB, 256 * KIB).view(np.float32)
     t = FakeTensor(arr)
