@@ -101,9 +101,16 @@ struct rdma_stage_entry {
 };
 
 void rdma_msg_encode_header(const struct rdma_msg_header *h, uint8_t out[RDMA_MSG_HEADER_SIZE]);
-/* Validates magic, version, type and the length allowed for the type.
- * Returns 0, FERRY_EPROTO or FERRY_EVERSION with a detail message. */
+/* Validates magic, version, type, the length allowed for the type and the
+ * status (rdma_status_allowed).  Returns 0, FERRY_EPROTO or FERRY_EVERSION
+ * with a detail message. */
 int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_msg_header *h);
+/* 1 if a ferry peer may send status in a message of this type: 0 always;
+ * requests (HELLO, NOTIFY, STAGE_WRITE/READ) nothing else; each ack its own
+ * short list, so a hostile peer cannot end a request with a code that
+ * means something else here (FERRY_ENOTREG, FERRY_EINVAL...).  Senders map
+ * other failures to FERRY_EIO. */
+int rdma_status_allowed(uint16_t type, int32_t status);
 
 void rdma_qp_info_encode(const struct rdma_qp_info *q, uint8_t out[RDMA_QP_INFO_SIZE]);
 /* Validates the ranges of qpn, psn, mtu and rd_atomic. 0 or FERRY_EPROTO. */
