@@ -14,7 +14,8 @@
  * bounds; host memory of H2D / D2H checked against aclrtMallocHost; source
  * and destination 64-byte aligned; copies run later, in order, on the
  * stream's worker thread; a failed copy is reported once by the next
- * query / sync and the stream goes on (continue-on-failure).  Modes:
+ * query / sync and the stream goes on (continue-on-failure); freeing memory
+ * a queued copy still touches aborts (the DMA would hit freed memory).  Modes:
  * see struct fake_config.  Threads: one worker per stream; everything else
  * runs on the caller's thread.  At exit it prints what it executed.
  */
@@ -50,6 +51,7 @@ struct task {
     char *dst;
     const char *src;
     size_t len;
+    uintptr_t adst, asrc;        /* the caller's addresses (device ones before fake_shadow) */
     int corrupt;                 /* pageable host memory on an old CANN */
     struct task *next;
 };
@@ -64,7 +66,13 @@ struct fake_stream {
     aclError error;              /* first failure not yet reported */
     int stopping;
     pthread_t worker;
+    struct fake_stream *next_stream; /* every live stream (streams_lock) */
 };
+
+/* Every live stream, so that aclrtFree / aclrtFreeHost can tell memory a
+ * queued copy still reads or writes (streams_lock before a stream's lock). */
+static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fake_stream *streams;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int setup_failed;
@@ -224,10 +232,38 @@ EXPORT aclError aclrtMalloc(void **ptr, size_t size, int policy)
     return fake_dev_malloc(current->dev, ptr, size);
 }
 
+/* Freeing memory that a queued, not yet executed copy reads or writes:
+ * the hardware's DMA would then touch freed (perhaps reallocated) memory and
+ * nothing reports it.  Undefined behaviour, so the fake aborts, naming it. */
+static void check_no_pending_copy(const char *fn, const void *ptr)
+{
+    size_t len = fake_alloc_len(ptr);
+    uintptr_t a = (uintptr_t)ptr;
+    if (!len)
+        return; /* not an allocation: the free itself says so */
+    pthread_mutex_lock(&streams_lock);
+    for (struct fake_stream *s = streams; s; s = s->next_stream) {
+        pthread_mutex_lock(&s->lock);
+        for (const struct task *t = s->head; t; t = t->next) {
+            int dst = t->adst < a + len && a < t->adst + t->len, src = t->asrc < a + len && a < t->asrc + t->len;
+            if (dst || src) {
+                fprintf(stderr, "fakeacl: %s(%p) of %zu bytes while a queued copy of %zu bytes still %s it "
+                        "(the stream was not synchronized; on hardware the DMA touches freed memory)\n",
+                        fn, ptr, len, t->len, dst ? "writes" : "reads");
+                abort();
+            }
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&streams_lock);
+}
+
 EXPORT aclError aclrtFree(void *ptr)
 {
     ENTER(1);
     aclError r = need_context(__func__);
+    if (!r)
+        check_no_pending_copy(__func__, ptr);
     return r ? r : fake_dev_free(ptr);
 }
 
@@ -246,6 +282,8 @@ EXPORT aclError aclrtFreeHost(void *ptr)
 {
     ENTER(1);
     aclError r = need_context(__func__);
+    if (!r)
+        check_no_pending_copy(__func__, ptr);
     return r ? r : fake_host_free(ptr);
 }
 
@@ -273,6 +311,7 @@ EXPORT aclError aclrtPointerGetAttributes(const void *ptr, aclrtPtrAttributes *a
 /* ---------------------------------------------------------------- streams */
 
 static atomic_ullong fail_injected; /* fakeacl_inject_failure's copy number, 0: none */
+static atomic_int held;             /* fakeacl_hold: copies wait for a sync / query */
 
 static int fail_now(void)
 {
@@ -353,6 +392,10 @@ EXPORT aclError aclrtCreateStream(aclrtStream *stream)
         free(s);
         return fake_fail(ACL_ERROR_RT_INTERNAL_ERROR, "aclrtCreateStream: no thread");
     }
+    pthread_mutex_lock(&streams_lock);
+    s->next_stream = streams;
+    streams = s;
+    pthread_mutex_unlock(&streams_lock);
     *stream = s;
     return ACL_SUCCESS;
 }
@@ -422,6 +465,13 @@ EXPORT aclError aclrtDestroyStream(aclrtStream stream)
     pthread_mutex_unlock(&s->lock);
     if (busy)
         return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtDestroyStream: tasks still queued");
+    pthread_mutex_lock(&streams_lock);
+    for (struct fake_stream **pp = &streams; *pp; pp = &(*pp)->next_stream)
+        if (*pp == s) {
+            *pp = s->next_stream;
+            break;
+        }
+    pthread_mutex_unlock(&streams_lock);
     pthread_mutex_lock(&s->lock);
     s->stopping = 1;
     s->magic = 0;
@@ -479,6 +529,8 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
     t->dst = kind == ACL_MEMCPY_DEVICE_TO_HOST ? dst : fake_shadow(dst);
     t->src = kind == ACL_MEMCPY_HOST_TO_DEVICE ? src : fake_shadow(src);
     t->len = count;
+    t->adst = (uintptr_t)dst;
+    t->asrc = (uintptr_t)src;
     if (pageable) {
         atomic_fetch_add(&fake_pageable, 1);
         t->corrupt = fake.pageable == PAGEABLE_CORRUPT;
@@ -490,7 +542,7 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
         s->head = t;
     s->tail = t;
     s->queued++;
-    if (!fake.lazy)
+    if (!fake.lazy && !atomic_load(&held))
         s->released = s->queued;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
@@ -578,6 +630,13 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
 EXPORT void fakeacl_inject_failure(unsigned long long after)
 {
     atomic_store(&fail_injected, atomic_load(&fake_copies) + after);
+}
+
+/* 1: copies enqueued from now on run only when their stream is
+ * synchronized or queried (a stream the device has not reached yet). */
+EXPORT void fakeacl_hold(int on)
+{
+    atomic_store(&held, on);
 }
 
 __attribute__((destructor)) static void report(void)

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -382,6 +383,50 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* The fake as strict as the hardware about DMA: freeing device or pinned
+ * host memory that a queued copy still reads or writes aborts (on a 910B
+ * the copy would run into freed, perhaps reallocated, memory and nothing
+ * would say so).  In a child, before this process has threads. */
+static void free_under_pending_copy_aborts(void **state)
+{
+    (void)state;
+    static const char *const what[] = {"device destination", "pinned host source"};
+    for (int which = 0; which < 2; which++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            int (*malloc_host)(void **, size_t) = sym("aclrtMallocHost");
+            int (*free_dev)(void *) = sym("aclrtFree");
+            int (*free_host)(void *) = sym("aclrtFreeHost");
+            int (*create_stream)(void **) = sym("aclrtCreateStream");
+            int (*sync)(void *) = sym("aclrtSynchronizeStream");
+            int (*memcpy_async)(void *, size_t, const void *, size_t, int, void *) = sym("aclrtMemcpyAsync");
+            void (*hold)(int) = sym("fakeacl_hold");
+            void *dev = torch_alloc(0, 1 << 20), *host = NULL, *stream = NULL;
+            if (malloc_host(&host, 1 << 20) || create_stream(&stream))
+                _exit(3);
+            hold(1);
+            /* synchronized first: freeing afterwards is fine */
+            if (memcpy_async(dev, 1 << 20, host, 1 << 20, 1 /* H2D */, stream) || sync(stream))
+                _exit(4);
+            void *dev2 = torch_alloc(0, 1 << 20), *host2 = NULL;
+            if (malloc_host(&host2, 1 << 20) || free_dev(dev2) || free_host(host2))
+                _exit(5);
+            /* queued, not synchronized: the free must not pass */
+            if (memcpy_async(dev, 1 << 20, host, 1 << 20, 1 /* H2D */, stream))
+                _exit(6);
+            (void)(which ? free_host(host) : free_dev(dev));
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT)
+            fail_msg("freeing the %s of a queued copy: child ended with status %#x, expected SIGABRT", what[which],
+                     status);
+    }
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -400,6 +445,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
         cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
         cmocka_unit_test(copies_run_later),
         cmocka_unit_test(no_context_on_unnamed_device),
