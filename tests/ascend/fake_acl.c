@@ -40,6 +40,7 @@ enum { ACL_STREAM_STATUS_COMPLETE = 0, ACL_STREAM_STATUS_NOT_READY = 1 };
 
 struct fake_config fake;
 static atomic_ullong kind_count[4]; /* copies enqueued per aclrtMemcpyKind */
+static atomic_ullong fake_sync_copies; /* aclrtMemcpy calls that copied */
 atomic_ullong fake_copies, fake_pageable, fake_batch_calls, fake_failed, fake_set_device[16];
 
 struct fake_ctx {
@@ -549,6 +550,40 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
     return ACL_SUCCESS;
 }
 
+/* Synchronous: runs now on the caller's thread, with no stream order (the
+ * documents: no implicit stream synchronization), no 64-byte rule and any
+ * host memory; device sides exact as ever, of the current context's device. */
+EXPORT aclError aclrtMemcpy(void *dst, size_t dest_max, const void *src, size_t count, int kind)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    if (!dst || !src || count > dest_max)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: dst %p src %p count %zu destMax %zu", dst, src, count,
+                         dest_max);
+    if (kind < ACL_MEMCPY_HOST_TO_HOST || kind > ACL_MEMCPY_DEVICE_TO_DEVICE)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: kind %d", kind);
+    int dst_dev = kind == ACL_MEMCPY_HOST_TO_DEVICE || kind == ACL_MEMCPY_DEVICE_TO_DEVICE;
+    int src_dev = kind == ACL_MEMCPY_DEVICE_TO_HOST || kind == ACL_MEMCPY_DEVICE_TO_DEVICE;
+    const void *side[2] = {dst, src};
+    int want[2] = {dst_dev, src_dev};
+    for (int i = 0; i < 2; i++) {
+        int dev = fake_device_of(side[i]);
+        if (want[i] && (dev != current->dev || !fake_device_range_ok(dev, side[i], count)))
+            return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtMemcpy: %s %p+%zu is not inside an allocation of npu:%d",
+                             i ? "src" : "dst", side[i], count, current->dev);
+        if (!want[i] && dev >= 0)
+            return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtMemcpy: %s %p is device memory, expected host",
+                             i ? "src" : "dst", side[i]);
+    }
+    if (count == 0)
+        return ACL_SUCCESS;
+    atomic_fetch_add(&fake_sync_copies, 1);
+    memmove(dst_dev ? fake_shadow(dst) : dst, src_dev ? fake_shadow(src) : src, count);
+    return ACL_SUCCESS;
+}
+
 EXPORT aclError aclrtMemcpyAsync(void *dst, size_t dest_max, const void *src, size_t count, int kind,
                                  aclrtStream stream)
 {
@@ -601,7 +636,7 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
 /* ---------------------------------------------------------------- for tests */
 
 /* What the tests ask: "copies", "pageable", "batch_calls", "failed", "h2d",
- * "d2h", "d2d" (copies enqueued of that kind),
+ * "d2h", "d2d" (copies enqueued of that kind), "sync_copies" (aclrtMemcpy),
  * "set_device:N" (aclrtSetDevice calls for device N). */
 EXPORT unsigned long long fakeacl_stat(const char *what)
 {
@@ -613,6 +648,8 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
         return atomic_load(&fake_batch_calls);
     if (!strcmp(what, "failed"))
         return atomic_load(&fake_failed);
+    if (!strcmp(what, "sync_copies"))
+        return atomic_load(&fake_sync_copies);
     if (!strcmp(what, "h2d"))
         return atomic_load(&kind_count[ACL_MEMCPY_HOST_TO_DEVICE]);
     if (!strcmp(what, "d2h"))

@@ -383,6 +383,54 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* A device address that is not 64-byte aligned (a block at an odd offset):
+ * aclrtMemcpyAsync refuses it on a 910B, so ferry copies it with the
+ * synchronous aclrtMemcpy.  Before: FERRY_EIO "ACL error 107008 ... not
+ * 64-byte aligned" for ferry_mem_copy and every staged transfer. */
+static void unaligned_device_address(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    void *d;
+    size_t len = (64 << 10) + 3, cap = 1 << 20;
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_mem_alloc(e, "npu:0", cap, &d), 0);
+    assert_int_equal(ferry_register_memory(e, d, cap, "npu:0", 0), 0);
+    char *host = malloc(len + 1), *back = calloc(1, len + 1);
+    pattern_fill(host, len, 91, 0);
+    unsigned long long before = fake_stat("sync_copies");
+    char *dev = (char *)d + 8;
+    int rc = ferry_mem_copy(e, dev, host, len); /* H2D, pageable and aligned host side */
+    if (rc)
+        fail_msg("H2D to npu:0 +8: %s", ferry_last_error());
+    rc = ferry_mem_copy(e, (char *)d + 200008, dev, len); /* D2D, both unaligned */
+    if (rc)
+        fail_msg("D2D npu:0 +8 -> +200008: %s", ferry_last_error());
+    rc = ferry_mem_copy(e, back + 1, (char *)d + 200008, len); /* D2H into an unaligned host address */
+    if (rc)
+        fail_msg("D2H from npu:0 +200008: %s", ferry_last_error());
+    assert_memory_equal(back + 1, host, len);
+    const char *align = getenv("FAKEACL_ALIGN");
+    if (!align || strcmp(align, "1") != 0) {
+        assert_true(fake_stat("sync_copies") >= before + 3);
+        /* a synchronous copy ACL refuses (past the allocation's end) fails the stream, named */
+        const struct ferry_device_ops *ops = ferry_device_find("npu");
+        ferry_stream *st;
+        assert_int_equal(ops->stream_create(0, &st), 0);
+        struct ferry_copy bad = {(char *)d + cap - 8, host, 64};
+        assert_int_equal(ops->copy_async(st, FERRY_COPY_H2D, &bad, 1), FERRY_EIO);
+        assert_non_null(strstr(ferry_last_error(), "aclrtMemcpy H2D"));
+        assert_non_null(strstr(ferry_last_error(), "unaligned device address"));
+        assert_int_equal(ops->stream_sync(st), FERRY_EIO); /* reported from then on */
+        ops->stream_destroy(st);
+    }
+    free(host);
+    free(back);
+    assert_int_equal(ferry_unregister_memory(e, d), 0);
+    ferry_mem_free(e, "npu:0", d, cap);
+    ferry_engine_destroy(e);
+}
+
 /* The fake as strict as the hardware about DMA: freeing device or pinned
  * host memory that a queued copy still reads or writes aborts (on a 910B
  * the copy would run into freed, perhaps reallocated, memory and nothing
@@ -454,6 +502,7 @@ int main(void)
         cmocka_unit_test(failure_stays_on_its_stream),
         cmocka_unit_test(copy_failure_fails_its_request),
         cmocka_unit_test(small_blocks_gathered_in_hbm),
+        cmocka_unit_test(unaligned_device_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
