@@ -102,6 +102,11 @@ static bool fill(struct rdma_path *path, struct rdma_op *op, struct rdma_stage *
     const struct xfer_frame *f = op->f;
     uint32_t room = path->bounce.slot_size, off = 0;
     while (st->n < RDMA_STAGE_ENTRIES && off < room && op->cur_piece < f->npieces) {
+        /* each run 64-byte aligned in the slot: an NPU target copies aligned
+         * pinned memory asynchronously, anything else through a synchronous bounce */
+        off = (off + RDMA_STAGE_ALIGN - 1) & ~(uint32_t)(RDMA_STAGE_ALIGN - 1);
+        if (off >= room)
+            break;
         const struct xfer_piece *x = &f->pieces[op->cur_piece];
         uint64_t take = x->len - op->cur_off;
         if (take > room - off)

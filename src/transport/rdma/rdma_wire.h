@@ -61,6 +61,7 @@ enum rdma_msg_type {
 #define RDMA_STAGE_MAX_SLOTS 64
 #define RDMA_STAGE_ENTRIES 64
 #define RDMA_STAGE_ENTRY_SIZE 16
+#define RDMA_STAGE_ALIGN 64   /* where the initiator places each run in a slot */
 #define RDMA_STAGE_MSG_MAX (8 + RDMA_STAGE_ENTRIES * RDMA_STAGE_ENTRY_SIZE)
 
 struct rdma_msg_header {
