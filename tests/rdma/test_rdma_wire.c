@@ -120,6 +120,23 @@ static void test_header_status_allowed(void **state)
     assert_false(rdma_status_allowed(RDMA_MSG_STAGE_ACK, FERRY_ENOTREG));
 }
 
+/* A target's reason for a failed stage reaches the initiator's error text
+ * and logs: printable only (was formatted raw: "\n" started a forged line). */
+static void test_stage_ack_reason(void **state)
+{
+    (void)state;
+    uint8_t payload[8 + 40] = {0};
+    const char *evil = "copy failed\nferry[1] error: forged";
+    memcpy(payload + 8, evil, strlen(evil));
+    char out[RDMA_MAX_TEXT + 1];
+    const char *why = rdma_stage_ack_reason(payload, 8 + (uint32_t)strlen(evil), out, sizeof out);
+    assert_ptr_equal(why, out);
+    assert_string_equal(out, "copy failed\\x0aferry[1] error: forged");
+    assert_null(strchr(out, '\n'));
+    assert_string_equal(rdma_stage_ack_reason(payload, 8, out, sizeof out), "");
+    assert_string_equal(rdma_stage_ack_reason(payload, 0, out, sizeof out), "");
+}
+
 static struct rdma_qp_info good_info(void)
 {
     struct rdma_qp_info q = {.qpn = 0x123456, .psn = 0xabcdef, .lid = 7, .mtu = 3, .rd_atomic = 16, .nic = 2,
@@ -404,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_header_layout_and_round_trip),
         cmocka_unit_test(test_header_rejections),
         cmocka_unit_test(test_header_status_allowed),
+        cmocka_unit_test(test_stage_ack_reason),
         cmocka_unit_test(test_qp_info),
         cmocka_unit_test(test_messages_over_a_socket),
         cmocka_unit_test(test_endpoint_round_trip),

@@ -299,10 +299,9 @@ int rdma_stage_ack(struct rdma_path *path, const struct rdma_msg_header *h, cons
         return ferry_fail(FERRY_EPROTO, "rdma: STAGE_ACK %llu from %s matches no staged piece",
                           (unsigned long long)h->id, p->name);
     if (h->status) {
-        char msg[160];
-        int tl = (int)(h->len - 8);
-        snprintf(msg, sizeof msg, "rdma: %.48s could not stage: %.*s", p->name, tl < 100 ? tl : 100,
-                 (const char *)payload + 8);
+        char msg[200], why[RDMA_MAX_TEXT + 1];
+        snprintf(msg, sizeof msg, "rdma: %.48s could not stage: %.100s", p->name,
+                 rdma_stage_ack_reason(payload, h->len, why, sizeof why));
         rdma_stage_end(st, h->status, true, msg);
         return 0;
     }

@@ -15,6 +15,7 @@
 
 #include "bytes.h"
 #include "err.h"
+#include "log.h"
 #include "net.h"
 
 /* ------------------------------------------------------------ messages */
@@ -179,6 +180,11 @@ int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t sl
                               "slot or wrapping", i, e[i].off, e[i].len, slot_size);
     }
     return 0;
+}
+
+char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, size_t cap)
+{
+    return log_sanitize(len > 8 ? (const char *)payload + 8 : "", len > 8 ? len - 8 : 0, out, cap);
 }
 
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen)

@@ -130,6 +130,10 @@ size_t rdma_stage_encode(uint32_t slot, const struct rdma_stage_entry *e, uint32
 int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t slot_size, uint32_t *slot,
                       struct rdma_stage_entry e[RDMA_STAGE_ENTRIES], uint32_t *n);
 
+/* The reason a STAGE_ACK of len payload bytes gives after its 8-byte refused
+ * mask, printable (log_sanitize: a target cannot forge log lines) in out. */
+char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, size_t cap);
+
 /* Sends a header (magic/version filled in, len = alen + blen) and up to two
  * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen);
