@@ -9,7 +9,8 @@
  * As strict as a 910B and stricter where the documents allow: aclInit before
  * anything, nothing after aclFinalize (abort: undefined on hardware); a
  * current context per thread (aclrtSetDevice / aclrtSetCurrentContext), none
- * inherited by new threads; streams bound to the context they were made in;
+ * inherited by new threads; aclrtSetDevice counted per process and the
+ * default context gone when aclrtResetDevice pairs the last one; streams bound to the context they were made in;
  * device memory the host cannot dereference (fake_acl_mem.c) with exact
  * bounds; host memory of H2D / D2H checked against aclrtMallocHost; source
  * and destination 64-byte aligned; copies run later, in order, on the
@@ -79,6 +80,7 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int setup_failed;
 static atomic_int initialized, finalized;
 static struct fake_ctx *default_ctx[16];
+static unsigned device_refs[16]; /* aclrtSetDevice calls not yet paired by aclrtResetDevice (ctx_lock) */
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread struct fake_ctx *current;
 static __thread char last_msg[256];
@@ -144,6 +146,8 @@ static aclError need_context(const char *fn)
 {
     if (!current)
         return fake_fail(ACL_ERROR_RT_CONTEXT_NULL, "%s: no current context on this thread", fn);
+    if (current->magic != CTX_MAGIC) /* kept, never freed, so that this can tell */
+        return fake_fail(ACL_ERROR_RT_CONTEXT_NULL, "%s: the current context's device was reset", fn);
     return ACL_SUCCESS;
 }
 
@@ -192,8 +196,31 @@ EXPORT aclError aclrtSetDevice(int32_t dev)
         default_ctx[dev]->dev = dev;
     }
     current = default_ctx[dev];
+    device_refs[dev]++;
     pthread_mutex_unlock(&ctx_lock);
     atomic_fetch_add(&fake_set_device[dev], 1);
+    return ACL_SUCCESS;
+}
+
+/* Reference-counted per process, as the documents say: the default context
+ * (and so every stream made in it) goes when the last aclrtSetDevice of the
+ * device is paired.  The dead context is kept (magic cleared) so that a later
+ * use of it fails instead of reading freed memory. */
+EXPORT aclError aclrtResetDevice(int32_t dev)
+{
+    ENTER(1);
+    if (dev < 0 || dev >= fake.devices)
+        return fake_fail(ACL_ERROR_RT_INVALID_DEVICEID, "aclrtResetDevice(%d): %d devices", dev, fake.devices);
+    pthread_mutex_lock(&ctx_lock);
+    if (device_refs[dev] == 0) {
+        pthread_mutex_unlock(&ctx_lock);
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtResetDevice(%d): device not set", dev);
+    }
+    if (--device_refs[dev] == 0) {
+        default_ctx[dev]->magic = 0;
+        default_ctx[dev] = NULL;
+    }
+    pthread_mutex_unlock(&ctx_lock);
     return ACL_SUCCESS;
 }
 
@@ -371,6 +398,8 @@ static aclError check_stream(const char *fn, aclrtStream stream, struct fake_str
     if (!s || s->magic != STREAM_MAGIC)
         return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %p is not a stream (the default stream is not faked)",
                          fn, stream);
+    if (s->ctx->magic != CTX_MAGIC)
+        return fake_fail(ACL_ERROR_RT_STREAM_CONTEXT, "%s: the stream's device was reset", fn);
     if (s->ctx != current)
         return fake_fail(ACL_ERROR_RT_STREAM_CONTEXT, "%s: stream of npu:%d used in a context of npu:%d", fn,
                          s->ctx->dev, current->dev);

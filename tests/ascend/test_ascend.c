@@ -383,6 +383,34 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* torch_npu pairs its aclrtSetDevice with aclrtResetDevice (e.g. when it
+ * releases a device): ferry holds its own reference (its own aclrtSetDevice),
+ * so the default context its streams live in stays, and transfers go on. */
+static void device_reset_by_framework(void **state)
+{
+    (void)state;
+    int (*reset)(int32_t) = sym("aclrtResetDevice");
+    ferry_engine *e;
+    size_t len = 1 << 20;
+    void *p = torch_alloc(2, len);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    struct reg_arg a = {p, len, "npu:2", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:2: %s", a.msg);
+    uint64_t *host = malloc(len), *back = calloc(1, len);
+    pattern_fill(host, len, 55, 0);
+    assert_int_equal(ferry_mem_copy(e, p, host, len), 0);
+    assert_int_equal(reset(2), 0); /* the framework's one reference */
+    int rc = ferry_mem_copy(e, back, p, len);
+    if (rc)
+        fail_msg("copy after the framework's reset: %s", ferry_last_error());
+    assert_int_equal(pattern_check(back, len, 55, 0), -1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+    ferry_engine_destroy(e);
+    free(host);
+    free(back);
+}
+
 /* A device address that is not 64-byte aligned (a block at an odd offset):
  * aclrtMemcpyAsync refuses it on a 910B, so ferry copies it with the
  * synchronous aclrtMemcpy.  Before: FERRY_EIO "ACL error 107008 ... not
@@ -503,6 +531,7 @@ int main(void)
         cmocka_unit_test(copy_failure_fails_its_request),
         cmocka_unit_test(small_blocks_gathered_in_hbm),
         cmocka_unit_test(unaligned_device_address),
+        cmocka_unit_test(device_reset_by_framework),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
