@@ -164,6 +164,7 @@ static int npu_load(void)
         {"aclrtCreateStream", &acl.aclrtCreateStream, 1},
         {"aclrtDestroyStream", &acl.aclrtDestroyStream, 1},
         {"aclrtMemcpyAsync", &acl.aclrtMemcpyAsync, 1},
+        {"aclrtMemcpy", &acl.aclrtMemcpy, 1}, /* in every CANN */
         {"aclrtSynchronizeStream", &acl.aclrtSynchronizeStream, 1},
         {"aclrtStreamQuery", &acl.aclrtStreamQuery, 0},
         {"aclrtPointerGetAttributes", &acl.aclrtPointerGetAttributes, 0},

@@ -70,6 +70,8 @@ struct acl_api {
     aclError (*aclrtFreeHost)(void *host_ptr);
     aclError (*aclrtCreateStream)(aclrtStream *stream);
     aclError (*aclrtDestroyStream)(aclrtStream stream);
+    /* synchronous; unlike the async call, no 64-byte rule and any host memory (CANN 8.0 docs) */
+    aclError (*aclrtMemcpy)(void *dst, size_t dest_max, const void *src, size_t count, int kind);
     aclError (*aclrtMemcpyAsync)(void *dst, size_t dest_max, const void *src, size_t count, int kind,
                                  aclrtStream stream);
     aclError (*aclrtSynchronizeStream)(aclrtStream stream);

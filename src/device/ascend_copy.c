@@ -11,7 +11,9 @@
  * aligned addresses.  Any other host side is bounced through a pinned
  * buffer synchronously: the stream is drained, the bytes are copied, and
  * copy_async returns when they are in place (slow, correct; the staging
- * path never needs it).
+ * path never needs it).  A device address that is not 64-byte aligned
+ * (aclrtMemcpyAsync refuses it; no bounce moves it) goes through the
+ * synchronous aclrtMemcpy, after the stream is drained.
  *
  * Errors: ACL reports a failed copy once (continue-on-failure) and runs the
  * next ones; ferry keeps the first failure of a stream and reports it from
@@ -198,6 +200,19 @@ static int host_side_ok(enum ferry_copy_dir dir, const struct ferry_copy *c)
     return (uintptr_t)host % npu_copy_align == 0 && npu_host_pinned(host, c->len);
 }
 
+/* The device side(s) aligned as FERRY_NPU_COPY_ALIGN asks: aclrtMemcpyAsync
+ * refuses others, and a bounce cannot help (the device address stays). */
+static int device_side_ok(enum ferry_copy_dir dir, const struct ferry_copy *c)
+{
+    int dst = (uintptr_t)c->dst % npu_copy_align == 0, src = (uintptr_t)c->src % npu_copy_align == 0;
+    return dir == FERRY_COPY_D2D ? dst && src : dir == FERRY_COPY_H2D ? dst : src;
+}
+
+static int copy_ok(enum ferry_copy_dir dir, const struct ferry_copy *c)
+{
+    return c->len == 0 || (host_side_ok(dir, c) && device_side_ok(dir, c));
+}
+
 static int wait_stream(struct npu_stream *s)
 {
     aclError r = acl.aclrtSynchronizeStream(s->stream);
@@ -241,6 +256,24 @@ static int copy_bounced(struct npu_stream *s, enum ferry_copy_dir dir, const str
     return rc;
 }
 
+/* A copy whose device address aclrtMemcpyAsync would refuse (not 64-byte
+ * aligned: a KV block at an odd offset): the synchronous aclrtMemcpy has
+ * neither the alignment rule nor the pinned-memory one.  It does not wait
+ * for the stream, so the stream is drained first to keep the order. */
+static int copy_unaligned(struct npu_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *c, size_t index)
+{
+    int rc = wait_stream(s);
+    if (rc < 0)
+        return rc;
+    aclError r = acl.aclrtMemcpy(c->dst, c->len, c->src, c->len, memcpy_kinds[dir]);
+    if (r == ACL_SUCCESS)
+        return 0;
+    char what[160];
+    snprintf(what, sizeof what, "aclrtMemcpy %s (dst %p, src %p, %zu bytes) of copy %zu at an unaligned device address",
+             dir_names[dir], c->dst, c->src, c->len, index);
+    return stream_failed(s, r, what);
+}
+
 int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n)
 {
     struct ctx_guard g;
@@ -262,11 +295,14 @@ int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct f
     /* runs of direct copies in one go; the others bounced in between */
     for (size_t i = 0; i < n && rc == 0;) {
         size_t j = i;
-        while (j < n && (copies[j].len == 0 || host_side_ok(dir, &copies[j])))
+        while (j < n && copy_ok(dir, &copies[j]))
             j++;
         if (j > i) {
             rc = enqueue_direct(&call, copies + i, j - i);
             i = j;
+        } else if (!device_side_ok(dir, &copies[i])) {
+            rc = copy_unaligned(s, dir, &copies[i], i);
+            i++;
         } else {
             pthread_mutex_lock(&s->bounce_lock);
             rc = copy_bounced(s, dir, &copies[i], i);

@@ -9,12 +9,14 @@
  * As strict as a 910B and stricter where the documents allow: aclInit before
  * anything, nothing after aclFinalize (abort: undefined on hardware); a
  * current context per thread (aclrtSetDevice / aclrtSetCurrentContext), none
- * inherited by new threads; streams bound to the context they were made in;
+ * inherited by new threads; aclrtSetDevice counted per process and the
+ * default context gone when aclrtResetDevice pairs the last one; streams bound to the context they were made in;
  * device memory the host cannot dereference (fake_acl_mem.c) with exact
  * bounds; host memory of H2D / D2H checked against aclrtMallocHost; source
  * and destination 64-byte aligned; copies run later, in order, on the
  * stream's worker thread; a failed copy is reported once by the next
- * query / sync and the stream goes on (continue-on-failure).  Modes:
+ * query / sync and the stream goes on (continue-on-failure); freeing memory
+ * a queued copy still touches aborts (the DMA would hit freed memory).  Modes:
  * see struct fake_config.  Threads: one worker per stream; everything else
  * runs on the caller's thread.  At exit it prints what it executed.
  */
@@ -39,6 +41,7 @@ enum { ACL_STREAM_STATUS_COMPLETE = 0, ACL_STREAM_STATUS_NOT_READY = 1 };
 
 struct fake_config fake;
 static atomic_ullong kind_count[4]; /* copies enqueued per aclrtMemcpyKind */
+static atomic_ullong fake_sync_copies; /* aclrtMemcpy calls that copied */
 atomic_ullong fake_copies, fake_pageable, fake_batch_calls, fake_failed, fake_set_device[16];
 
 struct fake_ctx {
@@ -50,6 +53,7 @@ struct task {
     char *dst;
     const char *src;
     size_t len;
+    uintptr_t adst, asrc;        /* the caller's addresses (device ones before fake_shadow) */
     int corrupt;                 /* pageable host memory on an old CANN */
     struct task *next;
 };
@@ -64,12 +68,19 @@ struct fake_stream {
     aclError error;              /* first failure not yet reported */
     int stopping;
     pthread_t worker;
+    struct fake_stream *next_stream; /* every live stream (streams_lock) */
 };
+
+/* Every live stream, so that aclrtFree / aclrtFreeHost can tell memory a
+ * queued copy still reads or writes (streams_lock before a stream's lock). */
+static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fake_stream *streams;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int setup_failed;
 static atomic_int initialized, finalized;
 static struct fake_ctx *default_ctx[16];
+static unsigned device_refs[16]; /* aclrtSetDevice calls not yet paired by aclrtResetDevice (ctx_lock) */
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread struct fake_ctx *current;
 static __thread char last_msg[256];
@@ -135,6 +146,8 @@ static aclError need_context(const char *fn)
 {
     if (!current)
         return fake_fail(ACL_ERROR_RT_CONTEXT_NULL, "%s: no current context on this thread", fn);
+    if (current->magic != CTX_MAGIC) /* kept, never freed, so that this can tell */
+        return fake_fail(ACL_ERROR_RT_CONTEXT_NULL, "%s: the current context's device was reset", fn);
     return ACL_SUCCESS;
 }
 
@@ -183,8 +196,31 @@ EXPORT aclError aclrtSetDevice(int32_t dev)
         default_ctx[dev]->dev = dev;
     }
     current = default_ctx[dev];
+    device_refs[dev]++;
     pthread_mutex_unlock(&ctx_lock);
     atomic_fetch_add(&fake_set_device[dev], 1);
+    return ACL_SUCCESS;
+}
+
+/* Reference-counted per process, as the documents say: the default context
+ * (and so every stream made in it) goes when the last aclrtSetDevice of the
+ * device is paired.  The dead context is kept (magic cleared) so that a later
+ * use of it fails instead of reading freed memory. */
+EXPORT aclError aclrtResetDevice(int32_t dev)
+{
+    ENTER(1);
+    if (dev < 0 || dev >= fake.devices)
+        return fake_fail(ACL_ERROR_RT_INVALID_DEVICEID, "aclrtResetDevice(%d): %d devices", dev, fake.devices);
+    pthread_mutex_lock(&ctx_lock);
+    if (device_refs[dev] == 0) {
+        pthread_mutex_unlock(&ctx_lock);
+        return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtResetDevice(%d): device not set", dev);
+    }
+    if (--device_refs[dev] == 0) {
+        default_ctx[dev]->magic = 0;
+        default_ctx[dev] = NULL;
+    }
+    pthread_mutex_unlock(&ctx_lock);
     return ACL_SUCCESS;
 }
 
@@ -224,10 +260,38 @@ EXPORT aclError aclrtMalloc(void **ptr, size_t size, int policy)
     return fake_dev_malloc(current->dev, ptr, size);
 }
 
+/* Freeing memory that a queued, not yet executed copy reads or writes:
+ * the hardware's DMA would then touch freed (perhaps reallocated) memory and
+ * nothing reports it.  Undefined behaviour, so the fake aborts, naming it. */
+static void check_no_pending_copy(const char *fn, const void *ptr)
+{
+    size_t len = fake_alloc_len(ptr);
+    uintptr_t a = (uintptr_t)ptr;
+    if (!len)
+        return; /* not an allocation: the free itself says so */
+    pthread_mutex_lock(&streams_lock);
+    for (struct fake_stream *s = streams; s; s = s->next_stream) {
+        pthread_mutex_lock(&s->lock);
+        for (const struct task *t = s->head; t; t = t->next) {
+            int dst = t->adst < a + len && a < t->adst + t->len, src = t->asrc < a + len && a < t->asrc + t->len;
+            if (dst || src) {
+                fprintf(stderr, "fakeacl: %s(%p) of %zu bytes while a queued copy of %zu bytes still %s it "
+                        "(the stream was not synchronized; on hardware the DMA touches freed memory)\n",
+                        fn, ptr, len, t->len, dst ? "writes" : "reads");
+                abort();
+            }
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&streams_lock);
+}
+
 EXPORT aclError aclrtFree(void *ptr)
 {
     ENTER(1);
     aclError r = need_context(__func__);
+    if (!r)
+        check_no_pending_copy(__func__, ptr);
     return r ? r : fake_dev_free(ptr);
 }
 
@@ -246,6 +310,8 @@ EXPORT aclError aclrtFreeHost(void *ptr)
 {
     ENTER(1);
     aclError r = need_context(__func__);
+    if (!r)
+        check_no_pending_copy(__func__, ptr);
     return r ? r : fake_host_free(ptr);
 }
 
@@ -273,6 +339,7 @@ EXPORT aclError aclrtPointerGetAttributes(const void *ptr, aclrtPtrAttributes *a
 /* ---------------------------------------------------------------- streams */
 
 static atomic_ullong fail_injected; /* fakeacl_inject_failure's copy number, 0: none */
+static atomic_int held;             /* fakeacl_hold: copies wait for a sync / query */
 
 static int fail_now(void)
 {
@@ -331,6 +398,8 @@ static aclError check_stream(const char *fn, aclrtStream stream, struct fake_str
     if (!s || s->magic != STREAM_MAGIC)
         return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "%s: %p is not a stream (the default stream is not faked)",
                          fn, stream);
+    if (s->ctx->magic != CTX_MAGIC)
+        return fake_fail(ACL_ERROR_RT_STREAM_CONTEXT, "%s: the stream's device was reset", fn);
     if (s->ctx != current)
         return fake_fail(ACL_ERROR_RT_STREAM_CONTEXT, "%s: stream of npu:%d used in a context of npu:%d", fn,
                          s->ctx->dev, current->dev);
@@ -353,6 +422,10 @@ EXPORT aclError aclrtCreateStream(aclrtStream *stream)
         free(s);
         return fake_fail(ACL_ERROR_RT_INTERNAL_ERROR, "aclrtCreateStream: no thread");
     }
+    pthread_mutex_lock(&streams_lock);
+    s->next_stream = streams;
+    streams = s;
+    pthread_mutex_unlock(&streams_lock);
     *stream = s;
     return ACL_SUCCESS;
 }
@@ -422,6 +495,13 @@ EXPORT aclError aclrtDestroyStream(aclrtStream stream)
     pthread_mutex_unlock(&s->lock);
     if (busy)
         return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtDestroyStream: tasks still queued");
+    pthread_mutex_lock(&streams_lock);
+    for (struct fake_stream **pp = &streams; *pp; pp = &(*pp)->next_stream)
+        if (*pp == s) {
+            *pp = s->next_stream;
+            break;
+        }
+    pthread_mutex_unlock(&streams_lock);
     pthread_mutex_lock(&s->lock);
     s->stopping = 1;
     s->magic = 0;
@@ -479,6 +559,8 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
     t->dst = kind == ACL_MEMCPY_DEVICE_TO_HOST ? dst : fake_shadow(dst);
     t->src = kind == ACL_MEMCPY_HOST_TO_DEVICE ? src : fake_shadow(src);
     t->len = count;
+    t->adst = (uintptr_t)dst;
+    t->asrc = (uintptr_t)src;
     if (pageable) {
         atomic_fetch_add(&fake_pageable, 1);
         t->corrupt = fake.pageable == PAGEABLE_CORRUPT;
@@ -490,10 +572,44 @@ static aclError enqueue(const char *fn, void *dst, size_t dest_max, const void *
         s->head = t;
     s->tail = t;
     s->queued++;
-    if (!fake.lazy)
+    if (!fake.lazy && !atomic_load(&held))
         s->released = s->queued;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
+    return ACL_SUCCESS;
+}
+
+/* Synchronous: runs now on the caller's thread, with no stream order (the
+ * documents: no implicit stream synchronization), no 64-byte rule and any
+ * host memory; device sides exact as ever, of the current context's device. */
+EXPORT aclError aclrtMemcpy(void *dst, size_t dest_max, const void *src, size_t count, int kind)
+{
+    ENTER(1);
+    aclError r = need_context(__func__);
+    if (r)
+        return r;
+    if (!dst || !src || count > dest_max)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: dst %p src %p count %zu destMax %zu", dst, src, count,
+                         dest_max);
+    if (kind < ACL_MEMCPY_HOST_TO_HOST || kind > ACL_MEMCPY_DEVICE_TO_DEVICE)
+        return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpy: kind %d", kind);
+    int dst_dev = kind == ACL_MEMCPY_HOST_TO_DEVICE || kind == ACL_MEMCPY_DEVICE_TO_DEVICE;
+    int src_dev = kind == ACL_MEMCPY_DEVICE_TO_HOST || kind == ACL_MEMCPY_DEVICE_TO_DEVICE;
+    const void *side[2] = {dst, src};
+    int want[2] = {dst_dev, src_dev};
+    for (int i = 0; i < 2; i++) {
+        int dev = fake_device_of(side[i]);
+        if (want[i] && (dev != current->dev || !fake_device_range_ok(dev, side[i], count)))
+            return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtMemcpy: %s %p+%zu is not inside an allocation of npu:%d",
+                             i ? "src" : "dst", side[i], count, current->dev);
+        if (!want[i] && dev >= 0)
+            return fake_fail(ACL_ERROR_RT_PARAM_INVALID, "aclrtMemcpy: %s %p is device memory, expected host",
+                             i ? "src" : "dst", side[i]);
+    }
+    if (count == 0)
+        return ACL_SUCCESS;
+    atomic_fetch_add(&fake_sync_copies, 1);
+    memmove(dst_dev ? fake_shadow(dst) : dst, src_dev ? fake_shadow(src) : src, count);
     return ACL_SUCCESS;
 }
 
@@ -549,7 +665,7 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
 /* ---------------------------------------------------------------- for tests */
 
 /* What the tests ask: "copies", "pageable", "batch_calls", "failed", "h2d",
- * "d2h", "d2d" (copies enqueued of that kind),
+ * "d2h", "d2d" (copies enqueued of that kind), "sync_copies" (aclrtMemcpy),
  * "set_device:N" (aclrtSetDevice calls for device N). */
 EXPORT unsigned long long fakeacl_stat(const char *what)
 {
@@ -561,6 +677,8 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
         return atomic_load(&fake_batch_calls);
     if (!strcmp(what, "failed"))
         return atomic_load(&fake_failed);
+    if (!strcmp(what, "sync_copies"))
+        return atomic_load(&fake_sync_copies);
     if (!strcmp(what, "h2d"))
         return atomic_load(&kind_count[ACL_MEMCPY_HOST_TO_DEVICE]);
     if (!strcmp(what, "d2h"))
@@ -578,6 +696,13 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
 EXPORT void fakeacl_inject_failure(unsigned long long after)
 {
     atomic_store(&fail_injected, atomic_load(&fake_copies) + after);
+}
+
+/* 1: copies enqueued from now on run only when their stream is
+ * synchronized or queried (a stream the device has not reached yet). */
+EXPORT void fakeacl_hold(int on)
+{
+    atomic_store(&held, on);
 }
 
 __attribute__((destructor)) static void report(void)

@@ -69,6 +69,8 @@ int fake_device_range_ok(int dev, const void *p, size_t len);
 char *fake_shadow(const void *p);
 /* 1 if [p, p+len) lies in one live aclrtMallocHost allocation. */
 int fake_host_pinned(const void *p, size_t len);
+/* The length of the live allocation (device or aclrtMallocHost) starting at p, or 0. */
+size_t fake_alloc_len(const void *p);
 aclError fake_dev_malloc(int dev, void **out, size_t size);
 aclError fake_dev_free(void *p);
 aclError fake_host_malloc(void **out, size_t size);

@@ -94,6 +94,20 @@ int fake_host_pinned(const void *p, size_t len)
     return ok;
 }
 
+size_t fake_alloc_len(const void *p)
+{
+    int d = fake_device_of(p);
+    const struct range *t = d >= 0 ? devs[d].allocs : hosts;
+    size_t len = 0;
+    pthread_mutex_lock(&mem_lock);
+    size_t n = d >= 0 ? devs[d].nallocs : nhosts;
+    for (size_t i = 0; i < n && !len; i++)
+        if (t[i].start == (uintptr_t)p)
+            len = t[i].len;
+    pthread_mutex_unlock(&mem_lock);
+    return len;
+}
+
 aclError fake_dev_malloc(int dev, void **out, size_t size)
 {
     struct device_mem *m = &devs[dev];

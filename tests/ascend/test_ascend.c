@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -382,6 +383,126 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* torch_npu pairs its aclrtSetDevice with aclrtResetDevice (e.g. when it
+ * releases a device): ferry holds its own reference (its own aclrtSetDevice),
+ * so the default context its streams live in stays, and transfers go on. */
+static void device_reset_by_framework(void **state)
+{
+    (void)state;
+    int (*reset)(int32_t) = sym("aclrtResetDevice");
+    ferry_engine *e;
+    size_t len = 1 << 20;
+    void *p = torch_alloc(2, len);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    struct reg_arg a = {p, len, "npu:2", 0, "", e};
+    if (register_in_thread(&a) != 0)
+        fail_msg("register npu:2: %s", a.msg);
+    uint64_t *host = malloc(len), *back = calloc(1, len);
+    pattern_fill(host, len, 55, 0);
+    assert_int_equal(ferry_mem_copy(e, p, host, len), 0);
+    assert_int_equal(reset(2), 0); /* the framework's one reference */
+    int rc = ferry_mem_copy(e, back, p, len);
+    if (rc)
+        fail_msg("copy after the framework's reset: %s", ferry_last_error());
+    assert_int_equal(pattern_check(back, len, 55, 0), -1);
+    assert_int_equal(ferry_unregister_memory(e, p), 0);
+    ferry_engine_destroy(e);
+    free(host);
+    free(back);
+}
+
+/* A device address that is not 64-byte aligned (a block at an odd offset):
+ * aclrtMemcpyAsync refuses it on a 910B, so ferry copies it with the
+ * synchronous aclrtMemcpy.  Before: FERRY_EIO "ACL error 107008 ... not
+ * 64-byte aligned" for ferry_mem_copy and every staged transfer. */
+static void unaligned_device_address(void **state)
+{
+    (void)state;
+    ferry_engine *e;
+    void *d;
+    size_t len = (64 << 10) + 3, cap = 1 << 20;
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_mem_alloc(e, "npu:0", cap, &d), 0);
+    assert_int_equal(ferry_register_memory(e, d, cap, "npu:0", 0), 0);
+    char *host = malloc(len + 1), *back = calloc(1, len + 1);
+    pattern_fill(host, len, 91, 0);
+    unsigned long long before = fake_stat("sync_copies");
+    char *dev = (char *)d + 8;
+    int rc = ferry_mem_copy(e, dev, host, len); /* H2D, pageable and aligned host side */
+    if (rc)
+        fail_msg("H2D to npu:0 +8: %s", ferry_last_error());
+    rc = ferry_mem_copy(e, (char *)d + 200008, dev, len); /* D2D, both unaligned */
+    if (rc)
+        fail_msg("D2D npu:0 +8 -> +200008: %s", ferry_last_error());
+    rc = ferry_mem_copy(e, back + 1, (char *)d + 200008, len); /* D2H into an unaligned host address */
+    if (rc)
+        fail_msg("D2H from npu:0 +200008: %s", ferry_last_error());
+    assert_memory_equal(back + 1, host, len);
+    const char *align = getenv("FAKEACL_ALIGN");
+    if (!align || strcmp(align, "1") != 0) {
+        assert_true(fake_stat("sync_copies") >= before + 3);
+        /* a synchronous copy ACL refuses (past the allocation's end) fails the stream, named */
+        const struct ferry_device_ops *ops = ferry_device_find("npu");
+        ferry_stream *st;
+        assert_int_equal(ops->stream_create(0, &st), 0);
+        struct ferry_copy bad = {(char *)d + cap - 8, host, 64};
+        assert_int_equal(ops->copy_async(st, FERRY_COPY_H2D, &bad, 1), FERRY_EIO);
+        assert_non_null(strstr(ferry_last_error(), "aclrtMemcpy H2D"));
+        assert_non_null(strstr(ferry_last_error(), "unaligned device address"));
+        assert_int_equal(ops->stream_sync(st), FERRY_EIO); /* reported from then on */
+        ops->stream_destroy(st);
+    }
+    free(host);
+    free(back);
+    assert_int_equal(ferry_unregister_memory(e, d), 0);
+    ferry_mem_free(e, "npu:0", d, cap);
+    ferry_engine_destroy(e);
+}
+
+/* The fake as strict as the hardware about DMA: freeing device or pinned
+ * host memory that a queued copy still reads or writes aborts (on a 910B
+ * the copy would run into freed, perhaps reallocated, memory and nothing
+ * would say so).  In a child, before this process has threads. */
+static void free_under_pending_copy_aborts(void **state)
+{
+    (void)state;
+    static const char *const what[] = {"device destination", "pinned host source"};
+    for (int which = 0; which < 2; which++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            int (*malloc_host)(void **, size_t) = sym("aclrtMallocHost");
+            int (*free_dev)(void *) = sym("aclrtFree");
+            int (*free_host)(void *) = sym("aclrtFreeHost");
+            int (*create_stream)(void **) = sym("aclrtCreateStream");
+            int (*sync)(void *) = sym("aclrtSynchronizeStream");
+            int (*memcpy_async)(void *, size_t, const void *, size_t, int, void *) = sym("aclrtMemcpyAsync");
+            void (*hold)(int) = sym("fakeacl_hold");
+            void *dev = torch_alloc(0, 1 << 20), *host = NULL, *stream = NULL;
+            if (malloc_host(&host, 1 << 20) || create_stream(&stream))
+                _exit(3);
+            hold(1);
+            /* synchronized first: freeing afterwards is fine */
+            if (memcpy_async(dev, 1 << 20, host, 1 << 20, 1 /* H2D */, stream) || sync(stream))
+                _exit(4);
+            void *dev2 = torch_alloc(0, 1 << 20), *host2 = NULL;
+            if (malloc_host(&host2, 1 << 20) || free_dev(dev2) || free_host(host2))
+                _exit(5);
+            /* queued, not synchronized: the free must not pass */
+            if (memcpy_async(dev, 1 << 20, host, 1 << 20, 1 /* H2D */, stream))
+                _exit(6);
+            (void)(which ? free_host(host) : free_dev(dev));
+            _exit(0);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT)
+            fail_msg("freeing the %s of a queued copy: child ended with status %#x, expected SIGABRT", what[which],
+                     status);
+    }
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -400,6 +521,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
         cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
         cmocka_unit_test(copies_run_later),
         cmocka_unit_test(no_context_on_unnamed_device),
@@ -408,6 +530,8 @@ int main(void)
         cmocka_unit_test(failure_stays_on_its_stream),
         cmocka_unit_test(copy_failure_fails_its_request),
         cmocka_unit_test(small_blocks_gathered_in_hbm),
+        cmocka_unit_test(unaligned_device_address),
+        cmocka_unit_test(device_reset_by_framework),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -74,6 +74,7 @@ target_staged() {
     initiator rdma $op 65536 32 2 || rc=1
     initiator rdma $op 3145728 2 2 || rc=1
     initiator rdma $op 65536 32 2 --location=sim:0 || rc=1
+    initiator rdma $op 1000 64 2 || rc=1   # odd sizes: runs placed 64-byte aligned in the slot
   done
   target_stop
   grep -q "target stats rdma: .* served [1-9].* bounced [1-9]" target.log || rc=1

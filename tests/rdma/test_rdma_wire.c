@@ -49,7 +49,11 @@ static void test_header_layout_and_round_trip(void **state)
     assert_int_equal(decode_header(RDMA_MSG_HELLO_ACK, FERRY_ESTALE, 20, &out), 0);
     assert_int_equal(out.status, FERRY_ESTALE);
     assert_int_equal(decode_header(RDMA_MSG_NOTIFY, 0, RDMA_MAX_NOTIFY, &out), 0);
-    assert_int_equal(decode_header(RDMA_MSG_NOTIFY_ACK, FERRY_EINVAL, 0, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_NOTIFY_ACK, FERRY_ENOMEM, 0, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_STAGE_ACK, FERRY_EIO, 8 + 5, &out), 0);
+    assert_int_equal(out.status, FERRY_EIO);
+    assert_int_equal(decode_header(RDMA_MSG_STAGE_ACK, FERRY_ERANGE, 8, &out), 0);
+    assert_int_equal(decode_header(RDMA_MSG_HELLO_ACK, FERRY_EPERM, 8, &out), 0);
 }
 
 static void expect_header_fails(uint16_t type, int32_t status, uint32_t len, int code, const char *needle)
@@ -85,8 +89,52 @@ static void test_header_rejections(void **state)
     expect_header_fails(RDMA_MSG_HELLO_ACK, FERRY_EIO, RDMA_MAX_TEXT + 1, FERRY_EPROTO, "carries");
     expect_header_fails(RDMA_MSG_NOTIFY, 0, RDMA_MAX_NOTIFY + 1, FERRY_EPROTO, "carries");
     expect_header_fails(RDMA_MSG_NOTIFY_ACK, 0, 1, FERRY_EPROTO, "carries");
-    expect_header_fails(RDMA_MSG_NOTIFY_ACK, 5, 0, FERRY_EPROTO, "not an error code");
-    expect_header_fails(RDMA_MSG_NOTIFY_ACK, -1000, 0, FERRY_EPROTO, "not an error code");
+    expect_header_fails(RDMA_MSG_NOTIFY_ACK, 5, 0, FERRY_EPROTO, "which no ferry peer sends");
+    expect_header_fails(RDMA_MSG_NOTIFY_ACK, -1000, 0, FERRY_EPROTO, "which no ferry peer sends");
+}
+
+/* A hostile target must not end the initiator's requests with a code that
+ * means something else on this side: FERRY_ENOTREG ("your memory is not
+ * registered"), FERRY_EINVAL, FERRY_ENOSEG...  (tcp: wire_status_allowed).
+ * Before: any status in -100..-1 passed, in every message type. */
+static void test_header_status_allowed(void **state)
+{
+    (void)state;
+    static const int32_t never[] = {FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG, FERRY_EEXIST, FERRY_EFULL,
+                                    FERRY_ECANCELED, FERRY_ENOTSUP, -77};
+    for (size_t i = 0; i < sizeof never / sizeof never[0]; i++) {
+        expect_header_fails(RDMA_MSG_STAGE_ACK, never[i], 8, FERRY_EPROTO, "which no ferry peer sends");
+        expect_header_fails(RDMA_MSG_NOTIFY_ACK, never[i], 0, FERRY_EPROTO, "which no ferry peer sends");
+        expect_header_fails(RDMA_MSG_HELLO_ACK, never[i], 8, FERRY_EPROTO, "which no ferry peer sends");
+    }
+    expect_header_fails(RDMA_MSG_HELLO_ACK, FERRY_ERANGE, 8, FERRY_EPROTO, "status -");
+    expect_header_fails(RDMA_MSG_STAGE_ACK, FERRY_ESTALE, 8, FERRY_EPROTO, "status -");
+    /* requests carry no status at all */
+    expect_header_fails(RDMA_MSG_HELLO, FERRY_EIO, RDMA_QP_INFO_SIZE, FERRY_EPROTO, "which no ferry peer sends");
+    expect_header_fails(RDMA_MSG_NOTIFY, FERRY_EIO, 1, FERRY_EPROTO, "which no ferry peer sends");
+    expect_header_fails(RDMA_MSG_STAGE_WRITE, FERRY_EIO, 8 + RDMA_STAGE_ENTRY_SIZE, FERRY_EPROTO,
+                        "which no ferry peer sends");
+    expect_header_fails(RDMA_MSG_STAGE_READ, FERRY_EIO, 8 + RDMA_STAGE_ENTRY_SIZE, FERRY_EPROTO,
+                        "which no ferry peer sends");
+    assert_true(rdma_status_allowed(RDMA_MSG_STAGE_ACK, 0));
+    assert_false(rdma_status_allowed(RDMA_MSG_STAGE_ACK, FERRY_ENOTREG));
+}
+
+/* A target's reason for a failed stage reaches the initiator's error text
+ * and logs: printable only (was formatted raw: "\n" started a forged line). */
+static void test_stage_ack_reason(void **state)
+{
+    (void)state;
+    uint8_t payload[8 + 40] = {0};
+    const char *evil = "copy failed\nferry[1] error: forged";
+    memcpy(payload + 8, evil, strlen(evil));
+    char out[RDMA_MAX_TEXT + 1];
+    const char *why = rdma_stage_ack_reason(payload, 8 + (uint32_t)strlen(evil), out, sizeof out);
+    assert_ptr_equal(why, out);
+    assert_string_equal(out, "copy failed\\x0aferry[1] error: forged");
+    assert_null(strchr(out, '\n'));
+    assert_string_equal(rdma_stage_ack_reason(payload, 8, out, sizeof out), "");
+    assert_string_equal(rdma_stage_ack_reason(payload, 0, out, sizeof out), "");
 }
 
 static struct rdma_qp_info good_info(void)
@@ -242,6 +290,15 @@ static void test_endpoint_rejections(void **state)
                           "\"len\":\"0x2000\",\"rkey\":[7],\"pref\":1}]}", "empty or wraps");
     expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"4096\",\"len\":\"0x10\","
                           "\"rkey\":[7],\"pref\":1}]}", "0x-hex");
+    /* strtoull would read each of these as a number (0x-1000: 2^64 - 4096) */
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x-1000\",\"len\":\"0x10\","
+                          "\"rkey\":[7],\"pref\":1}]}", "\"addr\" missing or not 0x-hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x 10\","
+                          "\"rkey\":[7],\"pref\":1}]}", "\"len\" missing or not 0x-hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x0x1000\",\"len\":\"0x10\","
+                          "\"rkey\":[7],\"pref\":1}]}", "\"addr\" missing or not 0x-hex");
+    expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x+10\","
+                          "\"rkey\":[7],\"pref\":1}]}", "\"len\" missing or not 0x-hex");
     expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x10\","
                           "\"rkey\":[7,8],\"pref\":1}]}", "one rkey per nic");
     expect_endpoint_fails("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[{\"addr\":\"0x1000\",\"len\":\"0x10\","
@@ -363,6 +420,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header_layout_and_round_trip),
         cmocka_unit_test(test_header_rejections),
+        cmocka_unit_test(test_header_status_allowed),
+        cmocka_unit_test(test_stage_ack_reason),
         cmocka_unit_test(test_qp_info),
         cmocka_unit_test(test_messages_over_a_socket),
         cmocka_unit_test(test_endpoint_round_trip),

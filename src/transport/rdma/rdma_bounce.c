@@ -56,6 +56,10 @@ int rdma_bounce_create(struct rdma_transport *t, struct rdma_nic *nic, struct rd
         b->buf = NULL;
         return rc;
     }
+    /* The initiator may RDMA READ any byte of its bounce at any time: it must
+     * not find what this process left in the memory before (another peer's
+     * staged data from a freed bounce, pinned pool reuse, heap contents). */
+    memset(b->buf, 0, b->len);
     b->mr = ibv_reg_mr(nic->pd, b->buf, b->len,
                        IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
     if (!b->mr) {
@@ -85,7 +89,10 @@ static int send_ack(int fd, uint64_t id, int status, uint64_t refused, const cha
     uint8_t raw[8];
     put_le64(raw, refused);
     size_t n = strlen(why) < RDMA_MAX_TEXT ? strlen(why) : RDMA_MAX_TEXT;
-    struct rdma_msg_header h = {.type = RDMA_MSG_STAGE_ACK, .status = status, .id = id};
+    /* a device copy may fail with any code; the initiator takes only those of rdma_status_allowed */
+    struct rdma_msg_header h = {.type = RDMA_MSG_STAGE_ACK,
+                                .status = rdma_status_allowed(RDMA_MSG_STAGE_ACK, status) ? status : FERRY_EIO,
+                                .id = id};
     return rdma_msg_send(fd, &h, raw, sizeof raw, why, n);
 }
 

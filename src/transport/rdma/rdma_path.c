@@ -494,11 +494,7 @@ static int path_connect(struct rdma_path *path)
     else if (h.status) {
         char why[RDMA_MAX_TEXT + 1];
         log_sanitize((const char *)buf, h.len, why, sizeof why);
-        bool known = h.status == FERRY_ESTALE || h.status == FERRY_EPROTO || h.status == FERRY_EIO ||
-                     h.status == FERRY_EPERM || h.status == FERRY_ENOMEM;
-        if (!known)
-            return ferry_fail(FERRY_EPROTO, "rdma: %s answered HELLO with status %d, which no ferry target sends",
-                              p->name, h.status);
+        /* a status no ferry target sends was refused by rdma_msg_decode_header */
         return ferry_fail(h.status, "rdma: %s refused the queue pair: %s", p->name, why);
     }
     if (!rc)

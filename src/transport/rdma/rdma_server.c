@@ -49,7 +49,9 @@ struct rdma_server_conn {
 /* Sends HELLO_ACK carrying an error and its reason. */
 static void refuse(struct rdma_server_conn *s, int status, const char *why)
 {
-    struct rdma_msg_header h = {.type = RDMA_MSG_HELLO_ACK, .status = status};
+    /* the initiator takes only the statuses a target sends (rdma_status_allowed) */
+    struct rdma_msg_header h = {.type = RDMA_MSG_HELLO_ACK,
+                                .status = rdma_status_allowed(RDMA_MSG_HELLO_ACK, status) ? status : FERRY_EIO};
     size_t n = strlen(why) < RDMA_MAX_TEXT ? strlen(why) : RDMA_MAX_TEXT;
     rdma_msg_send(s->fd, &h, why, n, NULL, 0);
     LOG_WARN("rdma: refused a queue pair from %s: %s", s->from, why);

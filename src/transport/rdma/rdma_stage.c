@@ -102,6 +102,11 @@ static bool fill(struct rdma_path *path, struct rdma_op *op, struct rdma_stage *
     const struct xfer_frame *f = op->f;
     uint32_t room = path->bounce.slot_size, off = 0;
     while (st->n < RDMA_STAGE_ENTRIES && off < room && op->cur_piece < f->npieces) {
+        /* each run 64-byte aligned in the slot: an NPU target copies aligned
+         * pinned memory asynchronously, anything else through a synchronous bounce */
+        off = (off + RDMA_STAGE_ALIGN - 1) & ~(uint32_t)(RDMA_STAGE_ALIGN - 1);
+        if (off >= room)
+            break;
         const struct xfer_piece *x = &f->pieces[op->cur_piece];
         uint64_t take = x->len - op->cur_off;
         if (take > room - off)
@@ -294,10 +299,9 @@ int rdma_stage_ack(struct rdma_path *path, const struct rdma_msg_header *h, cons
         return ferry_fail(FERRY_EPROTO, "rdma: STAGE_ACK %llu from %s matches no staged piece",
                           (unsigned long long)h->id, p->name);
     if (h->status) {
-        char msg[160];
-        int tl = (int)(h->len - 8);
-        snprintf(msg, sizeof msg, "rdma: %.48s could not stage: %.*s", p->name, tl < 100 ? tl : 100,
-                 (const char *)payload + 8);
+        char msg[200], why[RDMA_MAX_TEXT + 1];
+        snprintf(msg, sizeof msg, "rdma: %.48s could not stage: %.100s", p->name,
+                 rdma_stage_ack_reason(payload, h->len, why, sizeof why));
         rdma_stage_end(st, h->status, true, msg);
         return 0;
     }

@@ -15,9 +15,27 @@
 
 #include "bytes.h"
 #include "err.h"
+#include "log.h"
 #include "net.h"
 
 /* ------------------------------------------------------------ messages */
+
+int rdma_status_allowed(uint16_t type, int32_t status)
+{
+    if (status == 0)
+        return 1;
+    switch (type) {
+    case RDMA_MSG_HELLO_ACK:
+        return status == FERRY_ESTALE || status == FERRY_EPROTO || status == FERRY_EIO || status == FERRY_EPERM ||
+               status == FERRY_ENOMEM;
+    case RDMA_MSG_NOTIFY_ACK:
+    case RDMA_MSG_STAGE_ACK:
+        return status == FERRY_ERANGE || status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV ||
+               status == FERRY_EBUSY;
+    default: /* requests carry no status */
+        return 0;
+    }
+}
 
 void rdma_msg_encode_header(const struct rdma_msg_header *h, uint8_t out[RDMA_MSG_HEADER_SIZE])
 {
@@ -69,8 +87,9 @@ int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_m
     if (h->len < min || h->len > max)
         return ferry_fail(FERRY_EPROTO, "rdma side channel: message type %u carries %u bytes (%u-%u allowed)",
                           h->type, h->len, min, max);
-    if (h->status > 0 || h->status < -100)
-        return ferry_fail(FERRY_EPROTO, "rdma side channel: status %d is not an error code", h->status);
+    if (!rdma_status_allowed(h->type, h->status))
+        return ferry_fail(FERRY_EPROTO, "rdma side channel: message type %u with status %d, which no ferry peer sends",
+                          h->type, h->status);
     return 0;
 }
 
@@ -161,6 +180,11 @@ int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t sl
                               "slot or wrapping", i, e[i].off, e[i].len, slot_size);
     }
     return 0;
+}
+
+char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, size_t cap)
+{
+    return log_sanitize(len > 8 ? (const char *)payload + 8 : "", len > 8 ? len - 8 : 0, out, cap);
 }
 
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen)
@@ -266,7 +290,9 @@ static int get_hex(const cJSON *obj, const char *key, uint64_t *v)
 {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(obj, key);
     char *end;
-    if (!cJSON_IsString(s) || strncmp(s->valuestring, "0x", 2) != 0)
+    /* hex digits only: strtoull alone would take "0x-1", "0x 1", "0x+1" and "0x0x1" */
+    if (!cJSON_IsString(s) || strncmp(s->valuestring, "0x", 2) != 0 || !s->valuestring[2] ||
+        strspn(s->valuestring + 2, "0123456789abcdefABCDEF") != strlen(s->valuestring + 2))
         return ferry_fail(FERRY_EPROTO, "rdma endpoint: \"%s\" missing or not 0x-hex", key);
     errno = 0;
     unsigned long long x = strtoull(s->valuestring + 2, &end, 16);

@@ -61,6 +61,7 @@ enum rdma_msg_type {
 #define RDMA_STAGE_MAX_SLOTS 64
 #define RDMA_STAGE_ENTRIES 64
 #define RDMA_STAGE_ENTRY_SIZE 16
+#define RDMA_STAGE_ALIGN 64   /* where the initiator places each run in a slot */
 #define RDMA_STAGE_MSG_MAX (8 + RDMA_STAGE_ENTRIES * RDMA_STAGE_ENTRY_SIZE)
 
 struct rdma_msg_header {
@@ -101,9 +102,16 @@ struct rdma_stage_entry {
 };
 
 void rdma_msg_encode_header(const struct rdma_msg_header *h, uint8_t out[RDMA_MSG_HEADER_SIZE]);
-/* Validates magic, version, type and the length allowed for the type.
- * Returns 0, FERRY_EPROTO or FERRY_EVERSION with a detail message. */
+/* Validates magic, version, type, the length allowed for the type and the
+ * status (rdma_status_allowed).  Returns 0, FERRY_EPROTO or FERRY_EVERSION
+ * with a detail message. */
 int rdma_msg_decode_header(const uint8_t in[RDMA_MSG_HEADER_SIZE], struct rdma_msg_header *h);
+/* 1 if a ferry peer may send status in a message of this type: 0 always;
+ * requests (HELLO, NOTIFY, STAGE_WRITE/READ) nothing else; each ack its own
+ * short list, so a hostile peer cannot end a request with a code that
+ * means something else here (FERRY_ENOTREG, FERRY_EINVAL...).  Senders map
+ * other failures to FERRY_EIO. */
+int rdma_status_allowed(uint16_t type, int32_t status);
 
 void rdma_qp_info_encode(const struct rdma_qp_info *q, uint8_t out[RDMA_QP_INFO_SIZE]);
 /* Validates the ranges of qpn, psn, mtu and rd_atomic. 0 or FERRY_EPROTO. */
@@ -121,6 +129,10 @@ size_t rdma_stage_encode(uint32_t slot, const struct rdma_stage_entry *e, uint32
  * slot.  Returns 0 (slot, entries and *n filled) or FERRY_EPROTO. */
 int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t slot_size, uint32_t *slot,
                       struct rdma_stage_entry e[RDMA_STAGE_ENTRIES], uint32_t *n);
+
+/* The reason a STAGE_ACK of len payload bytes gives after its 8-byte refused
+ * mask, printable (log_sanitize: a target cannot forge log lines) in out. */
+char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, size_t cap);
 
 /* Sends a header (magic/version filled in, len = alen + blen) and up to two
  * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
