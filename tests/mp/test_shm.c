@@ -228,6 +228,16 @@ static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int
     ferry_batch_free(b);
 }
 
+/* A WRITE and a READ of 4 x 64 KiB, verified, every byte through shm. */
+static void write_read_over_shm(struct fixture *f)
+{
+    struct ferry_stats before;
+    assert_int_equal(ferry_get_stats(f->e, &before), 0);
+    run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 8);
+    run_ok(f, FERRY_READ, 65536, 4, 1u << 20, 65536, TSEED);
+    assert_int_equal(moved_over(f->e, &before, "shm"), 8 * 65536);
+}
+
 static void unregister_then_refresh(void **state)
 {
     struct fixture *f = *state;
@@ -249,11 +259,7 @@ static void unregister_then_refresh(void **state)
 
     /* registered again: found by a refresh, served through shm again */
     assert_int_equal(child_target_register(&f->target), 0);
-    struct ferry_stats before;
-    assert_int_equal(ferry_get_stats(f->e, &before), 0);
-    run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 8);
-    run_ok(f, FERRY_READ, 65536, 4, 1u << 20, 65536, TSEED);
-    assert_int_equal(moved_over(f->e, &before, "shm"), 8 * 65536);
+    write_read_over_shm(f);
 }
 
 /* The target unregisters its host buffer and registers it again, with no
@@ -268,11 +274,7 @@ static void registered_again(void **state)
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
     assert_int_equal(child_target_unregister(&f->target), 0);
     assert_int_equal(child_target_register(&f->target), 0);
-    struct ferry_stats before;
-    assert_int_equal(ferry_get_stats(f->e, &before), 0);
-    run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 8);
-    run_ok(f, FERRY_READ, 65536, 4, 1u << 20, 65536, TSEED);
-    assert_int_equal(moved_over(f->e, &before, "shm"), 8 * 65536);
+    write_read_over_shm(f);
     /* and an unregister after that is seen again */
     assert_int_equal(child_target_unregister(&f->target), 0);
     one_request(f, FERRY_WRITE, 0, 65536, FERRY_ESTALE, "unregistered");
