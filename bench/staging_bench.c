@@ -34,6 +34,7 @@
 #include "device/device.h"
 #include "engine/slice.h"
 #include "err.h"
+#include "ferry.h"
 #include "net.h"
 #include "staging/staging.h"
 #include "trace.h"
@@ -226,8 +227,16 @@ int main(int argc, char **argv)
         printf("SKIPPED: no device %s: %s\n", loc, ferry_last_error());
         return 77;
     }
-    size_t chunk = getenv("FERRY_STAGING_CHUNK_SIZE") ? strtoull(getenv("FERRY_STAGING_CHUNK_SIZE"), 0, 0) : 2u << 20;
-    unsigned nchunks = getenv("FERRY_STAGING_CHUNKS") ? (unsigned)atoi(getenv("FERRY_STAGING_CHUNKS")) : 16;
+    /* the engine's pool: FERRY_STAGING_CHUNKS x FERRY_STAGING_CHUNK_SIZE bytes
+     * (the config table's defaults where unset) */
+    struct ferry_config cfg;
+    if (ferry_config_init(&cfg)) {
+        fprintf(stderr, "config: %s\n", ferry_last_error());
+        return 2;
+    }
+    size_t chunk; /* frames are at most a slice (FERRY_SLICE_SIZE), and so are chunks, as in the engine */
+    unsigned nchunks;
+    staging_pool_shape(cfg.staging_chunk_size, cfg.staging_chunks, cfg.slice_size, &chunk, &nchunks);
     /* the reference copies 128 MiB (or all the batches' span, if more) */
     size_t span = 128 * ((1u << 20) + 4096);
     for (int i = 0; i < nsizes; i++)
