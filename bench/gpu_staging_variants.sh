@@ -21,9 +21,9 @@
 # the worker's early wake-up, A/B against $BUILD/staging_bench_A (a build
 # without it), with pauses between batches; the tests on one and two GPUs.
 #
-# Round 7 (h16v): the pool's sizing for 1,024-block batches (16 x 2 MiB
-# chunks, the old default, against 32 x 1 MiB: the same pinned bytes, frames
-# being at most the 1 MiB slice anyway), at 1, 2 and 4 batches in flight;
+# Round 7 (h16v): the pool's sizing for 1,024-block batches (16 frames in
+# flight, as 16 x 2 MiB chunks held, against 32 x 1 MiB: the same pinned
+# bytes, frames being at most the 1 MiB slice), at 1, 2 and 4 batches in flight;
 # H2D through sm_90 bulk copies (FERRY_CUDA_KERNEL_BULK=1) against 16-byte
 # loads, alternating; the copy engine for H2D of 16 KiB blocks; then the
 # device tests and the staging matrix with bulk copies and the new pool, and
@@ -65,8 +65,9 @@ echo "## table columns: block | gather GB/s | large D2H | ratio | p50 | p99 | sc
 if [ "${1:-2}" = 7 ]; then
   limit=${LIMIT:-185}
   left() { [ $(( $(date +%s) - t0 )) -lt "$1" ]; }
-  old=(FERRY_STAGING_CHUNKS=16 FERRY_STAGING_CHUNK_SIZE=2097152)
-  new=(FERRY_STAGING_CHUNKS=32 FERRY_STAGING_CHUNK_SIZE=1048576)
+  old=(FERRY_STAGING_CHUNKS=16 FERRY_STAGING_CHUNK_SIZE=1048576)   # 16 frames in flight, as before
+  new=(FERRY_LOG_LEVEL=1)                                           # the default: 16 x 2 MiB cut into 32 x 1 MiB
+  oldbench=(FERRY_STAGING_CHUNKS=16 FERRY_STAGING_CHUNK_SIZE=2097152 FERRY_SLICE_SIZE=2097152) # 2 MiB frames
   bulk=(FERRY_CUDA_KERNEL_BULK=1)
   nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
   echo "### bulk copies, correctness first: test_device_cuda ${bulk[*]}"
@@ -76,9 +77,11 @@ if [ "${1:-2}" = 7 ]; then
     v "old-pool d$d" "${old[@]}" -- --batch=1024 --depth=$d cuda:0 "$S" 16384
     v "new-pool d$d" "${new[@]}" -- --batch=1024 --depth=$d cuda:0 "$S" 16384
   done
-  v "new-pool-64 d4" FERRY_STAGING_CHUNKS=64 FERRY_STAGING_CHUNK_SIZE=1048576 -- --batch=1024 --depth=4 cuda:0 "$S" 16384
-  v "old-pool 128" "${old[@]}" -- --depth=4 cuda:0 "$S" 4096 16384 65536
+  v "pool-64 d4" FERRY_STAGING_CHUNKS=32 -- --batch=1024 --depth=4 cuda:0 "$S" 16384
+  v "old-bench 128" "${oldbench[@]}" -- --depth=4 cuda:0 "$S" 4096 16384 65536
   v "new-pool 128" "${new[@]}" -- --depth=4 cuda:0 "$S" 4096 16384 65536
+  v "old-bench 1 in flight" "${oldbench[@]}" -- cuda:0 "$S" 16384 65536 1048576
+  v "new-pool 1 in flight" "${new[@]}" -- cuda:0 "$S" 16384 65536 1048576
   sc() {
     local label=$1
     shift
