@@ -4,14 +4,22 @@
  * size, the bound) is cut into chunks when frames are at most a slice
  * (staging_pool_shape): the default 16 x 2 MiB with 1 MiB slices is 32 x
  * 1 MiB, the bytes never grow, no chunk is smaller than a frame, and the
- * count stops at STAGING_POOL_CHUNKS_MAX.  Pure arithmetic, one thread.
+ * count stops at STAGING_POOL_CHUNKS_MAX.  Then the engine: a device pool it
+ * creates with the default knobs has 32 chunks (the aggregation knob, which
+ * counts chunks, takes 32 and refuses 33; it took at most 16 before).  One
+ * thread; the engine on the sim device.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <cmocka.h>
 
+#include "err.h"
+#include "ferry.h"
 #include "staging/staging.h"
 
 #define MiB ((size_t)1 << 20)
@@ -55,12 +63,55 @@ static void count_capped(void **state)
     shape(3 * MiB, 100, MiB, 200, 3 * MiB / 2);                     /* 300 would: two each, 1.5 MiB */
 }
 
+/* Registers 1 MiB of sim:0 memory in a fresh engine (its first device
+ * memory: the pool is created) with FERRY_STAGING_AGGREGATE_BUFFERS=buffers;
+ * returns what registration returned. */
+static int register_with_buffers(const char *buffers)
+{
+    setenv("FERRY_STAGING_AGGREGATE", "1M", 1);
+    setenv("FERRY_STAGING_AGGREGATE_BUFFERS", buffers, 1);
+    struct ferry_config c;
+    ferry_engine *e = NULL;
+    ferry_config_init(&c);
+    assert_int_equal(ferry_engine_create(&c, &e), 0);
+    void *p = NULL;
+    assert_int_equal(ferry_mem_alloc(e, "sim:0", MiB, &p), 0);
+    int rc = ferry_register_memory(e, p, MiB, "sim:0", 1);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", ferry_last_error());
+    if (rc == 0)
+        assert_int_equal(ferry_unregister_memory(e, p), 0);
+    ferry_mem_free(e, "sim:0", p, MiB);
+    ferry_engine_destroy(e);
+    unsetenv("FERRY_STAGING_AGGREGATE");
+    unsetenv("FERRY_STAGING_AGGREGATE_BUFFERS");
+    if (rc)
+        ferry_fail(rc, "%s", msg);
+    return rc;
+}
+
+static void engine_pool_has_32_chunks(void **state)
+{
+    (void)state;
+    unsetenv("FERRY_STAGING_CHUNKS");
+    unsetenv("FERRY_STAGING_CHUNK_SIZE");
+    unsetenv("FERRY_SLICE_SIZE");
+    assert_int_equal(register_with_buffers("32"), 0);
+    assert_int_equal(register_with_buffers("33"), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "0..32"));
+    setenv("FERRY_SLICE_SIZE", "2M", 1);    /* chunks of one slice: not cut */
+    assert_int_equal(register_with_buffers("17"), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "0..16"));
+    unsetenv("FERRY_SLICE_SIZE");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(defaults_cut_in_two),
         cmocka_unit_test(kept_as_given),
         cmocka_unit_test(count_capped),
+        cmocka_unit_test(engine_pool_has_32_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
