@@ -127,7 +127,8 @@ static const struct knob knobs[] = {
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
-      "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
+      "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
+      "cut into slices; device memory: this x the chunk size)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_SPIN_US", "50",
       "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
