@@ -186,8 +186,10 @@ __device__ __forceinline__ void copy_range(char *d, const char *s, size_t len, u
  * when it has landed; then the CTA's threads store it to device memory.
  * The bet (issue 16 item 1, scatter): the SMs' 16-byte loads of mapped host
  * memory reach ~0.92 of the copy engine's H2D rate, and larger requests to
- * host memory may do better.  Needs 16-byte aligned addresses and a length
- * that is a multiple of 16; other tiles take copy_range. */
+ * host memory might do better.  Measured on 2 x H200: they do not (within
+ * +-0.01 at 4-64 KiB; 16 KiB tiles lose), so FERRY_CUDA_KERNEL_BULK is off.
+ * Needs 16-byte aligned addresses and a length that is a multiple of 16;
+ * other tiles take copy_range. */
 #define BULK_BUF 16384
 
 __device__ __forceinline__ unsigned int smem(const void *p)
