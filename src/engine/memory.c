@@ -125,9 +125,12 @@ static int ensure_pool(ferry_engine *e, const struct memreg_region *dev_region)
     }
     const struct ferry_device_ops *ops = region_device(dev_region);
     struct pool_entry *pe = &e->pools[atomic_load(&e->npools)];
-    size_t len;
-    rc = staging_pool_create(ops, dev_region->device_index, e->cfg.staging_chunk_size, e->cfg.staging_chunks,
-                             staging_send, e, &pe->pool, &pe->base, &len);
+    size_t len, chunk_size;
+    unsigned nchunks;
+    /* frames are at most a slice: the pool's pinned bytes in slice-sized chunks */
+    staging_pool_shape(e->cfg.staging_chunk_size, e->cfg.staging_chunks, e->cfg.slice_size, &chunk_size, &nchunks);
+    rc = staging_pool_create(ops, dev_region->device_index, chunk_size, nchunks, staging_send, e, &pe->pool,
+                             &pe->base, &len);
     if (rc)
         goto out;
     struct memreg_region r = {.addr = (uint64_t)(uintptr_t)pe->base, .len = len, .device_index = -1};
