@@ -622,7 +622,7 @@ static PyGetSetDef engine_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-/* engine_methods, memory_methods, transfer_methods (filled by engine_type_methods). */
+/* engine_methods, memory_methods, transfer_methods, batch_methods (filled by engine_type_methods). */
 static PyMethodDef all_methods[96];
 
 static PyMethodDef *engine_type_methods(void)
@@ -632,7 +632,9 @@ static PyMethodDef *engine_type_methods(void)
         all_methods[n++] = *m;
     for (PyMethodDef *m = memory_methods; m->ml_name; m++)
         all_methods[n++] = *m;
-    for (PyMethodDef *m = transfer_methods; m->ml_name && n + 1 < sizeof all_methods / sizeof all_methods[0]; m++)
+    for (PyMethodDef *m = transfer_methods; m->ml_name; m++)
+        all_methods[n++] = *m;
+    for (PyMethodDef *m = batch_methods; m->ml_name && n + 1 < sizeof all_methods / sizeof all_methods[0]; m++)
         all_methods[n++] = *m;
     return all_methods;
 }
