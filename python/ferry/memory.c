@@ -44,7 +44,7 @@ static int register_one(EngineObject *self, PyObject *buf, PyObject *length, PyO
         PyMem_Free(r);
         return -1;
     }
-    if (resolve_length(length, r, "length", &len))
+    if (resolve_length(length, r, "length", 0, &len))
         goto fail;
     if (loc && strcmp(loc, "*") == 0) /* the reference's wildcard: detect */
         loc = NULL;

@@ -128,9 +128,10 @@ void local_ref_release(struct local_ref *r);
 /* Converts an int-like to a non-negative address / length; `what` names the
  * argument in the error message.  Return 0 or -1 with an exception set. */
 int to_u64(PyObject *obj, const char *what, uint64_t *out);
-/* Length rules: None takes the buffer's size (if known); else 1..MAX_LENGTH and
- * at most the buffer's size. */
-int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, size_t *out);
+/* Length rules: None takes the buffer's size (if known); else 1..MAX_LENGTH
+ * (0 too with zero_ok: a transfer of nothing, whatever the address) and at
+ * most the buffer's size; a length needs an address that is not 0. */
+int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, int zero_ok, size_t *out);
 
 /* A batch's requests built from three Python sequences in one pass. */
 struct req_array {

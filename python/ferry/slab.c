@@ -318,7 +318,7 @@ size_t slab_check_requests(struct slab *s, const struct ferry_request *reqs, siz
     int locked = 0;
     for (size_t i = 0; i < n && !bad; i++) {
         uintptr_t a = (uintptr_t)reqs[i].source;
-        if (a < s->base || a >= s->base + s->size)
+        if (a < s->base || a >= s->base + s->size || !reqs[i].length) /* zero-length: touches nothing */
             continue;
         if (!locked) {
             pthread_mutex_lock(&s->lock);

@@ -95,7 +95,7 @@ static PyObject *sync_one(EngineObject *self, int opcode, PyObject *target, PyOb
     int has_note = 0;
     if (to_u64(peer, "peer_buffer_address", &peer_addr) || local_ref_get(buffer, opcode == FERRY_READ, &r))
         return NULL;
-    if (resolve_length(length, &r, "length", &q.length) || notify_get(notify, &note, &has_note)) {
+    if (resolve_length(length, &r, "length", 1, &q.length) || notify_get(notify, &note, &has_note)) {
         local_ref_release(&r);
         return NULL;
     }

@@ -364,7 +364,7 @@ def test_bad_types(engine, target):
 def test_bad_lengths(engine, target):
     src = local_buffer(engine, 8 * KIB, seed=1)
     seg, peer = target.segment, target.addr
-    for bad in (-1, 0, -(1 << 70)):
+    for bad in (-1, -(1 << 70)):  # (0 is a transfer of nothing: test_reference_calls.py)
         with pytest.raises(ValueError):
             engine.transfer_sync_write(seg, src.ctypes.data, peer, bad)
     with pytest.raises(ValueError, match="larger than any buffer"):

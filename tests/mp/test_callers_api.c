@@ -1,0 +1,143 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_callers_api.c — what callers of the reference engine (Mooncake's
+ * TransferEngine, through its C API and its Python binding) do and expect,
+ * on ferry's C API: zero-length requests complete (they move nothing and
+ * check no address), a segment's first buffer is the first one it registered.
+ *
+ * Targets are child processes (testutil.c) or a second engine in this
+ * process.  No case depends on timing.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#define TSIZE (1u << 20)
+#define SEED 23
+
+static ferry_engine *make_engine(void)
+{
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.request_timeout_ms = 60000;
+    cfg.connect_timeout_ms = 60000;
+    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
+    return e;
+}
+
+static char *registered(ferry_engine *e, size_t len, int remote)
+{
+    char *p = NULL;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", len, (void **)&p), 0);
+    assert_int_equal(ferry_register_memory(e, p, len, "cpu", remote), 0);
+    return p;
+}
+
+static void assert_completed(ferry_batch *b, size_t index, uint64_t transferred)
+{
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, index, &st), 0);
+    assert_int_equal(st.state, FERRY_COMPLETED);
+    assert_int_equal(st.error, 0);
+    assert_int_equal(st.transferred, transferred);
+}
+
+/* ------------------------------------------------------------ zero-length requests */
+
+/* The reference completes a zero-length request without touching or
+ * checking either address (tcp_transport.cpp startTransfer: "Zero-length
+ * requests are complete by definition"; rdma_transport.cpp
+ * submitTransferTask cuts it into no slice, so 0 of 0 slices are done).
+ * ferry refused the whole submit (FERRY_EINVAL "length is 0"). */
+static void zero_length_requests_complete(void **state)
+{
+    (void)state;
+    struct child_target t;
+    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
+    ferry_engine *e = make_engine();
+    char *local = registered(e, TSIZE, 0);
+    pattern_fill(local, 8192, SEED + 1, 0);
+    ferry_segment_t s;
+    assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
+
+    /* mixed with a real WRITE: one batch, every request completes */
+    struct ferry_request mixed[] = {
+        {FERRY_WRITE, local, s, t.addr, 0},                   /* valid addresses */
+        {FERRY_WRITE, local, s, t.addr, 8192},                /* moves 8 KiB */
+        {FERRY_READ, NULL, s, 0x10, 0},                       /* no address at all */
+        {FERRY_WRITE, local + TSIZE + 4096, s, UINT64_MAX, 0}, /* outside everything */
+    };
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(e, 4, &b), 0);
+    if (ferry_batch_submit(b, mixed, 4) != 0)
+        fail_msg("submit with zero-length requests: %s", ferry_last_error());
+    assert_int_equal(ferry_batch_wait(b, 60000), 0);
+    assert_completed(b, 0, 0);
+    assert_completed(b, 1, 8192);
+    assert_completed(b, 2, 0);
+    assert_completed(b, 3, 0);
+    ferry_batch_free(b);
+    assert_int_equal(child_target_check(&t, 0, 8192, SEED + 1), -1);
+    assert_int_equal(child_target_check(&t, 8192, TSIZE - 8192, SEED), -1); /* nothing else moved */
+
+    /* zero-length requests only, with a notification: it is delivered, as
+     * after any batch that completed */
+    assert_int_equal(ferry_batch_alloc(e, 2, &b), 0);
+    assert_int_equal(ferry_batch_set_notify(b, "empty", 5), 0);
+    struct ferry_request none[] = {{FERRY_WRITE, local, s, t.addr, 0}, {FERRY_READ, local, s, t.addr, 0}};
+    assert_int_equal(ferry_batch_submit(b, none, 2), 0);
+    assert_int_equal(ferry_batch_wait(b, 60000), 0);
+    assert_completed(b, 0, 0);
+    assert_completed(b, 1, 0);
+    ferry_batch_free(b);
+    char note[64];
+    assert_int_equal(child_target_notification(&t, note, sizeof note), 5);
+    assert_memory_equal(note, "empty", 5);
+
+    /* one freed right after its submit, with no wait (nothing comes back to end it) */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+        assert_int_equal(ferry_batch_submit(b, none, 1), 0);
+        ferry_batch_free(b);
+    }
+
+    /* what is still checked: the opcode, and the segment */
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    struct ferry_request bad = {7, local, s, t.addr, 0};
+    assert_int_equal(ferry_batch_submit(b, &bad, 1), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "opcode 7"));
+    bad = (struct ferry_request){FERRY_WRITE, local, s + 1000, t.addr, 0};
+    assert_int_equal(ferry_batch_submit(b, &bad, 1), FERRY_ENOSEG);
+    assert_non_null(strstr(ferry_last_error(), "request 0"));
+    bad = (struct ferry_request){FERRY_WRITE, NULL, s, t.addr, 4096}; /* NULL with a length: refused */
+    assert_int_equal(ferry_batch_submit(b, &bad, 1), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "source is NULL"));
+    assert_int_equal(ferry_batch_size(b), 0);
+    ferry_batch_free(b);
+
+    assert_int_equal(ferry_unregister_memory(e, local), 0);
+    ferry_mem_free(e, "cpu", local, TSIZE);
+    ferry_engine_destroy(e);
+    child_target_kill(&t);
+}
+
+/* ------------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(zero_length_requests_complete),
+    };
+    (void)argc, (void)argv;
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Call sequences of the reference binding's callers that ferry answered
+differently: zero-length transfers (no-ops that complete).
+
+What the reference (kvcache-ai/Mooncake) does is quoted with its file above
+each test."""
+import time
+
+import numpy as np
+import pytest
+
+import ferry
+import ferry.engine as fe
+from conftest import TARGET_SEED, Target
+from pattern import pattern
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@pytest.fixture
+def compat():
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def native():
+    e = ferry.NativeTransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    yield e
+    e.close()
+
+
+def registered(engine, size, seed=None):
+    buf = np.zeros(size, np.uint8) if seed is None else pattern(seed, 0, size)
+    assert engine.register_memory(buf.ctypes.data, buf.nbytes) == 0
+    return buf
+
+
+# ---------------------------------------------------------------- zero-length transfers
+
+# The reference: a zero-length request is complete by definition
+# (mooncake-transfer-engine/src/transport/tcp_transport/tcp_transport.cpp,
+# TcpTransport::startTransfer: "Zero-length requests are complete by
+# definition"; rdma_transport.cpp submitTransferTask cuts it into no slice),
+# and transfer_engine_py.cpp passes lengths through unchecked: transfer_sync_*
+# returns 0, a batch with zero lengths returns 0, an async one an id whose
+# status is completed.  Neither address is looked at.
+
+
+@pytest.mark.parametrize("make", ["compat", "native"])
+def test_zero_length_transfers_complete(make, request, target):
+    e = request.getfixturevalue(make)
+    src = registered(e, 64 * KIB, seed=41)
+    addr = src.ctypes.data
+    seg = target.segment
+    assert e.transfer_sync_write(seg, addr, target.addr, 0) == 0
+    assert e.transfer_sync_read(seg, addr, target.addr, 0) == 0
+    assert e.transfer_sync(seg, addr, target.addr, 0, fe.TransferOpcode.Write) == 0
+    # no address is checked: NULL, unregistered, outside the peer's buffers
+    assert e.transfer_sync_write(seg, 0, 0, 0) == 0
+    assert e.transfer_sync_read(seg, np.zeros(16, np.uint8).ctypes.data, target.addr + target.size + 4096, 0) == 0
+    # in a batch, next to a real request: that one moves, the others complete
+    assert e.batch_transfer_sync_write(seg, [addr, addr + 4 * KIB, 0], [target.addr, target.addr + 4 * KIB, 0],
+                                       [0, 8 * KIB, 0]) == 0
+    assert target.cmd("check %d %d 41" % (4 * KIB, 8 * KIB)) == "OK"                 # moved
+    assert target.cmd("check 0 %d %d" % (4 * KIB, TARGET_SEED)) == "OK"              # nothing moved here
+    assert target.cmd("check %d %d %d" % (12 * KIB, 4 * KIB, TARGET_SEED)) == "OK"
+    assert e.batch_transfer_sync_read(seg, [addr], [target.addr], 0) == 0                  # one int for all
+    bid = e.batch_transfer_async_write(seg, [addr, addr], [target.addr, target.addr], [0, 0])
+    assert bid != 0
+    deadline = time.monotonic() + 60
+    while (rc := e.transfer_check_status(bid)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert rc == 1
+    bid = e.transfer_submit_write(seg, addr, target.addr, 0)
+    assert bid != 0 and e.get_batch_transfer_status([bid]) == 0
+    target.cmd("fill 0 %d %d" % (target.size, TARGET_SEED))
+
+
+def test_zero_length_from_a_freed_managed_buffer_completes(compat, target):
+    """A transfer of nothing from a freed managed buffer touches nothing: no error."""
+    buf = compat.allocate_managed_buffer(4096)
+    assert buf and compat.free_managed_buffer(buf, 4096) == 0
+    assert compat.transfer_sync_write(target.segment, buf, target.addr, 0) == 0
+    assert compat.transfer_sync_write(target.segment, buf, target.addr, 16) == ferry.FERRY_ENOTREG  # still checked
+
+
+def test_zero_length_keeps_the_other_checks(native, target):
+    src = registered(native, 4096)
+    with pytest.raises(ferry.FerryError) as ei:           # the segment is still opened
+        native.transfer_sync_write("127.0.0.1:1", src.ctypes.data, target.addr, 0)
+    assert ei.value.code == ferry.FERRY_ENOSEG
+    with pytest.raises(ValueError, match="NULL"):         # NULL with a length
+        native.transfer_sync_write(target.segment, 0, target.addr, 16)
+    with pytest.raises(ValueError, match="NULL"):
+        native.batch_transfer_sync_write(target.segment, [0], [target.addr], [16])
+    with pytest.raises(ValueError, match="positive"):     # registering nothing is an error
+        native.register_memory(src.ctypes.data, 0)
+    with pytest.raises(ValueError, match="NULL"):
+        native.register_memory(0, 4096)
+
