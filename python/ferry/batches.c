@@ -8,11 +8,21 @@
  * struct pybatch) together with the buffer views and tensors they use,
  * until one of these calls collects them.  Threads: the table is touched
  * with the GIL held; waits release it.
+ *
+ * A batch transfer_check_status saw end (1, -1, or -2: timed out) is freed
+ * at once, and its result kept in self->ended: the reference returns -2
+ * again for a timed-out batch (it does not free it, transfer_engine_py.cpp
+ * transferCheckStatus), so callers poll it again; ferry answers the same for
+ * every later call, until get_batch_transfer_status or free_batch collects
+ * the id.  Only the most recent ENDED_MAX results are kept: an id nobody
+ * collects costs a bounded few bytes, never a batch or its buffers.
  */
 #include "pyferry.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#define ENDED_MAX 4096
 
 /* ---------------------------------------------------------------- batch table */
 
@@ -47,6 +57,43 @@ struct pybatch *batch_find(EngineObject *self, PyObject *id, int pop)
     return b;
 }
 
+/* Remembers the result (1, -1, -2) and code of a batch transfer_check_status
+ * collected; the oldest result goes when ENDED_MAX are kept.  0 or -1. */
+static int ended_remember(EngineObject *self, PyObject *id, int result, int code)
+{
+    if (PyDict_Size(self->ended) >= ENDED_MAX) {
+        Py_ssize_t pos = 0;
+        PyObject *oldest, *v;
+        if (PyDict_Next(self->ended, &pos, &oldest, &v)) {
+            Py_INCREF(oldest);
+            int bad = PyDict_DelItem(self->ended, oldest);
+            Py_DECREF(oldest);
+            if (bad)
+                return -1;
+        }
+    }
+    PyObject *v = Py_BuildValue("(ii)", result, code);
+    int bad = !v || PyDict_SetItem(self->ended, id, v);
+    Py_XDECREF(v);
+    return bad ? -1 : 0;
+}
+
+/* Looks id up among the remembered results: 1 found (*result, *code set;
+ * pop forgets it), 0 not there, -1 error set. */
+static int ended_find(EngineObject *self, PyObject *id, int pop, int *result, int *code)
+{
+    if (!PyLong_Check(id))
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(self->ended, id);
+    if (!v)
+        return PyErr_Occurred() ? -1 : 0;
+    *result = (int)PyLong_AsLong(PyTuple_GET_ITEM(v, 0));
+    *code = (int)PyLong_AsLong(PyTuple_GET_ITEM(v, 1));
+    if (pop && PyDict_DelItem(self->ended, id))
+        return -1;
+    return 1;
+}
+
 struct pybatch **batches_detach(EngineObject *self, size_t *count)
 {
     *count = 0;
@@ -60,6 +107,7 @@ struct pybatch **batches_detach(EngineObject *self, size_t *count)
     while (PyDict_Next(self->batches, &pos, &key, &cap))
         out[(*count)++] = PyCapsule_GetPointer(cap, "ferry.batch");
     PyDict_Clear(self->batches);
+    PyDict_Clear(self->ended);
     return out;
 }
 
@@ -109,20 +157,43 @@ static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
     }
     if (engine_enter(self))
         goto out;
-    for (Py_ssize_t i = 0; i < n; i++) /* validate every id before collecting any */
-        if (!batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 0)) {
-            engine_leave(self);
-            goto out;
+    for (Py_ssize_t i = 0; i < n; i++) { /* validate every id before collecting any */
+        PyObject *id = PySequence_Fast_GET_ITEM(seq, i);
+        if (batch_find(self, id, 0))
+            continue;
+        PyObject *t, *v, *tb;
+        int result, code, ended;
+        PyErr_Fetch(&t, &v, &tb);
+        if ((ended = ended_find(self, id, 0, &result, &code)) == 1) { /* transfer_check_status saw it end */
+            Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
+            continue;
         }
-    Py_ssize_t got = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct pybatch *b = batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 1);
-        if (b)
-            bs[got++] = b;
+        if (ended == 0)
+            PyErr_Restore(t, v, tb);
         else
-            PyErr_Clear(); /* the same id twice */
+            Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
+        engine_leave(self);
+        goto out;
     }
+    Py_ssize_t got = 0;
     struct outcome o = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *id = PySequence_Fast_GET_ITEM(seq, i);
+        struct pybatch *b = batch_find(self, id, 1);
+        int result, code;
+        if (b) {
+            bs[got++] = b;
+            continue;
+        }
+        PyErr_Clear(); /* an ended one, or the same id twice */
+        if (ended_find(self, id, 1, &result, &code) == 1 && code && !o.rc) {
+            o.rc = code;
+            o.stage = STAGE_WAIT;
+            snprintf(o.why, sizeof o.why, "batch %llu ended earlier (transfer_check_status %d): %s",
+                     PyLong_AsUnsignedLongLong(id), result, ferry_strerror(code));
+        }
+        PyErr_Clear();
+    }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < got; i++) {
         int rc = ferry_batch_wait(bs[i]->batch, -1);
@@ -204,14 +275,29 @@ static PyObject *T_batch_status(EngineObject *self, PyObject *id)
     return list;
 }
 
-/* The reference's poll: 1 completed, 0 running, -1 failed, -2 timed out; a
- * batch that ended (1, -1, -2) is collected. */
+/* The reference's poll: 1 completed, 0 running, -1 failed, -2 timed out.
+ * A batch that ended is collected and its result kept (self->ended): later
+ * calls return it again, as the reference's do for a timed-out batch. */
 static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
 {
     if (engine_enter(self))
         return NULL;
     struct pybatch *b = batch_find(self, id, 0);
     if (!b) {
+        PyObject *t, *v, *tb;
+        int result, code, ended;
+        PyErr_Fetch(&t, &v, &tb);
+        if ((ended = ended_find(self, id, 0, &result, &code)) == 1) {
+            Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
+            engine_leave(self);
+            if (code)
+                note_failure(code, "the batch ended earlier (transfer_check_status said so before)");
+            return PyLong_FromLong(result);
+        }
+        if (ended == 0)
+            PyErr_Restore(t, v, tb);
+        else
+            Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
         engine_leave(self);
         return NULL;
     }
@@ -223,7 +309,7 @@ static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
         failed |= st.state == FERRY_FAILED;
         timeout |= st.state == FERRY_TIMEOUT;
     }
-    int result = 0;
+    int result = 0, code = 0;
     if (!pending) { /* every request ended; a notification may still be on its way */
         int rc = ferry_batch_wait(b->batch, 0);
         if (failed || timeout)
@@ -234,6 +320,11 @@ static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
             result = -1;
         if (result && rc)
             note_failure(rc, NULL);
+        code = result == 1 ? 0 : rc;
+    }
+    if (result && ended_remember(self, id, result, code)) {
+        engine_leave(self);
+        return NULL;
     }
     if (result && (b = batch_find(self, id, 1)) != NULL)
         pybatch_collect(b);
@@ -260,6 +351,13 @@ static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssiz
     if (engine_enter(self))
         return NULL;
     struct pybatch *b = batch_find(self, a[0], 0);
+    int result, code;
+    if (!b && PyErr_ExceptionMatches(PyExc_ValueError) && ended_find(self, a[0], 0, &result, &code) == 1) {
+        PyErr_Clear(); /* transfer_check_status saw it end: its outcome */
+        engine_leave(self);
+        struct outcome o = {code, STAGE_WAIT, "the batch ended earlier (transfer_check_status)"};
+        return outcome_result(&o);
+    }
     if (!b) {
         engine_leave(self);
         return NULL;
@@ -287,10 +385,13 @@ static PyObject *T_free_batch(EngineObject *self, PyObject *id)
     if (engine_enter(self))
         return NULL;
     struct pybatch *b = batch_find(self, id, 1);
+    int result, code, ended = 0;
     if (b)
         pybatch_collect(b);
+    else if (PyErr_ExceptionMatches(PyExc_ValueError) && (ended = ended_find(self, id, 1, &result, &code)) == 1)
+        PyErr_Clear(); /* an ended batch's kept result: forgotten */
     engine_leave(self);
-    if (!b)
+    if (!b && ended != 1)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -317,7 +418,9 @@ PyMethodDef batch_methods[] = {
       "for an unknown id (nothing is collected then)."),
     M("transfer_check_status", compat_T_transfer_check_status, METH_O,
       "transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out.\n"
-      "Non-blocking; a batch that ended is collected."),
+      "Non-blocking.  A batch that ended is freed; later calls return the same result (as the\n"
+      "reference does for a timed-out batch) until get_batch_transfer_status([id]) or\n"
+      "free_batch(id) takes the id (the newest 4096 such results are kept)."),
     M("batch_status", T_batch_status, METH_O,
       "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
       "per request, in submit order; non-blocking; the batch stays."),

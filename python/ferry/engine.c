@@ -44,11 +44,12 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     pthread_mutex_init(&self->slab_lock, NULL);
     self->segments = PyDict_New();
     self->batches = PyDict_New();
+    self->ended = PyDict_New();
     self->regs = PyDict_New();
     self->stream_batches = PyList_New(0);
     self->next_batch_id = 1;
     self->managed_pool_size = DEFAULT_MANAGED_POOL;
-    if (!self->segments || !self->batches || !self->regs || !self->stream_batches) {
+    if (!self->segments || !self->batches || !self->ended || !self->regs || !self->stream_batches) {
         Py_DECREF(self);
         return NULL;
     }
@@ -118,6 +119,7 @@ static void Engine_dealloc(EngineObject *self)
     }
     Py_CLEAR(self->segments);
     Py_CLEAR(self->batches);
+    Py_CLEAR(self->ended);
     Py_CLEAR(self->regs);
     Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);

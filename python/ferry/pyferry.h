@@ -35,6 +35,8 @@ typedef struct {
     pthread_rwlock_t life;
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
+    PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status
+                                 * collected, the newest ENDED_MAX (batches.c) */
     PyObject *regs;             /* dict: address (int) -> capsule(struct local_ref), objects kept alive */
     PyObject *stream_batches;   /* list: ids (in batches) of stream-ordered batches, freed once ended */
     uint64_t next_batch_id;

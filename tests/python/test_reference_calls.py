@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Call sequences of the reference binding's callers that ferry answered
-differently: zero-length transfers (no-ops that complete).
+differently: zero-length transfers (no-ops that complete), and polling a
+batch again after transfer_check_status said -2 (timed out).
 
 What the reference (kvcache-ai/Mooncake) does is quoted with its file above
 each test."""
@@ -103,3 +104,83 @@ def test_zero_length_keeps_the_other_checks(native, target):
     with pytest.raises(ValueError, match="NULL"):
         native.register_memory(0, 4096)
 
+
+# ---------------------------------------------------------------- polling after a timeout
+
+# The reference (mooncake-integration/transfer_engine/transfer_engine_py.cpp,
+# TransferEnginePy::transferCheckStatus): COMPLETED -> freeBatchID, 1; FAILED
+# -> freeBatchID, -1; TIMEOUT -> -2 *without* freeing the batch, so the next
+# call polls the same batch and answers -2 again (or 1 / -1 once it ended);
+# getBatchTransferStatus on it reports FAILED (a TIMEOUT task counts as
+# failed, multi_transport.cpp getBatchTransferStatus), returns -1 and frees
+# it.  ferry's TIMEOUT is final (the request ended at its deadline), so the
+# batch is freed at once and -2 is the answer for every later poll, until
+# get_batch_transfer_status or free_batch takes the id.
+
+
+def poll_until_ended(engine, bid, deadline_s=60):
+    deadline = time.monotonic() + deadline_s
+    while (rc := engine.transfer_check_status(bid)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return rc
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_check_status_after_a_timeout_says_so_again(strict, fresh_target):
+    e = fe.TransferEngine(strict=strict)
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", request_timeout_ms=300, connect_timeout_ms=300) == 0
+    src = registered(e, 64 * KIB, seed=3)
+    assert e.transfer_sync_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096) == 0  # connected
+    fresh_target.stop()
+    try:
+        bid = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
+        assert bid != 0
+        assert poll_until_ended(e, bid) == -2
+        assert ferry.last_error()[1] == "FERRY_ETIMEDOUT"
+        for _ in range(3):                      # every later poll: -2 again (was: unknown id)
+            assert e.transfer_check_status(bid) == -2
+        assert bid not in e.pending_batches()   # the batch itself is freed already
+        assert e.wait_batch(bid) == ferry.FERRY_ETIMEDOUT
+        assert e.get_batch_transfer_status([bid]) == ferry.FERRY_ETIMEDOUT   # takes the id
+        assert "transfer_check_status" in ferry.last_error()[2]
+        # taken: now unknown (native: raises; compat: the negative code)
+        if strict:
+            with pytest.raises(ValueError, match="unknown batch id"):
+                e.transfer_check_status(bid)
+        else:
+            assert e.transfer_check_status(bid) == ferry.FERRY_EINVAL
+
+        # free_batch takes a kept result too; a list mixing both kinds works
+        bid = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
+        assert poll_until_ended(e, bid) == -2
+        assert e.free_batch(bid) is None
+        assert bid not in e.pending_batches()
+        a = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
+        b = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
+        assert poll_until_ended(e, a) == -2
+        assert e.get_batch_transfer_status([a, b]) == ferry.FERRY_ETIMEDOUT
+        assert e.pending_batches() == []
+    finally:
+        fresh_target.cont()
+        e.close()
+
+
+def test_check_status_after_completion_says_so_again(compat, target):
+    src = registered(compat, 64 * KIB, seed=5)
+    bid = compat.transfer_submit_write(target.segment, src.ctypes.data, target.addr, 4096)
+    assert poll_until_ended(compat, bid) == 1
+    assert compat.transfer_check_status(bid) == 1
+    assert compat.get_batch_transfer_status([bid]) == 0
+    target.cmd("fill 0 %d %d" % (4096, TARGET_SEED))
+
+
+def test_kept_results_are_bounded(compat, target):
+    """Ids nobody collects after their last poll cost at most 4096 kept results."""
+    src = registered(compat, 4096, seed=5)
+    first = None
+    for _ in range(4100):
+        bid = compat.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [0])
+        assert poll_until_ended(compat, bid) == 1
+        first = first or bid
+    assert compat.transfer_check_status(bid) == 1
+    assert compat.transfer_check_status(first) == ferry.FERRY_EINVAL   # the oldest went
