@@ -21,7 +21,16 @@
 
 int engine_enter(EngineObject *self)
 {
-    pthread_rwlock_rdlock(&self->life);
+    /* close() holds the write side while it destroys the engine (which may
+     * wait on a metadata store or a peer): wait for it without the GIL, so
+     * the interpreter's other threads run meanwhile.  Nobody waits for the
+     * write side with the GIL held, so holding the read side while taking
+     * the GIL back cannot deadlock. */
+    if (pthread_rwlock_tryrdlock(&self->life) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_rwlock_rdlock(&self->life);
+        Py_END_ALLOW_THREADS
+    }
     if (self->engine)
         return 0;
     pthread_rwlock_unlock(&self->life);
@@ -285,9 +294,11 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         note_failure(rc, why);
         return PyLong_FromLong(rc);
     }
-    pthread_rwlock_wrlock(&self->life); /* uncontended: nothing can use a NULL engine */
+    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
+    pthread_rwlock_wrlock(&self->life);
     self->engine = e;
     pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
     return PyLong_FromLong(0);
 }
 
@@ -375,7 +386,10 @@ static PyObject *segment_buffers(EngineObject *self, PyObject *name, int first_o
             engine_leave(self);
             return PyErr_NoMemory();
         }
-        rc = ferry_segment_buffers(self->engine, seg, info, cap, &count);
+        ferry_engine *e = self->engine;
+        Py_BEGIN_ALLOW_THREADS /* takes the engine's segment and registry locks */
+        rc = ferry_segment_buffers(e, seg, info, cap, &count);
+        Py_END_ALLOW_THREADS
         if (rc || count <= cap || first_only)
             break;
         cap = count;
