@@ -293,7 +293,10 @@ struct ferry_buffer_info {
 };
 
 /* Copies up to max entries of the segment's published buffers into out and
- * stores the total number in *count.  Returns 0 or FERRY_ENOSEG. */
+ * stores the total number in *count.  They come in the order the segment
+ * registered them (the first is the reference engine's
+ * get_first_buffer_address); an unregistered buffer leaves the list.
+ * Returns 0 or FERRY_ENOSEG. */
 FERRY_API int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
                           struct ferry_buffer_info *out, size_t max, size_t *count);
 

@@ -3,7 +3,8 @@
  * test_callers_api.c — what callers of the reference engine (Mooncake's
  * TransferEngine, through its C API and its Python binding) do and expect,
  * on ferry's C API: zero-length requests complete (they move nothing and
- * check no address), a segment's first buffer is the first one it registered.
+ * check no address), a segment lists its buffers in the order it registered
+ * them (the first is get_first_buffer_address's).
  *
  * Targets are child processes (testutil.c) or a second engine in this
  * process.  No case depends on timing.
@@ -130,12 +131,88 @@ static void zero_length_requests_complete(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ a segment's first buffer */
+
+static void assert_buffers(ferry_engine *e, ferry_segment_t s, const char *want, size_t n, const uint64_t *addrs)
+{
+    struct ferry_buffer_info info[8];
+    size_t count = 0;
+    assert_int_equal(ferry_segment_buffers(e, s, info, 8, &count), 0);
+    if (count != n)
+        fail_msg("%s: %zu buffers, expected %zu", want, count, n);
+    for (size_t i = 0; i < n; i++)
+        if (info[i].addr != addrs[i])
+            fail_msg("%s: buffer %zu is 0x%llx, expected 0x%llx", want, i, (unsigned long long)info[i].addr,
+                     (unsigned long long)addrs[i]);
+}
+
+static ferry_segment_t reopen(ferry_engine *e, ferry_segment_t s, const char *name)
+{
+    if (s)
+        assert_int_equal(ferry_close_segment(e, s), 0);
+    assert_int_equal(ferry_open_segment(e, name, &s), 0);
+    return s;
+}
+
+/* The reference's get_first_buffer_address returns buffers[0] of the
+ * segment's descriptor (transfer_engine_py.cpp getFirstBufferAddress), a
+ * list in registration order (transfer_metadata.cpp addLocalMemoryBuffer
+ * push_back, removeLocalMemoryBuffer erase).  ferry listed the buffers by
+ * address: its first was the lowest. */
+static void buffers_in_registration_order(void **state)
+{
+    (void)state;
+    ferry_engine *owner = make_engine(), *peer = make_engine();
+    char *mem = NULL;
+    assert_int_equal(ferry_mem_alloc(owner, "cpu", 4 * 4096, (void **)&mem), 0);
+    uint64_t lo = (uintptr_t)mem, mid = lo + 4096, hi = lo + 2 * 4096, top = lo + 3 * 4096;
+    assert_int_equal(ferry_register_memory(owner, (void *)(uintptr_t)hi, 4096, "cpu", 1), 0);
+    assert_int_equal(ferry_register_memory(owner, (void *)(uintptr_t)mid, 4096, "cpu", 0), 0); /* not published */
+    assert_int_equal(ferry_register_memory(owner, (void *)(uintptr_t)lo, 4096, "cpu", 1), 0);
+    assert_int_equal(ferry_register_memory(owner, (void *)(uintptr_t)top, 4096, "cpu", 1), 0);
+    const char *name = ferry_engine_segment_name(owner);
+    ferry_segment_t own = reopen(owner, 0, name), remote = reopen(peer, 0, name);
+    assert_buffers(owner, own, "own", 3, (uint64_t[]){hi, lo, top});
+    assert_buffers(peer, remote, "remote", 3, (uint64_t[]){hi, lo, top});
+
+    /* the first one goes: the next registered is first; registered again: last */
+    assert_int_equal(ferry_unregister_memory(owner, (void *)(uintptr_t)hi), 0);
+    remote = reopen(peer, remote, name);
+    assert_buffers(owner, own, "own after unregister", 2, (uint64_t[]){lo, top});
+    assert_buffers(peer, remote, "remote after unregister", 2, (uint64_t[]){lo, top});
+    assert_int_equal(ferry_register_memory(owner, (void *)(uintptr_t)hi, 4096, "cpu", 1), 0);
+    remote = reopen(peer, remote, name);
+    assert_buffers(owner, own, "own registered again", 3, (uint64_t[]){lo, top, hi});
+    assert_buffers(peer, remote, "remote registered again", 3, (uint64_t[]){lo, top, hi});
+
+    /* transfers still find each buffer (the peer's lookup is by address) */
+    char *src = registered(peer, 4096, 0);
+    pattern_fill(src, 4096, SEED, 0);
+    ferry_batch *b;
+    struct ferry_request w[] = {{FERRY_WRITE, src, remote, hi, 4096}, {FERRY_WRITE, src, remote, lo, 4096}};
+    assert_int_equal(ferry_batch_alloc(peer, 2, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, w, 2), 0);
+    assert_int_equal(ferry_batch_wait(b, 60000), 0);
+    ferry_batch_free(b);
+    assert_int_equal(pattern_check((void *)(uintptr_t)hi, 4096, SEED, 0), -1);
+    assert_int_equal(pattern_check((void *)(uintptr_t)lo, 4096, SEED, 0), -1);
+
+    assert_int_equal(ferry_unregister_memory(peer, src), 0);
+    ferry_mem_free(peer, "cpu", src, 4096);
+    ferry_engine_destroy(peer);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(ferry_unregister_memory(owner, mem + i * 4096), 0);
+    ferry_mem_free(owner, "cpu", mem, 4 * 4096);
+    ferry_engine_destroy(owner);
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(zero_length_requests_complete),
+        cmocka_unit_test(buffers_in_registration_order),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);

@@ -184,3 +184,33 @@ def test_kept_results_are_bounded(compat, target):
         first = first or bid
     assert compat.transfer_check_status(bid) == 1
     assert compat.transfer_check_status(first) == ferry.FERRY_EINVAL   # the oldest went
+
+
+# ---------------------------------------------------------------- get_first_buffer_address
+
+# The reference (transfer_engine_py.cpp getFirstBufferAddress): buffers[0]
+# of the segment's descriptor, whose list is in registration order
+# (transfer_metadata.cpp: addLocalMemoryBuffer push_back,
+# removeLocalMemoryBuffer erase).  ferry returned the lowest address.
+
+
+def test_first_buffer_address_is_the_first_registered(compat):
+    peer = fe.TransferEngine()
+    assert peer.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    try:
+        mem = np.zeros(4 * 4096, np.uint8)
+        lo, hi, top = (mem.ctypes.data + k * 4096 for k in (0, 2, 3))
+        for a in (hi, lo, top):                              # hi first, not the lowest
+            assert compat.register_memory(a, 4096) == 0
+        own = compat.segment_name
+        assert compat.get_first_buffer_address(own) == hi
+        assert peer.get_first_buffer_address(own) == hi
+        assert [b[0] for b in peer.get_segment_buffers(own)] == [hi, lo, top]
+        assert compat.unregister_memory(hi) == 0
+        assert compat.get_first_buffer_address(own) == lo  # the next one registered
+        # a managed buffer (the pool, registered now) comes after them
+        managed = compat.allocate_managed_buffer(4096)
+        assert managed and compat.get_first_buffer_address(own) == lo
+        assert [b[0] for b in compat.get_segment_buffers(own)][:2] == [lo, top]
+    finally:
+        peer.close()
