@@ -328,8 +328,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    if (!*e->segment_name)
-        snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
+    if (!*e->segment_name) /* [v6]:port for an IPv6 host, as the reference names it */
+        net_format_hostport(e->segment_name, sizeof e->segment_name, e->listen_host, e->handshake_port);
     if (port && port != e->handshake_port)
         LOG_WARN("handshake port %d is taken; listening on %d instead", port, e->handshake_port);
     struct transport_host host = {

@@ -86,6 +86,11 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
 {
     char *json = NULL;
     size_t len = 0;
+    char host[128];
+    int port;
+    /* a listener's name: say what is wrong with it ("::1:8080" is ambiguous) */
+    if ((e->meta->caps & META_NAMED_BY_LISTENER) && net_split_hostport(name, host, sizeof host, &port) != 0)
+        return ferry_fail(FERRY_ENOSEG, "segment name: %s", ferry_last_error());
     int rc = e->meta->lookup(e->meta_state, name, &json, &len);
     if (rc)
         return rc;
