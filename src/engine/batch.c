@@ -322,10 +322,10 @@ static int begin_locals(ferry_engine *e, const struct ferry_request *reqs, size_
                         struct memreg_access *accs, size_t *begun)
 {
     *begun = 0;
-    struct memreg_want *w = malloc(n * sizeof *w);
-    size_t *index = malloc(n * sizeof *index); /* w's entry -> request */
+    struct memreg_want *w = malloc(n * (sizeof *w + sizeof(size_t))); /* one allocation, as before */
+    size_t *index = w ? (size_t *)(w + n) : NULL; /* w's entry -> request */
     size_t nw = 0;
-    int rc = w && index ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
+    int rc = w ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
     for (size_t i = 0; !rc && i < n; i++) {
         rc = check_request(i, &reqs[i]);
         if (rc || !reqs[i].length) {
@@ -341,7 +341,6 @@ static int begin_locals(ferry_engine *e, const struct ferry_request *reqs, size_
                         reqs[bad].source, reqs[bad].length);
     }
     free(w);
-    free(index);
     return rc;
 }
 
