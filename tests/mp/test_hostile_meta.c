@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_hostile_meta.c — a metadata store or handshake peer that attacks:
+ * a Redis server that drips, floods, answers with the wrong RESP type or
+ * never answers; an etcd or HTTP store whose reply is chunked forever, lies
+ * in Content-Length or is far too long; a p2p handshake peer that sends
+ * garbage or stalls mid-message.  Every lookup must end in a named FERRY_E*
+ * code with a message, within its timeout (checked with a generous margin:
+ * the attacks would otherwise last far longer) and with bounded memory.
+ *
+ * Threads: one fake server thread per test (fake_start / fake_stop), serving
+ * one connection at a time with the test's attack; the test's thread calls
+ * the backend's ops table directly.  Each fake writes by hand what an
+ * attacker would: it is an attacker, not a stand-in for a real server.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "err.h"
+#include "ferry.h"
+#include "meta/meta.h"
+#include "meta/p2p.h"
+#include "net.h"
+
+#define TIMEOUT_MS 1000u
+/* A call bounded by TIMEOUT_MS must end well within this (a loaded machine);
+ * each attack below would last far longer if it were not bounded. */
+#define BOUND_S 8.0
+#define ATTACK_S 30.0
+
+/* ------------------------------------------------------------ fake server */
+
+struct fake;
+typedef void (*serve_fn)(struct fake *f, int fd);
+
+struct fake {
+    int lfd, port;
+    pthread_t thread;
+    serve_fn serve;
+    atomic_bool stop;
+    atomic_ullong sent;      /* attack bytes the client took */
+    atomic_int connections;
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0 && errno == EINTR)
+        ;
+}
+
+static void *fake_main(void *arg)
+{
+    struct fake *f = arg;
+    while (!atomic_load(&f->stop)) {
+        struct pollfd p = {f->lfd, POLLIN, 0};
+        if (poll(&p, 1, 50) != 1)
+            continue;
+        int fd = accept(f->lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        atomic_fetch_add(&f->connections, 1);
+        f->serve(f, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void fake_start(struct fake *f, serve_fn serve)
+{
+    memset(f, 0, sizeof *f);
+    f->serve = serve;
+    f->lfd = net_listen("127.0.0.1", 0, &f->port);
+    assert_true(f->lfd >= 0);
+    assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(struct fake *f)
+{
+    atomic_store(&f->stop, true);
+    pthread_join(f->thread, NULL);
+    close(f->lfd);
+}
+
+/* Sends all of s (MSG_NOSIGNAL); false once the client is gone. */
+static bool send_all(struct fake *f, int fd, const void *s, size_t n)
+{
+    const char *p = s;
+    while (n) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        atomic_fetch_add(&f->sent, (unsigned long long)k);
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+static bool send_str(struct fake *f, int fd, const char *s)
+{
+    return send_all(f, fd, s, strlen(s));
+}
+
+/* Waits until the client closes (or the test stops the fake). */
+static void hold_until_closed(struct fake *f, int fd)
+{
+    char sink[4096];
+    while (!atomic_load(&f->stop)) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 50) == 1 && recv(fd, sink, sizeof sink, 0) <= 0)
+            return;
+    }
+}
+
+/* Drips s one byte every 20 ms for up to ATTACK_S; false once the client is gone. */
+static bool drip(struct fake *f, int fd, const char *s, size_t n)
+{
+    double end = now_s() + ATTACK_S;
+    for (size_t i = 0; now_s() < end && !atomic_load(&f->stop); i++) {
+        if (!send_all(f, fd, &s[i % n], 1))
+            return false;
+        sleep_ms(20);
+    }
+    return true;
+}
+
+/* Streams filler as fast as the client takes it, up to `most` bytes. */
+static void flood(struct fake *f, int fd, char c, unsigned long long most)
+{
+    static char block[65536];
+    memset(block, c, sizeof block);
+    while (!atomic_load(&f->stop) && atomic_load(&f->sent) < most)
+        if (!send_all(f, fd, block, sizeof block))
+            return;
+    hold_until_closed(f, fd);
+}
+
+/* ------------------------------------------------------------ Redis */
+
+#ifdef FERRY_HAVE_REDIS
+
+/* Reads one RESP command (an array of bulk strings) and returns its first
+ * word ("PING", "GET" ...) in cmd; false when the client is gone. */
+static bool read_command(int fd, char *cmd, size_t cap)
+{
+    char buf[8192];
+    size_t have = 0;
+    for (;;) {
+        /* complete when every announced bulk string is in */
+        if (have > 1 && buf[0] == '*') {
+            char *p = buf + 1, *end = buf + have;
+            long n = strtol(p, &p, 10), i = 0;
+            if (p + 2 <= end)
+                p += 2;
+            cmd[0] = '\0';
+            for (; i < n && p < end && *p == '$'; i++) {
+                long len = strtol(p + 1, &p, 10);
+                if (p + 2 + len + 2 > end)
+                    break;
+                if (i == 0)
+                    snprintf(cmd, cap, "%.*s", (int)len, p + 2);
+                p += 2 + len + 2;
+            }
+            if (i == n)
+                return true;
+        }
+        if (have == sizeof buf)
+            return false;
+        ssize_t k = recv(fd, buf + have, sizeof buf - have, 0);
+        if (k <= 0)
+            return false;
+        have += (size_t)k;
+    }
+}
+
+static const char *redis_get_attack;        /* what GET is answered with */
+static void (*redis_get_tail)(struct fake *f, int fd);   /* then this, if set */
+
+static void serve_redis(struct fake *f, int fd)
+{
+    char cmd[32];
+    while (read_command(fd, cmd, sizeof cmd)) {
+        if (strcmp(cmd, "GET") != 0) {
+            if (!send_str(f, fd, strcmp(cmd, "DEL") == 0 ? ":1\r\n" : strcmp(cmd, "PING") == 0 ? "+PONG\r\n"
+                                                                                                 : "+OK\r\n"))
+                return;
+            continue;
+        }
+        if (redis_get_attack && !send_str(f, fd, redis_get_attack))
+            return;
+        if (redis_get_tail)
+            redis_get_tail(f, fd);
+        return;
+    }
+}
+
+static void drip_bulk(struct fake *f, int fd)
+{
+    drip(f, fd, "{\"a\":1}", 7);
+    hold_until_closed(f, fd);
+}
+
+static void flood_bulk(struct fake *f, int fd)
+{
+    flood(f, fd, 'x', 512ull << 20);
+}
+
+static void say_nothing(struct fake *f, int fd)
+{
+    hold_until_closed(f, fd);
+}
+
+/* Creates a Redis backend against the fake, runs one lookup of "victim" and
+ * returns its code; *took its seconds. */
+static int redis_lookup_once(const char *get_reply, void (*tail)(struct fake *, int), struct fake *f, double *took)
+{
+    redis_get_attack = get_reply;
+    redis_get_tail = tail;
+    fake_start(f, serve_redis);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f->port);
+    void *m = NULL;
+    assert_int_equal(ferry_meta_redis.create(url, "ferry-test/", 60, TIMEOUT_MS, &m), 0);
+    char *json = NULL;
+    size_t len = 0;
+    double t0 = now_s();
+    int rc = ferry_meta_redis.lookup(m, "victim", &json, &len);
+    *took = now_s() - t0;
+    print_message("  %s after %.2f s: %s\n", ferry_err_name(rc), *took, rc ? ferry_last_error() : "");
+    free(json);
+    ferry_meta_redis.destroy(m);
+    fake_stop(f);
+    return rc;
+}
+
+/* A reply dripped one byte at a time, each well within the socket's timeout:
+ * the whole reply has one deadline. */
+static void test_redis_drip(void **state)
+{
+    (void)state;
+    struct fake f;
+    double took;
+    int rc = redis_lookup_once("$100000\r\n", drip_bulk, &f, &took);
+    assert_int_not_equal(rc, 0);
+    assert_true(took < BOUND_S);
+}
+
+/* A bulk string announced at 1 GB and streamed as fast as ferry reads: the
+ * lookup stops reading at a descriptor's worth, not at the attacker's will. */
+static void test_redis_huge_bulk(void **state)
+{
+    (void)state;
+    struct fake f;
+    double took;
+    int rc = redis_lookup_once("$1000000000\r\n", flood_bulk, &f, &took);
+    assert_int_equal(rc, FERRY_EPROTO);
+    print_message("  the client took %llu bytes\n", (unsigned long long)atomic_load(&f.sent));
+    assert_true(atomic_load(&f.sent) < (64ull << 20));
+}
+
+/* Answers of a type GET never has: each is FERRY_EPROTO at once (an array
+ * of 2^31 elements is not allocated first). */
+static void test_redis_wrong_types(void **state)
+{
+    (void)state;
+    static const char *const replies[] = {
+        "*2147483647\r\n", "*2\r\n$1\r\na\r\n$1\r\nb\r\n", ":42\r\n", "+OK\r\n", "~3\r\n", "hello world\r\n",
+    };
+    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++) {
+        struct fake f;
+        double took;
+        int rc = redis_lookup_once(replies[i], say_nothing, &f, &took);
+        assert_int_equal(rc, FERRY_EPROTO);
+        assert_true(took < BOUND_S);
+    }
+}
+
+/* A server that takes the command and never answers, or answers half. */
+static void test_redis_silent(void **state)
+{
+    (void)state;
+    static const char *const replies[] = {"", "$10\r\nabc", "$10"};
+    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++) {
+        struct fake f;
+        double took;
+        int rc = redis_lookup_once(replies[i][0] ? replies[i] : NULL, say_nothing, &f, &took);
+        assert_int_equal(rc, FERRY_ENOSEG);
+        assert_string_not_equal(ferry_last_error(), "");
+        assert_true(took < BOUND_S);
+    }
+}
+
+#else
+static void test_redis_drip(void **state) { (void)state; skip(); }
+static void test_redis_huge_bulk(void **state) { (void)state; skip(); }
+static void test_redis_wrong_types(void **state) { (void)state; skip(); }
+static void test_redis_silent(void **state) { (void)state; skip(); }
+#endif /* FERRY_HAVE_REDIS */
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_redis_drip),
+        cmocka_unit_test(test_redis_huge_bulk),
+        cmocka_unit_test(test_redis_wrong_types),
+        cmocka_unit_test(test_redis_silent),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
