@@ -184,8 +184,15 @@ static int run_command(const struct redis_meta *m, redisContext *c, uint64_t dea
     return rc;
 }
 
+/* An error reply's text, made safe to log (the server chose it). */
+static const char *said(const redisReply *r, char *text, size_t cap)
+{
+    return log_sanitize(r->str, r->len, text, cap);
+}
+
 static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
 {
+    char text[200];
     if (m->c)
         return 0;
     redisContext *c = redisConnectWithTimeout(m->host, m->port, m->timeout);
@@ -200,7 +207,7 @@ static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
         bool closed;
         int rc = run_command(m, c, deadline_ns, &r, &closed, "SELECT %ld", m->db);
         if (!rc && r->type == REDIS_REPLY_ERROR)
-            rc = ferry_fail(FERRY_EINVAL, "%s: SELECT %ld failed: %.200s", m->url, m->db, r->str);
+            rc = ferry_fail(FERRY_EINVAL, "%s: SELECT %ld failed: %s", m->url, m->db, said(r, text, sizeof text));
         else if (rc)
             rc = ferry_fail(rc, "%s: SELECT %ld failed: %s", m->url, m->db, ferry_last_error());
         if (r)
@@ -222,6 +229,7 @@ static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
  * FERRY_EPROTO (a reply no Redis sends). */
 static redisReply *command_locked(struct redis_meta *m, int *rc, const char *fmt, ...)
 {
+    char text[200];
     redisReply *r = NULL;
     bool retry = m->c != NULL;
     uint64_t deadline = net_deadline(m->timeout_ms);
@@ -242,7 +250,9 @@ static redisReply *command_locked(struct redis_meta *m, int *rc, const char *fmt
         }
     }
     if (r)
-        *rc = r->type == REDIS_REPLY_ERROR ? ferry_fail(FERRY_EIO, "%s: Redis answered: %.200s", m->url, r->str) : 0;
+        *rc = r->type == REDIS_REPLY_ERROR
+                  ? ferry_fail(FERRY_EIO, "%s: Redis answered: %s", m->url, said(r, text, sizeof text))
+                  : 0;
     return r;
 }
 

@@ -162,6 +162,12 @@ static void flood(struct fake *f, int fd, char c, unsigned long long most)
     hold_until_closed(f, fd);
 }
 
+/* Takes the request and never answers. */
+static void say_nothing(struct fake *f, int fd)
+{
+    hold_until_closed(f, fd);
+}
+
 /* ------------------------------------------------------------ Redis */
 
 #ifdef FERRY_HAVE_REDIS
@@ -230,11 +236,6 @@ static void drip_bulk(struct fake *f, int fd)
 static void flood_bulk(struct fake *f, int fd)
 {
     flood(f, fd, 'x', 512ull << 20);
-}
-
-static void say_nothing(struct fake *f, int fd)
-{
-    hold_until_closed(f, fd);
 }
 
 /* Creates a Redis backend against the fake, runs one lookup of "victim" and
@@ -324,6 +325,290 @@ static void test_redis_wrong_types(void **state) { (void)state; skip(); }
 static void test_redis_silent(void **state) { (void)state; skip(); }
 #endif /* FERRY_HAVE_REDIS */
 
+/* ------------------------------------------------------------ etcd and HTTP stores */
+
+#ifdef FERRY_HAVE_ETCD
+
+/* Reads one HTTP request (headers and Content-Length body) and returns its
+ * path in path; false when the client is gone. */
+static bool read_request(int fd, char *path, size_t cap)
+{
+    static char buf[1 << 16];
+    size_t have = 0;
+    for (;;) {
+        buf[have] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        if (end) {
+            const char *cl = strcasestr(buf, "Content-Length:");
+            size_t body = cl && cl < end ? strtoul(cl + 15, NULL, 10) : 0;
+            if ((size_t)(end + 4 - buf) + body <= have) {
+                const char *sp = strchr(buf, ' ');
+                snprintf(path, cap, "%.*s", sp ? (int)strcspn(sp + 1, " ") : 0, sp ? sp + 1 : "");
+                return true;
+            }
+        }
+        if (have + 1 >= sizeof buf)
+            return false;
+        ssize_t k = recv(fd, buf + have, sizeof buf - have - 1, 0);
+        if (k <= 0)
+            return false;
+        have += (size_t)k;
+    }
+}
+
+static const char *lease_id = "7587862101185416459";  /* what a lease grant is answered with */
+static const char *http_attack;                        /* the reply to a lookup */
+static void (*http_tail)(struct fake *f, int fd);      /* then this, if set */
+
+/* etcd's lease grant is answered honestly (create needs it); a range
+ * (etcd) or GET (http store) gets the attack. */
+static void serve_http(struct fake *f, int fd)
+{
+    char path[256];
+    while (read_request(fd, path, sizeof path)) {
+        if (strstr(path, "/v3/lease/")) {
+            char body[256], head[256];
+            snprintf(body, sizeof body, "{\"ID\":\"%s\",\"TTL\":\"60\",\"result\":{\"TTL\":\"60\"}}", lease_id);
+            snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     strlen(body));
+            if (!send_str(f, fd, head) || !send_str(f, fd, body))
+                return;
+            continue;
+        }
+        if (http_attack && !send_str(f, fd, http_attack))
+            return;
+        if (http_tail)
+            http_tail(f, fd);
+        return;
+    }
+}
+
+static void drip_chunks(struct fake *f, int fd)
+{
+    drip(f, fd, "1\r\n{\r\n", 6);
+    hold_until_closed(f, fd);
+}
+
+static void flood_chunks(struct fake *f, int fd)
+{
+    static char chunk[65536 + 16];
+    int n = snprintf(chunk, sizeof chunk, "10000\r\n");
+    memset(chunk + n, ' ', 65536);
+    memcpy(chunk + n + 65536, "\r\n", 2);
+    while (!atomic_load(&f->stop) && atomic_load(&f->sent) < (512ull << 20))
+        if (!send_all(f, fd, chunk, (size_t)n + 65536 + 2))
+            return;
+    hold_until_closed(f, fd);
+}
+
+static void flood_body(struct fake *f, int fd)
+{
+    flood(f, fd, ' ', 512ull << 20);
+}
+
+/* Creates the backend `ops` against the fake, runs one lookup and returns
+ * its code; *took its seconds. */
+static int http_lookup_once(const struct meta_ops *ops, const char *reply, void (*tail)(struct fake *, int),
+                            struct fake *f, double *took)
+{
+    http_attack = reply;
+    http_tail = tail;
+    fake_start(f, serve_http);
+    char url[64];
+    if (ops == &ferry_meta_etcd)
+        snprintf(url, sizeof url, "etcd://127.0.0.1:%d", f->port);
+    else
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/metadata", f->port);
+    void *m = NULL;
+    int rc = ops->create(url, "ferry-test/", 60, TIMEOUT_MS, &m);
+    if (rc)
+        fail_msg("create %s: %s: %s", url, ferry_err_name(rc), ferry_last_error());
+    char *json = NULL;
+    size_t len = 0;
+    double t0 = now_s();
+    rc = ops->lookup(m, "victim", &json, &len);
+    *took = now_s() - t0;
+    print_message("  %s after %.2f s, %llu bytes sent: %s\n", ferry_err_name(rc), *took,
+                  (unsigned long long)atomic_load(&f->sent), rc ? ferry_last_error() : "");
+    free(json);
+    ops->destroy(m);
+    fake_stop(f);
+    return rc;
+}
+
+#define OK_HEAD "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+/* Replies that never end or end too late: chunked forever (dripped or
+ * flooded), a Content-Length longer than what comes, a 5 GB Content-Length
+ * flooded.  Each ends within the timeout, with at most a descriptor's worth
+ * taken, as "not found now" (FERRY_ENOSEG, the store is unusable). */
+static void endless_replies(const struct meta_ops *ops)
+{
+    static const struct {
+        const char *head;
+        void (*tail)(struct fake *, int);
+    } attacks[] = {
+        {OK_HEAD "Transfer-Encoding: chunked\r\n\r\n", drip_chunks},
+        {OK_HEAD "Transfer-Encoding: chunked\r\n\r\n", flood_chunks},
+        {OK_HEAD "Content-Length: 100000\r\n\r\n{\"kvs\":[", say_nothing},
+        {OK_HEAD "Content-Length: 5000000000\r\n\r\n", flood_body},
+        {"HTTP/1.1 200 OK\r\nX-Pad: ", flood_body},
+        {NULL, say_nothing},
+    };
+    for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+        struct fake f;
+        double took;
+        int rc = http_lookup_once(ops, attacks[i].head, attacks[i].tail, &f, &took);
+        assert_int_equal(rc, FERRY_ENOSEG);
+        assert_true(took < BOUND_S);
+        assert_true(atomic_load(&f.sent) < (64ull << 20));
+    }
+}
+
+static void test_etcd_endless_replies(void **state)
+{
+    (void)state;
+    endless_replies(&ferry_meta_etcd);
+}
+
+static void test_http_endless_replies(void **state)
+{
+    (void)state;
+    endless_replies(&ferry_meta_http);
+}
+
+/* Whole replies of the wrong shape: each a named code, at once. */
+static void test_etcd_wrong_shapes(void **state)
+{
+    (void)state;
+    static char deep[200000];
+    static const struct {
+        const char *body;
+        int rc;
+    } attacks[] = {
+        {deep, FERRY_EPROTO},                                   /* 100000 nested arrays */
+        {"{\"kvs\":[{\"value\":5}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"value\":\"!!not base64!!\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":\"x\"}", FERRY_EPROTO},
+        {"{\"kvs\":{\"value\":\"e30=\"}}", FERRY_EPROTO},
+        {"{}", FERRY_ENOSEG},
+        {"[1,2,3]", FERRY_EPROTO},
+        {"{\"error\":\"\\u001b[31mforged\\nline\",\"code\":5}", FERRY_ENOSEG},
+    };
+    memset(deep, '[', 100000);
+    memset(deep + 100000, ']', 100000);
+    for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+        char *reply = NULL;
+        assert_true(asprintf(&reply, OK_HEAD "Content-Length: %zu\r\n\r\n%s", strlen(attacks[i].body),
+                             attacks[i].body) > 0);
+        struct fake f;
+        double took;
+        int rc = http_lookup_once(&ferry_meta_etcd, reply, say_nothing, &f, &took);
+        free(reply);
+        assert_int_equal(rc, attacks[i].rc);
+        assert_true(took < BOUND_S);
+        assert_null(strchr(ferry_last_error(), '\n'));
+    }
+}
+
+/* A lease ID that is not a number (it would be pasted into the JSON of
+ * every later request) fails create with FERRY_EPROTO. */
+static void test_etcd_lease_id(void **state)
+{
+    (void)state;
+    static const char *const ids[] = {"1\\\",\\\"TTL\\\":\\\"1", "-5", "0x10", " 7", ""};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        struct fake f;
+        lease_id = ids[i];
+        fake_start(&f, serve_http);
+        char url[64];
+        snprintf(url, sizeof url, "etcd://127.0.0.1:%d", f.port);
+        void *m = NULL;
+        int rc = ferry_meta_etcd.create(url, "ferry-test/", 60, TIMEOUT_MS, &m);
+        print_message("  ID \"%s\": %s: %s\n", ids[i], ferry_err_name(rc), ferry_last_error());
+        ferry_meta_etcd.destroy(m);
+        fake_stop(&f);
+        assert_int_equal(rc, FERRY_EPROTO);
+    }
+    lease_id = "7587862101185416459";
+}
+
+#else
+static void test_etcd_lease_id(void **state) { (void)state; skip(); }
+static void test_etcd_endless_replies(void **state) { (void)state; skip(); }
+static void test_http_endless_replies(void **state) { (void)state; skip(); }
+static void test_etcd_wrong_shapes(void **state) { (void)state; skip(); }
+#endif /* FERRY_HAVE_ETCD */
+
+/* ------------------------------------------------------------ p2p handshake peer */
+
+static const char *p2p_attack;
+static size_t p2p_attack_len;
+static void (*p2p_tail)(struct fake *f, int fd);
+
+static void serve_p2p(struct fake *f, int fd)
+{
+    char req[64];
+    if (recv(fd, req, sizeof req, 0) <= 0)
+        return;
+    if (p2p_attack && !send_all(f, fd, p2p_attack, p2p_attack_len))
+        return;
+    if (p2p_tail)
+        p2p_tail(f, fd);
+}
+
+static void drip_body(struct fake *f, int fd)
+{
+    drip(f, fd, "{\"format\":1}", 12);
+    hold_until_closed(f, fd);
+}
+
+/* A handshake peer that answers garbage, stalls or drips mid-message, or
+ * announces a body over the limit: each a named code within the timeout. */
+static void test_p2p_hostile_peer(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *reply;
+        size_t len;
+        void (*tail)(struct fake *, int);
+        int rc;
+    } attacks[] = {
+        {"HTTP/1.1 400 Bad Request\r\n\r\n", 28, say_nothing, FERRY_EPROTO},     /* not ferry */
+        {"FERRYHS9\x02\x00\x00\x00{}", 14, say_nothing, FERRY_EVERSION},
+        {"FERRYHS1\x01\x00\x00\x01", 12, say_nothing, FERRY_EPROTO},            /* 16 MiB + 1 */
+        {"FERRYHS1\xff\xff\xff\xff", 12, say_nothing, FERRY_EPROTO},
+        {"FERRYH", 6, say_nothing, FERRY_ENOSEG},                               /* stalls mid-header */
+        {"FERRYHS1\x00\x10\x00\x00{\"for", 17, say_nothing, FERRY_ENOSEG},      /* stalls mid-body */
+        {"FERRYHS1\x00\x10\x00\x00", 12, drip_body, FERRY_ENOSEG},              /* drips */
+        {"FERRYHS1\x00\x00\x00\x00", 12, NULL, 0},                              /* empty body: the decoder's */
+        {"FERRYHS1\x1d\x00\x00\x00{\"error\":\"x\\ny\",\"code\":1e300}", 41, NULL, FERRY_EPROTO},
+        {"FERRYHS1\x1e\x00\x00\x00{\"error\":\"x\\ny\",\"code\":-1e300}", 42, NULL, FERRY_EPROTO},
+        {"FERRYHS1\x1d\x00\x00\x00{\"error\":\"x\\ny\",\"code\":12345}", 41, NULL, FERRY_EPROTO},
+    };
+    for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+        p2p_attack = attacks[i].reply;
+        p2p_attack_len = attacks[i].len;
+        p2p_tail = attacks[i].tail;
+        struct fake f;
+        fake_start(&f, serve_p2p);
+        char name[64];
+        snprintf(name, sizeof name, "127.0.0.1:%d", f.port);
+        char *json = NULL;
+        size_t len = 0;
+        double t0 = now_s();
+        int rc = p2p_fetch(name, TIMEOUT_MS, &json, &len);
+        double took = now_s() - t0;
+        print_message("  attack %zu: %s after %.2f s: %s\n", i, ferry_err_name(rc), took,
+                      rc ? ferry_last_error() : "");
+        free(json);
+        fake_stop(&f);
+        assert_int_equal(rc, attacks[i].rc);
+        assert_true(took < BOUND_S);
+        assert_null(strchr(ferry_last_error(), '\n'));
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -332,6 +617,11 @@ int main(void)
         cmocka_unit_test(test_redis_huge_bulk),
         cmocka_unit_test(test_redis_wrong_types),
         cmocka_unit_test(test_redis_silent),
+        cmocka_unit_test(test_etcd_endless_replies),
+        cmocka_unit_test(test_http_endless_replies),
+        cmocka_unit_test(test_etcd_wrong_shapes),
+        cmocka_unit_test(test_etcd_lease_id),
+        cmocka_unit_test(test_p2p_hostile_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
