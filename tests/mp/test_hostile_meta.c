@@ -481,7 +481,7 @@ static void test_http_endless_replies(void **state)
 static void test_etcd_wrong_shapes(void **state)
 {
     (void)state;
-    static char deep[200000];
+    static char deep[200001]; /* 100000 "[" then as many "]", NUL-terminated */
     static const struct {
         const char *body;
         int rc;
