@@ -10,7 +10,10 @@
  *     transfer: its later submits fail FERRY_ENOTREG, nothing lands in it
  *     after the call returns, the other threads are unharmed;
  *   - ferry_engine_destroy with batches of several threads in flight, then
- *     ferry_batch_free of each (the only call the API still allows).
+ *     ferry_batch_free of each (the only call the API still allows);
+ *   - four threads that each open the same segment, submit to it and close
+ *     it, over and over: a handle another thread closed fails the submit
+ *     with FERRY_ENOSEG or cancels its requests, nothing worse.
  * After each, no thread or descriptor of the engine is left.  Progress is
  * ordered by counters the workers publish, never by sleeping: a phase starts
  * once every worker has finished a number of batches.
@@ -110,6 +113,9 @@ struct worker {
     uint64_t remote;            /* its region in the target */
     char *local;                /* its registered region here */
     bool submit_only;           /* submit `keep` batches, do not wait, keep them */
+    const char *churn;          /* non-NULL: open this segment before each batch, close it after */
+    int rounds;                 /* churn: how many */
+    atomic_int opened, closed;  /* churn: successful opens and closes */
     ferry_batch *kept[8];
     int nkept;
     atomic_bool stop;
@@ -151,6 +157,16 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct ferry_request r[NREQ];
     while (!atomic_load(&w->stop) && !(w->submit_only && w->nkept == 8)) {
+        if (w->churn && atomic_load(&w->batches) == w->rounds)
+            break;
+        if (w->churn) {
+            int rc = ferry_open_segment(w->e, w->churn, &w->seg);
+            if (rc) {
+                w->submit_rc = rc;
+                break;
+            }
+            atomic_fetch_add(&w->opened, 1);
+        }
         ferry_batch *b;
         if (ferry_batch_alloc(w->e, NREQ, &b) != 0) {
             atomic_fetch_add(&w->bad, 1);
@@ -158,6 +174,11 @@ static void *worker_main(void *arg)
         }
         fill_requests(w, r);
         int rc = ferry_batch_submit(b, r, NREQ);
+        if (rc && w->churn && rc == FERRY_ENOSEG) { /* another thread closed the handle first */
+            ferry_batch_free(b);
+            atomic_fetch_add(&w->batches, 1);
+            continue;
+        }
         if (rc) {
             w->submit_rc = rc;
             ferry_batch_free(b);
@@ -170,6 +191,13 @@ static void *worker_main(void *arg)
         ferry_batch_wait(b, (int)(GUARD_S * 1000)); /* past the guard, check_ended finds requests pending */
         check_ended(w, b);
         ferry_batch_free(b);
+        if (w->churn) {
+            rc = ferry_close_segment(w->e, w->seg);
+            if (rc == 0)
+                atomic_fetch_add(&w->closed, 1);
+            else if (rc != FERRY_ENOSEG)
+                atomic_fetch_add(&w->bad, 1);
+        }
         atomic_fetch_add(&w->batches, 1);
     }
     return NULL;
@@ -357,12 +385,51 @@ static void test_destroy_with_batches_in_flight(void **state)
     census_same(before);
 }
 
+/* Four threads open, use and close the same segment, 20 times each. */
+static void test_open_close_churn(void **state)
+{
+    (void)state;
+    struct census before = census();
+    ferry_engine *e = initiator();
+    char *mem = malloc(TARGET_LEN);
+    assert_non_null(mem);
+    assert_int_equal(ferry_register_memory(e, mem, TARGET_LEN, "cpu", 0), 0);
+    struct worker w[NWORKERS];
+    memset(w, 0, sizeof w);
+    for (int i = 0; i < NWORKERS; i++) {
+        w[i].e = e;
+        w[i].churn = target_a.name;
+        w[i].rounds = 20;
+        w[i].remote = target_a.addr + (uint64_t)i * REGION;
+        w[i].local = mem + (size_t)i * REGION;
+    }
+    workers_start(w, NWORKERS);
+    for (int i = 0; i < NWORKERS; i++)
+        pthread_join(w[i].thread, NULL);
+    int opened = 0, closed = 0;
+    for (int i = 0; i < NWORKERS; i++) {
+        assert_int_equal(w[i].submit_rc, 0);
+        assert_int_equal(atomic_load(&w[i].bad), 0);
+        assert_int_equal(atomic_load(&w[i].batches), 20);
+        opened += atomic_load(&w[i].opened);
+        closed += atomic_load(&w[i].closed);
+    }
+    print_message("  %d opens, %d closes that found the handle\n", opened, closed);
+    assert_int_equal(opened, NWORKERS * 20);
+    assert_true(closed >= 1 && closed <= opened);
+    ferry_unregister_memory(e, mem);
+    ferry_engine_destroy(e);
+    free(mem);
+    census_same(before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_close_segment_under_load),
         cmocka_unit_test(test_unregister_under_load),
         cmocka_unit_test(test_destroy_with_batches_in_flight),
+        cmocka_unit_test(test_open_close_churn),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
