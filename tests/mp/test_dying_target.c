@@ -283,7 +283,8 @@ static void die_at(enum step step, enum death death, int opcode, uint64_t seed)
     assert_int_equal(ferry_batch_status(b, 0, &st[0]), 0);
     assert_int_equal(ferry_batch_status(b, 1, &st[1]), 0);
     print_message("  %s %s, %s: %s %s after %llu ms: %s\n", opcode == FERRY_WRITE ? "WRITE" : "READ",
-                  step_names[step], death_names[death], st[0].state == FERRY_FAILED ? "FAILED" : st[0].state == FERRY_TIMEOUT ? "TIMEOUT" : "state",
+                  step_names[step], death_names[death],
+                  st[0].state == FERRY_FAILED ? "FAILED" : st[0].state == FERRY_TIMEOUT ? "TIMEOUT" : "state",
                   ferry_err_name(st[0].error), (unsigned long long)took, st[0].message);
     /* the wait ended because the requests did (its guard is far past their deadline) */
     assert_true(wrc != 0 && took < GUARD_MS);
@@ -311,7 +312,8 @@ static void every_step(int opcode)
 {
     for (int death = 0; death < NDEATHS; death++)
         for (int step = 0; step < NSTEPS; step++)
-            die_at((enum step)step, (enum death)death, opcode, (uint64_t)(step * 3 + death + (opcode == FERRY_READ) * 100));
+            die_at((enum step)step, (enum death)death, opcode,
+                   (uint64_t)(step * 3 + death + (opcode == FERRY_READ) * 100));
 }
 
 static void test_write_target_dies(void **state)

@@ -364,6 +364,8 @@ static bool read_request(int fd, char *path, size_t cap)
     }
 }
 
+#define OK_HEAD "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
 static const char *lease_id = "7587862101185416459";  /* what a lease grant is answered with */
 static const char *http_attack;                        /* the reply to a lookup */
 static void (*http_tail)(struct fake *f, int fd);      /* then this, if set */
@@ -377,8 +379,7 @@ static void serve_http(struct fake *f, int fd)
         if (strstr(path, "/v3/lease/")) {
             char body[256], head[256];
             snprintf(body, sizeof body, "{\"ID\":\"%s\",\"TTL\":\"60\",\"result\":{\"TTL\":\"60\"}}", lease_id);
-            snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                     strlen(body));
+            snprintf(head, sizeof head, OK_HEAD "Content-Length: %zu\r\n\r\n", strlen(body));
             if (!send_str(f, fd, head) || !send_str(f, fd, body))
                 return;
             continue;
@@ -443,8 +444,6 @@ static int http_lookup_once(const struct meta_ops *ops, const char *reply, void 
     fake_stop(f);
     return rc;
 }
-
-#define OK_HEAD "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 
 /* Replies that never end or end too late: chunked forever (dripped or
  * flooded), a Content-Length longer than what comes, a 5 GB Content-Length

@@ -252,7 +252,8 @@ static int group_setup(void **state)
     pthread_t th;
     if (pthread_create(&th, NULL, nothing, NULL) != 0 || pthread_join(th, NULL) != 0)
         return -1;
-    if (child_target_start(&target_a, TARGET_LEN, "cpu", SEED) || child_target_start(&target_b, TARGET_LEN, "cpu", SEED))
+    if (child_target_start(&target_a, TARGET_LEN, "cpu", SEED) ||
+        child_target_start(&target_b, TARGET_LEN, "cpu", SEED))
         return -1;
     return 0;
 }

@@ -227,7 +227,8 @@ int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap)
         rc = ferry_fail(FERRY_EPROTO, "rdma side channel: message type %u of %u bytes is unexpected here", h->type,
                         h->len);
     if (!rc && h->len)
-        rc = deadline == UINT64_MAX ? net_read_full(fd, buf, h->len) : net_read_full_deadline(fd, buf, h->len, deadline);
+        rc = deadline == UINT64_MAX ? net_read_full(fd, buf, h->len)
+                                    : net_read_full_deadline(fd, buf, h->len, deadline);
     return rc;
 }
 
