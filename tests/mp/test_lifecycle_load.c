@@ -121,6 +121,7 @@ struct worker {
     atomic_bool stop;
     atomic_int batches;         /* finished batches */
     atomic_int failed;          /* requests that ended FAILED/TIMEOUT */
+    atomic_int last_error;      /* the code of the last of them */
     atomic_int bad;             /* requests that ended without a code or message */
     atomic_int submit_rc;       /* the submit (or open) error that ended the loop, 0 if none */
 };
@@ -152,6 +153,7 @@ static void check_ended(struct worker *w, ferry_batch *b)
         if (st.state == FERRY_COMPLETED)
             continue;
         atomic_fetch_add(&w->failed, 1);
+        atomic_store(&w->last_error, st.error);
         if (!(st.state == FERRY_FAILED || st.state == FERRY_TIMEOUT) || st.error >= 0 || !st.message[0]) {
             print_message("  request ended in state %d, %s: \"%s\"\n", st.state, ferry_err_name(st.error),
                           st.message);
@@ -299,10 +301,13 @@ static void test_close_segment_under_load(void **state)
     workers_join(w, NWORKERS);
     for (int i = 0; i < NWORKERS - 1; i++) {
         int rc = atomic_load(&w[i].submit_rc);
-        print_message("  A worker %d: %d batches, %d requests failed, then submit: %s\n", i,
-                      atomic_load(&w[i].batches), atomic_load(&w[i].failed), ferry_err_name(rc));
+        print_message("  A worker %d: %d batches, %d requests failed (last: %s), then submit: %s\n", i,
+                      atomic_load(&w[i].batches), atomic_load(&w[i].failed),
+                      ferry_err_name(atomic_load(&w[i].last_error)), ferry_err_name(rc));
         assert_int_equal(atomic_load(&w[i].submit_rc), FERRY_ENOSEG);
         assert_int_equal(atomic_load(&w[i].bad), 0);
+        if (atomic_load(&w[i].failed)) /* ferry.h: requests still using a closed handle fail FERRY_ECANCELED */
+            assert_int_equal(atomic_load(&w[i].last_error), FERRY_ECANCELED);
     }
     assert_int_equal(atomic_load(&w[NWORKERS - 1].bad), 0);
     assert_int_equal(atomic_load(&w[NWORKERS - 1].failed), 0);
@@ -348,8 +353,9 @@ static void test_unregister_under_load(void **state)
     while (!atomic_load(&w[0].submit_rc) && now_s() < end)
         sleep_ms(5);
     workers_join(w, NWORKERS);
-    print_message("  worker 0: %d batches, %d requests failed, then submit: %s\n", atomic_load(&w[0].batches),
-                  atomic_load(&w[0].failed), ferry_err_name(atomic_load(&w[0].submit_rc)));
+    print_message("  worker 0: %d batches, %d requests failed (last: %s), then submit: %s\n",
+                  atomic_load(&w[0].batches), atomic_load(&w[0].failed), ferry_err_name(atomic_load(&w[0].last_error)),
+                  ferry_err_name(atomic_load(&w[0].submit_rc)));
     assert_int_equal(atomic_load(&w[0].submit_rc), FERRY_ENOTREG);
     for (size_t i = 0; i < REGION; i++)
         if ((unsigned char)w[0].local[i] != 0xab)
