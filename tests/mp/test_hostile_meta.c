@@ -208,11 +208,16 @@ static bool read_command(int fd, char *cmd, size_t cap)
 
 static const char *redis_get_attack;        /* what GET is answered with */
 static void (*redis_get_tail)(struct fake *f, int fd);   /* then this, if set */
+static void (*redis_del_tail)(struct fake *f, int fd);   /* if set, DEL is answered with this */
 
 static void serve_redis(struct fake *f, int fd)
 {
     char cmd[32];
     while (read_command(fd, cmd, sizeof cmd)) {
+        if (strcmp(cmd, "DEL") == 0 && redis_del_tail) {
+            redis_del_tail(f, fd);
+            return;
+        }
         if (strcmp(cmd, "GET") != 0) {
             if (!send_str(f, fd, strcmp(cmd, "DEL") == 0 ? ":1\r\n" : strcmp(cmd, "PING") == 0 ? "+PONG\r\n"
                                                                                                  : "+OK\r\n"))
@@ -230,6 +235,14 @@ static void serve_redis(struct fake *f, int fd)
 static void drip_bulk(struct fake *f, int fd)
 {
     drip(f, fd, "{\"a\":1}", 7);
+    hold_until_closed(f, fd);
+}
+
+/* An integer reply whose digits never end. */
+static void drip_integer(struct fake *f, int fd)
+{
+    if (send_str(f, fd, ":"))
+        drip(f, fd, "1", 1);
     hold_until_closed(f, fd);
 }
 
@@ -326,7 +339,38 @@ static void test_redis_silent(void **state)
     }
 }
 
+/* An engine publishing in a Redis that drips its answer to the DEL of
+ * ferry_engine_destroy: destroy ends within the timeout (the store's lock,
+ * which the keepalive and lookups share, is not held forever). */
+static void test_redis_drip_engine_destroy(void **state)
+{
+    (void)state;
+    struct fake f;
+    redis_get_attack = NULL;
+    redis_get_tail = NULL;
+    redis_del_tail = drip_integer;
+    fake_start(&f, serve_redis);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", f.port);
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.metadata_server = url;
+    cfg.connect_timeout_ms = TIMEOUT_MS;
+    ferry_engine *e = NULL;
+    int rc = ferry_engine_create(&cfg, &e);
+    if (rc)
+        fail_msg("engine on the fake Redis: %s: %s", ferry_err_name(rc), ferry_last_error());
+    double t0 = now_s();
+    ferry_engine_destroy(e);
+    double took = now_s() - t0;
+    print_message("  ferry_engine_destroy returned after %.2f s\n", took);
+    redis_del_tail = NULL;
+    fake_stop(&f);
+    assert_true(took < BOUND_S);
+}
+
 #else
+static void test_redis_drip_engine_destroy(void **state) { (void)state; skip(); }
 static void test_redis_drip(void **state) { (void)state; skip(); }
 static void test_redis_huge_bulk(void **state) { (void)state; skip(); }
 static void test_redis_wrong_types(void **state) { (void)state; skip(); }
@@ -624,6 +668,7 @@ int main(void)
         cmocka_unit_test(test_redis_huge_bulk),
         cmocka_unit_test(test_redis_wrong_types),
         cmocka_unit_test(test_redis_silent),
+        cmocka_unit_test(test_redis_drip_engine_destroy),
         cmocka_unit_test(test_etcd_endless_replies),
         cmocka_unit_test(test_http_endless_replies),
         cmocka_unit_test(test_etcd_wrong_shapes),
