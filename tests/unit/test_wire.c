@@ -394,7 +394,16 @@ static void test_endpoint(void **state)
     assert_int_equal(port, 7000);
     assert_int_equal(wire_decode_endpoint("{\"host\":\"node-3.rack_a\",\"port\":65535}", host, &port), 0);
     assert_int_equal(port, 65535);
+    /* an engine on an IPv6 host describes its listener by the bare address */
+    assert_int_equal(wire_decode_endpoint("{\"host\":\"::1\",\"port\":7000}", host, &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(wire_decode_endpoint("{\"host\":\"fe80::1%eth0\",\"port\":7000}", host, &port), 0);
+    assert_string_equal(host, "fe80::1%eth0");
     static const char *const bad[] = {
+        "{\"host\":\"::1::2\",\"port\":7000}",              /* not an IPv6 address */
+        "{\"host\":\"[::1]\",\"port\":7000}",
+        "{\"host\":\"fe80::1%\",\"port\":7000}",
+        "{\"host\":\"fe80::1%e th0\",\"port\":7000}",
         "{\"host\":\"10.0.0.7\\nFORGED\",\"port\":7000}",   /* a newline for the logs */
         "{\"host\":\"\\u001b[2J\",\"port\":7000}",
         "{\"host\":\"a b\",\"port\":7000}",
