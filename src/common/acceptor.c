@@ -35,7 +35,7 @@
 
 struct conn {
     struct acceptor_conn pub;
-    uint32_t addr;          /* peer IPv4 address, network order (0: not IPv4) */
+    uint8_t addr[16];       /* peer address, IPv4 as v4-mapped IPv6 (all 0: unknown) */
     pthread_t thread;
     bool done;              /* serve returned; fd closed; thread may be joined */
     struct conn *next;
@@ -104,15 +104,16 @@ static void reap(struct acceptor *a, bool all)
 }
 
 /* Under a->lock: may one more connection from addr be served? */
-static bool under_caps(struct acceptor *a, uint32_t addr)
+static bool under_caps(struct acceptor *a, const uint8_t addr[16])
 {
+    static const uint8_t unknown[16];
     if (a->live >= a->max_total)
         return false;
-    if (!a->max_per_peer || !addr)
+    if (!a->max_per_peer || !memcmp(addr, unknown, 16))
         return true;
     unsigned same = 0;
     for (struct conn *c = a->conns; c; c = c->next)
-        if (!c->done && c->addr == addr)
+        if (!c->done && !memcmp(c->addr, addr, 16))
             same++;
     return same < a->max_per_peer;
 }
@@ -139,19 +140,42 @@ static void shed_one(struct acceptor *a, int err)
                  a->what, strerror(err), (unsigned long long)suppressed);
 }
 
-static void admit(struct acceptor *a, int fd, const struct sockaddr_in *sa)
+/* The peer's address as a per-peer key (IPv4 v4-mapped, so one host is
+ * one peer whichever family it came in by) and as "ip:port" text. */
+static void peer_of(const struct sockaddr_storage *ss, uint8_t key[16], char *text, size_t max)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sa = (const struct sockaddr_in *)ss;
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &sa->sin_addr, 4);
+        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+        port = ntohs(sa->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sa = (const struct sockaddr_in6 *)ss;
+        memcpy(key, &sa->sin6_addr, 16);
+        inet_ntop(AF_INET6, &sa->sin6_addr, ip, sizeof ip);
+        port = ntohs(sa->sin6_port);
+    }
+    if (net_format_hostport(text, max, ip, port))
+        snprintf(text, max, "?");
+}
+
+static void admit(struct acceptor *a, int fd, const struct sockaddr_storage *ss)
 {
     struct conn *c = calloc(1, sizeof *c);
-    uint32_t addr = sa->sin_family == AF_INET ? sa->sin_addr.s_addr : 0;
+    uint8_t addr[16];
+    char peer[sizeof c->pub.peer];
+    peer_of(ss, addr, peer, sizeof peer);
     pthread_mutex_lock(&a->lock);
     bool ok = c && !atomic_load(&a->stopping) && under_caps(a, addr);
     if (ok) {
         c->pub.fd = fd;
         c->pub.owner = a;
-        c->addr = addr;
-        char ip[INET_ADDRSTRLEN] = "?";
-        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
-        snprintf(c->pub.peer, sizeof c->pub.peer, "%s:%u", ip, (unsigned)ntohs(sa->sin_port));
+        memcpy(c->addr, addr, sizeof addr);
+        memcpy(c->pub.peer, peer, sizeof peer);
         ok = pthread_create(&c->thread, NULL, conn_main, c) == 0;
     }
     if (ok) {
@@ -167,11 +191,9 @@ static void admit(struct acceptor *a, int fd, const struct sockaddr_in *sa)
         return;
     uint64_t suppressed;
     if (c && log_ratelimit_ok(&a->warn_cap, &suppressed)) {
-        char ip[INET_ADDRSTRLEN] = "?";
-        inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
         LOG_WARN("%s: refused a connection from %s: over the cap of %u in total / %u per peer "
                  "(FERRY_MAX_CONNECTIONS, FERRY_MAX_CONNECTIONS_PER_PEER) (%llu more like this)",
-                 a->what, ip, a->max_total, a->max_per_peer, (unsigned long long)suppressed);
+                 a->what, peer, a->max_total, a->max_per_peer, (unsigned long long)suppressed);
     }
     free(c);
     close(fd);
@@ -195,7 +217,7 @@ static void *acceptor_main(void *arg)
         backoff = false;
         if (n <= 0)
             continue;
-        struct sockaddr_in sa = {0};
+        struct sockaddr_storage sa = {0};
         socklen_t sl = sizeof sa;
         int fd = accept4(a->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
         if (fd >= 0) {

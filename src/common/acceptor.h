@@ -26,7 +26,7 @@ struct acceptor;
 /* One accepted connection, as its serve function sees it. */
 struct acceptor_conn {
     int fd;                 /* owned by the acceptor: closed after serve returns */
-    char peer[48];          /* "a.b.c.d:port" of the remote end */
+    char peer[64];          /* "a.b.c.d:port" or "[v6]:port" of the remote end */
     struct acceptor *owner;
 };
 

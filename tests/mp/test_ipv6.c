@@ -11,8 +11,11 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <setjmp.h>
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -160,12 +163,61 @@ static void engine_on_an_ambiguous_name_is_refused(void **state)
     assert_null(e);
 }
 
+/* ------------------------------------------------------------ caps */
+
+/* Did the server close fd within limit_ms (a bound that keeps the test from
+ * hanging, not a measurement)?  limit_ms 0: is it closed already? */
+static bool closed_by_server(int fd, int limit_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char sink[64];
+    if (poll(&p, 1, limit_ms) <= 0)
+        return false;
+    ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
+/* The per-peer connection cap holds for peers that come in over IPv6 (the
+ * acceptor took only IPv4 addresses as peers: an IPv6 peer had no cap but
+ * the total). */
+static void per_peer_cap_over_ipv6(void **state)
+{
+    (void)state;
+    require_ipv6_loopback();
+    struct ferry_config cfg;
+    ferry_engine *target = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.local_server_name = "::1";
+    cfg.connect_timeout_ms = 60000; /* a served connection that says nothing stays open */
+    cfg.max_connections_per_peer = 2;
+    cfg.max_connections = 64;
+    if (ferry_engine_create(&cfg, &target) != 0)
+        fail_msg("engine on ::1: %s", ferry_last_error());
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+                              .sin6_port = htons((uint16_t)ferry_engine_handshake_port(target))};
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = socket(AF_INET6, SOCK_STREAM, 0);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
+    }
+    /* the acceptor takes them in order: the third and fourth are over the cap */
+    assert_true(closed_by_server(fds[2], 20000));
+    assert_true(closed_by_server(fds[3], 20000));
+    assert_false(closed_by_server(fds[0], 0));
+    assert_false(closed_by_server(fds[1], 0));
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    ferry_engine_destroy(target);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(names_with_ipv6_addresses),
         cmocka_unit_test(engine_on_an_ambiguous_name_is_refused),
         cmocka_unit_test(transfers_over_ipv6_loopback),
+        cmocka_unit_test(per_peer_cap_over_ipv6),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);
