@@ -22,7 +22,8 @@
  * for once per copy job (a failed copy job fails the frames with a copy in
  * it, no other, and the worker's next job runs on a fresh stream), and ends
  * the frames after clearing their announcements.  The timer ends frames
- * that waited in the queue past their deadline.  Frames end on the workers
+ * that waited in the queue past their deadline, and has peers' mappings of
+ * buffers they unregistered closed (shm_map.c).  Frames end on the workers
  * and the timer, each exactly once; a job's frames count as queued for
  * their peer (peer_drain waits for them) from the job's start.
  */
@@ -133,6 +134,12 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
 {
     pthread_mutex_lock(&t->lock);
     p->closing = true;
+    for (struct shm_peer **pp = &t->peers; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
     struct xfer_frame *gone = unqueue(t, p, 0);
     pthread_mutex_unlock(&t->lock);
     for (struct xfer_frame *f = gone, *next; f; f = next) {
@@ -145,6 +152,24 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* A peer whose registry counted an unregister since its last sweep, held
+ * (counted as queued, so its close waits); NULL if none.  t->lock held. */
+static struct shm_peer *peer_to_sweep(struct shm_transport *t)
+{
+    for (struct shm_peer *p = t->peers; p; p = p->next) {
+        uint64_t unregs = atomic_load_explicit(&p->page->unregs, memory_order_relaxed);
+        if (unregs != p->unregs_seen && !p->self) {
+            p->unregs_seen = unregs;
+            p->queued++;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Every tick: ends the frames queued past their deadline, and closes the
+ * mappings of buffers peers unregistered (also when no frame touches them
+ * again: until then the peer's device memory could not be freed). */
 static void *timer_main(void *arg)
 {
     struct shm_transport *t = arg;
@@ -153,14 +178,21 @@ static void *timer_main(void *arg)
         struct timespec until = timespec_in_ms(CLOCK_REALTIME, TICK_MS);
         pthread_cond_timedwait(&t->tick, &t->lock, &until);
         struct xfer_frame *late = t->head ? unqueue(t, NULL, now_ns()) : NULL;
-        if (!late)
-            continue;
-        pthread_mutex_unlock(&t->lock);
-        for (struct xfer_frame *f = late, *next; f; f = next) {
-            next = f->next;
-            frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+        if (late) {
+            pthread_mutex_unlock(&t->lock);
+            for (struct xfer_frame *f = late, *next; f; f = next) {
+                next = f->next;
+                frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+            }
+            pthread_mutex_lock(&t->lock);
         }
-        pthread_mutex_lock(&t->lock);
+        for (struct shm_peer *p; (p = peer_to_sweep(t)) != NULL;) {
+            pthread_mutex_unlock(&t->lock);
+            shm_peer_sweep(p);
+            pthread_mutex_lock(&t->lock);
+            if (--p->queued == 0)
+                pthread_cond_broadcast(&t->idle);
+        }
     }
     pthread_mutex_unlock(&t->lock);
     return NULL;
@@ -190,13 +222,13 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
     g->p = p;
     g->n = 0;
     g->cb.n = 0;
-    g->map_buf = NULL;
     g->gone = data && shm_peer_gone(p);
 }
 
 /* Ends the group's frames (their copies done or failed). */
 static void group_end(struct shm_group *g)
 {
+    shm_group_unmap(g); /* before its frames end: the peer may close after the last */
     for (size_t i = 0; i < g->n; i++) {
         struct frame_run *fr = &g->runs[i];
         int rc = g->rc[i];
