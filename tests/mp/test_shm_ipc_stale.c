@@ -17,11 +17,12 @@
  * it is closed too (the transport's timer); a WRITE stream while the target
  * frees ends every request COMPLETED or FAILED, none copying after; a new
  * registration at the same address is written and read through a new
- * opening; 24 free/register cycles keep at most one opening.  And the
- * detector itself: a copy after the target freed memory it keeps
- * registered is counted.  Test code is single-threaded but for the writer
- * of stream_while_freed; no step waits on time (flags and joins only; the
- * one poll has a 60 s guard).
+ * opening; 24 free/register cycles keep at most one opening; the target's
+ * process dies — its openings are closed (the timer).  And the detector
+ * itself: a copy after the target freed memory it keeps registered is
+ * counted.  Test code is single-threaded but for the writer of
+ * stream_while_freed; no step waits on time (flags and joins only; the
+ * polls have a 60 s guard).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -313,6 +314,27 @@ static void stream_while_freed(void **state)
     assert_int_equal(counts(f).stale_copies, 0);
 }
 
+/* The target's process dies (a crashed engine): its openings here are
+ * closed without a transfer or a close of the segment (while they are open
+ * a real device keeps its memory allocated); the next WRITE fails
+ * FERRY_ECONN.  Before: open until the segment was closed. */
+static void peer_died_unmapped(void **state)
+{
+    struct fixture *f = *state;
+    write_read_verified(f, 0, 25, TSEED);
+    assert_int_equal(counts(f).opens, 1);
+    child_target_kill(&f->target);
+    struct timespec nap = {0, 5 * 1000000L};
+    for (unsigned waited = 0; counts(f).closes < 1; waited += 5) {
+        if (waited >= 60000)
+            fail_msg("the opening of the dead target's buffer is still open after 60 s");
+        nanosleep(&nap, NULL);
+    }
+    assert_int_equal(counts(f).opens, 1);
+    expect_failed(submit(f, FERRY_WRITE, 0, 26), FERRY_ECONN, "gone");
+    assert_int_equal(counts(f).opens, 1);
+}
+
 /* The detector: a target that frees memory it keeps registered (a bug of
  * the application, not ferry's) lets this initiator's copies run through
  * the opening, as CUDA would: the sim device counts them. */
@@ -338,6 +360,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(register_cycles, setup_host, teardown),
         cmocka_unit_test_setup_teardown(stream_while_freed, setup_dev, teardown),
         cmocka_unit_test_setup_teardown(stream_while_freed, setup_host, teardown),
+        cmocka_unit_test_setup_teardown(peer_died_unmapped, setup_dev, teardown),
+        cmocka_unit_test_setup_teardown(peer_died_unmapped, setup_host, teardown),
         cmocka_unit_test_setup_teardown(stale_copy_detected, setup_dev, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

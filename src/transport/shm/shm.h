@@ -162,6 +162,7 @@ struct shm_peer {
     bool closing;                     /* (t->lock) */
     struct shm_peer *next;            /* t->peers (t->lock) */
     uint64_t unregs_seen;             /* page->unregs at its last sweep (t->lock) */
+    bool dead;                        /* its process exited: its mappings were closed (t->lock) */
 };
 
 #define SHM_NOTIFY_MAX_ALLOW 16
@@ -377,8 +378,8 @@ void shm_frame_unmap(struct frame_run *fr);
 /* Drops the group's cached mapping (before its frames end). */
 void shm_group_unmap(struct shm_group *g);
 /* Retires p's mappings of registrations its registry no longer lists as
- * the ones they were opened for. */
-void shm_peer_sweep(struct shm_peer *p);
+ * the ones they were opened for (all: every mapping). */
+void shm_peer_sweep(struct shm_peer *p, bool all);
 /* Closes the mappings of a peer whose frames all ended. */
 void shm_peer_unmap(struct shm_peer *p);
 

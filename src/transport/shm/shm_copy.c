@@ -152,13 +152,21 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
     pthread_mutex_unlock(&t->lock);
 }
 
-/* A peer whose registry counted an unregister since its last sweep, held
- * (counted as queued, so its close waits); NULL if none.  t->lock held. */
-static struct shm_peer *peer_to_sweep(struct shm_transport *t)
+#define GONE_TICKS 5 /* how often the timer asks whether peers' processes exited */
+
+/* A peer with mappings to close, held (counted as queued, so its close
+ * waits); NULL if none.  *all: its process exited (with gone, the timer
+ * asks each peer), close every mapping; else its registry counted an
+ * unregister since its last sweep.  t->lock held. */
+static struct shm_peer *peer_to_sweep(struct shm_transport *t, bool gone, bool *all)
 {
     for (struct shm_peer *p = t->peers; p; p = p->next) {
+        if (p->self || p->dead)
+            continue;
         uint64_t unregs = atomic_load_explicit(&p->page->unregs, memory_order_relaxed);
-        if (unregs != p->unregs_seen && !p->self) {
+        *all = gone && shm_peer_gone(p);
+        if (*all || unregs != p->unregs_seen) {
+            p->dead = *all;
             p->unregs_seen = unregs;
             p->queued++;
             return p;
@@ -169,12 +177,14 @@ static struct shm_peer *peer_to_sweep(struct shm_transport *t)
 
 /* Every tick: ends the frames queued past their deadline, and closes the
  * mappings of buffers peers unregistered (also when no frame touches them
- * again: until then the peer's device memory could not be freed). */
+ * again: until then the peer's device memory could not be freed), and
+ * every GONE_TICKS all mappings of peers whose process exited (a crashed
+ * engine's device memory stays allocated while it is open here). */
 static void *timer_main(void *arg)
 {
     struct shm_transport *t = arg;
     pthread_mutex_lock(&t->lock);
-    while (!t->stopping) {
+    for (unsigned tick = 1; !t->stopping; tick++) {
         struct timespec until = timespec_in_ms(CLOCK_REALTIME, TICK_MS);
         pthread_cond_timedwait(&t->tick, &t->lock, &until);
         struct xfer_frame *late = t->head ? unqueue(t, NULL, now_ns()) : NULL;
@@ -186,9 +196,10 @@ static void *timer_main(void *arg)
             }
             pthread_mutex_lock(&t->lock);
         }
-        for (struct shm_peer *p; (p = peer_to_sweep(t)) != NULL;) {
+        bool all;
+        for (struct shm_peer *p; (p = peer_to_sweep(t, tick % GONE_TICKS == 0, &all)) != NULL;) {
             pthread_mutex_unlock(&t->lock);
-            shm_peer_sweep(p);
+            shm_peer_sweep(p, all);
             pthread_mutex_lock(&t->lock);
             if (--p->queued == 0)
                 pthread_cond_broadcast(&t->idle);

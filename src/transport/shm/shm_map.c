@@ -12,8 +12,8 @@
  * a reference for the buffer's list, one per frame whose copies use it and
  * one per group that caches it.  When the peer's registry says the
  * registration is gone (a frame's check finds the slot changed, or the
- * timer sees the registry's unregister count move: shm_peer_sweep), the
- * mapping is retired: unlisted, so no new copy takes it, and closed by the
+ * timer sees the registry's unregister count move or the peer's process
+ * exit: shm_peer_sweep), the mapping is retired: unlisted, so no new copy takes it, and closed by the
  * last put — at once, or when the copies in flight through it ended.  A
  * buffer registered again at the same address (allocators reuse addresses)
  * is followed with its new handle and opened anew, never through the old
@@ -166,6 +166,9 @@ int shm_remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, uin
         rc = shm_fail(fr, FERRY_EBUSY, "shm: segment %.64s: 0x%llx+%llu was registered again while a copy into "
                       "its previous allocation is still running", p->name, (unsigned long long)b->addr,
                       (unsigned long long)b->len);
+    } else if ((!m || !m->ptr) && shm_peer_gone(p)) {
+        /* the timer closed (or will close) its mappings: open no new one */
+        rc = shm_fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name, (int)p->pid);
     } else if (!(m = mapping_open(p, b, dev, m))) {
         rc = shm_fail(fr, FERRY_ENOMEM, "shm: mapping");
     } else if (!m->ptr) {
@@ -213,20 +216,21 @@ bool shm_rbuf_follow_device(struct shm_peer *p, struct shm_rbuf *b)
     return follow;
 }
 
-void shm_peer_sweep(struct shm_peer *p)
+void shm_peer_sweep(struct shm_peer *p, bool all)
 {
     unsigned retired = 0;
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < p->nbufs; i++) {
         struct shm_rbuf *b = &p->bufs[i];
-        if (b->maps && atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq)) {
+        if (b->maps && (all || atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq))) {
             retire_all(b);
             retired++;
         }
     }
     pthread_mutex_unlock(&p->lock);
     if (retired)
-        LOG_DEBUG("shm: segment %.64s: closing the mappings of %u unregistered buffer(s)", p->name, retired);
+        LOG_DEBUG("shm: segment %.64s: closing the mappings of %u %s buffer(s)", p->name, retired,
+                  all ? "of an exited process's" : "unregistered");
 }
 
 void shm_peer_unmap(struct shm_peer *p)
