@@ -113,10 +113,14 @@ static void shared_then_closed_by_last_user(void **state)
     assert_ptr_equal(c, a + 8);
     assert_int_equal(opens, 1);
     assert_int_equal(w->fr[0].nmaps, 1);
+    assert_int_equal(atomic_load(&w->p.mapped), 1); /* the timer asks whether its process exited */
+    shm_peer_sweep(&w->p, false);                   /* still registered: kept */
+    assert_non_null(w->b.maps);
 
     atomic_fetch_add(&w->slot.seq, 1); /* revoked */
     shm_peer_sweep(&w->p, false);
     assert_null(w->b.maps);
+    assert_int_equal(atomic_load(&w->p.mapped), 0);
     assert_int_equal(atomic_load(&w->b.retired), 1);
     end(w, 0);
     assert_int_equal(closes, 0); /* frame 1 and its group still copy through it */

@@ -163,6 +163,7 @@ struct shm_peer {
     struct shm_peer *next;            /* t->peers (t->lock) */
     uint64_t unregs_seen;             /* page->unregs at its last sweep (t->lock) */
     bool dead;                        /* its process exited: its mappings were closed (t->lock) */
+    atomic_uint mapped;               /* mappings listed in bufs[].maps and open */
 };
 
 #define SHM_NOTIFY_MAX_ALLOW 16

@@ -164,7 +164,7 @@ static struct shm_peer *peer_to_sweep(struct shm_transport *t, bool gone, bool *
         if (p->self || p->dead)
             continue;
         uint64_t unregs = atomic_load_explicit(&p->page->unregs, memory_order_relaxed);
-        *all = gone && shm_peer_gone(p);
+        *all = gone && atomic_load(&p->mapped) && shm_peer_gone(p); /* a system call: only where it matters */
         if (*all || unregs != p->unregs_seen) {
             p->dead = *all;
             p->unregs_seen = unregs;

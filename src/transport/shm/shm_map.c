@@ -49,12 +49,14 @@ static void mapping_put(struct shm_mapping *m)
 
 /* Unlists b's mappings: no new copy takes them; each closes at its last
  * put.  The peer's lock held. */
-static void retire_all(struct shm_rbuf *b)
+static void retire_all(struct shm_peer *p, struct shm_rbuf *b)
 {
     struct shm_mapping *m = b->maps;
     b->maps = NULL;
     while (m) {
         struct shm_mapping *next = m->next;
+        if (m->ptr)
+            atomic_fetch_sub(&p->mapped, 1);
         atomic_fetch_add(&b->retired, 1);
         mapping_put(m); /* the list's reference */
         m = next;
@@ -128,6 +130,8 @@ static struct shm_mapping *mapping_open(struct shm_peer *p, struct shm_rbuf *b, 
             snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: buffer 0x%llx+%llu runs past the %zu bytes its IPC "
                      "handle opens", p->name, (unsigned long long)b->addr, (unsigned long long)b->len, m->room);
         }
+        if (m->ptr)
+            atomic_fetch_add(&p->mapped, 1);
     }
     return m;
 }
@@ -202,7 +206,7 @@ bool shm_rbuf_follow_device(struct shm_peer *p, struct shm_rbuf *b)
         uint64_t seq = atomic_load_explicit(&now.seq, memory_order_relaxed);
         follow = true;
         if (seq != was) { /* else another thread followed it first */
-            retire_all(b);
+            retire_all(p, b);
             if (b->handle_len)
                 memcpy(b->handle, handle, b->handle_len);
             atomic_store(&b->seq, seq);
@@ -210,7 +214,7 @@ bool shm_rbuf_follow_device(struct shm_peer *p, struct shm_rbuf *b)
                       (unsigned long long)b->addr, (unsigned long long)b->len);
         }
     } else if (atomic_load(&p->slots[b->slot].seq) != was) {
-        retire_all(b);
+        retire_all(p, b);
     }
     pthread_mutex_unlock(&p->lock);
     return follow;
@@ -223,7 +227,7 @@ void shm_peer_sweep(struct shm_peer *p, bool all)
     for (size_t i = 0; i < p->nbufs; i++) {
         struct shm_rbuf *b = &p->bufs[i];
         if (b->maps && (all || atomic_load(&p->slots[b->slot].seq) != atomic_load(&b->seq))) {
-            retire_all(b);
+            retire_all(p, b);
             retired++;
         }
     }
@@ -237,7 +241,7 @@ void shm_peer_unmap(struct shm_peer *p)
 {
     for (size_t i = 0; i < p->nbufs; i++) {
         struct shm_rbuf *b = &p->bufs[i];
-        retire_all(b);
+        retire_all(p, b);
         if (atomic_load(&b->retired))
             LOG_ERROR("shm: segment %.64s: %u mapping(s) of 0x%llx still in use at close", p->name,
                       atomic_load(&b->retired), (unsigned long long)b->addr);
