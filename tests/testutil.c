@@ -158,6 +158,19 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
             dprintf(fd, "0\n");
         } else if (strcmp(line, "reg") == 0) {
             dprintf(fd, "%d\n", ferry_register_memory(e, buf, len, location, 1));
+        } else if (strcmp(line, "release") == 0) {
+            /* unregister, then free: the allocator may hand the address out again */
+            int rc = ferry_unregister_memory(e, buf);
+            if (!rc)
+                ferry_mem_free(e, location, buf, len);
+            dprintf(fd, "%d\n", rc);
+        } else if (sscanf(line, "renew %llu", &s) == 1) {
+            /* after release: a new allocation, filled with pattern(s, 0), registered */
+            int rc = ferry_mem_alloc(e, location, len, &buf);
+            pattern_fill(host, len, s, 0);
+            if (!rc && (rc = ferry_mem_copy(e, buf, host, len)) == 0)
+                rc = ferry_register_memory(e, buf, len, location, 1);
+            dprintf(fd, "%d %llx\n", rc, (unsigned long long)(uintptr_t)buf);
         } else if (strcmp(line, "quit") == 0) {
             break;
         }
@@ -247,6 +260,24 @@ int child_target_fill(struct child_target *t, uint64_t seed)
 int child_target_free_device_memory(struct child_target *t)
 {
     return command(t, "devfree");
+}
+
+int child_target_release(struct child_target *t)
+{
+    return command(t, "release");
+}
+
+int child_target_renew(struct child_target *t, uint64_t seed)
+{
+    char line[64];
+    unsigned long long addr = 0;
+    int rc = -1;
+    dprintf(t->ctl_fd, "renew %llu\n", (unsigned long long)seed);
+    if (test_read_line(t->ctl_fd, line, sizeof line) != 0 || sscanf(line, "%d %llx", &rc, &addr) != 2)
+        return -1;
+    if (!rc)
+        t->addr = addr;
+    return rc;
 }
 
 int child_target_register(struct child_target *t)

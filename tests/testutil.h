@@ -51,6 +51,14 @@ int child_target_unregister(struct child_target *t);
 /* Asks the child to register its buffer again (after child_target_unregister).
  * Returns the child's ferry_register_memory result. */
 int child_target_register(struct child_target *t);
+/* Asks the child to unregister its buffer and free its memory.  Returns the
+ * child's ferry_unregister_memory result (the memory is freed when 0). */
+int child_target_release(struct child_target *t);
+/* After child_target_release: the child allocates a new buffer of the same
+ * length and location, fills it with pattern(seed, 0) and registers it;
+ * t->addr becomes its address (the allocator may reuse the old one).
+ * Returns 0 or the child's failing ferry_* result (-1: no answer). */
+int child_target_renew(struct child_target *t, uint64_t seed);
 /* Asks the child to fill its whole buffer with pattern(seed, 0) (through the
  * device layer).  Returns the child's ferry_mem_copy result. */
 int child_target_fill(struct child_target *t, uint64_t seed);

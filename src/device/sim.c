@@ -318,7 +318,7 @@ int sim_mem_alloc(int dev, size_t len, void **out)
         d->cap = cap;
     }
     memmove(&d->allocs[pos + 1], &d->allocs[pos], (d->count - pos) * sizeof d->allocs[0]);
-    d->allocs[pos] = (struct sim_alloc){.off = off, .len = len, .span = span, .fd = -1};
+    d->allocs[pos] = (struct sim_alloc){.off = off, .len = len, .span = span, .fd = -1, .tag = NULL};
     d->count++;
     d->cursor = off + span;
     pthread_mutex_unlock(&d->lock);
@@ -336,6 +336,7 @@ void sim_release_locked(struct sim_device *d, size_t i)
     struct sim_alloc *a = &d->allocs[i];
     char *sh = sim_shadow_of(sim_hw.base + (size_t)(d - sim_hw.devs) * sim_hw.dev_size + a->off);
     if (a->fd >= 0 || a->imported) {
+        sim_ipc_release(a);
         if (mmap(sh, a->span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
                  -1, 0) == MAP_FAILED)
             LOG_ERROR("sim: cannot remap a shared allocation private: %s", strerror(errno));
@@ -428,8 +429,10 @@ static int check_device_side(int dev, const void *p, size_t len, size_t idx,
     if (i >= 0) {
         const struct sim_alloc *a = &d->allocs[i];
         size_t into = off - a->off;
-        if (into <= a->len && len <= a->len - into)
+        if (into <= a->len && len <= a->len - into) {
+            sim_ipc_check_access(a, dev, p, len);
             return 0;
+        }
     }
     snprintf(msg, cap, "sim:%d: illegal address: copy %zu (%s) %s [%p, +%zu) is not inside "
              "a live allocation", dev, idx, dir_names[dir], side, p, len);

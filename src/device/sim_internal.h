@@ -34,6 +34,7 @@ struct sim_alloc {
     size_t span;
     int fd;                      /* exported: the memfd holding its bytes, else -1 */
     int imported;                /* its shadow maps another process's memfd */
+    struct sim_ipc_tag *tag;     /* shared (exported or imported): the memfd's last page */
 };
 
 struct sim_device {
@@ -76,5 +77,19 @@ void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);
 int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room);
 void sim_ipc_close(int dev, void *ptr);
+/* A shared allocation goes (sim_release_locked): its exporter's free is
+ * marked where importers see it.  The device's lock held. */
+void sim_ipc_release(struct sim_alloc *a);
+/* A copy touches allocation a of dev: one through an opening whose exporter
+ * has freed the allocation is counted (CUDA would run it unnoticed into
+ * memory the exporter no longer sees).  The device's lock held. */
+void sim_ipc_check_access(const struct sim_alloc *a, int dev, const void *p, size_t len);
+
+/* What this process's sim IPC did, for tests: handles opened and closed,
+ * and copies through openings of allocations their exporter had freed. */
+struct sim_ipc_counts {
+    uint64_t opens, closes, stale_copies;
+};
+void sim_ipc_counts(struct sim_ipc_counts *out);
 
 #endif

@@ -5,6 +5,12 @@
  * mapped shared at the same place; another process opens the handle through
  * /proc/<pid>/fd/<n> and maps that memfd over a fresh allocation of its own
  * sim device.  No threads; state is sim.c's (sim_internal.h).
+ *
+ * As with CUDA, an opening keeps the bytes alive after the exporter frees
+ * the allocation, and copies through it still run — into memory the
+ * exporter no longer sees.  The memfd's last page (a tag) says the exporter
+ * freed it, so such copies are counted (sim_ipc_counts, for tests) and
+ * logged, as are opens and closes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +36,46 @@ struct sim_ipc_handle {
 };
 _Static_assert(sizeof(struct sim_ipc_handle) <= FERRY_IPC_HANDLE_MAX, "fits FERRY_IPC_HANDLE_MAX");
 
+/* The page after an exported allocation's bytes in its memfd. */
+struct sim_ipc_tag {
+    _Atomic uint32_t freed;      /* the exporter freed the allocation */
+};
+
+static atomic_uint_fast64_t ipc_opens, ipc_closes, stale_copies;
+
+void sim_ipc_counts(struct sim_ipc_counts *out)
+{
+    out->opens = atomic_load(&ipc_opens);
+    out->closes = atomic_load(&ipc_closes);
+    out->stale_copies = atomic_load(&stale_copies);
+}
+
+/* The tag page of memfd fd holding span bytes, mapped; NULL on failure. */
+static struct sim_ipc_tag *tag_map(int fd, size_t span)
+{
+    void *m = mmap(NULL, SIM_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)span);
+    return m == MAP_FAILED ? NULL : m;
+}
+
+void sim_ipc_release(struct sim_alloc *a)
+{
+    if (!a->tag)
+        return;
+    if (!a->imported)
+        atomic_store(&a->tag->freed, 1);
+    munmap(a->tag, SIM_PAGE);
+    a->tag = NULL;
+}
+
+void sim_ipc_check_access(const struct sim_alloc *a, int dev, const void *p, size_t len)
+{
+    if (!a->imported || !a->tag || !atomic_load(&a->tag->freed))
+        return;
+    atomic_fetch_add(&stale_copies, 1);
+    LOG_ERROR("sim:%d: a copy through %p+%zu, an opening of another process's allocation that its exporter has "
+              "freed: the bytes go where the exporter no longer sees them", dev, p, len);
+}
+
 /* Index of the live allocation of dev holding [p, p+len), or -1.  Caller
  * holds the device's lock. */
 static long alloc_holding(int dev, const void *p, size_t len)
@@ -47,9 +93,13 @@ static int share_alloc(int dev, struct sim_alloc *a)
 {
     char *sh = sim_shadow_of(sim_hw.base + (size_t)dev * sim_hw.dev_size + a->off);
     int fd = memfd_create("ferry-sim-ipc", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, (off_t)a->span) != 0 || pwrite(fd, sh, a->span, 0) != (ssize_t)a->span ||
+    if (fd < 0 || ftruncate(fd, (off_t)(a->span + SIM_PAGE)) != 0 || pwrite(fd, sh, a->span, 0) != (ssize_t)a->span ||
+        (a->tag = tag_map(fd, a->span)) == NULL ||
         mmap(sh, a->span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
         int err = errno;
+        if (a->tag)
+            munmap(a->tag, SIM_PAGE);
+        a->tag = NULL;
         if (fd >= 0)
             close(fd);
         return ferry_fail(FERRY_EIO, "sim:%d: cannot share an allocation of %zu bytes: %s", dev, a->span,
@@ -101,7 +151,7 @@ static int open_exported(const struct sim_ipc_handle *h)
     if (fd < 0)
         return ferry_fail(errno == ENOENT ? FERRY_EINVAL : FERRY_EIO, "sim: ipc_open: %s: %s", path,
                           strerror(errno));
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != h->ino || (uint64_t)st.st_size != h->span) {
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != h->ino || (uint64_t)st.st_size != h->span + SIM_PAGE) {
         close(fd);
         return ferry_fail(FERRY_EINVAL, "sim: ipc_open: %s is no longer the exported allocation", path);
     }
@@ -133,15 +183,17 @@ int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, siz
     struct sim_device *d = &sim_hw.devs[dev];
     pthread_mutex_lock(&d->lock);
     long i = alloc_holding(dev, p, (size_t)h.span);
-    if (mmap(sim_shadow_of(p), (size_t)h.span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
-        rc = ferry_fail(FERRY_EIO, "sim:%d: ipc_open: mmap: %s", dev, strerror(errno));
     d->allocs[i].imported = 1;   /* also on failure: release remaps the range private */
+    if (mmap(sim_shadow_of(p), (size_t)h.span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
+        (d->allocs[i].tag = tag_map(fd, (size_t)h.span)) == NULL)
+        rc = ferry_fail(FERRY_EIO, "sim:%d: ipc_open: mmap: %s", dev, strerror(errno));
     if (rc)
         sim_release_locked(d, (size_t)i);
     pthread_mutex_unlock(&d->lock);
     close(fd);
     if (rc)
         return rc;
+    atomic_fetch_add(&ipc_opens, 1);
     *ptr = (char *)p + h.offset;
     *room = (size_t)(h.span - h.offset);
     return 0;
@@ -154,9 +206,10 @@ void sim_ipc_close(int dev, void *ptr)
     struct sim_device *d = &sim_hw.devs[dev];
     pthread_mutex_lock(&d->lock);
     long i = alloc_holding(dev, ptr, 0);
-    if (i >= 0 && d->allocs[i].imported)
+    if (i >= 0 && d->allocs[i].imported) {
         sim_release_locked(d, (size_t)i);
-    else
+        atomic_fetch_add(&ipc_closes, 1);
+    } else
         LOG_ERROR("sim: ipc_close(sim:%d, %p): not memory ipc_open returned", dev, ptr);
     pthread_mutex_unlock(&d->lock);
 }

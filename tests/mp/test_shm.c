@@ -262,9 +262,10 @@ static void unregister_then_refresh(void **state)
     write_read_over_shm(f);
 }
 
-/* The target unregisters its host buffer and registers it again, with no
+/* The target unregisters its buffer and registers it again, with no
  * transfer between (an application reusing a buffer): the next transfers
- * follow the new registration at once.  Before, the first failed
+ * follow the new registration at once (device memory: through a new IPC
+ * opening of its new handle, the old one closed).  Before, the first failed
  * FERRY_ESTALE ("unregistered ... since it was opened") and only the
  * refresh it caused let later ones through; tcp's target checks its live
  * registry and never failed. */
@@ -734,6 +735,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
         cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_cpu_to_dev, teardown),
         cmocka_unit_test_setup_teardown(notification_after_data, setup_dev_to_dev, teardown),
         cmocka_unit_test_prestate(same_process, (void *)dev),
         /* last: the exporter dies while its memory is open here */

@@ -297,6 +297,7 @@ static void shm_unregister_memory(void *tp, void *handle)
     struct shm_reg *g = handle;
     struct shm_slot *s = &t->slots[g->slot];
     atomic_fetch_add(&s->seq, 1); /* even: revoked (sequentially consistent) */
+    atomic_fetch_add(&t->page->unregs, 1); /* peers close their mappings of it (shm_map.c) */
     shm_wait_accesses(t, atomic_load(&s->addr), atomic_load(&s->len));
     pthread_mutex_lock(&t->reg_lock);
     for (struct shm_reg **pp = &t->regs; *pp; pp = &(*pp)->next) {
@@ -361,16 +362,9 @@ static int shm_describe(void *tp, char **json)
 
 static void peer_free(struct shm_peer *p)
 {
-    for (size_t i = 0; i < p->nbufs; i++) {
-        struct shm_rbuf *b = &p->bufs[i];
-        for (struct shm_mapping *m = b->maps, *next; m; m = next) {
-            next = m->next;
-            if (m->ptr && !p->self)
-                b->ops->ipc_close(m->dev, m->ptr);
-            free(m);
-        }
-        free(b->handle);
-    }
+    shm_peer_unmap(p);
+    for (size_t i = 0; i < p->nbufs; i++)
+        free(p->bufs[i].handle);
     free(p->bufs);
     shm_notify_close(p);
     if (p->registry)
@@ -508,6 +502,11 @@ static int shm_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
         return rc;
     }
     LOG_DEBUG("shm: segment %s is process %d on this host (%zu registrations)", d->name, (int)p->pid, p->nbufs);
+    pthread_mutex_lock(&t->lock);
+    p->unregs_seen = atomic_load(&p->page->unregs);
+    p->next = t->peers;
+    t->peers = p;
+    pthread_mutex_unlock(&t->lock);
     *out = p;
     return 0;
 }

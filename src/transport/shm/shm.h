@@ -6,6 +6,7 @@
  *   shm_copy.c    the work queue, its worker threads, the submitters' jobs
  *   shm_lane.c    one stream per device that jobs share, in order
  *   shm_frame.c   one frame's accesses, checks and copies
+ *   shm_map.c     peers' device buffers opened here (IPC), their references
  *   shm_notify.c  notifications over a unix socket
  * Nothing outside src/transport/shm*.c includes this header.
  */
@@ -51,6 +52,8 @@ struct shm_page {
     uint64_t addr;                    /* where the owner maps this page (the probe reads it there) */
     uint64_t shared_ino;              /* the owner's shared memfd */
     _Atomic uint64_t slots_used;      /* slots [0, slots_used) may be live */
+    _Atomic uint64_t unregs;          /* bumped by every unregister (after its revocation): peers
+                                       * then close their mappings of revoked buffers */
 };
 
 /* One registration in the registry (after the first page).  seq is odd while
@@ -101,12 +104,20 @@ struct shm_reg {
     uint32_t slot;
 };
 
-/* A peer's device buffer opened here for one local device. */
+/* A peer's device buffer opened here for one local device (shm_map.c).
+ * refs: one for b->maps while it is listed there, one per frame whose
+ * copies use it and one per group that caches it; the last put closes it.
+ * A mapping of a registration the peer revoked (or replaced) is retired:
+ * unlisted at once, closed when no copy in flight uses it any more. */
 struct shm_mapping {
     struct shm_mapping *next;
+    struct shm_rbuf *buf;             /* the buffer it maps (retired: counted in buf->retired) */
+    const struct ferry_device_ops *ops;
     int dev;
     void *ptr;                        /* stands for the buffer's addr; NULL: opening failed */
     size_t room;                      /* bytes from ptr to the end of what was opened */
+    uint64_t seq;                     /* the registration (buf->seq) it was opened for */
+    atomic_uint refs;
     int err;
     char msg[160];
 };
@@ -115,14 +126,15 @@ struct shm_mapping {
 struct shm_rbuf {
     uint64_t addr, len;
     uint32_t slot;
-    _Atomic uint64_t seq;             /* the slot's seq then: any change means unregistered (or, for
-                                       * host memory, registered again over it: rbuf_registered_again) */
+    _Atomic uint64_t seq;             /* the slot's seq then: any change means unregistered (or
+                                       * registered again over it: rbuf_registered_again) */
     bool device;                      /* not host memory */
     const struct ferry_device_ops *ops; /* NULL for host memory or a kind this build lacks */
     int dev;                          /* the peer's device index */
-    size_t handle_len;                /* 0: no IPC handle: unreachable through shm */
-    uint8_t *handle;
-    struct shm_mapping *maps;         /* under the peer's lock */
+    size_t handle_len;                /* 0: no IPC handle: unreachable through shm (never changes) */
+    uint8_t *handle;                  /* under the peer's lock (a new registration replaces it) */
+    struct shm_mapping *maps;         /* under the peer's lock: mappings of registration seq */
+    atomic_uint retired;              /* retired mappings not closed yet */
 };
 
 struct shm_transport;
@@ -142,12 +154,16 @@ struct shm_peer {
     struct shm_announce *ann;
     size_t nbufs;
     struct shm_rbuf *bufs;            /* its registry's live slots when opened, sorted by addr */
-    pthread_mutex_t lock;             /* bufs[].maps */
+    pthread_mutex_t lock;             /* bufs[].maps and .handle */
     pthread_mutex_t notify_lock;      /* notify_fd and one notification at a time */
     int notify_fd;
     uint64_t notify_last_ns;          /* now_ns() at its last message */
-    unsigned queued;                  /* frames queued or running (t->lock) */
+    unsigned queued;                  /* frames queued or running, and a sweep (t->lock) */
     bool closing;                     /* (t->lock) */
+    struct shm_peer *next;            /* t->peers (t->lock) */
+    uint64_t unregs_seen;             /* page->unregs at its last sweep (t->lock) */
+    bool dead;                        /* its process exited: its mappings were closed (t->lock) */
+    atomic_uint mapped;               /* mappings listed in bufs[].maps and open */
 };
 
 #define SHM_NOTIFY_MAX_ALLOW 16
@@ -176,7 +192,8 @@ struct shm_transport {
     struct shm_reg *regs;
     uint8_t *slot_busy;               /* SHM_SLOTS: slot taken (live, or revoked and draining) */
 
-    pthread_mutex_t lock;             /* the queue and peers' queued/closing */
+    pthread_mutex_t lock;             /* the queue, peers, and peers' queued/closing */
+    struct shm_peer *peers;           /* open and not closing: the timer sweeps their mappings */
     pthread_cond_t work, idle, tick;
     struct xfer_frame *head, *tail;   /* FIFO; a frame's wire_id holds its peer */
     size_t nqueued;
@@ -281,8 +298,9 @@ struct frame_run {
     char copy_msg[160];
     struct shm_announce *ann;         /* this access, announced in the peer's shared memfd */
     uint64_t expiry;                  /* no copy step starts at or after it */
-    uint32_t ntouched, nlocal;
+    uint32_t ntouched, nlocal, nmaps;
     uint32_t touched[XFER_MAX_PIECES];           /* the peer buffers the pieces lie in */
+    struct shm_mapping *maps[XFER_MAX_PIECES];   /* mappings its copies use (a ref each) */
     struct memreg_access local[XFER_MAX_PIECES]; /* the local registrations they lie in (one: all) */
     bool whole;                       /* local[0] holds every piece */
     const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
@@ -303,9 +321,7 @@ struct shm_group {
     int rc[SHM_GROUP_MAX];
     struct frame_run *runs;           /* SHM_GROUP_MAX */
     struct copy_batch cb;
-    const struct shm_rbuf *map_buf;   /* the IPC mapping the last device piece used */
-    int map_dev;
-    char *map_base;
+    struct shm_mapping *map;          /* the IPC mapping the last device piece used (a ref) */
     struct frame_moves *moves;        /* a worker's; NULL in a job */
     const struct ferry_device_ops *bounce_ops; /* a worker's pinned bounce */
     char *bounce;
@@ -323,6 +339,8 @@ struct shm_group {
 /* Sets fr->msg; returns code. */
 int shm_fail(struct frame_run *fr, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool shm_peer_gone(const struct shm_peer *p);
+/* Has the peer's process exited, waiting at most ms for its pidfd to say so? */
+bool shm_peer_gone_within(const struct shm_peer *p, int ms);
 /* shm.c: reads the peer's live slot i into b (a seqlock read: the fields of
  * one moment; location and handle: their room in struct shm_slot).  false:
  * free, revoked, changing, or malformed. */
@@ -346,6 +364,25 @@ void shm_copies_wait(struct shm_group *g);
 /* Before copies are issued: those of frames past their announcement's
  * expiry are dropped and their frames fail FERRY_ETIMEDOUT. */
 void shm_copies_drop_expired(struct shm_group *g);
+
+/* shm_map.c */
+/* Where the peer's device buffer b appears here for device dev: its
+ * allocation opened through the IPC handle, once per (peer, buffer, dev),
+ * held by the frame until it is released.  0 or FERRY_E* (fr->msg). */
+int shm_remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, uint64_t remote, char **out);
+/* b's slot changed: b's device memory registered again at b's address (and
+ * location, at least b's length)?  Then b follows it, its old mappings
+ * retired.  Otherwise b's mappings are retired and false. */
+bool shm_rbuf_follow_device(struct shm_peer *p, struct shm_rbuf *b);
+/* Drops the frame's references to mappings (its copies ended or never ran). */
+void shm_frame_unmap(struct frame_run *fr);
+/* Drops the group's cached mapping (before its frames end). */
+void shm_group_unmap(struct shm_group *g);
+/* Retires p's mappings of registrations its registry no longer lists as
+ * the ones they were opened for (all: every mapping). */
+void shm_peer_sweep(struct shm_peer *p, bool all);
+/* Closes the mappings of a peer whose frames all ended. */
+void shm_peer_unmap(struct shm_peer *p);
 
 /* shm_lane.c */
 /* The lane of (ops, dev), made when first asked for; NULL where the device

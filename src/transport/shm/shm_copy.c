@@ -22,7 +22,8 @@
  * for once per copy job (a failed copy job fails the frames with a copy in
  * it, no other, and the worker's next job runs on a fresh stream), and ends
  * the frames after clearing their announcements.  The timer ends frames
- * that waited in the queue past their deadline.  Frames end on the workers
+ * that waited in the queue past their deadline, and has peers' mappings of
+ * buffers they unregistered closed (shm_map.c).  Frames end on the workers
  * and the timer, each exactly once; a job's frames count as queued for
  * their peer (peer_drain waits for them) from the job's start.
  */
@@ -133,6 +134,12 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
 {
     pthread_mutex_lock(&t->lock);
     p->closing = true;
+    for (struct shm_peer **pp = &t->peers; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
     struct xfer_frame *gone = unqueue(t, p, 0);
     pthread_mutex_unlock(&t->lock);
     for (struct xfer_frame *f = gone, *next; f; f = next) {
@@ -145,22 +152,58 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
     pthread_mutex_unlock(&t->lock);
 }
 
+#define GONE_TICKS 5 /* how often the timer asks whether peers' processes exited */
+
+/* A peer with mappings to close, held (counted as queued, so its close
+ * waits); NULL if none.  *all: its process exited (with gone, the timer
+ * asks each peer), close every mapping; else its registry counted an
+ * unregister since its last sweep.  t->lock held. */
+static struct shm_peer *peer_to_sweep(struct shm_transport *t, bool gone, bool *all)
+{
+    for (struct shm_peer *p = t->peers; p; p = p->next) {
+        if (p->self || p->dead)
+            continue;
+        uint64_t unregs = atomic_load_explicit(&p->page->unregs, memory_order_relaxed);
+        *all = gone && atomic_load(&p->mapped) && shm_peer_gone(p); /* a system call: only where it matters */
+        if (*all || unregs != p->unregs_seen) {
+            p->dead = *all;
+            p->unregs_seen = unregs;
+            p->queued++;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Every tick: ends the frames queued past their deadline, and closes the
+ * mappings of buffers peers unregistered (also when no frame touches them
+ * again: until then the peer's device memory could not be freed), and
+ * every GONE_TICKS all mappings of peers whose process exited (a crashed
+ * engine's device memory stays allocated while it is open here). */
 static void *timer_main(void *arg)
 {
     struct shm_transport *t = arg;
     pthread_mutex_lock(&t->lock);
-    while (!t->stopping) {
+    for (unsigned tick = 1; !t->stopping; tick++) {
         struct timespec until = timespec_in_ms(CLOCK_REALTIME, TICK_MS);
         pthread_cond_timedwait(&t->tick, &t->lock, &until);
         struct xfer_frame *late = t->head ? unqueue(t, NULL, now_ns()) : NULL;
-        if (!late)
-            continue;
-        pthread_mutex_unlock(&t->lock);
-        for (struct xfer_frame *f = late, *next; f; f = next) {
-            next = f->next;
-            frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+        if (late) {
+            pthread_mutex_unlock(&t->lock);
+            for (struct xfer_frame *f = late, *next; f; f = next) {
+                next = f->next;
+                frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+            }
+            pthread_mutex_lock(&t->lock);
         }
-        pthread_mutex_lock(&t->lock);
+        bool all;
+        for (struct shm_peer *p; (p = peer_to_sweep(t, tick % GONE_TICKS == 0, &all)) != NULL;) {
+            pthread_mutex_unlock(&t->lock);
+            shm_peer_sweep(p, all);
+            pthread_mutex_lock(&t->lock);
+            if (--p->queued == 0)
+                pthread_cond_broadcast(&t->idle);
+        }
     }
     pthread_mutex_unlock(&t->lock);
     return NULL;
@@ -190,13 +233,13 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
     g->p = p;
     g->n = 0;
     g->cb.n = 0;
-    g->map_buf = NULL;
     g->gone = data && shm_peer_gone(p);
 }
 
 /* Ends the group's frames (their copies done or failed). */
 static void group_end(struct shm_group *g)
 {
+    shm_group_unmap(g); /* before its frames end: the peer may close after the last */
     for (size_t i = 0; i < g->n; i++) {
         struct frame_run *fr = &g->runs[i];
         int rc = g->rc[i];

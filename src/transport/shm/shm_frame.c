@@ -8,8 +8,9 @@
  * moves.  Host <-> host pieces go in one process_vm_writev/readv per frame,
  * in SHM_CHUNK steps with the checks before each step.  Pieces that touch
  * device memory become device copies in the group's copy_batch: with the
- * peer's allocation opened here through its IPC handle (cached per peer,
- * buffer and local device; the group remembers the last one), or, between
+ * peer's allocation opened here through its IPC handle (shm_map.c: per
+ * peer, buffer and local device, closed once the peer unregisters it and
+ * no copy uses it; the group remembers the last one), or, between
  * local device memory and a peer's host memory, through the worker's pinned
  * bounce.  The target's unregister revokes the slot, then waits for the
  * announcements that overlap (shm_wait_accesses): a copy either saw the
@@ -71,7 +72,7 @@ long shm_find_rbuf(const struct shm_peer *p, uint64_t addr, uint64_t len)
     return addr + len <= b->addr + b->len ? (long)(lo - 1) : -1;
 }
 
-static bool peer_gone_within(const struct shm_peer *p, int ms)
+bool shm_peer_gone_within(const struct shm_peer *p, int ms)
 {
     struct pollfd x = {.fd = p->pidfd, .events = POLLIN};
     return p->pidfd >= 0 && poll(&x, 1, ms) > 0;
@@ -79,7 +80,7 @@ static bool peer_gone_within(const struct shm_peer *p, int ms)
 
 bool shm_peer_gone(const struct shm_peer *p)
 {
-    return peer_gone_within(p, 0);
+    return shm_peer_gone_within(p, 0);
 }
 
 /* ------------------------------------------------------------ accesses */
@@ -186,6 +187,7 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
 void shm_frame_release(struct frame_run *fr)
 {
     struct memreg *reg = fr->g->t->host.registry;
+    shm_frame_unmap(fr);
     for (uint32_t i = 0; i < fr->nlocal; i++)
         memreg_access_end(reg, &fr->local[i]);
     fr->nlocal = 0;
@@ -403,70 +405,6 @@ static int add_copy(struct frame_run *fr, const struct ferry_device_ops *ops, in
     return 0;
 }
 
-/* Where the peer's device buffer b appears here for device dev: its
- * allocation opened through the IPC handle, once per (peer, buffer, dev);
- * the group remembers the last one (a frame's pieces mostly share one). */
-static int remote_device_ptr(struct frame_run *fr, struct shm_rbuf *b, int dev, uint64_t remote, char **out)
-{
-    struct shm_peer *p = fr->p;
-    struct shm_group *g = fr->g;
-    if (p->self) { /* two engines of one process: the address is ours too */
-        *out = (char *)(uintptr_t)remote;
-        return 0;
-    }
-    if (g->map_buf == b && g->map_dev == dev) {
-        *out = g->map_base + (remote - b->addr);
-        return 0;
-    }
-    if (!b->handle_len || !b->ops)
-        return shm_fail(fr, FERRY_ENOTSUP, "shm: segment %.64s: device buffer 0x%llx has no IPC handle; route it "
-                    "through another transport", p->name, (unsigned long long)b->addr);
-    pthread_mutex_lock(&p->lock);
-    struct shm_mapping *m = b->maps;
-    while (m && m->dev != dev)
-        m = m->next;
-    if (!m && (m = calloc(1, sizeof *m)) != NULL) {
-        m->dev = dev;
-        m->next = b->maps;
-        b->maps = m;
-    }
-    /* opened at first use, and again by each frame after a failure: what
-     * failed (this device short of memory or address space) may pass, and
-     * nothing else would clear it until the segment closed */
-    if (m && !m->ptr) {
-        m->err = b->ops->ipc_open(dev, b->handle, b->handle_len, &m->ptr, &m->room);
-        if (m->err) {
-            m->ptr = NULL;
-            snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: opening buffer 0x%llx: %.60s", p->name,
-                     (unsigned long long)b->addr, ferry_last_error());
-        } else if (b->len > m->room) {
-            /* its registry claims more than its handle exports: no copy
-             * may run past what was opened (into this process's memory) */
-            b->ops->ipc_close(dev, m->ptr);
-            m->ptr = NULL;
-            m->err = FERRY_ERANGE;
-            snprintf(m->msg, sizeof m->msg, "shm: segment %.64s: buffer 0x%llx+%llu runs past the %zu bytes its IPC "
-                     "handle opens", p->name, (unsigned long long)b->addr, (unsigned long long)b->len, m->room);
-        }
-    }
-    int rc = !m ? shm_fail(fr, FERRY_ENOMEM, "shm: mapping")
-             : m->ptr ? 0
-             : m->err == FERRY_ERANGE ? shm_fail(fr, m->err, "%s", m->msg)
-             /* an exiting process closes its fds before its pidfd says so */
-             : peer_gone_within(p, 200) ? shm_fail(fr, FERRY_ECONN, "shm: segment %.64s: process %d is gone", p->name,
-                                               (int)p->pid)
-                            : shm_fail(fr, m->err, "%s", m->msg);
-    if (!rc) {
-        /* the mapping lives until the peer closes, after its frames ended */
-        g->map_buf = b;
-        g->map_dev = dev;
-        g->map_base = m->ptr;
-        *out = (char *)m->ptr + (remote - b->addr);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return rc;
-}
-
 /* A piece whose remote side is device memory. */
 static int device_piece(struct frame_run *fr, const struct xfer_piece *x, struct shm_rbuf *b,
                         const struct ferry_device_ops *lops, int ldev)
@@ -480,7 +418,7 @@ static int device_piece(struct frame_run *fr, const struct xfer_piece *x, struct
      * when that exists here (else device 0) for local host memory */
     int dev = lops ? ldev : b->dev < b->ops->device_count() ? b->dev : 0;
     char *r = NULL;
-    int rc = remote_device_ptr(fr, b, dev, x->remote, &r);
+    int rc = shm_remote_device_ptr(fr, b, dev, x->remote, &r);
     if (rc)
         return rc;
     enum ferry_copy_dir dir = lops ? FERRY_COPY_D2D : fr->write ? FERRY_COPY_H2D : FERRY_COPY_D2H;
@@ -591,14 +529,17 @@ static int local_backend(struct frame_run *fr, const struct memreg_region *lr, c
  * registered again, in the same slot, over at least b's range (the
  * unregister-then-register of a buffer an application reuses)?  Then b
  * follows the new registration and the frame goes on, as tcp's live check
- * would let it.  Device memory is not followed: its IPC handle, and the
- * mapping opened from it, may be of another allocation.  Safe against a
+ * would let it.  Device memory is followed only at b's very address, with
+ * the new IPC handle, and b's mappings of the old one are retired
+ * (shm_map.c): they may be of another allocation.  Safe against a
  * frame still copying under the old seq: the target's unregister waited for
  * its announcement (or for its expiry, after which it copies nothing), so
  * no frame of the old registration runs once a new one is live. */
 static bool rbuf_registered_again(struct shm_peer *p, struct shm_rbuf *b)
 {
-    if (b->device || b->handle_len)
+    if (b->device)
+        return shm_rbuf_follow_device(p, b);
+    if (b->handle_len)
         return false;
     struct shm_rbuf now;
     char location[sizeof p->slots[0].location];
