@@ -45,7 +45,7 @@ run_case() {
   echo "== $label: $proto $iloc -> $tloc $op $bs x 128, $THREADS thread(s) $*$fbargs: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
   [ -n "$line" ] || { echo "failed:"; grep -v ': [0-9]* copies' "$work/init.log" | tail -4; tail -4 "$work/target.log"; }
   [ "$LOGS" = 1 ] && grep -h 'cuda:[0-9]*: [0-9]* copies' "$work/init.log" "$work/target.log" | sed 's/^ferry\[[0-9]*\] [a-z]*: //' | sort | uniq -c | head -12
-  python3 "$here/trace_batches.py" "$work"/t.* 2>&1 | head -40
+  python3 "$here/trace_batches.py" "$work"/t.* 2>&1 | head -60
 }
 if [ $# -gt 0 ]; then
   for c in "$@"; do run_case $c; done
