@@ -5,7 +5,9 @@
 # the host buffers in cuMemHostAlloc memory (--pinned=alloc), huge-page memory
 # pinned with cuMemHostRegister (--pinned=thp), 4 KiB pages (--nohuge_pages)
 # and cold data (--rotate), next to staged cuda:0 -> cuda:1 cells by default,
-# with FERRY_CUDA_HOST_THP=1, with every process on its GPU's NUMA CPUs, and
+# with FERRY_CUDA_HOST_THP=1 (chunks and bounces from huge pages pinned with
+# cuMemHostRegister: a knob of that call's build, dropped after it measured no
+# gain; ignored now), with every process on its GPU's NUMA CPUs, and
 # with the staging worker not spinning; then traces (bench/trace_batches.py's
 # per-thread spans).  Run from the repository root with BUILD=<bundle> and
 # the bench scripts copied into <bundle>/bench; writes into $OUT.

@@ -6,9 +6,9 @@
  * staged frame slower on the socket?).  "alloc": cuMemHostAlloc (PORTABLE |
  * DEVICEMAP, what the cuda device's host_alloc makes by default); "thp":
  * 2 MiB-aligned anonymous memory with huge pages asked for, pinned with
- * cuMemHostRegister (what FERRY_CUDA_HOST_THP=1 makes).  libcuda.so.1 is
- * loaded with dlopen on first use; the main thread allocates and frees
- * before and after the workers run, so nothing here is shared.
+ * cuMemHostRegister.  libcuda.so.1 is loaded with dlopen on first use; the
+ * main thread allocates and frees before and after the workers run, so
+ * nothing here is shared.
  */
 #include "bench_pin.h"
 

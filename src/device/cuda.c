@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "device/cuda_internal.h"
@@ -80,8 +79,6 @@ int cuda_load(void)
         {"cuMemFree_v2", &cuda_drv.cuMemFree, 1},
         {"cuMemHostAlloc", &cuda_drv.cuMemHostAlloc, 1},
         {"cuMemFreeHost", &cuda_drv.cuMemFreeHost, 1},
-        {"cuMemHostRegister_v2", &cuda_drv.cuMemHostRegister, 0},
-        {"cuMemHostUnregister", &cuda_drv.cuMemHostUnregister, 0},
         {"cuPointerGetAttribute", &cuda_drv.cuPointerGetAttribute, 1},
         {"cuStreamCreate", &cuda_drv.cuStreamCreate, 1},
         {"cuStreamDestroy_v2", &cuda_drv.cuStreamDestroy, 1},
@@ -273,75 +270,6 @@ static void cuda_mem_free(int dev, void *ptr)
         LOG_ERROR("cuda:%d: cuMemFree(%p): %s", dev, ptr, cu_error_text(r));
 }
 
-/* Pinned memory that host_alloc made from huge pages (FERRY_CUDA_HOST_THP=1):
- * its length, for host_free's munmap.  Under thp_lock; a full table makes
- * the next ones with cuMemHostAlloc. */
-#define THP_ALLOCS_MAX 64
-#define THP_ALIGN ((size_t)2 << 20)
-static struct {
-    void *p;
-    size_t len;
-} thp_allocs[THP_ALLOCS_MAX];
-static pthread_mutex_t thp_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* len bytes (rounded up to 2 MiB) of 2 MiB-aligned anonymous memory, with
- * transparent huge pages asked for, touched and pinned with
- * cuMemHostRegister: what the socket copies read from and write into on
- * both sides of a staged transfer (a 4 KiB-page cuMemHostAlloc buffer
- * costs them a TLB miss per page).  Context current.  Returns NULL (and
- * records why) where it cannot be had; the caller uses cuMemHostAlloc. */
-static void *thp_pinned(size_t len, unsigned flags)
-{
-    if (cuda_drv.cuMemHostRegister == NULL || cuda_drv.cuMemHostUnregister == NULL)
-        return NULL;
-    size_t want = (len + THP_ALIGN - 1) / THP_ALIGN * THP_ALIGN;
-    char *raw = mmap(NULL, want + THP_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED)
-        return NULL;
-    char *p = (char *)(((uintptr_t)raw + THP_ALIGN - 1) & ~(uintptr_t)(THP_ALIGN - 1));
-    if (p > raw) /* what the alignment left over, both ends */
-        munmap(raw, (size_t)(p - raw));
-    if (p + want < raw + want + THP_ALIGN)
-        munmap(p + want, (size_t)(raw + want + THP_ALIGN - (p + want)));
-    (void)madvise(p, want, MADV_HUGEPAGE); /* a hint: 4 KiB pages where THP is off */
-    memset(p, 0, want);                    /* the pages exist (huge where they can) before pinning */
-    pthread_mutex_lock(&thp_lock);
-    size_t slot = 0;
-    while (slot < THP_ALLOCS_MAX && thp_allocs[slot].p)
-        slot++;
-    CUresult r = slot < THP_ALLOCS_MAX ? cuda_drv.cuMemHostRegister(p, want, flags) : CUDA_ERROR_OUT_OF_MEMORY;
-    if (r == CUDA_SUCCESS)
-        thp_allocs[slot].p = p, thp_allocs[slot].len = want;
-    pthread_mutex_unlock(&thp_lock);
-    if (r != CUDA_SUCCESS) {
-        LOG_DEBUG("cuda: cuMemHostRegister(%zu bytes): %s; cuMemHostAlloc instead", want, cu_error_text(r));
-        munmap(p, want);
-        return NULL;
-    }
-    return p;
-}
-
-/* Unpins and unmaps p if thp_pinned made it; false if it did not. */
-static bool thp_free(void *p)
-{
-    size_t len = 0;
-    pthread_mutex_lock(&thp_lock);
-    for (size_t i = 0; i < THP_ALLOCS_MAX; i++)
-        if (thp_allocs[i].p == p) {
-            len = thp_allocs[i].len;
-            thp_allocs[i].p = NULL;
-            break;
-        }
-    pthread_mutex_unlock(&thp_lock);
-    if (!len)
-        return false;
-    CUresult r = cuda_drv.cuMemHostUnregister(p);
-    if (r != CUDA_SUCCESS)
-        LOG_ERROR("cuda: cuMemHostUnregister(%p): %s", p, cu_error_text(r));
-    munmap(p, len);
-    return true;
-}
-
 static int cuda_host_alloc(size_t len, void **out)
 {
     struct ctx_guard g;
@@ -356,11 +284,7 @@ static int cuda_host_alloc(size_t len, void **out)
      * DEVICEMAP: mapped into the devices' address space, for the gather
      * kernel (implied under unified addressing; asked for to be plain). */
     int mapped = 1;
-    CUresult r = CUDA_SUCCESS;
-    *out = cuda_kernel_shape.host_thp ? thp_pinned(len, CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP)
-                                      : NULL;
-    if (*out == NULL)
-        r = cuda_drv.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+    CUresult r = cuda_drv.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
     if (r == CUDA_ERROR_INVALID_VALUE) {
         mapped = 0;
         r = cuda_drv.cuMemHostAlloc(out, len, CU_MEMHOSTALLOC_PORTABLE);
@@ -385,7 +309,7 @@ static void cuda_host_free(void *ptr)
     cuda_host_range_remove(ptr);
     if (any_ctx_enter(&g) < 0)
         return;
-    CUresult r = thp_free(ptr) ? CUDA_SUCCESS : cuda_drv.cuMemFreeHost(ptr);
+    CUresult r = cuda_drv.cuMemFreeHost(ptr);
     cuda_ctx_leave(&g);
     if (r != CUDA_SUCCESS)
         LOG_ERROR("cuda: cuMemFreeHost(%p): %s", ptr, cu_error_text(r));
@@ -625,9 +549,6 @@ static const struct ferry_config_knob cuda_knobs[] = {
      "gather/scatter kernel: 16-byte loads each thread has in flight before it stores, 4 or 8"},
     {"FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT,
      "H2D batches whose copies average more bytes than this take the copy engine instead of the kernel (0: always)"},
-    {"FERRY_CUDA_HOST_THP", CUDA_SHAPE_HOST_THP_DEFAULT,
-     "1: staging chunks and tcp bounces in 2 MiB-aligned huge-page memory pinned with cuMemHostRegister instead of "
-     "cuMemHostAlloc's 4 KiB pages"},
     {"FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT,
      "copies one launch of the gather/scatter kernel takes at most: 128, or 1024 (28 KiB of kernel parameters: "
      "CUDA 12.1+, else 128; the launch itself then costs ~20 us more)"},

@@ -58,8 +58,6 @@ enum {
     CU_STREAM_NON_BLOCKING = 1,
     CU_MEMHOSTALLOC_PORTABLE = 1,
     CU_MEMHOSTALLOC_DEVICEMAP = 2,
-    CU_MEMHOSTREGISTER_PORTABLE = 1,
-    CU_MEMHOSTREGISTER_DEVICEMAP = 2,
     CU_MEMCPY_SRC_ACCESS_ORDER_STREAM = 1,
     CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
     CU_JIT_ERROR_LOG_BUFFER = 5,
@@ -101,8 +99,6 @@ struct cuda_driver {
     CUresult (*cuMemFree)(CUdeviceptr dptr);
     CUresult (*cuMemHostAlloc)(void **pp, size_t bytes, unsigned int flags);
     CUresult (*cuMemFreeHost)(void *p);
-    CUresult (*cuMemHostRegister)(void *p, size_t bytes, unsigned int flags); /* optional */
-    CUresult (*cuMemHostUnregister)(void *p);                                 /* optional */
     CUresult (*cuPointerGetAttribute)(void *data, int attribute, CUdeviceptr ptr);
     CUresult (*cuStreamCreate)(CUstream *stream, unsigned int flags);
     CUresult (*cuStreamDestroy)(CUstream stream);

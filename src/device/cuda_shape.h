@@ -16,7 +16,6 @@
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
 #define CUDA_SHAPE_COPIES_DEFAULT "128"
-#define CUDA_SHAPE_HOST_THP_DEFAULT "0"
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
@@ -30,9 +29,6 @@ struct cuda_shape {
                             * take the copy engine; 0..1 MiB */
     unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
-    unsigned host_thp;     /* FERRY_CUDA_HOST_THP: host_alloc's pinned memory: 0 cuMemHostAlloc,
-                            * 1 2 MiB-aligned anonymous memory (huge pages asked for) pinned
-                            * with cuMemHostRegister */
 };
 
 /* Fills *out from the environment (defaults where unset).  0, or

@@ -106,8 +106,10 @@ struct staging_pool {
 /* FERRY_STAGING_ISSUER_RETIRE_US: how long a thread that issued gathers
  * while the worker slept polls the first group before it leaves it to the
  * worker (a wake-up costs 20-50 us in a VM, more from a deep C-state, on
- * the path of the batch's first frame). */
-#define ISSUER_RETIRE_US_DEFAULT 300u
+ * the path of the batch's first frame).  Off by default: on 2 x H200 a
+ * one-thread staged WRITE of 16 KiB x 128 moved the same with it as
+ * without, alternated in one run (docs/BENCHMARKS.md, h16u). */
+#define ISSUER_RETIRE_US_DEFAULT 0u
 #define ISSUER_RETIRE_US_MAX 1000u
 #define COPY_POLL_NS 200000u
 #define MARK_SLEEP_NS 20000             /* then between polls of a mark */

@@ -3,7 +3,7 @@
  * test_staging_issuer.c — FERRY_STAGING_ISSUER_RETIRE_US: a thread that
  * issues gathers while the pool's worker sleeps polls the first group's
  * copies itself and puts its frame on the wire (on that thread), so the
- * first frame does not wait for the worker's wake-up (300 us by default); off (0)
+ * first frame does not wait for the worker's wake-up; off (0, the default)
  * the worker does; a first group whose copies fail on the device is left to
  * the worker and fails its frame alone; bad values fail pool creation.
  * On the strict sim device with copy_async wrapped to finish its copies
