@@ -577,11 +577,13 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
                ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
                ",\"batches\":%" PRIu64 ",\"verified\":%s,\"requests\":%" PRIu64
                ",\"cpu_seconds\":%.3f,\"cpu_us_per_request\":%.3f,\"batch_p50_us\":%.1f"
-               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f,\"same_block\":%s}\n",
+               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f,\"same_block\":%s"
+               ",\"rotate\":%s,\"pinned\":\"%s\"}\n",
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
                batches, verified ? "true" : "false", c->requests, c->cpu_seconds, us_per_req,
                (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3, c->idle_seconds,
-               c->idle_cpu_seconds * 1e3, o->same_block ? "true" : "false");
+               c->idle_cpu_seconds * 1e3, o->same_block ? "true" : "false", o->rotate ? "true" : "false",
+               o->pinned ? o->pinned : "");
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
