@@ -21,7 +21,16 @@
 # the worker's early wake-up, A/B against $BUILD/staging_bench_A (a build
 # without it), with pauses between batches; the tests on one and two GPUs.
 #
-#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3|4|5|6]
+# Round 7 (h16v): the pool's sizing for 1,024-block batches (16 frames in
+# flight, as 16 x 2 MiB chunks held, against 32 x 1 MiB: the same pinned
+# bytes, frames being at most the 1 MiB slice), at 1, 2 and 4 batches in flight;
+# H2D through sm_90 bulk copies (FERRY_CUDA_KERNEL_BULK=1) against 16-byte
+# loads, alternating; the copy engine for H2D of 16 KiB blocks; then the
+# device tests and the staging matrix with bulk copies and the new pool, and
+# GPU to GPU over shm at 64 KiB (item 2, bench/gpu_shm_pairs.sh) if there
+# is time left (LIMIT, seconds: 185).
+#
+#   BUILD=build-gpu [SECS=0.4] [OUT=dir] bench/gpu_staging_variants.sh [1|2|3|4|5|6|7]
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.4}
@@ -53,7 +62,54 @@ goal() {
 }
 
 echo "## table columns: block | gather GB/s | large D2H | ratio | p50 | p99 | scatter GB/s | large H2D | ratio | p50 | p99"
-if [ "${1:-2}" = 1 ]; then
+if [ "${1:-2}" = 7 ]; then
+  limit=${LIMIT:-185}
+  left() { [ $(( $(date +%s) - t0 )) -lt "$1" ]; }
+  old=(FERRY_STAGING_CHUNKS=16 FERRY_STAGING_CHUNK_SIZE=1048576)   # 16 frames in flight, as before
+  new=(FERRY_LOG_LEVEL=1)                                           # the default: 16 x 2 MiB cut into 32 x 1 MiB
+  oldbench=(FERRY_STAGING_CHUNKS=16 FERRY_STAGING_CHUNK_SIZE=2097152 FERRY_SLICE_SIZE=2097152) # 2 MiB frames
+  bulk=(FERRY_CUDA_KERNEL_BULK=1)
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+  echo "### bulk copies, correctness first: test_device_cuda ${bulk[*]}"
+  timeout 40 env "${bulk[@]}" FERRY_LOG_LEVEL=3 "$B/tests/test_device_cuda" > "$OUT/device-bulk.txt" 2>&1
+  echo "rc $?"; grep -E 'bulk|^\[ +(FAILED|PASSED|ERROR) ' "$OUT/device-bulk.txt" | sort | uniq -c | head -8
+  for d in 1 2 4; do
+    v "old-pool d$d" "${old[@]}" -- --batch=1024 --depth=$d cuda:0 "$S" 16384
+    v "new-pool d$d" "${new[@]}" -- --batch=1024 --depth=$d cuda:0 "$S" 16384
+  done
+  v "pool-64 d4" FERRY_STAGING_CHUNKS=32 -- --batch=1024 --depth=4 cuda:0 "$S" 16384
+  v "old-bench 128" "${oldbench[@]}" -- --depth=4 cuda:0 "$S" 4096 16384 65536
+  v "new-pool 128" "${new[@]}" -- --depth=4 cuda:0 "$S" 4096 16384 65536
+  v "old-bench 1 in flight" "${oldbench[@]}" -- cuda:0 "$S" 16384 65536 1048576
+  v "new-pool 1 in flight" "${new[@]}" -- cuda:0 "$S" 16384 65536 1048576
+  sc() {
+    local label=$1
+    shift
+    v "$label" "$@" -- --op=scatter --depth=4 cuda:0 "$S" 4096 16384 65536
+    v "$label" "$@" -- --op=scatter --batch=1024 cuda:0 "$S" 16384
+  }
+  sc "scatter loads" "${new[@]}"
+  sc "scatter bulk" "${new[@]}" "${bulk[@]}"
+  sc "scatter bulk tile16k" "${new[@]}" "${bulk[@]}" FERRY_CUDA_KERNEL_TILE=16384
+  sc "scatter loads again" "${new[@]}"
+  sc "scatter bulk again" "${new[@]}" "${bulk[@]}"
+  left 120 && sc "scatter bulk ctas8" "${new[@]}" "${bulk[@]}" FERRY_CUDA_KERNEL_CTAS=8
+  left 125 && sc "scatter copy engine >8k" "${new[@]}" FERRY_CUDA_KERNEL_H2D_MAX=8192
+  left 130 && v "scatter 4k first2" "${new[@]}" FERRY_STAGING_GROUP_FIRST=2 -- --op=scatter --depth=4 cuda:0 "$S" 4096
+  echo "## variants took $(( $(date +%s) - t0 )) s"
+  st=0
+  echo "### test_staging cuda:0 -> cuda:1, ${new[*]} ${bulk[*]}"
+  timeout 40 env "${new[@]}" "${bulk[@]}" FERRY_TEST_DEVICE=cuda:0 FERRY_TEST_TARGET_DEVICE=cuda:1 \
+    "$B/tests/test_staging" > "$OUT/staging-2gpu.txt" 2>&1 || st=1
+  grep -E '^\[ +(FAILED|PASSED|ERROR) ' "$OUT/staging-2gpu.txt"
+  if left $((limit - 40)) && [ -n "${SHM:-}" ]; then
+    echo "### item 2: shm GPU to GPU, 64 KiB, 4 threads"
+    SECS=1 THREADS=4 BLOCKS=65536 timeout 60 bash "$here/gpu_shm_pairs.sh" "new=$SHM" "lanes1=$SHM:FERRY_SHM_LANE_STREAMS=1" 2>&1 |
+      cut -c1-160
+  fi
+  echo "## all done at $(( $(date +%s) - t0 )) s, status $st"
+  exit $st
+elif [ "${1:-2}" = 1 ]; then
   # round 1 (commit 31b6713, whose default tile was 16 KiB): one knob at a time
   old=(FERRY_CUDA_KERNEL_TILE=16384)
   v base "${old[@]}" -- cuda:0 "$S" 4096 16384 65536 1048576

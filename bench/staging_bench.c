@@ -34,6 +34,7 @@
 #include "device/device.h"
 #include "engine/slice.h"
 #include "err.h"
+#include "ferry.h"
 #include "net.h"
 #include "staging/staging.h"
 #include "trace.h"
@@ -127,7 +128,7 @@ struct result {
 
 /* depth batches of `batch` blocks of bs bytes in flight; each one, once
  * done, is submitted again (the main thread polls, like a caller waiting). */
-static struct result staged(struct staging_pool *pool, int op, char *dev, size_t bs, size_t chunk, double seconds,
+static struct result staged(struct staging_pool *pool, int op, char *dev, size_t bs, size_t slice, double seconds,
                             uint64_t *lat)
 {
     static struct inflight b[DEPTH_MAX];
@@ -135,7 +136,7 @@ static struct result staged(struct staging_pool *pool, int op, char *dev, size_t
     for (unsigned d = 0; d < depth; d++) {
         for (size_t i = 0; i < batch; i++) /* blocks scattered with gaps, like KV blocks; batches apart */
             reqs[i] = (struct slice_req){op, 1, 0, dev + (d * batch + i) * (bs + 4096), i * bs, bs, (uint32_t)i, 1};
-        if (slice_plan_make(reqs, batch, chunk, 64, &b[d].plan))
+        if (slice_plan_make(reqs, batch, slice, 64, &b[d].plan))
             exit(1);
     }
     size_t bytes = 0, nlat = 0;
@@ -226,8 +227,21 @@ int main(int argc, char **argv)
         printf("SKIPPED: no device %s: %s\n", loc, ferry_last_error());
         return 77;
     }
-    size_t chunk = getenv("FERRY_STAGING_CHUNK_SIZE") ? strtoull(getenv("FERRY_STAGING_CHUNK_SIZE"), 0, 0) : 2u << 20;
-    unsigned nchunks = getenv("FERRY_STAGING_CHUNKS") ? (unsigned)atoi(getenv("FERRY_STAGING_CHUNKS")) : 16;
+    /* the engine's pool: FERRY_STAGING_CHUNKS x FERRY_STAGING_CHUNK_SIZE bytes
+     * (the config table's defaults where unset) */
+    struct ferry_config cfg;
+    if (ferry_config_init(&cfg)) {
+        fprintf(stderr, "config: %s\n", ferry_last_error());
+        return 2;
+    }
+    if (cfg.slice_size == 0 || cfg.staging_chunk_size < cfg.slice_size) {
+        fprintf(stderr, "FERRY_STAGING_CHUNK_SIZE=%zu is below FERRY_SLICE_SIZE=%zu (frames must fit a chunk)\n",
+                cfg.staging_chunk_size, cfg.slice_size);
+        return 2;
+    }
+    size_t chunk; /* frames are at most a slice (FERRY_SLICE_SIZE), as in the engine; chunks cut as there */
+    unsigned nchunks;
+    staging_pool_shape(cfg.staging_chunk_size, cfg.staging_chunks, cfg.slice_size, &chunk, &nchunks);
     /* the reference copies 128 MiB (or all the batches' span, if more) */
     size_t span = 128 * ((1u << 20) + 4096);
     for (int i = 0; i < nsizes; i++)
@@ -247,9 +261,9 @@ int main(int argc, char **argv)
         free(lat);
         return 1;
     }
-    printf("# staging pipeline on %s: %u chunks x %zu KiB, batch %zu, %u in flight, %.1f s per figure; "
+    printf("# staging pipeline on %s: %u chunks x %zu KiB, frames <= %zu KiB, batch %zu, %u in flight, %.1f s per figure; "
            "batch latency p50 / p99 in us\n",
-           loc, nchunks, chunk >> 10, batch, depth, seconds);
+           loc, nchunks, chunk >> 10, cfg.slice_size >> 10, batch, depth, seconds);
     printf("| block | gather D2H GB/s | large D2H GB/s | ratio | p50 | p99 | scatter H2D GB/s | large H2D GB/s | "
            "ratio | p50 | p99 |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -258,13 +272,13 @@ int main(int argc, char **argv)
         char gcols[128] = "- | - | - | - | -", scols[128] = "- | - | - | - | -";
         if (ops_wanted & 1) {
             double d2h = reference(ops, dev, FERRY_COPY_D2H, dptr, host, span, seconds);
-            struct result g = staged(pool, XFER_WRITE, dptr, bs, chunk, seconds, lat);
+            struct result g = staged(pool, XFER_WRITE, dptr, bs, cfg.slice_size, seconds, lat);
             snprintf(gcols, sizeof gcols, "%.2f | %.2f | %.2f | %.0f | %.0f", g.gbs, d2h, g.gbs / d2h, g.p50_us,
                      g.p99_us);
         }
         if (ops_wanted & 2) {
             double h2d = reference(ops, dev, FERRY_COPY_H2D, dptr, host, span, seconds);
-            struct result sc = staged(pool, XFER_READ, dptr, bs, chunk, seconds, lat);
+            struct result sc = staged(pool, XFER_READ, dptr, bs, cfg.slice_size, seconds, lat);
             snprintf(scols, sizeof scols, "%.2f | %.2f | %.2f | %.0f | %.0f", sc.gbs, h2d, sc.gbs / h2d, sc.p50_us,
                      sc.p99_us);
         }

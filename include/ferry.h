@@ -293,7 +293,10 @@ struct ferry_buffer_info {
 };
 
 /* Copies up to max entries of the segment's published buffers into out and
- * stores the total number in *count.  Returns 0 or FERRY_ENOSEG. */
+ * stores the total number in *count.  They come in the order the segment
+ * registered them (the first is the reference engine's
+ * get_first_buffer_address); an unregistered buffer leaves the list.
+ * Returns 0 or FERRY_ENOSEG. */
 FERRY_API int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
                           struct ferry_buffer_info *out, size_t max, size_t *count);
 
@@ -304,7 +307,10 @@ enum ferry_opcode { FERRY_READ = 0, FERRY_WRITE = 1 };
 /* One transfer.  WRITE copies length bytes from local `source` to the target's
  * address `target_offset`; READ copies them from the target into `source`.
  * `source` must lie inside one local registration, [target_offset,
- * target_offset+length) inside one of the target's remote-accessible buffers. */
+ * target_offset+length) inside one of the target's remote-accessible buffers.
+ * A request of length 0 moves nothing and completes at submit; neither of
+ * its addresses is checked (as in the reference engine), only its opcode and
+ * segment. */
 struct ferry_request {
     int opcode;                 /* enum ferry_opcode */
     void *source;
@@ -344,7 +350,7 @@ FERRY_API int ferry_batch_set_notify(ferry_batch *batch, const void *msg, size_t
 /* Validates and submits n requests; they start at once and complete
  * asynchronously.  All-or-nothing: if any request is invalid (unregistered
  * local memory, unknown segment, remote range outside the target's buffers,
- * zero length) nothing is submitted and the error is returned, naming the
+ * bad opcode) nothing is submitted and the error is returned, naming the
  * index in the detail message.  FERRY_EFULL if the batch lacks room. */
 FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request *reqs, size_t n);
 

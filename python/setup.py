@@ -27,7 +27,7 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
 REL = os.path.relpath(HERE)   # "." from python/, "python" from the root
-SOURCES = ["_ferry.c", "engine.c", "memory.c", "transfer.c", "convert.c", "slab.c"]
+SOURCES = ["_ferry.c", "engine.c", "memory.c", "transfer.c", "batches.c", "convert.c", "slab.c"]
 
 
 def header_version():

@@ -127,11 +127,7 @@ static int int_address(PyObject *obj, struct local_ref *out)
     uint64_t a;
     if (to_u64(obj, "buffer address", &a))
         return -1;
-    if (a == 0) {
-        PyErr_SetString(PyExc_ValueError, "buffer address is 0 (NULL)");
-        return -1;
-    }
-    out->addr = (uintptr_t)a;
+    out->addr = (uintptr_t)a; /* 0 (NULL) only with length 0: resolve_length says */
     return 0;
 }
 
@@ -195,7 +191,7 @@ void local_ref_release(struct local_ref *r)
     Py_CLEAR(r->keep);
 }
 
-int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, size_t *out)
+int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, int zero_ok, size_t *out)
 {
     if (!obj || obj == Py_None) {
         if (!r->len) {
@@ -208,8 +204,16 @@ int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, s
     uint64_t v;
     if (to_u64(obj, what, &v))
         return -1;
+    if (v == 0 && zero_ok) {
+        *out = 0;
+        return 0;
+    }
     if (v == 0) {
         PyErr_Format(PyExc_ValueError, "%s must be positive, got 0", what);
+        return -1;
+    }
+    if (r->addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "buffer address is 0 (NULL)");
         return -1;
     }
     if (v > MAX_LENGTH) {
@@ -251,8 +255,8 @@ static inline int item_u64(PyObject *o, const char *what, size_t i, uint64_t *ou
 
 static int length_check(uint64_t v, const char *what, size_t i, const struct local_ref *r)
 {
-    if (v == 0 || v > MAX_LENGTH) {
-        PyErr_Format(PyExc_ValueError, "%s[%zu] = %llu: lengths must be 1 .. 2**47", what, i, (unsigned long long)v);
+    if (v > MAX_LENGTH) {
+        PyErr_Format(PyExc_ValueError, "%s[%zu] = %llu: lengths must be 0 .. 2**47", what, i, (unsigned long long)v);
         return -1;
     }
     if (r && r->len && v > r->len) {
@@ -277,7 +281,7 @@ int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObje
     PyObject *pees = PySequence_Fast(peers, "peer_buffer_addresses must be a sequence (list or tuple)");
     PyObject *lens = NULL;
     uint64_t one_len = 0;
-    int rc = -1;
+    int rc = -1, have_one = 0;
     if (!pees)
         goto out;
     if (lengths == Py_None) {
@@ -285,6 +289,7 @@ int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObje
     } else if (PyLong_Check(lengths)) {
         if (to_u64(lengths, "lengths", &one_len) || length_check(one_len, "lengths", 0, NULL))
             goto out;
+        have_one = 1;
     } else if (!(lens = PySequence_Fast(lengths, "lengths must be a sequence (list or tuple) or an int"))) {
         goto out;
     }
@@ -335,7 +340,7 @@ int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObje
         if (li) {
             if (item_u64(li[i], "lengths", (size_t)i, &len))
                 goto fail;
-        } else if (one_len == 0) {
+        } else if (!have_one) {
             if (!r || !r->len) {
                 PyErr_Format(PyExc_ValueError,
                              "buffers[%zd] is an int address: lengths is required", i);
@@ -345,7 +350,7 @@ int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObje
         }
         if (length_check(len, "lengths", (size_t)i, r) || item_u64(pi[i], "peer_buffer_addresses", (size_t)i, &peer))
             goto fail;
-        if (src == 0) {
+        if (src == 0 && len) { /* a zero-length request touches no memory: any address */
             PyErr_Format(PyExc_ValueError, "buffers[%zd] is address 0 (NULL)", i);
             goto fail;
         }

@@ -21,7 +21,16 @@
 
 int engine_enter(EngineObject *self)
 {
-    pthread_rwlock_rdlock(&self->life);
+    /* close() holds the write side while it destroys the engine (which may
+     * wait on a metadata store or a peer): wait for it without the GIL, so
+     * the interpreter's other threads run meanwhile.  Nobody waits for the
+     * write side with the GIL held, so holding the read side while taking
+     * the GIL back cannot deadlock. */
+    if (pthread_rwlock_tryrdlock(&self->life) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_rwlock_rdlock(&self->life);
+        Py_END_ALLOW_THREADS
+    }
     if (self->engine)
         return 0;
     pthread_rwlock_unlock(&self->life);
@@ -44,11 +53,12 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     pthread_mutex_init(&self->slab_lock, NULL);
     self->segments = PyDict_New();
     self->batches = PyDict_New();
+    self->ended = PyDict_New();
     self->regs = PyDict_New();
     self->stream_batches = PyList_New(0);
     self->next_batch_id = 1;
     self->managed_pool_size = DEFAULT_MANAGED_POOL;
-    if (!self->segments || !self->batches || !self->regs || !self->stream_batches) {
+    if (!self->segments || !self->batches || !self->ended || !self->regs || !self->stream_batches) {
         Py_DECREF(self);
         return NULL;
     }
@@ -118,6 +128,7 @@ static void Engine_dealloc(EngineObject *self)
     }
     Py_CLEAR(self->segments);
     Py_CLEAR(self->batches);
+    Py_CLEAR(self->ended);
     Py_CLEAR(self->regs);
     Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);
@@ -283,9 +294,11 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         note_failure(rc, why);
         return PyLong_FromLong(rc);
     }
-    pthread_rwlock_wrlock(&self->life); /* uncontended: nothing can use a NULL engine */
+    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
+    pthread_rwlock_wrlock(&self->life);
     self->engine = e;
     pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
     return PyLong_FromLong(0);
 }
 
@@ -373,7 +386,10 @@ static PyObject *segment_buffers(EngineObject *self, PyObject *name, int first_o
             engine_leave(self);
             return PyErr_NoMemory();
         }
-        rc = ferry_segment_buffers(self->engine, seg, info, cap, &count);
+        ferry_engine *e = self->engine;
+        Py_BEGIN_ALLOW_THREADS /* takes the engine's segment and registry locks */
+        rc = ferry_segment_buffers(e, seg, info, cap, &count);
+        Py_END_ALLOW_THREADS
         if (rc || count <= cap || first_only)
             break;
         cap = count;
@@ -622,7 +638,7 @@ static PyGetSetDef engine_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-/* engine_methods, memory_methods, transfer_methods (filled by engine_type_methods). */
+/* engine_methods, memory_methods, transfer_methods, batch_methods (filled by engine_type_methods). */
 static PyMethodDef all_methods[96];
 
 static PyMethodDef *engine_type_methods(void)
@@ -632,7 +648,9 @@ static PyMethodDef *engine_type_methods(void)
         all_methods[n++] = *m;
     for (PyMethodDef *m = memory_methods; m->ml_name; m++)
         all_methods[n++] = *m;
-    for (PyMethodDef *m = transfer_methods; m->ml_name && n + 1 < sizeof all_methods / sizeof all_methods[0]; m++)
+    for (PyMethodDef *m = transfer_methods; m->ml_name; m++)
+        all_methods[n++] = *m;
+    for (PyMethodDef *m = batch_methods; m->ml_name && n + 1 < sizeof all_methods / sizeof all_methods[0]; m++)
         all_methods[n++] = *m;
     return all_methods;
 }

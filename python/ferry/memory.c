@@ -44,7 +44,7 @@ static int register_one(EngineObject *self, PyObject *buf, PyObject *length, PyO
         PyMem_Free(r);
         return -1;
     }
-    if (resolve_length(length, r, "length", &len))
+    if (resolve_length(length, r, "length", 0, &len))
         goto fail;
     if (loc && strcmp(loc, "*") == 0) /* the reference's wildcard: detect */
         loc = NULL;
@@ -295,8 +295,11 @@ static PyObject *Engine_managed_buffer_info(EngineObject *self, PyObject *noargs
     struct slab *s = slab_get(self, 0, &rc, NULL, 0);
     uintptr_t base = 0;
     size_t size = 0, used = 0, nlarge = 0;
-    if (s)
+    if (s) {
+        Py_BEGIN_ALLOW_THREADS
         slab_info(s, &base, &size, &used, &nlarge);
+        Py_END_ALLOW_THREADS
+    }
     engine_leave(self);
     return Py_BuildValue("{s:K,s:n,s:n,s:n,s:n,s:n}", "base", (unsigned long long)base, "size", (Py_ssize_t)size,
                          "used", (Py_ssize_t)used, "large_buffers", (Py_ssize_t)nlarge, "min_block",

@@ -6,8 +6,8 @@
  *
  * Files: _ferry.c (module, errors, constants, argument parsing), engine.c
  * (TransferEngine type: lifecycle, segments, stats), memory.c (registration,
- * managed buffers), transfer.c
- * (sync and batch transfers, batch table), convert.c (Python objects to
+ * managed buffers), transfer.c (sync and batch transfers), batches.c (the
+ * batch table: status, waiting, collecting), convert.c (Python objects to
  * addresses and request arrays), slab.c (managed buffers).
  */
 #ifndef PYFERRY_H
@@ -35,6 +35,8 @@ typedef struct {
     pthread_rwlock_t life;
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
+    PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status
+                                 * collected, the newest ENDED_MAX (batches.c) */
     PyObject *regs;             /* dict: address (int) -> capsule(struct local_ref), objects kept alive */
     PyObject *stream_batches;   /* list: ids (in batches) of stream-ordered batches, freed once ended */
     uint64_t next_batch_id;
@@ -128,9 +130,10 @@ void local_ref_release(struct local_ref *r);
 /* Converts an int-like to a non-negative address / length; `what` names the
  * argument in the error message.  Return 0 or -1 with an exception set. */
 int to_u64(PyObject *obj, const char *what, uint64_t *out);
-/* Length rules: None takes the buffer's size (if known); else 1..MAX_LENGTH and
- * at most the buffer's size. */
-int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, size_t *out);
+/* Length rules: None takes the buffer's size (if known); else 1..MAX_LENGTH
+ * (0 too with zero_ok: a transfer of nothing, whatever the address) and at
+ * most the buffer's size; a length needs an address that is not 0. */
+int resolve_length(PyObject *obj, const struct local_ref *r, const char *what, int zero_ok, size_t *out);
 
 /* A batch's requests built from three Python sequences in one pass. */
 struct req_array {
@@ -156,14 +159,48 @@ int segment_lookup(EngineObject *self, PyObject *name, ferry_segment_t *out);
 
 /* ---------------------------------------------------------------- transfers (transfer.c) */
 
+enum stage { STAGE_OK, STAGE_SUBMIT, STAGE_WAIT };
+
+/* The outcome of running a batch, and the message of its first failure. */
+struct outcome {
+    int rc;
+    enum stage stage;
+    char why[512];
+};
+/* Records a failure (rc, ferry's detail message) of the given stage. */
+void outcome_fail(struct outcome *o, int rc, enum stage stage);
+/* The Python result of an outcome: 0, a negative code, or raises (an error
+ * in the call found at submit). */
+PyObject *outcome_result(const struct outcome *o);
+
+/* ---------------------------------------------------------------- batch table (batches.c) */
+
+/* One async batch in self->batches. */
+struct pybatch {
+    ferry_batch *batch;
+    size_t n;
+    struct local_ref *refs;     /* n entries or NULL: views and tensors in use */
+    int waiters;                /* wait_batch calls inside ferry_batch_wait on it (GIL) */
+    int collected;              /* out of the table: the last waiter frees it (GIL) */
+};
+
+/* Stores b under a new id and returns the id (or NULL, b untouched). */
+PyObject *batch_store(EngineObject *self, struct pybatch *b);
+/* The batch of an id; pop takes it out of the table.  NULL with ValueError
+ * (unknown id) or TypeError set. */
+struct pybatch *batch_find(EngineObject *self, PyObject *id, int pop);
+/* Frees a batch taken out of the table (GIL held; released while freeing),
+ * or leaves that to the last wait_batch still waiting on it. */
+void pybatch_collect(struct pybatch *b);
+
 /* Frees every batch of the engine: caller holds the write side of `life`,
  * without the GIL; ids/records are detached by batches_detach first. */
-struct pybatch;
 struct pybatch **batches_detach(EngineObject *self, size_t *count);
 void pybatch_free_nogil(struct pybatch *b);
 void pybatch_release_refs(struct pybatch *b);
 
 extern PyMethodDef transfer_methods[];
+extern PyMethodDef batch_methods[];      /* batches.c */
 extern PyMethodDef memory_methods[];     /* memory.c */
 
 /* A str argument or NULL (None, absent, ""); sets *err and raises TypeError

@@ -14,7 +14,10 @@
  * so the region could as well be device memory, and so slab_check can tell in
  * a few steps whether an address lies in a live block: a transfer from a freed
  * managed buffer is refused instead of silently reading recycled memory.
- * Threads: every entry point takes s->lock.
+ * Threads: every entry point takes s->lock, and holds it only for the
+ * bookkeeping: never across a registration or an unregistration, which may
+ * wait (a metadata store, pinning, a transfer still using the memory), while
+ * transfer checks take the lock with the GIL held.
  */
 #include "pyferry.h"
 
@@ -151,16 +154,12 @@ void slab_destroy(struct slab *s)
     free(s->order), free(s->used), free(s->next), free(s->prev), free(s);
 }
 
+/* A block above TOP_BLOCK: mapped and registered without s->lock (the
+ * registration publishes the descriptor, or pins pages for RDMA: it may take
+ * long, and other threads take the lock for their transfer checks with the
+ * GIL held), then entered in the table under it. */
 static uintptr_t alloc_large(struct slab *s, ferry_engine *engine, size_t len)
 {
-    if (s->nlarge == s->large_cap) {
-        size_t cap = s->large_cap ? s->large_cap * 2 : 8;
-        struct large_block *n = realloc(s->large, cap * sizeof *n);
-        if (!n)
-            return fail(FERRY_ENOMEM, "managed buffer table"), 0;
-        s->large = n;
-        s->large_cap = cap;
-    }
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return fail(FERRY_ENOMEM, "managed buffer of %zu bytes: %s", len, strerror(errno)), 0;
@@ -170,20 +169,31 @@ static uintptr_t alloc_large(struct slab *s, ferry_engine *engine, size_t len)
         munmap(p, len);
         return 0;
     }
+    pthread_mutex_lock(&s->lock);
+    if (s->nlarge == s->large_cap) {
+        size_t cap = s->large_cap ? s->large_cap * 2 : 8;
+        struct large_block *n = realloc(s->large, cap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&s->lock);
+            ferry_unregister_memory(engine, p);
+            munmap(p, len);
+            return fail(FERRY_ENOMEM, "managed buffer table"), 0;
+        }
+        s->large = n;
+        s->large_cap = cap;
+    }
     s->large[s->nlarge++] = (struct large_block){(uintptr_t)p, len};
     s->used_bytes += len;
+    pthread_mutex_unlock(&s->lock);
     return (uintptr_t)p;
 }
 
 uintptr_t slab_alloc(struct slab *s, ferry_engine *engine, size_t len)
 {
     uintptr_t addr = 0;
+    if (len > TOP_BLOCK)
+        return alloc_large(s, engine, len);
     pthread_mutex_lock(&s->lock);
-    if (len > TOP_BLOCK) {
-        addr = alloc_large(s, engine, len);
-        pthread_mutex_unlock(&s->lock);
-        return addr;
-    }
     int want = class_of(len), k = want;
     while (k < NCLASSES && s->free_head[k] < 0)
         k++;
@@ -318,7 +328,7 @@ size_t slab_check_requests(struct slab *s, const struct ferry_request *reqs, siz
     int locked = 0;
     for (size_t i = 0; i < n && !bad; i++) {
         uintptr_t a = (uintptr_t)reqs[i].source;
-        if (a < s->base || a >= s->base + s->size)
+        if (a < s->base || a >= s->base + s->size || !reqs[i].length) /* zero-length: touches nothing */
             continue;
         if (!locked) {
             pthread_mutex_lock(&s->lock);

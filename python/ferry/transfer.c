@@ -1,14 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * transfer.c — the transfer methods of TransferEngine: sync and batch WRITE /
- * READ, async batches with ids, statuses.
+ * READ, async batches (their ids go into the batch table of batches.c).
  *
  * Every transfer is one ferry batch: the requests are converted in one pass
  * (convert.c), checked against the managed-buffer slab, then allocated,
  * submitted and (for the sync calls) waited on in one stretch with the GIL
- * released.  Async batches live in self->batches (id -> capsule) together with
- * the buffer views and tensors they use, until get_batch_transfer_status,
- * transfer_check_status or free_batch collects them.
+ * released.  Async batches go into the batch table (batches.c), which keeps
+ * them with the buffer views and tensors they use until they are collected.
  *
  * Return convention: errors in the call (types, values, unknown segment,
  * unregistered or freed local memory, remote range outside the peer's
@@ -21,24 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-struct pybatch {
-    ferry_batch *batch;
-    size_t n;
-    struct local_ref *refs;     /* n entries or NULL: views and tensors in use */
-    int waiters;                /* wait_batch calls inside ferry_batch_wait on it (GIL) */
-    int collected;              /* out of the table: the last waiter frees it (GIL) */
-};
-
-enum stage { STAGE_OK, STAGE_SUBMIT, STAGE_WAIT };
-
-/* The outcome of running a batch, and the message of its first failure. */
-struct outcome {
-    int rc;
-    enum stage stage;
-    char why[512];
-};
-
-static void outcome_fail(struct outcome *o, int rc, enum stage stage)
+void outcome_fail(struct outcome *o, int rc, enum stage stage)
 {
     o->rc = rc;
     o->stage = stage;
@@ -46,7 +28,7 @@ static void outcome_fail(struct outcome *o, int rc, enum stage stage)
 }
 
 /* Converts an outcome to the Python result: 0, a negative code, or raises. */
-static PyObject *outcome_result(const struct outcome *o)
+PyObject *outcome_result(const struct outcome *o)
 {
     if (!o->rc)
         return PyLong_FromLong(0);
@@ -100,83 +82,6 @@ static int opcode_arg(PyObject *obj, int *out)
     return 0;
 }
 
-/* ---------------------------------------------------------------- batch table */
-
-/* Stores b under a new id and returns the id (or NULL, b untouched). */
-static PyObject *batch_store(EngineObject *self, struct pybatch *b)
-{
-    PyObject *key = PyLong_FromUnsignedLongLong(self->next_batch_id++);
-    PyObject *cap = key ? PyCapsule_New(b, "ferry.batch", NULL) : NULL;
-    if (!cap || PyDict_SetItem(self->batches, key, cap)) {
-        Py_XDECREF(key), Py_XDECREF(cap);
-        return NULL;
-    }
-    Py_DECREF(cap);
-    return key;
-}
-
-static struct pybatch *batch_find(EngineObject *self, PyObject *id, int pop)
-{
-    if (!PyLong_Check(id)) {
-        PyErr_Format(PyExc_TypeError, "batch id must be an int, not %.80s", Py_TYPE(id)->tp_name);
-        return NULL;
-    }
-    PyObject *cap = PyDict_GetItemWithError(self->batches, id);
-    if (!cap) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "unknown batch id %R (never returned, or already collected)", id);
-        return NULL;
-    }
-    struct pybatch *b = PyCapsule_GetPointer(cap, "ferry.batch");
-    if (b && pop && PyDict_DelItem(self->batches, id))
-        return NULL;
-    return b;
-}
-
-struct pybatch **batches_detach(EngineObject *self, size_t *count)
-{
-    *count = 0;
-    if (!self->batches)
-        return NULL;
-    Py_ssize_t n = PyDict_Size(self->batches), pos = 0;
-    struct pybatch **out = PyMem_Malloc(((size_t)n + 1) * sizeof *out);
-    if (!out)
-        return NULL; /* leaks the batches rather than freeing them under a running request */
-    PyObject *key, *cap;
-    while (PyDict_Next(self->batches, &pos, &key, &cap))
-        out[(*count)++] = PyCapsule_GetPointer(cap, "ferry.batch");
-    PyDict_Clear(self->batches);
-    return out;
-}
-
-void pybatch_free_nogil(struct pybatch *b)
-{
-    ferry_batch_free(b->batch);
-    b->batch = NULL;
-}
-
-void pybatch_release_refs(struct pybatch *b)
-{
-    struct req_array a = {NULL, b->n, b->refs};
-    req_array_release(&a);
-    PyMem_Free(b);
-}
-
-/* A batch taken out of the table (batch_find(..., 1)) is freed here, with
- * the GIL held, unless wait_batch calls are still waiting on it in other
- * threads: the last of them frees it when it returns. */
-static void pybatch_collect(struct pybatch *b)
-{
-    if (b->waiters) {
-        b->collected = 1;
-        return;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    pybatch_free_nogil(b);
-    Py_END_ALLOW_THREADS
-    pybatch_release_refs(b);
-}
-
 /* ---------------------------------------------------------------- sync */
 
 /* One transfer of one buffer: args (target, buffer, peer, length, notify). */
@@ -190,7 +95,7 @@ static PyObject *sync_one(EngineObject *self, int opcode, PyObject *target, PyOb
     int has_note = 0;
     if (to_u64(peer, "peer_buffer_address", &peer_addr) || local_ref_get(buffer, opcode == FERRY_READ, &r))
         return NULL;
-    if (resolve_length(length, &r, "length", &q.length) || notify_get(notify, &note, &has_note)) {
+    if (resolve_length(length, &r, "length", 1, &q.length) || notify_get(notify, &note, &has_note)) {
         local_ref_release(&r);
         return NULL;
     }
@@ -530,216 +435,6 @@ static PyObject *T_batch_transfer_read_on_cuda(EngineObject *self, PyObject *con
     return batch_on_stream(self, "batch_transfer_read_on_cuda", FERRY_READ, args, nargs, kw);
 }
 
-/* ---------------------------------------------------------------- collecting */
-
-/* Waits for a list of batches and frees them.  Returns 0 if every request
- * completed, else the first failure's negative code. */
-static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
-{
-    PyObject *seq = PyLong_Check(ids) ? PyTuple_Pack(1, ids) : PySequence_Fast(ids, "batch_ids must be a list of ints");
-    if (!seq)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    struct pybatch **bs = PyMem_Calloc((size_t)n + 1, sizeof *bs);
-    PyObject *result = NULL;
-    if (!bs) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
-    }
-    if (engine_enter(self))
-        goto out;
-    for (Py_ssize_t i = 0; i < n; i++) /* validate every id before collecting any */
-        if (!batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 0)) {
-            engine_leave(self);
-            goto out;
-        }
-    Py_ssize_t got = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct pybatch *b = batch_find(self, PySequence_Fast_GET_ITEM(seq, i), 1);
-        if (b)
-            bs[got++] = b;
-        else
-            PyErr_Clear(); /* the same id twice */
-    }
-    struct outcome o = {0};
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < got; i++) {
-        int rc = ferry_batch_wait(bs[i]->batch, -1);
-        if (rc && !o.rc)
-            outcome_fail(&o, rc, STAGE_WAIT);
-    }
-    Py_END_ALLOW_THREADS
-    Py_ssize_t nfree = 0;
-    for (Py_ssize_t i = 0; i < got; i++) { /* a batch a wait_batch still waits on: that one frees it */
-        if (bs[i]->waiters)
-            bs[i]->collected = 1;
-        else
-            bs[nfree++] = bs[i];
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < nfree; i++)
-        pybatch_free_nogil(bs[i]);
-    Py_END_ALLOW_THREADS
-    engine_leave(self);
-    for (Py_ssize_t i = 0; i < nfree; i++)
-        pybatch_release_refs(bs[i]);
-    result = outcome_result(&o);
-out:
-    PyMem_Free(bs);
-    Py_DECREF(seq);
-    return result;
-}
-
-static const char *state_name(int state)
-{
-    switch (state) {
-    case FERRY_PENDING: return "PENDING";
-    case FERRY_COMPLETED: return "COMPLETED";
-    case FERRY_FAILED: return "FAILED";
-    case FERRY_TIMEOUT: return "TIMEOUT";
-    default: return "UNUSED";
-    }
-}
-
-static PyObject *status_tuple(const struct ferry_status *st)
-{
-    PyObject *t = PyStructSequence_New(RequestStatus_Type);
-    if (!t)
-        return NULL;
-    PyObject *v[5] = {PyUnicode_FromString(state_name(st->state)), PyLong_FromLong(st->error),
-                      PyUnicode_FromString(ferry_err_name(st->error)),
-                      PyUnicode_DecodeUTF8(st->message, (Py_ssize_t)strnlen(st->message, sizeof st->message),
-                                           "replace"),
-                      PyLong_FromUnsignedLongLong(st->transferred)};
-    for (int i = 0; i < 5; i++) {
-        if (!v[i]) {
-            for (int j = i; j < 5; j++)
-                Py_XDECREF(v[j]);
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyStructSequence_SetItem(t, i, v[i]);
-    }
-    return t;
-}
-
-static PyObject *T_batch_status(EngineObject *self, PyObject *id)
-{
-    if (engine_enter(self))
-        return NULL;
-    struct pybatch *b = batch_find(self, id, 0);
-    PyObject *list = b ? PyList_New((Py_ssize_t)b->n) : NULL;
-    for (size_t i = 0; list && i < b->n; i++) {
-        struct ferry_status st;
-        memset(&st, 0, sizeof st);
-        ferry_batch_status(b->batch, i, &st);
-        PyObject *t = status_tuple(&st);
-        if (!t)
-            Py_CLEAR(list);
-        else
-            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-    }
-    engine_leave(self);
-    return list;
-}
-
-/* The reference's poll: 1 completed, 0 running, -1 failed, -2 timed out; a
- * batch that ended (1, -1, -2) is collected. */
-static PyObject *T_transfer_check_status(EngineObject *self, PyObject *id)
-{
-    if (engine_enter(self))
-        return NULL;
-    struct pybatch *b = batch_find(self, id, 0);
-    if (!b) {
-        engine_leave(self);
-        return NULL;
-    }
-    int pending = 0, failed = 0, timeout = 0;
-    struct ferry_status st;
-    for (size_t i = 0; i < b->n; i++) {
-        ferry_batch_status(b->batch, i, &st);
-        pending |= st.state == FERRY_PENDING;
-        failed |= st.state == FERRY_FAILED;
-        timeout |= st.state == FERRY_TIMEOUT;
-    }
-    int result = 0;
-    if (!pending) { /* every request ended; a notification may still be on its way */
-        int rc = ferry_batch_wait(b->batch, 0);
-        if (failed || timeout)
-            result = failed ? -1 : -2;
-        else if (rc == 0)
-            result = 1;
-        else if (rc != FERRY_ETIMEDOUT)
-            result = -1;
-        if (result && rc)
-            note_failure(rc, NULL);
-    }
-    if (result && (b = batch_find(self, id, 1)) != NULL)
-        pybatch_collect(b);
-    engine_leave(self);
-    return PyLong_FromLong(result);
-}
-
-static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
-{
-    static const char *const names[] = {"batch_id", "timeout_ms", NULL};
-    PyObject *a[2];
-    long timeout = -1;
-    if (parse_args("wait_batch", args, nargs, kw, names, 1, a))
-        return NULL;
-    if (a[1] && a[1] != Py_None) {
-        timeout = PyLong_AsLong(a[1]);
-        if (timeout == -1 && PyErr_Occurred())
-            return NULL;
-        if (timeout < -1 || timeout > 0x7fffffff) {
-            PyErr_Format(PyExc_ValueError, "timeout_ms must be -1 (no limit) or 0 .. 2**31-1, got %ld", timeout);
-            return NULL;
-        }
-    }
-    if (engine_enter(self))
-        return NULL;
-    struct pybatch *b = batch_find(self, a[0], 0);
-    if (!b) {
-        engine_leave(self);
-        return NULL;
-    }
-    /* another thread may collect the batch meanwhile (get_batch_transfer_status,
-     * transfer_check_status, free_batch): it leaves the freeing to this one */
-    ferry_batch *fb = b->batch;
-    b->waiters++;
-    struct outcome o = {0};
-    Py_BEGIN_ALLOW_THREADS
-    int rc = ferry_batch_wait(fb, (int)timeout);
-    if (rc)
-        outcome_fail(&o, rc, STAGE_WAIT);
-    Py_END_ALLOW_THREADS
-    if (--b->waiters == 0 && b->collected) {
-        b->collected = 0;
-        pybatch_collect(b);
-    }
-    engine_leave(self);
-    return outcome_result(&o);
-}
-
-static PyObject *T_free_batch(EngineObject *self, PyObject *id)
-{
-    if (engine_enter(self))
-        return NULL;
-    struct pybatch *b = batch_find(self, id, 1);
-    if (b)
-        pybatch_collect(b);
-    engine_leave(self);
-    if (!b)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *T_pending_batches(EngineObject *self, PyObject *noargs)
-{
-    (void)noargs;
-    return PyDict_Keys(self->batches);
-}
-
 /* ---------------------------------------------------------------- benchmark hook */
 
 static double clock_ns(clockid_t clock)
@@ -802,9 +497,6 @@ COMPAT_FASTKW(T_batch_transfer_async_write, 1)
 COMPAT_FASTKW(T_batch_transfer_async_read, 1)
 COMPAT_FASTKW(T_batch_transfer_async, 1)
 COMPAT_FASTKW(T_transfer_submit_write, 1)
-COMPAT_O(T_get_batch_transfer_status, 0)
-COMPAT_O(T_transfer_check_status, 0)
-COMPAT_FASTKW(T_wait_batch, 0)
 COMPAT_FASTKW(T_transfer_write_on_cuda, 0)
 COMPAT_FASTKW(T_transfer_read_on_cuda, 0)
 COMPAT_FASTKW(T_batch_transfer_write_on_cuda, 0)
@@ -862,23 +554,6 @@ PyMethodDef transfer_methods[] = {
       "batch_transfer_write_on_cuda(target_hostname, buffers, peer_buffer_addresses, lengths, stream_ptr=0, ...)"),
     M("batch_transfer_read_on_cuda", compat_T_batch_transfer_read_on_cuda, FASTKW,
       "batch_transfer_read_on_cuda(target_hostname, buffers, peer_buffer_addresses, lengths, stream_ptr=0, ...)"),
-    M("get_batch_transfer_status", compat_T_get_batch_transfer_status, METH_O,
-      "get_batch_transfer_status(batch_ids) -> int\n\n"
-      "Waits (GIL released) for every batch in the list, frees them, and returns 0 if all\n"
-      "requests completed, else the first failure's negative FERRY_E* code.  Raises ValueError\n"
-      "for an unknown id (nothing is collected then)."),
-    M("transfer_check_status", compat_T_transfer_check_status, METH_O,
-      "transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out.\n"
-      "Non-blocking; a batch that ended is collected."),
-    M("batch_status", T_batch_status, METH_O,
-      "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
-      "per request, in submit order; non-blocking; the batch stays."),
-    M("wait_batch", compat_T_wait_batch, FASTKW,
-      "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
-      "ran out; the batch goes on).  The batch stays; free it with free_batch."),
-    M("free_batch", T_free_batch, METH_O,
-      "free_batch(batch_id) -> None: waits for its requests to end and releases its buffers."),
-    M("pending_batches", T_pending_batches, METH_NOARGS, "pending_batches() -> [batch ids not yet collected]"),
     M("_bench_sync_loop", T_bench_sync_loop, METH_VARARGS,
       "_bench_sync_loop(target, addr, peer, length, n) -> (wall_ns, cpu_ns) of n sync WRITEs done in C\n"
       "(for bench/python_overhead.py: the same work as transfer_sync_write, minus Python)."),

@@ -64,9 +64,11 @@ static const struct knob knobs[] = {
     KNOB(connect_timeout_ms, KNOB_UINT, "FERRY_CONNECT_TIMEOUT_MS", "5000",
          "connect + handshake with a peer must finish within this"),
     KNOB(staging_chunk_size, KNOB_SIZE, "FERRY_STAGING_CHUNK_SIZE", "2097152",
-         "pinned host chunk for device staging; frames of staged requests are at most this big"),
+         "pinned host bytes per staging chunk, at least FERRY_SLICE_SIZE; a pool cuts chunks of two slices or "
+         "more into slice-sized ones (frames are at most a slice): 16 x 2 MiB holds 32 frames of 1 MiB"),
     KNOB(staging_chunks, KNOB_UINT, "FERRY_STAGING_CHUNKS", "16",
-         "chunks per device staging pool: how many staged frames are in flight at once"),
+         "chunks per device staging pool; its pinned memory is this x FERRY_STAGING_CHUNK_SIZE (32 MiB), cut into "
+         "at most 256 chunks"),
     KNOB(notify_queue_max, KNOB_UINT, "FERRY_NOTIFY_QUEUE_MAX", "4096",
          "received notifications kept; when full, the oldest of the peer holding the most is dropped"),
     KNOB(log_level, KNOB_INT, "FERRY_LOG_LEVEL", "1", "0 error, 1 warn, 2 info, 3 debug"),
@@ -125,7 +127,8 @@ static const struct knob knobs[] = {
       "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
       "off), 0, or a size"}, KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
-      "chunks with a device buffer for that, 0..FERRY_STAGING_CHUNKS (device memory: this x the chunk size)"},
+      "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
+      "cut into slices; device memory: this x the chunk size)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_SPIN_US", "50",
       "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "

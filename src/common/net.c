@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * net.c — socket helpers (see net.h).  Stateless; any thread may call.
+ * net.c — socket helpers (see net.h): IPv4 and IPv6, names written
+ * host:port, [v6addr]:port, or a bare IPv6 address (no port).  Stateless;
+ * any thread may call.
  */
 #include "net.h"
 
@@ -11,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,71 +30,157 @@ uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Is s[0..n) an IPv6 address (with an optional %scope)? */
+static bool is_ipv6(const char *s, size_t n)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    struct in6_addr a;
+    const char *scope = memchr(s, '%', n);
+    size_t m = scope ? (size_t)(scope - s) : n;
+    if (m == 0 || m >= sizeof buf)
+        return false;
+    memcpy(buf, s, m);
+    buf[m] = '\0';
+    return inet_pton(AF_INET6, buf, &a) == 1;
+}
+
+static bool all_digits(const char *s)
+{
+    return *s && strspn(s, "0123456789") == strlen(s);
+}
+
+static int parse_port(const char *text, const char *name, int *port)
+{
+    char *end;
+    long p = strtol(text, &end, 10);
+    if (end == text || *end || p < 0 || p > 65535 || !(*text >= '0' && *text <= '9'))
+        return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", name);
+    *port = (int)p;
+    return 0;
+}
+
 int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
 {
     if (!name || !*name)
         return ferry_fail(FERRY_EINVAL, "empty host name");
+    *port = 0;
+    const char *h = name, *tail; /* tail: "" or ":port" */
+    size_t hl;
     const char *colon = strrchr(name, ':');
-    if (name[0] == '[' || (colon && memchr(name, ':', (size_t)(colon - name))))
-        return ferry_fail(FERRY_EINVAL, "\"%s\" is an IPv6 address: ferry speaks IPv4 only (give an IPv4 address or a "
-                          "host name)", name);
-    size_t hl = colon ? (size_t)(colon - name) : strlen(name);
+    if (name[0] == '[') { /* [v6] or [v6]:port, as the reference writes them */
+        const char *close = strchr(name, ']');
+        if (!close || !is_ipv6(name + 1, (size_t)(close - name - 1)))
+            return ferry_fail(FERRY_EINVAL, "\"%s\": brackets hold an IPv6 address ([addr] or [addr]:port)", name);
+        h = name + 1;
+        hl = (size_t)(close - h);
+        tail = close + 1;
+        if (*tail && *tail != ':')
+            return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", name);
+    } else if (colon && memchr(name, ':', (size_t)(colon - name))) { /* two colons or more: IPv6 */
+        if (is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1))
+            return ferry_fail(FERRY_EINVAL, "\"%s\" is ambiguous: an IPv6 address with a port is written "
+                              "[%.*s]:%s, the address alone [%s]", name, (int)(colon - name), name, colon + 1, name);
+        if (!is_ipv6(name, strlen(name)))
+            return ferry_fail(FERRY_EINVAL, "\"%s\" is neither host:port nor an IPv6 address (with a port: "
+                              "[addr]:port)", name);
+        hl = strlen(name); /* an IPv6 address alone, as the reference takes it */
+        tail = "";
+    } else {
+        hl = colon ? (size_t)(colon - name) : strlen(name);
+        tail = colon ? colon : "";
+    }
     if (hl == 0 || hl >= hostlen)
         return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", name);
-    memcpy(host, name, hl);
+    memcpy(host, h, hl);
     host[hl] = '\0';
-    *port = 0;
-    if (colon) {
-        char *end;
-        long p = strtol(colon + 1, &end, 10);
-        if (end == colon + 1 || *end || p < 0 || p > 65535)
-            return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", name);
-        *port = (int)p;
-    }
-    return 0;
+    return *tail ? parse_port(tail + 1, name, port) : 0;
 }
 
-static int resolve(const char *host, int port, struct sockaddr_in *sa)
+int net_format_hostport(char *out, size_t max, const char *host, int port)
+{
+    int n = strchr(host, ':') ? snprintf(out, max, "[%s]:%d", host, port) : snprintf(out, max, "%s:%d", host, port);
+    return n >= 0 && (size_t)n < max ? 0 : ferry_fail(FERRY_EINVAL, "host name \"%.64s\" is too long", host);
+}
+
+/* The address of host (IPv4 or IPv6 text, or a name: its first IPv4
+ * address, else its first IPv6 one) and port. */
+static int resolve(const char *host, int port, struct sockaddr_storage *sa, socklen_t *salen)
 {
     memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &sa->sin_addr) == 1)
+    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *salen = sizeof *v4;
         return 0;
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0 || !res)
         return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", host, gai_strerror(rc));
-    sa->sin_addr = ((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    const struct addrinfo *pick = NULL;
+    for (const struct addrinfo *r = res; r && !pick; r = r->ai_next)
+        if (r->ai_family == AF_INET)
+            pick = r;
+    for (const struct addrinfo *r = res; r && !pick; r = r->ai_next)
+        if (r->ai_family == AF_INET6)
+            pick = r;
+    if (!pick) {
+        freeaddrinfo(res);
+        return ferry_fail(FERRY_ECONN, "host \"%s\" has no IPv4 or IPv6 address", host);
+    }
+    memcpy(sa, pick->ai_addr, pick->ai_addrlen);
+    *salen = pick->ai_addrlen;
+    if (pick->ai_family == AF_INET)
+        v4->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
     freeaddrinfo(res);
     return 0;
 }
 
 /* 0, or a FERRY_E* code with its message (bind's errno kept). */
-static int try_bind(int fd, const char *host, int port)
+static int try_bind(int fd, const struct sockaddr_storage *sa, socklen_t salen, const char *host, int port)
 {
-    struct sockaddr_in sa;
-    int rc = resolve(host, port, &sa);
-    if (rc)
-        return rc;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+    if (bind(fd, (const struct sockaddr *)sa, salen) == 0)
         return 0;
     int err = errno;
-    rc = ferry_fail(FERRY_EIO, "bind %s:%d: %s", host, port, strerror(err));
+    int rc = ferry_fail(FERRY_EIO, "bind %s port %d: %s", host, port, strerror(err));
     errno = err; /* net_listen looks for EADDRINUSE */
     return rc;
 }
 
+static int sockaddr_port(const struct sockaddr_storage *sa)
+{
+    return sa->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+                                     : ntohs(((const struct sockaddr_in *)sa)->sin_port);
+}
+
+static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
+{
+    if (sa->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+}
+
 int net_listen(const char *host, int port, int *bound)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    int rc = resolve(host, port, &sa, &salen);
+    if (rc)
+        return rc;
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return ferry_fail(FERRY_EIO, "socket: %s", strerror(errno));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int rc = try_bind(fd, host, port);
-    if (rc == FERRY_EIO && port != 0 && errno == EADDRINUSE) /* the requested port is taken: any port */
-        rc = try_bind(fd, host, 0);
+    rc = try_bind(fd, &sa, salen, host, port);
+    if (rc == FERRY_EIO && port != 0 && errno == EADDRINUSE) { /* the requested port is taken: any port */
+        sockaddr_set_port(&sa, 0);
+        rc = try_bind(fd, &sa, salen, host, 0);
+    }
     if (rc) {
         close(fd);
         return rc;
@@ -101,23 +190,23 @@ int net_listen(const char *host, int port, int *bound)
         close(fd);
         return rc;
     }
-    struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
     getsockname(fd, (struct sockaddr *)&sa, &sl);
-    *bound = ntohs(sa.sin_port);
+    *bound = sockaddr_port(&sa);
     return fd;
 }
 
 int net_connect(const char *host, int port, unsigned timeout_ms)
 {
-    struct sockaddr_in sa;
-    int rc = resolve(host, port, &sa);
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    int rc = resolve(host, port, &sa, &salen);
     if (rc)
         return rc;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return ferry_fail(FERRY_EIO, "socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
+    if (connect(fd, (struct sockaddr *)&sa, salen) != 0 && errno != EINPROGRESS) {
         rc = ferry_fail(FERRY_ECONN, "connect %s:%d: %s", host, port, strerror(errno));
         close(fd);
         return rc;

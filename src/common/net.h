@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * net.h — small socket helpers shared by the handshake and the tcp transport:
- * host:port parsing, listening with automatic port choice, connecting with a
- * deadline, and full reads/writes that survive EINTR and short transfers.
+ * host:port parsing (IPv4, IPv6 as [addr]:port), listening with automatic
+ * port choice, connecting with a deadline, and full reads/writes that survive
+ * EINTR and short transfers.
  */
 #ifndef FERRY_NET_H
 #define FERRY_NET_H
@@ -16,8 +17,17 @@ uint64_t now_ns(void);
 static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
 
 /* Splits "host:port" or "host" into host (NUL-terminated, at most hostlen-1
- * chars) and *port (0 if absent).  Returns 0 or FERRY_EINVAL. */
+ * chars) and *port (0 if absent).  IPv6 addresses are written "[addr]:port"
+ * or "[addr]" (the reference engine's form), or bare "addr" without a port;
+ * a bare IPv6 address followed by ":digits" ("::1:8080": the address
+ * ::1:8080, or ::1 port 8080?) is refused as ambiguous, naming both
+ * bracketed forms.  host gets the address without brackets.  Returns 0 or
+ * FERRY_EINVAL. */
 int net_split_hostport(const char *name, char *host, size_t hostlen, int *port);
+
+/* Writes "host:port", or "[host]:port" for an IPv6 address, into out.
+ * Returns 0 or FERRY_EINVAL (does not fit). */
+int net_format_hostport(char *out, size_t max, const char *host, int port);
 
 /* Listens on host:port (TCP, SO_REUSEADDR).  If port is 0 or already taken, a
  * free port is chosen.  Stores the bound port in *bound.  Returns the fd or a

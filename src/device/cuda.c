@@ -552,6 +552,9 @@ static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT,
      "copies one launch of the gather/scatter kernel takes at most: 128, or 1024 (28 KiB of kernel parameters: "
      "CUDA 12.1+, else 128; the launch itself then costs ~20 us more)"},
+    {"FERRY_CUDA_KERNEL_BULK", CUDA_SHAPE_BULK_DEFAULT,
+     "1: H2D batches through the scatter kernel's bulk-copy (TMA) form on sm_90 and later, which reads host "
+     "memory a tile per request instead of 16 bytes per thread"},
     {NULL, NULL, NULL},
 };
 static const struct ferry_location_kind cuda_locations[] = {{"cuda", 0, 0}, {NULL, 0, 0}}; /* "cuda" = cuda:0 */

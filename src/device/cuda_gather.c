@@ -4,7 +4,8 @@
  * gather/scatter kernel (cuda_kernels.cu, from the PTX in
  * cuda_kernels_ptx.h; one launch moves up to 128 copies, or 1,024 with
  * FERRY_CUDA_KERNEL_COPIES=1024, the SMs reading and writing mapped pinned
- * host memory, or a peer's memory over NVLink) where every address is known to be reachable, else the copy
+ * host memory, or a peer's memory over NVLink; H2D on sm_90 through bulk
+ * copies with FERRY_CUDA_KERNEL_BULK=1) where every address is known to be reachable, else the copy
  * engine (cuMemcpyBatchAsync, or one cuMemcpy*Async per copy).  Owns the
  * address registries the kernel trusts and each device's loaded kernel.
  * Called with the stream's device's context current (cuda.c); no threads.
@@ -279,7 +280,7 @@ _Static_assert(offsetof(struct gather_args_big, copies) == 4120, "mirrors cuda_k
 /* One launch being filled: the parameters of the kernel it goes to. */
 struct gather_args {
     CUfunction fn;
-    int big;                             /* fn is ferry_copy_gather_1k */
+    int big;                             /* fn is ferry_copy_gather_1k (2: ferry_copy_bulk, 128 copies) */
     uint32_t max;                        /* copies fn takes */
     struct gather_head *h;
     uint32_t *tile_start;
@@ -290,7 +291,8 @@ struct gather_args {
 struct gather_dev {
     atomic_int state;                    /* 0 not loaded yet, 1 ready, -1 failed or switched off */
     atomic_int big_state;                /* 1 while fn_big is loaded and its launches work */
-    CUfunction fn, fn_big;
+    atomic_int bulk_state;               /* 1 while fn_bulk is loaded and its launches work */
+    CUfunction fn, fn_big, fn_bulk;
     unsigned int max_ctas;
 };
 
@@ -342,11 +344,25 @@ static int gather_load(int dev, struct gather_dev *g)
                      dev, what, cu_error_text(r), r, log[0] ? ": " : "", log, GATHER_MAX_SMALL);
     }
     CUdevice d;
-    int sms = 0;
-    if (cuda_drv.cuDeviceGet(&d, dev) != CUDA_SUCCESS ||
-        cuda_drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
+    int sms = 0, major = 0;
+    int have_dev = cuda_drv.cuDeviceGet(&d, dev) == CUDA_SUCCESS;
+    if (!have_dev || cuda_drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d) != CUDA_SUCCESS ||
         sms <= 0)
         sms = 16;
+    if (cuda_kernel_shape.bulk && have_dev &&
+        cuda_drv.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, d) == CUDA_SUCCESS &&
+        major >= 9) {
+        log[0] = '\0';
+        r = module_load(ferry_cuda_kernels_bulk_ptx, "ferry_copy_bulk", &g->fn_bulk, &what, log, sizeof log);
+        if (r == CUDA_SUCCESS)
+            atomic_store(&g->bulk_state, 1);
+        else
+            LOG_WARN("cuda:%d: the bulk-copy scatter kernel is unavailable: %s: %s (CUDA error %d)%s%.300s; H2D "
+                     "uses 16-byte loads", dev, what, cu_error_text(r), r, log[0] ? ": " : "", log);
+    } else if (cuda_kernel_shape.bulk) {
+        LOG_INFO("cuda:%d: FERRY_CUDA_KERNEL_BULK=1 needs sm_90 or later (this one is sm_%d0); H2D uses 16-byte "
+                 "loads", dev, major);
+    }
     g->max_ctas = (unsigned int)sms * cuda_kernel_shape.ctas_per_sm;
     LOG_DEBUG("cuda:%d: gather kernel loaded (%d SMs, %d copies a launch)", dev, sms,
               atomic_load(&g->big_state) == 1 ? GATHER_MAX : GATHER_MAX_SMALL);
@@ -355,8 +371,8 @@ static int gather_load(int dev, struct gather_dev *g)
 
 /* dev's kernel, loaded on first use (dev's primary context current); NULL
  * when it is off or could not be loaded.  *big: the 1,024-copy kernel, or
- * NULL. */
-static CUfunction gather_function(int dev, unsigned int *max_ctas, CUfunction *big)
+ * NULL; *bulk: the bulk-copy (TMA) one for H2D, or NULL. */
+static CUfunction gather_function(int dev, unsigned int *max_ctas, CUfunction *big, CUfunction *bulk)
 {
     struct gather_dev *g = &gather_devs[dev];
     int state = atomic_load_explicit(&g->state, memory_order_acquire);
@@ -373,6 +389,7 @@ static CUfunction gather_function(int dev, unsigned int *max_ctas, CUfunction *b
         return NULL;
     *max_ctas = g->max_ctas;
     *big = atomic_load_explicit(&g->big_state, memory_order_relaxed) == 1 ? g->fn_big : NULL;
+    *bulk = atomic_load_explicit(&g->bulk_state, memory_order_relaxed) == 1 ? g->fn_bulk : NULL;
     return g->fn;
 }
 
@@ -466,23 +483,27 @@ static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct g
     if (r == CUDA_SUCCESS && atomic_fetch_add(&told, 1) < 4)
         LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel%s: %u tiles of %u bytes, %u CTAs",
                   call->s->dev, n, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
-                  a->big ? " (1,024-copy)" : "", a->h->ntiles, 1u << shift, grid);
+                  a->big == 1 ? " (1,024-copy)" : a->big == 2 ? " (bulk copies)" : "", a->h->ntiles, 1u << shift,
+                  grid);
     if (r == CUDA_SUCCESS)
         return 0;
     int rc = ferry_device_enqueue_copies(&copy_engine, call, copies, k);
     struct gather_dev *g = &gather_devs[call->s->dev];
-    if (rc == 0 && atomic_exchange(a->big ? &g->big_state : &g->state, -1) == 1)
+    atomic_int *state = a->big == 1 ? &g->big_state : a->big == 2 ? &g->bulk_state : &g->state;
+    if (rc == 0 && atomic_exchange(state, -1) == 1)
         LOG_WARN("cuda:%d: %s launch failed (%s, CUDA error %d) where copies work; %s from now on", call->s->dev,
-                 a->big ? "the 1,024-copy gather kernel's" : "gather kernel", cu_error_text(r), r,
-                 a->big ? "128 copies a launch" : "using the copy engine");
+                 a->big == 1 ? "the 1,024-copy gather kernel's" : a->big == 2 ? "the bulk-copy scatter kernel's"
+                                                                             : "gather kernel",
+                 cu_error_text(r), r,
+                 a->big == 1 ? "128 copies a launch" : a->big == 2 ? "16-byte loads" : "using the copy engine");
     return rc;
 }
 
 void cuda_gather_preload(int dev)
 {
     unsigned int max_ctas;
-    CUfunction big;
-    (void)gather_function(dev, &max_ctas, &big);
+    CUfunction big, bulk;
+    (void)gather_function(dev, &max_ctas, &big, &bulk);
 }
 
 /* Each run of up to GATHER_MAX copies goes through the kernel when it suits
@@ -493,18 +514,22 @@ void cuda_gather_preload(int dev)
 static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies, size_t n)
 {
     unsigned int max_ctas = 0;
-    CUfunction big = NULL;
-    CUfunction fn = gather_function(call->s->dev, &max_ctas, &big);
+    CUfunction big = NULL, bulk = NULL;
+    CUfunction fn = gather_function(call->s->dev, &max_ctas, &big, &bulk);
     if (fn == NULL)
         return ferry_device_enqueue_copies(&copy_engine, call, copies, n);
+    if (bulk && call->dir == FERRY_COPY_H2D) { /* 128 copies a launch, through shared memory */
+        fn = bulk;
+        big = NULL;
+    }
     /* the parameters of one launch, on the stack (28 KiB for the 1,024-copy
      * kernel): copy_async is called by any thread, and allocates nothing */
     union {
         struct gather_args_small small;
         struct gather_args_big big;
     } params;
-    struct gather_args a = {fn, 0, GATHER_MAX_SMALL, &params.small.h, params.small.tile_start, params.small.copies,
-                            &params.small};
+    struct gather_args a = {fn, fn == bulk ? 2 : 0, GATHER_MAX_SMALL, &params.small.h, params.small.tile_start,
+                            params.small.copies, &params.small};
     int rc = 0;
     for (size_t done = 0; done < n && rc == 0;) {
         /* more than 128 copies left: the 1,024-copy kernel where it is loaded */

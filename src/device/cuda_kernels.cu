@@ -27,7 +27,10 @@
  * -DFERRY_GATHER_MAX=1024, ferry_copy_gather_1k takes up to 1,024 (28,696
  * bytes: kernel parameters over 4 KiB need CUDA 12.1 and PTX ISA 8.1, so it
  * is a module of its own, loaded where the driver takes it): a whole
- * staged batch of 16 chunks in one launch.  The argument struct is
+ * staged batch of 16 chunks in one launch.  A third form, ferry_copy_bulk
+ * (-DFERRY_GATHER_BULK, compute_90, PTX ISA 8.0; 128 copies), reads each
+ * 16-byte aligned tile with one bulk copy (TMA) into shared memory: H2D
+ * with FERRY_CUDA_KERNEL_BULK=1 on sm_90 and later.  The argument struct is
  * mirrored in cuda_gather.c (struct gather_args); both sides assert its
  * size and offsets.
  */
@@ -37,7 +40,10 @@
 #ifndef FERRY_GATHER_MAX
 #define FERRY_GATHER_MAX 128
 #endif
-#if FERRY_GATHER_MAX == 128
+#if defined(FERRY_GATHER_BULK) && FERRY_GATHER_MAX == 128
+#define FERRY_GATHER_ENTRY ferry_copy_bulk
+#define FERRY_GATHER_ARGS_SIZE 3608
+#elif FERRY_GATHER_MAX == 128
 #define FERRY_GATHER_ENTRY ferry_copy_gather
 #define FERRY_GATHER_ARGS_SIZE 3608
 #elif FERRY_GATHER_MAX == 1024
@@ -174,6 +180,60 @@ __device__ __forceinline__ void copy_range(char *d, const char *s, size_t len, u
         copy_shifted(d, s, len);
 }
 
+#ifdef FERRY_GATHER_BULK
+/* sm_90's bulk copy (TMA): one thread asks for a whole tile of host memory
+ * (up to BULK_BUF bytes a request) into shared memory, and an mbarrier says
+ * when it has landed; then the CTA's threads store it to device memory.
+ * The bet (issue 16 item 1, scatter): the SMs' 16-byte loads of mapped host
+ * memory reach ~0.92 of the copy engine's H2D rate, and larger requests to
+ * host memory might do better.  Measured on 2 x H200: they do not (within
+ * +-0.01 at 4-64 KiB; 16 KiB tiles lose), so FERRY_CUDA_KERNEL_BULK is off.
+ * Needs 16-byte aligned addresses and a length that is a multiple of 16;
+ * other tiles take copy_range. */
+#define BULK_BUF 16384
+
+__device__ __forceinline__ unsigned int smem(const void *p)
+{
+    return (unsigned int)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void bulk_load(unsigned int buf, const char *src, unsigned int bytes, unsigned int bar)
+{
+    unsigned long long g;
+    asm volatile("cvta.to.global.u64 %0, %1;" : "=l"(g) : "l"(src));
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
+                 :: "r"(bar), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(buf), "l"(g), "r"(bytes), "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void bulk_wait(unsigned int bar, unsigned int parity)
+{
+    asm volatile("{\n .reg .pred done;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 " @!done bra WAIT;\n}" :: "r"(bar), "r"(parity) : "memory");
+}
+
+/* [d, d + len) <- [s, s + len), all 16-byte aligned, through buf; *parity:
+ * the phase of bar to wait for next (flips with every load). */
+__device__ __forceinline__ void copy_bulk(char *d, const char *s, size_t len, uint4 *buf, unsigned int bar,
+                                         unsigned int *parity)
+{
+    for (size_t off = 0; off < len; off += BULK_BUF) {
+        const unsigned int n = (unsigned int)(len - off < BULK_BUF ? len - off : BULK_BUF);
+        if (threadIdx.x == 0)
+            bulk_load(smem(buf), s + off, n, bar);
+        bulk_wait(bar, *parity);
+        *parity ^= 1u;
+        uint4 *dv = reinterpret_cast<uint4 *>(d + off);
+        for (unsigned int i = threadIdx.x; i < n / 16; i += blockDim.x)
+            st(dv + i, buf[i]);
+        __syncthreads(); /* buf read by every thread before the next load overwrites it */
+        if (threadIdx.x == 0)
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+}
+#endif
+
 /* Gather (D2H) and scatter (H2D) are the same loop; the host side must be
  * mapped pinned memory and the device side memory of this device.  Block of
  * FERRY_GATHER_THREADS threads (a multiple of 32: copy_shifted needs whole
@@ -183,6 +243,18 @@ FERRY_GATHER_ENTRY(const __grid_constant__ struct ferry_gather_args a)
 {
     const size_t tile = (size_t)1 << a.tile_shift;
     unsigned int lo = 0;
+#ifdef FERRY_GATHER_BULK
+    __shared__ __align__(128) uint4 buf[BULK_BUF / 16];
+    __shared__ __align__(8) unsigned long long bar_word;
+    const unsigned int bar = smem(&bar_word);
+    unsigned int parity = 0;
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(bar) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+#endif
     for (unsigned int t = blockIdx.x; t < a.ntiles; t += gridDim.x) {
         /* largest i with tile_start[i] <= t; tile_start[0] = 0, and a CTA's
          * tiles only grow, so the search starts at the last one's copy */
@@ -196,7 +268,15 @@ FERRY_GATHER_ENTRY(const __grid_constant__ struct ferry_gather_args a)
         }
         const size_t off = (size_t)(t - a.tile_start[lo]) << a.tile_shift;
         const size_t len = a.copies[lo].len - off;
-        copy_range(reinterpret_cast<char *>(a.copies[lo].dst) + off,
-                   reinterpret_cast<const char *>(a.copies[lo].src) + off, len < tile ? len : tile, a.loads);
+        char *d = reinterpret_cast<char *>(a.copies[lo].dst) + off;
+        const char *s = reinterpret_cast<const char *>(a.copies[lo].src) + off;
+#ifdef FERRY_GATHER_BULK
+        const size_t n = len < tile ? len : tile;
+        if ((((uintptr_t)d | (uintptr_t)s | n) & 15) == 0) { /* uniform across the CTA */
+            copy_bulk(d, s, n, buf, bar, &parity);
+            continue;
+        }
+#endif
+        copy_range(d, s, len < tile ? len : tile, a.loads);
     }
 }

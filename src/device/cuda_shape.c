@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * cuda_shape.c — reads the launch shape of the CUDA gather/scatter kernel
- * (tile, CTAs per SM, threads, loads in flight per thread, and up to which
- * mean copy size H2D batches use it rather than the copy engine) from the
+ * (tile, CTAs per SM, threads, loads in flight per thread, up to which
+ * mean copy size H2D batches use it rather than the copy engine, copies a
+ * launch, and whether H2D uses its bulk-copy form) from the
  * FERRY_CUDA_KERNEL_* variables.  Called once by cuda_load(); no threads,
  * no state of its own.
  */
@@ -29,7 +30,7 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 
 int cuda_shape_read(struct cuda_shape *out)
 {
-    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, copies = 0;
+    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, copies = 0, bulk = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)
@@ -57,6 +58,9 @@ int cuda_shape_read(struct cuda_shape *out)
     if (rc == 0 && copies != 128 && copies != 1024)
         rc = ferry_fail(FERRY_EINVAL, "FERRY_CUDA_KERNEL_COPIES=\"%llu\": copies one launch takes at most, 128 or 1024",
                         copies);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_BULK", CUDA_SHAPE_BULK_DEFAULT, 0, 1,
+                        "0, or 1: H2D through bulk copies (TMA) on sm_90 and later", &bulk);
     if (rc < 0)
         return rc;
     out->tile_shift = 0;
@@ -67,5 +71,6 @@ int cuda_shape_read(struct cuda_shape *out)
     out->loads = (unsigned)loads;
     out->h2d_max = (size_t)h2d;
     out->copies = (unsigned)copies;
+    out->bulk = (unsigned)bulk;
     return 0;
 }

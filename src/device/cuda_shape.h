@@ -16,6 +16,7 @@
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
 #define CUDA_SHAPE_COPIES_DEFAULT "128"
+#define CUDA_SHAPE_BULK_DEFAULT "0"
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
@@ -29,6 +30,8 @@ struct cuda_shape {
                             * take the copy engine; 0..1 MiB */
     unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
+    unsigned bulk;         /* FERRY_CUDA_KERNEL_BULK: 1: H2D through the kernel's bulk-copy (TMA)
+                            * form on sm_90 and later; 0: its 16-byte loads everywhere */
 };
 
 /* Fills *out from the environment (defaults where unset).  0, or

@@ -286,37 +286,59 @@ void ferry_batch_free(ferry_batch *b)
 
 /* ------------------------------------------------------------ submit */
 
-/* Checks the fields of request i (its memory is checked by begin_locals). */
+/* Checks the fields of request i (its memory is checked by begin_locals).
+ * A zero-length request touches no memory: as in the reference engine (its
+ * tcp and rdma transports complete it without looking at either address),
+ * neither its source nor its remote range is checked, only its opcode and
+ * (route_requests) its segment. */
 static int check_request(size_t i, const struct ferry_request *q)
 {
     if (q->opcode != FERRY_READ && q->opcode != FERRY_WRITE)
         return ferry_fail(FERRY_EINVAL, "request %zu: opcode %d is neither READ nor WRITE", i, q->opcode);
-    if (q->length == 0)
-        return ferry_fail(FERRY_EINVAL, "request %zu: length is 0", i);
-    if (!q->source)
+    if (!q->source && q->length)
         return ferry_fail(FERRY_EINVAL, "request %zu: source is NULL", i);
     return 0;
 }
 
+/* Ends the accesses begin_locals started: those of the first `begun`
+ * requests with a length (zero-length requests start none). */
+static void end_locals(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_access *accs,
+                       size_t begun)
+{
+    for (size_t i = 0; i < n && begun; i++) {
+        if (!reqs[i].length)
+            continue;
+        memreg_access_end(&e->registry, &accs[i]);
+        begun--;
+    }
+}
+
 /* Checks every request, then finds each local range's registration and
  * starts its access there, atomically with the lookup: locals[i] and
- * accs[i].  *begun: how many accesses were started (the caller ends them
- * if it submits nothing). */
+ * accs[i] (zeroed local, no access for a zero-length request).  *begun: how
+ * many accesses were started (the caller ends them with end_locals if it
+ * submits nothing). */
 static int begin_locals(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_region *locals,
                         struct memreg_access *accs, size_t *begun)
 {
     *begun = 0;
-    struct memreg_want *w = malloc(n * sizeof *w);
+    struct memreg_want *w = malloc(n * (sizeof *w + sizeof(size_t))); /* one allocation, as before */
+    size_t *index = w ? (size_t *)(w + n) : NULL; /* w's entry -> request */
+    size_t nw = 0;
     int rc = w ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
     for (size_t i = 0; !rc && i < n; i++) {
         rc = check_request(i, &reqs[i]);
-        if (!rc)
-            w[i] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &accs[i], &locals[i]};
+        if (rc || !reqs[i].length) {
+            memset(&locals[i], 0, sizeof locals[i]);
+            continue;
+        }
+        index[nw] = i;
+        w[nw++] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &accs[i], &locals[i]};
     }
-    if (!rc && memreg_access_begin_many(&e->registry, w, n, 0, NULL, NULL, begun) != 0) {
-        const struct ferry_request *q = &reqs[*begun];
-        rc = ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", *begun,
-                        q->source, q->length);
+    if (!rc && nw && memreg_access_begin_many(&e->registry, w, nw, 0, NULL, NULL, begun) != 0) {
+        size_t bad = index[*begun];
+        rc = ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", bad,
+                        reqs[bad].source, reqs[bad].length);
     }
     free(w);
     return rc;
@@ -371,6 +393,16 @@ static int route_requests(ferry_engine *e, const struct ferry_request *reqs, siz
         if (!s)
             return ferry_fail(FERRY_ENOSEG, "request %zu: segment handle %llu is not open", i,
                               (unsigned long long)q->target);
+        if (!q->length) { /* moves nothing: any transport to the segment (a notification's route) */
+            int route = -1;
+            for (size_t t = 0; t < e->ntransports; t++)
+                if (s->peer[t] && (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
+                    route = (int)t;
+            if (route < 0)
+                return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport reaches %s", i, s->name);
+            out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, 0, 0, 1};
+            continue;
+        }
         if (descriptor_find_buffer(&s->desc, q->target_offset, q->length) < 0) {
             *miss = s->handle;
             return ferry_fail(FERRY_ERANGE, "request %zu: remote range 0x%llx+%zu is outside every buffer of %s", i,
@@ -426,6 +458,14 @@ static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, 
     }
     for (size_t i = 0; i < node->plan.npieces; i++)
         b->reqs[node->plan.pieces[i].request].remaining++;
+    for (size_t i = 0; i < n; i++) { /* zero-length: no piece, no access; complete now */
+        struct req_slot *r = &b->reqs[b->count + i];
+        if (sreqs[i].len)
+            continue;
+        r->acc = NULL;
+        end_request(b, r);
+        atomic_fetch_add(&e->req_completed[ROUTE_TRANSPORT(r->route)], 1);
+    }
     uint64_t deadline = now_ns() + (uint64_t)e->cfg.request_timeout_ms * 1000000u;
     for (size_t i = 0; i < node->plan.nframes; i++) {
         struct xfer_frame *f = &node->plan.frames[i];
@@ -507,11 +547,24 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
         b->plans = node;
         b->count += n;
         b->frames_out += node->plan.nframes;
-        pthread_mutex_unlock(&b->lock);
-        /* Completions may run before this loop ends, even inline; the slots
-         * and frame count are already set up for them. */
+        /* Completions may run before this function ends, even inline; the
+         * slots and frame count are already set up for them. */
         struct xfer_frame *frames = node->plan.frames;
         size_t nframes = node->plan.nframes; /* node may be freed once the last frame ends */
+        /* zero-length requests only: nothing will come back to end the
+         * batch, so its notification and its waiters go now (and it may be
+         * freed from then on) */
+        bool ended_now = nframes == 0;
+        size_t notes = ended_now ? notification_due(b) : 0;
+        if (ended_now) { /* as data_frame_done wakes: ferry_batch_free waits for `waking` */
+            atomic_fetch_add(&b->waking, 1);
+            atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (ended_now) {
+            pthread_cond_broadcast(&b->cond);
+            atomic_fetch_sub(&b->waking, 1);
+        }
         /* staged frames go to their pool together (one group of copies),
          * after the others */
         struct xfer_frame *staged[MAX_POOLS] = {0}, **staged_tail[MAX_POOLS];
@@ -542,6 +595,8 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
             if (staged[i])
                 staging_submit_list(e->pools[i].pool, staged[i]);
         pthread_rwlock_unlock(&e->seg_lock);
+        if (notes) /* the batch is not finished before they come back */
+            send_notifications(b, notes);
         return 0;
     }
 }
@@ -572,8 +627,7 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     }
     TRACE(TR_BATCH_SUBMITTED, n);
     if (rc && node) { /* nothing was submitted: give the accesses back */
-        for (size_t i = 0; i < begun; i++)
-            memreg_access_end(&e->registry, &node->accs[i]);
+        end_locals(e, reqs, n, node->accs, begun);
         free(node);
     }
     free(locals);
@@ -601,8 +655,7 @@ int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     if (!rc) { /* validation only: the run submits (and accesses) later */
         size_t begun = 0;
         rc = begin_locals(e, reqs, n, locals, accs, &begun);
-        for (size_t i = 0; i < begun; i++)
-            memreg_access_end(&e->registry, &accs[i]);
+        end_locals(e, reqs, n, accs, begun);
     }
     free(accs);
     for (int attempt = 0; !rc; attempt++) { /* the remote side, as submit_locked judges it */

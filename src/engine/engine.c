@@ -46,6 +46,8 @@ struct memreg_region *engine_remote_regions(ferry_engine *e, size_t *n)
     struct memreg_region *r = calloc(cap + 1, sizeof *r);
     size_t got = r ? memreg_list_remote(&e->registry, r, cap) : 0;
     *n = got < cap ? got : cap; /* more now: registered since the count (not copied) */
+    if (r)
+        engine_order_regions(e, r, *n);
     return r;
 }
 
@@ -303,6 +305,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
     pthread_mutex_init(&e->stale_lock, NULL);
     pthread_mutex_init(&e->publish_lock, NULL);
     pthread_mutex_init(&e->pool_lock, NULL);
+    pthread_mutex_init(&e->order_lock, NULL);
     if (getrandom(&e->engine_id, sizeof e->engine_id, 0) != sizeof e->engine_id)
         e->engine_id = now_ns() ^ ((uint64_t)(uintptr_t)e << 16);
     int port = 0;
@@ -325,8 +328,8 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    if (!*e->segment_name)
-        snprintf(e->segment_name, sizeof e->segment_name, "%s:%d", e->listen_host, e->handshake_port);
+    if (!*e->segment_name) /* [v6]:port for an IPv6 host, as the reference names it */
+        net_format_hostport(e->segment_name, sizeof e->segment_name, e->listen_host, e->handshake_port);
     if (port && port != e->handshake_port)
         LOG_WARN("handshake port %d is taken; listening on %d instead", port, e->handshake_port);
     struct transport_host host = {
@@ -398,6 +401,8 @@ void ferry_engine_destroy(ferry_engine *e)
     pthread_mutex_destroy(&e->stale_lock);
     pthread_mutex_destroy(&e->publish_lock);
     pthread_mutex_destroy(&e->pool_lock);
+    pthread_mutex_destroy(&e->order_lock);
+    free(e->reg_order);
     pthread_rwlock_destroy(&e->seg_lock);
     memreg_destroy(&e->registry);
     auth_key_wipe(&e->auth);

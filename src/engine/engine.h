@@ -38,6 +38,8 @@ struct segment {
     uint64_t handle;
     char name[128];
     struct ferry_descriptor desc;
+    size_t *published;                    /* desc.buffers indices in the peer's published order,
+                                           * or NULL: address order */
     void *peer[FERRY_MAX_TRANSPORTS];     /* per transport; NULL if the peer lacks it */
 };
 
@@ -90,6 +92,14 @@ struct ferry_engine {
     void *meta_state;
     pthread_mutex_t publish_lock;   /* orders publishes of the descriptor */
 
+    /* Remote-accessible registrations in the order they were made (their
+     * addresses): the descriptor lists buffers in this order, so a peer's
+     * first buffer is the first one registered, as in the reference engine
+     * (get_first_buffer_address).  Own lock; memory.c keeps it. */
+    pthread_mutex_t order_lock;
+    uint64_t *reg_order;
+    size_t norder, order_cap;
+
     pthread_rwlock_t seg_lock;      /* submit: read; open/close/refresh: write */
     struct segment **segs;
     size_t nsegs, segcap;
@@ -114,10 +124,13 @@ struct ferry_engine {
  * for P2PHANDSHAKE).  Called at start and after registration changes. */
 int engine_publish(ferry_engine *e);
 /* A snapshot of this engine's remote-accessible registrations, malloc'd (the
- * caller frees it), *n of them; NULL if memory ran out.  Taken in two steps
- * (count, then copy): a registration made between them is left out of it,
- * never written past its end. */
+ * caller frees it), *n of them, in the order they were registered; NULL if
+ * memory ran out.  Taken in two steps (count, then copy): a registration made
+ * between them is left out of it, never written past its end. */
 struct memreg_region *engine_remote_regions(ferry_engine *e, size_t *n);
+/* Sorts a snapshot of remote-accessible regions (sorted by address) into the
+ * order they were registered (memory.c). */
+void engine_order_regions(ferry_engine *e, struct memreg_region *r, size_t n);
 
 /* The staging pool index for a device location, or -1. Lock-free. */
 int engine_pool_index(ferry_engine *e, const char *location);

@@ -25,6 +25,81 @@ static const struct ferry_device_ops *region_device(const struct memreg_region *
     return ferry_device_of_location(r->location, NULL);
 }
 
+/* ------------------------------------------------------------ registration order */
+
+/* Appends addr to the registration order.  Out of memory it is left out:
+ * it then comes last in the descriptor (engine_order_regions). */
+static void order_append(ferry_engine *e, uint64_t addr)
+{
+    pthread_mutex_lock(&e->order_lock);
+    if (e->norder == e->order_cap) {
+        size_t cap = e->order_cap ? e->order_cap * 2 : 16;
+        uint64_t *n = realloc(e->reg_order, cap * sizeof *n);
+        if (n) {
+            e->reg_order = n;
+            e->order_cap = cap;
+        }
+    }
+    if (e->norder < e->order_cap)
+        e->reg_order[e->norder++] = addr;
+    else
+        LOG_WARN("registration order: out of memory; 0x%llx is listed last", (unsigned long long)addr);
+    pthread_mutex_unlock(&e->order_lock);
+}
+
+static void order_remove(ferry_engine *e, uint64_t addr)
+{
+    pthread_mutex_lock(&e->order_lock);
+    for (size_t i = 0; i < e->norder; i++) {
+        if (e->reg_order[i] == addr) {
+            memmove(&e->reg_order[i], &e->reg_order[i + 1], (e->norder - i - 1) * sizeof *e->reg_order);
+            e->norder--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->order_lock);
+}
+
+struct ranked_region {
+    uint64_t rank;
+    struct memreg_region r;
+};
+
+static int by_rank(const void *a, const void *b)
+{
+    const struct ranked_region *x = a, *y = b;
+    if (x->rank != y->rank)
+        return x->rank < y->rank ? -1 : 1;
+    return x->r.addr < y->r.addr ? -1 : x->r.addr > y->r.addr;
+}
+
+void engine_order_regions(ferry_engine *e, struct memreg_region *r, size_t n)
+{
+    struct ranked_region *k = n > 1 ? malloc(n * sizeof *k) : NULL;
+    if (!k)
+        return; /* one region, or out of memory: address order */
+    for (size_t i = 0; i < n; i++)
+        k[i] = (struct ranked_region){UINT64_MAX, r[i]}; /* not in the order (yet): last */
+    pthread_mutex_lock(&e->order_lock);
+    for (size_t i = 0; i < e->norder; i++) { /* r is sorted by address: find each by bisection */
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (k[mid].r.addr < e->reg_order[i])
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < n && k[lo].r.addr == e->reg_order[i] && k[lo].rank == UINT64_MAX)
+            k[lo].rank = i;
+    }
+    pthread_mutex_unlock(&e->order_lock);
+    qsort(k, n, sizeof *k, by_rank);
+    for (size_t i = 0; i < n; i++)
+        r[i] = k[i].r;
+    free(k);
+}
+
 /* ------------------------------------------------------------ memory */
 
 /* The device table of a location string and its index.  With `check` the
@@ -125,9 +200,12 @@ static int ensure_pool(ferry_engine *e, const struct memreg_region *dev_region)
     }
     const struct ferry_device_ops *ops = region_device(dev_region);
     struct pool_entry *pe = &e->pools[atomic_load(&e->npools)];
-    size_t len;
-    rc = staging_pool_create(ops, dev_region->device_index, e->cfg.staging_chunk_size, e->cfg.staging_chunks,
-                             staging_send, e, &pe->pool, &pe->base, &len);
+    size_t len, chunk_size;
+    unsigned nchunks;
+    /* frames are at most a slice: the pool's pinned bytes in slice-sized chunks */
+    staging_pool_shape(e->cfg.staging_chunk_size, e->cfg.staging_chunks, e->cfg.slice_size, &chunk_size, &nchunks);
+    rc = staging_pool_create(ops, dev_region->device_index, chunk_size, nchunks, staging_send, e, &pe->pool,
+                             &pe->base, &len);
     if (rc)
         goto out;
     struct memreg_region r = {.addr = (uint64_t)(uintptr_t)pe->base, .len = len, .device_index = -1};
@@ -157,6 +235,8 @@ int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *l
         rc = register_region(e, &r);
     if (rc)
         return rc;
+    if (remote_accessible)
+        order_append(e, r.addr);
     LOG_DEBUG("registered %p+%zu %s%s", addr, len, r.location, remote_accessible ? " remote" : "");
     if (remote_accessible && (rc = engine_publish(e)) != 0)
         LOG_WARN("registered %p+%zu but could not publish the new descriptor: %s", addr, len, ferry_last_error());
@@ -169,6 +249,8 @@ int ferry_unregister_memory(ferry_engine *e, void *addr)
         return ferry_fail(FERRY_EINVAL, "unregister: engine is NULL");
     struct memreg_region r;
     int rc = memreg_remove(&e->registry, (uint64_t)(uintptr_t)addr, &r);
+    if (!rc && r.remote_accessible)
+        order_remove(e, r.addr);
     for (size_t i = 0; !rc && i < e->ntransports; i++)
         if (e->tops[i]->unregister_memory && r.transport_handle[i])
             e->tops[i]->unregister_memory(e->tstate[i], r.transport_handle[i]);

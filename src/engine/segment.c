@@ -5,6 +5,7 @@
  * the peer restarts (stale handles), closed.  Segments are guarded by
  * seg_lock: submits read, open/close/refresh write.
  */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,36 @@ void engine_segment_free(ferry_engine *e, struct segment *s)
         if (s->peer[i])
             e->tops[i]->peer_close(e->tstate[i], s->peer[i]);
     descriptor_free(&s->desc);
+    free(s->published);
     free(s);
+}
+
+/* The order in which a descriptor (already decoded and validated into d,
+ * which keeps its buffers sorted by address) lists its buffers: the peer's
+ * registration order.  Returns d's indices in that order, malloc'd, or NULL
+ * (no buffers, out of memory, or a list that does not match d: address
+ * order then). */
+static size_t *published_order(const char *json, size_t len, const struct ferry_descriptor *d)
+{
+    size_t *order = d->nbuffers > 1 ? malloc(d->nbuffers * sizeof *order) : NULL;
+    cJSON *root = order ? cJSON_ParseWithLengthOpts(json, len, NULL, 0) : NULL;
+    const cJSON *list = root ? cJSON_GetObjectItemCaseSensitive(root, "buffers") : NULL, *b;
+    size_t n = 0;
+    cJSON_ArrayForEach(b, list)
+    {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(b, "addr");
+        long i = n < d->nbuffers && cJSON_IsString(a)
+                     ? descriptor_find_buffer(d, strtoull(a->valuestring, NULL, 16), 1) : -1;
+        if (i < 0)
+            break;
+        order[n++] = (size_t)i;
+    }
+    cJSON_Delete(root);
+    if (n != d->nbuffers) {
+        free(order);
+        return NULL;
+    }
+    return order;
 }
 
 
@@ -56,6 +86,11 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
 {
     char *json = NULL;
     size_t len = 0;
+    char host[128];
+    int port;
+    /* a listener's name: say what is wrong with it ("::1:8080" is ambiguous) */
+    if ((e->meta->caps & META_NAMED_BY_LISTENER) && net_split_hostport(name, host, sizeof host, &port) != 0)
+        return ferry_fail(FERRY_ENOSEG, "segment name: %s", ferry_last_error());
     int rc = e->meta->lookup(e->meta_state, name, &json, &len);
     if (rc)
         return rc;
@@ -66,6 +101,8 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
     }
     snprintf(s->name, sizeof s->name, "%s", name);
     rc = descriptor_decode(json, len, &s->desc);
+    if (!rc)
+        s->published = published_order(json, len, &s->desc);
     free(json);
     if (rc) {
         rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
@@ -273,9 +310,10 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
         own_buffers(e, out, max, count);
     } else if (s) {
         for (size_t i = 0; i < s->desc.nbuffers && i < max; i++) {
-            out[i].addr = s->desc.buffers[i].addr;
-            out[i].len = s->desc.buffers[i].len;
-            snprintf(out[i].location, sizeof out[i].location, "%s", s->desc.buffers[i].location);
+            const struct desc_buffer *b = &s->desc.buffers[s->published ? s->published[i] : i];
+            out[i].addr = b->addr;
+            out[i].len = b->len;
+            snprintf(out[i].location, sizeof out[i].location, "%s", b->location);
         }
         *count = s->desc.nbuffers;
     }

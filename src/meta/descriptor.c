@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "log.h"
 
 static int add_hex(cJSON *obj, const char *key, uint64_t v)
 {
@@ -76,6 +77,11 @@ static int copy_string(const cJSON *obj, const char *key, char *dst, size_t cap)
     if (!cJSON_IsString(s) || strlen(s->valuestring) >= cap || !s->valuestring[0])
         return ferry_fail(FERRY_EPROTO, "descriptor: \"%s\" missing, empty or longer than %zu", key,
                           cap - 1);
+    /* names and locations reach logs and messages: no control characters in them */
+    for (const char *c = s->valuestring; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return ferry_fail(FERRY_EPROTO, "descriptor: \"%s\" has the control character 0x%02x", key,
+                              (unsigned char)*c);
     strcpy(dst, s->valuestring);
     return 0;
 }
@@ -165,8 +171,9 @@ int descriptor_decode(const char *json, size_t len, struct ferry_descriptor *d)
     } else if (!cJSON_IsString(fp)) {
         rc = ferry_fail(FERRY_EPROTO, "descriptor has no \"fingerprint\"");
     } else if (strcmp(fp->valuestring, DESC_FINGERPRINT) != 0) {
-        rc = ferry_fail(FERRY_EVERSION, "peer fingerprint \"%.60s\" is incompatible with \"%s\"",
-                        fp->valuestring, DESC_FINGERPRINT);
+        char text[80];
+        rc = ferry_fail(FERRY_EVERSION, "peer fingerprint \"%s\" is incompatible with \"%s\"",
+                        log_sanitize(fp->valuestring, 60, text, sizeof text), DESC_FINGERPRINT);
     } else {
         d->format = DESC_FORMAT;
         strcpy(d->fingerprint, DESC_FINGERPRINT);

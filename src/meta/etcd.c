@@ -233,8 +233,10 @@ static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJ
             }
             const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
             int rc = cJSON_IsNumber(code) && code->valueint == 5 ? FERRY_ENOSEG : FERRY_EIO;
-            rc = ferry_fail(rc, "%s: etcd answered HTTP %ld: %.200s", path, status,
-                            cJSON_IsString(err) ? err->valuestring : "(no message)");
+            char text[200];
+            rc = ferry_fail(rc, "%s: etcd answered HTTP %ld: %s", path, status,
+                            cJSON_IsString(err) ? log_sanitize(err->valuestring, 150, text, sizeof text)
+                                                : "(no message)");
             cJSON_Delete(j);
             return rc;
         }
@@ -294,10 +296,12 @@ static int lease_grant(struct etcd_meta *m)
     if (rc)
         return rc;
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "ID");
-    if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof m->lease && id->valuestring[0])
+    /* decimal digits only: the ID goes back into the JSON of later requests */
+    if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof m->lease && id->valuestring[0] &&
+        strspn(id->valuestring, "0123456789") == strlen(id->valuestring))
         snprintf(m->lease, sizeof m->lease, "%s", id->valuestring);
     else
-        rc = ferry_fail(FERRY_EPROTO, "%s: lease grant answer has no ID", m->url);
+        rc = ferry_fail(FERRY_EPROTO, "%s: lease grant answer has no decimal ID", m->url);
     cJSON_Delete(j);
     return rc;
 }
@@ -463,11 +467,14 @@ static int etcd_lookup(void *mp, const char *name, char **json, size_t *len)
     cJSON *j = NULL;
     int rc = etcd_callf(m, "/v3/kv/range", &j, "{\"key\":\"%s\"}", key);
     free(key);
-    if (rc)
-        return ferry_fail(FERRY_ENOSEG, "segment %s: lookup failed: %s", name, ferry_last_error());
+    if (rc) /* unreachable or failing: absent for now; a reply no etcd sends: the store is not one */
+        return ferry_fail(rc == FERRY_EPROTO ? FERRY_EPROTO : FERRY_ENOSEG, "segment %s: lookup failed: %s", name,
+                          ferry_last_error());
     const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(j, "kvs");
     const cJSON *value = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(kvs, 0), "value");
-    if (!cJSON_GetArraySize(kvs))
+    if (kvs && !cJSON_IsArray(kvs))
+        rc = ferry_fail(FERRY_EPROTO, "segment %s: etcd's \"kvs\" is not an array", name);
+    else if (!cJSON_GetArraySize(kvs))
         rc = ferry_fail(FERRY_ENOSEG, "segment %s is not published in %s (key \"%s%s\")", name, m->url, m->prefix,
                         name);
     else if (!cJSON_IsString(value))

@@ -74,10 +74,6 @@ static const struct meta_ops meta_p2p = {
     .set_auth = p2p_set_auth,
 };
 
-#ifdef FERRY_HAVE_ETCD
-extern const struct meta_ops ferry_meta_http; /* http.c: built with libcurl */
-#endif
-
 static const struct meta_ops *const backends[] = {
     &meta_p2p,
 #ifdef FERRY_HAVE_ETCD

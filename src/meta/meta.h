@@ -56,5 +56,6 @@ const struct meta_ops *const *meta_list(size_t *count);
 /* Tables the tests reach directly; a new backend needs no line here. */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */
+extern const struct meta_ops ferry_meta_http;   /* built with FERRY_HAVE_ETCD (libcurl) */
 
 #endif

@@ -180,7 +180,7 @@ static int answered_error(const char *name, const char *json, size_t len)
     }
     char text[160];
     log_sanitize(err->valuestring, strlen(err->valuestring), text, sizeof text);
-    int c = cJSON_IsNumber(code) ? (int)code->valuedouble : FERRY_EPROTO;
+    int c = cJSON_IsNumber(code) ? code->valueint : FERRY_EPROTO; /* valueint saturates; a cast of 1e300 is undefined */
     if (c != FERRY_EPERM && c != FERRY_EBUSY)
         c = FERRY_EPROTO;
     cJSON_Delete(j);

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -26,9 +27,11 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "log.h"
+#include "meta/descriptor.h"
 #include "meta/keepalive.h"
 #include "meta/meta.h"
 #include "net.h"
@@ -43,7 +46,8 @@ struct redis_meta {
     long db;
     char prefix[256];
     unsigned ttl_s;
-    struct timeval timeout;
+    unsigned timeout_ms;        /* one command, reply included */
+    struct timeval timeout;     /* connect, and each socket call */
 
     struct keepalive ka;        /* published descriptors; its lock guards `c` */
     redisContext *c;            /* NULL while disconnected */
@@ -90,8 +94,105 @@ static int parse_url(struct redis_meta *m, const char *url)
 
 /* ------------------------------------------------------------ commands (lock held) */
 
-static int connect_locked(struct redis_meta *m)
+/* The most bytes one reply may take: a descriptor and Redis's framing.  A
+ * server that sends more is refused, not buffered. */
+#define REDIS_REPLY_MAX ((size_t)DESC_MAX_BYTES + 4096)
+
+/* Waits until fd is ready for events, or FERRY_ETIMEDOUT at deadline_ns. */
+static int wait_ready(const struct redis_meta *m, int fd, short events, uint64_t deadline_ns)
 {
+    for (;;) {
+        uint64_t now = now_ns();
+        if (now >= deadline_ns)
+            return ferry_fail(FERRY_ETIMEDOUT, "%s: no whole reply within %u ms", m->url, m->timeout_ms);
+        struct pollfd p = {fd, events, 0};
+        int n = poll(&p, 1, (int)((deadline_ns - now + 999999) / 1000000));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return ferry_fail(FERRY_ECONN, "%s: poll: %s", m->url, strerror(errno));
+    }
+}
+
+/* Sends the command appended to c's output buffer and reads its one reply,
+ * the whole exchange before deadline_ns however the server slices it (the
+ * socket's timeout alone bounds each read, not the reply).  Refuses, with
+ * FERRY_EPROTO, a reply of a type no command of ours is answered with (an
+ * array: hiredis would first allocate the element count the server
+ * announces), one over REDIS_REPLY_MAX bytes and one that is malformed.
+ * Returns 0 with *out (the caller frees it), FERRY_ETIMEDOUT, or FERRY_ECONN
+ * with *closed set when the server had closed the connection before
+ * answering. */
+static int exchange(const struct redis_meta *m, redisContext *c, uint64_t deadline_ns, redisReply **out,
+                    bool *closed)
+{
+    int done = 0, rc;
+    *closed = false;
+    while (!done) {
+        if ((rc = wait_ready(m, c->fd, POLLOUT, deadline_ns)))
+            return rc;
+        if (redisBufferWrite(c, &done) != REDIS_OK) {
+            *closed = errno == EPIPE || errno == ECONNRESET;
+            return ferry_fail(FERRY_ECONN, "%s: %s", m->url, c->errstr[0] ? c->errstr : "write failed");
+        }
+    }
+    size_t got = 0;
+    void *reply = NULL;
+    while (!reply) {
+        char buf[16384];
+        if ((rc = wait_ready(m, c->fd, POLLIN, deadline_ns)))
+            return rc;
+        ssize_t n = read(c->fd, buf, sizeof buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0) {
+            *closed = got == 0 && (n == 0 || errno == ECONNRESET);
+            return ferry_fail(FERRY_ECONN, "%s: %s", m->url,
+                              n == 0 ? "the server closed the connection" : strerror(errno));
+        }
+        if (got == 0 && !strchr("+-:$", buf[0]))
+            return ferry_fail(FERRY_EPROTO, "%s: answered with RESP type 0x%02x, which none of ferry's commands "
+                              "has", m->url, (unsigned char)buf[0]);
+        got += (size_t)n;
+        if (got > REDIS_REPLY_MAX)
+            return ferry_fail(FERRY_EPROTO, "%s: a reply of more than %zu bytes", m->url, REDIS_REPLY_MAX);
+        if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK ||
+            redisReaderGetReply(c->reader, &reply) != REDIS_OK)
+            return ferry_fail(FERRY_EPROTO, "%s: malformed reply: %.100s", m->url, c->reader->errstr);
+    }
+    *out = reply;
+    return 0;
+}
+
+/* Appends a command to c and runs it (exchange). */
+static int run_vcommand(const struct redis_meta *m, redisContext *c, uint64_t deadline_ns, redisReply **out,
+                        bool *closed, const char *fmt, va_list ap)
+{
+    *closed = false;
+    if (redisvAppendCommand(c, fmt, ap) != REDIS_OK)
+        return ferry_fail(FERRY_ENOMEM, "%s: cannot format a command", m->url);
+    return exchange(m, c, deadline_ns, out, closed);
+}
+
+static int run_command(const struct redis_meta *m, redisContext *c, uint64_t deadline_ns, redisReply **out,
+                       bool *closed, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = run_vcommand(m, c, deadline_ns, out, closed, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* An error reply's text, made safe to log (the server chose it). */
+static const char *said(const redisReply *r, char *text, size_t cap)
+{
+    return log_sanitize(r->str, r->len, text, cap);
+}
+
+static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
+{
+    char text[200];
     if (m->c)
         return 0;
     redisContext *c = redisConnectWithTimeout(m->host, m->port, m->timeout);
@@ -102,14 +203,16 @@ static int connect_locked(struct redis_meta *m)
     }
     redisSetTimeout(c, m->timeout);
     if (m->db) {
-        redisReply *r = redisCommand(c, "SELECT %ld", m->db);
-        int bad = !r || r->type == REDIS_REPLY_ERROR;
-        int rc = bad ? ferry_fail(r ? FERRY_EINVAL : FERRY_ECONN, "%s: SELECT %ld failed: %s", m->url, m->db,
-                                  r ? r->str : c->errstr)
-                     : 0;
+        redisReply *r = NULL;
+        bool closed;
+        int rc = run_command(m, c, deadline_ns, &r, &closed, "SELECT %ld", m->db);
+        if (!rc && r->type == REDIS_REPLY_ERROR)
+            rc = ferry_fail(FERRY_EINVAL, "%s: SELECT %ld failed: %s", m->url, m->db, said(r, text, sizeof text));
+        else if (rc)
+            rc = ferry_fail(rc, "%s: SELECT %ld failed: %s", m->url, m->db, ferry_last_error());
         if (r)
             freeReplyObject(r);
-        if (bad) {
+        if (rc) {
             redisFree(c);
             return rc;
         }
@@ -118,27 +221,28 @@ static int connect_locked(struct redis_meta *m)
     return 0;
 }
 
-/* Runs one command.  When a connection made by an earlier call turns out to
- * be closed (the server restarted), drops it and tries once more on a new one;
- * a timeout is not retried, so a call costs at most one timeout.  Returns the reply (the
- * caller frees it), with *rc = 0, or FERRY_EIO for an error reply; or NULL
- * with *rc = FERRY_ECONN. */
+/* Runs one command, the whole of it within the timeout.  When a connection
+ * made by an earlier call turns out to be closed (the server restarted),
+ * drops it and tries once more on a new one; a timeout is not retried.
+ * Returns the reply (the caller frees it), with *rc = 0, or FERRY_EIO for an
+ * error reply; or NULL with *rc = FERRY_ECONN, FERRY_ETIMEDOUT or
+ * FERRY_EPROTO (a reply no Redis sends). */
 static redisReply *command_locked(struct redis_meta *m, int *rc, const char *fmt, ...)
 {
+    char text[200];
     redisReply *r = NULL;
     bool retry = m->c != NULL;
+    uint64_t deadline = net_deadline(m->timeout_ms);
     for (int attempt = 0; attempt < 2 && !r; attempt++) {
-        if ((*rc = connect_locked(m)) != 0)
+        if ((*rc = connect_locked(m, deadline)) != 0)
             return NULL;
         va_list ap;
         va_start(ap, fmt);
-        r = redisvCommand(m->c, fmt, ap);
+        bool closed;
+        *rc = run_vcommand(m, m->c, deadline, &r, &closed, fmt, ap);
         va_end(ap);
-        if (!r) {
-            int closed = m->c->err == REDIS_ERR_EOF ||
-                         (m->c->err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
-            *rc = ferry_fail(FERRY_ECONN, "%s: %s", m->url, m->c->errstr[0] ? m->c->errstr : "connection lost");
-            redisFree(m->c);
+        if (*rc) {
+            redisFree(m->c); /* a reply cut short or refused leaves the connection out of step */
             m->c = NULL;
             if (!retry || !closed)
                 break;
@@ -146,7 +250,9 @@ static redisReply *command_locked(struct redis_meta *m, int *rc, const char *fmt
         }
     }
     if (r)
-        *rc = r->type == REDIS_REPLY_ERROR ? ferry_fail(FERRY_EIO, "%s: Redis answered: %.200s", m->url, r->str) : 0;
+        *rc = r->type == REDIS_REPLY_ERROR
+                  ? ferry_fail(FERRY_EIO, "%s: Redis answered: %s", m->url, said(r, text, sizeof text))
+                  : 0;
     return r;
 }
 
@@ -201,6 +307,7 @@ static int redis_create(const char *url, const char *prefix, unsigned ttl_s, uns
         snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
         m->ttl_s = ttl_s;
         timeout_ms = timeout_ms ? timeout_ms : 5000;
+        m->timeout_ms = timeout_ms;
         m->timeout.tv_sec = timeout_ms / 1000;
         m->timeout.tv_usec = (long)(timeout_ms % 1000) * 1000;
         redisReply *r = command_locked(m, &rc, "PING"); /* no other thread yet */
@@ -250,7 +357,9 @@ static int redis_lookup(void *mp, const char *name, char **json, size_t *len)
     int rc = keepalive_locked(&m->ka, get_locked, &g);
     redisReply *r = g.reply;
     if (!r || (rc && strncmp(r->str, "WRONGTYPE", 9) != 0)) {
-        rc = ferry_fail(FERRY_ENOSEG, "segment %s: lookup failed: %s", name, ferry_last_error());
+        /* unreachable or silent: absent for now; a reply no Redis sends: the store is not one */
+        rc = ferry_fail(!r && rc == FERRY_EPROTO ? FERRY_EPROTO : FERRY_ENOSEG, "segment %s: lookup failed: %s", name,
+                        ferry_last_error());
         if (r)
             freeReplyObject(r);
         return rc;

@@ -68,6 +68,19 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
                         staging_send_fn send, void *send_ctx, struct staging_pool **out, void **base,
                         size_t *len);
 
+/* How many chunks of what size a pool of `chunks` x `chunk_size` pinned
+ * bytes (FERRY_STAGING_CHUNKS x FERRY_STAGING_CHUNK_SIZE, the memory bound)
+ * has when no frame exceeds frame_max bytes (the slice size): chunks larger
+ * than two frames are cut into frame-sized ones, so the same memory holds
+ * more frames in flight (16 x 2 MiB with 1 MiB slices: 32 x 1 MiB, two
+ * 1,024 x 16 KiB batches, not one; a chunk is held from its gather until
+ * the wire is done with it, so a pool of 16 frames capped 4 threads' staged
+ * 16 KiB x 1,024 over TCP at ~15 GB/s, 32 reach 21-24 on 2 x H200:
+ * docs/BENCHMARKS.md, h16v), at most STAGING_POOL_CHUNKS_MAX chunks (each
+ * has a device stream).  frame_max 0: as given. */
+#define STAGING_POOL_CHUNKS_MAX 256u
+void staging_pool_shape(size_t chunk_size, unsigned chunks, size_t frame_max, size_t *out_size, unsigned *out_n);
+
 /* Stops the worker (frames still waiting end FERRY_ECANCELED) and frees. */
 void staging_pool_destroy(struct staging_pool *p);
 

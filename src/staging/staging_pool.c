@@ -3,8 +3,9 @@
  * staging_pool.c — a staging pool's life: its knobs, its pinned chunks and
  * streams (and mark streams and words), its worker thread, and teardown
  * (frames still waiting end FERRY_ECANCELED; the worker drains what is in
- * flight first).  The pipeline itself is staging.c.  Called by the engine
- * when a device's first memory is registered and when it stops.
+ * flight first), and how a pool's memory is cut into chunks
+ * (staging_pool_shape).  The pipeline itself is staging.c.  Called by the
+ * engine when a device's first memory is registered and when it stops.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -50,6 +51,15 @@ static int knobs_read(struct staging_pool *p)
     p->group_first = (unsigned)first;
     p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
     return 0;
+}
+
+void staging_pool_shape(size_t chunk_size, unsigned chunks, size_t frame_max, size_t *out_size, unsigned *out_n)
+{
+    size_t per = frame_max && frame_max < chunk_size ? chunk_size / frame_max : 1;
+    if (per > 1 && (uint64_t)chunks * per > STAGING_POOL_CHUNKS_MAX)
+        per = chunks >= STAGING_POOL_CHUNKS_MAX ? 1 : STAGING_POOL_CHUNKS_MAX / chunks;
+    *out_size = chunk_size / per;
+    *out_n = chunks * (unsigned)per;
 }
 
 size_t staging_pool_chunk_size(const struct staging_pool *p)

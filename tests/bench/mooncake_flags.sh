@@ -53,5 +53,14 @@ echo '{"cpu:0": [[' > "$work/cut.json"
 bad 'not a JSON object' --nic_priority_matrix="$work/cut.json"
 echo '{"cpu:0": [["mlx5_0,mlx5_1"]]}' > "$work/comma.json"
 bad 'not a device name' --nic_priority_matrix="$work/comma.json"
+echo '{"cpu:0": [[], []]}' > "$work/empty.json"
+bad 'names no NIC' --nic_priority_matrix="$work/empty.json"
+# a file over 64 KiB (blanks after a valid object) and more NIC names than
+# the device list holds: refused, not cut
+{ echo '{"cpu:0": [["mlx5_0"]]}'; head -c 70000 /dev/zero | tr '\0' ' '; } > "$work/big.json"
+bad 'larger than' --nic_priority_matrix="$work/big.json"
+{ printf '{"cpu:0": [['; for i in $(seq 1 200); do printf '"nic_with_a_rather_long_name_%03d",' "$i"; done
+  printf '"last"]]}'; } > "$work/many.json"
+bad 'too many NICs' --nic_priority_matrix="$work/many.json"
 bad 'unknown flag' --no_such_flag=1
 echo "ferry-bench: Mooncake's flags accepted, bad values refused"

@@ -4,13 +4,16 @@
  * is the JSON text (not NUL-terminated).  A descriptor that decodes must keep
  * the decoder's promises (buffers sorted, non-empty, non-overlapping, each
  * found by descriptor_find_buffer) and survive encode -> decode unchanged;
- * a second encode must give the same text.  Any broken promise aborts.
+ * a second encode must give the same text.  A tcp endpoint in it goes through
+ * the endpoint decoder, whose result must be a clean host and a port in
+ * range.  Any broken promise aborts.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "meta/descriptor.h"
+#include "transport/tcp/tcp_wire.h"
 
 static void check_valid(const struct ferry_descriptor *d)
 {
@@ -32,6 +35,21 @@ static void check_valid(const struct ferry_descriptor *d)
         if (b->len < UINT64_MAX && descriptor_find_buffer(d, b->addr, b->len + 1) != -1)
             abort();
     }
+}
+
+/* The tcp endpoint, as tcp_peer_open reads it. */
+static void check_tcp_endpoint(const struct ferry_descriptor *d)
+{
+    const char *ep = descriptor_transport(d, "tcp");
+    char host[WIRE_HOST_MAX];
+    int port = 0;
+    if (!ep || wire_decode_endpoint(ep, host, &port) != 0)
+        return;
+    if (port < 1 || port > 65535 || !host[0] || strlen(host) >= WIRE_HOST_MAX)
+        abort();
+    for (const char *c = host; *c; c++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_", *c))
+            abort();
 }
 
 static void check_equal(const struct ferry_descriptor *a, const struct ferry_descriptor *b)
@@ -64,6 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     check_valid(&d);
+    check_tcp_endpoint(&d);
     char *text = NULL, *text2 = NULL;
     if (descriptor_encode(&d, &text) != 0)
         abort(); /* what was decoded must encode */

@@ -304,6 +304,38 @@ static void test_dripping_write_header(void **state)
     child_target_kill(&t);
 }
 
+/* A NOTIFY whose message drips in: the frame's deadline (request timeout)
+ * covers its payload too, not only each read's socket timeout. */
+static void test_dripping_notify_payload(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_REQUEST_TIMEOUT_MS=1500", NULL};
+    struct child_target t;
+    struct initiator in;
+    start_target(&t, env);
+    initiator_open(&in, &t, 0, 0);
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t.name, NULL, &epoch), fd;
+    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER, &fd), 1);
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h = {.type = WIRE_NOTIFY, .payload_len = WIRE_MAX_NOTIFY};
+    wire_encode_header(&h, raw);
+    assert_int_equal(send(fd, raw, sizeof raw, MSG_NOSIGNAL), (ssize_t)sizeof raw);
+    static uint8_t message[60]; /* one byte per 200 ms: 12 s, each well within the socket's timeout */
+    memset(message, 'n', sizeof message);
+    struct dripper d;
+    pthread_t th;
+    drip_start(&d, &th, fd, message, sizeof message);
+    transfer_verified(&in, &t, 37);
+    pthread_join(th, NULL);
+    print_message("  the target closed the dripping NOTIFY after %zu bytes of its message\n", d.sent);
+    assert_true(d.closed_early);
+    assert_true(d.sent < sizeof message);
+    close(fd);
+    initiator_close(&in);
+    child_target_kill(&t);
+}
+
 static void test_idle_data_connection_closed(void **state)
 {
     (void)state;
@@ -410,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_total_cap_recovers),
         cmocka_unit_test(test_dripping_handshake_client),
         cmocka_unit_test(test_dripping_write_header),
+        cmocka_unit_test(test_dripping_notify_payload),
         cmocka_unit_test(test_idle_data_connection_closed),
         cmocka_unit_test(test_out_of_descriptors),
     };

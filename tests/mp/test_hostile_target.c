@@ -471,8 +471,8 @@ static void test_failed_submit_leaves_no_access(void **state)
     uint64_t remote = (uint64_t)(uintptr_t)k.mem;
     ferry_batch *b;
     assert_int_equal(ferry_batch_alloc(e, 4, &b), 0);
-    struct ferry_request q[2] = {{FERRY_WRITE, local, seg, remote, 4096}, {FERRY_WRITE, local, seg, remote, 0}};
-    assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_EINVAL);           /* second: length 0 */
+    struct ferry_request q[2] = {{FERRY_WRITE, local, seg, remote, 4096}, {7, local, seg, remote, 4096}};
+    assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_EINVAL);           /* second: bad opcode */
     q[1] = (struct ferry_request){FERRY_WRITE, local, seg + 99, remote, 4096};
     assert_int_equal(ferry_batch_submit(b, q, 2), FERRY_ENOSEG);           /* routing fails */
     q[1] = (struct ferry_request){FERRY_WRITE, local, seg, remote + BUF_LEN, 4096};

@@ -64,7 +64,7 @@ for agg in auto 0; do
   FERRY_STAGING_AGGREGATE=$agg "$B/staging_bench" "npu:$N" 2 16384 65536 1048576 || result "staging bench $agg" FAIL
 done
 echo "FERRY_STAGING_AGGREGATE=auto, 8 MiB chunks (the reference engine's HBM buffer size)"
-FERRY_STAGING_CHUNK_SIZE=8388608 "$B/staging_bench" "npu:$N" 2 65536 || true
+FERRY_STAGING_CHUNK_SIZE=8388608 FERRY_SLICE_SIZE=8388608 "$B/staging_bench" "npu:$N" 2 65536 || true
 
 bench_pair() { # protocol
   local proto=$1 log; log=$(mktemp)

@@ -16,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -195,6 +198,51 @@ static void test_messages_over_a_socket(void **state)
     close(sv[0]);
     assert_int_equal(rdma_msg_recv(sv[1], &in, buf, sizeof buf), FERRY_ECONN);
     close(sv[1]);
+}
+
+/* A side-channel peer that sends a message's header and drips its payload a
+ * byte at a time, each well within the socket's receive timeout: the whole
+ * message has that timeout, so the reader is not held for one per byte. */
+struct dripper {
+    int fd;
+    size_t sent;
+};
+
+static void *drip_payload(void *arg)
+{
+    struct dripper *d = arg;
+    struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .id = 1, .len = 200};
+    uint8_t raw[RDMA_MSG_HEADER_SIZE];
+    rdma_msg_encode_header(&h, raw);
+    if (send(d->fd, raw, sizeof raw, MSG_NOSIGNAL) != (ssize_t)sizeof raw)
+        return NULL;
+    for (; d->sent < 200; d->sent++) {
+        if (send(d->fd, "d", 1, MSG_NOSIGNAL) != 1)
+            break;
+        struct timespec t = {0, 100 * 1000000L};
+        nanosleep(&t, NULL);
+    }
+    return NULL;
+}
+
+static void test_dripped_message_times_out(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct timeval tv = {0, 300 * 1000};
+    assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    struct dripper d = {.fd = sv[0]};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, drip_payload, &d), 0);
+    struct rdma_msg_header in;
+    char buf[RDMA_MAX_NOTIFY];
+    assert_int_equal(rdma_msg_recv(sv[1], &in, buf, sizeof buf), FERRY_ETIMEDOUT);
+    close(sv[1]); /* the dripper's next send fails */
+    pthread_join(th, NULL);
+    print_message("  gave up after %zu of 200 dripped bytes\n", d.sent);
+    assert_true(d.sent < 200);
+    close(sv[0]);
 }
 
 /* ------------------------------------------------------------ endpoint */
@@ -424,6 +472,7 @@ int main(void)
         cmocka_unit_test(test_stage_ack_reason),
         cmocka_unit_test(test_qp_info),
         cmocka_unit_test(test_messages_over_a_socket),
+        cmocka_unit_test(test_dripped_message_times_out),
         cmocka_unit_test(test_endpoint_round_trip),
         cmocka_unit_test(test_endpoint_rejections),
         cmocka_unit_test(test_bounce_info),

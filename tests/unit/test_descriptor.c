@@ -246,6 +246,23 @@ static void test_fingerprint(void **state)
     expect_fail("{\"format\":1,\"fingerprint\":null}", FERRY_EPROTO, "fingerprint");
 }
 
+/* Strings a peer chose reach logs and messages: a name or location with a
+ * control character is refused, a fingerprint quoted in a message is
+ * escaped (a newline there would forge a log line). */
+static void test_control_characters(void **state)
+{
+    (void)state;
+    expect_fail("{\"format\":1," FP ",\"name\":\"seg\\nFORGED\",\"engine_id\":\"0x1\"," ONE_TRANSPORT "," ONE_BUFFER "}",
+                FERRY_EPROTO, "control character 0x0a");
+    expect_fail("{\"format\":1," FP ",\"name\":\"\\u001b[2J\",\"engine_id\":\"0x1\"," ONE_TRANSPORT "," ONE_BUFFER "}",
+                FERRY_EPROTO, "control character 0x1b");
+    expect_fail(DESC(HEAD, ONE_TRANSPORT, "\"buffers\":[{\"addr\":\"0x1000\",\"len\":\"0x100\",\"location\":\"cpu\\r\"}]"),
+                FERRY_EPROTO, "\"location\" has the control character 0x0d");
+    expect_fail("{\"format\":1,\"fingerprint\":\"x\\nFORGED\"}", FERRY_EVERSION, "x\\x0aFORGED");
+    assert_null(strchr(ferry_last_error(), '\n'));
+    expect_ok("{\"format\":1," FP ",\"name\":\"h\u00f6st:1\",\"engine_id\":\"0x1\"," ONE_TRANSPORT "," ONE_BUFFER "}");
+}
+
 /* ------------------------------------------------------- top-level fields */
 
 static void test_name(void **state)
@@ -592,6 +609,7 @@ int main(void)
         cmocka_unit_test(test_encode_bad_transport_json_fails),
         cmocka_unit_test(test_format_version),
         cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_control_characters),
         cmocka_unit_test(test_name),
         cmocka_unit_test(test_engine_id),
         cmocka_unit_test(test_hex_is_strict),

@@ -381,6 +381,46 @@ static void test_trailer_status(void **state)
     assert_int_equal(wire_decode_trailer(raw, 2, 0, &out), FERRY_EPROTO);
 }
 
+/* A peer's tcp endpoint comes from its descriptor, which a metadata store
+ * or the peer wrote: its host reaches connects and messages, its port an
+ * int. */
+static void test_endpoint(void **state)
+{
+    (void)state;
+    char host[WIRE_HOST_MAX];
+    int port = 0;
+    assert_int_equal(wire_decode_endpoint("{\"host\":\"10.0.0.7\",\"port\":7000}", host, &port), 0);
+    assert_string_equal(host, "10.0.0.7");
+    assert_int_equal(port, 7000);
+    assert_int_equal(wire_decode_endpoint("{\"host\":\"node-3.rack_a\",\"port\":65535}", host, &port), 0);
+    assert_int_equal(port, 65535);
+    static const char *const bad[] = {
+        "{\"host\":\"10.0.0.7\\nFORGED\",\"port\":7000}",   /* a newline for the logs */
+        "{\"host\":\"\\u001b[2J\",\"port\":7000}",
+        "{\"host\":\"a b\",\"port\":7000}",
+        "{\"host\":\"\",\"port\":7000}",
+        "{\"host\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",\"port\":7000}",
+        "{\"host\":7,\"port\":7000}",
+        "{\"host\":\"h\",\"port\":7000.5}",                    /* was taken as 7000 */
+        "{\"host\":\"h\",\"port\":0}",
+        "{\"host\":\"h\",\"port\":65536}",
+        "{\"host\":\"h\",\"port\":-1}",
+        "{\"host\":\"h\",\"port\":1e300}",
+        "{\"host\":\"h\",\"port\":\"7000\"}",
+        "{\"host\":\"h\"}",
+        "[\"h\",7000]",
+        "not json",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ferry_clear_error();
+        if (wire_decode_endpoint(bad[i], host, &port) != FERRY_EPROTO)
+            fail_msg("endpoint %s was taken", bad[i]);
+        assert_non_null(strstr(ferry_last_error(), "tcp endpoint"));
+        assert_null(strchr(ferry_last_error(), '\n'));
+        assert_null(strchr(ferry_last_error(), 0x1b));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -395,6 +435,7 @@ int main(void)
         cmocka_unit_test(test_entries_validation),
         cmocka_unit_test(test_trailer),
         cmocka_unit_test(test_trailer_status),
+        cmocka_unit_test(test_endpoint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include "bytes.h"
 #include "err.h"
@@ -201,17 +203,32 @@ int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen,
     return net_writev_full(fd, iov, n);
 }
 
+/* The socket's receive timeout as one deadline for a whole message (a peer
+ * dripping a byte per timeout would otherwise hold the reader for as many
+ * timeouts as the message has bytes); UINT64_MAX when it has none. */
+static uint64_t message_deadline(int fd)
+{
+    struct timeval tv = {0, 0};
+    socklen_t sl = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &sl) != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0))
+        return UINT64_MAX;
+    return now_ns() + (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
+}
+
 int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap)
 {
     uint8_t raw[RDMA_MSG_HEADER_SIZE];
-    int rc = net_read_full(fd, raw, sizeof raw);
+    uint64_t deadline = message_deadline(fd);
+    int rc = deadline == UINT64_MAX ? net_read_full(fd, raw, sizeof raw)
+                                    : net_read_full_deadline(fd, raw, sizeof raw, deadline);
     if (!rc)
         rc = rdma_msg_decode_header(raw, h);
     if (!rc && h->len > cap)
         rc = ferry_fail(FERRY_EPROTO, "rdma side channel: message type %u of %u bytes is unexpected here", h->type,
                         h->len);
     if (!rc && h->len)
-        rc = net_read_full(fd, buf, h->len);
+        rc = deadline == UINT64_MAX ? net_read_full(fd, buf, h->len)
+                                    : net_read_full_deadline(fd, buf, h->len, deadline);
     return rc;
 }
 

@@ -138,7 +138,9 @@ char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, siz
  * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen);
 /* Receives and validates one message; its payload (h->len bytes) goes into
- * buf, which must hold cap bytes (FERRY_EPROTO if it would not fit). */
+ * buf, which must hold cap bytes (FERRY_EPROTO if it would not fit).  The
+ * whole message must arrive within the socket's receive timeout
+ * (SO_RCVTIMEO), however the peer slices it: FERRY_ETIMEDOUT otherwise. */
 int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap);
 
 /* ------------------------------------------------------------ endpoint */

@@ -31,7 +31,6 @@
  * acceptor (caps per peer and in total) and one thread per incoming
  * connection.
  */
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
@@ -345,18 +344,16 @@ static int tcp_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
     const char *ep = descriptor_transport(d, "tcp");
     if (!ep)
         return ferry_fail(FERRY_ENOTSUP, "segment %s offers no tcp endpoint", d->name);
-    cJSON *j = cJSON_Parse(ep);
-    const cJSON *host = cJSON_GetObjectItemCaseSensitive(j, "host");
-    const cJSON *port = cJSON_GetObjectItemCaseSensitive(j, "port");
-    int rc = 0;
-    if (!cJSON_IsString(host) || !cJSON_IsNumber(port) || port->valuedouble < 1 ||
-        port->valuedouble > 65535 || strlen(host->valuestring) >= 64)
-        rc = ferry_fail(FERRY_EPROTO, "segment %s: bad tcp endpoint %.80s", d->name, ep);
+    char host[WIRE_HOST_MAX];
+    int port = 0;
+    int rc = wire_decode_endpoint(ep, host, &port);
+    if (rc)
+        rc = ferry_fail(rc, "segment %s: %s", d->name, ferry_last_error());
     struct tcp_peer *p = rc ? NULL : calloc(1, sizeof *p);
     if (!rc && p) {
         p->t = t;
-        strcpy(p->host, host->valuestring);
-        p->port = (int)port->valuedouble;
+        snprintf(p->host, sizeof p->host, "%s", host);
+        p->port = port;
         p->epoch = d->engine_id;
         p->nconns = t->host.cfg->tcp_connections;
         p->maxconns = p->nconns > t->max_conns ? p->nconns : t->max_conns;
@@ -367,7 +364,6 @@ static int tcp_peer_open(void *tp, const struct ferry_descriptor *d, void **out)
             p = NULL;
         }
     }
-    cJSON_Delete(j);
     if (rc)
         return rc;
     if (!p)

@@ -325,7 +325,8 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
 static int serve_notify(struct server_conn *s, const struct wire_header *h)
 {
     uint8_t msg[WIRE_MAX_NOTIFY];
-    int rc = net_read_full(s->fd, msg, (size_t)h->payload_len);
+    /* under the frame's deadline: a message dripped in a byte per socket timeout would pin this thread */
+    int rc = net_read_full_deadline(s->fd, msg, (size_t)h->payload_len, s->deadline_ns);
     if (rc)
         return rc;
     s->t->host.deliver_notify(s->t->host.engine, s->from, msg, (size_t)h->payload_len);

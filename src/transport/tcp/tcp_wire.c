@@ -5,10 +5,12 @@
  */
 #include "transport/tcp/tcp_wire.h"
 
+#include <cjson/cJSON.h>
 #include <string.h>
 
 #include "bytes.h"
 #include "err.h"
+#include "log.h"
 
 void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZE])
 {
@@ -154,4 +156,28 @@ int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, 
         return ferry_fail(FERRY_EPROTO, "READ trailer revokes entries 0x%llx that were not sent (sent 0x%llx)",
                           (unsigned long long)t->revoked, (unsigned long long)sent);
     return 0;
+}
+
+int wire_decode_endpoint(const char *json, char host[WIRE_HOST_MAX], int *port)
+{
+    char shown[100];
+    cJSON *j = cJSON_Parse(json);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "host");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "port");
+    int rc = 0;
+    if (!cJSON_IsString(h) || !h->valuestring[0] || strlen(h->valuestring) >= WIRE_HOST_MAX ||
+        strspn(h->valuestring, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") !=
+            strlen(h->valuestring))
+        rc = ferry_fail(FERRY_EPROTO, "tcp endpoint %s: \"host\" is not a host name or IPv4 address",
+                        log_sanitize(json, 80, shown, sizeof shown));
+    else if (!cJSON_IsNumber(p) || !(p->valuedouble >= 1 && p->valuedouble <= 65535) ||
+             p->valuedouble != (double)(int)p->valuedouble)
+        rc = ferry_fail(FERRY_EPROTO, "tcp endpoint %s: \"port\" is not an integer in 1-65535",
+                        log_sanitize(json, 80, shown, sizeof shown));
+    else {
+        strcpy(host, h->valuestring);
+        *port = (int)p->valuedouble;
+    }
+    cJSON_Delete(j);
+    return rc;
 }

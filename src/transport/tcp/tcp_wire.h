@@ -106,6 +106,17 @@ void wire_encode_entries(const struct wire_entry *e, unsigned n, uint8_t *out);
  * FERRY_EPROTO. */
 int wire_decode_entries(const uint8_t *in, const struct wire_header *h, struct wire_entry *e);
 
+/* The longest host name (with its NUL) a tcp endpoint may carry. */
+#define WIRE_HOST_MAX 64
+
+/* Decodes a peer's tcp endpoint, the JSON object {"host": H, "port": P} of
+ * its descriptor (which a metadata store or the peer itself wrote): H an
+ * IPv4 address or a host name (letters, digits, '.', '-', '_'; it reaches
+ * connects and messages), shorter than WIRE_HOST_MAX; P an integer 1-65535.
+ * Returns 0, or FERRY_EPROTO with a detail message saying what is wrong
+ * (the peer's text escaped). */
+int wire_decode_endpoint(const char *json, char host[WIRE_HOST_MAX], int *port);
+
 void wire_encode_trailer(const struct wire_trailer *t, uint8_t out[WIRE_TRAILER_SIZE]);
 
 /* Decodes the trailer of a READ response to a READ of nentries entries whose

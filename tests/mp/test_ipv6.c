@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_ipv6.c — engines on IPv6: names as the reference engine writes them
+ * ("[::1]:port", a bare "::1"), a bare IPv6 address with a port refused as
+ * ambiguous, and a WRITE and a READ between two engines over ::1 (handshake
+ * and tcp data connections on IPv6), data verified.
+ *
+ * Needs an IPv6 loopback: without one the program says SKIPPED and why.
+ * No case depends on timing.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "net.h"
+#include "testutil.h"
+
+#define SIZE (1u << 20)
+
+static void require_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    if (!ok)
+        test_skip("this host has no IPv6 loopback (::1): socket/bind failed");
+}
+
+/* ------------------------------------------------------------ names */
+
+static void names_with_ipv6_addresses(void **state)
+{
+    (void)state;
+    struct {
+        const char *name, *host;
+        int port;
+    } good[] = {
+        {"[::1]:12345", "::1", 12345}, {"[::1]", "::1", 0}, {"::1", "::1", 0}, {"[fe80::1%lo]:7", "fe80::1%lo", 7},
+        {"fe80::1", "fe80::1", 0}, {"2001:db8::a", "2001:db8::a", 0}, {"127.0.0.1:80", "127.0.0.1", 80},
+        {"localhost", "localhost", 0},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char host[64];
+        int port = -1;
+        if (net_split_hostport(good[i].name, host, sizeof host, &port) != 0)
+            fail_msg("\"%s\": %s", good[i].name, ferry_last_error());
+        assert_string_equal(host, good[i].host);
+        assert_int_equal(port, good[i].port);
+    }
+    struct {
+        const char *name, *says;
+    } bad[] = {
+        {"::1:12345", "ambiguous"}, {"::1:8080", "[::1]:8080"}, {"2001:db8::1:1", "ambiguous"},
+        {"[127.0.0.1]:80", "brackets"}, {"[::1", "brackets"}, {"[::1]x", "\"]\""}, {"[::1]:", "bad port"},
+        {"[::1]:65536", "bad port"}, {"[::1]:-1", "bad port"}, {"[]:1", "brackets"}, {"a:b:c", "neither"},
+        {"[::1]:+1", "bad port"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char host[64];
+        int port;
+        if (net_split_hostport(bad[i].name, host, sizeof host, &port) != FERRY_EINVAL)
+            fail_msg("\"%s\" was accepted", bad[i].name);
+        if (!strstr(ferry_last_error(), bad[i].says))
+            fail_msg("\"%s\": \"%s\" does not say \"%s\"", bad[i].name, ferry_last_error(), bad[i].says);
+    }
+    char out[32];
+    assert_int_equal(net_format_hostport(out, sizeof out, "::1", 9), 0);
+    assert_string_equal(out, "[::1]:9");
+    assert_int_equal(net_format_hostport(out, sizeof out, "10.0.0.1", 9), 0);
+    assert_string_equal(out, "10.0.0.1:9");
+    assert_int_equal(net_format_hostport(out, 8, "10.0.0.1", 9), FERRY_EINVAL);
+}
+
+/* ------------------------------------------------------------ engines on ::1 */
+
+static ferry_engine *engine_on(const char *local)
+{
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.local_server_name = local;
+    cfg.request_timeout_ms = 60000;
+    cfg.connect_timeout_ms = 60000;
+    if (ferry_engine_create(&cfg, &e) != 0)
+        fail_msg("engine on \"%s\": %s", local, ferry_last_error());
+    return e;
+}
+
+static char *registered(ferry_engine *e, size_t len, int remote)
+{
+    char *p = NULL;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", len, (void **)&p), 0);
+    assert_int_equal(ferry_register_memory(e, p, len, "cpu", remote), 0);
+    return p;
+}
+
+static void transfers_over_ipv6_loopback(void **state)
+{
+    (void)state;
+    require_ipv6_loopback();
+    ferry_engine *target = engine_on("::1"), *init = engine_on("[::1]:0");
+    char want[64];
+    snprintf(want, sizeof want, "[::1]:%d", ferry_engine_handshake_port(target));
+    assert_string_equal(ferry_engine_segment_name(target), want);
+    assert_int_equal(strncmp(ferry_engine_segment_name(init), "[::1]:", 6), 0);
+
+    char *remote = registered(target, SIZE, 1), *local = registered(init, SIZE, 0);
+    pattern_fill(local, SIZE, 31, 0);
+    pattern_fill(remote, SIZE, 32, 0);
+    ferry_segment_t s;
+    if (ferry_open_segment(init, want, &s) != 0)
+        fail_msg("open %s: %s", want, ferry_last_error());
+    ferry_batch *b;
+    struct ferry_request w = {FERRY_WRITE, local, s, (uint64_t)(uintptr_t)remote, SIZE / 2};
+    struct ferry_request r = {FERRY_READ, local + SIZE / 2, s, (uint64_t)(uintptr_t)remote + SIZE / 2, SIZE / 2};
+    assert_int_equal(ferry_batch_alloc(init, 2, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, (struct ferry_request[]){w, r}, 2), 0);
+    if (ferry_batch_wait(b, 60000) != 0)
+        fail_msg("transfer over ::1: %s", ferry_last_error());
+    ferry_batch_free(b);
+    assert_int_equal(pattern_check(remote, SIZE / 2, 31, 0), -1);                  /* the WRITE */
+    assert_int_equal(pattern_check(local + SIZE / 2, SIZE / 2, 32, SIZE / 2), -1); /* the READ */
+
+    /* the same address without brackets but with a port: refused, saying how to write it */
+    char bare[64];
+    snprintf(bare, sizeof bare, "::1:%d", ferry_engine_handshake_port(target));
+    ferry_segment_t none;
+    assert_int_equal(ferry_open_segment(init, bare, &none), FERRY_ENOSEG);
+    if (!strstr(ferry_last_error(), "ambiguous") || !strstr(ferry_last_error(), want))
+        fail_msg("open %s: %s", bare, ferry_last_error());
+
+    assert_int_equal(ferry_unregister_memory(init, local), 0);
+    assert_int_equal(ferry_unregister_memory(target, remote), 0);
+    ferry_mem_free(init, "cpu", local, SIZE);
+    ferry_mem_free(target, "cpu", remote, SIZE);
+    ferry_engine_destroy(init);
+    ferry_engine_destroy(target);
+}
+
+static void engine_on_an_ambiguous_name_is_refused(void **state)
+{
+    (void)state;
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.local_server_name = "::1:17000";
+    assert_int_equal(ferry_engine_create(&cfg, &e), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "[::1]:17000"));
+    assert_null(e);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(names_with_ipv6_addresses),
+        cmocka_unit_test(engine_on_an_ambiguous_name_is_refused),
+        cmocka_unit_test(transfers_over_ipv6_loopback),
+    };
+    (void)argc, (void)argv;
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
