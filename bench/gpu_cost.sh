@@ -9,7 +9,11 @@
 # the same run (staging_bench's reference) gives the PCIe time of a batch.
 #
 #   BUILD=build-gpu [SECS=2] [BLOCK=16384] [TGPU=0] [MEMS="cpu cuda0"] [BATCHES="128 1024"]
-#   [THREADS="1 4"] [CELL_ENV="FERRY_X=1 ..."] bench/gpu_cost.sh
+#   [THREADS="1 4"] [OPS="write read"] [CELL_ENV="FERRY_X=1 ..."] [FB_ARGS="--rotate ..."]
+#   [WRAP_I="taskset -c 0-7"] [WRAP_T="taskset -c 8-15"] bench/gpu_cost.sh
+# FB_ARGS: more ferry-bench flags for both processes (--pinned=alloc|thp,
+# --rotate); WRAP_I / WRAP_T: a command each process runs under (CPU
+# placement).
 # TGPU=1 puts the target's GPU memory on cuda:1 (two GPUs: each process has
 # a GPU of its own, as on two hosts; on one GPU the two processes' copies
 # time-slice it).
@@ -27,10 +31,12 @@ cell() {   # cell MEM OP BATCH THREADS [ENV...]
   shift 4
   [ "$mem" = cpu ] || vram=true
   log=$(mktemp)
-  target_start "$log" env "$@" "$fb" --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
+  # shellcheck disable=SC2086  # WRAP_*, FB_ARGS: zero or more words
+  target_start "$log" ${WRAP_T:-} env "$@" "$fb" ${FB_ARGS:-} --mode=target --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
       --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id="$TGPU" --buffer_size=256M \
       --block_size="$BLOCK"
-  line=$(env "$@" "$fb" --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
+  # shellcheck disable=SC2086
+  line=$(${WRAP_I:-} env "$@" "$fb" ${FB_ARGS:-} --mode=initiator --local_server_name=127.0.0.1 --metadata_server=P2PHANDSHAKE \
       --operation="$op" --protocol=tcp --use_vram=$vram --gpu_id=0 --segment_id="$TARGET_SEG" \
       --block_size="$BLOCK" --batch_size="$batch" --threads="$thr" --duration="$SECS" \
       --buffer_size=256M --json 2>/dev/null | tail -1)
@@ -40,12 +46,13 @@ cell() {   # cell MEM OP BATCH THREADS [ENV...]
     "$(echo "$line" | num gb_per_s)" "$(echo "$line" | num cpu_us_per_request)" "${tcost:-?}" \
     "$(echo "$line" | num batch_p50_us)" "$(echo "$line" | num batch_p99_us)"
   [ -n "$line" ] || { echo "cell failed:"; tail -5 "$log"; }
+  case $line in *'"verified":false'*) echo "cell NOT VERIFIED: the bytes that arrived are wrong" ;; esac
   rm -f "$log"
 }
 echo "| memory | op | batch | threads | GB/s | CPU us/req init / target | batch p50 / p99 us |"
 echo "|---|---|---|---|---|---|---|"
 for mem in ${MEMS:-cpu cuda0}; do
-  for op in write read; do
+  for op in ${OPS:-write read}; do
     for batch in ${BATCHES:-128 1024}; do
       # shellcheck disable=SC2086  # CELL_ENV: zero or more assignments
       for thr in ${THREADS:-1 4}; do cell $mem $op $batch $thr FERRY_BENCH_CELL=1 ${CELL_ENV:-}; done

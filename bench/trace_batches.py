@@ -9,6 +9,13 @@ the same thread.  For every event of any thread or process inside a window
 it takes the first and the last time it happened (µs after batch_submit),
 and prints the median of each over all batches but the first few (warm-up),
 sorted by time: a timeline of the typical batch.
+
+Then, per thread, the spans between paired events (a sender's tcp_send to
+its tcp_sent: one frame's write; a target thread's srv_frame to
+srv_payload: its payload's receive; srv_answered to its next srv_frame: the
+wait for the next header; copy_begin to copy_queued: a copy launch;
+copy_wait to copy_synced: a wait for copies), p50 / p90 / count over the
+batches kept: where a frame's time goes on each side.
 """
 import statistics
 import sys
@@ -71,6 +78,52 @@ def main():
     for ev in rows:
         print(f'{ev:18} {statistics.median(count[ev]):9.0f} {statistics.median(first[ev]):13.1f} '
               f'{statistics.median(last[ev]):12.1f}')
+    print_spans(recs, windows)
+
+
+# (name, start event, end event): spans on one thread, end after start with
+# no other start between them; or (FIFO_SPANS) in one process, the k-th end
+# with the k-th start (a staging pool retires its groups in issue order)
+FIFO_SPANS = [('gather issue -> retired (pool)', 'stage_issue', 'stage_retired')]
+SPANS = [
+    ('frame write (sender)', 'tcp_send', 'tcp_sent'),
+    ('header -> payload (target)', 'srv_frame', 'srv_payload'),
+    ('payload -> copies done (target)', 'srv_payload', 'srv_copy'),
+    ('answered -> next header (target)', 'srv_answered', 'srv_frame'),
+    ('copy launch', 'copy_begin', 'copy_queued'),
+    ('copy wait', 'copy_wait', 'copy_synced'),
+]
+
+
+def spans(recs, windows):
+    """Per-thread spans inside the kept batches' windows, by SPANS name."""
+    lo, hi = windows[0][0], windows[-1][1]
+    out = defaultdict(list)
+    open_at = {}
+    fifo = defaultdict(list)
+    for ns, tid, ev, arg, p in recs:
+        if ns < lo or ns > hi:
+            continue
+        for name, a, b in SPANS:
+            if ev == b and (name, tid) in open_at:
+                out[name].append((ns - open_at.pop((name, tid))) / 1e3)
+            if ev == a:
+                open_at[(name, tid)] = ns
+        for name, a, b in FIFO_SPANS:
+            if ev == b and fifo[(name, p)]:
+                out[name].append((ns - fifo[(name, p)].pop(0)) / 1e3)
+            if ev == a:
+                fifo[(name, p)].append(ns)
+    return out
+
+
+def print_spans(recs, windows):
+    got = spans(recs, windows)
+    print(f'{"span (one thread)":34} {"p50 us":>8} {"p90 us":>8} {"count":>7}')
+    for name, a, b in SPANS + FIFO_SPANS:
+        v = sorted(got.get(name, []))
+        if v:
+            print(f'{name:34} {statistics.median(v):8.1f} {v[int(len(v) * 0.9)]:8.1f} {len(v):7d}')
 
 
 if __name__ == '__main__':

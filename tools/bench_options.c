@@ -57,6 +57,10 @@ static const struct opt_def opt_defs[] = {
     OPT(huge_pages, OPT_BOOL, "cpu buffers: false = 4 KiB pages (MADV_NOHUGEPAGE), to see their first-copy cost"),
     OPT(same_block, OPT_BOOL, "initiator: every request of a thread's batch moves that thread's first block (as "
                               "fi_rma_bw and ucx_perftest do: a cache-sized working set); verified: that block"),
+    OPT(pinned, OPT_STR, "cpu buffers pinned by CUDA: alloc (cuMemHostAlloc, what staging chunks are) | thp (huge "
+                         "pages pinned with cuMemHostRegister); default: not pinned"),
+    OPT(rotate, OPT_BOOL, "initiator: each batch moves the next batch-sized region of the buffer, cycling through "
+                          "all of it (data as cold in the caches as a large KV cache's; both sides)"),
     OPT(report_unit, OPT_STR, "GB (default) | GiB | Gb | MB | MiB | Mb | KB | KiB | Kb: the rate's unit, per second"),
     OPT(report_precision, OPT_UINT, "digits after the point in the rate (default 2)"),
     OPT(nic_priority_matrix, OPT_STR, "rdma: a Mooncake NIC priority matrix (JSON file); without --device_name its "
@@ -354,5 +358,11 @@ void check_options(struct options *o)
             o->device_name = nics;
     }
     resolve_location(o);
+    if (o->pinned && strcmp(o->pinned, "alloc") && strcmp(o->pinned, "thp"))
+        usage_error("--pinned must be alloc or thp, not '%s'", o->pinned);
+    if (o->pinned && strcmp(o->location, "cpu") && strncmp(o->location, "cpu:", 4))
+        usage_error("--pinned is for cpu buffers, not --location=%s", o->location);
+    if (o->rotate && o->same_block)
+        usage_error("--rotate and --same_block contradict each other");
 }
 

@@ -18,11 +18,11 @@
 struct options {
     const char *mode, *local_server_name, *metadata_server, *operation;
     const char *protocol, *segment_id, *device_name, *location;
-    const char *report_unit, *nic_priority_matrix, *backend;
+    const char *report_unit, *nic_priority_matrix, *backend, *pinned;
     uint64_t block_size, batch_size, buffer_size, duration, threads, iterations, idle_seconds, report_precision;
     int64_t gpu_id, npu_id;
     bool use_vram, json, verify, huge_pages, same_block, help, help_env, help_env_markdown;
-    bool auto_discovery, init_mem;
+    bool auto_discovery, init_mem, rotate;
     /* from report_unit: bytes per unit, and its name ("GB" -> 1e9, "GB") */
     double unit_bytes;
     bool unit_bits;

@@ -20,6 +20,7 @@
 
 #include "bench_cost.h"
 #include "bench_options.h"
+#include "bench_pin.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -194,19 +195,27 @@ struct buffer {
     uint8_t *ptr;
     size_t len;
     const char *loc;
+    const char *pinned;         /* --pinned's kind (bench_pin.c), or NULL: ferry_mem_alloc's */
 };
+
+static const char *pinned_how; /* --pinned, set by main before any thread starts */
 
 /* Allocates and registers len bytes at loc; exits with a clear message on failure. */
 static void buffer_open(ferry_engine *e, const char *loc, size_t len, int remote, bool huge,
                         struct buffer *b)
 {
     void *p = NULL;
-    int rc = ferry_mem_alloc(e, loc, len, &p);
+    int rc = 0;
+    b->pinned = location_is_host(loc) ? pinned_how : NULL;
+    if (b->pinned)
+        p = bench_pin_alloc(b->pinned, len);
+    else
+        rc = ferry_mem_alloc(e, loc, len, &p);
     if (rc)
         die_ferry(rc, "allocate %zu bytes at %s", len, loc);
     /* ferry asks for huge pages on large host buffers; --nohuge_pages undoes
      * it (before the fill touches them) to show what 4 KiB pages cost */
-    if (!huge && strncmp(loc, "cpu", 3) == 0 && madvise(p, len, MADV_NOHUGEPAGE) != 0)
+    if (!huge && !b->pinned && strncmp(loc, "cpu", 3) == 0 && madvise(p, len, MADV_NOHUGEPAGE) != 0)
         die("madvise(MADV_NOHUGEPAGE): %s", strerror(errno));
     rc = ferry_register_memory(e, p, len, loc, remote);
     if (rc)
@@ -217,7 +226,10 @@ static void buffer_open(ferry_engine *e, const char *loc, size_t len, int remote
 static void buffer_close(ferry_engine *e, struct buffer *b)
 {
     ferry_unregister_memory(e, b->ptr);
-    ferry_mem_free(e, b->loc, b->ptr, b->len);
+    if (b->pinned)
+        bench_pin_free(b->pinned, b->ptr);
+    else
+        ferry_mem_free(e, b->loc, b->ptr, b->len);
 }
 
 /* ---------------------------------------------------------------- target */
@@ -393,6 +405,7 @@ struct run {
     struct buffer local;
     uint64_t remote_addr;
     size_t region;              /* batch_size * block_size: one thread's share */
+    size_t slots;               /* --rotate: how many threads x region fit both buffers (else 1) */
     int opcode;
     atomic_bool stop;
     atomic_uint running;        /* workers not yet finished */
@@ -402,6 +415,7 @@ struct run {
 struct worker {
     pthread_t tid;
     struct run *run;
+    size_t index;               /* which thread: its region in every slot */
     struct ferry_request *reqs;
     uint64_t batches;
     struct lat_hist *latency;   /* submit -> all done, per batch */
@@ -416,6 +430,12 @@ static void *worker_main(void *arg)
     struct run *r = w->run;
     size_t n = (size_t)r->opts->batch_size;
     do {
+        if (r->slots > 1) { /* --rotate: batch k moves this thread's region of slot k mod slots */
+            size_t shift = (size_t)(w->batches % r->slots) * r->region * r->opts->threads;
+            build_requests(w->reqs, n, r->opcode, r->segment, r->local.ptr + w->index * r->region + shift,
+                           r->remote_addr + w->index * r->region + shift, (size_t)r->opts->block_size,
+                           (size_t)r->opts->block_size);
+        }
         double t0 = now_seconds();
         w->rc = run_batch(r->engine, w->reqs, n, w->err, sizeof w->err);
         lat_hist_add(w->latency, (uint64_t)((now_seconds() - t0) * 1e9));
@@ -437,6 +457,7 @@ static void start_workers(struct run *r, struct worker *w, size_t count)
 {
     for (size_t t = 0; t < count; t++) {
         w[t].run = r;
+        w[t].index = t;
         w[t].reqs = calloc((size_t)r->opts->batch_size, sizeof *w[t].reqs);
         w[t].latency = calloc(1, sizeof *w[t].latency);
         if (!w[t].reqs || !w[t].latency)
@@ -556,11 +577,13 @@ static void report(const struct run *r, uint64_t batches, double secs, bool veri
                ",\"bytes\":%" PRIu64 ",\"seconds\":%.3f,\"gb_per_s\":%.3f,\"gbit_per_s\":%.3f"
                ",\"batches\":%" PRIu64 ",\"verified\":%s,\"requests\":%" PRIu64
                ",\"cpu_seconds\":%.3f,\"cpu_us_per_request\":%.3f,\"batch_p50_us\":%.1f"
-               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f,\"same_block\":%s}\n",
+               ",\"batch_p99_us\":%.1f,\"idle_seconds\":%.3f,\"idle_cpu_ms\":%.3f,\"same_block\":%s"
+               ",\"rotate\":%s,\"pinned\":\"%s\"}\n",
                o->block_size, o->batch_size, o->threads, bytes, secs, gbs, gbs * 8,
                batches, verified ? "true" : "false", c->requests, c->cpu_seconds, us_per_req,
                (double)c->p50_ns / 1e3, (double)c->p99_ns / 1e3, c->idle_seconds,
-               c->idle_cpu_seconds * 1e3, o->same_block ? "true" : "false");
+               c->idle_cpu_seconds * 1e3, o->same_block ? "true" : "false", o->rotate ? "true" : "false",
+               o->pinned ? o->pinned : "");
     } else {
         bool cpu = strcmp(o->location, "cpu") == 0;
         printf("ferry-bench: %s %s%s%s block %" PRIu64 " batch %" PRIu64 " threads %" PRIu64
@@ -604,6 +627,8 @@ static void connect_target(struct run *r)
             " bytes (%.*s)", o->threads, o->batch_size, o->block_size, o->buffer_size,
             info.len, (int)sizeof info.location, info.location);
     r->region = (size_t)(o->batch_size * o->block_size);
+    uint64_t room = o->buffer_size < info.len ? o->buffer_size : info.len;
+    r->slots = o->rotate ? (size_t)(room / need) : 1; /* need <= room: at least 1 */
 }
 
 /* The engine keeps its connections to the target; nothing is submitted for
@@ -631,7 +656,7 @@ static int run_initiator(const struct options *o)
     buffer_open(r.engine, o->location, (size_t)o->buffer_size, 1, o->huge_pages, &r.local);
     /* WRITE sends seed 2; READ's destination is zeroed so that first-touch
      * page faults stay out of the timed loop. */
-    fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads,
+    fill_memory(r.engine, o->location, r.local.ptr, r.region * o->threads * r.slots,
                 r.opcode == FERRY_WRITE ? SEED_WRITE : SEED_ZERO, 0);
 
     size_t count = (size_t)o->threads;
@@ -716,6 +741,7 @@ int main(int argc, char **argv)
         return 0;
     }
     check_options(&o);
+    pinned_how = o.pinned;
     install_signals();
     if (strcmp(o.mode, "target") == 0)
         return run_target(&o);

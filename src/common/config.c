@@ -134,6 +134,11 @@ static const struct knob knobs[] = {
       "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
       "before the next retire, and costs a core while transfers run"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_ISSUER_RETIRE_US", "0",
+      "a thread that issued gathers (WRITE) while the staging worker slept polls the first group's copies up to "
+      "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
+      "retires every group"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
       "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16)"},

@@ -38,7 +38,7 @@ static const char *const names[TR_NEVENTS] = {
     [TR_SRV_COPY] = "srv_copy",           [TR_SRV_ANSWERED] = "srv_answered",
     [TR_SHM_GROUP] = "shm_group",         [TR_SHM_COPIED] = "shm_copied",
     [TR_COPY_BEGIN] = "copy_begin",       [TR_COPY_QUEUED] = "copy_queued",
-    [TR_COPY_SYNCED] = "copy_synced",
+    [TR_COPY_SYNCED] = "copy_synced",     [TR_COPY_WAIT] = "copy_wait",
 };
 
 atomic_bool ferry_trace_on;

@@ -43,6 +43,7 @@ enum trace_event {
     TR_COPY_BEGIN,       /* ferry_device_copy_sync called; arg: copies */
     TR_COPY_QUEUED,      /* ... its copies enqueued on the device */
     TR_COPY_SYNCED,      /* ... and complete */
+    TR_COPY_WAIT,        /* ferry_device_copy_wait begins to wait for copies started before */
     TR_NEVENTS
 };
 

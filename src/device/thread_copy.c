@@ -110,6 +110,7 @@ int ferry_device_copy_wait(void)
     struct thread_stream *ts = once_done ? pthread_getspecific(key) : NULL;
     if (!ts || !ts->stream || !ts->inflight)
         return 0;
+    TRACE(TR_COPY_WAIT, 0);
     int rc = ts->ops->stream_sync(ts->stream);
     TRACE(TR_COPY_SYNCED, 0);
     ts->inflight = false;

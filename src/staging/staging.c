@@ -34,7 +34,10 @@
  * the transport thread that received a READ its scatter), so the copy starts
  * without waiting for a sleeping worker to wake; one thread issues at a time
  * (pool->issuing), and the one worker per pool waits for the copies in
- * flight and retires them (it wakes while the device copies).  Transport
+ * flight and retires them (it wakes while the device copies), but where
+ * FERRY_STAGING_ISSUER_RETIRE_US is set and the worker slept, the submitting
+ * thread retires the first group of what it issued itself (retire_first);
+ * one thread retires at a time (pool->retiring).  Transport
  * threads end wire frames and return chunks.  All lists, the in-flight FIFO
  * included, are under pool->lock.  A chunk carries everything a frame in
  * flight needs (its rewritten wire frame and pieces), so the hot path
@@ -468,7 +471,7 @@ static bool mark_reached(const struct staging_pool *p, const struct chunk *lead)
 static void retire_oldest(struct staging_pool *p)
 {
     pthread_mutex_lock(&p->lock);
-    struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO */
+    struct chunk *lead = p->fl_head; /* only this thread takes from the FIFO (p->retiring) */
     pthread_mutex_unlock(&p->lock);
     ferry_stream **carrier = lead->carrier;
     if (lead->enqueue_err) {
@@ -521,31 +524,36 @@ static void retire_oldest(struct staging_pool *p)
 }
 
 /* The worker issues what nobody else does (work that waited for a free
- * chunk) and retires every copy; it polls briefly before it sleeps. */
+ * chunk) and retires every copy (but the group a submitting thread is
+ * retiring: retire_first); it polls briefly before it sleeps. */
 void *staging_worker_main(void *arg)
 {
     struct staging_pool *p = arg;
     uint64_t idle_since = 0;
     pthread_mutex_lock(&p->lock);
-    while (!p->stopping || p->waiting_head || p->fl_head || p->issuing) {
+    while (!p->stopping || p->waiting_head || p->fl_head || p->issuing || p->retiring) {
         if (work_ready(p) && !p->issuing && !(p->stopping && !p->waiting_head && !p->arrived_head)) {
             issue_ready(p);
             idle_since = 0;
             continue;
         }
-        if (p->fl_head) {
+        if (p->fl_head && !p->retiring) {
+            p->retiring = true;
             pthread_mutex_unlock(&p->lock);
             retire_oldest(p);
             pthread_mutex_lock(&p->lock);
+            p->retiring = false;
             idle_since = 0;
             continue;
         }
-        if (p->stopping && !p->waiting_head && !p->issuing)
+        if (p->stopping && !p->waiting_head && !p->issuing && !p->fl_head && !p->retiring)
             break;
         uint64_t t = now_ns();
         if (!idle_since)
             idle_since = t;
-        if (t - idle_since < p->idle_spin_ns && !p->issuing) {
+        /* a submitting thread retiring the first group leaves the rest to
+         * this one within FERRY_STAGING_ISSUER_RETIRE_US: stay awake for them */
+        if ((t - idle_since < p->idle_spin_ns || (p->retiring && p->fl_head)) && !p->issuing) {
             pthread_mutex_unlock(&p->lock);
             sched_yield();
             pthread_mutex_lock(&p->lock);
@@ -553,13 +561,60 @@ void *staging_worker_main(void *arg)
         }
         /* re-check deadlines of waiting frames */
         struct timespec until = timespec_in_ms(CLOCK_REALTIME, 50);
+        p->worker_asleep = true;
         pthread_cond_timedwait(&p->cond, &p->lock, &until);
+        p->worker_asleep = false;
         idle_since = 0;
         if (p->waiting_head && !p->issuing)
             issue_ready(p);             /* expired frames end */
     }
     pthread_mutex_unlock(&p->lock);
     return NULL;
+}
+
+/* Lock held (let go meanwhile); p->retiring is this thread's (claimed
+ * before it issued, so the worker that the issue woke leaves the FIFO to
+ * it).  A thread that has just issued gathers while the worker slept polls
+ * the oldest group's copies itself, for up to FERRY_STAGING_ISSUER_RETIRE_US,
+ * and retires it once they are done: the batch's first frame goes to the
+ * wire without waiting for the worker's wake-up.  Anything else (still
+ * busy, a failure, a group whose enqueue failed, scatters) stays for the
+ * worker, which retires it as always. */
+static void retire_first(struct staging_pool *p)
+{
+    struct chunk *lead = p->fl_head;
+    if (!lead || lead->state != CHUNK_GATHER || lead->enqueue_err) {
+        p->retiring = false;
+        pthread_cond_signal(&p->cond);
+        return;
+    }
+    pthread_mutex_unlock(&p->lock);
+    uint64_t start = now_ns();
+    int rc;
+    for (;;) {
+        if (lead->marked) /* a failure leaves the mark unwritten: the worker finds it */
+            rc = mark_reached(p, lead) ? 0 : FERRY_EBUSY;
+        else
+            rc = p->ops->stream_query(*lead->carrier);
+        if (rc != FERRY_EBUSY || now_ns() - start >= p->issuer_retire_ns)
+            break;
+        sched_yield();
+    }
+    struct chunk *g[GROUP_MAX];
+    size_t n = 0;
+    pthread_mutex_lock(&p->lock);
+    while (rc == 0 && p->fl_head && p->fl_head->lead == lead && n < GROUP_MAX) {
+        g[n++] = p->fl_head;
+        p->fl_head = p->fl_head->next;
+    }
+    if (!p->fl_head)
+        p->fl_tail = NULL;
+    p->retiring = false;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    if (n)
+        retire_group(p, g, n);
+    pthread_mutex_lock(&p->lock);
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
@@ -596,8 +651,14 @@ void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
             p->waiting_head = f;
         p->waiting_tail = f;
     }
+    /* the worker sleeps: this thread will retire the first group itself */
+    bool claim = p->issuer_retire_ns && p->worker_asleep && !p->retiring;
+    if (claim)
+        p->retiring = true;
     issue_ready(p); /* on this thread, unless another one is issuing */
     pthread_cond_signal(&p->cond);
+    if (claim)
+        retire_first(p);
     pthread_mutex_unlock(&p->lock);
 }
 

@@ -90,6 +90,9 @@ size_t staging_pool_chunk_size(const struct staging_pool *p);
  * few large frames cost less than many small ones (one D2H each), and the
  * engine does not cut a submit into more frames for the transport's spread. */
 bool staging_pool_aggregates(const struct staging_pool *p);
+/* Whether the pool's worker sleeps (waits to be woken) right now: for tests
+ * of what a submitting thread does then (FERRY_STAGING_ISSUER_RETIRE_US). */
+bool staging_pool_worker_asleep(struct staging_pool *p);
 
 /* Queues a frame whose pieces' local pointers are device memory of this
  * pool's device.  Asynchronous; f->complete is called exactly once. */

@@ -78,11 +78,14 @@ struct staging_pool {
     struct chunk *arrived_head, *arrived_tail;       /* READ chunks back from the wire */
     struct chunk *fl_head, *fl_tail;                 /* copies in flight, oldest group first */
     bool issuing;                         /* a thread is issuing a round: it owns taken and group */
+    bool retiring;                        /* a thread is retiring the oldest group: only it takes from the FIFO */
+    bool worker_asleep;                   /* the worker waits on cond (not polling): a wake-up away */
     struct chunk **taken, **group;        /* the issuer's: a round's chunks, a group's (nchunks each) */
     struct ferry_copy *copies;            /* the issuer's: a group's copies (GROUP_MAX x XFER_MAX_PIECES) */
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
+    uint64_t issuer_retire_ns;            /* FERRY_STAGING_ISSUER_RETIRE_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
@@ -100,6 +103,14 @@ struct staging_pool {
  * blocks. */
 #define IDLE_SPIN_US_DEFAULT 50u
 #define IDLE_SPIN_US_MAX 100000u
+/* FERRY_STAGING_ISSUER_RETIRE_US: how long a thread that issued gathers
+ * while the worker slept polls the first group before it leaves it to the
+ * worker (a wake-up costs 20-50 us in a VM, more from a deep C-state, on
+ * the path of the batch's first frame).  Off by default: on 2 x H200 a
+ * one-thread staged WRITE of 16 KiB x 128 moved the same with it as
+ * without, alternated in one run (docs/BENCHMARKS.md, h16u). */
+#define ISSUER_RETIRE_US_DEFAULT 0u
+#define ISSUER_RETIRE_US_MAX 1000u
 #define COPY_POLL_NS 200000u
 #define MARK_SLEEP_NS 20000             /* then between polls of a mark */
 

@@ -19,19 +19,24 @@
 
 /* FERRY_STAGING_SPIN_US (microseconds a worker polls before it sleeps),
  * FERRY_STAGING_GROUP (frames a group takes at most),
- * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most)
- * and FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams). */
+ * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most),
+ * FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams) and
+ * FERRY_STAGING_ISSUER_RETIRE_US (0: only the worker retires). */
 static int knobs_read(struct staging_pool *p)
 {
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
-    uint64_t nmark = MARK_STREAMS_DEFAULT;
-    char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80];
+    uint64_t nmark = MARK_STREAMS_DEFAULT, retire_us = ISSUER_RETIRE_US_DEFAULT;
+    char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
     snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
     snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
              MARK_STREAMS_MAX);
+    snprintf(retire_wanted, sizeof retire_wanted, "microseconds, 0-%u", ISSUER_RETIRE_US_MAX);
     int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_ISSUER_RETIRE_US", false, 0, ISSUER_RETIRE_US_MAX, retire_wanted,
+                               &retire_us);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
     if (rc >= 0)
@@ -41,6 +46,7 @@ static int knobs_read(struct staging_pool *p)
     if (rc < 0)
         return rc;
     p->idle_spin_ns = spin_us * 1000u;
+    p->issuer_retire_ns = retire_us * 1000u;
     p->group_frames = (unsigned)group;
     p->group_first = (unsigned)first;
     p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
@@ -64,6 +70,14 @@ size_t staging_pool_chunk_size(const struct staging_pool *p)
 bool staging_pool_aggregates(const struct staging_pool *p)
 {
     return p->agg.below > 0 && p->agg.buffers > 0;
+}
+
+bool staging_pool_worker_asleep(struct staging_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool asleep = p->worker_asleep;
+    pthread_mutex_unlock(&p->lock);
+    return asleep;
 }
 
 static void pool_free(struct staging_pool *p)

@@ -40,7 +40,7 @@ static const char *const event_names[] = {
     "batch_submit", "batch_submitted", "batch_done",  "batch_woken",  "stage_queued",
     "stage_issue",  "stage_retired",   "tcp_send",    "tcp_sent",     "tcp_ack",
     "srv_frame",    "srv_payload",     "srv_copy",    "srv_answered", "shm_group",
-    "shm_copied",   "copy_begin",      "copy_queued", "copy_synced",
+    "shm_copied",   "copy_begin",      "copy_queued", "copy_synced",  "copy_wait",
 };
 _Static_assert(sizeof event_names / sizeof event_names[0] == TR_NEVENTS, "an event the test does not know");
 

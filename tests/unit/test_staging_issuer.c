@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_staging_issuer.c — FERRY_STAGING_ISSUER_RETIRE_US: a thread that
+ * issues gathers while the pool's worker sleeps polls the first group's
+ * copies itself and puts its frame on the wire (on that thread), so the
+ * first frame does not wait for the worker's wake-up; off (0, the default)
+ * the worker does; a first group whose copies fail on the device is left to
+ * the worker and fails its frame alone; bad values fail pool creation.
+ * On the strict sim device with copy_async wrapped to finish its copies
+ * before it returns, so they are done when the submitting thread first
+ * looks (deterministic); each case waits (no deadline to assert) until the
+ * worker sleeps before it submits.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <time.h>
+
+#include "device/device.h"
+#include "err.h"
+#include "net.h"
+#include "staging/staging.h"
+#include "timespec.h"
+
+#define BLOCK 4096u
+#define PIECES 16u
+#define NFRAMES 4u
+
+struct frame_slot {
+    struct xfer_frame f;
+    struct xfer_piece pieces[PIECES];
+    int err;
+    pthread_t sent_by;                 /* the thread that put it on the "wire" */
+    bool sent;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned ended;
+    int bad_bytes;
+} t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+
+static const struct ferry_device_ops *sim;
+static struct ferry_device_ops synced; /* sim, copies done when copy_async returns */
+static struct frame_slot slot[NFRAMES];
+
+/* Enqueues and waits: the copies are done (or failed, the stream's error
+ * kept for its next query) before the pool looks at them. */
+static int synced_copy_async(ferry_stream *s, enum ferry_copy_dir dir, const struct ferry_copy *c, size_t n)
+{
+    int rc = sim->copy_async(s, dir, c, n);
+    if (!rc)
+        (void)sim->stream_sync(s);
+    return rc;
+}
+
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)(i * 7 + 3);
+}
+
+static void frame_ended(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    (void)msg;
+    struct frame_slot *s = f->owner;
+    pthread_mutex_lock(&t.lock);
+    s->err = err ? err : refused ? FERRY_EIO : 0;
+    t.ended++;
+    pthread_cond_broadcast(&t.cond);
+    pthread_mutex_unlock(&t.lock);
+}
+
+/* The "wire": records who sent the frame, checks its bytes, ends it. */
+static void wire_send(void *ctx, struct xfer_frame *w)
+{
+    (void)ctx;
+    struct frame_slot *s = NULL;
+    for (unsigned f = 0; f < NFRAMES; f++)
+        if (w->pieces[0].remote == slot[f].pieces[0].remote)
+            s = &slot[f];
+    int bad = 0;
+    for (uint32_t i = 0; i < w->npieces; i++)
+        for (size_t k = 0; k < BLOCK; k++)
+            bad += ((unsigned char *)w->pieces[i].local)[k] != pattern(w->pieces[i].remote + k);
+    pthread_mutex_lock(&t.lock);
+    t.bad_bytes += bad;
+    if (s) {
+        s->sent_by = pthread_self();
+        s->sent = true;
+    }
+    pthread_mutex_unlock(&t.lock);
+    w->complete(w, 0, 0, "");
+}
+
+/* Gathers NFRAMES frames (frame `freed` from device memory freed before:
+ * its copies fail on the device; NFRAMES: none) through a pool with
+ * FERRY_STAGING_ISSUER_RETIRE_US=retire_us, submitted once its worker
+ * sleeps. */
+static void run(const char *retire_us, unsigned freed)
+{
+    const size_t span = (size_t)NFRAMES * PIECES * BLOCK;
+    char *dev, *gone;
+    char *host = malloc(span);
+    assert_non_null(host);
+    for (size_t k = 0; k < span; k++)
+        host[k] = (char)pattern(k);
+    assert_int_equal(sim->mem_alloc(0, span, (void **)&dev), 0);
+    assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&gone), 0);
+    sim->mem_free(0, gone);
+    struct ferry_copy fill = {dev, host, span};
+    assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_H2D, &fill, 1), 0);
+    t.ended = 0;
+    t.bad_bytes = 0;
+    uint64_t deadline = now_ns() + 120000000000ull;
+    for (unsigned f = 0; f < NFRAMES; f++) {
+        struct frame_slot *s = &slot[f];
+        memset(s, 0, sizeof *s);
+        for (uint32_t i = 0; i < PIECES; i++) {
+            uint64_t off = ((uint64_t)f * PIECES + i) * BLOCK;
+            char *local = f == freed ? gone + (size_t)i * BLOCK : dev + off;
+            s->pieces[i] = (struct xfer_piece){local, off, BLOCK, i};
+        }
+        s->f = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = PIECES, .pieces = s->pieces,
+                                   .bytes = PIECES * BLOCK, .deadline_ns = deadline, .complete = frame_ended,
+                                   .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
+    }
+    setenv("FERRY_STAGING_ISSUER_RETIRE_US", retire_us, 1);
+    setenv("FERRY_STAGING_SPIN_US", "0", 1);
+    setenv("FERRY_STAGING_GROUP_FIRST", "1", 1);
+    struct staging_pool *pool;
+    void *base;
+    size_t len;
+    int rc = staging_pool_create(&synced, 0, 1u << 20, NFRAMES, wire_send, NULL, &pool, &base, &len);
+    unsetenv("FERRY_STAGING_ISSUER_RETIRE_US");
+    unsetenv("FERRY_STAGING_SPIN_US");
+    unsetenv("FERRY_STAGING_GROUP_FIRST");
+    assert_int_equal(rc, 0);
+    while (!staging_pool_worker_asleep(pool)) /* it sleeps once it has polled for 0 us */
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    staging_submit_list(pool, &slot[0].f);
+    pthread_mutex_lock(&t.lock);
+    while (t.ended < NFRAMES)
+        pthread_cond_wait(&t.cond, &t.lock);
+    pthread_mutex_unlock(&t.lock);
+    staging_pool_destroy(pool);
+    sim->mem_free(0, dev);
+    free(host);
+    assert_int_equal(t.bad_bytes, 0);
+    for (unsigned f = 0; f < NFRAMES; f++)
+        if (f != freed)
+            assert_int_equal(slot[f].err, 0);
+}
+
+static void issuer_sends_the_first_frame(void **state)
+{
+    (void)state;
+    run("1000", NFRAMES);
+    assert_true(slot[0].sent);
+    assert_true(pthread_equal(slot[0].sent_by, pthread_self()));
+    for (unsigned f = 1; f < NFRAMES; f++) /* the rest: the worker's */
+        assert_false(slot[f].sent && pthread_equal(slot[f].sent_by, pthread_self()));
+}
+
+static void off_the_worker_sends_it(void **state)
+{
+    (void)state;
+    run("0", NFRAMES);
+    for (unsigned f = 0; f < NFRAMES; f++) {
+        assert_true(slot[f].sent);
+        assert_false(pthread_equal(slot[f].sent_by, pthread_self()));
+    }
+}
+
+static void failed_first_group_fails_alone(void **state)
+{
+    (void)state;
+    run("1000", 0);
+    assert_int_equal(slot[0].err, FERRY_EIO);
+    assert_false(slot[0].sent);
+    for (unsigned f = 1; f < NFRAMES; f++)
+        assert_true(slot[f].sent);
+}
+
+static void knob_refusals(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"1001", "-1", "ten", "5x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct staging_pool *pool = NULL;
+        void *base;
+        size_t len;
+        setenv("FERRY_STAGING_ISSUER_RETIRE_US", bad[i], 1);
+        int rc = staging_pool_create(sim, 0, 1u << 20, 2, wire_send, NULL, &pool, &base, &len);
+        unsetenv("FERRY_STAGING_ISSUER_RETIRE_US");
+        if (rc != FERRY_EINVAL)
+            fail_msg("FERRY_STAGING_ISSUER_RETIRE_US=%s: %d", bad[i], rc);
+        assert_null(pool);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_ISSUER_RETIRE_US"));
+        assert_non_null(strstr(ferry_last_error(), bad[i]));
+    }
+}
+
+int main(void)
+{
+    sim = ferry_device_find("sim");
+    if (!sim || sim->init()) {
+        printf("SKIPPED: no sim device: %s\n", ferry_last_error());
+        return 77;
+    }
+    synced = *sim;
+    synced.copy_async = synced_copy_async;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(issuer_sends_the_first_frame),
+        cmocka_unit_test(off_the_worker_sends_it),
+        cmocka_unit_test(failed_first_group_fails_alone),
+        cmocka_unit_test(knob_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
