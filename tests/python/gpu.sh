@@ -38,8 +38,15 @@ run)
   suffix=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
   libs=()
   for l in "$B"/lib/*.so*; do libs+=("$l"); done
+  # the extension's sources as setup.py lists them (one list: a file added
+  # there is compiled here too)
+  srcs=()
+  for f in $(sed -n 's/^SOURCES = \[\(.*\)\]/\1/p' "$root/python/setup.py" | tr -d '",'); do
+    srcs+=("$root/python/ferry/$f")
+  done
+  [ ${#srcs[@]} -gt 0 ] || { echo "no SOURCES list in python/setup.py"; exit 1; }
   gcc -shared -fPIC -O2 -std=gnu11 -Wall -fvisibility=hidden -I"$inc" -I"$B/include" \
-      "$root"/python/ferry/{_ferry,engine,memory,transfer,convert,slab}.c "$B/libferry.a" \
+      "${srcs[@]}" "$B/libferry.a" \
       -Wl,--exclude-libs,ALL "${libs[@]}" -lcurl -lpthread -ldl -lm \
       -o "$root/python/ferry/_ferry$suffix"
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' || true
