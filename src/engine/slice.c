@@ -35,12 +35,17 @@ static bool same_group(const struct slice_req *a, const struct slice_req *b)
  * slices) / k, at least SLICE_SPREAD_MIN. */
 static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t slice_size)
 {
-    unsigned k = g[0]->spread;
+    /* the group's widest spread: a zero-length request (spread 1, it moves
+     * nothing) that sorts first must not narrow its data requests' */
+    unsigned k = 1;
+    uint64_t small = 0;
+    for (size_t i = 0; i < n && same_group(g[0], g[i]); i++) {
+        small += g[i]->len % slice_size; /* each term < slice_size <= 64 MiB */
+        if (g[i]->spread > k)
+            k = g[i]->spread;
+    }
     if (k <= 1)
         return slice_size;
-    uint64_t small = 0;
-    for (size_t i = 0; i < n && same_group(g[0], g[i]); i++)
-        small += g[i]->len % slice_size; /* each term < slice_size <= 64 MiB */
     uint64_t cap = small / k + (small % k != 0);
     if (cap < SLICE_SPREAD_MIN)
         cap = SLICE_SPREAD_MIN;

@@ -215,6 +215,16 @@ static void test_spread(void **state)
     assert_int_equal(p.nframes, 8);
     slice_plan_free(&p);
 
+    /* a zero-length request first in the group (spread 1: it moves nothing)
+     * leaves the data requests' spread as it is (rev5: 2 frames, not 4) */
+    for (size_t i = 0; i < 129; i++) {
+        reqs[i] = req(XFER_WRITE, 1, 0, i, i ? 4 * KiB : 0);
+        reqs[i].spread = i ? 4 : 1;
+    }
+    plan_ok(reqs, 129, 1 * MiB, 64, &p);
+    assert_int_equal(p.nframes, 4);
+    slice_plan_free(&p);
+
     /* two groups (segments 1 and 2) are cut each by its own bytes */
     for (size_t i = 0; i < 160; i++) {
         reqs[i] = req(XFER_WRITE, i < 128 ? 1 : 2, 0, i, 4 * KiB);
