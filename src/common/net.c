@@ -96,6 +96,24 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
     return *tail ? parse_port(tail + 1, name, port) : 0;
 }
 
+bool net_host_text_ok(const char *h, size_t max)
+{
+    static const char name_chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
+    size_t len = strlen(h);
+    if (len == 0 || len >= max || len >= 256)
+        return false;
+    if (!strchr(h, ':'))
+        return strspn(h, name_chars) == len;
+    char addr[256];
+    size_t alen = strcspn(h, "%");
+    memcpy(addr, h, alen);
+    addr[alen] = '\0';
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, addr, &a6) != 1)
+        return false;
+    return alen == len || (len > alen + 1 && strspn(h + alen + 1, name_chars) == len - alen - 1);
+}
+
 int net_format_hostport(char *out, size_t max, const char *host, int port)
 {
     int n = strchr(host, ':') ? snprintf(out, max, "[%s]:%d", host, port) : snprintf(out, max, "%s:%d", host, port);

@@ -8,6 +8,7 @@
 #ifndef FERRY_NET_H
 #define FERRY_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -24,6 +25,13 @@ static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
  * bracketed forms.  host gets the address without brackets.  Returns 0 or
  * FERRY_EINVAL. */
 int net_split_hostport(const char *name, char *host, size_t hostlen, int *port);
+
+/* Is h, of fewer than max bytes, a host as a peer's endpoint may name it: a
+ * host name, an IPv4 address, or an IPv6 address (bare, as a listener on an
+ * IPv6 host describes itself; an optional %scope)?  Endpoint decoders of
+ * every transport check with it, so a hostile descriptor's host text never
+ * reaches a connect or a log line. */
+bool net_host_text_ok(const char *h, size_t max);
 
 /* Writes "host:port", or "[host]:port" for an IPv6 address, into out.
  * Returns 0 or FERRY_EINVAL (does not fit). */

@@ -313,6 +313,13 @@ static void test_endpoint_rejections(void **state)
     assert_int_equal(rdma_endpoint_decode("{\"host\":\"h\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[" MR "]}", &ep), 0);
     assert_int_equal(ep.nics[0].numa, -1); /* absent: unknown */
     rdma_endpoint_free(&ep);
+    /* an IPv6 listener's bare address is a host; text for a log line is not (rev5) */
+    assert_int_equal(rdma_endpoint_decode("{\"host\":\"fe80::1%eth0\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[" MR
+                                          "]}", &ep), 0);
+    rdma_endpoint_free(&ep);
+    expect_endpoint_fails("{\"host\":\"h\\nFORGED\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[]}", "\"host\"");
+    expect_endpoint_fails("{\"host\":\"\\u001b[2J\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[]}", "\"host\"");
+    expect_endpoint_fails("{\"host\":\"::1::2\",\"port\":1,\"nics\":[" NIC "],\"mrs\":[]}", "\"host\"");
     expect_endpoint_fails("not json", "not valid JSON");
     expect_endpoint_fails("[1]", "not a JSON object");
     expect_endpoint_fails("{\"port\":1,\"nics\":[" NIC "],\"mrs\":[]}", "\"host\"");

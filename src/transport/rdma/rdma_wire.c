@@ -404,6 +404,8 @@ static int decode_root(const cJSON *root, struct rdma_endpoint *ep)
         return ferry_fail(FERRY_EPROTO, "rdma endpoint is not a JSON object");
     if ((rc = get_str(root, "host", ep->host, sizeof ep->host)) || (rc = get_uint(root, "port", 65535, &port)))
         return rc;
+    if (!net_host_text_ok(ep->host, sizeof ep->host))
+        return ferry_fail(FERRY_EPROTO, "rdma endpoint: \"host\" is not a host name, IPv4 or IPv6 address");
     if (port < 1)
         return ferry_fail(FERRY_EPROTO, "rdma endpoint: port 0");
     ep->port = (int)port;

@@ -5,13 +5,13 @@
  */
 #include "transport/tcp/tcp_wire.h"
 
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <string.h>
 
 #include "bytes.h"
 #include "err.h"
 #include "log.h"
+#include "net.h"
 
 void wire_encode_header(const struct wire_header *h, uint8_t out[WIRE_HEADER_SIZE])
 {
@@ -159,26 +159,6 @@ int wire_decode_trailer(const uint8_t in[WIRE_TRAILER_SIZE], unsigned nentries, 
     return 0;
 }
 
-/* A host name, an IPv4 address, or an IPv6 address (bare, as a listener on
- * an IPv6 host describes itself, with an optional %scope). */
-static bool host_text_ok(const char *h)
-{
-    static const char name_chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_";
-    size_t len = strlen(h);
-    if (len == 0 || len >= WIRE_HOST_MAX)
-        return false;
-    if (!strchr(h, ':'))
-        return strspn(h, name_chars) == len;
-    char addr[WIRE_HOST_MAX];
-    size_t alen = strcspn(h, "%");
-    memcpy(addr, h, alen);
-    addr[alen] = '\0';
-    struct in6_addr a6;
-    if (inet_pton(AF_INET6, addr, &a6) != 1)
-        return false;
-    return alen == len || (len > alen + 1 && strspn(h + alen + 1, name_chars) == len - alen - 1);
-}
-
 int wire_decode_endpoint(const char *json, char host[WIRE_HOST_MAX], int *port)
 {
     char shown[100];
@@ -186,7 +166,7 @@ int wire_decode_endpoint(const char *json, char host[WIRE_HOST_MAX], int *port)
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "host");
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "port");
     int rc = 0;
-    if (!cJSON_IsString(h) || !host_text_ok(h->valuestring))
+    if (!cJSON_IsString(h) || !net_host_text_ok(h->valuestring, WIRE_HOST_MAX))
         rc = ferry_fail(FERRY_EPROTO, "tcp endpoint %s: \"host\" is not a host name, IPv4 or IPv6 address",
                         log_sanitize(json, 80, shown, sizeof shown));
     else if (!cJSON_IsNumber(p) || !(p->valuedouble >= 1 && p->valuedouble <= 65535) ||
