@@ -160,6 +160,10 @@ static int exchange(const struct redis_meta *m, redisContext *c, uint64_t deadli
             redisReaderGetReply(c->reader, &reply) != REDIS_OK)
             return ferry_fail(FERRY_EPROTO, "%s: malformed reply: %.100s", m->url, c->reader->errstr);
     }
+    if (c->reader->pos < c->reader->len) { /* more than the one reply: the next command would read it */
+        freeReplyObject(reply);
+        return ferry_fail(FERRY_EPROTO, "%s: answered one command with more than one reply", m->url);
+    }
     *out = reply;
     return 0;
 }

@@ -314,6 +314,7 @@ static void test_redis_wrong_types(void **state)
     (void)state;
     static const char *const replies[] = {
         "*2147483647\r\n", "*2\r\n$1\r\na\r\n$1\r\nb\r\n", ":42\r\n", "+OK\r\n", "~3\r\n", "hello world\r\n",
+        "$-1\r\n+OK\r\n", /* two replies to one command: the next would read the second (rev5) */
     };
     for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++) {
         struct fake f;
