@@ -94,6 +94,25 @@ static int ended_find(EngineObject *self, PyObject *id, int pop, int *result, in
     return 1;
 }
 
+/* ended_find for a caller whose batch_find just failed: the pending
+ * exception (ValueError "unknown batch id") is set aside for the lookup
+ * (the C API must not run with one set) and restored when the id is not
+ * among the results either; found, it is dropped. */
+static int ended_find_after_miss(EngineObject *self, PyObject *id, int pop, int *result, int *code)
+{
+    PyObject *type, *value, *trace;
+    PyErr_Fetch(&type, &value, &trace);
+    int found = ended_find(self, id, pop, result, code);
+    if (found == 0) {
+        PyErr_Restore(type, value, trace);
+        return 0;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(trace);
+    return found;
+}
+
 struct pybatch **batches_detach(EngineObject *self, size_t *count)
 {
     *count = 0;
@@ -352,9 +371,8 @@ static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     struct pybatch *b = batch_find(self, a[0], 0);
     int result, code;
-    if (!b && PyErr_ExceptionMatches(PyExc_ValueError) && ended_find(self, a[0], 0, &result, &code) == 1) {
-        PyErr_Clear(); /* transfer_check_status saw it end: its outcome */
-        engine_leave(self);
+    if (!b && PyErr_ExceptionMatches(PyExc_ValueError) && ended_find_after_miss(self, a[0], 0, &result, &code) == 1) {
+        engine_leave(self); /* transfer_check_status saw it end: its outcome */
         struct outcome o = {code, STAGE_WAIT, "the batch ended earlier (transfer_check_status)"};
         return outcome_result(&o);
     }
@@ -388,8 +406,8 @@ static PyObject *T_free_batch(EngineObject *self, PyObject *id)
     int result, code, ended = 0;
     if (b)
         pybatch_collect(b);
-    else if (PyErr_ExceptionMatches(PyExc_ValueError) && (ended = ended_find(self, id, 1, &result, &code)) == 1)
-        PyErr_Clear(); /* an ended batch's kept result: forgotten */
+    else if (PyErr_ExceptionMatches(PyExc_ValueError))
+        ended = ended_find_after_miss(self, id, 1, &result, &code); /* an ended batch's kept result: forgotten */
     engine_leave(self);
     if (!b && ended != 1)
         return NULL;
