@@ -9,6 +9,7 @@
  */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 int test_case_in_fresh_process(const char *name)
@@ -327,4 +329,32 @@ void child_target_kill(struct child_target *t)
         close(t->ctl_fd);
         t->ctl_fd = -1;
     }
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d)
+        return -1;
+    for (struct dirent *x; (x = readdir(d));)
+        n += x->d_name[0] != '.';
+    closedir(d);
+    return n - (strcmp(dir, "/proc/self/fd") == 0); /* opendir's own */
+}
+
+struct census census_now(void)
+{
+    return (struct census){count_entries("/proc/self/task"), count_entries("/proc/self/fd")};
+}
+
+struct census census_settled(struct census want, unsigned limit_ms)
+{
+    struct census now = census_now();
+    for (unsigned waited = 0; (now.threads != want.threads || now.fds != want.fds) && waited < limit_ms; waited += 10) {
+        struct timespec t = {0, 10 * 1000000L};
+        nanosleep(&t, NULL);
+        now = census_now();
+    }
+    return now;
 }

@@ -80,4 +80,17 @@ int test_read_line(int fd, char *buf, size_t max);
  * control protocol on fd.  Never returns. */
 void child_target_serve(int fd, size_t len, const char *location, uint64_t seed) __attribute__((noreturn));
 
+/* What this process holds: its threads (/proc/self/task) and open
+ * descriptors (/proc/self/fd, without the one that reads it). */
+struct census {
+    int threads, fds;
+};
+struct census census_now(void);
+
+/* census_now once it equals want, or after limit_ms (a bound that keeps a
+ * test from hanging, not a measurement): a thread pthread_join returned for
+ * may still be listed in /proc/self/task for a moment, so a count taken at
+ * once can be one off either way.  The caller compares what it returns. */
+struct census census_settled(struct census want, unsigned limit_ms);
+
 #endif

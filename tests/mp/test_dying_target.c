@@ -196,31 +196,10 @@ static void dying_stop(struct dying *k)
     free(k->mem);
 }
 
-/* ------------------------------------------------------------ counting */
-
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    assert_non_null(d);
-    for (struct dirent *x; (x = readdir(d));)
-        n += x->d_name[0] != '.';
-    closedir(d);
-    return n - (strcmp(dir, "/proc/self/fd") == 0); /* opendir's own */
-}
-
-struct census {
-    int threads, fds;
-};
-
-static struct census census(void)
-{
-    return (struct census){count_entries("/proc/self/task"), count_entries("/proc/self/fd")};
-}
-
 /* ------------------------------------------------------------ the test */
 
 static struct child_target healthy;
+static struct census baseline; /* the process before any case: the healthy target's pipe and socket */
 
 static void *nothing(void *arg)
 {
@@ -234,7 +213,10 @@ static int group_setup(void **state)
     pthread_t th;
     if (pthread_create(&th, NULL, nothing, NULL) != 0 || pthread_join(th, NULL) != 0)
         return -1;
-    return child_target_start(&healthy, 2 * BUF_LEN, "cpu", SEED) ? -1 : 0;
+    if (child_target_start(&healthy, 2 * BUF_LEN, "cpu", SEED))
+        return -1;
+    baseline = census_now();
+    return 0;
 }
 
 static int group_teardown(void **state)
@@ -247,7 +229,8 @@ static int group_teardown(void **state)
 /* One batch: a request to the dying target and one to the healthy one. */
 static void die_at(enum step step, enum death death, int opcode, uint64_t seed)
 {
-    struct census before = census();
+    /* the last case's threads are joined, but may still be listed a moment */
+    struct census before = census_settled(baseline, 10000);
     struct dying k;
     dying_start(&k, step, death);
     struct ferry_config cfg;
@@ -303,7 +286,7 @@ static void die_at(enum step step, enum death death, int opcode, uint64_t seed)
     ferry_engine_destroy(e);
     dying_stop(&k);
     free(local);
-    struct census after = census();
+    struct census after = census_settled(before, 10000);
     if (after.threads != before.threads || after.fds != before.fds)
         fail_msg("left behind: %d threads, %d descriptors", after.threads - before.threads, after.fds - before.fds);
 }
