@@ -141,7 +141,8 @@ static const struct knob knobs[] = {
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
-      "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16)"},
+      "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
+      "half as many chunks' bytes (one chunk's for 2), so two full 1 MiB frames are two groups"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP_FIRST", "1",
       "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
