@@ -426,8 +426,6 @@ COMPAT_O(T_get_batch_transfer_status, 0)
 COMPAT_O(T_transfer_check_status, 0)
 COMPAT_FASTKW(T_wait_batch, 0)
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
-#define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
 PyMethodDef batch_methods[] = {
     M("get_batch_transfer_status", compat_T_get_batch_transfer_status, METH_O,
       "get_batch_transfer_status(batch_ids) -> int\n\n"

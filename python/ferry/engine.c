@@ -590,7 +590,6 @@ static PyObject *compat_Engine_get_rpc_port(EngineObject *self, PyObject *noargs
 
 /* ---------------------------------------------------------------- type */
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 static PyMethodDef engine_methods[] = {
     {"initialize", (PyCFunction)(void (*)(void))Engine_initialize, METH_VARARGS | METH_KEYWORDS,
      "initialize(local_hostname, metadata_server='P2PHANDSHAKE', protocol='tcp', device_name='', **config) -> int\n\n"

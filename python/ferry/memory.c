@@ -313,7 +313,6 @@ COMPAT_O(Engine_batch_unregister_memory, 0)
 COMPAT_O(Engine_allocate_managed_buffer, 1)
 COMPAT_FASTKW(Engine_free_managed_buffer, 0)
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 PyMethodDef memory_methods[] = {
     {"register_memory", (PyCFunction)(void (*)(void))compat_Engine_register_memory, FASTKW,
      "register_memory(buffer_addr, capacity=None, location=None, remote_accessible=True) -> 0\n\n"

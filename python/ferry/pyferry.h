@@ -203,6 +203,12 @@ extern PyMethodDef transfer_methods[];
 extern PyMethodDef batch_methods[];      /* batches.c */
 extern PyMethodDef memory_methods[];     /* memory.c */
 
+/* For the method tables: the flags of a vectorcall method with keywords, and
+ * one row {name, fn, flags, doc} with fn cast through void (*)(void) (the
+ * tables hold METH_FASTCALL functions whose type is not PyCFunction). */
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+#define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
+
 /* A str argument or NULL (None, absent, ""); sets *err and raises TypeError
  * for anything else.  (engine.c) */
 const char *opt_str(PyObject *o, const char *what, int *err);

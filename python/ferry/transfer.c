@@ -502,8 +502,6 @@ COMPAT_FASTKW(T_transfer_read_on_cuda, 0)
 COMPAT_FASTKW(T_batch_transfer_write_on_cuda, 0)
 COMPAT_FASTKW(T_batch_transfer_read_on_cuda, 0)
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
-#define M(name, fn, flags, doc) {name, (PyCFunction)(void (*)(void))fn, flags, doc}
 PyMethodDef transfer_methods[] = {
     M("transfer_sync_write", compat_T_transfer_sync_write, FASTKW,
       "transfer_sync_write(target_hostname, buffer, peer_buffer_address, length=None, notify=None) -> int\n\n"
