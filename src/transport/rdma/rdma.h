@@ -3,7 +3,8 @@
  * rdma.h — internals shared by the rdma transport's files (not an API):
  *   rdma.c        the ops table: create/destroy, describe, peers, submit
  *   rdma_nic.c    NIC discovery, GID choice, topology, memory registration
- *   rdma_path.c   initiator queue pairs: connect, post, completions, failures
+ *   rdma_path.c   initiator queue pairs: post, completions, the NIC poller, breaking
+ *   rdma_path_ctl.c  a path's control thread: connect, side channel, deadlines, teardown
  *   rdma_server.c target side: the side-channel listener and its queue pairs
  *   rdma_stage.c  initiator side of target-side staging: bounce slots, credits
  *   rdma_bounce.c target side of target-side staging: the bounce, its copies
@@ -29,6 +30,8 @@
 
 #define RDMA_MAX_PATHS 64
 #define RDMA_MAX_RETRIES 2
+#define RDMA_SGE_CAP 64   /* scatter entries per work request, at most */
+#define RDMA_TICK_MS 100  /* a sleeping poller or control thread looks at the clock this often */
 
 /* FERRY_RDMA_* knobs, read once by rdma_knobs_load (see rdma_nic.c). */
 struct rdma_knobs {
@@ -251,11 +254,15 @@ int rdma_gid_match(struct rdma_nic *nic, const uint8_t remote_gid[16]);
 int rdma_qp_connect(struct rdma_transport *t, struct rdma_nic *nic, struct ibv_qp *qp, int gid_index,
                     const struct rdma_qp_info *remote, bool remote_ib, uint32_t my_psn, const char *who);
 
-/* rdma_path.c */
+/* rdma_path_ctl.c: starts the path's control thread (it connects the path);
+ * NULL when out of memory or threads. */
 struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic, size_t slot);
+/* Joins the control thread (it ends after the path broke and drained). */
+void rdma_path_free(struct rdma_path *path);
+
+/* rdma_path.c */
 void rdma_path_break(struct rdma_path *path, int err, const char *msg);
 void rdma_path_break_locked(struct rdma_path *path, int err, const char *msg);
-void rdma_path_free(struct rdma_path *path);
 /* Queues an op / a NOTIFY frame on a path; false if the path is broken. */
 bool rdma_path_enqueue(struct rdma_path *path, struct rdma_op *op);
 bool rdma_path_enqueue_note(struct rdma_path *path, struct xfer_frame *f);
@@ -263,7 +270,17 @@ void *rdma_poller_main(void *arg);
 
 /* Adds an op to the path's send FIFO and posts what fits.  Path lock held. */
 void rdma_path_fifo_add(struct rdma_path *path, struct rdma_op *op);
+/* Posts from the cursor while the send queue has room.  Path lock held. */
+void rdma_path_post(struct rdma_path *path);
+/* Polls the path's CQ; ops that ended go onto *done (the caller finishes them
+ * outside every lock, rdma_op_finish_all).  Returns the number of completions. */
+int rdma_path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_op **done_tail);
+/* Wakes the path's control thread. */
 void rdma_path_wake(struct rdma_path *path);
+/* Appends op to the list head..tail. */
+void rdma_op_list_push(struct rdma_op **head, struct rdma_op **tail, struct rdma_op *op);
+/* rdma_op_finish on each op of a list linked through op->next. */
+void rdma_op_finish_all(struct rdma_op *op);
 
 /* rdma_stage.c (initiator): path lock held unless said otherwise */
 void rdma_stage_enqueue(struct rdma_path *path, struct rdma_op *op);

@@ -1,18 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * rdma_path.c — the initiator's queue pairs ("paths"): connecting one, posting
+ * rdma_path.c — the data side of an initiator's queue pair ("path"): posting
  * frames onto it as RDMA WRITE/READ work requests, reaping completions, and
- * taking it down when anything goes wrong.
+ * breaking it when anything goes wrong.  Connecting a path, watching its side
+ * channel and taking it down are its control thread's (rdma_path_ctl.c).
  *
- * Threads.  Each path has a control thread: it connects (QP + side-channel
- * HELLO), then watches the side channel (peer gone, NOTIFY acks), sends
- * notifications and enforces deadlines; when the path breaks it waits for the
- * queue pair to drain, destroys it and hands unfinished frames back (retry on
- * another path, or end).  Each NIC has one completion poller thread that
- * polls the CQs of all its paths (busy for FERRY_RDMA_POLL_SPIN_US, then
- * asleep on the completion channel).  Work requests are posted by whoever
- * frees or brings room: the submitting thread, the poller, the control
- * thread — always under the path's lock.
+ * Threads.  Each NIC has one completion poller thread that polls the CQs of
+ * all its paths (busy for FERRY_RDMA_POLL_SPIN_US, then asleep on the
+ * completion channel).  Work requests are posted by whoever frees or brings
+ * room: the submitting thread, the poller, the control thread — always under
+ * the path's lock.  Ops that end are finished outside every lock.
  *
  * Send queue accounting: work request ids are sequence numbers; completions
  * of an RC queue pair arrive in order, so a completion for id s retires every
@@ -25,23 +22,16 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "auth.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
 #include "transport/rdma/rdma.h"
 
 #define POST_CHAIN 16
-#define SGE_CAP 64
-#define TICK_MS 100
-#define DRAIN_MS 2000
 
 /* ------------------------------------------------------------ breaking */
 
@@ -165,11 +155,10 @@ static void post_chain(struct rdma_path *path, struct ibv_send_wr *wrs, int n)
     }
 }
 
-/* Posts from the cursor while the send queue has room.  Path lock held. */
-static void post_some(struct rdma_path *path)
+void rdma_path_post(struct rdma_path *path)
 {
     struct ibv_send_wr wrs[POST_CHAIN];
-    struct ibv_sge sges[POST_CHAIN][SGE_CAP];
+    struct ibv_sge sges[POST_CHAIN][RDMA_SGE_CAP];
     int n = 0;
     uint64_t bytes = 0;
     if (path->posted == path->completed) /* the stall clock starts with the first request out */
@@ -217,7 +206,7 @@ static void post_some(struct rdma_path *path)
         atomic_fetch_add(&path->peer->t->nic_bytes[path->nic->index], bytes);
 }
 
-static void list_push(struct rdma_op **head, struct rdma_op **tail, struct rdma_op *op)
+void rdma_op_list_push(struct rdma_op **head, struct rdma_op **tail, struct rdma_op *op)
 {
     op->next = NULL;
     if (*tail)
@@ -239,11 +228,11 @@ void rdma_path_cancel(struct rdma_path *path, struct rdma_op *op)
 
 void rdma_path_fifo_add(struct rdma_path *path, struct rdma_op *op)
 {
-    list_push(&path->head, &path->tail, op);
+    rdma_op_list_push(&path->head, &path->tail, op);
     if (!path->cursor)
         path->cursor = op;
     atomic_fetch_add(&path->inflight_bytes, op->f->bytes);
-    post_some(path);
+    rdma_path_post(path);
 }
 
 bool rdma_path_enqueue(struct rdma_path *path, struct rdma_op *op)
@@ -327,9 +316,7 @@ static void wc_error(struct rdma_path *path, const struct ibv_wc *wc, struct rdm
     }
 }
 
-/* Polls one path's CQ; ops that ended go onto *done (caller finishes them
- * outside every lock).  Returns the number of completions. */
-static int path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_op **done_tail)
+int rdma_path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_op **done_tail)
 {
     struct ibv_wc wc[32];
     int n = ibv_poll_cq(path->cq, 32, wc);
@@ -358,17 +345,17 @@ static int path_poll(struct rdma_path *path, struct rdma_op **done, struct rdma_
             if (op != s->op)
                 LOG_ERROR("rdma: completion order broken on %s", path->nic->name);
             atomic_fetch_sub(&path->inflight_bytes, op->f->bytes);
-            list_push(done, done_tail, op);
+            rdma_op_list_push(done, done_tail, op);
         }
         path->completed = seq + 1;
     }
     path->progress_ns = now_ns();
-    post_some(path);
+    rdma_path_post(path);
     pthread_mutex_unlock(&path->lock);
     return n;
 }
 
-static void finish_all(struct rdma_op *op)
+void rdma_op_finish_all(struct rdma_op *op)
 {
     while (op) {
         struct rdma_op *next = op->next;
@@ -389,9 +376,9 @@ void *rdma_poller_main(void *arg)
         int total = 0;
         pthread_mutex_lock(&nic->lock);
         for (struct rdma_path *p = nic->paths; p; p = p->poll_next)
-            total += path_poll(p, &done, &done_tail);
+            total += rdma_path_poll(p, &done, &done_tail);
         pthread_mutex_unlock(&nic->lock);
-        finish_all(done);
+        rdma_op_finish_all(done);
         uint64_t now = now_ns();
         if (total) {
             idle_since = now;
@@ -405,13 +392,13 @@ void *rdma_poller_main(void *arg)
         for (struct rdma_path *p = nic->paths; p; p = p->poll_next)
             ibv_req_notify_cq(p->cq, 0);
         for (struct rdma_path *p = nic->paths; p; p = p->poll_next)
-            total += path_poll(p, &done, &done_tail);
+            total += rdma_path_poll(p, &done, &done_tail);
         pthread_mutex_unlock(&nic->lock);
-        finish_all(done);
+        rdma_op_finish_all(done);
         if (total)
             continue;
         struct pollfd pfd = {.fd = nic->channel->fd, .events = POLLIN};
-        poll(&pfd, 1, TICK_MS);
+        poll(&pfd, 1, RDMA_TICK_MS);
         struct ibv_cq *cq;
         void *ctx;
         /* only acknowledge: the CQ may be on its way out (its path already
@@ -421,387 +408,6 @@ void *rdma_poller_main(void *arg)
         idle_since = now_ns();
     }
     return NULL;
-}
-
-/* ------------------------------------------------------------ control thread */
-
-static int path_connect(struct rdma_path *path)
-{
-    struct rdma_peer *p = path->peer;
-    struct rdma_transport *t = p->t;
-    struct rdma_nic *nic = path->nic;
-    unsigned timeout = t->host.cfg->connect_timeout_ms;
-    struct ibv_cq *cq = ibv_create_cq(nic->ctx, (int)path->depth * 2 + 16, path, nic->channel, 0);
-    if (!cq)
-        return ferry_fail(FERRY_EIO, "rdma: ibv_create_cq on %s: %s", nic->name, strerror(errno));
-    struct ibv_qp *qp = rdma_qp_create(nic, cq, path->depth, path->max_sge);
-    if (!qp) {
-        ibv_destroy_cq(cq);
-        return FERRY_EIO;
-    }
-    uint32_t psn = 0;
-    if (getrandom(&psn, sizeof psn, 0) != sizeof psn)
-        psn = (uint32_t)now_ns();
-    psn &= 0xffffff;
-    pthread_mutex_lock(&path->lock);
-    path->cq = cq;
-    path->qp = qp;
-    pthread_mutex_unlock(&path->lock);
-
-    int fd = net_connect(p->ep.host, p->ep.port, timeout);
-    if (fd < 0) {
-        char why[200];
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-        return ferry_fail(fd, "rdma: cannot reach the side channel of %s: %s", p->name, why);
-    }
-    pthread_mutex_lock(&path->lock);
-    bool broken = path->state == PATH_BROKEN;
-    path->fd = broken ? -1 : fd;
-    pthread_mutex_unlock(&path->lock);
-    if (broken) {
-        close(fd);
-        return path->err;
-    }
-    net_set_timeouts(fd, timeout, timeout);
-    if (auth_enabled(t->host.auth)) {
-        char who[256];
-        snprintf(who, sizeof who, "%s (%s:%d)", p->name, p->ep.host, p->ep.port);
-        int rc = auth_client(fd, t->host.auth, AUTH_RDMA, who, net_deadline(timeout), NULL);
-        if (rc)
-            return rc;
-    }
-
-    struct rdma_qp_info mine, theirs;
-    uint8_t info[RDMA_QP_INFO_SIZE], buf[RDMA_QP_INFO_SIZE + RDMA_MAX_TEXT + 1];
-    rdma_qp_info_local(nic, qp, psn, nic->gid_index, &mine);
-    mine.nic = (uint32_t)path->rnic;
-    mine.engine_id = p->engine_id;
-    rdma_qp_info_encode(&mine, info);
-    const char *name = t->host.segment_name;
-    size_t nl = strlen(name) < RDMA_MAX_NAME ? strlen(name) : RDMA_MAX_NAME;
-    struct rdma_msg_header h = {.type = RDMA_MSG_HELLO};
-    int rc = rdma_msg_send(fd, &h, info, sizeof info, name, nl);
-    if (!rc)
-        rc = rdma_msg_recv(fd, &h, buf, sizeof buf - 1);
-    if (rc) {
-        char why[200];
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-        return ferry_fail(rc, "rdma: no answer from the side channel of %s (%s:%d): %s", p->name, p->ep.host,
-                          p->ep.port, why);
-    }
-    if (h.type != RDMA_MSG_HELLO_ACK)
-        rc = ferry_fail(FERRY_EPROTO, "rdma: %s answered HELLO with message type %u", p->name, h.type);
-    else if (h.status) {
-        char why[RDMA_MAX_TEXT + 1];
-        log_sanitize((const char *)buf, h.len, why, sizeof why);
-        /* a status no ferry target sends was refused by rdma_msg_decode_header */
-        return ferry_fail(h.status, "rdma: %s refused the queue pair: %s", p->name, why);
-    }
-    if (!rc)
-        rc = rdma_qp_info_decode(buf, &theirs);
-    struct rdma_bounce_info bounce = {0};
-    if (!rc && h.len >= RDMA_QP_INFO_SIZE + RDMA_BOUNCE_INFO_SIZE)
-        rc = rdma_bounce_info_decode(buf + RDMA_QP_INFO_SIZE, &bounce);
-    if (!rc && theirs.engine_id != p->engine_id)
-        rc = ferry_fail(FERRY_ESTALE, "rdma: %s restarted (engine id changed); reopen the segment", p->name);
-    if (!rc)
-        rc = rdma_qp_connect(t, nic, qp, nic->gid_index, &theirs, p->ep.nics[path->rnic].link_ib, psn, p->name);
-    if (rc)
-        return rc;
-    pthread_mutex_lock(&nic->lock);
-    path->poll_next = nic->paths;
-    nic->paths = path;
-    path->polled = true;
-    pthread_mutex_unlock(&nic->lock);
-    pthread_mutex_lock(&path->lock);
-    path->bounce = bounce;
-    path->free_slots = bounce.slots >= 64 ? ~0ull : (1ull << bounce.slots) - 1;
-    if (path->state == PATH_CONNECTING) {
-        path->state = PATH_READY;
-        post_some(path);
-        rdma_stage_carve(path);
-    }
-    pthread_mutex_unlock(&path->lock);
-    LOG_INFO("rdma: queue pair %u on %s -> %s nic %d (qpn %u) ready", qp->qp_num, nic->name, p->name, path->rnic,
-             theirs.qpn);
-    return 0;
-}
-
-/* Work out and no completion for FERRY_RDMA_STALL_MS: the NIC never said
- * "retry exceeded" (Soft-RoCE with its peer's link down does not), yet the
- * link is dead.  Path lock held. */
-static bool stalled(struct rdma_path *path, uint64_t now)
-{
-    uint64_t ms = path->peer->t->knobs.stall_ms;
-    return ms && path->state == PATH_READY && path->posted > path->completed &&
-           now - path->progress_ns > ms * 1000000u;
-}
-
-static bool deadline_passed(struct rdma_path *path, uint64_t now)
-{
-    for (struct rdma_op *op = path->head; op; op = op->next)
-        if (now >= op->f->deadline_ns)
-            return true;
-    for (int l = 0; l < 2; l++)
-        for (struct xfer_frame *f = l ? path->acks : path->notes; f; f = f->next)
-            if (now >= f->deadline_ns)
-                return true;
-    return rdma_stage_deadline_passed(path, now);
-}
-
-/* Reads one message from the side channel: a NOTIFY_ACK, or the end. */
-static void read_side_channel(struct rdma_path *path)
-{
-    struct rdma_peer *p = path->peer;
-    struct rdma_msg_header h;
-    char msg[160];
-    uint8_t payload[8 + RDMA_MAX_TEXT + 1];
-    int rc = rdma_msg_recv(path->fd, &h, payload, sizeof payload - 1);
-    if (rc == FERRY_ECONN) {
-        snprintf(msg, sizeof msg, "rdma: side channel to %.64s closed: the peer is gone", p->name);
-        rdma_path_break(path, FERRY_ECONN, msg);
-        return;
-    }
-    if (!rc && h.type == RDMA_MSG_STAGE_ACK)
-        rc = rdma_stage_ack(path, &h, payload);
-    if (!rc && h.type == RDMA_MSG_STAGE_ACK)
-        return;
-    if (!rc && h.type != RDMA_MSG_NOTIFY_ACK)
-        rc = ferry_fail(FERRY_EPROTO, "rdma: unexpected message type %u from %s", h.type, p->name);
-    pthread_mutex_lock(&path->lock);
-    struct xfer_frame *f = path->acks;
-    if (!rc && (!f || f->wire_id != h.id))
-        rc = ferry_fail(FERRY_EPROTO, "rdma: NOTIFY_ACK %llu from %s matches no notification",
-                        (unsigned long long)h.id, p->name);
-    if (!rc) {
-        path->acks = f->next;
-        if (!path->acks)
-            path->acks_tail = NULL;
-    }
-    pthread_mutex_unlock(&path->lock);
-    if (rc) {
-        snprintf(msg, sizeof msg, "%s", ferry_last_error());
-        rdma_path_break(path, rc, msg);
-        return;
-    }
-    snprintf(msg, sizeof msg, "%.64s refused the notification: %.60s", p->name, ferry_strerror(h.status));
-    rdma_note_end(p, f, h.status, h.status ? msg : "");
-}
-
-/* Until the path breaks: deadlines, notifications out, acks and the end in. */
-static void path_watch(struct rdma_path *path)
-{
-    struct rdma_peer *p = path->peer;
-    for (;;) {
-        struct xfer_frame *note = NULL;
-        struct rdma_stage *st = NULL;
-        pthread_mutex_lock(&path->lock);
-        struct rdma_op *cancelled = path->cancelled;
-        path->cancelled = NULL;
-        if (cancelled) {
-            pthread_mutex_unlock(&path->lock);
-            finish_all(cancelled);
-            continue;
-        }
-        if (stalled(path, now_ns())) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "rdma %.20s -> %.64s: no completion for %u ms with work out; queue pair reset",
-                     path->nic->name, p->name, p->t->knobs.stall_ms);
-            rdma_path_suspect(path, "no completion");
-            break_locked(path, FERRY_ECONN, msg);
-        }
-        if (path->state != PATH_BROKEN && deadline_passed(path, now_ns())) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "rdma %.20s -> %.64s: request deadline passed; queue pair reset", path->nic->name,
-                     p->name);
-            break_locked(path, FERRY_ETIMEDOUT, msg);
-        }
-        if (path->state == PATH_BROKEN) {
-            pthread_mutex_unlock(&path->lock);
-            return;
-        }
-        if ((note = path->notes)) {
-            path->notes = note->next;
-            if (!path->notes)
-                path->notes_tail = NULL;
-            note->wire_id = ++path->note_id;
-            note->next = NULL;
-            if (path->acks_tail)
-                path->acks_tail->next = note;
-            else
-                path->acks = note;
-            path->acks_tail = note;
-        } else {
-            st = rdma_stage_next_send(path);
-        }
-        pthread_mutex_unlock(&path->lock);
-        if (st) {
-            int rc = rdma_stage_send(path, st);
-            if (rc) {
-                char msg[160];
-                snprintf(msg, sizeof msg, "rdma: staging message to %.48s: %.80s", p->name, ferry_last_error());
-                rdma_path_break(path, rc, msg);
-            }
-            continue;
-        }
-        if (note) {
-            struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .id = note->wire_id};
-            int rc = rdma_msg_send(path->fd, &h, note->notify_msg, note->notify_len, NULL, 0);
-            if (rc) {
-                char msg[160];
-                snprintf(msg, sizeof msg, "rdma: notification to %.48s: %.80s", p->name, ferry_last_error());
-                rdma_path_break(path, rc, msg);
-            }
-            continue;
-        }
-        struct pollfd pfd[2] = {{.fd = path->fd, .events = POLLIN}, {.fd = path->wake_fd, .events = POLLIN}};
-        if (poll(pfd, 2, TICK_MS) <= 0)
-            continue;
-        uint64_t count;
-        if (pfd[1].revents && read(path->wake_fd, &count, sizeof count) < 0)
-            LOG_DEBUG("rdma: wake read: %s", strerror(errno));
-        if (pfd[0].revents)
-            read_side_channel(path);
-    }
-}
-
-/* The path is broken: let the queue pair drain, destroy it, and hand back
- * whatever did not finish. */
-static void path_teardown(struct rdma_path *path)
-{
-    struct rdma_peer *p = path->peer;
-    struct rdma_nic *nic = path->nic;
-    uint64_t until = now_ns() + (uint64_t)DRAIN_MS * 1000000u;
-    for (;;) {
-        pthread_mutex_lock(&path->lock);
-        bool drained = path->completed == path->posted;
-        pthread_mutex_unlock(&path->lock);
-        if (drained || !path->polled || now_ns() > until)
-            break;
-        usleep(1000);
-    }
-    if (path->polled) {
-        pthread_mutex_lock(&nic->lock);
-        for (struct rdma_path **pp = &nic->paths; *pp; pp = &(*pp)->poll_next) {
-            if (*pp == path) {
-                *pp = path->poll_next;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&nic->lock);
-        path->polled = false;
-    }
-    struct rdma_op *done = NULL, *done_tail = NULL;
-    while (path->cq && path_poll(path, &done, &done_tail) > 0)
-        ;
-    pthread_mutex_lock(&path->lock);
-    if (path->qp) /* from here on the NIC touches none of the ops' memory */
-        ibv_destroy_qp(path->qp);
-    path->qp = NULL;
-    for (struct rdma_op *op = path->head, *next; op; op = next) {
-        next = op->next;
-        if (!op->err) {
-            op->err = path->err;
-            snprintf(op->msg, sizeof op->msg, "%.159s", path->msg);
-        }
-        op->no_retry |= path->err == FERRY_ESTALE || path->err == FERRY_ECANCELED;
-        list_push(&done, &done_tail, op);
-    }
-    path->head = path->tail = path->cursor = NULL;
-    for (struct rdma_op *op = path->cancelled, *next; op; op = next) {
-        next = op->next;
-        list_push(&done, &done_tail, op);
-    }
-    path->cancelled = NULL;
-    struct rdma_stage *stages;
-    rdma_stage_drain(path, &stages, &done, &done_tail);
-    struct xfer_frame *notes[2] = {path->acks, path->notes};
-    path->acks = path->acks_tail = path->notes = path->notes_tail = NULL;
-    int err = path->err, fd = path->fd;
-    path->fd = -1; /* break_locked() may still shut it down: never a reused number */
-    char msg[160];
-    snprintf(msg, sizeof msg, "%.159s", path->msg);
-    pthread_mutex_unlock(&path->lock);
-    if (path->cq)
-        ibv_destroy_cq(path->cq);
-    path->cq = NULL;
-    if (fd >= 0)
-        close(fd);
-    finish_all(done);
-    for (struct rdma_stage *st = stages, *next; st; st = next) {
-        next = st->next;
-        rdma_stage_end(st, err, false, msg);
-    }
-    while (atomic_load(&path->stages_alive) > 0) /* a poller ending a leg (moments) */
-        usleep(1000);
-    for (int l = 0; l < 2; l++) {
-        for (struct xfer_frame *f = notes[l], *next; f; f = next) {
-            next = f->next;
-            rdma_note_end(p, f, now_ns() >= f->deadline_ns ? FERRY_ETIMEDOUT : err, msg);
-        }
-    }
-}
-
-static void *path_main(void *arg)
-{
-    struct rdma_path *path = arg;
-    int rc = path_connect(path);
-    if (rc) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s", ferry_last_error());
-        pthread_mutex_lock(&path->lock);
-        /* a refusal (restarted, not authorized) or the segment closing is no fault of the link */
-        if (rc != FERRY_ESTALE && rc != FERRY_EPERM && rc != FERRY_ECANCELED && path->state != PATH_BROKEN)
-            rdma_path_suspect(path, msg);
-        rdma_path_break_locked(path, rc, msg);
-        pthread_mutex_unlock(&path->lock);
-    } else {
-        path_watch(path);
-    }
-    pthread_mutex_lock(&path->lock);
-    if (path->err != FERRY_ECANCELED)
-        LOG_INFO("rdma: path %s -> %s nic %d down: %s", path->nic->name, path->peer->name, path->rnic, path->msg);
-    pthread_mutex_unlock(&path->lock);
-    path_teardown(path);
-    atomic_store(&path->done, 1);
-    return NULL;
-}
-
-struct rdma_path *rdma_path_create(struct rdma_peer *p, struct rdma_nic *nic, int rnic, size_t slot)
-{
-    struct rdma_path *path = calloc(1, sizeof *path);
-    if (!path)
-        return NULL;
-    path->peer = p;
-    path->nic = nic;
-    path->rnic = rnic;
-    path->slot = slot;
-    path->state = PATH_CONNECTING;
-    path->fd = -1;
-    path->depth = (uint32_t)nic->max_wr;
-    path->max_sge = (uint32_t)(nic->max_sge < SGE_CAP ? nic->max_sge : SGE_CAP);
-    path->max_msg = nic->max_msg < (1u << 30) ? nic->max_msg : (1u << 30);
-    path->ring = calloc(path->depth, sizeof *path->ring);
-    path->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    pthread_mutex_init(&path->lock, NULL);
-    if (!path->ring || path->wake_fd < 0 || pthread_create(&path->thread, NULL, path_main, path)) {
-        if (path->wake_fd >= 0)
-            close(path->wake_fd);
-        pthread_mutex_destroy(&path->lock);
-        free(path->ring);
-        free(path);
-        return NULL;
-    }
-    return path;
-}
-
-void rdma_path_free(struct rdma_path *path)
-{
-    pthread_join(path->thread, NULL);
-    close(path->wake_fd);
-    pthread_mutex_destroy(&path->lock);
-    free(path->ring);
-    free(path);
 }
 
 #endif /* FERRY_HAVE_RDMA */

@@ -337,14 +337,8 @@ void rdma_stage_drain(struct rdma_path *path, struct rdma_stage **stages, struct
             op->err = path->err;
             snprintf(op->msg, sizeof op->msg, "%.159s", path->msg);
         }
-        if (op->chunks_out == 0) {
-            op->next = NULL;
-            if (*done_tail)
-                (*done_tail)->next = op;
-            else
-                *done = op;
-            *done_tail = op;
-        }
+        if (op->chunks_out == 0)
+            rdma_op_list_push(done, done_tail, op);
     }
     path->staged = path->staged_tail = NULL;
     struct rdma_stage *head = NULL, *tail = NULL;
