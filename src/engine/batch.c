@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * batch.c — batches of requests: validation, slicing into frames, dispatch to
- * transports, completion tracking, notifications, waiting.
+ * batch.c — batches of requests: slicing into frames, dispatch to transports,
+ * completion tracking, notifications, waiting.  Checking and routing each
+ * request before it enters the batch is route.c's.
  *
  * A request ends when the last of its pieces comes back; its state is then
  * COMPLETED, FAILED (first error wins, with its message) or TIMEOUT.  A batch
@@ -22,6 +23,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
+#include "engine/route.h"
 #include "engine/slice.h"
 #include "err.h"
 #include "log.h"
@@ -286,156 +288,6 @@ void ferry_batch_free(ferry_batch *b)
 
 /* ------------------------------------------------------------ submit */
 
-/* Checks the fields of request i (its memory is checked by begin_locals).
- * A zero-length request touches no memory: as in the reference engine (its
- * tcp and rdma transports complete it without looking at either address),
- * neither its source nor its remote range is checked, only its opcode and
- * (route_requests) its segment. */
-static int check_request(size_t i, const struct ferry_request *q)
-{
-    if (q->opcode != FERRY_READ && q->opcode != FERRY_WRITE)
-        return ferry_fail(FERRY_EINVAL, "request %zu: opcode %d is neither READ nor WRITE", i, q->opcode);
-    if (!q->source && q->length)
-        return ferry_fail(FERRY_EINVAL, "request %zu: source is NULL", i);
-    return 0;
-}
-
-/* Ends the accesses begin_locals started: those of the first `begun`
- * requests with a length (zero-length requests start none). */
-static void end_locals(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_access *accs,
-                       size_t begun)
-{
-    for (size_t i = 0; i < n && begun; i++) {
-        if (!reqs[i].length)
-            continue;
-        memreg_access_end(&e->registry, &accs[i]);
-        begun--;
-    }
-}
-
-/* Checks every request, then finds each local range's registration and
- * starts its access there, atomically with the lookup: locals[i] and
- * accs[i] (zeroed local, no access for a zero-length request).  *begun: how
- * many accesses were started (the caller ends them with end_locals if it
- * submits nothing). */
-static int begin_locals(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_region *locals,
-                        struct memreg_access *accs, size_t *begun)
-{
-    *begun = 0;
-    struct memreg_want *w = malloc(n * (sizeof *w + sizeof(size_t))); /* one allocation, as before */
-    size_t *index = w ? (size_t *)(w + n) : NULL; /* w's entry -> request */
-    size_t nw = 0;
-    int rc = w ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
-    for (size_t i = 0; !rc && i < n; i++) {
-        rc = check_request(i, &reqs[i]);
-        if (rc || !reqs[i].length) {
-            memset(&locals[i], 0, sizeof locals[i]);
-            continue;
-        }
-        index[nw] = i;
-        w[nw++] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &accs[i], &locals[i]};
-    }
-    if (!rc && nw && memreg_access_begin_many(&e->registry, w, nw, 0, NULL, NULL, begun) != 0) {
-        size_t bad = index[*begun];
-        rc = ferry_fail(FERRY_ENOTREG, "request %zu: local range %p+%zu is not inside a registration", bad,
-                        reqs[bad].source, reqs[bad].length);
-    }
-    free(w);
-    return rc;
-}
-
-/* Refreshes every stale segment the requests name (before taking seg_lock). */
-static void refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n)
-{
-    uint64_t last = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (reqs[i].target == last)
-            continue;
-        last = reqs[i].target;
-        if (engine_take_stale(e, last) && engine_refresh_segment(e, last) != 0)
-            LOG_INFO("refresh of segment %llu failed: %s", (unsigned long long)last, ferry_last_error());
-    }
-}
-
-/* Does transport t reach this request's remote range on segment s? */
-static bool reaches(ferry_engine *e, struct segment *s, size_t t, const struct ferry_request *q)
-{
-    return s->peer[t] && (!e->tops[t]->can_reach ||
-                          e->tops[t]->can_reach(e->tstate[t], s->peer[t], q->target_offset, q->length));
-}
-
-/* The transports that can access local region r, one bit each. */
-static uint32_t accessors(ferry_engine *e, const struct memreg_region *r)
-{
-    uint32_t bits = 0;
-    for (size_t t = 0; t < e->ntransports; t++)
-        if (e->tops[t]->can_access(e->tstate[t], r))
-            bits |= 1u << t;
-    return bits;
-}
-
-/* Validates the remote side of every request and picks each one's transport.
- * Caller holds seg_lock for reading.  On a range miss it reports which
- * segment so the caller can refresh its descriptor once and retry.  Which
- * transports can access the local memory is asked once per registration
- * that requests in a row lie in (can_access judges the registration). */
-static int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n,
-                          const struct memreg_region *locals, struct slice_req *out, uint64_t *miss)
-{
-    _Static_assert(FERRY_MAX_TRANSPORTS <= 32, "accessors() returns one bit per transport");
-    struct segment *s = NULL;
-    const struct memreg_region *asked = NULL;
-    uint32_t access = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct ferry_request *q = &reqs[i];
-        if (!s || s->handle != q->target)
-            s = engine_segment(e, q->target);
-        if (!s)
-            return ferry_fail(FERRY_ENOSEG, "request %zu: segment handle %llu is not open", i,
-                              (unsigned long long)q->target);
-        if (!q->length) { /* moves nothing: any transport to the segment (a notification's route) */
-            int route = -1;
-            for (size_t t = 0; t < e->ntransports; t++)
-                if (s->peer[t] && (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
-                    route = (int)t;
-            if (route < 0)
-                return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport reaches %s", i, s->name);
-            out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, 0, 0, 1};
-            continue;
-        }
-        if (descriptor_find_buffer(&s->desc, q->target_offset, q->length) < 0) {
-            *miss = s->handle;
-            return ferry_fail(FERRY_ERANGE, "request %zu: remote range 0x%llx+%zu is outside every buffer of %s", i,
-                              (unsigned long long)q->target_offset, q->length, s->name);
-        }
-        if (!asked || asked->addr != locals[i].addr || asked->len != locals[i].len) {
-            access = accessors(e, &locals[i]);
-            asked = &locals[i];
-        }
-        int route = -1; /* the best-ranked transport that reaches both sides */
-        for (size_t t = 0; t < e->ntransports; t++)
-            if ((access >> t & 1) && reaches(e, s, t, q) &&
-                (route < 0 || e->tops[t]->rank < e->tops[route]->rank))
-                route = (int)t;
-        int pool = route < 0 ? engine_pool_index(e, locals[i].location) : -1;
-        int staged = -1; /* staged: the transport sees only the pool's host chunks */
-        for (size_t t = 0; t < e->ntransports && route < 0 && pool >= 0; t++)
-            if (reaches(e, s, t, q) && (staged < 0 || e->tops[t]->rank < e->tops[staged]->rank))
-                staged = (int)t;
-        if (staged >= 0)
-            route = ROUTE_STAGED(staged, pool);
-        if (route < 0)
-            return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
-                              "and it has no staging pool", i, s->name, locals[i].location);
-        /* as many frames at once as the transport moves in parallel; staged,
-         * unless the pool gathers small blocks on the device (there fewer,
-         * larger frames cost less) */
-        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : e->tspread[ROUTE_TRANSPORT(route)];
-        out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
-    }
-    return 0;
-}
-
 /* Builds the plan into node and initialises the request slots. Batch lock held. */
 static int plan_batch(struct ferry_batch *b, struct slice_req *sreqs, size_t n, struct plan_node *node)
 {
@@ -620,14 +472,14 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     int rc = locals && sreqs && node ? 0 : ferry_fail(FERRY_ENOMEM, "submit of %zu requests", n);
     size_t begun = 0;
     if (!rc)
-        rc = begin_locals(e, reqs, n, locals, node->accs, &begun);
+        rc = route_locals_begin(e, reqs, n, locals, node->accs, &begun);
     if (!rc) {
-        refresh_stale(e, reqs, n);
+        route_refresh_stale(e, reqs, n);
         rc = submit_locked(b, reqs, n, locals, sreqs, node);
     }
     TRACE(TR_BATCH_SUBMITTED, n);
     if (rc && node) { /* nothing was submitted: give the accesses back */
-        end_locals(e, reqs, n, node->accs, begun);
+        route_locals_end(e, reqs, n, node->accs, begun);
         free(node);
     }
     free(locals);
@@ -654,8 +506,8 @@ int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
         rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
     if (!rc) { /* validation only: the run submits (and accesses) later */
         size_t begun = 0;
-        rc = begin_locals(e, reqs, n, locals, accs, &begun);
-        end_locals(e, reqs, n, accs, begun);
+        rc = route_locals_begin(e, reqs, n, locals, accs, &begun);
+        route_locals_end(e, reqs, n, accs, begun);
     }
     free(accs);
     for (int attempt = 0; !rc; attempt++) { /* the remote side, as submit_locked judges it */
