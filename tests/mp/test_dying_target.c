@@ -30,8 +30,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "meta/descriptor.h"
-#include "meta/p2p.h"
+#include "fake_target.h"
 #include "net.h"
 #include "testutil.h"
 #include "transport/tcp/tcp_wire.h"
@@ -69,26 +68,8 @@ static const char *const death_names[NDEATHS] = {"FIN", "RST", "stalled"};
 struct dying {
     enum step step;
     enum death death;
-    char *mem;
-    int data_fd, data_port, hs_port, stop_pipe[2];
-    struct p2p_server *hs;
-    pthread_t thread;
+    struct fake_target ft;
 };
-
-static int describe(void *ctx, char **json)
-{
-    struct dying *k = ctx;
-    struct desc_buffer buf = {(uint64_t)(uintptr_t)k->mem, BUF_LEN, "cpu"};
-    char ep[64];
-    snprintf(ep, sizeof ep, "{\"host\":\"127.0.0.1\",\"port\":%d}", k->data_port);
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .engine_id = ENGINE_ID, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &buf};
-    snprintf(d.fingerprint, sizeof d.fingerprint, "%s", DESC_FINGERPRINT);
-    snprintf(d.name, sizeof d.name, "127.0.0.1:%d", k->hs_port);
-    snprintf(d.transports[0].name, sizeof d.transports[0].name, "tcp");
-    d.transports[0].json = ep;
-    return descriptor_encode(&d, json);
-}
 
 /* Serves one connection up to its step; returns and the caller closes. */
 static void serve_until_death(struct dying *k, int fd)
@@ -141,31 +122,24 @@ static void serve_until_death(struct dying *k, int fd)
         return;
     }
     if (net_write_full(fd, raw, WIRE_HEADER_SIZE) == 0) /* MID_PAYLOAD */
-        net_write_full(fd, k->mem, total / 2);
+        net_write_full(fd, k->ft.mem, total / 2);
 }
 
-static void *dying_main(void *arg)
+/* One data connection (fake_target's thread): served up to the step, then
+ * closed, reset or held open without reading. */
+static void serve_dying(void *ctx, int fd)
 {
-    struct dying *k = arg;
-    for (;;) {
-        struct pollfd p[2] = {{.fd = k->data_fd, .events = POLLIN}, {.fd = k->stop_pipe[0], .events = POLLIN}};
-        if (poll(p, 2, -1) <= 0 || p[1].revents)
-            return NULL;
-        int fd = accept(k->data_fd, NULL, NULL);
-        if (fd < 0)
-            continue;
-        net_set_timeouts(fd, 5000, 5000); /* never hangs the test itself */
-        serve_until_death(k, fd);
-        if (k->death == RST) {
-            struct linger l = {1, 0};
-            setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-        }
-        while (k->death == STALL) { /* reads nothing more until the initiator goes or the test ends */
-            struct pollfd q[2] = {{.fd = fd, .events = POLLRDHUP}, {.fd = k->stop_pipe[0], .events = POLLIN}};
-            if (poll(q, 2, -1) > 0 && (q[0].revents || q[1].revents))
-                break;
-        }
-        close(fd);
+    struct dying *k = ctx;
+    net_set_timeouts(fd, 5000, 5000); /* never hangs the test itself */
+    serve_until_death(k, fd);
+    if (k->death == RST) {
+        struct linger l = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    }
+    while (k->death == STALL) { /* reads nothing more until the initiator goes or the test ends */
+        struct pollfd q[2] = {{.fd = fd, .events = POLLRDHUP}, {.fd = k->ft.stop_pipe[0], .events = POLLIN}};
+        if (poll(q, 2, -1) > 0 && (q[0].revents || q[1].revents))
+            break;
     }
 }
 
@@ -174,26 +148,13 @@ static void dying_start(struct dying *k, enum step step, enum death death)
     memset(k, 0, sizeof *k);
     k->step = step;
     k->death = death;
-    k->mem = malloc(BUF_LEN);
-    assert_non_null(k->mem);
-    pattern_fill(k->mem, BUF_LEN, SEED, 0);
-    assert_int_equal(pipe(k->stop_pipe), 0);
-    k->data_fd = net_listen("127.0.0.1", 0, &k->data_port);
-    assert_true(k->data_fd >= 0);
-    struct p2p_server_opts hs = {.io_timeout_ms = 2000};
-    assert_int_equal(p2p_server_start("127.0.0.1", 0, &hs, describe, k, &k->hs, &k->hs_port), 0);
-    assert_int_equal(pthread_create(&k->thread, NULL, dying_main, k), 0);
+    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, BUF_LEN, NULL, serve_dying, k), 0);
+    pattern_fill(k->ft.mem, BUF_LEN, SEED, 0);
 }
 
 static void dying_stop(struct dying *k)
 {
-    assert_int_equal(write(k->stop_pipe[1], "x", 1), 1);
-    pthread_join(k->thread, NULL);
-    p2p_server_stop(k->hs);
-    close(k->data_fd);
-    close(k->stop_pipe[0]);
-    close(k->stop_pipe[1]);
-    free(k->mem);
+    fake_target_stop(&k->ft);
 }
 
 /* ------------------------------------------------------------ the test */
@@ -243,17 +204,15 @@ static void die_at(enum step step, enum death death, int opcode, uint64_t seed)
     char *local = malloc(2 * REQ_LEN);
     assert_non_null(local);
     assert_int_equal(ferry_register_memory(e, local, 2 * REQ_LEN, "cpu", 0), 0);
-    char name[64];
     ferry_segment_t dead, alive;
-    snprintf(name, sizeof name, "127.0.0.1:%d", k.hs_port);
-    assert_int_equal(ferry_open_segment(e, name, &dead), 0);
+    assert_int_equal(ferry_open_segment(e, k.ft.name, &dead), 0);
     assert_int_equal(ferry_open_segment(e, healthy.name, &alive), 0);
 
     /* WRITEs land in the healthy target's first half, READs read its second (never written) */
     uint64_t off = (opcode == FERRY_READ ? BUF_LEN : 0) + (seed % 4) * REQ_LEN;
     pattern_fill(local + REQ_LEN, REQ_LEN, seed, off); /* what a WRITE lands in the healthy target */
     struct ferry_request r[2] = {
-        {opcode, local, dead, (uint64_t)(uintptr_t)k.mem, REQ_LEN},
+        {opcode, local, dead, (uint64_t)(uintptr_t)k.ft.mem, REQ_LEN},
         {opcode, local + REQ_LEN, alive, healthy.addr + off, REQ_LEN},
     };
     ferry_batch *b;

@@ -38,8 +38,7 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
-#include "meta/descriptor.h"
-#include "meta/p2p.h"
+#include "fake_target.h"
 #include "net.h"
 #include "testutil.h"
 #include "transport/tcp/tcp_wire.h"
@@ -55,40 +54,16 @@ enum mode { DRIP, GATE, STALL };
 
 struct hostile {
     enum mode mode;
-    char *mem;                 /* the published buffer */
+    struct fake_target ft;     /* the handshake server, the data listener, its thread */
+    char *mem;                 /* the published buffer (ft.mem) */
     size_t len;                /* its length: BUF_LEN unless a test says */
     int close_unread;          /* STALL: on release, close instead of serving */
-    int data_fd, data_port, hs_port, stop_pipe[2];
-    struct p2p_server *hs;
-    pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int frames_seen, released;
     uint64_t trailer_revoked;  /* what READ trailers claim */
     int trailer_bad;           /* sends trailers with a broken magic */
 };
-
-static int describe(void *ctx, char **json)
-{
-    struct hostile *k = ctx;
-    struct desc_buffer buf = {(uint64_t)(uintptr_t)k->mem, k->len, "cpu"};
-    char ep[64];
-    snprintf(ep, sizeof ep, "{\"host\":\"127.0.0.1\",\"port\":%d}", k->data_port);
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .engine_id = ENGINE_ID, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &buf};
-    snprintf(d.fingerprint, sizeof d.fingerprint, "%s", DESC_FINGERPRINT);
-    snprintf(d.name, sizeof d.name, "127.0.0.1:%d", k->hs_port);
-    snprintf(d.transports[0].name, sizeof d.transports[0].name, "tcp");
-    d.transports[0].json = ep;
-    return descriptor_encode(&d, json);
-}
-
-/* Waits up to ms for the stop pipe; returns whether the test said stop. */
-static int stopped_within(struct hostile *k, int ms)
-{
-    struct pollfd p = {.fd = k->stop_pipe[0], .events = POLLIN};
-    return poll(&p, 1, ms) > 0;
-}
 
 /* Sends a response: whole (GATE, once released) or a byte per 0.5 s from
  * offset drip_from on (DRIP). */
@@ -108,7 +83,7 @@ static int respond(struct hostile *k, int fd, const uint8_t *bytes, size_t len, 
     if (drip_from && net_write_full(fd, bytes, drip_from))
         return -1;
     for (size_t i = drip_from; i < len; i++)
-        if (stopped_within(k, 500) || send(fd, bytes + i, 1, MSG_NOSIGNAL) != 1)
+        if (fake_target_stopped_within(&k->ft, 500) || send(fd, bytes + i, 1, MSG_NOSIGNAL) != 1)
             return -1;
     return 0;
 }
@@ -163,36 +138,28 @@ static int serve_frame(struct hostile *k, int fd)
     return rc;
 }
 
-static void *hostile_main(void *arg)
+/* One data connection (fake_target's thread): HELLO, then frames as the mode says. */
+static void serve_hostile(void *ctx, int fd)
 {
-    struct hostile *k = arg;
-    for (;;) {
-        struct pollfd p[2] = {{.fd = k->data_fd, .events = POLLIN}, {.fd = k->stop_pipe[0], .events = POLLIN}};
-        if (poll(p, 2, -1) <= 0 || p[1].revents)
-            return NULL;
-        int fd = accept(k->data_fd, NULL, NULL);
-        if (fd < 0)
-            continue;
-        uint8_t raw[WIRE_HEADER_SIZE];
-        struct wire_header h;
-        char name[WIRE_MAX_NAME];
-        if (net_read_full(fd, raw, sizeof raw) == 0 && wire_decode_header(raw, &h) == 0 &&
-            net_read_full(fd, name, (size_t)h.payload_len) == 0) {
-            struct wire_header ack = {.type = WIRE_HELLO_ACK, .id = h.id};
-            wire_encode_header(&ack, raw);
-            int go = net_write_full(fd, raw, sizeof raw) == 0;
-            if (go && k->mode == STALL) {
-                go = serve_frame(k, fd) == 0; /* the one that makes the connection ready */
-                pthread_mutex_lock(&k->mu);
-                while (!k->released)
-                    pthread_cond_wait(&k->cv, &k->mu);
-                pthread_mutex_unlock(&k->mu);
-                go = !k->close_unread;
-            }
-            while (go && serve_frame(k, fd) == 0) {
-            }
+    struct hostile *k = ctx;
+    uint8_t raw[WIRE_HEADER_SIZE];
+    struct wire_header h;
+    char name[WIRE_MAX_NAME];
+    if (net_read_full(fd, raw, sizeof raw) == 0 && wire_decode_header(raw, &h) == 0 &&
+        net_read_full(fd, name, (size_t)h.payload_len) == 0) {
+        struct wire_header ack = {.type = WIRE_HELLO_ACK, .id = h.id};
+        wire_encode_header(&ack, raw);
+        int go = net_write_full(fd, raw, sizeof raw) == 0;
+        if (go && k->mode == STALL) {
+            go = serve_frame(k, fd) == 0; /* the one that makes the connection ready */
+            pthread_mutex_lock(&k->mu);
+            while (!k->released)
+                pthread_cond_wait(&k->cv, &k->mu);
+            pthread_mutex_unlock(&k->mu);
+            go = !k->close_unread;
         }
-        close(fd);
+        while (go && serve_frame(k, fd) == 0) {
+        }
     }
 }
 
@@ -200,17 +167,12 @@ static void hostile_start_len(struct hostile *k, enum mode mode, size_t len)
 {
     memset(k, 0, sizeof *k);
     k->mode = mode;
-    k->len = len;
-    k->mem = malloc(len);
-    pattern_fill(k->mem, len, SEED, 0);
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
-    assert_int_equal(pipe(k->stop_pipe), 0);
-    k->data_fd = net_listen("127.0.0.1", 0, &k->data_port);
-    assert_true(k->data_fd >= 0);
-    struct p2p_server_opts hs = {.io_timeout_ms = 2000};
-    assert_int_equal(p2p_server_start("127.0.0.1", 0, &hs, describe, k, &k->hs, &k->hs_port), 0);
-    assert_int_equal(pthread_create(&k->thread, NULL, hostile_main, k), 0);
+    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, len, NULL, serve_hostile, k), 0);
+    k->len = len;
+    k->mem = k->ft.mem;
+    pattern_fill(k->mem, len, SEED, 0); /* before the segment is opened: nothing is served yet */
 }
 
 static void hostile_start(struct hostile *k, enum mode mode)
@@ -237,15 +199,10 @@ static void hostile_wait_frame(struct hostile *k)
 static void hostile_stop(struct hostile *k)
 {
     hostile_release(k);
-    assert_int_equal(write(k->stop_pipe[1], "x", 1), 1);
-    pthread_join(k->thread, NULL);
-    p2p_server_stop(k->hs);
-    close(k->data_fd);
-    close(k->stop_pipe[0]);
-    close(k->stop_pipe[1]);
+    fake_target_stop(&k->ft); /* frees mem */
+    k->mem = NULL;
     pthread_mutex_destroy(&k->mu);
     pthread_cond_destroy(&k->cv);
-    free(k->mem);
 }
 
 /* ------------------------------------------------------------ initiator */
@@ -269,10 +226,8 @@ static ferry_engine *initiator(void)
 
 static ferry_segment_t open_hostile(ferry_engine *e, struct hostile *k)
 {
-    char name[64];
     ferry_segment_t seg;
-    snprintf(name, sizeof name, "127.0.0.1:%d", k->hs_port);
-    assert_int_equal(ferry_open_segment(e, name, &seg), 0);
+    assert_int_equal(ferry_open_segment(e, k->ft.name, &seg), 0);
     return seg;
 }
 
