@@ -24,6 +24,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "auth.h"
+#include "fake_target.h"
 #include "net.h"
 #include "testutil.h"
 
@@ -163,6 +165,59 @@ static void engine_on_an_ambiguous_name_is_refused(void **state)
     assert_null(e);
 }
 
+/* ------------------------------------------------------------ what tcp says of an IPv6 peer */
+
+static void close_at_once(void *ctx, int fd)
+{
+    (void)ctx, (void)fd; /* fake_target closes it: EOF where the initiator awaits the challenge */
+}
+
+/* tcp names an IPv6 peer "[addr]:port" in what it says of a data connection
+ * (it wrote "::1:port", which reads as the address ::1:port): a target on ::1
+ * whose data listener closes every connection when asked to authenticate
+ * fails the request with a message that names it [::1]:port. */
+static void tcp_names_an_ipv6_peer_in_brackets(void **state)
+{
+    (void)state;
+    require_ipv6_loopback();
+    static const char key[] = "ipv6-test-key-0123456789abcdef";
+    struct auth_key ak;
+    assert_int_equal(auth_key_load(&ak, key, NULL, 0x6e6e), 0);
+    struct fake_target k;
+    assert_int_equal(fake_target_start(&k, "::1", 0x6e6e, 65536, &ak, close_at_once, NULL), 0);
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.local_server_name = "::1";
+    cfg.auth_key = key;
+    cfg.tcp_connections = 1;
+    cfg.request_timeout_ms = 20000;
+    cfg.connect_timeout_ms = 20000;
+    if (ferry_engine_create(&cfg, &e) != 0)
+        fail_msg("engine on ::1: %s", ferry_last_error());
+    char *local = registered(e, 4096, 0);
+    ferry_segment_t s;
+    if (ferry_open_segment(e, k.name, &s) != 0)
+        fail_msg("open %s: %s", k.name, ferry_last_error());
+    ferry_batch *b;
+    struct ferry_request w = {FERRY_WRITE, local, s, (uint64_t)(uintptr_t)k.mem, 4096};
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, &w, 1), 0);
+    assert_int_not_equal(ferry_batch_wait(b, 60000), 0);
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    char want[64];
+    snprintf(want, sizeof want, "tcp [::1]:%d closed the connection", k.data_port);
+    if (st.state == FERRY_COMPLETED || !strstr(st.message, want))
+        fail_msg("want a failure naming \"%s\"; got state %d: %s", want, st.state, st.message);
+    ferry_batch_free(b);
+    assert_int_equal(ferry_unregister_memory(e, local), 0);
+    ferry_mem_free(e, "cpu", local, 4096);
+    ferry_engine_destroy(e);
+    fake_target_stop(&k);
+    auth_key_wipe(&ak);
+}
+
 /* ------------------------------------------------------------ caps */
 
 /* Did the server close fd within limit_ms (a bound that keeps the test from
@@ -218,6 +273,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(engine_on_an_ambiguous_name_is_refused),
         cmocka_unit_test(transfers_over_ipv6_loopback),
         cmocka_unit_test(per_peer_cap_over_ipv6),
+        cmocka_unit_test(tcp_names_an_ipv6_peer_in_brackets),
     };
     (void)argc, (void)argv;
     signal(SIGPIPE, SIG_IGN);

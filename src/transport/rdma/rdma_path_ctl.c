@@ -68,9 +68,11 @@ static int path_connect(struct rdma_path *path)
         return path->err;
     }
     net_set_timeouts(fd, timeout, timeout);
+    char side[96]; /* the side channel, "[v6]:port" for an IPv6 host (at most 63 bytes: it fits) */
+    (void)net_format_hostport(side, sizeof side, p->ep.host, p->ep.port);
     if (auth_enabled(t->host.auth)) {
         char who[256];
-        snprintf(who, sizeof who, "%s (%s:%d)", p->name, p->ep.host, p->ep.port);
+        snprintf(who, sizeof who, "%s (%s)", p->name, side);
         int rc = auth_client(fd, t->host.auth, AUTH_RDMA, who, net_deadline(timeout), NULL);
         if (rc)
             return rc;
@@ -91,8 +93,7 @@ static int path_connect(struct rdma_path *path)
     if (rc) {
         char why[200];
         snprintf(why, sizeof why, "%s", ferry_last_error());
-        return ferry_fail(rc, "rdma: no answer from the side channel of %s (%s:%d): %s", p->name, p->ep.host,
-                          p->ep.port, why);
+        return ferry_fail(rc, "rdma: no answer from the side channel of %s (%s): %s", p->name, side, why);
     }
     if (h.type != RDMA_MSG_HELLO_ACK)
         rc = ferry_fail(FERRY_EPROTO, "rdma: %s answered HELLO with message type %u", p->name, h.type);

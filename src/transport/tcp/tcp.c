@@ -81,8 +81,8 @@ static int say_hello(struct tcp_conn *c)
 {
     struct tcp_transport *t = c->peer->t;
     uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
-    char peer[96];
-    snprintf(peer, sizeof peer, "%s:%d", c->peer->host, c->peer->port);
+    char peer[96]; /* "[v6]:port" for an IPv6 peer; host is at most 63 bytes: it fits */
+    (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (auth_enabled(t->host.auth)) {
         int rc = auth_client(c->fd, t->host.auth, AUTH_TCP, peer, deadline, NULL);
         if (rc)
@@ -198,8 +198,9 @@ static bool conn_give_back(struct tcp_conn *c, int err, const char *msg)
     pthread_mutex_unlock(&p->lock);
     if (!held)
         return false;
-    LOG_WARN("tcp %s:%d: another connection was refused (%s); staying at %u connections", p->host, p->port,
-             msg, now_max);
+    char peer[96];
+    (void)net_format_hostport(peer, sizeof peer, p->host, p->port);
+    LOG_WARN("tcp %s: another connection was refused (%s); staying at %u connections", peer, msg, now_max);
     tcp_conn_mark_broken(c, err, msg);
     pthread_mutex_lock(&c->lock);
     struct xfer_frame *f = c->sendq_head; /* nothing was sent: no frame is pending */
