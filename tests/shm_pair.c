@@ -7,8 +7,12 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+
+#include "meta/descriptor.h"
 
 static void no_notes(void *e, const char *from, const void *msg, size_t len)
 {
@@ -29,6 +33,22 @@ void shm_pair_start(struct shm_pair *p)
                                     &p->bounced, NULL, {0, 0}};
     assert_int_equal(p->ops->create(&p->hi, &p->ti), 0);
     assert_int_equal(p->ops->create(&p->ht, &p->tt), 0);
+}
+
+void *shm_pair_open_peer(struct shm_pair *p, const struct memreg_region *rt)
+{
+    char *json;
+    assert_int_equal(p->ops->describe(p->tt, &json), 0);
+    struct desc_buffer db = {rt->addr, rt->len, ""};
+    snprintf(db.location, sizeof db.location, "%s", rt->location);
+    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
+                                 .nbuffers = 1, .buffers = &db};
+    strcpy(d.transports[0].name, "shm");
+    d.transports[0].json = json;
+    void *peer = NULL;
+    assert_int_equal(p->ops->peer_open(p->ti, &d, &peer), 0);
+    free(json); /* peer_open keeps nothing of it */
+    return peer;
 }
 
 void shm_pair_stop(struct shm_pair *p)

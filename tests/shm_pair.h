@@ -26,6 +26,11 @@ struct shm_pair {
 /* Creates both on 127.0.0.1 (engine ids 0x1111 and 0x2222; notifications
  * dropped), asserting that they start. */
 void shm_pair_start(struct shm_pair *p);
+/* Opens the initiator's peer for the target as the target's descriptor
+ * would name it: segment "target" (engine id 0x2222) with the target's shm
+ * endpoint and the one published buffer rt.  Asserts that it opens; the
+ * caller closes it (ops->peer_close) before shm_pair_stop. */
+void *shm_pair_open_peer(struct shm_pair *p, const struct memreg_region *rt);
 /* Destroys both transports (their unfinished frames end FERRY_ECANCELED),
  * then the registries. */
 void shm_pair_stop(struct shm_pair *p);

@@ -532,14 +532,7 @@ static void announcements(void **state)
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
     assert_int_equal(memreg_add(reg_i, &rl), 0);
-    char *json;
-    assert_int_equal(ops->describe(tt, &json), 0);
-    struct desc_buffer db = {rt.addr, LEN, "cpu"};
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &db};
-    strcpy(d.transports[0].name, "shm");
-    d.transports[0].json = json;
-    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    peer = shm_pair_open_peer(&sp, &rt);
     uint64_t later = now_ns() + 10000000000ull;
     struct xfer_piece p = {lbuf, rt.addr, 4096, 0};
 
@@ -600,7 +593,6 @@ static void announcements(void **state)
 
     ops->peer_close(ti, peer);
     shm_pair_stop(&sp);
-    free(json);
     free(tbuf);
     free(lbuf);
 }
@@ -635,14 +627,7 @@ static void local_unregister_mid_copy(void **state)
     struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
     assert_int_equal(memreg_add(reg_i, &rl), 0);
-    char *json;
-    assert_int_equal(ops->describe(tt, &json), 0);
-    struct desc_buffer db = {rt.addr, LEN, "cpu"};
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &db};
-    strcpy(d.transports[0].name, "shm");
-    d.transports[0].json = json;
-    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    peer = shm_pair_open_peer(&sp, &rt);
 
     struct xfer_piece p = {lbuf, rt.addr, LEN, 0};
     struct xfer_frame f = {.opcode = XFER_WRITE, .npieces = 1, .pieces = &p, .bytes = LEN,
@@ -670,7 +655,6 @@ static void local_unregister_mid_copy(void **state)
 
     ops->peer_close(ti, peer);
     shm_pair_stop(&sp);
-    free(json);
     free(tbuf);
     free(lbuf);
 }

@@ -320,14 +320,7 @@ static void group_job_fails(void **state)
     assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
     assert_int_equal(memreg_add(reg_t, &rt), 0);
     assert_int_equal(memreg_add(reg_i, &rl), 0);
-    char *json;
-    assert_int_equal(ops->describe(tt, &json), 0);
-    struct desc_buffer db = {rt.addr, PLEN, "sim:0"};
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &db};
-    strcpy(d.transports[0].name, "shm");
-    d.transports[0].json = json;
-    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    peer = shm_pair_open_peer(&sp, &rt);
     uint64_t later = now_ns() + 60000000000ull;
 
     /* every worker held in a notification's completion */
@@ -395,7 +388,6 @@ static void group_job_fails(void **state)
     ops->unregister_memory(tt, handle);
     shm_pair_stop(&sp);
     sim->mem_free(dev, tbuf);
-    free(json);
     free(pieces);
     free(frames);
     free(lbuf);

@@ -150,14 +150,7 @@ static void jobs(void **state)
     assert_int_equal(memreg_add(reg_t, &rt), 0);
     assert_int_equal(memreg_add(reg_i, &rl), 0);
     assert_int_equal(memreg_add(reg_i, &rh), 0);
-    char *json;
-    assert_int_equal(ops->describe(tt, &json), 0);
-    struct desc_buffer db = {rt.addr, PLEN, "sim:0"};
-    struct ferry_descriptor d = {.format = DESC_FORMAT, .name = "target", .engine_id = 0x2222, .ntransports = 1,
-                                 .nbuffers = 1, .buffers = &db};
-    strcpy(d.transports[0].name, "shm");
-    d.transports[0].json = json;
-    assert_int_equal(ops->peer_open(ti, &d, &peer), 0);
+    peer = shm_pair_open_peer(&sp, &rt);
 
     /* the source holds the pattern (copy job 1), the destination zeros */
     bool write = jc->op == XFER_WRITE;
@@ -232,7 +225,6 @@ static void jobs(void **state)
     shm_pair_stop(&sp);
     sim->mem_free(dev, tbuf);
     sim->mem_free(dev, lbuf);
-    free(json);
     free(pieces);
     free(frames);
     free(hbuf);
