@@ -49,6 +49,24 @@ void test_skip(const char *fmt, ...)
     exit(77);
 }
 
+const char *test_device_location(void)
+{
+    const char *d = getenv("FERRY_TEST_DEVICE");
+    return d && *d ? d : "sim:0";
+}
+
+const char *test_target_location(void)
+{
+    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
+    return d && *d ? d : test_device_location();
+}
+
+const char *test_other_location(void)
+{
+    const char *d = getenv("FERRY_TEST_OTHER_DEVICE");
+    return d && *d ? d : NULL;
+}
+
 static uint64_t mix64(uint64_t x)
 {
     x ^= x >> 30;

@@ -21,6 +21,16 @@ int test_case_in_fresh_process(const char *name);
 /* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
+/* The device memory a test moves, from the environment, so that one test
+ * runs on the sim device here and on GPUs on the GPU machine:
+ * FERRY_TEST_DEVICE (default "sim:0") the initiator's;
+ * FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with two GPUs) the
+ * target's, default the initiator's; FERRY_TEST_OTHER_DEVICE a second
+ * device of the initiator's host, NULL when unset. */
+const char *test_device_location(void);
+const char *test_target_location(void);
+const char *test_other_location(void);
+
 /* Fills / checks a position-dependent pattern: word i of the range holds a hash
  * of (seed, base_pos + 8*i).  check returns the byte offset of the first
  * mismatch, or -1. */

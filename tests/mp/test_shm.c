@@ -39,20 +39,6 @@
 #define TSIZE (32u << 20)
 #define TSEED 31
 
-static const char *device_location(void)
-{
-    const char *d = getenv("FERRY_TEST_DEVICE");
-    return d && *d ? d : "sim:0";
-}
-
-/* The target's device: FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with
- * two GPUs), else the same as the initiator's. */
-static const char *target_location(void)
-{
-    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
-    return d && *d ? d : device_location();
-}
-
 struct fixture {
     struct child_target target;
     ferry_engine *e;
@@ -92,9 +78,9 @@ static int start(void **state, const char *local_loc, const char *target_loc, co
 }
 
 static int setup_host(void **s) { return start(s, "cpu", "cpu", "tcp,shm"); }
-static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", "tcp,shm"); }
-static int setup_cpu_to_dev(void **s) { return start(s, "cpu", target_location(), "tcp,shm"); }
-static int setup_dev_to_dev(void **s) { return start(s, device_location(), target_location(), "tcp,shm"); }
+static int setup_dev_to_cpu(void **s) { return start(s, test_device_location(), "cpu", "tcp,shm"); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_location(), "tcp,shm"); }
+static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), "tcp,shm"); }
 static int setup_tcp_target(void **s) { return start(s, "cpu", "cpu", "tcp"); }
 
 static int teardown(void **state)
@@ -689,11 +675,11 @@ static const char *device_unusable(void)
     static char why[256];
     ferry_engine *e = make_engine("tcp");
     void *p = NULL;
-    int rc = ferry_mem_alloc(e, device_location(), 4096, &p);
+    int rc = ferry_mem_alloc(e, test_device_location(), 4096, &p);
     if (rc)
-        snprintf(why, sizeof why, "%s: %s", device_location(), ferry_last_error());
+        snprintf(why, sizeof why, "%s: %s", test_device_location(), ferry_last_error());
     else
-        ferry_mem_free(e, device_location(), p, 4096);
+        ferry_mem_free(e, test_device_location(), p, 4096);
     ferry_engine_destroy(e);
     return rc ? why : NULL;
 }
@@ -702,7 +688,7 @@ int main(void)
 {
     static const char *cpu = "cpu";
     static const char *dev;
-    dev = device_location();
+    dev = test_device_location();
     const struct CMUnitTest host[] = {
         cmocka_unit_test(transport_contract),
         cmocka_unit_test(announcements),

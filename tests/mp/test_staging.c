@@ -26,20 +26,6 @@
 #define TSIZE (32u << 20)
 #define TSEED 21
 
-static const char *device_location(void)
-{
-    const char *d = getenv("FERRY_TEST_DEVICE");
-    return d && *d ? d : "sim:0";
-}
-
-/* The target's device: FERRY_TEST_TARGET_DEVICE (e.g. "cuda:1" on a host with
- * two GPUs), else the same as the initiator's. */
-static const char *target_location(void)
-{
-    const char *d = getenv("FERRY_TEST_TARGET_DEVICE");
-    return d && *d ? d : device_location();
-}
-
 struct fixture {
     struct child_target target;
     ferry_engine *e;
@@ -69,18 +55,12 @@ static int start(void **state, const char *local_loc, const char *target_loc, un
     return 0;
 }
 
-static const char *other_location(void)
-{
-    const char *d = getenv("FERRY_TEST_OTHER_DEVICE");
-    return d && *d ? d : NULL;
-}
-
-static int setup_dev_to_other(void **s) { return start(s, device_location(), other_location(), 0); }
-static int setup_other_to_dev(void **s) { return start(s, other_location(), device_location(), 0); }
-static int setup_dev_to_cpu(void **s) { return start(s, device_location(), "cpu", 0); }
-static int setup_cpu_to_dev(void **s) { return start(s, "cpu", target_location(), 0); }
-static int setup_dev_to_dev(void **s) { return start(s, device_location(), target_location(), 0); }
-static int setup_one_chunk(void **s) { return start(s, device_location(), target_location(), 1); }
+static int setup_dev_to_other(void **s) { return start(s, test_device_location(), test_other_location(), 0); }
+static int setup_other_to_dev(void **s) { return start(s, test_other_location(), test_device_location(), 0); }
+static int setup_dev_to_cpu(void **s) { return start(s, test_device_location(), "cpu", 0); }
+static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_location(), 0); }
+static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), 0); }
+static int setup_one_chunk(void **s) { return start(s, test_device_location(), test_target_location(), 1); }
 
 static int teardown(void **state)
 {
@@ -134,7 +114,7 @@ static void matrix(void **state)
     /* 4000: packed pieces of a frame land at offsets that are not multiples of 64 */
     static const size_t sizes[] = {4000, 4096, 65536, 1u << 20, (3u << 20) + 8};
     static const size_t batches[] = {1, 128, 64};
-    int npu = strncmp(device_location(), "npu", 3) == 0;
+    int npu = strncmp(test_device_location(), "npu", 3) == 0;
     /* FERRY_TEST_QUICK=1 (the fake ACL modes): the sizes that differ in kind */
     int quick = getenv("FERRY_TEST_QUICK") && strcmp(getenv("FERRY_TEST_QUICK"), "1") == 0;
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -175,7 +155,7 @@ static int start_spread(void **s, const char *aggregate)
 {
     setenv("FERRY_TCP_SPREAD", "4", 1);
     setenv("FERRY_STAGING_AGGREGATE", aggregate, 1);
-    int rc = start(s, device_location(), "cpu", 0);
+    int rc = start(s, test_device_location(), "cpu", 0);
     unsetenv("FERRY_TCP_SPREAD");
     unsetenv("FERRY_STAGING_AGGREGATE");
     return rc;
@@ -242,13 +222,13 @@ static void wrong_kind_rejected(void **state)
 
 int main(void)
 {
-    printf("staging tests on %s (target %s)%s%s\n", device_location(), target_location(),
-           other_location() ? ", other device " : "", other_location() ? other_location() : "");
+    printf("staging tests on %s (target %s)%s%s\n", test_device_location(), test_target_location(),
+           test_other_location() ? ", other device " : "", test_other_location() ? test_other_location() : "");
     const struct CMUnitTest other[] = {
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, teardown),
         cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, teardown),
     };
-    if (other_location() && cmocka_run_group_tests_name("other device", other, NULL, NULL))
+    if (test_other_location() && cmocka_run_group_tests_name("other device", other, NULL, NULL))
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
