@@ -31,6 +31,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "rdma_test.h"
 #include "testutil.h"
 
 #define TSIZE (16u << 20)
@@ -52,14 +53,7 @@ static double now_s(void)
 
 static int make_engine(unsigned request_timeout_ms, ferry_engine **e)
 {
-    struct ferry_config cfg;
-    int rc = ferry_config_init(&cfg);
-    if (rc)
-        return rc;
-    cfg.request_timeout_ms = request_timeout_ms;
-    if (!getenv("FERRY_CONNECT_TIMEOUT_MS")) /* slow sanitizer runs raise it */
-        cfg.connect_timeout_ms = 1000;
-    return ferry_engine_create(&cfg, e);
+    return rdma_test_engine(request_timeout_ms, 1000, e);
 }
 
 static int setup_with(void **state, const char *target_location, unsigned timeout_ms)
@@ -590,16 +584,7 @@ static void test_bad_config(void **state)
 
 int main(void)
 {
-    setenv("FERRY_PROTOCOLS", "rdma", 1);
-    setenv("FERRY_TRANSPORT_FALLBACK", "0", 1); /* no NIC: skip, instead of running on tcp */
-    const char *dev = getenv("FERRY_TEST_RDMA_DEVICE");
-    setenv("FERRY_DEVICE_NAME", dev ? dev : "auto", 1);
-    ferry_engine *probe = NULL;
-    int rc = make_engine(1000, &probe);
-    if (rc == FERRY_ENODEV || rc == FERRY_EINVAL)
-        test_skip("no usable RDMA device: %s", ferry_last_error());
-    assert_int_equal(rc, 0);
-    ferry_engine_destroy(probe);
+    rdma_test_require_device();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sizes_and_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scatter_gather, setup, teardown),

@@ -31,6 +31,7 @@
 #include <cmocka.h>
 #include <dirent.h>
 
+#include "rdma_test.h"
 #include "testutil.h"
 
 #define TSIZE (8u << 20)
@@ -54,14 +55,7 @@ static double now_s(void)
 
 static int make_engine(unsigned request_timeout_ms, ferry_engine **e)
 {
-    struct ferry_config cfg;
-    int rc = ferry_config_init(&cfg);
-    if (rc)
-        return rc;
-    cfg.request_timeout_ms = request_timeout_ms;
-    if (!getenv("FERRY_CONNECT_TIMEOUT_MS"))
-        cfg.connect_timeout_ms = 3000;
-    return ferry_engine_create(&cfg, e);
+    return rdma_test_engine(request_timeout_ms, 3000, e);
 }
 
 /* Targets get FERRY_* settings "NAME=VALUE" (NULL-terminated, may be NULL). */
@@ -534,16 +528,7 @@ int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--initiator-loop") == 0)
         return initiator_loop(argv[2], argv[3]);
-    setenv("FERRY_PROTOCOLS", "rdma", 1);
-    setenv("FERRY_TRANSPORT_FALLBACK", "0", 1); /* no NIC: skip, instead of running on tcp */
-    const char *dev = getenv("FERRY_TEST_RDMA_DEVICE");
-    setenv("FERRY_DEVICE_NAME", dev ? dev : "auto", 1);
-    ferry_engine *probe = NULL;
-    int rc = make_engine(1000, &probe);
-    if (rc == FERRY_ENODEV || rc == FERRY_EINVAL)
-        test_skip("no usable RDMA device: %s", ferry_last_error());
-    assert_int_equal(rc, 0);
-    ferry_engine_destroy(probe);
+    rdma_test_require_device();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_four_combinations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_slot_credits, setup_one_small_slot, teardown),
