@@ -6,7 +6,6 @@
  */
 #include <poll.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -45,18 +44,18 @@ static void *accept_main(void *arg)
     }
 }
 
-int fake_target_start(struct fake_target *k, const char *host, uint64_t engine_id, size_t len,
+int fake_target_start(struct fake_target *k, const char *host, uint64_t engine_id, char *mem, size_t len,
                       const struct auth_key *auth, void (*serve)(void *ctx, int fd), void *ctx)
 {
     memset(k, 0, sizeof *k);
     snprintf(k->host, sizeof k->host, "%s", host ? host : "127.0.0.1");
     k->engine_id = engine_id;
+    k->mem = mem;
     k->len = len;
     k->serve = serve;
     k->ctx = ctx;
     k->data_fd = k->stop_pipe[0] = k->stop_pipe[1] = -1;
-    k->mem = malloc(len);
-    if (!k->mem || pipe(k->stop_pipe) != 0)
+    if (pipe(k->stop_pipe) != 0)
         goto fail;
     k->data_fd = net_listen(k->host, 0, &k->data_port);
     if (k->data_fd < 0)
@@ -77,8 +76,6 @@ fail:
     for (int i = 0; i < 2; i++)
         if (k->stop_pipe[i] >= 0)
             close(k->stop_pipe[i]);
-    free(k->mem);
-    k->mem = NULL;
     return -1;
 }
 
@@ -91,8 +88,6 @@ void fake_target_stop(struct fake_target *k)
     close(k->data_fd);
     close(k->stop_pipe[0]);
     close(k->stop_pipe[1]);
-    free(k->mem);
-    k->mem = NULL;
 }
 
 bool fake_target_stopped_within(struct fake_target *k, int ms)

@@ -68,6 +68,7 @@ static const char *const death_names[NDEATHS] = {"FIN", "RST", "stalled"};
 struct dying {
     enum step step;
     enum death death;
+    char *mem;
     struct fake_target ft;
 };
 
@@ -122,7 +123,7 @@ static void serve_until_death(struct dying *k, int fd)
         return;
     }
     if (net_write_full(fd, raw, WIRE_HEADER_SIZE) == 0) /* MID_PAYLOAD */
-        net_write_full(fd, k->ft.mem, total / 2);
+        net_write_full(fd, k->mem, total / 2);
 }
 
 /* One data connection (fake_target's thread): served up to the step, then
@@ -148,13 +149,16 @@ static void dying_start(struct dying *k, enum step step, enum death death)
     memset(k, 0, sizeof *k);
     k->step = step;
     k->death = death;
-    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, BUF_LEN, NULL, serve_dying, k), 0);
-    pattern_fill(k->ft.mem, BUF_LEN, SEED, 0);
+    k->mem = malloc(BUF_LEN);
+    assert_non_null(k->mem);
+    pattern_fill(k->mem, BUF_LEN, SEED, 0);
+    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, k->mem, BUF_LEN, NULL, serve_dying, k), 0);
 }
 
 static void dying_stop(struct dying *k)
 {
     fake_target_stop(&k->ft);
+    free(k->mem);
 }
 
 /* ------------------------------------------------------------ the test */
@@ -212,7 +216,7 @@ static void die_at(enum step step, enum death death, int opcode, uint64_t seed)
     uint64_t off = (opcode == FERRY_READ ? BUF_LEN : 0) + (seed % 4) * REQ_LEN;
     pattern_fill(local + REQ_LEN, REQ_LEN, seed, off); /* what a WRITE lands in the healthy target */
     struct ferry_request r[2] = {
-        {opcode, local, dead, (uint64_t)(uintptr_t)k.ft.mem, REQ_LEN},
+        {opcode, local, dead, (uint64_t)(uintptr_t)k.mem, REQ_LEN},
         {opcode, local + REQ_LEN, alive, healthy.addr + off, REQ_LEN},
     };
     ferry_batch *b;

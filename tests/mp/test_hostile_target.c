@@ -55,7 +55,7 @@ enum mode { DRIP, GATE, STALL };
 struct hostile {
     enum mode mode;
     struct fake_target ft;     /* the handshake server, the data listener, its thread */
-    char *mem;                 /* the published buffer (ft.mem) */
+    char *mem;                 /* the published buffer */
     size_t len;                /* its length: BUF_LEN unless a test says */
     int close_unread;          /* STALL: on release, close instead of serving */
     pthread_mutex_t mu;
@@ -167,12 +167,12 @@ static void hostile_start_len(struct hostile *k, enum mode mode, size_t len)
 {
     memset(k, 0, sizeof *k);
     k->mode = mode;
+    k->len = len;
+    k->mem = malloc(len);
+    pattern_fill(k->mem, len, SEED, 0);
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
-    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, len, NULL, serve_hostile, k), 0);
-    k->len = len;
-    k->mem = k->ft.mem;
-    pattern_fill(k->mem, len, SEED, 0); /* before the segment is opened: nothing is served yet */
+    assert_int_equal(fake_target_start(&k->ft, NULL, ENGINE_ID, k->mem, len, NULL, serve_hostile, k), 0);
 }
 
 static void hostile_start(struct hostile *k, enum mode mode)
@@ -199,10 +199,10 @@ static void hostile_wait_frame(struct hostile *k)
 static void hostile_stop(struct hostile *k)
 {
     hostile_release(k);
-    fake_target_stop(&k->ft); /* frees mem */
-    k->mem = NULL;
+    fake_target_stop(&k->ft);
     pthread_mutex_destroy(&k->mu);
     pthread_cond_destroy(&k->cv);
+    free(k->mem);
 }
 
 /* ------------------------------------------------------------ initiator */

@@ -183,8 +183,9 @@ static void tcp_names_an_ipv6_peer_in_brackets(void **state)
     static const char key[] = "ipv6-test-key-0123456789abcdef";
     struct auth_key ak;
     assert_int_equal(auth_key_load(&ak, key, NULL, 0x6e6e), 0);
+    static char published[65536];
     struct fake_target k;
-    assert_int_equal(fake_target_start(&k, "::1", 0x6e6e, 65536, &ak, close_at_once, NULL), 0);
+    assert_int_equal(fake_target_start(&k, "::1", 0x6e6e, published, sizeof published, &ak, close_at_once, NULL), 0);
     struct ferry_config cfg;
     ferry_engine *e = NULL;
     assert_int_equal(ferry_config_init(&cfg), 0);
