@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Call sequences of the callers' newest code (vLLM's MooncakeConnector, the
-reference's own *_on_cuda test) that ferry answered differently, each test
+reference's own *_on_cuda and initiator tests) that ferry answered differently, each test
 written from the caller's real sequence and failing on the ferry before the
 fix.  What the reference (kvcache-ai/Mooncake) or the caller does is quoted
 with its file above each test; the full list of caller uses is in
@@ -150,3 +150,65 @@ def test_native_on_cuda_keeps_its_convention():
         assert ei.value.code == ferry.FERRY_ENOTSUP
     finally:
         e.close()
+
+
+# ---------------------------------------------------------------- managed buffers above 16 MiB
+
+# The reference (transfer_engine_py.cpp allocateManagedBuffer): a length above
+# its largest slab class gets allocateRawBuffer(length), registered alone; the
+# slab's buffers (doBuddyAllocate) exist only once a smaller length is asked
+# for.  Its initiator test (mooncake-wheel/tests/transfer_engine_initiator_test.py,
+# _ensure_buffer_available) allocates 64 MiB when get_first_buffer_address of
+# its own segment is 0, and every later case writes through
+# get_first_buffer_address(own) again: that must be the 64 MiB buffer.  ferry
+# mapped and registered its 256 MiB pool on any first allocation, so the
+# first buffer was the pool's unallocated start (FERRY_ENOTREG on use).
+
+
+def test_a_large_managed_buffer_is_the_first_buffer_and_maps_no_pool(target):
+    e = fe.TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    try:
+        me = e.segment_name
+        assert e.get_first_buffer_address(me) == 0
+        big = e.allocate_managed_buffer(64 << 20)
+        assert big != 0 and e.managed_buffer_info()["size"] == 0          # no pool yet
+        assert e.get_first_buffer_address(me) == big
+        assert e.write_bytes_to_buffer(big, b"first buffer", 12) == 0
+        assert e.transfer_sync_write(target.segment, e.get_first_buffer_address(me), target.addr, 12) == 0
+        small = e.allocate_managed_buffer(4096)                           # now the pool
+        assert small != 0 and e.managed_buffer_info()["size"] == 256 << 20
+        assert e.get_first_buffer_address(me) == big                      # registration order
+        assert e.free_managed_buffer(small, 4096) == 0 and e.free_managed_buffer(big, 64 << 20) == 0
+    finally:
+        e.close()
+        target.cmd("fill 0 12 %d" % target.seed)
+
+
+def test_managed_pool_that_cannot_be_mapped_says_so_and_maps_later():
+    """The pool is mapped by the first allocation of <= 16 MiB; if that fails (here: an
+    address-space limit), the allocation is 0 with FERRY_ENOMEM, and the next one maps it."""
+    script = r'''
+import resource, ferry, ferry.engine as fe
+e = fe.TransferEngine()
+assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+vm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize")][0]
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), hard))
+a = e.allocate_managed_buffer(4096)
+err = ferry.last_error()
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+assert a == 0 and err[1] == "FERRY_ENOMEM" and "managed pool of 268435456 bytes" in err[2], (a, err)
+assert e.managed_buffer_info()["size"] == 0
+b = e.allocate_managed_buffer(4096)
+assert b != 0 and e.managed_buffer_info()["size"] == 268435456, ferry.last_error()
+assert e.free_managed_buffer(b, 4096) == 0
+e.close()
+print("OK")
+'''
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(ferry.__path__[0]))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "OK", out.stdout + out.stderr
