@@ -216,7 +216,7 @@ uintptr_t slab_alloc(struct slab *s, ferry_engine *engine, size_t len)
     uintptr_t addr = 0;
     if (len > TOP_BLOCK)
         return alloc_large(s, engine, len);
-    if (region_ensure(s, engine))
+    if (!__atomic_load_n(&s->size, __ATOMIC_ACQUIRE) && region_ensure(s, engine))
         return 0;
     pthread_mutex_lock(&s->lock);
     int want = class_of(len), k = want;
