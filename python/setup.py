@@ -149,6 +149,7 @@ setup(
     license="Apache-2.0",
     packages=["ferry"],
     package_dir={"ferry": os.path.join(REL, "ferry")},
+    package_data={"ferry": ["alias/mooncake/*.py"]},   # the opt-in mooncake.engine stand-in
     ext_modules=[extension],
     cmdclass={"build_ext": build_ext_with_libferry},
     python_requires=">=3.8",

@@ -25,7 +25,9 @@ buffers, unregistered memory, zero length, mismatched lists, peer gone,
 timeout); **0 from calls that return a batch id or an address**
 (``batch_transfer_async_*``, ``transfer_submit_write``,
 ``allocate_managed_buffer``, ``get_first_buffer_address``).  Only Python type
-errors (``TypeError``, ``BufferError``) raise.  ``ferry.last_error()`` gives
+errors (``TypeError``, ``BufferError``) raise, and the ``*_on_cuda`` calls,
+which return None and raise ``FerryError`` (a ``RuntimeError``) when refused,
+as the reference's raise ``RuntimeError``.  ``ferry.last_error()`` gives
 ``(code, name, detail)`` of the calling thread's most recent failure.
 
 ``NativeTransferEngine`` (= ``TransferEngine(strict=True)``) keeps ferry's
@@ -40,6 +42,7 @@ in one call.
 """
 import enum
 import logging
+import os
 
 from . import _ferry
 from ._ferry import (  # noqa: F401  (re-exported)
@@ -149,8 +152,44 @@ def _compat_protocols(protocol):
     return ",".join(kept) if kept else "tcp"
 
 
+def _on_cuda_result(rc):
+    """None for 0; a negative code (a refusal: nothing was queued) raised as FerryError."""
+    if not rc:
+        return None
+    code, name, detail = last_error()
+    if code != rc:
+        name, detail = err_name(rc), ""
+    exc = FerryError("%s [%s: %s]" % (detail, name, strerror(rc)) if detail else "%s: %s" % (name, strerror(rc)))
+    exc.code, exc.name, exc.detail = rc, name, detail
+    raise exc
+
+
 def _notify_arg(notify):
     return notify.encode() if isinstance(notify, TransferNotify) else notify
+
+
+def mooncake_alias_path():
+    """The folder that, put on sys.path / PYTHONPATH, makes ``import mooncake.engine``
+    (and ``from mooncake import engine``) give ferry.engine: code and tests written for
+    the reference run unchanged.  Opt-in: ferry never shadows an installed mooncake."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "alias")
+
+
+def alias_mooncake():
+    """Makes ``mooncake`` and ``mooncake.engine`` ferry's in this process (sys.modules),
+    whatever else is installed.  Returns the ``mooncake.engine`` module."""
+    import importlib.util
+    import sys
+    pkg_dir = os.path.join(mooncake_alias_path(), "mooncake")
+    mods = {}
+    for name, file in (("mooncake", "__init__.py"), ("mooncake.engine", "engine.py")):
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(pkg_dir, file), submodule_search_locations=[pkg_dir] if file == "__init__.py" else None)
+        mods[name] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mods[name]
+        spec.loader.exec_module(mods[name])
+    mods["mooncake"].engine = mods["mooncake.engine"]
+    return mods["mooncake.engine"]
 
 
 class TransferEngine(_ferry.Engine):
@@ -215,6 +254,30 @@ class TransferEngine(_ferry.Engine):
         """
         return [TransferNotify.decode(n.sender, n.message) for n in self.get_notifications()]
 
+    # The reference's *_on_cuda return None and raise RuntimeError when the
+    # transfer cannot be queued (transfer_engine_py.cpp batchTransferOnCuda:
+    # "Failed to open segment", lists of different sizes, cudaLaunchHostFunc
+    # failed), so a caller never checks a return value: a refusal answered
+    # with a code would let its stream run on as if the data were there.
+    # Here a refusal raises FerryError (a RuntimeError) with ferry's code.
+    def transfer_write_on_cuda(self, *args, **kwargs):
+        """The reference's transfer_write_on_cuda(target_hostname, buffer, peer_buffer_address, length,
+        stream_ptr=0, transport_hint='', location=None) -> None; raises FerryError (a RuntimeError) if refused."""
+        return _on_cuda_result(_ferry.Engine.transfer_write_on_cuda(self, *args, **kwargs))
+
+    def transfer_read_on_cuda(self, *args, **kwargs):
+        """As transfer_write_on_cuda, reading into buffer."""
+        return _on_cuda_result(_ferry.Engine.transfer_read_on_cuda(self, *args, **kwargs))
+
+    def batch_transfer_write_on_cuda(self, *args, **kwargs):
+        """The reference's batch_transfer_write_on_cuda(target_hostname, buffers, peer_buffer_addresses,
+        lengths, stream_ptr=0, transport_hint='', location=None) -> None; raises FerryError if refused."""
+        return _on_cuda_result(_ferry.Engine.batch_transfer_write_on_cuda(self, *args, **kwargs))
+
+    def batch_transfer_read_on_cuda(self, *args, **kwargs):
+        """As batch_transfer_write_on_cuda, reading into buffers."""
+        return _on_cuda_result(_ferry.Engine.batch_transfer_read_on_cuda(self, *args, **kwargs))
+
     def get_local_topology(self, device_name=None):
         """JSON of the NICs and devices ferry sees, with their PCIe/NUMA placement (ferry.topology)."""
         from .topology import local_topology_json
@@ -248,3 +311,7 @@ class NativeTransferEngine(TransferEngine):
         super().__init__(managed_pool_size, strict=True)
 
     initialize = _ferry.Engine.initialize   # a protocol ferry lacks is an error here
+    transfer_write_on_cuda = _ferry.Engine.transfer_write_on_cuda    # 0, as ferry's other calls
+    transfer_read_on_cuda = _ferry.Engine.transfer_read_on_cuda
+    batch_transfer_write_on_cuda = _ferry.Engine.batch_transfer_write_on_cuda
+    batch_transfer_read_on_cuda = _ferry.Engine.batch_transfer_read_on_cuda

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """python -m ferry --version: the package's version, then the transports and
 devices ferry finds on this host (each probed by doing what a user would:
-starting an engine with one protocol, registering memory at a location)."""
+starting an engine with one protocol, registering memory at a location).
+python -m ferry --mooncake-path: the folder of the opt-in `mooncake` stand-in."""
 import argparse
 import os
 import sys
@@ -76,7 +77,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ferry", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="store_true",
                         help="print the version, the transports and the devices found on this host")
+    parser.add_argument("--mooncake-path", action="store_true",
+                        help="print the folder that, on PYTHONPATH, makes `import mooncake.engine` ferry's")
     args = parser.parse_args(argv)
+    if args.mooncake_path:
+        print(ferry.mooncake_alias_path())
+        return 0
     if not args.version:
         parser.print_help()
         return 0

@@ -217,7 +217,7 @@ static struct slab *slab_get(EngineObject *self, int create, int *rc, char *why,
     pthread_mutex_lock(&self->slab_lock);
     s = self->slab;
     if (!s) {
-        *rc = slab_create(self->engine, self->managed_pool_size, &s);
+        *rc = slab_create(self->managed_pool_size, &s);
         if (*rc)
             snprintf(why, whylen, "%s", slab_last_error());
         else

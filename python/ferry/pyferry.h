@@ -222,9 +222,11 @@ const char *opt_str(PyObject *o, const char *what, int *err);
 #define SLAB_MIN_SHIFT 12   /* 4 KiB */
 #define SLAB_MAX_SHIFT 24   /* 16 MiB */
 
-/* Creates the slab and registers its region.  Returns 0 or a FERRY_E* code
- * (detail message set).  Call without the GIL. */
-int slab_create(ferry_engine *engine, size_t size, struct slab **out);
+/* Creates the slab's bookkeeping for a region of size bytes; the region is
+ * mapped and registered by the first slab_alloc of at most 16 MiB (a larger
+ * one gets a region of its own).  Returns 0 or a FERRY_E* code (detail
+ * message set). */
+int slab_create(size_t size, struct slab **out);
 /* Unregisters nothing (the engine is gone or going) and unmaps everything. */
 void slab_destroy(struct slab *s);
 /* Returns the address of a block of at least len bytes, or 0 (slab_last_error

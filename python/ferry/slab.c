@@ -3,8 +3,10 @@
  * slab.c — managed buffers (allocate_managed_buffer / free_managed_buffer).
  *
  * One host region, mapped and registered (remote accessible) on the first
- * allocation, is cut by a buddy allocator into power-of-two blocks of 4 KiB to
- * 16 MiB: a request takes the smallest class that holds it, a larger free block
+ * allocation of at most 16 MiB (a larger one does not need it: then, as in the
+ * reference, the engine's first buffer is that allocation, which the
+ * reference's own test relies on), is cut by a buddy allocator into
+ * power-of-two blocks of 4 KiB to 16 MiB: a request takes the smallest class that holds it, a larger free block
  * is split in halves down to that class, and a freed block merges with its free
  * buddy, so the region does not fragment into small blocks for good.  Requests
  * above 16 MiB get a region of their own (mapped and registered, unregistered
@@ -17,11 +19,15 @@
  * Threads: every entry point takes s->lock, and holds it only for the
  * bookkeeping: never across a registration or an unregistration, which may
  * wait (a metadata store, pinning, a transfer still using the memory), while
- * transfer checks take the lock with the GIL held.
+ * transfer checks take the lock with the GIL held.  The region is mapped
+ * under region_lock (allocating threads only, GIL released) and published by
+ * storing size (release) after base, both under s->lock; the checks that run
+ * without s->lock load size (acquire) first and look no further while it is 0.
  */
 #include "pyferry.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +45,10 @@ struct large_block {
 
 struct slab {
     pthread_mutex_t lock;
-    uintptr_t base;
-    size_t size;
+    pthread_mutex_t region_lock; /* held while the region is mapped and registered */
+    uintptr_t base;              /* 0 until the region exists */
+    size_t size;                 /* 0 until the region exists; then region_size */
+    size_t region_size;
     size_t ngranules;
     int8_t *order;              /* per granule: class of the block starting here, -1 if none */
     uint8_t *used;              /* per block head: 1 allocated */
@@ -97,7 +105,7 @@ static void list_remove(struct slab *s, int k, int32_t g)
         s->prev[s->next[g]] = s->prev[g];
 }
 
-int slab_create(ferry_engine *engine, size_t size, struct slab **out)
+int slab_create(size_t size, struct slab **out)
 {
     if (size < TOP_BLOCK)
         size = TOP_BLOCK;
@@ -112,23 +120,13 @@ int slab_create(ferry_engine *engine, size_t size, struct slab **out)
     s->used = calloc(ngranules, 1);
     s->next = malloc(ngranules * sizeof *s->next);
     s->prev = malloc(ngranules * sizeof *s->prev);
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (!s->order || !s->used || !s->next || !s->prev || p == MAP_FAILED) {
-        if (p != MAP_FAILED)
-            munmap(p, size);
+    if (!s->order || !s->used || !s->next || !s->prev) {
         free(s->order), free(s->used), free(s->next), free(s->prev), free(s);
-        return fail(FERRY_ENOMEM, "managed pool of %zu bytes", size);
-    }
-    int rc = ferry_register_memory(engine, p, size, "cpu", 1);
-    if (rc) {
-        fail(rc, "registering the managed pool: %s", ferry_last_error());
-        munmap(p, size);
-        free(s->order), free(s->used), free(s->next), free(s->prev), free(s);
-        return rc;
+        return fail(FERRY_ENOMEM, "managed pool bookkeeping for %zu bytes", size);
     }
     pthread_mutex_init(&s->lock, NULL);
-    s->base = (uintptr_t)p;
-    s->size = size;
+    pthread_mutex_init(&s->region_lock, NULL);
+    s->region_size = size;
     s->ngranules = ngranules;
     memset(s->order, -1, ngranules);
     for (int k = 0; k < NCLASSES; k++)
@@ -142,14 +140,39 @@ int slab_create(ferry_engine *engine, size_t size, struct slab **out)
     return 0;
 }
 
+/* Maps and registers the region unless it exists.  Called without s->lock. */
+static int region_ensure(struct slab *s, ferry_engine *engine)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->region_lock);
+    if (!__atomic_load_n(&s->size, __ATOMIC_ACQUIRE)) {
+        void *p = mmap(NULL, s->region_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            rc = fail(FERRY_ENOMEM, "managed pool of %zu bytes: %s", s->region_size, strerror(errno));
+        } else if ((rc = ferry_register_memory(engine, p, s->region_size, "cpu", 1)) != 0) {
+            fail(rc, "registering the managed pool: %s", ferry_last_error());
+            munmap(p, s->region_size);
+        } else {
+            pthread_mutex_lock(&s->lock);
+            s->base = (uintptr_t)p;
+            __atomic_store_n(&s->size, s->region_size, __ATOMIC_RELEASE);
+            pthread_mutex_unlock(&s->lock);
+        }
+    }
+    pthread_mutex_unlock(&s->region_lock);
+    return rc;
+}
+
 void slab_destroy(struct slab *s)
 {
     if (!s)
         return;
-    munmap((void *)s->base, s->size);
+    if (s->size)
+        munmap((void *)s->base, s->size);
     for (size_t i = 0; i < s->nlarge; i++)
         munmap((void *)s->large[i].addr, s->large[i].len);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->region_lock);
     free(s->large);
     free(s->order), free(s->used), free(s->next), free(s->prev), free(s);
 }
@@ -193,6 +216,8 @@ uintptr_t slab_alloc(struct slab *s, ferry_engine *engine, size_t len)
     uintptr_t addr = 0;
     if (len > TOP_BLOCK)
         return alloc_large(s, engine, len);
+    if (!__atomic_load_n(&s->size, __ATOMIC_ACQUIRE) && region_ensure(s, engine))
+        return 0;
     pthread_mutex_lock(&s->lock);
     int want = class_of(len), k = want;
     while (k < NCLASSES && s->free_head[k] < 0)
@@ -312,9 +337,16 @@ static int check_locked(struct slab *s, uintptr_t addr, size_t len)
     return fail(FERRY_ENOTREG, "0x%lx: managed pool bookkeeping is inconsistent", (unsigned long)addr);
 }
 
+/* Is addr in the region?  Without s->lock: size first (see the top). */
+static bool in_region(const struct slab *s, uintptr_t addr)
+{
+    size_t size = __atomic_load_n(&s->size, __ATOMIC_ACQUIRE);
+    return size && addr >= s->base && addr - s->base < size;
+}
+
 int slab_check(struct slab *s, uintptr_t addr, size_t len)
 {
-    if (addr < s->base || addr >= s->base + s->size)
+    if (!in_region(s, addr))
         return 0;
     pthread_mutex_lock(&s->lock);
     int rc = check_locked(s, addr, len);
@@ -328,7 +360,7 @@ size_t slab_check_requests(struct slab *s, const struct ferry_request *reqs, siz
     int locked = 0;
     for (size_t i = 0; i < n && !bad; i++) {
         uintptr_t a = (uintptr_t)reqs[i].source;
-        if (a < s->base || a >= s->base + s->size || !reqs[i].length) /* zero-length: touches nothing */
+        if (!in_region(s, a) || !reqs[i].length) /* zero-length: touches nothing */
             continue;
         if (!locked) {
             pthread_mutex_lock(&s->lock);

@@ -66,7 +66,7 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
     *port = 0;
     const char *h = name, *tail; /* tail: "" or ":port" */
     size_t hl;
-    const char *colon = strrchr(name, ':');
+    const char *colon = strrchr(name, ':'), *scope = strchr(name, '%');
     if (name[0] == '[') { /* [v6] or [v6]:port, as the reference writes them */
         const char *close = strchr(name, ']');
         if (!close || !is_ipv6(name + 1, (size_t)(close - name - 1)))
@@ -77,14 +77,21 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
         if (*tail && *tail != ':')
             return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", name);
     } else if (colon && memchr(name, ':', (size_t)(colon - name))) { /* two colons or more: IPv6 */
-        if (is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1))
+        bool addr_port = is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1);
+        bool whole = is_ipv6(name, strlen(name)) && !(scope && colon > scope);
+        if (addr_port && whole)
             return ferry_fail(FERRY_EINVAL, "\"%s\" is ambiguous: an IPv6 address with a port is written "
                               "[%.*s]:%s, the address alone [%s]", name, (int)(colon - name), name, colon + 1, name);
-        if (!is_ipv6(name, strlen(name)))
+        if (!addr_port && !whole)
             return ferry_fail(FERRY_EINVAL, "\"%s\" is neither host:port nor an IPv6 address (with a port: "
                               "[addr]:port)", name);
-        hl = strlen(name); /* an IPv6 address alone, as the reference takes it */
-        tail = "";
+        /* an IPv6 address alone, as the reference takes it; or one followed by
+         * a port that no address can end with ("::1:15000": a group has at
+         * most 4 hex digits; "fe80::1%eth0:7": a scope has no colon), which
+         * the reference reads as host and port (parseHostNameWithPort) and
+         * vLLM writes ("%s:%d" % (get_ip(), rpc_port)) */
+        hl = whole ? strlen(name) : (size_t)(colon - name);
+        tail = whole ? "" : colon;
     } else {
         hl = colon ? (size_t)(colon - name) : strlen(name);
         tail = colon ? colon : "";

@@ -19,11 +19,13 @@ static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
 
 /* Splits "host:port" or "host" into host (NUL-terminated, at most hostlen-1
  * chars) and *port (0 if absent).  IPv6 addresses are written "[addr]:port"
- * or "[addr]" (the reference engine's form), or bare "addr" without a port;
- * a bare IPv6 address followed by ":digits" ("::1:8080": the address
- * ::1:8080, or ::1 port 8080?) is refused as ambiguous, naming both
- * bracketed forms.  host gets the address without brackets.  Returns 0 or
- * FERRY_EINVAL. */
+ * or "[addr]" (the reference engine's form), or bare "addr" without a port.
+ * A bare IPv6 address followed by ":port" is taken as host and port where
+ * the whole is no address ("::1:15000", "fe80::1%eth0:7": the reference
+ * reads them so, and vLLM writes them), and refused as ambiguous where it is
+ * one too ("::1:8080": the address ::1:8080, or ::1 port 8080?), naming
+ * both bracketed forms.  host gets the address without brackets.  Returns 0
+ * or FERRY_EINVAL. */
 int net_split_hostport(const char *name, char *host, size_t hostlen, int *port);
 
 /* Is h, of fewer than max bytes, a host as a peer's endpoint may name it: a

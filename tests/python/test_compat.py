@@ -383,13 +383,14 @@ def test_ipv6_hostnames_as_the_reference_writes_them(target):
 
 
 def test_ipv6_address_with_a_bare_port_is_ambiguous(compat):
-    """"::1:8080" is the address ::1:8080, or ::1 port 8080: refused, naming both forms."""
+    """"::1:8080" is the address ::1:8080, or ::1 port 8080: refused, naming both forms.
+    ("::1:15000" is no address: host and port, test_callers_newest.py.)"""
     for host in ("::1:8080", "fe80::1:0:npu_1"):
         e = fe.TransferEngine()
         assert e.initialize(host, "P2PHANDSHAKE", "tcp", "") == ferry.FERRY_EINVAL
         assert "ambiguous" in ferry.last_error()[2], ferry.last_error()
-    assert compat.transfer_sync_write("::1:%d" % compat.get_rpc_port(), 0x1000, 0x1000, 8) == ferry.FERRY_ENOSEG
-    assert "[::1]:%d" % compat.get_rpc_port() in ferry.last_error()[2], ferry.last_error()
+    assert compat.transfer_sync_write("::1:1234", 0x1000, 0x1000, 8) == ferry.FERRY_ENOSEG
+    assert "[::1]:1234" in ferry.last_error()[2], ferry.last_error()
 
 
 # ---------------------------------------------------------------- stream-ordered (*_on_cuda)
@@ -397,19 +398,29 @@ def test_ipv6_address_with_a_bare_port_is_ambiguous(compat):
 
 def test_on_cuda_argument_errors(compat, target):
     """The GPU run (bench/stream_overlap.py) checks the ordering itself; here the
-    refusals, which come back as codes with nothing enqueued and nothing leaked."""
+    refusals, which raise FerryError (a RuntimeError, as the reference's) with
+    nothing enqueued and nothing leaked."""
     src = registered(compat, 64 * KIB, seed=3)
     a = src.ctypes.data
-    assert compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cpu") == ferry.FERRY_ENOTSUP
-    assert "streams" in ferry.last_error()[2]
-    assert compat.batch_transfer_write_on_cuda("127.0.0.1:1", [a], [target.addr], [4096]) == ferry.FERRY_ENOSEG
-    assert compat.batch_transfer_read_on_cuda(target.segment, [a], [target.addr + target.size], [4096],
-                                              location="sim:0") == ferry.FERRY_ERANGE
+
+    def refused(code, fn, *args, **kwargs):
+        with pytest.raises(RuntimeError) as ei:
+            fn(*args, **kwargs)
+        assert ei.value.code == code, ei.value
+        return ei.value
+
+    assert "streams" in refused(ferry.FERRY_ENOTSUP, compat.transfer_write_on_cuda, target.segment, a,
+                                target.addr, 4096, 0, "", "cpu").detail
+    refused(ferry.FERRY_ENOSEG, compat.batch_transfer_write_on_cuda, "127.0.0.1:1", [a], [target.addr], [4096])
+    refused(ferry.FERRY_ERANGE, compat.batch_transfer_read_on_cuda, target.segment, [a], [target.addr + target.size],
+            [4096], location="sim:0")
     unreg = np.zeros(4096, np.uint8)
-    assert compat.transfer_read_on_cuda(target.segment, unreg.ctypes.data, target.addr, 4096,
-                                        location="sim:0") == ferry.FERRY_ENOTREG
-    rc = compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cuda:7")
-    assert rc in (ferry.FERRY_ENODEV, 0)   # 0 only where a GPU 7 exists
+    refused(ferry.FERRY_ENOTREG, compat.transfer_read_on_cuda, target.segment, unreg.ctypes.data, target.addr, 4096,
+            location="sim:0")
+    try:
+        assert compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, 0, "", "cuda:7") is None
+    except RuntimeError as ex:   # None only where a GPU 7 exists
+        assert ex.code == ferry.FERRY_ENODEV
     with pytest.raises(TypeError):
         compat.transfer_write_on_cuda(target.segment, a, target.addr, 4096, "stream")
     assert compat.pending_batches() == []

@@ -433,9 +433,12 @@ static int peer_buffers(struct shm_peer *p)
             return ferry_fail(FERRY_ENOMEM, "shm peer buffers");
         if (b->handle_len)
             memcpy(b->handle, handle, b->handle_len);
-        if (b->device && !b->handle_len && !p->self)
+        if (b->device && !b->handle_len && !p->self) {
+            char text[4 * sizeof location + 1]; /* the peer's bytes */
             LOG_INFO("shm: segment %s: %s buffer 0x%llx+%llu has no IPC handle; shm cannot reach it", p->name,
-                     location, (unsigned long long)b->addr, (unsigned long long)b->len);
+                     log_sanitize(location, sizeof location, text, sizeof text), (unsigned long long)b->addr,
+                     (unsigned long long)b->len);
+        }
         p->nbufs++;
     }
     qsort(p->bufs, p->nbufs, sizeof *p->bufs, by_addr);

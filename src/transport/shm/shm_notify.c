@@ -178,13 +178,19 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
     s->stage = PEER_READY;
     s->last_ns = now_ns();
     size_t name_len = n >= 2 ? get_le16(buf) : 0;
-    if (n > MSG_MAX || n < 2 || name_len > SHM_NOTIFY_MAX_NAME || 2 + name_len > (size_t)n) {
-        LOG_WARN("shm: dropping notification sender pid %d: malformed message of %zd bytes", (int)s->pid, n);
+    /* strict: the sending side writes a name of at most SHM_NOTIFY_MAX_NAME
+     * and a payload of at most SHM_NOTIFY_MAX (what ferry_batch_set_notify
+     * takes); anything longer is not ours to cut short silently */
+    if (n > MSG_MAX || n < 2 || name_len > SHM_NOTIFY_MAX_NAME || 2 + name_len > (size_t)n ||
+        (size_t)n - 2 - name_len > SHM_NOTIFY_MAX) {
+        LOG_WARN("shm: dropping notification sender pid %d: malformed message of %zd bytes (name %zu, "
+                 "payload at most %u)", (int)s->pid, n, name_len, SHM_NOTIFY_MAX);
         return -1;
     }
-    char from[SHM_NOTIFY_MAX_NAME + 1];
-    memcpy(from, buf + 2, name_len);
-    from[name_len] = '\0';
+    /* the name is the sender's bytes: handed on as tcp and rdma hand theirs,
+     * escaped, so no control character reaches the application's logs */
+    char from[SHM_NOTIFY_MAX_NAME + 1]; /* as ferry_notification.from: longer text is cut */
+    log_sanitize((const char *)buf + 2, name_len, from, sizeof from);
     t->host.deliver_notify(t->host.engine, from, buf + 2 + name_len, (size_t)n - 2 - name_len);
     s->acks_owed++;
     return send_acks(s);

@@ -1,0 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
+"""An opt-in stand-in for the reference's ``mooncake`` package, so code and
+tests written for ``mooncake.engine`` run on ferry unchanged.  It is found
+only where its folder is on the path: ``ferry.mooncake_alias_path()`` (or
+``python -m ferry --mooncake-path``) names the folder, ``ferry.alias_mooncake()``
+installs it in the running process.  Only ``mooncake.engine`` (the transfer
+engine binding) is provided; the reference's store, EP and PG modules are not."""
