@@ -139,6 +139,11 @@ static const struct knob knobs[] = {
       "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
       "retires every group"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_INLINE_FIRST", "0",
+      "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
+      "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
+      "staged frame is handed to the transport's threads"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
       "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "

@@ -513,8 +513,9 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
             /* a READ (a request: header and entries), a small submit's
              * WRITEs (all of it), else only the last frame: a submitter
              * writing every frame of a large one would do all its copies on
-             * one thread.  Never a staged WRITE: the staging worker hands
-             * those over, and writing them would stall its retiring */
+             * one thread.  Never a staged WRITE handed over by the staging
+             * worker: writing them would stall its retiring (with
+             * FERRY_STAGING_INLINE_FIRST a submit's first one is not) */
             bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
             if ((small || !f->more_bytes) && !f->handed_over && c->ready && !c->writing && !c->rest &&
                 !c->sendq_head) {
