@@ -190,6 +190,11 @@ static const struct knob knobs[] = {
       "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
       "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_ACK_ON_COPY", "0",
+      "tcp target, device memory: 1: a WRITE is acknowledged when its last device copies complete (from a "
+      "driver thread, or a device-written mark), while the connection's thread reads the next frame; 0: that "
+      "thread waits for the copies and then acks"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_DEVICE_PIPE", "262144",
       "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "
       "device copies while the socket moves the next ones (16384-4194304)"},

@@ -20,12 +20,17 @@
  * stream's sticky error, seen by query, sync and later copy_async, like a
  * CUDA fault reported at synchronisation), "N:start" at copy_async itself
  * (nothing queued, the stream stays usable, like a rejected launch).
+ * FERRY_SIM_HOLD_COPY="N:path" holds copy job N back (its stream's worker
+ * waits before running it) until the file path exists: a test decides when
+ * a copy completes, without timing.  A function on a stream (stream_then)
+ * is not called once the stream has failed, as cuLaunchHostFunc's is not.
  */
 #include "device/backend.h"
 #include "device/device.h"
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +38,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -50,6 +56,7 @@ struct sim_job {
     void *arg;
     volatile uint32_t *flag;     /* a wait (stream_wait_flag) */
     volatile uint32_t *mark;     /* a store (stream_mark) */
+    bool then;                   /* fn is stream_then's: skipped on a failed stream */
     uint32_t value;
     enum ferry_copy_dir dir;
     uint64_t number;             /* its place in the process's copy jobs */
@@ -129,6 +136,33 @@ static int read_faults(void)
                       s, SIM_MAX_FAULTS);
 }
 
+/* FERRY_SIM_HOLD_COPY="N:path" into sim_hw.hold_job / hold_path. */
+static int read_hold(void)
+{
+    const char *s = getenv("FERRY_SIM_HOLD_COPY");
+    sim_hw.hold_job = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long job = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (job == 0 || errno != 0 || *end != ':' || end[1] == '\0' || strlen(end + 1) >= sizeof sim_hw.hold_path)
+        return ferry_fail(FERRY_EINVAL, "FERRY_SIM_HOLD_COPY=\"%.64s\": want N:path (copy job N >= 1 waits until "
+                          "the file path exists; a path under %zu bytes)", s, sizeof sim_hw.hold_path);
+    snprintf(sim_hw.hold_path, sizeof sim_hw.hold_path, "%s", end + 1);
+    sim_hw.hold_job = job;
+    return 0;
+}
+
+/* A held copy job waits for its file (FERRY_SIM_HOLD_COPY): tests only. */
+static void hold_back(const struct sim_job *job)
+{
+    if (!sim_hw.hold_job || job->number != sim_hw.hold_job)
+        return;
+    while (access(sim_hw.hold_path, F_OK) != 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+}
+
 static int read_config(int *ndev, size_t *dev_size, int *size_given)
 {
     const char *s = getenv("FERRY_SIM_DEVICES");
@@ -154,7 +188,8 @@ static int read_config(int *ndev, size_t *dev_size, int *size_given)
         *dev_size = (*dev_size + SIM_PAGE - 1) & ~(SIM_PAGE - 1);
         *size_given = 1;
     }
-    return read_faults();
+    int rc = read_faults();
+    return rc ? rc : read_hold();
 }
 
 static void *map_anonymous(size_t len, int prot)
@@ -528,7 +563,10 @@ static void *stream_worker(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         int rc = 0;
-        if (job->fn) /* host functions and waits run even on a failed stream: */
+        if (job->fn && job->then) { /* ferry's own: as cuLaunchHostFunc, not after a failure */
+            if (!failed)
+                job->fn(job->arg);
+        } else if (job->fn) /* host functions and waits run even on a failed stream: */
             job->fn(job->arg); /* ferry's side of stream ordering must not hang */
         else if (job->flag)
             ferry_flag_wait(job->flag, job->value);
@@ -536,8 +574,10 @@ static void *stream_worker(void *arg)
             if (!failed) /* as on hardware: a failed stream runs nothing more */
                 ferry_flag_set(job->mark, job->value);
         }
-        else if (!failed)
+        else if (!failed) {
+            hold_back(job);
             rc = run_job(s->dev, job, msg, sizeof msg);
+        }
         free(job);
 
         pthread_mutex_lock(&s->lock);
@@ -702,6 +742,14 @@ static int sim_stream_host_func(int dev, void *stream, void (*fn)(void *), void 
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.fn = fn, .arg = arg});
 }
 
+static int sim_stream_then(ferry_stream *stream, void (*fn)(void *), void *arg)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL || fn == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim: stream_then on %p: not a sim stream, or no function", (void *)stream);
+    return sim_enqueue_sync_job(s->dev, stream, &(struct sim_job){.fn = fn, .arg = arg, .then = true});
+}
+
 static int sim_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
 {
     if (flag == NULL)
@@ -760,6 +808,8 @@ static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_FAIL_COPY", "", "tests: the sim copy jobs (copy_async calls of this process, from 1) that fail "
      "with FERRY_EIO: N when run (sticky, like a device fault), N:start at the call itself; up to 8, "
      "comma-separated"},
+    {"FERRY_SIM_HOLD_COPY", "", "tests: N:path holds sim copy job N (numbered as above) back until the file path "
+     "exists"},
     {NULL, NULL, NULL},
 };
 
@@ -779,6 +829,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_query = sim_stream_query,
     .stream_sync = sim_stream_sync,
     .stream_mark = sim_stream_mark,
+    .stream_then = sim_stream_then,
     .stream_host_func = sim_stream_host_func,
     .stream_wait_flag = sim_stream_wait_flag,
     .ipc_export = sim_ipc_export,

@@ -61,6 +61,8 @@ struct sim_hw {
         int at_start;
     } faults[SIM_MAX_FAULTS];
     atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
+    uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
+    char hold_path[256];
 };
 extern struct sim_hw sim_hw;
 

@@ -671,6 +671,7 @@ static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4, spread = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
+    bool ack_on_copy = false;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
@@ -684,6 +685,8 @@ static int tcp_create(const struct transport_host *host, void **out)
         mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
     if (!mrc)
         mrc = tcp_device_pipe(&dev_pipe);
+    if (!mrc)
+        mrc = tcp_ack_on_copy(&ack_on_copy);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -697,6 +700,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
     t->dev_pipe = dev_pipe;
+    t->ack_on_copy = ack_on_copy;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
