@@ -5,8 +5,9 @@
 # item 4's host reference hot and with --rotate (cold), side by side; the
 # first staged frame written inline (FERRY_STAGING_INLINE_FIRST 0 / 1)
 # alternated; the staged frame size (FERRY_SLICE_SIZE 128 KiB - 1 MiB),
-# alternated with the default; the full gpu_cost.sh table (1 and 4 threads)
-# with the idle engine's CPU; one trace before / after.
+# alternated with the default; the target's ack from its copies' completion
+# (FERRY_TCP_ACK_ON_COPY 0 / 1) alternated; the full gpu_cost.sh table (1
+# and 4 threads) with the idle engine's CPU; traces.
 # BUILD=<bundle> with the bench scripts in <bundle>/bench.
 set -uo pipefail
 B=${BUILD:-build-gpu}
@@ -31,6 +32,13 @@ for r in 1 2; do
   cost "round $r inline off" MEMS=cuda0 OPS=write SECS=2 BATCHES="128 1024" CELL_ENV=FERRY_STAGING_INLINE_FIRST=0
   cost "round $r inline on" MEMS=cuda0 OPS=write SECS=2 BATCHES="128 1024" CELL_ENV=FERRY_STAGING_INLINE_FIRST=1
 done
+# the target's ack from its copies' completion, alternated (2 s cells), and once with 4 threads
+for r in 1 2; do
+  cost "round $r ack-on-copy off" MEMS=cuda0 OPS=write SECS=2 BATCHES="128 1024" CELL_ENV=FERRY_TCP_ACK_ON_COPY=0
+  cost "round $r ack-on-copy on" MEMS=cuda0 OPS=write SECS=2 BATCHES="128 1024" CELL_ENV=FERRY_TCP_ACK_ON_COPY=1
+done
+cost "4 threads ack-on-copy off" MEMS=cuda0 OPS=write SECS=1 BATCHES=1024 THREADS=4 CELL_ENV=FERRY_TCP_ACK_ON_COPY=0
+cost "4 threads ack-on-copy on" MEMS=cuda0 OPS=write SECS=1 BATCHES=1024 THREADS=4 CELL_ENV=FERRY_TCP_ACK_ON_COPY=1
 # the staged frame size: FERRY_SLICE_SIZE (default 1 MiB: frames of 512 KiB at 128 blocks, 1 MiB at 1,024),
 # the default first and last
 cost "slice default" MEMS=cuda0 SECS=1
@@ -41,6 +49,7 @@ cost "slice default" MEMS=cuda0 SECS=1
 echo "== $(date -u +%T) traces"
 timeout -k 5 40 env SECS=1 THREADS=1 bash "$here/gpu_trace.sh" \
   "inline-off tcp cuda:1 cuda:0 write 16384 FERRY_STAGING_INLINE_FIRST=0" \
-  "inline-on tcp cuda:1 cuda:0 write 16384 FERRY_STAGING_INLINE_FIRST=1" 2>&1 |
+  "inline-on tcp cuda:1 cuda:0 write 16384 FERRY_STAGING_INLINE_FIRST=1" \
+  "ack-on-copy tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=1" 2>&1 |
   grep -v '^batch_submit \|^stage_queued\|^copy_queued'
 echo "== $(date -u +%T) done"

@@ -191,9 +191,10 @@ static const struct knob knobs[] = {
       "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_ACK_ON_COPY", "0",
-      "tcp target, device memory: 1: a WRITE is acknowledged when its last device copies complete (from a "
-      "driver thread, or a device-written mark), while the connection's thread reads the next frame; 0: that "
-      "thread waits for the copies and then acks"},
+      "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
+      "device copies complete while the connection's thread reads on: 1 from a function on the stream "
+      "(cuLaunchHostFunc) or a device-written mark, 2 from the mark only (seen at the thread's next copy); 0: "
+      "the thread waits for the copies and then acks"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_DEVICE_PIPE", "262144",
       "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "

@@ -10,7 +10,8 @@
  * buffers hold): the send of frame 2 finishes only if the target reads it
  * while frame 1's copy is held.  Then the copy is let go: both acks arrive
  * in order, and the bytes are in device memory.  A held copy that fails
- * (FERRY_SIM_FAIL_COPY) fails frame 1 alone with FERRY_EIO.  The held copy
+ * (FERRY_SIM_FAIL_COPY) fails frame 1 alone with FERRY_EIO.  Both forms:
+ * 1 (a function on the stream, or the device's mark) and 2 (the mark).  The held copy
  * makes the order deterministic; the deadlines are hang guards only.
  */
 #include <setjmp.h>
@@ -43,14 +44,14 @@ struct peer {
 
 /* A target whose copy job 2 (frame 1's: job 1 fills its memory) waits for
  * p->hold, with `faults` as FERRY_SIM_FAIL_COPY, and a raw peer said HELLO to it. */
-static void peer_start(struct peer *p, const char *faults)
+static void peer_start(struct peer *p, const char *mode, const char *faults)
 {
     static unsigned n;
     snprintf(p->hold, sizeof p->hold, "/tmp/ferry-hold-%d-%u", (int)getpid(), n++);
     unlink(p->hold);
     char hold[96];
     snprintf(hold, sizeof hold, "2:%s", p->hold);
-    setenv("FERRY_TCP_ACK_ON_COPY", "1", 1);
+    setenv("FERRY_TCP_ACK_ON_COPY", mode, 1);
     setenv("FERRY_TCP_SOCKBUF", "65536", 1);
     setenv("FERRY_TCP_DEVICE_PIPE", "4194304", 1); /* frame 2's copies start at its end */
     setenv("FERRY_SIM_HOLD_COPY", hold, 1);
@@ -143,11 +144,15 @@ static void two_frames(struct peer *p, int *status1, int *status2)
     free(large);
 }
 
+/* 1: the ack from a function on the stream or the mark; 2: the mark only */
+static const char *const modes[] = {"1", "2"};
+
 static void reads_on_while_copy_held(void **state)
 {
     (void)state;
+    for (size_t m = 0; m < 2; m++) {
     struct peer p;
-    peer_start(&p, "");
+    peer_start(&p, modes[m], "");
     int s1, s2;
     two_frames(&p, &s1, &s2);
     assert_int_equal(s1, 0);
@@ -155,27 +160,30 @@ static void reads_on_while_copy_held(void **state)
     assert_int_equal(child_target_check(&p.target, 0, SMALL, WSEED), -1);
     assert_int_equal(child_target_check(&p.target, LARGE_OFF, LARGE, WSEED), -1);
     peer_stop(&p);
+    }
 }
 
 /* The held copy fails on the device: frame 1 alone fails, with a named code. */
 static void held_copy_fails_alone(void **state)
 {
     (void)state;
+    for (size_t m = 0; m < 2; m++) {
     struct peer p;
-    peer_start(&p, "2");
+    peer_start(&p, modes[m], "2");
     int s1, s2;
     two_frames(&p, &s1, &s2);
     assert_int_equal(s1, FERRY_EIO);
     assert_int_equal(s2, 0);
     assert_int_equal(child_target_check(&p.target, LARGE_OFF, LARGE, WSEED), -1);
     peer_stop(&p);
+    }
 }
 
-/* A value other than 0 or 1 is refused by name when the engine starts. */
+/* A value other than 0, 1 or 2 is refused by name when the engine starts. */
 static void knob_refused(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"2", "on", "-1"};
+    static const char *const bad[] = {"3", "on", "-1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct ferry_config cfg;
         assert_int_equal(ferry_config_init(&cfg), 0);

@@ -671,7 +671,7 @@ static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4, spread = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    bool ack_on_copy = false;
+    unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);

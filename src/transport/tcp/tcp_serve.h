@@ -52,10 +52,11 @@ struct served_entry {
 
 /* A WRITE acknowledged from its device copies' completion
  * (FERRY_TCP_ACK_ON_COPY, tcp_serve_dev.c): its last copies started, the
- * receiving thread went on to the next frame, and the ack goes when they
- * complete: from a function on the thread's stream (a driver thread), or
- * from the receiving thread, which sees a mark the device writes after the
- * copies when it has nothing else to do, and waits for them anyway before
+ * receiving thread went on to the next frame (already there), and the ack
+ * goes when they complete: from a function on the thread's stream (a
+ * driver thread; FERRY_TCP_ACK_ON_COPY=1 only), or from the receiving
+ * thread, which sees a mark the device writes after the copies when it has
+ * nothing else to do, and waits for them anyway before
  * it starts another copy or writes to the socket (so acks stay in order,
  * and only this frame's copies are ever in flight ahead of its ack: a
  * failure is its own).  word: seq << 2 | ACK_*; whoever moves it from

@@ -9,6 +9,7 @@
  * (tcp_serve.c), which owns the bounce; the frame handling is there.
  */
 
+#include <poll.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -32,7 +33,7 @@
 /* FERRY_TCP_ACK_ON_COPY's receiving thread, with nothing to read, polls the
  * mark this long before it blocks in the stream's wait (as a CUDA stream
  * synchronisation spins: the ack must not pay the driver thread's wake-up) */
-#define ACK_SPIN_NS 2000000u
+#define ACK_SPIN_NS 200000u
 /* Device copies start once this many bytes wait in the bounce, so the
  * device copies them while the socket moves the next ones
  * (FERRY_TCP_DEVICE_PIPE: s->t->dev_pipe, "the pipe" below). */
@@ -48,11 +49,11 @@ int tcp_device_pipe(uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
-int tcp_ack_on_copy(bool *out)
+int tcp_ack_on_copy(unsigned *out)
 {
     uint64_t v = 0;
-    int rc = config_env_number("FERRY_TCP_ACK_ON_COPY", false, 0, 1, "0 or 1", &v);
-    *out = v != 0;
+    int rc = config_env_number("FERRY_TCP_ACK_ON_COPY", false, 0, 2, "0, 1 or 2", &v);
+    *out = (unsigned)v;
     return rc < 0 ? rc : 0;
 }
 
@@ -459,6 +460,12 @@ bool tcp_defer_ack(struct server_conn *s, const struct wire_header *h, const str
     struct deferred_ack *a = &s->ack;
     if (tcp_settle_ack(s)) /* one at a time; a broken socket: the frame ends as before */
         return false;
+    /* only when the next frame is already there to read: else this thread
+     * waits for the copies and acks as without the knob (no driver thread's
+     * wake-up on the path of a batch's last frame) */
+    struct pollfd q = {.fd = s->fd, .events = POLLIN};
+    if (poll(&q, 1, 0) != 1)
+        return false;
     bounce_drop_revoked(s);
     bounce_start(s, FERRY_COPY_H2D, b->n);
     if (s->copy_err || !b->inflight)
@@ -480,12 +487,16 @@ bool tcp_defer_ack(struct server_conn *s, const struct wire_header *h, const str
     a->written = 0;
     atomic_store(&a->word, a->seq << 2 | ACK_PENDING);
     a->marked = ferry_device_copy_mark(ack_mark(s), (uint32_t)a->seq) == 0;
-    if (ferry_device_copy_then(ack_fire, s) != 0) { /* no driver thread to ack: flush as before */
+    /* 2: no function on the stream: this thread acks from the mark, at its
+     * next copy start or when it has nothing to read (a wait for the stream
+     * then never waits for a driver thread to run a function) */
+    bool fn = s->t->ack_on_copy == 1;
+    if (fn ? ferry_device_copy_then(ack_fire, s) != 0 : !a->marked) { /* neither: flush as before */
         atomic_store(&a->word, ACK_NONE);
         a->nent = 0;
         return false;
     }
-    a->queued++;
+    a->queued += fn;
     s->ent = s->ent == s->ent_bufs[0] ? s->ent_bufs[1] : s->ent_bufs[0]; /* the next frame's */
     s->nent = 0;
     b->n = 0;
