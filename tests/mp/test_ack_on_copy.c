@@ -147,12 +147,10 @@ static void two_frames(struct peer *p, int *status1, int *status2)
 /* 1: the ack from a function on the stream or the mark; 2: the mark only */
 static const char *const modes[] = {"1", "2"};
 
-static void reads_on_while_copy_held(void **state)
+static void reads_on(const char *mode)
 {
-    (void)state;
-    for (size_t m = 0; m < 2; m++) {
     struct peer p;
-    peer_start(&p, modes[m], "");
+    peer_start(&p, mode, "");
     int s1, s2;
     two_frames(&p, &s1, &s2);
     assert_int_equal(s1, 0);
@@ -160,23 +158,33 @@ static void reads_on_while_copy_held(void **state)
     assert_int_equal(child_target_check(&p.target, 0, SMALL, WSEED), -1);
     assert_int_equal(child_target_check(&p.target, LARGE_OFF, LARGE, WSEED), -1);
     peer_stop(&p);
-    }
+}
+
+static void reads_on_while_copy_held(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++)
+        reads_on(modes[m]);
 }
 
 /* The held copy fails on the device: frame 1 alone fails, with a named code. */
-static void held_copy_fails_alone(void **state)
+static void fails_alone(const char *mode)
 {
-    (void)state;
-    for (size_t m = 0; m < 2; m++) {
     struct peer p;
-    peer_start(&p, modes[m], "2");
+    peer_start(&p, mode, "2");
     int s1, s2;
     two_frames(&p, &s1, &s2);
     assert_int_equal(s1, FERRY_EIO);
     assert_int_equal(s2, 0);
     assert_int_equal(child_target_check(&p.target, LARGE_OFF, LARGE, WSEED), -1);
     peer_stop(&p);
-    }
+}
+
+static void held_copy_fails_alone(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++)
+        fails_alone(modes[m]);
 }
 
 /* A value other than 0, 1 or 2 is refused by name when the engine starts. */
