@@ -75,6 +75,11 @@ long sim_last_at_or_before(const struct sim_device *d, size_t x); /* d's lock he
 int sim_mem_alloc(int dev, size_t len, void **out);
 void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 
+/* sim_config.c: FERRY_SIM_DEVICES / _DEVICE_MEM into the arguments (size_given:
+ * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY into sim_hw.  0 or
+ * FERRY_EINVAL naming the variable. */
+int sim_read_config(int *ndev, size_t *dev_size, int *size_given);
+
 /* sim_ipc.c */
 int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);
 int sim_ipc_open(int dev, const void *handle, size_t handle_len, void **ptr, size_t *room);
