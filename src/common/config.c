@@ -139,6 +139,11 @@ static const struct knob knobs[] = {
       "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
       "retires every group"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_INLINE_FIRST", "0",
+      "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
+      "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
+      "staged frame is handed to the transport's threads"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
       "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
@@ -184,6 +189,12 @@ static const struct knob knobs[] = {
     {{"FERRY_TCP_RCVLOWAT", "auto",
       "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
       "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_ACK_ON_COPY", "0",
+      "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
+      "device copies complete while the connection's thread reads on: 1 from a function on the stream "
+      "(cuLaunchHostFunc) or a device-written mark, 2 from the mark only (seen at the thread's next copy); 0: "
+      "the thread waits for the copies and then acks"},
      KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_DEVICE_PIPE", "262144",
       "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "

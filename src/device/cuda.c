@@ -534,6 +534,24 @@ static int cuda_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint3
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWriteValue32", s->dev);
 }
 
+/* A function on one of ferry's streams, run by the driver once the copies
+ * before it are done (not at all after a failure: cuLaunchHostFunc). */
+static int cuda_stream_then(ferry_stream *stream, void (*fn)(void *), void *arg)
+{
+    struct ctx_guard g;
+    struct cuda_stream *s = as_cuda(stream);
+    if (s == NULL || fn == NULL)
+        return ferry_fail(FERRY_EINVAL, "cuda: stream_then on %p: not a cuda stream, or no function", (void *)stream);
+    if (cuda_drv.cuLaunchHostFunc == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuLaunchHostFunc", s->dev);
+    int rc = cuda_ctx_enter(s->dev, &g);
+    if (rc < 0)
+        return rc;
+    CUresult r = cuda_drv.cuLaunchHostFunc(s->stream, fn, arg);
+    cuda_ctx_leave(&g);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuLaunchHostFunc", s->dev);
+}
+
 static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_BATCH_COPY", "1", "0: one cuMemcpy*Async per block instead of cuMemcpyBatchAsync"},
     {"FERRY_CUDA_GATHER_KERNEL", "1", "0: pinned D2H / H2D batches on the copy engine instead of the gather kernel"},
@@ -576,6 +594,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .stream_query = cuda_stream_query,
     .stream_sync = cuda_stream_sync,
     .stream_mark = cuda_stream_mark,
+    .stream_then = cuda_stream_then,
     .stream_host_func = cuda_stream_host_func,
     .stream_wait_flag = cuda_stream_wait_flag,
     .ipc_export = cuda_ipc_export,

@@ -114,6 +114,14 @@ struct ferry_device_ops {
      * FERRY_ENOTSUP where the device cannot (CUDA without stream memory
      * operations).  0 or FERRY_E*. */
     int (*stream_mark)(ferry_stream *stream, volatile uint32_t *flag, uint32_t value);
+    /* Optional (NULL: not available).  Enqueues fn(arg) on one of ferry's
+     * own streams: it runs on a driver thread once everything enqueued
+     * before it has finished, and never if any of that failed (CUDA's
+     * cuLaunchHostFunc rule: query or sync the stream for the error);
+     * stream_sync returns only after fn has returned.  fn must not call the
+     * device API nor block.  FERRY_ENOTSUP where the driver cannot; 0 or
+     * FERRY_E*. */
+    int (*stream_then)(ferry_stream *stream, void (*fn)(void *), void *arg);
 
     /* Optional (NULL: this kind cannot order ferry's work with a caller's
      * stream).  `stream` is the caller's own native stream of device dev (a
@@ -248,6 +256,18 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
 int ferry_device_copy_start(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                             const struct ferry_copy *copies, size_t n);
 int ferry_device_copy_wait(void);
+/* Enqueues fn(arg) after the copies the thread started (stream_then on its
+ * stream): fn runs on a driver thread once they have completed, never if one
+ * of them failed (_wait then returns the error); _wait returns only after fn
+ * has returned, so a thread that _waits knows fn will not run later.
+ * FERRY_ENOTSUP where the device cannot, FERRY_EINVAL when no copy is in
+ * flight; 0 or FERRY_E*. */
+int ferry_device_copy_then(void (*fn)(void *), void *arg);
+/* Enqueues a store of value into *flag (this device kind's host_alloc
+ * memory) after the copies the thread started (stream_mark on its stream):
+ * the word says when they are done without a driver call.  As
+ * ferry_device_copy_then's codes. */
+int ferry_device_copy_mark(volatile uint32_t *flag, uint32_t value);
 
 /* A 32-bit completion flag in host memory (stream_wait_flag): set stores
  * value and wakes every thread blocked in wait; wait returns once *flag >=

@@ -13,19 +13,25 @@
  * a live allocation of the stream's device puts the stream in a sticky
  * FERRY_EIO state, like a CUDA illegal-address fault.  Owns the reservation,
  * the shadow, the per-device allocation tables and the streams' workers.
- * IPC, like CUDA's, is sim_ipc.c; what the two files share is sim_internal.h.
+ * IPC, like CUDA's, is sim_ipc.c, the settings below are read in
+ * sim_config.c; what the files share is sim_internal.h.
  * Fault injection, as strict as hardware: FERRY_SIM_FAIL_COPY names copy
  * jobs (copy_async calls, numbered from 1 in the order they are made in
  * this process) that fail with FERRY_EIO: "N" when the device runs it (the
  * stream's sticky error, seen by query, sync and later copy_async, like a
  * CUDA fault reported at synchronisation), "N:start" at copy_async itself
  * (nothing queued, the stream stays usable, like a rejected launch).
+ * FERRY_SIM_HOLD_COPY="N:path" holds copy job N back (its stream's worker
+ * waits before running it) until the file path exists: a test decides when
+ * a copy completes, without timing.  A function on a stream (stream_then)
+ * is not called once the stream has failed, as cuLaunchHostFunc's is not.
  */
 #include "device/backend.h"
 #include "device/device.h"
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +39,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -50,6 +57,7 @@ struct sim_job {
     void *arg;
     volatile uint32_t *flag;     /* a wait (stream_wait_flag) */
     volatile uint32_t *mark;     /* a store (stream_mark) */
+    bool then;                   /* fn is stream_then's: skipped on a failed stream */
     uint32_t value;
     enum ferry_copy_dir dir;
     uint64_t number;             /* its place in the process's copy jobs */
@@ -76,85 +84,13 @@ struct sim_stream {
 
 /* ---------------------------------------------------------------- setup */
 
-/* Parses "123", "64K", "512M", "16G" (binary units) into bytes. */
-static int parse_size(const char *s, size_t *out)
+/* A held copy job waits for its file (FERRY_SIM_HOLD_COPY): tests only. */
+static void hold_back(const struct sim_job *job)
 {
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
-    errno = 0;
-    if (*s < '0' || *s > '9')
-        return -1;
-    v = strtoull(s, &end, 10);
-    if (errno != 0)
-        return -1;
-    switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    default: break;
-    }
-    if (*end != '\0' || v > (SIZE_MAX >> shift))
-        return -1;
-    *out = (size_t)v << shift;
-    return 0;
-}
-
-/* FERRY_SIM_FAIL_COPY="N[:start][,N[:start]...]" into sim_hw.faults. */
-static int read_faults(void)
-{
-    const char *s = getenv("FERRY_SIM_FAIL_COPY");
-    sim_hw.nfaults = 0;
-    if (s == NULL || *s == '\0')
-        return 0;
-    for (const char *p = s;;) {
-        char *end;
-        errno = 0;
-        unsigned long long job = *p >= '0' && *p <= '9' ? strtoull(p, &end, 10) : 0;
-        if (job == 0 || errno != 0 || sim_hw.nfaults == SIM_MAX_FAULTS)
-            break;
-        int at_start = strncmp(end, ":start", 6) == 0;
-        end += at_start ? 6 : 0;
-        sim_hw.faults[sim_hw.nfaults++] = (struct sim_fault){job, at_start};
-        if (*end == '\0')
-            return 0;
-        if (*end != ',')
-            break;
-        p = end + 1;
-    }
-    sim_hw.nfaults = 0;
-    return ferry_fail(FERRY_EINVAL,
-                      "FERRY_SIM_FAIL_COPY=\"%.64s\": want up to %d copy numbers N >= 1, each N "
-                      "(fails when run) or N:start (fails at copy_async), comma-separated",
-                      s, SIM_MAX_FAULTS);
-}
-
-static int read_config(int *ndev, size_t *dev_size, int *size_given)
-{
-    const char *s = getenv("FERRY_SIM_DEVICES");
-    *ndev = SIM_DEFAULT_DEVICES;
-    if (s != NULL && *s != '\0') {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (*end != '\0' || end == s || v < 1 || v > SIM_MAX_DEVICES)
-            return ferry_fail(FERRY_EINVAL, "FERRY_SIM_DEVICES=\"%.32s\": want 1..%d", s,
-                              SIM_MAX_DEVICES);
-        *ndev = (int)v;
-    }
-    s = getenv("FERRY_SIM_DEVICE_MEM");
-    *dev_size = SIM_DEFAULT_DEVICE_MEM;
-    *size_given = 0;
-    if (s != NULL && *s != '\0') {
-        if (parse_size(s, dev_size) < 0 || *dev_size < SIM_MIN_DEVICE_MEM ||
-            *dev_size > ((size_t)1 << 40))
-            return ferry_fail(FERRY_EINVAL,
-                              "FERRY_SIM_DEVICE_MEM=\"%.32s\": want a size 1M..1024G "
-                              "(suffix K, M or G)",
-                              s);
-        *dev_size = (*dev_size + SIM_PAGE - 1) & ~(SIM_PAGE - 1);
-        *size_given = 1;
-    }
-    return read_faults();
+    if (!sim_hw.hold_job || job->number != sim_hw.hold_job)
+        return;
+    while (access(sim_hw.hold_path, F_OK) != 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
 }
 
 static void *map_anonymous(size_t len, int prot)
@@ -170,7 +106,7 @@ static int sim_load(void)
 {
     int ndev = 0, size_given = 0;
     size_t dev_size = 0;
-    int rc = read_config(&ndev, &dev_size, &size_given);
+    int rc = sim_read_config(&ndev, &dev_size, &size_given);
     if (rc < 0)
         return rc;
     for (;;) {
@@ -528,7 +464,10 @@ static void *stream_worker(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         int rc = 0;
-        if (job->fn) /* host functions and waits run even on a failed stream: */
+        if (job->fn && job->then) { /* ferry's own: as cuLaunchHostFunc, not after a failure */
+            if (!failed)
+                job->fn(job->arg);
+        } else if (job->fn) /* host functions and waits run even on a failed stream: */
             job->fn(job->arg); /* ferry's side of stream ordering must not hang */
         else if (job->flag)
             ferry_flag_wait(job->flag, job->value);
@@ -536,8 +475,10 @@ static void *stream_worker(void *arg)
             if (!failed) /* as on hardware: a failed stream runs nothing more */
                 ferry_flag_set(job->mark, job->value);
         }
-        else if (!failed)
+        else if (!failed) {
+            hold_back(job);
             rc = run_job(s->dev, job, msg, sizeof msg);
+        }
         free(job);
 
         pthread_mutex_lock(&s->lock);
@@ -702,6 +643,14 @@ static int sim_stream_host_func(int dev, void *stream, void (*fn)(void *), void 
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.fn = fn, .arg = arg});
 }
 
+static int sim_stream_then(ferry_stream *stream, void (*fn)(void *), void *arg)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL || fn == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim: stream_then on %p: not a sim stream, or no function", (void *)stream);
+    return sim_enqueue_sync_job(s->dev, stream, &(struct sim_job){.fn = fn, .arg = arg, .then = true});
+}
+
 static int sim_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
 {
     if (flag == NULL)
@@ -760,6 +709,8 @@ static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_FAIL_COPY", "", "tests: the sim copy jobs (copy_async calls of this process, from 1) that fail "
      "with FERRY_EIO: N when run (sticky, like a device fault), N:start at the call itself; up to 8, "
      "comma-separated"},
+    {"FERRY_SIM_HOLD_COPY", "", "tests: N:path holds sim copy job N (numbered as above) back until the file path "
+     "exists"},
     {NULL, NULL, NULL},
 };
 
@@ -779,6 +730,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_query = sim_stream_query,
     .stream_sync = sim_stream_sync,
     .stream_mark = sim_stream_mark,
+    .stream_then = sim_stream_then,
     .stream_host_func = sim_stream_host_func,
     .stream_wait_flag = sim_stream_wait_flag,
     .ipc_export = sim_ipc_export,

@@ -61,6 +61,8 @@ struct sim_hw {
         int at_start;
     } faults[SIM_MAX_FAULTS];
     atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
+    uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
+    char hold_path[256];
 };
 extern struct sim_hw sim_hw;
 
@@ -72,6 +74,11 @@ char *sim_shadow_of(const void *p); /* where p's bytes really are */
 long sim_last_at_or_before(const struct sim_device *d, size_t x); /* d's lock held */
 int sim_mem_alloc(int dev, size_t len, void **out);
 void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
+
+/* sim_config.c: FERRY_SIM_DEVICES / _DEVICE_MEM into the arguments (size_given:
+ * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY into sim_hw.  0 or
+ * FERRY_EINVAL naming the variable. */
+int sim_read_config(int *ndev, size_t *dev_size, int *size_given);
 
 /* sim_ipc.c */
 int sim_ipc_export(const void *ptr, size_t len, void *handle, size_t *handle_len);

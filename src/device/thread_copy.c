@@ -8,7 +8,9 @@
  * still queued) when ferry_device_copy_sync returns, so a caller may end its
  * access to the memory (memreg.h) right after; ferry_device_copy_start and
  * _wait split that in two, so the thread can receive the next bytes while
- * the device copies the last ones (the tcp target's bounce).
+ * the device copies the last ones (the tcp target's bounce), and
+ * ferry_device_copy_then runs a function once they are done (the tcp
+ * target's acknowledgement from the copy's completion).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -117,6 +119,26 @@ int ferry_device_copy_wait(void)
     if (rc)
         thread_stream_renew(ts);
     return rc;
+}
+
+int ferry_device_copy_then(void (*fn)(void *), void *arg)
+{
+    struct thread_stream *ts = once_done ? pthread_getspecific(key) : NULL;
+    if (!ts || !ts->stream || !ts->inflight)
+        return ferry_fail(FERRY_EINVAL, "copy_then: this thread has no device copy in flight");
+    if (!ts->ops->stream_then)
+        return ferry_fail(FERRY_ENOTSUP, "%s: no host function on a stream", ts->ops->kind);
+    return ts->ops->stream_then(ts->stream, fn, arg);
+}
+
+int ferry_device_copy_mark(volatile uint32_t *flag, uint32_t value)
+{
+    struct thread_stream *ts = once_done ? pthread_getspecific(key) : NULL;
+    if (!ts || !ts->stream || !ts->inflight)
+        return ferry_fail(FERRY_EINVAL, "copy_mark: this thread has no device copy in flight");
+    if (!ts->ops->stream_mark)
+        return ferry_fail(FERRY_ENOTSUP, "%s: no mark on a stream", ts->ops->kind);
+    return ts->ops->stream_mark(ts->stream, flag, value);
 }
 
 int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,

@@ -37,7 +37,12 @@
  * flight and retires them (it wakes while the device copies), but where
  * FERRY_STAGING_ISSUER_RETIRE_US is set and the worker slept, the submitting
  * thread retires the first group of what it issued itself (retire_first);
- * one thread retires at a time (pool->retiring).  Transport
+ * one thread retires at a time (pool->retiring).  With
+ * FERRY_STAGING_INLINE_FIRST the thread that retires a round's first gather
+ * lets the transport write that frame on it (tcp: to an idle connection,
+ * what the socket takes at once), saving a sender's wake-up on the path of
+ * the batch's first bytes; every other staged WRITE is handed over, so the
+ * retiring thread never copies a whole batch into sockets.  Transport
  * threads end wire frames and return chunks.  All lists, the in-flight FIFO
  * included, are under pool->lock.  A chunk carries everything a frame in
  * flight needs (its rewritten wire frame and pieces), so the hot path
@@ -308,10 +313,13 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
     uint64_t bytes = 0;
     unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
     uint64_t bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
+    bool first = true;
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
         if (c->state != CHUNK_SCATTER)  /* taken from the waiting frames: not bound yet */
             bind_chunk(c, c->orig);
+        c->round_first = first && c->state == CHUNK_GATHER;
+        first = first && !c->round_first;
         if (c->state == CHUNK_WIRE) {
             p->send(p->send_ctx, &c->wire);
             continue;
@@ -364,6 +372,14 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
         struct chunk *c = g[i];
         if (c->state == CHUNK_GATHER) {
             c->state = CHUNK_WIRE;
+            if (c->round_first && p->inline_first) {
+                /* the round's first frame: the transport may write it on
+                 * this thread (to an idle connection, as much as the socket
+                 * takes at once), as it does a host submit's last frame,
+                 * rather than wake a sender for it */
+                c->wire.handed_over = false;
+                c->wire.more_bytes = 0;
+            }
             p->send(p->send_ctx, &c->wire);
             continue;
         }

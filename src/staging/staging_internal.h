@@ -48,6 +48,7 @@ struct chunk {
     bool marked;                          /* a lead's: a device-written mark (marks[index]) says when they are done */
     int enqueue_err;                      /* a lead's: its copies on a mark stream failed to enqueue */
     uint32_t mark_seq;                    /* the value its last mark stores */
+    bool round_first;                     /* a gather, the first of the round it was issued in */
     unsigned index;                       /* in pool->chunks */
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
     struct xfer_frame wire;               /* what the transport sees (host pointers) */
@@ -86,6 +87,7 @@ struct staging_pool {
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     uint64_t issuer_retire_ns;            /* FERRY_STAGING_ISSUER_RETIRE_US */
+    bool inline_first;                    /* FERRY_STAGING_INLINE_FIRST */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
@@ -111,6 +113,12 @@ struct staging_pool {
  * without, alternated in one run (docs/BENCHMARKS.md, h16u). */
 #define ISSUER_RETIRE_US_DEFAULT 0u
 #define ISSUER_RETIRE_US_MAX 1000u
+/* FERRY_STAGING_INLINE_FIRST: the thread that retires a round's first
+ * gather (the worker, or the submitting thread with
+ * FERRY_STAGING_ISSUER_RETIRE_US) may write its frame to an idle connection
+ * itself, as a host submit's last frame is, instead of waking a sender
+ * thread.  Default below: see docs/BENCHMARKS.md (h16w). */
+#define INLINE_FIRST_DEFAULT 0u
 #define COPY_POLL_NS 200000u
 #define MARK_SLEEP_NS 20000             /* then between polls of a mark */
 

@@ -7,7 +7,9 @@
  * refused by copy_async itself (nothing queued; the stream goes on); the
  * others run.  Malformed settings fail the device's init with FERRY_EINVAL
  * naming the variable (each in a forked child: the load happens once per
- * process).
+ * process), and so do malformed FERRY_SIM_HOLD_COPY settings.  stream_then,
+ * sim's function on a stream: run once the copies before it are done, never
+ * after a failed one, as CUDA's cuLaunchHostFunc.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -84,23 +86,91 @@ static void test_injected_faults(void **state)
     sim->host_free(back);
 }
 
-/* init() in a fresh child with FERRY_SIM_FAIL_COPY=value: 0 if it loaded,
- * 1 if it failed FERRY_EINVAL naming the variable, 2 otherwise. */
-static int init_with(const char *value)
+/* init() in a fresh child with var=value: 0 if it loaded, 1 if it failed
+ * FERRY_EINVAL naming the variable, 2 otherwise. */
+static int init_var(const char *var, const char *value)
 {
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        setenv("FERRY_SIM_FAIL_COPY", value, 1);
+        setenv(var, value, 1);
         int rc = sim->init();
         if (rc == 0)
             _exit(0);
-        _exit(rc == FERRY_EINVAL && strstr(ferry_last_error(), "FERRY_SIM_FAIL_COPY") ? 1 : 2);
+        _exit(rc == FERRY_EINVAL && strstr(ferry_last_error(), var) ? 1 : 2);
     }
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     return WEXITSTATUS(status);
+}
+
+static int init_with(const char *value)
+{
+    return init_var("FERRY_SIM_FAIL_COPY", value);
+}
+
+/* FERRY_SIM_HOLD_COPY wants N:path. */
+static void test_hold_malformed(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"x", "0:/tmp/h", "3", "3:", "3/tmp/h", "-1:/tmp/h"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        print_message("FERRY_SIM_HOLD_COPY=\"%s\"\n", bad[i]);
+        assert_int_equal(init_var("FERRY_SIM_HOLD_COPY", bad[i]), 1);
+    }
+    assert_int_equal(init_var("FERRY_SIM_HOLD_COPY", "4:/tmp/ferry-no-such-hold"), 0);
+}
+
+static void then_fn(void *arg)
+{
+    __atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);
+}
+
+/* stream_then: runs once the copies before it are done (sync returns after
+ * it); never after a failed copy (as cuLaunchHostFunc).  And the thread
+ * copy wrappers refuse a thread with no copy in flight.  Copy jobs 8 on
+ * (none injected); the failure is an illegal address. */
+static void test_stream_then(void **state)
+{
+    (void)state;
+    char *host, *dev, *gone;
+    ferry_stream *s;
+    int ran = 0, ran_after_failure = 0;
+    assert_int_equal(sim->host_alloc(LEN, (void **)&host), 0);
+    assert_int_equal(sim->mem_alloc(0, LEN, (void **)&dev), 0);
+    assert_int_equal(sim->mem_alloc(0, LEN, (void **)&gone), 0);
+    sim->mem_free(0, gone);
+    assert_int_equal(sim->stream_create(0, &s), 0);
+    memset(host, 0x33, LEN);
+    assert_int_equal(copy1(s, FERRY_COPY_H2D, dev, host, LEN), 0);
+    assert_int_equal(sim->stream_then(s, then_fn, &ran), 0);
+    assert_int_equal(sim->stream_sync(s), 0);
+    assert_int_equal(__atomic_load_n(&ran, __ATOMIC_ACQUIRE), 1);
+    assert_int_equal(copy1(s, FERRY_COPY_H2D, gone, host, LEN), 0); /* fails when run */
+    assert_int_equal(sim->stream_then(s, then_fn, &ran_after_failure), 0);
+    assert_int_equal(sim->stream_sync(s), FERRY_EIO);
+    sim->stream_destroy(s); /* its worker has run (or dropped) every job */
+    assert_int_equal(ran_after_failure, 0);
+    assert_int_equal(sim->stream_then(NULL, then_fn, &ran), FERRY_EINVAL);
+
+    assert_int_equal(ferry_device_copy_then(then_fn, &ran), FERRY_EINVAL); /* nothing in flight */
+    assert_non_null(strstr(ferry_last_error(), "no device copy in flight"));
+    uint32_t *mark;
+    assert_int_equal(sim->host_alloc(64, (void **)&mark), 0);
+    *mark = 0;
+    assert_int_equal(ferry_device_copy_mark(mark, 1), FERRY_EINVAL);
+    struct ferry_copy c = {dev, host, LEN};
+    assert_int_equal(ferry_device_copy_start(sim, 0, FERRY_COPY_H2D, &c, 1), 0);
+    ran = 0;
+    assert_int_equal(ferry_device_copy_mark(mark, 7), 0);
+    assert_int_equal(ferry_device_copy_then(then_fn, &ran), 0);
+    assert_int_equal(ferry_device_copy_wait(), 0);
+    assert_int_equal(__atomic_load_n(&ran, __ATOMIC_ACQUIRE), 1);
+    assert_int_equal(__atomic_load_n(mark, __ATOMIC_ACQUIRE), 7);
+    sim->host_free(mark);
+    sim->mem_free(0, dev);
+    sim->host_free(host);
 }
 
 static void test_malformed(void **state)
@@ -122,7 +192,9 @@ int main(void)
     /* the forked children of test_malformed load their own copy first */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_hold_malformed),
         cmocka_unit_test(test_injected_faults),
+        cmocka_unit_test(test_stream_then),
     };
     setenv("FERRY_SIM_FAIL_COPY", "2,3:start,5", 1);
     return cmocka_run_group_tests(tests, NULL, NULL);

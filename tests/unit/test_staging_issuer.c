@@ -39,6 +39,8 @@ struct frame_slot {
     int err;
     pthread_t sent_by;                 /* the thread that put it on the "wire" */
     bool sent;
+    bool handed_over;                  /* what the "transport" was told: not to write it inline */
+    uint64_t more_bytes;
 };
 
 static struct {
@@ -95,6 +97,8 @@ static void wire_send(void *ctx, struct xfer_frame *w)
     if (s) {
         s->sent_by = pthread_self();
         s->sent = true;
+        s->handed_over = w->handed_over;
+        s->more_bytes = w->more_bytes;
     }
     pthread_mutex_unlock(&t.lock);
     w->complete(w, 0, 0, "");
@@ -102,9 +106,11 @@ static void wire_send(void *ctx, struct xfer_frame *w)
 
 /* Gathers NFRAMES frames (frame `freed` from device memory freed before:
  * its copies fail on the device; NFRAMES: none) through a pool with
- * FERRY_STAGING_ISSUER_RETIRE_US=retire_us, submitted once its worker
- * sleeps. */
-static void run(const char *retire_us, unsigned freed)
+ * FERRY_STAGING_ISSUER_RETIRE_US=retire_us and
+ * FERRY_STAGING_INLINE_FIRST=inline_first, submitted as one list (each
+ * frame saying how many bytes follow it, as the engine's do) once its
+ * worker sleeps. */
+static void run_with(const char *retire_us, const char *inline_first, unsigned freed)
 {
     const size_t span = (size_t)NFRAMES * PIECES * BLOCK;
     char *dev, *gone;
@@ -130,11 +136,13 @@ static void run(const char *retire_us, unsigned freed)
         }
         s->f = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = PIECES, .pieces = s->pieces,
                                    .bytes = PIECES * BLOCK, .deadline_ns = deadline, .complete = frame_ended,
-                                   .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
+                                   .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL,
+                                   .more_bytes = (uint64_t)(NFRAMES - 1 - f) * PIECES * BLOCK};
     }
     setenv("FERRY_STAGING_ISSUER_RETIRE_US", retire_us, 1);
     setenv("FERRY_STAGING_SPIN_US", "0", 1);
     setenv("FERRY_STAGING_GROUP_FIRST", "1", 1);
+    setenv("FERRY_STAGING_INLINE_FIRST", inline_first, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
@@ -142,6 +150,7 @@ static void run(const char *retire_us, unsigned freed)
     unsetenv("FERRY_STAGING_ISSUER_RETIRE_US");
     unsetenv("FERRY_STAGING_SPIN_US");
     unsetenv("FERRY_STAGING_GROUP_FIRST");
+    unsetenv("FERRY_STAGING_INLINE_FIRST");
     assert_int_equal(rc, 0);
     while (!staging_pool_worker_asleep(pool)) /* it sleeps once it has polled for 0 us */
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -157,6 +166,11 @@ static void run(const char *retire_us, unsigned freed)
     for (unsigned f = 0; f < NFRAMES; f++)
         if (f != freed)
             assert_int_equal(slot[f].err, 0);
+}
+
+static void run(const char *retire_us, unsigned freed)
+{
+    run_with(retire_us, "0", freed);
 }
 
 static void issuer_sends_the_first_frame(void **state)
@@ -189,6 +203,48 @@ static void failed_first_group_fails_alone(void **state)
         assert_true(slot[f].sent);
 }
 
+/* FERRY_STAGING_INLINE_FIRST=1: the round's first frame reaches the
+ * transport as a last frame not handed over (tcp writes it on the retiring
+ * thread when a connection is idle); every other one as before. */
+static void inline_first_frame(void **state)
+{
+    (void)state;
+    static const char *const retire[] = {"0", "1000"}; /* the worker retires it; the submitting thread does */
+    for (size_t r = 0; r < 2; r++) {
+        run_with(retire[r], "1", NFRAMES);
+        for (unsigned f = 0; f < NFRAMES; f++)
+            assert_true(slot[f].sent);
+        assert_false(slot[0].handed_over);
+        assert_int_equal(slot[0].more_bytes, 0);
+        for (unsigned f = 1; f < NFRAMES; f++) {
+            assert_true(slot[f].handed_over);
+            assert_int_equal(slot[f].more_bytes, (uint64_t)(NFRAMES - 1 - f) * PIECES * BLOCK);
+        }
+    }
+}
+
+/* Off (the default): every staged WRITE is handed over. */
+static void inline_first_off(void **state)
+{
+    (void)state;
+    run_with("0", "0", NFRAMES);
+    for (unsigned f = 0; f < NFRAMES; f++)
+        assert_true(slot[f].sent && slot[f].handed_over);
+    assert_int_equal(slot[0].more_bytes, (uint64_t)(NFRAMES - 1) * PIECES * BLOCK);
+}
+
+/* A first frame whose copies fail on the device fails alone (through the
+ * worker, never reaching the transport); the others go as before. */
+static void inline_first_failed(void **state)
+{
+    (void)state;
+    run_with("0", "1", 0);
+    assert_int_equal(slot[0].err, FERRY_EIO);
+    assert_false(slot[0].sent);
+    for (unsigned f = 1; f < NFRAMES; f++)
+        assert_true(slot[f].sent && slot[f].handed_over);
+}
+
 static void knob_refusals(void **state)
 {
     (void)state;
@@ -206,6 +262,19 @@ static void knob_refusals(void **state)
         assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_ISSUER_RETIRE_US"));
         assert_non_null(strstr(ferry_last_error(), bad[i]));
     }
+    static const char *const bad_inline[] = {"2", "-1", "yes"};
+    for (size_t i = 0; i < sizeof bad_inline / sizeof bad_inline[0]; i++) {
+        struct staging_pool *pool = NULL;
+        void *base;
+        size_t len;
+        setenv("FERRY_STAGING_INLINE_FIRST", bad_inline[i], 1);
+        int rc = staging_pool_create(sim, 0, 1u << 20, 2, wire_send, NULL, &pool, &base, &len);
+        unsetenv("FERRY_STAGING_INLINE_FIRST");
+        if (rc != FERRY_EINVAL)
+            fail_msg("FERRY_STAGING_INLINE_FIRST=%s: %d", bad_inline[i], rc);
+        assert_null(pool);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_INLINE_FIRST"));
+    }
 }
 
 int main(void)
@@ -221,6 +290,9 @@ int main(void)
         cmocka_unit_test(issuer_sends_the_first_frame),
         cmocka_unit_test(off_the_worker_sends_it),
         cmocka_unit_test(failed_first_group_fails_alone),
+        cmocka_unit_test(inline_first_frame),
+        cmocka_unit_test(inline_first_off),
+        cmocka_unit_test(inline_first_failed),
         cmocka_unit_test(knob_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

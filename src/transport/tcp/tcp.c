@@ -514,8 +514,9 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
             /* a READ (a request: header and entries), a small submit's
              * WRITEs (all of it), else only the last frame: a submitter
              * writing every frame of a large one would do all its copies on
-             * one thread.  Never a staged WRITE: the staging worker hands
-             * those over, and writing them would stall its retiring */
+             * one thread.  Never a staged WRITE handed over by the staging
+             * worker: writing them would stall its retiring (with
+             * FERRY_STAGING_INLINE_FIRST a submit's first one is not) */
             bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
             if ((small || !f->more_bytes) && !f->handed_over && c->ready && !c->writing && !c->rest &&
                 !c->sendq_head) {
@@ -671,6 +672,7 @@ static int tcp_create(const struct transport_host *host, void **out)
 {
     unsigned max_conns = 4, spread = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
+    unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
@@ -684,6 +686,8 @@ static int tcp_create(const struct transport_host *host, void **out)
         mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
     if (!mrc)
         mrc = tcp_device_pipe(&dev_pipe);
+    if (!mrc)
+        mrc = tcp_ack_on_copy(&ack_on_copy);
     if (mrc)
         return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
@@ -697,6 +701,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
     t->dev_pipe = dev_pipe;
+    t->ack_on_copy = ack_on_copy;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

@@ -34,12 +34,16 @@ struct tcp_transport {
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
+    unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
 };
 
 /* FERRY_TCP_DEVICE_PIPE (tcp_serve_dev.c): bytes of device payload per
  * device copy the target starts while the socket moves the next ones.
  * 0 or FERRY_EINVAL. */
 int tcp_device_pipe(uint64_t *out);
+/* FERRY_TCP_ACK_ON_COPY (tcp_serve_dev.c): 0, 1 (a driver thread's
+ * function or the device's mark) or 2 (the mark only).  0 or FERRY_EINVAL. */
+int tcp_ack_on_copy(unsigned *out);
 
 /* An initiator's connection to a peer: its sender (tcp.c) and receiver
  * (tcp_conn.c) threads, and the frames queued and in flight on it. */

@@ -118,14 +118,22 @@ void tcp_serve_stop_revoked(struct server_conn *s)
     }
 }
 
-static uint64_t frame_end_accesses(struct server_conn *s)
+uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n)
 {
     uint64_t refused = 0;
-    for (unsigned i = 0; i < s->nent; i++) {
-        entry_end(s, i);
-        if (s->ent[i].refused)
+    for (unsigned i = 0; i < n; i++) {
+        if (ent[i].held)
+            memreg_access_end(t->host.registry, &ent[i].acc);
+        ent[i].held = false;
+        if (ent[i].refused)
             refused |= 1ull << i;
     }
+    return refused;
+}
+
+static uint64_t frame_end_accesses(struct server_conn *s)
+{
+    uint64_t refused = tcp_serve_end_accesses(s->t, s->ent, s->nent);
     s->nent = 0;
     return refused;
 }
@@ -178,6 +186,9 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
 static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
                          uint64_t payload)
 {
+    int rc = tcp_settle_ack(s); /* an earlier WRITE's ack goes first */
+    if (rc)
+        return rc;
     struct wire_header h = {.type = type, .id = id, .status = status, .refused = refused, .payload_len = payload};
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&h, raw);
@@ -214,6 +225,10 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
         }
     }
     TRACE(TR_SRV_PAYLOAD, h->payload_len);
+    if (!rc && (s->b.n || s->b.inflight) && t->ack_on_copy && tcp_defer_ack(s, h, e)) {
+        TRACE(TR_SRV_ANSWERED, h->payload_len); /* the ack goes when its copies are done */
+        return 0;
+    }
     if (!rc && (s->b.n || s->b.inflight)) {
         rc = tcp_flush_writes(s); /* the bytes are in device memory before the ack */
         TRACE(TR_SRV_COPY, h->payload_len);
@@ -277,6 +292,10 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     struct tcp_transport *t = s->t;
     uint64_t refused = 0, payload = 0;
     TRACE(TR_SRV_FRAME, h->nentries);
+    int rc = tcp_settle_ack(s); /* an earlier WRITE's ack, and its copies, first */
+    if (rc)
+        return rc;
+    tcp_bounce_drain(s); /* what that WRITE left in the bounce */
     frame_begin(s, h->nentries);
     s->trailer = (h->flags & WIRE_FLAG_TRAILER) != 0;
     s->trailer_status = s->trailer && (h->flags & WIRE_FLAG_TRAILER_STATUS) != 0;
@@ -293,7 +312,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     wire_encode_header(&rh, raw);
     s->iovcnt = 0;
     s->trailer_iov = -1;
-    int rc = add_read_iov(s, raw, sizeof raw, -1);
+    rc = add_read_iov(s, raw, sizeof raw, -1);
     /* host memory goes out straight from where it lies, device memory
      * through the bounce; one sendmsg for as much as possible */
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
@@ -325,8 +344,12 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
 static int serve_notify(struct server_conn *s, const struct wire_header *h)
 {
     uint8_t msg[WIRE_MAX_NOTIFY];
+    /* delivered once the WRITEs before it are in device memory (and acked) */
+    int rc = tcp_settle_ack(s);
+    if (rc)
+        return rc;
     /* under the frame's deadline: a message dripped in a byte per socket timeout would pin this thread */
-    int rc = net_read_full_deadline(s->fd, msg, (size_t)h->payload_len, s->deadline_ns);
+    rc = net_read_full_deadline(s->fd, msg, (size_t)h->payload_len, s->deadline_ns);
     if (rc)
         return rc;
     s->t->host.deliver_notify(s->t->host.engine, s->from, msg, (size_t)h->payload_len);
@@ -427,6 +450,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     s->t = t;
     s->fd = c->fd;
     s->peer = c->peer;
+    s->ent = s->ent_bufs[0];
     strcpy(s->from, "?");
     /* payload moves with blocking calls; these bound each of them */
     net_set_timeouts(s->fd, t->host.cfg->request_timeout_ms, t->host.cfg->request_timeout_ms);
@@ -439,6 +463,9 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        /* a WRITE whose ack waits for its copies: with nothing to read, wait for them here */
+        if ((atomic_load(&s->ack.word) & 3) && poll(&p, 1, 0) == 0 && (rc = tcp_settle_ack(s)) != 0)
+            break;
         int n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (idle_ns && now_ns() - last >= idle_ns) {
@@ -456,6 +483,8 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         LOG_WARN("tcp: dropping the connection from %s (%s): %s: %s", s->from, s->peer, ferry_err_name(rc),
                  ferry_last_error());
     }
+    (void)tcp_settle_ack(s); /* its copies done and its function returned: nothing runs for s any more */
+    (void)ferry_device_copy_wait();
     shutdown(s->fd, SHUT_RDWR);
     if (s->wake_ready) /* no access of this thread is left to be cancelled */
         sockio_wake_destroy(&s->wake);

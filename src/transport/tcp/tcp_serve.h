@@ -50,6 +50,35 @@ struct served_entry {
     bool refused;                     /* outside the registrations, or revoked while served */
 };
 
+/* A WRITE acknowledged from its device copies' completion
+ * (FERRY_TCP_ACK_ON_COPY, tcp_serve_dev.c): its last copies started, the
+ * receiving thread went on to the next frame (already there), and the ack
+ * goes when they complete: from a function on the thread's stream (a
+ * driver thread; FERRY_TCP_ACK_ON_COPY=1 only), or from the receiving
+ * thread, which sees a mark the device writes after the copies when it has
+ * nothing else to do, and waits for them anyway before
+ * it starts another copy or writes to the socket (so acks stay in order,
+ * and only this frame's copies are ever in flight ahead of its ack: a
+ * failure is its own).  word: seq << 2 | ACK_*; whoever moves it from
+ * ACK_PENDING to ACK_CLAIMED (compare-and-swap, with its seq) acks.  The
+ * driver thread never waits: what of the ack the socket did not take at
+ * once it leaves to the receiving thread (ACK_PARTIAL). */
+enum { ACK_NONE, ACK_PENDING, ACK_CLAIMED, ACK_PARTIAL };
+struct deferred_ack {
+    atomic_uint_fast64_t word;
+    atomic_uint_fast64_t fired;       /* functions the stream has run (they run in order) */
+    uint64_t queued;                  /* functions enqueued (receiving thread) */
+    uint64_t seq;                     /* the deferred frame's: its function's place in that order */
+    uint64_t id;                      /* its wire id */
+    bool marked;                      /* a device-written mark says when its copies are done */
+    unsigned nent;
+    struct served_entry *ent;         /* its accesses (one of ent_bufs), held until its copies are done */
+    uint64_t refused;                 /* entries refused while it was served */
+    uint64_t bytes;                   /* what it moved (bytes_served once acked) */
+    uint8_t raw[WIRE_HEADER_SIZE];    /* the ack */
+    size_t written;                   /* ACK_PARTIAL: bytes of raw the driver thread wrote */
+};
+
 /* One incoming connection: allocated and freed by tcp_serve_connection, on the
  * connection's own thread.  deadline_ns is the deadline of the whole frame
  * being served (payload included), set when its header arrives. */
@@ -71,7 +100,9 @@ struct server_conn {
     char copy_msg[200];               /* its detail */
     uint64_t revoked;                 /* entries revoked mid-way (what the trailer says) */
     unsigned nent;                    /* entries of the frame being served */
-    struct served_entry ent[WIRE_MAX_ENTRIES];
+    struct served_entry *ent;         /* the frame being served: one of ent_bufs, the other a deferred ack's */
+    struct served_entry ent_bufs[2][WIRE_MAX_ENTRIES];
+    struct deferred_ack ack;          /* FERRY_TCP_ACK_ON_COPY */
     uint64_t deadline_ns;             /* the frame's payload must have moved by then */
     struct sockio_wake wake;          /* signalled when one of its accesses is revoked */
     bool wake_ready;
@@ -85,7 +116,21 @@ void tcp_serve_stop_revoked(struct server_conn *s);
  * those of an entry whose access has ended go out as zeros. */
 int tcp_serve_send_iovs(struct server_conn *s, int k, int end);
 
+/* tcp_serve.c: ends the accesses of entries [0, n) of ent; returns the
+ * bits of those refused. */
+uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n);
+
 /* tcp_serve_dev.c: device memory through the connection's bounce. */
+
+/* FERRY_TCP_ACK_ON_COPY: at a WRITE's end (header h, payload received, no
+ * failure so far), starts its last copies and leaves its ack to their
+ * completion (s->ack); returns true if it did (the bounce keeps the bytes in
+ * flight; the frame's accesses went with the ack), false if the frame is to
+ * be flushed and acked as before. */
+bool tcp_defer_ack(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e);
+/* Waits for a deferred ack's copies and sends it (from this thread, if the
+ * driver's has not); nothing if none is pending.  0, or the socket's error. */
+int tcp_settle_ack(struct server_conn *s);
 
 /* Waits for the device copies started; a failure is remembered in copy_err
  * and the bounce bytes they were to fill are zeroed. */

@@ -9,14 +9,19 @@
  * (tcp_serve.c), which owns the bounce; the frame handling is there.
  */
 
+#include <poll.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "config.h"
 #include "err.h"
+#include "log.h"
+#include "net.h"
 #include "device/device.h"
 #include "transport/tcp/sockio.h"
 #include "transport/tcp/tcp_serve.h"
@@ -24,6 +29,11 @@
 #include "trace.h"
 
 #define BOUNCE_SIZE (4u << 20) /* target-side bounce for device memory */
+#define BOUNCE_TAIL 64u        /* after it: the word a deferred ack's mark stores into */
+/* FERRY_TCP_ACK_ON_COPY's receiving thread, with nothing to read, polls the
+ * mark this long before it blocks in the stream's wait (as a CUDA stream
+ * synchronisation spins: the ack must not pay the driver thread's wake-up) */
+#define ACK_SPIN_NS 200000u
 /* Device copies start once this many bytes wait in the bounce, so the
  * device copies them while the socket moves the next ones
  * (FERRY_TCP_DEVICE_PIPE: s->t->dev_pipe, "the pipe" below). */
@@ -36,6 +46,14 @@ int tcp_device_pipe(uint64_t *out)
     snprintf(wanted, sizeof wanted, "bytes, %u-%u", PIPE_MIN, BOUNCE_SIZE);
     *out = PIPE_DEFAULT;
     int rc = config_env_number("FERRY_TCP_DEVICE_PIPE", false, PIPE_MIN, BOUNCE_SIZE, wanted, out);
+    return rc < 0 ? rc : 0;
+}
+
+int tcp_ack_on_copy(unsigned *out)
+{
+    uint64_t v = 0;
+    int rc = config_env_number("FERRY_TCP_ACK_ON_COPY", false, 0, 2, "0, 1 or 2", &v);
+    *out = (unsigned)v;
     return rc < 0 ? rc : 0;
 }
 
@@ -86,9 +104,10 @@ static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *o
     if (b->buf)
         b->owner->host_free(b->buf);
     b->buf = NULL;
-    int rc = ops->host_alloc(BOUNCE_SIZE, (void **)&b->buf);
+    int rc = ops->host_alloc(BOUNCE_SIZE + BOUNCE_TAIL, (void **)&b->buf);
     if (rc)
         return rc;
+    memset(b->buf + BOUNCE_SIZE, 0, BOUNCE_TAIL); /* no mark reached yet */
     b->owner = ops;
     return 0;
 }
@@ -99,7 +118,8 @@ static int bounce_room(struct server_conn *s, const struct ferry_device_ops *ops
                        size_t *room, int (*flush)(struct server_conn *))
 {
     struct bounce *b = &s->b;
-    if ((b->n || b->inflight) &&
+    /* (bytes with nothing in flight: a deferred ack's, acked from its mark) */
+    if ((b->n || b->inflight || b->used) &&
         (b->dev_ops != ops || b->dev != dev || b->used == BOUNCE_SIZE || b->n == BOUNCE_COPIES)) {
         int rc = flush(s);
         if (rc)
@@ -142,6 +162,8 @@ static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t 
     struct bounce *b = &s->b;
     if (!n)
         return;
+    if (atomic_load(&s->ack.word) & 3) /* only one frame's copies ahead of a deferred ack */
+        (void)tcp_settle_ack(s);
     int rc = s->copy_err ? s->copy_err : ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
     if (rc) {
         if (!s->copy_err) {
@@ -177,10 +199,15 @@ static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t 
 void tcp_bounce_wait(struct server_conn *s)
 {
     struct bounce *b = &s->b;
+    if (atomic_load(&s->ack.word) & 3) { /* the copies in flight are a deferred ack's */
+        (void)tcp_settle_ack(s);
+        return;
+    }
     if (!b->inflight)
         return;
     b->inflight = false;
     int rc = ferry_device_copy_wait();
+    atomic_store(&s->ack.fired, s->ack.queued); /* every ack function enqueued has run, or never will */
     if (rc) {
         copy_failed(s, rc);
         if (b->flight_hi > b->flight_lo)
@@ -386,4 +413,149 @@ int tcp_send_entry_device(struct server_conn *s, unsigned i, const struct wire_e
     }
     atomic_fetch_add(s->t->host.bytes_bounced, e->len);
     return 0;
+}
+
+/* ---- FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its copies' completion
+ * (struct deferred_ack, tcp_serve.h). */
+
+static volatile uint32_t *ack_mark(struct server_conn *s)
+{
+    return (volatile uint32_t *)(void *)(s->b.buf + BOUNCE_SIZE);
+}
+
+/* The ack is this thread's or the driver thread's (claimed): ends the
+ * frame's accesses (its copies are done) and counts its bytes if it moved. */
+static void ack_release(struct server_conn *s, int status)
+{
+    struct deferred_ack *a = &s->ack;
+    tcp_serve_end_accesses(s->t, a->ent, a->nent);
+    a->nent = 0;
+    if (!status)
+        atomic_fetch_add(&s->t->bytes_served, a->bytes);
+}
+
+/* The function on the stream, on a driver thread, once the frame's copies
+ * are done (never after a failure).  It runs in the order it was enqueued,
+ * so the count of those run says which frame it is for: a frame this
+ * thread already acked (from the mark) is left alone.  It writes what the
+ * socket takes without waiting and never touches the connection after its
+ * last store (the receiving thread waits for it before it frees it). */
+static void ack_fire(void *arg)
+{
+    struct server_conn *s = arg;
+    struct deferred_ack *a = &s->ack;
+    uint64_t seq = atomic_fetch_add(&a->fired, 1) + 1;
+    uint_fast64_t want = seq << 2 | ACK_PENDING;
+    if (!atomic_compare_exchange_strong(&a->word, &want, seq << 2 | ACK_CLAIMED))
+        return;
+    ack_release(s, 0);
+    ssize_t n = send(s->fd, a->raw, sizeof a->raw, MSG_DONTWAIT | MSG_NOSIGNAL);
+    a->written = n > 0 ? (size_t)n : 0;
+    atomic_store(&a->word, seq << 2 | (a->written == sizeof a->raw ? ACK_NONE : ACK_PARTIAL));
+}
+
+bool tcp_defer_ack(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
+{
+    struct bounce *b = &s->b;
+    struct deferred_ack *a = &s->ack;
+    if (tcp_settle_ack(s)) /* one at a time; a broken socket: the frame ends as before */
+        return false;
+    /* only when the next frame is already there to read: else this thread
+     * waits for the copies and acks as without the knob (no driver thread's
+     * wake-up on the path of a batch's last frame) */
+    struct pollfd q = {.fd = s->fd, .events = POLLIN};
+    if (poll(&q, 1, 0) != 1)
+        return false;
+    bounce_drop_revoked(s);
+    bounce_start(s, FERRY_COPY_H2D, b->n);
+    if (s->copy_err || !b->inflight)
+        return false;
+    a->refused = 0;
+    a->bytes = 0;
+    for (unsigned i = 0; i < s->nent; i++) {
+        if (s->ent[i].refused)
+            a->refused |= 1ull << i;
+        else
+            a->bytes += e[i].len;
+    }
+    struct wire_header ack = {.type = WIRE_WRITE_ACK, .id = h->id, .refused = a->refused};
+    wire_encode_header(&ack, a->raw);
+    a->id = h->id;
+    a->seq = a->queued + 1;
+    a->ent = s->ent;
+    a->nent = s->nent;
+    a->written = 0;
+    atomic_store(&a->word, a->seq << 2 | ACK_PENDING);
+    a->marked = ferry_device_copy_mark(ack_mark(s), (uint32_t)a->seq) == 0;
+    /* 2: no function on the stream: this thread acks from the mark, at its
+     * next copy start or when it has nothing to read (a wait for the stream
+     * then never waits for a driver thread to run a function) */
+    bool fn = s->t->ack_on_copy == 1;
+    if (fn ? ferry_device_copy_then(ack_fire, s) != 0 : !a->marked) { /* neither: flush as before */
+        atomic_store(&a->word, ACK_NONE);
+        a->nent = 0;
+        return false;
+    }
+    a->queued += fn;
+    s->ent = s->ent == s->ent_bufs[0] ? s->ent_bufs[1] : s->ent_bufs[0]; /* the next frame's */
+    s->nent = 0;
+    b->n = 0;
+    b->started = b->used; /* the bytes in flight stay where they are until the wait */
+    return true;
+}
+
+/* Whether the device has stored the deferred frame's mark. */
+static bool ack_mark_reached(struct server_conn *s)
+{
+    uint32_t v = __atomic_load_n(ack_mark(s), __ATOMIC_ACQUIRE);
+    return (int32_t)(v - (uint32_t)s->ack.seq) >= 0;
+}
+
+int tcp_settle_ack(struct server_conn *s)
+{
+    struct deferred_ack *a = &s->ack;
+    struct bounce *b = &s->b;
+    uint_fast64_t w = atomic_load(&a->word);
+    if (!(w & 3))
+        return 0;
+    uint64_t seq = w >> 2;
+    int rc = 0, out = 0;
+    if ((w & 3) == ACK_PENDING && a->marked) { /* the device's mark, before the driver thread's wake-up */
+        uint64_t until = now_ns() + ACK_SPIN_NS;
+        while (!ack_mark_reached(s) && now_ns() < until)
+            sched_yield();
+        uint_fast64_t want = seq << 2 | ACK_PENDING;
+        if (ack_mark_reached(s) && atomic_compare_exchange_strong(&a->word, &want, seq << 2 | ACK_CLAIMED)) {
+            ack_release(s, 0);
+            out = net_write_full(s->fd, a->raw, sizeof a->raw);
+            atomic_store(&a->word, seq << 2 | ACK_NONE);
+            b->inflight = false; /* its copies are done; its function may still run (and find it acked) */
+            b->flight_lo = b->flight_hi = 0;
+            return out;
+        }
+    }
+    if (b->inflight) { /* returns once the function has returned, or will never run */
+        b->inflight = false;
+        b->flight_lo = b->flight_hi = 0;
+        rc = ferry_device_copy_wait();
+        atomic_store(&a->fired, a->queued); /* every function enqueued has run, or never will */
+    }
+    while (((w = atomic_load(&a->word)) & 3) == ACK_CLAIMED)
+        sched_yield(); /* the driver thread is writing it */
+    if ((w & 3) == ACK_PENDING) { /* ours: the copies failed (or, defensively, the function did not run) */
+        atomic_store(&a->word, seq << 2 | ACK_CLAIMED);
+        int status = 0;
+        if (rc) {
+            status = wire_status_allowed(WIRE_WRITE_ACK, rc) ? rc : FERRY_EIO;
+            LOG_WARN("tcp: WRITE %llu from %s failed: %s", (unsigned long long)a->id, s->from, ferry_last_error());
+            struct wire_header h = {.type = WIRE_WRITE_ACK, .id = a->id, .status = status, .refused = a->refused};
+            wire_encode_header(&h, a->raw);
+        }
+        ack_release(s, status);
+        out = net_write_full(s->fd, a->raw, sizeof a->raw);
+    } else if ((w & 3) == ACK_PARTIAL) {
+        out = net_write_full(s->fd, a->raw + a->written, sizeof a->raw - a->written);
+    }
+    atomic_store(&a->word, seq << 2 | ACK_NONE);
+    return out;
 }

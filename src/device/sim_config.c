@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * sim_config.c — the sim device's settings, read once when it loads
+ * (sim_load in sim.c, under the device loader's lock): how many devices and
+ * how much address space each (FERRY_SIM_DEVICES, FERRY_SIM_DEVICE_MEM), and
+ * the tests' fault injection (FERRY_SIM_FAIL_COPY) and held copies
+ * (FERRY_SIM_HOLD_COPY) into sim_hw.  Owns nothing.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "device/backend.h"
+#include "device/device.h"
+#include "err.h"
+
+#include "device/sim_internal.h"
+
+/* Parses "123", "64K", "512M", "16G" (binary units) into bytes. */
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+    errno = 0;
+    if (*s < '0' || *s > '9')
+        return -1;
+    v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: break;
+    }
+    if (*end != '\0' || v > (SIZE_MAX >> shift))
+        return -1;
+    *out = (size_t)v << shift;
+    return 0;
+}
+
+/* FERRY_SIM_FAIL_COPY="N[:start][,N[:start]...]" into sim_hw.faults. */
+static int read_faults(void)
+{
+    const char *s = getenv("FERRY_SIM_FAIL_COPY");
+    sim_hw.nfaults = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    for (const char *p = s;;) {
+        char *end;
+        errno = 0;
+        unsigned long long job = *p >= '0' && *p <= '9' ? strtoull(p, &end, 10) : 0;
+        if (job == 0 || errno != 0 || sim_hw.nfaults == SIM_MAX_FAULTS)
+            break;
+        int at_start = strncmp(end, ":start", 6) == 0;
+        end += at_start ? 6 : 0;
+        sim_hw.faults[sim_hw.nfaults++] = (struct sim_fault){job, at_start};
+        if (*end == '\0')
+            return 0;
+        if (*end != ',')
+            break;
+        p = end + 1;
+    }
+    sim_hw.nfaults = 0;
+    return ferry_fail(FERRY_EINVAL,
+                      "FERRY_SIM_FAIL_COPY=\"%.64s\": want up to %d copy numbers N >= 1, each N "
+                      "(fails when run) or N:start (fails at copy_async), comma-separated",
+                      s, SIM_MAX_FAULTS);
+}
+
+/* FERRY_SIM_HOLD_COPY="N:path" into sim_hw.hold_job / hold_path. */
+static int read_hold(void)
+{
+    const char *s = getenv("FERRY_SIM_HOLD_COPY");
+    sim_hw.hold_job = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long job = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (job == 0 || errno != 0 || *end != ':' || end[1] == '\0' || strlen(end + 1) >= sizeof sim_hw.hold_path)
+        return ferry_fail(FERRY_EINVAL, "FERRY_SIM_HOLD_COPY=\"%.64s\": want N:path (copy job N >= 1 waits until "
+                          "the file path exists; a path under %zu bytes)", s, sizeof sim_hw.hold_path);
+    snprintf(sim_hw.hold_path, sizeof sim_hw.hold_path, "%s", end + 1);
+    sim_hw.hold_job = job;
+    return 0;
+}
+
+int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
+{
+    const char *s = getenv("FERRY_SIM_DEVICES");
+    *ndev = SIM_DEFAULT_DEVICES;
+    if (s != NULL && *s != '\0') {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (*end != '\0' || end == s || v < 1 || v > SIM_MAX_DEVICES)
+            return ferry_fail(FERRY_EINVAL, "FERRY_SIM_DEVICES=\"%.32s\": want 1..%d", s,
+                              SIM_MAX_DEVICES);
+        *ndev = (int)v;
+    }
+    s = getenv("FERRY_SIM_DEVICE_MEM");
+    *dev_size = SIM_DEFAULT_DEVICE_MEM;
+    *size_given = 0;
+    if (s != NULL && *s != '\0') {
+        if (parse_size(s, dev_size) < 0 || *dev_size < SIM_MIN_DEVICE_MEM ||
+            *dev_size > ((size_t)1 << 40))
+            return ferry_fail(FERRY_EINVAL,
+                              "FERRY_SIM_DEVICE_MEM=\"%.32s\": want a size 1M..1024G "
+                              "(suffix K, M or G)",
+                              s);
+        *dev_size = (*dev_size + SIM_PAGE - 1) & ~(SIM_PAGE - 1);
+        *size_given = 1;
+    }
+    int rc = read_faults();
+    return rc ? rc : read_hold();
+}
+
