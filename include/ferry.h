@@ -222,7 +222,8 @@ FERRY_API int ferry_engine_handshake_port(const ferry_engine *engine);
 
 /* Registers [addr, addr+len) with the engine and every transport.
  * location: "cpu", "cpu:NUMA", "cuda:N", "npu:N", "sim:N", or NULL to detect
- * (host memory unless a device claims the pointer).  remote_accessible != 0
+ * (host memory unless a device claims the pointer; a device whose driver the
+ * application loaded already, e.g. torch's CUDA, is asked too).  remote_accessible != 0
  * publishes the buffer in this engine's descriptor so peers may READ/WRITE it.
  * Returns 0; FERRY_EINVAL (NULL / zero length / bad location string);
  * FERRY_ENODEV (location names an absent device); FERRY_EEXIST (overlaps an

@@ -149,6 +149,13 @@ static int parse_knobs(void)
     return 0;
 }
 
+/* The library init() loads (FERRY_ASCEND_LIBRARY, else the runtime's soname). */
+static const char *npu_driver_library(void)
+{
+    const char *path = getenv("FERRY_ASCEND_LIBRARY");
+    return path && *path ? path : "libascendcl.so";
+}
+
 static int npu_load(void)
 {
     const struct ferry_device_sym syms[] = {
@@ -171,8 +178,7 @@ static int npu_load(void)
         {"aclrtMemcpyBatchAsync", &acl.aclrtMemcpyBatchAsync, 0},
         {"aclGetRecentErrMsg", &acl.aclGetRecentErrMsg, 0},
     };
-    const char *path = getenv("FERRY_ASCEND_LIBRARY");
-    int rc = ferry_device_dlopen(path && *path ? path : "libascendcl.so", syms, sizeof syms / sizeof syms[0],
+    int rc = ferry_device_dlopen(npu_driver_library(), syms, sizeof syms / sizeof syms[0],
                                  &libacl);
     if (rc < 0)
         return rc;
@@ -474,6 +480,7 @@ const struct ferry_device_ops ferry_device_npu = {
     .host_alloc = npu_host_alloc,
     .host_free = npu_host_free,
     .locate = npu_locate,
+    .driver_library = npu_driver_library,
     .stream_create = npu_stream_create,
     .stream_destroy = npu_stream_destroy,
     .copy_async = npu_copy_async,

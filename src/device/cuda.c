@@ -315,6 +315,11 @@ static void cuda_host_free(void *ptr)
         LOG_ERROR("cuda: cuMemFreeHost(%p): %s", ptr, cu_error_text(r));
 }
 
+static const char *cuda_driver_library(void)
+{
+    return "libcuda.so.1";
+}
+
 /* Device memory only: pinned host memory and managed memory are reachable by
  * the CPU, so they count as host memory here. */
 int cuda_locate(const void *ptr, size_t len, int *dev)
@@ -588,6 +593,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .locate = cuda_locate,
+    .driver_library = cuda_driver_library,
     .stream_create = cuda_stream_create,
     .stream_destroy = cuda_stream_destroy,
     .copy_async = cuda_copy_async,

@@ -67,6 +67,21 @@ const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, 
     return NULL;
 }
 
+const struct ferry_device_ops *ferry_device_detect(const void *ptr, size_t len, int *dev)
+{
+    for (size_t i = 0; ptr != NULL && i < BACKEND_COUNT; i++) {
+        const char *name = backends[i]->driver_library ? backends[i]->driver_library() : NULL;
+        if (name == NULL || *name == '\0')
+            continue;
+        void *h = dlopen(name, RTLD_NOW | RTLD_NOLOAD); /* loaded already? (a reference, dropped below) */
+        if (h == NULL)
+            continue;
+        dlclose(h);
+        (void)backends[i]->init(); /* a failure is remembered by the backend; its pointers stay unknown */
+    }
+    return ferry_device_locate(ptr, len, dev);
+}
+
 int ferry_device_check_location(const struct ferry_device_ops *ops, const void *ptr, size_t len, int dev)
 {
     int found = -1;

@@ -88,6 +88,10 @@ struct ferry_device_ops {
      * returns 1; returns 0 otherwise (also before init() succeeded: it never
      * loads the driver).  Used to detect and to check locations. */
     int (*locate)(const void *ptr, size_t len, int *dev);
+    /* Optional: the driver library init() loads (its dlopen name), so that
+     * ferry_device_detect can tell whether the application loaded the driver
+     * already (torch allocated the memory, say) and init() loads nothing new. */
+    const char *(*driver_library)(void);
 
     int (*stream_create)(int dev, ferry_stream **out);
     void (*stream_destroy)(ferry_stream *stream);
@@ -219,6 +223,12 @@ const struct ferry_device_ops *const *ferry_device_list(size_t *count);
 /* Tries every backend's locate(); returns the ops owning ptr (and *dev) or NULL
  * for host memory.  Only backends already initialised are asked. */
 const struct ferry_device_ops *ferry_device_locate(const void *ptr, size_t len, int *dev);
+
+/* ferry_device_locate, after initialising every backend whose driver library
+ * this process has loaded already (an application's framework allocated device
+ * memory before ferry used that kind): so memory registered without a
+ * location is found to be device memory.  Never loads a library itself. */
+const struct ferry_device_ops *ferry_device_detect(const void *ptr, size_t len, int *dev);
 
 /* Checks a location the caller named for [ptr, ptr+len) with ops'
  * check_location, or, without one, with locate() (the memory must be dev's).

@@ -123,7 +123,10 @@ static int location_device(const char *location, int check, const struct ferry_d
 static int resolve_location(void *addr, size_t len, const char *location, struct memreg_region *r)
 {
     int dev = -1;
-    const struct ferry_device_ops *owner = ferry_device_locate(addr, len, &dev);
+    /* the driver may be loaded by the application only (torch allocated the
+     * memory): detect initialises such a backend, so its memory is not taken
+     * for host memory */
+    const struct ferry_device_ops *owner = ferry_device_detect(addr, len, &dev);
     if (!location) {
         if (owner)
             snprintf(r->location, sizeof r->location, "%s:%d", owner->kind, dev);

@@ -383,6 +383,46 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* torch_npu loaded ACL and allocated the memory; ferry has not used npu
+ * memory yet in this process.  Registered without a location (the reference
+ * binding's register_memory(addr, len)), the memory must be found to be
+ * npu:2's, not taken for host memory (which tcp would then send() from).
+ * In a child: the parent's ferry must not have initialised its npu backend.
+ * Where ACL cannot classify pointers (FAKEACL_ATTRS=unknown, CANN < 8.1)
+ * only ferry's own allocations are located: the child says so and passes. */
+static void detected_when_the_framework_loaded_acl(void **state)
+{
+    (void)state;
+    const char *attrs = getenv("FAKEACL_ATTRS");
+    int classifiable = has_attributes && !(attrs && strcmp(attrs, "unknown") == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        size_t len = 1 << 20;
+        void *p = torch_alloc(2, len);
+        ferry_engine *e;
+        ferry_segment_t self;
+        struct ferry_buffer_info info[2];
+        size_t n = 0;
+        if (ferry_engine_create(NULL, &e) != 0 || ferry_register_memory(e, p, len, NULL, 1) != 0)
+            _exit(3);
+        if (ferry_open_segment(e, ferry_engine_segment_name(e), &self) != 0 ||
+            ferry_segment_buffers(e, self, info, 2, &n) != 0 || n != 1)
+            _exit(4);
+        const char *want = classifiable ? "npu:2" : "cpu";
+        if (strcmp(info[0].location, want) != 0) {
+            fprintf(stderr, "registered without a location: \"%s\", expected \"%s\"\n", info[0].location, want);
+            _exit(5);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x", status);
+}
+
 /* torch_npu pairs its aclrtSetDevice with aclrtResetDevice (e.g. when it
  * releases a device): ferry holds its own reference (its own aclrtSetDevice),
  * so the default context its streams live in stays, and transfers go on. */
@@ -521,6 +561,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(detected_when_the_framework_loaded_acl), /* forks too */
         cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
         cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
         cmocka_unit_test(copies_run_later),
