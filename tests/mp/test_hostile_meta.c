@@ -209,6 +209,7 @@ static bool read_command(int fd, char *cmd, size_t cap)
 static const char *redis_get_attack;        /* what GET is answered with */
 static void (*redis_get_tail)(struct fake *f, int fd);   /* then this, if set */
 static void (*redis_del_tail)(struct fake *f, int fd);   /* if set, DEL is answered with this */
+static const char *redis_odd_command, *redis_odd_answer;  /* if set, that command is answered with this */
 
 static void serve_redis(struct fake *f, int fd)
 {
@@ -217,6 +218,11 @@ static void serve_redis(struct fake *f, int fd)
         if (strcmp(cmd, "DEL") == 0 && redis_del_tail) {
             redis_del_tail(f, fd);
             return;
+        }
+        if (redis_odd_command && strcmp(cmd, redis_odd_command) == 0) {
+            if (!send_str(f, fd, redis_odd_answer))
+                return;
+            continue;
         }
         if (strcmp(cmd, "GET") != 0) {
             if (!send_str(f, fd, strcmp(cmd, "DEL") == 0 ? ":1\r\n" : strcmp(cmd, "PING") == 0 ? "+PONG\r\n"
@@ -325,6 +331,43 @@ static void test_redis_wrong_types(void **state)
     }
 }
 
+/* A server answering PING, SET or DEL with a reply Redis never gives it (a
+ * SET not done: nil, an integer, a status other than OK): FERRY_EPROTO, not
+ * success (rev6: any reply but an error was taken for done). */
+static void test_redis_wrong_answers(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *command, *answer;
+    } odd[] = {
+        {"SET", ":1\r\n"}, {"SET", "$-1\r\n"}, {"SET", "+QUEUED\r\n"}, {"SET", "$2\r\nOK\r\n"},
+        {"PING", "+OK\r\n"}, {"DEL", "+OK\r\n"}, {"DEL", "$1\r\n1\r\n"},
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        struct fake f;
+        redis_get_attack = NULL;
+        redis_get_tail = NULL;
+        redis_odd_command = odd[i].command;
+        redis_odd_answer = odd[i].answer;
+        fake_start(&f, serve_redis);
+        char url[64];
+        snprintf(url, sizeof url, "redis://127.0.0.1:%d", f.port);
+        void *m = NULL;
+        int rc = ferry_meta_redis.create(url, "ferry-test/", 60, TIMEOUT_MS, &m);
+        if (!rc && strcmp(odd[i].command, "SET") == 0)
+            rc = ferry_meta_redis.publish(m, "victim", "{}");
+        else if (!rc)
+            rc = ferry_meta_redis.unpublish(m, "victim");
+        print_message("  %s answered %s: %s: %s\n", odd[i].command, odd[i].answer, ferry_err_name(rc),
+                      ferry_last_error());
+        ferry_meta_redis.destroy(m);
+        redis_odd_command = NULL;
+        fake_stop(&f);
+        assert_int_equal(rc, FERRY_EPROTO);
+        assert_null(strchr(ferry_last_error(), '\n'));
+    }
+}
+
 /* A server that takes the command and never answers, or answers half. */
 static void test_redis_silent(void **state)
 {
@@ -376,6 +419,7 @@ static void test_redis_drip(void **state) { (void)state; skip(); }
 static void test_redis_huge_bulk(void **state) { (void)state; skip(); }
 static void test_redis_wrong_types(void **state) { (void)state; skip(); }
 static void test_redis_silent(void **state) { (void)state; skip(); }
+static void test_redis_wrong_answers(void **state) { (void)state; skip(); }
 #endif /* FERRY_HAVE_REDIS */
 
 /* ------------------------------------------------------------ etcd and HTTP stores */
@@ -546,6 +590,11 @@ static void test_etcd_wrong_shapes(void **state)
         {"{}", FERRY_ENOSEG},
         {"[1,2,3]", FERRY_EPROTO},
         {"{\"error\":\"\\u001b[31mforged\\nline\",\"code\":5}", FERRY_ENOSEG},
+        /* answers etcd never gives a range of one key (rev6): two entries,
+         * another key's entry, a value spelled other than base64 spells it */
+        {"{\"kvs\":[{\"value\":\"e30=\"},{\"value\":\"e30=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"key\":\"b3RoZXI=\",\"value\":\"e30=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"value\":\"e31=\"}]}", FERRY_EPROTO},
     };
     memset(deep, '[', 100000);
     memset(deep + 100000, ']', 100000);
@@ -568,7 +617,9 @@ static void test_etcd_wrong_shapes(void **state)
 static void test_etcd_lease_id(void **state)
 {
     (void)state;
-    static const char *const ids[] = {"1\\\",\\\"TTL\\\":\\\"1", "-5", "0x10", " 7", ""};
+    static const char *const ids[] = {"1\\\",\\\"TTL\\\":\\\"1", "-5", "0x10", " 7", "",
+                                      /* lease 0 is "no lease": keys that never expire; over int64 (rev6) */
+                                      "0", "007", "9223372036854775808", "99999999999999999999"};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
         struct fake f;
         lease_id = ids[i];
@@ -628,6 +679,7 @@ static void test_p2p_hostile_peer(void **state)
     } attacks[] = {
         {"HTTP/1.1 400 Bad Request\r\n\r\n", 28, say_nothing, FERRY_EPROTO},     /* not ferry */
         {"FERRYHS9\x02\x00\x00\x00{}", 14, say_nothing, FERRY_EVERSION},
+        {"FERRYHS\n\x02\x00\x00\x00{}", 14, say_nothing, FERRY_EVERSION}, /* its byte went raw into logs (rev6) */
         {"FERRYHS1\x01\x00\x00\x01", 12, say_nothing, FERRY_EPROTO},            /* 16 MiB + 1 */
         {"FERRYHS1\xff\xff\xff\xff", 12, say_nothing, FERRY_EPROTO},
         {"FERRYH", 6, say_nothing, FERRY_ENOSEG},                               /* stalls mid-header */
@@ -669,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_redis_huge_bulk),
         cmocka_unit_test(test_redis_wrong_types),
         cmocka_unit_test(test_redis_silent),
+        cmocka_unit_test(test_redis_wrong_answers),
         cmocka_unit_test(test_redis_drip_engine_destroy),
         cmocka_unit_test(test_etcd_endless_replies),
         cmocka_unit_test(test_http_endless_replies),
