@@ -124,11 +124,13 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
 {
     struct response *r = ud;
     size_t add = size * n;
+    if (r->len + add > ETCD_RESPONSE_MAX)
+        return 0; /* checked on every call: the doubled capacity may already hold more than the cap */
     if (r->len + add + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + add + 1)
             cap *= 2;
-        char *d = r->len + add > ETCD_RESPONSE_MAX ? NULL : realloc(r->data, cap);
+        char *d = realloc(r->data, cap);
         if (!d)
             return 0; /* curl fails with CURLE_WRITE_ERROR */
         r->data = d;
