@@ -88,9 +88,14 @@ static int recv_message_rest(int fd, uint8_t head[P2P_HEAD_SIZE], size_t have, u
 
 bool p2p_request_is_descriptor(const char *req, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(req, len);
+    /* strict: the one object a client writes, {"op":"descriptor"}, nothing
+     * after it and no other member (a later op is a new request, refused
+     * here by name) */
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(req, len, &end, 0);
     const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "op");
-    bool yes = cJSON_IsString(op) && strcmp(op->valuestring, "descriptor") == 0;
+    bool yes = cJSON_IsObject(j) && cJSON_GetArraySize(j) == 1 && cJSON_IsString(op) &&
+               strcmp(op->valuestring, "descriptor") == 0 && end == req + len;
     cJSON_Delete(j);
     return yes;
 }

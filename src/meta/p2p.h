@@ -57,7 +57,8 @@ int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key 
  * (*len).  0, FERRY_EPROTO or FERRY_EVERSION (the detail shows the peer's
  * version byte as a number). */
 int p2p_decode_head(const uint8_t head[P2P_HEAD_SIZE], uint32_t max, uint32_t *len);
-/* Server: is a request body {"op":"descriptor"} (the one op answered)? */
+/* Server: is a request body exactly {"op":"descriptor"} (the one op
+ * answered; another member or bytes after the object: no)? */
 bool p2p_request_is_descriptor(const char *req, size_t len);
 /* Client: a server's answer of len bytes is either a descriptor (0: the
  * descriptor decoder judges it) or {"error":text,"code":n}: FERRY_EPERM or

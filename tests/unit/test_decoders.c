@@ -6,7 +6,8 @@
  * messages with reserved bytes set (HELLO and PROOF at the target,
  * CHALLENGE and RESULT at the initiator, over a socketpair with the
  * initiator on a thread of its own); a handshake head whose version byte is
- * a control character (the detail shows it as a number); etcd answers etcd
+ * a control character (the detail shows it as a number), a handshake
+ * request other than exactly {"op":"descriptor"}; etcd answers etcd
  * never gives (lease 0, a keepalive for another lease, a TTL that is no
  * number); a Redis reply whose type byte is NUL.  Each refusal has a named
  * code and a detail without control characters.
@@ -258,6 +259,66 @@ static void test_p2p_head_version_byte(void **state)
     assert_int_equal(p2p_decode_head(head, P2P_MAX_REQUEST, &len), FERRY_EPROTO);
 }
 
+static int describe_empty(void *ctx, char **json)
+{
+    (void)ctx;
+    *json = strdup("{\"format\":1}");
+    return *json ? 0 : FERRY_ENOMEM;
+}
+
+/* Sends one request body to a handshake server and returns its answer's body (malloc'd). */
+static char *ask(int port, const char *body)
+{
+    int fd = net_connect("127.0.0.1", port, 10000);
+    assert_true(fd >= 0);
+    uint8_t head[P2P_HEAD_SIZE] = {'F', 'E', 'R', 'R', 'Y', 'H', 'S', '1'};
+    size_t n = strlen(body);
+    head[8] = (uint8_t)n;
+    head[9] = (uint8_t)(n >> 8);
+    uint64_t deadline = net_deadline(30000);
+    assert_int_equal(net_write_full_deadline(fd, head, sizeof head, deadline), 0);
+    assert_int_equal(net_write_full_deadline(fd, body, n, deadline), 0);
+    uint32_t len = 0;
+    assert_int_equal(net_read_full_deadline(fd, head, sizeof head, deadline), 0);
+    assert_int_equal(p2p_decode_head(head, P2P_MAX_BODY, &len), 0);
+    char *answer = calloc(1, (size_t)len + 1);
+    assert_non_null(answer);
+    assert_int_equal(net_read_full_deadline(fd, answer, len, deadline), 0);
+    close(fd);
+    return answer;
+}
+
+/* The server answers exactly {"op":"descriptor"}: a request with another
+ * member or bytes after the object is refused (it was answered). */
+static void test_p2p_request_strict(void **state)
+{
+    (void)state;
+    struct p2p_server_opts o = {.io_timeout_ms = 10000};
+    struct p2p_server *s = NULL;
+    int port = 0;
+    assert_int_equal(p2p_server_start("127.0.0.1", 0, &o, describe_empty, NULL, &s, &port), 0);
+    static const struct {
+        const char *body;
+        bool answered;
+    } cases[] = {
+        {"{\"op\":\"descriptor\"}", true},
+        {"{\"op\":\"descriptor\",\"op2\":1}", false},
+        {"{\"op\":\"descriptor\"}{\"op\":\"x\"}", false},
+        {"{\"op\":\"descriptor\"}  ", false},
+        {"{\"op\":\"other\"}", false},
+        {"[\"op\",\"descriptor\"]", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *answer = ask(port, cases[i].body);
+        print_message("  %s -> %s\n", cases[i].body, answer);
+        assert_int_equal(strcmp(answer, "{\"format\":1}") == 0, cases[i].answered);
+        if (!cases[i].answered)
+            assert_int_equal(p2p_decode_answer("x", answer, strlen(answer)), FERRY_EPROTO);
+        free(answer);
+    }
+    p2p_server_stop(s);
+}
+
 /* ------------------------------------------------------------ etcd answers */
 
 static cJSON *parse(const char *text)
@@ -344,6 +405,7 @@ int main(void)
         cmocka_unit_test(test_auth_result_reserved),
         cmocka_unit_test(test_auth_exchange),
         cmocka_unit_test(test_p2p_head_version_byte),
+        cmocka_unit_test(test_p2p_request_strict),
         cmocka_unit_test(test_etcd_lease_answers),
         cmocka_unit_test(test_redis_nul_type),
     };
