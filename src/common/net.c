@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "log.h"
 
 uint64_t now_ns(void)
 {
@@ -49,12 +50,12 @@ static bool all_digits(const char *s)
     return *s && strspn(s, "0123456789") == strlen(s);
 }
 
-static int parse_port(const char *text, const char *name, int *port)
+static int parse_port(const char *text, const char *shown, int *port)
 {
     char *end;
     long p = strtol(text, &end, 10);
     if (end == text || *end || p < 0 || p > 65535 || !(*text >= '0' && *text <= '9'))
-        return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", name);
+        return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", shown);
     *port = (int)p;
     return 0;
 }
@@ -64,25 +65,32 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
     if (!name || !*name)
         return ferry_fail(FERRY_EINVAL, "empty host name");
     *port = 0;
+    /* names reach details and logs escaped: a segment name may come from a
+     * peer (a notification's sender, a bootstrap server's answer) */
+    char shown[160];
+    log_sanitize(name, strlen(name), shown, sizeof shown);
     const char *h = name, *tail; /* tail: "" or ":port" */
     size_t hl;
     const char *colon = strrchr(name, ':');
     if (name[0] == '[') { /* [v6] or [v6]:port, as the reference writes them */
         const char *close = strchr(name, ']');
         if (!close || !is_ipv6(name + 1, (size_t)(close - name - 1)))
-            return ferry_fail(FERRY_EINVAL, "\"%s\": brackets hold an IPv6 address ([addr] or [addr]:port)", name);
+            return ferry_fail(FERRY_EINVAL, "\"%s\": brackets hold an IPv6 address ([addr] or [addr]:port)", shown);
         h = name + 1;
         hl = (size_t)(close - h);
         tail = close + 1;
         if (*tail && *tail != ':')
-            return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", name);
+            return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", shown);
     } else if (colon && memchr(name, ':', (size_t)(colon - name))) { /* two colons or more: IPv6 */
-        if (is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1))
+        if (is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1)) {
+            char addr[160]; /* the address part: its %scope is the caller's text */
+            log_sanitize(name, (size_t)(colon - name), addr, sizeof addr);
             return ferry_fail(FERRY_EINVAL, "\"%s\" is ambiguous: an IPv6 address with a port is written "
-                              "[%.*s]:%s, the address alone [%s]", name, (int)(colon - name), name, colon + 1, name);
+                              "[%s]:%s, the address alone [%s]", shown, addr, colon + 1, shown);
+        }
         if (!is_ipv6(name, strlen(name)))
             return ferry_fail(FERRY_EINVAL, "\"%s\" is neither host:port nor an IPv6 address (with a port: "
-                              "[addr]:port)", name);
+                              "[addr]:port)", shown);
         hl = strlen(name); /* an IPv6 address alone, as the reference takes it */
         tail = "";
     } else {
@@ -90,10 +98,10 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
         tail = colon ? colon : "";
     }
     if (hl == 0 || hl >= hostlen)
-        return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", name);
+        return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", shown);
     memcpy(host, h, hl);
     host[hl] = '\0';
-    return *tail ? parse_port(tail + 1, name, port) : 0;
+    return *tail ? parse_port(tail + 1, shown, port) : 0;
 }
 
 bool net_host_text_ok(const char *h, size_t max)
@@ -134,8 +142,11 @@ static int resolve(const char *host, int port, struct sockaddr_storage *sa, sock
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0 || !res)
-        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", host, gai_strerror(rc));
+    if (rc != 0 || !res) {
+        char shown[160];
+        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", log_sanitize(host, strlen(host), shown,
+                          sizeof shown), gai_strerror(rc));
+    }
     const struct addrinfo *pick = NULL;
     for (const struct addrinfo *r = res; r && !pick; r = r->ai_next)
         if (r->ai_family == AF_INET)

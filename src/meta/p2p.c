@@ -215,9 +215,10 @@ int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len)
 
 int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key *auth, char **json, size_t *len)
 {
-    char host[128];
+    char host[128], shown[160];
     int port;
     int rc = net_split_hostport(name, host, sizeof host, &port);
+    name = log_sanitize(name, strlen(name), shown, sizeof shown); /* from here on, only in messages */
     if (rc || port == 0)
         return ferry_fail(FERRY_ENOSEG, "segment name \"%s\" is not host:port", name);
     int fd = net_connect(host, port, timeout_ms);

@@ -7,7 +7,8 @@
  * CHALLENGE and RESULT at the initiator, over a socketpair with the
  * initiator on a thread of its own); a handshake head whose version byte is
  * a control character (the detail shows it as a number), a handshake
- * request other than exactly {"op":"descriptor"}; etcd answers etcd
+ * request other than exactly {"op":"descriptor"}; a segment name that does
+ * not split (quoted escaped); etcd answers etcd
  * never gives (lease 0, a keepalive for another lease, a TTL that is no
  * number); a Redis reply whose type byte is NUL.  Each refusal has a named
  * code and a detail without control characters.
@@ -319,6 +320,35 @@ static void test_p2p_request_strict(void **state)
     p2p_server_stop(s);
 }
 
+/* ------------------------------------------------------------ names */
+
+/* A segment name may come from a peer (a notification's sender, a bootstrap
+ * server's answer): a name that does not split is quoted escaped (found by
+ * fuzz_hostport: "[::0\x80...]:80" was quoted raw). */
+static void test_name_quoted_escaped(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "[::0\x80\x80]:80", "evil\x1b[2J:xx", "fe80::1%\x1b:80", "[::1]\n:80", "a\nb:c:d", "host:\x7f",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char host[128];
+        int port = 0;
+        assert_int_equal(net_split_hostport(names[i], host, sizeof host, &port), FERRY_EINVAL);
+        print_message("  %s\n", ferry_last_error());
+        assert_clean_detail();
+        char *json = NULL;
+        size_t len = 0;
+        assert_int_equal(p2p_fetch(names[i], 1000, &json, &len), FERRY_ENOSEG);
+        assert_clean_detail();
+    }
+    /* what stays: the ambiguous form still names both written forms */
+    char host[128];
+    int port = 0;
+    assert_int_equal(net_split_hostport("::1:8080", host, sizeof host, &port), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "[::1]:8080"));
+}
+
 /* ------------------------------------------------------------ etcd answers */
 
 static cJSON *parse(const char *text)
@@ -406,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_auth_exchange),
         cmocka_unit_test(test_p2p_head_version_byte),
         cmocka_unit_test(test_p2p_request_strict),
+        cmocka_unit_test(test_name_quoted_escaped),
         cmocka_unit_test(test_etcd_lease_answers),
         cmocka_unit_test(test_redis_nul_type),
     };
