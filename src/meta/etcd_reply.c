@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * etcd_reply.c — the decoders of etcd's answers (see etcd_reply.h).  Pure
- * functions; any thread.  The caller owns every cJSON tree.
+ * etcd_reply.c — the decoders of the JSON metadata stores' answers: etcd's
+ * (see etcd_reply.h) and an HTTP store's entry.  Pure functions; any
+ * thread.  The caller owns every cJSON tree.
  */
 #include "meta/etcd_reply.h"
 
@@ -14,11 +15,28 @@
 #include "err.h"
 #include "log.h"
 
+/* One JSON object, the whole body (blanks after it allowed): a store does
+ * not send two, nor bytes after its answer.  NULL otherwise. */
+static cJSON *parse_object(const char *body, size_t len)
+{
+    const char *end = NULL;
+    if (!body)
+        body = "", len = 0;
+    cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    while (j && end < body + len && strchr(" \t\r\n", *end) && *end)
+        end++;
+    if (!cJSON_IsObject(j) || end != body + len) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
 int etcd_reply_parse(const char *host, const char *path, long status, const char *body, size_t len, cJSON **out)
 {
     *out = NULL;
-    cJSON *j = cJSON_ParseWithLength(body ? body : "", body ? len : 0);
-    if (!cJSON_IsObject(j)) {
+    cJSON *j = parse_object(body, len);
+    if (!j) {
         cJSON_Delete(j);
         return ferry_fail(FERRY_EPROTO, "%s%s: HTTP %ld with a reply that is not JSON", host, path, status);
     }
@@ -93,5 +111,28 @@ int etcd_reply_range(const cJSON *j, const char *name, const char *key, char **j
     int rc = base64_decode(value->valuestring, json, len);
     if (rc)
         return ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+    return 0;
+}
+
+int http_reply_entry(const char *body, size_t len, double now, const char *name, const char *url, char **json,
+                     size_t *json_len)
+{
+    cJSON *j = parse_object(body, len);
+    const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_unix_s");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(j, "descriptor");
+    /* exactly what put_one writes: the expiry, the descriptor, nothing else */
+    if (!cJSON_IsNumber(exp) || !cJSON_IsObject(desc) || cJSON_GetArraySize(j) != 2) {
+        cJSON_Delete(j);
+        return ferry_fail(FERRY_EPROTO, "segment %s: the entry at %s is not a ferry descriptor", name, url);
+    }
+    if (now > exp->valuedouble) {
+        cJSON_Delete(j);
+        return ferry_fail(FERRY_ENOSEG, "segment %s: its entry expired (the publisher stopped renewing it)", name);
+    }
+    *json = cJSON_PrintUnformatted(desc);
+    cJSON_Delete(j);
+    if (!*json)
+        return ferry_fail(FERRY_ENOMEM, "segment %s: descriptor", name);
+    *json_len = strlen(*json);
     return 0;
 }

@@ -2,10 +2,12 @@
 /*
  * etcd_reply.h — what ferry reads in etcd's JSON gateway answers (etcd.c
  * makes the calls): the error shape every call may get, a lease grant's ID,
- * a keepalive's TTL, a range's one value.  Pure functions of the reply (no
- * curl), so tests/fuzz/fuzz_etcd_reply.c reaches them in-process.  The
- * store is a peer: every field is checked, and an answer etcd never writes
- * (a lease ID of 0, two entries for one key) is refused with FERRY_EPROTO.
+ * a keepalive's TTL, a range's one value; and an HTTP store's entry
+ * (http.c).  Pure functions of the reply (no curl), so
+ * tests/fuzz/fuzz_etcd_reply.c reaches them in-process.  The store is a
+ * peer: every field is checked, and an answer the store never writes (a
+ * lease ID of 0, two entries for one key, bytes after the JSON object) is
+ * refused with FERRY_EPROTO.
  */
 #ifndef FERRY_META_ETCD_REPLY_H
 #define FERRY_META_ETCD_REPLY_H
@@ -18,7 +20,7 @@
 
 /* One call's answer (HTTP status < 500, body of len bytes, from host for
  * path).  0 with *out (a JSON object; the caller deletes it); FERRY_EPROTO
- * when the body is not a JSON object; FERRY_ENOSEG for gRPC NOT_FOUND (an
+ * when the body is not one JSON object (blanks may follow it); FERRY_ENOSEG for gRPC NOT_FOUND (an
  * unknown lease) and FERRY_EIO for any other error answer, with etcd's
  * message sanitized. */
 int etcd_reply_parse(const char *host, const char *path, long status, const char *body, size_t len, cJSON **out);
@@ -40,5 +42,12 @@ int etcd_reply_lease_alive(const cJSON *j, const char *url, const char *lease);
  * an array, holds more than one entry, an entry of another key, or a value
  * that is not canonical base64. */
 int etcd_reply_range(const cJSON *j, const char *name, const char *key, char **json, size_t *len);
+
+/* An HTTP store's entry for segment name at url, as http.c's put writes it:
+ * exactly {"expires_unix_s": N, "descriptor": {...}}.  The descriptor text
+ * (*json malloc'd, *json_len) while now (Unix seconds) <= N; FERRY_ENOSEG
+ * once it expired; FERRY_EPROTO for any other shape. */
+int http_reply_entry(const char *body, size_t len, double now, const char *name, const char *url, char **json,
+                     size_t *json_len);
 
 #endif

@@ -4,8 +4,10 @@
  * answers (src/meta/etcd_reply.c).  The first byte picks the HTTP status;
  * the rest is the body.  What parses goes through every reading of an
  * answer: a lease grant's ID (decimal, 1 to 2^63-1), a keepalive's TTL, a
- * range's value (canonical base64 of what it decodes to).  A refusal
- * carries a named code and a clean detail.  One thread.
+ * range's value (canonical base64 of what it decodes to).  The same body
+ * is also read as an HTTP store's entry (exactly the expiry and a
+ * descriptor object).  A refusal carries a named code and a clean detail.
+ * One thread.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -60,8 +62,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!body)
         return 0;
     memcpy(body, data + 1, n);
+    char *json = NULL;
+    size_t len = 0;
+    int rc = http_reply_entry(body, n, 1e9, "a", "http://fuzz/m", &json, &len);
+    fuzz_rc_in(rc, 3, FERRY_EPROTO, FERRY_ENOSEG, FERRY_ENOMEM);
+    if (!rc) {
+        cJSON *d = cJSON_Parse(json);
+        if (!cJSON_IsObject(d) || strlen(json) != len)
+            abort();
+        cJSON_Delete(d);
+        free(json);
+    }
     cJSON *j = (cJSON *)1;
-    int rc = etcd_reply_parse("127.0.0.1", "/v3/kv/range", status, body, n, &j);
+    rc = etcd_reply_parse("127.0.0.1", "/v3/kv/range", status, body, n, &j);
     free(body);
     fuzz_rc_in(rc, 3, FERRY_EPROTO, FERRY_ENOSEG, FERRY_EIO);
     if (rc) {

@@ -627,6 +627,8 @@ static void test_etcd_wrong_shapes(void **state)
         {"{\"kvs\":[{\"value\":\"e30=\"},{\"value\":\"e30=\"}]}", FERRY_EPROTO},
         {"{\"kvs\":[{\"key\":\"b3RoZXI=\",\"value\":\"e30=\"}]}", FERRY_EPROTO},
         {"{\"kvs\":[{\"value\":\"e31=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"value\":\"e30=\"}]}{\"kvs\":[]}", FERRY_EPROTO}, /* bytes after the answer */
+        {"{\"kvs\":[{\"value\":\"e30=\"}]}x", FERRY_EPROTO},
     };
     memset(deep, '[', 100000);
     memset(deep + 100000, ']', 100000);
@@ -641,6 +643,32 @@ static void test_etcd_wrong_shapes(void **state)
         assert_int_equal(rc, attacks[i].rc);
         assert_true(took < BOUND_S);
         assert_null(strchr(ferry_last_error(), '\n'));
+    }
+}
+
+/* An HTTP store's entry of another shape than put writes (another member,
+ * bytes after it, no descriptor object): FERRY_EPROTO (rev6: the first two
+ * were read as the descriptor); an expired one is absent. */
+static void test_http_wrong_shapes(void **state)
+{
+    (void)state;
+    long long later = (long long)time(NULL) + 3600;
+    char bodies[5][160];
+    snprintf(bodies[0], sizeof bodies[0], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1}}", later);
+    snprintf(bodies[1], sizeof bodies[1], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1},\"x\":1}", later);
+    snprintf(bodies[2], sizeof bodies[2], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1}}{}", later);
+    snprintf(bodies[3], sizeof bodies[3], "{\"expires_unix_s\":%lld,\"descriptor\":\"{}\"}", later);
+    snprintf(bodies[4], sizeof bodies[4], "{\"expires_unix_s\":1,\"descriptor\":{\"format\":1}}");
+    static const int want[] = {0, FERRY_EPROTO, FERRY_EPROTO, FERRY_EPROTO, FERRY_ENOSEG};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char *reply = NULL;
+        assert_true(asprintf(&reply, OK_HEAD "Content-Length: %zu\r\n\r\n%s", strlen(bodies[i]), bodies[i]) > 0);
+        struct fake f;
+        double took;
+        int rc = http_lookup_once(&ferry_meta_http, reply, say_nothing, &f, &took);
+        free(reply);
+        assert_int_equal(rc, want[i]);
+        assert_true(took < BOUND_S);
     }
 }
 
@@ -674,6 +702,7 @@ static void test_etcd_endless_replies(void **state) { (void)state; skip(); }
 static void test_http_endless_replies(void **state) { (void)state; skip(); }
 static void test_etcd_wrong_shapes(void **state) { (void)state; skip(); }
 static void test_etcd_reply_over_cap(void **state) { (void)state; skip(); }
+static void test_http_wrong_shapes(void **state) { (void)state; skip(); }
 #endif /* FERRY_HAVE_ETCD */
 
 /* ------------------------------------------------------------ p2p handshake peer */
@@ -760,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_http_endless_replies),
         cmocka_unit_test(test_etcd_wrong_shapes),
         cmocka_unit_test(test_etcd_reply_over_cap),
+        cmocka_unit_test(test_http_wrong_shapes),
         cmocka_unit_test(test_etcd_lease_id),
         cmocka_unit_test(test_p2p_hostile_peer),
     };
