@@ -4,7 +4,8 @@
 # errors here, not in users' builds), the Python package installed with pip
 # and its tests, Release builds with GCC and Clang, the same suite under
 # ASan+UBSan, the multi-process and transport tests under ThreadSanitizer,
-# each libFuzzer target for FUZZ_SECONDS (default 30), and the
+# the tcp frame and descriptor fuzzers for FUZZ_SECONDS (default 30) and
+# every other libFuzzer target for FUZZ_SHORT_SECONDS (default 10), and the
 # rdma transport in a Soft-RoCE VM.  Works from any checkout path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,13 +54,25 @@ cmake --build build-tsan -j"$jobs" --target ferry_test_target test_memreg test_s
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 FERRY_REQUEST_TIMEOUT_MS=120000 \
    ctest --output-on-failure -j2 -R "$tsan_tests")
 
-echo "== fuzzers (${fuzz_seconds}s each)"
+fuzz_short=${FUZZ_SHORT_SECONDS:-10}
+echo "== fuzzers (tcp frames and descriptors ${fuzz_seconds}s each; every other decoder of peer bytes ${fuzz_short}s)"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON -DFERRY_WERROR=ON >/dev/null
-cmake --build build-fuzz -j"$jobs" --target fuzz_wire fuzz_descriptor
-for f in fuzz_wire fuzz_descriptor; do
+fuzz_long="fuzz_wire fuzz_descriptor"
+fuzz_others="fuzz_p2p fuzz_auth fuzz_base64 fuzz_hostport fuzz_etcd_reply fuzz_redis_reply fuzz_shm_notify"
+cmake --build build-fuzz --target help > build-fuzz/targets.txt   # (grep -q on the pipe would break it)
+if grep -qw fuzz_rdma_wire build-fuzz/targets.txt; then  # built with libibverbs
+  fuzz_others="$fuzz_others fuzz_rdma_wire"
+fi
+cmake --build build-fuzz -j"$jobs" --target $fuzz_long $fuzz_others
+for f in $fuzz_long $fuzz_others; do
+  seconds=$fuzz_short
+  case " $fuzz_long " in *" $f "*) seconds=$fuzz_seconds ;; esac
   corpus=$(mktemp -d)
   [ -d "tests/fuzz/corpus/$f" ] && cp -r "tests/fuzz/corpus/$f/." "$corpus/"
-  ./build-fuzz/tests/$f -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" 2>&1 | tail -3
+  echo "$f:"
+  # a crash, a hang (5 s per input), a leak or an allocation over the caps fails the stage
+  ./build-fuzz/tests/$f -max_total_time="$seconds" -timeout=5 -rss_limit_mb=512 -malloc_limit_mb=64 \
+    -print_final_stats=1 "$corpus" 2>&1 | tail -3
   rm -rf "$corpus"
 done
 echo "== rdma transport on Soft-RoCE in a qemu VM (tests/rdma/vm-test.sh)"

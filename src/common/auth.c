@@ -85,6 +85,16 @@ bool auth_is_hello(const uint8_t prefix[AUTH_PREFIX])
     return memcmp(prefix, AUTH_MAGIC, AUTH_PREFIX) == 0;
 }
 
+/* Are the reserved bytes m[from, to) zero, as every encoder writes them?
+ * Strict, so that a later version can give them a meaning safely. */
+static bool reserved_zero(const uint8_t *m, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        if (m[i])
+            return false;
+    return true;
+}
+
 /* mac = HMAC-SHA256(key, label | channel | role | nonce_i | nonce_t | id_i | id_t) */
 static int compute_mac(const struct auth_key *k, const struct auth_state *st, char role, uint8_t mac[AUTH_MAC])
 {
@@ -120,6 +130,8 @@ int auth_make_challenge(const struct auth_key *k, enum auth_channel ch, const ui
     out[9] = (uint8_t)ch;
     if (len != AUTH_HELLO_SIZE || !auth_is_hello(hello))
         return ferry_fail(FERRY_EPROTO, "auth: malformed HELLO of %zu bytes", len);
+    if (!reserved_zero(hello, 9, 16))
+        return ferry_fail(FERRY_EPROTO, "auth: HELLO with its reserved bytes 9-15 set");
     if (hello[8] != (uint8_t)ch)
         return ferry_fail(FERRY_EPROTO, "auth: HELLO for channel %u arrived on the %s port", hello[8],
                           channel_name(ch));
@@ -148,6 +160,8 @@ int auth_check_proof(const struct auth_key *k, const struct auth_state *st, cons
     out[8] = AUTH_REFUSED;
     if (len != AUTH_PROOF_SIZE || !auth_is_hello(proof))
         return ferry_fail(FERRY_EPERM, "auth: malformed PROOF of %zu bytes", len);
+    if (!reserved_zero(proof, 8, 16))
+        return ferry_fail(FERRY_EPERM, "auth: PROOF with its reserved bytes 8-15 set");
     uint8_t want[AUTH_MAC];
     int rc = compute_mac(k, st, 'I', want);
     if (rc)
@@ -198,6 +212,37 @@ int auth_server(int fd, const struct auth_key *k, enum auth_channel ch, const ui
 
 /* ------------------------------------------------------------ initiator */
 
+int auth_check_challenge(const struct auth_key *k, struct auth_state *st, const uint8_t *challenge, size_t len)
+{
+    if (len != AUTH_CHALLENGE_SIZE || !auth_is_hello(challenge) || challenge[9] != (uint8_t)st->ch)
+        return ferry_fail(FERRY_EPROTO, "answered authentication with something else");
+    if (challenge[8] == AUTH_NO_KEY)
+        return ferry_fail(FERRY_EPERM, "has no authentication key, but this engine requires one "
+                                       "(set the same FERRY_AUTH_KEY on both)");
+    if (challenge[8] != AUTH_OK)
+        return ferry_fail(FERRY_EPERM, "refused authentication (status %u)", challenge[8]);
+    if (!reserved_zero(challenge, 10, 16))
+        return ferry_fail(FERRY_EPROTO, "answered authentication with its reserved bytes 10-15 set");
+    st->id_t = get_le64(challenge + 16);
+    memcpy(st->nonce_t, challenge + 24, AUTH_NONCE);
+    uint8_t want[AUTH_MAC];
+    int rc = compute_mac(k, st, 'T', want);
+    if (rc)
+        return rc;
+    if (CRYPTO_memcmp(want, challenge + 24 + AUTH_NONCE, AUTH_MAC) != 0)
+        return ferry_fail(FERRY_EPERM, "failed authentication: it does not know this engine's key (the keys differ)");
+    return 0;
+}
+
+int auth_check_result(const uint8_t *result, size_t len)
+{
+    if (len != AUTH_RESULT_SIZE || !auth_is_hello(result) || result[8] != AUTH_OK)
+        return ferry_fail(FERRY_EPERM, "refused this engine's proof of the key");
+    if (!reserved_zero(result, 9, 16))
+        return ferry_fail(FERRY_EPROTO, "accepted this engine's proof with its reserved bytes 9-15 set");
+    return 0;
+}
+
 int auth_client(int fd, const struct auth_key *k, enum auth_channel ch, const char *peer, uint64_t deadline_ns,
                 uint64_t *peer_id)
 {
@@ -219,23 +264,8 @@ int auth_client(int fd, const struct auth_key *k, enum auth_channel ch, const ch
                                        "speak ferry authentication?)", channel_name(ch), peer);
     if (rc)
         return ferry_fail(rc, "authenticating %s %s: %s", channel_name(ch), peer, ferry_last_error());
-    if (!auth_is_hello(challenge) || challenge[9] != (uint8_t)ch)
-        return ferry_fail(FERRY_EPROTO, "%s %s answered authentication with something else", channel_name(ch),
-                          peer);
-    if (challenge[8] == AUTH_NO_KEY)
-        return ferry_fail(FERRY_EPERM, "%s %s has no authentication key, but this engine requires one "
-                                       "(set the same FERRY_AUTH_KEY on both)", channel_name(ch), peer);
-    if (challenge[8] != AUTH_OK)
-        return ferry_fail(FERRY_EPERM, "%s %s refused authentication (status %u)", channel_name(ch), peer,
-                          challenge[8]);
-    st.id_t = get_le64(challenge + 16);
-    memcpy(st.nonce_t, challenge + 24, AUTH_NONCE);
-    uint8_t want[AUTH_MAC];
-    if ((rc = compute_mac(k, &st, 'T', want)))
-        return rc;
-    if (CRYPTO_memcmp(want, challenge + 24 + AUTH_NONCE, AUTH_MAC) != 0)
-        return ferry_fail(FERRY_EPERM, "%s %s failed authentication: it does not know this engine's key "
-                                       "(the keys differ)", channel_name(ch), peer);
+    if ((rc = auth_check_challenge(k, &st, challenge, sizeof challenge)))
+        return ferry_fail(rc, "%s %s %s", channel_name(ch), peer, ferry_last_error());
     memcpy(proof, AUTH_MAGIC, 8);
     if ((rc = compute_mac(k, &st, 'I', proof + 16)))
         return rc;
@@ -245,8 +275,8 @@ int auth_client(int fd, const struct auth_key *k, enum auth_channel ch, const ch
     if (rc)
         return ferry_fail(rc == FERRY_ECONN ? FERRY_EPERM : rc, "%s %s did not accept this engine's proof: %s",
                           channel_name(ch), peer, ferry_last_error());
-    if (!auth_is_hello(result) || result[8] != AUTH_OK)
-        return ferry_fail(FERRY_EPERM, "%s %s refused this engine's proof of the key", channel_name(ch), peer);
+    if ((rc = auth_check_result(result, sizeof result)))
+        return ferry_fail(rc, "%s %s %s", channel_name(ch), peer, ferry_last_error());
     if (peer_id)
         *peer_id = st.id_t;
     return 0;

@@ -101,4 +101,15 @@ int auth_make_challenge(const struct auth_key *k, enum auth_channel ch, const ui
 int auth_check_proof(const struct auth_key *k, const struct auth_state *st, const uint8_t *proof, size_t len,
                      uint8_t out[AUTH_RESULT_SIZE]);
 
+/* Initiator: checks a CHALLENGE against *st (channel, initiator id and
+ * nonce_i set): status, the target's MAC; fills st's target id and nonce.
+ * 0, FERRY_EPERM (no key there, refused, another key) or FERRY_EPROTO.
+ * The detail reads after the peer's name ("has no key ..."). */
+int auth_check_challenge(const struct auth_key *k, struct auth_state *st, const uint8_t *challenge, size_t len);
+/* Initiator: the RESULT: 0 (accepted), FERRY_EPERM or FERRY_EPROTO. */
+int auth_check_result(const uint8_t *result, size_t len);
+
+/* Every message's reserved bytes (HELLO 9-15, CHALLENGE 10-15, PROOF 8-15,
+ * RESULT 9-15) are zero; a decoder refuses a message where they are not. */
+
 #endif

@@ -53,17 +53,29 @@ int base64_decode(const char *text, char **out, size_t *out_len)
     char *buf = malloc(n / 4 * 3 + 1);
     if (!buf)
         return ferry_fail(FERRY_ENOMEM, "base64 decode of %zu bytes", n);
-    size_t len = 0;
+    size_t len = 0, at = 0;
+    const char *why = "a character outside the base64 alphabet";
     for (size_t i = 0; i < n; i += 4) {
         int pad = (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=');
-        if (pad && i + 4 != n)
+        at = i;
+        if (pad && i + 4 != n) {
+            why = "padding before the end";
             goto bad;
+        }
         int v[4];
         for (int k = 0; k < 4 - pad; k++)
-            if ((v[k] = value_of(text[i + k])) < 0)
+            if ((v[k] = value_of(text[i + k])) < 0) {
+                at = i + (size_t)k;
                 goto bad;
+            }
         for (int k = 4 - pad; k < 4; k++)
             v[k] = 0;
+        /* the bits a padded group leaves over are zero in what an encoder
+         * writes: any other text would be a second spelling of one value */
+        if ((pad == 1 && (v[2] & 3)) || (pad == 2 && (v[1] & 15))) {
+            why = "non-zero bits before the padding (not the canonical encoding)";
+            goto bad;
+        }
         uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         buf[len++] = (char)(w >> 16);
         if (pad < 2)
@@ -77,5 +89,5 @@ int base64_decode(const char *text, char **out, size_t *out_len)
     return 0;
 bad:
     free(buf);
-    return ferry_fail(FERRY_EPROTO, "value is not base64");
+    return ferry_fail(FERRY_EPROTO, "value is not base64: %s at offset %zu of %zu", why, at, n);
 }

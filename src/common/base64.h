@@ -14,7 +14,8 @@ char *base64_encode(const void *data, size_t len);
 
 /* Decodes NUL-terminated base64 text into a malloc'd buffer (NUL-terminated
  * for convenience; caller frees) and its length.  Returns 0, FERRY_EPROTO
- * (not base64) or FERRY_ENOMEM. */
+ * (not base64, or not its one canonical spelling: bits left over before the
+ * padding must be zero; the detail gives the offset) or FERRY_ENOMEM. */
 int base64_decode(const char *text, char **out, size_t *out_len);
 
 #endif

@@ -7,6 +7,7 @@
 #include "net.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "log.h"
 
 uint64_t now_ns(void)
 {
@@ -39,6 +41,14 @@ static bool is_ipv6(const char *s, size_t n)
     size_t m = scope ? (size_t)(scope - s) : n;
     if (m == 0 || m >= sizeof buf)
         return false;
+    if (scope) { /* an interface name or number: 1-15 of [A-Za-z0-9._-] */
+        size_t k = n - m - 1;
+        if (k == 0 || k >= 16)
+            return false;
+        for (size_t i = m + 1; i < n; i++)
+            if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+                return false;
+    }
     memcpy(buf, s, m);
     buf[m] = '\0';
     return inet_pton(AF_INET6, buf, &a) == 1;
@@ -49,12 +59,12 @@ static bool all_digits(const char *s)
     return *s && strspn(s, "0123456789") == strlen(s);
 }
 
-static int parse_port(const char *text, const char *name, int *port)
+static int parse_port(const char *text, const char *shown, int *port)
 {
     char *end;
     long p = strtol(text, &end, 10);
     if (end == text || *end || p < 0 || p > 65535 || !(*text >= '0' && *text <= '9'))
-        return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", name);
+        return ferry_fail(FERRY_EINVAL, "bad port in \"%s\"", shown);
     *port = (int)p;
     return 0;
 }
@@ -64,27 +74,34 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
     if (!name || !*name)
         return ferry_fail(FERRY_EINVAL, "empty host name");
     *port = 0;
+    /* names reach details and logs escaped: a segment name may come from a
+     * peer (a notification's sender, a bootstrap server's answer) */
+    char shown[160];
+    log_sanitize(name, strlen(name), shown, sizeof shown);
     const char *h = name, *tail; /* tail: "" or ":port" */
     size_t hl;
     const char *colon = strrchr(name, ':'), *scope = strchr(name, '%');
     if (name[0] == '[') { /* [v6] or [v6]:port, as the reference writes them */
         const char *close = strchr(name, ']');
         if (!close || !is_ipv6(name + 1, (size_t)(close - name - 1)))
-            return ferry_fail(FERRY_EINVAL, "\"%s\": brackets hold an IPv6 address ([addr] or [addr]:port)", name);
+            return ferry_fail(FERRY_EINVAL, "\"%s\": brackets hold an IPv6 address ([addr] or [addr]:port)", shown);
         h = name + 1;
         hl = (size_t)(close - h);
         tail = close + 1;
         if (*tail && *tail != ':')
-            return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", name);
+            return ferry_fail(FERRY_EINVAL, "\"%s\": only \":port\" may follow \"]\"", shown);
     } else if (colon && memchr(name, ':', (size_t)(colon - name))) { /* two colons or more: IPv6 */
         bool addr_port = is_ipv6(name, (size_t)(colon - name)) && all_digits(colon + 1);
         bool whole = is_ipv6(name, strlen(name)) && !(scope && colon > scope);
-        if (addr_port && whole)
+        if (addr_port && whole) {
+            char addr[160]; /* the address part: its %scope is the caller's text */
+            log_sanitize(name, (size_t)(colon - name), addr, sizeof addr);
             return ferry_fail(FERRY_EINVAL, "\"%s\" is ambiguous: an IPv6 address with a port is written "
-                              "[%.*s]:%s, the address alone [%s]", name, (int)(colon - name), name, colon + 1, name);
+                              "[%s]:%s, the address alone [%s]", shown, addr, colon + 1, shown);
+        }
         if (!addr_port && !whole)
             return ferry_fail(FERRY_EINVAL, "\"%s\" is neither host:port nor an IPv6 address (with a port: "
-                              "[addr]:port)", name);
+                              "[addr]:port)", shown);
         /* an IPv6 address alone, as the reference takes it; or one followed by
          * a port that no address can end with ("::1:15000": a group has at
          * most 4 hex digits; "fe80::1%eth0:7": a scope has no colon), which
@@ -97,10 +114,10 @@ int net_split_hostport(const char *name, char *host, size_t hostlen, int *port)
         tail = colon ? colon : "";
     }
     if (hl == 0 || hl >= hostlen)
-        return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", name);
+        return ferry_fail(FERRY_EINVAL, "bad host in \"%s\"", shown);
     memcpy(host, h, hl);
     host[hl] = '\0';
-    return *tail ? parse_port(tail + 1, name, port) : 0;
+    return *tail ? parse_port(tail + 1, shown, port) : 0;
 }
 
 bool net_host_text_ok(const char *h, size_t max)
@@ -141,8 +158,11 @@ static int resolve(const char *host, int port, struct sockaddr_storage *sa, sock
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0 || !res)
-        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", host, gai_strerror(rc));
+    if (rc != 0 || !res) {
+        char shown[160];
+        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", log_sanitize(host, strlen(host), shown,
+                          sizeof shown), gai_strerror(rc));
+    }
     const struct addrinfo *pick = NULL;
     for (const struct addrinfo *r = res; r && !pick; r = r->ai_next)
         if (r->ai_family == AF_INET)

@@ -33,6 +33,7 @@
 #include "err.h"
 #include "log.h"
 #include "meta/descriptor.h"
+#include "meta/etcd_reply.h"
 #include "meta/keepalive.h"
 #include "meta/meta.h"
 #include "net.h"
@@ -66,7 +67,7 @@ struct etcd_meta {
 
     atomic_bool stopping;       /* destroy aborts a call in flight */
     struct keepalive ka;        /* published descriptors; its lock guards `lease` */
-    char lease[24];             /* decimal lease ID, "" when none */
+    char lease[ETCD_LEASE_MAX]; /* decimal lease ID, "" when none */
 };
 
 /* ------------------------------------------------------------ URL */
@@ -123,11 +124,13 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
 {
     struct response *r = ud;
     size_t add = size * n;
+    if (r->len + add > ETCD_RESPONSE_MAX)
+        return 0; /* checked on every call: the doubled capacity may already hold more than the cap */
     if (r->len + add + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + add + 1)
             cap *= 2;
-        char *d = r->len + add > ETCD_RESPONSE_MAX ? NULL : realloc(r->data, cap);
+        char *d = realloc(r->data, cap);
         if (!d)
             return 0; /* curl fails with CURLE_WRITE_ERROR */
         r->data = d;
@@ -219,25 +222,8 @@ static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJ
         if (cc == CURLE_OK && status < 500) {
             atomic_store(&m->current, i);
             handle_put(m, h);
-            cJSON *j = cJSON_ParseWithLength(r.data ? r.data : "", r.len);
+            int rc = etcd_reply_parse(ep->host, path, status, r.data, r.len, out);
             free(r.data);
-            if (!cJSON_IsObject(j)) {
-                cJSON_Delete(j);
-                return ferry_fail(FERRY_EPROTO, "%s%s: HTTP %ld with a reply that is not JSON", ep->host, path,
-                                  status);
-            }
-            const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
-            if (status == 200 && !err) {
-                *out = j;
-                return 0;
-            }
-            const cJSON *code = cJSON_GetObjectItemCaseSensitive(j, "code");
-            int rc = cJSON_IsNumber(code) && code->valueint == 5 ? FERRY_ENOSEG : FERRY_EIO;
-            char text[200];
-            rc = ferry_fail(rc, "%s: etcd answered HTTP %ld: %s", path, status,
-                            cJSON_IsString(err) ? log_sanitize(err->valuestring, 150, text, sizeof text)
-                                                : "(no message)");
-            cJSON_Delete(j);
             return rc;
         }
         free(r.data);
@@ -295,13 +281,7 @@ static int lease_grant(struct etcd_meta *m)
     int rc = etcd_callf(m, "/v3/lease/grant", &j, "{\"TTL\":%u}", m->ttl_s);
     if (rc)
         return rc;
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "ID");
-    /* decimal digits only: the ID goes back into the JSON of later requests */
-    if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof m->lease && id->valuestring[0] &&
-        strspn(id->valuestring, "0123456789") == strlen(id->valuestring))
-        snprintf(m->lease, sizeof m->lease, "%s", id->valuestring);
-    else
-        rc = ferry_fail(FERRY_EPROTO, "%s: lease grant answer has no decimal ID", m->url);
+    rc = etcd_reply_lease_id(j, m->url, m->lease);
     cJSON_Delete(j);
     return rc;
 }
@@ -313,11 +293,7 @@ static int lease_keepalive(struct etcd_meta *m)
     int rc = etcd_callf(m, "/v3/lease/keepalive", &j, "{\"ID\":\"%s\"}", m->lease);
     if (rc)
         return rc;
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(j, "result");
-    const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(result, "TTL");
-    /* an expired lease is answered with no TTL (zero is omitted) */
-    if (!cJSON_IsString(ttl) || strtol(ttl->valuestring, NULL, 10) <= 0)
-        rc = ferry_fail(FERRY_ENOSEG, "%s: lease %s has expired", m->url, m->lease);
+    rc = etcd_reply_lease_alive(j, m->url, m->lease);
     cJSON_Delete(j);
     return rc;
 }
@@ -466,21 +442,16 @@ static int etcd_lookup(void *mp, const char *name, char **json, size_t *len)
         return ferry_fail(FERRY_ENOMEM, "lookup %s", name);
     cJSON *j = NULL;
     int rc = etcd_callf(m, "/v3/kv/range", &j, "{\"key\":\"%s\"}", key);
-    free(key);
-    if (rc) /* unreachable or failing: absent for now; a reply no etcd sends: the store is not one */
+    if (rc) { /* unreachable or failing: absent for now; a reply no etcd sends: the store is not one */
+        free(key);
         return ferry_fail(rc == FERRY_EPROTO ? FERRY_EPROTO : FERRY_ENOSEG, "segment %s: lookup failed: %s", name,
                           ferry_last_error());
-    const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(j, "kvs");
-    const cJSON *value = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(kvs, 0), "value");
-    if (kvs && !cJSON_IsArray(kvs))
-        rc = ferry_fail(FERRY_EPROTO, "segment %s: etcd's \"kvs\" is not an array", name);
-    else if (!cJSON_GetArraySize(kvs))
+    }
+    rc = etcd_reply_range(j, name, key, json, len);
+    if (rc == FERRY_ENOSEG)
         rc = ferry_fail(FERRY_ENOSEG, "segment %s is not published in %s (key \"%s%s\")", name, m->url, m->prefix,
                         name);
-    else if (!cJSON_IsString(value))
-        rc = ferry_fail(FERRY_EPROTO, "segment %s: etcd entry has no value", name);
-    else if ((rc = base64_decode(value->valuestring, json, len)) != 0)
-        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+    free(key);
     cJSON_Delete(j);
     return rc;
 }

@@ -31,6 +31,7 @@
 #include "err.h"
 #include "log.h"
 #include "meta/descriptor.h"
+#include "meta/etcd_reply.h"
 #include "meta/keepalive.h"
 #include "meta/meta.h"
 
@@ -208,24 +209,9 @@ static int http_lookup(void *mp, const char *name, char **json, size_t *len)
         return ferry_fail(status == 404 ? FERRY_ENOSEG : FERRY_EIO, "segment %s: GET %s?key=%s%s: HTTP %ld%s", name,
                           m->url, m->prefix, name, status, status == 404 ? " (not published)" : "");
     }
-    cJSON *j = cJSON_ParseWithLength(r.data ? r.data : "", r.len);
+    rc = http_reply_entry(r.data, r.len, (double)time(NULL), name, m->url, json, len);
     free(r.data);
-    const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_unix_s");
-    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(j, "descriptor");
-    if (!cJSON_IsNumber(exp) || !cJSON_IsObject(desc)) {
-        cJSON_Delete(j);
-        return ferry_fail(FERRY_EPROTO, "segment %s: the entry at %s is not a ferry descriptor", name, m->url);
-    }
-    if ((double)time(NULL) > exp->valuedouble) {
-        cJSON_Delete(j);
-        return ferry_fail(FERRY_ENOSEG, "segment %s: its entry expired (the publisher stopped renewing it)", name);
-    }
-    *json = cJSON_PrintUnformatted(desc);
-    cJSON_Delete(j);
-    if (!*json)
-        return ferry_fail(FERRY_ENOMEM, "segment %s: descriptor", name);
-    *len = strlen(*json);
-    return 0;
+    return rc;
 }
 
 const struct meta_ops ferry_meta_http = {

@@ -24,6 +24,7 @@
 
 #include "acceptor.h"
 #include "auth.h"
+#include "bytes.h"
 #include "err.h"
 #include "log.h"
 #include "net.h"
@@ -39,7 +40,7 @@ struct p2p_server {
 
 static int send_message(int fd, const char *body, size_t len, uint64_t deadline_ns)
 {
-    uint8_t head[12];
+    uint8_t head[P2P_HEAD_SIZE];
     memcpy(head, P2P_MAGIC, 7);
     head[7] = P2P_VERSION;
     for (int i = 0; i < 4; i++)
@@ -48,24 +49,30 @@ static int send_message(int fd, const char *body, size_t len, uint64_t deadline_
     return net_writev_full_deadline(fd, iov, 2, deadline_ns);
 }
 
+int p2p_decode_head(const uint8_t head[P2P_HEAD_SIZE], uint32_t max, uint32_t *len)
+{
+    if (memcmp(head, P2P_MAGIC, 7) != 0)
+        return ferry_fail(FERRY_EPROTO, "handshake: bad magic");
+    if (head[7] != P2P_VERSION) /* the peer's byte, as a number: a raw one could be a control character */
+        return ferry_fail(FERRY_EVERSION, "handshake version byte 0x%02x, this build speaks '%c'", head[7],
+                          P2P_VERSION);
+    uint32_t n = get_le32(head + 8);
+    if (n > max)
+        return ferry_fail(FERRY_EPROTO, "handshake: body of %u bytes is over the limit of %u", n, max);
+    *len = n;
+    return 0;
+}
+
 /* Reads the rest of one message whose first `have` header bytes are in head;
  * *body is malloc'd and NUL-terminated.  The whole message must arrive
  * before the deadline. */
-static int recv_message_rest(int fd, uint8_t head[12], size_t have, uint32_t max, uint64_t deadline_ns, char **body,
-                             size_t *len)
+static int recv_message_rest(int fd, uint8_t head[P2P_HEAD_SIZE], size_t have, uint32_t max, uint64_t deadline_ns,
+                             char **body, size_t *len)
 {
-    int rc = net_read_full_deadline(fd, head + have, 12 - have, deadline_ns);
-    if (rc)
+    int rc = net_read_full_deadline(fd, head + have, P2P_HEAD_SIZE - have, deadline_ns);
+    uint32_t n = 0;
+    if (rc || (rc = p2p_decode_head(head, max, &n)))
         return rc;
-    if (memcmp(head, P2P_MAGIC, 7) != 0)
-        return ferry_fail(FERRY_EPROTO, "handshake: bad magic");
-    if (head[7] != P2P_VERSION)
-        return ferry_fail(FERRY_EVERSION, "handshake version '%c', this build speaks '%c'", head[7],
-                          P2P_VERSION);
-    uint32_t n = (uint32_t)head[8] | (uint32_t)head[9] << 8 | (uint32_t)head[10] << 16 |
-                 (uint32_t)head[11] << 24;
-    if (n > max)
-        return ferry_fail(FERRY_EPROTO, "handshake: body of %u bytes is over the limit of %u", n, max);
     char *b = malloc((size_t)n + 1);
     if (!b)
         return ferry_fail(FERRY_ENOMEM, "handshake body");
@@ -77,6 +84,20 @@ static int recv_message_rest(int fd, uint8_t head[12], size_t have, uint32_t max
     *body = b;
     *len = n;
     return 0;
+}
+
+bool p2p_request_is_descriptor(const char *req, size_t len)
+{
+    /* strict: the one object a client writes, {"op":"descriptor"}, nothing
+     * after it and no other member (a later op is a new request, refused
+     * here by name) */
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(req, len, &end, 0);
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "op");
+    bool yes = cJSON_IsObject(j) && cJSON_GetArraySize(j) == 1 && cJSON_IsString(op) &&
+               strcmp(op->valuestring, "descriptor") == 0 && end == req + len;
+    cJSON_Delete(j);
+    return yes;
 }
 
 static void send_error(int fd, int code, const char *text, uint64_t deadline_ns)
@@ -93,7 +114,7 @@ static void serve(void *arg, struct acceptor_conn *c)
 {
     struct p2p_server *s = arg;
     uint64_t deadline = net_deadline(s->timeout_ms);
-    uint8_t head[12];
+    uint8_t head[P2P_HEAD_SIZE];
     char *req = NULL, *reply = NULL;
     size_t len;
     bool authenticated = false;
@@ -119,15 +140,12 @@ static void serve(void *arg, struct acceptor_conn *c)
         free(req);
         return;
     }
-    cJSON *j = cJSON_ParseWithLength(req, len);
-    const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "op");
-    if (!cJSON_IsString(op) || strcmp(op->valuestring, "descriptor") != 0)
+    if (!p2p_request_is_descriptor(req, len))
         send_error(c->fd, FERRY_EPROTO, "unknown or malformed request", deadline);
     else if ((rc = s->describe(s->ctx, &reply)) != 0)
         send_error(c->fd, rc == FERRY_EBUSY ? FERRY_EBUSY : FERRY_EIO, "cannot describe this engine now", deadline);
     else
         send_message(c->fd, reply, strlen(reply), deadline);
-    cJSON_Delete(j);
     free(req);
     free(reply);
 }
@@ -169,7 +187,7 @@ void p2p_server_stop(struct p2p_server *s)
 
 /* An {"error":..., "code":...} answer instead of a descriptor: only codes a
  * server sends are believed; anything else is the peer's malformed answer. */
-static int answered_error(const char *name, const char *json, size_t len)
+int p2p_decode_answer(const char *name, const char *json, size_t len)
 {
     cJSON *j = cJSON_ParseWithLength(json, len);
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
@@ -197,9 +215,10 @@ int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len)
 
 int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key *auth, char **json, size_t *len)
 {
-    char host[128];
+    char host[128], shown[160];
     int port;
     int rc = net_split_hostport(name, host, sizeof host, &port);
+    name = log_sanitize(name, strlen(name), shown, sizeof shown); /* from here on, only in messages */
     if (rc || port == 0)
         return ferry_fail(FERRY_ENOSEG, "segment name \"%s\" is not host:port", name);
     int fd = net_connect(host, port, timeout_ms);
@@ -211,7 +230,7 @@ int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key 
         return rc;
     }
     const char *req = "{\"op\":\"descriptor\"}";
-    uint8_t head[12];
+    uint8_t head[P2P_HEAD_SIZE];
     rc = send_message(fd, req, strlen(req), deadline);
     if (!rc)
         rc = recv_message_rest(fd, head, 0, P2P_MAX_BODY, deadline, json, len);
@@ -220,7 +239,7 @@ int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key 
         return ferry_fail(FERRY_ENOSEG, "segment %s: handshake failed: %s", name, ferry_last_error());
     if (rc)
         return ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
-    if ((rc = answered_error(name, *json, *len))) {
+    if ((rc = p2p_decode_answer(name, *json, *len))) {
         free(*json);
         *json = NULL;
         return rc;

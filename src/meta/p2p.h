@@ -12,12 +12,15 @@
 #ifndef FERRY_P2P_H
 #define FERRY_P2P_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define P2P_MAGIC "FERRYHS"
 #define P2P_VERSION '1'
 #define P2P_MAX_BODY (16u << 20)
 #define P2P_MAX_REQUEST (64u << 10)   /* what a server reads from a client, at most */
+#define P2P_HEAD_SIZE 12              /* magic (7), version (1), body length (4, little-endian) */
 
 #include "acceptor.h"
 #include "auth.h"
@@ -47,5 +50,20 @@ int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len);
 /* The same, authenticating first when auth has a key.  FERRY_EPERM when the
  * peer wants a key this engine lacks, or the keys differ (detail names it). */
 int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key *auth, char **json, size_t *len);
+
+/* ---- the decoders of what a peer sends (tests/fuzz/fuzz_p2p.c) */
+
+/* A message's head: the magic, this version, a body of at most max bytes
+ * (*len).  0, FERRY_EPROTO or FERRY_EVERSION (the detail shows the peer's
+ * version byte as a number). */
+int p2p_decode_head(const uint8_t head[P2P_HEAD_SIZE], uint32_t max, uint32_t *len);
+/* Server: is a request body exactly {"op":"descriptor"} (the one op
+ * answered; another member or bytes after the object: no)? */
+bool p2p_request_is_descriptor(const char *req, size_t len);
+/* Client: a server's answer of len bytes is either a descriptor (0: the
+ * descriptor decoder judges it) or {"error":text,"code":n}: FERRY_EPERM or
+ * FERRY_EBUSY when the server said so, else FERRY_EPROTO; the detail names
+ * segment `name` and quotes the text sanitized. */
+int p2p_decode_answer(const char *name, const char *json, size_t len);
 
 #endif

@@ -34,6 +34,7 @@
 #include "meta/descriptor.h"
 #include "meta/keepalive.h"
 #include "meta/meta.h"
+#include "meta/redis_reply.h"
 #include "net.h"
 
 #define REDIS_SCHEME "redis://"
@@ -150,21 +151,70 @@ static int exchange(const struct redis_meta *m, redisContext *c, uint64_t deadli
             return ferry_fail(FERRY_ECONN, "%s: %s", m->url,
                               n == 0 ? "the server closed the connection" : strerror(errno));
         }
-        if (got == 0 && !strchr("+-:$", buf[0]))
-            return ferry_fail(FERRY_EPROTO, "%s: answered with RESP type 0x%02x, which none of ferry's commands "
-                              "has", m->url, (unsigned char)buf[0]);
-        got += (size_t)n;
-        if (got > REDIS_REPLY_MAX)
-            return ferry_fail(FERRY_EPROTO, "%s: a reply of more than %zu bytes", m->url, REDIS_REPLY_MAX);
-        if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK ||
-            redisReaderGetReply(c->reader, &reply) != REDIS_OK)
-            return ferry_fail(FERRY_EPROTO, "%s: malformed reply: %.100s", m->url, c->reader->errstr);
-    }
-    if (c->reader->pos < c->reader->len) { /* more than the one reply: the next command would read it */
-        freeReplyObject(reply);
-        return ferry_fail(FERRY_EPROTO, "%s: answered one command with more than one reply", m->url);
+        if ((rc = redis_reply_feed(m->url, c->reader, &got, buf, (size_t)n, &reply)))
+            return rc;
     }
     *out = reply;
+    return 0;
+}
+
+int redis_reply_feed(const char *url, redisReader *rd, size_t *got, const char *buf, size_t n, void **reply)
+{
+    char text[120];
+    *reply = NULL;
+    if (n == 0)
+        return 0;
+    if (*got == 0 && (!buf[0] || !strchr("+-:$", buf[0]))) /* strchr finds a NUL too */
+        return ferry_fail(FERRY_EPROTO, "%s: answered with RESP type 0x%02x, which none of ferry's commands "
+                          "has", url, (unsigned char)buf[0]);
+    *got += n;
+    if (*got > REDIS_REPLY_MAX)
+        return ferry_fail(FERRY_EPROTO, "%s: a reply of more than %zu bytes", url, REDIS_REPLY_MAX);
+    if (redisReaderFeed(rd, buf, n) != REDIS_OK || redisReaderGetReply(rd, reply) != REDIS_OK) {
+        *reply = NULL;
+        return ferry_fail(FERRY_EPROTO, "%s: malformed reply: %s", url,
+                          log_sanitize(rd->errstr, sizeof rd->errstr, text, sizeof text));
+    }
+    if (*reply && rd->pos < rd->len) { /* more than the one reply: the next command would read it */
+        freeReplyObject(*reply);
+        *reply = NULL;
+        return ferry_fail(FERRY_EPROTO, "%s: answered one command with more than one reply", url);
+    }
+    return 0;
+}
+
+int redis_reply_expect(const char *url, const char *command, const redisReply *r, int type, const char *status)
+{
+    char text[120];
+    if (r->type == type && (!status || (r->len == strlen(status) && memcmp(r->str, status, r->len) == 0)))
+        return 0;
+    const char *kind = r->type == REDIS_REPLY_STRING   ? "the bulk string"
+                       : r->type == REDIS_REPLY_STATUS  ? "the status"
+                       : r->type == REDIS_REPLY_ERROR   ? "the error"
+                       : r->type == REDIS_REPLY_INTEGER ? "an integer"
+                       : r->type == REDIS_REPLY_NIL     ? "nil"
+                                                        : "another type";
+    bool has_text = r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_ERROR;
+    return ferry_fail(FERRY_EPROTO, "%s: %s was answered with %s%s%s%s, which Redis never answers it with", url,
+                      command, kind, has_text ? " \"" : "", has_text ? log_sanitize(r->str, r->len, text, sizeof text) : "",
+                      has_text ? "\"" : "");
+}
+
+int redis_reply_get(const redisReply *r, const char *name, char **json, size_t *len)
+{
+    char text[200];
+    if (r->type == REDIS_REPLY_NIL)
+        return ferry_fail(FERRY_ENOSEG, "segment %s is not published", name);
+    if (r->type == REDIS_REPLY_ERROR && (r->len < 9 || memcmp(r->str, "WRONGTYPE", 9) != 0))
+        return ferry_fail(FERRY_ENOSEG, "segment %s: lookup failed: Redis answered: %s", name,
+                          log_sanitize(r->str, r->len, text, sizeof text));
+    if (r->type != REDIS_REPLY_STRING) /* WRONGTYPE: someone else's key */
+        return ferry_fail(FERRY_EPROTO, "segment %s: its Redis key is not a string", name);
+    if (!(*json = malloc(r->len + 1)))
+        return ferry_fail(FERRY_ENOMEM, "segment %s: %zu bytes", name, (size_t)r->len);
+    memcpy(*json, r->str, r->len);
+    (*json)[r->len] = '\0';
+    *len = r->len;
     return 0;
 }
 
@@ -212,6 +262,8 @@ static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
         int rc = run_command(m, c, deadline_ns, &r, &closed, "SELECT %ld", m->db);
         if (!rc && r->type == REDIS_REPLY_ERROR)
             rc = ferry_fail(FERRY_EINVAL, "%s: SELECT %ld failed: %s", m->url, m->db, said(r, text, sizeof text));
+        else if (!rc)
+            rc = redis_reply_expect(m->url, "SELECT", r, REDIS_REPLY_STATUS, "OK");
         else if (rc)
             rc = ferry_fail(rc, "%s: SELECT %ld failed: %s", m->url, m->db, ferry_last_error());
         if (r)
@@ -267,6 +319,8 @@ static int key_set(void *store, const char *name, const char *json)
     struct redis_meta *m = store;
     int rc;
     redisReply *r = command_locked(m, &rc, "SET %s%s %b EX %u", m->prefix, name, json, strlen(json), m->ttl_s);
+    if (r && !rc)
+        rc = redis_reply_expect(m->url, "SET", r, REDIS_REPLY_STATUS, "OK");
     if (r)
         freeReplyObject(r);
     return rc;
@@ -278,6 +332,8 @@ static int key_del(void *store, const char *name, size_t remaining)
     (void)remaining;
     int rc;
     redisReply *r = command_locked(m, &rc, "DEL %s%s", m->prefix, name);
+    if (r && !rc)
+        rc = redis_reply_expect(m->url, "DEL", r, REDIS_REPLY_INTEGER, NULL);
     if (r)
         freeReplyObject(r);
     return rc;
@@ -315,6 +371,8 @@ static int redis_create(const char *url, const char *prefix, unsigned ttl_s, uns
         m->timeout.tv_sec = timeout_ms / 1000;
         m->timeout.tv_usec = (long)(timeout_ms % 1000) * 1000;
         redisReply *r = command_locked(m, &rc, "PING"); /* no other thread yet */
+        if (r && !rc)
+            rc = redis_reply_expect(m->url, "PING", r, REDIS_REPLY_STATUS, "PONG");
         if (r)
             freeReplyObject(r);
         if (rc)
@@ -360,26 +418,17 @@ static int redis_lookup(void *mp, const char *name, char **json, size_t *len)
     struct get_call g = {.name = name};
     int rc = keepalive_locked(&m->ka, get_locked, &g);
     redisReply *r = g.reply;
-    if (!r || (rc && strncmp(r->str, "WRONGTYPE", 9) != 0)) {
+    if (!r) {
         /* unreachable or silent: absent for now; a reply no Redis sends: the store is not one */
-        rc = ferry_fail(!r && rc == FERRY_EPROTO ? FERRY_EPROTO : FERRY_ENOSEG, "segment %s: lookup failed: %s", name,
-                        ferry_last_error());
-        if (r)
-            freeReplyObject(r);
-        return rc;
+        return ferry_fail(rc == FERRY_EPROTO ? FERRY_EPROTO : FERRY_ENOSEG, "segment %s: lookup failed: %s", name,
+                          ferry_last_error());
     }
-    if (r->type == REDIS_REPLY_NIL) {
+    rc = redis_reply_get(r, name, json, len);
+    if (rc == FERRY_ENOSEG && r->type == REDIS_REPLY_NIL)
         rc = ferry_fail(FERRY_ENOSEG, "segment %s is not published in %s (key \"%s%s\")", name, m->url, m->prefix,
                         name);
-    } else if (r->type != REDIS_REPLY_STRING) { /* WRONGTYPE: someone else's key */
+    else if (rc == FERRY_EPROTO)
         rc = ferry_fail(FERRY_EPROTO, "segment %s: Redis key \"%s%s\" is not a string", name, m->prefix, name);
-    } else if (!(*json = malloc(r->len + 1))) {
-        rc = ferry_fail(FERRY_ENOMEM, "segment %s: %zu bytes", name, (size_t)r->len);
-    } else {
-        memcpy(*json, r->str, r->len);
-        (*json)[r->len] = '\0';
-        *len = r->len;
-    }
     freeReplyObject(r);
     return rc;
 }

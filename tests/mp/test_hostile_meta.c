@@ -209,6 +209,7 @@ static bool read_command(int fd, char *cmd, size_t cap)
 static const char *redis_get_attack;        /* what GET is answered with */
 static void (*redis_get_tail)(struct fake *f, int fd);   /* then this, if set */
 static void (*redis_del_tail)(struct fake *f, int fd);   /* if set, DEL is answered with this */
+static const char *redis_odd_command, *redis_odd_answer;  /* if set, that command is answered with this */
 
 static void serve_redis(struct fake *f, int fd)
 {
@@ -217,6 +218,11 @@ static void serve_redis(struct fake *f, int fd)
         if (strcmp(cmd, "DEL") == 0 && redis_del_tail) {
             redis_del_tail(f, fd);
             return;
+        }
+        if (redis_odd_command && strcmp(cmd, redis_odd_command) == 0) {
+            if (!send_str(f, fd, redis_odd_answer))
+                return;
+            continue;
         }
         if (strcmp(cmd, "GET") != 0) {
             if (!send_str(f, fd, strcmp(cmd, "DEL") == 0 ? ":1\r\n" : strcmp(cmd, "PING") == 0 ? "+PONG\r\n"
@@ -325,6 +331,43 @@ static void test_redis_wrong_types(void **state)
     }
 }
 
+/* A server answering PING, SET or DEL with a reply Redis never gives it (a
+ * SET not done: nil, an integer, a status other than OK): FERRY_EPROTO, not
+ * success (rev6: any reply but an error was taken for done). */
+static void test_redis_wrong_answers(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *command, *answer;
+    } odd[] = {
+        {"SET", ":1\r\n"}, {"SET", "$-1\r\n"}, {"SET", "+QUEUED\r\n"}, {"SET", "$2\r\nOK\r\n"},
+        {"PING", "+OK\r\n"}, {"DEL", "+OK\r\n"}, {"DEL", "$1\r\n1\r\n"},
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        struct fake f;
+        redis_get_attack = NULL;
+        redis_get_tail = NULL;
+        redis_odd_command = odd[i].command;
+        redis_odd_answer = odd[i].answer;
+        fake_start(&f, serve_redis);
+        char url[64];
+        snprintf(url, sizeof url, "redis://127.0.0.1:%d", f.port);
+        void *m = NULL;
+        int rc = ferry_meta_redis.create(url, "ferry-test/", 60, TIMEOUT_MS, &m);
+        if (!rc && strcmp(odd[i].command, "SET") == 0)
+            rc = ferry_meta_redis.publish(m, "victim", "{}");
+        else if (!rc)
+            rc = ferry_meta_redis.unpublish(m, "victim");
+        print_message("  %s answered %s: %s: %s\n", odd[i].command, odd[i].answer, ferry_err_name(rc),
+                      ferry_last_error());
+        ferry_meta_redis.destroy(m);
+        redis_odd_command = NULL;
+        fake_stop(&f);
+        assert_int_equal(rc, FERRY_EPROTO);
+        assert_null(strchr(ferry_last_error(), '\n'));
+    }
+}
+
 /* A server that takes the command and never answers, or answers half. */
 static void test_redis_silent(void **state)
 {
@@ -376,6 +419,7 @@ static void test_redis_drip(void **state) { (void)state; skip(); }
 static void test_redis_huge_bulk(void **state) { (void)state; skip(); }
 static void test_redis_wrong_types(void **state) { (void)state; skip(); }
 static void test_redis_silent(void **state) { (void)state; skip(); }
+static void test_redis_wrong_answers(void **state) { (void)state; skip(); }
 #endif /* FERRY_HAVE_REDIS */
 
 /* ------------------------------------------------------------ etcd and HTTP stores */
@@ -460,6 +504,22 @@ static void flood_body(struct fake *f, int fd)
     flood(f, fd, ' ', 512ull << 20);
 }
 
+/* The rest of a 30 MB body: blanks after a valid answer, then the close. */
+#define PADDED_BODY 30000000u
+#define PADDED_JSON "{\"kvs\":[{\"value\":\"e30=\"}]}"
+static void pad_body(struct fake *f, int fd)
+{
+    static char block[65536];
+    memset(block, ' ', sizeof block);
+    for (size_t left = PADDED_BODY - strlen(PADDED_JSON); left && !atomic_load(&f->stop);) {
+        size_t n = left < sizeof block ? left : sizeof block;
+        if (!send_all(f, fd, block, n))
+            return;
+        left -= n;
+    }
+    hold_until_closed(f, fd);
+}
+
 /* Creates the backend `ops` against the fake, runs one lookup and returns
  * its code; *took its seconds. */
 static int http_lookup_once(const struct meta_ops *ops, const char *reply, void (*tail)(struct fake *, int),
@@ -529,6 +589,22 @@ static void test_http_endless_replies(void **state)
     endless_replies(&ferry_meta_http);
 }
 
+/* A valid answer padded with blanks to 30 MB, over etcd's reply cap
+ * (a descriptor in base64 and 64 KiB) but under the 32 MiB its buffer had
+ * doubled to: refused (rev6: the cap was checked only when the buffer grew,
+ * so the answer was taken). */
+static void test_etcd_reply_over_cap(void **state)
+{
+    (void)state;
+    char head[160];
+    snprintf(head, sizeof head, OK_HEAD "Content-Length: %u\r\n\r\n" PADDED_JSON, PADDED_BODY);
+    struct fake f;
+    double took;
+    int rc = http_lookup_once(&ferry_meta_etcd, head, pad_body, &f, &took);
+    assert_int_equal(rc, FERRY_ENOSEG);
+    assert_non_null(strstr(ferry_last_error(), "no endpoint answers"));
+}
+
 /* Whole replies of the wrong shape: each a named code, at once. */
 static void test_etcd_wrong_shapes(void **state)
 {
@@ -546,6 +622,13 @@ static void test_etcd_wrong_shapes(void **state)
         {"{}", FERRY_ENOSEG},
         {"[1,2,3]", FERRY_EPROTO},
         {"{\"error\":\"\\u001b[31mforged\\nline\",\"code\":5}", FERRY_ENOSEG},
+        /* answers etcd never gives a range of one key (rev6): two entries,
+         * another key's entry, a value spelled other than base64 spells it */
+        {"{\"kvs\":[{\"value\":\"e30=\"},{\"value\":\"e30=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"key\":\"b3RoZXI=\",\"value\":\"e30=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"value\":\"e31=\"}]}", FERRY_EPROTO},
+        {"{\"kvs\":[{\"value\":\"e30=\"}]}{\"kvs\":[]}", FERRY_EPROTO}, /* bytes after the answer */
+        {"{\"kvs\":[{\"value\":\"e30=\"}]}x", FERRY_EPROTO},
     };
     memset(deep, '[', 100000);
     memset(deep + 100000, ']', 100000);
@@ -563,12 +646,40 @@ static void test_etcd_wrong_shapes(void **state)
     }
 }
 
+/* An HTTP store's entry of another shape than put writes (another member,
+ * bytes after it, no descriptor object): FERRY_EPROTO (rev6: the first two
+ * were read as the descriptor); an expired one is absent. */
+static void test_http_wrong_shapes(void **state)
+{
+    (void)state;
+    long long later = (long long)time(NULL) + 3600;
+    char bodies[5][160];
+    snprintf(bodies[0], sizeof bodies[0], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1}}", later);
+    snprintf(bodies[1], sizeof bodies[1], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1},\"x\":1}", later);
+    snprintf(bodies[2], sizeof bodies[2], "{\"expires_unix_s\":%lld,\"descriptor\":{\"format\":1}}{}", later);
+    snprintf(bodies[3], sizeof bodies[3], "{\"expires_unix_s\":%lld,\"descriptor\":\"{}\"}", later);
+    snprintf(bodies[4], sizeof bodies[4], "{\"expires_unix_s\":1,\"descriptor\":{\"format\":1}}");
+    static const int want[] = {0, FERRY_EPROTO, FERRY_EPROTO, FERRY_EPROTO, FERRY_ENOSEG};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char *reply = NULL;
+        assert_true(asprintf(&reply, OK_HEAD "Content-Length: %zu\r\n\r\n%s", strlen(bodies[i]), bodies[i]) > 0);
+        struct fake f;
+        double took;
+        int rc = http_lookup_once(&ferry_meta_http, reply, say_nothing, &f, &took);
+        free(reply);
+        assert_int_equal(rc, want[i]);
+        assert_true(took < BOUND_S);
+    }
+}
+
 /* A lease ID that is not a number (it would be pasted into the JSON of
  * every later request) fails create with FERRY_EPROTO. */
 static void test_etcd_lease_id(void **state)
 {
     (void)state;
-    static const char *const ids[] = {"1\\\",\\\"TTL\\\":\\\"1", "-5", "0x10", " 7", ""};
+    static const char *const ids[] = {"1\\\",\\\"TTL\\\":\\\"1", "-5", "0x10", " 7", "",
+                                      /* lease 0 is "no lease": keys that never expire; over int64 (rev6) */
+                                      "0", "007", "9223372036854775808", "99999999999999999999"};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
         struct fake f;
         lease_id = ids[i];
@@ -590,6 +701,8 @@ static void test_etcd_lease_id(void **state) { (void)state; skip(); }
 static void test_etcd_endless_replies(void **state) { (void)state; skip(); }
 static void test_http_endless_replies(void **state) { (void)state; skip(); }
 static void test_etcd_wrong_shapes(void **state) { (void)state; skip(); }
+static void test_etcd_reply_over_cap(void **state) { (void)state; skip(); }
+static void test_http_wrong_shapes(void **state) { (void)state; skip(); }
 #endif /* FERRY_HAVE_ETCD */
 
 /* ------------------------------------------------------------ p2p handshake peer */
@@ -628,6 +741,7 @@ static void test_p2p_hostile_peer(void **state)
     } attacks[] = {
         {"HTTP/1.1 400 Bad Request\r\n\r\n", 28, say_nothing, FERRY_EPROTO},     /* not ferry */
         {"FERRYHS9\x02\x00\x00\x00{}", 14, say_nothing, FERRY_EVERSION},
+        {"FERRYHS\n\x02\x00\x00\x00{}", 14, say_nothing, FERRY_EVERSION}, /* its byte went raw into logs (rev6) */
         {"FERRYHS1\x01\x00\x00\x01", 12, say_nothing, FERRY_EPROTO},            /* 16 MiB + 1 */
         {"FERRYHS1\xff\xff\xff\xff", 12, say_nothing, FERRY_EPROTO},
         {"FERRYH", 6, say_nothing, FERRY_ENOSEG},                               /* stalls mid-header */
@@ -669,10 +783,13 @@ int main(void)
         cmocka_unit_test(test_redis_huge_bulk),
         cmocka_unit_test(test_redis_wrong_types),
         cmocka_unit_test(test_redis_silent),
+        cmocka_unit_test(test_redis_wrong_answers),
         cmocka_unit_test(test_redis_drip_engine_destroy),
         cmocka_unit_test(test_etcd_endless_replies),
         cmocka_unit_test(test_http_endless_replies),
         cmocka_unit_test(test_etcd_wrong_shapes),
+        cmocka_unit_test(test_etcd_reply_over_cap),
+        cmocka_unit_test(test_http_wrong_shapes),
         cmocka_unit_test(test_etcd_lease_id),
         cmocka_unit_test(test_p2p_hostile_peer),
     };
