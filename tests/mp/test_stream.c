@@ -205,6 +205,35 @@ static void failed_transfer_releases_the_stream(void **state)
     f->target.pid = 0;
 }
 
+/* The reference's test_transfer_on_cuda: a device buffer written to another
+ * of the same engine (its own segment) on a stream; later work waits for it. */
+static void to_its_own_segment(void **state)
+{
+    struct fixture *f = *state;
+    char *dst = NULL;
+    ferry_segment_t self;
+    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&dst), 0);
+    assert_int_equal(ferry_register_memory(f->e, dst, LEN, NULL, 1), 0);
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    for (int i = 0; i < 3; i++) {
+        struct ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+        pattern_fill(f->host, LEN, 40 + i, 0);
+        copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+        struct ferry_request q = {FERRY_WRITE, f->dev, self, (uint64_t)(uintptr_t)dst, LEN};
+        assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+        char *after = malloc(LEN);
+        copy(f, FERRY_COPY_D2H, after, dst, LEN);
+        assert_int_equal(f->sim->stream_sync(f->stream), 0);
+        assert_int_equal(ferry_batch_wait(b, -1), 0);
+        assert_int_equal(pattern_check(after, LEN, 40 + i, 0), -1);
+        ferry_batch_free(b);
+        free(after);
+    }
+    assert_int_equal(ferry_unregister_memory(f->e, dst), 0);
+    ferry_mem_free(NULL, "sim:0", dst, LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -212,6 +241,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(read_lands_before_later_copies, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_arguments_enqueue_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(failed_transfer_releases_the_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(to_its_own_segment, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
