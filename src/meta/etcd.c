@@ -93,7 +93,7 @@ static int parse_url(struct etcd_meta *m, const char *url)
             why = "too many endpoints";
         else if (!*item)
             why = "an endpoint is empty";
-        else if (strspn(item, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:") != strlen(item))
+        else if (strspn(item, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]") != strlen(item))
             why = "an endpoint has a character that is not allowed in host:port";
         else if (net_split_hostport(item, ep->host, sizeof ep->host, &port) != 0)
             why = "an endpoint is not host:port";
@@ -177,8 +177,12 @@ static void handle_put(struct etcd_meta *m, CURL *h)
 static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *ep, const char *path,
                           const char *body, struct response *r, long *status)
 {
-    char url[200];
-    snprintf(url, sizeof url, "http://%s:%d%s", ep->host, ep->port, path);
+    char url[320], where[144];
+    /* an IPv6 host in brackets ("http://[::1]:2379/..."); it fits: hosts are
+     * checked at create */
+    if (net_format_hostport(where, sizeof where, ep->host, ep->port) != 0)
+        snprintf(where, sizeof where, "invalid");
+    snprintf(url, sizeof url, "http://%s%s", where, path);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROXY, "");           /* never through an http_proxy of the environment */
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, m->headers);
@@ -227,10 +231,13 @@ static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJ
             return rc;
         }
         free(r.data);
-        if (whylen < sizeof why)
-            whylen += (size_t)snprintf(why + whylen, sizeof why - whylen, "%s%s:%d: %s", whylen ? "; " : "",
-                                       ep->host, ep->port,
+        if (whylen < sizeof why) {
+            char where[144];
+            if (net_format_hostport(where, sizeof where, ep->host, ep->port) != 0)
+                snprintf(where, sizeof where, "?");
+            whylen += (size_t)snprintf(why + whylen, sizeof why - whylen, "%s%s: %s", whylen ? "; " : "", where,
                                        cc == CURLE_OK ? "answered 5xx" : curl_easy_strerror(cc));
+        }
     }
     handle_put(m, h);
     return ferry_fail(FERRY_ECONN, "%s: no endpoint answers (%s)", m->url, why);

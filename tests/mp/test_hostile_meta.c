@@ -90,11 +90,13 @@ static void *fake_main(void *arg)
     return NULL;
 }
 
+static const char *fake_host = "127.0.0.1"; /* where fakes listen (test_etcd_over_ipv6: ::1) */
+
 static void fake_start(struct fake *f, serve_fn serve)
 {
     memset(f, 0, sizeof *f);
     f->serve = serve;
-    f->lfd = net_listen("127.0.0.1", 0, &f->port);
+    f->lfd = net_listen(fake_host, 0, &f->port);
     assert_true(f->lfd >= 0);
     assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
 }
@@ -528,11 +530,12 @@ static int http_lookup_once(const struct meta_ops *ops, const char *reply, void 
     http_attack = reply;
     http_tail = tail;
     fake_start(f, serve_http);
-    char url[64];
+    char url[96], where[64];
+    assert_int_equal(net_format_hostport(where, sizeof where, fake_host, f->port), 0);
     if (ops == &ferry_meta_etcd)
-        snprintf(url, sizeof url, "etcd://127.0.0.1:%d", f->port);
+        snprintf(url, sizeof url, "etcd://%s", where);
     else
-        snprintf(url, sizeof url, "http://127.0.0.1:%d/metadata", f->port);
+        snprintf(url, sizeof url, "http://%s/metadata", where);
     void *m = NULL;
     int rc = ops->create(url, "ferry-test/", 60, TIMEOUT_MS, &m);
     if (rc)
@@ -696,7 +699,33 @@ static void test_etcd_lease_id(void **state)
     lease_id = "7587862101185416459";
 }
 
+static int fake_host_reset(void **state)
+{
+    (void)state;
+    fake_host = "127.0.0.1";
+    return 0;
+}
+
+/* An etcd reached over IPv6 ("etcd://[::1]:port"): its URL must bracket the
+ * address (it was "http://::1:port/...", which no HTTP client can use). */
+static void test_etcd_over_ipv6(void **state)
+{
+    (void)state;
+    int port = 0, fd = net_listen("::1", 0, &port);
+    if (fd < 0) {
+        print_message("SKIPPED: this host has no IPv6 loopback (::1)\n");
+        skip();
+    }
+    close(fd);
+    struct fake f;
+    double took;
+    fake_host = "::1"; /* back to 127.0.0.1 in fake_host_reset, also after a failure */
+    int rc = http_lookup_once(&ferry_meta_etcd, OK_HEAD "Content-Length: 26\r\n\r\n" PADDED_JSON, NULL, &f, &took);
+    assert_int_equal(rc, 0);
+}
+
 #else
+static void test_etcd_over_ipv6(void **state) { (void)state; skip(); }
 static void test_etcd_lease_id(void **state) { (void)state; skip(); }
 static void test_etcd_endless_replies(void **state) { (void)state; skip(); }
 static void test_http_endless_replies(void **state) { (void)state; skip(); }
@@ -791,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_etcd_reply_over_cap),
         cmocka_unit_test(test_http_wrong_shapes),
         cmocka_unit_test(test_etcd_lease_id),
+        cmocka_unit_test_teardown(test_etcd_over_ipv6, fake_host_reset),
         cmocka_unit_test(test_p2p_hostile_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
