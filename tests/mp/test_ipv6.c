@@ -231,6 +231,10 @@ static void tcp_names_an_ipv6_peer_in_brackets(void **state)
     snprintf(want, sizeof want, "tcp [::1]:%d closed the connection", k.data_port);
     if (st.state == FERRY_COMPLETED || !strstr(st.message, want))
         fail_msg("want a failure naming \"%s\"; got state %d: %s", want, st.state, st.message);
+    /* the connection's own prefix too (tcp_conn.c), not "tcp ::1:PORT:" */
+    snprintf(want, sizeof want, "tcp ::1:%d", k.data_port);
+    if (strstr(st.message, want))
+        fail_msg("an IPv6 peer named without brackets: %s", st.message);
     ferry_batch_free(b);
     assert_int_equal(ferry_unregister_memory(e, local), 0);
     ferry_mem_free(e, "cpu", local, 4096);

@@ -48,8 +48,9 @@ void tcp_conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
     pthread_mutex_lock(&c->lock);
     if (!c->broken) {
         c->broken = err;
-        snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s:%d: %s", c->peer->host,
-                 c->peer->port, msg);
+        char peer[144];
+        (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port); /* [v6]:port */
+        snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s: %s", peer, msg);
         if (c->fd >= 0)
             shutdown(c->fd, SHUT_RDWR);
     }
@@ -146,20 +147,19 @@ static int receive_response(struct tcp_conn *c)
         c->pend_tail = NULL;
     pthread_mutex_unlock(&c->lock);
     atomic_store(&c->last_used_ns, now_ns());
-    char msg[160] = "";
+    char msg[160] = "", peer[144] = "";
+    if (status || revoked || h.refused) /* named only in a message: [v6]:port */
+        (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV)
-        snprintf(msg, sizeof msg, "target %s:%d: a device copy to or from its memory failed (%s); its log says "
-                 "which", c->peer->host, c->peer->port, ferry_strerror(status));
+        snprintf(msg, sizeof msg, "target %s: a device copy to or from its memory failed (%s); its log says "
+                 "which", peer, ferry_strerror(status));
     else if (status)
-        snprintf(msg, sizeof msg, "target %s:%d refused the frame: %s", c->peer->host, c->peer->port,
-                 ferry_strerror(status));
+        snprintf(msg, sizeof msg, "target %s refused the frame: %s", peer, ferry_strerror(status));
     else if (revoked)
-        snprintf(msg, sizeof msg, "target %s:%d unregistered the buffer while the READ was served",
-                 c->peer->host, c->peer->port);
+        snprintf(msg, sizeof msg, "target %s unregistered the buffer while the READ was served", peer);
     else if (h.refused)
-        snprintf(msg, sizeof msg, "target %s:%d refused an access outside its registered buffers "
-                 "(or unregistered while it was served)",
-                 c->peer->host, c->peer->port);
+        snprintf(msg, sizeof msg, "target %s refused an access outside its registered buffers "
+                 "(or unregistered while it was served)", peer);
     TRACE(TR_TCP_ACK, f->bytes);
     tcp_frame_end(c, f, status, h.refused | revoked, msg);
     return 0;
