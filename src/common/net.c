@@ -41,9 +41,8 @@ static bool is_ipv6(const char *s, size_t n)
     size_t m = scope ? (size_t)(scope - s) : n;
     if (m == 0 || m >= sizeof buf)
         return false;
-    if (scope) { /* an interface name or number: 1-15 of [A-Za-z0-9._-] */
-        size_t k = n - m - 1;
-        if (k == 0 || k >= 16)
+    if (scope) { /* an interface name or number: [A-Za-z0-9._-], as net_host_text_ok takes it */
+        if (n - m - 1 == 0)
             return false;
         for (size_t i = m + 1; i < n; i++)
             if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
