@@ -48,7 +48,7 @@ void tcp_conn_mark_broken(struct tcp_conn *c, int err, const char *msg)
     pthread_mutex_lock(&c->lock);
     if (!c->broken) {
         c->broken = err;
-        char peer[144];
+        char peer[72]; /* "[" 63 "]:" 5 */
         (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port); /* [v6]:port */
         snprintf(c->broken_msg, sizeof c->broken_msg, "tcp %s: %s", peer, msg);
         if (c->fd >= 0)
@@ -147,7 +147,7 @@ static int receive_response(struct tcp_conn *c)
         c->pend_tail = NULL;
     pthread_mutex_unlock(&c->lock);
     atomic_store(&c->last_used_ns, now_ns());
-    char msg[160] = "", peer[144] = "";
+    char msg[160] = "", peer[72] = "";
     if (status || revoked || h.refused) /* named only in a message: [v6]:port */
         (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV)
