@@ -147,7 +147,7 @@ static int receive_response(struct tcp_conn *c)
         c->pend_tail = NULL;
     pthread_mutex_unlock(&c->lock);
     atomic_store(&c->last_used_ns, now_ns());
-    char msg[160] = "", peer[72] = "";
+    char msg[200] = "", peer[72] = "";
     if (status || revoked || h.refused) /* named only in a message: [v6]:port */
         (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV)
