@@ -250,11 +250,28 @@ int ferry_location_resolve(const char *loc, const struct ferry_device_ops **ops,
  * for host locations and unknown kinds. */
 const struct ferry_device_ops *ferry_device_of_location(const char *loc, int *index);
 
+/* Streams of ferry's own threads come from a cache per (kind, device)
+ * (stream_cache.c), because creating one can wait for every stream of the
+ * device (CUDA, measured by bench/cuda_sync_probe.c): never while a caller's
+ * stream waits for a ferry transfer (ferry_batch_submit_on_stream).
+ *
+ * ferry_device_prepare: makes a few streams of device dev ahead of need
+ * (once per kind and device; loading CUDA's gather kernels with them).
+ * Called when memory of dev is registered and before a stream-ordered
+ * submit on dev.  0 or FERRY_E*.
+ * ferry_device_stream_take: an idle stream of dev, or a new one when none
+ * is idle.  0 or FERRY_E*.
+ * ferry_device_stream_give: hands back a healthy stream that has nothing
+ * in flight (a stream in a sticky error is destroyed instead). */
+int ferry_device_prepare(const struct ferry_device_ops *ops, int dev);
+int ferry_device_stream_take(const struct ferry_device_ops *ops, int dev, ferry_stream **out);
+void ferry_device_stream_give(const struct ferry_device_ops *ops, int dev, ferry_stream *stream);
+
 /* Copies n blocks between host memory and device dev and waits.  Runs on a
- * stream kept per calling thread (created on first use, destroyed when the
- * thread exits), so a transport thread serving device memory pays one
- * batched copy and one wait per call, not a stream creation.  Not the
- * staging fast path (src/staging).  0 or FERRY_E*. */
+ * stream kept per calling thread (taken from the stream cache on first use,
+ * given back when the thread exits), so a transport thread serving device
+ * memory pays one batched copy and one wait per call, not a stream
+ * creation.  Not the staging fast path (src/staging).  0 or FERRY_E*. */
 int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                            const struct ferry_copy *copies, size_t n);
 /* The same in two steps, so a thread can copy while it does other work (a

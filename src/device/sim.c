@@ -469,8 +469,11 @@ static void *stream_worker(void *arg)
                 job->fn(job->arg);
         } else if (job->fn) /* host functions and waits run even on a failed stream: */
             job->fn(job->arg); /* ferry's side of stream ordering must not hang */
-        else if (job->flag)
+        else if (job->flag) {
+            atomic_fetch_add(&sim_hw.flag_waits, 1);
             ferry_flag_wait(job->flag, job->value);
+            atomic_fetch_sub(&sim_hw.flag_waits, 1);
+        }
         else if (job->mark) {
             if (!failed) /* as on hardware: a failed stream runs nothing more */
                 ferry_flag_set(job->mark, job->value);
@@ -509,6 +512,13 @@ static int sim_stream_create(int dev, ferry_stream **out)
         return rc;
     if (out == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: stream_create needs out", dev);
+    /* As strict as CUDA, where a stream creation can wait for every stream of
+     * the device (bench/cuda_sync_probe.c): one waiting on a flag that only
+     * ferry's transfer sets would never end.  Refused here, every time. */
+    if (atomic_load(&sim_hw.flag_waits) > 0)
+        return ferry_fail(FERRY_EIO, "sim:%d: stream_create while %d stream(s) wait on a flag (stream_wait_flag): "
+                          "CUDA's stream creation can wait for every stream of the device, which would wait for "
+                          "ever here", dev, atomic_load(&sim_hw.flag_waits));
     struct sim_stream *s = calloc(1, sizeof *s);
     if (s == NULL)
         return ferry_fail(FERRY_ENOMEM, "sim:%d: stream", dev);

@@ -61,6 +61,7 @@ struct sim_hw {
         int at_start;
     } faults[SIM_MAX_FAULTS];
     atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
+    atomic_int flag_waits;       /* streams now waiting on a flag (stream_wait_flag) */
     uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
     char hold_path[256];
 };

@@ -3,8 +3,9 @@
  * thread_copy.c — synchronous device copies on a per-thread stream, for
  * callers off the staging fast path: a transport thread bouncing a peer's
  * access to device memory, ferry_mem_copy.  Each thread keeps one stream
- * (for the last device it used) in thread-specific storage; it is destroyed
- * when the thread exits.  A copy is complete (or failed, with nothing of it
+ * (for the last device it used) in thread-specific storage, taken from the
+ * device's stream cache (stream_cache.c: never created mid-transfer) and
+ * given back when the thread exits.  A copy is complete (or failed, with nothing of it
  * still queued) when ferry_device_copy_sync returns, so a caller may end its
  * access to the memory (memreg.h) right after; ferry_device_copy_start and
  * _wait split that in two, so the thread can receive the next bytes while
@@ -32,11 +33,24 @@ struct thread_stream {
 static pthread_key_t key;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
+/* The thread is done with its stream: what it started must end first; a
+ * stream whose copies failed is destroyed, a healthy one given back. */
+static void stream_leave(struct thread_stream *ts)
+{
+    int rc = ts->inflight ? ts->ops->stream_sync(ts->stream) : 0;
+    if (rc)
+        ts->ops->stream_destroy(ts->stream);
+    else
+        ferry_device_stream_give(ts->ops, ts->dev, ts->stream);
+    ts->stream = NULL;
+    ts->inflight = false;
+}
+
 static void thread_stream_free(void *p)
 {
     struct thread_stream *ts = p;
     if (ts->stream)
-        ts->ops->stream_destroy(ts->stream);
+        stream_leave(ts);
     free(ts);
 }
 
@@ -60,15 +74,10 @@ static int thread_stream(const struct ferry_device_ops *ops, int dev, struct thr
             return ferry_fail(FERRY_ENOMEM, "thread stream");
         pthread_setspecific(key, ts);
     }
-    if (ts->stream && (ts->ops != ops || ts->dev != dev)) {
-        if (ts->inflight)
-            (void)ts->ops->stream_sync(ts->stream);
-        ts->inflight = false;
-        ts->ops->stream_destroy(ts->stream);
-        ts->stream = NULL;
-    }
+    if (ts->stream && (ts->ops != ops || ts->dev != dev))
+        stream_leave(ts);
     if (!ts->stream) {
-        int rc = ops->stream_create(dev, &ts->stream);
+        int rc = ferry_device_stream_take(ops, dev, &ts->stream);
         if (rc)
             return rc;
         ts->ops = ops;
@@ -78,7 +87,8 @@ static int thread_stream(const struct ferry_device_ops *ops, int dev, struct thr
     return 0;
 }
 
-/* After a failure the stream is in a sticky error: start over. */
+/* After a failure the stream is in a sticky error: start over (a broken
+ * stream is destroyed, not given back). */
 static void thread_stream_renew(struct thread_stream *ts)
 {
     ts->ops->stream_destroy(ts->stream);

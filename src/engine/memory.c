@@ -232,6 +232,8 @@ int ferry_register_memory(ferry_engine *e, void *addr, size_t len, const char *l
                           addr, len);
     struct memreg_region r = {.addr = (uint64_t)(uintptr_t)addr, .len = len, .remote_accessible = !!remote_accessible};
     int rc = resolve_location(addr, len, location, &r);
+    if (!rc && r.device_index >= 0) /* its streams now, not mid-transfer (stream_cache.c) */
+        rc = ferry_device_prepare(region_device(&r), r.device_index);
     if (!rc && r.device_index >= 0)
         rc = ensure_pool(e, &r);
     if (!rc)

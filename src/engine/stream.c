@@ -240,6 +240,10 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     if (dev < 0 || dev >= ops->device_count()) /* refused before anything is enqueued */
         return ferry_fail(FERRY_ENODEV, "submit_on_stream: location \"%s\": this host has %d %s device(s)", location,
                           ops->device_count(), ops->kind);
+    /* the streams ferry's side may need, before the caller's stream can wait
+     * for this transfer (stream_cache.c) */
+    if ((rc = ferry_device_prepare(ops, dev)) != 0)
+        return rc;
     struct stream_runner *r = NULL;
     if ((rc = runner_get(batch_engine(batch), &r)) != 0)
         return rc;

@@ -173,7 +173,7 @@ static void renew_stream(struct staging_pool *p, ferry_stream **s)
     (void)p->ops->stream_sync(*s);
     p->ops->stream_destroy(*s);
     *s = NULL;
-    if (p->ops->stream_create(p->dev, s) != 0)
+    if (ferry_device_stream_take(p->ops, p->dev, s) != 0) /* an idle one: none made mid-transfer */
         LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
 }
 

@@ -316,8 +316,8 @@ static void group_free(struct shm_group *g)
 {
     if (g->bounce)
         g->bounce_ops->host_free(g->bounce);
-    if (g->stream)
-        g->stream_ops->stream_destroy(g->stream);
+    if (g->stream) /* idle: its last job ended */
+        ferry_device_stream_give(g->stream_ops, g->stream_dev, g->stream);
     free(g->moves);
     free(g->runs);
     free(g);
@@ -361,11 +361,11 @@ static int job_stream(struct shm_group *g)
 {
     const struct copy_batch *cb = &g->cb;
     if (g->stream && (g->stream_ops != cb->ops || g->stream_dev != cb->dev)) {
-        g->stream_ops->stream_destroy(g->stream); /* idle: its last job ended */
+        ferry_device_stream_give(g->stream_ops, g->stream_dev, g->stream); /* idle: its last job ended */
         g->stream = NULL;
     }
-    if (!g->stream) {
-        int rc = cb->ops->stream_create(cb->dev, &g->stream);
+    if (!g->stream) { /* from the cache: never created mid-transfer */
+        int rc = ferry_device_stream_take(cb->ops, cb->dev, &g->stream);
         if (rc)
             return rc;
         g->stream_ops = cb->ops;

@@ -74,8 +74,10 @@ struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device
 
 static void stream_free(const struct shm_lane *lane, struct shm_lane_stream *ls)
 {
-    if (ls->stream)
+    if (ls->stream && ls->broken)
         lane->ops->stream_destroy(ls->stream);
+    else if (ls->stream) /* healthy and idle: for the next taker (stream_cache.c) */
+        ferry_device_stream_give(lane->ops, lane->dev, ls->stream);
     free(ls);
 }
 
@@ -95,7 +97,7 @@ static int current(struct shm_lane *lane, struct shm_lane_stream **out)
     *slot = NULL;
     if ((ls = calloc(1, sizeof *ls)) == NULL)
         return ferry_fail(FERRY_ENOMEM, "shm: a lane stream");
-    int rc = lane->ops->stream_create(lane->dev, &ls->stream);
+    int rc = ferry_device_stream_take(lane->ops, lane->dev, &ls->stream);
     if (rc) {
         free(ls);
         return rc;
