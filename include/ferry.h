@@ -371,7 +371,19 @@ FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request 
  * FERRY_ENOTSUP (the location's device has no streams); another code if the
  * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
  * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
- * the batch reports it as usual. */
+ * the batch reports it as usual.
+ *
+ * Requests to the engine's own segment (the reference's test_transfer_on_cuda
+ * writes a tensor to another of the same engine) are copies on `stream`
+ * itself, with no transfer: each source must be registered and each target
+ * registered remote-accessible, both in host memory or memory of `location`.
+ *
+ * While the stream waits for a transfer to another engine, ferry's threads
+ * may have device work to do for it (staged memory).  A call that waits for
+ * every stream of the device, made meanwhile by another thread of this
+ * process (cuMemFree, cuMemFreeHost, a module load), waits for the transfer
+ * too; ferry itself makes no such call then (its streams and kernels are
+ * made when memory is registered). */
 FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
                                            const char *location, void *stream);
 

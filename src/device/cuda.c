@@ -496,6 +496,26 @@ static int cuda_stream_host_func(int dev, void *stream, void (*fn)(void *), void
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuLaunchHostFunc", dev);
 }
 
+static int cuda_stream_copy(int dev, void *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n)
+{
+    struct ctx_guard g;
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (dir != FERRY_COPY_D2H && dir != FERRY_COPY_H2D && dir != FERRY_COPY_D2D)
+        return ferry_fail(FERRY_EINVAL, "cuda:%d: stream_copy: bad direction %d", dev, (int)dir);
+    if (n == 0)
+        return 0;
+    if (copies == NULL)
+        return ferry_fail(FERRY_EINVAL, "cuda:%d: stream_copy: %zu copies but no array", dev, n);
+    if ((rc = stream_ctx_enter(dev, &g)) < 0)
+        return rc;
+    struct cuda_stream s = {.magic = CUDA_STREAM_MAGIC, .dev = dev, .ctx = g.ours, .stream = (CUstream)stream};
+    rc = cuda_copy_enqueue(&s, dir, copies, n);
+    cuda_ctx_leave(&g);
+    return rc;
+}
+
 static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
 {
     struct ctx_guard g;
@@ -603,6 +623,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .stream_then = cuda_stream_then,
     .stream_host_func = cuda_stream_host_func,
     .stream_wait_flag = cuda_stream_wait_flag,
+    .stream_copy = cuda_stream_copy,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,

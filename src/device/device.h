@@ -144,6 +144,12 @@ struct ferry_device_ops {
      * function on the flag instead.  0 or FERRY_E*. */
     int (*stream_host_func)(int dev, void *stream, void (*fn)(void *), void *arg);
     int (*stream_wait_flag)(int dev, void *stream, volatile uint32_t *flag, uint32_t value);
+    /* Optional: enqueues n copies in direction dir on the caller's own
+     * stream of device dev (as above), in its order, and returns.  For
+     * stream-ordered requests to the engine's own segment: they need no
+     * transfer and no ferry thread, so nothing waits for the stream.  0 or
+     * FERRY_E*. */
+    int (*stream_copy)(int dev, void *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n);
 
     /* Optional (NULL: this kind's memory cannot be shared between processes;
      * peers then reach it only through its owner, staged over tcp/rdma).

@@ -668,6 +668,14 @@ static int sim_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, 
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.flag = flag, .value = value});
 }
 
+static int sim_stream_copy(int dev, void *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL || s->dev != dev)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: %p is not a stream of that device", dev, stream);
+    return sim_copy_async(stream, dir, copies, n);
+}
+
 static int sim_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32_t value)
 {
     struct sim_stream *s = as_sim(stream);
@@ -743,6 +751,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_then = sim_stream_then,
     .stream_host_func = sim_stream_host_func,
     .stream_wait_flag = sim_stream_wait_flag,
+    .stream_copy = sim_stream_copy,
     .ipc_export = sim_ipc_export,
     .ipc_open = sim_ipc_open,
     .ipc_close = sim_ipc_close,

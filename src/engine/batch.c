@@ -561,6 +561,43 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     return rc;
 }
 
+void batch_defer_cancel(ferry_batch *b)
+{
+    pthread_mutex_lock(&b->lock);
+    b->deferred--;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+bool batch_has_notify(const ferry_batch *b)
+{
+    return b->note_state != NOTE_NONE;
+}
+
+void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n, int rc, const char *msg)
+{
+    pthread_mutex_lock(&b->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct req_slot *r = &b->reqs[i];
+        *r = (struct req_slot){.error = rc, .route = -1, .segment = reqs[i].target,
+                               .transferred = rc ? 0 : reqs[i].length};
+        if (rc)
+            snprintf(r->msg, sizeof r->msg, "%s", msg);
+        end_request(b, r);
+    }
+    b->count = n;
+    if (rc) {
+        b->deferred_error = rc;
+        snprintf(b->deferred_msg, sizeof b->deferred_msg, "stream-ordered copy: %s", msg);
+    }
+    /* the batch is finished (and may be freed) once this lock is let go */
+    b->deferred--;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
 /* ------------------------------------------------------------ status and wait */
 
 int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)

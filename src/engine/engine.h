@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 
 #include "auth.h"
 #include "ferry.h"
@@ -162,6 +163,14 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle);
 int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n);
 ferry_engine *batch_engine(const ferry_batch *b);
 int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+/* The deferred submit's n requests were carried out without the transports
+ * (copies on the caller's own stream, stream.c): each ends COMPLETED, or
+ * FAILED with rc and msg when rc != 0.  The batch is not touched again. */
+void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n, int rc, const char *msg);
+/* Takes back a batch_defer that will not run: nothing was submitted. */
+void batch_defer_cancel(ferry_batch *b);
+/* Whether ferry_batch_set_notify gave the batch a notification. */
+bool batch_has_notify(const ferry_batch *b);
 
 /* Stops the stream-ordered submit workers (stream.c).  NULL accepted. */
 struct stream_runner;

@@ -20,6 +20,14 @@
  * The requests are validated at the call, like ferry_batch_submit; a failure
  * after that ends the batch with its error and still releases the stream.
  *
+ * Requests to the engine's own segment take neither: their copies go on the
+ * caller's stream, then a host function ends the batch (local_submit).  On
+ * an H200 the transfer path for them (tcp to itself, a ferry thread copying
+ * into the target memory) hung while the caller's stream waited: first in a
+ * stream creation (stream_cache.c), then, with that fixed, in another driver
+ * call of the same kind (not identified; torch's thread was taking the
+ * driver's lock for a kernel's first launch).
+ *
  * Threads: one runner per engine, created on first use, with RUNNER_WORKERS
  * threads that submit ready jobs and wait for them; driver threads only
  * queue.  Owns the jobs, their copies of the requests and the flag pages
@@ -56,6 +64,14 @@ struct stream_job {
     struct flag_page *page;
     int slot;
     uint32_t value;
+    /* a job of requests to the engine's own segment (local_submit): its
+     * copies are on the caller's stream; the accesses to their memory end
+     * when the stream has run them */
+    struct memreg_access *accs;
+    struct memreg_access **acc_ptrs;
+    size_t naccs;
+    int local_rc;
+    char local_msg[160];
 };
 
 struct stream_runner {
@@ -72,11 +88,33 @@ struct stream_runner {
 
 /* ------------------------------------------------------------ driver threads */
 
-/* The stream reached the transfer: hand it to a worker. */
+/* A local job's copies have run: its batch ends, on the driver's thread
+ * (locks only, no device call), so that later work on the stream sees it
+ * ended as after a transfer. */
+static void local_finish(struct stream_runner *r, struct stream_job *j)
+{
+    memreg_access_end_many(&batch_engine(j->batch)->registry, j->acc_ptrs, j->naccs);
+    batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
+    pthread_mutex_lock(&r->lock);
+    r->in_flight--;
+    pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+    free(j->accs);
+    free(j->acc_ptrs);
+    free(j->reqs);
+    free(j);
+}
+
+/* The stream reached the transfer: hand it to a worker (a local job's
+ * copies are done: it ends here). */
 static void on_reached(void *arg)
 {
     struct stream_job *j = arg;
     struct stream_runner *r = j->r;
+    if (j->acc_ptrs) {
+        local_finish(r, j);
+        return;
+    }
     pthread_mutex_lock(&r->lock);
     if (r->tail)
         r->tail->next = j;
@@ -220,6 +258,146 @@ static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops
     return 0;
 }
 
+/* ------------------------------------------------------------ the own segment */
+
+/* Whether every request goes to this engine's own segment. */
+static bool all_to_self(ferry_engine *e, const struct ferry_request *reqs, size_t n)
+{
+    bool self = true;
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < n && self; i++) {
+        struct segment *s = engine_segment(e, reqs[i].target);
+        self = s && s->desc.engine_id == e->engine_id;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
+    return self;
+}
+
+/* A registered range as a side of a copy on a stream of (ops, dev): 1
+ * device memory of it, 0 host memory, -1 another device's. */
+static int side_of(const struct memreg_region *reg, const struct ferry_device_ops *ops, int dev)
+{
+    if (reg->device_index < 0)
+        return 0;
+    return ferry_device_of_location(reg->location, NULL) == ops && reg->device_index == dev ? 1 : -1;
+}
+
+/* Requests to the engine's own segment need no transfer: their copies go on
+ * the caller's stream itself, followed by a host function that ends the
+ * batch.  No ferry thread touches the device for them and the stream waits
+ * on nothing, so nothing can wait on the stream in turn (a device-side
+ * wait for ferry's threads deadlocks whenever another thread of the process
+ * makes a call that waits for every stream, as loading a kernel does).
+ * Where a request's memory is host memory on both sides, or another
+ * device's, or a range is not registered (the transports then report it),
+ * returns 1 and the caller takes the usual path.  0: enqueued; else the
+ * error, with nothing enqueued. */
+static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int dev, void *stream,
+                        const struct ferry_request *reqs, size_t n, struct stream_runner *r)
+{
+    ferry_engine *e = batch_engine(b);
+    if (!ops->stream_copy || batch_has_notify(b) || !all_to_self(e, reqs, n))
+        return 1;
+    struct stream_job *j = calloc(1, sizeof *j);
+    struct memreg_region *regs = calloc(2 * n, sizeof *regs);
+    struct ferry_copy *copies = calloc(2 * n, sizeof *copies); /* all, then one direction's */
+    int *dirs = calloc(n, sizeof *dirs);
+    if (j) {
+        j->accs = calloc(2 * n, sizeof *j->accs);
+        j->acc_ptrs = calloc(2 * n, sizeof *j->acc_ptrs);
+        j->reqs = malloc(n * sizeof *j->reqs);
+    }
+    if (!j || !regs || !copies || !dirs || !j->accs || !j->acc_ptrs || !j->reqs) {
+        if (j) {
+            free(j->accs);
+            free(j->acc_ptrs);
+            free(j->reqs);
+        }
+        free(j);
+        free(regs);
+        free(copies);
+        free(dirs);
+        return ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+    }
+    /* each request's source must be registered and its target registered
+     * remote-accessible (locals and own buffers are one registry), both on
+     * this stream's device or in host memory, one of them device memory */
+    bool eligible = true;
+    size_t begun = 0, ncopies = 0;
+    for (size_t i = 0; i < n && eligible; i++) {
+        if (reqs[i].length == 0)
+            continue;
+        struct memreg_region *src = &regs[begun], *tgt = &regs[begun + 1];
+        if (memreg_access_begin(&e->registry, &j->accs[begun], (uint64_t)(uintptr_t)reqs[i].source,
+                                reqs[i].length, 0, src, NULL, NULL) != 0) {
+            eligible = false;
+            break;
+        }
+        j->acc_ptrs[begun] = &j->accs[begun];
+        begun++;
+        if (memreg_access_begin(&e->registry, &j->accs[begun], reqs[i].target_offset, reqs[i].length, 1, tgt,
+                                NULL, NULL) != 0) {
+            eligible = false;
+            break;
+        }
+        j->acc_ptrs[begun] = &j->accs[begun];
+        begun++;
+        bool write = reqs[i].opcode == FERRY_WRITE;
+        int from = side_of(write ? src : tgt, ops, dev), to = side_of(write ? tgt : src, ops, dev);
+        eligible = from >= 0 && to >= 0 && (from || to);
+        void *local = reqs[i].source, *own = (void *)(uintptr_t)reqs[i].target_offset;
+        copies[ncopies] = write ? (struct ferry_copy){own, local, reqs[i].length}
+                                : (struct ferry_copy){local, own, reqs[i].length};
+        dirs[ncopies++] = from && to ? FERRY_COPY_D2D : from ? FERRY_COPY_D2H : FERRY_COPY_H2D;
+    }
+    if (!eligible) {
+        memreg_access_end_many(&e->registry, j->acc_ptrs, begun);
+        free(j->accs);
+        free(j->acc_ptrs);
+        free(j->reqs);
+        free(j);
+        free(regs);
+        free(copies);
+        free(dirs);
+        return 1;
+    }
+    memcpy(j->reqs, reqs, n * sizeof *reqs);
+    *j = (struct stream_job){.r = r, .batch = b, .reqs = j->reqs, .n = n, .accs = j->accs, .acc_ptrs = j->acc_ptrs,
+                             .naccs = begun};
+    /* the copies, a direction at a time (the requests of a batch are
+     * independent); a failure ends the batch FAILED once what was enqueued
+     * before it has run */
+    struct ferry_copy *one = copies + n;
+    for (int dir = FERRY_COPY_D2H; dir <= FERRY_COPY_D2D && !j->local_rc; dir++) {
+        size_t m = 0;
+        for (size_t i = 0; i < ncopies; i++)
+            if (dirs[i] == dir)
+                one[m++] = copies[i];
+        int rc = m ? ops->stream_copy(dev, stream, (enum ferry_copy_dir)dir, one, m) : 0;
+        if (rc) {
+            j->local_rc = rc;
+            snprintf(j->local_msg, sizeof j->local_msg, "%s", ferry_last_error());
+        }
+    }
+    free(regs);
+    free(copies);
+    free(dirs);
+    pthread_mutex_lock(&r->lock);
+    r->in_flight++;
+    pthread_mutex_unlock(&r->lock);
+    int rc = ops->stream_host_func(dev, stream, on_reached, j);
+    if (rc) { /* the stream will not say when its copies ran: wait for the device */
+        LOG_ERROR("submit_on_stream: %s; ending the accesses of %zu requests to the own segment now", ferry_last_error(),
+                  n);
+        if (!j->local_rc) {
+            j->local_rc = rc;
+            snprintf(j->local_msg, sizeof j->local_msg, "%s", ferry_last_error());
+        }
+        on_reached(j);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ API */
 
 int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
@@ -247,6 +425,16 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     struct stream_runner *r = NULL;
     if ((rc = runner_get(batch_engine(batch), &r)) != 0)
         return rc;
+    /* requests to the engine's own segment: copies on the caller's stream */
+    if ((rc = batch_defer(batch, reqs, n)) != 0) /* (validates them as a submit would) */
+        return rc;
+    int local = local_submit(batch, ops, dev, stream, reqs, n, r);
+    if (local <= 0) { /* enqueued (its host function ends the batch), or refused */
+        if (local < 0)
+            batch_defer_cancel(batch);
+        return local;
+    }
+    batch_defer_cancel(batch); /* the usual path defers it again */
     struct stream_job *j = calloc(1, sizeof *j);
     struct ferry_request *copy = malloc(n * sizeof *copy);
     if (!j || !copy) {

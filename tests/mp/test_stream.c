@@ -234,6 +234,93 @@ static void to_its_own_segment(void **state)
     ferry_mem_free(NULL, "sim:0", dst, LEN);
 }
 
+/* ... READ too, into host memory, with a host function after it that sees
+ * the batch ended, and a gate: nothing moves before the stream gets there. */
+static void read_from_its_own_segment_in_stream_order(void **state)
+{
+    struct fixture *f = *state;
+    char *own = NULL;
+    ferry_segment_t self;
+    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&own), 0);
+    assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
+    pattern_fill(f->host, LEN, 61, 0);
+    copy(f, FERRY_COPY_H2D, own, f->host, LEN);                /* own buffer: pattern 61 */
+    memset(f->host, 0, LEN);
+    gate_close(f);
+    struct ferry_request q[2] = {{FERRY_READ, f->host, self, (uint64_t)(uintptr_t)own, LEN / 2},
+                                 {FERRY_READ, f->host + LEN / 2, self, (uint64_t)(uintptr_t)own + LEN / 2, LEN / 2}};
+    assert_int_equal(ferry_batch_submit_on_stream(b, q, 2, "sim:0", f->stream), 0);
+    struct seen seen = {b, -1};
+    assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+    assert_int_equal(ferry_batch_wait(b, 0), FERRY_ETIMEDOUT); /* the stream has not reached it */
+    assert_int_equal(pattern_check(f->host, LEN, 61, 0), 0);   /* (0: the first byte differs) */
+    gate_open(f);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(seen.state, FERRY_COMPLETED);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(pattern_check(f->host, LEN, 61, 0), -1);
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, 1, &st), 0);
+    assert_int_equal(st.transferred, LEN / 2);
+    ferry_batch_free(b);
+    assert_int_equal(ferry_unregister_memory(f->e, own), 0);
+    ferry_mem_free(NULL, "sim:0", own, LEN);
+}
+
+/* Own-segment requests are checked as a peer would: a target range that is
+ * not registered remote-accessible is refused at the call, nothing enqueued. */
+static void own_segment_ranges_are_checked(void **state)
+{
+    struct fixture *f = *state;
+    ferry_segment_t self;
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    /* f->dev is registered, but not remote-accessible */
+    struct ferry_request q = {FERRY_WRITE, f->host, self, (uint64_t)(uintptr_t)f->dev, 4096};
+    assert_int_not_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    assert_int_equal(ferry_batch_size(b), 0);
+    assert_int_equal(f->sim->stream_query(f->stream), 0);     /* nothing was left on the stream */
+    ferry_batch_free(b);
+}
+
+/* A second engine of this process is the target, its memory on the same
+ * device: its tcp thread copies into that memory while the caller's stream
+ * waits for the transfer, so it must not create a stream then (the sim
+ * device refuses to, as CUDA's creation can wait for that very stream). */
+static void to_another_engine_of_this_process(void **state)
+{
+    struct fixture *f = *state;
+    ferry_engine *e2;
+    char *dst = NULL;
+    assert_int_equal(ferry_engine_create(NULL, &e2), 0);
+    assert_int_equal(ferry_mem_alloc(e2, "sim:0", LEN, (void **)&dst), 0);
+    assert_int_equal(ferry_register_memory(e2, dst, LEN, "sim:0", 1), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(e2), &seg), 0);
+    for (int i = 0; i < 2; i++) {
+        struct ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+        pattern_fill(f->host, LEN, 70 + i, 0);
+        copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+        struct ferry_request q = {FERRY_WRITE, f->dev, seg, (uint64_t)(uintptr_t)dst, LEN};
+        assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+        char *after = malloc(LEN);
+        copy(f, FERRY_COPY_D2H, after, dst, LEN);
+        assert_int_equal(f->sim->stream_sync(f->stream), 0);
+        assert_int_equal(ferry_batch_wait(b, -1), 0);
+        assert_int_equal(pattern_check(after, LEN, 70 + i, 0), -1);
+        ferry_batch_free(b);
+        free(after);
+    }
+    assert_int_equal(ferry_close_segment(f->e, seg), 0);
+    ferry_engine_destroy(e2);
+    ferry_mem_free(NULL, "sim:0", dst, LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -242,6 +329,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(bad_arguments_enqueue_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(failed_transfer_releases_the_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(to_its_own_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_from_its_own_segment_in_stream_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(own_segment_ranges_are_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(to_another_engine_of_this_process, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

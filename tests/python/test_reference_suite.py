@@ -440,13 +440,6 @@ def test_transfer_on_cuda():
                     "*_on_cuda with bench/stream_overlap.py")
     if not torch.cuda.is_available():
         pytest.skip("SKIPPED: test_transfer_on_cuda.py needs a CUDA GPU")
-    if os.environ.get("FERRY_TEST_ON_CUDA_SELF") != "1":
-        # Open bug, seen on 2 x H200 (2026-12-01): the first transfer_write_on_cuda
-        # to the engine's own segment never ends (copy_stream.synchronize() waits
-        # forever); the same sequence on sim passes (tests/mp/test_stream.c
-        # to_its_own_segment) and transfer_sync_write to itself passes.
-        pytest.skip("SKIPPED: *_on_cuda to the engine's own segment hangs on CUDA (open bug, see the session "
-                    "note); FERRY_TEST_ON_CUDA_SELF=1 runs it")
     engine = TransferEngine()
     assert engine.initialize("127.0.0.1", "P2PHANDSHAKE", "rdma", "mlx5_bond_0") == 0
     try:
