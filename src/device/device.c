@@ -77,7 +77,10 @@ const struct ferry_device_ops *ferry_device_detect(const void *ptr, size_t len, 
         if (h == NULL)
             continue;
         dlclose(h);
-        (void)backends[i]->init(); /* a failure is remembered by the backend; its pointers stay unknown */
+        /* a failure is remembered by the backend and its pointers stay
+         * unknown; it is not this call's error (the range may be host memory) */
+        if (backends[i]->init() != 0)
+            ferry_clear_error();
     }
     return ferry_device_locate(ptr, len, dev);
 }

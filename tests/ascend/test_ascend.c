@@ -423,6 +423,37 @@ static void detected_when_the_framework_loaded_acl(void **state)
         fail_msg("child ended with status %#x", status);
 }
 
+/* The framework loaded ACL but ferry's npu backend cannot start (here a
+ * FERRY_NPU_* setting that does not parse): host memory registered without
+ * a location is host memory, and the backend's failure is not left behind
+ * as the error of a registration that succeeded. */
+static void detection_failure_is_not_the_callers_error(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("FERRY_NPU_COPY_ALIGN", "7", 1);
+        (void)torch_alloc(2, 4096); /* the framework loads ACL */
+        static char host[1 << 16];
+        ferry_engine *e;
+        if (ferry_engine_create(NULL, &e) != 0)
+            _exit(3);
+        if (ferry_register_memory(e, host, sizeof host, NULL, 1) != 0)
+            _exit(4);
+        if (strstr(ferry_last_error(), "FERRY_NPU_COPY_ALIGN")) {
+            fprintf(stderr, "after a registration that succeeded: \"%s\"\n", ferry_last_error());
+            _exit(5);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x", status);
+}
+
 /* torch_npu pairs its aclrtSetDevice with aclrtResetDevice (e.g. when it
  * releases a device): ferry holds its own reference (its own aclrtSetDevice),
  * so the default context its streams live in stays, and transfers go on. */
@@ -562,6 +593,7 @@ int main(void)
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
         cmocka_unit_test(detected_when_the_framework_loaded_acl), /* forks too */
+        cmocka_unit_test(detection_failure_is_not_the_callers_error), /* forks too */
         cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
         cmocka_unit_test(no_device_named_yet),     /* before any test names a device */
         cmocka_unit_test(copies_run_later),
