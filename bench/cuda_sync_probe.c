@@ -227,6 +227,66 @@ static void module_while_blocked(CUdeviceptr fdev)
     WATCH_MS = 1500;
 }
 
+/* What the CUDA runtime does (torch's kernels): a library loaded before, a
+ * kernel of it launched for the first time while a stream is blocked, and
+ * meanwhile another thread launching a kernel that ran before. */
+static CUkernel lib_seen;
+static volatile int b_stop;
+static double b_worst;
+static void *launch_seen_loop(void *arg)
+{
+    (void)arg;
+    CUstream s;
+    check(cuCtxSetCurrent(ctx), "ctx b");
+    check(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), "stream b");
+    void *args[] = {&d2};
+    while (!b_stop) {
+        double a = now_ms();
+        check(cuLaunchKernel((CUfunction)lib_seen, 1, 1, 1, 32, 1, 1, 0, s, args, NULL), "launch seen");
+        check(cuStreamSynchronize(s), "sync b");
+        double d = now_ms() - a;
+        if (d > b_worst)
+            b_worst = d;
+        usleep(1000);
+    }
+    return NULL;
+}
+
+static void library_first_launch_while_blocked(CUdeviceptr fdev)
+{
+    CUlibrary lib;
+    CUkernel ka, kb;
+    check(cuLibraryLoadData(&lib, probe_ptx, NULL, NULL, 0, NULL, NULL, 0), "library load");
+    check(cuLibraryGetKernel(&ka, lib, "probe_a"), "kernel a");
+    check(cuLibraryGetKernel(&kb, lib, "probe_b"), "kernel b");
+    void *args[] = {&d2};
+    check(cuLaunchKernel((CUfunction)ka, 1, 1, 1, 32, 1, 1, 0, other, args, NULL), "launch a");
+    check(cuStreamSynchronize(other), "sync a");
+    lib_seen = ka;
+    WATCH_MS = 3000;
+    target++;
+    check(cuStreamWaitValue32(blocked, fdev, target, CU_STREAM_WAIT_VALUE_GEQ), "wait value");
+    pthread_t w, bt;
+    pthread_create(&w, NULL, watchdog, NULL);
+    b_stop = 0;
+    b_worst = 0;
+    pthread_create(&bt, NULL, launch_seen_loop, NULL);
+    usleep(100000);
+    double t0 = now_ms();
+    check(cuLaunchKernel((CUfunction)kb, 1, 1, 1, 32, 1, 1, 0, other, args, NULL), "first launch b");
+    double t1 = now_ms();
+    check(cuStreamSynchronize(other), "sync b");
+    double t2 = now_ms();
+    b_stop = 1;
+    pthread_join(bt, NULL);
+    pthread_join(w, NULL);
+    check(cuStreamSynchronize(blocked), "sync blocked");
+    printf("while blocked, a library kernel's first launch took %.1f ms (+%.1f ms to run)%s; another thread's "
+           "launches of a kernel that ran before: the slowest %.1f ms%s\n",
+           t1 - t0, t2 - t1, t1 - t0 > 1000 ? " -- WAITS" : "", b_worst, b_worst > 1000 ? " -- WAIT TOO" : "");
+    WATCH_MS = 1500;
+}
+
 int main(void)
 {
     CUdevice dev;
@@ -264,5 +324,6 @@ int main(void)
     fanout(fdev, 100);
     streams_while_blocked(fdev);
     module_while_blocked(fdev);
+    library_first_launch_while_blocked(fdev);
     return 0;
 }

@@ -106,6 +106,7 @@ int cuda_load(void)
         {"cuLaunchHostFunc", &cuda_drv.cuLaunchHostFunc, 0},
         {"cuStreamWaitValue32_v2", &cuda_drv.cuStreamWaitValue32, 0},
         {"cuStreamWriteValue32_v2", &cuda_drv.cuStreamWriteValue32, 0},
+        {"cuModuleGetLoadingMode", &cuda_drv.cuModuleGetLoadingMode, 0},
     };
     int rc = ferry_device_dlopen("libcuda.so.1", syms, sizeof syms / sizeof syms[0], &cuda_lib);
     if (rc < 0)
@@ -516,12 +517,32 @@ static int cuda_stream_copy(int dev, void *stream, enum ferry_copy_dir dir, cons
     return rc;
 }
 
+/* Lazy loading and a stream waiting for ferry do not mix: said once.
+ * Measured on an H200 (bench/cuda_sync_probe.c): while a stream waits in
+ * cuStreamWaitValue32, the first launch of a kernel loaded lazily stalls
+ * every stream of the context until the wait ends, other threads' launches
+ * of kernels that ran before included; ferry's copies for the awaited
+ * transfer stall with them, and the wait never ends. */
+static void warn_lazy_loading(void)
+{
+    static atomic_int said;
+    int mode = 0;
+    if (cuda_drv.cuModuleGetLoadingMode == NULL || cuda_drv.cuModuleGetLoadingMode(&mode) != CUDA_SUCCESS ||
+        mode != 2 || atomic_exchange(&said, 1))
+        return;
+    LOG_WARN("cuda: CUDA_MODULE_LOADING is lazy: while a stream waits for a ferry transfer (submit_on_stream, "
+             "*_on_cuda), the first launch of any kernel of this process stalls every stream of the device, the "
+             "transfer's own copies too, and the stream never goes on; set CUDA_MODULE_LOADING=EAGER, or run "
+             "every kernel once before (docs/ARCHITECTURE.md)");
+}
+
 static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
 {
     struct ctx_guard g;
     int rc = cuda_init();
     if (rc < 0)
         return rc;
+    warn_lazy_loading();
     if (cuda_drv.cuStreamWaitValue32 == NULL || cuda_drv.cuMemHostGetDevicePointer == NULL)
         return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuStreamWaitValue32", dev);
     if ((rc = stream_ctx_enter(dev, &g)) < 0)

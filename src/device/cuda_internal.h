@@ -138,6 +138,7 @@ struct cuda_driver {
     CUresult (*cuLaunchHostFunc)(CUstream stream, void (*fn)(void *), void *arg);
     CUresult (*cuStreamWaitValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
     CUresult (*cuStreamWriteValue32)(CUstream stream, CUdeviceptr addr, unsigned int value, unsigned int flags);
+    CUresult (*cuModuleGetLoadingMode)(int *mode); /* 1 eager, 2 lazy (CUmoduleLoadingMode) */
 };
 
 
