@@ -561,7 +561,7 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     return rc;
 }
 
-void batch_defer_cancel(ferry_batch *b)
+void batch_defer_withdraw(ferry_batch *b)
 {
     pthread_mutex_lock(&b->lock);
     b->deferred--;

@@ -168,7 +168,7 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
  * FAILED with rc and msg when rc != 0.  The batch is not touched again. */
 void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n, int rc, const char *msg);
 /* Takes back a batch_defer that will not run: nothing was submitted. */
-void batch_defer_cancel(ferry_batch *b);
+void batch_defer_withdraw(ferry_batch *b);
 /* Whether ferry_batch_set_notify gave the batch a notification. */
 bool batch_has_notify(const ferry_batch *b);
 

@@ -431,10 +431,10 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     int local = local_submit(batch, ops, dev, stream, reqs, n, r);
     if (local <= 0) { /* enqueued (its host function ends the batch), or refused */
         if (local < 0)
-            batch_defer_cancel(batch);
+            batch_defer_withdraw(batch);
         return local;
     }
-    batch_defer_cancel(batch); /* the usual path defers it again */
+    batch_defer_withdraw(batch); /* the usual path defers it again */
     struct stream_job *j = calloc(1, sizeof *j);
     struct ferry_request *copy = malloc(n * sizeof *copy);
     if (!j || !copy) {
