@@ -80,6 +80,7 @@ struct stream_runner {
     struct stream_job *head, *tail; /* jobs their stream has reached */
     size_t in_flight;               /* jobs enqueued on a stream and not yet done */
     int stop;
+    int orphaned;                   /* the engine left it to jobs still in flight */
     pthread_t workers[RUNNER_WORKERS];
     int nworkers;
     struct flag_page pages[FLAG_KINDS];
@@ -93,12 +94,23 @@ struct stream_runner {
  * ended as after a transfer. */
 static void local_finish(struct stream_runner *r, struct stream_job *j)
 {
-    memreg_access_end_many(&batch_engine(j->batch)->registry, j->acc_ptrs, j->naccs);
-    batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
+    /* under the runner's lock: ferry_engine_destroy sets stop under it
+     * before the registry goes, and leaves the runner to late jobs */
     pthread_mutex_lock(&r->lock);
+    if (!r->stop)
+        memreg_access_end_many(&batch_engine(j->batch)->registry, j->acc_ptrs, j->naccs);
+    batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
     r->in_flight--;
+    /* the last job of an engine destroyed meanwhile frees the runner (its
+     * flag pages, if any, need the device API: not on a driver thread) */
+    bool last = r->orphaned && r->in_flight == 0 && r->npages == 0;
     pthread_cond_broadcast(&r->wake);
     pthread_mutex_unlock(&r->lock);
+    if (last) {
+        pthread_cond_destroy(&r->wake);
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+    }
     free(j->accs);
     free(j->acc_ptrs);
     free(j->reqs);
@@ -212,11 +224,15 @@ void stream_runner_destroy(struct stream_runner *r)
     pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < r->nworkers; i++)
         pthread_join(r->workers[i], NULL);
-    if (r->in_flight) {
+    pthread_mutex_lock(&r->lock);
+    size_t left = r->in_flight;
+    r->orphaned = left > 0; /* then the last late local job frees it (local_finish) */
+    pthread_mutex_unlock(&r->lock);
+    if (left) {
         /* a stream has not reached them: its driver still holds the jobs and
          * will read the flags, so neither is freed (synchronize the streams
          * before destroying the engine) */
-        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached", r->in_flight);
+        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached", left);
         return;
     }
     for (size_t i = 0; i < r->npages; i++)

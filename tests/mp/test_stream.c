@@ -248,6 +248,7 @@ static void read_from_its_own_segment_in_stream_order(void **state)
     assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
     pattern_fill(f->host, LEN, 61, 0);
     copy(f, FERRY_COPY_H2D, own, f->host, LEN);                /* own buffer: pattern 61 */
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
     memset(f->host, 0, LEN);
     gate_close(f);
     struct ferry_request q[2] = {{FERRY_READ, f->host, self, (uint64_t)(uintptr_t)own, LEN / 2},
@@ -321,6 +322,38 @@ static void to_another_engine_of_this_process(void **state)
     ferry_mem_free(NULL, "sim:0", dst, LEN);
 }
 
+/* The engine is destroyed before the stream reaches its own-segment copies
+ * (a caller that did not synchronize the stream): the copies still run in
+ * stream order, the batch ends, and nothing touches the engine after. */
+static void engine_destroyed_before_own_copies_ran(void **state)
+{
+    struct fixture *f = *state;
+    char *own = NULL;
+    ferry_segment_t self;
+    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&own), 0);
+    assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    pattern_fill(f->host, LEN, 83, 0);
+    gate_close(f);
+    struct ferry_request q = {FERRY_WRITE, f->host, self, (uint64_t)(uintptr_t)own, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    char *after = malloc(LEN);
+    copy(f, FERRY_COPY_D2H, after, own, LEN);
+    ferry_engine_destroy(f->e);
+    f->e = NULL;
+    gate_open(f);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    struct ferry_status st; /* (ferry_batch_wait would read the engine's wait statistics) */
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_COMPLETED);
+    assert_int_equal(pattern_check(after, LEN, 83, 0), -1);
+    ferry_batch_free(b);
+    free(after);
+    ferry_mem_free(NULL, "sim:0", own, LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -332,6 +365,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(read_from_its_own_segment_in_stream_order, setup, teardown),
         cmocka_unit_test_setup_teardown(own_segment_ranges_are_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(to_another_engine_of_this_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(engine_destroyed_before_own_copies_ran, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
