@@ -49,6 +49,33 @@ void test_skip(const char *fmt, ...)
     exit(77);
 }
 
+int test_engine_start_with(const char *protocols, const char *var, const char *value)
+{
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    int rc = ferry_config_init(&cfg);
+    if (rc)
+        return rc;
+    if (protocols)
+        cfg.protocols = protocols;
+    setenv(var, value, 1);
+    rc = ferry_engine_create(&cfg, &e);
+    unsetenv(var);
+    if (rc == 0)
+        ferry_engine_destroy(e);
+    return rc;
+}
+
+const char *test_knob_refusal(const char *protocols, const char *var, const char *value)
+{
+    static char why[512];
+    int rc = test_engine_start_with(protocols, var, value);
+    if (rc == FERRY_EINVAL && strstr(ferry_last_error(), var))
+        return NULL;
+    snprintf(why, sizeof why, "%s=%s: %s: %s", var, value, ferry_err_name(rc), rc ? ferry_last_error() : "it started");
+    return why;
+}
+
 const char *test_device_location(void)
 {
     const char *d = getenv("FERRY_TEST_DEVICE");

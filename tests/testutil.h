@@ -81,6 +81,22 @@ int child_target_free_device_memory(struct child_target *t);
 int child_target_quit(struct child_target *t);
 void child_target_kill(struct child_target *t);
 
+/* Starts an engine offering `protocols` (NULL: the default set) with
+ * VAR=value in the environment, and destroys it again if it started; VAR is
+ * unset afterwards.  Returns ferry_engine_create's result (when it failed,
+ * ferry_last_error() still says why). */
+int test_engine_start_with(const char *protocols, const char *var, const char *value);
+/* NULL when such an engine refuses to start with FERRY_EINVAL and a message
+ * that names VAR, else what happened instead (a static buffer).  Tests call
+ * it through assert_knob_refused. */
+const char *test_knob_refusal(const char *protocols, const char *var, const char *value);
+#define assert_knob_refused(protocols, var, value)                                                               \
+    do {                                                                                                           \
+        const char *knob_why_ = test_knob_refusal((protocols), (var), (value));                                    \
+        if (knob_why_)                                                                                             \
+            fail_msg("%s", knob_why_);                                                                             \
+    } while (0)
+
 /* Reads one line from fd (byte by byte, so nothing past the newline is
  * consumed) into buf without the newline.  0, or -1 at EOF/error. */
 int test_read_line(int fd, char *buf, size_t max);
