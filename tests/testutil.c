@@ -376,6 +376,18 @@ void child_target_kill(struct child_target *t)
     }
 }
 
+int child_target_restart(struct child_target *t, size_t len, const char *location, uint64_t seed,
+                         char asked[64])
+{
+    int port = atoi(strrchr(t->name, ':') + 1);
+    child_target_kill(t);
+    snprintf(asked, 64, "127.0.0.1:%d", port);
+    setenv("FERRY_LOCAL_SERVER_NAME", asked, 1);
+    int rc = child_target_start(t, len, location, seed);
+    unsetenv("FERRY_LOCAL_SERVER_NAME");
+    return rc;
+}
+
 static int count_entries(const char *dir)
 {
     DIR *d = opendir(dir);

@@ -80,6 +80,12 @@ int child_target_free_device_memory(struct child_target *t);
  * wait status, or -1. */
 int child_target_quit(struct child_target *t);
 void child_target_kill(struct child_target *t);
+/* Kills t's process and starts a new target in its place on the same
+ * handshake port: FERRY_LOCAL_SERVER_NAME is 127.0.0.1:PORT for it (and unset
+ * after), a name also written into asked.  Returns child_target_start's
+ * result. */
+int child_target_restart(struct child_target *t, size_t len, const char *location, uint64_t seed,
+                         char asked[64]);
 
 /* Starts an engine offering `protocols` (NULL: the default set) with
  * VAR=value in the environment, and destroys it again if it started; VAR is

@@ -33,29 +33,27 @@
 #include "net.h"
 #include "shm_pair.h"
 #include "testutil.h"
+#include "xfer_pair.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
 
 #define TSIZE (32u << 20)
 #define TSEED 31
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    const char *loc;     /* local memory location */
-    char *local;
-    char *host;          /* host scratch for filling/checking */
-};
-
-static ferry_engine *make_engine(const char *protocols)
+static struct ferry_config engine_config(const char *protocols)
 {
     struct ferry_config cfg;
-    ferry_engine *e = NULL;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = protocols;
     cfg.request_timeout_ms = 20000;
     cfg.connect_timeout_ms = 2000;
+    return cfg;
+}
+
+static ferry_engine *make_engine(const char *protocols)
+{
+    struct ferry_config cfg = engine_config(protocols);
+    ferry_engine *e = NULL;
     int rc = ferry_engine_create(&cfg, &e);
     if (rc)
         fail_msg("engine (%s): %s", protocols, ferry_last_error());
@@ -64,15 +62,10 @@ static ferry_engine *make_engine(const char *protocols)
 
 static int start(void **state, const char *local_loc, const char *target_loc, const char *target_protocols)
 {
-    struct fixture *f = calloc(1, sizeof *f);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     setenv("FERRY_PROTOCOLS", target_protocols, 1); /* the child reads it at start */
-    assert_int_equal(child_target_start(&f->target, TSIZE, target_loc, TSEED), 0);
-    f->e = make_engine("tcp,shm");
-    f->loc = local_loc;
-    f->host = malloc(TSIZE);
-    assert_int_equal(ferry_mem_alloc(f->e, local_loc, TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, local_loc, 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    struct ferry_config cfg = engine_config("tcp,shm");
+    xfer_pair_start(f, TSIZE, target_loc, TSEED, &cfg, local_loc);
     *state = f;
     return 0;
 }
@@ -85,11 +78,8 @@ static int setup_tcp_target(void **s) { return start(s, "cpu", "cpu", "tcp"); }
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f->host);
+    struct xfer_pair *f = *state;
+    xfer_pair_stop(f);
     free(f);
     return 0;
 }
@@ -114,7 +104,7 @@ static uint64_t moved_over(ferry_engine *e, const struct ferry_stats *before, co
 
 /* n blocks of bs bytes, block i at offset base + i*stride on both sides;
  * returns the wait result, the data verified when it is 0. */
-static int run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+static int run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
     struct ferry_request *r = calloc(n, sizeof *r);
     for (size_t i = 0; i < n; i++) {
@@ -145,7 +135,7 @@ static int run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, ui
     return rc;
 }
 
-static void run_ok(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+static void run_ok(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
     int rc = run(f, op, bs, n, base, stride, seed);
     if (rc)
@@ -157,7 +147,7 @@ static void run_ok(struct fixture *f, int op, size_t bs, size_t n, uint64_t base
 
 static void matrix(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     static const size_t sizes[] = {4096, 65536, 1u << 20, (3u << 20) + 8};
@@ -187,7 +177,7 @@ static void matrix(void **state)
 /* A target that offers only tcp is served by tcp, with shm in our list. */
 static void tcp_only_target_uses_tcp(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     run_ok(f, FERRY_WRITE, 65536, 16, 0, 65536, 3);
@@ -198,7 +188,7 @@ static void tcp_only_target_uses_tcp(void **state)
 
 /* ------------------------------------------------------------ faults */
 
-static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int expect, const char *msg_part)
+static void one_request(struct xfer_pair *f, int op, uint64_t off, size_t len, int expect, const char *msg_part)
 {
     ferry_batch *b;
     struct ferry_request r = {op, f->local + off, f->seg, f->target.addr + off, len};
@@ -215,7 +205,7 @@ static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int
 }
 
 /* A WRITE and a READ of 4 x 64 KiB, verified, every byte through shm. */
-static void write_read_over_shm(struct fixture *f)
+static void write_read_over_shm(struct xfer_pair *f)
 {
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
@@ -226,7 +216,7 @@ static void write_read_over_shm(struct fixture *f)
 
 static void unregister_then_refresh(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
     assert_int_equal(child_target_unregister(&f->target), 0);
 
@@ -257,7 +247,7 @@ static void unregister_then_refresh(void **state)
  * registry and never failed. */
 static void registered_again(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
     assert_int_equal(child_target_unregister(&f->target), 0);
     assert_int_equal(child_target_register(&f->target), 0);
@@ -269,7 +259,7 @@ static void registered_again(void **state)
 
 static void peer_killed_mid_transfer(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     enum { BS = 256 << 10 };
     /* host memory: 1 GiB, many passes over the buffer; device memory: each
      * block once (a GPU is done before the kill lands anyway, and racing
@@ -314,7 +304,7 @@ static void peer_killed_mid_transfer(void **state)
 
 static void notification_after_data(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     ferry_batch *b;
@@ -383,6 +373,21 @@ static int end_err;
 static uint64_t end_refused;
 static char end_msg[256];
 
+/* len bytes of cpu memory at buf as a region: the target's published one
+ * (remote accessible) or the initiator's own. */
+static struct memreg_region cpu_region(const char *buf, size_t len, int remote)
+{
+    return (struct memreg_region){(uint64_t)(uintptr_t)buf, len, "cpu", -1, remote, {0}};
+}
+
+/* rt registered with the target's transport (its handle in *handle), rl in
+ * the initiator's registry. */
+static void register_both(struct shm_pair *sp, struct memreg_region *rt, struct memreg_region *rl, void **handle)
+{
+    assert_int_equal(sp->ops->register_memory(sp->tt, rt, handle), 0);
+    assert_int_equal(memreg_add(&sp->reg_i, rl), 0);
+}
+
 static void frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
     (void)f;
@@ -415,16 +420,14 @@ static void transport_contract(void **state)
     struct shm_pair sp;
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
-    struct memreg *reg_i = &sp.reg_i, *reg_t = &sp.reg_t;
+    struct memreg *reg_t = &sp.reg_t;
     void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = malloc(LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     assert_non_null(handle);
     assert_int_equal(memreg_add(reg_t, &rt), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
 
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
@@ -509,15 +512,12 @@ static void announcements(void **state)
     struct shm_pair sp;
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
-    struct memreg *reg_i = &sp.reg_i;
     void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     struct shm_transport *target = tt;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     peer = shm_pair_open_peer(&sp, &rt);
     uint64_t later = now_ns() + 10000000000ull;
     struct xfer_piece p = {lbuf, rt.addr, 4096, 0};
@@ -606,13 +606,11 @@ static void local_unregister_mid_copy(void **state)
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
     struct memreg *reg_i = &sp.reg_i;
-    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
+    void *ti = sp.ti, *peer, *handle;
     enum { LEN = 128u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     peer = shm_pair_open_peer(&sp, &rt);
 
     struct xfer_piece p = {lbuf, rt.addr, LEN, 0};

@@ -22,35 +22,21 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "xfer_pair.h"
 
 #define TSIZE (32u << 20)
 #define TSEED 21
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    const char *loc;     /* local memory location */
-    char *local;         /* local buffer (device or host) */
-    char *host;          /* host scratch for filling/checking */
-};
-
 static int start(void **state, const char *local_loc, const char *target_loc, unsigned chunks)
 {
-    struct fixture *f = calloc(1, sizeof *f);
-    assert_int_equal(child_target_start(&f->target, TSIZE, target_loc, TSEED), 0);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     if (chunks) {
         cfg.staging_chunks = chunks;
         cfg.staging_chunk_size = cfg.slice_size;
     }
-    assert_int_equal(ferry_engine_create(&cfg, &f->e), 0);
-    f->loc = local_loc;
-    f->host = malloc(TSIZE);
-    assert_int_equal(ferry_mem_alloc(f->e, local_loc, TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, local_loc, 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    xfer_pair_start(f, TSIZE, target_loc, TSEED, &cfg, local_loc);
     *state = f;
     return 0;
 }
@@ -64,17 +50,14 @@ static int setup_one_chunk(void **s) { return start(s, test_device_location(), t
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f->host);
+    struct xfer_pair *f = *state;
+    xfer_pair_stop(f);
     free(f);
     return 0;
 }
 
 /* n blocks of bs bytes, block i at offset base + i*stride on both sides. */
-static void run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+static void run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
     struct ferry_request *r = calloc(n, sizeof *r);
     for (size_t i = 0; i < n; i++) {
@@ -108,7 +91,7 @@ static void run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, u
 
 static void matrix(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before, after;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     /* 4000: packed pieces of a frame land at offsets that are not multiples of 64 */
@@ -142,7 +125,7 @@ static void matrix(void **state)
 
 static void one_chunk_waits_its_turn(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     /* 128 frames through a single chunk: they queue, none fails */
     run(f, FERRY_WRITE, 1u << 20, 8, 0, 1u << 20, 7);
     run(f, FERRY_WRITE, 65536, 128, 0, 65536 + 4096, 8);
@@ -164,7 +147,7 @@ static int setup_spread(void **s) { return start_spread(s, "0"); }
 static int setup_spread_aggregated(void **s) { return start_spread(s, "2M"); }
 
 /* tcp frames one staged submit of 128 x 4 KiB became (data verified) */
-static uint64_t staged_frames(struct fixture *f, int op, uint64_t base)
+static uint64_t staged_frames(struct xfer_pair *f, int op, uint64_t base)
 {
     struct ferry_stats before, after;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
@@ -178,14 +161,14 @@ static uint64_t staged_frames(struct fixture *f, int op, uint64_t base)
  * gathers on the device (aggregation) it stays 2 frames of 64 blocks. */
 static void staged_submit_spread(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 4);
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 4);
 }
 
 static void staged_submit_aggregated_not_spread(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 2);
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 2);
 }

@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * xfer_pair.h — the set-up the multi-process transfer tests share
+ * (test_transfer, test_faults, test_conformance, test_shm, test_staging): a
+ * target engine in a child process (testutil's child_target) and an
+ * initiator engine here with len bytes of local memory registered and the
+ * target's segment open.  The caller owns the struct; xfer_pair_stop undoes
+ * all of it.  Either call asserts (cmocka) at each step.
+ */
+#ifndef FERRY_TEST_XFER_PAIR_H
+#define FERRY_TEST_XFER_PAIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry.h"
+#include "testutil.h"
+
+struct xfer_pair {
+    struct child_target target;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    const char *loc;     /* local memory location */
+    char *local;         /* len bytes of loc memory, registered with e */
+    char *host;          /* len bytes of host scratch for filling / checking */
+    size_t len;
+};
+
+/* Starts the target (len bytes of target_loc memory holding pattern(seed, 0);
+ * its config comes from FERRY_* variables at this moment), then the engine
+ * from cfg (NULL: the defaults), the local memory and the segment. */
+void xfer_pair_start(struct xfer_pair *p, size_t len, const char *target_loc, uint64_t seed,
+                     const struct ferry_config *cfg, const char *local_loc);
+/* Frees the local memory, destroys the engine, kills the target. */
+void xfer_pair_stop(struct xfer_pair *p);
+
+/* Asserts that each of b's first n requests ended COMPLETED with bs bytes
+ * moved. */
+void xfer_assert_all_completed(ferry_batch *b, size_t n, size_t bs);
+
+#endif
