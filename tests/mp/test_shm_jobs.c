@@ -76,43 +76,12 @@ static unsigned job_of(unsigned k)
     return k < 4 ? 2 : k < 8 ? 3 : k == 8 ? 4 : 0;
 }
 
-struct ended {
-    int err;
-    uint64_t refused;
-    char msg[200];
-};
+static struct frame_end ends[NFRAMES];
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
-static unsigned nended;
-static struct ended ends[NFRAMES];
-
-static void data_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
-{
-    struct ended *e = f->owner;
-    pthread_mutex_lock(&lock);
-    e->err = err;
-    e->refused = refused;
-    snprintf(e->msg, sizeof e->msg, "%s", msg ? msg : "");
-    nended++;
-    pthread_cond_broadcast(&changed);
-    pthread_mutex_unlock(&lock);
-}
-
-/* Waits until n frames ended (a hang guard of a minute, no timing). */
+/* Waits until n frames ended. */
 static void wait_ended(unsigned n)
 {
-    pthread_mutex_lock(&lock);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 60;
-    int rc = 0;
-    while (nended < n && rc == 0)
-        rc = pthread_cond_timedwait(&changed, &lock, &until);
-    unsigned got = nended;
-    pthread_mutex_unlock(&lock);
-    if (got < n)
-        fail_msg("waited a minute for %u frames to end, saw %u", n, got);
+    frames_wait_count(&frames_ended, n);
 }
 
 /* Hands frames [k0, k1) over as one submit: more_bytes counts down. */
@@ -174,7 +143,7 @@ static void jobs(void **state)
             pieces[k * PIECES + j] = (struct xfer_piece){local, rt.addr + off, PIECE, j};
         }
         frames[k] = (struct xfer_frame){.opcode = jc->op, .npieces = PIECES, .pieces = &pieces[k * PIECES],
-                                        .bytes = FRAME_BYTES, .deadline_ns = later, .complete = data_done,
+                                        .bytes = FRAME_BYTES, .deadline_ns = later, .complete = frame_end_record,
                                         .owner = &ends[k]};
     }
     submit(ops, ti, peer, frames, 0, 4);

@@ -130,12 +130,23 @@ static int wait_closed(struct pollfd *p, int n, int want)
     return closed;
 }
 
+/* A target offering shm only (FERRY_PROTOCOLS stays set), with var=value
+ * (var NULL: nothing more) in its environment alone. */
+static void start_shm_target(struct child_target *t, const char *var, const char *value)
+{
+    setenv("FERRY_PROTOCOLS", "shm", 1);
+    if (var)
+        setenv(var, value, 1);
+    assert_int_equal(child_target_start(t, TSIZE, "cpu", TSEED), 0);
+    if (var)
+        unsetenv(var);
+}
+
 static void notification_to_a_stopped_target_ends(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
+    start_shm_target(&target, NULL, NULL);
 
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
@@ -205,10 +216,7 @@ static void idle_notification_connections_closed(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_IDLE_TIMEOUT_MS", "1000", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_IDLE_TIMEOUT_MS");
+    start_shm_target(&target, "FERRY_IDLE_TIMEOUT_MS", "1000");
     char name[128];
     assert_true(notify_socket_name(target.pid, name, sizeof name));
     struct pollfd p[IDLE_CONNS];
@@ -238,10 +246,7 @@ static void notification_senders_capped(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_MAX_CONNECTIONS_PER_PEER", "4", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_MAX_CONNECTIONS_PER_PEER");
+    start_shm_target(&target, "FERRY_MAX_CONNECTIONS_PER_PEER", "4");
     char name[128];
     assert_true(notify_socket_name(target.pid, name, sizeof name));
     struct pollfd p[8];
@@ -272,10 +277,7 @@ static void notification_after_idle_close(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_IDLE_TIMEOUT_MS", "500", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_IDLE_TIMEOUT_MS");
+    start_shm_target(&target, "FERRY_IDLE_TIMEOUT_MS", "500");
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = "shm";
