@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "device/device.h"
+
 int test_case_in_fresh_process(const char *name)
 {
     fflush(NULL);
@@ -74,6 +76,40 @@ const char *test_knob_refusal(const char *protocols, const char *var, const char
         return NULL;
     snprintf(why, sizeof why, "%s=%s: %s: %s", var, value, ferry_err_name(rc), rc ? ferry_last_error() : "it started");
     return why;
+}
+
+static unsigned char byte_at(size_t i, unsigned seed)
+{
+    return (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff);
+}
+
+void bytes_fill(void *buf, size_t len, unsigned seed)
+{
+    unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++)
+        p[i] = byte_at(i, seed);
+}
+
+int bytes_check(const void *buf, size_t len, unsigned seed)
+{
+    const unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != byte_at(i, seed))
+            return 0;
+    return 1;
+}
+
+int test_device_span(const struct ferry_device_ops *ops, const void *host, size_t len, size_t gone_len, char **dev,
+                     char **gone)
+{
+    int rc = ops->mem_alloc(0, len, (void **)dev);
+    if (rc == 0)
+        rc = ops->mem_alloc(0, gone_len, (void **)gone);
+    if (rc)
+        return rc;
+    ops->mem_free(0, *gone);
+    struct ferry_copy fill = {*dev, host, len};
+    return ferry_device_copy_sync(ops, 0, FERRY_COPY_H2D, &fill, 1);
 }
 
 const char *test_device_location(void)

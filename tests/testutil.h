@@ -37,6 +37,19 @@ const char *test_other_location(void);
 void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 
+/* Fills / checks bytes that depend on position and seed, byte by byte (any
+ * length and alignment; the device tests' pattern).  check returns 1 when
+ * all of buf matches, else 0. */
+void bytes_fill(void *buf, size_t len, unsigned seed);
+int bytes_check(const void *buf, size_t len, unsigned seed);
+
+/* Device memory for the staging tests, on device 0 of ops: *dev, len bytes
+ * holding host's; *gone, gone_len bytes allocated and freed again (a copy
+ * from it fails on the device).  0, or the failing call's FERRY_E* code. */
+struct ferry_device_ops;
+int test_device_span(const struct ferry_device_ops *ops, const void *host, size_t len, size_t gone_len, char **dev,
+                     char **gone);
+
 /* A target engine in a child process (its config comes from FERRY_* env
  * variables at fork time, e.g. FERRY_LOCAL_SERVER_NAME): it registers `len` bytes of `location`
  * memory ("cpu" or "sim:0" ...), filled with pattern(seed, 0), remote accessible,
