@@ -15,13 +15,24 @@
 void xfer_pair_start(struct xfer_pair *p, size_t len, const char *target_loc, uint64_t seed,
                      const struct ferry_config *cfg, const char *local_loc)
 {
+    xfer_pair_start_target(p, len, target_loc, seed);
+    xfer_pair_open(p, cfg, local_loc);
+}
+
+void xfer_pair_start_target(struct xfer_pair *p, size_t len, const char *target_loc, uint64_t seed)
+{
     memset(p, 0, sizeof *p);
     assert_int_equal(child_target_start(&p->target, len, target_loc, seed), 0);
+    p->len = len;
+}
+
+void xfer_pair_open(struct xfer_pair *p, const struct ferry_config *cfg, const char *local_loc)
+{
+    size_t len = p->len;
     int rc = ferry_engine_create(cfg, &p->e);
     if (rc)
         fail_msg("engine: %s: %s", ferry_err_name(rc), ferry_last_error());
     p->loc = local_loc;
-    p->len = len;
     p->host = malloc(len);
     assert_non_null(p->host);
     assert_int_equal(ferry_mem_alloc(p->e, local_loc, len, (void **)&p->local), 0);

@@ -31,6 +31,10 @@ struct xfer_pair {
  * from cfg (NULL: the defaults), the local memory and the segment. */
 void xfer_pair_start(struct xfer_pair *p, size_t len, const char *target_loc, uint64_t seed,
                      const struct ferry_config *cfg, const char *local_loc);
+/* xfer_pair_start in its two steps, for a caller that changes the
+ * environment between them (a variable meant for the target alone). */
+void xfer_pair_start_target(struct xfer_pair *p, size_t len, const char *target_loc, uint64_t seed);
+void xfer_pair_open(struct xfer_pair *p, const struct ferry_config *cfg, const char *local_loc);
 /* Frees the local memory, destroys the engine, kills the target. */
 void xfer_pair_stop(struct xfer_pair *p);
 

@@ -54,10 +54,11 @@ static int setup(void **state)
     assert_non_null(f);
     setenv("FERRY_PROTOCOLS", current, 1); /* read by the target process at start */
     setenv("FERRY_TRANSPORT_FALLBACK", "0", 1);
-    struct ferry_config cfg = engine_config(current);
-    xfer_pair_start(f, TSIZE, "cpu", TSEED, &cfg, "cpu");
+    xfer_pair_start_target(f, TSIZE, "cpu", TSEED);
     unsetenv("FERRY_PROTOCOLS");
     unsetenv("FERRY_TRANSPORT_FALLBACK");
+    struct ferry_config cfg = engine_config(current);
+    xfer_pair_open(f, &cfg, "cpu");
     *state = f;
     return 0;
 }
