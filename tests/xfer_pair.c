@@ -40,6 +40,14 @@ void xfer_pair_open(struct xfer_pair *p, const struct ferry_config *cfg, const c
     assert_int_equal(ferry_open_segment(p->e, p->target.name, &p->seg), 0);
 }
 
+int xfer_pair_teardown(void **state)
+{
+    struct xfer_pair *p = *state;
+    xfer_pair_stop(p);
+    free(p);
+    return 0;
+}
+
 void xfer_assert_all_completed(ferry_batch *b, size_t n, size_t bs)
 {
     for (size_t i = 0; i < n; i++) {

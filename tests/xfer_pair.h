@@ -37,6 +37,9 @@ void xfer_pair_start_target(struct xfer_pair *p, size_t len, const char *target_
 void xfer_pair_open(struct xfer_pair *p, const struct ferry_config *cfg, const char *local_loc);
 /* Frees the local memory, destroys the engine, kills the target. */
 void xfer_pair_stop(struct xfer_pair *p);
+/* A cmocka teardown for a fixture that is a calloc'd struct xfer_pair:
+ * xfer_pair_stop, then free. */
+int xfer_pair_teardown(void **state);
 
 /* Asserts that each of b's first n requests ended COMPLETED with bs bytes
  * moved. */

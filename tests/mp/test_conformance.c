@@ -63,14 +63,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    struct xfer_pair *f = *state;
-    xfer_pair_stop(f);
-    free(f);
-    return 0;
-}
-
 /* n requests of op, block i: local offset lbase + stride*i, remote the same
  * offset.  Waits; returns the wait's result.  *b stays for inspection. */
 static int run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, ferry_batch **b,
@@ -314,15 +306,15 @@ int main(void)
 {
     fault_transport_register(); /* the test-only plug-in joins the registry like any transport */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(sizes, setup, teardown),
-        cmocka_unit_test_setup_teardown(batch_of_256, setup, teardown),
-        cmocka_unit_test_setup_teardown(scatter_lists, setup, teardown),
-        cmocka_unit_test_setup_teardown(refusals, setup, teardown),
-        cmocka_unit_test_setup_teardown(notification_after_data, setup, teardown),
-        cmocka_unit_test_setup_teardown(stats_name_the_route, setup, teardown),
-        cmocka_unit_test_setup_teardown(peer_death, setup, teardown),
-        cmocka_unit_test_setup_teardown(unregister_during_transfer, setup, teardown),
-        cmocka_unit_test_setup_teardown(close_cancels, setup, teardown),
+        cmocka_unit_test_setup_teardown(sizes, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(batch_of_256, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(scatter_lists, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(refusals, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(notification_after_data, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(stats_name_the_route, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(peer_death, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_during_transfer, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(close_cancels, setup, xfer_pair_teardown),
     };
     size_t n;
     const struct transport_ops *const *all = transport_list(&n);

@@ -61,14 +61,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    struct xfer_pair *f = *state;
-    xfer_pair_stop(f);
-    free(f);
-    return 0;
-}
-
 /* One WRITE of len bytes at remote offset off; returns the wait result. */
 static int write_once(struct xfer_pair *f, uint64_t off, size_t len, uint64_t seed)
 {
@@ -401,12 +393,12 @@ static void test_garbage_to_ports(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_bad_requests_rejected_at_submit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_segment, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_target_refuses_unregistered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_target_restart_refreshes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_garbage_to_ports, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_requests_rejected_at_submit, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_segment, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_target_refuses_unregistered, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_target_restart_refreshes, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_to_ports, setup, xfer_pair_teardown),
         cmocka_unit_test(test_version_mismatch),
         cmocka_unit_test(test_silent_peer_times_out),
     };

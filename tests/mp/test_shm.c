@@ -76,14 +76,6 @@ static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_locat
 static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), "tcp,shm"); }
 static int setup_tcp_target(void **s) { return start(s, "cpu", "cpu", "tcp"); }
 
-static int teardown(void **state)
-{
-    struct xfer_pair *f = *state;
-    xfer_pair_stop(f);
-    free(f);
-    return 0;
-}
-
 static const struct ferry_transport_stats *stats_of(const struct ferry_stats *st, const char *name)
 {
     for (size_t i = 0; i < st->transport_count; i++)
@@ -684,23 +676,23 @@ int main(void)
         cmocka_unit_test(announcements),
         cmocka_unit_test(allow_uids_malformed),
         cmocka_unit_test(local_unregister_mid_copy),
-        cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, xfer_pair_teardown),
         cmocka_unit_test_prestate(same_process, (void *)cpu),
     };
     const struct CMUnitTest device[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(notification_after_data, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(notification_after_data, setup_dev_to_dev, xfer_pair_teardown),
         cmocka_unit_test_prestate(same_process, (void *)dev),
         /* last: the exporter dies while its memory is open here */
-        cmocka_unit_test_setup_teardown(peer_killed_mid_transfer, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(peer_killed_mid_transfer, setup_dev_to_dev, xfer_pair_teardown),
     };
     int failed = cmocka_run_group_tests_name("shm host memory", host, NULL, NULL);
     const char *why = device_unusable();

@@ -48,14 +48,6 @@ static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_locat
 static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), 0); }
 static int setup_one_chunk(void **s) { return start(s, test_device_location(), test_target_location(), 1); }
 
-static int teardown(void **state)
-{
-    struct xfer_pair *f = *state;
-    xfer_pair_stop(f);
-    free(f);
-    return 0;
-}
-
 /* n blocks of bs bytes, block i at offset base + i*stride on both sides. */
 static void run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
@@ -208,18 +200,18 @@ int main(void)
     printf("staging tests on %s (target %s)%s%s\n", test_device_location(), test_target_location(),
            test_other_location() ? ", other device " : "", test_other_location() ? test_other_location() : "");
     const struct CMUnitTest other[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, xfer_pair_teardown),
     };
     if (test_other_location() && cmocka_run_group_tests_name("other device", other, NULL, NULL))
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, teardown),
-        cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, teardown),
-        cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, xfer_pair_teardown),
         cmocka_unit_test(wrong_kind_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

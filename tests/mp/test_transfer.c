@@ -30,14 +30,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    struct xfer_pair *f = *state;
-    xfer_pair_stop(f);
-    free(f);
-    return 0;
-}
-
 /* Runs one batch of n blocks of bs bytes; block i goes to remote offset
  * base + stride*i (stride > bs leaves gaps, so misplacement is visible). */
 static void run_batch(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride)
@@ -198,11 +190,11 @@ static void test_segment_buffers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
-        cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, teardown),
-        cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, teardown),
+        cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_segment_buffers, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, xfer_pair_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
