@@ -48,6 +48,46 @@ int xfer_pair_teardown(void **state)
     return 0;
 }
 
+int xfer_pair_move(struct xfer_pair *p, int op, struct xfer_blocks k, uint64_t seed, int timeout_ms)
+{
+    struct ferry_request *r = calloc(k.n, sizeof *r);
+    assert_non_null(r);
+    for (size_t i = 0; i < k.n; i++) {
+        uint64_t off = k.base + i * k.stride;
+        r[i] = (struct ferry_request){op, p->local + off, p->seg, p->target.addr + off, k.bs};
+        if (op == FERRY_WRITE)
+            pattern_fill(p->host + off, k.bs, seed, off);
+        else
+            memset(p->host + off, 0, k.bs);
+        assert_int_equal(ferry_mem_copy(p->e, p->local + off, p->host + off, k.bs), 0);
+    }
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(p->e, k.n, &b), 0);
+    int rc = ferry_batch_submit(b, r, k.n);
+    if (rc == 0)
+        rc = ferry_batch_wait(b, timeout_ms);
+    ferry_batch_free(b);
+    for (size_t i = 0; rc == 0 && i < k.n; i++) {
+        uint64_t off = k.base + i * k.stride;
+        if (op == FERRY_WRITE) {
+            assert_int_equal(child_target_check(&p->target, off, k.bs, seed), -1);
+        } else {
+            assert_int_equal(ferry_mem_copy(p->e, p->host + off, p->local + off, k.bs), 0);
+            assert_int_equal(pattern_check(p->host + off, k.bs, seed, off), -1);
+        }
+    }
+    free(r);
+    return rc;
+}
+
+void xfer_pair_move_ok(struct xfer_pair *p, int op, struct xfer_blocks k, uint64_t seed, int timeout_ms)
+{
+    int rc = xfer_pair_move(p, op, k, seed, timeout_ms);
+    if (rc)
+        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", k.n, k.bs, ferry_err_name(rc),
+                 ferry_last_error());
+}
+
 void xfer_assert_all_completed(ferry_batch *b, size_t n, size_t bs)
 {
     for (size_t i = 0; i < n; i++) {

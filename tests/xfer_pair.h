@@ -41,6 +41,22 @@ void xfer_pair_stop(struct xfer_pair *p);
  * xfer_pair_stop, then free. */
 int xfer_pair_teardown(void **state);
 
+/* One batch's blocks: n blocks of bs bytes, block i at offset base + i*stride
+ * of both the local memory and the target's buffer. */
+struct xfer_blocks {
+    size_t bs, n;
+    uint64_t base, stride;
+};
+/* Moves k's blocks with one batch of op (FERRY_WRITE / FERRY_READ) and waits
+ * up to timeout_ms.  A WRITE sends pattern(seed, off), filled through the host
+ * scratch with ferry_mem_copy (so the local memory may be a device's); a READ
+ * zeroes its blocks first and expects pattern(seed, off) from the target.
+ * When the batch succeeded, asserts that the receiving side holds that
+ * pattern.  Returns the submit's or the wait's result. */
+int xfer_pair_move(struct xfer_pair *p, int op, struct xfer_blocks k, uint64_t seed, int timeout_ms);
+/* xfer_pair_move that must succeed: else fails the test, naming the batch. */
+void xfer_pair_move_ok(struct xfer_pair *p, int op, struct xfer_blocks k, uint64_t seed, int timeout_ms);
+
 /* Asserts that each of b's first n requests ended COMPLETED with bs bytes
  * moved. */
 void xfer_assert_all_completed(ferry_batch *b, size_t n, size_t bs);

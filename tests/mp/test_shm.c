@@ -94,45 +94,11 @@ static uint64_t moved_over(ferry_engine *e, const struct ferry_stats *before, co
     return b->bytes_written + b->bytes_read - a->bytes_written - a->bytes_read;
 }
 
-/* n blocks of bs bytes, block i at offset base + i*stride on both sides;
- * returns the wait result, the data verified when it is 0. */
-static int run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
-{
-    struct ferry_request *r = calloc(n, sizeof *r);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, bs};
-        if (op == FERRY_WRITE)
-            pattern_fill(f->host + off, bs, seed, off);
-        else
-            memset(f->host + off, 0, bs);
-        assert_int_equal(ferry_mem_copy(f->e, f->local + off, f->host + off, bs), 0);
-    }
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
-    int rc = ferry_batch_submit(b, r, n);
-    if (rc == 0)
-        rc = ferry_batch_wait(b, 60000);
-    ferry_batch_free(b);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        uint64_t off = base + i * stride;
-        if (op == FERRY_WRITE) {
-            assert_int_equal(child_target_check(&f->target, off, bs, seed), -1);
-        } else {
-            assert_int_equal(ferry_mem_copy(f->e, f->host + off, f->local + off, bs), 0);
-            assert_int_equal(pattern_check(f->host + off, bs, seed, off), -1);
-        }
-    }
-    free(r);
-    return rc;
-}
-
+/* n blocks of bs bytes, block i at offset base + i*stride on both sides,
+ * moved and verified (see xfer_pair_move). */
 static void run_ok(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
-    int rc = run(f, op, bs, n, base, stride, seed);
-    if (rc)
-        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", n, bs, ferry_err_name(rc),
-                 ferry_last_error());
+    xfer_pair_move_ok(f, op, (struct xfer_blocks){bs, n, base, stride}, seed, 60000);
 }
 
 /* ------------------------------------------------------------ the matrix */

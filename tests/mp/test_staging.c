@@ -48,37 +48,12 @@ static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_locat
 static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), 0); }
 static int setup_one_chunk(void **s) { return start(s, test_device_location(), test_target_location(), 1); }
 
-/* n blocks of bs bytes, block i at offset base + i*stride on both sides. */
+/* n blocks of bs bytes, block i at offset base + i*stride on both sides,
+ * moved and verified (see xfer_pair_move); a READ brings the target's own
+ * pattern (TSEED), whatever seed says. */
 static void run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
-    struct ferry_request *r = calloc(n, sizeof *r);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, bs};
-        if (op == FERRY_WRITE)
-            pattern_fill(f->host + off, bs, seed, off);
-        else
-            memset(f->host + off, 0, bs);
-        assert_int_equal(ferry_mem_copy(f->e, f->local + off, f->host + off, bs), 0);
-    }
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, r, n), 0);
-    int rc = ferry_batch_wait(b, 120000);
-    if (rc)
-        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", n, bs, ferry_err_name(rc),
-                 ferry_last_error());
-    ferry_batch_free(b);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        if (op == FERRY_WRITE) {
-            assert_int_equal(child_target_check(&f->target, off, bs, seed), -1);
-        } else {
-            assert_int_equal(ferry_mem_copy(f->e, f->host + off, f->local + off, bs), 0);
-            assert_int_equal(pattern_check(f->host + off, bs, TSEED, off), -1);
-        }
-    }
-    free(r);
+    xfer_pair_move_ok(f, op, (struct xfer_blocks){bs, n, base, stride}, op == FERRY_READ ? TSEED : seed, 120000);
 }
 
 static void matrix(void **state)
