@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-# gpu_call_lib.sh — the preamble one GPU call's script shares (gpu_h16u_call3.sh,
+# gpu_call_lib.sh — the preamble one GPU call's script shares (gpu_h16u_call{1,2,3}.sh,
 # gpu_h16w_call{1,2,3}.sh), sourced from the repository root with BUILD=<bundle>
 # (default build-gpu) and the bench scripts copied into <bundle>/bench.
 #
