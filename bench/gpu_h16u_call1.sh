@@ -11,14 +11,12 @@
 # with the staging worker not spinning; then traces (bench/trace_batches.py's
 # per-thread spans).  Run from the repository root with BUILD=<bundle> and
 # the bench scripts copied into <bundle>/bench; writes into $OUT.
-set -uo pipefail
-B=${BUILD:-build-gpu}
-export BUILD=$B
-here=$B/bench
+. "$(dirname "$0")/gpu_call_lib.sh"
 OUT=${OUT:-/tmp/h16u-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 T=${CELL_TIMEOUT:-90}
+COST_TIMEOUT=$T
+COST_DEFAULTS=(SECS=1 THREADS=1)
 echo "== $(date -u +%FT%TZ) machine"
 nvidia-smi --query-gpu=name,driver_version,pci.bus_id --format=csv,noheader
 nvidia-smi topo -m 2>&1 | head -12
@@ -35,12 +33,6 @@ echo "gpu0 cpus: $c0  gpu1 cpus: $c1"
 echo "== $(date -u +%T) staging_bench (the same-run PCIe reference)"
 timeout "$T" "$B/staging_bench" cuda:0 1 16384 2>&1 | tail -4
 
-cost() {  # label, then env assignments for gpu_cost.sh
-  local label=$1
-  shift
-  echo "== $(date -u +%T) $label"
-  timeout -k 5 "$T" env SECS=1 IDLE=0 TGPU=1 THREADS=1 "$@" bash "$here/gpu_cost.sh" 2>&1 | grep -v '^|---\|^| memory'
-}
 cost "host, default (THP, hot)" MEMS=cpu BATCHES="128 1024"
 cost "host --nohuge_pages" MEMS=cpu BATCHES=128 FB_ARGS=--nohuge_pages
 cost "host --pinned=alloc" MEMS=cpu BATCHES=128 FB_ARGS=--pinned=alloc

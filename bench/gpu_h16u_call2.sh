@@ -7,24 +7,15 @@
 # cuda:0 -> cuda:1 one and four threads before / after (host cells beside,
 # the idle engine after), one trace; then tests/gpu/run.sh.  Run from the
 # repository root with BUILD=<bundle>, bench scripts in <bundle>/bench.
-set -uo pipefail
-B=${BUILD:-build-gpu}
-export BUILD=$B
-here=$B/bench
+. "$(dirname "$0")/gpu_call_lib.sh"
 OUT=${OUT:-/tmp/h16u-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
+COST_DEFAULTS=(SECS=1) # every cell names its IDLE
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
 for retire in 0 300; do
   echo "== $(date -u +%T) staging_bench --gap=400 (the worker sleeps between batches), FERRY_STAGING_ISSUER_RETIRE_US=$retire"
   FERRY_STAGING_ISSUER_RETIRE_US=$retire timeout 30 "$B/staging_bench" --gap=400 --op=gather cuda:0 1 16384 2>&1 | tail -1
 done
-cost() {  # label, then env assignments for gpu_cost.sh
-  local label=$1
-  shift
-  echo "== $(date -u +%T) $label"
-  timeout -k 5 90 env SECS=1 TGPU=1 "$@" bash "$here/gpu_cost.sh" 2>&1 | grep -v '^|---\|^| memory'
-}
 cost "host" IDLE=0 MEMS=cpu THREADS=1
 cost "staged, before (FERRY_STAGING_ISSUER_RETIRE_US=0)" IDLE=0 MEMS=cuda0 CELL_ENV=FERRY_STAGING_ISSUER_RETIRE_US=0
 cost "staged, after (default: 300)" IDLE=10 MEMS=cuda0

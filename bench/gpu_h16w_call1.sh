@@ -9,18 +9,8 @@
 # (FERRY_TCP_ACK_ON_COPY 0 / 1) alternated; the full gpu_cost.sh table (1
 # and 4 threads) with the idle engine's CPU; traces.
 # BUILD=<bundle> with the bench scripts in <bundle>/bench.
-set -uo pipefail
-B=${BUILD:-build-gpu}
-export BUILD=$B
-here=$B/bench
-export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
-cost() {  # label, then env assignments for gpu_cost.sh
-  local label=$1
-  shift
-  echo "== $(date -u +%T) $label"
-  timeout -k 5 90 env TGPU=1 IDLE=0 THREADS=1 "$@" bash "$here/gpu_cost.sh" 2>&1 |
-    grep -v '^|---\|^| memory'
-}
+. "$(dirname "$0")/gpu_call_lib.sh"
+COST_DEFAULTS=(THREADS=1)
 echo "== $(date -u +%T) start; $(nvidia-smi --query-gpu=name --format=csv,noheader | head -2 | tr '\n' ' ')"
 timeout -k 5 30 "$B/staging_bench" cuda:0 0.5 16384 2>&1 | tail -3
 echo "== $(date -u +%T) full table, defaults (item 4's hot host reference: its cpu rows)"
@@ -46,10 +36,8 @@ for sz in 131072 262144 524288; do
   cost "slice $sz" MEMS=cuda0 SECS=1 CELL_ENV=FERRY_SLICE_SIZE=$sz
 done
 cost "slice default" MEMS=cuda0 SECS=1
-echo "== $(date -u +%T) traces"
-timeout -k 5 40 env SECS=1 THREADS=1 bash "$here/gpu_trace.sh" \
+traces 40 \
   "inline-off tcp cuda:1 cuda:0 write 16384 FERRY_STAGING_INLINE_FIRST=0" \
   "inline-on tcp cuda:1 cuda:0 write 16384 FERRY_STAGING_INLINE_FIRST=1" \
-  "ack-on-copy tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=1" 2>&1 |
-  grep -v '^batch_submit \|^stage_queued\|^copy_queued'
+  "ack-on-copy tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=1"
 echo "== $(date -u +%T) done"

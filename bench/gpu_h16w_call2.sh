@@ -7,18 +7,8 @@
 # 128 and 1,024 and four threads at 1,024; a trace of each form; then the
 # GPU tests (tests/gpu/run.sh) on this build.  BUILD=<bundle> with the bench
 # scripts in <bundle>/bench; OUT for run.sh's files.
-set -uo pipefail
-B=${BUILD:-build-gpu}
-export BUILD=$B
-here=$B/bench
-export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
-cost() {  # label, then env assignments for gpu_cost.sh
-  local label=$1
-  shift
-  echo "== $(date -u +%T) $label"
-  timeout -k 5 90 env TGPU=1 IDLE=0 THREADS=1 MEMS=cuda0 OPS=write "$@" bash "$here/gpu_cost.sh" 2>&1 |
-    grep -v '^|---\|^| memory'
-}
+. "$(dirname "$0")/gpu_call_lib.sh"
+COST_DEFAULTS=(THREADS=1 MEMS=cuda0 OPS=write)
 echo "== $(date -u +%T) start"
 for r in 1 2; do
   for m in 0 1 2; do
@@ -28,11 +18,9 @@ done
 for m in 0 1 2; do
   cost "4 threads FERRY_TCP_ACK_ON_COPY=$m" SECS=1 BATCHES=1024 THREADS=4 CELL_ENV=FERRY_TCP_ACK_ON_COPY=$m
 done
-echo "== $(date -u +%T) traces"
-timeout -k 5 40 env SECS=1 THREADS=1 bash "$here/gpu_trace.sh" \
+traces 40 \
   "ack0 tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=0" \
-  "ack2 tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=2" 2>&1 |
-  grep -v '^batch_submit \|^stage_queued\|^copy_queued'
+  "ack2 tcp cuda:1 cuda:0 write 16384 FERRY_TCP_ACK_ON_COPY=2"
 echo "== $(date -u +%T) GPU tests"
 timeout -k 5 240 bash tests/gpu/run.sh 2>&1 | tail -80
 echo "run.sh rc ${PIPESTATUS[0]}"

@@ -7,18 +7,8 @@
 # stream (FERRY_STAGING_MARK_STREAMS), the target's copy pipe
 # (FERRY_TCP_DEVICE_PIPE), the first copy group (FERRY_STAGING_GROUP_FIRST).
 # BUILD=<bundle> with the bench scripts in <bundle>/bench.
-set -uo pipefail
-B=${BUILD:-build-gpu}
-export BUILD=$B
-here=$B/bench
-export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
-cost() {  # label, then env assignments for gpu_cost.sh
-  local label=$1
-  shift
-  echo "== $(date -u +%T) $label"
-  timeout -k 5 90 env TGPU=1 IDLE=0 THREADS=1 MEMS=cuda0 "$@" bash "$here/gpu_cost.sh" 2>&1 |
-    grep -v '^|---\|^| memory'
-}
+. "$(dirname "$0")/gpu_call_lib.sh"
+COST_DEFAULTS=(THREADS=1 MEMS=cuda0)
 run3() {  # label, CELL_ENV: WRITE 128 and 1,024, READ 128, 2 s cells
   cost "$1" SECS=2 OPS=write BATCHES="128 1024" CELL_ENV="$2"
   cost "$1" SECS=2 OPS=read BATCHES=128 CELL_ENV="$2"

@@ -20,6 +20,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 py=${PYTHON:-/usr/bin/python3}  # PYTHON: another python3 (on the GPU host, the one on PATH)
+. "$here/target_lib.sh"   # stop_pid, to_bytes, listening, free_port, target_segment
 
 case "${1:-}" in
   --quick) DURATION=1 ;;
@@ -43,15 +44,6 @@ cost="n/a | n/a | n/a"   # run_ferry: initiator and target CPU us/request, batch
 result=""   # functions below return their figure here, not through $(...),
             # so that the pids they start stay visible to the cleanup trap
 
-stop_pid() {   # stop_pid PID: TERM, wait up to 5 s, then KILL
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
   stop_pid "$fg_pid"; fg_pid=""
@@ -81,30 +73,6 @@ die() { echo "tcp_loopback.sh: $*" >&2; exit 1; }
 command -v iperf3 >/dev/null || die "iperf3 not installed"
 [ -x "$py" ] || die "$py not found (needed to parse JSON)"
 
-to_bytes() {   # 4K -> 4096 (K/M/G are powers of 2)
-  local v=$1 n=${1%[KkMmGg]}
-  case "$v" in
-    *[Kk]) echo $((n << 10)) ;;
-    *[Mm]) echo $((n << 20)) ;;
-    *[Gg]) echo $((n << 30)) ;;
-    *) echo "$v" ;;
-  esac
-}
-
-listening() {   # listening PORT: does a TCP socket listen on it? (ss, else a connect)
-  if command -v ss >/dev/null; then
-    ss -ltnH "sport = :$1" 2>/dev/null | grep -q .
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-  fi
-}
-
-free_port() {   # first port from $1 up that nothing listens on
-  local p=$1
-  while listening "$p"; do p=$((p + 1)); done
-  echo "$p"
-}
-
 json_field() {   # json_field FILE EXPR  (EXPR reads the parsed object d)
   "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
 }
@@ -131,18 +99,13 @@ run_iperf() {
 # A fresh ferry-bench target, then the initiator against it; result = GB/s,
 # or FAIL(...) with a non-zero return.
 run_ferry() {
-  local op=$1 block=$2 buffer=$3 seg="" rc
+  local op=$1 block=$2 buffer=$3 seg rc
   result="FAIL"
   cost="n/a | n/a | n/a"
   "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
       --block_size="$block" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!
-  for _ in $(seq 300); do
-    seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/target.out")
-    [ -n "$seg" ] && break
-    kill -0 "$target_pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  seg=$(target_segment "$target_pid" "$work/target.out" 300)
   if [ -z "$seg" ]; then
     echo "ferry-bench target did not start:" >&2
     tail -n 5 "$work/target.err" >&2

@@ -35,6 +35,7 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/target_lib.sh"   # stop_pid, to_bytes, listening, free_port, target_segment
 BUILD=${BUILD:-$root/build-gpu}
 FERRY_BENCH=${FERRY_BENCH:-$BUILD/ferry-bench}
 if [ -z "${IPERF3:-}" ]; then
@@ -71,15 +72,6 @@ has_ss=$(ss -ltn 2>/dev/null | head -n 1)   # empty where ss is a stub: no socke
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tcp-threads.XXXXXX")
 target_pid="" init_pid="" iperf_pid="" watch_pid=""
-stop_pid() {   # TERM, up to 5 s, then KILL
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
-}
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
   stop_pid "$init_pid"; stop_pid "$watch_pid"; stop_pid "$target_pid"; stop_pid "$iperf_pid"
@@ -89,15 +81,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-to_bytes() { local n=${1%[KkMmGg]}; case "$1" in *[Kk]) echo $((n << 10)) ;; *[Mm]) echo $((n << 20)) ;; *[Gg]) echo $((n << 30)) ;; *) echo "$1" ;; esac; }
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 json_num() { grep -o "\"$2\":[0-9.]*" "$1" | head -n 1 | cut -d: -f2; }
 
 # One stream of iperf3 for DURATION s; prints GB/s or n/a.
 run_iperf() {
-  local port=5201 out=n/a
+  local port out=n/a
   [ -n "$IPERF3" ] || { echo n/a; return; }
-  while listening "$port"; do port=$((port + 1)); done
+  port=$(free_port 5201)
   "$IPERF3" -s -1 -p "$port" >"$work/iperf-s.log" 2>&1 &
   iperf_pid=$!
   for _ in $(seq 50); do listening "$port" && break; sleep 0.1; done
@@ -193,7 +183,7 @@ sock_watch() {
 # pair, the VAR=VALUE pairs in the environment of both and the flags on both
 # command lines; prints the cell's lines.
 run_cell() {
-  local label=$1 op=$2 block=$3 th=$4 bytes buffer seg="" rc gbs per_s tcost a
+  local label=$1 op=$2 block=$3 th=$4 bytes buffer seg rc gbs per_s tcost a
   local cpu_i="not sampled" cpu_t="" conns="?" q_i="" q_t="" t0 t1 secs log
   local -a envs=() flags=()
   shift 4
@@ -206,12 +196,7 @@ run_cell() {
   env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
       --block_size="$bytes" "${flags[@]}" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!
-  for _ in $(seq $((300 + buffer * 10 / (32 << 20)))); do
-    seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/target.out")
-    [ -n "$seg" ] && break
-    kill -0 "$target_pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  seg=$(target_segment "$target_pid" "$work/target.out" $((300 + buffer * 10 / (32 << 20))))
   if [ -z "$seg" ]; then
     echo "### $label: FAIL(target did not start) $(tail -n 2 "$work/target.err" | tr '\n' ' ')"
     stop_pid "$target_pid"; target_pid=""; status=1; return

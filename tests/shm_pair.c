@@ -10,9 +10,41 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "meta/descriptor.h"
+
+pthread_mutex_t frames_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_cond_t frames_changed = PTHREAD_COND_INITIALIZER;
+unsigned frames_ended;
+
+void frame_end_record(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
+{
+    struct frame_end *e = f->owner;
+    pthread_mutex_lock(&frames_lock);
+    e->err = err;
+    e->refused = refused;
+    snprintf(e->msg, sizeof e->msg, "%s", msg ? msg : "");
+    frames_ended++;
+    pthread_cond_broadcast(&frames_changed);
+    pthread_mutex_unlock(&frames_lock);
+}
+
+void frames_wait_count(const unsigned *counter, unsigned n)
+{
+    pthread_mutex_lock(&frames_lock);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    int rc = 0;
+    while (*counter < n && rc == 0)
+        rc = pthread_cond_timedwait(&frames_changed, &frames_lock, &until);
+    unsigned got = *counter;
+    pthread_mutex_unlock(&frames_lock);
+    if (got < n)
+        fail_msg("waited a minute for %u events, saw %u", n, got);
+}
 
 static void no_notes(void *e, const char *from, const void *msg, size_t len)
 {

@@ -9,7 +9,9 @@
 #ifndef FERRY_TEST_SHM_PAIR_H
 #define FERRY_TEST_SHM_PAIR_H
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 #include "memreg.h"
 #include "transport/transport.h"
@@ -34,5 +36,24 @@ void *shm_pair_open_peer(struct shm_pair *p, const struct memreg_region *rt);
 /* Destroys both transports (their unfinished frames end FERRY_ECANCELED),
  * then the registries. */
 void shm_pair_stop(struct shm_pair *p);
+
+/* What a frame's completion said, for the tests that look at each frame's
+ * end (test_shm_jobs, test_shm_copyfail): a frame whose complete is
+ * frame_end_record points its owner at one of these. */
+struct frame_end {
+    int err;
+    uint64_t refused;
+    char msg[200];
+};
+/* One lock and condition for frame ends and whatever else the test counts
+ * under them; frames_ended counts the ends recorded. */
+extern pthread_mutex_t frames_lock;
+extern pthread_cond_t frames_changed;
+extern unsigned frames_ended;
+/* A struct xfer_frame's complete: records into *f->owner, counts, wakes. */
+void frame_end_record(struct xfer_frame *f, int err, uint64_t refused, const char *msg);
+/* Waits until *counter (read under frames_lock) reaches n; fails the test
+ * after a minute (a hang guard, no timing). */
+void frames_wait_count(const unsigned *counter, unsigned n);
 
 #endif

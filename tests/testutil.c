@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "device/device.h"
+
 int test_case_in_fresh_process(const char *name)
 {
     fflush(NULL);
@@ -47,6 +49,67 @@ void test_skip(const char *fmt, ...)
     va_end(ap);
     fflush(stdout);
     exit(77);
+}
+
+int test_engine_start_with(const char *protocols, const char *var, const char *value)
+{
+    struct ferry_config cfg;
+    ferry_engine *e = NULL;
+    int rc = ferry_config_init(&cfg);
+    if (rc)
+        return rc;
+    if (protocols)
+        cfg.protocols = protocols;
+    setenv(var, value, 1);
+    rc = ferry_engine_create(&cfg, &e);
+    unsetenv(var);
+    if (rc == 0)
+        ferry_engine_destroy(e);
+    return rc;
+}
+
+const char *test_knob_refusal(const char *protocols, const char *var, const char *value)
+{
+    static char why[512];
+    int rc = test_engine_start_with(protocols, var, value);
+    if (rc == FERRY_EINVAL && strstr(ferry_last_error(), var))
+        return NULL;
+    snprintf(why, sizeof why, "%s=%s: %s: %s", var, value, ferry_err_name(rc), rc ? ferry_last_error() : "it started");
+    return why;
+}
+
+static unsigned char byte_at(size_t i, unsigned seed)
+{
+    return (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff);
+}
+
+void bytes_fill(void *buf, size_t len, unsigned seed)
+{
+    unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++)
+        p[i] = byte_at(i, seed);
+}
+
+int bytes_check(const void *buf, size_t len, unsigned seed)
+{
+    const unsigned char *p = buf;
+    for (size_t i = 0; i < len; i++)
+        if (p[i] != byte_at(i, seed))
+            return 0;
+    return 1;
+}
+
+int test_device_span(const struct ferry_device_ops *ops, const void *host, size_t len, size_t gone_len, char **dev,
+                     char **gone)
+{
+    int rc = ops->mem_alloc(0, len, (void **)dev);
+    if (rc == 0)
+        rc = ops->mem_alloc(0, gone_len, (void **)gone);
+    if (rc)
+        return rc;
+    ops->mem_free(0, *gone);
+    struct ferry_copy fill = {*dev, host, len};
+    return ferry_device_copy_sync(ops, 0, FERRY_COPY_H2D, &fill, 1);
 }
 
 const char *test_device_location(void)
@@ -347,6 +410,18 @@ void child_target_kill(struct child_target *t)
         close(t->ctl_fd);
         t->ctl_fd = -1;
     }
+}
+
+int child_target_restart(struct child_target *t, size_t len, const char *location, uint64_t seed,
+                         char asked[64])
+{
+    int port = atoi(strrchr(t->name, ':') + 1);
+    child_target_kill(t);
+    snprintf(asked, 64, "127.0.0.1:%d", port);
+    setenv("FERRY_LOCAL_SERVER_NAME", asked, 1);
+    int rc = child_target_start(t, len, location, seed);
+    unsetenv("FERRY_LOCAL_SERVER_NAME");
+    return rc;
 }
 
 static int count_entries(const char *dir)

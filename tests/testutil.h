@@ -37,6 +37,19 @@ const char *test_other_location(void);
 void pattern_fill(void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos);
 
+/* Fills / checks bytes that depend on position and seed, byte by byte (any
+ * length and alignment; the device tests' pattern).  check returns 1 when
+ * all of buf matches, else 0. */
+void bytes_fill(void *buf, size_t len, unsigned seed);
+int bytes_check(const void *buf, size_t len, unsigned seed);
+
+/* Device memory for the staging tests, on device 0 of ops: *dev, len bytes
+ * holding host's; *gone, gone_len bytes allocated and freed again (a copy
+ * from it fails on the device).  0, or the failing call's FERRY_E* code. */
+struct ferry_device_ops;
+int test_device_span(const struct ferry_device_ops *ops, const void *host, size_t len, size_t gone_len, char **dev,
+                     char **gone);
+
 /* A target engine in a child process (its config comes from FERRY_* env
  * variables at fork time, e.g. FERRY_LOCAL_SERVER_NAME): it registers `len` bytes of `location`
  * memory ("cpu" or "sim:0" ...), filled with pattern(seed, 0), remote accessible,
@@ -80,6 +93,28 @@ int child_target_free_device_memory(struct child_target *t);
  * wait status, or -1. */
 int child_target_quit(struct child_target *t);
 void child_target_kill(struct child_target *t);
+/* Kills t's process and starts a new target in its place on the same
+ * handshake port: FERRY_LOCAL_SERVER_NAME is 127.0.0.1:PORT for it (and unset
+ * after), a name also written into asked.  Returns child_target_start's
+ * result. */
+int child_target_restart(struct child_target *t, size_t len, const char *location, uint64_t seed,
+                         char asked[64]);
+
+/* Starts an engine offering `protocols` (NULL: the default set) with
+ * VAR=value in the environment, and destroys it again if it started; VAR is
+ * unset afterwards.  Returns ferry_engine_create's result (when it failed,
+ * ferry_last_error() still says why). */
+int test_engine_start_with(const char *protocols, const char *var, const char *value);
+/* NULL when such an engine refuses to start with FERRY_EINVAL and a message
+ * that names VAR, else what happened instead (a static buffer).  Tests call
+ * it through assert_knob_refused. */
+const char *test_knob_refusal(const char *protocols, const char *var, const char *value);
+#define assert_knob_refused(protocols, var, value)                                                               \
+    do {                                                                                                           \
+        const char *knob_why_ = test_knob_refusal((protocols), (var), (value));                                    \
+        if (knob_why_)                                                                                             \
+            fail_msg("%s", knob_why_);                                                                             \
+    } while (0)
 
 /* Reads one line from fd (byte by byte, so nothing past the newline is
  * consumed) into buf without the newline.  0, or -1 at EOF/error. */

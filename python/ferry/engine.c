@@ -470,15 +470,24 @@ static PyObject *Engine_get_notifications(EngineObject *self, PyObject *noargs)
     return list;
 }
 
+/* The engine's stats now (zero where it reports nothing); -1 with the
+ * Python error set when the engine cannot be entered. */
+static int stats_now(EngineObject *self, struct ferry_stats *st)
+{
+    if (engine_enter(self))
+        return -1;
+    memset(st, 0, sizeof *st);
+    ferry_get_stats(self->engine, st);
+    engine_leave(self);
+    return 0;
+}
+
 static PyObject *Engine_get_stats(EngineObject *self, PyObject *noargs)
 {
     (void)noargs;
     struct ferry_stats st;
-    if (engine_enter(self))
+    if (stats_now(self, &st))
         return NULL;
-    memset(&st, 0, sizeof st);
-    ferry_get_stats(self->engine, &st);
-    engine_leave(self);
     PyObject *d = PyDict_New();
     for (size_t i = 0; d && i < st.transport_count && i < sizeof st.transports / sizeof st.transports[0]; i++) {
         const struct ferry_transport_stats *t = &st.transports[i];
@@ -565,10 +574,8 @@ static PyObject *Engine_transports(EngineObject *self, void *closure)
 {
     (void)closure;
     struct ferry_stats st;
-    if (engine_enter(self))
+    if (stats_now(self, &st))
         return NULL;
-    ferry_get_stats(self->engine, &st);
-    engine_leave(self);
     PyObject *list = PyList_New(0);
     for (size_t i = 0; list && i < st.transport_count; i++) {
         PyObject *n = PyUnicode_FromString(st.transports[i].name);

@@ -40,6 +40,9 @@ static int mc_bind_address(const char *text, struct ferry_config *cfg);
 static int mc_slice_size(const char *text, struct ferry_config *cfg);
 #define MC(env, fn, doc) {{env, "unset", doc}, KNOB_MC, 0, fn}
 
+/* a row only for the docs: read by a lower layer itself (see KNOB_DOC) */
+#define DOC(env, def, doc) {{env, def, doc}, KNOB_DOC, 0, NULL}
+
 #define KNOB(field, type, env, def, doc)                                                       \
     {{env, def, doc}, type, offsetof(struct ferry_config, field), NULL}
 
@@ -84,10 +87,9 @@ static const struct knob knobs[] = {
        "reference variable: seconds (at least 5) = FERRY_REQUEST_TIMEOUT_MS x 1000"),
     MC("MC_TCP_BIND_ADDRESS", mc_bind_address,
        "reference variable: = FERRY_BIND_ADDRESS (ignored when MC_LEGACY_RPC_PORT_BINDING is set)"),
-    {{"MC_LEGACY_RPC_PORT_BINDING", "unset",
-      "reference variable: set = listeners bind local_server_name's host:port (ferry's default without"
-      " FERRY_BIND_ADDRESS)"},
-     KNOB_DOC, 0, NULL},
+    DOC("MC_LEGACY_RPC_PORT_BINDING", "unset",
+        "reference variable: set = listeners bind local_server_name's host:port (ferry's default without"
+        " FERRY_BIND_ADDRESS)"),
     MC("MC_SLICE_SIZE", mc_slice_size, "reference variable: bytes = FERRY_SLICE_SIZE"),
     KNOB(max_connections, KNOB_UINT, "FERRY_MAX_CONNECTIONS", "0",
          "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096)"),
@@ -99,107 +101,88 @@ static const struct knob knobs[] = {
          "shared secret (16+ bytes): peers must prove it (HMAC-SHA256) on every connection; empty: off"),
     KNOB(auth_key_file, KNOB_STR, "FERRY_AUTH_KEY_FILE", "",
          "file holding the shared secret (instead of FERRY_AUTH_KEY, which shows in the environment)"),
-    {{"FERRY_TRACE", "",
-      "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
-      "bench/trace_batches.py reads it); empty: off"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_WAIT_SPIN_US", "50",
-      "ferry_batch_wait polls this long (0-10000) for the batch's end before it sleeps, while the engine's recent "
-      "waits were shorter: a batch that ends meanwhile wakes its waiter without a futex wake-up; costs the waiting "
-      "thread's core, never an idle one"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_SHM_SUBMIT_COPIES", "2",
-      "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "
-      "worker only waits for it), 2: jobs of small copies (mean <= 256 KiB) on one stream per device, in order, "
-      "others on a stream each; 1: every job on a stream of its own; 0: the shm workers do every copy"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_SHM_SPIN_US", "50",
-      "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
-      "transport finds it awake"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_SHM_LANE_STREAMS", "2",
-      "shm, device to device: streams a device's lane of small-copy jobs takes in turn (1-4); over 1, a job's "
-      "launch overlaps the end of the one before"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_AGGREGATE", "auto",
-      "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
-      "off), 0, or a size"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_AGGREGATE_BUFFERS", "all",
-      "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
-      "cut into slices; device memory: this x the chunk size)"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_SPIN_US", "50",
-      "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
-      "before the next retire, and costs a core while transfers run"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_ISSUER_RETIRE_US", "0",
-      "a thread that issued gathers (WRITE) while the staging worker slept polls the first group's copies up to "
-      "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
-      "retires every group"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_INLINE_FIRST", "0",
-      "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
-      "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
-      "staged frame is handed to the transport's threads"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_GROUP", "2",
-      "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
-      "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
-      "half as many chunks' bytes (one chunk's for 2), so two full 1 MiB frames are two groups"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_GROUP_FIRST", "1",
-      "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
-      "chunks of a large WRITE go to the wire while the rest are copied"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_STAGING_MARK_STREAMS", "0",
-      "device streams a staging pool's rounds of gathers (WRITE) take in turn (0-4): the groups of a round go "
-      "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "
-      "copies are done (a large one-thread staged batch ends sooner; the pipeline alone moves less); 0: groups "
-      "on their chunks' own streams, retired by querying them"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_RDMA_STAGE_SLOTS", "4",
-      "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_RDMA_STALL_MS", "5000",
-      "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
-      "another NIC (0: wait for the NIC's own retry limit)"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_MAX_CONNECTIONS", "auto",
-      "TCP connections per peer under heavy traffic (each has FERRY_TCP_GROW_BYTES in flight): auto (one per "
-      "core, 4-16) or 1-64; FERRY_TCP_CONNECTIONS are opened first"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_GROW_BYTES", "auto",
-      "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
-      "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_INLINE_BYTES", "auto",
-      "a WRITE submit of at most this many bytes is written to an idle TCP connection by the submitting thread "
-      "(no sender wake-up); a larger one only its last frame, the senders the rest in parallel: auto (524288; "
-      "0 when FERRY_TCP_SPREAD is above 1) or 0-1073741824 (0: always only the last frame)"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_SPREAD", "auto",
-      "a submit's small blocks to one TCP peer go as about this many frames (each at least 64 KiB) on as many "
-      "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
-      "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_SOCKBUF", "auto",
-      "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
-      "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "
-      "with the traffic) or 65536-268435456 bytes"}, KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_RCVLOWAT", "auto",
-      "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
-      "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_ACK_ON_COPY", "0",
-      "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
-      "device copies complete while the connection's thread reads on: 1 from a function on the stream "
-      "(cuLaunchHostFunc) or a device-written mark, 2 from the mark only (seen at the thread's next copy); 0: "
-      "the thread waits for the copies and then acks"},
-     KNOB_DOC, 0, NULL},
-    {{"FERRY_TCP_DEVICE_PIPE", "262144",
-      "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "
-      "device copies while the socket moves the next ones (16384-4194304)"},
-     KNOB_DOC, 0, NULL},
+    DOC("FERRY_TRACE", "",
+        "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
+        "bench/trace_batches.py reads it); empty: off"),
+    DOC("FERRY_WAIT_SPIN_US", "50",
+        "ferry_batch_wait polls this long (0-10000) for the batch's end before it sleeps, while the engine's recent "
+        "waits were shorter: a batch that ends meanwhile wakes its waiter without a futex wake-up; costs the waiting "
+        "thread's core, never an idle one"),
+    DOC("FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"),
+    DOC("FERRY_SHM_SUBMIT_COPIES", "2",
+        "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "
+        "worker only waits for it), 2: jobs of small copies (mean <= 256 KiB) on one stream per device, in order, "
+        "others on a stream each; 1: every job on a stream of its own; 0: the shm workers do every copy"),
+    DOC("FERRY_SHM_SPIN_US", "50",
+        "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
+        "transport finds it awake"),
+    DOC("FERRY_SHM_LANE_STREAMS", "2",
+        "shm, device to device: streams a device's lane of small-copy jobs takes in turn (1-4); over 1, a job's "
+        "launch overlaps the end of the one before"),
+    DOC("FERRY_STAGING_AGGREGATE", "auto",
+        "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
+        "off), 0, or a size"),
+    DOC("FERRY_STAGING_AGGREGATE_BUFFERS", "all",
+        "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
+        "cut into slices; device memory: this x the chunk size)"),
+    DOC("FERRY_STAGING_SPIN_US", "50",
+        "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
+        "before the next retire, and costs a core while transfers run"),
+    DOC("FERRY_STAGING_ISSUER_RETIRE_US", "0",
+        "a thread that issued gathers (WRITE) while the staging worker slept polls the first group's copies up to "
+        "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
+        "retires every group"),
+    DOC("FERRY_STAGING_INLINE_FIRST", "0",
+        "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
+        "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
+        "staged frame is handed to the transport's threads"),
+    DOC("FERRY_STAGING_GROUP", "2",
+        "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
+        "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
+        "half as many chunks' bytes (one chunk's for 2), so two full 1 MiB frames are two groups"),
+    DOC("FERRY_STAGING_GROUP_FIRST", "1",
+        "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
+        "chunks of a large WRITE go to the wire while the rest are copied"),
+    DOC("FERRY_STAGING_MARK_STREAMS", "0",
+        "device streams a staging pool's rounds of gathers (WRITE) take in turn (0-4): the groups of a round go "
+        "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "
+        "copies are done (a large one-thread staged batch ends sooner; the pipeline alone moves less); 0: groups "
+        "on their chunks' own streams, retired by querying them"),
+    DOC("FERRY_RDMA_STAGE_SLOTS", "4",
+        "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"),
+    DOC("FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"),
+    DOC("FERRY_RDMA_STALL_MS", "5000",
+        "rdma: a queue pair with requests out and no completion this long is reset and its requests go to "
+        "another NIC (0: wait for the NIC's own retry limit)"),
+    DOC("FERRY_TCP_MAX_CONNECTIONS", "auto",
+        "TCP connections per peer under heavy traffic (each has FERRY_TCP_GROW_BYTES in flight): auto (one per "
+        "core, 4-16) or 1-64; FERRY_TCP_CONNECTIONS are opened first"),
+    DOC("FERRY_TCP_GROW_BYTES", "auto",
+        "a peer opens another TCP connection while every one has this many bytes in flight: auto (32 MiB over "
+        "FERRY_TCP_MAX_CONNECTIONS, from FERRY_SLICE_SIZE to 8 MiB) or 65536-1073741824"),
+    DOC("FERRY_TCP_INLINE_BYTES", "auto",
+        "a WRITE submit of at most this many bytes is written to an idle TCP connection by the submitting thread "
+        "(no sender wake-up); a larger one only its last frame, the senders the rest in parallel: auto (524288; "
+        "0 when FERRY_TCP_SPREAD is above 1) or 0-1073741824 (0: always only the last frame)"),
+    DOC("FERRY_TCP_SPREAD", "auto",
+        "a submit's small blocks to one TCP peer go as about this many frames (each at least 64 KiB) on as many "
+        "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
+        "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"),
+    DOC("FERRY_TCP_SOCKBUF", "auto",
+        "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
+        "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "
+        "with the traffic) or 65536-268435456 bytes"),
+    DOC("FERRY_TCP_RCVLOWAT", "auto",
+        "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
+        "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"),
+    DOC("FERRY_TCP_ACK_ON_COPY", "0",
+        "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
+        "device copies complete while the connection's thread reads on: 1 from a function on the stream "
+        "(cuLaunchHostFunc) or a device-written mark, 2 from the mark only (seen at the thread's next copy); 0: "
+        "the thread waits for the copies and then acks"),
+    DOC("FERRY_TCP_DEVICE_PIPE", "262144",
+        "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "
+        "device copies while the socket moves the next ones (16384-4194304)"),
 };
 
 #define NKNOBS (sizeof knobs / sizeof knobs[0])

@@ -565,6 +565,34 @@ static void sim_stream_destroy(ferry_stream *stream)
     free(s);
 }
 
+/* Called with s->lock held and kept: job goes to the end of s's queue and
+ * the stream's worker is woken. */
+static void append_job(struct sim_stream *s, struct sim_job *job)
+{
+    if (s->tail != NULL)
+        s->tail->next = job;
+    else
+        s->head = job;
+    s->tail = job;
+    s->enqueued++;
+    pthread_cond_signal(&s->wake);
+}
+
+/* Called with s->lock held, which it releases: the stream's error (sticky)
+ * as a failure, else FERRY_EBUSY when busy, else 0. */
+static int stream_result(struct sim_stream *s, int busy)
+{
+    if (s->error != 0) {
+        char msg[sizeof s->message];
+        memcpy(msg, s->message, sizeof msg);
+        int rc = s->error;
+        pthread_mutex_unlock(&s->lock);
+        return ferry_fail(rc, "%s", msg);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return busy ? FERRY_EBUSY : 0;
+}
+
 static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
                           const struct ferry_copy *copies, size_t n)
 {
@@ -603,22 +631,11 @@ static int sim_copy_async(ferry_stream *stream, enum ferry_copy_dir dir,
 
     pthread_mutex_lock(&s->lock);
     if (s->error != 0) {
-        int rc = s->error;
-        char msg[sizeof s->message];
-        memcpy(msg, s->message, sizeof msg);
-        pthread_mutex_unlock(&s->lock);
         free(job);
-        return ferry_fail(rc, "%s", msg);
+        return stream_result(s, 0); /* the stream's error, sticky */
     }
-    if (job != NULL) {
-        if (s->tail != NULL)
-            s->tail->next = job;
-        else
-            s->head = job;
-        s->tail = job;
-        s->enqueued++;
-        pthread_cond_signal(&s->wake);
-    }
+    if (job != NULL)
+        append_job(s, job);
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -635,13 +652,7 @@ static int sim_enqueue_sync_job(int dev, void *stream, const struct sim_job *pro
     *job = *proto;
     job->next = NULL;
     pthread_mutex_lock(&s->lock);
-    if (s->tail != NULL)
-        s->tail->next = job;
-    else
-        s->head = job;
-    s->tail = job;
-    s->enqueued++;
-    pthread_cond_signal(&s->wake);
+    append_job(s, job);
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -682,20 +693,6 @@ static int sim_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32
     if (s == NULL || flag == NULL)
         return ferry_fail(FERRY_EINVAL, "sim: stream_mark on %p: not a sim stream, or no flag", (void *)stream);
     return sim_enqueue_sync_job(s->dev, stream, &(struct sim_job){.mark = flag, .value = value});
-}
-
-/* Called with s->lock held; records the stream's error for the caller. */
-static int stream_result(struct sim_stream *s, int busy)
-{
-    if (s->error != 0) {
-        char msg[sizeof s->message];
-        memcpy(msg, s->message, sizeof msg);
-        int rc = s->error;
-        pthread_mutex_unlock(&s->lock);
-        return ferry_fail(rc, "%s", msg);
-    }
-    pthread_mutex_unlock(&s->lock);
-    return busy ? FERRY_EBUSY : 0;
 }
 
 static int sim_stream_query(ferry_stream *stream)

@@ -109,6 +109,15 @@ static int attacker_hello(int port, uint64_t epoch, const char *from, int *fd_ou
     return served;
 }
 
+/* An attacker's data connection to t that passed the HELLO: its fd. */
+static int attacker_connection(const struct child_target *t)
+{
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t->name, NULL, &epoch), fd;
+    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER, &fd), 1);
+    return fd;
+}
+
 /* Once the attacker has left, the target serves a new connection again
  * (slots come back as the server notices each close: retry for a while). */
 static void wait_until_served(int port, uint64_t epoch, const char *from)
@@ -285,9 +294,7 @@ static void test_dripping_write_header(void **state)
     struct initiator in;
     start_target(&t, env);
     initiator_open(&in, &t, 0, 0);
-    uint64_t epoch = 0;
-    int data_port = raw_data_port(t.name, NULL, &epoch), fd;
-    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER, &fd), 1);
+    int fd = attacker_connection(&t);
     uint8_t raw[WIRE_HEADER_SIZE];
     struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .payload_len = 4096};
     wire_encode_header(&h, raw);
@@ -314,9 +321,7 @@ static void test_dripping_notify_payload(void **state)
     struct initiator in;
     start_target(&t, env);
     initiator_open(&in, &t, 0, 0);
-    uint64_t epoch = 0;
-    int data_port = raw_data_port(t.name, NULL, &epoch), fd;
-    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER, &fd), 1);
+    int fd = attacker_connection(&t);
     uint8_t raw[WIRE_HEADER_SIZE];
     struct wire_header h = {.type = WIRE_NOTIFY, .payload_len = WIRE_MAX_NOTIFY};
     wire_encode_header(&h, raw);
@@ -345,9 +350,7 @@ static void test_idle_data_connection_closed(void **state)
     start_target(&t, env);
     initiator_open(&in, &t, 1000, 0); /* retires its own idle connections after 500 ms */
     transfer_verified(&in, &t, 41);
-    uint64_t epoch = 0;
-    int data_port = raw_data_port(t.name, NULL, &epoch), fd;
-    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER, &fd), 1);
+    int fd = attacker_connection(&t);
     assert_true(raw_closed_by_peer(fd, 30000)); /* silent after HELLO: closed by the target */
     close(fd);
     transfer_verified(&in, &t, 42);             /* the initiator's idle connections were replaced */

@@ -94,27 +94,48 @@ static void expect_state(ferry_batch *b, size_t i, int state, int with_message)
         fail_msg("request %zu: message \"%s\" does not say why", i, st.message);
 }
 
+/* A batch of all of f's requests with the notification "kv-ready",
+ * submitted. */
+static ferry_batch *submit_notified(struct fixture *f)
+{
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->initiator, NREQ, &b), 0);
+    assert_int_equal(ferry_batch_set_notify(b, "kv-ready", 8), 0);
+    assert_int_equal(ferry_batch_submit(b, f->reqs, NREQ), 0);
+    return b;
+}
+
+/* Request `failed` of b ended FAILED saying why; every other one COMPLETED
+ * and its block landed. */
+static void only_one_failed(struct fixture *f, ferry_batch *b, size_t failed)
+{
+    expect_state(b, failed, FERRY_FAILED, 1);
+    for (size_t i = 0; i < NREQ; i++) {
+        if (i == failed)
+            continue;
+        expect_state(b, i, FERRY_COMPLETED, 0);
+        assert_int_equal(pattern_check(f->remote + i * 2 * BS, BS, 21, i * 2 * BS), -1);
+    }
+}
+
+/* No notification was sent, nor received by the target. */
+static void no_notification(struct fixture *f)
+{
+    assert_int_equal(fault_notifies(), 0);
+    assert_int_equal(notifications(f->target), 0);
+}
+
 /* One request fails: the others complete and land, the notification is
  * never sent, and the wait reports the failure. */
 static void failed_request_withholds_notification(void **state)
 {
     struct fixture *f = *state;
     fault_fail_request(3, FERRY_EIO);
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->initiator, NREQ, &b), 0);
-    assert_int_equal(ferry_batch_set_notify(b, "kv-ready", 8), 0);
-    assert_int_equal(ferry_batch_submit(b, f->reqs, NREQ), 0);
+    ferry_batch *b = submit_notified(f);
     assert_int_equal(ferry_batch_wait(b, 60000), FERRY_EIO);
-    expect_state(b, 3, FERRY_FAILED, 1);
-    for (size_t i = 0; i < NREQ; i++) {
-        if (i == 3)
-            continue;
-        expect_state(b, i, FERRY_COMPLETED, 0);
-        assert_int_equal(pattern_check(f->remote + i * 2 * BS, BS, 21, i * 2 * BS), -1);
-    }
+    only_one_failed(f, b, 3);
     ferry_batch_free(b);
-    assert_int_equal(fault_notifies(), 0);
-    assert_int_equal(notifications(f->target), 0);
+    no_notification(f);
 }
 
 /* The target refuses one request's piece: FAILED with FERRY_ERANGE's state,
@@ -134,19 +155,11 @@ static void refused_piece_withholds_notification(void **state)
     for (size_t i = 0; i < NREQ; i++)
         f->reqs[i].target = f->seg;
     fault_refuse_request(NREQ - 1);
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->initiator, NREQ, &b), 0);
-    assert_int_equal(ferry_batch_set_notify(b, "kv-ready", 8), 0);
-    assert_int_equal(ferry_batch_submit(b, f->reqs, NREQ), 0);
+    ferry_batch *b = submit_notified(f);
     assert_int_equal(ferry_batch_wait(b, 60000), FERRY_ERANGE);
-    expect_state(b, NREQ - 1, FERRY_FAILED, 1);
-    for (size_t i = 0; i + 1 < NREQ; i++) {
-        expect_state(b, i, FERRY_COMPLETED, 0);
-        assert_int_equal(pattern_check(f->remote + i * 2 * BS, BS, 21, i * 2 * BS), -1);
-    }
+    only_one_failed(f, b, NREQ - 1);
     ferry_batch_free(b);
-    assert_int_equal(fault_notifies(), 0);
-    assert_int_equal(notifications(f->target), 0);
+    no_notification(f);
 }
 
 /* Data frames held: the notification cannot go before them; once they are
@@ -155,10 +168,7 @@ static void notification_waits_for_held_data(void **state)
 {
     struct fixture *f = *state;
     fault_hold(1);
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->initiator, NREQ, &b), 0);
-    assert_int_equal(ferry_batch_set_notify(b, "kv-ready", 8), 0);
-    assert_int_equal(ferry_batch_submit(b, f->reqs, NREQ), 0);
+    ferry_batch *b = submit_notified(f);
     assert_true(fault_held() > 0);
     assert_int_equal(fault_notifies(), 0); /* held frames have not ended: nothing can send it */
     struct ferry_status st;
@@ -177,10 +187,7 @@ static void close_cancels_held_frames(void **state)
 {
     struct fixture *f = *state;
     fault_hold(1);
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->initiator, NREQ, &b), 0);
-    assert_int_equal(ferry_batch_set_notify(b, "kv-ready", 8), 0);
-    assert_int_equal(ferry_batch_submit(b, f->reqs, NREQ), 0);
+    ferry_batch *b = submit_notified(f);
     assert_true(fault_held() > 0);
     assert_int_equal(ferry_close_segment(f->initiator, f->seg), 0);
     assert_int_equal(fault_held(), 0);
@@ -191,8 +198,7 @@ static void close_cancels_held_frames(void **state)
         assert_int_equal(st.state, FERRY_FAILED);
     }
     ferry_batch_free(b);
-    assert_int_equal(fault_notifies(), 0);
-    assert_int_equal(notifications(f->target), 0);
+    no_notification(f);
 }
 
 /* Destroying the engine with frames held ends them too (the batch is freed

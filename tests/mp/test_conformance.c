@@ -23,6 +23,7 @@
 #include "fault_transport.h"
 #include "testutil.h"
 #include "transport/transport.h"
+#include "xfer_pair.h"
 
 #define TSIZE (32u << 20)
 #define TSEED 31
@@ -30,14 +31,7 @@
 
 static const char *current; /* the transport under test */
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    char *local;
-};
-
-static int make_engine(const char *protocols, ferry_engine **e)
+static struct ferry_config engine_config(const char *protocols)
 {
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
@@ -45,41 +39,33 @@ static int make_engine(const char *protocols, ferry_engine **e)
     cfg.transport_fallback = 0;
     cfg.request_timeout_ms = 30000;
     cfg.connect_timeout_ms = 5000;
+    return cfg;
+}
+
+static int make_engine(const char *protocols, ferry_engine **e)
+{
+    struct ferry_config cfg = engine_config(protocols);
     return ferry_engine_create(&cfg, e);
 }
 
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof *f);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     assert_non_null(f);
     setenv("FERRY_PROTOCOLS", current, 1); /* read by the target process at start */
     setenv("FERRY_TRANSPORT_FALLBACK", "0", 1);
-    int rc = child_target_start(&f->target, TSIZE, "cpu", TSEED);
+    xfer_pair_start_target(f, TSIZE, "cpu", TSEED);
     unsetenv("FERRY_PROTOCOLS");
     unsetenv("FERRY_TRANSPORT_FALLBACK");
-    assert_int_equal(rc, 0);
-    if (make_engine(current, &f->e) != 0)
-        fail_msg("engine on %s: %s", current, ferry_last_error());
-    assert_int_equal(ferry_mem_alloc(f->e, "cpu", LSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, LSIZE, "cpu", 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    struct ferry_config cfg = engine_config(current);
+    xfer_pair_open(f, &cfg, "cpu");
     *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    ferry_engine_destroy(f->e);
-    ferry_mem_free(NULL, "cpu", f->local, LSIZE);
-    child_target_kill(&f->target);
-    free(f);
     return 0;
 }
 
 /* n requests of op, block i: local offset lbase + stride*i, remote the same
  * offset.  Waits; returns the wait's result.  *b stays for inspection. */
-static int run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, ferry_batch **b,
+static int run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, ferry_batch **b,
                const char *note)
 {
     struct ferry_request *reqs = calloc(n, sizeof *reqs);
@@ -97,7 +83,7 @@ static int run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, ui
 }
 
 /* run() that must complete, with the data checked on the receiving side. */
-static void run_ok(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+static void run_ok(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
     for (size_t i = 0; i < n; i++) {
         uint64_t off = base + stride * i;
@@ -110,12 +96,7 @@ static void run_ok(struct fixture *f, int op, size_t bs, size_t n, uint64_t base
     int rc = run(f, op, bs, n, base, stride, &b, NULL);
     if (rc)
         fail_msg("%s: %zu x %zu bytes: %s: %s", current, n, bs, ferry_err_name(rc), ferry_last_error());
-    for (size_t i = 0; i < n; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        assert_int_equal(st.state, FERRY_COMPLETED);
-        assert_int_equal(st.transferred, bs);
-    }
+    xfer_assert_all_completed(b, n, bs);
     ferry_batch_free(b);
     for (size_t i = 0; i < n; i++) {
         uint64_t off = base + stride * i;
@@ -139,7 +120,7 @@ static void all_ended(ferry_batch *b, size_t n)
 
 static void sizes(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     static const size_t lens[] = {1, 7, 4096, 65537, (1u << 20) + 8, 4u << 20};
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
         run_ok(f, FERRY_WRITE, lens[i], 1, 8 * i, 0, 40 + i);
@@ -149,7 +130,7 @@ static void sizes(void **state)
 
 static void batch_of_256(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 16384, 256, 0, 20480, 50);
     run_ok(f, FERRY_READ, 16384, 256, TSIZE / 2, 20480, 0);
 }
@@ -158,14 +139,14 @@ static void batch_of_256(void **state)
  * each landing at its own place. */
 static void scatter_lists(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 512, 200, 4096, 1536, 60);
     run_ok(f, FERRY_READ, 520, 200, TSIZE / 2 + 8, 2048, 0);
 }
 
 static void refusals(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     ferry_batch *b;
     struct ferry_request r = {FERRY_WRITE, f->local, f->seg, f->target.addr + TSIZE - 100, 4096};
     assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
@@ -191,7 +172,7 @@ static void refusals(void **state)
 
 static void notification_after_data(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     for (size_t i = 0; i < 16; i++)
         pattern_fill(f->local + i * 65536, 65536, 80, i * 65536);
     ferry_batch *b;
@@ -209,7 +190,7 @@ static void notification_after_data(void **state)
 /* The stats name the transport under test and count what it moved. */
 static void stats_name_the_route(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before, after;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 90);
@@ -222,7 +203,7 @@ static void stats_name_the_route(void **state)
 
 static void peer_death(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     enum { BS = 256 << 10, N = 512 };
     ferry_batch *b;
     struct ferry_request *r = calloc(N, sizeof *r);
@@ -256,7 +237,7 @@ static void peer_death(void **state)
  * on it is in flight: afterwards each has ended, whichever way. */
 static void unregister_during_transfer(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     enum { BS = 256 << 10, N = 256 };
     ferry_batch *b;
     struct ferry_request *r = calloc(N, sizeof *r);
@@ -277,7 +258,7 @@ static void unregister_during_transfer(void **state)
 /* Closing the segment ends its requests: the wait returns, none pending. */
 static void close_cancels(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     enum { BS = 256 << 10, N = 256 };
     ferry_batch *b;
     struct ferry_request *r = calloc(N, sizeof *r);
@@ -325,15 +306,15 @@ int main(void)
 {
     fault_transport_register(); /* the test-only plug-in joins the registry like any transport */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(sizes, setup, teardown),
-        cmocka_unit_test_setup_teardown(batch_of_256, setup, teardown),
-        cmocka_unit_test_setup_teardown(scatter_lists, setup, teardown),
-        cmocka_unit_test_setup_teardown(refusals, setup, teardown),
-        cmocka_unit_test_setup_teardown(notification_after_data, setup, teardown),
-        cmocka_unit_test_setup_teardown(stats_name_the_route, setup, teardown),
-        cmocka_unit_test_setup_teardown(peer_death, setup, teardown),
-        cmocka_unit_test_setup_teardown(unregister_during_transfer, setup, teardown),
-        cmocka_unit_test_setup_teardown(close_cancels, setup, teardown),
+        cmocka_unit_test_setup_teardown(sizes, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(batch_of_256, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(scatter_lists, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(refusals, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(notification_after_data, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(stats_name_the_route, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(peer_death, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_during_transfer, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(close_cancels, setup, xfer_pair_teardown),
     };
     size_t n;
     const struct transport_ops *const *all = transport_list(&n);

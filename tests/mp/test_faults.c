@@ -30,51 +30,39 @@
 #include "net.h"
 #include "testutil.h"
 #include "transport/tcp/tcp_wire.h"
+#include "xfer_pair.h"
 
 #define TSIZE (16u << 20)
 #define SEED 5
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    char *local;
-};
-
-static ferry_engine *make_engine(unsigned request_timeout_ms)
+static struct ferry_config engine_config(unsigned request_timeout_ms)
 {
     struct ferry_config cfg;
-    ferry_engine *e = NULL;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.request_timeout_ms = request_timeout_ms;
     cfg.connect_timeout_ms = 5000; /* setup under TSan on a busy host: 1 s was not always enough */
+    return cfg;
+}
+
+static ferry_engine *make_engine(unsigned request_timeout_ms)
+{
+    struct ferry_config cfg = engine_config(request_timeout_ms);
+    ferry_engine *e = NULL;
     assert_int_equal(ferry_engine_create(&cfg, &e), 0);
     return e;
 }
 
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof *f);
-    assert_int_equal(child_target_start(&f->target, TSIZE, "cpu", SEED), 0);
-    f->e = make_engine(10000);
-    assert_int_equal(ferry_mem_alloc(f->e, "cpu", TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, "cpu", 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    struct xfer_pair *f = calloc(1, sizeof *f);
+    struct ferry_config cfg = engine_config(10000);
+    xfer_pair_start(f, TSIZE, "cpu", SEED, &cfg, "cpu");
     *state = f;
     return 0;
 }
 
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f);
-    return 0;
-}
-
 /* One WRITE of len bytes at remote offset off; returns the wait result. */
-static int write_once(struct fixture *f, uint64_t off, size_t len, uint64_t seed)
+static int write_once(struct xfer_pair *f, uint64_t off, size_t len, uint64_t seed)
 {
     ferry_batch *b;
     pattern_fill(f->local + off, len, seed, off);
@@ -89,7 +77,7 @@ static int write_once(struct fixture *f, uint64_t off, size_t len, uint64_t seed
 
 static void test_bad_requests_rejected_at_submit(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     ferry_batch *b;
     char unregistered[4096];
     assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
@@ -137,7 +125,7 @@ static void test_bad_requests_rejected_at_submit(void **state)
 
 static void test_bad_arguments(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     ferry_segment_t s;
     ferry_batch *b;
     assert_int_equal(ferry_register_memory(f->e, NULL, 10, "cpu", 1), FERRY_EINVAL);
@@ -154,7 +142,7 @@ static void test_bad_arguments(void **state)
 
 static void test_unknown_segment(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     ferry_segment_t s;
     int port;
     int fd = net_listen("127.0.0.1", 0, &port); /* a port nobody answers on once closed */
@@ -167,7 +155,7 @@ static void test_unknown_segment(void **state)
 
 static void test_target_refuses_unregistered(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     /* the initiator's cached descriptor still lists the buffer; the target's
      * own check must refuse and write nothing */
     assert_int_equal(child_target_unregister(&f->target), 0);
@@ -193,16 +181,11 @@ static void test_target_refuses_unregistered(void **state)
 
 static void test_target_restart_refreshes(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     assert_int_equal(write_once(f, 0, 4096, 1), 0);
-    int port = atoi(strrchr(f->target.name, ':') + 1);
-    child_target_kill(&f->target);
     /* a new target process on the same handshake port */
     char name[64];
-    snprintf(name, sizeof name, "127.0.0.1:%d", port);
-    setenv("FERRY_LOCAL_SERVER_NAME", name, 1);
-    int rc = child_target_start(&f->target, TSIZE, "cpu", SEED);
-    unsetenv("FERRY_LOCAL_SERVER_NAME");
+    int rc = child_target_restart(&f->target, TSIZE, "cpu", SEED, name);
     assert_int_equal(rc, 0);
     assert_string_equal(f->target.name, name);
     /* The first transfer either fails (ECONN/ESTALE: the cached descriptor
@@ -372,7 +355,7 @@ static void spray(int port, const void *bytes, size_t len)
 
 static void test_garbage_to_ports(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     char *json = NULL;
     size_t len;
     struct ferry_descriptor d;
@@ -410,12 +393,12 @@ static void test_garbage_to_ports(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_bad_requests_rejected_at_submit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_segment, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_target_refuses_unregistered, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_target_restart_refreshes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_garbage_to_ports, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_requests_rejected_at_submit, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_segment, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_target_refuses_unregistered, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_target_restart_refreshes, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_to_ports, setup, xfer_pair_teardown),
         cmocka_unit_test(test_version_mismatch),
         cmocka_unit_test(test_silent_peer_times_out),
     };

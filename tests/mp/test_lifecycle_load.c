@@ -86,6 +86,17 @@ static ferry_engine *initiator(void)
     return e;
 }
 
+/* TARGET_LEN bytes of host memory for the workers' regions (the caller frees
+ * it), registered with e as one buffer when `whole`. */
+static char *workers_memory(ferry_engine *e, bool whole)
+{
+    char *mem = malloc(TARGET_LEN);
+    assert_non_null(mem);
+    if (whole)
+        assert_int_equal(ferry_register_memory(e, mem, TARGET_LEN, "cpu", 0), 0);
+    return mem;
+}
+
 /* ------------------------------------------------------------ workers */
 
 struct worker {
@@ -107,6 +118,17 @@ struct worker {
     atomic_int bad;             /* requests that ended without a code or message */
     atomic_int submit_rc;       /* the submit (or open) error that ended the loop, 0 if none */
 };
+
+/* Worker i on e: region i of mem here, region i of target t there (through
+ * seg; 0 for a churning worker, which opens its own). */
+static void worker_aim(struct worker *w, int i, ferry_engine *e, char *mem, ferry_segment_t seg,
+                       const struct child_target *t)
+{
+    w->e = e;
+    w->seg = seg;
+    w->remote = t->addr + (uint64_t)i * REGION;
+    w->local = mem + (size_t)i * REGION;
+}
 
 /* Half WRITE, half READ, each block its own request.  A worker that keeps
  * its 8 batches in flight WRITEs an eighth of each block per batch, each
@@ -257,19 +279,15 @@ static void test_close_segment_under_load(void **state)
     (void)state;
     struct census before = census_settled(baseline, 10000);
     ferry_engine *e = initiator();
-    char *mem = malloc(TARGET_LEN);
-    assert_non_null(mem);
-    assert_int_equal(ferry_register_memory(e, mem, TARGET_LEN, "cpu", 0), 0);
+    char *mem = workers_memory(e, true);
     ferry_segment_t a, b;
     assert_int_equal(ferry_open_segment(e, target_a.name, &a), 0);
     assert_int_equal(ferry_open_segment(e, target_b.name, &b), 0);
     struct worker w[NWORKERS];
     memset(w, 0, sizeof w);
     for (int i = 0; i < NWORKERS; i++) {
-        w[i].e = e;
-        w[i].seg = i < NWORKERS - 1 ? a : b;
-        w[i].remote = (i < NWORKERS - 1 ? target_a.addr : target_b.addr) + (uint64_t)i * REGION;
-        w[i].local = mem + (size_t)i * REGION;
+        bool to_a = i < NWORKERS - 1;
+        worker_aim(&w[i], i, e, mem, to_a ? a : b, to_a ? &target_a : &target_b);
     }
     workers_start(w, NWORKERS);
     workers_reach(w, NWORKERS, 3);
@@ -309,17 +327,13 @@ static void test_unregister_under_load(void **state)
     (void)state;
     struct census before = census_settled(baseline, 10000);
     ferry_engine *e = initiator();
-    char *mem = malloc(TARGET_LEN);
-    assert_non_null(mem);
+    char *mem = workers_memory(e, false);
     ferry_segment_t a;
     assert_int_equal(ferry_open_segment(e, target_a.name, &a), 0);
     struct worker w[NWORKERS];
     memset(w, 0, sizeof w);
     for (int i = 0; i < NWORKERS; i++) {
-        w[i].e = e;
-        w[i].seg = a;
-        w[i].remote = target_a.addr + (uint64_t)i * REGION;
-        w[i].local = mem + (size_t)i * REGION;
+        worker_aim(&w[i], i, e, mem, a, &target_a);
         assert_int_equal(ferry_register_memory(e, w[i].local, REGION, "cpu", 0), 0);
     }
     workers_start(w, NWORKERS);
@@ -363,19 +377,14 @@ static void test_destroy_with_batches_in_flight(void **state)
     struct census before = census_settled(baseline, 10000);
     for (int round = 0; round < 3; round++) {
         ferry_engine *e = initiator();
-        char *mem = malloc(TARGET_LEN);
-        assert_non_null(mem);
-        assert_int_equal(ferry_register_memory(e, mem, TARGET_LEN, "cpu", 0), 0);
+        char *mem = workers_memory(e, true);
         ferry_segment_t a, b;
         assert_int_equal(ferry_open_segment(e, target_a.name, &a), 0);
         assert_int_equal(ferry_open_segment(e, target_b.name, &b), 0);
         struct worker w[NWORKERS];
         memset(w, 0, sizeof w);
         for (int i = 0; i < NWORKERS; i++) {
-            w[i].e = e;
-            w[i].seg = i % 2 ? a : b;
-            w[i].remote = (i % 2 ? target_a.addr : target_b.addr) + (uint64_t)i * REGION;
-            w[i].local = mem + (size_t)i * REGION;
+            worker_aim(&w[i], i, e, mem, i % 2 ? a : b, i % 2 ? &target_a : &target_b);
             w[i].submit_only = true;
         }
         workers_start(w, NWORKERS);
@@ -399,17 +408,13 @@ static void test_open_close_churn(void **state)
     (void)state;
     struct census before = census_settled(baseline, 10000);
     ferry_engine *e = initiator();
-    char *mem = malloc(TARGET_LEN);
-    assert_non_null(mem);
-    assert_int_equal(ferry_register_memory(e, mem, TARGET_LEN, "cpu", 0), 0);
+    char *mem = workers_memory(e, true);
     struct worker w[NWORKERS];
     memset(w, 0, sizeof w);
     for (int i = 0; i < NWORKERS; i++) {
-        w[i].e = e;
+        worker_aim(&w[i], i, e, mem, 0, &target_a);
         w[i].churn = target_a.name;
         w[i].rounds = 20;
-        w[i].remote = target_a.addr + (uint64_t)i * REGION;
-        w[i].local = mem + (size_t)i * REGION;
     }
     workers_start(w, NWORKERS);
     for (int i = 0; i < NWORKERS; i++)

@@ -62,6 +62,34 @@ static void stop_target(pid_t pid)
     assert_true(WIFSTOPPED(st));
 }
 
+/* A target (TSIZE bytes of cpu memory), an engine with TSIZE bytes
+ * registered at local, and the target's segment opened as s. */
+struct opened {
+    struct child_target t;
+    ferry_engine *e;
+    char *local;
+    ferry_segment_t s;
+};
+
+static void open_target(struct opened *o)
+{
+    assert_int_equal(child_target_start(&o->t, TSIZE, "cpu", SEED), 0);
+    o->e = make_engine();
+    o->local = registered(o->e, TSIZE);
+    assert_int_equal(ferry_open_segment(o->e, o->t.name, &o->s), 0);
+}
+
+/* A batch with one WRITE of r's bytes, submitted after the target was
+ * stopped: it stays in flight until SIGCONT. */
+static ferry_batch *submit_to_stopped_target(struct opened *o, const struct ferry_request *r)
+{
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(o->e, 1, &b), 0);
+    stop_target(o->t.pid);
+    assert_int_equal(ferry_batch_submit(b, r, 1), 0);
+    return b;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -177,12 +205,12 @@ static void two_threads_never_overfill_a_batch(void **state)
 static void wrapping_ranges_are_refused(void **state)
 {
     (void)state;
-    struct child_target t;
-    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
-    ferry_engine *e = make_engine();
-    char *local = registered(e, TSIZE);
-    ferry_segment_t s;
-    assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
+    struct opened o;
+    open_target(&o);
+    struct child_target *t = &o.t;
+    ferry_engine *e = o.e;
+    char *local = o.local;
+    ferry_segment_t s = o.s;
     /* registrations that wrap or reach the top of the address space */
     assert_int_equal(ferry_register_memory(e, (void *)(uintptr_t)(UINT64_MAX - 4095), 8192, "cpu", 1), FERRY_EINVAL);
     assert_int_equal(ferry_register_memory(e, local + 4096, SIZE_MAX, "cpu", 1), FERRY_EINVAL);
@@ -191,14 +219,14 @@ static void wrapping_ranges_are_refused(void **state)
     assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
     struct ferry_request bad[] = {
         /* local range that wraps: source + length < source */
-        {FERRY_WRITE, local + 4096, s, t.addr, SIZE_MAX - 100},
-        {FERRY_READ, local + 4096, s, t.addr, SIZE_MAX},
+        {FERRY_WRITE, local + 4096, s, t->addr, SIZE_MAX - 100},
+        {FERRY_READ, local + 4096, s, t->addr, SIZE_MAX},
         /* remote range that wraps: target_offset + length < target_offset */
         {FERRY_WRITE, local, s, UINT64_MAX - 100, 4096},
-        {FERRY_READ, local, s, t.addr + 4096, (size_t)(UINT64_MAX - t.addr)},
+        {FERRY_READ, local, s, t->addr + 4096, (size_t)(UINT64_MAX - t->addr)},
         /* lengths past the end of the registrations */
-        {FERRY_WRITE, local, s, t.addr, (size_t)TSIZE + 1},
-        {FERRY_READ, local + TSIZE - 1, s, t.addr, 2},
+        {FERRY_WRITE, local, s, t->addr, (size_t)TSIZE + 1},
+        {FERRY_READ, local + TSIZE - 1, s, t->addr, 2},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = ferry_batch_submit(b, &bad[i], 1);
@@ -208,9 +236,9 @@ static void wrapping_ranges_are_refused(void **state)
     }
     assert_int_equal(ferry_batch_size(b), 0);
     ferry_batch_free(b);
-    assert_int_equal(child_target_check(&t, 0, TSIZE, SEED), -1);
+    assert_int_equal(child_target_check(t, 0, TSIZE, SEED), -1);
     ferry_engine_destroy(e);
-    child_target_kill(&t);
+    child_target_kill(t);
 }
 
 /* ------------------------------------------------------------ segment names */
@@ -252,21 +280,21 @@ static void odd_segment_names_are_refused(void **state)
 static void many_segments_opened_and_closed(void **state)
 {
     (void)state;
-    struct child_target t;
-    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
-    ferry_engine *e = make_engine();
-    char *local = registered(e, TSIZE);
-    ferry_segment_t s;
-    assert_int_equal(ferry_open_segment(e, t.name, &s), 0); /* warm: the first connections */
+    struct opened o;
+    open_target(&o); /* warm: the first connections */
+    struct child_target *t = &o.t;
+    ferry_engine *e = o.e;
+    char *local = o.local;
+    ferry_segment_t s = o.s;
     assert_int_equal(ferry_close_segment(e, s), 0);
     int fds = open_fds();
     ferry_segment_t prev = s;
     for (int i = 0; i < 2000; i++) {
-        assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
+        assert_int_equal(ferry_open_segment(e, t->name, &s), 0);
         assert_true(s != prev); /* a handle is never reused */
         if (i % 100 == 0) {     /* with traffic now and then: its connections open too */
             ferry_batch *b;
-            struct ferry_request r = {FERRY_WRITE, local, s, t.addr, 4096};
+            struct ferry_request r = {FERRY_WRITE, local, s, t->addr, 4096};
             assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
             assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
             assert_int_equal(ferry_batch_wait(b, 60000), 0);
@@ -278,14 +306,14 @@ static void many_segments_opened_and_closed(void **state)
     }
     assert_in_range(open_fds(), 0, fds + 4);
     ferry_batch *b;
-    struct ferry_request r = {FERRY_WRITE, local, prev, t.addr, 4096};
+    struct ferry_request r = {FERRY_WRITE, local, prev, t->addr, 4096};
     assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
     assert_int_equal(ferry_batch_submit(b, &r, 1), FERRY_ENOSEG);
     ferry_batch_free(b);
     size_t count;
     assert_int_equal(ferry_segment_buffers(e, prev, NULL, 0, &count), FERRY_ENOSEG);
     ferry_engine_destroy(e);
-    child_target_kill(&t);
+    child_target_kill(t);
 }
 
 /* ------------------------------------------------------------ one batch, two waiting threads */
@@ -307,32 +335,27 @@ static void *wait_thread(void *p)
 static void two_threads_wait_on_one_batch(void **state)
 {
     (void)state;
-    struct child_target t;
-    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
-    ferry_engine *e = make_engine();
-    char *local = registered(e, TSIZE);
-    ferry_segment_t s;
-    assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
-    pattern_fill(local, 65536, 3, 0);
-    ferry_batch *b;
-    struct ferry_request r = {FERRY_WRITE, local, s, t.addr, 65536};
-    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
-    stop_target(t.pid);
-    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    struct opened o;
+    open_target(&o);
+    struct child_target *t = &o.t;
+    ferry_engine *e = o.e;
+    pattern_fill(o.local, 65536, 3, 0);
+    struct ferry_request r = {FERRY_WRITE, o.local, o.s, t->addr, 65536};
+    ferry_batch *b = submit_to_stopped_target(&o, &r);
     struct wait_arg w[2] = {{b, -1}, {b, -1}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&th[i], NULL, wait_thread, &w[i]), 0);
     assert_int_equal(ferry_batch_wait(b, 0), FERRY_ETIMEDOUT); /* the target is stopped */
-    assert_int_equal(kill(t.pid, SIGCONT), 0);
+    assert_int_equal(kill(t->pid, SIGCONT), 0);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(pthread_join(th[i], NULL), 0);
         assert_int_equal(w[i].rc, 0);
     }
     ferry_batch_free(b);
-    assert_int_equal(child_target_check(&t, 0, 65536, 3), -1);
+    assert_int_equal(child_target_check(t, 0, 65536, 3), -1);
     ferry_engine_destroy(e);
-    child_target_kill(&t);
+    child_target_kill(t);
 }
 
 /* ------------------------------------------------------------ destroy under a waiter */
@@ -371,17 +394,12 @@ static int in_futex_wait(int tid)
 static void destroy_while_a_thread_waits(void **state)
 {
     (void)state;
-    struct child_target t;
-    assert_int_equal(child_target_start(&t, TSIZE, "cpu", SEED), 0);
-    ferry_engine *e = make_engine();
-    char *local = registered(e, TSIZE);
-    ferry_segment_t s;
-    assert_int_equal(ferry_open_segment(e, t.name, &s), 0);
-    ferry_batch *b;
-    struct ferry_request r = {FERRY_WRITE, local, s, t.addr, 65536};
-    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
-    stop_target(t.pid);
-    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    struct opened o;
+    open_target(&o);
+    struct child_target *t = &o.t;
+    ferry_engine *e = o.e;
+    struct ferry_request r = {FERRY_WRITE, o.local, o.s, t->addr, 65536};
+    ferry_batch *b = submit_to_stopped_target(&o, &r);
     struct parked_wait w = {b, 0, 1};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, parked_wait_thread, &w), 0);
@@ -393,8 +411,8 @@ static void destroy_while_a_thread_waits(void **state)
     if (w.rc != FERRY_ECANCELED && w.rc != FERRY_ECONN)
         fail_msg("the waiter got %s", ferry_err_name(w.rc));
     ferry_batch_free(b);
-    assert_int_equal(kill(t.pid, SIGCONT), 0);
-    child_target_kill(&t);
+    assert_int_equal(kill(t->pid, SIGCONT), 0);
+    child_target_kill(t);
 }
 
 /* ------------------------------------------------------------ descriptor served while registering */

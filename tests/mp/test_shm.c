@@ -33,29 +33,27 @@
 #include "net.h"
 #include "shm_pair.h"
 #include "testutil.h"
+#include "xfer_pair.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
 
 #define TSIZE (32u << 20)
 #define TSEED 31
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    const char *loc;     /* local memory location */
-    char *local;
-    char *host;          /* host scratch for filling/checking */
-};
-
-static ferry_engine *make_engine(const char *protocols)
+static struct ferry_config engine_config(const char *protocols)
 {
     struct ferry_config cfg;
-    ferry_engine *e = NULL;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = protocols;
     cfg.request_timeout_ms = 20000;
     cfg.connect_timeout_ms = 2000;
+    return cfg;
+}
+
+static ferry_engine *make_engine(const char *protocols)
+{
+    struct ferry_config cfg = engine_config(protocols);
+    ferry_engine *e = NULL;
     int rc = ferry_engine_create(&cfg, &e);
     if (rc)
         fail_msg("engine (%s): %s", protocols, ferry_last_error());
@@ -64,15 +62,10 @@ static ferry_engine *make_engine(const char *protocols)
 
 static int start(void **state, const char *local_loc, const char *target_loc, const char *target_protocols)
 {
-    struct fixture *f = calloc(1, sizeof *f);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     setenv("FERRY_PROTOCOLS", target_protocols, 1); /* the child reads it at start */
-    assert_int_equal(child_target_start(&f->target, TSIZE, target_loc, TSEED), 0);
-    f->e = make_engine("tcp,shm");
-    f->loc = local_loc;
-    f->host = malloc(TSIZE);
-    assert_int_equal(ferry_mem_alloc(f->e, local_loc, TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, local_loc, 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    struct ferry_config cfg = engine_config("tcp,shm");
+    xfer_pair_start(f, TSIZE, target_loc, TSEED, &cfg, local_loc);
     *state = f;
     return 0;
 }
@@ -82,17 +75,6 @@ static int setup_dev_to_cpu(void **s) { return start(s, test_device_location(), 
 static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_location(), "tcp,shm"); }
 static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), "tcp,shm"); }
 static int setup_tcp_target(void **s) { return start(s, "cpu", "cpu", "tcp"); }
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f->host);
-    free(f);
-    return 0;
-}
 
 static const struct ferry_transport_stats *stats_of(const struct ferry_stats *st, const char *name)
 {
@@ -112,52 +94,18 @@ static uint64_t moved_over(ferry_engine *e, const struct ferry_stats *before, co
     return b->bytes_written + b->bytes_read - a->bytes_written - a->bytes_read;
 }
 
-/* n blocks of bs bytes, block i at offset base + i*stride on both sides;
- * returns the wait result, the data verified when it is 0. */
-static int run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
+/* n blocks of bs bytes, block i at offset base + i*stride on both sides,
+ * moved and verified (see xfer_pair_move). */
+static void run_ok(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
-    struct ferry_request *r = calloc(n, sizeof *r);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, bs};
-        if (op == FERRY_WRITE)
-            pattern_fill(f->host + off, bs, seed, off);
-        else
-            memset(f->host + off, 0, bs);
-        assert_int_equal(ferry_mem_copy(f->e, f->local + off, f->host + off, bs), 0);
-    }
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
-    int rc = ferry_batch_submit(b, r, n);
-    if (rc == 0)
-        rc = ferry_batch_wait(b, 60000);
-    ferry_batch_free(b);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        uint64_t off = base + i * stride;
-        if (op == FERRY_WRITE) {
-            assert_int_equal(child_target_check(&f->target, off, bs, seed), -1);
-        } else {
-            assert_int_equal(ferry_mem_copy(f->e, f->host + off, f->local + off, bs), 0);
-            assert_int_equal(pattern_check(f->host + off, bs, seed, off), -1);
-        }
-    }
-    free(r);
-    return rc;
-}
-
-static void run_ok(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
-{
-    int rc = run(f, op, bs, n, base, stride, seed);
-    if (rc)
-        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", n, bs, ferry_err_name(rc),
-                 ferry_last_error());
+    xfer_pair_move_ok(f, op, (struct xfer_blocks){bs, n, base, stride}, seed, 60000);
 }
 
 /* ------------------------------------------------------------ the matrix */
 
 static void matrix(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     static const size_t sizes[] = {4096, 65536, 1u << 20, (3u << 20) + 8};
@@ -187,7 +135,7 @@ static void matrix(void **state)
 /* A target that offers only tcp is served by tcp, with shm in our list. */
 static void tcp_only_target_uses_tcp(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     run_ok(f, FERRY_WRITE, 65536, 16, 0, 65536, 3);
@@ -198,7 +146,7 @@ static void tcp_only_target_uses_tcp(void **state)
 
 /* ------------------------------------------------------------ faults */
 
-static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int expect, const char *msg_part)
+static void one_request(struct xfer_pair *f, int op, uint64_t off, size_t len, int expect, const char *msg_part)
 {
     ferry_batch *b;
     struct ferry_request r = {op, f->local + off, f->seg, f->target.addr + off, len};
@@ -215,7 +163,7 @@ static void one_request(struct fixture *f, int op, uint64_t off, size_t len, int
 }
 
 /* A WRITE and a READ of 4 x 64 KiB, verified, every byte through shm. */
-static void write_read_over_shm(struct fixture *f)
+static void write_read_over_shm(struct xfer_pair *f)
 {
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
@@ -226,7 +174,7 @@ static void write_read_over_shm(struct fixture *f)
 
 static void unregister_then_refresh(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
     assert_int_equal(child_target_unregister(&f->target), 0);
 
@@ -257,7 +205,7 @@ static void unregister_then_refresh(void **state)
  * registry and never failed. */
 static void registered_again(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     run_ok(f, FERRY_WRITE, 65536, 4, 0, 65536, 7);
     assert_int_equal(child_target_unregister(&f->target), 0);
     assert_int_equal(child_target_register(&f->target), 0);
@@ -269,7 +217,7 @@ static void registered_again(void **state)
 
 static void peer_killed_mid_transfer(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     enum { BS = 256 << 10 };
     /* host memory: 1 GiB, many passes over the buffer; device memory: each
      * block once (a GPU is done before the kill lands anyway, and racing
@@ -314,7 +262,7 @@ static void peer_killed_mid_transfer(void **state)
 
 static void notification_after_data(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     ferry_batch *b;
@@ -383,6 +331,21 @@ static int end_err;
 static uint64_t end_refused;
 static char end_msg[256];
 
+/* len bytes of cpu memory at buf as a region: the target's published one
+ * (remote accessible) or the initiator's own. */
+static struct memreg_region cpu_region(const char *buf, size_t len, int remote)
+{
+    return (struct memreg_region){(uint64_t)(uintptr_t)buf, len, "cpu", -1, remote, {0}};
+}
+
+/* rt registered with the target's transport (its handle in *handle), rl in
+ * the initiator's registry. */
+static void register_both(struct shm_pair *sp, struct memreg_region *rt, struct memreg_region *rl, void **handle)
+{
+    assert_int_equal(sp->ops->register_memory(sp->tt, rt, handle), 0);
+    assert_int_equal(memreg_add(&sp->reg_i, rl), 0);
+}
+
 static void frame_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
     (void)f;
@@ -415,16 +378,14 @@ static void transport_contract(void **state)
     struct shm_pair sp;
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
-    struct memreg *reg_i = &sp.reg_i, *reg_t = &sp.reg_t;
+    struct memreg *reg_t = &sp.reg_t;
     void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = malloc(LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     assert_non_null(handle);
     assert_int_equal(memreg_add(reg_t, &rt), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
 
     char *json;
     assert_int_equal(ops->describe(tt, &json), 0);
@@ -509,15 +470,12 @@ static void announcements(void **state)
     struct shm_pair sp;
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
-    struct memreg *reg_i = &sp.reg_i;
     void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
     struct shm_transport *target = tt;
     enum { LEN = 1u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     peer = shm_pair_open_peer(&sp, &rt);
     uint64_t later = now_ns() + 10000000000ull;
     struct xfer_piece p = {lbuf, rt.addr, 4096, 0};
@@ -606,13 +564,11 @@ static void local_unregister_mid_copy(void **state)
     shm_pair_start(&sp);
     const struct transport_ops *ops = sp.ops;
     struct memreg *reg_i = &sp.reg_i;
-    void *ti = sp.ti, *tt = sp.tt, *peer, *handle;
+    void *ti = sp.ti, *peer, *handle;
     enum { LEN = 128u << 20 };
     char *tbuf = calloc(1, LEN), *lbuf = calloc(1, LEN);
-    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
-    struct memreg_region rl = {(uint64_t)(uintptr_t)lbuf, LEN, "cpu", -1, 0, {0}};
-    assert_int_equal(ops->register_memory(tt, &rt, &handle), 0);
-    assert_int_equal(memreg_add(reg_i, &rl), 0);
+    struct memreg_region rt = cpu_region(tbuf, LEN, 1), rl = cpu_region(lbuf, LEN, 0);
+    register_both(&sp, &rt, &rl, &handle);
     peer = shm_pair_open_peer(&sp, &rt);
 
     struct xfer_piece p = {lbuf, rt.addr, LEN, 0};
@@ -651,16 +607,8 @@ static void allow_uids_malformed(void **state)
 {
     (void)state;
     static const char *bad[] = {"abc", "12,", "1,,2", "-1", "4294967295", "1 2"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        setenv("FERRY_SHM_ALLOW_UIDS", bad[i], 1);
-        struct ferry_config cfg;
-        ferry_engine *e = NULL;
-        assert_int_equal(ferry_config_init(&cfg), 0);
-        cfg.protocols = "shm";
-        int rc = ferry_engine_create(&cfg, &e);
-        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_ALLOW_UIDS"))
-            fail_msg("FERRY_SHM_ALLOW_UIDS=%s: %s: %s", bad[i], ferry_err_name(rc), ferry_last_error());
-    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_knob_refused("shm", "FERRY_SHM_ALLOW_UIDS", bad[i]);
     setenv("FERRY_SHM_ALLOW_UIDS", "1000, 1001", 1); /* a space after the comma is fine */
     ferry_engine *e = make_engine("shm");
     ferry_engine_destroy(e);
@@ -694,23 +642,23 @@ int main(void)
         cmocka_unit_test(announcements),
         cmocka_unit_test(allow_uids_malformed),
         cmocka_unit_test(local_unregister_mid_copy),
-        cmocka_unit_test_setup_teardown(matrix, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_host, teardown),
-        cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_host, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(tcp_only_target_uses_tcp, setup_tcp_target, xfer_pair_teardown),
         cmocka_unit_test_prestate(same_process, (void *)cpu),
     };
     const struct CMUnitTest device[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(registered_again, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(notification_after_data, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(unregister_then_refresh, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(registered_again, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(notification_after_data, setup_dev_to_dev, xfer_pair_teardown),
         cmocka_unit_test_prestate(same_process, (void *)dev),
         /* last: the exporter dies while its memory is open here */
-        cmocka_unit_test_setup_teardown(peer_killed_mid_transfer, setup_dev_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(peer_killed_mid_transfer, setup_dev_to_dev, xfer_pair_teardown),
     };
     int failed = cmocka_run_group_tests_name("shm host memory", host, NULL, NULL);
     const char *why = device_unusable();

@@ -222,63 +222,27 @@ static void one_copy_fails(void **state)
 #define PIECE 1024u               /* 64 pieces a frame: 4 frames a copy job of 256 */
 #define PLEN ((size_t)NFRAMES * FRAME * PIECE)
 
-struct ended {
-    int err;
-    uint64_t refused;
-    char msg[160];
-};
-
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
-static unsigned held, released, nended;
-static struct ended ends[NFRAMES];
+static unsigned held, released; /* under frames_lock */
+static struct frame_end ends[NFRAMES];
 
 /* A notification's completion that keeps its worker until released. */
 static void hold_worker(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
 {
     (void)f, (void)err, (void)refused, (void)msg;
-    pthread_mutex_lock(&lock);
+    pthread_mutex_lock(&frames_lock);
     unsigned me = held++;
-    pthread_cond_broadcast(&changed);
+    pthread_cond_broadcast(&frames_changed);
     while (released <= me)
-        pthread_cond_wait(&changed, &lock);
-    pthread_mutex_unlock(&lock);
-}
-
-static void data_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
-{
-    struct ended *e = f->owner;
-    pthread_mutex_lock(&lock);
-    e->err = err;
-    e->refused = refused;
-    snprintf(e->msg, sizeof e->msg, "%s", msg ? msg : "");
-    nended++;
-    pthread_cond_broadcast(&changed);
-    pthread_mutex_unlock(&lock);
-}
-
-/* Waits until *counter reaches n (a hang guard of a minute, no timing). */
-static void wait_count(const unsigned *counter, unsigned n)
-{
-    pthread_mutex_lock(&lock);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 60;
-    int rc = 0;
-    while (*counter < n && rc == 0)
-        rc = pthread_cond_timedwait(&changed, &lock, &until);
-    unsigned got = *counter;
-    pthread_mutex_unlock(&lock);
-    if (got < n)
-        fail_msg("waited a minute for %u events, saw %u", n, got);
+        pthread_cond_wait(&frames_changed, &frames_lock);
+    pthread_mutex_unlock(&frames_lock);
 }
 
 static void release_workers(unsigned n)
 {
-    pthread_mutex_lock(&lock);
+    pthread_mutex_lock(&frames_lock);
     released = n;
-    pthread_cond_broadcast(&changed);
-    pthread_mutex_unlock(&lock);
+    pthread_cond_broadcast(&frames_changed);
+    pthread_mutex_unlock(&frames_lock);
 }
 
 struct group_case {
@@ -331,7 +295,7 @@ static void group_job_fails(void **state)
                                        .deadline_ns = later, .complete = hold_worker};
         ops->submit(ti, peer, &holds[i]);
     }
-    wait_count(&held, SHM_WORKERS);
+    frames_wait_count(&held, SHM_WORKERS);
 
     pattern_fill(lbuf, PLEN, 21, 0);
     struct xfer_piece *pieces = calloc((size_t)NFRAMES * FRAME, sizeof *pieces);
@@ -344,13 +308,13 @@ static void group_job_fails(void **state)
             pieces[k * FRAME + j] = (struct xfer_piece){lbuf + off, rt.addr + off, PIECE, j};
         }
         frames[k] = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = FRAME, .pieces = &pieces[k * FRAME],
-                                        .bytes = FRAME * PIECE, .deadline_ns = later, .complete = data_done,
+                                        .bytes = FRAME * PIECE, .deadline_ns = later, .complete = frame_end_record,
                                         .owner = &ends[k]};
     }
     for (unsigned k = 0; k < NFRAMES; k++)
         ops->submit(ti, peer, &frames[k]);
     release_workers(1); /* one worker: it takes frames 0-15 */
-    wait_count(&nended, GROUP);
+    frames_wait_count(&frames_ended, GROUP);
     for (unsigned k = 0; k < GROUP; k++) {
         if (gc->failed_jobs & 1u << (k / 4 + 1)) {
             print_message("frame %u: %s (%s)\n", k, ferry_err_name(ends[k].err), ends[k].msg);
@@ -367,7 +331,7 @@ static void group_job_fails(void **state)
         }
     }
     release_workers(SHM_WORKERS);
-    wait_count(&nended, NFRAMES);
+    frames_wait_count(&frames_ended, NFRAMES);
     for (unsigned k = GROUP; k < NFRAMES; k++)
         assert_int_equal(ends[k].err, 0);
     for (unsigned k = 0; k < NFRAMES; k++)

@@ -40,6 +40,7 @@
 #include "device/sim_internal.h"
 #include "ferry.h"
 #include "testutil.h"
+#include "xfer_pair.h"
 
 #define TSIZE ((size_t)640 << 10)   /* more than half the target's sim device: a freed address comes back */
 #define TDEVMEM "1M"
@@ -50,12 +51,7 @@
 #define CYCLES 24
 
 struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    const char *loc;                 /* local memory */
-    char *local;
-    char *host;
+    struct xfer_pair x;              /* the target, the engine, local memory, the segment */
     struct sim_ipc_counts at_start;
 };
 
@@ -64,19 +60,13 @@ static int setup(void **state, const char *loc)
     struct fixture *f = calloc(1, sizeof *f);
     setenv("FERRY_PROTOCOLS", "shm", 1);
     setenv("FERRY_SIM_DEVICE_MEM", TDEVMEM, 1); /* the child's, read at its start */
-    assert_int_equal(child_target_start(&f->target, TSIZE, "sim:0", TSEED), 0);
+    xfer_pair_start_target(&f->x, TSIZE, "sim:0", TSEED);
     unsetenv("FERRY_SIM_DEVICE_MEM");
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = "shm";
     cfg.request_timeout_ms = 60000;
-    assert_int_equal(ferry_engine_create(&cfg, &f->e), 0);
-    f->loc = loc;
-    f->host = malloc(TSIZE);
-    assert_non_null(f->host);
-    assert_int_equal(ferry_mem_alloc(f->e, loc, TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, loc, 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    xfer_pair_open(&f->x, &cfg, loc);
     sim_ipc_counts(&f->at_start);
     *state = f;
     return 0;
@@ -88,11 +78,8 @@ static int setup_host(void **s) { return setup(s, "cpu"); }
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    ferry_close_segment(f->e, f->seg);
-    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f->host);
+    ferry_close_segment(f->x.e, f->x.seg);
+    xfer_pair_stop(&f->x);
     free(f);
     return 0;
 }
@@ -113,14 +100,14 @@ static ferry_batch *submit(struct fixture *f, int op, uint64_t base, uint64_t se
     struct ferry_request r[NREQ];
     for (unsigned i = 0; i < NREQ; i++) {
         uint64_t off = base + i * BLOCK;
-        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, BLOCK};
+        r[i] = (struct ferry_request){op, f->x.local + off, f->x.seg, f->x.target.addr + off, BLOCK};
     }
     if (op == FERRY_WRITE) {
-        pattern_fill(f->host, NREQ * BLOCK, seed, base);
-        assert_int_equal(ferry_mem_copy(f->e, f->local + base, f->host, NREQ * BLOCK), 0);
+        pattern_fill(f->x.host, NREQ * BLOCK, seed, base);
+        assert_int_equal(ferry_mem_copy(f->x.e, f->x.local + base, f->x.host, NREQ * BLOCK), 0);
     }
     ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, NREQ, &b), 0);
+    assert_int_equal(ferry_batch_alloc(f->x.e, NREQ, &b), 0);
     int rc = ferry_batch_submit(b, r, NREQ);
     if (rc)
         fail_msg("submit: %s: %s", ferry_err_name(rc), ferry_last_error());
@@ -144,11 +131,11 @@ static void batch_ok(ferry_batch *b)
 static void write_read_verified(struct fixture *f, uint64_t base, uint64_t seed, uint64_t filled)
 {
     batch_ok(submit(f, FERRY_WRITE, base, seed));
-    assert_int_equal(child_target_check(&f->target, base, NREQ * BLOCK, seed), -1);
+    assert_int_equal(child_target_check(&f->x.target, base, NREQ * BLOCK, seed), -1);
     uint64_t rbase = TSIZE / 2;
     batch_ok(submit(f, FERRY_READ, rbase, 0));
-    assert_int_equal(ferry_mem_copy(f->e, f->host, f->local + rbase, NREQ * BLOCK), 0);
-    assert_int_equal(pattern_check(f->host, NREQ * BLOCK, filled, rbase), -1);
+    assert_int_equal(ferry_mem_copy(f->x.e, f->x.host, f->x.local + rbase, NREQ * BLOCK), 0);
+    assert_int_equal(pattern_check(f->x.host, NREQ * BLOCK, filled, rbase), -1);
 }
 
 static void expect_failed(ferry_batch *b, int code, const char *part)
@@ -174,7 +161,7 @@ static void unregistered_buffer_unmapped(void **state)
     struct fixture *f = *state;
     write_read_verified(f, 0, 11, TSEED);
     assert_int_equal(counts(f).opens, 1);
-    assert_int_equal(child_target_release(&f->target), 0);
+    assert_int_equal(child_target_release(&f->x.target), 0);
     expect_failed(submit(f, FERRY_WRITE, 0, 12), FERRY_ESTALE, "unregistered");
     struct sim_ipc_counts c = counts(f);
     assert_int_equal(c.opens, 1);
@@ -189,7 +176,7 @@ static void unmapped_without_transfer(void **state)
 {
     struct fixture *f = *state;
     write_read_verified(f, 0, 13, TSEED);
-    assert_int_equal(child_target_release(&f->target), 0);
+    assert_int_equal(child_target_release(&f->x.target), 0);
     struct timespec nap = {0, 5 * 1000000L};
     for (unsigned waited = 0; counts(f).closes < 1; waited += 5) {
         if (waited >= 60000)
@@ -209,13 +196,13 @@ static void unmapped_without_transfer(void **state)
 static void registered_again_same_address(void **state)
 {
     struct fixture *f = *state;
-    uint64_t old = f->target.addr;
+    uint64_t old = f->x.target.addr;
     write_read_verified(f, 0, 15, TSEED);
-    assert_int_equal(child_target_release(&f->target), 0);
-    assert_int_equal(child_target_renew(&f->target, 16), 0);
-    if (f->target.addr != old)
+    assert_int_equal(child_target_release(&f->x.target), 0);
+    assert_int_equal(child_target_renew(&f->x.target, 16), 0);
+    if (f->x.target.addr != old)
         fail_msg("the target's sim allocator gave 0x%llx, not the freed 0x%llx again (FERRY_SIM_DEVICE_MEM=%s)",
-                 (unsigned long long)f->target.addr, (unsigned long long)old, TDEVMEM);
+                 (unsigned long long)f->x.target.addr, (unsigned long long)old, TDEVMEM);
     write_read_verified(f, 0, 17, 16);
     struct sim_ipc_counts c = counts(f);
     assert_int_equal(c.opens, 2);
@@ -232,12 +219,12 @@ static void register_cycles(void **state)
     uint64_t filled = TSEED;
     for (unsigned k = 0; k < CYCLES; k++) {
         if (k % 2) {
-            assert_int_equal(child_target_unregister(&f->target), 0);
-            assert_int_equal(child_target_register(&f->target), 0);
+            assert_int_equal(child_target_unregister(&f->x.target), 0);
+            assert_int_equal(child_target_register(&f->x.target), 0);
         } else {
-            assert_int_equal(child_target_release(&f->target), 0);
+            assert_int_equal(child_target_release(&f->x.target), 0);
             filled = 100 + k;
-            assert_int_equal(child_target_renew(&f->target, filled), 0);
+            assert_int_equal(child_target_renew(&f->x.target, filled), 0);
         }
         write_read_verified(f, 0, 200 + k, filled);
         struct sim_ipc_counts c = counts(f);
@@ -268,10 +255,10 @@ static void *write_stream(void *arg)
     struct ferry_request r[NREQ];
     while (!atomic_load(&s->stop)) {
         for (unsigned i = 0; i < NREQ; i++)
-            r[i] = (struct ferry_request){FERRY_WRITE, f->local + i * BLOCK, f->seg, f->target.addr + i * BLOCK,
+            r[i] = (struct ferry_request){FERRY_WRITE, f->x.local + i * BLOCK, f->x.seg, f->x.target.addr + i * BLOCK,
                                           BLOCK};
         ferry_batch *b;
-        if (ferry_batch_alloc(f->e, NREQ, &b) != 0)
+        if (ferry_batch_alloc(f->x.e, NREQ, &b) != 0)
             break;
         int rc = ferry_batch_submit(b, r, NREQ);
         if (rc == 0)
@@ -294,15 +281,15 @@ static void *write_stream(void *arg)
 static void stream_while_freed(void **state)
 {
     struct fixture *f = *state;
-    pattern_fill(f->host, NREQ * BLOCK, 21, 0);
-    assert_int_equal(ferry_mem_copy(f->e, f->local, f->host, NREQ * BLOCK), 0);
+    pattern_fill(f->x.host, NREQ * BLOCK, 21, 0);
+    assert_int_equal(ferry_mem_copy(f->x.e, f->x.local, f->x.host, NREQ * BLOCK), 0);
     struct stream s = {.f = f};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, write_stream, &s), 0);
     struct timespec nap = {0, 1000000L};
     while (atomic_load(&s.batches) < 2) /* the stream runs (a guard: GUARD_MS per batch) */
         nanosleep(&nap, NULL);
-    assert_int_equal(child_target_release(&f->target), 0);
+    assert_int_equal(child_target_release(&f->x.target), 0);
     int seen = atomic_load(&s.batches);
     while (atomic_load(&s.batches) < seen + 3) /* batches after the free too */
         nanosleep(&nap, NULL);
@@ -323,7 +310,7 @@ static void peer_died_unmapped(void **state)
     struct fixture *f = *state;
     write_read_verified(f, 0, 25, TSEED);
     assert_int_equal(counts(f).opens, 1);
-    child_target_kill(&f->target);
+    child_target_kill(&f->x.target);
     struct timespec nap = {0, 5 * 1000000L};
     for (unsigned waited = 0; counts(f).closes < 1; waited += 5) {
         if (waited >= 60000)
@@ -343,7 +330,7 @@ static void stale_copy_detected(void **state)
     struct fixture *f = *state;
     write_read_verified(f, 0, 23, TSEED);
     assert_int_equal(counts(f).stale_copies, 0);
-    assert_int_equal(child_target_free_device_memory(&f->target), 0);
+    assert_int_equal(child_target_free_device_memory(&f->x.target), 0);
     batch_ok(submit(f, FERRY_WRITE, 0, 24));
     assert_true(counts(f).stale_copies >= 1);
 }

@@ -76,43 +76,12 @@ static unsigned job_of(unsigned k)
     return k < 4 ? 2 : k < 8 ? 3 : k == 8 ? 4 : 0;
 }
 
-struct ended {
-    int err;
-    uint64_t refused;
-    char msg[200];
-};
+static struct frame_end ends[NFRAMES];
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
-static unsigned nended;
-static struct ended ends[NFRAMES];
-
-static void data_done(struct xfer_frame *f, int err, uint64_t refused, const char *msg)
-{
-    struct ended *e = f->owner;
-    pthread_mutex_lock(&lock);
-    e->err = err;
-    e->refused = refused;
-    snprintf(e->msg, sizeof e->msg, "%s", msg ? msg : "");
-    nended++;
-    pthread_cond_broadcast(&changed);
-    pthread_mutex_unlock(&lock);
-}
-
-/* Waits until n frames ended (a hang guard of a minute, no timing). */
+/* Waits until n frames ended. */
 static void wait_ended(unsigned n)
 {
-    pthread_mutex_lock(&lock);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 60;
-    int rc = 0;
-    while (nended < n && rc == 0)
-        rc = pthread_cond_timedwait(&changed, &lock, &until);
-    unsigned got = nended;
-    pthread_mutex_unlock(&lock);
-    if (got < n)
-        fail_msg("waited a minute for %u frames to end, saw %u", n, got);
+    frames_wait_count(&frames_ended, n);
 }
 
 /* Hands frames [k0, k1) over as one submit: more_bytes counts down. */
@@ -174,7 +143,7 @@ static void jobs(void **state)
             pieces[k * PIECES + j] = (struct xfer_piece){local, rt.addr + off, PIECE, j};
         }
         frames[k] = (struct xfer_frame){.opcode = jc->op, .npieces = PIECES, .pieces = &pieces[k * PIECES],
-                                        .bytes = FRAME_BYTES, .deadline_ns = later, .complete = data_done,
+                                        .bytes = FRAME_BYTES, .deadline_ns = later, .complete = frame_end_record,
                                         .owner = &ends[k]};
     }
     submit(ops, ti, peer, frames, 0, 4);
@@ -238,59 +207,19 @@ static void knobs_malformed(void **state)
 {
     (void)state;
     static const char *bad[] = {"3", "yes", "01", "1 "};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        setenv("FERRY_SHM_SUBMIT_COPIES", bad[i], 1);
-        struct ferry_config cfg;
-        ferry_engine *e = NULL;
-        assert_int_equal(ferry_config_init(&cfg), 0);
-        cfg.protocols = "shm";
-        int rc = ferry_engine_create(&cfg, &e);
-        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_SUBMIT_COPIES"))
-            fail_msg("FERRY_SHM_SUBMIT_COPIES=%s: %s: %s", bad[i], ferry_err_name(rc), ferry_last_error());
-    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_knob_refused("shm", "FERRY_SHM_SUBMIT_COPIES", bad[i]);
     static const char *good[] = {"0", "1", "2"};
-    for (size_t v = 0; v < 3; v++) {
-        setenv("FERRY_SHM_SUBMIT_COPIES", good[v], 1);
-        struct ferry_config cfg;
-        ferry_engine *e = NULL;
-        assert_int_equal(ferry_config_init(&cfg), 0);
-        cfg.protocols = "shm";
-        assert_int_equal(ferry_engine_create(&cfg, &e), 0);
-        ferry_engine_destroy(e);
-    }
-    unsetenv("FERRY_SHM_SUBMIT_COPIES");
+    for (size_t v = 0; v < 3; v++)
+        assert_int_equal(test_engine_start_with("shm", "FERRY_SHM_SUBMIT_COPIES", good[v]), 0);
     static const char *bad_spin[] = {"-1", "100001", "5us", "x"};
-    for (size_t i = 0; i < sizeof bad_spin / sizeof bad_spin[0]; i++) {
-        setenv("FERRY_SHM_SPIN_US", bad_spin[i], 1);
-        struct ferry_config cfg;
-        ferry_engine *e = NULL;
-        assert_int_equal(ferry_config_init(&cfg), 0);
-        cfg.protocols = "shm";
-        int rc = ferry_engine_create(&cfg, &e);
-        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_SPIN_US"))
-            fail_msg("FERRY_SHM_SPIN_US=%s: %s: %s", bad_spin[i], ferry_err_name(rc), ferry_last_error());
-    }
-    unsetenv("FERRY_SHM_SPIN_US");
+    for (size_t i = 0; i < sizeof bad_spin / sizeof bad_spin[0]; i++)
+        assert_knob_refused("shm", "FERRY_SHM_SPIN_US", bad_spin[i]);
     static const char *bad_lanes[] = {"0", "5", "2x", " 2"};
-    for (size_t i = 0; i < sizeof bad_lanes / sizeof bad_lanes[0]; i++) {
-        setenv("FERRY_SHM_LANE_STREAMS", bad_lanes[i], 1);
-        struct ferry_config cfg;
-        ferry_engine *e = NULL;
-        assert_int_equal(ferry_config_init(&cfg), 0);
-        cfg.protocols = "shm";
-        int rc = ferry_engine_create(&cfg, &e);
-        if (rc != FERRY_EINVAL || !strstr(ferry_last_error(), "FERRY_SHM_LANE_STREAMS"))
-            fail_msg("FERRY_SHM_LANE_STREAMS=%s: %s: %s", bad_lanes[i], ferry_err_name(rc), ferry_last_error());
-    }
-    unsetenv("FERRY_SHM_LANE_STREAMS");
-    setenv("FERRY_SHM_SPIN_US", "0", 1); /* never polls: the workers sleep at once */
-    struct ferry_config cfg;
-    ferry_engine *e = NULL;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    cfg.protocols = "shm";
-    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
-    ferry_engine_destroy(e);
-    unsetenv("FERRY_SHM_SPIN_US");
+    for (size_t i = 0; i < sizeof bad_lanes / sizeof bad_lanes[0]; i++)
+        assert_knob_refused("shm", "FERRY_SHM_LANE_STREAMS", bad_lanes[i]);
+    /* never polls: the workers sleep at once */
+    assert_int_equal(test_engine_start_with("shm", "FERRY_SHM_SPIN_US", "0"), 0);
 }
 
 /* ------------------------------------------------------------ main */

@@ -38,6 +38,7 @@
 
 #include "ferry.h"
 #include "testutil.h"
+#include "xfer_pair.h"
 
 #define TSIZE (64u << 10)
 #define TSEED 3
@@ -130,32 +131,49 @@ static int wait_closed(struct pollfd *p, int n, int want)
     return closed;
 }
 
-static void notification_to_a_stopped_target_ends(void **state)
+/* A target offering shm only (FERRY_PROTOCOLS stays set), with var=value
+ * (var NULL: nothing more) in its environment alone. */
+static void start_shm_target(struct child_target *t, const char *var, const char *value)
 {
-    (void)state;
-    struct child_target target;
     setenv("FERRY_PROTOCOLS", "shm", 1);
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
+    if (var)
+        setenv(var, value, 1);
+    assert_int_equal(child_target_start(t, TSIZE, "cpu", TSEED), 0);
+    if (var)
+        unsetenv(var);
+}
 
+/* An shm-only target (as start_shm_target) and an engine here offering shm
+ * (request_timeout_ms, 0: the default) with the pair's TSIZE bytes of cpu
+ * memory holding pattern(9, 0) and the target's segment open. */
+static void open_shm_pair(struct xfer_pair *x, const char *var, const char *value, unsigned request_timeout_ms)
+{
+    memset(x, 0, sizeof *x);
+    start_shm_target(&x->target, var, value);
+    x->len = TSIZE;
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = "shm";
-    cfg.request_timeout_ms = 2000;
-    ferry_engine *e;
-    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
-    char *local;
-    assert_int_equal(ferry_mem_alloc(e, "cpu", TSIZE, (void **)&local), 0);
-    assert_int_equal(ferry_register_memory(e, local, TSIZE, "cpu", 0), 0);
-    pattern_fill(local, TSIZE, 9, 0);
-    ferry_segment_t seg;
-    assert_int_equal(ferry_open_segment(e, target.name, &seg), 0);
+    if (request_timeout_ms)
+        cfg.request_timeout_ms = request_timeout_ms;
+    xfer_pair_open(x, &cfg, "cpu");
+    pattern_fill(x->local, TSIZE, 9, 0);
+}
+
+static void notification_to_a_stopped_target_ends(void **state)
+{
+    (void)state;
+    struct xfer_pair x;
+    open_shm_pair(&x, NULL, NULL, 2000);
+    struct child_target *target = &x.target;
+    ferry_engine *e = x.e;
     char name[128];
-    assert_true(notify_socket_name(target.pid, name, sizeof name));
+    assert_true(notify_socket_name(target->pid, name, sizeof name));
 
     /* the target stops, its notification backlog full */
     int status = 0;
-    assert_int_equal(kill(target.pid, SIGSTOP), 0);
-    assert_int_equal(waitpid(target.pid, &status, WUNTRACED), target.pid);
+    assert_int_equal(kill(target->pid, SIGSTOP), 0);
+    assert_int_equal(waitpid(target->pid, &status, WUNTRACED), target->pid);
     assert_true(WIFSTOPPED(status));
     static int fds[MAX_FILL];
     int nfds = fill_backlog(name, fds);
@@ -163,7 +181,7 @@ static void notification_to_a_stopped_target_ends(void **state)
     ferry_batch *b = NULL;
     int rc = FERRY_EINVAL;
     char why[256] = "";
-    struct ferry_request r = {FERRY_WRITE, local, seg, target.addr, TSIZE};
+    struct ferry_request r = {FERRY_WRITE, x.local, x.seg, target->addr, TSIZE};
     if (nfds >= 0 && ferry_batch_alloc(e, 1, &b) == 0 && ferry_batch_set_notify(b, "kv-ready", 8) == 0 &&
         ferry_batch_submit(b, &r, 1) == 0) {
         rc = ferry_batch_wait(b, GUARD_MS);
@@ -171,7 +189,7 @@ static void notification_to_a_stopped_target_ends(void **state)
     }
 
     /* resume the target before any assertion: the worker goes on then */
-    kill(target.pid, SIGCONT);
+    kill(target->pid, SIGCONT);
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
     print_message("backlog filled with %d connections; batch_wait: %s (%s)\n", nfds, ferry_err_name(rc), why);
@@ -180,9 +198,7 @@ static void notification_to_a_stopped_target_ends(void **state)
             (void)ferry_batch_wait(b, 120000);
         ferry_batch_free(b);
     }
-    ferry_mem_free(e, "cpu", local, TSIZE);
-    ferry_engine_destroy(e);
-    child_target_kill(&target);
+    xfer_pair_stop(&x);
 
     assert_true(nfds >= 0);
     assert_non_null(b);
@@ -205,10 +221,7 @@ static void idle_notification_connections_closed(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_IDLE_TIMEOUT_MS", "1000", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_IDLE_TIMEOUT_MS");
+    start_shm_target(&target, "FERRY_IDLE_TIMEOUT_MS", "1000");
     char name[128];
     assert_true(notify_socket_name(target.pid, name, sizeof name));
     struct pollfd p[IDLE_CONNS];
@@ -238,10 +251,7 @@ static void notification_senders_capped(void **state)
 {
     (void)state;
     struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_MAX_CONNECTIONS_PER_PEER", "4", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_MAX_CONNECTIONS_PER_PEER");
+    start_shm_target(&target, "FERRY_MAX_CONNECTIONS_PER_PEER", "4");
     char name[128];
     assert_true(notify_socket_name(target.pid, name, sizeof name));
     struct pollfd p[8];
@@ -271,23 +281,10 @@ static void notification_senders_capped(void **state)
 static void notification_after_idle_close(void **state)
 {
     (void)state;
-    struct child_target target;
-    setenv("FERRY_PROTOCOLS", "shm", 1);
-    setenv("FERRY_IDLE_TIMEOUT_MS", "500", 1); /* the child's */
-    assert_int_equal(child_target_start(&target, TSIZE, "cpu", TSEED), 0);
-    unsetenv("FERRY_IDLE_TIMEOUT_MS");
-    struct ferry_config cfg;
-    assert_int_equal(ferry_config_init(&cfg), 0);
-    cfg.protocols = "shm";
-    ferry_engine *e;
-    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
-    char *local;
-    assert_int_equal(ferry_mem_alloc(e, "cpu", TSIZE, (void **)&local), 0);
-    assert_int_equal(ferry_register_memory(e, local, TSIZE, "cpu", 0), 0);
-    pattern_fill(local, TSIZE, 9, 0);
-    ferry_segment_t seg;
-    assert_int_equal(ferry_open_segment(e, target.name, &seg), 0);
-    struct ferry_request r = {FERRY_WRITE, local, seg, target.addr, TSIZE};
+    struct xfer_pair x;
+    open_shm_pair(&x, "FERRY_IDLE_TIMEOUT_MS", "500", 0);
+    ferry_engine *e = x.e;
+    struct ferry_request r = {FERRY_WRITE, x.local, x.seg, x.target.addr, TSIZE};
     for (int round = 0; round < 2; round++) {
         if (round) /* the target's service closes it after 500 ms idle (it looks every 100 ms) */
             usleep(2000 * 1000);
@@ -300,10 +297,8 @@ static void notification_after_idle_close(void **state)
             fail_msg("round %d: %s", round, ferry_last_error());
         ferry_batch_free(b);
     }
-    assert_int_equal(child_target_check(&target, 0, TSIZE, 9), -1);
-    ferry_mem_free(e, "cpu", local, TSIZE);
-    ferry_engine_destroy(e);
-    child_target_kill(&target);
+    assert_int_equal(child_target_check(&x.target, 0, TSIZE, 9), -1);
+    xfer_pair_stop(&x);
 }
 
 int main(void)

@@ -22,35 +22,21 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "xfer_pair.h"
 
 #define TSIZE (32u << 20)
 #define TSEED 21
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    const char *loc;     /* local memory location */
-    char *local;         /* local buffer (device or host) */
-    char *host;          /* host scratch for filling/checking */
-};
-
 static int start(void **state, const char *local_loc, const char *target_loc, unsigned chunks)
 {
-    struct fixture *f = calloc(1, sizeof *f);
-    assert_int_equal(child_target_start(&f->target, TSIZE, target_loc, TSEED), 0);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     if (chunks) {
         cfg.staging_chunks = chunks;
         cfg.staging_chunk_size = cfg.slice_size;
     }
-    assert_int_equal(ferry_engine_create(&cfg, &f->e), 0);
-    f->loc = local_loc;
-    f->host = malloc(TSIZE);
-    assert_int_equal(ferry_mem_alloc(f->e, local_loc, TSIZE, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, TSIZE, local_loc, 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    xfer_pair_start(f, TSIZE, target_loc, TSEED, &cfg, local_loc);
     *state = f;
     return 0;
 }
@@ -62,53 +48,17 @@ static int setup_cpu_to_dev(void **s) { return start(s, "cpu", test_target_locat
 static int setup_dev_to_dev(void **s) { return start(s, test_device_location(), test_target_location(), 0); }
 static int setup_one_chunk(void **s) { return start(s, test_device_location(), test_target_location(), 1); }
 
-static int teardown(void **state)
+/* n blocks of bs bytes, block i at offset base + i*stride on both sides,
+ * moved and verified (see xfer_pair_move); a READ brings the target's own
+ * pattern (TSEED), whatever seed says. */
+static void run(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
 {
-    struct fixture *f = *state;
-    ferry_mem_free(f->e, f->loc, f->local, TSIZE);
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f->host);
-    free(f);
-    return 0;
-}
-
-/* n blocks of bs bytes, block i at offset base + i*stride on both sides. */
-static void run(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride, uint64_t seed)
-{
-    struct ferry_request *r = calloc(n, sizeof *r);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        r[i] = (struct ferry_request){op, f->local + off, f->seg, f->target.addr + off, bs};
-        if (op == FERRY_WRITE)
-            pattern_fill(f->host + off, bs, seed, off);
-        else
-            memset(f->host + off, 0, bs);
-        assert_int_equal(ferry_mem_copy(f->e, f->local + off, f->host + off, bs), 0);
-    }
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, n, &b), 0);
-    assert_int_equal(ferry_batch_submit(b, r, n), 0);
-    int rc = ferry_batch_wait(b, 120000);
-    if (rc)
-        fail_msg("%s of %zu x %zu: %s: %s", op == FERRY_WRITE ? "WRITE" : "READ", n, bs, ferry_err_name(rc),
-                 ferry_last_error());
-    ferry_batch_free(b);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t off = base + i * stride;
-        if (op == FERRY_WRITE) {
-            assert_int_equal(child_target_check(&f->target, off, bs, seed), -1);
-        } else {
-            assert_int_equal(ferry_mem_copy(f->e, f->host + off, f->local + off, bs), 0);
-            assert_int_equal(pattern_check(f->host + off, bs, TSEED, off), -1);
-        }
-    }
-    free(r);
+    xfer_pair_move_ok(f, op, (struct xfer_blocks){bs, n, base, stride}, op == FERRY_READ ? TSEED : seed, 120000);
 }
 
 static void matrix(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_stats before, after;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
     /* 4000: packed pieces of a frame land at offsets that are not multiples of 64 */
@@ -142,7 +92,7 @@ static void matrix(void **state)
 
 static void one_chunk_waits_its_turn(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     /* 128 frames through a single chunk: they queue, none fails */
     run(f, FERRY_WRITE, 1u << 20, 8, 0, 1u << 20, 7);
     run(f, FERRY_WRITE, 65536, 128, 0, 65536 + 4096, 8);
@@ -164,7 +114,7 @@ static int setup_spread(void **s) { return start_spread(s, "0"); }
 static int setup_spread_aggregated(void **s) { return start_spread(s, "2M"); }
 
 /* tcp frames one staged submit of 128 x 4 KiB became (data verified) */
-static uint64_t staged_frames(struct fixture *f, int op, uint64_t base)
+static uint64_t staged_frames(struct xfer_pair *f, int op, uint64_t base)
 {
     struct ferry_stats before, after;
     assert_int_equal(ferry_get_stats(f->e, &before), 0);
@@ -178,14 +128,14 @@ static uint64_t staged_frames(struct fixture *f, int op, uint64_t base)
  * gathers on the device (aggregation) it stays 2 frames of 64 blocks. */
 static void staged_submit_spread(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 4);
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 4);
 }
 
 static void staged_submit_aggregated_not_spread(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 2);
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 2);
 }
@@ -225,18 +175,18 @@ int main(void)
     printf("staging tests on %s (target %s)%s%s\n", test_device_location(), test_target_location(),
            test_other_location() ? ", other device " : "", test_other_location() ? test_other_location() : "");
     const struct CMUnitTest other[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_other, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_other_to_dev, xfer_pair_teardown),
     };
     if (test_other_location() && cmocka_run_group_tests_name("other device", other, NULL, NULL))
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, teardown),
-        cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, teardown),
-        cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, teardown),
-        cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_cpu, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_cpu_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, xfer_pair_teardown),
         cmocka_unit_test(wrong_kind_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

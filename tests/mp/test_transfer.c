@@ -16,44 +16,23 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "xfer_pair.h"
 
 #define TARGET_SIZE (64u << 20)
 #define TARGET_SEED 11
 
-struct fixture {
-    struct child_target target;
-    ferry_engine *e;
-    ferry_segment_t seg;
-    char *local;
-    size_t local_len;
-};
-
 static int setup(void **state)
 {
-    struct fixture *f = calloc(1, sizeof *f);
+    struct xfer_pair *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    assert_int_equal(child_target_start(&f->target, TARGET_SIZE, "cpu", TARGET_SEED), 0);
-    assert_int_equal(ferry_engine_create(NULL, &f->e), 0);
-    f->local_len = TARGET_SIZE;
-    assert_int_equal(ferry_mem_alloc(f->e, "cpu", f->local_len, (void **)&f->local), 0);
-    assert_int_equal(ferry_register_memory(f->e, f->local, f->local_len, "cpu", 0), 0);
-    assert_int_equal(ferry_open_segment(f->e, f->target.name, &f->seg), 0);
+    xfer_pair_start(f, TARGET_SIZE, "cpu", TARGET_SEED, NULL, "cpu");
     *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    ferry_engine_destroy(f->e);
-    child_target_kill(&f->target);
-    free(f);
     return 0;
 }
 
 /* Runs one batch of n blocks of bs bytes; block i goes to remote offset
  * base + stride*i (stride > bs leaves gaps, so misplacement is visible). */
-static void run_batch(struct fixture *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride)
+static void run_batch(struct xfer_pair *f, int op, size_t bs, size_t n, uint64_t base, uint64_t stride)
 {
     ferry_batch *b;
     struct ferry_request *reqs = calloc(n, sizeof *reqs);
@@ -71,12 +50,7 @@ static void run_batch(struct fixture *f, int op, size_t bs, size_t n, uint64_t b
     int rc = ferry_batch_wait(b, 60000);
     if (rc)
         fail_msg("batch failed: %s: %s", ferry_strerror(rc), ferry_last_error());
-    for (size_t i = 0; i < n; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        assert_int_equal(st.state, FERRY_COMPLETED);
-        assert_int_equal(st.transferred, bs);
-    }
+    xfer_assert_all_completed(b, n, bs);
     ferry_batch_free(b);
     for (size_t i = 0; i < n; i++) {
         uint64_t off = base + stride * i;
@@ -90,7 +64,7 @@ static void run_batch(struct fixture *f, int op, size_t bs, size_t n, uint64_t b
 
 static void test_write_read_matrix(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     static const size_t sizes[] = {4096, 65536, 1u << 20, 4u << 20};
     static const size_t batches[] = {1, 16, 256};
     for (size_t s = 0; s < 4; s++) {
@@ -107,7 +81,7 @@ static void test_write_read_matrix(void **state)
     }
 }
 
-static void notify_once(struct fixture *f, const char *msg)
+static void notify_once(struct xfer_pair *f, const char *msg)
 {
     ferry_batch *b;
     struct ferry_request r = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
@@ -128,7 +102,7 @@ static int setup_small_queue(void **state)
 
 static void test_notification_queue_drops_oldest(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     notify_once(f, "one");
     notify_once(f, "two");
     notify_once(f, "three");
@@ -163,7 +137,7 @@ static int setup_growing(void **state)
 
 static void test_connections_grow_with_traffic(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     for (int round = 0; round < 3; round++) {
         run_batch(f, FERRY_WRITE, 4u << 20, 7, 0, (4u << 20) + 4096);
         run_batch(f, FERRY_READ, 4u << 20, 7, TARGET_SIZE / 2, (4u << 20) + 4096);
@@ -191,7 +165,7 @@ static int setup_refused_growth(void **state)
 
 static void test_refused_growth_loses_nothing(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     for (int round = 0; round < 3; round++) {
         run_batch(f, FERRY_WRITE, 1u << 20, 24, 0, (1u << 20) + 4096);
         run_batch(f, FERRY_READ, 1u << 20, 24, TARGET_SIZE / 2, (1u << 20) + 4096);
@@ -200,7 +174,7 @@ static void test_refused_growth_loses_nothing(void **state)
 
 static void test_segment_buffers(void **state)
 {
-    struct fixture *f = *state;
+    struct xfer_pair *f = *state;
     struct ferry_buffer_info info[4];
     size_t count = 0;
     assert_int_equal(ferry_segment_buffers(f->e, f->seg, info, 4, &count), 0);
@@ -216,11 +190,11 @@ static void test_segment_buffers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, teardown),
-        cmocka_unit_test_setup_teardown(test_segment_buffers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, teardown),
-        cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, teardown),
+        cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_segment_buffers, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, xfer_pair_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -327,13 +327,8 @@ static void test_target_restart(void **state)
 {
     struct fixture *f = *state;
     write_then_read(f, 4096, 4, 4096, 4096, 601);
-    int port = atoi(strrchr(f->target.name, ':') + 1);
-    child_target_kill(&f->target);
     char name[64];
-    snprintf(name, sizeof name, "127.0.0.1:%d", port);
-    setenv("FERRY_LOCAL_SERVER_NAME", name, 1);
-    int rc = child_target_start(&f->target, TSIZE, "cpu", SEED);
-    unsetenv("FERRY_LOCAL_SERVER_NAME");
+    int rc = child_target_restart(&f->target, TSIZE, "cpu", SEED, name);
     assert_int_equal(rc, 0);
     struct ferry_request w = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
     pattern_fill(f->local, 4096, 602, 0);

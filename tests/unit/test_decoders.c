@@ -126,6 +126,39 @@ static void target_challenge(int fd, const struct auth_key *k, struct auth_state
     assert_int_equal(net_write_full_deadline(fd, challenge, sizeof challenge, net_deadline(30000)), 0);
 }
 
+/* One exchange up to the PROOF: an initiator with KEY on fds[1], the target
+ * (this thread, with key_text) on fds[0] has answered its HELLO with a
+ * CHALLENGE (reserved_byte set in it, if not 0). The initiator thread holds
+ * &in: an exchange stays where it is until exchange_end. */
+struct exchange {
+    struct auth_key key;
+    struct initiator in;
+    int fds[2];
+    struct auth_state st;
+};
+
+static void exchange_begin(struct exchange *x, const char *key_text, int reserved_byte)
+{
+    assert_int_equal(auth_key_load(&x->key, key_text, NULL, 2), 0);
+    initiator_start(&x->in, x->fds);
+    target_challenge(x->fds[0], &x->key, &x->st, reserved_byte);
+}
+
+static void target_read_proof(struct exchange *x, uint8_t proof[AUTH_PROOF_SIZE])
+{
+    assert_int_equal(net_read_full_deadline(x->fds[0], proof, AUTH_PROOF_SIZE, net_deadline(30000)), 0);
+}
+
+static void target_send_result(struct exchange *x, const uint8_t result[AUTH_RESULT_SIZE])
+{
+    assert_int_equal(net_write_full_deadline(x->fds[0], result, AUTH_RESULT_SIZE, net_deadline(30000)), 0);
+}
+
+static void exchange_end(struct exchange *x)
+{
+    initiator_join(&x->in, x->fds);
+}
+
 /* A HELLO whose reserved bytes 9-15 are set: no encoder writes it. */
 static void test_auth_hello_reserved(void **state)
 {
@@ -149,25 +182,20 @@ static void test_auth_hello_reserved(void **state)
 static void test_auth_proof_reserved(void **state)
 {
     (void)state;
-    struct auth_key k;
-    assert_int_equal(auth_key_load(&k, KEY, NULL, 2), 0);
-    struct initiator in;
-    int fds[2];
-    initiator_start(&in, fds);
-    struct auth_state st;
-    target_challenge(fds[0], &k, &st, 0);
+    struct exchange x;
+    exchange_begin(&x, KEY, 0);
     uint8_t proof[AUTH_PROOF_SIZE], result[AUTH_RESULT_SIZE];
-    assert_int_equal(net_read_full_deadline(fds[0], proof, sizeof proof, net_deadline(30000)), 0);
+    target_read_proof(&x, proof);
     proof[11] = 1;
-    int rc = auth_check_proof(&k, &st, proof, sizeof proof, result);
+    int rc = auth_check_proof(&x.key, &x.st, proof, sizeof proof, result);
     char why[256];
     snprintf(why, sizeof why, "%s", ferry_last_error());
-    assert_int_equal(net_write_full_deadline(fds[0], result, sizeof result, net_deadline(30000)), 0);
-    initiator_join(&in, fds);
-    print_message("  target: %s: %s; initiator: %s\n", ferry_err_name(rc), why, ferry_err_name(in.rc));
+    target_send_result(&x, result);
+    exchange_end(&x);
+    print_message("  target: %s: %s; initiator: %s\n", ferry_err_name(rc), why, ferry_err_name(x.in.rc));
     assert_int_equal(rc, FERRY_EPERM);
     assert_non_null(strstr(why, "reserved"));
-    assert_int_equal(in.rc, FERRY_EPERM); /* the initiator hears it was refused */
+    assert_int_equal(x.in.rc, FERRY_EPERM); /* the initiator hears it was refused */
 }
 
 /* A CHALLENGE with the right MAC but a reserved byte set: the initiator
@@ -175,41 +203,31 @@ static void test_auth_proof_reserved(void **state)
 static void test_auth_challenge_reserved(void **state)
 {
     (void)state;
-    struct auth_key k;
-    assert_int_equal(auth_key_load(&k, KEY, NULL, 2), 0);
-    struct initiator in;
-    int fds[2];
-    initiator_start(&in, fds);
-    struct auth_state st;
-    target_challenge(fds[0], &k, &st, 12);
-    pthread_join(in.thread, NULL); /* it decides on the challenge alone */
-    print_message("  initiator: %s: %s\n", ferry_err_name(in.rc), in.why);
-    close(fds[0]);
-    close(fds[1]);
-    assert_int_equal(in.rc, FERRY_EPROTO);
-    assert_non_null(strstr(in.why, "reserved"));
+    struct exchange x;
+    exchange_begin(&x, KEY, 12);
+    pthread_join(x.in.thread, NULL); /* it decides on the challenge alone */
+    print_message("  initiator: %s: %s\n", ferry_err_name(x.in.rc), x.in.why);
+    close(x.fds[0]);
+    close(x.fds[1]);
+    assert_int_equal(x.in.rc, FERRY_EPROTO);
+    assert_non_null(strstr(x.in.why, "reserved"));
 }
 
 /* A RESULT "accepted" with a reserved byte set: the initiator refuses it. */
 static void test_auth_result_reserved(void **state)
 {
     (void)state;
-    struct auth_key k;
-    assert_int_equal(auth_key_load(&k, KEY, NULL, 2), 0);
-    struct initiator in;
-    int fds[2];
-    initiator_start(&in, fds);
-    struct auth_state st;
-    target_challenge(fds[0], &k, &st, 0);
+    struct exchange x;
+    exchange_begin(&x, KEY, 0);
     uint8_t proof[AUTH_PROOF_SIZE], result[AUTH_RESULT_SIZE];
-    assert_int_equal(net_read_full_deadline(fds[0], proof, sizeof proof, net_deadline(30000)), 0);
-    assert_int_equal(auth_check_proof(&k, &st, proof, sizeof proof, result), 0);
+    target_read_proof(&x, proof);
+    assert_int_equal(auth_check_proof(&x.key, &x.st, proof, sizeof proof, result), 0);
     result[15] = 1;
-    assert_int_equal(net_write_full_deadline(fds[0], result, sizeof result, net_deadline(30000)), 0);
-    initiator_join(&in, fds);
-    print_message("  initiator: %s: %s\n", ferry_err_name(in.rc), in.why);
-    assert_int_equal(in.rc, FERRY_EPROTO);
-    assert_non_null(strstr(in.why, "reserved"));
+    target_send_result(&x, result);
+    exchange_end(&x);
+    print_message("  initiator: %s: %s\n", ferry_err_name(x.in.rc), x.in.why);
+    assert_int_equal(x.in.rc, FERRY_EPROTO);
+    assert_non_null(strstr(x.in.why, "reserved"));
 }
 
 /* The whole exchange still passes, and a wrong key still fails. */
@@ -218,21 +236,16 @@ static void test_auth_exchange(void **state)
     (void)state;
     static const char *const keys[] = {KEY, "another-key-0123456789"};
     for (int i = 0; i < 2; i++) {
-        struct auth_key k;
-        assert_int_equal(auth_key_load(&k, keys[i], NULL, 2), 0);
-        struct initiator in;
-        int fds[2];
-        initiator_start(&in, fds);
-        struct auth_state st;
-        target_challenge(fds[0], &k, &st, 0);
+        struct exchange x;
+        exchange_begin(&x, keys[i], 0);
         if (i == 0) {
             uint8_t proof[AUTH_PROOF_SIZE], result[AUTH_RESULT_SIZE];
-            assert_int_equal(net_read_full_deadline(fds[0], proof, sizeof proof, net_deadline(30000)), 0);
-            assert_int_equal(auth_check_proof(&k, &st, proof, sizeof proof, result), 0);
-            assert_int_equal(net_write_full_deadline(fds[0], result, sizeof result, net_deadline(30000)), 0);
+            target_read_proof(&x, proof);
+            assert_int_equal(auth_check_proof(&x.key, &x.st, proof, sizeof proof, result), 0);
+            target_send_result(&x, result);
         }
-        initiator_join(&in, fds);
-        assert_int_equal(in.rc, i == 0 ? 0 : FERRY_EPERM);
+        exchange_end(&x);
+        assert_int_equal(x.in.rc, i == 0 ? 0 : FERRY_EPERM);
     }
 }
 

@@ -37,22 +37,6 @@ enum { BLOCKS = 128, BLOCK = 64 << 10 };
 
 static const struct ferry_device_ops *ops;
 
-static void fill(void *buf, size_t len, unsigned seed)
-{
-    unsigned char *p = buf;
-    for (size_t i = 0; i < len; i++)
-        p[i] = (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff);
-}
-
-static int check(const void *buf, size_t len, unsigned seed)
-{
-    const unsigned char *p = buf;
-    for (size_t i = 0; i < len; i++)
-        if (p[i] != (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff))
-            return 0;
-    return 1;
-}
-
 /* Scattered H2D of every block (reversed), one D2D of the whole range, then
  * scattered D2H back into order; checks the bytes. */
 static void batched_round_trip(int dev, ferry_stream *s, unsigned seed)
@@ -63,7 +47,7 @@ static void batched_round_trip(int dev, ferry_stream *s, unsigned seed)
     assert_int_equal(ops->host_alloc(TOTAL, &dst), 0);
     assert_int_equal(ops->mem_alloc(dev, TOTAL, &d1), 0);
     assert_int_equal(ops->mem_alloc(dev, TOTAL, &d2), 0);
-    fill(src, TOTAL, seed);
+    bytes_fill(src, TOTAL, seed);
     memset(dst, 0, TOTAL);
 
     for (size_t i = 0; i < BLOCKS; i++)
@@ -81,7 +65,7 @@ static void batched_round_trip(int dev, ferry_stream *s, unsigned seed)
     if (ops->stream_sync(s) != 0)
         fail_msg("stream_sync: %s", ferry_last_error());
     assert_int_equal(ops->stream_query(s), 0);
-    assert_true(check(dst, TOTAL, seed));
+    assert_true(bytes_check(dst, TOTAL, seed));
 
     ops->mem_free(dev, d1);
     ops->mem_free(dev, d2);
@@ -111,14 +95,14 @@ static void test_pageable_host(void **state)
     ferry_stream *s = NULL;
     assert_non_null(src);
     assert_non_null(dst);
-    fill(src, len, 5);
+    bytes_fill(src, len, 5);
     assert_int_equal(ops->mem_alloc(0, len, &d), 0);
     assert_int_equal(ops->stream_create(0, &s), 0);
     struct ferry_copy up = {d, src, len}, down = {dst, d, len};
     assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, &up, 1), 0);
     assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, &down, 1), 0);
     assert_int_equal(ops->stream_sync(s), 0);
-    assert_true(check(dst, len, 5));
+    assert_true(bytes_check(dst, len, 5));
     ops->stream_destroy(s);
     ops->mem_free(0, d);
     free(src);
@@ -181,12 +165,12 @@ static void shape_round(int dev, ferry_stream *s, const struct shape *sh, unsign
         to[i] = place(&tp, len[i], sh->mis, 1);
     }
     /* device: a known background, written by one large copy */
-    fill(dev_model, SHAPE_SPAN, seed + 1);
+    bytes_fill(dev_model, SHAPE_SPAN, seed + 1);
     memcpy(T, dev_model, SHAPE_SPAN);
     struct ferry_copy whole_up = {D, T, SHAPE_SPAN};
     assert_int_equal(ops->copy_async(s, FERRY_COPY_H2D, &whole_up, 1), 0);
     assert_int_equal(ops->stream_sync(s), 0);
-    fill(S, SHAPE_SPAN, seed + 2);
+    bytes_fill(S, SHAPE_SPAN, seed + 2);
     memset(T, 0x5a, SHAPE_SPAN);
     memset(host_model, 0x5a, SHAPE_SPAN);
     for (size_t i = 0; i < sh->n; i++) {

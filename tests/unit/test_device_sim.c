@@ -23,25 +23,9 @@
 
 #include "device/device.h"
 #include "err.h"
+#include "testutil.h"
 
 static const struct ferry_device_ops *sim;
-
-/* Fills buf with bytes that depend on position and seed. */
-static void fill(void *buf, size_t len, unsigned seed)
-{
-    unsigned char *p = buf;
-    for (size_t i = 0; i < len; i++)
-        p[i] = (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff);
-}
-
-static int check(const void *buf, size_t len, unsigned seed)
-{
-    const unsigned char *p = buf;
-    for (size_t i = 0; i < len; i++)
-        if (p[i] != (unsigned char)((i * 131u + seed * 7u + (i >> 12)) & 0xff))
-            return 0;
-    return 1;
-}
 
 static void *host_buf(size_t len)
 {
@@ -210,12 +194,12 @@ static void test_round_trip_sizes(void **state)
         size_t len = sizes[i];
         unsigned char *src = host_buf(len), *dst = host_buf(len);
         void *d = dev_buf(0, len);
-        fill(src, len, (unsigned)i);
+        bytes_fill(src, len, (unsigned)i);
         memset(dst, 0, len);
         assert_int_equal(copy1(s, FERRY_COPY_H2D, d, src, len), 0);
         assert_int_equal(copy1(s, FERRY_COPY_D2H, dst, d, len), 0);
         assert_int_equal(sim->stream_sync(s), 0);
-        assert_true(check(dst, len, (unsigned)i));
+        assert_true(bytes_check(dst, len, (unsigned)i));
         sim->mem_free(0, d);
         sim->host_free(src);
         sim->host_free(dst);
@@ -232,7 +216,7 @@ static void test_batched(void **state)
     unsigned char *src = host_buf((size_t)BLOCKS * BLOCK), *dst = host_buf((size_t)BLOCKS * BLOCK);
     unsigned char *d1 = dev_buf(1, (size_t)BLOCKS * BLOCK), *d2 = dev_buf(1, (size_t)BLOCKS * BLOCK);
     struct ferry_copy c[BLOCKS];
-    fill(src, (size_t)BLOCKS * BLOCK, 42);
+    bytes_fill(src, (size_t)BLOCKS * BLOCK, 42);
     memset(dst, 0, (size_t)BLOCKS * BLOCK);
 
     /* host block i -> device block BLOCKS-1-i */
@@ -246,7 +230,7 @@ static void test_batched(void **state)
         c[j] = (struct ferry_copy){dst + (BLOCKS - 1 - j) * (size_t)BLOCK, d2 + j * (size_t)BLOCK, BLOCK};
     assert_int_equal(sim->copy_async(s, FERRY_COPY_D2H, c, BLOCKS), 0);
     assert_int_equal(sim->stream_sync(s), 0);
-    assert_true(check(dst, (size_t)BLOCKS * BLOCK, 42));
+    assert_true(bytes_check(dst, (size_t)BLOCKS * BLOCK, 42));
     assert_int_equal(sim->stream_query(s), 0);
 
     sim->stream_destroy(s);
@@ -263,13 +247,13 @@ static void test_d2d_within_allocation(void **state)
     ferry_stream *s = new_stream(0);
     unsigned char *src = host_buf(len), *dst = host_buf(len);
     unsigned char *d = dev_buf(0, 2 * len);
-    fill(src, len, 9);
+    bytes_fill(src, len, 9);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d, src, len), 0);
     /* overlapping move inside one allocation */
     assert_int_equal(copy1(s, FERRY_COPY_D2D, d + 4096, d, len), 0);
     assert_int_equal(copy1(s, FERRY_COPY_D2H, dst, d + 4096, len), 0);
     assert_int_equal(sim->stream_sync(s), 0);
-    assert_true(check(dst, len, 9));
+    assert_true(bytes_check(dst, len, 9));
     sim->stream_destroy(s);
     sim->mem_free(0, d);
     sim->host_free(src);
@@ -283,7 +267,7 @@ static void test_async_query(void **state)
     ferry_stream *s = new_stream(0);
     unsigned char *src = host_buf(len), *dst = host_buf(len);
     void *d = dev_buf(0, len);
-    fill(src, len, 3);
+    bytes_fill(src, len, 3);
     assert_int_equal(sim->stream_query(s), 0);   /* nothing queued */
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d, src, len), 0);
     assert_int_equal(copy1(s, FERRY_COPY_D2H, dst, d, len), 0);
@@ -291,7 +275,7 @@ static void test_async_query(void **state)
     assert_true(rc == FERRY_EBUSY || rc == 0);
     assert_int_equal(sim->stream_sync(s), 0);
     assert_int_equal(sim->stream_query(s), 0);
-    assert_true(check(dst, len, 3));
+    assert_true(bytes_check(dst, len, 3));
     /* copies of length 0 and empty calls are accepted */
     assert_int_equal(sim->copy_async(s, FERRY_COPY_H2D, NULL, 0), 0);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, NULL, NULL, 0), 0);
@@ -310,7 +294,7 @@ static void test_query_polls_to_done(void **state)
     ferry_stream *s = new_stream(1);
     unsigned char *src = host_buf(len);
     void *d = dev_buf(1, len);
-    fill(src, len, 5);
+    bytes_fill(src, len, 5);
     for (int i = 0; i < 8; i++)
         assert_int_equal(copy1(s, FERRY_COPY_H2D, d, src, len), 0);
     int rc;
@@ -361,7 +345,7 @@ static void test_bad_copies_fail_the_stream(void **state)
 
     /* An error in the middle of a queue: earlier copies done, stream failed. */
     ferry_stream *s = new_stream(0);
-    fill(h, len, 11);
+    bytes_fill(h, len, 11);
     /* Hold the stream until all three are queued: a worker that already ran
      * the bad copy would make the third enqueue return the sticky error. */
     volatile uint32_t go = 0;
@@ -376,7 +360,7 @@ static void test_bad_copies_fail_the_stream(void **state)
     memset(h + len, 0, len);
     assert_int_equal(copy1(s, FERRY_COPY_D2H, h + len, d0, len), 0);
     assert_int_equal(sim->stream_sync(s), 0);
-    assert_true(check(h + len, len, 11));
+    assert_true(bytes_check(h + len, len, 11));
     sim->stream_destroy(s);
 
     sim->mem_free(0, d0);
@@ -414,12 +398,12 @@ static void test_destroy_drains(void **state)
     ferry_stream *s = new_stream(0);
     unsigned char *src = host_buf(len), *dst = host_buf(len);
     void *d = dev_buf(0, len);
-    fill(src, len, 21);
+    bytes_fill(src, len, 21);
     memset(dst, 0, len);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d, src, len), 0);
     assert_int_equal(copy1(s, FERRY_COPY_D2H, dst, d, len), 0);
     sim->stream_destroy(s);
-    assert_true(check(dst, len, 21));
+    assert_true(bytes_check(dst, len, 21));
     sim->mem_free(0, d);
     sim->host_free(src);
     sim->host_free(dst);
@@ -466,7 +450,7 @@ static void test_direct_access_crashes(void **state)
     (void)state;
     unsigned char *d = dev_buf(0, 4096);
     unsigned char *h = host_buf(4096);
-    fill(h, 4096, 1);
+    bytes_fill(h, 4096, 1);
     ferry_stream *s = new_stream(0);
     assert_int_equal(copy1(s, FERRY_COPY_H2D, d, h, 4096), 0);
     assert_int_equal(sim->stream_sync(s), 0);
@@ -526,7 +510,7 @@ static void *round_trip_worker(void *p)
     a->ok = 1;
     for (int iter = 0; iter < 40 && a->ok; iter++) {
         ferry_stream *use = iter % 2 ? a->shared : s;
-        fill(src, len, a->seed + (unsigned)iter);
+        bytes_fill(src, len, a->seed + (unsigned)iter);
         memset(dst, 0, len);
         struct ferry_copy up[4], down[4];
         for (int k = 0; k < 4; k++) {
@@ -542,7 +526,7 @@ static void *round_trip_worker(void *p)
         } else {
             rc = sim->stream_sync(use);
         }
-        if (rc != 0 || !check(dst, len, a->seed + (unsigned)iter))
+        if (rc != 0 || !bytes_check(dst, len, a->seed + (unsigned)iter))
             a->ok = 0;
     }
     sim->stream_destroy(s);

@@ -31,6 +31,7 @@
 #include "err.h"
 #include "net.h"
 #include "staging/staging.h"
+#include "testutil.h"
 #include "timespec.h"
 
 #define BLOCK 4096u
@@ -138,11 +139,7 @@ static void run(const char *group, const char *first, unsigned freed)
     assert_non_null(host);
     for (size_t k = 0; k < span; k++)
         host[k] = opcode == XFER_READ ? 0 : (char)pattern(k);
-    assert_int_equal(sim->mem_alloc(0, span, (void **)&dev), 0);
-    assert_int_equal(sim->mem_alloc(0, PIECES * BLOCK, (void **)&gone), 0);
-    sim->mem_free(0, gone);
-    struct ferry_copy fill = {dev, host, span};
-    assert_int_equal(ferry_device_copy_sync(sim, 0, FERRY_COPY_H2D, &fill, 1), 0);
+    assert_int_equal(test_device_span(sim, host, span, PIECES * BLOCK, &dev, &gone), 0);
     t.ended = 0;
     t.ncalls = t.nmarks = 0;
     bad_bytes = 0;
