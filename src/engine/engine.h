@@ -107,10 +107,13 @@ struct ferry_engine {
 
     /* segments whose transfers failed as if the peer restarted; refreshed on
      * the next submit to them.  Own lock, so transport threads can add to it
-     * without touching seg_lock. */
+     * without touching seg_lock (taken after seg_lock, never before).  It
+     * grows with the segments marked: a mark that found no room would leave
+     * its peer unrefreshed, failing for ever after a restart; closing a
+     * segment drops the marks of handles no longer open. */
     pthread_mutex_t stale_lock;
-    uint64_t stale[32];
-    size_t nstale;
+    uint64_t *stale;
+    size_t nstale, stale_cap;
 
     struct notify_queue notes;
 
