@@ -278,8 +278,11 @@ FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_s
 
 /* Asks now whether the segment `name` can be resolved: fetches its descriptor
  * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
- * without touching the cached handle or its connections.  Returns 0,
- * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+ * without touching the cached handle or its connections.  If the engine now
+ * answering is not the one an open segment of that name describes (the peer
+ * restarted), that segment's descriptor is fetched again before its next use.
+ * Returns 0, FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION,
+ * FERRY_EPROTO. */
 FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
@@ -296,7 +299,9 @@ struct ferry_buffer_info {
 /* Copies up to max entries of the segment's published buffers into out and
  * stores the total number in *count.  They come in the order the segment
  * registered them (the first is the reference engine's
- * get_first_buffer_address); an unregistered buffer leaves the list.
+ * get_first_buffer_address); an unregistered buffer leaves the list.  A
+ * segment whose peer restarted (a transfer to it failed so, or a probe saw a
+ * new engine) is fetched again first, so the list is the new process's.
  * Returns 0 or FERRY_ENOSEG. */
 FERRY_API int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
                           struct ferry_buffer_info *out, size_t max, size_t *count);

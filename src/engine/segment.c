@@ -332,6 +332,9 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
 {
     if (!e || !count || (!out && max))
         return ferry_fail(FERRY_EINVAL, "segment_buffers: NULL argument");
+    /* a peer that restarted lists its new buffers, not the old process's */
+    if (engine_take_stale(e, handle) && engine_refresh_segment(e, handle) != 0)
+        LOG_INFO("refresh of segment %llu failed: %s", (unsigned long long)handle, ferry_last_error());
     pthread_rwlock_rdlock(&e->seg_lock);
     struct segment *s = engine_segment(e, handle);
     if (s && s->desc.engine_id == e->engine_id) {

@@ -118,10 +118,58 @@ static void closed_dead_peers_do_not_block_a_refresh(void **state)
     ferry_engine_destroy(e);
 }
 
+/* The buffers of a peer that restarted in place (same host:port, a new
+ * process with its buffer elsewhere), as a caller that probes it back to
+ * life sees them (SGLang takes a decode node off its blacklist when
+ * send_probe answers, then asks for its buffers): the new process's.
+ * Before, the list stayed the old process's until a transfer failed, and a
+ * write to the old layout went to the wire (FERRY_ECONN / ESTALE) instead
+ * of being refused at submit. */
+static void probe_of_a_restarted_peer_refreshes_its_buffers(void **state)
+{
+    (void)state;
+    ferry_engine *e = make_engine();
+    char *local;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", TSIZE, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, TSIZE, "cpu", 0), 0);
+    struct child_target t;
+    ferry_segment_t seg;
+    start_on(&t, NULL);
+    char name[sizeof t.name];
+    snprintf(name, sizeof name, "%s", t.name);
+    assert_int_equal(ferry_open_segment(e, name, &seg), 0);
+    assert_int_equal(write_once(e, seg, local, t.addr, 0, 4096, 1), 0);
+    uint64_t old_addr = t.addr;
+    child_target_kill(&t);
+    /* the new process's buffer is somewhere else: keep the old one's pages
+     * out of its allocator's way by asking for a different size */
+    setenv("FERRY_LOCAL_SERVER_NAME", name, 1);
+    int rc = child_target_start(&t, 3 * TSIZE, "cpu", SEED);
+    unsetenv("FERRY_LOCAL_SERVER_NAME");
+    assert_int_equal(rc, 0);
+    assert_true(t.addr != old_addr);
+    assert_int_equal(ferry_probe_segment(e, name), 0);
+    struct ferry_buffer_info info[4];
+    size_t n = 0;
+    assert_int_equal(ferry_segment_buffers(e, seg, info, 4, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(info[0].addr, t.addr);
+    assert_int_equal(info[0].len, 3 * TSIZE);
+    /* the old layout is refused before anything is sent, and named */
+    rc = write_once(e, seg, local, old_addr, 0, 4096, 2);
+    if (rc != FERRY_ERANGE)
+        fail_msg("write to the old layout: %s: %s", ferry_err_name(rc), ferry_last_error());
+    assert_int_equal(write_once(e, seg, local, t.addr, 0, 4096, 3), 0);
+    assert_int_equal(child_target_check(&t, 0, 4096, 3), -1);
+    child_target_kill(&t);
+    ferry_engine_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(closed_dead_peers_do_not_block_a_refresh),
+        cmocka_unit_test(probe_of_a_restarted_peer_refreshes_its_buffers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
