@@ -21,6 +21,14 @@
 
 int engine_enter(EngineObject *self)
 {
+    /* close() or initialize() waits for the write side: new calls stay out,
+     * or threads calling in a loop would keep it waiting for ever (glibc's
+     * rwlock lets readers in ahead of a waiting writer).  Checked and set
+     * with the GIL held. */
+    if (self->life_writer) {
+        raise_ferry(FERRY_EINVAL, "the engine is being closed or initialized by another thread");
+        return -1;
+    }
     /* close() holds the write side while it destroys the engine (which may
      * wait on a metadata store or a peer): wait for it without the GIL, so
      * the interpreter's other threads run meanwhile.  Nobody waits for the
@@ -93,6 +101,7 @@ static void engine_shutdown(EngineObject *self)
 {
     size_t nb = 0;
     struct pybatch **bs = batches_detach(self, &nb);
+    self->life_writer++; /* turns new calls away (engine_enter) */
     Py_BEGIN_ALLOW_THREADS
     pthread_rwlock_wrlock(&self->life);
     ferry_engine *e = self->engine;
@@ -107,6 +116,7 @@ static void engine_shutdown(EngineObject *self)
     slab_destroy(slab);
     pthread_rwlock_unlock(&self->life);
     Py_END_ALLOW_THREADS
+    self->life_writer--;
     for (size_t i = 0; i < nb; i++)
         pybatch_release_refs(bs[i]);
     PyMem_Free(bs);
@@ -294,11 +304,13 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         note_failure(rc, why);
         return PyLong_FromLong(rc);
     }
+    self->life_writer++;
     Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
     pthread_rwlock_wrlock(&self->life);
     self->engine = e;
     pthread_rwlock_unlock(&self->life);
     Py_END_ALLOW_THREADS
+    self->life_writer--;
     return PyLong_FromLong(0);
 }
 
