@@ -95,6 +95,31 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Ends now the requests that calls of other threads wait on: close() must
+ * wait until those calls leave (they hold the read side of `life`), and a
+ * call waiting on a hung peer would leave only at its deadline
+ * (request_timeout_ms, 30 s by default).  Closing every segment this
+ * object opened fails their requests with FERRY_ECANCELED at once; the
+ * calls then return.  GIL held; released while closing. */
+static void cancel_calls_in_flight(EngineObject *self)
+{
+    Py_ssize_t n = self->segments ? PyDict_Size(self->segments) : 0, pos = 0, k = 0;
+    ferry_segment_t *handles = n > 0 ? PyMem_Malloc((size_t)n * sizeof *handles) : NULL;
+    if (!handles)
+        return; /* nothing opened, or out of memory: the calls end at their deadlines */
+    PyObject *name, *h;
+    while (PyDict_Next(self->segments, &pos, &name, &h) && k < n)
+        handles[k++] = PyLong_AsUnsignedLongLong(h);
+    PyErr_Clear();
+    Py_BEGIN_ALLOW_THREADS
+    pthread_rwlock_rdlock(&self->life); /* the engine stays while we use it */
+    for (Py_ssize_t i = 0; self->engine && i < k; i++)
+        ferry_close_segment(self->engine, handles[i]);
+    pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(handles);
+}
+
 /* Destroys the ferry engine and everything that depends on it.  GIL held on
  * entry and exit; released while waiting for calls in flight and batches. */
 static void engine_shutdown(EngineObject *self)
@@ -102,6 +127,7 @@ static void engine_shutdown(EngineObject *self)
     size_t nb = 0;
     struct pybatch **bs = batches_detach(self, &nb);
     self->life_writer++; /* turns new calls away (engine_enter) */
+    cancel_calls_in_flight(self);
     Py_BEGIN_ALLOW_THREADS
     pthread_rwlock_wrlock(&self->life);
     ferry_engine *e = self->engine;

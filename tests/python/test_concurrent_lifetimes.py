@@ -78,3 +78,31 @@ def test_close_while_other_threads_keep_calling(target):
         assert s <= {0, ferry.FERRY_EINVAL, ferry.FERRY_ECANCELED, "FERRY_EINVAL"}, s
     assert target.check(0, 0, 7) == "OK"
 
+
+def test_close_ends_a_call_blocked_on_a_hung_peer(fresh_target):
+    """A worker thread is blocked in transfer_sync_write to a decode node that
+    hangs (stopped); the process shuts down and calls close().  The blocked
+    call ends FERRY_ECANCELED when close() starts, and close() with it.
+    Before, close() waited for the call, which waited for its own deadline
+    (request_timeout_ms, here 100 s: the 30 s default is a whole grace period
+    of a terminating pod), and the call ended FERRY_ETIMEDOUT."""
+    e = compat_engine(request_timeout_ms=100000)
+    buf = np.zeros(1 << 20, dtype=np.uint8)
+    assert e.register_memory(buf.ctypes.data, buf.nbytes) == 0
+    assert e.transfer_sync_write(fresh_target.segment, buf.ctypes.data, fresh_target.addr, 4096) == 0
+    sent = e.get_stats()["tcp"]["frames_sent"]
+    fresh_target.stop()
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault(
+        "rc", e.transfer_sync_write(fresh_target.segment, buf.ctypes.data, fresh_target.addr, 1 << 20)))
+    worker.start()
+    try:
+        while e.get_stats()["tcp"]["frames_sent"] == sent:   # the worker's frame is out: it waits in the call
+            threading.Event().wait(0.01)
+        run_bounded(e.close, "close() while a call waits on a hung peer")
+        worker.join(BOUND_S)
+        assert not worker.is_alive()
+        assert out["rc"] == ferry.FERRY_ECANCELED, ferry.err_name(out["rc"])
+    finally:
+        fresh_target.cont()
+        worker.join(BOUND_S)
