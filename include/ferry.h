@@ -370,8 +370,10 @@ FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request 
  * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
  * must be empty and takes no other submit; ferry_batch_wait / _status report
  * the outcome (a wait also waits for the stream to reach the transfer).
- * Streams must have passed every such transfer before the engine is
- * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
+ * Streams should have passed every such transfer before the engine is
+ * destroyed; one a stream reaches afterwards sends nothing and ends
+ * FERRY_ECANCELED, the stream goes on, and ferry_batch_free (which waits for
+ * the stream to get there) may free its batch.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
  * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
  * FERRY_ENOTSUP (the location's device has no streams); another code if the
  * driver refused the stream (not a stream of that device: FERRY_EINVAL; a

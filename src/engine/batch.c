@@ -561,6 +561,19 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
     return rc;
 }
 
+void batch_defer_cancel(ferry_batch *b, const char *why)
+{
+    pthread_mutex_lock(&b->lock);
+    if (!b->deferred_error) {
+        b->deferred_error = FERRY_ECANCELED;
+        snprintf(b->deferred_msg, sizeof b->deferred_msg, "stream-ordered submit: %s", why);
+    }
+    b->deferred--;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
 /* ------------------------------------------------------------ status and wait */
 
 int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)

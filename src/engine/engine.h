@@ -165,6 +165,10 @@ int engine_refresh_segment(ferry_engine *e, uint64_t handle);
 int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n);
 ferry_engine *batch_engine(const ferry_batch *b);
 int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
+/* Ends a deferred submit without making it (the engine is gone: nothing may
+ * touch it): the batch finishes with FERRY_ECANCELED and the message why.
+ * Touches only the batch. */
+void batch_defer_cancel(ferry_batch *b, const char *why);
 
 /* Stops the stream-ordered submit workers (stream.c).  NULL accepted. */
 struct stream_runner;

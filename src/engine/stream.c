@@ -72,12 +72,24 @@ struct stream_runner {
 
 /* ------------------------------------------------------------ driver threads */
 
-/* The stream reached the transfer: hand it to a worker. */
+static void job_finish(struct stream_runner *r, struct stream_job *j);
+
+/* The stream reached the transfer: hand it to a worker.  If the engine was
+ * destroyed first (the caller did not synchronize the stream: Python's
+ * close() cannot), no worker may be left and the engine must not be touched:
+ * the batch ends FERRY_ECANCELED with nothing sent, and the stream goes on
+ * (the runner and its flag pages stay allocated, see stream_runner_destroy). */
 static void on_reached(void *arg)
 {
     struct stream_job *j = arg;
     struct stream_runner *r = j->r;
     pthread_mutex_lock(&r->lock);
+    if (r->stop) { /* destroying: workers may have left already */
+        pthread_mutex_unlock(&r->lock);
+        batch_defer_cancel(j->batch, "the engine was destroyed before the stream reached the transfer");
+        job_finish(r, j);
+        return;
+    }
     if (r->tail)
         r->tail->next = j;
     else
@@ -174,11 +186,15 @@ void stream_runner_destroy(struct stream_runner *r)
     pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < r->nworkers; i++)
         pthread_join(r->workers[i], NULL);
-    if (r->in_flight) {
+    pthread_mutex_lock(&r->lock); /* a late on_reached may be ending a job */
+    size_t left = r->in_flight;
+    pthread_mutex_unlock(&r->lock);
+    if (left) {
         /* a stream has not reached them: its driver still holds the jobs and
-         * will read the flags, so neither is freed (synchronize the streams
-         * before destroying the engine) */
-        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached", r->in_flight);
+         * will read the flags, so neither is freed; each ends FERRY_ECANCELED,
+         * nothing sent, when its stream reaches it (on_reached) */
+        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached: they end "
+                 "FERRY_ECANCELED when the streams do", left);
         return;
     }
     for (size_t i = 0; i < r->npages; i++)
