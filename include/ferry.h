@@ -373,8 +373,8 @@ FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request 
  * Streams should have passed every such transfer before the engine is
  * destroyed; one a stream reaches afterwards sends nothing and ends
  * FERRY_ECANCELED, the stream goes on, and ferry_batch_free (which waits for
- * the stream to get there) may free its batch.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
- * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * the stream to get there) may free its batch.  Returns 0; FERRY_EINVAL,
+ * FERRY_ENOTREG, FERRY_ENOSEG, FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
  * FERRY_ENOTSUP (the location's device has no streams); another code if the
  * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
  * driver error: FERRY_EIO): the transfer then starts at once, unordered, and
