@@ -165,11 +165,56 @@ static void probe_of_a_restarted_peer_refreshes_its_buffers(void **state)
     ferry_engine_destroy(e);
 }
 
+/* A peer that comes back with another key (a redeployment with a rotated
+ * secret): the refresh of its descriptor is refused, and the transfers say
+ * so, FERRY_EPERM naming the peer, rather than FERRY_ECONN from the old
+ * process's closed port, for ever, which is all the caller learnt before. */
+static void restarted_with_another_key_says_so(void **state)
+{
+    (void)state;
+    setenv("FERRY_AUTH_KEY", "the first key of sixteen bytes or more", 1);
+    ferry_engine *e = make_engine();
+    struct child_target t;
+    start_on(&t, NULL);
+    char *local;
+    assert_int_equal(ferry_mem_alloc(e, "cpu", TSIZE, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, TSIZE, "cpu", 0), 0);
+    char name[sizeof t.name];
+    snprintf(name, sizeof name, "%s", t.name);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(e, name, &seg), 0);
+    assert_int_equal(write_once(e, seg, local, t.addr, 0, 4096, 1), 0);
+    uint64_t old_addr = t.addr;
+    child_target_kill(&t);
+    setenv("FERRY_AUTH_KEY", "a second, different key of sixteen bytes", 1);
+    start_on(&t, name);
+    unsetenv("FERRY_AUTH_KEY");
+    /* to the old layout: the first write meets the old process's closed
+     * port (or the new one's refusal); from then on the refresh is refused */
+    int rc = write_once(e, seg, local, old_addr, 0, 4096, 2);
+    if (rc != FERRY_ECONN && rc != FERRY_ESTALE && rc != FERRY_EPERM)
+        fail_msg("first write after the restart: %s: %s", ferry_err_name(rc), ferry_last_error());
+    for (int i = 0; i < 2; i++) {
+        rc = write_once(e, seg, local, old_addr, 0, 4096, 3);
+        if (rc != FERRY_EPERM || !strstr(ferry_last_error(), name) || !strstr(ferry_last_error(), "key"))
+            fail_msg("write %d to the old layout: %s: %s", i, ferry_err_name(rc), ferry_last_error());
+    }
+    /* to the new process's buffer, which the descriptor we have does not list */
+    for (int i = 0; i < 2; i++) {
+        rc = write_once(e, seg, local, t.addr, 0, 4096, 3);
+        if (rc != FERRY_EPERM || !strstr(ferry_last_error(), name) || !strstr(ferry_last_error(), "key"))
+            fail_msg("write %d to the new layout: %s: %s", i, ferry_err_name(rc), ferry_last_error());
+    }
+    child_target_kill(&t);
+    ferry_engine_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(closed_dead_peers_do_not_block_a_refresh),
         cmocka_unit_test(probe_of_a_restarted_peer_refreshes_its_buffers),
+        cmocka_unit_test(restarted_with_another_key_says_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
