@@ -68,7 +68,15 @@ struct stream_runner {
     int nworkers;
     struct flag_page pages[FLAG_KINDS];
     size_t npages;
+    struct stream_runner *next_orphan; /* in `orphans` once its engine is gone */
 };
+
+/* Runners of destroyed engines whose streams had not reached every job: a
+ * driver still holds those jobs and a stream still reads their flags, so the
+ * runner and its pages can never be freed safely.  Kept here, reachable, one
+ * per such engine (the one global of this file). */
+static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct stream_runner *orphans;
 
 /* ------------------------------------------------------------ driver threads */
 
@@ -78,7 +86,7 @@ static void job_finish(struct stream_runner *r, struct stream_job *j);
  * destroyed first (the caller did not synchronize the stream: Python's
  * close() cannot), no worker may be left and the engine must not be touched:
  * the batch ends FERRY_ECANCELED with nothing sent, and the stream goes on
- * (the runner and its flag pages stay allocated, see stream_runner_destroy). */
+ * (the runner and its flag pages stay allocated: `orphans`). */
 static void on_reached(void *arg)
 {
     struct stream_job *j = arg;
@@ -195,6 +203,10 @@ void stream_runner_destroy(struct stream_runner *r)
          * nothing sent, when its stream reaches it (on_reached) */
         LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached: they end "
                  "FERRY_ECANCELED when the streams do", left);
+        pthread_mutex_lock(&orphans_lock);
+        r->next_orphan = orphans;
+        orphans = r;
+        pthread_mutex_unlock(&orphans_lock);
         return;
     }
     for (size_t i = 0; i < r->npages; i++)
