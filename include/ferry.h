@@ -278,8 +278,11 @@ FERRY_API int ferry_open_segment(ferry_engine *engine, const char *name, ferry_s
 
 /* Asks now whether the segment `name` can be resolved: fetches its descriptor
  * from the metadata backend (with P2PHANDSHAKE: from the peer's listener)
- * without touching the cached handle or its connections.  Returns 0,
- * FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION, FERRY_EPROTO. */
+ * without touching the cached handle or its connections.  If the engine now
+ * answering is not the one an open segment of that name describes (the peer
+ * restarted), that segment's descriptor is fetched again before its next use.
+ * Returns 0, FERRY_ENOSEG (unknown / unreachable), FERRY_EVERSION,
+ * FERRY_EPROTO. */
 FERRY_API int ferry_probe_segment(ferry_engine *engine, const char *name);
 
 /* Forgets a segment handle and closes its connections.  Requests still using
@@ -296,7 +299,9 @@ struct ferry_buffer_info {
 /* Copies up to max entries of the segment's published buffers into out and
  * stores the total number in *count.  They come in the order the segment
  * registered them (the first is the reference engine's
- * get_first_buffer_address); an unregistered buffer leaves the list.
+ * get_first_buffer_address); an unregistered buffer leaves the list.  A
+ * segment whose peer restarted (a transfer to it failed so, or a probe saw a
+ * new engine) is fetched again first, so the list is the new process's.
  * Returns 0 or FERRY_ENOSEG. */
 FERRY_API int ferry_segment_buffers(ferry_engine *engine, ferry_segment_t segment,
                           struct ferry_buffer_info *out, size_t max, size_t *count);
@@ -365,9 +370,11 @@ FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request 
  * ferry_batch_submit, and nothing is enqueued if one is invalid.  The batch
  * must be empty and takes no other submit; ferry_batch_wait / _status report
  * the outcome (a wait also waits for the stream to reach the transfer).
- * Streams must have passed every such transfer before the engine is
- * destroyed.  Returns 0; FERRY_EINVAL, FERRY_ENOTREG, FERRY_ENOSEG,
- * FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
+ * Streams should have passed every such transfer before the engine is
+ * destroyed; one a stream reaches afterwards sends nothing and ends
+ * FERRY_ECANCELED, the stream goes on, and ferry_batch_free (which waits for
+ * the stream to get there) may free its batch.  Returns 0; FERRY_EINVAL,
+ * FERRY_ENOTREG, FERRY_ENOSEG, FERRY_ERANGE as ferry_batch_submit; FERRY_EBUSY (batch not empty);
  * FERRY_ENOTSUP (the location's device has no streams); another code if the
  * driver refused the stream (not a stream of that device: FERRY_EINVAL; a
  * driver error: FERRY_EIO): the transfer then starts at once, unordered, and

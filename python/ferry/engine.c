@@ -21,6 +21,14 @@
 
 int engine_enter(EngineObject *self)
 {
+    /* close() or initialize() waits for the write side: new calls stay out,
+     * or threads calling in a loop would keep it waiting for ever (glibc's
+     * rwlock lets readers in ahead of a waiting writer).  Checked and set
+     * with the GIL held. */
+    if (self->life_writer) {
+        raise_ferry(FERRY_EINVAL, "the engine is being closed or initialized by another thread");
+        return -1;
+    }
     /* close() holds the write side while it destroys the engine (which may
      * wait on a metadata store or a peer): wait for it without the GIL, so
      * the interpreter's other threads run meanwhile.  Nobody waits for the
@@ -87,12 +95,39 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Ends now the requests that calls of other threads wait on: close() must
+ * wait until those calls leave (they hold the read side of `life`), and a
+ * call waiting on a hung peer would leave only at its deadline
+ * (request_timeout_ms, 30 s by default).  Closing every segment this
+ * object opened fails their requests with FERRY_ECANCELED at once; the
+ * calls then return.  GIL held; released while closing. */
+static void cancel_calls_in_flight(EngineObject *self)
+{
+    Py_ssize_t n = self->segments ? PyDict_Size(self->segments) : 0, pos = 0, k = 0;
+    ferry_segment_t *handles = n > 0 ? PyMem_Malloc((size_t)n * sizeof *handles) : NULL;
+    if (!handles)
+        return; /* nothing opened, or out of memory: the calls end at their deadlines */
+    PyObject *name, *h;
+    while (PyDict_Next(self->segments, &pos, &name, &h) && k < n)
+        handles[k++] = PyLong_AsUnsignedLongLong(h);
+    PyErr_Clear();
+    Py_BEGIN_ALLOW_THREADS
+    pthread_rwlock_rdlock(&self->life); /* the engine stays while we use it */
+    for (Py_ssize_t i = 0; self->engine && i < k; i++)
+        ferry_close_segment(self->engine, handles[i]);
+    pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(handles);
+}
+
 /* Destroys the ferry engine and everything that depends on it.  GIL held on
  * entry and exit; released while waiting for calls in flight and batches. */
 static void engine_shutdown(EngineObject *self)
 {
     size_t nb = 0;
     struct pybatch **bs = batches_detach(self, &nb);
+    self->life_writer++; /* turns new calls away (engine_enter) */
+    cancel_calls_in_flight(self);
     Py_BEGIN_ALLOW_THREADS
     pthread_rwlock_wrlock(&self->life);
     ferry_engine *e = self->engine;
@@ -107,6 +142,7 @@ static void engine_shutdown(EngineObject *self)
     slab_destroy(slab);
     pthread_rwlock_unlock(&self->life);
     Py_END_ALLOW_THREADS
+    self->life_writer--;
     for (size_t i = 0; i < nb; i++)
         pybatch_release_refs(bs[i]);
     PyMem_Free(bs);
@@ -294,11 +330,13 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         note_failure(rc, why);
         return PyLong_FromLong(rc);
     }
+    self->life_writer++;
     Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
     pthread_rwlock_wrlock(&self->life);
     self->engine = e;
     pthread_rwlock_unlock(&self->life);
     Py_END_ALLOW_THREADS
+    self->life_writer--;
     return PyLong_FromLong(0);
 }
 

@@ -33,6 +33,8 @@ typedef struct {
     /* Readers: every call that uses `engine`; writer: close()/dealloc.  Taken
      * with the GIL released when it may block. */
     pthread_rwlock_t life;
+    int life_writer;            /* close()/initialize() waiting for or holding the write side: new calls are
+                                 * turned away (GIL held to read or change it) */
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status

@@ -358,6 +358,19 @@ static int submit_fits(const struct ferry_batch *b, size_t n)
     return 0;
 }
 
+/* A request's range was outside the cached descriptor (why) and fetching
+ * it again failed with rc: FERRY_ERANGE as judged, unless the peer refused
+ * the fetch for good (another key, another version), which is then the
+ * reason to name. */
+static int refresh_refused(int rc, const char *why)
+{
+    if (!route_refresh_failed_for_good(rc))
+        return ferry_fail(FERRY_ERANGE, "%s", why);
+    char refused[256];
+    snprintf(refused, sizeof refused, "%s", ferry_last_error());
+    return ferry_fail(rc, "%s (and %s)", refused, why);
+}
+
 static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs, size_t n,
                          struct memreg_region *locals, struct slice_req *sreqs, struct plan_node *node)
 {
@@ -372,8 +385,9 @@ static int submit_locked(struct ferry_batch *b, const struct ferry_request *reqs
             pthread_rwlock_unlock(&e->seg_lock);
             char why[256];
             snprintf(why, sizeof why, "%s", ferry_last_error());
-            if (engine_refresh_segment(e, miss) != 0)
-                return ferry_fail(FERRY_ERANGE, "%s", why);
+            int refreshed = engine_refresh_segment(e, miss);
+            if (refreshed)
+                return refresh_refused(refreshed, why);
             continue;
         }
         if (rc) {
@@ -473,10 +487,10 @@ int ferry_batch_submit(ferry_batch *b, const struct ferry_request *reqs, size_t 
     size_t begun = 0;
     if (!rc)
         rc = route_locals_begin(e, reqs, n, locals, node->accs, &begun);
-    if (!rc) {
-        route_refresh_stale(e, reqs, n);
+    if (!rc)
+        rc = route_refresh_stale(e, reqs, n);
+    if (!rc)
         rc = submit_locked(b, reqs, n, locals, sreqs, node);
-    }
     TRACE(TR_BATCH_SUBMITTED, n);
     if (rc && node) { /* nothing was submitted: give the accesses back */
         route_locals_end(e, reqs, n, node->accs, begun);
@@ -519,7 +533,9 @@ int batch_defer(ferry_batch *b, const struct ferry_request *reqs, size_t n)
             break;
         char why[256];
         snprintf(why, sizeof why, "%s", ferry_last_error());
-        rc = engine_refresh_segment(e, miss) ? ferry_fail(FERRY_ERANGE, "%s", why) : 0;
+        rc = engine_refresh_segment(e, miss);
+        if (rc)
+            rc = refresh_refused(rc, why);
         if (rc)
             break;
     }
@@ -538,6 +554,16 @@ ferry_engine *batch_engine(const ferry_batch *b)
     return b->e;
 }
 
+/* A deferred submit is over: the batch may finish (and be freed) once the
+ * lock is let go.  b->lock held on entry, released on return. */
+static void defer_done_unlock(ferry_batch *b)
+{
+    b->deferred--;
+    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
+    pthread_cond_broadcast(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
 int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
 {
     int rc = ferry_batch_submit(b, reqs, n);
@@ -553,21 +579,14 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n)
             rc = ferry_fail(b->reqs[i].error, "request %zu: %s", i, b->reqs[i].msg);
     if (!rc && b->note_error)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
-    /* the batch is finished (and may be freed) once this lock is let go */
-    b->deferred--;
-    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    defer_done_unlock(b);
     return rc;
 }
 
 void batch_defer_withdraw(ferry_batch *b)
 {
     pthread_mutex_lock(&b->lock);
-    b->deferred--;
-    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    defer_done_unlock(b);
 }
 
 bool batch_has_notify(const ferry_batch *b)
@@ -591,11 +610,17 @@ void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n,
         b->deferred_error = rc;
         snprintf(b->deferred_msg, sizeof b->deferred_msg, "stream-ordered copy: %s", msg);
     }
-    /* the batch is finished (and may be freed) once this lock is let go */
-    b->deferred--;
-    atomic_fetch_add_explicit(&b->ends, 1, memory_order_release);
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    defer_done_unlock(b);
+}
+
+void batch_defer_cancel(ferry_batch *b, const char *why)
+{
+    pthread_mutex_lock(&b->lock);
+    if (!b->deferred_error) {
+        b->deferred_error = FERRY_ECANCELED;
+        snprintf(b->deferred_msg, sizeof b->deferred_msg, "stream-ordered submit: %s", why);
+    }
+    defer_done_unlock(b);
 }
 
 /* ------------------------------------------------------------ status and wait */

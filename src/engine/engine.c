@@ -399,6 +399,7 @@ void ferry_engine_destroy(ferry_engine *e)
         e->tops[i]->destroy(e->tstate[i]);
     notify_queue_destroy(&e->notes);
     pthread_mutex_destroy(&e->stale_lock);
+    free(e->stale);
     pthread_mutex_destroy(&e->publish_lock);
     pthread_mutex_destroy(&e->pool_lock);
     pthread_mutex_destroy(&e->order_lock);

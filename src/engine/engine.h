@@ -108,10 +108,13 @@ struct ferry_engine {
 
     /* segments whose transfers failed as if the peer restarted; refreshed on
      * the next submit to them.  Own lock, so transport threads can add to it
-     * without touching seg_lock. */
+     * without touching seg_lock (taken after seg_lock, never before).  It
+     * grows with the segments marked: a mark that found no room would leave
+     * its peer unrefreshed, failing for ever after a restart; closing a
+     * segment drops the marks of handles no longer open. */
     pthread_mutex_t stale_lock;
-    uint64_t stale[32];
-    size_t nstale;
+    uint64_t *stale;
+    size_t nstale, stale_cap;
 
     struct notify_queue notes;
 
@@ -171,6 +174,10 @@ void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n,
 void batch_defer_withdraw(ferry_batch *b);
 /* Whether ferry_batch_set_notify gave the batch a notification. */
 bool batch_has_notify(const ferry_batch *b);
+/* Ends a deferred submit without making it (the engine is gone: nothing may
+ * touch it): the batch finishes with FERRY_ECANCELED and the message why.
+ * Touches only the batch. */
+void batch_defer_cancel(ferry_batch *b, const char *why);
 
 /* Stops the stream-ordered submit workers (stream.c).  NULL accepted. */
 struct stream_runner;

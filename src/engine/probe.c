@@ -7,12 +7,36 @@
  * Here a probe is one fresh descriptor lookup through the metadata backend —
  * with P2PHANDSHAKE that is a connection to the peer's handshake listener —
  * decoded and dropped.  The segment cache and its connections are untouched,
- * so a probe never disturbs transfers in flight.  Any thread; no lock.
+ * so a probe never disturbs transfers in flight.  One thing it does note:
+ * a peer that answers as another engine than the one cached under its name
+ * restarted, so that segment is marked stale and refreshed before its next
+ * use (the next transfer, or its buffer list: a caller that probes a decode
+ * node back to life then asks for its first buffer gets the new one, not a
+ * failed transfer into the old layout first).  Any thread.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/engine.h"
 #include "err.h"
+#include "log.h"
+
+/* Marks the segment cached under `name` stale when the engine now answering
+ * for that name is not the one it describes. */
+static void mark_if_restarted(ferry_engine *e, const char *name, uint64_t engine_id)
+{
+    uint64_t restarted = 0;
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < e->nsegs; i++)
+        if (strcmp(e->segs[i]->name, name) == 0 && e->segs[i]->desc.engine_id != engine_id)
+            restarted = e->segs[i]->handle;
+    pthread_rwlock_unlock(&e->seg_lock);
+    if (restarted) {
+        LOG_INFO("segment %s answers as engine %016llx now (restarted): refreshed before its next use", name,
+                 (unsigned long long)engine_id);
+        engine_mark_stale(e, restarted);
+    }
+}
 
 int ferry_probe_segment(ferry_engine *e, const char *name)
 {
@@ -28,6 +52,8 @@ int ferry_probe_segment(ferry_engine *e, const char *name)
     free(json);
     if (rc)
         rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+    else
+        mark_if_restarted(e, name, d.engine_id);
     descriptor_free(&d);
     return rc;
 }

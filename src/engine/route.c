@@ -79,17 +79,30 @@ int route_locals_begin(ferry_engine *e, const struct ferry_request *reqs, size_t
     return rc;
 }
 
+int route_refresh_failed_for_good(int rc)
+{
+    return rc == FERRY_EPERM || rc == FERRY_EVERSION || rc == FERRY_EPROTO;
+}
+
 /* Refreshes every stale segment the requests name (before taking seg_lock). */
-void route_refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n)
+int route_refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n)
 {
     uint64_t last = 0;
     for (size_t i = 0; i < n; i++) {
         if (reqs[i].target == last)
             continue;
         last = reqs[i].target;
-        if (engine_take_stale(e, last) && engine_refresh_segment(e, last) != 0)
+        int rc = engine_take_stale(e, last) ? engine_refresh_segment(e, last) : 0;
+        if (rc && route_refresh_failed_for_good(rc)) { /* again at the next submit: it may be fixed by then */
+            char why[256];
+            snprintf(why, sizeof why, "%s", ferry_last_error());
+            engine_mark_stale(e, last);
+            return ferry_fail(rc, "request %zu: %s", i, why);
+        }
+        if (rc) /* unreachable for now: the requests try the descriptor we have */
             LOG_INFO("refresh of segment %llu failed: %s", (unsigned long long)last, ferry_last_error());
     }
+    return 0;
 }
 
 /* Does transport t reach this request's remote range on segment s? */

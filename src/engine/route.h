@@ -19,8 +19,15 @@ int route_locals_begin(ferry_engine *e, const struct ferry_request *reqs, size_t
 /* Ends the first `begun` accesses route_locals_begin started. */
 void route_locals_end(ferry_engine *e, const struct ferry_request *reqs, size_t n, struct memreg_access *accs,
                       size_t begun);
-/* Refreshes every stale segment the requests name (call before seg_lock). */
-void route_refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n);
+/* Refreshes every stale segment the requests name (call before seg_lock).
+ * Returns 0, or the error of a refresh the peer answered and refused for
+ * good (route_refresh_failed_for_good): the peer restarted as an engine this
+ * one cannot use, and the requests would only fail against the old process's
+ * descriptor, with an error that hides why (FERRY_ECONN, FERRY_ERANGE). */
+int route_refresh_stale(ferry_engine *e, const struct ferry_request *reqs, size_t n);
+/* A refresh error that names the peer as incompatible (FERRY_EPERM: another
+ * key; FERRY_EVERSION; FERRY_EPROTO), not merely unreachable. */
+int route_refresh_failed_for_good(int rc);
 /* Checks each request's segment and remote range and fills out[i] with its
  * route (a transport index, or ROUTE_STAGED(transport, pool)).  Caller holds
  * seg_lock for reading.  Returns 0, FERRY_ENOSEG, FERRY_ENOTSUP, or

@@ -18,6 +18,8 @@
 #include "log.h"
 #include "net.h"
 
+static void stale_prune(ferry_engine *e);
+
 void engine_segment_free(ferry_engine *e, struct segment *s)
 {
     for (size_t i = 0; i < e->ntransports; i++)
@@ -201,6 +203,8 @@ int ferry_close_segment(ferry_engine *e, ferry_segment_t handle)
             break;
         }
     }
+    if (s)
+        stale_prune(e);
     pthread_rwlock_unlock(&e->seg_lock);
     if (!s)
         return ferry_fail(FERRY_ENOSEG, "no open segment has handle %llu", (unsigned long long)handle);
@@ -214,8 +218,32 @@ void engine_mark_stale(ferry_engine *e, uint64_t handle)
     size_t i = 0;
     while (i < e->nstale && e->stale[i] != handle)
         i++;
-    if (i == e->nstale && e->nstale < sizeof e->stale / sizeof e->stale[0])
+    if (i == e->nstale && e->nstale == e->stale_cap) {
+        size_t cap = e->stale_cap ? e->stale_cap * 2 : 32;
+        uint64_t *grown = realloc(e->stale, cap * sizeof *grown);
+        if (grown) {
+            e->stale = grown;
+            e->stale_cap = cap;
+        } else { /* its next failed transfer marks it again */
+            LOG_WARN("segment handle %llu not marked for a refresh: out of memory", (unsigned long long)handle);
+        }
+    }
+    if (i == e->nstale && e->nstale < e->stale_cap)
         e->stale[e->nstale++] = handle;
+    pthread_mutex_unlock(&e->stale_lock);
+}
+
+/* Drops the stale marks of handles that name no open segment (closed ones,
+ * which a late frame may even have marked after the close).  Caller holds
+ * seg_lock. */
+static void stale_prune(ferry_engine *e)
+{
+    pthread_mutex_lock(&e->stale_lock);
+    size_t kept = 0;
+    for (size_t i = 0; i < e->nstale; i++)
+        if (engine_segment(e, e->stale[i]))
+            e->stale[kept++] = e->stale[i];
+    e->nstale = kept;
     pthread_mutex_unlock(&e->stale_lock);
 }
 
@@ -304,6 +332,9 @@ int ferry_segment_buffers(ferry_engine *e, ferry_segment_t handle, struct ferry_
 {
     if (!e || !count || (!out && max))
         return ferry_fail(FERRY_EINVAL, "segment_buffers: NULL argument");
+    /* a peer that restarted lists its new buffers, not the old process's */
+    if (engine_take_stale(e, handle) && engine_refresh_segment(e, handle) != 0)
+        LOG_INFO("refresh of segment %llu failed: %s", (unsigned long long)handle, ferry_last_error());
     pthread_rwlock_rdlock(&e->seg_lock);
     struct segment *s = engine_segment(e, handle);
     if (s && s->desc.engine_id == e->engine_id) {

@@ -80,12 +80,19 @@ struct stream_runner {
     struct stream_job *head, *tail; /* jobs their stream has reached */
     size_t in_flight;               /* jobs enqueued on a stream and not yet done */
     int stop;
-    int orphaned;                   /* the engine left it to jobs still in flight */
     pthread_t workers[RUNNER_WORKERS];
     int nworkers;
     struct flag_page pages[FLAG_KINDS];
     size_t npages;
+    struct stream_runner *next_orphan; /* in `orphans` once its engine is gone */
 };
+
+/* Runners of destroyed engines whose streams had not reached every job: a
+ * driver still holds those jobs and a stream still reads their flags, so the
+ * runner and its pages can never be freed safely.  Kept here, reachable, one
+ * per such engine (the one global of this file). */
+static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct stream_runner *orphans;
 
 /* ------------------------------------------------------------ driver threads */
 
@@ -95,30 +102,28 @@ struct stream_runner {
 static void local_finish(struct stream_runner *r, struct stream_job *j)
 {
     /* under the runner's lock: ferry_engine_destroy sets stop under it
-     * before the registry goes, and leaves the runner to late jobs */
+     * before the registry goes */
     pthread_mutex_lock(&r->lock);
     if (!r->stop)
         memreg_access_end_many(&batch_engine(j->batch)->registry, j->acc_ptrs, j->naccs);
     batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
-    r->in_flight--;
-    /* the last job of an engine destroyed meanwhile frees the runner (its
-     * flag pages, if any, need the device API: not on a driver thread) */
-    bool last = r->orphaned && r->in_flight == 0 && r->npages == 0;
+    r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);
     pthread_mutex_unlock(&r->lock);
-    if (last) {
-        pthread_cond_destroy(&r->wake);
-        pthread_mutex_destroy(&r->lock);
-        free(r);
-    }
     free(j->accs);
     free(j->acc_ptrs);
     free(j->reqs);
     free(j);
 }
 
-/* The stream reached the transfer: hand it to a worker (a local job's
- * copies are done: it ends here). */
+static void job_finish(struct stream_runner *r, struct stream_job *j);
+
+/* The stream reached the transfer: hand it to a worker.  If the engine was
+ * destroyed first (the caller did not synchronize the stream: Python's
+ * close() cannot), no worker may be left and the engine must not be touched:
+ * the batch ends FERRY_ECANCELED with nothing sent, and the stream goes on
+ * (the runner and its flag pages stay allocated: `orphans`).  A local
+ * job's copies are done when its stream gets here: it ends here. */
 static void on_reached(void *arg)
 {
     struct stream_job *j = arg;
@@ -128,6 +133,12 @@ static void on_reached(void *arg)
         return;
     }
     pthread_mutex_lock(&r->lock);
+    if (r->stop) { /* destroying: workers may have left already */
+        pthread_mutex_unlock(&r->lock);
+        batch_defer_cancel(j->batch, "the engine was destroyed before the stream reached the transfer");
+        job_finish(r, j);
+        return;
+    }
     if (r->tail)
         r->tail->next = j;
     else
@@ -224,15 +235,19 @@ void stream_runner_destroy(struct stream_runner *r)
     pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < r->nworkers; i++)
         pthread_join(r->workers[i], NULL);
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->lock); /* a late on_reached may be ending a job */
     size_t left = r->in_flight;
-    r->orphaned = left > 0; /* then the last late local job frees it (local_finish) */
     pthread_mutex_unlock(&r->lock);
     if (left) {
         /* a stream has not reached them: its driver still holds the jobs and
-         * will read the flags, so neither is freed (synchronize the streams
-         * before destroying the engine) */
-        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached", left);
+         * will read the flags, so neither is freed; each ends FERRY_ECANCELED,
+         * nothing sent, when its stream reaches it (on_reached) */
+        LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached: they end "
+                 "FERRY_ECANCELED when the streams do", left);
+        pthread_mutex_lock(&orphans_lock);
+        r->next_orphan = orphans;
+        orphans = r;
+        pthread_mutex_unlock(&orphans_lock);
         return;
     }
     for (size_t i = 0; i < r->npages; i++)

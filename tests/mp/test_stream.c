@@ -8,6 +8,7 @@
  * enqueued, and a transfer that fails (target killed) still releases the
  * stream and reports its error in the batch.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "device/device.h"
@@ -354,6 +356,46 @@ static void engine_destroyed_before_own_copies_ran(void **state)
     ferry_mem_free(NULL, "sim:0", own, LEN);
 }
 
+/* Python's close() cannot synchronize the caller's streams: the engine is
+ * destroyed while a stream has not reached its transfer yet.  When the
+ * stream gets there, nothing is sent (the engine is gone), the batch ends
+ * FERRY_ECANCELED and can be freed, and the stream goes on.  Before, the
+ * stream stopped at the transfer's flag for ever and ferry_batch_free
+ * waited for ever (no worker was left to run it). */
+static void *sync_stream(void *arg)
+{
+    struct fixture *f = arg;
+    f->sim->stream_sync(f->stream);
+    return NULL;
+}
+
+static void engine_destroyed_before_the_stream_reaches_it(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    gate_close(f);
+    struct ferry_request q = {FERRY_WRITE, f->host, f->seg, f->target.addr, LEN};
+    pattern_fill(f->host, LEN, 6, 0);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    char *after = calloc(1, LEN);
+    copy(f, FERRY_COPY_D2H, after, f->dev, LEN);               /* later work on the stream */
+    ferry_engine_destroy(f->e);
+    f->e = NULL;
+    gate_open(f);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, sync_stream, f), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 120; /* a bound that keeps a broken run from hanging, not a measurement */
+    if (pthread_timedjoin_np(th, NULL, &until) != 0)
+        fail_msg("the stream did not get past the transfer of a destroyed engine");
+    assert_int_equal(ferry_batch_size(b), 0);                  /* it was never submitted */
+    ferry_batch_free(b);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, TSEED), -1); /* nothing was sent */
+    free(after);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +408,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(own_segment_ranges_are_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(to_another_engine_of_this_process, setup, teardown),
         cmocka_unit_test_setup_teardown(engine_destroyed_before_own_copies_ran, setup, teardown),
+        cmocka_unit_test_setup_teardown(engine_destroyed_before_the_stream_reaches_it, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

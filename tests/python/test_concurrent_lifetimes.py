@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Lifetimes under concurrency, as callers with worker pools meet them: an
+engine closed while other threads keep calling it, batches collected while
+other threads wait on them, memory unregistered while a transfer from it is
+in flight.  Each call ends with its result or a named error; nothing hangs
+(every wait here has a generous bound that only keeps a broken run from
+hanging, never a measurement)."""
+import threading
+
+import numpy as np
+import pytest
+
+import ferry
+from ferry.engine import TransferEngine
+
+BOUND_S = 120   # a broken run fails after this long instead of hanging
+
+
+def compat_engine(**config):
+    e = TransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "", **config) == 0
+    return e
+
+
+def run_bounded(fn, what):
+    """Runs fn in a thread; fails the test if it has not returned within BOUND_S."""
+    out = {}
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as x:  # noqa: B902 (reported below)
+            out["error"] = x
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    th.join(BOUND_S)
+    assert not th.is_alive(), "%s did not return within %d s" % (what, BOUND_S)
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def test_close_while_other_threads_keep_calling(target):
+    """vLLM's sender pool keeps submitting while the worker shuts down: close()
+    must get the engine from them.  Before, the lock that keeps the engine
+    alive under a call let every new call in ahead of the waiting close(), so
+    four threads calling in a loop held it off for ever."""
+    e = compat_engine()
+    buf = np.zeros(4 << 20, dtype=np.uint8)
+    assert e.register_memory(buf.ctypes.data, buf.nbytes) == 0
+    stop = threading.Event()
+    seen = [set() for _ in range(4)]
+    calls = [0] * 4
+
+    def worker(i):
+        src, dst = buf.ctypes.data + i * 65536, target.addr + i * 65536
+        while not stop.is_set():
+            try:
+                seen[i].add(e.transfer_sync_write(target.segment, src, dst, 65536))
+                e.get_rpc_port()
+            except ferry.FerryError as x:
+                seen[i].add(x.name)
+            calls[i] += 1
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(4)]
+    for th in threads:
+        th.start()
+    while min(calls) < 3:   # every worker is in its loop
+        threading.Event().wait(0.01)
+    try:
+        run_bounded(e.close, "close() while four threads call the engine")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(BOUND_S)
+    # what the workers saw: transfers that completed, and after the close
+    # the compat class's code for a closed engine (or its raised error)
+    for s in seen:
+        assert s <= {0, ferry.FERRY_EINVAL, ferry.FERRY_ECANCELED, "FERRY_EINVAL"}, s
+    assert target.check(0, 0, 7) == "OK"
+
+
+def test_close_ends_a_call_blocked_on_a_hung_peer(fresh_target):
+    """A worker thread is blocked in transfer_sync_write to a decode node that
+    hangs (stopped); the process shuts down and calls close().  The blocked
+    call ends FERRY_ECANCELED when close() starts, and close() with it.
+    Before, close() waited for the call, which waited for its own deadline
+    (request_timeout_ms, here 100 s: the 30 s default is a whole grace period
+    of a terminating pod), and the call ended FERRY_ETIMEDOUT."""
+    e = compat_engine(request_timeout_ms=100000)
+    buf = np.zeros(1 << 20, dtype=np.uint8)
+    assert e.register_memory(buf.ctypes.data, buf.nbytes) == 0
+    assert e.transfer_sync_write(fresh_target.segment, buf.ctypes.data, fresh_target.addr, 4096) == 0
+    sent = e.get_stats()["tcp"]["frames_sent"]
+    fresh_target.stop()
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault(
+        "rc", e.transfer_sync_write(fresh_target.segment, buf.ctypes.data, fresh_target.addr, 1 << 20)))
+    worker.start()
+    try:
+        while e.get_stats()["tcp"]["frames_sent"] == sent:   # the worker's frame is out: it waits in the call
+            threading.Event().wait(0.01)
+        run_bounded(e.close, "close() while a call waits on a hung peer")
+        worker.join(BOUND_S)
+        assert not worker.is_alive()
+        assert out["rc"] == ferry.FERRY_ECANCELED, ferry.err_name(out["rc"])
+    finally:
+        fresh_target.cont()
+        worker.join(BOUND_S)
