@@ -338,17 +338,10 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
         j->acc_ptrs = calloc(2 * n, sizeof *j->acc_ptrs);
         j->reqs = malloc(n * sizeof *j->reqs);
     }
+    int rc = 0;
     if (!j || !regs || !copies || !dirs || !j->accs || !j->acc_ptrs || !j->reqs) {
-        if (j) {
-            free(j->accs);
-            free(j->acc_ptrs);
-            free(j->reqs);
-        }
-        free(j);
-        free(regs);
-        free(copies);
-        free(dirs);
-        return ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+        rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+        goto out;
     }
     /* each request's source must be registered and its target registered
      * remote-accessible (locals and own buffers are one registry), both on
@@ -383,14 +376,8 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     }
     if (!eligible) {
         memreg_access_end_many(&e->registry, j->acc_ptrs, begun);
-        free(j->accs);
-        free(j->acc_ptrs);
-        free(j->reqs);
-        free(j);
-        free(regs);
-        free(copies);
-        free(dirs);
-        return 1;
+        rc = 1;
+        goto out;
     }
     memcpy(j->reqs, reqs, n * sizeof *reqs);
     *j = (struct stream_job){.r = r, .batch = b, .reqs = j->reqs, .n = n, .accs = j->accs, .acc_ptrs = j->acc_ptrs,
@@ -416,7 +403,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     pthread_mutex_lock(&r->lock);
     r->in_flight++;
     pthread_mutex_unlock(&r->lock);
-    int rc = ops->stream_host_func(dev, stream, on_reached, j);
+    rc = ops->stream_host_func(dev, stream, on_reached, j);
     if (rc) { /* the stream will not say when its copies ran: wait for the device */
         LOG_ERROR("submit_on_stream: %s; ending the accesses of %zu requests to the own segment now", ferry_last_error(),
                   n);
@@ -427,6 +414,17 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
         on_reached(j);
     }
     return 0;
+out:
+    if (j) {
+        free(j->accs);
+        free(j->acc_ptrs);
+        free(j->reqs);
+    }
+    free(j);
+    free(regs);
+    free(copies);
+    free(dirs);
+    return rc;
 }
 
 /* ------------------------------------------------------------ API */

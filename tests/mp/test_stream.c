@@ -207,6 +207,26 @@ static void failed_transfer_releases_the_stream(void **state)
     f->target.pid = 0;
 }
 
+/* The sim:0 buffer f->dev, filled with pattern `seed` on the stream, written
+ * to dst of seg in stream order; a copy after it on the stream sees the
+ * pattern in dst. */
+static void write_dev_in_stream_order(struct fixture *f, ferry_segment_t seg, char *dst, uint64_t seed)
+{
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    pattern_fill(f->host, LEN, seed, 0);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+    struct ferry_request q = {FERRY_WRITE, f->dev, seg, (uint64_t)(uintptr_t)dst, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    char *after = malloc(LEN);
+    copy(f, FERRY_COPY_D2H, after, dst, LEN);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(pattern_check(after, LEN, seed, 0), -1);
+    ferry_batch_free(b);
+    free(after);
+}
+
 /* The reference's test_transfer_on_cuda: a device buffer written to another
  * of the same engine (its own segment) on a stream; later work waits for it. */
 static void to_its_own_segment(void **state)
@@ -217,21 +237,8 @@ static void to_its_own_segment(void **state)
     assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&dst), 0);
     assert_int_equal(ferry_register_memory(f->e, dst, LEN, NULL, 1), 0);
     assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
-    for (int i = 0; i < 3; i++) {
-        struct ferry_batch *b;
-        assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
-        pattern_fill(f->host, LEN, 40 + i, 0);
-        copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
-        struct ferry_request q = {FERRY_WRITE, f->dev, self, (uint64_t)(uintptr_t)dst, LEN};
-        assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
-        char *after = malloc(LEN);
-        copy(f, FERRY_COPY_D2H, after, dst, LEN);
-        assert_int_equal(f->sim->stream_sync(f->stream), 0);
-        assert_int_equal(ferry_batch_wait(b, -1), 0);
-        assert_int_equal(pattern_check(after, LEN, 40 + i, 0), -1);
-        ferry_batch_free(b);
-        free(after);
-    }
+    for (int i = 0; i < 3; i++)
+        write_dev_in_stream_order(f, self, dst, 40 + i);
     assert_int_equal(ferry_unregister_memory(f->e, dst), 0);
     ferry_mem_free(NULL, "sim:0", dst, LEN);
 }
@@ -304,21 +311,8 @@ static void to_another_engine_of_this_process(void **state)
     assert_int_equal(ferry_register_memory(e2, dst, LEN, "sim:0", 1), 0);
     ferry_segment_t seg;
     assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(e2), &seg), 0);
-    for (int i = 0; i < 2; i++) {
-        struct ferry_batch *b;
-        assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
-        pattern_fill(f->host, LEN, 70 + i, 0);
-        copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
-        struct ferry_request q = {FERRY_WRITE, f->dev, seg, (uint64_t)(uintptr_t)dst, LEN};
-        assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
-        char *after = malloc(LEN);
-        copy(f, FERRY_COPY_D2H, after, dst, LEN);
-        assert_int_equal(f->sim->stream_sync(f->stream), 0);
-        assert_int_equal(ferry_batch_wait(b, -1), 0);
-        assert_int_equal(pattern_check(after, LEN, 70 + i, 0), -1);
-        ferry_batch_free(b);
-        free(after);
-    }
+    for (int i = 0; i < 2; i++)
+        write_dev_in_stream_order(f, seg, dst, 70 + i);
     assert_int_equal(ferry_close_segment(f->e, seg), 0);
     ferry_engine_destroy(e2);
     ferry_mem_free(NULL, "sim:0", dst, LEN);
