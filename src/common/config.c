@@ -144,6 +144,16 @@ static const struct knob knobs[] = {
       "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
       "staged frame is handed to the transport's threads"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_INLINE_LAST", "0",
+      "1: the staging worker, retiring the last gather of a staged WRITE submit with nothing else in flight or "
+      "waiting, writes its frame to an idle connection itself (tcp: what the socket takes at once), not a woken "
+      "sender thread; 0: every staged frame is handed to the transport's threads"},
+     KNOB_DOC, 0, NULL},
+    {{"FERRY_STAGING_SCATTER_RETIRE_US", "0",
+      "a transport thread that issued a staged READ's scatter (host to device) while the staging worker slept "
+      "polls the copies up to this long (0-1000) and ends the READ itself, not after the worker's wake-up; 0: "
+      "the worker retires every scatter"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_STAGING_GROUP", "2",
       "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
       "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
