@@ -192,6 +192,10 @@ static const struct knob knobs[] = {
       "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
       "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"},
      KNOB_DOC, 0, NULL},
+    {{"FERRY_TCP_SPREAD_READ", "auto",
+      "the same for a submit's READs: auto (FERRY_TCP_SPREAD where that is a number, else as FERRY_TCP_SPREAD's "
+      "auto) or 1-16"},
+     KNOB_DOC, 0, NULL},
     {{"FERRY_TCP_SOCKBUF", "auto",
       "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
       "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "

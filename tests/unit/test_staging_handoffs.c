@@ -320,6 +320,11 @@ static void *receiver_main(void *arg)
         for (uint32_t i = 0; i < w->npieces; i++)
             for (size_t k = 0; k < BLOCK; k++)
                 ((unsigned char *)w->pieces[i].local)[k] = pattern(w->pieces[i].remote + k + 1);
+        /* a wake-up signalled before (the submit's, the last frame's
+         * issue) may still be on its way: let it arrive, then wait for the
+         * worker to sleep again */
+        wait_worker_asleep(pool);
+        nanosleep(&(struct timespec){0, 5000000}, NULL);
         wait_worker_asleep(pool);
         w->complete(w, 0, 0, "");
     }
