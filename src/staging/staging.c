@@ -36,13 +36,17 @@
  * (pool->issuing), and the one worker per pool waits for the copies in
  * flight and retires them (it wakes while the device copies), but where
  * FERRY_STAGING_ISSUER_RETIRE_US is set and the worker slept, the submitting
- * thread retires the first group of what it issued itself (retire_first);
- * one thread retires at a time (pool->retiring).  With
+ * thread retires the first group of what it issued itself, and with
+ * FERRY_STAGING_SCATTER_RETIRE_US the transport thread that issued a READ's
+ * scatter retires the scatters at the head of the FIFO (retire_first); one
+ * thread retires at a time (pool->retiring).  With
  * FERRY_STAGING_INLINE_FIRST the thread that retires a round's first gather
  * lets the transport write that frame on it (tcp: to an idle connection,
  * what the socket takes at once), saving a sender's wake-up on the path of
- * the batch's first bytes; every other staged WRITE is handed over, so the
- * retiring thread never copies a whole batch into sockets.  Transport
+ * the batch's first bytes, and with FERRY_STAGING_INLINE_LAST the worker
+ * does so for a round's last gather when nothing else is in flight or
+ * waiting; every other staged WRITE is handed over, so the retiring thread
+ * never copies a whole batch into sockets.  Transport
  * threads end wire frames and return chunks.  All lists, the in-flight FIFO
  * included, are under pool->lock.  A chunk carries everything a frame in
  * flight needs (its rewritten wire frame and pieces), so the hot path
