@@ -136,6 +136,14 @@ static const struct knob knobs[] = {
         "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
         "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "
         "staged frame is handed to the transport's threads"),
+    DOC("FERRY_STAGING_INLINE_LAST", "0",
+        "1: the staging worker, retiring the last gather of a staged WRITE submit with nothing else in flight or "
+        "waiting, writes its frame to an idle connection itself (tcp: what the socket takes at once), not a woken "
+        "sender thread; 0: every staged frame is handed to the transport's threads"),
+    DOC("FERRY_STAGING_SCATTER_RETIRE_US", "0",
+        "a transport thread that issued a staged READ's scatter (host to device) while the staging worker slept "
+        "polls the copies up to this long (0-1000) and ends the READ itself, not after the worker's wake-up; 0: "
+        "the worker retires every scatter"),
     DOC("FERRY_STAGING_GROUP", "2",
         "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
         "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
@@ -168,6 +176,9 @@ static const struct knob knobs[] = {
         "a submit's small blocks to one TCP peer go as about this many frames (each at least 64 KiB) on as many "
         "connections, copied in parallel on both sides (staged blocks too, unless their pool aggregates on the "
         "device): auto (1 below 8 cores, 2 from 8, 4 from 16) or 1-16"),
+    DOC("FERRY_TCP_SPREAD_READ", "auto",
+        "the same for a submit's READs: auto (FERRY_TCP_SPREAD where that is a number, else as FERRY_TCP_SPREAD's "
+        "auto) or 1-16"),
     DOC("FERRY_TCP_SOCKBUF", "auto",
         "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
         "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "

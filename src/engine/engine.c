@@ -209,7 +209,8 @@ static int start_one(ferry_engine *e, const struct transport_host *host, const c
     int rc = ops->create(host, &e->tstate[e->ntransports]);
     if (rc)
         return rc;
-    e->tspread[e->ntransports] = ops->spread ? ops->spread(e->tstate[e->ntransports]) : 1;
+    for (int op = XFER_READ; op <= XFER_WRITE; op++)
+        e->tspread[e->ntransports][op] = ops->spread ? ops->spread(e->tstate[e->ntransports], op) : 1;
     e->tops[e->ntransports++] = ops;
     return 0;
 }

@@ -178,7 +178,8 @@ int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n, 
         /* as many frames at once as the transport moves in parallel; staged,
          * unless the pool gathers small blocks on the device (there fewer,
          * larger frames cost less) */
-        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : e->tspread[ROUTE_TRANSPORT(route)];
+        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1
+                          : e->tspread[ROUTE_TRANSPORT(route)][q->opcode == FERRY_READ ? XFER_READ : XFER_WRITE];
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;

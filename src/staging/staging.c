@@ -36,13 +36,17 @@
  * (pool->issuing), and the one worker per pool waits for the copies in
  * flight and retires them (it wakes while the device copies), but where
  * FERRY_STAGING_ISSUER_RETIRE_US is set and the worker slept, the submitting
- * thread retires the first group of what it issued itself (retire_first);
- * one thread retires at a time (pool->retiring).  With
+ * thread retires the first group of what it issued itself, and with
+ * FERRY_STAGING_SCATTER_RETIRE_US the transport thread that issued a READ's
+ * scatter retires the scatters at the head of the FIFO (retire_first); one
+ * thread retires at a time (pool->retiring).  With
  * FERRY_STAGING_INLINE_FIRST the thread that retires a round's first gather
  * lets the transport write that frame on it (tcp: to an idle connection,
  * what the socket takes at once), saving a sender's wake-up on the path of
- * the batch's first bytes; every other staged WRITE is handed over, so the
- * retiring thread never copies a whole batch into sockets.  Transport
+ * the batch's first bytes, and with FERRY_STAGING_INLINE_LAST the worker
+ * does so for a round's last gather when nothing else is in flight or
+ * waiting; every other staged WRITE is handed over, so the retiring thread
+ * never copies a whole batch into sockets.  Transport
  * threads end wire frames and return chunks.  All lists, the in-flight FIFO
  * included, are under pool->lock.  A chunk carries everything a frame in
  * flight needs (its rewritten wire frame and pieces), so the hot path
@@ -85,6 +89,7 @@ static void release_chunk(struct staging_pool *p, struct chunk *c)
 }
 
 static void issue_ready(struct staging_pool *p);
+static void retire_first(struct staging_pool *p, uint64_t budget_ns, enum chunk_state want);
 
 /* Transport thread: a staged frame came back from the wire. */
 static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const char *msg)
@@ -97,7 +102,9 @@ static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const cha
         end_frame(orig, err, refused, msg);
         return;
     }
-    /* READ payload is in the chunk: the worker scatters it to the device */
+    /* READ payload is in the chunk: its scatter to the device is issued on
+     * this thread (or by the thread issuing now), retired by the worker or,
+     * with FERRY_STAGING_SCATTER_RETIRE_US while it sleeps, by this thread */
     c->wire_err = err;
     c->wire_refused = refused;
     snprintf(c->wire_msg, sizeof c->wire_msg, "%s", msg ? msg : "");
@@ -109,7 +116,13 @@ static void wire_done(struct xfer_frame *w, int err, uint64_t refused, const cha
     else
         p->arrived_head = c;
     p->arrived_tail = c;
+    /* the worker sleeps: this thread will retire the scatter itself */
+    bool claim = p->scatter_retire_ns && p->worker_asleep && !p->retiring;
+    if (claim)
+        p->retiring = true;
     issue_ready(p);
+    if (claim)
+        retire_first(p, p->scatter_retire_ns, CHUNK_SCATTER);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -314,12 +327,17 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
     unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
     uint64_t bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
     bool first = true;
+    size_t last = n; /* the round's last gather (states are set when chunks are taken) */
+    for (size_t i = 0; i < n; i++)
+        if (cs[i]->state == CHUNK_GATHER)
+            last = i;
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = cs[i];
         if (c->state != CHUNK_SCATTER)  /* taken from the waiting frames: not bound yet */
             bind_chunk(c, c->orig);
         c->round_first = first && c->state == CHUNK_GATHER;
         first = first && !c->round_first;
+        c->round_last = i == last;
         if (c->state == CHUNK_WIRE) {
             p->send(p->send_ctx, &c->wire);
             continue;
@@ -364,16 +382,18 @@ static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int
 }
 
 /* The oldest group's copies are done: WRITE chunks go to the wire, READ
- * frames end. */
-static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
+ * frames end.  alone: nothing was left to retire or issue when the group
+ * was taken off the FIFO. */
+static void retire_group(struct staging_pool *p, struct chunk **g, size_t n, bool alone)
 {
     TRACE(TR_STAGE_RETIRED, n);
     for (size_t i = 0; i < n; i++) {
         struct chunk *c = g[i];
         if (c->state == CHUNK_GATHER) {
             c->state = CHUNK_WIRE;
-            if (c->round_first && p->inline_first) {
-                /* the round's first frame: the transport may write it on
+            if ((c->round_first && p->inline_first) || (c->round_last && p->inline_last && alone)) {
+                /* the round's first frame, or its last one with nothing
+                 * else for this thread to do: the transport may write it on
                  * this thread (to an idle connection, as much as the socket
                  * takes at once), as it does a host submit's last frame,
                  * rather than wake a sender for it */
@@ -390,6 +410,13 @@ static void retire_group(struct staging_pool *p, struct chunk **g, size_t n)
         release_chunk(p, c);
         end_frame(orig, 0, refused, msg);
     }
+}
+
+/* Lock held: whether no copy is in flight and no work waits to be issued
+ * (the retiring thread may spend a while on the frame it retires). */
+static bool nothing_after(const struct staging_pool *p)
+{
+    return !p->fl_head && !p->waiting_head && !p->arrived_head && !p->issuing;
 }
 
 /* Lock held. */
@@ -532,11 +559,12 @@ static void retire_oldest(struct staging_pool *p)
     }
     if (!p->fl_head)
         p->fl_tail = NULL;
+    bool alone = nothing_after(p);
     pthread_mutex_unlock(&p->lock);
     if (rc)
         group_failed(p, p->retired, n, rc);
     else
-        retire_group(p, p->retired, n);
+        retire_group(p, p->retired, n, alone);
 }
 
 /* The worker issues what nobody else does (work that waited for a free
@@ -588,49 +616,65 @@ void *staging_worker_main(void *arg)
     return NULL;
 }
 
-/* Lock held (let go meanwhile); p->retiring is this thread's (claimed
- * before it issued, so the worker that the issue woke leaves the FIFO to
- * it).  A thread that has just issued gathers while the worker slept polls
- * the oldest group's copies itself, for up to FERRY_STAGING_ISSUER_RETIRE_US,
- * and retires it once they are done: the batch's first frame goes to the
- * wire without waiting for the worker's wake-up.  Anything else (still
- * busy, a failure, a group whose enqueue failed, scatters) stays for the
- * worker, which retires it as always. */
-static void retire_first(struct staging_pool *p)
+/* Polls a group's copies for up to budget_ns from start: 0 once they are
+ * done, FERRY_EBUSY, or a failure (which the worker handles). */
+static int poll_group(struct staging_pool *p, struct chunk *lead, uint64_t start, uint64_t budget_ns)
 {
-    struct chunk *lead = p->fl_head;
-    if (!lead || lead->state != CHUNK_GATHER || lead->enqueue_err) {
-        p->retiring = false;
-        pthread_cond_signal(&p->cond);
-        return;
-    }
-    pthread_mutex_unlock(&p->lock);
-    uint64_t start = now_ns();
-    int rc;
     for (;;) {
+        int rc;
         if (lead->marked) /* a failure leaves the mark unwritten: the worker finds it */
             rc = mark_reached(p, lead) ? 0 : FERRY_EBUSY;
         else
             rc = p->ops->stream_query(*lead->carrier);
-        if (rc != FERRY_EBUSY || now_ns() - start >= p->issuer_retire_ns)
-            break;
+        if (rc != FERRY_EBUSY || now_ns() - start >= budget_ns)
+            return rc;
         sched_yield();
     }
-    struct chunk *g[GROUP_MAX];
-    size_t n = 0;
-    pthread_mutex_lock(&p->lock);
-    while (rc == 0 && p->fl_head && p->fl_head->lead == lead && n < GROUP_MAX) {
-        g[n++] = p->fl_head;
-        p->fl_head = p->fl_head->next;
+}
+
+/* Lock held (let go meanwhile); p->retiring is this thread's (claimed
+ * before it issued, so the worker that the issue woke leaves the FIFO to
+ * it).  A thread that has just issued copies while the worker slept polls
+ * the oldest group's copies itself, for up to budget_ns, and retires it
+ * once they are done, so its frame does not wait for the worker's wake-up:
+ * a submitting thread the first group of gathers it issued
+ * (FERRY_STAGING_ISSUER_RETIRE_US: the batch's first frame goes to the
+ * wire), a transport thread that brought READ payload the scatters at the
+ * head of the FIFO, one group after another within the budget
+ * (FERRY_STAGING_SCATTER_RETIRE_US: their frames end).  Anything else
+ * (still busy, a failure, a group whose enqueue failed, the other
+ * direction's) stays for the worker, which retires it as always. */
+static void retire_first(struct staging_pool *p, uint64_t budget_ns, enum chunk_state want)
+{
+    uint64_t start = now_ns();
+    struct chunk *lead;
+    while ((lead = p->fl_head) && lead->state == want && !lead->enqueue_err) {
+        pthread_mutex_unlock(&p->lock);
+        int rc = poll_group(p, lead, start, budget_ns);
+        struct chunk *g[GROUP_MAX];
+        size_t n = 0;
+        pthread_mutex_lock(&p->lock);
+        while (rc == 0 && p->fl_head && p->fl_head->lead == lead && n < GROUP_MAX) {
+            g[n++] = p->fl_head;
+            p->fl_head = p->fl_head->next;
+        }
+        if (!p->fl_head)
+            p->fl_tail = NULL;
+        if (!n)
+            break;
+        bool alone = nothing_after(p), more = want == CHUNK_SCATTER && p->fl_head;
+        if (!more) { /* the worker may go on while this thread ends the frames */
+            p->retiring = false;
+            pthread_cond_signal(&p->cond);
+        }
+        pthread_mutex_unlock(&p->lock);
+        retire_group(p, g, n, alone);
+        pthread_mutex_lock(&p->lock);
+        if (!more)
+            return;
     }
-    if (!p->fl_head)
-        p->fl_tail = NULL;
     p->retiring = false;
     pthread_cond_signal(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-    if (n)
-        retire_group(p, g, n);
-    pthread_mutex_lock(&p->lock);
 }
 
 void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
@@ -674,7 +718,7 @@ void staging_submit_list(struct staging_pool *p, struct xfer_frame *head)
     issue_ready(p); /* on this thread, unless another one is issuing */
     pthread_cond_signal(&p->cond);
     if (claim)
-        retire_first(p);
+        retire_first(p, p->issuer_retire_ns, CHUNK_GATHER);
     pthread_mutex_unlock(&p->lock);
 }
 

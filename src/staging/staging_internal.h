@@ -49,6 +49,7 @@ struct chunk {
     int enqueue_err;                      /* a lead's: its copies on a mark stream failed to enqueue */
     uint32_t mark_seq;                    /* the value its last mark stores */
     bool round_first;                     /* a gather, the first of the round it was issued in */
+    bool round_last;                      /* a gather, the last of the round it was issued in */
     unsigned index;                       /* in pool->chunks */
     struct xfer_frame *orig;              /* the engine's frame (device pointers) */
     struct xfer_frame wire;               /* what the transport sees (host pointers) */
@@ -88,6 +89,8 @@ struct staging_pool {
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     uint64_t issuer_retire_ns;            /* FERRY_STAGING_ISSUER_RETIRE_US */
     bool inline_first;                    /* FERRY_STAGING_INLINE_FIRST */
+    bool inline_last;                     /* FERRY_STAGING_INLINE_LAST */
+    uint64_t scatter_retire_ns;           /* FERRY_STAGING_SCATTER_RETIRE_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
@@ -119,6 +122,20 @@ struct staging_pool {
  * itself, as a host submit's last frame is, instead of waking a sender
  * thread.  Default below: see docs/BENCHMARKS.md (h16w). */
 #define INLINE_FIRST_DEFAULT 0u
+/* FERRY_STAGING_INLINE_LAST: the worker, retiring a round's last gather
+ * with nothing else to retire or issue after it, lets the transport write
+ * that frame on it (to an idle connection, what the socket takes at once):
+ * the batch's last frame, the one it waits for, then does not wait for a
+ * sender's wake-up, and no other retire waits behind the write (what made
+ * FERRY_STAGING_INLINE_FIRST lose).  Default below: see docs/BENCHMARKS.md
+ * (h16x). */
+#define INLINE_LAST_DEFAULT 0u
+/* FERRY_STAGING_SCATTER_RETIRE_US: how long the transport thread that
+ * issued a READ's scatter while the worker slept polls it before it leaves
+ * it to the worker (the worker always sleeps by the time a READ's payload
+ * is back: nothing of the READ was in flight on the device meanwhile).
+ * Default below: see docs/BENCHMARKS.md (h16x). */
+#define SCATTER_RETIRE_US_DEFAULT 0u
 #define COPY_POLL_NS 200000u
 #define MARK_SLEEP_NS 20000             /* then between polls of a mark */
 

@@ -120,11 +120,12 @@ struct transport_ops {
     /* Hands a frame over (asynchronous; see above). */
     void (*submit)(void *t, void *peer, struct xfer_frame *f);
     /* Optional (NULL: 1).  How many frames to one peer this transport moves
-     * at once with spare cores (tcp: connections with their own threads);
-     * the engine cuts a submit's small blocks into about that many frames
-     * instead of coalescing them into as few as possible.  Asked once,
-     * right after create. */
-    unsigned (*spread)(void *t);
+     * at once with spare cores (tcp: connections with their own threads)
+     * for requests of `opcode` (XFER_READ or XFER_WRITE: the directions may
+     * differ); the engine cuts a submit's small blocks into about that many
+     * frames instead of coalescing them into as few as possible.  Asked
+     * once per direction, right after create. */
+    unsigned (*spread)(void *t, int opcode);
     /* Optional (NULL: nothing to do).  Called for every registration, at
      * registration time, never on the hot path: an RDMA transport makes its
      * MRs here.  *handle is stored in the region's transport_handle[] slot

@@ -100,18 +100,23 @@ static void one_chunk_waits_its_turn(void **state)
 }
 
 /* FERRY_TCP_SPREAD=4 (16 cores' default) with FERRY_STAGING_AGGREGATE as
- * given: the engine for the spread tests. */
-static int start_spread(void **s, const char *aggregate)
+ * given, and FERRY_TCP_SPREAD_READ as given (NULL: unset): the engine for
+ * the spread tests. */
+static int start_spread(void **s, const char *aggregate, const char *read_spread)
 {
     setenv("FERRY_TCP_SPREAD", "4", 1);
     setenv("FERRY_STAGING_AGGREGATE", aggregate, 1);
+    if (read_spread)
+        setenv("FERRY_TCP_SPREAD_READ", read_spread, 1);
     int rc = start(s, test_device_location(), "cpu", 0);
     unsetenv("FERRY_TCP_SPREAD");
     unsetenv("FERRY_STAGING_AGGREGATE");
+    unsetenv("FERRY_TCP_SPREAD_READ");
     return rc;
 }
-static int setup_spread(void **s) { return start_spread(s, "0"); }
-static int setup_spread_aggregated(void **s) { return start_spread(s, "2M"); }
+static int setup_spread(void **s) { return start_spread(s, "0", NULL); }
+static int setup_spread_aggregated(void **s) { return start_spread(s, "2M", NULL); }
+static int setup_spread_read8(void **s) { return start_spread(s, "0", "8"); }
 
 /* tcp frames one staged submit of 128 x 4 KiB became (data verified) */
 static uint64_t staged_frames(struct xfer_pair *f, int op, uint64_t base)
@@ -131,6 +136,16 @@ static void staged_submit_spread(void **state)
     struct xfer_pair *f = *state;
     assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 4);
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 4);
+}
+
+/* A spread per direction (FERRY_TCP_SPREAD_READ=8, FERRY_TCP_SPREAD=4): a
+ * staged READ submit of 128 x 4 KiB goes as 8 frames of 64 KiB, its WRITE
+ * as 4. */
+static void staged_read_spread_of_its_own(void **state)
+{
+    struct xfer_pair *f = *state;
+    assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 4);
+    assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 8);
 }
 
 static void staged_submit_aggregated_not_spread(void **state)
@@ -186,6 +201,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(matrix, setup_dev_to_dev, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_read_spread_of_its_own, setup_spread_read8, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, xfer_pair_teardown),
         cmocka_unit_test(wrong_kind_rejected),
     };

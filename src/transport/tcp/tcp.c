@@ -406,13 +406,14 @@ static void tcp_peer_close(void *tp, void *pp)
  * stays on one connection: one sender and one receiver wake up per batch,
  * not one per frame; heavy traffic, and with a spread a submit's frames,
  * spread. */
-static struct tcp_conn *pick_conn(struct tcp_peer *p, uint64_t frame_bytes)
+static struct tcp_conn *pick_conn(struct tcp_peer *p, const struct xfer_frame *f)
 {
     struct tcp_conn *best = NULL, *light = NULL;
     /* with a spread, a submit's frames each take their own connection (one
      * with less than a frame in flight) so that they move in parallel */
-    uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size;
-    if (p->t->spread > 1 && frame_bytes < light_bytes)
+    uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size, frame_bytes = f->bytes;
+    unsigned spread = f->opcode == XFER_READ ? p->t->spread_read : p->t->spread;
+    if (spread > 1 && frame_bytes < light_bytes)
         light_bytes = frame_bytes;
     uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
@@ -505,7 +506,7 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
     (void)tp;
     struct tcp_peer *p = pp;
     for (int attempt = 0; attempt < 2; attempt++) {
-        struct tcp_conn *c = pick_conn(p, f->bytes); /* locked */
+        struct tcp_conn *c = pick_conn(p, f); /* locked */
         if (!c)
             break;
         if (!c->broken) {
@@ -611,10 +612,27 @@ unsigned tcp_auto_spread(long cores)
     return cores >= 16 ? 4 : cores >= 8 ? 2 : 1;
 }
 
+/* READs as WRITEs (docs/BENCHMARKS.md, h16x). */
+unsigned tcp_auto_spread_read(long cores)
+{
+    return tcp_auto_spread(cores);
+}
+
 /* FERRY_TCP_SPREAD: unset, empty or "auto": tcp_auto_spread; else 1-16. */
 static int tcp_spread(unsigned *out)
 {
     return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), "auto or 1-16", out);
+}
+
+/* FERRY_TCP_SPREAD_READ: unset, empty or "auto": FERRY_TCP_SPREAD where
+ * that is set to a number (the spread of both directions), else
+ * tcp_auto_spread_read; else 1-16. */
+static int tcp_spread_read(unsigned write_spread, unsigned *out)
+{
+    const char *both = getenv("FERRY_TCP_SPREAD");
+    bool set = both && *both && strcmp(both, "auto") != 0;
+    return env_count("FERRY_TCP_SPREAD_READ", 1, 16, set ? write_spread : tcp_auto_spread_read(usable_cores()),
+                     "auto or 1-16", out);
 }
 
 /* SO_SNDBUF / SO_RCVBUF from 8 cores (8-16 connections): the kernel's own
@@ -670,7 +688,7 @@ void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 
 static int tcp_create(const struct transport_host *host, void **out)
 {
-    unsigned max_conns = 4, spread = 1;
+    unsigned max_conns = 4, spread = 1, spread_read = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
@@ -678,6 +696,8 @@ static int tcp_create(const struct transport_host *host, void **out)
         mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
     if (!mrc)
         mrc = tcp_spread(&spread);
+    if (!mrc)
+        mrc = tcp_spread_read(spread, &spread_read);
     if (!mrc)
         mrc = tcp_inline_bytes(spread, &inline_bytes);
     if (!mrc)
@@ -698,6 +718,7 @@ static int tcp_create(const struct transport_host *host, void **out)
     t->grow_bytes = grow_bytes;
     t->inline_bytes = inline_bytes;
     t->spread = spread;
+    t->spread_read = spread_read;
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
     t->dev_pipe = dev_pipe;
@@ -718,9 +739,10 @@ static int tcp_create(const struct transport_host *host, void **out)
     return 0;
 }
 
-static unsigned tcp_get_spread(void *tp)
+static unsigned tcp_get_spread(void *tp, int opcode)
 {
-    return ((struct tcp_transport *)tp)->spread;
+    const struct tcp_transport *t = tp;
+    return opcode == XFER_READ ? t->spread_read : t->spread;
 }
 
 static void tcp_destroy(void *tp)

@@ -30,7 +30,8 @@ struct tcp_transport {
     unsigned max_conns;     /* FERRY_TCP_MAX_CONNECTIONS, resolved (tcp_max_connections) */
     uint64_t grow_bytes;    /* FERRY_TCP_GROW_BYTES, resolved (tcp_grow_bytes) */
     uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES, resolved (tcp_inline_bytes) */
-    unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread */
+    unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread of WRITEs */
+    unsigned spread_read;   /* FERRY_TCP_SPREAD_READ, resolved (tcp_spread_read): of READs */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
@@ -107,6 +108,9 @@ void *tcp_receiver_main(void *arg);
 unsigned tcp_auto_max_connections(long cores);
 uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size);
 unsigned tcp_auto_spread(long cores);
+/* The frames a READ submit of small blocks is cut into on a host with
+ * `cores` CPUs, FERRY_TCP_SPREAD_READ's default. */
+unsigned tcp_auto_spread_read(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
 
