@@ -41,7 +41,7 @@ static ferry_engine *make_engine(void)
     ferry_engine *e = NULL;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.request_timeout_ms = 20000;
-    cfg.connect_timeout_ms = 5000;
+    cfg.connect_timeout_ms = 60000; /* a bound for a loaded machine (ECONN seen once in a full run), not a measurement */
     assert_int_equal(ferry_engine_create(&cfg, &e), 0);
     return e;
 }
