@@ -408,7 +408,9 @@ FERRY_API int ferry_batch_status(ferry_batch *batch, size_t index, struct ferry_
 FERRY_API int ferry_batch_wait(ferry_batch *batch, int timeout_ms);
 
 /* Frees a batch.  If requests are still running it waits for them to end.
- * NULL is accepted. */
+ * Threads may wait on a batch (ferry_batch_wait) together, and one of them
+ * may free it once its own wait has returned; no other call on the batch may
+ * be in progress or follow.  NULL is accepted. */
 FERRY_API void ferry_batch_free(ferry_batch *batch);
 
 /* ---------------------------------------------------------------- notifications */

@@ -689,12 +689,13 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
         if (timeout_ms < 0) {
             pthread_cond_wait(&b->cond, &b->lock);
         } else if (pthread_cond_timedwait(&b->cond, &b->lock, &until) == ETIMEDOUT && !finished(b)) {
-            size_t left = b->count - b->ended;
+            /* (read under the lock: another thread may free the batch once it ends) */
+            size_t count = b->count, left = count - b->ended;
             pthread_mutex_unlock(&b->lock);
             if (began)
                 wait_learn(e, now_ns() - began);
             return ferry_fail(FERRY_ETIMEDOUT, "batch_wait: %zu of %zu requests still running after %d ms", left,
-                              b->count, timeout_ms);
+                              count, timeout_ms);
         }
     }
     if (began)
@@ -709,7 +710,8 @@ int ferry_batch_wait(ferry_batch *b, int timeout_ms)
         rc = ferry_fail(b->deferred_error, "%s", b->deferred_msg);
     if (!rc && b->note_error)
         rc = ferry_fail(b->note_error, "%s", b->note_msg);
+    size_t count = b->count; /* the batch may be freed by another waiter once the lock goes */
     pthread_mutex_unlock(&b->lock);
-    TRACE(TR_BATCH_WOKEN, b->count);
+    TRACE(TR_BATCH_WOKEN, count);
     return rc;
 }
