@@ -345,27 +345,39 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     }
     /* each request's source must be registered and its target registered
      * remote-accessible (locals and own buffers are one registry), both on
-     * this stream's device or in host memory, one of them device memory */
-    bool eligible = true;
-    size_t begun = 0, ncopies = 0;
+     * this stream's device or in host memory, one of them device memory.
+     * Sources take accs[0, m), targets accs[m, 2m): one lock round trip each */
+    struct memreg_want *w = calloc(2 * n, sizeof *w);
+    if (!w) {
+        rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
+        goto out;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i].length)
+            m++;
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (reqs[i].length == 0)
+            continue;
+        w[k] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &j->accs[k], &regs[k]};
+        w[m + k] = (struct memreg_want){reqs[i].target_offset, reqs[i].length, &j->accs[m + k], &regs[m + k]};
+        k++;
+    }
+    size_t begun = 0, got = 0, ncopies = 0;
+    bool eligible = memreg_access_begin_many(&e->registry, w, m, 0, NULL, NULL, &got) == 0;
+    begun = got;
+    if (eligible) {
+        got = 0;
+        eligible = memreg_access_begin_many(&e->registry, w + m, m, 1, NULL, NULL, &got) == 0;
+        begun = m + got;
+    }
+    free(w);
+    for (size_t k = 0; k < begun; k++)
+        j->acc_ptrs[k] = &j->accs[k];
     for (size_t i = 0; i < n && eligible; i++) {
         if (reqs[i].length == 0)
             continue;
-        struct memreg_region *src = &regs[begun], *tgt = &regs[begun + 1];
-        if (memreg_access_begin(&e->registry, &j->accs[begun], (uint64_t)(uintptr_t)reqs[i].source,
-                                reqs[i].length, 0, src, NULL, NULL) != 0) {
-            eligible = false;
-            break;
-        }
-        j->acc_ptrs[begun] = &j->accs[begun];
-        begun++;
-        if (memreg_access_begin(&e->registry, &j->accs[begun], reqs[i].target_offset, reqs[i].length, 1, tgt,
-                                NULL, NULL) != 0) {
-            eligible = false;
-            break;
-        }
-        j->acc_ptrs[begun] = &j->accs[begun];
-        begun++;
+        const struct memreg_region *src = &regs[ncopies], *tgt = &regs[m + ncopies];
         bool write = reqs[i].opcode == FERRY_WRITE;
         int from = side_of(write ? src : tgt, ops, dev), to = side_of(write ? tgt : src, ops, dev);
         eligible = from >= 0 && to >= 0 && (from || to);

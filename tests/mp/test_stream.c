@@ -243,16 +243,24 @@ static void to_its_own_segment(void **state)
     ferry_mem_free(NULL, "sim:0", dst, LEN);
 }
 
+/* LEN bytes of sim:0 memory registered remote-accessible with f->e, and
+ * f->e's own segment opened in *self. */
+static char *own_buffer(struct fixture *f, ferry_segment_t *self)
+{
+    char *own = NULL;
+    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&own), 0);
+    assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), self), 0);
+    return own;
+}
+
 /* ... READ too, into host memory, with a host function after it that sees
  * the batch ended, and a gate: nothing moves before the stream gets there. */
 static void read_from_its_own_segment_in_stream_order(void **state)
 {
     struct fixture *f = *state;
-    char *own = NULL;
     ferry_segment_t self;
-    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&own), 0);
-    assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
-    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    char *own = own_buffer(f, &self);
     struct ferry_batch *b;
     assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
     pattern_fill(f->host, LEN, 61, 0);
@@ -324,11 +332,8 @@ static void to_another_engine_of_this_process(void **state)
 static void engine_destroyed_before_own_copies_ran(void **state)
 {
     struct fixture *f = *state;
-    char *own = NULL;
     ferry_segment_t self;
-    assert_int_equal(ferry_mem_alloc(f->e, "sim:0", LEN, (void **)&own), 0);
-    assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
-    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    char *own = own_buffer(f, &self);
     struct ferry_batch *b;
     assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
     pattern_fill(f->host, LEN, 83, 0);
