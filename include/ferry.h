@@ -385,12 +385,19 @@ FERRY_API int ferry_batch_submit(ferry_batch *batch, const struct ferry_request 
  * itself, with no transfer: each source must be registered and each target
  * registered remote-accessible, both in host memory or memory of `location`.
  *
- * While the stream waits for a transfer to another engine, ferry's threads
- * may have device work to do for it (staged memory).  A call that waits for
- * every stream of the device, made meanwhile by another thread of this
- * process (cuMemFree, cuMemFreeHost, a module load), waits for the transfer
- * too; ferry itself makes no such call then (its streams and kernels are
- * made when memory is registered). */
+ * Device memory of `location` sent to or read from another engine passes
+ * through pinned host memory (grown on demand up to FERRY_STREAM_BOUNCE_MB,
+ * kept until the engine is destroyed) with the copies on `stream` itself:
+ * a WRITE's before the transfer, a READ's after it.  So while the stream
+ * waits, ferry does no device work for the transfer, and a call that waits
+ * for every stream of the device, made meanwhile by another thread of this
+ * process (cuMemFree, cuMemFreeHost, a module load, a kernel's first launch
+ * under lazy module loading), cannot deadlock with it.  A READ batch ends
+ * only once its bytes are in the device memory; a READ that fails leaves
+ * zeros there.  Not bounced (ferry's threads then work while the stream
+ * waits, as before): a batch that does not fit the bounce limit, a READ
+ * batch with a notification, memory of another device, device memory an
+ * RDMA NIC reaches itself, and a target of this process. */
 FERRY_API int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request *reqs, size_t n,
                                            const char *location, void *stream);
 

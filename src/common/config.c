@@ -119,6 +119,9 @@ static const struct knob knobs[] = {
     DOC("FERRY_SHM_LANE_STREAMS", "2",
         "shm, device to device: streams a device's lane of small-copy jobs takes in turn (1-4); over 1, a job's "
         "launch overlaps the end of the one before"),
+    DOC("FERRY_STREAM_BOUNCE_MB", "256",
+        "pinned host MiB (kept, grown on demand) through which submit_on_stream moves device memory to another engine "
+        "with copies on the caller's stream; a batch that does not fit is staged by ferry's threads; 0: never"),
     DOC("FERRY_STAGING_AGGREGATE", "auto",
         "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
         "off), 0, or a size"),

@@ -79,6 +79,7 @@ struct sim_stream {
     uint64_t finished;
     int error;                   /* 0 or FERRY_EIO, sticky */
     int stop;
+    int waits_queued;            /* flag waits enqueued here and not yet over */
     char message[256];           /* the error's detail */
 };
 
@@ -443,6 +444,21 @@ static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
     return 0;
 }
 
+/* FERRY_SIM_STALL_ON_WAIT: a copy on stream s while a flag wait is enqueued
+ * on another stream.  On CUDA such a copy stalls until the wait ends when the
+ * application launches a kernel for the first time meanwhile (lazy module
+ * loading); here it fails at once, so a test sees ferry's device work that
+ * a stream-ordered transfer waits for. */
+static bool stalled(struct sim_stream *s)
+{
+    if (!sim_hw.stall_on_wait)
+        return false;
+    pthread_mutex_lock(&s->lock);
+    bool other = atomic_load(&sim_hw.waits_queued) > s->waits_queued;
+    pthread_mutex_unlock(&s->lock);
+    return other;
+}
+
 /* The stream's copy engine: runs jobs in order until stopped and drained.
  * Once the stream has failed, later jobs are dropped (but counted finished,
  * so waiters wake). */
@@ -473,12 +489,21 @@ static void *stream_worker(void *arg)
             atomic_fetch_add(&sim_hw.flag_waits, 1);
             ferry_flag_wait(job->flag, job->value);
             atomic_fetch_sub(&sim_hw.flag_waits, 1);
+            pthread_mutex_lock(&s->lock);
+            s->waits_queued--;
+            atomic_fetch_sub(&sim_hw.waits_queued, 1);
+            pthread_mutex_unlock(&s->lock);
         }
         else if (job->mark) {
             if (!failed) /* as on hardware: a failed stream runs nothing more */
                 ferry_flag_set(job->mark, job->value);
         }
-        else if (!failed) {
+        else if (!failed && stalled(s)) {
+            rc = FERRY_EIO;
+            snprintf(msg, sizeof msg, "sim:%d: copy job %llu ran while another stream waited on a flag: it would stall "
+                     "until that wait ends (FERRY_SIM_STALL_ON_WAIT: as a kernel's first launch under CUDA's lazy "
+                     "module loading stalls every stream)", s->dev, (unsigned long long)job->number);
+        } else if (!failed) {
             hold_back(job);
             rc = run_job(s->dev, job, msg, sizeof msg);
         }
@@ -652,6 +677,10 @@ static int sim_enqueue_sync_job(int dev, void *stream, const struct sim_job *pro
     *job = *proto;
     job->next = NULL;
     pthread_mutex_lock(&s->lock);
+    if (job->flag) {
+        s->waits_queued++;
+        atomic_fetch_add(&sim_hw.waits_queued, 1);
+    }
     append_job(s, job);
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -724,6 +753,8 @@ static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_FAIL_COPY", "", "tests: the sim copy jobs (copy_async calls of this process, from 1) that fail "
      "with FERRY_EIO: N when run (sticky, like a device fault), N:start at the call itself; up to 8, "
      "comma-separated"},
+    {"FERRY_SIM_STALL_ON_WAIT", "0", "tests: 1 = a sim copy fails while a flag wait is enqueued on another stream "
+     "(as CUDA stalls it under lazy module loading)"},
     {"FERRY_SIM_HOLD_COPY", "", "tests: N:path holds sim copy job N (numbered as above) back until the file path "
      "exists"},
     {NULL, NULL, NULL},

@@ -115,6 +115,12 @@ int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
         *size_given = 1;
     }
     int rc = read_faults();
-    return rc ? rc : read_hold();
+    if (!rc)
+        rc = read_hold();
+    s = getenv("FERRY_SIM_STALL_ON_WAIT");
+    sim_hw.stall_on_wait = s && strcmp(s, "1") == 0;
+    if (!rc && s && *s && strcmp(s, "0") != 0 && strcmp(s, "1") != 0)
+        rc = ferry_fail(FERRY_EINVAL, "FERRY_SIM_STALL_ON_WAIT=\"%.32s\": want 0 or 1", s);
+    return rc;
 }
 

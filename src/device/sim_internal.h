@@ -62,6 +62,8 @@ struct sim_hw {
     } faults[SIM_MAX_FAULTS];
     atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
     atomic_int flag_waits;       /* streams now waiting on a flag (stream_wait_flag) */
+    atomic_int waits_queued;     /* flag waits enqueued and not yet over */
+    int stall_on_wait;           /* FERRY_SIM_STALL_ON_WAIT */
     uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
     char hold_path[256];
 };

@@ -613,6 +613,21 @@ void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n,
     defer_done_unlock(b);
 }
 
+void batch_defer_end_each(ferry_batch *b, const struct ferry_request *reqs, size_t n, const struct ferry_status *st)
+{
+    pthread_mutex_lock(&b->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct req_slot *r = &b->reqs[i];
+        *r = (struct req_slot){.error = st[i].error, .route = -1, .segment = reqs[i].target,
+                               .transferred = st[i].error ? 0 : st[i].transferred};
+        if (st[i].error)
+            snprintf(r->msg, sizeof r->msg, "%s", st[i].message);
+        end_request(b, r);
+    }
+    b->count = n;
+    defer_done_unlock(b);
+}
+
 void batch_defer_cancel(ferry_batch *b, const char *why)
 {
     pthread_mutex_lock(&b->lock);

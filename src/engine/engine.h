@@ -170,6 +170,9 @@ int batch_defer_run(ferry_batch *b, const struct ferry_request *reqs, size_t n);
  * (copies on the caller's own stream, stream.c): each ends COMPLETED, or
  * FAILED with rc and msg when rc != 0.  The batch is not touched again. */
 void batch_defer_end(ferry_batch *b, const struct ferry_request *reqs, size_t n, int rc, const char *msg);
+/* The same with each request's own outcome (st[i].error, .transferred,
+ * .message): the requests ran on another batch. */
+void batch_defer_end_each(ferry_batch *b, const struct ferry_request *reqs, size_t n, const struct ferry_status *st);
 /* Takes back a batch_defer that will not run: nothing was submitted. */
 void batch_defer_withdraw(ferry_batch *b);
 /* Whether ferry_batch_set_notify gave the batch a notification. */

@@ -122,6 +122,18 @@ static uint32_t accessors(ferry_engine *e, const struct memreg_region *r)
     return bits;
 }
 
+bool route_device_by_nic(ferry_engine *e, const struct ferry_request *q, const struct memreg_region *local)
+{
+    bool nic = false;
+    pthread_rwlock_rdlock(&e->seg_lock);
+    struct segment *s = engine_segment(e, q->target);
+    for (size_t t = 0; s && t < e->ntransports && !nic; t++)
+        nic = (e->tops[t]->caps & TRANSPORT_DEVICE_BY_NIC) && e->tops[t]->can_access(e->tstate[t], local) &&
+              reaches(e, s, t, q);
+    pthread_rwlock_unlock(&e->seg_lock);
+    return nic;
+}
+
 /* Validates the remote side of every request and picks each one's transport.
  * Caller holds seg_lock for reading.  On a range miss it reports which
  * segment so the caller can refresh its descriptor once and retry.  Which

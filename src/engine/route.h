@@ -35,5 +35,10 @@ int route_refresh_failed_for_good(int rc);
  * (the caller refreshes it once and asks again). */
 int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n, const struct memreg_region *locals,
                    struct slice_req *out, uint64_t *miss);
+/* Whether a transport whose NIC reads and writes device memory itself
+ * (TRANSPORT_DEVICE_BY_NIC) reaches request q's remote range and can access
+ * its local region `local`: its route then does no device work in this
+ * process.  Takes seg_lock for reading. */
+bool route_device_by_nic(ferry_engine *e, const struct ferry_request *q, const struct memreg_region *local);
 
 #endif

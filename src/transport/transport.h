@@ -95,6 +95,8 @@ struct transport_host {
 
 /* Capabilities (struct transport_ops.caps). */
 #define TRANSPORT_NEEDS_HARDWARE 0x1u /* may find no device (or not be built): skippable with transport_fallback */
+#define TRANSPORT_DEVICE_BY_NIC 0x2u  /* the device memory it can access, a NIC reads and writes: no device work
+                                       * of this process (stream.c need not bounce it) */
 
 struct transport_ops {
     const char *name;

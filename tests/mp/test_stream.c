@@ -395,6 +395,158 @@ static void engine_destroyed_before_the_stream_reaches_it(void **state)
     free(after);
 }
 
+/* Device memory to another engine moves through pinned host memory with the
+ * copies on the caller's stream (stream.c, bounce_submit): a batch of device
+ * and host requests, written then read back round after round, the same
+ * bounce buffer reused; a host function after each sees the batch ended and
+ * the bytes where they belong.  Under FERRY_SIM_STALL_ON_WAIT (ctest
+ * test_stream_stall) a copy of ferry's own while the stream waits fails, as
+ * it stalls on CUDA when the application first launches a kernel then. */
+static void mixed_batches_round_trip(void **state)
+{
+    struct fixture *f = *state;
+    char *back = malloc(LEN);
+    for (int round = 0; round < 4; round++) {
+        struct ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(f->e, 3, &b), 0);
+        pattern_fill(f->host, LEN, 90 + round, 0);
+        copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);        /* device: pattern 90+round */
+        struct ferry_request w[3] = {{FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN / 2},
+                                     {FERRY_WRITE, f->host + LEN / 2, f->seg, f->target.addr + LEN / 2, LEN / 4},
+                                     {FERRY_WRITE, f->dev + 3 * (LEN / 4), f->seg, f->target.addr + 3 * (LEN / 4),
+                                      LEN / 4}};
+        assert_int_equal(ferry_batch_submit_on_stream(b, w, 3, "sim:0", f->stream), 0);
+        struct seen seen = {b, -1};
+        assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+        assert_int_equal(f->sim->stream_sync(f->stream), 0);
+        assert_int_equal(seen.state, FERRY_COMPLETED);
+        assert_int_equal(ferry_batch_wait(b, -1), 0);
+        assert_int_equal(child_target_check(&f->target, 0, LEN, 90 + round), -1);
+        ferry_batch_free(b);
+
+        /* and back, into device memory cleared first */
+        memset(back, 0, LEN);
+        copy(f, FERRY_COPY_H2D, f->dev, back, LEN);
+        assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
+        struct ferry_request r[2] = {{FERRY_READ, f->dev + LEN / 2, f->seg, f->target.addr, LEN / 2},
+                                     {FERRY_READ, f->dev, f->seg, f->target.addr + LEN / 2, LEN / 2}};
+        assert_int_equal(ferry_batch_submit_on_stream(b, r, 2, "sim:0", f->stream), 0);
+        seen = (struct seen){b, -1};
+        assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+        copy(f, FERRY_COPY_D2H, back, f->dev, LEN);            /* later work on the stream */
+        assert_int_equal(f->sim->stream_sync(f->stream), 0);
+        assert_int_equal(seen.state, FERRY_COMPLETED);
+        assert_int_equal(ferry_batch_wait(b, -1), 0);
+        assert_int_equal(pattern_check(back + LEN / 2, LEN / 2, 90 + round, 0), -1);
+        assert_int_equal(pattern_check(back, LEN / 2, 90 + round, LEN / 2), -1);
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, 1, &st), 0);
+        assert_int_equal(st.transferred, LEN / 2);
+        ferry_batch_free(b);
+    }
+    free(back);
+}
+
+/* A READ into device memory whose target dies: the batch ends FAILED (no
+ * request COMPLETED), the stream goes on, and what the stream copies into
+ * the destination is not an earlier transfer's bytes. */
+static void failed_read_into_device_memory(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    /* an earlier READ leaves the target's bytes in the bounce buffer */
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    struct ferry_request q = {FERRY_READ, f->dev, f->seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    ferry_batch_free(b);
+    memset(f->host, 0x5a, LEN);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    gate_close(f);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    struct seen seen = {b, -1};
+    assert_int_equal(f->sim->stream_host_func(0, f->stream, record_state, &seen), 0);
+    char *after = malloc(LEN);
+    copy(f, FERRY_COPY_D2H, after, f->dev, LEN);
+    child_target_kill(&f->target);
+    f->target.pid = 0;
+    gate_open(f);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);      /* the stream is not stuck */
+    assert_int_equal(seen.state, FERRY_FAILED);
+    assert_int_not_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_not_equal(pattern_check(after, LEN, TSEED, 0), -1); /* not the first READ's bytes */
+    ferry_batch_free(b);
+    free(after);
+}
+
+/* The engine is destroyed before the stream reaches a READ into device
+ * memory: the batch ends FERRY_ECANCELED once the stream passed it, and the
+ * stream goes on. */
+static void engine_destroyed_before_a_device_read(void **state)
+{
+    struct fixture *f = *state;
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    gate_close(f);
+    struct ferry_request q = {FERRY_READ, f->dev, f->seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    ferry_engine_destroy(f->e);
+    f->e = NULL;
+    gate_open(f);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, sync_stream, f), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 120; /* a bound that keeps a broken run from hanging, not a measurement */
+    if (pthread_timedjoin_np(th, NULL, &until) != 0)
+        fail_msg("the stream did not get past a READ of a destroyed engine");
+    struct ferry_status st; /* (ferry_batch_wait would read the engine's wait statistics) */
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_FAILED);
+    assert_int_equal(st.error, FERRY_ECANCELED);
+    ferry_batch_free(b);
+}
+
+/* A batch larger than FERRY_STREAM_BOUNCE_MB takes ferry's staging threads,
+ * and still completes; a bad value is refused with the knob's name. */
+static void bounce_limit_and_bad_value(void **state)
+{
+    struct fixture *f = *state;
+    ferry_engine *e;
+    setenv("FERRY_STREAM_BOUNCE_MB", "lots", 1);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_register_memory(e, f->dev, LEN, "sim:0", 0), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(e, f->target.name, &seg), 0);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    struct ferry_request q = {FERRY_WRITE, f->dev, seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), "FERRY_STREAM_BOUNCE_MB"));
+    assert_int_equal(ferry_batch_size(b), 0);
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+    unsetenv("FERRY_STREAM_BOUNCE_MB");
+    if (getenv("FERRY_SIM_STALL_ON_WAIT"))
+        return; /* (ferry's threads stage what does not fit: not under the stall) */
+    setenv("FERRY_STREAM_BOUNCE_MB", "0", 1);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    unsetenv("FERRY_STREAM_BOUNCE_MB");
+    assert_int_equal(ferry_register_memory(e, f->dev, LEN, "sim:0", 0), 0);
+    assert_int_equal(ferry_open_segment(e, f->target.name, &seg), 0);
+    pattern_fill(f->host, LEN, 77, 0);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, 77), -1);
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -408,6 +560,25 @@ int main(void)
         cmocka_unit_test_setup_teardown(to_another_engine_of_this_process, setup, teardown),
         cmocka_unit_test_setup_teardown(engine_destroyed_before_own_copies_ran, setup, teardown),
         cmocka_unit_test_setup_teardown(engine_destroyed_before_the_stream_reaches_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(mixed_batches_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_read_into_device_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
     };
+    /* ferry's own device work while a stream waits fails under the stall
+     * (ctest test_stream_stall): a target engine of this process has some */
+    const struct CMUnitTest stall[] = {
+        cmocka_unit_test_setup_teardown(write_starts_and_ends_in_stream_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_lands_before_later_copies, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_transfer_releases_the_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(to_its_own_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_from_its_own_segment_in_stream_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(mixed_batches_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_read_into_device_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
+    };
+    if (getenv("FERRY_SIM_STALL_ON_WAIT"))
+        return cmocka_run_group_tests(stall, NULL, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -474,6 +474,63 @@ def test_transfer_on_cuda():
         engine.close()
 
 
+# A stream-ordered WRITE and READ of a CUDA tensor to ANOTHER process, while the
+# application launches kernels for the first time (lazy module loading, CUDA's
+# default): such a launch stalls every stream of the context until the side stream's
+# wait for ferry ends, so ferry must do no device work for the transfer meanwhile
+# (stream.c, bounce_submit). In a child process with a time limit: the failure
+# before the fix was a hang.
+ON_CUDA_OTHER_CHILD = r"""
+import sys, torch
+from ferry.engine import TransferEngine
+target, addr = sys.argv[1], int(sys.argv[2])
+e = TransferEngine()
+assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+dev = torch.device("cuda:0")
+n = 32 << 20
+src = torch.empty(n, dtype=torch.uint8, device=dev)
+dst = torch.zeros(n, dtype=torch.uint8, device=dev)
+assert e.register_memory(src.data_ptr(), n) == 0 and e.register_memory(dst.data_ptr(), n) == 0
+side = torch.cuda.Stream(dev)
+x = torch.rand(4096, device=dev, dtype=torch.float64)
+firsts = [torch.special.bessel_j0, torch.special.i1e, torch.special.erfcx, torch.special.bessel_y1,
+          torch.special.modified_bessel_k0, torch.special.scaled_modified_bessel_k1]
+for i, first_launch in enumerate(firsts):
+    src.fill_(i + 1)
+    side.wait_stream(torch.cuda.current_stream())
+    assert e.transfer_write_on_cuda(target, src.data_ptr(), addr, n, side.cuda_stream) is None
+    assert e.transfer_read_on_cuda(target, dst.data_ptr(), addr, n, side.cuda_stream) is None
+    first_launch(x)   # a kernel this process never ran, while the side stream waits
+    torch.cuda.current_stream().wait_stream(side)
+    assert bool(torch.all(dst == i + 1)), "round %d: the bytes read back differ" % i
+    dst.zero_()
+torch.cuda.synchronize()
+e.close()
+print("OK", flush=True)
+"""
+
+
+def test_on_cuda_to_another_process_with_first_launches():
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("SKIPPED: needs torch (not installed here); the GPU run (tests/python/gpu.sh) covers it")
+    if not torch.cuda.is_available():
+        pytest.skip("SKIPPED: needs a CUDA GPU")
+    target = RefTarget("127.0.0.1:%d" % free_port(), "P2PHANDSHAKE")
+    try:
+        env = alias_env({"CUDA_MODULE_LOADING": "LAZY"})
+        try:
+            out = subprocess.run([sys.executable, "-c", ON_CUDA_OTHER_CHILD, target.name, str(target.addr)],
+                                 env=env, capture_output=True, text=True, timeout=150)
+        except subprocess.TimeoutExpired as ex:
+            pytest.fail("stream-ordered transfers to another process hung with kernels first launched during the "
+                        "wait (stderr: %s)" % (ex.stderr or "")[-2000:])
+        assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    finally:
+        target.close()
+
+
 def test_rpc_communicator():
     pytest.skip("SKIPPED: rpc_communicator_test.py drives mooncake.engine.RpcInterface (coro_rpc "
                 "send_data between processes), a message channel beside the transfer engine; ferry has none")

@@ -726,7 +726,7 @@ static void rdma_stats(void *tp, struct ferry_transport_stats *out)
 
 const struct transport_ops ferry_rdma_transport = {
     .name = "rdma",
-    .caps = TRANSPORT_NEEDS_HARDWARE,
+    .caps = TRANSPORT_NEEDS_HARDWARE | TRANSPORT_DEVICE_BY_NIC,
     .rank = 0,
     .create = rdma_create,
     .destroy = rdma_destroy,
