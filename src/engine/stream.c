@@ -828,7 +828,7 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
         snprintf(why, sizeof why, "%s", ferry_last_error());
         if (!j->local_rc) {
             j->local_rc = rc;
-            snprintf(j->local_msg, sizeof j->local_msg, "submit_on_stream: %s", why);
+            snprintf(j->local_msg, sizeof j->local_msg, "submit_on_stream: %.120s", why);
         }
         j->bounce_lost = true;
         on_reached(j); /* ends it with local_rc (a READ's end also needs its host function below) */

@@ -522,7 +522,8 @@ def test_on_cuda_to_another_process_with_first_launches():
         env = alias_env({"CUDA_MODULE_LOADING": "LAZY"})
         try:
             out = subprocess.run([sys.executable, "-c", ON_CUDA_OTHER_CHILD, target.name, str(target.addr)],
-                                 env=env, capture_output=True, text=True, timeout=150)
+                                 env=env, capture_output=True, text=True,
+                                 timeout=float(os.getenv("FERRY_TEST_HANG_S", "150")))
         except subprocess.TimeoutExpired as ex:
             pytest.fail("stream-ordered transfers to another process hung with kernels first launched during the "
                         "wait (stderr: %s)" % (ex.stderr or "")[-2000:])
