@@ -503,7 +503,7 @@ static int side_of(const struct memreg_region *reg, const struct ferry_device_op
  * returns 1 and the caller takes the usual path.  0: enqueued; else the
  * error, with nothing enqueued. */
 static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int dev, void *stream,
-                        const struct ferry_request *reqs, size_t n, struct stream_runner *r)
+                        const struct ferry_request *reqs, size_t n, struct stream_runner *r, int *late)
 {
     ferry_engine *e = batch_engine(b);
     if (!ops->stream_copy || batch_has_notify(b) || !all_to_self(e, reqs, n))
@@ -602,7 +602,10 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
             j->local_rc = rc;
             snprintf(j->local_msg, sizeof j->local_msg, "%s", ferry_last_error());
         }
+        char why[200];
+        snprintf(why, sizeof why, "%s", j->local_msg);
         on_reached(j);
+        *late = ferry_fail(rc, "submit_on_stream: %s (the batch ended FAILED)", why);
     }
     return 0;
 out:
@@ -715,7 +718,7 @@ static int bounce_copies(const struct ferry_device_ops *ops, int dev, void *stre
  * the usual path (staged by ferry's threads).  0: enqueued; else the error,
  * with nothing enqueued. */
 static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int dev, void *stream,
-                         const struct ferry_request *reqs, size_t n, struct stream_runner *r)
+                         const struct ferry_request *reqs, size_t n, struct stream_runner *r, int *late)
 {
     if (!ops->stream_copy || r->bounce_max == 0)
         return 1;
@@ -835,7 +838,8 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
         if (!inner) {
             free(dirs);
             free(c);
-            return ferry_fail(rc, "submit_on_stream: %s (nothing was sent)", why);
+            *late = ferry_fail(rc, "submit_on_stream: %s (nothing was sent)", why);
+            return 0;
         }
     }
     int wrc = enqueue_wait(ops, dev, stream, flag, value);
@@ -857,9 +861,8 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
     }
     free(dirs);
     free(c);
-    if (hrc)
-        return ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why);
-    return wrc;
+    *late = hrc ? ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why) : wrc;
+    return 0;
 out:
     if (j) {
         free(j->accs);
@@ -906,14 +909,16 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     /* requests to the engine's own segment: copies on the caller's stream */
     if ((rc = batch_defer(batch, reqs, n)) != 0) /* (validates them as a submit would) */
         return rc;
-    int local = local_submit(batch, ops, dev, stream, reqs, n, r);
+    int late = 0; /* enqueued, but the call failed: the job ends the batch FAILED */
+    int local = local_submit(batch, ops, dev, stream, reqs, n, r, &late);
     if (local > 0) /* device memory to another engine: through bounce buffers */
-        local = bounce_submit(batch, ops, dev, stream, reqs, n, r);
-    if (local <= 0) { /* enqueued (its host function ends the batch), or refused */
-        if (local < 0)
-            batch_defer_withdraw(batch);
+        local = bounce_submit(batch, ops, dev, stream, reqs, n, r, &late);
+    if (local < 0) { /* refused, nothing enqueued */
+        batch_defer_withdraw(batch);
         return local;
     }
+    if (local == 0) /* enqueued: its host function (or the job, on failure) ends the batch */
+        return late;
     batch_defer_withdraw(batch); /* the usual path defers it again */
     struct stream_job *j = calloc(1, sizeof *j);
     struct ferry_request *copy = malloc(n * sizeof *copy);

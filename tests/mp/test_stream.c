@@ -547,6 +547,42 @@ static void bounce_limit_and_bad_value(void **state)
     ferry_engine_destroy(e);
 }
 
+/* A stream the device refuses (another device's) for device memory to
+ * another engine: the call says so, nothing is sent, and the batch ends
+ * FAILED once (before, the call's error also took back the deferred submit
+ * the failed job had ended: the batch's count went below zero and a wait
+ * never returned). */
+static void *wait_batch(void *arg)
+{
+    return (void *)(intptr_t)ferry_batch_wait(arg, -1);
+}
+
+static void refused_stream_ends_the_batch_once(void **state)
+{
+    struct fixture *f = *state;
+    ferry_stream *other;
+    assert_int_equal(f->sim->stream_create(1, &other), 0);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 1, &b), 0);
+    struct ferry_request q = {FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", other), FERRY_EINVAL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, wait_batch, b), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 120; /* a bound that keeps a broken run from hanging, not a measurement */
+    void *rc;
+    if (pthread_timedjoin_np(th, &rc, &until) != 0)
+        fail_msg("the batch of a refused stream never ended");
+    assert_int_not_equal((int)(intptr_t)rc, 0);
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_FAILED);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, TSEED), -1); /* nothing was sent */
+    ferry_batch_free(b);
+    f->sim->stream_destroy(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -564,6 +600,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(failed_read_into_device_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
     };
     /* ferry's own device work while a stream waits fails under the stall
      * (ctest test_stream_stall): a target engine of this process has some */
@@ -577,6 +614,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(failed_read_into_device_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
     };
     if (getenv("FERRY_SIM_STALL_ON_WAIT"))
         return cmocka_run_group_tests(stall, NULL, NULL);
