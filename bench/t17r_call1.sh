@@ -14,14 +14,16 @@
 #      alternated twice, each with its profile and syscalls per MiB
 #      (the run of 05:16 had read:1M:4 read:4M:4 write:4M:4 here)
 #   D  4 MiB blocks as one frame (FERRY_SLICE_SIZE=4M) against 1 MiB frames
+#   E  who waits, per thread and MiB, READ and WRITE 1 MiB x 8
+#      (bench/tcp_switches.sh; not in the run of 05:16)
 #   DIR=build-t17r [PARTS="C D"] bash DIR/call1.sh   (OUT: where the logs go;
-#   PARTS: which of A B C D to run, all by default)
+#   PARTS: which of A B C D E to run, all by default)
 # The device tool brings back at most 8 files from $OUT: each part writes one
 # log (stdout and stderr), the JSON and host facts go to one more file.  (The
 # run of 2026-12-01 05:16 wrote a file per stream and lost parts C and D.)
 # Seen there: A 130 s, B 29 s, C 39 s (3 cells); D needs more than 35 s (4
-# GiB buffers filled and verified a run).  All parts: under `timeout 380`;
-# PARTS="C D": under `timeout 160`.
+# GiB buffers filled and verified a run).  All parts: under `timeout 410`;
+# PARTS="C D E": under `timeout 190`.
 set -u
 DIR=${DIR:-build-t17r}
 OUT=${OUT:-/tmp/t17r-out}
@@ -30,7 +32,7 @@ B=$PWD/$DIR/bundle
 export FERRY_BENCH=$B/bin/ferry-bench IPERF3=$B/bin/iperf3
 # the carried perf (6.1) with its libraries, whatever the host has
 export PERF=$PWD/$DIR/perf/bin/perf PERF_LIB=$PWD/$DIR/perf/lib:$B/lib
-PARTS=${PARTS:-A B C D}
+PARTS=${PARTS:-A B C D E}
 want() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 note() { echo "== $(date -u +%T) $*" | tee -a "$OUT/progress.log"; }
 
@@ -73,6 +75,12 @@ LD_LIBRARY_PATH=$B/lib PERF= DURATION=2 ROUNDS=1 \
   VARIANTS="default;FERRY_SLICE_SIZE=4194304 FERRY_STAGING_CHUNK_SIZE=8388608" \
   CELLS="read:4M:8 write:4M:8" timeout -k 5 60 bash bench/tcp_knobs.sh >"$OUT/D.log" 2>&1
 note "D: rc $?"
+}
+want E && {
+note "E: context switches per thread and MiB, READ and WRITE 1 MiB x 8"
+LD_LIBRARY_PATH=$B/lib WINDOW=3 CELLS="read:1M:8 write:1M:8" timeout -k 5 40 bash bench/tcp_switches.sh \
+  >"$OUT/E.log" 2>&1
+note "E: rc $?"
 }
 note "end"
 # the JSON files together: one file back instead of three
