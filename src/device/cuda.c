@@ -557,6 +557,28 @@ static int cuda_stream_wait_flag(int dev, void *stream, volatile uint32_t *flag,
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWaitValue32", dev);
 }
 
+/* Whether a caller's stream ran its copies: the GPU writes the word after
+ * them (a stream in error runs nothing more). */
+static int cuda_stream_write_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
+{
+    struct ctx_guard g;
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if (cuda_drv.cuStreamWriteValue32 == NULL || cuda_drv.cuMemHostGetDevicePointer == NULL)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: the driver has no cuStreamWriteValue32", dev);
+    if ((rc = stream_ctx_enter(dev, &g)) < 0)
+        return rc;
+    CUdeviceptr addr = 0;
+    CUresult r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    if (r == CUDA_SUCCESS)
+        r = cuda_drv.cuStreamWriteValue32((CUstream)stream, addr, value, 0);
+    cuda_ctx_leave(&g);
+    if (r == CUDA_ERROR_NOT_SUPPORTED)
+        return ferry_fail(FERRY_ENOTSUP, "cuda:%d: stream memory operations are not supported", dev);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamWriteValue32", dev);
+}
+
 /* A job's end on a stream jobs share (the shm transport's GPU-to-GPU jobs):
  * the GPU writes the word in mapped pinned memory; nothing waits on it. */
 static int cuda_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32_t value)
@@ -645,6 +667,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .stream_host_func = cuda_stream_host_func,
     .stream_wait_flag = cuda_stream_wait_flag,
     .stream_copy = cuda_stream_copy,
+    .stream_write_flag = cuda_stream_write_flag,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,

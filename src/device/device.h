@@ -150,6 +150,11 @@ struct ferry_device_ops {
      * transfer and no ferry thread, so nothing waits for the stream.  0 or
      * FERRY_E*. */
     int (*stream_copy)(int dev, void *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n);
+    /* Optional: enqueues on the caller's own stream (as above) a store of
+     * value into *flag (memory from this kind's host_alloc), which the
+     * device skips once a copy before it failed: a host function after it
+     * reads whether the stream's copies ran.  0 or FERRY_E*. */
+    int (*stream_write_flag)(int dev, void *stream, volatile uint32_t *flag, uint32_t value);
 
     /* Optional (NULL: this kind's memory cannot be shared between processes;
      * peers then reach it only through its owner, staged over tcp/rdma).

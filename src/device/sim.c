@@ -716,6 +716,13 @@ static int sim_stream_copy(int dev, void *stream, enum ferry_copy_dir dir, const
     return sim_copy_async(stream, dir, copies, n);
 }
 
+static int sim_stream_write_flag(int dev, void *stream, volatile uint32_t *flag, uint32_t value)
+{
+    if (flag == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: stream_write_flag without a flag", dev);
+    return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.mark = flag, .value = value});
+}
+
 static int sim_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32_t value)
 {
     struct sim_stream *s = as_sim(stream);
@@ -780,6 +787,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_host_func = sim_stream_host_func,
     .stream_wait_flag = sim_stream_wait_flag,
     .stream_copy = sim_stream_copy,
+    .stream_write_flag = sim_stream_write_flag,
     .ipc_export = sim_ipc_export,
     .ipc_open = sim_ipc_open,
     .ipc_close = sim_ipc_close,

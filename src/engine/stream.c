@@ -78,6 +78,12 @@ struct stream_job {
     size_t naccs;
     int local_rc;
     char local_msg[160];
+    /* the stream's mark after the copies it does for the job (its own flag
+     * slot, stream_write_flag): a stream whose copy failed skips it, and
+     * the host function after them sees that.  mpage NULL: no mark */
+    struct flag_page *mpage;
+    int mslot;
+    uint32_t mvalue;
     /* a bounced job (bounce_submit): the requests' device memory moves
      * through a pinned host buffer with copies on the caller's stream, and
      * reqs are the rewritten requests, orig the caller's */
@@ -130,6 +136,9 @@ struct stream_runner {
 static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct stream_runner *orphans;
 
+static bool mark_ran_locked(struct stream_job *j);
+#define COPY_FAILED_MSG "a copy on the stream failed before it (the stream is in error)"
+
 /* ------------------------------------------------------------ driver threads */
 
 /* A local job's copies have run: its batch ends, on the driver's thread
@@ -140,8 +149,15 @@ static void local_finish(struct stream_runner *r, struct stream_job *j)
     /* under the runner's lock: ferry_engine_destroy sets stop under it
      * before the registry goes */
     pthread_mutex_lock(&r->lock);
+    if (!mark_ran_locked(j) && !j->local_rc) {
+        j->local_rc = FERRY_EIO;
+        snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies: %s", COPY_FAILED_MSG);
+    }
     if (!r->stop)
         memreg_access_end_many(&batch_engine(j->batch)->registry, j->acc_ptrs, j->naccs);
+    if (j->local_rc)
+        LOG_WARN("stream-ordered copies to the own segment failed: %s: %s (the stream goes on)",
+                 ferry_err_name(j->local_rc), j->local_msg);
     batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
     r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);
@@ -170,7 +186,12 @@ static void on_reached(void *arg)
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (j->bounce && !j->inner) { /* the copies into the bounce buffer ran */
+    if (j->bounce && !j->inner) { /* the copies into the bounce buffer ran, or failed */
+        if (!mark_ran_locked(j) && !j->local_rc) {
+            j->local_rc = FERRY_EIO;
+            snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
+                     COPY_FAILED_MSG);
+        }
         if (!r->stop)
             memreg_access_end_many(&r->e->registry, j->acc_ptrs, j->naccs);
         j->naccs = 0;
@@ -224,6 +245,7 @@ static void job_flag_locked(struct stream_job *j)
  * lock held). */
 static void job_free_locked(struct stream_runner *r, struct stream_job *j)
 {
+    mark_ran_locked(j);
     if (j->bounce && !j->bounce_lost) {
         j->bounce->next = r->bounces;
         r->bounces = j->bounce;
@@ -251,6 +273,13 @@ static void job_finish(struct stream_runner *r, struct stream_job *j)
  * j->st.  Ends the caller's batch with each request's outcome. */
 static void bounce_finish(struct stream_runner *r, struct stream_job *j)
 {
+    pthread_mutex_lock(&r->lock);
+    if (!mark_ran_locked(j) && !j->after_rc) {
+        j->after_rc = FERRY_EIO;
+        snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
+                 COPY_FAILED_MSG);
+    }
+    pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < j->n && j->after_rc; i++)
         if (!j->st[i].error && j->orig[i].source != j->reqs[i].source) {
             j->st[i].error = j->after_rc;
@@ -468,6 +497,38 @@ static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops
     return 0;
 }
 
+/* Enqueues the job's mark after the copies enqueued on the stream so far.
+ * Where the device cannot write one, or no slot is free, there is none and
+ * the copies count as run. */
+static void mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
+                         struct stream_job *j)
+{
+    if (!ops->stream_write_flag)
+        return;
+    pthread_mutex_lock(&r->lock);
+    if (slot_take(r, ops, &j->mpage, &j->mslot, &j->mvalue) != 0)
+        j->mpage = NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (j->mpage && ops->stream_write_flag(dev, stream, &j->mpage->flags[j->mslot], j->mvalue) != 0) {
+        pthread_mutex_lock(&r->lock);
+        j->mpage->free_slots[j->mpage->nfree++] = j->mslot;
+        j->mpage = NULL;
+        pthread_mutex_unlock(&r->lock);
+    }
+}
+
+/* Whether the stream ran the copies before the job's mark (read by a host
+ * function after it); the mark's slot is free again.  Runner lock held. */
+static bool mark_ran_locked(struct stream_job *j)
+{
+    if (!j->mpage)
+        return true;
+    bool ran = j->mpage->flags[j->mslot] == j->mvalue;
+    j->mpage->free_slots[j->mpage->nfree++] = j->mslot;
+    j->mpage = NULL;
+    return ran;
+}
+
 /* ------------------------------------------------------------ the own segment */
 
 /* Whether every request goes to this engine's own segment. */
@@ -591,6 +652,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     free(regs);
     free(copies);
     free(dirs);
+    mark_enqueue(r, ops, dev, stream, j);
     pthread_mutex_lock(&r->lock);
     r->in_flight++;
     pthread_mutex_unlock(&r->lock);
@@ -820,6 +882,8 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                  ferry_last_error());
         j->bounce_lost = true;
     }
+    if (!j->inner) /* (a READ's mark comes after its copies into device memory) */
+        mark_enqueue(r, ops, dev, stream, j);
     volatile uint32_t *flag = &j->page->flags[j->slot];
     uint32_t value = j->value;
     char why[256] = "";
@@ -849,6 +913,8 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
             snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
                      ferry_last_error());
         }
+        if (!wrc)
+            mark_enqueue(r, ops, dev, stream, j);
         if (wrc || ops->stream_host_func(dev, stream, bounce_end_reached, j) != 0) {
             if (!j->after_rc) {
                 j->after_rc = wrc ? wrc : FERRY_EIO;
