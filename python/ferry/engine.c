@@ -267,6 +267,38 @@ const char *opt_str(PyObject *o, const char *what, int *err)
     return s && *s ? s : NULL;
 }
 
+/* Destroys the engine the object holds, if any (the reference replaces its
+ * engine with a new one), and creates one from cfg.  Returns 0 or the
+ * negative code of the creation (noted for ferry.last_error()).  GIL held;
+ * released while destroying and creating.  The caller set initializing. */
+static int replace_engine(EngineObject *self, const struct ferry_config *cfg)
+{
+    if (self->engine || self->closed) {
+        engine_shutdown(self);
+        self->closed = 0;
+    }
+    ferry_engine *e = NULL;
+    char why[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ferry_engine_create(cfg, &e);
+    if (rc)
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        note_failure(rc, why);
+        return rc;
+    }
+    self->life_writer++;
+    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
+    pthread_rwlock_wrlock(&self->life);
+    self->engine = e;
+    pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
+    self->life_writer--;
+    return 0;
+}
+
 static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *host = NULL, *meta = NULL, *proto = NULL, *dev = NULL;
@@ -315,29 +347,17 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
                                                : "initialize: the engine is already initialized");
         return PyLong_FromLong(FERRY_EBUSY);
     }
-    if (self->engine || self->closed) { /* the reference replaces its engine with a new one */
-        engine_shutdown(self);
-        self->closed = 0;
+    /* Both would create an engine with the GIL released and the one stored
+     * last would win: the other would live on, unreachable, with its
+     * listener, threads and published descriptor. */
+    if (self->initializing) {
+        note_failure(FERRY_EBUSY, "initialize: another thread is initializing this engine now");
+        return PyLong_FromLong(FERRY_EBUSY);
     }
-    ferry_engine *e = NULL;
-    char why[512] = "";
-    Py_BEGIN_ALLOW_THREADS
-    rc = ferry_engine_create(&cfg, &e);
-    if (rc)
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        note_failure(rc, why);
-        return PyLong_FromLong(rc);
-    }
-    self->life_writer++;
-    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
-    pthread_rwlock_wrlock(&self->life);
-    self->engine = e;
-    pthread_rwlock_unlock(&self->life);
-    Py_END_ALLOW_THREADS
-    self->life_writer--;
-    return PyLong_FromLong(0);
+    self->initializing = 1;
+    rc = replace_engine(self, &cfg);
+    self->initializing = 0;
+    return PyLong_FromLong(rc);
 }
 
 static PyObject *Engine_get_rpc_port(EngineObject *self, PyObject *noargs)
@@ -642,7 +662,9 @@ static PyMethodDef engine_methods[] = {
      "free one); metadata_server 'P2PHANDSHAKE', 'etcd://h:p', 'redis://h:p' (a bare 'h:p' means etcd).\n"
      "config: metadata_prefix, metadata_ttl_s, tcp_connections, slice_size, coalesce_max,\n"
      "request_timeout_ms, connect_timeout_ms, staging_chunk_size, staging_chunks, notify_queue_max,\n"
-     "log_level.  Returns 0, or a negative FERRY_E* code (ferry.last_error() says why)."},
+     "log_level.  Returns 0, or a negative FERRY_E* code (ferry.last_error() says why); FERRY_EBUSY\n"
+     "while another thread's initialize() of this object runs.  A second initialize() replaces the\n"
+     "engine (strict: FERRY_EBUSY)."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS,
      "close() -> None: destroys the engine; unfinished requests end ECANCELED.  Idempotent."},
     {"__enter__", (PyCFunction)Engine_enter_ctx, METH_NOARGS, NULL},

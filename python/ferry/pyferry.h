@@ -35,6 +35,8 @@ typedef struct {
     pthread_rwlock_t life;
     int life_writer;            /* close()/initialize() waiting for or holding the write side: new calls are
                                  * turned away (GIL held to read or change it) */
+    int initializing;           /* an initialize() is creating an engine (GIL held to read or change it): a
+                                 * second one is turned away, or one of the two engines would be lost */
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status

@@ -12,6 +12,7 @@ import pytest
 
 import ferry
 from ferry.engine import TransferEngine
+from test_gil_waits import MAX_HOLD_S, GateStore
 
 BOUND_S = 120   # a broken run fails after this long instead of hanging
 
@@ -106,3 +107,45 @@ def test_close_ends_a_call_blocked_on_a_hung_peer(fresh_target):
     finally:
         fresh_target.cont()
         worker.join(BOUND_S)
+
+
+def test_a_second_initialize_while_the_first_runs_leaks_no_engine():
+    """Two threads call initialize() on one TransferEngine at once (a worker
+    pool's retry racing its first attempt).  The store holds the first one's
+    PUT of its descriptor, so it is inside engine creation while the second
+    runs.  Before, both created an engine and the one stored last won: the
+    other stayed alive with its listener, threads and published descriptor
+    after close() (round 7's finding).  Now the second is turned away at once
+    with FERRY_EBUSY, naming the other initialize; the first one's engine is
+    the object's, and close() unpublishes it: the store ends empty."""
+    gate = GateStore()
+    e = TransferEngine()
+    got = {}
+
+    def init(name, host):
+        # the compat class publishes under local_hostname as given: two hosts, two keys;
+        # the store may hold the PUT for MAX_HOLD_S: the client must not give up first
+        got[name] = e.initialize(host, gate.url, "tcp", "", connect_timeout_ms=int(3 * MAX_HOLD_S * 1000),
+                                 metadata_ttl_s=3600)
+        got[name + "_why"] = ferry.last_error()[2]
+    first = threading.Thread(target=init, args=("first", "127.0.0.1"))
+    try:
+        assert gate.cmd("hold PUT") == "OK"
+        first.start()
+        gate.wait_held("PUT")                         # the first is inside engine creation
+        run_bounded(lambda: init("second", "127.0.0.2"), "a second initialize() while the first runs")
+        assert got["second"] == ferry.FERRY_EBUSY, (got, gate.cmd("keys"))
+        assert "another thread" in got["second_why"], got["second_why"]
+        assert gate.cmd("state") == "HOLDING"         # the first one is still held meanwhile
+        assert gate.cmd("release") == "OK"
+        first.join(BOUND_S)
+        assert not first.is_alive() and got["first"] == 0, got
+        assert gate.cmd("keys").split()[1:] == ["ferry/segments/127.0.0.1"]
+        assert e.get_rpc_port() > 0
+    finally:
+        gate.cmd("release")
+        first.join(BOUND_S)
+        e.close()
+        keys = gate.cmd("keys")
+        gate.close()
+    assert keys == "KEYS", "an engine outlived close(): its descriptor is still published: " + keys
