@@ -146,9 +146,10 @@ struct req_array {
     struct local_ref *refs;       /* per request, allocated only if some buffer is an object */
 };
 /* buffers: sequence of ints / buffer objects / tensors; peers: sequence of ints;
- * lengths: sequence of ints, one int for all, or None (each buffer object's size). */
+ * lengths: sequence of ints, one int for all, or None (each buffer object's size).
+ * Empty lists are a ValueError, or with empty_ok an array of n == 0. */
 int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObject *buffers,
-                    PyObject *peers, PyObject *lengths);
+                    PyObject *peers, PyObject *lengths, int empty_ok);
 void req_array_release(struct req_array *a);
 
 /* Notification argument: None, bytes-like or str (UTF-8), at most 4096 bytes.
