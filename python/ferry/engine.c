@@ -386,6 +386,12 @@ static PyObject *Engine_initialized(EngineObject *self, void *closure)
     return PyBool_FromLong(self->engine != NULL);
 }
 
+static PyObject *Engine_strict(EngineObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->strict);
+}
+
 /* ---------------------------------------------------------------- segments */
 
 int segment_lookup(EngineObject *self, PyObject *name, ferry_segment_t *out)
@@ -699,6 +705,8 @@ static PyMethodDef engine_methods[] = {
 static PyGetSetDef engine_getset[] = {
     {"segment_name", (getter)Engine_segment_name, NULL, "this engine's segment name, 'host:port'", NULL},
     {"initialized", (getter)Engine_initialized, NULL, "True between initialize() and close()", NULL},
+    {"strict", (getter)Engine_strict, NULL,
+     "True for ferry's native convention (errors in the call raise), False for the reference's", NULL},
     {"transports", (getter)Engine_transports, NULL,
      "the transports this engine runs, e.g. ['tcp'] after 'rdma' fell back for want of a NIC", NULL},
     {NULL, NULL, NULL, NULL, NULL},
