@@ -175,6 +175,7 @@ static void Engine_dealloc(EngineObject *self)
 static PyObject *Engine_close(EngineObject *self, PyObject *noargs)
 {
     (void)noargs;
+    self->closes++;
     engine_shutdown(self);
     Py_RETURN_NONE;
 }
@@ -189,6 +190,7 @@ static PyObject *Engine_enter_ctx(EngineObject *self, PyObject *noargs)
 static PyObject *Engine_exit_ctx(EngineObject *self, PyObject *args)
 {
     (void)args;
+    self->closes++;
     engine_shutdown(self);
     Py_RETURN_FALSE;
 }
@@ -279,6 +281,7 @@ static int replace_engine(EngineObject *self, const struct ferry_config *cfg)
     }
     ferry_engine *e = NULL;
     char why[512] = "";
+    unsigned closes = self->closes;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = ferry_engine_create(cfg, &e);
@@ -288,6 +291,14 @@ static int replace_engine(EngineObject *self, const struct ferry_config *cfg)
     if (rc) {
         note_failure(rc, why);
         return rc;
+    }
+    if (self->closes != closes) { /* close() returned meanwhile: the object stays closed */
+        Py_BEGIN_ALLOW_THREADS
+        ferry_engine_destroy(e);
+        Py_END_ALLOW_THREADS
+        self->closed = 1;
+        note_failure(FERRY_ECANCELED, "initialize: close() was called while the engine was being created");
+        return FERRY_ECANCELED;
     }
     self->life_writer++;
     Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
@@ -669,8 +680,8 @@ static PyMethodDef engine_methods[] = {
      "config: metadata_prefix, metadata_ttl_s, tcp_connections, slice_size, coalesce_max,\n"
      "request_timeout_ms, connect_timeout_ms, staging_chunk_size, staging_chunks, notify_queue_max,\n"
      "log_level.  Returns 0, or a negative FERRY_E* code (ferry.last_error() says why); FERRY_EBUSY\n"
-     "while another thread's initialize() of this object runs.  A second initialize() replaces the\n"
-     "engine (strict: FERRY_EBUSY)."},
+     "while another thread's initialize() of this object runs; FERRY_ECANCELED when close() was\n"
+     "called meanwhile.  A second initialize() replaces the engine (strict: FERRY_EBUSY)."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS,
      "close() -> None: destroys the engine; unfinished requests end ECANCELED.  Idempotent."},
     {"__enter__", (PyCFunction)Engine_enter_ctx, METH_NOARGS, NULL},

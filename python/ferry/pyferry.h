@@ -37,6 +37,7 @@ typedef struct {
                                  * turned away (GIL held to read or change it) */
     int initializing;           /* an initialize() is creating an engine (GIL held to read or change it): a
                                  * second one is turned away, or one of the two engines would be lost */
+    unsigned closes;            /* close() calls so far (GIL): one during an initialize() undoes it */
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status

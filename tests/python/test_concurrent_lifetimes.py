@@ -149,3 +149,41 @@ def test_a_second_initialize_while_the_first_runs_leaks_no_engine():
         keys = gate.cmd("keys")
         gate.close()
     assert keys == "KEYS", "an engine outlived close(): its descriptor is still published: " + keys
+
+
+def test_close_while_initialize_runs_wins():
+    """close() is called (a shutting-down worker) while another thread's initialize() is
+    inside engine creation (the store holds its PUT).  close() returns at once; it must
+    also be the last word: the engine initialize() then finishes creating is destroyed
+    again, initialize() returns FERRY_ECANCELED naming the close, and the object stays
+    closed.  Before, initialize() installed its engine after close() had returned: the
+    object was open (and published) after close()."""
+    gate = GateStore()
+    e = TransferEngine()
+    got = {}
+
+    def init():
+        got["rc"] = e.initialize("127.0.0.1", gate.url, "tcp", "", connect_timeout_ms=int(3 * MAX_HOLD_S * 1000),
+                                 metadata_ttl_s=3600)
+        got["why"] = ferry.last_error()[2]
+    first = threading.Thread(target=init)
+    try:
+        assert gate.cmd("hold PUT") == "OK"
+        first.start()
+        gate.wait_held("PUT")                         # initialize() is inside engine creation
+        run_bounded(e.close, "close() while initialize() runs")
+        assert gate.cmd("release") == "OK"
+        first.join(BOUND_S)
+        assert not first.is_alive()
+        assert got["rc"] == ferry.FERRY_ECANCELED and "close" in got["why"], got
+        assert not e.initialized
+        assert e.get_rpc_port() == ferry.FERRY_EINVAL and "closed" in ferry.last_error()[2]
+        assert gate.cmd("keys") == "KEYS"            # its descriptor went with it
+        # a later initialize() opens it again, as after any close()
+        assert e.initialize("127.0.0.1", gate.url, "tcp", "", metadata_ttl_s=3600) == 0
+        assert e.initialized
+    finally:
+        gate.cmd("release")
+        first.join(BOUND_S)
+        e.close()
+        gate.close()
