@@ -19,8 +19,33 @@
 
 /* ---------------------------------------------------------------- life */
 
+/* Waits (GIL released) until the initialize() another thread is running
+ * has ended: a caller that shares the object before initialize() returns
+ * (a worker pool's double-checked locking) gets the new engine, not "not
+ * initialized".  GIL held on entry and exit. */
+static void wait_for_initialize(EngineObject *self)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->init_lock);
+    while (self->initializing)
+        pthread_cond_wait(&self->init_done, &self->init_lock);
+    pthread_mutex_unlock(&self->init_lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void set_initializing(EngineObject *self, int on)
+{
+    pthread_mutex_lock(&self->init_lock); /* never held with a wait for the GIL */
+    self->initializing = on;
+    if (!on)
+        pthread_cond_broadcast(&self->init_done);
+    pthread_mutex_unlock(&self->init_lock);
+}
+
 int engine_enter(EngineObject *self)
 {
+    if (self->initializing && !self->engine)
+        wait_for_initialize(self);
     /* close() or initialize() waits for the write side: new calls stay out,
      * or threads calling in a loop would keep it waiting for ever (glibc's
      * rwlock lets readers in ahead of a waiting writer).  Checked and set
@@ -59,6 +84,8 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     pthread_rwlock_init(&self->life, NULL);
     pthread_mutex_init(&self->slab_lock, NULL);
+    pthread_mutex_init(&self->init_lock, NULL);
+    pthread_cond_init(&self->init_done, NULL);
     self->segments = PyDict_New();
     self->batches = PyDict_New();
     self->ended = PyDict_New();
@@ -169,6 +196,8 @@ static void Engine_dealloc(EngineObject *self)
     Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);
     pthread_mutex_destroy(&self->slab_lock);
+    pthread_mutex_destroy(&self->init_lock);
+    pthread_cond_destroy(&self->init_done);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -365,9 +394,9 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
         note_failure(FERRY_EBUSY, "initialize: another thread is initializing this engine now");
         return PyLong_FromLong(FERRY_EBUSY);
     }
-    self->initializing = 1;
+    set_initializing(self, 1);
     rc = replace_engine(self, &cfg);
-    self->initializing = 0;
+    set_initializing(self, 0);
     return PyLong_FromLong(rc);
 }
 

@@ -35,8 +35,11 @@ typedef struct {
     pthread_rwlock_t life;
     int life_writer;            /* close()/initialize() waiting for or holding the write side: new calls are
                                  * turned away (GIL held to read or change it) */
-    int initializing;           /* an initialize() is creating an engine (GIL held to read or change it): a
-                                 * second one is turned away, or one of the two engines would be lost */
+    int initializing;           /* an initialize() is creating an engine: a second one is turned away (one
+                                 * of the two engines would be lost), other calls wait for it.  Changed with
+                                 * the GIL and init_lock held; read with either */
+    pthread_mutex_t init_lock;
+    pthread_cond_t init_done;   /* initializing went back to 0 */
     unsigned closes;            /* close() calls so far (GIL): one during an initialize() undoes it */
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */

@@ -187,3 +187,48 @@ def test_close_while_initialize_runs_wins():
         first.join(BOUND_S)
         e.close()
         gate.close()
+
+
+def test_calls_during_initialize_wait_for_it():
+    """vLLM's mooncake store connector shares one engine between workers with double-checked
+    locking that publishes the TransferEngine object before initialize() returns
+    (vllm/.../mooncake_store/mooncake_transfer_engine.py, GlobalTE.get_transfer_engine): a
+    second worker calls register_memory on it while initialize() still runs.  The reference
+    dereferences its null engine there; ferry answered FERRY_EINVAL ("not initialized") and
+    the worker raised "Mooncake memory registration failed".  Now a call made while
+    initialize() runs waits for it (the GIL released) and then runs on the new engine.
+    The bounded join only gives the call the chance to return early (it did, with the
+    error); the checks hold at any speed."""
+    gate = GateStore()
+    e = TransferEngine()
+    buf = np.zeros(64 << 10, np.uint8)
+    got = {}
+
+    def init():
+        got["init"] = e.initialize("127.0.0.1", gate.url, "tcp", "", connect_timeout_ms=int(3 * MAX_HOLD_S * 1000),
+                                   metadata_ttl_s=3600)
+
+    def register():
+        got["register"] = e.register_memory(buf.ctypes.data, buf.nbytes)
+        got["why"] = ferry.last_error()[2]
+    first, second = threading.Thread(target=init), threading.Thread(target=register)
+    try:
+        assert gate.cmd("hold PUT") == "OK"
+        first.start()
+        gate.wait_held("PUT")                         # initialize() is inside engine creation
+        second.start()
+        second.join(2)                                # it returned here with the error before
+        assert "register" not in got, got
+        assert gate.cmd("state") == "HOLDING"
+        assert gate.cmd("release") == "OK"
+        first.join(BOUND_S)
+        second.join(BOUND_S)
+        assert not first.is_alive() and not second.is_alive()
+        assert got["init"] == 0 and got["register"] == 0, got
+        assert [b[0] for b in e.get_segment_buffers(e.segment_name)] == [buf.ctypes.data]
+    finally:
+        gate.cmd("release")
+        first.join(BOUND_S)
+        second.join(BOUND_S)
+        e.close()
+        gate.close()
