@@ -319,11 +319,11 @@ def _helper_failure(engine, what, address, length, why):
     last_error(); returned by a compat engine, raised as FerryError otherwise."""
     detail = "%s: 0x%x+%d is not %s memory of this process (%s)" % (
         what, address, length, "writable" if what.startswith("write") else "readable", why)
-    _ferry._note_failure(FERRY_EINVAL, detail)
+    _ferry._note_failure(_ferry.FERRY_EINVAL, detail)
     if engine is not None and not engine.strict:
-        return FERRY_EINVAL
-    exc = FerryError("%s [FERRY_EINVAL: %s]" % (detail, strerror(FERRY_EINVAL)))
-    exc.code, exc.name, exc.detail = FERRY_EINVAL, "FERRY_EINVAL", detail
+        return _ferry.FERRY_EINVAL
+    exc = FerryError("%s [FERRY_EINVAL: %s]" % (detail, strerror(_ferry.FERRY_EINVAL)))
+    exc.code, exc.name, exc.detail = _ferry.FERRY_EINVAL, "FERRY_EINVAL", detail
     raise exc
 
 
