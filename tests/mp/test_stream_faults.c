@@ -7,7 +7,9 @@
  * sticky error), or the caller's stream is one of another device (stream_copy
  * and stream_host_func refuse it).  In each, the batch must end FAILED with a
  * named error, every access to its memory must end (unregister returns), the
- * stream must not be left waiting, and nothing may leak (the ASan build).
+ * stream must not be left waiting, the failure must be logged (as the
+ * transfer path's are: a Python *_on_cuda caller has no batch to look at),
+ * and nothing may leak (the ASan build).
  *
  * Each case runs in a fresh process of this program (--case NAME): sim copy
  * jobs are numbered from 1 in the order a process makes them.  Job 1 fills
@@ -31,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "device/device.h"
@@ -255,6 +258,44 @@ static void stream_of_another_device_is_refused_in_the_call(void **state)
     fixture_stop(&f);
 }
 
+/* A stream-ordered transfer that fails after the call returned is logged
+ * (the transfer path's runner says "stream-ordered transfer failed"; the
+ * Python *_on_cuda promise it: their caller has no batch to look at).  The
+ * own-segment path logs nothing when its copy is refused: a compat caller
+ * never learns.  stderr goes to a file for the case (a process of its own). */
+static void own_copy_failure_is_logged(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_FAIL_COPY", "2:start", 1);
+    char path[] = "/tmp/ferry-stream-faults-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0 && dup2(fd, 2) == 2);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    ferry_batch *b;
+    int rc = submit_one(&f, FERRY_WRITE, "sim:0", true, &b);
+    f.sim->stream_sync(f.stream);
+    int wrc = ferry_batch_wait(b, -1);
+    ferry_batch_free(b);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char log[4096] = "";
+    ssize_t got = pread(fd, log, sizeof log - 1, 0);
+    close(fd);
+    log[got > 0 ? got : 0] = '\0';
+    assert_int_equal(rc, 0);
+    assert_int_equal(wrc, FERRY_EIO);
+    if (!strstr(log, "FERRY_SIM_FAIL_COPY"))
+        fail_msg("the failed stream-ordered copy was not logged; the log had: \"%s\"", log);
+    assert_accesses_ended(&f);
+    fixture_stop(&f);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -271,6 +312,7 @@ static const struct named_case known_bugs[] = {
     {"write_copy_fails_on_the_device", write_copy_fails_on_the_device},
     {"read_copy_fails_on_the_device", read_copy_fails_on_the_device},
     {"stream_of_another_device_is_refused_in_the_call", stream_of_another_device_is_refused_in_the_call},
+    {"own_copy_failure_is_logged", own_copy_failure_is_logged},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 
