@@ -27,7 +27,8 @@ timeout); **0 from calls that return a batch id or an address**
 ``allocate_managed_buffer``, ``get_first_buffer_address``).  Only Python type
 errors (``TypeError``, ``BufferError``) raise, and the ``*_on_cuda`` calls,
 which return None and raise ``FerryError`` (a ``RuntimeError``) when refused,
-as the reference's raise ``RuntimeError``.  ``ferry.last_error()`` gives
+as the reference's raise ``RuntimeError``, and ``read_bytes_from_buffer``
+(which returns bytes) for memory the process cannot read.  ``ferry.last_error()`` gives
 ``(code, name, detail)`` of the calling thread's most recent failure.
 
 ``NativeTransferEngine`` (= ``TransferEngine(strict=True)``) keeps ferry's
@@ -41,7 +42,9 @@ GIL.  A batch (1,000 requests or more) is converted in one pass and handed to C
 in one call.
 """
 import enum
+import errno
 import logging
+import operator
 import os
 
 from . import _ferry
@@ -284,21 +287,97 @@ class TransferEngine(_ferry.Engine):
         return local_topology_json(device_name)
 
     def write_bytes_to_buffer(self, dest_address, src, length=None):
-        """Copies bytes (or a str, as UTF-8) into local host memory at dest_address.  Returns 0."""
+        """Copies bytes (or a str, as UTF-8) into local host memory at dest_address.  Returns 0;
+        FERRY_EINVAL (strict: raises FerryError) when the range is not writable memory of this
+        process (the reference's memcpy ends the process there)."""
+        dest_address = operator.index(dest_address)
         data = memoryview(src.encode() if isinstance(src, str) else src).cast("B")
-        n = len(data) if length is None else length
+        n = len(data) if length is None else operator.index(length)
         if n < 0 or n > len(data):
             raise ValueError("length %d is outside 0 .. %d" % (n, len(data)))
-        import ctypes
-        ctypes.memmove(dest_address, bytes(data[:n]), n)
+        why = _own_memory_copy(True, dest_address, bytes(data[:n]), n)
+        if why:
+            return _helper_failure(self, "write_bytes_to_buffer", dest_address, n, why)
         return 0
 
     def read_bytes_from_buffer(self, source_address, length):
-        """Returns length bytes of local (host) memory at source_address."""
+        """Returns length bytes of local (host) memory at source_address; raises FerryError
+        (FERRY_EINVAL) when the range is not readable memory of this process (the reference's
+        read ends the process there)."""
+        source_address, length = operator.index(source_address), operator.index(length)
         if length < 0:
             raise ValueError("length must not be negative")
-        import ctypes
-        return ctypes.string_at(source_address, length)
+        out = bytearray(length)
+        why = _own_memory_copy(False, source_address, out, length)
+        if why:
+            _helper_failure(None, "read_bytes_from_buffer", source_address, length, why)
+        return bytes(out)
+
+
+def _helper_failure(engine, what, address, length, why):
+    """A helper's address range that is not this process's memory: FERRY_EINVAL, noted for
+    last_error(); returned by a compat engine, raised as FerryError otherwise."""
+    detail = "%s: 0x%x+%d is not %s memory of this process (%s)" % (
+        what, address, length, "writable" if what.startswith("write") else "readable", why)
+    _ferry._note_failure(_ferry.FERRY_EINVAL, detail)
+    if engine is not None and not engine.strict:
+        return _ferry.FERRY_EINVAL
+    exc = FerryError("%s [FERRY_EINVAL: %s]" % (detail, strerror(_ferry.FERRY_EINVAL)))
+    exc.code, exc.name, exc.detail = _ferry.FERRY_EINVAL, "FERRY_EINVAL", detail
+    raise exc
+
+
+_vm_copy = None
+
+
+def _own_memory_copy(write, address, data, length):
+    """Copies between this process's memory at address and data (bytes to write, or a
+    bytearray to read into) with process_vm_writev/readv on the process itself: an address
+    range that is not mapped (or not writable) is refused by the kernel (EFAULT) instead of
+    ending the process with SIGSEGV.  Returns None, or the reason it was refused.  Where the
+    system call is not allowed (seccomp), a plain copy, as before."""
+    global _vm_copy
+    import ctypes
+    if length == 0:
+        return None
+    if _vm_copy is None:
+        class IOVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        calls = {}
+        for name in ("process_vm_readv", "process_vm_writev"):
+            fn = getattr(libc, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_ssize_t
+                fn.argtypes = [ctypes.c_int, ctypes.POINTER(IOVec), ctypes.c_ulong, ctypes.POINTER(IOVec),
+                               ctypes.c_ulong, ctypes.c_ulong]
+                calls[name] = fn
+        _vm_copy = (IOVec, calls)
+    IOVec, calls = _vm_copy
+    local = (ctypes.c_char * length).from_buffer(data) if not write else ctypes.create_string_buffer(data, length)
+    fn = calls.get("process_vm_writev" if write else "process_vm_readv")
+    done = 0
+    while fn is not None and done < length:
+        mine = IOVec(ctypes.addressof(local) + done, length - done)
+        there = IOVec(address + done, length - done)
+        n = fn(os.getpid(), ctypes.byref(mine), 1, ctypes.byref(there), 1, 0)
+        err = ctypes.get_errno() if n < 0 else 0
+        if n > 0:
+            done += n
+        elif err == errno.EINTR:
+            continue
+        elif n == 0 or err == errno.EFAULT:
+            return os.strerror(errno.EFAULT)
+        elif done == 0 and err in (errno.ENOSYS, errno.EPERM):
+            fn = None   # not allowed here: the plain copy below
+        else:
+            return os.strerror(err)
+    if fn is None:
+        if write:
+            ctypes.memmove(address, local, length)
+        else:
+            ctypes.memmove(local, address, length)
+    return None
 
 
 class NativeTransferEngine(TransferEngine):

@@ -178,6 +178,19 @@ static PyObject *mod_last_error(PyObject *m, PyObject *noargs)
     return Py_BuildValue("(iss)", last_failure.code, ferry_err_name(last_failure.code), last_failure.detail);
 }
 
+/* For the package's helpers written in Python (write/read_bytes_*): a failure
+ * they answer with a code, remembered as the C methods' are. */
+static PyObject *mod_note_failure(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int code;
+    const char *detail;
+    if (!PyArg_ParseTuple(args, "is:_note_failure", &code, &detail))
+        return NULL;
+    note_failure(code, detail);
+    Py_RETURN_NONE;
+}
+
 static PyObject *mod_config_knobs(PyObject *m, PyObject *noargs)
 {
     (void)m, (void)noargs;
@@ -201,6 +214,8 @@ static PyMethodDef module_methods[] = {
     {"last_error", mod_last_error, METH_NOARGS,
      "last_error() -> (code, name, detail) of the calling thread's most recent failure\n"
      "(a negative return value or a FerryError).  (0, 'FERRY_OK', '') if none."},
+    {"_note_failure", mod_note_failure, METH_VARARGS,
+     "_note_failure(code, detail): what last_error() returns next in this thread (the package's helpers)."},
     {"config_knobs", mod_config_knobs, METH_NOARGS,
      "config_knobs() -> [(env, default, doc)]: every FERRY_* environment variable."},
     {NULL, NULL, 0, NULL},

@@ -426,6 +426,20 @@ COMPAT_O(T_get_batch_transfer_status, 0)
 COMPAT_O(T_transfer_check_status, 0)
 COMPAT_FASTKW(T_wait_batch, 0)
 
+/* free_batch is ferry's own; the compat class answers as its other calls do
+ * (0, or a negative code for an id that is unknown or collected already)
+ * instead of None or ValueError, which a caller of the reference's
+ * conventions does not catch. */
+static PyObject *compat_T_free_batch(EngineObject *self, PyObject *id)
+{
+    PyObject *r = T_free_batch(self, id);
+    if (r && !self->strict) {
+        Py_DECREF(r);
+        return PyLong_FromLong(0);
+    }
+    return compat_result(self, r, 0);
+}
+
 PyMethodDef batch_methods[] = {
     M("get_batch_transfer_status", compat_T_get_batch_transfer_status, METH_O,
       "get_batch_transfer_status(batch_ids) -> int\n\n"
@@ -443,8 +457,9 @@ PyMethodDef batch_methods[] = {
     M("wait_batch", compat_T_wait_batch, FASTKW,
       "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
       "ran out; the batch goes on).  The batch stays; free it with free_batch."),
-    M("free_batch", T_free_batch, METH_O,
-      "free_batch(batch_id) -> None: waits for its requests to end and releases its buffers."),
+    M("free_batch", compat_T_free_batch, METH_O,
+      "free_batch(batch_id) -> 0: waits for its requests to end and releases its buffers; FERRY_EINVAL\n"
+      "for an id that is unknown or was collected already.  Strict: None, and ValueError for such an id."),
     M("pending_batches", T_pending_batches, METH_NOARGS, "pending_batches() -> [batch ids not yet collected]"),
     {NULL, NULL, 0, NULL},
 };

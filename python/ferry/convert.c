@@ -268,7 +268,7 @@ static int length_check(uint64_t v, const char *what, size_t i, const struct loc
 }
 
 int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObject *buffers, PyObject *peers,
-                    PyObject *lengths)
+                    PyObject *lengths, int empty_ok)
 {
     memset(a, 0, sizeof *a);
     if (PyUnicode_Check(buffers) || PyBytes_Check(buffers) || PyByteArray_Check(buffers)) {
@@ -297,6 +297,10 @@ int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObje
     if (PySequence_Fast_GET_SIZE(pees) != n || (lens && PySequence_Fast_GET_SIZE(lens) != n)) {
         PyErr_Format(PyExc_ValueError, "buffers has %zd items, peer_buffer_addresses %zd, lengths %zd", n,
                      PySequence_Fast_GET_SIZE(pees), lens ? PySequence_Fast_GET_SIZE(lens) : n);
+        goto out;
+    }
+    if (n == 0 && empty_ok) {
+        rc = 0; /* a->n == 0, nothing allocated */
         goto out;
     }
     if (n == 0) {

@@ -19,8 +19,33 @@
 
 /* ---------------------------------------------------------------- life */
 
+/* Waits (GIL released) until the initialize() another thread is running
+ * has ended: a caller that shares the object before initialize() returns
+ * (a worker pool's double-checked locking) gets the new engine, not "not
+ * initialized".  GIL held on entry and exit. */
+static void wait_for_initialize(EngineObject *self)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->init_lock);
+    while (self->initializing)
+        pthread_cond_wait(&self->init_done, &self->init_lock);
+    pthread_mutex_unlock(&self->init_lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void set_initializing(EngineObject *self, int on)
+{
+    pthread_mutex_lock(&self->init_lock); /* never held with a wait for the GIL */
+    self->initializing = on;
+    if (!on)
+        pthread_cond_broadcast(&self->init_done);
+    pthread_mutex_unlock(&self->init_lock);
+}
+
 int engine_enter(EngineObject *self)
 {
+    if (self->initializing && !self->engine)
+        wait_for_initialize(self);
     /* close() or initialize() waits for the write side: new calls stay out,
      * or threads calling in a loop would keep it waiting for ever (glibc's
      * rwlock lets readers in ahead of a waiting writer).  Checked and set
@@ -59,6 +84,8 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     pthread_rwlock_init(&self->life, NULL);
     pthread_mutex_init(&self->slab_lock, NULL);
+    pthread_mutex_init(&self->init_lock, NULL);
+    pthread_cond_init(&self->init_done, NULL);
     self->segments = PyDict_New();
     self->batches = PyDict_New();
     self->ended = PyDict_New();
@@ -169,12 +196,15 @@ static void Engine_dealloc(EngineObject *self)
     Py_CLEAR(self->stream_batches);
     pthread_rwlock_destroy(&self->life);
     pthread_mutex_destroy(&self->slab_lock);
+    pthread_mutex_destroy(&self->init_lock);
+    pthread_cond_destroy(&self->init_done);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *Engine_close(EngineObject *self, PyObject *noargs)
 {
     (void)noargs;
+    self->closes++;
     engine_shutdown(self);
     Py_RETURN_NONE;
 }
@@ -189,6 +219,7 @@ static PyObject *Engine_enter_ctx(EngineObject *self, PyObject *noargs)
 static PyObject *Engine_exit_ctx(EngineObject *self, PyObject *args)
 {
     (void)args;
+    self->closes++;
     engine_shutdown(self);
     Py_RETURN_FALSE;
 }
@@ -267,6 +298,47 @@ const char *opt_str(PyObject *o, const char *what, int *err)
     return s && *s ? s : NULL;
 }
 
+/* Destroys the engine the object holds, if any (the reference replaces its
+ * engine with a new one), and creates one from cfg.  Returns 0 or the
+ * negative code of the creation (noted for ferry.last_error()).  GIL held;
+ * released while destroying and creating.  The caller set initializing. */
+static int replace_engine(EngineObject *self, const struct ferry_config *cfg)
+{
+    if (self->engine || self->closed) {
+        engine_shutdown(self);
+        self->closed = 0;
+    }
+    ferry_engine *e = NULL;
+    char why[512] = "";
+    unsigned closes = self->closes;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ferry_engine_create(cfg, &e);
+    if (rc)
+        snprintf(why, sizeof why, "%s", ferry_last_error());
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        note_failure(rc, why);
+        return rc;
+    }
+    if (self->closes != closes) { /* close() returned meanwhile: the object stays closed */
+        Py_BEGIN_ALLOW_THREADS
+        ferry_engine_destroy(e);
+        Py_END_ALLOW_THREADS
+        self->closed = 1;
+        note_failure(FERRY_ECANCELED, "initialize: close() was called while the engine was being created");
+        return FERRY_ECANCELED;
+    }
+    self->life_writer++;
+    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
+    pthread_rwlock_wrlock(&self->life);
+    self->engine = e;
+    pthread_rwlock_unlock(&self->life);
+    Py_END_ALLOW_THREADS
+    self->life_writer--;
+    return 0;
+}
+
 static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *host = NULL, *meta = NULL, *proto = NULL, *dev = NULL;
@@ -315,29 +387,17 @@ static PyObject *Engine_initialize(EngineObject *self, PyObject *args, PyObject 
                                                : "initialize: the engine is already initialized");
         return PyLong_FromLong(FERRY_EBUSY);
     }
-    if (self->engine || self->closed) { /* the reference replaces its engine with a new one */
-        engine_shutdown(self);
-        self->closed = 0;
+    /* Both would create an engine with the GIL released and the one stored
+     * last would win: the other would live on, unreachable, with its
+     * listener, threads and published descriptor. */
+    if (self->initializing) {
+        note_failure(FERRY_EBUSY, "initialize: another thread is initializing this engine now");
+        return PyLong_FromLong(FERRY_EBUSY);
     }
-    ferry_engine *e = NULL;
-    char why[512] = "";
-    Py_BEGIN_ALLOW_THREADS
-    rc = ferry_engine_create(&cfg, &e);
-    if (rc)
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        note_failure(rc, why);
-        return PyLong_FromLong(rc);
-    }
-    self->life_writer++;
-    Py_BEGIN_ALLOW_THREADS /* a thread in engine_enter may hold the read side waiting for the GIL */
-    pthread_rwlock_wrlock(&self->life);
-    self->engine = e;
-    pthread_rwlock_unlock(&self->life);
-    Py_END_ALLOW_THREADS
-    self->life_writer--;
-    return PyLong_FromLong(0);
+    set_initializing(self, 1);
+    rc = replace_engine(self, &cfg);
+    set_initializing(self, 0);
+    return PyLong_FromLong(rc);
 }
 
 static PyObject *Engine_get_rpc_port(EngineObject *self, PyObject *noargs)
@@ -364,6 +424,12 @@ static PyObject *Engine_initialized(EngineObject *self, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(self->engine != NULL);
+}
+
+static PyObject *Engine_strict(EngineObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->strict);
 }
 
 /* ---------------------------------------------------------------- segments */
@@ -642,7 +708,9 @@ static PyMethodDef engine_methods[] = {
      "free one); metadata_server 'P2PHANDSHAKE', 'etcd://h:p', 'redis://h:p' (a bare 'h:p' means etcd).\n"
      "config: metadata_prefix, metadata_ttl_s, tcp_connections, slice_size, coalesce_max,\n"
      "request_timeout_ms, connect_timeout_ms, staging_chunk_size, staging_chunks, notify_queue_max,\n"
-     "log_level.  Returns 0, or a negative FERRY_E* code (ferry.last_error() says why)."},
+     "log_level.  Returns 0, or a negative FERRY_E* code (ferry.last_error() says why); FERRY_EBUSY\n"
+     "while another thread's initialize() of this object runs; FERRY_ECANCELED when close() was\n"
+     "called meanwhile.  A second initialize() replaces the engine (strict: FERRY_EBUSY)."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS,
      "close() -> None: destroys the engine; unfinished requests end ECANCELED.  Idempotent."},
     {"__enter__", (PyCFunction)Engine_enter_ctx, METH_NOARGS, NULL},
@@ -677,6 +745,8 @@ static PyMethodDef engine_methods[] = {
 static PyGetSetDef engine_getset[] = {
     {"segment_name", (getter)Engine_segment_name, NULL, "this engine's segment name, 'host:port'", NULL},
     {"initialized", (getter)Engine_initialized, NULL, "True between initialize() and close()", NULL},
+    {"strict", (getter)Engine_strict, NULL,
+     "True for ferry's native convention (errors in the call raise), False for the reference's", NULL},
     {"transports", (getter)Engine_transports, NULL,
      "the transports this engine runs, e.g. ['tcp'] after 'rdma' fell back for want of a NIC", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -35,6 +35,12 @@ typedef struct {
     pthread_rwlock_t life;
     int life_writer;            /* close()/initialize() waiting for or holding the write side: new calls are
                                  * turned away (GIL held to read or change it) */
+    int initializing;           /* an initialize() is creating an engine: a second one is turned away (one
+                                 * of the two engines would be lost), other calls wait for it.  Changed with
+                                 * the GIL and init_lock held; read with either */
+    pthread_mutex_t init_lock;
+    pthread_cond_t init_done;   /* initializing went back to 0 */
+    unsigned closes;            /* close() calls so far (GIL): one during an initialize() undoes it */
     PyObject *segments;         /* dict: segment name (str) -> handle (int) */
     PyObject *batches;          /* dict: batch id (int) -> capsule(struct pybatch) */
     PyObject *ended;            /* dict: batch id -> (result, code) of batches transfer_check_status
@@ -144,9 +150,10 @@ struct req_array {
     struct local_ref *refs;       /* per request, allocated only if some buffer is an object */
 };
 /* buffers: sequence of ints / buffer objects / tensors; peers: sequence of ints;
- * lengths: sequence of ints, one int for all, or None (each buffer object's size). */
+ * lengths: sequence of ints, one int for all, or None (each buffer object's size).
+ * Empty lists are a ValueError, or with empty_ok an array of n == 0. */
 int req_array_build(struct req_array *a, int opcode, ferry_segment_t seg, PyObject *buffers,
-                    PyObject *peers, PyObject *lengths);
+                    PyObject *peers, PyObject *lengths, int empty_ok);
 void req_array_release(struct req_array *a);
 
 /* Notification argument: None, bytes-like or str (UTF-8), at most 4096 bytes.

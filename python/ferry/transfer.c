@@ -172,6 +172,37 @@ static PyObject *T_transfer_sync(EngineObject *self, PyObject *const *args, Py_s
 
 /* ---------------------------------------------------------------- batches */
 
+/* A batch of no request, as the reference answers it (compat class only):
+ * allocateBatchID(0) and submitTransfer(id, {}) succeed and the batch's
+ * status is COMPLETED, so sync returns 0 and async an id that polls as
+ * completed; a notification is refused ("entries must not be empty").
+ * Engine entered (the caller leaves it). */
+static PyObject *run_empty_batch(EngineObject *self, int sync, int has_note)
+{
+    if (has_note) {
+        note_failure(FERRY_EINVAL, "a notification needs at least one request: the request lists are empty");
+        return PyLong_FromLong(sync ? FERRY_EINVAL : 0);
+    }
+    if (sync)
+        return PyLong_FromLong(0);
+    ferry_batch *b = NULL;
+    int rc = ferry_batch_alloc(self->engine, 1, &b); /* never submitted: it has ended */
+    struct pybatch *pb = rc ? NULL : PyMem_Malloc(sizeof *pb);
+    PyObject *id = NULL;
+    if (pb) {
+        *pb = (struct pybatch){b, 0, NULL, 0, 0};
+        if (!(id = batch_store(self, pb)))
+            PyMem_Free(pb);
+    }
+    if (!id) {
+        ferry_batch_free(b);
+        if (rc)
+            note_failure(rc, NULL);
+        return rc ? PyLong_FromLong(0) : (PyErr_Occurred() ? NULL : PyErr_NoMemory());
+    }
+    return id;
+}
+
 /* Builds and submits a batch; sync waits and frees it, async stores it.
  * Returns 0 / negative code (sync), a batch id or 0 (async), or raises. */
 static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *target, PyObject *buffers,
@@ -188,7 +219,13 @@ static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *t
         return NULL;
     if (engine_enter(self))
         goto out_note;
-    if (segment_lookup(self, target, &seg) || req_array_build(&a, opcode, seg, buffers, peers, lengths)) {
+    if (segment_lookup(self, target, &seg) ||
+        req_array_build(&a, opcode, seg, buffers, peers, lengths, !self->strict)) {
+        engine_leave(self);
+        goto out_note;
+    }
+    if (a.n == 0) {
+        result = run_empty_batch(self, sync, has_note);
         engine_leave(self);
         goto out_note;
     }
@@ -333,9 +370,14 @@ static PyObject *run_on_stream(EngineObject *self, int opcode, PyObject *target,
     if (engine_enter(self))
         return NULL;
     stream_batches_reap(self);
-    if (segment_lookup(self, target, &seg) || req_array_build(&a, opcode, seg, buffers, peers, lengths)) {
+    if (segment_lookup(self, target, &seg) ||
+        req_array_build(&a, opcode, seg, buffers, peers, lengths, !self->strict)) {
         engine_leave(self);
         return NULL;
+    }
+    if (a.n == 0) { /* the reference's callback submits nothing and lets the stream go on */
+        engine_leave(self);
+        return PyLong_FromLong(0);
     }
     if (!loc) /* a tensor says where it lives; else the first GPU */
         loc = a.refs && a.refs[0].location[0] ? a.refs[0].location : "cuda:0";

@@ -10,6 +10,7 @@ Prints "READY <url>", then answers one line per command on stdin:
     hold PUT|DELETE  -> "OK"        the next request of that method waits
     release          -> "OK"        the held request is answered
     state            -> "HOLDING" | "IDLE"   (is a request held now?)
+    keys             -> "KEYS k1 k2 ..."     the keys stored now, sorted
     quit             -> exits
 and prints "HELD <method>" when a request starts waiting.  A held request is
 answered anyway after MAX_HOLD_S (default 60) seconds; "state" tells a test
@@ -102,6 +103,9 @@ def main():
         elif words[0] == "state":
             with lock:
                 say("HOLDING" if gate["holding"] else "IDLE")
+        elif words[0] == "keys":
+            with lock:
+                say(" ".join(["KEYS"] + sorted(data)))
         elif words[0] == "quit":
             break
     gate["open"].set()

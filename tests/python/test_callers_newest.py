@@ -212,3 +212,50 @@ print("OK")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(ferry.__path__[0]))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "OK", out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- callers that check the result's type
+
+# A runtime-owned executor of KV-cache writes (a public caller of the
+# reference binding, typed against a Protocol of register_memory(buffer_addr,
+# capacity, location="*"), unregister_memory, send_probe and
+# batch_transfer_sync_write) accepts a result only when
+#     type(code) is int and code == 0
+# and otherwise quarantines itself ("native work may still be in flight").
+# A bool, None or an int subclass from any of these calls, on success or on
+# failure, would wedge it; so would an exception where the reference returns
+# a code.  The reference's pybind functions return a plain int in every case.
+
+
+def test_results_are_plain_ints_for_a_type_checking_executor(target):
+    e = fe.TransferEngine()
+    assert type(e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")) is int
+    buf = pattern(71, 0, 256 * KIB)
+    a = buf.ctypes.data
+    calls = {
+        "register_memory(location='*')": (lambda: e.register_memory(a, 128 * KIB, "*"), 0),
+        "register_memory(overlapping)": (lambda: e.register_memory(a + 4096, 4096), ferry.FERRY_EEXIST),
+        "send_probe": (lambda: e.send_probe(target.segment), 0),
+        "send_probe(unknown peer)": (lambda: e.send_probe("127.0.0.1:1"), None),
+        "batch_transfer_sync_write": (lambda: e.batch_transfer_sync_write(
+            target.segment, [a, a + 4096], [target.addr, target.addr + 8192], [4096, 4096]), 0),
+        "batch_transfer_sync_write(outside the peer's buffers)": (lambda: e.batch_transfer_sync_write(
+            target.segment, [a], [target.addr + target.size], [4096]), ferry.FERRY_ERANGE),
+        "batch_transfer_sync_write(unregistered source)": (lambda: e.batch_transfer_sync_write(
+            target.segment, [a + 128 * KIB], [target.addr], [4096]), ferry.FERRY_ENOTREG),
+        "unregister_memory": (lambda: e.unregister_memory(a), 0),
+        "unregister_memory(again)": (lambda: e.unregister_memory(a), ferry.FERRY_ENOTREG),
+    }
+    try:
+        for what, (call, want) in calls.items():
+            code = call()
+            assert type(code) is int, (what, code, type(code))
+            assert code == want if want is not None else code < 0, (what, code, ferry.last_error())
+        e.close()
+        for what, (call, _) in calls.items():   # a closed engine: still a plain negative int
+            if what.startswith(("register", "unregister", "send", "batch")):
+                code = call()
+                assert type(code) is int and code < 0, (what, code, type(code))
+    finally:
+        e.close()
+        target.cmd("fill 0 %d %d" % (16 * KIB, target.seed))

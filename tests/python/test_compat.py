@@ -64,10 +64,9 @@ def test_failures_return_codes_not_exceptions(compat, target):
          ferry.FERRY_ERANGE),
         # unregistered local memory
         (lambda: compat.transfer_sync_read(target.segment, unreg.ctypes.data, target.addr, 4096), ferry.FERRY_ENOTREG),
-        # mismatched and empty lists (zero length is no error: test_reference_calls.py)
+        # mismatched lists (empty lists and zero lengths are no error: test_reference_calls.py)
         (lambda: compat.batch_transfer_sync_write(target.segment, [addr, addr], [target.addr], [8, 8]),
          ferry.FERRY_EINVAL),
-        (lambda: compat.batch_transfer_sync_read(target.segment, [], [], []), ferry.FERRY_EINVAL),
         (lambda: compat.transfer_sync(target.segment, addr, target.addr, 4096, 7), ferry.FERRY_EINVAL),
         # registration errors
         (lambda: compat.register_memory(addr + 4096, 4096), ferry.FERRY_EEXIST),
@@ -430,3 +429,62 @@ def test_on_cuda_argument_errors(compat, target):
         strict.transfer_write_on_cuda(target.segment, 0x1000, target.addr, 4096, 0, "", "cpu")
     assert ei.value.code == ferry.FERRY_ENOTSUP
     strict.close()
+
+
+def test_bytes_helpers_refuse_memory_that_is_not_there():
+    """write_bytes_to_buffer / read_bytes_from_buffer at an address this process has not
+    mapped, cannot read (PROT_NONE: the sim device's memory is such a range) or cannot write
+    (read-only).  The reference memcpy's there and the process dies of SIGSEGV; so did ferry
+    (ctypes.memmove / string_at).  Now: compat write returns FERRY_EINVAL, read raises
+    FerryError (FERRY_EINVAL), strict write raises; last_error() names the range; the
+    process lives and the helpers go on working.  Run in a child process, so that the old
+    behaviour fails this test instead of killing the test run."""
+    script = r'''
+import ctypes, mmap, ferry, ferry.engine as fe
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+def page(prot):
+    p = libc.mmap(None, 8192, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert p not in (None, ctypes.c_void_p(-1).value)
+    return p
+PROT_NONE = 0
+none, ro, rw = page(PROT_NONE), page(mmap.PROT_READ), page(mmap.PROT_READ | mmap.PROT_WRITE)
+gone = page(mmap.PROT_READ | mmap.PROT_WRITE)
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+assert libc.munmap(gone, 8192) == 0
+e, strict = fe.TransferEngine(), fe.NativeTransferEngine()
+for where, what in ((none, "not readable"), (gone, "not mapped")):
+    try:
+        e.read_bytes_from_buffer(where, 64)
+        raise SystemExit("read of memory %s returned" % what)
+    except ferry.FerryError as x:
+        assert x.code == ferry.FERRY_EINVAL and hex(where) in x.detail, x
+    assert e.write_bytes_to_buffer(where, b"x" * 64) == ferry.FERRY_EINVAL
+    assert ferry.last_error()[1] == "FERRY_EINVAL" and hex(where) in ferry.last_error()[2]
+assert e.write_bytes_to_buffer(ro, b"abc") == ferry.FERRY_EINVAL and "writable" in ferry.last_error()[2]
+assert e.read_bytes_from_buffer(ro, 3) == b"\0\0\0"                        # readable is readable
+try:
+    strict.write_bytes_to_buffer(none, b"abc")
+    raise SystemExit("strict write returned")
+except ferry.FerryError as x:
+    assert x.code == ferry.FERRY_EINVAL
+# a range that runs off the end of a mapping: refused, as is its start
+assert e.write_bytes_to_buffer(rw + 8192 - 2, b"abcd") == ferry.FERRY_EINVAL
+assert e.write_bytes_to_buffer(rw + 8192 - 4, b"abcd") == 0
+assert e.read_bytes_from_buffer(rw + 8192 - 4, 4) == b"abcd"
+assert e.read_bytes_from_buffer(rw, 0) == b"" and e.write_bytes_to_buffer(none, b"", 0) == 0
+for bad in ((none, None), ("x", 4), (rw, 1.5)):
+    try:
+        e.read_bytes_from_buffer(*bad)
+        raise SystemExit("read_bytes_from_buffer%r returned" % (bad,))
+    except TypeError:
+        pass
+print("OK")
+'''
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(ferry.__path__[0]))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", (out.returncode, out.stdout + out.stderr)

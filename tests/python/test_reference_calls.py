@@ -153,7 +153,7 @@ def test_check_status_after_a_timeout_says_so_again(strict, fresh_target):
         # free_batch takes a kept result too; a list mixing both kinds works
         bid = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
         assert poll_until_ended(e, bid) == -2
-        assert e.free_batch(bid) is None
+        assert e.free_batch(bid) == (None if strict else 0)
         assert bid not in e.pending_batches()
         a = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
         b = e.transfer_submit_write(fresh_target.segment, src.ctypes.data, fresh_target.addr, 4096)
@@ -214,3 +214,94 @@ def test_first_buffer_address_is_the_first_registered(compat):
         assert [b[0] for b in compat.get_segment_buffers(own)][:2] == [lo, top]
     finally:
         peer.close()
+
+
+# ---------------------------------------------------------------- empty request lists
+
+# The reference (transfer_engine_py.cpp batchTransferSync / batchTransferAsync)
+# opens the segment, checks that the three lists have one size, then
+# allocateBatchID(0) and submitTransfer(batch_id, {}), which succeeds
+# (multi_transport.cpp submitTransfer loops over nothing); the status of a
+# batch with no task is COMPLETED (getBatchTransferStatus: task_count == 0).
+# So batch_transfer_sync_* of empty lists returns 0, batch_transfer_async_*
+# returns a batch id, and get_batch_transfer_status([id]) returns 0.  Only a
+# notification with no request is refused (transfer_engine_impl.h
+# submitTransferWithNotify: "entries must not be empty"; -1).  ferry's compat
+# class answered FERRY_EINVAL (sync) and 0, "no batch" (async).  vLLM and
+# SGLang skip the call when they have no block to send; LMCache-style
+# callers with a computed list do not.  (The reference's
+# transfer_check_status of such an id asserts and ends the process:
+# getTransferStatus(batch, 0) is out of range; ferry answers 1.)
+
+
+def test_empty_request_lists_are_batches_of_nothing(compat, target):
+    before = target.check(0, 4096, TARGET_SEED)
+    for sync in (compat.batch_transfer_sync_write, compat.batch_transfer_sync_read):
+        assert sync(target.segment, [], [], []) == 0, ferry.last_error()
+    assert compat.batch_transfer_sync(target.segment, [], [], [], fe.TransferOpcode.Write) == 0
+    ids = [call(target.segment, [], [], []) for call in (compat.batch_transfer_async_write,
+                                                         compat.batch_transfer_async_read)]
+    ids.append(compat.batch_transfer_async(target.segment, [], [], [], fe.TransferOpcode.Read))
+    assert all(i > 0 for i in ids) and len(set(ids)) == 3, (ids, ferry.last_error())
+    assert compat.get_batch_transfer_status(ids[:2]) == 0
+    assert compat.transfer_check_status(ids[2]) == 1
+    assert compat.get_batch_transfer_status([ids[2]]) == 0
+    assert compat.pending_batches() == []
+    # stream-ordered: nothing to order (the reference's callback submits nothing)
+    assert compat.batch_transfer_write_on_cuda(target.segment, [], [], [], 0) is None
+    assert compat.batch_transfer_read_on_cuda(target.segment, [], [], []) is None
+    # a notification needs a request to follow (the reference: -1), and
+    # lists of different sizes stay an error
+    assert compat.batch_transfer_sync(target.segment, [], [], [], fe.TransferOpcode.Write,
+                                      notify=fe.TransferNotify("n", "m")) == ferry.FERRY_EINVAL
+    assert "notification" in ferry.last_error()[2]
+    assert compat.batch_transfer_sync_write(target.segment, [], [target.addr], []) == ferry.FERRY_EINVAL
+    assert compat.batch_transfer_async_write(target.segment, [], [target.addr], []) == 0
+    # an unknown segment is still one, whatever the lists hold
+    assert compat.batch_transfer_sync_write("127.0.0.1:1", [], [], []) == ferry.FERRY_ENOSEG
+    assert target.check(0, 4096, TARGET_SEED) == before == "OK"
+
+
+def test_native_empty_request_lists_raise(native, target):
+    """The native class keeps its convention: an empty list is an error in the call."""
+    with pytest.raises(ValueError, match="empty"):
+        native.batch_transfer_sync_write(target.segment, [], [], [])
+    with pytest.raises(ValueError, match="empty"):
+        native.batch_transfer_async_read(target.segment, [], [], [])
+
+
+# ---------------------------------------------------------------- free_batch of a collected id
+
+# free_batch is ferry's own (the reference binding has none: its batches are
+# freed by get_batch_transfer_status and transfer_check_status, and its C++
+# freeBatchID of a freed id is a use after free).  The compat class returns
+# what its other calls return, never raising for an error found after the
+# arguments were parsed: 0 when the batch was freed, FERRY_EINVAL (with the
+# id in ferry.last_error()) when the id is unknown or was collected already.
+# It raised ValueError, which a caller of the reference's conventions does
+# not catch (round 7's finding).
+
+
+def test_free_batch_of_a_collected_id(compat, target):
+    src = registered(compat, 4096, seed=5)
+    bid = compat.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [4096])
+    assert bid > 0
+    assert compat.free_batch(bid) == 0
+    for collected in (bid, 987654321):
+        assert compat.free_batch(collected) == ferry.FERRY_EINVAL
+        assert str(collected) in ferry.last_error()[2]
+    bid = compat.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [4096])
+    assert compat.get_batch_transfer_status([bid]) == 0
+    assert compat.free_batch(bid) == ferry.FERRY_EINVAL
+    with pytest.raises(TypeError):
+        compat.free_batch("1")
+    target.cmd("fill 0 %d %d" % (4096, TARGET_SEED))
+
+
+def test_native_free_batch_of_a_collected_id_raises(native, target):
+    src = registered(native, 4096, seed=5)
+    bid = native.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [4096])
+    assert native.free_batch(bid) is None
+    with pytest.raises(ValueError, match="unknown batch id"):
+        native.free_batch(bid)
+    target.cmd("fill 0 %d %d" % (4096, TARGET_SEED))
