@@ -16,10 +16,9 @@
  * the own buffer with pattern FILL_SEED; job 2 is the submit's copy; job 3 a
  * later copy on the same stream (where it stays healthy).
  *
- * The cases that fail on the code of this commit (known bugs, reported to
- * the lead: the fix is in stream.c) run with --known-bugs, which ctest runs
- * as test_stream_faults_known_bugs with WILL_FAIL: it turns red once they
- * pass, and the cases then move to the list of the plain run.
+ * A copy that fails on the device is seen by the mark the stream skips
+ * (stream_write_flag): the host function ending the batch may not ask the
+ * device for the stream's error, so the message names the failed copy.
  * Nothing here depends on timing: the bounded waits only keep a broken run
  * from hanging.
  */
@@ -220,7 +219,8 @@ static void write_copy_fails_on_the_device(void **state)
     ferry_batch *b;
     assert_int_equal(submit_one(&f, FERRY_WRITE, "sim:0", false, &b), 0);
     assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO); /* sticky, as on hardware */
-    assert_failed(b, FERRY_EIO, "FERRY_SIM_FAIL_COPY");
+    /* (the host function that ends the batch may not ask the device why) */
+    assert_failed(b, FERRY_EIO, "a copy on the stream failed");
     ferry_batch_free(b);
     assert_accesses_ended(&f);
     fixture_stop(&f);
@@ -235,7 +235,7 @@ static void read_copy_fails_on_the_device(void **state)
     ferry_batch *b;
     assert_int_equal(submit_one(&f, FERRY_READ, "sim:0", false, &b), 0);
     assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO);
-    assert_failed(b, FERRY_EIO, "FERRY_SIM_FAIL_COPY");
+    assert_failed(b, FERRY_EIO, "a copy on the stream failed");
     ferry_batch_free(b);
     assert_accesses_ended(&f);
     fixture_stop(&f);
@@ -296,6 +296,50 @@ static void own_copy_failure_is_logged(void **state)
     fixture_stop(&f);
 }
 
+/* Device memory to another engine (here one of this process with host
+ * memory) goes through a bounce buffer with the copies on the stream
+ * (stream.c bounce_submit): the WRITE's copy out of device memory (job 2)
+ * fails on the device, so nothing may be sent; the READ's copy into device
+ * memory (job 2, after the transfer) fails, so the batch may not say
+ * COMPLETED. */
+static void bounced_copy_fails_on_the_device(int opcode)
+{
+    setenv("FERRY_SIM_FAIL_COPY", "2", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    ferry_engine *e2;
+    assert_int_equal(ferry_engine_create(NULL, &e2), 0);
+    char *peer = malloc(LEN);
+    pattern_fill(peer, LEN, 33, 0);
+    assert_int_equal(ferry_register_memory(e2, peer, LEN, "cpu", 1), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(f.e, ferry_engine_segment_name(e2), &seg), 0);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b), 0);
+    struct ferry_request q = {opcode, f.own, seg, (uint64_t)(uintptr_t)peer, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f.stream), 0);
+    assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO);
+    assert_failed(b, FERRY_EIO, "a copy on the stream failed");
+    assert_int_equal(pattern_check(peer, LEN, 33, 0), -1); /* a WRITE sent nothing */
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    ferry_engine_destroy(e2);
+    free(peer);
+    fixture_stop(&f);
+}
+
+static void bounced_write_copy_fails_on_the_device(void **state)
+{
+    (void)state;
+    bounced_copy_fails_on_the_device(FERRY_WRITE);
+}
+
+static void bounced_read_copy_fails_on_the_device(void **state)
+{
+    (void)state;
+    bounced_copy_fails_on_the_device(FERRY_READ);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -307,12 +351,12 @@ static const struct named_case passing[] = {
     {"write_copy_refused_at_enqueue", write_copy_refused_at_enqueue},
     {"read_copy_refused_at_enqueue", read_copy_refused_at_enqueue},
     {"stream_of_another_device", stream_of_another_device},
-};
-static const struct named_case known_bugs[] = {
     {"write_copy_fails_on_the_device", write_copy_fails_on_the_device},
     {"read_copy_fails_on_the_device", read_copy_fails_on_the_device},
     {"stream_of_another_device_is_refused_in_the_call", stream_of_another_device_is_refused_in_the_call},
     {"own_copy_failure_is_logged", own_copy_failure_is_logged},
+    {"bounced_write_copy_fails_on_the_device", bounced_write_copy_fails_on_the_device},
+    {"bounced_read_copy_fails_on_the_device", bounced_read_copy_fails_on_the_device},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 
@@ -323,7 +367,7 @@ static void in_fresh_process(void **state)
 
 static int run_list(const char *group, const struct named_case *list, size_t n)
 {
-    struct CMUnitTest tests[8];
+    struct CMUnitTest tests[16];
     for (size_t i = 0; i < n && i < COUNT(tests); i++)
         tests[i] = (struct CMUnitTest){list[i].name, in_fresh_process, NULL, NULL, (void *)list[i].name};
     return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
@@ -332,18 +376,13 @@ static int run_list(const char *group, const struct named_case *list, size_t n)
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--case") == 0) {
-        for (size_t k = 0; k < 2; k++) {
-            const struct named_case *list = k ? known_bugs : passing;
-            for (size_t i = 0; i < (k ? COUNT(known_bugs) : COUNT(passing)); i++)
-                if (strcmp(argv[2], list[i].name) == 0) {
-                    const struct CMUnitTest one[] = {{argv[2], list[i].fn, NULL, NULL, NULL}};
-                    return cmocka_run_group_tests_name(argv[2], one, NULL, NULL);
-                }
-        }
+        for (size_t i = 0; i < COUNT(passing); i++)
+            if (strcmp(argv[2], passing[i].name) == 0) {
+                const struct CMUnitTest one[] = {{argv[2], passing[i].fn, NULL, NULL, NULL}};
+                return cmocka_run_group_tests_name(argv[2], one, NULL, NULL);
+            }
         fprintf(stderr, "no case %s\n", argv[2]);
         return 2;
     }
-    if (argc == 2 && strcmp(argv[1], "--known-bugs") == 0)
-        return run_list("stream faults: known bugs", known_bugs, COUNT(known_bugs));
     return run_list("stream faults", passing, COUNT(passing));
 }
