@@ -122,6 +122,9 @@ static const struct knob knobs[] = {
     DOC("FERRY_STAGING_AGGREGATE", "auto",
         "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
         "off), 0, or a size"),
+    DOC("FERRY_STAGING_AGGREGATE_READ", "auto",
+        "the same for staged READs: scatter blocks smaller than this from a device buffer (one H2D per chunk + "
+        "D2D): auto (as FERRY_STAGING_AGGREGATE), 0, or a size"),
     DOC("FERRY_STAGING_AGGREGATE_BUFFERS", "all",
         "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
         "cut into slices; device memory: this x the chunk size)"),

@@ -540,7 +540,13 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
         size_t k = gather_take(copies + done, n - done, &a, &bytes);
         const uint32_t taken = a.h->n;
         call->base = done;
-        size_t mean_max = call->dir == FERRY_COPY_H2D ? cuda_kernel_shape.h2d_max : GATHER_MEAN_MAX;
+        /* H2D: the SMs read host memory at ~0.92 of the copy engine's rate;
+         * what the kernel saves is the engine's cost per copy, which one
+         * large copy (a staging chunk bound for its device buffer) does
+         * not pay */
+        size_t mean_max = call->dir != FERRY_COPY_H2D ? GATHER_MEAN_MAX
+                          : taken == 1                ? cuda_kernel_shape.h2d_one_max
+                                                      : cuda_kernel_shape.h2d_max;
         if (taken > 0 && bytes / taken <= mean_max && gather_reachable(call->s->dev, call->dir, &a)) {
             rc = gather_launch(call, max_ctas, &a, copies + done, k);
         } else if (taken > 0) {

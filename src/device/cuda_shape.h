@@ -15,6 +15,7 @@
 #define CUDA_SHAPE_THREADS_DEFAULT "256"
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
+#define CUDA_SHAPE_H2D_ONE_MAX_DEFAULT "1048576"
 #define CUDA_SHAPE_COPIES_DEFAULT "128"
 #define CUDA_SHAPE_BULK_DEFAULT "0"
 
@@ -28,6 +29,9 @@ struct cuda_shape {
     unsigned loads;        /* FERRY_CUDA_KERNEL_LOADS: 16-byte loads in flight per thread, 4 or 8 */
     size_t h2d_max;        /* FERRY_CUDA_KERNEL_H2D_MAX: H2D batches whose copies average more
                             * take the copy engine; 0..1 MiB */
+    size_t h2d_one_max;    /* FERRY_CUDA_KERNEL_H2D_ONE_MAX: an H2D call of one copy larger than
+                            * this takes the copy engine (a staging chunk's whole, bound for its
+                            * device buffer); 0..1 MiB */
     unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
     unsigned bulk;         /* FERRY_CUDA_KERNEL_BULK: 1: H2D through the kernel's bulk-copy (TMA)

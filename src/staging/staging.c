@@ -264,7 +264,7 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
     int rc = 0;
     bool marked = false;
     ferry_stream **carrier = &g[0]->stream, **on_mark = NULL;
-    if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
+    if (g[0]->devbuf && aggregate_wanted(&p->agg, dir == FERRY_COPY_H2D, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
         struct ferry_copy alone[XFER_MAX_PIECES];
@@ -342,7 +342,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             p->send(p->send_ctx, &c->wire);
             continue;
         }
-        if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes)) {
+        if (c->devbuf && aggregate_wanted(&p->agg, c->state == CHUNK_SCATTER, c->orig->npieces, c->orig->bytes)) {
             issue_group(p, &c, 1, NULL);
             continue;
         }

@@ -82,7 +82,7 @@ size_t staging_pool_chunk_size(const struct staging_pool *p)
 
 bool staging_pool_aggregates(const struct staging_pool *p)
 {
-    return p->agg.below > 0 && p->agg.buffers > 0;
+    return p->agg.below > 0 && p->agg.buffers > 0; /* WRITE: what the engine's spread asks */
 }
 
 bool staging_pool_worker_asleep(struct staging_pool *p)
@@ -164,7 +164,7 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         c->index = i;
         c->host = p->base + (size_t)i * p->stride;
         rc = ops->stream_create(dev, &c->stream);
-        if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
+        if (!rc && i < p->agg.buffers && aggregate_any(&p->agg) && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
             LOG_WARN("staging: %s:%d: device buffer %u for aggregation: %s; %u chunks aggregate", ops->kind, dev, i,
                      ferry_last_error(), i);
             p->agg.buffers = i;
@@ -182,8 +182,9 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
                           why);
     }
-    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered on the device "
-             "(%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below, p->agg.buffers);
+    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered, under %zu "
+             "scattered on the device (%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below,
+             p->agg.below_read, p->agg.buffers);
     *base = p->base;
     *len = p->stride * nchunks;
     *out = p;
