@@ -128,6 +128,9 @@ static const struct knob knobs[] = {
     DOC("FERRY_STAGING_AGGREGATE_BUFFERS", "all",
         "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
         "cut into slices; device memory: this x the chunk size)"),
+    DOC("FERRY_STAGING_READ_GROUP_BYTES", "0",
+        "bytes a staging pool's group of scatters (READ payload that arrived together: one copy call, up to 128 "
+        "blocks) takes at most, its first group too; 0: the rule of FERRY_STAGING_GROUP"),
     DOC("FERRY_STAGING_SPIN_US", "50",
         "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
         "before the next retire, and costs a core while transfers run"),

@@ -309,11 +309,29 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
     pthread_mutex_unlock(&p->lock);
 }
 
+/* How much one group may take. */
+struct group_cap {
+    unsigned frames;
+    size_t copies;
+    uint64_t bytes;
+};
+
+/* The cap of a group that starts with a chunk in state st, the round's
+ * first group if first: group_frames frames (group_first for the first),
+ * their x 64 copies and their / 2 chunks' bytes (one chunk's for 1 or 2);
+ * scatters with FERRY_STAGING_READ_GROUP_BYTES: that many bytes. */
+static struct group_cap group_cap(const struct staging_pool *p, enum chunk_state st, bool first)
+{
+    if (st == CHUNK_SCATTER && p->read_group_bytes)
+        return (struct group_cap){GROUP_MAX, READ_GROUP_COPIES, p->read_group_bytes};
+    unsigned frames = first && p->group_first < p->group_frames ? p->group_first : p->group_frames;
+    return (struct group_cap){frames, (size_t)frames * XFER_MAX_PIECES,
+                              (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1)};
+}
+
 /* Issues a round of chunks: READs that still have to cross the wire go to
- * their transport; the rest are cut into groups (same direction, at most
- * group_frames frames (the first group group_first), their x 64 copies and
- * their / 2 chunks' bytes (one chunk's for 1 or 2), aggregating chunks
- * alone). */
+ * their transport; the rest are cut into groups (same direction, within
+ * group_cap; aggregating chunks alone). */
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
@@ -324,9 +342,8 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
     }
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
-    unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
-    uint64_t bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
-    bool first = true;
+    struct group_cap cap = {0, 0, 0};
+    bool first = true, first_group = true;
     size_t last = n; /* the round's last gather (states are set when chunks are taken) */
     for (size_t i = 0; i < n; i++)
         if (cs[i]->state == CHUNK_GATHER)
@@ -346,14 +363,15 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             issue_group(p, &c, 1, NULL);
             continue;
         }
-        if (ng && (c->state != g[0]->state || ng == frames || copies + c->orig->npieces > (size_t)frames * XFER_MAX_PIECES ||
-                   bytes + c->orig->bytes > bytes_max)) {
+        if (ng && (c->state != g[0]->state || ng == cap.frames || copies + c->orig->npieces > cap.copies ||
+                   bytes + c->orig->bytes > cap.bytes)) {
             issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
             ng = copies = 0;
             bytes = 0;
-            frames = p->group_frames;
-            bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
+            first_group = false;
         }
+        if (!ng)
+            cap = group_cap(p, c->state, first_group);
         g[ng++] = c;
         copies += c->orig->npieces;
         bytes += c->orig->bytes;

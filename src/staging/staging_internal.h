@@ -27,6 +27,17 @@
 #define GROUP_DEFAULT 2u
 #define GROUP_FIRST_DEFAULT 1u
 #define GROUP_MAX 16u
+/* FERRY_STAGING_READ_GROUP_BYTES: 0, or the bytes a group of scatters
+ * (READ payload that arrived together) takes at most, up to
+ * READ_GROUP_COPIES copies and GROUP_MAX frames, the round's first group
+ * too: nothing of a READ waits on its first frame, and the copy engine
+ * reads host memory faster than the SMs do only in calls of several MiB
+ * (bench/h2d_probe.c: ~0.80 of a large copy for 1 MiB calls from 4
+ * streams, 0.93 for 2 MiB, 0.96 for 4 MiB), where the rule for gathers cuts
+ * a group at one chunk's bytes.  0: the gathers' rule. */
+#define READ_GROUP_BYTES_DEFAULT 0u
+#define READ_GROUP_BYTES_MAX (64u << 20)
+#define READ_GROUP_COPIES 128u
 /* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
  * another on one stream, each followed by a device-written mark, so the
  * first frame retires (and goes to the wire) as soon as its own copies
@@ -93,6 +104,7 @@ struct staging_pool {
     uint64_t scatter_retire_ns;           /* FERRY_STAGING_SCATTER_RETIRE_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
+    uint64_t read_group_bytes;            /* FERRY_STAGING_READ_GROUP_BYTES: 0, or a scatter group's bytes at most */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
     unsigned mark_next;                   /* the issuer's: the next round's mark stream */
     ferry_stream *mstreams[MARK_STREAMS_MAX];

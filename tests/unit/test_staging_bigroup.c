@@ -11,6 +11,8 @@
  * one stream, each followed by its mark, retired one by one (a group held
  * on the device does not hold back those before it), a failure there
  * (on the device, or to enqueue) failing the bad frame only.
+ * FERRY_STAGING_READ_GROUP_BYTES: scatters grouped by bytes (up to 128
+ * copies), their first group too; gathers as before.
  * On the strict sim device, with copy_async wrapped to record each call's
  * stream and copies.  Deterministic: the frames go in one staging_submit_list
  * on a fresh pool, so the submitting thread issues them as one round.
@@ -62,6 +64,7 @@ static struct {
 
 static volatile uint32_t *gate; /* sim host memory: the held call's copies start once it is 1 */
 static const char *mark_streams = "0"; /* FERRY_STAGING_MARK_STREAMS of the next run */
+static const char *read_group = "";    /* FERRY_STAGING_READ_GROUP_BYTES of the next run */
 
 static const struct ferry_device_ops *sim;
 static struct ferry_device_ops recording; /* sim, with copy_async recorded */
@@ -159,6 +162,7 @@ static void run(const char *group, const char *first, unsigned freed)
     setenv("FERRY_STAGING_GROUP", group, 1);
     setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
     setenv("FERRY_STAGING_MARK_STREAMS", mark_streams, 1);
+    setenv("FERRY_STAGING_READ_GROUP_BYTES", read_group, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
@@ -166,6 +170,7 @@ static void run(const char *group, const char *first, unsigned freed)
     unsetenv("FERRY_STAGING_GROUP");
     unsetenv("FERRY_STAGING_GROUP_FIRST");
     unsetenv("FERRY_STAGING_MARK_STREAMS");
+    unsetenv("FERRY_STAGING_READ_GROUP_BYTES");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
     pthread_mutex_lock(&t.lock);
@@ -364,6 +369,44 @@ static void marks_not_for_scatters(void **state)
         assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
 }
 
+/* FERRY_STAGING_READ_GROUP_BYTES=4194304: the eight 256 KiB payloads that
+ * arrived together scatter in groups of two frames (128 copies, the cap),
+ * the first group too, not 1, 2, 2, 2, 1; the bytes land. */
+static void read_groups_by_bytes(void **state)
+{
+    (void)state;
+    read_group = "4194304";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    for (unsigned i = 0; i < NFRAMES / 2; i++)
+        assert_int_equal(t.copies[i], 2 * PIECES);
+}
+
+/* 262144: one frame's bytes, so a frame a group. */
+static void read_groups_bytes_cap(void **state)
+{
+    (void)state;
+    read_group = "262144";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES);
+    for (unsigned i = 0; i < NFRAMES; i++)
+        assert_int_equal(t.copies[i], PIECES);
+}
+
+/* Gathers keep their rule (1, 2, 2, 2, 1) with it set. */
+static void read_groups_leave_gathers(void **state)
+{
+    (void)state;
+    read_group = "4194304";
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
+}
+
 /* A device without marks (ENOTSUP): the stream is queried instead. */
 static void marks_unsupported_query_instead(void **state)
 {
@@ -401,6 +444,8 @@ static void knob_refusals(void **state)
     refuse_all("FERRY_STAGING_GROUP", bad, 5);
     refuse_all("FERRY_STAGING_GROUP_FIRST", bad, 5);
     refuse_all("FERRY_STAGING_MARK_STREAMS", bad_marks, 5);
+    static const char *const bad_bytes_read[] = {"67108865", "-1", "4M", "lots", " 1"};
+    refuse_all("FERRY_STAGING_READ_GROUP_BYTES", bad_bytes_read, 5);
 }
 
 /* Each test starts with the recording plain and the mark streams off. */
@@ -410,6 +455,7 @@ static int reset(void **state)
     t.hold_call = t.fail_call = 0;
     t.mark_rc = 0;
     mark_streams = "0";
+    read_group = "";
     opcode = XFER_WRITE;
     return 0;
 }
@@ -442,6 +488,9 @@ int main(void)
         cmocka_unit_test_setup(marks_refused_enqueue_goes_again, reset),
         cmocka_unit_test_setup(marks_not_for_scatters, reset),
         cmocka_unit_test_setup(marks_unsupported_query_instead, reset),
+        cmocka_unit_test_setup(read_groups_by_bytes, reset),
+        cmocka_unit_test_setup(read_groups_bytes_cap, reset),
+        cmocka_unit_test_setup(read_groups_leave_gathers, reset),
         cmocka_unit_test_setup(knob_refusals, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
