@@ -16,7 +16,7 @@
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
 #define CUDA_SHAPE_H2D_ONE_MAX_DEFAULT "1048576"
-#define CUDA_SHAPE_H2D_CALL_MIN_DEFAULT "0"
+#define CUDA_SHAPE_H2D_CALL_MIN_DEFAULT "2097152"
 #define CUDA_SHAPE_CALL_MIN_MAX ((size_t)1 << 30)
 /* FERRY_CUDA_KERNEL_H2D_CALL_MIN takes copies of at least this (average):
  * the copy engine's cost per copy sinks 16 KiB blocks (0.13 of a large

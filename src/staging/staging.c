@@ -8,8 +8,11 @@
  * same way (2; 16: a 1,024-block batch in one launch of the CUDA kernel of
  * 1,024 copies), retired together (a launch and a wait per group, not per
  * chunk: what small blocks pay most).  A round's first group takes at most
- * FERRY_STAGING_GROUP_FIRST frames (1), so the first chunk of a large WRITE
- * reaches the wire while the rest gather.
+ * FERRY_STAGING_GROUP_FIRST frames (auto: up to FERRY_STAGING_GROUP within
+ * half a chunk's bytes, so one frame of 512 KiB or more), so the first
+ * chunk of a large WRITE reaches the wire while the rest gather.  Scatters
+ * are grouped by bytes (FERRY_STAGING_READ_GROUP_BYTES, 4 MiB), on CUDA
+ * one copy-engine call for blocks of 64 KiB and up.
  *
  * Where the device has stream_mark (CUDA, sim) and FERRY_STAGING_MARK_STREAMS
  * is not 0 (the default is 0: on 2 x H200 the gather pipeline alone moved
@@ -317,13 +320,16 @@ struct group_cap {
 };
 
 /* The cap of a group that starts with a chunk in state st, the round's
- * first group if first: group_frames frames (group_first for the first),
- * their x 64 copies and their / 2 chunks' bytes (one chunk's for 1 or 2);
- * scatters with FERRY_STAGING_READ_GROUP_BYTES: that many bytes. */
+ * first group if first: group_frames frames (group_first for the first;
+ * auto: group_frames within half a chunk's bytes), their x 64 copies and
+ * their / 2 chunks' bytes (one chunk's for 1 or 2); scatters with
+ * FERRY_STAGING_READ_GROUP_BYTES: that many bytes. */
 static struct group_cap group_cap(const struct staging_pool *p, enum chunk_state st, bool first)
 {
     if (st == CHUNK_SCATTER && p->read_group_bytes)
         return (struct group_cap){GROUP_MAX, READ_GROUP_COPIES, p->read_group_bytes};
+    if (first && p->group_first == GROUP_FIRST_AUTO)
+        return (struct group_cap){p->group_frames, (size_t)p->group_frames * XFER_MAX_PIECES, p->chunk_size / 2};
     unsigned frames = first && p->group_first < p->group_frames ? p->group_first : p->group_frames;
     return (struct group_cap){frames, (size_t)frames * XFER_MAX_PIECES,
                               (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1)};

@@ -34,7 +34,8 @@ static int knobs_read(struct staging_pool *p)
     char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
-    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, auto or 1-%u",
+             GROUP_MAX);
     snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
              MARK_STREAMS_MAX);
     snprintf(retire_wanted, sizeof retire_wanted, "microseconds, 0-%u", ISSUER_RETIRE_US_MAX);
@@ -48,7 +49,7 @@ static int knobs_read(struct staging_pool *p)
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
     if (rc >= 0)
-        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
+        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", true, 1, GROUP_MAX, first_wanted, &first);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_MARK_STREAMS", false, 0, MARK_STREAMS_MAX, mark_wanted, &nmark);
     if (rc >= 0)
