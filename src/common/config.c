@@ -132,6 +132,9 @@ static const struct knob knobs[] = {
         "bytes a staging pool's group of scatters (READ payload that arrived together: one copy call, up to 128 "
         "blocks; on CUDA the copy engine's from FERRY_CUDA_KERNEL_H2D_CALL_MIN) takes at most, its first group "
         "too; 0: the rule of FERRY_STAGING_GROUP"),
+    DOC("FERRY_STAGING_READ_GROUP_FIRST_BYTES", "0",
+        "bytes the first group of scatters of a round takes at most (1048576: on CUDA the kernel, which starts at "
+        "once, while the later groups go to the copy engine); 0: as FERRY_STAGING_READ_GROUP_BYTES"),
     DOC("FERRY_STAGING_SPIN_US", "50",
         "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
         "before the next retire, and costs a core while transfers run"),

@@ -323,11 +323,13 @@ struct group_cap {
  * first group if first: group_frames frames (group_first for the first;
  * auto: group_frames within half a chunk's bytes), their x 64 copies and
  * their / 2 chunks' bytes (one chunk's for 1 or 2); scatters with
- * FERRY_STAGING_READ_GROUP_BYTES: that many bytes. */
+ * FERRY_STAGING_READ_GROUP_BYTES: that many bytes (the first group
+ * FERRY_STAGING_READ_GROUP_FIRST_BYTES, where set). */
 static struct group_cap group_cap(const struct staging_pool *p, enum chunk_state st, bool first)
 {
     if (st == CHUNK_SCATTER && p->read_group_bytes)
-        return (struct group_cap){GROUP_MAX, READ_GROUP_COPIES, p->read_group_bytes};
+        return (struct group_cap){GROUP_MAX, READ_GROUP_COPIES,
+                                  first && p->read_group_first ? p->read_group_first : p->read_group_bytes};
     if (first && p->group_first == GROUP_FIRST_AUTO)
         return (struct group_cap){p->group_frames, (size_t)p->group_frames * XFER_MAX_PIECES, p->chunk_size / 2};
     unsigned frames = first && p->group_first < p->group_frames ? p->group_first : p->group_frames;

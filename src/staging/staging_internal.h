@@ -46,6 +46,13 @@
 #define READ_GROUP_BYTES_DEFAULT (4u << 20)
 #define READ_GROUP_BYTES_MAX (64u << 20)
 #define READ_GROUP_COPIES 128u
+/* FERRY_STAGING_READ_GROUP_FIRST_BYTES: 0 (as FERRY_STAGING_READ_GROUP_BYTES),
+ * or the bytes a round's first scatter group takes at most: one chunk's
+ * (1 MiB) keeps it on the CUDA kernel, which starts in ~9 us where a 4 MiB
+ * engine call returns after ~35 us (the first of one 64 KiB batch alone,
+ * h16y) while the later groups' engine calls are issued behind it.  Not
+ * measured yet: off. */
+#define READ_GROUP_FIRST_BYTES_DEFAULT 0u
 /* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
  * another on one stream, each followed by a device-written mark, so the
  * first frame retires (and goes to the wire) as soon as its own copies
@@ -114,6 +121,7 @@ struct staging_pool {
     unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes
                                            * (GROUP_FIRST_AUTO: group_frames within half a chunk) */
     uint64_t read_group_bytes;            /* FERRY_STAGING_READ_GROUP_BYTES: 0, or a scatter group's bytes at most */
+    uint64_t read_group_first;            /* FERRY_STAGING_READ_GROUP_FIRST_BYTES: 0, or a round's first one's */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
     unsigned mark_next;                   /* the issuer's: the next round's mark stream */
     ferry_stream *mstreams[MARK_STREAMS_MAX];

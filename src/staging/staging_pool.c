@@ -24,13 +24,14 @@
  * FERRY_STAGING_ISSUER_RETIRE_US and FERRY_STAGING_SCATTER_RETIRE_US (0:
  * only the worker retires) and FERRY_STAGING_INLINE_FIRST and
  * FERRY_STAGING_INLINE_LAST (0: every staged WRITE handed over) and
- * FERRY_STAGING_READ_GROUP_BYTES (0: scatters grouped as gathers). */
+ * FERRY_STAGING_READ_GROUP_BYTES (0: scatters grouped as gathers) and
+ * FERRY_STAGING_READ_GROUP_FIRST_BYTES (0: a round's first such group too). */
 static int knobs_read(struct staging_pool *p)
 {
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
     uint64_t nmark = MARK_STREAMS_DEFAULT, retire_us = ISSUER_RETIRE_US_DEFAULT, inline_first = INLINE_FIRST_DEFAULT;
     uint64_t scatter_us = SCATTER_RETIRE_US_DEFAULT, inline_last = INLINE_LAST_DEFAULT;
-    uint64_t read_group = READ_GROUP_BYTES_DEFAULT;
+    uint64_t read_group = READ_GROUP_BYTES_DEFAULT, read_first = READ_GROUP_FIRST_BYTES_DEFAULT;
     char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
@@ -59,9 +60,14 @@ static int knobs_read(struct staging_pool *p)
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_READ_GROUP_BYTES", false, 0, READ_GROUP_BYTES_MAX,
                                "bytes a group of scatters takes at most, 0 (as gathers) to 67108864", &read_group);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_READ_GROUP_FIRST_BYTES", false, 0, READ_GROUP_BYTES_MAX,
+                               "bytes a round's first group of scatters takes at most, 0 (as the others) to 67108864",
+                               &read_first);
     if (rc < 0)
         return rc;
     p->read_group_bytes = read_group;
+    p->read_group_first = read_first;
     p->inline_first = inline_first != 0;
     p->inline_last = inline_last != 0;
     p->scatter_retire_ns = scatter_us * 1000u;

@@ -67,6 +67,7 @@ static struct {
 static volatile uint32_t *gate; /* sim host memory: the held call's copies start once it is 1 */
 static const char *mark_streams = "0"; /* FERRY_STAGING_MARK_STREAMS of the next run */
 static const char *read_group = "";    /* FERRY_STAGING_READ_GROUP_BYTES of the next run */
+static const char *read_first = "";    /* FERRY_STAGING_READ_GROUP_FIRST_BYTES of the next run */
 static size_t chunk_bytes = 1u << 20;  /* the next run's pool's chunks */
 
 static const struct ferry_device_ops *sim;
@@ -166,6 +167,7 @@ static void run(const char *group, const char *first, unsigned freed)
     setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
     setenv("FERRY_STAGING_MARK_STREAMS", mark_streams, 1);
     setenv("FERRY_STAGING_READ_GROUP_BYTES", read_group, 1);
+    setenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES", read_first, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
@@ -174,6 +176,7 @@ static void run(const char *group, const char *first, unsigned freed)
     unsetenv("FERRY_STAGING_GROUP_FIRST");
     unsetenv("FERRY_STAGING_MARK_STREAMS");
     unsetenv("FERRY_STAGING_READ_GROUP_BYTES");
+    unsetenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
     pthread_mutex_lock(&t.lock);
@@ -415,6 +418,20 @@ static void read_groups_by_bytes(void **state)
         assert_int_equal(t.copies[i], 2 * PIECES);
 }
 
+/* FERRY_STAGING_READ_GROUP_FIRST_BYTES=262144: the round's first scatter
+ * group one 256 KiB frame, the later ones two (the copy cap): 1, 2, 2, 2, 1. */
+static void read_group_first_smaller(void **state)
+{
+    (void)state;
+    read_first = "262144";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
+}
+
 /* 0: scatters grouped as gathers (first group of one: 1, 2, 2, 2, 1). */
 static void read_groups_off(void **state)
 {
@@ -492,6 +509,7 @@ static void knob_refusals(void **state)
     refuse_all("FERRY_STAGING_MARK_STREAMS", bad_marks, 5);
     static const char *const bad_bytes_read[] = {"67108865", "-1", "4M", "lots", " 1"};
     refuse_all("FERRY_STAGING_READ_GROUP_BYTES", bad_bytes_read, 5);
+    refuse_all("FERRY_STAGING_READ_GROUP_FIRST_BYTES", bad_bytes_read, 5);
 }
 
 /* Each test starts with the recording plain and the mark streams off. */
@@ -501,7 +519,7 @@ static int reset(void **state)
     t.hold_call = t.fail_call = 0;
     t.mark_rc = 0;
     mark_streams = "0";
-    read_group = "";
+    read_group = read_first = "";
     opcode = XFER_WRITE;
     return 0;
 }
@@ -539,6 +557,7 @@ int main(void)
         cmocka_unit_test_setup(read_groups_by_bytes, reset),
         cmocka_unit_test_setup(read_groups_bytes_cap, reset),
         cmocka_unit_test_setup(read_groups_off, reset),
+        cmocka_unit_test_setup(read_group_first_smaller, reset),
         cmocka_unit_test_setup(read_groups_leave_gathers, reset),
         cmocka_unit_test_setup(knob_refusals, reset),
     };
