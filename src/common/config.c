@@ -125,9 +125,19 @@ static const struct knob knobs[] = {
     DOC("FERRY_STAGING_AGGREGATE", "auto",
         "gather staged blocks smaller than this on the device (D2D + one D2H per chunk): auto (npu: 2M, others: "
         "off), 0, or a size"),
+    DOC("FERRY_STAGING_AGGREGATE_READ", "auto",
+        "the same for staged READs: scatter blocks smaller than this from a device buffer (one H2D per chunk + "
+        "D2D): auto (as FERRY_STAGING_AGGREGATE), 0, or a size"),
     DOC("FERRY_STAGING_AGGREGATE_BUFFERS", "all",
         "chunks with a device buffer for that, 0..the pool's chunks (FERRY_STAGING_CHUNKS, more where chunks are "
         "cut into slices; device memory: this x the chunk size)"),
+    DOC("FERRY_STAGING_READ_GROUP_BYTES", "4194304",
+        "bytes a staging pool's group of scatters (READ payload that arrived together: one copy call, up to 128 "
+        "blocks; on CUDA the copy engine's from FERRY_CUDA_KERNEL_H2D_CALL_MIN) takes at most, its first group "
+        "too; 0: the rule of FERRY_STAGING_GROUP"),
+    DOC("FERRY_STAGING_READ_GROUP_FIRST_BYTES", "0",
+        "bytes the first group of scatters of a round takes at most (1048576: on CUDA the kernel, which starts at "
+        "once, while the later groups go to the copy engine); 0: as FERRY_STAGING_READ_GROUP_BYTES"),
     DOC("FERRY_STAGING_SPIN_US", "50",
         "after its last copy a staging worker polls this long before it sleeps (0-100000): longer saves the wake-up "
         "before the next retire, and costs a core while transfers run"),
@@ -151,9 +161,10 @@ static const struct knob knobs[] = {
         "frames whose device copies a staging pool issues together (one copy call: on CUDA one kernel launch, of up "
         "to 1,024 blocks with FERRY_CUDA_KERNEL_COPIES=1024) and waits for once (1-16); a group holds at most "
         "half as many chunks' bytes (one chunk's for 2), so two full 1 MiB frames are two groups"),
-    DOC("FERRY_STAGING_GROUP_FIRST", "1",
-        "frames the first device copy group of what a staging pool issues at once takes at most (1-16): the first "
-        "chunks of a large WRITE go to the wire while the rest are copied"),
+    DOC("FERRY_STAGING_GROUP_FIRST", "auto",
+        "frames the first device copy group of what a staging pool issues at once takes at most (1-16; auto: "
+        "FERRY_STAGING_GROUP's within half a chunk's bytes): the first chunks of a large WRITE go to the wire while "
+        "the rest are copied"),
     DOC("FERRY_STAGING_MARK_STREAMS", "0",
         "device streams a staging pool's rounds of gathers (WRITE) take in turn (0-4): the groups of a round go "
         "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "

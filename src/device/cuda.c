@@ -635,6 +635,12 @@ static const struct ferry_config_knob cuda_knobs[] = {
      "gather/scatter kernel: 16-byte loads each thread has in flight before it stores, 4 or 8"},
     {"FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT,
      "H2D batches whose copies average more bytes than this take the copy engine instead of the kernel (0: always)"},
+    {"FERRY_CUDA_KERNEL_H2D_ONE_MAX", CUDA_SHAPE_H2D_ONE_MAX_DEFAULT,
+     "an H2D call of a single copy larger than this takes the copy engine instead of the kernel (0: always; "
+     "a staging chunk bound for its device buffer, FERRY_STAGING_AGGREGATE_READ)"},
+    {"FERRY_CUDA_KERNEL_H2D_CALL_MIN", CUDA_SHAPE_H2D_CALL_MIN_DEFAULT,
+     "0, or bytes: an H2D call of at least this many bytes whose copies average 64 KiB or more takes the copy "
+     "engine instead of the kernel (a staging pool's scatter group, FERRY_STAGING_READ_GROUP_BYTES)"},
     {"FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT,
      "copies one launch of the gather/scatter kernel takes at most: 128, or 1024 (28 KiB of kernel parameters: "
      "CUDA 12.1+, else 128; the launch itself then costs ~20 us more)"},

@@ -540,8 +540,21 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
         size_t k = gather_take(copies + done, n - done, &a, &bytes);
         const uint32_t taken = a.h->n;
         call->base = done;
-        size_t mean_max = call->dir == FERRY_COPY_H2D ? cuda_kernel_shape.h2d_max : GATHER_MEAN_MAX;
-        if (taken > 0 && bytes / taken <= mean_max && gather_reachable(call->s->dev, call->dir, &a)) {
+        /* H2D: the SMs read host memory at ~0.92 of the copy engine's rate;
+         * what the kernel saves is the engine's cost per copy, which one
+         * large copy (a staging chunk bound for its device buffer) does
+         * not pay */
+        size_t mean_max = call->dir != FERRY_COPY_H2D ? GATHER_MEAN_MAX
+                          : taken == 1                ? cuda_kernel_shape.h2d_one_max
+                                                      : cuda_kernel_shape.h2d_max;
+        /* a call of several MiB of large H2D copies: the engine's cost per
+         * copy and per call is hidden there, its reads of host memory are
+         * faster than the SMs' (FERRY_CUDA_KERNEL_H2D_CALL_MIN) */
+        const size_t call_min = cuda_kernel_shape.h2d_call_min;
+        const bool engine_call = call->dir == FERRY_COPY_H2D && call_min && taken > 0 && bytes >= call_min &&
+                                 bytes / taken >= CUDA_SHAPE_CALL_BLOCK_MIN;
+        if (taken > 0 && !engine_call && bytes / taken <= mean_max &&
+            gather_reachable(call->s->dev, call->dir, &a)) {
             rc = gather_launch(call, max_ctas, &a, copies + done, k);
         } else if (taken > 0) {
             static atomic_int told; /* what FERRY_LOG_LEVEL=3 shows of the choice: the first few */
@@ -549,7 +562,9 @@ static int copy_gathered(struct copy_call *call, const struct ferry_copy *copies
                 LOG_DEBUG("cuda:%d: %u copies (%zu bytes, %s, first %p <- %p) on the copy engine: %s", call->s->dev,
                           taken, bytes, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
                           (void *)(uintptr_t)a.copies[0].dst, (void *)(uintptr_t)a.copies[0].src,
-                          bytes / taken > mean_max ? "large copies" : "an address the kernel may not reach");
+                          engine_call              ? "a large call of large copies"
+                          : bytes / taken > mean_max ? "large copies"
+                                                     : "an address the kernel may not reach");
             rc = ferry_device_enqueue_copies(&copy_engine, call, copies + done, k);
         }
         done += k;

@@ -2,8 +2,9 @@
 /*
  * cuda_shape.c — reads the launch shape of the CUDA gather/scatter kernel
  * (tile, CTAs per SM, threads, loads in flight per thread, up to which
- * mean copy size H2D batches use it rather than the copy engine, copies a
- * launch, and whether H2D uses its bulk-copy form) from the
+ * mean copy size H2D batches use it rather than the copy engine, and up to
+ * which size a lone H2D copy does, from which size an H2D call of large
+ * copies takes the copy engine, copies a launch, and whether H2D uses its bulk-copy form) from the
  * FERRY_CUDA_KERNEL_* variables.  Called once by cuda_load(); no threads,
  * no state of its own.
  */
@@ -30,7 +31,8 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 
 int cuda_shape_read(struct cuda_shape *out)
 {
-    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, copies = 0, bulk = 0;
+    unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, h2d_one = 0, call_min = 0, copies = 0,
+                       bulk = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)
@@ -53,6 +55,12 @@ int cuda_shape_read(struct cuda_shape *out)
         rc = env_number("FERRY_CUDA_KERNEL_H2D_MAX", CUDA_SHAPE_H2D_MAX_DEFAULT, 0, CUDA_SHAPE_MEAN_MAX,
                         "bytes, 0 to 1048576", &h2d);
     if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_H2D_ONE_MAX", CUDA_SHAPE_H2D_ONE_MAX_DEFAULT, 0, CUDA_SHAPE_MEAN_MAX,
+                        "bytes, 0 to 1048576", &h2d_one);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_H2D_CALL_MIN", CUDA_SHAPE_H2D_CALL_MIN_DEFAULT, 0, CUDA_SHAPE_CALL_MIN_MAX,
+                        "bytes, 0 (off) to 1073741824", &call_min);
+    if (rc == 0)
         rc = env_number("FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT, 128, 1024,
                         "copies one launch takes at most, 128 or 1024", &copies);
     if (rc == 0 && copies != 128 && copies != 1024)
@@ -70,6 +78,8 @@ int cuda_shape_read(struct cuda_shape *out)
     out->threads = (unsigned)threads;
     out->loads = (unsigned)loads;
     out->h2d_max = (size_t)h2d;
+    out->h2d_one_max = (size_t)h2d_one;
+    out->h2d_call_min = (size_t)call_min;
     out->copies = (unsigned)copies;
     out->bulk = (unsigned)bulk;
     return 0;

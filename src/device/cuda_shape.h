@@ -15,6 +15,13 @@
 #define CUDA_SHAPE_THREADS_DEFAULT "256"
 #define CUDA_SHAPE_LOADS_DEFAULT "4"
 #define CUDA_SHAPE_H2D_MAX_DEFAULT "1048576"
+#define CUDA_SHAPE_H2D_ONE_MAX_DEFAULT "1048576"
+#define CUDA_SHAPE_H2D_CALL_MIN_DEFAULT "2097152"
+#define CUDA_SHAPE_CALL_MIN_MAX ((size_t)1 << 30)
+/* FERRY_CUDA_KERNEL_H2D_CALL_MIN takes copies of at least this (average):
+ * the copy engine's cost per copy sinks 16 KiB blocks (0.13 of a large
+ * copy in calls of 64 on 4 streams, bench/h2d_probe.c), not 64 KiB ones */
+#define CUDA_SHAPE_CALL_BLOCK_MIN ((size_t)64 << 10)
 #define CUDA_SHAPE_COPIES_DEFAULT "128"
 #define CUDA_SHAPE_BULK_DEFAULT "0"
 
@@ -28,6 +35,13 @@ struct cuda_shape {
     unsigned loads;        /* FERRY_CUDA_KERNEL_LOADS: 16-byte loads in flight per thread, 4 or 8 */
     size_t h2d_max;        /* FERRY_CUDA_KERNEL_H2D_MAX: H2D batches whose copies average more
                             * take the copy engine; 0..1 MiB */
+    size_t h2d_one_max;    /* FERRY_CUDA_KERNEL_H2D_ONE_MAX: an H2D call of one copy larger than
+                            * this takes the copy engine (a staging chunk's whole, bound for its
+                            * device buffer); 0..1 MiB */
+    size_t h2d_call_min;   /* FERRY_CUDA_KERNEL_H2D_CALL_MIN: 0, or an H2D call of at least this
+                            * many bytes whose copies average CUDA_SHAPE_CALL_BLOCK_MIN or more
+                            * takes the copy engine (several MiB a call: it reads host memory
+                            * faster than the SMs there); 0..1 GiB */
     unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
     unsigned bulk;         /* FERRY_CUDA_KERNEL_BULK: 1: H2D through the kernel's bulk-copy (TMA)

@@ -35,14 +35,26 @@ static int parse_size(const char *text, size_t *out)
     return 0;
 }
 
+/* name's value into *below, where it is set and not "auto". */
+static int threshold_read(const char *name, size_t *below)
+{
+    const char *mode = getenv(name);
+    if (mode && *mode && strcmp(mode, "auto") != 0 && parse_size(mode, below) < 0)
+        return ferry_fail(FERRY_EINVAL, "%s=\"%.32s\": auto, 0 (off) or a block size such as 2M", name, mode);
+    return 0;
+}
+
 int aggregate_policy_read(const struct ferry_device_ops *ops, unsigned nchunks, struct aggregate_policy *out)
 {
-    const char *mode = getenv("FERRY_STAGING_AGGREGATE");
     const char *bufs = getenv("FERRY_STAGING_AGGREGATE_BUFFERS");
     out->below = ops->aggregate_below ? ops->aggregate_below() : 0;
-    if (mode && *mode && strcmp(mode, "auto") != 0 && parse_size(mode, &out->below) < 0)
-        return ferry_fail(FERRY_EINVAL,
-                          "FERRY_STAGING_AGGREGATE=\"%.32s\": auto, 0 (off) or a block size such as 2M", mode);
+    if (threshold_read("FERRY_STAGING_AGGREGATE", &out->below) < 0)
+        return FERRY_EINVAL;
+    /* READ: the scatter may fare otherwise than the gather (CUDA: the SMs
+     * read host memory over PCIe more slowly than they write it) */
+    out->below_read = out->below;
+    if (threshold_read("FERRY_STAGING_AGGREGATE_READ", &out->below_read) < 0)
+        return FERRY_EINVAL;
     out->buffers = nchunks;
     if (bufs && *bufs && strcmp(bufs, "all") != 0) {
         size_t v;
@@ -52,13 +64,19 @@ int aggregate_policy_read(const struct ferry_device_ops *ops, unsigned nchunks, 
         out->buffers = (unsigned)v;
     }
     if (out->buffers == 0)
-        out->below = 0;
+        out->below = out->below_read = 0;
     return 0;
 }
 
-int aggregate_wanted(const struct aggregate_policy *p, uint32_t npieces, uint64_t bytes)
+int aggregate_wanted(const struct aggregate_policy *p, bool read, uint32_t npieces, uint64_t bytes)
 {
-    return p->below > 0 && npieces > 1 && bytes / npieces < p->below;
+    size_t below = read ? p->below_read : p->below;
+    return below > 0 && npieces > 1 && bytes / npieces < below;
+}
+
+bool aggregate_any(const struct aggregate_policy *p)
+{
+    return (p->below > 0 || p->below_read > 0) && p->buffers > 0;
 }
 
 int aggregate_enqueue(const struct ferry_device_ops *ops, ferry_stream *s, enum ferry_copy_dir dir, char *host,

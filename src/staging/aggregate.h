@@ -15,24 +15,30 @@
 #ifndef FERRY_STAGING_AGGREGATE_H
 #define FERRY_STAGING_AGGREGATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "device/device.h"
 
 struct aggregate_policy {
-    size_t below;        /* frames whose blocks average under this many bytes; 0: off */
+    size_t below;        /* WRITE frames whose blocks average under this many bytes; 0: off */
+    size_t below_read;   /* READ frames likewise (FERRY_STAGING_AGGREGATE_READ); 0: off */
     unsigned buffers;    /* chunks that get a device buffer */
 };
 
-/* Reads FERRY_STAGING_AGGREGATE and FERRY_STAGING_AGGREGATE_BUFFERS against
- * the device's default (ops->aggregate_below).  0 or FERRY_EINVAL naming
- * the variable. */
+/* Reads FERRY_STAGING_AGGREGATE, FERRY_STAGING_AGGREGATE_READ (auto: as
+ * FERRY_STAGING_AGGREGATE) and FERRY_STAGING_AGGREGATE_BUFFERS against the
+ * device's default (ops->aggregate_below).  0 or FERRY_EINVAL naming the
+ * variable. */
 int aggregate_policy_read(const struct ferry_device_ops *ops, unsigned nchunks, struct aggregate_policy *out);
 
-/* Whether a frame of npieces pieces and bytes bytes goes through the
- * device buffer. */
-int aggregate_wanted(const struct aggregate_policy *p, uint32_t npieces, uint64_t bytes);
+/* Whether a frame (a READ's if read) of npieces pieces and bytes bytes goes
+ * through the device buffer. */
+int aggregate_wanted(const struct aggregate_policy *p, bool read, uint32_t npieces, uint64_t bytes);
+
+/* Whether any frame may (chunks then get device buffers). */
+bool aggregate_any(const struct aggregate_policy *p);
 
 /* Enqueues the copies of one frame on stream s: dev[i] are its device
  * blocks, off[i] their offsets in the chunk (host) and the device buffer

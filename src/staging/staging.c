@@ -8,8 +8,11 @@
  * same way (2; 16: a 1,024-block batch in one launch of the CUDA kernel of
  * 1,024 copies), retired together (a launch and a wait per group, not per
  * chunk: what small blocks pay most).  A round's first group takes at most
- * FERRY_STAGING_GROUP_FIRST frames (1), so the first chunk of a large WRITE
- * reaches the wire while the rest gather.
+ * FERRY_STAGING_GROUP_FIRST frames (auto: up to FERRY_STAGING_GROUP within
+ * half a chunk's bytes, so one frame of 512 KiB or more), so the first
+ * chunk of a large WRITE reaches the wire while the rest gather.  Scatters
+ * are grouped by bytes (FERRY_STAGING_READ_GROUP_BYTES, 4 MiB), on CUDA
+ * one copy-engine call for blocks of 64 KiB and up.
  *
  * Where the device has stream_mark (CUDA, sim) and FERRY_STAGING_MARK_STREAMS
  * is not 0 (the default is 0: on 2 x H200 the gather pipeline alone moved
@@ -264,7 +267,7 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
     int rc = 0;
     bool marked = false;
     ferry_stream **carrier = &g[0]->stream, **on_mark = NULL;
-    if (g[0]->devbuf && aggregate_wanted(&p->agg, g[0]->orig->npieces, g[0]->orig->bytes)) {
+    if (g[0]->devbuf && aggregate_wanted(&p->agg, dir == FERRY_COPY_H2D, g[0]->orig->npieces, g[0]->orig->bytes)) {
         rc = enqueue_aggregated(p, g[0], dir, dir == FERRY_COPY_H2D ? g[0]->wire_refused : 0);
     } else {
         struct ferry_copy alone[XFER_MAX_PIECES];
@@ -309,11 +312,34 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
     pthread_mutex_unlock(&p->lock);
 }
 
+/* How much one group may take. */
+struct group_cap {
+    unsigned frames;
+    size_t copies;
+    uint64_t bytes;
+};
+
+/* The cap of a group that starts with a chunk in state st, the round's
+ * first group if first: group_frames frames (group_first for the first;
+ * auto: group_frames within half a chunk's bytes), their x 64 copies and
+ * their / 2 chunks' bytes (one chunk's for 1 or 2); scatters with
+ * FERRY_STAGING_READ_GROUP_BYTES: that many bytes (the first group
+ * FERRY_STAGING_READ_GROUP_FIRST_BYTES, where set). */
+static struct group_cap group_cap(const struct staging_pool *p, enum chunk_state st, bool first)
+{
+    if (st == CHUNK_SCATTER && p->read_group_bytes)
+        return (struct group_cap){GROUP_MAX, READ_GROUP_COPIES,
+                                  first && p->read_group_first ? p->read_group_first : p->read_group_bytes};
+    if (first && p->group_first == GROUP_FIRST_AUTO)
+        return (struct group_cap){p->group_frames, (size_t)p->group_frames * XFER_MAX_PIECES, p->chunk_size / 2};
+    unsigned frames = first && p->group_first < p->group_frames ? p->group_first : p->group_frames;
+    return (struct group_cap){frames, (size_t)frames * XFER_MAX_PIECES,
+                              (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1)};
+}
+
 /* Issues a round of chunks: READs that still have to cross the wire go to
- * their transport; the rest are cut into groups (same direction, at most
- * group_frames frames (the first group group_first), their x 64 copies and
- * their / 2 chunks' bytes (one chunk's for 1 or 2), aggregating chunks
- * alone). */
+ * their transport; the rest are cut into groups (same direction, within
+ * group_cap; aggregating chunks alone). */
 static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
 {
     struct chunk **g = p->group;
@@ -324,9 +350,8 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
     }
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
-    unsigned frames = p->group_first < p->group_frames ? p->group_first : p->group_frames;
-    uint64_t bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
-    bool first = true;
+    struct group_cap cap = {0, 0, 0};
+    bool first = true, first_group = true;
     size_t last = n; /* the round's last gather (states are set when chunks are taken) */
     for (size_t i = 0; i < n; i++)
         if (cs[i]->state == CHUNK_GATHER)
@@ -342,18 +367,19 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
             p->send(p->send_ctx, &c->wire);
             continue;
         }
-        if (c->devbuf && aggregate_wanted(&p->agg, c->orig->npieces, c->orig->bytes)) {
+        if (c->devbuf && aggregate_wanted(&p->agg, c->state == CHUNK_SCATTER, c->orig->npieces, c->orig->bytes)) {
             issue_group(p, &c, 1, NULL);
             continue;
         }
-        if (ng && (c->state != g[0]->state || ng == frames || copies + c->orig->npieces > (size_t)frames * XFER_MAX_PIECES ||
-                   bytes + c->orig->bytes > bytes_max)) {
+        if (ng && (c->state != g[0]->state || ng == cap.frames || copies + c->orig->npieces > cap.copies ||
+                   bytes + c->orig->bytes > cap.bytes)) {
             issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
             ng = copies = 0;
             bytes = 0;
-            frames = p->group_frames;
-            bytes_max = (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1);
+            first_group = false;
         }
+        if (!ng)
+            cap = group_cap(p, c->state, first_group);
         g[ng++] = c;
         copies += c->orig->npieces;
         bytes += c->orig->bytes;

@@ -20,12 +20,15 @@
  * payloads that arrived together) go to the device as one group: one
  * batched copy for up to 2 chunks (FERRY_STAGING_GROUP, up to 16; then
  * the first group of those ready at once takes up to
- * FERRY_STAGING_GROUP_FIRST, 1, so the wire starts early), waited for
- * once: the gathers ready together go one after another on one stream,
- * each group retired by a mark the device writes after it (so each frame
- * goes to the wire as soon as its own copies are done); scatters, and
- * every group without marks, on its first chunk's stream.  A group that fails goes again chunk by chunk, so
- * a bad address fails its own frame only.
+ * FERRY_STAGING_GROUP_FIRST, auto: one frame unless two fit in half a
+ * chunk, so the wire starts early), scatters up to 4 MiB
+ * (FERRY_STAGING_READ_GROUP_BYTES), waited for once.  With mark streams
+ * (off by default) the gathers ready together go one after another on
+ * one stream, each group retired by a mark the device writes after it (so
+ * each frame goes to the wire as soon as its own copies are done);
+ * scatters, and every group without marks, on its first chunk's stream.
+ * A group that fails goes again chunk by chunk, so a bad address fails its
+ * own frame only.
  *
  * Devices without a gather kernel gather small blocks on the device instead
  * (aggregate.h): D2D into a device buffer, one D2H per chunk; READ the

@@ -22,11 +22,37 @@
  * CUDA kernel of up to 1,024 copies; but that launch's 28 KiB of parameters
  * cost ~20 us more than a 128-copy one, so 2 by default: measured in
  * docs/BENCHMARKS.md, "One launch per batch"); a round's first group at
- * most FERRY_STAGING_GROUP_FIRST (1: a larger one holds its first chunk
- * off the wire until the whole group is copied). */
+ * most FERRY_STAGING_GROUP_FIRST frames (a larger one holds its first chunk
+ * off the wire until the whole group is copied), by default (auto,
+ * GROUP_FIRST_AUTO) as many as FERRY_STAGING_GROUP within half a chunk's
+ * bytes: one frame of 512 KiB or more, as the old default of 1, but a
+ * 128 x 4 KiB batch's two frames of 256 KiB one launch, not two (the
+ * launches, not PCIe, bound it: its gather with 4 batches in flight went
+ * from 0.73-0.76 of a large D2H to 0.91 on one H200, h16y). */
 #define GROUP_DEFAULT 2u
-#define GROUP_FIRST_DEFAULT 1u
+#define GROUP_FIRST_AUTO 0u
+#define GROUP_FIRST_DEFAULT GROUP_FIRST_AUTO
 #define GROUP_MAX 16u
+/* FERRY_STAGING_READ_GROUP_BYTES: 0, or the bytes a group of scatters
+ * (READ payload that arrived together) takes at most, up to
+ * READ_GROUP_COPIES copies and GROUP_MAX frames, the round's first group
+ * too: nothing of a READ waits on its first frame.  4 MiB by default, so
+ * that on CUDA a group of 64 KiB blocks or larger is one call of 4 MiB,
+ * which takes the copy engine (FERRY_CUDA_KERNEL_H2D_CALL_MIN): the engine
+ * reads host memory faster than the SMs only in calls of several MiB
+ * (bench/h2d_probe.c: ~0.80 of a large copy for 1 MiB calls from 4
+ * streams, 0.93 for 2 MiB, 0.96 for 4 MiB; the SMs 0.89-0.91), where the
+ * gathers' rule cuts a group at one chunk's bytes.  0: the gathers' rule. */
+#define READ_GROUP_BYTES_DEFAULT (4u << 20)
+#define READ_GROUP_BYTES_MAX (64u << 20)
+#define READ_GROUP_COPIES 128u
+/* FERRY_STAGING_READ_GROUP_FIRST_BYTES: 0 (as FERRY_STAGING_READ_GROUP_BYTES),
+ * or the bytes a round's first scatter group takes at most: one chunk's
+ * (1 MiB) keeps it on the CUDA kernel, which starts in ~9 us where a 4 MiB
+ * engine call returns after ~35 us (the first of one 64 KiB batch alone,
+ * h16y) while the later groups' engine calls are issued behind it.  Not
+ * measured yet: off. */
+#define READ_GROUP_FIRST_BYTES_DEFAULT 0u
 /* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
  * another on one stream, each followed by a device-written mark, so the
  * first frame retires (and goes to the wire) as soon as its own copies
@@ -92,7 +118,10 @@ struct staging_pool {
     bool inline_last;                     /* FERRY_STAGING_INLINE_LAST */
     uint64_t scatter_retire_ns;           /* FERRY_STAGING_SCATTER_RETIRE_US */
     unsigned group_frames;                /* FERRY_STAGING_GROUP: frames a group takes at most */
-    unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes */
+    unsigned group_first;                 /* FERRY_STAGING_GROUP_FIRST: frames a round's first group takes
+                                           * (GROUP_FIRST_AUTO: group_frames within half a chunk) */
+    uint64_t read_group_bytes;            /* FERRY_STAGING_READ_GROUP_BYTES: 0, or a scatter group's bytes at most */
+    uint64_t read_group_first;            /* FERRY_STAGING_READ_GROUP_FIRST_BYTES: 0, or a round's first one's */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
     unsigned mark_next;                   /* the issuer's: the next round's mark stream */
     ferry_stream *mstreams[MARK_STREAMS_MAX];

@@ -23,16 +23,20 @@
  * FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams) and
  * FERRY_STAGING_ISSUER_RETIRE_US and FERRY_STAGING_SCATTER_RETIRE_US (0:
  * only the worker retires) and FERRY_STAGING_INLINE_FIRST and
- * FERRY_STAGING_INLINE_LAST (0: every staged WRITE handed over). */
+ * FERRY_STAGING_INLINE_LAST (0: every staged WRITE handed over) and
+ * FERRY_STAGING_READ_GROUP_BYTES (0: scatters grouped as gathers) and
+ * FERRY_STAGING_READ_GROUP_FIRST_BYTES (0: a round's first such group too). */
 static int knobs_read(struct staging_pool *p)
 {
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
     uint64_t nmark = MARK_STREAMS_DEFAULT, retire_us = ISSUER_RETIRE_US_DEFAULT, inline_first = INLINE_FIRST_DEFAULT;
     uint64_t scatter_us = SCATTER_RETIRE_US_DEFAULT, inline_last = INLINE_LAST_DEFAULT;
+    uint64_t read_group = READ_GROUP_BYTES_DEFAULT, read_first = READ_GROUP_FIRST_BYTES_DEFAULT;
     char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
-    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, 1-%u", GROUP_MAX);
+    snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, auto or 1-%u",
+             GROUP_MAX);
     snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
              MARK_STREAMS_MAX);
     snprintf(retire_wanted, sizeof retire_wanted, "microseconds, 0-%u", ISSUER_RETIRE_US_MAX);
@@ -46,15 +50,24 @@ static int knobs_read(struct staging_pool *p)
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_GROUP", false, 1, GROUP_MAX, group_wanted, &group);
     if (rc >= 0)
-        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", false, 1, GROUP_MAX, first_wanted, &first);
+        rc = config_env_number("FERRY_STAGING_GROUP_FIRST", true, 1, GROUP_MAX, first_wanted, &first);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_MARK_STREAMS", false, 0, MARK_STREAMS_MAX, mark_wanted, &nmark);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_INLINE_FIRST", false, 0, 1, "0 or 1", &inline_first);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_INLINE_LAST", false, 0, 1, "0 or 1", &inline_last);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_READ_GROUP_BYTES", false, 0, READ_GROUP_BYTES_MAX,
+                               "bytes a group of scatters takes at most, 0 (as gathers) to 67108864", &read_group);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_READ_GROUP_FIRST_BYTES", false, 0, READ_GROUP_BYTES_MAX,
+                               "bytes a round's first group of scatters takes at most, 0 (as the others) to 67108864",
+                               &read_first);
     if (rc < 0)
         return rc;
+    p->read_group_bytes = read_group;
+    p->read_group_first = read_first;
     p->inline_first = inline_first != 0;
     p->inline_last = inline_last != 0;
     p->scatter_retire_ns = scatter_us * 1000u;
@@ -82,7 +95,7 @@ size_t staging_pool_chunk_size(const struct staging_pool *p)
 
 bool staging_pool_aggregates(const struct staging_pool *p)
 {
-    return p->agg.below > 0 && p->agg.buffers > 0;
+    return p->agg.below > 0 && p->agg.buffers > 0; /* WRITE: what the engine's spread asks */
 }
 
 bool staging_pool_worker_asleep(struct staging_pool *p)
@@ -164,7 +177,7 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         c->index = i;
         c->host = p->base + (size_t)i * p->stride;
         rc = ops->stream_create(dev, &c->stream);
-        if (!rc && i < p->agg.buffers && p->agg.below && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
+        if (!rc && i < p->agg.buffers && aggregate_any(&p->agg) && ops->mem_alloc(dev, p->stride, (void **)&c->devbuf)) {
             LOG_WARN("staging: %s:%d: device buffer %u for aggregation: %s; %u chunks aggregate", ops->kind, dev, i,
                      ferry_last_error(), i);
             p->agg.buffers = i;
@@ -182,8 +195,9 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         return ferry_fail(rc, "staging pool for %s:%d (%u x %zu bytes): %s", ops->kind, dev, nchunks, chunk_size,
                           why);
     }
-    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered on the device "
-             "(%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below, p->agg.buffers);
+    LOG_INFO("staging pool for %s:%d: %u chunks of %zu bytes; blocks under %zu bytes gathered, under %zu "
+             "scattered on the device (%u device buffers)", ops->kind, dev, nchunks, chunk_size, p->agg.below,
+             p->agg.below_read, p->agg.buffers);
     *base = p->base;
     *len = p->stride * nchunks;
     *out = p;

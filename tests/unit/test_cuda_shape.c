@@ -18,7 +18,9 @@
 
 static const char *const vars[] = {"FERRY_CUDA_KERNEL_TILE", "FERRY_CUDA_KERNEL_CTAS", "FERRY_CUDA_KERNEL_THREADS",
                                    "FERRY_CUDA_KERNEL_LOADS", "FERRY_CUDA_KERNEL_H2D_MAX",
-                                   "FERRY_CUDA_KERNEL_COPIES", "FERRY_CUDA_KERNEL_BULK"};
+                                   "FERRY_CUDA_KERNEL_H2D_ONE_MAX", "FERRY_CUDA_KERNEL_H2D_CALL_MIN",
+                                   "FERRY_CUDA_KERNEL_COPIES",
+                                   "FERRY_CUDA_KERNEL_BULK"};
 
 static int clear_vars(void **state)
 {
@@ -39,6 +41,8 @@ static void defaults(void **state)
     assert_int_equal(s.threads, 256);
     assert_int_equal(s.loads, 4);
     assert_int_equal(s.h2d_max, strtoull(CUDA_SHAPE_H2D_MAX_DEFAULT, NULL, 10));
+    assert_int_equal(s.h2d_one_max, strtoull(CUDA_SHAPE_H2D_ONE_MAX_DEFAULT, NULL, 10));
+    assert_int_equal(s.h2d_call_min, strtoull(CUDA_SHAPE_H2D_CALL_MIN_DEFAULT, NULL, 10));
     assert_int_equal(s.copies, 128);
     assert_int_equal(s.bulk, 0);
     setenv("FERRY_CUDA_KERNEL_TILE", "", 1); /* empty: the default */
@@ -54,6 +58,8 @@ static void accepted(void **state)
     setenv("FERRY_CUDA_KERNEL_THREADS", "128", 1);
     setenv("FERRY_CUDA_KERNEL_LOADS", "8", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_MAX", "0", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_ONE_MAX", "65536", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_CALL_MIN", "4194304", 1);
     setenv("FERRY_CUDA_KERNEL_COPIES", "1024", 1);
     setenv("FERRY_CUDA_KERNEL_BULK", "1", 1);
     struct cuda_shape s;
@@ -63,6 +69,8 @@ static void accepted(void **state)
     assert_int_equal(s.threads, 128);
     assert_int_equal(s.loads, 8);
     assert_int_equal(s.h2d_max, 0);
+    assert_int_equal(s.h2d_one_max, 65536);
+    assert_int_equal(s.h2d_call_min, 4194304);
     assert_int_equal(s.copies, 1024);
     assert_int_equal(s.bulk, 1);
     setenv("FERRY_CUDA_KERNEL_TILE", "1048576", 1);
@@ -108,6 +116,10 @@ static void refusals(void **state)
     refused("FERRY_CUDA_KERNEL_H2D_MAX", "1048577");
     refused("FERRY_CUDA_KERNEL_H2D_MAX", "+4096");
     refused("FERRY_CUDA_KERNEL_H2D_MAX", "99999999999999999999999");
+    refused("FERRY_CUDA_KERNEL_H2D_ONE_MAX", "1048577");
+    refused("FERRY_CUDA_KERNEL_H2D_ONE_MAX", "-1");
+    refused("FERRY_CUDA_KERNEL_H2D_CALL_MIN", "1073741825");
+    refused("FERRY_CUDA_KERNEL_H2D_CALL_MIN", "2M");
     refused("FERRY_CUDA_KERNEL_COPIES", "256");       /* between the two kernels */
     refused("FERRY_CUDA_KERNEL_COPIES", "64");
     refused("FERRY_CUDA_KERNEL_COPIES", "2048");

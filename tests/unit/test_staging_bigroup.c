@@ -11,6 +11,10 @@
  * one stream, each followed by its mark, retired one by one (a group held
  * on the device does not hold back those before it), a failure there
  * (on the device, or to enqueue) failing the bad frame only.
+ * The default first group (auto) takes two frames that fit in half a
+ * chunk, one larger frame alone.  FERRY_STAGING_READ_GROUP_BYTES (4 MiB by
+ * default): scatters grouped by bytes (up to 128 copies), their first group
+ * too; gathers as before; 0: scatters grouped as gathers.
  * On the strict sim device, with copy_async wrapped to record each call's
  * stream and copies.  Deterministic: the frames go in one staging_submit_list
  * on a fresh pool, so the submitting thread issues them as one round.
@@ -62,6 +66,9 @@ static struct {
 
 static volatile uint32_t *gate; /* sim host memory: the held call's copies start once it is 1 */
 static const char *mark_streams = "0"; /* FERRY_STAGING_MARK_STREAMS of the next run */
+static const char *read_group = "";    /* FERRY_STAGING_READ_GROUP_BYTES of the next run */
+static const char *read_first = "";    /* FERRY_STAGING_READ_GROUP_FIRST_BYTES of the next run */
+static size_t chunk_bytes = 1u << 20;  /* the next run's pool's chunks */
 
 static const struct ferry_device_ops *sim;
 static struct ferry_device_ops recording; /* sim, with copy_async recorded */
@@ -159,13 +166,17 @@ static void run(const char *group, const char *first, unsigned freed)
     setenv("FERRY_STAGING_GROUP", group, 1);
     setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
     setenv("FERRY_STAGING_MARK_STREAMS", mark_streams, 1);
+    setenv("FERRY_STAGING_READ_GROUP_BYTES", read_group, 1);
+    setenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES", read_first, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
-    int rc = staging_pool_create(&recording, 0, 1u << 20, NFRAMES, wire_send, NULL, &pool, &base, &len);
+    int rc = staging_pool_create(&recording, 0, chunk_bytes, NFRAMES, wire_send, NULL, &pool, &base, &len);
     unsetenv("FERRY_STAGING_GROUP");
     unsetenv("FERRY_STAGING_GROUP_FIRST");
     unsetenv("FERRY_STAGING_MARK_STREAMS");
+    unsetenv("FERRY_STAGING_READ_GROUP_BYTES");
+    unsetenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
     pthread_mutex_lock(&t.lock);
@@ -275,21 +286,48 @@ static void bad_frame_in_a_big_group(void **state)
     assert_int_equal(t.ncalls, 1 + NFRAMES); /* the group's call, then one per frame */
 }
 
-/* The defaults (mark streams 0, group 2, first 1): groups of 1, 2, 2, 2
- * and 1 frames, each on its leader chunk's own stream, no marks (one mark
- * stream cost the gather pipeline a fifth of its speed on 2 x H200). */
-static void defaults_first_one_then_twos_unmarked(void **state)
+/* The defaults (mark streams 0, group 2, first auto): the frames are
+ * 256 KiB, so two fit in half a 1 MiB chunk and the first group takes two
+ * too: four groups of two frames, each on its leader chunk's own stream,
+ * no marks (one mark stream cost the gather pipeline a fifth of its speed
+ * on 2 x H200). */
+static void defaults_small_frames_in_twos_unmarked(void **state)
 {
     (void)state;
     mark_streams = "";
     run("", "", NFRAMES);
-    assert_int_equal(t.ncalls, 5);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
     assert_int_equal(t.nmarks, 0);
+    for (unsigned i = 0; i < NFRAMES / 2; i++)
+        assert_int_equal(t.copies[i], 2 * PIECES);
+    for (unsigned i = 1; i < NFRAMES / 2; i++)
+        assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+}
+
+/* First 1 (the old default): groups of 1, 2, 2, 2 and 1 frames. */
+static void first_one_then_twos(void **state)
+{
+    (void)state;
+    run("", "1", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
     static const size_t frames[] = {1, 2, 2, 2, 1};
     for (unsigned i = 0; i < 5; i++)
         assert_int_equal(t.copies[i], frames[i] * PIECES);
-    for (unsigned i = 1; i < 5; i++)
-        assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+}
+
+/* auto with frames of more than half a chunk: the first group one frame
+ * (the wire starts after one frame's gather), then twos within a chunk's
+ * bytes: a pool of 512 KiB chunks, the same 256 KiB frames. */
+static void auto_first_one_for_large_frames(void **state)
+{
+    (void)state;
+    chunk_bytes = 512u << 10;
+    run("", "", NFRAMES);
+    chunk_bytes = 1u << 20;
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
 }
 
 /* Mark streams, groups of one: the round's eight calls on one stream, each
@@ -349,19 +387,87 @@ static void marks_refused_enqueue_goes_again(void **state)
 }
 
 /* READ, mark streams on: the eight payloads arrive in one round, and their
- * scatters (groups of 1, 2, 2, 2, 1 frames) go on their chunks' own
- * streams, unmarked (on one mark stream the frames a batch's connections
- * bring together were copied one after another); the bytes land. */
+ * scatters (groups of two frames: 128 copies, the cap of a scatter group)
+ * go on their chunks' own streams, unmarked (on one mark stream the frames
+ * a batch's connections bring together were copied one after another);
+ * the bytes land. */
 static void marks_not_for_scatters(void **state)
 {
     (void)state;
     mark_streams = "1";
     opcode = XFER_READ;
     run("", "", NFRAMES);
-    assert_int_equal(t.ncalls, 5);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
     assert_int_equal(t.nmarks, 0);
-    for (unsigned i = 1; i < 5; i++)
+    for (unsigned i = 1; i < NFRAMES / 2; i++)
         assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+}
+
+/* FERRY_STAGING_READ_GROUP_BYTES=4194304 (the default): the eight 256 KiB
+ * payloads that arrived together scatter in groups of two frames (128
+ * copies, the cap), the first group too, not 1, 2, 2, 2, 1 as gathers
+ * with a first group of one; the bytes land. */
+static void read_groups_by_bytes(void **state)
+{
+    (void)state;
+    read_group = "4194304";
+    opcode = XFER_READ;
+    run("", "1", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    for (unsigned i = 0; i < NFRAMES / 2; i++)
+        assert_int_equal(t.copies[i], 2 * PIECES);
+}
+
+/* FERRY_STAGING_READ_GROUP_FIRST_BYTES=262144: the round's first scatter
+ * group one 256 KiB frame, the later ones two (the copy cap): 1, 2, 2, 2, 1. */
+static void read_group_first_smaller(void **state)
+{
+    (void)state;
+    read_first = "262144";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
+}
+
+/* 0: scatters grouped as gathers (first group of one: 1, 2, 2, 2, 1). */
+static void read_groups_off(void **state)
+{
+    (void)state;
+    read_group = "0";
+    opcode = XFER_READ;
+    run("", "1", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
+}
+
+/* 262144: one frame's bytes, so a frame a group. */
+static void read_groups_bytes_cap(void **state)
+{
+    (void)state;
+    read_group = "262144";
+    opcode = XFER_READ;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES);
+    for (unsigned i = 0; i < NFRAMES; i++)
+        assert_int_equal(t.copies[i], PIECES);
+}
+
+/* Gathers keep their rule (1, 2, 2, 2, 1 with a first group of one) with
+ * it set. */
+static void read_groups_leave_gathers(void **state)
+{
+    (void)state;
+    read_group = "4194304";
+    run("", "1", NFRAMES);
+    assert_int_equal(t.ncalls, 5);
+    static const size_t frames[] = {1, 2, 2, 2, 1};
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(t.copies[i], frames[i] * PIECES);
 }
 
 /* A device without marks (ENOTSUP): the stream is queried instead. */
@@ -401,6 +507,9 @@ static void knob_refusals(void **state)
     refuse_all("FERRY_STAGING_GROUP", bad, 5);
     refuse_all("FERRY_STAGING_GROUP_FIRST", bad, 5);
     refuse_all("FERRY_STAGING_MARK_STREAMS", bad_marks, 5);
+    static const char *const bad_bytes_read[] = {"67108865", "-1", "4M", "lots", " 1"};
+    refuse_all("FERRY_STAGING_READ_GROUP_BYTES", bad_bytes_read, 5);
+    refuse_all("FERRY_STAGING_READ_GROUP_FIRST_BYTES", bad_bytes_read, 5);
 }
 
 /* Each test starts with the recording plain and the mark streams off. */
@@ -410,6 +519,7 @@ static int reset(void **state)
     t.hold_call = t.fail_call = 0;
     t.mark_rc = 0;
     mark_streams = "0";
+    read_group = read_first = "";
     opcode = XFER_WRITE;
     return 0;
 }
@@ -435,13 +545,20 @@ int main(void)
         cmocka_unit_test_setup(group_of_four_after_a_first_of_two, reset),
         cmocka_unit_test_setup(group_of_one, reset),
         cmocka_unit_test_setup(bad_frame_in_a_big_group, reset),
-        cmocka_unit_test_setup(defaults_first_one_then_twos_unmarked, reset),
+        cmocka_unit_test_setup(defaults_small_frames_in_twos_unmarked, reset),
+        cmocka_unit_test_setup(first_one_then_twos, reset),
+        cmocka_unit_test_setup(auto_first_one_for_large_frames, reset),
         cmocka_unit_test_setup(marks_one_stream_a_mark_per_group, reset),
         cmocka_unit_test_setup(marks_held_group_holds_back_no_earlier_one, reset),
         cmocka_unit_test_setup(marks_bad_frame_fails_alone, reset),
         cmocka_unit_test_setup(marks_refused_enqueue_goes_again, reset),
         cmocka_unit_test_setup(marks_not_for_scatters, reset),
         cmocka_unit_test_setup(marks_unsupported_query_instead, reset),
+        cmocka_unit_test_setup(read_groups_by_bytes, reset),
+        cmocka_unit_test_setup(read_groups_bytes_cap, reset),
+        cmocka_unit_test_setup(read_groups_off, reset),
+        cmocka_unit_test_setup(read_group_first_smaller, reset),
+        cmocka_unit_test_setup(read_groups_leave_gathers, reset),
         cmocka_unit_test_setup(knob_refusals, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
