@@ -24,6 +24,13 @@
 #define CUDA_SHAPE_CALL_BLOCK_MIN ((size_t)64 << 10)
 #define CUDA_SHAPE_COPIES_DEFAULT "128"
 #define CUDA_SHAPE_BULK_DEFAULT "0"
+/* The H2D (scatter) launches' own shape, 0: the one above.  Reads of host
+ * memory cost the SMs a round trip each, writes (gather) do not, so the two
+ * directions may want different CTAs (issue 16 item 1, h16z). */
+#define CUDA_SHAPE_H2D_THREADS_DEFAULT "0"
+#define CUDA_SHAPE_H2D_TILE_DEFAULT "0"
+#define CUDA_SHAPE_H2D_GRID_DEFAULT "0"
+#define CUDA_SHAPE_GRID_MAX 65536u
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
@@ -44,6 +51,12 @@ struct cuda_shape {
                             * faster than the SMs there); 0..1 GiB */
     unsigned copies;       /* FERRY_CUDA_KERNEL_COPIES: copies one launch takes at most, 128 or
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
+    unsigned h2d_threads;  /* FERRY_CUDA_KERNEL_H2D_THREADS: an H2D launch's threads per CTA
+                            * (0: threads), a multiple of 32, 32..256 */
+    unsigned h2d_tile_shift; /* FERRY_CUDA_KERNEL_H2D_TILE = 1 << h2d_tile_shift bytes an H2D CTA
+                              * copies at a time (0 unset: tile_shift) */
+    unsigned h2d_grid;     /* FERRY_CUDA_KERNEL_H2D_GRID: 0, or the CTAs an H2D launch takes at most
+                            * (below the SMs x ctas_per_sm rule), 1..65536 */
     unsigned bulk;         /* FERRY_CUDA_KERNEL_BULK: 1: H2D through the kernel's bulk-copy (TMA)
                             * form on sm_90 and later; 0: its 16-byte loads everywhere */
 };

@@ -20,7 +20,8 @@ static const char *const vars[] = {"FERRY_CUDA_KERNEL_TILE", "FERRY_CUDA_KERNEL_
                                    "FERRY_CUDA_KERNEL_LOADS", "FERRY_CUDA_KERNEL_H2D_MAX",
                                    "FERRY_CUDA_KERNEL_H2D_ONE_MAX", "FERRY_CUDA_KERNEL_H2D_CALL_MIN",
                                    "FERRY_CUDA_KERNEL_COPIES",
-                                   "FERRY_CUDA_KERNEL_BULK"};
+                                   "FERRY_CUDA_KERNEL_BULK", "FERRY_CUDA_KERNEL_H2D_THREADS",
+                                   "FERRY_CUDA_KERNEL_H2D_TILE", "FERRY_CUDA_KERNEL_H2D_GRID"};
 
 static int clear_vars(void **state)
 {
@@ -45,6 +46,9 @@ static void defaults(void **state)
     assert_int_equal(s.h2d_call_min, strtoull(CUDA_SHAPE_H2D_CALL_MIN_DEFAULT, NULL, 10));
     assert_int_equal(s.copies, 128);
     assert_int_equal(s.bulk, 0);
+    assert_int_equal(s.h2d_threads, strtoull(CUDA_SHAPE_H2D_THREADS_DEFAULT, NULL, 10));
+    assert_int_equal(s.h2d_tile_shift, 0);
+    assert_int_equal(s.h2d_grid, strtoull(CUDA_SHAPE_H2D_GRID_DEFAULT, NULL, 10));
     setenv("FERRY_CUDA_KERNEL_TILE", "", 1); /* empty: the default */
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 12);
@@ -62,6 +66,9 @@ static void accepted(void **state)
     setenv("FERRY_CUDA_KERNEL_H2D_CALL_MIN", "4194304", 1);
     setenv("FERRY_CUDA_KERNEL_COPIES", "1024", 1);
     setenv("FERRY_CUDA_KERNEL_BULK", "1", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_THREADS", "64", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_TILE", "2048", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "48", 1);
     struct cuda_shape s;
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 10);
@@ -73,11 +80,18 @@ static void accepted(void **state)
     assert_int_equal(s.h2d_call_min, 4194304);
     assert_int_equal(s.copies, 1024);
     assert_int_equal(s.bulk, 1);
+    assert_int_equal(s.h2d_threads, 64);
+    assert_int_equal(s.h2d_tile_shift, 11);
+    assert_int_equal(s.h2d_grid, 48);
     setenv("FERRY_CUDA_KERNEL_TILE", "1048576", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_TILE", "1048576", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "65536", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_MAX", "1048576", 1);
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 20);
     assert_int_equal(s.h2d_max, 1u << 20);
+    assert_int_equal(s.h2d_tile_shift, 20);
+    assert_int_equal(s.h2d_grid, 65536);
 }
 
 /* var=text must fail with FERRY_EINVAL, the message naming var and text,
@@ -125,6 +139,13 @@ static void refusals(void **state)
     refused("FERRY_CUDA_KERNEL_COPIES", "2048");
     refused("FERRY_CUDA_KERNEL_BULK", "2");
     refused("FERRY_CUDA_KERNEL_BULK", "yes");
+    refused("FERRY_CUDA_KERNEL_H2D_THREADS", "48");   /* not whole warps */
+    refused("FERRY_CUDA_KERNEL_H2D_THREADS", "288");
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "512");     /* below 1 KiB */
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "3072");    /* not a power of two */
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "2097152");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID", "65537");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID", "-1");
 }
 
 int main(void)
