@@ -238,7 +238,9 @@ static const struct ferry_copy_engine copy_engine = {
  * Each CTA of cuda_kernel_shape.threads threads copies tiles of
  * 2^cuda_kernel_shape.tile_shift bytes; a grid of at most
  * cuda_kernel_shape.ctas_per_sm CTAs per SM strides over the tiles
- * (cuda_shape.h: FERRY_CUDA_KERNEL_*). */
+ * (cuda_shape.h: FERRY_CUDA_KERNEL_*); H2D launches may have threads, tile
+ * and a grid cap of their own (FERRY_CUDA_KERNEL_H2D_*: a small scatter
+ * launch, up to 1 MiB, takes 32 CTAs by default). */
 #define GATHER_MAX_SMALL 128
 #define GATHER_MAX 1024
 /* Copies averaging more than 1 MiB stay on the copy engine: its per-copy
@@ -463,9 +465,11 @@ static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct g
                                                                   : cuda_kernel_shape.tile_shift;
     const unsigned int threads = h2d && cuda_kernel_shape.h2d_threads ? cuda_kernel_shape.h2d_threads
                                                                       : cuda_kernel_shape.threads;
-    if (h2d && cuda_kernel_shape.h2d_grid && cuda_kernel_shape.h2d_grid < max_ctas)
-        max_ctas = cuda_kernel_shape.h2d_grid;
     const uint32_t n = a->h->n;
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < n; i++)
+        bytes += (size_t)a->copies[i].len;
+    max_ctas = cuda_shape_grid_cap(&cuda_kernel_shape, h2d, bytes, max_ctas);
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
         tiles = 0;

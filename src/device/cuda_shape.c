@@ -33,7 +33,8 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 int cuda_shape_read(struct cuda_shape *out)
 {
     unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, h2d_one = 0, call_min = 0, copies = 0,
-                       bulk = 0, h2d_threads = 0, h2d_tile = 0, h2d_grid = 0;
+                       bulk = 0, h2d_threads = 0, h2d_tile = 0, h2d_grid = 0,
+                       h2d_grid_bytes = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
     if (rc == 0 && (tile & (tile - 1)) != 0)
@@ -87,6 +88,9 @@ int cuda_shape_read(struct cuda_shape *out)
     if (rc == 0)
         rc = env_number("FERRY_CUDA_KERNEL_H2D_GRID", CUDA_SHAPE_H2D_GRID_DEFAULT, 0, CUDA_SHAPE_GRID_MAX,
                         "0, or CTAs an H2D launch takes at most, 1 to 65536", &h2d_grid);
+    if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", CUDA_SHAPE_H2D_GRID_BYTES_DEFAULT, 0,
+                        CUDA_SHAPE_CALL_MIN_MAX, "bytes, 0 to 1073741824", &h2d_grid_bytes);
     if (rc < 0)
         return rc;
     out->tile_shift = 0;
@@ -105,5 +109,13 @@ int cuda_shape_read(struct cuda_shape *out)
     while (h2d_tile && (1ull << out->h2d_tile_shift) < h2d_tile)
         out->h2d_tile_shift++;
     out->h2d_grid = (unsigned)h2d_grid;
+    out->h2d_grid_bytes = (size_t)h2d_grid_bytes;
     return 0;
+}
+
+unsigned cuda_shape_grid_cap(const struct cuda_shape *s, int h2d, size_t bytes, unsigned max_ctas)
+{
+    if (h2d && s->h2d_grid && s->h2d_grid < max_ctas && bytes <= s->h2d_grid_bytes)
+        return s->h2d_grid;
+    return max_ctas;
 }
