@@ -644,6 +644,19 @@ static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_KERNEL_COPIES", CUDA_SHAPE_COPIES_DEFAULT,
      "copies one launch of the gather/scatter kernel takes at most: 128, or 1024 (28 KiB of kernel parameters: "
      "CUDA 12.1+, else 128; the launch itself then costs ~20 us more)"},
+    {"FERRY_CUDA_KERNEL_H2D_THREADS", CUDA_SHAPE_H2D_THREADS_DEFAULT,
+     "0, or threads per CTA of the scatter kernel's H2D launches (a multiple of 32 up to 256; 0: "
+     "FERRY_CUDA_KERNEL_THREADS)"},
+    {"FERRY_CUDA_KERNEL_H2D_TILE", CUDA_SHAPE_H2D_TILE_DEFAULT,
+     "0, or bytes one CTA of an H2D launch copies at a time, a power of two from 1024 to 1048576 (0: "
+     "FERRY_CUDA_KERNEL_TILE)"},
+    {"FERRY_CUDA_KERNEL_H2D_GRID", CUDA_SHAPE_H2D_GRID_DEFAULT,
+     "0, or the CTAs an H2D launch of the scatter kernel of at most FERRY_CUDA_KERNEL_H2D_GRID_BYTES takes at "
+     "most, each copying its tiles in turn (0: FERRY_CUDA_KERNEL_CTAS per SM; a 128 x 4 KiB scatter batch is one "
+     "512 KiB launch)"},
+    {"FERRY_CUDA_KERNEL_H2D_GRID_BYTES", CUDA_SHAPE_H2D_GRID_BYTES_DEFAULT,
+     "bytes: H2D launches moving more keep FERRY_CUDA_KERNEL_CTAS per SM whatever FERRY_CUDA_KERNEL_H2D_GRID "
+     "says, 0 to 1073741824"},
     {"FERRY_CUDA_KERNEL_BULK", CUDA_SHAPE_BULK_DEFAULT,
      "1: H2D batches through the scatter kernel's bulk-copy (TMA) form on sm_90 and later, which reads host "
      "memory a tile per request instead of 16 bytes per thread"},

@@ -238,7 +238,9 @@ static const struct ferry_copy_engine copy_engine = {
  * Each CTA of cuda_kernel_shape.threads threads copies tiles of
  * 2^cuda_kernel_shape.tile_shift bytes; a grid of at most
  * cuda_kernel_shape.ctas_per_sm CTAs per SM strides over the tiles
- * (cuda_shape.h: FERRY_CUDA_KERNEL_*). */
+ * (cuda_shape.h: FERRY_CUDA_KERNEL_*); H2D launches may have threads, tile
+ * and a grid cap of their own (FERRY_CUDA_KERNEL_H2D_*: a small scatter
+ * launch, up to 1 MiB, takes 32 CTAs by default). */
 #define GATHER_MAX_SMALL 128
 #define GATHER_MAX 1024
 /* Copies averaging more than 1 MiB stay on the copy engine: its per-copy
@@ -458,8 +460,16 @@ static int gather_reachable(int dev, enum ferry_copy_dir dir, const struct gathe
 static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct gather_args *a,
                          const struct ferry_copy *copies, size_t k)
 {
-    unsigned int shift = cuda_kernel_shape.tile_shift;
+    const bool h2d = call->dir == FERRY_COPY_H2D;
+    unsigned int shift = h2d && cuda_kernel_shape.h2d_tile_shift ? cuda_kernel_shape.h2d_tile_shift
+                                                                  : cuda_kernel_shape.tile_shift;
+    const unsigned int threads = h2d && cuda_kernel_shape.h2d_threads ? cuda_kernel_shape.h2d_threads
+                                                                      : cuda_kernel_shape.threads;
     const uint32_t n = a->h->n;
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < n; i++)
+        bytes += (size_t)a->copies[i].len;
+    max_ctas = cuda_shape_grid_cap(&cuda_kernel_shape, h2d, bytes, max_ctas);
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
         tiles = 0;
@@ -477,14 +487,14 @@ static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct g
     a->h->loads = cuda_kernel_shape.loads;
     unsigned int grid = tiles < max_ctas ? (unsigned int)tiles : max_ctas;
     void *params[] = {a->params};
-    CUresult r = cuda_drv.cuLaunchKernel(a->fn, grid, 1, 1, cuda_kernel_shape.threads, 1, 1, 0, call->s->stream,
+    CUresult r = cuda_drv.cuLaunchKernel(a->fn, grid, 1, 1, threads, 1, 1, 0, call->s->stream,
                                          params, NULL);
     static atomic_int told;
     if (r == CUDA_SUCCESS && atomic_fetch_add(&told, 1) < 4)
-        LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel%s: %u tiles of %u bytes, %u CTAs",
+        LOG_DEBUG("cuda:%d: %u copies (%s) through the gather kernel%s: %u tiles of %u bytes, %u CTAs of %u threads",
                   call->s->dev, n, call->dir == FERRY_COPY_D2H ? "D2H" : call->dir == FERRY_COPY_H2D ? "H2D" : "D2D",
                   a->big == 1 ? " (1,024-copy)" : a->big == 2 ? " (bulk copies)" : "", a->h->ntiles, 1u << shift,
-                  grid);
+                  grid, threads);
     if (r == CUDA_SUCCESS)
         return 0;
     int rc = ferry_device_enqueue_copies(&copy_engine, call, copies, k);

@@ -50,8 +50,10 @@
  * or the bytes a round's first scatter group takes at most: one chunk's
  * (1 MiB) keeps it on the CUDA kernel, which starts in ~9 us where a 4 MiB
  * engine call returns after ~35 us (the first of one 64 KiB batch alone,
- * h16y) while the later groups' engine calls are issued behind it.  Not
- * measured yet: off. */
+ * h16y) while the later groups' engine calls are issued behind it.  Off:
+ * at 256 KiB on one H200 one 64 KiB batch at a time went from 0.74-0.78 of
+ * a large H2D to 0.83, but 1 MiB blocks with 4 batches in flight from
+ * 0.96-0.97 to 0.92 (docs/BENCHMARKS.md, h16z). */
 #define READ_GROUP_FIRST_BYTES_DEFAULT 0u
 /* Mark streams (FERRY_STAGING_MARK_STREAMS): a round's groups go one after
  * another on one stream, each followed by a device-written mark, so the

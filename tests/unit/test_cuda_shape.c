@@ -20,7 +20,9 @@ static const char *const vars[] = {"FERRY_CUDA_KERNEL_TILE", "FERRY_CUDA_KERNEL_
                                    "FERRY_CUDA_KERNEL_LOADS", "FERRY_CUDA_KERNEL_H2D_MAX",
                                    "FERRY_CUDA_KERNEL_H2D_ONE_MAX", "FERRY_CUDA_KERNEL_H2D_CALL_MIN",
                                    "FERRY_CUDA_KERNEL_COPIES",
-                                   "FERRY_CUDA_KERNEL_BULK"};
+                                   "FERRY_CUDA_KERNEL_BULK", "FERRY_CUDA_KERNEL_H2D_THREADS",
+                                   "FERRY_CUDA_KERNEL_H2D_TILE", "FERRY_CUDA_KERNEL_H2D_GRID",
+                                   "FERRY_CUDA_KERNEL_H2D_GRID_BYTES"};
 
 static int clear_vars(void **state)
 {
@@ -45,6 +47,10 @@ static void defaults(void **state)
     assert_int_equal(s.h2d_call_min, strtoull(CUDA_SHAPE_H2D_CALL_MIN_DEFAULT, NULL, 10));
     assert_int_equal(s.copies, 128);
     assert_int_equal(s.bulk, 0);
+    assert_int_equal(s.h2d_threads, strtoull(CUDA_SHAPE_H2D_THREADS_DEFAULT, NULL, 10));
+    assert_int_equal(s.h2d_tile_shift, 0);
+    assert_int_equal(s.h2d_grid, strtoull(CUDA_SHAPE_H2D_GRID_DEFAULT, NULL, 10));
+    assert_int_equal(s.h2d_grid_bytes, strtoull(CUDA_SHAPE_H2D_GRID_BYTES_DEFAULT, NULL, 10));
     setenv("FERRY_CUDA_KERNEL_TILE", "", 1); /* empty: the default */
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 12);
@@ -62,6 +68,10 @@ static void accepted(void **state)
     setenv("FERRY_CUDA_KERNEL_H2D_CALL_MIN", "4194304", 1);
     setenv("FERRY_CUDA_KERNEL_COPIES", "1024", 1);
     setenv("FERRY_CUDA_KERNEL_BULK", "1", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_THREADS", "64", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_TILE", "2048", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "48", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "0", 1);
     struct cuda_shape s;
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 10);
@@ -73,11 +83,19 @@ static void accepted(void **state)
     assert_int_equal(s.h2d_call_min, 4194304);
     assert_int_equal(s.copies, 1024);
     assert_int_equal(s.bulk, 1);
+    assert_int_equal(s.h2d_threads, 64);
+    assert_int_equal(s.h2d_tile_shift, 11);
+    assert_int_equal(s.h2d_grid, 48);
+    assert_int_equal(s.h2d_grid_bytes, 0);
     setenv("FERRY_CUDA_KERNEL_TILE", "1048576", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_TILE", "1048576", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "65536", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_MAX", "1048576", 1);
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 20);
     assert_int_equal(s.h2d_max, 1u << 20);
+    assert_int_equal(s.h2d_tile_shift, 20);
+    assert_int_equal(s.h2d_grid, 65536);
 }
 
 /* var=text must fail with FERRY_EINVAL, the message naming var and text,
@@ -125,6 +143,37 @@ static void refusals(void **state)
     refused("FERRY_CUDA_KERNEL_COPIES", "2048");
     refused("FERRY_CUDA_KERNEL_BULK", "2");
     refused("FERRY_CUDA_KERNEL_BULK", "yes");
+    refused("FERRY_CUDA_KERNEL_H2D_THREADS", "48");   /* not whole warps */
+    refused("FERRY_CUDA_KERNEL_H2D_THREADS", "288");
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "512");     /* below 1 KiB */
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "3072");    /* not a power of two */
+    refused("FERRY_CUDA_KERNEL_H2D_TILE", "2097152");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID", "65537");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID", "-1");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "1073741825");
+    refused("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "1M");
+}
+
+/* The defaults cap a small H2D launch (a 128 x 4 KiB scatter batch, 512
+ * KiB) at 32 CTAs, and leave larger ones, D2H and D2D, and small grids
+ * alone. */
+static void grid_cap(void **state)
+{
+    (void)state;
+    struct cuda_shape s;
+    assert_int_equal(cuda_shape_read(&s), 0);
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, 512 << 10, 528), 32);
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, 1 << 20, 528), 32);
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, (1 << 20) + 1, 528), 528); /* 128 x 16 KiB: 2 MiB */
+    assert_int_equal(cuda_shape_grid_cap(&s, 0, 512 << 10, 528), 528);     /* D2H / D2D */
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, 4096, 16), 16);            /* already below the cap */
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "0", 1);
+    assert_int_equal(cuda_shape_read(&s), 0);
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, 512 << 10, 528), 528);     /* off */
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID", "64", 1);
+    setenv("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "1073741824", 1);
+    assert_int_equal(cuda_shape_read(&s), 0);
+    assert_int_equal(cuda_shape_grid_cap(&s, 1, (size_t)1 << 30, 528), 64); /* every launch */
 }
 
 int main(void)
@@ -133,6 +182,7 @@ int main(void)
         cmocka_unit_test_setup(defaults, clear_vars),
         cmocka_unit_test_setup(accepted, clear_vars),
         cmocka_unit_test_setup(refusals, clear_vars),
+        cmocka_unit_test_setup(grid_cap, clear_vars),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
