@@ -134,6 +134,8 @@ struct stream_runner {
     size_t npages;
     ferry_engine *e;
     struct bounce *bounces;         /* free bounce buffers */
+    struct bounce *lost;            /* buffers a stream may still use (bounce_lost): never
+                                     * reused, freed with the runner, out of the budget */
     size_t bounce_bytes, bounce_max; /* allocated; FERRY_STREAM_BOUNCE_MB */
     struct stream_runner *next_orphan; /* in `orphans` once its engine is gone */
 };
@@ -260,6 +262,10 @@ static void job_free_locked(struct stream_runner *r, struct stream_job *j)
     if (j->bounce && !j->bounce_lost) {
         j->bounce->next = r->bounces;
         r->bounces = j->bounce;
+    } else if (j->bounce) { /* (counted in the budget, each refused stream would shrink it for good) */
+        j->bounce->next = r->lost;
+        r->lost = j->bounce;
+        r->bounce_bytes -= j->bounce->len;
     }
     r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);
@@ -465,12 +471,13 @@ void stream_runner_destroy(struct stream_runner *r)
     }
     for (size_t i = 0; i < r->npages; i++)
         r->pages[i].ops->host_free(r->pages[i].flags);
-    for (struct bounce *b = r->bounces, *next; b; b = next) {
-        next = b->next;
-        ferry_unregister_memory(r->e, b->mem);
-        b->ops->host_free(b->mem);
-        free(b);
-    }
+    for (int list = 0; list < 2; list++)
+        for (struct bounce *b = list ? r->lost : r->bounces, *next; b; b = next) {
+            next = b->next;
+            ferry_unregister_memory(r->e, b->mem);
+            b->ops->host_free(b->mem);
+            free(b);
+        }
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);
     free(r);

@@ -583,6 +583,44 @@ static void refused_stream_ends_the_batch_once(void **state)
     f->sim->stream_destroy(other);
 }
 
+/* A bounce buffer the stream may still use after a refused submit is never
+ * reused; before, it also stayed in FERRY_STREAM_BOUNCE_MB's count (and was
+ * never freed: LeakSanitizer), so each refused stream shrank the budget for
+ * good and later transfers took ferry's staging threads, which fail under
+ * FERRY_SIM_STALL_ON_WAIT (ctest test_stream_stall: fails before). */
+static void lost_bounce_buffers_leave_the_budget(void **state)
+{
+    struct fixture *f = *state;
+    setenv("FERRY_STREAM_BOUNCE_MB", "4", 1);
+    ferry_engine *e;
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_register_memory(e, f->dev, LEN, "sim:0", 0), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(e, f->target.name, &seg), 0);
+    ferry_stream *other;
+    assert_int_equal(f->sim->stream_create(1, &other), 0);
+    struct ferry_request q = {FERRY_WRITE, f->dev, seg, f->target.addr, LEN};
+    for (int i = 0; i < 2; i++) { /* refused: its buffer is lost */
+        struct ferry_batch *b;
+        assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+        assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", other), FERRY_EINVAL);
+        ferry_batch_wait(b, -1); /* (it ends; how is refused_stream_ends_the_batch_once's) */
+        ferry_batch_free(b);
+        unsetenv("FERRY_STREAM_BOUNCE_MB"); /* (read by the first stream-ordered submit) */
+    }
+    pattern_fill(f->host, LEN, 55, 0);
+    copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f->stream), 0);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(child_target_check(&f->target, 0, LEN, 55), -1);
+    ferry_batch_free(b);
+    f->sim->stream_destroy(other);
+    ferry_engine_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -601,6 +639,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
         cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(lost_bounce_buffers_leave_the_budget, setup, teardown),
     };
     /* ferry's own device work while a stream waits fails under the stall
      * (ctest test_stream_stall): a target engine of this process has some */
@@ -615,6 +654,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(engine_destroyed_before_a_device_read, setup, teardown),
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
         cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(lost_bounce_buffers_leave_the_budget, setup, teardown),
     };
     if (getenv("FERRY_SIM_STALL_ON_WAIT"))
         return cmocka_run_group_tests(stall, NULL, NULL);
