@@ -740,6 +740,37 @@ static void threads_on_streams_of_their_own(void **state)
     }
 }
 
+/* A bounced batch with zero-length requests among READs into device memory
+ * and a WRITE of host memory: each ends COMPLETED with its own length, the
+ * bytes where they belong. */
+static void zero_length_requests_in_a_bounced_batch(void **state)
+{
+    struct fixture *f = *state;
+    pattern_fill(f->host, LEN, 44, 0); /* (the target holds TSEED) */
+    struct ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f->e, 5, &b), 0);
+    struct ferry_request q[5] = {{FERRY_READ, f->dev, f->seg, f->target.addr, 0},
+                                 {FERRY_READ, f->dev, f->seg, f->target.addr, LEN / 4},
+                                 {FERRY_WRITE, f->host + LEN / 2, f->seg, f->target.addr + LEN / 2, 0},
+                                 {FERRY_WRITE, f->host + LEN / 2, f->seg, f->target.addr + LEN / 2, LEN / 4},
+                                 {FERRY_READ, f->dev + LEN / 4, f->seg, f->target.addr + LEN / 4, 0}};
+    assert_int_equal(ferry_batch_submit_on_stream(b, q, 5, "sim:0", f->stream), 0);
+    char *back = malloc(LEN / 4);
+    copy(f, FERRY_COPY_D2H, back, f->dev, LEN / 4);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    for (size_t i = 0; i < 5; i++) {
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        assert_int_equal(st.state, FERRY_COMPLETED);
+        assert_int_equal(st.transferred, q[i].length);
+    }
+    assert_int_equal(pattern_check(back, LEN / 4, TSEED, 0), -1);
+    assert_int_equal(child_target_check(&f->target, LEN / 2, LEN / 4, 44), -1);
+    ferry_batch_free(b);
+    free(back);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -759,6 +790,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
         cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
         cmocka_unit_test_setup_teardown(lost_bounce_buffers_leave_the_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(zero_length_requests_in_a_bounced_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(mixed_own_and_other_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(threads_on_streams_of_their_own, setup, teardown),
     };
@@ -776,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(bounce_limit_and_bad_value, setup, teardown),
         cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
         cmocka_unit_test_setup_teardown(lost_bounce_buffers_leave_the_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(zero_length_requests_in_a_bounced_batch, setup, teardown),
     };
     if (getenv("FERRY_SIM_STALL_ON_WAIT"))
         return cmocka_run_group_tests(stall, NULL, NULL);
