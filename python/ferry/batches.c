@@ -424,6 +424,10 @@ static PyObject *T_pending_batches(EngineObject *self, PyObject *noargs)
 
 COMPAT_O(T_get_batch_transfer_status, 0)
 COMPAT_O(T_transfer_check_status, 0)
+/* batch_status is ferry's own; as free_batch, the compat class answers an
+ * unknown or collected id with a negative code (FERRY_EINVAL naming it),
+ * not the ValueError a caller of the reference's conventions never catches */
+COMPAT_O(T_batch_status, 0)
 COMPAT_FASTKW(T_wait_batch, 0)
 
 /* free_batch is ferry's own; the compat class answers as its other calls do
@@ -451,9 +455,10 @@ PyMethodDef batch_methods[] = {
       "Non-blocking.  A batch that ended is freed; later calls return the same result (as the\n"
       "reference does for a timed-out batch) until get_batch_transfer_status([id]) or\n"
       "free_batch(id) takes the id (the newest 4096 such results are kept)."),
-    M("batch_status", T_batch_status, METH_O,
+    M("batch_status", compat_T_batch_status, METH_O,
       "batch_status(batch_id) -> [RequestStatus(state, error, error_name, message, transferred)]\n"
-      "per request, in submit order; non-blocking; the batch stays."),
+      "per request, in submit order; non-blocking; the batch stays.  FERRY_EINVAL for an id that\n"
+      "is unknown or was collected already.  Strict: ValueError for such an id."),
     M("wait_batch", compat_T_wait_batch, FASTKW,
       "wait_batch(batch_id, timeout_ms=-1) -> 0 or a negative code (FERRY_ETIMEDOUT when the wait\n"
       "ran out; the batch goes on).  The batch stays; free it with free_batch."),

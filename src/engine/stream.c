@@ -61,6 +61,14 @@ struct flag_page {
     int nfree;
 };
 
+/* A mark the stream writes after copies it does for a job
+ * (stream_write_flag): its own flag slot.  page NULL: no mark. */
+struct stream_mark {
+    struct flag_page *page;
+    int slot;
+    uint32_t value;
+};
+
 struct stream_job {
     struct stream_job *next;
     struct stream_runner *r;
@@ -78,12 +86,13 @@ struct stream_job {
     size_t naccs;
     int local_rc;
     char local_msg[160];
-    /* the stream's mark after the copies it does for the job (its own flag
-     * slot, stream_write_flag): a stream whose copy failed skips it, and
-     * the host function after them sees that.  mpage NULL: no mark */
-    struct flag_page *mpage;
-    int mslot;
-    uint32_t mvalue;
+    /* the stream's mark after the copies it does for the job: a stream
+     * whose copy failed skips it, and the host function after them sees
+     * that.  A bounced READ job's WRITE requests (a mixed batch) have their
+     * copies out of device memory before the transfer: mark_out follows
+     * them, so that a failed copy sends nothing */
+    struct stream_mark mark;
+    struct stream_mark mark_out;
     /* a bounced job (bounce_submit): the requests' device memory moves
      * through a pinned host buffer with copies on the caller's stream, and
      * reqs are the rewritten requests, orig the caller's */
@@ -125,6 +134,8 @@ struct stream_runner {
     size_t npages;
     ferry_engine *e;
     struct bounce *bounces;         /* free bounce buffers */
+    struct bounce *lost;            /* buffers a stream may still use (bounce_lost): never
+                                     * reused, freed with the runner, out of the budget */
     size_t bounce_bytes, bounce_max; /* allocated; FERRY_STREAM_BOUNCE_MB */
     struct stream_runner *next_orphan; /* in `orphans` once its engine is gone */
 };
@@ -136,7 +147,7 @@ struct stream_runner {
 static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct stream_runner *orphans;
 
-static bool mark_ran_locked(struct stream_job *j);
+static bool mark_ran_locked(struct stream_mark *m);
 #define COPY_FAILED_MSG "a copy on the stream failed before it (the stream is in error)"
 
 /* ------------------------------------------------------------ driver threads */
@@ -149,7 +160,7 @@ static void local_finish(struct stream_runner *r, struct stream_job *j)
     /* under the runner's lock: ferry_engine_destroy sets stop under it
      * before the registry goes */
     pthread_mutex_lock(&r->lock);
-    if (!mark_ran_locked(j) && !j->local_rc) {
+    if (!mark_ran_locked(&j->mark) && !j->local_rc) {
         j->local_rc = FERRY_EIO;
         snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies: %s", COPY_FAILED_MSG);
     }
@@ -186,15 +197,16 @@ static void on_reached(void *arg)
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (j->bounce && !j->inner) { /* the copies into the bounce buffer ran, or failed */
-        if (!mark_ran_locked(j) && !j->local_rc) {
+    if (j->bounce) { /* the copies into the bounce buffer ran, or failed */
+        if (!mark_ran_locked(j->inner ? &j->mark_out : &j->mark) && !j->local_rc) {
             j->local_rc = FERRY_EIO;
             snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
                      COPY_FAILED_MSG);
         }
-        if (!r->stop)
+        if (!r->stop && !j->inner)
             memreg_access_end_many(&r->e->registry, j->acc_ptrs, j->naccs);
-        j->naccs = 0;
+        if (!j->inner)
+            j->naccs = 0;
     }
     if (r->stop) { /* destroying: workers may have left already */
         pthread_mutex_unlock(&r->lock);
@@ -245,10 +257,15 @@ static void job_flag_locked(struct stream_job *j)
  * lock held). */
 static void job_free_locked(struct stream_runner *r, struct stream_job *j)
 {
-    mark_ran_locked(j);
+    mark_ran_locked(&j->mark);
+    mark_ran_locked(&j->mark_out);
     if (j->bounce && !j->bounce_lost) {
         j->bounce->next = r->bounces;
         r->bounces = j->bounce;
+    } else if (j->bounce) { /* (counted in the budget, each refused stream would shrink it for good) */
+        j->bounce->next = r->lost;
+        r->lost = j->bounce;
+        r->bounce_bytes -= j->bounce->len;
     }
     r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);
@@ -274,7 +291,7 @@ static void job_finish(struct stream_runner *r, struct stream_job *j)
 static void bounce_finish(struct stream_runner *r, struct stream_job *j)
 {
     pthread_mutex_lock(&r->lock);
-    if (!mark_ran_locked(j) && !j->after_rc) {
+    if (!mark_ran_locked(&j->mark) && !j->after_rc) {
         j->after_rc = FERRY_EIO;
         snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
                  COPY_FAILED_MSG);
@@ -454,12 +471,13 @@ void stream_runner_destroy(struct stream_runner *r)
     }
     for (size_t i = 0; i < r->npages; i++)
         r->pages[i].ops->host_free(r->pages[i].flags);
-    for (struct bounce *b = r->bounces, *next; b; b = next) {
-        next = b->next;
-        ferry_unregister_memory(r->e, b->mem);
-        b->ops->host_free(b->mem);
-        free(b);
-    }
+    for (int list = 0; list < 2; list++)
+        for (struct bounce *b = list ? r->lost : r->bounces, *next; b; b = next) {
+            next = b->next;
+            ferry_unregister_memory(r->e, b->mem);
+            b->ops->host_free(b->mem);
+            free(b);
+        }
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);
     free(r);
@@ -501,31 +519,31 @@ static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops
  * Where the device cannot write one, or no slot is free, there is none and
  * the copies count as run. */
 static void mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
-                         struct stream_job *j)
+                         struct stream_mark *m)
 {
     if (!ops->stream_write_flag)
         return;
     pthread_mutex_lock(&r->lock);
-    if (slot_take(r, ops, &j->mpage, &j->mslot, &j->mvalue) != 0)
-        j->mpage = NULL;
+    if (slot_take(r, ops, &m->page, &m->slot, &m->value) != 0)
+        m->page = NULL;
     pthread_mutex_unlock(&r->lock);
-    if (j->mpage && ops->stream_write_flag(dev, stream, &j->mpage->flags[j->mslot], j->mvalue) != 0) {
+    if (m->page && ops->stream_write_flag(dev, stream, &m->page->flags[m->slot], m->value) != 0) {
         pthread_mutex_lock(&r->lock);
-        j->mpage->free_slots[j->mpage->nfree++] = j->mslot;
-        j->mpage = NULL;
+        m->page->free_slots[m->page->nfree++] = m->slot;
+        m->page = NULL;
         pthread_mutex_unlock(&r->lock);
     }
 }
 
 /* Whether the stream ran the copies before the job's mark (read by a host
  * function after it); the mark's slot is free again.  Runner lock held. */
-static bool mark_ran_locked(struct stream_job *j)
+static bool mark_ran_locked(struct stream_mark *m)
 {
-    if (!j->mpage)
+    if (!m->page)
         return true;
-    bool ran = j->mpage->flags[j->mslot] == j->mvalue;
-    j->mpage->free_slots[j->mpage->nfree++] = j->mslot;
-    j->mpage = NULL;
+    bool ran = m->page->flags[m->slot] == m->value;
+    m->page->free_slots[m->page->nfree++] = m->slot;
+    m->page = NULL;
     return ran;
 }
 
@@ -652,7 +670,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     free(regs);
     free(copies);
     free(dirs);
-    mark_enqueue(r, ops, dev, stream, j);
+    mark_enqueue(r, ops, dev, stream, &j->mark);
     pthread_mutex_lock(&r->lock);
     r->in_flight++;
     pthread_mutex_unlock(&r->lock);
@@ -882,8 +900,11 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                  ferry_last_error());
         j->bounce_lost = true;
     }
-    if (!j->inner) /* (a READ's mark comes after its copies into device memory) */
-        mark_enqueue(r, ops, dev, stream, j);
+    bool out = false; /* copies out of device memory: a WRITE's, or a mixed batch's */
+    for (size_t i = 0; i < n && !out; i++)
+        out = dirs[i] == FERRY_COPY_D2H;
+    if (out) /* (a READ's job has its own mark after its copies into device memory) */
+        mark_enqueue(r, ops, dev, stream, j->inner ? &j->mark_out : &j->mark);
     volatile uint32_t *flag = &j->page->flags[j->slot];
     uint32_t value = j->value;
     char why[256] = "";
@@ -914,7 +935,7 @@ static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                      ferry_last_error());
         }
         if (!wrc)
-            mark_enqueue(r, ops, dev, stream, j);
+            mark_enqueue(r, ops, dev, stream, &j->mark);
         if (wrc || ops->stream_host_func(dev, stream, bounce_end_reached, j) != 0) {
             if (!j->after_rc) {
                 j->after_rc = wrc ? wrc : FERRY_EIO;

@@ -702,17 +702,20 @@ static void victim_unmaps_its_buffer(void **state)
         assert_int_equal(ferry_open_segment(e, v.name, &seg), 0);
         assert_int_equal(victim_ask(&v, "unmap %zx", tail), 0);
         print_message("over %s:\n", tcp ? "tcp" : "shm");
-        const int want = tcp ? FERRY_ECONN : FERRY_EIO;
-        /* tcp: the target's recv/send into the unmapped range fails EFAULT and it
-         * drops the connection without a word (its log says nothing either): the
-         * initiator can only name the connection (found in rev8, not fixed: tcp) */
-        const char *why = tcp ? "tcp 127.0.0.1:" : "no longer mapped";
+        const int want = FERRY_EIO;
+        /* tcp: the target's recv/send into the unmapped range fails EFAULT; it
+         * answers the frame FERRY_EIO and logs the range (rev9; before, it
+         * dropped the connection without a word: FERRY_ECONN) */
+        const char *why = tcp ? "not mapped" : "no longer mapped";
         memset(local, 0x5a, len);
         one_request(e, seg, FERRY_WRITE, local, v.reg + tail, 65536, want, why);   /* all unmapped */
         one_request(e, seg, FERRY_WRITE, local, v.reg, len, want, why);            /* the tail unmapped */
         one_request(e, seg, FERRY_READ, local, v.reg + tail - 4096, 8192, want, why);
-        for (size_t i = 4096; i < len; i++) /* what arrived, only the first 4 KiB that are mapped */
-            if ((unsigned char)local[i] != 0x5a)
+        /* what arrived: only the first 4 KiB that are mapped (over tcp the rest of
+         * the 8 KiB comes as zeros, as from a range unregistered mid-response: the
+         * response's length was sent before the fault) */
+        for (size_t i = 4096; i < len; i++)
+            if ((unsigned char)local[i] != 0x5a && !(tcp && i < 8192 && local[i] == 0))
                 fail_msg("byte %zu of the local buffer changed", i);
         victim_alive(&v);
         assert_int_equal(victim_ask(&v, "check 0 %x %d", GUARD, SEED), -1);        /* the guard is intact */

@@ -340,6 +340,53 @@ static void bounced_read_copy_fails_on_the_device(void **state)
     bounced_copy_fails_on_the_device(FERRY_READ);
 }
 
+/* A mixed bounced batch (stream.c bounce_submit): a WRITE out of device
+ * memory and a READ into device memory, so the job is a READ's (inner) and
+ * the WRITE's copy out (job 2) precedes the transfer.  That copy fails on
+ * the device: the WRITE may not send the bounce buffer's bytes (before the
+ * fix it did: the peer's half was overwritten by a fresh buffer's zeros),
+ * and the batch ends FAILED. */
+static void bounced_mixed_write_copy_fails_on_the_device(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_FAIL_COPY", "2", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    ferry_engine *e2;
+    assert_int_equal(ferry_engine_create(NULL, &e2), 0);
+    char *peer = malloc(LEN);
+    assert_non_null(peer);
+    pattern_fill(peer, LEN, 33, 0);
+    assert_int_equal(ferry_register_memory(e2, peer, LEN, "cpu", 1), 0);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(f.e, ferry_engine_segment_name(e2), &seg), 0);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 2, &b), 0);
+    const size_t half = LEN / 2;
+    struct ferry_request q[2] = {
+        {FERRY_WRITE, f.own, seg, (uint64_t)(uintptr_t)peer, half},
+        {FERRY_READ, f.own + half, seg, (uint64_t)(uintptr_t)(peer + half), half},
+    };
+    assert_int_equal(ferry_batch_submit_on_stream(b, q, 2, "sim:0", f.stream), 0);
+    assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO);
+    assert_int_equal(ferry_batch_wait(b, -1), FERRY_EIO);
+    if (pattern_check(peer, LEN, 33, 0) != -1)
+        fail_msg("the WRITE whose copy out of device memory failed sent the bounce buffer's bytes");
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_FAILED);
+    assert_int_equal(st.error, FERRY_EIO);
+    if (!strstr(st.message, "a copy on the stream failed"))
+        fail_msg("the WRITE's message \"%s\" does not name the failed copy", st.message);
+    assert_int_equal(ferry_batch_status(b, 1, &st), 0);
+    assert_int_equal(st.state, FERRY_FAILED);
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    ferry_engine_destroy(e2);
+    free(peer);
+    fixture_stop(&f);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -357,6 +404,7 @@ static const struct named_case passing[] = {
     {"own_copy_failure_is_logged", own_copy_failure_is_logged},
     {"bounced_write_copy_fails_on_the_device", bounced_write_copy_fails_on_the_device},
     {"bounced_read_copy_fails_on_the_device", bounced_read_copy_fails_on_the_device},
+    {"bounced_mixed_write_copy_fails_on_the_device", bounced_mixed_write_copy_fails_on_the_device},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 

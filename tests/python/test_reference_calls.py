@@ -298,6 +298,26 @@ def test_free_batch_of_a_collected_id(compat, target):
     target.cmd("fill 0 %d %d" % (4096, TARGET_SEED))
 
 
+def test_batch_status_of_an_unknown_id(compat, native, target):
+    """batch_status is ferry's own: the compat class answers an unknown or collected id with
+    FERRY_EINVAL naming it, as free_batch does (it raised ValueError, which a caller of the
+    reference's conventions does not catch; round 8's finding); strict still raises."""
+    src = registered(compat, 4096, seed=5)
+    bid = compat.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [4096])
+    assert bid > 0
+    assert compat.wait_batch(bid) == 0
+    assert [s.state for s in compat.batch_status(bid)] == ["COMPLETED"]
+    assert compat.free_batch(bid) == 0
+    for unknown in (bid, 987654321):
+        assert compat.batch_status(unknown) == ferry.FERRY_EINVAL
+        assert str(unknown) in ferry.last_error()[2]
+    with pytest.raises(TypeError):
+        compat.batch_status("1")
+    with pytest.raises(ValueError, match="unknown batch id"):
+        native.batch_status(987654321)
+    target.cmd("fill 0 %d %d" % (4096, TARGET_SEED))
+
+
 def test_native_free_batch_of_a_collected_id_raises(native, target):
     src = registered(native, 4096, seed=5)
     bid = native.batch_transfer_async_write(target.segment, [src.ctypes.data], [target.addr], [4096])

@@ -78,6 +78,8 @@ static int io_error(ssize_t n, const char *what)
 {
     if (n == 0)
         return ferry_fail(FERRY_ECONN, "%s: peer closed the connection", what);
+    if (errno == EFAULT) /* the kernel moved none of that piece: the byte stream is intact */
+        return ferry_fail(SOCKIO_EFAULT, "%s: the memory is not mapped (EFAULT)", what);
     return ferry_fail(FERRY_ECONN, "%s: %s", what, strerror(errno));
 }
 

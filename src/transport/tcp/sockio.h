@@ -39,6 +39,13 @@ void sockio_wake_signal(struct sockio_wake *w);
  * signal is consumed) or FERRY_ETIMEDOUT. */
 int sockio_wait(int fd, short events, struct sockio_wake *w, uint64_t deadline_ns);
 
+/* What the receives and sends below return when the memory given is not
+ * mapped or not accessible (EFAULT: a range registered but unmapped, or
+ * PROT_NONE).  The kernel moved the bytes before the bad address and none
+ * after: the stream of bytes is intact and the caller may go on (the rest
+ * of the piece is where the iovec array stops, or *got). */
+#define SOCKIO_EFAULT FERRY_EIO
+
 /* Receives len bytes into buf.  Before every piece it checks *stop (may be
  * NULL): once set, it returns 0 with *got < len and touches buf no more.
  * Otherwise returns 0 with *got == len, FERRY_ECONN (peer closed or reset)

@@ -151,8 +151,8 @@ static int receive_response(struct tcp_conn *c)
     if (status || revoked || h.refused) /* named only in a message: [v6]:port */
         (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (status == FERRY_EIO || status == FERRY_ENOMEM || status == FERRY_ENODEV)
-        snprintf(msg, sizeof msg, "target %s: a device copy to or from its memory failed (%s); its log says "
-                 "which", peer, ferry_strerror(status));
+        snprintf(msg, sizeof msg, "target %s: a copy to or from its memory failed (%s: a device copy, or "
+                 "memory it registered but has not mapped); its log says which", peer, ferry_strerror(status));
     else if (status)
         snprintf(msg, sizeof msg, "target %s refused the frame: %s", peer, ferry_strerror(status));
     else if (revoked)

@@ -97,6 +97,26 @@ static void entry_end(struct server_conn *s, unsigned i)
     s->ent[i].held = false;
 }
 
+/* Entry i's memory is registered but not there (SOCKIO_EFAULT: unmapped,
+ * or PROT_NONE).  This thread stops touching it: a WRITE discards the rest
+ * of its payload, a READ sends zeros in its place (the trailer says so).
+ * The entry is refused and the frame answered FERRY_EIO naming the range,
+ * logged; the bytes on the wire stay in step, so the connection survives. */
+static void entry_fault(struct server_conn *s, unsigned i, const char *op)
+{
+    struct served_entry *se = &s->ent[i];
+    if (!s->copy_err) {
+        s->copy_err = FERRY_EIO;
+        snprintf(s->copy_msg, sizeof s->copy_msg, "%s of 0x%llx+%llu: the registered memory is not mapped "
+                 "(EFAULT)", op, (unsigned long long)se->acc.addr, (unsigned long long)se->acc.len);
+    }
+    entry_end(s, i);
+    se->refused = true;
+    s->revoked_any = true;
+    s->revoked |= 1ull << i;
+    atomic_fetch_add(&s->t->refused, 1);
+}
+
 /* Ends the access of every entry whose registration was revoked: from now
  * on this thread does not touch their memory (device copies it started are
  * waited for first). */
@@ -149,6 +169,10 @@ static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_
         size_t got;
         int rc = sockio_recv(s->fd, dst + done, e->len - done, s->deadline_ns, &s->wake, &s->revoking, &got);
         done += got;
+        if (rc == SOCKIO_EFAULT) {
+            entry_fault(s, i, "WRITE");
+            continue;
+        }
         if (rc)
             return rc;
         if (done < e->len)
@@ -173,6 +197,8 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     unsigned k = i;
     for (; k < end && iov[k - i].iov_len == 0; k++)
         entry_end(s, k); /* all of it landed */
+    if (rc == SOCKIO_EFAULT && k < end) /* entry k or a later one: each alone from k on says which */
+        rc = 0;
     if (rc || k == end)
         return rc;
     tcp_serve_stop_revoked(s);
@@ -251,6 +277,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
 int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
 {
     int rc = 0;
+    bool one_by_one = false; /* after an EFAULT: which iovec it was (a sendmsg moves all of a chunk or none) */
     while (!rc && k < end) {
         int own = s->iov_entry[k];
         if (own >= 0 && !s->ent[own].held) {
@@ -266,10 +293,21 @@ int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
         int tk = s->trailer_iov;
         if (tk >= k && tk < stop && s->iov[tk].iov_len == WIRE_TRAILER_SIZE) /* not begun: what it says now */
             wire_encode_trailer(&(struct wire_trailer){.revoked = s->revoked, .status = s->copy_err}, s->tr);
+        if (one_by_one)
+            stop = k + 1;
         rc = sockio_sendv(s->fd, &s->iov[k], stop - k, s->deadline_ns, &s->wake, &s->revoking, NULL);
         while (k < stop && s->iov[k].iov_len == 0)
             k++;
-        if (!rc && k < stop)
+        if (rc == SOCKIO_EFAULT && !one_by_one) {
+            one_by_one = true;
+            rc = 0;
+        } else if (rc == SOCKIO_EFAULT && k < stop && s->iov_entry[k] >= 0) { /* zeros for the rest of it */
+            entry_fault(s, (unsigned)s->iov_entry[k], "READ");
+            if (!s->trailer)
+                return ferry_fail(FERRY_EIO, "READ from %s: %s, and it reads no trailer: closing the connection",
+                                  s->from, s->copy_msg);
+            rc = 0;
+        } else if (!rc && k < stop)
             tcp_serve_stop_revoked(s);
     }
     return rc;
