@@ -8,7 +8,7 @@
  * transfer — without the host waiting in between.  So two things are
  * enqueued on the caller's stream through the device layer:
  *
- *   stream_host_func(on_reached, job)   the stream reached the transfer: the
+ *   stream_host_func(stream_on_reached, job)   the stream reached the transfer: the
  *                                       job goes to a runner worker (the
  *                                       callback itself must not touch the
  *                                       device, so it only queues);
@@ -21,7 +21,9 @@
  * after that ends the batch with its error and still releases the stream.
  *
  * Requests to the engine's own segment take neither: their copies go on the
- * caller's stream, then a host function ends the batch (local_submit).  On
+ * caller's stream, then a host function ends the batch (local_submit).
+ * Device memory to another engine moves through bounce buffers with its
+ * copies on the caller's stream (stream_bounce.c).  On
  * an H200 the transfer path for them (tcp to itself, a ferry thread copying
  * into the target memory) hung while the caller's stream waited: first in a
  * stream creation (stream_cache.c), then, with that fixed, in another driver
@@ -41,104 +43,9 @@
 #include "config.h"
 #include "device/device.h"
 #include "engine/engine.h"
-#include "engine/route.h"
+#include "engine/stream_internal.h"
 #include "err.h"
 #include "log.h"
-
-#define RUNNER_WORKERS 4
-#define FLAG_SLOTS 1024 /* one 4 KiB page of flags per device kind */
-#define FLAG_KINDS 4
-#define BOUNCE_MB_DEFAULT 256
-#define BOUNCE_MB_MAX 65536
-#define BOUNCE_MIN (4u << 20)
-#define BOUNCE_ALIGN 256 /* each request's place in a bounce buffer */
-
-struct flag_page {
-    const struct ferry_device_ops *ops;
-    uint32_t *flags;                /* FLAG_SLOTS words from ops->host_alloc */
-    uint32_t next[FLAG_SLOTS];      /* the value a slot's next job waits for */
-    int free_slots[FLAG_SLOTS];
-    int nfree;
-};
-
-/* A mark the stream writes after copies it does for a job
- * (stream_write_flag): its own flag slot.  page NULL: no mark. */
-struct stream_mark {
-    struct flag_page *page;
-    int slot;
-    uint32_t value;
-};
-
-struct stream_job {
-    struct stream_job *next;
-    struct stream_runner *r;
-    ferry_batch *batch;
-    struct ferry_request *reqs;
-    size_t n;
-    struct flag_page *page;
-    int slot;
-    uint32_t value;
-    /* a job of requests to the engine's own segment (local_submit): its
-     * copies are on the caller's stream; the accesses to their memory end
-     * when the stream has run them */
-    struct memreg_access *accs;
-    struct memreg_access **acc_ptrs;
-    size_t naccs;
-    int local_rc;
-    char local_msg[160];
-    /* the stream's mark after the copies it does for the job: a stream
-     * whose copy failed skips it, and the host function after them sees
-     * that.  A bounced READ job's WRITE requests (a mixed batch) have their
-     * copies out of device memory before the transfer: mark_out follows
-     * them, so that a failed copy sends nothing */
-    struct stream_mark mark;
-    struct stream_mark mark_out;
-    /* a bounced job (bounce_submit): the requests' device memory moves
-     * through a pinned host buffer with copies on the caller's stream, and
-     * reqs are the rewritten requests, orig the caller's */
-    struct bounce *bounce;
-    bool bounce_lost;           /* the stream may still use it: never reused */
-    struct ferry_request *orig;
-    /* READs into device memory: the transfer runs on a batch of its own
-     * (st: each request's outcome) and the caller's batch ends only after
-     * the copies out of the bounce buffer (bounce_finish) */
-    bool inner;
-    struct ferry_status *st;
-    bool net_done;              /* runner lock: the transfer ended and the flag is set */
-    bool end_here;              /* runner lock: no host function on the stream ends the
-                                 * batch (it could not be enqueued): the worker does */
-    int after_rc;               /* the copies out could not be enqueued */
-    char after_msg[160];
-};
-
-/* Pinned host memory that device memory of stream-ordered transfers to
- * another engine passes through (bounce_submit).  Grow-only: freeing pinned
- * memory (cuMemFreeHost) waits for every stream of the device, so buffers
- * go only with the runner, when no stream waits for it. */
-struct bounce {
-    struct bounce *next; /* in the runner's free list */
-    const struct ferry_device_ops *ops;
-    char *mem;
-    size_t len;
-};
-
-struct stream_runner {
-    pthread_mutex_t lock;           /* everything below */
-    pthread_cond_t wake;
-    struct stream_job *head, *tail; /* jobs their stream has reached */
-    size_t in_flight;               /* jobs enqueued on a stream and not yet done */
-    int stop;
-    pthread_t workers[RUNNER_WORKERS];
-    int nworkers;
-    struct flag_page pages[FLAG_KINDS];
-    size_t npages;
-    ferry_engine *e;
-    struct bounce *bounces;         /* free bounce buffers */
-    struct bounce *lost;            /* buffers a stream may still use (bounce_lost): never
-                                     * reused, freed with the runner, out of the budget */
-    size_t bounce_bytes, bounce_max; /* allocated; FERRY_STREAM_BOUNCE_MB */
-    struct stream_runner *next_orphan; /* in `orphans` once its engine is gone */
-};
 
 /* Runners of destroyed engines whose streams had not reached every job: a
  * driver still holds those jobs and a stream still reads their flags, so the
@@ -146,9 +53,6 @@ struct stream_runner {
  * per such engine (the one global of this file). */
 static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct stream_runner *orphans;
-
-static bool mark_ran_locked(struct stream_mark *m);
-#define COPY_FAILED_MSG "a copy on the stream failed before it (the stream is in error)"
 
 /* ------------------------------------------------------------ driver threads */
 
@@ -160,7 +64,7 @@ static void local_finish(struct stream_runner *r, struct stream_job *j)
     /* under the runner's lock: ferry_engine_destroy sets stop under it
      * before the registry goes */
     pthread_mutex_lock(&r->lock);
-    if (!mark_ran_locked(&j->mark) && !j->local_rc) {
+    if (!stream_mark_ran_locked(&j->mark) && !j->local_rc) {
         j->local_rc = FERRY_EIO;
         snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies: %s", COPY_FAILED_MSG);
     }
@@ -180,7 +84,6 @@ static void local_finish(struct stream_runner *r, struct stream_job *j)
 }
 
 static void job_finish(struct stream_runner *r, struct stream_job *j);
-static void bounce_net_done(struct stream_runner *r, struct stream_job *j);
 
 /* The stream reached the transfer: hand it to a worker.  If the engine was
  * destroyed first (the caller did not synchronize the stream: Python's
@@ -188,7 +91,7 @@ static void bounce_net_done(struct stream_runner *r, struct stream_job *j);
  * the batch ends FERRY_ECANCELED with nothing sent, and the stream goes on
  * (the runner and its flag pages stay allocated: `orphans`).  A local
  * job's copies are done when its stream gets here: it ends here. */
-static void on_reached(void *arg)
+void stream_on_reached(void *arg)
 {
     struct stream_job *j = arg;
     struct stream_runner *r = j->r;
@@ -198,7 +101,7 @@ static void on_reached(void *arg)
     }
     pthread_mutex_lock(&r->lock);
     if (j->bounce) { /* the copies into the bounce buffer ran, or failed */
-        if (!mark_ran_locked(j->inner ? &j->mark_out : &j->mark) && !j->local_rc) {
+        if (!stream_mark_ran_locked(j->inner ? &j->mark_out : &j->mark) && !j->local_rc) {
             j->local_rc = FERRY_EIO;
             snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
                      COPY_FAILED_MSG);
@@ -214,7 +117,7 @@ static void on_reached(void *arg)
         if (j->inner) { /* its batch ends after the copies out (bounce_finish) */
             j->local_rc = FERRY_ECANCELED;
             snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered submit: %s", why);
-            bounce_net_done(r, j);
+            stream_bounce_net_done(r, j);
             return;
         }
         batch_defer_cancel(j->batch, why);
@@ -247,7 +150,7 @@ static void wait_in_host(void *arg)
 
 /* The job's transfer is over: its flag lets the stream go on.  Runner lock
  * held. */
-static void job_flag_locked(struct stream_job *j)
+void stream_job_flag_locked(struct stream_job *j)
 {
     ferry_flag_set(&j->page->flags[j->slot], j->value); /* the stream goes on */
     j->page->free_slots[j->page->nfree++] = j->slot;
@@ -255,10 +158,10 @@ static void job_flag_locked(struct stream_job *j)
 
 /* Frees a job that is over, its bounce buffer back to the runner (runner
  * lock held). */
-static void job_free_locked(struct stream_runner *r, struct stream_job *j)
+void stream_job_free_locked(struct stream_runner *r, struct stream_job *j)
 {
-    mark_ran_locked(&j->mark);
-    mark_ran_locked(&j->mark_out);
+    stream_mark_ran_locked(&j->mark);
+    stream_mark_ran_locked(&j->mark_out);
     if (j->bounce && !j->bounce_lost) {
         j->bounce->next = r->bounces;
         r->bounces = j->bounce;
@@ -280,101 +183,15 @@ static void job_free_locked(struct stream_runner *r, struct stream_job *j)
 static void job_finish(struct stream_runner *r, struct stream_job *j)
 {
     pthread_mutex_lock(&r->lock);
-    job_flag_locked(j);
-    job_free_locked(r, j);
+    stream_job_flag_locked(j);
+    stream_job_free_locked(r, j);
     pthread_mutex_unlock(&r->lock);
 }
 
-/* A bounced READ is over: the stream copied the bounce buffer into the
- * device memory (or could not: after_rc), and the transfer's outcome is in
- * j->st.  Ends the caller's batch with each request's outcome. */
-static void bounce_finish(struct stream_runner *r, struct stream_job *j)
-{
-    pthread_mutex_lock(&r->lock);
-    if (!mark_ran_locked(&j->mark) && !j->after_rc) {
-        j->after_rc = FERRY_EIO;
-        snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
-                 COPY_FAILED_MSG);
-    }
-    pthread_mutex_unlock(&r->lock);
-    for (size_t i = 0; i < j->n && j->after_rc; i++)
-        if (!j->st[i].error && j->orig[i].source != j->reqs[i].source) {
-            j->st[i].error = j->after_rc;
-            snprintf(j->st[i].message, sizeof j->st[i].message, "%s", j->after_msg);
-        }
-    pthread_mutex_lock(&r->lock);
-    if (!r->stop)
-        memreg_access_end_many(&r->e->registry, j->acc_ptrs, j->naccs);
-    batch_defer_end_each(j->batch, j->orig, j->n, j->st);
-    job_free_locked(r, j);
-    pthread_mutex_unlock(&r->lock);
-}
 
-/* The transfer into the bounce buffer ended: the stream may go on to its
- * copies out, then to its host function (bounce_end_reached), which ends the
- * batch; or, where that could not be enqueued, this does. */
-static void bounce_net_done(struct stream_runner *r, struct stream_job *j)
-{
-    if (j->local_rc) /* nothing ran: every request takes that error */
-        for (size_t i = 0; i < j->n; i++)
-            j->st[i] = (struct ferry_status){.state = FERRY_FAILED, .error = j->local_rc};
-    for (size_t i = 0; i < j->n; i++) {
-        if (j->local_rc)
-            snprintf(j->st[i].message, sizeof j->st[i].message, "%s", j->local_msg);
-        /* a failed READ leaves zeros, not an earlier transfer's bytes, for
-         * the stream to copy into its destination */
-        if (j->st[i].error && j->orig[i].source != j->reqs[i].source)
-            memset(j->reqs[i].source, 0, j->reqs[i].length);
-    }
-    pthread_mutex_lock(&r->lock); /* (one section: bounce_end_here reads both) */
-    j->net_done = true;
-    job_flag_locked(j);
-    bool here = j->end_here;
-    pthread_mutex_unlock(&r->lock);
-    if (here)
-        bounce_finish(r, j);
-}
 
-/* The stream copied the bytes out after its wait for the flag: the transfer
- * is over. */
-static void bounce_end_reached(void *arg)
-{
-    struct stream_job *j = arg;
-    bounce_finish(j->r, j);
-}
 
-/* No host function will end the batch: the transfer's end does (or this, if
- * it came first). */
-static void bounce_end_here(struct stream_runner *r, struct stream_job *j)
-{
-    pthread_mutex_lock(&r->lock);
-    bool done = j->net_done;
-    j->end_here = !done;
-    pthread_mutex_unlock(&r->lock);
-    if (done)
-        bounce_finish(r, j);
-}
 
-/* A bounced READ's transfer into the bounce buffer, on a batch of its own. */
-static void bounce_run_inner(struct stream_runner *r, struct stream_job *j)
-{
-    ferry_batch *in = NULL;
-    int rc = j->local_rc ? 0 : ferry_batch_alloc(r->e, j->n, &in);
-    if (!rc && !j->local_rc && (rc = ferry_batch_submit(in, j->reqs, j->n)) == 0) {
-        ferry_batch_wait(in, -1);
-        for (size_t i = 0; i < j->n; i++)
-            ferry_batch_status(in, i, &j->st[i]);
-    }
-    if (rc && !j->local_rc) {
-        j->local_rc = rc;
-        snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered submit: %s", ferry_last_error());
-    }
-    ferry_batch_free(in);
-    if (j->local_rc)
-        LOG_WARN("stream-ordered transfer failed: %s: %s (the stream goes on)", ferry_err_name(j->local_rc),
-                 j->local_msg);
-    bounce_net_done(r, j);
-}
 
 static void *worker_main(void *arg)
 {
@@ -391,7 +208,7 @@ static void *worker_main(void *arg)
             r->tail = NULL;
         pthread_mutex_unlock(&r->lock);
         if (j->inner) {
-            bounce_run_inner(r, j);
+            stream_bounce_run_inner(r, j);
             pthread_mutex_lock(&r->lock);
             continue;
         }
@@ -454,13 +271,13 @@ void stream_runner_destroy(struct stream_runner *r)
     pthread_mutex_unlock(&r->lock);
     for (int i = 0; i < r->nworkers; i++)
         pthread_join(r->workers[i], NULL);
-    pthread_mutex_lock(&r->lock); /* a late on_reached may be ending a job */
+    pthread_mutex_lock(&r->lock); /* a late stream_on_reached may be ending a job */
     size_t left = r->in_flight;
     pthread_mutex_unlock(&r->lock);
     if (left) {
         /* a stream has not reached them: its driver still holds the jobs and
          * will read the flags, so neither is freed; each ends FERRY_ECANCELED,
-         * nothing sent, when its stream reaches it (on_reached) */
+         * nothing sent, when its stream reaches it (stream_on_reached) */
         LOG_WARN("engine destroyed with %zu stream-ordered transfers its streams have not reached: they end "
                  "FERRY_ECANCELED when the streams do", left);
         pthread_mutex_lock(&orphans_lock);
@@ -484,7 +301,7 @@ void stream_runner_destroy(struct stream_runner *r)
 }
 
 /* A free flag slot of ops' page (created on first use).  Runner lock held. */
-static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page,
+int stream_slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page,
                      int *slot, uint32_t *value)
 {
     struct flag_page *p = NULL;
@@ -518,13 +335,13 @@ static int slot_take(struct stream_runner *r, const struct ferry_device_ops *ops
 /* Enqueues the job's mark after the copies enqueued on the stream so far.
  * Where the device cannot write one, or no slot is free, there is none and
  * the copies count as run. */
-static void mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
+void stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
                          struct stream_mark *m)
 {
     if (!ops->stream_write_flag)
         return;
     pthread_mutex_lock(&r->lock);
-    if (slot_take(r, ops, &m->page, &m->slot, &m->value) != 0)
+    if (stream_slot_take(r, ops, &m->page, &m->slot, &m->value) != 0)
         m->page = NULL;
     pthread_mutex_unlock(&r->lock);
     if (m->page && ops->stream_write_flag(dev, stream, &m->page->flags[m->slot], m->value) != 0) {
@@ -537,7 +354,7 @@ static void mark_enqueue(struct stream_runner *r, const struct ferry_device_ops 
 
 /* Whether the stream ran the copies before the job's mark (read by a host
  * function after it); the mark's slot is free again.  Runner lock held. */
-static bool mark_ran_locked(struct stream_mark *m)
+bool stream_mark_ran_locked(struct stream_mark *m)
 {
     if (!m->page)
         return true;
@@ -564,7 +381,7 @@ static bool all_to_self(ferry_engine *e, const struct ferry_request *reqs, size_
 
 /* A registered range as a side of a copy on a stream of (ops, dev): 1
  * device memory of it, 0 host memory, -1 another device's. */
-static int side_of(const struct memreg_region *reg, const struct ferry_device_ops *ops, int dev)
+int stream_side_of(const struct memreg_region *reg, const struct ferry_device_ops *ops, int dev)
 {
     if (reg->device_index < 0)
         return 0;
@@ -637,7 +454,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
             continue;
         const struct memreg_region *src = &regs[ncopies], *tgt = &regs[m + ncopies];
         bool write = reqs[i].opcode == FERRY_WRITE;
-        int from = side_of(write ? src : tgt, ops, dev), to = side_of(write ? tgt : src, ops, dev);
+        int from = stream_side_of(write ? src : tgt, ops, dev), to = stream_side_of(write ? tgt : src, ops, dev);
         eligible = from >= 0 && to >= 0 && (from || to);
         void *local = reqs[i].source, *own = (void *)(uintptr_t)reqs[i].target_offset;
         copies[ncopies] = write ? (struct ferry_copy){own, local, reqs[i].length}
@@ -670,11 +487,11 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     free(regs);
     free(copies);
     free(dirs);
-    mark_enqueue(r, ops, dev, stream, &j->mark);
+    stream_mark_enqueue(r, ops, dev, stream, &j->mark);
     pthread_mutex_lock(&r->lock);
     r->in_flight++;
     pthread_mutex_unlock(&r->lock);
-    rc = ops->stream_host_func(dev, stream, on_reached, j);
+    rc = ops->stream_host_func(dev, stream, stream_on_reached, j);
     if (rc) { /* the stream will not say when its copies ran: wait for the device */
         LOG_ERROR("submit_on_stream: %s; ending the accesses of %zu requests to the own segment now", ferry_last_error(),
                   n);
@@ -684,7 +501,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
         }
         char why[200];
         snprintf(why, sizeof why, "%s", j->local_msg);
-        on_reached(j);
+        stream_on_reached(j);
         *late = ferry_fail(rc, "submit_on_stream: %s (the batch ended FAILED)", why);
     }
     return 0;
@@ -701,54 +518,12 @@ out:
     return rc;
 }
 
-/* ------------------------------------------------------------ bounce buffers */
+/* ------------------------------------------------------------ the caller's stream waits */
 
-/* A free bounce buffer of ops with room for len bytes, the smallest such, or
- * a new one while the runner's total stays within FERRY_STREAM_BOUNCE_MB.
- * 0 with *out set; 1 when none may be had (the caller takes the usual
- * path); else the error.  Allocating and registering pinned memory does not
- * wait for other streams (measured: bench/cuda_sync_probe.c). */
-static int bounce_take(struct stream_runner *r, const struct ferry_device_ops *ops, size_t len, struct bounce **out)
-{
-    size_t size = BOUNCE_MIN;
-    while (size < len && size <= SIZE_MAX / 2)
-        size *= 2;
-    pthread_mutex_lock(&r->lock);
-    struct bounce **best = NULL;
-    for (struct bounce **p = &r->bounces; *p; p = &(*p)->next)
-        if ((*p)->ops == ops && (*p)->len >= len && (!best || (*p)->len < (*best)->len))
-            best = p;
-    *out = best ? *best : NULL;
-    if (best)
-        *best = (*out)->next;
-    else if (size > r->bounce_max && len <= r->bounce_max)
-        size = (len + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1); /* the last room left, to the MiB */
-    bool grow = !best && size >= len && r->bounce_bytes <= r->bounce_max && size <= r->bounce_max - r->bounce_bytes;
-    if (grow)
-        r->bounce_bytes += size; /* reserved before the allocation, which runs unlocked */
-    pthread_mutex_unlock(&r->lock);
-    if (*out || !grow)
-        return *out ? 0 : 1;
-    struct bounce *b = calloc(1, sizeof *b);
-    void *mem = NULL;
-    int rc = b ? ops->host_alloc(size, &mem) : ferry_fail(FERRY_ENOMEM, "stream ordering: a bounce buffer");
-    if (!rc && (rc = ferry_register_memory(r->e, mem, size, "cpu", 0)) != 0)
-        ops->host_free(mem);
-    if (rc) {
-        free(b);
-        pthread_mutex_lock(&r->lock);
-        r->bounce_bytes -= size;
-        pthread_mutex_unlock(&r->lock);
-        return rc;
-    }
-    *b = (struct bounce){.ops = ops, .mem = mem, .len = size};
-    *out = b;
-    return 0;
-}
 
 /* Enqueues on the stream the wait for the job's flag: a device-side wait,
  * else (no stream memory operations) a blocking host function. */
-static int enqueue_wait(const struct ferry_device_ops *ops, int dev, void *stream, volatile uint32_t *flag,
+int stream_enqueue_wait(const struct ferry_device_ops *ops, int dev, void *stream, volatile uint32_t *flag,
                         uint32_t value)
 {
     int wrc = ops->stream_wait_flag ? ops->stream_wait_flag(dev, stream, flag, value) : FERRY_ENOTSUP;
@@ -770,201 +545,7 @@ static int enqueue_wait(const struct ferry_device_ops *ops, int dev, void *strea
     return 0;
 }
 
-/* The copies of one direction between the requests marked in `dirs` and
- * their places in the bounce buffer (reqs: the rewritten requests). */
-static int bounce_copies(const struct ferry_device_ops *ops, int dev, void *stream, enum ferry_copy_dir dir,
-                         const struct ferry_request *orig, const struct ferry_request *reqs, const int *dirs,
-                         size_t n, struct ferry_copy *c)
-{
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (dirs[i] == (int)dir)
-            c[m++] = dir == FERRY_COPY_D2H ? (struct ferry_copy){reqs[i].source, orig[i].source, orig[i].length}
-                                           : (struct ferry_copy){orig[i].source, reqs[i].source, orig[i].length};
-    return m ? ops->stream_copy(dev, stream, dir, c, m) : 0;
-}
 
-/* Requests to another engine whose local memory is device memory of the
- * stream's device move through a pinned host buffer, with the copies on the
- * caller's stream itself: a WRITE's device-to-host copies before the
- * transfer, a READ's host-to-device copies after the stream's wait for it.
- * So no ferry thread does device work for the transfer while the stream
- * waits: a call of another thread that waits for every stream (a kernel's
- * first launch under lazy module loading) cannot then wait for the transfer
- * while the transfer waits for it.  The transfer itself runs on host memory
- * (the runner's bounce buffers, registered with the engine).  Where a
- * request's memory is another device's, or a READ batch has a
- * notification, or the buffer would pass FERRY_STREAM_BOUNCE_MB, returns 1:
- * the usual path (staged by ferry's threads).  0: enqueued; else the error,
- * with nothing enqueued. */
-static int bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int dev, void *stream,
-                         const struct ferry_request *reqs, size_t n, struct stream_runner *r, int *late)
-{
-    if (!ops->stream_copy || r->bounce_max == 0)
-        return 1;
-    ferry_engine *e = batch_engine(b);
-    struct stream_job *j = calloc(1, sizeof *j);
-    struct memreg_region *regs = calloc(n, sizeof *regs);
-    struct memreg_want *w = calloc(n, sizeof *w);
-    int *dirs = calloc(n, sizeof *dirs);
-    struct ferry_copy *c = calloc(n, sizeof *c);
-    if (j) {
-        j->accs = calloc(n, sizeof *j->accs);
-        j->acc_ptrs = calloc(n, sizeof *j->acc_ptrs);
-        j->reqs = malloc(n * sizeof *j->reqs);
-        j->orig = malloc(n * sizeof *j->orig);
-        j->st = calloc(n, sizeof *j->st);
-    }
-    int rc = 0;
-    if (!j || !regs || !w || !dirs || !c || !j->accs || !j->acc_ptrs || !j->reqs || !j->orig || !j->st) {
-        rc = ferry_fail(FERRY_ENOMEM, "submit_on_stream of %zu requests", n);
-        goto out;
-    }
-    /* the local ranges (validated by batch_defer): their accesses last until
-     * the stream's copies of them ran */
-    size_t m = 0, begun = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!reqs[i].length)
-            continue;
-        w[m] = (struct memreg_want){(uint64_t)(uintptr_t)reqs[i].source, reqs[i].length, &j->accs[m], &regs[m]};
-        m++;
-    }
-    bool eligible = memreg_access_begin_many(&e->registry, w, m, 0, NULL, NULL, &begun) == 0;
-    size_t total = 0, ndev = 0;
-    bool reads = false;
-    for (size_t i = 0, k = 0; i < n && eligible; i++) {
-        dirs[i] = -1;
-        if (!reqs[i].length)
-            continue;
-        const struct memreg_region *reg = &regs[k++];
-        int side = side_of(reg, ops, dev);
-        eligible = side >= 0;
-        if (side == 1 && !route_device_by_nic(e, &reqs[i], reg)) {
-            dirs[i] = reqs[i].opcode == FERRY_WRITE ? FERRY_COPY_D2H : FERRY_COPY_H2D;
-            reads |= reqs[i].opcode == FERRY_READ;
-            total += (reqs[i].length + BOUNCE_ALIGN - 1) & ~(size_t)(BOUNCE_ALIGN - 1);
-            ndev++;
-        }
-    }
-    eligible = eligible && ndev && !(reads && batch_has_notify(b));
-    if (eligible && (rc = bounce_take(r, ops, total, &j->bounce)) != 0) {
-        if (rc == 1) {
-            static atomic_int said;
-            if (!atomic_exchange(&said, 1))
-                LOG_WARN("stream ordering: %zu bytes of device memory would pass FERRY_STREAM_BOUNCE_MB (%zu MiB "
-                         "in all): ferry's threads stage them while the stream waits (docs/ARCHITECTURE.md)",
-                         total, r->bounce_max >> 20);
-        }
-        eligible = false;
-    }
-    if (!eligible) {
-        for (size_t k = 0; k < begun; k++)
-            j->acc_ptrs[k] = &j->accs[k];
-        memreg_access_end_many(&e->registry, j->acc_ptrs, begun);
-        rc = rc < 0 ? rc : 1;
-        goto out;
-    }
-    memcpy(j->orig, reqs, n * sizeof *reqs);
-    memcpy(j->reqs, reqs, n * sizeof *reqs);
-    for (size_t i = 0, off = 0; i < n; i++)
-        if (dirs[i] >= 0) {
-            j->reqs[i].source = j->bounce->mem + off;
-            off += (reqs[i].length + BOUNCE_ALIGN - 1) & ~(size_t)(BOUNCE_ALIGN - 1);
-        }
-    for (size_t k = 0; k < begun; k++)
-        j->acc_ptrs[k] = &j->accs[k];
-    j->naccs = begun;
-    j->r = r;
-    j->batch = b;
-    j->n = n;
-    j->inner = reads;
-    pthread_mutex_lock(&r->lock);
-    rc = slot_take(r, ops, &j->page, &j->slot, &j->value);
-    if (!rc)
-        r->in_flight++;
-    pthread_mutex_unlock(&r->lock);
-    if (rc) {
-        memreg_access_end_many(&e->registry, j->acc_ptrs, j->naccs);
-        pthread_mutex_lock(&r->lock);
-        j->bounce->next = r->bounces;
-        r->bounces = j->bounce;
-        pthread_mutex_unlock(&r->lock);
-        goto out;
-    }
-    /* from here on the job ends the batch, whatever fails */
-    free(regs);
-    free(w);
-    if ((rc = bounce_copies(ops, dev, stream, FERRY_COPY_D2H, reqs, j->reqs, dirs, n, c)) != 0) {
-        j->local_rc = rc; /* the stream may have some of them: its buffer is never reused */
-        snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
-                 ferry_last_error());
-        j->bounce_lost = true;
-    }
-    bool out = false; /* copies out of device memory: a WRITE's, or a mixed batch's */
-    for (size_t i = 0; i < n && !out; i++)
-        out = dirs[i] == FERRY_COPY_D2H;
-    if (out) /* (a READ's job has its own mark after its copies into device memory) */
-        mark_enqueue(r, ops, dev, stream, j->inner ? &j->mark_out : &j->mark);
-    volatile uint32_t *flag = &j->page->flags[j->slot];
-    uint32_t value = j->value;
-    char why[256] = "";
-    bool inner = j->inner; /* (a WRITE's job may be over and freed once its host function is enqueued) */
-    int hrc = ops->stream_host_func(dev, stream, on_reached, j);
-    if (hrc) {
-        /* the stream will not say when its copies ran: the transfer cannot start */
-        rc = hrc;
-        snprintf(why, sizeof why, "%s", ferry_last_error());
-        if (!j->local_rc) {
-            j->local_rc = rc;
-            snprintf(j->local_msg, sizeof j->local_msg, "submit_on_stream: %.120s", why);
-        }
-        j->bounce_lost = true;
-        on_reached(j); /* ends it with local_rc (a READ's end also needs its host function below) */
-        if (!inner) {
-            free(dirs);
-            free(c);
-            *late = ferry_fail(rc, "submit_on_stream: %s (nothing was sent)", why);
-            return 0;
-        }
-    }
-    int wrc = enqueue_wait(ops, dev, stream, flag, value);
-    if (inner) {
-        if (!wrc && (rc = bounce_copies(ops, dev, stream, FERRY_COPY_H2D, reqs, j->reqs, dirs, n, c)) != 0) {
-            j->after_rc = rc;
-            snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
-                     ferry_last_error());
-        }
-        if (!wrc)
-            mark_enqueue(r, ops, dev, stream, &j->mark);
-        if (wrc || ops->stream_host_func(dev, stream, bounce_end_reached, j) != 0) {
-            if (!j->after_rc) {
-                j->after_rc = wrc ? wrc : FERRY_EIO;
-                snprintf(j->after_msg, sizeof j->after_msg, "the stream cannot copy the bytes read into device "
-                         "memory after the transfer");
-            }
-            j->bounce_lost = true;
-            bounce_end_here(r, j);
-        }
-    }
-    free(dirs);
-    free(c);
-    *late = hrc ? ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why) : wrc;
-    return 0;
-out:
-    if (j) {
-        free(j->accs);
-        free(j->acc_ptrs);
-        free(j->reqs);
-        free(j->orig);
-        free(j->st);
-    }
-    free(j);
-    free(regs);
-    free(w);
-    free(dirs);
-    free(c);
-    return rc;
-}
 
 /* ------------------------------------------------------------ API */
 
@@ -999,7 +580,7 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     int late = 0; /* enqueued, but the call failed: the job ends the batch FAILED */
     int local = local_submit(batch, ops, dev, stream, reqs, n, r, &late);
     if (local > 0) /* device memory to another engine: through bounce buffers */
-        local = bounce_submit(batch, ops, dev, stream, reqs, n, r, &late);
+        local = stream_bounce_submit(batch, ops, dev, stream, reqs, n, r, &late);
     if (local < 0) { /* refused, nothing enqueued */
         batch_defer_withdraw(batch);
         return local;
@@ -1017,7 +598,7 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     memcpy(copy, reqs, n * sizeof *copy);
     *j = (struct stream_job){.r = r, .batch = batch, .reqs = copy, .n = n};
     pthread_mutex_lock(&r->lock);
-    rc = slot_take(r, ops, &j->page, &j->slot, &j->value);
+    rc = stream_slot_take(r, ops, &j->page, &j->slot, &j->value);
     if (!rc)
         r->in_flight++;
     pthread_mutex_unlock(&r->lock);
@@ -1034,12 +615,12 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     }
     volatile uint32_t *flag = &j->page->flags[j->slot];
     uint32_t value = j->value;
-    rc = ops->stream_host_func(dev, stream, on_reached, j);
+    rc = ops->stream_host_func(dev, stream, stream_on_reached, j);
     if (rc) { /* the stream will never reach it: run it now, so the batch ends */
         char why[256];
         snprintf(why, sizeof why, "%s", ferry_last_error());
-        on_reached(j);
+        stream_on_reached(j);
         return ferry_fail(rc, "submit_on_stream: %s (the transfer was started at once)", why);
     }
-    return enqueue_wait(ops, dev, stream, flag, value);
+    return stream_enqueue_wait(ops, dev, stream, flag, value);
 }
