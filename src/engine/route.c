@@ -124,6 +124,11 @@ static uint32_t accessors(ferry_engine *e, const struct memreg_region *r)
 
 bool route_device_by_nic(ferry_engine *e, const struct ferry_request *q, const struct memreg_region *local)
 {
+    bool any = false; /* (the transports are fixed at create: no lock per request where none can) */
+    for (size_t t = 0; t < e->ntransports && !any; t++)
+        any = e->tops[t]->caps & TRANSPORT_DEVICE_BY_NIC;
+    if (!any)
+        return false;
     bool nic = false;
     pthread_rwlock_rdlock(&e->seg_lock);
     struct segment *s = engine_segment(e, q->target);

@@ -74,13 +74,8 @@ static void local_finish(struct stream_runner *r, struct stream_job *j)
         LOG_WARN("stream-ordered copies to the own segment failed: %s: %s (the stream goes on)",
                  ferry_err_name(j->local_rc), j->local_msg);
     batch_defer_end(j->batch, j->reqs, j->n, j->local_rc, j->local_msg);
-    r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
-    pthread_cond_broadcast(&r->wake);
+    stream_job_free_locked(r, j);
     pthread_mutex_unlock(&r->lock);
-    free(j->accs);
-    free(j->acc_ptrs);
-    free(j->reqs);
-    free(j);
 }
 
 static void job_finish(struct stream_runner *r, struct stream_job *j);
@@ -172,6 +167,13 @@ void stream_job_free_locked(struct stream_runner *r, struct stream_job *j)
     }
     r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);
+    stream_job_free_memory(j);
+}
+
+void stream_job_free_memory(struct stream_job *j)
+{
+    if (!j)
+        return;
     free(j->accs);
     free(j->acc_ptrs);
     free(j->orig);
@@ -187,11 +189,6 @@ static void job_finish(struct stream_runner *r, struct stream_job *j)
     stream_job_free_locked(r, j);
     pthread_mutex_unlock(&r->lock);
 }
-
-
-
-
-
 
 static void *worker_main(void *arg)
 {
@@ -238,11 +235,10 @@ static int runner_get(ferry_engine *e, struct stream_runner **out)
     pthread_cond_init(&r->wake, NULL);
     r->e = e;
     uint64_t mb = BOUNCE_MB_DEFAULT;
-    if (config_env_number("FERRY_STREAM_BOUNCE_MB", false, 0, BOUNCE_MB_MAX, "MiB, 0-65536", &mb) < 0) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", ferry_last_error());
+    int rc = config_env_number("FERRY_STREAM_BOUNCE_MB", false, 0, BOUNCE_MB_MAX, "MiB, 0-65536", &mb);
+    if (rc < 0) { /* (its message names the knob) */
         stream_runner_destroy(r);
-        return ferry_fail(FERRY_EINVAL, "%s", why);
+        return rc;
     }
     r->bounce_max = (size_t)mb << 20;
     for (; r->nworkers < RUNNER_WORKERS; r->nworkers++)
@@ -506,12 +502,7 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     }
     return 0;
 out:
-    if (j) {
-        free(j->accs);
-        free(j->acc_ptrs);
-        free(j->reqs);
-    }
-    free(j);
+    stream_job_free_memory(j);
     free(regs);
     free(copies);
     free(dirs);
@@ -544,8 +535,6 @@ int stream_enqueue_wait(const struct ferry_device_ops *ops, int dev, void *strea
         return ferry_fail(wrc, "submit_on_stream: the stream cannot wait for the transfer: %s", ferry_last_error());
     return 0;
 }
-
-
 
 /* ------------------------------------------------------------ API */
 

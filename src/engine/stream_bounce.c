@@ -342,14 +342,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
     *late = hrc ? ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why) : wrc;
     return 0;
 out:
-    if (j) {
-        free(j->accs);
-        free(j->acc_ptrs);
-        free(j->reqs);
-        free(j->orig);
-        free(j->st);
-    }
-    free(j);
+    stream_job_free_memory(j);
     free(regs);
     free(w);
     free(dirs);

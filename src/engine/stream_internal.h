@@ -122,6 +122,8 @@ void stream_job_flag_locked(struct stream_job *j);
 /* Frees a job that is over, its bounce buffer back to the runner.  Runner
  * lock held. */
 void stream_job_free_locked(struct stream_runner *r, struct stream_job *j);
+/* Frees a job's memory and the job (NULL accepted): a job never enqueued. */
+void stream_job_free_memory(struct stream_job *j);
 /* A free flag slot of ops' page (made on first use).  Runner lock held. */
 int stream_slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page, int *slot,
                      uint32_t *value);
