@@ -220,6 +220,7 @@ static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
             outcome_fail(&o, rc, STAGE_WAIT);
     }
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     Py_ssize_t nfree = 0;
     for (Py_ssize_t i = 0; i < got; i++) { /* a batch a wait_batch still waits on: that one frees it */
         if (bs[i]->waiters)
@@ -390,6 +391,7 @@ static PyObject *T_wait_batch(EngineObject *self, PyObject *const *args, Py_ssiz
     if (rc)
         outcome_fail(&o, rc, STAGE_WAIT);
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     if (--b->waiters == 0 && b->collected) {
         b->collected = 0;
         pybatch_collect(b);

@@ -178,6 +178,11 @@ struct outcome {
 };
 /* Records a failure (rc, ferry's detail message) of the given stage. */
 void outcome_fail(struct outcome *o, int rc, enum stage stage);
+/* A call that close() cut off: close() closes the object's segments to end
+ * the calls in flight, so a request that reached its segment only then
+ * failed FERRY_ENOSEG; it was cancelled, as the others are (FERRY_ECANCELED).
+ * GIL held (reads life_writer). */
+void outcome_closing(const EngineObject *self, struct outcome *o);
 /* The Python result of an outcome: 0, a negative code, or raises (an error
  * in the call found at submit). */
 PyObject *outcome_result(const struct outcome *o);

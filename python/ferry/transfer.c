@@ -27,6 +27,14 @@ void outcome_fail(struct outcome *o, int rc, enum stage stage)
     snprintf(o->why, sizeof o->why, "%s", ferry_last_error());
 }
 
+void outcome_closing(const EngineObject *self, struct outcome *o)
+{
+    if (o->rc != FERRY_ENOSEG || !self->life_writer)
+        return;
+    o->rc = FERRY_ECANCELED;
+    snprintf(o->why, sizeof o->why, "another thread closed the engine during the call");
+}
+
 /* Converts an outcome to the Python result: 0, a negative code, or raises. */
 PyObject *outcome_result(const struct outcome *o)
 {
@@ -246,6 +254,7 @@ static PyObject *run_batch(EngineObject *self, int opcode, int sync, PyObject *t
         ferry_batch_free(b);
     }
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     engine_leave(self);
     if (sync || !b) {
         req_array_release(&a);
