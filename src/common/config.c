@@ -145,6 +145,9 @@ static const struct knob knobs[] = {
         "a thread that issued gathers (WRITE) while the staging worker slept polls the first group's copies up to "
         "this long (0-1000) and puts its frame on the wire itself, not after the worker's wake-up; 0: the worker "
         "retires every group"),
+    DOC("FERRY_STAGING_ISSUER_RETIRE_GROUPS", "1",
+        "with FERRY_STAGING_ISSUER_RETIRE_US, how many groups of its gathers that thread retires one after another "
+        "within that budget (1-256); 1: the first only, the worker the rest"),
     DOC("FERRY_STAGING_INLINE_FIRST", "0",
         "1: the thread that retires the first gather of a staged WRITE submit (the staging worker) writes its frame "
         "to an idle connection itself (tcp: what the socket takes at once), not a woken sender thread; 0: every "

@@ -622,8 +622,11 @@ void *staging_worker_main(void *arg)
         if (!idle_since)
             idle_since = t;
         /* a submitting thread retiring the first group leaves the rest to
-         * this one within FERRY_STAGING_ISSUER_RETIRE_US: stay awake for them */
-        if ((t - idle_since < p->idle_spin_ns || (p->retiring && p->fl_head)) && !p->issuing) {
+         * this one within FERRY_STAGING_ISSUER_RETIRE_US: stay awake for
+         * them; one that retires several groups
+         * (FERRY_STAGING_ISSUER_RETIRE_GROUPS) wakes it when it lets go */
+        bool behind_issuer = p->retiring && p->fl_head && p->issuer_retire_groups <= 1;
+        if ((t - idle_since < p->idle_spin_ns || behind_issuer) && !p->issuing) {
             pthread_mutex_unlock(&p->lock);
             sched_yield();
             pthread_mutex_lock(&p->lock);
@@ -665,7 +668,8 @@ static int poll_group(struct staging_pool *p, struct chunk *lead, uint64_t start
  * once they are done, so its frame does not wait for the worker's wake-up:
  * a submitting thread the first group of gathers it issued
  * (FERRY_STAGING_ISSUER_RETIRE_US: the batch's first frame goes to the
- * wire), a transport thread that brought READ payload the scatters at the
+ * wire; with FERRY_STAGING_ISSUER_RETIRE_GROUPS the groups after it too,
+ * one after another within the budget), a transport thread that brought READ payload the scatters at the
  * head of the FIFO, one group after another within the budget
  * (FERRY_STAGING_SCATTER_RETIRE_US: their frames end).  Anything else
  * (still busy, a failure, a group whose enqueue failed, the other
@@ -673,6 +677,8 @@ static int poll_group(struct staging_pool *p, struct chunk *lead, uint64_t start
 static void retire_first(struct staging_pool *p, uint64_t budget_ns, enum chunk_state want)
 {
     uint64_t start = now_ns();
+    /* gathers: FERRY_STAGING_ISSUER_RETIRE_GROUPS groups at most; scatters: all within the budget */
+    size_t groups_left = want == CHUNK_GATHER ? p->issuer_retire_groups : SIZE_MAX;
     struct chunk *lead;
     while ((lead = p->fl_head) && lead->state == want && !lead->enqueue_err) {
         pthread_mutex_unlock(&p->lock);
@@ -688,7 +694,8 @@ static void retire_first(struct staging_pool *p, uint64_t budget_ns, enum chunk_
             p->fl_tail = NULL;
         if (!n)
             break;
-        bool alone = nothing_after(p), more = want == CHUNK_SCATTER && p->fl_head;
+        groups_left--;
+        bool alone = nothing_after(p), more = groups_left > 0 && p->fl_head;
         if (!more) { /* the worker may go on while this thread ends the frames */
             p->retiring = false;
             pthread_cond_signal(&p->cond);

@@ -116,6 +116,7 @@ struct staging_pool {
     bool stopping;
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     uint64_t issuer_retire_ns;            /* FERRY_STAGING_ISSUER_RETIRE_US */
+    unsigned issuer_retire_groups;        /* FERRY_STAGING_ISSUER_RETIRE_GROUPS */
     bool inline_first;                    /* FERRY_STAGING_INLINE_FIRST */
     bool inline_last;                     /* FERRY_STAGING_INLINE_LAST */
     uint64_t scatter_retire_ns;           /* FERRY_STAGING_SCATTER_RETIRE_US */
@@ -147,6 +148,14 @@ struct staging_pool {
  * without, alternated in one run (docs/BENCHMARKS.md, h16u). */
 #define ISSUER_RETIRE_US_DEFAULT 0u
 #define ISSUER_RETIRE_US_MAX 1000u
+/* FERRY_STAGING_ISSUER_RETIRE_GROUPS: how many groups of the gathers at the
+ * head of the FIFO that thread retires, one after another within its
+ * budget (1: the first only, as before; more: the round's later groups do
+ * not wait for the worker's wake-up either, and the worker, not needed
+ * meanwhile, sleeps instead of spinning while that thread retires).
+ * Default below: see docs/BENCHMARKS.md (h16a). */
+#define ISSUER_RETIRE_GROUPS_DEFAULT 1u
+#define ISSUER_RETIRE_GROUPS_MAX STAGING_POOL_CHUNKS_MAX
 /* FERRY_STAGING_INLINE_FIRST: the thread that retires a round's first
  * gather (the worker, or the submitting thread with
  * FERRY_STAGING_ISSUER_RETIRE_US) may write its frame to an idle connection

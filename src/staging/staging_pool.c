@@ -22,7 +22,8 @@
  * FERRY_STAGING_GROUP_FIRST (frames a round's first group takes at most),
  * FERRY_STAGING_MARK_STREAMS (0: groups on their chunks' streams) and
  * FERRY_STAGING_ISSUER_RETIRE_US and FERRY_STAGING_SCATTER_RETIRE_US (0:
- * only the worker retires) and FERRY_STAGING_INLINE_FIRST and
+ * only the worker retires), FERRY_STAGING_ISSUER_RETIRE_GROUPS (1: the
+ * first group only) and FERRY_STAGING_INLINE_FIRST and
  * FERRY_STAGING_INLINE_LAST (0: every staged WRITE handed over) and
  * FERRY_STAGING_READ_GROUP_BYTES (0: scatters grouped as gathers) and
  * FERRY_STAGING_READ_GROUP_FIRST_BYTES (0: a round's first such group too). */
@@ -31,8 +32,10 @@ static int knobs_read(struct staging_pool *p)
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
     uint64_t nmark = MARK_STREAMS_DEFAULT, retire_us = ISSUER_RETIRE_US_DEFAULT, inline_first = INLINE_FIRST_DEFAULT;
     uint64_t scatter_us = SCATTER_RETIRE_US_DEFAULT, inline_last = INLINE_LAST_DEFAULT;
+    uint64_t retire_groups = ISSUER_RETIRE_GROUPS_DEFAULT;
     uint64_t read_group = READ_GROUP_BYTES_DEFAULT, read_first = READ_GROUP_FIRST_BYTES_DEFAULT;
     char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
+    char groups_wanted[80];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
     snprintf(group_wanted, sizeof group_wanted, "frames a device copy group takes, 1-%u", GROUP_MAX);
     snprintf(first_wanted, sizeof first_wanted, "frames a round's first device copy group takes, auto or 1-%u",
@@ -40,10 +43,15 @@ static int knobs_read(struct staging_pool *p)
     snprintf(mark_wanted, sizeof mark_wanted, "streams rounds of device copies take in turn, 0-%u",
              MARK_STREAMS_MAX);
     snprintf(retire_wanted, sizeof retire_wanted, "microseconds, 0-%u", ISSUER_RETIRE_US_MAX);
+    snprintf(groups_wanted, sizeof groups_wanted, "groups of gathers the issuing thread retires, 1-%u",
+             ISSUER_RETIRE_GROUPS_MAX);
     int rc = config_env_number("FERRY_STAGING_SPIN_US", false, 0, IDLE_SPIN_US_MAX, spin_wanted, &spin_us);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_ISSUER_RETIRE_US", false, 0, ISSUER_RETIRE_US_MAX, retire_wanted,
                                &retire_us);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_ISSUER_RETIRE_GROUPS", false, 1, ISSUER_RETIRE_GROUPS_MAX,
+                               groups_wanted, &retire_groups);
     if (rc >= 0)
         rc = config_env_number("FERRY_STAGING_SCATTER_RETIRE_US", false, 0, ISSUER_RETIRE_US_MAX, retire_wanted,
                                &scatter_us);
@@ -73,6 +81,7 @@ static int knobs_read(struct staging_pool *p)
     p->scatter_retire_ns = scatter_us * 1000u;
     p->idle_spin_ns = spin_us * 1000u;
     p->issuer_retire_ns = retire_us * 1000u;
+    p->issuer_retire_groups = (unsigned)retire_groups;
     p->group_frames = (unsigned)group;
     p->group_first = (unsigned)first;
     p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;

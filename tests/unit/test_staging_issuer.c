@@ -5,7 +5,10 @@
  * copies itself and puts its frame on the wire (on that thread), so the
  * first frame does not wait for the worker's wake-up; off (0, the default)
  * the worker does; a first group whose copies fail on the device is left to
- * the worker and fails its frame alone; bad values fail pool creation.
+ * the worker and fails its frame alone; with
+ * FERRY_STAGING_ISSUER_RETIRE_GROUPS that thread retires that many groups
+ * one after another (a group that fails, and all after it, left to the
+ * worker); bad values fail pool creation.
  * On the strict sim device with copy_async wrapped to finish its copies
  * before it returns, so they are done when the submitting thread first
  * looks (deterministic); each case waits (no deadline to assert) until the
@@ -52,6 +55,7 @@ static struct {
 } t = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
 
 static const struct ferry_device_ops *sim;
+static const char *retire_groups;      /* FERRY_STAGING_ISSUER_RETIRE_GROUPS for run_with, or NULL: unset */
 static struct ferry_device_ops synced; /* sim, copies done when copy_async returns */
 static struct frame_slot slot[NFRAMES];
 
@@ -140,6 +144,8 @@ static void run_with(const char *retire_us, const char *inline_first, unsigned f
     setenv("FERRY_STAGING_SPIN_US", "0", 1);
     setenv("FERRY_STAGING_GROUP_FIRST", "1", 1);
     setenv("FERRY_STAGING_INLINE_FIRST", inline_first, 1);
+    if (retire_groups)
+        setenv("FERRY_STAGING_ISSUER_RETIRE_GROUPS", retire_groups, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
@@ -148,6 +154,7 @@ static void run_with(const char *retire_us, const char *inline_first, unsigned f
     unsetenv("FERRY_STAGING_SPIN_US");
     unsetenv("FERRY_STAGING_GROUP_FIRST");
     unsetenv("FERRY_STAGING_INLINE_FIRST");
+    unsetenv("FERRY_STAGING_ISSUER_RETIRE_GROUPS");
     assert_int_equal(rc, 0);
     while (!staging_pool_worker_asleep(pool)) /* it sleeps once it has polled for 0 us */
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -198,6 +205,50 @@ static void failed_first_group_fails_alone(void **state)
     assert_false(slot[0].sent);
     for (unsigned f = 1; f < NFRAMES; f++)
         assert_true(slot[f].sent);
+}
+
+static bool sent_by_me(unsigned f)
+{
+    return slot[f].sent && pthread_equal(slot[f].sent_by, pthread_self());
+}
+
+/* FERRY_STAGING_ISSUER_RETIRE_GROUPS: the four frames go as three groups
+ * (the first alone, FERRY_STAGING_GROUP_FIRST=1; then two, then one); the
+ * submitting thread retires as many of them as the knob says, the worker
+ * the rest. */
+static void issuer_retires_groups(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *groups;
+        unsigned mine;                 /* frames the submitting thread sends: the first ones */
+    } cases[] = {{"1", 1}, {"2", 3}, {"3", NFRAMES}, {"256", NFRAMES}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        retire_groups = cases[i].groups;
+        run("1000", NFRAMES);
+        retire_groups = NULL;
+        for (unsigned f = 0; f < NFRAMES; f++) {
+            assert_true(slot[f].sent);
+            if (sent_by_me(f) != (f < cases[i].mine))
+                fail_msg("FERRY_STAGING_ISSUER_RETIRE_GROUPS=%s: frame %u sent by the %s", cases[i].groups, f,
+                         sent_by_me(f) ? "submitting thread" : "worker");
+        }
+    }
+}
+
+/* A later group whose copies fail is left to the worker (which fails its
+ * bad frame alone), and so is every group after it. */
+static void issuer_groups_failed_later_group(void **state)
+{
+    (void)state;
+    retire_groups = "256";
+    run("1000", 2);
+    retire_groups = NULL;
+    assert_true(sent_by_me(0));
+    assert_int_equal(slot[2].err, FERRY_EIO);
+    assert_false(slot[2].sent);
+    assert_true(slot[1].sent && !sent_by_me(1));
+    assert_true(slot[3].sent && !sent_by_me(3));
 }
 
 /* FERRY_STAGING_INLINE_FIRST=1: the round's first frame reaches the
@@ -259,6 +310,20 @@ static void knob_refusals(void **state)
         assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_ISSUER_RETIRE_US"));
         assert_non_null(strstr(ferry_last_error(), bad[i]));
     }
+    static const char *const bad_groups[] = {"0", "257", "all", "-1"};
+    for (size_t i = 0; i < sizeof bad_groups / sizeof bad_groups[0]; i++) {
+        struct staging_pool *pool = NULL;
+        void *base;
+        size_t len;
+        setenv("FERRY_STAGING_ISSUER_RETIRE_GROUPS", bad_groups[i], 1);
+        int rc = staging_pool_create(sim, 0, 1u << 20, 2, wire_send, NULL, &pool, &base, &len);
+        unsetenv("FERRY_STAGING_ISSUER_RETIRE_GROUPS");
+        if (rc != FERRY_EINVAL)
+            fail_msg("FERRY_STAGING_ISSUER_RETIRE_GROUPS=%s: %d", bad_groups[i], rc);
+        assert_null(pool);
+        assert_non_null(strstr(ferry_last_error(), "FERRY_STAGING_ISSUER_RETIRE_GROUPS"));
+        assert_non_null(strstr(ferry_last_error(), bad_groups[i]));
+    }
     static const char *const bad_inline[] = {"2", "-1", "yes"};
     for (size_t i = 0; i < sizeof bad_inline / sizeof bad_inline[0]; i++) {
         struct staging_pool *pool = NULL;
@@ -287,6 +352,8 @@ int main(void)
         cmocka_unit_test(issuer_sends_the_first_frame),
         cmocka_unit_test(off_the_worker_sends_it),
         cmocka_unit_test(failed_first_group_fails_alone),
+        cmocka_unit_test(issuer_retires_groups),
+        cmocka_unit_test(issuer_groups_failed_later_group),
         cmocka_unit_test(inline_first_frame),
         cmocka_unit_test(inline_first_off),
         cmocka_unit_test(inline_first_failed),
