@@ -83,14 +83,27 @@ static struct fake_ctx *default_ctx[16];
 static unsigned device_refs[16]; /* aclrtSetDevice calls not yet paired by aclrtResetDevice (ctx_lock) */
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread struct fake_ctx *current;
-static __thread char last_msg[256];
+/* The thread's error messages not yet read, newest first, one a line, as
+ * aclGetRecentErrMsg returns them; the oldest lines go when it is full. */
+static __thread char pending_msgs[1024];
+static __thread char *returned_msg; /* what aclGetRecentErrMsg returned last */
 
 aclError fake_fail(aclError code, const char *fmt, ...)
 {
+    char line[256], joined[sizeof pending_msgs + sizeof line];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    snprintf(joined, sizeof joined, "%s%s%s", line, pending_msgs[0] ? "\n" : "", pending_msgs);
+    size_t keep = strlen(joined);
+    if (keep >= sizeof pending_msgs) { /* cut at a line end: whole messages only */
+        keep = sizeof pending_msgs - 1;
+        while (keep > 0 && joined[keep] != '\n')
+            keep--;
+    }
+    memcpy(pending_msgs, joined, keep);
+    pending_msgs[keep] = '\0';
     return code;
 }
 
@@ -170,9 +183,21 @@ EXPORT aclError aclFinalize(void)
     return ACL_SUCCESS;
 }
 
+/* As the documents say: returns and clears the thread's messages (newest
+ * first; nullptr when there are none), and a string returned before is no
+ * longer valid: it is poisoned and freed (ASan builds report a late read). */
 EXPORT const char *aclGetRecentErrMsg(void)
 {
-    return last_msg;
+    if (returned_msg) {
+        memset(returned_msg, 'X', strlen(returned_msg));
+        free(returned_msg);
+        returned_msg = NULL;
+    }
+    if (!pending_msgs[0])
+        return NULL;
+    returned_msg = strdup(pending_msgs);
+    pending_msgs[0] = '\0';
+    return returned_msg;
 }
 
 EXPORT aclError aclrtGetDeviceCount(uint32_t *count)

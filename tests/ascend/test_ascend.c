@@ -574,6 +574,66 @@ static void free_under_pending_copy_aborts(void **state)
     }
 }
 
+/* aclGetRecentErrMsg returns and clears the thread's messages: an
+ * application (torch_npu) reads it after its own failed call.  ferry's calls
+ * that fail by design (the current context of a thread that has none, the
+ * attributes of a pointer ACL does not know) must not leave messages behind
+ * on the caller's thread, and a failure ferry reports carries ACL's message
+ * for that call alone.  Runs on a fresh thread: no context on it. */
+struct msg_arg {
+    ferry_engine *e;
+    const char *(*recent)(void);
+    char left[512];              /* what the application read after ferry's calls */
+    int rc;
+    char detail[512];
+};
+
+static void *acl_messages_thread(void *arg)
+{
+    struct msg_arg *a = arg;
+    char *host = malloc(1 << 16);
+    void *dev = NULL;
+    snprintf(a->left, sizeof a->left, "(none)");
+    if (ferry_register_memory(a->e, host, 1 << 16, NULL, 0) != 0 ||
+        ferry_mem_alloc(a->e, "npu:0", 1 << 16, &dev) != 0 || ferry_mem_copy(a->e, dev, host, 1 << 16) != 0) {
+        snprintf(a->left, sizeof a->left, "ferry failed: %s", ferry_last_error());
+        free(host);
+        return NULL;
+    }
+    const char *m = a->recent();
+    if (m != NULL && *m != '\0')
+        snprintf(a->left, sizeof a->left, "%s", m);
+    /* a failure ferry reports: ACL's message of that call, and none left */
+    void *huge = NULL;
+    a->rc = ferry_mem_alloc(a->e, "npu:0", (size_t)64 << 30, &huge);
+    snprintf(a->detail, sizeof a->detail, "%s", ferry_last_error());
+    m = a->recent();
+    if (m != NULL && *m != '\0' && strcmp(a->left, "(none)") == 0)
+        snprintf(a->left, sizeof a->left, "after the failure: %s", m);
+    ferry_unregister_memory(a->e, host);
+    ferry_mem_free(a->e, "npu:0", dev, 1 << 16);
+    free(host);
+    return NULL;
+}
+
+static void acl_messages_left_for_the_application(void **state)
+{
+    (void)state;
+    struct msg_arg a = {.recent = (const char *(*)(void))sym("aclGetRecentErrMsg")};
+    pthread_t t;
+    (void)torch_alloc(0, 4096); /* ACL initialised, npu:0 in use by the application */
+    assert_int_equal(ferry_engine_create(NULL, &a.e), 0);
+    assert_int_equal(pthread_create(&t, NULL, acl_messages_thread, &a), 0);
+    pthread_join(t, NULL);
+    ferry_engine_destroy(a.e);
+    if (strcmp(a.left, "(none)") != 0)
+        fail_msg("ACL messages left on the caller's thread by ferry: %s", a.left);
+    assert_int_equal(a.rc, FERRY_ENOMEM);
+    assert_non_null(strstr(a.detail, "out of memory"));
+    if (strstr(a.detail, "\n") != NULL || strstr(a.detail, "context") != NULL)
+        fail_msg("ferry's report carries other calls' messages: %s", a.detail);
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -605,6 +665,7 @@ int main(void)
         cmocka_unit_test(small_blocks_gathered_in_hbm),
         cmocka_unit_test(unaligned_device_address),
         cmocka_unit_test(device_reset_by_framework),
+        cmocka_unit_test(acl_messages_left_for_the_application),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
