@@ -659,11 +659,19 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
         return r;
     if (fake.batch == BATCH_UNSUPPORTED)
         return fake_fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "aclrtMemcpyBatchAsync: not supported on this device");
-    if (!dsts || !dest_max || !srcs || !sizes || !attrs || !attr_index || !fail_index || n == 0 || nattrs == 0 ||
-        attr_index[0] != 0)
+    if (fail_index)
+        *fail_index = SIZE_MAX; /* the documents: SIZE_MAX where no one copy is at fault */
+    if (!dsts || !dest_max || !srcs || !sizes || !attrs || !attr_index || !fail_index || n == 0 || nattrs == 0)
         return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: bad arguments");
+    /* attrsIndexes: the first 0, each above the one before, the last below
+     * numBatches; so numAttrs <= numBatches */
+    for (size_t k = 0; k < nattrs; k++)
+        if ((k == 0 && attr_index[0] != 0) || (k > 0 && attr_index[k] <= attr_index[k - 1]) || attr_index[k] >= n)
+            return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: attrsIndexes[%zu]=%zu of %zu (%zu copies)",
+                             k, attr_index[k], nattrs, n);
     atomic_fetch_add(&fake_batch_calls, 1);
     size_t a = 0;
+    int call_kind = -1;
     for (size_t i = 0; i < n; i++) {
         while (a + 1 < nattrs && attr_index[a + 1] <= i)
             a++;
@@ -673,8 +681,14 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
                    : src_dev          ? ACL_MEMCPY_DEVICE_TO_HOST
                    : dst_dev          ? ACL_MEMCPY_HOST_TO_DEVICE
                                       : ACL_MEMCPY_HOST_TO_HOST;
-        if ((src_dev && attrs[a].srcLoc.id != (uint32_t)s->ctx->dev) ||
-            (dst_dev && attrs[a].dstLoc.id != (uint32_t)s->ctx->dev))
+        if (call_kind < 0)
+            call_kind = kind;
+        /* the documents: one direction per call, host to device or device to host */
+        if ((kind != ACL_MEMCPY_HOST_TO_DEVICE && kind != ACL_MEMCPY_DEVICE_TO_HOST) || kind != call_kind)
+            r = fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: copy %zu: direction %d (the call's: %d; "
+                          "only one of H2D or D2H per call)", i, kind, call_kind);
+        else if ((src_dev && attrs[a].srcLoc.id != (uint32_t)s->ctx->dev) ||
+                 (dst_dev && attrs[a].dstLoc.id != (uint32_t)s->ctx->dev))
             r = fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: attribute names another device");
         else
             r = enqueue(__func__, dsts[i], dest_max[i], srcs[i], sizes[i], kind, s);

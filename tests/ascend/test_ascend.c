@@ -634,6 +634,61 @@ static void acl_messages_left_for_the_application(void **state)
         fail_msg("ferry's report carries other calls' messages: %s", a.detail);
 }
 
+/* The fake keeps aclrtMemcpyBatchAsync's documented rules, so that ferry's
+ * batch call is checked against them: one direction per call, H2D or D2H
+ * (no D2D), attrsIndexes starting at 0, rising, below numBatches;
+ * failIndex SIZE_MAX where no one copy is at fault, else the copy's index. */
+struct batch_loc { uint32_t id; int type; };
+struct batch_attr { struct batch_loc dst, src; uint8_t rsv[16]; };
+typedef int (*batch_fn)(void **, size_t *, void **, size_t *, size_t, struct batch_attr *, size_t *, size_t,
+                        size_t *, void *);
+
+static void batch_call_rules(void **state)
+{
+    (void)state;
+    batch_fn batch = (batch_fn)dlsym(lib, "aclrtMemcpyBatchAsync");
+    if (!batch)
+        skip(); /* the "old" runtime */
+    int (*create)(void **) = sym("aclrtCreateStream"), (*destroy)(void *) = sym("aclrtDestroyStream");
+    int (*sync)(void *) = sym("aclrtSynchronizeStream"), (*malloc_host)(void **, size_t) = sym("aclrtMallocHost");
+    int (*free_host)(void *) = sym("aclrtFreeHost"), (*free_dev)(void *) = sym("aclrtFree");
+    void *stream = NULL, *h = NULL;
+    char *d = torch_alloc(0, 1 << 16);
+    assert_int_equal(create(&stream), 0);
+    assert_int_equal(malloc_host(&h, 1 << 16), 0);
+    void *dsts[2] = {d, d + 4096}, *srcs[2] = {h, (char *)h + 4096};
+    size_t sizes[2] = {4096, 4096}, fail = 0;
+    struct batch_attr h2d = {{0, 1}, {0, 0}, {0}}, d2h = {{0, 0}, {0, 1}, {0}}, d2d = {{0, 1}, {0, 1}, {0}};
+    struct batch_attr two[2] = {h2d, d2h}, pair[2] = {h2d, h2d};
+    size_t idx0[1] = {0}, idx01[2] = {0, 1}, idx00[2] = {0, 0}, idx1[1] = {1};
+    const char *(*recent)(void) = (const char *(*)(void))sym("aclGetRecentErrMsg");
+
+    int r = batch(dsts, sizes, srcs, sizes, 2, &h2d, idx0, 1, &fail, stream);
+    if (r == 207000) { /* FAKEACL_BATCH=unsupported */
+        (void)recent();
+    } else {
+        assert_int_equal(r, 0);
+        assert_int_equal(sync(stream), 0);
+        void *ddsts[2] = {d + 8192, d + 12288};
+        assert_int_not_equal(batch(ddsts, sizes, dsts, sizes, 2, &d2d, idx0, 1, &fail, stream), 0);
+        assert_int_equal(fail, 0);                  /* the copy at fault */
+        assert_non_null(strstr(recent(), "direction"));
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, two, idx01, 2, &fail, stream), 0);
+        assert_int_equal(fail, 1);                  /* the second copy's direction differs */
+        (void)recent();
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, pair, idx00, 2, &fail, stream), 0);
+        assert_int_equal(fail, SIZE_MAX);           /* attrsIndexes not rising: no copy at fault */
+        assert_non_null(strstr(recent(), "attrsIndexes"));
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, &h2d, idx1, 1, &fail, stream), 0);
+        assert_int_equal(fail, SIZE_MAX);           /* the first index must be 0 */
+        (void)recent();
+        assert_int_equal(sync(stream), 0);
+    }
+    assert_int_equal(destroy(stream), 0);
+    assert_int_equal(free_host(h), 0);
+    assert_int_equal(free_dev(d), 0);
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -666,6 +721,7 @@ int main(void)
         cmocka_unit_test(unaligned_device_address),
         cmocka_unit_test(device_reset_by_framework),
         cmocka_unit_test(acl_messages_left_for_the_application),
+        cmocka_unit_test(batch_call_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
