@@ -137,6 +137,8 @@ int npu_host_pinned(const void *p, size_t len)
 
 /* ---------------------------------------------------------------- loading */
 
+/* C exit() began (atexit), or ferry_process_exiting: ACL may be finalized
+ * by its owner from now on. */
 static void npu_at_exit(void)
 {
     atomic_store(&exiting, 1);
@@ -511,6 +513,7 @@ const struct ferry_device_ops ferry_device_npu = {
     .host_free = npu_host_free,
     .locate = npu_locate,
     .driver_library = npu_driver_library,
+    .process_exiting = npu_at_exit,
     .stream_create = npu_stream_create,
     .stream_destroy = npu_stream_destroy,
     .copy_async = npu_copy_async,

@@ -411,6 +411,11 @@ void ferry_engine_destroy(ferry_engine *e)
     free(e);
 }
 
+void ferry_process_exiting(void)
+{
+    ferry_device_process_exiting();
+}
+
 const char *ferry_engine_segment_name(const ferry_engine *e)
 {
     return e ? e->segment_name : "";

@@ -383,6 +383,36 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* The same in Python's order: torch_npu finalizes ACL in a Python atexit
+ * hook, and engines are destroyed after it, while the interpreter ends, before
+ * any C exit handler ran.  ferry_process_exiting (the package's own atexit
+ * hook) is what tells ferry; after it, destroying an engine that staged npu
+ * memory (streams, pinned chunks) makes no ACL call.  In a child. */
+static void teardown_after_process_exiting(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ferry_engine *e;
+        size_t len = 1 << 20;
+        void *p = torch_alloc(0, len);
+        char *host = calloc(1, len);
+        if (ferry_engine_create(NULL, &e) != 0 || ferry_register_memory(e, p, len, "npu:0", 0) != 0 ||
+            ferry_mem_copy(e, p, host, len) != 0)
+            _exit(3);
+        ferry_process_exiting();
+        (void)acl_finalize(); /* torch_npu's _npu_shutdown */
+        ferry_engine_destroy(e); /* the interpreter collects the engine */
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
+}
+
 /* torch_npu loaded ACL and allocated the memory; ferry has not used npu
  * memory yet in this process.  Registered without a location (the reference
  * binding's register_memory(addr, len)), the memory must be found to be
@@ -707,6 +737,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(teardown_after_process_exiting), /* forks too */
         cmocka_unit_test(detected_when_the_framework_loaded_acl), /* forks too */
         cmocka_unit_test(detection_failure_is_not_the_callers_error), /* forks too */
         cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
