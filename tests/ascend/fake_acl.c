@@ -86,7 +86,11 @@ static __thread struct fake_ctx *current;
 /* The thread's error messages not yet read, newest first, one a line, as
  * aclGetRecentErrMsg returns them; the oldest lines go when it is full. */
 static __thread char pending_msgs[1024];
-static __thread char *returned_msg; /* what aclGetRecentErrMsg returned last */
+/* What aclGetRecentErrMsg returned, in turns: the string returned before the
+ * last is poisoned ("XXX...") on each call.  No heap: nothing left behind
+ * when a thread exits (the ASan build checks leaks). */
+static __thread char returned_msgs[2][sizeof pending_msgs];
+static __thread int returned_turn;
 
 aclError fake_fail(aclError code, const char *fmt, ...)
 {
@@ -185,19 +189,18 @@ EXPORT aclError aclFinalize(void)
 
 /* As the documents say: returns and clears the thread's messages (newest
  * first; nullptr when there are none), and a string returned before is no
- * longer valid: it is poisoned and freed (ASan builds report a late read). */
+ * longer valid: its text is overwritten with 'X's. */
 EXPORT const char *aclGetRecentErrMsg(void)
 {
-    if (returned_msg) {
-        memset(returned_msg, 'X', strlen(returned_msg));
-        free(returned_msg);
-        returned_msg = NULL;
-    }
+    char *last = returned_msgs[returned_turn];
+    memset(last, 'X', strlen(last));
     if (!pending_msgs[0])
         return NULL;
-    returned_msg = strdup(pending_msgs);
+    returned_turn ^= 1;
+    char *out = returned_msgs[returned_turn];
+    memcpy(out, pending_msgs, sizeof pending_msgs);
     pending_msgs[0] = '\0';
-    return returned_msg;
+    return out;
 }
 
 EXPORT aclError aclrtGetDeviceCount(uint32_t *count)
