@@ -209,6 +209,15 @@ FERRY_API int ferry_engine_create(const struct ferry_config *cfg, ferry_engine *
  * call on the same engine. NULL is accepted. */
 FERRY_API void ferry_engine_destroy(ferry_engine *engine);
 
+/* Tells ferry that the process is ending: from now on it makes no call into a
+ * device runtime, and engines destroyed afterwards leave their device resources
+ * (streams, pinned and device memory) to the OS.  For exit hooks that run before
+ * the C library's own: a framework's exit hook may finalize a runtime that ferry
+ * shares (torch_npu's calls aclFinalize), and engines still alive are destroyed
+ * after it, when the interpreter ends.  ferry's Python package calls it from an
+ * atexit hook; ferry marks C exit() itself.  Any thread; cannot fail; for good. */
+FERRY_API void ferry_process_exiting(void);
+
 /* Returns this engine's segment name: "host:port" of its handshake listener
  * (the port actually bound), or cfg->segment_name with a metadata store.  An
  * Ascend-style ":npu_N" suffix of local_server_name is not part of it.  Valid

@@ -46,9 +46,9 @@ void frames_wait_count(const unsigned *counter, unsigned n)
         fail_msg("waited a minute for %u events, saw %u", n, got);
 }
 
-static void no_notes(void *e, const char *from, const void *msg, size_t len)
+static void no_notes(void *e, const char *from, const char *origin, const void *msg, size_t len)
 {
-    (void)e, (void)from, (void)msg, (void)len;
+    (void)e, (void)from, (void)origin, (void)msg, (void)len;
 }
 
 void shm_pair_start(struct shm_pair *p)

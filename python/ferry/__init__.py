@@ -41,6 +41,7 @@ Threads: every method may be called from any thread; blocking calls release the
 GIL.  A batch (1,000 requests or more) is converted in one pass and handed to C
 in one call.
 """
+import atexit
 import enum
 import errno
 import logging
@@ -65,6 +66,12 @@ from ._ferry import (  # noqa: F401  (re-exported)
 
 # FERRY_OK, FERRY_EINVAL, ... FERRY_ECANCELED
 globals().update({k: v for k, v in vars(_ferry).items() if k.startswith("FERRY_")})
+
+# torch_npu's atexit hook (_npu_shutdown) finalizes ACL, and the callers' engines
+# (never closed: the reference has no close()) are collected after the atexit
+# hooks, while the interpreter ends.  From this hook on, whichever of the two runs
+# first, ferry makes no call into a device runtime (ferry_process_exiting).
+atexit.register(_ferry._process_exiting)
 
 __all__ = ["TransferEngine", "NativeTransferEngine", "FerryError", "TransferOpcode", "TransferNotify", "Notification",
            "RequestStatus", "strerror", "err_name", "last_error", "config_knobs", "READ", "WRITE"] + \

@@ -208,6 +208,13 @@ static PyObject *mod_config_knobs(PyObject *m, PyObject *noargs)
     return list;
 }
 
+static PyObject *mod_process_exiting(PyObject *m, PyObject *noargs)
+{
+    (void)m, (void)noargs;
+    ferry_process_exiting();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"strerror", mod_strerror, METH_O, "strerror(code) -> str: ferry_strerror(code)."},
     {"err_name", mod_err_name, METH_O, "err_name(code) -> str: the symbolic name, e.g. 'FERRY_ERANGE'."},
@@ -218,6 +225,8 @@ static PyMethodDef module_methods[] = {
      "_note_failure(code, detail): what last_error() returns next in this thread (the package's helpers)."},
     {"config_knobs", mod_config_knobs, METH_NOARGS,
      "config_knobs() -> [(env, default, doc)]: every FERRY_* environment variable."},
+    {"_process_exiting", mod_process_exiting, METH_NOARGS,
+     "_process_exiting(): ferry_process_exiting(); the package's atexit hook calls it."},
     {NULL, NULL, 0, NULL},
 };
 

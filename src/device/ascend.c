@@ -56,6 +56,17 @@ const char *npu_error_text(int r)
     return s != NULL && *s != '\0' ? s : "no detail from ACL";
 }
 
+/* aclGetRecentErrMsg returns and clears the thread's messages, and the
+ * application (torch_npu) reads them after its own failed calls: a call
+ * ferry expects to fail, or whose failure it ignores, has its message read
+ * and dropped at once, so that none is left on the caller's thread and none
+ * is stacked under the message of a later failure ferry reports. */
+void npu_forget_error(void)
+{
+    if (acl.aclGetRecentErrMsg)
+        (void)acl.aclGetRecentErrMsg();
+}
+
 int npu_acl_fail(aclError r, const char *what, int dev)
 {
     return ferry_fail(FERRY_EIO, "npu:%d: %s: ACL error %d: %s", dev, what, r, npu_error_text(r));
@@ -126,6 +137,8 @@ int npu_host_pinned(const void *p, size_t len)
 
 /* ---------------------------------------------------------------- loading */
 
+/* C exit() began (atexit), or ferry_process_exiting: ACL may be finalized
+ * by its owner from now on. */
 static void npu_at_exit(void)
 {
     atomic_store(&exiting, 1);
@@ -232,6 +245,26 @@ static int npu_device_count(void)
 
 /* ---------------------------------------------------------------- contexts */
 
+/* The thread's current context, or NULL where it has none (ACL then fails
+ * the call: a thread ferry or the application never set a device on). */
+static aclrtContext current_context(void)
+{
+    aclrtContext cur = NULL;
+    if (acl.aclrtGetCurrentContext(&cur) != ACL_SUCCESS) {
+        npu_forget_error();
+        return NULL;
+    }
+    return cur;
+}
+
+/* Makes ctx current again; a failure is only logged (the caller's call is done). */
+static void restore_context(aclrtContext ctx)
+{
+    aclError r = acl.aclrtSetCurrentContext(ctx);
+    if (r != ACL_SUCCESS)
+        LOG_WARN("npu: restoring the caller's ACL context %p: ACL error %d: %s", ctx, r, npu_error_text(r));
+}
+
 /* The device's default context, made once with aclrtSetDevice (shared with
  * torch_npu and others in this process; never reset). */
 static int device_context(int dev, aclrtContext *out)
@@ -243,17 +276,16 @@ static int device_context(int dev, aclrtContext *out)
         pthread_mutex_lock(&ctx_lock);
         ctx = atomic_load(&device_ctx[dev]);
         if (ctx == NULL) {
-            aclrtContext prev = NULL;
-            if (acl.aclrtGetCurrentContext(&prev) != ACL_SUCCESS)
-                prev = NULL;
+            aclrtContext prev = current_context();
             aclError r = acl.aclrtSetDevice(dev);
             if (r == ACL_SUCCESS)
                 r = acl.aclrtGetCurrentContext(&ctx);
+            int rc = r == ACL_SUCCESS && ctx != NULL ? 0 : npu_acl_fail(r, "aclrtSetDevice", dev);
             if (prev != NULL)
-                (void)acl.aclrtSetCurrentContext(prev);
-            if (r != ACL_SUCCESS || ctx == NULL) {
+                restore_context(prev);
+            if (rc < 0) {
                 pthread_mutex_unlock(&ctx_lock);
-                return npu_acl_fail(r, "aclrtSetDevice", dev);
+                return rc;
             }
             atomic_store(&device_ctx[dev], ctx);
         }
@@ -268,8 +300,7 @@ int npu_ctx_enter(int dev, struct ctx_guard *g)
     int rc = device_context(dev, &g->ours);
     if (rc < 0)
         return rc;
-    if (acl.aclrtGetCurrentContext(&g->prev) != ACL_SUCCESS)
-        g->prev = NULL;
+    g->prev = current_context();
     if (g->prev != g->ours) {
         aclError r = acl.aclrtSetCurrentContext(g->ours);
         if (r != ACL_SUCCESS)
@@ -281,14 +312,14 @@ int npu_ctx_enter(int dev, struct ctx_guard *g)
 void npu_ctx_leave(const struct ctx_guard *g)
 {
     if (g->prev != NULL && g->prev != g->ours)
-        (void)acl.aclrtSetCurrentContext(g->prev);
+        restore_context(g->prev);
 }
 
 /* The caller's context or one ferry made; 1 if there is one (entered). */
 static int existing_ctx_enter(struct ctx_guard *g)
 {
-    aclrtContext cur = NULL;
-    if (acl.aclrtGetCurrentContext(&cur) == ACL_SUCCESS && cur != NULL) {
+    aclrtContext cur = current_context();
+    if (cur != NULL) {
         g->prev = g->ours = cur;
         return 1;
     }
@@ -319,12 +350,11 @@ static int npu_mem_alloc(int dev, size_t len, void **out)
     if ((rc = npu_ctx_enter(dev, &g)) < 0)
         return rc;
     aclError r = acl.aclrtMalloc(out, len, ACL_MEM_MALLOC_HUGE_FIRST);
-    if (r == ACL_SUCCESS && (rc = ranges_add(*out, len, dev)) < 0)
-        (void)acl.aclrtFree(*out);
-    npu_ctx_leave(&g);
     if (r != ACL_SUCCESS)
-        return ferry_fail(FERRY_ENOMEM, "npu:%d: aclrtMalloc(%zu): ACL error %d: %s", dev, len, r,
-                          npu_error_text(r));
+        rc = ferry_fail(FERRY_ENOMEM, "npu:%d: aclrtMalloc(%zu): ACL error %d: %s", dev, len, r, npu_error_text(r));
+    else if ((rc = ranges_add(*out, len, dev)) < 0 && acl.aclrtFree(*out) != ACL_SUCCESS)
+        npu_forget_error();
+    npu_ctx_leave(&g);
     return rc;
 }
 
@@ -337,9 +367,9 @@ static void npu_mem_free(int dev, void *ptr)
     if (!npu_may_release() || npu_ctx_enter(dev, &g) < 0)
         return;
     aclError r = acl.aclrtFree(ptr);
-    npu_ctx_leave(&g);
     if (r != ACL_SUCCESS)
         LOG_ERROR("npu:%d: aclrtFree(%p): ACL error %d: %s", dev, ptr, r, npu_error_text(r));
+    npu_ctx_leave(&g);
 }
 
 static int npu_host_alloc(size_t len, void **out)
@@ -353,11 +383,11 @@ static int npu_host_alloc(size_t len, void **out)
     if ((rc = npu_any_ctx_enter(&g)) < 0)
         return rc;
     aclError r = acl.aclrtMallocHost(out, len);
-    if (r == ACL_SUCCESS && (rc = ranges_add(*out, len, -1)) < 0)
-        (void)acl.aclrtFreeHost(*out);
-    npu_ctx_leave(&g);
     if (r != ACL_SUCCESS)
-        return ferry_fail(FERRY_ENOMEM, "npu: aclrtMallocHost(%zu): ACL error %d: %s", len, r, npu_error_text(r));
+        rc = ferry_fail(FERRY_ENOMEM, "npu: aclrtMallocHost(%zu): ACL error %d: %s", len, r, npu_error_text(r));
+    else if ((rc = ranges_add(*out, len, -1)) < 0 && acl.aclrtFreeHost(*out) != ACL_SUCCESS)
+        npu_forget_error();
+    npu_ctx_leave(&g);
     return rc;
 }
 
@@ -370,9 +400,9 @@ static void npu_host_free(void *ptr)
     if (!npu_may_release() || npu_any_ctx_enter(&g) < 0)
         return;
     aclError r = acl.aclrtFreeHost(ptr);
-    npu_ctx_leave(&g);
     if (r != ACL_SUCCESS)
         LOG_ERROR("npu: aclrtFreeHost(%p): ACL error %d: %s", ptr, r, npu_error_text(r));
+    npu_ctx_leave(&g);
 }
 
 /* ---------------------------------------------------------------- where pointers live */
@@ -386,8 +416,10 @@ static enum where ask_acl(const void *ptr, int *dev)
     if (acl.aclrtPointerGetAttributes == NULL)
         return WHERE_UNKNOWN;
     memset(&attrs, 0, sizeof attrs);
-    if (acl.aclrtPointerGetAttributes(ptr, &attrs) != ACL_SUCCESS)
+    if (acl.aclrtPointerGetAttributes(ptr, &attrs) != ACL_SUCCESS) {
+        npu_forget_error();
         return WHERE_UNKNOWN;  /* e.g. torch_npu's VMM / caching allocations */
+    }
     if (attrs.a.location.type != ACL_MEM_LOCATION_TYPE_DEVICE)
         return WHERE_HOST;
     *dev = (int)attrs.a.location.id;
@@ -481,6 +513,7 @@ const struct ferry_device_ops ferry_device_npu = {
     .host_free = npu_host_free,
     .locate = npu_locate,
     .driver_library = npu_driver_library,
+    .process_exiting = npu_at_exit,
     .stream_create = npu_stream_create,
     .stream_destroy = npu_stream_destroy,
     .copy_async = npu_copy_async,

@@ -89,7 +89,11 @@ extern struct acl_api acl;
 extern atomic_int npu_batch_enabled;   /* FERRY_NPU_BATCH_COPY=1 and the call exists */
 extern size_t npu_copy_align;          /* FERRY_NPU_COPY_ALIGN */
 
+/* ACL's message of the call that failed last on this thread (read once:
+ * ACL clears it), or "no detail from ACL". */
 const char *npu_error_text(int r);
+/* Drops the thread's ACL messages after a failure ferry expects or ignores. */
+void npu_forget_error(void);
 int npu_acl_fail(aclError r, const char *what, int dev);
 
 /* Loads ACL (npu_init) and checks that the process is not exiting: after

@@ -83,10 +83,11 @@ int npu_stream_create(int dev, ferry_stream **out)
         return rc;
     }
     aclError r = acl.aclrtCreateStream(&as);
+    rc = r == ACL_SUCCESS ? 0 : npu_acl_fail(r, "aclrtCreateStream", dev); /* ACL's message before other calls */
     npu_ctx_leave(&g);
-    if (r != ACL_SUCCESS) {
+    if (rc < 0) {
         free(s);
-        return npu_acl_fail(r, "aclrtCreateStream", dev);
+        return rc;
     }
     s->magic = NPU_STREAM_MAGIC;
     s->dev = dev;
@@ -108,13 +109,15 @@ void npu_stream_destroy(ferry_stream *stream)
         return;
     }
     if (npu_may_release() && npu_ctx_enter(s->dev, &g) == 0) {
-        (void)acl.aclrtSynchronizeStream(s->stream);
-        if (s->bounce)
-            (void)acl.aclrtFreeHost(s->bounce);
+        /* a copy's failure was reported by the calls that ran it, or nobody waits for it now */
+        if (acl.aclrtSynchronizeStream(s->stream) != ACL_SUCCESS)
+            npu_forget_error();
+        if (s->bounce && acl.aclrtFreeHost(s->bounce) != ACL_SUCCESS)
+            LOG_ERROR("npu:%d: aclrtFreeHost(bounce %p): %s", s->dev, s->bounce, npu_error_text(0));
         aclError r = acl.aclrtDestroyStream(s->stream);
-        npu_ctx_leave(&g);
         if (r != ACL_SUCCESS)
             LOG_ERROR("npu:%d: aclrtDestroyStream: ACL error %d: %s", s->dev, r, npu_error_text(r));
+        npu_ctx_leave(&g);
     }
     s->magic = 0;
     pthread_mutex_destroy(&s->bounce_lock);
@@ -138,6 +141,17 @@ static int copy_single(void *arg, const struct ferry_copy *c, size_t index)
     return ferry_fail(FERRY_EIO,
                       "npu:%d: aclrtMemcpyAsync %s (dst %p, src %p, %zu bytes) of copy %zu: ACL error %d: %s",
                       call->s->dev, dir_names[call->dir], c->dst, c->src, c->len, index, r, npu_error_text(r));
+}
+
+/* ACL's message of this thread's last failed batch call: read at once (ACL
+ * clears it on reading, and the copies retried one by one come first), shown
+ * by the warning that turns batching off. */
+static __thread char batch_failure[256];
+
+static const char *batch_error_text(int r)
+{
+    (void)r;
+    return batch_failure;
 }
 
 /* aclrtMemcpyBatchAsync: host<->device, one direction per call. */
@@ -167,8 +181,16 @@ static int copy_batch(void *arg, const struct ferry_copy *copies, size_t n)
     attr.dst_loc = call->dir == FERRY_COPY_H2D ? device : host;
     size_t attr_index = 0, fail_index = SIZE_MAX;
     /* destMax = size: ferry's copies never write beyond their length. */
-    return acl.aclrtMemcpyBatchAsync(dsts, sizes, srcs, sizes, count, &attr, &attr_index, 1, &fail_index,
-                                     call->s->stream);
+    aclError r = acl.aclrtMemcpyBatchAsync(dsts, sizes, srcs, sizes, count, &attr, &attr_index, 1, &fail_index,
+                                           call->s->stream);
+    if (r != ACL_SUCCESS) {
+        const char *text = npu_error_text(r);
+        if (fail_index < count)
+            snprintf(batch_failure, sizeof batch_failure, "at copy %zu of %zu: %s", fail_index, count, text);
+        else
+            snprintf(batch_failure, sizeof batch_failure, "%s", text);
+    }
+    return r;
 }
 
 static const struct ferry_copy_engine copy_engine = {
@@ -177,7 +199,7 @@ static const struct ferry_copy_engine copy_engine = {
     .batch_max = NPU_BATCH_CHUNK,
     .batch = copy_batch,
     .single = copy_single,
-    .error_text = npu_error_text,
+    .error_text = batch_error_text,
 };
 
 static int enqueue_direct(struct copy_call *call, const struct ferry_copy *copies, size_t n)
@@ -345,8 +367,8 @@ int npu_stream_query(ferry_stream *stream)
         return rc;
     int status = ACL_STREAM_STATUS_NOT_READY;
     aclError r = acl.aclrtStreamQuery(s->stream, &status);
+    rc = r != ACL_SUCCESS ? stream_failed(s, r, "aclrtStreamQuery")
+         : status == ACL_STREAM_STATUS_COMPLETE ? 0 : FERRY_EBUSY;
     npu_ctx_leave(&g);
-    if (r != ACL_SUCCESS)
-        return stream_failed(s, r, "aclrtStreamQuery");
-    return status == ACL_STREAM_STATUS_COMPLETE ? 0 : FERRY_EBUSY;
+    return rc;
 }

@@ -40,6 +40,13 @@ const struct ferry_device_ops *const *ferry_device_list(size_t *count)
     return backends;
 }
 
+void ferry_device_process_exiting(void)
+{
+    for (size_t i = 0; i < BACKEND_COUNT; i++)
+        if (backends[i]->process_exiting)
+            backends[i]->process_exiting();
+}
+
 const struct ferry_device_ops *ferry_device_find(const char *kind)
 {
     if (kind == NULL)

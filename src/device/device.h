@@ -88,6 +88,11 @@ struct ferry_device_ops {
      * returns 1; returns 0 otherwise (also before init() succeeded: it never
      * loads the driver).  Used to detect and to check locations. */
     int (*locate)(const void *ptr, size_t len, int *dev);
+    /* Optional: the process is ending (ferry_process_exiting): make no driver
+     * call from now on; what is released later is left to the OS.  Any
+     * thread; must not block.  For a runtime another component may finalize
+     * in its exit hook (ACL: aclFinalize). */
+    void (*process_exiting)(void);
     /* Optional: the driver library init() loads (its dlopen name), so that
      * ferry_device_detect can tell whether the application loaded the driver
      * already (torch allocated the memory, say) and init() loads nothing new. */
@@ -227,6 +232,9 @@ struct ferry_device_ops {
  * ferry has no backend of that name.  Does not load the driver: call
  * ops->init(). */
 const struct ferry_device_ops *ferry_device_find(const char *kind);
+
+/* Calls every backend's process_exiting (ferry_process_exiting). */
+void ferry_device_process_exiting(void);
 
 /* The registry, in order: *count tables (never NULL).  Read-only. */
 const struct ferry_device_ops *const *ferry_device_list(size_t *count);

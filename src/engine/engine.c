@@ -25,10 +25,10 @@
 
 /* ------------------------------------------------------------ notifications */
 
-static void hook_deliver_notify(void *engine, const char *from, const void *msg, size_t len)
+static void hook_deliver_notify(void *engine, const char *from, const char *origin, const void *msg, size_t len)
 {
     ferry_engine *e = engine;
-    notify_deliver(&e->notes, from, msg, len);
+    notify_deliver(&e->notes, from, origin, msg, len);
 }
 
 int ferry_get_notifications(ferry_engine *e, struct ferry_notification *out, size_t max, size_t *count)
@@ -409,6 +409,11 @@ void ferry_engine_destroy(ferry_engine *e)
     memreg_destroy(&e->registry);
     auth_key_wipe(&e->auth);
     free(e);
+}
+
+void ferry_process_exiting(void)
+{
+    ferry_device_process_exiting();
 }
 
 const char *ferry_engine_segment_name(const ferry_engine *e)

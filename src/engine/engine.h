@@ -60,8 +60,9 @@ struct notify_queue {
 void notify_queue_init(struct notify_queue *q, unsigned max);
 void notify_queue_destroy(struct notify_queue *q);
 /* Queues a notification (any thread); a full queue drops the oldest note of
- * the peer holding the most notes. */
-void notify_deliver(struct notify_queue *q, const char *from, const void *msg, size_t len);
+ * the origin holding the most notes (origin: the sender's address, its port
+ * ignored, or "local"; see transport_host.deliver_notify). */
+void notify_deliver(struct notify_queue *q, const char *from, const char *origin, const void *msg, size_t len);
 /* Moves up to max notes, oldest first, into out. */
 int notify_take(struct notify_queue *q, struct ferry_notification *out, size_t max, size_t *count);
 

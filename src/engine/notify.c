@@ -4,10 +4,14 @@
  *
  * Transports deliver from their service threads; the application takes
  * notifications from any thread; one mutex guards the queue.  When the queue
- * is full, the note dropped is the oldest of the peer holding the most
+ * is full, the note dropped is the oldest of the origin holding the most
  * notes, never simply the oldest overall: a peer that floods the queue
- * evicts its own notes, not everyone else's.  Peers are told apart by the
- * sender name the transport reports.  The "queue full" warning is
+ * evicts its own notes, not everyone else's.  Origins are told apart by
+ * what the sender cannot choose: the address of its connection (the port
+ * ignored, as each connection has its own), or "local" for a same-host
+ * sender.  Not by the name it gives itself: a flooder naming itself anew on
+ * each connection (or as the victim) held one note per name and left the
+ * victim "the peer holding the most".  The "queue full" warning is
  * rate-limited, so a flood cannot flood the log too.
  */
 #include <stdio.h>
@@ -17,10 +21,11 @@
 #include "engine/engine.h"
 #include "err.h"
 #include "log.h"
+#include "net.h"
 
 struct note_peer {
     struct note_peer *next;
-    char name[sizeof ((struct ferry_notification *)0)->from];
+    char name[72];                  /* the origin: an address ("[v6]" 63 bytes at most) or "local" */
     size_t count;
     struct note_node *head, *tail;  /* this peer's notes, oldest first */
 };
@@ -93,10 +98,20 @@ static struct note_peer *largest(struct notify_queue *q, struct note_peer *newco
     return best;
 }
 
-void notify_deliver(struct notify_queue *q, const char *from, const void *msg, size_t len)
+/* The origin without its port: "a.b.c.d" of "a.b.c.d:port", "v6" of
+ * "[v6]:port"; anything else as it is. */
+static void origin_key(const char *origin, char *out, size_t cap)
+{
+    int port;
+    if (origin == NULL || strchr(origin, ':') == NULL || net_split_hostport(origin, out, cap, &port) != 0)
+        snprintf(out, cap, "%s", origin ? origin : "?");
+}
+
+void notify_deliver(struct notify_queue *q, const char *from, const char *origin, const void *msg, size_t len)
 {
     struct note_node *node = calloc(1, sizeof *node);
-    char who[sizeof node->n.from];
+    char who[sizeof node->n.from], key[sizeof ((struct note_peer *)0)->name];
+    origin_key(origin, key, sizeof key);
     log_sanitize(from, strlen(from), who, sizeof who);
     if (!node) {
         LOG_ERROR("notification from %s dropped: out of memory", who);
@@ -106,7 +121,7 @@ void notify_deliver(struct notify_queue *q, const char *from, const void *msg, s
     node->n.len = len < sizeof node->n.msg ? len : sizeof node->n.msg;
     memcpy(node->n.msg, msg, node->n.len);
     pthread_mutex_lock(&q->lock);
-    struct note_peer *p = peer_of(q, node->n.from);
+    struct note_peer *p = peer_of(q, key);
     if (!p) {
         pthread_mutex_unlock(&q->lock);
         free(node);
@@ -137,7 +152,7 @@ void notify_deliver(struct notify_queue *q, const char *from, const void *msg, s
     pthread_mutex_unlock(&q->lock);
     if (say) {
         char victim[sizeof who];
-        LOG_WARN("notification queue full (%zu): dropped the oldest from %s, the peer holding the most "
+        LOG_WARN("notification queue full (%zu): dropped the oldest from %s, of the origin holding the most "
                  "(%llu more drops not logged)", q->max, log_sanitize(old->n.from, sizeof old->n.from, victim,
                  sizeof victim), (unsigned long long)suppressed);
     }

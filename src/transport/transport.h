@@ -83,8 +83,13 @@ struct transport_host {
     const char *segment_name;
     uint64_t engine_id;
     const char *listen_host;
-    /* a NOTIFY arrived: queue it for ferry_get_notifications */
-    void (*deliver_notify)(void *engine, const char *from, const void *msg, size_t len);
+    /* a NOTIFY arrived: queue it for ferry_get_notifications.  from: the name
+     * the sender gave itself (what the application sees); origin: where it came
+     * from, which the sender cannot choose ("a.b.c.d:port" or "[v6]:port" of
+     * its connection, the port ignored; "local" for a same-host sender): a full
+     * queue counts notes per origin, so that no name a flooder gives itself
+     * evicts another peer's notes */
+    void (*deliver_notify)(void *engine, const char *from, const char *origin, const void *msg, size_t len);
     /* counts payload bytes that went through a bounce copy to device memory */
     atomic_uint_fast64_t *bytes_bounced;
     /* the engine's key (common/auth.h); auth_enabled() false: no authentication */

@@ -83,14 +83,31 @@ static struct fake_ctx *default_ctx[16];
 static unsigned device_refs[16]; /* aclrtSetDevice calls not yet paired by aclrtResetDevice (ctx_lock) */
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread struct fake_ctx *current;
-static __thread char last_msg[256];
+/* The thread's error messages not yet read, newest first, one a line, as
+ * aclGetRecentErrMsg returns them; the oldest lines go when it is full. */
+static __thread char pending_msgs[1024];
+/* What aclGetRecentErrMsg returned, in turns: the string returned before the
+ * last is poisoned ("XXX...") on each call.  No heap: nothing left behind
+ * when a thread exits (the ASan build checks leaks). */
+static __thread char returned_msgs[2][sizeof pending_msgs];
+static __thread int returned_turn;
 
 aclError fake_fail(aclError code, const char *fmt, ...)
 {
+    char line[256], joined[sizeof pending_msgs + sizeof line];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    snprintf(joined, sizeof joined, "%s%s%s", line, pending_msgs[0] ? "\n" : "", pending_msgs);
+    size_t keep = strlen(joined);
+    if (keep >= sizeof pending_msgs) { /* cut at a line end: whole messages only */
+        keep = sizeof pending_msgs - 1;
+        while (keep > 0 && joined[keep] != '\n')
+            keep--;
+    }
+    memcpy(pending_msgs, joined, keep);
+    pending_msgs[keep] = '\0';
     return code;
 }
 
@@ -170,9 +187,20 @@ EXPORT aclError aclFinalize(void)
     return ACL_SUCCESS;
 }
 
+/* As the documents say: returns and clears the thread's messages (newest
+ * first; nullptr when there are none), and a string returned before is no
+ * longer valid: its text is overwritten with 'X's. */
 EXPORT const char *aclGetRecentErrMsg(void)
 {
-    return last_msg;
+    char *last = returned_msgs[returned_turn];
+    memset(last, 'X', strlen(last));
+    if (!pending_msgs[0])
+        return NULL;
+    returned_turn ^= 1;
+    char *out = returned_msgs[returned_turn];
+    memcpy(out, pending_msgs, sizeof pending_msgs);
+    pending_msgs[0] = '\0';
+    return out;
 }
 
 EXPORT aclError aclrtGetDeviceCount(uint32_t *count)
@@ -634,11 +662,19 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
         return r;
     if (fake.batch == BATCH_UNSUPPORTED)
         return fake_fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "aclrtMemcpyBatchAsync: not supported on this device");
-    if (!dsts || !dest_max || !srcs || !sizes || !attrs || !attr_index || !fail_index || n == 0 || nattrs == 0 ||
-        attr_index[0] != 0)
+    if (fail_index)
+        *fail_index = SIZE_MAX; /* the documents: SIZE_MAX where no one copy is at fault */
+    if (!dsts || !dest_max || !srcs || !sizes || !attrs || !attr_index || !fail_index || n == 0 || nattrs == 0)
         return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: bad arguments");
+    /* attrsIndexes: the first 0, each above the one before, the last below
+     * numBatches; so numAttrs <= numBatches */
+    for (size_t k = 0; k < nattrs; k++)
+        if ((k == 0 && attr_index[0] != 0) || (k > 0 && attr_index[k] <= attr_index[k - 1]) || attr_index[k] >= n)
+            return fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: attrsIndexes[%zu]=%zu of %zu (%zu copies)",
+                             k, attr_index[k], nattrs, n);
     atomic_fetch_add(&fake_batch_calls, 1);
     size_t a = 0;
+    int call_kind = -1;
     for (size_t i = 0; i < n; i++) {
         while (a + 1 < nattrs && attr_index[a + 1] <= i)
             a++;
@@ -648,8 +684,14 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
                    : src_dev          ? ACL_MEMCPY_DEVICE_TO_HOST
                    : dst_dev          ? ACL_MEMCPY_HOST_TO_DEVICE
                                       : ACL_MEMCPY_HOST_TO_HOST;
-        if ((src_dev && attrs[a].srcLoc.id != (uint32_t)s->ctx->dev) ||
-            (dst_dev && attrs[a].dstLoc.id != (uint32_t)s->ctx->dev))
+        if (call_kind < 0)
+            call_kind = kind;
+        /* the documents: one direction per call, host to device or device to host */
+        if ((kind != ACL_MEMCPY_HOST_TO_DEVICE && kind != ACL_MEMCPY_DEVICE_TO_HOST) || kind != call_kind)
+            r = fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: copy %zu: direction %d (the call's: %d; "
+                          "only one of H2D or D2H per call)", i, kind, call_kind);
+        else if ((src_dev && attrs[a].srcLoc.id != (uint32_t)s->ctx->dev) ||
+                 (dst_dev && attrs[a].dstLoc.id != (uint32_t)s->ctx->dev))
             r = fake_fail(ACL_ERROR_INVALID_PARAM, "aclrtMemcpyBatchAsync: attribute names another device");
         else
             r = enqueue(__func__, dsts[i], dest_max[i], srcs[i], sizes[i], kind, s);

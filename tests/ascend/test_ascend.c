@@ -383,6 +383,36 @@ static void teardown_after_finalize(void **state)
         fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
 }
 
+/* The same in Python's order: torch_npu finalizes ACL in a Python atexit
+ * hook, and engines are destroyed after it, while the interpreter ends, before
+ * any C exit handler ran.  ferry_process_exiting (the package's own atexit
+ * hook) is what tells ferry; after it, destroying an engine that staged npu
+ * memory (streams, pinned chunks) makes no ACL call.  In a child. */
+static void teardown_after_process_exiting(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ferry_engine *e;
+        size_t len = 1 << 20;
+        void *p = torch_alloc(0, len);
+        char *host = calloc(1, len);
+        if (ferry_engine_create(NULL, &e) != 0 || ferry_register_memory(e, p, len, "npu:0", 0) != 0 ||
+            ferry_mem_copy(e, p, host, len) != 0)
+            _exit(3);
+        ferry_process_exiting();
+        (void)acl_finalize(); /* torch_npu's _npu_shutdown */
+        ferry_engine_destroy(e); /* the interpreter collects the engine */
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("child ended with status %#x (SIGABRT: an ACL call after aclFinalize)", status);
+}
+
 /* torch_npu loaded ACL and allocated the memory; ferry has not used npu
  * memory yet in this process.  Registered without a location (the reference
  * binding's register_memory(addr, len)), the memory must be found to be
@@ -574,6 +604,121 @@ static void free_under_pending_copy_aborts(void **state)
     }
 }
 
+/* aclGetRecentErrMsg returns and clears the thread's messages: an
+ * application (torch_npu) reads it after its own failed call.  ferry's calls
+ * that fail by design (the current context of a thread that has none, the
+ * attributes of a pointer ACL does not know) must not leave messages behind
+ * on the caller's thread, and a failure ferry reports carries ACL's message
+ * for that call alone.  Runs on a fresh thread: no context on it. */
+struct msg_arg {
+    ferry_engine *e;
+    const char *(*recent)(void);
+    char left[512];              /* what the application read after ferry's calls */
+    int rc;
+    char detail[512];
+};
+
+static void *acl_messages_thread(void *arg)
+{
+    struct msg_arg *a = arg;
+    char *host = malloc(1 << 16);
+    void *dev = NULL;
+    snprintf(a->left, sizeof a->left, "(none)");
+    if (ferry_register_memory(a->e, host, 1 << 16, NULL, 0) != 0 ||
+        ferry_mem_alloc(a->e, "npu:0", 1 << 16, &dev) != 0 || ferry_mem_copy(a->e, dev, host, 1 << 16) != 0) {
+        snprintf(a->left, sizeof a->left, "ferry failed: %s", ferry_last_error());
+        free(host);
+        return NULL;
+    }
+    const char *m = a->recent();
+    if (m != NULL && *m != '\0')
+        snprintf(a->left, sizeof a->left, "%s", m);
+    /* a failure ferry reports: ACL's message of that call, and none left */
+    void *huge = NULL;
+    a->rc = ferry_mem_alloc(a->e, "npu:0", (size_t)64 << 30, &huge);
+    snprintf(a->detail, sizeof a->detail, "%s", ferry_last_error());
+    m = a->recent();
+    if (m != NULL && *m != '\0' && strcmp(a->left, "(none)") == 0)
+        snprintf(a->left, sizeof a->left, "after the failure: %s", m);
+    ferry_unregister_memory(a->e, host);
+    ferry_mem_free(a->e, "npu:0", dev, 1 << 16);
+    free(host);
+    return NULL;
+}
+
+static void acl_messages_left_for_the_application(void **state)
+{
+    (void)state;
+    struct msg_arg a = {.recent = (const char *(*)(void))sym("aclGetRecentErrMsg")};
+    pthread_t t;
+    (void)torch_alloc(0, 4096); /* ACL initialised, npu:0 in use by the application */
+    assert_int_equal(ferry_engine_create(NULL, &a.e), 0);
+    assert_int_equal(pthread_create(&t, NULL, acl_messages_thread, &a), 0);
+    pthread_join(t, NULL);
+    ferry_engine_destroy(a.e);
+    if (strcmp(a.left, "(none)") != 0)
+        fail_msg("ACL messages left on the caller's thread by ferry: %s", a.left);
+    assert_int_equal(a.rc, FERRY_ENOMEM);
+    assert_non_null(strstr(a.detail, "out of memory"));
+    if (strstr(a.detail, "\n") != NULL || strstr(a.detail, "context") != NULL)
+        fail_msg("ferry's report carries other calls' messages: %s", a.detail);
+}
+
+/* The fake keeps aclrtMemcpyBatchAsync's documented rules, so that ferry's
+ * batch call is checked against them: one direction per call, H2D or D2H
+ * (no D2D), attrsIndexes starting at 0, rising, below numBatches;
+ * failIndex SIZE_MAX where no one copy is at fault, else the copy's index. */
+struct batch_loc { uint32_t id; int type; };
+struct batch_attr { struct batch_loc dst, src; uint8_t rsv[16]; };
+typedef int (*batch_fn)(void **, size_t *, void **, size_t *, size_t, struct batch_attr *, size_t *, size_t,
+                        size_t *, void *);
+
+static void batch_call_rules(void **state)
+{
+    (void)state;
+    batch_fn batch = (batch_fn)dlsym(lib, "aclrtMemcpyBatchAsync");
+    if (!batch)
+        skip(); /* the "old" runtime */
+    int (*create)(void **) = sym("aclrtCreateStream"), (*destroy)(void *) = sym("aclrtDestroyStream");
+    int (*sync)(void *) = sym("aclrtSynchronizeStream"), (*malloc_host)(void **, size_t) = sym("aclrtMallocHost");
+    int (*free_host)(void *) = sym("aclrtFreeHost"), (*free_dev)(void *) = sym("aclrtFree");
+    void *stream = NULL, *h = NULL;
+    char *d = torch_alloc(0, 1 << 16);
+    assert_int_equal(create(&stream), 0);
+    assert_int_equal(malloc_host(&h, 1 << 16), 0);
+    void *dsts[2] = {d, d + 4096}, *srcs[2] = {h, (char *)h + 4096};
+    size_t sizes[2] = {4096, 4096}, fail = 0;
+    struct batch_attr h2d = {{0, 1}, {0, 0}, {0}}, d2h = {{0, 0}, {0, 1}, {0}}, d2d = {{0, 1}, {0, 1}, {0}};
+    struct batch_attr two[2] = {h2d, d2h}, pair[2] = {h2d, h2d};
+    size_t idx0[1] = {0}, idx01[2] = {0, 1}, idx00[2] = {0, 0}, idx1[1] = {1};
+    const char *(*recent)(void) = (const char *(*)(void))sym("aclGetRecentErrMsg");
+
+    int r = batch(dsts, sizes, srcs, sizes, 2, &h2d, idx0, 1, &fail, stream);
+    if (r == 207000) { /* FAKEACL_BATCH=unsupported */
+        (void)recent();
+    } else {
+        assert_int_equal(r, 0);
+        assert_int_equal(sync(stream), 0);
+        void *ddsts[2] = {d + 8192, d + 12288};
+        assert_int_not_equal(batch(ddsts, sizes, dsts, sizes, 2, &d2d, idx0, 1, &fail, stream), 0);
+        assert_int_equal(fail, 0);                  /* the copy at fault */
+        assert_non_null(strstr(recent(), "direction"));
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, two, idx01, 2, &fail, stream), 0);
+        assert_int_equal(fail, 1);                  /* the second copy's direction differs */
+        (void)recent();
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, pair, idx00, 2, &fail, stream), 0);
+        assert_int_equal(fail, SIZE_MAX);           /* attrsIndexes not rising: no copy at fault */
+        assert_non_null(strstr(recent(), "attrsIndexes"));
+        assert_int_not_equal(batch(dsts, sizes, srcs, sizes, 2, &h2d, idx1, 1, &fail, stream), 0);
+        assert_int_equal(fail, SIZE_MAX);           /* the first index must be 0 */
+        (void)recent();
+        assert_int_equal(sync(stream), 0);
+    }
+    assert_int_equal(destroy(stream), 0);
+    assert_int_equal(free_host(h), 0);
+    assert_int_equal(free_dev(d), 0);
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -592,6 +737,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_before_init_fail),  /* first: before anything called aclInit */
         cmocka_unit_test(teardown_after_finalize), /* forks before threads exist */
+        cmocka_unit_test(teardown_after_process_exiting), /* forks too */
         cmocka_unit_test(detected_when_the_framework_loaded_acl), /* forks too */
         cmocka_unit_test(detection_failure_is_not_the_callers_error), /* forks too */
         cmocka_unit_test(free_under_pending_copy_aborts), /* forks too */
@@ -605,6 +751,8 @@ int main(void)
         cmocka_unit_test(small_blocks_gathered_in_hbm),
         cmocka_unit_test(unaligned_device_address),
         cmocka_unit_test(device_reset_by_framework),
+        cmocka_unit_test(acl_messages_left_for_the_application),
+        cmocka_unit_test(batch_call_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

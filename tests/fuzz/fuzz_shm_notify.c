@@ -27,9 +27,10 @@
 static size_t delivered_max;
 static bool may_deliver;
 
-static void deliver(void *engine, const char *from, const void *msg, size_t len)
+static void deliver(void *engine, const char *from, const char *origin, const void *msg, size_t len)
 {
     (void)engine;
+    (void)origin;
     size_t n = strnlen(from, SHM_NOTIFY_MAX_NAME + 1);
     if (n > SHM_NOTIFY_MAX_NAME || len > delivered_max || !may_deliver)
         abort();

@@ -280,6 +280,78 @@ static void test_notification_flood_is_contained(void **state)
     ferry_engine_destroy(target);
 }
 
+/* The same flood, but the sender's name is its own to choose: a new
+ * connection per notification, each HELLO naming itself anew ("flooder-N"),
+ * every fourth one naming itself as the legitimate peer.  Counted by the
+ * claimed name, every flood name held one note and the legitimate peer, with
+ * three, was "the peer holding the most": all three were evicted.  The queue
+ * now counts notes by where they come from (the sender's address, which a
+ * peer cannot choose; 127.0.0.2 here, the legitimate engine on 127.0.0.1). */
+static void test_notification_flood_with_rotating_names(void **state)
+{
+    (void)state;
+    enum { MAX = 16, LEGIT = 3, FLOOD = 48 };
+    ferry_engine *target = make_engine(MAX), *peer = make_engine(0);
+    char *remote, *local;
+    assert_int_equal(ferry_mem_alloc(target, "cpu", 1 << 20, (void **)&remote), 0);
+    assert_int_equal(ferry_register_memory(target, remote, 1 << 20, "cpu", 1), 0);
+    assert_int_equal(ferry_mem_alloc(peer, "cpu", 4096, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(peer, local, 4096, "cpu", 0), 0);
+    const char *tname = ferry_engine_segment_name(target), *pname = ferry_engine_segment_name(peer);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(peer, tname, &seg), 0);
+    for (int i = 0; i < LEGIT; i++) {
+        ferry_batch *b;
+        char note[16];
+        snprintf(note, sizeof note, "legit-%d", i);
+        struct ferry_request r = {FERRY_WRITE, local, seg, (uint64_t)(uintptr_t)remote, 4096};
+        assert_int_equal(ferry_batch_alloc(peer, 1, &b), 0);
+        assert_int_equal(ferry_batch_set_notify(b, note, strlen(note)), 0);
+        assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+        assert_int_equal(ferry_batch_wait(b, 60000), 0);
+        ferry_batch_free(b);
+    }
+
+    struct capture cap;
+    capture_start(&cap); /* the queue-full warnings */
+    uint64_t epoch = 0;
+    int port = raw_data_port(tname, NULL, &epoch);
+    for (int i = 0; i < FLOOD; i++) {
+        char name[32];
+        if (i % 4 == 3)
+            snprintf(name, sizeof name, "%s", pname);
+        else
+            snprintf(name, sizeof name, "flooder-%d", i);
+        int fd = raw_connect_from("127.0.0.2", port);
+        assert_true(fd >= 0);
+        raw_send_hello(fd, epoch, name);
+        struct wire_header h;
+        assert_int_equal(raw_read_header(fd, &h, 10000), 0);
+        assert_int_equal(h.status, 0);
+        uint8_t raw[WIRE_HEADER_SIZE + 8];
+        struct wire_header n = {.type = WIRE_NOTIFY, .id = 1, .payload_len = 8};
+        wire_encode_header(&n, raw);
+        memcpy(raw + WIRE_HEADER_SIZE, "flood!!!", 8);
+        assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+        assert_int_equal(raw_read_header(fd, &h, 10000), 0);
+        assert_int_equal(h.type, WIRE_NOTIFY_ACK);
+        close(fd);
+    }
+    free(capture_end(&cap));
+
+    static struct ferry_notification notes[MAX + 1];
+    size_t got = 0, legit = 0;
+    assert_int_equal(ferry_get_notifications(target, notes, MAX + 1, &got), 0);
+    assert_int_equal(got, MAX);
+    for (size_t i = 0; i < got; i++)
+        legit += strncmp((const char *)notes[i].msg, "legit-", 6) == 0;
+    if (legit != LEGIT)
+        fail_msg("%zu of the legitimate peer's %d notifications left after a flood under changing names", legit,
+                 LEGIT);
+    ferry_engine_destroy(peer);
+    ferry_engine_destroy(target);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -287,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_newline_cannot_forge_a_log_line),
         cmocka_unit_test(test_remote_status_validated),
         cmocka_unit_test(test_notification_flood_is_contained),
+        cmocka_unit_test(test_notification_flood_with_rotating_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,9 +20,10 @@ static char got_from[256];
 static size_t got_len;
 static int delivered;
 
-static void deliver(void *engine, const char *from, const void *msg, size_t len)
+static void deliver(void *engine, const char *from, const char *origin, const void *msg, size_t len)
 {
     (void)engine;
+    (void)origin;
     (void)msg;
     snprintf(got_from, sizeof got_from, "%s", from);
     got_len = len;

@@ -149,7 +149,7 @@ static int serve_message(struct rdma_server_conn *s)
         return rdma_bounce_serve(t, &s->bounce, s->fd, &h, msg, s->from);
     if (h.type != RDMA_MSG_NOTIFY)
         return ferry_fail(FERRY_EPROTO, "unexpected message type %u", h.type);
-    t->host.deliver_notify(t->host.engine, s->from, msg, h.len);
+    t->host.deliver_notify(t->host.engine, s->from, s->peer, msg, h.len);
     struct rdma_msg_header ack = {.type = RDMA_MSG_NOTIFY_ACK, .id = h.id};
     return rdma_msg_send(s->fd, &ack, NULL, 0, NULL, 0);
 }

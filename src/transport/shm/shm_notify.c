@@ -191,7 +191,8 @@ static int serve_one(struct shm_transport *t, struct sender *s, uint8_t *buf)
      * escaped, so no control character reaches the application's logs */
     char from[SHM_NOTIFY_MAX_NAME + 1]; /* as ferry_notification.from: longer text is cut */
     log_sanitize((const char *)buf + 2, name_len, from, sizeof from);
-    t->host.deliver_notify(t->host.engine, from, buf + 2 + name_len, (size_t)n - 2 - name_len);
+    /* same host, our uid (or an allowed one): one origin, as the sender's pid is its own to change */
+    t->host.deliver_notify(t->host.engine, from, "local", buf + 2 + name_len, (size_t)n - 2 - name_len);
     s->acks_owed++;
     return send_acks(s);
 }

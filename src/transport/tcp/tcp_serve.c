@@ -390,7 +390,7 @@ static int serve_notify(struct server_conn *s, const struct wire_header *h)
     rc = net_read_full_deadline(s->fd, msg, (size_t)h->payload_len, s->deadline_ns);
     if (rc)
         return rc;
-    s->t->host.deliver_notify(s->t->host.engine, s->from, msg, (size_t)h->payload_len);
+    s->t->host.deliver_notify(s->t->host.engine, s->from, s->peer, msg, (size_t)h->payload_len);
     return send_response(s, WIRE_NOTIFY_ACK, h->id, 0, 0, 0);
 }
 
