@@ -90,12 +90,12 @@ void stream_on_reached(void *arg)
 {
     struct stream_job *j = arg;
     struct stream_runner *r = j->r;
-    if (j->acc_ptrs && !j->bounce) {
+    if (j->acc_ptrs && !j->bounced) {
         local_finish(r, j);
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (j->bounce) { /* the copies into the bounce buffer ran, or failed */
+    if (j->bounced) { /* the copies into the bounce buffer ran, or failed */
         if (!stream_mark_ran_locked(j->inner ? &j->mark_out : &j->mark) && !j->local_rc) {
             j->local_rc = FERRY_EIO;
             snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
@@ -178,6 +178,7 @@ void stream_job_free_memory(struct stream_job *j)
     free(j->acc_ptrs);
     free(j->orig);
     free(j->st);
+    free(j->own);
     free(j->reqs);
     free(j);
 }
@@ -373,6 +374,16 @@ static bool all_to_self(ferry_engine *e, const struct ferry_request *reqs, size_
     }
     pthread_rwlock_unlock(&e->seg_lock);
     return self;
+}
+
+void stream_to_self(ferry_engine *e, const struct ferry_request *reqs, size_t n, bool *self)
+{
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < n; i++) {
+        struct segment *s = engine_segment(e, reqs[i].target);
+        self[i] = s && s->desc.engine_id == e->engine_id;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
 }
 
 /* A registered range as a side of a copy on a stream of (ops, dev): 1

@@ -66,8 +66,12 @@ struct stream_job {
     /* a bounced job (bounce_submit): the requests' device memory moves
      * through a pinned host buffer with copies on the caller's stream, and
      * reqs are the rewritten requests, orig the caller's */
-    struct bounce *bounce;
+    bool bounced;
+    struct bounce *bounce;      /* NULL where only own-segment requests have device memory */
     bool bounce_lost;           /* the stream may still use it: never reused */
+    /* a bounced job's requests to the engine's own segment whose copies went
+     * on the caller's stream before the transfer (the transfer skips them) */
+    bool *own;
     struct ferry_request *orig;
     /* READs into device memory: the transfer runs on a batch of its own
      * (st: each request's outcome) and the caller's batch ends only after
@@ -133,6 +137,8 @@ int stream_slot_take(struct stream_runner *r, const struct ferry_device_ops *ops
 void stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
                          struct stream_mark *m);
 bool stream_mark_ran_locked(struct stream_mark *m);
+/* Which requests go to the engine's own segment (self[i]). */
+void stream_to_self(ferry_engine *e, const struct ferry_request *reqs, size_t n, bool *self);
 /* A registered range as a side of a copy on a stream of (ops, dev): 1
  * device memory of it, 0 host memory, -1 another device's. */
 int stream_side_of(const struct memreg_region *reg, const struct ferry_device_ops *ops, int dev);
