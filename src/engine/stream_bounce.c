@@ -383,14 +383,24 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
     j->n = n;
     j->bounced = true;
     j->inner = inner;
-    pthread_mutex_lock(&r->lock);
-    rc = stream_slot_take(r, ops, &j->page, &j->slot, &j->value);
+    bool out = p.nown > 0; /* copies before the transfer: a WRITE's, a mixed batch's, the own segment's */
+    for (size_t i = 0; i < n && !out; i++)
+        out = p.dirs[i] == FERRY_COPY_D2H;
+    /* the marks: after the copies before the transfer (an inner job's
+     * mark_out), after those into device memory (an inner job's mark) */
+    struct stream_mark *marks[2], **mk = marks;
+    if (out)
+        *mk++ = inner ? &j->mark_out : &j->mark;
+    if (inner)
+        *mk++ = &j->mark;
+    pthread_mutex_lock(&r->lock); /* every slot of the job before anything is enqueued */
+    rc = stream_slots_take_locked(r, ops, j, true, marks, (size_t)(mk - marks));
     if (!rc)
         r->in_flight++;
     pthread_mutex_unlock(&r->lock);
     if (rc) {
         memreg_access_end_many(&e->registry, j->acc_ptrs, j->naccs);
-        pthread_mutex_lock(&r->lock);
+        pthread_mutex_lock(&r->lock); /* (stream_slots_take_locked took none) */
         if (j->bounce) {
             j->bounce->next = r->bounces;
             r->bounces = j->bounce;
@@ -406,14 +416,18 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                  ferry_last_error());
         j->bounce_lost = true;
     }
-    bool out = p.nown > 0; /* copies before the transfer: a WRITE's, a mixed batch's, the own segment's */
-    for (size_t i = 0; i < n && !out; i++)
-        out = p.dirs[i] == FERRY_COPY_D2H;
-    if (out) /* (an inner job has its own mark after its copies into device memory) */
-        stream_mark_enqueue(r, ops, dev, stream, inner ? &j->mark_out : &j->mark);
+    char why[256] = "", mwhy[200] = "";
+    int mrc = out ? stream_mark_enqueue(r, ops, dev, stream, inner ? &j->mark_out : &j->mark) : 0;
+    if (mrc) { /* a failed copy would pass unseen: nothing may be sent */
+        snprintf(mwhy, sizeof mwhy, "the stream refused the mark after its copies: %s", ferry_last_error());
+        if (!j->local_rc) {
+            j->local_rc = mrc;
+            snprintf(j->local_msg, sizeof j->local_msg, "%s", mwhy);
+        }
+        j->bounce_lost = true;
+    }
     volatile uint32_t *flag = &j->page->flags[j->slot];
     uint32_t value = j->value;
-    char why[256] = "";
     int hrc = ops->stream_host_func(dev, stream, stream_on_reached, j);
     if (hrc) {
         /* the stream will not say when its copies ran: the transfer cannot start */
@@ -438,8 +452,12 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
             snprintf(j->after_msg, sizeof j->after_msg, "stream-ordered copies into device memory: %s",
                      ferry_last_error());
         }
-        if (!wrc)
-            stream_mark_enqueue(r, ops, dev, stream, &j->mark);
+        int arc = wrc ? 0 : stream_mark_enqueue(r, ops, dev, stream, &j->mark);
+        if (arc && !j->after_rc) {
+            j->after_rc = arc;
+            snprintf(j->after_msg, sizeof j->after_msg, "the stream refused the mark after its copies into device "
+                     "memory: %s", ferry_last_error());
+        }
         if (wrc || ops->stream_host_func(dev, stream, bounce_end_reached, j) != 0) {
             if (!j->after_rc) {
                 j->after_rc = wrc ? wrc : FERRY_EIO;
@@ -451,7 +469,9 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
         }
     }
     bounce_plan_free(&p);
-    *late = hrc ? ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why) : wrc;
+    *late = hrc ? ferry_fail(hrc, "submit_on_stream: %s (nothing was sent)", why)
+            : mrc ? ferry_fail(mrc, "submit_on_stream: %s (nothing was sent)", mwhy)
+                  : wrc;
     return 0;
 out:
     stream_job_free_memory(j);

@@ -387,6 +387,207 @@ static void bounced_mixed_write_copy_fails_on_the_device(void **state)
     fixture_stop(&f);
 }
 
+/* ------------------------------------------------------------ bounce setup refused */
+
+/* Another engine of this process with registered host memory (PEER_SEED)
+ * and its segment opened from f->e. */
+#define PEER_SEED 33
+struct peer {
+    ferry_engine *e;
+    char *mem;
+    ferry_segment_t seg;
+};
+
+static void peer_start(struct fixture *f, struct peer *p)
+{
+    assert_int_equal(ferry_engine_create(NULL, &p->e), 0);
+    p->mem = malloc(LEN);
+    assert_non_null(p->mem);
+    pattern_fill(p->mem, LEN, PEER_SEED, 0);
+    assert_int_equal(ferry_register_memory(p->e, p->mem, LEN, "cpu", 1), 0);
+    assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(p->e), &p->seg), 0);
+}
+
+static void peer_stop(struct peer *p)
+{
+    ferry_engine_destroy(p->e);
+    free(p->mem);
+}
+
+/* A bounced WRITE of the own buffer (FILL_SEED) to the peer whose setup is
+ * refused (FERRY_SIM_REFUSE=host_alloc:N: the bounce buffer, or the flag
+ * page after it): the call returns FERRY_ENOMEM naming the refusal with
+ * nothing enqueued (the peer keeps its bytes, the stream is idle), the
+ * accesses end; the batch takes the same submit again, which then goes
+ * through.  LeakSanitizer (the ASan build) sees nothing left.  Host
+ * allocations of sim in this process: the staging pool of sim:0 at
+ * fixture_start (1), then the bounce buffer (2), then the flag page (3):
+ * a different count fails the fixture or the message check. */
+static void bounced_setup_refused(const char *what)
+{
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    struct peer p;
+    peer_start(&f, &p);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b), 0);
+    struct ferry_request q = {FERRY_WRITE, f.own, p.seg, (uint64_t)(uintptr_t)p.mem, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f.stream), FERRY_ENOMEM);
+    if (!strstr(ferry_last_error(), "FERRY_SIM_REFUSE") || !strstr(ferry_last_error(), what))
+        fail_msg("the refused submit's message \"%s\" does not name the refusal of %s", ferry_last_error(), what);
+    assert_int_equal(f.sim->stream_query(f.stream), 0); /* nothing enqueued */
+    assert_int_equal(pattern_check(p.mem, LEN, PEER_SEED, 0), -1);
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f.stream), 0);
+    assert_int_equal(f.sim->stream_sync(f.stream), 0);
+    assert_int_equal(ferry_batch_wait(b, -1), 0);
+    assert_int_equal(pattern_check(p.mem, LEN, FILL_SEED, 0), -1);
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    peer_stop(&p);
+    fixture_stop(&f);
+}
+
+static void bounce_buffer_allocation_refused(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_REFUSE", "host_alloc:2", 1);
+    bounced_setup_refused("host_alloc(4194304)"); /* BOUNCE_MIN */
+}
+
+static void flag_page_allocation_refused(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_REFUSE", "host_alloc:3", 1);
+    bounced_setup_refused("host_alloc(4096)"); /* FLAG_SLOTS words */
+}
+
+/* The mark after the copies before a bounced WRITE's transfer is refused
+ * (FERRY_SIM_REFUSE=write_flag:1) and the copy out of device memory (job 2)
+ * fails on the device.  Before, the job went on without a mark, took the
+ * copies as run and sent the bounce buffer's stale bytes (the peer's were
+ * overwritten) and the batch ended COMPLETED.  Now a refused mark is an
+ * error of the call: the batch ends FAILED naming it, nothing is sent. */
+static void bounced_mark_refused(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_FAIL_COPY", "2", 1);
+    setenv("FERRY_SIM_REFUSE", "write_flag:1", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    struct peer p;
+    peer_start(&f, &p);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b), 0);
+    struct ferry_request q = {FERRY_WRITE, f.own, p.seg, (uint64_t)(uintptr_t)p.mem, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b, &q, 1, "sim:0", f.stream), FERRY_EIO);
+    assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO);
+    assert_failed(b, FERRY_EIO, "FERRY_SIM_REFUSE");
+    if (pattern_check(p.mem, LEN, PEER_SEED, 0) != -1)
+        fail_msg("the WRITE whose copy out of device memory failed sent the bounce buffer's bytes");
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    peer_stop(&p);
+    fixture_stop(&f);
+}
+
+/* The same for the own segment's copies (local_submit): before, the batch
+ * ended COMPLETED though its copy failed on the device. */
+static void own_mark_refused(void **state)
+{
+    (void)state;
+    setenv("FERRY_SIM_FAIL_COPY", "2", 1);
+    setenv("FERRY_SIM_REFUSE", "write_flag:1", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    ferry_batch *b;
+    assert_int_equal(submit_one(&f, FERRY_WRITE, "sim:0", false, &b), FERRY_EIO);
+    assert_int_equal(f.sim->stream_sync(f.stream), FERRY_EIO);
+    assert_failed(b, FERRY_EIO, "FERRY_SIM_REFUSE");
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    fixture_stop(&f);
+}
+
+/* ------------------------------------------------------------ flag slots run out */
+
+#define FLAG_SLOTS 1024 /* stream_internal.h's */
+static uint32_t gate;
+
+static void gate_wait(void *arg)
+{
+    ferry_flag_wait(arg, 1);
+}
+
+/* Stream-ordered WRITEs of host memory wait behind a gate on the stream,
+ * each with its flag slot.  With one slot left, a bounced WRITE, which
+ * needs two (its flag and its mark), is refused; with none left, a WRITE
+ * into the own segment (its mark) and another WRITE of host memory (its
+ * flag) are.  Each call returns FERRY_EBUSY naming FLAG_SLOTS with nothing
+ * enqueued (before, the first two went on with no mark, so a copy that
+ * failed would have passed unseen).  Once the gate opens and the transfers
+ * end, the same batches take the same submits. */
+static void flag_slots_run_out(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    struct peer p;
+    peer_start(&f, &p);
+    ferry_batch **held = calloc(FLAG_SLOTS + 1, sizeof *held);
+    assert_non_null(held);
+    for (size_t i = 0; i <= FLAG_SLOTS; i++)
+        assert_int_equal(ferry_batch_alloc(f.e, 1, &held[i]), 0);
+    gate = 0;
+    assert_int_equal(f.sim->stream_host_func(0, f.stream, gate_wait, &gate), 0);
+    int rc[FLAG_SLOTS + 1];
+    for (size_t i = 0; i < FLAG_SLOTS - 1; i++) {
+        struct ferry_request q = {FERRY_WRITE, f.host + i, p.seg, (uint64_t)(uintptr_t)(p.mem + i), 1};
+        rc[i] = ferry_batch_submit_on_stream(held[i], &q, 1, "sim:0", f.stream);
+    }
+    ferry_batch *bounced, *own;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &bounced), 0);
+    struct ferry_request q = {FERRY_WRITE, f.own, p.seg, (uint64_t)(uintptr_t)p.mem, LEN};
+    int bounced_rc = ferry_batch_submit_on_stream(bounced, &q, 1, "sim:0", f.stream);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", ferry_last_error());
+    for (size_t i = FLAG_SLOTS - 1; i <= FLAG_SLOTS; i++) { /* the last slot, then one too many */
+        struct ferry_request q1 = {FERRY_WRITE, f.host + i, p.seg, (uint64_t)(uintptr_t)(p.mem + i), 1};
+        rc[i] = ferry_batch_submit_on_stream(held[i], &q1, 1, "sim:0", f.stream);
+    }
+    int own_rc = submit_one(&f, FERRY_WRITE, "sim:0", false, &own);
+    ferry_flag_set(&gate, 1);
+    for (size_t i = 0; i < FLAG_SLOTS; i++)
+        assert_int_equal(rc[i], 0);
+    assert_int_equal(rc[FLAG_SLOTS], FERRY_EBUSY);
+    assert_int_equal(bounced_rc, FERRY_EBUSY);
+    if (!strstr(msg, "1024"))
+        fail_msg("the refused submit's message \"%s\" does not say how many wait", msg);
+    assert_int_equal(own_rc, FERRY_EBUSY);
+    assert_int_equal(f.sim->stream_sync(f.stream), 0);
+    for (size_t i = 0; i < FLAG_SLOTS; i++)
+        assert_int_equal(ferry_batch_wait(held[i], -1), 0);
+    assert_int_equal(pattern_check(p.mem, FLAG_SLOTS, DATA_SEED, 0), -1);
+    pattern_fill(p.mem, LEN, PEER_SEED, 0);
+    struct ferry_request q1 = {FERRY_WRITE, f.host + FLAG_SLOTS, p.seg, (uint64_t)(uintptr_t)(p.mem + FLAG_SLOTS), 1};
+    assert_int_equal(ferry_batch_submit_on_stream(held[FLAG_SLOTS], &q1, 1, "sim:0", f.stream), 0);
+    assert_int_equal(ferry_batch_submit_on_stream(bounced, &q, 1, "sim:0", f.stream), 0);
+    struct ferry_request q2 = {FERRY_WRITE, f.host, f.self, (uint64_t)(uintptr_t)f.own, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(own, &q2, 1, "sim:0", f.stream), 0);
+    assert_int_equal(f.sim->stream_sync(f.stream), 0);
+    assert_int_equal(ferry_batch_wait(held[FLAG_SLOTS], -1), 0);
+    assert_int_equal(ferry_batch_wait(bounced, -1), 0);
+    assert_int_equal(ferry_batch_wait(own, -1), 0);
+    assert_int_equal(pattern_check(p.mem, LEN, FILL_SEED, 0), -1);
+    for (size_t i = 0; i <= FLAG_SLOTS; i++)
+        ferry_batch_free(held[i]);
+    free(held);
+    ferry_batch_free(bounced);
+    ferry_batch_free(own);
+    assert_accesses_ended(&f);
+    peer_stop(&p);
+    fixture_stop(&f);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -405,6 +606,11 @@ static const struct named_case passing[] = {
     {"bounced_write_copy_fails_on_the_device", bounced_write_copy_fails_on_the_device},
     {"bounced_read_copy_fails_on_the_device", bounced_read_copy_fails_on_the_device},
     {"bounced_mixed_write_copy_fails_on_the_device", bounced_mixed_write_copy_fails_on_the_device},
+    {"bounce_buffer_allocation_refused", bounce_buffer_allocation_refused},
+    {"flag_page_allocation_refused", flag_page_allocation_refused},
+    {"bounced_mark_refused", bounced_mark_refused},
+    {"own_mark_refused", own_mark_refused},
+    {"flag_slots_run_out", flag_slots_run_out},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 
@@ -415,7 +621,7 @@ static void in_fresh_process(void **state)
 
 static int run_list(const char *group, const struct named_case *list, size_t n)
 {
-    struct CMUnitTest tests[16];
+    struct CMUnitTest tests[32];
     for (size_t i = 0; i < n && i < COUNT(tests); i++)
         tests[i] = (struct CMUnitTest){list[i].name, in_fresh_process, NULL, NULL, (void *)list[i].name};
     return _cmocka_run_group_tests(group, tests, n, NULL, NULL);
