@@ -774,6 +774,14 @@ static int sim_stream_sync(ferry_stream *stream)
     return stream_result(s, 0);
 }
 
+/* Any sim stream, as cuStreamSynchronize takes a stream of any device. */
+static int sim_stream_synchronize(int dev, void *stream)
+{
+    if (as_sim(stream) == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: %p is not a sim stream", dev, stream);
+    return sim_stream_sync(stream);
+}
+
 static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
     {"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"},
@@ -810,6 +818,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_wait_flag = sim_stream_wait_flag,
     .stream_copy = sim_stream_copy,
     .stream_write_flag = sim_stream_write_flag,
+    .stream_synchronize = sim_stream_synchronize,
     .ipc_export = sim_ipc_export,
     .ipc_open = sim_ipc_open,
     .ipc_close = sim_ipc_close,

@@ -534,18 +534,19 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
         snprintf(why, sizeof why, "the stream refused the mark after its copies: %s", ferry_last_error());
         if (!j->local_rc) {
             j->local_rc = mrc;
-            snprintf(j->local_msg, sizeof j->local_msg, "%s", why);
+            snprintf(j->local_msg, sizeof j->local_msg, "%.150s", why);
         }
     }
     rc = ops->stream_host_func(dev, stream, stream_on_reached, j);
-    if (rc) { /* the stream will not say when its copies ran: wait for the device */
-        LOG_ERROR("submit_on_stream: %s; ending the accesses of %zu requests to the own segment now", ferry_last_error(),
-                  n);
+    if (rc) { /* the stream will not say when its copies ran: wait for it */
+        LOG_ERROR("submit_on_stream: %s; the %zu requests to the own segment end once the stream ran their copies",
+                  ferry_last_error(), n);
         if (!j->local_rc) {
             j->local_rc = rc;
             snprintf(j->local_msg, sizeof j->local_msg, "%s", ferry_last_error());
         }
         snprintf(why, sizeof why, "%s", j->local_msg);
+        stream_drain_refused(ops, dev, stream);
         stream_on_reached(j);
         *late = ferry_fail(rc, "submit_on_stream: %s (the batch ended FAILED)", why);
     } else if (mrc)
@@ -560,6 +561,15 @@ out:
 }
 
 /* ------------------------------------------------------------ the caller's stream waits */
+
+void stream_drain_refused(const struct ferry_device_ops *ops, int dev, void *stream)
+{
+    int rc = ops->stream_synchronize ? ops->stream_synchronize(dev, stream)
+                                     : ferry_fail(FERRY_ENOTSUP, "%s has no stream_synchronize", ops->kind);
+    if (rc == FERRY_ENOTSUP) /* (another error is the stream's: its copies will not run) */
+        LOG_ERROR("submit_on_stream: %s: the accesses of a refused stream-ordered submit end while copies the "
+                  "stream accepted before may still run", ferry_last_error());
+}
 
 
 /* Enqueues on the stream the wait for the job's flag: a device-side wait,

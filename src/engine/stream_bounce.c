@@ -422,7 +422,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
         snprintf(mwhy, sizeof mwhy, "the stream refused the mark after its copies: %s", ferry_last_error());
         if (!j->local_rc) {
             j->local_rc = mrc;
-            snprintf(j->local_msg, sizeof j->local_msg, "%s", mwhy);
+            snprintf(j->local_msg, sizeof j->local_msg, "%.150s", mwhy);
         }
         j->bounce_lost = true;
     }
@@ -438,6 +438,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
             snprintf(j->local_msg, sizeof j->local_msg, "submit_on_stream: %.120s", why);
         }
         j->bounce_lost = true;
+        stream_drain_refused(ops, dev, stream); /* (the copies before it end the accesses of a WRITE's job) */
         stream_on_reached(j); /* ends it with local_rc (an inner job's end also needs its host function below) */
         if (!inner) {
             bounce_plan_free(&p);
@@ -465,6 +466,8 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                          "memory after the transfer");
             }
             j->bounce_lost = true;
+            if (!wrc) /* the copies into device memory may still run after the transfer */
+                stream_drain_refused(ops, dev, stream);
             bounce_end_here(r, j);
         }
     }

@@ -153,6 +153,12 @@ int stream_side_of(const struct memreg_region *reg, const struct ferry_device_op
 int stream_enqueue_wait(const struct ferry_device_ops *ops, int dev, void *stream, volatile uint32_t *flag,
                         uint32_t value);
 
+/* The stream refused ferry's host function after copies it accepted,
+ * which may still run: waits until the stream ran them (the device's
+ * stream_synchronize; an error, logged, where it has none), so that the
+ * accesses to their memory end after them. */
+void stream_drain_refused(const struct ferry_device_ops *ops, int dev, void *stream);
+
 /* stream_bounce.c */
 
 /* Device memory of (ops, dev) to another engine through a bounce buffer, the

@@ -22,8 +22,10 @@
  * Nothing here depends on timing: the bounded waits only keep a broken run
  * from hanging.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -588,6 +590,122 @@ static void flag_slots_run_out(void **state)
     fixture_stop(&f);
 }
 
+/* ------------------------------------------------------------ a refused host function */
+
+static ferry_stream *fixture_stream;
+
+/* The stream refuses ferry's host function (FERRY_SIM_REFUSE=host_func:N)
+ * after a copy of the submit that it accepted and holds (copy job 2,
+ * FERRY_SIM_HOLD_COPY): before, the call ended the accesses to the copy's
+ * memory at once, so an unregister could return while the copy was still to
+ * touch it.  Now the call waits for the stream (stream_synchronize) before
+ * it ends them: it may not return before the held copy is let go.  The
+ * moment given to the call to return early only makes the old bug visible;
+ * the fixed code passes whatever the timing. */
+static atomic_int released;
+
+struct held_submit {
+    ferry_batch *b;
+    struct ferry_request q;
+    int rc;
+    int released_seen;
+};
+
+static void *submit_in_thread(void *arg)
+{
+    struct held_submit *h = arg;
+    h->rc = ferry_batch_submit_on_stream(h->b, &h->q, 1, "sim:0", fixture_stream);
+    h->released_seen = atomic_load(&released);
+    return NULL;
+}
+
+static void hold_copy_2(char *path, size_t len)
+{
+    snprintf(path, len, "/tmp/ferry-stream-faults-hold-%d", (int)getpid());
+    unlink(path);
+    char hold[300];
+    snprintf(hold, sizeof hold, "2:%s", path);
+    setenv("FERRY_SIM_HOLD_COPY", hold, 1);
+}
+
+/* Submits q while copy job 2 is held; returns the call's result. */
+static int submit_while_copy_held(struct fixture *f, ferry_batch *b, struct ferry_request q, const char *path)
+{
+    struct held_submit h = {b, q, 0, 0};
+    fixture_stream = f->stream;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, submit_in_thread, &h), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1; /* the call's chance to return early (the bug), not a measurement */
+    bool joined = pthread_timedjoin_np(th, NULL, &until) == 0;
+    atomic_store(&released, 1);
+    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    if (!joined)
+        pthread_join(th, NULL);
+    unlink(path);
+    if (!h.released_seen)
+        fail_msg("submit_on_stream returned, its accesses ended, while a copy the stream accepted was still held");
+    return h.rc;
+}
+
+static void own_host_func_refused_after_a_held_copy(void **state)
+{
+    (void)state;
+    char path[128];
+    hold_copy_2(path, sizeof path);
+    setenv("FERRY_SIM_REFUSE", "host_func:1", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b), 0);
+    struct ferry_request q = {FERRY_WRITE, f.host, f.self, (uint64_t)(uintptr_t)f.own, LEN};
+    assert_int_equal(submit_while_copy_held(&f, b, q, path), FERRY_EIO);
+    assert_failed(b, FERRY_EIO, "FERRY_SIM_REFUSE");
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    fixture_stop(&f);
+}
+
+/* The same for a bounced WRITE (its copy out of device memory) and a
+ * bounced READ whose second host function, after the copy into device
+ * memory, is refused (the accesses ended when the transfer did). */
+static void bounced_host_func_refused_after_a_held_copy(int opcode, const char *refuse)
+{
+    char path[128];
+    hold_copy_2(path, sizeof path);
+    setenv("FERRY_SIM_REFUSE", refuse, 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    struct peer p;
+    peer_start(&f, &p);
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b), 0);
+    struct ferry_request q = {opcode, f.own, p.seg, (uint64_t)(uintptr_t)p.mem, LEN};
+    int rc = submit_while_copy_held(&f, b, q, path);
+    assert_int_equal(rc, opcode == FERRY_WRITE ? FERRY_EIO : 0);
+    assert_int_equal(ferry_batch_wait(b, -1), FERRY_EIO);
+    assert_int_equal(pattern_check(p.mem, LEN, PEER_SEED, 0), -1); /* a WRITE sent nothing */
+    ferry_batch_free(b);
+    assert_accesses_ended(&f);
+    peer_stop(&p);
+    fixture_stop(&f);
+}
+
+static void bounced_write_host_func_refused_after_a_held_copy(void **state)
+{
+    (void)state;
+    bounced_host_func_refused_after_a_held_copy(FERRY_WRITE, "host_func:1");
+}
+
+static void bounced_read_host_func_refused_after_a_held_copy(void **state)
+{
+    (void)state;
+    bounced_host_func_refused_after_a_held_copy(FERRY_READ, "host_func:2");
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -611,6 +729,9 @@ static const struct named_case passing[] = {
     {"bounced_mark_refused", bounced_mark_refused},
     {"own_mark_refused", own_mark_refused},
     {"flag_slots_run_out", flag_slots_run_out},
+    {"own_host_func_refused_after_a_held_copy", own_host_func_refused_after_a_held_copy},
+    {"bounced_write_host_func_refused_after_a_held_copy", bounced_write_host_func_refused_after_a_held_copy},
+    {"bounced_read_host_func_refused_after_a_held_copy", bounced_read_host_func_refused_after_a_held_copy},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 
