@@ -33,12 +33,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "device/device.h"
+#include "fake_target.h"
+#include "net.h"
 #include "testutil.h"
+#include "transport/tcp/tcp_wire.h"
 
 #define LEN (64u << 10)
 #define FILL_SEED 5
@@ -741,6 +745,156 @@ static void bounced_read_host_func_refused_after_a_held_copy(void **state)
     bounced_host_func_refused_after_a_held_copy(FERRY_READ, "host_func:2");
 }
 
+/* ------------------------------------------------------------ a READ that times out */
+
+/* A target of this test (fake_target.c) that answers its first READ with
+ * the header and half the payload, holds the rest until released, then
+ * sends it (the initiator gave up on it by then). */
+struct late_target {
+    struct fake_target ft;
+    char *mem;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int released, answering, done; /* answering: a READ came (on whichever connection) */
+};
+
+static void late_answer(struct late_target *k, int fd)
+{
+    uint8_t raw[WIRE_HEADER_SIZE + WIRE_MAX_ENTRIES * WIRE_ENTRY_SIZE];
+    struct wire_header h;
+    struct wire_entry e[WIRE_MAX_ENTRIES];
+    char name[WIRE_MAX_NAME];
+    if (net_read_full(fd, raw, WIRE_HEADER_SIZE) || wire_decode_header(raw, &h) || h.payload_len > sizeof name ||
+        net_read_full(fd, name, (size_t)h.payload_len))
+        return;
+    struct wire_header ack = {.type = WIRE_HELLO_ACK, .id = h.id};
+    wire_encode_header(&ack, raw);
+    if (net_write_full(fd, raw, WIRE_HEADER_SIZE) || net_read_full(fd, raw, WIRE_HEADER_SIZE) ||
+        wire_decode_header(raw, &h) || h.type != WIRE_READ ||
+        net_read_full(fd, raw, (size_t)h.nentries * WIRE_ENTRY_SIZE) || wire_decode_entries(raw, &h, e))
+        return;
+    size_t total = 0;
+    for (unsigned i = 0; i < h.nentries; i++)
+        total += e[i].len;
+    uint8_t *resp = malloc(WIRE_HEADER_SIZE + total + WIRE_TRAILER_SIZE);
+    if (!resp)
+        return;
+    struct wire_header rh = {.type = WIRE_READ_RESP, .id = h.id, .payload_len = total,
+                             .flags = h.flags & WIRE_FLAG_TRAILER};
+    wire_encode_header(&rh, resp);
+    size_t off = WIRE_HEADER_SIZE;
+    for (unsigned i = 0; i < h.nentries; i++, off += e[i - 1].len)
+        memcpy(resp + off, (const void *)(uintptr_t)e[i].addr, e[i].len);
+    if (rh.flags & WIRE_FLAG_TRAILER) {
+        wire_encode_trailer(&(struct wire_trailer){0}, resp + off);
+        off += WIRE_TRAILER_SIZE;
+    }
+    size_t half = WIRE_HEADER_SIZE + total / 2;
+    pthread_mutex_lock(&k->mu);
+    bool first = !k->answering;
+    k->answering = 1;
+    pthread_mutex_unlock(&k->mu);
+    if (first && net_write_full(fd, resp, half) == 0) {
+        pthread_mutex_lock(&k->mu);
+        while (!k->released)
+            pthread_cond_wait(&k->cv, &k->mu);
+        pthread_mutex_unlock(&k->mu);
+        (void)send(fd, resp + half, off - half, MSG_NOSIGNAL); /* (the initiator may have closed) */
+    }
+    free(resp);
+}
+
+/* Each data connection in turn (the initiator may open several, and send
+ * the READ on any that got its HELLO_ACK): one that carries no frame ends
+ * when its reads time out, so that the next is served. */
+static void serve_late(void *ctx, int fd)
+{
+    struct late_target *k = ctx;
+    struct timeval tv = {.tv_sec = 2};
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    late_answer(k, fd);
+    pthread_mutex_lock(&k->mu);
+    k->done = k->answering;
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* A bounced READ whose tcp request ends TIMEOUT (FERRY_REQUEST_TIMEOUT_MS
+ * passes with half its payload in): its batch ends TIMEOUT, its device
+ * memory holds zeros (not a bounce buffer's stale bytes), and the bounce
+ * buffer goes back to the runner (FERRY_STREAM_BOUNCE_MB=4: the only one).
+ * The next READ (from the peer) takes it; while its copy into device memory
+ * is held (copy job 4), the target sends the rest of the timed-out payload.
+ * The tcp receiver ends a frame only once it has stopped receiving for it
+ * (the inner batch's ferry_batch_wait(-1) waits for that), so none of those
+ * bytes may land: the device memory holds the peer's bytes.  (Had the
+ * receiver gone on, the late bytes would have landed in the reused buffer
+ * only if the peer's had landed first: this catches such a hole in most
+ * runs, never fails the right code.) */
+static void timed_out_read_leaves_the_reused_bounce_buffer_alone(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/ferry-stream-faults-hold-%d", (int)getpid());
+    unlink(path);
+    char hold[300];
+    snprintf(hold, sizeof hold, "4:%s", path);
+    setenv("FERRY_SIM_HOLD_COPY", hold, 1);
+    setenv("FERRY_REQUEST_TIMEOUT_MS", "1000", 1);
+    setenv("FERRY_STREAM_BOUNCE_MB", "4", 1);
+    struct fixture f;
+    fixture_start(&f, "sim:0");
+    struct peer p;
+    peer_start(&f, &p);
+    struct late_target k = {.mem = malloc(LEN)};
+    assert_non_null(k.mem);
+    pattern_fill(k.mem, LEN, 77, 0);
+    pthread_mutex_init(&k.mu, NULL);
+    pthread_cond_init(&k.cv, NULL);
+    assert_int_equal(fake_target_start(&k.ft, NULL, 0x1a7e5eedull, k.mem, LEN, NULL, serve_late, &k), 0);
+    ferry_segment_t late_seg;
+    assert_int_equal(ferry_open_segment(f.e, k.ft.name, &late_seg), 0);
+    ferry_batch *b1, *b2;
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b1), 0);
+    assert_int_equal(ferry_batch_alloc(f.e, 1, &b2), 0);
+    struct ferry_request q1 = {FERRY_READ, f.own, late_seg, (uint64_t)(uintptr_t)k.mem, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b1, &q1, 1, "sim:0", f.stream), 0);
+    struct ferry_copy out = {f.after, f.own, LEN};
+    assert_int_equal(f.sim->stream_copy(0, f.stream, FERRY_COPY_D2H, &out, 1), 0); /* copy job 3: what the READ left */
+    assert_int_equal(f.sim->stream_sync(f.stream), 0);
+    ferry_batch_wait(b1, -1);
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b1, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_TIMEOUT);
+    char *zeros = calloc(1, LEN);
+    assert_non_null(zeros);
+    assert_memory_equal(f.after, zeros, LEN);
+    struct ferry_request q2 = {FERRY_READ, f.own, p.seg, (uint64_t)(uintptr_t)p.mem, LEN};
+    assert_int_equal(ferry_batch_submit_on_stream(b2, &q2, 1, "sim:0", f.stream), 0); /* its copy: job 4, held */
+    pthread_mutex_lock(&k.mu);
+    k.released = 1;
+    pthread_cond_broadcast(&k.cv);
+    while (k.answering && !k.done) /* (the late bytes are out, or the initiator closed the socket) */
+        pthread_cond_wait(&k.cv, &k.mu);
+    pthread_mutex_unlock(&k.mu);
+    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(f.sim->stream_copy(0, f.stream, FERRY_COPY_D2H, &out, 1), 0);
+    assert_int_equal(f.sim->stream_sync(f.stream), 0);
+    unlink(path);
+    assert_int_equal(ferry_batch_wait(b2, -1), 0);
+    assert_int_equal(pattern_check(f.after, LEN, PEER_SEED, 0), -1);
+    ferry_batch_free(b1);
+    ferry_batch_free(b2);
+    free(zeros);
+    assert_accesses_ended(&f);
+    peer_stop(&p);
+    fixture_stop(&f);
+    fake_target_stop(&k.ft);
+    free(k.mem);
+}
+
 /* ------------------------------------------------------------ main */
 
 struct named_case {
@@ -768,6 +922,7 @@ static const struct named_case passing[] = {
     {"bounced_write_host_func_refused_after_a_held_copy", bounced_write_host_func_refused_after_a_held_copy},
     {"bounced_read_host_func_refused_after_a_held_copy", bounced_read_host_func_refused_after_a_held_copy},
     {"engine_destroyed_after_a_refused_host_func", engine_destroyed_after_a_refused_host_func},
+    {"timed_out_read_leaves_the_reused_bounce_buffer_alone", timed_out_read_leaves_the_reused_bounce_buffer_alone},
 };
 #define COUNT(a) (sizeof(a) / sizeof(a)[0])
 
