@@ -332,11 +332,11 @@ static void slot_take(struct flag_page *p, struct flag_page **page, int *slot, u
 int stream_slots_take_locked(struct stream_runner *r, const struct ferry_device_ops *ops, struct stream_job *j,
                              bool with_flag, struct stream_mark *const *m, size_t nm)
 {
-    struct flag_page *p = NULL;
-    int rc = flag_page_of(r, ops, &p);
-    if (rc)
-        return rc;
     size_t marks = ops->stream_write_flag ? nm : 0, need = (with_flag ? 1 : 0) + marks;
+    struct flag_page *p = NULL;
+    int rc = need ? flag_page_of(r, ops, &p) : 0;
+    if (rc || !need)
+        return rc;
     if ((size_t)p->nfree < need)
         return ferry_fail(FERRY_EBUSY, "stream ordering: all %d flag slots are taken by transfers and copies "
                           "waiting for their streams (%zu needed)", FLAG_SLOTS, need);

@@ -40,7 +40,7 @@ static void bounce_finish(struct stream_runner *r, struct stream_job *j)
     }
     pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < j->n && j->after_rc; i++)
-        if (!j->st[i].error && j->orig[i].source != j->reqs[i].source) {
+        if (!j->st[i].error && j->orig[i].opcode == FERRY_READ && j->orig[i].source != j->reqs[i].source) {
             j->st[i].error = j->after_rc;
             snprintf(j->st[i].message, sizeof j->st[i].message, "%s", j->after_msg);
         }
