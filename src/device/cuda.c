@@ -497,6 +497,19 @@ static int cuda_stream_host_func(int dev, void *stream, void (*fn)(void *), void
     return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuLaunchHostFunc", dev);
 }
 
+static int cuda_stream_synchronize(int dev, void *stream)
+{
+    struct ctx_guard g;
+    int rc = cuda_init();
+    if (rc < 0)
+        return rc;
+    if ((rc = stream_ctx_enter(dev, &g)) < 0)
+        return rc;
+    CUresult r = cuda_drv.cuStreamSynchronize((CUstream)stream);
+    cuda_ctx_leave(&g);
+    return r == CUDA_SUCCESS ? 0 : cu_fail(r, "cuStreamSynchronize", dev);
+}
+
 static int cuda_stream_copy(int dev, void *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n)
 {
     struct ctx_guard g;
@@ -687,6 +700,7 @@ const struct ferry_device_ops ferry_device_cuda = {
     .stream_wait_flag = cuda_stream_wait_flag,
     .stream_copy = cuda_stream_copy,
     .stream_write_flag = cuda_stream_write_flag,
+    .stream_synchronize = cuda_stream_synchronize,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,

@@ -160,6 +160,12 @@ struct ferry_device_ops {
      * device skips once a copy before it failed: a host function after it
      * reads whether the stream's copies ran.  0 or FERRY_E*. */
     int (*stream_write_flag)(int dev, void *stream, volatile uint32_t *flag, uint32_t value);
+    /* Optional: waits until everything enqueued so far on the caller's own
+     * stream (as above) has run (cuStreamSynchronize).  For stream
+     * ordering's error paths: a stream that refused ferry's host function
+     * still runs the copies enqueued before it, which touch registered
+     * memory.  0 or FERRY_E* (the stream's error). */
+    int (*stream_synchronize)(int dev, void *stream);
 
     /* Optional (NULL: this kind's memory cannot be shared between processes;
      * peers then reach it only through its owner, staged over tcp/rdma).

@@ -23,7 +23,10 @@
  * (nothing queued, the stream stays usable, like a rejected launch).
  * FERRY_SIM_HOLD_COPY="N:path" holds copy job N back (its stream's worker
  * waits before running it) until the file path exists: a test decides when
- * a copy completes, without timing.  A function on a stream (stream_then)
+ * a copy completes, without timing.  FERRY_SIM_REFUSE="op:N" refuses the
+ * Nth call of host_alloc (FERRY_ENOMEM, as cuMemHostAlloc out of memory),
+ * stream_host_func or stream_write_flag (FERRY_EIO, as a refused launch:
+ * nothing enqueued), each op counted from 1 in this process.  A function on a stream (stream_then)
  * is not called once the stream has failed, as cuLaunchHostFunc's is not.
  */
 #include "device/backend.h"
@@ -308,12 +311,25 @@ static void sim_mem_free(int dev, void *ptr)
     pthread_mutex_unlock(&d->lock);
 }
 
+/* Whether FERRY_SIM_REFUSE refuses this call of op (counted here). */
+static bool refused(enum sim_op op)
+{
+    uint64_t call = atomic_fetch_add(&sim_hw.calls[op], 1) + 1;
+    for (size_t i = 0; i < sim_hw.nrefusals; i++)
+        if (sim_hw.refusals[i].op == op && sim_hw.refusals[i].call == call)
+            return true;
+    return false;
+}
+
 /* Pinned memory needs no pinning here: page-aligned heap memory (so ASan
  * still sees overruns of staging chunks). */
 static int sim_host_alloc(size_t len, void **out)
 {
     if (len == 0 || out == NULL || len > SIZE_MAX - SIM_PAGE)
         return ferry_fail(FERRY_EINVAL, "sim: host_alloc needs 0 < len and out");
+    if (refused(SIM_OP_HOST_ALLOC))
+        return ferry_fail(FERRY_ENOMEM, "sim: host_alloc(%zu) call %llu refused: out of pinned memory, injected by "
+                          "FERRY_SIM_REFUSE", len, (unsigned long long)atomic_load(&sim_hw.calls[SIM_OP_HOST_ALLOC]));
     void *p = NULL;
     int err = posix_memalign(&p, SIM_PAGE, (len + SIM_PAGE - 1) & ~(SIM_PAGE - 1));
     if (err != 0)
@@ -690,6 +706,8 @@ static int sim_stream_host_func(int dev, void *stream, void (*fn)(void *), void 
 {
     if (fn == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: stream_host_func without a function", dev);
+    if (refused(SIM_OP_HOST_FUNC))
+        return ferry_fail(FERRY_EIO, "sim:%d: stream_host_func refused: injected by FERRY_SIM_REFUSE", dev);
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.fn = fn, .arg = arg});
 }
 
@@ -720,6 +738,8 @@ static int sim_stream_write_flag(int dev, void *stream, volatile uint32_t *flag,
 {
     if (flag == NULL)
         return ferry_fail(FERRY_EINVAL, "sim:%d: stream_write_flag without a flag", dev);
+    if (refused(SIM_OP_WRITE_FLAG))
+        return ferry_fail(FERRY_EIO, "sim:%d: stream_write_flag refused: injected by FERRY_SIM_REFUSE", dev);
     return sim_enqueue_sync_job(dev, stream, &(struct sim_job){.mark = flag, .value = value});
 }
 
@@ -754,6 +774,14 @@ static int sim_stream_sync(ferry_stream *stream)
     return stream_result(s, 0);
 }
 
+/* Any sim stream, as cuStreamSynchronize takes a stream of any device. */
+static int sim_stream_synchronize(int dev, void *stream)
+{
+    if (as_sim(stream) == NULL)
+        return ferry_fail(FERRY_EINVAL, "sim:%d: %p is not a sim stream", dev, stream);
+    return sim_stream_sync(stream);
+}
+
 static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_DEVICES", "2", "number of simulated devices sim:0..N-1 (1-16), for hosts with no accelerator"},
     {"FERRY_SIM_DEVICE_MEM", "16G", "address space reserved per sim device (1M-1024G)"},
@@ -764,6 +792,8 @@ static const struct ferry_config_knob sim_knobs[] = {
      "(as CUDA stalls it under lazy module loading)"},
     {"FERRY_SIM_HOLD_COPY", "", "tests: N:path holds sim copy job N (numbered as above) back until the file path "
      "exists"},
+    {"FERRY_SIM_REFUSE", "", "tests: op:N refuses the Nth call (from 1, in this process) of op: host_alloc "
+     "(FERRY_ENOMEM), host_func or write_flag (FERRY_EIO, nothing enqueued); up to 8, comma-separated"},
     {NULL, NULL, NULL},
 };
 
@@ -788,6 +818,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .stream_wait_flag = sim_stream_wait_flag,
     .stream_copy = sim_stream_copy,
     .stream_write_flag = sim_stream_write_flag,
+    .stream_synchronize = sim_stream_synchronize,
     .ipc_export = sim_ipc_export,
     .ipc_open = sim_ipc_open,
     .ipc_close = sim_ipc_close,

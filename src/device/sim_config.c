@@ -3,8 +3,8 @@
  * sim_config.c — the sim device's settings, read once when it loads
  * (sim_load in sim.c, under the device loader's lock): how many devices and
  * how much address space each (FERRY_SIM_DEVICES, FERRY_SIM_DEVICE_MEM), and
- * the tests' fault injection (FERRY_SIM_FAIL_COPY) and held copies
- * (FERRY_SIM_HOLD_COPY) into sim_hw.  Owns nothing.
+ * the tests' fault injection (FERRY_SIM_FAIL_COPY, FERRY_SIM_REFUSE) and
+ * held copies (FERRY_SIM_HOLD_COPY) into sim_hw.  Owns nothing.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -71,6 +71,42 @@ static int read_faults(void)
                       s, SIM_MAX_FAULTS);
 }
 
+static const char *const op_names[SIM_OPS] = {"host_alloc", "host_func", "write_flag"};
+
+/* FERRY_SIM_REFUSE="op:N[,op:N...]" into sim_hw.refusals. */
+static int read_refusals(void)
+{
+    const char *s = getenv("FERRY_SIM_REFUSE");
+    sim_hw.nrefusals = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    for (const char *p = s;;) {
+        int op = 0;
+        size_t len = 0;
+        for (; op < SIM_OPS; op++)
+            if (strncmp(p, op_names[op], len = strlen(op_names[op])) == 0 && p[len] == ':')
+                break;
+        if (op == SIM_OPS || sim_hw.nrefusals == SIM_MAX_FAULTS)
+            break;
+        char *end;
+        errno = 0;
+        unsigned long long call = p[len + 1] >= '0' && p[len + 1] <= '9' ? strtoull(p + len + 1, &end, 10) : 0;
+        if (call == 0 || errno != 0)
+            break;
+        sim_hw.refusals[sim_hw.nrefusals++] = (struct sim_refusal){(enum sim_op)op, call};
+        if (*end == '\0')
+            return 0;
+        if (*end != ',')
+            break;
+        p = end + 1;
+    }
+    sim_hw.nrefusals = 0;
+    return ferry_fail(FERRY_EINVAL,
+                      "FERRY_SIM_REFUSE=\"%.64s\": want up to %d op:N, op one of host_alloc, host_func, "
+                      "write_flag and N >= 1 (its Nth call is refused), comma-separated",
+                      s, SIM_MAX_FAULTS);
+}
+
 /* FERRY_SIM_HOLD_COPY="N:path" into sim_hw.hold_job / hold_path. */
 static int read_hold(void)
 {
@@ -117,6 +153,8 @@ int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
     int rc = read_faults();
     if (!rc)
         rc = read_hold();
+    if (!rc)
+        rc = read_refusals();
     s = getenv("FERRY_SIM_STALL_ON_WAIT");
     sim_hw.stall_on_wait = s && strcmp(s, "1") == 0;
     if (!rc && s && *s && strcmp(s, "0") != 0 && strcmp(s, "1") != 0)

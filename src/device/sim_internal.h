@@ -26,6 +26,9 @@
 #define SIM_STREAM_MAGIC 0x73696d73u /* "sims" */
 #define SIM_MAX_FAULTS 8
 
+/* The calls FERRY_SIM_REFUSE can refuse, each counted from 1 per process. */
+enum sim_op { SIM_OP_HOST_ALLOC, SIM_OP_HOST_FUNC, SIM_OP_WRITE_FLAG, SIM_OPS };
+
 /* One live allocation: [off, off + len) of its device's region is usable,
  * [off, off + span) is taken (span = len rounded up to a page). */
 struct sim_alloc {
@@ -61,6 +64,13 @@ struct sim_hw {
         int at_start;
     } faults[SIM_MAX_FAULTS];
     atomic_uint_fast64_t jobs;   /* copy_async calls with copies so far */
+    /* FERRY_SIM_REFUSE: the calls of each op that are refused */
+    size_t nrefusals;
+    struct sim_refusal {
+        enum sim_op op;
+        uint64_t call;
+    } refusals[SIM_MAX_FAULTS];
+    atomic_uint_fast64_t calls[SIM_OPS]; /* calls of each op so far */
     atomic_int flag_waits;       /* streams now waiting on a flag (stream_wait_flag) */
     atomic_int waits_queued;     /* flag waits enqueued and not yet over */
     int stall_on_wait;           /* FERRY_SIM_STALL_ON_WAIT */
@@ -79,7 +89,7 @@ int sim_mem_alloc(int dev, size_t len, void **out);
 void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 
 /* sim_config.c: FERRY_SIM_DEVICES / _DEVICE_MEM into the arguments (size_given:
- * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY into sim_hw.  0 or
+ * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY / _REFUSE into sim_hw.  0 or
  * FERRY_EINVAL naming the variable. */
 int sim_read_config(int *ndev, size_t *dev_size, int *size_given);
 

@@ -90,12 +90,12 @@ void stream_on_reached(void *arg)
 {
     struct stream_job *j = arg;
     struct stream_runner *r = j->r;
-    if (j->acc_ptrs && !j->bounce) {
+    if (j->acc_ptrs && !j->bounced) {
         local_finish(r, j);
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (j->bounce) { /* the copies into the bounce buffer ran, or failed */
+    if (j->bounced) { /* the copies into the bounce buffer ran, or failed */
         if (!stream_mark_ran_locked(j->inner ? &j->mark_out : &j->mark) && !j->local_rc) {
             j->local_rc = FERRY_EIO;
             snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies out of device memory: %s",
@@ -178,6 +178,7 @@ void stream_job_free_memory(struct stream_job *j)
     free(j->acc_ptrs);
     free(j->orig);
     free(j->st);
+    free(j->own);
     free(j->reqs);
     free(j);
 }
@@ -296,56 +297,81 @@ void stream_runner_destroy(struct stream_runner *r)
     free(r);
 }
 
-/* A free flag slot of ops' page (created on first use).  Runner lock held. */
-int stream_slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page,
-                     int *slot, uint32_t *value)
+/* ops' flag page, made on first use.  Runner lock held. */
+static int flag_page_of(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **out)
 {
-    struct flag_page *p = NULL;
-    for (size_t i = 0; i < r->npages && !p; i++)
-        if (r->pages[i].ops == ops)
-            p = &r->pages[i];
-    if (!p) {
-        if (r->npages == FLAG_KINDS)
-            return ferry_fail(FERRY_ENOTSUP, "stream ordering: more than %d device kinds", FLAG_KINDS);
-        void *mem = NULL;
-        int rc = ops->host_alloc(FLAG_SLOTS * sizeof(uint32_t), &mem);
-        if (rc)
-            return rc;
-        p = &r->pages[r->npages++];
-        p->ops = ops;
-        p->flags = mem;
-        memset(mem, 0, FLAG_SLOTS * sizeof(uint32_t));
-        for (int i = 0; i < FLAG_SLOTS; i++)
-            p->free_slots[i] = FLAG_SLOTS - 1 - i;
-        p->nfree = FLAG_SLOTS;
-    }
-    if (!p->nfree)
-        return ferry_fail(FERRY_EBUSY, "stream ordering: %d transfers are already waiting for their streams",
-                          FLAG_SLOTS);
-    *page = p;
-    *slot = p->free_slots[--p->nfree];
-    *value = ++p->next[*slot];
+    for (size_t i = 0; i < r->npages; i++)
+        if (r->pages[i].ops == ops) {
+            *out = &r->pages[i];
+            return 0;
+        }
+    if (r->npages == FLAG_KINDS)
+        return ferry_fail(FERRY_ENOTSUP, "stream ordering: more than %d device kinds", FLAG_KINDS);
+    void *mem = NULL;
+    int rc = ops->host_alloc(FLAG_SLOTS * sizeof(uint32_t), &mem);
+    if (rc)
+        return rc;
+    struct flag_page *p = &r->pages[r->npages++];
+    p->ops = ops;
+    p->flags = mem;
+    memset(mem, 0, FLAG_SLOTS * sizeof(uint32_t));
+    for (int i = 0; i < FLAG_SLOTS; i++)
+        p->free_slots[i] = FLAG_SLOTS - 1 - i;
+    p->nfree = FLAG_SLOTS;
+    *out = p;
     return 0;
 }
 
-/* Enqueues the job's mark after the copies enqueued on the stream so far.
- * Where the device cannot write one, or no slot is free, there is none and
- * the copies count as run. */
-void stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
-                         struct stream_mark *m)
+static void slot_take(struct flag_page *p, struct flag_page **page, int *slot, uint32_t *value)
 {
-    if (!ops->stream_write_flag)
-        return;
-    pthread_mutex_lock(&r->lock);
-    if (stream_slot_take(r, ops, &m->page, &m->slot, &m->value) != 0)
-        m->page = NULL;
-    pthread_mutex_unlock(&r->lock);
-    if (m->page && ops->stream_write_flag(dev, stream, &m->page->flags[m->slot], m->value) != 0) {
+    *page = p;
+    *slot = p->free_slots[--p->nfree];
+    *value = ++p->next[*slot];
+}
+
+int stream_slots_take_locked(struct stream_runner *r, const struct ferry_device_ops *ops, struct stream_job *j,
+                             bool with_flag, struct stream_mark *const *m, size_t nm)
+{
+    size_t marks = ops->stream_write_flag ? nm : 0, need = (with_flag ? 1 : 0) + marks;
+    struct flag_page *p = NULL;
+    int rc = need ? flag_page_of(r, ops, &p) : 0;
+    if (rc || !need)
+        return rc;
+    if ((size_t)p->nfree < need)
+        return ferry_fail(FERRY_EBUSY, "stream ordering: all %d flag slots are taken by transfers and copies "
+                          "waiting for their streams (%zu needed)", FLAG_SLOTS, need);
+    if (with_flag)
+        slot_take(p, &j->page, &j->slot, &j->value);
+    for (size_t i = 0; i < marks; i++)
+        slot_take(p, &m[i]->page, &m[i]->slot, &m[i]->value);
+    return 0;
+}
+
+void stream_slots_give_locked(struct stream_job *j)
+{
+    if (j->page)
+        j->page->free_slots[j->page->nfree++] = j->slot;
+    j->page = NULL;
+    stream_mark_ran_locked(&j->mark);
+    stream_mark_ran_locked(&j->mark_out);
+}
+
+/* Enqueues the mark (its slot from stream_slots_take_locked; none where
+ * the device writes no marks) after the copies enqueued on the stream so
+ * far.  0, or the device's refusal: there is no mark, its slot is free. */
+int stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
+                        struct stream_mark *m)
+{
+    if (!m->page)
+        return 0;
+    int rc = ops->stream_write_flag(dev, stream, &m->page->flags[m->slot], m->value);
+    if (rc) {
         pthread_mutex_lock(&r->lock);
         m->page->free_slots[m->page->nfree++] = m->slot;
         m->page = NULL;
         pthread_mutex_unlock(&r->lock);
     }
+    return rc;
 }
 
 /* Whether the stream ran the copies before the job's mark (read by a host
@@ -373,6 +399,16 @@ static bool all_to_self(ferry_engine *e, const struct ferry_request *reqs, size_
     }
     pthread_rwlock_unlock(&e->seg_lock);
     return self;
+}
+
+void stream_to_self(ferry_engine *e, const struct ferry_request *reqs, size_t n, bool *self)
+{
+    pthread_rwlock_rdlock(&e->seg_lock);
+    for (size_t i = 0; i < n; i++) {
+        struct segment *s = engine_segment(e, reqs[i].target);
+        self[i] = s && s->desc.engine_id == e->engine_id;
+    }
+    pthread_rwlock_unlock(&e->seg_lock);
 }
 
 /* A registered range as a side of a copy on a stream of (ops, dev): 1
@@ -465,6 +501,15 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     memcpy(j->reqs, reqs, n * sizeof *reqs);
     *j = (struct stream_job){.r = r, .batch = b, .reqs = j->reqs, .n = n, .accs = j->accs, .acc_ptrs = j->acc_ptrs,
                              .naccs = begun};
+    pthread_mutex_lock(&r->lock); /* the mark's slot, before anything is enqueued */
+    rc = stream_slots_take_locked(r, ops, j, false, (struct stream_mark *[]){&j->mark}, 1);
+    if (!rc)
+        r->in_flight++;
+    pthread_mutex_unlock(&r->lock);
+    if (rc) {
+        memreg_access_end_many(&e->registry, j->acc_ptrs, begun);
+        goto out;
+    }
     /* the copies, a direction at a time (the requests of a batch are
      * independent); a failure ends the batch FAILED once what was enqueued
      * before it has run */
@@ -483,23 +528,29 @@ static int local_submit(ferry_batch *b, const struct ferry_device_ops *ops, int 
     free(regs);
     free(copies);
     free(dirs);
-    stream_mark_enqueue(r, ops, dev, stream, &j->mark);
-    pthread_mutex_lock(&r->lock);
-    r->in_flight++;
-    pthread_mutex_unlock(&r->lock);
+    int mrc = stream_mark_enqueue(r, ops, dev, stream, &j->mark);
+    char why[200] = "";
+    if (mrc) { /* the host function could not tell a failed copy: the batch fails */
+        snprintf(why, sizeof why, "the stream refused the mark after its copies: %s", ferry_last_error());
+        if (!j->local_rc) {
+            j->local_rc = mrc;
+            snprintf(j->local_msg, sizeof j->local_msg, "%.150s", why);
+        }
+    }
     rc = ops->stream_host_func(dev, stream, stream_on_reached, j);
-    if (rc) { /* the stream will not say when its copies ran: wait for the device */
-        LOG_ERROR("submit_on_stream: %s; ending the accesses of %zu requests to the own segment now", ferry_last_error(),
-                  n);
+    if (rc) { /* the stream will not say when its copies ran: wait for it */
+        LOG_ERROR("submit_on_stream: %s; the %zu requests to the own segment end once the stream ran their copies",
+                  ferry_last_error(), n);
         if (!j->local_rc) {
             j->local_rc = rc;
             snprintf(j->local_msg, sizeof j->local_msg, "%s", ferry_last_error());
         }
-        char why[200];
         snprintf(why, sizeof why, "%s", j->local_msg);
+        stream_drain_refused(ops, dev, stream);
         stream_on_reached(j);
         *late = ferry_fail(rc, "submit_on_stream: %s (the batch ended FAILED)", why);
-    }
+    } else if (mrc)
+        *late = ferry_fail(mrc, "submit_on_stream: %s (the batch ends FAILED)", why);
     return 0;
 out:
     stream_job_free_memory(j);
@@ -510,6 +561,15 @@ out:
 }
 
 /* ------------------------------------------------------------ the caller's stream waits */
+
+void stream_drain_refused(const struct ferry_device_ops *ops, int dev, void *stream)
+{
+    int rc = ops->stream_synchronize ? ops->stream_synchronize(dev, stream)
+                                     : ferry_fail(FERRY_ENOTSUP, "%s has no stream_synchronize", ops->kind);
+    if (rc == FERRY_ENOTSUP) /* (another error is the stream's: its copies will not run) */
+        LOG_ERROR("submit_on_stream: %s: the accesses of a refused stream-ordered submit end while copies the "
+                  "stream accepted before may still run", ferry_last_error());
+}
 
 
 /* Enqueues on the stream the wait for the job's flag: a device-side wait,
@@ -587,13 +647,13 @@ int ferry_batch_submit_on_stream(ferry_batch *batch, const struct ferry_request 
     memcpy(copy, reqs, n * sizeof *copy);
     *j = (struct stream_job){.r = r, .batch = batch, .reqs = copy, .n = n};
     pthread_mutex_lock(&r->lock);
-    rc = stream_slot_take(r, ops, &j->page, &j->slot, &j->value);
+    rc = stream_slots_take_locked(r, ops, j, true, NULL, 0);
     if (!rc)
         r->in_flight++;
     pthread_mutex_unlock(&r->lock);
     if (!rc && (rc = batch_defer(batch, reqs, n)) != 0) {
         pthread_mutex_lock(&r->lock); /* nothing was enqueued: the slot is free again */
-        j->page->free_slots[j->page->nfree++] = j->slot;
+        stream_slots_give_locked(j);
         r->in_flight--;
         pthread_mutex_unlock(&r->lock);
     }

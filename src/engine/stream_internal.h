@@ -66,8 +66,12 @@ struct stream_job {
     /* a bounced job (bounce_submit): the requests' device memory moves
      * through a pinned host buffer with copies on the caller's stream, and
      * reqs are the rewritten requests, orig the caller's */
-    struct bounce *bounce;
+    bool bounced;
+    struct bounce *bounce;      /* NULL where only own-segment requests have device memory */
     bool bounce_lost;           /* the stream may still use it: never reused */
+    /* a bounced job's requests to the engine's own segment whose copies went
+     * on the caller's stream before the transfer (the transfer skips them) */
+    bool *own;
     struct ferry_request *orig;
     /* READs into device memory: the transfer runs on a batch of its own
      * (st: each request's outcome) and the caller's batch ends only after
@@ -124,15 +128,23 @@ void stream_job_flag_locked(struct stream_job *j);
 void stream_job_free_locked(struct stream_runner *r, struct stream_job *j);
 /* Frees a job's memory and the job (NULL accepted): a job never enqueued. */
 void stream_job_free_memory(struct stream_job *j);
-/* A free flag slot of ops' page (made on first use).  Runner lock held. */
-int stream_slot_take(struct stream_runner *r, const struct ferry_device_ops *ops, struct flag_page **page, int *slot,
-                     uint32_t *value);
-/* The mark after the copies enqueued on the stream so far (none where the
- * device cannot write one), and whether the stream ran them (runner lock
- * held; frees the mark's slot). */
-void stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
-                         struct stream_mark *m);
+/* Takes, all or none, the job's flag slot (with_flag: the stream waits on
+ * it) and the slots of its marks m[0, nm) (none where the device writes no
+ * marks), before anything is enqueued.  0; FERRY_EBUSY naming FLAG_SLOTS
+ * where too few are free; or the flag page's allocation error.  Runner lock
+ * held.  stream_slots_give_locked gives them back (a job never enqueued). */
+int stream_slots_take_locked(struct stream_runner *r, const struct ferry_device_ops *ops, struct stream_job *j,
+                             bool with_flag, struct stream_mark *const *m, size_t nm);
+void stream_slots_give_locked(struct stream_job *j);
+/* Enqueues the mark (its slot taken above; nothing where it has none)
+ * after the copies enqueued on the stream so far: 0 or the device's refusal
+ * (then there is no mark: the caller fails the job).  Whether the stream
+ * ran them (runner lock held; frees the mark's slot): */
+int stream_mark_enqueue(struct stream_runner *r, const struct ferry_device_ops *ops, int dev, void *stream,
+                        struct stream_mark *m);
 bool stream_mark_ran_locked(struct stream_mark *m);
+/* Which requests go to the engine's own segment (self[i]). */
+void stream_to_self(ferry_engine *e, const struct ferry_request *reqs, size_t n, bool *self);
 /* A registered range as a side of a copy on a stream of (ops, dev): 1
  * device memory of it, 0 host memory, -1 another device's. */
 int stream_side_of(const struct memreg_region *reg, const struct ferry_device_ops *ops, int dev);
@@ -140,6 +152,12 @@ int stream_side_of(const struct memreg_region *reg, const struct ferry_device_op
  * blocking host function).  0 or the error. */
 int stream_enqueue_wait(const struct ferry_device_ops *ops, int dev, void *stream, volatile uint32_t *flag,
                         uint32_t value);
+
+/* The stream refused ferry's host function after copies it accepted,
+ * which may still run: waits until the stream ran them (the device's
+ * stream_synchronize; an error, logged, where it has none), so that the
+ * accesses to their memory end after them. */
+void stream_drain_refused(const struct ferry_device_ops *ops, int dev, void *stream);
 
 /* stream_bounce.c */
 

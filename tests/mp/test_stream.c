@@ -621,13 +621,14 @@ static void lost_bounce_buffers_leave_the_budget(void **state)
     ferry_engine_destroy(e);
 }
 
-/* A batch with a request to another engine and one to the engine's own
- * segment whose target is device memory: both land, in stream order.
- * Known bug (rev9): the own request goes to the transfer (tcp to itself),
- * where a ferry thread copies into the device memory while the caller's
- * stream waits, so under FERRY_SIM_STALL_ON_WAIT it fails (FERRY_EIO) and on
- * an H200 it could hang: not in the stall list until bounce_submit copies
- * such requests on the stream. */
+/* A batch with a request to another engine and requests to the engine's
+ * own segment whose memory is device memory (a WRITE of host memory into
+ * it, a READ of it into host memory): each lands, in stream order, and ends
+ * COMPLETED with its own length.  Before, the own requests went to the
+ * transfer (tcp to itself), where a ferry thread copied device memory while
+ * the caller's stream waited: under FERRY_SIM_STALL_ON_WAIT that failed
+ * (FERRY_EIO), on an H200 it could hang.  Now their copies go on the
+ * caller's stream (stream_bounce_submit), so the test is in the stall list. */
 static void mixed_own_and_other_segment(void **state)
 {
     struct fixture *f = *state;
@@ -636,21 +637,39 @@ static void mixed_own_and_other_segment(void **state)
     assert_int_equal(ferry_register_memory(f->e, own, LEN, "sim:0", 1), 0);
     ferry_segment_t self;
     assert_int_equal(ferry_open_segment(f->e, ferry_engine_segment_name(f->e), &self), 0);
+    const size_t half = LEN / 2;
     pattern_fill(f->host, LEN, 61, 0);
     copy(f, FERRY_COPY_H2D, f->dev, f->host, LEN);
+    assert_int_equal(f->sim->stream_sync(f->stream), 0); /* (before f->host changes) */
+    pattern_fill(f->host, LEN, 62, 0);
+    copy(f, FERRY_COPY_H2D, own + half, f->host + half, half); /* what the READ takes */
+    char *got = malloc(LEN); /* host memory the READ lands in */
+    assert_non_null(got);
+    assert_int_equal(ferry_register_memory(f->e, got, LEN, "cpu", 0), 0);
     struct ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(f->e, 2, &b), 0);
-    struct ferry_request q[2] = {{FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN},
-                                 {FERRY_WRITE, f->host, self, (uint64_t)(uintptr_t)own, LEN}};
-    assert_int_equal(ferry_batch_submit_on_stream(b, q, 2, "sim:0", f->stream), 0);
+    assert_int_equal(ferry_batch_alloc(f->e, 3, &b), 0);
+    struct ferry_request q[3] = {{FERRY_WRITE, f->dev, f->seg, f->target.addr, LEN},
+                                 {FERRY_WRITE, f->host, self, (uint64_t)(uintptr_t)own, half},
+                                 {FERRY_READ, got + half, self, (uint64_t)(uintptr_t)(own + half), half}};
+    assert_int_equal(ferry_batch_submit_on_stream(b, q, 3, "sim:0", f->stream), 0);
     char *back = malloc(LEN);
     copy(f, FERRY_COPY_D2H, back, own, LEN);
     assert_int_equal(f->sim->stream_sync(f->stream), 0);
     assert_int_equal(ferry_batch_wait(b, -1), 0);
+    for (size_t i = 0; i < 3; i++) {
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        assert_int_equal(st.state, FERRY_COMPLETED);
+        assert_int_equal(st.transferred, q[i].length);
+    }
     assert_int_equal(child_target_check(&f->target, 0, LEN, 61), -1);
-    assert_int_equal(pattern_check(back, LEN, 61, 0), -1);
+    assert_int_equal(pattern_check(back, half, 62, 0), -1);
+    assert_int_equal(pattern_check(back + half, half, 62, half), -1);
+    assert_int_equal(pattern_check(got + half, half, 62, half), -1);
     ferry_batch_free(b);
     free(back);
+    assert_int_equal(ferry_unregister_memory(f->e, got), 0);
+    free(got);
     assert_int_equal(ferry_unregister_memory(f->e, own), 0);
     ferry_mem_free(NULL, "sim:0", own, LEN);
 }
@@ -809,6 +828,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(refused_stream_ends_the_batch_once, setup, teardown),
         cmocka_unit_test_setup_teardown(lost_bounce_buffers_leave_the_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(zero_length_requests_in_a_bounced_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(mixed_own_and_other_segment, setup, teardown),
     };
     if (getenv("FERRY_SIM_STALL_ON_WAIT"))
         return cmocka_run_group_tests(stall, NULL, NULL);
