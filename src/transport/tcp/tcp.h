@@ -114,6 +114,10 @@ unsigned tcp_auto_spread_read(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
 
+/* tcp_config.c: reads every FERRY_TCP_* knob into t (a slice is
+ * `slice_size` bytes).  0 or FERRY_EINVAL naming the knob. */
+int tcp_config_read(uint64_t slice_size, struct tcp_transport *t);
+
 /* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
  * it is 0: the kernel sizes them itself); both ends call it. */
 void tcp_set_sockbuf(const struct tcp_transport *t, int fd);
