@@ -497,6 +497,11 @@ static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
     pthread_mutex_unlock(&c->lock);
 }
 
+bool tcp_read_by_sender(uint64_t handoff, uint64_t frame_bytes, bool responses_in_flight)
+{
+    return handoff && frame_bytes >= handoff && responses_in_flight;
+}
+
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 {
     (void)tp;
@@ -515,8 +520,10 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
              * worker: writing them would stall its retiring (with
              * FERRY_STAGING_INLINE_FIRST a submit's first one is not) */
             bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
-            if ((small || !f->more_bytes) && !f->handed_over && c->ready && !c->writing && !c->rest &&
-                !c->sendq_head) {
+            bool to_sender = f->opcode == XFER_READ &&
+                             tcp_read_by_sender(p->t->read_handoff, f->bytes, c->pend_head != NULL);
+            if ((small || !f->more_bytes) && !to_sender && !f->handed_over && c->ready && !c->writing &&
+                !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }

@@ -33,6 +33,7 @@ struct tcp_transport {
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread of WRITEs */
     unsigned spread_read;   /* FERRY_TCP_SPREAD_READ, resolved (tcp_spread_read): of READs */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
+    uint64_t read_handoff;  /* FERRY_TCP_READ_HANDOFF: see tcp_read_by_sender (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
     unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
@@ -113,6 +114,14 @@ unsigned tcp_auto_spread(long cores);
 unsigned tcp_auto_spread_read(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
+
+/* Whether a READ request of `frame_bytes` goes to its connection's sender
+ * thread rather than being written by the submitting thread: with
+ * FERRY_TCP_READ_HANDOFF (`handoff` bytes, 0: never) set, a frame of at
+ * least that many bytes on a connection with responses in flight, whose
+ * receiver may hold the socket's lock while it copies a response (a
+ * sendmsg on that socket waits for it). */
+bool tcp_read_by_sender(uint64_t handoff, uint64_t frame_bytes, bool responses_in_flight);
 
 /* tcp_config.c: reads every FERRY_TCP_* knob into t (a slice is
  * `slice_size` bytes).  0 or FERRY_EINVAL naming the knob. */

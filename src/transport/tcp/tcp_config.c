@@ -161,6 +161,16 @@ static int tcp_rcvlowat(uint64_t sockbuf, uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
+/* FERRY_TCP_READ_HANDOFF: unset, empty or "auto": 0 (off: the submitter
+ * writes every READ request it can); else bytes, 0 to 1 GiB. */
+static int tcp_read_handoff(uint64_t *out)
+{
+    int rc = config_env_number("FERRY_TCP_READ_HANDOFF", true, 0, 1u << 30, "auto or bytes, 0-1073741824", out);
+    if (rc == 1)
+        *out = 0;
+    return rc < 0 ? rc : 0;
+}
+
 void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 {
     if (!t->sockbuf)
@@ -174,6 +184,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
     unsigned max_conns = 4, spread = 1, spread_read = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
+    uint64_t read_handoff = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
@@ -189,6 +200,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     if (!mrc)
         mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
     if (!mrc)
+        mrc = tcp_read_handoff(&read_handoff);
+    if (!mrc)
         mrc = tcp_device_pipe(&dev_pipe);
     if (!mrc)
         mrc = tcp_ack_on_copy(&ack_on_copy);
@@ -201,6 +214,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->spread_read = spread_read;
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
+    t->read_handoff = read_handoff;
     t->dev_pipe = dev_pipe;
     t->ack_on_copy = ack_on_copy;
     return 0;
