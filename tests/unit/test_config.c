@@ -67,6 +67,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_SPREAD_READ", {"0", "17", "-1", "8x", "eight", " 8"}, {"auto", "", "1", "8", "16"}},
     {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
     {"FERRY_TCP_READ_HANDOFF", {"1073741825", "1M", "-1", "some"}, {"auto", "", "0", "1", "1048576", "1073741824"}},
+    {"FERRY_TCP_ACK_HOLD", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */

@@ -20,6 +20,9 @@
 #include "transport/transport.h"
 
 #define POLL_TICK_MS 100
+/* Response headers an initiator's receiver reads with one recv when the
+ * frames in flight ahead allow it (acks carry no payload). */
+#define TCP_HEADERS_AHEAD 8
 
 struct tcp_transport {
     struct transport_host host;
@@ -34,6 +37,7 @@ struct tcp_transport {
     unsigned spread_read;   /* FERRY_TCP_SPREAD_READ, resolved (tcp_spread_read): of READs */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
     uint64_t read_handoff;  /* FERRY_TCP_READ_HANDOFF: see tcp_read_by_sender (0: off) */
+    uint64_t ack_hold;      /* FERRY_TCP_ACK_HOLD: a WRITE of at most this many bytes may hold its ack (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
     unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
@@ -67,6 +71,8 @@ struct tcp_conn {
     int wiovcnt;
     struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
     uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+    uint8_t ahead[WIRE_HEADER_SIZE * TCP_HEADERS_AHEAD]; /* the receiver's: response headers read ahead */
+    unsigned ahead_len;                          /* bytes of them in `ahead` (the receiver's) */
     int broken;                                  /* 0 or the error that broke it */
     char broken_msg[160];
     atomic_int threads_done;

@@ -171,6 +171,16 @@ static int tcp_read_handoff(uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
+/* FERRY_TCP_ACK_HOLD: unset, empty or "auto": 0 (off: every ack goes at
+ * once); else bytes, 0 to 64 MiB. */
+static int tcp_ack_hold(uint64_t *out)
+{
+    int rc = config_env_number("FERRY_TCP_ACK_HOLD", true, 0, 64u << 20, "auto or bytes, 0-67108864", out);
+    if (rc == 1)
+        *out = 0;
+    return rc < 0 ? rc : 0;
+}
+
 void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 {
     if (!t->sockbuf)
@@ -184,7 +194,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
     unsigned max_conns = 4, spread = 1, spread_read = 1;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    uint64_t read_handoff = 0;
+    uint64_t read_handoff = 0, ack_hold = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
@@ -202,6 +212,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     if (!mrc)
         mrc = tcp_read_handoff(&read_handoff);
     if (!mrc)
+        mrc = tcp_ack_hold(&ack_hold);
+    if (!mrc)
         mrc = tcp_device_pipe(&dev_pipe);
     if (!mrc)
         mrc = tcp_ack_on_copy(&ack_on_copy);
@@ -215,6 +227,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
     t->read_handoff = read_handoff;
+    t->ack_hold = ack_hold;
     t->dev_pipe = dev_pipe;
     t->ack_on_copy = ack_on_copy;
     return 0;
