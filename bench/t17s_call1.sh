@@ -44,7 +44,7 @@ note "K: rc $?"
 want P && {
 note "P: peers at 1M x 8"
 FERRY_BENCH=$B/bin/ferry-bench DURATION=2 PEERS="ferry ferry-same libfabric" OPS="read write" BLOCKS=1M THREADS=8 \
-  JSON_OUT="$OUT/P.json" timeout -k 5 60 bash "$D/bench/peers.sh" run "$B" >"$OUT/P.log" 2>&1
+  JSON_OUT="$OUT/P.json" timeout -k 5 50 bash "$D/bench/peers.sh" run "$B" >"$OUT/P.log" 2>&1
 note "P: rc $?"
 }
 
@@ -52,15 +52,15 @@ want I && {
 note "I: item 3, base / branch / ack hold"
 PERF= DURATION=2 ROUNDS=2 CELLS="write:4K:1 read:4K:1" \
   VARIANTS="FB_BIN=$D/base/ferry-bench;default;FERRY_TCP_ACK_HOLD=262144" \
-  timeout -k 5 60 bash "$D/bench/tcp_knobs.sh" >"$OUT/I.log" 2>&1
+  timeout -k 5 50 bash "$D/bench/tcp_knobs.sh" >"$OUT/I.log" 2>&1
 note "I: rc $?"
 }
 
 want S && {
 note "S: context switches per thread and MiB"
-{ WINDOW=2 CELLS="read:1M:8 write:1M:8" timeout -k 5 22 bash "$D/bench/tcp_switches.sh"
+{ WINDOW=2 CELLS="read:1M:8 write:1M:8" timeout -k 5 30 bash "$D/bench/tcp_switches.sh"
   echo "### with FERRY_TCP_READ_HANDOFF=1"
-  FERRY_TCP_READ_HANDOFF=1 WINDOW=2 CELLS="read:1M:8" timeout -k 5 12 bash "$D/bench/tcp_switches.sh"; } \
+  FERRY_TCP_READ_HANDOFF=1 WINDOW=2 CELLS="read:1M:8" timeout -k 5 16 bash "$D/bench/tcp_switches.sh"; } \
   >"$OUT/S.log" 2>&1
 note "S: rc $?"
 }

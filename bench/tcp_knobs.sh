@@ -75,7 +75,7 @@ iperf() {   # one single-stream iperf3 figure, GB/s
 status=0
 profiles=""
 perf_run() { env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" "$@"; }
-COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_poll,syscalls:sys_enter_futex
+COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_poll,syscalls:sys_enter_futex
 COUNTED+=,context-switches
 # profile TITLE INITIATOR_PID TARGET_PID: perf over the whole host while the
 # initiator (started just before) is in its timed loop; the hottest symbols

@@ -207,8 +207,8 @@ static const struct knob knobs[] = {
     DOC("FERRY_TCP_ACK_HOLD", "auto",
         "tcp target: a WRITE of host memory of at most this many bytes, whose connection already has the next "
         "frame to read, holds its ack and sends it with the next response (one send and one wake-up of the "
-        "initiator's receiver for two frames); a next WRITE larger than this sends it first: auto (0, off) or "
-        "0-67108864 bytes"),
+        "initiator's receiver for two frames); a next WRITE larger than this sends it first: auto (262144 below "
+        "8 cores, 0 (off) from 8) or 0-67108864 bytes"),
     DOC("FERRY_TCP_ACK_ON_COPY", "0",
         "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
         "device copies complete while the connection's thread reads on: 1 from a function on the stream "

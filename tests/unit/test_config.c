@@ -123,6 +123,11 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_sockbuf(8), 256u << 10);
     assert_int_equal(tcp_auto_sockbuf(16), 256u << 10);
     assert_int_equal(tcp_auto_sockbuf(256), 256u << 10);
+    /* held WRITE acks: below 8 cores (2: CI), for frames of 64 x 4 KiB */
+    assert_int_equal(tcp_auto_ack_hold(2), 256u << 10);
+    assert_int_equal(tcp_auto_ack_hold(7), 256u << 10);
+    assert_int_equal(tcp_auto_ack_hold(8), 0);
+    assert_int_equal(tcp_auto_ack_hold(16), 0);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -120,6 +120,8 @@ unsigned tcp_auto_spread(long cores);
 unsigned tcp_auto_spread_read(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
+/* FERRY_TCP_ACK_HOLD's default on a host with `cores` CPUs (0: off). */
+uint64_t tcp_auto_ack_hold(long cores);
 
 /* Whether a READ request of `frame_bytes` goes to its connection's sender
  * thread rather than being written by the submitting thread: with

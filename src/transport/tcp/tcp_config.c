@@ -171,13 +171,26 @@ static int tcp_read_handoff(uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
-/* FERRY_TCP_ACK_HOLD: unset, empty or "auto": 0 (off: every ack goes at
- * once); else bytes, 0 to 64 MiB. */
+/* A held WRITE ack below 8 cores, for frames of up to 256 KiB (a batch of
+ * 128 x 4 KiB is two frames of 64 entries): on 2 vCPUs the initiator spent
+ * ~10 % less CPU a MiB at 4 KiB x 1 thread (lower in 7 of 8 alternated
+ * pairs; the GB/s within the machine's noise); on 16 CPUs no difference
+ * (docs/BENCHMARKS.md, t17s). */
+#define ACK_HOLD_FEW_CORES ((uint64_t)256 << 10)
+
+uint64_t tcp_auto_ack_hold(long cores)
+{
+    return cores < 8 ? ACK_HOLD_FEW_CORES : 0;
+}
+
+/* FERRY_TCP_ACK_HOLD: unset, empty or "auto": tcp_auto_ack_hold of the
+ * cores this process may run on; else bytes, 0 (off: every ack goes at
+ * once) to 64 MiB. */
 static int tcp_ack_hold(uint64_t *out)
 {
     int rc = config_env_number("FERRY_TCP_ACK_HOLD", true, 0, 64u << 20, "auto or bytes, 0-67108864", out);
     if (rc == 1)
-        *out = 0;
+        *out = tcp_auto_ack_hold(usable_cores());
     return rc < 0 ? rc : 0;
 }
 

@@ -214,8 +214,8 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
  * (one sendmsg, and one wake-up of the initiator's receiver, for the two
  * frames of a batch of 128 small blocks).  At most one is held; it goes out
  * before anything else this thread sends (acks stay in frame order), before
- * a larger WRITE's payload or device copies, and when nothing is left to
- * read. */
+ * a larger WRITE's payload or device copies, and as soon as the connection's
+ * loop finds nothing to read. */
 
 static int send_held_ack(struct server_conn *s)
 {
@@ -225,15 +225,13 @@ static int send_held_ack(struct server_conn *s)
     return net_write_full(s->fd, s->held_ack, sizeof s->held_ack);
 }
 
-/* Holds the ack of the WRITE just served when the knob allows it and the
- * next frame is there to read; false: send it now. */
+/* Holds the ack of the WRITE just served when the knob allows it (the
+ * connection's loop sends it at once if the next frame is not there yet:
+ * one poll that replaces the loop's own); false: send it now. */
 static bool hold_ack(struct server_conn *s, const struct wire_header *h, bool host_only, uint64_t refused)
 {
     if (!s->t->ack_hold || h->payload_len > s->t->ack_hold || !host_only || s->copy_err || s->ack_held ||
         (atomic_load(&s->ack.word) & 3)) /* a device WRITE's ack still to go: this one must follow it */
-        return false;
-    struct pollfd p = {.fd = s->fd, .events = POLLIN};
-    if (poll(&p, 1, 0) != 1)
         return false;
     struct wire_header ack = {.type = WIRE_WRITE_ACK, .id = h->id, .refused = refused};
     wire_encode_header(&ack, s->held_ack);
@@ -550,9 +548,13 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* a WRITE whose ack waits for its copies: with nothing to read, wait for them here */
         if ((atomic_load(&s->ack.word) & 3) && poll(&p, 1, 0) == 0 && (rc = tcp_settle_ack(s)) != 0)
             break;
-        if (s->ack_held && poll(&p, 1, 0) == 0 && (rc = send_held_ack(s)) != 0)
+        /* a held ack: the next frame already there is served without another
+         * wait; else the ack goes now */
+        int n = s->ack_held ? poll(&p, 1, 0) : 0;
+        if (n <= 0 && (rc = send_held_ack(s)) != 0)
             break;
-        int n = poll(&p, 1, POLL_TICK_MS);
+        if (n <= 0)
+            n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (idle_ns && now_ns() - last >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
