@@ -5,7 +5,9 @@
  * memory) in the order frames were written, ends each frame, and enforces
  * deadlines; and the helpers that end frames and break connections, which
  * the sending side (tcp.c) uses too.  Only the receiver ends frames in
- * flight, so "ended" and "memory no longer touched" are one moment.
+ * flight, so "ended" and "memory no longer touched" are one moment.  It
+ * reads response headers that follow each other (acks, which carry no
+ * payload, up to a READ's header) with one recv (c->ahead).
  */
 #include <errno.h>
 #include <poll.h>
