@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * tcp.h — what the tcp transport's files share: the transport itself, an
- * initiator's peers and connections (tcp.c; their receiving side in
- * tcp_conn.c), and the target side's entry point (tcp_serve.c, its device
+ * tcp.h — what the tcp transport's files share: the transport itself (its
+ * knobs read in tcp_config.c), an initiator's peers and connections (tcp.c;
+ * their receiving side in tcp_conn.c), and the target side's entry point (tcp_serve.c, its device
  * memory in tcp_serve_dev.c, what those two share in tcp_serve.h) that
  * tcp.c hands to the acceptor.  Private to src/transport/tcp/.
  */
