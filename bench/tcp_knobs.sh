@@ -18,7 +18,7 @@
 #        PERF (a perf binary; unset: none): each run is also profiled, the
 #        whole host (perf record -a) for PERF_S (1) seconds from 1 s into
 #        its timed loop, and the PERF_TOP (25) hottest symbols by thread
-#        name follow the table, with each side's socket syscalls and
+#        name follow the table, then each thread name's share, with each side's socket syscalls and
 #        context switches per MiB over the same seconds (perf stat; MiB =
 #        the run's GB/s x PERF_S).  A perf carried in a bundle: PERF_LIB,
 #        its libraries.  DURATION must exceed PERF_S + 1.
@@ -75,7 +75,7 @@ iperf() {   # one single-stream iperf3 figure, GB/s
 status=0
 profiles=""
 perf_run() { env ${PERF_LIB:+LD_LIBRARY_PATH=$PERF_LIB} "$PERF" "$@"; }
-COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_poll,syscalls:sys_enter_futex
+COUNTED=syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_poll,syscalls:sys_enter_futex
 COUNTED+=,context-switches
 # profile TITLE INITIATOR_PID TARGET_PID: perf over the whole host while the
 # initiator (started just before) is in its timed loop; the hottest symbols
@@ -97,6 +97,9 @@ profile() {
   profiles+=$'\n'"### $1 (perf record -a, $PERF_S s; % of the host's samples)"$'\n\n```\n'
   profiles+=$(perf_run report -i "$work/perf.data" --no-children --sort comm,sym --stdio -g none 2>/dev/null |
     grep -E '^ +[0-9]' | head -n "$PERF_TOP")
+  profiles+=$'\n```\n\nby thread name:\n\n```\n'
+  profiles+=$(perf_run report -i "$work/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null |
+    grep -E '^ +[0-9]' | head -n 12)
   profiles+=$'\n```\n'
   rm -f "$work/perf.data"
 }

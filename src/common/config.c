@@ -203,6 +203,15 @@ static const struct knob knobs[] = {
     DOC("FERRY_TCP_RCVLOWAT", "auto",
         "a TCP payload receive (WRITE at the target, READ at the initiator) wakes once this many bytes are there "
         "rather than per segment (SO_RCVLOWAT): auto (0, off) or 0-67108864 bytes (at most FERRY_TCP_SOCKBUF / 4)"),
+    DOC("FERRY_TCP_READ_HANDOFF", "auto",
+        "a READ frame of at least this many bytes, on a TCP connection with responses in flight, is written by "
+        "that connection's sender thread rather than by the submitting thread (whose sendmsg would wait for the "
+        "socket while the receiver copies a response): auto (0, off) or 0-1073741824 bytes (0: never)"),
+    DOC("FERRY_TCP_ACK_HOLD", "auto",
+        "tcp target: a WRITE of host memory of at most this many bytes, whose connection already has the next "
+        "frame to read, holds its ack and sends it with the next response (one send and one wake-up of the "
+        "initiator's receiver for two frames); a next WRITE larger than this sends it first: auto (262144 below "
+        "8 cores, 0 (off) from 8) or 0-67108864 bytes"),
     DOC("FERRY_TCP_ACK_ON_COPY", "0",
         "tcp target, device memory: when the next frame is already there, a WRITE is acknowledged once its last "
         "device copies complete while the connection's thread reads on: 1 from a function on the stream "

@@ -63,6 +63,7 @@ struct hostile {
     int frames_seen, released;
     uint64_t trailer_revoked;  /* what READ trailers claim */
     int trailer_bad;           /* sends trailers with a broken magic */
+    int ack_payload;           /* WRITE acks say they carry 48 bytes, which follow them */
 };
 
 /* Sends a response: whole (GATE, once released) or a byte per 0.5 s from
@@ -112,8 +113,11 @@ static int serve_frame(struct hostile *k, int fd)
     }
     if (h.type == WIRE_WRITE || h.type == WIRE_NOTIFY) {
         struct wire_header ack = {.type = h.type == WIRE_WRITE ? WIRE_WRITE_ACK : WIRE_NOTIFY_ACK, .id = h.id};
+        size_t extra = k->ack_payload && h.type == WIRE_WRITE ? WIRE_HEADER_SIZE : 0;
+        ack.payload_len = extra;
         wire_encode_header(&ack, raw);
-        return respond(k, fd, raw, WIRE_HEADER_SIZE, 0);
+        memset(raw + WIRE_HEADER_SIZE, 0, extra); /* what it claims to carry (a header's worth of zeros) */
+        return respond(k, fd, raw, WIRE_HEADER_SIZE + extra, 0);
     }
     if (h.type != WIRE_READ)
         return -1;
@@ -411,6 +415,37 @@ static void test_read_trailer_from_target(void **state)
     }
 }
 
+/* An ack that says it carries payload (no ferry target sends one): the
+ * WRITE fails FERRY_EPROTO naming it (wire_decode_header).  The initiator's
+ * receiver reads the headers that follow an ack ahead of time, which is
+ * right only while an ack is a header alone. */
+static void test_ack_with_payload(void **state)
+{
+    (void)state;
+    struct hostile k;
+    hostile_start(&k, GATE);
+    hostile_release(&k);
+    k.ack_payload = 1;
+    ferry_engine *e = initiator();
+    ferry_segment_t seg = open_hostile(e, &k);
+    char *local = calloc(1, 64 * KIB);
+    assert_int_equal(ferry_register_memory(e, local, 64 * KIB, "cpu", 0), 0);
+    struct ferry_request q = {FERRY_WRITE, local, seg, (uint64_t)(uintptr_t)k.mem, 64 * KIB};
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, &q, 1), 0);
+    assert_int_equal(ferry_batch_wait(b, GUARD_MS), FERRY_EPROTO);
+    struct ferry_status st;
+    assert_int_equal(ferry_batch_status(b, 0, &st), 0);
+    assert_int_equal(st.state, FERRY_FAILED);
+    assert_non_null(strstr(st.message, "payload"));
+    print_message("an ack with payload: %s\n", st.message);
+    ferry_batch_free(b);
+    ferry_engine_destroy(e);
+    hostile_stop(&k);
+    free(local);
+}
+
 /* A submit that fails (any request invalid: nothing is submitted) gives
  * back the accesses it began; a request that ended gives back its own. */
 static void test_failed_submit_leaves_no_access(void **state)
@@ -531,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_unregister_waits_for_staged_read),
         cmocka_unit_test(test_unregister_waits_for_staged_write),
         cmocka_unit_test(test_read_trailer_from_target),
+        cmocka_unit_test(test_ack_with_payload),
         cmocka_unit_test(test_failed_submit_leaves_no_access),
         cmocka_unit_test(test_write_past_a_full_socket),
         cmocka_unit_test(test_full_socket_then_close),

@@ -66,6 +66,8 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
     {"FERRY_TCP_SPREAD_READ", {"0", "17", "-1", "8x", "eight", " 8"}, {"auto", "", "1", "8", "16"}},
     {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
+    {"FERRY_TCP_READ_HANDOFF", {"1073741825", "1M", "-1", "some"}, {"auto", "", "0", "1", "1048576", "1073741824"}},
+    {"FERRY_TCP_ACK_HOLD", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */
@@ -121,6 +123,11 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_sockbuf(8), 256u << 10);
     assert_int_equal(tcp_auto_sockbuf(16), 256u << 10);
     assert_int_equal(tcp_auto_sockbuf(256), 256u << 10);
+    /* held WRITE acks: below 8 cores (2: CI), for frames of 64 x 4 KiB */
+    assert_int_equal(tcp_auto_ack_hold(2), 256u << 10);
+    assert_int_equal(tcp_auto_ack_hold(7), 256u << 10);
+    assert_int_equal(tcp_auto_ack_hold(8), 0);
+    assert_int_equal(tcp_auto_ack_hold(16), 0);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -9,6 +9,7 @@
  * the wait; SO_RCVLOWAT is 1 again on every return.  A writer thread sends
  * part of the payload, then waits (no timing: it reads the receiver's
  * SO_RCVLOWAT until it changes) before it sends the rest, closes or stops.
+ * FERRY_TCP_READ_HANDOFF: which READ requests go to the sender thread.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -247,6 +248,24 @@ static void sockbuf_sets_both_buffers(void **state)
     close(b);
 }
 
+/* FERRY_TCP_READ_HANDOFF: a READ request goes to the sender thread only
+ * when the knob is on, the frame is at least that large, and the
+ * connection has responses in flight (an idle receiver holds no lock: the
+ * submitter writes it then, with no hand-off). */
+static void read_handoff_choice(void **state)
+{
+    (void)state;
+    const uint64_t MiB = 1024 * KiB;
+    assert_false(tcp_read_by_sender(0, MiB, true));       /* off: always the submitter */
+    assert_false(tcp_read_by_sender(0, 0, true));
+    assert_true(tcp_read_by_sender(MiB, MiB, true));      /* at the threshold */
+    assert_true(tcp_read_by_sender(MiB, 4 * MiB, true));
+    assert_false(tcp_read_by_sender(MiB, MiB - 1, true)); /* below it */
+    assert_false(tcp_read_by_sender(MiB, MiB, false));    /* nothing in flight: no lock to wait for */
+    assert_true(tcp_read_by_sender(1, 4 * KiB, true));    /* 1: every frame */
+    assert_false(tcp_read_by_sender(1, 4 * KiB, false));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -257,6 +276,7 @@ int main(void)
         cmocka_unit_test(deadline_ends_the_wait),
         cmocka_unit_test(off_leaves_the_socket_alone),
         cmocka_unit_test(sockbuf_sets_both_buffers),
+        cmocka_unit_test(read_handoff_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

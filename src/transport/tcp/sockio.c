@@ -198,6 +198,32 @@ int sockio_recv(int fd, void *buf, size_t len, uint64_t deadline_ns, struct sock
     return sockio_recvv(fd, &one, 1, deadline_ns, w, stop, got);
 }
 
+int sockio_recv_between(int fd, void *buf, size_t min, size_t max, uint64_t deadline_ns, size_t *got)
+{
+    size_t done = 0;
+    int rc = 0;
+    bool drained = false; /* the last recv emptied the socket: wait before the next */
+    while (done < min) {
+        if (drained) {
+            if ((rc = sockio_wait(fd, POLLIN, NULL, deadline_ns)) < 0)
+                break;
+            rc = 0;
+        }
+        ssize_t n = recv(fd, (char *)buf + done, max - done, MSG_DONTWAIT);
+        if (n > 0) {
+            drained = (size_t)n < max - done;
+            done += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            drained = errno != EINTR;
+        } else {
+            rc = io_error(n, "recv");
+            break;
+        }
+    }
+    *got = done;
+    return rc;
+}
+
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
 {
     char sink[65536];

@@ -67,6 +67,13 @@ int sockio_recvv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
  * to 1 before it returns, on every path. */
 int sockio_recvv_lowat(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
                        const atomic_int *stop, size_t lowat, size_t *got);
+/* Receives at least `min` and at most `max` bytes into buf: waits (under
+ * the deadline) only while fewer than `min` have come, and takes what else
+ * is there up to `max` without waiting for it.  0 with *got in [min, max],
+ * FERRY_ECONN or FERRY_ETIMEDOUT (*got: what came).  For a reader that
+ * knows the next `max` bytes are all its own (e.g. the headers of
+ * responses that carry no payload). */
+int sockio_recv_between(int fd, void *buf, size_t min, size_t max, uint64_t deadline_ns, size_t *got);
 /* Receives and throws away len bytes; 0 or as sockio_recv. */
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
 

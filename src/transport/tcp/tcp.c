@@ -15,7 +15,10 @@
  * a READ request, part of a submit of at most FERRY_TCP_INLINE_BYTES, or the
  * last frame of a larger submit (whose others the senders copy in parallel), as
  * much as the socket takes without waiting; the sender writes the rest and
- * whatever was queued meanwhile.  On a host with cores to spare
+ * whatever was queued meanwhile.  (FERRY_TCP_READ_HANDOFF, off by default,
+ * leaves large READ requests on a busy connection to the sender: the
+ * submitter's sendmsg waits for the lock the receiver holds while it copies;
+ * measured to move nothing on 16 CPUs.)  On a host with cores to spare
  * (FERRY_TCP_SPREAD) the engine cuts a submit of small blocks into a few
  * frames, each goes to a connection of its own and only the last is written
  * inline: their copies run at once on both sides.  One writer at a time (c->writing), in the
@@ -33,7 +36,6 @@
  */
 #include <errno.h>
 #include <poll.h>
-#include <sched.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -58,9 +60,6 @@
 #include "transport/tcp/tcp.h"
 #include "trace.h"
 
-#define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
-#define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
-#define INLINE_BYTES ((uint64_t)512 << 10) /* FERRY_TCP_INLINE_BYTES's default */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -501,6 +500,11 @@ static void write_inline(struct tcp_conn *c, struct xfer_frame *f)
     pthread_mutex_unlock(&c->lock);
 }
 
+bool tcp_read_by_sender(uint64_t handoff, uint64_t frame_bytes, bool responses_in_flight)
+{
+    return handoff && frame_bytes >= handoff && responses_in_flight;
+}
+
 static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 {
     (void)tp;
@@ -519,8 +523,10 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
              * worker: writing them would stall its retiring (with
              * FERRY_STAGING_INLINE_FIRST a submit's first one is not) */
             bool small = f->opcode != XFER_WRITE || f->bytes + f->more_bytes <= p->t->inline_bytes;
-            if ((small || !f->more_bytes) && !f->handed_over && c->ready && !c->writing && !c->rest &&
-                !c->sendq_head) {
+            bool to_sender = f->opcode == XFER_READ &&
+                             tcp_read_by_sender(p->t->read_handoff, f->bytes, c->pend_head != NULL);
+            if ((small || !f->more_bytes) && !to_sender && !f->handed_over && c->ready && !c->writing &&
+                !c->rest && !c->sendq_head) {
                 write_inline(c, f); /* unlocks */
                 return;
             }
@@ -537,192 +543,17 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ops table */
 
-/* The cores this process may run on. */
-static long usable_cores(void)
-{
-    cpu_set_t set;
-    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-}
-
-/* One per core, 4 to 16: on 2 cores 4 (CI); 16 CPUs 16 (8 left 15 % of
- * them idle, 32 moved 26 % more); 32 CPUs 16, the best of 2, 8 and 16
- * measured there (docs/BENCHMARKS.md). */
-unsigned tcp_auto_max_connections(long cores)
-{
-    return cores < 4 ? 4 : cores > 16 ? 16 : (unsigned)cores;
-}
-
-/* GROW_TOTAL / max_conns, from one slice to GROW_MAX (or the slice, if
- * larger): with 4 connections at most (up to 4 cores) 8 MiB, as before; with
- * 16, 2 MiB, so 4 threads of 128 x 64 KiB open them all. */
-uint64_t tcp_auto_grow_bytes(unsigned max_conns, uint64_t slice_size)
-{
-    uint64_t g = GROW_TOTAL / (max_conns ? max_conns : 1);
-    if (g > GROW_MAX)
-        g = GROW_MAX;
-    return g < slice_size ? slice_size : g;
-}
-
-/* A count knob: unset, empty or "auto": `dflt`; else lo to hi. */
-static int env_count(const char *name, unsigned lo, unsigned hi, unsigned dflt, const char *wanted, unsigned *out)
-{
-    uint64_t v = dflt;
-    int rc = config_env_number(name, true, lo, hi, wanted, &v);
-    *out = (unsigned)v;
-    return rc < 0 ? rc : 0;
-}
-
-/* FERRY_TCP_MAX_CONNECTIONS: unset, empty or "auto": tcp_auto_max_connections
- * of the cores the process may run on; else 1-64. */
-static int tcp_max_connections(unsigned *out)
-{
-    return env_count("FERRY_TCP_MAX_CONNECTIONS", 1, 64, tcp_auto_max_connections(usable_cores()), "auto or 1-64",
-                     out);
-}
-
-/* FERRY_TCP_GROW_BYTES: unset, empty or "auto": tcp_auto_grow_bytes; else
- * bytes, 64 KiB to 1 GiB. */
-static int tcp_grow_bytes(unsigned max_conns, uint64_t slice_size, uint64_t *out)
-{
-    int rc = config_env_number("FERRY_TCP_GROW_BYTES", true, 64u << 10, 1u << 30, "auto or bytes, 65536-1073741824",
-                               out);
-    if (rc == 1)
-        *out = tcp_auto_grow_bytes(max_conns, slice_size);
-    return rc < 0 ? rc : 0;
-}
-
-/* FERRY_TCP_INLINE_BYTES: unset, empty or "auto": INLINE_BYTES, or 0 with
- * a spread (the senders write a submit's frames in parallel); else 0 to 1
- * GiB. */
-static int tcp_inline_bytes(unsigned spread, uint64_t *out)
-{
-    int rc = config_env_number("FERRY_TCP_INLINE_BYTES", true, 0, 1u << 30, "auto or bytes, 0-1073741824", out);
-    if (rc == 1)
-        *out = spread > 1 ? 0 : INLINE_BYTES;
-    return rc < 0 ? rc : 0;
-}
-
-/* 1 below 8 cores (the threads of 2 frames would share the cores the
- * copies need: one frame on one connection, written inline, measured best
- * on 2 vCPUs), 2 from 8, 4 from 16 (4 KiB x 128 with one thread on 16
- * CPUs: 0.76-0.87x one iperf3 stream as one frame, 1.11-1.12x as 4;
- * docs/BENCHMARKS.md). */
-unsigned tcp_auto_spread(long cores)
-{
-    return cores >= 16 ? 4 : cores >= 8 ? 2 : 1;
-}
-
-/* READs as WRITEs (docs/BENCHMARKS.md, h16x). */
-unsigned tcp_auto_spread_read(long cores)
-{
-    return tcp_auto_spread(cores);
-}
-
-/* FERRY_TCP_SPREAD: unset, empty or "auto": tcp_auto_spread; else 1-16. */
-static int tcp_spread(unsigned *out)
-{
-    return env_count("FERRY_TCP_SPREAD", 1, 16, tcp_auto_spread(usable_cores()), "auto or 1-16", out);
-}
-
-/* FERRY_TCP_SPREAD_READ: unset, empty or "auto": FERRY_TCP_SPREAD where
- * that is set to a number (the spread of both directions), else
- * tcp_auto_spread_read; else 1-16. */
-static int tcp_spread_read(unsigned write_spread, unsigned *out)
-{
-    const char *both = getenv("FERRY_TCP_SPREAD");
-    bool set = both && *both && strcmp(both, "auto") != 0;
-    return env_count("FERRY_TCP_SPREAD_READ", 1, 16, set ? write_spread : tcp_auto_spread_read(usable_cores()),
-                     "auto or 1-16", out);
-}
-
-/* SO_SNDBUF / SO_RCVBUF from 8 cores (8-16 connections): the kernel's own
- * (grown to 4-6 MiB a socket) keep 16 connections x ~10 MiB in flight, more
- * than the caches hold, so both copies of every byte go to DRAM; 512 KiB
- * (the kernel doubles it) moved write / read 1 MiB x 8 threads 23 / 15 %
- * more on 16 CPUs with 18 % less CPU a MiB on both sides, and 256 KiB more
- * again (+8-14 % over 512 KiB at 64 KiB x 8, 1 MiB x 1 and x 8, in one run);
- * 8 connections, a wake-up per 256 KiB (FERRY_TCP_RCVLOWAT) or the submitter
- * writing every frame were no better (docs/BENCHMARKS.md). */
-#define SOCKBUF_MANY_CORES ((uint64_t)256 << 10)
-
-uint64_t tcp_auto_sockbuf(long cores)
-{
-    return cores >= 8 ? SOCKBUF_MANY_CORES : 0;
-}
-
-/* FERRY_TCP_SOCKBUF: unset, empty or "auto": tcp_auto_sockbuf of the
- * cores this process may run on; "0": the kernel sizes the socket buffers
- * (and grows them with the traffic); else bytes, 64 KiB to 256 MiB. */
-static int tcp_sockbuf(uint64_t *out)
-{
-    const char *wanted = "auto, 0 (the kernel's) or bytes, 65536-268435456";
-    int rc = config_env_number("FERRY_TCP_SOCKBUF", true, 0, 256u << 20, wanted, out);
-    if (rc == 1)
-        *out = tcp_auto_sockbuf(usable_cores());
-    else if (rc == 0 && *out && *out < (64u << 10))
-        return ferry_fail(FERRY_EINVAL, "FERRY_TCP_SOCKBUF=\"%llu\": %s", (unsigned long long)*out, wanted);
-    return rc < 0 ? rc : 0;
-}
-
-/* FERRY_TCP_RCVLOWAT: unset, empty or "auto": 0 (off); else bytes, 0 to
- * 64 MiB, at most a quarter of FERRY_TCP_SOCKBUF when that is set (the
- * receive buffer must hold what the receiver waits for). */
-static int tcp_rcvlowat(uint64_t sockbuf, uint64_t *out)
-{
-    int rc = config_env_number("FERRY_TCP_RCVLOWAT", true, 0, 64u << 20, "auto or bytes, 0-67108864", out);
-    if (rc == 1)
-        *out = 0;
-    if (sockbuf && *out > sockbuf / 4)
-        *out = sockbuf / 4;
-    return rc < 0 ? rc : 0;
-}
-
-void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
-{
-    if (!t->sockbuf)
-        return;
-    int v = (int)t->sockbuf;
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
-}
-
 static int tcp_create(const struct transport_host *host, void **out)
 {
-    unsigned max_conns = 4, spread = 1, spread_read = 1;
-    uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    unsigned ack_on_copy = 0;
-    int mrc = tcp_max_connections(&max_conns);
-    if (!mrc)
-        mrc = tcp_grow_bytes(max_conns, host->cfg->slice_size, &grow_bytes);
-    if (!mrc)
-        mrc = tcp_spread(&spread);
-    if (!mrc)
-        mrc = tcp_spread_read(spread, &spread_read);
-    if (!mrc)
-        mrc = tcp_inline_bytes(spread, &inline_bytes);
-    if (!mrc)
-        mrc = tcp_sockbuf(&sockbuf);
-    if (!mrc)
-        mrc = tcp_rcvlowat(sockbuf, &rcvlowat);
-    if (!mrc)
-        mrc = tcp_device_pipe(&dev_pipe);
-    if (!mrc)
-        mrc = tcp_ack_on_copy(&ack_on_copy);
-    if (mrc)
-        return mrc;
     struct tcp_transport *t = calloc(1, sizeof *t);
     if (!t)
         return ferry_fail(FERRY_ENOMEM, "tcp transport");
+    int mrc = tcp_config_read(host->cfg->slice_size, t);
+    if (mrc) {
+        free(t);
+        return mrc;
+    }
     t->host = *host;
-    t->max_conns = max_conns;
-    t->grow_bytes = grow_bytes;
-    t->inline_bytes = inline_bytes;
-    t->spread = spread;
-    t->spread_read = spread_read;
-    t->sockbuf = sockbuf;
-    t->rcvlowat = rcvlowat;
-    t->dev_pipe = dev_pipe;
-    t->ack_on_copy = ack_on_copy;
     t->listen_fd = net_listen(host->listen_host, 0, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * tcp.h — what the tcp transport's files share: the transport itself, an
- * initiator's peers and connections (tcp.c; their receiving side in
- * tcp_conn.c), and the target side's entry point (tcp_serve.c, its device
+ * tcp.h — what the tcp transport's files share: the transport itself (its
+ * knobs read in tcp_config.c), an initiator's peers and connections (tcp.c;
+ * their receiving side in tcp_conn.c), and the target side's entry point (tcp_serve.c, its device
  * memory in tcp_serve_dev.c, what those two share in tcp_serve.h) that
  * tcp.c hands to the acceptor.  Private to src/transport/tcp/.
  */
@@ -20,6 +20,9 @@
 #include "transport/transport.h"
 
 #define POLL_TICK_MS 100
+/* Response headers an initiator's receiver reads with one recv when the
+ * frames in flight ahead allow it (acks carry no payload). */
+#define TCP_HEADERS_AHEAD 8
 
 struct tcp_transport {
     struct transport_host host;
@@ -33,6 +36,8 @@ struct tcp_transport {
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread of WRITEs */
     unsigned spread_read;   /* FERRY_TCP_SPREAD_READ, resolved (tcp_spread_read): of READs */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
+    uint64_t read_handoff;  /* FERRY_TCP_READ_HANDOFF: see tcp_read_by_sender (0: off) */
+    uint64_t ack_hold;      /* FERRY_TCP_ACK_HOLD: a WRITE of at most this many bytes may hold its ack (0: off) */
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
     unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
@@ -66,6 +71,8 @@ struct tcp_conn {
     int wiovcnt;
     struct iovec iov[1 + WIRE_MAX_ENTRIES];      /* the writer's: header+entries, then WRITE payload */
     uint8_t head[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+    uint8_t ahead[WIRE_HEADER_SIZE * TCP_HEADERS_AHEAD]; /* the receiver's: response headers read ahead */
+    unsigned ahead_len;                          /* bytes of them in `ahead` (the receiver's) */
     int broken;                                  /* 0 or the error that broke it */
     char broken_msg[160];
     atomic_int threads_done;
@@ -113,6 +120,20 @@ unsigned tcp_auto_spread(long cores);
 unsigned tcp_auto_spread_read(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
+/* FERRY_TCP_ACK_HOLD's default on a host with `cores` CPUs (0: off). */
+uint64_t tcp_auto_ack_hold(long cores);
+
+/* Whether a READ request of `frame_bytes` goes to its connection's sender
+ * thread rather than being written by the submitting thread: with
+ * FERRY_TCP_READ_HANDOFF (`handoff` bytes, 0: never) set, a frame of at
+ * least that many bytes on a connection with responses in flight, whose
+ * receiver may hold the socket's lock while it copies a response (a
+ * sendmsg on that socket waits for it). */
+bool tcp_read_by_sender(uint64_t handoff, uint64_t frame_bytes, bool responses_in_flight);
+
+/* tcp_config.c: reads every FERRY_TCP_* knob into t (a slice is
+ * `slice_size` bytes).  0 or FERRY_EINVAL naming the knob. */
+int tcp_config_read(uint64_t slice_size, struct tcp_transport *t);
 
 /* Sets SO_SNDBUF and SO_RCVBUF of a connection to t->sockbuf (nothing when
  * it is 0: the kernel sizes them itself); both ends call it. */

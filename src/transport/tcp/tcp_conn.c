@@ -5,7 +5,9 @@
  * memory) in the order frames were written, ends each frame, and enforces
  * deadlines; and the helpers that end frames and break connections, which
  * the sending side (tcp.c) uses too.  Only the receiver ends frames in
- * flight, so "ended" and "memory no longer touched" are one moment.
+ * flight, so "ended" and "memory no longer touched" are one moment.  It
+ * reads response headers that follow each other (acks, which carry no
+ * payload, up to a READ's header) with one recv (c->ahead).
  */
 #include <errno.h>
 #include <poll.h>
@@ -84,6 +86,42 @@ void tcp_conn_fail_all(struct tcp_conn *c)
 
 /* ------------------------------------------------------------ initiator: receiver */
 
+/* How many response headers, from the oldest frame in flight on, may be
+ * read at once: every response up to and including the first READ's (whose
+ * payload follows its header) is a header alone (wire_decode_header refuses
+ * an ack that says it carries payload).  At least one.  c->lock held. */
+static unsigned headers_ahead(const struct tcp_conn *c)
+{
+    unsigned k = 0;
+    for (const struct xfer_frame *f = c->pend_head; f && k < TCP_HEADERS_AHEAD; f = f->next) {
+        k++;
+        if (f->opcode == XFER_READ)
+            break;
+    }
+    return k ? k : 1;
+}
+
+/* The next response header: from those read ahead, else from the socket
+ * (with as many of the following ones as are there and may be read). */
+static int next_header(struct tcp_conn *c, uint8_t raw[WIRE_HEADER_SIZE], uint64_t deadline)
+{
+    if (c->ahead_len < WIRE_HEADER_SIZE) {
+        pthread_mutex_lock(&c->lock);
+        size_t max = (size_t)headers_ahead(c) * WIRE_HEADER_SIZE;
+        pthread_mutex_unlock(&c->lock);
+        size_t got = 0;
+        int rc = sockio_recv_between(c->fd, c->ahead + c->ahead_len, WIRE_HEADER_SIZE - c->ahead_len,
+                                     max - c->ahead_len, deadline, &got);
+        c->ahead_len += (unsigned)got;
+        if (rc)
+            return rc;
+    }
+    memcpy(raw, c->ahead, WIRE_HEADER_SIZE);
+    c->ahead_len -= WIRE_HEADER_SIZE;
+    memmove(c->ahead, c->ahead + WIRE_HEADER_SIZE, c->ahead_len);
+    return 0;
+}
+
 /* Reads one response and ends the oldest frame in flight.  The whole
  * response, READ payload included, must arrive by that frame's deadline: a
  * target that drips bytes cannot hold a request past it. */
@@ -95,7 +133,7 @@ static int receive_response(struct tcp_conn *c)
     struct xfer_frame *f = c->pend_head;
     pthread_mutex_unlock(&c->lock);
     uint64_t deadline = f ? f->deadline_ns : now_ns() + (uint64_t)c->peer->t->host.cfg->request_timeout_ms * 1000000u;
-    int rc = sockio_recv(c->fd, raw, sizeof raw, deadline, NULL, NULL, NULL);
+    int rc = next_header(c, raw, deadline);
     if (rc == FERRY_ETIMEDOUT)
         return ferry_fail(rc, "request timed out: no complete response by its deadline");
     if (rc)
@@ -188,7 +226,8 @@ void *tcp_receiver_main(void *arg)
         if (broken)
             break;
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        int n = poll(&p, 1, POLL_TICK_MS);
+        /* a header read ahead is there already: no wait */
+        int n = c->ahead_len >= WIRE_HEADER_SIZE ? 1 : poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (deadline_passed(c))
                 tcp_conn_mark_broken(c, FERRY_ETIMEDOUT, "request deadline passed; connection reset");

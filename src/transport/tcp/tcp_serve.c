@@ -209,6 +209,36 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
+/* ---- FERRY_TCP_ACK_HOLD: a small WRITE of host memory whose next frame is
+ * already there holds its ack, which then leaves with the next response
+ * (one sendmsg, and one wake-up of the initiator's receiver, for the two
+ * frames of a batch of 128 small blocks).  At most one is held; it goes out
+ * before anything else this thread sends (acks stay in frame order), before
+ * a larger WRITE's payload or device copies, and as soon as the connection's
+ * loop finds nothing to read. */
+
+static int send_held_ack(struct server_conn *s)
+{
+    if (!s->ack_held)
+        return 0;
+    s->ack_held = false;
+    return net_write_full(s->fd, s->held_ack, sizeof s->held_ack);
+}
+
+/* Holds the ack of the WRITE just served when the knob allows it (the
+ * connection's loop sends it at once if the next frame is not there yet:
+ * one poll that replaces the loop's own); false: send it now. */
+static bool hold_ack(struct server_conn *s, const struct wire_header *h, bool host_only, uint64_t refused)
+{
+    if (!s->t->ack_hold || h->payload_len > s->t->ack_hold || !host_only || s->copy_err || s->ack_held ||
+        (atomic_load(&s->ack.word) & 3)) /* a device WRITE's ack still to go: this one must follow it */
+        return false;
+    struct wire_header ack = {.type = WIRE_WRITE_ACK, .id = h->id, .refused = refused};
+    wire_encode_header(&ack, s->held_ack);
+    s->ack_held = true;
+    return true;
+}
+
 static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
                          uint64_t payload)
 {
@@ -218,7 +248,10 @@ static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int s
     struct wire_header h = {.type = type, .id = id, .status = status, .refused = refused, .payload_len = payload};
     uint8_t raw[WIRE_HEADER_SIZE];
     wire_encode_header(&h, raw);
-    return net_write_full(s->fd, raw, sizeof raw);
+    struct iovec iov[2] = {{s->held_ack, sizeof s->held_ack}, {raw, sizeof raw}};
+    int first = s->ack_held ? 0 : 1; /* a held ack goes first, in the same sendmsg */
+    s->ack_held = false;
+    return net_writev_full(s->fd, iov + first, 2 - first);
 }
 
 static int serve_write(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
@@ -228,6 +261,11 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     entries_begin(s, e, h->nentries, "WRITE");
+    bool host_only = true;
+    for (unsigned i = 0; i < h->nentries; i++)
+        host_only = host_only && !(s->ent[i].held && s->ent[i].region.device_index >= 0);
+    if (s->ack_held && (h->payload_len > t->ack_hold || !host_only))
+        rc = send_held_ack(s); /* not behind this frame's payload or device copies */
     for (unsigned i = 0; !rc && i < h->nentries;) {
         unsigned end = i;
         while (end < h->nentries && s->ent[end].held && s->ent[end].region.device_index < 0)
@@ -266,7 +304,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     for (unsigned i = 0; !rc && !s->copy_err && i < h->nentries; i++)
         if (!(refused >> i & 1))
             atomic_fetch_add(&t->bytes_served, e[i].len);
-    if (!rc)
+    if (!rc && !hold_ack(s, h, host_only, refused))
         rc = send_response(s, WIRE_WRITE_ACK, h->id, s->copy_err, refused, 0);
     TRACE(TR_SRV_ANSWERED, h->payload_len);
     return rc;
@@ -350,7 +388,11 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
     wire_encode_header(&rh, raw);
     s->iovcnt = 0;
     s->trailer_iov = -1;
-    rc = add_read_iov(s, raw, sizeof raw, -1);
+    if (s->ack_held) /* a WRITE's held ack leaves first, with the response */
+        rc = add_read_iov(s, s->held_ack, sizeof s->held_ack, -1);
+    s->ack_held = false;
+    if (!rc)
+        rc = add_read_iov(s, raw, sizeof raw, -1);
     /* host memory goes out straight from where it lies, device memory
      * through the bounce; one sendmsg for as much as possible */
     for (unsigned i = 0; !rc && i < h->nentries; i++) {
@@ -384,6 +426,8 @@ static int serve_notify(struct server_conn *s, const struct wire_header *h)
     uint8_t msg[WIRE_MAX_NOTIFY];
     /* delivered once the WRITEs before it are in device memory (and acked) */
     int rc = tcp_settle_ack(s);
+    if (!rc)
+        rc = send_held_ack(s);
     if (rc)
         return rc;
     /* under the frame's deadline: a message dripped in a byte per socket timeout would pin this thread */
@@ -504,7 +548,13 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* a WRITE whose ack waits for its copies: with nothing to read, wait for them here */
         if ((atomic_load(&s->ack.word) & 3) && poll(&p, 1, 0) == 0 && (rc = tcp_settle_ack(s)) != 0)
             break;
-        int n = poll(&p, 1, POLL_TICK_MS);
+        /* a held ack: the next frame already there is served without another
+         * wait; else the ack goes now */
+        int n = s->ack_held ? poll(&p, 1, 0) : 0;
+        if (n <= 0 && (rc = send_held_ack(s)) != 0)
+            break;
+        if (n <= 0)
+            n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (idle_ns && now_ns() - last >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
@@ -522,6 +572,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
                  ferry_last_error());
     }
     (void)tcp_settle_ack(s); /* its copies done and its function returned: nothing runs for s any more */
+    (void)send_held_ack(s); /* nothing was sent after it: the initiator still reads it in place */
     (void)ferry_device_copy_wait();
     shutdown(s->fd, SHUT_RDWR);
     if (s->wake_ready) /* no access of this thread is left to be cancelled */

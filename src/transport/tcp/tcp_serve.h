@@ -103,6 +103,8 @@ struct server_conn {
     struct served_entry *ent;         /* the frame being served: one of ent_bufs, the other a deferred ack's */
     struct served_entry ent_bufs[2][WIRE_MAX_ENTRIES];
     struct deferred_ack ack;          /* FERRY_TCP_ACK_ON_COPY */
+    uint8_t held_ack[WIRE_HEADER_SIZE]; /* FERRY_TCP_ACK_HOLD: a host WRITE's ack, sent with the next response */
+    bool ack_held;
     uint64_t deadline_ns;             /* the frame's payload must have moved by then */
     struct sockio_wake wake;          /* signalled when one of its accesses is revoked */
     bool wake_ready;
