@@ -39,6 +39,7 @@ struct npu_stream {
     uint32_t magic;
     int dev;
     aclrtStream stream;
+    pthread_mutex_t failure_lock; /* failed and failure: streams may be shared between threads */
     int failed;                  /* a copy failed: reported from now on */
     char failure[200];
     void *bounce;                /* pinned, NPU_BOUNCE_MAX bytes, made on first need */
@@ -55,15 +56,28 @@ static struct npu_stream *as_npu(ferry_stream *stream)
     return s != NULL && s->magic == NPU_STREAM_MAGIC ? s : NULL;
 }
 
-/* Records a stream's first failure; every later call reports it. */
+/* Records a stream's first failure; every later call reports it.  Under
+ * failure_lock: another thread may be writing or reading the text. */
 static int stream_failed(struct npu_stream *s, aclError r, const char *what)
 {
+    pthread_mutex_lock(&s->failure_lock);
     if (!s->failed) {
         s->failed = 1;
         snprintf(s->failure, sizeof s->failure, "npu:%d: %s: ACL error %d: %s", s->dev, what, r,
                  npu_error_text(r));
     }
-    return ferry_fail(FERRY_EIO, "%s", s->failure);
+    int rc = ferry_fail(FERRY_EIO, "%s", s->failure);
+    pthread_mutex_unlock(&s->failure_lock);
+    return rc;
+}
+
+/* The stream's sticky error (FERRY_EIO with its first failure's text), or 0. */
+static int stream_sticky_error(struct npu_stream *s)
+{
+    pthread_mutex_lock(&s->failure_lock);
+    int rc = s->failed ? ferry_fail(FERRY_EIO, "%s", s->failure) : 0;
+    pthread_mutex_unlock(&s->failure_lock);
+    return rc;
 }
 
 int npu_stream_create(int dev, ferry_stream **out)
@@ -93,6 +107,7 @@ int npu_stream_create(int dev, ferry_stream **out)
     s->dev = dev;
     s->stream = as;
     pthread_mutex_init(&s->bounce_lock, NULL);
+    pthread_mutex_init(&s->failure_lock, NULL);
     *out = (ferry_stream *)s;
     return 0;
 }
@@ -121,6 +136,7 @@ void npu_stream_destroy(ferry_stream *stream)
     }
     s->magic = 0;
     pthread_mutex_destroy(&s->bounce_lock);
+    pthread_mutex_destroy(&s->failure_lock);
     free(s);
 }
 
@@ -308,9 +324,10 @@ int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct f
         return 0;
     if (copies == NULL)
         return ferry_fail(FERRY_EINVAL, "npu: copy_async: %zu copies but no array", n);
-    if (s->failed)
-        return ferry_fail(FERRY_EIO, "%s", s->failure);
-    int rc = npu_ready();
+    int rc = stream_sticky_error(s);
+    if (rc < 0)
+        return rc;
+    rc = npu_ready();
     if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
         return rc;
     struct copy_call call = {s, dir};
@@ -342,9 +359,10 @@ int npu_stream_sync(ferry_stream *stream)
     struct npu_stream *s = as_npu(stream);
     if (s == NULL)
         return ferry_fail(FERRY_EINVAL, "npu: stream_sync on %p: not an npu stream", (void *)stream);
-    if (s->failed)
-        return ferry_fail(FERRY_EIO, "%s", s->failure);
-    int rc = npu_ready();
+    int rc = stream_sticky_error(s);
+    if (rc < 0)
+        return rc;
+    rc = npu_ready();
     if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
         return rc;
     rc = wait_stream(s);
@@ -360,9 +378,10 @@ int npu_stream_query(ferry_stream *stream)
         return ferry_fail(FERRY_EINVAL, "npu: stream_query on %p: not an npu stream", (void *)stream);
     if (acl.aclrtStreamQuery == NULL)
         return npu_stream_sync(stream);
-    if (s->failed)
-        return ferry_fail(FERRY_EIO, "%s", s->failure);
-    int rc = npu_ready();
+    int rc = stream_sticky_error(s);
+    if (rc < 0)
+        return rc;
+    rc = npu_ready();
     if (rc < 0 || (rc = npu_ctx_enter(s->dev, &g)) < 0)
         return rc;
     int status = ACL_STREAM_STATUS_NOT_READY;

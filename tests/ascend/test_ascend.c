@@ -195,6 +195,72 @@ static void failure_stays_on_its_stream(void **state)
     ops->host_free(h);
 }
 
+/* Two threads syncing one stream whose copy failed: one records the sticky
+ * error while the other may read it (streams may be shared).  Every
+ * FERRY_EIO either sees carries the whole message the stream keeps (the
+ * TSan build showed the unlocked write and read before failure_lock). */
+struct shared_sync {
+    const struct ferry_device_ops *ops;
+    ferry_stream *s;
+    int eio;
+    char message[8][256]; /* the distinct FERRY_EIO messages seen, at most 8 */
+    int messages;
+};
+
+static void *sync_shared_stream(void *arg)
+{
+    struct shared_sync *t = arg;
+    for (int i = 0; i < 200; i++) {
+        if (t->ops->stream_sync(t->s) != FERRY_EIO)
+            continue;
+        t->eio++;
+        const char *m = ferry_last_error();
+        int seen = 0;
+        for (int k = 0; k < t->messages; k++)
+            seen |= strcmp(t->message[k], m) == 0;
+        if (!seen && t->messages < 8)
+            snprintf(t->message[t->messages++], sizeof t->message[0], "%s", m);
+    }
+    return NULL;
+}
+
+static void failed_stream_shared_by_two_threads(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    ferry_stream *s;
+    void *d, *h;
+    assert_int_equal(ops->init(), 0);
+    assert_int_equal(ops->stream_create(0, &s), 0);
+    assert_int_equal(ops->mem_alloc(0, 1 << 16, &d), 0);
+    assert_int_equal(ops->host_alloc(1 << 16, &h), 0);
+    struct ferry_copy c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = (struct ferry_copy){(char *)h + i * 4096, (char *)d + i * 4096, 4096};
+    fake_inject(2);
+    assert_int_equal(ops->copy_async(s, FERRY_COPY_D2H, c, 4), 0);
+    struct shared_sync t[2] = {{ops, s, 0, {{0}}, 0}, {ops, s, 0, {{0}}, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, sync_shared_stream, &t[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(ops->stream_sync(s), FERRY_EIO);
+    char whole[256];
+    snprintf(whole, sizeof whole, "%s", ferry_last_error());
+    assert_non_null(strstr(whole, "npu:0: "));
+    assert_non_null(strstr(whole, "507000"));
+    for (int i = 0; i < 2; i++) {
+        assert_true(t[i].eio > 0); /* the last of its 200 syncs saw the sticky error */
+        for (int k = 0; k < t[i].messages; k++)
+            if (strcmp(t[i].message[k], whole) != 0)
+                fail_msg("thread %d read \"%s\", not the stream's \"%s\"", i, t[i].message[k], whole);
+    }
+    ops->stream_destroy(s);
+    ops->mem_free(0, d);
+    ops->host_free(h);
+}
+
 /* ACL reports a failed copy once and runs the next ones: the request that
  * held it must still fail, and the following transfer must work. */
 static void copy_failure_fails_its_request(void **state)
@@ -747,6 +813,7 @@ int main(void)
         cmocka_unit_test(explicit_location_without_classification),
         cmocka_unit_test(stream_refuses_other_device),
         cmocka_unit_test(failure_stays_on_its_stream),
+        cmocka_unit_test(failed_stream_shared_by_two_threads),
         cmocka_unit_test(copy_failure_fails_its_request),
         cmocka_unit_test(small_blocks_gathered_in_hbm),
         cmocka_unit_test(unaligned_device_address),
