@@ -37,10 +37,16 @@
 _Static_assert(sizeof(struct acl_memcpy_batch_attr) == 32, "aclrtMemcpyBatchAttr is 32 bytes");
 
 #define NPU_MAX_DEVICES 64
+/* FERRY_NPU_SYNC_TIMEOUT_MS: a copy of a few MiB takes milliseconds; one
+ * that has not completed in 30 s is on a hung device (a dead link, a wedged
+ * core, a driver fault), not a slow one. */
+#define NPU_SYNC_TIMEOUT_MS_DEFAULT 30000u
+#define NPU_SYNC_TIMEOUT_MS_MAX 2147483647u /* aclrtSynchronizeStreamWithTimeout takes an int32_t */
 
 struct acl_api acl;
 atomic_int npu_batch_enabled;
 size_t npu_copy_align = 64;
+uint32_t npu_sync_timeout_ms = NPU_SYNC_TIMEOUT_MS_DEFAULT;
 
 static struct ferry_device_loader loader = FERRY_DEVICE_LOADER_INIT;
 static void *libacl;
@@ -146,15 +152,21 @@ static void npu_at_exit(void)
 
 static int parse_knobs(void)
 {
-    uint64_t batch = 0, align = npu_copy_align;
+    uint64_t batch = 0, align = npu_copy_align, sync_ms = NPU_SYNC_TIMEOUT_MS_DEFAULT;
     int rc = config_env_number("FERRY_NPU_BATCH_COPY", false, 0, 1, "must be 0 or 1", &batch);
     if (rc >= 0)
         rc = config_env_number("FERRY_NPU_COPY_ALIGN", false, 1, 64, "must be 1 or 64", &align);
+    /* 0 is refused, not taken for "no limit": a wait on a hung NPU would
+     * keep its request and the engine's teardown for ever */
+    if (rc >= 0)
+        rc = config_env_number("FERRY_NPU_SYNC_TIMEOUT_MS", false, 1, NPU_SYNC_TIMEOUT_MS_MAX,
+                               "milliseconds a wait on an NPU stream may take, 1-2147483647", &sync_ms);
     if (rc < 0)
         return rc;
     if (align != 1 && align != 64)
         return ferry_fail(FERRY_EINVAL, "FERRY_NPU_COPY_ALIGN=\"%llu\": must be 1 or 64", (unsigned long long)align);
     npu_copy_align = align;
+    npu_sync_timeout_ms = (uint32_t)sync_ms;
     int want_batch = batch == 1;
     if (want_batch && acl.aclrtMemcpyBatchAsync == NULL)
         LOG_WARN("npu: FERRY_NPU_BATCH_COPY=1 but the ACL runtime lacks aclrtMemcpyBatchAsync");
@@ -187,6 +199,8 @@ static int npu_load(void)
         {"aclrtMemcpy", &acl.aclrtMemcpy, 1}, /* in every CANN */
         {"aclrtSynchronizeStream", &acl.aclrtSynchronizeStream, 1},
         {"aclrtStreamQuery", &acl.aclrtStreamQuery, 0},
+        {"aclrtSynchronizeStreamWithTimeout", &acl.aclrtSynchronizeStreamWithTimeout, 0},
+        {"aclrtStreamAbort", &acl.aclrtStreamAbort, 0},
         {"aclrtPointerGetAttributes", &acl.aclrtPointerGetAttributes, 0},
         {"aclrtMemcpyBatchAsync", &acl.aclrtMemcpyBatchAsync, 0},
         {"aclGetRecentErrMsg", &acl.aclGetRecentErrMsg, 0},
@@ -212,6 +226,11 @@ static int npu_load(void)
     atexit(npu_at_exit);
     if (acl.aclrtStreamQuery == NULL)
         LOG_INFO("npu: no aclrtStreamQuery; stream_query waits for the stream");
+    if (acl.aclrtSynchronizeStreamWithTimeout == NULL && acl.aclrtStreamQuery == NULL)
+        LOG_WARN("npu: neither aclrtSynchronizeStreamWithTimeout nor aclrtStreamQuery: a wait on a hung NPU "
+                 "stream cannot be bounded (FERRY_NPU_SYNC_TIMEOUT_MS has no effect)");
+    if (acl.aclrtStreamAbort == NULL)
+        LOG_INFO("npu: no aclrtStreamAbort: a stream that times out is abandoned, not aborted");
     if (acl.aclrtPointerGetAttributes == NULL)
         LOG_INFO("npu: no aclrtPointerGetAttributes (CANN < 8.1): only ferry's own allocations are located");
     LOG_INFO("npu: %d devices, copies %zu-byte aligned", device_count, npu_copy_align);
@@ -497,6 +516,8 @@ static const struct ferry_config_knob npu_knobs[] = {
     {"FERRY_NPU_BATCH_COPY", "0", "1: use aclrtMemcpyBatchAsync for NPU staging copies (experimental in CANN)"},
     {"FERRY_NPU_COPY_ALIGN", "64",
      "alignment ACL async copies get (CANN: 64); other host memory, and pageable memory, is bounced"},
+    {"FERRY_NPU_SYNC_TIMEOUT_MS", "30000",
+     "longest wait on an NPU stream (ms, 1 or more); then FERRY_ETIMEDOUT and the stream is aborted or abandoned"},
     {"FERRY_ASCEND_LIBRARY", "libascendcl.so",
      "the ACL runtime the npu backend loads (a path, e.g. the tests' fake runtime)"},
     {NULL, NULL, NULL},
@@ -519,6 +540,7 @@ const struct ferry_device_ops ferry_device_npu = {
     .copy_async = npu_copy_async,
     .stream_query = npu_stream_query,
     .stream_sync = npu_stream_sync,
+    .stream_abandoned = npu_stream_abandoned,
     .check_location = npu_check_location,
     .copy_alignment = npu_copy_alignment,
     .aggregate_below = npu_aggregate_below,

@@ -24,6 +24,8 @@ typedef void *aclrtContext;
 enum {
     ACL_SUCCESS = 0,
     ACL_ERROR_REPEAT_INITIALIZE = 100002,
+    ACL_ERROR_RT_FEATURE_NOT_SUPPORT = 207000,
+    ACL_ERROR_RT_STREAM_SYNC_TIMEOUT = 507046, /* acl/error_codes/rt_error_codes.h */
     ACL_MEM_MALLOC_HUGE_FIRST = 0,           /* aclrtMemMallocPolicy */
     ACL_MEMCPY_HOST_TO_DEVICE = 1,           /* aclrtMemcpyKind */
     ACL_MEMCPY_DEVICE_TO_HOST = 2,
@@ -77,6 +79,10 @@ struct acl_api {
     aclError (*aclrtSynchronizeStream)(aclrtStream stream);
     /* optional */
     aclError (*aclrtStreamQuery)(aclrtStream stream, int *status);
+    /* timeout in ms, -1 for ever; ACL_ERROR_RT_STREAM_SYNC_TIMEOUT when it passes */
+    aclError (*aclrtSynchronizeStreamWithTimeout)(aclrtStream stream, int32_t timeout);
+    /* stops the stream's running task and drops the queued ones (Atlas A2/A3) */
+    aclError (*aclrtStreamAbort)(aclrtStream stream);
     aclError (*aclrtPointerGetAttributes)(const void *ptr, union acl_ptr_attributes *attrs);
     aclError (*aclrtMemcpyBatchAsync)(void **dsts, size_t *dest_max, void **srcs, size_t *sizes,
                                       size_t num_batches, struct acl_memcpy_batch_attr *attrs,
@@ -88,6 +94,7 @@ struct acl_api {
 extern struct acl_api acl;
 extern atomic_int npu_batch_enabled;   /* FERRY_NPU_BATCH_COPY=1 and the call exists */
 extern size_t npu_copy_align;          /* FERRY_NPU_COPY_ALIGN */
+extern uint32_t npu_sync_timeout_ms;   /* FERRY_NPU_SYNC_TIMEOUT_MS: every wait on a stream, at most */
 
 /* ACL's message of the call that failed last on this thread (read once:
  * ACL clears it), or "no detail from ACL". */
@@ -124,5 +131,6 @@ void npu_stream_destroy(ferry_stream *stream);
 int npu_copy_async(ferry_stream *stream, enum ferry_copy_dir dir, const struct ferry_copy *copies, size_t n);
 int npu_stream_query(ferry_stream *stream);
 int npu_stream_sync(ferry_stream *stream);
+int npu_stream_abandoned(ferry_stream *stream);
 
 #endif /* FERRY_DEVICE_ASCEND_H */

@@ -18,6 +18,17 @@
  * Errors: ACL reports a failed copy once (continue-on-failure) and runs the
  * next ones; ferry keeps the first failure of a stream and reports it from
  * every later call, as device.h promises.  No threads of its own.
+ *
+ * Hung streams: no wait on a stream lasts longer than
+ * FERRY_NPU_SYNC_TIMEOUT_MS (aclrtSynchronizeStreamWithTimeout, else
+ * aclrtStreamQuery polled with sleeps between).  A stream that does not
+ * finish in time (a dead link, a wedged core, a driver fault) fails with a
+ * sticky FERRY_ETIMEDOUT and is aborted (aclrtStreamAbort: its copies are
+ * stopped or dropped, the memory they touched may be freed) or, where the
+ * runtime cannot abort it, abandoned: never waited for again, and at
+ * stream_destroy neither destroyed (undefined with work in flight) nor its
+ * bounce freed; stream_abandoned tells callers to keep the memory its copies
+ * touched too.
  */
 #include "device/ascend.h"
 #include "device/backend.h"
@@ -27,21 +38,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "err.h"
 #include "log.h"
+#include "net.h"
 
 #define NPU_BATCH_CHUNK 256
 #define NPU_STREAM_MAGIC 0x6e707573u /* "npus" */
 #define NPU_BOUNCE_MAX ((size_t)4 << 20)
+/* Polling a stream without aclrtSynchronizeStreamWithTimeout: the sleep
+ * between two aclrtStreamQuery calls doubles from the first to the last. */
+#define POLL_SLEEP_FIRST_NS 20000u
+#define POLL_SLEEP_MAX_NS 2000000u
+
+enum { HUNG_ABORTED = 1, HUNG_ABANDONED = 2 };
+
+/* Streams abandoned in this process (never destroyed): for the log. */
+static atomic_uint abandoned_streams;
+/* aclrtSynchronizeStreamWithTimeout answered "not supported": poll instead. */
+static atomic_int timed_sync_refused;
 
 struct npu_stream {
     uint32_t magic;
     int dev;
     aclrtStream stream;
-    pthread_mutex_t failure_lock; /* failed and failure: streams may be shared between threads */
-    int failed;                  /* a copy failed: reported from now on */
+    pthread_mutex_t failure_lock; /* failed, failure, hung: streams may be shared between threads */
+    int failed;                  /* 0, or the FERRY_E* of the first failure: reported from now on */
     char failure[200];
+    int hung;                    /* a wait timed out: HUNG_ABORTED or HUNG_ABANDONED */
     void *bounce;                /* pinned, NPU_BOUNCE_MAX bytes, made on first need */
     pthread_mutex_t bounce_lock; /* one bounced copy at a time (streams may be shared) */
 };
@@ -56,28 +81,41 @@ static struct npu_stream *as_npu(ferry_stream *stream)
     return s != NULL && s->magic == NPU_STREAM_MAGIC ? s : NULL;
 }
 
-/* Records a stream's first failure; every later call reports it.  Under
- * failure_lock: another thread may be writing or reading the text. */
+/* Records a stream's first failure; every later call reports it (its code
+ * and text).  Under failure_lock: another thread may be writing or reading
+ * the text. */
 static int stream_failed(struct npu_stream *s, aclError r, const char *what)
 {
     pthread_mutex_lock(&s->failure_lock);
     if (!s->failed) {
-        s->failed = 1;
+        s->failed = FERRY_EIO;
         snprintf(s->failure, sizeof s->failure, "npu:%d: %s: ACL error %d: %s", s->dev, what, r,
                  npu_error_text(r));
+    } else {
+        npu_forget_error(); /* a later failure of a broken stream: the first one is reported */
     }
-    int rc = ferry_fail(FERRY_EIO, "%s", s->failure);
+    int rc = ferry_fail(s->failed, "%s", s->failure);
     pthread_mutex_unlock(&s->failure_lock);
     return rc;
 }
 
-/* The stream's sticky error (FERRY_EIO with its first failure's text), or 0. */
+/* The stream's sticky error (its first failure's code and text), or 0. */
 static int stream_sticky_error(struct npu_stream *s)
 {
     pthread_mutex_lock(&s->failure_lock);
-    int rc = s->failed ? ferry_fail(FERRY_EIO, "%s", s->failure) : 0;
+    int rc = s->failed ? ferry_fail(s->failed, "%s", s->failure) : 0;
     pthread_mutex_unlock(&s->failure_lock);
     return rc;
+}
+
+static int wait_stream(struct npu_stream *s);
+
+static void free_stream(struct npu_stream *s)
+{
+    s->magic = 0;
+    pthread_mutex_destroy(&s->bounce_lock);
+    pthread_mutex_destroy(&s->failure_lock);
+    free(s);
 }
 
 int npu_stream_create(int dev, ferry_stream **out)
@@ -124,9 +162,19 @@ void npu_stream_destroy(ferry_stream *stream)
         return;
     }
     if (npu_may_release() && npu_ctx_enter(s->dev, &g) == 0) {
-        /* a copy's failure was reported by the calls that ran it, or nobody waits for it now */
-        if (acl.aclrtSynchronizeStream(s->stream) != ACL_SUCCESS)
+        /* a copy's failure was reported by the calls that ran it, or nobody
+         * waits for it now; a stream that hangs here is aborted or abandoned */
+        if (wait_stream(s) < 0)
             npu_forget_error();
+        if (npu_stream_abandoned(stream)) {
+            /* its copies may still run: the ACL stream, its bounce and the
+             * memory they touch stay (the process's end reclaims them) */
+            LOG_ERROR("npu:%d: stream %p left behind, not destroyed (%u abandoned in this process): %s", s->dev,
+                      s->stream, atomic_load(&abandoned_streams), s->failure);
+            npu_ctx_leave(&g);
+            free_stream(s);
+            return;
+        }
         if (s->bounce && acl.aclrtFreeHost(s->bounce) != ACL_SUCCESS)
             LOG_ERROR("npu:%d: aclrtFreeHost(bounce %p): %s", s->dev, s->bounce, npu_error_text(0));
         aclError r = acl.aclrtDestroyStream(s->stream);
@@ -134,10 +182,7 @@ void npu_stream_destroy(ferry_stream *stream)
             LOG_ERROR("npu:%d: aclrtDestroyStream: ACL error %d: %s", s->dev, r, npu_error_text(r));
         npu_ctx_leave(&g);
     }
-    s->magic = 0;
-    pthread_mutex_destroy(&s->bounce_lock);
-    pthread_mutex_destroy(&s->failure_lock);
-    free(s);
+    free_stream(s);
 }
 
 /* ---------------------------------------------------------------- direct copies */
@@ -251,10 +296,101 @@ static int copy_ok(enum ferry_copy_dir dir, const struct ferry_copy *c)
     return c->len == 0 || (host_side_ok(dir, c) && device_side_ok(dir, c));
 }
 
+/* A wait ran out: the stream fails with FERRY_ETIMEDOUT for good (first,
+ * so that a thread sharing it sees that, not the abort's own error), then
+ * is aborted, or abandoned where ACL cannot abort it.  Context entered. */
+static int stream_hung(struct npu_stream *s, aclError r, const char *what)
+{
+    pthread_mutex_lock(&s->failure_lock);
+    int first = !s->hung;
+    if (first) {
+        s->hung = HUNG_ABANDONED; /* until the abort succeeded */
+        s->failed = FERRY_ETIMEDOUT; /* over an earlier copy failure: the stream itself is gone now */
+        snprintf(s->failure, sizeof s->failure, "npu:%d: stream %p: no end in %u ms (%s: ACL error %d)", s->dev,
+                 s->stream, npu_sync_timeout_ms, what, r);
+    }
+    pthread_mutex_unlock(&s->failure_lock);
+    npu_forget_error();
+    if (!first)
+        return stream_sticky_error(s);
+    aclError a = acl.aclrtStreamAbort ? acl.aclrtStreamAbort(s->stream) : ACL_ERROR_RT_FEATURE_NOT_SUPPORT;
+    if (a != ACL_SUCCESS) {
+        npu_forget_error();
+        atomic_fetch_add(&abandoned_streams, 1);
+    }
+    pthread_mutex_lock(&s->failure_lock);
+    size_t len = strlen(s->failure);
+    if (a == ACL_SUCCESS) {
+        s->hung = HUNG_ABORTED;
+        snprintf(s->failure + len, sizeof s->failure - len, "; aborted");
+    } else if (acl.aclrtStreamAbort) {
+        snprintf(s->failure + len, sizeof s->failure - len, "; abandoned (aclrtStreamAbort: ACL error %d)", a);
+    } else {
+        snprintf(s->failure + len, sizeof s->failure - len, "; abandoned (no aclrtStreamAbort)");
+    }
+    int rc = ferry_fail(FERRY_ETIMEDOUT, "%s", s->failure);
+    LOG_ERROR("%s", s->failure);
+    pthread_mutex_unlock(&s->failure_lock);
+    return rc;
+}
+
+/* aclrtStreamQuery until the stream is done or the deadline passes,
+ * sleeping between polls (doubling, up to POLL_SLEEP_MAX_NS): no core spins
+ * on a hung device. */
+static int poll_stream(struct npu_stream *s)
+{
+    uint64_t deadline = now_ns() + (uint64_t)npu_sync_timeout_ms * 1000000u;
+    long sleep_ns = POLL_SLEEP_FIRST_NS;
+    for (;;) {
+        int status = ACL_STREAM_STATUS_NOT_READY;
+        aclError r = acl.aclrtStreamQuery(s->stream, &status);
+        if (r != ACL_SUCCESS)
+            return stream_failed(s, r, "aclrtStreamQuery");
+        if (status == ACL_STREAM_STATUS_COMPLETE)
+            return 0;
+        if (now_ns() >= deadline)
+            return stream_hung(s, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "aclrtStreamQuery");
+        nanosleep(&(struct timespec){0, sleep_ns}, NULL);
+        if (sleep_ns < (long)POLL_SLEEP_MAX_NS)
+            sleep_ns *= 2;
+    }
+}
+
+/* Waits for everything enqueued on the stream, FERRY_NPU_SYNC_TIMEOUT_MS at
+ * most (without either bounded call: as long as it takes).  A hung stream
+ * answers its sticky error at once.  Context entered. */
 static int wait_stream(struct npu_stream *s)
 {
+    int rc = stream_sticky_error(s);
+    if (rc < 0 && npu_stream_abandoned((ferry_stream *)s))
+        return rc;
+    if (acl.aclrtSynchronizeStreamWithTimeout && !atomic_load(&timed_sync_refused)) {
+        aclError r = acl.aclrtSynchronizeStreamWithTimeout(s->stream, (int32_t)npu_sync_timeout_ms);
+        if (r == ACL_SUCCESS)
+            return 0;
+        if (r == ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+            return stream_hung(s, r, "aclrtSynchronizeStreamWithTimeout");
+        if (r != ACL_ERROR_RT_FEATURE_NOT_SUPPORT)
+            return stream_failed(s, r, "aclrtSynchronizeStreamWithTimeout");
+        npu_forget_error();
+        if (!atomic_exchange(&timed_sync_refused, 1))
+            LOG_INFO("npu:%d: aclrtSynchronizeStreamWithTimeout is not supported; streams are polled", s->dev);
+    }
+    if (acl.aclrtStreamQuery)
+        return poll_stream(s);
     aclError r = acl.aclrtSynchronizeStream(s->stream);
     return r == ACL_SUCCESS ? 0 : stream_failed(s, r, "aclrtSynchronizeStream");
+}
+
+int npu_stream_abandoned(ferry_stream *stream)
+{
+    struct npu_stream *s = as_npu(stream);
+    if (s == NULL)
+        return 0;
+    pthread_mutex_lock(&s->failure_lock);
+    int abandoned = s->hung == HUNG_ABANDONED;
+    pthread_mutex_unlock(&s->failure_lock);
+    return abandoned;
 }
 
 /* One copy whose host side ACL must not see: through a pinned bounce,

@@ -113,8 +113,18 @@ struct ferry_device_ops {
      * reports a failed copy once and runs the next ones, continue-on-failure:
      * the npu backend keeps the failure itself so callers see one model.) */
     int (*stream_query)(ferry_stream *stream);
-    /* Waits for everything enqueued so far. 0 or a negative error. */
+    /* Waits for everything enqueued so far. 0 or a negative error.  A
+     * backend whose device can hang bounds the wait (npu:
+     * FERRY_NPU_SYNC_TIMEOUT_MS): a stream that does not finish in time
+     * answers FERRY_ETIMEDOUT from then on, as a sticky error, and is
+     * aborted (its copies stopped or dropped) or, where the driver cannot,
+     * abandoned (see stream_abandoned); destroy it and take another. */
     int (*stream_sync)(ferry_stream *stream);
+    /* Optional (NULL: never).  1 if the stream timed out and could not be
+     * aborted: copies enqueued on it may still run, so the memory they touch
+     * (a staging chunk, a device buffer) must be neither reused nor freed.
+     * stream_destroy leaves such a stream to the process's end. */
+    int (*stream_abandoned)(ferry_stream *stream);
     /* Optional (NULL: not available).  Enqueues a store of value into the
      * 32-bit word *flag (memory from this kind's host_alloc) once everything
      * enqueued before it on the stream has finished, without holding up what

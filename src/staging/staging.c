@@ -193,17 +193,33 @@ static void renew_stream(struct staging_pool *p, ferry_stream **s)
         LOG_ERROR("staging: cannot recreate a stream for %s:%d: %s", p->ops->kind, p->dev, ferry_last_error());
 }
 
-/* A chunk's copies, issued alone on its stream, failed: its frame fails
- * with the device's message. */
-static void fail_chunk(struct staging_pool *p, struct chunk *c, int rc)
+/* The copies of a group (n chunks, on its leader's stream, or a chunk
+ * alone) failed for good: each frame fails with the device's message.  The
+ * leader's stream is drained and renewed; where it hung and could not be
+ * aborted (stream_abandoned) its copies may still run, so the chunks stay
+ * out of use (CHUNK_LOST) instead of going back to the free list. */
+static void fail_group(struct staging_pool *p, struct chunk **g, size_t n, int rc)
 {
     char msg[200];
-    const char *what = c->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
+    const char *what = g[0]->state == CHUNK_GATHER ? "device-to-host copy" : "host-to-device copy";
     snprintf(msg, sizeof msg, "staging %s on %s:%d failed: %s", what, p->ops->kind, p->dev, ferry_last_error());
-    struct xfer_frame *orig = c->orig;
-    renew_stream(p, &c->stream);
-    release_chunk(p, c);
-    end_frame(orig, rc, 0, msg);
+    bool lost = p->ops->stream_abandoned && p->ops->stream_abandoned(g[0]->stream);
+    renew_stream(p, &g[0]->stream);
+    for (size_t i = 0; i < n; i++) {
+        struct xfer_frame *orig = g[i]->orig;
+        if (lost) {
+            pthread_mutex_lock(&p->lock);
+            g[i]->state = CHUNK_LOST;
+            g[i]->orig = NULL;
+            p->lost++;
+            pthread_mutex_unlock(&p->lock);
+            LOG_ERROR("staging: %s:%d: chunk %u left out of use: a copy on its abandoned stream may still run",
+                      p->ops->kind, p->dev, g[i]->index);
+        } else {
+            release_chunk(p, g[i]);
+        }
+        end_frame(orig, rc, 0, msg);
+    }
 }
 
 /* Takes as many waiting frames as there are free chunks (each chunk's orig
@@ -393,11 +409,13 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
  * others, so once the leader's stream is drained and renewed, each chunk
  * is issued again on its own (copying a frame twice moves the same bytes to
  * the same places); where the device is broken as a whole, each then fails
- * alone. */
+ * alone.  A stream that timed out fails every frame of the group at once. */
 static void group_failed(struct staging_pool *p, struct chunk **g, size_t n, int rc)
 {
-    if (n == 1) {
-        fail_chunk(p, g[0], rc);
+    /* a stream that hung (FERRY_ETIMEDOUT) says the device is stuck, not
+     * that one frame's address was bad: no frame goes again */
+    if (n == 1 || rc == FERRY_ETIMEDOUT) {
+        fail_group(p, g, n, rc);
         return;
     }
     LOG_DEBUG("staging: %s:%d: a group of %zu frames failed (%s); each goes again alone", p->ops->kind, p->dev, n,

@@ -63,7 +63,10 @@
 #define MARK_STREAMS_MAX 4u
 #define MARK_STRIDE 16u
 
-enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER };
+/* CHUNK_LOST: its copies were on a stream that hung and could not be
+ * aborted (stream_abandoned): they may still run, so the chunk (and its
+ * device buffer) is never used again and the pool's memory is never freed. */
+enum chunk_state { CHUNK_FREE, CHUNK_GATHER, CHUNK_WIRE, CHUNK_SCATTER, CHUNK_LOST };
 
 struct chunk {
     struct staging_pool *pool;
@@ -114,6 +117,7 @@ struct staging_pool {
     struct ferry_copy *copies;            /* the issuer's: a group's copies (GROUP_MAX x XFER_MAX_PIECES) */
     struct chunk **retired;               /* the worker's: a retired group (nchunks) */
     bool stopping;
+    unsigned lost;                        /* chunks CHUNK_LOST (lock): the pool's memory stays at teardown */
     uint64_t idle_spin_ns;                /* FERRY_STAGING_SPIN_US */
     uint64_t issuer_retire_ns;            /* FERRY_STAGING_ISSUER_RETIRE_US */
     unsigned issuer_retire_groups;        /* FERRY_STAGING_ISSUER_RETIRE_GROUPS */

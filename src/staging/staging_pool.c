@@ -115,20 +115,28 @@ bool staging_pool_worker_asleep(struct staging_pool *p)
     return asleep;
 }
 
+/* A pool with lost chunks (copies of an abandoned stream may still write
+ * them or read them) keeps its pinned memory and device buffers: the
+ * process's end reclaims them, no late copy lands in memory reused since. */
 static void pool_free(struct staging_pool *p)
 {
+    bool keep = p->lost > 0;
+    if (keep)
+        LOG_ERROR("staging: %s:%d: %u chunks lost to a hung device; the pool's %zu bytes of pinned memory and its "
+                  "device buffers are left to the process's end", p->ops->kind, p->dev, p->lost,
+                  p->stride * p->nchunks);
     for (unsigned i = 0; p->chunks && i < p->nchunks; i++) {
         if (p->chunks[i].stream)
             p->ops->stream_destroy(p->chunks[i].stream);
-        if (p->chunks[i].devbuf)
+        if (p->chunks[i].devbuf && !keep)
             p->ops->mem_free(p->dev, p->chunks[i].devbuf);
     }
     for (unsigned i = 0; i < MARK_STREAMS_MAX; i++)
         if (p->mstreams[i])
             p->ops->stream_destroy(p->mstreams[i]);
-    if (p->marks)
+    if (p->marks && !keep)
         p->ops->host_free((void *)p->marks);
-    if (p->base)
+    if (p->base && !keep)
         p->ops->host_free(p->base);
     free(p->chunks);
     free(p->taken);

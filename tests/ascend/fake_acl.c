@@ -16,7 +16,9 @@
  * and destination 64-byte aligned; copies run later, in order, on the
  * stream's worker thread; a failed copy is reported once by the next
  * query / sync and the stream goes on (continue-on-failure); freeing memory
- * a queued copy still touches aborts (the DMA would hit freed memory).  Modes:
+ * a queued copy still touches aborts (the DMA would hit freed memory); a
+ * copy made to hang blocks its stream until released or aborted
+ * (fake_acl_hang.c: the hang, the timed sync, aclrtStreamAbort).  Modes:
  * see struct fake_config.  Threads: one worker per stream; everything else
  * runs on the caller's thread.  At exit it prints what it executed.
  */
@@ -27,12 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EXPORT __attribute__((visibility("default")))
-#define CTX_MAGIC 0x63747866u
-#define STREAM_MAGIC 0x73747266u
-
 typedef void *aclrtContext;
-typedef void *aclrtStream;
 typedef struct { uint32_t id; int type; } aclrtMemLocation;
 typedef struct { aclrtMemLocation location; uint32_t pageSize; uint32_t rsv[4]; } aclrtPtrAttributes;
 typedef struct { aclrtMemLocation dstLoc; aclrtMemLocation srcLoc; uint8_t rsv[16]; } aclrtMemcpyBatchAttr;
@@ -43,33 +40,6 @@ struct fake_config fake;
 static atomic_ullong kind_count[4]; /* copies enqueued per aclrtMemcpyKind */
 static atomic_ullong fake_sync_copies; /* aclrtMemcpy calls that copied */
 atomic_ullong fake_copies, fake_pageable, fake_batch_calls, fake_failed, fake_set_device[16];
-
-struct fake_ctx {
-    uint32_t magic;
-    int dev;
-};
-
-struct task {
-    char *dst;
-    const char *src;
-    size_t len;
-    uintptr_t adst, asrc;        /* the caller's addresses (device ones before fake_shadow) */
-    int corrupt;                 /* pageable host memory on an old CANN */
-    struct task *next;
-};
-
-struct fake_stream {
-    uint32_t magic;
-    struct fake_ctx *ctx;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct task *head, *tail;    /* queued, oldest first */
-    uint64_t queued, done, released;
-    aclError error;              /* first failure not yet reported */
-    int stopping;
-    pthread_t worker;
-    struct fake_stream *next_stream; /* every live stream (streams_lock) */
-};
 
 /* Every live stream, so that aclrtFree / aclrtFreeHost can tell memory a
  * queued copy still reads or writes (streams_lock before a stream's lock). */
@@ -129,6 +99,8 @@ static void setup(void)
     fake.batch = strcmp(env_or("FAKEACL_BATCH", "loop"), "unsupported") == 0 ? BATCH_UNSUPPORTED : BATCH_LOOP;
     fake.attrs_unknown = strcmp(env_or("FAKEACL_ATTRS", "known"), "unknown") == 0;
     fake.lazy = strcmp(env_or("FAKEACL_EXEC", "eager"), "lazy") == 0;
+    fake.no_abort = strcmp(env_or("FAKEACL_ABORT", "supported"), "unsupported") == 0;
+    fake.no_timed_sync = strcmp(env_or("FAKEACL_TIMED_SYNC", "supported"), "unsupported") == 0;
     for (const char *s = getenv("FAKEACL_FAIL_COPIES"); s && *s && fake.nfail < 8;) {
         char *end;
         fake.fail_at[fake.nfail++] = strtoull(s, &end, 10);
@@ -137,8 +109,7 @@ static void setup(void)
     setup_failed = fake_mem_init() != 0;
 }
 
-/* Every entry point starts here: the lifetime rules of aclInit / aclFinalize. */
-static aclError enter(const char *fn, int needs_init)
+aclError fake_enter(const char *fn, int needs_init)
 {
     pthread_once(&once, setup);
     if (atomic_load(&finalized)) {
@@ -152,12 +123,6 @@ static aclError enter(const char *fn, int needs_init)
     return ACL_SUCCESS;
 }
 
-#define ENTER(needs_init)                                                                          \
-    do {                                                                                           \
-        aclError e_ = enter(__func__, needs_init);                                                 \
-        if (e_)                                                                                    \
-            return e_;                                                                             \
-    } while (0)
 
 static aclError need_context(const char *fn)
 {
@@ -369,9 +334,8 @@ EXPORT aclError aclrtPointerGetAttributes(const void *ptr, aclrtPtrAttributes *a
 static atomic_ullong fail_injected; /* fakeacl_inject_failure's copy number, 0: none */
 static atomic_int held;             /* fakeacl_hold: copies wait for a sync / query */
 
-static int fail_now(void)
+static int fail_now(uint64_t n)
 {
-    uint64_t n = atomic_fetch_add(&fake_copies, 1) + 1;
     unsigned long long want = n;
     if (atomic_compare_exchange_strong(&fail_injected, &want, 0))
         return 1;
@@ -387,14 +351,19 @@ static void *worker_main(void *arg)
     struct fake_stream *s = arg;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stopping && (!s->head || s->done >= s->released))
+        /* an abort (fake_acl_hang.c) drops the queue while nothing runs */
+        while (!s->stopping && (s->aborting || !s->head || s->done >= s->released))
             pthread_cond_wait(&s->cond, &s->lock);
         if (!s->head)
             break;
         struct task *t = s->head;
+        s->running = 1;
         pthread_mutex_unlock(&s->lock);
         aclError err = ACL_SUCCESS;
-        if (fail_now()) {
+        uint64_t n = atomic_fetch_add(&fake_copies, 1) + 1;
+        if (fake_hang_here(s, n)) {
+            /* aborted while hung: the copy never ran */
+        } else if (fail_now(n)) {
             atomic_fetch_add(&fake_failed, 1);
             err = ACL_ERROR_RT_INTERNAL_ERROR;
         } else if (t->corrupt) {
@@ -409,6 +378,7 @@ static void *worker_main(void *arg)
         if (!s->head)
             s->tail = NULL;
         s->done++;
+        s->running = 0;
         free(t);
         pthread_cond_broadcast(&s->cond);
     }
@@ -416,7 +386,7 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static aclError check_stream(const char *fn, aclrtStream stream, struct fake_stream **out)
+aclError fake_check_stream(const char *fn, aclrtStream stream, struct fake_stream **out)
 {
     struct fake_stream *s = stream;
     *out = NULL; /* on every path: GCC -O3 cannot see that fake_fail never returns 0 */
@@ -458,14 +428,18 @@ EXPORT aclError aclrtCreateStream(aclrtStream *stream)
     return ACL_SUCCESS;
 }
 
-/* Releases everything queued to the worker and waits for it when wait. */
-static aclError drain(struct fake_stream *s, int wait, int *busy)
+aclError fake_drain(struct fake_stream *s, int wait, int *busy)
 {
     pthread_mutex_lock(&s->lock);
     s->released = s->queued;
     pthread_cond_broadcast(&s->cond);
+    uint64_t aborts = s->aborts;
     while (wait && s->done < s->queued)
         pthread_cond_wait(&s->cond, &s->lock);
+    if (s->aborts != aborts) { /* the documents: a wait during an abort returns ACL_ERROR_RT_STREAM_ABORT */
+        pthread_mutex_unlock(&s->lock);
+        return fake_fail(ACL_ERROR_RT_STREAM_ABORT, "the stream was aborted while it was waited for");
+    }
     *busy = s->done < s->queued;
     aclError err = *busy ? ACL_SUCCESS : s->error;
     if (err) {
@@ -481,8 +455,8 @@ EXPORT aclError aclrtSynchronizeStream(aclrtStream stream)
     ENTER(1);
     struct fake_stream *s;
     int busy;
-    aclError r = check_stream(__func__, stream, &s);
-    return r ? r : drain(s, 1, &busy);
+    aclError r = fake_check_stream(__func__, stream, &s);
+    return r ? r : fake_drain(s, 1, &busy);
 }
 
 EXPORT aclError aclrtStreamQuery(aclrtStream stream, int *status)
@@ -490,7 +464,7 @@ EXPORT aclError aclrtStreamQuery(aclrtStream stream, int *status)
     ENTER(1);
     struct fake_stream *s;
     int busy;
-    aclError r = check_stream(__func__, stream, &s);
+    aclError r = fake_check_stream(__func__, stream, &s);
     if (r)
         return r;
     if (!status)
@@ -515,7 +489,7 @@ EXPORT aclError aclrtDestroyStream(aclrtStream stream)
 {
     ENTER(1);
     struct fake_stream *s;
-    aclError r = check_stream(__func__, stream, &s);
+    aclError r = fake_check_stream(__func__, stream, &s);
     if (r)
         return r;
     pthread_mutex_lock(&s->lock);
@@ -646,7 +620,7 @@ EXPORT aclError aclrtMemcpyAsync(void *dst, size_t dest_max, const void *src, si
 {
     ENTER(1);
     struct fake_stream *s;
-    aclError r = check_stream(__func__, stream, &s);
+    aclError r = fake_check_stream(__func__, stream, &s);
     return r ? r : enqueue(__func__, dst, dest_max, src, count, kind, s);
 }
 
@@ -657,7 +631,7 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
 {
     ENTER(1);
     struct fake_stream *s;
-    aclError r = check_stream(__func__, stream, &s);
+    aclError r = fake_check_stream(__func__, stream, &s);
     if (r)
         return r;
     if (fake.batch == BATCH_UNSUPPORTED)
@@ -708,6 +682,7 @@ EXPORT aclError aclrtMemcpyBatchAsync(void **dsts, size_t *dest_max, void **srcs
 
 /* What the tests ask: "copies", "pageable", "batch_calls", "failed", "h2d",
  * "d2h", "d2d" (copies enqueued of that kind), "sync_copies" (aclrtMemcpy),
+ * "hung" (copies that hung), "aborted" (streams aclrtStreamAbort aborted),
  * "set_device:N" (aclrtSetDevice calls for device N). */
 EXPORT unsigned long long fakeacl_stat(const char *what)
 {
@@ -719,6 +694,10 @@ EXPORT unsigned long long fakeacl_stat(const char *what)
         return atomic_load(&fake_batch_calls);
     if (!strcmp(what, "failed"))
         return atomic_load(&fake_failed);
+    if (!strcmp(what, "aborted"))
+        return atomic_load(&fake_aborted);
+    if (!strcmp(what, "hung"))
+        return atomic_load(&fake_hung);
     if (!strcmp(what, "sync_copies"))
         return atomic_load(&fake_sync_copies);
     if (!strcmp(what, "h2d"))
