@@ -169,6 +169,10 @@ static void hung_staged_transfers(void)
     if (rc != 0)
         fail_msg("the WRITE after the hung one: %s", bad.message);
     assert_int_equal(child_target_check(&r.t, 0, LEN, 41), -1);
+    /* the device comes back: an abandoned copy runs now (it reads r.local,
+     * which the READs below write: on hardware, as here, a late copy races
+     * with later transfers to the request's own memory, docs/SECURITY.md) */
+    fake_unhang();
 
     /* READ: the scatter into npu:0 hangs (the target holds pattern 41 now) */
     memset(host, 0, LEN);
