@@ -318,6 +318,11 @@ int ferry_device_copy_sync(const struct ferry_device_ops *ops, int dev, enum fer
 int ferry_device_copy_start(const struct ferry_device_ops *ops, int dev, enum ferry_copy_dir dir,
                             const struct ferry_copy *copies, size_t n);
 int ferry_device_copy_wait(void);
+/* 1 if the thread's last failed _start or _wait left its copies on a
+ * stream that timed out and could not be aborted (stream_abandoned): they
+ * may still run, so the host memory they read or write (a bounce buffer)
+ * must be neither reused nor freed.  Clears the answer; 0 otherwise. */
+int ferry_device_copy_lost(void);
 /* Enqueues fn(arg) after the copies the thread started (stream_then on its
  * stream): fn runs on a driver thread once they have completed, never if one
  * of them failed (_wait then returns the error); _wait returns only after fn

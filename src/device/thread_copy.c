@@ -28,6 +28,7 @@ struct thread_stream {
     int dev;
     ferry_stream *stream;
     bool inflight;               /* copies started and not yet waited for */
+    bool lost;                   /* the last failure abandoned the stream (ferry_device_copy_lost) */
 };
 
 static pthread_key_t key;
@@ -91,6 +92,7 @@ static int thread_stream(const struct ferry_device_ops *ops, int dev, struct thr
  * stream is destroyed, not given back). */
 static void thread_stream_renew(struct thread_stream *ts)
 {
+    ts->lost = ts->ops->stream_abandoned && ts->ops->stream_abandoned(ts->stream);
     ts->ops->stream_destroy(ts->stream);
     ts->stream = NULL;
     ts->inflight = false;
@@ -129,6 +131,15 @@ int ferry_device_copy_wait(void)
     if (rc)
         thread_stream_renew(ts);
     return rc;
+}
+
+int ferry_device_copy_lost(void)
+{
+    struct thread_stream *ts = once_done ? pthread_getspecific(key) : NULL;
+    if (!ts || !ts->lost)
+        return 0;
+    ts->lost = false;
+    return 1;
 }
 
 int ferry_device_copy_then(void (*fn)(void *), void *arg)

@@ -101,6 +101,7 @@ static void setup(void)
     fake.lazy = strcmp(env_or("FAKEACL_EXEC", "eager"), "lazy") == 0;
     fake.no_abort = strcmp(env_or("FAKEACL_ABORT", "supported"), "unsupported") == 0;
     fake.no_timed_sync = strcmp(env_or("FAKEACL_TIMED_SYNC", "supported"), "unsupported") == 0;
+    fake_hang_setup(strtoull(env_or("FAKEACL_HANG_COPY", "0"), NULL, 10));
     for (const char *s = getenv("FAKEACL_FAIL_COPIES"); s && *s && fake.nfail < 8;) {
         char *end;
         fake.fail_at[fake.nfail++] = strtoull(s, &end, 10);

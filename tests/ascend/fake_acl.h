@@ -115,6 +115,9 @@ aclError fake_drain(struct fake_stream *s, int wait, int *busy);
  * (returns 0: the copy runs) or an abort of the stream (returns 1: it does
  * not). */
 int fake_hang_here(struct fake_stream *s, uint64_t n);
+/* FAKEACL_HANG_COPY=N (0: none): the Nth copy the process executes hangs,
+ * as after fakeacl_hang(N) (for a child process the test cannot call). */
+void fake_hang_setup(uint64_t n);
 
 /* Records the message aclGetRecentErrMsg returns and passes the code on. */
 aclError fake_fail(aclError code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -70,6 +70,16 @@ int fake_hang_here(struct fake_stream *s, uint64_t n)
     return aborted;
 }
 
+void fake_hang_setup(uint64_t n)
+{
+    pthread_mutex_lock(&hang_lock);
+    if (n) {
+        hang_gen++;
+        hang_at = n;
+    }
+    pthread_mutex_unlock(&hang_lock);
+}
+
 /* The after-th copy executed from now on (1: the next) hangs until
  * fakeacl_unhang() or an abort of its stream. */
 EXPORT void fakeacl_hang(unsigned long long after)

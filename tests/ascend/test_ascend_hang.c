@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <cmocka.h>
 
@@ -252,6 +253,49 @@ static void hung_mem_copy_names_device_stream_and_code(void **state)
     free(back);
 }
 
+/* A tcp target serving npu:0 memory (a child: FAKEACL_HANG_COPY=2, its
+ * first copy after the one that filled its memory, and FAKEACL_ABORT=
+ * unsupported) whose copy of a WRITE hangs: the WRITE fails, the next one
+ * lands (checked), and the target ends cleanly: it neither reused nor freed
+ * the bounce buffer the abandoned copy still reads (the fake aborts the
+ * child on such a free). */
+static void hung_copy_at_the_target(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    struct child_target t;
+    ferry_engine *e;
+    ferry_segment_t seg;
+    struct ferry_status bad;
+    assert_int_equal(ops->init(), 0); /* this process's fake has read its settings */
+    setenv("FAKEACL_HANG_COPY", "2", 1);
+    setenv("FAKEACL_ABORT", "unsupported", 1);
+    int rc = child_target_start(&t, LEN, "npu:0", 3);
+    unsetenv("FAKEACL_HANG_COPY");
+    unsetenv("FAKEACL_ABORT");
+    assert_int_equal(rc, 0);
+    char *host = malloc(LEN);
+    assert_int_equal(ferry_engine_create(NULL, &e), 0);
+    assert_int_equal(ferry_register_memory(e, host, LEN, "cpu", 0), 0);
+    assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+    struct rig r = {.t = t, .ops = ops, .e = e, .seg = seg, .local = host};
+    for (int round = 0; round < 2; round++) {
+        pattern_fill(host, LEN, 80 + round, 0);
+        rc = transfer(&r, FERRY_WRITE, &bad);
+        if (round == 0 && (rc == 0 || bad.state == FERRY_COMPLETED))
+            fail_msg("a WRITE whose copy at the target hung completed");
+        if (round == 1 && rc != 0)
+            fail_msg("the WRITE after the hung one: %s", bad.message);
+    }
+    assert_int_equal(child_target_check(&r.t, 0, LEN, 81), -1);
+    int status = child_target_quit(&r.t);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the target ended with status %#x (SIGABRT: it freed memory a hung copy still reads)", status);
+    assert_int_equal(ferry_unregister_memory(e, host), 0);
+    ferry_engine_destroy(e);
+    free(host);
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -270,6 +314,7 @@ int main(void)
         cmocka_unit_test(hung_mem_copy_names_device_stream_and_code),
         cmocka_unit_test(hung_copies_end_timeout),
         cmocka_unit_test(hung_copies_abandoned_without_abort),
+        cmocka_unit_test(hung_copy_at_the_target),
     };
     if (getenv("FERRY_TEST_FILTER")) /* e.g. "hung_copies_end_timeout" */
         cmocka_set_test_filter(getenv("FERRY_TEST_FILTER"));

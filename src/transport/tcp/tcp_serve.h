@@ -40,6 +40,8 @@ struct bounce {
     size_t started;                         /* bytes of buf whose copies have started */
     bool inflight;                          /* copies started on this thread's stream, not yet waited for */
     size_t flight_lo, flight_hi;            /* READ: the bounce bytes those copies fill */
+    bool lost;                              /* a copy on it was abandoned (ferry_device_copy_lost):
+                                             * replaced once empty, never freed */
 };
 
 /* An entry of the frame being served and its access to the registration. */

@@ -96,13 +96,28 @@ static void bounce_zero_unrun(struct server_conn *s, size_t n)
             memset(b->copies[j].dst, 0, b->copies[j].len);
 }
 
+/* A bounce a copy on an abandoned stream may still read or write is left
+ * to the process's end: neither freed nor used again. */
+static void bounce_leave_lost(struct server_conn *s)
+{
+    struct bounce *b = &s->b;
+    LOG_ERROR("tcp: %s: a device copy on the connection's bounce %p was abandoned on a hung device; the "
+              "bounce is left out of use", b->owner->kind, (void *)b->buf);
+    b->buf = NULL;
+    b->lost = false;
+}
+
 static int bounce_ensure(struct server_conn *s, const struct ferry_device_ops *ops)
 {
     struct bounce *b = &s->b;
+    if (b->lost && !b->used && !b->n && !b->inflight) /* replaced once nothing of a frame is in it */
+        bounce_leave_lost(s);
     if (b->buf && b->owner == ops)
         return 0;
-    if (b->buf)
+    if (b->buf && !b->lost)
         b->owner->host_free(b->buf);
+    else if (b->buf)
+        return ferry_fail(FERRY_EBUSY, "tcp: the bounce of a hung device copy is still in use");
     b->buf = NULL;
     int rc = ops->host_alloc(BOUNCE_SIZE + BOUNCE_TAIL, (void **)&b->buf);
     if (rc)
@@ -166,6 +181,8 @@ static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t 
         (void)tcp_settle_ack(s);
     int rc = s->copy_err ? s->copy_err : ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
     if (rc) {
+        if (!s->copy_err && ferry_device_copy_lost())
+            b->lost = true;
         if (!s->copy_err) {
             copy_failed(s, rc);
             /* a failed start drained the copies in flight, which may have
@@ -209,6 +226,8 @@ void tcp_bounce_wait(struct server_conn *s)
     int rc = ferry_device_copy_wait();
     atomic_store(&s->ack.fired, s->ack.queued); /* every ack function enqueued has run, or never will */
     if (rc) {
+        if (ferry_device_copy_lost())
+            b->lost = true;
         copy_failed(s, rc);
         if (b->flight_hi > b->flight_lo)
             memset(b->buf + b->flight_lo, 0, b->flight_hi - b->flight_lo);
@@ -224,6 +243,8 @@ void tcp_bounce_drain(struct server_conn *s)
 
 void tcp_bounce_free(struct server_conn *s)
 {
+    if (s->b.buf && s->b.lost)
+        bounce_leave_lost(s);
     if (s->b.buf)
         s->b.owner->host_free(s->b.buf);
 }
