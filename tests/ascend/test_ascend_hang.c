@@ -12,7 +12,11 @@
  * ferry frees or reuses memory the held copy still touches, so the test
  * passing says ferry did neither.  ferry_mem_copy's wait (the per-thread
  * stream) fails FERRY_ETIMEDOUT naming the device, the stream and ACL's
- * code.  The modes (CMakeLists.txt): the timed sync and the abort (full),
+ * code; a tcp target whose copy into npu memory hangs (a child,
+ * FAKEACL_HANG_COPY) fails that WRITE, serves the next and exits without
+ * freeing the bounce the held copy reads.  (Under ThreadSanitizer that
+ * child reports the check's copy racing the WRITE's: they are ordered only
+ * through the parent, which TSan cannot see.)  The modes (CMakeLists.txt): the timed sync and the abort (full),
  * no abort (old), the stream polled (FAKEACL_TIMED_SYNC=unsupported).  The
  * Ascend backend has no stream-ordered submits (no stream_host_func), so
  * there is none to hang.  Skips where FERRY_ASCEND_LIBRARY is unset;
