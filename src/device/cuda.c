@@ -605,8 +605,13 @@ static int cuda_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint3
     int rc = cuda_ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
-    CUdeviceptr addr = 0;
-    CUresult r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    /* a flag of host_alloc's (the shm lanes' marks) is where devices see
+     * it: no driver call, whose locks the other submitting threads'
+     * launches wait for, to learn that again per job */
+    CUdeviceptr addr = (CUdeviceptr)(uintptr_t)flag;
+    CUresult r = CUDA_SUCCESS;
+    if (!cuda_host_range_has(flag, sizeof *flag))
+        r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
     if (r == CUDA_SUCCESS)
         r = cuda_drv.cuStreamWriteValue32(s->stream, addr, value, 0);
     cuda_ctx_leave(&g);

@@ -77,6 +77,15 @@ void cuda_host_range_add(void *p, size_t len)
     pthread_rwlock_unlock(&ranges_lock);
 }
 
+int cuda_host_range_has(const volatile void *p, size_t len)
+{
+    size_t hint = 0;
+    pthread_rwlock_rdlock(&ranges_lock);
+    int in = range_find(host_ranges, host_nranges, (uintptr_t)p, len, -1, &hint);
+    pthread_rwlock_unlock(&ranges_lock);
+    return in;
+}
+
 void cuda_host_range_remove(void *p)
 {
     pthread_rwlock_wrlock(&ranges_lock);

@@ -206,6 +206,7 @@ struct shm_transport {
     struct shm_lane *lanes[SHM_LANES];
     uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
     unsigned lane_streams;            /* FERRY_SHM_LANE_STREAMS */
+    uint64_t lane_mean_max;           /* FERRY_SHM_LANE_KB: a job of copies of at most this mean takes a lane */
     atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
     unsigned nworkers;
@@ -352,7 +353,8 @@ bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const 
  * which wait in fr->g->cb.  0, FERRY_E* (fr->msg), or in a job SHM_NOT_HERE
  * / SHM_JOB_FULL. */
 int shm_frame_run(struct frame_run *fr);
-/* After the group's copies were waited for: their result, the counters. */
+/* After the group's copies were waited for: their result (the group counts
+ * the bytes moved, once for all its frames). */
 int shm_frame_finish(struct frame_run *fr);
 /* Ends the frame's accesses: its announcement, its local registrations. */
 void shm_frame_release(struct frame_run *fr);

@@ -51,18 +51,12 @@ static struct shm_peer *peer_of(const struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ending frames */
 
-/* Ends a frame that was queued for p, then lets p's close go on. */
-static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, uint64_t refused, uint64_t moved,
-                      const char *msg)
+/* Ends a frame that was queued for p and moved nothing, then lets p's
+ * close go on (a group's frames end in group_end). */
+static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, const char *msg)
 {
     struct shm_peer *p = peer_of(f);
-    if (err == 0) {
-        if (f->opcode == XFER_WRITE)
-            atomic_fetch_add(&t->bytes_written, moved);
-        else if (f->opcode == XFER_READ)
-            atomic_fetch_add(&t->bytes_read, moved);
-    }
-    f->complete(f, err, refused, msg);
+    f->complete(f, err, 0, msg);
     pthread_mutex_lock(&t->lock);
     if (--p->queued == 0)
         pthread_cond_broadcast(&t->idle);
@@ -79,7 +73,7 @@ static void queue_frames(struct shm_transport *t, struct shm_peer *p, struct xfe
         for (size_t i = 0; i < n; i++) {
             fs[i]->wire_id = (uint64_t)(uintptr_t)p;
             if (counted)
-                frame_end(t, fs[i], FERRY_ECANCELED, 0, 0, "shm: the segment is being closed");
+                frame_end(t, fs[i], FERRY_ECANCELED, "shm: the segment is being closed");
             else
                 fs[i]->complete(fs[i], FERRY_ECANCELED, 0, "shm: the segment is being closed");
         }
@@ -144,7 +138,7 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
     pthread_mutex_unlock(&t->lock);
     for (struct xfer_frame *f = gone, *next; f; f = next) {
         next = f->next;
-        frame_end(t, f, FERRY_ECANCELED, 0, 0, "shm: segment closed");
+        frame_end(t, f, FERRY_ECANCELED, "shm: segment closed");
     }
     pthread_mutex_lock(&t->lock);
     while (p->queued)
@@ -192,7 +186,7 @@ static void *timer_main(void *arg)
             pthread_mutex_unlock(&t->lock);
             for (struct xfer_frame *f = late, *next; f; f = next) {
                 next = f->next;
-                frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+                frame_end(t, f, FERRY_ETIMEDOUT, "request timed out waiting for a shm worker");
             }
             pthread_mutex_lock(&t->lock);
         }
@@ -236,18 +230,49 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
     g->gone = data && shm_peer_gone(p);
 }
 
-/* Ends the group's frames (their copies done or failed). */
+/* Ends the group's frames (their copies done or failed): their results and
+ * accesses first, the counters once for the group, then each frame's
+ * completion, and one update of the peer's count under the lock (not one
+ * per frame). */
 static void group_end(struct shm_group *g)
 {
+    struct shm_transport *t = g->t;
     shm_group_unmap(g); /* before its frames end: the peer may close after the last */
+    uint64_t written = 0, read = 0, served = 0, frames = 0;
     for (size_t i = 0; i < g->n; i++) {
         struct frame_run *fr = &g->runs[i];
         int rc = g->rc[i];
         if (!rc && fr->f->opcode != XFER_NOTIFY)
             rc = shm_frame_finish(fr);
         shm_frame_release(fr);
-        frame_end(g->t, fr->f, rc, rc ? 0 : fr->refused, rc ? 0 : fr->moved, fr->msg);
+        g->rc[i] = rc;
+        if (rc)
+            continue;
+        if (fr->f->opcode == XFER_WRITE)
+            written += fr->moved;
+        else if (fr->f->opcode == XFER_READ)
+            read += fr->moved;
+        served += fr->moved;
+        frames += fr->moved != 0;
     }
+    if (written)
+        atomic_fetch_add(&t->bytes_written, written);
+    if (read)
+        atomic_fetch_add(&t->bytes_read, read);
+    if (served) { /* the peer's counters, in its shared memfd */
+        atomic_fetch_add(&g->p->served->bytes, served);
+        atomic_fetch_add(&g->p->served->frames, frames);
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        struct frame_run *fr = &g->runs[i];
+        int rc = g->rc[i];
+        fr->f->complete(fr->f, rc, rc ? 0 : fr->refused, fr->msg);
+    }
+    pthread_mutex_lock(&t->lock);
+    g->p->queued -= (unsigned)g->n;
+    if (g->p->queued == 0)
+        pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
     g->n = 0;
 }
 
@@ -416,14 +441,15 @@ static void job_end(struct shm_group *g);
  * 296-314 on a lane of two streams taken in turn (FERRY_SHM_LANE_STREAMS);
  * jobs of 1 MiB copies moved 368-372 on their own streams against 317-320
  * in order (they overlap each other's launches).  The bound lies between. */
-#define LANE_MEAN_MAX ((uint64_t)256 << 10)
+#define LANE_KB_DEFAULT 256u
+#define LANE_KB_MAX (1u << 30)
 
-static bool lane_suits(const struct copy_batch *cb)
+static bool lane_suits(const struct shm_transport *t, const struct copy_batch *cb)
 {
     uint64_t bytes = 0;
     for (size_t i = 0; i < cb->n; i++)
         bytes += cb->copies[i].len;
-    return bytes <= LANE_MEAN_MAX * cb->n;
+    return bytes <= t->lane_mean_max * cb->n;
 }
 
 /* Enqueues the job's copies on its stream and hands it to the workers. */
@@ -435,7 +461,7 @@ static void job_issue(struct shm_group *g)
         return;
     }
     shm_copies_drop_expired(g);
-    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(&g->cb)
+    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(t, &g->cb)
                                 ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
     TRACE(TR_COPY_BEGIN, g->cb.n);
     if (lane) {
@@ -591,8 +617,9 @@ static void *worker_main(void *arg)
 #define SPIN_US_MAX 100000u
 #define LANE_STREAMS_DEFAULT 2u
 
-/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX)
- * and FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX). */
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX),
+ * FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX) and FERRY_SHM_LANE_KB
+ * (0..LANE_KB_MAX: 0, no job on a lane). */
 static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
@@ -612,6 +639,11 @@ static int knobs_read(struct shm_transport *t)
     if (rc < 0)
         return rc;
     t->lane_streams = (unsigned)v;
+    v = LANE_KB_DEFAULT;
+    rc = config_env_number("FERRY_SHM_LANE_KB", false, 0, LANE_KB_MAX, "KiB, 0-1073741824", &v);
+    if (rc < 0)
+        return rc;
+    t->lane_mean_max = v << 10;
     return 0;
 }
 

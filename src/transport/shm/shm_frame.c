@@ -665,15 +665,10 @@ int shm_frame_run(struct frame_run *fr)
 
 int shm_frame_finish(struct frame_run *fr)
 {
-    struct shm_peer *p = fr->p;
     int rc = 0;
     if (fr->copy_err)
         rc = shm_fail(fr, fr->copy_err, "%s", fr->copy_msg);
     if (!rc && fr->refused)
         atomic_fetch_add(&fr->g->t->refused, (uint64_t)__builtin_popcountll(fr->refused));
-    if (!rc && fr->moved) {
-        atomic_fetch_add(&p->served->bytes, fr->moved);
-        atomic_fetch_add(&p->served->frames, 1);
-    }
     return rc;
 }
