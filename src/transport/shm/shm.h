@@ -200,6 +200,7 @@ struct shm_transport {
     struct shm_group *jobs, *jobs_tail; /* issued by submitting threads: for a worker to wait for and end */
     struct shm_group *free_jobs;
     unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
+    size_t job_frames;                /* their rooms (g->cap) together, at most SHM_JOB_FRAMES_ALL */
     unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
     int submit_copies;                /* FERRY_SHM_SUBMIT_COPIES: 0, 1 (a stream per job), 2 (lanes) */
     pthread_mutex_t lanes_lock;       /* lanes[] */
@@ -221,7 +222,9 @@ struct shm_transport {
 
 /* ------------------------------------------------------------ moving frames (shm_copy.c, shm_frame.c) */
 
-#define SHM_GROUP_MAX 16              /* data frames run together: a worker's group, a submitter's job */
+#define SHM_GROUP_MAX 16              /* data frames a worker runs together; a job's first room */
+#define SHM_JOB_FRAMES 128            /* frames one job may hold: a submit of 128 blocks of 1 MiB */
+#define SHM_JOB_FRAMES_ALL 1024       /* the jobs' rooms together, at most (bounds their memory) */
 #define SHM_GROUP_COPIES 256          /* device copies enqueued before one wait */
 #define SHM_JOBS 32                   /* jobs per transport (allocated when first needed) */
 /* shm_frame_run in a job: the frame is not for a job (not device to device)
@@ -241,7 +244,9 @@ struct copy_batch {
     struct ferry_copy copies[SHM_GROUP_COPIES];
     uint8_t owner[SHM_GROUP_COPIES]; /* the copy's frame: its index in the group's runs */
 };
-_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
+_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1 && SHM_JOB_FRAMES <= UINT8_MAX + 1,
+               "copy_batch.owner indexes a group's frames");
+_Static_assert(SHM_JOB_FRAMES_ALL >= SHM_JOBS * SHM_GROUP_MAX, "every job has its first room");
 
 struct bounced {                      /* local device memory <-> peer host memory */
     char *local;
@@ -319,8 +324,9 @@ struct shm_group {
     bool job;
     bool gone;                        /* p's process had exited when the group started */
     size_t n;                         /* frames in runs[] */
-    int rc[SHM_GROUP_MAX];
-    struct frame_run *runs;           /* SHM_GROUP_MAX */
+    size_t cap;                       /* room in runs[] and rc[]: SHM_GROUP_MAX, a job's up to SHM_JOB_FRAMES */
+    int *rc;
+    struct frame_run *runs;
     struct copy_batch cb;
     struct shm_mapping *map;          /* the IPC mapping the last device piece used (a ref) */
     struct frame_moves *moves;        /* a worker's; NULL in a job */

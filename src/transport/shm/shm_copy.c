@@ -10,11 +10,13 @@
  * checks each frame (shm_frame.c) and enqueues all their copies on the
  * job's stream at once (one launch of the device's gather kernel for up to
  * 128 copies), then hands the job to the workers, which wait for its
- * stream and end its frames.  So no worker's wake-up sits between the
- * submit and the copy, and a batch's copies take one launch, not one per
- * group of frames.  A frame a job cannot take (host memory on either side,
- * or more copies than the job holds) goes to the FIFO, as does every frame
- * when all SHM_JOBS jobs are out.
+ * stream and end its frames.  So no worker's wake-up sits between the submit and the copy, and a batch's copies take
+ * one launch, not one per group of frames: a job holds up to
+ * SHM_JOB_FRAMES frames (its room grown when a submit has more than
+ * SHM_GROUP_MAX, the jobs' rooms together bounded by SHM_JOB_FRAMES_ALL)
+ * and SHM_GROUP_COPIES copies; the rest go to the next job.  A frame a job
+ * cannot take (host memory on either side) goes to the FIFO, as does every
+ * frame when all SHM_JOBS jobs are out.
  *
  * Otherwise submit() only queues.  A worker takes the oldest frames (up to
  * SHM_GROUP_MAX data frames of one peer in a row), runs each (shm_frame.c),
@@ -233,7 +235,7 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
 /* Ends the group's frames (their copies done or failed): their results and
  * accesses first, the counters once for the group, then each frame's
  * completion, and one update of the peer's count under the lock (not one
- * per frame). */
+ * per frame: a job of 128 frames took the lock 128 times). */
 static void group_end(struct shm_group *g)
 {
     struct shm_transport *t = g->t;
@@ -320,13 +322,16 @@ static size_t take_group(struct shm_transport *t, struct xfer_frame **fs)
 static struct shm_group *group_new(struct shm_transport *t, bool job)
 {
     struct shm_group *g = calloc(1, sizeof *g);
-    if (g)
+    if (g) {
         g->runs = calloc(SHM_GROUP_MAX, sizeof *g->runs);
+        g->rc = calloc(SHM_GROUP_MAX, sizeof *g->rc);
+    }
     if (g && !job)
         g->moves = calloc(1, sizeof *g->moves);
-    if (!g || !g->runs || (!job && !g->moves)) {
+    if (!g || !g->runs || !g->rc || (!job && !g->moves)) {
         if (g) {
             free(g->runs);
+            free(g->rc);
             free(g->moves);
         }
         free(g);
@@ -334,7 +339,38 @@ static struct shm_group *group_new(struct shm_transport *t, bool job)
     }
     g->t = t;
     g->job = job;
+    g->cap = SHM_GROUP_MAX;
     return g;
+}
+
+/* Gives the idle job g (no frame in it: runs[] holds no live access) room
+ * for `want` frames, as far as SHM_JOB_FRAMES_ALL allows (one launch for a
+ * whole submit of 128 frames instead of one per 16).  A job's room never
+ * shrinks, so the jobs' frames take at most SHM_JOB_FRAMES_ALL x
+ * sizeof(struct frame_run) (4.8 KB: 4.9 MB) however many threads submit.
+ * t->lock held; on no memory g keeps its room. */
+static void job_room(struct shm_transport *t, struct shm_group *g, size_t want)
+{
+    want = want < SHM_JOB_FRAMES ? want : SHM_JOB_FRAMES;
+    if (want <= g->cap)
+        return;
+    if (t->job_frames + (want - g->cap) > SHM_JOB_FRAMES_ALL)
+        want = g->cap + (SHM_JOB_FRAMES_ALL - t->job_frames);
+    if (want <= g->cap)
+        return;
+    struct frame_run *runs = calloc(want, sizeof *runs);
+    int *rc = calloc(want, sizeof *rc);
+    if (!runs || !rc) {
+        free(runs);
+        free(rc);
+        return;
+    }
+    free(g->runs);
+    free(g->rc);
+    g->runs = runs;
+    g->rc = rc;
+    t->job_frames += want - g->cap;
+    g->cap = want;
 }
 
 static void group_free(struct shm_group *g)
@@ -345,6 +381,7 @@ static void group_free(struct shm_group *g)
         ferry_device_stream_give(g->stream_ops, g->stream_dev, g->stream);
     free(g->moves);
     free(g->runs);
+    free(g->rc);
     free(g);
 }
 
@@ -360,11 +397,14 @@ static struct shm_group *job_take(struct shm_transport *t, struct shm_peer *p, s
     if (!t->stopping && !p->closing) {
         if ((g = t->free_jobs) != NULL)
             t->free_jobs = g->next;
-        else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL)
+        else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL) {
             g->id = t->njobs++;
+            t->job_frames += g->cap;
+        }
         if (g) {
             p->queued += n;
             t->jobs_out++;
+            job_room(t, g, n);
         }
     }
     pthread_mutex_unlock(&t->lock);
@@ -413,7 +453,7 @@ static void job_stream_renew(struct shm_group *g)
 static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
 {
     size_t k = 0;
-    for (; k < n && g->n < SHM_GROUP_MAX; k++) {
+    for (; k < n && g->n < g->cap; k++) {
         fs[k]->wire_id = (uint64_t)(uintptr_t)g->p;
         struct frame_run *fr = run_init(g, g->n, fs[k]);
         size_t first = g->cb.n;
@@ -523,7 +563,7 @@ struct pending {
     struct shm_transport *t;
     struct shm_peer *p;
     size_t n;
-    struct xfer_frame *f[SHM_GROUP_MAX];
+    struct xfer_frame *f[SHM_JOB_FRAMES];
 };
 static _Thread_local struct pending pending;
 
@@ -556,7 +596,7 @@ void shm_submit(void *tp, void *pp, struct xfer_frame *f)
         pending.t = t;
         pending.p = p;
         pending.f[pending.n++] = f;
-        if (!f->more_bytes || pending.n == SHM_GROUP_MAX)
+        if (!f->more_bytes || pending.n == SHM_JOB_FRAMES)
             pending_run();
         return;
     }
@@ -683,5 +723,6 @@ void shm_workers_stop(struct shm_transport *t)
     }
     t->free_jobs = NULL;
     t->njobs = 0;
+    t->job_frames = 0;
     shm_lanes_free(t);
 }
