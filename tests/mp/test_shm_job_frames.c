@@ -14,8 +14,11 @@
  * count, and every other frame arrives with its data, WRITE and READ.
  * Before jobs grew (16 frames a job), submit A was jobs 2-4 of 16, 16 and 8
  * copies: "copy job 2 (D2D, 40 copies)" failed to match and frames 16-39
- * arrived.  Each case runs in a fresh process (copy numbers count from its
- * start); each submit is waited for before the next.
+ * arrived.  While submit A's copy job is held (FERRY_SIM_HOLD_COPY), its
+ * 40 frames hold one announcement in the target's shared memfd and one
+ * access to the local registration, not 40 of each (before the job shared
+ * them: 40 and 40).  Each case runs in a fresh process (copy numbers count
+ * from its start); each submit is waited for before the next.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "device/device.h"
@@ -46,15 +50,18 @@ struct frames_case {
     int op;
     const char *faults;           /* FERRY_SIM_FAIL_COPY */
     unsigned failed_job;          /* 0: none */
+    bool hold;                    /* submit A's job held: count the accesses it holds */
 };
 
 static const struct frames_case cases[] = {
-    {"write_ok", XFER_WRITE, "", 0},
-    {"read_ok", XFER_READ, "", 0},
-    {"write_one_job_of_40_fails", XFER_WRITE, "2", 2},
-    {"read_one_job_of_40_fails", XFER_READ, "2", 2},
-    {"write_job_of_128_fails", XFER_WRITE, "3", 3},
-    {"read_job_of_2_fails_start", XFER_READ, "4:start", 4},
+    {"write_ok", XFER_WRITE, "", 0, false},
+    {"read_ok", XFER_READ, "", 0, false},
+    {"write_one_job_of_40_fails", XFER_WRITE, "2", 2, false},
+    {"read_one_job_of_40_fails", XFER_READ, "2", 2, false},
+    {"write_job_of_128_fails", XFER_WRITE, "3", 3, false},
+    {"read_job_of_2_fails_start", XFER_READ, "4:start", 4, false},
+    {"write_job_announced_once", XFER_WRITE, "", 0, true},
+    {"read_job_announced_once", XFER_READ, "", 0, true},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -70,6 +77,17 @@ static unsigned job_copies(unsigned job)
 
 static struct frame_end ends[NFRAMES];
 
+/* Announcements in use in t's shared memfd (a transport's own, which its
+ * peers claim). */
+static unsigned announcements(void *t)
+{
+    const struct shm_transport *st = t;
+    unsigned n = 0;
+    for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
+        n += atomic_load(&st->ann[i].word) != 0;
+    return n;
+}
+
 static void submit(const struct transport_ops *ops, void *ti, void *peer, struct xfer_frame *frames, unsigned k0,
                    unsigned k1)
 {
@@ -83,6 +101,14 @@ static void job_frames(void **state)
 {
     const struct frames_case *fc = *state;
     setenv("FERRY_SIM_FAIL_COPY", fc->faults, 1);
+    char go[64] = "";
+    if (fc->hold) { /* submit A's job (copy job 2) waits for this file */
+        snprintf(go, sizeof go, "/tmp/ferry-job-frames-%d", (int)getpid());
+        unlink(go);
+        char hold[96];
+        snprintf(hold, sizeof hold, "2:%s", go);
+        setenv("FERRY_SIM_HOLD_COPY", hold, 1);
+    }
     int dev = -1;
     const struct ferry_device_ops *sim = ferry_device_of_location("sim:0", &dev);
     assert_non_null(sim);
@@ -118,7 +144,19 @@ static void job_frames(void **state)
                                         .deadline_ns = later, .complete = frame_end_record, .owner = &ends[k]};
     }
     submit(ops, sp.ti, peer, frames, 0, A_FRAMES);
+    if (fc->hold) { /* the job is issued (submit returned) and held: its accesses are live */
+        assert_int_equal(announcements(sp.tt), 1);
+        assert_int_equal(memreg_access_count(&sp.reg_i), 1);
+        FILE *f = fopen(go, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
     frames_wait_count(&frames_ended, A_FRAMES);
+    if (fc->hold) {
+        unlink(go);
+        assert_int_equal(announcements(sp.tt), 0);
+        assert_int_equal(memreg_access_count(&sp.reg_i), 0);
+    }
     submit(ops, sp.ti, peer, frames, A_FRAMES, NFRAMES);
     frames_wait_count(&frames_ended, NFRAMES);
 

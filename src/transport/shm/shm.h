@@ -339,6 +339,15 @@ struct shm_group {
     struct shm_lane *lane;            /* a job waiting by mark: its lane and stream */
     struct shm_lane_stream *ls;
     uint32_t mark;                    /* the value its mark will hold */
+    /* a job's accesses for all its frames at once (shm_job_begin): one
+     * announcement of the span of their remote bytes, one local access of
+     * the span of their local bytes where one registration holds it */
+    struct shm_announce *ann;
+    uint64_t ann_lo, ann_hi, expiry;
+    struct memreg_access local;
+    bool lwhole;                      /* local holds the span; lops/ldev its backend */
+    const struct ferry_device_ops *lops;
+    int ldev;
     struct shm_group *next;           /* t->jobs or t->free_jobs */
 };
 
@@ -362,6 +371,14 @@ int shm_frame_run(struct frame_run *fr);
 /* After the group's copies were waited for: their result (the group counts
  * the bytes moved, once for all its frames). */
 int shm_frame_finish(struct frame_run *fr);
+/* Before a job's frames run (none yet): one announcement for the span of
+ * fs[0..n)'s remote bytes and one local access for the span of their local
+ * bytes, which the frames inside them use instead of their own (a frame
+ * outside, or all when either cannot be had, announces and checks itself,
+ * as a worker's does).  The frames' checks of every piece stay. */
+void shm_job_begin(struct shm_group *g, struct xfer_frame *const *fs, size_t n);
+/* After the job's frames were released: ends what shm_job_begin began. */
+void shm_job_release(struct shm_group *g);
 /* Ends the frame's accesses: its announcement, its local registrations. */
 void shm_frame_release(struct frame_run *fr);
 /* The copies of the group's frames failed with rc: each frame with a copy

@@ -6,11 +6,13 @@
  * A submitting thread issues its own device-to-device copies (GPU to GPU
  * over CUDA IPC, FERRY_SHM_SUBMIT_COPIES): it collects the frames of one
  * submit (the engine tells it how many bytes are still to come:
- * more_bytes), and at the last one runs them as a job: announces and
- * checks each frame (shm_frame.c) and enqueues all their copies on the
- * job's stream at once (one launch of the device's gather kernel for up to
- * 128 copies), then hands the job to the workers, which wait for its
- * stream and end its frames.  So no worker's wake-up sits between the submit and the copy, and a batch's copies take
+ * more_bytes), and at the last one runs them as a job: announces the
+ * span of their remote bytes once and takes one local access for the span
+ * of their local bytes, checks each frame's pieces (shm_frame.c) and
+ * enqueues all their copies on the job's stream at once (one launch of the
+ * device's gather kernel for up to 128 copies), then hands the job to the
+ * workers, which wait for its stream and end its frames.  So no worker's
+ * wake-up sits between the submit and the copy, and a batch's copies take
  * one launch, not one per group of frames: a job holds up to
  * SHM_JOB_FRAMES frames (its room grown when a submit has more than
  * SHM_GROUP_MAX, the jobs' rooms together bounded by SHM_JOB_FRAMES_ALL)
@@ -233,7 +235,7 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
 }
 
 /* Ends the group's frames (their copies done or failed): their results and
- * accesses first, the counters once for the group, then each frame's
+ * accesses first (a job's own last), the counters once for the group, then each frame's
  * completion, and one update of the peer's count under the lock (not one
  * per frame: a job of 128 frames took the lock 128 times). */
 static void group_end(struct shm_group *g)
@@ -257,6 +259,8 @@ static void group_end(struct shm_group *g)
         served += fr->moved;
         frames += fr->moved != 0;
     }
+    if (g->job)
+        shm_job_release(g);
     if (written)
         atomic_fetch_add(&t->bytes_written, written);
     if (read)
@@ -453,6 +457,8 @@ static void job_stream_renew(struct shm_group *g)
 static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
 {
     size_t k = 0;
+    if (!g->n)
+        shm_job_begin(g, fs, n < g->cap ? n : g->cap);
     for (; k < n && g->n < g->cap; k++) {
         fs[k]->wire_id = (uint64_t)(uintptr_t)g->p;
         struct frame_run *fr = run_init(g, g->n, fs[k]);
