@@ -295,23 +295,26 @@ struct shm_lane {
 
 /* One frame being moved. */
 struct frame_run {
+    /* what every frame sets and reads, together at the front: a submitting
+     * thread fills the runs of a job a worker ended last (their lines come
+     * from that worker's cache), so a frame touches as few lines as it can */
     struct shm_group *g;
     struct shm_peer *p;
     struct xfer_frame *f;
     bool write;
+    bool whole;                       /* local[0] (or the job's access) holds every piece */
+    int copy_err;                     /* a copy job holding a piece of it failed (then copy_msg) */
     uint64_t refused, moved;
-    int copy_err;                     /* a copy job holding a piece of it failed */
-    char copy_msg[160];
     struct shm_announce *ann;         /* this access, announced in the peer's shared memfd */
     uint64_t expiry;                  /* no copy step starts at or after it */
     uint32_t ntouched, nlocal, nmaps;
+    int ldev;
+    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
+    char msg[160];
+    char copy_msg[160];
     uint32_t touched[XFER_MAX_PIECES];           /* the peer buffers the pieces lie in */
     struct shm_mapping *maps[XFER_MAX_PIECES];   /* mappings its copies use (a ref each) */
     struct memreg_access local[XFER_MAX_PIECES]; /* the local registrations they lie in (one: all) */
-    bool whole;                       /* local[0] holds every piece */
-    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
-    int ldev;
-    char msg[160];
 };
 
 /* Frames of one peer run together, and their device copies: a worker's

@@ -213,10 +213,7 @@ static void *timer_main(void *arg)
 static struct frame_run *run_init(struct shm_group *g, size_t i, struct xfer_frame *f)
 {
     struct frame_run *fr = &g->runs[i];
-    memset(fr, 0, offsetof(struct frame_run, touched));
-    fr->nlocal = 0;
-    fr->whole = false;
-    fr->lops = NULL;
+    memset(fr, 0, offsetof(struct frame_run, msg)); /* the front's lines only (copy_msg: with copy_err) */
     fr->ldev = -1;
     fr->msg[0] = '\0';
     fr->g = g;
@@ -459,11 +456,12 @@ static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
     size_t k = 0;
     if (!g->n)
         shm_job_begin(g, fs, n < g->cap ? n : g->cap);
+    uint64_t now = now_ns(); /* the job's start: one clock read, not one per frame */
     for (; k < n && g->n < g->cap; k++) {
         fs[k]->wire_id = (uint64_t)(uintptr_t)g->p;
         struct frame_run *fr = run_init(g, g->n, fs[k]);
         size_t first = g->cb.n;
-        int rc = now_ns() >= fs[k]->deadline_ns
+        int rc = now >= fs[k]->deadline_ns
                      ? shm_fail(fr, FERRY_ETIMEDOUT, "request timed out before its shm copies started")
                      : shm_frame_run(fr);
         if (rc == SHM_NOT_HERE || rc == SHM_JOB_FULL) {
