@@ -478,6 +478,8 @@ static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct g
     size_t bytes = 0;
     for (uint32_t i = 0; i < n; i++)
         bytes += (size_t)a->copies[i].len;
+    if (call->dir == FERRY_COPY_D2D && cuda_kernel_shape.d2d_tile_shift && bytes >= CUDA_SHAPE_D2D_MEAN_MIN * n)
+        shift = cuda_kernel_shape.d2d_tile_shift;
     max_ctas = cuda_shape_grid_cap(&cuda_kernel_shape, h2d, bytes, max_ctas);
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */
