@@ -17,11 +17,15 @@
  * arrived.  While submit A's copy job is held (FERRY_SIM_HOLD_COPY), its
  * 40 frames hold one announcement in the target's shared memfd and one
  * access to the local registration, not 40 of each (before the job shared
- * them: 40 and 40).  Each case runs in a fresh process (copy numbers count
+ * them: 40 and 40), and the target's unregister of its memory waits for that
+ * announcement: it has not returned while the copy is held, returns once the
+ * job ended, and the job's WRITE arrived.  Each case runs in a fresh process (copy numbers count
  * from its start); each submit is waited for before the next.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,17 +55,19 @@ struct frames_case {
     const char *faults;           /* FERRY_SIM_FAIL_COPY */
     unsigned failed_job;          /* 0: none */
     bool hold;                    /* submit A's job held: count the accesses it holds */
+    bool unregister;              /* and the target unregisters its memory meanwhile */
 };
 
 static const struct frames_case cases[] = {
-    {"write_ok", XFER_WRITE, "", 0, false},
-    {"read_ok", XFER_READ, "", 0, false},
-    {"write_one_job_of_40_fails", XFER_WRITE, "2", 2, false},
-    {"read_one_job_of_40_fails", XFER_READ, "2", 2, false},
-    {"write_job_of_128_fails", XFER_WRITE, "3", 3, false},
-    {"read_job_of_2_fails_start", XFER_READ, "4:start", 4, false},
-    {"write_job_announced_once", XFER_WRITE, "", 0, true},
-    {"read_job_announced_once", XFER_READ, "", 0, true},
+    {"write_ok", XFER_WRITE, "", 0, false, false},
+    {"read_ok", XFER_READ, "", 0, false, false},
+    {"write_one_job_of_40_fails", XFER_WRITE, "2", 2, false, false},
+    {"read_one_job_of_40_fails", XFER_READ, "2", 2, false, false},
+    {"write_job_of_128_fails", XFER_WRITE, "3", 3, false, false},
+    {"read_job_of_2_fails_start", XFER_READ, "4:start", 4, false, false},
+    {"write_job_announced_once", XFER_WRITE, "", 0, true, false},
+    {"read_job_announced_once", XFER_READ, "", 0, true, false},
+    {"write_job_held_unregister_waits", XFER_WRITE, "", 0, true, true},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -86,6 +92,20 @@ static unsigned announcements(void *t)
     for (uint32_t i = 0; i < SHM_ANNOUNCE_SLOTS; i++)
         n += atomic_load(&st->ann[i].word) != 0;
     return n;
+}
+
+struct unregister_run {
+    const struct transport_ops *ops;
+    void *t, *handle;
+    atomic_bool done;
+};
+
+static void *unregister_main(void *arg)
+{
+    struct unregister_run *u = arg;
+    u->ops->unregister_memory(u->t, u->handle);
+    atomic_store(&u->done, true);
+    return NULL;
 }
 
 static void submit(const struct transport_ops *ops, void *ti, void *peer, struct xfer_frame *frames, unsigned k0,
@@ -144,9 +164,23 @@ static void job_frames(void **state)
                                         .deadline_ns = later, .complete = frame_end_record, .owner = &ends[k]};
     }
     submit(ops, sp.ti, peer, frames, 0, A_FRAMES);
+    struct unregister_run ur = {ops, sp.tt, handle, false};
+    pthread_t unregistering;
     if (fc->hold) { /* the job is issued (submit returned) and held: its accesses are live */
         assert_int_equal(announcements(sp.tt), 1);
         assert_int_equal(memreg_access_count(&sp.reg_i), 1);
+        if (fc->unregister) {
+            /* the target's unregister waits for the job's one announcement
+             * (its waiter count says it is waiting), and does not return
+             * while the job's copy is held */
+            const struct shm_transport *st = sp.tt;
+            assert_int_equal(pthread_create(&unregistering, NULL, unregister_main, &ur), 0);
+            for (int i = 0; i < 6000 && !atomic_load(&st->served->waiters); i++) /* a hang guard */
+                usleep(10000);
+            assert_int_equal(atomic_load(&st->served->waiters), 1);
+            usleep(200000);
+            assert_false(atomic_load(&ur.done));
+        }
         FILE *f = fopen(go, "w");
         assert_non_null(f);
         fclose(f);
@@ -157,10 +191,17 @@ static void job_frames(void **state)
         assert_int_equal(announcements(sp.tt), 0);
         assert_int_equal(memreg_access_count(&sp.reg_i), 0);
     }
-    submit(ops, sp.ti, peer, frames, A_FRAMES, NFRAMES);
-    frames_wait_count(&frames_ended, NFRAMES);
+    unsigned nframes = NFRAMES;
+    if (fc->unregister) { /* it returned once the job's copies ended; submit B has no target */
+        assert_int_equal(pthread_join(unregistering, NULL), 0);
+        assert_true(atomic_load(&ur.done));
+        nframes = A_FRAMES;
+    } else {
+        submit(ops, sp.ti, peer, frames, A_FRAMES, NFRAMES);
+        frames_wait_count(&frames_ended, NFRAMES);
+    }
 
-    for (unsigned k = 0; k < NFRAMES; k++) {
+    for (unsigned k = 0; k < nframes; k++) {
         assert_int_equal(ends[k].refused, 0);
         if (fc->failed_job && job_of(k) == fc->failed_job) {
             char job[64];
@@ -176,7 +217,7 @@ static void job_frames(void **state)
     struct ferry_copy c = {back, write ? tbuf : lbuf, PLEN};
     memset(back, 0, PLEN);
     assert_int_equal(ferry_device_copy_sync(sim, dev, FERRY_COPY_D2H, &c, 1), 0);
-    for (unsigned k = 0; k < NFRAMES; k++) {
+    for (unsigned k = 0; k < nframes; k++) {
         if (fc->failed_job && job_of(k) == fc->failed_job)
             continue;
         if (pattern_check(back + (size_t)k * PIECE, PIECE, 47, (size_t)k * PIECE) != -1)
@@ -186,7 +227,8 @@ static void job_frames(void **state)
     ops->peer_close(sp.ti, peer);
     struct memreg_region gone;
     assert_int_equal(memreg_remove(&sp.reg_t, rt.addr, &gone), 0);
-    ops->unregister_memory(sp.tt, handle);
+    if (!fc->unregister)
+        ops->unregister_memory(sp.tt, handle);
     shm_pair_stop(&sp);
     sim->mem_free(dev, tbuf);
     sim->mem_free(dev, lbuf);
