@@ -111,7 +111,7 @@ static const struct knob knobs[] = {
     DOC("FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"),
     DOC("FERRY_SHM_SUBMIT_COPIES", "2",
         "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "
-        "worker only waits for it), 2: jobs of small copies (mean <= 256 KiB) on one stream per device, in order, "
+        "worker only waits for it), 2: jobs of small copies (mean <= FERRY_SHM_LANE_KB) on one stream per device, in order, "
         "others on a stream each; 1: every job on a stream of its own; 0: the shm workers do every copy"),
     DOC("FERRY_SHM_SPIN_US", "50",
         "after its last frame a shm worker polls this long before it sleeps (0-100000): the next job of a busy "
@@ -119,6 +119,9 @@ static const struct knob knobs[] = {
     DOC("FERRY_SHM_LANE_STREAMS", "2",
         "shm, device to device: streams a device's lane of small-copy jobs takes in turn (1-4); over 1, a job's "
         "launch overlaps the end of the one before"),
+    DOC("FERRY_SHM_LANE_KB", "256",
+        "shm, device to device: a job whose copies average at most this many KiB goes on the device's lane, a larger "
+        "one on a stream of its own (0-1073741824; 0: none on a lane)"),
     DOC("FERRY_STREAM_BOUNCE_MB", "256",
         "pinned host MiB (kept, grown on demand) through which submit_on_stream moves device memory to another engine "
         "with copies on the caller's stream; a batch that does not fit is staged by ferry's threads; 0: never"),

@@ -605,8 +605,13 @@ static int cuda_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint3
     int rc = cuda_ctx_enter(s->dev, &g);
     if (rc < 0)
         return rc;
-    CUdeviceptr addr = 0;
-    CUresult r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
+    /* a flag of host_alloc's (the shm lanes' marks) is where devices see
+     * it: no driver call, whose locks the other submitting threads'
+     * launches wait for, to learn that again per job */
+    CUdeviceptr addr = (CUdeviceptr)(uintptr_t)flag;
+    CUresult r = CUDA_SUCCESS;
+    if (!cuda_host_range_has(flag, sizeof *flag))
+        r = cuda_drv.cuMemHostGetDevicePointer(&addr, (void *)flag, 0);
     if (r == CUDA_SUCCESS)
         r = cuda_drv.cuStreamWriteValue32(s->stream, addr, value, 0);
     cuda_ctx_leave(&g);
@@ -663,6 +668,9 @@ static const struct ferry_config_knob cuda_knobs[] = {
     {"FERRY_CUDA_KERNEL_H2D_TILE", CUDA_SHAPE_H2D_TILE_DEFAULT,
      "0, or bytes one CTA of an H2D launch copies at a time, a power of two from 1024 to 1048576 (0: "
      "FERRY_CUDA_KERNEL_TILE)"},
+    {"FERRY_CUDA_KERNEL_D2D_TILE", CUDA_SHAPE_D2D_TILE_DEFAULT,
+     "0, or bytes one CTA of a GPU-to-GPU launch (shm over CUDA IPC) whose copies average 256 KiB or more copies "
+     "at a time, a power of two from 1024 to 1048576 (0: FERRY_CUDA_KERNEL_TILE)"},
     {"FERRY_CUDA_KERNEL_H2D_GRID", CUDA_SHAPE_H2D_GRID_DEFAULT,
      "0, or the CTAs an H2D launch of the scatter kernel of at most FERRY_CUDA_KERNEL_H2D_GRID_BYTES takes at "
      "most, each copying its tiles in turn (0: FERRY_CUDA_KERNEL_CTAS per SM; a 128 x 4 KiB scatter batch is one "

@@ -77,6 +77,15 @@ void cuda_host_range_add(void *p, size_t len)
     pthread_rwlock_unlock(&ranges_lock);
 }
 
+int cuda_host_range_has(const volatile void *p, size_t len)
+{
+    size_t hint = 0;
+    pthread_rwlock_rdlock(&ranges_lock);
+    int in = range_find(host_ranges, host_nranges, (uintptr_t)p, len, -1, &hint);
+    pthread_rwlock_unlock(&ranges_lock);
+    return in;
+}
+
 void cuda_host_range_remove(void *p)
 {
     pthread_rwlock_wrlock(&ranges_lock);
@@ -469,6 +478,8 @@ static int gather_launch(struct copy_call *call, unsigned int max_ctas, struct g
     size_t bytes = 0;
     for (uint32_t i = 0; i < n; i++)
         bytes += (size_t)a->copies[i].len;
+    if (call->dir == FERRY_COPY_D2D && cuda_kernel_shape.d2d_tile_shift && bytes >= CUDA_SHAPE_D2D_MEAN_MIN * n)
+        shift = cuda_kernel_shape.d2d_tile_shift;
     max_ctas = cuda_shape_grid_cap(&cuda_kernel_shape, h2d, bytes, max_ctas);
     uint64_t tiles;
     for (;; shift++) {        /* tiles numbered in 32 bits, with room to spare */

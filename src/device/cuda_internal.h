@@ -205,5 +205,8 @@ void cuda_gather_preload(int dev);
 /* Pinned host memory from host_alloc, which the kernel may address. */
 void cuda_host_range_add(void *p, size_t len);
 void cuda_host_range_remove(void *p);
+/* 1 if [p, p + len) lies in such memory: devices reach it at its host
+ * address (cuMemHostGetDevicePointer would answer p itself). */
+int cuda_host_range_has(const volatile void *p, size_t len);
 
 #endif

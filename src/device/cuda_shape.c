@@ -33,7 +33,7 @@ static int env_number(const char *name, const char *def, unsigned long long lo, 
 int cuda_shape_read(struct cuda_shape *out)
 {
     unsigned long long tile = 0, ctas = 0, threads = 0, loads = 0, h2d = 0, h2d_one = 0, call_min = 0, copies = 0,
-                       bulk = 0, h2d_threads = 0, h2d_tile = 0, h2d_grid = 0,
+                       bulk = 0, h2d_threads = 0, h2d_tile = 0, h2d_grid = 0, d2d_tile = 0,
                        h2d_grid_bytes = 0;
     int rc = env_number("FERRY_CUDA_KERNEL_TILE", CUDA_SHAPE_TILE_DEFAULT, 1024, 1u << 20,
                         "bytes, a power of two from 1024 to 1048576", &tile);
@@ -86,6 +86,13 @@ int cuda_shape_read(struct cuda_shape *out)
                         "FERRY_CUDA_KERNEL_H2D_TILE=\"%llu\": 0, or bytes, a power of two from 1024 to 1048576",
                         h2d_tile);
     if (rc == 0)
+        rc = env_number("FERRY_CUDA_KERNEL_D2D_TILE", CUDA_SHAPE_D2D_TILE_DEFAULT, 0, 1u << 20,
+                        "0, or bytes, a power of two from 1024 to 1048576", &d2d_tile);
+    if (rc == 0 && d2d_tile && (d2d_tile < 1024 || (d2d_tile & (d2d_tile - 1)) != 0))
+        rc = ferry_fail(FERRY_EINVAL,
+                        "FERRY_CUDA_KERNEL_D2D_TILE=\"%llu\": 0, or bytes, a power of two from 1024 to 1048576",
+                        d2d_tile);
+    if (rc == 0)
         rc = env_number("FERRY_CUDA_KERNEL_H2D_GRID", CUDA_SHAPE_H2D_GRID_DEFAULT, 0, CUDA_SHAPE_GRID_MAX,
                         "0, or CTAs an H2D launch takes at most, 1 to 65536", &h2d_grid);
     if (rc == 0)
@@ -108,6 +115,9 @@ int cuda_shape_read(struct cuda_shape *out)
     out->h2d_tile_shift = 0;
     while (h2d_tile && (1ull << out->h2d_tile_shift) < h2d_tile)
         out->h2d_tile_shift++;
+    out->d2d_tile_shift = 0;
+    while (d2d_tile && (1ull << out->d2d_tile_shift) < d2d_tile)
+        out->d2d_tile_shift++;
     out->h2d_grid = (unsigned)h2d_grid;
     out->h2d_grid_bytes = (size_t)h2d_grid_bytes;
     return 0;

@@ -41,6 +41,15 @@
 #define CUDA_SHAPE_H2D_GRID_DEFAULT "32"
 #define CUDA_SHAPE_H2D_GRID_BYTES_DEFAULT "1048576"
 #define CUDA_SHAPE_GRID_MAX 65536u
+/* Device-to-device launches (GPU to GPU over CUDA IPC: the shm transport)
+ * whose copies average at least CUDA_SHAPE_D2D_MEAN_MIN take tiles of
+ * FERRY_CUDA_KERNEL_D2D_TILE: on one H200, 128 x 1 MiB cuda:0 -> cuda:0
+ * moved 0.39-0.40 -> 0.44-0.45 of a same-device copy with 16 KiB tiles instead
+ * of 4 KiB (WRITE and READ, four interleaved rounds, one thread; 64 KiB
+ * blocks: no difference), docs/BENCHMARKS.md (h16d).  Smaller copies keep
+ * FERRY_CUDA_KERNEL_TILE (a staging pool's device aggregation too). */
+#define CUDA_SHAPE_D2D_TILE_DEFAULT "16384"
+#define CUDA_SHAPE_D2D_MEAN_MIN ((size_t)256 << 10)
 
 #define CUDA_SHAPE_THREADS_MAX 256       /* __launch_bounds__ of the kernel */
 #define CUDA_SHAPE_MEAN_MAX ((size_t)1 << 20)
@@ -63,6 +72,9 @@ struct cuda_shape {
                             * 1024 (1024: kernel parameters over 4 KiB, CUDA 12.1+) */
     unsigned h2d_threads;  /* FERRY_CUDA_KERNEL_H2D_THREADS: an H2D launch's threads per CTA
                             * (0: threads), a multiple of 32, 32..256 */
+    unsigned d2d_tile_shift; /* FERRY_CUDA_KERNEL_D2D_TILE = 1 << d2d_tile_shift bytes a D2D CTA
+                              * copies at a time, copies of CUDA_SHAPE_D2D_MEAN_MIN or more on
+                              * average (0 unset: tile_shift) */
     unsigned h2d_tile_shift; /* FERRY_CUDA_KERNEL_H2D_TILE = 1 << h2d_tile_shift bytes an H2D CTA
                               * copies at a time (0 unset: tile_shift) */
     unsigned h2d_grid;     /* FERRY_CUDA_KERNEL_H2D_GRID: 0, or the CTAs an H2D launch of at most

@@ -201,7 +201,7 @@ static void jobs(void **state)
 }
 
 /* FERRY_SHM_SUBMIT_COPIES takes 0, 1 or 2 (empty: the default), FERRY_SHM_SPIN_US
- * 0-100000, FERRY_SHM_LANE_STREAMS 1-4; anything else stops the transport from starting, naming the
+ * 0-100000, FERRY_SHM_LANE_STREAMS 1-4, FERRY_SHM_LANE_KB 0-2^30; anything else stops the transport from starting, naming the
  * variable. */
 static void knobs_malformed(void **state)
 {
@@ -218,6 +218,11 @@ static void knobs_malformed(void **state)
     static const char *bad_lanes[] = {"0", "5", "2x", " 2"};
     for (size_t i = 0; i < sizeof bad_lanes / sizeof bad_lanes[0]; i++)
         assert_knob_refused("shm", "FERRY_SHM_LANE_STREAMS", bad_lanes[i]);
+    static const char *bad_lane_kb[] = {"-1", "1073741825", "256k", "x"};
+    for (size_t i = 0; i < sizeof bad_lane_kb / sizeof bad_lane_kb[0]; i++)
+        assert_knob_refused("shm", "FERRY_SHM_LANE_KB", bad_lane_kb[i]);
+    assert_int_equal(test_engine_start_with("shm", "FERRY_SHM_LANE_KB", "0"), 0);
+    assert_int_equal(test_engine_start_with("shm", "FERRY_SHM_LANE_KB", "1073741824"), 0);
     /* never polls: the workers sleep at once */
     assert_int_equal(test_engine_start_with("shm", "FERRY_SHM_SPIN_US", "0"), 0);
 }

@@ -22,7 +22,7 @@ static const char *const vars[] = {"FERRY_CUDA_KERNEL_TILE", "FERRY_CUDA_KERNEL_
                                    "FERRY_CUDA_KERNEL_COPIES",
                                    "FERRY_CUDA_KERNEL_BULK", "FERRY_CUDA_KERNEL_H2D_THREADS",
                                    "FERRY_CUDA_KERNEL_H2D_TILE", "FERRY_CUDA_KERNEL_H2D_GRID",
-                                   "FERRY_CUDA_KERNEL_H2D_GRID_BYTES"};
+                                   "FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "FERRY_CUDA_KERNEL_D2D_TILE"};
 
 static int clear_vars(void **state)
 {
@@ -49,6 +49,7 @@ static void defaults(void **state)
     assert_int_equal(s.bulk, 0);
     assert_int_equal(s.h2d_threads, strtoull(CUDA_SHAPE_H2D_THREADS_DEFAULT, NULL, 10));
     assert_int_equal(s.h2d_tile_shift, 0);
+    assert_int_equal(s.d2d_tile_shift, 14);
     assert_int_equal(s.h2d_grid, strtoull(CUDA_SHAPE_H2D_GRID_DEFAULT, NULL, 10));
     assert_int_equal(s.h2d_grid_bytes, strtoull(CUDA_SHAPE_H2D_GRID_BYTES_DEFAULT, NULL, 10));
     setenv("FERRY_CUDA_KERNEL_TILE", "", 1); /* empty: the default */
@@ -72,6 +73,7 @@ static void accepted(void **state)
     setenv("FERRY_CUDA_KERNEL_H2D_TILE", "2048", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_GRID", "48", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_GRID_BYTES", "0", 1);
+    setenv("FERRY_CUDA_KERNEL_D2D_TILE", "0", 1); /* the D2D launches keep FERRY_CUDA_KERNEL_TILE */
     struct cuda_shape s;
     assert_int_equal(cuda_shape_read(&s), 0);
     assert_int_equal(s.tile_shift, 10);
@@ -87,6 +89,10 @@ static void accepted(void **state)
     assert_int_equal(s.h2d_tile_shift, 11);
     assert_int_equal(s.h2d_grid, 48);
     assert_int_equal(s.h2d_grid_bytes, 0);
+    assert_int_equal(s.d2d_tile_shift, 0);
+    setenv("FERRY_CUDA_KERNEL_D2D_TILE", "65536", 1);
+    assert_int_equal(cuda_shape_read(&s), 0);
+    assert_int_equal(s.d2d_tile_shift, 16);
     setenv("FERRY_CUDA_KERNEL_TILE", "1048576", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_TILE", "1048576", 1);
     setenv("FERRY_CUDA_KERNEL_H2D_GRID", "65536", 1);
@@ -145,6 +151,10 @@ static void refusals(void **state)
     refused("FERRY_CUDA_KERNEL_BULK", "yes");
     refused("FERRY_CUDA_KERNEL_H2D_THREADS", "48");   /* not whole warps */
     refused("FERRY_CUDA_KERNEL_H2D_THREADS", "288");
+    refused("FERRY_CUDA_KERNEL_D2D_TILE", "512");     /* below 1 KiB */
+    refused("FERRY_CUDA_KERNEL_D2D_TILE", "24576");   /* not a power of two */
+    refused("FERRY_CUDA_KERNEL_D2D_TILE", "2097152");
+    refused("FERRY_CUDA_KERNEL_D2D_TILE", "16K");
     refused("FERRY_CUDA_KERNEL_H2D_TILE", "512");     /* below 1 KiB */
     refused("FERRY_CUDA_KERNEL_H2D_TILE", "3072");    /* not a power of two */
     refused("FERRY_CUDA_KERNEL_H2D_TILE", "2097152");

@@ -200,12 +200,14 @@ struct shm_transport {
     struct shm_group *jobs, *jobs_tail; /* issued by submitting threads: for a worker to wait for and end */
     struct shm_group *free_jobs;
     unsigned njobs;                   /* jobs allocated, at most SHM_JOBS */
+    size_t job_frames;                /* their rooms (g->cap) together, at most SHM_JOB_FRAMES_ALL */
     unsigned jobs_out;                /* taken by submitting threads or queued, not yet ended */
     int submit_copies;                /* FERRY_SHM_SUBMIT_COPIES: 0, 1 (a stream per job), 2 (lanes) */
     pthread_mutex_t lanes_lock;       /* lanes[] */
     struct shm_lane *lanes[SHM_LANES];
     uint64_t spin_ns;                 /* FERRY_SHM_SPIN_US */
     unsigned lane_streams;            /* FERRY_SHM_LANE_STREAMS */
+    uint64_t lane_mean_max;           /* FERRY_SHM_LANE_KB: a job of copies of at most this mean takes a lane */
     atomic_uint posted;               /* bumped (under lock) whenever frames or a job are queued */
     bool stopping;
     unsigned nworkers;
@@ -220,7 +222,9 @@ struct shm_transport {
 
 /* ------------------------------------------------------------ moving frames (shm_copy.c, shm_frame.c) */
 
-#define SHM_GROUP_MAX 16              /* data frames run together: a worker's group, a submitter's job */
+#define SHM_GROUP_MAX 16              /* data frames a worker runs together; a job's first room */
+#define SHM_JOB_FRAMES 128            /* frames one job may hold: a submit of 128 blocks of 1 MiB */
+#define SHM_JOB_FRAMES_ALL 1024       /* the jobs' rooms together, at most (bounds their memory) */
 #define SHM_GROUP_COPIES 256          /* device copies enqueued before one wait */
 #define SHM_JOBS 32                   /* jobs per transport (allocated when first needed) */
 /* shm_frame_run in a job: the frame is not for a job (not device to device)
@@ -240,7 +244,9 @@ struct copy_batch {
     struct ferry_copy copies[SHM_GROUP_COPIES];
     uint8_t owner[SHM_GROUP_COPIES]; /* the copy's frame: its index in the group's runs */
 };
-_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1, "copy_batch.owner indexes a group's frames");
+_Static_assert(SHM_GROUP_MAX <= UINT8_MAX + 1 && SHM_JOB_FRAMES <= UINT8_MAX + 1,
+               "copy_batch.owner indexes a group's frames");
+_Static_assert(SHM_JOB_FRAMES_ALL >= SHM_JOBS * SHM_GROUP_MAX, "every job has its first room");
 
 struct bounced {                      /* local device memory <-> peer host memory */
     char *local;
@@ -289,23 +295,26 @@ struct shm_lane {
 
 /* One frame being moved. */
 struct frame_run {
+    /* what every frame sets and reads, together at the front: a submitting
+     * thread fills the runs of a job a worker ended last (their lines come
+     * from that worker's cache), so a frame touches as few lines as it can */
     struct shm_group *g;
     struct shm_peer *p;
     struct xfer_frame *f;
     bool write;
+    bool whole;                       /* local[0] (or the job's access) holds every piece */
+    int copy_err;                     /* a copy job holding a piece of it failed (then copy_msg) */
     uint64_t refused, moved;
-    int copy_err;                     /* a copy job holding a piece of it failed */
-    char copy_msg[160];
     struct shm_announce *ann;         /* this access, announced in the peer's shared memfd */
     uint64_t expiry;                  /* no copy step starts at or after it */
     uint32_t ntouched, nlocal, nmaps;
+    int ldev;
+    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
+    char msg[160];
+    char copy_msg[160];
     uint32_t touched[XFER_MAX_PIECES];           /* the peer buffers the pieces lie in */
     struct shm_mapping *maps[XFER_MAX_PIECES];   /* mappings its copies use (a ref each) */
     struct memreg_access local[XFER_MAX_PIECES]; /* the local registrations they lie in (one: all) */
-    bool whole;                       /* local[0] holds every piece */
-    const struct ferry_device_ops *lops; /* with whole: the local memory's backend (NULL: host) */
-    int ldev;
-    char msg[160];
 };
 
 /* Frames of one peer run together, and their device copies: a worker's
@@ -318,8 +327,9 @@ struct shm_group {
     bool job;
     bool gone;                        /* p's process had exited when the group started */
     size_t n;                         /* frames in runs[] */
-    int rc[SHM_GROUP_MAX];
-    struct frame_run *runs;           /* SHM_GROUP_MAX */
+    size_t cap;                       /* room in runs[] and rc[]: SHM_GROUP_MAX, a job's up to SHM_JOB_FRAMES */
+    int *rc;
+    struct frame_run *runs;
     struct copy_batch cb;
     struct shm_mapping *map;          /* the IPC mapping the last device piece used (a ref) */
     struct frame_moves *moves;        /* a worker's; NULL in a job */
@@ -332,6 +342,15 @@ struct shm_group {
     struct shm_lane *lane;            /* a job waiting by mark: its lane and stream */
     struct shm_lane_stream *ls;
     uint32_t mark;                    /* the value its mark will hold */
+    /* a job's accesses for all its frames at once (shm_job_begin): one
+     * announcement of the span of their remote bytes, one local access of
+     * the span of their local bytes where one registration holds it */
+    struct shm_announce *ann;
+    uint64_t ann_lo, ann_hi, expiry;
+    struct memreg_access local;
+    bool lwhole;                      /* local holds the span; lops/ldev its backend */
+    const struct ferry_device_ops *lops;
+    int ldev;
     struct shm_group *next;           /* t->jobs or t->free_jobs */
 };
 
@@ -352,8 +371,17 @@ bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const 
  * which wait in fr->g->cb.  0, FERRY_E* (fr->msg), or in a job SHM_NOT_HERE
  * / SHM_JOB_FULL. */
 int shm_frame_run(struct frame_run *fr);
-/* After the group's copies were waited for: their result, the counters. */
+/* After the group's copies were waited for: their result (the group counts
+ * the bytes moved, once for all its frames). */
 int shm_frame_finish(struct frame_run *fr);
+/* Before a job's frames run (none yet): one announcement for the span of
+ * fs[0..n)'s remote bytes and one local access for the span of their local
+ * bytes, which the frames inside them use instead of their own (a frame
+ * outside, or all when either cannot be had, announces and checks itself,
+ * as a worker's does).  The frames' checks of every piece stay. */
+void shm_job_begin(struct shm_group *g, struct xfer_frame *const *fs, size_t n);
+/* After the job's frames were released: ends what shm_job_begin began. */
+void shm_job_release(struct shm_group *g);
 /* Ends the frame's accesses: its announcement, its local registrations. */
 void shm_frame_release(struct frame_run *fr);
 /* The copies of the group's frames failed with rc: each frame with a copy

@@ -6,15 +6,19 @@
  * A submitting thread issues its own device-to-device copies (GPU to GPU
  * over CUDA IPC, FERRY_SHM_SUBMIT_COPIES): it collects the frames of one
  * submit (the engine tells it how many bytes are still to come:
- * more_bytes), and at the last one runs them as a job: announces and
- * checks each frame (shm_frame.c) and enqueues all their copies on the
- * job's stream at once (one launch of the device's gather kernel for up to
- * 128 copies), then hands the job to the workers, which wait for its
- * stream and end its frames.  So no worker's wake-up sits between the
- * submit and the copy, and a batch's copies take one launch, not one per
- * group of frames.  A frame a job cannot take (host memory on either side,
- * or more copies than the job holds) goes to the FIFO, as does every frame
- * when all SHM_JOBS jobs are out.
+ * more_bytes), and at the last one runs them as a job: announces the
+ * span of their remote bytes once and takes one local access for the span
+ * of their local bytes, checks each frame's pieces (shm_frame.c) and
+ * enqueues all their copies on the job's stream at once (one launch of the
+ * device's gather kernel for up to 128 copies), then hands the job to the
+ * workers, which wait for its stream and end its frames.  So no worker's
+ * wake-up sits between the submit and the copy, and a batch's copies take
+ * one launch, not one per group of frames: a job holds up to
+ * SHM_JOB_FRAMES frames (its room grown when a submit has more than
+ * SHM_GROUP_MAX, the jobs' rooms together bounded by SHM_JOB_FRAMES_ALL)
+ * and SHM_GROUP_COPIES copies; the rest go to the next job.  A frame a job
+ * cannot take (host memory on either side) goes to the FIFO, as does every
+ * frame when all SHM_JOBS jobs are out.
  *
  * Otherwise submit() only queues.  A worker takes the oldest frames (up to
  * SHM_GROUP_MAX data frames of one peer in a row), runs each (shm_frame.c),
@@ -51,18 +55,12 @@ static struct shm_peer *peer_of(const struct xfer_frame *f)
 
 /* ------------------------------------------------------------ ending frames */
 
-/* Ends a frame that was queued for p, then lets p's close go on. */
-static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, uint64_t refused, uint64_t moved,
-                      const char *msg)
+/* Ends a frame that was queued for p and moved nothing, then lets p's
+ * close go on (a group's frames end in group_end). */
+static void frame_end(struct shm_transport *t, struct xfer_frame *f, int err, const char *msg)
 {
     struct shm_peer *p = peer_of(f);
-    if (err == 0) {
-        if (f->opcode == XFER_WRITE)
-            atomic_fetch_add(&t->bytes_written, moved);
-        else if (f->opcode == XFER_READ)
-            atomic_fetch_add(&t->bytes_read, moved);
-    }
-    f->complete(f, err, refused, msg);
+    f->complete(f, err, 0, msg);
     pthread_mutex_lock(&t->lock);
     if (--p->queued == 0)
         pthread_cond_broadcast(&t->idle);
@@ -79,7 +77,7 @@ static void queue_frames(struct shm_transport *t, struct shm_peer *p, struct xfe
         for (size_t i = 0; i < n; i++) {
             fs[i]->wire_id = (uint64_t)(uintptr_t)p;
             if (counted)
-                frame_end(t, fs[i], FERRY_ECANCELED, 0, 0, "shm: the segment is being closed");
+                frame_end(t, fs[i], FERRY_ECANCELED, "shm: the segment is being closed");
             else
                 fs[i]->complete(fs[i], FERRY_ECANCELED, 0, "shm: the segment is being closed");
         }
@@ -144,7 +142,7 @@ void shm_peer_drain(struct shm_transport *t, struct shm_peer *p)
     pthread_mutex_unlock(&t->lock);
     for (struct xfer_frame *f = gone, *next; f; f = next) {
         next = f->next;
-        frame_end(t, f, FERRY_ECANCELED, 0, 0, "shm: segment closed");
+        frame_end(t, f, FERRY_ECANCELED, "shm: segment closed");
     }
     pthread_mutex_lock(&t->lock);
     while (p->queued)
@@ -192,7 +190,7 @@ static void *timer_main(void *arg)
             pthread_mutex_unlock(&t->lock);
             for (struct xfer_frame *f = late, *next; f; f = next) {
                 next = f->next;
-                frame_end(t, f, FERRY_ETIMEDOUT, 0, 0, "request timed out waiting for a shm worker");
+                frame_end(t, f, FERRY_ETIMEDOUT, "request timed out waiting for a shm worker");
             }
             pthread_mutex_lock(&t->lock);
         }
@@ -215,10 +213,7 @@ static void *timer_main(void *arg)
 static struct frame_run *run_init(struct shm_group *g, size_t i, struct xfer_frame *f)
 {
     struct frame_run *fr = &g->runs[i];
-    memset(fr, 0, offsetof(struct frame_run, touched));
-    fr->nlocal = 0;
-    fr->whole = false;
-    fr->lops = NULL;
+    memset(fr, 0, offsetof(struct frame_run, msg)); /* the front's lines only (copy_msg: with copy_err) */
     fr->ldev = -1;
     fr->msg[0] = '\0';
     fr->g = g;
@@ -236,18 +231,51 @@ static void group_start(struct shm_group *g, struct shm_peer *p, bool data)
     g->gone = data && shm_peer_gone(p);
 }
 
-/* Ends the group's frames (their copies done or failed). */
+/* Ends the group's frames (their copies done or failed): their results and
+ * accesses first (a job's own last), the counters once for the group, then each frame's
+ * completion, and one update of the peer's count under the lock (not one
+ * per frame: a job of 128 frames took the lock 128 times). */
 static void group_end(struct shm_group *g)
 {
+    struct shm_transport *t = g->t;
     shm_group_unmap(g); /* before its frames end: the peer may close after the last */
+    uint64_t written = 0, read = 0, served = 0, frames = 0;
     for (size_t i = 0; i < g->n; i++) {
         struct frame_run *fr = &g->runs[i];
         int rc = g->rc[i];
         if (!rc && fr->f->opcode != XFER_NOTIFY)
             rc = shm_frame_finish(fr);
         shm_frame_release(fr);
-        frame_end(g->t, fr->f, rc, rc ? 0 : fr->refused, rc ? 0 : fr->moved, fr->msg);
+        g->rc[i] = rc;
+        if (rc)
+            continue;
+        if (fr->f->opcode == XFER_WRITE)
+            written += fr->moved;
+        else if (fr->f->opcode == XFER_READ)
+            read += fr->moved;
+        served += fr->moved;
+        frames += fr->moved != 0;
     }
+    if (g->job)
+        shm_job_release(g);
+    if (written)
+        atomic_fetch_add(&t->bytes_written, written);
+    if (read)
+        atomic_fetch_add(&t->bytes_read, read);
+    if (served) { /* the peer's counters, in its shared memfd */
+        atomic_fetch_add(&g->p->served->bytes, served);
+        atomic_fetch_add(&g->p->served->frames, frames);
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        struct frame_run *fr = &g->runs[i];
+        int rc = g->rc[i];
+        fr->f->complete(fr->f, rc, rc ? 0 : fr->refused, fr->msg);
+    }
+    pthread_mutex_lock(&t->lock);
+    g->p->queued -= (unsigned)g->n;
+    if (g->p->queued == 0)
+        pthread_cond_broadcast(&t->idle);
+    pthread_mutex_unlock(&t->lock);
     g->n = 0;
 }
 
@@ -295,13 +323,16 @@ static size_t take_group(struct shm_transport *t, struct xfer_frame **fs)
 static struct shm_group *group_new(struct shm_transport *t, bool job)
 {
     struct shm_group *g = calloc(1, sizeof *g);
-    if (g)
+    if (g) {
         g->runs = calloc(SHM_GROUP_MAX, sizeof *g->runs);
+        g->rc = calloc(SHM_GROUP_MAX, sizeof *g->rc);
+    }
     if (g && !job)
         g->moves = calloc(1, sizeof *g->moves);
-    if (!g || !g->runs || (!job && !g->moves)) {
+    if (!g || !g->runs || !g->rc || (!job && !g->moves)) {
         if (g) {
             free(g->runs);
+            free(g->rc);
             free(g->moves);
         }
         free(g);
@@ -309,7 +340,38 @@ static struct shm_group *group_new(struct shm_transport *t, bool job)
     }
     g->t = t;
     g->job = job;
+    g->cap = SHM_GROUP_MAX;
     return g;
+}
+
+/* Gives the idle job g (no frame in it: runs[] holds no live access) room
+ * for `want` frames, as far as SHM_JOB_FRAMES_ALL allows (one launch for a
+ * whole submit of 128 frames instead of one per 16).  A job's room never
+ * shrinks, so the jobs' frames take at most SHM_JOB_FRAMES_ALL x
+ * sizeof(struct frame_run) (4.8 KB: 4.9 MB) however many threads submit.
+ * t->lock held; on no memory g keeps its room. */
+static void job_room(struct shm_transport *t, struct shm_group *g, size_t want)
+{
+    want = want < SHM_JOB_FRAMES ? want : SHM_JOB_FRAMES;
+    if (want <= g->cap)
+        return;
+    if (t->job_frames + (want - g->cap) > SHM_JOB_FRAMES_ALL)
+        want = g->cap + (SHM_JOB_FRAMES_ALL - t->job_frames);
+    if (want <= g->cap)
+        return;
+    struct frame_run *runs = calloc(want, sizeof *runs);
+    int *rc = calloc(want, sizeof *rc);
+    if (!runs || !rc) {
+        free(runs);
+        free(rc);
+        return;
+    }
+    free(g->runs);
+    free(g->rc);
+    g->runs = runs;
+    g->rc = rc;
+    t->job_frames += want - g->cap;
+    g->cap = want;
 }
 
 static void group_free(struct shm_group *g)
@@ -320,6 +382,7 @@ static void group_free(struct shm_group *g)
         ferry_device_stream_give(g->stream_ops, g->stream_dev, g->stream);
     free(g->moves);
     free(g->runs);
+    free(g->rc);
     free(g);
 }
 
@@ -335,11 +398,14 @@ static struct shm_group *job_take(struct shm_transport *t, struct shm_peer *p, s
     if (!t->stopping && !p->closing) {
         if ((g = t->free_jobs) != NULL)
             t->free_jobs = g->next;
-        else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL)
+        else if (t->njobs < SHM_JOBS && (g = group_new(t, true)) != NULL) {
             g->id = t->njobs++;
+            t->job_frames += g->cap;
+        }
         if (g) {
             p->queued += n;
             t->jobs_out++;
+            job_room(t, g, n);
         }
     }
     pthread_mutex_unlock(&t->lock);
@@ -388,11 +454,14 @@ static void job_stream_renew(struct shm_group *g)
 static size_t job_fill(struct shm_group *g, struct xfer_frame **fs, size_t n)
 {
     size_t k = 0;
-    for (; k < n && g->n < SHM_GROUP_MAX; k++) {
+    if (!g->n)
+        shm_job_begin(g, fs, n < g->cap ? n : g->cap);
+    uint64_t now = now_ns(); /* the job's start: one clock read, not one per frame */
+    for (; k < n && g->n < g->cap; k++) {
         fs[k]->wire_id = (uint64_t)(uintptr_t)g->p;
         struct frame_run *fr = run_init(g, g->n, fs[k]);
         size_t first = g->cb.n;
-        int rc = now_ns() >= fs[k]->deadline_ns
+        int rc = now >= fs[k]->deadline_ns
                      ? shm_fail(fr, FERRY_ETIMEDOUT, "request timed out before its shm copies started")
                      : shm_frame_run(fr);
         if (rc == SHM_NOT_HERE || rc == SHM_JOB_FULL) {
@@ -416,14 +485,15 @@ static void job_end(struct shm_group *g);
  * 296-314 on a lane of two streams taken in turn (FERRY_SHM_LANE_STREAMS);
  * jobs of 1 MiB copies moved 368-372 on their own streams against 317-320
  * in order (they overlap each other's launches).  The bound lies between. */
-#define LANE_MEAN_MAX ((uint64_t)256 << 10)
+#define LANE_KB_DEFAULT 256u
+#define LANE_KB_MAX (1u << 30)
 
-static bool lane_suits(const struct copy_batch *cb)
+static bool lane_suits(const struct shm_transport *t, const struct copy_batch *cb)
 {
     uint64_t bytes = 0;
     for (size_t i = 0; i < cb->n; i++)
         bytes += cb->copies[i].len;
-    return bytes <= LANE_MEAN_MAX * cb->n;
+    return bytes <= t->lane_mean_max * cb->n;
 }
 
 /* Enqueues the job's copies on its stream and hands it to the workers. */
@@ -435,7 +505,7 @@ static void job_issue(struct shm_group *g)
         return;
     }
     shm_copies_drop_expired(g);
-    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(&g->cb)
+    struct shm_lane *lane = g->cb.n && t->submit_copies == 2 && lane_suits(t, &g->cb)
                                 ? shm_lane_get(t, g->cb.ops, g->cb.dev) : NULL;
     TRACE(TR_COPY_BEGIN, g->cb.n);
     if (lane) {
@@ -497,7 +567,7 @@ struct pending {
     struct shm_transport *t;
     struct shm_peer *p;
     size_t n;
-    struct xfer_frame *f[SHM_GROUP_MAX];
+    struct xfer_frame *f[SHM_JOB_FRAMES];
 };
 static _Thread_local struct pending pending;
 
@@ -530,7 +600,7 @@ void shm_submit(void *tp, void *pp, struct xfer_frame *f)
         pending.t = t;
         pending.p = p;
         pending.f[pending.n++] = f;
-        if (!f->more_bytes || pending.n == SHM_GROUP_MAX)
+        if (!f->more_bytes || pending.n == SHM_JOB_FRAMES)
             pending_run();
         return;
     }
@@ -591,8 +661,9 @@ static void *worker_main(void *arg)
 #define SPIN_US_MAX 100000u
 #define LANE_STREAMS_DEFAULT 2u
 
-/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX)
- * and FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX). */
+/* FERRY_SHM_SUBMIT_COPIES (0, 1 or 2), FERRY_SHM_SPIN_US (0..SPIN_US_MAX),
+ * FERRY_SHM_LANE_STREAMS (1..SHM_LANE_STREAMS_MAX) and FERRY_SHM_LANE_KB
+ * (0..LANE_KB_MAX: 0, no job on a lane). */
 static int knobs_read(struct shm_transport *t)
 {
     const char *want = getenv("FERRY_SHM_SUBMIT_COPIES");
@@ -612,6 +683,11 @@ static int knobs_read(struct shm_transport *t)
     if (rc < 0)
         return rc;
     t->lane_streams = (unsigned)v;
+    v = LANE_KB_DEFAULT;
+    rc = config_env_number("FERRY_SHM_LANE_KB", false, 0, LANE_KB_MAX, "KiB, 0-1073741824", &v);
+    if (rc < 0)
+        return rc;
+    t->lane_mean_max = v << 10;
     return 0;
 }
 
@@ -651,5 +727,6 @@ void shm_workers_stop(struct shm_transport *t)
     }
     t->free_jobs = NULL;
     t->njobs = 0;
+    t->job_frames = 0;
     shm_lanes_free(t);
 }

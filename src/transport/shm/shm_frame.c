@@ -120,28 +120,44 @@ static bool owner_dead(uint64_t word)
     return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-/* One pass over the peer's announcements for a free one (pass 1: or one a
- * dead process left): claimed and its range set, 0; none, -1. */
-static int announce_claim(struct frame_run *fr, uint64_t w, uint64_t lo, uint64_t hi)
+static uint64_t announce_word(void)
 {
-    struct shm_peer *p = fr->p;
-    uint32_t start = (uint32_t)(((uintptr_t)fr->g >> 6) % SHM_ANNOUNCE_SLOTS);
+    return (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT | (self_pid() & SHM_ANN_PID_MASK);
+}
+
+/* One pass over p's announcements for a free one (pass 1: or one a dead
+ * process left), from the one g hashes to: claimed and its range set, 0
+ * (*ann, *expiry); none, -1. */
+static int announce_claim(struct shm_peer *p, const struct shm_group *g, uint64_t w, uint64_t lo, uint64_t hi,
+                          struct shm_announce **ann, uint64_t *expiry)
+{
+    uint32_t start = (uint32_t)(((uintptr_t)g >> 6) % SHM_ANNOUNCE_SLOTS);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t k = 0; k < SHM_ANNOUNCE_SLOTS; k++) {
             struct shm_announce *a = &p->ann[(start + k) % SHM_ANNOUNCE_SLOTS];
             uint64_t cur = atomic_load_explicit(&a->word, memory_order_relaxed);
             if ((cur == 0 || (pass == 1 && owner_dead(cur))) && atomic_compare_exchange_strong(&a->word, &cur, w)) {
-                fr->expiry = now_ns() + SHM_ACCESS_MAX_NS;
+                *expiry = now_ns() + SHM_ACCESS_MAX_NS;
                 atomic_store_explicit(&a->lo, lo, memory_order_relaxed);
                 atomic_store_explicit(&a->hi, hi, memory_order_relaxed);
-                atomic_store_explicit(&a->expiry_ns, fr->expiry, memory_order_relaxed);
+                atomic_store_explicit(&a->expiry_ns, *expiry, memory_order_relaxed);
                 atomic_store(&a->word, w | SHM_ANN_ACTIVE);
-                fr->ann = a;
+                *ann = a;
                 return 0;
             }
         }
     }
     return -1;
+}
+
+/* Clears a claimed announcement: an unregister waiting for it goes on. */
+static void announce_release(struct shm_peer *p, struct shm_announce *a)
+{
+    struct shm_served *sv = p->served;
+    atomic_store(&a->word, 0);
+    atomic_fetch_add(&sv->released, 1);
+    if (atomic_load(&sv->waiters))
+        syscall(SYS_futex, &sv->released, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 /* Claims a free announcement in the peer's shared memfd (or one a dead
@@ -155,9 +171,8 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
 {
     struct shm_peer *p = fr->p;
     struct shm_served *sv = p->served;
-    uint64_t w = (atomic_fetch_add(&next_ticket, 1) + 1) << SHM_ANN_TICKET_SHIFT |
-                 (self_pid() & SHM_ANN_PID_MASK);
-    if (announce_claim(fr, w, lo, hi) == 0)
+    uint64_t w = announce_word();
+    if (announce_claim(p, fr->g, w, lo, hi, &fr->ann, &fr->expiry) == 0)
         return 0;
     if (fr->g->job)
         return SHM_NOT_HERE;
@@ -166,7 +181,7 @@ static int announce(struct frame_run *fr, uint64_t lo, uint64_t hi)
     atomic_fetch_add(&sv->waiters, 1);
     for (;;) {
         uint32_t released = atomic_load(&sv->released);
-        if ((rc = announce_claim(fr, w, lo, hi)) == 0)
+        if ((rc = announce_claim(p, fr->g, w, lo, hi, &fr->ann, &fr->expiry)) == 0)
             break;
         uint64_t now = now_ns();
         if (now >= fr->f->deadline_ns)
@@ -193,12 +208,8 @@ void shm_frame_release(struct frame_run *fr)
     fr->nlocal = 0;
     if (!fr->ann)
         return;
-    struct shm_served *sv = fr->p->served;
-    atomic_store(&fr->ann->word, 0);
+    announce_release(fr->p, fr->ann);
     fr->ann = NULL;
-    atomic_fetch_add(&sv->released, 1);
-    if (atomic_load(&sv->waiters))
-        syscall(SYS_futex, &sv->released, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 /* Before every copy step: may the frame still touch what it checked? */
@@ -509,9 +520,27 @@ bool shm_frame_for_job(struct shm_transport *t, const struct shm_peer *p, const 
         if ((bi = piece_rbuf(p, bi, x->remote, x->len)) < 0 || !p->bufs[bi].device)
             return false;
     }
-    struct memreg_region lr;
+    /* the registration the last frame's local memory lay in, remembered
+     * without a hold: an answer, not a check (a submit's frames mostly lie
+     * in one registration; the registry's lock once per submit, not per
+     * frame) */
+    static _Thread_local struct {
+        const struct memreg *reg;
+        uint64_t lo, hi;
+        bool device;
+    } last;
     const struct xfer_piece *x = &f->pieces[0];
-    return memreg_find(t->host.registry, (uint64_t)(uintptr_t)x->local, x->len, 0, &lr) == 0 && lr.device_index >= 0;
+    uint64_t l = (uint64_t)(uintptr_t)x->local;
+    if (last.reg == t->host.registry && l >= last.lo && l + x->len > l && l + x->len <= last.hi)
+        return last.device;
+    struct memreg_region lr;
+    if (memreg_find(t->host.registry, l, x->len, 0, &lr) != 0)
+        return false;
+    last.reg = t->host.registry;
+    last.lo = lr.addr;
+    last.hi = lr.addr + lr.len;
+    last.device = lr.device_index >= 0;
+    return last.device;
 }
 
 /* The local memory's backend (NULL: host memory) from its registration. */
@@ -624,6 +653,54 @@ static int local_whole(struct frame_run *fr, uint64_t lo, uint64_t hi)
     return local_backend(fr, &lr, &fr->lops, &fr->ldev);
 }
 
+/* The span of fs[0..n)'s remote and local bytes. */
+static void frames_span(struct xfer_frame *const *fs, size_t n, uint64_t *lo, uint64_t *hi, uint64_t *llo,
+                        uint64_t *lhi)
+{
+    *lo = *llo = UINT64_MAX;
+    *hi = *lhi = 0;
+    for (size_t k = 0; k < n; k++)
+        for (uint32_t i = 0; i < fs[k]->npieces && fs[k]->npieces <= MAX_PIECES; i++) {
+            const struct xfer_piece *x = &fs[k]->pieces[i];
+            uint64_t l = (uint64_t)(uintptr_t)x->local;
+            *lo = x->remote < *lo ? x->remote : *lo;
+            *hi = x->remote + x->len > *hi ? x->remote + x->len : *hi;
+            *llo = l < *llo ? l : *llo;
+            *lhi = l + x->len > *lhi ? l + x->len : *lhi;
+        }
+}
+
+void shm_job_begin(struct shm_group *g, struct xfer_frame *const *fs, size_t n)
+{
+    uint64_t lo, hi, llo, lhi;
+    frames_span(fs, n, &lo, &hi, &llo, &lhi);
+    if (hi <= lo || lhi <= llo)
+        return;
+    if (announce_claim(g->p, g, announce_word(), lo, hi, &g->ann, &g->expiry) != 0)
+        g->ann = NULL; /* each frame tries for one, and goes to the workers without */
+    g->ann_lo = lo;
+    g->ann_hi = hi;
+    struct memreg_region lr;
+    if (memreg_access_begin(g->t->host.registry, &g->local, llo, lhi - llo, 0, &lr, NULL, NULL) != 0)
+        return; /* not one registration: each frame checks its own */
+    g->lops = lr.device_index >= 0 ? ferry_device_of_location(lr.location, &g->ldev) : NULL;
+    if (!g->lops) { /* host memory (not for a job) or no backend: each frame says so */
+        memreg_access_end(g->t->host.registry, &g->local);
+        return;
+    }
+    g->lwhole = true;
+}
+
+void shm_job_release(struct shm_group *g)
+{
+    if (g->lwhole)
+        memreg_access_end(g->t->host.registry, &g->local);
+    g->lwhole = false;
+    if (g->ann)
+        announce_release(g->p, g->ann);
+    g->ann = NULL;
+}
+
 int shm_frame_run(struct frame_run *fr)
 {
     struct shm_peer *p = fr->p;
@@ -643,9 +720,19 @@ int shm_frame_run(struct frame_run *fr)
     }
     if (!f->npieces)
         return 0;
-    int rc = announce(fr, lo, hi);
-    if (!rc && lhi > llo)
+    struct shm_group *g = fr->g;
+    int rc = 0;
+    if (g->ann && lo >= g->ann_lo && hi <= g->ann_hi)
+        fr->expiry = g->expiry; /* the job's announcement covers it */
+    else
+        rc = announce(fr, lo, hi);
+    if (!rc && lhi > llo && g->lwhole && llo >= g->local.addr && lhi - g->local.addr <= g->local.len) {
+        fr->whole = true; /* the job's local access holds it */
+        fr->lops = g->lops;
+        fr->ldev = g->ldev;
+    } else if (!rc && lhi > llo) {
         rc = local_whole(fr, llo, lhi);
+    }
     struct frame_moves none, *mv = fr->g->moves ? fr->g->moves : &none;
     mv->nvm = 0;
     mv->vm_bytes = 0;
@@ -665,15 +752,10 @@ int shm_frame_run(struct frame_run *fr)
 
 int shm_frame_finish(struct frame_run *fr)
 {
-    struct shm_peer *p = fr->p;
     int rc = 0;
     if (fr->copy_err)
         rc = shm_fail(fr, fr->copy_err, "%s", fr->copy_msg);
     if (!rc && fr->refused)
         atomic_fetch_add(&fr->g->t->refused, (uint64_t)__builtin_popcountll(fr->refused));
-    if (!rc && fr->moved) {
-        atomic_fetch_add(&p->served->bytes, fr->moved);
-        atomic_fetch_add(&p->served->frames, 1);
-    }
     return rc;
 }

@@ -2,7 +2,7 @@
 /*
  * shm_lane.c — one stream per (device backend, device) that the submitting
  * threads' jobs of small copies share (FERRY_SHM_SUBMIT_COPIES=2,
- * shm_copy.c: LANE_MEAN_MAX).
+ * FERRY_SHM_LANE_KB, shm_copy.c: lane_suits).
  *
  * Jobs on streams of their own run on the device side by side: four jobs of
  * four threads each take four times as long, end together, and their
