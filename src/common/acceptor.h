@@ -7,7 +7,12 @@
  * thread, with the limits that keep one peer from exhausting or pinning the
  * engine:
  *  - at most `max_total` connections at once, and `max_per_peer` from one
- *    IPv4 address; a connection over a cap is accepted and closed at once;
+ *    IPv4 address or IPv6 /64; a connection over a cap is accepted and
+ *    closed at once;
+ *  - at the total cap, a newcomer whose address holds at least two fewer
+ *    connections than the address holding the most is served, and that
+ *    address's oldest connection shut down (so many attacking addresses
+ *    cannot lock a later peer out);
  *  - a finished connection releases its descriptor and its slot itself, so
  *    nothing waits for the next successful accept;
  *  - when accept fails for lack of descriptors (EMFILE / ENFILE) or memory,
@@ -20,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct acceptor;
 
@@ -39,6 +45,13 @@ struct acceptor_limits {
     unsigned max_total;     /* 0: the default, a quarter of RLIMIT_NOFILE (at least 16) */
     unsigned max_per_peer;  /* 0: no per-address cap */
 };
+
+/* The key a peer's connections are counted by (per-peer cap, shares at the
+ * total cap): its IPv4 address, as v4-mapped IPv6 (one host is one peer
+ * whichever family it came in by), or its IPv6 address's /64 prefix (a
+ * host is commonly handed a whole /64: 2^64 addresses for one attacker);
+ * all zero ("unknown", no per-peer cap) for any other family. */
+void acceptor_peer_key(const struct sockaddr_storage *ss, uint8_t key[16]);
 
 /* The cap on connections in total that lim gives (its default filled in). */
 unsigned acceptor_max_total(const struct acceptor_limits *lim);
@@ -62,6 +75,7 @@ struct acceptor_stats {
     uint64_t accepted;      /* connections handed to serve */
     uint64_t over_cap;      /* closed at once: over max_total or max_per_peer */
     uint64_t shed;          /* closed at once: the process was out of descriptors */
+    uint64_t evicted;       /* shut down at the total cap to serve an address holding fewer */
 };
 void acceptor_get_stats(struct acceptor *a, struct acceptor_stats *out);
 

@@ -203,6 +203,59 @@ static void test_total_cap_recovers(void **state)
     child_target_kill(&t);
 }
 
+/* How many of fds the target has not closed, once at least `closed` of them
+ * are closed (waits up to 10 s for that: generous, not a measurement). */
+static int still_open(const int *fds, int n, int closed)
+{
+    uint64_t give_up = net_deadline(10000);
+    int open;
+    do {
+        open = 0;
+        for (int i = 0; i < n; i++)
+            open += !raw_is_closed(fds[i]);
+    } while (n - open < closed && now_ns() < give_up && poll(NULL, 0, 20) == 0);
+    return open;
+}
+
+/* Attackers at two addresses, each within its per-address cap, together
+ * hold more than the total cap on both ports, silent (handshake) or idle
+ * after HELLO (data), for longer than the test lasts.  A newcomer from a
+ * third address still opens the segment and transfers: the address holding
+ * the most gives its oldest connection up; the cap still holds. */
+static void test_total_cap_shared_by_addresses(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_MAX_CONNECTIONS=12", "FERRY_MAX_CONNECTIONS_PER_PEER=8",
+                                      "FERRY_CONNECT_TIMEOUT_MS=30000", NULL};
+    static const char *const from[] = {"127.0.0.2", "127.0.0.3"};
+    struct child_target t;
+    struct initiator in;
+    start_target(&t, env);
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t.name, NULL, &epoch), hs_port = raw_handshake_port(t.name);
+    assert_true(data_port > 0);
+    enum { N = 16 };
+    int hs_fds[N], data_fds[N];
+    for (int i = 0; i < N; i++) {
+        assert_true((hs_fds[i] = raw_connect_from(from[i / 8], hs_port)) >= 0);
+        (void)attacker_hello(data_port, epoch, from[i / 8], &data_fds[i]);
+    }
+    assert_int_equal(still_open(hs_fds, N, N - 12), 12); /* the cap: 12 of the 16 */
+    assert_int_equal(still_open(data_fds, N, N - 12), 12);
+
+    initiator_open(&in, &t, 0, 2); /* from 127.0.0.1: a descriptor fetch, then two data connections */
+    transfer_verified(&in, &t, 61);
+    assert_true(still_open(hs_fds, N, 0) <= 12);
+    assert_true(still_open(data_fds, N, 0) <= 12 - 1);
+
+    for (int i = 0; i < N; i++) {
+        close(hs_fds[i]);
+        close(data_fds[i]);
+    }
+    initiator_close(&in);
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ slow peers */
 
 struct dripper {
@@ -443,6 +496,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_peer_cap_legit_still_served),
         cmocka_unit_test(test_total_cap_recovers),
+        cmocka_unit_test(test_total_cap_shared_by_addresses),
         cmocka_unit_test(test_dripping_handshake_client),
         cmocka_unit_test(test_dripping_write_header),
         cmocka_unit_test(test_dripping_notify_payload),
