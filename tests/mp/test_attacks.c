@@ -10,12 +10,15 @@
  * server, the legitimate transfer COMPLETED with its data verified on both
  * sides, the target serves again once the attacker has left.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include <sys/wait.h>
 
 #include "rawpeer.h"
 #include "testutil.h"
@@ -411,6 +414,124 @@ static void test_idle_data_connection_closed(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ many stalled at once */
+
+/* Threads of a process (its /proc/PID/task entries). */
+static int thread_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+enum { STALLED = 200, STALL_FROM = 4 };
+
+/* STALLED connections that stall at once, a quarter from each of
+ * 127.0.0.2-5 (within the per-peer cap): silent on the handshake port; a
+ * handshake header announcing a 64 KiB body, then nothing; silent on the
+ * data port; after HELLO, a WRITE header announcing 4 MiB into the
+ * target's buffer (past what the tests verify), 1,000 bytes of it, then
+ * nothing. */
+static void stall_many(const struct child_target *t, int fds[STALLED])
+{
+    static const char *const from[STALL_FROM] = {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"};
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t->name, NULL, &epoch), hs_port = raw_handshake_port(t->name);
+    assert_true(data_port > 0);
+    uint8_t head[12] = "FERRYHS1", frame[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + 1000] = {0};
+    head[8] = 0, head[9] = 0, head[10] = 1, head[11] = 0; /* 64 KiB */
+    struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .id = 1, .payload_len = 4u << 20};
+    struct wire_entry e = {t->addr + (4u << 20), 4u << 20};
+    wire_encode_header(&h, frame);
+    wire_encode_entries(&e, 1, frame + WIRE_HEADER_SIZE);
+    for (int i = 0; i < STALLED; i++) {
+        int kind = i / (STALLED / STALL_FROM);
+        if (kind <= 1)
+            assert_true((fds[i] = raw_connect_from(from[kind], hs_port)) >= 0);
+        if (kind == 1)
+            assert_int_equal(net_write_full(fds[i], head, sizeof head), 0);
+        if (kind == 2)
+            assert_true((fds[i] = raw_connect_from(from[kind], data_port)) >= 0);
+        if (kind == 3) {
+            assert_int_equal(attacker_hello(data_port, epoch, from[kind], &fds[i]), 1);
+            assert_int_equal(net_write_full(fds[i], frame, sizeof frame), 0);
+        }
+    }
+}
+
+/* 200 connections stalled at once, with deadlines of 3 s (handshake, frame
+ * header) and 4 s (payload): meanwhile a descriptor fetch and a transfer
+ * verify; then the target closes every one of them and is back to the
+ * threads it had before. */
+static void test_many_stalled_connections_reaped(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_CONNECT_TIMEOUT_MS=3000", "FERRY_REQUEST_TIMEOUT_MS=4000", NULL};
+    struct child_target t;
+    struct initiator in;
+    start_target(&t, env);
+    initiator_open(&in, &t, 0, 2);
+    transfer_verified(&in, &t, 71);
+    int before = thread_count(t.pid), fds[STALLED];
+    stall_many(&t, fds);
+    print_message("target threads: %d before, %d with %d stalled connections\n", before, thread_count(t.pid),
+                  STALLED);
+    char *json = NULL;
+    size_t len;
+    int rc = p2p_fetch(t.name, 5000, &json, &len);
+    if (rc)
+        fail_msg("descriptor fetch among %d stalled connections: %s: %s", STALLED, ferry_err_name(rc),
+                 ferry_last_error());
+    free(json);
+    transfer_verified(&in, &t, 72);
+    for (int i = 0; i < STALLED; i++) {
+        if (!raw_closed_by_peer(fds[i], 30000))
+            fail_msg("stalled connection %d was not closed by the target", i);
+        close(fds[i]);
+    }
+    uint64_t give_up = net_deadline(10000);
+    while (thread_count(t.pid) > before && now_ns() < give_up)
+        poll(NULL, 0, 50);
+    assert_true(thread_count(t.pid) <= before);
+    transfer_verified(&in, &t, 73);
+    initiator_close(&in);
+    child_target_kill(&t);
+}
+
+/* The target is told to quit while 200 connections stall on it with 60 s
+ * deadlines: its engine is destroyed and it exits well before those. */
+static void test_many_stalled_connections_destroy(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_CONNECT_TIMEOUT_MS=60000", "FERRY_REQUEST_TIMEOUT_MS=60000", NULL};
+    struct child_target t;
+    start_target(&t, env);
+    int fds[STALLED], status = 0;
+    stall_many(&t, fds);
+    assert_true(dprintf(t.ctl_fd, "quit\n") > 0);
+    uint64_t give_up = net_deadline(20000); /* a third of the deadlines */
+    pid_t done = 0;
+    while ((done = waitpid(t.pid, &status, WNOHANG)) == 0 && now_ns() < give_up)
+        poll(NULL, 0, 50);
+    if (done != t.pid) {
+        child_target_kill(&t);
+        fail_msg("the target did not finish destroying its engine within 20 s of %d stalled connections", STALLED);
+    }
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    t.pid = 0;
+    for (int i = 0; i < STALLED; i++) {
+        assert_true(raw_closed_by_peer(fds[i], 1000));
+        close(fds[i]);
+    }
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ out of descriptors */
 
 /* utime + stime of a process, in clock ticks. */
@@ -501,6 +622,8 @@ int main(void)
         cmocka_unit_test(test_dripping_write_header),
         cmocka_unit_test(test_dripping_notify_payload),
         cmocka_unit_test(test_idle_data_connection_closed),
+        cmocka_unit_test(test_many_stalled_connections_reaped),
+        cmocka_unit_test(test_many_stalled_connections_destroy),
         cmocka_unit_test(test_out_of_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
