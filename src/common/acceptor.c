@@ -14,7 +14,8 @@
  * whose address holds at least two fewer than the address holding the most
  * is served, and that address's oldest connection is shut down to make room
  * (as the notification queue drops the oldest note of the origin holding
- * the most).  Attackers at many addresses, each within its per-address cap,
+ * the most) — the oldest that is idle: not busy (acceptor.h) and with no
+ * bytes waiting, so no work a peer asked for is failed.  Attackers at many addresses, each within its per-address cap,
  * so fill the engine only up to an even share each, never to the exclusion
  * of a peer that comes later.
  */
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -137,9 +139,16 @@ static int cmp_conn_addr(const void *x, const void *y)
     return d ? d : ((*a)->seq > (*b)->seq) - ((*a)->seq < (*b)->seq);
 }
 
-/* Under a->lock, at the total cap: the oldest connection of the address
- * holding the most, if that address holds at least two more than `mine`
- * (the newcomer's count), else NULL. */
+/* May c be shut down without failing work its peer asked for? */
+static bool idle(const struct conn *c)
+{
+    int pending = 0;
+    return !atomic_load(&c->pub.busy) && ioctl(c->pub.fd, FIONREAD, &pending) == 0 && pending == 0;
+}
+
+/* Under a->lock, at the total cap: the oldest idle connection of the
+ * address holding the most that has one, if that address holds at least
+ * two more than `mine` (the newcomer's count), else NULL. */
 static struct conn *eviction_victim(struct acceptor *a, unsigned mine)
 {
     struct conn **v = malloc((size_t)a->live * sizeof *v);
@@ -155,9 +164,14 @@ static struct conn *eviction_victim(struct acceptor *a, unsigned mine)
     for (size_t i = 0, run; i < n; i += run) {
         for (run = 1; i + run < n && !memcmp(v[i + run]->addr, v[i]->addr, 16); run++)
             ;
-        if (run > most) {
-            most = (unsigned)run;
-            victim = v[i];
+        if (run <= most)
+            continue;
+        for (size_t k = i; k < i + run; k++) {
+            if (idle(v[k])) {
+                most = (unsigned)run;
+                victim = v[k];
+                break;
+            }
         }
     }
     free(v);

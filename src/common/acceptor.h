@@ -11,8 +11,9 @@
  *    closed at once;
  *  - at the total cap, a newcomer whose address holds at least two fewer
  *    connections than the address holding the most is served, and that
- *    address's oldest connection shut down (so many attacking addresses
- *    cannot lock a later peer out);
+ *    address's oldest connection that is not busy shut down (so many
+ *    attacking addresses cannot lock a later peer out, nor fail a peer's
+ *    work in progress);
  *  - a finished connection releases its descriptor and its slot itself, so
  *    nothing waits for the next successful accept;
  *  - when accept fails for lack of descriptors (EMFILE / ENFILE) or memory,
@@ -23,6 +24,7 @@
 #ifndef FERRY_ACCEPTOR_H
 #define FERRY_ACCEPTOR_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -34,6 +36,12 @@ struct acceptor_conn {
     int fd;                 /* owned by the acceptor: closed after serve returns */
     char peer[64];          /* "a.b.c.d:port" or "[v6]:port" of the remote end */
     struct acceptor *owner;
+    /* Set by the serve function while shutting the connection down would
+     * fail work the peer asked for (a frame being served, an answer owed, a
+     * queue pair in use); the total cap's sharing never evicts such a
+     * connection, nor one with bytes waiting to be read.  A connection that
+     * has asked for nothing yet (silent, dripping a request) is not busy. */
+    atomic_bool busy;
 };
 
 /* Serves one connection on its own thread; returns when done with it.  It

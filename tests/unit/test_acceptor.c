@@ -4,7 +4,7 @@
  * a real listening socket with a serve function that holds each connection
  * until the peer or the acceptor ends it: at the total cap the connections
  * are shared out by address (the address holding the most gives its oldest
- * up to a newcomer holding fewer), and an IPv6 peer is its /64 (in a network
+ * idle connection up to a newcomer holding fewer, never a busy one), and an IPv6 peer is its /64 (in a network
  * namespace of its own with several addresses of one /64; needs root).
  */
 #include <setjmp.h>
@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -26,15 +27,29 @@
 #include "net.h"
 #include "mp/rawpeer.h"
 
-/* Holds the connection until its peer closes it or it is shut down. */
+static atomic_int marked; /* connections that took their first byte's word */
+
+/* Holds the connection until its peer closes it or it is shut down.  A
+ * first byte 'B' marks it busy; 'P' leaves what follows unread. */
 static void hold(void *ctx, struct acceptor_conn *c)
 {
     (void)ctx;
     char b[64];
+    bool first = true;
     while (!acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        if (poll(&p, 1, 100) > 0 && recv(c->fd, b, sizeof b, 0) <= 0)
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t n = recv(c->fd, b, first ? 1 : sizeof b, 0);
+        if (n <= 0)
             return;
+        if (first && (b[0] == 'B' || b[0] == 'P')) {
+            atomic_store(&c->busy, b[0] == 'B');
+            atomic_fetch_add(&marked, 1);
+            while (b[0] == 'P' && !acceptor_stopping(c->owner))
+                poll(NULL, 0, 20);
+        }
+        first = false;
     }
 }
 
@@ -100,6 +115,44 @@ static void test_total_cap_shared_by_address(void **state)
     for (int i = 0; i < 5; i++)
         close(two[i]);
     for (int i = 0; i < 3; i++)
+        close(three[i]);
+    acceptor_stop(a);
+    close(lfd);
+}
+
+/* A connection that is busy, or has bytes waiting, is not evicted: the
+ * newcomer takes the oldest idle one, and is refused when none is idle. */
+static void test_busy_connections_not_evicted(void **state)
+{
+    (void)state;
+    int port, lfd;
+    uint64_t decided = 0;
+    struct acceptor *a = start(&port, 4, 0, &lfd);
+    static const char *const says[4] = {"B", "Pxx", "B", NULL}; /* busy, bytes waiting, busy, idle */
+    int two[4], three[2];
+    atomic_store(&marked, 0);
+    for (int i = 0; i < 4; i++) {
+        two[i] = connect_from("127.0.0.2", port, a, &decided);
+        if (says[i])
+            assert_int_equal(net_write_full(two[i], says[i], strlen(says[i])), 0);
+    }
+    uint64_t give_up = net_deadline(10000);
+    while (atomic_load(&marked) < 3 && now_ns() < give_up)
+        poll(NULL, 0, 5);
+    assert_int_equal(atomic_load(&marked), 3);
+    three[0] = connect_from("127.0.0.3", port, a, &decided);
+    assert_true(raw_closed_by_peer(two[3], 10000)); /* the idle one, not the oldest */
+    three[1] = connect_from("127.0.0.3", port, a, &decided);
+    assert_true(raw_closed_by_peer(three[1], 10000)); /* none idle left */
+    for (int i = 0; i < 3; i++)
+        assert_false(raw_is_closed(two[i]));
+    assert_false(raw_is_closed(three[0]));
+    struct acceptor_stats st;
+    acceptor_get_stats(a, &st);
+    assert_int_equal(st.evicted, 1);
+    for (int i = 0; i < 4; i++)
+        close(two[i]);
+    for (int i = 0; i < 2; i++)
         close(three[i]);
     acceptor_stop(a);
     close(lfd);
@@ -205,6 +258,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_total_cap_shared_by_address),
+        cmocka_unit_test(test_busy_connections_not_evicted),
         cmocka_unit_test(test_peer_key),
         cmocka_unit_test(test_ipv6_peer_is_its_64),
     };
