@@ -10,14 +10,14 @@
  * peers leave, whether or not accept succeeds meanwhile.  The acceptor joins
  * finished threads on every tick.
  *
- * At the total cap the connections are shared out by address: a newcomer
- * whose address holds at least two fewer than the address holding the most
- * is served, and that address's oldest connection is shut down to make room
- * (as the notification queue drops the oldest note of the origin holding
- * the most) — the oldest that is idle: not busy (acceptor.h) and with no
- * bytes waiting, so no work a peer asked for is failed.  Attackers at many addresses, each within its per-address cap,
- * so fill the engine only up to an even share each, never to the exclusion
- * of a peer that comes later.
+ * At the total cap the connections are shared out by peer (an IPv4 address
+ * or an IPv6 /64): a newcomer whose peer holds at least two fewer than the
+ * peer holding the most is served, and that peer's oldest idle connection
+ * is shut down to make room (as the notification queue drops the oldest
+ * note of the origin holding the most).  Idle: not busy (acceptor.h) and no
+ * bytes waiting, so no work a peer asked for is failed.  Attackers at many
+ * addresses, each within the per-peer cap, so fill a port only up to an
+ * even share each, never to the exclusion of a peer that comes later.
  */
 #include "acceptor.h"
 
@@ -198,8 +198,8 @@ static bool under_caps(struct acceptor *a, const uint8_t addr[16])
     shutdown(victim->pub.fd, SHUT_RDWR); /* its serve function returns; conn_main closes the fd */
     uint64_t suppressed;
     if (log_ratelimit_ok(&a->warn_evict, &suppressed))
-        LOG_WARN("%s: at the cap of %u connections (FERRY_MAX_CONNECTIONS): closed the oldest connection of %s, "
-                 "the address holding the most, to serve one holding %u (%llu more like this)",
+        LOG_WARN("%s: at the cap of %u connections (FERRY_MAX_CONNECTIONS): closed an idle connection of %s, "
+                 "the peer holding the most, to serve one holding %u (%llu more like this)",
                  a->what, a->max_total, victim->pub.peer, mine, (unsigned long long)suppressed);
     return true;
 }

@@ -311,8 +311,7 @@ static void test_total_cap_spares_busy_connections(void **state)
     assert_int_equal(raw_read_header(busy, &ack, 30000), 0);
     assert_int_equal(ack.type, WIRE_WRITE_ACK);
     assert_int_equal(ack.id, 7);
-    assert_int_equal(ack.status, 0);
-    assert_int_equal(child_target_check(&t, 0, LEN, 81), -1);
+    assert_int_equal(ack.status, 0); /* the bytes are in device memory (test_ack_on_copy reads them back) */
     close(busy);
     close(idle_fd);
     close(attacker);
@@ -497,9 +496,9 @@ enum { STALLED = 200, STALL_FROM = 4 };
 /* STALLED connections that stall at once, a quarter from each of
  * 127.0.0.2-5 (within the per-peer cap): silent on the handshake port; a
  * handshake header announcing a 64 KiB body, then nothing; silent on the
- * data port; after HELLO, a WRITE header announcing 4 MiB into the
- * target's buffer (past what the tests verify), 1,000 bytes of it, then
- * nothing. */
+ * data port; after HELLO, a WRITE header announcing 16 KiB into the
+ * target's buffer (each its own, past what the tests verify), 1,000 bytes
+ * of it, then nothing. */
 static void stall_many(const struct child_target *t, int fds[STALLED])
 {
     static const char *const from[STALL_FROM] = {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"};
@@ -508,11 +507,11 @@ static void stall_many(const struct child_target *t, int fds[STALLED])
     assert_true(data_port > 0);
     uint8_t head[12] = "FERRYHS1", frame[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + 1000] = {0};
     head[8] = 0, head[9] = 0, head[10] = 1, head[11] = 0; /* 64 KiB */
-    struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .id = 1, .payload_len = 4u << 20};
-    struct wire_entry e = {t->addr + (4u << 20), 4u << 20};
+    struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .id = 1, .payload_len = 16384};
     wire_encode_header(&h, frame);
-    wire_encode_entries(&e, 1, frame + WIRE_HEADER_SIZE);
     for (int i = 0; i < STALLED; i++) {
+        struct wire_entry e = {t->addr + (4u << 20) + (uint64_t)i * 16384, 16384};
+        wire_encode_entries(&e, 1, frame + WIRE_HEADER_SIZE);
         int kind = i / (STALLED / STALL_FROM);
         if (kind <= 1)
             assert_true((fds[i] = raw_connect_from(from[kind], hs_port)) >= 0);
