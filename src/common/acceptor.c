@@ -9,6 +9,15 @@
  * moment its serve function returns, so a full engine recovers as soon as
  * peers leave, whether or not accept succeeds meanwhile.  The acceptor joins
  * finished threads on every tick.
+ *
+ * At the total cap the connections are shared out by peer (an IPv4 address
+ * or an IPv6 /64): a newcomer whose peer holds at least two fewer than the
+ * peer holding the most is served, and that peer's oldest idle connection
+ * is shut down to make room (as the notification queue drops the oldest
+ * note of the origin holding the most).  Idle: not busy (acceptor.h) and no
+ * bytes waiting, so no work a peer asked for is failed.  Attackers at many
+ * addresses, each within the per-peer cap, so fill a port only up to an
+ * even share each, never to the exclusion of a peer that comes later.
  */
 #include "acceptor.h"
 
@@ -23,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -32,12 +42,17 @@
 #include "net.h"
 
 #define TICK_MS 100
+/* Connections shut down to make room that have not ended yet: each is one
+ * descriptor over the total cap for the moments it takes to end. */
+#define EVICTING_MAX 16
 
 struct conn {
     struct acceptor_conn pub;
     uint8_t addr[16];       /* peer address, IPv4 as v4-mapped IPv6 (all 0: unknown) */
+    uint64_t seq;           /* admission order: lower is older */
     pthread_t thread;
     bool done;              /* serve returned; fd closed; thread may be joined */
+    bool evicted;           /* shut down to make room for another address's connection */
     struct conn *next;
 };
 
@@ -53,8 +68,9 @@ struct acceptor {
     pthread_mutex_t lock;
     struct conn *conns;     /* live and finished-not-joined */
     unsigned live;
-    uint64_t accepted, over_cap, shed;
-    struct log_ratelimit warn_cap, warn_fd;
+    unsigned evicting;      /* evicted and not yet done (counted in live) */
+    uint64_t accepted, over_cap, shed, evicted;
+    struct log_ratelimit warn_cap, warn_fd, warn_evict;
 };
 
 unsigned acceptor_max_total(const struct acceptor_limits *lim)
@@ -78,6 +94,8 @@ static void *conn_main(void *arg)
     c->pub.fd = -1;
     c->done = true;
     a->live--;
+    if (c->evicted)
+        a->evicting--;
     pthread_mutex_unlock(&a->lock);
     return NULL;
 }
@@ -103,19 +121,87 @@ static void reap(struct acceptor *a, bool all)
     }
 }
 
-/* Under a->lock: may one more connection from addr be served? */
+/* Under a->lock: connections from addr being served (not ended, not
+ * evicted). */
+static unsigned held_by(const struct acceptor *a, const uint8_t addr[16])
+{
+    unsigned same = 0;
+    for (const struct conn *c = a->conns; c; c = c->next)
+        if (!c->done && !c->evicted && !memcmp(c->addr, addr, 16))
+            same++;
+    return same;
+}
+
+static int cmp_conn_addr(const void *x, const void *y)
+{
+    const struct conn *const *a = x, *const *b = y;
+    int d = memcmp((*a)->addr, (*b)->addr, 16);
+    return d ? d : ((*a)->seq > (*b)->seq) - ((*a)->seq < (*b)->seq);
+}
+
+/* May c be shut down without failing work its peer asked for? */
+static bool idle(const struct conn *c)
+{
+    int pending = 0;
+    return !atomic_load(&c->pub.busy) && ioctl(c->pub.fd, FIONREAD, &pending) == 0 && pending == 0;
+}
+
+/* Under a->lock, at the total cap: the oldest idle connection of the
+ * address holding the most that has one, if that address holds at least
+ * two more than `mine` (the newcomer's count), else NULL. */
+static struct conn *eviction_victim(struct acceptor *a, unsigned mine)
+{
+    struct conn **v = malloc((size_t)a->live * sizeof *v);
+    size_t n = 0;
+    if (!v)
+        return NULL;
+    for (struct conn *c = a->conns; c && n < a->live; c = c->next)
+        if (!c->done && !c->evicted)
+            v[n++] = c;
+    qsort(v, n, sizeof *v, cmp_conn_addr); /* by address, each address's oldest first */
+    struct conn *victim = NULL;
+    unsigned most = mine + 1;
+    for (size_t i = 0, run; i < n; i += run) {
+        for (run = 1; i + run < n && !memcmp(v[i + run]->addr, v[i]->addr, 16); run++)
+            ;
+        if (run <= most)
+            continue;
+        for (size_t k = i; k < i + run; k++) {
+            if (idle(v[k])) {
+                most = (unsigned)run;
+                victim = v[k];
+                break;
+            }
+        }
+    }
+    free(v);
+    return victim;
+}
+
+/* Under a->lock: may one more connection from addr be served?  At the
+ * total cap, makes room by evicting (see the top of this file). */
 static bool under_caps(struct acceptor *a, const uint8_t addr[16])
 {
     static const uint8_t unknown[16];
-    if (a->live >= a->max_total)
+    bool known = memcmp(addr, unknown, 16) != 0;
+    unsigned mine = held_by(a, addr);
+    if (known && a->max_per_peer && mine >= a->max_per_peer)
         return false;
-    if (!a->max_per_peer || !memcmp(addr, unknown, 16))
+    if (a->live - a->evicting < a->max_total)
         return true;
-    unsigned same = 0;
-    for (struct conn *c = a->conns; c; c = c->next)
-        if (!c->done && !memcmp(c->addr, addr, 16))
-            same++;
-    return same < a->max_per_peer;
+    struct conn *victim = a->evicting < EVICTING_MAX ? eviction_victim(a, mine) : NULL;
+    if (!victim)
+        return false;
+    victim->evicted = true;
+    a->evicting++;
+    a->evicted++;
+    shutdown(victim->pub.fd, SHUT_RDWR); /* its serve function returns; conn_main closes the fd */
+    uint64_t suppressed;
+    if (log_ratelimit_ok(&a->warn_evict, &suppressed))
+        LOG_WARN("%s: at the cap of %u connections (FERRY_MAX_CONNECTIONS): closed an idle connection of %s, "
+                 "the peer holding the most, to serve one holding %u (%llu more like this)",
+                 a->what, a->max_total, victim->pub.peer, mine, (unsigned long long)suppressed);
+    return true;
 }
 
 /* Out of descriptors: close the reserve to accept-and-close the waiting
@@ -140,22 +226,35 @@ static void shed_one(struct acceptor *a, int err)
                  a->what, strerror(err), (unsigned long long)suppressed);
 }
 
-/* The peer's address as a per-peer key (IPv4 v4-mapped, so one host is
- * one peer whichever family it came in by) and as "ip:port" text. */
+void acceptor_peer_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *in = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        /* a link-local /64 is every host of the link: those stay one address each */
+        bool whole = IN6_IS_ADDR_V4MAPPED(in) || IN6_IS_ADDR_LINKLOCAL(in);
+        memcpy(key, in, whole ? 16 : 8);
+        if (!whole)
+            key[15] = 1; /* ::/64 (::1 among it) is a peer too, not "unknown" */
+    }
+}
+
+/* The peer's address as a per-peer key (acceptor_peer_key) and as
+ * "ip:port" text. */
 static void peer_of(const struct sockaddr_storage *ss, uint8_t key[16], char *text, size_t max)
 {
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
-    memset(key, 0, 16);
+    acceptor_peer_key(ss, key);
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *sa = (const struct sockaddr_in *)ss;
-        key[10] = key[11] = 0xff;
-        memcpy(key + 12, &sa->sin_addr, 4);
         inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
         port = ntohs(sa->sin_port);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *sa = (const struct sockaddr_in6 *)ss;
-        memcpy(key, &sa->sin6_addr, 16);
         inet_ntop(AF_INET6, &sa->sin6_addr, ip, sizeof ip);
         port = ntohs(sa->sin6_port);
     }
@@ -174,6 +273,7 @@ static void admit(struct acceptor *a, int fd, const struct sockaddr_storage *ss)
     if (ok) {
         c->pub.fd = fd;
         c->pub.owner = a;
+        c->seq = a->accepted;
         memcpy(c->addr, addr, sizeof addr);
         memcpy(c->pub.peer, peer, sizeof peer);
         ok = pthread_create(&c->thread, NULL, conn_main, c) == 0;
@@ -250,6 +350,7 @@ int acceptor_start(int listen_fd, const char *what, const struct acceptor_limits
     a->ctx = ctx;
     log_ratelimit_init(&a->warn_cap, 1000);
     log_ratelimit_init(&a->warn_fd, 1000);
+    log_ratelimit_init(&a->warn_evict, 1000);
     pthread_mutex_init(&a->lock, NULL);
     if (pthread_create(&a->thread, NULL, acceptor_main, a) != 0) {
         pthread_mutex_destroy(&a->lock);
@@ -292,5 +393,6 @@ void acceptor_get_stats(struct acceptor *a, struct acceptor_stats *out)
     out->accepted = a->accepted;
     out->over_cap = a->over_cap;
     out->shed = a->shed;
+    out->evicted = a->evicted;
     pthread_mutex_unlock(&a->lock);
 }

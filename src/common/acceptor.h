@@ -7,7 +7,13 @@
  * thread, with the limits that keep one peer from exhausting or pinning the
  * engine:
  *  - at most `max_total` connections at once, and `max_per_peer` from one
- *    IPv4 address; a connection over a cap is accepted and closed at once;
+ *    IPv4 address or IPv6 /64; a connection over a cap is accepted and
+ *    closed at once;
+ *  - at the total cap, a newcomer whose address holds at least two fewer
+ *    connections than the address holding the most is served, and that
+ *    address's oldest connection that is not busy shut down (so many
+ *    attacking addresses cannot lock a later peer out, nor fail a peer's
+ *    work in progress);
  *  - a finished connection releases its descriptor and its slot itself, so
  *    nothing waits for the next successful accept;
  *  - when accept fails for lack of descriptors (EMFILE / ENFILE) or memory,
@@ -18,8 +24,10 @@
 #ifndef FERRY_ACCEPTOR_H
 #define FERRY_ACCEPTOR_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct acceptor;
 
@@ -28,6 +36,12 @@ struct acceptor_conn {
     int fd;                 /* owned by the acceptor: closed after serve returns */
     char peer[64];          /* "a.b.c.d:port" or "[v6]:port" of the remote end */
     struct acceptor *owner;
+    /* Set by the serve function while shutting the connection down would
+     * fail work the peer asked for (a frame being served, an answer owed, a
+     * queue pair in use); the total cap's sharing never evicts such a
+     * connection, nor one with bytes waiting to be read.  A connection that
+     * has asked for nothing yet (silent, dripping a request) is not busy. */
+    atomic_bool busy;
 };
 
 /* Serves one connection on its own thread; returns when done with it.  It
@@ -39,6 +53,13 @@ struct acceptor_limits {
     unsigned max_total;     /* 0: the default, a quarter of RLIMIT_NOFILE (at least 16) */
     unsigned max_per_peer;  /* 0: no per-address cap */
 };
+
+/* The key a peer's connections are counted by (per-peer cap, shares at the
+ * total cap): its IPv4 address, as v4-mapped IPv6 (one host is one peer
+ * whichever family it came in by), or its IPv6 address's /64 prefix (a
+ * host is commonly handed a whole /64: 2^64 addresses for one attacker);
+ * all zero ("unknown", no per-peer cap) for any other family. */
+void acceptor_peer_key(const struct sockaddr_storage *ss, uint8_t key[16]);
 
 /* The cap on connections in total that lim gives (its default filled in). */
 unsigned acceptor_max_total(const struct acceptor_limits *lim);
@@ -62,6 +83,7 @@ struct acceptor_stats {
     uint64_t accepted;      /* connections handed to serve */
     uint64_t over_cap;      /* closed at once: over max_total or max_per_peer */
     uint64_t shed;          /* closed at once: the process was out of descriptors */
+    uint64_t evicted;       /* shut down at the total cap to serve an address holding fewer */
 };
 void acceptor_get_stats(struct acceptor *a, struct acceptor_stats *out);
 

@@ -92,9 +92,10 @@ static const struct knob knobs[] = {
         " FERRY_BIND_ADDRESS)"),
     MC("MC_SLICE_SIZE", mc_slice_size, "reference variable: bytes = FERRY_SLICE_SIZE"),
     KNOB(max_connections, KNOB_UINT, "FERRY_MAX_CONNECTIONS", "0",
-         "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096)"),
+         "connections at once per listening port; 0: a quarter of RLIMIT_NOFILE (at most 4096); when full, the "
+         "peer holding the most gives an idle connection up to one holding two fewer"),
     KNOB(max_connections_per_peer, KNOB_UINT, "FERRY_MAX_CONNECTIONS_PER_PEER", "64",
-         "connections at once per listening port from one IP address (0: no per-address cap)"),
+         "connections at once per listening port from one IPv4 address or IPv6 /64 (0: no per-address cap)"),
     KNOB(idle_timeout_ms, KNOB_UINT, "FERRY_IDLE_TIMEOUT_MS", "120000",
          "a data connection silent this long is closed (0: never); initiators retire theirs after half"),
     KNOB(auth_key, KNOB_STR, "FERRY_AUTH_KEY", "",

@@ -8,16 +8,19 @@
  * notes, never simply the oldest overall: a peer that floods the queue
  * evicts its own notes, not everyone else's.  Origins are told apart by
  * what the sender cannot choose: the address of its connection (the port
- * ignored, as each connection has its own), or "local" for a same-host
- * sender.  Not by the name it gives itself: a flooder naming itself anew on
+ * ignored, as each connection has its own; an IPv6 address's /64, as the
+ * acceptor counts peers), or "local" for a same-host sender.  Not by the name it gives itself: a flooder naming itself anew on
  * each connection (or as the victim) held one note per name and left the
  * victim "the peer holding the most".  The "queue full" warning is
  * rate-limited, so a flood cannot flood the log too.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "acceptor.h"
 #include "engine/engine.h"
 #include "err.h"
 #include "log.h"
@@ -98,13 +101,21 @@ static struct note_peer *largest(struct notify_queue *q, struct note_peer *newco
     return best;
 }
 
-/* The origin without its port: "a.b.c.d" of "a.b.c.d:port", "v6" of
- * "[v6]:port"; anything else as it is. */
+/* The origin without its port: "a.b.c.d" of "a.b.c.d:port"; of
+ * "[v6]:port", the peer the acceptor counts (acceptor_peer_key: the
+ * address's /64, as a host commonly holds a whole /64 and could send each
+ * note from a new address); anything else as it is. */
 static void origin_key(const char *origin, char *out, size_t cap)
 {
     int port;
+    struct sockaddr_storage ss = {.ss_family = AF_INET6};
+    uint8_t key[16];
     if (origin == NULL || strchr(origin, ':') == NULL || net_split_hostport(origin, out, cap, &port) != 0)
         snprintf(out, cap, "%s", origin ? origin : "?");
+    else if (inet_pton(AF_INET6, out, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        acceptor_peer_key(&ss, key);
+        inet_ntop(AF_INET6, key, out, (socklen_t)cap);
+    }
 }
 
 void notify_deliver(struct notify_queue *q, const char *from, const char *origin, const void *msg, size_t len)

@@ -10,12 +10,16 @@
  * server, the legitimate transfer COMPLETED with its data verified on both
  * sides, the target serves again once the attacker has left.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include <fcntl.h>
+#include <sys/wait.h>
 
 #include "rawpeer.h"
 #include "testutil.h"
@@ -24,6 +28,7 @@
 #define XFER (1u << 20)
 #define SEED 11
 #define ATTACKER "127.0.0.2"
+#define ATTACKER_2 "127.0.0.3"
 
 /* Starts a child target with extra FERRY_* settings ("NAME=value", NULL-ended). */
 static void start_target(struct child_target *t, const char *const *env)
@@ -203,6 +208,118 @@ static void test_total_cap_recovers(void **state)
     child_target_kill(&t);
 }
 
+/* How many of fds the target has not closed, once at least `closed` of them
+ * are closed (waits up to 10 s for that: generous, not a measurement). */
+static int still_open(const int *fds, int n, int closed)
+{
+    uint64_t give_up = net_deadline(10000);
+    int open;
+    do {
+        open = 0;
+        for (int i = 0; i < n; i++)
+            open += !raw_is_closed(fds[i]);
+    } while (n - open < closed && now_ns() < give_up && poll(NULL, 0, 20) == 0);
+    return open;
+}
+
+/* Attackers at two addresses, each within its per-address cap, together
+ * hold more than the total cap on both ports, silent (handshake) or idle
+ * after HELLO (data), for longer than the test lasts.  A newcomer from a
+ * third address still opens the segment and transfers: the address holding
+ * the most gives its oldest connection up; the cap still holds. */
+static void test_total_cap_shared_by_addresses(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_MAX_CONNECTIONS=12", "FERRY_MAX_CONNECTIONS_PER_PEER=8",
+                                      "FERRY_CONNECT_TIMEOUT_MS=30000", NULL};
+    static const char *const from[] = {"127.0.0.2", "127.0.0.3"};
+    struct child_target t;
+    struct initiator in;
+    start_target(&t, env);
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t.name, NULL, &epoch), hs_port = raw_handshake_port(t.name);
+    assert_true(data_port > 0);
+    enum { N = 16 };
+    int hs_fds[N], data_fds[N];
+    for (int i = 0; i < N; i++) {
+        assert_true((hs_fds[i] = raw_connect_from(from[i / 8], hs_port)) >= 0);
+        (void)attacker_hello(data_port, epoch, from[i / 8], &data_fds[i]);
+    }
+    assert_int_equal(still_open(hs_fds, N, N - 12), 12); /* the cap: 12 of the 16 */
+    assert_int_equal(still_open(data_fds, N, N - 12), 12);
+
+    initiator_open(&in, &t, 0, 2); /* from 127.0.0.1: a descriptor fetch, then two data connections */
+    transfer_verified(&in, &t, 61);
+    assert_true(still_open(hs_fds, N, 0) <= 12);
+    assert_true(still_open(data_fds, N, 0) <= 12 - 1);
+
+    for (int i = 0; i < N; i++) {
+        close(hs_fds[i]);
+        close(data_fds[i]);
+    }
+    initiator_close(&in);
+    child_target_kill(&t);
+}
+
+/* At the total cap the eviction spares a connection serving a frame: a
+ * peer at 127.0.0.2 holds two data connections, the older one serving a
+ * WRITE into sim device memory whose copy the target holds back
+ * (FERRY_SIM_HOLD_COPY), the other idle; an attacker at 127.0.0.3 holds the
+ * third slot.  A newcomer at 127.0.0.4 takes the idle one's slot; the busy
+ * one stays and, once the copy runs, its WRITE is acknowledged. */
+static void test_total_cap_spares_busy_connections(void **state)
+{
+    (void)state;
+    char hold_path[64], hold[96];
+    snprintf(hold_path, sizeof hold_path, "/tmp/ferry-attacks-hold-%d", (int)getpid());
+    unlink(hold_path);
+    snprintf(hold, sizeof hold, "2:%s", hold_path); /* job 1 fills the target's memory */
+    setenv("FERRY_SIM_HOLD_COPY", hold, 1);
+    static const char *const env[] = {"FERRY_MAX_CONNECTIONS=3", "FERRY_MAX_CONNECTIONS_PER_PEER=0",
+                                      "FERRY_CONNECT_TIMEOUT_MS=30000", NULL};
+    struct child_target t;
+    for (size_t i = 0; env[i]; i++)
+        assert_int_equal(putenv((char *)env[i]), 0);
+    int rc = child_target_start(&t, TSIZE, "sim:0", SEED);
+    unsetenv("FERRY_SIM_HOLD_COPY");
+    unsetenv("FERRY_MAX_CONNECTIONS");
+    unsetenv("FERRY_MAX_CONNECTIONS_PER_PEER");
+    unsetenv("FERRY_CONNECT_TIMEOUT_MS");
+    assert_int_equal(rc, 0);
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t.name, NULL, &epoch), busy, idle_fd, attacker, newcomer;
+    assert_true(data_port > 0);
+    assert_int_equal(attacker_hello(data_port, epoch, "127.0.0.2", &busy), 1);
+    assert_int_equal(attacker_hello(data_port, epoch, "127.0.0.2", &idle_fd), 1);
+    assert_int_equal(attacker_hello(data_port, epoch, ATTACKER_2, &attacker), 1);
+    enum { LEN = 16384 };
+    uint8_t frame[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + LEN];
+    struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .id = 7, .payload_len = LEN};
+    struct wire_entry e = {t.addr, LEN};
+    wire_encode_header(&h, frame);
+    wire_encode_entries(&e, 1, frame + WIRE_HEADER_SIZE);
+    pattern_fill(frame + WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE, LEN, 81, 0);
+    assert_int_equal(net_write_full(busy, frame, sizeof frame), 0);
+    /* from here on the connection is busy, or its bytes wait unread: either way not idle */
+    assert_int_equal(attacker_hello(data_port, epoch, "127.0.0.4", &newcomer), 1);
+    assert_true(raw_closed_by_peer(idle_fd, 10000));
+    assert_false(raw_is_closed(busy));
+    int fd = open(hold_path, O_CREAT | O_WRONLY, 0600); /* the copy runs */
+    assert_true(fd >= 0);
+    close(fd);
+    struct wire_header ack;
+    assert_int_equal(raw_read_header(busy, &ack, 30000), 0);
+    assert_int_equal(ack.type, WIRE_WRITE_ACK);
+    assert_int_equal(ack.id, 7);
+    assert_int_equal(ack.status, 0); /* the bytes are in device memory (test_ack_on_copy reads them back) */
+    close(busy);
+    close(idle_fd);
+    close(attacker);
+    close(newcomer);
+    unlink(hold_path);
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ slow peers */
 
 struct dripper {
@@ -358,6 +475,126 @@ static void test_idle_data_connection_closed(void **state)
     child_target_kill(&t);
 }
 
+/* ------------------------------------------------------------ many stalled at once */
+
+/* Threads of a process (its /proc/PID/task entries). */
+static int thread_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+enum { STALLED = 200, STALL_FROM = 4 };
+
+/* STALLED connections that stall at once, a quarter from each of
+ * 127.0.0.2-5 (within the per-peer cap): silent on the handshake port; a
+ * handshake header announcing a 64 KiB body, then nothing; silent on the
+ * data port; after HELLO, a WRITE header announcing 16 KiB into the
+ * target's buffer (each its own, past what the tests verify), 1,000 bytes
+ * of it, then nothing. */
+static void stall_many(const struct child_target *t, int fds[STALLED])
+{
+    static const char *const from[STALL_FROM] = {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"};
+    uint64_t epoch = 0;
+    int data_port = raw_data_port(t->name, NULL, &epoch), hs_port = raw_handshake_port(t->name);
+    assert_true(data_port > 0);
+    uint8_t head[12] = "FERRYHS1", frame[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + 1000] = {0};
+    head[8] = 0, head[9] = 0, head[10] = 1, head[11] = 0; /* 64 KiB */
+    struct wire_header h = {.type = WIRE_WRITE, .nentries = 1, .id = 1, .payload_len = 16384};
+    wire_encode_header(&h, frame);
+    for (int i = 0; i < STALLED; i++) {
+        struct wire_entry e = {t->addr + (4u << 20) + (uint64_t)i * 16384, 16384};
+        wire_encode_entries(&e, 1, frame + WIRE_HEADER_SIZE);
+        int kind = i / (STALLED / STALL_FROM);
+        if (kind <= 1)
+            assert_true((fds[i] = raw_connect_from(from[kind], hs_port)) >= 0);
+        if (kind == 1)
+            assert_int_equal(net_write_full(fds[i], head, sizeof head), 0);
+        if (kind == 2)
+            assert_true((fds[i] = raw_connect_from(from[kind], data_port)) >= 0);
+        if (kind == 3) {
+            assert_int_equal(attacker_hello(data_port, epoch, from[kind], &fds[i]), 1);
+            assert_int_equal(net_write_full(fds[i], frame, sizeof frame), 0);
+        }
+    }
+}
+
+/* 200 connections stalled at once, with deadlines of 3 s (handshake, frame
+ * header) and 4 s (payload): meanwhile a descriptor fetch and a transfer
+ * verify; then the target closes every one of them and is back to the
+ * threads it had before (one per connection: 200 more while they stall). */
+static void test_many_stalled_connections_reaped(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_CONNECT_TIMEOUT_MS=3000", "FERRY_REQUEST_TIMEOUT_MS=4000", NULL};
+    struct child_target t;
+    struct initiator in;
+    start_target(&t, env);
+    initiator_open(&in, &t, 0, 2);
+    transfer_verified(&in, &t, 71);
+    int before = thread_count(t.pid), fds[STALLED];
+    stall_many(&t, fds);
+    print_message("target threads: %d before, %d with %d stalled connections\n", before, thread_count(t.pid),
+                  STALLED);
+    char *json = NULL;
+    size_t len;
+    int rc = p2p_fetch(t.name, 5000, &json, &len);
+    if (rc)
+        fail_msg("descriptor fetch among %d stalled connections: %s: %s", STALLED, ferry_err_name(rc),
+                 ferry_last_error());
+    free(json);
+    transfer_verified(&in, &t, 72);
+    for (int i = 0; i < STALLED; i++) {
+        if (!raw_closed_by_peer(fds[i], 30000))
+            fail_msg("stalled connection %d was not closed by the target", i);
+        close(fds[i]);
+    }
+    /* back to what it had, give or take the initiator's own data connections
+     * (two at most: it may open its second one only now) */
+    uint64_t give_up = net_deadline(10000);
+    while (thread_count(t.pid) > before + 2 && now_ns() < give_up)
+        poll(NULL, 0, 50);
+    assert_true(thread_count(t.pid) <= before + 2);
+    transfer_verified(&in, &t, 73);
+    initiator_close(&in);
+    child_target_kill(&t);
+}
+
+/* The target is told to quit while 200 connections stall on it with 60 s
+ * deadlines: its engine is destroyed and it exits well before those. */
+static void test_many_stalled_connections_destroy(void **state)
+{
+    (void)state;
+    static const char *const env[] = {"FERRY_CONNECT_TIMEOUT_MS=60000", "FERRY_REQUEST_TIMEOUT_MS=60000", NULL};
+    struct child_target t;
+    start_target(&t, env);
+    int fds[STALLED], status = 0;
+    stall_many(&t, fds);
+    assert_true(dprintf(t.ctl_fd, "quit\n") > 0);
+    uint64_t give_up = net_deadline(20000); /* a third of the deadlines */
+    pid_t done = 0;
+    while ((done = waitpid(t.pid, &status, WNOHANG)) == 0 && now_ns() < give_up)
+        poll(NULL, 0, 50);
+    if (done != t.pid) {
+        child_target_kill(&t);
+        fail_msg("the target did not finish destroying its engine within 20 s of %d stalled connections", STALLED);
+    }
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    t.pid = 0;
+    for (int i = 0; i < STALLED; i++) {
+        assert_true(raw_closed_by_peer(fds[i], 1000));
+        close(fds[i]);
+    }
+    child_target_kill(&t);
+}
+
 /* ------------------------------------------------------------ out of descriptors */
 
 /* utime + stime of a process, in clock ticks. */
@@ -443,10 +680,14 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_peer_cap_legit_still_served),
         cmocka_unit_test(test_total_cap_recovers),
+        cmocka_unit_test(test_total_cap_shared_by_addresses),
+        cmocka_unit_test(test_total_cap_spares_busy_connections),
         cmocka_unit_test(test_dripping_handshake_client),
         cmocka_unit_test(test_dripping_write_header),
         cmocka_unit_test(test_dripping_notify_payload),
         cmocka_unit_test(test_idle_data_connection_closed),
+        cmocka_unit_test(test_many_stalled_connections_reaped),
+        cmocka_unit_test(test_many_stalled_connections_destroy),
         cmocka_unit_test(test_out_of_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

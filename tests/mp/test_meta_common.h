@@ -518,6 +518,67 @@ static void test_other_version(void **state)
     free(fp);
 }
 
+/* One request of len bytes at the target's t->addr + off; its outcome. */
+static int transfer_rc(struct peer *p, int op, ferry_segment_t seg, struct child_target *t, uint64_t off,
+                       size_t len, struct ferry_status *st)
+{
+    struct ferry_request r = {op, p->buf, seg, t->addr + off, len};
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(p->e, 1, &b), 0);
+    assert_int_equal(ferry_batch_submit(b, &r, 1), 0);
+    int rc = ferry_batch_wait(b, 30000);
+    assert_int_equal(ferry_batch_status(b, 0, st), 0);
+    ferry_batch_free(b);
+    return rc;
+}
+
+/* A store entry with the right key and a well-formed descriptor that lies:
+ * under another segment's name (refused at open, FERRY_EPROTO naming both);
+ * naming a live target's endpoints but a buffer twice as long as the one it
+ * registered.  The initiator believes the descriptor, so the target's own
+ * check is what stands: WRITE and READ past its registration end FAILED
+ * FERRY_ERANGE, the target lives on and a WRITE inside lands. */
+static void test_lying_descriptor(void **state)
+{
+    (void)state;
+    struct child_target t;
+    target_start(&t);
+    char *json = NULL, name_field[160], len_field[64], grown_len[64];
+    size_t len;
+    assert_int_equal(fx.b->ops->lookup(fx.observer, t.name, &json, &len), 0);
+    snprintf(name_field, sizeof name_field, "\"name\":\"%s\"", t.name);
+    snprintf(len_field, sizeof len_field, "\"len\":\"0x%x\"", TARGET_SIZE);
+    snprintf(grown_len, sizeof grown_len, "\"len\":\"0x%x\"", 2 * TARGET_SIZE);
+    char *renamed = replace(json, name_field, "\"name\":\"grown:1\"");
+    char *grown = replace(renamed, len_field, grown_len);
+    put_by_hand("someone-else:1", json);
+    put_by_hand("grown:1", grown);
+    struct peer p = {0};
+    peer_create(&p);
+    ferry_segment_t seg;
+    assert_int_equal(ferry_open_segment(p.e, "someone-else:1", &seg), FERRY_EPROTO);
+    assert_non_null(strstr(ferry_last_error(), t.name));
+    print_message("  another segment's descriptor -> %s\n", ferry_last_error());
+
+    assert_int_equal(ferry_open_segment(p.e, "grown:1", &seg), 0);
+    struct ferry_status st;
+    for (int op = 0; op < 2; op++) {
+        int rc = transfer_rc(&p, op ? FERRY_READ : FERRY_WRITE, seg, &t, TARGET_SIZE + 4096, 65536, &st);
+        print_message("  %s past the registration -> %s: %s\n", op ? "READ" : "WRITE", ferry_err_name(rc),
+                      st.message);
+        assert_int_equal(rc, FERRY_ERANGE);
+        assert_int_equal(st.state, FERRY_FAILED);
+    }
+    pattern_fill(p.buf, 65536, 77, 0);
+    assert_int_equal(transfer_rc(&p, FERRY_WRITE, seg, &t, 0, 65536, &st), 0);
+    assert_int_equal(child_target_check(&t, 0, 65536, 77), -1);
+    peer_destroy(&p);
+    child_target_kill(&t);
+    free(json);
+    free(renamed);
+    free(grown);
+}
+
 /* Values of about 1 MB, of each length mod 3, come back byte for byte
  * (base64 padding, request bodies over curl's 100-continue threshold). */
 static void test_large_value_roundtrip(void **state)
@@ -563,7 +624,8 @@ static void test_absent_name(void **state)
         cmocka_unit_test(test_absent_name), cmocka_unit_test(test_large_value_roundtrip),          \
         cmocka_unit_test(test_destroy_removes_key),            \
         cmocka_unit_test(test_killed_engine_expires), cmocka_unit_test(test_corrupt_descriptor),   \
-        cmocka_unit_test(test_other_version), cmocka_unit_test(test_server_hung),                  \
+        cmocka_unit_test(test_other_version), cmocka_unit_test(test_lying_descriptor),             \
+        cmocka_unit_test(test_server_hung),                                                        \
         cmocka_unit_test(test_server_restart)
 
 /* Runs the group for backend b, or skips when it or its server is absent. */

@@ -509,6 +509,10 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
 {
     (void)tp;
     struct tcp_peer *p = pp;
+    /* with no usable connection, the frame ends with the last broken one's
+     * reason (a HELLO refused: FERRY_EVERSION, FERRY_ESTALE, FERRY_EPERM ...) */
+    int err = FERRY_ECONN;
+    char why[sizeof ((struct tcp_conn *)0)->broken_msg] = "tcp: no usable connection to the peer";
     for (int attempt = 0; attempt < 2; attempt++) {
         struct tcp_conn *c = pick_conn(p, f); /* locked */
         if (!c)
@@ -536,9 +540,11 @@ static void tcp_submit(void *tp, void *pp, struct xfer_frame *f)
             pthread_mutex_unlock(&c->lock);
             return;
         }
+        err = c->broken;
+        snprintf(why, sizeof why, "%s", c->broken_msg);
         pthread_mutex_unlock(&c->lock);
     }
-    f->complete(f, FERRY_ECONN, 0, "tcp: no usable connection to the peer");
+    f->complete(f, err, 0, why);
 }
 
 /* ------------------------------------------------------------ ops table */

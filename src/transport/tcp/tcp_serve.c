@@ -553,8 +553,12 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         int n = s->ack_held ? poll(&p, 1, 0) : 0;
         if (n <= 0 && (rc = send_held_ack(s)) != 0)
             break;
+        /* nothing served, nothing owed: the acceptor may give this slot to another peer */
+        atomic_store(&c->busy, n > 0 || (atomic_load(&s->ack.word) & 3));
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
+        if (n > 0)
+            atomic_store(&c->busy, true);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (idle_ns && now_ns() - last >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
