@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,13 +24,20 @@
 
 #include "device/device.h"
 
+void test_child_dies_with_parent(pid_t parent)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(126);
+}
+
 int test_case_in_fresh_process(const char *name)
 {
     fflush(NULL);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        test_child_dies_with_parent(parent);
         execl("/proc/self/exe", program_invocation_short_name, "--case", name, (char *)NULL);
         _exit(127);
     }
@@ -269,10 +277,11 @@ int child_target_start(struct child_target *t, size_t len, const char *location,
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
         return -1;
     fflush(NULL);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        test_child_dies_with_parent(parent);
         /* exec a fresh process: device drivers (CUDA) do not survive fork */
         close(sv[0]);
         char exe[4096], fd[16], lens[32], seeds[32];

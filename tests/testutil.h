@@ -18,6 +18,16 @@
  * case passed), or -1 when it did not exit normally. */
 int test_case_in_fresh_process(const char *name);
 
+/* Called in a child right after fork() (async-signal-safe: the parent may
+ * have threads), with parent = the forking process's getpid() taken before
+ * the fork: the child gets SIGKILL when the thread that forked it ends
+ * (PR_SET_PDEATHSIG, kept across exec), or _exits at once if the parent is
+ * already gone.  So a child a failing test leaves behind does not hold
+ * ctest's output pipe open until the test's timeout.  Not for a child that
+ * must outlive its parent, nor one that changes its credentials (that
+ * clears the signal). */
+void test_child_dies_with_parent(pid_t parent);
+
 /* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 

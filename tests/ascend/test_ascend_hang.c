@@ -14,7 +14,8 @@
  * stream) fails FERRY_ETIMEDOUT naming the device, the stream and ACL's
  * code; a tcp target whose copy into npu memory hangs (a child,
  * FAKEACL_HANG_COPY) fails that WRITE, serves the next and exits without
- * freeing the bounce the held copy reads.  (Under ThreadSanitizer that
+ * freeing the bounce the held copy reads; so does an shm initiator whose
+ * copy from npu:0 into its worker's bounce hangs, at the engine's destroy.  (Under ThreadSanitizer that
  * child reports the check's copy racing the WRITE's: they are ordered only
  * through the parent, which TSan cannot see.)  The modes (CMakeLists.txt): the timed sync and the abort (full),
  * no abort (old), the stream polled (FAKEACL_TIMED_SYNC=unsupported).  The
@@ -37,7 +38,11 @@
 
 #include "device/device.h"
 #include "err.h"
+#include "memreg.h"
+#include "net.h"
+#include "shm_pair.h"
 #include "testutil.h"
+#include "transport/transport.h"
 
 #define BLOCK 65536u
 #define BLOCKS 16u
@@ -300,6 +305,113 @@ static void hung_copy_at_the_target(void **state)
     free(host);
 }
 
+/* Over shm, the engine stages npu:0 memory (ferry has no Ascend IPC, so
+ * shm cannot take it directly): a WRITE to a cpu target (a child) whose
+ * device-to-host copy hangs, on a stream ACL cannot abort
+ * (fakeacl_abort_supported(0)), fails naming npu:0, the next lands
+ * (checked), and the engine's destroy frees nothing the held copy writes. */
+static void hung_copy_staged_over_shm(void **state)
+{
+    (void)state;
+    struct rig r;
+    struct ferry_status bad;
+    uint64_t *host = malloc(LEN);
+    int could = can_abort;
+    if (fake_abort_supported)
+        fake_abort_supported(0);
+    can_abort = 0;
+    setenv("FERRY_PROTOCOLS", "shm", 1); /* the child's engine and this one: no staged tcp path */
+    rig_up(&r, 9);
+    unsetenv("FERRY_PROTOCOLS");
+    pattern_fill(host, LEN, 90, 0);
+    assert_int_equal(ferry_mem_copy(r.e, r.local, host, LEN), 0);
+    unsigned long long hung = fake_stat("hung");
+    fake_hang(1);
+    assert_int_not_equal(transfer(&r, FERRY_WRITE, &bad), 0);
+    assert_int_equal(fake_stat("hung"), hung + 1);
+    if (bad.state == FERRY_COMPLETED || !strstr(bad.message, "npu:0"))
+        fail_msg("a WRITE over a hung bounce copy: state %d error %d (%s)", bad.state, bad.error, bad.message);
+    int rc = transfer(&r, FERRY_WRITE, &bad);
+    if (rc != 0)
+        fail_msg("the WRITE after the hung one: %s", bad.message);
+    assert_int_equal(child_target_check(&r.t, 0, LEN, 90), -1);
+    struct ferry_stats st;
+    assert_int_equal(ferry_get_stats(r.e, &st), 0);
+    assert_int_equal(st.transport_count, 1);
+    assert_string_equal(st.transports[0].name, "shm");
+    assert_true(st.transports[0].bytes_written >= LEN);
+    assert_true(st.transports[0].bytes_staged >= LEN); /* through staging's chunks, not shm's bounce */
+    rig_down(&r);
+    free(host);
+    if (fake_abort_supported)
+        fake_abort_supported(1);
+    can_abort = could;
+}
+
+/* An shm worker's pinned bounce (local device memory to a peer's host
+ * memory, shm_frame.c), driven at the transport (shm_pair: two shm
+ * transports in this process; the engine would stage npu memory instead):
+ * a frame whose device-to-host copy into the bounce hangs on a stream ACL
+ * cannot abort fails FERRY_ETIMEDOUT naming npu:0, the next frame lands
+ * (checked), and destroying the transports frees no bounce the held copy
+ * still writes (the fake aborts the process on such a free). */
+static void hung_copy_through_the_shm_bounce(void **state)
+{
+    (void)state;
+    const struct ferry_device_ops *ops = ferry_device_find("npu");
+    assert_int_equal(ops->init(), 0);
+    int could = can_abort;
+    if (fake_abort_supported)
+        fake_abort_supported(0);
+    can_abort = 0;
+    char *dbuf = NULL, *tbuf = calloc(1, LEN);
+    uint64_t *host = malloc(LEN);
+    assert_int_equal(ops->mem_alloc(0, LEN, (void **)&dbuf), 0);
+    pattern_fill(host, LEN, 95, 0);
+    struct ferry_copy fill = {dbuf, host, LEN};
+    assert_int_equal(ferry_device_copy_sync(ops, 0, FERRY_COPY_H2D, &fill, 1), 0);
+    struct shm_pair sp;
+    shm_pair_start(&sp);
+    void *handle;
+    struct memreg_region rt = {(uint64_t)(uintptr_t)tbuf, LEN, "cpu", -1, 1, {0}};
+    struct memreg_region rl = {(uint64_t)(uintptr_t)dbuf, LEN, "npu:0", 0, 0, {0}};
+    assert_int_equal(sp.ops->register_memory(sp.tt, &rt, &handle), 0);
+    assert_int_equal(memreg_add(&sp.reg_t, &rt), 0);
+    assert_int_equal(memreg_add(&sp.reg_i, &rl), 0);
+    void *peer = shm_pair_open_peer(&sp, &rt);
+    struct frame_end ends[2];
+    struct xfer_piece pieces[2] = {{dbuf, rt.addr, BLOCK, 0}, {dbuf, rt.addr, LEN, 0}};
+    struct xfer_frame frames[2];
+    unsigned long long hung = fake_stat("hung");
+    unsigned base = frames_ended; /* no frame in flight: read without the lock */
+    fake_hang(1);
+    for (int k = 0; k < 2; k++) {
+        frames[k] = (struct xfer_frame){.opcode = XFER_WRITE, .npieces = 1, .pieces = &pieces[k],
+                                        .bytes = pieces[k].len, .deadline_ns = now_ns() + BOUND_MS * 1000000ull,
+                                        .complete = frame_end_record, .owner = &ends[k]};
+        sp.ops->submit(sp.ti, peer, &frames[k]);
+        frames_wait_count(&frames_ended, base + (unsigned)k + 1);
+    }
+    assert_int_equal(fake_stat("hung"), hung + 1);
+    if (ends[0].err != FERRY_ETIMEDOUT || !strstr(ends[0].msg, "npu:0"))
+        fail_msg("a frame over a hung bounce copy: %s (%s)", ferry_err_name(ends[0].err), ends[0].msg);
+    if (ends[1].err)
+        fail_msg("the frame after the hung one: %s (%s)", ferry_err_name(ends[1].err), ends[1].msg);
+    assert_int_equal(pattern_check(tbuf, LEN, 95, 0), -1);
+    sp.ops->peer_close(sp.ti, peer);
+    struct memreg_region gone;
+    assert_int_equal(memreg_remove(&sp.reg_t, rt.addr, &gone), 0);
+    sp.ops->unregister_memory(sp.tt, handle);
+    shm_pair_stop(&sp); /* the workers end: a bounce freed here aborts the process */
+    fake_unhang();
+    ops->mem_free(0, dbuf);
+    free(tbuf);
+    free(host);
+    if (fake_abort_supported)
+        fake_abort_supported(1);
+    can_abort = could;
+}
+
 int main(void)
 {
     const char *path = getenv("FERRY_ASCEND_LIBRARY");
@@ -319,6 +431,8 @@ int main(void)
         cmocka_unit_test(hung_copies_end_timeout),
         cmocka_unit_test(hung_copies_abandoned_without_abort),
         cmocka_unit_test(hung_copy_at_the_target),
+        cmocka_unit_test(hung_copy_staged_over_shm),
+        cmocka_unit_test(hung_copy_through_the_shm_bounce),
     };
     if (getenv("FERRY_TEST_FILTER")) /* e.g. "hung_copies_end_timeout" */
         cmocka_set_test_filter(getenv("FERRY_TEST_FILTER"));

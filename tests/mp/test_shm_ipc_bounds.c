@@ -116,9 +116,10 @@ static void registry_length_past_the_export_refused(void **state)
     assert_int_equal(pipe(to_parent), 0);
     assert_int_equal(pipe(to_child), 0);
     fflush(NULL);
-    pid_t pid = fork(); /* before this process touches any device */
+    pid_t parent = getpid(), pid = fork(); /* before this process touches any device */
     assert_true(pid >= 0);
     if (pid == 0) {
+        test_child_dies_with_parent(parent);
         close(to_parent[0]);
         close(to_child[1]);
         forging_target(to_parent[1], to_child[0]);

@@ -153,9 +153,11 @@ static void victim_start(struct victim *v, size_t len)
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     fflush(NULL);
+    pid_t parent = getpid();
     v->pid = fork();
     assert_true(v->pid >= 0);
     if (v->pid == 0) {
+        test_child_dies_with_parent(parent);
         close(sv[0]);
         victim_serve(sv[1], len);
     }

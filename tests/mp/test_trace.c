@@ -224,9 +224,10 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
 static pid_t run_initiator(const struct child_target *t, enum scenario s, const char *trace, const char *err_path)
 {
     fflush(NULL);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        test_child_dies_with_parent(parent);
         if (err_path) {
             int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
             if (fd < 0 || dup2(fd, 2) < 0)

@@ -493,9 +493,11 @@ static void test_initiator_killed_mid_copy(void **state)
     char addr[32];
     snprintf(addr, sizeof addr, "0x%llx", (unsigned long long)t->addr);
     assert_int_equal(pipe(out), 0);
+    pid_t parent = getpid();
     pid_t pid = fork(); /* then only async-signal-safe calls until exec: this process has threads */
     assert_true(pid >= 0);
     if (pid == 0) {
+        test_child_dies_with_parent(parent);
         dup2(out[1], 1);
         close(out[0]);
         close(out[1]);

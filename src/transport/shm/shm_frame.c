@@ -391,8 +391,10 @@ void shm_copies_wait(struct shm_group *g)
     if (!cb->n)
         return;
     int rc = ferry_device_copy_sync(cb->ops, cb->dev, cb->dir, cb->copies, cb->n);
-    if (rc)
+    if (rc) {
         shm_copies_failed(g, rc);
+        (void)ferry_device_copy_lost(); /* no bounce: the answer is not left for run_bounced's next failure */
+    }
     cb->n = 0;
 }
 
@@ -449,9 +451,21 @@ static int bounce_ensure(struct shm_group *g, const struct ferry_device_ops *ops
     return rc;
 }
 
+/* A copy through the bounce failed: where it was abandoned on a hung device
+ * (ferry_device_copy_lost) it may still read or write the bounce, which is
+ * then left to the process's end, neither used again nor freed (the next
+ * round takes a new one).  The frame is out of it: its copies are synchronous. */
 static int bounce_copy_failed(struct frame_run *fr, int rc)
 {
-    return shm_fail(fr, rc, "shm: segment %.64s: device copy (bounce): %s", fr->p->name, ferry_last_error());
+    rc = shm_fail(fr, rc, "shm: segment %.64s: device copy (bounce): %s", fr->p->name, ferry_last_error());
+    struct shm_group *g = fr->g;
+    if (ferry_device_copy_lost()) {
+        LOG_ERROR("shm: %s: a device copy on the worker's bounce %p was abandoned on a hung device; the bounce "
+                  "is left out of use", g->bounce_ops->kind, (void *)g->bounce);
+        g->bounce = NULL;
+        g->bounce_ops = NULL;
+    }
+    return rc;
 }
 
 /* Local device memory <-> peer host memory: in bounce-sized rounds, a
