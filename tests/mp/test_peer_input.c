@@ -139,22 +139,28 @@ static void *fake_main(void *arg)
         net_write_full(fd, desc, len);
     }
     close(fd);
-    fd = accept(k->data_fd, NULL, NULL);
-    uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
-    struct wire_header h;
-    if (net_read_full(fd, raw, WIRE_HEADER_SIZE) == 0 && wire_decode_header(raw, &h) == 0 &&
-        net_discard(fd, h.payload_len) == 0) {
-        struct wire_header ack = {.type = WIRE_HELLO_ACK, .status = k->hello_status};
-        wire_encode_header(&ack, raw);
-        net_write_full(fd, raw, WIRE_HEADER_SIZE);
+    /* data connections one after another until the test shuts the listening
+     * socket down: after a refused HELLO the initiator may try its frame on a
+     * fresh connection, which must be answered too (left in the backlog, it
+     * waited FERRY_CONNECT_TIMEOUT_MS and the case ended ETIMEDOUT) */
+    while ((fd = accept(k->data_fd, NULL, NULL)) >= 0) {
+        uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
+        struct wire_header h;
+        if (net_read_full(fd, raw, WIRE_HEADER_SIZE) == 0 && wire_decode_header(raw, &h) == 0 &&
+            net_discard(fd, h.payload_len) == 0) {
+            struct wire_header ack = {.type = WIRE_HELLO_ACK, .status = k->hello_status};
+            wire_encode_header(&ack, raw);
+            net_write_full(fd, raw, WIRE_HEADER_SIZE);
+        }
+        while (net_read_full(fd, raw, WIRE_HEADER_SIZE) == 0 &&
+               wire_decode_header(raw, &h) == 0 &&
+               net_discard(fd, (uint64_t)h.nentries * WIRE_ENTRY_SIZE + h.payload_len) == 0) {
+            struct wire_header ack = {.type = WIRE_WRITE_ACK, .id = h.id, .status = k->ack_status};
+            wire_encode_header(&ack, raw);
+            net_write_full(fd, raw, WIRE_HEADER_SIZE);
+        }
+        close(fd);
     }
-    while (net_read_full(fd, raw, WIRE_HEADER_SIZE) == 0 && wire_decode_header(raw, &h) == 0 &&
-           net_discard(fd, (uint64_t)h.nentries * WIRE_ENTRY_SIZE + h.payload_len) == 0) {
-        struct wire_header ack = {.type = WIRE_WRITE_ACK, .id = h.id, .status = k->ack_status};
-        wire_encode_header(&ack, raw);
-        net_write_full(fd, raw, WIRE_HEADER_SIZE);
-    }
-    close(fd);
     return NULL;
 }
 
@@ -188,7 +194,8 @@ static int write_to_fake(int32_t hello_status, int32_t ack_status, char *msg, si
     assert_int_equal(ferry_batch_status(b, 0, &st), 0);
     snprintf(msg, cap, "%s", st.message);
     ferry_batch_free(b);
-    ferry_engine_destroy(e); /* closes the data connection: the fake ends */
+    ferry_engine_destroy(e); /* closes the data connections */
+    shutdown(k.data_fd, SHUT_RDWR); /* wakes the fake's accept: it ends */
     pthread_join(k.thread, NULL);
     close(k.hs_fd);
     close(k.data_fd);
