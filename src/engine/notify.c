@@ -9,9 +9,10 @@
  * evicts its own notes, not everyone else's.  Origins are told apart by
  * what the sender cannot choose: the address of its connection (the port
  * ignored, as each connection has its own; an IPv6 address's /64, as the
- * acceptor counts peers), or "local" for a same-host sender.  Not by the name it gives itself: a flooder naming itself anew on
- * each connection (or as the victim) held one note per name and left the
- * victim "the peer holding the most".  The "queue full" warning is
+ * acceptor counts peers), or "local" for a same-host sender.  Not by the
+ * name it gives itself: a flooder naming itself anew on each connection (or
+ * as the victim) held one note per name and left the victim "the peer
+ * holding the most".  The "queue full" warning is
  * rate-limited, so a flood cannot flood the log too.
  */
 #include <arpa/inet.h>
