@@ -197,7 +197,8 @@ int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n, 
          * gathers small blocks on the device (there fewer, larger frames
          * cost less) */
         int dir = q->opcode == FERRY_READ ? XFER_READ : XFER_WRITE;
-        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : e->tspread[ROUTE_TRANSPORT(route)][dir][staged >= 0];
+        const unsigned *tspread = e->tspread[ROUTE_TRANSPORT(route)][dir];
+        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : tspread[staged >= 0];
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;

@@ -125,9 +125,10 @@ static int tcp_spread_read(unsigned write_spread, unsigned *out)
  * from its header to its payload at the target), so a batch's bytes cross
  * sooner on more connections at once: one H200 under MPS, 16 CPUs, 16 KiB
  * x 128 with one thread, 8 frames of 256 KiB on 8 connections moved WRITE
- * 6.8-6.9 GB/s against 4.9 as 4 of 512 KiB, READ 5.7-6.1 against 5.3-5.5;
- * 16 frames cost 40 % more CPU per request for less (docs/BENCHMARKS.md,
- * h16e). */
+ * 5.4-6.9 GB/s against 4.5-5.0 as 4 of 512 KiB, READ 5.0-6.1 against
+ * 4.9-5.5 (batch p50 WRITE 295-369 us against 393-434), for 1-2.5 us more
+ * CPU per request; 6 and 12 frames moved less, 16 cost 40 % more CPU
+ * (docs/BENCHMARKS.md, h16e). */
 unsigned tcp_auto_spread_staged(long cores)
 {
     return cores >= 16 ? 8 : 0;
