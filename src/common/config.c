@@ -200,6 +200,10 @@ static const struct knob knobs[] = {
     DOC("FERRY_TCP_SPREAD_READ", "auto",
         "the same for a submit's READs: auto (FERRY_TCP_SPREAD where that is a number, else as FERRY_TCP_SPREAD's "
         "auto) or 1-16"),
+    DOC("FERRY_TCP_SPREAD_STAGED", "auto",
+        "the same for a submit's staged blocks (device memory through a staging pool's host chunks, both "
+        "directions), on as many connections (more are opened up to it): auto (8 from 16 cores; else, or where "
+        "FERRY_TCP_SPREAD is a number, the direction's spread) or 1-16"),
     DOC("FERRY_TCP_SOCKBUF", "auto",
         "SO_SNDBUF and SO_RCVBUF of every TCP connection, both ends (small buffers keep the bytes in flight in the "
         "caches): auto (262144 from 8 cores, the kernel's below), 0 (the kernel's, grown "

@@ -210,7 +210,9 @@ static int start_one(ferry_engine *e, const struct transport_host *host, const c
     if (rc)
         return rc;
     for (int op = XFER_READ; op <= XFER_WRITE; op++)
-        e->tspread[e->ntransports][op] = ops->spread ? ops->spread(e->tstate[e->ntransports], op) : 1;
+        for (int staged = 0; staged <= 1; staged++)
+            e->tspread[e->ntransports][op][staged] =
+                ops->spread ? ops->spread(e->tstate[e->ntransports], op, staged) : 1;
     e->tops[e->ntransports++] = ops;
     return 0;
 }

@@ -80,7 +80,8 @@ struct ferry_engine {
     size_t ntransports;
     const struct transport_ops *tops[FERRY_MAX_TRANSPORTS];
     void *tstate[FERRY_MAX_TRANSPORTS];
-    unsigned tspread[FERRY_MAX_TRANSPORTS][2]; /* transport_ops.spread per opcode (READ, WRITE), asked at start */
+    unsigned tspread[FERRY_MAX_TRANSPORTS][2][2]; /* transport_ops.spread per opcode (READ, WRITE) and staged
+                                                   * (0, 1), asked at start */
     atomic_uint_fast64_t req_completed[FERRY_MAX_TRANSPORTS], req_failed[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_staged[FERRY_MAX_TRANSPORTS];
     atomic_uint_fast64_t bytes_bounced;

@@ -192,11 +192,13 @@ int route_requests(ferry_engine *e, const struct ferry_request *reqs, size_t n, 
         if (route < 0)
             return ferry_fail(FERRY_ENOTSUP, "request %zu: no transport to %s can reach local %s memory "
                               "and it has no staging pool", i, s->name, locals[i].location);
-        /* as many frames at once as the transport moves in parallel; staged,
-         * unless the pool gathers small blocks on the device (there fewer,
-         * larger frames cost less) */
-        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1
-                          : e->tspread[ROUTE_TRANSPORT(route)][q->opcode == FERRY_READ ? XFER_READ : XFER_WRITE];
+        /* as many frames at once as the transport moves in parallel (its
+         * figure for staged frames where they are); staged, unless the pool
+         * gathers small blocks on the device (there fewer, larger frames
+         * cost less) */
+        int dir = q->opcode == FERRY_READ ? XFER_READ : XFER_WRITE;
+        const unsigned *tspread = e->tspread[ROUTE_TRANSPORT(route)][dir];
+        unsigned spread = staged >= 0 && e->pools[pool].aggregates ? 1 : tspread[staged >= 0];
         out[i] = (struct slice_req){q->opcode, q->target, route, q->source, q->target_offset, q->length, 0, spread};
     }
     return 0;

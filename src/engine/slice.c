@@ -31,9 +31,9 @@ static bool same_group(const struct slice_req *a, const struct slice_req *b)
 
 /* The most bytes of a coalesced frame in the group that starts at g[0]
  * (sorted: the group is g[0..] while same_group): slice_size, or with a
- * spread of k the group's small bytes (what is left over after full
- * slices) / k, at least SLICE_SPREAD_MIN. */
-static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t slice_size)
+ * spread of k (stored in *spread) the group's small bytes (what is left
+ * over after full slices) / k, at least SLICE_SPREAD_MIN. */
+static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t slice_size, unsigned *spread)
 {
     /* the group's widest spread: a zero-length request (spread 1, it moves
      * nothing) that sorts first must not narrow its data requests' */
@@ -44,6 +44,7 @@ static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t s
         if (g[i]->spread > k)
             k = g[i]->spread;
     }
+    *spread = k;
     if (k <= 1)
         return slice_size;
     uint64_t cap = small / k + (small % k != 0);
@@ -52,10 +53,11 @@ static uint64_t group_cap(const struct slice_req *const *g, size_t n, uint64_t s
     return cap < slice_size ? cap : slice_size;
 }
 
-static struct xfer_frame *open_frame(struct slice_plan *p, const struct slice_req *r)
+static struct xfer_frame *open_frame(struct slice_plan *p, const struct slice_req *r, unsigned spread)
 {
     struct xfer_frame *f = &p->frames[p->nframes++];
     memset(f, 0, sizeof *f);
+    f->spread = spread;
     f->opcode = r->opcode;
     f->segment = r->segment;
     f->route = r->route;
@@ -106,22 +108,23 @@ int slice_plan_make(const struct slice_req *reqs, size_t n, uint64_t slice_size,
 
     struct xfer_frame *small = NULL; /* the open frame collecting small pieces */
     uint64_t cap = slice_size;       /* its group's most bytes a coalesced frame */
+    unsigned spread = 1;             /* its group's spread */
     for (size_t k = 0; k < n; k++) {
         const struct slice_req *r = order[k];
         if (k == 0 || !same_group(order[k - 1], r)) {
             small = NULL;
-            cap = group_cap(order + k, n - k, slice_size);
+            cap = group_cap(order + k, n - k, slice_size, &spread);
         }
         for (uint64_t off = 0; off < r->len; off += slice_size) {
             uint64_t len = r->len - off < slice_size ? r->len - off : slice_size;
             if (len == slice_size) { /* a full slice travels alone */
-                struct xfer_frame *f = open_frame(plan, r);
+                struct xfer_frame *f = open_frame(plan, r, 1);
                 add_piece(plan, f, r, off, len);
                 small = NULL; /* keep each frame's pieces contiguous */
                 continue;
             }
             if (!small || small->npieces == coalesce_max || small->bytes + len > cap)
-                small = open_frame(plan, r);
+                small = open_frame(plan, r, spread);
             add_piece(plan, small, r, off, len);
         }
     }

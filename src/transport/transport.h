@@ -63,6 +63,10 @@ struct xfer_frame {
      * transport may do a small submit's work on the submitting thread and
      * leave a large one's to its threads. */
     uint64_t more_bytes;
+    /* the engine's: the spread its submit's small blocks were cut for
+     * (transport_ops.spread; 0 or 1: none).  A transport may open more
+     * connections, up to this many, so that those frames move in parallel. */
+    unsigned spread;
     /* set by staging: a WRITE whose chunk a staging worker hands over after
      * its device copy, not the submitting thread.  That worker retires every
      * thread's copies, so a transport must not do the frame's payload work
@@ -129,10 +133,13 @@ struct transport_ops {
     /* Optional (NULL: 1).  How many frames to one peer this transport moves
      * at once with spare cores (tcp: connections with their own threads)
      * for requests of `opcode` (XFER_READ or XFER_WRITE: the directions may
-     * differ); the engine cuts a submit's small blocks into about that many
-     * frames instead of coalescing them into as few as possible.  Asked
-     * once per direction, right after create. */
-    unsigned (*spread)(void *t, int opcode);
+     * differ), `staged` or not (frames of a staging pool's host chunks:
+     * their bytes were written by a device, so each socket copy of them
+     * reads memory cold in the CPU's caches, and more of those copies in
+     * parallel may pay); the engine cuts a submit's small blocks into about
+     * that many frames instead of coalescing them into as few as possible.
+     * Asked once per direction and kind, right after create. */
+    unsigned (*spread)(void *t, int opcode, bool staged);
     /* Optional (NULL: nothing to do).  Called for every registration, at
      * registration time, never on the hot path: an RDMA transport makes its
      * MRs here.  *handle is stored in the region's transport_handle[] slot

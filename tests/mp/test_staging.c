@@ -100,23 +100,27 @@ static void one_chunk_waits_its_turn(void **state)
 }
 
 /* FERRY_TCP_SPREAD=4 (16 cores' default) with FERRY_STAGING_AGGREGATE as
- * given, and FERRY_TCP_SPREAD_READ as given (NULL: unset): the engine for
- * the spread tests. */
-static int start_spread(void **s, const char *aggregate, const char *read_spread)
+ * given, and FERRY_TCP_SPREAD_READ and FERRY_TCP_SPREAD_STAGED as given
+ * (NULL: unset): the engine for the spread tests. */
+static int start_spread(void **s, const char *aggregate, const char *read_spread, const char *staged_spread)
 {
     setenv("FERRY_TCP_SPREAD", "4", 1);
     setenv("FERRY_STAGING_AGGREGATE", aggregate, 1);
     if (read_spread)
         setenv("FERRY_TCP_SPREAD_READ", read_spread, 1);
+    if (staged_spread)
+        setenv("FERRY_TCP_SPREAD_STAGED", staged_spread, 1);
     int rc = start(s, test_device_location(), "cpu", 0);
     unsetenv("FERRY_TCP_SPREAD");
     unsetenv("FERRY_STAGING_AGGREGATE");
     unsetenv("FERRY_TCP_SPREAD_READ");
+    unsetenv("FERRY_TCP_SPREAD_STAGED");
     return rc;
 }
-static int setup_spread(void **s) { return start_spread(s, "0", NULL); }
-static int setup_spread_aggregated(void **s) { return start_spread(s, "2M", NULL); }
-static int setup_spread_read8(void **s) { return start_spread(s, "0", "8"); }
+static int setup_spread(void **s) { return start_spread(s, "0", NULL, NULL); }
+static int setup_spread_aggregated(void **s) { return start_spread(s, "2M", NULL, "8"); }
+static int setup_spread_read8(void **s) { return start_spread(s, "0", "8", NULL); }
+static int setup_spread_staged8(void **s) { return start_spread(s, "0", NULL, "8"); }
 
 /* tcp frames one staged submit of 128 x 4 KiB became (data verified) */
 static uint64_t staged_frames(struct xfer_pair *f, int op, uint64_t base)
@@ -148,6 +152,18 @@ static void staged_read_spread_of_its_own(void **state)
     assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 8);
 }
 
+/* A spread of staged frames of their own (FERRY_TCP_SPREAD_STAGED=8, where
+ * FERRY_TCP_SPREAD=4 alone makes 4): a staged submit of 128 x 4 KiB goes
+ * as 8 frames of 64 KiB both ways. */
+static void staged_spread_of_its_own(void **state)
+{
+    struct xfer_pair *f = *state;
+    assert_int_equal(staged_frames(f, FERRY_WRITE, 0), 8);
+    assert_int_equal(staged_frames(f, FERRY_READ, TSIZE / 2), 8);
+}
+
+/* Where the pool gathers on the device it stays 2 frames of 64 blocks,
+ * whatever the spread of staged frames (8 here). */
 static void staged_submit_aggregated_not_spread(void **state)
 {
     struct xfer_pair *f = *state;
@@ -202,6 +218,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(one_chunk_waits_its_turn, setup_one_chunk, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(staged_submit_spread, setup_spread, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(staged_read_spread_of_its_own, setup_spread_read8, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(staged_spread_of_its_own, setup_spread_staged8, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(staged_submit_aggregated_not_spread, setup_spread_aggregated, xfer_pair_teardown),
         cmocka_unit_test(wrong_kind_rejected),
     };

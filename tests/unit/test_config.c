@@ -65,6 +65,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_INLINE_BYTES", {"1073741825", "512K", "-1", "lots"}, {"auto", "", "0", "524288", "1073741824"}},
     {"FERRY_TCP_SPREAD", {"0", "17", "-1", "4x", "two", "-18446744073709551615", " 4", "+4"}, {"auto", "", "1", "4", "16"}},
     {"FERRY_TCP_SPREAD_READ", {"0", "17", "-1", "8x", "eight", " 8"}, {"auto", "", "1", "8", "16"}},
+    {"FERRY_TCP_SPREAD_STAGED", {"0", "17", "-1", "8x", "eight", " 8"}, {"auto", "", "1", "8", "16"}},
     {"FERRY_TCP_SOCKBUF", {"1", "65535", "268435457", "1M", "-1", "big"}, {"auto", "", "0", "65536", "268435456"}},
     {"FERRY_TCP_READ_HANDOFF", {"1073741825", "1M", "-1", "some"}, {"auto", "", "0", "1", "1048576", "1073741824"}},
     {"FERRY_TCP_ACK_HOLD", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
@@ -139,6 +140,11 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_spread_read(2), 1);
     assert_int_equal(tcp_auto_spread_read(8), 2);
     assert_int_equal(tcp_auto_spread_read(16), 4);
+    /* staged frames: as the direction's below 16 cores, 8 from 16 */
+    assert_int_equal(tcp_auto_spread_staged(2), 0);
+    assert_int_equal(tcp_auto_spread_staged(15), 0);
+    assert_int_equal(tcp_auto_spread_staged(16), 8);
+    assert_int_equal(tcp_auto_spread_staged(256), 8);
 }
 
 static void engine_rejects_bad_config(void **state)

@@ -404,7 +404,9 @@ static void tcp_peer_close(void *tp, void *pp)
  * fewest bytes in flight.  Light traffic (a batch of small blocks) thus
  * stays on one connection: one sender and one receiver wake up per batch,
  * not one per frame; heavy traffic, and with a spread a submit's frames,
- * spread. */
+ * spread.  A frame cut for a spread wider than the connections open
+ * (xfer_frame.spread) that finds each of them busy with a frame opens
+ * another, up to that spread. */
 static struct tcp_conn *pick_conn(struct tcp_peer *p, const struct xfer_frame *f)
 {
     struct tcp_conn *best = NULL, *light = NULL;
@@ -412,7 +414,7 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p, const struct xfer_frame *f
      * with less than a frame in flight) so that they move in parallel */
     uint64_t best_bytes = UINT64_MAX, light_bytes = p->t->host.cfg->slice_size, frame_bytes = f->bytes;
     unsigned spread = f->opcode == XFER_READ ? p->t->spread_read : p->t->spread;
-    if (spread > 1 && frame_bytes < light_bytes)
+    if ((spread > 1 || f->spread > 1) && frame_bytes < light_bytes)
         light_bytes = frame_bytes;
     uint64_t idle_ns = (uint64_t)p->t->host.cfg->idle_timeout_ms * 1000000u;
     pthread_mutex_lock(&p->lock);
@@ -449,8 +451,10 @@ static struct tcp_conn *pick_conn(struct tcp_peer *p, const struct xfer_frame *f
     }
     /* heavy traffic: every connection already has grow_bytes in flight, so
      * another stream (another sender, receiver and target thread) adds
-     * throughput rather than idle threads; small blocks never get here */
-    if (best && best_bytes >= p->t->grow_bytes && p->nconns < p->maxconns) {
+     * throughput rather than idle threads; small blocks get here only when
+     * their submit's spread asks for more connections than are open */
+    bool spread_short = !light && f->spread > p->nconns && frame_bytes < p->t->host.cfg->slice_size;
+    if (best && (best_bytes >= p->t->grow_bytes || spread_short) && p->nconns < p->maxconns) {
         struct tcp_conn *c = conn_create(p);
         if (c) {
             p->conns[p->nconns++] = c;
@@ -576,9 +580,11 @@ static int tcp_create(const struct transport_host *host, void **out)
     return 0;
 }
 
-static unsigned tcp_get_spread(void *tp, int opcode)
+static unsigned tcp_get_spread(void *tp, int opcode, bool staged)
 {
     const struct tcp_transport *t = tp;
+    if (staged && t->spread_staged)
+        return t->spread_staged;
     return opcode == XFER_READ ? t->spread_read : t->spread;
 }
 

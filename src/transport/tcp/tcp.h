@@ -35,6 +35,7 @@ struct tcp_transport {
     uint64_t inline_bytes;  /* FERRY_TCP_INLINE_BYTES, resolved (tcp_inline_bytes) */
     unsigned spread;        /* FERRY_TCP_SPREAD, resolved (tcp_spread): transport_ops.spread of WRITEs */
     unsigned spread_read;   /* FERRY_TCP_SPREAD_READ, resolved (tcp_spread_read): of READs */
+    unsigned spread_staged; /* FERRY_TCP_SPREAD_STAGED, resolved: of staged frames (0: as their direction's) */
     uint64_t rcvlowat;      /* FERRY_TCP_RCVLOWAT: payload receives wake per this many bytes (0: off) */
     uint64_t read_handoff;  /* FERRY_TCP_READ_HANDOFF: see tcp_read_by_sender (0: off) */
     uint64_t ack_hold;      /* FERRY_TCP_ACK_HOLD: a WRITE of at most this many bytes may hold its ack (0: off) */
@@ -118,6 +119,10 @@ unsigned tcp_auto_spread(long cores);
 /* The frames a READ submit of small blocks is cut into on a host with
  * `cores` CPUs, FERRY_TCP_SPREAD_READ's default. */
 unsigned tcp_auto_spread_read(long cores);
+/* The frames a staged submit of small blocks is cut into on a host with
+ * `cores` CPUs, both directions (0: as the direction's spread),
+ * FERRY_TCP_SPREAD_STAGED's default. */
+unsigned tcp_auto_spread_staged(long cores);
 /* SO_SNDBUF/SO_RCVBUF on a host with `cores` CPUs (0: the kernel's). */
 uint64_t tcp_auto_sockbuf(long cores);
 /* FERRY_TCP_ACK_HOLD's default on a host with `cores` CPUs (0: off). */

@@ -119,6 +119,32 @@ static int tcp_spread_read(unsigned write_spread, unsigned *out)
                      "auto or 1-16", out);
 }
 
+/* 8 from 16 cores, else as the direction's spread.  A staged frame's socket
+ * copies read bytes a device wrote, cold in the CPU's caches, at ~5 GB/s a
+ * connection on the GPU host (a 512 KiB frame 106 us on the sender, 141
+ * from its header to its payload at the target), so a batch's bytes cross
+ * sooner on more connections at once: one H200 under MPS, 16 CPUs, 16 KiB
+ * x 128 with one thread, 8 frames of 256 KiB on 8 connections moved WRITE
+ * 5.4-6.9 GB/s against 4.5-5.0 as 4 of 512 KiB, READ 5.0-6.1 against
+ * 4.9-5.5 (batch p50 WRITE 295-369 us against 393-434), for 1-2.5 us more
+ * CPU per request; 6 and 12 frames moved less, 16 cost 40 % more CPU
+ * (docs/BENCHMARKS.md, h16e). */
+unsigned tcp_auto_spread_staged(long cores)
+{
+    return cores >= 16 ? 8 : 0;
+}
+
+/* FERRY_TCP_SPREAD_STAGED: unset, empty or "auto": the direction's spread
+ * where FERRY_TCP_SPREAD is set to a number (0), else
+ * tcp_auto_spread_staged; else 1-16. */
+static int tcp_spread_staged(unsigned *out)
+{
+    const char *both = getenv("FERRY_TCP_SPREAD");
+    bool set = both && *both && strcmp(both, "auto") != 0;
+    return env_count("FERRY_TCP_SPREAD_STAGED", 1, 16, set ? 0 : tcp_auto_spread_staged(usable_cores()),
+                     "auto or 1-16", out);
+}
+
 /* SO_SNDBUF / SO_RCVBUF from 8 cores (8-16 connections): the kernel's own
  * (grown to 4-6 MiB a socket) keep 16 connections x ~10 MiB in flight, more
  * than the caches hold, so both copies of every byte go to DRAM; 512 KiB
@@ -205,7 +231,7 @@ void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 
 int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
-    unsigned max_conns = 4, spread = 1, spread_read = 1;
+    unsigned max_conns = 4, spread = 1, spread_read = 1, spread_staged = 0;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
     uint64_t read_handoff = 0, ack_hold = 0;
     unsigned ack_on_copy = 0;
@@ -216,6 +242,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
         mrc = tcp_spread(&spread);
     if (!mrc)
         mrc = tcp_spread_read(spread, &spread_read);
+    if (!mrc)
+        mrc = tcp_spread_staged(&spread_staged);
     if (!mrc)
         mrc = tcp_inline_bytes(spread, &inline_bytes);
     if (!mrc)
@@ -237,6 +265,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->inline_bytes = inline_bytes;
     t->spread = spread;
     t->spread_read = spread_read;
+    t->spread_staged = spread_staged;
     t->sockbuf = sockbuf;
     t->rcvlowat = rcvlowat;
     t->read_handoff = read_handoff;
