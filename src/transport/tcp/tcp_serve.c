@@ -554,11 +554,10 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         if (n <= 0 && (rc = send_held_ack(s)) != 0)
             break;
         /* nothing served, nothing owed: the acceptor may give this slot to another peer */
-        atomic_store(&c->busy, n > 0 || (atomic_load(&s->ack.word) & 3));
+        if (n <= 0 && !(atomic_load(&s->ack.word) & 3))
+            acceptor_conn_release(c);
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
-        if (n > 0)
-            atomic_store(&c->busy, true);
         if (n == 0 || (n < 0 && errno == EINTR)) {
             if (idle_ns && now_ns() - last >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
@@ -567,6 +566,9 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
             }
             continue;
         }
+        /* claimed before a byte of the frame is read: evicted while idle, it ends here, quietly */
+        if (!acceptor_conn_claim(c))
+            break;
         rc = serve_frame(s);
         last = now_ns();
     }
