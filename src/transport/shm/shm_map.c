@@ -90,6 +90,18 @@ void shm_group_unmap(struct shm_group *g)
     g->map = NULL;
 }
 
+void shm_group_keep_maps(struct shm_group *g)
+{
+    unsigned kept = g->map != NULL;
+    g->map = NULL;
+    for (size_t i = 0; i < g->n; i++) {
+        kept += g->runs[i].nmaps;
+        g->runs[i].nmaps = 0;
+    }
+    LOG_ERROR("shm: segment %.64s: %u mapping reference(s) kept open to the process's end: copies through them "
+              "were abandoned on a hung device and may still run", g->p->name, kept);
+}
+
 /* The group caches m (its own reference: a cache hit takes a frame's
  * reference without the peer's lock, so m must not close meanwhile). */
 static void group_cache(struct shm_group *g, struct shm_mapping *m)
