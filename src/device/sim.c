@@ -347,6 +347,8 @@ static int sim_host_alloc(size_t len, void **out)
 
 static void sim_host_free(void *ptr)
 {
+    if (ptr)
+        atomic_fetch_add(&sim_hw.host_frees, 1);
     free(ptr);
 }
 

@@ -71,6 +71,7 @@ struct sim_hw {
         uint64_t call;
     } refusals[SIM_MAX_FAULTS];
     atomic_uint_fast64_t calls[SIM_OPS]; /* calls of each op so far */
+    atomic_uint_fast64_t host_frees;     /* host_free calls so far (tests: pinned memory given back) */
     atomic_int flag_waits;       /* streams now waiting on a flag (stream_wait_flag) */
     atomic_int waits_queued;     /* flag waits enqueued and not yet over */
     int stall_on_wait;           /* FERRY_SIM_STALL_ON_WAIT */
