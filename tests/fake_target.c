@@ -4,6 +4,7 @@
  * played by hand (fake_target.h); what each data connection is told is the
  * test's serve callback.  Threads and ownership: see fake_target.h.
  */
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,7 +37,7 @@ static void *accept_main(void *arg)
         struct pollfd p[2] = {{.fd = k->data_fd, .events = POLLIN}, {.fd = k->stop_pipe[0], .events = POLLIN}};
         if (poll(p, 2, -1) <= 0 || p[1].revents)
             return NULL;
-        int fd = accept(k->data_fd, NULL, NULL);
+        int fd = accept4(k->data_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
         k->serve(k->ctx, fd);
@@ -55,7 +56,7 @@ int fake_target_start(struct fake_target *k, const char *host, uint64_t engine_i
     k->serve = serve;
     k->ctx = ctx;
     k->data_fd = k->stop_pipe[0] = k->stop_pipe[1] = -1;
-    if (pipe(k->stop_pipe) != 0)
+    if (pipe2(k->stop_pipe, O_CLOEXEC) != 0)
         goto fail;
     k->data_fd = net_listen(k->host, 0, &k->data_port);
     if (k->data_fd < 0)

@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -274,7 +275,8 @@ void child_target_serve(int fd, size_t len, const char *location, uint64_t seed)
 int child_target_start(struct child_target *t, size_t len, const char *location, uint64_t seed)
 {
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+    /* close-on-exec: a target started later must not hold this one's line */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
         return -1;
     fflush(NULL);
     pid_t parent = getpid(), pid = fork();
@@ -282,8 +284,11 @@ int child_target_start(struct child_target *t, size_t len, const char *location,
         return -1;
     if (pid == 0) {
         test_child_dies_with_parent(parent);
-        /* exec a fresh process: device drivers (CUDA) do not survive fork */
+        /* exec a fresh process: device drivers (CUDA) do not survive fork;
+         * its end of the line is the one descriptor it is meant to keep */
         close(sv[0]);
+        if (fcntl(sv[1], F_SETFD, 0) != 0)
+            _exit(127);
         char exe[4096], fd[16], lens[32], seeds[32];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
         if (n < 0)
@@ -459,4 +464,41 @@ struct census census_settled(struct census want, unsigned limit_ms)
         now = census_now();
     }
     return now;
+}
+
+void test_fds_open(bool open[TEST_MAX_FD])
+{
+    memset(open, 0, TEST_MAX_FD * sizeof *open);
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    for (struct dirent *x; (x = readdir(d));) {
+        int fd = atoi(x->d_name);
+        if (x->d_name[0] != '.' && fd != dirfd(d) && fd < TEST_MAX_FD)
+            open[fd] = true;
+    }
+    closedir(d);
+}
+
+int test_fds_not_cloexec(const bool before[TEST_MAX_FD], bool inet_only)
+{
+    static bool now[TEST_MAX_FD];
+    int bad = 0;
+    test_fds_open(now);
+    for (int fd = 0; fd < TEST_MAX_FD; fd++) {
+        if (!now[fd] || before[fd] || (fcntl(fd, F_GETFD) & FD_CLOEXEC))
+            continue;
+        char path[64], what[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, what, sizeof what - 1);
+        what[n > 0 ? n : 0] = '\0';
+        int domain = 0;
+        socklen_t sl = sizeof domain;
+        bool counted = !inet_only || (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &sl) == 0 &&
+                                      (domain == AF_INET || domain == AF_INET6));
+        fprintf(stderr, "%s: descriptor %d (%s) is not close-on-exec\n", counted ? "error" : "note (not counted)", fd,
+                what);
+        bad += counted;
+    }
+    return bad;
 }

@@ -6,6 +6,7 @@
 #ifndef FERRY_TESTUTIL_H
 #define FERRY_TESTUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -147,5 +148,14 @@ struct census census_now(void);
  * may still be listed in /proc/self/task for a moment, so a count taken at
  * once can be one off either way.  The caller compares what it returns. */
 struct census census_settled(struct census want, unsigned limit_ms);
+
+/* Descriptors: those open in this process now, marked in open[] (numbers
+ * from TEST_MAX_FD on are not looked at). */
+#define TEST_MAX_FD 4096
+void test_fds_open(bool open[TEST_MAX_FD]);
+/* Prints each descriptor open now and not in before that lacks FD_CLOEXEC
+ * (naming what it is) and returns how many there are; with inet_only,
+ * only IPv4 / IPv6 sockets are counted (the others are printed as a note). */
+int test_fds_not_cloexec(const bool before[TEST_MAX_FD], bool inet_only);
 
 #endif

@@ -139,11 +139,13 @@ static int cmp_conn_addr(const void *x, const void *y)
     return d ? d : ((*a)->seq > (*b)->seq) - ((*a)->seq < (*b)->seq);
 }
 
-/* May c be shut down without failing work its peer asked for? */
+/* May c be shut down without failing work its peer asked for?  IDLE, and
+ * no bytes waiting (its serve function is about to claim it). */
 static bool idle(const struct conn *c)
 {
     int pending = 0;
-    return !atomic_load(&c->pub.busy) && ioctl(c->pub.fd, FIONREAD, &pending) == 0 && pending == 0;
+    return atomic_load(&c->pub.state) == ACCEPTOR_IDLE && ioctl(c->pub.fd, FIONREAD, &pending) == 0 &&
+           pending == 0;
 }
 
 /* Under a->lock, at the total cap: the oldest idle connection of the
@@ -178,6 +180,22 @@ static struct conn *eviction_victim(struct acceptor *a, unsigned mine)
     return victim;
 }
 
+/* Under a->lock, at the total cap: eviction_victim's choice, claimed for
+ * eviction (IDLE to EVICTING), after which its serve function reads nothing
+ * more (acceptor_conn_claim), so no request is cut in the middle.  A choice
+ * whose serve function claimed it since idle() looked (it may have read a
+ * request whole, leaving no bytes waiting) is BUSY now and not chosen again. */
+static struct conn *take_victim(struct acceptor *a, unsigned mine)
+{
+    for (unsigned round = 0; round < a->live; round++) {
+        struct conn *c = eviction_victim(a, mine);
+        int was = ACCEPTOR_IDLE;
+        if (!c || atomic_compare_exchange_strong(&c->pub.state, &was, ACCEPTOR_EVICTING))
+            return c;
+    }
+    return NULL;
+}
+
 /* Under a->lock: may one more connection from addr be served?  At the
  * total cap, makes room by evicting (see the top of this file). */
 static bool under_caps(struct acceptor *a, const uint8_t addr[16])
@@ -189,7 +207,7 @@ static bool under_caps(struct acceptor *a, const uint8_t addr[16])
         return false;
     if (a->live - a->evicting < a->max_total)
         return true;
-    struct conn *victim = a->evicting < EVICTING_MAX ? eviction_victim(a, mine) : NULL;
+    struct conn *victim = a->evicting < EVICTING_MAX ? take_victim(a, mine) : NULL;
     if (!victim)
         return false;
     victim->evicted = true;

@@ -36,13 +36,42 @@ struct acceptor_conn {
     int fd;                 /* owned by the acceptor: closed after serve returns */
     char peer[64];          /* "a.b.c.d:port" or "[v6]:port" of the remote end */
     struct acceptor *owner;
-    /* Set by the serve function while shutting the connection down would
-     * fail work the peer asked for (a frame being served, an answer owed, a
-     * queue pair in use); the total cap's sharing never evicts such a
-     * connection, nor one with bytes waiting to be read.  A connection that
-     * has asked for nothing yet (silent, dripping a request) is not busy. */
-    atomic_bool busy;
+    /* ACCEPTOR_IDLE, _BUSY or _EVICTING; changed only through
+     * acceptor_conn_claim / acceptor_conn_release and the acceptor. */
+    atomic_int state;
 };
+
+/* A connection's state.  BUSY: shutting it down would fail work the peer
+ * asked for (a frame being served, an answer owed, a queue pair in use);
+ * the total cap's sharing never evicts it, nor an IDLE one with bytes
+ * waiting to be read.  A connection that has asked for nothing yet (silent,
+ * dripping a request) is IDLE.  EVICTING: the acceptor chose it to make
+ * room and shut it down; it never becomes BUSY again.  The acceptor moves
+ * IDLE to EVICTING and the serve function IDLE to BUSY, each by one
+ * compare-and-swap, so a connection is never both claimed and evicted. */
+enum { ACCEPTOR_IDLE, ACCEPTOR_BUSY, ACCEPTOR_EVICTING };
+
+/* Claims c for work its peer asked for: called by the serve function after
+ * its poll says there is something to read and before it reads a byte of it.
+ * True: c is BUSY and is not evicted until released.  False: the acceptor
+ * already chose c for eviction; the serve function returns without reading
+ * (nothing the peer sent was taken, so no request is half served).  One
+ * compare-and-swap, or one load when c is BUSY already. */
+static inline bool acceptor_conn_claim(struct acceptor_conn *c)
+{
+    int was = ACCEPTOR_IDLE;
+    if (atomic_load_explicit(&c->state, memory_order_relaxed) == ACCEPTOR_BUSY)
+        return true;
+    return atomic_compare_exchange_strong(&c->state, &was, ACCEPTOR_BUSY) || was == ACCEPTOR_BUSY;
+}
+
+/* Gives the claim up: nothing of the peer's is in progress or owed, so the
+ * acceptor may evict c.  An EVICTING connection stays EVICTING. */
+static inline void acceptor_conn_release(struct acceptor_conn *c)
+{
+    int was = ACCEPTOR_BUSY;
+    atomic_compare_exchange_strong(&c->state, &was, ACCEPTOR_IDLE);
+}
 
 /* Serves one connection on its own thread; returns when done with it.  It
  * must return soon after acceptor_stopping() turns true (acceptor_stop also

@@ -49,7 +49,7 @@ int auth_key_load(struct auth_key *k, const char *key, const char *file, uint64_
             return ferry_fail(FERRY_EINVAL, "auth: the key is longer than %d bytes", AUTH_KEY_MAX);
         memcpy(k->key, key, len);
     } else if (have_file) {
-        FILE *f = fopen(file, "rb");
+        FILE *f = fopen(file, "rbe");
         if (!f)
             return ferry_fail(FERRY_EINVAL, "auth: cannot read the key file %s: %s", file, strerror(errno));
         uint8_t extra;

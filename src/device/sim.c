@@ -28,6 +28,11 @@
  * stream_host_func or stream_write_flag (FERRY_EIO, as a refused launch:
  * nothing enqueued), each op counted from 1 in this process.  A function on a stream (stream_then)
  * is not called once the stream has failed, as cuLaunchHostFunc's is not.
+ * FERRY_SIM_SYNC_TIMEOUT_MS bounds stream_sync as the npu backend does
+ * (FERRY_NPU_SYNC_TIMEOUT_MS) on a device without stream abort: a stream
+ * whose copies do not finish in time (one held back) fails FERRY_ETIMEDOUT,
+ * sticky, and is abandoned: stream_abandoned says so, its held copy still
+ * runs when released, and stream_destroy leaves it to the process's end.
  */
 #include "device/backend.h"
 #include "device/device.h"
@@ -47,6 +52,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 
 #include "device/sim_internal.h"
 
@@ -80,7 +86,8 @@ struct sim_stream {
     struct sim_job *tail;
     uint64_t enqueued;
     uint64_t finished;
-    int error;                   /* 0 or FERRY_EIO, sticky */
+    int error;                   /* 0, FERRY_EIO or FERRY_ETIMEDOUT, sticky */
+    bool abandoned;              /* a sync timed out (FERRY_SIM_SYNC_TIMEOUT_MS): never destroyed */
     int stop;
     int waits_queued;            /* flag waits enqueued here and not yet over */
     char message[256];           /* the error's detail */
@@ -340,6 +347,8 @@ static int sim_host_alloc(size_t len, void **out)
 
 static void sim_host_free(void *ptr)
 {
+    if (ptr)
+        atomic_fetch_add(&sim_hw.host_frees, 1);
     free(ptr);
 }
 
@@ -584,7 +593,8 @@ static int sim_stream_create(int dev, ferry_stream **out)
     return 0;
 }
 
-/* Like cuStreamDestroy: copies already queued still run; then the worker ends. */
+/* Like cuStreamDestroy: copies already queued still run; then the worker
+ * ends.  An abandoned stream is left as it is (its held copy may still run). */
 static void sim_stream_destroy(ferry_stream *stream)
 {
     if (stream == NULL)
@@ -595,6 +605,10 @@ static void sim_stream_destroy(ferry_stream *stream)
         return;
     }
     pthread_mutex_lock(&s->lock);
+    if (s->abandoned) {
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
     s->stop = 1;
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
@@ -761,17 +775,46 @@ static int sim_stream_query(ferry_stream *stream)
     return stream_result(s, s->finished != s->enqueued);
 }
 
+/* s's copies did not finish within FERRY_SIM_SYNC_TIMEOUT_MS: it fails,
+ * sticky, and is abandoned (s->lock held). */
+static void abandon(struct sim_stream *s)
+{
+    s->error = FERRY_ETIMEDOUT;
+    s->abandoned = true;
+    snprintf(s->message, sizeof s->message, "sim:%d: stream %p did not finish within %u ms "
+             "(FERRY_SIM_SYNC_TIMEOUT_MS): abandoned, as a stream that cannot be aborted", s->dev, (void *)s,
+             sim_hw.sync_timeout_ms);
+    LOG_ERROR("%s", s->message);
+}
+
 static int sim_stream_sync(ferry_stream *stream)
 {
     struct sim_stream *s = as_sim(stream);
     if (s == NULL)
         return ferry_fail(FERRY_EINVAL, "sim: stream_sync on %p: not a sim stream",
                           (void *)stream);
+    struct timespec until = timespec_in_ms(CLOCK_REALTIME, (long)sim_hw.sync_timeout_ms);
     pthread_mutex_lock(&s->lock);
     uint64_t target = s->enqueued;
-    while (s->finished < target && s->error == 0)
-        pthread_cond_wait(&s->idle, &s->lock);
+    while (s->finished < target && s->error == 0) {
+        if (!sim_hw.sync_timeout_ms)
+            pthread_cond_wait(&s->idle, &s->lock);
+        else if (pthread_cond_timedwait(&s->idle, &s->lock, &until) == ETIMEDOUT && s->finished < target &&
+                 s->error == 0)
+            abandon(s);
+    }
     return stream_result(s, 0);
+}
+
+static int sim_stream_abandoned(ferry_stream *stream)
+{
+    struct sim_stream *s = as_sim(stream);
+    if (s == NULL)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    bool abandoned = s->abandoned;
+    pthread_mutex_unlock(&s->lock);
+    return abandoned;
 }
 
 /* Any sim stream, as cuStreamSynchronize takes a stream of any device. */
@@ -792,6 +835,8 @@ static const struct ferry_config_knob sim_knobs[] = {
      "(as CUDA stalls it under lazy module loading)"},
     {"FERRY_SIM_HOLD_COPY", "", "tests: N:path holds sim copy job N (numbered as above) back until the file path "
      "exists"},
+    {"FERRY_SIM_SYNC_TIMEOUT_MS", "0", "tests: a sim stream_sync waits at most this long (0: no bound); a stream "
+     "not done in time fails FERRY_ETIMEDOUT and is abandoned (stream_abandoned), as an NPU's without abort"},
     {"FERRY_SIM_REFUSE", "", "tests: op:N refuses the Nth call (from 1, in this process) of op: host_alloc "
      "(FERRY_ENOMEM), host_func or write_flag (FERRY_EIO, nothing enqueued); up to 8, comma-separated"},
     {NULL, NULL, NULL},
@@ -812,6 +857,7 @@ const struct ferry_device_ops ferry_device_sim = {
     .copy_async = sim_copy_async,
     .stream_query = sim_stream_query,
     .stream_sync = sim_stream_sync,
+    .stream_abandoned = sim_stream_abandoned,
     .stream_mark = sim_stream_mark,
     .stream_then = sim_stream_then,
     .stream_host_func = sim_stream_host_func,

@@ -3,8 +3,9 @@
  * sim_config.c — the sim device's settings, read once when it loads
  * (sim_load in sim.c, under the device loader's lock): how many devices and
  * how much address space each (FERRY_SIM_DEVICES, FERRY_SIM_DEVICE_MEM), and
- * the tests' fault injection (FERRY_SIM_FAIL_COPY, FERRY_SIM_REFUSE) and
- * held copies (FERRY_SIM_HOLD_COPY) into sim_hw.  Owns nothing.
+ * the tests' fault injection (FERRY_SIM_FAIL_COPY, FERRY_SIM_REFUSE), held
+ * copies (FERRY_SIM_HOLD_COPY) and bounded syncs (FERRY_SIM_SYNC_TIMEOUT_MS)
+ * into sim_hw.  Owns nothing.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -125,6 +126,23 @@ static int read_hold(void)
     return 0;
 }
 
+/* FERRY_SIM_SYNC_TIMEOUT_MS="N" into sim_hw.sync_timeout_ms. */
+static int read_sync_timeout(void)
+{
+    const char *s = getenv("FERRY_SIM_SYNC_TIMEOUT_MS");
+    sim_hw.sync_timeout_ms = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long ms = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (*s < '0' || *s > '9' || errno != 0 || *end != '\0' || ms > 600000)
+        return ferry_fail(FERRY_EINVAL, "FERRY_SIM_SYNC_TIMEOUT_MS=\"%.32s\": want 0..600000 (milliseconds; 0: "
+                          "no bound)", s);
+    sim_hw.sync_timeout_ms = (unsigned)ms;
+    return 0;
+}
+
 int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
 {
     const char *s = getenv("FERRY_SIM_DEVICES");
@@ -155,6 +173,8 @@ int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
         rc = read_hold();
     if (!rc)
         rc = read_refusals();
+    if (!rc)
+        rc = read_sync_timeout();
     s = getenv("FERRY_SIM_STALL_ON_WAIT");
     sim_hw.stall_on_wait = s && strcmp(s, "1") == 0;
     if (!rc && s && *s && strcmp(s, "0") != 0 && strcmp(s, "1") != 0)

@@ -71,11 +71,13 @@ struct sim_hw {
         uint64_t call;
     } refusals[SIM_MAX_FAULTS];
     atomic_uint_fast64_t calls[SIM_OPS]; /* calls of each op so far */
+    atomic_uint_fast64_t host_frees;     /* host_free calls so far (tests: pinned memory given back) */
     atomic_int flag_waits;       /* streams now waiting on a flag (stream_wait_flag) */
     atomic_int waits_queued;     /* flag waits enqueued and not yet over */
     int stall_on_wait;           /* FERRY_SIM_STALL_ON_WAIT */
     uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
     char hold_path[256];
+    unsigned sync_timeout_ms;    /* FERRY_SIM_SYNC_TIMEOUT_MS: a stream_sync's bound (0: none) */
 };
 extern struct sim_hw sim_hw;
 
@@ -89,7 +91,8 @@ int sim_mem_alloc(int dev, size_t len, void **out);
 void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 
 /* sim_config.c: FERRY_SIM_DEVICES / _DEVICE_MEM into the arguments (size_given:
- * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY / _REFUSE into sim_hw.  0 or
+ * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY / _REFUSE / _SYNC_TIMEOUT_MS
+ * into sim_hw.  0 or
  * FERRY_EINVAL naming the variable. */
 int sim_read_config(int *ndev, size_t *dev_size, int *size_given);
 

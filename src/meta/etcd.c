@@ -185,6 +185,7 @@ static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *e
     snprintf(url, sizeof url, "http://%s%s", where, path);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROXY, "");           /* never through an http_proxy of the environment */
+    meta_curl_cloexec(h);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, m->headers);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));

@@ -91,6 +91,7 @@ static int request(struct http_meta *m, const char *method, const char *name, co
     if (!rc) {
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_PROXY, ""); /* never through an http_proxy of the environment */
+        meta_curl_cloexec(h);
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
         if (body) {
             curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);

@@ -9,9 +9,27 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#ifdef FERRY_HAVE_ETCD
+#include <curl/curl.h>
+#endif
 
 #include "err.h"
 #include "meta/p2p.h"
+
+#ifdef FERRY_HAVE_ETCD
+static curl_socket_t open_cloexec(void *ctx, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)ctx;
+    (void)purpose;
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+void meta_curl_cloexec(void *h)
+{
+    curl_easy_setopt((CURL *)h, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
+}
+#endif
 
 struct p2p_meta {
     unsigned timeout_ms;

@@ -53,6 +53,11 @@ struct meta_ops {
 const struct meta_ops *meta_find(const char *url);
 const struct meta_ops *const *meta_list(size_t *count);
 
+/* Makes every socket curl opens for handle h (a CURL *) close-on-exec, as
+ * every descriptor of ferry's is: curl's own are not, and a user's
+ * fork+exec would inherit a store connection.  Built with FERRY_HAVE_ETCD. */
+void meta_curl_cloexec(void *h);
+
 /* Tables the tests reach directly; a new backend needs no line here. */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */

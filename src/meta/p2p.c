@@ -134,7 +134,8 @@ static void serve(void *arg, struct acceptor_conn *c)
         LOG_INFO("handshake: dropped a connection from %s: %s", c->peer, ferry_last_error());
         return;
     }
-    atomic_store(&c->busy, true); /* a whole request: it is answered now */
+    if (!acceptor_conn_claim(c)) /* a whole request: it is answered now, unless evicted already */
+        return;
     if (auth_enabled(s->auth) && !authenticated) {
         LOG_WARN("handshake: refused a descriptor request from %s: it did not authenticate", c->peer);
         send_error(c->fd, FERRY_EPERM, "authentication required: this engine has FERRY_AUTH_KEY set", deadline);

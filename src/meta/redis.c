@@ -48,7 +48,7 @@ struct redis_meta {
     char prefix[256];
     unsigned ttl_s;
     unsigned timeout_ms;        /* one command, reply included */
-    struct timeval timeout;     /* connect, and each socket call */
+    struct timeval timeout;     /* each socket call (the connect: timeout_ms) */
 
     struct keepalive ka;        /* published descriptors; its lock guards `c` */
     redisContext *c;            /* NULL while disconnected */
@@ -249,11 +249,14 @@ static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
     char text[200];
     if (m->c)
         return 0;
-    redisContext *c = redisConnectWithTimeout(m->host, m->port, m->timeout);
-    if (!c || c->err) {
-        int rc = ferry_fail(FERRY_ECONN, "%s: cannot connect: %s", m->url, c ? c->errstr : "out of memory");
-        redisFree(c);
-        return rc;
+    /* connected here, not by hiredis, whose socket is not close-on-exec */
+    int fd = net_connect(m->host, m->port, m->timeout_ms);
+    if (fd < 0)
+        return ferry_fail(FERRY_ECONN, "%s: cannot connect: %s", m->url, ferry_last_error());
+    redisContext *c = redisConnectFd(fd);
+    if (!c) {
+        close(fd);
+        return ferry_fail(FERRY_ENOMEM, "%s: a hiredis context", m->url);
     }
     redisSetTimeout(c, m->timeout);
     if (m->db) {

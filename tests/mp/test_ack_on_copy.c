@@ -128,7 +128,7 @@ static void two_frames(struct peer *p, int *status1, int *status2)
     assert_true(send_by(p->fd, first, 2 * head + SMALL, deadline));
     /* frame 1's copy is held: this finishes only if the target reads frame 2 meanwhile */
     bool sent = send_by(p->fd, large, LARGE, deadline);
-    int fd = open(p->hold, O_CREAT | O_WRONLY, 0600); /* let the copy run */
+    int fd = open(p->hold, O_CREAT | O_WRONLY | O_CLOEXEC, 0600); /* let the copy run */
     assert_true(fd >= 0);
     close(fd);
     assert_true(sent);

@@ -304,7 +304,7 @@ static void test_total_cap_spares_busy_connections(void **state)
     assert_int_equal(attacker_hello(data_port, epoch, "127.0.0.4", &newcomer), 1);
     assert_true(raw_closed_by_peer(idle_fd, 10000));
     assert_false(raw_is_closed(busy));
-    int fd = open(hold_path, O_CREAT | O_WRONLY, 0600); /* the copy runs */
+    int fd = open(hold_path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600); /* the copy runs */
     assert_true(fd >= 0);
     close(fd);
     struct wire_header ack;
@@ -602,7 +602,7 @@ static long cpu_ticks(pid_t pid)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "re");
     assert_non_null(f);
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);

@@ -9,6 +9,7 @@
  * descriptor and no data connection, and FERRY_EPERM names the peer; a
  * recorded authentication replayed on a new connection is refused.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -96,7 +97,7 @@ static void test_same_key_transfers(void **state)
 
     /* the key from a file (a trailing newline is not part of it) */
     char path[] = "/tmp/ferry-test-key-XXXXXX";
-    int fd = mkstemp(path);
+    int fd = mkostemp(path, O_CLOEXEC);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, KEY "\n", sizeof KEY), (ssize_t)sizeof KEY);
     close(fd);
@@ -299,7 +300,7 @@ static void test_replayed_answer_refused(void **state)
 
     /* record a genuine client's authentication, relayed through this test */
     int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     struct client_run c = {sv[0], &k, t.name, -1};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, client_main, &c), 0);
@@ -358,7 +359,7 @@ static void *server_main(void *arg)
 static int exchange(struct auth_key *client_key, struct auth_key *server_key, int *server_rc)
 {
     int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     struct server_run s = {sv[1], server_key, -1};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, server_main, &s), 0);

@@ -221,7 +221,7 @@ static void *fake_main(void *arg)
         if (poll(p, 2, 50) <= 0)
             continue;
         if (p[0].revents) {
-            int fd = accept(k->hs_fd, NULL, NULL);
+            int fd = accept4(k->hs_fd, NULL, NULL, SOCK_CLOEXEC);
             uint8_t head[12];
             if (fd >= 0 && net_read_full(fd, head, 12) == 0) {
                 uint32_t n = head[8] | head[9] << 8;
@@ -239,7 +239,7 @@ static void *fake_main(void *arg)
                 close(fd);
         }
         if (p[1].revents) {
-            int fd = accept(k->data_fd, NULL, NULL);
+            int fd = accept4(k->data_fd, NULL, NULL, SOCK_CLOEXEC);
             uint8_t raw[WIRE_HEADER_SIZE];
             struct wire_header h;
             if (fd >= 0 && net_read_full(fd, raw, sizeof raw) == 0 && wire_decode_header(raw, &h) == 0) {

@@ -80,7 +80,7 @@ static void *fake_main(void *arg)
         struct pollfd p = {f->lfd, POLLIN, 0};
         if (poll(&p, 1, 50) != 1)
             continue;
-        int fd = accept(f->lfd, NULL, NULL);
+        int fd = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
         atomic_fetch_add(&f->connections, 1);

@@ -35,7 +35,7 @@
 
 static void require_ipv6_loopback(void)
 {
-    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     int ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
     if (fd >= 0)
@@ -277,7 +277,7 @@ static void per_peer_cap_over_ipv6(void **state)
                               .sin6_port = htons((uint16_t)ferry_engine_handshake_port(target))};
     int fds[4];
     for (int i = 0; i < 4; i++) {
-        fds[i] = socket(AF_INET6, SOCK_STREAM, 0);
+        fds[i] = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
         assert_true(fds[i] >= 0);
         assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
     }

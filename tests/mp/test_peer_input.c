@@ -9,6 +9,7 @@
  * stderr at a file); peers are engines or raw sockets; the fake target is a
  * thread speaking the wire format.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -30,7 +31,7 @@ struct capture {
 static void capture_start(struct capture *c)
 {
     strcpy(c->path, "/tmp/ferry-test-log-XXXXXX");
-    c->fd = mkstemp(c->path);
+    c->fd = mkostemp(c->path, O_CLOEXEC);
     assert_true(c->fd >= 0);
     fflush(stderr);
     c->saved = dup(2);
@@ -123,7 +124,7 @@ struct fake_target {
 static void *fake_main(void *arg)
 {
     struct fake_target *k = arg;
-    int fd = accept(k->hs_fd, NULL, NULL);
+    int fd = accept4(k->hs_fd, NULL, NULL, SOCK_CLOEXEC);
     uint8_t head[12], body[256];
     char desc[1024];
     snprintf(desc, sizeof desc,
@@ -143,7 +144,7 @@ static void *fake_main(void *arg)
      * socket down: after a refused HELLO the initiator may try its frame on a
      * fresh connection, which must be answered too (left in the backlog, it
      * waited FERRY_CONNECT_TIMEOUT_MS and the case ended ETIMEDOUT) */
-    while ((fd = accept(k->data_fd, NULL, NULL)) >= 0) {
+    while ((fd = accept4(k->data_fd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
         uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
         struct wire_header h;
         if (net_read_full(fd, raw, WIRE_HEADER_SIZE) == 0 && wire_decode_header(raw, &h) == 0 &&

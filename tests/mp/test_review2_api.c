@@ -100,7 +100,7 @@ static void sleep_ms(long ms)
  * (for a LISTEN socket /proc/net/tcp's rx_queue is its accept backlog). */
 static int accept_backlog(int port)
 {
-    FILE *f = fopen("/proc/net/tcp", "r");
+    FILE *f = fopen("/proc/net/tcp", "re");
     assert_non_null(f);
     char line[512];
     int found = 0;
@@ -379,7 +379,7 @@ static int in_futex_wait(int tid)
 {
     char path[64], line[128] = "";
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "re");
     if (!f)
         return 0;
     int ok = fgets(line, sizeof line, f) != NULL && atoi(line) == SYS_futex;

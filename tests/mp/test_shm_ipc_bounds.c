@@ -113,8 +113,8 @@ static void registry_length_past_the_export_refused(void **state)
 {
     (void)state;
     int to_parent[2], to_child[2];
-    assert_int_equal(pipe(to_parent), 0);
-    assert_int_equal(pipe(to_child), 0);
+    assert_int_equal(pipe2(to_parent, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(to_child, O_CLOEXEC), 0);
     fflush(NULL);
     pid_t parent = getpid(), pid = fork(); /* before this process touches any device */
     assert_true(pid >= 0);

@@ -181,7 +181,7 @@ static void job_frames(void **state)
             usleep(200000);
             assert_false(atomic_load(&ur.done));
         }
-        FILE *f = fopen(go, "w");
+        FILE *f = fopen(go, "we");
         assert_non_null(f);
         fclose(f);
     }

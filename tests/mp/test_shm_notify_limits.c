@@ -51,7 +51,7 @@ static bool notify_socket_name(pid_t pid, char *out, size_t cap)
 {
     char prefix[64], line[512];
     snprintf(prefix, sizeof prefix, "@ferry-shm.%d.", (int)pid);
-    FILE *f = fopen("/proc/net/unix", "r");
+    FILE *f = fopen("/proc/net/unix", "re");
     bool found = false;
     while (f && !found && fgets(line, sizeof line, f)) {
         char *at = strstr(line, prefix);

@@ -149,7 +149,7 @@ static void own_copy_failure_is_logged(void **state)
     (void)state;
     setenv("FERRY_SIM_FAIL_COPY", "2:start", 1);
     char path[] = "/tmp/ferry-stream-faults-XXXXXX";
-    int fd = mkstemp(path);
+    int fd = mkostemp(path, O_CLOEXEC);
     assert_true(fd >= 0);
     unlink(path);
     fflush(stderr);

@@ -71,7 +71,7 @@ static int submit_while_copy_held(struct fixture *f, ferry_batch *b, struct ferr
     until.tv_sec += 1; /* the call's chance to return early (the bug), not a measurement */
     bool joined = pthread_timedjoin_np(th, NULL, &until) == 0;
     atomic_store(&released, 1);
-    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     assert_true(fd >= 0);
     close(fd);
     if (!joined)
@@ -296,7 +296,7 @@ static void timed_out_read_leaves_the_reused_bounce_buffer_alone(void **state)
     while (k.answering && !k.done) /* (the late bytes are out, or the initiator closed the socket) */
         pthread_cond_wait(&k.cv, &k.mu);
     pthread_mutex_unlock(&k.mu);
-    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     assert_true(fd >= 0);
     close(fd);
     assert_int_equal(f.sim->stream_copy(0, f.stream, FERRY_COPY_D2H, &out, 1), 0);

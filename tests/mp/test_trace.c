@@ -60,7 +60,7 @@ struct trace {
  * "ns thread event arg" with a known event, and on dropped records. */
 static void trace_load(const char *path, struct trace *t)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "re");
     if (!f)
         fail_msg("no trace file %s: %s", path, strerror(errno));
     char line[256];
@@ -229,7 +229,7 @@ static void __attribute__((noreturn)) initiator(const struct child_target *t, en
         memset(local, 1, 4096);
         child_batch(e, FERRY_WRITE, local, seg, t->addr, 4096, 1);
         int hold[2];
-        CHILD_CHECK(pipe(hold) == 0);
+        CHILD_CHECK(pipe2(hold, O_CLOEXEC) == 0);
         fflush(NULL);
         pid_t pid = fork();
         CHILD_CHECK(pid >= 0);
@@ -263,7 +263,7 @@ static pid_t run_initiator(const struct child_target *t, enum scenario s, const 
     if (pid == 0) {
         test_child_dies_with_parent(parent);
         if (err_path) {
-            int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
             if (fd < 0 || dup2(fd, 2) < 0)
                 _exit(2);
             close(fd);
@@ -593,7 +593,7 @@ static void test_trace_path_unusable(void **state)
     start_target(&tg, dir, 8 * MIB);
     char file[128], missing[128], under_file[160], err_path[128], longp[700];
     snprintf(file, sizeof file, "%s/plain", dir);
-    FILE *f = fopen(file, "w");
+    FILE *f = fopen(file, "we");
     assert_non_null(f);
     fclose(f);
     snprintf(missing, sizeof missing, "%s/missing/init.%%d", dir);
@@ -611,7 +611,7 @@ static void test_trace_path_unusable(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_initiator(&tg, SMALL, cases[i].path, err_path);
         char err[4096] = "";
-        f = fopen(err_path, "r");
+        f = fopen(err_path, "re");
         assert_non_null(f);
         size_t n = fread(err, 1, sizeof err - 1, f);
         err[n] = '\0';
@@ -645,7 +645,7 @@ static void test_trace_write_fails(void **state)
     snprintf(err_path, sizeof err_path, "%s/stderr", dir);
     run_initiator(&tg, SMALL, "/dev/full", err_path);
     char err[4096] = "";
-    FILE *f = fopen(err_path, "r");
+    FILE *f = fopen(err_path, "re");
     assert_non_null(f);
     size_t n = fread(err, 1, sizeof err - 1, f);
     err[n] = '\0';
@@ -671,7 +671,7 @@ static void test_forked_child_leaves_trace(void **state)
     /* the initiator's forked child inherits the write end of `gone` too:
      * EOF here means both have exited */
     int gone[2];
-    assert_int_equal(pipe(gone), 0);
+    assert_int_equal(pipe2(gone, O_CLOEXEC), 0);
     snprintf(path, sizeof path, "%s/init.%%d", dir);
     pid_t pid = run_initiator(&tg, FORK, path, NULL);
     close(gone[1]);

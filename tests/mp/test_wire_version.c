@@ -111,7 +111,7 @@ static void target_in_another_version(void **state)
 /* A connection to 127.0.0.1:port, or -1. */
 static int connect_to(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
@@ -138,7 +138,7 @@ static int listening_ports(pid_t pid, int *ports, int max)
         if (sscanf(link, "socket:[%lu]", &ino) == 1)
             inodes[ninodes++] = ino;
     }
-    FILE *f = fopen("/proc/net/tcp", "r");
+    FILE *f = fopen("/proc/net/tcp", "re");
     assert_non_null(f);
     while (fgets(line, sizeof line, f) && n < max) {
         unsigned lport, st;

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <fcntl.h>
 #include <dirent.h>
 
 #include "rdma_test.h"
@@ -452,7 +453,7 @@ static long side_channels_of(pid_t pid)
             continue;
         char file[128];
         snprintf(file, sizeof file, "/proc/%d/task/%.20s/comm", (int)pid, e->d_name);
-        FILE *f = fopen(file, "r");
+        FILE *f = fopen(file, "re");
         if (f && fgets(comm, sizeof comm, f) && strcmp(comm, "ferry-rdma-sc\n") == 0)
             n++;
         if (f)
@@ -492,7 +493,7 @@ static void test_initiator_killed_mid_copy(void **state)
     int out[2];
     char addr[32];
     snprintf(addr, sizeof addr, "0x%llx", (unsigned long long)t->addr);
-    assert_int_equal(pipe(out), 0);
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
     pid_t parent = getpid();
     pid_t pid = fork(); /* then only async-signal-safe calls until exec: this process has threads */
     assert_true(pid >= 0);

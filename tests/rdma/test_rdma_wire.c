@@ -185,7 +185,7 @@ static void test_messages_over_a_socket(void **state)
 {
     (void)state;
     int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     struct rdma_msg_header h = {.type = RDMA_MSG_NOTIFY, .id = 9}, in;
     char buf[RDMA_MAX_NOTIFY];
     assert_int_equal(rdma_msg_send(sv[0], &h, "kv-", 3, "ready", 5), 0);
@@ -229,7 +229,7 @@ static void test_dripped_message_times_out(void **state)
 {
     (void)state;
     int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     struct timeval tv = {0, 300 * 1000};
     assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
     struct dripper d = {.fd = sv[0]};

@@ -44,7 +44,8 @@ static void hold(void *ctx, struct acceptor_conn *c)
         if (n <= 0)
             return;
         if (first && (b[0] == 'B' || b[0] == 'P')) {
-            atomic_store(&c->busy, b[0] == 'B');
+            if (b[0] == 'B' && !acceptor_conn_claim(c))
+                return; /* evicted: not in these cases, where nothing is evicted while marking */
             atomic_fetch_add(&marked, 1);
             while (b[0] == 'P' && !acceptor_stopping(c->owner))
                 poll(NULL, 0, 20);

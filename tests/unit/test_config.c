@@ -316,7 +316,7 @@ static void segment_names(void **state)
 static void readme_lists_every_knob(void **state)
 {
     (void)state;
-    FILE *f = fopen(FERRY_SOURCE_DIR "/README.md", "r");
+    FILE *f = fopen(FERRY_SOURCE_DIR "/README.md", "re");
     assert_non_null(f);
     static char text[1 << 16];
     size_t n = fread(text, 1, sizeof text - 1, f);

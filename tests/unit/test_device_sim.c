@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -572,7 +573,7 @@ static void run_init_child(const char *devices, const char *mem, rlim_t as_limit
                            size_t cap)
 {
     int fds[2];
-    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);

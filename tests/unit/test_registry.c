@@ -155,7 +155,7 @@ static void cpu_table_allocates(void **state)
 /* The VmFlags of the mapping that holds p, from /proc/self/smaps ("" if none). */
 static void vm_flags_of(const void *p, char *out, size_t cap)
 {
-    FILE *f = fopen("/proc/self/smaps", "r");
+    FILE *f = fopen("/proc/self/smaps", "re");
     char line[512];
     bool inside = false;
     out[0] = '\0';

@@ -42,7 +42,7 @@ static int serve(const char *name, size_t plen)
     memcpy(msg + 2, name, nl);
     memset(msg + 2 + nl, 'x', plen);
     int fds[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0, fds), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
     struct sender s = {.fd = fds[0], .pid = 1, .stage = PEER_NEW};
     assert_int_equal(send(fds[1], msg, 2 + nl + plen, 0), (ssize_t)(2 + nl + plen));
     delivered = 0;

@@ -7,7 +7,8 @@
  * refused by copy_async itself (nothing queued; the stream goes on); the
  * others run.  Malformed settings fail the device's init with FERRY_EINVAL
  * naming the variable (each in a forked child: the load happens once per
- * process), and so do malformed FERRY_SIM_HOLD_COPY settings.  stream_then,
+ * process), and so do malformed FERRY_SIM_HOLD_COPY and
+ * FERRY_SIM_SYNC_TIMEOUT_MS settings.  stream_then,
  * sim's function on a stream: run once the copies before it are done, never
  * after a failed one, as CUDA's cuLaunchHostFunc.
  */
@@ -122,6 +123,19 @@ static void test_hold_malformed(void **state)
     assert_int_equal(init_var("FERRY_SIM_HOLD_COPY", "4:/tmp/ferry-no-such-hold"), 0);
 }
 
+/* FERRY_SIM_SYNC_TIMEOUT_MS wants 0..600000. */
+static void test_sync_timeout_malformed(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"x", "-1", "600001", "300ms", " 3", "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        print_message("FERRY_SIM_SYNC_TIMEOUT_MS=\"%s\"\n", bad[i]);
+        assert_int_equal(init_var("FERRY_SIM_SYNC_TIMEOUT_MS", bad[i]), 1);
+    }
+    assert_int_equal(init_var("FERRY_SIM_SYNC_TIMEOUT_MS", "0"), 0);
+    assert_int_equal(init_var("FERRY_SIM_SYNC_TIMEOUT_MS", "600000"), 0);
+}
+
 static void then_fn(void *arg)
 {
     __atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);
@@ -193,6 +207,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_hold_malformed),
+        cmocka_unit_test(test_sync_timeout_malformed),
         cmocka_unit_test(test_injected_faults),
         cmocka_unit_test(test_stream_then),
     };

@@ -105,7 +105,7 @@ static void tcp_pair(int *a, int *b)
     assert_true(l >= 0);
     *a = net_connect("127.0.0.1", port, 10000);
     assert_true(*a >= 0);
-    *b = accept(l, NULL, NULL);
+    *b = accept4(l, NULL, NULL, SOCK_CLOEXEC);
     assert_true(*b >= 0);
     close(l);
 }

@@ -78,7 +78,7 @@ int rdma_knobs_load(struct rdma_knobs *k)
 
 static int read_int_file(const char *path, int def)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen(path, "re");
     int v = def;
     if (f) {
         if (fscanf(f, "%d", &v) != 1)

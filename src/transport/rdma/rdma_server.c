@@ -166,7 +166,8 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
     net_set_timeouts(s->fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
     int rc = serve_hello(s);
     /* its queue pair carries RDMA this side never sees: never evicted for another peer */
-    atomic_store(&c->busy, rc == 0);
+    if (!rc && !acceptor_conn_claim(c))
+        rc = FERRY_ECONN; /* evicted while it said HELLO: its queue pair goes */
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
         int n = poll(&p, 1, TICK_MS);

@@ -66,7 +66,7 @@ static int ns_inode(const char *path, uint64_t *out)
  * inside them). */
 static int read_identity(struct shm_transport *t)
 {
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
     if (!f || !fgets(t->boot_id, sizeof t->boot_id, f)) {
         if (f)
             fclose(f);
@@ -89,7 +89,7 @@ static int read_identity(struct shm_transport *t)
  * handshake with us before its first copy (docs/SECURITY.md, "Same-host"). */
 static void allow_peers(void)
 {
-    FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
+    FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "re");
     int scope = 0;
     if (!f)
         return;

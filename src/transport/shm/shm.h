@@ -406,6 +406,11 @@ bool shm_rbuf_follow_device(struct shm_peer *p, struct shm_rbuf *b);
 void shm_frame_unmap(struct frame_run *fr);
 /* Drops the group's cached mapping (before its frames end). */
 void shm_group_unmap(struct shm_group *g);
+/* The group's copies were abandoned on a hung device (stream_abandoned) and
+ * may still run through its mappings: its references and its frames' are
+ * kept, never put, so those mappings stay open to the process's end (a
+ * buffer registered again at their address is refused FERRY_EBUSY). */
+void shm_group_keep_maps(struct shm_group *g);
 /* Retires p's mappings of registrations its registry no longer lists as
  * the ones they were opened for (all: every mapping). */
 void shm_peer_sweep(struct shm_peer *p, bool all);

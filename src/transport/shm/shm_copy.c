@@ -440,10 +440,15 @@ static int job_stream(struct shm_group *g)
     return 0;
 }
 
-/* After a failure the stream is in a sticky error: drain it, start over. */
+/* After a failure the stream is in a sticky error: drain it, start over.
+ * Where it hung and could not be aborted (stream_abandoned) its copies may
+ * still run, through the job's mappings: those stay open (as staging keeps
+ * such chunks out of use); stream_destroy leaves the stream itself. */
 static void job_stream_renew(struct shm_group *g)
 {
     (void)g->stream_ops->stream_sync(g->stream);
+    if (g->stream_ops->stream_abandoned && g->stream_ops->stream_abandoned(g->stream))
+        shm_group_keep_maps(g);
     g->stream_ops->stream_destroy(g->stream);
     g->stream = NULL;
 }

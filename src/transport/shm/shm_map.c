@@ -30,6 +30,9 @@
 #include "err.h"
 #include "log.h"
 #include "transport/shm/shm.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 
 static void mapping_close(struct shm_mapping *m)
 {
@@ -88,6 +91,35 @@ void shm_group_unmap(struct shm_group *g)
     if (g->map)
         mapping_put(g->map);
     g->map = NULL;
+}
+
+/* m stays open to the process's end, on purpose: LeakSanitizer is told so
+ * (nothing points at it once its peer is closed). */
+static void keep_open(struct shm_mapping *m)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_ignore_object(m);
+#else
+    (void)m;
+#endif
+}
+
+void shm_group_keep_maps(struct shm_group *g)
+{
+    unsigned kept = 0;
+    if (g->map) {
+        keep_open(g->map);
+        kept++;
+    }
+    g->map = NULL;
+    for (size_t i = 0; i < g->n; i++) {
+        for (uint32_t k = 0; k < g->runs[i].nmaps; k++)
+            keep_open(g->runs[i].maps[k]);
+        kept += g->runs[i].nmaps;
+        g->runs[i].nmaps = 0;
+    }
+    LOG_ERROR("shm: segment %.64s: %u mapping reference(s) kept open to the process's end: copies through them "
+              "were abandoned on a hung device and may still run", g->p->name, kept);
 }
 
 /* The group caches m (its own reference: a cache hit takes a frame's

@@ -519,6 +519,13 @@ static int serve_frame(struct server_conn *s)
     }
 }
 
+/* A connection quiet this long gives its device bounce back (4 MiB of pinned
+ * memory; tcp_bounce_release_idle): long against the gaps inside a burst of
+ * transfers, where allocating it again (a pinned allocation, a millisecond
+ * or more on CUDA) would cost, short against the idle timeout (120 s by
+ * default) that otherwise held it. */
+#define BOUNCE_IDLE_MS 1000u
+
 /* One incoming connection, on its own thread (common/acceptor.c): HELLO,
  * then frames until the peer leaves, breaks the protocol, misses a frame
  * deadline or stays silent for idle_timeout_ms. */
@@ -554,19 +561,24 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         if (n <= 0 && (rc = send_held_ack(s)) != 0)
             break;
         /* nothing served, nothing owed: the acceptor may give this slot to another peer */
-        atomic_store(&c->busy, n > 0 || (atomic_load(&s->ack.word) & 3));
+        if (n <= 0 && !(atomic_load(&s->ack.word) & 3))
+            acceptor_conn_release(c);
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
-        if (n > 0)
-            atomic_store(&c->busy, true);
         if (n == 0 || (n < 0 && errno == EINTR)) {
-            if (idle_ns && now_ns() - last >= idle_ns) {
+            uint64_t quiet = now_ns() - last;
+            if (idle_ns && quiet >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
                          t->host.cfg->idle_timeout_ms);
                 break;
             }
+            if (quiet >= BOUNCE_IDLE_MS * 1000000ull)
+                tcp_bounce_release_idle(s);
             continue;
         }
+        /* claimed before a byte of the frame is read: evicted while idle, it ends here, quietly */
+        if (!acceptor_conn_claim(c))
+            break;
         rc = serve_frame(s);
         last = now_ns();
     }

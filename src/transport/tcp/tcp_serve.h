@@ -141,8 +141,14 @@ int tcp_settle_ack(struct server_conn *s);
 void tcp_bounce_wait(struct server_conn *s);
 /* tcp_bounce_wait, then empties the bounce (copies not started are dropped). */
 void tcp_bounce_drain(struct server_conn *s);
-/* Frees the bounce, if one was allocated. */
+/* Frees the bounce, if one was allocated (one a hung copy may still touch
+ * is left, never freed); the next device access allocates another. */
 void tcp_bounce_free(struct server_conn *s);
+/* The connection is quiet: frees its bounce unless something is still in it
+ * (copies pending or in flight, a deferred ack's bytes).  A target serving
+ * many connections so holds pinned memory only for those moving device
+ * memory now, not 4 MiB each until its idle timeout. */
+void tcp_bounce_release_idle(struct server_conn *s);
 /* WRITE: starts and waits for every pending copy; the bounce is empty again. */
 int tcp_flush_writes(struct server_conn *s);
 /* WRITE: starts the pending copies once PIPE_BYTES of them wait. */

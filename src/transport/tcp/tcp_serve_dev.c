@@ -2,6 +2,7 @@
 /*
  * tcp_serve_dev.c — the tcp target side's path for device memory: a pinned
  * bounce per served connection (allocated on its first device access, freed
+ * once the connection has been quiet for BOUNCE_IDLE_MS, tcp_serve.c, or
  * with the connection), WRITE payload received into it and READ payload
  * sent from it, with the device copies started in pipe-sized groups
  * (FERRY_TCP_DEVICE_PIPE) on the stream the device layer keeps for the
@@ -247,6 +248,14 @@ void tcp_bounce_free(struct server_conn *s)
         bounce_leave_lost(s);
     if (s->b.buf)
         s->b.owner->host_free(s->b.buf);
+    s->b.buf = NULL;
+}
+
+void tcp_bounce_release_idle(struct server_conn *s)
+{
+    const struct bounce *b = &s->b;
+    if (b->buf && !b->n && !b->used && !b->inflight && !(atomic_load(&s->ack.word) & 3))
+        tcp_bounce_free(s);
 }
 
 /* All pending WRITE copies started and done (or dropped after a failed

@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_shm_job_hang.c — an shm job whose device copies hang on a device
+ * that cannot abort them (src/transport/shm/shm_copy.c, job_stream_renew;
+ * docs/EXTENDING.md, "bounded waits").  The job's copies go from local sim
+ * memory through the IPC opening of a target process's sim buffer, on the
+ * job's own stream (FERRY_SHM_SUBMIT_COPIES=1).  The sim device holds that
+ * copy back (its FERRY_SIM_HOLD_COPY, set here for the one copy job) past
+ * its bounded sync (FERRY_SIM_SYNC_TIMEOUT_MS), which abandons the stream, as
+ * the npu backend does without aclrtStreamAbort.  The WRITE fails
+ * TIMEOUT (FERRY_ETIMEDOUT), the next lands, and the IPC opening the held copy writes
+ * through stays open after the segment is closed (every opening retired):
+ * the copy, released last, lands in an opening still held, never in one
+ * closed under it (on CUDA: memory its exporter may have reused).  The
+ * sim's counts (sim_ipc_counts) say what was opened and closed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "device/sim_internal.h"
+#include "ferry.h"
+#include "testutil.h"
+#include "xfer_pair.h"
+
+#define TSIZE ((size_t)1 << 20)
+#define BLOCK ((size_t)64 << 10)
+#define NREQ 4u
+#define TSEED 5
+#define GUARD_MS 60000 /* a hang guard only */
+
+/* NREQ blocks of pattern(seed) written at base; the batch, waited for. */
+static ferry_batch *write_blocks(struct xfer_pair *x, uint64_t base, uint64_t seed, uint64_t hold_job_after)
+{
+    struct ferry_request r[NREQ];
+    for (unsigned i = 0; i < NREQ; i++) {
+        uint64_t off = base + i * BLOCK;
+        r[i] = (struct ferry_request){FERRY_WRITE, x->local + off, x->seg, x->target.addr + off, BLOCK};
+    }
+    pattern_fill(x->host, NREQ * BLOCK, seed, base);
+    assert_int_equal(ferry_mem_copy(x->e, x->local + base, x->host, NREQ * BLOCK), 0);
+    if (hold_job_after) /* the next copy job, the WRITE's, is held back */
+        sim_hw.hold_job = atomic_load(&sim_hw.jobs) + 1;
+    ferry_batch *b;
+    assert_int_equal(ferry_batch_alloc(x->e, NREQ, &b), 0);
+    int rc = ferry_batch_submit(b, r, NREQ);
+    if (rc)
+        fail_msg("submit: %s: %s", ferry_err_name(rc), ferry_last_error());
+    (void)ferry_batch_wait(b, GUARD_MS);
+    return b;
+}
+
+static void expect_all(ferry_batch *b, int state, int code, const char *part)
+{
+    for (unsigned i = 0; i < NREQ; i++) {
+        struct ferry_status st;
+        assert_int_equal(ferry_batch_status(b, i, &st), 0);
+        if (st.state != state || st.error != code || (part && !strstr(st.message, part)))
+            fail_msg("request %u: state %d %s \"%s\", expected state %d %s \"...%s...\"", i, st.state,
+                     ferry_err_name(st.error), st.message, state, ferry_err_name(code), part ? part : "");
+    }
+    ferry_batch_free(b);
+}
+
+static void hung_job_keeps_its_opening(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ferry-job-hang-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct xfer_pair x;
+    setenv("FERRY_PROTOCOLS", "shm", 1); /* the target's, read at its start */
+    xfer_pair_start_target(&x, TSIZE, "sim:0", TSEED);
+    setenv("FERRY_SIM_SYNC_TIMEOUT_MS", "300", 1); /* this process's sim, loaded by the engine */
+    setenv("FERRY_SHM_SUBMIT_COPIES", "1", 1);
+    struct ferry_config cfg;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.protocols = "shm";
+    xfer_pair_open(&x, &cfg, "sim:0");
+    snprintf(sim_hw.hold_path, sizeof sim_hw.hold_path, "%s/go", dir);
+
+    expect_all(write_blocks(&x, 0, 11, false), FERRY_COMPLETED, 0, NULL);
+    assert_int_equal(child_target_check(&x.target, 0, NREQ * BLOCK, 11), -1);
+    struct sim_ipc_counts c;
+    sim_ipc_counts(&c);
+    assert_int_equal(c.opens, 1);
+    assert_int_equal(c.closes, 0);
+
+    expect_all(write_blocks(&x, NREQ * BLOCK, 12, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT,
+               "FERRY_SIM_SYNC_TIMEOUT_MS");
+    /* the next lands, on a fresh stream */
+    expect_all(write_blocks(&x, 2 * NREQ * BLOCK, 13, false), FERRY_COMPLETED, 0, NULL);
+    assert_int_equal(child_target_check(&x.target, 2 * NREQ * BLOCK, NREQ * BLOCK, 13), -1);
+
+    assert_int_equal(ferry_close_segment(x.e, x.seg), 0); /* retires every opening of the target */
+    sim_ipc_counts(&c);
+    assert_int_equal(c.opens, 1);
+    assert_int_equal(c.closes, 0); /* the held copy's opening is still open */
+
+    FILE *f = fopen(sim_hw.hold_path, "we"); /* the held copy runs now */
+    assert_non_null(f);
+    fclose(f);
+    xfer_pair_stop(&x);
+    unlink(sim_hw.hold_path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(hung_job_keeps_its_opening),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
