@@ -11,11 +11,12 @@
 
 static char **etcd_argv(const char *dir, int port, int port2)
 {
-    static char client[64], peer[64], cluster[96], data[160];
-    static char *argv[] = {"etcd", "--name", "ferry-test", "--data-dir", data, "--listen-client-urls", client,
+    static char client[64], listen[128], peer[64], cluster[96], data[160];
+    static char *argv[] = {"etcd", "--name", "ferry-test", "--data-dir", data, "--listen-client-urls", listen,
                            "--advertise-client-urls", client, "--listen-peer-urls", peer,
                            "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster, NULL};
     snprintf(client, sizeof client, "http://127.0.0.1:%d", port);
+    snprintf(listen, sizeof listen, "%s,http://[::1]:%d", client, port); /* test_ipv6_endpoint */
     snprintf(peer, sizeof peer, "http://127.0.0.1:%d", port2);
     snprintf(cluster, sizeof cluster, "ferry-test=%s", peer);
     snprintf(data, sizeof data, "%s", dir);
@@ -52,6 +53,30 @@ static void test_malformed_urls(void **state)
                           "etcd://127.0.0.1:2379/path", "etcd://user@127.0.0.1:2379", "etcd://127.0.0.1:2379,"};
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++)
         expect_create_fails(urls[i], FERRY_EINVAL);
+}
+
+/* An IPv6 endpoint in brackets: curl opens its socket through ferry's
+ * close-on-exec callback (meta_curl_cloexec) with the family it resolved,
+ * and what is published there is seen through the IPv4 one. */
+static void test_ipv6_endpoint(void **state)
+{
+    (void)state;
+    static bool before[TEST_MAX_FD];
+    char url[64], *json = NULL;
+    size_t len;
+    void *v6 = NULL;
+    test_fds_open(before);
+    snprintf(url, sizeof url, "etcd://[::1]:%d", fx.port);
+    int rc = etcd.ops->create(url, PREFIX, TTL_S, 2000, &v6);
+    if (rc)
+        fail_msg("%s: %s: %s", url, ferry_err_name(rc), ferry_last_error());
+    assert_int_equal(etcd.ops->publish(v6, "v6:1", "{\"over\":\"ipv6\"}"), 0);
+    assert_int_equal(etcd.ops->lookup(v6, "v6:1", &json, &len), 0);
+    free(json);
+    assert_int_equal(etcd.ops->lookup(fx.observer, "v6:1", &json, &len), 0);
+    free(json);
+    assert_int_equal(test_fds_not_cloexec(before, true), 0);
+    etcd.ops->destroy(v6);
 }
 
 /* The first endpoint refuses connections; everything goes through the second. */
@@ -96,6 +121,7 @@ int main(void)
         cmocka_unit_test(test_all_endpoints_dead),
         META_COMMON_TESTS,
         cmocka_unit_test(test_first_endpoint_dead),
+        cmocka_unit_test(test_ipv6_endpoint),
     };
     return meta_tests_main(&etcd, tests, sizeof tests / sizeof tests[0]);
 }

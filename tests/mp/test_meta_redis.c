@@ -70,12 +70,54 @@ static void test_wrong_type_key(void **state)
     peer_destroy(&q);
 }
 
+/* Whether store m finds name (0) or not (FERRY_ENOSEG). */
+static int found_in(void *m, const char *name)
+{
+    char *json = NULL;
+    size_t len;
+    int rc = redis.ops->lookup(m, name, &json, &len);
+    free(json);
+    return rc;
+}
+
+/* redis://host:port/db: every connection, the first and the one made again
+ * after the server restarted, SELECTs db (on the socket ferry connects and
+ * hands to hiredis, redisConnectFd); a db the server does not have is
+ * refused, naming the URL and the command. */
+static void test_select_db(void **state)
+{
+    (void)state;
+    char url[96];
+    void *db3 = NULL, *bad = NULL;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/3", fx.port);
+    assert_int_equal(redis.ops->create(url, PREFIX, TTL_S, 2000, &db3), 0);
+    assert_int_equal(redis.ops->publish(db3, "db3:1", "{\"in\":\"db3\"}"), 0);
+    assert_int_equal(found_in(db3, "db3:1"), 0);
+    assert_int_equal(found_in(fx.observer, "db3:1"), FERRY_ENOSEG); /* the fixture's store is db 0 */
+
+    server_stop();
+    server_start(); /* empty: db3 connects again and publishes anew */
+    assert_int_equal(redis.ops->publish(db3, "db3:2", "{\"in\":\"db3\"}"), 0);
+    assert_int_equal(found_in(db3, "db3:2"), 0);
+    assert_int_equal(found_in(fx.observer, "db3:2"), FERRY_ENOSEG);
+    redis.ops->destroy(db3);
+
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/99", fx.port); /* 16 databases by default */
+    int rc = redis.ops->create(url, PREFIX, TTL_S, 2000, &bad);
+    print_message("  %s -> %s: %s\n", url, ferry_err_name(rc), ferry_last_error());
+    assert_int_equal(rc, FERRY_EINVAL);
+    assert_non_null(strstr(ferry_last_error(), url));
+    assert_non_null(strstr(ferry_last_error(), "SELECT 99"));
+    assert_null(bad);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed_urls),
         META_COMMON_TESTS,
         cmocka_unit_test(test_wrong_type_key),
+        cmocka_unit_test(test_select_db),
     };
     return meta_tests_main(&redis, tests, sizeof tests / sizeof tests[0]);
 }
