@@ -290,7 +290,6 @@ struct shm_lane {
     struct shm_lane_stream *cur[SHM_LANE_STREAMS_MAX];
     uint32_t *marks;                  /* host_alloc: a word per job, SHM_MARK_STRIDE apart */
     atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP): not used any more */
-    atomic_bool abandoned;            /* a stream of it hung and was abandoned: its marks are kept */
 };
 #define SHM_MARK_STRIDE 16u           /* words: one cache line per job */
 
@@ -412,10 +411,6 @@ void shm_group_unmap(struct shm_group *g);
  * kept, never put, so those mappings stay open to the process's end (a
  * buffer registered again at their address is refused FERRY_EBUSY). */
 void shm_group_keep_maps(struct shm_group *g);
-/* m (an allocation a copy abandoned on a hung device may still reach) stays
- * to the process's end, on purpose: LeakSanitizer is told so (nothing
- * points at it once its owner is gone). */
-void shm_keep_to_exit(const void *m);
 /* Retires p's mappings of registrations its registry no longer lists as
  * the ones they were opened for (all: every mapping). */
 void shm_peer_sweep(struct shm_peer *p, bool all);
@@ -431,9 +426,7 @@ struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device
  * to be waited for by its mark (else nothing of it is still running). */
 int shm_lane_issue(struct shm_lane *lane, struct shm_group *g);
 /* A worker: waits for the job's mark, then lets go of its stream.  0, or
- * the stream's error (the stream is retired).  Past the job's deadline it
- * waits by stream_sync, which a device that cannot abort a hung copy bounds;
- * a stream so abandoned keeps the job's mappings open (shm_group_keep_maps). */
+ * the stream's error (the stream is retired). */
 int shm_lane_wait(struct shm_group *g);
 void shm_lanes_free(struct shm_transport *t);
 

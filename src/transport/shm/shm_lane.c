@@ -149,43 +149,20 @@ int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
     return rc;
 }
 
-/* The latest deadline of the job's frames: a mark not come by then is
- * waited for by stream_sync, which ends a hung copy on a device that
- * cannot abort one (its bounded sync abandons the stream); polling alone
- * would wait for it for ever and the frames would never end. */
-static uint64_t job_deadline(const struct shm_group *g)
-{
-    uint64_t d = 0;
-    for (size_t i = 0; i < g->n; i++)
-        if (g->runs[i].f->deadline_ns > d)
-            d = g->runs[i].f->deadline_ns;
-    return d;
-}
-
-/* The job's copies, on an abandoned stream, may still run: through its
- * mappings and, for its mark, into the lane's marks; both stay open to the
- * process's end (as the job stream's, shm_copy.c: job_stream_renew). */
-static void keep_for_abandoned(struct shm_lane *lane, struct shm_group *g)
-{
-    shm_group_keep_maps(g);
-    atomic_store(&lane->abandoned, true);
-}
-
 int shm_lane_wait(struct shm_group *g)
 {
     struct shm_lane *lane = g->lane;
     struct shm_lane_stream *ls = g->ls;
     const volatile uint32_t *mark = &lane->marks[(size_t)g->id * SHM_MARK_STRIDE];
-    uint64_t start = now_ns(), queried = start, deadline = job_deadline(g);
+    uint64_t start = now_ns(), queried = start;
     int rc = 0;
     for (;;) {
         if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) == g->mark)
             break;
         uint64_t now = now_ns();
-        bool overdue = now >= deadline;
-        if (overdue || now - queried >= POLL_QUERY_NS) {
+        if (now - queried >= POLL_QUERY_NS) {
             queried = now;
-            rc = overdue ? lane->ops->stream_sync(ls->stream) : lane->ops->stream_query(ls->stream);
+            rc = lane->ops->stream_query(ls->stream);
             if (rc == 0 && __atomic_load_n(mark, __ATOMIC_ACQUIRE) != g->mark)
                 rc = ferry_fail(FERRY_EIO, "shm: %s:%d: a job's copies ended without their mark", lane->ops->kind,
                                 lane->dev);
@@ -200,8 +177,6 @@ int shm_lane_wait(struct shm_group *g)
             nanosleep(&nap, NULL);
         }
     }
-    if (rc && lane->ops->stream_abandoned && lane->ops->stream_abandoned(ls->stream))
-        keep_for_abandoned(lane, g);
     pthread_mutex_lock(&lane->lock);
     if (rc)
         ls->broken = true;
@@ -221,9 +196,7 @@ void shm_lanes_free(struct shm_transport *t)
         for (unsigned k = 0; k < lane->width; k++)
             if (lane->cur[k])
                 stream_free(lane, lane->cur[k]);
-        if (lane->marks && atomic_load(&lane->abandoned))
-            shm_keep_to_exit(lane->marks); /* an abandoned copy's mark may still land in them */
-        else if (lane->marks)
+        if (lane->marks)
             lane->ops->host_free(lane->marks);
         pthread_mutex_destroy(&lane->lock);
         free(lane);
