@@ -239,9 +239,9 @@ int shm_lane_wait(struct shm_group *g)
             nanosleep(&nap, NULL);
         }
     }
-    if (rc && abandoned(lane, ls))
-        shm_group_keep_maps(g);
     if (rc) {
+        if (abandoned(lane, ls))
+            shm_group_keep_maps(g);
         pthread_mutex_lock(&lane->lock);
         ls->broken = true;
         pthread_mutex_unlock(&lane->lock);
