@@ -123,6 +123,7 @@ trap 'exit 143' TERM
 
 start_bg() {   # start_bg LOG CMD...: run CMD in the background, remember its pid
   local log=$1; shift
+  : >"$log" # before the job starts: no earlier run's "ready" (target_lib.sh, target_launch)
   "$@" >"$log" 2>&1 &
   bg_pids+=("$!")
 }

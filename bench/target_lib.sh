@@ -8,6 +8,12 @@
 # the log level prints before) and sets TARGET_PID and TARGET_SEG (the
 # segment to open; empty if it never got ready).
 # target_stop: SIGINT, so the target prints its cost line into LOG, then waits.
+# target_launch LOG CMD...: runs CMD in the background with its output in
+# LOG, emptied here first, and sets TARGET_PID.  A background job opens its
+# own redirection only once it runs: under load the caller's first poll of a
+# LOG reused from an earlier target came first and read that target's
+# "ready" line, so an initiator connected to a port closed by then
+# ("Connection refused"; seen in ~3 % of tcp_knobs.sh's runs under load).
 #
 # Also for the loopback scripts (tcp_loopback.sh, tcp_threads.sh), which start
 # their targets by hand:
@@ -18,11 +24,17 @@
 # to_bytes 4K: 4096 (K/M/G are powers of 2; a bare number stays as it is).
 # listening PORT: does a TCP socket listen on it? (ss, else a connect)
 # free_port PORT: the first port from PORT up that nothing listens on.
+target_launch() {
+  local log=$1
+  shift
+  : >"$log"
+  "$@" >"$log" 2>&1 &
+  TARGET_PID=$!
+}
 target_start() {
   local log=$1
   shift
-  "$@" >"$log" 2>&1 &
-  TARGET_PID=$!
+  target_launch "$log" "$@"
   for _ in $(seq 300); do grep -q "target ready" "$log" && break; sleep 0.1; done
   TARGET_SEG=$(sed -n 's/.*target ready: segment \([^ ]*\).*/\1/p' "$log")
 }

@@ -29,6 +29,7 @@ root=$(cd "$here/.." && pwd)
 if [ -n "${CPUS:-}" ] && [ -z "${TCP_KNOBS_PINNED:-}" ]; then
   exec env TCP_KNOBS_PINNED=1 taskset -c "$CPUS" bash "$0" "$@"
 fi
+. "$here/target_lib.sh"   # target_launch
 FERRY_BENCH=${FERRY_BENCH:-$root/build/ferry-bench}
 IPERF3=${IPERF3:-$(command -v iperf3 || true)}
 DURATION=${DURATION:-2}
@@ -126,9 +127,9 @@ run() {
   [ "$buffer" -ge $((64 << 20)) ] || buffer=$((64 << 20))
   local envs=()
   [ "$v" = default ] || read -ra envs <<<"$v"
-  env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
-    --block_size="$bytes" >"$work/t.log" 2>&1 &
-  tp=$!
+  target_launch "$work/t.log" env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
+    --buffer_size="$buffer" --block_size="$bytes"
+  tp=$TARGET_PID
   pids=("$tp")
   for _ in $(seq 600); do
     seg=$(sed -n 's/^ferry-bench target ready: segment \([^ ]*\) .*/\1/p' "$work/t.log")

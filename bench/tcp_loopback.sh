@@ -102,6 +102,7 @@ run_ferry() {
   local op=$1 block=$2 buffer=$3 seg rc
   result="FAIL"
   cost="n/a | n/a | n/a"
+  : >"$work/target.out" # before the job starts: no earlier target's "ready" (target_lib.sh, target_launch)
   "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
       --block_size="$block" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!

@@ -15,6 +15,7 @@
 # Exit status: 0 if every run verified, else 1.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/target_lib.sh"   # target_launch
 FERRY_BENCH=${FERRY_BENCH:-$here/../build/ferry-bench}
 CELLS=${CELLS:-read:1M:4 write:1M:4}
 WINDOW=${WINDOW:-3}
@@ -63,9 +64,9 @@ for cell in $CELLS; do
   bytes=$(bytes_of "$block")
   buffer=$((bytes * 128 * threads))
   [ "$buffer" -ge $((64 << 20)) ] || buffer=$((64 << 20))
-  "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
-    --block_size="$bytes" >"$work/t.log" 2>&1 &
-  tp=$!
+  target_launch "$work/t.log" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
+    --block_size="$bytes"
+  tp=$TARGET_PID
   pids=("$tp")
   seg=""
   for _ in $(seq 600); do

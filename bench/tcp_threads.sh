@@ -193,6 +193,7 @@ run_cell() {
   bytes=$(to_bytes "$block")
   buffer=$((th * BATCH * bytes))
   log="$op-$block-t$th${1:+-$(echo "$*" | tr ' =' '_-' | tr -d '/')}.ss"
+  : >"$work/target.out" # before the job starts: no earlier target's "ready" (target_lib.sh, target_launch)
   env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 --buffer_size="$buffer" \
       --block_size="$bytes" "${flags[@]}" >"$work/target.out" 2>"$work/target.err" &
   target_pid=$!

@@ -13,6 +13,11 @@
  * the copy, released last, lands in an opening still held, never in one
  * closed under it (on CUDA: memory its exporter may have reused).  The
  * sim's counts (sim_ipc_counts) say what was opened and closed.
+ *
+ * The same on the device's lane (FERRY_SHM_SUBMIT_COPIES=2, shm_lane.c),
+ * where the job's end is a mark the worker polls: its wait is bounded by
+ * the device's own (stream_sync), the lane's stream is abandoned and the
+ * lane's jobs take streams of their own from then on.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -69,16 +74,19 @@ static void expect_all(ferry_batch *b, int state, int code, const char *part)
     ferry_batch_free(b);
 }
 
-static void hung_job_keeps_its_opening(void **state)
+/* A held WRITE through jobs of kind submit_copies ("1": a stream each,
+ * "2": the lane). */
+static void hung_job(const char *submit_copies)
 {
-    (void)state;
     char dir[] = "/tmp/ferry-job-hang-XXXXXX";
     assert_non_null(mkdtemp(dir));
+    struct sim_ipc_counts c0, c; /* this process's, over both tests */
+    sim_ipc_counts(&c0);
     struct xfer_pair x;
     setenv("FERRY_PROTOCOLS", "shm", 1); /* the target's, read at its start */
     xfer_pair_start_target(&x, TSIZE, "sim:0", TSEED);
     setenv("FERRY_SIM_SYNC_TIMEOUT_MS", "300", 1); /* this process's sim, loaded by the engine */
-    setenv("FERRY_SHM_SUBMIT_COPIES", "1", 1);
+    setenv("FERRY_SHM_SUBMIT_COPIES", submit_copies, 1);
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.protocols = "shm";
@@ -87,10 +95,9 @@ static void hung_job_keeps_its_opening(void **state)
 
     expect_all(write_blocks(&x, 0, 11, false), FERRY_COMPLETED, 0, NULL);
     assert_int_equal(child_target_check(&x.target, 0, NREQ * BLOCK, 11), -1);
-    struct sim_ipc_counts c;
     sim_ipc_counts(&c);
-    assert_int_equal(c.opens, 1);
-    assert_int_equal(c.closes, 0);
+    assert_int_equal(c.opens - c0.opens, 1);
+    assert_int_equal(c.closes - c0.closes, 0);
 
     expect_all(write_blocks(&x, NREQ * BLOCK, 12, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT,
                "FERRY_SIM_SYNC_TIMEOUT_MS");
@@ -100,8 +107,8 @@ static void hung_job_keeps_its_opening(void **state)
 
     assert_int_equal(ferry_close_segment(x.e, x.seg), 0); /* retires every opening of the target */
     sim_ipc_counts(&c);
-    assert_int_equal(c.opens, 1);
-    assert_int_equal(c.closes, 0); /* the held copy's opening is still open */
+    assert_int_equal(c.opens - c0.opens, 1);
+    assert_int_equal(c.closes - c0.closes, 0); /* the held copy's opening is still open */
 
     FILE *f = fopen(sim_hw.hold_path, "we"); /* the held copy runs now */
     assert_non_null(f);
@@ -111,10 +118,23 @@ static void hung_job_keeps_its_opening(void **state)
     rmdir(dir);
 }
 
+static void hung_job_keeps_its_opening(void **state)
+{
+    (void)state;
+    hung_job("1");
+}
+
+static void hung_lane_job_keeps_its_opening(void **state)
+{
+    (void)state;
+    hung_job("2");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hung_job_keeps_its_opening),
+        cmocka_unit_test(hung_lane_job_keeps_its_opening),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -289,7 +289,8 @@ struct shm_lane {
     unsigned turn;                    /* the stream the next job takes */
     struct shm_lane_stream *cur[SHM_LANE_STREAMS_MAX];
     uint32_t *marks;                  /* host_alloc: a word per job, SHM_MARK_STRIDE apart */
-    atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP): not used any more */
+    atomic_bool unmarked;             /* the device cannot mark (FERRY_ENOTSUP), or hung: not used any more */
+    atomic_bool marks_kept;           /* a stream was abandoned: marks never freed (shm_lane.c) */
 };
 #define SHM_MARK_STRIDE 16u           /* words: one cache line per job */
 
@@ -411,6 +412,9 @@ void shm_group_unmap(struct shm_group *g);
  * kept, never put, so those mappings stay open to the process's end (a
  * buffer registered again at their address is refused FERRY_EBUSY). */
 void shm_group_keep_maps(struct shm_group *g);
+/* obj stays allocated to the process's end, on purpose (a hung copy may
+ * still touch it): LeakSanitizer is told so, as nothing may point at it. */
+void shm_keep_to_process_end(const void *obj);
 /* Retires p's mappings of registrations its registry no longer lists as
  * the ones they were opened for (all: every mapping). */
 void shm_peer_sweep(struct shm_peer *p, bool all);

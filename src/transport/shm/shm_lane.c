@@ -20,6 +20,15 @@
  * without it.  A stream that failed (sticky) is retired: the next job takes
  * a fresh one, and the retired one is destroyed when its last job is waited
  * for.  Lanes live until the transport stops.
+ *
+ * Waits are bounded as every wait on a device stream is (docs/EXTENDING.md,
+ * "bounded waits"): a mark not stored within POLL_PATIENCE_NS is waited for
+ * in the device's own stream_sync, which the device bounds
+ * (FERRY_NPU_SYNC_TIMEOUT_MS, FERRY_SIM_SYNC_TIMEOUT_MS).  A stream that
+ * hung and could not be aborted (stream_abandoned) may still run its copies
+ * and store its marks: the jobs on it keep their IPC openings, and the lane
+ * keeps its marks, to the process's end; its jobs then take streams of
+ * their own (whose words no late store can touch).
  */
 #include <errno.h>
 #include <sched.h>
@@ -41,6 +50,10 @@
  * microseconds, mostly before its first query. */
 #define POLL_QUERY_NS 200000ull
 #define POLL_SPIN_NS 2000000ull      /* yield this long, then sleep between polls */
+/* Past this, the worker waits in stream_sync, which the device bounds: a
+ * job of small copies that has not ended by now waits behind a slow or
+ * hung device, where a sleep in the driver costs no more than polling. */
+#define POLL_PATIENCE_NS 50000000ull
 
 struct shm_lane *shm_lane_get(struct shm_transport *t, const struct ferry_device_ops *ops, int dev)
 {
@@ -115,6 +128,34 @@ static bool in_turn(const struct shm_lane *lane, const struct shm_lane_stream *l
     return false;
 }
 
+/* A job is done with ls: a retired stream goes with its last job. */
+static void release(struct shm_lane *lane, struct shm_lane_stream *ls)
+{
+    pthread_mutex_lock(&lane->lock);
+    bool last = --ls->refs == 0 && ls->broken && !in_turn(lane, ls);
+    pthread_mutex_unlock(&lane->lock);
+    if (last)
+        stream_free(lane, ls);
+}
+
+/* ls hung and was abandoned: its copies and marks may still run, so the
+ * lane's marks stay to the process's end and its jobs take streams of
+ * their own from now on (a late store of an abandoned job's value must
+ * never meet a later job polling the same word).  True if so. */
+static bool abandoned(struct shm_lane *lane, const struct shm_lane_stream *ls)
+{
+    if (!lane->ops->stream_abandoned || !lane->ops->stream_abandoned(ls->stream))
+        return false;
+    if (!atomic_exchange(&lane->marks_kept, true)) {
+        shm_keep_to_process_end(lane->marks);
+        LOG_ERROR("shm: %s:%d: lane stream %p abandoned on a hung device; the lane's marks are kept to the "
+                  "process's end and its jobs take streams of their own",
+                  lane->ops->kind, lane->dev, (void *)ls->stream);
+    }
+    atomic_store(&lane->unmarked, true);
+    return true;
+}
+
 int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
 {
     const struct copy_batch *cb = &g->cb;
@@ -136,17 +177,34 @@ int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
         if (mrc == FERRY_ENOTSUP && !atomic_exchange(&lane->unmarked, true))
             LOG_WARN("shm: %s:%d: %s; jobs take streams of their own", lane->ops->kind, lane->dev,
                      ferry_last_error());
-    } else
-        ls->refs++;
+    }
+    ls->refs++; /* even a drained one: no other job frees it under the sync */
     pthread_mutex_unlock(&lane->lock);
     if (mrc) {
         (void)cb->ops->stream_sync(ls->stream);
+        if (abandoned(lane, ls))
+            shm_group_keep_maps(g);
+        release(lane, ls);
         return rc ? rc : mrc;
     }
     g->lane = lane;
     g->ls = ls;
     g->mark = value;
     return rc;
+}
+
+/* The device's bounded wait for ls, once the mark is overdue: 0 with the
+ * mark stored, or FERRY_E* (FERRY_ETIMEDOUT from a device that hung). */
+static int wait_overdue(const struct shm_lane *lane, const struct shm_lane_stream *ls, const volatile uint32_t *mark,
+                        uint32_t value)
+{
+    int rc = lane->ops->stream_sync(ls->stream);
+    if (rc) /* the device's message names it, the stream and its bound */
+        return rc;
+    if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) != value)
+        return ferry_fail(FERRY_EIO, "shm: %s:%d: a job's copies ended without their mark", lane->ops->kind,
+                          lane->dev);
+    return 0;
 }
 
 int shm_lane_wait(struct shm_group *g)
@@ -160,6 +218,10 @@ int shm_lane_wait(struct shm_group *g)
         if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) == g->mark)
             break;
         uint64_t now = now_ns();
+        if (now - start >= POLL_PATIENCE_NS) {
+            rc = wait_overdue(lane, ls, mark, g->mark);
+            break;
+        }
         if (now - queried >= POLL_QUERY_NS) {
             queried = now;
             rc = lane->ops->stream_query(ls->stream);
@@ -177,13 +239,14 @@ int shm_lane_wait(struct shm_group *g)
             nanosleep(&nap, NULL);
         }
     }
-    pthread_mutex_lock(&lane->lock);
-    if (rc)
+    if (rc) {
+        if (abandoned(lane, ls))
+            shm_group_keep_maps(g);
+        pthread_mutex_lock(&lane->lock);
         ls->broken = true;
-    bool last = --ls->refs == 0 && ls->broken && !in_turn(lane, ls);
-    pthread_mutex_unlock(&lane->lock);
-    if (last)
-        stream_free(lane, ls);
+        pthread_mutex_unlock(&lane->lock);
+    }
+    release(lane, ls);
     g->lane = NULL;
     g->ls = NULL; /* g->mark stays: the next use of the word counts on from it */
     return rc;
@@ -196,7 +259,7 @@ void shm_lanes_free(struct shm_transport *t)
         for (unsigned k = 0; k < lane->width; k++)
             if (lane->cur[k])
                 stream_free(lane, lane->cur[k]);
-        if (lane->marks)
+        if (lane->marks && !atomic_load(&lane->marks_kept)) /* else a hung copy may still store to them */
             lane->ops->host_free(lane->marks);
         pthread_mutex_destroy(&lane->lock);
         free(lane);

@@ -93,14 +93,12 @@ void shm_group_unmap(struct shm_group *g)
     g->map = NULL;
 }
 
-/* m stays open to the process's end, on purpose: LeakSanitizer is told so
- * (nothing points at it once its peer is closed). */
-static void keep_open(struct shm_mapping *m)
+void shm_keep_to_process_end(const void *obj)
 {
 #if defined(__SANITIZE_ADDRESS__)
-    __lsan_ignore_object(m);
+    __lsan_ignore_object(obj);
 #else
-    (void)m;
+    (void)obj;
 #endif
 }
 
@@ -108,13 +106,13 @@ void shm_group_keep_maps(struct shm_group *g)
 {
     unsigned kept = 0;
     if (g->map) {
-        keep_open(g->map);
+        shm_keep_to_process_end(g->map);
         kept++;
     }
     g->map = NULL;
     for (size_t i = 0; i < g->n; i++) {
         for (uint32_t k = 0; k < g->runs[i].nmaps; k++)
-            keep_open(g->runs[i].maps[k]);
+            shm_keep_to_process_end(g->runs[i].maps[k]);
         kept += g->runs[i].nmaps;
         g->runs[i].nmaps = 0;
     }
