@@ -160,10 +160,9 @@ void stream_job_free_locked(struct stream_runner *r, struct stream_job *j)
     if (j->bounce && !j->bounce_lost) {
         j->bounce->next = r->bounces;
         r->bounces = j->bounce;
-    } else if (j->bounce) { /* (counted in the budget, each refused stream would shrink it for good) */
+    } else if (j->bounce) { /* (out of the budget since bounce_lose) */
         j->bounce->next = r->lost;
         r->lost = j->bounce;
-        r->bounce_bytes -= j->bounce->len;
     }
     r->in_flight--; /* (a runner left by its engine stays in `orphans`) */
     pthread_cond_broadcast(&r->wake);

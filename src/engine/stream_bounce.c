@@ -188,6 +188,19 @@ static int bounce_take(struct stream_runner *r, const struct ferry_device_ops *o
     return 0;
 }
 
+/* The stream may still use j's bounce buffer (a copy or a mark it was not
+ * told the end of): it is never reused, and it leaves FERRY_STREAM_BOUNCE_MB's
+ * count now, not when the job is freed, which may come after the batch has
+ * ended: the caller's next submit must find the room it gave back. */
+static void bounce_lose(struct stream_runner *r, struct stream_job *j)
+{
+    pthread_mutex_lock(&r->lock);
+    if (j->bounce && !j->bounce_lost)
+        r->bounce_bytes -= j->bounce->len;
+    j->bounce_lost = true;
+    pthread_mutex_unlock(&r->lock);
+}
+
 /* The copies of one direction between the requests marked in `dirs` and
  * their places in the bounce buffer (reqs: the rewritten requests). */
 static int bounce_copies(const struct ferry_device_ops *ops, int dev, void *stream, enum ferry_copy_dir dir,
@@ -414,7 +427,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
         j->local_rc = rc; /* the stream may have some of them: its buffer is never reused */
         snprintf(j->local_msg, sizeof j->local_msg, "stream-ordered copies before the transfer: %s",
                  ferry_last_error());
-        j->bounce_lost = true;
+        bounce_lose(r, j);
     }
     char why[256] = "", mwhy[200] = "";
     int mrc = out ? stream_mark_enqueue(r, ops, dev, stream, inner ? &j->mark_out : &j->mark) : 0;
@@ -424,7 +437,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
             j->local_rc = mrc;
             snprintf(j->local_msg, sizeof j->local_msg, "%.150s", mwhy);
         }
-        j->bounce_lost = true;
+        bounce_lose(r, j);
     }
     volatile uint32_t *flag = &j->page->flags[j->slot];
     uint32_t value = j->value;
@@ -437,7 +450,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
             j->local_rc = rc;
             snprintf(j->local_msg, sizeof j->local_msg, "submit_on_stream: %.120s", why);
         }
-        j->bounce_lost = true;
+        bounce_lose(r, j);
         stream_drain_refused(ops, dev, stream); /* (the copies before it end the accesses of a WRITE's job) */
         stream_on_reached(j); /* ends it with local_rc (an inner job's end also needs its host function below) */
         if (!inner) {
@@ -465,7 +478,7 @@ int stream_bounce_submit(ferry_batch *b, const struct ferry_device_ops *ops, int
                 snprintf(j->after_msg, sizeof j->after_msg, "the stream cannot copy the bytes read into device "
                          "memory after the transfer");
             }
-            j->bounce_lost = true;
+            bounce_lose(r, j);
             if (!wrc) /* the copies into device memory may still run after the transfer */
                 stream_drain_refused(ops, dev, stream);
             bounce_end_here(r, j);
