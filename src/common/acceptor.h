@@ -51,11 +51,14 @@ struct acceptor_conn {
  * compare-and-swap, so a connection is never both claimed and evicted. */
 enum { ACCEPTOR_IDLE, ACCEPTOR_BUSY, ACCEPTOR_EVICTING };
 
-/* Claims c for work its peer asked for: called by the serve function after
- * its poll says there is something to read and before it reads a byte of it.
- * True: c is BUSY and is not evicted until released.  False: the acceptor
- * already chose c for eviction; the serve function returns without reading
- * (nothing the peer sent was taken, so no request is half served).  One
+/* Claims c for work its peer asked for.  tcp claims after its poll says a
+ * frame is there and before it reads a byte of it; the P2P handshake once a
+ * whole request is read, before it answers; rdma once HELLO is answered
+ * (its queue pair then carries traffic this side never sees).  True: c is
+ * BUSY and is not evicted until released.  False: the acceptor already
+ * chose c for eviction; the serve function ends the connection without
+ * serving (a request read whole but not answered is one the peer sent to a
+ * connection being shut down, as a request still dripping in is).  One
  * compare-and-swap, or one load when c is BUSY already. */
 static inline bool acceptor_conn_claim(struct acceptor_conn *c)
 {
