@@ -455,6 +455,51 @@ struct census census_now(void)
     return (struct census){count_entries("/proc/self/task"), count_entries("/proc/self/fd")};
 }
 
+/* The state letter of /proc/<pid>/task/<tid>/stat (after the name's last
+ * ')'), or 0 when it cannot be read. */
+static char task_state(pid_t pid, const char *tid)
+{
+    char path[96], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%s/stat", (int)pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *paren = strrchr(buf, ')');
+    return paren && paren[1] == ' ' ? paren[2] : 0;
+}
+
+int test_stop_process(pid_t pid)
+{
+    if (kill(pid, SIGSTOP) != 0)
+        return -1;
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    for (unsigned waited_ms = 0; waited_ms < 10000; waited_ms++) {
+        DIR *d = opendir(dir);
+        if (!d)
+            return -1;
+        bool all = true, any = false;
+        for (struct dirent *de; (de = readdir(d));) {
+            if (de->d_name[0] == '.')
+                continue;
+            char st = task_state(pid, de->d_name);
+            any = true;
+            all = all && (st == 'T' || st == 't' || st == 0); /* 0: the thread has just exited */
+        }
+        closedir(d);
+        if (all && any)
+            return 0;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    return -1;
+}
+
 struct census census_settled(struct census want, unsigned limit_ms)
 {
     struct census now = census_now();

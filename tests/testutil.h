@@ -149,6 +149,15 @@ struct census census_now(void);
  * once can be one off either way.  The caller compares what it returns. */
 struct census census_settled(struct census want, unsigned limit_ms);
 
+/* Stops process pid (SIGSTOP) and returns 0 once every one of its threads is
+ * stopped (state T in /proc/pid/task/N/stat), -1 if that does not happen
+ * within 10 s.  kill() returns before the stop takes effect: a thread that
+ * is running, or waiting for a CPU on a loaded host, goes on until it next
+ * enters the kernel, so a target "stopped" by kill() alone can still answer
+ * a frame sent right after (test_trace's held batch was acknowledged so
+ * under load).  Works for any process, not only the caller's children. */
+int test_stop_process(pid_t pid);
+
 /* Descriptors: those open in this process now, marked in open[] (numbers
  * from TEST_MAX_FD on are not looked at). */
 #define TEST_MAX_FD 4096

@@ -462,7 +462,7 @@ static void test_server_hung(void **state)
     (void)state;
     struct peer p = {0};
     peer_create(&p);
-    kill(fx.server, SIGSTOP);
+    assert_int_equal(test_stop_process(fx.server), 0);
     double t0 = now_s();
     ferry_segment_t seg;
     int rc = ferry_open_segment(p.e, "hung:1", &seg);

@@ -149,7 +149,7 @@ static void child_batch_held(ferry_engine *e, const struct child_target *t, char
         reqs[i] = (struct ferry_request){FERRY_WRITE, local + i * bs, seg, t->addr + i * bs, bs};
     ferry_batch *b;
     CHILD_CHECK(ferry_batch_alloc(e, n, &b) == 0);
-    CHILD_CHECK(kill(t->pid, SIGSTOP) == 0);
+    CHILD_CHECK(test_stop_process(t->pid) == 0); /* every thread stopped, not only signalled */
     CHILD_CHECK(ferry_batch_submit(b, reqs, n) == 0);
     CHILD_CHECK(ferry_batch_wait(b, 1000) == FERRY_ETIMEDOUT); /* nothing can be acknowledged */
     CHILD_CHECK(kill(t->pid, SIGCONT) == 0);

@@ -304,7 +304,7 @@ static void test_peer_killed_mid_transfer(void **state)
 static void test_stopped_target_times_out(void **state)
 {
     struct fixture *f = *state;
-    kill(f->target.pid, SIGSTOP);
+    assert_int_equal(test_stop_process(f->target.pid), 0);
     double t0 = now_s();
     struct ferry_request one = {FERRY_WRITE, f->local, f->seg, f->target.addr, 4096};
     ferry_batch *b;
