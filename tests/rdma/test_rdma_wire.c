@@ -374,8 +374,12 @@ static void expect_bounce(struct rdma_bounce_info b, int code, const char *needl
         fail_msg("bounce %u x %u at 0x%llx: %s \"%s\", expected %s \"%s\"", b.slots, b.slot_size,
                  (unsigned long long)b.addr, ferry_err_name(rc), ferry_last_error(), ferry_err_name(code),
                  needle ? needle : "");
-    if (code == 0)
-        assert_memory_equal(&out, &b, sizeof b);
+    if (code == 0) { /* field by field: the struct's tail padding is not encoded */
+        assert_int_equal(out.addr, b.addr);
+        assert_int_equal(out.rkey, b.rkey);
+        assert_int_equal(out.slots, b.slots);
+        assert_int_equal(out.slot_size, b.slot_size);
+    }
 }
 
 static void test_bounce_info(void **state)
