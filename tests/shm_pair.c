@@ -60,9 +60,9 @@ void shm_pair_start(struct shm_pair *p)
     memreg_init(&p->reg_t);
     atomic_init(&p->bounced, 0);
     p->hi = (struct transport_host){NULL, &p->reg_i, &p->cfg, "initiator", 0x1111, "127.0.0.1", no_notes,
-                                    &p->bounced, NULL, {0, 0}};
+                                    &p->bounced, NULL, {0, 0, 0}};
     p->ht = (struct transport_host){NULL, &p->reg_t, &p->cfg, "target", 0x2222, "127.0.0.1", no_notes,
-                                    &p->bounced, NULL, {0, 0}};
+                                    &p->bounced, NULL, {0, 0, 0}};
     assert_int_equal(p->ops->create(&p->hi, &p->ti), 0);
     assert_int_equal(p->ops->create(&p->ht, &p->tt), 0);
 }

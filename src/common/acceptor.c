@@ -60,7 +60,7 @@ struct acceptor {
     int listen_fd;
     int reserve_fd;         /* /dev/null, given up to accept-and-close when out of descriptors */
     char what[24];
-    unsigned max_total, max_per_peer;
+    unsigned max_total, max_per_peer, keepalive_s;
     acceptor_serve_fn serve;
     void *ctx;
     pthread_t thread;
@@ -289,6 +289,7 @@ static void admit(struct acceptor *a, int fd, const struct sockaddr_storage *ss)
     pthread_mutex_lock(&a->lock);
     bool ok = c && !atomic_load(&a->stopping) && under_caps(a, addr);
     if (ok) {
+        net_set_keepalive(fd, a->keepalive_s); /* a vanished peer's thread and descriptor do not stay for ever */
         c->pub.fd = fd;
         c->pub.owner = a;
         c->seq = a->accepted;
@@ -364,6 +365,7 @@ int acceptor_start(int listen_fd, const char *what, const struct acceptor_limits
     snprintf(a->what, sizeof a->what, "%s", what);
     a->max_total = acceptor_max_total(lim);
     a->max_per_peer = lim ? lim->max_per_peer : 0;
+    a->keepalive_s = lim ? lim->keepalive_s : 0;
     a->serve = serve;
     a->ctx = ctx;
     log_ratelimit_init(&a->warn_cap, 1000);

@@ -84,6 +84,7 @@ typedef void (*acceptor_serve_fn)(void *ctx, struct acceptor_conn *c);
 struct acceptor_limits {
     unsigned max_total;     /* 0: the default, a quarter of RLIMIT_NOFILE (at least 16) */
     unsigned max_per_peer;  /* 0: no per-address cap */
+    unsigned keepalive_s;   /* FERRY_KEEPALIVE_S: net_set_keepalive on every connection served; 0: off */
 };
 
 /* The key a peer's connections are counted by (per-peer cap, shares at the

@@ -105,6 +105,10 @@ static const struct knob knobs[] = {
     DOC("FERRY_TRACE", "",
         "file for a timeline of the data path, written at exit (\".%d\" becomes the pid; "
         "bench/trace_batches.py reads it); empty: off"),
+    DOC("FERRY_KEEPALIVE_S", "120",
+        "a peer silent this long whose host does not answer TCP keepalive probes (host down, link cut) is taken for "
+        "gone and its connections close (0-86400; 0: off): every side channel and data connection, both ends; an "
+        "rdma side channel has no idle timeout, so this is what frees a vanished initiator's queue pair"),
     DOC("FERRY_WAIT_SPIN_US", "50",
         "ferry_batch_wait polls this long (0-10000) for the batch's end before it sleeps, while the engine's recent "
         "waits were shorter: a batch that ends meanwhile wakes its waiter without a futex wake-up; costs the waiting "

@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -283,6 +284,25 @@ void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms)
     struct timeval s = {.tv_sec = send_ms / 1000, .tv_usec = (send_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, sizeof r);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &s, sizeof s);
+}
+
+void net_set_keepalive(int fd, unsigned dead_s)
+{
+    int family = 0;
+    socklen_t fl = sizeof family;
+    if (!dead_s || getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &fl) != 0 ||
+        (family != AF_INET && family != AF_INET6))
+        return;
+    int on = 1, idle = (int)((dead_s + 1) / 2), count = 4;
+    int interval = (int)(dead_s - (unsigned)idle) / count;
+    if (interval < 1)
+        interval = 1;
+    unsigned user_ms = dead_s > UINT_MAX / 1000u ? UINT_MAX : dead_s * 1000u;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms);
 }
 
 static int io_error(ssize_t n, const char *what)

@@ -51,6 +51,15 @@ int net_connect(const char *host, int port, unsigned timeout_ms);
 /* Sets SO_RCVTIMEO and SO_SNDTIMEO (0 = none). */
 void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
 
+/* Makes a TCP connection whose peer vanished (host down, cable cut, a
+ * process frozen with its kernel gone) fail within about dead_s seconds,
+ * even while nothing is sent: keepalive probes after dead_s/2 of silence,
+ * four more over the rest, and TCP_USER_TIMEOUT dead_s for data the peer
+ * never acknowledges.  A live peer's kernel answers the probes, so a slow
+ * or stopped process is not taken for dead by them.  dead_s 0: leaves the
+ * socket as it is.  Not a TCP socket (AF_UNIX): does nothing. */
+void net_set_keepalive(int fd, unsigned dead_s);
+
 /* Reads exactly len bytes.  Returns 0, or FERRY_ECONN (peer closed / reset),
  * FERRY_ETIMEDOUT (SO_RCVTIMEO expired). */
 int net_read_full(int fd, void *buf, size_t len);

@@ -103,6 +103,8 @@ int engine_publish(ferry_engine *e)
 
 #define WAIT_SPIN_US_DEFAULT 50u
 #define WAIT_SPIN_US_MAX 10000u
+#define KEEPALIVE_S_DEFAULT 120u /* FERRY_KEEPALIVE_S */
+#define KEEPALIVE_S_MAX 86400u
 
 /* "rdma, tcp" -> "rdma,tcp": blanks around the items of a comma list go
  * (callers write lists as people do; " tcp" is no transport or NIC name). */
@@ -302,6 +304,12 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         return rc;
     }
     e->wait_spin_ns = spin_us * 1000u;
+    uint64_t keepalive_s = KEEPALIVE_S_DEFAULT;
+    if ((rc = config_env_number("FERRY_KEEPALIVE_S", false, 0, KEEPALIVE_S_MAX, "seconds, 0-86400", &keepalive_s)) <
+        0) {
+        free(e);
+        return rc;
+    }
     memreg_init(&e->registry);
     pthread_rwlock_init(&e->seg_lock, NULL);
     notify_queue_init(&e->notes, e->cfg.notify_queue_max);
@@ -324,7 +332,7 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         ferry_engine_destroy(e);
         return rc;
     }
-    struct acceptor_limits limits = {e->cfg.max_connections, e->cfg.max_connections_per_peer};
+    struct acceptor_limits limits = {e->cfg.max_connections, e->cfg.max_connections_per_peer, (unsigned)keepalive_s};
     struct p2p_server_opts hs = {e->cfg.connect_timeout_ms, limits, &e->auth};
     rc = p2p_server_start(e->listen_host, port, &hs, describe_self, e, &e->handshake, &e->handshake_port);
     if (rc) {

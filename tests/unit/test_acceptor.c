@@ -15,6 +15,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -74,14 +77,18 @@ static int connect_from(const char *from, int port, struct acceptor *a, uint64_t
     return fd;
 }
 
-static struct acceptor *start(int *port, unsigned max_total, unsigned max_per_peer, int *listen_fd)
+static struct acceptor *start_with(int *port, struct acceptor_limits lim, int *listen_fd)
 {
-    struct acceptor_limits lim = {max_total, max_per_peer};
     struct acceptor *a;
     *listen_fd = net_listen("127.0.0.1", 0, port);
     assert_true(*listen_fd >= 0);
     assert_int_equal(acceptor_start(*listen_fd, "test", &lim, hold, NULL, &a), 0);
     return a;
+}
+
+static struct acceptor *start(int *port, unsigned max_total, unsigned max_per_peer, int *listen_fd)
+{
+    return start_with(port, (struct acceptor_limits){max_total, max_per_peer, 0}, listen_fd);
 }
 
 /* Four connections from 127.0.0.2 fill a cap of four; 127.0.0.2 gets no
@@ -213,7 +220,7 @@ static int per_64_child(void)
                "ip -6 addr add 2001:db8:5:6::3/128 dev lo nodad") != 0)
         return 77;
     int port, lfd = net_listen("::", 0, &port);
-    struct acceptor_limits lim = {16, 2};
+    struct acceptor_limits lim = {16, 2, 0};
     struct acceptor *a;
     if (lfd < 0 || acceptor_start(lfd, "test", &lim, hold, NULL, &a) != 0)
         return 2;
@@ -260,11 +267,57 @@ static void test_ipv6_peer_is_its_64(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* The acceptor's live count once it is `want`, or after 30 s (a bound that
+ * keeps the test from hanging, not a measurement). */
+static unsigned live_settled(struct acceptor *a, unsigned want)
+{
+    struct acceptor_stats st;
+    uint64_t give_up = net_deadline(30000);
+    do
+        acceptor_get_stats(a, &st);
+    while (st.live != want && now_ns() < give_up && poll(NULL, 0, 20) == 0);
+    return st.live;
+}
+
+/* A peer that vanishes without a word (its host gone: no FIN, no RST) while
+ * its connection is quiet: with keepalive_s (FERRY_KEEPALIVE_S) the
+ * connection's probes find it gone and the serve thread, which waits for
+ * bytes that never come (as an rdma side channel does: it has no idle
+ * timeout), ends and gives its slot and descriptor back.  The peer vanishes
+ * by closing its socket in TCP_REPAIR mode, which sends nothing; the first
+ * probe then meets the RST of a host that no longer knows the connection.
+ * Before, nothing was ever sent on a quiet connection: it stayed served
+ * for ever. */
+static void test_vanished_peer_detected(void **state)
+{
+    (void)state;
+    int port, lfd;
+    uint64_t decided = 0;
+    struct acceptor *a = start_with(&port, (struct acceptor_limits){16, 0, 2}, &lfd);
+    int fd = connect_from("127.0.0.2", port, a, &decided);
+    assert_int_equal(live_settled(a, 1), 1);
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) != 0) {
+        int err = errno;
+        close(fd);
+        acceptor_stop(a);
+        close(lfd);
+        print_message("SKIPPED: TCP_REPAIR refused (%s): making a peer vanish silently needs CAP_NET_ADMIN\n",
+                      strerror(err));
+        skip();
+    }
+    close(fd); /* in repair mode: no FIN, no RST */
+    assert_int_equal(live_settled(a, 0), 0);
+    acceptor_stop(a);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_total_cap_shared_by_address),
         cmocka_unit_test(test_busy_connections_not_evicted),
+        cmocka_unit_test(test_vanished_peer_detected),
         cmocka_unit_test(test_peer_key),
         cmocka_unit_test(test_ipv6_peer_is_its_64),
     };

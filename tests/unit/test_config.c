@@ -72,6 +72,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */
+    {"FERRY_KEEPALIVE_S", {"86401", "-1", "5s", " 5", "+5", "auto"}, {"", "0", "2", "120", "86400"}},
     {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "auto"}, {"", "0", "50", "10000"}},
 };
 

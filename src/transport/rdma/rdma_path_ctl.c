@@ -68,6 +68,7 @@ static int path_connect(struct rdma_path *path)
         return path->err;
     }
     net_set_timeouts(fd, timeout, timeout);
+    net_set_keepalive(fd, t->host.limits.keepalive_s); /* a vanished target breaks the path, not only its requests */
     char side[96]; /* the side channel, "[v6]:port" for an IPv6 host (at most 63 bytes: it fits) */
     (void)net_format_hostport(side, sizeof side, p->ep.host, p->ep.port);
     if (auth_enabled(t->host.auth)) {

@@ -156,7 +156,9 @@ static int serve_message(struct rdma_server_conn *s)
 
 /* One side channel, on its own thread (common/acceptor.c).  No idle
  * timeout: the channel is quiet while RDMA traffic flows, and closing it
- * would destroy the queue pair; the acceptor's caps bound how many exist. */
+ * would destroy the queue pair; the acceptor's caps bound how many exist,
+ * and its keepalive (FERRY_KEEPALIVE_S) ends the channel, and so frees the
+ * queue pair, of an initiator whose host vanished. */
 static void serve_connection(void *ctx, struct acceptor_conn *c)
 {
     struct rdma_transport *t = ctx;

@@ -225,6 +225,7 @@ static void *sender_main(void *arg)
         c->fd = fd;
         pthread_mutex_unlock(&c->lock);
         net_set_timeouts(fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
+        net_set_keepalive(fd, t->host.limits.keepalive_s);
         tcp_set_sockbuf(t, fd);
         rc = say_hello(c);
     }
