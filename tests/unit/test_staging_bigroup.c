@@ -495,15 +495,16 @@ static void marks_unsupported_query_instead(void **state)
     assert_int_equal(t.nmarks, 0);
 }
 
-/* FERRY_STAGING_CHAIN_BYTES=2097152, a fresh pool (nothing in flight):
- * the round's 2 MiB of gathers are chained, its four groups of two frames
- * one after another on one stream, each followed by its mark; the bytes
+/* FERRY_STAGING_CHAIN_BYTES=2097152, one lane, a fresh pool (nothing in
+ * flight): the round's 2 MiB of gathers are chained, its four groups of two
+ * frames one after another on one stream, each followed by its mark; the bytes
  * arrive.  The default (4 MiB) leaves such a round on the chunks' streams
  * (defaults_small_frames_in_twos_unmarked). */
 static void chain_idle_round_on_one_stream(void **state)
 {
     (void)state;
     chain_bytes = "2097152";
+    chain_lanes = "1";
     run("", "", NFRAMES);
     assert_int_equal(t.ncalls, NFRAMES / 2);
     assert_int_equal(t.nmarks, NFRAMES / 2);
@@ -526,13 +527,12 @@ static void chain_not_below_its_bytes(void **state)
         assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
 }
 
-/* FERRY_STAGING_CHAIN_LANES=2: the chained groups take two streams in
- * turn, each group marked. */
+/* FERRY_STAGING_CHAIN_LANES (2 by default): the chained groups take two
+ * streams in turn, each group marked. */
 static void chain_two_lanes_in_turn(void **state)
 {
     (void)state;
     chain_bytes = "1";
-    chain_lanes = "2";
     run("", "", NFRAMES);
     assert_int_equal(t.ncalls, NFRAMES / 2);
     assert_int_equal(t.nmarks, NFRAMES / 2);
@@ -541,7 +541,7 @@ static void chain_two_lanes_in_turn(void **state)
     assert_ptr_equal(t.stream[3], t.stream[1]);
 }
 
-/* Two submits of 1 MiB (chained from 1 MiB), the first one's first call
+/* Two submits of 1 MiB (chained from 1 MiB, one lane), the first one's first call
  * held on the device: the first round (fresh pool) is chained, its two
  * groups on one stream; the second, issued while those are in flight, is
  * not: its groups go on their chunks' own streams, unmarked (no frame
@@ -550,6 +550,7 @@ static void chain_only_when_nothing_in_flight(void **state)
 {
     (void)state;
     chain_bytes = "1048576";
+    chain_lanes = "1";
     split = NFRAMES / 2;
     held_frames = NFRAMES;
     *gate = 0;
@@ -563,12 +564,13 @@ static void chain_only_when_nothing_in_flight(void **state)
     assert_ptr_not_equal(t.stream[3], t.stream[2]);
 }
 
-/* A frame on freed memory in a chained round (groups of one): it fails
+/* A frame on freed memory in a chained round (groups of one, one lane): it fails
  * alone, the frames after it on the chain go again alone and arrive. */
 static void chain_bad_frame_fails_alone(void **state)
 {
     (void)state;
     chain_bytes = "1";
+    chain_lanes = "1";
     run("1", "1", 2);
     assert_true(t.nmarks >= 2);
     assert_ptr_equal(t.stream[1], t.stream[0]);
