@@ -4,7 +4,7 @@
 # (one thread, batch 128) with FERRY_TRACE on both sides, each summarised by
 # bench/trace_batches.py (the typical batch's timeline), plus GB/s.
 #
-#   BUILD=build-gpu [SECS=2] [THREADS=1] [LOGS=1] bench/gpu_trace.sh [CASE...]
+#   BUILD=build-gpu [SECS=2] [THREADS=1] [BATCH=128] [LOGS=1] bench/gpu_trace.sh [CASE...]
 # A case is "label proto target_loc initiator_loc op block [VAR=value...]",
 # locations cpu or cuda:N; without cases it runs the default set below.
 # A VAR=value of FB_ARGS="--rotate ..." is more ferry-bench flags for both
@@ -15,6 +15,7 @@ set -uo pipefail
 B=${BUILD:-build-gpu}
 SECS=${SECS:-2}
 THREADS=${THREADS:-1}
+BATCH=${BATCH:-128}
 LOGS=${LOGS:-0}
 lvl=1; [ "$LOGS" = 1 ] && lvl=3
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,11 +39,11 @@ run_case() {
       --buffer_size=512M
   line=$(env FERRY_LOG_LEVEL=$lvl "$@" FERRY_TRACE="$work/t.%d" "$fb" $fbargs --mode=initiator --local_server_name=127.0.0.1 \
       --metadata_server=P2PHANDSHAKE --protocol="$proto" $(loc_args "$iloc") --segment_id="$TARGET_SEG" \
-      --operation="$op" --block_size="$bs" --batch_size=128 --threads="$THREADS" --duration="$SECS" \
+      --operation="$op" --block_size="$bs" --batch_size="$BATCH" --threads="$THREADS" --duration="$SECS" \
       --buffer_size=512M --json 2>"$work/init.log" | tail -1)
   target_stop
   echo
-  echo "== $label: $proto $iloc -> $tloc $op $bs x 128, $THREADS thread(s) $*$fbargs: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
+  echo "== $label: $proto $iloc -> $tloc $op $bs x $BATCH, $THREADS thread(s) $*$fbargs: $(echo "$line" | sed -n 's/.*"gb_per_s":\([0-9.]*\).*/\1/p') GB/s"
   [ -n "$line" ] || { echo "failed:"; grep -v ': [0-9]* copies' "$work/init.log" | tail -4; tail -4 "$work/target.log"; }
   [ "$LOGS" = 1 ] && grep -h 'cuda:[0-9]*: [0-9]* copies' "$work/init.log" "$work/target.log" | sed 's/^ferry\[[0-9]*\] [a-z]*: //' | sort | uniq -c | head -12
   python3 "$here/trace_batches.py" "$work"/t.* 2>&1 | head -60

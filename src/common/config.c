@@ -181,6 +181,14 @@ static const struct knob knobs[] = {
         "one after another, each followed by a device-written mark, so each goes to the wire as soon as its own "
         "copies are done (a large one-thread staged batch ends sooner; the pipeline alone moves less); 0: groups "
         "on their chunks' own streams, retired by querying them"),
+    DOC("FERRY_STAGING_CHAIN_BYTES", "4194304",
+        "with FERRY_STAGING_MARK_STREAMS=0: a round of gathers (a staged WRITE submit) of at least this many bytes, "
+        "issued while none of the pool's copies is in flight (one submitting thread), goes as on a mark stream: "
+        "its groups one after another, each to the wire as soon as its own copies are done, not all together at "
+        "the end (0-1073741824; 0: never; rounds issued while others are in flight keep their chunks' streams)"),
+    DOC("FERRY_STAGING_CHAIN_LANES", "2",
+        "streams a chained round's groups of gathers take in turn (1-4): 1 finishes each group before the next "
+        "starts; more let that many share PCIe at a time (the gathers alone move faster)"),
     DOC("FERRY_RDMA_STAGE_SLOTS", "4",
         "rdma target: bounce slots per queue pair for its memory no NIC reaches (0-64; 0: not staged over rdma)"),
     DOC("FERRY_RDMA_STAGE_SLOT_SIZE", "1048576", "rdma target: bytes per bounce slot (4096-1073741824)"),

@@ -305,10 +305,11 @@ static void issue_group(struct staging_pool *p, struct chunk **g, size_t n, ferr
             if (!mrc) {
                 g[0]->mark_seq = v;
                 marked = true;
-            } else if (mrc == FERRY_ENOTSUP && p->nmark) { /* the worker queries the stream instead */
+            } else if (mrc == FERRY_ENOTSUP && (p->nmark || p->chain_bytes)) { /* the worker queries the stream */
                 LOG_WARN("staging: %s:%d: %s; copies go on their chunks' streams", p->ops->kind, p->dev,
                          ferry_last_error());
                 p->nmark = 0;
+                p->chain_bytes = 0;
             }
         }
     }
@@ -353,16 +354,42 @@ static struct group_cap group_cap(const struct staging_pool *p, enum chunk_state
                               (uint64_t)p->chunk_size * (frames > 2 ? frames / 2 : 1)};
 }
 
+/* Whether a round of n chunks is chained (FERRY_STAGING_CHAIN_BYTES): its
+ * gathers hold that many bytes or more and nothing of the pool was in
+ * flight on the device when it was taken (idle). */
+static bool round_chains(const struct staging_pool *p, struct chunk **cs, size_t n, bool idle)
+{
+    if (!p->chain_bytes || !idle)
+        return false;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        if (cs[i]->state == CHUNK_GATHER)
+            bytes += cs[i]->orig->bytes;
+    return bytes >= p->chain_bytes;
+}
+
+/* The stream the next group of gathers of a round goes on: none (its
+ * leader's own), the round's mark stream, or a chain's lanes in turn. */
+static ferry_stream **gather_lane(ferry_stream **m, unsigned lanes, unsigned *k)
+{
+    return m ? &m[(*k)++ % lanes] : NULL;
+}
+
 /* Issues a round of chunks: READs that still have to cross the wire go to
  * their transport; the rest are cut into groups (same direction, within
- * group_cap; aggregating chunks alone). */
-static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
+ * group_cap; aggregating chunks alone).  idle: no copy of the pool was in
+ * flight when the round was taken. */
+static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n, bool idle)
 {
     struct chunk **g = p->group;
-    ferry_stream **m = NULL; /* the round's mark stream, for its gathers */
+    ferry_stream **m = NULL; /* the round's mark stream (or a chain's first lane), for its gathers */
+    unsigned lanes = 1, k = 0;
     if (p->nmark) {
         m = &p->mstreams[p->mark_next % p->nmark];
         p->mark_next++;
+    } else if (round_chains(p, cs, n, idle)) {
+        m = p->mstreams;
+        lanes = p->chain_lanes;
     }
     size_t ng = 0, copies = 0;
     uint64_t bytes = 0;
@@ -389,7 +416,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
         }
         if (ng && (c->state != g[0]->state || ng == cap.frames || copies + c->orig->npieces > cap.copies ||
                    bytes + c->orig->bytes > cap.bytes)) {
-            issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
+            issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? gather_lane(m, lanes, &k) : NULL);
             ng = copies = 0;
             bytes = 0;
             first_group = false;
@@ -401,7 +428,7 @@ static void issue_round(struct staging_pool *p, struct chunk **cs, size_t n)
         bytes += c->orig->bytes;
     }
     if (ng)
-        issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? m : NULL);
+        issue_group(p, g, ng, g[0]->state == CHUNK_GATHER ? gather_lane(m, lanes, &k) : NULL);
 }
 
 /* A group's copies failed (to enqueue, or on the device).  A chunk alone
@@ -483,13 +510,14 @@ static void issue_ready(struct staging_pool *p)
         p->arrived_head = p->arrived_tail = NULL;
         if (!n && !expired)
             return;
+        bool idle = !p->fl_head;
         p->issuing = true;
         pthread_mutex_unlock(&p->lock);
         for (struct xfer_frame *f = expired, *next; f; f = next) {
             next = f->next;
             end_frame(f, FERRY_ETIMEDOUT, 0, "request timed out waiting for a staging chunk");
         }
-        issue_round(p, p->taken, n);
+        issue_round(p, p->taken, n, idle);
         pthread_mutex_lock(&p->lock);
         p->issuing = false;
         pthread_cond_signal(&p->cond);
@@ -526,8 +554,10 @@ static void mark_stream_failed(struct staging_pool *p, ferry_stream **m)
     LOG_DEBUG("staging: %s:%d: a copy on a mark stream failed (%s); its %zu frames go again alone", p->ops->kind,
               p->dev, ferry_last_error(), n);
     renew_stream(p, m);
-    if (!*m) /* no stream to take turns on: rounds use their chunks' own */
+    if (!*m) { /* no stream to take turns on: rounds use their chunks' own */
         p->nmark = 0;
+        p->chain_bytes = 0;
+    }
     for (size_t i = 0; i < n; i++)
         issue_group(p, &p->retired[i], 1, NULL);
     pthread_mutex_lock(&p->lock);

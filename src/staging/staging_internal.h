@@ -62,6 +62,26 @@
 #define MARK_STREAMS_DEFAULT 0u
 #define MARK_STREAMS_MAX 4u
 #define MARK_STRIDE 16u
+/* Chained rounds (FERRY_STAGING_CHAIN_BYTES, with mark streams off): a
+ * round of gathers of at least that many bytes, issued while no copy of
+ * the pool is in flight (a one-thread batch: what a waiter's latency
+ * hangs on), goes as mark streams do, its groups one after another on
+ * FERRY_STAGING_CHAIN_LANES of the pool's mark streams in turn (group k on
+ * lane k % lanes), each followed by its mark: the first frames are done
+ * first and go to the wire while the rest gather, where groups issued side
+ * by side on their chunks' streams share PCIe and finish together (one
+ * H200, 1,024 x 16 KiB, one lane: the first group retired 33 us after its
+ * issue instead of 75, the batch's p50 1.51 ms instead of 1.64).  A
+ * round issued while others are in flight (several batches: throughput)
+ * keeps the chunks' own streams, which the pipeline alone moves faster
+ * with.  Two lanes by default: two groups share PCIe at a time, so a
+ * chained round gathers almost as fast as side by side (one H200, one
+ * batch at a time: 1,024 x 16 KiB 0.84 of a large D2H against 0.87
+ * unchained and 0.76 on one lane) while its first frames still leave
+ * early.  Defaults: see docs/BENCHMARKS.md (h16f).  0: off. */
+#define CHAIN_BYTES_DEFAULT (4u << 20)
+#define CHAIN_BYTES_MAX (1u << 30)
+#define CHAIN_LANES_DEFAULT 2u
 
 /* CHUNK_LOST: its copies were on a stream that hung and could not be
  * aborted (stream_abandoned): they may still run, so the chunk (and its
@@ -131,6 +151,8 @@ struct staging_pool {
     uint64_t read_group_first;            /* FERRY_STAGING_READ_GROUP_FIRST_BYTES: 0, or a round's first one's */
     unsigned nmark;                       /* FERRY_STAGING_MARK_STREAMS: 0, or streams rounds take in turn */
     unsigned mark_next;                   /* the issuer's: the next round's mark stream */
+    uint64_t chain_bytes;                 /* FERRY_STAGING_CHAIN_BYTES: 0, or a chained round's bytes at least */
+    unsigned chain_lanes;                 /* FERRY_STAGING_CHAIN_LANES: mark streams a chained round's groups take */
     ferry_stream *mstreams[MARK_STREAMS_MAX];
     volatile uint32_t *marks;             /* nchunks words, MARK_STRIDE apart, in device-visible host memory */
     pthread_t worker;

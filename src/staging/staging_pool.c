@@ -26,7 +26,9 @@
  * first group only) and FERRY_STAGING_INLINE_FIRST and
  * FERRY_STAGING_INLINE_LAST (0: every staged WRITE handed over) and
  * FERRY_STAGING_READ_GROUP_BYTES (0: scatters grouped as gathers) and
- * FERRY_STAGING_READ_GROUP_FIRST_BYTES (0: a round's first such group too). */
+ * FERRY_STAGING_READ_GROUP_FIRST_BYTES (0: a round's first such group too)
+ * and FERRY_STAGING_CHAIN_BYTES (0: no round chained) and
+ * FERRY_STAGING_CHAIN_LANES. */
 static int knobs_read(struct staging_pool *p)
 {
     uint64_t spin_us = IDLE_SPIN_US_DEFAULT, group = GROUP_DEFAULT, first = GROUP_FIRST_DEFAULT;
@@ -34,6 +36,7 @@ static int knobs_read(struct staging_pool *p)
     uint64_t scatter_us = SCATTER_RETIRE_US_DEFAULT, inline_last = INLINE_LAST_DEFAULT;
     uint64_t retire_groups = ISSUER_RETIRE_GROUPS_DEFAULT;
     uint64_t read_group = READ_GROUP_BYTES_DEFAULT, read_first = READ_GROUP_FIRST_BYTES_DEFAULT;
+    uint64_t chain_bytes = CHAIN_BYTES_DEFAULT, chain_lanes = CHAIN_LANES_DEFAULT;
     char spin_wanted[48], group_wanted[64], first_wanted[80], mark_wanted[80], retire_wanted[48];
     char groups_wanted[80];
     snprintf(spin_wanted, sizeof spin_wanted, "microseconds, 0-%u", IDLE_SPIN_US_MAX);
@@ -72,6 +75,12 @@ static int knobs_read(struct staging_pool *p)
         rc = config_env_number("FERRY_STAGING_READ_GROUP_FIRST_BYTES", false, 0, READ_GROUP_BYTES_MAX,
                                "bytes a round's first group of scatters takes at most, 0 (as the others) to 67108864",
                                &read_first);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_CHAIN_BYTES", false, 0, CHAIN_BYTES_MAX,
+                               "bytes of gathers a round chains from, 0 (never) to 1073741824", &chain_bytes);
+    if (rc >= 0)
+        rc = config_env_number("FERRY_STAGING_CHAIN_LANES", false, 1, MARK_STREAMS_MAX,
+                               "streams a chained round's groups take in turn, 1-4", &chain_lanes);
     if (rc < 0)
         return rc;
     p->read_group_bytes = read_group;
@@ -85,6 +94,10 @@ static int knobs_read(struct staging_pool *p)
     p->group_frames = (unsigned)group;
     p->group_first = (unsigned)first;
     p->nmark = p->ops->stream_mark ? (unsigned)nmark : 0;
+    /* chains are for pools without mark streams (with them every round is
+     * one already) on a device that marks */
+    p->chain_bytes = p->ops->stream_mark && !p->nmark ? chain_bytes : 0;
+    p->chain_lanes = (unsigned)chain_lanes;
     return 0;
 }
 
@@ -179,14 +192,15 @@ int staging_pool_create(const struct ferry_device_ops *ops, int dev, size_t chun
         rc = knobs_read(p);
     if (!rc)
         rc = ops->host_alloc(p->stride * nchunks, (void **)&p->base);
-    if (!rc && p->nmark) {
+    unsigned nstreams = p->chain_bytes ? p->chain_lanes : p->nmark;
+    if (!rc && nstreams) {
         void *marks = NULL;
         rc = ops->host_alloc((size_t)nchunks * MARK_STRIDE * sizeof *p->marks, &marks);
         if (!rc)
             memset(marks, 0, (size_t)nchunks * MARK_STRIDE * sizeof *p->marks);
         p->marks = marks;
     }
-    for (unsigned i = 0; !rc && i < p->nmark; i++)
+    for (unsigned i = 0; !rc && i < nstreams; i++)
         rc = ops->stream_create(dev, &p->mstreams[i]);
     for (unsigned i = 0; !rc && i < nchunks; i++) {
         struct chunk *c = &p->chunks[i];

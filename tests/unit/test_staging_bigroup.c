@@ -15,6 +15,10 @@
  * chunk, one larger frame alone.  FERRY_STAGING_READ_GROUP_BYTES (4 MiB by
  * default): scatters grouped by bytes (up to 128 copies), their first group
  * too; gathers as before; 0: scatters grouped as gathers.
+ * FERRY_STAGING_CHAIN_BYTES: a round of that many bytes of gathers taken
+ * while nothing was in flight goes as on a mark stream (lanes of them with
+ * FERRY_STAGING_CHAIN_LANES); a round taken while copies are in flight
+ * does not.
  * On the strict sim device, with copy_async wrapped to record each call's
  * stream and copies.  Deterministic: the frames go in one staging_submit_list
  * on a fresh pool, so the submitting thread issues them as one round.
@@ -68,6 +72,10 @@ static volatile uint32_t *gate; /* sim host memory: the held call's copies start
 static const char *mark_streams = "0"; /* FERRY_STAGING_MARK_STREAMS of the next run */
 static const char *read_group = "";    /* FERRY_STAGING_READ_GROUP_BYTES of the next run */
 static const char *read_first = "";    /* FERRY_STAGING_READ_GROUP_FIRST_BYTES of the next run */
+static const char *chain_bytes = "";   /* FERRY_STAGING_CHAIN_BYTES of the next run */
+static const char *chain_lanes = "";   /* FERRY_STAGING_CHAIN_LANES of the next run */
+static unsigned split;                 /* 0, or the next run's frames from this one on go in a second submit */
+static unsigned held_frames = 1;       /* frames the held call (hold_call) holds back */
 static size_t chunk_bytes = 1u << 20;  /* the next run's pool's chunks */
 
 static const struct ferry_device_ops *sim;
@@ -161,13 +169,15 @@ static void run(const char *group, const char *first, unsigned freed)
         }
         s->f = (struct xfer_frame){.opcode = opcode, .npieces = PIECES, .pieces = s->pieces,
                                    .bytes = PIECES * BLOCK, .deadline_ns = deadline, .complete = frame_ended,
-                                   .owner = s, .next = f + 1 < NFRAMES ? &slot[f + 1].f : NULL};
+                                   .owner = s, .next = f + 1 < NFRAMES && f + 1 != split ? &slot[f + 1].f : NULL};
     }
     setenv("FERRY_STAGING_GROUP", group, 1);
     setenv("FERRY_STAGING_GROUP_FIRST", first, 1);
     setenv("FERRY_STAGING_MARK_STREAMS", mark_streams, 1);
     setenv("FERRY_STAGING_READ_GROUP_BYTES", read_group, 1);
     setenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES", read_first, 1);
+    setenv("FERRY_STAGING_CHAIN_BYTES", chain_bytes, 1);
+    setenv("FERRY_STAGING_CHAIN_LANES", chain_lanes, 1);
     struct staging_pool *pool;
     void *base;
     size_t len;
@@ -177,12 +187,16 @@ static void run(const char *group, const char *first, unsigned freed)
     unsetenv("FERRY_STAGING_MARK_STREAMS");
     unsetenv("FERRY_STAGING_READ_GROUP_BYTES");
     unsetenv("FERRY_STAGING_READ_GROUP_FIRST_BYTES");
+    unsetenv("FERRY_STAGING_CHAIN_BYTES");
+    unsetenv("FERRY_STAGING_CHAIN_LANES");
     assert_int_equal(rc, 0);
     staging_submit_list(pool, &slot[0].f);
+    if (split) /* the first submit's copies are issued (in the FIFO) when it returns */
+        staging_submit_list(pool, &slot[split].f);
     pthread_mutex_lock(&t.lock);
-    if (t.hold_call) { /* every frame but the held call's ends while it waits on the device */
+    if (t.hold_call) { /* every frame but those the held call holds back ends while it waits on the device */
         struct timespec until = timespec_in_ms(CLOCK_REALTIME, 60000);
-        while (t.ended < NFRAMES - 1 && pthread_cond_timedwait(&t.cond, &t.lock, &until) == 0)
+        while (t.ended < NFRAMES - held_frames && pthread_cond_timedwait(&t.cond, &t.lock, &until) == 0)
             ;
         unsigned ended = t.ended;
         pthread_mutex_unlock(&t.lock);
@@ -194,7 +208,7 @@ static void run(const char *group, const char *first, unsigned freed)
         staging_pool_destroy(pool);
         sim->mem_free(0, dev);
         free(host);
-        assert_int_equal(ended, NFRAMES - 1);
+        assert_int_equal(ended, NFRAMES - held_frames);
         assert_int_equal(slot[NFRAMES - 1].err, 0);
         assert_int_equal(bad_bytes, 0);
         return;
@@ -481,6 +495,104 @@ static void marks_unsupported_query_instead(void **state)
     assert_int_equal(t.nmarks, 0);
 }
 
+/* FERRY_STAGING_CHAIN_BYTES=2097152, one lane, a fresh pool (nothing in
+ * flight): the round's 2 MiB of gathers are chained, its four groups of two
+ * frames one after another on one stream, each followed by its mark; the bytes
+ * arrive.  The default (4 MiB) leaves such a round on the chunks' streams
+ * (defaults_small_frames_in_twos_unmarked). */
+static void chain_idle_round_on_one_stream(void **state)
+{
+    (void)state;
+    chain_bytes = "2097152";
+    chain_lanes = "1";
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    assert_int_equal(t.nmarks, NFRAMES / 2);
+    for (unsigned i = 0; i < NFRAMES / 2; i++) {
+        assert_int_equal(t.copies[i], 2 * PIECES);
+        assert_int_equal(t.marked[i], i + 1);
+        assert_ptr_equal(t.stream[i], t.stream[0]);
+    }
+}
+
+/* A round of less than FERRY_STAGING_CHAIN_BYTES is not chained. */
+static void chain_not_below_its_bytes(void **state)
+{
+    (void)state;
+    chain_bytes = "2097153";
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    assert_int_equal(t.nmarks, 0);
+    for (unsigned i = 1; i < NFRAMES / 2; i++)
+        assert_ptr_not_equal(t.stream[i], t.stream[i - 1]);
+}
+
+/* FERRY_STAGING_CHAIN_LANES (2 by default): the chained groups take two
+ * streams in turn, each group marked. */
+static void chain_two_lanes_in_turn(void **state)
+{
+    (void)state;
+    chain_bytes = "1";
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, NFRAMES / 2);
+    assert_int_equal(t.nmarks, NFRAMES / 2);
+    assert_ptr_not_equal(t.stream[0], t.stream[1]);
+    assert_ptr_equal(t.stream[2], t.stream[0]);
+    assert_ptr_equal(t.stream[3], t.stream[1]);
+}
+
+/* Two submits of 1 MiB (chained from 1 MiB, one lane), the first one's first call
+ * held on the device: the first round (fresh pool) is chained, its two
+ * groups on one stream; the second, issued while those are in flight, is
+ * not: its groups go on their chunks' own streams, unmarked (no frame
+ * ends while the first call is held: groups retire oldest first). */
+static void chain_only_when_nothing_in_flight(void **state)
+{
+    (void)state;
+    chain_bytes = "1048576";
+    chain_lanes = "1";
+    split = NFRAMES / 2;
+    held_frames = NFRAMES;
+    *gate = 0;
+    t.hold_call = 1;
+    run("", "", NFRAMES);
+    assert_int_equal(t.ncalls, 4);
+    assert_int_equal(t.nmarks, 2);
+    assert_ptr_equal(t.stream[1], t.stream[0]);
+    assert_ptr_not_equal(t.stream[2], t.stream[0]);
+    assert_ptr_not_equal(t.stream[3], t.stream[0]);
+    assert_ptr_not_equal(t.stream[3], t.stream[2]);
+}
+
+/* A frame on freed memory in a chained round (groups of one, one lane): it fails
+ * alone, the frames after it on the chain go again alone and arrive. */
+static void chain_bad_frame_fails_alone(void **state)
+{
+    (void)state;
+    chain_bytes = "1";
+    chain_lanes = "1";
+    run("1", "1", 2);
+    assert_true(t.nmarks >= 2);
+    assert_ptr_equal(t.stream[1], t.stream[0]);
+    assert_int_equal(slot[2].err, FERRY_EIO);
+    assert_non_null(strstr(slot[2].msg, "device-to-host copy"));
+    for (unsigned f = 0; f < NFRAMES; f++)
+        if (f != 2)
+            assert_int_equal(slot[f].err, 0);
+}
+
+/* A device without marks: a chained round's groups are queried instead,
+ * and later rounds go on their chunks' streams; the bytes arrive. */
+static void chain_unsupported_marks(void **state)
+{
+    (void)state;
+    chain_bytes = "1";
+    t.mark_rc = FERRY_ENOTSUP;
+    run("", "", NFRAMES);
+    t.mark_rc = 0;
+    assert_int_equal(t.nmarks, 0);
+}
+
 /* name=bad[i] fails pool creation with FERRY_EINVAL naming it. */
 static void refuse_all(const char *name, const char *const *bad, size_t nbad)
 {
@@ -510,6 +622,10 @@ static void knob_refusals(void **state)
     static const char *const bad_bytes_read[] = {"67108865", "-1", "4M", "lots", " 1"};
     refuse_all("FERRY_STAGING_READ_GROUP_BYTES", bad_bytes_read, 5);
     refuse_all("FERRY_STAGING_READ_GROUP_FIRST_BYTES", bad_bytes_read, 5);
+    static const char *const bad_chain[] = {"1073741825", "-1", "4M", "lots", " 1"};
+    refuse_all("FERRY_STAGING_CHAIN_BYTES", bad_chain, 5);
+    static const char *const bad_lanes[] = {"0", "5", "-1", "two", "1x"};
+    refuse_all("FERRY_STAGING_CHAIN_LANES", bad_lanes, 5);
 }
 
 /* Each test starts with the recording plain and the mark streams off. */
@@ -520,6 +636,9 @@ static int reset(void **state)
     t.mark_rc = 0;
     mark_streams = "0";
     read_group = read_first = "";
+    chain_bytes = chain_lanes = "";
+    split = 0;
+    held_frames = 1;
     opcode = XFER_WRITE;
     return 0;
 }
@@ -559,6 +678,12 @@ int main(void)
         cmocka_unit_test_setup(read_groups_off, reset),
         cmocka_unit_test_setup(read_group_first_smaller, reset),
         cmocka_unit_test_setup(read_groups_leave_gathers, reset),
+        cmocka_unit_test_setup(chain_idle_round_on_one_stream, reset),
+        cmocka_unit_test_setup(chain_not_below_its_bytes, reset),
+        cmocka_unit_test_setup(chain_two_lanes_in_turn, reset),
+        cmocka_unit_test_setup(chain_only_when_nothing_in_flight, reset),
+        cmocka_unit_test_setup(chain_bad_frame_fails_alone, reset),
+        cmocka_unit_test_setup(chain_unsupported_marks, reset),
         cmocka_unit_test_setup(knob_refusals, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
