@@ -6,13 +6,10 @@
  * none answers the error names every address tried; a deadline already
  * past fails with FERRY_ETIMEDOUT before any look-up or connect.
  *
- * The name with two addresses ("ferry-two.test": ::1 then 127.0.0.1, or
- * 127.0.0.2 then 127.0.0.1 without an IPv6 loopback) is a hosts entry in a
- * private mount namespace: main() unshares one (root only, while the
- * program still has one thread) and binds a copy of /etc/hosts with the
- * entry over it.  Elsewhere it falls back to "localhost" where that has two
- * addresses, and otherwise the cases that need two addresses say SKIPPED
- * and why.  No case asserts a duration.
+ * The name with two addresses is testutil's test_two_address_name (a hosts
+ * entry in a private mount namespace, as root; else "localhost" where it
+ * has two); without one the cases that need it say SKIPPED and why.  No
+ * case asserts a duration.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,7 +17,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -29,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -38,88 +33,10 @@
 #include "net.h"
 #include "testutil.h"
 
-#define TWO_NAME "ferry-two.test"
-
 static const char *two_name;  /* a name with two addresses or more, or NULL */
 static char two_why[256];     /* why there is none */
 
 /* ------------------------------------------------------------ set-up */
-
-static bool ipv6_loopback(void)
-{
-    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static int count_addresses(const char *name)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(name, "1", &hints, &res) != 0)
-        return 0;
-    int n = 0;
-    for (struct addrinfo *r = res; r; r = r->ai_next)
-        n++;
-    freeaddrinfo(res);
-    return n;
-}
-
-/* In a mount namespace of this process's own (nothing outside sees it):
- * /etc/hosts with TWO_NAME on two loopback addresses.  Returns false with
- * two_why set where it cannot. */
-static bool hosts_entry_in_private_namespace(void)
-{
-    if (unshare(CLONE_NEWNS) != 0) {
-        snprintf(two_why, sizeof two_why, "unshare(CLONE_NEWNS): %s (needs root)", strerror(errno));
-        return false;
-    }
-    /* private first, so the bind below never propagates to the host */
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
-        snprintf(two_why, sizeof two_why, "making / private in a new mount namespace: %s", strerror(errno));
-        return false;
-    }
-    char path[] = "/tmp/ferry-hosts-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        snprintf(two_why, sizeof two_why, "mkstemp: %s", strerror(errno));
-        return false;
-    }
-    FILE *out = fdopen(fd, "w"), *in = fopen("/etc/hosts", "r");
-    char line[512];
-    while (in && fgets(line, sizeof line, in))
-        fputs(line, out);
-    if (in)
-        fclose(in);
-    fprintf(out, "\n%s %s\n127.0.0.1 %s\n", ipv6_loopback() ? "::1" : "127.0.0.2", TWO_NAME, TWO_NAME);
-    fclose(out);
-    int rc = mount(path, "/etc/hosts", NULL, MS_BIND, NULL);
-    int err = errno;
-    unlink(path); /* the mount keeps the file */
-    if (rc != 0) {
-        snprintf(two_why, sizeof two_why, "binding a hosts file over /etc/hosts: %s", strerror(err));
-        return false;
-    }
-    if (count_addresses(TWO_NAME) < 2) {
-        snprintf(two_why, sizeof two_why, "%s does not resolve to two addresses through the bound /etc/hosts",
-                 TWO_NAME);
-        return false;
-    }
-    return true;
-}
-
-static void find_two_address_name(void)
-{
-    if (hosts_entry_in_private_namespace())
-        two_name = TWO_NAME;
-    else if (count_addresses("localhost") >= 2)
-        two_name = "localhost";
-    else
-        snprintf(two_why + strlen(two_why), sizeof two_why - strlen(two_why),
-                 "; and localhost has one address only");
-}
 
 static void need_two_names(void)
 {
@@ -383,7 +300,7 @@ static void bad_names_and_ports(void **state)
 
 int main(void)
 {
-    find_two_address_name(); /* before any thread: unshare(CLONE_NEWNS) needs one */
+    two_name = test_two_address_name(two_why, sizeof two_why); /* before any thread */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(connects_whichever_address_listens),
         cmocka_unit_test(none_listens_names_every_address),
