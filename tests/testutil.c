@@ -9,14 +9,20 @@
  */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -546,4 +552,81 @@ int test_fds_not_cloexec(const bool before[TEST_MAX_FD], bool inet_only)
         bad += counted;
     }
     return bad;
+}
+
+/* ------------------------------------------------------------ a name with two addresses */
+
+static bool has_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+static int count_addresses(const char *name)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(name, "1", &hints, &res) != 0)
+        return 0;
+    int n = 0;
+    for (struct addrinfo *r = res; r; r = r->ai_next)
+        n++;
+    freeaddrinfo(res);
+    return n;
+}
+
+#define TWO_NAME "ferry-two.test"
+
+/* TWO_NAME in /etc/hosts as this process alone sees it; false with why. */
+static bool hosts_entry_in_private_namespace(char *why, size_t cap)
+{
+    if (unshare(CLONE_NEWNS) != 0) {
+        snprintf(why, cap, "unshare(CLONE_NEWNS): %s (needs root)", strerror(errno));
+        return false;
+    }
+    /* private first, so the bind below never propagates to the host */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+        snprintf(why, cap, "making / private in a new mount namespace: %s", strerror(errno));
+        return false;
+    }
+    char path[] = "/tmp/ferry-hosts-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        snprintf(why, cap, "mkstemp: %s", strerror(errno));
+        return false;
+    }
+    FILE *out = fdopen(fd, "w"), *in = fopen("/etc/hosts", "r");
+    char line[512];
+    while (in && fgets(line, sizeof line, in))
+        fputs(line, out);
+    if (in)
+        fclose(in);
+    fprintf(out, "\n%s %s\n127.0.0.1 %s\n", has_ipv6_loopback() ? "::1" : "127.0.0.2", TWO_NAME, TWO_NAME);
+    fclose(out);
+    int rc = mount(path, "/etc/hosts", NULL, MS_BIND, NULL);
+    int err = errno;
+    unlink(path); /* the mount keeps the file */
+    if (rc != 0) {
+        snprintf(why, cap, "binding a hosts file over /etc/hosts: %s", strerror(err));
+        return false;
+    }
+    if (count_addresses(TWO_NAME) < 2) {
+        snprintf(why, cap, "%s does not resolve to two addresses through the bound /etc/hosts", TWO_NAME);
+        return false;
+    }
+    return true;
+}
+
+const char *test_two_address_name(char *why, size_t cap)
+{
+    char ns[200];
+    if (hosts_entry_in_private_namespace(ns, sizeof ns))
+        return TWO_NAME;
+    if (count_addresses("localhost") >= 2)
+        return "localhost";
+    snprintf(why, cap, "%s; and localhost has one address only", ns);
+    return NULL;
 }

@@ -29,6 +29,16 @@ int test_case_in_fresh_process(const char *name);
  * clears the signal). */
 void test_child_dies_with_parent(pid_t parent);
 
+/* A host name with two loopback addresses or more ("ferry-two.test": ::1
+ * then 127.0.0.1, or 127.0.0.2 then 127.0.0.1 without an IPv6 loopback;
+ * getaddrinfo may sort them), for tests of connecting to every address of
+ * a name.  Made as a hosts entry in a mount namespace of this process's
+ * own (root only: unshare(CLONE_NEWNS), / made private first so nothing
+ * outside sees it, a copy of /etc/hosts with the entry bound over it);
+ * else "localhost" where it has two addresses; else NULL with why[] saying
+ * why.  Call from main before any thread starts (unshare needs one). */
+const char *test_two_address_name(char *why, size_t cap);
+
 /* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 

@@ -212,7 +212,7 @@ static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
 int net_listen(const char *host, int port, int *bound)
 {
     struct sockaddr_storage sa;
-    socklen_t salen;
+    socklen_t salen = 0;
     int rc = resolve(host, port, &sa, &salen);
     if (rc)
         return rc;
@@ -241,41 +241,131 @@ int net_listen(const char *host, int port, int *bound)
     return fd;
 }
 
-int net_connect(const char *host, int port, unsigned timeout_ms)
+/* One connect to the address a, within deadline_ns.  Returns the fd
+ * (blocking, TCP_NODELAY) or -1 with why[] saying what went wrong, and
+ * *timed_out set where no answer came in time. */
+static int connect_one(const struct addrinfo *a, uint64_t deadline_ns, char *why, size_t cap, bool *timed_out)
 {
-    struct sockaddr_storage sa;
-    socklen_t salen;
-    int rc = resolve(host, port, &sa, &salen);
-    if (rc)
-        return rc;
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return ferry_fail(FERRY_EIO, "socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&sa, salen) != 0 && errno != EINPROGRESS) {
-        rc = ferry_fail(FERRY_ECONN, "connect %s:%d: %s", host, port, strerror(errno));
-        close(fd);
-        return rc;
+    *timed_out = false;
+    int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        snprintf(why, cap, "socket: %s", strerror(errno));
+        return -1;
     }
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int n;
-    do
-        n = poll(&p, 1, (int)timeout_ms);
-    while (n < 0 && errno == EINTR);
-    if (n == 0) {
-        close(fd);
-        return ferry_fail(FERRY_ETIMEDOUT, "connect %s:%d: no answer within %u ms", host, port, timeout_ms);
+    int err = 0, c = connect(fd, a->ai_addr, a->ai_addrlen);
+    if (c != 0 && errno != EINPROGRESS) {
+        err = errno;
+    } else if (c != 0) {
+        for (;;) {
+            uint64_t now = now_ns();
+            if (now >= deadline_ns) {
+                *timed_out = true;
+                break;
+            }
+            uint64_t left_ms = (deadline_ns - now + 999999u) / 1000000u;
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int n = poll(&p, 1, left_ms > 60000 ? 60000 : (int)left_ms);
+            if (n > 0) {
+                socklen_t el = sizeof err;
+                if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+                    err = errno;
+                break;
+            }
+            if (n < 0 && errno != EINTR) {
+                err = errno;
+                break;
+            }
+        }
     }
-    int err = 0;
-    socklen_t el = sizeof err;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
-    if (n < 0 || err) {
+    if (*timed_out || err) {
+        if (!*timed_out)
+            snprintf(why, cap, "%s", strerror(err));
         close(fd);
-        return ferry_fail(FERRY_ECONN, "connect %s:%d: %s", host, port, strerror(err ? err : errno));
+        return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
+}
+
+/* Appends "addr: why" (the address numeric, "[v6]:port" for IPv6) to the
+ * list of tries in buf, or counts it in *dropped once buf is full. */
+static void note_try(char *buf, size_t cap, size_t *used, int *dropped, const struct addrinfo *a, const char *why)
+{
+    char h[NI_MAXHOST], serv[NI_MAXSERV], addr[NI_MAXHOST + 16];
+    if (getnameinfo(a->ai_addr, a->ai_addrlen, h, sizeof h, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        snprintf(addr, sizeof addr, "(address of family %d)", a->ai_family);
+    else if (net_format_hostport(addr, sizeof addr, h, atoi(serv)) != 0)
+        snprintf(addr, sizeof addr, "(an address)");
+    int n = snprintf(buf + *used, cap - *used, "%s%s: %s", *used ? "; " : "", addr, why);
+    if (n < 0 || (size_t)n >= cap - *used) { /* full: keep what fitted before this entry */
+        buf[*used] = '\0';
+        (*dropped)++;
+        return;
+    }
+    *used += (size_t)n;
+}
+
+int net_connect_deadline(const char *host, int port, uint64_t deadline_ns)
+{
+    char shown[160];
+    log_sanitize(host, strlen(host), shown, sizeof shown);
+    if (now_ns() >= deadline_ns) /* before the resolver: a spent deadline costs no look-up and no connect */
+        return ferry_fail(FERRY_ETIMEDOUT, "connect %s:%d: the deadline passed before any address was tried", shown,
+                          port);
+    if (port < 0 || port > 65535)
+        return ferry_fail(FERRY_EINVAL, "connect %s:%d: bad port", shown, port);
+    char serv[8];
+    snprintf(serv, sizeof serv, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, serv, &hints, &res);
+    if (rc != 0 || !res) {
+        if (res)
+            freeaddrinfo(res);
+        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", shown,
+                          rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+    }
+    int count = 0;
+    for (const struct addrinfo *r = res; r; r = r->ai_next)
+        count++;
+    /* every address in the resolver's order (RFC 6724: IPv6 first where the
+     * host prefers it), each within an equal share of the time left, so one
+     * that never answers leaves time for the next; the last has all of it */
+    char tried[360];
+    size_t used = 0;
+    int dropped = 0, fd = -1, left = count;
+    tried[0] = '\0';
+    for (const struct addrinfo *r = res; r; r = r->ai_next, left--) {
+        uint64_t now = now_ns();
+        if (now >= deadline_ns) {
+            note_try(tried, sizeof tried, &used, &dropped, r, "not tried, the deadline passed");
+            continue;
+        }
+        char why[128];
+        bool timed_out;
+        uint64_t share = (deadline_ns - now) / (uint64_t)left;
+        fd = connect_one(r, now + share, why, sizeof why, &timed_out);
+        if (fd >= 0)
+            break;
+        if (timed_out)
+            snprintf(why, sizeof why, "no answer within %llu ms", (unsigned long long)((share + 999999u) / 1000000u));
+        note_try(tried, sizeof tried, &used, &dropped, r, why);
+    }
+    freeaddrinfo(res);
+    if (fd >= 0)
+        return fd;
+    char more[32] = "";
+    if (dropped)
+        snprintf(more, sizeof more, "; %d more", dropped);
+    return ferry_fail(now_ns() >= deadline_ns ? FERRY_ETIMEDOUT : FERRY_ECONN, "connect %s:%d: %s%s", shown, port,
+                      tried, more);
+}
+
+int net_connect(const char *host, int port, unsigned timeout_ms)
+{
+    return net_connect_deadline(host, port, net_deadline(timeout_ms));
 }
 
 void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms)

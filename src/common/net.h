@@ -44,8 +44,17 @@ int net_format_hostport(char *out, size_t max, const char *host, int port);
  * negative FERRY_E* code. */
 int net_listen(const char *host, int port, int *bound);
 
-/* Connects to host:port within timeout_ms.  Returns the fd (blocking mode,
- * TCP_NODELAY set) or FERRY_ECONN / FERRY_ETIMEDOUT with a detail message. */
+/* Connects to host:port before deadline_ns (monotonic, see now_ns): tries
+ * every address getaddrinfo gives for host, in its order (IPv6 and IPv4 as
+ * the host prefers them), each within an equal share of the time left (the
+ * last with all of it), until one answers.  A deadline already past fails
+ * at once, before any look-up or connect.  Returns the fd (blocking mode,
+ * TCP_NODELAY set, close-on-exec) or FERRY_ETIMEDOUT (the deadline passed)
+ * / FERRY_ECONN (no such host, or every address refused), the detail naming
+ * every address tried and why it failed.  The look-up itself is not bounded
+ * by the deadline (getaddrinfo has no timeout). */
+int net_connect_deadline(const char *host, int port, uint64_t deadline_ns);
+/* net_connect_deadline(host, port, net_deadline(timeout_ms)). */
 int net_connect(const char *host, int port, unsigned timeout_ms);
 
 /* Sets SO_RCVTIMEO and SO_SNDTIMEO (0 = none). */

@@ -25,8 +25,10 @@
  * waits before running it) until the file path exists: a test decides when
  * a copy completes, without timing.  FERRY_SIM_REFUSE="op:N" refuses the
  * Nth call of host_alloc (FERRY_ENOMEM, as cuMemHostAlloc out of memory),
- * stream_host_func or stream_write_flag (FERRY_EIO, as a refused launch:
- * nothing enqueued), each op counted from 1 in this process.  A function on a stream (stream_then)
+ * stream_host_func, stream_write_flag or stream_mark ("mark": FERRY_EIO, as
+ * a refused launch: nothing enqueued; "mark_unsupported": FERRY_ENOTSUP, as
+ * CUDA without stream memory operations), each op counted from 1 in this
+ * process.  A function on a stream (stream_then)
  * is not called once the stream has failed, as cuLaunchHostFunc's is not.
  * FERRY_SIM_SYNC_TIMEOUT_MS bounds stream_sync as the npu backend does
  * (FERRY_NPU_SYNC_TIMEOUT_MS) on a device without stream abort: a stream
@@ -318,14 +320,19 @@ static void sim_mem_free(int dev, void *ptr)
     pthread_mutex_unlock(&d->lock);
 }
 
-/* Whether FERRY_SIM_REFUSE refuses this call of op (counted here). */
-static bool refused(enum sim_op op)
+/* Whether FERRY_SIM_REFUSE refuses call number call as op. */
+static bool refused_as(enum sim_op op, uint64_t call)
 {
-    uint64_t call = atomic_fetch_add(&sim_hw.calls[op], 1) + 1;
     for (size_t i = 0; i < sim_hw.nrefusals; i++)
         if (sim_hw.refusals[i].op == op && sim_hw.refusals[i].call == call)
             return true;
     return false;
+}
+
+/* Whether FERRY_SIM_REFUSE refuses this call of op (counted here). */
+static bool refused(enum sim_op op)
+{
+    return refused_as(op, atomic_fetch_add(&sim_hw.calls[op], 1) + 1);
 }
 
 /* Pinned memory needs no pinning here: page-aligned heap memory (so ASan
@@ -762,6 +769,11 @@ static int sim_stream_mark(ferry_stream *stream, volatile uint32_t *flag, uint32
     struct sim_stream *s = as_sim(stream);
     if (s == NULL || flag == NULL)
         return ferry_fail(FERRY_EINVAL, "sim: stream_mark on %p: not a sim stream, or no flag", (void *)stream);
+    uint64_t call = atomic_fetch_add(&sim_hw.calls[SIM_OP_MARK], 1) + 1;
+    if (refused_as(SIM_OP_MARK_UNSUPPORTED, call)) /* as CUDA without stream memory operations */
+        return ferry_fail(FERRY_ENOTSUP, "sim:%d: stream_mark not supported (FERRY_SIM_REFUSE)", s->dev);
+    if (refused_as(SIM_OP_MARK, call))
+        return ferry_fail(FERRY_EIO, "sim:%d: stream_mark refused (FERRY_SIM_REFUSE)", s->dev);
     return sim_enqueue_sync_job(s->dev, stream, &(struct sim_job){.mark = flag, .value = value});
 }
 
@@ -838,7 +850,8 @@ static const struct ferry_config_knob sim_knobs[] = {
     {"FERRY_SIM_SYNC_TIMEOUT_MS", "0", "tests: a sim stream_sync waits at most this long (0: no bound); a stream "
      "not done in time fails FERRY_ETIMEDOUT and is abandoned (stream_abandoned), as an NPU's without abort"},
     {"FERRY_SIM_REFUSE", "", "tests: op:N refuses the Nth call (from 1, in this process) of op: host_alloc "
-     "(FERRY_ENOMEM), host_func or write_flag (FERRY_EIO, nothing enqueued); up to 8, comma-separated"},
+     "(FERRY_ENOMEM), host_func, write_flag or mark (stream_mark) (FERRY_EIO, nothing enqueued), "
+     "mark_unsupported (stream_mark, FERRY_ENOTSUP); up to 8, comma-separated"},
     {NULL, NULL, NULL},
 };
 

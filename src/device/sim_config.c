@@ -72,7 +72,7 @@ static int read_faults(void)
                       s, SIM_MAX_FAULTS);
 }
 
-static const char *const op_names[SIM_OPS] = {"host_alloc", "host_func", "write_flag"};
+static const char *const op_names[SIM_OPS] = {"host_alloc", "host_func", "write_flag", "mark", "mark_unsupported"};
 
 /* FERRY_SIM_REFUSE="op:N[,op:N...]" into sim_hw.refusals. */
 static int read_refusals(void)
@@ -104,7 +104,7 @@ static int read_refusals(void)
     sim_hw.nrefusals = 0;
     return ferry_fail(FERRY_EINVAL,
                       "FERRY_SIM_REFUSE=\"%.64s\": want up to %d op:N, op one of host_alloc, host_func, "
-                      "write_flag and N >= 1 (its Nth call is refused), comma-separated",
+                      "write_flag, mark, mark_unsupported and N >= 1 (its Nth call is refused), comma-separated",
                       s, SIM_MAX_FAULTS);
 }
 

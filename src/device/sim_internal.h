@@ -26,8 +26,9 @@
 #define SIM_STREAM_MAGIC 0x73696d73u /* "sims" */
 #define SIM_MAX_FAULTS 8
 
-/* The calls FERRY_SIM_REFUSE can refuse, each counted from 1 per process. */
-enum sim_op { SIM_OP_HOST_ALLOC, SIM_OP_HOST_FUNC, SIM_OP_WRITE_FLAG, SIM_OPS };
+/* The calls FERRY_SIM_REFUSE can refuse, each counted from 1 per process
+ * (mark_unsupported refuses a call of stream_mark, counted as mark). */
+enum sim_op { SIM_OP_HOST_ALLOC, SIM_OP_HOST_FUNC, SIM_OP_WRITE_FLAG, SIM_OP_MARK, SIM_OP_MARK_UNSUPPORTED, SIM_OPS };
 
 /* One live allocation: [off, off + len) of its device's region is usable,
  * [off, off + span) is taken (span = len rounded up to a page). */

@@ -128,6 +128,10 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
             continue;
         }
         if (rc) {
+            /* the transport names the segment as its descriptor does, which
+             * a handshake peer chose: say which segment was opened */
+            if (strcmp(s->desc.name, name) != 0)
+                rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
             engine_segment_free(e, s);
             return rc;
         }

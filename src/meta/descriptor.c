@@ -145,6 +145,62 @@ static int decode_transports(const cJSON *obj, struct ferry_descriptor *d)
     return 0;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A member name that one object of the document gives twice, at any depth
+ * (an endpoint's too): JSON leaves its meaning open (cJSON reads the first,
+ * Python's json the last), so such a document could show two readers two
+ * descriptors.  0, or FERRY_EPROTO naming the key and its object (where:
+ * that object's own name, as its parent calls it); FERRY_EPROTO as well
+ * for a document nested deeper than DESC_MAX_DEPTH. */
+#define DESC_MAX_DEPTH 32
+static int duplicate_key(const cJSON *j, const char *where, int depth)
+{
+    if (!cJSON_IsObject(j) && !cJSON_IsArray(j))
+        return 0;
+    if (depth > DESC_MAX_DEPTH) /* a descriptor is 4 deep; cJSON's own bound is 1000 */
+        return ferry_fail(FERRY_EPROTO, "descriptor: %s is nested deeper than %d", where, DESC_MAX_DEPTH);
+    char here[96];
+    size_t n = 0, i = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, j)
+    {
+        if (cJSON_IsObject(c) || cJSON_IsArray(c)) {
+            char shown[48];
+            if (cJSON_IsObject(j))
+                snprintf(here, sizeof here, "\"%s\"", log_sanitize(c->string, 40, shown, sizeof shown));
+            else
+                snprintf(here, sizeof here, "%s[%zu]", where, i);
+            int rc = duplicate_key(c, here, depth + 1);
+            if (rc)
+                return rc;
+        }
+        n++, i++;
+    }
+    if (!cJSON_IsObject(j) || n < 2)
+        return 0;
+    const char *few[8], **names = n <= 8 ? few : malloc(n * sizeof *names);
+    if (!names)
+        return ferry_fail(FERRY_ENOMEM, "descriptor: %zu keys in %s", n, where);
+    i = 0;
+    cJSON_ArrayForEach(c, j)
+        names[i++] = c->string ? c->string : "";
+    qsort(names, n, sizeof *names, cmp_name);
+    int rc = 0;
+    for (i = 1; i < n && !rc; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) {
+            char shown[48];
+            rc = ferry_fail(FERRY_EPROTO, "descriptor: key \"%s\" given twice in %s",
+                            log_sanitize(names[i], 40, shown, sizeof shown), where);
+        }
+    if (names != few)
+        free(names);
+    return rc;
+}
+
 int descriptor_decode(const char *json, size_t len, struct ferry_descriptor *d)
 {
     memset(d, 0, sizeof *d);
@@ -165,6 +221,8 @@ int descriptor_decode(const char *json, size_t len, struct ferry_descriptor *d)
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(root, "fingerprint");
     if (!cJSON_IsObject(root) || !cJSON_IsNumber(format)) {
         rc = ferry_fail(FERRY_EPROTO, "descriptor has no numeric \"format\"");
+    } else if ((rc = duplicate_key(root, "the descriptor", 1)) != 0) {
+        /* named in its detail */
     } else if (format->valuedouble != DESC_FORMAT) {
         rc = ferry_fail(FERRY_EVERSION, "peer descriptor format %g, this build reads format %d",
                         format->valuedouble, DESC_FORMAT);

@@ -223,10 +223,10 @@ int p2p_fetch_auth(const char *name, unsigned timeout_ms, const struct auth_key 
     name = log_sanitize(name, strlen(name), shown, sizeof shown); /* from here on, only in messages */
     if (rc || port == 0)
         return ferry_fail(FERRY_ENOSEG, "segment name \"%s\" is not host:port", name);
-    int fd = net_connect(host, port, timeout_ms);
+    uint64_t deadline = net_deadline(timeout_ms); /* one for the connect and the exchange */
+    int fd = net_connect_deadline(host, port, deadline);
     if (fd < 0)
         return ferry_fail(FERRY_ENOSEG, "segment %s: %s", name, ferry_last_error());
-    uint64_t deadline = net_deadline(timeout_ms);
     if (auth_enabled(auth) && (rc = auth_client(fd, auth, AUTH_HANDSHAKE, name, deadline, NULL))) {
         close(fd);
         return rc;

@@ -45,7 +45,8 @@ void p2p_server_stop(struct p2p_server *s);
 /* Fetches the descriptor of segment `name` ("host:port").  *json is malloc'd
  * (NUL-terminated, caller frees), *len its length.  FERRY_ENOSEG when the name
  * does not resolve or nobody answers, FERRY_EVERSION for another handshake
- * version, FERRY_EPROTO for a malformed answer. */
+ * version, FERRY_EPROTO for a malformed answer.  The connect and the whole
+ * exchange share one deadline, timeout_ms from the call. */
 int p2p_fetch(const char *name, unsigned timeout_ms, char **json, size_t *len);
 /* The same, authenticating first when auth has a key.  FERRY_EPERM when the
  * peer wants a key this engine lacks, or the keys differ (detail names it). */

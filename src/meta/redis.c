@@ -48,7 +48,7 @@ struct redis_meta {
     char prefix[256];
     unsigned ttl_s;
     unsigned timeout_ms;        /* one command, reply included */
-    struct timeval timeout;     /* each socket call (the connect: timeout_ms) */
+    struct timeval timeout;     /* each socket call (the connect: what is left of the command's timeout_ms) */
 
     struct keepalive ka;        /* published descriptors; its lock guards `c` */
     redisContext *c;            /* NULL while disconnected */
@@ -250,7 +250,7 @@ static int connect_locked(struct redis_meta *m, uint64_t deadline_ns)
     if (m->c)
         return 0;
     /* connected here, not by hiredis, whose socket is not close-on-exec */
-    int fd = net_connect(m->host, m->port, m->timeout_ms);
+    int fd = net_connect_deadline(m->host, m->port, deadline_ns); /* what is left of the command's time */
     if (fd < 0)
         return ferry_fail(FERRY_ECONN, "%s: cannot connect: %s", m->url, ferry_last_error());
     redisContext *c = redisConnectFd(fd);

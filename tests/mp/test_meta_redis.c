@@ -3,11 +3,14 @@
  * test_meta_redis.c — segments published in a real Redis (metadata_server
  * "redis://..."): open by name and transfer, removal at destroy, expiry of a
  * killed engine, the server stopped and restarted empty, malformed URLs,
- * corrupt and foreign-version descriptors.  The tests themselves are in
+ * corrupt and foreign-version descriptors, a store whose host name has two
+ * addresses of which the server listens on one.  The tests themselves are in
  * test_meta_common.h; this file adds redis-server's command line and
  * redis-cli.
  */
 #include "test_meta_common.h"
+
+#include <netdb.h>
 
 static char **redis_argv(const char *dir, int port, int port2)
 {
@@ -111,13 +114,72 @@ static void test_select_db(void **state)
     assert_null(bad);
 }
 
+static const char *two_name; /* test_two_address_name's, made before any thread */
+static char two_why[256];
+
+/* redis://NAME:port where NAME has two addresses and the server listens on
+ * one that is not the name's first IPv4 address (the first address where
+ * that is ::1, else the second): ferry connects to every address in turn,
+ * as hiredis did before ferry made the socket itself (redisConnectFd).
+ * Before, only the first IPv4 address was tried and the store was never
+ * reached. */
+static void test_name_with_two_addresses(void **state)
+{
+    (void)state;
+    if (!two_name) {
+        print_message("SKIPPED: no name with two addresses: %s\n", two_why);
+        skip();
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    assert_int_equal(getaddrinfo(two_name, "1", &hints, &res), 0);
+    const struct addrinfo *pick = res->ai_family != AF_INET ? res : res->ai_next;
+    assert_non_null(pick);
+    char addr[INET6_ADDRSTRLEN];
+    assert_int_equal(getnameinfo(pick->ai_addr, pick->ai_addrlen, addr, sizeof addr, NULL, 0, NI_NUMERICHOST), 0);
+    freeaddrinfo(res);
+
+    int port = free_port();
+    char p[16], dir[160], log[200], url[128];
+    snprintf(p, sizeof p, "%d", port);
+    snprintf(dir, sizeof dir, "%s", fx.dir);
+    snprintf(log, sizeof log, "%s/two.log", fx.dir);
+    char *argv[] = {"redis-server", "--port", p, "--bind", addr, "--save", "", "--appendonly", "no", "--dir", dir,
+                    NULL};
+    pid_t server = spawn(argv, log);
+    assert_true(server > 0);
+    snprintf(url, sizeof url, "redis://%s:%d", two_name, port);
+    void *m = NULL;
+    int rc = -1;
+    for (double deadline = now_s() + 30; now_s() < deadline && rc != 0;) { /* until it listens */
+        rc = redis.ops->create(url, PREFIX, TTL_S, 2000, &m);
+        if (rc) {
+            if (waitpid(server, NULL, WNOHANG) == server)
+                fail_msg("redis-server on %s exited at start; see %s", addr, log);
+            sleep_ms(100);
+        }
+    }
+    print_message("  %s, the server on %s only: %s\n", url, addr, rc ? ferry_last_error() : "reached");
+    if (rc == 0) {
+        rc = redis.ops->publish(m, "two:1", "{\"on\":\"two\"}");
+        if (!rc)
+            rc = found_in(m, "two:1");
+        redis.ops->destroy(m);
+    }
+    kill(server, SIGKILL);
+    waitpid(server, NULL, 0);
+    if (rc)
+        fail_msg("%s: %s: %s", url, ferry_err_name(rc), ferry_last_error());
+}
+
 int main(void)
 {
+    two_name = test_two_address_name(two_why, sizeof two_why);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed_urls),
         META_COMMON_TESTS,
         cmocka_unit_test(test_wrong_type_key),
         cmocka_unit_test(test_select_db),
+        cmocka_unit_test(test_name_with_two_addresses),
     };
     return meta_tests_main(&redis, tests, sizeof tests / sizeof tests[0]);
 }

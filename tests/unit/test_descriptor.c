@@ -4,7 +4,7 @@
  * 64-bit values (above 2^53, where JSON numbers would round), buffers sorted
  * on decode, every validation error the decoder can return (format and
  * fingerprint -> FERRY_EVERSION; missing, mistyped, empty, non-hex, wrapping,
- * overlapping, truncated, oversized -> FERRY_EPROTO) with the detail message
+ * overlapping, truncated, oversized, a key given twice -> FERRY_EPROTO) with the detail message
  * naming the field, and the edges of descriptor_find_buffer.
  */
 #include <setjmp.h>
@@ -546,6 +546,51 @@ static void test_size_limit(void **state)
     free(big);
 }
 
+/* A key given twice in one object, at any depth: cJSON reads the first,
+ * Python's json the last, so the document means two things; refused, the
+ * detail naming the key and its object.  The same key in two objects is fine. */
+static void test_duplicate_keys(void **state)
+{
+    (void)state;
+    expect_fail("{" HEAD ",\"name\":\"other\"," ONE_TRANSPORT "," ONE_BUFFER "}", FERRY_EPROTO,
+                "key \"name\" given twice in the descriptor");
+    expect_fail("{" HEAD "," ONE_TRANSPORT "," ONE_BUFFER ",\"buffers\":[]}", FERRY_EPROTO, "\"buffers\" given twice");
+    expect_fail("{\"format\":1,\"format\":1," FP ",\"name\":\"seg\",\"engine_id\":\"0x1\"," ONE_TRANSPORT ","
+                ONE_BUFFER "}", FERRY_EPROTO, "\"format\" given twice");
+    expect_fail(WITH_BUFFERS(BUF("0x1000", "0x10") ",{\"addr\":\"0x2000\",\"len\":\"0x10\",\"len\":\"0x1000\","
+                             "\"location\":\"cpu\"}"),
+                FERRY_EPROTO, "key \"len\" given twice in \"buffers\"[1]");
+    expect_fail(DESC(HEAD, "\"transports\":{\"tcp\":{\"host\":\"a\",\"port\":1},\"tcp\":{\"host\":\"b\",\"port\":2}}",
+                     ONE_BUFFER), FERRY_EPROTO, "key \"tcp\" given twice in \"transports\"");
+    expect_fail(DESC(HEAD, "\"transports\":{\"tcp\":{\"host\":\"a\",\"port\":1,\"port\":2}}", ONE_BUFFER),
+                FERRY_EPROTO, "key \"port\" given twice in \"tcp\"");
+    expect_fail(DESC(HEAD, "\"transports\":{\"x\":{\"a\":[{\"b\":{\"c\":1,\"c\":1}}]}}", ONE_BUFFER), FERRY_EPROTO,
+                "key \"c\" given twice in \"b\"");
+    /* many keys (sorted, not compared pairwise), one of them twice */
+    char *json = malloc(64 * 1024);
+    assert_non_null(json);
+    char *p = json + sprintf(json, "{" HEAD "," ONE_BUFFER ",\"transports\":{\"x\":{");
+    for (int i = 0; i < 2000; i++)
+        p += sprintf(p, "%s\"k%d\":%d", i ? "," : "", i == 1999 ? 7 : i, i);
+    strcpy(p, "}}}");
+    expect_fail(json, FERRY_EPROTO, "key \"k7\" given twice in \"x\"");
+    /* a key with control characters is named escaped */
+    expect_fail(DESC(HEAD, "\"transports\":{\"x\":{\"a\\nb\":1,\"a\\nb\":2}}", ONE_BUFFER), FERRY_EPROTO,
+                "key \"a\\x0ab\" given twice");
+    /* nested past any descriptor's shape */
+    p = json + sprintf(json, "{" HEAD "," ONE_BUFFER ",\"transports\":{\"x\":");
+    for (int i = 0; i < 40; i++)
+        *p++ = '[';
+    for (int i = 0; i < 40; i++)
+        *p++ = ']';
+    strcpy(p, "}}");
+    expect_fail(json, FERRY_EPROTO, "nested deeper than");
+    free(json);
+    /* the same keys in different objects */
+    expect_ok(DESC(HEAD, "\"transports\":{\"tcp\":{\"host\":\"a\",\"port\":1},\"rdma\":{\"host\":\"a\",\"port\":1}}",
+                   "\"buffers\":[" BUF("0x1000", "0x10") "," BUF("0x2000", "0x10") "]"));
+}
+
 static void test_free_after_partial_decode(void **state)
 {
     (void)state;
@@ -622,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_not_json),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_size_limit),
+        cmocka_unit_test(test_duplicate_keys),
         cmocka_unit_test(test_free_after_partial_decode),
         cmocka_unit_test(test_find_buffer),
     };

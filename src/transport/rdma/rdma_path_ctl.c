@@ -53,7 +53,8 @@ static int path_connect(struct rdma_path *path)
     path->qp = qp;
     pthread_mutex_unlock(&path->lock);
 
-    int fd = net_connect(p->ep.host, p->ep.port, timeout);
+    uint64_t deadline = net_deadline(timeout); /* the connect and the authentication within one */
+    int fd = net_connect_deadline(p->ep.host, p->ep.port, deadline);
     if (fd < 0) {
         char why[200];
         snprintf(why, sizeof why, "%s", ferry_last_error());
@@ -74,7 +75,7 @@ static int path_connect(struct rdma_path *path)
     if (auth_enabled(t->host.auth)) {
         char who[256];
         snprintf(who, sizeof who, "%s (%s)", p->name, side);
-        int rc = auth_client(fd, t->host.auth, AUTH_RDMA, who, net_deadline(timeout), NULL);
+        int rc = auth_client(fd, t->host.auth, AUTH_RDMA, who, deadline, NULL);
         if (rc)
             return rc;
     }

@@ -452,10 +452,16 @@ static int peer_endpoint(struct shm_transport *t, struct shm_peer *p, const stru
     const cJSON *host = cJSON_GetObjectItemCaseSensitive(j, "host");
     uint64_t pidns, netns;
     long pid;
-    if (!cJSON_IsString(host) || get_hex(j, "pidns", &pidns) || get_hex(j, "netns", &netns) ||
-        get_int(j, "pid", 1L << 30, &pid) || pid < 1 || get_int(j, "registry_fd", 1L << 30, registry_fd) ||
-        get_int(j, "shared_fd", 1L << 30, shared_fd))
-        return ferry_fail(FERRY_EPROTO, "segment %s: malformed shm endpoint", d->name);
+    const char *bad = !cJSON_IsString(host)                            ? "host"
+                      : get_hex(j, "pidns", &pidns)                      ? "pidns"
+                      : get_hex(j, "netns", &netns)                      ? "netns"
+                      : get_int(j, "pid", 1L << 30, &pid) || pid < 1     ? "pid"
+                      : get_int(j, "registry_fd", 1L << 30, registry_fd) ? "registry_fd"
+                      : get_int(j, "shared_fd", 1L << 30, shared_fd)     ? "shared_fd"
+                                                                         : NULL;
+    if (bad)
+        return ferry_fail(FERRY_EPROTO, "segment %s: malformed shm endpoint: \"%s\" missing or out of range", d->name,
+                          bad);
     if (strcmp(host->valuestring, t->boot_id) != 0 || pidns != t->pidns)
         return ferry_fail(FERRY_ENOTSUP, "segment %s is on another host (or pid namespace): shm does not reach it",
                           d->name);

@@ -156,6 +156,34 @@ static bool abandoned(struct shm_lane *lane, const struct shm_lane_stream *ls)
     return true;
 }
 
+/* The device refused g's mark (mrc) on ls, after its copies (copy_async's
+ * result rc; why: the first failure's text): g drains ls instead.  The
+ * job's result: a failed copy_async's; else a failed drain's (the copies'
+ * own failure, FERRY_ETIMEDOUT from a hung device), naming the stream and
+ * the refused mark; else 0 where the device has no marks (FERRY_ENOTSUP:
+ * the drained copies are done, as on a stream of the job's own), or the
+ * refusal itself, naming the device and the stream. */
+static int drain_unmarked(struct shm_lane *lane, struct shm_lane_stream *ls, struct shm_group *g, int rc, int mrc,
+                          const char *why)
+{
+    int src = lane->ops->stream_sync(ls->stream);
+    char sync_why[160] = "";
+    if (src)
+        snprintf(sync_why, sizeof sync_why, "%s", ferry_last_error());
+    if (abandoned(lane, ls))
+        shm_group_keep_maps(g);
+    const void *stream = ls->stream;
+    release(lane, ls); /* ls may be gone from here */
+    if (rc)
+        return ferry_fail(rc, "%s", why);
+    if (src)
+        return ferry_fail(src, "%s:%d stream %p: mark refused, drain failed: %s", lane->ops->kind, lane->dev, stream,
+                          sync_why); /* the drain's first: the request's message keeps 160 bytes */
+    if (mrc == FERRY_ENOTSUP)
+        return 0;
+    return ferry_fail(mrc, "%s:%d stream %p refused the job's mark: %s", lane->ops->kind, lane->dev, stream, why);
+}
+
 int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
 {
     const struct copy_batch *cb = &g->cb;
@@ -168,25 +196,24 @@ int shm_lane_issue(struct shm_lane *lane, struct shm_group *g)
         return rc;
     }
     rc = cb->ops->copy_async(ls->stream, cb->dir, cb->copies, cb->n);
+    char why[160] = ""; /* copy_async's failure, else the mark's */
+    if (rc)
+        snprintf(why, sizeof why, "%s", ferry_last_error());
     /* even after a failed copy_async: what it enqueued first must end
      * before the frames let go of the memory */
     uint32_t value = g->mark + 1; /* the word holds an earlier job's value (or nothing newer) */
     int mrc = cb->ops->stream_mark(ls->stream, mark, value);
     if (mrc) { /* no mark: this job drains the stream; the next takes a fresh one */
         ls->broken = true;
+        if (!rc)
+            snprintf(why, sizeof why, "%s", ferry_last_error());
         if (mrc == FERRY_ENOTSUP && !atomic_exchange(&lane->unmarked, true))
-            LOG_WARN("shm: %s:%d: %s; jobs take streams of their own", lane->ops->kind, lane->dev,
-                     ferry_last_error());
+            LOG_WARN("shm: %s; jobs on %s:%d take streams of their own", why, lane->ops->kind, lane->dev);
     }
     ls->refs++; /* even a drained one: no other job frees it under the sync */
     pthread_mutex_unlock(&lane->lock);
-    if (mrc) {
-        (void)cb->ops->stream_sync(ls->stream);
-        if (abandoned(lane, ls))
-            shm_group_keep_maps(g);
-        release(lane, ls);
-        return rc ? rc : mrc;
-    }
+    if (mrc)
+        return drain_unmarked(lane, ls, g, rc, mrc, why);
     g->lane = lane;
     g->ls = ls;
     g->mark = value;

@@ -1,0 +1,313 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_net_connect.c — net_connect tries every address a name resolves to,
+ * in the resolver's order, within one deadline: whichever address listens
+ * is reached; an address that never answers leaves time for the next; when
+ * none answers the error names every address tried; a deadline already
+ * past fails with FERRY_ETIMEDOUT before any look-up or connect.
+ *
+ * The name with two addresses is testutil's test_two_address_name (a hosts
+ * entry in a private mount namespace, as root; else "localhost" where it
+ * has two); without one the cases that need it say SKIPPED and why.  No
+ * case asserts a duration.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "ferry.h"
+#include "net.h"
+#include "testutil.h"
+
+static const char *two_name;  /* a name with two addresses or more, or NULL */
+static char two_why[256];     /* why there is none */
+
+/* ------------------------------------------------------------ set-up */
+
+static void need_two_names(void)
+{
+    if (!two_name) {
+        printf("SKIPPED: no name with two addresses: %s\n", two_why);
+        skip();
+    }
+}
+
+/* ------------------------------------------------------------ helpers */
+
+struct addrs {
+    int n;
+    struct sockaddr_storage sa[8];
+    socklen_t len[8];
+};
+
+static void resolve_all(const char *name, struct addrs *a)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    assert_int_equal(getaddrinfo(name, "1", &hints, &res), 0);
+    a->n = 0;
+    for (struct addrinfo *r = res; r && a->n < 8; r = r->ai_next, a->n++) {
+        memcpy(&a->sa[a->n], r->ai_addr, r->ai_addrlen);
+        a->len[a->n] = r->ai_addrlen;
+    }
+    freeaddrinfo(res);
+    assert_true(a->n >= 2);
+}
+
+static void set_port(struct sockaddr_storage *sa, int port)
+{
+    if (sa->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+}
+
+static int get_port(const struct sockaddr_storage *sa)
+{
+    return sa->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+                                     : ntohs(((const struct sockaddr_in *)sa)->sin_port);
+}
+
+/* "[::1]:port" / "127.0.0.1:port", as net_connect's detail names it */
+static void addr_text(const struct sockaddr_storage *sa, int port, char *out, size_t cap)
+{
+    char h[INET6_ADDRSTRLEN];
+    const void *a = sa->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                                              : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    inet_ntop(sa->ss_family, a, h, sizeof h);
+    snprintf(out, cap, sa->ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", h, port);
+}
+
+/* A listener on sa at port (0: any); returns the fd, the port in *bound, or
+ * -1 where the port is taken. */
+static int listen_at(struct sockaddr_storage sa, socklen_t len, int port, int backlog, int *bound)
+{
+    set_port(&sa, port);
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, len) != 0) {
+        assert_int_equal(errno, EADDRINUSE);
+        close(fd);
+        return -1;
+    }
+    assert_int_equal(listen(fd, backlog), 0);
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof got;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&got, &gl), 0);
+    *bound = get_port(&got);
+    return fd;
+}
+
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
+                      16) == 0;
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+}
+
+/* Fills a listener of backlog 0 until a connect gets no answer (the kernel
+ * drops SYNs to a full accept queue).  The sockets stay open in held[]
+ * (closed by the caller).  Returns how many were opened, or -1 where every
+ * connect was answered (the case cannot be built on this kernel). */
+static int make_silent(const struct sockaddr_storage *sa, socklen_t len, int port, int held[8])
+{
+    struct sockaddr_storage to = *sa;
+    set_port(&to, port);
+    for (int i = 0; i < 8; i++) {
+        held[i] = socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        assert_true(held[i] >= 0);
+        if (connect(held[i], (struct sockaddr *)&to, len) == 0)
+            continue;
+        assert_int_equal(errno, EINPROGRESS);
+        struct pollfd p = {.fd = held[i], .events = POLLOUT};
+        if (poll(&p, 1, 500) == 0)
+            return i + 1; /* this one hangs: the queue is full */
+    }
+    for (int i = 0; i < 8; i++)
+        close(held[i]);
+    return -1;
+}
+
+/* ------------------------------------------------------------ cases */
+
+/* Whichever single address of the name listens, net_connect reaches it
+ * (before: only the first IPv4 address was tried, so a server on ::1 or on
+ * the second address of a name was never reached). */
+static void connects_whichever_address_listens(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    for (int i = 0; i < a.n; i++) {
+        int port, l = listen_at(a.sa[i], a.len[i], 0, 16, &port);
+        assert_true(l >= 0);
+        int fd = net_connect(two_name, port, 10000);
+        if (fd < 0)
+            fail_msg("%s port %d, listening on address %d of %d only: %s", two_name, port, i + 1, a.n,
+                     ferry_last_error());
+        struct sockaddr_storage peer;
+        socklen_t pl = sizeof peer;
+        assert_int_equal(getpeername(fd, (struct sockaddr *)&peer, &pl), 0);
+        assert_true(same_host(&peer, &a.sa[i]));
+        assert_int_equal(get_port(&peer), port);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        close(fd);
+        close(l);
+    }
+}
+
+/* Nobody listens: FERRY_ECONN, and the detail names every address tried. */
+static void none_listens_names_every_address(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    int port, l = listen_at(a.sa[a.n - 1], a.len[a.n - 1], 0, 16, &port);
+    assert_true(l >= 0);
+    close(l); /* a port that was free a moment ago: refused on every address */
+    int fd = net_connect(two_name, port, 10000);
+    assert_int_equal(fd, FERRY_ECONN);
+    const char *why = ferry_last_error();
+    for (int i = 0; i < a.n; i++) {
+        char t[80];
+        addr_text(&a.sa[i], port, t, sizeof t);
+        if (!strstr(why, t))
+            fail_msg("the detail does not name %s: %s", t, why);
+    }
+    assert_non_null(strstr(why, two_name));
+}
+
+/* The first address never answers (a full accept queue drops the SYN), the
+ * last listens: the first attempt gets a share of the time, not all of it,
+ * so the connect reaches the last address within the one deadline. */
+static void silent_first_address_leaves_time_for_the_next(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    int port = 0, silent = -1, live = -1, held[8], nheld = -1;
+    for (int tries = 0; tries < 20 && live < 0; tries++) {
+        if (silent >= 0)
+            close(silent);
+        silent = listen_at(a.sa[0], a.len[0], 0, 0, &port);
+        assert_true(silent >= 0);
+        live = listen_at(a.sa[a.n - 1], a.len[a.n - 1], port, 16, &port); /* the same port there */
+    }
+    assert_true(live >= 0);
+    nheld = make_silent(&a.sa[0], a.len[0], port, held);
+    if (nheld < 0) {
+        close(silent);
+        close(live);
+        printf("SKIPPED: a full accept queue still answers SYNs on this kernel: no silent address\n");
+        skip();
+    }
+    int fd = net_connect(two_name, port, 4000);
+    if (fd < 0)
+        fail_msg("%s port %d, first address silent, last listening: %s", two_name, port, ferry_last_error());
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    assert_int_equal(getpeername(fd, (struct sockaddr *)&peer, &pl), 0);
+    assert_true(same_host(&peer, &a.sa[a.n - 1]));
+    close(fd);
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    close(silent);
+    close(live);
+}
+
+/* An address that never answers and a deadline nearly spent: the call
+ * returns FERRY_ETIMEDOUT naming the address (returns: no duration asserted). */
+static void nearly_spent_deadline_times_out(void **state)
+{
+    (void)state;
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_storage sa = {0};
+    memcpy(&sa, &lo, sizeof lo);
+    int port, l = listen_at(sa, sizeof lo, 0, 0, &port), held[8];
+    assert_true(l >= 0);
+    int nheld = make_silent(&sa, sizeof lo, port, held);
+    if (nheld < 0) {
+        close(l);
+        printf("SKIPPED: a full accept queue still answers SYNs on this kernel: no silent address\n");
+        skip();
+    }
+    int fd = net_connect_deadline("127.0.0.1", port, net_deadline(50));
+    assert_int_equal(fd, FERRY_ETIMEDOUT);
+    char t[80];
+    snprintf(t, sizeof t, "127.0.0.1:%d: no answer within", port);
+    if (!strstr(ferry_last_error(), t))
+        fail_msg("the detail does not say \"%s\": %s", t, ferry_last_error());
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    close(l);
+}
+
+/* A deadline already past: FERRY_ETIMEDOUT at once, and no connection
+ * reaches the listener (before: a timeout of 0 still connected, and each
+ * call took its whole timeout whatever its caller had left). */
+static void past_deadline_fails_without_connecting(void **state)
+{
+    (void)state;
+    int port, l = net_listen("127.0.0.1", 0, &port);
+    assert_true(l >= 0);
+    uint64_t now = now_ns();
+    assert_int_equal(net_connect_deadline("127.0.0.1", port, now), FERRY_ETIMEDOUT);
+    assert_non_null(strstr(ferry_last_error(), "deadline"));
+    assert_int_equal(net_connect_deadline("127.0.0.1", port, now - 1000000), FERRY_ETIMEDOUT);
+    assert_int_equal(net_connect_deadline("127.0.0.1", port, 0), FERRY_ETIMEDOUT);
+    /* no look-up either: a name that would fail to resolve still times out */
+    assert_int_equal(net_connect_deadline("no-such-host.invalid", port, now), FERRY_ETIMEDOUT);
+    struct pollfd p = {.fd = l, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 0), 0); /* nothing in the accept queue */
+    /* the same listener does take a connection with time left */
+    int fd = net_connect_deadline("127.0.0.1", port, net_deadline(10000));
+    assert_true(fd >= 0);
+    assert_int_equal(poll(&p, 1, 10000), 1);
+    close(fd);
+    close(l);
+}
+
+/* Bad input: an unknown name and a port out of range, named errors. */
+static void bad_names_and_ports(void **state)
+{
+    (void)state;
+    assert_int_equal(net_connect("no-such-host.invalid", 80, 1000), FERRY_ECONN);
+    assert_non_null(strstr(ferry_last_error(), "no-such-host.invalid"));
+    assert_int_equal(net_connect("127.0.0.1", 70000, 1000), FERRY_EINVAL);
+    assert_int_equal(net_connect("127.0.0.1", -1, 1000), FERRY_EINVAL);
+}
+
+int main(void)
+{
+    two_name = test_two_address_name(two_why, sizeof two_why); /* before any thread */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(connects_whichever_address_listens),
+        cmocka_unit_test(none_listens_names_every_address),
+        cmocka_unit_test(silent_first_address_leaves_time_for_the_next),
+        cmocka_unit_test(nearly_spent_deadline_times_out),
+        cmocka_unit_test(past_deadline_fails_without_connecting),
+        cmocka_unit_test(bad_names_and_ports),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
