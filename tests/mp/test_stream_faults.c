@@ -306,14 +306,16 @@ static void bounced_setup_refused(const char *what)
 static void bounce_buffer_allocation_refused(void **state)
 {
     (void)state;
-    setenv("FERRY_SIM_REFUSE", "host_alloc:2", 1);
+    /* host_alloc 1 and 2 are the sim:0 staging pool's (registering `own`):
+     * its chunks and its mark words (chained rounds, FERRY_STAGING_CHAIN_BYTES) */
+    setenv("FERRY_SIM_REFUSE", "host_alloc:3", 1);
     bounced_setup_refused("host_alloc(4194304)"); /* BOUNCE_MIN */
 }
 
 static void flag_page_allocation_refused(void **state)
 {
     (void)state;
-    setenv("FERRY_SIM_REFUSE", "host_alloc:3", 1);
+    setenv("FERRY_SIM_REFUSE", "host_alloc:4", 1); /* after the pool's two and the bounce buffer */
     bounced_setup_refused("host_alloc(4096)"); /* FLAG_SLOTS words */
 }
 
