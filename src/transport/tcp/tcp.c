@@ -75,11 +75,11 @@ static void queue_push(struct xfer_frame **head, struct xfer_frame **tail, struc
 
 /* ------------------------------------------------------------ initiator: sender */
 
-/* [Authentication,] then HELLO, all within connect_timeout_ms. */
-static int say_hello(struct tcp_conn *c)
+/* [Authentication,] then HELLO, by deadline (the connect's: both within
+ * connect_timeout_ms). */
+static int say_hello(struct tcp_conn *c, uint64_t deadline)
 {
     struct tcp_transport *t = c->peer->t;
-    uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
     char peer[96]; /* "[v6]:port" for an IPv6 peer; host is at most 63 bytes: it fits */
     (void)net_format_hostport(peer, sizeof peer, c->peer->host, c->peer->port);
     if (auth_enabled(t->host.auth)) {
@@ -218,7 +218,10 @@ static void *sender_main(void *arg)
     struct tcp_conn *c = arg;
     struct tcp_transport *t = c->peer->t;
     (void)pthread_setname_np(pthread_self(), "ferry-tcp-send");
-    int fd = net_connect(c->peer->host, c->peer->port, t->host.cfg->connect_timeout_ms);
+    /* connect, [authentication] and HELLO share one deadline: a peer slow to
+     * accept leaves the handshake only what is left */
+    uint64_t deadline = net_deadline(t->host.cfg->connect_timeout_ms);
+    int fd = net_connect_deadline(c->peer->host, c->peer->port, deadline);
     int rc = fd < 0 ? fd : 0;
     if (fd >= 0) {
         pthread_mutex_lock(&c->lock);
@@ -227,7 +230,7 @@ static void *sender_main(void *arg)
         net_set_timeouts(fd, t->host.cfg->connect_timeout_ms, t->host.cfg->connect_timeout_ms);
         net_set_keepalive(fd, t->host.limits.keepalive_s);
         tcp_set_sockbuf(t, fd);
-        rc = say_hello(c);
+        rc = say_hello(c, deadline);
     }
     if (!rc) {
         /* frames in flight are bounded by their deadlines, enforced by the receiver */
