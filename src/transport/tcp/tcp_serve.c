@@ -495,6 +495,8 @@ static int serve_frame(struct server_conn *s)
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
     s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
+    /* the rest of its payload, still arriving: looked for before sleeping, two looks' worth a frame */
+    s->wake.spin_left_ns = 2 * s->t->serve_spin_ns;
     /* sockio_recv reads first and polls only once the socket is drained:
      * the entries (and often the header) are already there */
     int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
@@ -526,6 +528,23 @@ static int serve_frame(struct server_conn *s)
  * default) that otherwise held it. */
 #define BOUNCE_IDLE_MS 1000u
 
+/* FERRY_TCP_SERVE_SPIN_US between frames: the thread looks for the next
+ * frame before it sleeps only while the gaps between frames were shorter
+ * than the look, lately (a moving mean of gaps, each counted as at most
+ * four looks so that a burst after a pause is learnt within a few frames):
+ * a connection that has gone quiet sleeps at once and costs nothing. */
+static bool spin_worth(uint64_t spin_ns, uint64_t gap_mean_ns)
+{
+    return spin_ns && gap_mean_ns < spin_ns;
+}
+
+static uint64_t gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns)
+{
+    if (gap_ns > 4 * spin_ns)
+        gap_ns = 4 * spin_ns;
+    return gap_mean_ns - gap_mean_ns / 4 + gap_ns / 4;
+}
+
 /* One incoming connection, on its own thread (common/acceptor.c): HELLO,
  * then frames until the peer leaves, breaks the protocol, misses a frame
  * deadline or stays silent for idle_timeout_ms. */
@@ -550,6 +569,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     s->wake_ready = unable == 0;
     int rc = serve_hello(s, unable);
     uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
+    uint64_t spin_ns = t->serve_spin_ns, gap_mean_ns = 4 * spin_ns; /* no look before the first frames */
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
         /* a WRITE whose ack waits for its copies: with nothing to read, wait for them here */
@@ -563,6 +583,8 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* nothing served, nothing owed: the acceptor may give this slot to another peer */
         if (n <= 0 && !(atomic_load(&s->ack.word) & 3))
             acceptor_conn_release(c);
+        if (n <= 0 && spin_worth(spin_ns, gap_mean_ns))
+            n = sockio_spin_readable(s->fd, NULL, spin_ns); /* the next frame within µs: no sleep, no wake-up */
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
@@ -579,6 +601,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* claimed before a byte of the frame is read: evicted while idle, it ends here, quietly */
         if (!acceptor_conn_claim(c))
             break;
+        gap_mean_ns = gap_learn(gap_mean_ns, now_ns() - last, spin_ns);
         rc = serve_frame(s);
         last = now_ns();
     }
