@@ -209,6 +209,11 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
+/* The largest frame (payload bytes) after which, and within which, the
+ * thread looks before it sleeps (FERRY_TCP_SERVE_SPIN_US): a batch of 128 x
+ * 4 KiB is two frames of 256 KiB. */
+#define SPIN_FRAME_MAX ((uint64_t)256 << 10)
+
 /* ---- FERRY_TCP_ACK_HOLD: a small WRITE of host memory whose next frame is
  * already there holds its ack, which then leaves with the next response
  * (one sendmsg, and one wake-up of the initiator's receiver, for the two
@@ -261,6 +266,9 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     entries_begin(s, e, h->nentries, "WRITE");
+    /* the rest of a small payload, still arriving: looked for before sleeping, two looks' worth */
+    s->frame_bytes = h->payload_len;
+    s->wake.spin_left_ns = h->payload_len <= SPIN_FRAME_MAX ? 2 * t->serve_spin_ns : 0;
     bool host_only = true;
     for (unsigned i = 0; i < h->nentries; i++)
         host_only = host_only && !(s->ent[i].held && s->ent[i].region.device_index >= 0);
@@ -417,6 +425,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         LOG_WARN("tcp: READ %llu from %s failed: %s", (unsigned long long)h->id, s->from, s->copy_msg);
     else if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
+    s->frame_bytes = payload;
     TRACE(TR_SRV_ANSWERED, payload);
     return rc;
 }
@@ -495,8 +504,8 @@ static int serve_frame(struct server_conn *s)
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
     s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
-    /* the rest of its payload, still arriving: looked for before sleeping, two looks' worth a frame */
-    s->wake.spin_left_ns = 2 * s->t->serve_spin_ns;
+    s->wake.spin_left_ns = 0; /* serve_write gives a small WRITE's payload its looks */
+    s->frame_bytes = 0;
     /* sockio_recv reads first and polls only once the socket is drained:
      * the entries (and often the header) are already there */
     int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
@@ -529,13 +538,17 @@ static int serve_frame(struct server_conn *s)
 #define BOUNCE_IDLE_MS 1000u
 
 /* FERRY_TCP_SERVE_SPIN_US between frames: the thread looks for the next
- * frame before it sleeps only while the gaps between frames were shorter
- * than the look, lately (a moving mean of gaps, each counted as at most
- * four looks so that a burst after a pause is learnt within a few frames):
- * a connection that has gone quiet sleeps at once and costs nothing. */
-static bool spin_worth(uint64_t spin_ns, uint64_t gap_mean_ns)
+ * frame before it sleeps only after a small frame (what one looks for is a
+ * batch of small blocks' next frame: larger ones take longer than a look
+ * to serve, and were measured no better with it) and while the gaps between
+ * frames were shorter than the look, lately (a moving mean of gaps, each
+ * counted as at most four looks so that a burst after a pause is learnt
+ * within a few frames): a connection that has gone quiet sleeps at once and
+ * costs nothing. */
+static bool spin_worth(const struct server_conn *s, uint64_t gap_mean_ns)
 {
-    return spin_ns && gap_mean_ns < spin_ns;
+    uint64_t spin_ns = s->t->serve_spin_ns;
+    return spin_ns && s->frame_bytes <= SPIN_FRAME_MAX && gap_mean_ns < spin_ns;
 }
 
 static uint64_t gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns)
@@ -583,7 +596,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* nothing served, nothing owed: the acceptor may give this slot to another peer */
         if (n <= 0 && !(atomic_load(&s->ack.word) & 3))
             acceptor_conn_release(c);
-        if (n <= 0 && spin_worth(spin_ns, gap_mean_ns))
+        if (n <= 0 && spin_worth(s, gap_mean_ns))
             n = sockio_spin_readable(s->fd, NULL, spin_ns); /* the next frame within µs: no sleep, no wake-up */
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
