@@ -7,8 +7,10 @@
  * registry and holds an access for it while served, reads WRITE payload
  * straight into registered host memory and sends READ payload from it
  * (device memory goes through a pinned bounce: tcp_serve_dev.c), and closes
- * a connection left idle.  A server_conn (tcp_serve.h) is owned by its
- * thread from accept to close.
+ * a connection left idle.  Around small frames it looks for the next bytes
+ * for a while before it sleeps (FERRY_TCP_SERVE_SPIN_US: where waking an
+ * idle CPU costs more than looking).  A server_conn (tcp_serve.h) is owned
+ * by its thread from accept to close.
  */
 
 #include <cjson/cJSON.h>
