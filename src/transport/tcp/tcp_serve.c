@@ -603,6 +603,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
+            gap_mean_ns = 4 * spin_ns; /* a whole tick with no frame: no more looks until frames come close again */
             uint64_t quiet = now_ns() - last;
             if (idle_ns && quiet >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
