@@ -15,6 +15,14 @@
 #        spaces between a set's assignments, 'default' for none)  ROUNDS (1)
 #        CPUS (a taskset list, e.g. 0-15: every process runs on those CPUs
 #        only, and ferry sizes itself from them; unset: all)
+#        PLACE ("T:I", e.g. 0:1, two taskset lists: the target and the
+#        iperf3 server run on T, the initiator and the iperf3 client on I;
+#        0:1 forces the two sides onto different CPUs, 0:0 onto one; ferry
+#        sizes itself from its own list; unset: no placement)
+#        IPERF_EACH (1: one more iperf3 stream right before every run, with
+#        its GB/s and the run's ratio to it as two more columns: on a
+#        host whose load moves within minutes the ratio of each run to
+#        its neighbour is steadier than one to the first and last streams)
 #        PERF (a perf binary; unset: none): each run is also profiled, the
 #        whole host (perf record -a) for PERF_S (1) seconds from 1 s into
 #        its timed loop, and the PERF_TOP (25) hottest symbols by thread
@@ -40,6 +48,11 @@ ROUNDS=${ROUNDS:-1}
 PERF=${PERF:-}
 PERF_S=${PERF_S:-1}
 PERF_TOP=${PERF_TOP:-25}
+TSET_T="" TSET_I=""
+if [ -n "${PLACE:-}" ]; then
+  TSET_T="taskset -c ${PLACE%%:*}"
+  TSET_I="taskset -c ${PLACE#*:}"
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-knobs.XXXXXX")
 pids=()
 cleanup() {
@@ -64,10 +77,10 @@ json_num() { tr ',{}' '\n\n\n' <"$1" | sed -n "s/^ *\"$2\": *//p" | head -n 1; }
 iperf() {   # one single-stream iperf3 figure, GB/s
   [ -n "$IPERF3" ] || { echo "n/a"; return; }
   local port=$((20000 + $$ % 20000))
-  "$IPERF3" -s -1 -p "$port" >/dev/null 2>&1 &
+  $TSET_T "$IPERF3" -s -1 -p "$port" >/dev/null 2>&1 &
   local sp=$!
   sleep 0.3
-  timeout 20 "$IPERF3" -c 127.0.0.1 -p "$port" -t "$DURATION" -f g 2>/dev/null |
+  timeout 20 $TSET_I "$IPERF3" -c 127.0.0.1 -p "$port" -t "$DURATION" -f g 2>/dev/null |
     awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") printf "%.3f", $i / 8 }'
   kill "$sp" 2>/dev/null
   wait "$sp" 2>/dev/null
@@ -125,9 +138,10 @@ run() {
   bytes=$(bytes_of "$block")
   buffer=$((bytes * BATCH * threads))
   [ "$buffer" -ge $((64 << 20)) ] || buffer=$((64 << 20))
-  local envs=()
+  local envs=() ref="" more=""
   [ "$v" = default ] || read -ra envs <<<"$v"
-  target_launch "$work/t.log" env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
+  [ -z "${IPERF_EACH:-}" ] || ref=$(iperf)
+  target_launch "$work/t.log" $TSET_T env "${envs[@]}" "$FERRY_BENCH" --mode=target --local_server_name=127.0.0.1 \
     --buffer_size="$buffer" --block_size="$bytes"
   tp=$TARGET_PID
   pids=("$tp")
@@ -139,7 +153,7 @@ run() {
   done
   local gb="FAIL" icpu="" tcpu="" ok="" ip irc=1
   if [ -n "$seg" ]; then
-    env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
+    $TSET_I env "${envs[@]}" timeout -k 5 $((DURATION * 3 + 60)) "$FERRY_BENCH" --mode=initiator \
       --segment_id="$seg" --operation="$op" --block_size="$bytes" --batch_size="$BATCH" --threads="$threads" \
       --buffer_size="$buffer" --duration="$DURATION" --json >"$work/i.json" 2>"$work/i.err" &
     ip=$!
@@ -159,17 +173,25 @@ run() {
   tcpu=$(sed -n 's/^ferry-bench target cost: .* cpu_us_per_request=\([0-9.]*\).*/\1/p' "$work/t.log")
   [ "$ok" = true ] || { status=1; gb="FAIL(${ok:-exit})"; tail -n 2 "$work/i.err" "$work/t.log" >&2; }
   per_mib() { [ -n "$1" ] && awk -v u="$1" -v b="$bytes" 'BEGIN { printf "%.0f", u * 1048576 / b }'; }
-  echo "| $v | $op | $block | $threads | $gb | $(per_mib "$icpu") | $(per_mib "$tcpu") |"
+  if [ -n "${IPERF_EACH:-}" ]; then
+    more=" ${ref:-n/a} | $(awk -v g="$gb" -v r="$ref" 'BEGIN { if (r + 0 > 0 && g + 0 > 0) printf "%.2f", g / r; else printf "n/a" }') |"
+  fi
+  echo "| $v | $op | $block | $threads | $gb | $(per_mib "$icpu") | $(per_mib "$tcpu") |$more"
 }
 
-echo "## ferry TCP knobs on loopback ($(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs${CPUS:+ ($CPUS)})"
+echo "## ferry TCP knobs on loopback ($(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs${CPUS:+ ($CPUS)}${PLACE:+, target:initiator on CPUs $PLACE})"
 echo
 echo "- $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); kernel $(uname -r)"
 echo "- $FERRY_BENCH; batch $BATCH; $DURATION s a run; CPU µs per MiB: ferry-bench's own figures"
 echo "- iperf3 single stream before: $(iperf) GB/s"
 echo
-echo "| variant | op | block | threads | GB/s | initiator µs/MiB | target µs/MiB |"
-echo "|---|---|---|---|---|---|---|"
+if [ -n "${IPERF_EACH:-}" ]; then
+  echo "| variant | op | block | threads | GB/s | initiator µs/MiB | target µs/MiB | iperf3 just before | ratio |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| variant | op | block | threads | GB/s | initiator µs/MiB | target µs/MiB |"
+  echo "|---|---|---|---|---|---|---|"
+fi
 IFS=';' read -ra sets <<<"$VARIANTS"
 for ((r = 0; r < ROUNDS; r++)); do
   order=("${sets[@]}")

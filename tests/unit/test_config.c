@@ -70,6 +70,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_READ_HANDOFF", {"1073741825", "1M", "-1", "some"}, {"auto", "", "0", "1", "1048576", "1073741824"}},
     {"FERRY_TCP_ACK_HOLD", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
+    {"FERRY_TCP_SERVE_SPIN_US", {"10001", "100us", "-1", "some", " 5"}, {"auto", "", "0", "100", "10000"}},
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */
     {"FERRY_KEEPALIVE_S", {"86401", "-1", "5s", " 5", "+5", "auto"}, {"", "0", "2", "120", "86400"}},
@@ -130,6 +131,12 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_ack_hold(7), 256u << 10);
     assert_int_equal(tcp_auto_ack_hold(8), 0);
     assert_int_equal(tcp_auto_ack_hold(16), 0);
+    /* the target's look before it sleeps: 100 µs below 8 cores (2: CI), off from 8 */
+    assert_int_equal(tcp_auto_serve_spin_us(1), 100);
+    assert_int_equal(tcp_auto_serve_spin_us(2), 100);
+    assert_int_equal(tcp_auto_serve_spin_us(7), 100);
+    assert_int_equal(tcp_auto_serve_spin_us(8), 0);
+    assert_int_equal(tcp_auto_serve_spin_us(16), 0);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -20,6 +20,9 @@
 #include <cmocka.h>
 
 #include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -216,6 +219,71 @@ static void off_leaves_the_socket_alone(void **state)
     close(b);
 }
 
+/* Sets the stop and signals the wake-up once the receiver has taken the
+ * 100 bytes sent (no timing: it polls the socket's queue). */
+struct stopper {
+    struct sockio_wake *w;
+    atomic_int *stop;
+    int fd;
+};
+
+static void *stop_when_drained(void *arg)
+{
+    struct stopper *sp = arg;
+    int queued = 1;
+    while (queued > 0) {
+        assert_int_equal(ioctl(sp->fd, FIONREAD, &queued), 0);
+        sched_yield();
+    }
+    atomic_store(sp->stop, 1);
+    sockio_wake_signal(sp->w);
+    return NULL;
+}
+
+/* FERRY_TCP_SERVE_SPIN_US: sockio_spin_readable says 1 at once for bytes
+ * already there, 0 after its look when none come, and 1 for a signalled
+ * wake-up, whose signal it leaves for sockio_wait (a revocation must still
+ * wake the thread that waits next); a wait on a wake-up with spin_ns set
+ * still receives, and still ends at a stop. */
+static void spin_looks_then_leaves_the_wait(void **state)
+{
+    (void)state;
+    int a, b;
+    tcp_pair(&a, &b);
+    struct sockio_wake w;
+    assert_int_equal(sockio_wake_init(&w), 0);
+    assert_int_equal(w.spin_left_ns, 0);
+    assert_int_equal(sockio_spin_readable(b, &w, 20000), 0); /* nothing there: 20 µs of looks, then 0 */
+    assert_int_equal(sockio_spin_readable(b, NULL, 0), 0);   /* a look of 0: one poll */
+    sockio_wake_signal(&w);
+    assert_int_equal(sockio_spin_readable(b, &w, 20000), 1);
+    assert_int_equal(sockio_wait(b, POLLIN, &w, net_deadline(60000)), 1); /* the signal was left for it */
+    uint8_t out[3000], in[3000];
+    memset(out, 0xa5, sizeof out);
+    assert_int_equal(send_all(a, out, sizeof out), 0);
+    assert_int_equal(sockio_spin_readable(b, NULL, 20000), 1);
+    w.spin_left_ns = 50000; /* the serve thread's budget: waits for its payload look first */
+    size_t got = 0;
+    assert_int_equal(sockio_recv(b, in, sizeof in, net_deadline(60000), &w, NULL, &got), 0);
+    assert_int_equal(got, sizeof in);
+    assert_memory_equal(in, out, sizeof in);
+    assert_int_equal(w.spin_left_ns, 50000); /* all of it was there: no wait, nothing spent */
+    /* a revocation while it waits for more (nothing comes): the look sees the
+     * signal, the wait returns at once and the receive ends at the stop */
+    atomic_int stop = 0;
+    assert_int_equal(send_all(a, out, 100), 0);
+    pthread_t th;
+    struct stopper sp = {&w, &stop, b};
+    assert_int_equal(pthread_create(&th, NULL, stop_when_drained, &sp), 0);
+    assert_int_equal(sockio_recv(b, in, sizeof in, net_deadline(60000), &w, &stop, &got), 0);
+    assert_int_equal(got, 100);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_true(w.spin_left_ns < 50000); /* that wait looked first, and spent from the budget */
+    sockio_wake_destroy(&w);
+    close(a);
+    close(b);
+}
+
 static int sockopt_of(int fd, int opt)
 {
     int v = -1;
@@ -275,6 +343,7 @@ int main(void)
         cmocka_unit_test(stop_ends_the_wait),
         cmocka_unit_test(deadline_ends_the_wait),
         cmocka_unit_test(off_leaves_the_socket_alone),
+        cmocka_unit_test(spin_looks_then_leaves_the_wait),
         cmocka_unit_test(sockbuf_sets_both_buffers),
         cmocka_unit_test(read_handoff_choice),
     };

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -28,6 +29,7 @@
 
 int sockio_wake_init(struct sockio_wake *w)
 {
+    w->spin_left_ns = 0;
     w->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return w->fd >= 0 ? 0 : ferry_fail(FERRY_EIO, "eventfd: %s", strerror(errno));
 }
@@ -46,8 +48,27 @@ void sockio_wake_signal(struct sockio_wake *w)
     (void)n;
 }
 
+int sockio_spin_readable(int fd, const struct sockio_wake *w, uint64_t spin_ns)
+{
+    uint64_t start = now_ns();
+    for (;;) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = w ? w->fd : -1, .events = POLLIN}};
+        if (poll(p, w ? 2 : 1, 0) > 0)
+            return 1;
+        if (now_ns() - start >= spin_ns)
+            return 0;
+        sched_yield();
+    }
+}
+
 int sockio_wait(int fd, short events, struct sockio_wake *w, uint64_t deadline_ns)
 {
+    if (w && w->spin_left_ns && events == POLLIN) { /* the poll below then returns at once, or sleeps */
+        uint64_t start = now_ns();
+        (void)sockio_spin_readable(fd, w, w->spin_left_ns);
+        uint64_t spent = now_ns() - start;
+        w->spin_left_ns = spent < w->spin_left_ns ? w->spin_left_ns - spent : 0;
+    }
     for (;;) {
         int timeout = -1;
         if (deadline_ns) {

@@ -21,9 +21,15 @@
 #include <sys/uio.h>
 
 /* An eventfd: signalled from any thread (never blocks), consumed by the
- * thread waiting in sockio_wait. */
+ * thread waiting in sockio_wait.  spin_left_ns (0 unless its owner sets
+ * it; only the waiting thread touches it): a wait for POLLIN on it first
+ * looks at the socket, yielding the CPU between looks, for up to that long
+ * in all before it sleeps (sockio_spin_readable), and takes what it spent
+ * from it: a budget its owner renews per frame, so that a peer dripping
+ * bytes cannot keep the thread looking. */
 struct sockio_wake {
     int fd;
+    uint64_t spin_left_ns;
 };
 
 /* Creates the eventfd.  0 or FERRY_EIO. */
@@ -32,6 +38,15 @@ void sockio_wake_destroy(struct sockio_wake *w);
 /* Wakes the thread waiting on w (or makes its next wait return at once).
  * Async-safe enough to call under any lock. */
 void sockio_wake_signal(struct sockio_wake *w);
+
+/* Looks whether fd is readable (or w, may be NULL, signalled), without
+ * sleeping: poll with no timeout, sched_yield between looks, for up to
+ * spin_ns.  1: readable or signalled (the signal is left for the next
+ * sockio_wait), 0: neither.  A thread whose next bytes come within
+ * microseconds keeps its CPU instead of sleeping and being woken (an
+ * inter-processor interrupt to an idle CPU: tens of µs in a VM); the yield
+ * lets any other thread that is ready run first. */
+int sockio_spin_readable(int fd, const struct sockio_wake *w, uint64_t spin_ns);
 
 /* Waits until fd has `events` (POLLIN / POLLOUT), w was signalled (w may be
  * NULL) or deadline_ns (monotonic, absolute; 0 = none) passed.  Returns 0

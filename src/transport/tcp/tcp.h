@@ -42,6 +42,7 @@ struct tcp_transport {
     uint64_t sockbuf;       /* FERRY_TCP_SOCKBUF: SO_SNDBUF and SO_RCVBUF of every connection (0: the kernel's) */
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
     unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
+    uint64_t serve_spin_ns; /* FERRY_TCP_SERVE_SPIN_US: a target's thread looks before it sleeps (0: never) */
 };
 
 /* FERRY_TCP_DEVICE_PIPE (tcp_serve_dev.c): bytes of device payload per
@@ -127,6 +128,8 @@ unsigned tcp_auto_spread_staged(long cores);
 uint64_t tcp_auto_sockbuf(long cores);
 /* FERRY_TCP_ACK_HOLD's default on a host with `cores` CPUs (0: off). */
 uint64_t tcp_auto_ack_hold(long cores);
+/* FERRY_TCP_SERVE_SPIN_US's default on a host with `cores` CPUs, µs (0: off). */
+unsigned tcp_auto_serve_spin_us(long cores);
 
 /* Whether a READ request of `frame_bytes` goes to its connection's sender
  * thread rather than being written by the submitting thread: with

@@ -220,6 +220,27 @@ static int tcp_ack_hold(uint64_t *out)
     return rc < 0 ? rc : 0;
 }
 
+/* A target's connection thread looks for the next frame (and for the rest
+ * of a payload) for up to 100 µs before it sleeps, below 8 cores: see
+ * tcp_serve.c and docs/BENCHMARKS.md (t17v). */
+#define SERVE_SPIN_US_FEW_CORES 100u
+
+unsigned tcp_auto_serve_spin_us(long cores)
+{
+    return cores < 8 ? SERVE_SPIN_US_FEW_CORES : 0;
+}
+
+/* FERRY_TCP_SERVE_SPIN_US: unset, empty or "auto": tcp_auto_serve_spin_us
+ * of the cores this process may run on; else 0 (never) to 10000 µs. */
+static int tcp_serve_spin(uint64_t *out_ns)
+{
+    unsigned us;
+    int rc = env_count("FERRY_TCP_SERVE_SPIN_US", 0, 10000, tcp_auto_serve_spin_us(usable_cores()),
+                       "auto or microseconds, 0-10000", &us);
+    *out_ns = (uint64_t)us * 1000u;
+    return rc;
+}
+
 void tcp_set_sockbuf(const struct tcp_transport *t, int fd)
 {
     if (!t->sockbuf)
@@ -233,7 +254,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
     unsigned max_conns = 4, spread = 1, spread_read = 1, spread_staged = 0;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    uint64_t read_handoff = 0, ack_hold = 0;
+    uint64_t read_handoff = 0, ack_hold = 0, serve_spin = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
@@ -258,6 +279,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
         mrc = tcp_device_pipe(&dev_pipe);
     if (!mrc)
         mrc = tcp_ack_on_copy(&ack_on_copy);
+    if (!mrc)
+        mrc = tcp_serve_spin(&serve_spin);
     if (mrc)
         return mrc;
     t->max_conns = max_conns;
@@ -272,5 +295,6 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->ack_hold = ack_hold;
     t->dev_pipe = dev_pipe;
     t->ack_on_copy = ack_on_copy;
+    t->serve_spin_ns = serve_spin;
     return 0;
 }

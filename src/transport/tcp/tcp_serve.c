@@ -7,8 +7,10 @@
  * registry and holds an access for it while served, reads WRITE payload
  * straight into registered host memory and sends READ payload from it
  * (device memory goes through a pinned bounce: tcp_serve_dev.c), and closes
- * a connection left idle.  A server_conn (tcp_serve.h) is owned by its
- * thread from accept to close.
+ * a connection left idle.  Around small frames it looks for the next bytes
+ * for a while before it sleeps (FERRY_TCP_SERVE_SPIN_US: where waking an
+ * idle CPU costs more than looking).  A server_conn (tcp_serve.h) is owned
+ * by its thread from accept to close.
  */
 
 #include <cjson/cJSON.h>
@@ -209,6 +211,11 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
+/* The largest frame (payload bytes) after which, and within which, the
+ * thread looks before it sleeps (FERRY_TCP_SERVE_SPIN_US): a batch of 128 x
+ * 4 KiB is two frames of 256 KiB. */
+#define SPIN_FRAME_MAX ((uint64_t)256 << 10)
+
 /* ---- FERRY_TCP_ACK_HOLD: a small WRITE of host memory whose next frame is
  * already there holds its ack, which then leaves with the next response
  * (one sendmsg, and one wake-up of the initiator's receiver, for the two
@@ -261,6 +268,9 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     TRACE(TR_SRV_FRAME, h->nentries);
     frame_begin(s, h->nentries);
     entries_begin(s, e, h->nentries, "WRITE");
+    /* the rest of a small payload, still arriving: looked for before sleeping, two looks' worth */
+    s->frame_bytes = h->payload_len;
+    s->wake.spin_left_ns = h->payload_len <= SPIN_FRAME_MAX ? 2 * t->serve_spin_ns : 0;
     bool host_only = true;
     for (unsigned i = 0; i < h->nentries; i++)
         host_only = host_only && !(s->ent[i].held && s->ent[i].region.device_index >= 0);
@@ -417,6 +427,7 @@ static int serve_read(struct server_conn *s, const struct wire_header *h, const 
         LOG_WARN("tcp: READ %llu from %s failed: %s", (unsigned long long)h->id, s->from, s->copy_msg);
     else if (!rc)
         atomic_fetch_add(&t->bytes_served, payload);
+    s->frame_bytes = payload;
     TRACE(TR_SRV_ANSWERED, payload);
     return rc;
 }
@@ -495,6 +506,8 @@ static int serve_frame(struct server_conn *s)
     /* header and entries: one deadline for both, however they are sliced */
     uint64_t deadline = net_deadline(s->t->host.cfg->connect_timeout_ms);
     s->deadline_ns = net_deadline(s->t->host.cfg->request_timeout_ms);
+    s->wake.spin_left_ns = 0; /* serve_write gives a small WRITE's payload its looks */
+    s->frame_bytes = 0;
     /* sockio_recv reads first and polls only once the socket is drained:
      * the entries (and often the header) are already there */
     int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
@@ -526,6 +539,27 @@ static int serve_frame(struct server_conn *s)
  * default) that otherwise held it. */
 #define BOUNCE_IDLE_MS 1000u
 
+/* FERRY_TCP_SERVE_SPIN_US between frames: the thread looks for the next
+ * frame before it sleeps only after a small frame (what one looks for is a
+ * batch of small blocks' next frame: larger ones take longer than a look
+ * to serve, and were measured no better with it) and while the gaps between
+ * frames were shorter than the look, lately (a moving mean of gaps, each
+ * counted as at most four looks so that a burst after a pause is learnt
+ * within a few frames): a connection that has gone quiet sleeps at once and
+ * costs nothing. */
+static bool spin_worth(const struct server_conn *s, uint64_t gap_mean_ns)
+{
+    uint64_t spin_ns = s->t->serve_spin_ns;
+    return spin_ns && s->frame_bytes <= SPIN_FRAME_MAX && gap_mean_ns < spin_ns;
+}
+
+static uint64_t gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns)
+{
+    if (gap_ns > 4 * spin_ns)
+        gap_ns = 4 * spin_ns;
+    return gap_mean_ns - gap_mean_ns / 4 + gap_ns / 4;
+}
+
 /* One incoming connection, on its own thread (common/acceptor.c): HELLO,
  * then frames until the peer leaves, breaks the protocol, misses a frame
  * deadline or stays silent for idle_timeout_ms. */
@@ -550,6 +584,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
     s->wake_ready = unable == 0;
     int rc = serve_hello(s, unable);
     uint64_t idle_ns = (uint64_t)t->host.cfg->idle_timeout_ms * 1000000u, last = now_ns();
+    uint64_t spin_ns = t->serve_spin_ns, gap_mean_ns = 4 * spin_ns; /* no look before the first frames */
     while (!rc && !acceptor_stopping(c->owner)) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
         /* a WRITE whose ack waits for its copies: with nothing to read, wait for them here */
@@ -563,9 +598,12 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* nothing served, nothing owed: the acceptor may give this slot to another peer */
         if (n <= 0 && !(atomic_load(&s->ack.word) & 3))
             acceptor_conn_release(c);
+        if (n <= 0 && spin_worth(s, gap_mean_ns))
+            n = sockio_spin_readable(s->fd, NULL, spin_ns); /* the next frame within µs: no sleep, no wake-up */
         if (n <= 0)
             n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
+            gap_mean_ns = 4 * spin_ns; /* a whole tick with no frame: no more looks until frames come close again */
             uint64_t quiet = now_ns() - last;
             if (idle_ns && quiet >= idle_ns) {
                 LOG_INFO("tcp: closing the connection from %s (%s): idle for %u ms", s->from, s->peer,
@@ -579,6 +617,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* claimed before a byte of the frame is read: evicted while idle, it ends here, quietly */
         if (!acceptor_conn_claim(c))
             break;
+        gap_mean_ns = gap_learn(gap_mean_ns, now_ns() - last, spin_ns);
         rc = serve_frame(s);
         last = now_ns();
     }
