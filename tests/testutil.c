@@ -465,7 +465,7 @@ struct census census_now(void)
  * ')'), or 0 when it cannot be read. */
 static char task_state(pid_t pid, const char *tid)
 {
-    char path[96], buf[512];
+    char path[320], buf[512]; /* a d_name is up to 255 bytes */
     snprintf(path, sizeof path, "/proc/%d/task/%s/stat", (int)pid, tid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
