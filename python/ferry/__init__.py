@@ -186,19 +186,23 @@ def mooncake_alias_path():
 
 
 def alias_mooncake():
-    """Makes ``mooncake`` and ``mooncake.engine`` ferry's in this process (sys.modules),
-    whatever else is installed.  Returns the ``mooncake.engine`` module."""
+    """Makes ``mooncake``, ``mooncake.buffer_pool`` and ``mooncake.engine`` ferry's in this
+    process (sys.modules), whatever else is installed.  Returns the ``mooncake.engine`` module."""
     import importlib.util
     import sys
     pkg_dir = os.path.join(mooncake_alias_path(), "mooncake")
     mods = {}
-    for name, file in (("mooncake", "__init__.py"), ("mooncake.engine", "engine.py")):
+    # buffer_pool first: the package's __init__ imports it (a mooncake.buffer_pool of
+    # another mooncake already in sys.modules would be taken otherwise)
+    for name, file in (("mooncake.buffer_pool", "buffer_pool.py"), ("mooncake", "__init__.py"),
+                       ("mooncake.engine", "engine.py")):
         spec = importlib.util.spec_from_file_location(
             name, os.path.join(pkg_dir, file), submodule_search_locations=[pkg_dir] if file == "__init__.py" else None)
         mods[name] = importlib.util.module_from_spec(spec)
         sys.modules[name] = mods[name]
         spec.loader.exec_module(mods[name])
     mods["mooncake"].engine = mods["mooncake.engine"]
+    mods["mooncake"].buffer_pool = mods["mooncake.buffer_pool"]
     return mods["mooncake.engine"]
 
 
