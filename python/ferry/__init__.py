@@ -292,6 +292,18 @@ class TransferEngine(_ferry.Engine):
         """As batch_transfer_write_on_cuda, reading into buffers."""
         return _on_cuda_result(_ferry.Engine.batch_transfer_read_on_cuda(self, *args, **kwargs))
 
+    # The reference binds these two with argument names (py::arg("peer_server_name"),
+    # py::arg("segment_name")), so a caller may pass them as keywords; the C methods
+    # take one positional argument.
+    def send_probe(self, peer_server_name):
+        """send_probe(peer_server_name) -> 0 if the peer answers now, else a negative FERRY_E* code."""
+        return _ferry.Engine.send_probe(self, peer_server_name)
+
+    def warmup_efa_segment(self, segment_name):
+        """warmup_efa_segment(segment_name) -> 0: opens the segment ahead of the first transfer;
+        a negative code if it cannot be opened."""
+        return _ferry.Engine.warmup_efa_segment(self, segment_name)
+
     def get_local_topology(self, device_name=None):
         """JSON of the NICs and devices ferry sees, with their PCIe/NUMA placement (ferry.topology)."""
         from .topology import local_topology_json
