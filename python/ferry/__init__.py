@@ -186,8 +186,9 @@ def mooncake_alias_path():
 
 
 def alias_mooncake():
-    """Makes ``mooncake``, ``mooncake.buffer_pool`` and ``mooncake.engine`` ferry's in this
-    process (sys.modules), whatever else is installed.  Returns the ``mooncake.engine`` module."""
+    """Makes ``mooncake`` and its modules ferry has (``engine``, ``buffer_pool``,
+    ``shared_segment``) ferry's in this process (sys.modules), whatever else is installed or
+    was imported before.  Returns the ``mooncake.engine`` module."""
     import importlib.util
     import sys
     pkg_dir = os.path.join(mooncake_alias_path(), "mooncake")
@@ -195,7 +196,7 @@ def alias_mooncake():
     # buffer_pool first: the package's __init__ imports it (a mooncake.buffer_pool of
     # another mooncake already in sys.modules would be taken otherwise)
     for name, file in (("mooncake.buffer_pool", "buffer_pool.py"), ("mooncake", "__init__.py"),
-                       ("mooncake.engine", "engine.py")):
+                       ("mooncake.engine", "engine.py"), ("mooncake.shared_segment", "shared_segment.py")):
         spec = importlib.util.spec_from_file_location(
             name, os.path.join(pkg_dir, file), submodule_search_locations=[pkg_dir] if file == "__init__.py" else None)
         mods[name] = importlib.util.module_from_spec(spec)
@@ -203,6 +204,7 @@ def alias_mooncake():
         spec.loader.exec_module(mods[name])
     mods["mooncake"].engine = mods["mooncake.engine"]
     mods["mooncake"].buffer_pool = mods["mooncake.buffer_pool"]
+    mods["mooncake"].shared_segment = mods["mooncake.shared_segment"]
     return mods["mooncake.engine"]
 
 
