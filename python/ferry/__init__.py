@@ -294,6 +294,35 @@ class TransferEngine(_ferry.Engine):
         """As batch_transfer_write_on_cuda, reading into buffers."""
         return _on_cuda_result(_ferry.Engine.batch_transfer_read_on_cuda(self, *args, **kwargs))
 
+    # The reference's pybind11 integer casters take any object with __index__, so a
+    # caller's batch ids may be numpy integers (ids kept in a numpy array); the C
+    # methods take Python ints.  Anything else goes to C as given, for its TypeError.
+    def get_batch_transfer_status(self, batch_ids):
+        """get_batch_transfer_status(batch_ids) -> 0 when every batch completed, else the first
+        failure's negative code; waits for them and frees them.  batch_ids: a list (or any
+        sequence, a numpy array) of ids; one id alone is taken too."""
+        try:
+            batch_ids = operator.index(batch_ids)
+        except TypeError:
+            try:
+                batch_ids = list(batch_ids)     # once: an iterator is read here, not twice
+            except TypeError:
+                pass
+            else:
+                try:
+                    batch_ids = [operator.index(i) for i in batch_ids]
+                except TypeError:
+                    pass
+        return _ferry.Engine.get_batch_transfer_status(self, batch_ids)
+
+    def transfer_check_status(self, batch_id):
+        """transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out."""
+        try:
+            batch_id = operator.index(batch_id)
+        except TypeError:
+            pass
+        return _ferry.Engine.transfer_check_status(self, batch_id)
+
     # The reference binds these two with argument names (py::arg("peer_server_name"),
     # py::arg("segment_name")), so a caller may pass them as keywords; the C methods
     # take one positional argument.

@@ -314,3 +314,42 @@ def test_vllm_ascend_shared_segment_capability_check_through_the_alias():
                                          env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "OK", out.stderr
+
+
+# ---------------------------------------------------------------- batch ids kept in numpy
+
+# The reference's get_batch_transfer_status(std::vector<batch_id_t>) and
+# transfer_check_status(batch_id_t) take any Python integer: pybind11's integer caster
+# accepts an object with __index__, so ids a caller keeps in a numpy array (or gets back
+# as numpy integers from one) work there.  ferry raised TypeError ("batch id must be an
+# int, not numpy.uint64"); it now takes them as their int value.
+
+
+def test_batch_ids_as_numpy_integers(target):
+    e = fe.TransferEngine()
+    try:
+        assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+        src = registered(e, 64 * KIB, seed=81)
+        a = src.ctypes.data
+        ids = np.array([e.batch_transfer_async_write(target.segment, [a + i * 4 * KIB], [target.addr + i * 4 * KIB],
+                                                     [4 * KIB]) for i in range(4)], dtype=np.uint64)
+        assert ids.all()
+        assert e.get_batch_transfer_status(ids[:2]) == 0                        # a numpy array of ids
+        assert e.get_batch_transfer_status([np.int64(ids[2])]) == 0             # a list of numpy integers
+        assert e.get_batch_transfer_status(ids[3]) == 0                         # one numpy id (ferry takes one id too)
+        sid = np.uint64(e.transfer_submit_write(target.segment, a + 16 * KIB, target.addr + 16 * KIB, 4 * KIB))
+        assert sid
+        ret = 0
+        while ret == 0:                                                          # the reference's poll
+            ret = e.transfer_check_status(sid)
+        assert ret == 1 and type(ret) is int
+        assert target.check(0, 20 * KIB, 81) == "OK"
+        # what is no integer still fails as before
+        with pytest.raises(TypeError, match="batch id must be an int"):
+            e.get_batch_transfer_status([1.0])
+        with pytest.raises(TypeError):
+            e.transfer_check_status("1")
+        assert e.get_batch_transfer_status(np.array([12345], dtype=np.uint64)) == ferry.FERRY_EINVAL   # unknown id
+    finally:
+        e.close()
+        target.cmd("fill 0 %d %d" % (20 * KIB, target.seed))
