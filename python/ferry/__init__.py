@@ -186,19 +186,25 @@ def mooncake_alias_path():
 
 
 def alias_mooncake():
-    """Makes ``mooncake`` and ``mooncake.engine`` ferry's in this process (sys.modules),
-    whatever else is installed.  Returns the ``mooncake.engine`` module."""
+    """Makes ``mooncake`` and its modules ferry has (``engine``, ``buffer_pool``,
+    ``shared_segment``) ferry's in this process (sys.modules), whatever else is installed or
+    was imported before.  Returns the ``mooncake.engine`` module."""
     import importlib.util
     import sys
     pkg_dir = os.path.join(mooncake_alias_path(), "mooncake")
     mods = {}
-    for name, file in (("mooncake", "__init__.py"), ("mooncake.engine", "engine.py")):
+    # buffer_pool first: the package's __init__ imports it (a mooncake.buffer_pool of
+    # another mooncake already in sys.modules would be taken otherwise)
+    for name, file in (("mooncake.buffer_pool", "buffer_pool.py"), ("mooncake", "__init__.py"),
+                       ("mooncake.engine", "engine.py"), ("mooncake.shared_segment", "shared_segment.py")):
         spec = importlib.util.spec_from_file_location(
             name, os.path.join(pkg_dir, file), submodule_search_locations=[pkg_dir] if file == "__init__.py" else None)
         mods[name] = importlib.util.module_from_spec(spec)
         sys.modules[name] = mods[name]
         spec.loader.exec_module(mods[name])
     mods["mooncake"].engine = mods["mooncake.engine"]
+    mods["mooncake"].buffer_pool = mods["mooncake.buffer_pool"]
+    mods["mooncake"].shared_segment = mods["mooncake.shared_segment"]
     return mods["mooncake.engine"]
 
 
@@ -287,6 +293,47 @@ class TransferEngine(_ferry.Engine):
     def batch_transfer_read_on_cuda(self, *args, **kwargs):
         """As batch_transfer_write_on_cuda, reading into buffers."""
         return _on_cuda_result(_ferry.Engine.batch_transfer_read_on_cuda(self, *args, **kwargs))
+
+    # The reference's pybind11 integer casters take any object with __index__, so a
+    # caller's batch ids may be numpy integers (ids kept in a numpy array); the C
+    # methods take Python ints.  Anything else goes to C as given, for its TypeError.
+    def get_batch_transfer_status(self, batch_ids):
+        """get_batch_transfer_status(batch_ids) -> 0 when every batch completed, else the first
+        failure's negative code; waits for them and frees them.  batch_ids: a list (or any
+        sequence, a numpy array) of ids; one id alone is taken too."""
+        try:
+            batch_ids = operator.index(batch_ids)
+        except TypeError:
+            try:
+                batch_ids = list(batch_ids)     # once: an iterator is read here, not twice
+            except TypeError:
+                pass
+            else:
+                try:
+                    batch_ids = [operator.index(i) for i in batch_ids]
+                except TypeError:
+                    pass
+        return _ferry.Engine.get_batch_transfer_status(self, batch_ids)
+
+    def transfer_check_status(self, batch_id):
+        """transfer_check_status(batch_id) -> 1 completed, 0 running, -1 failed, -2 timed out."""
+        try:
+            batch_id = operator.index(batch_id)
+        except TypeError:
+            pass
+        return _ferry.Engine.transfer_check_status(self, batch_id)
+
+    # The reference binds these two with argument names (py::arg("peer_server_name"),
+    # py::arg("segment_name")), so a caller may pass them as keywords; the C methods
+    # take one positional argument.
+    def send_probe(self, peer_server_name):
+        """send_probe(peer_server_name) -> 0 if the peer answers now, else a negative FERRY_E* code."""
+        return _ferry.Engine.send_probe(self, peer_server_name)
+
+    def warmup_efa_segment(self, segment_name):
+        """warmup_efa_segment(segment_name) -> 0: opens the segment ahead of the first transfer;
+        a negative code if it cannot be opened."""
+        return _ferry.Engine.warmup_efa_segment(self, segment_name)
 
     def get_local_topology(self, device_name=None):
         """JSON of the NICs and devices ferry sees, with their PCIe/NUMA placement (ferry.topology)."""

@@ -16,3 +16,4 @@ from . import (  # noqa: F401  (re-exported)
     TransferOpcode,
     Write,
 )
+from .shared_segment import EngineSharedSegment as SharedSegment  # noqa: F401,E402  (no backend: supported() is False)

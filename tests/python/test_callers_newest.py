@@ -259,3 +259,97 @@ def test_results_are_plain_ints_for_a_type_checking_executor(target):
     finally:
         e.close()
         target.cmd("fill 0 %d %d" % (16 * KIB, target.seed))
+
+
+# ---------------------------------------------------------------- vllm-ascend's shared-segment check
+
+# vllm-ascend (vllm_ascend/distributed/kv_transfer/sparse_kv_offload/mooncake_host_pool.py,
+# _select_shared_segment_mode) asks the reference which shared-segment mode it has:
+#     from mooncake.shared_segment import shared_segment_supported   # ImportError -> its own RuntimeError
+#     if shared_segment_supported(mmap=False): ...
+#     if shared_segment_supported(mmap=True, host_register=True): ...
+# The reference (mooncake-integration/shared_segment.py, transfer_engine/shared_segment_py.cpp,
+# Mooncake #3285) answers False on a build without the backend, and create_shared_segment
+# raises SharedSegmentError naming the mode.  ferry has no shared segment: it now answers
+# as such a build (before: mooncake.shared_segment did not exist, the import failed).
+
+
+def test_vllm_ascend_shared_segment_capability_check_through_the_alias():
+    import os
+    import subprocess
+    import sys
+    script = "\n".join([
+        "from mooncake.shared_segment import (SharedSegment, SharedSegmentError, create_shared_segment,",
+        "                                     shared_segment_supported)",
+        "assert shared_segment_supported(mmap=False) is False",
+        "assert shared_segment_supported(mmap=True, host_register=True) is False",
+        "assert shared_segment_supported() is False",
+        "assert issubclass(SharedSegmentError, RuntimeError)",
+        "def refused(match, **kw):",
+        "    try:",
+        "        create_shared_segment('vllm_sparse_kv', {}, world_size=1, rank_id=0, **kw)",
+        "    except SharedSegmentError as ex:",
+        "        assert match in str(ex), (match, str(ex))",
+        "    else:",
+        "        raise AssertionError('create_shared_segment did not raise')",
+        "refused('no VMM backend', mmap=False)",
+        "refused('cannot HostRegister', mmap=True, host_register=True)",
+        "refused('no mmap shared-segment backend')",
+        "refused('host_register requires mmap=True', mmap=False, host_register=True)",
+        "refused('deprecated alias', comm_group=object(), tp_group=object())",
+        "from mooncake.engine import SharedSegment as Binding",
+        "assert Binding.supported() is False and Binding.supported(False, False) is False",
+        "try:",
+        "    Binding.create('x', 4096, 1, 0)",
+        "except RuntimeError as ex:",
+        "    assert \"'x'\" in str(ex) and 'supported' in str(ex), str(ex)",
+        "else:",
+        "    raise AssertionError('SharedSegment.create did not raise')",
+        "import sys",
+        "assert 'torch' not in sys.modules",
+        "print('OK')",
+    ])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(ferry.__path__[0]), ferry.mooncake_alias_path(),
+                                         env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "OK", out.stderr
+
+
+# ---------------------------------------------------------------- batch ids kept in numpy
+
+# The reference's get_batch_transfer_status(std::vector<batch_id_t>) and
+# transfer_check_status(batch_id_t) take any Python integer: pybind11's integer caster
+# accepts an object with __index__, so ids a caller keeps in a numpy array (or gets back
+# as numpy integers from one) work there.  ferry raised TypeError ("batch id must be an
+# int, not numpy.uint64"); it now takes them as their int value.
+
+
+def test_batch_ids_as_numpy_integers(target):
+    e = fe.TransferEngine()
+    try:
+        assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+        src = registered(e, 64 * KIB, seed=81)
+        a = src.ctypes.data
+        ids = np.array([e.batch_transfer_async_write(target.segment, [a + i * 4 * KIB], [target.addr + i * 4 * KIB],
+                                                     [4 * KIB]) for i in range(4)], dtype=np.uint64)
+        assert ids.all()
+        assert e.get_batch_transfer_status(ids[:2]) == 0                        # a numpy array of ids
+        assert e.get_batch_transfer_status([np.int64(ids[2])]) == 0             # a list of numpy integers
+        assert e.get_batch_transfer_status(ids[3]) == 0                         # one numpy id (ferry takes one id too)
+        sid = np.uint64(e.transfer_submit_write(target.segment, a + 16 * KIB, target.addr + 16 * KIB, 4 * KIB))
+        assert sid
+        ret = 0
+        while ret == 0:                                                          # the reference's poll
+            ret = e.transfer_check_status(sid)
+        assert ret == 1 and type(ret) is int
+        assert target.check(0, 20 * KIB, 81) == "OK"
+        # what is no integer still fails as before
+        with pytest.raises(TypeError, match="batch id must be an int"):
+            e.get_batch_transfer_status([1.0])
+        with pytest.raises(TypeError):
+            e.transfer_check_status("1")
+        assert e.get_batch_transfer_status(np.array([12345], dtype=np.uint64)) == ferry.FERRY_EINVAL   # unknown id
+    finally:
+        e.close()
+        target.cmd("fill 0 %d %d" % (20 * KIB, target.seed))

@@ -310,6 +310,45 @@ def test_import_structure_through_the_alias():
     assert out.stdout.strip() == ferry.mooncake_alias_path(), out.stderr
 
 
+def test_top_level_buffer_pool_alias(tmp_path):
+    """test_top_level_buffer_pool_alias (mooncake-wheel/tests/test_import_structure.py):
+    ``from mooncake import BufferPool, RegisteredBufferPool`` and the two are one.  The
+    reference's mooncake/__init__.py imports them from mooncake/buffer_pool.py, which
+    takes BufferPool from mooncake.store and is None where the store is not built; ferry
+    has no store, so both are None here (before: ImportError, the whole import failed)."""
+    script = ("from mooncake import BufferPool, RegisteredBufferPool\n"
+              "assert BufferPool is RegisteredBufferPool is None, BufferPool\n"
+              "import mooncake, mooncake.buffer_pool\n"
+              "assert set(mooncake.__all__) >= {'BufferPool', 'RegisteredBufferPool'}\n"
+              "assert mooncake.buffer_pool.BufferPool is None\n"
+              "import mooncake.engine, ferry\n"
+              "assert mooncake.engine.TransferEngine is ferry.TransferEngine\n"
+              "print('OK')\n")
+    out = subprocess.run([sys.executable, "-c", script], env=alias_env(), capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "OK", out.stderr
+    # the same through ferry.alias_mooncake(), which installs the stand-in in a running process,
+    # even over another mooncake imported before (here a fake one whose modules say otherwise)
+    fake = tmp_path / "mooncake"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("from mooncake.buffer_pool import BufferPool, RegisteredBufferPool\n")
+    (fake / "buffer_pool.py").write_text("BufferPool = RegisteredBufferPool = 'fake'\n")
+    (fake / "engine.py").write_text("TransferEngine = 'fake'\n")
+    (fake / "shared_segment.py").write_text("def shared_segment_supported(mmap=True, host_register=False):\n"
+                                            "    return 'fake'\n")
+    script = ("import mooncake, mooncake.engine, mooncake.shared_segment\n"
+              "assert mooncake.BufferPool == 'fake'\n"
+              "import ferry\nferry.alias_mooncake()\n"
+              "from mooncake import BufferPool, RegisteredBufferPool\n"
+              "assert BufferPool is RegisteredBufferPool is None\n"
+              "from mooncake.engine import TransferEngine\nassert TransferEngine is ferry.TransferEngine\n"
+              "from mooncake.shared_segment import shared_segment_supported\n"
+              "assert shared_segment_supported() is False\n"
+              "print('OK')\n")
+    plain = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(ferry.__path__[0]), str(tmp_path)]))
+    out = subprocess.run([sys.executable, "-c", script], env=plain, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "OK", out.stderr
+
+
 def test_import_structure_store_parts():
     pytest.skip("SKIPPED: mooncake.store (MooncakeDistributedStore, ReplicateConfig, BufferPool) is the "
                 "reference's KV store, not its transfer engine; ferry has no store")
