@@ -174,7 +174,11 @@ long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos
  * the engine's threads; what orders the two is the initiator's completion,
  * which reaches this process through another one (the parent's control
  * line), where ThreadSanitizer cannot follow.  Its reads are not recorded
- * (the engine's own threads still are). */
+ * (the engine's own threads still are).  Device memory is read by the
+ * device's copy on a driver thread, not here: the sim device orders its
+ * copies of the same bytes itself, as the hardware's coherence does
+ * (sim.c's coherence()), so a read-back that starts after the WRITE's
+ * device copy ended is ordered after it and one that overlaps it is not. */
 #if defined(__SANITIZE_THREAD__)
 void AnnotateIgnoreReadsBegin(const char *file, int line);
 void AnnotateIgnoreReadsEnd(const char *file, int line);
@@ -459,7 +463,7 @@ struct census census_now(void)
  * ')'), or 0 when it cannot be read. */
 static char task_state(pid_t pid, const char *tid)
 {
-    char path[96], buf[512];
+    char path[320], buf[512]; /* tid is a d_name: up to 255 bytes, as far as the compiler knows */
     snprintf(path, sizeof path, "/proc/%d/task/%s/stat", (int)pid, tid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
