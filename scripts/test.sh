@@ -47,8 +47,8 @@ cmake --build build-asan -j"$jobs"
    ctest --output-on-failure -j2 --timeout 900)
 
 echo "== ThreadSanitizer: multi-process and transport tests (docs/SECURITY.md)"
-# the staging family added by rev16 takes about 4 min of test time on 2 cores
-# (test_staging 60-100 s, its ack_on_copy/_mark 35-60 s, bigroup 45 s)
+# the staging family added by rev16: 180-235 s of test time, 95-130 s of wall time with -j2
+# (test_staging and its ack_on_copy run 50-80 s each, ack_on_mark 45-50 s, bigroup 20 s)
 tsan_tests='^test_(attacks|acceptor|acceptor_claim|memreg|shm|shm_safety|transfer|faults|trace|copyfail|shm_copyfail|shm_jobs|shm_job_frames|shm_job_hang|tcp_bounce_idle|shm_ipc_stale|shm_map|stream|stream_stall|stream_faults|stream_faults_held|staging|staging_ack_on_copy|staging_ack_on_mark|staging_bigroup|staging_group|staging_issuer|staging_handoffs|staging_shape)$'
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_WERROR=ON >/dev/null
 cmake --build build-tsan -j"$jobs" --target ferry_test_target test_attacks test_acceptor test_acceptor_claim test_memreg test_shm test_shm_safety test_transfer \
