@@ -180,7 +180,11 @@ long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos
  * the engine's threads; what orders the two is the initiator's completion,
  * which reaches this process through another one (the parent's control
  * line), where ThreadSanitizer cannot follow.  Its reads are not recorded
- * (the engine's own threads still are). */
+ * (the engine's own threads still are).  Device memory is read by the
+ * device's copy on a driver thread, not here: the sim device orders its
+ * copies of the same bytes itself, as the hardware's coherence does
+ * (sim.c's coherence()), so a read-back that starts after the WRITE's
+ * device copy ended is ordered after it and one that overlaps it is not. */
 #if defined(__SANITIZE_THREAD__)
 void AnnotateIgnoreReadsBegin(const char *file, int line);
 void AnnotateIgnoreReadsEnd(const char *file, int line);

@@ -35,6 +35,11 @@
  * whose copies do not finish in time (one held back) fails FERRY_ETIMEDOUT,
  * sticky, and is abandoned: stream_abandoned says so, its held copy still
  * runs when released, and stream_destroy leaves it to the process's end.
+ * FERRY_SIM_H2D_DELAY_US makes every host-to-device job wait before its
+ * bytes land (D2H and D2D jobs are not slowed), so a transfer reported
+ * complete before its final copy finished reads stale bytes at once.
+ * Copies order themselves through device memory for ThreadSanitizer as the
+ * hardware's coherence does (coherence() below).
  */
 #include "device/backend.h"
 #include "device/device.h"
@@ -425,6 +430,35 @@ static int check_host_side(int dev, const void *p, size_t len, size_t idx,
     return 0;
 }
 
+/* Device memory is coherent: a copy that starts after another copy of the
+ * same device memory has finished sees its effect (reads what it wrote,
+ * overwrites what it read), whichever streams, and so worker threads, ran
+ * the two.  Host code often learns that a copy finished in ways
+ * ThreadSanitizer cannot follow (an acknowledgement over a socket, through
+ * another process), so the device orders its copies itself, as the
+ * hardware does: a copy acquires each 2 MiB granule of device memory it
+ * touches before touching it and releases it after.  The edge exists only
+ * where one copy really was over before the other began; two copies of the
+ * same bytes that overlap in time (a completion reported too early) stay a
+ * race.  Granules are hashed into a fixed table: a collision adds an edge,
+ * never removes one. */
+#define SIM_GRANULE_SHIFT 21
+#define SIM_COHERENCE_SLOTS 4096
+static atomic_uint coherence_slots[SIM_COHERENCE_SLOTS];
+
+static void coherence(const void *dev_p, size_t len, memory_order order)
+{
+    uintptr_t first = (uintptr_t)((const char *)dev_p - sim_hw.base) >> SIM_GRANULE_SHIFT;
+    uintptr_t last = (uintptr_t)((const char *)dev_p - sim_hw.base + len - 1) >> SIM_GRANULE_SHIFT;
+    for (uintptr_t g = first; g <= last && g - first < SIM_COHERENCE_SLOTS; g++) {
+        atomic_uint *slot = &coherence_slots[g % SIM_COHERENCE_SLOTS];
+        if (order == memory_order_release)
+            atomic_fetch_add_explicit(slot, 1, memory_order_release);
+        else
+            (void)atomic_load_explicit(slot, memory_order_acquire);
+    }
+}
+
 /* Validates every copy of the job, then performs them.  Returns 0, or
  * FERRY_EIO with the reason in msg (no copy of the job is done then). */
 static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
@@ -463,15 +497,26 @@ static int run_job(int dev, const struct sim_job *job, char *msg, size_t cap)
     if (rc < 0)
         return rc;
 
+    if (job->dir == FERRY_COPY_H2D && sim_hw.h2d_delay_us) /* tests: the copy is slow to land */
+        nanosleep(&(struct timespec){sim_hw.h2d_delay_us / 1000000, (long)(sim_hw.h2d_delay_us % 1000000) * 1000},
+                  NULL);
     for (size_t i = 0; i < job->n; i++) {
         const struct ferry_copy *c = &job->copies[i];
         if (c->len == 0)
             continue;
+        const void *dev_a = job->dir == FERRY_COPY_H2D ? c->dst : c->src;
+        const void *dev_b = job->dir == FERRY_COPY_D2D ? c->dst : NULL;
+        coherence(dev_a, c->len, memory_order_acquire);
+        if (dev_b)
+            coherence(dev_b, c->len, memory_order_acquire);
         switch (job->dir) {
         case FERRY_COPY_D2H: memcpy(c->dst, sim_shadow_of(c->src), c->len); break;
         case FERRY_COPY_H2D: memcpy(sim_shadow_of(c->dst), c->src, c->len); break;
         case FERRY_COPY_D2D: memmove(sim_shadow_of(c->dst), sim_shadow_of(c->src), c->len); break;
         }
+        coherence(dev_a, c->len, memory_order_release);
+        if (dev_b)
+            coherence(dev_b, c->len, memory_order_release);
     }
     return 0;
 }
@@ -849,6 +894,8 @@ static const struct ferry_config_knob sim_knobs[] = {
      "exists"},
     {"FERRY_SIM_SYNC_TIMEOUT_MS", "0", "tests: a sim stream_sync waits at most this long (0: no bound); a stream "
      "not done in time fails FERRY_ETIMEDOUT and is abandoned (stream_abandoned), as an NPU's without abort"},
+    {"FERRY_SIM_H2D_DELAY_US", "0", "tests: every sim host-to-device copy job takes this long (0-1000000 us) "
+     "before its bytes land, so a completion reported before they land shows"},
     {"FERRY_SIM_REFUSE", "", "tests: op:N refuses the Nth call (from 1, in this process) of op: host_alloc "
      "(FERRY_ENOMEM), host_func, write_flag or mark (stream_mark) (FERRY_EIO, nothing enqueued), "
      "mark_unsupported (stream_mark, FERRY_ENOTSUP); up to 8, comma-separated"},

@@ -143,6 +143,23 @@ static int read_sync_timeout(void)
     return 0;
 }
 
+/* FERRY_SIM_H2D_DELAY_US="N" into sim_hw.h2d_delay_us. */
+static int read_h2d_delay(void)
+{
+    const char *s = getenv("FERRY_SIM_H2D_DELAY_US");
+    sim_hw.h2d_delay_us = 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long us = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
+    if (*s < '0' || *s > '9' || errno != 0 || *end != '\0' || us > 1000000)
+        return ferry_fail(FERRY_EINVAL, "FERRY_SIM_H2D_DELAY_US=\"%.32s\": want 0..1000000 (microseconds each "
+                          "host-to-device copy job takes before its bytes land; 0: none)", s);
+    sim_hw.h2d_delay_us = (unsigned)us;
+    return 0;
+}
+
 int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
 {
     const char *s = getenv("FERRY_SIM_DEVICES");
@@ -175,6 +192,8 @@ int sim_read_config(int *ndev, size_t *dev_size, int *size_given)
         rc = read_refusals();
     if (!rc)
         rc = read_sync_timeout();
+    if (!rc)
+        rc = read_h2d_delay();
     s = getenv("FERRY_SIM_STALL_ON_WAIT");
     sim_hw.stall_on_wait = s && strcmp(s, "1") == 0;
     if (!rc && s && *s && strcmp(s, "0") != 0 && strcmp(s, "1") != 0)

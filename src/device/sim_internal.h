@@ -79,6 +79,7 @@ struct sim_hw {
     uint64_t hold_job;           /* FERRY_SIM_HOLD_COPY: this copy job waits for hold_path to exist (0: none) */
     char hold_path[256];
     unsigned sync_timeout_ms;    /* FERRY_SIM_SYNC_TIMEOUT_MS: a stream_sync's bound (0: none) */
+    unsigned h2d_delay_us;       /* FERRY_SIM_H2D_DELAY_US: an H2D job's time before its bytes land (0: none) */
 };
 extern struct sim_hw sim_hw;
 
@@ -93,8 +94,7 @@ void sim_release_locked(struct sim_device *d, size_t i); /* d's lock held */
 
 /* sim_config.c: FERRY_SIM_DEVICES / _DEVICE_MEM into the arguments (size_given:
  * set explicitly), FERRY_SIM_FAIL_COPY / _HOLD_COPY / _REFUSE / _SYNC_TIMEOUT_MS
- * into sim_hw.  0 or
- * FERRY_EINVAL naming the variable. */
+ * / _H2D_DELAY_US into sim_hw.  0 or FERRY_EINVAL naming the variable. */
 int sim_read_config(int *ndev, size_t *dev_size, int *size_given);
 
 /* sim_ipc.c */

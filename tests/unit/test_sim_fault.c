@@ -136,6 +136,19 @@ static void test_sync_timeout_malformed(void **state)
     assert_int_equal(init_var("FERRY_SIM_SYNC_TIMEOUT_MS", "600000"), 0);
 }
 
+/* FERRY_SIM_H2D_DELAY_US wants 0..1000000. */
+static void test_h2d_delay_malformed(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"x", "-1", "1000001", "5ms", " 3", "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        print_message("FERRY_SIM_H2D_DELAY_US=\"%s\"\n", bad[i]);
+        assert_int_equal(init_var("FERRY_SIM_H2D_DELAY_US", bad[i]), 1);
+    }
+    assert_int_equal(init_var("FERRY_SIM_H2D_DELAY_US", "0"), 0);
+    assert_int_equal(init_var("FERRY_SIM_H2D_DELAY_US", "1000000"), 0);
+}
+
 static void then_fn(void *arg)
 {
     __atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);
@@ -208,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_hold_malformed),
         cmocka_unit_test(test_sync_timeout_malformed),
+        cmocka_unit_test(test_h2d_delay_malformed),
         cmocka_unit_test(test_injected_faults),
         cmocka_unit_test(test_stream_then),
     };
