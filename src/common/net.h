@@ -45,8 +45,9 @@ int net_format_hostport(char *out, size_t max, const char *host, int port);
 int net_listen(const char *host, int port, int *bound);
 
 /* Connects to host:port before deadline_ns (monotonic, see now_ns): tries
- * every address getaddrinfo gives for host, in its order (IPv6 and IPv4 as
- * the host prefers them), each within an equal share of the time left (the
+ * every address getaddrinfo gives for host, the IPv4 ones first (the one
+ * net_listen binds for that name is among them), each family in the
+ * resolver's order, each within an equal share of the time left (the
  * last with all of it), until one answers.  A deadline already past fails
  * at once, before any look-up or connect.  Returns the fd (blocking mode,
  * TCP_NODELAY set, close-on-exec) or FERRY_ETIMEDOUT (the deadline passed)
