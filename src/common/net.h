@@ -48,7 +48,9 @@ int net_listen(const char *host, int port, int *bound);
  * every address getaddrinfo gives for host, the IPv4 ones first (the one
  * net_listen binds for that name is among them), each family in the
  * resolver's order, each within an equal share of the time left (the
- * last with all of it), until one answers.  A deadline already past fails
+ * last with all of it), until one answers; then, while time is left, the
+ * ones that gave no answer again (a silent address gets the time the
+ * others' refusals left, as it would alone).  A deadline already past fails
  * at once, before any look-up or connect.  Returns the fd (blocking mode,
  * TCP_NODELAY set, close-on-exec) or FERRY_ETIMEDOUT (the deadline passed)
  * / FERRY_ECONN (no such host, or every address refused), the detail naming

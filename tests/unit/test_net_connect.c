@@ -242,6 +242,46 @@ static void silent_first_address_leaves_time_for_the_next(void **state)
     close(live);
 }
 
+/* The first address tried never answers, every other one refuses at once
+ * (nobody listens there): the silent one is tried again with the time the
+ * refusals left, so the call ends FERRY_ETIMEDOUT at its deadline, as with
+ * that address alone (before: FERRY_ECONN once the others refused, with
+ * only its first share of the time spent on it, half for a name with two
+ * addresses: a caller's timeout halved). */
+static void silent_address_gets_the_time_refusals_leave(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    int port, silent = listen_at(a.sa[0], a.len[0], 0, 0, &port), held[8];
+    assert_true(silent >= 0);
+    int nheld = make_silent(&a.sa[0], a.len[0], port, held);
+    if (nheld < 0) {
+        close(silent);
+        printf("SKIPPED: a full accept queue still answers SYNs on this kernel: no silent address\n");
+        skip();
+    }
+    for (int i = 1; i < a.n; i++) { /* nobody listens on the others at this port (taken: try another) */
+        int other, l = listen_at(a.sa[i], a.len[i], port, 16, &other);
+        if (l < 0) {
+            for (int k = 0; k < nheld; k++)
+                close(held[k]);
+            close(silent);
+            printf("SKIPPED: port %d is in use on another address of %s\n", port, two_name);
+            skip();
+        }
+        close(l);
+    }
+    int fd = net_connect(two_name, port, 600);
+    if (fd != FERRY_ETIMEDOUT)
+        fail_msg("%s port %d, first address silent, the others refused: %s (%d), want FERRY_ETIMEDOUT: %s",
+                 two_name, port, fd >= 0 ? "connected" : ferry_err_name(fd), fd, ferry_last_error());
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    close(silent);
+}
+
 /* An address that never answers and a deadline nearly spent: the call
  * returns FERRY_ETIMEDOUT naming the address (returns: no duration asserted). */
 static void nearly_spent_deadline_times_out(void **state)
@@ -362,6 +402,7 @@ int main(void)
         cmocka_unit_test(connects_whichever_address_listens),
         cmocka_unit_test(none_listens_names_every_address),
         cmocka_unit_test(silent_first_address_leaves_time_for_the_next),
+        cmocka_unit_test(silent_address_gets_the_time_refusals_leave),
         cmocka_unit_test(nearly_spent_deadline_times_out),
         cmocka_unit_test(past_deadline_fails_without_connecting),
         cmocka_unit_test(ipv4_first_as_net_listen_binds),
