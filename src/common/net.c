@@ -330,28 +330,52 @@ int net_connect_deadline(const char *host, int port, uint64_t deadline_ns)
     int count = 0;
     for (const struct addrinfo *r = res; r; r = r->ai_next)
         count++;
-    /* every address in the resolver's order (RFC 6724: IPv6 first where the
-     * host prefers it), each within an equal share of the time left, so one
-     * that never answers leaves time for the next; the last has all of it */
+    /* every address, the IPv4 ones first (net_listen binds a name's first
+     * IPv4 address: a server started on the same name is there, and an
+     * IPv6 route that drops packets costs nothing while IPv4 answers), each
+     * in the resolver's order, each within an equal share of the time
+     * left, so one that never answers leaves time for the next; the last
+     * has all of it.  Then, while time is left (those after it refused at
+     * once), the ones that did not answer (the first 64) again, as before:
+     * a name's silent address gets the time the others did not use, as it
+     * would alone. */
     char tried[360];
     size_t used = 0;
-    int dropped = 0, fd = -1, left = count;
+    int dropped = 0, fd = -1;
     tried[0] = '\0';
-    for (const struct addrinfo *r = res; r; r = r->ai_next, left--) {
-        uint64_t now = now_ns();
-        if (now >= deadline_ns) {
-            note_try(tried, sizeof tried, &used, &dropped, r, "not tried, the deadline passed");
-            continue;
-        }
-        char why[128];
-        bool timed_out;
-        uint64_t share = (deadline_ns - now) / (uint64_t)left;
-        fd = connect_one(r, now + share, why, sizeof why, &timed_out);
-        if (fd >= 0)
-            break;
-        if (timed_out)
-            snprintf(why, sizeof why, "no answer within %llu ms", (unsigned long long)((share + 999999u) / 1000000u));
-        note_try(tried, sizeof tried, &used, &dropped, r, why);
+    uint64_t again = 0;
+    for (int round = 0; fd < 0 && (round == 0 || again); round++) {
+        uint64_t want = again;
+        int left = round == 0 ? count : __builtin_popcountll(want), i = 0;
+        again = 0;
+        for (int pass = 0; pass < 2 && fd < 0; pass++)
+            for (const struct addrinfo *r = res; r && fd < 0; r = r->ai_next) {
+                if ((r->ai_family == AF_INET) != (pass == 0))
+                    continue;
+                int idx = i++;
+                if (round > 0 && (idx >= 64 || !(want >> idx & 1)))
+                    continue;
+                uint64_t now = now_ns();
+                if (now >= deadline_ns) {
+                    if (round == 0)
+                        note_try(tried, sizeof tried, &used, &dropped, r, "not tried, the deadline passed");
+                    left--;
+                    continue;
+                }
+                char why[128];
+                bool timed_out;
+                uint64_t share = (deadline_ns - now) / (uint64_t)left--;
+                fd = connect_one(r, now + share, why, sizeof why, &timed_out);
+                if (fd >= 0)
+                    break;
+                if (timed_out) {
+                    snprintf(why, sizeof why, "%sno answer within %llu ms", round ? "again: " : "",
+                             (unsigned long long)((share + 999999u) / 1000000u));
+                    if (idx < 64 && now_ns() < deadline_ns)
+                        again |= 1ull << idx;
+                }
+                note_try(tried, sizeof tried, &used, &dropped, r, why);
+            }
     }
     freeaddrinfo(res);
     if (fd >= 0)

@@ -45,9 +45,12 @@ int net_format_hostport(char *out, size_t max, const char *host, int port);
 int net_listen(const char *host, int port, int *bound);
 
 /* Connects to host:port before deadline_ns (monotonic, see now_ns): tries
- * every address getaddrinfo gives for host, in its order (IPv6 and IPv4 as
- * the host prefers them), each within an equal share of the time left (the
- * last with all of it), until one answers.  A deadline already past fails
+ * every address getaddrinfo gives for host, the IPv4 ones first (the one
+ * net_listen binds for that name is among them), each family in the
+ * resolver's order, each within an equal share of the time left (the
+ * last with all of it), until one answers; then, while time is left, the
+ * ones that gave no answer again (a silent address gets the time the
+ * others' refusals left, as it would alone).  A deadline already past fails
  * at once, before any look-up or connect.  Returns the fd (blocking mode,
  * TCP_NODELAY set, close-on-exec) or FERRY_ETIMEDOUT (the deadline passed)
  * / FERRY_ECONN (no such host, or every address refused), the detail naming
@@ -65,8 +68,13 @@ void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
  * even while nothing is sent: keepalive probes after dead_s/2 of silence,
  * four more over the rest, and TCP_USER_TIMEOUT dead_s for data the peer
  * never acknowledges.  A live peer's kernel answers the probes, so a slow
- * or stopped process is not taken for dead by them.  dead_s 0: leaves the
- * socket as it is.  Not a TCP socket (AF_UNIX): does nothing. */
+ * or stopped process is not taken for dead by them while nothing waits to
+ * reach it; but one that stops reading while this side has bytes queued
+ * for it (its receive buffer full, the window shut) for dead_s is: the
+ * kernel counts unanswered window as unacknowledged data for
+ * TCP_USER_TIMEOUT and fails the connection ETIMEDOUT (seen on Linux 6.x
+ * with a 2 s timeout: failed after 3 s; an idle connection to a peer that
+ * reads nothing stayed up).  dead_s 0: leaves the socket as it is.  Not a TCP socket (AF_UNIX): does nothing. */
 void net_set_keepalive(int fd, unsigned dead_s);
 
 /* Reads exactly len bytes.  Returns 0, or FERRY_ECONN (peer closed / reset),

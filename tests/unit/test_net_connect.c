@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_net_connect.c — net_connect tries every address a name resolves to,
- * in the resolver's order, within one deadline: whichever address listens
- * is reached; an address that never answers leaves time for the next; when
+ * the IPv4 ones first (net_listen binds one of those), within one
+ * deadline: whichever address listens is reached; an address that never answers leaves time for the next; when
  * none answers the error names every address tried; a deadline already
  * past fails with FERRY_ETIMEDOUT before any look-up or connect.
  *
@@ -54,15 +54,21 @@ struct addrs {
     socklen_t len[8];
 };
 
+/* name's addresses in the order net_connect tries them: the IPv4 ones
+ * first, each family in the resolver's order */
 static void resolve_all(const char *name, struct addrs *a)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     assert_int_equal(getaddrinfo(name, "1", &hints, &res), 0);
     a->n = 0;
-    for (struct addrinfo *r = res; r && a->n < 8; r = r->ai_next, a->n++) {
-        memcpy(&a->sa[a->n], r->ai_addr, r->ai_addrlen);
-        a->len[a->n] = r->ai_addrlen;
-    }
+    for (int pass = 0; pass < 2; pass++)
+        for (struct addrinfo *r = res; r && a->n < 8; r = r->ai_next) {
+            if ((r->ai_family == AF_INET) != (pass == 0))
+                continue;
+            memcpy(&a->sa[a->n], r->ai_addr, r->ai_addrlen);
+            a->len[a->n] = r->ai_addrlen;
+            a->n++;
+        }
     freeaddrinfo(res);
     assert_true(a->n >= 2);
 }
@@ -236,6 +242,46 @@ static void silent_first_address_leaves_time_for_the_next(void **state)
     close(live);
 }
 
+/* The first address tried never answers, every other one refuses at once
+ * (nobody listens there): the silent one is tried again with the time the
+ * refusals left, so the call ends FERRY_ETIMEDOUT at its deadline, as with
+ * that address alone (before: FERRY_ECONN once the others refused, with
+ * only its first share of the time spent on it, half for a name with two
+ * addresses: a caller's timeout halved). */
+static void silent_address_gets_the_time_refusals_leave(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    int port, silent = listen_at(a.sa[0], a.len[0], 0, 0, &port), held[8];
+    assert_true(silent >= 0);
+    int nheld = make_silent(&a.sa[0], a.len[0], port, held);
+    if (nheld < 0) {
+        close(silent);
+        printf("SKIPPED: a full accept queue still answers SYNs on this kernel: no silent address\n");
+        skip();
+    }
+    for (int i = 1; i < a.n; i++) { /* nobody listens on the others at this port (taken: try another) */
+        int other, l = listen_at(a.sa[i], a.len[i], port, 16, &other);
+        if (l < 0) {
+            for (int k = 0; k < nheld; k++)
+                close(held[k]);
+            close(silent);
+            printf("SKIPPED: port %d is in use on another address of %s\n", port, two_name);
+            skip();
+        }
+        close(l);
+    }
+    int fd = net_connect(two_name, port, 600);
+    if (fd != FERRY_ETIMEDOUT)
+        fail_msg("%s port %d, first address silent, the others refused: %s (%d), want FERRY_ETIMEDOUT: %s",
+                 two_name, port, fd >= 0 ? "connected" : ferry_err_name(fd), fd, ferry_last_error());
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    close(silent);
+}
+
 /* An address that never answers and a deadline nearly spent: the call
  * returns FERRY_ETIMEDOUT naming the address (returns: no duration asserted). */
 static void nearly_spent_deadline_times_out(void **state)
@@ -288,6 +334,57 @@ static void past_deadline_fails_without_connecting(void **state)
     close(l);
 }
 
+/* A name with an IPv6 and an IPv4 address, a listener on each at one
+ * port: the connection reaches the IPv4 one, the address net_listen binds
+ * for that name, whatever order the resolver prefers (before: the
+ * resolver's, ::1 first, so a server started on the name was reached only
+ * after a try at an address it does not listen on, which, where IPv6
+ * packets are dropped, took half the caller's timeout). */
+static void ipv4_first_as_net_listen_binds(void **state)
+{
+    (void)state;
+    need_two_names();
+    struct addrs a;
+    resolve_all(two_name, &a);
+    int v6 = -1;
+    for (int i = 0; i < a.n && v6 < 0; i++)
+        if (a.sa[i].ss_family == AF_INET6)
+            v6 = i;
+    if (v6 < 0 || a.sa[0].ss_family != AF_INET) {
+        printf("SKIPPED: %s has not both an IPv4 and an IPv6 address (no IPv6 loopback?)\n", two_name);
+        skip();
+    }
+    int bound, l = net_listen(two_name, 0, &bound);
+    assert_true(l >= 0);
+    struct sockaddr_storage own;
+    socklen_t ol = sizeof own;
+    assert_int_equal(getsockname(l, (struct sockaddr *)&own, &ol), 0);
+    assert_int_equal(own.ss_family, AF_INET); /* net_listen binds the name's IPv4 address */
+    int other = -1;
+    for (int tries = 0; tries < 20 && other < 0; tries++) {
+        if (tries) {
+            close(l);
+            l = net_listen(two_name, 0, &bound);
+            assert_true(l >= 0);
+        }
+        other = listen_at(a.sa[v6], a.len[v6], bound, 16, &bound); /* the same port on ::1 */
+    }
+    assert_true(other >= 0);
+    int fd = net_connect(two_name, bound, 10000);
+    if (fd < 0)
+        fail_msg("%s port %d, listening on both: %s", two_name, bound, ferry_last_error());
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    assert_int_equal(getpeername(fd, (struct sockaddr *)&peer, &pl), 0);
+    if (peer.ss_family != AF_INET)
+        fail_msg("%s port %d: reached the IPv6 listener, not the one net_listen(%s) bound", two_name, bound,
+                 two_name);
+    assert_true(same_host(&peer, &own));
+    close(fd);
+    close(other);
+    close(l);
+}
+
 /* Bad input: an unknown name and a port out of range, named errors. */
 static void bad_names_and_ports(void **state)
 {
@@ -305,8 +402,10 @@ int main(void)
         cmocka_unit_test(connects_whichever_address_listens),
         cmocka_unit_test(none_listens_names_every_address),
         cmocka_unit_test(silent_first_address_leaves_time_for_the_next),
+        cmocka_unit_test(silent_address_gets_the_time_refusals_leave),
         cmocka_unit_test(nearly_spent_deadline_times_out),
         cmocka_unit_test(past_deadline_fails_without_connecting),
+        cmocka_unit_test(ipv4_first_as_net_listen_binds),
         cmocka_unit_test(bad_names_and_ports),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
