@@ -284,6 +284,73 @@ static void spin_looks_then_leaves_the_wait(void **state)
     close(b);
 }
 
+struct looker {
+    int fd;
+    int rc;
+};
+
+static void *look_long(void *arg)
+{
+    struct looker *l = arg;
+    l->rc = sockio_spin_readable(l->fd, NULL, 30ull * 1000000000u); /* until its byte comes */
+    return NULL;
+}
+
+/* Looks are capped in the process (half the usable CPUs, at least one):
+ * with the cap's worth of threads looking, another look is refused at once
+ * (0, counted), so peers keeping many connections' frames coming just often
+ * enough cannot hold every core in looks; the lookers still see their
+ * bytes, and once they stopped, a look is allowed again. */
+static void spin_looks_capped(void **state)
+{
+    (void)state;
+    struct sockio_spin_stats st;
+    sockio_spin_stats(&st);
+    assert_true(st.cap >= 1);
+    assert_int_equal(st.looking, 0);
+    unsigned n = st.cap;
+    int (*pairs)[2] = calloc(n, sizeof *pairs);
+    struct looker *ls = calloc(n, sizeof *ls);
+    pthread_t *th = calloc(n, sizeof *th);
+    assert_non_null(pairs);
+    assert_non_null(ls);
+    assert_non_null(th);
+    for (unsigned i = 0; i < n; i++) {
+        tcp_pair(&pairs[i][0], &pairs[i][1]);
+        ls[i] = (struct looker){pairs[i][1], -1};
+        assert_int_equal(pthread_create(&th[i], NULL, look_long, &ls[i]), 0);
+    }
+    uint64_t give_up = net_deadline(10000); /* a bound, not a measurement */
+    do
+        sockio_spin_stats(&st);
+    while (st.looking < n && now_ns() < give_up && poll(NULL, 0, 1) == 0);
+    assert_int_equal(st.looking, n);
+    int a, b;
+    tcp_pair(&a, &b);
+    assert_int_equal(send_all(a, (const uint8_t *)"x", 1), 0);
+    uint64_t refused = st.refused;
+    /* readable, but over the cap: refused without a look (its caller sleeps
+     * in poll, which returns at once here) */
+    assert_int_equal(sockio_spin_readable(b, NULL, 30ull * 1000000000u), 0);
+    sockio_spin_stats(&st);
+    assert_int_equal(st.refused, refused + 1);
+    for (unsigned i = 0; i < n; i++) {
+        assert_int_equal(send_all(pairs[i][0], (const uint8_t *)"y", 1), 0);
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(ls[i].rc, 1);
+        close(pairs[i][0]);
+        close(pairs[i][1]);
+    }
+    sockio_spin_stats(&st);
+    assert_int_equal(st.looking, 0);
+    assert_int_equal(sockio_spin_readable(b, NULL, 20000), 1); /* under the cap again */
+    close(a);
+    close(b);
+    free(pairs);
+    free(ls);
+    free(th);
+}
+
 static int sockopt_of(int fd, int opt)
 {
     int v = -1;
@@ -344,6 +411,7 @@ int main(void)
         cmocka_unit_test(deadline_ends_the_wait),
         cmocka_unit_test(off_leaves_the_socket_alone),
         cmocka_unit_test(spin_looks_then_leaves_the_wait),
+        cmocka_unit_test(spin_looks_capped),
         cmocka_unit_test(sockbuf_sets_both_buffers),
         cmocka_unit_test(read_handoff_choice),
     };
