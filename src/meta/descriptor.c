@@ -172,8 +172,8 @@ static int duplicate_key(const cJSON *j, const char *where, int depth)
             char shown[48];
             if (cJSON_IsObject(j))
                 snprintf(here, sizeof here, "\"%s\"", log_sanitize(c->string, 40, shown, sizeof shown));
-            else
-                snprintf(here, sizeof here, "%s[%zu]", where, i);
+            else if (snprintf(here, sizeof here, "%s[%zu]", where, i) >= (int)sizeof here)
+                memcpy(here + sizeof here - 4, "...", 4); /* arrays in arrays, deeper than a message shows */
             int rc = duplicate_key(c, here, depth + 1);
             if (rc)
                 return rc;
