@@ -34,45 +34,7 @@
 #include "ferry.h"
 #include "testutil.h"
 #include "xfer_pair.h"
-
-#define TSIZE ((size_t)1 << 20)
-#define BLOCK ((size_t)64 << 10)
-#define NREQ 4u
-#define TSEED 5
-#define GUARD_MS 60000 /* a hang guard only */
-
-/* NREQ blocks of pattern(seed) written at base; the batch, waited for. */
-static ferry_batch *write_blocks(struct xfer_pair *x, uint64_t base, uint64_t seed, uint64_t hold_job_after)
-{
-    struct ferry_request r[NREQ];
-    for (unsigned i = 0; i < NREQ; i++) {
-        uint64_t off = base + i * BLOCK;
-        r[i] = (struct ferry_request){FERRY_WRITE, x->local + off, x->seg, x->target.addr + off, BLOCK};
-    }
-    pattern_fill(x->host, NREQ * BLOCK, seed, base);
-    assert_int_equal(ferry_mem_copy(x->e, x->local + base, x->host, NREQ * BLOCK), 0);
-    if (hold_job_after) /* the next copy job, the WRITE's, is held back */
-        sim_hw.hold_job = atomic_load(&sim_hw.jobs) + 1;
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(x->e, NREQ, &b), 0);
-    int rc = ferry_batch_submit(b, r, NREQ);
-    if (rc)
-        fail_msg("submit: %s: %s", ferry_err_name(rc), ferry_last_error());
-    (void)ferry_batch_wait(b, GUARD_MS);
-    return b;
-}
-
-static void expect_all(ferry_batch *b, int state, int code, const char *part)
-{
-    for (unsigned i = 0; i < NREQ; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        if (st.state != state || st.error != code || (part && !strstr(st.message, part)))
-            fail_msg("request %u: state %d %s \"%s\", expected state %d %s \"...%s...\"", i, st.state,
-                     ferry_err_name(st.error), st.message, state, ferry_err_name(code), part ? part : "");
-    }
-    ferry_batch_free(b);
-}
+#include "mp/held_blocks.h"
 
 /* A held WRITE through jobs of kind submit_copies ("1": a stream each,
  * "2": the lane). */
@@ -93,16 +55,16 @@ static void hung_job(const char *submit_copies)
     xfer_pair_open(&x, &cfg, "sim:0");
     snprintf(sim_hw.hold_path, sizeof sim_hw.hold_path, "%s/go", dir);
 
-    expect_all(write_blocks(&x, 0, 11, false), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, 0, 11, false), FERRY_COMPLETED, 0, NULL);
     assert_int_equal(child_target_check(&x.target, 0, NREQ * BLOCK, 11), -1);
     sim_ipc_counts(&c);
     assert_int_equal(c.opens - c0.opens, 1);
     assert_int_equal(c.closes - c0.closes, 0);
 
-    expect_all(write_blocks(&x, NREQ * BLOCK, 12, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT,
-               "FERRY_SIM_SYNC_TIMEOUT_MS");
+    held_blocks_expect(held_blocks_write(&x, NREQ * BLOCK, 12, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT,
+                       (const char *[]){"FERRY_SIM_SYNC_TIMEOUT_MS", NULL});
     /* the next lands, on a fresh stream */
-    expect_all(write_blocks(&x, 2 * NREQ * BLOCK, 13, false), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, 2 * NREQ * BLOCK, 13, false), FERRY_COMPLETED, 0, NULL);
     assert_int_equal(child_target_check(&x.target, 2 * NREQ * BLOCK, NREQ * BLOCK, 13), -1);
 
     assert_int_equal(ferry_close_segment(x.e, x.seg), 0); /* retires every opening of the target */

@@ -36,57 +36,7 @@
 #include "ferry.h"
 #include "testutil.h"
 #include "xfer_pair.h"
-
-#define TSIZE ((size_t)1 << 20)
-#define BLOCK ((size_t)64 << 10)
-#define NREQ 4u
-#define TSEED 5
-#define GUARD_MS 60000 /* a hang guard only */
-
-/* NREQ blocks of pattern(seed) written from local base to target base; the
- * batch, waited for. */
-static ferry_batch *write_blocks_held(struct xfer_pair *x, uint64_t base, uint64_t seed, bool hold)
-{
-    struct ferry_request r[NREQ];
-    for (unsigned i = 0; i < NREQ; i++) {
-        uint64_t off = base + i * BLOCK;
-        r[i] = (struct ferry_request){FERRY_WRITE, x->local + off, x->seg, x->target.addr + off, BLOCK};
-    }
-    pattern_fill(x->host, NREQ * BLOCK, seed, base);
-    assert_int_equal(ferry_mem_copy(x->e, x->local + base, x->host, NREQ * BLOCK), 0);
-    if (hold) /* the next copy job, the WRITE's, is held back */
-        sim_hw.hold_job = atomic_load(&sim_hw.jobs) + 1;
-    ferry_batch *b;
-    assert_int_equal(ferry_batch_alloc(x->e, NREQ, &b), 0);
-    int rc = ferry_batch_submit(b, r, NREQ);
-    if (rc)
-        fail_msg("submit: %s: %s", ferry_err_name(rc), ferry_last_error());
-    (void)ferry_batch_wait(b, GUARD_MS);
-    return b;
-}
-
-static ferry_batch *write_blocks(struct xfer_pair *x, uint64_t base, uint64_t seed)
-{
-    return write_blocks_held(x, base, seed, false);
-}
-
-/* Every request of b in state with code, its message holding each of parts. */
-static void expect_all(ferry_batch *b, int state, int code, const char *const *parts)
-{
-    for (unsigned i = 0; i < NREQ; i++) {
-        struct ferry_status st;
-        assert_int_equal(ferry_batch_status(b, i, &st), 0);
-        if (i == 0 && st.state != FERRY_COMPLETED)
-            print_message("request 0: %s \"%s\"\n", ferry_err_name(st.error), st.message);
-        bool ok = st.state == state && st.error == code;
-        for (size_t k = 0; ok && parts && parts[k]; k++)
-            ok = strstr(st.message, parts[k]) != NULL;
-        if (!ok)
-            fail_msg("request %u: state %d %s \"%s\", expected state %d %s", i, st.state, ferry_err_name(st.error),
-                     st.message, state, ferry_err_name(code));
-    }
-    ferry_batch_free(b);
-}
+#include "mp/held_blocks.h"
 
 static void landed(struct xfer_pair *x, uint64_t base, uint64_t seed)
 {
@@ -116,19 +66,19 @@ static void mark_refused_fails_its_job(void **state)
     (void)state;
     struct xfer_pair x;
     start(&x);
-    expect_all(write_blocks(&x, 0, 11), FERRY_COMPLETED, 0, NULL); /* the lane works */
+    held_blocks_expect(held_blocks_write(&x, 0, 11, false), FERRY_COMPLETED, 0, NULL); /* the lane works */
     landed(&x, 0, 11);
     uint64_t marks = atomic_load(&sim_hw.calls[SIM_OP_MARK]);
     assert_true(marks >= 1); /* that job was on the lane */
 
     refuse_next_mark(SIM_OP_MARK);
     const char *parts[] = {"sim:0", "stream 0x", "refused the job's mark", "FERRY_SIM_REFUSE", x.target.name, NULL};
-    expect_all(write_blocks(&x, NREQ * BLOCK, 12), FERRY_FAILED, FERRY_EIO, parts);
+    held_blocks_expect(held_blocks_write(&x, NREQ * BLOCK, 12, false), FERRY_FAILED, FERRY_EIO, parts);
     assert_int_equal(atomic_load(&sim_hw.calls[SIM_OP_MARK]), marks + 1);
     landed(&x, 0, 11); /* untouched */
     /* the next jobs land, on the lane again (a fresh stream: they are marked) */
     for (unsigned k = 2; k < 4; k++) {
-        expect_all(write_blocks(&x, k * NREQ * BLOCK, 11 + k), FERRY_COMPLETED, 0, NULL);
+        held_blocks_expect(held_blocks_write(&x, k * NREQ * BLOCK, 11 + k, false), FERRY_COMPLETED, 0, NULL);
         landed(&x, k * NREQ * BLOCK, 11 + k);
     }
     assert_int_equal(atomic_load(&sim_hw.calls[SIM_OP_MARK]), marks + 3);
@@ -143,11 +93,11 @@ static void no_marks_completes_by_the_drain(void **state)
     start(&x);
     refuse_next_mark(SIM_OP_MARK_UNSUPPORTED);
     uint64_t marks = atomic_load(&sim_hw.calls[SIM_OP_MARK]);
-    expect_all(write_blocks(&x, 0, 21), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, 0, 21, false), FERRY_COMPLETED, 0, NULL);
     landed(&x, 0, 21);
     assert_int_equal(atomic_load(&sim_hw.calls[SIM_OP_MARK]), marks + 1);
     /* the lane is given up: jobs take streams of their own, no marks */
-    expect_all(write_blocks(&x, NREQ * BLOCK, 22), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, NREQ * BLOCK, 22, false), FERRY_COMPLETED, 0, NULL);
     landed(&x, NREQ * BLOCK, 22);
     assert_int_equal(atomic_load(&sim_hw.calls[SIM_OP_MARK]), marks + 1);
     sim_hw.nrefusals = 0;
@@ -163,7 +113,7 @@ static void mark_refused_on_a_hung_stream(void **state)
     struct xfer_pair x;
     start(&x);
     sim_ipc_counts(&c0);
-    expect_all(write_blocks(&x, 0, 31), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, 0, 31, false), FERRY_COMPLETED, 0, NULL);
     landed(&x, 0, 31);
     sim_ipc_counts(&c);
     uint64_t opened = c.opens - c0.opens;
@@ -173,10 +123,10 @@ static void mark_refused_on_a_hung_stream(void **state)
     sim_hw.sync_timeout_ms = 300;
     refuse_next_mark(SIM_OP_MARK);
     const char *parts[] = {"sim:0 stream 0x", "mark refused", "did not finish", NULL};
-    expect_all(write_blocks_held(&x, NREQ * BLOCK, 32, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT, parts);
+    held_blocks_expect(held_blocks_write(&x, NREQ * BLOCK, 32, true), FERRY_TIMEOUT, FERRY_ETIMEDOUT, parts);
     sim_hw.nrefusals = 0;
     /* the next lands, on a stream of its own */
-    expect_all(write_blocks(&x, 2 * NREQ * BLOCK, 33), FERRY_COMPLETED, 0, NULL);
+    held_blocks_expect(held_blocks_write(&x, 2 * NREQ * BLOCK, 33, false), FERRY_COMPLETED, 0, NULL);
     landed(&x, 2 * NREQ * BLOCK, 33);
     landed(&x, 0, 31);
 
