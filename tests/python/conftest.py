@@ -20,6 +20,7 @@ if glob.glob(os.path.join(PYDIR, "ferry", "_ferry*.so")):
 sys.path.insert(0, HERE)
 
 import ferry  # noqa: E402
+import ferry.engine as fe  # noqa: E402
 
 TARGET_SIZE = 32 << 20
 TARGET_SEED = 7
@@ -110,6 +111,15 @@ def fresh_target():
 @pytest.fixture
 def engine():
     e = ferry.NativeTransferEngine()
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def compat():
+    """The reference-compatible TransferEngine (ferry.engine), on tcp."""
+    e = fe.TransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
     yield e
     e.close()

@@ -21,14 +21,6 @@ from pattern import pattern
 KIB = 1024
 
 
-@pytest.fixture
-def compat():
-    e = fe.TransferEngine()
-    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
-    yield e
-    e.close()
-
-
 def registered(engine, size, seed=None):
     buf = np.zeros(size, np.uint8) if seed is None else pattern(seed, 0, size)
     assert engine.register_memory(buf.ctypes.data, buf.nbytes) == 0

@@ -20,14 +20,6 @@ MIB = 1024 * KIB
 
 
 @pytest.fixture
-def compat():
-    e = fe.TransferEngine()
-    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
-    yield e
-    e.close()
-
-
-@pytest.fixture
 def native():
     e = ferry.NativeTransferEngine()
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0

@@ -19,14 +19,6 @@ from pattern import pattern
 KIB = 1024
 
 
-@pytest.fixture
-def compat():
-    e = fe.TransferEngine()
-    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
-    yield e
-    e.close()
-
-
 def test_transfers_by_the_reference_argument_names(compat, target):
     src = pattern(31, 0, 64 * KIB)
     dst = np.zeros(64 * KIB, np.uint8)
