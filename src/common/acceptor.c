@@ -286,10 +286,12 @@ static void admit(struct acceptor *a, int fd, const struct sockaddr_storage *ss)
     uint8_t addr[16];
     char peer[sizeof c->pub.peer];
     peer_of(ss, addr, peer, sizeof peer);
+    /* before the lock (its syscalls hold up no other accept): a vanished
+     * peer's serve thread and descriptor do not stay for ever */
+    net_set_keepalive(fd, a->keepalive_s);
     pthread_mutex_lock(&a->lock);
     bool ok = c && !atomic_load(&a->stopping) && under_caps(a, addr);
     if (ok) {
-        net_set_keepalive(fd, a->keepalive_s); /* a vanished peer's thread and descriptor do not stay for ever */
         c->pub.fd = fd;
         c->pub.owner = a;
         c->seq = a->accepted;
