@@ -109,10 +109,11 @@ static const struct knob knobs[] = {
         "a peer silent this long whose host does not answer TCP keepalive probes (host down, link cut) is taken for "
         "gone and its connections close (0-86400; 0: off): every side channel and data connection, both ends; an "
         "rdma side channel has no idle timeout, so this is what frees a vanished initiator's queue pair"),
-    DOC("FERRY_WAIT_SPIN_US", "50",
-        "ferry_batch_wait polls this long (0-10000) for the batch's end before it sleeps, while the engine's recent "
+    DOC("FERRY_WAIT_SPIN_US", "auto",
+        "ferry_batch_wait polls this long for the batch's end before it sleeps, while the engine's recent "
         "waits were shorter: a batch that ends meanwhile wakes its waiter without a futex wake-up; costs the waiting "
-        "thread's core, never an idle one"),
+        "thread's core, never an idle one, and takes one of the process's looks (at most half the usable CPUs look at "
+        "once, tcp targets' included): auto (50 below 8 cores, 400 from 8) or 0-10000"),
     DOC("FERRY_SHM_ALLOW_UIDS", "", "uids besides the engine's own that may send shm notifications (comma-separated)"),
     DOC("FERRY_SHM_SUBMIT_COPIES", "2",
         "shm, device to device (CUDA IPC): the submitting thread enqueues a submit's copies itself (one copy job, a "

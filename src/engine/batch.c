@@ -28,6 +28,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "spin.h"
 #include "timespec.h"
 #include "trace.h"
 
@@ -662,16 +663,22 @@ int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
 /* Before sleeping on cond: polls b->ends for up to FERRY_WAIT_SPIN_US, so
  * that a batch ending soon wakes its waiter without a futex wake-up (which
  * costs microseconds, tens in a VM).  Only a thread waiting for a batch
- * spins, only that long (never past its timeout) and only while recent
- * waits were shorter (wait_learn): an idle engine spends nothing.  b->lock held
- * on entry and on return; the caller checks finished() again. */
+ * spins, only that long (never past its timeout), only while recent waits
+ * were shorter (wait_learn), and only with a look of the process's budget
+ * (common/spin.h: at most half the usable CPUs look at once, tcp targets'
+ * looks included): an idle engine spends nothing, and many waiters cannot
+ * take every core.  b->lock held on entry and on return; the caller checks
+ * finished() again. */
 static void spin_for_end(struct ferry_batch *b, uint64_t spin_ns)
 {
+    if (!spin_claim())
+        return;
     unsigned seen = atomic_load_explicit(&b->ends, memory_order_relaxed);
     pthread_mutex_unlock(&b->lock);
     uint64_t start = now_ns();
     while (atomic_load_explicit(&b->ends, memory_order_acquire) == seen && now_ns() - start < spin_ns)
         sched_yield();
+    spin_release();
     pthread_mutex_lock(&b->lock);
 }
 

@@ -21,6 +21,7 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "spin.h"
 #include "trace.h"
 
 /* ------------------------------------------------------------ notifications */
@@ -101,8 +102,21 @@ int engine_publish(ferry_engine *e)
 
 /* ------------------------------------------------------------ lifecycle */
 
-#define WAIT_SPIN_US_DEFAULT 50u
+/* FERRY_WAIT_SPIN_US's auto: 50 µs below 8 cores (a few CPUs are better
+ * left to the transport's threads), 400 from 8.  On 16 CPUs a one-thread
+ * batch that waits 100-400 µs (tcp 4 KiB x 128, a staged 16 KiB x 128) ended
+ * sooner when its waiter looked than when it slept: staged READ p50 -15 %,
+ * tcp 4 KiB x 1 +10-20 % GB/s, while four threads' batches (> 400 µs) are
+ * past the look and unchanged; 1,000 and 3,000 cost four-thread WRITE 10-15 %
+ * (docs/BENCHMARKS.md, "Seventeenth session, lead"). */
+#define WAIT_SPIN_US_FEW_CORES 50u
+#define WAIT_SPIN_US_MANY_CORES 400u
 #define WAIT_SPIN_US_MAX 10000u
+
+unsigned engine_auto_wait_spin_us(long cores)
+{
+    return cores < 8 ? WAIT_SPIN_US_FEW_CORES : WAIT_SPIN_US_MANY_CORES;
+}
 #define KEEPALIVE_S_DEFAULT 120u /* FERRY_KEEPALIVE_S */
 #define KEEPALIVE_S_MAX 86400u
 
@@ -297,12 +311,14 @@ int ferry_engine_create(const struct ferry_config *cfg, ferry_engine **out)
         return rc;
     }
     atomic_store_explicit(&ferry_log_level, e->cfg.log_level, memory_order_relaxed);
-    uint64_t spin_us = WAIT_SPIN_US_DEFAULT;
-    if ((rc = config_env_number("FERRY_WAIT_SPIN_US", false, 0, WAIT_SPIN_US_MAX, "microseconds, 0-10000",
+    uint64_t spin_us = 0;
+    if ((rc = config_env_number("FERRY_WAIT_SPIN_US", true, 0, WAIT_SPIN_US_MAX, "auto or microseconds, 0-10000",
                                 &spin_us)) < 0) {
         free(e);
         return rc;
     }
+    if (rc == 1)
+        spin_us = engine_auto_wait_spin_us(usable_cores());
     e->wait_spin_ns = spin_us * 1000u;
     uint64_t keepalive_s = KEEPALIVE_S_DEFAULT;
     if ((rc = config_env_number("FERRY_KEEPALIVE_S", false, 0, KEEPALIVE_S_MAX, "seconds, 0-86400", &keepalive_s)) <

@@ -128,6 +128,8 @@ struct ferry_engine {
 
 /* Publishes the current descriptor through the metadata backend (a no-op
  * for P2PHANDSHAKE).  Called at start and after registration changes. */
+/* FERRY_WAIT_SPIN_US's default for a process that may run on `cores` CPUs. */
+unsigned engine_auto_wait_spin_us(long cores);
 int engine_publish(ferry_engine *e);
 /* A snapshot of this engine's remote-accessible registrations, malloc'd (the
  * caller frees it), *n of them, in the order they were registered; NULL if

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "spin.h"
 #include "testutil.h"
 #include "xfer_pair.h"
 
@@ -172,6 +173,45 @@ static void test_refused_growth_loses_nothing(void **state)
     }
 }
 
+/* Waiters that look long (10 ms) for their batch's end, so that every wait
+ * tries to. */
+static int setup_long_look(void **state)
+{
+    setenv("FERRY_WAIT_SPIN_US", "10000", 1);
+    int rc = setup(state);
+    unsetenv("FERRY_WAIT_SPIN_US");
+    return rc;
+}
+
+/* A waiter looks for its batch's end only with one of the process's looks
+ * (common/spin.h, at most half the usable CPUs): with the whole budget taken
+ * here (as busy tcp targets' threads or other waiters of the process would
+ * hold it), its look is refused and counted, it sleeps as without looks,
+ * and every batch still completes with its bytes in place. */
+static void test_waiter_looks_within_the_budget(void **state)
+{
+    struct xfer_pair *f = *state;
+    unsigned taken = 0;
+    while (spin_claim())
+        taken++;
+    struct spin_stats st;
+    spin_stats(&st);
+    assert_true(taken >= 1);
+    assert_int_equal(st.looking, st.cap);
+    uint64_t refused = st.refused;
+    /* 40 batches of 512 KiB: waits of ~1 ms, far under the look's 10 ms, and
+     * each begun before its batch ends (a batch over when its wait begins
+     * does not try to look; 40 of them all over that soon would be) */
+    for (int i = 0; i < 40; i++)
+        run_batch(f, FERRY_WRITE, 4096, 128, 0, 8192);
+    spin_stats(&st);
+    assert_true(st.refused > refused);
+    while (taken--)
+        spin_release();
+    spin_stats(&st);
+    assert_int_equal(st.looking, 0);
+}
+
 static void test_segment_buffers(void **state)
 {
     struct xfer_pair *f = *state;
@@ -193,6 +233,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_read_matrix, setup, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(test_notification_queue_drops_oldest, setup_small_queue, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(test_segment_buffers, setup, xfer_pair_teardown),
+        cmocka_unit_test_setup_teardown(test_waiter_looks_within_the_budget, setup_long_look, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(test_connections_grow_with_traffic, setup_growing, xfer_pair_teardown),
         cmocka_unit_test_setup_teardown(test_refused_growth_loses_nothing, setup_refused_growth, xfer_pair_teardown),
     };

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "ferry.h"
+#include "engine/engine.h"
 #include "transport/tcp/tcp.h"
 
 static void defaults(void **state)
@@ -74,7 +75,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */
     {"FERRY_KEEPALIVE_S", {"86401", "-1", "5s", " 5", "+5", "auto"}, {"", "0", "2", "120", "86400"}},
-    {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "auto"}, {"", "0", "50", "10000"}},
+    {"FERRY_WAIT_SPIN_US", {"10001", "-1", "5us", " 5", "+5", "Auto"}, {"auto", "", "0", "50", "10000"}},
 };
 
 static void tcp_knobs_checked(void **state)
@@ -137,6 +138,11 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_serve_spin_us(7), 100);
     assert_int_equal(tcp_auto_serve_spin_us(8), 0);
     assert_int_equal(tcp_auto_serve_spin_us(16), 0);
+    /* the waiter's look for its batch's end: 50 µs below 8 cores, 400 from 8 */
+    assert_int_equal(engine_auto_wait_spin_us(1), 50);
+    assert_int_equal(engine_auto_wait_spin_us(7), 50);
+    assert_int_equal(engine_auto_wait_spin_us(8), 400);
+    assert_int_equal(engine_auto_wait_spin_us(16), 400);
     assert_int_equal(tcp_auto_grow_bytes(16, 16 * MiB), 16 * MiB);
     assert_int_equal(tcp_auto_grow_bytes(0, MiB), 8 * MiB);
     assert_int_equal(tcp_auto_spread(1), 1); /* one frame per small submit below 8 cores */

@@ -31,6 +31,7 @@
 #include "err.h"
 #include "ferry.h"
 #include "net.h"
+#include "spin.h"
 #include "transport/tcp/sockio.h"
 #include "transport/tcp/tcp.h"
 
@@ -304,8 +305,8 @@ static void *look_long(void *arg)
 static void spin_looks_capped(void **state)
 {
     (void)state;
-    struct sockio_spin_stats st;
-    sockio_spin_stats(&st);
+    struct spin_stats st;
+    spin_stats(&st);
     assert_true(st.cap >= 1);
     assert_int_equal(st.looking, 0);
     unsigned n = st.cap;
@@ -322,7 +323,7 @@ static void spin_looks_capped(void **state)
     }
     uint64_t give_up = net_deadline(10000); /* a bound, not a measurement */
     do
-        sockio_spin_stats(&st);
+        spin_stats(&st);
     while (st.looking < n && now_ns() < give_up && poll(NULL, 0, 1) == 0);
     assert_int_equal(st.looking, n);
     int a, b;
@@ -332,7 +333,7 @@ static void spin_looks_capped(void **state)
     /* readable, but over the cap: refused without a look (its caller sleeps
      * in poll, which returns at once here) */
     assert_int_equal(sockio_spin_readable(b, NULL, 30ull * 1000000000u), 0);
-    sockio_spin_stats(&st);
+    spin_stats(&st);
     assert_int_equal(st.refused, refused + 1);
     for (unsigned i = 0; i < n; i++) {
         assert_int_equal(send_all(pairs[i][0], (const uint8_t *)"y", 1), 0);
@@ -341,7 +342,7 @@ static void spin_looks_capped(void **state)
         close(pairs[i][0]);
         close(pairs[i][1]);
     }
-    sockio_spin_stats(&st);
+    spin_stats(&st);
     assert_int_equal(st.looking, 0);
     assert_int_equal(sockio_spin_readable(b, NULL, 20000), 1); /* under the cap again */
     close(a);

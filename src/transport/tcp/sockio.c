@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <string.h>
@@ -24,6 +23,7 @@
 
 #include "err.h"
 #include "net.h"
+#include "spin.h"
 
 /* Most bytes moved by one call between two looks at the stop flag. */
 #define PIECE_MAX (8u << 20)
@@ -49,40 +49,10 @@ void sockio_wake_signal(struct sockio_wake *w)
     (void)n;
 }
 
-static atomic_uint spin_looking;
-static atomic_uint_fast64_t spin_refused;
-static unsigned spin_cap_value;
-static pthread_once_t spin_cap_once = PTHREAD_ONCE_INIT;
-
-static void spin_cap_init(void)
-{
-    cpu_set_t set;
-    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-    spin_cap_value = cpus >= 4 ? (unsigned)(cpus / 2) : 1;
-}
-
-static unsigned spin_cap(void)
-{
-    pthread_once(&spin_cap_once, spin_cap_init);
-    return spin_cap_value;
-}
-
-void sockio_spin_stats(struct sockio_spin_stats *out)
-{
-    out->cap = spin_cap();
-    out->looking = atomic_load(&spin_looking);
-    out->refused = atomic_load(&spin_refused);
-}
-
 int sockio_spin_readable(int fd, const struct sockio_wake *w, uint64_t spin_ns)
 {
-    unsigned cap = spin_cap(), now = atomic_load(&spin_looking);
-    do {
-        if (now >= cap) {
-            atomic_fetch_add(&spin_refused, 1);
-            return 0;
-        }
-    } while (!atomic_compare_exchange_weak(&spin_looking, &now, now + 1));
+    if (!spin_claim())
+        return 0;
     uint64_t start = now_ns();
     int rc;
     for (;;) {
@@ -97,7 +67,7 @@ int sockio_spin_readable(int fd, const struct sockio_wake *w, uint64_t spin_ns)
         }
         sched_yield();
     }
-    atomic_fetch_sub(&spin_looking, 1);
+    spin_release();
     return rc;
 }
 

@@ -45,18 +45,9 @@ void sockio_wake_signal(struct sockio_wake *w);
  * sockio_wait), 0: neither.  A thread whose next bytes come within
  * microseconds keeps its CPU instead of sleeping and being woken (an
  * inter-processor interrupt to an idle CPU: tens of µs in a VM); the yield
- * lets any other thread that is ready run first. */
+ * lets any other thread that is ready run first.  A look takes one of the
+ * process's looks (common/spin.h): over that budget, 0 at once. */
 int sockio_spin_readable(int fd, const struct sockio_wake *w, uint64_t spin_ns);
-/* At most half the usable CPUs (at least one) look at once, in the whole
- * process: a look that would exceed it returns 0 at once (its thread
- * sleeps as without looks), so peers that keep many connections' frames
- * coming just often enough cannot hold every core in looks.  The cap, the
- * threads looking now, and the looks refused since the start (tests). */
-struct sockio_spin_stats {
-    unsigned cap, looking;
-    uint64_t refused;
-};
-void sockio_spin_stats(struct sockio_spin_stats *out);
 
 /* Waits until fd has `events` (POLLIN / POLLOUT), w was signalled (w may be
  * NULL) or deadline_ns (monotonic, absolute; 0 = none) passed.  Returns 0

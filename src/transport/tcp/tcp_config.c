@@ -5,7 +5,6 @@
  * refused with FERRY_EINVAL naming it, and the defaults that scale with
  * the cores the process may run on.  No state of its own.
  */
-#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,18 +14,12 @@
 
 #include "config.h"
 #include "err.h"
+#include "spin.h"
 #include "transport/tcp/tcp.h"
 
 #define GROW_TOTAL ((uint64_t)32 << 20) /* in flight, spread over the most connections a peer may open */
 #define GROW_MAX ((uint64_t)8 << 20)    /* the most in flight on each connection before another opens */
 #define INLINE_BYTES ((uint64_t)512 << 10) /* FERRY_TCP_INLINE_BYTES's default */
-
-/* The cores this process may run on. */
-static long usable_cores(void)
-{
-    cpu_set_t set;
-    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
-}
 
 /* One per core, 4 to 16: on 2 cores 4 (CI); 16 CPUs 16 (8 left 15 % of
  * them idle, 32 moved 26 % more); 32 CPUs 16, the best of 2, 8 and 16
