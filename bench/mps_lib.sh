@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-# mps_lib.sh — sourced by the one-GPU bench scripts (gpu_h16a_call*.sh): CUDA
+# mps_lib.sh — sourced by the one-GPU bench scripts (calls/gpu_h16a_call*.sh): CUDA
 # MPS as this user's daemon, so that two processes on one GPU (a ferry-bench
 # initiator and target on cuda:0) share one server context instead of the
 # GPU time-slicing between their contexts (docs/BENCHMARKS.md, h16x: every

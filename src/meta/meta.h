@@ -58,7 +58,7 @@ const struct meta_ops *const *meta_list(size_t *count);
  * fork+exec would inherit a store connection.  Built with FERRY_HAVE_ETCD. */
 void meta_curl_cloexec(void *h);
 
-/* Tables the tests reach directly; a new backend needs no line here. */
+/* The backends' tables, for meta.c's registry (tests reach them too). */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */
 extern const struct meta_ops ferry_meta_http;   /* built with FERRY_HAVE_ETCD (libcurl) */

@@ -28,18 +28,19 @@ extern const struct transport_ops ferry_rdma_transport; /* rdma.c: libibverbs */
  * over the others, so it is never started (with transport_fallback, skipped). */
 static const struct transport_ops ascend_absent = {.name = "ascend", .caps = TRANSPORT_NEEDS_HARDWARE, .rank = 0};
 
-#define MAX_ADDED 8
-
-static const struct transport_ops *transports[] = {
-    &ferry_tcp_transport,
-    &ferry_shm_transport,
-    &ferry_rdma_transport,
+/* The built-in tables, one line each (a new one also needs its extern
+ * above); the first is the fallback.  The count derives from the list. */
+#define BUILTIN \
+    &ferry_tcp_transport, \
+    &ferry_shm_transport, \
+    &ferry_rdma_transport, \
     &ascend_absent,
-    [4 + MAX_ADDED - 1] = NULL, /* room for transport_register */
-};
+#define BUILTIN_COUNT (sizeof (const struct transport_ops *[]){BUILTIN} / sizeof(const struct transport_ops *))
+#define MAX_ADDED 8 /* room for transport_register */
 
-static const size_t count_builtin = 4;
-static _Atomic size_t count = 4;
+static const struct transport_ops *transports[BUILTIN_COUNT + MAX_ADDED] = {BUILTIN};
+
+static _Atomic size_t count = BUILTIN_COUNT;
 
 const struct transport_ops *const *transport_list(size_t *n)
 {
@@ -65,7 +66,7 @@ int transport_register(const struct transport_ops *ops)
         return ferry_fail(FERRY_EEXIST, "transport \"%s\" is already registered", ops->name);
     size_t n = atomic_load(&count);
     if (n == sizeof transports / sizeof transports[0])
-        return ferry_fail(FERRY_ENOMEM, "transport registry full (%zu added at most)", n - count_builtin);
+        return ferry_fail(FERRY_ENOMEM, "transport registry full (%zu added at most)", n - BUILTIN_COUNT);
     transports[n] = ops;
     atomic_store_explicit(&count, n + 1, memory_order_release);
     return 0;

@@ -343,7 +343,7 @@ static void readme_lists_every_knob(void **state)
         char row[256];
         snprintf(row, sizeof row, "| %s | %s |", k[i].env, k[i].default_text);
         if (!strstr(text, row))
-            fail_msg("README.md has no row starting \"%s\" (regenerate the table: ferry-bench --help-env=markdown)",
+            fail_msg("README.md has no row starting \"%s\" (regenerate the table: build, then bash scripts/update-readme-config.sh)",
                      row);
     }
 }

@@ -16,14 +16,14 @@
 # against the defaults, alternated twice; then the staging matrix on cuda:0
 # and the device tests under the candidates; then a trace of one 64 KiB
 # scatter batch at a time under RGC.
-#   BUILD=build-h16y [OUT=dir] [DRY=1] [SECS=0.3] bash bench/gpu_h16y_call2.sh
+#   BUILD=build-h16y [OUT=dir] [DRY=1] [SECS=0.3] bash bench/calls/gpu_h16y_call2.sh
 # DRY=1 prints the commands instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.3}
 O=${OUT:-/tmp/h16y-out}
 mkdir -p "$O"
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 DRY=${DRY:-0}
 K="FERRY_LOG_LEVEL=1"

@@ -17,12 +17,12 @@
 # KA costs there); host memory one thread (item 4's bound); traces of KA;
 # the idle engine with KA; then without MPS the staging matrix on cuda:0 and
 # tests/gpu/run.sh, both with KA in every process.
-#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/gpu_h16a_call2.sh
+#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/calls/gpu_h16a_call2.sh
 # DRY=1 prints the steps instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 O=${OUT:-/tmp/h16a-out}
 mkdir -p "$O"

@@ -10,12 +10,12 @@
 # (FERRY_STAGING_INLINE_LAST=1, FERRY_STAGING_SCATTER_RETIRE_US=300); host
 # memory READ with D and S8 alternated (does a READ spread of 8 cost the
 # host path?) and host WRITE once (item 4's bound).
-#   BUILD=build-h16x [DRY=1] bash bench/gpu_h16x_call1.sh
+#   BUILD=build-h16x [DRY=1] bash bench/calls/gpu_h16x_call1.sh
 # DRY=1 prints the cells instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 DRY=${DRY:-0}
 D=""

@@ -13,14 +13,14 @@
 #     / 1 MiB x 128, 4 in flight and one at a time, 1,024 x 16 KiB.
 # (4) gather of 1,024 x 16 KiB, 2 in flight; both, one at a time.
 # (5) the staging matrix on cuda:0 and test_device_cuda with the new knobs set.
-#   BUILD=build-h16z [OUT=dir] [DRY=1] [SECS=0.3] bash bench/gpu_h16z_call1.sh
+#   BUILD=build-h16z [OUT=dir] [DRY=1] [SECS=0.3] bash bench/calls/gpu_h16z_call1.sh
 # DRY=1 prints the commands instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-h16z}
 S=${SECS:-0.25}
 O=${OUT:-/tmp/h16z-out}
 mkdir -p "$O"
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 DRY=${DRY:-0}
 D="FERRY_LOG_LEVEL=1"

@@ -20,12 +20,12 @@
 # As run (docs/BENCHMARKS.md, h16f) the branch's binaries chained on one lane
 # (FERRY_STAGING_CHAIN_LANES=1 then); two is the default since, so "L2" is
 # now the branch's default and one lane needs FERRY_STAGING_CHAIN_LANES=1.
-#   MAIN=build-h16f/main NEW=build-h16f/new [SECS=2] [GPU_OUT=dir] bash build-h16f/bench/gpu_h16f_call1.sh
+#   MAIN=build-h16f/main NEW=build-h16f/new [SECS=2] [GPU_OUT=dir] bash build-h16f/bench/calls/gpu_h16f_call1.sh
 set -uo pipefail
 M=${MAIN:-build-h16f/main}
 N=${NEW:-build-h16f/new}
 SECS=${SECS:-2}
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$N/lib:${LD_LIBRARY_PATH:-}"
 . "$here/mps_lib.sh"
 cost() {  # label, build, then env assignments for gpu_cost.sh

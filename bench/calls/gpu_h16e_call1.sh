@@ -14,11 +14,11 @@
 #      batch 128 and 1,024 (bench/gpu_cost.sh, TGPU=0);
 #   4. four threads, D and the two spread settings of 8 (item 3's ratio);
 #   5. traces of a staged batch of 128, D and C8S8, WRITE and READ.
-#   BUILD=build-h16e [OUT=dir] [DRY=1] bash build-h16e/bench/gpu_h16e_call1.sh
+#   BUILD=build-h16e [OUT=dir] [DRY=1] bash build-h16e/bench/calls/gpu_h16e_call1.sh
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 O=${OUT:-$(mktemp -d)}
 mkdir -p "$O"

@@ -17,11 +17,11 @@
 #      against the variant of A with the lowest one-frame + 128 p50 (if it
 #      beats D's by 10 %) and call 2's KA (the submitting thread retires
 #      every group of its gathers), alternated D X KA D X KA, and a trace of X.
-#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/gpu_h16a_call3.sh
+#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/calls/gpu_h16a_call3.sh
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 O=${OUT:-/tmp/h16a-out}
 mkdir -p "$O"

@@ -20,12 +20,12 @@
 # folder; no device setting is changed (no nvidia-smi -c).  If the control
 # binary is missing or the daemon refuses, it says so and runs the rest
 # without MPS.
-#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/gpu_h16a_call1.sh
+#   BUILD=build-h16a [OUT=dir] [DRY=1] bash build-h16a/bench/calls/gpu_h16a_call1.sh
 # DRY=1 prints the steps instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 O=${OUT:-/tmp/h16a-out}
 mkdir -p "$O"

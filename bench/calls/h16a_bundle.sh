@@ -9,7 +9,7 @@
 # leaving out the test binaries the calls do not run and the debug info,
 # so that `carry` stays well under its 64 MiB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."   # the repository root (this script lies in bench/calls/)
 DEST=${1:-/work/main/build-h16a}
 FROM=${FROM:-build-gpu}
 rm -rf "$DEST"
@@ -20,5 +20,5 @@ for t in ferry_test_target test_staging test_staging_issuer test_device_cuda tes
   cp -a "$FROM/tests/$t" "$DEST/tests/"
 done
 find "$DEST" -maxdepth 2 -type f \( -perm -u+x -o -name '*.so*' \) -exec strip --strip-debug {} + 2>/dev/null || true
-cp -a bench/*.sh bench/*.py "$DEST/bench/"
+cp -a bench/*.sh bench/*.py bench/calls "$DEST/bench/"
 du -sh "$DEST"

@@ -16,12 +16,12 @@
 #   4. TRACES="label ...": bench/gpu_trace.sh of those specs' builds, WRITE
 #      64 KiB and 1 MiB (where a batch's time goes).
 #   [OUT=dir] [TGPU=0] [ROUNDS=3] [SECS=1] [BLOCKS="65536 1048576"] [TESTS=1] [THREADS=1] [PEER=GB/s]
-#   bash bench/gpu_h16d_call.sh LABEL=BUILD[:VAR=value,VAR=value] ...
+#   bash bench/calls/gpu_h16d_call.sh LABEL=BUILD[:VAR=value,VAR=value] ...
 # BUILD is a bundle folder (ferry-bench, lib/, tests/); a spec's variables are
 # set on the initiator only (the side that makes every copy).  The first
 # spec's build is the one tested.
 set -uo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 . "$here/target_lib.sh"
 O=${OUT:-/tmp/h16d-out}
 mkdir -p "$O"

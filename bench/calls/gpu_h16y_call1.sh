@@ -15,14 +15,14 @@
 #       then the kernel's D2D from it (one-block frames, 1 MiB: as before)
 # with 4 (2 for 1,024-block batches) and 1 batch in flight; the defaults'
 # gather beside them once, and a FERRY_TRACE of one 64 KiB batch at a time.
-#   BUILD=build-h16y [OUT=dir] [DRY=1] [SECS=0.3] bash bench/gpu_h16y_call1.sh
+#   BUILD=build-h16y [OUT=dir] [DRY=1] [SECS=0.3] bash bench/calls/gpu_h16y_call1.sh
 # DRY=1 prints the commands instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.3}
 O=${OUT:-/tmp/h16y-out}
 mkdir -p "$O"
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 DRY=${DRY:-0}
 K="FERRY_LOG_LEVEL=1"

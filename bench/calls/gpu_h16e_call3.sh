@@ -12,11 +12,11 @@
 #   5. without MPS: staged 64 KiB x 128 (two rounds) and 1 MiB x 128 (one),
 #      both builds (tests/gpu/run.sh's cells: the same frames in both);
 #   6. without MPS, tests/gpu/run.sh on the branch's bundle.
-#   MAIN=build-h16e/main NEW=build-h16e/merged [OUT=dir] [DRY=1] bash build-h16e/bench/gpu_h16e_call3.sh
+#   MAIN=build-h16e/main NEW=build-h16e/merged [OUT=dir] [DRY=1] bash build-h16e/bench/calls/gpu_h16e_call3.sh
 set -uo pipefail
 M=${MAIN:-build-h16e/main}
 N=${NEW:-build-h16e/merged}
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 O=${OUT:-$(mktemp -d)}
 mkdir -p "$O"
 DRY=${DRY:-0}

@@ -11,14 +11,14 @@
 # threads at 64 KiB and 16 KiB (the engine calls are issued by a tcp
 # receiver thread that brought several frames at once), D R D R.  (3) The GPU
 # tests of the tree (tests/gpu/run.sh) with the defaults.
-#   BUILD=build-gpu [OUT=dir] [DRY=1] [SECS=0.3] [TGPU=0] bash bench/gpu_h16y_call3.sh
+#   BUILD=build-gpu [OUT=dir] [DRY=1] [SECS=0.3] [TGPU=0] bash bench/calls/gpu_h16y_call3.sh
 # (BUILD: the bundle of tests/gpu/bundle.sh.)  DRY=1 prints the commands.
 set -uo pipefail
 B=${BUILD:-build-gpu}
 S=${SECS:-0.3}
 O=${OUT:-/tmp/h16y-out}
 mkdir -p "$O"
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 DRY=${DRY:-0}
 D="FERRY_LOG_LEVEL=1"

@@ -11,7 +11,7 @@
 # (bench/h2d_probe.c) D against K0; the gathers once (the knob is H2D's
 # only); then the staging matrix on cuda:0 and test_device_cuda with the
 # default and with every new H2D knob set.
-#   BUILD=build-h16z [OUT=dir] [DRY=1] [SECS=0.25] bash bench/gpu_h16z_call2.sh
+#   BUILD=build-h16z [OUT=dir] [DRY=1] [SECS=0.25] bash bench/calls/gpu_h16z_call2.sh
 # DRY=1 prints the commands instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-h16z}

@@ -12,12 +12,12 @@
 #  3. item 3: four submitting threads, defaults (D) and the candidate (K);
 #  4. the candidate against the defaults, alternated (D K D K), READ 128 and
 #     1,024, one thread, on two GPUs where the host has them (TGPU=1).
-#   BUILD=build-h16x [DRY=1] bash <bundle>/bench/gpu_h16x_call2.sh
+#   BUILD=build-h16x [DRY=1] bash <bundle>/bench/calls/gpu_h16x_call2.sh
 # DRY=1 prints the steps instead of running them (no GPU needed).
 set -uo pipefail
 B=${BUILD:-build-gpu}
 export BUILD=$B
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)   # bench/ (this script lies in bench/calls/)
 export LD_LIBRARY_PATH="$PWD/$B/lib:${LD_LIBRARY_PATH:-}"
 OUT=${OUT:-/tmp/ferry-h16x}
 mkdir -p "$OUT"
