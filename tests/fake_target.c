@@ -58,7 +58,7 @@ int fake_target_start(struct fake_target *k, const char *host, uint64_t engine_i
     k->data_fd = k->stop_pipe[0] = k->stop_pipe[1] = -1;
     if (pipe2(k->stop_pipe, O_CLOEXEC) != 0)
         goto fail;
-    k->data_fd = net_listen(k->host, 0, &k->data_port);
+    k->data_fd = net_listen(k->host, 0, 10000, &k->data_port);
     if (k->data_fd < 0)
         goto fail;
     struct p2p_server_opts hs = {.io_timeout_ms = 2000, .auth = auth};

@@ -584,6 +584,33 @@ static int count_addresses(const char *name)
 
 #define TWO_NAME "ferry-two.test"
 
+static bool in_private_namespace; /* this process's mounts are its own: binds reach nobody else */
+
+int test_bind_private_file(const char *target, const char *text, char *why, size_t cap)
+{
+    if (!in_private_namespace) { /* never bind over the host's own files */
+        snprintf(why, cap, "no private mount namespace (test_two_address_name made none)");
+        return -1;
+    }
+    char path[] = "/tmp/ferry-etc-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        snprintf(why, cap, "mkstemp: %s", strerror(errno));
+        return -1;
+    }
+    size_t len = strlen(text);
+    bool wrote = write(fd, text, len) == (ssize_t)len;
+    close(fd);
+    int rc = wrote ? mount(path, target, NULL, MS_BIND, NULL) : -1;
+    int err = wrote ? errno : EIO;
+    unlink(path); /* the mount keeps the file */
+    if (rc != 0) {
+        snprintf(why, cap, "binding a file over %s: %s", target, strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
 /* TWO_NAME in /etc/hosts as this process alone sees it; false with why. */
 static bool hosts_entry_in_private_namespace(char *why, size_t cap)
 {
@@ -596,27 +623,18 @@ static bool hosts_entry_in_private_namespace(char *why, size_t cap)
         snprintf(why, cap, "making / private in a new mount namespace: %s", strerror(errno));
         return false;
     }
-    char path[] = "/tmp/ferry-hosts-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        snprintf(why, cap, "mkstemp: %s", strerror(errno));
-        return false;
-    }
-    FILE *out = fdopen(fd, "w"), *in = fopen("/etc/hosts", "r");
-    char line[512];
-    while (in && fgets(line, sizeof line, in))
-        fputs(line, out);
-    if (in)
+    in_private_namespace = true;
+    char text[16384];
+    size_t used = 0;
+    FILE *in = fopen("/etc/hosts", "r");
+    if (in) {
+        used = fread(text, 1, sizeof text - 128, in);
         fclose(in);
-    fprintf(out, "\n%s %s\n127.0.0.1 %s\n", has_ipv6_loopback() ? "::1" : "127.0.0.2", TWO_NAME, TWO_NAME);
-    fclose(out);
-    int rc = mount(path, "/etc/hosts", NULL, MS_BIND, NULL);
-    int err = errno;
-    unlink(path); /* the mount keeps the file */
-    if (rc != 0) {
-        snprintf(why, cap, "binding a hosts file over /etc/hosts: %s", strerror(err));
-        return false;
     }
+    snprintf(text + used, sizeof text - used, "\n%s %s\n127.0.0.1 %s\n", has_ipv6_loopback() ? "::1" : "127.0.0.2",
+             TWO_NAME, TWO_NAME);
+    if (test_bind_private_file("/etc/hosts", text, why, cap) != 0)
+        return false;
     if (count_addresses(TWO_NAME) < 2) {
         snprintf(why, cap, "%s does not resolve to two addresses through the bound /etc/hosts", TWO_NAME);
         return false;

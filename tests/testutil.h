@@ -39,6 +39,12 @@ void test_child_dies_with_parent(pid_t parent);
  * why.  Call from main before any thread starts (unshare needs one). */
 const char *test_two_address_name(char *why, size_t cap);
 
+/* Binds a file holding text over target (an /etc file) as this process
+ * alone sees it: only inside the private mount namespace that
+ * test_two_address_name made (-1 with why[] otherwise, nothing bound).
+ * umount2(target, 0) undoes it.  Returns 0 or -1 with why[]. */
+int test_bind_private_file(const char *target, const char *text, char *why, size_t cap);
+
 /* Prints "SKIPPED: reason" and exits 77 (ctest shows the test as skipped). */
 void test_skip(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,25 +145,137 @@ int net_format_hostport(char *out, size_t max, const char *host, int port)
     return n >= 0 && (size_t)n < max ? 0 : ferry_fail(FERRY_EINVAL, "host name \"%.64s\" is too long", host);
 }
 
+static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
+{
+    if (sa->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+}
+
+/* One name look-up on glibc's resolver threads (getaddrinfo_a).  On the
+ * heap: one that outlives its caller's deadline is still written by
+ * glibc's thread (cb's result and return value; name, service and hints
+ * read), so it is freed only once that thread has ended it. */
+struct lookup {
+    struct gaicb cb;
+    struct addrinfo hints;
+    char serv[8];
+    char name[]; /* cb.ar_name points here */
+};
+
+static void lookup_free(struct lookup *lk)
+{
+    if (lk->cb.ar_result)
+        freeaddrinfo(lk->cb.ar_result);
+    free(lk);
+}
+
+/* The detached thread that waits for an abandoned look-up to end, then
+ * frees it. */
+static void *lookup_reap(void *arg)
+{
+    struct lookup *lk = arg;
+    struct gaicb *list[1] = {&lk->cb};
+    int r;
+    do /* 0: it ended while we waited; EAI_ALLDONE: it had ended; EAI_INTR: again */
+        r = gai_suspend((const struct gaicb *const *)list, 1, NULL);
+    while (r != 0 && r != EAI_ALLDONE);
+    lookup_free(lk);
+    return NULL;
+}
+
+/* getaddrinfo(host, serv) within deadline_ns.  A numeric address (IPv4 or
+ * IPv6 text) is read at once, without the resolver (AI_NUMERICHOST).  A
+ * name goes to getaddrinfo_a (glibc's resolver threads) and is waited for
+ * with gai_suspend until the deadline: getaddrinfo has no timeout of its
+ * own, and a resolver that never answers would hold the caller for glibc's
+ * retries (5 s per server and attempt, from resolv.conf).  A look-up not
+ * done by then is cancelled where it has not started (gai_cancel), else
+ * left to lookup_reap on a detached thread, which frees it when glibc's
+ * thread ends it (should that thread not start: the request is leaked, a
+ * few hundred bytes, never freed while glibc may write it).  Returns 0 with
+ * *res (caller frees with freeaddrinfo), FERRY_ETIMEDOUT naming the host
+ * and "name resolution", or FERRY_ECONN (no such host, its message from
+ * gai_strerror).  what: the caller's words for the detail ("connect
+ * host:port"). */
+static int lookup(const char *host, const char *serv, int flags, uint64_t deadline_ns, const char *what,
+                  struct addrinfo **res)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = flags | AI_NUMERICHOST};
+    *res = NULL;
+    int rc = getaddrinfo(host, serv, &hints, res);
+    if (rc != EAI_NONAME)
+        goto done;
+    uint64_t start = now_ns(), now = start;
+    if (now >= deadline_ns)
+        return ferry_fail(FERRY_ETIMEDOUT, "%s: name resolution: the deadline passed before it began", what);
+    size_t hl = strlen(host);
+    struct lookup *lk = calloc(1, sizeof *lk + hl + 1);
+    if (!lk)
+        return ferry_fail(FERRY_ENOMEM, "%s: name resolution", what);
+    memcpy(lk->name, host, hl + 1);
+    snprintf(lk->serv, sizeof lk->serv, "%s", serv ? serv : "");
+    lk->hints = (struct addrinfo){.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = flags};
+    lk->cb = (struct gaicb){.ar_name = lk->name, .ar_service = serv ? lk->serv : NULL, .ar_request = &lk->hints};
+    struct gaicb *list[1] = {&lk->cb};
+    /* EAI_SYSTEM: not queued (no worker thread could start), lk is ours;
+     * EAI_AGAIN: queued all the same (only its notice could not be
+     * allocated, and we ask for none), so it is waited for as any other */
+    rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+    if (rc == EAI_SYSTEM) {
+        int err = errno;
+        free(lk);
+        return ferry_fail(FERRY_ECONN, "%s: name resolution could not start: %s", what, strerror(err));
+    }
+    int r = EAI_AGAIN;
+    while (r != 0 && r != EAI_ALLDONE && (now = now_ns()) < deadline_ns) {
+        uint64_t left = deadline_ns - now;
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+        r = gai_suspend((const struct gaicb *const *)list, 1, &ts); /* EAI_AGAIN: timed out; EAI_INTR: a signal */
+    }
+    if (r != 0 && r != EAI_ALLDONE) {
+        r = gai_cancel(&lk->cb);
+        if (r == EAI_NOTCANCELED) { /* under way in glibc's thread: freed when it ends */
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            if (pthread_create(&t, &attr, lookup_reap, lk) != 0)
+                LOG_WARN("%s: name resolution outlived its deadline and no thread could wait for it: its "
+                         "request (%zu bytes) is left unfreed", what, sizeof *lk + hl + 1);
+            pthread_attr_destroy(&attr);
+        } else { /* EAI_CANCELED: never started; EAI_ALLDONE: ended just now */
+            lookup_free(lk);
+        }
+        return ferry_fail(FERRY_ETIMEDOUT, "%s: name resolution gave no answer within the deadline (%llu ms)", what,
+                          (unsigned long long)((deadline_ns - start) / 1000000u));
+    }
+    rc = gai_error(&lk->cb);
+    *res = lk->cb.ar_result;
+    lk->cb.ar_result = NULL;
+    free(lk);
+done:
+    if (rc == 0 && *res)
+        return 0;
+    if (*res)
+        freeaddrinfo(*res);
+    *res = NULL;
+    return ferry_fail(FERRY_ECONN, "%s: cannot resolve the host: %s", what,
+                      rc == EAI_SYSTEM ? strerror(errno) : rc ? gai_strerror(rc) : "no address");
+}
+
 /* The address of host (IPv4 or IPv6 text, or a name: its first IPv4
- * address, else its first IPv6 one) and port. */
-static int resolve(const char *host, int port, struct sockaddr_storage *sa, socklen_t *salen)
+ * address, else its first IPv6 one) and port, looked up before deadline_ns. */
+static int resolve(const char *host, int port, uint64_t deadline_ns, struct sockaddr_storage *sa, socklen_t *salen)
 {
     memset(sa, 0, sizeof *sa);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        *salen = sizeof *v4;
-        return 0;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0 || !res) {
-        char shown[160];
-        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", log_sanitize(host, strlen(host), shown,
-                          sizeof shown), gai_strerror(rc));
-    }
+    char shown[160], what[200];
+    snprintf(what, sizeof what, "listen on \"%s\"", log_sanitize(host, strlen(host), shown, sizeof shown));
+    struct addrinfo *res = NULL;
+    int rc = lookup(host, NULL, 0, deadline_ns, what, &res);
+    if (rc)
+        return rc;
     const struct addrinfo *pick = NULL;
     for (const struct addrinfo *r = res; r && !pick; r = r->ai_next)
         if (r->ai_family == AF_INET)
@@ -172,14 +285,11 @@ static int resolve(const char *host, int port, struct sockaddr_storage *sa, sock
             pick = r;
     if (!pick) {
         freeaddrinfo(res);
-        return ferry_fail(FERRY_ECONN, "host \"%s\" has no IPv4 or IPv6 address", host);
+        return ferry_fail(FERRY_ECONN, "%s: the host has no IPv4 or IPv6 address", what);
     }
     memcpy(sa, pick->ai_addr, pick->ai_addrlen);
     *salen = pick->ai_addrlen;
-    if (pick->ai_family == AF_INET)
-        v4->sin_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+    sockaddr_set_port(sa, port);
     freeaddrinfo(res);
     return 0;
 }
@@ -201,19 +311,11 @@ static int sockaddr_port(const struct sockaddr_storage *sa)
                                      : ntohs(((const struct sockaddr_in *)sa)->sin_port);
 }
 
-static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
-{
-    if (sa->ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
-}
-
-int net_listen(const char *host, int port, int *bound)
+int net_listen(const char *host, int port, unsigned resolve_ms, int *bound)
 {
     struct sockaddr_storage sa;
     socklen_t salen = 0;
-    int rc = resolve(host, port, &sa, &salen);
+    int rc = resolve(host, port, net_deadline(resolve_ms), &sa, &salen);
     if (rc)
         return rc;
     int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -318,15 +420,12 @@ int net_connect_deadline(const char *host, int port, uint64_t deadline_ns)
         return ferry_fail(FERRY_EINVAL, "connect %s:%d: bad port", shown, port);
     char serv[8];
     snprintf(serv, sizeof serv, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    char what[200];
+    snprintf(what, sizeof what, "connect %s:%d", shown, port);
     struct addrinfo *res = NULL;
-    int rc = getaddrinfo(host, serv, &hints, &res);
-    if (rc != 0 || !res) {
-        if (res)
-            freeaddrinfo(res);
-        return ferry_fail(FERRY_ECONN, "cannot resolve host \"%s\": %s", shown,
-                          rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-    }
+    int rc = lookup(host, serv, AI_NUMERICSERV, deadline_ns, what, &res);
+    if (rc)
+        return rc;
     int count = 0;
     for (const struct addrinfo *r = res; r; r = r->ai_next)
         count++;

@@ -40,9 +40,11 @@ bool net_host_text_ok(const char *h, size_t max);
 int net_format_hostport(char *out, size_t max, const char *host, int port);
 
 /* Listens on host:port (TCP, SO_REUSEADDR).  If port is 0 or already taken, a
- * free port is chosen.  Stores the bound port in *bound.  Returns the fd or a
+ * free port is chosen.  A host name's look-up must end within resolve_ms
+ * (FERRY_ETIMEDOUT naming the host and "name resolution"; an address given
+ * as text needs none).  Stores the bound port in *bound.  Returns the fd or a
  * negative FERRY_E* code. */
-int net_listen(const char *host, int port, int *bound);
+int net_listen(const char *host, int port, unsigned resolve_ms, int *bound);
 
 /* Connects to host:port before deadline_ns (monotonic, see now_ns): tries
  * every address getaddrinfo gives for host, the IPv4 ones first (the one
@@ -54,8 +56,11 @@ int net_listen(const char *host, int port, int *bound);
  * at once, before any look-up or connect.  Returns the fd (blocking mode,
  * TCP_NODELAY set, close-on-exec) or FERRY_ETIMEDOUT (the deadline passed)
  * / FERRY_ECONN (no such host, or every address refused), the detail naming
- * every address tried and why it failed.  The look-up itself is not bounded
- * by the deadline (getaddrinfo has no timeout). */
+ * every address tried and why it failed.  The look-up shares the deadline:
+ * an address given as text needs none; a name's look-up runs on glibc's
+ * resolver threads (getaddrinfo_a) and one with no answer by the deadline
+ * fails FERRY_ETIMEDOUT naming the host and "name resolution" (the
+ * abandoned look-up is freed when glibc ends it). */
 int net_connect_deadline(const char *host, int port, uint64_t deadline_ns);
 /* net_connect_deadline(host, port, net_deadline(timeout_ms)). */
 int net_connect(const char *host, int port, unsigned timeout_ms);

@@ -162,7 +162,7 @@ int p2p_server_start(const char *host, int port, const struct p2p_server_opts *o
     s->auth = o->auth;
     s->describe = fn;
     s->ctx = ctx;
-    s->fd = net_listen(host, port, bound);
+    s->fd = net_listen(host, port, o->io_timeout_ms, bound);
     if (s->fd < 0) {
         int rc = s->fd;
         free(s);

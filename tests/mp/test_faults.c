@@ -145,7 +145,7 @@ static void test_unknown_segment(void **state)
     struct xfer_pair *f = *state;
     ferry_segment_t s;
     int port;
-    int fd = net_listen("127.0.0.1", 0, &port); /* a port nobody answers on once closed */
+    int fd = net_listen("127.0.0.1", 0, 10000, &port); /* a port nobody answers on once closed */
     close(fd);
     char name[64];
     snprintf(name, sizeof name, "127.0.0.1:%d", port);
@@ -261,8 +261,8 @@ static void *fake_main(void *arg)
 static void fake_start(struct fake *k, int format, const char *fingerprint, char magic_version)
 {
     memset(k, 0, sizeof *k);
-    k->hs_fd = net_listen("127.0.0.1", 0, &k->hs_port);
-    k->data_fd = net_listen("127.0.0.1", 0, &k->data_port);
+    k->hs_fd = net_listen("127.0.0.1", 0, 10000, &k->hs_port);
+    k->data_fd = net_listen("127.0.0.1", 0, 10000, &k->data_port);
     k->magic_version = magic_version;
     snprintf(k->descriptor, sizeof k->descriptor,
              "{\"format\":%d,\"fingerprint\":\"%s\",\"name\":\"127.0.0.1:%d\",\"engine_id\":\"0x1\","

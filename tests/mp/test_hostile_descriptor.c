@@ -89,7 +89,7 @@ static void peer_start(struct peer *p)
 {
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
-    p->lfd = net_listen("127.0.0.1", 0, &p->port);
+    p->lfd = net_listen("127.0.0.1", 0, 10000, &p->port);
     assert_true(p->lfd >= 0);
     assert_int_equal(pthread_create(&p->thread, NULL, peer_main, p), 0);
 }

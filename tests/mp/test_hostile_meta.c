@@ -96,7 +96,7 @@ static void fake_start(struct fake *f, serve_fn serve)
 {
     memset(f, 0, sizeof *f);
     f->serve = serve;
-    f->lfd = net_listen(fake_host, 0, &f->port);
+    f->lfd = net_listen(fake_host, 0, 10000, &f->port);
     assert_true(f->lfd >= 0);
     assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
 }
@@ -711,7 +711,7 @@ static int fake_host_reset(void **state)
 static void test_etcd_over_ipv6(void **state)
 {
     (void)state;
-    int port = 0, fd = net_listen("::1", 0, &port);
+    int port = 0, fd = net_listen("::1", 0, 10000, &port);
     if (fd < 0) {
         print_message("SKIPPED: this host has no IPv6 loopback (::1)\n");
         skip();

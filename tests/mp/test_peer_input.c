@@ -170,8 +170,8 @@ static void *fake_main(void *arg)
 static int write_to_fake(int32_t hello_status, int32_t ack_status, char *msg, size_t cap, int *data_port)
 {
     struct fake_target k = {.hello_status = hello_status, .ack_status = ack_status};
-    k.hs_fd = net_listen("127.0.0.1", 0, &k.hs_port);
-    k.data_fd = net_listen("127.0.0.1", 0, &k.data_port);
+    k.hs_fd = net_listen("127.0.0.1", 0, 10000, &k.hs_port);
+    k.data_fd = net_listen("127.0.0.1", 0, 10000, &k.data_port);
     assert_int_equal(pthread_create(&k.thread, NULL, fake_main, &k), 0);
     setenv("FERRY_TCP_CONNECTIONS", "1", 1); /* the fake serves one data connection */
     /* a bound that keeps a loaded machine's slow fake thread from turning the

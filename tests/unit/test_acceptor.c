@@ -80,7 +80,7 @@ static int connect_from(const char *from, int port, struct acceptor *a, uint64_t
 static struct acceptor *start_with(int *port, struct acceptor_limits lim, int *listen_fd)
 {
     struct acceptor *a;
-    *listen_fd = net_listen("127.0.0.1", 0, port);
+    *listen_fd = net_listen("127.0.0.1", 0, 10000, port);
     assert_true(*listen_fd >= 0);
     assert_int_equal(acceptor_start(*listen_fd, "test", &lim, hold, NULL, &a), 0);
     return a;
@@ -219,7 +219,7 @@ static int per_64_child(void)
                "ip -6 addr add 2001:db8:5:6::2/128 dev lo nodad && "
                "ip -6 addr add 2001:db8:5:6::3/128 dev lo nodad") != 0)
         return 77;
-    int port, lfd = net_listen("::", 0, &port);
+    int port, lfd = net_listen("::", 0, 10000, &port);
     struct acceptor_limits lim = {16, 2, 0};
     struct acceptor *a;
     if (lfd < 0 || acceptor_start(lfd, "test", &lim, hold, NULL, &a) != 0)

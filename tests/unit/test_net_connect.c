@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -315,7 +316,7 @@ static void nearly_spent_deadline_times_out(void **state)
 static void past_deadline_fails_without_connecting(void **state)
 {
     (void)state;
-    int port, l = net_listen("127.0.0.1", 0, &port);
+    int port, l = net_listen("127.0.0.1", 0, 10000, &port);
     assert_true(l >= 0);
     uint64_t now = now_ns();
     assert_int_equal(net_connect_deadline("127.0.0.1", port, now), FERRY_ETIMEDOUT);
@@ -354,7 +355,7 @@ static void ipv4_first_as_net_listen_binds(void **state)
         printf("SKIPPED: %s has not both an IPv4 and an IPv6 address (no IPv6 loopback?)\n", two_name);
         skip();
     }
-    int bound, l = net_listen(two_name, 0, &bound);
+    int bound, l = net_listen(two_name, 0, 10000, &bound);
     assert_true(l >= 0);
     struct sockaddr_storage own;
     socklen_t ol = sizeof own;
@@ -364,7 +365,7 @@ static void ipv4_first_as_net_listen_binds(void **state)
     for (int tries = 0; tries < 20 && other < 0; tries++) {
         if (tries) {
             close(l);
-            l = net_listen(two_name, 0, &bound);
+            l = net_listen(two_name, 0, 10000, &bound);
             assert_true(l >= 0);
         }
         other = listen_at(a.sa[v6], a.len[v6], bound, 16, &bound); /* the same port on ::1 */
@@ -395,6 +396,71 @@ static void bad_names_and_ports(void **state)
     assert_int_equal(net_connect("127.0.0.1", -1, 1000), FERRY_EINVAL);
 }
 
+/* A resolver that never answers (a UDP socket on 127.0.0.x:53 that takes
+ * the queries and sends nothing; resolv.conf names only it, nsswitch asks
+ * only dns, the name is in no hosts file): the connect with a 1 s deadline
+ * returns FERRY_ETIMEDOUT naming the host and "name resolution", and
+ * net_listen with 500 ms the same (before: getaddrinfo waited out glibc's
+ * own retries, 5 s x 2 attempts here, then FERRY_ECONN).  The 4 s bound
+ * below is a hang bound, far under glibc's 10 s, not a speed check. */
+static void silent_resolver_is_bounded_by_the_deadline(void **state)
+{
+    (void)state;
+    int dns = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(dns >= 0);
+    char server[32] = "";
+    for (int x = 1; x < 250 && !*server; x++) { /* 127.53.0.x: clear of a local resolver on 127.0.0.53 */
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
+        snprintf(server, sizeof server, "127.53.0.%d", x);
+        inet_pton(AF_INET, server, &a.sin_addr);
+        if (bind(dns, (struct sockaddr *)&a, sizeof a) != 0)
+            *server = '\0';
+    }
+    if (!*server) {
+        close(dns);
+        printf("SKIPPED: no UDP port 53 on 127.53.0.x to bind (%s; needs root)\n", strerror(errno));
+        skip();
+    }
+    char conf[128], why[256];
+    snprintf(conf, sizeof conf, "nameserver %s\noptions timeout:5 attempts:2\n", server);
+    if (test_bind_private_file("/etc/resolv.conf", conf, why, sizeof why) != 0) {
+        close(dns);
+        printf("SKIPPED: %s\n", why);
+        skip();
+    }
+    if (test_bind_private_file("/etc/nsswitch.conf", "hosts: dns\n", why, sizeof why) != 0) {
+        umount2("/etc/resolv.conf", 0);
+        close(dns);
+        printf("SKIPPED: %s\n", why);
+        skip();
+    }
+    const char *name = "ferry-silent.test";
+    uint64_t t0 = now_ns();
+    int fd = net_connect(name, 80, 1000);
+    uint64_t took_ms = (now_ns() - t0) / 1000000u;
+    char err[512];
+    snprintf(err, sizeof err, "%s", ferry_last_error());
+    int port, l = net_listen(name, 0, 500, &port);
+    char lerr[512];
+    snprintf(lerr, sizeof lerr, "%s", ferry_last_error());
+    char query[512];
+    ssize_t queries = recv(dns, query, sizeof query, MSG_DONTWAIT); /* the resolver was asked */
+    umount2("/etc/nsswitch.conf", 0);
+    umount2("/etc/resolv.conf", 0);
+    close(dns);
+    if (fd != FERRY_ETIMEDOUT)
+        fail_msg("connect %s through a silent resolver: %s (%d) after %llu ms, want FERRY_ETIMEDOUT: %s", name,
+                 fd >= 0 ? "connected" : ferry_err_name(fd), fd, (unsigned long long)took_ms, err);
+    if (!strstr(err, name) || !strstr(err, "name resolution"))
+        fail_msg("the detail names neither the host nor the name resolution: %s", err);
+    assert_true(took_ms < 4000); /* a hang bound (glibc alone takes 10 s here), not a speed check */
+    assert_true(queries > 0);
+    if (l != FERRY_ETIMEDOUT)
+        fail_msg("net_listen %s through a silent resolver: %d, want FERRY_ETIMEDOUT: %s", name, l, lerr);
+    if (!strstr(lerr, name) || !strstr(lerr, "name resolution"))
+        fail_msg("net_listen's detail names neither the host nor the name resolution: %s", lerr);
+}
+
 int main(void)
 {
     two_name = test_two_address_name(two_why, sizeof two_why); /* before any thread */
@@ -407,6 +473,7 @@ int main(void)
         cmocka_unit_test(past_deadline_fails_without_connecting),
         cmocka_unit_test(ipv4_first_as_net_listen_binds),
         cmocka_unit_test(bad_names_and_ports),
+        cmocka_unit_test(silent_resolver_is_bounded_by_the_deadline), /* last: it binds over resolv.conf */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

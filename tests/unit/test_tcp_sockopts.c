@@ -105,7 +105,7 @@ static void *writer_main(void *arg)
 static void tcp_pair(int *a, int *b)
 {
     int port = 0;
-    int l = net_listen("127.0.0.1", 0, &port);
+    int l = net_listen("127.0.0.1", 0, 10000, &port);
     assert_true(l >= 0);
     *a = net_connect("127.0.0.1", port, 10000);
     assert_true(*a >= 0);

@@ -193,7 +193,7 @@ static void serve_connection(void *ctx, struct acceptor_conn *c)
 
 int rdma_server_start(struct rdma_transport *t)
 {
-    t->listen_fd = net_listen(t->host.listen_host, 0, &t->port);
+    t->listen_fd = net_listen(t->host.listen_host, 0, t->host.cfg->connect_timeout_ms, &t->port);
     if (t->listen_fd < 0)
         return t->listen_fd;
     int rc = acceptor_start(t->listen_fd, "rdma side channel", &t->host.limits, serve_connection, t, &t->acceptor);

@@ -568,7 +568,7 @@ static int tcp_create(const struct transport_host *host, void **out)
         return mrc;
     }
     t->host = *host;
-    t->listen_fd = net_listen(host->listen_host, 0, &t->port);
+    t->listen_fd = net_listen(host->listen_host, 0, host->cfg->connect_timeout_ms, &t->port);
     if (t->listen_fd < 0) {
         int rc = t->listen_fd;
         free(t);
