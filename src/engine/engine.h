@@ -149,6 +149,12 @@ struct segment *engine_segment(ferry_engine *e, uint64_t handle);
  * seg_lock; if the segment was closed meanwhile, ends f FERRY_ENOSEG with
  * the message gone (segment.c). */
 void engine_submit_frame(ferry_engine *e, struct xfer_frame *f, const char *gone);
+/* Fails rc for segment name's stored descriptor (malformed, hostile, too
+ * big, another segment's): the detail says "segment NAME in WHERE: ..."
+ * with the store's URL and key (meta_ops.where) before the last error
+ * (its own leading "segment NAME: " dropped); a backend that stores
+ * nothing: "segment NAME: ...".  Returns rc (segment.c). */
+int engine_entry_fail(const ferry_engine *e, const char *name, int rc);
 /* Closes the segment on every transport and frees it (segment.c). */
 void engine_segment_free(ferry_engine *e, struct segment *s);
 

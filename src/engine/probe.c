@@ -46,12 +46,12 @@ int ferry_probe_segment(ferry_engine *e, const char *name)
     size_t len = 0;
     int rc = e->meta->lookup(e->meta_state, name, &json, &len);
     if (rc)
-        return rc;
+        return rc == FERRY_EPROTO ? engine_entry_fail(e, name, rc) : rc;
     struct ferry_descriptor d;
     rc = descriptor_decode(json, len, &d);
     free(json);
     if (rc)
-        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+        rc = engine_entry_fail(e, name, rc);
     else
         mark_if_restarted(e, name, d.engine_id);
     descriptor_free(&d);

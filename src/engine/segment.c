@@ -82,6 +82,20 @@ struct segment *engine_segment(ferry_engine *e, uint64_t handle)
     return NULL;
 }
 
+int engine_entry_fail(const ferry_engine *e, const char *name, int rc)
+{
+    char where[400] = "", head[160];
+    if (e->meta->where)
+        e->meta->where(e->meta_state, name, where, sizeof where);
+    const char *detail = ferry_last_error();
+    snprintf(head, sizeof head, "segment %s: ", name);
+    if (strncmp(detail, head, strlen(head)) == 0) /* said by the backend: once is enough */
+        detail += strlen(head);
+    if (!*where)
+        return ferry_fail(rc, "segment %s: %s", name, detail);
+    return ferry_fail(rc, "segment %s in %s: %s", name, where, detail);
+}
+
 /* Fetches and decodes a descriptor, and opens a transport peer for each
  * transport both sides speak. */
 static int fetch_segment(ferry_engine *e, const char *name, struct segment **out)
@@ -95,7 +109,7 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
         return ferry_fail(FERRY_ENOSEG, "segment name: %s", ferry_last_error());
     int rc = e->meta->lookup(e->meta_state, name, &json, &len);
     if (rc)
-        return rc;
+        return rc == FERRY_EPROTO ? engine_entry_fail(e, name, rc) : rc; /* an entry that is no descriptor */
     struct segment *s = calloc(1, sizeof *s);
     if (!s) {
         free(json);
@@ -107,13 +121,14 @@ static int fetch_segment(ferry_engine *e, const char *name, struct segment **out
         s->published = published_order(json, len, &s->desc);
     free(json);
     if (rc) {
-        rc = ferry_fail(rc, "segment %s: %s", name, ferry_last_error());
+        rc = engine_entry_fail(e, name, rc);
         engine_segment_free(e, s);
         return rc;
     }
     if (!(e->meta->caps & META_NAMED_BY_LISTENER) && strcmp(s->desc.name, name) != 0) {
         /* a store entry under one name that describes another engine */
-        rc = ferry_fail(FERRY_EPROTO, "segment %s: the stored descriptor names segment %s", name, s->desc.name);
+        ferry_fail(FERRY_EPROTO, "the stored descriptor names segment %s", s->desc.name);
+        rc = engine_entry_fail(e, name, FERRY_EPROTO);
         engine_segment_free(e, s);
         return rc;
     }

@@ -464,6 +464,12 @@ static int etcd_lookup(void *mp, const char *name, char **json, size_t *len)
     return rc;
 }
 
+static void etcd_where(void *mp, const char *name, char *out, size_t cap)
+{
+    const struct etcd_meta *m = mp;
+    snprintf(out, cap, "%s key \"%s%s\"", m->url, m->prefix, name);
+}
+
 const struct meta_ops ferry_meta_etcd = {
     .scheme = ETCD_SCHEME,
     .create = etcd_create,
@@ -471,6 +477,7 @@ const struct meta_ops ferry_meta_etcd = {
     .publish = etcd_publish,
     .unpublish = etcd_unpublish,
     .lookup = etcd_lookup,
+    .where = etcd_where,
 };
 
 #else

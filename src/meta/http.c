@@ -215,6 +215,12 @@ static int http_lookup(void *mp, const char *name, char **json, size_t *len)
     return rc;
 }
 
+static void http_where(void *mp, const char *name, char *out, size_t cap)
+{
+    const struct http_meta *m = mp;
+    snprintf(out, cap, "%s key \"%s%s\"", m->url, m->prefix, name);
+}
+
 const struct meta_ops ferry_meta_http = {
     .scheme = HTTP_SCHEME,
     .create = http_create,
@@ -222,6 +228,7 @@ const struct meta_ops ferry_meta_http = {
     .publish = http_publish,
     .unpublish = http_unpublish,
     .lookup = http_lookup,
+    .where = http_where,
 };
 
 #endif /* FERRY_HAVE_ETCD */

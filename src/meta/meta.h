@@ -43,6 +43,10 @@ struct meta_ops {
      * or unreachable (detail says which); FERRY_EPROTO if the stored entry is
      * not a descriptor string (a Redis key of another type, bad base64). */
     int (*lookup)(void *m, const char *name, char **json, size_t *len);
+    /* Optional (NULL: nothing is stored, as P2PHANDSHAKE).  Writes where the
+     * store keeps name's descriptor, for details: the store's URL as
+     * configured and the key ("etcd://127.0.0.1:2379 key \"ferry/seg:1\""). */
+    void (*where)(void *m, const char *name, char *out, size_t cap);
     /* Optional (NULL: the backend does not talk to peers itself).  Lends the
      * engine's authentication key (struct auth_key, outlives m) for lookups. */
     void (*set_auth)(void *m, const void *auth);

@@ -436,6 +436,12 @@ static int redis_lookup(void *mp, const char *name, char **json, size_t *len)
     return rc;
 }
 
+static void redis_where(void *mp, const char *name, char *out, size_t cap)
+{
+    const struct redis_meta *m = mp;
+    snprintf(out, cap, "%s key \"%s%s\"", m->url, m->prefix, name);
+}
+
 const struct meta_ops ferry_meta_redis = {
     .scheme = REDIS_SCHEME,
     .create = redis_create,
@@ -443,6 +449,7 @@ const struct meta_ops ferry_meta_redis = {
     .publish = redis_publish,
     .unpublish = redis_unpublish,
     .lookup = redis_lookup,
+    .where = redis_where,
 };
 
 #else

@@ -489,13 +489,22 @@ static void test_corrupt_descriptor(void **state)
         {"corrupt-1:1", "{this is not json"},
         {"corrupt-2:1", "{\"format\":1,\"fingerprint\":\"ferry-desc-1/wire-2\"}"},
         {"corrupt-3:1", "[1,2,3]"},
+        {"corrupt-4:1", "{\"format\":1,\"format\":1}"}, /* hostile: a key twice */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         put_by_hand(bad[i][0], bad[i][1]);
-        int rc = ferry_open_segment(p.e, bad[i][0], &seg);
-        if (rc != FERRY_EPROTO)
-            fail_msg("%s: got %s (%s), want FERRY_EPROTO", bad[i][1], ferry_err_name(rc), ferry_last_error());
-        print_message("  %s -> %s\n", bad[i][1], ferry_last_error());
+        for (int probe = 0; probe < 2; probe++) {
+            int rc = probe ? ferry_probe_segment(p.e, bad[i][0]) : ferry_open_segment(p.e, bad[i][0], &seg);
+            if (rc != FERRY_EPROTO)
+                fail_msg("%s: got %s (%s), want FERRY_EPROTO", bad[i][1], ferry_err_name(rc), ferry_last_error());
+            /* the store as configured, the key and the segment (before: the segment only) */
+            char key[160];
+            snprintf(key, sizeof key, "key \"%s%s\"", PREFIX, bad[i][0]);
+            const char *why = ferry_last_error();
+            if (!strstr(why, fx.url) || !strstr(why, key) || !strstr(why, bad[i][0]))
+                fail_msg("%s: the detail does not name %s, %s and the segment: %s", bad[i][1], fx.url, key, why);
+            print_message("  %s -> %s\n", bad[i][1], why);
+        }
     }
     peer_destroy(&p);
 }
