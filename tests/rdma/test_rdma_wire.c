@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "net.h"
 #include "transport/rdma/rdma_wire.h"
 
 static int decode_header(uint16_t type, int32_t status, uint32_t len, struct rdma_msg_header *out)
@@ -243,6 +244,40 @@ static void test_dripped_message_times_out(void **state)
     print_message("  gave up after %zu of 200 dripped bytes\n", d.sent);
     assert_true(d.sent < 200);
     close(sv[0]);
+}
+
+/* The initiator's HELLO shares the deadline of the connect and the
+ * authentication before it: a target that takes the HELLO and never
+ * answers, on a socket whose own timeouts are 10 s (path_connect sets
+ * FERRY_CONNECT_TIMEOUT_MS there), ends FERRY_ETIMEDOUT at the deadline
+ * given, 300 ms away (before: a fresh receive timeout after the connect's
+ * deadline, so connect + authentication + HELLO took up to twice
+ * FERRY_CONNECT_TIMEOUT_MS, the send a third).  The 5 s bound is a hang
+ * bound, not a speed check. */
+static void test_hello_shares_the_connect_deadline(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    struct timeval tv = {10, 0};
+    assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    uint8_t info[RDMA_QP_INFO_SIZE] = {0}, buf[RDMA_QP_INFO_SIZE + RDMA_MAX_TEXT + 1];
+    struct rdma_msg_header h;
+    uint64_t t0 = now_ns();
+    int rc = rdma_hello_exchange(sv[1], info, "me:1", 4, t0 + 300 * 1000000ull, &h, buf, sizeof buf);
+    uint64_t took_ms = (now_ns() - t0) / 1000000u;
+    print_message("  a silent target: %s after %llu ms\n", ferry_err_name(rc), (unsigned long long)took_ms);
+    assert_int_equal(rc, FERRY_ETIMEDOUT);
+    assert_true(took_ms < 5000);
+    uint8_t raw[RDMA_MSG_HEADER_SIZE]; /* the HELLO did go out */
+    assert_int_equal(recv(sv[0], raw, sizeof raw, MSG_DONTWAIT), (ssize_t)sizeof raw);
+    assert_int_equal(rdma_msg_decode_header(raw, &h), 0);
+    assert_int_equal(h.type, RDMA_MSG_HELLO);
+    /* a deadline already past: no wait at all, the same code */
+    assert_int_equal(rdma_hello_exchange(sv[1], info, "me:1", 4, now_ns(), &h, buf, sizeof buf), FERRY_ETIMEDOUT);
+    close(sv[0]);
+    close(sv[1]);
 }
 
 /* ------------------------------------------------------------ endpoint */
@@ -484,6 +519,7 @@ int main(void)
         cmocka_unit_test(test_qp_info),
         cmocka_unit_test(test_messages_over_a_socket),
         cmocka_unit_test(test_dripped_message_times_out),
+        cmocka_unit_test(test_hello_shares_the_connect_deadline),
         cmocka_unit_test(test_endpoint_round_trip),
         cmocka_unit_test(test_endpoint_rejections),
         cmocka_unit_test(test_bounce_info),

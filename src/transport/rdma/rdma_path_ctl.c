@@ -53,7 +53,7 @@ static int path_connect(struct rdma_path *path)
     path->qp = qp;
     pthread_mutex_unlock(&path->lock);
 
-    uint64_t deadline = net_deadline(timeout); /* the connect and the authentication within one */
+    uint64_t deadline = net_deadline(timeout); /* the connect, the authentication and HELLO within one */
     int fd = net_connect_deadline(p->ep.host, p->ep.port, deadline);
     if (fd < 0) {
         char why[200];
@@ -88,10 +88,8 @@ static int path_connect(struct rdma_path *path)
     rdma_qp_info_encode(&mine, info);
     const char *name = t->host.segment_name;
     size_t nl = strlen(name) < RDMA_MAX_NAME ? strlen(name) : RDMA_MAX_NAME;
-    struct rdma_msg_header h = {.type = RDMA_MSG_HELLO};
-    int rc = rdma_msg_send(fd, &h, info, sizeof info, name, nl);
-    if (!rc)
-        rc = rdma_msg_recv(fd, &h, buf, sizeof buf - 1);
+    struct rdma_msg_header h;
+    int rc = rdma_hello_exchange(fd, info, name, nl, deadline, &h, buf, sizeof buf - 1);
     if (rc) {
         char why[200];
         snprintf(why, sizeof why, "%s", ferry_last_error());

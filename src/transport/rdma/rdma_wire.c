@@ -189,7 +189,10 @@ char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, siz
     return log_sanitize(len > 8 ? (const char *)payload + 8 : "", len > 8 ? len - 8 : 0, out, cap);
 }
 
-int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen)
+/* A message (header and up to two parts) by deadline_ns; UINT64_MAX: by
+ * the socket's send timeout, each write. */
+static int send_by(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen,
+                   uint64_t deadline_ns)
 {
     uint8_t raw[RDMA_MSG_HEADER_SIZE];
     h->len = (uint32_t)(alen + blen);
@@ -200,7 +203,12 @@ int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen,
         iov[n++] = (struct iovec){(void *)a, alen};
     if (blen)
         iov[n++] = (struct iovec){(void *)b, blen};
-    return net_writev_full(fd, iov, n);
+    return deadline_ns == UINT64_MAX ? net_writev_full(fd, iov, n) : net_writev_full_deadline(fd, iov, n, deadline_ns);
+}
+
+int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen)
+{
+    return send_by(fd, h, a, alen, b, blen, UINT64_MAX);
 }
 
 /* The socket's receive timeout as one deadline for a whole message (a peer
@@ -215,10 +223,10 @@ static uint64_t message_deadline(int fd)
     return now_ns() + (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
 }
 
-int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap)
+/* One message by deadline (UINT64_MAX: none). */
+static int recv_by(int fd, struct rdma_msg_header *h, void *buf, size_t cap, uint64_t deadline)
 {
     uint8_t raw[RDMA_MSG_HEADER_SIZE];
-    uint64_t deadline = message_deadline(fd);
     int rc = deadline == UINT64_MAX ? net_read_full(fd, raw, sizeof raw)
                                     : net_read_full_deadline(fd, raw, sizeof raw, deadline);
     if (!rc)
@@ -230,6 +238,21 @@ int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap)
         rc = deadline == UINT64_MAX ? net_read_full(fd, buf, h->len)
                                     : net_read_full_deadline(fd, buf, h->len, deadline);
     return rc;
+}
+
+int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap)
+{
+    return recv_by(fd, h, buf, cap, message_deadline(fd));
+}
+
+int rdma_hello_exchange(int fd, const uint8_t info[RDMA_QP_INFO_SIZE], const char *name, size_t name_len,
+                        uint64_t deadline_ns, struct rdma_msg_header *h, void *buf, size_t cap)
+{
+    if (now_ns() >= deadline_ns) /* the connect and authentication spent it */
+        return ferry_fail(FERRY_ETIMEDOUT, "HELLO: the deadline passed before it was sent");
+    *h = (struct rdma_msg_header){.type = RDMA_MSG_HELLO};
+    int rc = send_by(fd, h, info, RDMA_QP_INFO_SIZE, name, name_len, deadline_ns);
+    return rc ? rc : recv_by(fd, h, buf, cap, deadline_ns);
 }
 
 /* ------------------------------------------------------------ endpoint JSON */

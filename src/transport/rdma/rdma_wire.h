@@ -143,6 +143,15 @@ int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen,
  * (SO_RCVTIMEO), however the peer slices it: FERRY_ETIMEDOUT otherwise. */
 int rdma_msg_recv(int fd, struct rdma_msg_header *h, void *buf, size_t cap);
 
+/* The initiator's HELLO on a side channel: sends HELLO (info, then the
+ * initiator's segment name, name_len bytes) and receives the answer into
+ * *h and buf (cap bytes), all by deadline_ns, the one the connect and the
+ * authentication had (as tcp's connect, authentication and HELLO share
+ * theirs).  Returns 0 (the answer's type and status are the caller's to
+ * judge), FERRY_ETIMEDOUT, FERRY_ECONN or FERRY_EPROTO. */
+int rdma_hello_exchange(int fd, const uint8_t info[RDMA_QP_INFO_SIZE], const char *name, size_t name_len,
+                        uint64_t deadline_ns, struct rdma_msg_header *h, void *buf, size_t cap);
+
 /* ------------------------------------------------------------ endpoint */
 
 struct rdma_remote_nic {
