@@ -304,12 +304,10 @@ class TransferEngine(_ferry.Engine):
         try:
             batch_ids = operator.index(batch_ids)
         except TypeError:
-            try:
-                batch_ids = list(batch_ids)     # once: an iterator is read here, not twice
-            except TypeError:
-                pass
-            else:
+            # a str or bytes iterates but holds no ids: left whole for the C method's TypeError
+            if not isinstance(batch_ids, (str, bytes, bytearray)):
                 try:
+                    batch_ids = list(batch_ids)     # once: an iterator is read here, not twice
                     batch_ids = [operator.index(i) for i in batch_ids]
                 except TypeError:
                     pass

@@ -162,9 +162,25 @@ void pybatch_collect(struct pybatch *b)
 
 /* Waits for a list of batches and frees them.  Returns 0 if every request
  * completed, else the first failure's negative code. */
+/* ids as a sequence: one id (an int) or a sequence of them.  A str, bytes or
+ * bytearray is neither, though it iterates: its characters (bytes: small
+ * ints) would be taken for ids. */
+static PyObject *batch_id_list(PyObject *ids)
+{
+    if (PyLong_Check(ids))
+        return PyTuple_Pack(1, ids);
+    if (!PyUnicode_Check(ids) && !PyBytes_Check(ids) && !PyByteArray_Check(ids)) {
+        PyObject *seq = PySequence_Fast(ids, "batch_ids must be a list of ints");
+        if (seq || !PyErr_ExceptionMatches(PyExc_TypeError))
+            return seq;
+        PyErr_Clear();
+    }
+    return PyErr_Format(PyExc_TypeError, "batch_ids must be a list of ints, not %.80s", Py_TYPE(ids)->tp_name);
+}
+
 static PyObject *T_get_batch_transfer_status(EngineObject *self, PyObject *ids)
 {
-    PyObject *seq = PyLong_Check(ids) ? PyTuple_Pack(1, ids) : PySequence_Fast(ids, "batch_ids must be a list of ints");
+    PyObject *seq = batch_id_list(ids);
     if (!seq)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);

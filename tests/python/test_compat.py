@@ -93,6 +93,19 @@ def test_type_errors_still_raise(compat, target):
         compat.send_probe(1)
 
 
+def test_batch_ids_that_are_no_list(compat):
+    # a str or bytes iterates, but its characters are no batch ids: the error says what
+    # batch_ids must be and what it was (before: "batch id must be an int, not str", about
+    # the string's first character; bytes were taken as ids 97, 98 and returned -1)
+    for bad, kind in (("str", "str"), ("1", "str"), (b"ab", "bytes"), (bytearray(b"a"), "bytearray"),
+                      (1.0, "float"), (None, "NoneType")):
+        with pytest.raises(TypeError, match="^batch_ids must be a list of ints, not %s$" % kind):
+            compat.get_batch_transfer_status(bad)
+    with pytest.raises(TypeError, match="^batch id must be an int, not str$"):    # an element: as before
+        compat.get_batch_transfer_status(["1"])
+    assert compat.get_batch_transfer_status([]) == 0
+
+
 def test_strict_mode_raises_with_codes(target):
     for e in (ferry.NativeTransferEngine(), fe.TransferEngine(strict=True)):
         assert e.initialize("127.0.0.1") == 0
