@@ -265,6 +265,14 @@ done:
                       rc == EAI_SYSTEM ? strerror(errno) : rc ? gai_strerror(rc) : "no address");
 }
 
+int net_lookup(const char *host, int port, uint64_t deadline_ns, struct addrinfo **res)
+{
+    char shown[160], what[200], serv[8];
+    snprintf(what, sizeof what, "resolve \"%s\"", log_sanitize(host, strlen(host), shown, sizeof shown));
+    snprintf(serv, sizeof serv, "%d", port & 0xffff);
+    return lookup(host, serv, AI_NUMERICSERV, deadline_ns, what, res);
+}
+
 /* The address of host (IPv4 or IPv6 text, or a name: its first IPv4
  * address, else its first IPv6 one) and port, looked up before deadline_ns. */
 static int resolve(const char *host, int port, uint64_t deadline_ns, struct sockaddr_storage *sa, socklen_t *salen)

@@ -65,6 +65,14 @@ int net_connect_deadline(const char *host, int port, uint64_t deadline_ns);
 /* net_connect_deadline(host, port, net_deadline(timeout_ms)). */
 int net_connect(const char *host, int port, unsigned timeout_ms);
 
+/* host's addresses (a name looked up as net_connect_deadline does, by
+ * deadline_ns; an address given as text read at once), port in each, for
+ * callers that connect through a library (curl).  Returns 0 with *res (free
+ * with freeaddrinfo), FERRY_ETIMEDOUT ("name resolution", naming the host)
+ * or FERRY_ECONN. */
+struct addrinfo;
+int net_lookup(const char *host, int port, uint64_t deadline_ns, struct addrinfo **res);
+
 /* Sets SO_RCVTIMEO and SO_SNDTIMEO (0 = none). */
 void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
 

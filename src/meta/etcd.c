@@ -173,9 +173,11 @@ static void handle_put(struct etcd_meta *m, CURL *h)
 }
 
 /* One attempt against one endpoint.  Returns the curl result; on CURLE_OK
- * *status holds the HTTP status and *r the body. */
+ * *status holds the HTTP status and *r the body; CURLE_COULDNT_RESOLVE_HOST
+ * with unresolved[] saying why when the endpoint's name had no answer in
+ * time (looked up here, not by curl: meta_curl_resolve). */
 static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *ep, const char *path,
-                          const char *body, struct response *r, long *status)
+                          const char *body, struct response *r, long *status, char *unresolved, size_t cap)
 {
     char url[320], where[144];
     /* an IPv6 host in brackets ("http://[::1]:2379/..."); it fits: hosts are
@@ -183,6 +185,12 @@ static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *e
     if (net_format_hostport(where, sizeof where, ep->host, ep->port) != 0)
         snprintf(where, sizeof where, "invalid");
     snprintf(url, sizeof url, "http://%s%s", where, path);
+    void *resolved = NULL;
+    long t0 = (long)now_ms();
+    if (meta_curl_resolve(h, url, (unsigned)m->connect_ms, &resolved) != 0) {
+        snprintf(unresolved, cap, "%s", ferry_last_error());
+        return CURLE_COULDNT_RESOLVE_HOST;
+    }
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROXY, "");           /* never through an http_proxy of the environment */
     meta_curl_cloexec(h);
@@ -192,12 +200,14 @@ static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *e
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, m->connect_ms);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, m->timeout_ms);
+    long spent = (long)now_ms() - t0; /* the look-up counts in both */
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, m->connect_ms > spent ? m->connect_ms - spent : 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, m->timeout_ms > spent ? m->timeout_ms - spent : 1L);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, m);
     CURLcode rc = curl_easy_perform(h);
+    curl_slist_free_all(resolved);
     if (rc == CURLE_OK)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     return rc;
@@ -223,7 +233,8 @@ static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJ
         const struct endpoint *ep = &m->endpoints[i];
         struct response r = {0};
         long status = 0;
-        CURLcode cc = post_once(m, h, ep, path, body, &r, &status);
+        char unresolved[200] = "";
+        CURLcode cc = post_once(m, h, ep, path, body, &r, &status, unresolved, sizeof unresolved);
         if (cc == CURLE_OK && status < 500) {
             atomic_store(&m->current, i);
             handle_put(m, h);
@@ -237,7 +248,9 @@ static int etcd_call(struct etcd_meta *m, const char *path, const char *body, cJ
             if (net_format_hostport(where, sizeof where, ep->host, ep->port) != 0)
                 snprintf(where, sizeof where, "?");
             whylen += (size_t)snprintf(why + whylen, sizeof why - whylen, "%s%s: %s", whylen ? "; " : "", where,
-                                       cc == CURLE_OK ? "answered 5xx" : curl_easy_strerror(cc));
+                                       cc == CURLE_OK ? "answered 5xx"
+                                       : *unresolved ? unresolved
+                                                     : curl_easy_strerror(cc));
         }
     }
     handle_put(m, h);

@@ -34,6 +34,7 @@
 #include "meta/etcd_reply.h"
 #include "meta/keepalive.h"
 #include "meta/meta.h"
+#include "net.h"
 
 #define HTTP_SCHEME "http://"
 #define HTTP_RESPONSE_MAX ((size_t)DESC_MAX_BYTES + 65536)
@@ -88,6 +89,10 @@ static int request(struct http_meta *m, const char *method, const char *name, co
         rc = ferry_fail(FERRY_ENOMEM, "%s: url", m->url);
     }
     struct response sink = {0};
+    void *resolved = NULL;
+    long t0 = (long)now_ms();
+    if (!rc && meta_curl_resolve(h, url, (unsigned)m->timeout_ms, &resolved) != 0)
+        rc = ferry_fail(FERRY_ECONN, "%s %s?key=%s: %s", method, m->url, key, ferry_last_error());
     if (!rc) {
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_PROXY, ""); /* never through an http_proxy of the environment */
@@ -100,13 +105,15 @@ static int request(struct http_meta *m, const char *method, const char *name, co
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, r ? r : &sink);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, m->timeout_ms);
+        long spent = (long)now_ms() - t0; /* the look-up is part of the call's time */
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, m->timeout_ms > spent ? m->timeout_ms - spent : 1L);
         CURLcode cc = curl_easy_perform(h);
         if (cc == CURLE_OK)
             curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
         else
             rc = ferry_fail(FERRY_ECONN, "%s %s?key=%s: %s", method, m->url, key, curl_easy_strerror(cc));
     }
+    curl_slist_free_all(resolved);
     free(sink.data);
     free(url);
     curl_free(esc);

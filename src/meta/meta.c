@@ -7,6 +7,8 @@
  */
 #include "meta/meta.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +18,7 @@
 
 #include "err.h"
 #include "meta/p2p.h"
+#include "net.h"
 
 #ifdef FERRY_HAVE_ETCD
 static curl_socket_t open_cloexec(void *ctx, curlsocktype purpose, struct curl_sockaddr *a)
@@ -28,6 +31,54 @@ static curl_socket_t open_cloexec(void *ctx, curlsocktype purpose, struct curl_s
 void meta_curl_cloexec(void *h)
 {
     curl_easy_setopt((CURL *)h, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
+}
+
+/* "host:port:addr,[v6addr],..." for CURLOPT_RESOLVE, from res. */
+static int resolve_entry(const char *host, const char *port, const struct addrinfo *res, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s:%s:", host, port), first = 1;
+    for (const struct addrinfo *r = res; r && n > 0 && (size_t)n < cap; r = r->ai_next) {
+        char a[NI_MAXHOST];
+        if (getnameinfo(r->ai_addr, r->ai_addrlen, a, sizeof a, NULL, 0, NI_NUMERICHOST) != 0)
+            continue;
+        int more = snprintf(out + n, cap - (size_t)n, r->ai_family == AF_INET6 ? "%s[%s]" : "%s%s", first ? "" : ",", a);
+        if (more < 0 || (size_t)more >= cap - (size_t)n) { /* full: the addresses that fitted */
+            out[n] = '\0';
+            break;
+        }
+        n += more;
+        first = 0;
+    }
+    return first ? ferry_fail(FERRY_ECONN, "%s: no address to connect to", host) : 0;
+}
+
+int meta_curl_resolve(void *h, const char *url, unsigned timeout_ms, void **list)
+{
+    *list = NULL;
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL;
+    int rc = 0;
+    struct in_addr v4;
+    if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+        rc = ferry_fail(FERRY_EINVAL, "%s: not a URL curl reads", url);
+    } else if (host[0] != '[' && inet_pton(AF_INET, host, &v4) != 1) { /* a name */
+        struct addrinfo *res = NULL;
+        char entry[512];
+        rc = net_lookup(host, atoi(port), net_deadline(timeout_ms), &res);
+        if (!rc)
+            rc = resolve_entry(host, port, res, entry, sizeof entry);
+        if (!rc && !(*list = curl_slist_append(NULL, entry)))
+            rc = ferry_fail(FERRY_ENOMEM, "%s: curl's host entry", url);
+        if (res)
+            freeaddrinfo(res);
+    }
+    curl_easy_setopt((CURL *)h, CURLOPT_RESOLVE, *list); /* NULL for an address: nothing to look up */
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return rc;
 }
 #endif
 

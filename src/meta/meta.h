@@ -62,6 +62,16 @@ const struct meta_ops *const *meta_list(size_t *count);
  * fork+exec would inherit a store connection.  Built with FERRY_HAVE_ETCD. */
 void meta_curl_cloexec(void *h);
 
+/* Looks the host of url up (net_lookup: bounded by timeout_ms) and hands its
+ * addresses to curl handle h for its next transfer (CURLOPT_RESOLVE), so
+ * curl's own resolver never runs: its thread holds a transfer that timed
+ * out until glibc gives up (10 s and more with a silent DNS server), whatever
+ * the transfer's timeout.  An address given as text needs none.  *list: the
+ * entry (a struct curl_slist *), which the caller frees with
+ * curl_slist_free_all after the transfer.  Returns 0 or the look-up's code,
+ * with its detail.  Built with FERRY_HAVE_ETCD. */
+int meta_curl_resolve(void *h, const char *url, unsigned timeout_ms, void **list);
+
 /* The backends' tables, for meta.c's registry (tests reach them too). */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
 extern const struct meta_ops ferry_meta_redis;  /* built with FERRY_HAVE_REDIS */

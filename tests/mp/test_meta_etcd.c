@@ -55,6 +55,26 @@ static void test_malformed_urls(void **state)
         expect_create_fails(urls[i], FERRY_EINVAL);
 }
 
+/* A store at url (created here, returned to the caller to destroy) on
+ * which name -> json is published and looked up, and seen through the
+ * fixture's own URL. */
+static void *published_through(const char *url, const char *name, const char *json)
+{
+    void *m = NULL;
+    char *got = NULL;
+    size_t len;
+    int rc = etcd.ops->create(url, PREFIX, TTL_S, 2000, &m);
+    if (rc)
+        fail_msg("%s: %s: %s", url, ferry_err_name(rc), ferry_last_error());
+    assert_int_equal(etcd.ops->publish(m, name, json), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(etcd.ops->lookup(i ? fx.observer : m, name, &got, &len), 0);
+        assert_string_equal(got, json);
+        free(got);
+    }
+    return m;
+}
+
 /* An IPv6 endpoint in brackets: curl opens its socket through ferry's
  * close-on-exec callback (meta_curl_cloexec) with the family it resolved,
  * and what is published there is seen through the IPv4 one. */
@@ -62,21 +82,24 @@ static void test_ipv6_endpoint(void **state)
 {
     (void)state;
     static bool before[TEST_MAX_FD];
-    char url[64], *json = NULL;
-    size_t len;
-    void *v6 = NULL;
+    char url[64];
     test_fds_open(before);
     snprintf(url, sizeof url, "etcd://[::1]:%d", fx.port);
-    int rc = etcd.ops->create(url, PREFIX, TTL_S, 2000, &v6);
-    if (rc)
-        fail_msg("%s: %s: %s", url, ferry_err_name(rc), ferry_last_error());
-    assert_int_equal(etcd.ops->publish(v6, "v6:1", "{\"over\":\"ipv6\"}"), 0);
-    assert_int_equal(etcd.ops->lookup(v6, "v6:1", &json, &len), 0);
-    free(json);
-    assert_int_equal(etcd.ops->lookup(fx.observer, "v6:1", &json, &len), 0);
-    free(json);
+    void *v6 = published_through(url, "v6:1", "{\"over\":\"ipv6\"}");
     assert_int_equal(test_fds_not_cloexec(before, true), 0);
     etcd.ops->destroy(v6);
+}
+
+/* An endpoint by name: ferry looks it up (bounded by the connect timeout)
+ * and hands curl its addresses (CURLOPT_RESOLVE, "localhost:port:127.0.0.1
+ * ,[::1]"), curl's own resolver never running; publish and lookup work as
+ * through the address. */
+static void test_named_endpoint(void **state)
+{
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "etcd://localhost:%d", fx.port);
+    etcd.ops->destroy(published_through(url, "named:1", "{\"by\":\"name\"}"));
 }
 
 /* The first endpoint refuses connections; everything goes through the second. */
@@ -122,6 +145,7 @@ int main(void)
         META_COMMON_TESTS,
         cmocka_unit_test(test_first_endpoint_dead),
         cmocka_unit_test(test_ipv6_endpoint),
+        cmocka_unit_test(test_named_endpoint),
     };
     return meta_tests_main(&etcd, tests, sizeof tests / sizeof tests[0]);
 }

@@ -31,6 +31,7 @@
 #include <cmocka.h>
 
 #include "ferry.h"
+#include "meta/meta.h"
 #include "net.h"
 #include "testutil.h"
 
@@ -443,6 +444,31 @@ static void silent_resolver_is_bounded_by_the_deadline(void **state)
     int port, l = net_listen(name, 0, 500, &port);
     char lerr[512];
     snprintf(lerr, sizeof lerr, "%s", ferry_last_error());
+    /* the metadata stores by name: Redis connects through net_connect; etcd and HTTP
+     * through curl, whose threaded resolver its connect timeout bounds */
+    char store_err[3][512];
+    int store_rc[3];
+    uint64_t store_ms[3];
+    const char *urls[3] = {"redis://ferry-silent.test:6379", "etcd://ferry-silent.test:2379",
+                           "http://ferry-silent.test:8080/ferry"};
+    for (int i = 0; i < 3; i++) {
+        const struct meta_ops *ops = meta_find(urls[i]);
+        store_rc[i] = 1; /* not built */
+        if (!ops)
+            continue;
+        void *m = NULL;
+        char *json = NULL;
+        size_t len;
+        t0 = now_ns();
+        store_rc[i] = ops->create(urls[i], "ferry-test/", 10, 1000, &m);
+        if (!store_rc[i])
+            store_rc[i] = ops->lookup(m, "seg:1", &json, &len);
+        store_ms[i] = (now_ns() - t0) / 1000000u;
+        snprintf(store_err[i], sizeof store_err[i], "%s", ferry_last_error());
+        free(json);
+        if (m)
+            ops->destroy(m);
+    }
     char query[512];
     ssize_t queries = recv(dns, query, sizeof query, MSG_DONTWAIT); /* the resolver was asked */
     umount2("/etc/nsswitch.conf", 0);
@@ -459,6 +485,17 @@ static void silent_resolver_is_bounded_by_the_deadline(void **state)
         fail_msg("net_listen %s through a silent resolver: %d, want FERRY_ETIMEDOUT: %s", name, l, lerr);
     if (!strstr(lerr, name) || !strstr(lerr, "name resolution"))
         fail_msg("net_listen's detail names neither the host nor the name resolution: %s", lerr);
+    for (int i = 0; i < 3; i++) {
+        if (store_rc[i] == 1) {
+            print_message("  %s: not built\n", urls[i]);
+            continue;
+        }
+        print_message("  %s: %s after %llu ms: %s\n", urls[i], ferry_err_name(store_rc[i]),
+                      (unsigned long long)store_ms[i], store_err[i]);
+        if (store_rc[i] >= 0)
+            fail_msg("%s through a silent resolver: a lookup succeeded", urls[i]);
+        assert_true(store_ms[i] < 4000); /* a hang bound, as above */
+    }
 }
 
 int main(void)
