@@ -16,6 +16,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,50 +154,75 @@ static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
         ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
 }
 
-/* One name look-up on glibc's resolver threads (getaddrinfo_a).  On the
- * heap: one that outlives its caller's deadline is still written by
- * glibc's thread (cb's result and return value; name, service and hints
- * read), so it is freed only once that thread has ended it. */
+/* One name look-up on a thread of its own, shared by the caller and that
+ * thread (refs): the caller may give up at its deadline, the thread goes
+ * on until getaddrinfo returns, and the last of the two frees it. */
 struct lookup {
-    struct gaicb cb;
-    struct addrinfo hints;
+    pthread_mutex_t mu;
+    pthread_cond_t done_cv; /* on CLOCK_MONOTONIC, as deadlines are */
+    int refs;               /* under mu: 2 while both hold it */
+    bool done;              /* under mu */
+    bool gave_up;           /* under mu: the caller's deadline passed first (counted in lookups_abandoned) */
+    int rc, err;            /* getaddrinfo's result and errno, once done */
+    struct addrinfo hints, *res;
     char serv[8];
-    char name[]; /* cb.ar_name points here */
+    bool has_serv;
+    char name[];
 };
 
-static void lookup_free(struct lookup *lk)
+/* Look-ups given up on whose thread still runs: at most LOOKUP_ABANDONED_MAX
+ * at once (a silent resolver holds each for its retries, seconds), so that
+ * callers retrying names nobody answers cannot grow threads without bound. */
+#define LOOKUP_ABANDONED_MAX 64
+static atomic_int lookups_abandoned;
+
+/* Drops one reference; the last frees lk and what it holds. */
+static void lookup_put(struct lookup *lk)
 {
-    if (lk->cb.ar_result)
-        freeaddrinfo(lk->cb.ar_result);
+    pthread_mutex_lock(&lk->mu);
+    bool last = --lk->refs == 0, gave_up = lk->gave_up;
+    pthread_mutex_unlock(&lk->mu);
+    if (!last)
+        return;
+    if (gave_up)
+        atomic_fetch_sub(&lookups_abandoned, 1);
+    if (lk->res)
+        freeaddrinfo(lk->res);
+    pthread_cond_destroy(&lk->done_cv);
+    pthread_mutex_destroy(&lk->mu);
     free(lk);
 }
 
-/* The detached thread that waits for an abandoned look-up to end, then
- * frees it. */
-static void *lookup_reap(void *arg)
+static void *lookup_run(void *arg)
 {
     struct lookup *lk = arg;
-    struct gaicb *list[1] = {&lk->cb};
-    int r;
-    do /* 0: it ended while we waited; EAI_ALLDONE: it had ended; EAI_INTR: again */
-        r = gai_suspend((const struct gaicb *const *)list, 1, NULL);
-    while (r != 0 && r != EAI_ALLDONE);
-    lookup_free(lk);
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(lk->name, lk->has_serv ? lk->serv : NULL, &lk->hints, &res);
+    int err = errno;
+    pthread_mutex_lock(&lk->mu);
+    lk->rc = rc;
+    lk->err = err;
+    lk->res = res;
+    lk->done = true;
+    pthread_cond_signal(&lk->done_cv);
+    pthread_mutex_unlock(&lk->mu);
+    lookup_put(lk);
     return NULL;
 }
 
 /* getaddrinfo(host, serv) within deadline_ns.  A numeric address (IPv4 or
  * IPv6 text) is read at once, without the resolver (AI_NUMERICHOST).  A
- * name goes to getaddrinfo_a (glibc's resolver threads) and is waited for
- * with gai_suspend until the deadline: getaddrinfo has no timeout of its
- * own, and a resolver that never answers would hold the caller for glibc's
- * retries (5 s per server and attempt, from resolv.conf).  A look-up not
- * done by then is cancelled where it has not started (gai_cancel), else
- * left to lookup_reap on a detached thread, which frees it when glibc's
- * thread ends it (should that thread not start: the request is leaked, a
- * few hundred bytes, never freed while glibc may write it).  Returns 0 with
- * *res (caller frees with freeaddrinfo), FERRY_ETIMEDOUT naming the host
- * and "name resolution", or FERRY_ECONN (no such host, its message from
+ * name is looked up on a detached thread of its own and waited for until
+ * the deadline: getaddrinfo has no timeout of its own, and a resolver that
+ * never answers would hold the caller for glibc's retries (5 s per server
+ * and attempt, from resolv.conf).  Not glibc's getaddrinfo_a: its 20
+ * threads, once held by look-ups given up on, queue every other name
+ * behind them (a hosts-file name included) until glibc's retries end.  A
+ * look-up not done by the deadline is left to its thread, which frees it
+ * when getaddrinfo returns; while LOOKUP_ABANDONED_MAX such threads run, a
+ * name fails at once (FERRY_ETIMEDOUT, saying so).  Returns 0 with *res
+ * (caller frees with freeaddrinfo), FERRY_ETIMEDOUT naming the host and
+ * "name resolution", or FERRY_ECONN (no such host, its message from
  * gai_strerror).  what: the caller's words for the detail ("connect
  * host:port"). */
 static int lookup(const char *host, const char *serv, int flags, uint64_t deadline_ns, const char *what,
@@ -207,54 +233,60 @@ static int lookup(const char *host, const char *serv, int flags, uint64_t deadli
     int rc = getaddrinfo(host, serv, &hints, res);
     if (rc != EAI_NONAME)
         goto done;
-    uint64_t start = now_ns(), now = start;
-    if (now >= deadline_ns)
+    uint64_t start = now_ns();
+    if (start >= deadline_ns)
         return ferry_fail(FERRY_ETIMEDOUT, "%s: name resolution: the deadline passed before it began", what);
+    int abandoned = atomic_load(&lookups_abandoned);
+    if (abandoned >= LOOKUP_ABANDONED_MAX)
+        return ferry_fail(FERRY_ETIMEDOUT, "%s: name resolution not begun: %d earlier look-ups that outlived "
+                          "their deadline still wait for the resolver", what, abandoned);
     size_t hl = strlen(host);
     struct lookup *lk = calloc(1, sizeof *lk + hl + 1);
     if (!lk)
         return ferry_fail(FERRY_ENOMEM, "%s: name resolution", what);
     memcpy(lk->name, host, hl + 1);
+    lk->has_serv = serv != NULL;
     snprintf(lk->serv, sizeof lk->serv, "%s", serv ? serv : "");
     lk->hints = (struct addrinfo){.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = flags};
-    lk->cb = (struct gaicb){.ar_name = lk->name, .ar_service = serv ? lk->serv : NULL, .ar_request = &lk->hints};
-    struct gaicb *list[1] = {&lk->cb};
-    /* EAI_SYSTEM: not queued (no worker thread could start), lk is ours;
-     * EAI_AGAIN: queued all the same (only its notice could not be
-     * allocated, and we ask for none), so it is waited for as any other */
-    rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
-    if (rc == EAI_SYSTEM) {
-        int err = errno;
-        free(lk);
+    lk->refs = 2;
+    pthread_mutex_init(&lk->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&lk->done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = pthread_create(&t, &attr, lookup_run, lk);
+    pthread_attr_destroy(&attr);
+    if (err) {
+        lk->refs = 1;
+        lookup_put(lk);
         return ferry_fail(FERRY_ECONN, "%s: name resolution could not start: %s", what, strerror(err));
     }
-    int r = EAI_AGAIN;
-    while (r != 0 && r != EAI_ALLDONE && (now = now_ns()) < deadline_ns) {
-        uint64_t left = deadline_ns - now;
-        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
-        r = gai_suspend((const struct gaicb *const *)list, 1, &ts); /* EAI_AGAIN: timed out; EAI_INTR: a signal */
+    struct timespec until = {.tv_sec = (time_t)(deadline_ns / 1000000000u),
+                             .tv_nsec = (long)(deadline_ns % 1000000000u)};
+    pthread_mutex_lock(&lk->mu);
+    while (!lk->done && pthread_cond_timedwait(&lk->done_cv, &lk->mu, &until) != ETIMEDOUT)
+        ;
+    bool done = lk->done;
+    if (done) {
+        rc = lk->rc;
+        err = lk->err;
+        *res = lk->res;
+        lk->res = NULL;
+    } else { /* counted until the last of the two frees it, whichever that is */
+        lk->gave_up = true;
+        atomic_fetch_add(&lookups_abandoned, 1);
     }
-    if (r != 0 && r != EAI_ALLDONE) {
-        r = gai_cancel(&lk->cb);
-        if (r == EAI_NOTCANCELED) { /* under way in glibc's thread: freed when it ends */
-            pthread_t t;
-            pthread_attr_t attr;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            if (pthread_create(&t, &attr, lookup_reap, lk) != 0)
-                LOG_WARN("%s: name resolution outlived its deadline and no thread could wait for it: its "
-                         "request (%zu bytes) is left unfreed", what, sizeof *lk + hl + 1);
-            pthread_attr_destroy(&attr);
-        } else { /* EAI_CANCELED: never started; EAI_ALLDONE: ended just now */
-            lookup_free(lk);
-        }
+    pthread_mutex_unlock(&lk->mu);
+    lookup_put(lk);
+    if (!done)
         return ferry_fail(FERRY_ETIMEDOUT, "%s: name resolution gave no answer within the deadline (%llu ms)", what,
                           (unsigned long long)((deadline_ns - start) / 1000000u));
-    }
-    rc = gai_error(&lk->cb);
-    *res = lk->cb.ar_result;
-    lk->cb.ar_result = NULL;
-    free(lk);
+    errno = err;
 done:
     if (rc == 0 && *res)
         return 0;
