@@ -28,6 +28,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "timespec.h"
 
 uint64_t now_ns(void)
 {
@@ -155,7 +156,7 @@ static void sockaddr_set_port(struct sockaddr_storage *sa, int port)
         ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
 }
 
-/* One name look-up on a thread of its own, shared by the caller and that
+/* One name look-up on a look-up thread, shared by the caller and that
  * thread (refs): the caller may give up at its deadline, the thread goes
  * on until getaddrinfo returns, and the last of the two frees it. */
 struct lookup {
@@ -168,6 +169,7 @@ struct lookup {
     struct addrinfo hints, *res;
     char serv[8];
     bool has_serv;
+    struct lookup *next; /* in the look-up threads' queue */
     char name[];
 };
 
@@ -194,9 +196,8 @@ static void lookup_put(struct lookup *lk)
     free(lk);
 }
 
-static void *lookup_run(void *arg)
+static void lookup_run(struct lookup *lk)
 {
-    struct lookup *lk = arg;
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(lk->name, lk->has_serv ? lk->serv : NULL, &lk->hints, &res);
     int err = errno;
@@ -208,13 +209,96 @@ static void *lookup_run(void *arg)
     pthread_cond_signal(&lk->done_cv);
     pthread_mutex_unlock(&lk->mu);
     lookup_put(lk);
+}
+
+/* The look-up threads: each takes queued look-ups one at a time and, idle,
+ * waits LOOKUP_IDLE_S for another before it ends (a thread's start and
+ * its resolver's first use cost more than the look-up of a hosts name).
+ * A look-up is queued only for an idle thread; while more are queued than
+ * threads idle, a new thread starts: none waits behind another. */
+#define LOOKUP_IDLE_S 1
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static struct lookup *queue_head, *queue_tail; /* under pool_mu */
+static int queued, idle;                       /* under pool_mu */
+
+static void *lookup_worker(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        if (!queue_head) {
+            struct timespec until = timespec_in_ms(CLOCK_REALTIME, LOOKUP_IDLE_S * 1000L);
+            idle++;
+            int rc = 0;
+            while (!queue_head && rc != ETIMEDOUT)
+                rc = pthread_cond_timedwait(&pool_cv, &pool_mu, &until);
+            idle--;
+            if (!queue_head)
+                break;
+        }
+        struct lookup *lk = queue_head;
+        queue_head = lk->next;
+        if (!queue_head)
+            queue_tail = NULL;
+        queued--;
+        pthread_mutex_unlock(&pool_mu);
+        lookup_run(lk);
+        pthread_mutex_lock(&pool_mu);
+    }
+    pthread_mutex_unlock(&pool_mu);
     return NULL;
+}
+
+/* Queues lk for a look-up thread, starting one unless one is idle.  Returns
+ * 0, or pthread_create's error with lk taken back (no thread will see it). */
+static int lookup_start(struct lookup *lk)
+{
+    pthread_mutex_lock(&pool_mu);
+    if (queue_tail)
+        queue_tail->next = lk;
+    else
+        queue_head = lk;
+    queue_tail = lk;
+    bool start = ++queued > idle;
+    if (!start)
+        pthread_cond_signal(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    if (!start)
+        return 0;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigset_t all, old; /* the thread takes none of the process's signals (as glibc's resolver threads) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&t, &attr, lookup_worker, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (!err)
+        return 0;
+    pthread_mutex_lock(&pool_mu); /* take lk back unless a running thread took it meanwhile */
+    struct lookup **at = &queue_head, *prev = NULL;
+    while (*at && *at != lk) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    bool taken_back = *at != NULL;
+    if (taken_back) {
+        *at = lk->next;
+        if (queue_tail == lk)
+            queue_tail = prev;
+        queued--;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return taken_back ? err : 0;
 }
 
 /* getaddrinfo(host, serv) within deadline_ns.  A numeric address (IPv4 or
  * IPv6 text) is read at once, without the resolver (AI_NUMERICHOST).  A
- * name is looked up on a detached thread of its own and waited for until
- * the deadline: getaddrinfo has no timeout of its own, and a resolver that
+ * name is queued for a look-up thread (lookup_start: an idle one, else a
+ * new one) and waited for until the deadline: getaddrinfo has no timeout of its own, and a resolver that
  * never answers would hold the caller for glibc's retries (5 s per server
  * and attempt, from resolv.conf).  Not glibc's getaddrinfo_a: its 20
  * threads, once held by look-ups given up on, queue every other name
@@ -256,16 +340,7 @@ static int lookup(const char *host, const char *serv, int flags, uint64_t deadli
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&lk->done_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    sigset_t all, old; /* the thread takes none of the process's signals (as glibc's resolver threads) */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&t, &attr, lookup_run, lk);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
+    int err = lookup_start(lk);
     if (err) {
         lk->refs = 1;
         lookup_put(lk);

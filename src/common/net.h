@@ -58,10 +58,11 @@ int net_listen(const char *host, int port, unsigned resolve_ms, int *bound);
  * / FERRY_ECONN (no such host, or every address refused), the detail naming
  * every address tried and why it failed.  The look-up shares the deadline:
  * an address given as text needs none; a name's look-up runs on a thread
- * of its own and one with no answer by the deadline fails FERRY_ETIMEDOUT
- * naming the host and "name resolution" (the look-up left behind is freed
- * by its thread when getaddrinfo returns; while 64 such run, a name fails
- * at once, FERRY_ETIMEDOUT saying so). */
+ * of ferry's (an idle one, else a new one: none waits behind another), and
+ * one with no answer by the deadline fails FERRY_ETIMEDOUT naming the host
+ * and "name resolution" (the look-up left behind is freed by its thread
+ * when getaddrinfo returns; while 64 such run, a name fails at once,
+ * FERRY_ETIMEDOUT saying so). */
 int net_connect_deadline(const char *host, int port, uint64_t deadline_ns);
 /* net_connect_deadline(host, port, net_deadline(timeout_ms)). */
 int net_connect(const char *host, int port, unsigned timeout_ms);
