@@ -545,6 +545,31 @@ static void abandoned_lookups_hold_up_no_other_name(void **state)
         fail_msg("%s after 24 abandoned look-ups: %s (%d): %s", two_name, ferry_err_name(rc), rc, err);
 }
 
+/* Look-ups given up on are bounded: with 64 still waiting for a silent
+ * resolver (each held 10 s), the next name fails at once, FERRY_ETIMEDOUT
+ * saying why, rather than start another thread (before the bound: one
+ * more thread per retry, as long as the resolver stays silent).  Last:
+ * its look-ups hold every later name off for 10 s. */
+static void abandoned_lookups_are_bounded(void **state)
+{
+    (void)state;
+    int dns = silent_resolver_up("hosts: dns\n");
+    int timed_out = 0;
+    for (int i = 0; i < 64; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "ferry-silent-bound-%d.test", i);
+        timed_out += net_connect(name, 80, 20) == FERRY_ETIMEDOUT;
+    }
+    int rc = net_connect("ferry-silent-bound-last.test", 80, 60000);
+    char err[512];
+    snprintf(err, sizeof err, "%s", ferry_last_error());
+    silent_resolver_down(dns);
+    assert_int_equal(timed_out, 64);
+    assert_int_equal(rc, FERRY_ETIMEDOUT);
+    if (!strstr(err, "not begun") || !strstr(err, "ferry-silent-bound-last.test"))
+        fail_msg("the 65th name's detail says neither the name nor why it was not begun: %s", err);
+}
+
 int main(void)
 {
     two_name = test_two_address_name(two_why, sizeof two_why); /* before any thread */
@@ -559,6 +584,7 @@ int main(void)
         cmocka_unit_test(bad_names_and_ports),
         cmocka_unit_test(silent_resolver_is_bounded_by_the_deadline), /* last ones: they bind over resolv.conf */
         cmocka_unit_test(abandoned_lookups_hold_up_no_other_name),
+        cmocka_unit_test(abandoned_lookups_are_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
