@@ -250,10 +250,40 @@ static void *lookup_worker(void *arg)
     return NULL;
 }
 
+/* fork: the child has none of the parent's look-up threads, nor their
+ * callers; it starts with no thread idle, nothing queued or given up on
+ * (else a look-up would be queued for an idle thread that is not there,
+ * and wait out its deadline), and pool_mu is not held mid-change. */
+static void pool_prepare(void)
+{
+    pthread_mutex_lock(&pool_mu);
+}
+
+static void pool_parent(void)
+{
+    pthread_mutex_unlock(&pool_mu);
+}
+
+static void pool_child(void)
+{
+    queue_head = queue_tail = NULL;
+    queued = idle = 0;
+    atomic_store(&lookups_abandoned, 0);
+    pthread_mutex_unlock(&pool_mu);
+}
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_init(void)
+{
+    pthread_atfork(pool_prepare, pool_parent, pool_child);
+}
+
 /* Queues lk for a look-up thread, starting one unless one is idle.  Returns
  * 0, or pthread_create's error with lk taken back (no thread will see it). */
 static int lookup_start(struct lookup *lk)
 {
+    pthread_once(&pool_once, pool_init);
     pthread_mutex_lock(&pool_mu);
     if (queue_tail)
         queue_tail->next = lk;
