@@ -52,6 +52,9 @@ run)
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' || true
   nvidia-smi -L || true
   cd "$root"
+  # the package is importable from its source folder (no pip there): subprocesses
+  # of the tests (python -m ferry) need the same path as conftest gives pytest
+  export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
   "$py" -m pytest -q -rs tests/python
   ;;
 *)
