@@ -3,11 +3,10 @@
 # Builds ferry and passes every test: the normal build's suite (warnings are
 # errors here, not in users' builds), the Python package installed with pip
 # and its tests, Release builds with GCC and Clang, the same suite under
-# ASan+UBSan (the staging matrix's env-variant reruns on its quick matrix,
-# tests/CMakeLists.txt), the multi-process and transport tests under
-# ThreadSanitizer, the tcp frame and descriptor fuzzers for FUZZ_SECONDS
-# (default 30) and every other libFuzzer target for FUZZ_SHORT_SECONDS
-# (default 10), two at a time, and the rdma transport in a Soft-RoCE VM.
+# ASan+UBSan, the multi-process and transport tests under ThreadSanitizer,
+# the tcp frame and descriptor fuzzers for FUZZ_SECONDS (default 30) and
+# every other libFuzzer target for FUZZ_SHORT_SECONDS (default 10), two at a
+# time, and the rdma transport in a Soft-RoCE VM.
 # Each stage's line starts with its UTC time.  Works from any checkout path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
