@@ -17,9 +17,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* The CPUs this process may run on (its affinity mask; the online CPUs if
- * that cannot be read). */
+/* The CPUs this process may run on: its affinity mask (the online CPUs if
+ * that cannot be read), or fewer where its cgroup's CPU bandwidth limit
+ * allows fewer (a container given 2 CPUs of a 64-core host: 2). */
 long usable_cores(void);
+
+/* The CPUs a cgroup CPU bandwidth limit allows the process, quota / period
+ * rounded up, the lowest along its cgroup's path up to the root (a limit
+ * set on a parent holds for its children); 0 where none is set or none can
+ * be read.  cgroup v2 (`cpu.max`: "max PERIOD" or "QUOTA PERIOD") for the
+ * "0::PATH" line of cgroup_text, else v1 (`cpu/PATH/cpu.cfs_quota_us` and
+ * `cpu.cfs_period_us`, quota -1: none) for the line naming the cpu
+ * controller.  root: the cgroup file system ("/sys/fs/cgroup"); cgroup_text:
+ * what /proc/self/cgroup holds (tests give both). */
+long cgroup_cpu_limit(const char *root, const char *cgroup_text);
 
 /* Takes one look from the budget: true (the caller looks, then calls
  * spin_release) or false (over the budget, counted: the caller sleeps). */

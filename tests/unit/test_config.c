@@ -12,10 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "ferry.h"
 #include "engine/engine.h"
+#include "spin.h"
 #include "transport/tcp/tcp.h"
 
 static void defaults(void **state)
@@ -348,6 +351,59 @@ static void readme_lists_every_knob(void **state)
     }
 }
 
+/* dir/name (its folders made) holds text. */
+static void put_file(const char *dir, const char *sub, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s%s", dir, sub);
+    for (char *p = path + strlen(dir) + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            (void)mkdir(path, 0700);
+            *p = '/';
+        }
+    (void)mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s%s/%s", dir, sub, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A container given fewer CPUs by a cgroup bandwidth limit than its
+ * affinity shows (Docker --cpus, Kubernetes limits) is sized by the limit:
+ * quota / period rounded up, the lowest on the cgroup's path to the root,
+ * cgroup v2 first, v1's cpu controller else (a hybrid host has both lines). */
+static void cgroup_limits_cores(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/ferry-cgroup-XXXXXX";
+    assert_non_null(mkdtemp(root));
+    /* v2: the parent's 2.5 CPUs hold for the child, which sets none */
+    put_file(root, "/kube/pod", "cpu.max", "max 100000\n");
+    put_file(root, "/kube", "cpu.max", "250000 100000\n");
+    assert_int_equal(cgroup_cpu_limit(root, "0::/kube/pod\n"), 3);
+    put_file(root, "/kube/pod", "cpu.max", "50000 100000\n"); /* half a CPU: one */
+    assert_int_equal(cgroup_cpu_limit(root, "0::/kube/pod\n"), 1);
+    assert_int_equal(cgroup_cpu_limit(root, "0::/\n"), 0); /* the root: no limit */
+    assert_int_equal(cgroup_cpu_limit(root, "0::/nowhere\n"), 0);
+    /* v1 (a hybrid host: "0::/" has no cpu.max, the cpu controller is v1's) */
+    put_file(root, "/cpu/docker/abc", "cpu.cfs_quota_us", "200000\n");
+    put_file(root, "/cpu/docker/abc", "cpu.cfs_period_us", "100000\n");
+    const char *hybrid = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n";
+    assert_int_equal(cgroup_cpu_limit(root, hybrid), 2);
+    put_file(root, "/cpu/docker/abc", "cpu.cfs_quota_us", "-1\n");
+    assert_int_equal(cgroup_cpu_limit(root, hybrid), 0);
+    assert_int_equal(cgroup_cpu_limit(root, "4:cpuacct:/docker/abc\n"), 0); /* not the cpu controller */
+    put_file(root, "/kube", "cpu.max", "garbage\n");
+    assert_int_equal(cgroup_cpu_limit(root, "0::/kube/pod\n"), 1);
+    assert_int_equal(cgroup_cpu_limit(root, ""), 0);
+    assert_true(usable_cores() >= 1);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -361,6 +417,7 @@ int main(void)
         cmocka_unit_test(rdma_knobs_checked),
         cmocka_unit_test(segment_names),
         cmocka_unit_test(readme_lists_every_knob),
+        cmocka_unit_test(cgroup_limits_cores),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
