@@ -127,6 +127,7 @@ static PyObject *sync_one(EngineObject *self, int opcode, PyObject *target, PyOb
         ferry_batch_free(b);
     }
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     engine_leave(self);
     result = outcome_result(&o);
 out:
@@ -411,6 +412,7 @@ static PyObject *run_on_stream(EngineObject *self, int opcode, PyObject *target,
         b = NULL;
     }
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     PyObject *result = NULL;
     struct pybatch *pb = b ? PyMem_Malloc(sizeof *pb) : NULL;
     if (pb) { /* kept, with the views it uses, until it ended */
@@ -530,6 +532,7 @@ static PyObject *T_bench_sync_loop(EngineObject *self, PyObject *args)
     wall = clock_ns(CLOCK_MONOTONIC) - t0;
     cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
     Py_END_ALLOW_THREADS
+    outcome_closing(self, &o);
     engine_leave(self);
     if (o.rc)
         return raise_ferry(o.rc, o.why);
