@@ -207,7 +207,7 @@ static CURLcode post_once(struct etcd_meta *m, CURL *h, const struct endpoint *e
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, m);
     CURLcode rc = curl_easy_perform(h);
-    curl_slist_free_all(resolved);
+    meta_curl_resolve_end(h, resolved);
     if (rc == CURLE_OK)
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     return rc;

@@ -113,7 +113,7 @@ static int request(struct http_meta *m, const char *method, const char *name, co
         else
             rc = ferry_fail(FERRY_ECONN, "%s %s?key=%s: %s", method, m->url, key, curl_easy_strerror(cc));
     }
-    curl_slist_free_all(resolved);
+    meta_curl_resolve_end(h, resolved);
     free(sink.data);
     free(url);
     curl_free(esc);

@@ -80,6 +80,12 @@ int meta_curl_resolve(void *h, const char *url, unsigned timeout_ms, void **list
     curl_url_cleanup(u);
     return rc;
 }
+
+void meta_curl_resolve_end(void *h, void *list)
+{
+    curl_easy_setopt((CURL *)h, CURLOPT_RESOLVE, NULL);
+    curl_slist_free_all(list);
+}
 #endif
 
 struct p2p_meta {

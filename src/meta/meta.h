@@ -67,10 +67,13 @@ void meta_curl_cloexec(void *h);
  * curl's own resolver never runs: its thread holds a transfer that timed
  * out until glibc gives up (10 s and more with a silent DNS server), whatever
  * the transfer's timeout.  An address given as text needs none.  *list: the
- * entry (a struct curl_slist *), which the caller frees with
- * curl_slist_free_all after the transfer.  Returns 0 or the look-up's code,
+ * entry (a struct curl_slist *), which the caller hands to
+ * meta_curl_resolve_end after the transfer.  Returns 0 or the look-up's code,
  * with its detail.  Built with FERRY_HAVE_ETCD. */
 int meta_curl_resolve(void *h, const char *url, unsigned timeout_ms, void **list);
+/* After the transfer: the handle forgets the entries (a pooled handle must
+ * not keep a pointer to a freed list) and the list is freed. */
+void meta_curl_resolve_end(void *h, void *list);
 
 /* The backends' tables, for meta.c's registry (tests reach them too). */
 extern const struct meta_ops ferry_meta_etcd;   /* built with FERRY_HAVE_ETCD */
