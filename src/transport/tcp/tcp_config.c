@@ -223,6 +223,25 @@ unsigned tcp_auto_serve_spin_us(long cores)
     return cores < 8 ? SERVE_SPIN_US_FEW_CORES : 0;
 }
 
+/* An initiator's receiver looks for the next response before it sleeps:
+ * off (see docs/BENCHMARKS.md, t17w). */
+unsigned tcp_auto_recv_spin_us(long cores)
+{
+    (void)cores;
+    return 0;
+}
+
+/* FERRY_TCP_RECV_SPIN_US: unset, empty or "auto": tcp_auto_recv_spin_us of
+ * the cores this process may run on; else 0 (never) to 10000 µs. */
+static int tcp_recv_spin(uint64_t *out_ns)
+{
+    unsigned us;
+    int rc = env_count("FERRY_TCP_RECV_SPIN_US", 0, 10000, tcp_auto_recv_spin_us(usable_cores()),
+                       "auto or microseconds, 0-10000", &us);
+    *out_ns = (uint64_t)us * 1000u;
+    return rc;
+}
+
 /* FERRY_TCP_SERVE_SPIN_US: unset, empty or "auto": tcp_auto_serve_spin_us
  * of the cores this process may run on; else 0 (never) to 10000 µs. */
 static int tcp_serve_spin(uint64_t *out_ns)
@@ -247,7 +266,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
     unsigned max_conns = 4, spread = 1, spread_read = 1, spread_staged = 0;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    uint64_t read_handoff = 0, ack_hold = 0, serve_spin = 0;
+    uint64_t read_handoff = 0, ack_hold = 0, serve_spin = 0, recv_spin = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
@@ -274,6 +293,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
         mrc = tcp_ack_on_copy(&ack_on_copy);
     if (!mrc)
         mrc = tcp_serve_spin(&serve_spin);
+    if (!mrc)
+        mrc = tcp_recv_spin(&recv_spin);
     if (mrc)
         return mrc;
     t->max_conns = max_conns;
@@ -289,5 +310,6 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->dev_pipe = dev_pipe;
     t->ack_on_copy = ack_on_copy;
     t->serve_spin_ns = serve_spin;
+    t->recv_spin_ns = recv_spin;
     return 0;
 }
