@@ -242,8 +242,12 @@ static const struct knob knobs[] = {
         "tcp target: after a frame of at most 256 KiB a connection's thread looks for the next one (while frames "
         "came closer together than this lately), and within one for the rest of its payload, for up to this many "
         "microseconds, yielding the CPU between looks, before it sleeps (no wake-up of an idle CPU per frame); at "
-        "most half the usable CPUs (at least one) look at once in a process: auto (100 below 8 cores, 0 (off) from "
-        "8) or 0-10000"),
+        "most half the usable CPUs (at least one) look at once in a process: auto (100) or 0-10000"),
+    DOC("FERRY_TCP_RECV_SPIN_US", "auto",
+        "tcp initiator: after the response to a frame of at most 256 KiB a connection's receiver looks for the next "
+        "one (while responses came closer together than this lately), and within a READ's for the rest of its "
+        "payload, for up to this many microseconds, yielding the CPU between looks, before it sleeps; from the same "
+        "budget as FERRY_TCP_SERVE_SPIN_US's looks: auto (0 (off) below 8 cores, 100 from 8) or 0-10000"),
     DOC("FERRY_TCP_DEVICE_PIPE", "262144",
         "tcp target, device memory: a copy between its bounce and the device starts per this many bytes, so the "
         "device copies while the socket moves the next ones (16384-4194304)"),

@@ -3,7 +3,8 @@
  * spin.h — the process's budget of threads that look instead of sleeping.
  *
  * A thread about to sleep for something that usually comes soon (a tcp
- * target's next frame, a waiter's batch end) may look for it for a while
+ * target's next frame, a tcp receiver's next response, a waiter's batch
+ * end) may look for it for a while
  * first, yielding the CPU between looks: no futex or interrupt wake-up of an
  * idle CPU when it comes.  At most half the usable CPUs (at least one) look
  * at once in the process, whoever looks: a look over the budget is refused

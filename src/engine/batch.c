@@ -665,9 +665,9 @@ int ferry_batch_status(ferry_batch *b, size_t index, struct ferry_status *st)
  * costs microseconds, tens in a VM).  Only a thread waiting for a batch
  * spins, only that long (never past its timeout), only while recent waits
  * were shorter (wait_learn), and only with a look of the process's budget
- * (common/spin.h: at most half the usable CPUs look at once, tcp targets'
- * looks included): an idle engine spends nothing, and many waiters cannot
- * take every core.  b->lock held on entry and on return; the caller checks
+ * (common/spin.h: at most half the usable CPUs look at once, the tcp
+ * targets' and receivers' looks included): an idle engine spends nothing,
+ * and many waiters cannot take every core.  b->lock held on entry and on return; the caller checks
  * finished() again. */
 static void spin_for_end(struct ferry_batch *b, uint64_t spin_ns)
 {

@@ -75,6 +75,7 @@ static const struct env_knob_case tcp_knobs[] = {
     {"FERRY_TCP_ACK_HOLD", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_RCVLOWAT", {"67108865", "256K", "-1", "some"}, {"auto", "", "0", "262144", "67108864"}},
     {"FERRY_TCP_SERVE_SPIN_US", {"10001", "100us", "-1", "some", " 5"}, {"auto", "", "0", "100", "10000"}},
+    {"FERRY_TCP_RECV_SPIN_US", {"10001", "100us", "-1", "some", " 5", "+5"}, {"auto", "", "0", "100", "10000"}},
     {"FERRY_TCP_DEVICE_PIPE", {"0", "16383", "4194305", "64K", "auto", "-1"}, {"", "16384", "65536", "4194304"}},
     /* not tcp's: the engine's own, read the same way at start */
     {"FERRY_KEEPALIVE_S", {"86401", "-1", "5s", " 5", "+5", "auto"}, {"", "0", "2", "120", "86400"}},
@@ -135,12 +136,20 @@ static void tcp_defaults_scale_with_cores(void **state)
     assert_int_equal(tcp_auto_ack_hold(7), 256u << 10);
     assert_int_equal(tcp_auto_ack_hold(8), 0);
     assert_int_equal(tcp_auto_ack_hold(16), 0);
-    /* the target's look before it sleeps: 100 µs below 8 cores (2: CI), off from 8 */
+    /* the target's look before it sleeps: 100 µs on any host (t17v below 8
+     * cores, t17w from 8); the initiator's receiver's: off below 8 cores (2:
+     * CI, as before), 100 µs from 8 (both ends look there) */
     assert_int_equal(tcp_auto_serve_spin_us(1), 100);
     assert_int_equal(tcp_auto_serve_spin_us(2), 100);
     assert_int_equal(tcp_auto_serve_spin_us(7), 100);
-    assert_int_equal(tcp_auto_serve_spin_us(8), 0);
-    assert_int_equal(tcp_auto_serve_spin_us(16), 0);
+    assert_int_equal(tcp_auto_serve_spin_us(8), 100);
+    assert_int_equal(tcp_auto_serve_spin_us(16), 100);
+    assert_int_equal(tcp_auto_recv_spin_us(1), 0);
+    assert_int_equal(tcp_auto_recv_spin_us(2), 0);
+    assert_int_equal(tcp_auto_recv_spin_us(7), 0);
+    assert_int_equal(tcp_auto_recv_spin_us(8), 100);
+    assert_int_equal(tcp_auto_recv_spin_us(16), 100);
+    assert_int_equal(tcp_auto_recv_spin_us(256), 100);
     /* the waiter's look for its batch's end: 50 µs below 8 cores, 400 from 8 */
     assert_int_equal(engine_auto_wait_spin_us(1), 50);
     assert_int_equal(engine_auto_wait_spin_us(7), 50);

@@ -402,6 +402,81 @@ static void read_handoff_choice(void **state)
     assert_false(tcp_read_by_sender(1, 4 * KiB, false));
 }
 
+/* FERRY_TCP_RECV_SPIN_US: an initiator's receiver looks for the next
+ * response only when the knob is on, after a response to a frame of at most
+ * 256 KiB (a batch of small blocks), and while the gaps between responses
+ * were shorter than the look lately; the gaps' mean counts each gap as at
+ * most four looks, so that it falls below the look within a few close
+ * responses after a pause, and rises above it after a few long gaps. */
+static void recv_look_choice(void **state)
+{
+    (void)state;
+    const uint64_t us = 1000, spin = 100 * us;
+    assert_true(tcp_recv_look_worth(spin, 128 * KiB, 50 * us));
+    assert_true(tcp_recv_look_worth(spin, TCP_SPIN_FRAME_MAX, 99 * us)); /* at the largest frame */
+    assert_false(tcp_recv_look_worth(0, 128 * KiB, 0));                   /* off */
+    assert_false(tcp_recv_look_worth(spin, TCP_SPIN_FRAME_MAX + 1, 0));   /* a larger frame */
+    assert_false(tcp_recv_look_worth(spin, UINT64_MAX, 0));               /* no response yet */
+    assert_false(tcp_recv_look_worth(spin, 4 * KiB, spin));              /* gaps as long as the look */
+    /* a pause counts as four looks at most: from there, close responses
+     * bring the mean below the look within a handful */
+    uint64_t mean = tcp_spin_gap_learn(4 * spin, 10ull * 1000 * 1000 * 1000, spin);
+    assert_int_equal(mean, 4 * spin);
+    int k = 0;
+    for (; k < 20 && !tcp_recv_look_worth(spin, 128 * KiB, mean); k++)
+        mean = tcp_spin_gap_learn(mean, 30 * us, spin);
+    assert_true(k >= 3 && k <= 8);
+    for (k = 0; k < 20 && tcp_recv_look_worth(spin, 128 * KiB, mean); k++)
+        mean = tcp_spin_gap_learn(mean, 300 * us, spin);
+    assert_true(k >= 1 && k <= 4);
+}
+
+struct dripper {
+    int tx, rx;
+    const uint8_t *rest;
+    size_t len;
+};
+
+/* Sends the rest once the reader has drained what came first (it waits). */
+static void *send_rest_when_drained(void *arg)
+{
+    struct dripper *d = arg;
+    int queued = 1;
+    while (queued > 0) {
+        assert_int_equal(ioctl(d->rx, FIONREAD, &queued), 0);
+        sched_yield();
+    }
+    usleep(2000);
+    assert_int_equal(send_all(d->tx, d->rest, d->len), 0);
+    return NULL;
+}
+
+/* The receiver's look within a READ payload: a budget on a wake-up with no
+ * eventfd (fd -1, as tcp_conn.c's receiver makes it) is looked with and
+ * spent, and the bytes arrive whole. */
+static void look_without_eventfd(void **state)
+{
+    (void)state;
+    int a, b;
+    tcp_pair(&a, &b);
+    uint8_t out[6000], in[6000];
+    for (size_t i = 0; i < sizeof out; i++)
+        out[i] = (uint8_t)(i * 7);
+    assert_int_equal(send_all(a, out, 1000), 0);
+    struct sockio_wake look = {.fd = -1, .spin_left_ns = 50000};
+    struct dripper d = {a, b, out + 1000, sizeof out - 1000};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, send_rest_when_drained, &d), 0);
+    size_t got = 0;
+    assert_int_equal(sockio_recv(b, in, sizeof in, net_deadline(60000), &look, NULL, &got), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(got, sizeof in);
+    assert_memory_equal(in, out, sizeof in);
+    assert_true(look.spin_left_ns < 50000); /* it looked (2 ms of waiting: all of the budget) */
+    close(a);
+    close(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -415,6 +490,8 @@ int main(void)
         cmocka_unit_test(spin_looks_capped),
         cmocka_unit_test(sockbuf_sets_both_buffers),
         cmocka_unit_test(read_handoff_choice),
+        cmocka_unit_test(recv_look_choice),
+        cmocka_unit_test(look_without_eventfd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

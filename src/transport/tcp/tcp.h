@@ -43,6 +43,7 @@ struct tcp_transport {
     uint64_t dev_pipe;      /* FERRY_TCP_DEVICE_PIPE: the target's device copies start per this many bytes */
     unsigned ack_on_copy;   /* FERRY_TCP_ACK_ON_COPY: a WRITE's ack from its device copies' completion (1, 2) */
     uint64_t serve_spin_ns; /* FERRY_TCP_SERVE_SPIN_US: a target's thread looks before it sleeps (0: never) */
+    uint64_t recv_spin_ns;  /* FERRY_TCP_RECV_SPIN_US: an initiator's receiver looks before it sleeps (0: never) */
 };
 
 /* FERRY_TCP_DEVICE_PIPE (tcp_serve_dev.c): bytes of device payload per
@@ -130,6 +131,23 @@ uint64_t tcp_auto_sockbuf(long cores);
 uint64_t tcp_auto_ack_hold(long cores);
 /* FERRY_TCP_SERVE_SPIN_US's default on a host with `cores` CPUs, µs (0: off). */
 unsigned tcp_auto_serve_spin_us(long cores);
+/* FERRY_TCP_RECV_SPIN_US's default on a host with `cores` CPUs, µs (0: off). */
+unsigned tcp_auto_recv_spin_us(long cores);
+
+/* The frames after which an initiator's receiver (and a target's thread)
+ * may look for the next bytes before it sleeps: a batch of small blocks'
+ * frames (larger ones take longer than a look to move). */
+#define TCP_SPIN_FRAME_MAX ((uint64_t)256 << 10)
+/* Whether an initiator's receiver looks for the next response for up to
+ * `spin_ns` (FERRY_TCP_RECV_SPIN_US, 0: never) before it sleeps: after a
+ * response to a frame of at most TCP_SPIN_FRAME_MAX bytes (`last_bytes`),
+ * while the gaps between responses were shorter than the look lately
+ * (`gap_mean_ns`, tcp_spin_gap_learn). */
+bool tcp_recv_look_worth(uint64_t spin_ns, uint64_t last_bytes, uint64_t gap_mean_ns);
+/* The moving mean of the gaps between frames (or responses) that decides
+ * whether a thread looks: each gap counted as at most four looks, so that a
+ * burst after a pause is learnt within a few frames. */
+uint64_t tcp_spin_gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns);
 
 /* Whether a READ request of `frame_bytes` goes to its connection's sender
  * thread rather than being written by the submitting thread: with

@@ -214,13 +214,40 @@ static int tcp_ack_hold(uint64_t *out)
 }
 
 /* A target's connection thread looks for the next frame (and for the rest
- * of a payload) for up to 100 µs before it sleeps, below 8 cores: see
- * tcp_serve.c and docs/BENCHMARKS.md (t17v). */
-#define SERVE_SPIN_US_FEW_CORES 100u
+ * of a payload) for up to 100 µs before it sleeps: below 8 cores (t17v: a
+ * target on the other vCPU of two), and from 8 with the initiator's receiver
+ * looking too (t17w, below).  See tcp_serve.c and docs/BENCHMARKS.md. */
+#define SERVE_SPIN_US 100u
 
 unsigned tcp_auto_serve_spin_us(long cores)
 {
-    return cores < 8 ? SERVE_SPIN_US_FEW_CORES : 0;
+    (void)cores;
+    return SERVE_SPIN_US;
+}
+
+/* An initiator's receiver looks for the next response before it sleeps, for
+ * up to 100 µs, from 8 cores: on the GPU machine's 16 CPUs (a VM whose idle
+ * CPUs halt) one thread's READ 4 KiB x 128 moved 5.98-6.56 GB/s with both
+ * ends looking against 5.24-6.25 without, WRITE 5.62-5.94 against
+ * 5.22-5.62, at about twice the CPU a MiB on each side (docs/BENCHMARKS.md,
+ * t17w).  Below 8 cores the two CPUs are better left to the copies and the
+ * waiter (off, as before). */
+#define RECV_SPIN_US_MANY_CORES 100u
+
+unsigned tcp_auto_recv_spin_us(long cores)
+{
+    return cores < 8 ? 0 : RECV_SPIN_US_MANY_CORES;
+}
+
+/* FERRY_TCP_RECV_SPIN_US: unset, empty or "auto": tcp_auto_recv_spin_us of
+ * the cores this process may run on; else 0 (never) to 10000 µs. */
+static int tcp_recv_spin(uint64_t *out_ns)
+{
+    unsigned us;
+    int rc = env_count("FERRY_TCP_RECV_SPIN_US", 0, 10000, tcp_auto_recv_spin_us(usable_cores()),
+                       "auto or microseconds, 0-10000", &us);
+    *out_ns = (uint64_t)us * 1000u;
+    return rc;
 }
 
 /* FERRY_TCP_SERVE_SPIN_US: unset, empty or "auto": tcp_auto_serve_spin_us
@@ -247,7 +274,7 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
 {
     unsigned max_conns = 4, spread = 1, spread_read = 1, spread_staged = 0;
     uint64_t grow_bytes = GROW_MAX, inline_bytes = INLINE_BYTES, sockbuf = 0, rcvlowat = 0, dev_pipe = 0;
-    uint64_t read_handoff = 0, ack_hold = 0, serve_spin = 0;
+    uint64_t read_handoff = 0, ack_hold = 0, serve_spin = 0, recv_spin = 0;
     unsigned ack_on_copy = 0;
     int mrc = tcp_max_connections(&max_conns);
     if (!mrc)
@@ -274,6 +301,8 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
         mrc = tcp_ack_on_copy(&ack_on_copy);
     if (!mrc)
         mrc = tcp_serve_spin(&serve_spin);
+    if (!mrc)
+        mrc = tcp_recv_spin(&recv_spin);
     if (mrc)
         return mrc;
     t->max_conns = max_conns;
@@ -289,5 +318,6 @@ int tcp_config_read(uint64_t slice_size, struct tcp_transport *t)
     t->dev_pipe = dev_pipe;
     t->ack_on_copy = ack_on_copy;
     t->serve_spin_ns = serve_spin;
+    t->recv_spin_ns = recv_spin;
     return 0;
 }

@@ -7,7 +7,10 @@
  * the sending side (tcp.c) uses too.  Only the receiver ends frames in
  * flight, so "ended" and "memory no longer touched" are one moment.  It
  * reads response headers that follow each other (acks, which carry no
- * payload, up to a READ's header) with one recv (c->ahead).
+ * payload, up to a READ's header) with one recv (c->ahead).  Between the
+ * responses of a batch of small blocks it may look for the next bytes for a
+ * while before it sleeps (FERRY_TCP_RECV_SPIN_US: no wake-up of an idle CPU
+ * per response).
  */
 #include <errno.h>
 #include <poll.h>
@@ -125,7 +128,7 @@ static int next_header(struct tcp_conn *c, uint8_t raw[WIRE_HEADER_SIZE], uint64
 /* Reads one response and ends the oldest frame in flight.  The whole
  * response, READ payload included, must arrive by that frame's deadline: a
  * target that drips bytes cannot hold a request past it. */
-static int receive_response(struct tcp_conn *c)
+static int receive_response(struct tcp_conn *c, uint64_t *frame_bytes)
 {
     uint8_t raw[WIRE_HEADER_SIZE];
     struct wire_header h;
@@ -168,7 +171,11 @@ static int receive_response(struct tcp_conn *c)
                 iov[n++] = (struct iovec){f->pieces[i].local, f->pieces[i].len};
         if (h.flags & WIRE_FLAG_TRAILER)
             iov[n++] = (struct iovec){tr, sizeof tr};
-        if ((rc = sockio_recvv_lowat(c->fd, iov, n, f->deadline_ns, NULL, NULL, c->peer->t->rcvlowat, NULL)))
+        /* the rest of a small payload, still arriving: looked for before sleeping, two looks' worth */
+        uint64_t spin_ns = c->peer->t->recv_spin_ns;
+        struct sockio_wake look = {.fd = -1, .spin_left_ns = f->bytes <= TCP_SPIN_FRAME_MAX ? 2 * spin_ns : 0};
+        if ((rc = sockio_recvv_lowat(c->fd, iov, n, f->deadline_ns, spin_ns ? &look : NULL, NULL,
+                                     c->peer->t->rcvlowat, NULL)))
             return rc == FERRY_ETIMEDOUT ? ferry_fail(rc, "request timed out: READ payload unfinished at "
                                                       "its deadline") : rc;
         if (h.flags & WIRE_FLAG_TRAILER) {
@@ -199,8 +206,21 @@ static int receive_response(struct tcp_conn *c)
         snprintf(msg, sizeof msg, "target %s refused an access outside its registered buffers "
                  "(or unregistered while it was served)", peer);
     TRACE(TR_TCP_ACK, f->bytes);
+    *frame_bytes = f->bytes;
     tcp_frame_end(c, f, status, h.refused | revoked, msg);
     return 0;
+}
+
+bool tcp_recv_look_worth(uint64_t spin_ns, uint64_t last_bytes, uint64_t gap_mean_ns)
+{
+    return spin_ns && last_bytes <= TCP_SPIN_FRAME_MAX && gap_mean_ns < spin_ns;
+}
+
+uint64_t tcp_spin_gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns)
+{
+    if (gap_ns > 4 * spin_ns)
+        gap_ns = 4 * spin_ns;
+    return gap_mean_ns - gap_mean_ns / 4 + gap_ns / 4;
 }
 
 static bool deadline_passed(struct tcp_conn *c)
@@ -219,6 +239,9 @@ void *tcp_receiver_main(void *arg)
 {
     struct tcp_conn *c = arg;
     (void)pthread_setname_np(pthread_self(), "ferry-tcp-recv"); /* top -H, bench/tcp_threads.sh */
+    /* FERRY_TCP_RECV_SPIN_US: the gaps between responses, lately, and the
+     * last response's frame (no look before the first responses) */
+    uint64_t spin_ns = c->peer->t->recv_spin_ns, gap_mean_ns = 4 * spin_ns, last_bytes = UINT64_MAX, last = now_ns();
     for (;;) {
         pthread_mutex_lock(&c->lock);
         int broken = c->broken;
@@ -227,13 +250,21 @@ void *tcp_receiver_main(void *arg)
             break;
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         /* a header read ahead is there already: no wait */
-        int n = c->ahead_len >= WIRE_HEADER_SIZE ? 1 : poll(&p, 1, POLL_TICK_MS);
+        int n = c->ahead_len >= WIRE_HEADER_SIZE ? 1 : 0;
+        if (!n && tcp_recv_look_worth(spin_ns, last_bytes, gap_mean_ns))
+            n = sockio_spin_readable(c->fd, NULL, spin_ns); /* the next response within µs: no sleep */
+        if (!n)
+            n = poll(&p, 1, POLL_TICK_MS);
         if (n == 0 || (n < 0 && errno == EINTR)) {
+            gap_mean_ns = 4 * spin_ns; /* a whole tick with no response: no more looks until they come close */
             if (deadline_passed(c))
                 tcp_conn_mark_broken(c, FERRY_ETIMEDOUT, "request deadline passed; connection reset");
             continue;
         }
-        int rc = receive_response(c);
+        if (spin_ns)
+            gap_mean_ns = tcp_spin_gap_learn(gap_mean_ns, now_ns() - last, spin_ns);
+        int rc = receive_response(c, &last_bytes);
+        last = now_ns();
         if (rc)
             tcp_conn_mark_broken(c, rc, ferry_last_error());
     }

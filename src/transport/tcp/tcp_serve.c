@@ -211,10 +211,9 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     return rc;
 }
 
-/* The largest frame (payload bytes) after which, and within which, the
- * thread looks before it sleeps (FERRY_TCP_SERVE_SPIN_US): a batch of 128 x
- * 4 KiB is two frames of 256 KiB. */
-#define SPIN_FRAME_MAX ((uint64_t)256 << 10)
+/* (TCP_SPIN_FRAME_MAX, tcp.h: the largest frame after which, and within
+ * which, the thread looks before it sleeps (FERRY_TCP_SERVE_SPIN_US): a
+ * batch of 128 x 4 KiB is two frames of 256 KiB.) */
 
 /* ---- FERRY_TCP_ACK_HOLD: a small WRITE of host memory whose next frame is
  * already there holds its ack, which then leaves with the next response
@@ -270,7 +269,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
     entries_begin(s, e, h->nentries, "WRITE");
     /* the rest of a small payload, still arriving: looked for before sleeping, two looks' worth */
     s->frame_bytes = h->payload_len;
-    s->wake.spin_left_ns = h->payload_len <= SPIN_FRAME_MAX ? 2 * t->serve_spin_ns : 0;
+    s->wake.spin_left_ns = h->payload_len <= TCP_SPIN_FRAME_MAX ? 2 * t->serve_spin_ns : 0;
     bool host_only = true;
     for (unsigned i = 0; i < h->nentries; i++)
         host_only = host_only && !(s->ent[i].held && s->ent[i].region.device_index >= 0);
@@ -550,15 +549,9 @@ static int serve_frame(struct server_conn *s)
 static bool spin_worth(const struct server_conn *s, uint64_t gap_mean_ns)
 {
     uint64_t spin_ns = s->t->serve_spin_ns;
-    return spin_ns && s->frame_bytes <= SPIN_FRAME_MAX && gap_mean_ns < spin_ns;
+    return spin_ns && s->frame_bytes <= TCP_SPIN_FRAME_MAX && gap_mean_ns < spin_ns;
 }
 
-static uint64_t gap_learn(uint64_t gap_mean_ns, uint64_t gap_ns, uint64_t spin_ns)
-{
-    if (gap_ns > 4 * spin_ns)
-        gap_ns = 4 * spin_ns;
-    return gap_mean_ns - gap_mean_ns / 4 + gap_ns / 4;
-}
 
 /* One incoming connection, on its own thread (common/acceptor.c): HELLO,
  * then frames until the peer leaves, breaks the protocol, misses a frame
@@ -617,7 +610,7 @@ void tcp_serve_connection(void *ctx, struct acceptor_conn *c)
         /* claimed before a byte of the frame is read: evicted while idle, it ends here, quietly */
         if (!acceptor_conn_claim(c))
             break;
-        gap_mean_ns = gap_learn(gap_mean_ns, now_ns() - last, spin_ns);
+        gap_mean_ns = tcp_spin_gap_learn(gap_mean_ns, now_ns() - last, spin_ns);
         rc = serve_frame(s);
         last = now_ns();
     }
