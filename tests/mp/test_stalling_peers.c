@@ -18,7 +18,14 @@
  *    timeout) and then drips its request to finish at 1.3 of it gets no
  *    answer: one deadline covers authentication and request (before rev19
  *    the request had a fresh one after authentication, and was answered);
- *    a normal fetch is answered after it.
+ *    a normal fetch is answered after it; the tcp data port's HELLO the same.
+ *
+ * On main before rev19 only the handshake case failed: the initiator's
+ * receiver already broke a connection whose frame passed its deadline
+ * (its 100 ms tick), and the target's ack write, one small sendmsg, timed
+ * out after SO_SNDTIMEO with no progress; the tcp HELLO already had one
+ * deadline.  Those cases guard what rev19 now bounds explicitly (the
+ * sender writes by the frame's deadline, the target answers by it).
  *
  * No duration is asserted: the outcomes (state, code, the connection's
  * end, bytes verified) are; the pace of the hostile peers is a multiple of
@@ -431,6 +438,66 @@ static void handshake_one_deadline_for_auth_and_request(void **state)
     auth_key_wipe(&k);
 }
 
+/* The tcp data port's HELLO: the same, on a target child with a key and
+ * FERRY_CONNECT_TIMEOUT_MS=1000 (one deadline for authentication, HELLO and
+ * HELLO_ACK, as it was before rev19 too: a guard).  The client waits 0.6 s,
+ * authenticates, drips HELLO to finish at 1.3 s: no HELLO_ACK comes, the
+ * connection is closed; an engine with the key is served after it. */
+static void tcp_hello_one_deadline_for_auth_and_hello(void **state)
+{
+    (void)state;
+    struct child_target t;
+    assert_int_equal(putenv((char *)"FERRY_CONNECT_TIMEOUT_MS=" "1000"), 0);
+    assert_int_equal(putenv((char *)"FERRY_AUTH_KEY=" KEY), 0);
+    int rc = child_target_start(&t, TSIZE, "cpu", SEED);
+    unsetenv("FERRY_CONNECT_TIMEOUT_MS");
+    unsetenv("FERRY_AUTH_KEY");
+    assert_int_equal(rc, 0);
+    struct auth_key k;
+    assert_int_equal(auth_key_load(&k, KEY, NULL, 1), 0);
+    uint64_t epoch = 0;
+    int port = raw_data_port(t.name, &k, &epoch);
+    assert_true(port > 0);
+
+    int fd = raw_connect_from(ATTACKER, port);
+    assert_true(fd >= 0);
+    poll(NULL, 0, 600);
+    assert_int_equal(auth_client(fd, &k, AUTH_TCP, "tcp", net_deadline(10000), NULL), 0);
+    uint8_t hello[WIRE_HEADER_SIZE + 8];
+    struct wire_header h = {.type = WIRE_HELLO, .payload_len = 8, .epoch = epoch};
+    wire_encode_header(&h, hello);
+    memcpy(hello + WIRE_HEADER_SIZE, "dripping", 8);
+    unsigned pace_ms = 700u / (unsigned)sizeof hello;
+    size_t sent = 0;
+    for (; sent < sizeof hello; sent++) {
+        poll(NULL, 0, (int)pace_ms);
+        if (send(fd, hello + sent, 1, MSG_NOSIGNAL) != 1)
+            break;
+    }
+    rc = raw_read_header(fd, &h, GUARD_MS);
+    print_message("a HELLO dripped after a slow authentication (%zu of %zu bytes sent): %s\n", sent, sizeof hello,
+                  rc ? "dropped, no HELLO_ACK" : "ANSWERED");
+    assert_int_equal(rc, -1);
+    close(fd);
+
+    struct ferry_config cfg; /* an initiator with the key is served */
+    ferry_engine *e;
+    ferry_segment_t seg;
+    char *local;
+    assert_int_equal(ferry_config_init(&cfg), 0);
+    cfg.auth_key = KEY;
+    assert_int_equal(ferry_engine_create(&cfg, &e), 0);
+    assert_int_equal(ferry_mem_alloc(e, "cpu", 2 * XFER, (void **)&local), 0);
+    assert_int_equal(ferry_register_memory(e, local, 2 * XFER, "cpu", 0), 0);
+    assert_int_equal(ferry_open_segment(e, t.name, &seg), 0);
+    transfer_verified(e, seg, local, &t, SEED + 4);
+    ferry_unregister_memory(e, local);
+    ferry_mem_free(e, "cpu", local, 2 * XFER);
+    ferry_engine_destroy(e);
+    auth_key_wipe(&k);
+    child_target_kill(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +505,7 @@ int main(void)
         cmocka_unit_test(initiator_target_reads_slowly),
         cmocka_unit_test(target_drops_an_initiator_that_stops_reading),
         cmocka_unit_test(handshake_one_deadline_for_auth_and_request),
+        cmocka_unit_test(tcp_hello_one_deadline_for_auth_and_hello),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
