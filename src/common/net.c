@@ -677,24 +677,20 @@ static int io_error(ssize_t n, const char *what)
     return ferry_fail(FERRY_ECONN, "%s: %s", what, strerror(errno));
 }
 
-int net_read_full(int fd, void *buf, size_t len)
+/* The socket's own timeout (SO_RCVTIMEO or SO_SNDTIMEO) as one deadline
+ * from now; UINT64_MAX when it has none.  Read only once a call would
+ * block: a call the socket satisfies at once costs no getsockopt. */
+static uint64_t socket_deadline(int fd, int opt)
 {
-    char *p = buf;
-    while (len > 0) {
-        ssize_t n = recv(fd, p, len, MSG_WAITALL);
-        if (n > 0) {
-            p += n;
-            len -= (size_t)n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else {
-            return io_error(n, "recv");
-        }
-    }
-    return 0;
+    struct timeval tv = {0, 0};
+    socklen_t sl = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, opt, &tv, &sl) != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0))
+        return UINT64_MAX;
+    return now_ns() + (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
 }
 
-/* Waits until fd is ready for `events` or the deadline passes. */
+/* Waits until fd is ready for `events` or the deadline passes (UINT64_MAX:
+ * never). */
 static int wait_ready(int fd, short events, uint64_t deadline_ns, const char *what)
 {
     for (;;) {
@@ -711,24 +707,43 @@ static int wait_ready(int fd, short events, uint64_t deadline_ns, const char *wh
     }
 }
 
-int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns)
+/* Reads len bytes: what the socket has at once, then, only once it would
+ * block, waits with poll for the rest until the deadline (by_socket: the
+ * socket's SO_RCVTIMEO, taken then as one deadline for the rest of the
+ * call, however the peer slices its bytes). */
+static int read_by(int fd, void *buf, size_t len, uint64_t deadline_ns, bool by_socket)
 {
     char *p = buf;
     while (len > 0) {
-        int rc = wait_ready(fd, POLLIN, deadline_ns, "recv");
-        if (rc)
-            return rc;
         ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
         if (n > 0) {
             p += n;
             len -= (size_t)n;
-        } else if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+        } else if (n < 0 && errno == EINTR) {
             continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (by_socket) {
+                deadline_ns = socket_deadline(fd, SO_RCVTIMEO);
+                by_socket = false;
+            }
+            int rc = wait_ready(fd, POLLIN, deadline_ns, "recv");
+            if (rc)
+                return rc;
         } else {
             return io_error(n, "recv");
         }
     }
     return 0;
+}
+
+int net_read_full(int fd, void *buf, size_t len)
+{
+    return read_by(fd, buf, len, UINT64_MAX, true);
+}
+
+int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns)
+{
+    return read_by(fd, buf, len, deadline_ns, false);
 }
 
 /* Skips n sent bytes: drops the iovecs they filled, trims the one they ended in. */
@@ -745,21 +760,38 @@ static void iov_advance(struct iovec **iov, int *iovcnt, size_t n)
     }
 }
 
-int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns)
+/* Writes the iovec array as read_by reads: as much as the socket takes at
+ * once, and only once it would block, poll until the deadline (by_socket:
+ * the socket's SO_SNDTIMEO from then on, one deadline for the rest). */
+static int writev_by(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, bool by_socket)
 {
     while (iovcnt > 0) {
-        int rc = wait_ready(fd, POLLOUT, deadline_ns, "send");
-        if (rc)
-            return rc;
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n > 0) {
+            iov_advance(&iov, &iovcnt, (size_t)n);
             continue;
-        if (n <= 0)
-            return io_error(n < 0 ? -1 : 0, "send");
-        iov_advance(&iov, &iovcnt, (size_t)n);
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (by_socket) {
+                deadline_ns = socket_deadline(fd, SO_SNDTIMEO);
+                by_socket = false;
+            }
+            int rc = wait_ready(fd, POLLOUT, deadline_ns, "send");
+            if (rc)
+                return rc;
+            continue;
+        }
+        return io_error(n < 0 ? -1 : 0, "send");
     }
     return 0;
+}
+
+int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns)
+{
+    return writev_by(fd, iov, iovcnt, deadline_ns, false);
 }
 
 int net_write_full_deadline(int fd, const void *buf, size_t len, uint64_t deadline_ns)
@@ -776,28 +808,35 @@ uint64_t net_deadline(unsigned ms)
 int net_discard(int fd, uint64_t len)
 {
     char sink[65536];
+    uint64_t deadline = UINT64_MAX;
+    bool by_socket = true; /* one deadline for all of it, from its first wait */
     while (len > 0) {
         size_t n = len < sizeof sink ? (size_t)len : sizeof sink;
-        int rc = net_read_full(fd, sink, n);
-        if (rc)
-            return rc;
-        len -= n;
+        ssize_t got = recv(fd, sink, n, MSG_DONTWAIT);
+        if (got > 0) {
+            len -= (uint64_t)got;
+            continue;
+        }
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (by_socket) {
+                deadline = socket_deadline(fd, SO_RCVTIMEO);
+                by_socket = false;
+            }
+            int rc = wait_ready(fd, POLLIN, deadline, "recv");
+            if (rc)
+                return rc;
+            continue;
+        }
+        return io_error(got, "recv");
     }
     return 0;
 }
 
 int net_writev_full(int fd, struct iovec *iov, int iovcnt)
 {
-    while (iovcnt > 0) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return io_error(n < 0 ? -1 : 0, "send");
-        iov_advance(&iov, &iovcnt, (size_t)n);
-    }
-    return 0;
+    return writev_by(fd, iov, iovcnt, UINT64_MAX, true);
 }
 
 int net_write_full(int fd, const void *buf, size_t len)

@@ -93,11 +93,19 @@ void net_set_timeouts(int fd, unsigned recv_ms, unsigned send_ms);
 void net_set_keepalive(int fd, unsigned dead_s);
 
 /* Reads exactly len bytes.  Returns 0, or FERRY_ECONN (peer closed / reset),
- * FERRY_ETIMEDOUT (SO_RCVTIMEO expired). */
+ * FERRY_ETIMEDOUT.  The socket's SO_RCVTIMEO (none: no bound) bounds the
+ * whole call, not each piece: read once the call first has to wait, it is
+ * one deadline for all the bytes still missing, so a peer that drips a byte
+ * at a time cannot stretch the call to a timeout per byte.  Each piece is
+ * taken with a non-blocking recv and a wait is a poll: a call whose bytes
+ * are there costs one recv and no clock or getsockopt. */
 int net_read_full(int fd, void *buf, size_t len);
 /* The same with one absolute deadline (monotonic ns, see now_ns) for the
  * whole transfer, however the peer slices it: a peer that sends one byte at
- * a time cannot stretch it.  FERRY_ETIMEDOUT once the deadline passes.
+ * a time cannot stretch it.  FERRY_ETIMEDOUT once the deadline passes and
+ * the socket has nothing more to give or take (bytes the socket has or
+ * takes at once move even past it: the first piece is tried before the
+ * clock is read, so a call that need not wait costs no poll).
  * Independent of SO_RCVTIMEO / SO_SNDTIMEO. */
 int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns);
 int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns);
@@ -105,9 +113,13 @@ int net_write_full_deadline(int fd, const void *buf, size_t len, uint64_t deadli
 /* now_ns() + ms milliseconds. */
 uint64_t net_deadline(unsigned ms);
 
-/* Reads and throws away len bytes (payload of a refused frame). */
+/* Reads and throws away len bytes (payload of a refused frame), SO_RCVTIMEO
+ * bounding the whole call as in net_read_full. */
 int net_discard(int fd, uint64_t len);
-/* Writes the whole iovec array (modified in place). Returns 0 or as above. */
+/* Writes the whole iovec array (modified in place). Returns 0 or as above,
+ * the socket's SO_SNDTIMEO bounding the whole call (from its first wait: a
+ * peer that reads a little at a time, or stops reading with its window
+ * shut while its kernel still answers keepalives, cannot stretch it). */
 int net_writev_full(int fd, struct iovec *iov, int iovcnt);
 int net_write_full(int fd, const void *buf, size_t len);
 

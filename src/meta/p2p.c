@@ -108,8 +108,8 @@ static void send_error(int fd, int code, const char *text, uint64_t deadline_ns)
 }
 
 /* One connection, on its own thread: [authentication,] one request, one
- * answer.  The request (and the authentication) must arrive whole within
- * the timeout, however the peer slices it. */
+ * answer.  The authentication, the request and the answer all within one
+ * timeout from the accept, however the peer slices them. */
 static void serve(void *arg, struct acceptor_conn *c)
 {
     struct p2p_server *s = arg;
@@ -125,7 +125,10 @@ static void serve(void *arg, struct acceptor_conn *c)
             return;
         }
         authenticated = true;
-        deadline = net_deadline(s->timeout_ms);
+        /* the same deadline: one covers the authentication, the request and
+         * the answer, so a peer that authenticates and then drips its
+         * request holds this thread no longer than one that drips from the
+         * start */
         rc = net_read_full_deadline(c->fd, head, AUTH_PREFIX, deadline);
     }
     if (!rc)

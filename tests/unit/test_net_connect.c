@@ -17,6 +17,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -432,6 +434,78 @@ static void forked_child_resolves(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* pthread_create failing for the look-up pool (rev19): in a forked child
+ * (no look-up thread, none idle), a default thread stack of 64 GiB and an
+ * address-space limit a little over what the child maps make glibc's
+ * pthread_create fail for real (EAGAIN: no stack), whatever stacks glibc
+ * has cached (all far smaller) and whoever runs it (RLIMIT_AS binds root,
+ * RLIMIT_NPROC would not).  The look-up fails at once, FERRY_ECONN naming
+ * "could not start", rather than waiting out its deadline for a thread
+ * that never came; the pool takes the look-up back, so with the default
+ * stack again the next look-up starts a thread and succeeds. */
+static long vm_size_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = -1;
+    if (f) {
+        if (fscanf(f, "%ld", &pages) != 1)
+            pages = -1;
+        fclose(f);
+    }
+    return pages < 0 ? -1 : pages * sysconf(_SC_PAGESIZE);
+}
+
+static int child_lookup_thread_fails(void)
+{
+    pthread_attr_t big, dflt;
+    size_t dflt_stack = 0;
+    if (pthread_getattr_default_np(&dflt) != 0 || pthread_attr_getstacksize(&dflt, &dflt_stack) != 0)
+        return 10;
+    pthread_attr_init(&big);
+    if (pthread_attr_setstacksize(&big, (size_t)64 << 30) != 0 || pthread_setattr_default_np(&big) != 0)
+        return 11;
+    long vm = vm_size_bytes();
+    struct rlimit old, lim;
+    if (vm < 0 || getrlimit(RLIMIT_AS, &old) != 0)
+        return 12;
+    lim = old;
+    lim.rlim_cur = (rlim_t)vm + ((rlim_t)256 << 20);
+    if (setrlimit(RLIMIT_AS, &lim) != 0)
+        return 13;
+    struct addrinfo *res = NULL;
+    int rc = net_lookup("localhost", 80, net_deadline(10000), &res);
+    fprintf(stderr, "child, no thread to be had: %s: %s\n", ferry_err_name(rc), rc ? ferry_last_error() : "");
+    if (rc == 0) {
+        freeaddrinfo(res);
+        return 1;
+    }
+    if (rc != FERRY_ECONN || !strstr(ferry_last_error(), "could not start"))
+        return 2;
+    if (setrlimit(RLIMIT_AS, &old) != 0 || pthread_setattr_default_np(&dflt) != 0)
+        return 14;
+    rc = net_lookup("localhost", 80, net_deadline(10000), &res);
+    if (rc) {
+        fprintf(stderr, "child, threads again: %s\n", ferry_last_error());
+        return 3;
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
+static void lookup_thread_not_started(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(child_lookup_thread_fails());
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* A resolver that never answers: a UDP socket on 127.53.0.x:53 (clear of
  * a local resolver on 127.0.0.53) that takes queries and sends nothing,
  * the only server resolv.conf names (5 s x 2 attempts: glibc holds a
@@ -617,6 +691,7 @@ int main(void)
         cmocka_unit_test(ipv4_first_as_net_listen_binds),
         cmocka_unit_test(bad_names_and_ports),
         cmocka_unit_test(forked_child_resolves),
+        cmocka_unit_test(lookup_thread_not_started),
         cmocka_unit_test(silent_resolver_is_bounded_by_the_deadline), /* last ones: they bind over resolv.conf */
         cmocka_unit_test(abandoned_lookups_hold_up_no_other_name),
         cmocka_unit_test(abandoned_lookups_are_bounded),

@@ -47,13 +47,13 @@ struct rdma_server_conn {
 };
 
 /* Sends HELLO_ACK carrying an error and its reason. */
-static void refuse(struct rdma_server_conn *s, int status, const char *why)
+static void refuse(struct rdma_server_conn *s, int status, const char *why, uint64_t deadline)
 {
     /* the initiator takes only the statuses a target sends (rdma_status_allowed) */
     struct rdma_msg_header h = {.type = RDMA_MSG_HELLO_ACK,
                                 .status = rdma_status_allowed(RDMA_MSG_HELLO_ACK, status) ? status : FERRY_EIO};
     size_t n = strlen(why) < RDMA_MAX_TEXT ? strlen(why) : RDMA_MAX_TEXT;
-    rdma_msg_send(s->fd, &h, why, n, NULL, 0);
+    rdma_msg_send_by(s->fd, &h, why, n, NULL, 0, deadline);
     LOG_WARN("rdma: refused a queue pair from %s: %s", s->from, why);
 }
 
@@ -93,18 +93,18 @@ static int serve_hello(struct rdma_server_conn *s)
     char why[RDMA_MAX_TEXT + 1];
     if (auth_enabled(t->host.auth) && !authenticated) {
         snprintf(why, sizeof why, "authentication required (set the same FERRY_AUTH_KEY on both)");
-        refuse(s, FERRY_EPERM, why);
+        refuse(s, FERRY_EPERM, why, deadline);
         return ferry_fail(FERRY_EPERM, "%s", why);
     }
     if (theirs.engine_id != t->host.engine_id) {
         snprintf(why, sizeof why, "expects engine %016llx, this is engine %016llx (restarted?)",
                  (unsigned long long)theirs.engine_id, (unsigned long long)t->host.engine_id);
-        refuse(s, FERRY_ESTALE, why);
+        refuse(s, FERRY_ESTALE, why, deadline);
         return ferry_fail(FERRY_ESTALE, "%s", why);
     }
     if (theirs.nic >= t->nnics) {
         snprintf(why, sizeof why, "NIC index %u asked for, this engine has %zu", theirs.nic, t->nnics);
-        refuse(s, FERRY_EPROTO, why);
+        refuse(s, FERRY_EPROTO, why, deadline);
         return ferry_fail(FERRY_EPROTO, "%s", why);
     }
     struct rdma_nic *nic = &t->nics[theirs.nic];
@@ -124,7 +124,7 @@ static int serve_hello(struct rdma_server_conn *s)
         rc = rdma_bounce_create(t, nic, &s->bounce);
     if (rc) {
         snprintf(why, sizeof why, "%s", ferry_last_error());
-        refuse(s, rc, why);
+        refuse(s, rc, why, deadline);
         return ferry_fail(rc, "%s", why);
     }
     rdma_qp_info_local(nic, s->qp, psn, gid_index, &mine);
@@ -134,7 +134,8 @@ static int serve_hello(struct rdma_server_conn *s)
     rdma_bounce_info_encode(&s->bounce.info, bounce);
     struct rdma_msg_header ack = {.type = RDMA_MSG_HELLO_ACK};
     LOG_INFO("rdma: queue pair %u on %s for %s (its qpn %u)", s->qp->qp_num, nic->name, s->from, theirs.qpn);
-    return rdma_msg_send(s->fd, &ack, info, sizeof info, bounce, sizeof bounce);
+    /* the answer by the same deadline: a peer that stops reading cannot hold this thread past it */
+    return rdma_msg_send_by(s->fd, &ack, info, sizeof info, bounce, sizeof bounce, deadline);
 }
 
 static int serve_message(struct rdma_server_conn *s)

@@ -190,7 +190,8 @@ char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, siz
 }
 
 /* A message (header and up to two parts) by deadline_ns; UINT64_MAX: by
- * the socket's send timeout, each write. */
+ * the socket's send timeout, one bound for the whole message
+ * (net_writev_full). */
 static int send_by(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen,
                    uint64_t deadline_ns)
 {
@@ -209,6 +210,12 @@ static int send_by(int fd, struct rdma_msg_header *h, const void *a, size_t alen
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen)
 {
     return send_by(fd, h, a, alen, b, blen, UINT64_MAX);
+}
+
+int rdma_msg_send_by(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen,
+                     uint64_t deadline_ns)
+{
+    return send_by(fd, h, a, alen, b, blen, deadline_ns);
 }
 
 /* The socket's receive timeout as one deadline for a whole message (a peer

@@ -135,8 +135,14 @@ int rdma_stage_decode(const uint8_t *in, size_t len, uint32_t slots, uint32_t sl
 char *rdma_stage_ack_reason(const uint8_t *payload, uint32_t len, char *out, size_t cap);
 
 /* Sends a header (magic/version filled in, len = alen + blen) and up to two
- * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT. */
+ * payload parts.  0 or FERRY_ECONN / FERRY_ETIMEDOUT.  The socket's send
+ * timeout (SO_SNDTIMEO) bounds the whole message, however slowly the peer
+ * reads it (net_writev_full). */
 int rdma_msg_send(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen);
+/* The same by an absolute deadline (monotonic ns): the server's HELLO_ACK,
+ * under the deadline that covered the authentication and the HELLO. */
+int rdma_msg_send_by(int fd, struct rdma_msg_header *h, const void *a, size_t alen, const void *b, size_t blen,
+                     uint64_t deadline_ns);
 /* Receives and validates one message; its payload (h->len bytes) goes into
  * buf, which must hold cap bytes (FERRY_EPROTO if it would not fit).  The
  * whole message must arrive within the socket's receive timeout

@@ -3,9 +3,9 @@
  * sockio.h — payload I/O on a stream socket that a deadline bounds and
  * another thread can interrupt.
  *
- * net.h's full reads block in the kernel until the last byte: nothing but
- * shutting the socket down stops them, and SO_RCVTIMEO restarts with every
- * byte a slow peer drips.  These helpers move bytes in pieces, as the kernel
+ * net.h's full reads and writes end at the last byte, a deadline or the
+ * socket's timeout (one bound per call, rev19), but nothing else stops
+ * them: no other thread can.  These helpers move bytes in pieces, as the kernel
  * has them, and between pieces wait with poll() for the socket, an absolute
  * deadline and a wake-up (an eventfd another thread signals).  A caller that
  * must stop touching memory soon (its registration is being revoked) passes

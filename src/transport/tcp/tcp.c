@@ -272,9 +272,16 @@ static void *sender_main(void *arg)
             encode_frame(c, f);
         uint64_t payload = f->opcode == XFER_WRITE ? f->bytes : 0;
         TRACE(TR_TCP_SEND, payload);
-        rc = net_writev_full(c->fd, c->wiov, c->wiovcnt);
+        /* by the frame's own deadline: a target that stops reading (its
+         * window shut, its kernel still answering keepalives) or reads a
+         * little at a time cannot hold the frame, nor this thread, past it;
+         * the connection, its frame half written, is dropped with it */
+        rc = net_writev_full_deadline(c->fd, c->wiov, c->wiovcnt, f->deadline_ns);
         TRACE(TR_TCP_SENT, payload);
         write_done(c);
+        if (rc == FERRY_ETIMEDOUT)
+            rc = ferry_fail(rc, "request timed out: the target had not taken all of its frame by its deadline; "
+                            "connection dropped");
         if (rc) {
             tcp_conn_mark_broken(c, rc, ferry_last_error());
             pthread_mutex_lock(&c->lock);

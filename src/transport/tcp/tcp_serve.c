@@ -228,7 +228,7 @@ static int send_held_ack(struct server_conn *s)
     if (!s->ack_held)
         return 0;
     s->ack_held = false;
-    return net_write_full(s->fd, s->held_ack, sizeof s->held_ack);
+    return net_write_full_deadline(s->fd, s->held_ack, sizeof s->held_ack, s->deadline_ns);
 }
 
 /* Holds the ack of the WRITE just served when the knob allows it (the
@@ -245,6 +245,10 @@ static bool hold_ack(struct server_conn *s, const struct wire_header *h, bool ho
     return true;
 }
 
+/* A response header (after an ack held or owed), by the frame's deadline
+ * (s->deadline_ns): an initiator that stops reading, or reads a byte at a
+ * time, loses its connection then, and this thread serves nobody else.  The
+ * socket's own room is tried first: no clock, no poll while it takes it. */
 static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int status, uint64_t refused,
                          uint64_t payload)
 {
@@ -257,7 +261,7 @@ static int send_response(struct server_conn *s, uint8_t type, uint64_t id, int s
     struct iovec iov[2] = {{s->held_ack, sizeof s->held_ack}, {raw, sizeof raw}};
     int first = s->ack_held ? 0 : 1; /* a held ack goes first, in the same sendmsg */
     s->ack_held = false;
-    return net_writev_full(s->fd, iov + first, 2 - first);
+    return net_writev_full_deadline(s->fd, iov + first, 2 - first, s->deadline_ns);
 }
 
 static int serve_write(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e)
@@ -480,6 +484,7 @@ static int serve_hello(struct server_conn *s, int unable)
         return rc;
     log_sanitize(name, (size_t)h.payload_len, s->from, sizeof s->from);
     int status = 0;
+    s->deadline_ns = deadline; /* the answer too: one deadline for [authentication,] HELLO and HELLO_ACK */
     if (unable)
         status = FERRY_EBUSY;
     else if (auth_enabled(t->host.auth) && !authenticated)

@@ -108,7 +108,7 @@ struct server_conn {
     uint8_t held_ack[WIRE_HEADER_SIZE]; /* FERRY_TCP_ACK_HOLD: a host WRITE's ack, sent with the next response */
     bool ack_held;
     uint64_t frame_bytes;             /* the last frame's payload, received (WRITE) or sent (READ) */
-    uint64_t deadline_ns;             /* the frame's payload must have moved by then */
+    uint64_t deadline_ns;             /* the frame's payload and its answer must have moved by then */
     struct sockio_wake wake;          /* signalled when one of its accesses is revoked */
     bool wake_ready;
     atomic_int revoking;

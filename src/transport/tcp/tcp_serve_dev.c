@@ -557,7 +557,7 @@ int tcp_settle_ack(struct server_conn *s)
         uint_fast64_t want = seq << 2 | ACK_PENDING;
         if (ack_mark_reached(s) && atomic_compare_exchange_strong(&a->word, &want, seq << 2 | ACK_CLAIMED)) {
             ack_release(s, 0);
-            out = net_write_full(s->fd, a->raw, sizeof a->raw);
+            out = net_write_full_deadline(s->fd, a->raw, sizeof a->raw, s->deadline_ns);
             atomic_store(&a->word, seq << 2 | ACK_NONE);
             b->inflight = false; /* its copies are done; its function may still run (and find it acked) */
             b->flight_lo = b->flight_hi = 0;
@@ -582,9 +582,9 @@ int tcp_settle_ack(struct server_conn *s)
             wire_encode_header(&h, a->raw);
         }
         ack_release(s, status);
-        out = net_write_full(s->fd, a->raw, sizeof a->raw);
+        out = net_write_full_deadline(s->fd, a->raw, sizeof a->raw, s->deadline_ns);
     } else if ((w & 3) == ACK_PARTIAL) {
-        out = net_write_full(s->fd, a->raw + a->written, sizeof a->raw - a->written);
+        out = net_write_full_deadline(s->fd, a->raw + a->written, sizeof a->raw - a->written, s->deadline_ns);
     }
     atomic_store(&a->word, seq << 2 | ACK_NONE);
     return out;
