@@ -140,6 +140,38 @@ void tcp_serve_stop_revoked(struct server_conn *s)
     }
 }
 
+/* Receives and throws away the next len bytes of a WRITE's payload (an
+ * entry refused, or revoked mid-way).  A revocation while it waits for them
+ * (serve_cancel's wake-up) ends the revoked accesses at once and the
+ * discard goes on: an unregister never waits for the peer's next bytes
+ * (the wake-up is consumed by the wait, so a wait that went on without
+ * looking at the accesses held the unregister until the frame's deadline). */
+int tcp_serve_discard(struct server_conn *s, uint64_t len)
+{
+    for (;;) {
+        uint64_t done = 0;
+        int rc = sockio_discard(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
+        len -= done;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s);
+    }
+}
+
+/* Sends len zero bytes of a READ response in place of an entry's that was
+ * revoked; a revocation meanwhile is handled as in tcp_serve_discard. */
+static int serve_send_zeros(struct server_conn *s, uint64_t len)
+{
+    for (;;) {
+        uint64_t done = 0;
+        int rc = sockio_send_zeros(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
+        len -= done;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s);
+    }
+}
+
 uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n)
 {
     uint64_t refused = 0;
@@ -167,7 +199,7 @@ static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_
     char *dst = (char *)(uintptr_t)e->addr;
     while (done < e->len) {
         if (!s->ent[i].held) /* revoked: the rest goes nowhere */
-            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+            return tcp_serve_discard(s, e->len - done);
         size_t got;
         int rc = sockio_recv(s->fd, dst + done, e->len - done, s->deadline_ns, &s->wake, &s->revoking, &got);
         done += got;
@@ -207,7 +239,7 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     rc = recv_entry_host(s, k, &e[k], e[k].len - iov[k - i].iov_len);
     for (k++; !rc && k < end; k++) /* the rest of the run, as the loop in serve_write would */
         rc = s->ent[k].held ? recv_entry_host(s, k, &e[k], 0)
-                            : sockio_discard(s->fd, e[k].len, s->deadline_ns, &s->wake);
+                            : tcp_serve_discard(s, e[k].len);
     return rc;
 }
 
@@ -284,7 +316,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
             rc = recv_host_run(s, i, end, e);
             i = end;
         } else if (!s->ent[i].held) {
-            rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
+            rc = tcp_serve_discard(s, e[i].len);
             i++;
         } else {
             end = i + 1;
@@ -332,7 +364,7 @@ int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
             if (!s->trailer)
                 return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it "
                                   "reads no trailer: closing the connection", s->from);
-            rc = sockio_send_zeros(s->fd, s->iov[k++].iov_len, s->deadline_ns, &s->wake);
+            rc = serve_send_zeros(s, s->iov[k++].iov_len);
             continue;
         }
         int stop = k + 1;
