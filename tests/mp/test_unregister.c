@@ -49,11 +49,14 @@ struct target {
     uint64_t engine_id;
 };
 
-static void target_start(struct target *t)
+/* connect_ms: the target's deadline for a frame's header (0: the default) */
+static void target_start_with(struct target *t, unsigned connect_ms)
 {
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.request_timeout_ms = 60000;
+    if (connect_ms)
+        cfg.connect_timeout_ms = connect_ms;
     assert_int_equal(ferry_engine_create(&cfg, &t->e), 0);
     char *json;
     size_t len;
@@ -66,6 +69,11 @@ static void target_start(struct target *t)
     cJSON_Delete(ep);
     descriptor_free(&d);
     free(json);
+}
+
+static void target_start(struct target *t)
+{
+    target_start_with(t, 0);
 }
 
 /* ------------------------------------------------------------ raw peer */
@@ -774,6 +782,73 @@ static void test_read_unregister_while_sending_zeros(void **state)
     ferry_engine_destroy(t.e);
 }
 
+/* FERRY_TCP_ACK_ON_COPY=2 (test_unregister_ack_on_mark): a device WRITE
+ * whose next frame has begun to arrive leaves its ack to its copies'
+ * completion and keeps its access while the target's thread reads that
+ * frame's header.  The peer sends one byte of it and stalls; d is
+ * unregistered meanwhile.  That unregister returns without another byte
+ * from the peer (the thread settles the ack: its copies are waited for, its
+ * access ends; before the fix the header's wait had no wake-up, so the
+ * unregister waited for the header's deadline, 60 s here).  The WRITE
+ * completed (acked, every byte in d) and the next frame is served.  With
+ * the other ways to ack, the ack goes before the header's wait: the same
+ * outcome. */
+static void test_unregister_while_next_header_stalls(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start_with(&t, 60000);
+    const size_t len = MIB, olen = 64 * 1024;
+    char *d = dev_alloc(t.e, len, 8), *other = map(olen, 0x11);
+    assert_int_equal(ferry_register_memory(t.e, d, len, "sim:0", 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, other, olen, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    struct drained dr = {fd, target_end(&t, fd)};
+    char *payload = map(len, 0x22), *opayload = map(olen, 0x44);
+    peer_frame(fd, WIRE_WRITE, 1, (uint64_t)(uintptr_t)d, len);
+    assert_int_equal(net_write_full(fd, payload, len - 1), 0);
+    wait_until(is_drained, &dr);
+    /* the WRITE's last byte and the next frame's first arrive together */
+    uint8_t next[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + 1];
+    wire_encode_header(&(struct wire_header){.type = WIRE_WRITE, .id = 2, .nentries = 1, .payload_len = olen},
+                       next + 1);
+    wire_encode_entries(&(struct wire_entry){(uint64_t)(uintptr_t)other, olen}, 1, next + 1 + WIRE_HEADER_SIZE);
+    next[0] = (uint8_t)payload[len - 1];
+    assert_int_equal(net_write_full(fd, next, 2), 0);
+    wait_until(is_drained, &dr); /* the target waits for the rest of frame 2's header */
+    const char *mode = getenv("FERRY_TCP_ACK_ON_COPY");
+    if (mode && strcmp(mode, "2") == 0) { /* the path under test: frame 1's ack is owed, not sent */
+        int inq = -1;
+        assert_int_equal(ioctl(fd, SIOCINQ, &inq), 0);
+        assert_int_equal(inq, 0);
+    }
+
+    struct unreg_call u = {t.e, d, -1};
+    pthread_t th;
+    bool returned = unregister_returns(&u, &th, UNREG_BOUND_S);
+    assert_int_equal(net_write_full(fd, next + 2, sizeof next - 2), 0);
+    assert_int_equal(net_write_full(fd, opayload, olen), 0);
+    unregister_join(&u, th);
+    if (!returned)
+        fail_msg("ferry_unregister_memory waited %u s for a peer that stalled in the header after a WRITE",
+                 UNREG_BOUND_S);
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 1).refused == 0); /* it completed before the unregister */
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 2).refused == 0);
+    char *host = map(len, 0);
+    assert_int_equal(ferry_mem_copy(t.e, host, d, len), 0);
+    assert_int_equal(count_not(host, len, 0x22), 0);
+    assert_int_equal(count_not(other, olen, 0x44), 0);
+    munmap(host, len);
+    check_other_region(t.e, fd, 3);
+    close(fd);
+    munmap(payload, len);
+    munmap(opayload, olen);
+    assert_int_equal(ferry_unregister_memory(t.e, other), 0);
+    munmap(other, olen);
+    ferry_mem_free(t.e, "sim:0", d, len);
+    ferry_engine_destroy(t.e);
+}
+
 /* ------------------------------------------------------------ real initiator */
 
 /* A real initiator WRITEs and READs 64 MiB while the target unregisters and
@@ -876,6 +951,7 @@ int main(void)
         cmocka_unit_test(test_write_host_unregister_while_discarding),
         cmocka_unit_test(test_write_device_unregister_while_discarding),
         cmocka_unit_test(test_read_unregister_while_sending_zeros),
+        cmocka_unit_test(test_unregister_while_next_header_stalls),
         cmocka_unit_test(test_engine_write_host),
         cmocka_unit_test(test_engine_read_host),
         cmocka_unit_test(test_engine_write_device),

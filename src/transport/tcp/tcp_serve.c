@@ -65,7 +65,10 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
     s->revoked_any = false;
     s->revoked = 0;
     s->copy_err = 0;
-    atomic_store(&s->revoking, 0);
+    /* a revocation not yet looked at stays: a deferred ack's accesses
+     * (FERRY_TCP_ACK_ON_COPY) may be its, and the next look settles them */
+    if (!(atomic_load(&s->ack.word) & 3))
+        atomic_store(&s->revoking, 0);
 }
 
 /* Looks every entry of the frame up and starts its access (a run of them
@@ -530,6 +533,25 @@ static int serve_hello(struct server_conn *s, int unable)
     return rc;
 }
 
+/* Bytes of the next frame's header and entries.  A WRITE acked from its
+ * copies' completion (FERRY_TCP_ACK_ON_COPY) may still hold its accesses
+ * meanwhile: an unregister then settles it (its copies are waited for, its
+ * accesses end) rather than wait for the peer's next bytes, which a peer
+ * that sent part of a header and stalls would hold until the deadline. */
+static int recv_frame_bytes(struct server_conn *s, uint8_t *buf, size_t len, uint64_t deadline)
+{
+    for (;;) {
+        bool owed = (atomic_load(&s->ack.word) & 3) != 0;
+        size_t got = 0;
+        int rc = sockio_recv(s->fd, buf, len, deadline, owed ? &s->wake : NULL, owed ? &s->revoking : NULL, &got);
+        buf += got;
+        len -= got;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s); /* (no frame's entries yet: the deferred ack's settle) */
+    }
+}
+
 static int serve_frame(struct server_conn *s)
 {
     uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
@@ -542,12 +564,11 @@ static int serve_frame(struct server_conn *s)
     s->frame_bytes = 0;
     /* sockio_recv reads first and polls only once the socket is drained:
      * the entries (and often the header) are already there */
-    int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
+    int rc = recv_frame_bytes(s, raw, WIRE_HEADER_SIZE, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.nentries)
-        rc = sockio_recv(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline, NULL, NULL,
-                         NULL);
+        rc = recv_frame_bytes(s, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline);
     if (!rc && h.nentries)
         rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
     if (rc)
