@@ -93,7 +93,7 @@ int sockio_recv_between(int fd, void *buf, size_t min, size_t max, uint64_t dead
 /* Receives and throws away len bytes; 0 or as sockio_recv.  Stops early,
  * returning 0 with *done short of len, once *stop is set (as sockio_recv:
  * a wake-up consumed here must reach a caller that has something to do
- * about it, tcp_serve_discard).  done may be NULL (then stop should be). */
+ * about it, tcp_serve_discard).  done may be NULL where stop is. */
 int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w, const atomic_int *stop,
                    uint64_t *done);
 
