@@ -24,10 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 #include <cmocka.h>
 
 #include "meta/descriptor.h"
@@ -45,11 +49,14 @@ struct target {
     uint64_t engine_id;
 };
 
-static void target_start(struct target *t)
+/* connect_ms: the target's deadline for a frame's header (0: the default) */
+static void target_start_with(struct target *t, unsigned connect_ms)
 {
     struct ferry_config cfg;
     assert_int_equal(ferry_config_init(&cfg), 0);
     cfg.request_timeout_ms = 60000;
+    if (connect_ms)
+        cfg.connect_timeout_ms = connect_ms;
     assert_int_equal(ferry_engine_create(&cfg, &t->e), 0);
     char *json;
     size_t len;
@@ -62,6 +69,11 @@ static void target_start(struct target *t)
     cJSON_Delete(ep);
     descriptor_free(&d);
     free(json);
+}
+
+static void target_start(struct target *t)
+{
+    target_start_with(t, 0);
 }
 
 /* ------------------------------------------------------------ raw peer */
@@ -111,13 +123,18 @@ static struct wire_header peer_response(int fd, uint8_t type, uint64_t id)
     return h;
 }
 
-static uint64_t peer_trailer(int fd, uint64_t refused)
+static uint64_t peer_trailer_of(int fd, unsigned nentries, uint64_t refused)
 {
     uint8_t raw[WIRE_TRAILER_SIZE];
     struct wire_trailer t;
     assert_int_equal(net_read_full(fd, raw, sizeof raw), 0);
-    assert_int_equal(wire_decode_trailer(raw, 1, refused, &t), 0);
+    assert_int_equal(wire_decode_trailer(raw, nentries, refused, &t), 0);
     return t.revoked;
+}
+
+static uint64_t peer_trailer(int fd, uint64_t refused)
+{
+    return peer_trailer_of(fd, 1, refused);
 }
 
 /* A WRITE of len bytes of `fill`; returns the ack's refused bitmap. */
@@ -548,6 +565,290 @@ static void test_read_without_trailer_closes(void **state)
     ferry_engine_destroy(t.e);
 }
 
+/* ------------------------------------------------------------ a second unregister while a revoked entry's bytes move */
+
+static int sock_port(int fd, int peer)
+{
+    struct sockaddr_in a;
+    socklen_t n = sizeof a;
+    if ((peer ? getpeername(fd, (struct sockaddr *)&a, &n) : getsockname(fd, (struct sockaddr *)&a, &n)) != 0 ||
+        a.sin_family != AF_INET)
+        return -1;
+    return ntohs(a.sin_port);
+}
+
+/* The target's end (in this process) of the peer's connection fd. */
+static int target_end(const struct target *t, int fd)
+{
+    int mine = sock_port(fd, 0), found = -1;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    for (struct dirent *de; found < 0 && (de = readdir(d)) != NULL;) {
+        int x = atoi(de->d_name);
+        if (x != fd && sock_port(x, 0) == t->tcp_port && sock_port(x, 1) == mine)
+            found = x;
+    }
+    closedir(d);
+    assert_true(found >= 0);
+    return found;
+}
+
+struct drained {
+    int peer, target;
+};
+
+/* Every byte the peer sent has been read by the target's thread: none is
+ * unacknowledged on the peer's side or unread on the target's. */
+static int is_drained(void *arg)
+{
+    const struct drained *d = arg;
+    int outq = -1, inq = -1;
+    assert_int_equal(ioctl(d->peer, SIOCOUTQ, &outq), 0);
+    assert_int_equal(ioctl(d->target, SIOCINQ, &inq), 0);
+    return outq == 0 && inq == 0;
+}
+
+/* Starts ferry_unregister_memory(addr) on a thread and waits up to `bound_s`
+ * for it to return (the peer moves no byte meanwhile).  Returns whether it
+ * had returned; the thread is left to be joined by unregister_join. */
+static bool unregister_returns(struct unreg_call *u, pthread_t *th, unsigned bound_s)
+{
+    assert_int_equal(pthread_create(th, NULL, unreg_main, u), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += bound_s;
+    if (pthread_timedjoin_np(*th, NULL, &until) == 0) {
+        *th = 0;
+        return true;
+    }
+    return false;
+}
+
+static void unregister_join(struct unreg_call *u, pthread_t th)
+{
+    if (th)
+        assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(u->rc, 0);
+}
+
+/* What the peer gives an unregister that must not wait for it: long against
+ * any scheduling delay, short against the target's request timeout (60 s),
+ * which alone ended the wait before the fix. */
+#define UNREG_BOUND_S 20
+
+/* A WRITE of two entries, c then a (host memory, or sim device memory
+ * through the bounce): c is unregistered mid-payload, so the target's thread
+ * throws the rest of c's bytes away (tcp_serve_discard), and a is
+ * unregistered while it waits for them.  That unregister returns without
+ * another byte from the peer: the wait ends a's revoked access (before the
+ * fix the wait consumed serve_cancel's wake-up and went on waiting for the
+ * peer, who waits for the unregister: a cycle only the request deadline
+ * broke, seen as test_write_device_run_unregistered_midway failing under
+ * load when its unregister's revocations raced the thread's look at them).
+ * Both entries end refused, nothing lands in either after its unregister,
+ * and the connection serves on. */
+static void write_unregister_while_discarding(const char *location)
+{
+    struct target t;
+    target_start(&t);
+    const size_t clen = 4 * MIB, alen = MIB, piece = 64 * 1024;
+    bool dev = strcmp(location, "cpu") != 0;
+    char *c = dev ? dev_alloc(t.e, clen, 5) : map(clen, 0x11);
+    char *a = dev ? dev_alloc(t.e, alen, 6) : map(alen, 0x11);
+    assert_int_equal(ferry_register_memory(t.e, c, clen, location, 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, a, alen, location, 1), 0);
+    int fd = peer_connect(&t);
+    struct drained dr = {fd, target_end(&t, fd)};
+    struct wire_entry e[2] = {{(uint64_t)(uintptr_t)c, clen}, {(uint64_t)(uintptr_t)a, alen}};
+    uint8_t raw[WIRE_HEADER_SIZE + 2 * WIRE_ENTRY_SIZE];
+    wire_encode_header(&(struct wire_header){.type = WIRE_WRITE, .id = 1, .nentries = 2,
+                                             .payload_len = clen + alen}, raw);
+    wire_encode_entries(e, 2, raw + WIRE_HEADER_SIZE);
+    char *payload = map(clen + alen, 0x22);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    assert_int_equal(net_write_full(fd, payload, piece), 0);
+    wait_until(is_drained, &dr); /* the target is receiving c */
+    unregister_now(t.e, c);
+    if (dev)
+        dev_fill(t.e, c, clen, 0x33);
+    else
+        memset(c, 0x33, clen);
+    assert_int_equal(net_write_full(fd, payload + piece, piece), 0);
+    wait_until(is_drained, &dr); /* it threw those away: it waits in c's discard, a still held */
+
+    struct unreg_call u = {t.e, a, -1};
+    pthread_t th;
+    bool returned = unregister_returns(&u, &th, UNREG_BOUND_S);
+    if (returned) {
+        if (dev)
+            dev_fill(t.e, a, alen, 0x33);
+        else
+            memset(a, 0x33, alen);
+    }
+    assert_int_equal(net_write_full(fd, payload + 2 * piece, clen + alen - 2 * piece), 0);
+    unregister_join(&u, th); /* (before the fix: returns once the bytes above arrive) */
+    if (!returned)
+        fail_msg("ferry_unregister_memory of a %s entry waited %u s for a peer sending a revoked entry's bytes",
+                 location, UNREG_BOUND_S);
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 1).refused == 3);
+    char *host = map(clen, 0);
+    if (dev)
+        assert_int_equal(ferry_mem_copy(t.e, host, c, clen), 0);
+    assert_int_equal(count_not(dev ? host : c, clen, 0x33), 0); /* nothing landed after unregister */
+    if (dev)
+        assert_int_equal(ferry_mem_copy(t.e, host, a, alen), 0);
+    assert_int_equal(count_not(dev ? host : a, alen, 0x33), 0);
+    munmap(host, clen);
+    check_other_region(t.e, fd, 2);
+    close(fd);
+    munmap(payload, clen + alen);
+    if (dev) {
+        ferry_mem_free(t.e, location, c, clen);
+        ferry_mem_free(t.e, location, a, alen);
+    } else {
+        munmap(c, clen);
+        munmap(a, alen);
+    }
+    ferry_engine_destroy(t.e);
+}
+
+static void test_write_host_unregister_while_discarding(void **state)
+{
+    (void)state;
+    write_unregister_while_discarding("cpu");
+}
+
+static void test_write_device_unregister_while_discarding(void **state)
+{
+    (void)state;
+    write_unregister_while_discarding("sim:0");
+}
+
+/* The READ side: c (host memory) is unregistered mid-response, so its rest
+ * goes out as zeros; a is unregistered while the target's thread waits for
+ * room to send them (the peer reads nothing meanwhile).  That unregister
+ * returns without the peer reading on; a's bytes go out as zeros too and the
+ * trailer marks both entries revoked. */
+static void test_read_unregister_while_sending_zeros(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start(&t);
+    const size_t clen = 32 * MIB, alen = MIB, total = clen + alen;
+    char *c = map(clen, 0x77), *a = map(alen, 0x77);
+    assert_int_equal(ferry_register_memory(t.e, c, clen, "cpu", 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, a, alen, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    struct wire_entry e[2] = {{(uint64_t)(uintptr_t)c, clen}, {(uint64_t)(uintptr_t)a, alen}};
+    uint8_t raw[WIRE_HEADER_SIZE + 2 * WIRE_ENTRY_SIZE];
+    wire_encode_header(&(struct wire_header){.type = WIRE_READ, .id = 1, .nentries = 2,
+                                             .flags = WIRE_FLAG_TRAILER}, raw);
+    wire_encode_entries(e, 2, raw + WIRE_HEADER_SIZE);
+    assert_int_equal(net_write_full(fd, raw, sizeof raw), 0);
+    struct wire_header h = peer_response(fd, WIRE_READ_RESP, 1);
+    assert_true(h.refused == 0 && h.payload_len == total);
+    char *got = map(total, 0xee);
+    assert_int_equal(net_read_full(fd, got, MIB), 0); /* the target is mid-response, blocked on us */
+    assert_int_equal(count_not(got, MIB, 0x77), 0);
+    unregister_now(t.e, c);
+    memset(c, 0x55, clen);
+    /* read on until the zeros in place of c's rest begin: the target sends them */
+    size_t n = MIB;
+    while (n < clen && memchr(got + n - 4096, 0, 4096) == NULL) {
+        assert_int_equal(net_read_full(fd, got + n, 4096), 0);
+        n += 4096;
+    }
+    assert_true(n < clen); /* (c's rest does not fit in the sockets' buffers: it waits for room) */
+
+    struct unreg_call u = {t.e, a, -1};
+    pthread_t th;
+    bool returned = unregister_returns(&u, &th, UNREG_BOUND_S);
+    if (returned)
+        memset(a, 0x55, alen);
+    assert_int_equal(net_read_full(fd, got + n, total - n), 0);
+    unregister_join(&u, th);
+    if (!returned)
+        fail_msg("ferry_unregister_memory waited %u s for a peer reading a revoked entry's zeros", UNREG_BOUND_S);
+    const char *z = memchr(got, 0, clen);
+    assert_non_null(z);
+    assert_int_equal(count_not(got, (size_t)(z - got), 0x77), 0);
+    assert_int_equal(count_not(z, total - (size_t)(z - got), 0), 0); /* c's rest and all of a: zeros */
+    assert_true(peer_trailer_of(fd, 2, 0) == 3);
+    check_other_region(t.e, fd, 2);
+    close(fd);
+    munmap(got, total);
+    munmap(c, clen);
+    munmap(a, alen);
+    ferry_engine_destroy(t.e);
+}
+
+/* FERRY_TCP_ACK_ON_COPY=2 (test_unregister_ack_on_mark): a device WRITE
+ * whose next frame has begun to arrive leaves its ack to its copies'
+ * completion and keeps its access while the target's thread reads that
+ * frame's header.  The peer sends one byte of it and stalls; d is
+ * unregistered meanwhile.  That unregister returns without another byte
+ * from the peer (the thread settles the ack: its copies are waited for, its
+ * access ends; before the fix the header's wait had no wake-up, so the
+ * unregister waited for the header's deadline, 60 s here).  The WRITE
+ * completed (acked, every byte in d) and the next frame is served.  With
+ * the other ways to ack, the ack goes before the header's wait: the same
+ * outcome. */
+static void test_unregister_while_next_header_stalls(void **state)
+{
+    (void)state;
+    struct target t;
+    target_start_with(&t, 60000);
+    const size_t len = MIB, olen = 64 * 1024;
+    char *d = dev_alloc(t.e, len, 8), *other = map(olen, 0x11);
+    assert_int_equal(ferry_register_memory(t.e, d, len, "sim:0", 1), 0);
+    assert_int_equal(ferry_register_memory(t.e, other, olen, "cpu", 1), 0);
+    int fd = peer_connect(&t);
+    struct drained dr = {fd, target_end(&t, fd)};
+    char *payload = map(len, 0x22), *opayload = map(olen, 0x44);
+    peer_frame(fd, WIRE_WRITE, 1, (uint64_t)(uintptr_t)d, len);
+    assert_int_equal(net_write_full(fd, payload, len - 1), 0);
+    wait_until(is_drained, &dr);
+    /* the WRITE's last byte and the next frame's first arrive together */
+    uint8_t next[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE + 1];
+    wire_encode_header(&(struct wire_header){.type = WIRE_WRITE, .id = 2, .nentries = 1, .payload_len = olen},
+                       next + 1);
+    wire_encode_entries(&(struct wire_entry){(uint64_t)(uintptr_t)other, olen}, 1, next + 1 + WIRE_HEADER_SIZE);
+    next[0] = (uint8_t)payload[len - 1];
+    assert_int_equal(net_write_full(fd, next, 2), 0);
+    wait_until(is_drained, &dr); /* the target waits for the rest of frame 2's header */
+    const char *mode = getenv("FERRY_TCP_ACK_ON_COPY");
+    if (mode && strcmp(mode, "2") == 0) { /* the path under test: frame 1's ack is owed, not sent */
+        int inq = -1;
+        assert_int_equal(ioctl(fd, SIOCINQ, &inq), 0);
+        assert_int_equal(inq, 0);
+    }
+
+    struct unreg_call u = {t.e, d, -1};
+    pthread_t th;
+    bool returned = unregister_returns(&u, &th, UNREG_BOUND_S);
+    assert_int_equal(net_write_full(fd, next + 2, sizeof next - 2), 0);
+    assert_int_equal(net_write_full(fd, opayload, olen), 0);
+    unregister_join(&u, th);
+    if (!returned)
+        fail_msg("ferry_unregister_memory waited %u s for a peer that stalled in the header after a WRITE",
+                 UNREG_BOUND_S);
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 1).refused == 0); /* it completed before the unregister */
+    assert_true(peer_response(fd, WIRE_WRITE_ACK, 2).refused == 0);
+    char *host = map(len, 0);
+    assert_int_equal(ferry_mem_copy(t.e, host, d, len), 0);
+    assert_int_equal(count_not(host, len, 0x22), 0);
+    assert_int_equal(count_not(other, olen, 0x44), 0);
+    munmap(host, len);
+    check_other_region(t.e, fd, 3);
+    close(fd);
+    munmap(payload, len);
+    munmap(opayload, olen);
+    assert_int_equal(ferry_unregister_memory(t.e, other), 0);
+    munmap(other, olen);
+    ferry_mem_free(t.e, "sim:0", d, len);
+    ferry_engine_destroy(t.e);
+}
+
 /* ------------------------------------------------------------ real initiator */
 
 /* A real initiator WRITEs and READs 64 MiB while the target unregisters and
@@ -647,6 +948,10 @@ int main(void)
         cmocka_unit_test(test_write_device_run_unregistered_midway),
         cmocka_unit_test(test_read_device_unregistered_midway),
         cmocka_unit_test(test_read_without_trailer_closes),
+        cmocka_unit_test(test_write_host_unregister_while_discarding),
+        cmocka_unit_test(test_write_device_unregister_while_discarding),
+        cmocka_unit_test(test_read_unregister_while_sending_zeros),
+        cmocka_unit_test(test_unregister_while_next_header_stalls),
         cmocka_unit_test(test_engine_write_host),
         cmocka_unit_test(test_engine_read_host),
         cmocka_unit_test(test_engine_write_device),

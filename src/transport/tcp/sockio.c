@@ -255,17 +255,22 @@ int sockio_recv_between(int fd, void *buf, size_t min, size_t max, uint64_t dead
     return rc;
 }
 
-int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
+int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w, const atomic_int *stop,
+                   uint64_t *done)
 {
     char sink[65536];
-    while (len > 0) {
-        size_t n = len < sizeof sink ? (size_t)len : sizeof sink;
-        int rc = sockio_recv(fd, sink, n, deadline_ns, w, NULL, NULL);
+    uint64_t total = 0;
+    int rc = 0;
+    while (total < len && !stopped(stop)) {
+        size_t n = len - total < sizeof sink ? (size_t)(len - total) : sizeof sink, got = 0;
+        rc = sockio_recv(fd, sink, n, deadline_ns, w, stop, &got);
+        total += got;
         if (rc)
-            return rc;
-        len -= n;
+            break;
     }
-    return 0;
+    if (done)
+        *done = total;
+    return rc;
 }
 
 int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, struct sockio_wake *w,
@@ -328,22 +333,28 @@ int sockio_send_some(int fd, struct iovec **iov, int *iovcnt)
     return 0;
 }
 
-int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w)
+int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w, const atomic_int *stop,
+                      uint64_t *done)
 {
     static const char zeros[65536];
-    while (len > 0) {
+    uint64_t total = 0;
+    int rc = 0;
+    while (total < len && !stopped(stop)) {
         struct iovec iov[16];
         int n = 0;
         uint64_t batch = 0;
-        for (; n < 16 && batch < len; n++) {
-            size_t piece = len - batch < sizeof zeros ? (size_t)(len - batch) : sizeof zeros;
+        for (; n < 16 && batch < len - total; n++) {
+            size_t piece = len - total - batch < sizeof zeros ? (size_t)(len - total - batch) : sizeof zeros;
             iov[n] = (struct iovec){(void *)zeros, piece};
             batch += piece;
         }
-        int rc = sockio_sendv(fd, iov, n, deadline_ns, w, NULL, NULL);
+        size_t sent = 0;
+        rc = sockio_sendv(fd, iov, n, deadline_ns, w, stop, &sent);
+        total += sent;
         if (rc)
-            return rc;
-        len -= batch;
+            break;
     }
-    return 0;
+    if (done)
+        *done = total;
+    return rc;
 }

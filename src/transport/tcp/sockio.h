@@ -90,8 +90,12 @@ int sockio_recvv_lowat(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_
  * knows the next `max` bytes are all its own (e.g. the headers of
  * responses that carry no payload). */
 int sockio_recv_between(int fd, void *buf, size_t min, size_t max, uint64_t deadline_ns, size_t *got);
-/* Receives and throws away len bytes; 0 or as sockio_recv. */
-int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
+/* Receives and throws away len bytes; 0 or as sockio_recv.  Stops early,
+ * returning 0 with *done short of len, once *stop is set (as sockio_recv:
+ * a wake-up consumed here must reach a caller that has something to do
+ * about it, tcp_serve_discard).  done may be NULL where stop is. */
+int sockio_discard(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w, const atomic_int *stop,
+                   uint64_t *done);
 
 /* Sends the iovec array as sockio_recv receives (in place: an iovec sent
  * whole is left with iov_len 0, a partly sent one points at its rest): stops
@@ -107,7 +111,9 @@ int sockio_sendv(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, st
  * the rest is left) or FERRY_ECONN. */
 int sockio_send_some(int fd, struct iovec **iov, int *iovcnt);
 
-/* Sends len zero bytes (the stand-in for bytes a sender may no longer read). */
-int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w);
+/* Sends len zero bytes (the stand-in for bytes a sender may no longer
+ * read); stops early as sockio_discard, *done saying how many went. */
+int sockio_send_zeros(int fd, uint64_t len, uint64_t deadline_ns, struct sockio_wake *w, const atomic_int *stop,
+                      uint64_t *done);
 
 #endif

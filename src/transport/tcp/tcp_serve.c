@@ -65,7 +65,10 @@ static void frame_begin(struct server_conn *s, unsigned nentries)
     s->revoked_any = false;
     s->revoked = 0;
     s->copy_err = 0;
-    atomic_store(&s->revoking, 0);
+    /* a revocation not yet looked at stays: a deferred ack's accesses
+     * (FERRY_TCP_ACK_ON_COPY) may be its, and the next look settles them */
+    if (!(atomic_load(&s->ack.word) & 3))
+        atomic_store(&s->revoking, 0);
 }
 
 /* Looks every entry of the frame up and starts its access (a run of them
@@ -140,6 +143,38 @@ void tcp_serve_stop_revoked(struct server_conn *s)
     }
 }
 
+/* Receives and throws away the next len bytes of a WRITE's payload (an
+ * entry refused, or revoked mid-way).  A revocation while it waits for them
+ * (serve_cancel's wake-up) ends the revoked accesses at once and the
+ * discard goes on: an unregister never waits for the peer's next bytes
+ * (the wake-up is consumed by the wait, so a wait that went on without
+ * looking at the accesses held the unregister until the frame's deadline). */
+int tcp_serve_discard(struct server_conn *s, uint64_t len)
+{
+    for (;;) {
+        uint64_t done = 0;
+        int rc = sockio_discard(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
+        len -= done;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s);
+    }
+}
+
+/* Sends len zero bytes of a READ response in place of an entry's that was
+ * revoked; a revocation meanwhile is handled as in tcp_serve_discard. */
+static int serve_send_zeros(struct server_conn *s, uint64_t len)
+{
+    for (;;) {
+        uint64_t done = 0;
+        int rc = sockio_send_zeros(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
+        len -= done;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s);
+    }
+}
+
 uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n)
 {
     uint64_t refused = 0;
@@ -167,7 +202,7 @@ static int recv_entry_host(struct server_conn *s, unsigned i, const struct wire_
     char *dst = (char *)(uintptr_t)e->addr;
     while (done < e->len) {
         if (!s->ent[i].held) /* revoked: the rest goes nowhere */
-            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+            return tcp_serve_discard(s, e->len - done);
         size_t got;
         int rc = sockio_recv(s->fd, dst + done, e->len - done, s->deadline_ns, &s->wake, &s->revoking, &got);
         done += got;
@@ -207,7 +242,7 @@ static int recv_host_run(struct server_conn *s, unsigned i, unsigned end, const 
     rc = recv_entry_host(s, k, &e[k], e[k].len - iov[k - i].iov_len);
     for (k++; !rc && k < end; k++) /* the rest of the run, as the loop in serve_write would */
         rc = s->ent[k].held ? recv_entry_host(s, k, &e[k], 0)
-                            : sockio_discard(s->fd, e[k].len, s->deadline_ns, &s->wake);
+                            : tcp_serve_discard(s, e[k].len);
     return rc;
 }
 
@@ -287,7 +322,7 @@ static int serve_write(struct server_conn *s, const struct wire_header *h, const
             rc = recv_host_run(s, i, end, e);
             i = end;
         } else if (!s->ent[i].held) {
-            rc = sockio_discard(s->fd, e[i].len, s->deadline_ns, &s->wake);
+            rc = tcp_serve_discard(s, e[i].len);
             i++;
         } else {
             end = i + 1;
@@ -335,7 +370,7 @@ int tcp_serve_send_iovs(struct server_conn *s, int k, int end)
             if (!s->trailer)
                 return ferry_fail(FERRY_ERANGE, "memory %s was reading was unregistered mid-response, and it "
                                   "reads no trailer: closing the connection", s->from);
-            rc = sockio_send_zeros(s->fd, s->iov[k++].iov_len, s->deadline_ns, &s->wake);
+            rc = serve_send_zeros(s, s->iov[k++].iov_len);
             continue;
         }
         int stop = k + 1;
@@ -502,6 +537,25 @@ static int serve_hello(struct server_conn *s, int unable)
     return rc;
 }
 
+/* Bytes of the next frame's header and entries.  A WRITE acked from its
+ * copies' completion (FERRY_TCP_ACK_ON_COPY) may still hold its accesses
+ * meanwhile: an unregister then settles it (its copies are waited for, its
+ * accesses end) rather than wait for the peer's next bytes, which a peer
+ * that sent part of a header and stalls would hold until the deadline. */
+static int recv_frame_bytes(struct server_conn *s, uint8_t *buf, size_t len, uint64_t deadline)
+{
+    for (;;) {
+        bool owed = (atomic_load(&s->ack.word) & 3) != 0;
+        size_t got = 0;
+        int rc = sockio_recv(s->fd, buf, len, deadline, owed ? &s->wake : NULL, owed ? &s->revoking : NULL, &got);
+        buf += got;
+        len -= got;
+        if (rc || !len)
+            return rc;
+        tcp_serve_stop_revoked(s); /* (no frame's entries yet: the deferred ack's settle) */
+    }
+}
+
 static int serve_frame(struct server_conn *s)
 {
     uint8_t raw[WIRE_HEADER_SIZE + WIRE_ENTRY_SIZE * WIRE_MAX_ENTRIES];
@@ -514,12 +568,11 @@ static int serve_frame(struct server_conn *s)
     s->frame_bytes = 0;
     /* sockio_recv reads first and polls only once the socket is drained:
      * the entries (and often the header) are already there */
-    int rc = sockio_recv(s->fd, raw, WIRE_HEADER_SIZE, deadline, NULL, NULL, NULL);
+    int rc = recv_frame_bytes(s, raw, WIRE_HEADER_SIZE, deadline);
     if (!rc)
         rc = wire_decode_header(raw, &h);
     if (!rc && h.nentries)
-        rc = sockio_recv(s->fd, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline, NULL, NULL,
-                         NULL);
+        rc = recv_frame_bytes(s, raw + WIRE_HEADER_SIZE, (size_t)h.nentries * WIRE_ENTRY_SIZE, deadline);
     if (!rc && h.nentries)
         rc = wire_decode_entries(raw + WIRE_HEADER_SIZE, &h, e);
     if (rc)

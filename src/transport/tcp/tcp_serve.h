@@ -121,6 +121,10 @@ void tcp_serve_stop_revoked(struct server_conn *s);
  * those of an entry whose access has ended go out as zeros. */
 int tcp_serve_send_iovs(struct server_conn *s, int k, int end);
 
+/* tcp_serve.c: receives and throws away len bytes of the payload; a
+ * revocation meanwhile ends the revoked accesses, and it goes on. */
+int tcp_serve_discard(struct server_conn *s, uint64_t len);
+
 /* tcp_serve.c: ends the accesses of entries [0, n) of ent; returns the
  * bits of those refused. */
 uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n);

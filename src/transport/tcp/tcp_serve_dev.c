@@ -291,7 +291,7 @@ static int recv_entry_device(struct server_conn *s, unsigned i, const struct wir
         return ferry_fail(FERRY_ENODEV, "no device backend for %s", s->ent[i].region.location);
     while (done < e->len) {
         if (!s->ent[i].held)
-            return sockio_discard(s->fd, e->len - done, s->deadline_ns, &s->wake);
+            return tcp_serve_discard(s, e->len - done);
         size_t n, got;
         int rc = bounce_room(s, ops, dev, e->len - done, &n, tcp_flush_writes);
         if (rc)
@@ -368,7 +368,7 @@ int tcp_recv_device_run(struct server_conn *s, unsigned i, unsigned end, const s
     }
     *taken = j - i + 1;
     return s->ent[j].held ? recv_entry_device(s, j, &e[j], part)
-                          : sockio_discard(s->fd, e[j].len - part, s->deadline_ns, &s->wake);
+                          : tcp_serve_discard(s, e[j].len - part);
 }
 
 /* How many of the pending copies from the first make up a pipe's worth (at
