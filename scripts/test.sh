@@ -20,7 +20,9 @@ fuzz_seconds=${FUZZ_SECONDS:-30}
 echo "== $(date -u +%T) build (RelWithDebInfo) and test"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j2 --timeout 600)
+# four tests at a time on two cores: the suite waits more than it computes
+# (~300 s of CPU in ~320 s at -j2); -j4 took 183 s (docs/BENCHMARKS.md, ci19)
+(cd build && ctest --output-on-failure -j4 --timeout 600)
 
 echo "== $(date -u +%T) python package: pip install ./python (libferry built by CMake inside), pytest, python -m ferry"
 rm -rf build/venv
@@ -50,7 +52,7 @@ CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG
   -DFERRY_WERROR=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -j2 --timeout 900)
+   ctest --output-on-failure -j4 --timeout 900)
 
 echo "== $(date -u +%T) ThreadSanitizer: multi-process and transport tests (docs/SECURITY.md)"
 # the staging family added by rev16 (test_staging 50-80 s, bigroup 20 s, the rest 2-4 s each; its
