@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Builds ferry and passes every test: the normal build's suite (warnings are
 # errors here, not in users' builds), the Python package installed with pip
-# and its tests, Release builds with GCC (library and tools) and Clang (all), the same suite under
-# ASan+UBSan, the multi-process and transport tests under ThreadSanitizer,
+# and its tests, Release builds with GCC and Clang (library and tools), the same suite under
+# ASan+UBSan (built with Clang), the multi-process and transport tests under ThreadSanitizer,
 # the tcp frame and descriptor fuzzers for FUZZ_SECONDS (default 30) and
 # every other libFuzzer target for FUZZ_SHORT_SECONDS (default 10), two at a
 # time, and the rdma transport in a Soft-RoCE VM.
@@ -20,7 +20,9 @@ fuzz_seconds=${FUZZ_SECONDS:-30}
 echo "== $(date -u +%T) build (RelWithDebInfo) and test"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j2 --timeout 600)
+# four tests at a time on two cores: the suite waits more than it computes
+# (~300 s of CPU in ~320 s at -j2); -j4 took 183 s (docs/BENCHMARKS.md, ci19)
+(cd build && ctest --output-on-failure -j4 --timeout 600)
 
 echo "== $(date -u +%T) python package: pip install ./python (libferry built by CMake inside), pytest, python -m ferry"
 rm -rf build/venv
@@ -31,12 +33,11 @@ build/venv/bin/python -m ferry --version | tee build/ferry-version.txt
 grep -q "^ferry $(sed -n 's/^#define FERRY_VERSION_[A-Z]* \([0-9]*\)/\1/p' include/ferry.h | paste -sd.)\$" build/ferry-version.txt
 grep -q "^transport tcp *available" build/ferry-version.txt
 
-echo "== $(date -u +%T) Release builds, warnings as errors: GCC the library and tools, Clang everything (tests too)"
-# the tests' code is built with GCC -Werror at -O2 above and at -O0 under ASan
-# below, so GCC's Release build leaves them out (half of this stage's time)
+echo "== $(date -u +%T) Release builds, warnings as errors: GCC and Clang, the library and tools"
+# the tests' code is built with GCC -Werror at -O2 above and with Clang -Werror
+# under ASan below, so the Release builds leave them out (most of their time)
 for cc in gcc clang; do
-  tests=ON; [ "$cc" = gcc ] && tests=OFF
-  CC=$cc cmake -S . -B "build-release-$cc" -DCMAKE_BUILD_TYPE=Release -DFERRY_WERROR=ON -DFERRY_BUILD_TESTS=$tests >/dev/null
+  CC=$cc cmake -S . -B "build-release-$cc" -DCMAKE_BUILD_TYPE=Release -DFERRY_WERROR=ON -DFERRY_BUILD_TESTS=OFF >/dev/null
   cmake --build "build-release-$cc" -j"$jobs" >/dev/null
   echo "Release $cc: clean"
 done
@@ -44,11 +45,14 @@ done
 echo "== $(date -u +%T) plots: bench/plot.py draws docs/plots from docs/plots/data.json"
 /usr/bin/python3 bench/plot.py --out build/plots
 
-echo "== $(date -u +%T) build with ASan+UBSan and test"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_WERROR=ON >/dev/null
+echo "== $(date -u +%T) build with ASan+UBSan (Clang, -O1) and test"
+# Clang, so that the tests' code is also built by a second compiler with
+# warnings as errors; -O1, ASan's own advice (-O0 ran the suite slower)
+CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-g -O1" -DFERRY_SANITIZE=ON \
+  -DFERRY_WERROR=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -j2 --timeout 900)
+   ctest --output-on-failure -j4 --timeout 900)
 
 echo "== $(date -u +%T) ThreadSanitizer: multi-process and transport tests (docs/SECURITY.md)"
 # the staging family added by rev16 (test_staging 50-80 s, bigroup 20 s, the rest 2-4 s each; its

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "device/device.h"
+#include "sanitizer.h"
 
 void test_child_dies_with_parent(pid_t parent)
 {
@@ -185,7 +186,7 @@ long pattern_check(const void *buf, size_t len, uint64_t seed, uint64_t base_pos
  * copies of the same bytes itself, as the hardware's coherence does
  * (sim.c's coherence()), so a read-back that starts after the WRITE's
  * device copy ended is ordered after it and one that overlaps it is not. */
-#if defined(__SANITIZE_THREAD__)
+#if defined(FERRY_UNDER_TSAN)
 void AnnotateIgnoreReadsBegin(const char *file, int line);
 void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define CROSS_PROCESS_READS_BEGIN() AnnotateIgnoreReadsBegin(__FILE__, __LINE__)

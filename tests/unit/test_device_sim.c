@@ -24,6 +24,7 @@
 
 #include "device/device.h"
 #include "err.h"
+#include "sanitizer.h"
 #include "testutil.h"
 
 static const struct ferry_device_ops *sim;
@@ -558,12 +559,8 @@ static void test_concurrent_streams(void **state)
 
 /* ---------------------------------------------------------------- config */
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(FERRY_UNDER_ASAN) || defined(FERRY_UNDER_TSAN)
 #define UNDER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define UNDER_SANITIZER 1
-#endif
 #endif
 
 /* Runs this program again as "--sim-init" with the given FERRY_SIM_*

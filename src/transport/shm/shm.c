@@ -46,6 +46,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "sanitizer.h"
 #include "transport/shm/shm.h"
 
 /* ------------------------------------------------------------ identity */
@@ -392,7 +393,7 @@ bool shm_read_slot(struct shm_peer *p, uint32_t i, struct shm_rbuf *b, char *loc
     b->device = s->device;
     memcpy(location, s->location, sizeof s->location);
     memcpy(handle, s->handle, sizeof s->handle);
-#ifndef __SANITIZE_THREAD__ /* GCC's TSan rejects fences; it cannot see this memory's other mapping anyway */
+#ifndef FERRY_UNDER_TSAN /* GCC's TSan rejects fences; it cannot see this memory's other mapping anyway */
     atomic_thread_fence(memory_order_acquire);
 #endif
     if (atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)

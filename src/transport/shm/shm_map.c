@@ -29,8 +29,9 @@
 
 #include "err.h"
 #include "log.h"
+#include "sanitizer.h"
 #include "transport/shm/shm.h"
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(FERRY_UNDER_ASAN)
 #include <sanitizer/lsan_interface.h>
 #endif
 
@@ -95,7 +96,7 @@ void shm_group_unmap(struct shm_group *g)
 
 void shm_keep_to_process_end(const void *obj)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(FERRY_UNDER_ASAN)
     __lsan_ignore_object(obj);
 #else
     (void)obj;
