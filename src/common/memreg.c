@@ -108,7 +108,10 @@ static int overlaps(const struct memreg_access *a, uint64_t addr, uint64_t len)
 static void drain_accesses(struct memreg *r, uint64_t addr, uint64_t len)
 {
     pthread_mutex_lock(&r->access_lock);
-    for (unsigned waited = 0;; waited++) {
+    /* the warning every 5 s of waiting, not every few wake-ups: each
+     * memreg_access_end wakes this loop, many within a millisecond */
+    struct timespec warn_at = timespec_in_ms(CLOCK_MONOTONIC, 5000);
+    for (;;) {
         size_t left = 0;
         for (struct memreg_access *a = r->accesses; a; a = a->next) {
             if (!overlaps(a, addr, len))
@@ -122,9 +125,13 @@ static void drain_accesses(struct memreg *r, uint64_t addr, uint64_t len)
         }
         if (left == 0)
             break;
-        if (waited > 0 && waited % 5 == 0)
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > warn_at.tv_sec || (now.tv_sec == warn_at.tv_sec && now.tv_nsec >= warn_at.tv_nsec)) {
+            warn_at = timespec_in_ms(CLOCK_MONOTONIC, 5000);
             LOG_WARN("unregister of 0x%llx+%llu still waits for %zu access(es) in flight",
                      (unsigned long long)addr, (unsigned long long)len, left);
+        }
         /* woken by every memreg_access_end; the timed wait only paces the warning */
         struct timespec ts = timespec_in_ms(CLOCK_MONOTONIC, 1000);
         pthread_cond_timedwait(&r->access_ended, &r->access_lock, &ts);

@@ -16,10 +16,12 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "memreg.h"
@@ -449,6 +451,64 @@ static void test_remove_waits_for_access(void **state)
     memreg_destroy(&reg);
 }
 
+/* An unregister waiting for many accesses that end quickly one after another
+ * says nothing: its "still waits" warning comes after 5 s of waiting, not
+ * after every fifth wake-up (each memreg_access_end wakes the waiter). */
+struct quiet_remover {
+    struct memreg *reg;
+    atomic_int done;
+};
+
+static void *quiet_remover_main(void *arg)
+{
+    struct quiet_remover *q = arg;
+    assert_int_equal(memreg_remove(q->reg, 0x10000, NULL), 0);
+    atomic_store(&q->done, 1);
+    return NULL;
+}
+
+static void test_remove_warns_only_after_seconds(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    struct memreg reg;
+    memreg_init(&reg);
+    add_ok(&reg, 0x10000, 0x10000, 1);
+    static struct memreg_access acc[N];
+    for (unsigned i = 0; i < N; i++)
+        assert_int_equal(memreg_access_begin(&reg, &acc[i], 0x10000 + i * 0x100, 0x100, 1, NULL, NULL, NULL), 0);
+
+    /* the library's warnings go to stderr: into a file for this test */
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    dup2(fileno(log), 2);
+
+    struct quiet_remover q = {.reg = &reg};
+    pthread_t th;
+    pthread_create(&th, NULL, quiet_remover_main, &q);
+    while (!memreg_access_revoked(&acc[N - 1])) /* the remover is draining */
+        sched_yield();
+    for (unsigned i = 0; i < N; i++) {
+        memreg_access_end(&reg, &acc[i]);
+        usleep(2000); /* the remover wakes and finds some left each time */
+    }
+    pthread_join(th, NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+
+    char text[4096] = "";
+    rewind(log);
+    size_t n = fread(text, 1, sizeof text - 1, log);
+    text[n] = '\0';
+    fclose(log);
+    assert_int_equal(atomic_load(&q.done), 1);
+    assert_null(strstr(text, "still waits")); /* 40 ends within ~0.1 s: far from 5 s */
+    memreg_destroy(&reg);
+}
+
 /* begin honours remote_only and the bounds exactly as memreg_find does */
 static void test_access_begin_bounds(void **state)
 {
@@ -519,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_many_random),
         cmocka_unit_test(test_concurrent_lookups),
         cmocka_unit_test(test_remove_waits_for_access),
+        cmocka_unit_test(test_remove_warns_only_after_seconds),
         cmocka_unit_test(test_access_begin_bounds),
         cmocka_unit_test(test_access_begin_many),
     };
