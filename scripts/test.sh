@@ -48,8 +48,14 @@ echo "== $(date -u +%T) plots: bench/plot.py draws docs/plots from docs/plots/da
 echo "== $(date -u +%T) build with ASan+UBSan (Clang, -O1) and test"
 # Clang, so that the tests' code is also built by a second compiler with
 # warnings as errors; -O1, ASan's own advice (-O0 ran the suite slower)
+# CC is read at a build folder's first configure only: a build-asan that an
+# earlier test.sh configured with GCC would stay GCC, silently (rev19r)
+if [ -f build-asan/CMakeCache.txt ] && ! grep -q '^CMAKE_C_COMPILER:.*clang' build-asan/CMakeCache.txt; then
+  rm -rf build-asan
+fi
 CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-g -O1" -DFERRY_SANITIZE=ON \
   -DFERRY_WERROR=ON >/dev/null
+grep -q '^CMAKE_C_COMPILER:.*clang' build-asan/CMakeCache.txt || { echo "build-asan is not built by Clang"; exit 1; }
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j4 --timeout 900)
