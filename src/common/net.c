@@ -765,7 +765,10 @@ static void iov_advance(struct iovec **iov, int *iovcnt, size_t n)
  * the socket's SO_SNDTIMEO from then on, one deadline for the rest). */
 static int writev_by(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns, bool by_socket)
 {
-    while (iovcnt > 0) {
+    for (;;) {
+        iov_advance(&iov, &iovcnt, 0); /* empty iovecs carry nothing (sendmsg's 0 would read as a close) */
+        if (iovcnt == 0)
+            return 0;
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
         ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
@@ -786,7 +789,6 @@ static int writev_by(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns
         }
         return io_error(n < 0 ? -1 : 0, "send");
     }
-    return 0;
 }
 
 int net_writev_full_deadline(int fd, struct iovec *iov, int iovcnt, uint64_t deadline_ns)

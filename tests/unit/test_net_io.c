@@ -198,6 +198,26 @@ static void bytes_at_hand_move(void **state)
     close(p.a);
 }
 
+/* Nothing to send is sent: a write of no bytes, or of iovecs that are all
+ * empty, succeeds without touching the socket (before: sendmsg's 0 read as
+ * "peer closed the connection"), and empty iovecs among full ones are skipped. */
+static void empty_writes_succeed(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p, false);
+    char msg[8] = "abcdefg", got[8];
+    assert_int_equal(net_write_full(p.a, msg, 0), 0);
+    assert_int_equal(net_write_full_deadline(p.a, msg, 0, net_deadline(1000)), 0);
+    struct iovec none[2] = {{msg, 0}, {msg, 0}};
+    assert_int_equal(net_writev_full(p.a, none, 2), 0);
+    struct iovec some[4] = {{msg, 0}, {msg, 3}, {msg, 0}, {msg + 3, 5}};
+    assert_int_equal(net_writev_full(p.a, some, 4), 0);
+    assert_int_equal(net_read_full(p.b, got, sizeof got), 0);
+    assert_memory_equal(got, msg, sizeof got);
+    pair_close(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +226,7 @@ int main(void)
         cmocka_unit_test(write_full_slow_reader_ends_at_the_socket_timeout),
         cmocka_unit_test(writev_full_to_a_stopped_reader_ends),
         cmocka_unit_test(bytes_at_hand_move),
+        cmocka_unit_test(empty_writes_succeed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
