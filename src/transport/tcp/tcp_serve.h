@@ -79,6 +79,7 @@ struct deferred_ack {
     uint64_t bytes;                   /* what it moved (bytes_served once acked) */
     uint8_t raw[WIRE_HEADER_SIZE];    /* the ack */
     size_t written;                   /* ACK_PARTIAL: bytes of raw the driver thread wrote */
+    int err;                          /* an ack cut short (FERRY_E*): the connection is shut down */
 };
 
 /* One incoming connection: allocated and freed by tcp_serve_connection, on the
@@ -138,7 +139,9 @@ uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *en
  * be flushed and acked as before. */
 bool tcp_defer_ack(struct server_conn *s, const struct wire_header *h, const struct wire_entry *e);
 /* Waits for a deferred ack's copies and sends it (from this thread, if the
- * driver's has not); nothing if none is pending.  0, or the socket's error. */
+ * driver's has not); nothing if none is pending.  0, or the socket's error:
+ * an ack cut short also shuts the connection down (its next read or write
+ * fails), and every later call returns that error. */
 int tcp_settle_ack(struct server_conn *s);
 
 /* Waits for the device copies started; a failure is remembered in copy_err

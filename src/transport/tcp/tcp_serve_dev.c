@@ -179,7 +179,7 @@ static void bounce_start(struct server_conn *s, enum ferry_copy_dir dir, size_t 
     if (!n)
         return;
     if (atomic_load(&s->ack.word) & 3) /* only one frame's copies ahead of a deferred ack */
-        (void)tcp_settle_ack(s);
+        (void)tcp_settle_ack(s); /* one cut short closed the connection: the frame's next read fails */
     int rc = s->copy_err ? s->copy_err : ferry_device_copy_start(b->dev_ops, b->dev, dir, b->copies, n);
     if (rc) {
         if (!s->copy_err && ferry_device_copy_lost())
@@ -218,7 +218,7 @@ void tcp_bounce_wait(struct server_conn *s)
 {
     struct bounce *b = &s->b;
     if (atomic_load(&s->ack.word) & 3) { /* the copies in flight are a deferred ack's */
-        (void)tcp_settle_ack(s);
+        (void)tcp_settle_ack(s); /* cut short: the connection is closed (ack_cut_short) */
         return;
     }
     if (!b->inflight)
@@ -541,10 +541,30 @@ static bool ack_mark_reached(struct server_conn *s)
     return (int32_t)(v - (uint32_t)s->ack.seq) >= 0;
 }
 
+/* A deferred ack that did not all go out (the socket failed, or the
+ * initiator stopped reading until the frame's deadline) may have left part
+ * of its header on the wire: nothing this thread sends after it would be
+ * read in step, so the connection ends here, whichever call settled it
+ * (one that cannot return the error too: bounce_start, tcp_bounce_wait).
+ * Its next read or write fails (shutdown), and every later settle returns
+ * the error. */
+static int ack_cut_short(struct server_conn *s, int rc)
+{
+    if (!rc)
+        return 0;
+    LOG_WARN("tcp: the ack of WRITE %llu to %s (%s) was cut short: %s: %s; closing the connection",
+             (unsigned long long)s->ack.id, s->from, s->peer, ferry_err_name(rc), ferry_last_error());
+    s->ack.err = rc;
+    shutdown(s->fd, SHUT_RDWR);
+    return rc;
+}
+
 int tcp_settle_ack(struct server_conn *s)
 {
     struct deferred_ack *a = &s->ack;
     struct bounce *b = &s->b;
+    if (a->err)
+        return ferry_fail(a->err, "the connection from %s was closed: a WRITE's ack to it was cut short", s->from);
     uint_fast64_t w = atomic_load(&a->word);
     if (!(w & 3))
         return 0;
@@ -561,7 +581,7 @@ int tcp_settle_ack(struct server_conn *s)
             atomic_store(&a->word, seq << 2 | ACK_NONE);
             b->inflight = false; /* its copies are done; its function may still run (and find it acked) */
             b->flight_lo = b->flight_hi = 0;
-            return out;
+            return ack_cut_short(s, out);
         }
     }
     if (b->inflight) { /* returns once the function has returned, or will never run */
@@ -587,5 +607,5 @@ int tcp_settle_ack(struct server_conn *s)
         out = net_write_full_deadline(s->fd, a->raw + a->written, sizeof a->raw - a->written, s->deadline_ns);
     }
     atomic_store(&a->word, seq << 2 | ACK_NONE);
-    return out;
+    return ack_cut_short(s, out);
 }
