@@ -708,10 +708,11 @@ static int wait_ready(int fd, short events, uint64_t deadline_ns, const char *wh
 }
 
 /* Reads len bytes: what the socket has at once, then, only once it would
- * block, waits with poll for the rest until the deadline (by_socket: the
- * socket's SO_RCVTIMEO, taken then as one deadline for the rest of the
- * call, however the peer slices its bytes). */
-static int read_by(int fd, void *buf, size_t len, uint64_t deadline_ns, bool by_socket)
+ * block, waits with poll for the rest until *deadline_ns (*by_socket: the
+ * socket's SO_RCVTIMEO, taken then as one deadline for the rest of the call
+ * and stored in *deadline_ns, however the peer slices its bytes; a caller
+ * reading in pieces passes the same two on, so its whole call has one). */
+static int read_by(int fd, void *buf, size_t len, uint64_t *deadline_ns, bool *by_socket)
 {
     char *p = buf;
     while (len > 0) {
@@ -722,11 +723,11 @@ static int read_by(int fd, void *buf, size_t len, uint64_t deadline_ns, bool by_
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (by_socket) {
-                deadline_ns = socket_deadline(fd, SO_RCVTIMEO);
-                by_socket = false;
+            if (*by_socket) {
+                *deadline_ns = socket_deadline(fd, SO_RCVTIMEO);
+                *by_socket = false;
             }
-            int rc = wait_ready(fd, POLLIN, deadline_ns, "recv");
+            int rc = wait_ready(fd, POLLIN, *deadline_ns, "recv");
             if (rc)
                 return rc;
         } else {
@@ -738,12 +739,15 @@ static int read_by(int fd, void *buf, size_t len, uint64_t deadline_ns, bool by_
 
 int net_read_full(int fd, void *buf, size_t len)
 {
-    return read_by(fd, buf, len, UINT64_MAX, true);
+    uint64_t deadline = UINT64_MAX;
+    bool by_socket = true;
+    return read_by(fd, buf, len, &deadline, &by_socket);
 }
 
 int net_read_full_deadline(int fd, void *buf, size_t len, uint64_t deadline_ns)
 {
-    return read_by(fd, buf, len, deadline_ns, false);
+    bool by_socket = false;
+    return read_by(fd, buf, len, &deadline_ns, &by_socket);
 }
 
 /* Skips n sent bytes: drops the iovecs they filled, trims the one they ended in. */
@@ -814,24 +818,10 @@ int net_discard(int fd, uint64_t len)
     bool by_socket = true; /* one deadline for all of it, from its first wait */
     while (len > 0) {
         size_t n = len < sizeof sink ? (size_t)len : sizeof sink;
-        ssize_t got = recv(fd, sink, n, MSG_DONTWAIT);
-        if (got > 0) {
-            len -= (uint64_t)got;
-            continue;
-        }
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (by_socket) {
-                deadline = socket_deadline(fd, SO_RCVTIMEO);
-                by_socket = false;
-            }
-            int rc = wait_ready(fd, POLLIN, deadline, "recv");
-            if (rc)
-                return rc;
-            continue;
-        }
-        return io_error(got, "recv");
+        int rc = read_by(fd, sink, n, &deadline, &by_socket);
+        if (rc)
+            return rc;
+        len -= n;
     }
     return 0;
 }

@@ -143,17 +143,19 @@ void tcp_serve_stop_revoked(struct server_conn *s)
     }
 }
 
-/* Receives and throws away the next len bytes of a WRITE's payload (an
- * entry refused, or revoked mid-way).  A revocation while it waits for them
- * (serve_cancel's wake-up) ends the revoked accesses at once and the
- * discard goes on: an unregister never waits for the peer's next bytes
- * (the wake-up is consumed by the wait, so a wait that went on without
- * looking at the accesses held the unregister until the frame's deadline). */
-int tcp_serve_discard(struct server_conn *s, uint64_t len)
+/* Moves len stand-in bytes with `move` (sockio_discard: a WRITE's payload
+ * thrown away for an entry refused or revoked mid-way; sockio_send_zeros: a
+ * READ's zeros for an entry revoked).  A revocation while it waits for the
+ * socket (serve_cancel's wake-up) ends the revoked accesses at once and the
+ * move goes on: an unregister never waits for the peer (the wake-up is
+ * consumed by the wait, so a wait that went on without looking at the
+ * accesses held the unregister until the frame's deadline). */
+static int serve_stand_in(struct server_conn *s, uint64_t len,
+                          int (*move)(int, uint64_t, uint64_t, struct sockio_wake *, const atomic_int *, uint64_t *))
 {
     for (;;) {
         uint64_t done = 0;
-        int rc = sockio_discard(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
+        int rc = move(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
         len -= done;
         if (rc || !len)
             return rc;
@@ -161,18 +163,14 @@ int tcp_serve_discard(struct server_conn *s, uint64_t len)
     }
 }
 
-/* Sends len zero bytes of a READ response in place of an entry's that was
- * revoked; a revocation meanwhile is handled as in tcp_serve_discard. */
+int tcp_serve_discard(struct server_conn *s, uint64_t len)
+{
+    return serve_stand_in(s, len, sockio_discard);
+}
+
 static int serve_send_zeros(struct server_conn *s, uint64_t len)
 {
-    for (;;) {
-        uint64_t done = 0;
-        int rc = sockio_send_zeros(s->fd, len, s->deadline_ns, &s->wake, &s->revoking, &done);
-        len -= done;
-        if (rc || !len)
-            return rc;
-        tcp_serve_stop_revoked(s);
-    }
+    return serve_stand_in(s, len, sockio_send_zeros);
 }
 
 uint64_t tcp_serve_end_accesses(struct tcp_transport *t, struct served_entry *ent, unsigned n)
